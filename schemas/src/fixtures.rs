@@ -1,0 +1,115 @@
+//! Sample records for tests, benches and interop checks.
+
+use std::collections::HashMap;
+
+use crate::records::*;
+
+/// A realistic metric report for `agent` at `occurred_at` (µs).
+pub fn metric_report(tenant: &str, agent: &str, occurred_at: i64) -> MetricReport {
+    MetricReport {
+        event_id: crate::ids::v7_at(occurred_at, &[agent, "metrics"]).to_string(),
+        tenant_id: tenant.to_owned(),
+        agent_id: agent.to_owned(),
+        occurred_at,
+        ingested_at: occurred_at + 1_500,
+        cpu_percent: 42.5,
+        cpu_per_core: vec![40.0, 45.0],
+        memory_used_bytes: 3 << 30,
+        memory_total_bytes: 8 << 30,
+        memory_percent: 37.5,
+        swap_used_bytes: 0,
+        swap_total_bytes: 1 << 30,
+        disks: vec![
+            DiskUsage {
+                mount: "/".into(),
+                used_bytes: 20 << 30,
+                total_bytes: 100 << 30,
+                percent: 20.0,
+            },
+            DiskUsage {
+                mount: "/var".into(),
+                used_bytes: 5 << 30,
+                total_bytes: 50 << 30,
+                percent: 10.0,
+            },
+        ],
+        disk_read_bytes: 4096,
+        disk_write_bytes: 8192,
+        load_1: 0.5,
+        load_5: 0.4,
+        load_15: 0.3,
+        uptime_seconds: 86_400,
+        net_rx_bytes: 1_000,
+        net_tx_bytes: 2_000,
+        interfaces: vec![NetInterface {
+            name: "eth0".into(),
+            rx_bytes: 1_000,
+            tx_bytes: 2_000,
+        }],
+        process_count: 123,
+        services: vec![ServiceStatus {
+            name: "sshd".into(),
+            status: "running".into(),
+            pid: Some(812),
+        }],
+        security: Some(SecurityPosture {
+            firewall_enabled: Some(true),
+            pending_updates: Some(3),
+            pending_security_updates: None,
+        }),
+        custom: HashMap::from([("queue_depth".to_owned(), 7.0)]),
+    }
+}
+
+/// A heartbeat.
+pub fn heartbeat(tenant: &str, agent: &str, occurred_at: i64, sequence: i64) -> Heartbeat {
+    Heartbeat {
+        event_id: crate::ids::v7_at(occurred_at, &[agent, "heartbeat"]).to_string(),
+        tenant_id: tenant.into(),
+        agent_id: agent.into(),
+        occurred_at,
+        ingested_at: occurred_at + 1_000,
+        agent_version: "0.1.0".into(),
+        uptime_seconds: 3_600,
+        sequence,
+    }
+}
+
+/// An agent event.
+pub fn agent_event(tenant: &str, agent: &str, occurred_at: i64) -> AgentEvent {
+    AgentEvent {
+        event_id: crate::ids::v7_at(occurred_at, &[agent, "event"]).to_string(),
+        tenant_id: tenant.into(),
+        agent_id: agent.into(),
+        occurred_at,
+        ingested_at: occurred_at + 1_000,
+        kind: "service_crashed".into(),
+        severity: EventSeverity::Warning,
+        message: "nginx exited with status 1".into(),
+        attributes: HashMap::from([("service".to_owned(), "nginx".to_owned())]),
+    }
+}
+
+/// An AlertRaised event.
+pub fn alert_raised(tenant: &str, agent: &str, occurred_at: i64) -> AlertEvent {
+    let alert_id = crate::ids::v5(&["rule-cpu", agent, "", &occurred_at.to_string()]).to_string();
+    AlertEvent {
+        event_id: crate::ids::v5(&[&alert_id, "RAISED"]).to_string(),
+        alert_id,
+        tenant_id: tenant.into(),
+        agent_id: agent.into(),
+        kind: AlertEventKind::Raised,
+        rule_id: "rule-cpu".into(),
+        rule_name: "CPU high".into(),
+        metric: "cpu.percent".into(),
+        subject: None,
+        severity: AlertSeverity::Critical,
+        operator: ">".into(),
+        threshold: 90.0,
+        value: 97.0,
+        message: "cpu.percent 97 > 90".into(),
+        actor: None,
+        occurred_at,
+        ingested_at: occurred_at + 2_000,
+    }
+}

@@ -1,0 +1,311 @@
+//! Rust types of the records on Fleetstream topics. Each mirrors one `.avsc` file in
+//! `schemas/avro/`; `tests/schemas.rs` asserts the derived schemas equal the files'.
+//!
+//! Timestamps are `i64` microseconds since the Unix epoch, UTC (see [`crate::time`]).
+
+use std::collections::HashMap;
+
+use apache_avro::AvroSchema;
+use serde::{Deserialize, Serialize};
+
+/// One sample of every metric of one agent at one instant (`fleet.metrics.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct MetricReport {
+    /// UUIDv7, deterministic for (agent, collection time).
+    pub event_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Reporting agent.
+    pub agent_id: String,
+    /// Collection time on the agent (µs).
+    pub occurred_at: i64,
+    /// Time the gateway accepted the report (µs).
+    pub ingested_at: i64,
+    /// Total CPU use, 0..=100.
+    pub cpu_percent: f64,
+    /// Per-core CPU use, 0..=100 each (may be empty).
+    pub cpu_per_core: Vec<f64>,
+    /// Memory in use, bytes.
+    pub memory_used_bytes: i64,
+    /// Physical memory, bytes.
+    pub memory_total_bytes: i64,
+    /// Memory in use, 0..=100.
+    pub memory_percent: f64,
+    /// Swap in use, bytes.
+    pub swap_used_bytes: i64,
+    /// Swap size, bytes.
+    pub swap_total_bytes: i64,
+    /// Every mounted disk.
+    pub disks: Vec<DiskUsage>,
+    /// Bytes read from disks during the collection interval.
+    pub disk_read_bytes: i64,
+    /// Bytes written to disks during the collection interval.
+    pub disk_write_bytes: i64,
+    /// Load average over 1 minute.
+    pub load_1: f64,
+    /// Load average over 5 minutes.
+    pub load_5: f64,
+    /// Load average over 15 minutes.
+    pub load_15: f64,
+    /// Seconds since boot.
+    pub uptime_seconds: i64,
+    /// Bytes received during the collection interval, all interfaces.
+    pub net_rx_bytes: i64,
+    /// Bytes sent during the collection interval, all interfaces.
+    pub net_tx_bytes: i64,
+    /// Per-interface network I/O (may be empty).
+    pub interfaces: Vec<NetInterface>,
+    /// Number of processes.
+    pub process_count: i32,
+    /// Watched services.
+    pub services: Vec<ServiceStatus>,
+    /// Security posture where the OS exposes it.
+    pub security: Option<SecurityPosture>,
+    /// Custom metrics, name to value.
+    pub custom: HashMap<String, f64>,
+}
+
+/// Usage of one mounted file system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct DiskUsage {
+    /// Mount point.
+    pub mount: String,
+    /// Bytes used.
+    pub used_bytes: i64,
+    /// Size in bytes.
+    pub total_bytes: i64,
+    /// Used, 0..=100.
+    pub percent: f64,
+}
+
+/// Network I/O of one interface during the collection interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct NetInterface {
+    /// Interface name.
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: i64,
+    /// Bytes sent.
+    pub tx_bytes: i64,
+}
+
+/// Status of one watched service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct ServiceStatus {
+    /// Service (unit) name.
+    pub name: String,
+    /// running, stopped, failed or unknown.
+    pub status: String,
+    /// Main process id, if running.
+    pub pid: Option<i32>,
+}
+
+/// Security posture of the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct SecurityPosture {
+    /// Whether a host firewall is active.
+    pub firewall_enabled: Option<bool>,
+    /// Pending package updates.
+    pub pending_updates: Option<i32>,
+    /// Pending security updates.
+    pub pending_security_updates: Option<i32>,
+}
+
+/// An agent is alive (`fleet.heartbeats.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct Heartbeat {
+    /// UUIDv7.
+    pub event_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Time on the agent (µs).
+    pub occurred_at: i64,
+    /// Time the gateway accepted it (µs).
+    pub ingested_at: i64,
+    /// Agent software version.
+    pub agent_version: String,
+    /// Seconds since boot.
+    pub uptime_seconds: i64,
+    /// Increases by one per heartbeat since the agent started.
+    pub sequence: i64,
+}
+
+/// Severity of an agent event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventSeverity {
+    /// Informational.
+    #[serde(rename = "INFO")]
+    Info,
+    /// Needs attention.
+    #[serde(rename = "WARNING")]
+    Warning,
+    /// Needs action now.
+    #[serde(rename = "CRITICAL")]
+    Critical,
+}
+
+/// Something happened on an agent's machine (`fleet.events.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct AgentEvent {
+    /// UUIDv7.
+    pub event_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Time on the agent (µs).
+    pub occurred_at: i64,
+    /// Time the gateway accepted it (µs).
+    pub ingested_at: i64,
+    /// Event kind, for example `service_crashed`.
+    pub kind: String,
+    /// Severity.
+    pub severity: EventSeverity,
+    /// Human-readable message.
+    pub message: String,
+    /// Free-form attributes.
+    pub attributes: HashMap<String, String>,
+}
+
+/// Kind of alert lifecycle event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AlertEventKind {
+    /// A rule started to breach.
+    #[serde(rename = "RAISED")]
+    Raised,
+    /// The condition cleared (or a user resolved it).
+    #[serde(rename = "RESOLVED")]
+    Resolved,
+    /// A user acknowledged the alert.
+    #[serde(rename = "ACKNOWLEDGED")]
+    Acknowledged,
+}
+
+/// Alert severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlertSeverity {
+    /// Informational.
+    #[serde(rename = "INFO")]
+    Info,
+    /// Warning.
+    #[serde(rename = "WARNING")]
+    Warning,
+    /// Critical.
+    #[serde(rename = "CRITICAL")]
+    Critical,
+}
+
+impl AlertSeverity {
+    /// Lower-case name, as used in configuration and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertSeverity::Info => "info",
+            AlertSeverity::Warning => "warning",
+            AlertSeverity::Critical => "critical",
+        }
+    }
+}
+
+impl AlertEventKind {
+    /// Lower-case name, as used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEventKind::Raised => "raised",
+            AlertEventKind::Resolved => "resolved",
+            AlertEventKind::Acknowledged => "acknowledged",
+        }
+    }
+}
+
+/// Alert lifecycle (`fleet.alerts.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct AlertEvent {
+    /// UUIDv5 of (alert id, kind).
+    pub event_id: String,
+    /// Deterministic alert id.
+    pub alert_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Lifecycle step.
+    pub kind: AlertEventKind,
+    /// Rule that raised it.
+    pub rule_id: String,
+    /// Rule name at the time.
+    pub rule_name: String,
+    /// Metric name (see [`crate::samples`]).
+    pub metric: String,
+    /// Mount point or service the rule applies to, if any.
+    pub subject: Option<String>,
+    /// Severity.
+    pub severity: AlertSeverity,
+    /// Comparison operator.
+    pub operator: String,
+    /// Threshold compared against.
+    pub threshold: f64,
+    /// Value that triggered or cleared the alert.
+    pub value: f64,
+    /// Human-readable message.
+    pub message: String,
+    /// User who acknowledged or resolved by hand.
+    pub actor: Option<String>,
+    /// Time of the sample that caused this transition (µs).
+    pub occurred_at: i64,
+    /// Time the processor emitted it (µs).
+    pub ingested_at: i64,
+}
+
+/// Avro enums whose symbols are SCREAMING_CASE: the derive in apache-avro 0.21 ignores serde
+/// renames on variants, so these schemas are spelled out (and checked by the same test).
+macro_rules! avro_enum {
+    ($ty:ty, $name:literal, [$($sym:literal),+]) => {
+        impl apache_avro::schema::derive::AvroSchemaComponent for $ty {
+            fn get_schema_in_ctxt(
+                named_schemas: &mut std::collections::HashMap<apache_avro::schema::Name, apache_avro::Schema>,
+                _enclosing_namespace: &apache_avro::schema::Namespace,
+            ) -> apache_avro::Schema {
+                let name = apache_avro::schema::Name::new($name).expect("valid enum name");
+                if named_schemas.contains_key(&name) {
+                    return apache_avro::Schema::Ref { name };
+                }
+                let text = concat!(
+                    r#"{"type":"enum","name":""#, $name, r#"","symbols":["#,
+                    avro_enum!(@join $($sym),+), "]}"
+                );
+                let schema = apache_avro::Schema::parse_str(text).expect("valid enum schema");
+                named_schemas.insert(name, schema.clone());
+                schema
+            }
+        }
+    };
+    (@join $first:literal $(, $rest:literal)*) => {
+        concat!("\"", $first, "\"" $(, ",\"", $rest, "\"")*)
+    };
+}
+
+avro_enum!(
+    EventSeverity,
+    "io.fleetstream.EventSeverity",
+    ["INFO", "WARNING", "CRITICAL"]
+);
+avro_enum!(
+    AlertEventKind,
+    "io.fleetstream.AlertEventKind",
+    ["RAISED", "RESOLVED", "ACKNOWLEDGED"]
+);
+avro_enum!(
+    AlertSeverity,
+    "io.fleetstream.AlertSeverity",
+    ["INFO", "WARNING", "CRITICAL"]
+);

@@ -1,0 +1,126 @@
+//! The `.avsc` files are the source of truth: the Rust types must derive the same schema,
+//! and records round-trip through the single-object codec.
+
+use apache_avro::Schema;
+use fleet_schemas::codec::{self, Catalog, CodecError, Record};
+use fleet_schemas::{fixtures, AgentEvent, AlertEvent, Heartbeat, MetricReport};
+
+fn assert_matches_avsc<T: Record>() {
+    let known = Catalog::get()
+        .current(T::FULL_NAME)
+        .unwrap_or_else(|| panic!("no .avsc for {}", T::FULL_NAME));
+    let derived = T::get_schema();
+    assert_eq!(
+        derived.canonical_form(),
+        known.canonical_form,
+        "Rust type {} differs from schemas/avro/{}",
+        T::FULL_NAME,
+        known.file
+    );
+}
+
+#[test]
+fn rust_types_match_avsc_canonical_form() {
+    assert_matches_avsc::<MetricReport>();
+    assert_matches_avsc::<Heartbeat>();
+    assert_matches_avsc::<AgentEvent>();
+    assert_matches_avsc::<AlertEvent>();
+}
+
+#[test]
+fn every_avsc_parses_and_has_unique_fingerprint() {
+    let all = Catalog::get().all();
+    assert_eq!(all.len(), codec::AVSC_FILES.len());
+    let mut fps: Vec<u64> = all.iter().map(|s| s.fingerprint).collect();
+    fps.sort_unstable();
+    fps.dedup();
+    assert_eq!(fps.len(), all.len(), "two schemas share a fingerprint");
+    for s in all {
+        assert!(
+            matches!(s.schema, Schema::Record(_)),
+            "{} is not a record",
+            s.file
+        );
+    }
+}
+
+fn roundtrip<T: Record + PartialEq + std::fmt::Debug>(v: &T) {
+    let bytes = codec::encode(v).expect("encode");
+    assert_eq!(&bytes[..2], &codec::MAGIC);
+    let fp = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    assert_eq!(fp, T::codec().fingerprint());
+    let back: T = codec::decode(&bytes).expect("decode");
+    assert_eq!(&back, v);
+}
+
+#[test]
+fn records_roundtrip() {
+    let t = 1_763_900_000_123_456;
+    roundtrip(&fixtures::metric_report("t1", "a1", t));
+    roundtrip(&fixtures::heartbeat("t1", "a1", t, 7));
+    roundtrip(&fixtures::agent_event("t1", "a1", t));
+    roundtrip(&fixtures::alert_raised("t1", "a1", t));
+    let mut bare = fixtures::metric_report("t1", "a1", t);
+    bare.security = None;
+    bare.disks.clear();
+    bare.custom.clear();
+    bare.services[0].pid = None;
+    roundtrip(&bare);
+}
+
+#[test]
+fn decode_rejects_garbage_with_clear_errors() {
+    assert!(matches!(
+        codec::decode::<Heartbeat>(b"xx"),
+        Err(CodecError::Truncated(2))
+    ));
+    assert!(matches!(
+        codec::decode::<Heartbeat>(b"{\"not\":\"avro\"}"),
+        Err(CodecError::BadMagic(_))
+    ));
+    let mut unknown = vec![0xC3, 0x01];
+    unknown.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert!(matches!(
+        codec::decode::<Heartbeat>(&unknown),
+        Err(CodecError::UnknownSchema(_))
+    ));
+    let hb = codec::encode(&fixtures::heartbeat("t", "a", 1, 1)).expect("encode");
+    assert!(matches!(
+        codec::decode::<MetricReport>(&hb),
+        Err(CodecError::WrongRecord { .. })
+    ));
+    let truncated = &hb[..hb.len() - 3];
+    assert!(codec::decode::<Heartbeat>(truncated).is_err());
+    let mut trailing = hb.clone();
+    trailing.push(0);
+    assert!(matches!(
+        codec::decode::<Heartbeat>(&trailing),
+        Err(CodecError::TrailingBytes(1))
+    ));
+}
+
+#[test]
+fn samples_name_every_metric() {
+    let r = fixtures::metric_report("t", "a", 1);
+    let s = fleet_schemas::samples::samples(&r);
+    let names: Vec<String> = s.iter().map(|s| s.series()).collect();
+    for expected in [
+        "cpu.percent",
+        "disk.percent:/",
+        "disk.percent:/var",
+        "service.up:sshd",
+        "custom.queue_depth",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "missing {expected} in {names:?}"
+        );
+    }
+    for sample in &s {
+        assert!(
+            fleet_schemas::samples::is_known_metric(&sample.metric),
+            "{}",
+            sample.metric
+        );
+    }
+}

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Checks for the local Fleetstream test services (run with the services venv's python).
+
+    smoke.py ready [--bootstrap HOST:PORT] [--timeout S]
+        Exit 0 once the broker answers a metadata request and lists itself.
+    smoke.py kafka [--bootstrap HOST:PORT] [--timeout S]
+        Create a throw-away topic, produce one message, consume it back, delete the topic.
+    smoke.py avro
+        Round-trip one record through fastavro (checks the venv's interop packages).
+
+Everything is bounded in time; failures print a reason on stderr and exit non-zero.
+"""
+
+import argparse
+import io
+import sys
+import time
+import uuid
+
+
+def log(msg):
+    print(f"  smoke: {msg}", flush=True)
+
+
+def fail(msg):
+    print(f"  smoke: FAILED: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def check_ready(bootstrap, timeout):
+    from confluent_kafka.admin import AdminClient
+
+    deadline = time.monotonic() + timeout
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            md = admin.list_topics(timeout=min(3.0, max(0.5, deadline - time.monotonic())))
+            if md.brokers and md.controller_id >= 0:
+                ids = ",".join(str(b) for b in sorted(md.brokers))
+                log(f"broker(s) {ids} ready at {bootstrap}, controller {md.controller_id}, "
+                    f"{len(md.topics)} topic(s)")
+                return
+            last = f"metadata without brokers/controller (controller_id={md.controller_id})"
+        except Exception as e:  # KafkaException while the broker is still starting
+            last = str(e)
+        time.sleep(0.5)
+    fail(f"broker at {bootstrap} not ready after {timeout:.0f}s: {last}")
+
+
+def check_kafka(bootstrap, timeout):
+    from confluent_kafka import Consumer, KafkaException, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    deadline = time.monotonic() + timeout
+    left = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
+    topic = f"fleet-smoke-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    # Topic auto-creation is disabled on the broker: create explicitly (retry while it settles).
+    while True:
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)],
+                                operation_timeout=10)[topic].result(timeout=left())
+            break
+        except KafkaException as e:
+            err = e.args[0]
+            if getattr(err, "code", lambda: None)() == 36:  # TOPIC_ALREADY_EXISTS
+                break
+            if time.monotonic() >= deadline or not err.retriable():
+                fail(f"create topic {topic}: {err}")
+            time.sleep(0.5)
+    log(f"created topic {topic}")
+
+    try:
+        payload = f"hello fleetstream {uuid.uuid4()}".encode()
+        delivered = []
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                             "enable.idempotence": True})
+        producer.produce(topic, key=b"smoke", value=payload,
+                         on_delivery=lambda err, msg: delivered.append((err, msg)))
+        remaining = producer.flush(timeout=left())
+        if remaining or not delivered:
+            fail(f"produce to {topic}: message not delivered in time")
+        err, msg = delivered[0]
+        if err is not None:
+            fail(f"produce to {topic}: {err}")
+        log(f"produced 1 message to {topic}[{msg.partition()}]@{msg.offset()}")
+
+        consumer = Consumer({"bootstrap.servers": bootstrap,
+                             "group.id": f"fleet-smoke-{uuid.uuid4().hex[:8]}",
+                             "auto.offset.reset": "earliest",
+                             "enable.auto.commit": False})
+        try:
+            consumer.subscribe([topic])
+            got = None
+            while got is None and time.monotonic() < deadline:
+                m = consumer.poll(0.5)
+                if m is None:
+                    continue
+                if m.error():
+                    if m.error().fatal():
+                        fail(f"consume from {topic}: {m.error()}")
+                    continue
+                got = m
+            if got is None:
+                fail(f"consume from {topic}: nothing received within {timeout:.0f}s")
+            if got.value() != payload or got.key() != b"smoke":
+                fail(f"consume from {topic}: got {got.key()!r}={got.value()!r}, want {payload!r}")
+            log(f"consumed it back from {topic}[{got.partition()}]@{got.offset()}")
+        finally:
+            consumer.close()
+    finally:
+        try:
+            admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
+            log(f"deleted topic {topic}")
+        except Exception as e:  # not fatal for the check itself
+            log(f"warning: could not delete topic {topic}: {e}")
+
+
+def check_avro():
+    import fastavro
+
+    schema = fastavro.parse_schema({
+        "type": "record", "name": "Ping", "namespace": "fleetstream.smoke",
+        "fields": [{"name": "id", "type": "long"}, {"name": "note", "type": "string"}],
+    })
+    rec = {"id": 42, "note": "hello"}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, rec)
+    buf.seek(0)
+    back = fastavro.schemaless_reader(buf, schema)
+    if back != rec:
+        fail(f"fastavro round trip: got {back!r}, want {rec!r}")
+    import confluent_kafka
+    log(f"fastavro {fastavro.__version__} round trip ok; confluent-kafka {confluent_kafka.version()[0]}, "
+        f"librdkafka {confluent_kafka.libversion()[0]}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("check", choices=["ready", "kafka", "avro"])
+    p.add_argument("--bootstrap", default="127.0.0.1:9092")
+    p.add_argument("--timeout", type=float, default=30.0)
+    a = p.parse_args()
+    if a.check == "ready":
+        check_ready(a.bootstrap, a.timeout)
+    elif a.check == "kafka":
+        check_kafka(a.bootstrap, a.timeout)
+    else:
+        check_avro()
+
+
+if __name__ == "__main__":
+    main()
