@@ -133,7 +133,7 @@ def check_avro():
     if back != rec:
         fail(f"fastavro round trip: got {back!r}, want {rec!r}")
     import confluent_kafka
-    log(f"fastavro {fastavro.__version__} round trip ok; confluent-kafka {confluent_kafka.version()[0]}, "
+    log(f"fastavro {fastavro.__version__} round trip ok; confluent-kafka {confluent_kafka.__version__}, "
         f"librdkafka {confluent_kafka.libversion()[0]}")
 
 
