@@ -1,0 +1,91 @@
+//! Interop with another Avro implementation: Python `fastavro` decodes records written by
+//! the Rust codec (checking the single-object header and its fingerprint), and the Rust
+//! codec decodes records that fastavro wrote.
+//!
+//! Needs a Python with fastavro: `$FLEET_PYTHON` (set by `scripts/services.sh env`), else
+//! `python3`. Without fastavro the test fails and says how to install it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use fleet_schemas::codec::{self, Record};
+use fleet_schemas::{fixtures, AgentEvent, AlertEvent, Heartbeat, MetricReport};
+use serde_json::Value;
+
+const T: i64 = 1_763_900_000_123_456;
+
+fn python() -> String {
+    std::env::var("FLEET_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn write<T: Record>(dir: &Path, name: &str, v: &T) -> anyhow::Result<()> {
+    std::fs::write(dir.join("rust").join(format!("{name}.bin")), codec::encode(v)?)?;
+    Ok(())
+}
+
+fn read_back<T: Record + PartialEq + std::fmt::Debug + Clone>(
+    dir: &Path,
+    name: &str,
+    original: &T,
+    set_agent: impl Fn(&mut T, String),
+) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(dir.join("python").join(format!("{name}.bin")))?;
+    let decoded: T = codec::decode(&bytes).with_context(|| format!("Rust decoding fastavro's {name}"))?;
+    let mut expected = original.clone();
+    set_agent(&mut expected, format!("py-{name}"));
+    assert_eq!(decoded, expected, "{name}: fastavro's record decodes to something else");
+    let json = std::fs::read_to_string(dir.join("decoded").join(format!("{name}.json")))?;
+    Ok(serde_json::from_str(&json)?)
+}
+
+#[test]
+fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir(dir.path().join("rust"))?;
+    let report = fixtures::metric_report("tenant-1", "agent-1", T);
+    let hb = fixtures::heartbeat("tenant-1", "agent-1", T, 42);
+    let ev = fixtures::agent_event("tenant-1", "agent-1", T);
+    let alert = fixtures::alert_raised("tenant-1", "agent-1", T);
+    write(dir.path(), "metric_report", &report)?;
+    write(dir.path(), "heartbeat", &hb)?;
+    write(dir.path(), "agent_event", &ev)?;
+    write(dir.path(), "alert_event", &alert)?;
+
+    let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(&avro_dir)
+        .arg(dir.path())
+        .output()
+        .with_context(|| format!("running {} (set FLEET_PYTHON, or run scripts/services.sh up)", python()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No module named 'fastavro'") {
+        bail!("fastavro is not installed for {}: run `scripts/services.sh up` and `eval \"$(scripts/services.sh env)\"`", python());
+    }
+    if !out.status.success() {
+        bail!("fastavro side failed: {stderr}");
+    }
+
+    let r = read_back(dir.path(), "metric_report", &report, |r, a| r.agent_id = a)?;
+    assert_eq!(r["cpu_percent"], 42.5);
+    assert_eq!(r["disks"][1]["mount"], "/var");
+    assert_eq!(r["services"][0]["pid"], 812);
+    assert_eq!(r["custom"]["queue_depth"], 7.0);
+    assert_eq!(r["occurred_at"]["timestamp_micros"], T, "timestamp-micros read as a time by fastavro");
+    let h = read_back(dir.path(), "heartbeat", &hb, |r, a| r.agent_id = a)?;
+    assert_eq!(h["sequence"], 42);
+    let e = read_back(dir.path(), "agent_event", &ev, |r, a| r.agent_id = a)?;
+    assert_eq!(e["severity"], "WARNING");
+    let a = read_back(dir.path(), "alert_event", &alert, |r, a| r.agent_id = a)?;
+    assert_eq!(a["kind"], "RAISED");
+    assert_eq!(a["severity"], "CRITICAL");
+    assert_eq!(a["subject"], Value::Null);
+    // Every record type the catalog knows went through the other implementation.
+    assert_eq!(
+        [MetricReport::FULL_NAME, Heartbeat::FULL_NAME, AgentEvent::FULL_NAME, AlertEvent::FULL_NAME].len(),
+        codec::AVSC_FILES.len()
+    );
+    Ok(())
+}
