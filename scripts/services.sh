@@ -73,20 +73,25 @@ die() { # MESSAGE [LOGFILE...]
   printf '\n[services %5ss] ERROR: %s\n' "$(($(date +%s) - T0))" "$msg" >&2
   local f
   for f in "$@"; do tail_log "$f" 60; done
+  (($#)) && printf '[services %5ss] ERROR: %s (log tails above)\n' "$(($(date +%s) - T0))" "$msg" >&2
   exit 1
 }
-trap 'rc=$?; printf "[services] ERROR: command failed (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' ERR
+on_err() { printf '[services] ERROR: command failed (exit %s) at line %s: %s\n' "$1" "$2" "$3" >&2; }
+trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 # ---------------------------------------------------------------------------------------------- helpers
 port_open() { # HOST PORT
+  # shellcheck disable=SC2016 # expanded by the inner bash
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
 }
 
+# Commands run through as_root/as_postgres may start daemons (pg_ctlcluster, apt postinst scripts):
+# `9>&-` keeps our flock fd (see lock()) out of them, or they would hold $DIR/.lock forever.
 as_root() {
   if [[ $(id -u) -eq 0 ]]; then
-    "$@"
+    "$@" 9>&-
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo -n "$@"
+    sudo -n "$@" 9>&-
   else
     die "need root (or passwordless sudo) to run: $*"
   fi
@@ -94,11 +99,11 @@ as_root() {
 
 as_postgres() {
   if [[ $(id -un) == postgres ]]; then
-    "$@"
+    "$@" 9>&-
   elif [[ $(id -u) -eq 0 ]]; then
-    runuser -u postgres -- "$@"
+    runuser -u postgres -- "$@" 9>&-
   elif command -v sudo >/dev/null 2>&1 && sudo -n -u postgres true 2>/dev/null; then
-    sudo -n -u postgres "$@"
+    sudo -n -u postgres "$@" 9>&-
   else
     die "need root (or passwordless sudo) to run as postgres: $*"
   fi
@@ -181,8 +186,10 @@ ensure_prereqs() {
   fi
   local jv
   jv=$("$(java_bin)" -version 2>&1 | sed -n 1p)
-  [[ $jv =~ \"([0-9]+) ]] && ((BASH_REMATCH[1] >= 17)) || die "Kafka $KAFKA_VERSION needs Java 17+, found: $jv"
-  ok "java: $jv; $(mvn -v 2>/dev/null | sed -n '1s/\x1b\[[0-9;]*m//gp'); postgres $PG_VERSION at $PG_BIN; $(/usr/bin/python3 -V)"
+  if ! [[ $jv =~ \"([0-9]+) ]] || ((BASH_REMATCH[1] < 17)); then
+    die "Kafka $KAFKA_VERSION needs Java 17+, found: $jv"
+  fi
+  ok "java: $jv; maven: $(command -v mvn); postgres $PG_VERSION at $PG_BIN; $(/usr/bin/python3 -V)"
 }
 
 # ---------------------------------------------------------------------------------------------- Kafka
@@ -196,7 +203,8 @@ ensure_kafka_jars() {
   mkdir -p "$work"
   render "$HELPERS/pom.xml.in" "$work/pom.xml"
   rm -rf "$work/libs.tmp"
-  say "fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION + runtime deps from Maven Central (log: $log)"
+  say "fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION + runtime deps from Maven Central with" \
+    "$(mvn -v 2>/dev/null | sed -n '1s/\x1b\[[0-9;]*m//gp') (log: $log)"
   (cd "$work" && mvn -B -q -f pom.xml dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory=libs.tmp) >"$log" 2>&1 ||
     die "mvn dependency:copy-dependencies failed" "$log"
@@ -246,6 +254,9 @@ start_kafka() {
     ok "something already listens on $KAFKA_BROKERS (not started by this script): reusing it, will verify"
     return
   fi
+  if port_open "$HOST" "$CONTROLLER_PORT"; then
+    die "port $CONTROLLER_PORT (Kafka CONTROLLER listener) is taken by another process: $(ss -ltnpH "sport = :$CONTROLLER_PORT" 2>/dev/null | awk '{print $NF}' | xargs)"
+  fi
   ensure_kafka_jars
   write_kafka_config
   format_kafka_storage
@@ -283,8 +294,13 @@ wait_kafka_ready() {
   say "port $KAFKA_PORT accepts connections; asking the broker for metadata"
   local left=$((deadline - $(date +%s)))
   ((left >= 10)) || left=10
-  "$VENV_PY" "$HELPERS/smoke.py" ready --bootstrap "$KAFKA_BROKERS" --timeout "$left" ||
-    die "Kafka on $KAFKA_BROKERS did not become ready" "${logs[@]}"
+  "$VENV_PY" "$HELPERS/smoke.py" ready --bootstrap "$KAFKA_BROKERS" --timeout "$left" && return
+  if [[ -n $pid ]]; then
+    die "Kafka on $KAFKA_BROKERS (pid $pid) did not become ready" "${logs[@]}"
+  fi
+  local who
+  who=$(ss -ltnpH "sport = :$KAFKA_PORT" 2>/dev/null | awk '{print $NF}' | xargs) || who="?"
+  die "the process listening on $KAFKA_BROKERS ($who) was not started by this script and does not answer as a Kafka broker; stop it or free port $KAFKA_PORT"
 }
 
 stop_kafka() {
@@ -383,6 +399,7 @@ SQL
     local rule="host    all             $PG_USER           $HOST/32            scram-sha-256"
     if ! as_root grep -qF "$rule" "$hba"; then
       # prepend (first matching rule wins), rewriting in place to keep owner and mode
+      # shellcheck disable=SC2016 # expanded by the inner sh
       as_root sh -c '{ printf "# added by fleetstream scripts/services.sh\n%s\n" "$2"; cat "$1"; } >"$1.fleet" &&
         cat "$1.fleet" >"$1" && rm -f "$1.fleet"' _ "$hba" "$rule" || die "cannot edit $hba"
     fi
@@ -426,7 +443,12 @@ ensure_venv() {
   if [[ ! -x $VENV_PY ]] || ! "$VENV_PY" -c 'import sys' >/dev/null 2>&1; then
     rm -rf "$VENV"
     say "creating venv with $base ($("$base" -V 2>&1))"
-    "$base" -m venv "$VENV" >"$log" 2>&1 || die "python -m venv failed" "$log"
+    if ! "$base" -m venv "$VENV" >"$log" 2>&1; then
+      [[ $base == /usr/bin/python3 ]] || die "$base -m venv failed" "$log"
+      rm -rf "$VENV"
+      apt_install python3-venv
+      "$base" -m venv "$VENV" >"$log" 2>&1 || die "$base -m venv failed" "$log"
+    fi
   fi
   say "pip install -r scripts/services/requirements.txt (log: $log)"
   "$VENV_PY" -m pip install --disable-pip-version-check -q -r "$req" >>"$log" 2>&1 ||

@@ -1,1 +1,196 @@
-//! placeholder
+//! Harness for end-to-end tests: runs the real `fleetstream` binary as separate processes
+//! against real services, and talks to it over HTTP only.
+//!
+//! The binary is `$FLEETSTREAM_BIN` or `target/debug/fleetstream` (build it first:
+//! `cargo build -p fleetstream`). Kafka and Postgres come from `FLEET_KAFKA_BROKERS` and
+//! `FLEET_POSTGRES_URL` (loopback defaults); start them with `scripts/services.sh up`.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// Path of the binary under test.
+pub fn fleetstream_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("FLEETSTREAM_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("debug").join("fleetstream");
+    if !bin.exists() {
+        bail!("{} not found: build it first with `cargo build -p fleetstream` (scripts/test.sh does)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Kafka brokers for tests.
+pub fn kafka_brokers() -> String {
+    std::env::var("FLEET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Postgres URL for tests (a server URL; tests create their own database).
+pub fn postgres_url() -> String {
+    std::env::var("FLEET_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://fleet:fleet@127.0.0.1:5432/fleet?sslmode=disable".into())
+}
+
+/// Fails with instructions when a TCP service is not listening.
+pub fn require_service(what: &str, host_port: &str) -> anyhow::Result<()> {
+    let addr = host_port.split(',').next().unwrap_or(host_port);
+    let ok = std::net::TcpStream::connect_timeout(
+        &addr.parse().with_context(|| format!("{what} address {addr:?}"))?,
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    if !ok {
+        bail!("{what} is not reachable at {addr}: start the test services with `scripts/services.sh up` (or run `scripts/test.sh`)");
+    }
+    Ok(())
+}
+
+/// Creates a fresh Postgres database and returns its URL.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    use sqlx::Connection as _;
+    let base = postgres_url();
+    let hostport = base.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432");
+    require_service("PostgreSQL", hostport)?;
+    let name = format!("fleet_e2e_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&base).await.context("connecting to Postgres")?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    let (head, tail) = base.split_once('?').map(|(h, t)| (h, Some(t))).unwrap_or((&base, None));
+    let prefix = head.rsplit_once('/').map(|(p, _)| p).unwrap_or(head);
+    Ok(match tail {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    })
+}
+
+/// A running `fleetstream` process; killed on drop. Its output goes to a log file whose
+/// tail is printed when a check fails.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `fleetstream <args>` with extra environment.
+    pub fn start(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(fleetstream_bin()?);
+        cmd.args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proc { name: name.to_owned(), child, log })
+    }
+
+    /// The last lines of the process's output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit; then SIGKILL.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!("{} did not stop within 30 s of SIGTERM; killed", self.name)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what` and the
+/// processes' log tails.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, procs: &[&Proc], mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            let mut msg = format!("timed out after {timeout:?} waiting for {what}");
+            if let Some(e) = last_err {
+                msg.push_str(&format!("\nlast error: {e:#}"));
+            }
+            for p in procs {
+                msg.push_str(&format!("\n--- {} (last lines) ---\n{}", p.name, p.log_tail(40)));
+            }
+            bail!(msg);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// GET a JSON document; `None` on 404.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let resp = client.get(url).send().await?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("GET {url}: {status} {body}");
+    }
+    Ok(Some(body))
+}
+
+/// Writes a file in `dir`.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(path)
+}

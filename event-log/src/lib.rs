@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod metrics;
 pub mod murmur2;
 pub use murmur2::partition_for_key;
 
@@ -233,7 +234,12 @@ pub async fn open(url: &str, options: &EngineOptions) -> Result<Arc<dyn EventLog
         )));
     }
     let _ = options;
-    Ok(Arc::new(embedded::EmbeddedLog::open(std::path::Path::new(path))?))
+    let dir = std::path::PathBuf::from(path);
+    // Opening recovers each partition's end from disk: keep that off the async workers.
+    let log = tokio::task::spawn_blocking(move || embedded::EmbeddedLog::open(&dir))
+        .await
+        .map_err(|e| LogError::Internal(format!("opening the embedded log failed: {e}")))??;
+    Ok(Arc::new(log))
 }
 
 /// Creates every topic in `topics` (idempotent).

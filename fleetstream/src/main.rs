@@ -1,1 +1,108 @@
-fn main() {}
+//! `fleetstream`: one binary for every role.
+//!
+//! * `fleetstream up` runs gateway, processors, projections and the query API in one
+//!   process on the embedded defaults (event log, SQLite read model and time-series store
+//!   in a data directory); `--with-local-agent` adds an agent reporting this machine.
+//! * `fleetstream gateway | processors | projections` run one role each, for a
+//!   distributed deployment on Kafka, Postgres (and later ScyllaDB).
+//! * `fleetstream agent` runs the agent.
+
+mod roles;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetstream",
+    version,
+    about = "Fleetstream: telemetry pipeline for server fleets",
+    long_about = "Fleetstream: agents push metrics through an ingest gateway into an event log \
+(Kafka, or an embedded log); stream processors raise alerts; projections keep a read model \
+and time series that the query API serves.\n\n\
+Quick start: `fleetstream up --with-local-agent`, then open the printed API URL.\n\n\
+Every role reads a TOML file (--config) and environment variables FLEET_<ROLE>__<KEY> \
+(for example FLEET_GATEWAY__LISTEN=0.0.0.0:8080). See config/*.example.toml for every key.",
+    after_help = "Run `fleetstream <COMMAND> --help` for the options of each command."
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "FLEET_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every server role in one process on the embedded defaults.
+    #[command(long_about = "Run the gateway, the stream processors, the projections and the \
+query API in one process. The event log, the read model (SQLite) and the time-series store \
+live in --data-dir; nothing else is needed.\n\n\
+Settings come from --config (a TOML file with [gateway], [processors], [projections] and \
+[agent] tables, each as in config/<role>.example.toml) and environment variables \
+FLEET_<ROLE>__<KEY>. Storage URLs are always the embedded ones in --data-dir.")]
+    Up(UpArgs),
+    /// Run the ingest gateway (agents push here).
+    Gateway(RoleArgs),
+    /// Run the stream processors (alert evaluation).
+    Processors(RoleArgs),
+    /// Run the projections and the query API.
+    Projections(RoleArgs),
+    /// Run the agent on this machine.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Data directory for the embedded log and stores (created if missing).
+    #[arg(long, env = "FLEET_DATA_DIR", default_value = "fleetstream-data")]
+    data_dir: PathBuf,
+    /// TOML file with [gateway], [processors], [projections] and [agent] tables.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Also run an agent in this process that reports this machine to the gateway.
+    #[arg(long)]
+    with_local_agent: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RoleArgs {
+    /// The role's TOML file (see config/<role>.example.toml); defaults apply without one.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// The agent's TOML file (see agent/agent.example.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Gateway URL, overriding the file (for example http://gateway:8080).
+    #[arg(long)]
+    server: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    fleet_ops::init_tracing(matches!(cli.log_format, LogFormat::Json));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(a) => roles::up(a.data_dir, a.config, a.with_local_agent).await,
+            Command::Gateway(a) => roles::gateway(a.config).await,
+            Command::Processors(a) => roles::processors(a.config).await,
+            Command::Projections(a) => roles::projections(a.config).await,
+            Command::Agent(a) => roles::agent(a.config, a.server).await,
+        }
+    })
+}

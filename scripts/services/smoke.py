@@ -19,7 +19,8 @@ import uuid
 
 
 def log(msg):
-    print(f"  smoke: {msg}", flush=True)
+    # stderr, like the progress lines of scripts/services.sh (whose stdout is kept for `env`)
+    print(f"  smoke: {msg}", file=sys.stderr, flush=True)
 
 
 def fail(msg):
@@ -31,7 +32,8 @@ def check_ready(bootstrap, timeout):
     from confluent_kafka.admin import AdminClient
 
     deadline = time.monotonic() + timeout
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+    # log_level 3: keep librdkafka's connection-refused/timeout chatter out while the broker boots
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 3})
     last = "no answer"
     while time.monotonic() < deadline:
         try:

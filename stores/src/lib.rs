@@ -201,7 +201,12 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// Applies changes and records `offsets` as projection `projection`'s next offsets, in
     /// one transaction. Applying the same changes twice leaves the same state.
-    async fn apply(&self, projection: &str, changes: &[Change], offsets: &[StoredOffset]) -> Result<()>;
+    async fn apply(
+        &self,
+        projection: &str,
+        changes: &[Change],
+        offsets: &[StoredOffset],
+    ) -> Result<()>;
 
     /// Next offsets stored for a projection (empty when it never ran).
     async fn offsets(&self, projection: &str) -> Result<Vec<StoredOffset>>;
@@ -310,7 +315,9 @@ pub fn validate_range(q: &RangeQuery) -> Result<()> {
 /// Opens the read model a URL names: `postgres://...`, `sqlite://path` or a bare path
 /// to a SQLite file (created if missing). Runs the migrations.
 pub async fn open_read_model(url: &str) -> Result<std::sync::Arc<dyn ReadModel>> {
-    Ok(std::sync::Arc::new(read_model::SqlReadModel::connect(url).await?))
+    Ok(std::sync::Arc::new(
+        read_model::SqlReadModel::connect(url).await?,
+    ))
 }
 
 /// Opens the time-series store a URL names: `file:///dir` or a bare directory path.
@@ -321,5 +328,12 @@ pub async fn open_timeseries(url: &str) -> Result<std::sync::Arc<dyn TimeSeriesS
             "unsupported time-series URL {url:?}: use file:///path/to/dir"
         )));
     }
-    Ok(std::sync::Arc::new(timeseries::EmbeddedTimeSeries::open(std::path::Path::new(path))?))
+    // Opening reads (and after a crash, repairs) the file: keep it off the async workers.
+    let path = std::path::PathBuf::from(path);
+    let store = tokio::task::spawn_blocking(move || timeseries::EmbeddedTimeSeries::open(&path))
+        .await
+        .map_err(|e| {
+            StoreError::Internal(format!("opening the time-series store failed: {e}"))
+        })??;
+    Ok(std::sync::Arc::new(store))
 }

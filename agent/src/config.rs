@@ -1,0 +1,477 @@
+//! Agent configuration: compiled-in defaults, then a TOML file, then environment variables
+//! `FLEET_AGENT__<KEY>` (the key upper-cased with `-` written as `_`, e.g.
+//! `FLEET_AGENT__SERVER_URL` sets `server-url`).
+//!
+//! `agent.example.toml` beside this crate documents every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Most reports one request may carry (the gateway's default limit).
+pub const MAX_BATCH_REPORTS: usize = 1000;
+
+/// Most services one report may carry (the gateway's limit).
+pub const MAX_SERVICES: usize = 512;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "FLEET_AGENT__";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file named on the command line does not exist.
+    #[error(
+        "agent configuration file {path} not found: check the path, or omit it to run on defaults"
+    )]
+    NotFound {
+        /// The path that was given.
+        path: PathBuf,
+    },
+    /// A layer (file or environment) could not be parsed or had an unknown key.
+    #[error("invalid agent configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value parsed but is out of range.
+    #[error("invalid agent configuration: `{key}` {message}")]
+    Invalid {
+        /// The kebab-case key at fault.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// Everything the agent needs to run. Every field has a default, so an empty file (or no
+/// file) is a valid configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AgentConfig {
+    /// Base URL of the ingest gateway. Default `http://127.0.0.1:8080`.
+    pub server_url: String,
+    /// This agent's id, as it appears in the gateway's URLs. Default: unset, meaning a
+    /// UUIDv5 derived from the machine id (`/etc/machine-id`) or, failing that, the host
+    /// name, so restarts keep the same id. See [`AgentConfig::resolved_agent_id`].
+    pub agent_id: Option<String>,
+    /// Seconds between two collections (fractions allowed). Default 10.
+    pub collect_interval_secs: f64,
+    /// A batch is sent as soon as this many reports are queued; also the most reports one
+    /// request carries (1 to 1000). Default 6.
+    pub batch_max_reports: usize,
+    /// Longest a report waits in the queue before it is sent even if the batch is not full,
+    /// in seconds. Default: unset, meaning the collect interval.
+    pub flush_interval_secs: Option<f64>,
+    /// Most reports held in memory while the gateway cannot take them; when full, the
+    /// oldest is dropped, counted and logged. Default 10000.
+    pub max_queue_reports: usize,
+    /// Timeout of one HTTP request to the gateway, in seconds. Default 10.
+    pub request_timeout_secs: f64,
+    /// First retry delay after a failed send, in seconds; doubles on each failure (with
+    /// jitter) up to `retry-max-backoff-secs`. Default 1.
+    pub retry_initial_backoff_secs: f64,
+    /// Longest retry delay the agent picks itself, in seconds (a `Retry-After` from the
+    /// gateway is honoured even when longer). Default 60.
+    pub retry_max_backoff_secs: f64,
+    /// On shutdown, how long the agent keeps trying to send what is queued, in seconds.
+    /// Default 5.
+    pub shutdown_flush_timeout_secs: f64,
+    /// Names of the systemd units to watch (`nginx`, `postgresql.service`, ...), at most
+    /// 512. Default empty.
+    pub services: Vec<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            server_url: "http://127.0.0.1:8080".to_owned(),
+            agent_id: None,
+            collect_interval_secs: 10.0,
+            batch_max_reports: 6,
+            flush_interval_secs: None,
+            max_queue_reports: 10_000,
+            request_timeout_secs: 10.0,
+            retry_initial_backoff_secs: 1.0,
+            retry_max_backoff_secs: 60.0,
+            shutdown_flush_timeout_secs: 5.0,
+            services: Vec::new(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Loads defaults, then the TOML file at `path` (if given; it must exist), then the
+    /// `FLEET_AGENT__*` environment variables, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::NotFound {
+                    path: path.to_owned(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(env_provider()))
+    }
+
+    /// Extracts and validates a configuration from any figment (tests use this with
+    /// in-memory providers).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Self = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and formats; [`AgentConfig::load`] calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = reqwest::Url::parse(&self.server_url).map_err(|e| ConfigError::Invalid {
+            key: "server-url",
+            message: format!("is not a URL ({e}): expected e.g. http://gateway:8080"),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ConfigError::Invalid {
+                key: "server-url",
+                message: "must be an http:// or https:// URL with a host".to_owned(),
+            });
+        }
+        if let Some(id) = &self.agent_id {
+            validate_agent_id(id)?;
+        }
+        positive_secs("collect-interval-secs", self.collect_interval_secs)?;
+        if let Some(flush) = self.flush_interval_secs {
+            positive_secs("flush-interval-secs", flush)?;
+        }
+        positive_secs("request-timeout-secs", self.request_timeout_secs)?;
+        positive_secs(
+            "retry-initial-backoff-secs",
+            self.retry_initial_backoff_secs,
+        )?;
+        positive_secs("retry-max-backoff-secs", self.retry_max_backoff_secs)?;
+        positive_secs(
+            "shutdown-flush-timeout-secs",
+            self.shutdown_flush_timeout_secs,
+        )?;
+        if !(1..=MAX_BATCH_REPORTS).contains(&self.batch_max_reports) {
+            return Err(ConfigError::Invalid {
+                key: "batch-max-reports",
+                message: format!("must be between 1 and {MAX_BATCH_REPORTS}"),
+            });
+        }
+        if self.services.len() > MAX_SERVICES {
+            return Err(ConfigError::Invalid {
+                key: "services",
+                message: format!(
+                    "lists {} units, at most {MAX_SERVICES}",
+                    self.services.len()
+                ),
+            });
+        }
+        if self.max_queue_reports < self.batch_max_reports {
+            return Err(ConfigError::Invalid {
+                key: "max-queue-reports",
+                message: format!(
+                    "must be at least batch-max-reports ({})",
+                    self.batch_max_reports
+                ),
+            });
+        }
+        for name in &self.services {
+            if !is_valid_unit_name(name) {
+                return Err(ConfigError::Invalid {
+                    key: "services",
+                    message: format!(
+                        "contains {name:?}: a systemd unit name has only letters, digits \
+                         and `:_.@-\\`, and does not start with `-`"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent id to use: the configured one, or a UUIDv5 derived from the machine id
+    /// (`/etc/machine-id`, then `/var/lib/dbus/machine-id`), or from the host name when
+    /// neither exists. Stable across restarts of the same machine.
+    pub fn resolved_agent_id(&self) -> String {
+        match &self.agent_id {
+            Some(id) => id.clone(),
+            None => derive_agent_id(&machine_identity()),
+        }
+    }
+
+    /// [`Self::collect_interval_secs`] as a duration.
+    pub fn collect_interval(&self) -> Duration {
+        secs(self.collect_interval_secs)
+    }
+
+    /// [`Self::flush_interval_secs`] as a duration (the collect interval when unset).
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval_secs
+            .map(secs)
+            .unwrap_or_else(|| self.collect_interval())
+    }
+
+    /// [`Self::request_timeout_secs`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        secs(self.request_timeout_secs)
+    }
+
+    /// [`Self::retry_initial_backoff_secs`] as a duration.
+    pub fn retry_initial_backoff(&self) -> Duration {
+        secs(self.retry_initial_backoff_secs)
+    }
+
+    /// [`Self::retry_max_backoff_secs`] as a duration.
+    pub fn retry_max_backoff(&self) -> Duration {
+        secs(self.retry_max_backoff_secs)
+    }
+
+    /// [`Self::shutdown_flush_timeout_secs`] as a duration.
+    pub fn shutdown_flush_timeout(&self) -> Duration {
+        secs(self.shutdown_flush_timeout_secs)
+    }
+}
+
+/// The environment layer: `FLEET_AGENT__SERVER_URL` → `server-url`. `__` separates nested
+/// sections (none yet), a single `_` stands for `-`.
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .map(|key| key.as_str().replace('_', "-").into())
+}
+
+/// Converts validated seconds to a duration; invalid values (never seen after
+/// [`AgentConfig::validate`]) become one second rather than panicking.
+fn secs(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or(Duration::from_secs(1))
+}
+
+/// Upper bound for any duration setting: a day is already absurd for these knobs.
+const MAX_SECS: f64 = 86_400.0;
+
+fn positive_secs(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= MAX_SECS {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            message: format!("is {value}: expected seconds greater than 0 and at most {MAX_SECS}"),
+        })
+    }
+}
+
+/// Same rule as the gateway: 1 to 128 of `A-Z a-z 0-9 . _ -` (safe in URL paths).
+fn validate_agent_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: "agent-id",
+            message: format!(
+                "is {id:?}: expected 1 to 128 characters among letters, digits and `-_.`, \
+                 or leave it unset to derive one from the machine id"
+            ),
+        })
+    }
+}
+
+/// True for names systemd accepts as unit names (a conservative subset), never starting
+/// with `-` so a name cannot pass for a `systemctl` option.
+pub(crate) fn is_valid_unit_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('-')
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-' | b'\\')
+        })
+}
+
+/// The agent id derived from a machine identity string.
+fn derive_agent_id(identity: &str) -> String {
+    fleet_schemas::ids::v5(&["fleet-agent", identity]).to_string()
+}
+
+/// The machine id if the OS has one, else the host name, else a constant (every such
+/// machine then needs an explicit `agent-id`; a warning says so).
+fn machine_identity() -> String {
+    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let id = text.trim();
+            if !id.is_empty() {
+                return format!("machine-id:{id}");
+            }
+        }
+    }
+    if let Some(host) = sysinfo::System::host_name().filter(|h| !h.is_empty()) {
+        return format!("hostname:{host}");
+    }
+    tracing::warn!("No machine id or host name found; set `agent-id` explicitly.");
+    "unknown".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = AgentConfig::default();
+        c.validate().expect("defaults validate");
+        assert_eq!(c.server_url, "http://127.0.0.1:8080");
+        assert_eq!(c.collect_interval(), Duration::from_secs(10));
+        assert_eq!(c.flush_interval(), Duration::from_secs(10));
+        assert_eq!(c.batch_max_reports, 6);
+        assert_eq!(c.max_queue_reports, 10_000);
+        assert_eq!(c.request_timeout(), Duration::from_secs(10));
+        assert!(c.services.is_empty());
+    }
+
+    #[test]
+    fn derived_agent_id_is_stable_uuid() {
+        let c = AgentConfig::default();
+        let a = c.resolved_agent_id();
+        assert_eq!(a, c.resolved_agent_id());
+        assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
+        assert_ne!(
+            derive_agent_id("machine-id:a"),
+            derive_agent_id("machine-id:b")
+        );
+        let explicit = AgentConfig {
+            agent_id: Some("web-1".into()),
+            ..AgentConfig::default()
+        };
+        assert_eq!(explicit.resolved_agent_id(), "web-1");
+    }
+
+    #[test]
+    fn toml_layer_overrides_defaults_and_rejects_unknown_keys() {
+        let toml = r#"
+            server-url = "https://gw.example:8443"
+            collect-interval-secs = 0.5
+            batch-max-reports = 3
+            services = ["nginx", "sshd.service"]
+        "#;
+        let c = AgentConfig::from_figment(Figment::new().merge(Toml::string(toml))).unwrap();
+        assert_eq!(c.server_url, "https://gw.example:8443");
+        assert_eq!(c.collect_interval(), Duration::from_millis(500));
+        assert_eq!(c.flush_interval(), Duration::from_millis(500));
+        assert_eq!(c.batch_max_reports, 3);
+        assert_eq!(c.services, vec!["nginx", "sshd.service"]);
+        // Integers are accepted for float seconds.
+        let c = AgentConfig::from_figment(
+            Figment::new().merge(Toml::string("request-timeout-secs = 3")),
+        )
+        .unwrap();
+        assert_eq!(c.request_timeout(), Duration::from_secs(3));
+
+        let err = AgentConfig::from_figment(Figment::new().merge(Toml::string("sever-url = 1")))
+            .unwrap_err();
+        assert!(err.to_string().contains("sever-url"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases: [(&str, AgentConfig); 5] = [
+            (
+                "server-url",
+                AgentConfig {
+                    server_url: "ftp://x".into(),
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "collect-interval-secs",
+                AgentConfig {
+                    collect_interval_secs: f64::NAN,
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "batch-max-reports",
+                AgentConfig {
+                    batch_max_reports: 0,
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "agent-id",
+                AgentConfig {
+                    agent_id: Some("a/b".into()),
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "services",
+                AgentConfig {
+                    services: vec!["--now".into()],
+                    ..AgentConfig::default()
+                },
+            ),
+        ];
+        for (key, config) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = AgentConfig::load(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::NotFound { .. }), "{err}");
+    }
+
+    /// The environment layer maps `FLEET_AGENT__SERVER_URL` to `server-url`. Uses figment's
+    /// `Jail`, which serializes tests touching the process environment.
+    #[test]
+    #[allow(clippy::result_large_err)] // `Jail`'s closure must return figment's error type.
+    fn env_layer_maps_upper_snake_to_kebab() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                "server-url = \"http://from-file:1\"\nbatch-max-reports = 2\n",
+            )?;
+            jail.set_env("FLEET_AGENT__SERVER_URL", "http://from-env:2");
+            jail.set_env("FLEET_AGENT__COLLECT_INTERVAL_SECS", "0.25");
+            jail.set_env("FLEET_AGENT__AGENT_ID", "agent-7");
+            jail.set_env("FLEET_AGENT__SERVICES", "[nginx, cron]");
+            jail.set_env("OTHER__SERVER_URL", "http://ignored:3");
+            let c = AgentConfig::load(Some(Path::new("agent.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.server_url, "http://from-env:2");
+            assert_eq!(c.batch_max_reports, 2);
+            assert_eq!(c.collect_interval(), Duration::from_millis(250));
+            assert_eq!(c.agent_id.as_deref(), Some("agent-7"));
+            assert_eq!(c.services, vec!["nginx", "cron"]);
+
+            jail.set_env("FLEET_AGENT__NO_SUCH_KEY", "1");
+            let err = AgentConfig::load(None).unwrap_err();
+            assert!(err.to_string().contains("no-such-key"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn example_file_parses_and_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
+        let text = std::fs::read_to_string(&path).expect("agent.example.toml exists");
+        let c = AgentConfig::from_figment(Figment::new().merge(Toml::string(&text))).unwrap();
+        // Every key appears in the example (commented or not).
+        let all = Figment::from(Serialized::defaults(AgentConfig {
+            agent_id: Some("x".into()),
+            flush_interval_secs: Some(1.0),
+            ..c
+        }));
+        let dict = all.extract::<figment::value::Dict>().unwrap();
+        for key in dict.keys() {
+            assert!(text.contains(&format!("{key} =")), "example misses `{key}`");
+        }
+    }
+}

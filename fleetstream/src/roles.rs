@@ -1,0 +1,245 @@
+//! Starting each role, alone or all together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use fleet_event_log::EventLog;
+use fleet_ingest_gateway::GatewayConfig;
+use fleet_ops::config::{load, load_with_table};
+use fleet_ops::endpoints::ReadyCheck;
+use fleet_projections::ProjectionsConfig;
+use fleet_stream_processors::ProcessorsConfig;
+use tokio::sync::watch;
+
+/// A shutdown signal every task can wait on.
+#[derive(Clone)]
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    fn new() -> (watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Shutdown(rx))
+    }
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|v| *v).await;
+    }
+}
+
+fn on_signal(tx: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        fleet_ops::shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+}
+
+async fn open_log(url: &str, options: &std::collections::BTreeMap<String, String>) -> anyhow::Result<Arc<dyn EventLog>> {
+    let opts = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    fleet_event_log::open(url, &opts)
+        .await
+        .with_context(|| format!("opening the event log at {url}"))
+}
+
+/// Checks the log every few seconds; the flag backs `/readyz`.
+fn watch_log(log: Arc<dyn EventLog>, flag: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        loop {
+            let ok = matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    log.partition_count(fleet_schemas::topics::METRICS)
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            flag.store(ok, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })).await;
+        }
+    });
+}
+
+async fn serve(addr: SocketAddr, app: Router, shutdown: Shutdown, what: &'static str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr} (in use? change `listen` in the config)"))?;
+    tracing::info!(%addr, what, "Listening.");
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(shutdown.wait())
+        .await
+        .with_context(|| format!("{what} server"))
+}
+
+fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
+    let flag = flag.clone();
+    Arc::new(move || if flag.load(Ordering::Relaxed) { Ok(()) } else { Err(format!("{what} not reachable")) })
+}
+
+pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg: GatewayConfig = load("gateway", config.as_deref())?;
+    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    let (tx, shutdown) = Shutdown::new();
+    on_signal(tx);
+    run_gateway(cfg, log, shutdown).await
+}
+
+async fn run_gateway(cfg: GatewayConfig, log: Arc<dyn EventLog>, shutdown: Shutdown) -> anyhow::Result<()> {
+    let log_ok = Arc::new(AtomicBool::new(true));
+    watch_log(log.clone(), log_ok.clone());
+    let addr = cfg.listen;
+    let app = fleet_ingest_gateway::app(fleet_ingest_gateway::GatewayState::new(log, cfg))
+        .merge(fleet_ops::endpoints::router("gateway", ready_flag(&log_ok, "event log")));
+    serve(addr, app, shutdown, "gateway").await
+}
+
+pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg: ProcessorsConfig = load("processors", config.as_deref())?;
+    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    let (tx, shutdown) = Shutdown::new();
+    on_signal(tx);
+    let ready = fleet_stream_processors::Readiness::default();
+    let r = ready.clone();
+    let check: ReadyCheck = Arc::new(move || if r.is_ready() { Ok(()) } else { Err("alert evaluator not running".into()) });
+    let ops = serve(cfg.listen, fleet_ops::endpoints::router("processors", check), shutdown.clone(), "processors ops");
+    let eval = fleet_stream_processors::run_alert_evaluator(log, cfg, ready, shutdown.wait());
+    tokio::try_join!(ops, eval)?;
+    Ok(())
+}
+
+struct Stores {
+    read_model: Arc<dyn fleet_stores::ReadModel>,
+    timeseries: Arc<dyn fleet_stores::TimeSeriesStore>,
+}
+
+async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
+    let read_model = fleet_stores::open_read_model(&cfg.read_model)
+        .await
+        .with_context(|| format!("opening the read model ({})", redact(&cfg.read_model)))?;
+    let timeseries = fleet_stores::open_timeseries(&cfg.timeseries)
+        .await
+        .with_context(|| format!("opening the time-series store ({})", cfg.timeseries))?;
+    Ok(Stores { read_model, timeseries })
+}
+
+/// Hides a password in a URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
+    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    let stores = open_stores(&cfg).await?;
+    let (tx, shutdown) = Shutdown::new();
+    on_signal(tx);
+    run_projections(cfg, log, stores, shutdown).await
+}
+
+async fn run_projections(
+    cfg: ProjectionsConfig,
+    log: Arc<dyn EventLog>,
+    stores: Stores,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let ready = fleet_projections::project::Readiness::default();
+    let r = ready.clone();
+    let check: ReadyCheck = Arc::new(move || r.check());
+    let api = fleet_projections::api::app(fleet_projections::api::ApiState::new(
+        stores.read_model.clone(),
+        stores.timeseries.clone(),
+    ))
+    .merge(fleet_ops::endpoints::router("projections", check));
+    let server = serve(cfg.listen, api, shutdown.clone(), "query API");
+    let rm = fleet_projections::project::run_read_model(
+        log.clone(),
+        stores.read_model,
+        cfg.clone(),
+        ready.clone(),
+        shutdown.clone().wait(),
+    );
+    let ts = fleet_projections::project::run_timeseries(log, stores.timeseries, cfg, ready, shutdown.wait());
+    tokio::try_join!(server, rm, ts)?;
+    Ok(())
+}
+
+pub(crate) async fn agent(config: Option<PathBuf>, server: Option<String>) -> anyhow::Result<()> {
+    let mut cfg = fleet_agent::AgentConfig::load(config.as_deref())?;
+    if let Some(s) = server {
+        cfg.server_url = s;
+    }
+    let (tx, shutdown) = Shutdown::new();
+    on_signal(tx);
+    fleet_agent::run(cfg, shutdown.wait()).await.map(|_| ())
+}
+
+fn data_url(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let p = dir.join(name);
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("data directory {} is not valid UTF-8", dir.display()))
+}
+
+#[allow(clippy::print_stdout)] // the URLs are the command's output
+pub(crate) async fn up(data_dir: PathBuf, config: Option<PathBuf>, with_local_agent: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let file = config.as_deref();
+    let mut gw: GatewayConfig = load_with_table("gateway", file, Some("gateway"))?;
+    let mut pr: ProcessorsConfig = load_with_table("processors", file, Some("processors"))?;
+    let mut pj: ProjectionsConfig = load_with_table("projections", file, Some("projections"))?;
+    let log_url = format!("file://{}", data_url(&data_dir, "log")?);
+    gw.event_log = log_url.clone();
+    pr.event_log = log_url.clone();
+    pj.event_log = log_url.clone();
+    pj.read_model = format!("sqlite://{}", data_url(&data_dir, "readmodel.db")?);
+    pj.timeseries = format!("file://{}", data_url(&data_dir, "timeseries")?);
+
+    let log = open_log(&log_url, &Default::default()).await?;
+    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    let stores = open_stores(&pj).await?;
+    let (tx, shutdown) = Shutdown::new();
+    on_signal(tx);
+
+    let gateway_url = format!("http://{}", gw.listen);
+    let api_url = format!("http://{}", pj.listen);
+    println!("Fleetstream is up (data in {}).", data_dir.display());
+    println!("  ingest gateway: {gateway_url}   (agents: fleetstream agent --server {gateway_url})");
+    println!("  query API:      {api_url}/api/v1/agents");
+    println!("  metrics:        {gateway_url}/metrics  {api_url}/metrics");
+    println!("Press Ctrl-C to stop.");
+
+    let pr_ready = fleet_stream_processors::Readiness::default();
+    let gateway = run_gateway(gw, log.clone(), shutdown.clone());
+    let processors = fleet_stream_processors::run_alert_evaluator(log.clone(), pr, pr_ready, shutdown.clone().wait());
+    let projections = run_projections(pj, log, stores, shutdown.clone());
+    let agent = async {
+        if !with_local_agent {
+            return Ok(());
+        }
+        let mut cfg: fleet_agent::AgentConfig = if let Some(f) = file {
+            load_with_table("agent", Some(f), Some("agent"))?
+        } else {
+            fleet_agent::AgentConfig::load(None)?
+        };
+        cfg.server_url = gateway_url.clone();
+        println!("  local agent:    {} reporting every {:?}", cfg.resolved_agent_id(), cfg.collect_interval());
+        fleet_agent::run(cfg, shutdown.clone().wait()).await.map(|_| ())
+    };
+    // The first role to fail stops the others: a half-running system is worse than none.
+    tokio::try_join!(gateway, processors, projections, agent)?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! Validation of what agents send: pure functions, no I/O.
+
+use std::collections::HashMap;
+
+use fleet_ops::ApiError;
+use fleet_schemas::api::ReportIn;
+use fleet_schemas::{ids, DiskUsage, MetricReport, NetInterface, SecurityPosture, ServiceStatus};
+
+use crate::GatewayConfig;
+
+/// Most disks in one report.
+pub const MAX_DISKS: usize = 256;
+/// Most services in one report.
+pub const MAX_SERVICES: usize = 512;
+/// Most interfaces in one report.
+pub const MAX_INTERFACES: usize = 256;
+/// Most custom metrics in one report.
+pub const MAX_CUSTOM: usize = 256;
+/// Most per-core values in one report.
+pub const MAX_CORES: usize = 4096;
+/// Longest name (mount, service, interface, custom metric), bytes.
+pub const MAX_NAME_LEN: usize = 512;
+const SERVICE_STATES: &[&str] = &["running", "stopped", "failed", "unknown"];
+
+/// Time limits a report's collection time must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Microseconds a report may be ahead of the gateway's clock.
+    pub max_future_micros: i64,
+    /// Microseconds a report may be behind it.
+    pub max_age_micros: i64,
+}
+
+impl Limits {
+    /// From the gateway configuration.
+    pub fn from_config(cfg: &GatewayConfig) -> Limits {
+        Limits {
+            max_future_micros: cfg.max_future_skew_secs.saturating_mul(1_000_000),
+            max_age_micros: cfg.max_age_days.saturating_mul(86_400_000_000),
+        }
+    }
+}
+
+/// Agent ids: 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
+pub fn agent_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            "agent_id",
+            "agent id must be 1 to 128 characters of letters, digits, '.', '_' or '-'",
+        ))
+    }
+}
+
+/// A batch must have 1..=max reports.
+pub fn batch_len(len: usize, max: usize) -> Result<(), ApiError> {
+    if len == 0 {
+        return Err(ApiError::invalid_field("reports", "the batch has no report"));
+    }
+    if len > max {
+        return Err(ApiError::invalid_field("reports", format!("{len} reports in one batch, at most {max}")));
+    }
+    Ok(())
+}
+
+type FieldError = (String, String);
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    (field.into(), message.into())
+}
+
+fn percent(field: &str, v: f64) -> Result<f64, FieldError> {
+    if v.is_finite() && (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(err(field, format!("must be a percentage between 0 and 100, got {v}")))
+    }
+}
+
+fn non_negative(field: &str, v: f64) -> Result<f64, FieldError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(err(field, format!("must be a finite number >= 0, got {v}")))
+    }
+}
+
+fn long(field: &str, v: u64) -> Result<i64, FieldError> {
+    i64::try_from(v).map_err(|_| err(field, format!("{v} is larger than {}", i64::MAX)))
+}
+
+fn int(field: &str, v: u32) -> Result<i32, FieldError> {
+    i32::try_from(v).map_err(|_| err(field, format!("{v} is larger than {}", i32::MAX)))
+}
+
+fn name(field: &str, v: &str) -> Result<String, FieldError> {
+    if v.is_empty() || v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) {
+        return Err(err(field, format!("must be 1 to {MAX_NAME_LEN} bytes without control characters")));
+    }
+    Ok(v.to_owned())
+}
+
+fn at_most(field: &str, len: usize, max: usize) -> Result<(), FieldError> {
+    if len > max {
+        return Err(err(field, format!("{len} entries, at most {max}")));
+    }
+    Ok(())
+}
+
+/// Validates one report and converts it to the record written to the log. On error
+/// returns (field path within the report, reason).
+pub fn report(
+    tenant_id: &str,
+    agent_id: &str,
+    r: &ReportIn,
+    now_micros: i64,
+    limits: &Limits,
+) -> Result<MetricReport, FieldError> {
+    let occurred_at = r.collected_at.timestamp_micros();
+    if occurred_at > now_micros.saturating_add(limits.max_future_micros) {
+        return Err(err("collected_at", "is in the future beyond the allowed clock skew; check the agent's clock"));
+    }
+    if occurred_at < now_micros.saturating_sub(limits.max_age_micros) {
+        return Err(err("collected_at", "is older than the retention window accepted by this gateway"));
+    }
+    let cpu_percent = percent("cpu_percent", r.cpu_percent)?;
+    at_most("cpu_per_core", r.cpu_per_core.len(), MAX_CORES)?;
+    let cpu_per_core = r
+        .cpu_per_core
+        .iter()
+        .enumerate()
+        .map(|(i, v)| percent(&format!("cpu_per_core[{i}]"), *v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let memory_used_bytes = long("memory_used_bytes", r.memory_used_bytes)?;
+    let memory_total_bytes = long("memory_total_bytes", r.memory_total_bytes)?;
+    if r.memory_used_bytes > r.memory_total_bytes {
+        return Err(err("memory_used_bytes", "is larger than memory_total_bytes"));
+    }
+    let memory_percent = percent("memory_percent", r.memory_percent)?;
+    at_most("disks", r.disks.len(), MAX_DISKS)?;
+    let mut disks = Vec::with_capacity(r.disks.len());
+    for (i, d) in r.disks.iter().enumerate() {
+        let f = |k: &str| format!("disks[{i}].{k}");
+        if d.used_bytes > d.total_bytes {
+            return Err(err(f("used_bytes"), "is larger than total_bytes"));
+        }
+        disks.push(DiskUsage {
+            mount: name(&f("mount"), &d.mount)?,
+            used_bytes: long(&f("used_bytes"), d.used_bytes)?,
+            total_bytes: long(&f("total_bytes"), d.total_bytes)?,
+            percent: percent(&f("percent"), d.percent)?,
+        });
+    }
+    at_most("interfaces", r.interfaces.len(), MAX_INTERFACES)?;
+    let mut interfaces = Vec::with_capacity(r.interfaces.len());
+    for (i, n) in r.interfaces.iter().enumerate() {
+        let f = |k: &str| format!("interfaces[{i}].{k}");
+        interfaces.push(NetInterface {
+            name: name(&f("name"), &n.name)?,
+            rx_bytes: long(&f("rx_bytes"), n.rx_bytes)?,
+            tx_bytes: long(&f("tx_bytes"), n.tx_bytes)?,
+        });
+    }
+    at_most("services", r.services.len(), MAX_SERVICES)?;
+    let mut services = Vec::with_capacity(r.services.len());
+    for (i, s) in r.services.iter().enumerate() {
+        let f = |k: &str| format!("services[{i}].{k}");
+        if !SERVICE_STATES.contains(&s.status.as_str()) {
+            return Err(err(f("status"), format!("must be one of {}", SERVICE_STATES.join(", "))));
+        }
+        services.push(ServiceStatus {
+            name: name(&f("name"), &s.name)?,
+            status: s.status.clone(),
+            pid: s.pid.map(|p| int(&f("pid"), p)).transpose()?,
+        });
+    }
+    at_most("custom", r.custom.len(), MAX_CUSTOM)?;
+    let mut custom = HashMap::with_capacity(r.custom.len());
+    for (k, v) in &r.custom {
+        let f = format!("custom.{k}");
+        let valid_name = !k.is_empty()
+            && k.len() <= 128
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid_name {
+            return Err(err(f, "custom metric names are 1 to 128 characters of letters, digits, '.', '_' or '-'"));
+        }
+        if !v.is_finite() {
+            return Err(err(f, "must be a finite number"));
+        }
+        custom.insert(k.clone(), *v);
+    }
+    let security = match &r.security {
+        None => None,
+        Some(s) => Some(SecurityPosture {
+            firewall_enabled: s.firewall_enabled,
+            pending_updates: s.pending_updates.map(|v| int("security.pending_updates", v)).transpose()?,
+            pending_security_updates: s
+                .pending_security_updates
+                .map(|v| int("security.pending_security_updates", v))
+                .transpose()?,
+        }),
+    };
+    Ok(MetricReport {
+        event_id: ids::v7_at(occurred_at, &[agent_id, "metrics", &occurred_at.to_string()]).to_string(),
+        tenant_id: tenant_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        occurred_at,
+        ingested_at: now_micros,
+        cpu_percent,
+        cpu_per_core,
+        memory_used_bytes,
+        memory_total_bytes,
+        memory_percent,
+        swap_used_bytes: long("swap_used_bytes", r.swap_used_bytes)?,
+        swap_total_bytes: long("swap_total_bytes", r.swap_total_bytes)?,
+        disks,
+        disk_read_bytes: long("disk_read_bytes", r.disk_read_bytes)?,
+        disk_write_bytes: long("disk_write_bytes", r.disk_write_bytes)?,
+        load_1: non_negative("load_1", r.load_1)?,
+        load_5: non_negative("load_5", r.load_5)?,
+        load_15: non_negative("load_15", r.load_15)?,
+        uptime_seconds: long("uptime_seconds", r.uptime_seconds)?,
+        net_rx_bytes: long("net_rx_bytes", r.net_rx_bytes)?,
+        net_tx_bytes: long("net_tx_bytes", r.net_tx_bytes)?,
+        interfaces,
+        process_count: int("process_count", r.process_count)?,
+        services,
+        security,
+        custom,
+    })
+}

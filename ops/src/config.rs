@@ -1,0 +1,71 @@
+//! Layered configuration: compiled-in defaults, then a TOML file, then environment
+//! variables `FLEET_<ROLE>__<KEY>` (nested sections with `__`, `_` inside a key stands
+//! for `-`): `FLEET_GATEWAY__MAX_BODY_BYTES=2097152` sets `max-body-bytes`.
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration for {role}: {message}")]
+pub struct ConfigError {
+    /// Role whose configuration failed.
+    pub role: String,
+    /// What is wrong (names the key and the source).
+    pub message: String,
+}
+
+/// The environment prefix of a role: `FLEET_GATEWAY__`.
+pub fn env_prefix(role: &str) -> String {
+    format!("FLEET_{}__", role.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Loads `T` for `role`: defaults, then `file` (if given; it must exist), then env.
+pub fn load<T>(role: &str, file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    load_with_table(role, file, None)
+}
+
+/// Like [`load`], reading only table `[table]` of the file (for `fleetstream.toml`, whose
+/// sections hold each role's settings).
+pub fn load_with_table<T>(role: &str, file: Option<&Path>, table: Option<&str>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let err = |message: String| ConfigError { role: role.to_owned(), message };
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(err(format!("config file {} does not exist", path.display())));
+        }
+        figment = match table {
+            Some(t) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+                let doc: toml::Table = toml::from_str(&text)
+                    .map_err(|e| err(format!("{} is not valid TOML: {e}", path.display())))?;
+                match doc.get(t) {
+                    Some(toml::Value::Table(section)) => {
+                        let section = toml::to_string(section)
+                            .map_err(|e| err(format!("section [{t}] of {}: {e}", path.display())))?;
+                        figment.merge(Toml::string(&section))
+                    }
+                    Some(_) => return Err(err(format!("[{t}] in {} must be a table", path.display()))),
+                    None => figment,
+                }
+            }
+            None => figment.merge(Toml::file(path)),
+        };
+    }
+    let prefix = env_prefix(role);
+    figment = figment.merge(
+        Env::prefixed(&prefix).map(|k| k.as_str().replace("__", ".").replace('_', "-").into()),
+    );
+    figment.extract::<T>().map_err(|e| err(e.to_string()))
+}

@@ -1,0 +1,177 @@
+//! The HTTP error format of every Fleetstream endpoint:
+//! `{"error": {"code": "...", "message": "...", "field": "..."}}`, and [`FieldJson`], a
+//! JSON extractor whose rejections name the offending field in that format.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use fleet_schemas::api::{ErrorBody, ErrorDetail, ItemError};
+use serde::de::DeserializeOwned;
+
+/// An error answered to an HTTP client. Internal details are logged, not returned.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    items: Vec<ItemError>,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// A 4xx/5xx with a code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), field: None, items: Vec::new(), retry_after_secs: None }
+    }
+
+    /// 400 `invalid_field` naming `field`.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
+    }
+
+    /// 422 `invalid_batch`: every item of a batch was refused.
+    pub fn invalid_batch(items: Vec<ItemError>) -> ApiError {
+        let first = items.first().map(|i| i.field.clone());
+        let message = match items.first() {
+            Some(i) => format!("no valid item in the batch; first error: {}: {}", i.field, i.message),
+            None => "the batch is empty".to_owned(),
+        };
+        let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch", message);
+        e.field = first;
+        e.items = items;
+        e
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// 503 `unavailable` with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
+    /// 500 `internal`; the detail is logged, the client sees a generic message.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %detail, "Internal error.");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+
+    /// Names the offending field.
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_owned(), message: self.message, field: self.field, items: self.items },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// JSON body extractor: like `axum::Json`, but a body that does not fit the type is
+/// refused with 400 naming the field path (`reports[2].cpu_percent`), a body over the
+/// limit with 413, and a wrong content type with 415, all in the error format above.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FieldJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for FieldJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, "body_too_large", "request body exceeds the size limit")
+            } else {
+                ApiError::new(status, "bad_body", rejection.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(FieldJson)
+    }
+}
+
+/// Parses JSON, naming the offending field on error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." { "body".to_owned() } else { path };
+        let message = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                format!("malformed JSON: {inner}")
+            }
+            _ => inner.to_string(),
+        };
+        ApiError::invalid_field(field, message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        value: f64,
+    }
+
+    #[test]
+    fn parse_json_names_the_field() {
+        let e = parse_json::<Outer>(br#"{"items":[{"value":1},{"value":"x"}]}"#).expect_err("bad");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.field.as_deref(), Some("items[1].value"));
+        let e = parse_json::<Outer>(br#"{"items":[{}]}"#).expect_err("missing");
+        assert_eq!(e.field.as_deref(), Some("items[0]"));
+        assert!(e.message.contains("value"), "{}", e.message);
+        let e = parse_json::<Outer>(b"{not json").expect_err("syntax");
+        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+    }
+}

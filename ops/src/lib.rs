@@ -1,0 +1,43 @@
+//! What every Fleetstream service shares: layered configuration ([`config`]), the
+//! `/healthz`, `/readyz` and `/metrics` endpoints ([`endpoints`]), the HTTP error format
+//! and a JSON extractor that names the offending field ([`error`]), consumer-loop helpers
+//! over the event log ([`log`]), and tracing setup.
+
+pub mod config;
+pub mod endpoints;
+pub mod error;
+pub mod log;
+
+pub use error::{ApiError, FieldJson};
+
+/// Initializes `tracing` once: `RUST_LOG`-style filter (default `info`), JSON lines when
+/// `json` is true, human-readable otherwise. Later calls do nothing.
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("Shutdown requested.");
+}

@@ -1,0 +1,20 @@
+//! Metrics the projections promise on `/metrics`.
+
+/// Records applied, by projection and topic.
+pub const RECORDS: &str = "fleet_projection_records_total";
+/// Records skipped because the store already had them (replay after a restart).
+pub const SKIPPED: &str = "fleet_projection_skipped_total";
+/// Records that could not be decoded.
+pub const DECODE_ERRORS: &str = "fleet_projection_decode_errors_total";
+/// Store write failures (retried).
+pub const STORE_ERRORS: &str = "fleet_projection_store_errors_total";
+/// Time to apply one batch, by projection.
+pub const BATCH_SECONDS: &str = "fleet_projection_batch_seconds";
+/// Query API requests by route and status.
+pub const API_REQUESTS: &str = "fleet_api_requests_total";
+
+/// Query API latency by route.
+pub const API_SECONDS: &str = "fleet_api_request_seconds";
+
+/// Every metric name above.
+pub const ALL: &[&str] = &[RECORDS, SKIPPED, DECODE_ERRORS, STORE_ERRORS, BATCH_SECONDS, API_REQUESTS, API_SECONDS];

@@ -1,0 +1,237 @@
+//! The projection loops.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
+use fleet_ops::log::{ensure_topics, next_offsets};
+use fleet_schemas::samples::samples;
+use fleet_schemas::{codec, topics, AlertEvent, Heartbeat, MetricReport};
+use fleet_stores::{Change, Point, ReadModel, StoredOffset, TimeSeriesStore};
+
+use crate::metrics;
+use crate::ProjectionsConfig;
+
+/// Name under which the read-model projection stores its offsets.
+pub const READ_MODEL_PROJECTION: &str = "readmodel";
+
+/// Readiness of the projection loops, for `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    read_model: Arc<AtomicBool>,
+    timeseries: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// `Ok` when both projections consume.
+    pub fn check(&self) -> Result<(), String> {
+        match (self.read_model.load(Ordering::Relaxed), self.timeseries.load(Ordering::Relaxed)) {
+            (true, true) => Ok(()),
+            (false, _) => Err("read-model projection not running".into()),
+            (_, false) => Err("time-series projection not running".into()),
+        }
+    }
+}
+
+/// Decodes a record of a read-model topic into a change.
+pub fn to_change(r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
+    Ok(match &*r.topic {
+        topics::METRICS => Change::Report(Box::new(codec::decode::<MetricReport>(&r.value)?)),
+        topics::HEARTBEATS => Change::Heartbeat(codec::decode::<Heartbeat>(&r.value)?),
+        _ => Change::Alert(codec::decode::<AlertEvent>(&r.value)?),
+    })
+}
+
+/// Runs the read-model projection until `shutdown` resolves.
+pub async fn run_read_model(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn ReadModel>,
+    config: ProjectionsConfig,
+    ready: Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    ensure_topics(log.as_ref()).await?;
+    let mut applied: HashMap<(String, u32), i64> = store
+        .offsets(READ_MODEL_PROJECTION)
+        .await?
+        .into_iter()
+        .map(|o| ((o.topic, o.partition), o.next_offset))
+        .collect();
+    let mut consumer = subscribe(
+        log.as_ref(),
+        &config.read_model_group,
+        &[topics::METRICS, topics::HEARTBEATS, topics::ALERTS],
+        &config,
+    )
+    .await?;
+    ready.read_model.store(true, Ordering::Relaxed);
+    tracing::info!(group = %config.read_model_group, store = store.engine(), "Read-model projection running.");
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut shutdown => break,
+            b = poll(consumer.as_mut(), config.batch_size) => b,
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        apply_read_model_batch(store.as_ref(), consumer.as_mut(), &mut applied, &batch).await;
+    }
+    ready.read_model.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+#[tracing::instrument(name = "project_batch", skip_all, fields(projection = "readmodel", records = batch.len()))]
+async fn apply_read_model_batch(
+    store: &dyn ReadModel,
+    consumer: &mut dyn Consumer,
+    applied: &mut HashMap<(String, u32), i64>,
+    batch: &[ConsumedRecord],
+) {
+    let started = Instant::now();
+    let mut changes = Vec::with_capacity(batch.len());
+    for r in batch {
+        let done = applied.get(&(r.topic.to_string(), r.partition)).copied().unwrap_or(0);
+        if r.offset < done {
+            ::metrics::counter!(metrics::SKIPPED, "projection" => "readmodel").increment(1);
+            continue;
+        }
+        match to_change(r) {
+            Ok(c) => changes.push(c),
+            Err(e) => {
+                ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "readmodel", "topic" => r.topic.to_string())
+                    .increment(1);
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "Undecodable record skipped.");
+            }
+        }
+    }
+    let commits = next_offsets(batch);
+    let stored: Vec<StoredOffset> = commits
+        .iter()
+        .map(|c| StoredOffset { topic: c.topic.clone(), partition: c.partition, next_offset: c.next_offset })
+        .collect();
+    let mut attempt = 0u32;
+    loop {
+        match store.apply(READ_MODEL_PROJECTION, &changes, &stored).await {
+            Ok(()) => break,
+            Err(e) => {
+                attempt += 1;
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "readmodel").increment(1);
+                tracing::warn!(error = %e, attempt, "Read-model write failed; retrying the batch.");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+            }
+        }
+    }
+    for o in stored {
+        applied.insert((o.topic, o.partition), o.next_offset);
+    }
+    for r in batch {
+        ::metrics::counter!(metrics::RECORDS, "projection" => "readmodel", "topic" => r.topic.to_string()).increment(1);
+    }
+    if let Err(e) = consumer.commit(&commits).await {
+        // The store holds the offsets; the log's commit is only where to resume.
+        tracing::warn!(error = %e, "Commit to the log failed; the store has the offsets.");
+    }
+    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "readmodel").record(started.elapsed().as_secs_f64());
+}
+
+/// Converts a report into time-series points.
+pub fn to_points(r: &MetricReport) -> Vec<Point> {
+    samples(r)
+        .into_iter()
+        .map(|s| Point {
+            tenant_id: r.tenant_id.clone(),
+            agent_id: r.agent_id.clone(),
+            series: s.series(),
+            ts_micros: r.occurred_at,
+            value: s.value,
+        })
+        .collect()
+}
+
+/// Runs the time-series projection until `shutdown` resolves.
+pub async fn run_timeseries(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn TimeSeriesStore>,
+    config: ProjectionsConfig,
+    ready: Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    ensure_topics(log.as_ref()).await?;
+    let mut consumer = subscribe(log.as_ref(), &config.timeseries_group, &[topics::METRICS], &config).await?;
+    ready.timeseries.store(true, Ordering::Relaxed);
+    tracing::info!(group = %config.timeseries_group, store = store.engine(), "Time-series projection running.");
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut shutdown => break,
+            b = poll(consumer.as_mut(), config.batch_size) => b,
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        write_timeseries_batch(store.as_ref(), consumer.as_mut(), &batch).await;
+    }
+    ready.timeseries.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+#[tracing::instrument(name = "project_batch", skip_all, fields(projection = "timeseries", records = batch.len()))]
+async fn write_timeseries_batch(store: &dyn TimeSeriesStore, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
+    let started = Instant::now();
+    let mut points = Vec::with_capacity(batch.len() * 20);
+    for r in batch {
+        match codec::decode::<MetricReport>(&r.value) {
+            Ok(report) => points.extend(to_points(&report)),
+            Err(e) => {
+                ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
+                    .increment(1);
+                tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable report skipped.");
+            }
+        }
+    }
+    let mut attempt = 0u32;
+    loop {
+        match store.write(&points).await {
+            Ok(()) => break,
+            Err(e) => {
+                attempt += 1;
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries").increment(1);
+                tracing::warn!(error = %e, attempt, "Time-series write failed; retrying the batch.");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+            }
+        }
+    }
+    ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
+        .increment(batch.len() as u64);
+    if let Err(e) = consumer.commit(&next_offsets(batch)).await {
+        tracing::warn!(error = %e, "Commit failed; the batch will be written again (idempotent).");
+    }
+    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries").record(started.elapsed().as_secs_f64());
+}
+
+async fn subscribe(
+    log: &dyn EventLog,
+    group: &str,
+    topics: &[&str],
+    config: &ProjectionsConfig,
+) -> anyhow::Result<Box<dyn Consumer>> {
+    let options = ConsumerOptions {
+        start: StartFrom::Earliest,
+        session_timeout: Duration::from_millis(config.session_timeout_ms),
+    };
+    Ok(log.subscribe(group, topics, options).await?)
+}
+
+async fn poll(consumer: &mut dyn Consumer, max: usize) -> Vec<ConsumedRecord> {
+    match consumer.poll(max, Duration::from_millis(500)).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "Poll failed; retrying.");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Vec::new()
+        }
+    }
+}

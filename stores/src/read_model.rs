@@ -1,0 +1,843 @@
+//! The SQL read model: one implementation over `sqlx::AnyPool` serving PostgreSQL and the
+//! embedded SQLite, with one set of portable migrations (`stores/migrations/`).
+//!
+//! Every statement below is the same text on both engines: `$n` placeholders (SQLite reads
+//! `$1` as a named parameter that sqlx binds by its number, so a parameter may repeat),
+//! `INSERT ... ON CONFLICT (...) DO UPDATE`, `excluded.`, and `CASE` instead of
+//! `GREATEST`/`LEAST` (PostgreSQL) or scalar `MAX`/`MIN` (SQLite), which differ. Only the
+//! connection setup branches on the engine (pool size and SQLite pragmas).
+//!
+//! Applying is idempotent and order-tolerant, so replaying a topic, or reading two topics in
+//! any interleaving, converges on the same rows:
+//!
+//! * agents: `first_seen_at` is the least and `last_seen_at` the greatest time heard; the
+//!   latest-metrics columns come from the report with the greatest `occurred_at`.
+//! * alerts: the status follows from what has been seen (resolved beats acknowledged beats
+//!   open), so a raise replayed after the resolve does not reopen. The raise fields come from
+//!   the RAISED event whenever it is seen; an acknowledgement or resolve seen first creates
+//!   the row from its own fields. The earliest acknowledgement and the earliest resolve win.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_schemas::{AlertEvent, AlertEventKind, Heartbeat, MetricReport};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use crate::{
+    AgentQuery, AgentRow, AlertQuery, AlertRow, AlertStatus, Change, ReadModel, Result, StoreError,
+    StoredOffset,
+};
+
+/// Page size of the lists when the query names none.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size of the lists; larger limits are lowered to it.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// How long a caller waits for a pooled connection (and, at start, for the server).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Settings of every SQLite connection: wait up to 5 s for another connection's write lock
+/// before failing with BUSY; enforce foreign keys; `synchronous = NORMAL`, which in WAL mode
+/// is durable across application crashes (a power loss may drop the last transactions, rows
+/// and offsets together, so they are replayed).
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
+/// Connections to PostgreSQL.
+const POSTGRES_POOL_SIZE: u32 = 8;
+/// Connections to SQLite: WAL lets readers run beside the one writer.
+const SQLITE_POOL_SIZE: u32 = 4;
+
+/// The migrations, embedded in the binary. File names follow sqlx's `<version>_<name>.sql`,
+/// so `sqlx migrate` can run the same folder; a unit test checks this list matches it.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "read model",
+    include_str!("../migrations/0001_read_model.sql"),
+)];
+
+/// The engine behind a [`SqlReadModel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// PostgreSQL (`postgres://`, `postgresql://`).
+    Postgres,
+    /// SQLite (`sqlite://path` or a bare path).
+    Sqlite,
+}
+
+impl Engine {
+    /// Short name (`postgres`, `sqlite`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// The read model on PostgreSQL or SQLite, chosen by URL.
+pub struct SqlReadModel {
+    pool: AnyPool,
+    engine: Engine,
+    /// Where the database lives, without credentials: `host:port/db` or the file path.
+    target: String,
+}
+
+impl std::fmt::Debug for SqlReadModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlReadModel")
+            .field("engine", &self.engine)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlReadModel {
+    /// Connects to `url` and runs the migrations.
+    ///
+    /// * `postgres://user:pass@host:port/db?sslmode=...`: a pool of 8 connections.
+    /// * `sqlite://path?mode=...` (`mode=rwc`, create if missing, unless the URL says
+    ///   otherwise) or a bare path to a SQLite file (created if missing): WAL journal,
+    ///   `synchronous=NORMAL`, a busy timeout and foreign keys on every connection.
+    ///
+    /// Fails with [`StoreError::Config`] for a URL it cannot use and
+    /// [`StoreError::Unavailable`] when the database cannot be reached; messages name the
+    /// host or file, never the password.
+    #[tracing::instrument(skip(url))]
+    pub async fn connect(url: &str) -> Result<Self> {
+        install_drivers();
+        let (engine, url, target) = parse_url(url)?;
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| StoreError::Config(format!("read model URL for {target}: {e}")))?;
+
+        let pool_options = match engine {
+            Engine::Postgres => AnyPoolOptions::new().max_connections(POSTGRES_POOL_SIZE),
+            Engine::Sqlite => {
+                // WAL is a property of the database file and switching to it needs an
+                // exclusive lock that the busy timeout does not wait for, so one connection
+                // sets it before the pool opens any other.
+                let mut conn = AnyConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| connect_error(engine, &target, e))?;
+                conn.execute("PRAGMA journal_mode = WAL")
+                    .await
+                    .map_err(|e| connect_error(engine, &target, e))?;
+                conn.close()
+                    .await
+                    .map_err(|e| connect_error(engine, &target, e))?;
+                AnyPoolOptions::new()
+                    .max_connections(SQLITE_POOL_SIZE)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(sqlx::raw_sql(SQLITE_PRAGMAS))
+                                .await
+                                .map(|_| ())
+                        })
+                    })
+            }
+        };
+        let pool = pool_options
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| connect_error(engine, &target, e))?;
+
+        let migrator = Migrator::new(EmbeddedMigrations)
+            .await
+            .map_err(|e| StoreError::Internal(format!("read model migrations: {e}")))?;
+        migrator.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => connect_error(engine, &target, e),
+            other => StoreError::Internal(format!(
+                "read model migrations on {} {target}: {other}",
+                engine.as_str()
+            )),
+        })?;
+        tracing::info!(engine = engine.as_str(), %target, "Read model ready.");
+        Ok(SqlReadModel {
+            pool,
+            engine,
+            target,
+        })
+    }
+
+    /// The engine behind this read model.
+    pub fn engine_kind(&self) -> Engine {
+        self.engine
+    }
+
+    /// Closes the pool, waiting for connections in use to return.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn db_error(&self, what: &str, e: sqlx::Error) -> StoreError {
+        classify(self.engine, &self.target, what, e)
+    }
+}
+
+fn install_drivers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// Splits a read-model URL into the engine, the URL sqlx gets, and a description without
+/// credentials for messages.
+fn parse_url(url: &str) -> Result<(Engine, String, String)> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let parsed = AnyConnectOptions::from_str(url).map_err(|_| {
+            // The parse error could quote the URL, password included.
+            StoreError::Config("read model URL is not a valid postgres:// URL".into())
+        })?;
+        let u = &parsed.database_url;
+        let target = format!(
+            "{}:{}{}",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path()
+        );
+        return Ok((Engine::Postgres, url.to_owned(), target));
+    }
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (path, query) = match rest.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (rest, None),
+        };
+        let has_mode = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
+        let url = match (query, has_mode) {
+            (_, true) => url.to_owned(),
+            (Some(_), false) => format!("{url}&mode=rwc"),
+            (None, false) => format!("{url}?mode=rwc"),
+        };
+        return Ok((Engine::Sqlite, url, path.to_owned()));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(StoreError::Config(format!(
+            "unsupported read model URL scheme {scheme:?}: use postgres://..., sqlite://path or a file path"
+        )));
+    }
+    if url.is_empty() {
+        return Err(StoreError::Config(
+            "read model URL is empty: use postgres://..., sqlite://path or a file path".into(),
+        ));
+    }
+    // A bare path. Made absolute so that no part of it is read as a URL host, and
+    // percent-encoded where a URL would misread it (sqlx decodes the path again).
+    let absolute = std::path::absolute(url)
+        .map_err(|e| StoreError::Config(format!("read model path {url:?}: {e}")))?;
+    let display = absolute.display().to_string();
+    let mut encoded = String::with_capacity(display.len());
+    for c in display.chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            ' ' => encoded.push_str("%20"),
+            c => encoded.push(c),
+        }
+    }
+    Ok((
+        Engine::Sqlite,
+        format!("sqlite://{encoded}?mode=rwc"),
+        display,
+    ))
+}
+
+/// Maps an error met while connecting: anything but a bad configuration means the
+/// database cannot serve now.
+fn connect_error(engine: Engine, target: &str, e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Configuration(e) => {
+            StoreError::Config(format!("read model {} {target}: {e}", engine.as_str()))
+        }
+        e => StoreError::Unavailable(format!(
+            "cannot connect to the {} read model at {target}: {e}",
+            engine.as_str()
+        )),
+    }
+}
+
+/// Maps an error of a statement: lost connections, pool timeouts, lock contention and
+/// serialization failures are worth a retry ([`StoreError::Unavailable`]); the rest is
+/// [`StoreError::Internal`].
+fn classify(engine: Engine, target: &str, what: &str, e: sqlx::Error) -> StoreError {
+    let retry = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match engine {
+                // Class 08 connection exception, 53 insufficient resources, 57P0x shutdown
+                // or cannot connect now, 40001 serialization failure, 40P01 deadlock.
+                Engine::Postgres => {
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "40001"
+                        || code == "40P01"
+                }
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                Engine::Sqlite => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+            }
+        }
+        _ => false,
+    };
+    let message = format!("{what} on {} {target}: {e}", engine.as_str());
+    if retry {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Internal(message)
+    }
+}
+
+/// The embedded migrations as a sqlx migration source.
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl<'s> MigrationSource<'s> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>,
+    > {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Statements
+// ----------------------------------------------------------------------------------------
+
+/// Creates the agent or widens its seen window. Shared by reports and heartbeats.
+/// `$1` agent, `$2` tenant, `$3` time heard.
+const TOUCH_AGENT: &str = "\
+INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at)
+VALUES ($1, $2, $3, $3)
+ON CONFLICT (agent_id) DO UPDATE SET
+    first_seen_at = CASE WHEN excluded.first_seen_at < agents.first_seen_at
+                         THEN excluded.first_seen_at ELSE agents.first_seen_at END,
+    last_seen_at  = CASE WHEN excluded.last_seen_at > agents.last_seen_at
+                         THEN excluded.last_seen_at ELSE agents.last_seen_at END
+WHERE excluded.first_seen_at < agents.first_seen_at
+   OR excluded.last_seen_at > agents.last_seen_at";
+
+/// Replaces the latest metrics unless a newer report is stored (ties: the same report
+/// replayed, written again with the same values).
+const UPDATE_METRICS: &str = "\
+UPDATE agents SET
+    last_metrics_at = $2, cpu_percent = $3, memory_percent = $4, disk_percent_max = $5,
+    load_1 = $6, uptime_seconds = $7, latest_report = $8
+WHERE agent_id = $1 AND (last_metrics_at IS NULL OR last_metrics_at <= $2)";
+
+/// The head of the alert statements: the columns, in the order of their `$n`.
+macro_rules! alert_insert {
+    () => {
+        "INSERT INTO alerts (alert_id, tenant_id, agent_id, rule_id, rule_name, metric, subject,
+    severity, operator, threshold, value, message, raised_at, updated_at, status,
+    acknowledged_at, acknowledged_by, resolved_at, resolved_value)"
+    };
+}
+
+/// The RAISED event is the authority on the raise fields; the status is left alone, so a
+/// replayed raise cannot reopen an acknowledged or resolved alert.
+const ALERT_RAISED: &str = concat!(
+    alert_insert!(),
+    "
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, 'open',
+    NULL, NULL, NULL, NULL)
+ON CONFLICT (alert_id) DO UPDATE SET
+    rule_name = excluded.rule_name, metric = excluded.metric, subject = excluded.subject,
+    severity = excluded.severity, operator = excluded.operator,
+    threshold = excluded.threshold, value = excluded.value, message = excluded.message,
+    raised_at = excluded.raised_at,
+    updated_at = CASE WHEN excluded.updated_at > alerts.updated_at
+                      THEN excluded.updated_at ELSE alerts.updated_at END"
+);
+
+/// `$13` is the acknowledgement time, `$14` who acknowledged. The earliest one wins.
+const ALERT_ACKNOWLEDGED: &str = concat!(
+    alert_insert!(),
+    "
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, 'acknowledged',
+    $13, $14, NULL, NULL)
+ON CONFLICT (alert_id) DO UPDATE SET
+    acknowledged_by = CASE WHEN alerts.acknowledged_at IS NULL
+                             OR excluded.acknowledged_at < alerts.acknowledged_at
+                           THEN excluded.acknowledged_by ELSE alerts.acknowledged_by END,
+    acknowledged_at = CASE WHEN alerts.acknowledged_at IS NULL
+                             OR excluded.acknowledged_at < alerts.acknowledged_at
+                           THEN excluded.acknowledged_at ELSE alerts.acknowledged_at END,
+    status = CASE WHEN alerts.status = 'resolved' THEN 'resolved' ELSE 'acknowledged' END,
+    updated_at = CASE WHEN excluded.updated_at > alerts.updated_at
+                      THEN excluded.updated_at ELSE alerts.updated_at END"
+);
+
+/// `$13` is the resolve time, `$11` the value that cleared it. The earliest one wins.
+const ALERT_RESOLVED: &str = concat!(
+    alert_insert!(),
+    "
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, 'resolved',
+    NULL, NULL, $13, $11)
+ON CONFLICT (alert_id) DO UPDATE SET
+    resolved_value = CASE WHEN alerts.resolved_at IS NULL
+                            OR excluded.resolved_at < alerts.resolved_at
+                          THEN excluded.resolved_value ELSE alerts.resolved_value END,
+    resolved_at = CASE WHEN alerts.resolved_at IS NULL
+                         OR excluded.resolved_at < alerts.resolved_at
+                       THEN excluded.resolved_at ELSE alerts.resolved_at END,
+    status = 'resolved',
+    updated_at = CASE WHEN excluded.updated_at > alerts.updated_at
+                      THEN excluded.updated_at ELSE alerts.updated_at END"
+);
+
+const UPSERT_OFFSET: &str = "\
+INSERT INTO projection_offsets (projection, topic, partition, next_offset)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = excluded.next_offset";
+
+const SELECT_OFFSETS: &str = "\
+SELECT topic, partition, next_offset FROM projection_offsets
+WHERE projection = $1 ORDER BY topic, partition";
+
+const AGENT_COLUMNS: &str = "tenant_id, agent_id, first_seen_at, last_seen_at, \
+last_metrics_at, cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, \
+latest_report";
+
+const ALERT_COLUMNS: &str = "alert_id, tenant_id, agent_id, rule_id, rule_name, metric, \
+subject, severity, status, operator, threshold, value, message, raised_at, acknowledged_at, \
+acknowledged_by, resolved_at, resolved_value";
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+async fn touch_agent(tx: &mut Tx<'_>, tenant: &str, agent: &str, at: i64) -> sqlx::Result<()> {
+    sqlx::query(TOUCH_AGENT)
+        .bind(agent)
+        .bind(tenant)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn apply_report(tx: &mut Tx<'_>, report: &MetricReport) -> Result<(), ApplyError> {
+    touch_agent(tx, &report.tenant_id, &report.agent_id, report.occurred_at).await?;
+    let json = serde_json::to_string(report).map_err(ApplyError::Encode)?;
+    let disk_max = report
+        .disks
+        .iter()
+        .map(|d| d.percent)
+        .fold(None, |max: Option<f64>, p| {
+            Some(max.map_or(p, |m| m.max(p)))
+        });
+    sqlx::query(UPDATE_METRICS)
+        .bind(report.agent_id.as_str())
+        .bind(report.occurred_at)
+        .bind(report.cpu_percent)
+        .bind(report.memory_percent)
+        .bind(disk_max)
+        .bind(report.load_1)
+        .bind(report.uptime_seconds)
+        .bind(json)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn apply_heartbeat(tx: &mut Tx<'_>, hb: &Heartbeat) -> sqlx::Result<()> {
+    touch_agent(tx, &hb.tenant_id, &hb.agent_id, hb.occurred_at).await
+}
+
+async fn apply_alert(tx: &mut Tx<'_>, ev: &AlertEvent) -> sqlx::Result<()> {
+    let sql = match ev.kind {
+        AlertEventKind::Raised => ALERT_RAISED,
+        AlertEventKind::Acknowledged => ALERT_ACKNOWLEDGED,
+        AlertEventKind::Resolved => ALERT_RESOLVED,
+    };
+    let mut q = sqlx::query(sql)
+        .bind(ev.alert_id.as_str())
+        .bind(ev.tenant_id.as_str())
+        .bind(ev.agent_id.as_str())
+        .bind(ev.rule_id.as_str())
+        .bind(ev.rule_name.as_str())
+        .bind(ev.metric.as_str())
+        .bind(ev.subject.as_deref())
+        .bind(ev.severity.as_str())
+        .bind(ev.operator.as_str())
+        .bind(ev.threshold)
+        .bind(ev.value)
+        .bind(ev.message.as_str())
+        .bind(ev.occurred_at);
+    if ev.kind == AlertEventKind::Acknowledged {
+        q = q.bind(ev.actor.as_deref());
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Why applying one change failed.
+#[derive(Debug)]
+enum ApplyError {
+    Sql(sqlx::Error),
+    Encode(serde_json::Error),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        ApplyError::Sql(e)
+    }
+}
+
+fn clamp_limit(limit: Option<u32>) -> i64 {
+    i64::from(limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
+}
+
+fn agent_from_row(row: &AnyRow) -> Result<AgentRow, BoxDynError> {
+    let latest_report = row
+        .try_get::<Option<String>, _>("latest_report")?
+        .map(|s| serde_json::from_str(&s))
+        .transpose()?;
+    Ok(AgentRow {
+        tenant_id: row.try_get("tenant_id")?,
+        agent_id: row.try_get("agent_id")?,
+        first_seen_at: row.try_get("first_seen_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        last_metrics_at: row.try_get("last_metrics_at")?,
+        cpu_percent: row.try_get("cpu_percent")?,
+        memory_percent: row.try_get("memory_percent")?,
+        disk_percent_max: row.try_get("disk_percent_max")?,
+        load_1: row.try_get("load_1")?,
+        uptime_seconds: row.try_get("uptime_seconds")?,
+        latest_report,
+    })
+}
+
+fn alert_from_row(row: &AnyRow) -> Result<AlertRow, BoxDynError> {
+    let status: String = row.try_get("status")?;
+    let status = AlertStatus::parse(&status)
+        .ok_or_else(|| format!("unknown alert status {status:?} in the read model"))?;
+    Ok(AlertRow {
+        alert_id: row.try_get("alert_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        agent_id: row.try_get("agent_id")?,
+        rule_id: row.try_get("rule_id")?,
+        rule_name: row.try_get("rule_name")?,
+        metric: row.try_get("metric")?,
+        subject: row.try_get("subject")?,
+        severity: row.try_get("severity")?,
+        status,
+        operator: row.try_get("operator")?,
+        threshold: row.try_get("threshold")?,
+        value: row.try_get("value")?,
+        message: row.try_get("message")?,
+        raised_at: row.try_get("raised_at")?,
+        acknowledged_at: row.try_get("acknowledged_at")?,
+        acknowledged_by: row.try_get("acknowledged_by")?,
+        resolved_at: row.try_get("resolved_at")?,
+        resolved_value: row.try_get("resolved_value")?,
+    })
+}
+
+fn decode_error(what: &str, e: BoxDynError) -> StoreError {
+    StoreError::Internal(format!("{what}: cannot decode a row: {e}"))
+}
+
+/// Builds `WHERE` clauses with `$n` placeholders numbered in bind order. (sqlx's
+/// `QueryBuilder<Any>` writes `?` placeholders, which PostgreSQL rejects.)
+#[derive(Debug, Default)]
+struct Filter<'a> {
+    clauses: Vec<String>,
+    binds: Vec<&'a str>,
+}
+
+impl<'a> Filter<'a> {
+    /// Adds `column op $n` bound to `value` when `value` is set.
+    fn push(&mut self, column: &str, op: &str, value: Option<&'a str>) {
+        if let Some(value) = value {
+            self.binds.push(value);
+            self.clauses
+                .push(format!("{column} {op} ${}", self.binds.len()));
+        }
+    }
+
+    fn where_clause(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    /// The placeholder of the next bind.
+    fn next_placeholder(&self) -> String {
+        format!("${}", self.binds.len() + 1)
+    }
+}
+
+#[async_trait]
+impl ReadModel for SqlReadModel {
+    fn engine(&self) -> &'static str {
+        self.engine.as_str()
+    }
+
+    #[tracing::instrument(
+        skip(self, changes, offsets),
+        fields(engine = self.engine.as_str(), changes = changes.len(), offsets = offsets.len())
+    )]
+    async fn apply(
+        &self,
+        projection: &str,
+        changes: &[Change],
+        offsets: &[StoredOffset],
+    ) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.db_error("begin", e))?;
+        for change in changes {
+            let applied = match change {
+                Change::Report(report) => apply_report(&mut tx, report).await,
+                Change::Heartbeat(hb) => apply_heartbeat(&mut tx, hb).await.map_err(Into::into),
+                Change::Alert(ev) => apply_alert(&mut tx, ev).await.map_err(Into::into),
+            };
+            match applied {
+                Ok(()) => {}
+                Err(ApplyError::Sql(e)) => return Err(self.db_error("apply", e)),
+                Err(ApplyError::Encode(e)) => {
+                    return Err(StoreError::Internal(format!(
+                        "cannot encode a metric report as JSON: {e}"
+                    )))
+                }
+            }
+        }
+        for offset in offsets {
+            sqlx::query(UPSERT_OFFSET)
+                .bind(projection)
+                .bind(offset.topic.as_str())
+                .bind(i64::from(offset.partition))
+                .bind(offset.next_offset)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error("store offsets", e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error("commit", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn offsets(&self, projection: &str) -> Result<Vec<StoredOffset>> {
+        let rows = sqlx::query(SELECT_OFFSETS)
+            .bind(projection)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error("read offsets", e))?;
+        rows.iter()
+            .map(|row| {
+                let partition: i64 = row.try_get("partition")?;
+                Ok(StoredOffset {
+                    topic: row.try_get("topic")?,
+                    partition: u32::try_from(partition)?,
+                    next_offset: row.try_get("next_offset")?,
+                })
+            })
+            .collect::<Result<_, BoxDynError>>()
+            .map_err(|e| decode_error("offsets", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentRow>> {
+        let mut filter = Filter::default();
+        filter.push("tenant_id", "=", query.tenant_id.as_deref());
+        filter.push("agent_id", ">", query.after.as_deref());
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents{} ORDER BY agent_id LIMIT {}",
+            filter.where_clause(),
+            filter.next_placeholder()
+        );
+        let mut q = sqlx::query(&sql);
+        for value in &filter.binds {
+            q = q.bind(*value);
+        }
+        let rows = q
+            .bind(clamp_limit(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error("list agents", e))?;
+        rows.iter()
+            .map(agent_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("agents", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn get_agent(&self, tenant_id: Option<&str>, agent_id: &str) -> Result<Option<AgentRow>> {
+        let mut filter = Filter::default();
+        filter.push("agent_id", "=", Some(agent_id));
+        filter.push("tenant_id", "=", tenant_id);
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents{}",
+            filter.where_clause()
+        );
+        let mut q = sqlx::query(&sql);
+        for value in &filter.binds {
+            q = q.bind(*value);
+        }
+        let row = q
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_error("get agent", e))?;
+        row.as_ref()
+            .map(agent_from_row)
+            .transpose()
+            .map_err(|e| decode_error("agent", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertRow>> {
+        let mut filter = Filter::default();
+        filter.push("tenant_id", "=", query.tenant_id.as_deref());
+        filter.push("agent_id", "=", query.agent_id.as_deref());
+        filter.push("status", "=", query.status.map(AlertStatus::as_str));
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts{} ORDER BY raised_at DESC, alert_id DESC LIMIT {}",
+            filter.where_clause(),
+            filter.next_placeholder()
+        );
+        let mut q = sqlx::query(&sql);
+        for value in &filter.binds {
+            q = q.bind(*value);
+        }
+        let rows = q
+            .bind(clamp_limit(query.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error("list alerts", e))?;
+        rows.iter()
+            .map(alert_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("alerts", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_list_matches_the_folder() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("migrations folder")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let versions: Vec<i64> = files
+            .iter()
+            .map(|f| {
+                f.split('_')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("file named <version>_<name>.sql")
+            })
+            .collect();
+        let listed: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert_eq!(
+            versions, listed,
+            "every file in migrations/ is listed in MIGRATIONS"
+        );
+    }
+
+    #[test]
+    fn parses_urls() {
+        let (engine, url, target) =
+            parse_url("postgres://fleet:secret@db.example:6543/fleet?sslmode=disable")
+                .expect("postgres URL");
+        assert_eq!(engine, Engine::Postgres);
+        assert!(url.contains("secret"));
+        assert_eq!(target, "db.example:6543/fleet");
+
+        let (engine, url, target) = parse_url("sqlite:///var/lib/fleet/read.db").expect("sqlite");
+        assert_eq!(engine, Engine::Sqlite);
+        assert_eq!(url, "sqlite:///var/lib/fleet/read.db?mode=rwc");
+        assert_eq!(target, "/var/lib/fleet/read.db");
+
+        let (_, url, _) = parse_url("sqlite:///x.db?mode=ro").expect("sqlite ro");
+        assert_eq!(url, "sqlite:///x.db?mode=ro");
+
+        let (engine, url, target) = parse_url("/tmp/a b#1.db").expect("bare path");
+        assert_eq!(engine, Engine::Sqlite);
+        assert_eq!(url, "sqlite:///tmp/a%20b%231.db?mode=rwc");
+        assert_eq!(target, "/tmp/a b#1.db");
+
+        assert!(matches!(
+            parse_url("mysql://x/y"),
+            Err(StoreError::Config(_))
+        ));
+        match parse_url("postgres://u:hunter2@[bad") {
+            Err(StoreError::Config(m)) => assert!(!m.contains("hunter2")),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_connections_get_the_pragmas() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pragmas.db");
+        let store = SqlReadModel::connect(path.to_str().expect("utf-8 path"))
+            .await
+            .expect("connect");
+        let mut conn = store.pool.acquire().await.expect("connection");
+        async fn pragma(conn: &mut AnyConnection, name: &str) -> (Option<i64>, Option<String>) {
+            let row = sqlx::query(&format!("PRAGMA {name}"))
+                .fetch_one(conn)
+                .await
+                .expect("pragma");
+            (row.try_get(0).ok(), row.try_get(0).ok())
+        }
+        assert_eq!(
+            pragma(&mut conn, "journal_mode").await.1.as_deref(),
+            Some("wal")
+        );
+        assert_eq!(pragma(&mut conn, "busy_timeout").await.0, Some(5000));
+        assert_eq!(pragma(&mut conn, "foreign_keys").await.0, Some(1));
+        assert_eq!(pragma(&mut conn, "synchronous").await.0, Some(1), "NORMAL");
+    }
+
+    #[test]
+    fn limits_are_clamped() {
+        assert_eq!(clamp_limit(None), 100);
+        assert_eq!(clamp_limit(Some(5)), 5);
+        assert_eq!(clamp_limit(Some(5000)), 1000);
+    }
+
+    #[test]
+    fn filters_number_placeholders_in_bind_order() {
+        let mut f = Filter::default();
+        f.push("a", "=", Some("x"));
+        f.push("b", "=", None);
+        f.push("c", ">", Some("y"));
+        assert_eq!(f.where_clause(), " WHERE a = $1 AND c > $2");
+        assert_eq!(f.next_placeholder(), "$3");
+        assert_eq!(f.binds, vec!["x", "y"]);
+    }
+}
