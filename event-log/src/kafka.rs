@@ -105,6 +105,49 @@ fn join_error(err: tokio::task::JoinError) -> LogError {
     LogError::Internal(format!("kafka: blocking task failed: {err}"))
 }
 
+/// A failed look-up: librdkafka's error (kept, so the caller can tell whether to retry)
+/// or one of ours.
+enum LookupError {
+    Kafka { context: &'static str, topic: String, err: KafkaError },
+    Log(LogError),
+}
+
+impl From<LogError> for LookupError {
+    fn from(e: LogError) -> Self {
+        LookupError::Log(e)
+    }
+}
+
+impl LookupError {
+    fn kafka(context: &'static str, topic: &str, err: KafkaError) -> LookupError {
+        LookupError::Kafka { context, topic: topic.to_string(), err }
+    }
+
+    /// Errors that pass once the partition has a leader again (new topic, election).
+    fn leader_moving(&self) -> bool {
+        matches!(
+            self,
+            LookupError::Kafka { err, .. } if matches!(
+                err.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::NotLeaderForPartition
+                        | RDKafkaErrorCode::LeaderNotAvailable
+                        | RDKafkaErrorCode::FencedLeaderEpoch
+                )
+            )
+        )
+    }
+
+    fn into_log_error(self) -> LogError {
+        match self {
+            LookupError::Kafka { context, topic, err } => kafka_error(context, Some(&topic), &err),
+            LookupError::Log(e) => e,
+        }
+    }
+}
+
+type LookupResult<T> = std::result::Result<T, LookupError>;
+
 fn partition_i32(partition: u32) -> Result<i32> {
     i32::try_from(partition).map_err(|_| LogError::Config(format!("partition {partition} is out of range")))
 }
@@ -252,33 +295,58 @@ impl KafkaLog {
         .map_err(join_error)?
     }
 
+    /// Runs a blocking look-up on the blocking pool. While a partition has no leader (a
+    /// topic just created, a leader election) the look-up is retried until the request
+    /// timeout.
     async fn lookup<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&BaseConsumer, Duration) -> Result<T> + Send + 'static,
+        F: Fn(&BaseConsumer, Duration) -> LookupResult<T> + Send + Sync + 'static,
     {
-        let lookup = Arc::clone(&self.lookup);
-        let timeout = self.settings.request_timeout;
-        tokio::task::spawn_blocking(move || f(&lookup, timeout)).await.map_err(join_error)?
+        let f = Arc::new(f);
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        loop {
+            let lookup = Arc::clone(&self.lookup);
+            let timeout = self.settings.request_timeout;
+            let call = Arc::clone(&f);
+            let result =
+                tokio::task::spawn_blocking(move || call(&lookup, timeout)).await.map_err(join_error)?;
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if e.leader_moving() && tokio::time::Instant::now() < deadline => {
+                    debug!("Partition leader moving; retrying the look-up.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into_log_error()),
+            }
+        }
     }
 
     /// Partition count from fresh metadata.
     async fn fetch_partition_count(&self, topic: &str) -> Result<u32> {
+        Ok(self.fetch_topic(topic).await?.0)
+    }
+
+    /// Partition count, and whether every partition has a leader, from fresh metadata.
+    async fn fetch_topic(&self, topic: &str) -> Result<(u32, bool)> {
         check_topic_name(topic).map_err(|_| LogError::UnknownTopic(topic.to_string()))?;
         let name = topic.to_string();
-        let count = self
+        let (count, led) = self
             .lookup(move |c, timeout| {
                 let metadata =
-                    c.fetch_metadata(Some(&name), timeout).map_err(|e| kafka_error("metadata", Some(&name), &e))?;
+                    c.fetch_metadata(Some(&name), timeout).map_err(|e| LookupError::kafka("metadata", &name, e))?;
                 let Some(t) = metadata.topics().iter().find(|t| t.name() == name) else {
-                    return Err(LogError::UnknownTopic(name));
+                    return Err(LogError::UnknownTopic(name.clone()).into());
                 };
                 match t.error().map(RDKafkaErrorCode::from) {
-                    None => Ok(u32::try_from(t.partitions().len()).unwrap_or(0)),
-                    Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-                        Err(LogError::UnknownTopic(name))
+                    None => {
+                        let led = t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0);
+                        Ok((u32::try_from(t.partitions().len()).unwrap_or(0), led))
                     }
-                    Some(code) => Err(kafka_error("metadata", Some(&name), &KafkaError::MetadataFetch(code))),
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                        Err(LogError::UnknownTopic(name.clone()).into())
+                    }
+                    Some(code) => Err(LookupError::kafka("metadata", &name, KafkaError::MetadataFetch(code))),
                 }
             })
             .await?;
@@ -287,7 +355,7 @@ impl KafkaLog {
             return Err(LogError::UnknownTopic(topic.to_string()));
         }
         self.known_topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(topic.to_string());
-        Ok(count)
+        Ok((count, led))
     }
 
     async fn ensure_known(&self, topic: &str) -> Result<()> {
@@ -306,7 +374,7 @@ impl KafkaLog {
                 .map(|p| {
                     let (_low, high) = c
                         .fetch_watermarks(&name, partition_i32(p)?, timeout)
-                        .map_err(|e| kafka_error("watermarks", Some(&name), &e))?;
+                        .map_err(|e| LookupError::kafka("watermarks", &name, e))?;
                     Ok(high)
                 })
                 .collect()
@@ -348,21 +416,24 @@ impl EventLog for KafkaLog {
                 }
             }
         }
-        // Wait until the metadata shows the topic, so the next call can use it.
+        // Wait until the metadata shows the topic with a leader for every partition, so the
+        // next call (produce, watermarks) can use it.
         let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
         loop {
-            match self.fetch_partition_count(topic).await {
-                Ok(_) => return Ok(()),
-                Err(LogError::UnknownTopic(_)) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(LogError::UnknownTopic(_)) => {
-                    return Err(LogError::Unavailable(format!(
-                        "topic {topic} was created but its metadata did not appear in time"
-                    )))
-                }
+            let ready = match self.fetch_topic(topic).await {
+                Ok((_, led)) => led,
+                Err(LogError::UnknownTopic(_)) => false,
                 Err(e) => return Err(e),
+            };
+            if ready {
+                return Ok(());
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LogError::Unavailable(format!(
+                    "topic {topic} was created but its partitions got no leader in time"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -407,15 +478,15 @@ impl EventLog for KafkaLog {
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..partitions {
                     tpl.add_partition_offset(&name, partition_i32(p)?, Offset::Offset(timestamp))
-                        .map_err(|e| kafka_error("offsets for time", Some(&name), &e))?;
+                        .map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
                 }
-                let tpl = c.offsets_for_times(tpl, timeout).map_err(|e| kafka_error("offsets for time", Some(&name), &e))?;
+                let tpl = c.offsets_for_times(tpl, timeout).map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
                 (0..partitions)
                     .map(|p| {
                         let elem = tpl.find_partition(&name, partition_i32(p)?).ok_or_else(|| {
                             LogError::Internal(format!("kafka offsets for time: no answer for {name}/{p}"))
                         })?;
-                        elem.error().map_err(|e| kafka_error("offsets for time", Some(&name), &e))?;
+                        elem.error().map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
                         Ok(match elem.offset() {
                             Offset::Offset(o) => Some(o),
                             _ => None, // no record at or after the timestamp

@@ -8,6 +8,8 @@ pub const SKIPPED: &str = "fleet_projection_skipped_total";
 pub const DECODE_ERRORS: &str = "fleet_projection_decode_errors_total";
 /// Store write failures (retried).
 pub const STORE_ERRORS: &str = "fleet_projection_store_errors_total";
+/// Changes or points a store refused (skipped after logging), by projection.
+pub const REFUSED: &str = "fleet_projection_refused_total";
 /// Time to apply one batch, by projection.
 pub const BATCH_SECONDS: &str = "fleet_projection_batch_seconds";
 /// Query API requests by route and status.
@@ -17,4 +19,4 @@ pub const API_REQUESTS: &str = "fleet_api_requests_total";
 pub const API_SECONDS: &str = "fleet_api_request_seconds";
 
 /// Every metric name above.
-pub const ALL: &[&str] = &[RECORDS, SKIPPED, DECODE_ERRORS, STORE_ERRORS, BATCH_SECONDS, API_REQUESTS, API_SECONDS];
+pub const ALL: &[&str] = &[RECORDS, SKIPPED, DECODE_ERRORS, STORE_ERRORS, REFUSED, BATCH_SECONDS, API_REQUESTS, API_SECONDS];

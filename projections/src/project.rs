@@ -9,7 +9,7 @@ use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, Start
 use fleet_ops::log::{ensure_topics, next_offsets};
 use fleet_schemas::samples::samples;
 use fleet_schemas::{codec, topics, AlertEvent, Heartbeat, MetricReport};
-use fleet_stores::{Change, Point, ReadModel, StoredOffset, TimeSeriesStore};
+use fleet_stores::{Change, Point, ReadModel, StoreError, StoredOffset, TimeSeriesStore};
 
 use crate::metrics;
 use crate::ProjectionsConfig;
@@ -112,18 +112,7 @@ async fn apply_read_model_batch(
         .iter()
         .map(|c| StoredOffset { topic: c.topic.clone(), partition: c.partition, next_offset: c.next_offset })
         .collect();
-    let mut attempt = 0u32;
-    loop {
-        match store.apply(READ_MODEL_PROJECTION, &changes, &stored).await {
-            Ok(()) => break,
-            Err(e) => {
-                attempt += 1;
-                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "readmodel").increment(1);
-                tracing::warn!(error = %e, attempt, "Read-model write failed; retrying the batch.");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
-            }
-        }
-    }
+    apply_with_retry(store, &changes, &stored).await;
     for o in stored {
         applied.insert((o.topic, o.partition), o.next_offset);
     }
@@ -137,10 +126,91 @@ async fn apply_read_model_batch(
     ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "readmodel").record(started.elapsed().as_secs_f64());
 }
 
+/// Applies a batch, retrying while the store is unavailable. A batch the store refuses for
+/// any other reason is applied change by change so one bad change cannot stall the
+/// projection or take the rest of the batch with it; refused changes are counted and
+/// logged.
+async fn apply_with_retry(store: &dyn ReadModel, changes: &[Change], offsets: &[StoredOffset]) {
+    let mut attempt = 0u32;
+    loop {
+        match store.apply(READ_MODEL_PROJECTION, changes, offsets).await {
+            Ok(()) => return,
+            Err(StoreError::Unavailable(e)) => {
+                attempt += 1;
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "readmodel").increment(1);
+                tracing::warn!(error = %e, attempt, "Read model unavailable; retrying the batch.");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Read model refused the batch; applying it change by change.");
+                for change in changes {
+                    if let Err(e) = retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, std::slice::from_ref(change), &[])).await {
+                        ::metrics::counter!(metrics::REFUSED, "projection" => "readmodel").increment(1);
+                        tracing::error!(error = %e, ?change, "Change refused by the read model; skipped.");
+                    }
+                }
+                if let Err(e) = retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, &[], offsets)).await {
+                    tracing::error!(error = %e, "Storing offsets failed; the batch will be applied again (idempotent).");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Writes points, retrying while the store is unavailable; points refused for another
+/// reason are written one by one and the refused ones counted, logged and skipped.
+async fn write_with_retry(store: &dyn TimeSeriesStore, points: &[Point]) {
+    let mut attempt = 0u32;
+    loop {
+        match store.write(points).await {
+            Ok(()) => return,
+            Err(StoreError::Unavailable(e)) => {
+                attempt += 1;
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries").increment(1);
+                tracing::warn!(error = %e, attempt, "Time-series store unavailable; retrying the batch.");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Time-series store refused the batch; writing point by point.");
+                for p in points {
+                    if let Err(e) = retry_unavailable(|| store.write(std::slice::from_ref(p))).await {
+                        ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries").increment(1);
+                        tracing::error!(error = %e, series = %p.series, agent_id = %p.agent_id, "Point refused; skipped.");
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn retry_unavailable<F, Fut>(mut f: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Err(StoreError::Unavailable(_)) if attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200 * u64::from(attempt.min(25)))
+}
+
 /// Converts a report into time-series points.
 pub fn to_points(r: &MetricReport) -> Vec<Point> {
     samples(r)
         .into_iter()
+        .filter(|s| s.value.is_finite())
         .map(|s| Point {
             tenant_id: r.tenant_id.clone(),
             agent_id: r.agent_id.clone(),
@@ -192,18 +262,7 @@ async fn write_timeseries_batch(store: &dyn TimeSeriesStore, consumer: &mut dyn 
             }
         }
     }
-    let mut attempt = 0u32;
-    loop {
-        match store.write(&points).await {
-            Ok(()) => break,
-            Err(e) => {
-                attempt += 1;
-                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries").increment(1);
-                tracing::warn!(error = %e, attempt, "Time-series write failed; retrying the batch.");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
-            }
-        }
-    }
+    write_with_retry(store, &points).await;
     ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
         .increment(batch.len() as u64);
     if let Err(e) = consumer.commit(&next_offsets(batch)).await {

@@ -150,7 +150,9 @@ impl SqlReadModel {
             .await
             .map_err(|e| StoreError::Internal(format!("read model migrations: {e}")))?;
         migrator.run(&pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => connect_error(engine, &target, e),
+            sqlx::migrate::MigrateError::Execute(e) => {
+                classify(engine, &target, "read model migrations", e)
+            }
             other => StoreError::Internal(format!(
                 "read model migrations on {} {target}: {other}",
                 engine.as_str()
@@ -247,12 +249,20 @@ fn parse_url(url: &str) -> Result<(Engine, String, String)> {
     ))
 }
 
-/// Maps an error met while connecting: anything but a bad configuration means the
-/// database cannot serve now.
+/// Maps an error met while connecting: anything but a bad configuration or refused
+/// credentials means the database cannot serve now.
 fn connect_error(engine: Engine, target: &str, e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Configuration(e) => {
             StoreError::Config(format!("read model {} {target}: {e}", engine.as_str()))
+        }
+        // SQLSTATE class 28, invalid authorization: retrying will not help.
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28")) => {
+            StoreError::Config(format!(
+                "the {} read model at {target} refused the credentials ({db}): \
+                 check the user and password in the URL",
+                engine.as_str()
+            ))
         }
         e => StoreError::Unavailable(format!(
             "cannot connect to the {} read model at {target}: {e}",

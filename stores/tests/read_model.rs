@@ -177,6 +177,26 @@ mod postgres {
     conformance!();
 
     #[tokio::test]
+    async fn wrong_password_is_a_config_error_without_password() -> Result<()> {
+        let mut options = AnyConnectOptions::from_str(&base_url())?;
+        options
+            .database_url
+            .set_password(Some("wr0ng-pw"))
+            .map_err(|()| anyhow::anyhow!("cannot set a password"))?;
+        match open_read_model(options.database_url.as_str()).await {
+            Err(StoreError::Config(message)) => {
+                ensure!(!message.contains("wr0ng-pw"), "no password: {message}");
+                ensure!(message.contains("credentials"), "says why: {message}");
+                Ok(())
+            }
+            other => anyhow::bail!(
+                "expected a Config error (is PostgreSQL running? `bash scripts/services.sh up`), \
+                 got {other:?}"
+            ),
+        }
+    }
+
+    #[tokio::test]
     async fn unreachable_server_is_unavailable_without_password() -> Result<()> {
         let url =
             "postgres://fleet:s3cret-pw@fleet-no-such-host.invalid:5432/fleet?sslmode=disable";
