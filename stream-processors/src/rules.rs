@@ -194,9 +194,14 @@ impl Evaluator {
         self.open.len()
     }
 
-    /// Folds an alert event from the log into the state (rebuild on start).
+    /// Folds an alert event from the log into the state (rebuild on start). The time of
+    /// the sample behind the event becomes the key's high-water mark, so reports up to it
+    /// that are read again (a replay, or a restart before the offsets were committed)
+    /// are not evaluated a second time.
     pub fn observe(&mut self, ev: &AlertEvent) {
         let key = (ev.rule_id.clone(), ev.agent_id.clone(), ev.subject.clone());
+        let mark = self.last_sample_at.entry(key.clone()).or_insert(ev.occurred_at);
+        *mark = (*mark).max(ev.occurred_at);
         match ev.kind {
             AlertEventKind::Raised => {
                 self.open.insert(key, OpenAlert { alert_id: ev.alert_id.clone() });
@@ -363,6 +368,22 @@ mod tests {
         let resolved = restarted.evaluate(&report(5, 1.0), 0);
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].alert_id, raised[0].alert_id);
+    }
+
+    #[test]
+    fn replay_from_the_start_after_rebuild_emits_nothing_twice() {
+        let mut first = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut emitted = Vec::new();
+        for (t, cpu) in [(1, 50.0), (2, 95.0), (3, 99.0)] {
+            emitted.extend(first.evaluate(&report(t, cpu), 0));
+        }
+        assert_eq!(emitted.len(), 1);
+        let mut replaying = Evaluator::new(vec![cpu_rule(90.0)]);
+        replaying.observe(&emitted[0]);
+        for (t, cpu) in [(1, 50.0), (2, 95.0), (3, 99.0)] {
+            assert!(replaying.evaluate(&report(t, cpu), 0).is_empty(), "replayed report at {t}");
+        }
+        assert_eq!(replaying.evaluate(&report(4, 5.0), 0).len(), 1, "then resolves");
     }
 
     #[test]
