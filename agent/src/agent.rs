@@ -198,15 +198,17 @@ impl Agent {
         {
             let send_loop = sender.send_loop();
             tokio::pin!(send_loop);
-            tokio::select! {
-                () = shutdown => {}
-                () = &mut send_loop => {}
-            }
+            // The send loop only ends once cancelled; the flag keeps it from being polled
+            // again after completion should that ever change.
+            let send_loop_ended = tokio::select! {
+                () = shutdown => false,
+                () = &mut send_loop => true,
+            };
             info!(%agent_id, "Agent stopping.");
             cancel.cancel();
             deadline = Instant::now() + config.shutdown_flush_timeout();
             // Let a send in flight finish rather than cut it (which could duplicate it).
-            if tokio::time::timeout_at(deadline, send_loop).await.is_err() {
+            if !send_loop_ended && tokio::time::timeout_at(deadline, send_loop).await.is_err() {
                 warn!("Send in flight did not finish before the shutdown timeout.");
             }
         }

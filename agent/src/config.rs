@@ -463,6 +463,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
         let text = std::fs::read_to_string(&path).expect("agent.example.toml exists");
         let c = AgentConfig::from_figment(Figment::new().merge(Toml::string(&text))).unwrap();
+        assert_eq!(c, AgentConfig::default(), "the example shows the defaults");
         // Every key appears in the example (commented or not).
         let all = Figment::from(Serialized::defaults(AgentConfig {
             agent_id: Some("x".into()),

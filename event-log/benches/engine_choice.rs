@@ -31,10 +31,19 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Incompressible bytes (like Avro records with ids and floats), so fjall's block
+/// compression gets no unfair advantage from a repeated filler.
 fn value(i: usize) -> Vec<u8> {
-    let mut v = vec![b'x'; VALUE_BYTES];
-    let tag = i.to_le_bytes();
-    v[..tag.len()].copy_from_slice(&tag);
+    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(VALUE_BYTES);
+    while v.len() < VALUE_BYTES {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(VALUE_BYTES);
     v
 }
 
