@@ -24,7 +24,10 @@ use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig, Readiness};
 use serde_json::{json, Value};
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn report(cpu: f64) -> Value {
@@ -47,13 +50,29 @@ fn report(cpu: f64) -> Value {
 fn samples_per_report() -> usize {
     // Count what the time-series projection would store for one such report.
     let r: fleet_schemas::api::ReportIn = serde_json::from_value(report(1.0)).expect("report");
-    let limits = fleet_ingest_gateway::validate::Limits { max_future_micros: i64::MAX / 4, max_age_micros: i64::MAX / 4 };
-    let rec = fleet_ingest_gateway::validate::report("t", "a", &r, fleet_schemas::time::now_micros(), &limits).expect("valid");
+    let limits = fleet_ingest_gateway::validate::Limits {
+        max_future_micros: i64::MAX / 4,
+        max_age_micros: i64::MAX / 4,
+    };
+    let rec = fleet_ingest_gateway::validate::report(
+        "t",
+        "a",
+        &r,
+        fleet_schemas::time::now_micros(),
+        &limits,
+    )
+    .expect("valid");
     fleet_schemas::samples::samples(&rec).len()
 }
 
 async fn serve(log: Arc<dyn EventLog>) -> anyhow::Result<String> {
-    let router = app(GatewayState::new(log, GatewayConfig { max_body_bytes: 16 << 20, ..GatewayConfig::default() }));
+    let router = app(GatewayState::new(
+        log,
+        GatewayConfig {
+            max_body_bytes: 16 << 20,
+            ..GatewayConfig::default()
+        },
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -66,18 +85,30 @@ async fn throughput(engine: &str, base: &str) -> anyhow::Result<()> {
     let clients = env_num("BENCH_CLIENTS", 16);
     let body = serde_json::to_vec(&json!({"reports": vec![report(42.0); batch]}))?;
     let requests = total.div_ceil(batch);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
     let run = format!("{:x}", rand_u64());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (client, body, base, run) = (client.clone(), body.clone(), base.to_owned(), run.clone());
+        let (client, body, base, run) =
+            (client.clone(), body.clone(), base.to_owned(), run.clone());
         let mine = (c..requests).step_by(clients).count();
         tasks.push(tokio::spawn(async move {
             let url = format!("{base}/api/v1/agents/bench-{run}-{c}/metrics");
             for _ in 0..mine {
-                let resp = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
-                anyhow::ensure!(resp.status() == reqwest::StatusCode::ACCEPTED, "status {}", resp.status());
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    resp.status() == reqwest::StatusCode::ACCEPTED,
+                    "status {}",
+                    resp.status()
+                );
             }
             anyhow::Ok(())
         }));
@@ -98,7 +129,14 @@ async fn throughput(engine: &str, base: &str) -> anyhow::Result<()> {
 }
 
 fn rand_u64() -> u64 {
-    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) & u128::from(u64::MAX)).unwrap_or(0)
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            & u128::from(u64::MAX),
+    )
+    .unwrap_or(0)
 }
 
 async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Result<()> {
@@ -131,7 +169,14 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
         .await
     });
     let mut alerts = log
-        .subscribe(&format!("bench-alerts-{run}"), &[topics::ALERTS], ConsumerOptions { start: StartFrom::Latest, session_timeout: Duration::from_secs(6) })
+        .subscribe(
+            &format!("bench-alerts-{run}"),
+            &[topics::ALERTS],
+            ConsumerOptions {
+                start: StartFrom::Latest,
+                session_timeout: Duration::from_secs(6),
+            },
+        )
         .await?;
     let client = reqwest::Client::new();
     let body = serde_json::to_vec(&json!({"reports": [report(99.0)]}))?;
@@ -146,7 +191,11 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
             .body(body.clone())
             .send()
             .await?;
-        anyhow::ensure!(resp.status() == reqwest::StatusCode::ACCEPTED, "status {}", resp.status());
+        anyhow::ensure!(
+            resp.status() == reqwest::StatusCode::ACCEPTED,
+            "status {}",
+            resp.status()
+        );
         let deadline = Instant::now() + Duration::from_secs(if i == 0 { 120 } else { 30 });
         'wait: loop {
             anyhow::ensure!(Instant::now() < deadline, "no AlertRaised for {agent}");
@@ -193,8 +242,13 @@ async fn bench(engine: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let which = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let which = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_else(|| "all".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         if which == "embedded" || which == "all" {
             bench("embedded").await?;

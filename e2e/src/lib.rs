@@ -20,10 +20,15 @@ pub fn fleetstream_bin() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     let bin = target.join("debug").join("fleetstream");
     if !bin.exists() {
-        bail!("{} not found: build it first with `cargo build -p fleetstream` (scripts/test.sh does)", bin.display());
+        bail!(
+            "{} not found: build it first with `cargo build -p fleetstream` (scripts/test.sh does)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -48,7 +53,9 @@ pub fn postgres_url() -> String {
 pub fn require_service(what: &str, host_port: &str) -> anyhow::Result<()> {
     let addr = host_port.split(',').next().unwrap_or(host_port);
     let ok = std::net::TcpStream::connect_timeout(
-        &addr.parse().with_context(|| format!("{what} address {addr:?}"))?,
+        &addr
+            .parse()
+            .with_context(|| format!("{what} address {addr:?}"))?,
         Duration::from_secs(2),
     )
     .is_ok();
@@ -62,12 +69,23 @@ pub fn require_service(what: &str, host_port: &str) -> anyhow::Result<()> {
 pub async fn fresh_database() -> anyhow::Result<String> {
     use sqlx::Connection as _;
     let base = postgres_url();
-    let hostport = base.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432");
+    let hostport = base
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("127.0.0.1:5432");
     require_service("PostgreSQL", hostport)?;
     let name = format!("fleet_e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&base).await.context("connecting to Postgres")?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-    let (head, tail) = base.split_once('?').map(|(h, t)| (h, Some(t))).unwrap_or((&base, None));
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .context("connecting to Postgres")?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    let (head, tail) = base
+        .split_once('?')
+        .map(|(h, t)| (h, Some(t)))
+        .unwrap_or((&base, None));
     let prefix = head.rsplit_once('/').map(|(p, _)| p).unwrap_or(head);
     Ok(match tail {
         Some(q) => format!("{prefix}/{name}?{q}"),
@@ -86,14 +104,25 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `fleetstream <args>` with extra environment.
-    pub fn start(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+    pub fn start(
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let log = dir.join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(fleetstream_bin()?);
         cmd.args(args)
             .current_dir(dir)
-            .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -101,7 +130,11 @@ impl Proc {
             cmd.env(k, v);
         }
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Proc { name: name.to_owned(), child, log })
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        })
     }
 
     /// The last lines of the process's output.
@@ -146,7 +179,12 @@ impl Drop for Proc {
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` and the
 /// processes' log tails.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, procs: &[&Proc], mut check: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    procs: &[&Proc],
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
@@ -165,7 +203,11 @@ where
                 msg.push_str(&format!("\nlast error: {e:#}"));
             }
             for p in procs {
-                msg.push_str(&format!("\n--- {} (last lines) ---\n{}", p.name, p.log_tail(40)));
+                msg.push_str(&format!(
+                    "\n--- {} (last lines) ---\n{}",
+                    p.name,
+                    p.log_tail(40)
+                ));
             }
             bail!(msg);
         }
@@ -174,7 +216,10 @@ where
 }
 
 /// GET a JSON document; `None` on 404.
-pub async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Option<serde_json::Value>> {
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let resp = client.get(url).send().await?;
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);

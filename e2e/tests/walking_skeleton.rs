@@ -68,7 +68,14 @@ impl Embedded {
     fn start(&mut self, threshold: f64) -> anyhow::Result<()> {
         let cfg = write_file(self.dir.path(), "fleetstream.toml", &self.config(threshold))?;
         let data = self.dir.path().join("data");
-        let args = ["up", "--data-dir", data.to_str().context("utf-8")?, "--config", cfg.to_str().context("utf-8")?, "--with-local-agent"];
+        let args = [
+            "up",
+            "--data-dir",
+            data.to_str().context("utf-8")?,
+            "--config",
+            cfg.to_str().context("utf-8")?,
+            "--with-local-agent",
+        ];
         self.proc = Some(Proc::start("up", self.dir.path(), &args, &[])?);
         Ok(())
     }
@@ -117,7 +124,11 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         api: format!("http://127.0.0.1:{api_port}"),
     };
     let log = format!("kafka://{brokers}");
-    let gw_cfg = write_file(dir.path(), "gateway.toml", &format!("listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\n"))?;
+    let gw_cfg = write_file(
+        dir.path(),
+        "gateway.toml",
+        &format!("listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\n"),
+    )?;
     let pj_cfg = write_file(
         dir.path(),
         "projections.toml",
@@ -135,14 +146,45 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
     let pr_cfg = write_file(dir.path(), "processors.toml", &processors_cfg(0.0))?;
     let ag_cfg = write_file(dir.path(), "agent.toml", &agent_toml(&run.agent_id))?;
     let path = |p: &Path| p.to_str().map(str::to_owned).context("utf-8 path");
-    let gateway = Proc::start("gateway", dir.path(), &["gateway", "--config", &path(&gw_cfg)?], &[])?;
-    let projections = Proc::start("projections", dir.path(), &["projections", "--config", &path(&pj_cfg)?], &[])?;
-    let mut processors = Proc::start("processors", dir.path(), &["processors", "--config", &path(&pr_cfg)?], &[])?;
-    let agent = Proc::start("agent", dir.path(), &["agent", "--config", &path(&ag_cfg)?, "--server", &run.gateway], &[])?;
+    let gateway = Proc::start(
+        "gateway",
+        dir.path(),
+        &["gateway", "--config", &path(&gw_cfg)?],
+        &[],
+    )?;
+    let projections = Proc::start(
+        "projections",
+        dir.path(),
+        &["projections", "--config", &path(&pj_cfg)?],
+        &[],
+    )?;
+    let mut processors = Proc::start(
+        "processors",
+        dir.path(),
+        &["processors", "--config", &path(&pr_cfg)?],
+        &[],
+    )?;
+    let agent = Proc::start(
+        "agent",
+        dir.path(),
+        &[
+            "agent",
+            "--config",
+            &path(&ag_cfg)?,
+            "--server",
+            &run.gateway,
+        ],
+        &[],
+    )?;
     check_agent_metrics_and_alert(&run, &[&gateway, &projections, &processors, &agent]).await?;
     processors.stop()?;
     write_file(dir.path(), "processors.toml", &processors_cfg(1000.0))?;
-    let processors = Proc::start("processors", dir.path(), &["processors", "--config", &path(&pr_cfg)?], &[])?;
+    let processors = Proc::start(
+        "processors",
+        dir.path(),
+        &["processors", "--config", &path(&pr_cfg)?],
+        &[],
+    )?;
     check_alert_resolved(&run, &[&gateway, &projections, &processors, &agent]).await?;
     Ok(())
 }
@@ -153,27 +195,47 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
 
     // The agent appears with its latest metrics.
     let agent: Value = wait_for("the agent to appear with metrics", WAIT, procs, || async {
-        Ok(get_json(&client, &agent_url).await?.filter(|a| a["cpu_percent"].is_number()))
+        Ok(get_json(&client, &agent_url)
+            .await?
+            .filter(|a| a["cpu_percent"].is_number()))
     })
     .await?;
     let cpu = agent["cpu_percent"].as_f64().context("cpu_percent")?;
     assert!((0.0..=100.0).contains(&cpu), "cpu_percent {cpu}");
-    assert!(agent["latest_report"]["memory_total_bytes"].as_i64().unwrap_or(0) > 0, "{agent}");
-    let list = get_json(&client, &format!("{}/api/v1/agents", run.api)).await?.context("agent list")?;
     assert!(
-        list["agents"].as_array().context("agents")?.iter().any(|a| a["agent_id"] == run.agent_id.as_str()),
+        agent["latest_report"]["memory_total_bytes"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0,
+        "{agent}"
+    );
+    let list = get_json(&client, &format!("{}/api/v1/agents", run.api))
+        .await?
+        .context("agent list")?;
+    assert!(
+        list["agents"]
+            .as_array()
+            .context("agents")?
+            .iter()
+            .any(|a| a["agent_id"] == run.agent_id.as_str()),
         "agent missing from the list: {list}"
     );
 
     // History: several samples of two metrics in buckets.
-    let history_url = format!("{agent_url}/metrics?metric=cpu.percent,memory.percent&start=10m&interval=1m");
+    let history_url =
+        format!("{agent_url}/metrics?metric=cpu.percent,memory.percent&start=10m&interval=1m");
     let history: Value = wait_for("two samples of history", WAIT, procs, || async {
         let h = get_json(&client, &history_url).await?;
         Ok(h.filter(|h| {
             h["series"].as_array().is_some_and(|s| {
                 s.len() == 2
                     && s.iter().all(|s| {
-                        s["buckets"].as_array().is_some_and(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum::<u64>() >= 2)
+                        s["buckets"].as_array().is_some_and(|b| {
+                            b.iter()
+                                .map(|b| b["count"].as_u64().unwrap_or(0))
+                                .sum::<u64>()
+                                >= 2
+                        })
                     })
             })
         }))
@@ -191,7 +253,11 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
     let alert: Value = wait_for("the alert to be raised", WAIT, procs, || async {
         let a = get_json(&client, &alerts_url).await?;
         Ok(a.and_then(|a| {
-            a["alerts"].as_array().and_then(|v| v.iter().find(|x| x["rule_id"] == run.rule_id.as_str()).cloned())
+            a["alerts"].as_array().and_then(|v| {
+                v.iter()
+                    .find(|x| x["rule_id"] == run.rule_id.as_str())
+                    .cloned()
+            })
         }))
     })
     .await?;
@@ -206,7 +272,10 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
         "load_1": 0.1, "load_5": 0.1, "load_15": 0.1, "uptime_seconds": 5
     }]});
     let resp = client
-        .post(format!("{}/api/v1/agents/{}/metrics", run.gateway, run.agent_id))
+        .post(format!(
+            "{}/api/v1/agents/{}/metrics",
+            run.gateway, run.agent_id
+        ))
         .json(&bad)
         .send()
         .await?;
@@ -232,8 +301,14 @@ async fn check_alert_resolved(run: &Run, procs: &[&Proc]) -> anyhow::Result<()> 
         }))
     })
     .await?;
-    assert_eq!(alerts.len(), 1, "one incident, one alert (no duplicate after the restart): {alerts:?}");
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one incident, one alert (no duplicate after the restart): {alerts:?}"
+    );
     assert!(alerts[0]["resolved_at"].as_i64().is_some());
-    assert!(alerts[0]["resolved_value"].as_f64().is_some_and(|v| v < 1000.0));
+    assert!(alerts[0]["resolved_value"]
+        .as_f64()
+        .is_some_and(|v| v < 1000.0));
     Ok(())
 }

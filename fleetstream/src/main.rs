@@ -45,12 +45,14 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every server role in one process on the embedded defaults.
-    #[command(long_about = "Run the gateway, the stream processors, the projections and the \
+    #[command(
+        long_about = "Run the gateway, the stream processors, the projections and the \
 query API in one process. The event log, the read model (SQLite) and the time-series store \
 live in --data-dir; nothing else is needed.\n\n\
 Settings come from --config (a TOML file with [gateway], [processors], [projections] and \
 [agent] tables, each as in config/<role>.example.toml) and environment variables \
-FLEET_<ROLE>__<KEY>. Storage URLs are always the embedded ones in --data-dir.")]
+FLEET_<ROLE>__<KEY>. Storage URLs are always the embedded ones in --data-dir."
+    )]
     Up(UpArgs),
     /// Run the ingest gateway (agents push here).
     Gateway(RoleArgs),
@@ -95,7 +97,9 @@ struct AgentArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     fleet_ops::init_tracing(matches!(cli.log_format, LogFormat::Json));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Up(a) => roles::up(a.data_dir, a.config, a.with_local_agent).await,

@@ -37,8 +37,14 @@ fn on_signal(tx: watch::Sender<bool>) {
     });
 }
 
-async fn open_log(url: &str, options: &std::collections::BTreeMap<String, String>) -> anyhow::Result<Arc<dyn EventLog>> {
-    let opts = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+async fn open_log(
+    url: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    let opts = options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     fleet_event_log::open(url, &opts)
         .await
         .with_context(|| format!("opening the event log at {url}"))
@@ -62,10 +68,15 @@ fn watch_log(log: Arc<dyn EventLog>, flag: Arc<AtomicBool>) {
     });
 }
 
-async fn serve(addr: SocketAddr, app: Router, shutdown: Shutdown, what: &'static str) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{what}: cannot listen on {addr} (in use? change `listen` in the config)"))?;
+async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    shutdown: Shutdown,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("{what}: cannot listen on {addr} (in use? change `listen` in the config)")
+    })?;
     tracing::info!(%addr, what, "Listening.");
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown.wait())
@@ -75,7 +86,13 @@ async fn serve(addr: SocketAddr, app: Router, shutdown: Shutdown, what: &'static
 
 fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
     let flag = flag.clone();
-    Arc::new(move || if flag.load(Ordering::Relaxed) { Ok(()) } else { Err(format!("{what} not reachable")) })
+    Arc::new(move || {
+        if flag.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(format!("{what} not reachable"))
+        }
+    })
 }
 
 pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
@@ -87,12 +104,17 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     run_gateway(cfg, log, shutdown).await
 }
 
-async fn run_gateway(cfg: GatewayConfig, log: Arc<dyn EventLog>, shutdown: Shutdown) -> anyhow::Result<()> {
+async fn run_gateway(
+    cfg: GatewayConfig,
+    log: Arc<dyn EventLog>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
     let addr = cfg.listen;
-    let app = fleet_ingest_gateway::app(fleet_ingest_gateway::GatewayState::new(log, cfg))
-        .merge(fleet_ops::endpoints::router("gateway", ready_flag(&log_ok, "event log")));
+    let app = fleet_ingest_gateway::app(fleet_ingest_gateway::GatewayState::new(log, cfg)).merge(
+        fleet_ops::endpoints::router("gateway", ready_flag(&log_ok, "event log")),
+    );
     serve(addr, app, shutdown, "gateway").await
 }
 
@@ -103,8 +125,19 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
     on_signal(tx);
     let ready = fleet_stream_processors::Readiness::default();
     let r = ready.clone();
-    let check: ReadyCheck = Arc::new(move || if r.is_ready() { Ok(()) } else { Err("alert evaluator not running".into()) });
-    let ops = serve(cfg.listen, fleet_ops::endpoints::router("processors", check), shutdown.clone(), "processors ops");
+    let check: ReadyCheck = Arc::new(move || {
+        if r.is_ready() {
+            Ok(())
+        } else {
+            Err("alert evaluator not running".into())
+        }
+    });
+    let ops = serve(
+        cfg.listen,
+        fleet_ops::endpoints::router("processors", check),
+        shutdown.clone(),
+        "processors ops",
+    );
     let eval = fleet_stream_processors::run_alert_evaluator(log, cfg, ready, shutdown.wait());
     tokio::try_join!(ops, eval)?;
     Ok(())
@@ -122,7 +155,10 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
     let timeseries = fleet_stores::open_timeseries(&cfg.timeseries)
         .await
         .with_context(|| format!("opening the time-series store ({})", cfg.timeseries))?;
-    Ok(Stores { read_model, timeseries })
+    Ok(Stores {
+        read_model,
+        timeseries,
+    })
 }
 
 /// Hides a password in a URL for messages.
@@ -170,7 +206,13 @@ async fn run_projections(
         ready.clone(),
         shutdown.clone().wait(),
     );
-    let ts = fleet_projections::project::run_timeseries(log, stores.timeseries, cfg, ready, shutdown.wait());
+    let ts = fleet_projections::project::run_timeseries(
+        log,
+        stores.timeseries,
+        cfg,
+        ready,
+        shutdown.wait(),
+    );
     tokio::try_join!(server, rm, ts)?;
     Ok(())
 }
@@ -193,7 +235,11 @@ fn data_url(dir: &Path, name: &str) -> anyhow::Result<String> {
 }
 
 #[allow(clippy::print_stdout)] // the URLs are the command's output
-pub(crate) async fn up(data_dir: PathBuf, config: Option<PathBuf>, with_local_agent: bool) -> anyhow::Result<()> {
+pub(crate) async fn up(
+    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    with_local_agent: bool,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
@@ -217,14 +263,21 @@ pub(crate) async fn up(data_dir: PathBuf, config: Option<PathBuf>, with_local_ag
     let gateway_url = format!("http://{}", gw.listen);
     let api_url = format!("http://{}", pj.listen);
     println!("Fleetstream is up (data in {}).", data_dir.display());
-    println!("  ingest gateway: {gateway_url}   (agents: fleetstream agent --server {gateway_url})");
+    println!(
+        "  ingest gateway: {gateway_url}   (agents: fleetstream agent --server {gateway_url})"
+    );
     println!("  query API:      {api_url}/api/v1/agents");
     println!("  metrics:        {gateway_url}/metrics  {api_url}/metrics");
     println!("Press Ctrl-C to stop.");
 
     let pr_ready = fleet_stream_processors::Readiness::default();
     let gateway = run_gateway(gw, log.clone(), shutdown.clone());
-    let processors = fleet_stream_processors::run_alert_evaluator(log.clone(), pr, pr_ready, shutdown.clone().wait());
+    let processors = fleet_stream_processors::run_alert_evaluator(
+        log.clone(),
+        pr,
+        pr_ready,
+        shutdown.clone().wait(),
+    );
     let projections = run_projections(pj, log, stores, shutdown.clone());
     let agent = async {
         if !with_local_agent {
@@ -236,8 +289,14 @@ pub(crate) async fn up(data_dir: PathBuf, config: Option<PathBuf>, with_local_ag
             fleet_agent::AgentConfig::load(None)?
         };
         cfg.server_url = gateway_url.clone();
-        println!("  local agent:    {} reporting every {:?}", cfg.resolved_agent_id(), cfg.collect_interval());
-        fleet_agent::run(cfg, shutdown.clone().wait()).await.map(|_| ())
+        println!(
+            "  local agent:    {} reporting every {:?}",
+            cfg.resolved_agent_id(),
+            cfg.collect_interval()
+        );
+        fleet_agent::run(cfg, shutdown.clone().wait())
+            .await
+            .map(|_| ())
     };
     // The first role to fail stops the others: a half-running system is worse than none.
     tokio::try_join!(gateway, processors, projections, agent)?;

@@ -13,43 +13,55 @@ fn root() -> &'static Path {
 
 #[test]
 fn gateway_example_is_the_default() {
-    let cfg: GatewayConfig =
-        fleet_ops::config::load("gateway-example-test", Some(&root().join("config/gateway.example.toml"))).expect("parses");
+    let cfg: GatewayConfig = fleet_ops::config::load(
+        "gateway-example-test",
+        Some(&root().join("config/gateway.example.toml")),
+    )
+    .expect("parses");
     assert_eq!(cfg, GatewayConfig::default());
 }
 
 #[test]
 fn processors_example_is_the_default() {
-    let cfg: ProcessorsConfig =
-        fleet_ops::config::load("processors-example-test", Some(&root().join("config/processors.example.toml")))
-            .expect("parses");
+    let cfg: ProcessorsConfig = fleet_ops::config::load(
+        "processors-example-test",
+        Some(&root().join("config/processors.example.toml")),
+    )
+    .expect("parses");
     assert_eq!(cfg, ProcessorsConfig::default());
 }
 
 #[test]
 fn projections_example_is_the_default() {
-    let cfg: ProjectionsConfig =
-        fleet_ops::config::load("projections-example-test", Some(&root().join("config/projections.example.toml")))
-            .expect("parses");
+    let cfg: ProjectionsConfig = fleet_ops::config::load(
+        "projections-example-test",
+        Some(&root().join("config/projections.example.toml")),
+    )
+    .expect("parses");
     assert_eq!(cfg, ProjectionsConfig::default());
 }
 
 #[test]
 fn agent_example_is_the_default() {
-    let cfg = fleet_agent::AgentConfig::load(Some(&root().join("agent/agent.example.toml"))).expect("parses");
+    let cfg = fleet_agent::AgentConfig::load(Some(&root().join("agent/agent.example.toml")))
+        .expect("parses");
     assert_eq!(cfg, fleet_agent::AgentConfig::default());
 }
 
 #[test]
 fn up_example_parses_per_role() {
     let f = root().join("config/fleetstream.example.toml");
-    let gw: GatewayConfig = fleet_ops::config::load_with_table("gateway-up-test", Some(&f), Some("gateway")).expect("gateway");
+    let gw: GatewayConfig =
+        fleet_ops::config::load_with_table("gateway-up-test", Some(&f), Some("gateway"))
+            .expect("gateway");
     assert_eq!(gw.listen.port(), 8080);
     let pj: ProjectionsConfig =
-        fleet_ops::config::load_with_table("projections-up-test", Some(&f), Some("projections")).expect("projections");
+        fleet_ops::config::load_with_table("projections-up-test", Some(&f), Some("projections"))
+            .expect("projections");
     assert_eq!(pj.listen.port(), 8081);
     let pr: ProcessorsConfig =
-        fleet_ops::config::load_with_table("processors-up-test", Some(&f), Some("processors")).expect("processors");
+        fleet_ops::config::load_with_table("processors-up-test", Some(&f), Some("processors"))
+            .expect("processors");
     assert_eq!(pr.rules, ProcessorsConfig::default().rules);
 }
 
@@ -58,7 +70,8 @@ fn unknown_keys_and_env_overrides() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nno-such-key = 1\n").expect("write");
-    let err = fleet_ops::config::load::<GatewayConfig>("gateway-bad-test", Some(&bad)).expect_err("unknown key");
+    let err = fleet_ops::config::load::<GatewayConfig>("gateway-bad-test", Some(&bad))
+        .expect_err("unknown key");
     assert!(err.to_string().contains("no-such-key"), "{err}");
     // Environment overrides the file: FLEET_<ROLE>__<KEY>, `_` for `-`.
     std::env::set_var("FLEET_GATEWAY_ENV_TEST__MAX_BODY_BYTES", "4096");

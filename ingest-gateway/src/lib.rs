@@ -42,7 +42,10 @@ pub struct GatewayState {
 impl GatewayState {
     /// State over an event log.
     pub fn new(log: Arc<dyn EventLog>, config: GatewayConfig) -> GatewayState {
-        GatewayState { log, config: Arc::new(config) }
+        GatewayState {
+            log,
+            config: Arc::new(config),
+        }
     }
 }
 
@@ -114,12 +117,19 @@ async fn ingest_metrics(
     if !rejected.is_empty() {
         tracing::warn!(%agent_id, rejected = rejected.len(), first = %rejected[0].field, "Reports refused.");
     }
-    Ok(IngestAccepted { accepted: valid.len(), rejected })
+    Ok(IngestAccepted {
+        accepted: valid.len(),
+        rejected,
+    })
 }
 
 /// Writes records and waits for the log's acknowledgement, bounded by the configured
 /// timeout; a log that cannot take the write becomes 503 with `Retry-After`.
-async fn produce(state: &GatewayState, topic: &str, records: Vec<ProduceRecord>) -> Result<(), ApiError> {
+async fn produce(
+    state: &GatewayState,
+    topic: &str,
+    records: Vec<ProduceRecord>,
+) -> Result<(), ApiError> {
     let cfg = &state.config;
     let timeout = Duration::from_millis(cfg.produce_timeout_ms);
     let started = Instant::now();

@@ -18,8 +18,14 @@ pub const PRODUCE_SECONDS: &str = "fleet_gateway_produce_seconds";
 pub const PRODUCE_FAILURES: &str = "fleet_gateway_produce_failures_total";
 
 /// Every metric name above.
-pub const ALL: &[&str] =
-    &[REPORTS_ACCEPTED, REPORTS_REJECTED, REQUESTS, REQUEST_SECONDS, PRODUCE_SECONDS, PRODUCE_FAILURES];
+pub const ALL: &[&str] = &[
+    REPORTS_ACCEPTED,
+    REPORTS_REJECTED,
+    REQUESTS,
+    REQUEST_SECONDS,
+    PRODUCE_SECONDS,
+    PRODUCE_FAILURES,
+];
 
 pub(crate) fn reports_accepted(n: usize) {
     metrics::counter!(REPORTS_ACCEPTED).increment(n as u64);
@@ -37,7 +43,11 @@ pub(crate) fn produce_failed(reason: &'static str) {
     metrics::counter!(PRODUCE_FAILURES, "reason" => reason).increment(1);
 }
 
-pub(crate) fn record_request<T>(route: &'static str, result: &Result<T, ApiError>, elapsed: Duration) {
+pub(crate) fn record_request<T>(
+    route: &'static str,
+    result: &Result<T, ApiError>,
+    elapsed: Duration,
+) {
     let status = match result {
         Ok(_) => "202".to_owned(),
         Err(e) => e.status().as_u16().to_string(),

@@ -45,7 +45,9 @@ impl Limits {
 pub fn agent_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -59,10 +61,16 @@ pub fn agent_id(id: &str) -> Result<(), ApiError> {
 /// A batch must have 1..=max reports.
 pub fn batch_len(len: usize, max: usize) -> Result<(), ApiError> {
     if len == 0 {
-        return Err(ApiError::invalid_field("reports", "the batch has no report"));
+        return Err(ApiError::invalid_field(
+            "reports",
+            "the batch has no report",
+        ));
     }
     if len > max {
-        return Err(ApiError::invalid_field("reports", format!("{len} reports in one batch, at most {max}")));
+        return Err(ApiError::invalid_field(
+            "reports",
+            format!("{len} reports in one batch, at most {max}"),
+        ));
     }
     Ok(())
 }
@@ -77,7 +85,10 @@ fn percent(field: &str, v: f64) -> Result<f64, FieldError> {
     if v.is_finite() && (0.0..=100.0).contains(&v) {
         Ok(v)
     } else {
-        Err(err(field, format!("must be a percentage between 0 and 100, got {v}")))
+        Err(err(
+            field,
+            format!("must be a percentage between 0 and 100, got {v}"),
+        ))
     }
 }
 
@@ -99,7 +110,10 @@ fn int(field: &str, v: u32) -> Result<i32, FieldError> {
 
 fn name(field: &str, v: &str) -> Result<String, FieldError> {
     if v.is_empty() || v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) {
-        return Err(err(field, format!("must be 1 to {MAX_NAME_LEN} bytes without control characters")));
+        return Err(err(
+            field,
+            format!("must be 1 to {MAX_NAME_LEN} bytes without control characters"),
+        ));
     }
     Ok(v.to_owned())
 }
@@ -122,10 +136,16 @@ pub fn report(
 ) -> Result<MetricReport, FieldError> {
     let occurred_at = r.collected_at.timestamp_micros();
     if occurred_at > now_micros.saturating_add(limits.max_future_micros) {
-        return Err(err("collected_at", "is in the future beyond the allowed clock skew; check the agent's clock"));
+        return Err(err(
+            "collected_at",
+            "is in the future beyond the allowed clock skew; check the agent's clock",
+        ));
     }
     if occurred_at < now_micros.saturating_sub(limits.max_age_micros) {
-        return Err(err("collected_at", "is older than the retention window accepted by this gateway"));
+        return Err(err(
+            "collected_at",
+            "is older than the retention window accepted by this gateway",
+        ));
     }
     let cpu_percent = percent("cpu_percent", r.cpu_percent)?;
     at_most("cpu_per_core", r.cpu_per_core.len(), MAX_CORES)?;
@@ -138,7 +158,10 @@ pub fn report(
     let memory_used_bytes = long("memory_used_bytes", r.memory_used_bytes)?;
     let memory_total_bytes = long("memory_total_bytes", r.memory_total_bytes)?;
     if r.memory_used_bytes > r.memory_total_bytes {
-        return Err(err("memory_used_bytes", "is larger than memory_total_bytes"));
+        return Err(err(
+            "memory_used_bytes",
+            "is larger than memory_total_bytes",
+        ));
     }
     let memory_percent = percent("memory_percent", r.memory_percent)?;
     at_most("disks", r.disks.len(), MAX_DISKS)?;
@@ -170,7 +193,10 @@ pub fn report(
     for (i, s) in r.services.iter().enumerate() {
         let f = |k: &str| format!("services[{i}].{k}");
         if !SERVICE_STATES.contains(&s.status.as_str()) {
-            return Err(err(f("status"), format!("must be one of {}", SERVICE_STATES.join(", "))));
+            return Err(err(
+                f("status"),
+                format!("must be one of {}", SERVICE_STATES.join(", ")),
+            ));
         }
         services.push(ServiceStatus {
             name: name(&f("name"), &s.name)?,
@@ -184,9 +210,13 @@ pub fn report(
         let f = format!("custom.{k}");
         let valid_name = !k.is_empty()
             && k.len() <= 128
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !valid_name {
-            return Err(err(f, "custom metric names are 1 to 128 characters of letters, digits, '.', '_' or '-'"));
+            return Err(err(
+                f,
+                "custom metric names are 1 to 128 characters of letters, digits, '.', '_' or '-'",
+            ));
         }
         if !v.is_finite() {
             return Err(err(f, "must be a finite number"));
@@ -197,7 +227,10 @@ pub fn report(
         None => None,
         Some(s) => Some(SecurityPosture {
             firewall_enabled: s.firewall_enabled,
-            pending_updates: s.pending_updates.map(|v| int("security.pending_updates", v)).transpose()?,
+            pending_updates: s
+                .pending_updates
+                .map(|v| int("security.pending_updates", v))
+                .transpose()?,
             pending_security_updates: s
                 .pending_security_updates
                 .map(|v| int("security.pending_security_updates", v))
@@ -205,7 +238,11 @@ pub fn report(
         }),
     };
     Ok(MetricReport {
-        event_id: ids::v7_at(occurred_at, &[agent_id, "metrics", &occurred_at.to_string()]).to_string(),
+        event_id: ids::v7_at(
+            occurred_at,
+            &[agent_id, "metrics", &occurred_at.to_string()],
+        )
+        .to_string(),
         tenant_id: tenant_id.to_owned(),
         agent_id: agent_id.to_owned(),
         occurred_at,

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use fleet_event_log::{
-    ConsumedRecord, Consumer, ConsumerOptions, EventLog, LogError, ProduceRecord, RecordPosition, TopicSpec,
+    Consumer, ConsumerOptions, EventLog, LogError, ProduceRecord, RecordPosition, TopicSpec,
 };
 use fleet_ingest_gateway::{app, GatewayConfig, GatewayState};
 use fleet_schemas::{codec, topics, MetricReport};
@@ -21,8 +21,12 @@ use tower::ServiceExt as _;
 
 async fn embedded() -> (tempfile::TempDir, Arc<dyn EventLog>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default()).await.expect("open");
-    fleet_ops::log::ensure_topics(log.as_ref()).await.expect("topics");
+    let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
+        .await
+        .expect("open");
+    fleet_ops::log::ensure_topics(log.as_ref())
+        .await
+        .expect("topics");
     (dir, log)
 }
 
@@ -42,14 +46,27 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
 
-async fn post(app: &Router, agent: &str, body: Vec<u8>, extra: &[(&str, &str)]) -> (StatusCode, Value, Option<String>) {
-    let mut req = Request::post(format!("/api/v1/agents/{agent}/metrics")).header(header::CONTENT_TYPE, "application/json");
+async fn post(
+    app: &Router,
+    agent: &str,
+    body: Vec<u8>,
+    extra: &[(&str, &str)],
+) -> (StatusCode, Value, Option<String>) {
+    let mut req = Request::post(format!("/api/v1/agents/{agent}/metrics"))
+        .header(header::CONTENT_TYPE, "application/json");
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
-    let resp = app.clone().oneshot(req.body(Body::from(body)).expect("request")).await.expect("response");
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).expect("request"))
+        .await
+        .expect("response");
     let status = resp.status();
-    let retry = resp.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap_or("").to_owned());
+    let retry = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap_or("").to_owned());
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, value, retry)
@@ -62,7 +79,11 @@ async fn read_all(log: &Arc<dyn EventLog>) -> Vec<MetricReport> {
         return Vec::new();
     }
     let mut c = log
-        .subscribe(&format!("t-{}", uuid_like()), &[topics::METRICS], ConsumerOptions::default())
+        .subscribe(
+            &format!("t-{}", uuid_like()),
+            &[topics::METRICS],
+            ConsumerOptions::default(),
+        )
         .await
         .expect("subscribe");
     let mut out = Vec::new();
@@ -75,7 +96,10 @@ async fn read_all(log: &Arc<dyn EventLog>) -> Vec<MetricReport> {
 }
 
 fn uuid_like() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -83,11 +107,18 @@ async fn valid_batch_is_written_as_avro_and_acknowledged() {
     let (_d, log) = embedded().await;
     let app = app(GatewayState::new(log.clone(), GatewayConfig::default()));
     let t1 = now();
-    let body = json!({"reports": [report(&t1, json!(12.5)), report("2026-01-01T00:00:00Z", json!(99.0))]});
+    let body =
+        json!({"reports": [report(&t1, json!(12.5)), report("2026-01-01T00:00:00Z", json!(99.0))]});
     // The second report is old but within max-age only if "now" is near it; use two fresh ones.
     let body2 = json!({"reports": [report(&t1, json!(12.5)), report(&now(), json!(99.0))]});
     let _ = body;
-    let (status, v, _) = post(&app, "agent-1", serde_json::to_vec(&body2).expect("json"), &[]).await;
+    let (status, v, _) = post(
+        &app,
+        "agent-1",
+        serde_json::to_vec(&body2).expect("json"),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["accepted"], 2);
     assert_eq!(v["rejected"], json!([]));
@@ -110,11 +141,20 @@ async fn repeated_report_gets_the_same_event_id() {
     let app = app(GatewayState::new(log.clone(), GatewayConfig::default()));
     let t = now();
     let body = serde_json::to_vec(&json!({"reports": [report(&t, json!(1.0))]})).expect("json");
-    assert_eq!(post(&app, "agent-r", body.clone(), &[]).await.0, StatusCode::ACCEPTED);
-    assert_eq!(post(&app, "agent-r", body, &[]).await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        post(&app, "agent-r", body.clone(), &[]).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        post(&app, "agent-r", body, &[]).await.0,
+        StatusCode::ACCEPTED
+    );
     let written = read_all(&log).await;
     assert_eq!(written.len(), 2);
-    assert_eq!(written[0].event_id, written[1].event_id, "downstream deduplicates on event id");
+    assert_eq!(
+        written[0].event_id, written[1].event_id,
+        "downstream deduplicates on event id"
+    );
 }
 
 #[tokio::test]
@@ -126,7 +166,10 @@ async fn wrong_type_names_the_field() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["code"], "invalid_field");
     assert_eq!(v["error"]["field"], "reports[1].cpu_percent");
-    assert!(read_all(&log).await.is_empty(), "a body that does not parse writes nothing");
+    assert!(
+        read_all(&log).await.is_empty(),
+        "a body that does not parse writes nothing"
+    );
 }
 
 #[tokio::test]
@@ -135,25 +178,63 @@ async fn missing_field_unknown_field_and_bad_json() {
     let app = app(GatewayState::new(log, GatewayConfig::default()));
     let mut r = report(&now(), json!(1.0));
     r.as_object_mut().expect("object").remove("memory_percent");
-    let (status, v, _) = post(&app, "a", serde_json::to_vec(&json!({"reports": [r]})).expect("json"), &[]).await;
+    let (status, v, _) = post(
+        &app,
+        "a",
+        serde_json::to_vec(&json!({"reports": [r]})).expect("json"),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["field"], "reports[0]");
-    assert!(v["error"]["message"].as_str().unwrap_or("").contains("memory_percent"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("memory_percent"),
+        "{v}"
+    );
 
     let mut r = report(&now(), json!(1.0));
-    r.as_object_mut().expect("object").insert("cpu_pct".into(), json!(1));
-    let (status, v, _) = post(&app, "a", serde_json::to_vec(&json!({"reports": [r]})).expect("json"), &[]).await;
+    r.as_object_mut()
+        .expect("object")
+        .insert("cpu_pct".into(), json!(1));
+    let (status, v, _) = post(
+        &app,
+        "a",
+        serde_json::to_vec(&json!({"reports": [r]})).expect("json"),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(v["error"]["message"].as_str().unwrap_or("").contains("cpu_pct"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cpu_pct"),
+        "{v}"
+    );
 
     let (status, v, _) = post(&app, "a", b"{\"reports\": [".to_vec(), &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(v["error"]["message"].as_str().unwrap_or("").contains("malformed JSON"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("malformed JSON"),
+        "{v}"
+    );
 
     let (status, v, _) = post(&app, "a", vec![0xff, 0xfe, 0x00], &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "invalid UTF-8: {v}");
 
-    let (status, v, _) = post(&app, "a", serde_json::to_vec(&json!({"reports": []})).expect("json"), &[]).await;
+    let (status, v, _) = post(
+        &app,
+        "a",
+        serde_json::to_vec(&json!({"reports": []})).expect("json"),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["field"], "reports");
 }
@@ -174,8 +255,20 @@ async fn invalid_values_are_refused_per_item_and_valid_ones_kept() {
     let (status, v, _) = post(&app, "a", serde_json::to_vec(&body).expect("json"), &[]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["accepted"], 1);
-    let fields: Vec<&str> = v["rejected"].as_array().expect("rejected").iter().filter_map(|e| e["field"].as_str()).collect();
-    assert_eq!(fields, vec!["reports[0].cpu_percent", "reports[2].collected_at", "reports[3].disks[0].percent"]);
+    let fields: Vec<&str> = v["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "reports[0].cpu_percent",
+            "reports[2].collected_at",
+            "reports[3].disks[0].percent"
+        ]
+    );
     assert_eq!(read_all(&log).await.len(), 1);
 
     // Nothing valid: 422 naming the first field.
@@ -188,7 +281,10 @@ async fn invalid_values_are_refused_per_item_and_valid_ones_kept() {
 #[tokio::test]
 async fn bad_agent_id_content_type_and_size() {
     let (_d, log) = embedded().await;
-    let cfg = GatewayConfig { max_body_bytes: 2048, ..GatewayConfig::default() };
+    let cfg = GatewayConfig {
+        max_body_bytes: 2048,
+        ..GatewayConfig::default()
+    };
     let app = app(GatewayState::new(log, cfg));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(1.0))]})).expect("json");
     let (status, v, _) = post(&app, "bad%20id", body.clone(), &[]).await;
@@ -197,13 +293,24 @@ async fn bad_agent_id_content_type_and_size() {
 
     let resp = app
         .clone()
-        .oneshot(Request::post("/api/v1/agents/a/metrics").header(header::CONTENT_TYPE, "text/plain").body(Body::from(body)).expect("req"))
+        .oneshot(
+            Request::post("/api/v1/agents/a/metrics")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(body))
+                .expect("req"),
+        )
         .await
         .expect("resp");
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let many: Vec<Value> = (0..40).map(|_| report(&now(), json!(1.0))).collect();
-    let (status, v, _) = post(&app, "a", serde_json::to_vec(&json!({"reports": many})).expect("json"), &[]).await;
+    let (status, v, _) = post(
+        &app,
+        "a",
+        serde_json::to_vec(&json!({"reports": many})).expect("json"),
+        &[],
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_eq!(v["error"]["code"], "body_too_large");
 }
@@ -215,7 +322,13 @@ async fn gzip_body_is_accepted() {
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(7.0))]})).expect("json");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&body).expect("gzip");
-    let (status, v, _) = post(&app, "a", gz.finish().expect("gzip"), &[("content-encoding", "gzip")]).await;
+    let (status, v, _) = post(
+        &app,
+        "a",
+        gz.finish().expect("gzip"),
+        &[("content-encoding", "gzip")],
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{v}");
     assert_eq!(read_all(&log).await[0].cpu_percent, 7.0);
 }
@@ -235,7 +348,11 @@ impl EventLog for DownLog {
     async fn partition_count(&self, _: &str) -> fleet_event_log::Result<u32> {
         Err(LogError::Unavailable("broker down".into()))
     }
-    async fn produce(&self, _: &str, _: Vec<ProduceRecord>) -> fleet_event_log::Result<Vec<RecordPosition>> {
+    async fn produce(
+        &self,
+        _: &str,
+        _: Vec<ProduceRecord>,
+    ) -> fleet_event_log::Result<Vec<RecordPosition>> {
         Err(LogError::Unavailable("broker down".into()))
     }
     async fn end_offsets(&self, _: &str) -> fleet_event_log::Result<Vec<i64>> {
@@ -244,17 +361,32 @@ impl EventLog for DownLog {
     async fn offsets_for_time(&self, _: &str, _: i64) -> fleet_event_log::Result<Vec<i64>> {
         Err(LogError::Unavailable("broker down".into()))
     }
-    async fn committed_offsets(&self, _: &str, _: &str) -> fleet_event_log::Result<Vec<Option<i64>>> {
+    async fn committed_offsets(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> fleet_event_log::Result<Vec<Option<i64>>> {
         Err(LogError::Unavailable("broker down".into()))
     }
-    async fn subscribe(&self, _: &str, _: &[&str], _: ConsumerOptions) -> fleet_event_log::Result<Box<dyn Consumer>> {
+    async fn subscribe(
+        &self,
+        _: &str,
+        _: &[&str],
+        _: ConsumerOptions,
+    ) -> fleet_event_log::Result<Box<dyn Consumer>> {
         Err(LogError::Unavailable("broker down".into()))
     }
 }
 
 #[tokio::test]
 async fn log_down_gives_503_with_retry_after() {
-    let app = app(GatewayState::new(Arc::new(DownLog), GatewayConfig { retry_after_secs: 7, ..GatewayConfig::default() }));
+    let app = app(GatewayState::new(
+        Arc::new(DownLog),
+        GatewayConfig {
+            retry_after_secs: 7,
+            ..GatewayConfig::default()
+        },
+    ));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(1.0))]})).expect("json");
     let (status, v, retry) = post(&app, "a", body, &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -267,7 +399,9 @@ async fn real_listener_roundtrip() {
     let (_d, log) = embedded().await;
     let router = app(GatewayState::new(log.clone(), GatewayConfig::default()))
         .merge(fleet_ops::endpoints::router("gateway", Arc::new(|| Ok(()))));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let client = reqwest::Client::new();
@@ -278,7 +412,14 @@ async fn real_listener_roundtrip() {
         .await
         .expect("post");
     assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
-    let metrics = client.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for name in fleet_ingest_gateway::metrics::ALL {
         if name.ends_with("_failures_total") || name.ends_with("_rejected_total") {
             continue; // only emitted once something fails

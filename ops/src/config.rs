@@ -34,15 +34,25 @@ where
 
 /// Like [`load`], reading only table `[table]` of the file (for `fleetstream.toml`, whose
 /// sections hold each role's settings).
-pub fn load_with_table<T>(role: &str, file: Option<&Path>, table: Option<&str>) -> Result<T, ConfigError>
+pub fn load_with_table<T>(
+    role: &str,
+    file: Option<&Path>,
+    table: Option<&str>,
+) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default,
 {
-    let err = |message: String| ConfigError { role: role.to_owned(), message };
+    let err = |message: String| ConfigError {
+        role: role.to_owned(),
+        message,
+    };
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
         if !path.exists() {
-            return Err(err(format!("config file {} does not exist", path.display())));
+            return Err(err(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
         figment = match table {
             Some(t) => {
@@ -52,11 +62,14 @@ where
                     .map_err(|e| err(format!("{} is not valid TOML: {e}", path.display())))?;
                 match doc.get(t) {
                     Some(toml::Value::Table(section)) => {
-                        let section = toml::to_string(section)
-                            .map_err(|e| err(format!("section [{t}] of {}: {e}", path.display())))?;
+                        let section = toml::to_string(section).map_err(|e| {
+                            err(format!("section [{t}] of {}: {e}", path.display()))
+                        })?;
                         figment.merge(Toml::string(&section))
                     }
-                    Some(_) => return Err(err(format!("[{t}] in {} must be a table", path.display()))),
+                    Some(_) => {
+                        return Err(err(format!("[{t}] in {} must be a table", path.display())))
+                    }
                     None => figment,
                 }
             }

@@ -21,7 +21,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
-                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ],
                 )
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
@@ -43,7 +46,11 @@ struct OpsState {
 
 /// Router with `/healthz`, `/readyz` and `/metrics` for `role`.
 pub fn router(role: &'static str, ready: ReadyCheck) -> Router {
-    let state = OpsState { role, metrics: metrics_handle(), ready };
+    let state = OpsState {
+        role,
+        metrics: metrics_handle(),
+        ready,
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -73,6 +80,16 @@ async fn metrics(State(s): State<OpsState>) -> Response {
         s.metrics.render(),
     )
         .into_response()
+}
+
+/// Span for one HTTP request, named by the matched route (for `TraceLayer::make_span_with`).
+pub fn http_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| req.uri().path().to_owned());
+    tracing::info_span!("http", method = %req.method(), route = %route)
 }
 
 #[cfg(test)]
@@ -106,14 +123,4 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert!(b.contains("fleet_ops_test_total 3"), "{b}");
     }
-}
-
-/// Span for one HTTP request, named by the matched route (for `TraceLayer::make_span_with`).
-pub fn http_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| req.uri().path().to_owned());
-    tracing::info_span!("http", method = %req.method(), route = %route)
 }

@@ -23,7 +23,14 @@ pub struct ApiError {
 impl ApiError {
     /// A 4xx/5xx with a code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None, items: Vec::new(), retry_after_secs: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            items: Vec::new(),
+            retry_after_secs: None,
+        }
     }
 
     /// 400 `invalid_field` naming `field`.
@@ -35,7 +42,10 @@ impl ApiError {
     pub fn invalid_batch(items: Vec<ItemError>) -> ApiError {
         let first = items.first().map(|i| i.field.clone());
         let message = match items.first() {
-            Some(i) => format!("no valid item in the batch; first error: {}: {}", i.field, i.message),
+            Some(i) => format!(
+                "no valid item in the batch; first error: {}: {}",
+                i.field, i.message
+            ),
             None => "the batch is empty".to_owned(),
         };
         let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch", message);
@@ -59,7 +69,11 @@ impl ApiError {
     /// 500 `internal`; the detail is logged, the client sees a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "Internal error.");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 
     /// Names the offending field.
@@ -76,18 +90,30 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code.to_owned(), message: self.message, field: self.field, items: self.items },
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
+                items: self.items,
+            },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -122,7 +148,11 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "body_too_large", "request body exceeds the size limit")
+                ApiError::new(
+                    status,
+                    "body_too_large",
+                    "request body exceeds the size limit",
+                )
             } else {
                 ApiError::new(status, "bad_body", rejection.body_text())
             }

@@ -12,9 +12,15 @@ use fleet_schemas::topics;
 /// Creates every topic of the catalog (idempotent).
 pub async fn ensure_topics(log: &dyn EventLog) -> anyhow::Result<()> {
     for t in topics::ALL {
-        log.create_topic(t.name, TopicSpec { partitions: t.partitions, compacted: t.compacted })
-            .await
-            .with_context(|| format!("creating topic {}", t.name))?;
+        log.create_topic(
+            t.name,
+            TopicSpec {
+                partitions: t.partitions,
+                compacted: t.compacted,
+            },
+        )
+        .await
+        .with_context(|| format!("creating topic {}", t.name))?;
     }
     Ok(())
 }
@@ -27,7 +33,11 @@ pub fn next_offsets(records: &[ConsumedRecord]) -> Vec<CommitOffset> {
         *e = (*e).max(r.offset + 1);
     }
     next.into_iter()
-        .map(|((topic, partition), next_offset)| CommitOffset { topic: topic.to_owned(), partition, next_offset })
+        .map(|((topic, partition), next_offset)| CommitOffset {
+            topic: topic.to_owned(),
+            partition,
+            next_offset,
+        })
         .collect()
 }
 
@@ -61,7 +71,14 @@ pub async fn read_to_end(
     }
     let group = format!("fleet-rebuild-{}", uuid::Uuid::new_v4());
     let mut consumer = log
-        .subscribe(&group, &[topic], ConsumerOptions { start: StartFrom::Earliest, ..Default::default() })
+        .subscribe(
+            &group,
+            &[topic],
+            ConsumerOptions {
+                start: StartFrom::Earliest,
+                ..Default::default()
+            },
+        )
         .await?;
     let mut positions: Vec<i64> = vec![0; ends.len()];
     let mut seen = 0u64;
@@ -73,7 +90,12 @@ pub async fn read_to_end(
             // Offsets can have gaps (compaction, control records): stop when nothing
             // more arrives for a while instead of waiting forever.
             if idle_polls >= 40 {
-                tracing::warn!(topic, ?positions, ?ends, "Stopped reading before the end offsets: no more records arrived.");
+                tracing::warn!(
+                    topic,
+                    ?positions,
+                    ?ends,
+                    "Stopped reading before the end offsets: no more records arrived."
+                );
                 break;
             }
             continue;
@@ -111,13 +133,30 @@ mod tests {
 
     #[test]
     fn next_offsets_takes_max_plus_one_per_partition() {
-        let got = next_offsets(&[rec("a", 0, 5), rec("a", 0, 3), rec("a", 1, 0), rec("b", 0, 9)]);
+        let got = next_offsets(&[
+            rec("a", 0, 5),
+            rec("a", 0, 3),
+            rec("a", 1, 0),
+            rec("b", 0, 9),
+        ]);
         assert_eq!(
             got,
             vec![
-                CommitOffset { topic: "a".into(), partition: 0, next_offset: 6 },
-                CommitOffset { topic: "a".into(), partition: 1, next_offset: 1 },
-                CommitOffset { topic: "b".into(), partition: 0, next_offset: 10 },
+                CommitOffset {
+                    topic: "a".into(),
+                    partition: 0,
+                    next_offset: 6
+                },
+                CommitOffset {
+                    topic: "a".into(),
+                    partition: 1,
+                    next_offset: 1
+                },
+                CommitOffset {
+                    topic: "b".into(),
+                    partition: 0,
+                    next_offset: 10
+                },
             ]
         );
     }

@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use fleet_ops::ApiError;
 use fleet_stores::{
-    AgentQuery, AgentRow, AlertQuery, AlertRow, AlertStatus, Bucket, RangeQuery, ReadModel, StoreError,
-    TimeSeriesStore,
+    AgentQuery, AgentRow, AlertQuery, AlertRow, AlertStatus, Bucket, RangeQuery, ReadModel,
+    StoreError, TimeSeriesStore,
 };
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
@@ -39,7 +39,10 @@ pub struct ApiState {
 impl ApiState {
     /// State over the two stores.
     pub fn new(read_model: Arc<dyn ReadModel>, timeseries: Arc<dyn TimeSeriesStore>) -> ApiState {
-        ApiState { read_model, timeseries }
+        ApiState {
+            read_model,
+            timeseries,
+        }
     }
 }
 
@@ -62,8 +65,13 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-fn respond<T: Serialize>(route: &'static str, started: Instant, result: Result<T, ApiError>) -> Response {
-    ::metrics::histogram!(metrics::API_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
+fn respond<T: Serialize>(
+    route: &'static str,
+    started: Instant,
+    result: Result<T, ApiError>,
+) -> Response {
+    ::metrics::histogram!(metrics::API_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
@@ -83,7 +91,9 @@ fn pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
     for part in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let dec = |s: &str, what: &str| {
-            percent_decode(s).ok_or_else(|| ApiError::invalid_field(what.to_owned(), "is not valid percent-encoded UTF-8"))
+            percent_decode(s).ok_or_else(|| {
+                ApiError::invalid_field(what.to_owned(), "is not valid percent-encoded UTF-8")
+            })
         };
         let key = dec(k, "query")?;
         let value = dec(v, &key)?;
@@ -113,7 +123,11 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn reject_unknown(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
@@ -131,7 +145,10 @@ fn limit(pairs: &[(String, String)]) -> Result<Option<u32>, ApiError> {
         None => Ok(None),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::invalid_field("limit", "must be a whole number from 1 to 1000")),
+            _ => Err(ApiError::invalid_field(
+                "limit",
+                "must be a whole number from 1 to 1000",
+            )),
         },
     }
 }
@@ -145,10 +162,14 @@ pub fn parse_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<U
         return Ok(t.with_timezone(&Utc));
     }
     if let Ok(d) = humantime::parse_duration(v.trim_start_matches('-')) {
-        let d = chrono::Duration::from_std(d).map_err(|_| ApiError::invalid_field(field, "duration too large"))?;
+        let d = chrono::Duration::from_std(d)
+            .map_err(|_| ApiError::invalid_field(field, "duration too large"))?;
         return Ok(now - d);
     }
-    Err(ApiError::invalid_field(field, "must be RFC 3339 (2026-11-23T10:00:00Z), `now`, or a duration before now (15m, 24h)"))
+    Err(ApiError::invalid_field(
+        field,
+        "must be RFC 3339 (2026-11-23T10:00:00Z), `now`, or a duration before now (15m, 24h)",
+    ))
 }
 
 /// Answer of the agent list.
@@ -171,9 +192,15 @@ async fn list_agents(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Respon
             limit,
             after: one(&p, "after").map(str::to_owned),
         };
-        let agents = s.read_model.list_agents(&query).await.map_err(store_error)?;
+        let agents = s
+            .read_model
+            .list_agents(&query)
+            .await
+            .map_err(store_error)?;
         let page = limit.unwrap_or(100) as usize;
-        let next_after = (agents.len() == page).then(|| agents.last().map(|a| a.agent_id.clone())).flatten();
+        let next_after = (agents.len() == page)
+            .then(|| agents.last().map(|a| a.agent_id.clone()))
+            .flatten();
         Ok(AgentList { agents, next_after })
     }
     .await;
@@ -192,7 +219,11 @@ pub struct AgentDetail {
     pub open_alerts: Vec<AlertRow>,
 }
 
-async fn find_agent(s: &ApiState, tenant: Option<&str>, agent_id: &str) -> Result<AgentRow, ApiError> {
+async fn find_agent(
+    s: &ApiState,
+    tenant: Option<&str>,
+    agent_id: &str,
+) -> Result<AgentRow, ApiError> {
     s.read_model
         .get_agent(tenant, agent_id)
         .await
@@ -200,13 +231,21 @@ async fn find_agent(s: &ApiState, tenant: Option<&str>, agent_id: &str) -> Resul
         .ok_or_else(|| ApiError::not_found(format!("no agent {agent_id}")).with_field("agent_id"))
 }
 
-async fn get_agent(State(s): State<ApiState>, Path(agent_id): Path<String>, RawQuery(q): RawQuery) -> Response {
+async fn get_agent(
+    State(s): State<ApiState>,
+    Path(agent_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant"])?;
         let agent = find_agent(&s, one(&p, "tenant"), &agent_id).await?;
-        let series = s.timeseries.series(&agent.tenant_id, &agent.agent_id).await.map_err(store_error)?;
+        let series = s
+            .timeseries
+            .series(&agent.tenant_id, &agent.agent_id)
+            .await
+            .map_err(store_error)?;
         let mut open_alerts = Vec::new();
         for status in [AlertStatus::Open, AlertStatus::Acknowledged] {
             let q = AlertQuery {
@@ -217,7 +256,11 @@ async fn get_agent(State(s): State<ApiState>, Path(agent_id): Path<String>, RawQ
             };
             open_alerts.extend(s.read_model.list_alerts(&q).await.map_err(store_error)?);
         }
-        Ok(AgentDetail { agent, series, open_alerts })
+        Ok(AgentDetail {
+            agent,
+            series,
+            open_alerts,
+        })
     }
     .await;
     respond("/api/v1/agents/{agent_id}", started, result)
@@ -277,7 +320,11 @@ pub struct History {
     pub series: Vec<SeriesHistory>,
 }
 
-async fn agent_metrics(State(s): State<ApiState>, Path(agent_id): Path<String>, RawQuery(q): RawQuery) -> Response {
+async fn agent_metrics(
+    State(s): State<ApiState>,
+    Path(agent_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
@@ -291,15 +338,24 @@ async fn agent_metrics(State(s): State<ApiState>, Path(agent_id): Path<String>, 
             .map(str::to_owned)
             .collect();
         if metrics.is_empty() {
-            return Err(ApiError::invalid_field("metric", "name at least one metric, for example metric=cpu.percent"));
+            return Err(ApiError::invalid_field(
+                "metric",
+                "name at least one metric, for example metric=cpu.percent",
+            ));
         }
         if metrics.len() > 20 {
-            return Err(ApiError::invalid_field("metric", "at most 20 metrics per request"));
+            return Err(ApiError::invalid_field(
+                "metric",
+                "at most 20 metrics per request",
+            ));
         }
         for m in &metrics {
             let (name, _) = fleet_schemas::samples::split_series(m);
             if !fleet_schemas::samples::is_known_metric(name) {
-                return Err(ApiError::invalid_field("metric", format!("unknown metric {m:?}")));
+                return Err(ApiError::invalid_field(
+                    "metric",
+                    format!("unknown metric {m:?}"),
+                ));
             }
         }
         let now = Utc::now();
@@ -315,8 +371,9 @@ async fn agent_metrics(State(s): State<ApiState>, Path(agent_id): Path<String>, 
             return Err(ApiError::invalid_field("end", "must be after start"));
         }
         let interval = match one(&p, "interval") {
-            Some(v) => humantime::parse_duration(v)
-                .map_err(|_| ApiError::invalid_field("interval", "must be a duration such as 10s, 1m, 5m, 1h"))?,
+            Some(v) => humantime::parse_duration(v).map_err(|_| {
+                ApiError::invalid_field("interval", "must be a duration such as 10s, 1m, 5m, 1h")
+            })?,
             None => std::time::Duration::from_secs(60),
         };
         let interval_micros = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
@@ -338,9 +395,18 @@ async fn agent_metrics(State(s): State<ApiState>, Path(agent_id): Path<String>, 
                 StoreError::InvalidQuery(msg) => ApiError::invalid_field("interval", msg),
                 other => store_error(other),
             })?;
-            series.push(SeriesHistory { metric: m, buckets: buckets.into_iter().map(BucketOut::from).collect() });
+            series.push(SeriesHistory {
+                metric: m,
+                buckets: buckets.into_iter().map(BucketOut::from).collect(),
+            });
         }
-        Ok(History { agent_id: agent.agent_id, start, end, interval_seconds: interval.as_secs_f64(), series })
+        Ok(History {
+            agent_id: agent.agent_id,
+            start,
+            end,
+            interval_seconds: interval.as_secs_f64(),
+            series,
+        })
     }
     .await;
     respond("/api/v1/agents/{agent_id}/metrics", started, result)
@@ -370,7 +436,11 @@ async fn list_alerts(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Respon
             status,
             limit: limit(&p)?,
         };
-        let alerts = s.read_model.list_alerts(&query).await.map_err(store_error)?;
+        let alerts = s
+            .read_model
+            .list_alerts(&query)
+            .await
+            .map_err(store_error)?;
         Ok(AlertList { alerts })
     }
     .await;
@@ -385,8 +455,14 @@ mod tests {
     fn parse_time_accepts_rfc3339_now_and_durations() {
         let now = Utc::now();
         assert_eq!(parse_time("start", "now", now).expect("now"), now);
-        assert_eq!(parse_time("start", "15m", now).expect("dur"), now - chrono::Duration::minutes(15));
-        assert_eq!(parse_time("start", "-1h", now).expect("dur"), now - chrono::Duration::hours(1));
+        assert_eq!(
+            parse_time("start", "15m", now).expect("dur"),
+            now - chrono::Duration::minutes(15)
+        );
+        assert_eq!(
+            parse_time("start", "-1h", now).expect("dur"),
+            now - chrono::Duration::hours(1)
+        );
         let t = parse_time("start", "2026-11-23T10:00:00Z", now).expect("rfc3339");
         assert_eq!(t.timestamp(), 1_795_428_000);
         let e = parse_time("start", "yesterday", now).expect_err("bad");
@@ -395,7 +471,10 @@ mod tests {
 
     #[test]
     fn query_pairs_decode_and_repeat() {
-        let p = pairs(Some("metric=cpu.percent&metric=disk.percent%3A%2Fvar&x=a+b".into())).expect("pairs");
+        let p = pairs(Some(
+            "metric=cpu.percent&metric=disk.percent%3A%2Fvar&x=a+b".into(),
+        ))
+        .expect("pairs");
         assert_eq!(p[1].1, "disk.percent:/var");
         assert_eq!(p[2].1, "a b");
         assert!(pairs(Some("a=%ZZ".into())).is_err());

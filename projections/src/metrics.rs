@@ -19,4 +19,13 @@ pub const API_REQUESTS: &str = "fleet_api_requests_total";
 pub const API_SECONDS: &str = "fleet_api_request_seconds";
 
 /// Every metric name above.
-pub const ALL: &[&str] = &[RECORDS, SKIPPED, DECODE_ERRORS, STORE_ERRORS, REFUSED, BATCH_SECONDS, API_REQUESTS, API_SECONDS];
+pub const ALL: &[&str] = &[
+    RECORDS,
+    SKIPPED,
+    DECODE_ERRORS,
+    STORE_ERRORS,
+    REFUSED,
+    BATCH_SECONDS,
+    API_REQUESTS,
+    API_SECONDS,
+];

@@ -27,7 +27,10 @@ pub struct Readiness {
 impl Readiness {
     /// `Ok` when both projections consume.
     pub fn check(&self) -> Result<(), String> {
-        match (self.read_model.load(Ordering::Relaxed), self.timeseries.load(Ordering::Relaxed)) {
+        match (
+            self.read_model.load(Ordering::Relaxed),
+            self.timeseries.load(Ordering::Relaxed),
+        ) {
             (true, true) => Ok(()),
             (false, _) => Err("read-model projection not running".into()),
             (_, false) => Err("time-series projection not running".into()),
@@ -93,7 +96,10 @@ async fn apply_read_model_batch(
     let started = Instant::now();
     let mut changes = Vec::with_capacity(batch.len());
     for r in batch {
-        let done = applied.get(&(r.topic.to_string(), r.partition)).copied().unwrap_or(0);
+        let done = applied
+            .get(&(r.topic.to_string(), r.partition))
+            .copied()
+            .unwrap_or(0);
         if r.offset < done {
             ::metrics::counter!(metrics::SKIPPED, "projection" => "readmodel").increment(1);
             continue;
@@ -110,7 +116,11 @@ async fn apply_read_model_batch(
     let commits = next_offsets(batch);
     let stored: Vec<StoredOffset> = commits
         .iter()
-        .map(|c| StoredOffset { topic: c.topic.clone(), partition: c.partition, next_offset: c.next_offset })
+        .map(|c| StoredOffset {
+            topic: c.topic.clone(),
+            partition: c.partition,
+            next_offset: c.next_offset,
+        })
         .collect();
     apply_with_retry(store, &changes, &stored).await;
     for o in stored {
@@ -123,7 +133,8 @@ async fn apply_read_model_batch(
         // The store holds the offsets; the log's commit is only where to resume.
         tracing::warn!(error = %e, "Commit to the log failed; the store has the offsets.");
     }
-    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "readmodel").record(started.elapsed().as_secs_f64());
+    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "readmodel")
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// Applies a batch, retrying while the store is unavailable. A batch the store refuses for
@@ -137,19 +148,27 @@ async fn apply_with_retry(store: &dyn ReadModel, changes: &[Change], offsets: &[
             Ok(()) => return,
             Err(StoreError::Unavailable(e)) => {
                 attempt += 1;
-                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "readmodel").increment(1);
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "readmodel")
+                    .increment(1);
                 tracing::warn!(error = %e, attempt, "Read model unavailable; retrying the batch.");
                 tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Read model refused the batch; applying it change by change.");
                 for change in changes {
-                    if let Err(e) = retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, std::slice::from_ref(change), &[])).await {
-                        ::metrics::counter!(metrics::REFUSED, "projection" => "readmodel").increment(1);
+                    if let Err(e) = retry_unavailable(|| {
+                        store.apply(READ_MODEL_PROJECTION, std::slice::from_ref(change), &[])
+                    })
+                    .await
+                    {
+                        ::metrics::counter!(metrics::REFUSED, "projection" => "readmodel")
+                            .increment(1);
                         tracing::error!(error = %e, ?change, "Change refused by the read model; skipped.");
                     }
                 }
-                if let Err(e) = retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, &[], offsets)).await {
+                if let Err(e) =
+                    retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, &[], offsets)).await
+                {
                     tracing::error!(error = %e, "Storing offsets failed; the batch will be applied again (idempotent).");
                 }
                 return;
@@ -167,15 +186,18 @@ async fn write_with_retry(store: &dyn TimeSeriesStore, points: &[Point]) {
             Ok(()) => return,
             Err(StoreError::Unavailable(e)) => {
                 attempt += 1;
-                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries").increment(1);
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries")
+                    .increment(1);
                 tracing::warn!(error = %e, attempt, "Time-series store unavailable; retrying the batch.");
                 tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Time-series store refused the batch; writing point by point.");
                 for p in points {
-                    if let Err(e) = retry_unavailable(|| store.write(std::slice::from_ref(p))).await {
-                        ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries").increment(1);
+                    if let Err(e) = retry_unavailable(|| store.write(std::slice::from_ref(p))).await
+                    {
+                        ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries")
+                            .increment(1);
                         tracing::error!(error = %e, series = %p.series, agent_id = %p.agent_id, "Point refused; skipped.");
                     }
                 }
@@ -230,7 +252,13 @@ pub async fn run_timeseries(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
-    let mut consumer = subscribe(log.as_ref(), &config.timeseries_group, &[topics::METRICS], &config).await?;
+    let mut consumer = subscribe(
+        log.as_ref(),
+        &config.timeseries_group,
+        &[topics::METRICS],
+        &config,
+    )
+    .await?;
     ready.timeseries.store(true, Ordering::Relaxed);
     tracing::info!(group = %config.timeseries_group, store = store.engine(), "Time-series projection running.");
     tokio::pin!(shutdown);
@@ -249,7 +277,11 @@ pub async fn run_timeseries(
 }
 
 #[tracing::instrument(name = "project_batch", skip_all, fields(projection = "timeseries", records = batch.len()))]
-async fn write_timeseries_batch(store: &dyn TimeSeriesStore, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
+async fn write_timeseries_batch(
+    store: &dyn TimeSeriesStore,
+    consumer: &mut dyn Consumer,
+    batch: &[ConsumedRecord],
+) {
     let started = Instant::now();
     let mut points = Vec::with_capacity(batch.len() * 20);
     for r in batch {
@@ -268,7 +300,8 @@ async fn write_timeseries_batch(store: &dyn TimeSeriesStore, consumer: &mut dyn 
     if let Err(e) = consumer.commit(&next_offsets(batch)).await {
         tracing::warn!(error = %e, "Commit failed; the batch will be written again (idempotent).");
     }
-    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries").record(started.elapsed().as_secs_f64());
+    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries")
+        .record(started.elapsed().as_secs_f64());
 }
 
 async fn subscribe(

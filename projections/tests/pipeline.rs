@@ -29,15 +29,29 @@ struct Env {
 async fn env() -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    let log = fleet_event_log::open(&p("log"), &Default::default()).await.expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref()).await.expect("topics");
-    let rm = fleet_stores::open_read_model(&p("rm.db")).await.expect("read model");
+    let log = fleet_event_log::open(&p("log"), &Default::default())
+        .await
+        .expect("log");
+    fleet_ops::log::ensure_topics(log.as_ref())
+        .await
+        .expect("topics");
+    let rm = fleet_stores::open_read_model(&p("rm.db"))
+        .await
+        .expect("read model");
     let ts = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
-    Env { _dir: dir, log, rm, ts }
+    Env {
+        _dir: dir,
+        log,
+        rm,
+        ts,
+    }
 }
 
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
-    let rec = ProduceRecord::keyed(v.key().as_bytes().to_vec(), codec::encode(v).expect("encode"));
+    let rec = ProduceRecord::keyed(
+        v.key().as_bytes().to_vec(),
+        codec::encode(v).expect("encode"),
+    );
     log.produce(T::TOPIC, vec![rec]).await.expect("produce");
 }
 
@@ -51,7 +65,13 @@ fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        let a = run_read_model(log.clone(), rm, cfg.clone(), ready.clone(), stop(rx.clone()));
+        let a = run_read_model(
+            log.clone(),
+            rm,
+            cfg.clone(),
+            ready.clone(),
+            stop(rx.clone()),
+        );
         let b = run_timeseries(log, ts, cfg, ready, stop(rx));
         let (ra, rb) = tokio::join!(a, b);
         ra.expect("read model projection");
@@ -61,10 +81,17 @@ fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).expect("req")).await.expect("resp");
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).expect("req"))
+        .await
+        .expect("resp");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn eventually(app: &Router, uri: &str, mut ok: impl FnMut(&Value) -> bool) -> Value {
@@ -75,12 +102,17 @@ async fn eventually(app: &Router, uri: &str, mut ok: impl FnMut(&Value) -> bool)
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{uri} never satisfied the condition; last: {:?}", get(app, uri).await);
+    panic!(
+        "{uri} never satisfied the condition; last: {:?}",
+        get(app, uri).await
+    );
 }
 
 fn history_uri(start_s: i64) -> String {
-    let start = fleet_schemas::time::from_micros(T0).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = fleet_schemas::time::from_micros(T0 + start_s * 1_000_000).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let start =
+        fleet_schemas::time::from_micros(T0).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let end = fleet_schemas::time::from_micros(T0 + start_s * 1_000_000)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     format!("/api/v1/agents/a1/metrics?metric=cpu.percent&metric=disk.percent:/var&start={start}&end={end}&interval=1m")
 }
 
@@ -93,35 +125,77 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
         produce(e.log.as_ref(), &r).await;
     }
     // Garbage on the topic is skipped; valid records around it are kept.
-    e.log.produce(topics::METRICS, vec![ProduceRecord::keyed(b"a1".to_vec(), b"not avro".to_vec())]).await.expect("produce");
+    e.log
+        .produce(
+            topics::METRICS,
+            vec![ProduceRecord::keyed(b"a1".to_vec(), b"not avro".to_vec())],
+        )
+        .await
+        .expect("produce");
     let mut late = fixtures::metric_report("t1", "a1", T0 - 60_000_000);
     late.cpu_percent = 99.0;
     produce(e.log.as_ref(), &late).await; // older than the others: not the latest
-    produce(e.log.as_ref(), &fixtures::heartbeat("t1", "a1", T0 + 100_000_000, 1)).await;
+    produce(
+        e.log.as_ref(),
+        &fixtures::heartbeat("t1", "a1", T0 + 100_000_000, 1),
+    )
+    .await;
     produce(e.log.as_ref(), &fixtures::metric_report("t2", "b1", T0)).await;
     let alert = fixtures::alert_raised("t1", "a1", T0);
     produce(e.log.as_ref(), &alert).await;
 
     let api = app(ApiState::new(e.rm.clone(), e.ts.clone()));
     let (stop, handle) = start(&e);
-    let agent = eventually(&api, "/api/v1/agents/a1", |v| v["cpu_percent"] == 30.0 && v["open_alerts"].as_array().is_some_and(|a| a.len() == 1)).await;
+    let agent = eventually(&api, "/api/v1/agents/a1", |v| {
+        v["cpu_percent"] == 30.0 && v["open_alerts"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
     assert_eq!(agent["tenant_id"], "t1");
-    assert_eq!(agent["last_seen_at"], T0 + 100_000_000, "heartbeat moves last seen");
-    assert!(agent["series"].as_array().expect("series").iter().any(|s| s == "disk.percent:/var"));
+    assert_eq!(
+        agent["last_seen_at"],
+        T0 + 100_000_000,
+        "heartbeat moves last seen"
+    );
+    assert!(agent["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .any(|s| s == "disk.percent:/var"));
     let history = eventually(&api, &history_uri(120), |v| {
-        v["series"][0]["buckets"].as_array().is_some_and(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum::<u64>() == 3)
+        v["series"][0]["buckets"].as_array().is_some_and(|b| {
+            b.iter()
+                .map(|b| b["count"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == 3
+        })
     })
     .await;
     let b = &history["series"][0]["buckets"][0];
-    assert_eq!((b["min"].as_f64(), b["max"].as_f64(), b["count"].as_u64(), b["last"].as_f64()), (Some(10.0), Some(50.0), Some(3), Some(30.0)));
+    assert_eq!(
+        (
+            b["min"].as_f64(),
+            b["max"].as_f64(),
+            b["count"].as_u64(),
+            b["last"].as_f64()
+        ),
+        (Some(10.0), Some(50.0), Some(3), Some(30.0))
+    );
     assert_eq!(history["series"][1]["metric"], "disk.percent:/var");
 
     let (_, tenant1) = get(&api, "/api/v1/agents?tenant=t1").await;
-    assert_eq!(tenant1["agents"].as_array().map(Vec::len), Some(1), "tenant filter: {tenant1}");
+    assert_eq!(
+        tenant1["agents"].as_array().map(Vec::len),
+        Some(1),
+        "tenant filter: {tenant1}"
+    );
     let (_, all) = get(&api, "/api/v1/agents").await;
     assert_eq!(all["agents"].as_array().map(Vec::len), Some(2));
     let (status, _) = get(&api, "/api/v1/agents/a1?tenant=t2").await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's agent is not found");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another tenant's agent is not found"
+    );
     let (_, alerts) = get(&api, "/api/v1/alerts?status=open").await;
     assert_eq!(alerts["alerts"][0]["alert_id"], alert.alert_id.as_str());
 
@@ -131,7 +205,10 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     let (stop, handle) = start(&e);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = eventually(&api, &history_uri(120), |_| true).await;
-    assert_eq!(again["series"][0]["buckets"][0]["count"], 3, "idempotent after restart");
+    assert_eq!(
+        again["series"][0]["buckets"][0]["count"], 3,
+        "idempotent after restart"
+    );
     let (_, alerts) = get(&api, "/api/v1/alerts").await;
     assert_eq!(alerts["alerts"].as_array().map(Vec::len), Some(1));
     let _ = stop.send(true);
@@ -142,18 +219,36 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
 async fn api_refuses_bad_queries_naming_the_parameter() {
     let e = env().await;
     let api = app(ApiState::new(e.rm.clone(), e.ts.clone()));
-    e.rm.apply("test", &[fleet_stores::Change::Report(Box::new(fixtures::metric_report("t1", "a1", T0)))], &[])
-        .await
-        .expect("apply");
+    e.rm.apply(
+        "test",
+        &[fleet_stores::Change::Report(Box::new(
+            fixtures::metric_report("t1", "a1", T0),
+        ))],
+        &[],
+    )
+    .await
+    .expect("apply");
     for (uri, field) in [
         ("/api/v1/agents?limit=0", "limit"),
         ("/api/v1/agents?colour=red", "colour"),
         ("/api/v1/agents/a1/metrics", "metric"),
         ("/api/v1/agents/a1/metrics?metric=cpu.bogus", "metric"),
-        ("/api/v1/agents/a1/metrics?metric=cpu.percent&interval=soon", "interval"),
-        ("/api/v1/agents/a1/metrics?metric=cpu.percent&start=yesterday", "start"),
-        ("/api/v1/agents/a1/metrics?metric=cpu.percent&start=1h&end=2h", "end"),
-        ("/api/v1/agents/a1/metrics?metric=cpu.percent&start=30d&interval=1s", "interval"),
+        (
+            "/api/v1/agents/a1/metrics?metric=cpu.percent&interval=soon",
+            "interval",
+        ),
+        (
+            "/api/v1/agents/a1/metrics?metric=cpu.percent&start=yesterday",
+            "start",
+        ),
+        (
+            "/api/v1/agents/a1/metrics?metric=cpu.percent&start=1h&end=2h",
+            "end",
+        ),
+        (
+            "/api/v1/agents/a1/metrics?metric=cpu.percent&start=30d&interval=1s",
+            "interval",
+        ),
         ("/api/v1/alerts?status=closed", "status"),
     ] {
         let (status, v) = get(&api, uri).await;

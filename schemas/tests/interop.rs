@@ -20,7 +20,10 @@ fn python() -> String {
 }
 
 fn write<T: Record>(dir: &Path, name: &str, v: &T) -> anyhow::Result<()> {
-    std::fs::write(dir.join("rust").join(format!("{name}.bin")), codec::encode(v)?)?;
+    std::fs::write(
+        dir.join("rust").join(format!("{name}.bin")),
+        codec::encode(v)?,
+    )?;
     Ok(())
 }
 
@@ -31,10 +34,14 @@ fn read_back<T: Record + PartialEq + std::fmt::Debug + Clone>(
     set_agent: impl Fn(&mut T, String),
 ) -> anyhow::Result<Value> {
     let bytes = std::fs::read(dir.join("python").join(format!("{name}.bin")))?;
-    let decoded: T = codec::decode(&bytes).with_context(|| format!("Rust decoding fastavro's {name}"))?;
+    let decoded: T =
+        codec::decode(&bytes).with_context(|| format!("Rust decoding fastavro's {name}"))?;
     let mut expected = original.clone();
     set_agent(&mut expected, format!("py-{name}"));
-    assert_eq!(decoded, expected, "{name}: fastavro's record decodes to something else");
+    assert_eq!(
+        decoded, expected,
+        "{name}: fastavro's record decodes to something else"
+    );
     let json = std::fs::read_to_string(dir.join("decoded").join(format!("{name}.json")))?;
     Ok(serde_json::from_str(&json)?)
 }
@@ -59,7 +66,12 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
         .arg(&avro_dir)
         .arg(dir.path())
         .output()
-        .with_context(|| format!("running {} (set FLEET_PYTHON, or run scripts/services.sh up)", python()))?;
+        .with_context(|| {
+            format!(
+                "running {} (set FLEET_PYTHON, or run scripts/services.sh up)",
+                python()
+            )
+        })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'fastavro'") {
         bail!("fastavro is not installed for {}: run `scripts/services.sh up` and `eval \"$(scripts/services.sh env)\"`", python());
@@ -73,7 +85,10 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     assert_eq!(r["disks"][1]["mount"], "/var");
     assert_eq!(r["services"][0]["pid"], 812);
     assert_eq!(r["custom"]["queue_depth"], 7.0);
-    assert_eq!(r["occurred_at"]["timestamp_micros"], T, "timestamp-micros read as a time by fastavro");
+    assert_eq!(
+        r["occurred_at"]["timestamp_micros"], T,
+        "timestamp-micros read as a time by fastavro"
+    );
     let h = read_back(dir.path(), "heartbeat", &hb, |r, a| r.agent_id = a)?;
     assert_eq!(h["sequence"], 42);
     let e = read_back(dir.path(), "agent_event", &ev, |r, a| r.agent_id = a)?;
@@ -84,7 +99,13 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     assert_eq!(a["subject"], Value::Null);
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
-        [MetricReport::FULL_NAME, Heartbeat::FULL_NAME, AgentEvent::FULL_NAME, AlertEvent::FULL_NAME].len(),
+        [
+            MetricReport::FULL_NAME,
+            Heartbeat::FULL_NAME,
+            AgentEvent::FULL_NAME,
+            AlertEvent::FULL_NAME
+        ]
+        .len(),
         codec::AVSC_FILES.len()
     );
     Ok(())

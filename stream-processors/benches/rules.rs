@@ -5,7 +5,13 @@ use fleet_schemas::fixtures;
 use fleet_stream_processors::rules::{Evaluator, Operator, Rule, Severity};
 
 fn rules(n: usize) -> Vec<Rule> {
-    let metrics = ["cpu.percent", "memory.percent", "disk.percent", "load.1", "custom.queue_depth"];
+    let metrics = [
+        "cpu.percent",
+        "memory.percent",
+        "disk.percent",
+        "load.1",
+        "custom.queue_depth",
+    ];
     (0..n)
         .map(|i| Rule {
             id: format!("rule-{i}"),

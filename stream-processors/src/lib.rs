@@ -50,13 +50,19 @@ pub async fn run_alert_evaluator(
         Err(e) => tracing::warn!(offset = r.offset, partition = r.partition, error = %e, "Undecodable alert skipped."),
     })
     .await?;
-    tracing::info!(records = rebuilt, open = evaluator.open_alerts(), "Alert state rebuilt.");
+    tracing::info!(
+        records = rebuilt,
+        open = evaluator.open_alerts(),
+        "Alert state rebuilt."
+    );
     ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
     let options = ConsumerOptions {
         start: StartFrom::Earliest,
         session_timeout: Duration::from_millis(config.session_timeout_ms),
     };
-    let mut consumer = log.subscribe(&config.group, &[topics::METRICS], options).await?;
+    let mut consumer = log
+        .subscribe(&config.group, &[topics::METRICS], options)
+        .await?;
     ready.set(true);
     tracing::info!(group = %config.group, rules = config.rules.len(), "Alert evaluator running.");
     tokio::pin!(shutdown);
@@ -100,7 +106,8 @@ pub async fn run_alert_evaluator(
             // The offsets are committed only after the alerts are written.
             produce_until_written(log.as_ref(), topics::ALERTS, records).await;
             for ev in &events {
-                ::metrics::counter!(metrics::ALERTS_EMITTED, "kind" => ev.kind.as_str()).increment(1);
+                ::metrics::counter!(metrics::ALERTS_EMITTED, "kind" => ev.kind.as_str())
+                    .increment(1);
                 tracing::info!(alert_id = %ev.alert_id, agent_id = %ev.agent_id, kind = ev.kind.as_str(), value = ev.value, "Alert event.");
             }
         }
@@ -108,7 +115,8 @@ pub async fn run_alert_evaluator(
             tracing::warn!(error = %e, "Commit failed; records will be evaluated again (no duplicate alerts).");
         }
         ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
-        ::metrics::histogram!(metrics::BATCH_SECONDS, "processor" => "alerts").record(started.elapsed().as_secs_f64());
+        ::metrics::histogram!(metrics::BATCH_SECONDS, "processor" => "alerts")
+            .record(started.elapsed().as_secs_f64());
     }
     ready.set(false);
     tracing::info!("Alert evaluator stopped.");

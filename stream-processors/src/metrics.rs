@@ -14,4 +14,11 @@ pub const CONSUMER_LAG: &str = "fleet_consumer_lag";
 pub const BATCH_SECONDS: &str = "fleet_processor_batch_seconds";
 
 /// Every metric name above.
-pub const ALL: &[&str] = &[RECORDS, DECODE_ERRORS, ALERTS_EMITTED, OPEN_ALERTS, CONSUMER_LAG, BATCH_SECONDS];
+pub const ALL: &[&str] = &[
+    RECORDS,
+    DECODE_ERRORS,
+    ALERTS_EMITTED,
+    OPEN_ALERTS,
+    CONSUMER_LAG,
+    BATCH_SECONDS,
+];

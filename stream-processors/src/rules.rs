@@ -122,7 +122,10 @@ pub struct RuleError {
 pub fn validate_rules(rules: &[Rule]) -> Result<(), RuleError> {
     let mut seen = std::collections::HashSet::new();
     for r in rules {
-        let e = |m: String| RuleError { rule: r.id.clone(), message: m };
+        let e = |m: String| RuleError {
+            rule: r.id.clone(),
+            message: m,
+        };
         if r.id.is_empty() {
             return Err(e("id must not be empty".into()));
         }
@@ -156,9 +159,27 @@ pub fn default_rules() -> Vec<Rule> {
         tenant: None,
     };
     vec![
-        rule("cpu-critical", "CPU above 95%", "cpu.percent", 95.0, Severity::Critical),
-        rule("memory-critical", "Memory above 95%", "memory.percent", 95.0, Severity::Critical),
-        rule("disk-warning", "Disk above 90%", "disk.percent", 90.0, Severity::Warning),
+        rule(
+            "cpu-critical",
+            "CPU above 95%",
+            "cpu.percent",
+            95.0,
+            Severity::Critical,
+        ),
+        rule(
+            "memory-critical",
+            "Memory above 95%",
+            "memory.percent",
+            95.0,
+            Severity::Critical,
+        ),
+        rule(
+            "disk-warning",
+            "Disk above 90%",
+            "disk.percent",
+            90.0,
+            Severity::Warning,
+        ),
     ]
 }
 
@@ -186,7 +207,11 @@ impl Evaluator {
         for (i, r) in rules.iter().enumerate() {
             by_metric.entry(r.metric.clone()).or_default().push(i);
         }
-        Evaluator { rules, by_metric, ..Default::default() }
+        Evaluator {
+            rules,
+            by_metric,
+            ..Default::default()
+        }
     }
 
     /// Number of open alerts held.
@@ -200,14 +225,26 @@ impl Evaluator {
     /// are not evaluated a second time.
     pub fn observe(&mut self, ev: &AlertEvent) {
         let key = (ev.rule_id.clone(), ev.agent_id.clone(), ev.subject.clone());
-        let mark = self.last_sample_at.entry(key.clone()).or_insert(ev.occurred_at);
+        let mark = self
+            .last_sample_at
+            .entry(key.clone())
+            .or_insert(ev.occurred_at);
         *mark = (*mark).max(ev.occurred_at);
         match ev.kind {
             AlertEventKind::Raised => {
-                self.open.insert(key, OpenAlert { alert_id: ev.alert_id.clone() });
+                self.open.insert(
+                    key,
+                    OpenAlert {
+                        alert_id: ev.alert_id.clone(),
+                    },
+                );
             }
             AlertEventKind::Resolved => {
-                if self.open.get(&key).is_some_and(|o| o.alert_id == ev.alert_id) {
+                if self
+                    .open
+                    .get(&key)
+                    .is_some_and(|o| o.alert_id == ev.alert_id)
+                {
                     self.open.remove(&key);
                 }
             }
@@ -219,7 +256,9 @@ impl Evaluator {
     pub fn evaluate(&mut self, report: &MetricReport, now_micros: i64) -> Vec<AlertEvent> {
         let mut out = Vec::new();
         for sample in samples::samples(report) {
-            let Some(rule_ids) = self.by_metric.get(&sample.metric) else { continue };
+            let Some(rule_ids) = self.by_metric.get(&sample.metric) else {
+                continue;
+            };
             for &i in rule_ids {
                 let rule = &self.rules[i];
                 if rule.tenant.as_ref().is_some_and(|t| *t != report.tenant_id) {
@@ -228,7 +267,11 @@ impl Evaluator {
                 if rule.subject.is_some() && rule.subject != sample.subject {
                     continue;
                 }
-                let key: AlertKey = (rule.id.clone(), report.agent_id.clone(), sample.subject.clone());
+                let key: AlertKey = (
+                    rule.id.clone(),
+                    report.agent_id.clone(),
+                    sample.subject.clone(),
+                );
                 // Reports may arrive late or twice: only the newest sample decides.
                 match self.last_sample_at.get(&key) {
                     Some(&last) if last >= report.occurred_at => continue,
@@ -238,8 +281,20 @@ impl Evaluator {
                 let breach = rule.operator.holds(sample.value, rule.threshold);
                 match (breach, self.open.contains_key(&key)) {
                     (true, false) => {
-                        let ev = transition(rule, report, &sample, None, AlertEventKind::Raised, now_micros);
-                        self.open.insert(key, OpenAlert { alert_id: ev.alert_id.clone() });
+                        let ev = transition(
+                            rule,
+                            report,
+                            &sample,
+                            None,
+                            AlertEventKind::Raised,
+                            now_micros,
+                        );
+                        self.open.insert(
+                            key,
+                            OpenAlert {
+                                alert_id: ev.alert_id.clone(),
+                            },
+                        );
                         out.push(ev);
                     }
                     (false, true) => {
@@ -272,7 +327,13 @@ fn transition(
 ) -> AlertEvent {
     let subject = sample.subject.as_deref().unwrap_or("");
     let alert_id = alert_id.unwrap_or_else(|| {
-        ids::v5(&[&rule.id, &report.agent_id, subject, &report.occurred_at.to_string()]).to_string()
+        ids::v5(&[
+            &rule.id,
+            &report.agent_id,
+            subject,
+            &report.occurred_at.to_string(),
+        ])
+        .to_string()
     });
     let event_id = ids::v5(&[&alert_id, kind.as_str()]).to_string();
     let series = sample.series();
@@ -284,7 +345,10 @@ fn transition(
             rule.operator.symbol(),
             rule.threshold
         ),
-        _ => format!("{}: {series} back to {} (threshold {})", rule.name, sample.value, rule.threshold),
+        _ => format!(
+            "{}: {series} back to {} (threshold {})",
+            rule.name, sample.value, rule.threshold
+        ),
     };
     AlertEvent {
         event_id,
@@ -340,7 +404,10 @@ mod tests {
         assert_eq!(raised[0].kind, AlertEventKind::Raised);
         assert_eq!(raised[0].value, 95.0);
         assert_eq!(raised[0].threshold, 90.0);
-        assert!(ev.evaluate(&report(3, 99.0), 0).is_empty(), "still breaching: no second raise");
+        assert!(
+            ev.evaluate(&report(3, 99.0), 0).is_empty(),
+            "still breaching: no second raise"
+        );
         let resolved = ev.evaluate(&report(4, 10.0), 0);
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
@@ -364,7 +431,10 @@ mod tests {
         let raised = first.evaluate(&report(2, 95.0), 0);
         let mut restarted = Evaluator::new(vec![cpu_rule(90.0)]);
         restarted.observe(&raised[0]);
-        assert!(restarted.evaluate(&report(2, 95.0), 0).is_empty(), "replayed report");
+        assert!(
+            restarted.evaluate(&report(2, 95.0), 0).is_empty(),
+            "replayed report"
+        );
         let resolved = restarted.evaluate(&report(5, 1.0), 0);
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].alert_id, raised[0].alert_id);
@@ -381,22 +451,39 @@ mod tests {
         let mut replaying = Evaluator::new(vec![cpu_rule(90.0)]);
         replaying.observe(&emitted[0]);
         for (t, cpu) in [(1, 50.0), (2, 95.0), (3, 99.0)] {
-            assert!(replaying.evaluate(&report(t, cpu), 0).is_empty(), "replayed report at {t}");
+            assert!(
+                replaying.evaluate(&report(t, cpu), 0).is_empty(),
+                "replayed report at {t}"
+            );
         }
-        assert_eq!(replaying.evaluate(&report(4, 5.0), 0).len(), 1, "then resolves");
+        assert_eq!(
+            replaying.evaluate(&report(4, 5.0), 0).len(),
+            1,
+            "then resolves"
+        );
     }
 
     #[test]
     fn late_and_repeated_reports_do_not_flap() {
         let mut ev = Evaluator::new(vec![cpu_rule(90.0)]);
         assert_eq!(ev.evaluate(&report(10, 95.0), 0).len(), 1);
-        assert!(ev.evaluate(&report(5, 1.0), 0).is_empty(), "older report ignored");
-        assert!(ev.evaluate(&report(10, 1.0), 0).is_empty(), "same time ignored");
+        assert!(
+            ev.evaluate(&report(5, 1.0), 0).is_empty(),
+            "older report ignored"
+        );
+        assert!(
+            ev.evaluate(&report(10, 1.0), 0).is_empty(),
+            "same time ignored"
+        );
     }
 
     #[test]
     fn per_subject_alerts_for_disks() {
-        let rule = Rule { metric: "disk.percent".into(), threshold: 15.0, ..cpu_rule(0.0) };
+        let rule = Rule {
+            metric: "disk.percent".into(),
+            threshold: 15.0,
+            ..cpu_rule(0.0)
+        };
         let mut ev = Evaluator::new(vec![rule]);
         let out = ev.evaluate(&fixtures::metric_report("t", "a", 1), 0);
         // fixture: "/" at 20% breaches, "/var" at 10% does not
@@ -407,14 +494,20 @@ mod tests {
 
     #[test]
     fn tenant_scoped_rule_ignores_other_tenants() {
-        let rule = Rule { tenant: Some("other".into()), ..cpu_rule(10.0) };
+        let rule = Rule {
+            tenant: Some("other".into()),
+            ..cpu_rule(10.0)
+        };
         let mut ev = Evaluator::new(vec![rule]);
         assert!(ev.evaluate(&report(1, 99.0), 0).is_empty());
     }
 
     #[test]
     fn validation_names_the_problem() {
-        let bad = Rule { metric: "cpu.nope".into(), ..cpu_rule(1.0) };
+        let bad = Rule {
+            metric: "cpu.nope".into(),
+            ..cpu_rule(1.0)
+        };
         let e = validate_rules(&[bad]).expect_err("unknown metric");
         assert!(e.message.contains("unknown metric"));
         let e = validate_rules(&[cpu_rule(1.0), cpu_rule(2.0)]).expect_err("dup");

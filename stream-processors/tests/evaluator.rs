@@ -16,15 +16,22 @@ const T0: i64 = 1_795_400_000_000_000;
 async fn report(log: &dyn EventLog, agent: &str, t: i64, cpu: f64) {
     let mut r = fixtures::metric_report("t1", agent, t);
     r.cpu_percent = cpu;
-    let rec = ProduceRecord::keyed(r.key().as_bytes().to_vec(), codec::encode(&r).expect("encode"));
-    log.produce(topics::METRICS, vec![rec]).await.expect("produce");
+    let rec = ProduceRecord::keyed(
+        r.key().as_bytes().to_vec(),
+        codec::encode(&r).expect("encode"),
+    );
+    log.produce(topics::METRICS, vec![rec])
+        .await
+        .expect("produce");
 }
 
 async fn alerts(log: &dyn EventLog) -> Vec<AlertEvent> {
     let mut out = Vec::new();
-    read_to_end(log, topics::ALERTS, |r| out.push(codec::decode::<AlertEvent>(&r.value).expect("alert")))
-        .await
-        .expect("read");
+    read_to_end(log, topics::ALERTS, |r| {
+        out.push(codec::decode::<AlertEvent>(&r.value).expect("alert"))
+    })
+    .await
+    .expect("read");
     out.sort_by_key(|a| (a.occurred_at, a.kind as u8));
     out
 }
@@ -47,7 +54,10 @@ fn config(group: &str) -> ProcessorsConfig {
 }
 
 /// Runs the evaluator until the sender fires.
-fn start(log: Arc<dyn EventLog>, group: &str) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+fn start(
+    log: Arc<dyn EventLog>,
+    group: &str,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = watch::channel(false);
     let cfg = config(group);
     let h = tokio::spawn(async move {
@@ -74,8 +84,12 @@ async fn wait_for_alerts(log: &dyn EventLog, n: usize) -> Vec<AlertEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raises_once_across_restart_and_replay_then_resolves() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default()).await.expect("open");
-    fleet_ops::log::ensure_topics(log.as_ref()).await.expect("topics");
+    let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
+        .await
+        .expect("open");
+    fleet_ops::log::ensure_topics(log.as_ref())
+        .await
+        .expect("topics");
     report(log.as_ref(), "a1", T0, 50.0).await;
     report(log.as_ref(), "a1", T0 + 10_000_000, 97.0).await;
     report(log.as_ref(), "a1", T0 + 20_000_000, 99.0).await;
@@ -100,12 +114,23 @@ async fn raises_once_across_restart_and_replay_then_resolves() {
     let _ = stop.send(true);
     h.await.expect("stopped");
     let after_all = alerts(log.as_ref()).await;
-    assert_eq!(after_all.len(), 2, "exactly one raise and one resolve: {after_all:?}");
+    assert_eq!(
+        after_all.len(),
+        2,
+        "exactly one raise and one resolve: {after_all:?}"
+    );
     assert_eq!(after[1].kind, AlertEventKind::Resolved);
     assert_eq!(after[1].alert_id, first[0].alert_id);
     assert_eq!(after[1].value, 20.0);
     // Consumer offsets were committed for the group after processing.
-    let committed = log.committed_offsets("g1", topics::METRICS).await.expect("committed");
-    assert_eq!(committed.iter().flatten().sum::<i64>(), 4, "g1 committed every report it evaluated");
+    let committed = log
+        .committed_offsets("g1", topics::METRICS)
+        .await
+        .expect("committed");
+    assert_eq!(
+        committed.iter().flatten().sum::<i64>(),
+        4,
+        "g1 committed every report it evaluated"
+    );
     let _ = ConsumerOptions::default();
 }
