@@ -28,7 +28,10 @@ const PARTITIONS: u32 = 6;
 const CONCURRENT_PRODUCERS: usize = 64;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Incompressible bytes (like Avro records with ids and floats), so fjall's block
@@ -48,7 +51,9 @@ fn value(i: usize) -> Vec<u8> {
 }
 
 fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.metadata() {
@@ -99,7 +104,10 @@ fn redb_raw(dir: &Path, records: usize) -> Result<Figures> {
             let mut table = txn.open_table(TABLE)?;
             for i in batch * BATCH..((batch + 1) * BATCH).min(records) {
                 let partition = (i as u32) % PARTITIONS;
-                table.insert((0, partition, (i / PARTITIONS as usize) as u64), value(i).as_slice())?;
+                table.insert(
+                    (0, partition, (i / PARTITIONS as usize) as u64),
+                    value(i).as_slice(),
+                )?;
             }
         }
         txn.commit()?;
@@ -124,7 +132,14 @@ fn redb_raw(dir: &Path, records: usize) -> Result<Figures> {
     drop(table);
     drop(txn);
     drop(db);
-    Ok(Figures { name: "redb 3 (B-tree, COW)", write, read, records, commits, disk_bytes: dir_size(dir) })
+    Ok(Figures {
+        name: "redb 3 (B-tree, COW)",
+        write,
+        read,
+        records,
+        commits,
+        disk_bytes: dir_size(dir),
+    })
 }
 
 fn fjall_raw(dir: &Path, records: usize) -> Result<Figures> {
@@ -143,7 +158,11 @@ fn fjall_raw(dir: &Path, records: usize) -> Result<Figures> {
         let mut wb = db.batch().durability(Some(PersistMode::SyncData));
         for i in batch * BATCH..((batch + 1) * BATCH).min(records) {
             let partition = (i as u32) % PARTITIONS;
-            wb.insert(&keyspace, key(partition, (i / PARTITIONS as usize) as u64), value(i));
+            wb.insert(
+                &keyspace,
+                key(partition, (i / PARTITIONS as usize) as u64),
+                value(i),
+            );
         }
         wb.commit()?;
         commits += 1;
@@ -163,12 +182,27 @@ fn fjall_raw(dir: &Path, records: usize) -> Result<Figures> {
     assert_eq!(bytes, records * VALUE_BYTES);
     drop(keyspace);
     drop(db);
-    Ok(Figures { name: "fjall 3 (LSM, journal)", write, read, records, commits, disk_bytes: dir_size(dir) })
+    Ok(Figures {
+        name: "fjall 3 (LSM, journal)",
+        write,
+        read,
+        records,
+        commits,
+        disk_bytes: dir_size(dir),
+    })
 }
 
 async fn read_all(log: &Arc<dyn EventLog>, topic: &str, records: usize) -> Result<Duration> {
-    let mut consumer =
-        log.subscribe("bench", &[topic], ConsumerOptions { start: StartFrom::Earliest, ..Default::default() }).await?;
+    let mut consumer = log
+        .subscribe(
+            "bench",
+            &[topic],
+            ConsumerOptions {
+                start: StartFrom::Earliest,
+                ..Default::default()
+            },
+        )
+        .await?;
     let start = Instant::now();
     let mut n = 0;
     while n < records {
@@ -182,7 +216,14 @@ async fn read_all(log: &Arc<dyn EventLog>, topic: &str, records: usize) -> Resul
 /// `EmbeddedLog`, produce calls of `BATCH` records one after another.
 async fn log_sequential(dir: &Path, records: usize) -> Result<Figures> {
     let log = fleet_event_log::open(&dir.display().to_string(), &Default::default()).await?;
-    log.create_topic("bench", TopicSpec { partitions: PARTITIONS, compacted: false }).await?;
+    log.create_topic(
+        "bench",
+        TopicSpec {
+            partitions: PARTITIONS,
+            compacted: false,
+        },
+    )
+    .await?;
     let start = Instant::now();
     let mut commits = 0;
     for batch in 0..records.div_ceil(BATCH) {
@@ -195,13 +236,27 @@ async fn log_sequential(dir: &Path, records: usize) -> Result<Figures> {
     let write = start.elapsed();
     let read = read_all(&log, "bench", records).await?;
     drop(log);
-    Ok(Figures { name: "EmbeddedLog: sequential produce(100 records)", write, read, records, commits, disk_bytes: dir_size(dir) })
+    Ok(Figures {
+        name: "EmbeddedLog: sequential produce(100 records)",
+        write,
+        read,
+        records,
+        commits,
+        disk_bytes: dir_size(dir),
+    })
 }
 
 /// `EmbeddedLog`, many tasks each producing one record per call: group commit at work.
 async fn log_concurrent(dir: &Path, records: usize) -> Result<Figures> {
     let log = fleet_event_log::open(&dir.display().to_string(), &Default::default()).await?;
-    log.create_topic("bench", TopicSpec { partitions: PARTITIONS, compacted: false }).await?;
+    log.create_topic(
+        "bench",
+        TopicSpec {
+            partitions: PARTITIONS,
+            compacted: false,
+        },
+    )
+    .await?;
     let start = Instant::now();
     let per_task = records / CONCURRENT_PRODUCERS;
     let mut tasks = Vec::new();
@@ -210,7 +265,14 @@ async fn log_concurrent(dir: &Path, records: usize) -> Result<Figures> {
         tasks.push(tokio::spawn(async move {
             for i in 0..per_task {
                 let n = t * per_task + i;
-                log.produce("bench", vec![ProduceRecord::keyed(format!("agent-{}", n % 1000), value(n))]).await?;
+                log.produce(
+                    "bench",
+                    vec![ProduceRecord::keyed(
+                        format!("agent-{}", n % 1000),
+                        value(n),
+                    )],
+                )
+                .await?;
             }
             anyhow::Ok(())
         }));
@@ -236,16 +298,18 @@ async fn log_concurrent(dir: &Path, records: usize) -> Result<Figures> {
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; any other argument is ignored.
     let records = env_usize("ENGINE_BENCH_RECORDS", 100_000);
-    let base = std::env::var("ENGINE_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+    let base = std::env::var("ENGINE_BENCH_DIR")
+        .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
     println!(
         "{records} records x {VALUE_BYTES} B, batches of {BATCH}, one durable commit per batch, {PARTITIONS} partitions, in {base}"
     );
-    let runs: [(&str, fn(&Path, usize) -> Result<Figures>); 2] = [("redb", redb_raw), ("fjall", fjall_raw)];
-    for (_name, run) in runs {
-        let dir = tempfile::tempdir_in(&base)?;
-        run(dir.path(), records)?.print();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let dir = tempfile::tempdir_in(&base)?;
+    redb_raw(dir.path(), records)?.print();
+    let dir = tempfile::tempdir_in(&base)?;
+    fjall_raw(dir.path(), records)?.print();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let dir = tempfile::tempdir_in(&base)?;
         log_sequential(dir.path(), records).await?.print();

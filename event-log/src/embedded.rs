@@ -1,13 +1,14 @@
 //! The embedded event log: a durable on-disk log in a data directory, on [`redb`].
 //!
-//! One redb file (`event-log.redb`) holds four tables:
+//! One redb file (`event-log.redb`) holds five tables:
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `topics` | topic name | (topic id, partitions, compacted) |
-//! | `records` | (topic id, partition, offset) | timestamp, key, value |
+//! | `records` | (topic id, partition, first offset) | a chunk: the records one commit appended to the partition |
 //! | `time_index` | (topic id, partition, max timestamp so far) | first offset with that max |
 //! | `group_offsets` | (group, topic id, partition) | committed next offset |
+//! | `meta` | `"format"` | layout version ([`FORMAT_VERSION`]) |
 //!
 //! **Writes** (produce, offset commits, topic creation) go to one writer thread that folds
 //! every request waiting in its queue into one write transaction and commits it durably
@@ -42,14 +43,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, instrument, warn};
 
 use crate::metrics as m;
 use crate::{
-    partition_for_key, CommitOffset, ConsumedRecord, Consumer, ConsumerOptions, EventLog,
-    LogError, ProduceRecord, RecordPosition, Result, StartFrom, TopicSpec,
+    partition_for_key, CommitOffset, ConsumedRecord, Consumer, ConsumerOptions, EventLog, LogError,
+    ProduceRecord, RecordPosition, Result, StartFrom, TopicSpec,
 };
 
 const ENGINE: &str = "embedded";
@@ -58,12 +62,16 @@ pub const DB_FILE: &str = "event-log.redb";
 
 /// topic name -> (topic id, partitions, compacted)
 const TOPICS: TableDefinition<&str, (u32, u32, bool)> = TableDefinition::new("topics");
-/// (topic id, partition, offset) -> encoded record (see [`encode_record`])
+/// (topic id, partition, offset of the first record) -> a chunk of records (see [`ChunkBuilder`])
 const RECORDS: TableDefinition<(u32, u32, u64), &[u8]> = TableDefinition::new("records");
 /// (topic id, partition, new max timestamp) -> offset of the record that raised the max
 const TIME_INDEX: TableDefinition<(u32, u32, i64), u64> = TableDefinition::new("time_index");
 /// (group, topic id, partition) -> committed next offset
 const GROUP_OFFSETS: TableDefinition<(&str, u32, u32), u64> = TableDefinition::new("group_offsets");
+/// "format" -> [`FORMAT_VERSION`]
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Version of the table layout above; a file of another version is refused, not misread.
+pub const FORMAT_VERSION: u64 = 1;
 
 /// Requests the writer folds into one transaction at most (then it commits and goes on).
 const MAX_BATCH_REQUESTS: usize = 4096;
@@ -111,38 +119,89 @@ fn now_ms() -> i64 {
 
 // --------------------------------------------------------------------------- record format
 
-/// `timestamp (i64 LE) | key length (u32 LE, u32::MAX = no key) | key | value`
-fn encode_record(timestamp_ms: i64, key: Option<&[u8]>, value: &[u8]) -> Result<Vec<u8>> {
-    let key_len = match key {
-        Some(k) => u32::try_from(k.len())
-            .ok()
-            .filter(|l| *l != u32::MAX)
-            .ok_or_else(|| LogError::Config("record key longer than 4 GiB".into()))?,
-        None => u32::MAX,
-    };
-    let mut out = Vec::with_capacity(12 + key.map_or(0, <[u8]>::len) + value.len());
-    out.extend_from_slice(&timestamp_ms.to_le_bytes());
-    out.extend_from_slice(&key_len.to_le_bytes());
-    if let Some(k) = key {
-        out.extend_from_slice(k);
-    }
-    out.extend_from_slice(value);
-    Ok(out)
+/// The records of one partition appended by one write transaction, stored as one value
+/// under the offset of its first record (like a Kafka record batch): one B-tree entry per
+/// partition and commit instead of one per record keeps pages full and writes cheap.
+///
+/// `count (u32 LE)`, then per record `timestamp (i64 LE) | key length (u32 LE, u32::MAX =
+/// no key) | value length (u32 LE) | key | value`.
+struct ChunkBuilder {
+    base: u64,
+    count: u32,
+    buf: Vec<u8>,
 }
 
-type DecodedRecord = (i64, Option<Vec<u8>>, Vec<u8>);
+/// A chunk is closed (a new one starts) once it holds this many bytes.
+const MAX_CHUNK_BYTES: usize = 256 << 10;
 
-fn decode_record(bytes: &[u8]) -> Option<DecodedRecord> {
-    let ts = i64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?);
-    let key_len = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
-    let rest = bytes.get(12..)?;
-    if key_len == u32::MAX {
-        return Some((ts, None, rest.to_vec()));
+impl ChunkBuilder {
+    fn new(base: u64) -> ChunkBuilder {
+        ChunkBuilder {
+            base,
+            count: 0,
+            buf: vec![0; 4],
+        }
     }
-    let key_len = usize::try_from(key_len).ok()?;
-    let key = rest.get(..key_len)?.to_vec();
-    let value = rest.get(key_len..)?.to_vec();
-    Some((ts, Some(key), value))
+
+    fn push(&mut self, timestamp_ms: i64, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        let too_long = || LogError::Config("a record key or value is 4 GiB or longer".into());
+        let key_len = match key {
+            Some(k) => u32::try_from(k.len())
+                .ok()
+                .filter(|l| *l != u32::MAX)
+                .ok_or_else(too_long)?,
+            None => u32::MAX,
+        };
+        let value_len = u32::try_from(value.len()).map_err(|_| too_long())?;
+        self.buf.extend_from_slice(&timestamp_ms.to_le_bytes());
+        self.buf.extend_from_slice(&key_len.to_le_bytes());
+        self.buf.extend_from_slice(&value_len.to_le_bytes());
+        if let Some(k) = key {
+            self.buf.extend_from_slice(k);
+        }
+        self.buf.extend_from_slice(value);
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> (u64, Vec<u8>) {
+        self.buf[..4].copy_from_slice(&self.count.to_le_bytes());
+        (self.base, self.buf)
+    }
+}
+
+/// One record of a chunk, borrowed from it.
+type ChunkRecord<'a> = (i64, Option<&'a [u8]>, &'a [u8]);
+
+/// Number of records in a chunk.
+fn chunk_count(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?))
+}
+
+/// The records of a chunk in offset order; `None` if it is malformed.
+fn decode_chunk(bytes: &[u8]) -> Option<Vec<ChunkRecord<'_>>> {
+    let count = chunk_count(bytes)? as usize;
+    let mut out = Vec::with_capacity(count.min(bytes.len() / 16));
+    let mut rest = bytes.get(4..)?;
+    for _ in 0..count {
+        let ts = i64::from_le_bytes(rest.get(0..8)?.try_into().ok()?);
+        let key_len = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?);
+        let value_len =
+            usize::try_from(u32::from_le_bytes(rest.get(12..16)?.try_into().ok()?)).ok()?;
+        rest = rest.get(16..)?;
+        let key = if key_len == u32::MAX {
+            None
+        } else {
+            let key_len = usize::try_from(key_len).ok()?;
+            let key = rest.get(..key_len)?;
+            rest = rest.get(key_len..)?;
+            Some(key)
+        };
+        let value = rest.get(..value_len)?;
+        rest = rest.get(value_len..)?;
+        out.push((ts, key, value));
+    }
+    rest.is_empty().then_some(out)
 }
 
 // ----------------------------------------------------------------------------- shared state
@@ -173,7 +232,9 @@ impl TopicState {
     }
 
     fn end(&self, partition: u32) -> u64 {
-        self.ends.get(partition as usize).map_or(0, |e| e.load(Ordering::Acquire))
+        self.ends
+            .get(partition as usize)
+            .map_or(0, |e| e.load(Ordering::Acquire))
     }
 
     fn check_partition(&self, partition: u32) -> Result<()> {
@@ -202,15 +263,19 @@ impl fmt::Debug for TopicState {
 type TopicMap = Arc<RwLock<HashMap<String, Arc<TopicState>>>>;
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Shared {
@@ -230,9 +295,15 @@ impl Shared {
             .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
     }
 
-    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.requests.send(make(tx)).await.map_err(|_| writer_gone())?;
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| writer_gone())?;
         rx.await.map_err(|_| writer_gone())?
     }
 
@@ -243,7 +314,9 @@ impl Shared {
         F: FnOnce(&Database) -> Result<T> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(join_error)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(join_error)?
     }
 }
 
@@ -271,7 +344,9 @@ pub struct EmbeddedLog {
 
 impl fmt::Debug for EmbeddedLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EmbeddedLog").field("dir", &self.shared.dir).finish_non_exhaustive()
+        f.debug_struct("EmbeddedLog")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -285,7 +360,10 @@ impl EmbeddedLog {
     /// (or another open log in this process) uses it.
     pub fn open(dir: &Path) -> Result<EmbeddedLog> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            LogError::Config(format!("cannot create the data directory {}: {e}", dir.display()))
+            LogError::Config(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let path = dir.join(DB_FILE);
         let db = Database::create(&path).map_err(|e| match e {
@@ -305,13 +383,35 @@ impl EmbeddedLog {
             )),
         })?;
 
-        // Make sure every table exists, so readers never see TableDoesNotExist.
+        // Make sure every table exists, so readers never see TableDoesNotExist, and that
+        // the file has this build's layout.
         let txn = db.begin_write().map_err(storage("open"))?;
         {
-            txn.open_table(TOPICS).map_err(storage("open"))?;
+            let topics = txn.open_table(TOPICS).map_err(storage("open"))?;
             txn.open_table(RECORDS).map_err(storage("open"))?;
             txn.open_table(TIME_INDEX).map_err(storage("open"))?;
             txn.open_table(GROUP_OFFSETS).map_err(storage("open"))?;
+            let mut meta = txn.open_table(META).map_err(storage("open"))?;
+            let format = meta
+                .get("format")
+                .map_err(storage("open"))?
+                .map(|v| v.value());
+            match format {
+                Some(FORMAT_VERSION) => {}
+                None if topics.is_empty().map_err(storage("open"))? => {
+                    meta.insert("format", FORMAT_VERSION)
+                        .map_err(storage("open"))?;
+                }
+                found => {
+                    return Err(LogError::Config(format!(
+                        "the event log {} has layout version {}, this build reads version \
+                         {FORMAT_VERSION}: use another data directory (or remove that file if its \
+                         data can go)",
+                        path.display(),
+                        found.map_or_else(|| "0 (unversioned)".to_string(), |v| v.to_string()),
+                    )))
+                }
+            }
         }
         txn.commit().map_err(storage("open"))?;
 
@@ -320,7 +420,11 @@ impl EmbeddedLog {
         let topics: TopicMap = Arc::new(RwLock::new(topics));
         let db = Arc::new(db);
         let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer { db: Arc::clone(&db), topics: Arc::clone(&topics), state: writer_state };
+        let writer = Writer {
+            db: Arc::clone(&db),
+            topics: Arc::clone(&topics),
+            state: writer_state,
+        };
         let handle = std::thread::Builder::new()
             .name("fleet-log-writer".into())
             .spawn(move || writer.run(queue))
@@ -357,21 +461,40 @@ fn recover(db: &Database) -> Result<(HashMap<String, Arc<TopicState>>, WriterSta
         let (id, partitions, _compacted) = meta.value();
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            let next = match records.range((id, p, 0)..=(id, p, u64::MAX)).map_err(storage("recovery"))?.next_back() {
-                Some(last) => last.map_err(storage("recovery"))?.0.value().2 + 1,
+            let next = match records
+                .range((id, p, 0)..=(id, p, u64::MAX))
+                .map_err(storage("recovery"))?
+                .next_back()
+            {
+                Some(last) => {
+                    let (key, chunk) = last.map_err(storage("recovery"))?;
+                    let count = chunk_count(chunk.value()).ok_or_else(|| {
+                        LogError::Internal(format!(
+                            "embedded log: the last chunk of {}/{p} is corrupt",
+                            name.value()
+                        ))
+                    })?;
+                    key.value().2 + u64::from(count)
+                }
                 None => 0,
             };
-            let max_ts =
-                match time_index.range((id, p, i64::MIN)..=(id, p, i64::MAX)).map_err(storage("recovery"))?.next_back() {
-                    Some(last) => last.map_err(storage("recovery"))?.0.value().2,
-                    None => i64::MIN,
-                };
+            let max_ts = match time_index
+                .range((id, p, i64::MIN)..=(id, p, i64::MAX))
+                .map_err(storage("recovery"))?
+                .next_back()
+            {
+                Some(last) => last.map_err(storage("recovery"))?.0.value().2,
+                None => i64::MIN,
+            };
             parts.push(PartitionCursor { next, max_ts });
         }
         let ends = parts.iter().map(|p| p.next).collect();
         state.next_topic_id = state.next_topic_id.max(id + 1);
         state.partitions.insert(id, parts);
-        topics.insert(name.value().to_string(), Arc::new(TopicState::new(id, name.value(), ends)));
+        topics.insert(
+            name.value().to_string(),
+            Arc::new(TopicState::new(id, name.value(), ends)),
+        );
     }
     Ok((topics, state))
 }
@@ -397,7 +520,9 @@ impl EventLog for EmbeddedLog {
             )));
         }
         let name = topic.to_string();
-        self.shared.submit(|reply| Request::CreateTopic { name, spec, reply }).await?;
+        self.shared
+            .submit(|reply| Request::CreateTopic { name, spec, reply })
+            .await?;
         Ok(())
     }
 
@@ -407,14 +532,34 @@ impl EventLog for EmbeddedLog {
     }
 
     #[instrument(skip(self, records), fields(engine = ENGINE, records = records.len()))]
-    async fn produce(&self, topic: &str, records: Vec<ProduceRecord>) -> Result<Vec<RecordPosition>> {
+    async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>> {
         let state = self.shared.topic(topic)?;
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        // Refuse what the record format cannot hold here, not in the shared transaction.
+        let limit = u32::MAX as usize - 1;
+        if records
+            .iter()
+            .any(|r| r.value.len() > limit || r.key.as_ref().is_some_and(|k| k.len() > limit))
+        {
+            return Err(LogError::Config(format!(
+                "{topic}: a record key or value is 4 GiB or longer"
+            )));
+        }
         let count = records.len() as u64;
-        let result =
-            self.shared.submit(|reply| Request::Produce { topic: state, records, reply }).await;
+        let result = self
+            .shared
+            .submit(|reply| Request::Produce {
+                topic: state,
+                records,
+                reply,
+            })
+            .await;
         match &result {
             Ok(_) => metrics::counter!(m::PRODUCED_RECORDS, "engine" => ENGINE, "topic" => topic.to_string())
                 .increment(count),
@@ -430,7 +575,9 @@ impl EventLog for EmbeddedLog {
     #[instrument(skip(self), fields(engine = ENGINE))]
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
         let state = self.shared.topic(topic)?;
-        Ok((0..state.partitions()).map(|p| to_i64(state.end(p))).collect())
+        Ok((0..state.partitions())
+            .map(|p| to_i64(state.end(p)))
+            .collect())
     }
 
     #[instrument(skip(self), fields(engine = ENGINE))]
@@ -442,7 +589,9 @@ impl EventLog for EmbeddedLog {
         self.shared
             .blocking(move |db| {
                 let txn = db.begin_read().map_err(storage("offsets_for_time"))?;
-                let index = txn.open_table(TIME_INDEX).map_err(storage("offsets_for_time"))?;
+                let index = txn
+                    .open_table(TIME_INDEX)
+                    .map_err(storage("offsets_for_time"))?;
                 let mut out = Vec::with_capacity(ends.len());
                 for (p, end) in (0u32..).zip(ends) {
                     let found = match index
@@ -481,10 +630,14 @@ impl EventLog for EmbeddedLog {
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
         if topics.is_empty() {
-            return Err(LogError::Config("subscribe needs at least one topic".into()));
+            return Err(LogError::Config(
+                "subscribe needs at least one topic".into(),
+            ));
         }
         if group.is_empty() {
-            return Err(LogError::Config("a consumer group name must not be empty".into()));
+            return Err(LogError::Config(
+                "a consumer group name must not be empty".into(),
+            ));
         }
         let mut states = Vec::with_capacity(topics.len());
         let mut seen = HashSet::new();
@@ -518,25 +671,45 @@ fn to_i64(offset: u64) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
-fn read_committed(db: &Database, group: &str, topic_id: u32, partitions: &[u32]) -> Result<Vec<Option<u64>>> {
+fn read_committed(
+    db: &Database,
+    group: &str,
+    topic_id: u32,
+    partitions: &[u32],
+) -> Result<Vec<Option<u64>>> {
     let txn = db.begin_read().map_err(storage("committed offsets"))?;
-    let table = txn.open_table(GROUP_OFFSETS).map_err(storage("committed offsets"))?;
+    let table = txn
+        .open_table(GROUP_OFFSETS)
+        .map_err(storage("committed offsets"))?;
     partitions
         .iter()
-        .map(|&p| Ok(table.get((group, topic_id, p)).map_err(storage("committed offsets"))?.map(|v| v.value())))
+        .map(|&p| {
+            Ok(table
+                .get((group, topic_id, p))
+                .map_err(storage("committed offsets"))?
+                .map(|v| v.value()))
+        })
         .collect()
 }
 
 // ------------------------------------------------------------------------ the writer thread
 
 enum Request {
-    CreateTopic { name: String, spec: TopicSpec, reply: oneshot::Sender<Result<()>> },
+    CreateTopic {
+        name: String,
+        spec: TopicSpec,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Produce {
         topic: Arc<TopicState>,
         records: Vec<ProduceRecord>,
         reply: oneshot::Sender<Result<Vec<RecordPosition>>>,
     },
-    Commit { group: String, offsets: Vec<(u32, u32, u64)>, reply: oneshot::Sender<Result<()>> },
+    Commit {
+        group: String,
+        offsets: Vec<(u32, u32, u64)>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl Request {
@@ -570,10 +743,18 @@ struct WriterState {
 
 /// What one request did inside the open transaction; applied to memory after the commit.
 enum Outcome {
-    Created { name: String, state: Arc<TopicState> },
+    Created {
+        name: String,
+        state: Arc<TopicState>,
+    },
     Done,
-    Produced { topic: Arc<TopicState>, positions: Vec<RecordPosition> },
-    Committed { offsets: usize },
+    Produced {
+        topic: Arc<TopicState>,
+        positions: Vec<RecordPosition>,
+    },
+    Committed {
+        offsets: usize,
+    },
     Rejected(LogError),
 }
 
@@ -643,6 +824,8 @@ impl Writer {
             let mut time_index = txn.open_table(TIME_INDEX).map_err(storage("write"))?;
             let mut group_offsets = txn.open_table(GROUP_OFFSETS).map_err(storage("write"))?;
             let now = now_ms();
+            // Open chunk per (topic id, partition); written when full and at the end.
+            let mut chunks: HashMap<(u32, u32), ChunkBuilder> = HashMap::new();
             for request in batch {
                 let outcome = match request {
                     Request::CreateTopic { name, spec, .. } => {
@@ -661,10 +844,17 @@ impl Writer {
                                 vec![0; spec.partitions as usize],
                             ));
                             pending.topics.push((name.clone(), Arc::clone(&state)));
-                            Outcome::Created { name: name.clone(), state }
+                            Outcome::Created {
+                                name: name.clone(),
+                                state,
+                            }
                         }
                     }
-                    Request::Produce { topic, records: batch_records, .. } => {
+                    Request::Produce {
+                        topic,
+                        records: batch_records,
+                        ..
+                    } => {
                         let partitions = topic.partitions();
                         let mut positions = Vec::with_capacity(batch_records.len());
                         for record in batch_records {
@@ -680,7 +870,8 @@ impl Writer {
                                     *counter % partitions
                                 }
                             };
-                            let Some(cursor) = pending.cursor(&self.state, topic.id, partition) else {
+                            let Some(cursor) = pending.cursor(&self.state, topic.id, partition)
+                            else {
                                 return Err(LogError::Internal(format!(
                                     "embedded log: topic {} partition {partition} has no writer state",
                                     topic.name
@@ -693,16 +884,32 @@ impl Writer {
                             if new_max {
                                 cursor.max_ts = ts;
                             }
-                            let encoded = encode_record(ts, record.key.as_deref(), &record.value)?;
-                            records
-                                .insert((topic.id, partition, offset), encoded.as_slice())
-                                .map_err(storage("write"))?;
-                            if new_max {
-                                time_index.insert((topic.id, partition, ts), offset).map_err(storage("write"))?;
+                            let chunk = chunks
+                                .entry((topic.id, partition))
+                                .or_insert_with(|| ChunkBuilder::new(offset));
+                            chunk.push(ts, record.key.as_deref(), &record.value)?;
+                            if chunk.buf.len() >= MAX_CHUNK_BYTES {
+                                if let Some(full) = chunks.remove(&(topic.id, partition)) {
+                                    let (base, bytes) = full.finish();
+                                    records
+                                        .insert((topic.id, partition, base), bytes.as_slice())
+                                        .map_err(storage("write"))?;
+                                }
                             }
-                            positions.push(RecordPosition { partition, offset: to_i64(offset) });
+                            if new_max {
+                                time_index
+                                    .insert((topic.id, partition, ts), offset)
+                                    .map_err(storage("write"))?;
+                            }
+                            positions.push(RecordPosition {
+                                partition,
+                                offset: to_i64(offset),
+                            });
                         }
-                        Outcome::Produced { topic: Arc::clone(topic), positions }
+                        Outcome::Produced {
+                            topic: Arc::clone(topic),
+                            positions,
+                        }
                     }
                     Request::Commit { group, offsets, .. } => {
                         for &(topic_id, partition, next) in offsets {
@@ -710,10 +917,18 @@ impl Writer {
                                 .insert((group.as_str(), topic_id, partition), next)
                                 .map_err(storage("write"))?;
                         }
-                        Outcome::Committed { offsets: offsets.len() }
+                        Outcome::Committed {
+                            offsets: offsets.len(),
+                        }
                     }
                 };
                 outcomes.push(outcome);
+            }
+            for ((topic_id, partition), chunk) in chunks {
+                let (base, bytes) = chunk.finish();
+                records
+                    .insert((topic_id, partition, base), bytes.as_slice())
+                    .map_err(storage("write"))?;
             }
         }
         txn.commit().map_err(storage("write"))?;
@@ -726,13 +941,22 @@ impl Writer {
             self.state.next_topic_id = self.state.next_topic_id.max(state.id + 1);
             self.state.partitions.insert(
                 state.id,
-                vec![PartitionCursor { next: 0, max_ts: i64::MIN }; state.ends.len()],
+                vec![
+                    PartitionCursor {
+                        next: 0,
+                        max_ts: i64::MIN
+                    };
+                    state.ends.len()
+                ],
             );
             write_lock(&self.topics).insert(name, state);
         }
         for ((topic_id, partition), cursor) in pending.cursors {
-            if let Some(slot) =
-                self.state.partitions.get_mut(&topic_id).and_then(|v| v.get_mut(partition as usize))
+            if let Some(slot) = self
+                .state
+                .partitions
+                .get_mut(&topic_id)
+                .and_then(|v| v.get_mut(partition as usize))
             {
                 *slot = cursor;
             }
@@ -762,9 +986,22 @@ struct Pending {
 }
 
 impl Pending {
-    fn cursor(&mut self, state: &WriterState, topic_id: u32, partition: u32) -> Option<&mut PartitionCursor> {
-        let committed = state.partitions.get(&topic_id)?.get(partition as usize).copied()?;
-        Some(self.cursors.entry((topic_id, partition)).or_insert(committed))
+    fn cursor(
+        &mut self,
+        state: &WriterState,
+        topic_id: u32,
+        partition: u32,
+    ) -> Option<&mut PartitionCursor> {
+        let committed = state
+            .partitions
+            .get(&topic_id)?
+            .get(partition as usize)
+            .copied()?;
+        Some(
+            self.cursors
+                .entry((topic_id, partition))
+                .or_insert(committed),
+        )
     }
 }
 
@@ -773,7 +1010,11 @@ fn clone_error(e: &LogError) -> LogError {
         LogError::Unavailable(s) => LogError::Unavailable(s.clone()),
         LogError::Config(s) => LogError::Config(s.clone()),
         LogError::UnknownTopic(s) => LogError::UnknownTopic(s.clone()),
-        LogError::UnknownPartition { topic, partition, partitions } => LogError::UnknownPartition {
+        LogError::UnknownPartition {
+            topic,
+            partition,
+            partitions,
+        } => LogError::UnknownPartition {
             topic: topic.clone(),
             partition: *partition,
             partitions: *partitions,
@@ -808,10 +1049,14 @@ fn answer(request: Request, outcome: Outcome) {
             let _ = reply.send(Err(e));
         }
         (Request::CreateTopic { reply, .. }, _) | (Request::Commit { reply, .. }, _) => {
-            let _ = reply.send(Err(LogError::Internal("embedded log: mismatched write outcome".into())));
+            let _ = reply.send(Err(LogError::Internal(
+                "embedded log: mismatched write outcome".into(),
+            )));
         }
         (Request::Produce { reply, .. }, _) => {
-            let _ = reply.send(Err(LogError::Internal("embedded log: mismatched write outcome".into())));
+            let _ = reply.send(Err(LogError::Internal(
+                "embedded log: mismatched write outcome".into(),
+            )));
         }
     }
 }
@@ -839,7 +1084,11 @@ impl Group {
         let mut topics: BTreeMap<&str, (&Arc<TopicState>, Vec<u64>)> = BTreeMap::new();
         for (member, subscribed) in &self.members {
             for topic in subscribed {
-                topics.entry(&topic.name).or_insert_with(|| (topic, Vec::new())).1.push(*member);
+                topics
+                    .entry(&topic.name)
+                    .or_insert_with(|| (topic, Vec::new()))
+                    .1
+                    .push(*member);
             }
         }
         let mut assignment: HashMap<u64, Vec<(Arc<TopicState>, u32)>> =
@@ -881,7 +1130,9 @@ impl Groups {
 
     fn leave(&self, group: &str, member: u64) {
         let mut groups = lock(&self.groups);
-        let Some(g) = groups.get_mut(group) else { return };
+        let Some(g) = groups.get_mut(group) else {
+            return;
+        };
         g.members.remove(&member);
         if g.members.is_empty() {
             groups.remove(group);
@@ -922,7 +1173,14 @@ impl fmt::Debug for EmbeddedConsumer {
             .field("group", &self.group)
             .field("member", &self.member)
             .field("topics", &self.topics)
-            .field("positions", &self.positions.iter().map(|(k, v)| (k, v.1)).collect::<Vec<_>>())
+            .field(
+                "positions",
+                &self
+                    .positions
+                    .iter()
+                    .map(|(k, v)| (k, v.1))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -950,20 +1208,28 @@ impl EmbeddedConsumer {
             return Ok(());
         }
         let assigned = self.shared.groups.assignment(&self.group, self.member);
-        let keys: HashSet<(Arc<str>, u32)> =
-            assigned.iter().map(|(t, p)| (Arc::clone(&t.name), *p)).collect();
+        let keys: HashSet<(Arc<str>, u32)> = assigned
+            .iter()
+            .map(|(t, p)| (Arc::clone(&t.name), *p))
+            .collect();
         self.positions.retain(|k, _| keys.contains(k));
 
         let mut new_by_topic: BTreeMap<u32, (Arc<TopicState>, Vec<u32>)> = BTreeMap::new();
         for (topic, p) in &assigned {
             if !self.positions.contains_key(&(Arc::clone(&topic.name), *p)) {
-                new_by_topic.entry(topic.id).or_insert_with(|| (Arc::clone(topic), Vec::new())).1.push(*p);
+                new_by_topic
+                    .entry(topic.id)
+                    .or_insert_with(|| (Arc::clone(topic), Vec::new()))
+                    .1
+                    .push(*p);
             }
         }
         if !new_by_topic.is_empty() {
             let group = self.group.clone();
-            let wanted: Vec<(u32, Vec<u32>)> =
-                new_by_topic.iter().map(|(id, (_, parts))| (*id, parts.clone())).collect();
+            let wanted: Vec<(u32, Vec<u32>)> = new_by_topic
+                .iter()
+                .map(|(id, (_, parts))| (*id, parts.clone()))
+                .collect();
             let committed = self
                 .shared
                 .blocking(move |db| {
@@ -993,9 +1259,15 @@ impl EmbeddedConsumer {
 
     /// A topic this consumer subscribed to.
     fn subscribed(&self, name: &str, what: &str) -> Result<Arc<TopicState>> {
-        self.topics.iter().find(|t| &*t.name == name).cloned().ok_or_else(|| {
-            LogError::Config(format!("{what} on {name}: this consumer is not subscribed to it"))
-        })
+        self.topics
+            .iter()
+            .find(|t| &*t.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                LogError::Config(format!(
+                    "{what} on {name}: this consumer is not subscribed to it"
+                ))
+            })
     }
 }
 
@@ -1004,6 +1276,10 @@ impl Consumer for EmbeddedConsumer {
     #[instrument(skip(self), fields(engine = ENGINE, group = %self.group, member = self.member))]
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if max == 0 {
+            self.sync_assignment().await?;
+            return Ok(Vec::new());
+        }
         loop {
             self.sync_assignment().await?;
             // Mark the append signals seen before looking at the ends: a commit after this
@@ -1029,9 +1305,15 @@ impl Consumer for EmbeddedConsumer {
                 self.rotate = self.rotate.wrapping_add(1);
                 let by = self.rotate % spans.len();
                 spans.rotate_left(by);
-                let records = self.shared.blocking(move |db| read_spans(db, &spans, max)).await?;
+                let records = self
+                    .shared
+                    .blocking(move |db| read_spans(db, &spans, max))
+                    .await?;
                 for record in &records {
-                    if let Some(pos) = self.positions.get_mut(&(Arc::clone(&record.topic), record.partition)) {
+                    if let Some(pos) = self
+                        .positions
+                        .get_mut(&(Arc::clone(&record.topic), record.partition))
+                    {
                         pos.1 = pos.1.max(u64::try_from(record.offset).unwrap_or(0) + 1);
                     }
                 }
@@ -1076,21 +1358,35 @@ impl Consumer for EmbeddedConsumer {
             resolved.push((topic.id, o.partition, next));
         }
         let group = self.group.clone();
-        self.shared.submit(|reply| Request::Commit { group, offsets: resolved, reply }).await
+        self.shared
+            .submit(|reply| Request::Commit {
+                group,
+                offsets: resolved,
+                reply,
+            })
+            .await
     }
 
     #[instrument(skip(self), fields(engine = ENGINE, group = %self.group))]
     async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<()> {
         let state = self.subscribed(topic, "seek")?;
         state.check_partition(partition)?;
-        let offset = u64::try_from(offset)
-            .map_err(|_| LogError::Config(format!("cannot seek {topic}/{partition} to negative offset {offset}")))?;
+        let offset = u64::try_from(offset).map_err(|_| {
+            LogError::Config(format!(
+                "cannot seek {topic}/{partition} to negative offset {offset}"
+            ))
+        })?;
         self.sync_assignment().await?;
         let key = (Arc::clone(&state.name), partition);
         match self.positions.get_mut(&key) {
             Some(pos) => pos.1 = offset,
             None => {
-                debug!(topic, partition, offset, "Seek on a partition not assigned (yet): kept for its assignment.");
+                debug!(
+                    topic,
+                    partition,
+                    offset,
+                    "Seek on a partition not assigned (yet): kept for its assignment."
+                );
                 self.pending_seeks.insert(key, offset);
             }
         }
@@ -1118,25 +1414,44 @@ fn read_spans(db: &Database, spans: &[ReadSpan], max: usize) -> Result<Vec<Consu
         if out.len() >= max {
             break;
         }
-        let id = span.topic.id;
-        let range = table.range((id, span.partition, span.from)..(id, span.partition, span.end)).map_err(storage("read"))?;
-        for entry in range.take(max - out.len()) {
-            let (key, value) = entry.map_err(storage("read"))?;
-            let offset = key.value().2;
-            let (timestamp_ms, key, value) = decode_record(value.value()).ok_or_else(|| {
+        let (id, partition) = (span.topic.id, span.partition);
+        // The chunk holding `from` starts at or before it.
+        let first = match table
+            .range((id, partition, 0)..=(id, partition, span.from))
+            .map_err(storage("read"))?
+            .next_back()
+        {
+            Some(entry) => entry.map_err(storage("read"))?.0.value().2,
+            None => span.from,
+        };
+        'chunks: for entry in table
+            .range((id, partition, first)..(id, partition, span.end))
+            .map_err(storage("read"))?
+        {
+            let (key, chunk) = entry.map_err(storage("read"))?;
+            let base = key.value().2;
+            let records = decode_chunk(chunk.value()).ok_or_else(|| {
                 LogError::Internal(format!(
-                    "embedded log: record {}/{}/{offset} is corrupt",
-                    span.topic.name, span.partition
+                    "embedded log: chunk {}/{partition}/{base} is corrupt",
+                    span.topic.name
                 ))
             })?;
-            out.push(ConsumedRecord {
-                topic: Arc::clone(&span.topic.name),
-                partition: span.partition,
-                offset: to_i64(offset),
-                timestamp_ms,
-                key,
-                value,
-            });
+            for (offset, (timestamp_ms, key, value)) in (base..).zip(records) {
+                if offset < span.from {
+                    continue;
+                }
+                if offset >= span.end || out.len() >= max {
+                    break 'chunks;
+                }
+                out.push(ConsumedRecord {
+                    topic: Arc::clone(&span.topic.name),
+                    partition,
+                    offset: to_i64(offset),
+                    timestamp_ms,
+                    key: key.map(<[u8]>::to_vec),
+                    value: value.to_vec(),
+                });
+            }
         }
     }
     Ok(out)
@@ -1147,20 +1462,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_encoding_roundtrips() {
-        for (ts, key, value) in [
-            (0i64, None, b"v".to_vec()),
-            (-5, Some(b"".to_vec()), Vec::new()),
-            (1_700_000_000_000, Some(b"agent-1".to_vec()), vec![7u8; 1000]),
-        ] {
-            let bytes = encode_record(ts, key.as_deref(), &value).expect("encode");
-            assert_eq!(decode_record(&bytes), Some((ts, key, value)));
+    fn chunk_encoding_roundtrips() {
+        let records: [ChunkRecord<'static>; 4] = [
+            (0, None, b"v"),
+            (-5, Some(b""), b""),
+            (1_700_000_000_000, Some(b"agent-1"), &[7u8; 1000]),
+            (i64::MAX, None, b""),
+        ];
+        let mut chunk = ChunkBuilder::new(42);
+        for (ts, key, value) in records {
+            chunk.push(ts, key, value).expect("push");
         }
-        assert_eq!(decode_record(&[1, 2, 3]), None);
+        let (base, bytes) = chunk.finish();
+        assert_eq!(base, 42);
+        assert_eq!(chunk_count(&bytes), Some(4));
+        assert_eq!(decode_chunk(&bytes), Some(records.to_vec()));
+        // Truncated or padded chunks are rejected, never misread.
+        assert_eq!(decode_chunk(&bytes[..bytes.len() - 1]), None);
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert_eq!(decode_chunk(&padded), None);
+        assert_eq!(decode_chunk(&[1, 2, 3]), None);
     }
 
     fn topic(name: &str, partitions: usize) -> Arc<TopicState> {
         Arc::new(TopicState::new(0, name, vec![0; partitions]))
+    }
+
+    #[test]
+    fn a_file_of_another_layout_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // An unversioned file that already holds a topic (the layout before chunks).
+            let db = Database::create(dir.path().join(DB_FILE)).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(TOPICS)
+                .expect("table")
+                .insert("t", (0, 1, false))
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        match EmbeddedLog::open(dir.path()) {
+            Err(LogError::Config(message)) => {
+                assert!(message.contains("layout version"), "{message}")
+            }
+            other => panic!("opened a file of another layout: {other:?}"),
+        }
+        // A fresh directory gets the current version and reopens.
+        let fresh = tempfile::tempdir().expect("tempdir");
+        drop(EmbeddedLog::open(fresh.path()).expect("open"));
+        drop(EmbeddedLog::open(fresh.path()).expect("reopen"));
     }
 
     #[test]

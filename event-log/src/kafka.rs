@@ -62,7 +62,9 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 fn kafka_error(context: &str, topic: Option<&str>, err: &KafkaError) -> LogError {
     use RDKafkaErrorCode as C;
     match err.rdkafka_error_code() {
-        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownTopicId) if topic.is_some() => {
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownTopicId)
+            if topic.is_some() =>
+        {
             LogError::UnknownTopic(topic.unwrap_or_default().to_string())
         }
         Some(
@@ -108,7 +110,11 @@ fn join_error(err: tokio::task::JoinError) -> LogError {
 /// A failed look-up: librdkafka's error (kept, so the caller can tell whether to retry)
 /// or one of ours.
 enum LookupError {
-    Kafka { context: &'static str, topic: String, err: KafkaError },
+    Kafka {
+        context: &'static str,
+        topic: String,
+        err: KafkaError,
+    },
     Log(LogError),
 }
 
@@ -120,7 +126,11 @@ impl From<LogError> for LookupError {
 
 impl LookupError {
     fn kafka(context: &'static str, topic: &str, err: KafkaError) -> LookupError {
-        LookupError::Kafka { context, topic: topic.to_string(), err }
+        LookupError::Kafka {
+            context,
+            topic: topic.to_string(),
+            err,
+        }
     }
 
     /// Errors that pass once the partition has a leader again (new topic, election).
@@ -140,7 +150,11 @@ impl LookupError {
 
     fn into_log_error(self) -> LogError {
         match self {
-            LookupError::Kafka { context, topic, err } => kafka_error(context, Some(&topic), &err),
+            LookupError::Kafka {
+                context,
+                topic,
+                err,
+            } => kafka_error(context, Some(&topic), &err),
             LookupError::Log(e) => e,
         }
     }
@@ -149,7 +163,8 @@ impl LookupError {
 type LookupResult<T> = std::result::Result<T, LookupError>;
 
 fn partition_i32(partition: u32) -> Result<i32> {
-    i32::try_from(partition).map_err(|_| LogError::Config(format!("partition {partition} is out of range")))
+    i32::try_from(partition)
+        .map_err(|_| LogError::Config(format!("partition {partition} is out of range")))
 }
 
 fn partition_u32(partition: i32) -> u32 {
@@ -162,7 +177,9 @@ fn check_topic_name(topic: &str) -> Result<()> {
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if legal {
         Ok(())
     } else {
@@ -222,7 +239,9 @@ impl Settings {
         if let Some(group) = group {
             config.set("group.id", group);
         }
-        config.create().map_err(|e| kafka_error("creating a consumer", None, &e))
+        config
+            .create()
+            .map_err(|e| kafka_error("creating a consumer", None, &e))
     }
 }
 
@@ -240,7 +259,9 @@ pub struct KafkaLog {
 
 impl fmt::Debug for KafkaLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaLog").field("brokers", &self.settings.brokers).finish_non_exhaustive()
+        f.debug_struct("KafkaLog")
+            .field("brokers", &self.settings.brokers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -249,15 +270,23 @@ impl KafkaLog {
     /// yet: use [`KafkaLog::check_connection`] to find out whether a broker answers.
     pub fn connect(brokers: &str, options: &EngineOptions) -> Result<KafkaLog> {
         if brokers.trim().is_empty() {
-            return Err(LogError::Config("no Kafka brokers given: use kafka://host:9092".into()));
+            return Err(LogError::Config(
+                "no Kafka brokers given: use kafka://host:9092".into(),
+            ));
         }
         let request_timeout = match options.get("fleet.request.timeout.ms") {
             Some(ms) => Duration::from_millis(ms.parse().map_err(|_| {
-                LogError::Config(format!("fleet.request.timeout.ms must be milliseconds, not {ms:?}"))
+                LogError::Config(format!(
+                    "fleet.request.timeout.ms must be milliseconds, not {ms:?}"
+                ))
             })?),
             None => DEFAULT_REQUEST_TIMEOUT,
         };
-        let settings = Settings { brokers: brokers.to_string(), options: options.clone(), request_timeout };
+        let settings = Settings {
+            brokers: brokers.to_string(),
+            options: options.clone(),
+            request_timeout,
+        };
         let producer: FutureProducer = settings
             .config(
                 Client::Producer,
@@ -278,7 +307,13 @@ impl KafkaLog {
             .map_err(|e| kafka_error("creating the admin client", None, &e))?;
         let lookup = Arc::new(settings.lookup_consumer(None)?);
         info!(brokers, "Kafka event log configured.");
-        Ok(KafkaLog { settings, producer, admin, lookup, known_topics: RwLock::new(HashSet::new()) })
+        Ok(KafkaLog {
+            settings,
+            producer,
+            admin,
+            lookup,
+            known_topics: RwLock::new(HashSet::new()),
+        })
     }
 
     /// Asks the cluster for its metadata: `Ok` when a broker answered within `timeout`.
@@ -287,9 +322,14 @@ impl KafkaLog {
         let lookup = Arc::clone(&self.lookup);
         let brokers = self.settings.brokers.clone();
         tokio::task::spawn_blocking(move || {
-            lookup.fetch_metadata(None, timeout).map(|_| ()).map_err(|e| {
-                LogError::Unavailable(format!("no Kafka broker answered at {brokers} within {timeout:?}: {e}"))
-            })
+            lookup
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
+                .map_err(|e| {
+                    LogError::Unavailable(format!(
+                        "no Kafka broker answered at {brokers} within {timeout:?}: {e}"
+                    ))
+                })
         })
         .await
         .map_err(join_error)?
@@ -309,8 +349,9 @@ impl KafkaLog {
             let lookup = Arc::clone(&self.lookup);
             let timeout = self.settings.request_timeout;
             let call = Arc::clone(&f);
-            let result =
-                tokio::task::spawn_blocking(move || call(&lookup, timeout)).await.map_err(join_error)?;
+            let result = tokio::task::spawn_blocking(move || call(&lookup, timeout))
+                .await
+                .map_err(join_error)?;
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) if e.leader_moving() && tokio::time::Instant::now() < deadline => {
@@ -333,20 +374,28 @@ impl KafkaLog {
         let name = topic.to_string();
         let (count, led) = self
             .lookup(move |c, timeout| {
-                let metadata =
-                    c.fetch_metadata(Some(&name), timeout).map_err(|e| LookupError::kafka("metadata", &name, e))?;
+                let metadata = c
+                    .fetch_metadata(Some(&name), timeout)
+                    .map_err(|e| LookupError::kafka("metadata", &name, e))?;
                 let Some(t) = metadata.topics().iter().find(|t| t.name() == name) else {
                     return Err(LogError::UnknownTopic(name.clone()).into());
                 };
                 match t.error().map(RDKafkaErrorCode::from) {
                     None => {
-                        let led = t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0);
+                        let led = t
+                            .partitions()
+                            .iter()
+                            .all(|p| p.error().is_none() && p.leader() >= 0);
                         Ok((u32::try_from(t.partitions().len()).unwrap_or(0), led))
                     }
-                    Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-                        Err(LogError::UnknownTopic(name.clone()).into())
-                    }
-                    Some(code) => Err(LookupError::kafka("metadata", &name, KafkaError::MetadataFetch(code))),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                    ) => Err(LogError::UnknownTopic(name.clone()).into()),
+                    Some(code) => Err(LookupError::kafka(
+                        "metadata",
+                        &name,
+                        KafkaError::MetadataFetch(code),
+                    )),
                 }
             })
             .await?;
@@ -354,13 +403,19 @@ impl KafkaLog {
             // A topic that is being created or deleted.
             return Err(LogError::UnknownTopic(topic.to_string()));
         }
-        self.known_topics.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(topic.to_string());
+        self.known_topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_string());
         Ok((count, led))
     }
 
     async fn ensure_known(&self, topic: &str) -> Result<()> {
-        let known =
-            self.known_topics.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(topic);
+        let known = self
+            .known_topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(topic);
         if !known {
             self.fetch_partition_count(topic).await?;
         }
@@ -395,7 +450,9 @@ impl EventLog for KafkaLog {
         let partitions = i32::try_from(spec.partitions)
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| LogError::Config(format!("topic {topic}: {} partitions", spec.partitions)))?;
+            .ok_or_else(|| {
+                LogError::Config(format!("topic {topic}: {} partitions", spec.partitions))
+            })?;
         // Replication -1: the broker's default.replication.factor.
         let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
         if spec.compacted {
@@ -409,10 +466,19 @@ impl EventLog for KafkaLog {
             .map_err(|e| kafka_error("create topic", Some(topic), &e))?;
         for result in results {
             match result {
-                Ok(_) => info!(topic, partitions, compacted = spec.compacted, "Topic created."),
+                Ok(_) => info!(
+                    topic,
+                    partitions,
+                    compacted = spec.compacted,
+                    "Topic created."
+                ),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => debug!(topic, "Topic exists."),
                 Err((_, code)) => {
-                    return Err(kafka_error("create topic", Some(topic), &KafkaError::AdminOp(code)))
+                    return Err(kafka_error(
+                        "create topic",
+                        Some(topic),
+                        &KafkaError::AdminOp(code),
+                    ))
                 }
             }
         }
@@ -443,7 +509,11 @@ impl EventLog for KafkaLog {
     }
 
     #[instrument(skip(self, records), fields(engine = ENGINE, records = records.len()))]
-    async fn produce(&self, topic: &str, records: Vec<ProduceRecord>) -> Result<Vec<RecordPosition>> {
+    async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>> {
         self.ensure_known(topic).await?;
         if records.is_empty() {
             return Ok(Vec::new());
@@ -480,13 +550,20 @@ impl EventLog for KafkaLog {
                     tpl.add_partition_offset(&name, partition_i32(p)?, Offset::Offset(timestamp))
                         .map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
                 }
-                let tpl = c.offsets_for_times(tpl, timeout).map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
+                let tpl = c
+                    .offsets_for_times(tpl, timeout)
+                    .map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
                 (0..partitions)
                     .map(|p| {
-                        let elem = tpl.find_partition(&name, partition_i32(p)?).ok_or_else(|| {
-                            LogError::Internal(format!("kafka offsets for time: no answer for {name}/{p}"))
-                        })?;
-                        elem.error().map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
+                        let elem =
+                            tpl.find_partition(&name, partition_i32(p)?)
+                                .ok_or_else(|| {
+                                    LogError::Internal(format!(
+                                        "kafka offsets for time: no answer for {name}/{p}"
+                                    ))
+                                })?;
+                        elem.error()
+                            .map_err(|e| LookupError::kafka("offsets for time", &name, e))?;
                         Ok(match elem.offset() {
                             Offset::Offset(o) => Some(o),
                             _ => None, // no record at or after the timestamp
@@ -499,7 +576,11 @@ impl EventLog for KafkaLog {
             return Ok(found.into_iter().flatten().collect());
         }
         let ends = self.high_watermarks(topic, partitions).await?;
-        Ok(found.into_iter().zip(ends).map(|(f, end)| f.unwrap_or(end)).collect())
+        Ok(found
+            .into_iter()
+            .zip(ends)
+            .map(|(f, end)| f.unwrap_or(end))
+            .collect())
     }
 
     #[instrument(skip(self), fields(engine = ENGINE))]
@@ -518,10 +599,15 @@ impl EventLog for KafkaLog {
                 .map_err(|e| kafka_error("committed offsets", Some(&name), &e))?;
             (0..partitions)
                 .map(|p| {
-                    Ok(match tpl.find_partition(&name, partition_i32(p)?).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => Some(o),
-                        _ => None,
-                    })
+                    Ok(
+                        match tpl
+                            .find_partition(&name, partition_i32(p)?)
+                            .map(|e| e.offset())
+                        {
+                            Some(Offset::Offset(o)) => Some(o),
+                            _ => None,
+                        },
+                    )
                 })
                 .collect()
         })
@@ -537,10 +623,14 @@ impl EventLog for KafkaLog {
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
         if topics.is_empty() {
-            return Err(LogError::Config("subscribe needs at least one topic".into()));
+            return Err(LogError::Config(
+                "subscribe needs at least one topic".into(),
+            ));
         }
         if group.is_empty() {
-            return Err(LogError::Config("a consumer group name must not be empty".into()));
+            return Err(LogError::Config(
+                "a consumer group name must not be empty".into(),
+            ));
         }
         let mut partitions = HashMap::new();
         for topic in topics {
@@ -565,9 +655,12 @@ impl EventLog for KafkaLog {
             ],
         );
         config.set("group.id", group);
-        let consumer: StreamConsumer =
-            config.create().map_err(|e| kafka_error("creating a consumer", None, &e))?;
-        consumer.subscribe(topics).map_err(|e| kafka_error("subscribe", None, &e))?;
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| kafka_error("creating a consumer", None, &e))?;
+        consumer
+            .subscribe(topics)
+            .map_err(|e| kafka_error("subscribe", None, &e))?;
         debug!(group, ?topics, "Consumer subscribed.");
         Ok(Box::new(KafkaConsumer {
             consumer: Some(Arc::new(consumer)),
@@ -579,12 +672,17 @@ impl EventLog for KafkaLog {
 }
 
 impl KafkaLog {
-    async fn produce_known(&self, topic: &str, records: &[ProduceRecord]) -> Result<Vec<RecordPosition>> {
+    async fn produce_known(
+        &self,
+        topic: &str,
+        records: &[ProduceRecord],
+    ) -> Result<Vec<RecordPosition>> {
         // Enqueue in order (librdkafka keeps per-partition order, idempotence keeps it on
         // retries), then await every delivery report.
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
-            let mut future_record = FutureRecord::<[u8], [u8]>::to(topic).payload(record.value.as_slice());
+            let mut future_record =
+                FutureRecord::<[u8], [u8]>::to(topic).payload(record.value.as_slice());
             if let Some(key) = &record.key {
                 future_record = future_record.key(key.as_slice());
             }
@@ -613,9 +711,16 @@ impl KafkaLog {
         let mut positions = Vec::with_capacity(deliveries.len());
         for delivery in futures::future::join_all(deliveries).await {
             match delivery {
-                Ok(Ok(d)) => positions.push(RecordPosition { partition: partition_u32(d.partition), offset: d.offset }),
+                Ok(Ok(d)) => positions.push(RecordPosition {
+                    partition: partition_u32(d.partition),
+                    offset: d.offset,
+                }),
                 Ok(Err((e, _))) => return Err(kafka_error("produce", Some(topic), &e)),
-                Err(_canceled) => return Err(LogError::Internal("kafka produce: the producer was dropped".into())),
+                Err(_canceled) => {
+                    return Err(LogError::Internal(
+                        "kafka produce: the producer was dropped".into(),
+                    ))
+                }
             }
         }
         Ok(positions)
@@ -670,13 +775,21 @@ fn to_record(message: &BorrowedMessage<'_>) -> ConsumedRecord {
 
 impl KafkaConsumer {
     fn consumer(&self) -> Result<&Arc<StreamConsumer>> {
-        self.consumer.as_ref().ok_or_else(|| LogError::Internal("kafka consumer already closed".into()))
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| LogError::Internal("kafka consumer already closed".into()))
     }
 
     fn assigned(&self) -> HashSet<(String, i32)> {
-        let Some(consumer) = &self.consumer else { return HashSet::new() };
+        let Some(consumer) = &self.consumer else {
+            return HashSet::new();
+        };
         match consumer.assignment() {
-            Ok(tpl) => tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
             Err(_) => HashSet::new(),
         }
     }
@@ -734,10 +847,9 @@ impl Consumer for KafkaConsumer {
         while out.len() < max {
             // Wait for the first record; after that take only what is there already.
             let next = if out.is_empty() {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(next) => Some(next),
-                    Err(_elapsed) => None,
-                }
+                tokio::time::timeout_at(deadline, consumer.recv())
+                    .await
+                    .ok()
             } else {
                 consumer.recv().now_or_never()
             };
@@ -780,8 +892,12 @@ impl Consumer for KafkaConsumer {
         let mut tpl = TopicPartitionList::new();
         for o in offsets {
             check_topic_name(&o.topic).map_err(|_| LogError::UnknownTopic(o.topic.clone()))?;
-            tpl.add_partition_offset(&o.topic, partition_i32(o.partition)?, Offset::Offset(o.next_offset))
-                .map_err(|e| kafka_error("commit", Some(&o.topic), &e))?;
+            tpl.add_partition_offset(
+                &o.topic,
+                partition_i32(o.partition)?,
+                Offset::Offset(o.next_offset),
+            )
+            .map_err(|e| kafka_error("commit", Some(&o.topic), &e))?;
         }
         let consumer = Arc::clone(self.consumer()?);
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
@@ -795,13 +911,21 @@ impl Consumer for KafkaConsumer {
     #[instrument(skip(self), fields(engine = ENGINE, group = %self.group))]
     async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<()> {
         let Some(&partitions) = self.partitions.get(topic) else {
-            return Err(LogError::Config(format!("seek on {topic}: this consumer is not subscribed to it")));
+            return Err(LogError::Config(format!(
+                "seek on {topic}: this consumer is not subscribed to it"
+            )));
         };
         if partition >= partitions {
-            return Err(LogError::UnknownPartition { topic: topic.to_string(), partition, partitions });
+            return Err(LogError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions,
+            });
         }
         if offset < 0 {
-            return Err(LogError::Config(format!("cannot seek {topic}/{partition} to negative offset {offset}")));
+            return Err(LogError::Config(format!(
+                "cannot seek {topic}/{partition} to negative offset {offset}"
+            )));
         }
         let p = partition_i32(partition)?;
         let key = (topic.to_string(), p);
@@ -814,8 +938,11 @@ impl Consumer for KafkaConsumer {
     }
 
     fn assignment(&self) -> Vec<(String, u32)> {
-        let mut out: Vec<(String, u32)> =
-            self.assigned().into_iter().map(|(t, p)| (t, partition_u32(p))).collect();
+        let mut out: Vec<(String, u32)> = self
+            .assigned()
+            .into_iter()
+            .map(|(t, p)| (t, partition_u32(p)))
+            .collect();
         out.sort();
         out
     }

@@ -83,7 +83,11 @@ pub struct ProduceRecord {
 impl ProduceRecord {
     /// A keyed record stamped now.
     pub fn keyed(key: impl Into<Vec<u8>>, value: Vec<u8>) -> ProduceRecord {
-        ProduceRecord { key: Some(key.into()), value, timestamp_ms: None }
+        ProduceRecord {
+            key: Some(key.into()),
+            value,
+            timestamp_ms: None,
+        }
     }
 }
 
@@ -146,7 +150,10 @@ pub struct ConsumerOptions {
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
-        ConsumerOptions { start: StartFrom::Earliest, session_timeout: Duration::from_secs(10) }
+        ConsumerOptions {
+            start: StartFrom::Earliest,
+            session_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -164,6 +171,12 @@ pub trait Consumer: Send + Debug {
 
     /// Moves this member's position on an assigned partition; the next poll returns
     /// records from `offset` on.
+    ///
+    /// A seek on a partition of a subscribed topic that this member does not hold yet (with
+    /// Kafka, a fresh member holds nothing until its first polls ran the group protocol) is
+    /// remembered and applied when the partition is assigned to it. A topic this member did
+    /// not subscribe to is [`LogError::Config`], a partition outside the topic
+    /// [`LogError::UnknownPartition`].
     async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<()>;
 
     /// The partitions this member holds now.
@@ -185,7 +198,11 @@ pub trait EventLog: Send + Sync + Debug {
     /// Appends records and returns once the log acknowledged every one of them (Kafka:
     /// `acks=all`). On error some records may have been written: producers retry, and
     /// consumers are idempotent.
-    async fn produce(&self, topic: &str, records: Vec<ProduceRecord>) -> Result<Vec<RecordPosition>>;
+    async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>>;
 
     /// Per partition, the offset the next appended record will get (high watermark).
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>>;

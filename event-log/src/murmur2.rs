@@ -72,11 +72,19 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             (b"abc", 479_470_107),
         ];
         for (key, want) in cases {
-            assert_eq!(murmur2(key) as i32, want, "murmur2({:?})", String::from_utf8_lossy(key));
+            assert_eq!(
+                murmur2(key) as i32,
+                want,
+                "murmur2({:?})",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 
@@ -109,7 +117,10 @@ mod tests {
         let cases: [(&str, u32); 4] = [
             ("", 0x106e_08d9),
             ("23456", 0x058d_780f),
-            ("this is another string with more length to it perhaps", 0x4f77_03da),
+            (
+                "this is another string with more length to it perhaps",
+                0x4f77_03da,
+            ),
             ("hejsan", 0x5ec1_9395),
         ];
         for (key, hash) in cases {

@@ -25,15 +25,25 @@ fn unique(test: &str) -> String {
 }
 
 fn options(start: StartFrom) -> ConsumerOptions {
-    ConsumerOptions { start, session_timeout: Duration::from_secs(6) }
+    ConsumerOptions {
+        start,
+        session_timeout: Duration::from_secs(6),
+    }
 }
 
 fn spec(partitions: u32) -> TopicSpec {
-    TopicSpec { partitions, compacted: false }
+    TopicSpec {
+        partitions,
+        compacted: false,
+    }
 }
 
 fn record(key: &str, value: &str, timestamp_ms: Option<i64>) -> ProduceRecord {
-    ProduceRecord { key: Some(key.as_bytes().to_vec()), value: value.as_bytes().to_vec(), timestamp_ms }
+    ProduceRecord {
+        key: Some(key.as_bytes().to_vec()),
+        value: value.as_bytes().to_vec(),
+        timestamp_ms,
+    }
 }
 
 fn now_ms() -> i64 {
@@ -51,7 +61,11 @@ async fn poll_until(consumer: &mut dyn Consumer, want: usize) -> Result<Vec<Cons
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut got = Vec::new();
     while got.len() < want && tokio::time::Instant::now() < deadline {
-        got.extend(consumer.poll(want - got.len(), Duration::from_millis(500)).await?);
+        got.extend(
+            consumer
+                .poll(want - got.len(), Duration::from_millis(500))
+                .await?,
+        );
     }
     Ok(got)
 }
@@ -59,22 +73,35 @@ async fn poll_until(consumer: &mut dyn Consumer, want: usize) -> Result<Vec<Cons
 /// Polls `want` records, failing with what is missing when they do not all arrive.
 async fn expect_records(consumer: &mut dyn Consumer, want: usize) -> Result<Vec<ConsumedRecord>> {
     let got = poll_until(consumer, want).await?;
-    ensure!(got.len() == want, "expected {want} records within {DEADLINE:?}, got {}: {got:?}", got.len());
+    ensure!(
+        got.len() == want,
+        "expected {want} records within {DEADLINE:?}, got {}: {got:?}",
+        got.len()
+    );
     Ok(got)
 }
 
 /// Polls (the topic must be empty) until the members' assignments are disjoint, non-empty
 /// and together cover `topic`'s `partitions`.
-async fn wait_for_split(members: &mut [&mut Box<dyn Consumer>], topic: &str, partitions: u32) -> Result<()> {
+async fn wait_for_split(
+    members: &mut [&mut Box<dyn Consumer>],
+    topic: &str,
+    partitions: u32,
+) -> Result<()> {
     let all: BTreeSet<(String, u32)> = (0..partitions).map(|p| (topic.to_string(), p)).collect();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         for m in members.iter_mut() {
             let got = m.poll(10, Duration::from_millis(300)).await?;
-            ensure!(got.is_empty(), "records on a topic that should be empty: {got:?}");
+            ensure!(
+                got.is_empty(),
+                "records on a topic that should be empty: {got:?}"
+            );
         }
-        let sets: Vec<BTreeSet<(String, u32)>> =
-            members.iter().map(|m| m.assignment().into_iter().collect()).collect();
+        let sets: Vec<BTreeSet<(String, u32)>> = members
+            .iter()
+            .map(|m| m.assignment().into_iter().collect())
+            .collect();
         let union: BTreeSet<_> = sets.iter().flatten().cloned().collect();
         let total: usize = sets.iter().map(BTreeSet::len).sum();
         if sets.iter().all(|s| !s.is_empty()) && union == all && total == all.len() {
@@ -101,7 +128,11 @@ fn commit_all(topic: &str, records: &[ConsumedRecord]) -> Vec<CommitOffset> {
         *n = (*n).max(r.offset + 1);
     }
     next.into_iter()
-        .map(|(partition, next_offset)| CommitOffset { topic: topic.to_string(), partition, next_offset })
+        .map(|(partition, next_offset)| CommitOffset {
+            topic: topic.to_string(),
+            partition,
+            next_offset,
+        })
         .collect()
 }
 
@@ -110,30 +141,72 @@ mod cases {
     use super::*;
 
     /// Keys, values, timestamps and positions survive the trip through the log.
-    pub(crate) async fn produce_consume_roundtrip(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
+    pub(crate) async fn produce_consume_roundtrip(
+        log: Arc<dyn EventLog>,
+        name: &str,
+    ) -> Result<()> {
         log.create_topic(name, spec(3)).await?;
         let base = now_ms() - 86_400_000;
-        let mut records: Vec<ProduceRecord> =
-            (0..30).map(|i| record(&format!("agent-{}", i % 7), &format!("value-{i}"), Some(base + i))).collect();
-        records.push(ProduceRecord { key: None, value: b"no key".to_vec(), timestamp_ms: Some(base + 100) });
-        records.push(ProduceRecord { key: Some(b"stamped-now".to_vec()), value: vec![0, 1, 2, 255], timestamp_ms: None });
-        records.push(ProduceRecord { key: Some(Vec::new()), value: Vec::new(), timestamp_ms: Some(base + 101) });
+        let mut records: Vec<ProduceRecord> = (0..30)
+            .map(|i| {
+                record(
+                    &format!("agent-{}", i % 7),
+                    &format!("value-{i}"),
+                    Some(base + i),
+                )
+            })
+            .collect();
+        records.push(ProduceRecord {
+            key: None,
+            value: b"no key".to_vec(),
+            timestamp_ms: Some(base + 100),
+        });
+        records.push(ProduceRecord {
+            key: Some(b"stamped-now".to_vec()),
+            value: vec![0, 1, 2, 255],
+            timestamp_ms: None,
+        });
+        records.push(ProduceRecord {
+            key: Some(Vec::new()),
+            value: Vec::new(),
+            timestamp_ms: Some(base + 101),
+        });
         let before = now_ms();
         let positions = log.produce(name, records.clone()).await?;
         let after = now_ms();
-        ensure!(positions.len() == records.len(), "one position per record: {positions:?}");
+        ensure!(
+            positions.len() == records.len(),
+            "one position per record: {positions:?}"
+        );
 
-        let mut consumer = log.subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest)).await?;
+        let mut consumer = log
+            .subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest))
+            .await?;
         let got = expect_records(consumer.as_mut(), records.len()).await?;
-        let by_pos: HashMap<(u32, i64), &ConsumedRecord> = got.iter().map(|r| ((r.partition, r.offset), r)).collect();
-        ensure!(by_pos.len() == records.len(), "duplicate positions in {got:?}");
+        let by_pos: HashMap<(u32, i64), &ConsumedRecord> =
+            got.iter().map(|r| ((r.partition, r.offset), r)).collect();
+        ensure!(
+            by_pos.len() == records.len(),
+            "duplicate positions in {got:?}"
+        );
         for (rec, pos) in records.iter().zip(&positions) {
-            let c = by_pos.get(&(pos.partition, pos.offset)).with_context(|| format!("no record at {pos:?}"))?;
+            let c = by_pos
+                .get(&(pos.partition, pos.offset))
+                .with_context(|| format!("no record at {pos:?}"))?;
             ensure!(&*c.topic == name, "topic {} != {name}", c.topic);
-            ensure!(c.key == rec.key, "key at {pos:?}: {:?} != {:?}", c.key, rec.key);
+            ensure!(
+                c.key == rec.key,
+                "key at {pos:?}: {:?} != {:?}",
+                c.key,
+                rec.key
+            );
             ensure!(c.value == rec.value, "value at {pos:?}");
             match rec.timestamp_ms {
-                Some(ts) => ensure!(c.timestamp_ms == ts, "timestamp at {pos:?}: {} != {ts}", c.timestamp_ms),
+                Some(ts) => ensure!(
+                    c.timestamp_ms == ts,
+                    "timestamp at {pos:?}: {} != {ts}",
+                    c.timestamp_ms
+                ),
                 // Stamped by the log: any sane "now" (generous: clocks of shared machines).
                 None => ensure!(
                     c.timestamp_ms >= before - 300_000 && c.timestamp_ms <= after + 300_000,
@@ -146,12 +219,25 @@ mod cases {
     }
 
     /// Keyed records land where Kafka's default partitioner puts them (murmur2).
-    pub(crate) async fn keys_follow_kafka_partitioner(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
+    pub(crate) async fn keys_follow_kafka_partitioner(
+        log: Arc<dyn EventLog>,
+        name: &str,
+    ) -> Result<()> {
         let partitions = 7;
         log.create_topic(name, spec(partitions)).await?;
         let mut keys: Vec<String> = (0..60).map(|i| format!("agent-{i:04}")).collect();
         // librdkafka's partitioner test keys, and Kafka's murmur2 test vectors.
-        keys.extend(["", "23456", "this is another string with more length to it perhaps", "hejsan", "21", "foobar"].map(String::from));
+        keys.extend(
+            [
+                "",
+                "23456",
+                "this is another string with more length to it perhaps",
+                "hejsan",
+                "21",
+                "foobar",
+            ]
+            .map(String::from),
+        );
         let mut records = Vec::new();
         for round in 0..3 {
             for key in &keys {
@@ -183,26 +269,89 @@ mod cases {
         log.create_topic(name, spec(3)).await?;
         let mut all_positions = Vec::new();
         for batch in 0..5 {
-            let records: Vec<ProduceRecord> =
-                (0..40).map(|i| record(&format!("k{}", i % 5), &format!("{}", batch * 40 + i), None)).collect();
+            let records: Vec<ProduceRecord> = (0..40)
+                .map(|i| record(&format!("k{}", i % 5), &format!("{}", batch * 40 + i), None))
+                .collect();
             all_positions.extend(log.produce(name, records).await?);
         }
         for (partition, offsets) in positions_by_partition(&all_positions) {
             let want: Vec<i64> = (0..offsets.len() as i64).collect();
-            ensure!(offsets == want, "partition {partition}: offsets not dense in produce order: {offsets:?}");
+            ensure!(
+                offsets == want,
+                "partition {partition}: offsets not dense in produce order: {offsets:?}"
+            );
         }
-        let mut consumer = log.subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest)).await?;
+        let mut consumer = log
+            .subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest))
+            .await?;
         let got = expect_records(consumer.as_mut(), 200).await?;
         let mut last: HashMap<u32, i64> = HashMap::new();
         let mut last_seq: HashMap<Vec<u8>, i64> = HashMap::new();
         for r in &got {
             let prev = last.insert(r.partition, r.offset).unwrap_or(-1);
-            ensure!(r.offset == prev + 1, "partition {}: offset {} after {prev}", r.partition, r.offset);
+            ensure!(
+                r.offset == prev + 1,
+                "partition {}: offset {} after {prev}",
+                r.partition,
+                r.offset
+            );
             let seq: i64 = String::from_utf8(r.value.clone())?.parse()?;
             let key = r.key.clone().context("keyed")?;
             let prev_seq = last_seq.insert(key, seq).unwrap_or(-1);
-            ensure!(seq > prev_seq, "one key's records out of order: {seq} after {prev_seq}");
+            ensure!(
+                seq > prev_seq,
+                "one key's records out of order: {seq} after {prev_seq}"
+            );
         }
+        Ok(())
+    }
+
+    /// Big produce calls (many records, larger than any internal batch) read back densely,
+    /// also when reading starts in the middle.
+    pub(crate) async fn large_batches(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
+        log.create_topic(name, spec(2)).await?;
+        let key = (0..)
+            .map(|i| format!("key-{i}"))
+            .find(|k| partition_for_key(k.as_bytes(), 2) == 1)
+            .context("a key for partition 1")?;
+        let body = |i: usize| {
+            let mut v = format!("{i:08}").into_bytes();
+            v.resize(1000, b'.');
+            v
+        };
+        let records: Vec<ProduceRecord> = (0..3000)
+            .map(|i| ProduceRecord::keyed(key.clone(), body(i)))
+            .collect();
+        let positions = log.produce(name, records).await?;
+        ensure!(
+            positions.iter().map(|p| p.offset).eq(0..3000)
+                && positions.iter().all(|p| p.partition == 1)
+        );
+        ensure!(log.end_offsets(name).await? == vec![0, 3000]);
+
+        let mut consumer = log
+            .subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest))
+            .await?;
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while got.len() < 3000 && tokio::time::Instant::now() < deadline {
+            got.extend(consumer.poll(700, Duration::from_millis(500)).await?);
+        }
+        ensure!(got.len() == 3000, "read back {} of 3000", got.len());
+        for (i, r) in got.iter().enumerate() {
+            ensure!(
+                r.offset == i as i64 && r.value == body(i),
+                "record {i} is offset {} with another value",
+                r.offset
+            );
+        }
+        consumer.seek(name, 1, 1234).await?;
+        let again = expect_records(consumer.as_mut(), 10).await?;
+        ensure!(
+            again[0].offset == 1234 && again[0].value == body(1234),
+            "after seek to 1234: offset {}",
+            again[0].offset
+        );
         Ok(())
     }
 
@@ -210,10 +359,21 @@ mod cases {
     pub(crate) async fn commit_then_resume(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
         log.create_topic(name, spec(1)).await?;
         let group = format!("{name}-g");
-        log.produce(name, (0..20).map(|i| record("k", &format!("{i}"), None)).collect()).await?;
-        ensure!(log.committed_offsets(&group, name).await? == vec![None], "nothing committed yet");
+        log.produce(
+            name,
+            (0..20)
+                .map(|i| record("k", &format!("{i}"), None))
+                .collect(),
+        )
+        .await?;
+        ensure!(
+            log.committed_offsets(&group, name).await? == vec![None],
+            "nothing committed yet"
+        );
 
-        let mut first = log.subscribe(&group, &[name], options(StartFrom::Earliest)).await?;
+        let mut first = log
+            .subscribe(&group, &[name], options(StartFrom::Earliest))
+            .await?;
         let got = expect_records(first.as_mut(), 20).await?;
         let processed: Vec<ConsumedRecord> = got.into_iter().filter(|r| r.offset < 12).collect();
         ensure!(processed.len() == 12);
@@ -221,12 +381,21 @@ mod cases {
         ensure!(log.committed_offsets(&group, name).await? == vec![Some(12)]);
         drop(first);
 
-        let mut second = log.subscribe(&group, &[name], options(StartFrom::Earliest)).await?;
+        let mut second = log
+            .subscribe(&group, &[name], options(StartFrom::Earliest))
+            .await?;
         let got = expect_records(second.as_mut(), 8).await?;
         let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
-        ensure!(offsets == (12..20).collect::<Vec<_>>(), "resumed at {offsets:?}, want 12..20");
+        ensure!(
+            offsets == (12..20).collect::<Vec<_>>(),
+            "resumed at {offsets:?}, want 12..20"
+        );
         // Another group is independent.
-        ensure!(log.committed_offsets(&format!("{name}-other"), name).await? == vec![None]);
+        ensure!(
+            log.committed_offsets(&format!("{name}-other"), name)
+                .await?
+                == vec![None]
+        );
         Ok(())
     }
 
@@ -234,16 +403,31 @@ mod cases {
     pub(crate) async fn uncommitted_redelivered(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
         log.create_topic(name, spec(2)).await?;
         let group = format!("{name}-g");
-        let positions = log.produce(name, (0..10).map(|i| record(&format!("k{i}"), &format!("{i}"), None)).collect()).await?;
-        let mut first = log.subscribe(&group, &[name], options(StartFrom::Earliest)).await?;
+        let positions = log
+            .produce(
+                name,
+                (0..10)
+                    .map(|i| record(&format!("k{i}"), &format!("{i}"), None))
+                    .collect(),
+            )
+            .await?;
+        let mut first = log
+            .subscribe(&group, &[name], options(StartFrom::Earliest))
+            .await?;
         let got = expect_records(first.as_mut(), 10).await?;
         drop(first);
-        let mut second = log.subscribe(&group, &[name], options(StartFrom::Earliest)).await?;
+        let mut second = log
+            .subscribe(&group, &[name], options(StartFrom::Earliest))
+            .await?;
         let again = expect_records(second.as_mut(), 10).await?;
         let a: BTreeSet<(u32, i64)> = got.iter().map(|r| (r.partition, r.offset)).collect();
         let b: BTreeSet<(u32, i64)> = again.iter().map(|r| (r.partition, r.offset)).collect();
-        let want: BTreeSet<(u32, i64)> = positions.iter().map(|p| (p.partition, p.offset)).collect();
-        ensure!(a == want && b == want, "redelivery differs: first {a:?}, second {b:?}, produced {want:?}");
+        let want: BTreeSet<(u32, i64)> =
+            positions.iter().map(|p| (p.partition, p.offset)).collect();
+        ensure!(
+            a == want && b == want,
+            "redelivery differs: first {a:?}, second {b:?}, produced {want:?}"
+        );
         Ok(())
     }
 
@@ -253,15 +437,30 @@ mod cases {
         let partitions = 4;
         log.create_topic(name, spec(partitions)).await?;
         let group = format!("{name}-g");
-        let mut a = log.subscribe(&group, &[name], options(StartFrom::Earliest)).await?;
-        let mut b = log.subscribe(&group, &[name], options(StartFrom::Earliest)).await?;
+        let mut a = log
+            .subscribe(&group, &[name], options(StartFrom::Earliest))
+            .await?;
+        let mut b = log
+            .subscribe(&group, &[name], options(StartFrom::Earliest))
+            .await?;
         wait_for_split(&mut [&mut a, &mut b], name, partitions).await?;
         let owned_a: BTreeSet<u32> = a.assignment().into_iter().map(|(_, p)| p).collect();
         let owned_b: BTreeSet<u32> = b.assignment().into_iter().map(|(_, p)| p).collect();
 
-        let positions = log.produce(name, (0..100).map(|i| record(&format!("agent-{i}"), &format!("{i}"), None)).collect()).await?;
-        let want: BTreeSet<(u32, i64)> = positions.iter().map(|p| (p.partition, p.offset)).collect();
-        ensure!(positions.iter().any(|p| owned_a.contains(&p.partition)) && positions.iter().any(|p| owned_b.contains(&p.partition)));
+        let positions = log
+            .produce(
+                name,
+                (0..100)
+                    .map(|i| record(&format!("agent-{i}"), &format!("{i}"), None))
+                    .collect(),
+            )
+            .await?;
+        let want: BTreeSet<(u32, i64)> =
+            positions.iter().map(|p| (p.partition, p.offset)).collect();
+        ensure!(
+            positions.iter().any(|p| owned_a.contains(&p.partition))
+                && positions.iter().any(|p| owned_b.contains(&p.partition))
+        );
 
         let mut seen: Vec<(u32, i64)> = Vec::new();
         let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -269,7 +468,11 @@ mod cases {
             for (member, owned) in [(&mut a, &owned_a), (&mut b, &owned_b)] {
                 let got = member.poll(100, Duration::from_millis(300)).await?;
                 for r in &got {
-                    ensure!(owned.contains(&r.partition), "record of partition {} at a member owning {owned:?}", r.partition);
+                    ensure!(
+                        owned.contains(&r.partition),
+                        "record of partition {} at a member owning {owned:?}",
+                        r.partition
+                    );
                     seen.push((r.partition, r.offset));
                 }
                 if !got.is_empty() {
@@ -278,43 +481,89 @@ mod cases {
             }
         }
         let unique: BTreeSet<(u32, i64)> = seen.iter().copied().collect();
-        ensure!(unique.len() == seen.len(), "a record was delivered twice: {seen:?}");
-        ensure!(unique == want, "members saw {} of {} records", unique.len(), want.len());
+        ensure!(
+            unique.len() == seen.len(),
+            "a record was delivered twice: {seen:?}"
+        );
+        ensure!(
+            unique == want,
+            "members saw {} of {} records",
+            unique.len(),
+            want.len()
+        );
 
         // B leaves: A takes over every partition, starting at B's committed offsets.
         drop(b);
-        let more = log.produce(name, (0..20).map(|i| record(&format!("agent-{i}"), &format!("late-{i}"), None)).collect()).await?;
+        let more = log
+            .produce(
+                name,
+                (0..20)
+                    .map(|i| record(&format!("agent-{i}"), &format!("late-{i}"), None))
+                    .collect(),
+            )
+            .await?;
         let got = expect_records(a.as_mut(), 20).await?;
         let got_set: BTreeSet<(u32, i64)> = got.iter().map(|r| (r.partition, r.offset)).collect();
         let more_set: BTreeSet<(u32, i64)> = more.iter().map(|p| (p.partition, p.offset)).collect();
-        ensure!(got_set == more_set, "after the other member left: got {got_set:?}, want {more_set:?}");
+        ensure!(
+            got_set == more_set,
+            "after the other member left: got {got_set:?}, want {more_set:?}"
+        );
         Ok(())
     }
 
     /// Seek moves the position: back on an assigned partition, and right after subscribe.
     pub(crate) async fn seek_redelivers(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
         log.create_topic(name, spec(1)).await?;
-        log.produce(name, (0..10).map(|i| record("k", &format!("{i}"), None)).collect()).await?;
-        let mut consumer = log.subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest)).await?;
+        log.produce(
+            name,
+            (0..10)
+                .map(|i| record("k", &format!("{i}"), None))
+                .collect(),
+        )
+        .await?;
+        let mut consumer = log
+            .subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest))
+            .await?;
         expect_records(consumer.as_mut(), 10).await?;
         consumer.seek(name, 0, 4).await?;
         let got = expect_records(consumer.as_mut(), 6).await?;
         let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
-        ensure!(offsets == (4..10).collect::<Vec<_>>(), "after seek to 4: {offsets:?}");
-        let values: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect();
+        ensure!(
+            offsets == (4..10).collect::<Vec<_>>(),
+            "after seek to 4: {offsets:?}"
+        );
+        let values: Vec<String> = got
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+            .collect();
         ensure!(values[0] == "4", "record at offset 4 is {:?}", values[0]);
 
         // A seek before the first poll (Kafka: before the group assigned anything).
-        let mut fresh = log.subscribe(&format!("{name}-g2"), &[name], options(StartFrom::Earliest)).await?;
+        let mut fresh = log
+            .subscribe(&format!("{name}-g2"), &[name], options(StartFrom::Earliest))
+            .await?;
         fresh.seek(name, 0, 7).await?;
         let got = expect_records(fresh.as_mut(), 3).await?;
         let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
-        ensure!(offsets == vec![7, 8, 9], "seek before the first poll: {offsets:?}");
+        ensure!(
+            offsets == vec![7, 8, 9],
+            "seek before the first poll: {offsets:?}"
+        );
 
         // Out of range partitions are refused.
         match fresh.seek(name, 5, 0).await {
-            Err(LogError::UnknownPartition { partition: 5, partitions: 1, .. }) => {}
+            Err(LogError::UnknownPartition {
+                partition: 5,
+                partitions: 1,
+                ..
+            }) => {}
             other => bail!("seek to partition 5 of 1: {other:?}"),
+        }
+        // ... and so are topics this member did not subscribe to.
+        match fresh.seek(&format!("{name}-other"), 0, 0).await {
+            Err(LogError::Config(_)) => {}
+            other => bail!("seek on a topic not subscribed: {other:?}"),
         }
         Ok(())
     }
@@ -323,10 +572,16 @@ mod cases {
     pub(crate) async fn offsets_for_time(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
         log.create_topic(name, spec(2)).await?;
         // Every record on partition 0 (partition 1 stays empty).
-        let key = (0..).map(|i| format!("key-{i}")).find(|k| partition_for_key(k.as_bytes(), 2) == 0).context("a key for partition 0")?;
+        let key = (0..)
+            .map(|i| format!("key-{i}"))
+            .find(|k| partition_for_key(k.as_bytes(), 2) == 0)
+            .context("a key for partition 0")?;
         let base = now_ms() - 86_400_000;
         let stamps = [1_000, 3_000, 2_000, 5_000, 4_000, 6_000];
-        let records = stamps.iter().map(|s| record(&key, &format!("{s}"), Some(base + s))).collect();
+        let records = stamps
+            .iter()
+            .map(|s| record(&key, &format!("{s}"), Some(base + s)))
+            .collect();
         let positions = log.produce(name, records).await?;
         ensure!(positions.iter().all(|p| p.partition == 0));
         let cases = [
@@ -344,7 +599,10 @@ mod cases {
         ];
         for (t, want) in cases {
             let got = log.offsets_for_time(name, base + t).await?;
-            ensure!(got == vec![want, 0], "offsets_for_time(base + {t}) = {got:?}, want [{want}, 0]");
+            ensure!(
+                got == vec![want, 0],
+                "offsets_for_time(base + {t}) = {got:?}, want [{want}, 0]"
+            );
         }
         ensure!(log.offsets_for_time(name, i64::MAX / 2).await? == vec![6, 0]);
         Ok(())
@@ -356,13 +614,23 @@ mod cases {
         ensure!(log.end_offsets(name).await? == vec![0, 0, 0]);
         let mut counts = [0i64; 3];
         for round in 0..3 {
-            let positions = log.produce(name, (0..25).map(|i| record(&format!("a{i}"), &format!("{round}"), None)).collect()).await?;
+            let positions = log
+                .produce(
+                    name,
+                    (0..25)
+                        .map(|i| record(&format!("a{i}"), &format!("{round}"), None))
+                        .collect(),
+                )
+                .await?;
             for p in positions {
                 counts[p.partition as usize] += 1;
             }
         }
         let ends = log.end_offsets(name).await?;
-        ensure!(ends == counts.to_vec(), "end offsets {ends:?}, produced per partition {counts:?}");
+        ensure!(
+            ends == counts.to_vec(),
+            "end offsets {ends:?}, produced per partition {counts:?}"
+        );
         Ok(())
     }
 
@@ -373,51 +641,108 @@ mod cases {
         log.create_topic(name, spec(5)).await?;
         ensure!(log.partition_count(name).await? == 3);
         let compacted = format!("{name}-compacted");
-        log.create_topic(&compacted, TopicSpec { partitions: 2, compacted: true }).await?;
-        log.create_topic(&compacted, TopicSpec { partitions: 2, compacted: true }).await?;
+        log.create_topic(
+            &compacted,
+            TopicSpec {
+                partitions: 2,
+                compacted: true,
+            },
+        )
+        .await?;
+        log.create_topic(
+            &compacted,
+            TopicSpec {
+                partitions: 2,
+                compacted: true,
+            },
+        )
+        .await?;
         ensure!(log.partition_count(&compacted).await? == 2);
-        let pos = log.produce(&compacted, vec![record("rule-1", "v1", None)]).await?;
+        let pos = log
+            .produce(&compacted, vec![record("rule-1", "v1", None)])
+            .await?;
         ensure!(pos.len() == 1);
         Ok(())
     }
 
     /// Every call on a missing topic says so.
     pub(crate) async fn unknown_topic(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
-        fn unknown<T: std::fmt::Debug>(what: &str, r: Result<T, LogError>, name: &str) -> Result<()> {
+        fn unknown<T: std::fmt::Debug>(
+            what: &str,
+            r: Result<T, LogError>,
+            name: &str,
+        ) -> Result<()> {
             match r {
                 Err(LogError::UnknownTopic(t)) if t == name => Ok(()),
                 other => bail!("{what} on a missing topic: {other:?}"),
             }
         }
         unknown("partition_count", log.partition_count(name).await, name)?;
-        unknown("produce", log.produce(name, vec![record("k", "v", None)]).await, name)?;
+        unknown(
+            "produce",
+            log.produce(name, vec![record("k", "v", None)]).await,
+            name,
+        )?;
         unknown("end_offsets", log.end_offsets(name).await, name)?;
-        unknown("offsets_for_time", log.offsets_for_time(name, 0).await, name)?;
-        unknown("committed_offsets", log.committed_offsets("g", name).await, name)?;
-        unknown("subscribe", log.subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest)).await, name)?;
+        unknown(
+            "offsets_for_time",
+            log.offsets_for_time(name, 0).await,
+            name,
+        )?;
+        unknown(
+            "committed_offsets",
+            log.committed_offsets("g", name).await,
+            name,
+        )?;
+        unknown(
+            "subscribe",
+            log.subscribe(&format!("{name}-g"), &[name], options(StartFrom::Earliest))
+                .await,
+            name,
+        )?;
         Ok(())
     }
 
     /// A consumer starting at Latest never sees what was there before it joined.
     pub(crate) async fn latest_skips_old(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
         log.create_topic(name, spec(2)).await?;
-        log.produce(name, (0..10).map(|i| record(&format!("k{i}"), &format!("old-{i}"), None)).collect()).await?;
-        let mut consumer = log.subscribe(&format!("{name}-g"), &[name], options(StartFrom::Latest)).await?;
+        log.produce(
+            name,
+            (0..10)
+                .map(|i| record(&format!("k{i}"), &format!("old-{i}"), None))
+                .collect(),
+        )
+        .await?;
+        let mut consumer = log
+            .subscribe(&format!("{name}-g"), &[name], options(StartFrom::Latest))
+            .await?;
         // Kafka resolves "latest" only once the group assigned the partitions: keep adding
         // new records until they flow, and check that no old one ever shows up.
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let mut round = 0;
         while got.is_empty() && tokio::time::Instant::now() < deadline {
-            log.produce(name, (0..4).map(|i| record(&format!("k{i}"), &format!("new-{round}-{i}"), None)).collect()).await?;
+            log.produce(
+                name,
+                (0..4)
+                    .map(|i| record(&format!("k{i}"), &format!("new-{round}-{i}"), None))
+                    .collect(),
+            )
+            .await?;
             round += 1;
             got.extend(consumer.poll(100, Duration::from_secs(1)).await?);
         }
         got.extend(consumer.poll(100, Duration::from_millis(500)).await?);
-        ensure!(!got.is_empty(), "no new record arrived at a Latest consumer");
+        ensure!(
+            !got.is_empty(),
+            "no new record arrived at a Latest consumer"
+        );
         for r in &got {
             let v = String::from_utf8_lossy(&r.value);
-            ensure!(v.starts_with("new-"), "a Latest consumer got {v:?}, written before it joined");
+            ensure!(
+                v.starts_with("new-"),
+                "a Latest consumer got {v:?}, written before it joined"
+            );
         }
         Ok(())
     }
@@ -432,7 +757,13 @@ mod cases {
             tasks.push(tokio::spawn(async move {
                 let mut positions = Vec::new();
                 for i in 0..10 {
-                    positions.extend(log.produce(&name, vec![record(&format!("agent-{t}"), &format!("{t}-{i}"), None)]).await?);
+                    positions.extend(
+                        log.produce(
+                            &name,
+                            vec![record(&format!("agent-{t}"), &format!("{t}-{i}"), None)],
+                        )
+                        .await?,
+                    );
                 }
                 anyhow::Ok(positions)
             }));
@@ -441,13 +772,18 @@ mod cases {
         for task in tasks {
             let positions = task.await??;
             // One producer's records keep their order on their partition.
-            ensure!(positions.windows(2).all(|w| w[0].partition == w[1].partition && w[0].offset < w[1].offset));
+            ensure!(positions
+                .windows(2)
+                .all(|w| w[0].partition == w[1].partition && w[0].offset < w[1].offset));
             all.extend(positions);
         }
         for (partition, mut offsets) in positions_by_partition(&all) {
             offsets.sort_unstable();
             let want: Vec<i64> = (0..offsets.len() as i64).collect();
-            ensure!(offsets == want, "partition {partition}: offsets not distinct and dense: {offsets:?}");
+            ensure!(
+                offsets == want,
+                "partition {partition}: offsets not distinct and dense: {offsets:?}"
+            );
         }
         ensure!(all.len() == 320);
         Ok(())
@@ -483,6 +819,7 @@ macro_rules! conformance {
 
 conformance!(
     produce_consume_roundtrip,
+    large_batches,
     keys_follow_kafka_partitioner,
     per_partition_order,
     commit_then_resume,
@@ -504,14 +841,17 @@ async fn embedded_log(dir: &std::path::Path) -> Result<Arc<dyn EventLog>> {
 
 #[cfg(feature = "kafka")]
 async fn kafka_log() -> Result<Arc<dyn EventLog>> {
-    let brokers = std::env::var("FLEET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+    let brokers =
+        std::env::var("FLEET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
     let log = fleet_event_log::kafka::KafkaLog::connect(&brokers, &Default::default())?;
-    log.check_connection(Duration::from_secs(10)).await.with_context(|| {
-        format!(
-            "no Kafka broker answers at {brokers} (FLEET_KAFKA_BROKERS): start one with \
+    log.check_connection(Duration::from_secs(10))
+        .await
+        .with_context(|| {
+            format!(
+                "no Kafka broker answers at {brokers} (FLEET_KAFKA_BROKERS): start one with \
              `scripts/services.sh up`"
-        )
-    })?;
+            )
+        })?;
     Ok(Arc::new(log))
 }
 
@@ -529,9 +869,13 @@ mod embedded_only {
         let (positions, ends, commits) = {
             let log = embedded_log(dir.path()).await?;
             log.create_topic(&name, spec(3)).await?;
-            let records = (0..50).map(|i| record(&format!("agent-{}", i % 9), &format!("{i}"), Some(base + i))).collect();
+            let records = (0..50)
+                .map(|i| record(&format!("agent-{}", i % 9), &format!("{i}"), Some(base + i)))
+                .collect();
             let positions = log.produce(&name, records).await?;
-            let mut consumer = log.subscribe(&group, &[&name], options(StartFrom::Earliest)).await?;
+            let mut consumer = log
+                .subscribe(&group, &[&name], options(StartFrom::Earliest))
+                .await?;
             let got = expect_records(consumer.as_mut(), 50).await?;
             let processed: Vec<ConsumedRecord> = got.into_iter().filter(|r| r.offset < 5).collect();
             let commits = commit_all(&name, &processed);
@@ -542,36 +886,76 @@ mod embedded_only {
 
         let log = embedded_log(dir.path()).await?;
         ensure!(log.partition_count(&name).await? == 3);
-        ensure!(log.end_offsets(&name).await? == ends, "end offsets changed across reopen");
+        ensure!(
+            log.end_offsets(&name).await? == ends,
+            "end offsets changed across reopen"
+        );
         let mut want_committed = vec![None; 3];
         for c in &commits {
             want_committed[c.partition as usize] = Some(c.next_offset);
         }
         let committed = log.committed_offsets(&group, &name).await?;
-        ensure!(committed == want_committed, "committed {committed:?}, want {want_committed:?}");
-        let remaining: i64 = ends.iter().zip(&committed).map(|(e, c)| e - c.unwrap_or(0)).sum();
+        ensure!(
+            committed == want_committed,
+            "committed {committed:?}, want {want_committed:?}"
+        );
+        let remaining: i64 = ends
+            .iter()
+            .zip(&committed)
+            .map(|(e, c)| e - c.unwrap_or(0))
+            .sum();
 
         // Every record is still there, with its data.
-        let mut fresh = log.subscribe(&format!("{name}-fresh"), &[&name], options(StartFrom::Earliest)).await?;
+        let mut fresh = log
+            .subscribe(
+                &format!("{name}-fresh"),
+                &[&name],
+                options(StartFrom::Earliest),
+            )
+            .await?;
         let got = expect_records(fresh.as_mut(), 50).await?;
-        let got_set: BTreeSet<(u32, i64, i64)> = got.iter().map(|r| (r.partition, r.offset, r.timestamp_ms)).collect();
-        let want: BTreeSet<(u32, i64, i64)> =
-            positions.iter().enumerate().map(|(i, p)| (p.partition, p.offset, base + i as i64)).collect();
+        let got_set: BTreeSet<(u32, i64, i64)> = got
+            .iter()
+            .map(|r| (r.partition, r.offset, r.timestamp_ms))
+            .collect();
+        let want: BTreeSet<(u32, i64, i64)> = positions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.partition, p.offset, base + i as i64))
+            .collect();
         ensure!(got_set == want);
 
         // The group resumes at its committed offsets.
-        let mut resumed = log.subscribe(&group, &[&name], options(StartFrom::Earliest)).await?;
+        let mut resumed = log
+            .subscribe(&group, &[&name], options(StartFrom::Earliest))
+            .await?;
         let rest = expect_records(resumed.as_mut(), usize::try_from(remaining)?).await?;
-        ensure!(rest.iter().all(|r| r.offset >= 5), "resumed below the committed offset");
+        ensure!(
+            rest.iter().all(|r| r.offset >= 5),
+            "resumed below the committed offset"
+        );
 
         // Offsets continue densely and the time index still answers.
-        let more = log.produce(&name, (0..9).map(|i| record(&format!("agent-{i}"), "after", Some(base + 1_000))).collect()).await?;
+        let more = log
+            .produce(
+                &name,
+                (0..9)
+                    .map(|i| record(&format!("agent-{i}"), "after", Some(base + 1_000)))
+                    .collect(),
+            )
+            .await?;
         for p in &more {
-            ensure!(p.offset >= ends[p.partition as usize], "offset {p:?} reused after reopen");
+            ensure!(
+                p.offset >= ends[p.partition as usize],
+                "offset {p:?} reused after reopen"
+            );
         }
         let at = log.offsets_for_time(&name, base + 1_000).await?;
         for (partition, offset) in at.iter().enumerate() {
-            ensure!(*offset == ends[partition], "offsets_for_time after reopen: {at:?}, ends were {ends:?}");
+            ensure!(
+                *offset == ends[partition],
+                "offsets_for_time after reopen: {at:?}, ends were {ends:?}"
+            );
         }
         Ok(())
     }
@@ -583,9 +967,17 @@ mod embedded_only {
         match embedded_log(dir.path()).await {
             Err(e) => {
                 let e = e.downcast::<LogError>()?;
-                let LogError::Config(message) = &e else { bail!("wrong error kind: {e:?}") };
-                ensure!(message.contains("in use by another process"), "unclear message: {message}");
-                ensure!(message.contains(&dir.path().display().to_string()), "message names no directory: {message}");
+                let LogError::Config(message) = &e else {
+                    bail!("wrong error kind: {e:?}")
+                };
+                ensure!(
+                    message.contains("in use by another process"),
+                    "unclear message: {message}"
+                );
+                ensure!(
+                    message.contains(&dir.path().display().to_string()),
+                    "message names no directory: {message}"
+                );
             }
             Ok(_) => bail!("a second open of one data directory succeeded"),
         }
