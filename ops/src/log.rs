@@ -161,3 +161,61 @@ mod tests {
         );
     }
 }
+
+/// Name of the consumer-lag gauge every consumer loop reports (labels `group`, `topic`).
+pub const CONSUMER_LAG: &str = "fleet_consumer_lag";
+
+/// Tracks a consumer's positions and, at most every `every`, sets the
+/// `fleet_consumer_lag{group, topic}` gauge to the records between its positions and the
+/// end of the partitions it has read from.
+#[derive(Debug)]
+pub struct LagGauge {
+    group: String,
+    every: Duration,
+    last: Option<std::time::Instant>,
+    positions: BTreeMap<(String, u32), i64>,
+}
+
+impl LagGauge {
+    /// A gauge for consumer group `group`, refreshed at most every `every`.
+    pub fn new(group: &str, every: Duration) -> LagGauge {
+        LagGauge {
+            group: group.to_owned(),
+            every,
+            last: None,
+            positions: BTreeMap::new(),
+        }
+    }
+
+    /// Records the positions after a processed batch.
+    pub fn observe(&mut self, batch: &[ConsumedRecord]) {
+        for c in next_offsets(batch) {
+            self.positions.insert((c.topic, c.partition), c.next_offset);
+        }
+    }
+
+    /// Refreshes the gauge when it is due; errors only skip this refresh.
+    pub async fn refresh(&mut self, log: &dyn EventLog) {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let topics: std::collections::BTreeSet<String> =
+            self.positions.keys().map(|(t, _)| t.clone()).collect();
+        for topic in topics {
+            let Ok(ends) = log.end_offsets(&topic).await else {
+                continue;
+            };
+            let lag: i64 = ends
+                .iter()
+                .enumerate()
+                .map(|(p, end)| {
+                    let pos = self.positions.get(&(topic.clone(), p as u32)).copied();
+                    pos.map_or(0, |pos| (end - pos).max(0))
+                })
+                .sum();
+            metrics::gauge!(CONSUMER_LAG, "group" => self.group.clone(), "topic" => topic)
+                .set(lag as f64);
+        }
+    }
+}

@@ -18,6 +18,9 @@ pub const API_REQUESTS: &str = "fleet_api_requests_total";
 /// Query API latency by route.
 pub const API_SECONDS: &str = "fleet_api_request_seconds";
 
+/// Consumer lag by group and topic.
+pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     RECORDS,
@@ -28,4 +31,5 @@ pub const ALL: &[&str] = &[
     BATCH_SECONDS,
     API_REQUESTS,
     API_SECONDS,
+    CONSUMER_LAG,
 ];

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
-use fleet_ops::log::{ensure_topics, next_offsets};
+use fleet_ops::log::{ensure_topics, next_offsets, LagGauge};
 use fleet_schemas::samples::samples;
 use fleet_schemas::{codec, topics, AlertEvent, Heartbeat, MetricReport};
 use fleet_stores::{Change, Point, ReadModel, StoreError, StoredOffset, TimeSeriesStore};
@@ -69,6 +69,7 @@ pub async fn run_read_model(
         &config,
     )
     .await?;
+    let mut lag = LagGauge::new(&config.read_model_group, Duration::from_secs(5));
     ready.read_model.store(true, Ordering::Relaxed);
     tracing::info!(group = %config.read_model_group, store = store.engine(), "Read-model projection running.");
     tokio::pin!(shutdown);
@@ -78,9 +79,12 @@ pub async fn run_read_model(
             b = poll(consumer.as_mut(), config.batch_size) => b,
         };
         if batch.is_empty() {
+            lag.refresh(log.as_ref()).await;
             continue;
         }
         apply_read_model_batch(store.as_ref(), consumer.as_mut(), &mut applied, &batch).await;
+        lag.observe(&batch);
+        lag.refresh(log.as_ref()).await;
     }
     ready.read_model.store(false, Ordering::Relaxed);
     Ok(())
@@ -259,6 +263,7 @@ pub async fn run_timeseries(
         &config,
     )
     .await?;
+    let mut lag = LagGauge::new(&config.timeseries_group, Duration::from_secs(5));
     ready.timeseries.store(true, Ordering::Relaxed);
     tracing::info!(group = %config.timeseries_group, store = store.engine(), "Time-series projection running.");
     tokio::pin!(shutdown);
@@ -268,9 +273,12 @@ pub async fn run_timeseries(
             b = poll(consumer.as_mut(), config.batch_size) => b,
         };
         if batch.is_empty() {
+            lag.refresh(log.as_ref()).await;
             continue;
         }
         write_timeseries_batch(store.as_ref(), consumer.as_mut(), &batch).await;
+        lag.observe(&batch);
+        lag.refresh(log.as_ref()).await;
     }
     ready.timeseries.store(false, Ordering::Relaxed);
     Ok(())

@@ -118,6 +118,7 @@ fn history_uri(start_s: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projects_topics_into_stores_and_survives_a_restart() {
+    let prometheus = fleet_ops::endpoints::metrics_handle();
     let e = env().await;
     for (i, cpu) in [10.0, 50.0, 30.0].into_iter().enumerate() {
         let mut r = fixtures::metric_report("t1", "a1", T0 + i as i64 * 10_000_000);
@@ -213,6 +214,20 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     assert_eq!(alerts["alerts"].as_array().map(Vec::len), Some(1));
     let _ = stop.send(true);
     handle.await.expect("stopped");
+
+    // The projections emit the metrics they promise.
+    use fleet_projections::metrics as m;
+    let rendered = prometheus.render();
+    for name in [
+        m::RECORDS,
+        m::DECODE_ERRORS,
+        m::BATCH_SECONDS,
+        m::API_REQUESTS,
+        m::API_SECONDS,
+        m::CONSUMER_LAG,
+    ] {
+        assert!(rendered.contains(name), "/metrics lacks {name}");
+    }
 }
 
 #[tokio::test]

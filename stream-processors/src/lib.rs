@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_event_log::{ConsumedRecord, ConsumerOptions, EventLog, ProduceRecord, StartFrom};
-use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, read_to_end};
+use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, read_to_end, LagGauge};
 use fleet_schemas::{codec, topics, AlertEvent, MetricReport, Record};
 
 pub use config::ProcessorsConfig;
@@ -63,6 +63,7 @@ pub async fn run_alert_evaluator(
     let mut consumer = log
         .subscribe(&config.group, &[topics::METRICS], options)
         .await?;
+    let mut lag = LagGauge::new(&config.group, Duration::from_secs(5));
     ready.set(true);
     tracing::info!(group = %config.group, rules = config.rules.len(), "Alert evaluator running.");
     tokio::pin!(shutdown);
@@ -80,6 +81,7 @@ pub async fn run_alert_evaluator(
             }
         };
         if batch.is_empty() {
+            lag.refresh(log.as_ref()).await;
             continue;
         }
         let started = Instant::now();
@@ -115,6 +117,8 @@ pub async fn run_alert_evaluator(
             tracing::warn!(error = %e, "Commit failed; records will be evaluated again (no duplicate alerts).");
         }
         ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
+        lag.observe(&batch);
+        lag.refresh(log.as_ref()).await;
         ::metrics::histogram!(metrics::BATCH_SECONDS, "processor" => "alerts")
             .record(started.elapsed().as_secs_f64());
     }

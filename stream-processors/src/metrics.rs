@@ -8,8 +8,8 @@ pub const DECODE_ERRORS: &str = "fleet_processor_decode_errors_total";
 pub const ALERTS_EMITTED: &str = "fleet_processor_alerts_emitted_total";
 /// Open alerts held by the evaluator.
 pub const OPEN_ALERTS: &str = "fleet_processor_open_alerts";
-/// Consumer lag (end offset minus position), by processor.
-pub const CONSUMER_LAG: &str = "fleet_consumer_lag";
+/// Consumer lag (end offset minus position), by group and topic.
+pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
 /// Time to handle one batch.
 pub const BATCH_SECONDS: &str = "fleet_processor_batch_seconds";
 

@@ -83,6 +83,7 @@ async fn wait_for_alerts(log: &dyn EventLog, n: usize) -> Vec<AlertEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raises_once_across_restart_and_replay_then_resolves() {
+    let prometheus = fleet_ops::endpoints::metrics_handle();
     let dir = tempfile::tempdir().expect("tempdir");
     let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
         .await
@@ -133,4 +134,13 @@ async fn raises_once_across_restart_and_replay_then_resolves() {
         "g1 committed every report it evaluated"
     );
     let _ = ConsumerOptions::default();
+
+    // The evaluator emits the metrics it promises.
+    let rendered = prometheus.render();
+    for name in fleet_stream_processors::metrics::ALL {
+        if name.contains("decode_errors") {
+            continue; // only once a record fails to decode
+        }
+        assert!(rendered.contains(name), "/metrics lacks {name}");
+    }
 }
