@@ -173,3 +173,119 @@ pub struct ErrorDetail {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<ItemError>,
 }
+
+/// Facts about the machine an agent runs on, sent when it enrolls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineFacts {
+    /// Host name.
+    pub hostname: String,
+    /// OS family (`linux`, `windows`, `macos`).
+    pub os_type: String,
+    /// OS name and version (`Debian GNU/Linux 12`).
+    #[serde(default)]
+    pub os_version: String,
+    /// Kernel version.
+    #[serde(default)]
+    pub kernel_version: String,
+    /// CPU architecture (`x86_64`, `aarch64`).
+    #[serde(default)]
+    pub architecture: String,
+    /// IP addresses.
+    #[serde(default)]
+    pub ip_addresses: Vec<String>,
+    /// MAC addresses.
+    #[serde(default)]
+    pub mac_addresses: Vec<String>,
+    /// CPU model.
+    #[serde(default)]
+    pub cpu_model: String,
+    /// Logical cores.
+    #[serde(default)]
+    pub cpu_cores: u32,
+    /// Physical memory, bytes.
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    /// Sum of the mounted disks' sizes, bytes.
+    #[serde(default)]
+    pub disk_total_bytes: u64,
+    /// Agent software version.
+    pub agent_version: String,
+}
+
+/// Body of `POST /api/v1/agents/register`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The one-time registration token.
+    pub token: String,
+    /// The machine's facts.
+    pub facts: MachineFacts,
+}
+
+/// Settings the server hands an agent at enrollment (and may push later).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteConfig {
+    /// Seconds between heartbeats.
+    pub heartbeat_interval_secs: f64,
+    /// Seconds between metric collections.
+    pub metrics_interval_secs: f64,
+    /// WebSocket URL of the agent channel.
+    pub websocket_url: String,
+}
+
+/// Answer of a successful registration (201).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The new agent's id.
+    pub agent_id: String,
+    /// The agent's permanent credential; shown once, send it as `Authorization: Bearer`.
+    pub credential: String,
+    /// Tenant the agent belongs to.
+    pub tenant_id: String,
+    /// Location, if the token named one.
+    pub location_id: Option<String>,
+    /// Device name, if the token named one.
+    pub device_name: Option<String>,
+    /// Settings for the agent.
+    pub config: RemoteConfig,
+}
+
+/// Body of `POST /api/v1/agents/{agent_id}/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatIn {
+    /// Time on the agent.
+    pub sent_at: DateTime<Utc>,
+    /// Increases by one per heartbeat since the agent started.
+    pub sequence: u64,
+    /// Seconds since boot.
+    pub uptime_seconds: u64,
+    /// Agent software version.
+    pub agent_version: String,
+}
+
+/// Body of `POST /api/v1/agents/{agent_id}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    /// Events, oldest first.
+    pub events: Vec<EventIn>,
+}
+
+/// One agent event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// When it happened on the agent.
+    pub occurred_at: DateTime<Utc>,
+    /// Kind (`service_crashed`, `login_failed`, ...): 1 to 64 of `a-z 0-9 _ .`.
+    pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// Human-readable message (at most 4096 bytes).
+    pub message: String,
+    /// Free-form attributes (at most 64).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}

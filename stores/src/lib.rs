@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use fleet_schemas::{AlertEvent, Heartbeat, MetricReport};
 
 pub mod read_model;
+pub mod registry;
 pub mod timeseries;
 
 /// Errors of the stores.
@@ -31,6 +32,12 @@ pub enum StoreError {
     /// A query argument is out of range.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// The thing named does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The thing conflicts with an existing one (a duplicate name).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Any other failure.
     #[error("store: {0}")]
     Internal(String),

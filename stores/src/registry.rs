@@ -1,0 +1,184 @@
+//! The registry seam: tenants, locations, registration tokens and agent credentials.
+//!
+//! Redeeming a registration token is the one synchronous transactional step of the
+//! system: of two concurrent redemptions of one token exactly one succeeds. Secrets
+//! (token secrets, agent credentials) are never stored: only their SHA-256, and checks
+//! compare hashes in constant time ([`verify_secret`]).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// A tenant (an MSP's client business).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Id (UUID string).
+    pub tenant_id: String,
+    /// Display name (unique).
+    pub name: String,
+    /// Creation time, µs.
+    pub created_at: i64,
+}
+
+/// A location of a tenant (a site, an office).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Id (UUID string).
+    pub location_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Display name (unique within the tenant).
+    pub name: String,
+    /// Creation time, µs.
+    pub created_at: i64,
+}
+
+/// What to create a registration token with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// Tenant the enrolled agent will belong to.
+    pub tenant_id: String,
+    /// Location the agent will be placed in, if any (must belong to the tenant).
+    pub location_id: Option<String>,
+    /// Device name the agent will get, if any.
+    pub device_name: Option<String>,
+    /// Expiry, µs.
+    pub expires_at: i64,
+    /// Who created it (user or key id), for the audit trail.
+    pub created_by: String,
+    /// Creation time, µs.
+    pub created_at: i64,
+}
+
+/// A registration token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Id (UUID string), not secret.
+    pub token_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Location.
+    pub location_id: Option<String>,
+    /// Device name.
+    pub device_name: Option<String>,
+    /// Expiry, µs.
+    pub expires_at: i64,
+    /// Creator.
+    pub created_by: String,
+    /// Creation time, µs.
+    pub created_at: i64,
+    /// When it was redeemed, µs.
+    pub used_at: Option<i64>,
+    /// Agent that redeemed it.
+    pub used_by_agent: Option<String>,
+}
+
+/// The agent being enrolled by a redemption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAgent {
+    /// New agent id (UUID string).
+    pub agent_id: String,
+    /// SHA-256 of the agent credential (see [`hash_secret`]).
+    pub credential_hash: [u8; 32],
+    /// Machine facts as JSON text.
+    pub facts_json: String,
+    /// Redemption time, µs.
+    pub now: i64,
+}
+
+/// A successful redemption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redeemed {
+    /// Token id.
+    pub token_id: String,
+    /// Tenant of the new agent.
+    pub tenant_id: String,
+    /// Location of the new agent.
+    pub location_id: Option<String>,
+    /// Device name from the token.
+    pub device_name: Option<String>,
+}
+
+/// Why a redemption failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RedeemRefusal {
+    /// No token has this secret.
+    Unknown,
+    /// The token expired.
+    Expired,
+    /// The token was already used.
+    Used,
+}
+
+/// What the gateway needs to authenticate an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCredential {
+    /// Agent.
+    pub agent_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Location.
+    pub location_id: Option<String>,
+    /// SHA-256 of the credential.
+    pub credential_hash: [u8; 32],
+    /// False once deactivated.
+    pub active: bool,
+}
+
+/// The registry.
+#[async_trait]
+pub trait Registry: Send + Sync + std::fmt::Debug {
+    /// Creates a tenant; a duplicate name is `StoreError::Conflict`.
+    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant>;
+    /// All tenants, by name.
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    /// One tenant.
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<Tenant>>;
+    /// Creates a location; unknown tenant is `StoreError::NotFound`, duplicate name
+    /// within the tenant `StoreError::Conflict`.
+    async fn create_location(&self, tenant_id: &str, name: &str, now: i64) -> Result<Location>;
+    /// Locations of a tenant, by name.
+    async fn list_locations(&self, tenant_id: &str) -> Result<Vec<Location>>;
+    /// Stores a token under the SHA-256 of its secret (the caller generated the secret
+    /// and shows it once). Unknown tenant or a location of another tenant is
+    /// `StoreError::NotFound`.
+    async fn create_token(&self, token: &NewToken, secret_hash: [u8; 32]) -> Result<TokenInfo>;
+    /// Tokens of a tenant, newest first.
+    async fn list_tokens(&self, tenant_id: &str) -> Result<Vec<TokenInfo>>;
+    /// Redeems the token whose secret hashes to `secret_hash` and records the new agent's
+    /// credential, atomically: of concurrent redemptions of one token exactly one gets
+    /// `Ok(Ok(..))`.
+    async fn redeem_token(
+        &self,
+        secret_hash: [u8; 32],
+        agent: &NewAgent,
+    ) -> Result<std::result::Result<Redeemed, RedeemRefusal>>;
+    /// The credential record of an agent.
+    async fn agent_credential(&self, agent_id: &str) -> Result<Option<AgentCredential>>;
+    /// Deactivates an agent (its credential stops working); false if unknown or already
+    /// inactive. `tenant_id` restricts to a tenant.
+    async fn deactivate_agent(&self, tenant_id: Option<&str>, agent_id: &str, now: i64) -> Result<bool>;
+}
+
+/// SHA-256 of a high-entropy secret (tokens and credentials are 256-bit random values,
+/// so a fast hash is the right tool; no password stretching needed).
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Whether `secret` hashes to `expected`, compared in constant time.
+pub fn verify_secret(secret: &str, expected: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    hash_secret(secret).ct_eq(expected).into()
+}
+
+/// A new random secret: 32 bytes from the OS, URL-safe base64 without padding, with a
+/// readable prefix (`fst_` tokens, `fsa_` agent credentials).
+pub fn new_secret(prefix: &str) -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
