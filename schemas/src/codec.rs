@@ -14,7 +14,7 @@ use apache_avro::{AvroSchema, Schema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::records::{AgentEvent, AlertEvent, Heartbeat, MetricReport};
+use crate::records::{AgentEvent, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
 use crate::topics;
 
 /// The two marker bytes that open every single-object-encoded record.
@@ -77,6 +77,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
     ("heartbeat.avsc", include_str!("../avro/heartbeat.avsc")),
     ("agent_event.avsc", include_str!("../avro/agent_event.avsc")),
     ("alert_event.avsc", include_str!("../avro/alert_event.avsc")),
+    (
+        "agent_lifecycle.avsc",
+        include_str!("../avro/agent_lifecycle.avsc"),
+    ),
 ];
 
 /// All schemas this build knows, parsed once.
@@ -351,5 +355,11 @@ record!(
     AlertEvent,
     "io.fleetstream.AlertEvent",
     topics::ALERTS,
+    |r| &r.agent_id
+);
+record!(
+    AgentLifecycle,
+    "io.fleetstream.AgentLifecycle",
+    topics::AGENTS,
     |r| &r.agent_id
 );

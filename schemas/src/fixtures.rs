@@ -113,3 +113,33 @@ pub fn alert_raised(tenant: &str, agent: &str, occurred_at: i64) -> AlertEvent {
         ingested_at: occurred_at + 2_000,
     }
 }
+
+/// An AgentRegistered event.
+pub fn agent_registered(tenant: &str, agent: &str, occurred_at: i64) -> AgentLifecycle {
+    AgentLifecycle {
+        event_id: crate::ids::v5(&[agent, "REGISTERED", &occurred_at.to_string()]).to_string(),
+        tenant_id: tenant.into(),
+        agent_id: agent.into(),
+        kind: AgentLifecycleKind::Registered,
+        location_id: Some("loc-1".into()),
+        device_name: None,
+        facts: Some(AgentFacts {
+            hostname: "web-1".into(),
+            os_type: "linux".into(),
+            os_version: "Debian GNU/Linux 12".into(),
+            kernel_version: "6.1.0".into(),
+            architecture: "x86_64".into(),
+            ip_addresses: vec!["10.0.0.5".into()],
+            mac_addresses: vec!["02:00:00:00:00:01".into()],
+            cpu_model: "Xeon".into(),
+            cpu_cores: 2,
+            memory_total_bytes: 8 << 30,
+            disk_total_bytes: 100 << 30,
+            agent_version: "0.1.0".into(),
+        }),
+        actor: None,
+        reason: None,
+        occurred_at,
+        ingested_at: occurred_at + 1_000,
+    }
+}

@@ -266,6 +266,97 @@ pub struct AlertEvent {
     pub ingested_at: i64,
 }
 
+/// Kind of agent lifecycle event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AgentLifecycleKind {
+    /// Enrolled with a registration token.
+    #[serde(rename = "REGISTERED")]
+    Registered,
+    /// Facts or placement changed.
+    #[serde(rename = "UPDATED")]
+    Updated,
+    /// Heard from again after being offline.
+    #[serde(rename = "ONLINE")]
+    Online,
+    /// Missed its heartbeats.
+    #[serde(rename = "OFFLINE")]
+    Offline,
+    /// Credential revoked; every gateway refuses it.
+    #[serde(rename = "DEACTIVATED")]
+    Deactivated,
+}
+
+impl AgentLifecycleKind {
+    /// Lower-case name, as used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentLifecycleKind::Registered => "registered",
+            AgentLifecycleKind::Updated => "updated",
+            AgentLifecycleKind::Online => "online",
+            AgentLifecycleKind::Offline => "offline",
+            AgentLifecycleKind::Deactivated => "deactivated",
+        }
+    }
+}
+
+/// Machine facts of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct AgentFacts {
+    /// Host name.
+    pub hostname: String,
+    /// OS family.
+    pub os_type: String,
+    /// OS name and version.
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// CPU architecture.
+    pub architecture: String,
+    /// IP addresses.
+    pub ip_addresses: Vec<String>,
+    /// MAC addresses.
+    pub mac_addresses: Vec<String>,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Logical cores.
+    pub cpu_cores: i32,
+    /// Physical memory, bytes.
+    pub memory_total_bytes: i64,
+    /// Sum of disk sizes, bytes.
+    pub disk_total_bytes: i64,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// Agent lifecycle (`fleet.agents.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct AgentLifecycle {
+    /// UUIDv5 of (agent id, kind, occurred_at).
+    pub event_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// What happened.
+    pub kind: AgentLifecycleKind,
+    /// Location.
+    pub location_id: Option<String>,
+    /// Device name.
+    pub device_name: Option<String>,
+    /// Machine facts (REGISTERED, UPDATED).
+    pub facts: Option<AgentFacts>,
+    /// User who caused it.
+    pub actor: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// When it happened (µs).
+    pub occurred_at: i64,
+    /// When it was written (µs).
+    pub ingested_at: i64,
+}
+
 /// Avro enums whose symbols are SCREAMING_CASE: the derive in apache-avro 0.21 ignores serde
 /// renames on variants, so these schemas are spelled out (and checked by the same test).
 macro_rules! avro_enum {
@@ -308,4 +399,9 @@ avro_enum!(
     AlertSeverity,
     "io.fleetstream.AlertSeverity",
     ["INFO", "WARNING", "CRITICAL"]
+);
+avro_enum!(
+    AgentLifecycleKind,
+    "io.fleetstream.AgentLifecycleKind",
+    ["REGISTERED", "UPDATED", "ONLINE", "OFFLINE", "DEACTIVATED"]
 );

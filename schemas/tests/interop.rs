@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 use fleet_schemas::codec::{self, Record};
-use fleet_schemas::{fixtures, AgentEvent, AlertEvent, Heartbeat, MetricReport};
+use fleet_schemas::{fixtures, AgentEvent, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
 use serde_json::Value;
 
 const T: i64 = 1_763_900_000_123_456;
@@ -58,6 +58,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "heartbeat", &hb)?;
     write(dir.path(), "agent_event", &ev)?;
     write(dir.path(), "alert_event", &alert)?;
+    let registered = fixtures::agent_registered("tenant-1", "agent-1", T);
+    write(dir.path(), "agent_lifecycle", &registered)?;
 
     let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
@@ -97,13 +99,19 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     assert_eq!(a["kind"], "RAISED");
     assert_eq!(a["severity"], "CRITICAL");
     assert_eq!(a["subject"], Value::Null);
+    let l = read_back(dir.path(), "agent_lifecycle", &registered, |r, a| {
+        r.agent_id = a
+    })?;
+    assert_eq!(l["kind"], "REGISTERED");
+    assert_eq!(l["facts"]["cpu_cores"], 2);
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
         [
             MetricReport::FULL_NAME,
             Heartbeat::FULL_NAME,
             AgentEvent::FULL_NAME,
-            AlertEvent::FULL_NAME
+            AlertEvent::FULL_NAME,
+            AgentLifecycle::FULL_NAME,
         ]
         .len(),
         codec::AVSC_FILES.len()

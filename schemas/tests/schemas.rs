@@ -3,7 +3,7 @@
 
 use apache_avro::Schema;
 use fleet_schemas::codec::{self, Catalog, CodecError, Record};
-use fleet_schemas::{fixtures, AgentEvent, AlertEvent, Heartbeat, MetricReport};
+use fleet_schemas::{fixtures, AgentEvent, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
 
 fn assert_matches_avsc<T: Record>() {
     let known = Catalog::get()
@@ -25,6 +25,7 @@ fn rust_types_match_avsc_canonical_form() {
     assert_matches_avsc::<Heartbeat>();
     assert_matches_avsc::<AgentEvent>();
     assert_matches_avsc::<AlertEvent>();
+    assert_matches_avsc::<AgentLifecycle>();
 }
 
 #[test]
@@ -60,6 +61,7 @@ fn records_roundtrip() {
     roundtrip(&fixtures::heartbeat("t1", "a1", t, 7));
     roundtrip(&fixtures::agent_event("t1", "a1", t));
     roundtrip(&fixtures::alert_raised("t1", "a1", t));
+    roundtrip(&fixtures::agent_registered("t1", "a1", t));
     let mut bare = fixtures::metric_report("t1", "a1", t);
     bare.security = None;
     bare.disks.clear();
