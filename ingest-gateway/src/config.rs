@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthMode;
+
 /// Settings of the ingest gateway. Every key has a default; see
 /// `config/gateway.example.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,8 +18,28 @@ pub struct GatewayConfig {
     pub event_log: String,
     /// Raw engine settings passed to the log (librdkafka properties for Kafka).
     pub event_log_options: BTreeMap<String, String>,
-    /// Tenant that reports are attributed to until agents enroll with a tenant token.
+    /// `required`: every agent request needs a valid credential; `off`: requests without
+    /// one are accepted as `default-tenant` (single machine; a sent credential is still
+    /// checked).
+    pub auth: AuthMode,
+    /// Registry (tokens and agent credentials): `postgres://...` or `sqlite://path`.
+    /// Needed for enrollment and for `auth = "required"`; empty means none.
+    pub registry: String,
+    /// How long a checked agent credential is trusted before it is looked up again.
+    pub auth_cache_secs: u64,
+    /// Tenant of unauthenticated requests (with `auth = "off"`).
     pub default_tenant: String,
+    /// Requests per second each agent may make (token bucket); 0 disables the limit.
+    pub rate_limit_per_second: u32,
+    /// Burst size of the per-agent bucket.
+    pub rate_limit_burst: u32,
+    /// URL agents reach this gateway at (handed out at enrollment; the WebSocket URL is
+    /// derived from it). Empty means `http://<listen>`.
+    pub public_url: String,
+    /// Heartbeat interval handed to agents at enrollment, seconds.
+    pub agent_heartbeat_interval_secs: f64,
+    /// Metrics interval handed to agents at enrollment, seconds.
+    pub agent_metrics_interval_secs: f64,
     /// Largest request body accepted, bytes (after decompression); larger gets 413.
     pub max_body_bytes: usize,
     /// Most reports in one metrics batch.
@@ -38,7 +60,15 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             event_log: "kafka://127.0.0.1:9092".into(),
             event_log_options: BTreeMap::new(),
+            auth: AuthMode::Required,
+            registry: String::new(),
+            auth_cache_secs: 30,
             default_tenant: "default".into(),
+            rate_limit_per_second: 20,
+            rate_limit_burst: 40,
+            public_url: String::new(),
+            agent_heartbeat_interval_secs: 30.0,
+            agent_metrics_interval_secs: 10.0,
             max_body_bytes: 1 << 20,
             max_reports_per_batch: 1000,
             produce_timeout_ms: 10_000,

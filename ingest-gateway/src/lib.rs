@@ -1,51 +1,93 @@
 //! The ingest gateway: a thin axum server between agents and the event log.
 //!
-//! `POST /api/v1/agents/{agent_id}/metrics` takes a batch of reports (JSON, see
-//! `fleet_schemas::api::MetricBatch`), validates each, writes one Avro record per valid
-//! report to `fleet.metrics.v1` keyed by agent id, and answers **202 only after the log
-//! acknowledged the write**.
+//! | route | what |
+//! | --- | --- |
+//! | `POST /api/v1/agents/register` | redeem a registration token: agent id + credential |
+//! | `POST /api/v1/agents/{agent_id}/metrics` | a batch of reports → `fleet.metrics.v1` |
+//! | `POST /api/v1/agents/{agent_id}/heartbeat` | one heartbeat → `fleet.heartbeats.v1` |
+//! | `POST /api/v1/agents/{agent_id}/events` | a batch of events → `fleet.events.v1` |
 //!
-//! Batch policy: valid reports are written and invalid ones are listed in the answer
-//! (`rejected`, each with the field path and reason). A batch with no valid report gets
-//! 422 naming the first offending field; a body that does not parse gets 400 naming the
+//! Agent endpoints need `Authorization: Bearer <credential>` (see [`auth`]) and are rate
+//! limited per agent (429 with `Retry-After`). Writes answer **202 only after the log
+//! acknowledged them**.
+//!
+//! Batch policy: valid items are written and invalid ones are listed in the answer
+//! (`rejected`, each with the field path and reason). A batch with no valid item gets 422
+//! naming the first offending field; a body that does not parse gets 400 naming the
 //! field; a log that cannot take the write gets 503 with `Retry-After` (the agent keeps
 //! the batch and retries).
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod register;
 pub mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, LogError, ProduceRecord};
 use fleet_ops::{ApiError, FieldJson};
-use fleet_schemas::api::{IngestAccepted, MetricBatch};
-use fleet_schemas::{codec, topics, MetricReport};
+use fleet_schemas::api::{EventBatch, HeartbeatIn, IngestAccepted, ItemError, MetricBatch};
+use fleet_schemas::{codec, Record};
+use fleet_stores::registry::Registry;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{AgentIdentity, AuthMode};
 pub use config::GatewayConfig;
 
 /// Shared state of the gateway's handlers.
 #[derive(Debug, Clone)]
 pub struct GatewayState {
     log: Arc<dyn EventLog>,
+    registry: Option<Arc<dyn Registry>>,
+    auth: Arc<auth::Authenticator>,
+    rate: Arc<auth::AgentRateLimit>,
     config: Arc<GatewayConfig>,
 }
 
 impl GatewayState {
-    /// State over an event log.
+    /// State over an event log, without a registry (no enrollment; needs `auth = "off"`).
     pub fn new(log: Arc<dyn EventLog>, config: GatewayConfig) -> GatewayState {
+        GatewayState::with_registry(log, None, config)
+    }
+
+    /// State over an event log and a registry.
+    pub fn with_registry(
+        log: Arc<dyn EventLog>,
+        registry: Option<Arc<dyn Registry>>,
+        config: GatewayConfig,
+    ) -> GatewayState {
+        let auth = auth::Authenticator::new(
+            config.auth,
+            &config.default_tenant,
+            registry.clone(),
+            Duration::from_secs(config.auth_cache_secs),
+        );
+        let rate = auth::AgentRateLimit::new(config.rate_limit_per_second, config.rate_limit_burst);
         GatewayState {
             log,
+            registry,
+            auth: Arc::new(auth),
+            rate: Arc::new(rate),
             config: Arc::new(config),
         }
+    }
+
+    /// The credential checker (to invalidate cached credentials on deactivation).
+    pub fn authenticator(&self) -> Arc<auth::Authenticator> {
+        self.auth.clone()
+    }
+
+    /// Drops idle rate-limit state; call now and then.
+    pub fn forget_idle(&self) {
+        self.rate.forget_idle();
     }
 }
 
@@ -53,74 +95,191 @@ impl GatewayState {
 pub fn app(state: GatewayState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
+        .route("/api/v1/agents/register", post(register::post_register))
         .route("/api/v1/agents/{agent_id}/metrics", post(post_metrics))
+        .route("/api/v1/agents/{agent_id}/heartbeat", post(post_heartbeat))
+        .route("/api/v1/agents/{agent_id}/events", post(post_events))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestDecompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
         .with_state(state)
 }
 
-#[tracing::instrument(name = "ingest_metrics", skip_all, fields(%agent_id, reports))]
-async fn post_metrics(
-    State(state): State<GatewayState>,
-    Path(agent_id): Path<String>,
-    body: Result<FieldJson<MetricBatch>, ApiError>,
+fn respond<T: serde::Serialize>(
+    route: &'static str,
+    started: Instant,
+    result: Result<T, ApiError>,
 ) -> Response {
-    let started = Instant::now();
-    let result = ingest_metrics(&state, &agent_id, body).await;
-    metrics::record_request("metrics", &result, started.elapsed());
+    metrics::record_request(route, &result, started.elapsed());
     match result {
-        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn ingest_metrics(
+/// Checks the agent id, the rate limit and the credential, in that order (cheap first).
+async fn admit(
     state: &GatewayState,
     agent_id: &str,
-    body: Result<FieldJson<MetricBatch>, ApiError>,
-) -> Result<IngestAccepted, ApiError> {
+    headers: &HeaderMap,
+) -> Result<AgentIdentity, ApiError> {
     validate::agent_id(agent_id)?;
-    let FieldJson(batch) = body?;
+    state
+        .rate
+        .check(agent_id)
+        .inspect_err(|_| metrics::rate_limited())?;
+    state
+        .auth
+        .authenticate(agent_id, headers)
+        .await
+        .inspect_err(|e| metrics::auth_failed(e.status()))
+}
+
+#[tracing::instrument(name = "ingest_metrics", skip_all, fields(%agent_id, reports))]
+async fn post_metrics(
+    State(state): State<GatewayState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<FieldJson<MetricBatch>, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let who = admit(&state, &agent_id, &headers).await?;
+        ingest_metrics(&state, &who, &agent_id, body?.0).await
+    }
+    .await;
+    respond("metrics", started, result)
+}
+
+async fn ingest_metrics(
+    state: &GatewayState,
+    who: &AgentIdentity,
+    agent_id: &str,
+    batch: MetricBatch,
+) -> Result<IngestAccepted, ApiError> {
     tracing::Span::current().record("reports", batch.reports.len());
     let cfg = &state.config;
-    validate::batch_len(batch.reports.len(), cfg.max_reports_per_batch)?;
+    validate::batch_len("reports", batch.reports.len(), cfg.max_reports_per_batch)?;
     let now = fleet_schemas::time::now_micros();
     let limits = validate::Limits::from_config(cfg);
-    let mut valid: Vec<MetricReport> = Vec::with_capacity(batch.reports.len());
-    let mut rejected = Vec::new();
-    for (index, report) in batch.reports.iter().enumerate() {
-        match validate::report(&cfg.default_tenant, agent_id, report, now, &limits) {
-            Ok(r) => valid.push(r),
-            Err((field, message)) => rejected.push(fleet_schemas::api::ItemError {
-                index,
-                field: format!("reports[{index}].{field}"),
-                message,
-            }),
-        }
-    }
+    let (valid, rejected) = split_valid("reports", &batch.reports, |r| {
+        validate::report(&who.tenant_id, agent_id, r, now, &limits)
+    });
     metrics::reports_rejected(rejected.len());
     if valid.is_empty() {
         return Err(ApiError::invalid_batch(rejected));
     }
-    let mut records = Vec::with_capacity(valid.len());
-    for r in &valid {
-        let value = codec::encode(r).map_err(ApiError::internal)?;
-        records.push(ProduceRecord {
-            key: Some(agent_id.as_bytes().to_vec()),
-            value,
-            timestamp_ms: Some(r.occurred_at.div_euclid(1000)),
-        });
-    }
-    produce(state, topics::METRICS, records).await?;
+    produce_all(state, &valid).await?;
     metrics::reports_accepted(valid.len());
-    if !rejected.is_empty() {
-        tracing::warn!(%agent_id, rejected = rejected.len(), first = %rejected[0].field, "Reports refused.");
+    if let Some(first) = rejected.first() {
+        tracing::warn!(%agent_id, rejected = rejected.len(), first = %first.field, "Reports refused.");
     }
     Ok(IngestAccepted {
         accepted: valid.len(),
         rejected,
     })
+}
+
+#[tracing::instrument(name = "ingest_heartbeat", skip_all, fields(%agent_id))]
+async fn post_heartbeat(
+    State(state): State<GatewayState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<FieldJson<HeartbeatIn>, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let who = admit(&state, &agent_id, &headers).await?;
+        let FieldJson(hb) = body?;
+        let limits = validate::Limits::from_config(&state.config);
+        let rec = validate::heartbeat(
+            &who.tenant_id,
+            &agent_id,
+            &hb,
+            fleet_schemas::time::now_micros(),
+            &limits,
+        )
+        .map_err(|(field, message)| ApiError::invalid_field(field, message))?;
+        produce_all(&state, std::slice::from_ref(&rec)).await?;
+        ::metrics::counter!(metrics::HEARTBEATS_ACCEPTED).increment(1);
+        Ok(IngestAccepted {
+            accepted: 1,
+            rejected: Vec::new(),
+        })
+    }
+    .await;
+    respond("heartbeat", started, result)
+}
+
+#[tracing::instrument(name = "ingest_events", skip_all, fields(%agent_id, events))]
+async fn post_events(
+    State(state): State<GatewayState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<FieldJson<EventBatch>, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let who = admit(&state, &agent_id, &headers).await?;
+        let FieldJson(batch) = body?;
+        tracing::Span::current().record("events", batch.events.len());
+        validate::batch_len(
+            "events",
+            batch.events.len(),
+            state.config.max_reports_per_batch,
+        )?;
+        let now = fleet_schemas::time::now_micros();
+        let limits = validate::Limits::from_config(&state.config);
+        let (valid, rejected) = split_valid("events", &batch.events, |e| {
+            validate::event(&who.tenant_id, &agent_id, e, now, &limits)
+        });
+        if valid.is_empty() {
+            return Err(ApiError::invalid_batch(rejected));
+        }
+        produce_all(&state, &valid).await?;
+        ::metrics::counter!(metrics::EVENTS_ACCEPTED).increment(valid.len() as u64);
+        Ok(IngestAccepted {
+            accepted: valid.len(),
+            rejected,
+        })
+    }
+    .await;
+    respond("events", started, result)
+}
+
+/// Validates every item; returns the valid records and the per-item errors.
+fn split_valid<I, T>(
+    list: &str,
+    items: &[I],
+    mut check: impl FnMut(&I) -> Result<T, (String, String)>,
+) -> (Vec<T>, Vec<ItemError>) {
+    let mut valid = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match check(item) {
+            Ok(v) => valid.push(v),
+            Err((field, message)) => rejected.push(ItemError {
+                index,
+                field: format!("{list}[{index}].{field}"),
+                message,
+            }),
+        }
+    }
+    (valid, rejected)
+}
+
+/// Encodes records and writes them to their topic, keyed by agent id.
+async fn produce_all<T: Record>(state: &GatewayState, records: &[T]) -> Result<(), ApiError> {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let value = codec::encode(r).map_err(ApiError::internal)?;
+        out.push(ProduceRecord {
+            key: Some(r.key().as_bytes().to_vec()),
+            value,
+            timestamp_ms: Some(r.occurred_at().div_euclid(1000)),
+        });
+    }
+    produce(state, T::TOPIC, out).await
 }
 
 /// Writes records and waits for the log's acknowledgement, bounded by the configured
@@ -135,31 +294,73 @@ async fn produce(
     let started = Instant::now();
     let outcome = tokio::time::timeout(timeout, state.log.produce(topic, records)).await;
     metrics::produce_latency(started.elapsed());
-    match outcome {
-        Ok(Ok(_positions)) => Ok(()),
+    let (reason, message) = match outcome {
+        Ok(Ok(_positions)) => return Ok(()),
         Ok(Err(e @ LogError::Unavailable(_))) => {
             tracing::warn!(error = %e, "Event log unavailable.");
-            metrics::produce_failed("unavailable");
-            Err(ApiError::unavailable(
+            (
+                "unavailable",
                 "the event log cannot take writes now; keep the batch and retry",
-                cfg.retry_after_secs,
-            ))
+            )
         }
         Ok(Err(e)) => {
-            metrics::produce_failed("error");
             tracing::error!(error = %e, "Produce failed.");
-            Err(ApiError::unavailable(
+            (
+                "error",
                 "the event log refused the write; keep the batch and retry",
-                cfg.retry_after_secs,
-            ))
+            )
         }
         Err(_) => {
-            metrics::produce_failed("timeout");
             tracing::warn!(timeout_ms = cfg.produce_timeout_ms, "Produce timed out.");
-            Err(ApiError::unavailable(
+            (
+                "timeout",
                 "the event log did not acknowledge the write in time; keep the batch and retry",
-                cfg.retry_after_secs,
-            ))
+            )
+        }
+    };
+    metrics::produce_failed(reason);
+    Err(ApiError::unavailable(message, cfg.retry_after_secs))
+}
+
+/// Follows `fleet.agents.v1` from now on and forgets cached credentials of deactivated
+/// agents, so every gateway instance refuses them at once (not only after the cache
+/// expires). Each instance reads with its own throw-away group.
+pub async fn watch_deactivations(
+    log: Arc<dyn EventLog>,
+    auth: Arc<auth::Authenticator>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use fleet_event_log::{ConsumerOptions, StartFrom};
+    use fleet_schemas::{AgentLifecycle, AgentLifecycleKind};
+    let group = format!("fleet-gateway-{}", uuid::Uuid::new_v4());
+    let options = ConsumerOptions {
+        start: StartFrom::Latest,
+        ..ConsumerOptions::default()
+    };
+    let mut consumer = log
+        .subscribe(&group, &[AgentLifecycle::TOPIC], options)
+        .await?;
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            b = consumer.poll(500, Duration::from_secs(1)) => b,
+        };
+        match batch {
+            Ok(records) => {
+                for r in records {
+                    if let Ok(ev) = codec::decode::<AgentLifecycle>(&r.value) {
+                        if ev.kind == AgentLifecycleKind::Deactivated {
+                            auth.invalidate(&ev.agent_id);
+                            tracing::info!(agent_id = %ev.agent_id, "Deactivated agent's credential dropped from the cache.");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading fleet.agents.v1 failed; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

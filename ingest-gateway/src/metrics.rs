@@ -17,6 +17,17 @@ pub const PRODUCE_SECONDS: &str = "fleet_gateway_produce_seconds";
 /// Produce failures by reason (unavailable, timeout, error).
 pub const PRODUCE_FAILURES: &str = "fleet_gateway_produce_failures_total";
 
+/// Heartbeats written.
+pub const HEARTBEATS_ACCEPTED: &str = "fleet_gateway_heartbeats_accepted_total";
+/// Agent events written.
+pub const EVENTS_ACCEPTED: &str = "fleet_gateway_events_accepted_total";
+/// Requests refused by the per-agent rate limit.
+pub const RATE_LIMITED: &str = "fleet_gateway_rate_limited_total";
+/// Requests refused by authentication, by status (401, 403).
+pub const AUTH_FAILURES: &str = "fleet_gateway_auth_failures_total";
+/// Registrations by outcome.
+pub const REGISTRATIONS: &str = "fleet_gateway_registrations_total";
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     REPORTS_ACCEPTED,
@@ -25,7 +36,24 @@ pub const ALL: &[&str] = &[
     REQUEST_SECONDS,
     PRODUCE_SECONDS,
     PRODUCE_FAILURES,
+    HEARTBEATS_ACCEPTED,
+    EVENTS_ACCEPTED,
+    RATE_LIMITED,
+    AUTH_FAILURES,
+    REGISTRATIONS,
 ];
+
+pub(crate) fn rate_limited() {
+    metrics::counter!(RATE_LIMITED).increment(1);
+}
+
+pub(crate) fn auth_failed(status: axum::http::StatusCode) {
+    metrics::counter!(AUTH_FAILURES, "status" => status.as_u16().to_string()).increment(1);
+}
+
+pub(crate) fn registration(outcome: &'static str) {
+    metrics::counter!(REGISTRATIONS, "outcome" => outcome).increment(1);
+}
 
 pub(crate) fn reports_accepted(n: usize) {
     metrics::counter!(REPORTS_ACCEPTED).increment(n as u64);

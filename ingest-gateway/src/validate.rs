@@ -3,8 +3,11 @@
 use std::collections::HashMap;
 
 use fleet_ops::ApiError;
-use fleet_schemas::api::ReportIn;
-use fleet_schemas::{ids, DiskUsage, MetricReport, NetInterface, SecurityPosture, ServiceStatus};
+use fleet_schemas::api::{EventIn, HeartbeatIn, ReportIn};
+use fleet_schemas::{
+    ids, AgentEvent, DiskUsage, EventSeverity, Heartbeat, MetricReport, NetInterface,
+    SecurityPosture, ServiceStatus,
+};
 
 use crate::GatewayConfig;
 
@@ -58,18 +61,15 @@ pub fn agent_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A batch must have 1..=max reports.
-pub fn batch_len(len: usize, max: usize) -> Result<(), ApiError> {
+/// A batch (`list` names its field) must have 1..=max items.
+pub fn batch_len(list: &str, len: usize, max: usize) -> Result<(), ApiError> {
     if len == 0 {
-        return Err(ApiError::invalid_field(
-            "reports",
-            "the batch has no report",
-        ));
+        return Err(ApiError::invalid_field(list, "the batch is empty"));
     }
     if len > max {
         return Err(ApiError::invalid_field(
-            "reports",
-            format!("{len} reports in one batch, at most {max}"),
+            list,
+            format!("{len} items in one batch, at most {max}"),
         ));
     }
     Ok(())
@@ -268,5 +268,132 @@ pub fn report(
         services,
         security,
         custom,
+    })
+}
+
+fn time_in_window(
+    field: &str,
+    micros: i64,
+    now_micros: i64,
+    limits: &Limits,
+) -> Result<(), FieldError> {
+    if micros > now_micros.saturating_add(limits.max_future_micros) {
+        return Err(err(
+            field,
+            "is in the future beyond the allowed clock skew; check the agent's clock",
+        ));
+    }
+    if micros < now_micros.saturating_sub(limits.max_age_micros) {
+        return Err(err(
+            field,
+            "is older than the retention window accepted by this gateway",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a heartbeat and converts it to the record written to the log.
+pub fn heartbeat(
+    tenant_id: &str,
+    agent_id: &str,
+    h: &HeartbeatIn,
+    now_micros: i64,
+    limits: &Limits,
+) -> Result<Heartbeat, FieldError> {
+    let occurred_at = h.sent_at.timestamp_micros();
+    time_in_window("sent_at", occurred_at, now_micros, limits)?;
+    let sequence = long("sequence", h.sequence)?;
+    if h.agent_version.is_empty() || h.agent_version.len() > 64 {
+        return Err(err("agent_version", "must be 1 to 64 bytes"));
+    }
+    Ok(Heartbeat {
+        event_id: ids::v7_at(
+            occurred_at,
+            &[
+                agent_id,
+                "heartbeat",
+                &sequence.to_string(),
+                &occurred_at.to_string(),
+            ],
+        )
+        .to_string(),
+        tenant_id: tenant_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        occurred_at,
+        ingested_at: now_micros,
+        agent_version: h.agent_version.clone(),
+        uptime_seconds: long("uptime_seconds", h.uptime_seconds)?,
+        sequence,
+    })
+}
+
+/// Most attributes on one event.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Longest event message, bytes.
+pub const MAX_MESSAGE_LEN: usize = 4096;
+
+/// Validates an agent event and converts it to the record written to the log.
+pub fn event(
+    tenant_id: &str,
+    agent_id: &str,
+    e: &EventIn,
+    now_micros: i64,
+    limits: &Limits,
+) -> Result<AgentEvent, FieldError> {
+    let occurred_at = e.occurred_at.timestamp_micros();
+    time_in_window("occurred_at", occurred_at, now_micros, limits)?;
+    let kind_ok = !e.kind.is_empty()
+        && e.kind.len() <= 64
+        && e.kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.'));
+    if !kind_ok {
+        return Err(err(
+            "kind",
+            "must be 1 to 64 characters of a-z, 0-9, '_' or '.'",
+        ));
+    }
+    let severity = match e.severity.as_str() {
+        "info" => EventSeverity::Info,
+        "warning" => EventSeverity::Warning,
+        "critical" => EventSeverity::Critical,
+        _ => return Err(err("severity", "must be info, warning or critical")),
+    };
+    if e.message.len() > MAX_MESSAGE_LEN {
+        return Err(err(
+            "message",
+            format!("longer than {MAX_MESSAGE_LEN} bytes"),
+        ));
+    }
+    at_most("attributes", e.attributes.len(), MAX_ATTRIBUTES)?;
+    let mut attributes = HashMap::with_capacity(e.attributes.len());
+    for (k, v) in &e.attributes {
+        let f = format!("attributes.{k}");
+        name(&f, k)?;
+        if v.len() > MAX_NAME_LEN {
+            return Err(err(f, format!("value longer than {MAX_NAME_LEN} bytes")));
+        }
+        attributes.insert(k.clone(), v.clone());
+    }
+    Ok(AgentEvent {
+        event_id: ids::v7_at(
+            occurred_at,
+            &[
+                agent_id,
+                "event",
+                &e.kind,
+                &occurred_at.to_string(),
+                &e.message,
+            ],
+        )
+        .to_string(),
+        tenant_id: tenant_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        occurred_at,
+        ingested_at: now_micros,
+        kind: e.kind.clone(),
+        severity,
+        message: e.message.clone(),
+        attributes,
     })
 }

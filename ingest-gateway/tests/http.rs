@@ -42,6 +42,14 @@ fn report(collected_at: &str, cpu: Value) -> Value {
     })
 }
 
+/// Unauthenticated gateway (auth = off); the auth tests build their own.
+fn open_config() -> GatewayConfig {
+    GatewayConfig {
+        auth: fleet_ingest_gateway::AuthMode::Off,
+        ..GatewayConfig::default()
+    }
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
@@ -105,7 +113,7 @@ fn uuid_like() -> u128 {
 #[tokio::test]
 async fn valid_batch_is_written_as_avro_and_acknowledged() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), GatewayConfig::default()));
+    let app = app(GatewayState::new(log.clone(), open_config()));
     let t1 = now();
     let body =
         json!({"reports": [report(&t1, json!(12.5)), report("2026-01-01T00:00:00Z", json!(99.0))]});
@@ -138,7 +146,7 @@ async fn valid_batch_is_written_as_avro_and_acknowledged() {
 #[tokio::test]
 async fn repeated_report_gets_the_same_event_id() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), GatewayConfig::default()));
+    let app = app(GatewayState::new(log.clone(), open_config()));
     let t = now();
     let body = serde_json::to_vec(&json!({"reports": [report(&t, json!(1.0))]})).expect("json");
     assert_eq!(
@@ -160,7 +168,7 @@ async fn repeated_report_gets_the_same_event_id() {
 #[tokio::test]
 async fn wrong_type_names_the_field() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), GatewayConfig::default()));
+    let app = app(GatewayState::new(log.clone(), open_config()));
     let body = json!({"reports": [report(&now(), json!(1.0)), report(&now(), json!("high"))]});
     let (status, v, _) = post(&app, "a", serde_json::to_vec(&body).expect("json"), &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
@@ -175,7 +183,7 @@ async fn wrong_type_names_the_field() {
 #[tokio::test]
 async fn missing_field_unknown_field_and_bad_json() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log, GatewayConfig::default()));
+    let app = app(GatewayState::new(log, open_config()));
     let mut r = report(&now(), json!(1.0));
     r.as_object_mut().expect("object").remove("memory_percent");
     let (status, v, _) = post(
@@ -242,7 +250,7 @@ async fn missing_field_unknown_field_and_bad_json() {
 #[tokio::test]
 async fn invalid_values_are_refused_per_item_and_valid_ones_kept() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), GatewayConfig::default()));
+    let app = app(GatewayState::new(log.clone(), open_config()));
     let future = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
     let mut negative_disk = report(&now(), json!(1.0));
     negative_disk["disks"][0]["percent"] = json!(-3.0);
@@ -283,7 +291,7 @@ async fn bad_agent_id_content_type_and_size() {
     let (_d, log) = embedded().await;
     let cfg = GatewayConfig {
         max_body_bytes: 2048,
-        ..GatewayConfig::default()
+        ..open_config()
     };
     let app = app(GatewayState::new(log, cfg));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(1.0))]})).expect("json");
@@ -318,7 +326,7 @@ async fn bad_agent_id_content_type_and_size() {
 #[tokio::test]
 async fn gzip_body_is_accepted() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), GatewayConfig::default()));
+    let app = app(GatewayState::new(log.clone(), open_config()));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(7.0))]})).expect("json");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&body).expect("gzip");
@@ -384,7 +392,7 @@ async fn log_down_gives_503_with_retry_after() {
         Arc::new(DownLog),
         GatewayConfig {
             retry_after_secs: 7,
-            ..GatewayConfig::default()
+            ..open_config()
         },
     ));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(1.0))]})).expect("json");
@@ -397,7 +405,7 @@ async fn log_down_gives_503_with_retry_after() {
 #[tokio::test]
 async fn real_listener_roundtrip() {
     let (_d, log) = embedded().await;
-    let router = app(GatewayState::new(log.clone(), GatewayConfig::default()))
+    let router = app(GatewayState::new(log.clone(), open_config()))
         .merge(fleet_ops::endpoints::router("gateway", Arc::new(|| Ok(()))));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -412,6 +420,23 @@ async fn real_listener_roundtrip() {
         .await
         .expect("post");
     assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    let hb =
+        json!({"sent_at": now(), "sequence": 1, "uptime_seconds": 5, "agent_version": "0.1.0"});
+    let resp = client
+        .post(format!("http://{addr}/api/v1/agents/net-agent/heartbeat"))
+        .json(&hb)
+        .send()
+        .await
+        .expect("hb");
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    let ev = json!({"events": [{"occurred_at": now(), "kind": "service_crashed", "severity": "warning", "message": "nginx died"}]});
+    let resp = client
+        .post(format!("http://{addr}/api/v1/agents/net-agent/events"))
+        .json(&ev)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
     let metrics = client
         .get(format!("http://{addr}/metrics"))
         .send()
@@ -421,11 +446,151 @@ async fn real_listener_roundtrip() {
         .await
         .expect("text");
     for name in fleet_ingest_gateway::metrics::ALL {
-        if name.ends_with("_failures_total") || name.ends_with("_rejected_total") {
-            continue; // only emitted once something fails
+        if name.ends_with("_failures_total")
+            || name.ends_with("_rejected_total")
+            || name.ends_with("_rate_limited_total")
+            || name.ends_with("_registrations_total")
+        {
+            continue; // only emitted once something fails, or by enrollment (tests/auth.rs)
         }
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
     assert_eq!(read_all(&log).await[0].agent_id, "net-agent");
     server.abort();
+}
+
+async fn read_topic<T: fleet_schemas::Record>(log: &Arc<dyn EventLog>) -> Vec<T> {
+    let mut out = Vec::new();
+    fleet_ops::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
+        out.push(codec::decode::<T>(&r.value).expect("avro"))
+    })
+    .await
+    .expect("read");
+    out
+}
+
+#[tokio::test]
+async fn heartbeat_and_events_are_written() {
+    let (_d, log) = embedded().await;
+    let app = app(GatewayState::new(log.clone(), open_config()));
+    let hb =
+        json!({"sent_at": now(), "sequence": 7, "uptime_seconds": 50, "agent_version": "0.1.0"});
+    let (status, v, _) = post_to(
+        &app,
+        "/api/v1/agents/a1/heartbeat",
+        serde_json::to_vec(&hb).expect("json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let hbs = read_topic::<fleet_schemas::Heartbeat>(&log).await;
+    assert_eq!(
+        (hbs.len(), hbs[0].sequence, hbs[0].agent_id.as_str()),
+        (1, 7, "a1")
+    );
+
+    let events = json!({"events": [
+        {"occurred_at": now(), "kind": "login_failed", "severity": "critical", "message": "ssh root", "attributes": {"user": "root"}},
+        {"occurred_at": now(), "kind": "Bad Kind!", "severity": "warning", "message": "x"},
+        {"occurred_at": now(), "kind": "ok", "severity": "fatal", "message": "x"}
+    ]});
+    let (status, v, _) = post_to(
+        &app,
+        "/api/v1/agents/a1/events",
+        serde_json::to_vec(&events).expect("json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["accepted"], 1);
+    let fields: Vec<&str> = v["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, vec!["events[1].kind", "events[2].severity"]);
+    let evs = read_topic::<fleet_schemas::AgentEvent>(&log).await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(
+        evs[0].attributes.get("user").map(String::as_str),
+        Some("root")
+    );
+    assert_eq!(evs[0].severity, fleet_schemas::EventSeverity::Critical);
+
+    let bad = json!({"sent_at": "2020-01-01T00:00:00Z", "sequence": 1, "uptime_seconds": 1, "agent_version": "0.1.0"});
+    let (status, v, _) = post_to(
+        &app,
+        "/api/v1/agents/a1/heartbeat",
+        serde_json::to_vec(&bad).expect("json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["field"], "sent_at");
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let (_d, log) = embedded().await;
+    let cfg = GatewayConfig {
+        rate_limit_per_second: 1,
+        rate_limit_burst: 2,
+        ..open_config()
+    };
+    let app = app(GatewayState::new(log, cfg));
+    let hb = serde_json::to_vec(
+        &json!({"sent_at": now(), "sequence": 1, "uptime_seconds": 1, "agent_version": "0.1.0"}),
+    )
+    .expect("json");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, v, retry) = post_to(&app, "/api/v1/agents/busy/heartbeat", hb.clone()).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(v["error"]["code"], "rate_limited");
+            assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)));
+        }
+        statuses.push(status);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // Another agent has its own bucket.
+    assert_eq!(
+        post_to(&app, "/api/v1/agents/calm/heartbeat", hb).await.0,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn auth_required_without_registry_refuses_unauthenticated() {
+    let (_d, log) = embedded().await;
+    let app = app(GatewayState::new(log, GatewayConfig::default()));
+    let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(1.0))]})).expect("json");
+    let (status, v, _) = post(&app, "a", body, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("enroll"),
+        "{v}"
+    );
+}
+
+async fn post_to(app: &Router, uri: &str, body: Vec<u8>) -> (StatusCode, Value, Option<String>) {
+    let req = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        retry,
+    )
 }

@@ -66,6 +66,13 @@ impl ApiError {
         e
     }
 
+    /// 429 `rate_limited` with `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
     /// 500 `internal`; the detail is logged, the client sees a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "Internal error.");

@@ -28,6 +28,11 @@ pub struct ProjectionsConfig {
     pub batch_size: usize,
     /// Group session timeout, ms.
     pub session_timeout_ms: u64,
+    /// Key of the bootstrap administrator (tenants, locations, registration tokens,
+    /// deactivation): send `Authorization: Bearer <key>`. Empty disables those routes.
+    pub admin_api_key: String,
+    /// Gateway URL agents enroll at, used in the install command of new tokens.
+    pub gateway_url: String,
 }
 
 impl Default for ProjectionsConfig {
@@ -42,6 +47,8 @@ impl Default for ProjectionsConfig {
             timeseries_group: "fleet-projection-timeseries".into(),
             batch_size: 1000,
             session_timeout_ms: 10_000,
+            admin_api_key: String::new(),
+            gateway_url: "http://127.0.0.1:8080".into(),
         }
     }
 }

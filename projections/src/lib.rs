@@ -7,6 +7,7 @@
 //! * The time-series projection writes every sample of every report (idempotent upserts).
 //! * [`api`] answers queries from the stores only.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod metrics;

@@ -7,6 +7,8 @@
 //! * [`TimeSeriesStore`]: every metric sample, idempotent upserts keyed by
 //!   (tenant, agent, series, timestamp), queried in aggregated buckets. Embedded engine
 //!   in the data directory (`file://dir`).
+//! * [`registry::Registry`]: tenants, locations, registration tokens and agent
+//!   credentials, in the read model's SQL database ([`open_registry`], [`open_sql`]).
 
 use std::fmt::Debug;
 
@@ -325,6 +327,25 @@ pub async fn open_read_model(url: &str) -> Result<std::sync::Arc<dyn ReadModel>>
     Ok(std::sync::Arc::new(
         read_model::SqlReadModel::connect(url).await?,
     ))
+}
+
+/// Opens the SQL database a URL names (as [`open_read_model`] does) as its concrete type,
+/// so that one pool serves both seams: coerce clones of the `Arc` to `Arc<dyn ReadModel>`
+/// and `Arc<dyn Registry>`.
+///
+/// [`Registry`]: registry::Registry
+pub async fn open_sql(url: &str) -> Result<std::sync::Arc<read_model::SqlReadModel>> {
+    Ok(std::sync::Arc::new(
+        read_model::SqlReadModel::connect(url).await?,
+    ))
+}
+
+/// Opens the registry a URL names: `postgres://...`, `sqlite://path` or a bare path to a
+/// SQLite file (created if missing). Runs the migrations, which also create the read
+/// model's tables: the registry lives in the read model's database. To share one pool
+/// with the read model, use [`open_sql`].
+pub async fn open_registry(url: &str) -> Result<std::sync::Arc<dyn registry::Registry>> {
+    Ok(open_sql(url).await?)
 }
 
 /// Opens the time-series store a URL names: `file:///dir` or a bare directory path.

@@ -7,6 +7,12 @@
 //! `GREATEST`/`LEAST` (PostgreSQL) or scalar `MAX`/`MIN` (SQLite), which differ. Only the
 //! connection setup branches on the engine (pool size and SQLite pragmas).
 //!
+//! The same type also implements the [`Registry`](crate::registry::Registry) (tenants,
+//! locations, registration tokens, agent credentials; `read_model/registry.rs`) on the same
+//! pool, so one database serves both seams. Unlike the projected tables, the registry's are
+//! the only copy of their data: rebuilding the read model means dropping its tables, not
+//! the database.
+//!
 //! Applying is idempotent and order-tolerant, so replaying a topic, or reading two topics in
 //! any interleaving, converges on the same rows:
 //!
@@ -28,6 +34,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+mod registry;
 
 use crate::{
     AgentQuery, AgentRow, AlertQuery, AlertRow, AlertStatus, Change, ReadModel, Result, StoreError,
@@ -54,11 +62,18 @@ const SQLITE_POOL_SIZE: u32 = 4;
 
 /// The migrations, embedded in the binary. File names follow sqlx's `<version>_<name>.sql`,
 /// so `sqlx migrate` can run the same folder; a unit test checks this list matches it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "read model",
-    include_str!("../migrations/0001_read_model.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "read model",
+        include_str!("../migrations/0001_read_model.sql"),
+    ),
+    (
+        2,
+        "registry",
+        include_str!("../migrations/0002_registry.sql"),
+    ),
+];
 
 /// The engine behind a [`SqlReadModel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +94,7 @@ impl Engine {
     }
 }
 
-/// The read model on PostgreSQL or SQLite, chosen by URL.
+/// The read model and the registry on PostgreSQL or SQLite, chosen by URL.
 pub struct SqlReadModel {
     pool: AnyPool,
     engine: Engine,

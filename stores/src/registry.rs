@@ -129,26 +129,29 @@ pub struct AgentCredential {
 /// The registry.
 #[async_trait]
 pub trait Registry: Send + Sync + std::fmt::Debug {
-    /// Creates a tenant; a duplicate name is `StoreError::Conflict`.
+    /// Creates a tenant; a duplicate name is `StoreError::Conflict`, a blank one
+    /// `StoreError::InvalidQuery`.
     async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant>;
     /// All tenants, by name.
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
     /// One tenant.
     async fn get_tenant(&self, tenant_id: &str) -> Result<Option<Tenant>>;
     /// Creates a location; unknown tenant is `StoreError::NotFound`, duplicate name
-    /// within the tenant `StoreError::Conflict`.
+    /// within the tenant `StoreError::Conflict`, a blank name `StoreError::InvalidQuery`.
     async fn create_location(&self, tenant_id: &str, name: &str, now: i64) -> Result<Location>;
     /// Locations of a tenant, by name.
     async fn list_locations(&self, tenant_id: &str) -> Result<Vec<Location>>;
     /// Stores a token under the SHA-256 of its secret (the caller generated the secret
     /// and shows it once). Unknown tenant or a location of another tenant is
-    /// `StoreError::NotFound`.
+    /// `StoreError::NotFound`; an expiry not after the creation time
+    /// `StoreError::InvalidQuery`.
     async fn create_token(&self, token: &NewToken, secret_hash: [u8; 32]) -> Result<TokenInfo>;
     /// Tokens of a tenant, newest first.
     async fn list_tokens(&self, tenant_id: &str) -> Result<Vec<TokenInfo>>;
     /// Redeems the token whose secret hashes to `secret_hash` and records the new agent's
     /// credential, atomically: of concurrent redemptions of one token exactly one gets
-    /// `Ok(Ok(..))`.
+    /// `Ok(Ok(..))`, the others `Ok(Err(RedeemRefusal::Used))`. An agent id that already
+    /// has a credential is `StoreError::Conflict` and leaves the token unused.
     async fn redeem_token(
         &self,
         secret_hash: [u8; 32],
@@ -158,7 +161,12 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     async fn agent_credential(&self, agent_id: &str) -> Result<Option<AgentCredential>>;
     /// Deactivates an agent (its credential stops working); false if unknown or already
     /// inactive. `tenant_id` restricts to a tenant.
-    async fn deactivate_agent(&self, tenant_id: Option<&str>, agent_id: &str, now: i64) -> Result<bool>;
+    async fn deactivate_agent(
+        &self,
+        tenant_id: Option<&str>,
+        agent_id: &str,
+        now: i64,
+    ) -> Result<bool>;
 }
 
 /// SHA-256 of a high-entropy secret (tokens and credentials are 256-bit random values,
@@ -180,5 +188,8 @@ pub fn new_secret(prefix: &str) -> String {
     use base64::Engine as _;
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes);
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }

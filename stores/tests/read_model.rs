@@ -6,7 +6,9 @@
 //! `postgres://fleet:fleet@127.0.0.1:5432/fleet?sslmode=disable`) names a server and a role
 //! that may create databases. Each test creates its own `fleet_test_<random>` database and
 //! drops it afterwards, so the tests run in parallel. If the server is not reachable the
-//! tests fail and say how to start it.
+//! tests fail and say how to start it (`support::with_fresh_database`).
+
+mod support;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -106,72 +108,21 @@ mod postgres {
     use std::str::FromStr;
 
     use sqlx::any::AnyConnectOptions;
-    use sqlx::{Connection, Executor, PgConnection};
 
     use super::*;
-
-    const DEFAULT_URL: &str = "postgres://fleet:fleet@127.0.0.1:5432/fleet?sslmode=disable";
-
-    fn base_url() -> String {
-        std::env::var("FLEET_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-    }
-
-    /// `url` naming another database.
-    fn with_database(url: &str, database: &str) -> Result<String> {
-        let mut options = AnyConnectOptions::from_str(url).context("FLEET_POSTGRES_URL")?;
-        options.database_url.set_path(database);
-        Ok(options.database_url.to_string())
-    }
-
-    /// `url` without its password, for messages.
-    fn redacted(url: &str) -> String {
-        match AnyConnectOptions::from_str(url) {
-            Ok(mut options) => {
-                let _ = options.database_url.set_password(None);
-                options.database_url.to_string()
-            }
-            Err(_) => "(unparsable FLEET_POSTGRES_URL)".into(),
-        }
-    }
+    use crate::support::base_url;
 
     async fn run<F, Fut>(case: F) -> Result<()>
     where
-        F: FnOnce(Arc<dyn ReadModel>) -> Fut,
+        F: FnOnce(Arc<dyn ReadModel>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        let base = base_url();
-        let mut admin = PgConnection::connect(&base).await.with_context(|| {
-            format!(
-                "PostgreSQL is not reachable at {} (FLEET_POSTGRES_URL). \
-                 Start it with `bash scripts/services.sh up`",
-                redacted(&base)
-            )
-        })?;
-        let name = format!("fleet_test_{:016x}", rand::random::<u64>());
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .with_context(|| format!("creating database {name} (the role needs CREATEDB)"))?;
-        let url = with_database(&base, &name)?;
-
-        let outcome = match open_read_model(&url).await {
-            Ok(store) => {
-                ensure!(store.engine() == "postgres");
-                // A task, so that a panicking case still reaches the cleanup below.
-                tokio::spawn(case(store)).await
-            }
-            Err(e) => Ok(Err(e.into())),
-        };
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-            .await
-            .with_context(|| format!("dropping database {name}"))?;
-        admin.close().await?;
-        match outcome {
-            Ok(result) => result,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(join) => Err(join.into()),
-        }
+        support::with_fresh_database(|url| async move {
+            let store = open_read_model(&url).await?;
+            ensure!(store.engine() == "postgres");
+            case(store).await
+        })
+        .await
     }
 
     conformance!();

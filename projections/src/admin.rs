@@ -1,0 +1,360 @@
+//! Administration API: tenants, locations, registration tokens, agent deactivation.
+//!
+//! Every route needs `Authorization: Bearer <admin-api-key>` (the projections'
+//! `admin-api-key`; without one configured the routes answer 403). User accounts and
+//! per-tenant roles come later; this key is the bootstrap administrator.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `POST /api/v1/tenants` `{"name"}` | create a tenant |
+//! | `GET /api/v1/tenants` | list tenants |
+//! | `POST /api/v1/tenants/{tenant_id}/locations` `{"name"}` | create a location |
+//! | `GET /api/v1/tenants/{tenant_id}/locations` | list locations |
+//! | `POST /api/v1/tenants/{tenant_id}/registration-tokens` `{"location_id"?, "device_name"?, "expires_in"?}` | create a one-time token (secret shown once, with an install command) |
+//! | `GET /api/v1/tenants/{tenant_id}/registration-tokens` | list tokens (never secrets) |
+//! | `POST /api/v1/agents/{agent_id}/deactivate` `{"reason"?}` | revoke an agent's credential (AgentDeactivated on `fleet.agents.v1`) |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use fleet_event_log::{EventLog, ProduceRecord};
+use fleet_ops::{ApiError, FieldJson};
+use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_stores::registry::{hash_secret, new_secret, verify_secret, NewToken, Registry};
+use fleet_stores::StoreError;
+use serde::{Deserialize, Serialize};
+
+/// State of the admin routes.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    registry: Arc<dyn Registry>,
+    log: Arc<dyn EventLog>,
+    admin_key_hash: Option<[u8; 32]>,
+    gateway_url: String,
+}
+
+impl AdminState {
+    /// Admin state; `admin_key` empty disables the routes.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        log: Arc<dyn EventLog>,
+        admin_key: &str,
+        gateway_url: &str,
+    ) -> Self {
+        let admin_key_hash = (!admin_key.is_empty()).then(|| hash_secret(admin_key));
+        AdminState {
+            registry,
+            log,
+            admin_key_hash,
+            gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/api/v1/tenants", post(create_tenant).get(list_tenants))
+        .route(
+            "/api/v1/tenants/{tenant_id}/locations",
+            post(create_location).get(list_locations),
+        )
+        .route(
+            "/api/v1/tenants/{tenant_id}/registration-tokens",
+            post(create_token).get(list_tokens),
+        )
+        .route("/api/v1/agents/{agent_id}/deactivate", post(deactivate))
+        .with_state(state)
+}
+
+/// Who called (for the audit trail).
+fn admin(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(expected) = &state.admin_key_hash else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "administration is disabled: set `admin-api-key` in the projections configuration",
+        ));
+    };
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <admin key>",
+            )
+        })?;
+    if !verify_secret(key.trim(), expected) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong admin key",
+        ));
+    }
+    Ok("admin".to_owned())
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(m) => ApiError::not_found(m),
+        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        StoreError::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}"), 5),
+        StoreError::InvalidQuery(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m),
+        other => ApiError::internal(other),
+    }
+}
+
+fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) -> Response {
+    match r {
+        Ok(v) => (status, Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn name_field(field: &str, v: &str) -> Result<String, ApiError> {
+    let v = v.trim();
+    if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            field,
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+/// Body of tenant and location creation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameBody {
+    /// Display name.
+    pub name: String,
+}
+
+async fn create_tenant(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<FieldJson<NameBody>, ApiError>,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        let name = name_field("name", &body?.0.name)?;
+        let t = s
+            .registry
+            .create_tenant(&name, fleet_schemas::time::now_micros())
+            .await
+            .map_err(store_error)?;
+        tracing::info!(tenant_id = %t.tenant_id, %name, %actor, "Tenant created.");
+        Ok(t)
+    }
+    .await;
+    reply(StatusCode::CREATED, r)
+}
+
+async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    let r = async {
+        admin(&s, &headers)?;
+        let tenants = s.registry.list_tenants().await.map_err(store_error)?;
+        Ok(serde_json::json!({ "tenants": tenants }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+async fn create_location(
+    State(s): State<AdminState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<FieldJson<NameBody>, ApiError>,
+) -> Response {
+    let r = async {
+        admin(&s, &headers)?;
+        let name = name_field("name", &body?.0.name)?;
+        s.registry
+            .create_location(&tenant_id, &name, fleet_schemas::time::now_micros())
+            .await
+            .map_err(store_error)
+    }
+    .await;
+    reply(StatusCode::CREATED, r)
+}
+
+async fn list_locations(
+    State(s): State<AdminState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        admin(&s, &headers)?;
+        let locations = s
+            .registry
+            .list_locations(&tenant_id)
+            .await
+            .map_err(store_error)?;
+        Ok(serde_json::json!({ "locations": locations }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+/// Body of token creation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    /// Location the agent will be placed in.
+    #[serde(default)]
+    pub location_id: Option<String>,
+    /// Device name the agent will get.
+    #[serde(default)]
+    pub device_name: Option<String>,
+    /// Lifetime (`24h`, `30m`; at most 30 days). Default 24h.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+/// Answer of token creation: the secret is shown here only.
+#[derive(Debug, Serialize)]
+pub struct CreatedToken {
+    /// The token as listed later.
+    #[serde(flatten)]
+    pub info: fleet_stores::registry::TokenInfo,
+    /// The one-time secret; it cannot be shown again.
+    pub token: String,
+    /// A command that enrolls and starts an agent with this token.
+    pub install_command: String,
+}
+
+async fn create_token(
+    State(s): State<AdminState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<FieldJson<TokenBody>, ApiError>,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        let b = body?.0;
+        let lifetime = match &b.expires_in {
+            None => std::time::Duration::from_secs(86_400),
+            Some(v) => humantime::parse_duration(v)
+                .map_err(|_| ApiError::invalid_field("expires_in", "must be a duration such as 30m, 24h, 7d"))?,
+        };
+        if lifetime.is_zero() || lifetime > std::time::Duration::from_secs(30 * 86_400) {
+            return Err(ApiError::invalid_field("expires_in", "must be more than 0 and at most 30 days"));
+        }
+        let device_name = b.device_name.as_deref().map(|d| name_field("device_name", d)).transpose()?;
+        let now = fleet_schemas::time::now_micros();
+        let secret = new_secret("fst_");
+        let new = NewToken {
+            tenant_id: tenant_id.clone(),
+            location_id: b.location_id,
+            device_name,
+            expires_at: now + i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX / 2),
+            created_by: actor.clone(),
+            created_at: now,
+        };
+        let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(store_error)?;
+        tracing::info!(token_id = %info.token_id, %tenant_id, %actor, "Registration token created.");
+        let install_command = format!(
+            "sudo packaging/install-agent.sh --server {gw} --token {secret}   # or: fleetstream agent enroll --server {gw} --token {secret}",
+            gw = s.gateway_url
+        );
+        Ok(CreatedToken { info, token: secret, install_command })
+    }
+    .await;
+    reply(StatusCode::CREATED, r)
+}
+
+async fn list_tokens(
+    State(s): State<AdminState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        admin(&s, &headers)?;
+        let tokens = s
+            .registry
+            .list_tokens(&tenant_id)
+            .await
+            .map_err(store_error)?;
+        Ok(serde_json::json!({ "tokens": tokens }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+/// Body of a deactivation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeactivateBody {
+    /// Why, for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+async fn deactivate(
+    State(s): State<AdminState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<DeactivateBody>>,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        let reason = body.and_then(|b| b.0.reason);
+        let cred = s
+            .registry
+            .agent_credential(&agent_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
+            })?;
+        let now = fleet_schemas::time::now_micros();
+        let changed = s
+            .registry
+            .deactivate_agent(None, &agent_id, now)
+            .await
+            .map_err(store_error)?;
+        // Written on every call (a retry after a failed write must still publish it);
+        // the event id depends only on the agent, so copies are recognisable.
+        {
+            let ev = AgentLifecycle {
+                event_id: ids::v5(&[&agent_id, "DEACTIVATED"]).to_string(),
+                tenant_id: cred.tenant_id.clone(),
+                agent_id: agent_id.clone(),
+                kind: AgentLifecycleKind::Deactivated,
+                location_id: cred.location_id.clone(),
+                device_name: None,
+                facts: None,
+                actor: Some(actor.clone()),
+                reason,
+                occurred_at: now,
+                ingested_at: now,
+            };
+            let value = codec::encode(&ev).map_err(ApiError::internal)?;
+            let rec = ProduceRecord {
+                key: Some(agent_id.as_bytes().to_vec()),
+                value,
+                timestamp_ms: Some(now / 1000),
+            };
+            s.log
+                .produce(AgentLifecycle::TOPIC, vec![rec])
+                .await
+                .map_err(|e| {
+                    ApiError::unavailable(
+                        format!("deactivated, but the event could not be written yet: {e}; retry"),
+                        5,
+                    )
+                })?;
+            tracing::info!(%agent_id, %actor, "Agent deactivated.");
+        }
+        Ok(serde_json::json!({ "agent_id": agent_id, "deactivated": true, "changed": changed }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}

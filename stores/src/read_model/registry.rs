@@ -1,0 +1,588 @@
+//! [`Registry`] on the read model's pool: the same `sqlx::AnyPool`, the same portable SQL
+//! (`$n` placeholders, BIGINT flags, TEXT hashes; see `migrations/0002_registry.sql`).
+//!
+//! Redeeming a token is one transaction: a conditional `UPDATE ... RETURNING` claims the
+//! token only while it is unused and unexpired, then the credential is inserted. Of
+//! concurrent redemptions exactly one claims the row:
+//!
+//! * PostgreSQL (READ COMMITTED): the losers wait on the row lock, then re-check the `WHERE`
+//!   against the committed row, match nothing, and read why in a fresh snapshot.
+//! * SQLite: the transaction opens with `BEGIN IMMEDIATE`, taking the one write lock up
+//!   front (waiting up to the busy timeout), so the losers start after the winner
+//!   committed. A deferred transaction could fail with `SQLITE_BUSY` instead of waiting.
+//!
+//! Lock contention that still surfaces (a busy timeout, a deadlock, a serialization failure)
+//! rolled the transaction back, so the redemption is retried a few times before giving up
+//! with [`StoreError::Unavailable`].
+//!
+//! Tenants and locations are enforced by foreign keys; the violations become
+//! [`StoreError::NotFound`], unique violations [`StoreError::Conflict`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::error::{BoxDynError, ErrorKind};
+use sqlx::Row;
+
+use super::{decode_error, Engine, SqlReadModel};
+use crate::registry::{
+    AgentCredential, Location, NewAgent, NewToken, RedeemRefusal, Redeemed, Registry, Tenant,
+    TokenInfo,
+};
+use crate::{Result, StoreError};
+
+/// Attempts of a redemption that meets lock contention.
+const REDEEM_ATTEMPTS: u32 = 4;
+/// Pause before the second attempt; doubled before each further one.
+const REDEEM_BACKOFF: Duration = Duration::from_millis(25);
+
+const INSERT_TENANT: &str = "INSERT INTO tenants (tenant_id, name, created_at) VALUES ($1, $2, $3)";
+
+const TENANT_COLUMNS: &str = "tenant_id, name, created_at";
+
+const INSERT_LOCATION: &str = "\
+INSERT INTO locations (location_id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)";
+
+const LOCATION_COLUMNS: &str = "location_id, tenant_id, name, created_at";
+
+const INSERT_TOKEN: &str = "\
+INSERT INTO registration_tokens (token_id, secret_hash, tenant_id, location_id, device_name,
+    expires_at, created_by, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+const TOKEN_COLUMNS: &str = "token_id, tenant_id, location_id, device_name, expires_at, \
+created_by, created_at, used_at, used_by_agent";
+
+/// Claims an unused, unexpired token. `$1` now, `$2` the new agent, `$3` the secret hash.
+const CLAIM_TOKEN: &str = "\
+UPDATE registration_tokens SET used_at = $1, used_by_agent = $2
+WHERE secret_hash = $3 AND used_at IS NULL AND expires_at > $1
+RETURNING token_id, tenant_id, location_id, device_name";
+
+/// Why a claim matched nothing.
+const TOKEN_STATE: &str =
+    "SELECT used_at, expires_at FROM registration_tokens WHERE secret_hash = $1";
+
+const INSERT_CREDENTIAL: &str = "\
+INSERT INTO agent_credentials (agent_id, tenant_id, location_id, credential_hash, active, facts,
+    registered_at)
+VALUES ($1, $2, $3, $4, 1, $5, $6)";
+
+const SELECT_CREDENTIAL: &str = "\
+SELECT agent_id, tenant_id, location_id, credential_hash, active FROM agent_credentials
+WHERE agent_id = $1";
+
+/// `$1` now, `$2` the agent.
+const DEACTIVATE: &str = "\
+UPDATE agent_credentials SET active = 0, deactivated_at = $1 WHERE agent_id = $2 AND active = 1";
+
+/// [`DEACTIVATE`] restricted to tenant `$3`.
+const DEACTIVATE_IN_TENANT: &str = "\
+UPDATE agent_credentials SET active = 0, deactivated_at = $1
+WHERE agent_id = $2 AND active = 1 AND tenant_id = $3";
+
+/// Why one redemption attempt failed.
+#[derive(Debug)]
+enum AttemptError {
+    /// A statement failed; `what` says which, for the message.
+    Sql {
+        what: &'static str,
+        error: sqlx::Error,
+    },
+    /// The claim matched nothing, yet the token then read as unused and unexpired: it was
+    /// committed, or released by a rolled-back redemption, between the two statements
+    /// (PostgreSQL; SQLite's write lock rules it out). Another attempt decides.
+    Raced,
+}
+
+fn at(what: &'static str) -> impl FnOnce(sqlx::Error) -> AttemptError {
+    move |error| AttemptError::Sql { what, error }
+}
+
+impl SqlReadModel {
+    /// Maps a statement's error: a unique violation is a [`StoreError::Conflict`] saying
+    /// `conflict`, anything else as the read model classifies it (retry or internal).
+    fn registry_error(
+        &self,
+        what: &str,
+        e: sqlx::Error,
+        conflict: impl FnOnce() -> String,
+    ) -> StoreError {
+        if constraint(&e) == Some(ErrorKind::UniqueViolation) {
+            return StoreError::Conflict(conflict());
+        }
+        self.db_error(what, e)
+    }
+
+    /// Says which of a token's tenant and location is missing after a foreign key refused
+    /// it.
+    async fn token_target_missing(&self, token: &NewToken) -> StoreError {
+        match self.get_tenant(&token.tenant_id).await {
+            Ok(None) => StoreError::NotFound(format!("tenant {}", token.tenant_id)),
+            Ok(Some(_)) => StoreError::NotFound(format!(
+                "location {} in tenant {}",
+                token.location_id.as_deref().unwrap_or("(none)"),
+                token.tenant_id
+            )),
+            Err(e) => e,
+        }
+    }
+
+    /// One redemption in one transaction (see the module documentation).
+    async fn redeem_once(
+        &self,
+        hash_hex: &str,
+        credential_hex: &str,
+        agent: &NewAgent,
+    ) -> Result<Result<Redeemed, RedeemRefusal>, AttemptError> {
+        let mut tx = match self.engine {
+            Engine::Postgres => self.pool.begin().await,
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        }
+        .map_err(at("begin"))?;
+
+        let claimed = sqlx::query(CLAIM_TOKEN)
+            .bind(agent.now)
+            .bind(agent.agent_id.as_str())
+            .bind(hash_hex)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(at("claim token"))?;
+
+        let Some(row) = claimed else {
+            let state = sqlx::query(TOKEN_STATE)
+                .bind(hash_hex)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(at("read token"))?;
+            tx.rollback().await.map_err(at("rollback"))?;
+            let Some(state) = state else {
+                return Ok(Err(RedeemRefusal::Unknown));
+            };
+            let used_at: Option<i64> = state.try_get("used_at").map_err(at("read token"))?;
+            let expires_at: i64 = state.try_get("expires_at").map_err(at("read token"))?;
+            return if used_at.is_some() {
+                Ok(Err(RedeemRefusal::Used))
+            } else if expires_at <= agent.now {
+                Ok(Err(RedeemRefusal::Expired))
+            } else {
+                Err(AttemptError::Raced)
+            };
+        };
+        let redeemed = Redeemed {
+            token_id: row.try_get("token_id").map_err(at("claim token"))?,
+            tenant_id: row.try_get("tenant_id").map_err(at("claim token"))?,
+            location_id: row.try_get("location_id").map_err(at("claim token"))?,
+            device_name: row.try_get("device_name").map_err(at("claim token"))?,
+        };
+
+        sqlx::query(INSERT_CREDENTIAL)
+            .bind(agent.agent_id.as_str())
+            .bind(redeemed.tenant_id.as_str())
+            .bind(redeemed.location_id.as_deref())
+            .bind(credential_hex)
+            .bind(agent.facts_json.as_str())
+            .bind(agent.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(at("store credential"))?;
+        tx.commit().await.map_err(at("commit"))?;
+        Ok(Ok(redeemed))
+    }
+
+    /// Whether a failed attempt rolled back in a way another attempt may not meet.
+    fn worth_retrying(&self, e: &AttemptError) -> bool {
+        match e {
+            AttemptError::Raced => true,
+            AttemptError::Sql { error, .. } => is_contention(self.engine, error),
+        }
+    }
+}
+
+/// The kind of a constraint violation, if `e` is one.
+fn constraint(e: &sqlx::Error) -> Option<ErrorKind> {
+    match e {
+        sqlx::Error::Database(db) => Some(db.kind()),
+        _ => None,
+    }
+}
+
+/// Lock contention that rolled the transaction back, so trying again is safe: SQLite
+/// `SQLITE_BUSY` / `SQLITE_LOCKED` (with their extended codes), PostgreSQL serialization
+/// failure and deadlock.
+fn is_contention(engine: Engine, e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let code = db.code().unwrap_or_default();
+    match engine {
+        Engine::Postgres => code == "40001" || code == "40P01",
+        Engine::Sqlite => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+    }
+}
+
+/// 64 lowercase hex digits.
+fn to_hex(bytes: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// Parses what [`to_hex`] wrote (either case).
+fn from_hex(s: &str) -> Result<[u8; 32], BoxDynError> {
+    fn nibble(c: u8) -> Result<u8, BoxDynError> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(format!("{:?} is not a hex digit", char::from(c)).into()),
+        }
+    }
+    if s.len() != 64 {
+        return Err(format!("a hash of {} hex digits, expected 64", s.len()).into());
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Ok(out)
+}
+
+fn tenant_from_row(row: &AnyRow) -> Result<Tenant, BoxDynError> {
+    Ok(Tenant {
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn location_from_row(row: &AnyRow) -> Result<Location, BoxDynError> {
+    Ok(Location {
+        location_id: row.try_get("location_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenInfo, BoxDynError> {
+    Ok(TokenInfo {
+        token_id: row.try_get("token_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        location_id: row.try_get("location_id")?,
+        device_name: row.try_get("device_name")?,
+        expires_at: row.try_get("expires_at")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        used_at: row.try_get("used_at")?,
+        used_by_agent: row.try_get("used_by_agent")?,
+    })
+}
+
+fn credential_from_row(row: &AnyRow) -> Result<AgentCredential, BoxDynError> {
+    let hash: String = row.try_get("credential_hash")?;
+    let active: i64 = row.try_get("active")?;
+    Ok(AgentCredential {
+        agent_id: row.try_get("agent_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        location_id: row.try_get("location_id")?,
+        credential_hash: from_hex(&hash)?,
+        active: match active {
+            0 => false,
+            1 => true,
+            other => return Err(format!("active flag {other}, expected 0 or 1").into()),
+        },
+    })
+}
+
+/// A name must say something.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(StoreError::InvalidQuery(format!(
+            "the {what} name is empty"
+        )));
+    }
+    Ok(())
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[async_trait]
+impl Registry for SqlReadModel {
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant> {
+        check_name("tenant", name)?;
+        let tenant = Tenant {
+            tenant_id: new_id(),
+            name: name.to_owned(),
+            created_at: now,
+        };
+        sqlx::query(INSERT_TENANT)
+            .bind(tenant.tenant_id.as_str())
+            .bind(tenant.name.as_str())
+            .bind(tenant.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                self.registry_error("create tenant", e, || {
+                    format!("a tenant named {name:?} already exists")
+                })
+            })?;
+        Ok(tenant)
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error("list tenants", e))?;
+        rows.iter()
+            .map(tenant_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("tenants", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<Tenant>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1"
+        ))
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db_error("get tenant", e))?;
+        row.as_ref()
+            .map(tenant_from_row)
+            .transpose()
+            .map_err(|e| decode_error("tenant", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn create_location(&self, tenant_id: &str, name: &str, now: i64) -> Result<Location> {
+        check_name("location", name)?;
+        let location = Location {
+            location_id: new_id(),
+            tenant_id: tenant_id.to_owned(),
+            name: name.to_owned(),
+            created_at: now,
+        };
+        let inserted = sqlx::query(INSERT_LOCATION)
+            .bind(location.location_id.as_str())
+            .bind(tenant_id)
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(location),
+            Err(e) if constraint(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                Err(StoreError::NotFound(format!("tenant {tenant_id}")))
+            }
+            Err(e) => Err(self.registry_error("create location", e, || {
+                format!("tenant {tenant_id} already has a location named {name:?}")
+            })),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_locations(&self, tenant_id: &str) -> Result<Vec<Location>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {LOCATION_COLUMNS} FROM locations WHERE tenant_id = $1 \
+             ORDER BY name, location_id"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error("list locations", e))?;
+        rows.iter()
+            .map(location_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("locations", e))
+    }
+
+    #[tracing::instrument(
+        skip(self, token, secret_hash),
+        fields(
+            engine = self.engine.as_str(),
+            tenant_id = %token.tenant_id,
+            location_id = ?token.location_id,
+        )
+    )]
+    async fn create_token(&self, token: &NewToken, secret_hash: [u8; 32]) -> Result<TokenInfo> {
+        if token.expires_at <= token.created_at {
+            return Err(StoreError::InvalidQuery(format!(
+                "the token expires ({}) before it is created ({})",
+                token.expires_at, token.created_at
+            )));
+        }
+        let info = TokenInfo {
+            token_id: new_id(),
+            tenant_id: token.tenant_id.clone(),
+            location_id: token.location_id.clone(),
+            device_name: token.device_name.clone(),
+            expires_at: token.expires_at,
+            created_by: token.created_by.clone(),
+            created_at: token.created_at,
+            used_at: None,
+            used_by_agent: None,
+        };
+        let inserted = sqlx::query(INSERT_TOKEN)
+            .bind(info.token_id.as_str())
+            .bind(to_hex(&secret_hash))
+            .bind(info.tenant_id.as_str())
+            .bind(info.location_id.as_deref())
+            .bind(info.device_name.as_deref())
+            .bind(info.expires_at)
+            .bind(info.created_by.as_str())
+            .bind(info.created_at)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(info),
+            Err(e) if constraint(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                Err(self.token_target_missing(token).await)
+            }
+            Err(e) => Err(self.registry_error("create token", e, || {
+                "a registration token with this secret already exists: generate a new secret".into()
+            })),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_tokens(&self, tenant_id: &str) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE tenant_id = $1 \
+             ORDER BY created_at DESC, token_id DESC"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error("list tokens", e))?;
+        rows.iter()
+            .map(token_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("registration tokens", e))
+    }
+
+    #[tracing::instrument(
+        skip(self, secret_hash, agent),
+        fields(engine = self.engine.as_str(), agent_id = %agent.agent_id)
+    )]
+    async fn redeem_token(
+        &self,
+        secret_hash: [u8; 32],
+        agent: &NewAgent,
+    ) -> Result<std::result::Result<Redeemed, RedeemRefusal>> {
+        let hash_hex = to_hex(&secret_hash);
+        let credential_hex = to_hex(&agent.credential_hash);
+        let mut backoff = REDEEM_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.redeem_once(&hash_hex, &credential_hex, agent).await {
+                Ok(outcome) => {
+                    match &outcome {
+                        Ok(r) => {
+                            tracing::debug!(token_id = %r.token_id, tenant_id = %r.tenant_id, "Token redeemed.")
+                        }
+                        Err(refusal) => tracing::debug!(?refusal, "Token refused."),
+                    }
+                    return Ok(outcome);
+                }
+                Err(e) if attempt < REDEEM_ATTEMPTS && self.worth_retrying(&e) => {
+                    tracing::debug!(attempt, error = ?e, "Redemption met contention; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(AttemptError::Raced) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "redeem token on {} {}: the token changed during the redemption; retry",
+                        self.engine.as_str(),
+                        self.target
+                    )))
+                }
+                Err(AttemptError::Sql { what, error }) => {
+                    return Err(self.registry_error(what, error, || {
+                        format!("agent {} is already registered", agent.agent_id)
+                    }))
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn agent_credential(&self, agent_id: &str) -> Result<Option<AgentCredential>> {
+        let row = sqlx::query(SELECT_CREDENTIAL)
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_error("get agent credential", e))?;
+        row.as_ref()
+            .map(credential_from_row)
+            .transpose()
+            .map_err(|e| decode_error("agent credential", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn deactivate_agent(
+        &self,
+        tenant_id: Option<&str>,
+        agent_id: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let q = match tenant_id {
+            None => sqlx::query(DEACTIVATE).bind(now).bind(agent_id),
+            Some(tenant_id) => sqlx::query(DEACTIVATE_IN_TENANT)
+                .bind(now)
+                .bind(agent_id)
+                .bind(tenant_id),
+        };
+        let done = q
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("deactivate agent", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::try_from(i * 8).expect("small") ^ 0xa5;
+        }
+        let hex = to_hex(&bytes);
+        assert_eq!(hex.len(), 64);
+        assert!(hex
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_eq!(from_hex(&hex).expect("parses"), bytes);
+        assert_eq!(from_hex(&hex.to_uppercase()).expect("either case"), bytes);
+        assert_eq!(&to_hex(&[0xff; 32])[..4], "ffff");
+        assert!(from_hex(&hex[..62]).is_err(), "too short");
+        assert!(from_hex(&format!("{}zz", &hex[..62])).is_err(), "not hex");
+    }
+
+    #[test]
+    fn hex_of_a_known_hash() {
+        let hash = crate::registry::hash_secret("abc");
+        assert_eq!(
+            to_hex(&hash),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
