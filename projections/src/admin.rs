@@ -301,11 +301,16 @@ async fn deactivate(
     State(s): State<AdminState>,
     Path(agent_id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<DeactivateBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
     let r = async {
         let actor = admin(&s, &headers)?;
-        let reason = body.and_then(|b| b.0.reason);
+        // The body is optional: nothing, or {"reason": "..."}.
+        let reason = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            fleet_ops::error::parse_json::<DeactivateBody>(&body)?.reason
+        };
         let cred = s
             .registry
             .agent_credential(&agent_id)
