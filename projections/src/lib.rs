@@ -1,6 +1,7 @@
 //! Projections and the query API.
 //!
-//! * The read-model projection consumes `fleet.metrics.v1`, `fleet.heartbeats.v1` and
+//! * The read-model projection consumes `fleet.metrics.v1`, `fleet.heartbeats.v1`,
+//!   `fleet.agents.v1` and
 //!   `fleet.alerts.v1` and applies each batch in one read-model transaction together with
 //!   the consumed offsets; records at offsets the store already has are skipped, so a
 //!   restart mid-batch changes nothing twice.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
 use fleet_ops::log::{ensure_topics, next_offsets, LagGauge};
 use fleet_schemas::samples::samples;
-use fleet_schemas::{codec, topics, AlertEvent, Heartbeat, MetricReport};
+use fleet_schemas::{codec, topics, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
 use fleet_stores::{Change, Point, ReadModel, StoreError, StoredOffset, TimeSeriesStore};
 
 use crate::metrics;
@@ -43,6 +43,7 @@ pub fn to_change(r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
     Ok(match &*r.topic {
         topics::METRICS => Change::Report(Box::new(codec::decode::<MetricReport>(&r.value)?)),
         topics::HEARTBEATS => Change::Heartbeat(codec::decode::<Heartbeat>(&r.value)?),
+        topics::AGENTS => Change::Lifecycle(codec::decode::<AgentLifecycle>(&r.value)?),
         _ => Change::Alert(codec::decode::<AlertEvent>(&r.value)?),
     })
 }
@@ -65,7 +66,12 @@ pub async fn run_read_model(
     let mut consumer = subscribe(
         log.as_ref(),
         &config.read_model_group,
-        &[topics::METRICS, topics::HEARTBEATS, topics::ALERTS],
+        &[
+            topics::METRICS,
+            topics::HEARTBEATS,
+            topics::ALERTS,
+            topics::AGENTS,
+        ],
         &config,
     )
     .await?;

@@ -15,7 +15,7 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use fleet_schemas::{AlertEvent, Heartbeat, MetricReport};
+pub use fleet_schemas::{AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
 
 pub mod read_model;
 pub mod registry;
@@ -61,6 +61,8 @@ pub enum Change {
     Heartbeat(Heartbeat),
     /// Alert lifecycle.
     Alert(AlertEvent),
+    /// Agent lifecycle: enrollment facts and deactivation.
+    Lifecycle(AgentLifecycle),
 }
 
 /// The next offset a projection consumes on one partition.
@@ -99,6 +101,20 @@ pub struct AgentRow {
     pub uptime_seconds: Option<i64>,
     /// The latest report in full.
     pub latest_report: Option<MetricReportJson>,
+    /// Location from enrollment.
+    pub location_id: Option<String>,
+    /// Device name from enrollment.
+    pub device_name: Option<String>,
+    /// Host name from enrollment.
+    pub hostname: Option<String>,
+    /// Machine facts from enrollment (JSON).
+    pub facts: Option<serde_json::Value>,
+    /// `enrolled`, `deactivated`, or absent for agents that never enrolled.
+    pub enrollment: Option<String>,
+    /// Enrollment time (µs).
+    pub registered_at: Option<i64>,
+    /// Deactivation time (µs).
+    pub deactivated_at: Option<i64>,
 }
 
 /// A metric report kept as JSON in the read model.

@@ -29,7 +29,9 @@ use std::sync::Once;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_schemas::{AlertEvent, AlertEventKind, Heartbeat, MetricReport};
+use fleet_schemas::{
+    AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, Heartbeat, MetricReport,
+};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -72,6 +74,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "registry",
         include_str!("../migrations/0002_registry.sql"),
+    ),
+    (
+        3,
+        "agent enrollment",
+        include_str!("../migrations/0003_agent_enrollment.sql"),
     ),
 ];
 
@@ -446,7 +453,21 @@ WHERE projection = $1 ORDER BY topic, partition";
 
 const AGENT_COLUMNS: &str = "tenant_id, agent_id, first_seen_at, last_seen_at, \
 last_metrics_at, cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, \
-latest_report";
+latest_report, location_id, device_name, hostname, facts, enrollment, registered_at, \
+deactivated_at";
+
+/// Registration or update: placement and facts (the newest event wins).
+const AGENT_ENROLLED: &str = "\
+UPDATE agents SET location_id = $2, device_name = $3, hostname = $4, facts = $5,
+    enrollment = CASE WHEN enrollment = 'deactivated' THEN enrollment ELSE 'enrolled' END,
+    registered_at = CASE WHEN registered_at IS NULL OR $6 < registered_at THEN $6 ELSE registered_at END
+WHERE agent_id = $1";
+
+/// Deactivation is final for an agent id (re-enrolling gives a new id).
+const AGENT_DEACTIVATED: &str = "\
+UPDATE agents SET enrollment = 'deactivated',
+    deactivated_at = CASE WHEN deactivated_at IS NULL OR $2 < deactivated_at THEN $2 ELSE deactivated_at END
+WHERE agent_id = $1";
 
 const ALERT_COLUMNS: &str = "alert_id, tenant_id, agent_id, rule_id, rule_name, metric, \
 subject, severity, status, operator, threshold, value, message, raised_at, acknowledged_at, \
@@ -485,6 +506,40 @@ async fn apply_report(tx: &mut Tx<'_>, report: &MetricReport) -> Result<(), Appl
         .bind(json)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+async fn apply_lifecycle(tx: &mut Tx<'_>, ev: &AgentLifecycle) -> Result<(), ApplyError> {
+    match ev.kind {
+        AgentLifecycleKind::Registered | AgentLifecycleKind::Updated => {
+            touch_agent(tx, &ev.tenant_id, &ev.agent_id, ev.occurred_at).await?;
+            let facts = ev
+                .facts
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(ApplyError::Encode)?;
+            sqlx::query(AGENT_ENROLLED)
+                .bind(ev.agent_id.as_str())
+                .bind(ev.location_id.clone())
+                .bind(ev.device_name.clone())
+                .bind(ev.facts.as_ref().map(|f| f.hostname.clone()))
+                .bind(facts)
+                .bind(ev.occurred_at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        AgentLifecycleKind::Deactivated => {
+            touch_agent(tx, &ev.tenant_id, &ev.agent_id, ev.occurred_at).await?;
+            sqlx::query(AGENT_DEACTIVATED)
+                .bind(ev.agent_id.as_str())
+                .bind(ev.occurred_at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        // Liveness comes with the liveness processor.
+        AgentLifecycleKind::Online | AgentLifecycleKind::Offline => {}
+    }
     Ok(())
 }
 
@@ -553,6 +608,16 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRow, BoxDynError> {
         load_1: row.try_get("load_1")?,
         uptime_seconds: row.try_get("uptime_seconds")?,
         latest_report,
+        location_id: row.try_get("location_id")?,
+        device_name: row.try_get("device_name")?,
+        hostname: row.try_get("hostname")?,
+        facts: row
+            .try_get::<Option<String>, _>("facts")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?,
+        enrollment: row.try_get("enrollment")?,
+        registered_at: row.try_get("registered_at")?,
+        deactivated_at: row.try_get("deactivated_at")?,
     })
 }
 
@@ -644,6 +709,7 @@ impl ReadModel for SqlReadModel {
                 Change::Report(report) => apply_report(&mut tx, report).await,
                 Change::Heartbeat(hb) => apply_heartbeat(&mut tx, hb).await.map_err(Into::into),
                 Change::Alert(ev) => apply_alert(&mut tx, ev).await.map_err(Into::into),
+                Change::Lifecycle(ev) => apply_lifecycle(&mut tx, ev).await,
             };
             match applied {
                 Ok(()) => {}

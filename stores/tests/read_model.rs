@@ -29,6 +29,7 @@ macro_rules! conformance {
             replaying_a_batch_twice_gives_identical_state,
             offsets_are_stored_atomically_with_rows,
             heartbeat_updates_last_seen,
+            lifecycle_enrolls_and_deactivates,
             alert_lifecycle_raised_acknowledged_resolved,
             raised_replay_after_resolve_does_not_reopen,
             alert_events_out_of_order_converge,
@@ -273,6 +274,13 @@ mod cases {
             load_1: Some(r.load_1),
             uptime_seconds: Some(r.uptime_seconds),
             latest_report: Some(serde_json::to_value(&r)?),
+            location_id: None,
+            device_name: None,
+            hostname: None,
+            facts: None,
+            enrollment: None,
+            registered_at: None,
+            deactivated_at: None,
         };
         ensure!(row == expected, "got {row:#?}\nexpected {expected:#?}");
         let back: fleet_stores::MetricReport =
@@ -479,6 +487,39 @@ mod cases {
         Ok(())
     }
 
+    pub(crate) async fn lifecycle_enrolls_and_deactivates(store: Arc<dyn ReadModel>) -> Result<()> {
+        let a = agent_id();
+        let mut registered = fixtures::agent_registered(T1, &a, T0);
+        registered.device_name = Some("web-1".into());
+        let applied = [Change::Lifecycle(registered.clone())];
+        store.apply(PROJECTION, &applied, &[]).await?;
+        store.apply(PROJECTION, &applied, &[]).await?; // replay: same state
+        let row = agent(&store, &a).await?;
+        ensure!(row.enrollment.as_deref() == Some("enrolled"), "{row:#?}");
+        ensure!(
+            row.hostname.as_deref() == Some("web-1") && row.device_name.as_deref() == Some("web-1")
+        );
+        ensure!(row.location_id.as_deref() == Some("loc-1"));
+        ensure!(row.registered_at == Some(T0));
+        ensure!(
+            row.facts.as_ref().and_then(|f| f["cpu_cores"].as_i64()) == Some(2),
+            "{row:#?}"
+        );
+        let mut gone = registered.clone();
+        gone.kind = fleet_schemas::AgentLifecycleKind::Deactivated;
+        gone.facts = None;
+        gone.occurred_at = T0 + SECOND;
+        store
+            .apply(PROJECTION, &[Change::Lifecycle(gone)], &[])
+            .await?;
+        // A replayed registration does not re-enroll a deactivated agent.
+        store.apply(PROJECTION, &applied, &[]).await?;
+        let row = agent(&store, &a).await?;
+        ensure!(row.enrollment.as_deref() == Some("deactivated"), "{row:#?}");
+        ensure!(row.deactivated_at == Some(T0 + SECOND));
+        Ok(())
+    }
+
     pub(crate) async fn heartbeat_updates_last_seen(store: Arc<dyn ReadModel>) -> Result<()> {
         let a = agent_id();
         store
@@ -497,6 +538,13 @@ mod cases {
             load_1: None,
             uptime_seconds: None,
             latest_report: None,
+            location_id: None,
+            device_name: None,
+            hostname: None,
+            facts: None,
+            enrollment: None,
+            registered_at: None,
+            deactivated_at: None,
         };
         ensure!(
             row == expected,
