@@ -77,18 +77,7 @@ impl Collector {
         let memory_used_bytes = self.system.used_memory().min(memory_total_bytes);
 
         self.disks.refresh_specifics(true, disk_refresh_kind());
-        let disks = disk_list(
-            self.disks
-                .list()
-                .iter()
-                .map(|d| MountSample {
-                    device: d.name().to_string_lossy().into_owned(),
-                    mount: d.mount_point().to_string_lossy().into_owned(),
-                    total: d.total_space(),
-                    available: d.available_space(),
-                })
-                .collect(),
-        );
+        let disks = disk_list(mount_samples(&self.disks));
 
         let disk_io = read_disk_io();
         let (disk_read_bytes, disk_write_bytes) = io_delta(&self.prev_disk_io, &disk_io);
@@ -151,6 +140,28 @@ impl Collector {
         );
         u32::try_from(self.system.processes().len()).unwrap_or(u32::MAX)
     }
+}
+
+/// The mounted file systems as [`disk_list`] takes them.
+fn mount_samples(disks: &Disks) -> Vec<MountSample> {
+    disks
+        .list()
+        .iter()
+        .map(|d| MountSample {
+            device: d.name().to_string_lossy().into_owned(),
+            mount: d.mount_point().to_string_lossy().into_owned(),
+            total: d.total_space(),
+            available: d.available_space(),
+        })
+        .collect()
+}
+
+/// The disks a report would list right now (pseudo file systems and bind mounts left
+/// out). Blocking: reads the mount table and `statvfs`s every mount.
+pub(crate) fn current_disks() -> Vec<DiskIn> {
+    disk_list(mount_samples(&Disks::new_with_refreshed_list_specifics(
+        disk_refresh_kind(),
+    )))
 }
 
 /// Only sizes are refreshed: disk kind and per-mount I/O are not reported.

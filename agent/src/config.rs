@@ -20,6 +20,28 @@ pub const MAX_SERVICES: usize = 512;
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "FLEET_AGENT__";
 
+/// The gateway URL used when `server-url` is not set.
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:8080";
+
+/// Seconds between collections when neither the file nor an enrollment says.
+pub const DEFAULT_COLLECT_INTERVAL_SECS: f64 = 10.0;
+
+/// Seconds between heartbeats when neither the file nor an enrollment says.
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: f64 = 30.0;
+
+/// Default bound of the on-disk spool: 64 MiB of encoded reports.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Smallest accepted `spool-max-bytes` (one report with many services and disks can take
+/// tens of kilobytes).
+pub const MIN_SPOOL_MAX_BYTES: u64 = 1024 * 1024;
+
+/// State directory of an agent running as root.
+pub const ROOT_STATE_DIR: &str = "/var/lib/fleetstream-agent";
+
+/// Name of the state directory under `$XDG_STATE_HOME` (or `~/.local/state`).
+pub const STATE_DIR_NAME: &str = "fleetstream-agent";
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,26 +69,40 @@ pub enum ConfigError {
 
 /// Everything the agent needs to run. Every field has a default, so an empty file (or no
 /// file) is a valid configuration.
+///
+/// Settings left unset (`None`) are computed: from the enrollment (see
+/// [`crate::Enrollment`]) when the agent is enrolled, else from the environment or a
+/// compiled-in default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct AgentConfig {
-    /// Base URL of the ingest gateway. Default `http://127.0.0.1:8080`.
+    /// Base URL of the ingest gateway. Default `http://127.0.0.1:8080`. When the agent is
+    /// enrolled and this is left at its default, the URL it enrolled with is used.
     pub server_url: String,
-    /// This agent's id, as it appears in the gateway's URLs. Default: unset, meaning a
-    /// UUIDv5 derived from the machine id (`/etc/machine-id`) or, failing that, the host
-    /// name, so restarts keep the same id. See [`AgentConfig::resolved_agent_id`].
+    /// This agent's id, as it appears in the gateway's URLs. Default: unset, meaning the id
+    /// the server gave at enrollment or, when not enrolled, a UUIDv5 derived from the
+    /// machine id (`/etc/machine-id`) or, failing that, the host name, so restarts keep the
+    /// same id. See [`AgentConfig::resolved_agent_id`].
     pub agent_id: Option<String>,
-    /// Seconds between two collections (fractions allowed). Default 10.
-    pub collect_interval_secs: f64,
-    /// A batch is sent as soon as this many reports are queued; also the most reports one
+    /// Directory holding the spool and the enrollment (`credentials.json`). Default:
+    /// unset, meaning computed by [`AgentConfig::resolved_state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// Seconds between two collections (fractions allowed). Default: unset, meaning the
+    /// enrollment's remote config, else 10.
+    pub collect_interval_secs: Option<f64>,
+    /// Seconds between two heartbeats. Default: unset, meaning the enrollment's remote
+    /// config, else 30.
+    pub heartbeat_interval_secs: Option<f64>,
+    /// A batch is sent as soon as this many reports are spooled; also the most reports one
     /// request carries (1 to 1000). Default 6.
     pub batch_max_reports: usize,
-    /// Longest a report waits in the queue before it is sent even if the batch is not full,
-    /// in seconds. Default: unset, meaning the collect interval.
+    /// Longest a report waits in the spool before it is sent even if the batch is not
+    /// full, in seconds. Default: unset, meaning the collect interval.
     pub flush_interval_secs: Option<f64>,
-    /// Most reports held in memory while the gateway cannot take them; when full, the
-    /// oldest is dropped, counted and logged. Default 10000.
-    pub max_queue_reports: usize,
+    /// Most bytes of encoded reports the on-disk spool holds while the gateway cannot take
+    /// them; when full, the oldest reports are dropped, counted and logged. At least 1 MiB.
+    /// Default 64 MiB.
+    pub spool_max_bytes: u64,
     /// Timeout of one HTTP request to the gateway, in seconds. Default 10.
     pub request_timeout_secs: f64,
     /// First retry delay after a failed send, in seconds; doubles on each failure (with
@@ -75,8 +111,11 @@ pub struct AgentConfig {
     /// Longest retry delay the agent picks itself, in seconds (a `Retry-After` from the
     /// gateway is honoured even when longer). Default 60.
     pub retry_max_backoff_secs: f64,
-    /// On shutdown, how long the agent keeps trying to send what is queued, in seconds.
-    /// Default 5.
+    /// After the gateway refused the credential (401) or the agent is deactivated (403),
+    /// seconds before trying again; the reports stay spooled. Default 60.
+    pub auth_retry_secs: f64,
+    /// On shutdown, how long the agent keeps trying to send what is spooled, in seconds
+    /// (what is left stays spooled for the next start). Default 5.
     pub shutdown_flush_timeout_secs: f64,
     /// Names of the systemd units to watch (`nginx`, `postgresql.service`, ...), at most
     /// 512. Default empty.
@@ -86,15 +125,18 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            server_url: "http://127.0.0.1:8080".to_owned(),
+            server_url: DEFAULT_SERVER_URL.to_owned(),
             agent_id: None,
-            collect_interval_secs: 10.0,
+            state_dir: None,
+            collect_interval_secs: None,
+            heartbeat_interval_secs: None,
             batch_max_reports: 6,
             flush_interval_secs: None,
-            max_queue_reports: 10_000,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             request_timeout_secs: 10.0,
             retry_initial_backoff_secs: 1.0,
             retry_max_backoff_secs: 60.0,
+            auth_retry_secs: 60.0,
             shutdown_flush_timeout_secs: 5.0,
             services: Vec::new(),
         }
@@ -140,9 +182,24 @@ impl AgentConfig {
         if let Some(id) = &self.agent_id {
             validate_agent_id(id)?;
         }
-        positive_secs("collect-interval-secs", self.collect_interval_secs)?;
+        if let Some(collect) = self.collect_interval_secs {
+            positive_secs("collect-interval-secs", collect)?;
+        }
+        if let Some(heartbeat) = self.heartbeat_interval_secs {
+            positive_secs("heartbeat-interval-secs", heartbeat)?;
+        }
         if let Some(flush) = self.flush_interval_secs {
             positive_secs("flush-interval-secs", flush)?;
+        }
+        positive_secs("auth-retry-secs", self.auth_retry_secs)?;
+        if let Some(dir) = &self.state_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "state-dir",
+                    message: "is empty: give a directory, or leave it unset for the default"
+                        .to_owned(),
+                });
+            }
         }
         positive_secs("request-timeout-secs", self.request_timeout_secs)?;
         positive_secs(
@@ -169,12 +226,12 @@ impl AgentConfig {
                 ),
             });
         }
-        if self.max_queue_reports < self.batch_max_reports {
+        if self.spool_max_bytes < MIN_SPOOL_MAX_BYTES {
             return Err(ConfigError::Invalid {
-                key: "max-queue-reports",
+                key: "spool-max-bytes",
                 message: format!(
-                    "must be at least batch-max-reports ({})",
-                    self.batch_max_reports
+                    "is {}: must be at least {MIN_SPOOL_MAX_BYTES} (1 MiB)",
+                    self.spool_max_bytes
                 ),
             });
         }
@@ -202,9 +259,35 @@ impl AgentConfig {
         }
     }
 
-    /// [`Self::collect_interval_secs`] as a duration.
+    /// The state directory: `state-dir` when set, else `$STATE_DIRECTORY` (set by systemd's
+    /// `StateDirectory=`), else [`ROOT_STATE_DIR`] when running as root, else
+    /// `$XDG_STATE_HOME/fleetstream-agent`, else `~/.local/state/fleetstream-agent`.
+    pub fn resolved_state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        default_state_dir(
+            |name| std::env::var_os(name).filter(|v| !v.is_empty()),
+            running_as_root(),
+        )
+    }
+
+    /// [`Self::collect_interval_secs`] as a duration (10 s when unset; the run loop prefers
+    /// an enrollment's interval over that default).
     pub fn collect_interval(&self) -> Duration {
-        secs(self.collect_interval_secs)
+        secs(
+            self.collect_interval_secs
+                .unwrap_or(DEFAULT_COLLECT_INTERVAL_SECS),
+        )
+    }
+
+    /// [`Self::heartbeat_interval_secs`] as a duration (30 s when unset; the run loop
+    /// prefers an enrollment's interval over that default).
+    pub fn heartbeat_interval(&self) -> Duration {
+        secs(
+            self.heartbeat_interval_secs
+                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_SECS),
+        )
     }
 
     /// [`Self::flush_interval_secs`] as a duration (the collect interval when unset).
@@ -212,6 +295,11 @@ impl AgentConfig {
         self.flush_interval_secs
             .map(secs)
             .unwrap_or_else(|| self.collect_interval())
+    }
+
+    /// [`Self::auth_retry_secs`] as a duration.
+    pub fn auth_retry(&self) -> Duration {
+        secs(self.auth_retry_secs)
     }
 
     /// [`Self::request_timeout_secs`] as a duration.
@@ -243,6 +331,50 @@ fn env_provider() -> Env {
         .map(|key| key.as_str().replace('_', "-").into())
 }
 
+/// The computed state directory (see [`AgentConfig::resolved_state_dir`]); `env` reads
+/// one non-empty environment variable. Pure, so every branch is tested.
+fn default_state_dir(env: impl Fn(&str) -> Option<std::ffi::OsString>, root: bool) -> PathBuf {
+    let absolute = |name: &str| env(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(dirs) = env("STATE_DIRECTORY") {
+        // systemd lists one path per StateDirectory= entry, separated by `:`.
+        let dirs = dirs.to_string_lossy().into_owned();
+        if let Some(first) = dirs.split(':').map(PathBuf::from).find(|p| p.is_absolute()) {
+            return first;
+        }
+    }
+    if root {
+        return PathBuf::from(ROOT_STATE_DIR);
+    }
+    if let Some(state) = absolute("XDG_STATE_HOME") {
+        return state.join(STATE_DIR_NAME);
+    }
+    if let Some(home) = absolute("HOME") {
+        return home.join(".local/state").join(STATE_DIR_NAME);
+    }
+    PathBuf::from(ROOT_STATE_DIR)
+}
+
+/// True when the effective user is root: the `Uid:` line of `/proc/self/status` on Linux
+/// (no `unsafe` `geteuid` call), the `USER` variable elsewhere.
+fn running_as_root() -> bool {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(euid) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+        {
+            return euid == "0";
+        }
+    }
+    std::env::var("USER").is_ok_and(|u| u == "root")
+}
+
+/// Checks a value given in seconds the way [`AgentConfig::validate`] does; for intervals
+/// that come from elsewhere (an enrollment's remote config).
+pub(crate) fn valid_secs(value: f64) -> Option<Duration> {
+    positive_secs("", value).ok().map(|()| secs(value))
+}
+
 /// Converts validated seconds to a duration; invalid values (never seen after
 /// [`AgentConfig::validate`]) become one second rather than panicking.
 fn secs(value: f64) -> Duration {
@@ -264,7 +396,7 @@ fn positive_secs(key: &'static str, value: f64) -> Result<(), ConfigError> {
 }
 
 /// Same rule as the gateway: 1 to 128 of `A-Z a-z 0-9 . _ -` (safe in URL paths).
-fn validate_agent_id(id: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_agent_id(id: &str) -> Result<(), ConfigError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -329,10 +461,58 @@ mod tests {
         assert_eq!(c.server_url, "http://127.0.0.1:8080");
         assert_eq!(c.collect_interval(), Duration::from_secs(10));
         assert_eq!(c.flush_interval(), Duration::from_secs(10));
+        assert_eq!(c.heartbeat_interval(), Duration::from_secs(30));
         assert_eq!(c.batch_max_reports, 6);
-        assert_eq!(c.max_queue_reports, 10_000);
+        assert_eq!(c.spool_max_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.state_dir, None);
+        assert_eq!(c.auth_retry(), Duration::from_secs(60));
         assert_eq!(c.request_timeout(), Duration::from_secs(10));
         assert!(c.services.is_empty());
+    }
+
+    #[test]
+    fn state_dir_defaults_follow_systemd_root_and_xdg() {
+        use std::ffi::OsString;
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let all = &[
+            ("STATE_DIRECTORY", "/var/lib/custom:/var/lib/other"),
+            ("XDG_STATE_HOME", "/home/u/.state"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            default_state_dir(env(all), false),
+            PathBuf::from("/var/lib/custom")
+        );
+        let user = &[("XDG_STATE_HOME", "/home/u/.state"), ("HOME", "/home/u")];
+        assert_eq!(
+            default_state_dir(env(user), true),
+            PathBuf::from(ROOT_STATE_DIR)
+        );
+        assert_eq!(
+            default_state_dir(env(user), false),
+            PathBuf::from("/home/u/.state/fleetstream-agent")
+        );
+        // A relative XDG_STATE_HOME is ignored, as the XDG spec says.
+        let relative = &[("XDG_STATE_HOME", "state"), ("HOME", "/home/u")];
+        assert_eq!(
+            default_state_dir(env(relative), false),
+            PathBuf::from("/home/u/.local/state/fleetstream-agent")
+        );
+        assert_eq!(
+            default_state_dir(env(&[]), false),
+            PathBuf::from(ROOT_STATE_DIR)
+        );
+        let explicit = AgentConfig {
+            state_dir: Some("/srv/agent".into()),
+            ..AgentConfig::default()
+        };
+        assert_eq!(explicit.resolved_state_dir(), PathBuf::from("/srv/agent"));
     }
 
     #[test]
@@ -380,7 +560,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_key() {
-        let cases: [(&str, AgentConfig); 5] = [
+        let cases: [(&str, AgentConfig); 8] = [
             (
                 "server-url",
                 AgentConfig {
@@ -391,7 +571,28 @@ mod tests {
             (
                 "collect-interval-secs",
                 AgentConfig {
-                    collect_interval_secs: f64::NAN,
+                    collect_interval_secs: Some(f64::NAN),
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "heartbeat-interval-secs",
+                AgentConfig {
+                    heartbeat_interval_secs: Some(0.0),
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "spool-max-bytes",
+                AgentConfig {
+                    spool_max_bytes: 1000,
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "state-dir",
+                AgentConfig {
+                    state_dir: Some(PathBuf::new()),
                     ..AgentConfig::default()
                 },
             ),
@@ -467,6 +668,9 @@ mod tests {
         // Every key appears in the example (commented or not).
         let all = Figment::from(Serialized::defaults(AgentConfig {
             agent_id: Some("x".into()),
+            state_dir: Some("/x".into()),
+            collect_interval_secs: Some(1.0),
+            heartbeat_interval_secs: Some(1.0),
             flush_interval_secs: Some(1.0),
             ..c
         }));

@@ -1,9 +1,12 @@
-//! The bounded in-memory queue of reports waiting to be sent.
+//! A bounded in-memory queue of reports: the agent's fallback for reports it could not
+//! write to the on-disk [spool](crate::spool) (disk full, I/O error), so they are still
+//! sent while the agent runs. Reports only held here are lost if the agent stops first
+//! (counted and logged).
 //!
 //! Reports get increasing sequence numbers. A batch is read from the head without removing
 //! it ([`ReportQueue::batch`]) and removed only once the gateway answered
-//! ([`ReportQueue::ack`]), so a batch that must be retried stays at the head. The on-disk
-//! spool planned next keeps the same push / batch / ack shape.
+//! ([`ReportQueue::ack`]), so a batch that must be retried stays at the head: the same
+//! push / peek / ack shape as the spool.
 
 use std::collections::VecDeque;
 

@@ -1,5 +1,5 @@
-//! Sends metric batches to the gateway and classifies the answer: sent, retry later, or
-//! rejected for good.
+//! Sends metric batches and heartbeats to the gateway and classifies the answer: sent,
+//! retry later, credential refused, or rejected for good.
 //!
 //! The run loop talks to a [`Transport`]; [`HttpTransport`] is the HTTP one. A WebSocket
 //! transport can implement the same trait later.
@@ -8,8 +8,8 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_schemas::api::{ErrorBody, IngestAccepted, MetricBatch};
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use fleet_schemas::api::{ErrorBody, HeartbeatIn, IngestAccepted, MetricBatch};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use tracing::instrument;
 
@@ -34,6 +34,14 @@ pub enum SendOutcome {
         /// Why, for the log.
         reason: String,
     },
+    /// The gateway refused the credential (401: missing or invalid) or the agent is
+    /// deactivated (403). The batch is fine: keep it and try again much later.
+    Unauthorized {
+        /// HTTP status (401 or 403).
+        status: u16,
+        /// The error body, when the gateway sent one in the standard format.
+        error: Option<ErrorBody>,
+    },
     /// The gateway refused the whole batch (4xx): sending it again cannot succeed.
     Rejected {
         /// HTTP status.
@@ -45,12 +53,16 @@ pub enum SendOutcome {
     },
 }
 
-/// Delivers batches to the gateway.
+/// Delivers batches and heartbeats to the gateway.
 #[async_trait]
 pub trait Transport: Send + Sync + Debug {
     /// Sends `batch` as agent `agent_id`. Never fails: every failure is classified into a
     /// [`SendOutcome`].
     async fn send(&self, agent_id: &str, batch: &MetricBatch) -> SendOutcome;
+
+    /// Sends one heartbeat as agent `agent_id`, classified like [`Transport::send`] (a
+    /// `Sent` answer's counts mean nothing here).
+    async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatIn) -> SendOutcome;
 }
 
 /// Why a transport could not be built.
@@ -68,63 +80,76 @@ pub enum TransportError {
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The credential cannot be sent in an HTTP header.
+    #[error("the agent credential contains characters not allowed in an HTTP header; re-enroll the agent")]
+    InvalidCredential,
 }
 
 /// HTTP transport: `POST {server}/api/v1/agents/{agent_id}/metrics` with a JSON
-/// [`MetricBatch`].
-#[derive(Debug, Clone)]
+/// [`MetricBatch`], `POST .../heartbeat` with a [`HeartbeatIn`]; every request carries
+/// `Authorization: Bearer <credential>` once [`HttpTransport::with_credential`] set one.
+#[derive(Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
     base: reqwest::Url,
+    authorization: Option<HeaderValue>,
+}
+
+impl Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("base", &self.base.as_str())
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpTransport {
     /// A transport to the gateway at `server_url`, each request bounded by `timeout`.
     pub fn new(server_url: &str, timeout: Duration) -> Result<Self, TransportError> {
-        let mut base = reqwest::Url::parse(server_url).map_err(|e| TransportError::InvalidUrl {
-            url: server_url.to_owned(),
-            message: e.to_string(),
-        })?;
-        if base.cannot_be_a_base() {
-            return Err(TransportError::InvalidUrl {
-                url: server_url.to_owned(),
-                message: "not a base URL".to_owned(),
-            });
-        }
-        // Keep any path prefix (a gateway behind a reverse proxy at /fleet/).
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")))
-            // A redirected POST would turn into a GET and lose the body.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { client, base })
+        Ok(Self {
+            client: http_client(timeout)?,
+            base: base_url(server_url)?,
+            authorization: None,
+        })
+    }
+
+    /// The same transport sending `Authorization: Bearer <credential>` on every request
+    /// (`None`: no header, as an agent that is not enrolled).
+    pub fn with_credential(mut self, credential: Option<&str>) -> Result<Self, TransportError> {
+        self.authorization = match credential {
+            None => None,
+            Some(c) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {c}"))
+                    .map_err(|_| TransportError::InvalidCredential)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(self)
     }
 
     /// The metrics URL for `agent_id`.
     pub fn metrics_url(&self, agent_id: &str) -> Result<reqwest::Url, TransportError> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| TransportError::InvalidUrl {
-                url: self.base.to_string(),
-                message: "not a base URL".to_owned(),
-            })?
-            .pop_if_empty()
-            .extend(["api", "v1", "agents", agent_id, "metrics"]);
-        Ok(url)
+        api_url(&self.base, &["agents", agent_id, "metrics"])
     }
-}
 
-#[async_trait]
-impl Transport for HttpTransport {
-    #[instrument(skip(self, batch), fields(reports = batch.reports.len()))]
-    async fn send(&self, agent_id: &str, batch: &MetricBatch) -> SendOutcome {
-        let url = match self.metrics_url(agent_id) {
+    /// The heartbeat URL for `agent_id`.
+    pub fn heartbeat_url(&self, agent_id: &str) -> Result<reqwest::Url, TransportError> {
+        api_url(&self.base, &["agents", agent_id, "heartbeat"])
+    }
+
+    /// POSTs `body` as JSON to `url` and classifies the answer.
+    async fn post<T: serde::Serialize + Sync>(
+        &self,
+        url: Result<reqwest::Url, TransportError>,
+        body: &T,
+        batch_len: usize,
+    ) -> SendOutcome {
+        let url = match url {
             Ok(url) => url,
             Err(e) => {
                 return SendOutcome::Rejected {
@@ -134,7 +159,11 @@ impl Transport for HttpTransport {
                 }
             }
         };
-        let response = match self.client.post(url).json(batch).send().await {
+        let mut request = self.client.post(url).json(body);
+        if let Some(auth) = &self.authorization {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 return SendOutcome::RetryLater {
@@ -148,8 +177,8 @@ impl Transport for HttpTransport {
         let body = match response.text().await {
             Ok(body) => body,
             Err(e) if status.is_success() => {
-                // The gateway took the batch; only its answer was lost.
-                tracing::warn!(error = %error_chain(&e), "Gateway answer unreadable; batch counted as sent.");
+                // The gateway took the request; only its answer was lost.
+                tracing::warn!(error = %error_chain(&e), "Gateway answer unreadable; counted as sent.");
                 String::new()
             }
             Err(e) => {
@@ -159,7 +188,69 @@ impl Transport for HttpTransport {
                 }
             }
         };
-        classify(status, retry_after, &body, batch.reports.len())
+        classify(status, retry_after, &body, batch_len)
+    }
+}
+
+/// An HTTP client for the gateway: bounded by `timeout`, no redirects (a redirected POST
+/// would turn into a GET and lose its body).
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, TransportError> {
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
+}
+
+/// Parses a gateway URL into a base that keeps any path prefix (a gateway behind a reverse
+/// proxy at `/fleet/`).
+pub(crate) fn base_url(server_url: &str) -> Result<reqwest::Url, TransportError> {
+    let mut base = reqwest::Url::parse(server_url).map_err(|e| TransportError::InvalidUrl {
+        url: server_url.to_owned(),
+        message: e.to_string(),
+    })?;
+    if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+        return Err(TransportError::InvalidUrl {
+            url: server_url.to_owned(),
+            message: "not an http:// or https:// base URL".to_owned(),
+        });
+    }
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    Ok(base)
+}
+
+/// `{base}api/v1/{segments...}`, each segment percent-encoded.
+pub(crate) fn api_url(
+    base: &reqwest::Url,
+    segments: &[&str],
+) -> Result<reqwest::Url, TransportError> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|()| TransportError::InvalidUrl {
+            url: base.to_string(),
+            message: "not a base URL".to_owned(),
+        })?
+        .pop_if_empty()
+        .extend(["api", "v1"])
+        .extend(segments);
+    Ok(url)
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    #[instrument(skip(self, batch), fields(reports = batch.reports.len()))]
+    async fn send(&self, agent_id: &str, batch: &MetricBatch) -> SendOutcome {
+        self.post(self.metrics_url(agent_id), batch, batch.reports.len())
+            .await
+    }
+
+    #[instrument(skip(self, heartbeat), fields(sequence = heartbeat.sequence))]
+    async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatIn) -> SendOutcome {
+        self.post(self.heartbeat_url(agent_id), heartbeat, 1).await
     }
 }
 
@@ -168,6 +259,9 @@ impl Transport for HttpTransport {
 /// * 2xx: sent (an unparsable body counts the whole batch as accepted);
 /// * 503, 429: retry after `Retry-After` (default [`DEFAULT_RETRY_AFTER`]);
 /// * 408 and other 5xx: retry with the caller's backoff;
+/// * 401, 403: unauthorized (bad credential, deactivated agent): keep the batch;
+/// * 404, 405: retry with backoff: the URL points at something that is not the gateway
+///   (a wrong `server-url` or proxy), which says nothing about the batch;
 /// * other 4xx: rejected, the batch is bad;
 /// * anything else (1xx, 3xx): retry with backoff, since it points at a proxy or
 ///   configuration problem rather than at the batch.
@@ -198,6 +292,18 @@ pub fn classify(
         return SendOutcome::RetryLater {
             retry_after,
             reason: reason(),
+        };
+    }
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return SendOutcome::Unauthorized {
+            status: status.as_u16(),
+            error: serde_json::from_str::<ErrorBody>(body).ok(),
+        };
+    }
+    if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+        return SendOutcome::RetryLater {
+            retry_after,
+            reason: format!("endpoint not found, check server-url ({})", reason()),
         };
     }
     if status.is_client_error() {
@@ -270,7 +376,28 @@ mod tests {
             t.metrics_url("a b").unwrap().as_str(),
             "https://proxy/fleet/api/v1/agents/a%20b/metrics"
         );
+        assert_eq!(
+            t.heartbeat_url("a-1").unwrap().as_str(),
+            "https://proxy/fleet/api/v1/agents/a-1/heartbeat"
+        );
         assert!(HttpTransport::new("not a url", Duration::from_secs(1)).is_err());
+        assert!(HttpTransport::new("ftp://x/", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn credential_is_redacted_and_must_be_a_header_value() {
+        let t = HttpTransport::new("http://gw:8080", Duration::from_secs(1))
+            .unwrap()
+            .with_credential(Some("s3cret"))
+            .unwrap();
+        let debug = format!("{t:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(matches!(
+            HttpTransport::new("http://gw:8080", Duration::from_secs(1))
+                .unwrap()
+                .with_credential(Some("bad\nvalue")),
+            Err(TransportError::InvalidCredential)
+        ));
     }
 
     #[test]
@@ -347,6 +474,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let body = r#"{"error":{"code":"deactivated","message":"agent deactivated"}}"#;
+        match classify(StatusCode::FORBIDDEN, None, body, 1) {
+            SendOutcome::Unauthorized {
+                status: 403,
+                error: Some(e),
+            } => assert_eq!(e.error.message, "agent deactivated"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(StatusCode::UNAUTHORIZED, None, "", 1),
+            SendOutcome::Unauthorized {
+                status: 401,
+                error: None
+            }
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, None, "", 1),
+            SendOutcome::RetryLater { .. }
+        ));
         assert!(matches!(
             classify(StatusCode::UNPROCESSABLE_ENTITY, None, "nope", 1),
             SendOutcome::Rejected {

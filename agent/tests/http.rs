@@ -1,130 +1,26 @@
 //! The run loop against a real HTTP server on 127.0.0.1:0: retries after 503 deliver every
-//! report exactly once and in order; a 400 drops the batch and counts it.
+//! report exactly once and in order; a 400 drops the batch and counts it; an unreachable
+//! gateway means "retry later".
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use fleet_agent::{
     Agent, AgentConfig, HttpTransport, SendOutcome, Stats, StatsSnapshot, Transport,
 };
-use fleet_schemas::api::{ErrorBody, ErrorDetail, IngestAccepted, MetricBatch};
+use fleet_schemas::api::MetricBatch;
+use support::{init_tracing, wait_until, Gateway, Mode, Recorded};
 use tokio::sync::oneshot;
 
-/// How the fake gateway answers.
-#[derive(Debug, Clone, Copy)]
-enum Mode {
-    /// 503 with `Retry-After: 1` for the first N requests, then 202.
-    UnavailableFirst(usize),
-    /// 400 with an error body, always.
-    BadRequest,
-}
-
-#[derive(Debug, Clone)]
-struct Recorded {
-    agent_id: String,
-    status: u16,
-    batch: MetricBatch,
-}
-
-#[derive(Debug, Clone)]
-struct Gateway {
-    mode: Mode,
-    seen: Arc<Mutex<Vec<Recorded>>>,
-}
-
-impl Gateway {
-    fn seen(&self) -> Vec<Recorded> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-async fn metrics(
-    State(gw): State<Gateway>,
-    Path(agent_id): Path<String>,
-    Json(batch): Json<MetricBatch>,
-) -> Response {
-    let mut seen = gw.seen.lock().expect("lock");
-    let n = seen.len();
-    let (status, response) = match gw.mode {
-        Mode::UnavailableFirst(k) if n < k => {
-            let mut r = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(ErrorBody {
-                    error: ErrorDetail {
-                        code: "unavailable".into(),
-                        message: "log unavailable".into(),
-                        field: None,
-                        items: vec![],
-                    },
-                }),
-            )
-                .into_response();
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            (503, r)
-        }
-        Mode::UnavailableFirst(_) => (
-            202,
-            (
-                StatusCode::ACCEPTED,
-                Json(IngestAccepted {
-                    accepted: batch.reports.len(),
-                    rejected: vec![],
-                }),
-            )
-                .into_response(),
-        ),
-        Mode::BadRequest => (
-            400,
-            (
-                StatusCode::BAD_REQUEST,
-                Json(ErrorBody {
-                    error: ErrorDetail {
-                        code: "invalid_field".into(),
-                        message: "must be within 0..=100".into(),
-                        field: Some("reports[0].cpu_percent".into()),
-                        items: vec![],
-                    },
-                }),
-            )
-                .into_response(),
-        ),
-    };
-    seen.push(Recorded {
-        agent_id,
-        status,
-        batch,
-    });
-    response
-}
-
-async fn start_gateway(mode: Mode) -> anyhow::Result<(SocketAddr, Gateway)> {
-    let gw = Gateway {
-        mode,
-        seen: Arc::default(),
-    };
-    let app = Router::new()
-        .route("/api/v1/agents/{agent_id}/metrics", post(metrics))
-        .with_state(gw.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, gw))
-}
-
-fn config(addr: SocketAddr) -> AgentConfig {
+fn config(gw: &Gateway, state_dir: &std::path::Path) -> AgentConfig {
     AgentConfig {
-        server_url: format!("http://{addr}"),
+        server_url: gw.url(),
         agent_id: Some("it-agent".into()),
-        collect_interval_secs: 0.2,
+        state_dir: Some(state_dir.to_owned()),
+        collect_interval_secs: Some(0.2),
+        heartbeat_interval_secs: Some(3600.0),
         batch_max_reports: 3,
         request_timeout_secs: 5.0,
         retry_initial_backoff_secs: 0.05,
@@ -132,27 +28,6 @@ fn config(addr: SocketAddr) -> AgentConfig {
         shutdown_flush_timeout_secs: 5.0,
         ..AgentConfig::default()
     }
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "fleet_agent=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Polls `cond` every 20 ms for at most 30 s (a bound, not a timing assertion).
-async fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out waiting for {what}"))
 }
 
 /// Runs the agent until `done(gateway, stats)` holds, then shuts it down.
@@ -180,9 +55,10 @@ async fn run_agent_until(
 #[tokio::test]
 async fn after_503s_every_report_arrives_exactly_once_in_order() -> anyhow::Result<()> {
     init_tracing();
-    let (addr, gw) = start_gateway(Mode::UnavailableFirst(2)).await?;
+    let gw = Gateway::start(Mode::UnavailableFirst(2)).await?;
+    let dir = tempfile::tempdir()?;
 
-    let snapshot = run_agent_until(config(addr), &gw, |seen, _| {
+    let snapshot = run_agent_until(config(&gw, dir.path()), &gw, |seen, _| {
         let accepted = seen.iter().filter(|r| r.status == 202);
         accepted.clone().count() >= 2 && accepted.map(|r| r.batch.reports.len()).sum::<usize>() >= 5
     })
@@ -190,16 +66,13 @@ async fn after_503s_every_report_arrives_exactly_once_in_order() -> anyhow::Resu
 
     let seen = gw.seen();
     assert!(seen.iter().all(|r| r.agent_id == "it-agent"));
-    assert_eq!(seen.iter().filter(|r| r.status == 503).count(), 2);
-    let delivered: Vec<_> = seen
-        .iter()
-        .filter(|r| r.status == 202)
-        .flat_map(|r| r.batch.reports.iter().map(|rep| rep.collected_at))
-        .collect();
     assert!(
-        delivered.windows(2).all(|w| w[0] < w[1]),
-        "delivered in order, no duplicates: {delivered:?}"
+        seen.iter().all(|r| r.authorization.is_none()),
+        "not enrolled: no Authorization header"
     );
+    assert_eq!(seen.iter().filter(|r| r.status == 503).count(), 2);
+    let delivered = gw.delivered(202);
+    support::assert_strictly_increasing("delivered", &delivered);
     // The batches refused with 503 were delivered later.
     for r in seen.iter().filter(|r| r.status == 503) {
         for rep in &r.batch.reports {
@@ -214,8 +87,8 @@ async fn after_503s_every_report_arrives_exactly_once_in_order() -> anyhow::Resu
         (
             snapshot.rejected,
             snapshot.dropped_oldest,
-            snapshot.lost_on_shutdown,
-            snapshot.queued
+            snapshot.lost,
+            snapshot.spooled
         ),
         (0, 0, 0, 0)
     );
@@ -225,33 +98,26 @@ async fn after_503s_every_report_arrives_exactly_once_in_order() -> anyhow::Resu
 #[tokio::test]
 async fn bad_request_drops_the_batch_and_counts_it() -> anyhow::Result<()> {
     init_tracing();
-    let (addr, gw) = start_gateway(Mode::BadRequest).await?;
+    let gw = Gateway::start(Mode::BadRequest).await?;
+    let dir = tempfile::tempdir()?;
 
     let config = AgentConfig {
         batch_max_reports: 1,
         shutdown_flush_timeout_secs: 0.5,
-        ..config(addr)
+        ..config(&gw, dir.path())
     };
     let snapshot = run_agent_until(config, &gw, |_, s| s.rejected_batches >= 3).await?;
 
     let seen = gw.seen();
     assert!(seen.iter().all(|r| r.status == 400));
     // Never retried: every request carries a different report.
-    let mut times: Vec<_> = seen
-        .iter()
-        .flat_map(|r| r.batch.reports.iter().map(|rep| rep.collected_at))
-        .collect();
-    let n = times.len();
-    times.dedup();
-    assert_eq!(times.len(), n, "a rejected batch was sent again");
+    let times = gw.delivered(400);
+    support::assert_strictly_increasing("rejected", &times);
     assert_eq!(snapshot.sent, 0);
     assert_eq!(snapshot.retries, 0);
-    assert_eq!(snapshot.rejected, n as u64);
+    assert_eq!(snapshot.rejected, times.len() as u64);
     assert_eq!(snapshot.rejected_batches, seen.len() as u64);
-    assert_eq!(
-        snapshot.collected,
-        snapshot.rejected + snapshot.lost_on_shutdown
-    );
+    assert_eq!(snapshot.collected, snapshot.rejected + snapshot.spooled);
     Ok(())
 }
 

@@ -119,6 +119,8 @@ impl Proc {
         let mut cmd = Command::new(fleetstream_bin()?);
         cmd.args(args)
             .current_dir(dir)
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -238,4 +240,41 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf>
     let mut f = std::fs::File::create(&path)?;
     f.write_all(text.as_bytes())?;
     Ok(path)
+}
+
+/// Output of a `fleetstream` command run to its end.
+#[derive(Debug)]
+pub struct Finished {
+    /// Whether it exited with status 0.
+    pub success: bool,
+    /// stdout and stderr together.
+    pub output: String,
+}
+
+/// Runs `fleetstream <args>` to its end (at most 60 s).
+pub fn run_to_end(dir: &Path, args: &[&str]) -> anyhow::Result<Finished> {
+    let mut child = Command::new(fleetstream_bin()?)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("fleetstream {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    Ok(Finished {
+        success: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
 }

@@ -28,18 +28,37 @@ severity = "critical"
     )
 }
 
-fn agent_toml(agent_id: &str) -> String {
+fn agent_toml(state_dir: &Path) -> String {
     format!(
         r#"
-agent-id = "{agent_id}"
+state-dir = "{}"
 collect-interval-secs = 0.5
 batch-max-reports = 2
-"#
+heartbeat-interval-secs = 1.0
+"#,
+        state_dir.display()
     )
+}
+
+/// The enrolled agent's id and credential, from the credentials file the agent wrote.
+async fn enrolled_agent_id(state_dir: &Path, procs: &[&Proc]) -> anyhow::Result<(String, String)> {
+    let path = state_dir.join("credentials.json");
+    wait_for("the agent to enroll", WAIT, procs, || async {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let v: Value = serde_json::from_str(&text)?;
+        Ok(v["agent_id"]
+            .as_str()
+            .zip(v["credential"].as_str())
+            .map(|(a, c)| (a.to_owned(), c.to_owned())))
+    })
+    .await
 }
 
 struct Run {
     agent_id: String,
+    credential: String,
     rule_id: String,
     gateway: String,
     api: String,
@@ -61,7 +80,7 @@ impl Embedded {
             self.gateway_port,
             self.api_port,
             rules_toml(&self.run.rule_id, threshold).replace("[[rules]]", "[[processors.rules]]"),
-            agent_toml(&self.run.agent_id),
+            agent_toml(&self.dir.path().join("agent-state")),
         )
     }
 
@@ -88,7 +107,8 @@ async fn embedded_walking_skeleton() -> anyhow::Result<()> {
     let mut e = Embedded {
         dir: tempfile::tempdir()?,
         run: Run {
-            agent_id: format!("e2e-agent-{id}"),
+            agent_id: String::new(),
+            credential: String::new(),
             rule_id: format!("e2e-rule-{id}"),
             gateway: format!("http://127.0.0.1:{gateway_port}"),
             api: format!("http://127.0.0.1:{api_port}"),
@@ -99,6 +119,9 @@ async fn embedded_walking_skeleton() -> anyhow::Result<()> {
     };
     e.start(0.0)?;
     let procs = [e.proc.as_ref().context("started")?];
+    // `up` enrolls its local agent through the gateway like any other agent.
+    (e.run.agent_id, e.run.credential) =
+        enrolled_agent_id(&e.dir.path().join("agent-state"), &procs).await?;
     check_agent_metrics_and_alert(&e.run, &procs).await?;
     // Raise the threshold back: stop, reconfigure, start on the same data directory.
     e.proc.as_mut().context("started")?.stop()?;
@@ -117,23 +140,27 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
     let dir = tempfile::tempdir()?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (gw_port, api_port, pr_port) = (free_port()?, free_port()?, free_port()?);
-    let run = Run {
-        agent_id: format!("e2e-agent-{id}"),
+    let mut run = Run {
+        agent_id: String::new(),
+        credential: String::new(),
         rule_id: format!("e2e-rule-{id}"),
         gateway: format!("http://127.0.0.1:{gw_port}"),
         api: format!("http://127.0.0.1:{api_port}"),
     };
+    let admin_key = format!("fsk_e2e_{id}");
     let log = format!("kafka://{brokers}");
     let gw_cfg = write_file(
         dir.path(),
         "gateway.toml",
-        &format!("listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\n"),
+        &format!(
+            "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\nauth = \"required\"\nregistry = \"{db}\"\n"
+        ),
     )?;
     let pj_cfg = write_file(
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"e2e-ts-{id}\"\nsession-timeout-ms = 6000\n",
+            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"e2e-ts-{id}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"http://127.0.0.1:{gw_port}\"\n",
             dir.path().join("ts").display()
         ),
     )?;
@@ -144,7 +171,8 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         )
     };
     let pr_cfg = write_file(dir.path(), "processors.toml", &processors_cfg(0.0))?;
-    let ag_cfg = write_file(dir.path(), "agent.toml", &agent_toml(&run.agent_id))?;
+    let state_dir = dir.path().join("agent-state");
+    let ag_cfg = write_file(dir.path(), "agent.toml", &agent_toml(&state_dir))?;
     let path = |p: &Path| p.to_str().map(str::to_owned).context("utf-8 path");
     let gateway = Proc::start(
         "gateway",
@@ -164,16 +192,42 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         &["processors", "--config", &path(&pr_cfg)?],
         &[],
     )?;
+    // Enrollment: an administrator makes a tenant and a one-time token; the agent redeems it.
+    let token = create_tenant_and_token(&run, &admin_key, &id, &[&gateway, &projections]).await?;
+    let enroll_args = [
+        "agent",
+        "enroll",
+        "--config",
+        &path(&ag_cfg)?,
+        "--server",
+        &run.gateway,
+        "--token",
+        &token,
+    ];
+    let enroll = wait_for(
+        "the gateway to enroll the agent",
+        WAIT,
+        &[&gateway],
+        || async {
+            let out = fleet_e2e::run_to_end(dir.path(), &enroll_args)?;
+            // Until the gateway listens, enrollment cannot connect: try again.
+            Ok((!out.output.to_lowercase().contains("connect")).then_some(out))
+        },
+    )
+    .await?;
+    anyhow::ensure!(enroll.success, "enroll failed: {}", enroll.output);
+    (run.agent_id, run.credential) = enrolled_agent_id(&state_dir, &[&gateway]).await?;
+    let again = fleet_e2e::run_to_end(dir.path(), &enroll_args)?;
+    assert!(!again.success, "a token is single-use");
+    assert!(
+        again.output.contains("already used"),
+        "clear message for a used token: {}",
+        again.output
+    );
     let agent = Proc::start(
         "agent",
         dir.path(),
-        &[
-            "agent",
-            "--config",
-            &path(&ag_cfg)?,
-            "--server",
-            &run.gateway,
-        ],
+        &["agent", "--config", &path(&ag_cfg)?],
         &[],
     )?;
     check_agent_metrics_and_alert(&run, &[&gateway, &projections, &processors, &agent]).await?;
@@ -189,6 +243,51 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
     Ok(())
 }
 
+/// Creates a tenant and a registration token through the admin API; returns the token.
+async fn create_tenant_and_token(
+    run: &Run,
+    admin_key: &str,
+    id: &str,
+    procs: &[&Proc],
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let tenant: Value = wait_for("the admin API", WAIT, procs, || async {
+        let resp = client
+            .post(format!("{}/api/v1/tenants", run.api))
+            .bearer_auth(admin_key)
+            .json(&serde_json::json!({"name": format!("e2e-{id}")}))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status() == reqwest::StatusCode::CREATED => Ok(Some(r.json().await?)),
+            Ok(r) => anyhow::bail!(
+                "create tenant: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
+            Err(_) => Ok(None), // not listening yet
+        }
+    })
+    .await?;
+    let tenant_id = tenant["tenant_id"].as_str().context("tenant id")?;
+    let resp = client
+        .post(format!(
+            "{}/api/v1/tenants/{tenant_id}/registration-tokens",
+            run.api
+        ))
+        .bearer_auth(admin_key)
+        .json(&serde_json::json!({"device_name": "e2e", "expires_in": "10m"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status() == reqwest::StatusCode::CREATED,
+        "create token: {}",
+        resp.status()
+    );
+    let token: Value = resp.json().await?;
+    Ok(token["token"].as_str().context("token")?.to_owned())
+}
+
 async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let agent_url = format!("{}/api/v1/agents/{}", run.api, run.agent_id);
@@ -200,6 +299,14 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
             .filter(|a| a["cpu_percent"].is_number()))
     })
     .await?;
+    assert_eq!(
+        agent["enrollment"], "enrolled",
+        "AgentRegistered reached the read model: {agent}"
+    );
+    assert!(
+        agent["hostname"].as_str().is_some_and(|h| !h.is_empty()),
+        "{agent}"
+    );
     let cpu = agent["cpu_percent"].as_f64().context("cpu_percent")?;
     assert!((0.0..=100.0).contains(&cpu), "cpu_percent {cpu}");
     assert!(
@@ -276,6 +383,20 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
             "{}/api/v1/agents/{}/metrics",
             run.gateway, run.agent_id
         ))
+        .json(&bad)
+        .send()
+        .await?;
+    assert_eq!(
+        resp.status(),
+        reqwest::StatusCode::UNAUTHORIZED,
+        "no credential"
+    );
+    let resp = client
+        .post(format!(
+            "{}/api/v1/agents/{}/metrics",
+            run.gateway, run.agent_id
+        ))
+        .bearer_auth(&run.credential)
         .json(&bad)
         .send()
         .await?;

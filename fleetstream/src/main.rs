@@ -85,13 +85,33 @@ struct RoleArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AgentArgs {
+    #[command(subcommand)]
+    action: Option<AgentAction>,
     /// The agent's TOML file (see agent/agent.example.toml).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Gateway URL, overriding the file (for example http://gateway:8080).
     #[arg(long)]
     server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentAction {
+    /// Enroll this machine with a one-time registration token; stores the agent's
+    /// credential (mode 0600) in the state directory for `fleetstream agent` to use.
+    Enroll {
+        /// The registration token an administrator created for this machine.
+        #[arg(long, env = "FLEET_AGENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Gateway URL, overriding the file.
+        #[arg(long)]
+        server: Option<String>,
+        /// The agent's TOML file (its `state-dir` says where the credential goes).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +126,15 @@ fn main() -> anyhow::Result<()> {
             Command::Gateway(a) => roles::gateway(a.config).await,
             Command::Processors(a) => roles::processors(a.config).await,
             Command::Projections(a) => roles::projections(a.config).await,
+            Command::Agent(AgentArgs {
+                action:
+                    Some(AgentAction::Enroll {
+                        token,
+                        server,
+                        config,
+                    }),
+                ..
+            }) => roles::agent_enroll(config, server, token).await,
             Command::Agent(a) => roles::agent(a.config, a.server).await,
         }
     })

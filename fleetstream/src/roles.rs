@@ -99,23 +99,54 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: GatewayConfig = load("gateway", config.as_deref())?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    let registry = if cfg.registry.is_empty() {
+        None
+    } else {
+        let r: Arc<dyn fleet_stores::registry::Registry> = fleet_stores::open_sql(&cfg.registry)
+            .await
+            .with_context(|| format!("opening the registry ({})", redact(&cfg.registry)))?;
+        Some(r)
+    };
+    if registry.is_none() && cfg.auth == fleet_ingest_gateway::AuthMode::Required {
+        anyhow::bail!(
+            "auth = \"required\" needs a registry to check agent credentials: set `registry` \
+             (postgres://... or sqlite://path) in the gateway configuration, or auth = \"off\" \
+             for a single machine"
+        );
+    }
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
-    run_gateway(cfg, log, shutdown).await
+    run_gateway(cfg, log, registry, shutdown).await
 }
 
 async fn run_gateway(
     cfg: GatewayConfig,
     log: Arc<dyn EventLog>,
+    registry: Option<Arc<dyn fleet_stores::registry::Registry>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
     let addr = cfg.listen;
-    let app = fleet_ingest_gateway::app(fleet_ingest_gateway::GatewayState::new(log, cfg)).merge(
-        fleet_ops::endpoints::router("gateway", ready_flag(&log_ok, "event log")),
+    let state = fleet_ingest_gateway::GatewayState::with_registry(log.clone(), registry, cfg);
+    let housekeeping = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            housekeeping.forget_idle();
+        }
+    });
+    let watcher = fleet_ingest_gateway::watch_deactivations(
+        log,
+        state.authenticator(),
+        shutdown.clone().wait(),
     );
-    serve(addr, app, shutdown, "gateway").await
+    let app = fleet_ingest_gateway::app(state).merge(fleet_ops::endpoints::router(
+        "gateway",
+        ready_flag(&log_ok, "event log"),
+    ));
+    tokio::try_join!(serve(addr, app, shutdown, "gateway"), watcher)?;
+    Ok(())
 }
 
 pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
@@ -145,18 +176,22 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 struct Stores {
     read_model: Arc<dyn fleet_stores::ReadModel>,
+    registry: Arc<dyn fleet_stores::registry::Registry>,
     timeseries: Arc<dyn fleet_stores::TimeSeriesStore>,
 }
 
 async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
-    let read_model = fleet_stores::open_read_model(&cfg.read_model)
+    let sql = fleet_stores::open_sql(&cfg.read_model)
         .await
         .with_context(|| format!("opening the read model ({})", redact(&cfg.read_model)))?;
+    let read_model: Arc<dyn fleet_stores::ReadModel> = sql.clone();
+    let registry: Arc<dyn fleet_stores::registry::Registry> = sql;
     let timeseries = fleet_stores::open_timeseries(&cfg.timeseries)
         .await
         .with_context(|| format!("opening the time-series store ({})", cfg.timeseries))?;
     Ok(Stores {
         read_model,
+        registry,
         timeseries,
     })
 }
@@ -197,6 +232,14 @@ async fn run_projections(
         stores.read_model.clone(),
         stores.timeseries.clone(),
     ))
+    .merge(fleet_projections::admin::router(
+        fleet_projections::admin::AdminState::new(
+            stores.registry.clone(),
+            log.clone(),
+            &cfg.admin_api_key,
+            &cfg.gateway_url,
+        ),
+    ))
     .merge(fleet_ops::endpoints::router("projections", check));
     let server = serve(cfg.listen, api, shutdown.clone(), "query API");
     let rm = fleet_projections::project::run_read_model(
@@ -227,6 +270,79 @@ pub(crate) async fn agent(config: Option<PathBuf>, server: Option<String>) -> an
     fleet_agent::run(cfg, shutdown.wait()).await.map(|_| ())
 }
 
+#[allow(clippy::print_stdout)] // the outcome is the command's output
+pub(crate) async fn agent_enroll(
+    config: Option<PathBuf>,
+    server: Option<String>,
+    token: String,
+) -> anyhow::Result<()> {
+    let cfg = fleet_agent::AgentConfig::load(config.as_deref())?;
+    let server = server.unwrap_or_else(|| cfg.server_url.clone());
+    let state_dir = cfg.resolved_state_dir();
+    let e = fleet_agent::enroll::enroll(&server, &token, &state_dir)
+        .await
+        .with_context(|| format!("enrolling with {server}"))?;
+    println!(
+        "Enrolled as agent {} in tenant {}; credential stored in {}.",
+        e.agent_id,
+        e.tenant_id,
+        fleet_agent::enroll::Enrollment::path(&state_dir).display()
+    );
+    println!(
+        "Start the agent with: fleetstream agent{}",
+        config
+            .map(|c| format!(" --config {}", c.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Enrolls the local agent of `fleetstream up` once: a "default" tenant and a short-lived
+/// token are made in the registry, then the agent redeems it through the gateway like
+/// any other agent.
+async fn enroll_local_agent(
+    registry: &dyn fleet_stores::registry::Registry,
+    gateway_url: &str,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    use fleet_stores::registry::{hash_secret, new_secret, NewToken};
+    if fleet_agent::enroll::Enrollment::load(state_dir)?.is_some() {
+        return Ok(());
+    }
+    let now = fleet_schemas::time::now_micros();
+    let tenant = match registry
+        .list_tenants()
+        .await?
+        .into_iter()
+        .find(|t| t.name == "default")
+    {
+        Some(t) => t,
+        None => registry.create_tenant("default", now).await?,
+    };
+    let secret = new_secret("fst_");
+    let token = NewToken {
+        tenant_id: tenant.tenant_id,
+        location_id: None,
+        device_name: Some("local".into()),
+        expires_at: now + 600_000_000,
+        created_by: "fleetstream up".into(),
+        created_at: now,
+    };
+    registry.create_token(&token, hash_secret(&secret)).await?;
+    // The gateway starts beside us: wait until it listens.
+    let addr = gateway_url.trim_start_matches("http://").to_owned();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet_agent::enroll::enroll(gateway_url, &secret, state_dir)
+        .await
+        .context("enrolling the local agent")?;
+    Ok(())
+}
+
 fn data_url(dir: &Path, name: &str) -> anyhow::Result<String> {
     let p = dir.join(name);
     p.to_str()
@@ -254,13 +370,20 @@ pub(crate) async fn up(
     pj.read_model = format!("sqlite://{}", data_url(&data_dir, "readmodel.db")?);
     pj.timeseries = format!("file://{}", data_url(&data_dir, "timeseries")?);
 
+    let gateway_url = format!("http://{}", gw.listen);
+    if pj.gateway_url == ProjectionsConfig::default().gateway_url {
+        pj.gateway_url = gateway_url.clone();
+    }
+    if pj.admin_api_key.is_empty() {
+        pj.admin_api_key = admin_key(&data_dir)?;
+    }
+
     let log = open_log(&log_url, &Default::default()).await?;
     fleet_ops::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&pj).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
 
-    let gateway_url = format!("http://{}", gw.listen);
     let api_url = format!("http://{}", pj.listen);
     println!("Fleetstream is up (data in {}).", data_dir.display());
     println!(
@@ -268,10 +391,15 @@ pub(crate) async fn up(
     );
     println!("  query API:      {api_url}/api/v1/agents");
     println!("  metrics:        {gateway_url}/metrics  {api_url}/metrics");
+    println!(
+        "  admin key:      in {} (Authorization: Bearer <key> for /api/v1/tenants, tokens, ...)",
+        data_dir.join(ADMIN_KEY_FILE).display()
+    );
     println!("Press Ctrl-C to stop.");
 
     let pr_ready = fleet_stream_processors::Readiness::default();
-    let gateway = run_gateway(gw, log.clone(), shutdown.clone());
+    let registry = stores.registry.clone();
+    let gateway = run_gateway(gw, log.clone(), Some(registry.clone()), shutdown.clone());
     let processors = fleet_stream_processors::run_alert_evaluator(
         log.clone(),
         pr,
@@ -289,9 +417,17 @@ pub(crate) async fn up(
             fleet_agent::AgentConfig::load(None)?
         };
         cfg.server_url = gateway_url.clone();
+        let state_dir = cfg
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("agent"));
+        cfg.state_dir = Some(state_dir.clone());
+        enroll_local_agent(registry.as_ref(), &gateway_url, &state_dir).await?;
+        let agent_id = fleet_agent::enroll::Enrollment::load(&state_dir)?
+            .map(|e| e.agent_id)
+            .unwrap_or_else(|| cfg.resolved_agent_id());
         println!(
-            "  local agent:    {} reporting every {:?}",
-            cfg.resolved_agent_id(),
+            "  local agent:    {agent_id} reporting every {:?}",
             cfg.collect_interval()
         );
         fleet_agent::run(cfg, shutdown.clone().wait())
@@ -301,4 +437,30 @@ pub(crate) async fn up(
     // The first role to fail stops the others: a half-running system is worse than none.
     tokio::try_join!(gateway, processors, projections, agent)?;
     Ok(())
+}
+
+/// File in the data directory holding the generated admin key.
+const ADMIN_KEY_FILE: &str = "admin-key";
+
+/// The admin key of an `up` data directory: read, or generated once (mode 0600).
+fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        let k = k.trim().to_owned();
+        if !k.is_empty() {
+            return Ok(k);
+        }
+    }
+    let key = fleet_stores::registry::new_secret("fsk_");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{key}")?;
+    Ok(key)
 }
