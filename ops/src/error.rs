@@ -164,6 +164,18 @@ where
                 ApiError::new(status, "bad_body", rejection.body_text())
             }
         })?;
+        // Every Fleetstream body is an object; serde would also take a struct from a
+        // JSON array, and then blame a confusing `[0]`.
+        if bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b != b'{')
+        {
+            return Err(ApiError::invalid_field(
+                "body",
+                "the body must be a JSON object",
+            ));
+        }
         parse_json(&bytes).map(FieldJson)
     }
 }
