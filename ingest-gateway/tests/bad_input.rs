@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use fleet_event_log::EventLog;
 use fleet_ingest_gateway::{app, AuthMode, GatewayConfig, GatewayState};
 use fleet_stores::registry::{hash_secret, NewAgent, NewToken, Registry};
 use http_body_util::BodyExt as _;
