@@ -278,3 +278,29 @@ pub fn run_to_end(dir: &Path, args: &[&str]) -> anyhow::Result<Finished> {
         ),
     })
 }
+
+/// Microseconds since the epoch, now.
+pub fn now_micros() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+/// The last JSON log line of a process (run with `FLEET_LOG_FORMAT=json`) whose message
+/// contains `message`.
+pub fn last_json_line(proc: &Proc, message: &str) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(&proc.log)?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(message))
+        })
+        .with_context(|| format!("no log line of {} says {message:?}", proc.name))
+}

@@ -224,11 +224,11 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         "clear message for a used token: {}",
         again.output
     );
-    let agent = Proc::start(
+    let mut agent = Proc::start(
         "agent",
         dir.path(),
         &["agent", "--config", &path(&ag_cfg)?],
-        &[],
+        &[("FLEET_LOG_FORMAT", "json")],
     )?;
     check_agent_metrics_and_alert(&run, &[&gateway, &projections, &processors, &agent]).await?;
     processors.stop()?;
@@ -240,6 +240,66 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         &[],
     )?;
     check_alert_resolved(&run, &[&gateway, &projections, &processors, &agent]).await?;
+
+    // A gateway outage in the middle of the run: the agent keeps its reports in the spool
+    // and sends them when the gateway is back; every report it collected ends up in the
+    // time series, once.
+    let mut gateway = gateway;
+    gateway.stop()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let gateway = Proc::start(
+        "gateway",
+        dir.path(),
+        &["gateway", "--config", &path(&gw_cfg)?],
+        &[],
+    )?;
+    let client = reqwest::Client::new();
+    let agent_url = format!("{}/api/v1/agents/{}", run.api, run.agent_id);
+    let restarted_at = fleet_e2e::now_micros();
+    wait_for(
+        "a report collected after the gateway came back",
+        WAIT,
+        &[&gateway, &agent],
+        || async {
+            let a = get_json(&client, &agent_url).await?;
+            Ok(a.and_then(|a| a["last_metrics_at"].as_i64())
+                .filter(|&t| t > restarted_at)
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    agent.stop()?;
+    let stats = fleet_e2e::last_json_line(&agent, "Agent stopped")?;
+    let collected = stats["fields"]["collected"].as_u64().context("collected")?;
+    let still_spooled = stats["fields"]["spooled"].as_u64().context("spooled")?;
+    assert_eq!(
+        still_spooled, 0,
+        "the agent delivered its spool before stopping: {stats}"
+    );
+    assert_eq!(stats["fields"]["lost"].as_u64(), Some(0), "{stats}");
+    let history_url = format!("{agent_url}/metrics?metric=cpu.percent&start=1h&interval=1h");
+    let count = |h: &Value| -> u64 {
+        h["series"][0]["buckets"]
+            .as_array()
+            .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0)
+    };
+    let history = wait_for(
+        "every collected report in the time series",
+        WAIT,
+        &[&projections],
+        || async {
+            Ok(get_json(&client, &history_url)
+                .await?
+                .filter(|h| count(h) >= collected))
+        },
+    )
+    .await?;
+    assert_eq!(
+        count(&history),
+        collected,
+        "every report collected arrives once, none twice"
+    );
     Ok(())
 }
 
