@@ -417,6 +417,11 @@ pub(crate) async fn up(
             fleet_agent::AgentConfig::load(None)?
         };
         cfg.server_url = gateway_url.clone();
+        // One local agent: send each report as soon as it is collected, so the machine
+        // shows up within one interval (a fleet agent batches to save requests).
+        if cfg.batch_max_reports == fleet_agent::AgentConfig::default().batch_max_reports {
+            cfg.batch_max_reports = 1;
+        }
         let state_dir = cfg
             .state_dir
             .clone()
