@@ -57,7 +57,7 @@ pub async fn run_read_model(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
-    let mut applied: HashMap<(String, u32), i64> = store
+    let applied: HashMap<(String, u32), i64> = store
         .offsets(READ_MODEL_PROJECTION)
         .await?
         .into_iter()
@@ -75,25 +75,64 @@ pub async fn run_read_model(
         &config,
     )
     .await?;
-    let mut lag = LagGauge::new(&config.read_model_group, Duration::from_secs(5));
     ready.read_model.store(true, Ordering::Relaxed);
     tracing::info!(group = %config.read_model_group, store = store.engine(), "Read-model projection running.");
+    let mut handler = ReadModelBatches {
+        store: store.as_ref(),
+        applied,
+    };
+    let group = config.read_model_group.clone();
+    consume(
+        log.as_ref(),
+        consumer.as_mut(),
+        &group,
+        config.batch_size,
+        shutdown,
+        &mut handler,
+    )
+    .await;
+    ready.read_model.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Handles one polled batch of a projection.
+trait BatchHandler {
+    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]);
+}
+
+/// The loop every projection runs: poll, handle, track lag, until `shutdown`.
+async fn consume(
+    log: &dyn EventLog,
+    consumer: &mut dyn Consumer,
+    group: &str,
+    batch_size: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+    handler: &mut impl BatchHandler,
+) {
+    let mut lag = LagGauge::new(group, Duration::from_secs(5));
     tokio::pin!(shutdown);
     loop {
         let batch = tokio::select! {
             _ = &mut shutdown => break,
-            b = poll(consumer.as_mut(), config.batch_size) => b,
+            b = poll(consumer, batch_size) => b,
         };
-        if batch.is_empty() {
-            lag.refresh(log.as_ref()).await;
-            continue;
+        if !batch.is_empty() {
+            handler.handle(consumer, &batch).await;
+            lag.observe(&batch);
         }
-        apply_read_model_batch(store.as_ref(), consumer.as_mut(), &mut applied, &batch).await;
-        lag.observe(&batch);
-        lag.refresh(log.as_ref()).await;
+        lag.refresh(log).await;
     }
-    ready.read_model.store(false, Ordering::Relaxed);
-    Ok(())
+}
+
+struct ReadModelBatches<'a> {
+    store: &'a dyn ReadModel,
+    applied: HashMap<(String, u32), i64>,
+}
+
+impl BatchHandler for ReadModelBatches<'_> {
+    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
+        apply_read_model_batch(self.store, consumer, &mut self.applied, batch).await;
+    }
 }
 
 #[tracing::instrument(name = "project_batch", skip_all, fields(projection = "readmodel", records = batch.len()))]
@@ -269,25 +308,33 @@ pub async fn run_timeseries(
         &config,
     )
     .await?;
-    let mut lag = LagGauge::new(&config.timeseries_group, Duration::from_secs(5));
     ready.timeseries.store(true, Ordering::Relaxed);
     tracing::info!(group = %config.timeseries_group, store = store.engine(), "Time-series projection running.");
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            b = poll(consumer.as_mut(), config.batch_size) => b,
-        };
-        if batch.is_empty() {
-            lag.refresh(log.as_ref()).await;
-            continue;
-        }
-        write_timeseries_batch(store.as_ref(), consumer.as_mut(), &batch).await;
-        lag.observe(&batch);
-        lag.refresh(log.as_ref()).await;
-    }
+    let mut handler = TimeSeriesBatches {
+        store: store.as_ref(),
+    };
+    let group = config.timeseries_group.clone();
+    consume(
+        log.as_ref(),
+        consumer.as_mut(),
+        &group,
+        config.batch_size,
+        shutdown,
+        &mut handler,
+    )
+    .await;
     ready.timeseries.store(false, Ordering::Relaxed);
     Ok(())
+}
+
+struct TimeSeriesBatches<'a> {
+    store: &'a dyn TimeSeriesStore,
+}
+
+impl BatchHandler for TimeSeriesBatches<'_> {
+    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
+        write_timeseries_batch(self.store, consumer, batch).await;
+    }
 }
 
 #[tracing::instrument(name = "project_batch", skip_all, fields(projection = "timeseries", records = batch.len()))]
