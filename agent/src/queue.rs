@@ -112,36 +112,9 @@ impl ReportQueue {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use chrono::{TimeZone, Utc};
-    use std::collections::BTreeMap;
 
     /// A minimal valid report whose `uptime_seconds` tells reports apart.
-    pub(crate) fn report(n: u64) -> ReportIn {
-        ReportIn {
-            collected_at: Utc.timestamp_opt(1_700_000_000, 0).single().unwrap(),
-            cpu_percent: 1.0,
-            cpu_per_core: vec![],
-            memory_used_bytes: 1,
-            memory_total_bytes: 2,
-            memory_percent: 50.0,
-            swap_used_bytes: 0,
-            swap_total_bytes: 0,
-            disks: vec![],
-            disk_read_bytes: 0,
-            disk_write_bytes: 0,
-            load_1: 0.0,
-            load_5: 0.0,
-            load_15: 0.0,
-            uptime_seconds: n,
-            net_rx_bytes: 0,
-            net_tx_bytes: 0,
-            interfaces: vec![],
-            process_count: 1,
-            services: vec![],
-            security: None,
-            custom: BTreeMap::new(),
-        }
-    }
+    pub(crate) use crate::spool::tests::report;
 
     fn ids(reports: &[ReportIn]) -> Vec<u64> {
         reports.iter().map(|r| r.uptime_seconds).collect()

@@ -629,16 +629,7 @@ impl EventLog for EmbeddedLog {
         topics: &[&str],
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
-        if topics.is_empty() {
-            return Err(LogError::Config(
-                "subscribe needs at least one topic".into(),
-            ));
-        }
-        if group.is_empty() {
-            return Err(LogError::Config(
-                "a consumer group name must not be empty".into(),
-            ));
-        }
+        crate::check_subscription(group, topics)?;
         let mut states = Vec::with_capacity(topics.len());
         let mut seen = HashSet::new();
         for name in topics {

@@ -622,16 +622,7 @@ impl EventLog for KafkaLog {
         topics: &[&str],
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
-        if topics.is_empty() {
-            return Err(LogError::Config(
-                "subscribe needs at least one topic".into(),
-            ));
-        }
-        if group.is_empty() {
-            return Err(LogError::Config(
-                "a consumer group name must not be empty".into(),
-            ));
-        }
+        crate::check_subscription(group, topics)?;
         let mut partitions = HashMap::new();
         for topic in topics {
             partitions.insert(topic.to_string(), self.fetch_partition_count(topic).await?);

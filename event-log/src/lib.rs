@@ -259,6 +259,21 @@ pub async fn open(url: &str, options: &EngineOptions) -> Result<Arc<dyn EventLog
     Ok(Arc::new(log))
 }
 
+/// Checks the arguments of [`EventLog::subscribe`] (shared by every engine).
+pub(crate) fn check_subscription(group: &str, topics: &[&str]) -> Result<()> {
+    if topics.is_empty() {
+        return Err(LogError::Config(
+            "subscribe needs at least one topic".into(),
+        ));
+    }
+    if group.is_empty() {
+        return Err(LogError::Config(
+            "a consumer group name must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates every topic in `topics` (idempotent).
 pub async fn ensure_topics(log: &dyn EventLog, topics: &[(&str, TopicSpec)]) -> Result<()> {
     for (name, spec) in topics {
