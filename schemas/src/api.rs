@@ -289,3 +289,211 @@ pub struct EventIn {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
 }
+
+/// Installed software, as the agent sends it (`POST /api/v1/agents/{id}/inventory`, or
+/// the `inventory` WebSocket message). Sent at agent start and whenever the list changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryIn {
+    /// When the list was read.
+    pub collected_at: DateTime<Utc>,
+    /// `dpkg`, `rpm` or `none`.
+    pub source: String,
+    /// The packages, sorted by name.
+    pub packages: Vec<PackageIn>,
+}
+
+/// One installed package.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageIn {
+    /// Package name.
+    pub name: String,
+    /// Installed version.
+    pub version: String,
+    /// Architecture, where the package manager says.
+    #[serde(default)]
+    pub arch: Option<String>,
+}
+
+/// A command the server asks the agent to run (pushed over the WebSocket as `command`,
+/// or returned by `GET /api/v1/agents/{id}/commands` to an agent that polls).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    /// Command id (UUID); results name it.
+    pub command_id: String,
+    /// `restart_service`, `run_script`, `collect_diagnostics` or `update_config`.
+    pub command_type: String,
+    /// Arguments: `service` for restart_service, `script` (a name from the agent's
+    /// configuration) for run_script, configuration keys for update_config.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// The agent stops the command after this many seconds.
+    pub timeout_secs: u64,
+    /// When it was requested.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// A chunk of a running command's output, or a status line (`command_progress`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandProgressIn {
+    /// The command.
+    pub command_id: String,
+    /// Chunk number within the command, from 1.
+    pub sequence: u64,
+    /// `stdout`, `stderr` or `status`.
+    pub stream: String,
+    /// The text (bounded by the agent).
+    pub chunk: String,
+    /// When it was produced.
+    pub at: DateTime<Utc>,
+}
+
+/// How a command ended on the agent (`command_result`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResultIn {
+    /// The command.
+    pub command_id: String,
+    /// `succeeded`, `failed`, `timed_out` or `refused` (not on the allow-list, bad args).
+    pub status: String,
+    /// Exit code, if the process exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Captured standard output (bounded).
+    #[serde(default)]
+    pub stdout: String,
+    /// Captured standard error (bounded).
+    #[serde(default)]
+    pub stderr: String,
+    /// Whether stdout or stderr were cut at the bound.
+    #[serde(default)]
+    pub output_truncated: bool,
+    /// Why it was refused or failed to start.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// When it started (absent if it never did).
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Settings the server may change on a connected agent (`config` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigUpdate {
+    /// New heartbeat interval.
+    #[serde(default)]
+    pub heartbeat_interval_secs: Option<f64>,
+    /// New metrics collection interval.
+    #[serde(default)]
+    pub metrics_interval_secs: Option<f64>,
+}
+
+/// A frame from agent to gateway on `GET /api/v1/agents/ws` (JSON text, tagged by
+/// `type`). Each carries an `id` chosen by the agent; the gateway answers every one with
+/// an [`ServerMessage::Ack`] or [`ServerMessage::Error`] of the same id, after the event
+/// log acknowledged the write, exactly as the HTTP endpoint of the same name would.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    /// Like `POST .../metrics`.
+    Metrics {
+        /// Request id.
+        id: u64,
+        /// The reports.
+        reports: Vec<ReportIn>,
+    },
+    /// Like `POST .../heartbeat`.
+    Heartbeat {
+        /// Request id.
+        id: u64,
+        /// The heartbeat.
+        heartbeat: HeartbeatIn,
+    },
+    /// Like `POST .../events`.
+    Events {
+        /// Request id.
+        id: u64,
+        /// The events.
+        events: Vec<EventIn>,
+    },
+    /// Like `POST .../inventory`.
+    Inventory {
+        /// Request id.
+        id: u64,
+        /// The inventory.
+        inventory: InventoryIn,
+    },
+    /// Output of a running command.
+    CommandProgress {
+        /// Request id.
+        id: u64,
+        /// The chunk.
+        progress: CommandProgressIn,
+    },
+    /// A command ended.
+    CommandResult {
+        /// Request id.
+        id: u64,
+        /// The result.
+        result: CommandResultIn,
+    },
+}
+
+/// A frame from gateway to agent on the WebSocket (JSON text, tagged by `type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The request of this id was written (what HTTP answers with 202).
+    Ack {
+        /// Request id.
+        id: u64,
+        /// Items written.
+        accepted: usize,
+        /// Items refused, with the reason.
+        #[serde(default)]
+        rejected: Vec<ItemError>,
+    },
+    /// The request of this id failed; `status` is the HTTP status the same request would
+    /// have got (400, 422, 429, 503, ...), so the agent handles both transports alike.
+    /// `id` is absent when the frame itself could not be read.
+    Error {
+        /// Request id, if the frame could be read that far.
+        #[serde(default)]
+        id: Option<u64>,
+        /// Equivalent HTTP status.
+        status: u16,
+        /// What went wrong, naming the field.
+        error: ErrorDetail,
+        /// Retry after this many seconds (429, 503).
+        #[serde(default)]
+        retry_after_secs: Option<u64>,
+    },
+    /// Run this command.
+    Command {
+        /// The command.
+        command: CommandSpec,
+    },
+    /// Apply these settings.
+    Config {
+        /// The settings.
+        config: ConfigUpdate,
+    },
+}
+
+/// Answer of `GET /api/v1/agents/{id}/commands`: commands waiting for this agent (for an
+/// agent whose WebSocket is down).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandList {
+    /// Pending commands, oldest first.
+    pub commands: Vec<CommandSpec>,
+}
+
+/// Header naming the agent on `GET /api/v1/agents/ws` (the query parameter `agent_id`
+/// is accepted too); the credential goes in `Authorization: Bearer ...` as on every
+/// agent endpoint.
+pub const AGENT_ID_HEADER: &str = "x-fleet-agent-id";

@@ -14,7 +14,9 @@ use apache_avro::{AvroSchema, Schema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::records::{AgentEvent, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
+use crate::records::{
+    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport, SoftwareInventory,
+};
 use crate::topics;
 
 /// The two marker bytes that open every single-object-encoded record.
@@ -80,6 +82,14 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
     (
         "agent_lifecycle.avsc",
         include_str!("../avro/agent_lifecycle.avsc"),
+    ),
+    (
+        "command_event.avsc",
+        include_str!("../avro/command_event.avsc"),
+    ),
+    (
+        "software_inventory.avsc",
+        include_str!("../avro/software_inventory.avsc"),
     ),
 ];
 
@@ -361,5 +371,17 @@ record!(
     AgentLifecycle,
     "io.fleetstream.AgentLifecycle",
     topics::AGENTS,
+    |r| &r.agent_id
+);
+record!(
+    CommandEvent,
+    "io.fleetstream.CommandEvent",
+    topics::COMMANDS,
+    |r| &r.agent_id
+);
+record!(
+    SoftwareInventory,
+    "io.fleetstream.SoftwareInventory",
+    topics::INVENTORY,
     |r| &r.agent_id
 );

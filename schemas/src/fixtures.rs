@@ -143,3 +143,63 @@ pub fn agent_registered(tenant: &str, agent: &str, occurred_at: i64) -> AgentLif
         ingested_at: occurred_at + 1_000,
     }
 }
+
+/// A CommandCompleted event.
+pub fn command_completed(tenant: &str, agent: &str, occurred_at: i64) -> CommandEvent {
+    let command_id = crate::ids::v5(&[agent, "restart nginx"]).to_string();
+    CommandEvent {
+        event_id: crate::ids::v5(&[&command_id, "COMPLETED", "0"]).to_string(),
+        command_id,
+        tenant_id: tenant.into(),
+        agent_id: agent.into(),
+        kind: CommandEventKind::Completed,
+        command_type: "restart_service".into(),
+        args: HashMap::from([("service".to_owned(), "nginx".to_owned())]),
+        requires_approval: false,
+        timeout_secs: 60,
+        actor: None,
+        sequence: 0,
+        stream: None,
+        chunk: None,
+        status: Some("succeeded".into()),
+        exit_code: Some(0),
+        stdout: Some("restarted\n".into()),
+        stderr: Some(String::new()),
+        output_truncated: false,
+        message: None,
+        started_at: Some(occurred_at - 2_000_000),
+        finished_at: Some(occurred_at),
+        occurred_at,
+        ingested_at: occurred_at + 1_000,
+    }
+}
+
+/// A software inventory of three packages.
+pub fn software_inventory(tenant: &str, agent: &str, occurred_at: i64) -> SoftwareInventory {
+    SoftwareInventory {
+        event_id: crate::ids::v5(&[agent, "inventory", "d1"]).to_string(),
+        tenant_id: tenant.into(),
+        agent_id: agent.into(),
+        occurred_at,
+        ingested_at: occurred_at + 1_000,
+        source: "dpkg".into(),
+        digest: "d1".into(),
+        packages: vec![
+            SoftwarePackage {
+                name: "bash".into(),
+                version: "5.2.15-2+b7".into(),
+                arch: Some("amd64".into()),
+            },
+            SoftwarePackage {
+                name: "nginx".into(),
+                version: "1.22.1-9".into(),
+                arch: Some("amd64".into()),
+            },
+            SoftwarePackage {
+                name: "tzdata".into(),
+                version: "2024a-0+deb12u1".into(),
+                arch: None,
+            },
+        ],
+    }
+}

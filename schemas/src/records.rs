@@ -357,6 +357,129 @@ pub struct AgentLifecycle {
     pub ingested_at: i64,
 }
 
+/// Kind of remote-command lifecycle event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandEventKind {
+    /// A user asked for the command.
+    #[serde(rename = "REQUESTED")]
+    Requested,
+    /// A second user approved it (commands that need approval).
+    #[serde(rename = "APPROVED")]
+    Approved,
+    /// A gateway handed it to the agent.
+    #[serde(rename = "DISPATCHED")]
+    Dispatched,
+    /// A chunk of output or a status line while it runs.
+    #[serde(rename = "PROGRESS")]
+    Progress,
+    /// It finished (or the agent refused it); see `status`.
+    #[serde(rename = "COMPLETED")]
+    Completed,
+    /// No result arrived in time.
+    #[serde(rename = "TIMED_OUT")]
+    TimedOut,
+}
+
+impl CommandEventKind {
+    /// Lower-case name, as used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandEventKind::Requested => "requested",
+            CommandEventKind::Approved => "approved",
+            CommandEventKind::Dispatched => "dispatched",
+            CommandEventKind::Progress => "progress",
+            CommandEventKind::Completed => "completed",
+            CommandEventKind::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// Remote command lifecycle (`fleet.commands.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct CommandEvent {
+    /// UUIDv5 of (command id, kind, sequence).
+    pub event_id: String,
+    /// The command.
+    pub command_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent that runs it.
+    pub agent_id: String,
+    /// Lifecycle step.
+    pub kind: CommandEventKind,
+    /// Command type (`restart_service`, `run_script`, `collect_diagnostics`, `update_config`).
+    pub command_type: String,
+    /// Arguments.
+    pub args: HashMap<String, String>,
+    /// Whether a second user must approve it.
+    pub requires_approval: bool,
+    /// Timeout on the agent, seconds.
+    pub timeout_secs: i64,
+    /// Who requested / approved it, or which gateway dispatched it.
+    pub actor: Option<String>,
+    /// PROGRESS: chunk number within the command.
+    pub sequence: i64,
+    /// PROGRESS: `stdout`, `stderr` or `status`.
+    pub stream: Option<String>,
+    /// PROGRESS: the text.
+    pub chunk: Option<String>,
+    /// COMPLETED: `succeeded`, `failed`, `timed_out` or `refused`.
+    pub status: Option<String>,
+    /// COMPLETED: exit code, if the process ran to an exit.
+    pub exit_code: Option<i32>,
+    /// COMPLETED: captured stdout (bounded).
+    pub stdout: Option<String>,
+    /// COMPLETED: captured stderr (bounded).
+    pub stderr: Option<String>,
+    /// COMPLETED: whether stdout or stderr were cut at the bound.
+    pub output_truncated: bool,
+    /// Why it was refused or failed to start.
+    pub message: Option<String>,
+    /// When the agent started it (µs).
+    pub started_at: Option<i64>,
+    /// When it ended (µs).
+    pub finished_at: Option<i64>,
+    /// When this step happened (µs).
+    pub occurred_at: i64,
+    /// When it was written (µs).
+    pub ingested_at: i64,
+}
+
+/// One installed package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct SoftwarePackage {
+    /// Package name.
+    pub name: String,
+    /// Installed version.
+    pub version: String,
+    /// Architecture, where the package manager says.
+    pub arch: Option<String>,
+}
+
+/// Installed software of one machine (`fleet.inventory.v1`, compacted by agent id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct SoftwareInventory {
+    /// UUIDv5 of (agent id, digest).
+    pub event_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Collection time on the agent (µs).
+    pub occurred_at: i64,
+    /// Time the gateway accepted it (µs).
+    pub ingested_at: i64,
+    /// `dpkg`, `rpm` or `none`.
+    pub source: String,
+    /// SHA-256 (hex) of the sorted package list.
+    pub digest: String,
+    /// The packages.
+    pub packages: Vec<SoftwarePackage>,
+}
+
 /// Avro enums whose symbols are SCREAMING_CASE: the derive in apache-avro 0.21 ignores serde
 /// renames on variants, so these schemas are spelled out (and checked by the same test).
 macro_rules! avro_enum {
@@ -404,4 +527,9 @@ avro_enum!(
     AgentLifecycleKind,
     "io.fleetstream.AgentLifecycleKind",
     ["REGISTERED", "UPDATED", "ONLINE", "OFFLINE", "DEACTIVATED"]
+);
+avro_enum!(
+    CommandEventKind,
+    "io.fleetstream.CommandEventKind",
+    ["REQUESTED", "APPROVED", "DISPATCHED", "PROGRESS", "COMPLETED", "TIMED_OUT"]
 );

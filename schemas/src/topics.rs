@@ -8,6 +8,8 @@ pub const HEARTBEATS: &str = "fleet.heartbeats.v1";
 pub const EVENTS: &str = "fleet.events.v1";
 /// Agent lifecycle: registered, updated, online, offline, deactivated.
 pub const AGENTS: &str = "fleet.agents.v1";
+/// Installed software per agent (key: agent id), compacted: the latest record is current.
+pub const INVENTORY: &str = "fleet.inventory.v1";
 /// Alert rules defined / deleted (key: rule id), compacted.
 pub const RULES: &str = "fleet.rules.v1";
 /// Alerts raised / resolved / acknowledged (key: agent id).
@@ -51,6 +53,11 @@ pub const ALL: &[TopicDef] = &[
         name: AGENTS,
         partitions: 6,
         compacted: false,
+    },
+    TopicDef {
+        name: INVENTORY,
+        partitions: 6,
+        compacted: true,
     },
     TopicDef {
         name: RULES,

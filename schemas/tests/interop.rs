@@ -10,7 +10,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 use fleet_schemas::codec::{self, Record};
-use fleet_schemas::{fixtures, AgentEvent, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
+use fleet_schemas::{
+    fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
+    SoftwareInventory,
+};
 use serde_json::Value;
 
 const T: i64 = 1_763_900_000_123_456;
@@ -60,6 +63,10 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "alert_event", &alert)?;
     let registered = fixtures::agent_registered("tenant-1", "agent-1", T);
     write(dir.path(), "agent_lifecycle", &registered)?;
+    let completed = fixtures::command_completed("tenant-1", "agent-1", T);
+    write(dir.path(), "command_event", &completed)?;
+    let inventory = fixtures::software_inventory("tenant-1", "agent-1", T);
+    write(dir.path(), "software_inventory", &inventory)?;
 
     let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
@@ -104,6 +111,15 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     })?;
     assert_eq!(l["kind"], "REGISTERED");
     assert_eq!(l["facts"]["cpu_cores"], 2);
+    let c = read_back(dir.path(), "command_event", &completed, |r, a| r.agent_id = a)?;
+    assert_eq!(c["kind"], "COMPLETED");
+    assert_eq!(c["exit_code"], 0);
+    assert_eq!(c["args"]["service"], "nginx");
+    let i = read_back(dir.path(), "software_inventory", &inventory, |r, a| {
+        r.agent_id = a
+    })?;
+    assert_eq!(i["packages"][1]["name"], "nginx");
+    assert_eq!(i["packages"][2]["arch"], Value::Null);
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
         [
@@ -112,6 +128,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
             AgentEvent::FULL_NAME,
             AlertEvent::FULL_NAME,
             AgentLifecycle::FULL_NAME,
+            CommandEvent::FULL_NAME,
+            SoftwareInventory::FULL_NAME,
         ]
         .len(),
         codec::AVSC_FILES.len()

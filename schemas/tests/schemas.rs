@@ -3,7 +3,10 @@
 
 use apache_avro::Schema;
 use fleet_schemas::codec::{self, Catalog, CodecError, Record};
-use fleet_schemas::{fixtures, AgentEvent, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
+use fleet_schemas::{
+    fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
+    SoftwareInventory,
+};
 
 fn assert_matches_avsc<T: Record>() {
     let known = Catalog::get()
@@ -26,6 +29,8 @@ fn rust_types_match_avsc_canonical_form() {
     assert_matches_avsc::<AgentEvent>();
     assert_matches_avsc::<AlertEvent>();
     assert_matches_avsc::<AgentLifecycle>();
+    assert_matches_avsc::<CommandEvent>();
+    assert_matches_avsc::<SoftwareInventory>();
 }
 
 #[test]
@@ -62,6 +67,8 @@ fn records_roundtrip() {
     roundtrip(&fixtures::agent_event("t1", "a1", t));
     roundtrip(&fixtures::alert_raised("t1", "a1", t));
     roundtrip(&fixtures::agent_registered("t1", "a1", t));
+    roundtrip(&fixtures::command_completed("t1", "a1", t));
+    roundtrip(&fixtures::software_inventory("t1", "a1", t));
     let mut bare = fixtures::metric_report("t1", "a1", t);
     bare.security = None;
     bare.disks.clear();
