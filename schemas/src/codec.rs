@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::records::{
-    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport, SoftwareInventory,
+    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
+    SoftwareInventory,
 };
 use crate::topics;
 

@@ -531,5 +531,12 @@ avro_enum!(
 avro_enum!(
     CommandEventKind,
     "io.fleetstream.CommandEventKind",
-    ["REQUESTED", "APPROVED", "DISPATCHED", "PROGRESS", "COMPLETED", "TIMED_OUT"]
+    [
+        "REQUESTED",
+        "APPROVED",
+        "DISPATCHED",
+        "PROGRESS",
+        "COMPLETED",
+        "TIMED_OUT"
+    ]
 );

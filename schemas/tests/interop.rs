@@ -111,7 +111,9 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     })?;
     assert_eq!(l["kind"], "REGISTERED");
     assert_eq!(l["facts"]["cpu_cores"], 2);
-    let c = read_back(dir.path(), "command_event", &completed, |r, a| r.agent_id = a)?;
+    let c = read_back(dir.path(), "command_event", &completed, |r, a| {
+        r.agent_id = a
+    })?;
     assert_eq!(c["kind"], "COMPLETED");
     assert_eq!(c["exit_code"], 0);
     assert_eq!(c["args"]["service"], "nginx");

@@ -133,3 +133,39 @@ fn samples_name_every_metric() {
         );
     }
 }
+
+#[test]
+fn websocket_frames_are_tagged_json_and_reject_unknown_fields() {
+    use fleet_schemas::api::{AgentMessage, HeartbeatIn, ServerMessage};
+    let hb = AgentMessage::Heartbeat {
+        id: 7,
+        heartbeat: HeartbeatIn {
+            sent_at: chrono::DateTime::from_timestamp(1_763_900_000, 0).expect("valid time"),
+            sequence: 3,
+            uptime_seconds: 60,
+            agent_version: "0.1.0".into(),
+        },
+    };
+    let text = serde_json::to_string(&hb).expect("serialize");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["type"], "heartbeat");
+    assert_eq!(v["id"], 7);
+    assert_eq!(v["heartbeat"]["sequence"], 3);
+    let back: AgentMessage = serde_json::from_str(&text).expect("parse back");
+    assert_eq!(back, hb);
+    assert!(serde_json::from_str::<AgentMessage>(
+        r#"{"type":"metrics","id":1,"reports":[],"extra":1}"#
+    )
+    .is_err());
+    assert!(serde_json::from_str::<AgentMessage>(r#"{"type":"launch","id":1}"#).is_err());
+    let ack: ServerMessage =
+        serde_json::from_str(r#"{"type":"ack","id":7,"accepted":1}"#).expect("ack parses");
+    assert_eq!(
+        ack,
+        ServerMessage::Ack {
+            id: 7,
+            accepted: 1,
+            rejected: vec![]
+        }
+    );
+}
