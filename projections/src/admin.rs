@@ -13,6 +13,7 @@
 //! | `POST /api/v1/tenants/{tenant_id}/registration-tokens` `{"location_id"?, "device_name"?, "expires_in"?}` | create a one-time token (secret shown once, with an install command) |
 //! | `GET /api/v1/tenants/{tenant_id}/registration-tokens` | list tokens (never secrets) |
 //! | `POST /api/v1/agents/{agent_id}/deactivate` `{"reason"?}` | revoke an agent's credential (AgentDeactivated on `fleet.agents.v1`) |
+//! | `POST /api/v1/agents/{agent_id}/commands` `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}` | ask an agent to run a command (CommandRequested on `fleet.commands.v1`; see [`crate::commands`]) |
 
 use std::sync::Arc;
 
@@ -31,8 +32,8 @@ use serde::{Deserialize, Serialize};
 /// State of the admin routes.
 #[derive(Debug, Clone)]
 pub struct AdminState {
-    registry: Arc<dyn Registry>,
-    log: Arc<dyn EventLog>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) log: Arc<dyn EventLog>,
     admin_key_hash: Option<[u8; 32]>,
     gateway_url: String,
 }
@@ -68,11 +69,15 @@ pub fn router(state: AdminState) -> Router {
             post(create_token).get(list_tokens),
         )
         .route("/api/v1/agents/{agent_id}/deactivate", post(deactivate))
+        .route(
+            "/api/v1/agents/{agent_id}/commands",
+            post(crate::commands::request_command),
+        )
         .with_state(state)
 }
 
 /// Who called (for the audit trail).
-fn admin(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn admin(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(expected) = &state.admin_key_hash else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -101,7 +106,7 @@ fn admin(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
     Ok("admin".to_owned())
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(m) => ApiError::not_found(m),
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
@@ -111,7 +116,7 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) -> Response {
+pub(crate) fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) -> Response {
     match r {
         Ok(v) => (status, Json(v)).into_response(),
         Err(e) => e.into_response(),

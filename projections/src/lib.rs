@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod project;

@@ -7,7 +7,9 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_projections::admin::{router, AdminState};
-use fleet_schemas::{codec, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_schemas::{
+    codec, AgentLifecycle, AgentLifecycleKind, CommandEvent, CommandEventKind, Record,
+};
 use fleet_stores::registry::{hash_secret, NewAgent, Registry};
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
@@ -203,9 +205,8 @@ async fn disabled_without_a_key() {
         .contains("admin-api-key"));
 }
 
-#[tokio::test]
-async fn deactivation_is_an_event() {
-    let (_d, log, registry, app) = env(KEY).await;
+/// Enrolls `agent-1` in a new tenant; returns the tenant id.
+async fn enroll_agent_1(registry: &Arc<dyn Registry>) -> String {
     let now = fleet_schemas::time::now_micros();
     let tenant = registry.create_tenant("Acme", now).await.expect("tenant");
     let t = fleet_stores::registry::NewToken {
@@ -231,6 +232,13 @@ async fn deactivation_is_an_event() {
         .await
         .expect("redeem")
         .expect("redeemed");
+    tenant.tenant_id
+}
+
+#[tokio::test]
+async fn deactivation_is_an_event() {
+    let (_d, log, registry, app) = env(KEY).await;
+    let tenant_id = enroll_agent_1(&registry).await;
     let (s, v) = call(
         &app,
         "POST",
@@ -257,7 +265,7 @@ async fn deactivation_is_an_event() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, AgentLifecycleKind::Deactivated);
     assert_eq!(events[0].reason.as_deref(), Some("stolen laptop"));
-    assert_eq!(events[0].tenant_id, tenant.tenant_id);
+    assert_eq!(events[0].tenant_id, tenant_id);
     let (s, _) = call(
         &app,
         "POST",
@@ -267,4 +275,76 @@ async fn deactivation_is_an_event() {
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn command_request_is_an_event_and_bad_requests_name_the_field() {
+    let (_d, log, registry, app) = env(KEY).await;
+    let tenant_id = enroll_agent_1(&registry).await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/agent-1/commands",
+        Some(json!({"command_type": "restart_service", "args": {"service": "nginx"}, "timeout_secs": 30})),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["status"], "requested");
+    let command_id = v["command_id"].as_str().expect("command id").to_owned();
+    for (body, field) in [
+        (json!({"command_type": "format_disk"}), "command_type"),
+        (json!({"command_type": "run_script"}), "args.script"),
+        (
+            json!({"command_type": "collect_diagnostics", "timeout_secs": 0}),
+            "timeout_secs",
+        ),
+        (
+            json!({"command_type": "collect_diagnostics", "shell": "rm -rf /"}),
+            "shell",
+        ),
+    ] {
+        let (s, v) = call(
+            &app,
+            "POST",
+            "/api/v1/agents/agent-1/commands",
+            Some(body),
+            Some(KEY),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/nobody/commands",
+        Some(json!({"command_type": "collect_diagnostics"})),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/v1/agents/agent-1/commands",
+        Some(json!({"command_type": "collect_diagnostics"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let mut events = Vec::new();
+    fleet_ops::log::read_to_end(log.as_ref(), CommandEvent::TOPIC, |r| {
+        events.push(codec::decode::<CommandEvent>(&r.value).expect("avro"))
+    })
+    .await
+    .expect("read");
+    assert_eq!(events.len(), 1, "only the valid request is written");
+    let ev = &events[0];
+    assert_eq!(ev.kind, CommandEventKind::Requested);
+    assert_eq!(ev.command_id, command_id);
+    assert_eq!(ev.tenant_id, tenant_id);
+    assert_eq!(ev.args.get("service").map(String::as_str), Some("nginx"));
+    assert_eq!(ev.timeout_secs, 30);
+    assert_eq!(ev.actor.as_deref(), Some("admin"));
 }

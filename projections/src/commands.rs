@@ -1,0 +1,260 @@
+//! Remote commands requested by operators: `POST /api/v1/agents/{agent_id}/commands`
+//! writes CommandRequested on `fleet.commands.v1`. The gateway instance holding the
+//! agent's WebSocket delivers it (or the agent picks it up on its next poll); the agent
+//! runs it only if the type is on its own allow-list, and its result comes back on the
+//! same topic as CommandCompleted.
+//!
+//! Body: `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}`. Types:
+//! `restart_service` (`args.service`), `run_script` (`args.script`, a name from the
+//! agent's configuration), `collect_diagnostics`, `update_config` (interval keys).
+//! An `Idempotency-Key` header makes a retried request name the same command.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use fleet_event_log::ProduceRecord;
+use fleet_ops::ApiError;
+use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::{admin, reply, store_error, AdminState};
+
+/// Command types an operator may request (each agent has its own allow-list too).
+pub const COMMAND_TYPES: &[&str] = &[
+    "restart_service",
+    "run_script",
+    "collect_diagnostics",
+    "update_config",
+];
+
+/// Default timeout when the request names none.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// Longest timeout a request may ask for.
+pub const MAX_TIMEOUT_SECS: u64 = 3_600;
+
+/// Body of a command request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// One of [`COMMAND_TYPES`].
+    pub command_type: String,
+    /// Arguments of the type.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// Seconds the agent lets it run (default 60, at most 3600).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Whether a second user must approve it before it is delivered.
+    #[serde(default)]
+    pub requires_approval: bool,
+}
+
+/// Answer of a command request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandAccepted {
+    /// The command's id (results and history name it).
+    pub command_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// `requested`, or `awaiting_approval`.
+    pub status: String,
+}
+
+/// Checks a request; returns the normalised timeout. Pure, so it is tested with values.
+pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
+    if !COMMAND_TYPES.contains(&req.command_type.as_str()) {
+        return Err(ApiError::invalid_field(
+            "command_type",
+            format!("must be one of {}", COMMAND_TYPES.join(", ")),
+        ));
+    }
+    let required: &[&str] = match req.command_type.as_str() {
+        "restart_service" => &["service"],
+        "run_script" => &["script"],
+        _ => &[],
+    };
+    for key in required {
+        if req.args.get(*key).is_none_or(|v| v.trim().is_empty()) {
+            return Err(ApiError::invalid_field(
+                format!("args.{key}"),
+                format!("{} needs args.{key}", req.command_type),
+            ));
+        }
+    }
+    if req.args.len() > 32 {
+        return Err(ApiError::invalid_field("args", "at most 32 arguments"));
+    }
+    for (k, v) in &req.args {
+        if k.is_empty() || k.len() > 64 || v.len() > 1024 || v.chars().any(char::is_control) {
+            return Err(ApiError::invalid_field(
+                format!("args.{k}"),
+                "keys are 1 to 64 characters, values at most 1024, no control characters",
+            ));
+        }
+    }
+    let timeout = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
+        return Err(ApiError::invalid_field(
+            "timeout_secs",
+            format!("must be 1 to {MAX_TIMEOUT_SECS} seconds"),
+        ));
+    }
+    Ok(timeout)
+}
+
+pub(crate) async fn request_command(
+    State(s): State<AdminState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        let req: CommandRequest = fleet_ops::error::parse_json(&body)?;
+        let timeout = check_request(&req)?;
+        let cred = s
+            .registry
+            .agent_credential(&agent_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
+            })?;
+        if !cred.active {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "agent_deactivated",
+                format!("agent {agent_id} is deactivated"),
+            )
+            .with_field("agent_id"));
+        }
+        let command_id = match headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(key) if !key.trim().is_empty() => {
+                ids::v5(&[&agent_id, "command", key.trim()]).to_string()
+            }
+            _ => uuid::Uuid::now_v7().to_string(),
+        };
+        let now = fleet_schemas::time::now_micros();
+        let ev = CommandEvent {
+            event_id: ids::v5(&[&command_id, "REQUESTED", "0"]).to_string(),
+            command_id: command_id.clone(),
+            tenant_id: cred.tenant_id.clone(),
+            agent_id: agent_id.clone(),
+            kind: CommandEventKind::Requested,
+            command_type: req.command_type.clone(),
+            args: req.args.clone().into_iter().collect::<HashMap<_, _>>(),
+            requires_approval: req.requires_approval,
+            timeout_secs: i64::try_from(timeout).unwrap_or(i64::MAX),
+            actor: Some(actor.clone()),
+            sequence: 0,
+            stream: None,
+            chunk: None,
+            status: None,
+            exit_code: None,
+            stdout: None,
+            stderr: None,
+            output_truncated: false,
+            message: None,
+            started_at: None,
+            finished_at: None,
+            occurred_at: now,
+            ingested_at: now,
+        };
+        let value = codec::encode(&ev).map_err(ApiError::internal)?;
+        let rec = ProduceRecord {
+            key: Some(agent_id.as_bytes().to_vec()),
+            value,
+            timestamp_ms: Some(now / 1000),
+        };
+        s.log
+            .produce(CommandEvent::TOPIC, vec![rec])
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the command was not written: {e}"), 5))?;
+        tracing::info!(%agent_id, %command_id, command_type = %req.command_type, %actor, "Command requested.");
+        Ok(CommandAccepted {
+            command_id,
+            agent_id,
+            status: if req.requires_approval {
+                "awaiting_approval".into()
+            } else {
+                "requested".into()
+            },
+        })
+    }
+    .await;
+    reply(StatusCode::ACCEPTED, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(t: &str, args: &[(&str, &str)], timeout: Option<u64>) -> CommandRequest {
+        CommandRequest {
+            command_type: t.into(),
+            args: args
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            timeout_secs: timeout,
+            requires_approval: false,
+        }
+    }
+
+    fn field(e: ApiError) -> Option<String> {
+        let status = e.status();
+        assert!(status.is_client_error(), "{status}");
+        let body = futures_body(e);
+        body["error"]["field"].as_str().map(str::to_owned)
+    }
+
+    fn futures_body(e: ApiError) -> serde_json::Value {
+        use axum::response::IntoResponse as _;
+        use http_body_util::BodyExt as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let bytes = rt
+            .block_on(e.into_response().into_body().collect())
+            .expect("body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).expect("json error body")
+    }
+
+    #[test]
+    fn requests_are_checked_field_by_field() {
+        assert_eq!(
+            check_request(&req("collect_diagnostics", &[], None)).ok(),
+            Some(60)
+        );
+        assert_eq!(
+            check_request(&req("restart_service", &[("service", "nginx")], Some(5))).ok(),
+            Some(5)
+        );
+        let bad = check_request(&req("rm_rf", &[], None))
+            .err()
+            .and_then(field);
+        assert_eq!(bad.as_deref(), Some("command_type"));
+        let missing = check_request(&req("run_script", &[], None))
+            .err()
+            .and_then(field);
+        assert_eq!(missing.as_deref(), Some("args.script"));
+        let timeout = check_request(&req("collect_diagnostics", &[], Some(0)))
+            .err()
+            .and_then(field);
+        assert_eq!(timeout.as_deref(), Some("timeout_secs"));
+        let long = check_request(&req("collect_diagnostics", &[], Some(MAX_TIMEOUT_SECS + 1)))
+            .err()
+            .and_then(field);
+        assert_eq!(long.as_deref(), Some("timeout_secs"));
+        let ctl = check_request(&req("run_script", &[("script", "a\nb")], None))
+            .err()
+            .and_then(field);
+        assert_eq!(ctl.as_deref(), Some("args.script"));
+    }
+}
