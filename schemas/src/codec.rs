@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::records::{
     AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    SoftwareInventory,
+    SoftwareInventory, TicketEvent,
 };
 use crate::topics;
 
@@ -91,6 +91,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
     (
         "software_inventory.avsc",
         include_str!("../avro/software_inventory.avsc"),
+    ),
+    (
+        "ticket_event.avsc",
+        include_str!("../avro/ticket_event.avsc"),
     ),
 ];
 
@@ -379,6 +383,12 @@ record!(
     "io.fleetstream.CommandEvent",
     topics::COMMANDS,
     |r| &r.agent_id
+);
+record!(
+    TicketEvent,
+    "io.fleetstream.TicketEvent",
+    topics::TICKETS,
+    |r| &r.ticket_id
 );
 record!(
     SoftwareInventory,

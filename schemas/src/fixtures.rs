@@ -203,3 +203,31 @@ pub fn software_inventory(tenant: &str, agent: &str, occurred_at: i64) -> Softwa
         ],
     }
 }
+
+/// A TicketRequested event for [`alert_raised`].
+pub fn ticket_requested(tenant: &str, agent: &str, occurred_at: i64) -> TicketEvent {
+    let alert = alert_raised(tenant, agent, occurred_at);
+    let ticket_id = crate::ids::v5(&[&alert.alert_id, "ticket"]).to_string();
+    TicketEvent {
+        event_id: crate::ids::v5(&[&ticket_id, "REQUESTED", "open"]).to_string(),
+        ticket_id,
+        alert_id: alert.alert_id,
+        tenant_id: tenant.into(),
+        agent_id: agent.into(),
+        kind: TicketEventKind::Requested,
+        status: "open".into(),
+        priority: "P1".into(),
+        severity: TicketSeverity::Critical,
+        title: "CPU high on web-1".into(),
+        description: "cpu.percent 97 > 90 on agent web-1 (tenant Acme, location HQ)".into(),
+        location_id: Some("loc-1".into()),
+        rule_id: alert.rule_id,
+        metric: alert.metric,
+        subject: None,
+        value: 97.0,
+        threshold: 90.0,
+        actor: None,
+        occurred_at,
+        ingested_at: occurred_at + 3_000,
+    }
+}

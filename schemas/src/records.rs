@@ -480,6 +480,87 @@ pub struct SoftwareInventory {
     pub packages: Vec<SoftwarePackage>,
 }
 
+/// Kind of ticket event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TicketEventKind {
+    /// Open a ticket for a new incident.
+    #[serde(rename = "REQUESTED")]
+    Requested,
+    /// The incident changed (acknowledged, resolved).
+    #[serde(rename = "UPDATED")]
+    Updated,
+}
+
+/// Ticket severity (the alert's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TicketSeverity {
+    /// Informational.
+    #[serde(rename = "INFO")]
+    Info,
+    /// Warning.
+    #[serde(rename = "WARNING")]
+    Warning,
+    /// Critical.
+    #[serde(rename = "CRITICAL")]
+    Critical,
+}
+
+impl From<AlertSeverity> for TicketSeverity {
+    fn from(s: AlertSeverity) -> Self {
+        match s {
+            AlertSeverity::Info => TicketSeverity::Info,
+            AlertSeverity::Warning => TicketSeverity::Warning,
+            AlertSeverity::Critical => TicketSeverity::Critical,
+        }
+    }
+}
+
+/// A ticket request or update for ticketing systems (`fleet.tickets.v1`, key: ticket id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct TicketEvent {
+    /// UUIDv5 of (ticket id, kind, status).
+    pub event_id: String,
+    /// UUIDv5 of (alert id, "ticket").
+    pub ticket_id: String,
+    /// The alert behind the ticket.
+    pub alert_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Requested or updated.
+    pub kind: TicketEventKind,
+    /// `open`, `acknowledged` or `resolved`.
+    pub status: String,
+    /// `P1` (critical) to `P4`.
+    pub priority: String,
+    /// The alert's severity.
+    pub severity: TicketSeverity,
+    /// One line.
+    pub title: String,
+    /// Names tenant, location, agent, metric, value and threshold.
+    pub description: String,
+    /// Location of the agent, if known.
+    pub location_id: Option<String>,
+    /// Rule.
+    pub rule_id: String,
+    /// Metric.
+    pub metric: String,
+    /// Mount or service, if any.
+    pub subject: Option<String>,
+    /// Value that raised the alert.
+    pub value: f64,
+    /// Threshold it crossed.
+    pub threshold: f64,
+    /// User who acknowledged or resolved it.
+    pub actor: Option<String>,
+    /// Time of the alert transition (µs).
+    pub occurred_at: i64,
+    /// When it was written (µs).
+    pub ingested_at: i64,
+}
+
 /// Avro enums whose symbols are SCREAMING_CASE: the derive in apache-avro 0.21 ignores serde
 /// renames on variants, so these schemas are spelled out (and checked by the same test).
 macro_rules! avro_enum {
@@ -539,4 +620,14 @@ avro_enum!(
         "COMPLETED",
         "TIMED_OUT"
     ]
+);
+avro_enum!(
+    TicketEventKind,
+    "io.fleetstream.TicketEventKind",
+    ["REQUESTED", "UPDATED"]
+);
+avro_enum!(
+    TicketSeverity,
+    "io.fleetstream.TicketSeverity",
+    ["INFO", "WARNING", "CRITICAL"]
 );

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use fleet_schemas::codec::{self, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    SoftwareInventory,
+    SoftwareInventory, TicketEvent,
 };
 use serde_json::Value;
 
@@ -67,6 +67,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "command_event", &completed)?;
     let inventory = fixtures::software_inventory("tenant-1", "agent-1", T);
     write(dir.path(), "software_inventory", &inventory)?;
+    let ticket = fixtures::ticket_requested("tenant-1", "agent-1", T);
+    write(dir.path(), "ticket_event", &ticket)?;
 
     let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
@@ -122,6 +124,9 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     })?;
     assert_eq!(i["packages"][1]["name"], "nginx");
     assert_eq!(i["packages"][2]["arch"], Value::Null);
+    let tk = read_back(dir.path(), "ticket_event", &ticket, |r, a| r.agent_id = a)?;
+    assert_eq!(tk["kind"], "REQUESTED");
+    assert_eq!(tk["priority"], "P1");
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
         [
@@ -132,6 +137,7 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
             AgentLifecycle::FULL_NAME,
             CommandEvent::FULL_NAME,
             SoftwareInventory::FULL_NAME,
+            TicketEvent::FULL_NAME,
         ]
         .len(),
         codec::AVSC_FILES.len()

@@ -5,7 +5,7 @@ use apache_avro::Schema;
 use fleet_schemas::codec::{self, Catalog, CodecError, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    SoftwareInventory,
+    SoftwareInventory, TicketEvent,
 };
 
 fn assert_matches_avsc<T: Record>() {
@@ -31,6 +31,7 @@ fn rust_types_match_avsc_canonical_form() {
     assert_matches_avsc::<AgentLifecycle>();
     assert_matches_avsc::<CommandEvent>();
     assert_matches_avsc::<SoftwareInventory>();
+    assert_matches_avsc::<TicketEvent>();
 }
 
 #[test]
@@ -69,6 +70,7 @@ fn records_roundtrip() {
     roundtrip(&fixtures::agent_registered("t1", "a1", t));
     roundtrip(&fixtures::command_completed("t1", "a1", t));
     roundtrip(&fixtures::software_inventory("t1", "a1", t));
+    roundtrip(&fixtures::ticket_requested("t1", "a1", t));
     let mut bare = fixtures::metric_report("t1", "a1", t);
     bare.security = None;
     bare.disks.clear();
