@@ -1,10 +1,11 @@
 //! The run loop: collect every interval, spool, send in batches, retry with backoff, send
 //! heartbeats, flush on shutdown.
 //!
-//! Three tasks:
+//! Core tasks:
 //!
 //! * the collector collects a report every interval (on the blocking pool) and appends it
 //!   to the on-disk [`Spool`] (durable, `fsync`'ed) before anything else happens to it;
+//!   it also turns watched-service status changes into events (see [`crate::events`]);
 //! * the sender sends the oldest spooled reports as one batch once a batch is full or the
 //!   oldest report has waited the flush interval, and deletes them from the spool only
 //!   after a 2xx. A retry (503, network error) keeps them; so does a 401/403 (credential
@@ -12,33 +13,46 @@
 //! * the heartbeat task POSTs a [`HeartbeatIn`] every heartbeat interval. Heartbeats are
 //!   not spooled: a missed heartbeat is itself information.
 //!
+//! Around them: the WebSocket session ([`crate::ws`], when `websocket = true`; every
+//! request falls back to HTTP while it is down), the command executor and its poller
+//! ([`crate::commands`]), the event sender ([`crate::events`]) and the inventory task
+//! ([`crate::inventory`]). The collect and heartbeat intervals are live: a server
+//! `config` message or an `update_config` command changes them in the running agent
+//! (and persists them in `{state-dir}/intervals.json`).
+//!
 //! A slow or failing gateway therefore never delays collection; the spool bound limits
 //! disk use instead. If the spool cannot be written (disk full, I/O error) reports are kept
 //! in a bounded in-memory [`ReportQueue`] and still sent; only those are lost if the agent
 //! stops before they are sent (counted in [`StatsSnapshot::lost`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
-use fleet_schemas::api::{HeartbeatIn, MetricBatch, RemoteConfig, ReportIn};
-use tokio::sync::Notify;
+use fleet_schemas::api::{
+    CommandSpec, ConfigUpdate, HeartbeatIn, MetricBatch, RemoteConfig, ReportIn,
+};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::collect::Collector;
+use crate::commands::{Executor, ExecutorParts};
 use crate::config::{valid_secs, AgentConfig, ConfigError, DEFAULT_SERVER_URL};
 use crate::enroll::{EnrollError, Enrollment};
+use crate::events::{self, EventQueue, MAX_QUEUED_EVENTS};
 use crate::queue::ReportQueue;
+use crate::retry::Backoff;
 use crate::spool::{Appended, Spool, SpoolError, SPOOL_FILE};
 use crate::transport::{HttpTransport, SendOutcome, Transport, TransportError};
+use crate::ws::{Pushed, WsLink, WsSession, WsSettings, WsTransport};
 
 /// Most reports held in memory when the spool cannot be written.
 pub const MEMORY_FALLBACK_REPORTS: usize = 1000;
@@ -86,6 +100,18 @@ pub struct Stats {
     spooled: AtomicU64,
     spooled_bytes: AtomicU64,
     in_memory: AtomicU64,
+    pub(crate) ws_connects: AtomicU64,
+    pub(crate) ws_disconnects: AtomicU64,
+    pub(crate) http_fallbacks: AtomicU64,
+    pub(crate) commands_received: AtomicU64,
+    pub(crate) commands_run: AtomicU64,
+    pub(crate) commands_refused: AtomicU64,
+    pub(crate) commands_duplicate: AtomicU64,
+    pub(crate) command_results_sent: AtomicU64,
+    pub(crate) events_sent: AtomicU64,
+    pub(crate) events_dropped: AtomicU64,
+    pub(crate) inventories_sent: AtomicU64,
+    pub(crate) config_updates: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one instant.
@@ -128,6 +154,30 @@ pub struct StatsSnapshot {
     pub spooled_bytes: u64,
     /// Reports held in memory now because the spool could not take them.
     pub in_memory: u64,
+    /// WebSocket connections established (the first and every reconnect).
+    pub ws_connects: u64,
+    /// WebSocket connections lost.
+    pub ws_disconnects: u64,
+    /// Requests sent over HTTP because the socket was down.
+    pub http_fallbacks: u64,
+    /// Commands received (pushed or polled), duplicates included.
+    pub commands_received: u64,
+    /// Commands started (processes run, or config updates applied).
+    pub commands_run: u64,
+    /// Commands refused (not allowed, bad arguments).
+    pub commands_refused: u64,
+    /// Commands received again after they ran (not run again).
+    pub commands_duplicate: u64,
+    /// Command results the gateway acknowledged.
+    pub command_results_sent: u64,
+    /// Events the gateway acknowledged.
+    pub events_sent: u64,
+    /// Events dropped (queue full, or rejected by the gateway).
+    pub events_dropped: u64,
+    /// Inventories the gateway acknowledged.
+    pub inventories_sent: u64,
+    /// Interval changes applied (server `config` messages and `update_config`).
+    pub config_updates: u64,
 }
 
 impl Stats {
@@ -153,25 +203,146 @@ impl Stats {
             spooled: get(&self.spooled),
             spooled_bytes: get(&self.spooled_bytes),
             in_memory: get(&self.in_memory),
+            ws_connects: get(&self.ws_connects),
+            ws_disconnects: get(&self.ws_disconnects),
+            http_fallbacks: get(&self.http_fallbacks),
+            commands_received: get(&self.commands_received),
+            commands_run: get(&self.commands_run),
+            commands_refused: get(&self.commands_refused),
+            commands_duplicate: get(&self.commands_duplicate),
+            command_results_sent: get(&self.command_results_sent),
+            events_sent: get(&self.events_sent),
+            events_dropped: get(&self.events_dropped),
+            inventories_sent: get(&self.inventories_sent),
+            config_updates: get(&self.config_updates),
         }
     }
 }
 
-fn add(counter: &AtomicU64, n: usize) {
+pub(crate) fn add(counter: &AtomicU64, n: usize) {
     counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
-fn inc(counter: &AtomicU64) {
+pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The intervals the agent runs with, once the configuration and the enrollment's remote
 /// config are merged.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Intervals {
+pub(crate) struct Intervals {
     collect: Duration,
     heartbeat: Duration,
     flush: Duration,
+}
+
+/// File of the intervals the server set (`config` message, `update_config`), in the
+/// state directory.
+pub const INTERVALS_FILE: &str = "intervals.json";
+
+/// The running agent's intervals, changeable by the server.
+#[derive(Debug)]
+pub(crate) struct LiveIntervals {
+    current: watch::Sender<Intervals>,
+    /// The flush interval follows the collect interval (no `flush-interval-secs`).
+    flush_follows: bool,
+    path: PathBuf,
+    stats: Arc<Stats>,
+}
+
+impl LiveIntervals {
+    fn get(&self) -> Intervals {
+        *self.current.borrow()
+    }
+
+    /// Applies `update` (each value checked), persists the server's overrides, and
+    /// returns a summary; `Err` when a value is invalid (nothing applied then).
+    pub(crate) async fn apply(&self, update: ConfigUpdate) -> Result<String, String> {
+        let check = |key: &str, v: Option<f64>| -> Result<Option<Duration>, String> {
+            v.map(|v| {
+                valid_secs(v).ok_or_else(|| {
+                    format!("`{key}` is {v}: expected seconds, more than 0 and at most 86400")
+                })
+            })
+            .transpose()
+        };
+        let collect = check("metrics_interval_secs", update.metrics_interval_secs)?;
+        let heartbeat = check("heartbeat_interval_secs", update.heartbeat_interval_secs)?;
+        let mut next = self.get();
+        if let Some(c) = collect {
+            next.collect = c;
+            if self.flush_follows {
+                next.flush = c;
+            }
+        }
+        if let Some(h) = heartbeat {
+            next.heartbeat = h;
+        }
+        self.current.send_replace(next);
+        inc(&self.stats.config_updates);
+        info!(collect = ?next.collect, heartbeat = ?next.heartbeat, "Intervals changed by the server.");
+        // Merge with what was persisted before, so a later update of one key keeps the
+        // other.
+        let path = self.path.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            let mut stored = load_overrides(&path).unwrap_or_default();
+            if update.metrics_interval_secs.is_some() {
+                stored.metrics_interval_secs = update.metrics_interval_secs;
+            }
+            if update.heartbeat_interval_secs.is_some() {
+                stored.heartbeat_interval_secs = update.heartbeat_interval_secs;
+            }
+            let json = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
+            if let Some(dir) = path.parent() {
+                crate::state::ensure_dir(dir)?;
+            }
+            crate::state::write_atomic(&path, &json, 0o600)
+        })
+        .await;
+        let summary = format!(
+            "collect interval {}s, heartbeat interval {}s",
+            next.collect.as_secs_f64(),
+            next.heartbeat.as_secs_f64()
+        );
+        match persisted {
+            Ok(Ok(())) => Ok(summary),
+            Ok(Err(e)) => {
+                warn!(error = %e, "Cannot persist the new intervals; they apply until the agent stops.");
+                Ok(format!("{summary} (not persisted: {e})"))
+            }
+            Err(e) => Ok(format!("{summary} (not persisted: {e})")),
+        }
+    }
+}
+
+/// The server's persisted interval overrides, if any.
+fn load_overrides(path: &Path) -> Option<ConfigUpdate> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "Ignoring unreadable interval overrides.");
+            None
+        }
+    }
+}
+
+/// `intervals` with the server's overrides applied (invalid values ignored).
+fn with_overrides(
+    mut intervals: Intervals,
+    overrides: &ConfigUpdate,
+    flush_follows: bool,
+) -> Intervals {
+    if let Some(c) = overrides.metrics_interval_secs.and_then(valid_secs) {
+        intervals.collect = c;
+        if flush_follows {
+            intervals.flush = c;
+        }
+    }
+    if let Some(h) = overrides.heartbeat_interval_secs.and_then(valid_secs) {
+        intervals.heartbeat = h;
+    }
+    intervals
 }
 
 /// A configured agent, ready to [`run`](Agent::run).
@@ -181,10 +352,20 @@ pub struct Agent {
     agent_id: String,
     enrolled: bool,
     server_url: String,
+    state_dir: PathBuf,
     intervals: Intervals,
     transport: Arc<dyn Transport>,
+    ws: Option<WsParts>,
     spool: Arc<Spool>,
     stats: Arc<Stats>,
+}
+
+/// The WebSocket session of an agent, started by [`Agent::run`].
+#[derive(Debug)]
+struct WsParts {
+    link: WsLink,
+    session: WsSession,
+    pushed: mpsc::Receiver<Pushed>,
 }
 
 impl Agent {
@@ -196,15 +377,52 @@ impl Agent {
         let state_dir = config.resolved_state_dir();
         let enrollment = Enrollment::load(&state_dir)?;
         let server_url = server_url(&config, enrollment.as_ref());
-        let transport = HttpTransport::new(&server_url, config.request_timeout())?
-            .with_credential(enrollment.as_ref().map(|e| e.credential.as_str()))?;
-        Self::build(
+        let credential = enrollment.as_ref().map(|e| e.credential.clone());
+        let http = HttpTransport::new(&server_url, config.request_timeout())?
+            .with_credential(credential.as_deref())?;
+        if !config.websocket {
+            return Self::build(
+                config,
+                &state_dir,
+                enrollment,
+                server_url,
+                Arc::new(http),
+                None,
+            );
+        }
+        // The enrollment's socket URL belongs to the server it enrolled with.
+        let enrolled_ws = enrollment
+            .as_ref()
+            .filter(|e| e.server_url == server_url)
+            .map(|e| e.config.websocket_url.clone());
+        let agent_id = resolve_agent_id(&config, enrollment.as_ref());
+        let settings = WsSettings {
+            url: crate::ws::websocket_url(&server_url, enrolled_ws.as_deref())?,
+            agent_id,
+            credential,
+            request_timeout: config.request_timeout(),
+            ping_interval: config.websocket_ping_interval(),
+            reconnect_initial: config.websocket_reconnect_initial(),
+            reconnect_max: config.websocket_reconnect_max(),
+            auth_retry: config.auth_retry(),
+        };
+        let stats = Arc::new(Stats::default());
+        let (link, session, pushed) = crate::ws::channel(settings, Arc::clone(&stats));
+        let transport = WsTransport::new(link.clone(), http, Arc::clone(&stats));
+        let mut agent = Self::build(
             config,
             &state_dir,
             enrollment,
             server_url,
             Arc::new(transport),
-        )
+            Some(WsParts {
+                link,
+                session,
+                pushed,
+            }),
+        )?;
+        agent.stats = stats;
+        Ok(agent)
     }
 
     /// An agent sending through `transport` (tests use a fake one). The enrollment, if
@@ -217,7 +435,7 @@ impl Agent {
         let state_dir = config.resolved_state_dir();
         let enrollment = Enrollment::load(&state_dir)?;
         let server_url = server_url(&config, enrollment.as_ref());
-        Self::build(config, &state_dir, enrollment, server_url, transport)
+        Self::build(config, &state_dir, enrollment, server_url, transport, None)
     }
 
     fn build(
@@ -226,30 +444,27 @@ impl Agent {
         enrollment: Option<Enrollment>,
         server_url: String,
         transport: Arc<dyn Transport>,
+        ws: Option<WsParts>,
     ) -> Result<Self, AgentError> {
-        let agent_id = match &enrollment {
-            Some(e) => {
-                if let Some(configured) = config.agent_id.as_ref().filter(|id| **id != e.agent_id) {
-                    warn!(
-                        configured = %configured,
-                        enrolled = %e.agent_id,
-                        "The configured agent-id differs from the enrolled one; using the \
-                         enrolled id (the credential belongs to it)."
-                    );
-                }
-                e.agent_id.clone()
-            }
-            None => config.resolved_agent_id(),
-        };
+        let agent_id = resolve_agent_id(&config, enrollment.as_ref());
         let intervals = intervals(&config, enrollment.as_ref().map(|e| &e.config));
+        let intervals = match load_overrides(&state_dir.join(INTERVALS_FILE)) {
+            Some(o) => {
+                info!(?o, "Using the intervals the server set before.");
+                with_overrides(intervals, &o, config.flush_interval_secs.is_none())
+            }
+            None => intervals,
+        };
         let spool = Spool::open(&state_dir.join(SPOOL_FILE), config.spool_max_bytes)?;
         Ok(Self {
             config,
             agent_id,
             enrolled: enrollment.is_some(),
             server_url,
+            state_dir: state_dir.to_owned(),
             intervals,
             transport,
+            ws,
             spool: Arc::new(spool),
             stats: Arc::new(Stats::default()),
         })
@@ -297,8 +512,10 @@ impl Agent {
             agent_id,
             enrolled,
             server_url,
+            state_dir,
             intervals,
             transport,
+            ws,
             spool,
             stats,
         } = self;
@@ -310,6 +527,7 @@ impl Agent {
             heartbeat_interval = ?intervals.heartbeat,
             spool = %spool.path().display(),
             services = config.services.len(),
+            websocket = ws.as_ref().map_or("off", |w| w.session.url()),
             "Agent started."
         );
         if !spool.is_empty() {
@@ -325,9 +543,19 @@ impl Agent {
             .await
             .context("starting the collector failed")?;
 
+        let live = Arc::new(LiveIntervals {
+            current: watch::Sender::new(intervals),
+            flush_follows: config.flush_interval_secs.is_none(),
+            path: state_dir.join(INTERVALS_FILE),
+            stats: Arc::clone(&stats),
+        });
+        let events = Arc::new(EventQueue::new(MAX_QUEUED_EVENTS, Arc::clone(&stats)));
+        events.push(events::agent_started(&agent_id));
         let shared = Arc::new(Shared {
             spool,
             stats: Arc::clone(&stats),
+            intervals: Arc::clone(&live),
+            events: Arc::clone(&events),
             memory: Mutex::new(ReportQueue::new(MEMORY_FALLBACK_REPORTS)),
             appended: Mutex::new(VecDeque::new()),
             appended_cap: config.batch_max_reports,
@@ -339,18 +567,78 @@ impl Agent {
 
         // Dropping the set (the run future dropped, e.g. aborted) aborts the tasks.
         let mut tasks = JoinSet::new();
-        tasks.spawn(collect_loop(
-            Arc::clone(&shared),
-            collector,
-            intervals.collect,
-        ));
+        tasks.spawn(collect_loop(Arc::clone(&shared), collector));
         tasks.spawn(heartbeat_loop(HeartbeatLoop {
             transport: Arc::clone(&transport),
             agent_id: agent_id.clone(),
             shared: Arc::clone(&shared),
-            interval: intervals.heartbeat,
             auth_retry: config.auth_retry(),
             backoff: Backoff::new(config.retry_initial_backoff(), config.retry_max_backoff()),
+        }));
+        let backoff = || Backoff::new(config.retry_initial_backoff(), config.retry_max_backoff());
+        tasks.spawn(events::event_loop(
+            Arc::clone(&events),
+            Arc::clone(&transport),
+            agent_id.clone(),
+            backoff(),
+            config.auth_retry(),
+            shared.cancel.clone(),
+        ));
+        if config.inventory {
+            tasks.spawn(crate::inventory::inventory_loop(
+                Arc::clone(&transport),
+                agent_id.clone(),
+                config.inventory_interval(),
+                backoff(),
+                config.auth_retry(),
+                Arc::clone(&stats),
+                shared.cancel.clone(),
+            ));
+        }
+        let executor_parts = ExecutorParts {
+            transport: Arc::clone(&transport),
+            agent_id: agent_id.clone(),
+            config: config.clone(),
+            state_dir: state_dir.clone(),
+            intervals: Arc::clone(&live),
+            stats: Arc::clone(&stats),
+            cancel: shared.cancel.clone(),
+        };
+        let executor = Arc::new(
+            tokio::task::spawn_blocking(move || Executor::new(executor_parts))
+                .await
+                .context("starting the command executor failed")?,
+        );
+        let (command_tx, command_rx) = mpsc::channel::<CommandSpec>(256);
+        tasks.spawn(Arc::clone(&executor).run(command_rx));
+        let session_cancel = CancellationToken::new();
+        let mut session_tasks = JoinSet::new();
+        let link = match ws {
+            Some(WsParts {
+                link,
+                session,
+                pushed,
+            }) => {
+                // The socket outlives the other tasks so the final flush can use it.
+                session_tasks.spawn(session.run(session_cancel.clone()));
+                tasks.spawn(route_pushed(
+                    pushed,
+                    command_tx.clone(),
+                    Arc::clone(&live),
+                    shared.cancel.clone(),
+                ));
+                Some(link)
+            }
+            None => None,
+        };
+        tasks.spawn(poll_commands(PollCommands {
+            transport: Arc::clone(&transport),
+            agent_id: agent_id.clone(),
+            link,
+            commands: command_tx,
+            interval: config.command_poll_interval(),
+            auth_retry: config.auth_retry(),
+            cancel: shared.cancel.clone(),
         }));
 
         let sender = Sender {
@@ -358,7 +646,6 @@ impl Agent {
             agent_id: agent_id.clone(),
             shared: Arc::clone(&shared),
             batch_limit: AtomicUsize::new(config.batch_max_reports),
-            flush_interval: intervals.flush,
             backoff_initial: config.retry_initial_backoff(),
             backoff_max: config.retry_max_backoff(),
             auth_retry: config.auth_retry(),
@@ -390,6 +677,8 @@ impl Agent {
             }
         }
         sender.final_flush(deadline).await;
+        session_cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), session_tasks.join_next()).await;
         shared.persist_memory().await;
         shared.refresh_gauges();
 
@@ -422,6 +711,129 @@ fn server_url(config: &AgentConfig, enrollment: Option<&Enrollment>) -> String {
             config.server_url.clone()
         }
         _ => config.server_url.clone(),
+    }
+}
+
+/// The id this agent reports as: the enrolled one (the credential belongs to it), else
+/// the configured or derived one.
+fn resolve_agent_id(config: &AgentConfig, enrollment: Option<&Enrollment>) -> String {
+    match enrollment {
+        Some(e) => {
+            if let Some(configured) = config.agent_id.as_ref().filter(|id| **id != e.agent_id) {
+                warn!(
+                    configured = %configured,
+                    enrolled = %e.agent_id,
+                    "The configured agent-id differs from the enrolled one; using the \
+                     enrolled id (the credential belongs to it)."
+                );
+            }
+            e.agent_id.clone()
+        }
+        None => config.resolved_agent_id(),
+    }
+}
+
+/// Hands pushed commands to the executor and applies pushed intervals, until cancelled.
+async fn route_pushed(
+    mut pushed: mpsc::Receiver<Pushed>,
+    commands: mpsc::Sender<CommandSpec>,
+    live: Arc<LiveIntervals>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            p = pushed.recv() => p,
+        };
+        match next {
+            None => return,
+            Some(Pushed::Command(spec)) => {
+                debug!(command_id = %spec.command_id, "Command pushed by the gateway.");
+                if commands.send(spec).await.is_err() {
+                    return;
+                }
+            }
+            Some(Pushed::Config(update)) => {
+                if let Err(e) = live.apply(update).await {
+                    warn!(error = %e, "Ignoring an invalid config message from the gateway.");
+                }
+            }
+        }
+    }
+}
+
+struct PollCommands {
+    transport: Arc<dyn Transport>,
+    agent_id: String,
+    /// The socket, when there is one: no polling while it is up.
+    link: Option<WsLink>,
+    commands: mpsc::Sender<CommandSpec>,
+    interval: Duration,
+    auth_retry: Duration,
+    cancel: CancellationToken,
+}
+
+/// Polls `GET .../commands` every interval while the socket is down (always without
+/// one); sleeps on the socket's state while it is up.
+async fn poll_commands(p: PollCommands) {
+    let mut connected = p.link.as_ref().map(WsLink::subscribe);
+    let mut failing = false;
+    loop {
+        // While the socket is up, wait for it to go down.
+        if let Some(rx) = connected.as_mut() {
+            loop {
+                if !*rx.borrow_and_update() {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = p.cancel.cancelled() => return,
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+        // A socket that is just connecting gets a moment before the first poll.
+        let delay = match p.transport.pending_commands(&p.agent_id).await {
+            Ok(list) => {
+                if failing {
+                    info!("Command polling works again.");
+                    failing = false;
+                }
+                for spec in list {
+                    if p.commands.send(spec).await.is_err() {
+                        return;
+                    }
+                }
+                p.interval
+            }
+            Err(outcome) => {
+                if !failing {
+                    warn!(?outcome, "Polling for commands failed; will retry.");
+                    failing = true;
+                }
+                match outcome {
+                    SendOutcome::Unauthorized { .. } => p.interval.max(p.auth_retry),
+                    _ => p.interval,
+                }
+            }
+        };
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                () = p.cancel.cancelled() => return,
+                () = &mut sleep => break,
+                // The socket came up: stop polling at once.
+                changed = async {
+                    match connected.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok() && *rx.borrow_and_update(),
+                        None => std::future::pending().await,
+                    }
+                } => if changed { break },
+            }
+        }
     }
 }
 
@@ -459,7 +871,7 @@ fn intervals(config: &AgentConfig, remote: Option<&RemoteConfig>) -> Intervals {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going with it.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -474,6 +886,10 @@ struct Shared {
     /// a partial batch is due. Entries older than these (from a previous run) are due now.
     appended: Mutex<VecDeque<(u64, Instant)>>,
     appended_cap: usize,
+    /// The live intervals.
+    intervals: Arc<LiveIntervals>,
+    /// Events waiting to be sent.
+    events: Arc<EventQueue>,
     /// When the last "spool full" warning was logged, and drops since.
     drop_log: Mutex<(Option<Instant>, u64)>,
     wake: Notify,
@@ -658,17 +1074,34 @@ impl Shared {
     }
 }
 
-async fn collect_loop(shared: Arc<Shared>, collector: Collector, interval: Duration) {
+async fn collect_loop(shared: Arc<Shared>, collector: Collector) {
     let collector = Arc::new(Mutex::new(collector));
-    // The first report comes one interval after start, so its CPU figure and I/O deltas
-    // cover a full interval like every later one.
-    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut changes = shared.intervals.current.subscribe();
+    let mut interval = changes.borrow_and_update().collect;
+    let ticker_for = |interval: Duration| {
+        // The first report comes one interval after start, so its CPU figure and I/O
+        // deltas cover a full interval like every later one.
+        let mut t = tokio::time::interval_at(Instant::now() + interval, interval);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    };
+    let mut ticker = ticker_for(interval);
     let mut spool_failing = false;
+    let mut services: BTreeMap<String, String> = BTreeMap::new();
     loop {
         tokio::select! {
             biased;
             () = shared.cancel.cancelled() => return,
+            changed = changes.changed() => {
+                if changed.is_err() { return }
+                let next = changes.borrow_and_update().collect;
+                if next != interval {
+                    info!(interval = ?next, "Collect interval changed.");
+                    interval = next;
+                    ticker = ticker_for(interval);
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         let job_collector = Arc::clone(&collector);
@@ -687,6 +1120,10 @@ async fn collect_loop(shared: Arc<Shared>, collector: Collector, interval: Durat
             }
         };
         inc(&shared.stats.collected);
+        for event in events::service_transitions(&mut services, &report.services) {
+            info!(kind = %event.kind, message = %event.message, "Service status changed.");
+            shared.events.push(event);
+        }
         // Not cancellable: once collected, a report is spooled (an fsync at most).
         shared.store(report, &mut spool_failing).await;
         shared.refresh_gauges();
@@ -698,7 +1135,6 @@ struct HeartbeatLoop {
     transport: Arc<dyn Transport>,
     agent_id: String,
     shared: Arc<Shared>,
-    interval: Duration,
     auth_retry: Duration,
     backoff: Backoff,
 }
@@ -709,7 +1145,9 @@ struct HeartbeatLoop {
 async fn heartbeat_loop(mut h: HeartbeatLoop) {
     let mut sequence = 0u64;
     let mut failing = false;
+    let mut changes = h.shared.intervals.current.subscribe();
     loop {
+        let interval = changes.borrow_and_update().heartbeat;
         sequence += 1;
         let heartbeat = HeartbeatIn {
             sent_at: Utc::now(),
@@ -725,7 +1163,7 @@ async fn heartbeat_loop(mut h: HeartbeatLoop) {
         let (problem, delay) = match outcome {
             SendOutcome::Sent(_) => {
                 h.backoff.reset();
-                (None, h.interval)
+                (None, interval)
             }
             SendOutcome::Unauthorized { status, error } => (
                 Some(format!(
@@ -733,14 +1171,14 @@ async fn heartbeat_loop(mut h: HeartbeatLoop) {
                     auth_problem(status),
                     error.map(|e| e.error.message).unwrap_or_default()
                 )),
-                h.interval.max(h.auth_retry),
+                interval.max(h.auth_retry),
             ),
             SendOutcome::RetryLater {
                 retry_after,
                 reason,
             } => (
                 Some(reason),
-                h.interval.max(h.backoff.next_delay(retry_after)),
+                interval.max(h.backoff.next_delay(retry_after)),
             ),
             SendOutcome::Rejected {
                 status,
@@ -751,7 +1189,7 @@ async fn heartbeat_loop(mut h: HeartbeatLoop) {
                     "status {status}: {}",
                     error.map(|e| e.error.message).unwrap_or(body)
                 )),
-                h.interval.max(h.backoff.next_delay(None)),
+                interval.max(h.backoff.next_delay(None)),
             ),
         };
         match problem {
@@ -777,10 +1215,22 @@ async fn heartbeat_loop(mut h: HeartbeatLoop) {
                 }
             }
         }
-        tokio::select! {
-            biased;
-            () = h.shared.cancel.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                () = h.shared.cancel.cancelled() => return,
+                () = &mut sleep => break,
+                // A new interval: the next heartbeat is due at most that long after the
+                // previous one.
+                changed = changes.changed() => {
+                    if changed.is_err() { return }
+                    let next = changes.borrow().heartbeat;
+                    let at = sleep.deadline().min(Instant::now() + next);
+                    sleep.as_mut().reset(at);
+                }
+            }
         }
     }
 }
@@ -820,7 +1270,6 @@ struct Sender {
     shared: Arc<Shared>,
     /// Reports per request: `batch-max-reports`, or less after a 413.
     batch_limit: AtomicUsize,
-    flush_interval: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
     auth_retry: Duration,
@@ -867,7 +1316,7 @@ impl Sender {
     async fn wait_until_due(&self) -> bool {
         loop {
             let limit = self.batch_limit.load(Ordering::Relaxed);
-            let due = self.shared.due_at(limit, self.flush_interval);
+            let due = self.shared.due_at(limit, self.shared.intervals.get().flush);
             if due.is_some_and(|d| d <= Instant::now()) {
                 return true;
             }
@@ -1047,77 +1496,11 @@ impl Sender {
     }
 }
 
-/// Exponential backoff with jitter: `initial`, doubling per consecutive failure, capped at
-/// `max`, each delay drawn from [half, full]. A server's `Retry-After` is a floor (with up
-/// to 10 % jitter so agents told the same value do not return in lockstep).
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max: max.max(initial),
-            failures: 0,
-        }
-    }
-
-    pub(crate) fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        let own = exp.mul_f64(rand::random_range(0.5..=1.0));
-        match retry_after {
-            Some(after) => own.max(after + after.mul_f64(rand::random_range(0.0..=0.1))),
-            None => own,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use async_trait::async_trait;
     use fleet_schemas::api::{IngestAccepted, ItemError};
-
-    #[test]
-    fn backoff_grows_caps_and_honours_retry_after() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        let d0 = b.next_delay(None);
-        assert!(
-            d0 >= Duration::from_millis(500) && d0 <= Duration::from_secs(1),
-            "{d0:?}"
-        );
-        let d1 = b.next_delay(None);
-        assert!(
-            d1 >= Duration::from_secs(1) && d1 <= Duration::from_secs(2),
-            "{d1:?}"
-        );
-        for _ in 0..40 {
-            assert!(b.next_delay(None) <= Duration::from_secs(60));
-        }
-        let d = b.next_delay(Some(Duration::from_secs(300)));
-        assert!(
-            d >= Duration::from_secs(300) && d <= Duration::from_secs(330),
-            "{d:?}"
-        );
-        b.reset();
-        let d = b.next_delay(Some(Duration::from_secs(5)));
-        assert!(
-            d >= Duration::from_secs(5) && d <= Duration::from_millis(5500),
-            "{d:?}"
-        );
-    }
 
     /// Answers from a script, then `Sent` forever; records every batch and heartbeat.
     #[derive(Debug, Default)]

@@ -4,6 +4,7 @@
 //!
 //! `agent.example.toml` beside this crate documents every key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +36,17 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest accepted `spool-max-bytes` (one report with many services and disks can take
 /// tens of kilobytes).
 pub const MIN_SPOOL_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Command types the agent knows; `allowed-commands` may list only these.
+pub const COMMAND_TYPES: [&str; 4] = [
+    "restart_service",
+    "run_script",
+    "collect_diagnostics",
+    "update_config",
+];
+
+/// Largest accepted `command-output-max-bytes` (16 MiB).
+pub const MAX_COMMAND_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 
 /// State directory of an agent running as root.
 pub const ROOT_STATE_DIR: &str = "/var/lib/fleetstream-agent";
@@ -120,6 +132,39 @@ pub struct AgentConfig {
     /// Names of the systemd units to watch (`nginx`, `postgresql.service`, ...), at most
     /// 512. Default empty.
     pub services: Vec<String>,
+    /// Use the WebSocket channel (`GET {server}/api/v1/agents/ws`) for reports,
+    /// heartbeats, events, inventory and commands, falling back to HTTP while it is down.
+    /// Default true.
+    pub websocket: bool,
+    /// Seconds between the agent's own WebSocket pings; a ping not answered by the next
+    /// one marks the socket dead (reconnect, HTTP meanwhile). Default 20.
+    pub websocket_ping_interval_secs: f64,
+    /// First delay before reconnecting a lost WebSocket, in seconds; doubles per failed
+    /// attempt up to `websocket-reconnect-max-secs`, each delay drawn uniformly from zero
+    /// to that bound (full jitter). Default 1.
+    pub websocket_reconnect_initial_secs: f64,
+    /// Longest reconnect delay, in seconds. Default 60.
+    pub websocket_reconnect_max_secs: f64,
+    /// While the WebSocket is down (or disabled), seconds between two polls of
+    /// `GET .../commands`. Default 30.
+    pub command_poll_interval_secs: f64,
+    /// Command types the server may run here, among `restart_service`, `run_script`,
+    /// `collect_diagnostics` and `update_config`. Default `["collect_diagnostics"]`.
+    pub allowed_commands: Vec<String>,
+    /// Longest a command may run, in seconds (a command's own timeout is cut to this).
+    /// Default 300.
+    pub command_max_timeout_secs: f64,
+    /// Most bytes of stdout, and of stderr, kept and streamed per command (the rest is
+    /// read and discarded, and the result says `output_truncated`). Default 65536.
+    pub command_output_max_bytes: usize,
+    /// Scripts `run_script` may run, by name: name → command line run with `/bin/sh -c`.
+    /// The server only names one; it never sends a command line. Default empty.
+    pub scripts: BTreeMap<String, String>,
+    /// Send the software inventory (dpkg or rpm packages). Default true.
+    pub inventory: bool,
+    /// Seconds between two reads of the package list; it is sent when it changed.
+    /// Default 3600.
+    pub inventory_interval_secs: f64,
 }
 
 impl Default for AgentConfig {
@@ -139,6 +184,17 @@ impl Default for AgentConfig {
             auth_retry_secs: 60.0,
             shutdown_flush_timeout_secs: 5.0,
             services: Vec::new(),
+            websocket: true,
+            websocket_ping_interval_secs: 20.0,
+            websocket_reconnect_initial_secs: 1.0,
+            websocket_reconnect_max_secs: 60.0,
+            command_poll_interval_secs: 30.0,
+            allowed_commands: vec!["collect_diagnostics".to_owned()],
+            command_max_timeout_secs: 300.0,
+            command_output_max_bytes: 65536,
+            scripts: BTreeMap::new(),
+            inventory: true,
+            inventory_interval_secs: 3600.0,
         }
     }
 }
@@ -235,6 +291,63 @@ impl AgentConfig {
                 ),
             });
         }
+        for (key, value) in [
+            (
+                "websocket-ping-interval-secs",
+                self.websocket_ping_interval_secs,
+            ),
+            (
+                "websocket-reconnect-initial-secs",
+                self.websocket_reconnect_initial_secs,
+            ),
+            (
+                "websocket-reconnect-max-secs",
+                self.websocket_reconnect_max_secs,
+            ),
+            (
+                "command-poll-interval-secs",
+                self.command_poll_interval_secs,
+            ),
+            ("command-max-timeout-secs", self.command_max_timeout_secs),
+            ("inventory-interval-secs", self.inventory_interval_secs),
+        ] {
+            positive_secs(key, value)?;
+        }
+        if let Some(unknown) = self
+            .allowed_commands
+            .iter()
+            .find(|c| !COMMAND_TYPES.contains(&c.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "allowed-commands",
+                message: format!(
+                    "contains {unknown:?}: known command types are {}",
+                    COMMAND_TYPES.join(", ")
+                ),
+            });
+        }
+        if !(1..=MAX_COMMAND_OUTPUT_BYTES).contains(&self.command_output_max_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "command-output-max-bytes",
+                message: format!("must be between 1 and {MAX_COMMAND_OUTPUT_BYTES}"),
+            });
+        }
+        for (name, line) in &self.scripts {
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !name_ok || line.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "scripts",
+                    message: format!(
+                        "has {name:?}: a script name is 1 to 64 of letters, digits and \
+                         `-_.`, and its command line must not be empty"
+                    ),
+                });
+            }
+        }
         for name in &self.services {
             if !is_valid_unit_name(name) {
                 return Err(ConfigError::Invalid {
@@ -320,6 +433,36 @@ impl AgentConfig {
     /// [`Self::shutdown_flush_timeout_secs`] as a duration.
     pub fn shutdown_flush_timeout(&self) -> Duration {
         secs(self.shutdown_flush_timeout_secs)
+    }
+
+    /// [`Self::websocket_ping_interval_secs`] as a duration.
+    pub fn websocket_ping_interval(&self) -> Duration {
+        secs(self.websocket_ping_interval_secs)
+    }
+
+    /// [`Self::websocket_reconnect_initial_secs`] as a duration.
+    pub fn websocket_reconnect_initial(&self) -> Duration {
+        secs(self.websocket_reconnect_initial_secs)
+    }
+
+    /// [`Self::websocket_reconnect_max_secs`] as a duration.
+    pub fn websocket_reconnect_max(&self) -> Duration {
+        secs(self.websocket_reconnect_max_secs)
+    }
+
+    /// [`Self::command_poll_interval_secs`] as a duration.
+    pub fn command_poll_interval(&self) -> Duration {
+        secs(self.command_poll_interval_secs)
+    }
+
+    /// [`Self::command_max_timeout_secs`] as a duration.
+    pub fn command_max_timeout(&self) -> Duration {
+        secs(self.command_max_timeout_secs)
+    }
+
+    /// [`Self::inventory_interval_secs`] as a duration.
+    pub fn inventory_interval(&self) -> Duration {
+        secs(self.inventory_interval_secs)
     }
 }
 
@@ -468,6 +611,13 @@ mod tests {
         assert_eq!(c.auth_retry(), Duration::from_secs(60));
         assert_eq!(c.request_timeout(), Duration::from_secs(10));
         assert!(c.services.is_empty());
+        assert!(c.websocket && c.inventory);
+        assert_eq!(c.command_poll_interval(), Duration::from_secs(30));
+        assert_eq!(c.command_max_timeout(), Duration::from_secs(300));
+        assert_eq!(c.command_output_max_bytes, 65536);
+        assert_eq!(c.allowed_commands, vec!["collect_diagnostics"]);
+        assert_eq!(c.inventory_interval(), Duration::from_secs(3600));
+        assert!(c.scripts.is_empty());
     }
 
     #[test]
@@ -560,7 +710,35 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_key() {
-        let cases: [(&str, AgentConfig); 8] = [
+        let cases: [(&str, AgentConfig); 12] = [
+            (
+                "allowed-commands",
+                AgentConfig {
+                    allowed_commands: vec!["rm_rf".into()],
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "scripts",
+                AgentConfig {
+                    scripts: [("bad name".to_owned(), "true".to_owned())].into(),
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "command-output-max-bytes",
+                AgentConfig {
+                    command_output_max_bytes: 0,
+                    ..AgentConfig::default()
+                },
+            ),
+            (
+                "websocket-ping-interval-secs",
+                AgentConfig {
+                    websocket_ping_interval_secs: -1.0,
+                    ..AgentConfig::default()
+                },
+            ),
             (
                 "server-url",
                 AgentConfig {

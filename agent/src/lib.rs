@@ -1,7 +1,10 @@
 //! The Fleetstream agent: collects a metric report every interval, writes it to an on-disk
 //! spool, and sends batches to the ingest gateway
-//! (`POST /api/v1/agents/{agent_id}/metrics`), deleting them from the spool only once the
-//! gateway took them. Heartbeats go to `POST /api/v1/agents/{agent_id}/heartbeat`.
+//! (`POST /api/v1/agents/{agent_id}/metrics`, or the WebSocket channel), deleting them
+//! from the spool only once the gateway took them. Heartbeats go to
+//! `POST /api/v1/agents/{agent_id}/heartbeat` (or the socket). It also runs the commands
+//! the server sends (within a local allow-list), reports the installed software and
+//! sends events (agent started, watched service stopped / failed / recovered).
 //!
 //! * [`config`]: [`AgentConfig`], layered defaults → TOML file → `FLEET_AGENT__*` env;
 //! * [`enroll`](mod@enroll): [`enroll()`] trades a registration token for an agent id and
@@ -10,7 +13,16 @@
 //! * [`spool`]: the durable, bounded on-disk [`Spool`] (redb);
 //! * [`queue`]: the in-memory fallback used when the spool cannot be written;
 //! * [`transport`]: the [`Transport`] trait and [`HttpTransport`];
-//! * [`Agent`]: the run loop tying them together, with live [`Stats`].
+//! * [`ws`]: the WebSocket channel: one background session (reconnects with full-jitter
+//!   backoff, pings, matches acks to requests by id) and [`WsTransport`], which uses the
+//!   socket while it is up and HTTP otherwise (`websocket = true`, the default);
+//! * [`commands`]: the command executor: allow-list (`allowed-commands`), named scripts,
+//!   timeouts that kill the process group, bounded output streamed as progress, results
+//!   retried until acknowledged, each command id run at most once (`commands.json`);
+//! * [`inventory`]: installed packages (dpkg, else rpm), sent at start and on change;
+//! * [`events`]: `agent_started` and service transitions, in a bounded in-memory queue;
+//! * [`Agent`]: the run loop tying them together, with live [`Stats`]; the server can
+//!   change its collect and heartbeat intervals while it runs.
 //!
 //! The agent depends on no server crate: only on `fleet-schemas` for the wire types.
 //!
@@ -36,23 +48,30 @@
 
 mod agent;
 pub mod collect;
+pub mod commands;
 pub mod config;
 pub mod enroll;
+pub mod events;
+pub mod inventory;
 pub mod queue;
+mod retry;
 pub mod spool;
 mod state;
 pub mod transport;
+pub mod ws;
 
 use std::future::Future;
 
-pub use agent::{Agent, AgentError, Stats, StatsSnapshot, MEMORY_FALLBACK_REPORTS};
+pub use agent::{Agent, AgentError, Stats, StatsSnapshot, INTERVALS_FILE, MEMORY_FALLBACK_REPORTS};
 pub use collect::Collector;
 pub use config::{AgentConfig, ConfigError};
 pub use enroll::{enroll, machine_facts, EnrollError, Enrollment, CREDENTIALS_FILE};
 pub use spool::{Spool, SpoolError};
 pub use transport::{HttpTransport, SendOutcome, Transport, TransportError};
+pub use ws::WsTransport;
 
-/// Runs an HTTP agent with `config` until `shutdown` completes, then flushes what is
+/// Runs an agent with `config` (WebSocket with HTTP fallback, or HTTP only with
+/// `websocket = false`) until `shutdown` completes, then flushes what is
 /// spooled (bounded by `shutdown-flush-timeout-secs`; the rest stays spooled for the next
 /// start). Uses the enrollment in the state directory when there is one. Returns the
 /// final counters.

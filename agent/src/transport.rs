@@ -1,14 +1,19 @@
 //! Sends metric batches and heartbeats to the gateway and classifies the answer: sent,
 //! retry later, credential refused, or rejected for good.
 //!
-//! The run loop talks to a [`Transport`]; [`HttpTransport`] is the HTTP one. A WebSocket
-//! transport can implement the same trait later.
+//! The run loop talks to a [`Transport`]; [`HttpTransport`] is the HTTP one,
+//! [`WsTransport`](crate::ws::WsTransport) the WebSocket one (falling back to HTTP while
+//! the socket is down). Both classify answers with [`classify`], so a WebSocket `error`
+//! frame with status 503 is handled exactly like an HTTP 503.
 
 use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_schemas::api::{ErrorBody, HeartbeatIn, IngestAccepted, MetricBatch};
+use fleet_schemas::api::{
+    CommandList, CommandProgressIn, CommandResultIn, CommandSpec, ErrorBody, EventBatch,
+    HeartbeatIn, IngestAccepted, InventoryIn, MetricBatch,
+};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use tracing::instrument;
@@ -63,6 +68,47 @@ pub trait Transport: Send + Sync + Debug {
     /// Sends one heartbeat as agent `agent_id`, classified like [`Transport::send`] (a
     /// `Sent` answer's counts mean nothing here).
     async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatIn) -> SendOutcome;
+
+    /// Sends agent events (`POST .../events`). The default answers [`unsupported`], for
+    /// transports that carry only reports (test doubles).
+    async fn events(&self, agent_id: &str, events: &EventBatch) -> SendOutcome {
+        let _ = (agent_id, events);
+        unsupported("events")
+    }
+
+    /// Sends the software inventory (`POST .../inventory`).
+    async fn inventory(&self, agent_id: &str, inventory: &InventoryIn) -> SendOutcome {
+        let _ = (agent_id, inventory);
+        unsupported("inventory")
+    }
+
+    /// Sends a chunk of a running command's output (`POST .../commands/{id}/progress`).
+    async fn command_progress(&self, agent_id: &str, progress: &CommandProgressIn) -> SendOutcome {
+        let _ = (agent_id, progress);
+        unsupported("command progress")
+    }
+
+    /// Sends how a command ended (`POST .../commands/{id}/result`).
+    async fn command_result(&self, agent_id: &str, result: &CommandResultIn) -> SendOutcome {
+        let _ = (agent_id, result);
+        unsupported("command results")
+    }
+
+    /// Fetches the commands waiting for this agent (`GET .../commands`); the failure is
+    /// classified like a send. The default has none.
+    async fn pending_commands(&self, agent_id: &str) -> Result<Vec<CommandSpec>, SendOutcome> {
+        let _ = agent_id;
+        Ok(Vec::new())
+    }
+}
+
+/// What a transport that cannot carry `what` answers: rejected (501), so callers drop it.
+pub fn unsupported(what: &str) -> SendOutcome {
+    SendOutcome::Rejected {
+        status: 501,
+        error: None,
+        body: format!("this transport does not carry {what}"),
+    }
 }
 
 /// Why a transport could not be built.
@@ -140,6 +186,18 @@ impl HttpTransport {
     /// The heartbeat URL for `agent_id`.
     pub fn heartbeat_url(&self, agent_id: &str) -> Result<reqwest::Url, TransportError> {
         api_url(&self.base, &["agents", agent_id, "heartbeat"])
+    }
+
+    /// `{base}api/v1/agents/{agent_id}/{rest...}`.
+    pub fn agent_url(&self, agent_id: &str, rest: &[&str]) -> Result<reqwest::Url, TransportError> {
+        let mut segments = vec!["agents", agent_id];
+        segments.extend_from_slice(rest);
+        api_url(&self.base, &segments)
+    }
+
+    /// The gateway's base URL (with a trailing `/`).
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
     }
 
     /// POSTs `body` as JSON to `url` and classifies the answer.
@@ -252,6 +310,68 @@ impl Transport for HttpTransport {
     async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatIn) -> SendOutcome {
         self.post(self.heartbeat_url(agent_id), heartbeat, 1).await
     }
+
+    #[instrument(skip(self, events), fields(events = events.events.len()))]
+    async fn events(&self, agent_id: &str, events: &EventBatch) -> SendOutcome {
+        self.post(
+            self.agent_url(agent_id, &["events"]),
+            events,
+            events.events.len(),
+        )
+        .await
+    }
+
+    #[instrument(skip(self, inventory), fields(packages = inventory.packages.len()))]
+    async fn inventory(&self, agent_id: &str, inventory: &InventoryIn) -> SendOutcome {
+        self.post(self.agent_url(agent_id, &["inventory"]), inventory, 1)
+            .await
+    }
+
+    #[instrument(skip(self, progress), fields(command_id = %progress.command_id))]
+    async fn command_progress(&self, agent_id: &str, progress: &CommandProgressIn) -> SendOutcome {
+        let url = self.agent_url(agent_id, &["commands", &progress.command_id, "progress"]);
+        self.post(url, progress, 1).await
+    }
+
+    #[instrument(skip(self, result), fields(command_id = %result.command_id))]
+    async fn command_result(&self, agent_id: &str, result: &CommandResultIn) -> SendOutcome {
+        let url = self.agent_url(agent_id, &["commands", &result.command_id, "result"]);
+        self.post(url, result, 1).await
+    }
+
+    #[instrument(skip(self))]
+    async fn pending_commands(&self, agent_id: &str) -> Result<Vec<CommandSpec>, SendOutcome> {
+        let url = self
+            .agent_url(agent_id, &["commands"])
+            .map_err(|e| SendOutcome::Rejected {
+                status: 0,
+                error: None,
+                body: e.to_string(),
+            })?;
+        let mut request = self.client.get(url);
+        if let Some(auth) = &self.authorization {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = request.send().await.map_err(|e| SendOutcome::RetryLater {
+            retry_after: None,
+            reason: error_chain(&e),
+        })?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers(), chrono::Utc::now());
+        let body = response.text().await.map_err(|e| SendOutcome::RetryLater {
+            retry_after,
+            reason: format!("status {status}, body unreadable: {}", error_chain(&e)),
+        })?;
+        if status.is_success() {
+            return serde_json::from_str::<CommandList>(&body)
+                .map(|list| list.commands)
+                .map_err(|e| SendOutcome::RetryLater {
+                    retry_after: None,
+                    reason: format!("not a command list ({e}): {}", truncate(&body, 200)),
+                });
+        }
+        Err(classify(status, retry_after, &body, 0))
+    }
 }
 
 /// Maps a gateway answer to an outcome. Pure, so every case is unit-tested.
@@ -336,7 +456,7 @@ pub fn parse_retry_after(
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -348,7 +468,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// The error and its sources on one line (reqwest hides the useful part in sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -379,6 +499,12 @@ mod tests {
         assert_eq!(
             t.heartbeat_url("a-1").unwrap().as_str(),
             "https://proxy/fleet/api/v1/agents/a-1/heartbeat"
+        );
+        assert_eq!(
+            t.agent_url("a-1", &["commands", "c 1", "result"])
+                .unwrap()
+                .as_str(),
+            "https://proxy/fleet/api/v1/agents/a-1/commands/c%201/result"
         );
         assert!(HttpTransport::new("not a url", Duration::from_secs(1)).is_err());
         assert!(HttpTransport::new("ftp://x/", Duration::from_secs(1)).is_err());

@@ -26,6 +26,8 @@ fn config(gw: &Gateway, state_dir: &std::path::Path) -> AgentConfig {
         retry_initial_backoff_secs: 0.05,
         retry_max_backoff_secs: 0.5,
         shutdown_flush_timeout_secs: 5.0,
+        // These tests are about the HTTP path (the WebSocket one is in tests/ws.rs).
+        websocket: false,
         ..AgentConfig::default()
     }
 }

@@ -27,6 +27,8 @@ fn config(server_url: String, state_dir: &Path) -> AgentConfig {
         retry_initial_backoff_secs: 0.05,
         retry_max_backoff_secs: 0.2,
         shutdown_flush_timeout_secs: 0.5,
+        // The stub's failure modes are HTTP ones (the WebSocket path is in tests/ws.rs).
+        websocket: false,
         ..AgentConfig::default()
     }
 }

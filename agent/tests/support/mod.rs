@@ -6,16 +6,19 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use fleet_schemas::api::{
-    ErrorBody, ErrorDetail, HeartbeatIn, IngestAccepted, MetricBatch, RegisterRequest,
-    RegisterResponse, RemoteConfig,
+    AgentMessage, CommandList, CommandProgressIn, CommandResultIn, CommandSpec, ErrorBody,
+    ErrorDetail, EventBatch, EventIn, HeartbeatIn, IngestAccepted, InventoryIn, MetricBatch,
+    RegisterRequest, RegisterResponse, RemoteConfig, ServerMessage,
 };
+use tokio::sync::{broadcast, watch};
 
 /// How the stub answers metrics (and heartbeats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,26 @@ struct Inner {
     registrations: Mutex<Vec<RegisterRequest>>,
     /// Metrics requests answered 503 so far (for `UnavailableFirst`).
     unavailable_sent: Mutex<usize>,
+    /// `Some(status)`: WebSocket upgrades are refused with it.
+    ws_refuse: Mutex<Option<u16>>,
+    /// Upgrades accepted, with the agent-id header they carried.
+    ws_upgrades: Mutex<Vec<Option<String>>>,
+    /// Sockets being served now.
+    ws_open: Mutex<usize>,
+    /// Every frame received on any socket, in arrival order.
+    ws_frames: Mutex<Vec<AgentMessage>>,
+    /// Bumped to make every open socket drop (no close frame).
+    ws_drop: watch::Sender<u64>,
+    /// Frames to push to every open socket.
+    ws_push: broadcast::Sender<String>,
+    /// `POST .../events`, `.../inventory`, `.../commands/{id}/progress|result` bodies.
+    http_events: Mutex<Vec<EventIn>>,
+    http_inventory: Mutex<Vec<InventoryIn>>,
+    http_progress: Mutex<Vec<CommandProgressIn>>,
+    http_results: Mutex<Vec<CommandResultIn>>,
+    /// What `GET .../commands` answers (every time), and how often it was asked.
+    pending_commands: Mutex<Vec<CommandSpec>>,
+    command_polls: Mutex<usize>,
 }
 
 /// A running stub gateway; it stops with the test's runtime.
@@ -207,6 +230,110 @@ async fn heartbeat(
     }
 }
 
+async fn events(State(gw): State<Arc<Inner>>, Json(batch): Json<EventBatch>) -> Response {
+    let n = batch.events.len();
+    lock(&gw.http_events).extend(batch.events);
+    (
+        StatusCode::ACCEPTED,
+        Json(IngestAccepted {
+            accepted: n,
+            rejected: vec![],
+        }),
+    )
+        .into_response()
+}
+
+async fn inventory(State(gw): State<Arc<Inner>>, Json(inv): Json<InventoryIn>) -> Response {
+    lock(&gw.http_inventory).push(inv);
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn progress(State(gw): State<Arc<Inner>>, Json(p): Json<CommandProgressIn>) -> Response {
+    lock(&gw.http_progress).push(p);
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn result(State(gw): State<Arc<Inner>>, Json(r): Json<CommandResultIn>) -> Response {
+    lock(&gw.http_results).push(r);
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn commands(State(gw): State<Arc<Inner>>) -> Response {
+    *lock(&gw.command_polls) += 1;
+    Json(CommandList {
+        commands: lock(&gw.pending_commands).clone(),
+    })
+    .into_response()
+}
+
+async fn ws_upgrade(
+    State(gw): State<Arc<Inner>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Some(status) = *lock(&gw.ws_refuse) {
+        let mut r = error_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "unavailable",
+            "sockets refused for now",
+            None,
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("0"));
+        return r;
+    }
+    let agent_id = headers
+        .get(fleet_schemas::api::AGENT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    lock(&gw.ws_upgrades).push(agent_id);
+    upgrade.on_upgrade(move |socket| serve_socket(gw, socket))
+}
+
+/// Records every frame and acks it; pushes what the test pushes; drops when told.
+async fn serve_socket(gw: Arc<Inner>, mut socket: WebSocket) {
+    let mut drops = gw.ws_drop.subscribe();
+    let mut pushes = gw.ws_push.subscribe();
+    *lock(&gw.ws_open) += 1;
+    loop {
+        tokio::select! {
+            _ = drops.changed() => break,
+            pushed = pushes.recv() => match pushed {
+                Ok(text) => {
+                    if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            },
+            frame = socket.recv() => match frame {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let Ok(message) = serde_json::from_str::<AgentMessage>(text.as_str()) else {
+                        continue;
+                    };
+                    let (id, accepted) = match &message {
+                        AgentMessage::Metrics { id, reports } => (*id, reports.len()),
+                        AgentMessage::Events { id, events } => (*id, events.len()),
+                        AgentMessage::Heartbeat { id, .. }
+                        | AgentMessage::Inventory { id, .. }
+                        | AgentMessage::CommandProgress { id, .. }
+                        | AgentMessage::CommandResult { id, .. } => (*id, 1),
+                    };
+                    lock(&gw.ws_frames).push(message);
+                    let ack = ServerMessage::Ack { id, accepted, rejected: vec![] };
+                    let text = serde_json::to_string(&ack).unwrap();
+                    if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            },
+        }
+    }
+    *lock(&gw.ws_open) -= 1;
+}
+
 async fn register(State(gw): State<Arc<Inner>>, Json(request): Json<RegisterRequest>) -> Response {
     lock(&gw.registrations).push(request);
     match lock(&gw.register).clone() {
@@ -248,11 +375,35 @@ impl Gateway {
             heartbeats: Mutex::default(),
             registrations: Mutex::default(),
             unavailable_sent: Mutex::new(0),
+            ws_refuse: Mutex::new(None),
+            ws_upgrades: Mutex::default(),
+            ws_open: Mutex::new(0),
+            ws_frames: Mutex::default(),
+            ws_drop: watch::Sender::new(0),
+            ws_push: broadcast::channel(64).0,
+            http_events: Mutex::default(),
+            http_inventory: Mutex::default(),
+            http_progress: Mutex::default(),
+            http_results: Mutex::default(),
+            pending_commands: Mutex::default(),
+            command_polls: Mutex::new(0),
         });
         let app = Router::new()
             .route("/api/v1/agents/register", post(register))
+            .route("/api/v1/agents/ws", get(ws_upgrade))
             .route("/api/v1/agents/{agent_id}/metrics", post(metrics))
             .route("/api/v1/agents/{agent_id}/heartbeat", post(heartbeat))
+            .route("/api/v1/agents/{agent_id}/events", post(events))
+            .route("/api/v1/agents/{agent_id}/inventory", post(inventory))
+            .route("/api/v1/agents/{agent_id}/commands", get(commands))
+            .route(
+                "/api/v1/agents/{agent_id}/commands/{command_id}/progress",
+                post(progress),
+            )
+            .route(
+                "/api/v1/agents/{agent_id}/commands/{command_id}/result",
+                post(result),
+            )
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -284,6 +435,88 @@ impl Gateway {
 
     pub fn registrations(&self) -> Vec<RegisterRequest> {
         lock(&self.inner.registrations).clone()
+    }
+
+    /// Refuse WebSocket upgrades with `status` (`None`: accept them).
+    pub fn set_ws_refuse(&self, status: Option<u16>) {
+        *lock(&self.inner.ws_refuse) = status;
+    }
+
+    /// Drops every open socket (as a network failure would: no close frame).
+    pub fn drop_sockets(&self) {
+        self.inner.ws_drop.send_modify(|n| *n += 1);
+    }
+
+    /// Upgrades accepted so far, with their `x-fleet-agent-id`.
+    pub fn ws_upgrades(&self) -> Vec<Option<String>> {
+        lock(&self.inner.ws_upgrades).clone()
+    }
+
+    /// Sockets open now.
+    pub fn ws_open(&self) -> usize {
+        *lock(&self.inner.ws_open)
+    }
+
+    /// Every frame received on sockets, in arrival order.
+    pub fn ws_frames(&self) -> Vec<AgentMessage> {
+        lock(&self.inner.ws_frames).clone()
+    }
+
+    /// Collection times of the reports received on sockets, in arrival order.
+    pub fn ws_delivered(&self) -> Vec<DateTime<Utc>> {
+        self.ws_frames()
+            .iter()
+            .flat_map(|f| match f {
+                AgentMessage::Metrics { reports, .. } => {
+                    reports.iter().map(|r| r.collected_at).collect()
+                }
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// Command results received on sockets.
+    pub fn ws_results(&self) -> Vec<CommandResultIn> {
+        self.ws_frames()
+            .into_iter()
+            .filter_map(|f| match f {
+                AgentMessage::CommandResult { result, .. } => Some(result),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Pushes `message` to every open socket.
+    pub fn push(&self, message: &ServerMessage) {
+        let _ = self
+            .inner
+            .ws_push
+            .send(serde_json::to_string(message).unwrap());
+    }
+
+    pub fn http_events(&self) -> Vec<EventIn> {
+        lock(&self.inner.http_events).clone()
+    }
+
+    pub fn http_inventory(&self) -> Vec<InventoryIn> {
+        lock(&self.inner.http_inventory).clone()
+    }
+
+    pub fn http_progress(&self) -> Vec<CommandProgressIn> {
+        lock(&self.inner.http_progress).clone()
+    }
+
+    pub fn http_results(&self) -> Vec<CommandResultIn> {
+        lock(&self.inner.http_results).clone()
+    }
+
+    /// What `GET .../commands` answers from now on.
+    pub fn set_pending_commands(&self, commands: Vec<CommandSpec>) {
+        *lock(&self.inner.pending_commands) = commands;
+    }
+
+    pub fn command_polls(&self) -> usize {
+        *lock(&self.inner.command_polls)
     }
 
     /// Collection times of the reports in requests answered `status`, in arrival order.
