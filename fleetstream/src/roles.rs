@@ -136,16 +136,16 @@ async fn run_gateway(
             housekeeping.forget_idle();
         }
     });
-    let watcher = fleet_ingest_gateway::watch_deactivations(
-        log,
-        state.authenticator(),
-        shutdown.clone().wait(),
-    );
+    // Deactivations drop cached credentials and close sockets; the dispatcher delivers
+    // commands (both follow their topic with a throw-away group).
+    let watcher = fleet_ingest_gateway::watch_deactivations(state.clone(), shutdown.clone().wait());
+    let dispatcher =
+        fleet_ingest_gateway::commands::run_dispatcher(state.clone(), shutdown.clone().wait());
     let app = fleet_ingest_gateway::app(state).merge(fleet_ops::endpoints::router(
         "gateway",
         ready_flag(&log_ok, "event log"),
     ));
-    tokio::try_join!(serve(addr, app, shutdown, "gateway"), watcher)?;
+    tokio::try_join!(serve(addr, app, shutdown, "gateway"), watcher, dispatcher)?;
     Ok(())
 }
 

@@ -52,6 +52,23 @@ pub struct GatewayConfig {
     pub max_future_skew_secs: i64,
     /// How old a report may be (agents spool while offline; older is refused).
     pub max_age_days: i64,
+    /// Largest inventory body (HTTP, after decompression) or `inventory` WebSocket frame,
+    /// bytes; a machine may list up to 50,000 packages.
+    pub max_inventory_bytes: usize,
+    /// Seconds between the gateway's pings on an agent WebSocket.
+    pub ws_ping_interval_secs: u64,
+    /// An agent WebSocket that sent nothing (no frame, no pong) for this long is closed.
+    pub ws_idle_timeout_secs: u64,
+    /// Messages (commands, config) queued for one agent's socket; when full, a command
+    /// stays pending and is delivered on the next connection or poll.
+    pub ws_send_queue: usize,
+    /// Read buffer of each agent WebSocket, bytes. It is allocated (and touched) per
+    /// socket, so it sets most of an idle socket's memory; larger frames still arrive,
+    /// in more reads.
+    pub ws_read_buffer_bytes: usize,
+    /// How far back the command dispatcher replays `fleet.commands.v1` at start to rebuild
+    /// the pending commands; older unfinished commands are dropped.
+    pub command_lookback_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -75,6 +92,12 @@ impl Default for GatewayConfig {
             retry_after_secs: 5,
             max_future_skew_secs: 300,
             max_age_days: 30,
+            max_inventory_bytes: 8 << 20,
+            ws_ping_interval_secs: 20,
+            ws_idle_timeout_secs: 60,
+            ws_send_queue: 64,
+            ws_read_buffer_bytes: 8192,
+            command_lookback_secs: 3600,
         }
     }
 }

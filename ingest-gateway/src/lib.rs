@@ -6,6 +6,11 @@
 //! | `POST /api/v1/agents/{agent_id}/metrics` | a batch of reports → `fleet.metrics.v1` |
 //! | `POST /api/v1/agents/{agent_id}/heartbeat` | one heartbeat → `fleet.heartbeats.v1` |
 //! | `POST /api/v1/agents/{agent_id}/events` | a batch of events → `fleet.events.v1` |
+//! | `POST /api/v1/agents/{agent_id}/inventory` | installed software → `fleet.inventory.v1` |
+//! | `GET /api/v1/agents/{agent_id}/commands` | pending commands (200 `CommandList`, oldest first), marked dispatched |
+//! | `POST /api/v1/agents/{agent_id}/commands/{command_id}/progress` | output chunk → PROGRESS on `fleet.commands.v1` |
+//! | `POST /api/v1/agents/{agent_id}/commands/{command_id}/result` | how it ended → COMPLETED on `fleet.commands.v1` |
+//! | `GET /api/v1/agents/ws` | the agent WebSocket: the same writes as frames, commands pushed (see [`ws`]) |
 //!
 //! Agent endpoints need `Authorization: Bearer <credential>` (see [`auth`]) and are rate
 //! limited per agent (429 with `Retry-After`). Writes answer **202 only after the log
@@ -16,12 +21,21 @@
 //! naming the first offending field; a body that does not parse gets 400 naming the
 //! field; a log that cannot take the write gets 503 with `Retry-After` (the agent keeps
 //! the batch and retries).
+//!
+//! Both transports call the same core per write (`ingest_*`: validate, then produce); the
+//! WebSocket answers each frame with what the HTTP endpoint would answer. Commands reach
+//! agents through the dispatcher in [`commands`] (run [`commands::run_dispatcher`] beside
+//! [`watch_deactivations`]), pushed over the socket when the agent has one here
+//! ([`hub`]), else polled.
 
 pub mod auth;
+pub mod commands;
 pub mod config;
+pub mod hub;
 pub mod metrics;
 pub mod register;
 pub mod validate;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,11 +43,13 @@ use std::time::{Duration, Instant};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, LogError, ProduceRecord};
 use fleet_ops::{ApiError, FieldJson};
-use fleet_schemas::api::{EventBatch, HeartbeatIn, IngestAccepted, ItemError, MetricBatch};
+use fleet_schemas::api::{
+    EventBatch, HeartbeatIn, IngestAccepted, InventoryIn, ItemError, MetricBatch,
+};
 use fleet_schemas::{codec, Record};
 use fleet_stores::registry::Registry;
 use tower_http::decompression::RequestDecompressionLayer;
@@ -50,6 +66,10 @@ pub struct GatewayState {
     auth: Arc<auth::Authenticator>,
     rate: Arc<auth::AgentRateLimit>,
     config: Arc<GatewayConfig>,
+    hub: Arc<hub::Hub>,
+    commands: Arc<commands::Commands>,
+    /// Names this instance in DISPATCHED events.
+    instance: Arc<str>,
 }
 
 impl GatewayState {
@@ -71,13 +91,27 @@ impl GatewayState {
             Duration::from_secs(config.auth_cache_secs),
         );
         let rate = auth::AgentRateLimit::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let hub = hub::Hub::new(config.ws_send_queue);
         GatewayState {
             log,
             registry,
             auth: Arc::new(auth),
             rate: Arc::new(rate),
             config: Arc::new(config),
+            hub: Arc::new(hub),
+            commands: commands::new_state(),
+            instance: instance_name().into(),
         }
+    }
+
+    /// The agents' live sockets on this instance.
+    pub fn hub(&self) -> Arc<hub::Hub> {
+        self.hub.clone()
+    }
+
+    /// The command dispatcher's state.
+    pub fn commands(&self) -> Arc<commands::Commands> {
+        self.commands.clone()
     }
 
     /// The credential checker (to invalidate cached credentials on deactivation).
@@ -99,13 +133,43 @@ pub fn app(state: GatewayState) -> Router {
         .route("/api/v1/agents/{agent_id}/metrics", post(post_metrics))
         .route("/api/v1/agents/{agent_id}/heartbeat", post(post_heartbeat))
         .route("/api/v1/agents/{agent_id}/events", post(post_events))
+        .route(
+            "/api/v1/agents/{agent_id}/inventory",
+            post(post_inventory).layer(DefaultBodyLimit::max(state.config.max_inventory_bytes)),
+        )
+        .route(
+            "/api/v1/agents/{agent_id}/commands",
+            get(commands::get_commands),
+        )
+        .route(
+            "/api/v1/agents/{agent_id}/commands/{command_id}/progress",
+            post(commands::post_progress),
+        )
+        .route(
+            "/api/v1/agents/{agent_id}/commands/{command_id}/result",
+            post(commands::post_result),
+        )
+        .route("/api/v1/agents/ws", get(ws::get_ws))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestDecompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
         .with_state(state)
 }
 
-fn respond<T: serde::Serialize>(
+/// `gateway@<host>`, for the `actor` of DISPATCHED events.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "gateway".to_owned()
+    } else {
+        format!("gateway@{host}")
+    }
+}
+
+pub(crate) fn respond<T: serde::Serialize>(
     route: &'static str,
     started: Instant,
     result: Result<T, ApiError>,
@@ -118,7 +182,7 @@ fn respond<T: serde::Serialize>(
 }
 
 /// Checks the agent id, the rate limit and the credential, in that order (cheap first).
-async fn admit(
+pub(crate) async fn admit(
     state: &GatewayState,
     agent_id: &str,
     headers: &HeaderMap,
@@ -151,7 +215,8 @@ async fn post_metrics(
     respond("metrics", started, result)
 }
 
-async fn ingest_metrics(
+/// Metrics core (HTTP and WebSocket): validate each report, write the valid ones.
+pub(crate) async fn ingest_metrics(
     state: &GatewayState,
     who: &AgentIdentity,
     agent_id: &str,
@@ -190,25 +255,34 @@ async fn post_heartbeat(
     let started = Instant::now();
     let result = async {
         let who = admit(&state, &agent_id, &headers).await?;
-        let FieldJson(hb) = body?;
-        let limits = validate::Limits::from_config(&state.config);
-        let rec = validate::heartbeat(
-            &who.tenant_id,
-            &agent_id,
-            &hb,
-            fleet_schemas::time::now_micros(),
-            &limits,
-        )
-        .map_err(|(field, message)| ApiError::invalid_field(field, message))?;
-        produce_all(&state, std::slice::from_ref(&rec)).await?;
-        ::metrics::counter!(metrics::HEARTBEATS_ACCEPTED).increment(1);
-        Ok(IngestAccepted {
-            accepted: 1,
-            rejected: Vec::new(),
-        })
+        ingest_heartbeat(&state, &who, &agent_id, body?.0).await
     }
     .await;
     respond("heartbeat", started, result)
+}
+
+/// Heartbeat core (HTTP and WebSocket).
+pub(crate) async fn ingest_heartbeat(
+    state: &GatewayState,
+    who: &AgentIdentity,
+    agent_id: &str,
+    hb: HeartbeatIn,
+) -> Result<IngestAccepted, ApiError> {
+    let limits = validate::Limits::from_config(&state.config);
+    let rec = validate::heartbeat(
+        &who.tenant_id,
+        agent_id,
+        &hb,
+        fleet_schemas::time::now_micros(),
+        &limits,
+    )
+    .map_err(|(field, message)| ApiError::invalid_field(field, message))?;
+    produce_all(state, std::slice::from_ref(&rec)).await?;
+    ::metrics::counter!(metrics::HEARTBEATS_ACCEPTED).increment(1);
+    Ok(IngestAccepted {
+        accepted: 1,
+        rejected: Vec::new(),
+    })
 }
 
 #[tracing::instrument(name = "ingest_events", skip_all, fields(%agent_id, events))]
@@ -221,30 +295,80 @@ async fn post_events(
     let started = Instant::now();
     let result = async {
         let who = admit(&state, &agent_id, &headers).await?;
-        let FieldJson(batch) = body?;
-        tracing::Span::current().record("events", batch.events.len());
-        validate::batch_len(
-            "events",
-            batch.events.len(),
-            state.config.max_reports_per_batch,
-        )?;
-        let now = fleet_schemas::time::now_micros();
-        let limits = validate::Limits::from_config(&state.config);
-        let (valid, rejected) = split_valid("events", &batch.events, |e| {
-            validate::event(&who.tenant_id, &agent_id, e, now, &limits)
-        });
-        if valid.is_empty() {
-            return Err(ApiError::invalid_batch(rejected));
-        }
-        produce_all(&state, &valid).await?;
-        ::metrics::counter!(metrics::EVENTS_ACCEPTED).increment(valid.len() as u64);
-        Ok(IngestAccepted {
-            accepted: valid.len(),
-            rejected,
-        })
+        ingest_events(&state, &who, &agent_id, body?.0).await
     }
     .await;
     respond("events", started, result)
+}
+
+/// Events core (HTTP and WebSocket).
+pub(crate) async fn ingest_events(
+    state: &GatewayState,
+    who: &AgentIdentity,
+    agent_id: &str,
+    batch: EventBatch,
+) -> Result<IngestAccepted, ApiError> {
+    tracing::Span::current().record("events", batch.events.len());
+    validate::batch_len(
+        "events",
+        batch.events.len(),
+        state.config.max_reports_per_batch,
+    )?;
+    let now = fleet_schemas::time::now_micros();
+    let limits = validate::Limits::from_config(&state.config);
+    let (valid, rejected) = split_valid("events", &batch.events, |e| {
+        validate::event(&who.tenant_id, agent_id, e, now, &limits)
+    });
+    if valid.is_empty() {
+        return Err(ApiError::invalid_batch(rejected));
+    }
+    produce_all(state, &valid).await?;
+    ::metrics::counter!(metrics::EVENTS_ACCEPTED).increment(valid.len() as u64);
+    Ok(IngestAccepted {
+        accepted: valid.len(),
+        rejected,
+    })
+}
+
+#[tracing::instrument(name = "ingest_inventory", skip_all, fields(%agent_id))]
+async fn post_inventory(
+    State(state): State<GatewayState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<FieldJson<InventoryIn>, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let who = admit(&state, &agent_id, &headers).await?;
+        ingest_inventory(&state, &who, &agent_id, body?.0).await
+    }
+    .await;
+    respond("inventory", started, result)
+}
+
+/// Inventory core (HTTP and WebSocket): one record, refused whole if any field is bad.
+pub(crate) async fn ingest_inventory(
+    state: &GatewayState,
+    who: &AgentIdentity,
+    agent_id: &str,
+    inv: InventoryIn,
+) -> Result<IngestAccepted, ApiError> {
+    let limits = validate::Limits::from_config(&state.config);
+    let rec = validate::inventory(
+        &who.tenant_id,
+        agent_id,
+        &inv,
+        fleet_schemas::time::now_micros(),
+        &limits,
+    )
+    .map_err(|(field, message)| ApiError::invalid_field(field, message))?;
+    produce_all(state, std::slice::from_ref(&rec)).await?;
+    metrics::inventory_accepted();
+    tracing::debug!(%agent_id, packages = rec.packages.len(), digest = %rec.digest, "Inventory written.");
+    Ok(IngestAccepted {
+        accepted: 1,
+        rejected: Vec::new(),
+    })
 }
 
 /// Validates every item; returns the valid records and the per-item errors.
@@ -269,7 +393,10 @@ fn split_valid<I, T>(
 }
 
 /// Encodes records and writes them to their topic, keyed by agent id.
-async fn produce_all<T: Record>(state: &GatewayState, records: &[T]) -> Result<(), ApiError> {
+pub(crate) async fn produce_all<T: Record>(
+    state: &GatewayState,
+    records: &[T],
+) -> Result<(), ApiError> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let value = codec::encode(r).map_err(ApiError::internal)?;
@@ -324,12 +451,14 @@ async fn produce(
 
 /// Follows `fleet.agents.v1` from now on and forgets cached credentials of deactivated
 /// agents, so every gateway instance refuses them at once (not only after the cache
-/// expires). Each instance reads with its own throw-away group.
+/// expires), and closes their sockets on this instance. Each instance reads with its own
+/// throw-away group.
 pub async fn watch_deactivations(
-    log: Arc<dyn EventLog>,
-    auth: Arc<auth::Authenticator>,
+    state: GatewayState,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let log = state.log.clone();
+    let auth = state.auth.clone();
     use fleet_event_log::{ConsumerOptions, StartFrom};
     use fleet_schemas::{AgentLifecycle, AgentLifecycleKind};
     let group = format!("fleet-gateway-{}", uuid::Uuid::new_v4());
@@ -352,7 +481,9 @@ pub async fn watch_deactivations(
                     if let Ok(ev) = codec::decode::<AgentLifecycle>(&r.value) {
                         if ev.kind == AgentLifecycleKind::Deactivated {
                             auth.invalidate(&ev.agent_id);
-                            tracing::info!(agent_id = %ev.agent_id, "Deactivated agent's credential dropped from the cache.");
+                            let closed =
+                                state.hub.close(&ev.agent_id, hub::CloseReason::Deactivated);
+                            tracing::info!(agent_id = %ev.agent_id, socket_closed = closed, "Deactivated agent's credential dropped from the cache.");
                         }
                     }
                 }

@@ -28,8 +28,25 @@ pub const AUTH_FAILURES: &str = "fleet_gateway_auth_failures_total";
 /// Registrations by outcome.
 pub const REGISTRATIONS: &str = "fleet_gateway_registrations_total";
 
+/// Software inventories written.
+pub const INVENTORIES_ACCEPTED: &str = "fleet_gateway_inventories_accepted_total";
+/// Agent WebSockets open now.
+pub const WS_CONNECTIONS: &str = "fleet_gateway_ws_connections";
+/// WebSocket frames from agents by `type` (metrics, heartbeat, ..., `invalid`, `binary`)
+/// and `outcome` (`ack`, or the HTTP status of the error answered).
+pub const WS_FRAMES: &str = "fleet_gateway_ws_frames_total";
+/// Commands handed to agents, by `via` (`ws` push, `poll`).
+pub const COMMANDS_DISPATCHED: &str = "fleet_gateway_commands_dispatched_total";
+/// Command progress chunks and results written, by `kind` (progress, completed).
+pub const COMMAND_UPDATES: &str = "fleet_gateway_command_updates_total";
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
+    INVENTORIES_ACCEPTED,
+    WS_CONNECTIONS,
+    WS_FRAMES,
+    COMMANDS_DISPATCHED,
+    COMMAND_UPDATES,
     REPORTS_ACCEPTED,
     REPORTS_REJECTED,
     REQUESTS,
@@ -77,9 +94,46 @@ pub(crate) fn record_request<T>(
     elapsed: Duration,
 ) {
     let status = match result {
-        Ok(_) => "202".to_owned(),
-        Err(e) => e.status().as_u16().to_string(),
+        Ok(_) => 202,
+        Err(e) => e.status().as_u16(),
     };
-    metrics::counter!(REQUESTS, "route" => route, "status" => status).increment(1);
+    record_status(route, status, elapsed);
+}
+
+pub(crate) fn record_status(route: &'static str, status: u16, elapsed: Duration) {
+    metrics::counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
     metrics::histogram!(REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn inventory_accepted() {
+    metrics::counter!(INVENTORIES_ACCEPTED).increment(1);
+}
+
+pub(crate) fn command_update(kind: &'static str) {
+    metrics::counter!(COMMAND_UPDATES, "kind" => kind).increment(1);
+}
+
+pub(crate) fn commands_dispatched(via: &'static str, n: usize) {
+    metrics::counter!(COMMANDS_DISPATCHED, "via" => via).increment(n as u64);
+}
+
+pub(crate) fn ws_frame(kind: &'static str, outcome: &str) {
+    metrics::counter!(WS_FRAMES, "type" => kind, "outcome" => outcome.to_owned()).increment(1);
+}
+
+/// Counts an open agent socket while alive.
+#[derive(Debug)]
+pub(crate) struct WsConnectionGauge(());
+
+impl WsConnectionGauge {
+    pub(crate) fn open() -> WsConnectionGauge {
+        metrics::gauge!(WS_CONNECTIONS).increment(1.0);
+        WsConnectionGauge(())
+    }
+}
+
+impl Drop for WsConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(WS_CONNECTIONS).decrement(1.0);
+    }
 }

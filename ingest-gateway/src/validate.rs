@@ -397,3 +397,215 @@ pub fn event(
         attributes,
     })
 }
+
+/// Most packages in one inventory.
+pub const MAX_PACKAGES: usize = 50_000;
+/// Longest package name, version or architecture, bytes.
+pub const MAX_PACKAGE_FIELD_LEN: usize = 256;
+const INVENTORY_SOURCES: &[&str] = &["dpkg", "rpm", "none"];
+
+fn package_text(field: &str, v: &str, allow_empty: bool) -> Result<(), FieldError> {
+    // Tabs and newlines would make the digest's lines ambiguous.
+    if (!allow_empty && v.is_empty())
+        || v.len() > MAX_PACKAGE_FIELD_LEN
+        || v.chars().any(char::is_control)
+    {
+        let min = if allow_empty { 0 } else { 1 };
+        return Err(err(
+            field,
+            format!("must be {min} to {MAX_PACKAGE_FIELD_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// SHA-256 (lower-case hex) of the sorted lines `name\tversion\tarch\n` (an absent arch is
+/// empty): the same package set always has the same digest, whatever the order sent.
+pub fn inventory_digest(packages: &[fleet_schemas::api::PackageIn]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut lines: Vec<String> = packages.iter().map(package_line).collect();
+    lines.sort_unstable();
+    let mut h = Sha256::new();
+    for l in &lines {
+        h.update(l.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+}
+
+fn package_line(p: &fleet_schemas::api::PackageIn) -> String {
+    format!(
+        "{}\t{}\t{}\n",
+        p.name,
+        p.version,
+        p.arch.as_deref().unwrap_or("")
+    )
+}
+
+/// Validates a software inventory and converts it to the record written to the log (the
+/// packages in digest order).
+pub fn inventory(
+    tenant_id: &str,
+    agent_id: &str,
+    inv: &fleet_schemas::api::InventoryIn,
+    now_micros: i64,
+    limits: &Limits,
+) -> Result<fleet_schemas::SoftwareInventory, FieldError> {
+    let occurred_at = inv.collected_at.timestamp_micros();
+    time_in_window("collected_at", occurred_at, now_micros, limits)?;
+    if !INVENTORY_SOURCES.contains(&inv.source.as_str()) {
+        return Err(err(
+            "source",
+            format!("must be one of {}", INVENTORY_SOURCES.join(", ")),
+        ));
+    }
+    at_most("packages", inv.packages.len(), MAX_PACKAGES)?;
+    for (i, p) in inv.packages.iter().enumerate() {
+        package_text(&format!("packages[{i}].name"), &p.name, false)?;
+        package_text(&format!("packages[{i}].version"), &p.version, true)?;
+        if let Some(a) = &p.arch {
+            package_text(&format!("packages[{i}].arch"), a, true)?;
+        }
+    }
+    let digest = inventory_digest(&inv.packages);
+    let mut sorted: Vec<(String, &fleet_schemas::api::PackageIn)> =
+        inv.packages.iter().map(|p| (package_line(p), p)).collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(fleet_schemas::SoftwareInventory {
+        event_id: ids::v5(&[agent_id, "inventory", &digest]).to_string(),
+        tenant_id: tenant_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        occurred_at,
+        ingested_at: now_micros,
+        source: inv.source.clone(),
+        digest,
+        packages: sorted
+            .into_iter()
+            .map(|(_, p)| fleet_schemas::SoftwarePackage {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                arch: p.arch.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// Longest progress chunk, bytes.
+pub const MAX_CHUNK_LEN: usize = 64 * 1024;
+/// Longest captured stdout or stderr in a result, bytes.
+pub const MAX_OUTPUT_LEN: usize = 512 * 1024;
+const PROGRESS_STREAMS: &[&str] = &["stdout", "stderr", "status"];
+const RESULT_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "refused"];
+
+/// Command ids are UUIDs.
+pub fn command_id(field: &str, id: &str) -> Result<(), FieldError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| err(field, "must be a command id (a UUID)"))
+}
+
+/// What a progress chunk carries once checked (the command's details come from the
+/// dispatcher's state).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressChecked {
+    /// Chunk number, from 1.
+    pub sequence: i64,
+    /// When it was produced (µs).
+    pub at: i64,
+}
+
+/// Validates a command progress chunk.
+pub fn command_progress(
+    p: &fleet_schemas::api::CommandProgressIn,
+    now_micros: i64,
+    limits: &Limits,
+) -> Result<ProgressChecked, FieldError> {
+    command_id("command_id", &p.command_id)?;
+    if p.sequence == 0 {
+        return Err(err("sequence", "chunks are numbered from 1"));
+    }
+    let sequence = long("sequence", p.sequence)?;
+    if !PROGRESS_STREAMS.contains(&p.stream.as_str()) {
+        return Err(err(
+            "stream",
+            format!("must be one of {}", PROGRESS_STREAMS.join(", ")),
+        ));
+    }
+    if p.chunk.len() > MAX_CHUNK_LEN {
+        return Err(err("chunk", format!("longer than {MAX_CHUNK_LEN} bytes")));
+    }
+    let at = p.at.timestamp_micros();
+    time_in_window("at", at, now_micros, limits)?;
+    Ok(ProgressChecked { sequence, at })
+}
+
+/// Validates a command result; returns (started_at, finished_at) in µs.
+pub fn command_result(
+    r: &fleet_schemas::api::CommandResultIn,
+    now_micros: i64,
+    limits: &Limits,
+) -> Result<(Option<i64>, i64), FieldError> {
+    command_id("command_id", &r.command_id)?;
+    if !RESULT_STATUSES.contains(&r.status.as_str()) {
+        return Err(err(
+            "status",
+            format!("must be one of {}", RESULT_STATUSES.join(", ")),
+        ));
+    }
+    if r.stdout.len() > MAX_OUTPUT_LEN {
+        return Err(err("stdout", format!("longer than {MAX_OUTPUT_LEN} bytes")));
+    }
+    if r.stderr.len() > MAX_OUTPUT_LEN {
+        return Err(err("stderr", format!("longer than {MAX_OUTPUT_LEN} bytes")));
+    }
+    if r.message
+        .as_ref()
+        .is_some_and(|m| m.len() > MAX_MESSAGE_LEN)
+    {
+        return Err(err(
+            "message",
+            format!("longer than {MAX_MESSAGE_LEN} bytes"),
+        ));
+    }
+    let finished_at = r.finished_at.timestamp_micros();
+    time_in_window("finished_at", finished_at, now_micros, limits)?;
+    let started_at = r.started_at.map(|t| t.timestamp_micros());
+    if started_at.is_some_and(|s| s > finished_at) {
+        return Err(err("started_at", "is after finished_at"));
+    }
+    Ok((started_at, finished_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_schemas::api::PackageIn;
+
+    fn pkg(name: &str, version: &str, arch: Option<&str>) -> PackageIn {
+        PackageIn {
+            name: name.into(),
+            version: version.into(),
+            arch: arch.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn digest_ignores_order_and_hashes_the_sorted_lines() {
+        let a = vec![pkg("zlib", "1.2", Some("amd64")), pkg("bash", "5.2", None)];
+        let b = vec![pkg("bash", "5.2", None), pkg("zlib", "1.2", Some("amd64"))];
+        assert_eq!(inventory_digest(&a), inventory_digest(&b));
+        // sha256("bash\t5.2\t\nzlib\t1.2\tamd64\n")
+        use sha2::{Digest as _, Sha256};
+        let want: String = Sha256::digest(b"bash\t5.2\t\nzlib\t1.2\tamd64\n")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(inventory_digest(&a), want);
+        assert_ne!(
+            inventory_digest(&a),
+            inventory_digest(&[pkg("bash", "5.3", None)])
+        );
+    }
+}

@@ -437,6 +437,14 @@ async fn real_listener_roundtrip() {
         .await
         .expect("events");
     assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    let inv = json!({"collected_at": now(), "source": "dpkg", "packages": [{"name": "bash", "version": "5.2"}]});
+    let resp = client
+        .post(format!("http://{addr}/api/v1/agents/net-agent/inventory"))
+        .json(&inv)
+        .send()
+        .await
+        .expect("inventory");
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
     let metrics = client
         .get(format!("http://{addr}/metrics"))
         .send()
@@ -450,8 +458,12 @@ async fn real_listener_roundtrip() {
             || name.ends_with("_rejected_total")
             || name.ends_with("_rate_limited_total")
             || name.ends_with("_registrations_total")
+            || name.contains("_ws_")
+            || name.contains("_command")
         {
-            continue; // only emitted once something fails, or by enrollment (tests/auth.rs)
+            // only emitted once something fails, or by enrollment (tests/auth.rs), the
+            // WebSocket (tests/ws.rs) or commands (tests/commands.rs)
+            continue;
         }
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }

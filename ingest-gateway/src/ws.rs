@@ -1,0 +1,492 @@
+//! `GET /api/v1/agents/ws`: the agent channel.
+//!
+//! The agent names itself with the `x-fleet-agent-id` header (or `?agent_id=`) and sends
+//! its credential as on every agent endpoint; the gateway checks the id, the rate limit
+//! and the credential **before** the upgrade, so a refused agent gets the usual JSON error
+//! (401, 403, 429). After the upgrade the agent sends JSON text frames
+//! ([`AgentMessage`]); each is handled by the same code as the HTTP endpoint of the same
+//! name and answered, once the event log acknowledged the write, with
+//! [`ServerMessage::Ack`], or with [`ServerMessage::Error`] carrying the HTTP status the
+//! request would have got (400 naming the field within the frame, 413, 415 for binary
+//! frames, 422, 429, 503). A bad frame never closes the socket. The gateway pushes
+//! commands as [`ServerMessage::Command`], pings every `ws-ping-interval-secs` and closes
+//! a socket that sent nothing for `ws-idle-timeout-secs`.
+//!
+//! The session is written over any `Sink`/`Stream` of messages, so tests drive it with
+//! channels.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use fleet_ops::ApiError;
+use fleet_schemas::api::{
+    ErrorBody, ErrorDetail, EventBatch, MetricBatch, ServerMessage, AGENT_ID_HEADER,
+};
+use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tracing::Instrument as _;
+
+use crate::hub::CloseReason;
+use crate::{admit, commands, metrics, AgentIdentity, GatewayState};
+
+/// Query parameters of the upgrade request.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct WsQuery {
+    agent_id: Option<String>,
+}
+
+/// Handler of `GET /api/v1/agents/ws`.
+pub(crate) async fn get_ws(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let started = Instant::now();
+    let admitted = async {
+        let from_header = headers
+            .get(AGENT_ID_HEADER)
+            .map(|v| v.to_str().map(str::to_owned));
+        let agent_id = match from_header {
+            Some(Ok(id)) => id,
+            Some(Err(_)) => {
+                return Err(ApiError::invalid_field(
+                    "agent_id",
+                    format!("the {AGENT_ID_HEADER} header is not valid text"),
+                ))
+            }
+            None => query.ok().and_then(|q| q.0.agent_id).ok_or_else(|| {
+                ApiError::invalid_field(
+                    "agent_id",
+                    format!("name the agent with the {AGENT_ID_HEADER} header or ?agent_id="),
+                )
+            })?,
+        };
+        let who = admit(&state, &agent_id, &headers).await?;
+        let upgrade = upgrade.map_err(|r| {
+            ApiError::new(
+                r.status(),
+                "websocket_required",
+                format!("this endpoint needs a WebSocket upgrade: {}", r.body_text()),
+            )
+        })?;
+        Ok((agent_id, who, upgrade))
+    }
+    .await;
+    let (agent_id, who, upgrade) = match admitted {
+        Ok(v) => v,
+        Err(e) => {
+            metrics::record_status("ws", e.status().as_u16(), started.elapsed());
+            return e.into_response();
+        }
+    };
+    metrics::record_status("ws", 101, started.elapsed());
+    // Frames up to the inventory limit are read (and then refused with 413 if too large
+    // for their type); beyond it the connection is dropped by the protocol layer.
+    let cfg = &state.config;
+    let limit = frame_limit(cfg);
+    upgrade
+        .read_buffer_size(cfg.ws_read_buffer_bytes.max(1024))
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let (write, read) = socket.split();
+            agent_session(state, agent_id, who, write, read)
+        })
+}
+
+fn frame_limit(cfg: &crate::GatewayConfig) -> usize {
+    cfg.max_body_bytes
+        .max(cfg.max_inventory_bytes)
+        .saturating_add(1024)
+}
+
+/// One agent's socket: reads frames and answers them, sends queued commands, pings, and
+/// closes on idleness, replacement or deactivation. Generic over the transport.
+pub async fn agent_session<W, R>(
+    state: GatewayState,
+    agent_id: String,
+    who: AgentIdentity,
+    mut write: W,
+    mut read: R,
+) where
+    W: Sink<Message> + Unpin,
+    W::Error: std::fmt::Display,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let span = tracing::info_span!("ws_session", %agent_id);
+    async move {
+        let _gauge = metrics::WsConnectionGauge::open();
+        let mut conn = commands::connect(&state, &agent_id).await;
+        tracing::info!("Agent connected.");
+        let ping_every = Duration::from_secs(state.config.ws_ping_interval_secs.max(1));
+        let idle_after = Duration::from_secs(state.config.ws_idle_timeout_secs.max(1));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let idle = tokio::time::sleep(idle_after);
+        tokio::pin!(idle);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let why = loop {
+            tokio::select! {
+                biased;
+                reason = &mut conn.closed => {
+                    let reason = reason.unwrap_or(CloseReason::Replaced);
+                    let code = match reason {
+                        CloseReason::Replaced => 1000,
+                        CloseReason::Deactivated => 1008,
+                    };
+                    let _ = write.send(Message::Close(Some(CloseFrame { code, reason: reason.as_str().into() }))).await;
+                    break reason.as_str().to_owned();
+                }
+                out = conn.outbox.recv() => {
+                    let Some(out) = out else { break "queue closed".to_owned() };
+                    if let Err(e) = send(&mut write, &out).await {
+                        break format!("write failed: {e}");
+                    }
+                }
+                incoming = read.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
+                    let msg = match incoming {
+                        None => break "the agent went away".to_owned(),
+                        Some(Err(e)) => break format!("read failed: {e}"),
+                        Some(Ok(m)) => m,
+                    };
+                    let answer = match msg {
+                        Message::Text(text) => Some(handle_frame(&state, &agent_id, &who, text.as_str()).await),
+                        Message::Binary(_) => {
+                            metrics::ws_frame("binary", "415");
+                            Some(error_frame(None, None, ApiError::new(
+                                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                                "unsupported_media_type",
+                                "binary frames are not accepted; send JSON text frames",
+                            )).await)
+                        }
+                        Message::Ping(_) | Message::Pong(_) => None,
+                        Message::Close(_) => break "the agent closed the socket".to_owned(),
+                    };
+                    // Work on the frame may have taken a while: it still counts as activity.
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
+                    if let Some(answer) = answer {
+                        if let Err(e) = send(&mut write, &answer).await {
+                            break format!("write failed: {e}");
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = write.send(Message::Ping(Default::default())).await {
+                        break format!("write failed: {e}");
+                    }
+                }
+                _ = &mut idle => {
+                    let _ = write.send(Message::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: "idle: nothing received within ws-idle-timeout-secs".into(),
+                    }))).await;
+                    break "idle timeout".to_owned();
+                }
+            }
+        };
+        state.hub.disconnect(&agent_id, conn.conn);
+        let _ = write.close().await;
+        tracing::info!(why = %why, "Agent disconnected.");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn send<W>(write: &mut W, msg: &ServerMessage) -> Result<(), W::Error>
+where
+    W: Sink<Message> + Unpin,
+{
+    let text = serde_json::to_string(msg).unwrap_or_else(|_| "{}".to_owned());
+    write.send(Message::Text(text.into())).await
+}
+
+/// Frame types, and the key holding the payload (None: the rest of the frame is the body,
+/// as for the HTTP batch endpoints).
+const KINDS: &[(&str, Option<&str>)] = &[
+    ("metrics", None),
+    ("heartbeat", Some("heartbeat")),
+    ("events", None),
+    ("inventory", Some("inventory")),
+    ("command_progress", Some("progress")),
+    ("command_result", Some("result")),
+];
+
+/// Handles one text frame: the answer to send.
+async fn handle_frame(
+    state: &GatewayState,
+    agent_id: &str,
+    who: &AgentIdentity,
+    text: &str,
+) -> ServerMessage {
+    let (kind, answer) = frame_answer(state, agent_id, who, text).await;
+    let outcome = match &answer {
+        ServerMessage::Error { status, .. } => status.to_string(),
+        _ => "ack".to_owned(),
+    };
+    metrics::ws_frame(kind, &outcome);
+    answer
+}
+
+async fn frame_answer(
+    state: &GatewayState,
+    agent_id: &str,
+    who: &AgentIdentity,
+    text: &str,
+) -> (&'static str, ServerMessage) {
+    let cfg = &state.config;
+    if text.len() > cfg.max_body_bytes.max(cfg.max_inventory_bytes) {
+        return ("invalid", error_frame(None, None, too_large()).await);
+    }
+    let (id, kind, payload_key, obj) = match frame_head(text) {
+        Ok(v) => v,
+        Err(b) => {
+            let (id, e) = *b;
+            return ("invalid", error_frame(id, None, e).await);
+        }
+    };
+    let span = tracing::debug_span!("ws_frame", id, r#type = kind);
+    let answer = async {
+        if text.len() > cfg.max_body_bytes && kind != "inventory" {
+            return error_frame(Some(id), None, too_large()).await;
+        }
+        // Rate limit first, as HTTP (admission comes before the body).
+        if let Err(e) = state.rate.check(agent_id) {
+            metrics::rate_limited();
+            return error_frame(Some(id), None, e).await;
+        }
+        let payload = match take_payload(payload_key, obj) {
+            Ok(p) => p,
+            Err(e) => return error_frame(Some(id), None, e).await,
+        };
+        match dispatch(state, agent_id, who, kind, payload_key, payload).await {
+            Ok(a) => ServerMessage::Ack {
+                id,
+                accepted: a.accepted,
+                rejected: a.rejected,
+            },
+            Err(e) => error_frame(Some(id), payload_key, e).await,
+        }
+    }
+    .instrument(span)
+    .await;
+    (kind, answer)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "frame exceeds the size limit (max-body-bytes; max-inventory-bytes for inventory)",
+    )
+}
+
+type Head = (u64, &'static str, Option<&'static str>, Map<String, Value>);
+
+/// Reads a frame's envelope: the JSON object, its `id` and `type`.
+fn frame_head(text: &str) -> Result<Head, Box<(Option<u64>, ApiError)>> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        Box::new((
+            None,
+            ApiError::invalid_field("body", format!("malformed JSON: {e}")),
+        ))
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(Box::new((
+            None,
+            ApiError::invalid_field("body", "a frame must be a JSON object"),
+        )));
+    };
+    let id = match obj.remove("id") {
+        Some(v) => v.as_u64().ok_or_else(|| {
+            Box::new((
+                None,
+                ApiError::invalid_field("id", "must be an unsigned integer"),
+            ))
+        })?,
+        None => {
+            return Err(Box::new((
+                None,
+                ApiError::invalid_field("id", "missing field `id` (the request id)"),
+            )))
+        }
+    };
+    let names = || KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+    let kind = match obj.remove("type") {
+        Some(Value::String(t)) => t,
+        _ => {
+            return Err(Box::new((
+                Some(id),
+                ApiError::invalid_field("type", format!("must be one of {}", names())),
+            )))
+        }
+    };
+    let Some((kind, key)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        return Err(Box::new((
+            Some(id),
+            ApiError::invalid_field(
+                "type",
+                format!("unknown frame type `{kind}`; one of {}", names()),
+            ),
+        )));
+    };
+    Ok((id, *kind, *key, obj))
+}
+
+/// The payload of a frame: the rest of the frame (batches), or the value under its key.
+fn take_payload(payload_key: Option<&str>, mut obj: Map<String, Value>) -> Result<Value, ApiError> {
+    let Some(key) = payload_key else {
+        return Ok(Value::Object(obj));
+    };
+    let payload = obj
+        .remove(key)
+        .ok_or_else(|| ApiError::invalid_field(key, format!("missing field `{key}`")))?;
+    if let Some(extra) = obj.keys().next() {
+        return Err(ApiError::invalid_field(
+            extra.clone(),
+            format!("unknown field `{extra}`, expected `{key}`"),
+        ));
+    }
+    Ok(payload)
+}
+
+/// Parses the payload and runs the same core as the HTTP endpoint.
+async fn dispatch(
+    state: &GatewayState,
+    agent_id: &str,
+    who: &AgentIdentity,
+    kind: &str,
+    payload_key: Option<&str>,
+    payload: Value,
+) -> Result<fleet_schemas::api::IngestAccepted, ApiError> {
+    match kind {
+        "metrics" => {
+            let b: MetricBatch = parse_value(payload, None)?;
+            crate::ingest_metrics(state, who, agent_id, b).await
+        }
+        "events" => {
+            let b: EventBatch = parse_value(payload, None)?;
+            crate::ingest_events(state, who, agent_id, b).await
+        }
+        "heartbeat" => {
+            crate::ingest_heartbeat(state, who, agent_id, parse_value(payload, payload_key)?).await
+        }
+        "inventory" => {
+            crate::ingest_inventory(state, who, agent_id, parse_value(payload, payload_key)?).await
+        }
+        "command_progress" => {
+            commands::ingest_progress(
+                state,
+                who,
+                agent_id,
+                None,
+                parse_value(payload, payload_key)?,
+            )
+            .await
+        }
+        "command_result" => {
+            commands::ingest_result(
+                state,
+                who,
+                agent_id,
+                None,
+                parse_value(payload, payload_key)?,
+            )
+            .await
+        }
+        other => Err(ApiError::invalid_field(
+            "type",
+            format!("unknown frame type `{other}`"),
+        )),
+    }
+}
+
+/// Like [`fleet_ops::error::parse_json`], from a parsed value: the error names the field
+/// path (relative to the payload; the caller prefixes the payload key).
+fn parse_value<T: DeserializeOwned>(v: Value, payload_key: Option<&str>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            payload_key.map_or_else(|| "body".to_owned(), |_| String::new())
+        } else {
+            path
+        };
+        ApiError::invalid_field(field, e.into_inner().to_string())
+    })
+}
+
+/// The error frame of an [`ApiError`]: status, body and `Retry-After` exactly as HTTP
+/// would answer. Fields of payloads nested under a key are prefixed with it.
+async fn error_frame(id: Option<u64>, payload_key: Option<&str>, e: ApiError) -> ServerMessage {
+    let resp = e.into_response();
+    let status = resp.status().as_u16();
+    let retry_after_secs = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let mut error = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| ErrorDetail {
+            code: "internal".into(),
+            message: "internal error; see the server log".into(),
+            field: None,
+            items: Vec::new(),
+        });
+    if let (Some(key), Some(field)) = (payload_key, error.field.as_mut()) {
+        *field = if field.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{key}.{field}")
+        };
+    }
+    ServerMessage::Error {
+        id,
+        status,
+        error,
+        retry_after_secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_head_names_what_is_wrong() {
+        let (id, e) = *frame_head("{\"id\": 1, \"type\"").expect_err("syntax");
+        assert_eq!((id, e.status().as_u16()), (None, 400));
+        let (id, _) = *frame_head(r#"{"id": 7, "type": "nope"}"#).expect_err("type");
+        assert_eq!(id, Some(7));
+        let (id, _) = *frame_head(r#"{"type": "metrics"}"#).expect_err("no id");
+        assert_eq!(id, None);
+        let (id, kind, key, obj) =
+            frame_head(r#"{"id": 3, "type": "heartbeat", "heartbeat": {}}"#).expect("ok");
+        assert_eq!((id, kind, key), (3, "heartbeat", Some("heartbeat")));
+        assert!(obj.contains_key("heartbeat"));
+    }
+
+    #[tokio::test]
+    async fn nested_fields_are_prefixed_with_the_payload_key() {
+        let e = parse_value::<fleet_schemas::api::HeartbeatIn>(
+            serde_json::json!({"sent_at": 1, "sequence": 1, "uptime_seconds": 1, "agent_version": "x"}),
+            Some("heartbeat"),
+        )
+        .expect_err("bad time");
+        let ServerMessage::Error { error, status, .. } =
+            error_frame(Some(1), Some("heartbeat"), e).await
+        else {
+            panic!("an error frame");
+        };
+        assert_eq!(status, 400);
+        assert_eq!(error.field.as_deref(), Some("heartbeat.sent_at"));
+    }
+}
