@@ -835,6 +835,14 @@ impl Consumer for KafkaConsumer {
         let deadline = tokio::time::Instant::now() + timeout;
         let consumer = Arc::clone(self.consumer()?);
         let mut out: Vec<ConsumedRecord> = Vec::new();
+        // librdkafka reports transient trouble (brokers down, transport errors) as error
+        // events in the message queue and recovers by itself. Errors queued during an
+        // outage are drained here, within this call, rather than one per call: returning
+        // at the first one made callers back off once per queued error and resume long
+        // after the broker was back. An error is returned only when the whole timeout
+        // brought errors and no record.
+        let mut last_error = None;
+        let mut errors = 0u64;
         while out.len() < max {
             // Wait for the first record; after that take only what is there already.
             let next = if out.is_empty() {
@@ -847,7 +855,12 @@ impl Consumer for KafkaConsumer {
             let record = match next {
                 None => break,
                 Some(Ok(message)) => to_record(&message),
-                Some(Err(e)) if out.is_empty() => return Err(kafka_error("poll", None, &e)),
+                Some(Err(e)) if out.is_empty() => {
+                    errors += 1;
+                    metrics::counter!(m::CONSUMER_ERRORS, "engine" => ENGINE).increment(1);
+                    last_error = Some(e);
+                    continue;
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "Consumer error after records; returning those.");
                     break;
@@ -862,6 +875,13 @@ impl Consumer for KafkaConsumer {
                 continue;
             }
             out.push(record);
+        }
+        if out.is_empty() {
+            if let Some(e) = last_error {
+                return Err(kafka_error("poll", None, &e));
+            }
+        } else if errors > 0 {
+            debug!(errors, "Consumer errors drained before records arrived.");
         }
         if !out.is_empty() {
             let mut per_topic: HashMap<&str, u64> = HashMap::new();

@@ -9,6 +9,8 @@ pub const PRODUCED_RECORDS: &str = "fleet_log_produced_records_total";
 pub const PRODUCE_ERRORS: &str = "fleet_log_produce_errors_total";
 /// Records handed to consumers by `poll` (`engine`, `topic`).
 pub const CONSUMED_RECORDS: &str = "fleet_log_consumed_records_total";
+/// Transient consumer errors (brokers down, transport) drained by `poll` (`engine`).
+pub const CONSUMER_ERRORS: &str = "fleet_log_consumer_errors_total";
 /// Offset commits of consumer groups (`engine`).
 pub const COMMITS: &str = "fleet_log_commits_total";
 /// Group membership changes that moved partitions (`engine`).
