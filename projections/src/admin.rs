@@ -14,13 +14,14 @@
 //! | `GET /api/v1/tenants/{tenant_id}/registration-tokens` | list tokens (never secrets) |
 //! | `POST /api/v1/agents/{agent_id}/deactivate` `{"reason"?}` | revoke an agent's credential (AgentDeactivated on `fleet.agents.v1`) |
 //! | `POST /api/v1/agents/{agent_id}/commands` `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}` | ask an agent to run a command (CommandRequested on `fleet.commands.v1`; see [`crate::commands`]) |
+//! | rules and alert handling | see [`crate::rules_api`]; a new tenant gets the default rules |
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_ops::{ApiError, FieldJson};
@@ -28,6 +29,8 @@ use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_stores::registry::{hash_secret, new_secret, verify_secret, NewToken, Registry};
 use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
+
+use crate::rules_api;
 
 /// State of the admin routes.
 #[derive(Debug, Clone)]
@@ -72,6 +75,34 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/api/v1/agents/{agent_id}/commands",
             post(crate::commands::request_command),
+        )
+        .route(
+            "/api/v1/tenants/{tenant_id}/rules",
+            post(rules_api::create_rule).get(rules_api::list_rules),
+        )
+        .route(
+            "/api/v1/tenants/{tenant_id}/rules/defaults",
+            post(rules_api::write_defaults),
+        )
+        .route(
+            "/api/v1/rules/{rule_id}",
+            put(rules_api::update_rule).delete(rules_api::delete_rule),
+        )
+        .route(
+            "/api/v1/rules/{rule_id}/disable",
+            post(rules_api::disable_rule),
+        )
+        .route(
+            "/api/v1/rules/{rule_id}/enable",
+            post(rules_api::enable_rule),
+        )
+        .route(
+            "/api/v1/alerts/{alert_id}/acknowledge",
+            post(rules_api::acknowledge_alert),
+        )
+        .route(
+            "/api/v1/alerts/{alert_id}/resolve",
+            post(rules_api::resolve_alert),
         )
         .with_state(state)
 }
@@ -156,7 +187,25 @@ async fn create_tenant(
             .await
             .map_err(store_error)?;
         tracing::info!(tenant_id = %t.tenant_id, %name, %actor, "Tenant created.");
-        Ok(t)
+        // The default rule set. If it cannot be written, the tenant still exists: say so,
+        // and POST /api/v1/tenants/{id}/rules/defaults writes them (ids are stable).
+        let default_rules = rules_api::write_default_rules(s.log.as_ref(), &t.tenant_id, &actor)
+            .await
+            .map_err(|e| {
+                tracing::warn!(tenant_id = %t.tenant_id, error = %e, "Default rules not written.");
+                ApiError::unavailable(
+                    format!(
+                        "tenant {} created, but its default rules were not written: retry with POST /api/v1/tenants/{}/rules/defaults",
+                        t.tenant_id, t.tenant_id
+                    ),
+                    5,
+                )
+            })?;
+        let mut v = serde_json::to_value(&t).map_err(ApiError::internal)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("default_rules".into(), serde_json::json!(default_rules));
+        }
+        Ok(v)
     }
     .await;
     reply(StatusCode::CREATED, r)
@@ -266,7 +315,7 @@ async fn create_token(
         let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(store_error)?;
         tracing::info!(token_id = %info.token_id, %tenant_id, %actor, "Registration token created.");
         let install_command = format!(
-            "sudo packaging/install-agent.sh --server {gw} --token {secret}   # or: fleetstream agent enroll --server {gw} --token {secret}",
+            "sudo packaging/install-agent.sh --server {gw} --token {secret}   # or: fleetstream-agent enroll --server {gw} --token {secret}",
             gw = s.gateway_url
         );
         Ok(CreatedToken { info, token: secret, install_command })

@@ -14,5 +14,6 @@ pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod project;
+pub mod rules_api;
 
 pub use config::ProjectionsConfig;

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::records::{
-    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
+    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport, RuleEvent,
     SoftwareInventory, TicketEvent,
 };
 use crate::topics;
@@ -96,6 +96,7 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
         "ticket_event.avsc",
         include_str!("../avro/ticket_event.avsc"),
     ),
+    ("rule_event.avsc", include_str!("../avro/rule_event.avsc")),
 ];
 
 /// All schemas this build knows, parsed once.
@@ -396,3 +397,5 @@ record!(
     topics::INVENTORY,
     |r| &r.agent_id
 );
+record!(RuleEvent, "io.fleetstream.RuleEvent", topics::RULES, |r| &r
+    .rule_id);

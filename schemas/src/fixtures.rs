@@ -231,3 +231,35 @@ pub fn ticket_requested(tenant: &str, agent: &str, occurred_at: i64) -> TicketEv
         ingested_at: occurred_at + 3_000,
     }
 }
+
+/// A rule: CPU warning above 80, critical above 95, for 5 minutes, recovery below 70.
+pub fn rule_definition() -> RuleDefinition {
+    RuleDefinition {
+        name: "CPU high".into(),
+        scope: RuleScope::Tenant,
+        scope_value: None,
+        metric: "cpu.percent".into(),
+        subject: None,
+        operator: ">".into(),
+        warning: Some(80.0),
+        critical: Some(95.0),
+        recovery: Some(70.0),
+        for_secs: 300,
+        renotify_secs: 3_600,
+        enabled: true,
+    }
+}
+
+/// A RuleDefined event carrying [`rule_definition`].
+pub fn rule_defined(tenant: &str, rule_id: &str, occurred_at: i64) -> RuleEvent {
+    RuleEvent {
+        event_id: crate::ids::v7_at(occurred_at, &[rule_id, "DEFINED"]).to_string(),
+        rule_id: rule_id.into(),
+        tenant_id: tenant.into(),
+        kind: RuleEventKind::Defined,
+        rule: Some(rule_definition()),
+        actor: Some("admin".into()),
+        occurred_at,
+        ingested_at: occurred_at + 1_000,
+    }
+}

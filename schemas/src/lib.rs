@@ -15,6 +15,7 @@ pub mod codec;
 pub mod fixtures;
 pub mod ids;
 pub mod records;
+pub mod rules;
 pub mod samples;
 pub mod time;
 pub mod topics;

@@ -392,6 +392,18 @@ impl CommandEventKind {
             CommandEventKind::TimedOut => "timed_out",
         }
     }
+
+    /// The Avro symbol (`TIMED_OUT`), as used in event ids.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CommandEventKind::Requested => "REQUESTED",
+            CommandEventKind::Approved => "APPROVED",
+            CommandEventKind::Dispatched => "DISPATCHED",
+            CommandEventKind::Progress => "PROGRESS",
+            CommandEventKind::Completed => "COMPLETED",
+            CommandEventKind::TimedOut => "TIMED_OUT",
+        }
+    }
 }
 
 /// Remote command lifecycle (`fleet.commands.v1`).
@@ -444,6 +456,45 @@ pub struct CommandEvent {
     pub occurred_at: i64,
     /// When it was written (µs).
     pub ingested_at: i64,
+}
+
+impl CommandEvent {
+    /// One lifecycle step of a command, with every step-specific field empty and the
+    /// deterministic event id `v5(command id, KIND, "0")`; set what the step carries with
+    /// struct update syntax (`CommandEvent { status, ..CommandEvent::step(..) }`).
+    pub fn step(
+        kind: CommandEventKind,
+        command_id: &str,
+        tenant_id: &str,
+        agent_id: &str,
+        at_micros: i64,
+    ) -> CommandEvent {
+        CommandEvent {
+            event_id: crate::ids::v5(&[command_id, kind.symbol(), "0"]).to_string(),
+            command_id: command_id.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            kind,
+            command_type: String::new(),
+            args: HashMap::new(),
+            requires_approval: false,
+            timeout_secs: 0,
+            actor: None,
+            sequence: 0,
+            stream: None,
+            chunk: None,
+            status: None,
+            exit_code: None,
+            stdout: None,
+            stderr: None,
+            output_truncated: false,
+            message: None,
+            started_at: None,
+            finished_at: None,
+            occurred_at: at_micros,
+            ingested_at: at_micros,
+        }
+    }
 }
 
 /// One installed package.
@@ -561,6 +612,104 @@ pub struct TicketEvent {
     pub ingested_at: i64,
 }
 
+/// Kind of rule event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuleEventKind {
+    /// Created, updated, enabled or disabled: the event carries the whole rule.
+    #[serde(rename = "DEFINED")]
+    Defined,
+    /// Deleted: its open alerts are resolved.
+    #[serde(rename = "DELETED")]
+    Deleted,
+}
+
+impl RuleEventKind {
+    /// Lower-case name, as used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleEventKind::Defined => "defined",
+            RuleEventKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// Which agents of the tenant a rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuleScope {
+    /// Every agent of the tenant.
+    #[serde(rename = "TENANT")]
+    Tenant,
+    /// One agent (`scope_value`).
+    #[serde(rename = "AGENT")]
+    Agent,
+    /// The agents carrying the tag `scope_value`.
+    #[serde(rename = "TAG")]
+    Tag,
+}
+
+impl RuleScope {
+    /// Lower-case name, as used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleScope::Tenant => "tenant",
+            RuleScope::Agent => "agent",
+            RuleScope::Tag => "tag",
+        }
+    }
+}
+
+/// A threshold rule (see `rule_event.avsc` and [`crate::rules`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct RuleDefinition {
+    /// Name shown to people.
+    pub name: String,
+    /// Which agents it watches.
+    pub scope: RuleScope,
+    /// The agent id (AGENT) or the tag (TAG).
+    pub scope_value: Option<String>,
+    /// Metric name (see [`crate::samples`]) or `heartbeat.absent`.
+    pub metric: String,
+    /// Only this mount point or service; each one separately when absent.
+    pub subject: Option<String>,
+    /// `>`, `>=`, `<`, `<=`, `==` or `!=`.
+    pub operator: String,
+    /// Warning threshold.
+    pub warning: Option<f64>,
+    /// Critical threshold.
+    pub critical: Option<f64>,
+    /// Hysteresis: resolve only once `value operator recovery` no longer holds.
+    pub recovery: Option<f64>,
+    /// Seconds of sample time the breach must hold before the alert is raised.
+    pub for_secs: i64,
+    /// Raise an open, unacknowledged, still breaching alert again after this long (0: never).
+    pub renotify_secs: i64,
+    /// Whether it is evaluated.
+    pub enabled: bool,
+}
+
+/// An alert rule was defined or deleted (`fleet.rules.v1`, key: rule id, compacted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct RuleEvent {
+    /// UUIDv7.
+    pub event_id: String,
+    /// Stable rule id.
+    pub rule_id: String,
+    /// Tenant whose agents it watches.
+    pub tenant_id: String,
+    /// Defined or deleted.
+    pub kind: RuleEventKind,
+    /// DEFINED: the rule.
+    pub rule: Option<RuleDefinition>,
+    /// User who made the change.
+    pub actor: Option<String>,
+    /// Time of the change (µs).
+    pub occurred_at: i64,
+    /// When it was written (µs).
+    pub ingested_at: i64,
+}
+
 /// Avro enums whose symbols are SCREAMING_CASE: the derive in apache-avro 0.21 ignores serde
 /// renames on variants, so these schemas are spelled out (and checked by the same test).
 macro_rules! avro_enum {
@@ -630,4 +779,14 @@ avro_enum!(
     TicketSeverity,
     "io.fleetstream.TicketSeverity",
     ["INFO", "WARNING", "CRITICAL"]
+);
+avro_enum!(
+    RuleEventKind,
+    "io.fleetstream.RuleEventKind",
+    ["DEFINED", "DELETED"]
+);
+avro_enum!(
+    RuleScope,
+    "io.fleetstream.RuleScope",
+    ["TENANT", "AGENT", "TAG"]
 );

@@ -9,6 +9,7 @@
 //! | `disk.percent`, `disk.used_bytes` | mount point | %, bytes |
 //! | `disk.read_bytes`, `disk.write_bytes` | | bytes per interval |
 //! | `load.1`, `load.5`, `load.15` | | |
+//! | `load.per_core` | | `load.1` divided by the number of cores (reports with per-core CPU only) |
 //! | `uptime.seconds` | | s |
 //! | `net.rx_bytes`, `net.tx_bytes` | | bytes per interval |
 //! | `processes.count` | | |
@@ -32,6 +33,7 @@ pub const BUILTIN_METRICS: &[&str] = &[
     "load.1",
     "load.5",
     "load.15",
+    "load.per_core",
     "uptime.seconds",
     "net.rx_bytes",
     "net.tx_bytes",
@@ -83,37 +85,49 @@ pub fn is_known_metric(metric: &str) -> bool {
 
 /// Flattens a report into its samples.
 pub fn samples(r: &MetricReport) -> Vec<Sample> {
-    let mut out = Vec::with_capacity(16 + 2 * r.disks.len() + r.services.len() + r.custom.len());
-    let mut push = |metric: &str, subject: Option<&str>, value: f64| {
+    let mut out = Vec::with_capacity(17 + 2 * r.disks.len() + r.services.len() + r.custom.len());
+    for_each_sample(r, |metric, subject, value| {
         out.push(Sample {
             metric: metric.to_owned(),
             subject: subject.map(str::to_owned),
             value,
         })
-    };
-    push("cpu.percent", None, r.cpu_percent);
-    push("memory.percent", None, r.memory_percent);
-    push("memory.used_bytes", None, r.memory_used_bytes as f64);
-    push("swap.used_bytes", None, r.swap_used_bytes as f64);
+    });
+    out
+}
+
+/// Hands every sample of a report to `f` as (metric, subject, value), in the order of
+/// [`samples`], without allocating (except the names of custom metrics).
+pub fn for_each_sample(r: &MetricReport, mut f: impl FnMut(&str, Option<&str>, f64)) {
+    f("cpu.percent", None, r.cpu_percent);
+    f("memory.percent", None, r.memory_percent);
+    f("memory.used_bytes", None, r.memory_used_bytes as f64);
+    f("swap.used_bytes", None, r.swap_used_bytes as f64);
     for d in &r.disks {
-        push("disk.percent", Some(&d.mount), d.percent);
-        push("disk.used_bytes", Some(&d.mount), d.used_bytes as f64);
+        f("disk.percent", Some(&d.mount), d.percent);
+        f("disk.used_bytes", Some(&d.mount), d.used_bytes as f64);
     }
-    push("disk.read_bytes", None, r.disk_read_bytes as f64);
-    push("disk.write_bytes", None, r.disk_write_bytes as f64);
-    push("load.1", None, r.load_1);
-    push("load.5", None, r.load_5);
-    push("load.15", None, r.load_15);
-    push("uptime.seconds", None, r.uptime_seconds as f64);
-    push("net.rx_bytes", None, r.net_rx_bytes as f64);
-    push("net.tx_bytes", None, r.net_tx_bytes as f64);
-    push("processes.count", None, f64::from(r.process_count));
+    f("disk.read_bytes", None, r.disk_read_bytes as f64);
+    f("disk.write_bytes", None, r.disk_write_bytes as f64);
+    f("load.1", None, r.load_1);
+    f("load.5", None, r.load_5);
+    f("load.15", None, r.load_15);
+    if !r.cpu_per_core.is_empty() {
+        f(
+            "load.per_core",
+            None,
+            r.load_1 / r.cpu_per_core.len() as f64,
+        );
+    }
+    f("uptime.seconds", None, r.uptime_seconds as f64);
+    f("net.rx_bytes", None, r.net_rx_bytes as f64);
+    f("net.tx_bytes", None, r.net_tx_bytes as f64);
+    f("processes.count", None, f64::from(r.process_count));
     for s in &r.services {
         let up = if s.status == "running" { 1.0 } else { 0.0 };
-        push("service.up", Some(&s.name), up);
+        f("service.up", Some(&s.name), up);
     }
     for (name, v) in &r.custom {
-        push(&format!("custom.{name}"), None, *v);
+        f(&format!("custom.{name}"), None, *v);
     }
-    out
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use fleet_schemas::codec::{self, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    SoftwareInventory, TicketEvent,
+    RuleEvent, SoftwareInventory, TicketEvent,
 };
 use serde_json::Value;
 
@@ -69,6 +69,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "software_inventory", &inventory)?;
     let ticket = fixtures::ticket_requested("tenant-1", "agent-1", T);
     write(dir.path(), "ticket_event", &ticket)?;
+    let rule = fixtures::rule_defined("tenant-1", "rule-1", T);
+    write(dir.path(), "rule_event", &rule)?;
 
     let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
@@ -127,6 +129,13 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     let tk = read_back(dir.path(), "ticket_event", &ticket, |r, a| r.agent_id = a)?;
     assert_eq!(tk["kind"], "REQUESTED");
     assert_eq!(tk["priority"], "P1");
+    // The rule event has no agent: the script's `agent_id` is ignored by the schema, so
+    // fastavro's record must decode to the very fixture.
+    let ru = read_back(dir.path(), "rule_event", &rule, |_, _| {})?;
+    assert_eq!(ru["kind"], "DEFINED");
+    assert_eq!(ru["rule"]["scope"], "TENANT");
+    assert_eq!(ru["rule"]["critical"], 95.0);
+    assert_eq!(ru["rule"]["scope_value"], Value::Null);
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
         [
@@ -138,6 +147,7 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
             CommandEvent::FULL_NAME,
             SoftwareInventory::FULL_NAME,
             TicketEvent::FULL_NAME,
+            RuleEvent::FULL_NAME,
         ]
         .len(),
         codec::AVSC_FILES.len()

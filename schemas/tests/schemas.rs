@@ -5,7 +5,7 @@ use apache_avro::Schema;
 use fleet_schemas::codec::{self, Catalog, CodecError, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    SoftwareInventory, TicketEvent,
+    RuleEvent, RuleEventKind, SoftwareInventory, TicketEvent,
 };
 
 fn assert_matches_avsc<T: Record>() {
@@ -32,6 +32,7 @@ fn rust_types_match_avsc_canonical_form() {
     assert_matches_avsc::<CommandEvent>();
     assert_matches_avsc::<SoftwareInventory>();
     assert_matches_avsc::<TicketEvent>();
+    assert_matches_avsc::<RuleEvent>();
 }
 
 #[test]
@@ -71,6 +72,12 @@ fn records_roundtrip() {
     roundtrip(&fixtures::command_completed("t1", "a1", t));
     roundtrip(&fixtures::software_inventory("t1", "a1", t));
     roundtrip(&fixtures::ticket_requested("t1", "a1", t));
+    roundtrip(&fixtures::rule_defined("t1", "rule-1", t));
+    let mut deleted = fixtures::rule_defined("t1", "rule-1", t);
+    deleted.kind = RuleEventKind::Deleted;
+    deleted.rule = None;
+    deleted.actor = None;
+    roundtrip(&deleted);
     let mut bare = fixtures::metric_report("t1", "a1", t);
     bare.security = None;
     bare.disks.clear();
@@ -121,6 +128,7 @@ fn samples_name_every_metric() {
         "disk.percent:/var",
         "service.up:sshd",
         "custom.queue_depth",
+        "load.per_core",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

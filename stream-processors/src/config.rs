@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::{default_rules, Rule};
+use crate::rules::{default_rules, Rule, Severity};
 
 /// Settings of the stream processors. Every key has a default; see
 /// `config/processors.example.toml`.
@@ -26,6 +26,29 @@ pub struct ProcessorsConfig {
     pub session_timeout_ms: u64,
     /// Threshold rules (defaults: CPU > 95 critical, memory > 95 critical, disk > 90 warning).
     pub rules: Vec<Rule>,
+    /// Seconds replayed beyond the longest for-duration when the evaluator takes a
+    /// partition; also the longest gap between two samples that keeps a for-duration running.
+    pub rules_replay_margin_secs: u64,
+    /// Consumer group of the ticketer (consumes `fleet.alerts.v1`).
+    pub ticketer_group: String,
+    /// Lowest alert severity that opens a ticket.
+    pub ticket_min_severity: Severity,
+    /// Consumer group of the liveness processor (consumes `fleet.heartbeats.v1`).
+    pub liveness_group: String,
+    /// How far back (seconds) liveness replays heartbeats when it takes partitions.
+    pub liveness_lookback_secs: u64,
+    /// How often (seconds) liveness looks for silent agents.
+    pub liveness_check_interval_secs: u64,
+    /// An agent silent for longer than this (seconds) is reported OFFLINE.
+    pub offline_after_secs: u64,
+    /// Consumer group of the command-timeout processor (consumes `fleet.commands.v1`).
+    pub command_timeouts_group: String,
+    /// How far back (seconds) command timeouts replays commands when it takes partitions.
+    pub command_lookback_secs: u64,
+    /// Seconds allowed beyond a command's own timeout before it is TIMED_OUT.
+    pub command_grace_secs: u64,
+    /// How often (seconds) command timeouts looks for overdue commands.
+    pub command_check_interval_secs: u64,
 }
 
 impl Default for ProcessorsConfig {
@@ -38,6 +61,17 @@ impl Default for ProcessorsConfig {
             batch_size: 500,
             session_timeout_ms: 10_000,
             rules: default_rules(),
+            rules_replay_margin_secs: 120,
+            ticketer_group: "fleet-ticketer".into(),
+            ticket_min_severity: Severity::Warning,
+            liveness_group: "fleet-liveness".into(),
+            liveness_lookback_secs: 900,
+            liveness_check_interval_secs: 5,
+            offline_after_secs: 90,
+            command_timeouts_group: "fleet-command-timeouts".into(),
+            command_lookback_secs: 3600,
+            command_grace_secs: 30,
+            command_check_interval_secs: 5,
         }
     }
 }

@@ -22,3 +22,25 @@ pub const ALL: &[&str] = &[
     CONSUMER_LAG,
     BATCH_SECONDS,
 ];
+
+// Ticketer, liveness and command timeouts. Each also reports `RECORDS`, `DECODE_ERRORS`,
+// `BATCH_SECONDS` and `CONSUMER_LAG` with its own `processor` / `group` label.
+
+/// Ticket events written, by kind and status.
+pub const TICKETS_EMITTED: &str = "fleet_processor_tickets_emitted_total";
+/// Agents this instance currently holds as offline (agents on its partitions).
+pub const AGENTS_OFFLINE: &str = "fleet_processor_agents_offline";
+/// ONLINE / OFFLINE events written, by kind.
+pub const LIVENESS_EMITTED: &str = "fleet_processor_liveness_events_total";
+/// Commands reported TIMED_OUT.
+pub const COMMANDS_TIMED_OUT: &str = "fleet_processor_commands_timed_out_total";
+/// Commands waiting for a result, on this instance's partitions.
+pub const PENDING_COMMANDS: &str = "fleet_processor_pending_commands";
+
+/// The ticketer's metric names.
+pub const TICKETER: &[&str] = &[RECORDS, TICKETS_EMITTED, CONSUMER_LAG, BATCH_SECONDS];
+/// The liveness processor's metric names.
+pub const LIVENESS: &[&str] = &[RECORDS, AGENTS_OFFLINE, LIVENESS_EMITTED, BATCH_SECONDS];
+/// The command-timeout processor's metric names.
+pub const COMMAND_TIMEOUTS: &[&str] =
+    &[RECORDS, COMMANDS_TIMED_OUT, PENDING_COMMANDS, BATCH_SECONDS];

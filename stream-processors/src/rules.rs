@@ -6,11 +6,43 @@
 //! (rule, agent, subject). The alert id is a UUIDv5 of (rule, agent, subject, time of the
 //! first breaching sample), so re-evaluating the same reports after a restart or a replay
 //! yields the same ids.
+//!
+//! Rules come from two places: the static rules of the configuration ([`Rule`]: one
+//! threshold, one severity, raised at the first breaching sample) and the rules of
+//! `fleet.rules.v1` ([`RuleEvent`], see [`fleet_schemas::rules`] for their meaning). Both
+//! run as a [`RuleDef`]. Choices made here:
+//!
+//! * **For-duration**: the breach must hold for `for_secs` of sample time, from the first
+//!   breaching sample; a non-breaching sample, or a gap between two samples longer than
+//!   the max gap ([`Evaluator::with_max_gap`], the loop's replay margin), starts it over.
+//!   So a flapping value raises nothing.
+//! * **Levels**: warning and critical. The alert is raised at the most severe level whose
+//!   breach held for the for-duration. An open warning alert whose critical breach then
+//!   holds for the for-duration is **escalated**: a second RAISED with the same alert id
+//!   and severity CRITICAL (event id UUIDv5 of (alert id, `raised`, `critical`)). Severity
+//!   never steps down on an open alert.
+//! * **Recovery** (hysteresis): an open alert resolves only once `value op recovery` no
+//!   longer holds; without a recovery threshold, once no level is breached. The RESOLVED
+//!   event carries the recovery threshold (or the alert's) and the value.
+//! * **Re-notify**: an open, unacknowledged alert whose value still breaches is raised
+//!   again every `renotify_secs` of sample time: RAISED with the same alert id (event id
+//!   UUIDv5 of (alert id, `raised`, `renotify`, sample time)). Consumers key on alert id.
+//! * **Disabled or deleted rule**: not evaluated any more; its open alerts are resolved
+//!   ([`Evaluator::resolve_retired`]), stamped with the time of the change.
+//! * **Scope**: tenant (static rules without a tenant: every tenant), one agent, or the
+//!   agents with a tag ([`Evaluator::set_agent_tags`]; no topic carries agent tags yet, so
+//!   a tag-scoped rule matches nothing until one does).
+//! * `heartbeat.absent` rules match no sample: the liveness processor honours them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use fleet_schemas::rules::RuleFieldError;
 use fleet_schemas::samples::{self, Sample};
-use fleet_schemas::{ids, AlertEvent, AlertEventKind, AlertSeverity, MetricReport};
+use fleet_schemas::{
+    ids, AlertEvent, AlertEventKind, AlertSeverity, MetricReport, RuleDefinition, RuleEvent,
+    RuleEventKind, RuleScope,
+};
 use serde::{Deserialize, Serialize};
 
 /// Comparison operator.
@@ -183,176 +215,702 @@ pub fn default_rules() -> Vec<Rule> {
     ]
 }
 
-type AlertKey = (String, String, Option<String>);
+impl Operator {
+    /// Parses `>`, `>=`, `<`, `<=`, `==`, `!=`.
+    pub fn parse(s: &str) -> Option<Operator> {
+        Some(match s {
+            ">" => Operator::Gt,
+            ">=" => Operator::Ge,
+            "<" => Operator::Lt,
+            "<=" => Operator::Le,
+            "==" => Operator::Eq,
+            "!=" => Operator::Ne,
+            _ => return None,
+        })
+    }
+}
 
+/// Which agents a rule watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every agent (of the rule's tenant, or of every tenant for a tenant-less rule).
+    All,
+    /// One agent.
+    Agent(String),
+    /// The agents carrying this tag (see [`Evaluator::set_agent_tags`]).
+    Tag(String),
+}
+
+/// A rule as the evaluator runs it: a static rule of the configuration or a rule of
+/// `fleet.rules.v1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleDef {
+    /// Stable id (part of every alert id).
+    pub id: String,
+    /// Only this tenant's agents; every tenant when absent (static rules only).
+    pub tenant: Option<String>,
+    /// Name shown to people.
+    pub name: String,
+    /// Which agents.
+    pub scope: Scope,
+    /// Metric name.
+    pub metric: String,
+    /// Only this mount point or service.
+    pub subject: Option<String>,
+    /// Comparison.
+    pub operator: Operator,
+    /// Levels from the least to the most severe (one or two).
+    pub levels: Vec<(AlertSeverity, f64)>,
+    /// Hysteresis threshold.
+    pub recovery: Option<f64>,
+    /// For-duration, µs of sample time.
+    pub for_micros: i64,
+    /// Re-notify interval, µs (0: never).
+    pub renotify_micros: i64,
+    /// Whether it is evaluated.
+    pub enabled: bool,
+}
+
+impl From<&Rule> for RuleDef {
+    fn from(r: &Rule) -> RuleDef {
+        RuleDef {
+            id: r.id.clone(),
+            tenant: r.tenant.clone(),
+            name: r.name.clone(),
+            scope: Scope::All,
+            metric: r.metric.clone(),
+            subject: r.subject.clone(),
+            operator: r.operator,
+            levels: vec![(r.severity.into(), r.threshold)],
+            recovery: None,
+            for_micros: 0,
+            renotify_micros: 0,
+            enabled: true,
+        }
+    }
+}
+
+impl RuleDef {
+    /// The rule a DEFINED event carries, checked with
+    /// [`fleet_schemas::rules::check_definition`].
+    pub fn from_definition(
+        rule_id: &str,
+        tenant_id: &str,
+        d: &RuleDefinition,
+    ) -> Result<RuleDef, RuleFieldError> {
+        fleet_schemas::rules::check_definition(d)?;
+        let operator = Operator::parse(&d.operator).ok_or_else(|| RuleFieldError {
+            field: "operator",
+            message: "unknown operator".into(),
+        })?;
+        let scope_value = d.scope_value.clone().unwrap_or_default();
+        let scope = match d.scope {
+            RuleScope::Tenant => Scope::All,
+            RuleScope::Agent => Scope::Agent(scope_value),
+            RuleScope::Tag => Scope::Tag(scope_value),
+        };
+        let levels = [
+            (AlertSeverity::Warning, d.warning),
+            (AlertSeverity::Critical, d.critical),
+        ]
+        .into_iter()
+        .filter_map(|(s, t)| t.map(|t| (s, t)))
+        .collect();
+        Ok(RuleDef {
+            id: rule_id.to_owned(),
+            tenant: Some(tenant_id.to_owned()),
+            name: d.name.trim().to_owned(),
+            scope,
+            metric: d.metric.clone(),
+            subject: d.subject.clone(),
+            operator,
+            levels,
+            recovery: d.recovery,
+            for_micros: d.for_secs.saturating_mul(1_000_000),
+            renotify_micros: d.renotify_secs.saturating_mul(1_000_000),
+            enabled: d.enabled,
+        })
+    }
+
+    /// Whether the rule watches this agent of this tenant.
+    fn applies_to(&self, tenant: &str, agent: &str, tags: Option<&Vec<String>>) -> bool {
+        if self.tenant.as_deref().is_some_and(|t| t != tenant) {
+            return false;
+        }
+        match &self.scope {
+            Scope::All => true,
+            Scope::Agent(a) => a == agent,
+            Scope::Tag(t) => tags.is_some_and(|tags| tags.iter().any(|x| x == t)),
+        }
+    }
+}
+
+/// Longest gap between two samples of one series that keeps a for-duration running, unless
+/// set with [`Evaluator::with_max_gap`] (the replay margin of the loop).
+pub const DEFAULT_MAX_GAP_MICROS: i64 = 120_000_000;
+
+/// An alert open on one (rule, agent, subject).
 #[derive(Debug, Clone)]
 struct OpenAlert {
     alert_id: String,
+    tenant_id: String,
+    rule_name: String,
+    metric: String,
+    operator: String,
+    severity: AlertSeverity,
+    threshold: f64,
+    /// Latest value seen (the value of a resolve by rule deletion).
+    value: f64,
+    /// Sample time of the latest RAISED (first raise, escalation or re-notify).
+    notified_at: i64,
+    acknowledged: bool,
 }
 
-/// Evaluates reports against rules, holding the open alerts (state rebuilt from
-/// `fleet.alerts.v1` with [`Evaluator::observe`] on start).
-#[derive(Debug, Default)]
+/// State of one (rule, agent, subject).
+#[derive(Debug, Clone, Default)]
+struct KeyState {
+    /// High-water mark: the newest sample evaluated or alert event written by an
+    /// evaluator; older (or equal) samples are not evaluated again.
+    mark: Option<i64>,
+    /// Time of the previous evaluated sample (gap detection).
+    prev_at: Option<i64>,
+    /// Per level, since when it has been breached without interruption.
+    since: [Option<i64>; 2],
+    open: Option<OpenAlert>,
+}
+
+impl KeyState {
+    fn reset_pending(&mut self) {
+        self.prev_at = None;
+        self.since = [None; 2];
+    }
+}
+
+/// State per agent: rule id, then subject (`""` for none).
+type AgentState = HashMap<Arc<str>, HashMap<String, KeyState>>;
+
+/// Evaluates reports against rules. Pure: no I/O, no clock (times come in as arguments).
+///
+/// Its state, open alerts and running for-durations, is rebuilt by the loop: open alerts
+/// from `fleet.alerts.v1` ([`Evaluator::observe`]), for-durations by evaluating again the
+/// reports of the replay window (the high-water marks make that emit nothing twice).
+#[derive(Debug)]
 pub struct Evaluator {
-    rules: Vec<Rule>,
-    by_metric: HashMap<String, Vec<usize>>,
-    open: HashMap<AlertKey, OpenAlert>,
-    last_sample_at: HashMap<AlertKey, i64>,
+    static_rules: Vec<RuleDef>,
+    /// Rules of `fleet.rules.v1`, by id.
+    topic_rules: HashMap<String, RuleDef>,
+    /// When a topic rule was deleted or disabled (µs), for the resolves that follow.
+    retired_at: HashMap<String, i64>,
+    /// Enabled rules, indexed below.
+    active: Vec<RuleDef>,
+    global: HashMap<String, Vec<usize>>,
+    by_tenant: HashMap<String, HashMap<String, Vec<usize>>>,
+    state: HashMap<String, AgentState>,
+    tags: HashMap<String, Vec<String>>,
+    open_count: usize,
+    max_gap: i64,
+}
+
+impl Default for Evaluator {
+    fn default() -> Self {
+        Evaluator::new(Vec::new())
+    }
 }
 
 impl Evaluator {
-    /// An evaluator over `rules` (validate them first with [`validate_rules`]).
+    /// An evaluator over static `rules` (validate them first with [`validate_rules`]).
     pub fn new(rules: Vec<Rule>) -> Evaluator {
-        let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, r) in rules.iter().enumerate() {
-            by_metric.entry(r.metric.clone()).or_default().push(i);
+        let mut ev = Evaluator {
+            static_rules: rules.iter().map(RuleDef::from).collect(),
+            topic_rules: HashMap::new(),
+            retired_at: HashMap::new(),
+            active: Vec::new(),
+            global: HashMap::new(),
+            by_tenant: HashMap::new(),
+            state: HashMap::new(),
+            tags: HashMap::new(),
+            open_count: 0,
+            max_gap: DEFAULT_MAX_GAP_MICROS,
+        };
+        ev.reindex();
+        ev
+    }
+
+    /// Sets the longest gap between two samples of a series that keeps its for-duration
+    /// running (a longer gap starts it over). The loop sets its replay margin here, so a
+    /// replay of (longest for-duration + margin) rebuilds exactly the running durations.
+    pub fn with_max_gap(mut self, micros: i64) -> Evaluator {
+        self.max_gap = micros.max(0);
+        self
+    }
+
+    /// Adds or replaces one rule (tests, benches; the loop uses [`Evaluator::apply_rule_event`]).
+    pub fn upsert_rule(&mut self, rule: RuleDef) {
+        if rule.enabled {
+            self.retired_at.remove(&rule.id);
         }
-        Evaluator {
-            rules,
-            by_metric,
-            ..Default::default()
+        self.topic_rules.insert(rule.id.clone(), rule);
+        self.reindex();
+    }
+
+    /// Folds a rule event of `fleet.rules.v1`: DEFINED adds or replaces the rule (a
+    /// disabled one stops being evaluated), DELETED removes it. The open alerts of a
+    /// deleted or disabled rule are resolved by [`Evaluator::resolve_retired`]. A rule that
+    /// is not valid is refused (and a previous version of it stays).
+    pub fn apply_rule_event(&mut self, ev: &RuleEvent) -> Result<(), RuleFieldError> {
+        match (ev.kind, &ev.rule) {
+            (RuleEventKind::Defined, Some(d)) => {
+                let rule = RuleDef::from_definition(&ev.rule_id, &ev.tenant_id, d)?;
+                if rule.enabled {
+                    self.retired_at.remove(&rule.id);
+                } else {
+                    self.retired_at
+                        .entry(rule.id.clone())
+                        .or_insert(ev.occurred_at);
+                }
+                self.topic_rules.insert(rule.id.clone(), rule);
+            }
+            (RuleEventKind::Defined, None) => {
+                return Err(RuleFieldError {
+                    field: "rule",
+                    message: "a DEFINED event must carry the rule".into(),
+                })
+            }
+            (RuleEventKind::Deleted, _) => {
+                if self.topic_rules.remove(&ev.rule_id).is_some() {
+                    self.retired_at.insert(ev.rule_id.clone(), ev.occurred_at);
+                }
+            }
         }
+        self.reindex();
+        Ok(())
+    }
+
+    /// Tags of an agent, for rules scoped to a tag.
+    pub fn set_agent_tags(&mut self, agent_id: &str, tags: Vec<String>) {
+        self.tags.insert(agent_id.to_owned(), tags);
+    }
+
+    fn reindex(&mut self) {
+        let mut by_id: HashMap<&str, &RuleDef> = HashMap::new();
+        for r in &self.static_rules {
+            by_id.insert(&r.id, r);
+        }
+        // A rule of the topic replaces a static rule of the same id.
+        for r in self.topic_rules.values() {
+            by_id.insert(&r.id, r);
+        }
+        let mut active: Vec<RuleDef> = by_id.into_values().filter(|r| r.enabled).cloned().collect();
+        active.sort_by(|a, b| a.id.cmp(&b.id));
+        self.global.clear();
+        self.by_tenant.clear();
+        for (i, r) in active.iter().enumerate() {
+            let m = match &r.tenant {
+                None => &mut self.global,
+                Some(t) => self.by_tenant.entry(t.clone()).or_default(),
+            };
+            m.entry(r.metric.clone()).or_default().push(i);
+        }
+        self.active = active;
+    }
+
+    /// The rules evaluated now (enabled ones).
+    pub fn active_rules(&self) -> &[RuleDef] {
+        &self.active
+    }
+
+    /// The longest for-duration of the active rules, µs.
+    pub fn longest_for_micros(&self) -> i64 {
+        self.active.iter().map(|r| r.for_micros).max().unwrap_or(0)
     }
 
     /// Number of open alerts held.
     pub fn open_alerts(&self) -> usize {
-        self.open.len()
+        self.open_count
     }
 
-    /// Folds an alert event from the log into the state (rebuild on start). The time of
-    /// the sample behind the event becomes the key's high-water mark, so reports up to it
-    /// that are read again (a replay, or a restart before the offsets were committed)
-    /// are not evaluated a second time.
-    pub fn observe(&mut self, ev: &AlertEvent) {
-        let key = (ev.rule_id.clone(), ev.agent_id.clone(), ev.subject.clone());
-        let mark = self
-            .last_sample_at
-            .entry(key.clone())
-            .or_insert(ev.occurred_at);
-        *mark = (*mark).max(ev.occurred_at);
-        match ev.kind {
-            AlertEventKind::Raised => {
-                self.open.insert(
-                    key,
-                    OpenAlert {
-                        alert_id: ev.alert_id.clone(),
-                    },
-                );
-            }
-            AlertEventKind::Resolved => {
-                if self
-                    .open
-                    .get(&key)
-                    .is_some_and(|o| o.alert_id == ev.alert_id)
-                {
-                    self.open.remove(&key);
+    /// Drops the running for-durations of the agents `which` selects (their partition moved
+    /// here or away: the replay rebuilds them). Open alerts and marks stay.
+    pub fn forget_pending(&mut self, mut which: impl FnMut(&str) -> bool) {
+        for (agent, rules) in &mut self.state {
+            if which(agent) {
+                for k in rules.values_mut().flat_map(|s| s.values_mut()) {
+                    k.reset_pending();
                 }
             }
-            AlertEventKind::Acknowledged => {}
         }
     }
 
-    /// Evaluates one report; returns the alert events it causes, in order.
-    pub fn evaluate(&mut self, report: &MetricReport, now_micros: i64) -> Vec<AlertEvent> {
+    /// Folds an alert event from the log into the state (rebuild on start, and the events
+    /// of other writers while running: other evaluator instances, users acknowledging or
+    /// resolving). Events an evaluator wrote move the key's high-water mark to the time of
+    /// the sample behind them, so reports up to it that are read again (a replay, or a
+    /// restart before the offsets were committed) are not evaluated a second time. Events
+    /// of users (with an actor) carry wall-clock times and do not move it.
+    pub fn observe(&mut self, ev: &AlertEvent) {
+        let subject = ev.subject.as_deref().unwrap_or("");
+        let mut opened = 0isize;
+        let key = key_mut(&mut self.state, &ev.rule_id, &ev.agent_id, subject);
+        if ev.actor.is_none() {
+            key.mark = Some(key.mark.map_or(ev.occurred_at, |m| m.max(ev.occurred_at)));
+        }
+        match ev.kind {
+            AlertEventKind::Raised => match &mut key.open {
+                Some(o) if o.alert_id == ev.alert_id => {
+                    // An escalation or a re-notification of the open alert.
+                    if ev.severity > o.severity {
+                        o.severity = ev.severity;
+                        o.threshold = ev.threshold;
+                    }
+                    o.notified_at = o.notified_at.max(ev.occurred_at);
+                    o.value = ev.value;
+                }
+                other => {
+                    if other.is_none() {
+                        opened = 1;
+                    }
+                    *other = Some(OpenAlert {
+                        alert_id: ev.alert_id.clone(),
+                        tenant_id: ev.tenant_id.clone(),
+                        rule_name: ev.rule_name.clone(),
+                        metric: ev.metric.clone(),
+                        operator: ev.operator.clone(),
+                        severity: ev.severity,
+                        threshold: ev.threshold,
+                        value: ev.value,
+                        notified_at: ev.occurred_at,
+                        acknowledged: false,
+                    });
+                    key.reset_pending();
+                }
+            },
+            AlertEventKind::Resolved => {
+                if key.open.as_ref().is_some_and(|o| o.alert_id == ev.alert_id) {
+                    key.open = None;
+                    key.reset_pending();
+                    opened = -1;
+                }
+            }
+            AlertEventKind::Acknowledged => {
+                if let Some(o) = key.open.as_mut().filter(|o| o.alert_id == ev.alert_id) {
+                    o.acknowledged = true;
+                }
+            }
+        }
+        self.open_count = self.open_count.saturating_add_signed(opened);
+    }
+
+    /// Resolves the open alerts of rules that were deleted or disabled (or are gone from
+    /// the configuration), for the agents `owned` selects (those on this instance's
+    /// partitions). Stamped with the time of the deletion (or `now_micros` when unknown).
+    pub fn resolve_retired(
+        &mut self,
+        now_micros: i64,
+        mut owned: impl FnMut(&str) -> bool,
+    ) -> Vec<AlertEvent> {
+        let active: HashSet<&str> = self.active.iter().map(|r| r.id.as_str()).collect();
         let mut out = Vec::new();
-        for sample in samples::samples(report) {
-            let Some(rule_ids) = self.by_metric.get(&sample.metric) else {
-                continue;
-            };
-            for &i in rule_ids {
-                let rule = &self.rules[i];
-                if rule.tenant.as_ref().is_some_and(|t| *t != report.tenant_id) {
+        for (agent, rules) in &mut self.state {
+            for (rule_id, subjects) in rules.iter_mut() {
+                if active.contains(&**rule_id) || !owned(agent) {
                     continue;
                 }
-                if rule.subject.is_some() && rule.subject != sample.subject {
-                    continue;
-                }
-                let key: AlertKey = (
-                    rule.id.clone(),
-                    report.agent_id.clone(),
-                    sample.subject.clone(),
-                );
-                // Reports may arrive late or twice: only the newest sample decides.
-                match self.last_sample_at.get(&key) {
-                    Some(&last) if last >= report.occurred_at => continue,
-                    _ => {}
-                }
-                self.last_sample_at.insert(key.clone(), report.occurred_at);
-                let breach = rule.operator.holds(sample.value, rule.threshold);
-                match (breach, self.open.contains_key(&key)) {
-                    (true, false) => {
-                        let ev = transition(
-                            rule,
-                            report,
-                            &sample,
-                            None,
-                            AlertEventKind::Raised,
-                            now_micros,
-                        );
-                        self.open.insert(
-                            key,
-                            OpenAlert {
-                                alert_id: ev.alert_id.clone(),
-                            },
-                        );
-                        out.push(ev);
-                    }
-                    (false, true) => {
-                        if let Some(open) = self.open.remove(&key) {
-                            out.push(transition(
-                                rule,
-                                report,
-                                &sample,
-                                Some(open.alert_id),
-                                AlertEventKind::Resolved,
-                                now_micros,
-                            ));
-                        }
-                    }
-                    _ => {}
+                let at = self
+                    .retired_at
+                    .get(&**rule_id)
+                    .copied()
+                    .unwrap_or(now_micros);
+                let deleted = !self.topic_rules.contains_key(&**rule_id);
+                for (subject, key) in subjects.iter_mut() {
+                    let Some(open) = key.open.take() else {
+                        continue;
+                    };
+                    key.reset_pending();
+                    key.mark = Some(key.mark.map_or(at, |m| m.max(at)));
+                    self.open_count = self.open_count.saturating_sub(1);
+                    let subject = (!subject.is_empty()).then(|| subject.clone());
+                    let series = samples::series_name(&open.metric, subject.as_deref());
+                    let why = if deleted { "deleted" } else { "disabled" };
+                    out.push(AlertEvent {
+                        event_id: ids::v5(&[&open.alert_id, AlertEventKind::Resolved.as_str()])
+                            .to_string(),
+                        message: format!("{}: {series}: rule {why}", open.rule_name),
+                        alert_id: open.alert_id,
+                        tenant_id: open.tenant_id,
+                        agent_id: agent.clone(),
+                        kind: AlertEventKind::Resolved,
+                        rule_id: rule_id.to_string(),
+                        rule_name: open.rule_name,
+                        metric: open.metric,
+                        subject,
+                        severity: open.severity,
+                        operator: open.operator,
+                        threshold: open.threshold,
+                        value: open.value,
+                        actor: None,
+                        occurred_at: at,
+                        ingested_at: now_micros,
+                    });
                 }
             }
         }
         out
     }
+
+    /// Evaluates one report; returns the alert events it causes, in order.
+    pub fn evaluate(&mut self, report: &MetricReport, now_micros: i64) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let tenant_rules = self.by_tenant.get(&report.tenant_id);
+        if self.global.is_empty() && tenant_rules.is_none() {
+            return out;
+        }
+        let Evaluator {
+            active,
+            global,
+            state,
+            tags,
+            open_count,
+            max_gap,
+            ..
+        } = self;
+        let tags = tags.get(&report.agent_id);
+        samples::for_each_sample(report, |metric, subject, value| {
+            for i in [global.get(metric), tenant_rules.and_then(|m| m.get(metric))]
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let rule = &active[*i];
+                if rule.subject.is_some() && rule.subject.as_deref() != subject {
+                    continue;
+                }
+                if !rule.applies_to(&report.tenant_id, &report.agent_id, tags) {
+                    continue;
+                }
+                let opened = step(
+                    rule,
+                    state,
+                    *max_gap,
+                    report,
+                    (metric, subject, value),
+                    now_micros,
+                    &mut out,
+                );
+                *open_count = open_count.saturating_add_signed(opened);
+            }
+        });
+        out
+    }
 }
 
-fn transition(
-    rule: &Rule,
+/// The state of one (rule, agent, subject), created when missing.
+fn key_mut<'a>(
+    state: &'a mut HashMap<String, AgentState>,
+    rule: &str,
+    agent: &str,
+    subject: &str,
+) -> &'a mut KeyState {
+    if !state.contains_key(agent) {
+        state.insert(agent.to_owned(), AgentState::new());
+    }
+    let rules = state.get_mut(agent).expect("inserted above");
+    if !rules.contains_key(rule) {
+        rules.insert(Arc::from(rule), HashMap::new());
+    }
+    let subjects = rules.get_mut(rule).expect("inserted above");
+    if !subjects.contains_key(subject) {
+        subjects.insert(subject.to_owned(), KeyState::default());
+    }
+    subjects.get_mut(subject).expect("inserted above")
+}
+
+/// One sample against one rule; returns the change of the open-alert count.
+fn step(
+    rule: &RuleDef,
+    state: &mut HashMap<String, AgentState>,
+    max_gap: i64,
+    report: &MetricReport,
+    (metric, sample_subject, v): (&str, Option<&str>, f64),
+    now_micros: i64,
+    out: &mut Vec<AlertEvent>,
+) -> isize {
+    let t = report.occurred_at;
+    let subject = sample_subject.unwrap_or("");
+    // Built only when an event is written.
+    let sample = || Sample {
+        metric: metric.to_owned(),
+        subject: sample_subject.map(str::to_owned),
+        value: v,
+    };
+    let key = key_mut(state, &rule.id, &report.agent_id, subject);
+    // Reports may arrive late or twice: only the newest sample decides.
+    if key.mark.is_some_and(|m| m >= t) {
+        return 0;
+    }
+    key.mark = Some(t);
+    if key.prev_at.is_some_and(|p| t - p > max_gap) {
+        key.since = [None; 2];
+    }
+    key.prev_at = Some(t);
+    for (lvl, (_, threshold)) in rule.levels.iter().enumerate().take(2) {
+        if rule.operator.holds(v, *threshold) {
+            key.since[lvl].get_or_insert(t);
+        } else {
+            key.since[lvl] = None;
+        }
+    }
+    let breaching = key.since.iter().any(Option::is_some);
+    // The most severe level whose breach held for the for-duration.
+    let held = (0..rule.levels.len().min(2))
+        .rev()
+        .find(|&l| key.since[l].is_some_and(|s| t - s >= rule.for_micros));
+    let mut opened = 0isize;
+    match &mut key.open {
+        None => {
+            if let Some(l) = held {
+                let first = key.since.iter().flatten().min().copied().unwrap_or(t);
+                let (severity, threshold) = rule.levels[l];
+                let alert_id =
+                    ids::v5(&[&rule.id, &report.agent_id, subject, &first.to_string()]).to_string();
+                let ev = event(
+                    rule,
+                    report,
+                    &sample(),
+                    &alert_id,
+                    AlertEventKind::Raised,
+                    Note::Raised,
+                    severity,
+                    threshold,
+                    now_micros,
+                );
+                key.open = Some(OpenAlert {
+                    alert_id,
+                    tenant_id: report.tenant_id.clone(),
+                    rule_name: rule.name.clone(),
+                    metric: metric.to_owned(),
+                    operator: rule.operator.symbol().to_owned(),
+                    severity,
+                    threshold,
+                    value: v,
+                    notified_at: t,
+                    acknowledged: false,
+                });
+                opened = 1;
+                out.push(ev);
+            }
+        }
+        Some(open) => {
+            open.value = v;
+            let recovered = match rule.recovery {
+                Some(r) => !rule.operator.holds(v, r),
+                None => !breaching,
+            };
+            if recovered {
+                let threshold = rule.recovery.unwrap_or(open.threshold);
+                let ev = event(
+                    rule,
+                    report,
+                    &sample(),
+                    &open.alert_id,
+                    AlertEventKind::Resolved,
+                    Note::Resolved,
+                    open.severity,
+                    threshold,
+                    now_micros,
+                );
+                key.open = None;
+                key.since = [None; 2];
+                opened = -1;
+                out.push(ev);
+            } else if let Some((severity, threshold)) = held
+                .map(|l| rule.levels[l])
+                .filter(|(s, _)| *s > open.severity)
+            {
+                open.severity = severity;
+                open.threshold = threshold;
+                open.notified_at = t;
+                out.push(event(
+                    rule,
+                    report,
+                    &sample(),
+                    &open.alert_id,
+                    AlertEventKind::Raised,
+                    Note::Escalated,
+                    severity,
+                    threshold,
+                    now_micros,
+                ));
+            } else if rule.renotify_micros > 0
+                && breaching
+                && !open.acknowledged
+                && t - open.notified_at >= rule.renotify_micros
+            {
+                open.notified_at = t;
+                let (severity, threshold) = (open.severity, open.threshold);
+                out.push(event(
+                    rule,
+                    report,
+                    &sample(),
+                    &open.alert_id,
+                    AlertEventKind::Raised,
+                    Note::Renotify,
+                    severity,
+                    threshold,
+                    now_micros,
+                ));
+            }
+        }
+    }
+    opened
+}
+
+/// Which transition an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Note {
+    Raised,
+    Escalated,
+    Renotify,
+    Resolved,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    rule: &RuleDef,
     report: &MetricReport,
     sample: &Sample,
-    alert_id: Option<String>,
+    alert_id: &str,
     kind: AlertEventKind,
+    note: Note,
+    severity: AlertSeverity,
+    threshold: f64,
     now_micros: i64,
 ) -> AlertEvent {
-    let subject = sample.subject.as_deref().unwrap_or("");
-    let alert_id = alert_id.unwrap_or_else(|| {
-        ids::v5(&[
-            &rule.id,
-            &report.agent_id,
-            subject,
-            &report.occurred_at.to_string(),
-        ])
-        .to_string()
-    });
-    let event_id = ids::v5(&[&alert_id, kind.as_str()]).to_string();
+    let at = report.occurred_at.to_string();
+    let event_id = match note {
+        Note::Raised | Note::Resolved => ids::v5(&[alert_id, kind.as_str()]),
+        Note::Escalated => ids::v5(&[alert_id, kind.as_str(), severity.as_str()]),
+        Note::Renotify => ids::v5(&[alert_id, kind.as_str(), "renotify", &at]),
+    }
+    .to_string();
     let series = sample.series();
-    let message = match kind {
-        AlertEventKind::Raised => format!(
-            "{}: {series} is {} ({} {})",
+    let op = rule.operator.symbol();
+    let v = sample.value;
+    let message = match note {
+        Note::Raised => format!("{}: {series} is {v} ({op} {threshold})", rule.name),
+        Note::Escalated => format!(
+            "{}: {series} is {v}, now {} ({op} {threshold})",
             rule.name,
-            sample.value,
-            rule.operator.symbol(),
-            rule.threshold
+            severity.as_str()
         ),
-        _ => format!(
-            "{}: {series} back to {} (threshold {})",
-            rule.name, sample.value, rule.threshold
+        Note::Renotify => format!("{}: {series} still {v} ({op} {threshold})", rule.name),
+        Note::Resolved => format!(
+            "{}: {series} back to {v} (threshold {threshold})",
+            rule.name
         ),
     };
     AlertEvent {
         event_id,
-        alert_id,
+        alert_id: alert_id.to_owned(),
         tenant_id: report.tenant_id.clone(),
         agent_id: report.agent_id.clone(),
         kind,
@@ -360,10 +918,10 @@ fn transition(
         rule_name: rule.name.clone(),
         metric: sample.metric.clone(),
         subject: sample.subject.clone(),
-        severity: rule.severity.into(),
-        operator: rule.operator.symbol().to_owned(),
-        threshold: rule.threshold,
-        value: sample.value,
+        severity,
+        operator: op.to_owned(),
+        threshold,
+        value: v,
         message,
         actor: None,
         occurred_at: report.occurred_at,
@@ -523,5 +1081,262 @@ mod tests {
         assert!(Operator::Le.holds(1.0, 1.0));
         assert!(Operator::Eq.holds(1.0, 1.0));
         assert!(Operator::Ne.holds(2.0, 1.0));
+    }
+
+    // ---- rules of fleet.rules.v1: for-duration, levels, hysteresis, re-notify, scope ----
+
+    const S: i64 = 1_000_000;
+
+    fn topic_rule(id: &str, f: impl FnOnce(&mut RuleDefinition)) -> RuleEvent {
+        let mut ev = fixtures::rule_defined("t1", id, 0);
+        if let Some(d) = ev.rule.as_mut() {
+            // cpu > 80 warning, > 95 critical, recovery 70, for 300 s, re-notify 3600 s
+            f(d);
+        }
+        ev
+    }
+
+    fn with_rule(ev: RuleEvent) -> Evaluator {
+        let mut e = Evaluator::new(Vec::new());
+        e.apply_rule_event(&ev).expect("valid rule");
+        e
+    }
+
+    /// Feeds cpu values at 10 s intervals from `start` (s); returns every event.
+    fn feed(e: &mut Evaluator, start: i64, values: &[f64]) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        for (n, v) in values.iter().enumerate() {
+            out.extend(e.evaluate(&report((start + 10 * n as i64) * S, *v), 0));
+        }
+        out
+    }
+
+    #[test]
+    fn for_duration_must_hold_before_the_raise() {
+        let mut e = with_rule(topic_rule("r", |_| {}));
+        // 290 s of breach (30 samples from 0 to 290): not yet.
+        assert!(feed(&mut e, 0, &[85.0; 30]).is_empty());
+        let raised = feed(&mut e, 300, &[85.0]);
+        assert_eq!(raised.len(), 1, "raised once the breach held 300 s");
+        let a = &raised[0];
+        assert_eq!(a.kind, AlertEventKind::Raised);
+        assert_eq!(a.severity, AlertSeverity::Warning);
+        assert_eq!((a.value, a.threshold), (85.0, 80.0));
+        assert_eq!(a.occurred_at, 300 * S);
+        // The id names the first breaching sample (t = 0), not the raising one.
+        assert_eq!(a.alert_id, ids::v5(&["r", "a1", "", "0"]).to_string());
+        assert!(feed(&mut e, 310, &[86.0; 5]).is_empty(), "one alert only");
+    }
+
+    #[test]
+    fn flapping_never_raises() {
+        let mut e = with_rule(topic_rule("r", |_| {}));
+        let values: Vec<f64> = (0..100)
+            .map(|i| if i % 20 == 19 { 50.0 } else { 90.0 })
+            .collect();
+        assert!(feed(&mut e, 0, &values).is_empty());
+        assert_eq!(e.open_alerts(), 0);
+    }
+
+    #[test]
+    fn a_gap_in_the_samples_starts_the_duration_over() {
+        let mut e = with_rule(topic_rule("r", |_| {})).with_max_gap(60 * S);
+        assert!(feed(&mut e, 0, &[90.0; 20]).is_empty()); // 0..190 s
+                                                          // Silent for 10 minutes, then breaching again: 300 s more are needed.
+        assert!(feed(&mut e, 800, &[90.0; 30]).is_empty()); // 800..1090 s
+        assert_eq!(feed(&mut e, 1100, &[90.0]).len(), 1);
+    }
+
+    #[test]
+    fn recovery_needs_the_recovery_threshold() {
+        let mut e = with_rule(topic_rule("r", |d| d.for_secs = 0));
+        assert_eq!(feed(&mut e, 0, &[90.0]).len(), 1);
+        // Below warning (80) but above recovery (70): still open.
+        assert!(feed(&mut e, 10, &[75.0, 71.0, 70.5]).is_empty());
+        assert_eq!(e.open_alerts(), 1);
+        let resolved = feed(&mut e, 40, &[69.0]);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+        assert_eq!((resolved[0].value, resolved[0].threshold), (69.0, 70.0));
+        assert_eq!(e.open_alerts(), 0);
+    }
+
+    #[test]
+    fn escalates_to_critical_on_the_same_alert() {
+        let mut e = with_rule(topic_rule("r", |d| d.for_secs = 20));
+        let out = feed(&mut e, 0, &[85.0, 85.0, 85.0, 97.0, 97.0, 97.0, 97.0]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].severity, AlertSeverity::Warning);
+        assert_eq!(out[0].occurred_at, 20 * S);
+        assert_eq!(out[1].kind, AlertEventKind::Raised);
+        assert_eq!(out[1].severity, AlertSeverity::Critical);
+        assert_eq!(out[1].alert_id, out[0].alert_id);
+        assert_ne!(out[1].event_id, out[0].event_id);
+        assert_eq!((out[1].value, out[1].threshold), (97.0, 95.0));
+        assert_eq!(out[1].occurred_at, 50 * S, "critical held 20 s from 30 s");
+        // Back to warning level: no step down, no new event.
+        assert!(feed(&mut e, 70, &[85.0, 85.0]).is_empty());
+    }
+
+    #[test]
+    fn renotifies_while_breaching_until_acknowledged() {
+        let mut e = with_rule(topic_rule("r", |d| {
+            d.for_secs = 0;
+            d.renotify_secs = 60;
+        }));
+        let out = feed(&mut e, 0, &[90.0; 13]); // 0..120 s
+        let kinds: Vec<_> = out.iter().map(|a| (a.kind, a.occurred_at / S)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (AlertEventKind::Raised, 0),
+                (AlertEventKind::Raised, 60),
+                (AlertEventKind::Raised, 120)
+            ]
+        );
+        assert!(out.iter().all(|a| a.alert_id == out[0].alert_id));
+        let mut ids: Vec<_> = out.iter().map(|a| a.event_id.clone()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "each notification has its own event id");
+        // Between recovery (70) and warning: not breaching, no re-notify.
+        assert!(feed(&mut e, 130, &[75.0; 10]).is_empty());
+        let mut ack = out[0].clone();
+        ack.kind = AlertEventKind::Acknowledged;
+        ack.actor = Some("ops@example".into());
+        ack.occurred_at = 1; // wall clock of a user: does not move the mark
+        e.observe(&ack);
+        assert!(feed(&mut e, 230, &[90.0; 20]).is_empty(), "acknowledged");
+        assert_eq!(e.open_alerts(), 1);
+    }
+
+    #[test]
+    fn rebuilt_from_its_events_a_renotifying_alert_goes_on_where_it_was() {
+        let rule = topic_rule("r", |d| {
+            d.for_secs = 0;
+            d.renotify_secs = 60;
+        });
+        let mut first = with_rule(rule.clone());
+        let out = feed(&mut first, 0, &[90.0; 8]); // raise at 0, re-notify at 60
+        assert_eq!(out.len(), 2);
+        let mut again = with_rule(rule);
+        for ev in &out {
+            again.observe(ev);
+        }
+        assert!(feed(&mut again, 0, &[90.0; 12]).is_empty(), "up to 110 s");
+        assert_eq!(feed(&mut again, 120, &[90.0]).len(), 1, "next re-notify");
+    }
+
+    #[test]
+    fn scope_by_agent_and_tag() {
+        let mut e = with_rule(topic_rule("one", |d| {
+            d.for_secs = 0;
+            d.scope = RuleScope::Agent;
+            d.scope_value = Some("a2".into());
+        }));
+        e.apply_rule_event(&topic_rule("tagged", |d| {
+            d.for_secs = 0;
+            d.scope = RuleScope::Tag;
+            d.scope_value = Some("db".into());
+        }))
+        .expect("valid");
+        let mut r = report(S, 99.0);
+        assert!(
+            e.evaluate(&r, 0).is_empty(),
+            "a1: neither agent a2 nor tag db"
+        );
+        r.agent_id = "a2".into();
+        let out = e.evaluate(&r, 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].rule_id, "one");
+        e.set_agent_tags("a3", vec!["web".into(), "db".into()]);
+        r.agent_id = "a3".into();
+        let out = e.evaluate(&r, 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].rule_id, "tagged");
+        // Another tenant's agent with the same id and tag: not this tenant's rule.
+        r.tenant_id = "t2".into();
+        r.occurred_at += S;
+        assert!(e.evaluate(&r, 0).is_empty());
+    }
+
+    #[test]
+    fn disabled_rule_stops_and_resolves_its_alerts() {
+        let rule = topic_rule("r", |d| d.for_secs = 0);
+        let mut e = with_rule(rule.clone());
+        assert_eq!(feed(&mut e, 0, &[90.0]).len(), 1);
+        let mut disabled = rule.clone();
+        if let Some(d) = disabled.rule.as_mut() {
+            d.enabled = false;
+        }
+        disabled.occurred_at = 5 * S;
+        e.apply_rule_event(&disabled).expect("valid");
+        assert!(e.resolve_retired(99, |a| a != "a1").is_empty(), "not owned");
+        let resolved = e.resolve_retired(99, |_| true);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+        assert_eq!(resolved[0].occurred_at, 5 * S, "stamped with the change");
+        assert!(resolved[0].message.contains("disabled"));
+        assert_eq!(e.open_alerts(), 0);
+        assert!(feed(&mut e, 10, &[99.0; 5]).is_empty(), "not evaluated");
+        // Enabled again: evaluated again.
+        e.apply_rule_event(&rule).expect("valid");
+        assert_eq!(feed(&mut e, 100, &[99.0]).len(), 1);
+    }
+
+    #[test]
+    fn deleted_rule_resolves_its_alerts_once() {
+        let mut e = with_rule(topic_rule("r", |d| d.for_secs = 0));
+        assert_eq!(feed(&mut e, 0, &[90.0]).len(), 1);
+        let mut del = fixtures::rule_defined("t1", "r", 7 * S);
+        del.kind = RuleEventKind::Deleted;
+        del.rule = None;
+        e.apply_rule_event(&del).expect("delete");
+        assert!(e.active_rules().is_empty());
+        let resolved = e.resolve_retired(99, |_| true);
+        assert_eq!(resolved.len(), 1);
+        assert!(resolved[0].message.contains("deleted"));
+        assert!(e.resolve_retired(99, |_| true).is_empty(), "only once");
+    }
+
+    #[test]
+    fn invalid_rule_events_are_refused_and_the_previous_version_stays() {
+        let mut e = with_rule(topic_rule("r", |d| d.for_secs = 0));
+        let bad = topic_rule("r", |d| d.metric = "nope".into());
+        let err = e.apply_rule_event(&bad).expect_err("unknown metric");
+        assert_eq!(err.field, "metric");
+        assert_eq!(e.active_rules().len(), 1);
+        assert_eq!(e.active_rules()[0].metric, "cpu.percent");
+    }
+
+    #[test]
+    fn disk_rule_per_mount_and_service_rule() {
+        let mut e = with_rule(topic_rule("disk", |d| {
+            d.metric = "disk.percent".into();
+            d.for_secs = 0;
+            d.warning = Some(15.0);
+            d.critical = Some(90.0);
+            d.recovery = None;
+        }));
+        e.apply_rule_event(&topic_rule("svc", |d| {
+            d.metric = "service.up".into();
+            d.subject = Some("sshd".into());
+            d.operator = "==".into();
+            d.warning = None;
+            d.critical = Some(0.0);
+            d.recovery = None;
+            d.for_secs = 0;
+        }))
+        .expect("valid");
+        let mut r = fixtures::metric_report("t1", "a1", S);
+        let out = e.evaluate(&r, 0);
+        assert_eq!(out.len(), 1, "/ at 20% breaches, /var at 10% does not");
+        assert_eq!(out[0].subject.as_deref(), Some("/"));
+        r.occurred_at += S;
+        r.services[0].status = "stopped".into();
+        let out = e.evaluate(&r, 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].rule_id, "svc");
+        assert_eq!(out[0].severity, AlertSeverity::Critical);
+        assert_eq!(out[0].value, 0.0);
     }
 }

@@ -1,0 +1,649 @@
+//! Alert rules and alert handling through the admin API. Every route needs the admin key
+//! (as the other admin routes; user roles come later). Rules are events: each change
+//! writes a RuleEvent to `fleet.rules.v1` (key: rule id, compacted), which the alert
+//! evaluators follow, so a change applies without a restart.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `POST /api/v1/tenants/{tenant_id}/rules` [`RuleBody`] | create a rule (201, RuleDefined) |
+//! | `GET /api/v1/tenants/{tenant_id}/rules` | the tenant's rules (read from the topic) |
+//! | `POST /api/v1/tenants/{tenant_id}/rules/defaults` | (re)write the default rule set |
+//! | `PUT /api/v1/rules/{rule_id}` [`RuleBody`] | replace a rule's definition (RuleDefined) |
+//! | `POST /api/v1/rules/{rule_id}/disable`, `/enable` | RuleDefined with `enabled` false / true |
+//! | `DELETE /api/v1/rules/{rule_id}` | RuleDeleted (its open alerts resolve) |
+//! | `POST /api/v1/alerts/{alert_id}/acknowledge`, `/resolve` | AlertEvent ACKNOWLEDGED / RESOLVED with the caller as actor |
+//!
+//! A rule body: `{"name", "metric", "operator"?, "warning"?, "critical"?, "recovery"?,
+//! "for_secs"?, "renotify_secs"?, "scope"?, "scope_value"?, "subject"?, "enabled"?}`;
+//! `scope` is `tenant` (default), `agent` (`scope_value`: agent id) or `tag`
+//! (`scope_value`: tag); `operator` defaults to `>`. Every bad field is a 400 naming it.
+//!
+//! A new tenant gets [`default_rules`] (hooked into tenant creation). Their ids are
+//! UUIDv5 of (tenant, rule key), so writing them again changes nothing.
+//!
+//! Current state is read from the topics (rules: `fleet.rules.v1` to its end, one
+//! partition, compacted; alerts: `fleet.alerts.v1` to its end). That is simple and
+//! always current, but costs a read of the topic per call; a rules table in the read model
+//! would replace it when the topics grow. Two concurrent updates of one rule: the last
+//! one written wins.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use fleet_event_log::{EventLog, ProduceRecord};
+use fleet_ops::ApiError;
+use fleet_schemas::rules::{check_definition, HEARTBEAT_ABSENT};
+use fleet_schemas::{
+    codec, ids, topics, AlertEvent, AlertEventKind, Record, RuleDefinition, RuleEvent,
+    RuleEventKind, RuleScope,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::{admin, reply, store_error, AdminState};
+
+/// Body of rule creation and update.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    /// Name shown to people.
+    pub name: String,
+    /// `tenant` (default), `agent` or `tag`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Agent id (scope `agent`) or tag (scope `tag`).
+    #[serde(default)]
+    pub scope_value: Option<String>,
+    /// Metric name, for example `cpu.percent`, `disk.percent`, `service.up`, `custom.x`.
+    pub metric: String,
+    /// Only this mount point or service.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `>` (default), `>=`, `<`, `<=`, `==`, `!=`.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// Warning threshold.
+    #[serde(default)]
+    pub warning: Option<f64>,
+    /// Critical threshold.
+    #[serde(default)]
+    pub critical: Option<f64>,
+    /// Recovery threshold (hysteresis).
+    #[serde(default)]
+    pub recovery: Option<f64>,
+    /// For-duration in seconds (default 0).
+    #[serde(default)]
+    pub for_secs: Option<i64>,
+    /// Re-notify interval in seconds (default 0: never).
+    #[serde(default)]
+    pub renotify_secs: Option<i64>,
+    /// Whether it is evaluated (default: true on create, unchanged on update).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// A rule as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RuleView {
+    /// Rule id.
+    pub rule_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// `tenant`, `agent` or `tag`.
+    pub scope: String,
+    /// Agent id or tag.
+    pub scope_value: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Metric.
+    pub metric: String,
+    /// Mount point or service.
+    pub subject: Option<String>,
+    /// Operator.
+    pub operator: String,
+    /// Warning threshold.
+    pub warning: Option<f64>,
+    /// Critical threshold.
+    pub critical: Option<f64>,
+    /// Recovery threshold.
+    pub recovery: Option<f64>,
+    /// For-duration, seconds.
+    pub for_secs: i64,
+    /// Re-notify interval, seconds (0: never).
+    pub renotify_secs: i64,
+    /// Whether it is evaluated.
+    pub enabled: bool,
+    /// Time of the last change (µs).
+    pub updated_at: i64,
+}
+
+impl RuleView {
+    fn new(ev: &RuleEvent, d: &RuleDefinition) -> RuleView {
+        RuleView {
+            rule_id: ev.rule_id.clone(),
+            tenant_id: ev.tenant_id.clone(),
+            scope: d.scope.as_str().to_owned(),
+            scope_value: d.scope_value.clone(),
+            name: d.name.clone(),
+            metric: d.metric.clone(),
+            subject: d.subject.clone(),
+            operator: d.operator.clone(),
+            warning: d.warning,
+            critical: d.critical,
+            recovery: d.recovery,
+            for_secs: d.for_secs,
+            renotify_secs: d.renotify_secs,
+            enabled: d.enabled,
+            updated_at: ev.occurred_at,
+        }
+    }
+}
+
+/// Checks a body and turns it into a definition; `enabled` fills in an absent flag.
+pub fn definition(body: &RuleBody, enabled: bool) -> Result<RuleDefinition, ApiError> {
+    let scope = match body.scope.as_deref().unwrap_or("tenant") {
+        "tenant" => RuleScope::Tenant,
+        "agent" => RuleScope::Agent,
+        "tag" => RuleScope::Tag,
+        _ => {
+            return Err(ApiError::invalid_field(
+                "scope",
+                "must be tenant, agent or tag",
+            ))
+        }
+    };
+    let d = RuleDefinition {
+        name: body.name.trim().to_owned(),
+        scope,
+        scope_value: body.scope_value.as_deref().map(|v| v.trim().to_owned()),
+        metric: body.metric.trim().to_owned(),
+        subject: body.subject.clone(),
+        operator: body.operator.clone().unwrap_or_else(|| ">".into()),
+        warning: body.warning,
+        critical: body.critical,
+        recovery: body.recovery,
+        for_secs: body.for_secs.unwrap_or(0),
+        renotify_secs: body.renotify_secs.unwrap_or(0),
+        enabled: body.enabled.unwrap_or(enabled),
+    };
+    check_definition(&d).map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    Ok(d)
+}
+
+fn def(
+    name: &str,
+    metric: &str,
+    operator: &str,
+    levels: (Option<f64>, Option<f64>),
+    recovery: Option<f64>,
+    for_secs: i64,
+) -> RuleDefinition {
+    RuleDefinition {
+        name: name.into(),
+        scope: RuleScope::Tenant,
+        scope_value: None,
+        metric: metric.into(),
+        subject: None,
+        operator: operator.into(),
+        warning: levels.0,
+        critical: levels.1,
+        recovery,
+        for_secs,
+        renotify_secs: 0,
+        enabled: true,
+    }
+}
+
+/// The rules a new tenant gets, by stable key: CPU 80 / 95 %, memory 85 / 95 %, disk
+/// 75 / 90 % per mount (each for 5 minutes, with recovery 5 points below warning), load
+/// per core 1.5 / 3 for 5 minutes, a watched service stopped (`service.up == 0`, for one
+/// minute), and the agent offline after three missed heartbeats (`heartbeat.absent >= 3`,
+/// honoured by the liveness processor).
+pub fn default_rules() -> Vec<(&'static str, RuleDefinition)> {
+    vec![
+        (
+            "cpu",
+            def(
+                "CPU high",
+                "cpu.percent",
+                ">",
+                (Some(80.0), Some(95.0)),
+                Some(75.0),
+                300,
+            ),
+        ),
+        (
+            "memory",
+            def(
+                "Memory high",
+                "memory.percent",
+                ">",
+                (Some(85.0), Some(95.0)),
+                Some(80.0),
+                300,
+            ),
+        ),
+        (
+            "disk",
+            def(
+                "Disk filling up",
+                "disk.percent",
+                ">",
+                (Some(75.0), Some(90.0)),
+                Some(70.0),
+                300,
+            ),
+        ),
+        (
+            "load",
+            def(
+                "Load per core high",
+                "load.per_core",
+                ">",
+                (Some(1.5), Some(3.0)),
+                Some(1.0),
+                300,
+            ),
+        ),
+        (
+            "service-stopped",
+            def(
+                "Watched service stopped",
+                "service.up",
+                "==",
+                (None, Some(0.0)),
+                None,
+                60,
+            ),
+        ),
+        (
+            "agent-offline",
+            def(
+                "Agent offline (3 missed heartbeats)",
+                HEARTBEAT_ABSENT,
+                ">=",
+                (None, Some(3.0)),
+                None,
+                0,
+            ),
+        ),
+    ]
+}
+
+/// Id of a tenant's default rule.
+pub fn default_rule_id(tenant_id: &str, key: &str) -> String {
+    ids::v5(&[tenant_id, "default-rule", key]).to_string()
+}
+
+async fn write_rules(log: &dyn EventLog, events: &[RuleEvent]) -> Result<(), ApiError> {
+    let mut records = Vec::with_capacity(events.len());
+    for ev in events {
+        records.push(ProduceRecord {
+            key: Some(ev.rule_id.as_bytes().to_vec()),
+            value: codec::encode(ev).map_err(ApiError::internal)?,
+            timestamp_ms: Some(ev.occurred_at.div_euclid(1000)),
+        });
+    }
+    log.produce(RuleEvent::TOPIC, records)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the rule was not written: {e}; retry"), 5))?;
+    Ok(())
+}
+
+fn rule_event(
+    rule_id: &str,
+    tenant_id: &str,
+    rule: Option<RuleDefinition>,
+    actor: &str,
+    now: i64,
+) -> RuleEvent {
+    RuleEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        rule_id: rule_id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        kind: if rule.is_some() {
+            RuleEventKind::Defined
+        } else {
+            RuleEventKind::Deleted
+        },
+        rule,
+        actor: Some(actor.to_owned()),
+        occurred_at: now,
+        ingested_at: now,
+    }
+}
+
+/// Writes a tenant's default rules; returns their ids.
+pub(crate) async fn write_default_rules(
+    log: &dyn EventLog,
+    tenant_id: &str,
+    actor: &str,
+) -> Result<Vec<String>, ApiError> {
+    let now = fleet_schemas::time::now_micros();
+    let events: Vec<RuleEvent> = default_rules()
+        .into_iter()
+        .map(|(key, d)| {
+            rule_event(
+                &default_rule_id(tenant_id, key),
+                tenant_id,
+                Some(d),
+                actor,
+                now,
+            )
+        })
+        .collect();
+    write_rules(log, &events).await?;
+    Ok(events.into_iter().map(|e| e.rule_id).collect())
+}
+
+/// The current rules (latest event per rule id; deleted ones absent).
+async fn current_rules(log: &dyn EventLog) -> Result<BTreeMap<String, RuleEvent>, ApiError> {
+    let mut rules = BTreeMap::new();
+    fleet_ops::log::read_to_end(log, topics::RULES, |r| {
+        match codec::decode::<RuleEvent>(&r.value) {
+            Ok(ev) => match ev.kind {
+                RuleEventKind::Defined if ev.rule.is_some() => {
+                    rules.insert(ev.rule_id.clone(), ev);
+                }
+                _ => {
+                    rules.remove(&ev.rule_id);
+                }
+            },
+            Err(e) => {
+                tracing::warn!(offset = r.offset, error = %e, "Undecodable rule event skipped.")
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(format!("rules could not be read: {e}"), 5))?;
+    Ok(rules)
+}
+
+async fn existing_rule(log: &dyn EventLog, rule_id: &str) -> Result<RuleEvent, ApiError> {
+    current_rules(log)
+        .await?
+        .remove(rule_id)
+        .ok_or_else(|| ApiError::not_found(format!("no rule {rule_id}")).with_field("rule_id"))
+}
+
+async fn known_tenant(s: &AdminState, tenant_id: &str) -> Result<(), ApiError> {
+    match s
+        .registry
+        .get_tenant(tenant_id)
+        .await
+        .map_err(store_error)?
+    {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("no tenant {tenant_id}")).with_field("tenant_id")),
+    }
+}
+
+fn view(ev: &RuleEvent) -> Option<RuleView> {
+    ev.rule.as_ref().map(|d| RuleView::new(ev, d))
+}
+
+pub(crate) async fn create_rule(
+    State(s): State<AdminState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
+        let d = definition(&b, true)?;
+        known_tenant(&s, &tenant_id).await?;
+        let rule_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+            Some(k) if !k.trim().is_empty() => ids::v5(&[&tenant_id, "rule", k.trim()]).to_string(),
+            _ => uuid::Uuid::now_v7().to_string(),
+        };
+        let ev = rule_event(
+            &rule_id,
+            &tenant_id,
+            Some(d),
+            &actor,
+            fleet_schemas::time::now_micros(),
+        );
+        write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+        tracing::info!(%rule_id, %tenant_id, %actor, "Rule created.");
+        view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
+    }
+    .await;
+    reply(StatusCode::CREATED, r)
+}
+
+pub(crate) async fn list_rules(
+    State(s): State<AdminState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        admin(&s, &headers)?;
+        let rules: Vec<RuleView> = current_rules(s.log.as_ref())
+            .await?
+            .values()
+            .filter(|ev| ev.tenant_id == tenant_id)
+            .filter_map(view)
+            .collect();
+        Ok(serde_json::json!({ "rules": rules }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+pub(crate) async fn write_defaults(
+    State(s): State<AdminState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        known_tenant(&s, &tenant_id).await?;
+        let ids = write_default_rules(s.log.as_ref(), &tenant_id, &actor).await?;
+        Ok(serde_json::json!({ "tenant_id": tenant_id, "default_rules": ids }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+pub(crate) async fn update_rule(
+    State(s): State<AdminState>,
+    Path(rule_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
+        let old = existing_rule(s.log.as_ref(), &rule_id).await?;
+        let enabled = old.rule.as_ref().is_none_or(|d| d.enabled);
+        let d = definition(&b, enabled)?;
+        let ev = rule_event(
+            &rule_id,
+            &old.tenant_id,
+            Some(d),
+            &actor,
+            fleet_schemas::time::now_micros(),
+        );
+        write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+        tracing::info!(%rule_id, %actor, "Rule updated.");
+        view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+async fn set_enabled(
+    s: &AdminState,
+    headers: &HeaderMap,
+    rule_id: &str,
+    enabled: bool,
+) -> Result<RuleView, ApiError> {
+    let actor = admin(s, headers)?;
+    let old = existing_rule(s.log.as_ref(), rule_id).await?;
+    let mut d = old
+        .rule
+        .clone()
+        .ok_or_else(|| ApiError::internal("a defined rule without definition"))?;
+    d.enabled = enabled;
+    let ev = rule_event(
+        rule_id,
+        &old.tenant_id,
+        Some(d),
+        &actor,
+        fleet_schemas::time::now_micros(),
+    );
+    write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+    tracing::info!(%rule_id, enabled, %actor, "Rule switched.");
+    view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
+}
+
+pub(crate) async fn disable_rule(
+    State(s): State<AdminState>,
+    Path(rule_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reply(
+        StatusCode::OK,
+        set_enabled(&s, &headers, &rule_id, false).await,
+    )
+}
+
+pub(crate) async fn enable_rule(
+    State(s): State<AdminState>,
+    Path(rule_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reply(
+        StatusCode::OK,
+        set_enabled(&s, &headers, &rule_id, true).await,
+    )
+}
+
+pub(crate) async fn delete_rule(
+    State(s): State<AdminState>,
+    Path(rule_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let actor = admin(&s, &headers)?;
+        let old = existing_rule(s.log.as_ref(), &rule_id).await?;
+        let ev = rule_event(
+            &rule_id,
+            &old.tenant_id,
+            None,
+            &actor,
+            fleet_schemas::time::now_micros(),
+        );
+        write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+        tracing::info!(%rule_id, %actor, "Rule deleted.");
+        Ok(serde_json::json!({ "rule_id": rule_id, "deleted": true }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+/// The latest state of an alert read from `fleet.alerts.v1`: its latest evaluator event
+/// (raise, escalation, re-notify) and whether it was acknowledged or resolved.
+async fn find_alert(
+    log: &dyn EventLog,
+    alert_id: &str,
+) -> Result<(AlertEvent, bool, bool), ApiError> {
+    let mut found: Option<AlertEvent> = None;
+    let (mut acknowledged, mut resolved) = (false, false);
+    fleet_ops::log::read_to_end(log, topics::ALERTS, |r| {
+        if let Ok(ev) = codec::decode::<AlertEvent>(&r.value) {
+            if ev.alert_id != alert_id {
+                return;
+            }
+            match ev.kind {
+                AlertEventKind::Raised => {
+                    if found.as_ref().is_none_or(|f| f.severity <= ev.severity) {
+                        found = Some(ev);
+                    }
+                }
+                AlertEventKind::Acknowledged => acknowledged = true,
+                AlertEventKind::Resolved => resolved = true,
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(format!("alerts could not be read: {e}"), 5))?;
+    let raised = found.ok_or_else(|| {
+        ApiError::not_found(format!("no alert {alert_id}")).with_field("alert_id")
+    })?;
+    Ok((raised, acknowledged, resolved))
+}
+
+async fn alert_action(
+    s: &AdminState,
+    headers: &HeaderMap,
+    alert_id: &str,
+    kind: AlertEventKind,
+) -> Result<serde_json::Value, ApiError> {
+    let actor = admin(s, headers)?;
+    let (raised, acknowledged, resolved) = find_alert(s.log.as_ref(), alert_id).await?;
+    if resolved {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "alert_resolved",
+            format!("alert {alert_id} is resolved already"),
+        )
+        .with_field("alert_id"));
+    }
+    if kind == AlertEventKind::Acknowledged && acknowledged {
+        return Ok(
+            serde_json::json!({ "alert_id": alert_id, "status": "acknowledged", "changed": false }),
+        );
+    }
+    let now = fleet_schemas::time::now_micros();
+    let verb = match kind {
+        AlertEventKind::Acknowledged => "acknowledged",
+        _ => "resolved",
+    };
+    let ev = AlertEvent {
+        event_id: ids::v5(&[alert_id, kind.as_str(), &actor]).to_string(),
+        kind,
+        message: format!("{}: {verb} by {actor}", raised.rule_name),
+        actor: Some(actor.clone()),
+        occurred_at: now,
+        ingested_at: now,
+        ..raised
+    };
+    let rec = ProduceRecord {
+        key: Some(ev.key().as_bytes().to_vec()),
+        value: codec::encode(&ev).map_err(ApiError::internal)?,
+        timestamp_ms: Some(now / 1000),
+    };
+    s.log
+        .produce(AlertEvent::TOPIC, vec![rec])
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!("the alert event was not written: {e}; retry"), 5)
+        })?;
+    tracing::info!(%alert_id, %actor, kind = kind.as_str(), "Alert handled by a user.");
+    Ok(serde_json::json!({ "alert_id": alert_id, "status": verb, "changed": true }))
+}
+
+pub(crate) async fn acknowledge_alert(
+    State(s): State<AdminState>,
+    Path(alert_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reply(
+        StatusCode::OK,
+        alert_action(&s, &headers, &alert_id, AlertEventKind::Acknowledged).await,
+    )
+}
+
+pub(crate) async fn resolve_alert(
+    State(s): State<AdminState>,
+    Path(alert_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reply(
+        StatusCode::OK,
+        alert_action(&s, &headers, &alert_id, AlertEventKind::Resolved).await,
+    )
+}

@@ -1,0 +1,351 @@
+//! The rules and alert-handling routes over a real SQLite registry and the embedded log:
+//! CRUD writes the right RuleEvents, bad fields are named, a new tenant gets the default
+//! rules, acknowledge / resolve write alert events with the actor.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use fleet_event_log::{EventLog, ProduceRecord};
+use fleet_projections::admin::{router, AdminState};
+use fleet_projections::rules_api::{default_rule_id, default_rules};
+use fleet_schemas::{
+    codec, fixtures, topics, AlertEvent, AlertEventKind, Record, RuleEvent, RuleEventKind,
+    RuleScope,
+};
+use fleet_stores::registry::Registry;
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+const KEY: &str = "fsk_test-admin-key";
+
+async fn env() -> (tempfile::TempDir, Arc<dyn EventLog>, Router) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = fleet_event_log::open(
+        dir.path().join("log").to_str().expect("utf-8"),
+        &Default::default(),
+    )
+    .await
+    .expect("log");
+    fleet_ops::log::ensure_topics(log.as_ref())
+        .await
+        .expect("topics");
+    let registry: Arc<dyn Registry> =
+        fleet_stores::open_sql(dir.path().join("rm.db").to_str().expect("utf-8"))
+            .await
+            .expect("sql");
+    let app = router(AdminState::new(
+        registry,
+        log.clone(),
+        KEY,
+        "http://gw.example:8080",
+    ));
+    (dir, log, app)
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {KEY}"));
+    let body = body
+        .map(|b| serde_json::to_vec(&b).expect("json"))
+        .unwrap_or_default();
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).expect("req"))
+        .await
+        .expect("resp");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn read<T: Record>(log: &dyn EventLog) -> Vec<T> {
+    let mut out = Vec::new();
+    fleet_ops::log::read_to_end(log, T::TOPIC, |r| {
+        out.push(codec::decode::<T>(&r.value).expect("decode"))
+    })
+    .await
+    .expect("read");
+    out
+}
+
+async fn tenant(app: &Router) -> (String, Value) {
+    let (s, t) = call(
+        app,
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"name": "Acme"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    (t["tenant_id"].as_str().expect("id").to_owned(), t)
+}
+
+#[tokio::test]
+async fn a_new_tenant_gets_the_default_rules() {
+    let (_d, log, app) = env().await;
+    let (tenant_id, t) = tenant(&app).await;
+    let rules: Vec<RuleEvent> = read(log.as_ref()).await;
+    assert_eq!(rules.len(), default_rules().len());
+    assert_eq!(
+        t["default_rules"].as_array().map(Vec::len),
+        Some(rules.len())
+    );
+    let by_metric = |m: &str| {
+        rules
+            .iter()
+            .find(|r| r.rule.as_ref().is_some_and(|d| d.metric == m))
+            .unwrap_or_else(|| panic!("no default rule on {m}"))
+    };
+    for ev in &rules {
+        assert_eq!(ev.kind, RuleEventKind::Defined);
+        assert_eq!(ev.tenant_id, tenant_id);
+        assert_eq!(ev.actor.as_deref(), Some("admin"));
+    }
+    let cpu = by_metric("cpu.percent").rule.clone().expect("rule");
+    assert_eq!(
+        (cpu.warning, cpu.critical, cpu.for_secs),
+        (Some(80.0), Some(95.0), 300)
+    );
+    let mem = by_metric("memory.percent").rule.clone().expect("rule");
+    assert_eq!((mem.warning, mem.critical), (Some(85.0), Some(95.0)));
+    let disk = by_metric("disk.percent").rule.clone().expect("rule");
+    assert_eq!(
+        (disk.warning, disk.critical, disk.subject),
+        (Some(75.0), Some(90.0), None)
+    );
+    let svc = by_metric("service.up").rule.clone().expect("rule");
+    assert_eq!((svc.operator.as_str(), svc.critical), ("==", Some(0.0)));
+    let hb = by_metric("heartbeat.absent").rule.clone().expect("rule");
+    assert_eq!((hb.operator.as_str(), hb.critical), (">=", Some(3.0)));
+    assert!(rules
+        .iter()
+        .any(|r| r.rule.as_ref().is_some_and(|d| d.metric == "load.per_core")));
+    assert_eq!(
+        by_metric("cpu.percent").rule_id,
+        default_rule_id(&tenant_id, "cpu"),
+        "stable ids"
+    );
+    // Listed; writing them again changes nothing visible.
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/tenants/{tenant_id}/rules/defaults"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, list) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/tenants/{tenant_id}/rules"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        list["rules"].as_array().map(Vec::len),
+        Some(default_rules().len())
+    );
+}
+
+#[tokio::test]
+async fn crud_writes_rule_events_and_bad_fields_are_named() {
+    let (_d, log, app) = env().await;
+    let (tenant_id, _) = tenant(&app).await;
+    let before = read::<RuleEvent>(log.as_ref()).await.len();
+    let uri = format!("/api/v1/tenants/{tenant_id}/rules");
+    let body = json!({
+        "name": "Queue deep", "metric": "custom.queue_depth", "operator": ">",
+        "warning": 100.0, "critical": 500.0, "recovery": 50.0, "for_secs": 120,
+        "renotify_secs": 3600, "scope": "agent", "scope_value": "agent-7"
+    });
+    let (s, created) = call(&app, "POST", &uri, Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let rule_id = created["rule_id"].as_str().expect("id").to_owned();
+    assert_eq!(created["enabled"], true);
+    let events: Vec<RuleEvent> = read(log.as_ref()).await;
+    let ev = events.last().expect("written");
+    assert_eq!(events.len(), before + 1);
+    assert_eq!(
+        (ev.kind, ev.rule_id.as_str()),
+        (RuleEventKind::Defined, rule_id.as_str())
+    );
+    let d = ev.rule.clone().expect("definition");
+    assert_eq!(d.scope, RuleScope::Agent);
+    assert_eq!(d.scope_value.as_deref(), Some("agent-7"));
+    assert_eq!(
+        (d.warning, d.critical, d.recovery),
+        (Some(100.0), Some(500.0), Some(50.0))
+    );
+    assert_eq!((d.for_secs, d.renotify_secs), (120, 3600));
+
+    // Bad fields: 400 naming each.
+    for (patch, field) in [
+        (json!({"metric": "cpu.nope"}), "metric"),
+        (json!({"operator": "=>"}), "operator"),
+        (json!({"critical": 50.0}), "critical"),
+        (json!({"recovery": 200.0}), "recovery"),
+        (json!({"scope": "planet"}), "scope"),
+        (json!({"scope": "tag", "scope_value": null}), "scope_value"),
+        (json!({"for_secs": -5}), "for_secs"),
+        (json!({"renotify_secs": 99_999_999}), "renotify_secs"),
+        (json!({"name": " "}), "name"),
+        (json!({"warning": "high"}), "warning"),
+        (json!({"subject": "/var"}), "subject"),
+        (json!({"colour": "red"}), "colour"),
+    ] {
+        let mut b = body.clone();
+        for (k, v) in patch.as_object().expect("object") {
+            b[k] = v.clone();
+        }
+        let (s, e) = call(&app, "POST", &uri, Some(b)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{field}: {e}");
+        let named = e["error"]["field"].as_str().unwrap_or_default();
+        assert!(named.contains(field), "expected field {field}, got {e}");
+    }
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/v1/tenants/nope/rules",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Update, disable, enable, delete.
+    let mut changed = body.clone();
+    changed["critical"] = json!(900.0);
+    let (s, u) = call(
+        &app,
+        "PUT",
+        &format!("/api/v1/rules/{rule_id}"),
+        Some(changed),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["critical"], 900.0);
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/rules/{rule_id}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/rules/{rule_id}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(e["enabled"], true);
+    assert_eq!(e["critical"], 900.0, "enable keeps the definition");
+    let (s, _) = call(&app, "DELETE", &format!("/api/v1/rules/{rule_id}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let events: Vec<RuleEvent> = read(log.as_ref()).await;
+    let mine: Vec<_> = events.iter().filter(|e| e.rule_id == rule_id).collect();
+    let steps: Vec<_> = mine
+        .iter()
+        .map(|e| (e.kind, e.rule.as_ref().map(|d| (d.enabled, d.critical))))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (RuleEventKind::Defined, Some((true, Some(500.0)))),
+            (RuleEventKind::Defined, Some((true, Some(900.0)))),
+            (RuleEventKind::Defined, Some((false, Some(900.0)))),
+            (RuleEventKind::Defined, Some((true, Some(900.0)))),
+            (RuleEventKind::Deleted, None),
+        ]
+    );
+    assert!(mine.iter().all(|e| e.tenant_id == tenant_id));
+    // Gone: 404 naming the rule, and not listed.
+    let (s, e) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/rules/{rule_id}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(e["error"]["field"], "rule_id");
+    let (_, list) = call(&app, "GET", &uri, None).await;
+    assert!(list["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .all(|r| r["rule_id"] != rule_id.as_str()));
+}
+
+#[tokio::test]
+async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
+    let (_d, log, app) = env().await;
+    let raised = fixtures::alert_raised("t1", "a1", 1_796_000_000_000_000);
+    log.produce(
+        topics::ALERTS,
+        vec![ProduceRecord::keyed(
+            raised.key().as_bytes().to_vec(),
+            codec::encode(&raised).expect("encode"),
+        )],
+    )
+    .await
+    .expect("produce");
+    let id = &raised.alert_id;
+    let (s, e) = call(&app, "POST", "/api/v1/alerts/nope/acknowledge", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(e["error"]["field"], "alert_id");
+    let (s, a) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/alerts/{id}/acknowledge"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert_eq!(a["status"], "acknowledged");
+    let (s, a) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/alerts/{id}/acknowledge"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, &a["changed"]),
+        (StatusCode::OK, &json!(false)),
+        "idempotent"
+    );
+    let (s, _) = call(&app, "POST", &format!("/api/v1/alerts/{id}/resolve"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = call(&app, "POST", &format!("/api/v1/alerts/{id}/resolve"), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    let events: Vec<AlertEvent> = read(log.as_ref()).await;
+    let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.actor.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (AlertEventKind::Raised, None),
+            (AlertEventKind::Acknowledged, Some("admin".to_owned())),
+            (AlertEventKind::Resolved, Some("admin".to_owned())),
+        ]
+    );
+    for ev in &events[1..] {
+        assert_eq!(ev.alert_id, raised.alert_id);
+        assert_eq!((ev.tenant_id.as_str(), ev.agent_id.as_str()), ("t1", "a1"));
+        assert_eq!(
+            (ev.rule_id.as_str(), ev.value, ev.threshold),
+            ("rule-cpu", 97.0, 90.0)
+        );
+    }
+}

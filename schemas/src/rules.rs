@@ -1,0 +1,239 @@
+//! Alert rules as written on `fleet.rules.v1`: what a valid [`RuleDefinition`] is. The API
+//! checks every rule before writing it, and the evaluator checks every rule it reads (the
+//! topic is a contract anyone may write to), with this one function.
+//!
+//! Semantics (the evaluator in `fleet-stream-processors` implements them):
+//!
+//! * A sample **breaches** a level when `value operator threshold` holds; critical wins
+//!   over warning.
+//! * The alert is **raised** once the breach held for `for_secs` of sample time (measured
+//!   from the first breaching sample; a non-breaching sample, or a gap in the samples
+//!   longer than the evaluator's replay margin, starts over).
+//! * It **resolves** once `value operator recovery` no longer holds (hysteresis), or, with
+//!   no recovery threshold, once no level is breached.
+//! * `heartbeat.absent` is not a sample metric: its value is the number of heartbeat
+//!   intervals missed in a row, and the liveness processor honours it (operator `>=`, the
+//!   critical threshold, usually 3, is the number of misses that makes an agent offline).
+
+use crate::records::{RuleDefinition, RuleScope};
+use crate::samples;
+
+/// Rule metric of agent liveness, honoured by the liveness processor: heartbeat intervals
+/// missed in a row.
+pub const HEARTBEAT_ABSENT: &str = "heartbeat.absent";
+
+/// Comparison operators a rule may use.
+pub const OPERATORS: &[&str] = &[">", ">=", "<", "<=", "==", "!="];
+
+/// Metrics whose samples have a subject (mount point, service name).
+pub const METRICS_WITH_SUBJECT: &[&str] = &["disk.percent", "disk.used_bytes", "service.up"];
+
+/// Longest `for_secs` and `renotify_secs` a rule may have (7 days).
+pub const MAX_SECS: i64 = 7 * 86_400;
+
+/// What is wrong with a rule, naming the field (API paths such as `critical`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RuleFieldError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> RuleFieldError {
+    RuleFieldError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Whether a rule may name `metric`: a sample metric or [`HEARTBEAT_ABSENT`].
+pub fn is_rule_metric(metric: &str) -> bool {
+    metric == HEARTBEAT_ABSENT || samples::is_known_metric(metric)
+}
+
+/// Whether `op` breaches "upwards" (`>`, `>=`): larger values are worse.
+fn upward(op: &str) -> Option<bool> {
+    match op {
+        ">" | ">=" => Some(true),
+        "<" | "<=" => Some(false),
+        _ => None,
+    }
+}
+
+/// Checks a rule definition; the first problem found names its field.
+pub fn check_definition(d: &RuleDefinition) -> Result<(), RuleFieldError> {
+    let name = d.name.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(bad(
+            "name",
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    match (d.scope, d.scope_value.as_deref().map(str::trim)) {
+        (RuleScope::Tenant, None) => {}
+        (RuleScope::Tenant, Some(_)) => {
+            return Err(bad("scope_value", "must be absent for scope tenant"))
+        }
+        (RuleScope::Agent | RuleScope::Tag, Some(v))
+            if !v.is_empty() && v.len() <= 200 && !v.chars().any(char::is_control) => {}
+        (RuleScope::Agent, _) => return Err(bad("scope_value", "scope agent needs the agent id")),
+        (RuleScope::Tag, _) => return Err(bad("scope_value", "scope tag needs the tag")),
+    }
+    if !is_rule_metric(&d.metric) {
+        return Err(bad(
+            "metric",
+            format!(
+                "unknown metric {:?}; known: {}, {HEARTBEAT_ABSENT} or custom.<name>",
+                d.metric,
+                samples::BUILTIN_METRICS.join(", ")
+            ),
+        ));
+    }
+    if let Some(s) = &d.subject {
+        if !METRICS_WITH_SUBJECT.contains(&d.metric.as_str()) {
+            return Err(bad(
+                "subject",
+                format!(
+                    "only {} have a subject (mount point or service)",
+                    METRICS_WITH_SUBJECT.join(", ")
+                ),
+            ));
+        }
+        if s.is_empty() || s.len() > 500 || s.chars().any(char::is_control) {
+            return Err(bad(
+                "subject",
+                "must be 1 to 500 characters without control characters",
+            ));
+        }
+    }
+    if !OPERATORS.contains(&d.operator.as_str()) {
+        return Err(bad(
+            "operator",
+            format!("must be one of {}", OPERATORS.join(" ")),
+        ));
+    }
+    if d.metric == HEARTBEAT_ABSENT && upward(&d.operator) != Some(true) {
+        return Err(bad(
+            "operator",
+            "heartbeat.absent counts missed heartbeats: use > or >=",
+        ));
+    }
+    for (field, v) in [
+        ("warning", d.warning),
+        ("critical", d.critical),
+        ("recovery", d.recovery),
+    ] {
+        if v.is_some_and(|v| !v.is_finite()) {
+            return Err(bad(field, "must be a finite number"));
+        }
+    }
+    let (warning, critical) = match (d.warning, d.critical) {
+        (None, None) => {
+            return Err(bad(
+                "critical",
+                "set a warning or a critical threshold (or both)",
+            ))
+        }
+        other => other,
+    };
+    let up = upward(&d.operator);
+    if let (Some(w), Some(c), Some(up)) = (warning, critical, up) {
+        if (up && c < w) || (!up && c > w) {
+            return Err(bad(
+                "critical",
+                format!(
+                    "with operator {} the critical threshold must be {} the warning threshold",
+                    d.operator,
+                    if up { "at or above" } else { "at or below" }
+                ),
+            ));
+        }
+    }
+    if let Some(r) = d.recovery {
+        let Some(up) = up else {
+            return Err(bad(
+                "recovery",
+                "a recovery threshold needs one of > >= < <=",
+            ));
+        };
+        // The least severe level set: the recovery threshold lies on its safe side.
+        let first = warning.or(critical).unwrap_or(r);
+        if (up && r > first) || (!up && r < first) {
+            return Err(bad(
+                "recovery",
+                format!(
+                    "must be {} the lowest threshold ({first}) so an alert can resolve",
+                    if up { "at or below" } else { "at or above" }
+                ),
+            ));
+        }
+    }
+    if !(0..=MAX_SECS).contains(&d.for_secs) {
+        return Err(bad("for_secs", format!("must be 0 to {MAX_SECS} seconds")));
+    }
+    if !(0..=MAX_SECS).contains(&d.renotify_secs) {
+        return Err(bad(
+            "renotify_secs",
+            format!("must be 0 (never) to {MAX_SECS} seconds"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn field(d: &RuleDefinition) -> Option<&'static str> {
+        check_definition(d).err().map(|e| e.field)
+    }
+
+    #[test]
+    fn checks_name_their_field() {
+        let ok = fixtures::rule_definition();
+        assert_eq!(field(&ok), None);
+        let mut d = ok.clone();
+        d.metric = "cpu.nope".into();
+        assert_eq!(field(&d), Some("metric"));
+        let mut d = ok.clone();
+        d.operator = "=>".into();
+        assert_eq!(field(&d), Some("operator"));
+        let mut d = ok.clone();
+        d.warning = None;
+        d.critical = None;
+        assert_eq!(field(&d), Some("critical"));
+        let mut d = ok.clone();
+        d.critical = Some(10.0);
+        assert_eq!(field(&d), Some("critical"), "critical below warning");
+        let mut d = ok.clone();
+        d.recovery = Some(99.0);
+        assert_eq!(field(&d), Some("recovery"), "recovery above warning");
+        let mut d = ok.clone();
+        d.warning = Some(f64::NAN);
+        assert_eq!(field(&d), Some("warning"));
+        let mut d = ok.clone();
+        d.scope = RuleScope::Agent;
+        assert_eq!(field(&d), Some("scope_value"));
+        let mut d = ok.clone();
+        d.subject = Some("/".into());
+        assert_eq!(field(&d), Some("subject"), "cpu has no subject");
+        let mut d = ok.clone();
+        d.for_secs = -1;
+        assert_eq!(field(&d), Some("for_secs"));
+        let mut d = ok.clone();
+        d.renotify_secs = MAX_SECS + 1;
+        assert_eq!(field(&d), Some("renotify_secs"));
+        let mut d = ok;
+        d.metric = HEARTBEAT_ABSENT.into();
+        d.operator = "<".into();
+        d.recovery = None;
+        d.warning = None;
+        d.critical = Some(3.0);
+        assert_eq!(field(&d), Some("operator"));
+        d.operator = ">=".into();
+        assert_eq!(field(&d), None);
+    }
+}

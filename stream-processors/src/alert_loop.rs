@@ -1,0 +1,415 @@
+//! The alert evaluator's loop: the I/O around the pure [`Evaluator`].
+//!
+//! * A **control** consumer (a throw-away group that never commits) reads
+//!   `fleet.rules.v1` and `fleet.alerts.v1` from the start and then follows both: rule
+//!   changes apply without a restart; alert events written by others (other instances,
+//!   users acknowledging or resolving) update the open alerts. Events this instance wrote
+//!   are recognised by event id and skipped (its state already has them).
+//! * The **metrics** consumer runs in group `group`. Whenever this member takes a
+//!   partition (at start, and on every rebalance) it first catches the control consumer
+//!   up to the end of both topics, drops the running for-durations of that partition's
+//!   agents, and seeks back by time: to the first offset at (now − longest for-duration −
+//!   `rules-replay-margin-secs`), or the committed offset if that is earlier. The replayed
+//!   reports rebuild the for-durations; the high-water marks from the alert events make
+//!   them emit nothing twice. Records of a partition polled before its seek are dropped
+//!   (they come again), and offsets below the committed one are never committed back.
+//! * Alert events are written (retrying until written) before the input offsets are
+//!   committed.
+//!
+//! A downtime longer than the window loses the running for-durations from before it: a
+//! breach then raises later than it would have (never twice).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_event_log::{
+    ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord, StartFrom,
+};
+use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
+use fleet_schemas::{codec, topics, AlertEvent, MetricReport, Record, RuleEvent};
+
+use crate::rules::{self, Evaluator};
+use crate::{metrics, ProcessorsConfig, Readiness};
+
+/// The control consumer: rules and alerts, from the start, never committed.
+struct Control {
+    consumer: Box<dyn Consumer>,
+    /// Event ids this instance wrote that the control consumer has not read back yet.
+    in_flight: HashSet<String>,
+    /// Whether a rule changed since the last look.
+    rules_changed: bool,
+    /// Next offset per (topic, partition) read so far.
+    positions: HashMap<(Arc<str>, u32), i64>,
+}
+
+impl Control {
+    async fn open(log: &dyn EventLog) -> anyhow::Result<Control> {
+        let group = format!("fleet-alert-control-{}", uuid::Uuid::new_v4());
+        let consumer = log
+            .subscribe(
+                &group,
+                &[topics::RULES, topics::ALERTS],
+                ConsumerOptions {
+                    start: StartFrom::Earliest,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Control {
+            consumer,
+            in_flight: HashSet::new(),
+            rules_changed: false,
+            positions: HashMap::new(),
+        })
+    }
+
+    fn apply(&mut self, evaluator: &mut Evaluator, r: &ConsumedRecord) {
+        let pos = self
+            .positions
+            .entry((Arc::clone(&r.topic), r.partition))
+            .or_insert(0);
+        *pos = (*pos).max(r.offset + 1);
+        if &*r.topic == topics::RULES {
+            match codec::decode::<RuleEvent>(&r.value) {
+                Ok(ev) => match evaluator.apply_rule_event(&ev) {
+                    Ok(()) => {
+                        self.rules_changed = true;
+                        tracing::info!(rule_id = %ev.rule_id, kind = ev.kind.as_str(), "Rule applied.");
+                    }
+                    Err(e) => {
+                        ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => RuleEvent::TOPIC).increment(1);
+                        tracing::warn!(rule_id = %ev.rule_id, offset = r.offset, error = %e, "Invalid rule skipped.");
+                    }
+                },
+                Err(e) => {
+                    ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => RuleEvent::TOPIC).increment(1);
+                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable rule event skipped.");
+                }
+            }
+        } else {
+            match codec::decode::<AlertEvent>(&r.value) {
+                Ok(ev) => {
+                    if !self.in_flight.remove(&ev.event_id) {
+                        evaluator.observe(&ev);
+                    }
+                }
+                Err(e) => {
+                    ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => AlertEvent::TOPIC).increment(1);
+                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable alert skipped.");
+                }
+            }
+        }
+    }
+
+    /// Applies whatever is there now, without waiting.
+    async fn drain(&mut self, evaluator: &mut Evaluator) {
+        loop {
+            match self.consumer.poll(1000, Duration::ZERO).await {
+                Ok(batch) if batch.is_empty() => return,
+                Ok(batch) => batch.iter().for_each(|r| self.apply(evaluator, r)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Reading rules and alerts failed; retrying later.");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads both topics up to their end offsets taken now.
+    async fn catch_up(
+        &mut self,
+        log: &dyn EventLog,
+        evaluator: &mut Evaluator,
+    ) -> anyhow::Result<u64> {
+        let mut ends: BTreeMap<(&str, u32), i64> = BTreeMap::new();
+        for topic in [topics::RULES, topics::ALERTS] {
+            for (p, end) in (0u32..).zip(log.end_offsets(topic).await?) {
+                ends.insert((topic, p), end);
+            }
+        }
+        let behind = |positions: &HashMap<(Arc<str>, u32), i64>| {
+            ends.iter().any(|((t, p), end)| {
+                *end > 0 && positions.get(&(Arc::from(*t), *p)).copied().unwrap_or(0) < *end
+            })
+        };
+        let mut seen = 0u64;
+        let mut idle = 0u32;
+        while behind(&self.positions) {
+            let batch = self.consumer.poll(1000, Duration::from_millis(500)).await?;
+            if batch.is_empty() {
+                idle += 1;
+                // Offsets can have gaps (compaction, control records).
+                if idle >= 40 {
+                    tracing::warn!(
+                        "Stopped catching up with rules and alerts: nothing more arrived."
+                    );
+                    break;
+                }
+                continue;
+            }
+            idle = 0;
+            for r in &batch {
+                self.apply(evaluator, r);
+                seen += 1;
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// The partitions of the metrics topic this member holds and has primed (sought back).
+#[derive(Debug, Default)]
+struct Held {
+    /// Partition → committed offset at the time it was taken (never committed below).
+    primed: BTreeMap<u32, Option<i64>>,
+}
+
+fn metric_partitions(consumer: &dyn Consumer) -> Vec<u32> {
+    let mut v: Vec<u32> = consumer
+        .assignment()
+        .into_iter()
+        .filter(|(t, _)| t == topics::METRICS)
+        .map(|(_, p)| p)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Runs the alert evaluator until `shutdown` resolves (see the module docs).
+pub(crate) async fn run(
+    log: Arc<dyn EventLog>,
+    config: ProcessorsConfig,
+    ready: Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    rules::validate_rules(&config.rules)?;
+    ensure_topics(log.as_ref()).await?;
+    let margin_micros = i64::try_from(config.rules_replay_margin_secs)
+        .unwrap_or(i64::MAX / 2_000_000)
+        .saturating_mul(1_000_000);
+    let mut evaluator = Evaluator::new(config.rules.clone()).with_max_gap(margin_micros);
+    let mut control = Control::open(log.as_ref()).await?;
+    let rebuilt = control.catch_up(log.as_ref(), &mut evaluator).await?;
+    tracing::info!(
+        records = rebuilt,
+        open = evaluator.open_alerts(),
+        rules = evaluator.active_rules().len(),
+        "Rules and alert state rebuilt."
+    );
+    ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
+    let partitions = log.partition_count(topics::METRICS).await?;
+    let options = ConsumerOptions {
+        start: StartFrom::Earliest,
+        session_timeout: Duration::from_millis(config.session_timeout_ms),
+    };
+    let mut consumer = log
+        .subscribe(&config.group, &[topics::METRICS], options)
+        .await?;
+    let mut held = Held::default();
+    let mut lag = LagGauge::new(&config.group, Duration::from_secs(5));
+    let mut loop_ = Loop {
+        log: log.as_ref(),
+        group: &config.group,
+        partitions,
+        margin_micros,
+    };
+    let pending = loop_
+        .reassign(consumer.as_mut(), &mut control, &mut evaluator, &mut held)
+        .await?;
+    loop_.write(&mut control, pending).await;
+    ready.set(true);
+    tracing::info!(group = %config.group, static_rules = config.rules.len(), rules = evaluator.active_rules().len(), "Alert evaluator running.");
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut shutdown => break,
+            b = consumer.poll(config.batch_size, Duration::from_millis(500)) => b,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "Poll failed; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        // Rule changes and others' alert events first.
+        control.drain(&mut evaluator).await;
+        let mut events = Vec::new();
+        if metric_partitions(consumer.as_ref()) != held.primed.keys().copied().collect::<Vec<_>>() {
+            events.extend(
+                loop_
+                    .reassign(consumer.as_mut(), &mut control, &mut evaluator, &mut held)
+                    .await?,
+            );
+        }
+        if std::mem::take(&mut control.rules_changed) {
+            let owned = loop_.owned(&held);
+            events.extend(evaluator.resolve_retired(fleet_schemas::time::now_micros(), owned));
+        }
+        // Records of partitions not primed (polled before their seek) come again.
+        batch.retain(|r| held.primed.contains_key(&r.partition));
+        if batch.is_empty() && events.is_empty() {
+            lag.refresh(log.as_ref()).await;
+            continue;
+        }
+        {
+            let span = tracing::info_span!("evaluate_batch", records = batch.len());
+            let _g = span.enter();
+            events.extend(evaluate_batch(&mut evaluator, &batch));
+        }
+        loop_.write(&mut control, events).await;
+        let commits: Vec<_> = next_offsets(&batch)
+            .into_iter()
+            .filter(|c| {
+                held.primed
+                    .get(&c.partition)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|committed| c.next_offset > committed)
+            })
+            .collect();
+        if !commits.is_empty() {
+            if let Err(e) = consumer.commit(&commits).await {
+                tracing::warn!(error = %e, "Commit failed; records will be evaluated again (no duplicate alerts).");
+            }
+        }
+        ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
+        lag.observe(&batch);
+        lag.refresh(log.as_ref()).await;
+        ::metrics::histogram!(metrics::BATCH_SECONDS, "processor" => "alerts")
+            .record(started.elapsed().as_secs_f64());
+    }
+    ready.set(false);
+    tracing::info!("Alert evaluator stopped.");
+    Ok(())
+}
+
+struct Loop<'a> {
+    log: &'a dyn EventLog,
+    group: &'a str,
+    partitions: u32,
+    margin_micros: i64,
+}
+
+impl Loop<'_> {
+    /// Whether an agent's reports are on a partition this member primed.
+    fn owned<'h>(&self, held: &'h Held) -> impl FnMut(&str) -> bool + 'h {
+        let n = self.partitions;
+        move |agent: &str| {
+            held.primed
+                .contains_key(&fleet_event_log::partition_for_key(agent.as_bytes(), n))
+        }
+    }
+
+    /// Takes the current assignment: forgets lost partitions, primes new ones (catch up
+    /// with the control topics, drop their running durations, seek back by time).
+    /// Returns the resolves of retired rules' alerts on the partitions now held.
+    async fn reassign(
+        &mut self,
+        consumer: &mut dyn Consumer,
+        control: &mut Control,
+        evaluator: &mut Evaluator,
+        held: &mut Held,
+    ) -> anyhow::Result<Vec<AlertEvent>> {
+        let now = metric_partitions(consumer);
+        let lost: Vec<u32> = held
+            .primed
+            .keys()
+            .copied()
+            .filter(|p| !now.contains(p))
+            .collect();
+        let new: Vec<u32> = now
+            .iter()
+            .copied()
+            .filter(|p| !held.primed.contains_key(p))
+            .collect();
+        let n = self.partitions;
+        let of = move |agent: &str| fleet_event_log::partition_for_key(agent.as_bytes(), n);
+        if !lost.is_empty() {
+            evaluator.forget_pending(|a| lost.contains(&of(a)));
+            for p in &lost {
+                held.primed.remove(p);
+            }
+            tracing::info!(?lost, "Partitions given up.");
+        }
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Alert events of the previous owner are written before its commits: read them.
+        control.catch_up(self.log, evaluator).await?;
+        evaluator.forget_pending(|a| new.contains(&of(a)));
+        let window = evaluator
+            .longest_for_micros()
+            .saturating_add(self.margin_micros);
+        let since_ms = (fleet_schemas::time::now_micros() - window).div_euclid(1000);
+        let by_time = self.log.offsets_for_time(topics::METRICS, since_ms).await?;
+        let first = self.log.offsets_for_time(topics::METRICS, 0).await?;
+        let committed = self
+            .log
+            .committed_offsets(self.group, topics::METRICS)
+            .await?;
+        for &p in &new {
+            let i = p as usize;
+            let c = committed.get(i).copied().flatten();
+            let start = match c {
+                Some(c) => c.min(by_time.get(i).copied().unwrap_or(c)),
+                None => first.get(i).copied().unwrap_or(0),
+            };
+            consumer.seek(topics::METRICS, p, start).await?;
+            held.primed.insert(p, c);
+            tracing::info!(partition = p, from = start, committed = ?c, "Partition taken; replaying its window.");
+        }
+        control.rules_changed = false;
+        Ok(evaluator.resolve_retired(fleet_schemas::time::now_micros(), self.owned(held)))
+    }
+
+    /// Writes alert events (retrying until written) and remembers their ids so the
+    /// control consumer skips them when it reads them back.
+    async fn write(&self, control: &mut Control, events: Vec<AlertEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let records: Vec<ProduceRecord> = events
+            .iter()
+            .filter_map(|ev| match codec::encode(ev) {
+                Ok(v) => Some(ProduceRecord {
+                    key: Some(ev.key().as_bytes().to_vec()),
+                    value: v,
+                    timestamp_ms: Some(ev.occurred_at.div_euclid(1000)),
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "Alert event could not be encoded.");
+                    None
+                }
+            })
+            .collect();
+        for ev in &events {
+            control.in_flight.insert(ev.event_id.clone());
+        }
+        produce_until_written(self.log, topics::ALERTS, records).await;
+        for ev in &events {
+            ::metrics::counter!(metrics::ALERTS_EMITTED, "kind" => ev.kind.as_str()).increment(1);
+            tracing::info!(alert_id = %ev.alert_id, agent_id = %ev.agent_id, rule_id = %ev.rule_id, kind = ev.kind.as_str(), severity = ev.severity.as_str(), value = ev.value, "Alert event.");
+        }
+    }
+}
+
+fn evaluate_batch(evaluator: &mut Evaluator, batch: &[ConsumedRecord]) -> Vec<AlertEvent> {
+    let now = fleet_schemas::time::now_micros();
+    let mut out = Vec::new();
+    for r in batch {
+        ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => MetricReport::TOPIC).increment(1);
+        match codec::decode::<MetricReport>(&r.value) {
+            Ok(report) => out.extend(evaluator.evaluate(&report, now)),
+            Err(e) => {
+                ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => MetricReport::TOPIC)
+                    .increment(1);
+                tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable metric report skipped.");
+            }
+        }
+    }
+    out
+}
