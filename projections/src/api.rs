@@ -6,6 +6,10 @@
 //! | `GET /api/v1/agents/{id}` | one agent, its latest report, its series and open alerts |
 //! | `GET /api/v1/agents/{id}/metrics?metric=&start=&end=&interval=` | history in buckets |
 //! | `GET /api/v1/alerts?tenant=&agent_id=&status=&limit=` | alerts, newest first |
+//! | `GET /api/v1/agents/{id}/commands?tenant=&limit=&after=` | an agent's commands, newest first; `after` is the last command id of the previous page |
+//! | `GET /api/v1/commands/{command_id}?tenant=` | one command with its audit trail |
+//! | `GET /api/v1/agents/{id}/software?tenant=&name=` | the newest software inventory; `name` keeps packages whose name contains it |
+//! | `GET /api/v1/tickets?tenant=&status=&limit=` | tickets, newest first |
 //!
 //! Times are RFC 3339 (`2026-11-23T10:00:00Z`) or a duration before now (`15m`, `24h`);
 //! `interval` is a duration (`10s`, `5m`). `metric` may repeat or be comma-separated.
@@ -28,6 +32,10 @@ use serde::Serialize;
 use tower_http::trace::TraceLayer;
 
 use crate::metrics;
+
+mod commands_software_tickets;
+
+pub use commands_software_tickets::{CommandList, TicketList};
 
 /// State of the query API.
 #[derive(Debug, Clone)]
@@ -53,6 +61,22 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/agents/{agent_id}", get(get_agent))
         .route("/api/v1/agents/{agent_id}/metrics", get(agent_metrics))
         .route("/api/v1/alerts", get(list_alerts))
+        .route(
+            "/api/v1/agents/{agent_id}/commands",
+            get(commands_software_tickets::agent_commands),
+        )
+        .route(
+            "/api/v1/commands/{command_id}",
+            get(commands_software_tickets::get_command),
+        )
+        .route(
+            "/api/v1/agents/{agent_id}/software",
+            get(commands_software_tickets::agent_software),
+        )
+        .route(
+            "/api/v1/tickets",
+            get(commands_software_tickets::list_tickets),
+        )
         .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
         .with_state(state)
 }

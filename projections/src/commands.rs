@@ -141,29 +141,18 @@ pub(crate) async fn request_command(
         };
         let now = fleet_schemas::time::now_micros();
         let ev = CommandEvent {
-            event_id: ids::v5(&[&command_id, "REQUESTED", "0"]).to_string(),
-            command_id: command_id.clone(),
-            tenant_id: cred.tenant_id.clone(),
-            agent_id: agent_id.clone(),
-            kind: CommandEventKind::Requested,
             command_type: req.command_type.clone(),
             args: req.args.clone().into_iter().collect::<HashMap<_, _>>(),
             requires_approval: req.requires_approval,
             timeout_secs: i64::try_from(timeout).unwrap_or(i64::MAX),
             actor: Some(actor.clone()),
-            sequence: 0,
-            stream: None,
-            chunk: None,
-            status: None,
-            exit_code: None,
-            stdout: None,
-            stderr: None,
-            output_truncated: false,
-            message: None,
-            started_at: None,
-            finished_at: None,
-            occurred_at: now,
-            ingested_at: now,
+            ..CommandEvent::step(
+                CommandEventKind::Requested,
+                &command_id,
+                &cred.tenant_id,
+                &agent_id,
+                now,
+            )
         };
         let value = codec::encode(&ev).map_err(ApiError::internal)?;
         let rec = ProduceRecord {

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
 use fleet_ops::log::{ensure_topics, next_offsets, LagGauge};
 use fleet_schemas::samples::samples;
-use fleet_schemas::{codec, topics, AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
+use fleet_schemas::{
+    codec, topics, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
+    SoftwareInventory, TicketEvent,
+};
 use fleet_stores::{Change, Point, ReadModel, StoreError, StoredOffset, TimeSeriesStore};
 
 use crate::metrics;
@@ -44,6 +47,11 @@ pub fn to_change(r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
         topics::METRICS => Change::Report(Box::new(codec::decode::<MetricReport>(&r.value)?)),
         topics::HEARTBEATS => Change::Heartbeat(codec::decode::<Heartbeat>(&r.value)?),
         topics::AGENTS => Change::Lifecycle(codec::decode::<AgentLifecycle>(&r.value)?),
+        topics::COMMANDS => Change::Command(Box::new(codec::decode::<CommandEvent>(&r.value)?)),
+        topics::INVENTORY => {
+            Change::Inventory(Box::new(codec::decode::<SoftwareInventory>(&r.value)?))
+        }
+        topics::TICKETS => Change::Ticket(Box::new(codec::decode::<TicketEvent>(&r.value)?)),
         _ => Change::Alert(codec::decode::<AlertEvent>(&r.value)?),
     })
 }
@@ -71,6 +79,9 @@ pub async fn run_read_model(
             topics::HEARTBEATS,
             topics::ALERTS,
             topics::AGENTS,
+            topics::COMMANDS,
+            topics::INVENTORY,
+            topics::TICKETS,
         ],
         &config,
     )

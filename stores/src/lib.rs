@@ -1,6 +1,7 @@
 //! The store seams used by projections, the query API and the gateway.
 //!
-//! * [`ReadModel`]: tenants' agents with their latest metrics, and alerts. One SQL
+//! * [`ReadModel`]: tenants' agents with their latest metrics, alerts, remote commands
+//!   with their audit trail, installed software and tickets. One SQL
 //!   implementation serves `postgres://` and the embedded SQLite (`sqlite://` or a path),
 //!   with one set of migrations. Consumed offsets are written in the same transaction
 //!   as the rows they produced.
@@ -15,7 +16,10 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use fleet_schemas::{AgentLifecycle, AlertEvent, Heartbeat, MetricReport};
+pub use fleet_schemas::{
+    AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport, SoftwareInventory,
+    TicketEvent,
+};
 
 pub mod read_model;
 pub mod registry;
@@ -63,6 +67,12 @@ pub enum Change {
     Alert(AlertEvent),
     /// Agent lifecycle: enrollment facts and deactivation.
     Lifecycle(AgentLifecycle),
+    /// Remote-command lifecycle: the command's state, and (but for PROGRESS) its audit trail.
+    Command(Box<CommandEvent>),
+    /// An agent's installed software (replaces the stored list only if newer).
+    Inventory(Box<SoftwareInventory>),
+    /// Ticket requested or updated.
+    Ticket(Box<TicketEvent>),
 }
 
 /// The next offset a projection consumes on one partition.
@@ -218,6 +228,274 @@ pub struct AlertQuery {
     pub limit: Option<u32>,
 }
 
+/// Status of a remote command in the read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Requested, needs no approval, not yet handed to the agent.
+    Requested,
+    /// Requested, waiting for a second user's approval.
+    AwaitingApproval,
+    /// Approved, not yet handed to the agent.
+    Approved,
+    /// Handed to the agent.
+    Dispatched,
+    /// The agent reported progress.
+    Running,
+    /// Finished with success.
+    Succeeded,
+    /// Finished with a failure (or failed to start).
+    Failed,
+    /// No result in time (the command-timeouts processor, or the agent's own timeout).
+    TimedOut,
+    /// The agent refused it (not on its allow-list).
+    Refused,
+}
+
+impl CommandStatus {
+    /// Name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Requested => "requested",
+            CommandStatus::AwaitingApproval => "awaiting_approval",
+            CommandStatus::Approved => "approved",
+            CommandStatus::Dispatched => "dispatched",
+            CommandStatus::Running => "running",
+            CommandStatus::Succeeded => "succeeded",
+            CommandStatus::Failed => "failed",
+            CommandStatus::TimedOut => "timed_out",
+            CommandStatus::Refused => "refused",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<CommandStatus> {
+        Some(match s {
+            "requested" => CommandStatus::Requested,
+            "awaiting_approval" => CommandStatus::AwaitingApproval,
+            "approved" => CommandStatus::Approved,
+            "dispatched" => CommandStatus::Dispatched,
+            "running" => CommandStatus::Running,
+            "succeeded" => CommandStatus::Succeeded,
+            "failed" => CommandStatus::Failed,
+            "timed_out" => CommandStatus::TimedOut,
+            "refused" => CommandStatus::Refused,
+            _ => return None,
+        })
+    }
+
+    /// Whether the command has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CommandStatus::Succeeded
+                | CommandStatus::Failed
+                | CommandStatus::TimedOut
+                | CommandStatus::Refused
+        )
+    }
+}
+
+/// A remote command as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRow {
+    /// Command id.
+    pub command_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent that runs it.
+    pub agent_id: String,
+    /// Command type (empty while only events without it were seen).
+    pub command_type: String,
+    /// Arguments.
+    pub args: std::collections::BTreeMap<String, String>,
+    /// Whether a second user must approve it.
+    pub requires_approval: bool,
+    /// Timeout on the agent, seconds.
+    pub timeout_secs: i64,
+    /// Where it is in its lifecycle.
+    pub status: CommandStatus,
+    /// Who requested it.
+    pub requested_by: Option<String>,
+    /// When it was requested (µs).
+    pub requested_at: Option<i64>,
+    /// Who approved it.
+    pub approved_by: Option<String>,
+    /// When it was approved (µs).
+    pub approved_at: Option<i64>,
+    /// When a gateway first handed it to the agent (µs).
+    pub dispatched_at: Option<i64>,
+    /// When the agent started it (µs).
+    pub started_at: Option<i64>,
+    /// When it ended (µs).
+    pub finished_at: Option<i64>,
+    /// Exit code, if the process ran to an exit.
+    pub exit_code: Option<i64>,
+    /// Captured stdout (bounded).
+    pub stdout: Option<String>,
+    /// Captured stderr (bounded).
+    pub stderr: Option<String>,
+    /// Whether stdout or stderr were cut at the bound.
+    pub output_truncated: bool,
+    /// Why it was refused, failed to start or timed out.
+    pub message: Option<String>,
+    /// Time of its latest event (µs).
+    pub updated_at: i64,
+}
+
+/// One entry of a command's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandAuditRow {
+    /// Event id.
+    pub event_id: String,
+    /// `requested`, `approved`, `dispatched`, `completed` or `timed_out`.
+    pub kind: String,
+    /// Who requested or approved it, or which gateway dispatched it.
+    pub actor: Option<String>,
+    /// COMPLETED: the result status; TIMED_OUT: the message.
+    pub detail: Option<String>,
+    /// When it happened (µs).
+    pub at: i64,
+}
+
+/// A command with its audit trail, oldest entry first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandDetail {
+    /// The command.
+    #[serde(flatten)]
+    pub command: CommandRow,
+    /// Who requested, approved, dispatched; how it ended.
+    pub audit: Vec<CommandAuditRow>,
+}
+
+/// Filters of an agent's command history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandQuery {
+    /// Only this tenant.
+    pub tenant_id: Option<String>,
+    /// The agent.
+    pub agent_id: String,
+    /// Page size (at most 1000; default 100).
+    pub limit: Option<u32>,
+    /// Commands older than this command id (paging, newest first). Fails with
+    /// [`StoreError::InvalidQuery`] when no such command of the agent is stored.
+    pub after: Option<String>,
+}
+
+/// One installed package as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftwareRow {
+    /// Package name.
+    pub name: String,
+    /// Installed version.
+    pub version: String,
+    /// Architecture, where the package manager says.
+    pub arch: Option<String>,
+}
+
+/// An agent's newest software inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSoftware {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// `dpkg`, `rpm` or `none`.
+    pub source: String,
+    /// SHA-256 (hex) of the sorted package list.
+    pub digest: String,
+    /// Collection time on the agent (µs).
+    pub collected_at: i64,
+    /// Packages in the inventory (before the name filter).
+    pub package_count: i64,
+    /// Packages matching the filter, by name then architecture.
+    pub packages: Vec<SoftwareRow>,
+}
+
+/// Filters of an agent's software.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SoftwareQuery {
+    /// Only this tenant.
+    pub tenant_id: Option<String>,
+    /// The agent.
+    pub agent_id: String,
+    /// Only packages whose name contains this (case-insensitive for ASCII).
+    pub name: Option<String>,
+}
+
+/// Status of a ticket in the read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketStatus {
+    /// Open.
+    Open,
+    /// The alert behind it was acknowledged.
+    Acknowledged,
+    /// The alert behind it was resolved.
+    Resolved,
+}
+
+impl TicketStatus {
+    /// Name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketStatus::Open => "open",
+            TicketStatus::Acknowledged => "acknowledged",
+            TicketStatus::Resolved => "resolved",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<TicketStatus> {
+        match s {
+            "open" => Some(TicketStatus::Open),
+            "acknowledged" => Some(TicketStatus::Acknowledged),
+            "resolved" => Some(TicketStatus::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// A ticket as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketRow {
+    /// Ticket id (derived from the alert id).
+    pub ticket_id: String,
+    /// The alert behind it.
+    pub alert_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Lifecycle status.
+    pub status: TicketStatus,
+    /// `P1` (critical) to `P4`.
+    pub priority: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// One line.
+    pub title: String,
+    /// The incident in words.
+    pub description: String,
+    /// Location of the agent, if known.
+    pub location_id: Option<String>,
+    /// Time of its first event (µs).
+    pub created_at: i64,
+    /// Time of its latest event (µs).
+    pub updated_at: i64,
+}
+
+/// Filters of the ticket list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketQuery {
+    /// Only this tenant.
+    pub tenant_id: Option<String>,
+    /// Only tickets in this status.
+    pub status: Option<TicketStatus>,
+    /// Page size (at most 1000; default 100).
+    pub limit: Option<u32>,
+}
+
 /// The read model.
 #[async_trait]
 pub trait ReadModel: Send + Sync + Debug {
@@ -244,6 +522,22 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// Alerts, newest raise first.
     async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertRow>>;
+
+    /// An agent's commands, newest first (by the time of their first event).
+    async fn list_commands(&self, query: &CommandQuery) -> Result<Vec<CommandRow>>;
+
+    /// One command with its audit trail; `tenant_id` restricts the lookup to a tenant.
+    async fn get_command(
+        &self,
+        tenant_id: Option<&str>,
+        command_id: &str,
+    ) -> Result<Option<CommandDetail>>;
+
+    /// An agent's newest software inventory (`None`: none stored, or another tenant's).
+    async fn agent_software(&self, query: &SoftwareQuery) -> Result<Option<AgentSoftware>>;
+
+    /// Tickets, newest first (by creation).
+    async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>>;
 }
 
 // ----------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@
 //!   open), so a raise replayed after the resolve does not reopen. The raise fields come from
 //!   the RAISED event whenever it is seen; an acknowledgement or resolve seen first creates
 //!   the row from its own fields. The earliest acknowledgement and the earliest resolve win.
+//! * commands, software and tickets: see `read_model/commands.rs`, `software.rs` and
+//!   `tickets.rs`.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -37,11 +39,15 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
+mod commands;
 mod registry;
+mod software;
+mod tickets;
 
 use crate::{
-    AgentQuery, AgentRow, AlertQuery, AlertRow, AlertStatus, Change, ReadModel, Result, StoreError,
-    StoredOffset,
+    AgentQuery, AgentRow, AgentSoftware, AlertQuery, AlertRow, AlertStatus, Change, CommandDetail,
+    CommandQuery, CommandRow, ReadModel, Result, SoftwareQuery, StoreError, StoredOffset,
+    TicketQuery, TicketRow,
 };
 
 /// Page size of the lists when the query names none.
@@ -79,6 +85,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "agent enrollment",
         include_str!("../migrations/0003_agent_enrollment.sql"),
+    ),
+    (
+        4,
+        "commands inventory tickets",
+        include_str!("../migrations/0004_commands_inventory_tickets.sql"),
     ),
 ];
 
@@ -579,6 +590,8 @@ async fn apply_alert(tx: &mut Tx<'_>, ev: &AlertEvent) -> sqlx::Result<()> {
 enum ApplyError {
     Sql(sqlx::Error),
     Encode(serde_json::Error),
+    /// The change itself is wrong (a status no producer should write).
+    Invalid(String),
 }
 
 impl From<sqlx::Error> for ApplyError {
@@ -677,6 +690,14 @@ impl<'a> Filter<'a> {
         }
     }
 
+    /// Adds the clause `clause` makes of the placeholder bound to `value` (which the
+    /// clause may use more than once).
+    fn push_with(&mut self, value: &'a str, clause: impl FnOnce(&str) -> String) {
+        self.binds.push(value);
+        let placeholder = format!("${}", self.binds.len());
+        self.clauses.push(clause(&placeholder));
+    }
+
     /// The placeholder of the next bind.
     fn next_placeholder(&self) -> String {
         format!("${}", self.binds.len() + 1)
@@ -710,14 +731,22 @@ impl ReadModel for SqlReadModel {
                 Change::Heartbeat(hb) => apply_heartbeat(&mut tx, hb).await.map_err(Into::into),
                 Change::Alert(ev) => apply_alert(&mut tx, ev).await.map_err(Into::into),
                 Change::Lifecycle(ev) => apply_lifecycle(&mut tx, ev).await,
+                Change::Command(ev) => commands::apply_command(&mut tx, ev).await,
+                Change::Inventory(inv) => software::apply_inventory(&mut tx, inv)
+                    .await
+                    .map_err(Into::into),
+                Change::Ticket(ev) => tickets::apply_ticket(&mut tx, ev).await,
             };
             match applied {
                 Ok(()) => {}
                 Err(ApplyError::Sql(e)) => return Err(self.db_error("apply", e)),
                 Err(ApplyError::Encode(e)) => {
                     return Err(StoreError::Internal(format!(
-                        "cannot encode a metric report as JSON: {e}"
+                        "cannot encode a change as JSON: {e}"
                     )))
+                }
+                Err(ApplyError::Invalid(m)) => {
+                    return Err(StoreError::Internal(format!("invalid change: {m}")))
                 }
             }
         }
@@ -826,6 +855,30 @@ impl ReadModel for SqlReadModel {
             .map(alert_from_row)
             .collect::<Result<_, _>>()
             .map_err(|e| decode_error("alerts", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_commands(&self, query: &CommandQuery) -> Result<Vec<CommandRow>> {
+        self.query_commands(query).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn get_command(
+        &self,
+        tenant_id: Option<&str>,
+        command_id: &str,
+    ) -> Result<Option<CommandDetail>> {
+        self.query_command(tenant_id, command_id).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn agent_software(&self, query: &SoftwareQuery) -> Result<Option<AgentSoftware>> {
+        self.query_software(query).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>> {
+        self.query_tickets(query).await
     }
 }
 

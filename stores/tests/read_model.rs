@@ -14,10 +14,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use fleet_schemas::{fixtures, AlertEventKind};
+use fleet_schemas::{
+    fixtures, AlertEventKind, CommandEvent, CommandEventKind, SoftwareInventory, SoftwarePackage,
+    TicketEvent, TicketEventKind,
+};
 use fleet_stores::{
     open_read_model, AgentQuery, AgentRow, AlertEvent, AlertQuery, AlertRow, AlertStatus, Change,
-    ReadModel, StoreError, StoredOffset,
+    CommandDetail, CommandQuery, CommandStatus, ReadModel, SoftwareQuery, StoreError, StoredOffset,
+    TicketQuery, TicketStatus,
 };
 
 /// The same list of cases for every engine: each module defines `run` and calls this.
@@ -36,6 +40,14 @@ macro_rules! conformance {
             tenant_filters_isolate_tenants,
             paging_with_after_and_limit,
             concurrent_applies_all_land,
+            command_lifecycle_with_audit_trail,
+            command_replay_is_idempotent,
+            command_events_out_of_order_converge,
+            commands_page_newest_first_and_filter_by_tenant,
+            software_inventory_replaced_only_by_newer,
+            software_inventory_out_of_order_and_tenant_filter,
+            ticket_lifecycle_replay_and_out_of_order_converge,
+            tickets_filter_by_tenant_and_status,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -917,6 +929,769 @@ mod cases {
             .await?;
         ensure!(agents.len() == 16, "every apply landed: {}", agents.len());
         ensure!(store.offsets(PROJECTION).await?.len() == 16);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Commands, software, tickets
+    // ------------------------------------------------------------------------------------
+
+    /// One step of a command's lifecycle.
+    fn cmd(
+        tenant: &str,
+        agent: &str,
+        command_id: &str,
+        kind: CommandEventKind,
+        at: i64,
+    ) -> CommandEvent {
+        let base = fixtures::command_completed(tenant, agent, at);
+        let mut ev = CommandEvent {
+            event_id: format!("{command_id}/{}", kind.as_str()),
+            command_id: command_id.to_owned(),
+            kind,
+            requires_approval: true,
+            actor: None,
+            status: None,
+            exit_code: None,
+            stdout: None,
+            stderr: None,
+            started_at: None,
+            finished_at: None,
+            ..base.clone()
+        };
+        match kind {
+            CommandEventKind::Requested => ev.actor = Some("alice@example.com".into()),
+            CommandEventKind::Approved => ev.actor = Some("bob@example.com".into()),
+            CommandEventKind::Dispatched => ev.actor = Some("gateway-1".into()),
+            CommandEventKind::Progress => {
+                ev.event_id = format!("{command_id}/progress/{at}");
+                ev.stream = Some("stdout".into());
+                ev.chunk = Some("working\n".into());
+            }
+            CommandEventKind::Completed => {
+                ev.status = base.status;
+                ev.exit_code = base.exit_code;
+                ev.stdout = base.stdout;
+                ev.stderr = base.stderr;
+                ev.started_at = base.started_at;
+                ev.finished_at = base.finished_at;
+            }
+            CommandEventKind::TimedOut => ev.message = Some("no result within 60 s".into()),
+        }
+        ev
+    }
+
+    /// A later step as a gateway that did not know the command writes it: no details.
+    fn bare(mut ev: CommandEvent) -> CommandEvent {
+        ev.command_type = String::new();
+        ev.args.clear();
+        ev.requires_approval = false;
+        ev.timeout_secs = 0;
+        ev
+    }
+
+    /// The whole lifecycle of a command that needed approval, in order.
+    fn command_story(tenant: &str, agent: &str, command_id: &str) -> Vec<CommandEvent> {
+        use CommandEventKind::*;
+        vec![
+            cmd(tenant, agent, command_id, Requested, T0),
+            cmd(tenant, agent, command_id, Approved, T0 + SECOND),
+            bare(cmd(tenant, agent, command_id, Dispatched, T0 + 2 * SECOND)),
+            bare(cmd(tenant, agent, command_id, Progress, T0 + 3 * SECOND)),
+            bare(cmd(tenant, agent, command_id, Progress, T0 + 4 * SECOND)),
+            bare(cmd(tenant, agent, command_id, Completed, T0 + 5 * SECOND)),
+        ]
+    }
+
+    fn changes_of(events: &[CommandEvent]) -> Vec<Change> {
+        events
+            .iter()
+            .cloned()
+            .map(|e| Change::Command(Box::new(e)))
+            .collect()
+    }
+
+    async fn command(store: &Arc<dyn ReadModel>, command_id: &str) -> Result<CommandDetail> {
+        store
+            .get_command(None, command_id)
+            .await?
+            .with_context(|| format!("command {command_id} is in the read model"))
+    }
+
+    /// A deterministic shuffle (no RNG needed: a different order per seed).
+    fn shuffled<T: Clone>(items: &[T], seed: usize) -> Vec<T> {
+        let mut out: Vec<T> = items.to_vec();
+        let n = out.len();
+        for i in 0..n {
+            let j = (i * 7 + seed * 13 + 3) % n;
+            out.swap(i, j);
+        }
+        out
+    }
+
+    pub(crate) async fn command_lifecycle_with_audit_trail(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let a = agent_id();
+        let id = uuid::Uuid::new_v4().to_string();
+        let story = command_story(T1, &a, &id);
+        // Step by step, the status follows.
+        let expected = [
+            CommandStatus::AwaitingApproval,
+            CommandStatus::Approved,
+            CommandStatus::Dispatched,
+            CommandStatus::Running,
+            CommandStatus::Running,
+            CommandStatus::Succeeded,
+        ];
+        for (ev, status) in story.iter().zip(expected) {
+            store
+                .apply(PROJECTION, &[Change::Command(Box::new(ev.clone()))], &[])
+                .await?;
+            let got = command(&store, &id).await?.command.status;
+            ensure!(
+                got == status,
+                "after {:?}: {got:?}, expected {status:?}",
+                ev.kind
+            );
+        }
+        let d = command(&store, &id).await?;
+        let c = &d.command;
+        ensure!(c.tenant_id == T1 && c.agent_id == a);
+        ensure!(
+            c.command_type == "restart_service",
+            "the request's type: {c:?}"
+        );
+        ensure!(c.args.get("service").map(String::as_str) == Some("nginx"));
+        ensure!(c.requires_approval && c.timeout_secs == 60);
+        ensure!(
+            c.requested_by.as_deref() == Some("alice@example.com") && c.requested_at == Some(T0)
+        );
+        ensure!(
+            c.approved_by.as_deref() == Some("bob@example.com")
+                && c.approved_at == Some(T0 + SECOND)
+        );
+        ensure!(c.dispatched_at == Some(T0 + 2 * SECOND));
+        ensure!(
+            c.started_at == Some(T0 + 3 * SECOND),
+            "the result started 2 s before it finished, after the first progress: {:?}",
+            c.started_at
+        );
+        ensure!(c.finished_at == Some(T0 + 5 * SECOND));
+        ensure!(c.exit_code == Some(0) && c.stdout.as_deref() == Some("restarted\n"));
+        ensure!(!c.output_truncated && c.message.is_none());
+        ensure!(c.updated_at == T0 + 5 * SECOND);
+        let kinds: Vec<(&str, Option<&str>)> = d
+            .audit
+            .iter()
+            .map(|e| (e.kind.as_str(), e.actor.as_deref()))
+            .collect();
+        ensure!(
+            kinds
+                == vec![
+                    ("requested", Some("alice@example.com")),
+                    ("approved", Some("bob@example.com")),
+                    ("dispatched", Some("gateway-1")),
+                    ("completed", None),
+                ],
+            "one audit row per step but PROGRESS: {kinds:?}"
+        );
+        ensure!(d.audit[3].detail.as_deref() == Some("succeeded"));
+
+        // A refused command: the agent's message is kept.
+        let r = uuid::Uuid::new_v4().to_string();
+        let mut req = cmd(T1, &a, &r, CommandEventKind::Requested, T0);
+        req.requires_approval = false;
+        let mut refused = cmd(T1, &a, &r, CommandEventKind::Completed, T0 + SECOND);
+        refused.status = Some("refused".into());
+        refused.exit_code = None;
+        refused.message = Some("restart_service is not allowed here".into());
+        store.apply(PROJECTION, &changes_of(&[req]), &[]).await?;
+        ensure!(command(&store, &r).await?.command.status == CommandStatus::Requested);
+        store
+            .apply(PROJECTION, &changes_of(&[refused]), &[])
+            .await?;
+        let c = command(&store, &r).await?.command;
+        ensure!(c.status == CommandStatus::Refused && c.exit_code.is_none());
+        ensure!(c.message.as_deref() == Some("restart_service is not allowed here"));
+
+        // A status no producer writes is refused, and nothing of its batch lands.
+        let mut bad = cmd(T1, &a, "bad-command", CommandEventKind::Completed, T0);
+        bad.status = Some("exploded".into());
+        ensure!(store
+            .apply(PROJECTION, &changes_of(&[bad]), &[])
+            .await
+            .is_err());
+        ensure!(store.get_command(None, "bad-command").await?.is_none());
+        Ok(())
+    }
+
+    pub(crate) async fn command_replay_is_idempotent(store: Arc<dyn ReadModel>) -> Result<()> {
+        let a = agent_id();
+        let id = uuid::Uuid::new_v4().to_string();
+        let changes = changes_of(&command_story(T1, &a, &id));
+        store
+            .apply(PROJECTION, &changes, &[offset("fleet.commands.v1", 0, 6)])
+            .await?;
+        let once = command(&store, &id).await?;
+        // The same batch again, then every event once more one by one.
+        store
+            .apply(PROJECTION, &changes, &[offset("fleet.commands.v1", 0, 6)])
+            .await?;
+        for c in &changes {
+            store
+                .apply(PROJECTION, std::slice::from_ref(c), &[])
+                .await?;
+        }
+        let again = command(&store, &id).await?;
+        ensure!(
+            once == again,
+            "replay changes nothing:\n{once:?}\n{again:?}"
+        );
+        ensure!(
+            again.audit.len() == 4,
+            "no duplicate audit rows: {:?}",
+            again.audit
+        );
+        let listed = store
+            .list_commands(&CommandQuery {
+                agent_id: a.clone(),
+                ..CommandQuery::default()
+            })
+            .await?;
+        ensure!(listed.len() == 1 && listed[0] == again.command);
+        Ok(())
+    }
+
+    pub(crate) async fn command_events_out_of_order_converge(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        use CommandEventKind::*;
+        let a = agent_id();
+        let reference_id = uuid::Uuid::new_v4().to_string();
+        let mut story = command_story(T1, &a, &reference_id);
+        // The timeout processor gave up before the (late) result came: the result wins.
+        story.push(bare(cmd(
+            T1,
+            &a,
+            &reference_id,
+            TimedOut,
+            T0 + 4 * SECOND + SECOND / 2,
+        )));
+        store.apply(PROJECTION, &changes_of(&story), &[]).await?;
+        let reference = command(&store, &reference_id).await?;
+        ensure!(reference.command.status == CommandStatus::Succeeded);
+        ensure!(
+            reference.command.message.is_none(),
+            "the result's fields, not the timeout's"
+        );
+        ensure!(reference.audit.len() == 5);
+
+        // Each order of the same events (as another command id) gives the same row.
+        let mut orders: Vec<Vec<CommandEvent>> = vec![story.iter().rev().cloned().collect()];
+        orders.extend((0..6).map(|seed| shuffled(&story, seed)));
+        // COMPLETED first, REQUESTED last.
+        orders.push(
+            [5, 6, 3, 2, 1, 4, 0]
+                .iter()
+                .map(|&i| story[i].clone())
+                .collect(),
+        );
+        for (n, order) in orders.iter().enumerate() {
+            let id = format!("{reference_id}-{n}");
+            let order: Vec<CommandEvent> = order
+                .iter()
+                .map(|e| CommandEvent {
+                    command_id: id.clone(),
+                    event_id: e.event_id.replace(&reference_id, &id),
+                    ..e.clone()
+                })
+                .collect();
+            // Some one at a time, some in one batch.
+            if n % 2 == 0 {
+                for c in changes_of(&order) {
+                    store.apply(PROJECTION, &[c], &[]).await?;
+                }
+            } else {
+                store.apply(PROJECTION, &changes_of(&order), &[]).await?;
+            }
+            let mut got = command(&store, &id).await?;
+            got.command.command_id = reference_id.clone();
+            for e in &mut got.audit {
+                e.event_id = e.event_id.replace(&id, &reference_id);
+            }
+            ensure!(
+                got == reference,
+                "order {n} ({:?}) converges:\n{got:?}\n{reference:?}",
+                order.iter().map(|e| e.kind).collect::<Vec<_>>()
+            );
+        }
+
+        // A timed-out command: a PROGRESS read later does not revive it.
+        let t = uuid::Uuid::new_v4().to_string();
+        let mut req = cmd(T1, &a, &t, Requested, T0);
+        req.requires_approval = false;
+        store
+            .apply(
+                PROJECTION,
+                &changes_of(&[
+                    bare(cmd(T1, &a, &t, TimedOut, T0 + 90 * SECOND)),
+                    req,
+                    bare(cmd(T1, &a, &t, Progress, T0 + 10 * SECOND)),
+                ]),
+                &[],
+            )
+            .await?;
+        let c = command(&store, &t).await?.command;
+        ensure!(c.status == CommandStatus::TimedOut, "{c:?}");
+        ensure!(c.message.as_deref() == Some("no result within 60 s"));
+        ensure!(c.finished_at == Some(T0 + 90 * SECOND) && c.started_at == Some(T0 + 10 * SECOND));
+        ensure!(c.command_type == "restart_service" && !c.requires_approval);
+        Ok(())
+    }
+
+    pub(crate) async fn commands_page_newest_first_and_filter_by_tenant(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let a = agent_id();
+        let other = agent_id();
+        let mut ids = Vec::new();
+        let mut changes = Vec::new();
+        for i in 0..5 {
+            let id = format!("cmd-{i}-{}", uuid::Uuid::new_v4());
+            changes.push(cmd(
+                T1,
+                &a,
+                &id,
+                CommandEventKind::Requested,
+                T0 + i * SECOND,
+            ));
+            ids.push(id);
+        }
+        changes.push(cmd(
+            T2,
+            &other,
+            "other-tenant",
+            CommandEventKind::Requested,
+            T0,
+        ));
+        store.apply(PROJECTION, &changes_of(&changes), &[]).await?;
+        ids.reverse(); // newest first
+
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_commands(&CommandQuery {
+                    tenant_id: Some(T1.into()),
+                    agent_id: a.clone(),
+                    limit: Some(2),
+                    after: after.clone(),
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.command_id.clone());
+            pages.push(page.into_iter().map(|c| c.command_id).collect::<Vec<_>>());
+        }
+        ensure!(
+            pages == vec![ids[0..2].to_vec(), ids[2..4].to_vec(), ids[4..5].to_vec()],
+            "pages of 2, newest first: {pages:?}"
+        );
+        let wrong_tenant = store
+            .list_commands(&CommandQuery {
+                tenant_id: Some(T2.into()),
+                agent_id: a.clone(),
+                ..CommandQuery::default()
+            })
+            .await?;
+        ensure!(wrong_tenant.is_empty(), "another tenant sees none");
+        ensure!(store.get_command(Some(T2), &ids[0]).await?.is_none());
+        ensure!(store.get_command(Some(T1), &ids[0]).await?.is_some());
+        ensure!(store.get_command(Some(T1), "other-tenant").await?.is_none());
+        ensure!(store.get_command(None, "other-tenant").await?.is_some());
+        match store
+            .list_commands(&CommandQuery {
+                agent_id: a.clone(),
+                after: Some("no-such-command".into()),
+                ..CommandQuery::default()
+            })
+            .await
+        {
+            Err(StoreError::InvalidQuery(m)) => ensure!(m.contains("after"), "{m}"),
+            other => anyhow::bail!("expected InvalidQuery for an unknown cursor, got {other:?}"),
+        }
+        Ok(())
+    }
+
+    fn inventory(
+        tenant: &str,
+        agent: &str,
+        at: i64,
+        digest: &str,
+        packages: &[(&str, &str, Option<&str>)],
+    ) -> SoftwareInventory {
+        SoftwareInventory {
+            event_id: format!("{agent}/{digest}"),
+            digest: digest.into(),
+            packages: packages
+                .iter()
+                .map(|(name, version, arch)| SoftwarePackage {
+                    name: (*name).into(),
+                    version: (*version).into(),
+                    arch: arch.map(str::to_owned),
+                })
+                .collect(),
+            ..fixtures::software_inventory(tenant, agent, at)
+        }
+    }
+
+    fn inv(i: &SoftwareInventory) -> Change {
+        Change::Inventory(Box::new(i.clone()))
+    }
+
+    async fn software(
+        store: &Arc<dyn ReadModel>,
+        tenant: Option<&str>,
+        agent: &str,
+        name: Option<&str>,
+    ) -> Result<Option<fleet_stores::AgentSoftware>> {
+        Ok(store
+            .agent_software(&SoftwareQuery {
+                tenant_id: tenant.map(str::to_owned),
+                agent_id: agent.to_owned(),
+                name: name.map(str::to_owned),
+            })
+            .await?)
+    }
+
+    pub(crate) async fn software_inventory_replaced_only_by_newer(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let a = agent_id();
+        let first = fixtures::software_inventory(T1, &a, T0);
+        store.apply(PROJECTION, &[inv(&first)], &[]).await?;
+        let s = software(&store, None, &a, None)
+            .await?
+            .context("inventory stored")?;
+        ensure!(s.source == "dpkg" && s.digest == "d1" && s.collected_at == T0);
+        ensure!(s.package_count == 3 && s.packages.len() == 3);
+        let names: Vec<&str> = s.packages.iter().map(|p| p.name.as_str()).collect();
+        ensure!(names == ["bash", "nginx", "tzdata"], "{names:?}");
+        ensure!(s.packages[2].arch.is_none(), "no arch stays absent");
+        ensure!(s.packages[1].arch.as_deref() == Some("amd64"));
+
+        // A newer inventory replaces the list wholesale (nginx removed, curl added, and a
+        // package named twice keeps the greatest version).
+        let newer = inventory(
+            T1,
+            &a,
+            T0 + 3600 * SECOND,
+            "d2",
+            &[
+                ("bash", "5.2.15-2+b8", Some("amd64")),
+                ("linux-image", "6.1.0-17", Some("amd64")),
+                ("curl", "7.88.1-10", Some("amd64")),
+                ("linux-image", "6.1.0-18", Some("amd64")),
+            ],
+        );
+        store.apply(PROJECTION, &[inv(&newer)], &[]).await?;
+        let s = software(&store, None, &a, None)
+            .await?
+            .context("inventory stored")?;
+        let got: Vec<(&str, &str)> = s
+            .packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        ensure!(
+            got == [
+                ("bash", "5.2.15-2+b8"),
+                ("curl", "7.88.1-10"),
+                ("linux-image", "6.1.0-18")
+            ],
+            "{got:?}"
+        );
+        ensure!(s.digest == "d2" && s.package_count == 3);
+
+        // The older one again (a replay of the topic) and the newer one again: no change.
+        store
+            .apply(PROJECTION, &[inv(&first), inv(&newer), inv(&first)], &[])
+            .await?;
+        let again = software(&store, None, &a, None)
+            .await?
+            .context("inventory stored")?;
+        ensure!(again == s, "an older inventory never replaces a newer one");
+
+        // Name filter: case-insensitive substring; LIKE wildcards are literal.
+        let filtered = software(&store, None, &a, Some("LINUX"))
+            .await?
+            .context("stored")?;
+        ensure!(filtered.packages.len() == 1 && filtered.packages[0].name == "linux-image");
+        ensure!(
+            filtered.package_count == 3,
+            "the count is of the whole inventory"
+        );
+        let none = software(&store, None, &a, Some("%"))
+            .await?
+            .context("stored")?;
+        ensure!(none.packages.is_empty(), "% matches only a literal %");
+        // An empty inventory clears the list.
+        let empty = inventory(T1, &a, T0 + 7200 * SECOND, "d3", &[]);
+        store.apply(PROJECTION, &[inv(&empty)], &[]).await?;
+        let s = software(&store, None, &a, None).await?.context("stored")?;
+        ensure!(s.packages.is_empty() && s.package_count == 0 && s.digest == "d3");
+        ensure!(software(&store, None, &agent_id(), None).await?.is_none());
+        Ok(())
+    }
+
+    pub(crate) async fn software_inventory_out_of_order_and_tenant_filter(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let (a, b) = (agent_id(), agent_id());
+        let many: Vec<(String, String)> = (0..450)
+            .map(|i| (format!("pkg{i:04}"), format!("1.{i}")))
+            .collect();
+        let many_refs: Vec<(&str, &str, Option<&str>)> = many
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str(), Some("arm64")))
+            .collect();
+        let versions = |agent: &str| {
+            vec![
+                fixtures::software_inventory(T1, agent, T0),
+                inventory(T1, agent, T0 + SECOND, "d2", &many_refs),
+                inventory(
+                    T1,
+                    agent,
+                    T0 + SECOND,
+                    "d0",
+                    &[("same-time-lower-digest", "1", None)],
+                ),
+                inventory(T1, agent, T0 - SECOND, "d9", &[("older", "1", None)]),
+            ]
+        };
+        let forward: Vec<Change> = versions(&a).iter().map(inv).collect();
+        let backward: Vec<Change> = versions(&b).iter().rev().map(inv).collect();
+        store.apply(PROJECTION, &forward, &[]).await?;
+        for c in backward {
+            store.apply(PROJECTION, &[c], &[]).await?;
+        }
+        let sa = software(&store, None, &a, None).await?.context("a")?;
+        let mut sb = software(&store, None, &b, None).await?.context("b")?;
+        ensure!(
+            sa.digest == "d2" && sa.packages.len() == 450,
+            "{} {}",
+            sa.digest,
+            sa.packages.len()
+        );
+        sb.agent_id.clone_from(&sa.agent_id);
+        ensure!(sa == sb, "both orders converge on the newest inventory");
+
+        let c = agent_id();
+        store
+            .apply(
+                PROJECTION,
+                &[inv(&fixtures::software_inventory(T2, &c, T0))],
+                &[],
+            )
+            .await?;
+        ensure!(software(&store, Some(T2), &c, None).await?.is_some());
+        ensure!(
+            software(&store, Some(T1), &c, None).await?.is_none(),
+            "another tenant's agent"
+        );
+        ensure!(software(&store, Some(T2), &a, None).await?.is_none());
+        Ok(())
+    }
+
+    fn ticket(tenant: &str, agent: &str, status: &str, at: i64) -> TicketEvent {
+        let base = fixtures::ticket_requested(tenant, agent, T0);
+        TicketEvent {
+            event_id: format!("{}/{status}", base.ticket_id),
+            kind: if status == "open" {
+                TicketEventKind::Requested
+            } else {
+                TicketEventKind::Updated
+            },
+            status: status.into(),
+            title: format!("CPU high on web-1 ({status})"),
+            actor: (status != "open").then(|| "ops@example.com".to_owned()),
+            occurred_at: at,
+            ingested_at: at + 1_000,
+            ..base
+        }
+    }
+
+    fn tk(t: &TicketEvent) -> Change {
+        Change::Ticket(Box::new(t.clone()))
+    }
+
+    pub(crate) async fn ticket_lifecycle_replay_and_out_of_order_converge(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let a = agent_id();
+        let story = [
+            ticket(T1, &a, "open", T0),
+            ticket(T1, &a, "acknowledged", T0 + 60 * SECOND),
+            ticket(T1, &a, "resolved", T0 + 120 * SECOND),
+        ];
+        let ticket_id = story[0].ticket_id.clone();
+        let all = |store: Arc<dyn ReadModel>| async move {
+            store
+                .list_tickets(&TicketQuery {
+                    limit: Some(1000),
+                    ..TicketQuery::default()
+                })
+                .await
+        };
+        store.apply(PROJECTION, &[tk(&story[0])], &[]).await?;
+        let open = all(store.clone()).await?;
+        ensure!(open.len() == 1 && open[0].status == TicketStatus::Open);
+        let t = &open[0];
+        ensure!(t.ticket_id == ticket_id && t.alert_id == story[0].alert_id);
+        ensure!(t.priority == "P1" && t.severity == "critical");
+        ensure!(t.location_id.as_deref() == Some("loc-1"));
+        ensure!(t.created_at == T0 && t.updated_at == T0);
+
+        store
+            .apply(
+                PROJECTION,
+                &story[1..].iter().map(tk).collect::<Vec<_>>(),
+                &[],
+            )
+            .await?;
+        let reference = all(store.clone()).await?;
+        ensure!(reference.len() == 1);
+        let r = &reference[0];
+        ensure!(r.status == TicketStatus::Resolved && r.title == "CPU high on web-1 (resolved)");
+        ensure!(r.created_at == T0 && r.updated_at == T0 + 120 * SECOND);
+
+        // Replays and every other order converge on the same row.
+        let orders: Vec<Vec<usize>> = vec![
+            vec![0, 1, 2, 0, 1, 2],
+            vec![2, 1, 0],
+            vec![1, 2, 0],
+            vec![2, 0, 1],
+            vec![1, 0, 2, 1],
+        ];
+        for order in orders {
+            // Each order on a ticket of its own agent (the ticket id follows the agent).
+            let b = agent_id();
+            let events: Vec<TicketEvent> = [
+                ticket(T1, &b, "open", T0),
+                ticket(T1, &b, "acknowledged", T0 + 60 * SECOND),
+                ticket(T1, &b, "resolved", T0 + 120 * SECOND),
+            ]
+            .to_vec();
+            for i in &order {
+                store.apply(PROJECTION, &[tk(&events[*i])], &[]).await?;
+            }
+            let got = store
+                .list_tickets(&TicketQuery {
+                    limit: Some(1000),
+                    ..TicketQuery::default()
+                })
+                .await?
+                .into_iter()
+                .find(|t| t.agent_id == b)
+                .context("ticket stored")?;
+            let expected = fleet_stores::TicketRow {
+                ticket_id: events[0].ticket_id.clone(),
+                alert_id: events[0].alert_id.clone(),
+                agent_id: b.clone(),
+                ..r.clone()
+            };
+            ensure!(got == expected, "order {order:?}:\n{got:?}\n{expected:?}");
+        }
+
+        // Two updates at the same instant: the further status shows, in either order.
+        let (c, d) = (agent_id(), agent_id());
+        for (agent, order) in [(&c, [1usize, 2]), (&d, [2, 1])] {
+            let evs = [
+                ticket(T1, agent, "open", T0),
+                ticket(T1, agent, "acknowledged", T0 + SECOND),
+                ticket(T1, agent, "resolved", T0 + SECOND),
+            ];
+            store.apply(PROJECTION, &[tk(&evs[0])], &[]).await?;
+            for i in order {
+                store.apply(PROJECTION, &[tk(&evs[i])], &[]).await?;
+            }
+        }
+        let tickets = all(store.clone()).await?;
+        for agent in [&c, &d] {
+            let t = tickets
+                .iter()
+                .find(|t| &t.agent_id == agent)
+                .context("ticket")?;
+            ensure!(
+                t.status == TicketStatus::Resolved && t.title.ends_with("(resolved)"),
+                "{t:?}"
+            );
+        }
+
+        let mut bad = ticket(T1, &a, "closed", T0);
+        bad.ticket_id = "bad-ticket".into();
+        ensure!(
+            store.apply(PROJECTION, &[tk(&bad)], &[]).await.is_err(),
+            "unknown status refused"
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn tickets_filter_by_tenant_and_status(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let (a1, a2, a3) = (agent_id(), agent_id(), agent_id());
+        store
+            .apply(
+                PROJECTION,
+                &[
+                    tk(&ticket(T1, &a1, "open", T0)),
+                    tk(&ticket(T1, &a2, "open", T0 + SECOND)),
+                    tk(&ticket(T1, &a2, "resolved", T0 + 2 * SECOND)),
+                    tk(&ticket(T2, &a3, "open", T0 + 3 * SECOND)),
+                ],
+                &[],
+            )
+            .await?;
+        let q =
+            |tenant: Option<&str>, status: Option<TicketStatus>, limit: Option<u32>| TicketQuery {
+                tenant_id: tenant.map(str::to_owned),
+                status,
+                limit,
+            };
+        let agents = |rows: Vec<fleet_stores::TicketRow>| -> Vec<String> {
+            rows.into_iter().map(|t| t.agent_id).collect()
+        };
+        ensure!(
+            agents(store.list_tickets(&q(Some(T1), None, None)).await?)
+                == [a2.as_str(), a1.as_str()],
+            "tenant 1, newest first"
+        );
+        ensure!(agents(store.list_tickets(&q(Some(T2), None, None)).await?) == [a3.as_str()]);
+        ensure!(
+            agents(
+                store
+                    .list_tickets(&q(Some(T1), Some(TicketStatus::Open), None))
+                    .await?
+            ) == [a1.as_str()]
+        );
+        ensure!(
+            agents(
+                store
+                    .list_tickets(&q(None, Some(TicketStatus::Open), None))
+                    .await?
+            ) == [a3.as_str(), a1.as_str()]
+        );
+        ensure!(agents(
+            store
+                .list_tickets(&q(Some(T2), Some(TicketStatus::Resolved), None))
+                .await?
+        )
+        .is_empty());
+        ensure!(
+            agents(store.list_tickets(&q(None, None, Some(1))).await?) == [a3.as_str()],
+            "limit"
+        );
         Ok(())
     }
 }

@@ -1,0 +1,160 @@
+//! Query routes over the read model's commands, software inventories and tickets (see the
+//! route table in [`crate::api`]).
+
+use std::time::Instant;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use fleet_ops::ApiError;
+use fleet_stores::{
+    CommandQuery, CommandRow, SoftwareQuery, StoreError, TicketQuery, TicketRow, TicketStatus,
+};
+use serde::Serialize;
+
+use super::{limit, one, pairs, reject_unknown, respond, store_error, ApiState};
+
+/// Longest software name filter.
+const MAX_NAME_FILTER: usize = 200;
+
+/// A non-empty value of `key`, if given.
+fn non_empty<'a>(p: &'a [(String, String)], key: &str) -> Result<Option<&'a str>, ApiError> {
+    match one(p, key) {
+        Some("") => Err(ApiError::invalid_field(key, "must not be empty")),
+        other => Ok(other),
+    }
+}
+
+/// Answer of an agent's command history.
+#[derive(Debug, Serialize)]
+pub struct CommandList {
+    /// Commands of this page, newest first.
+    pub commands: Vec<CommandRow>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+pub(super) async fn agent_commands(
+    State(s): State<ApiState>,
+    Path(agent_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let p = pairs(q)?;
+        reject_unknown(&p, &["tenant", "limit", "after"])?;
+        let limit = limit(&p)?;
+        let query = CommandQuery {
+            tenant_id: non_empty(&p, "tenant")?.map(str::to_owned),
+            agent_id,
+            limit,
+            after: non_empty(&p, "after")?.map(str::to_owned),
+        };
+        let commands = s
+            .read_model
+            .list_commands(&query)
+            .await
+            .map_err(|e| match e {
+                StoreError::InvalidQuery(m) => ApiError::invalid_field("after", m),
+                other => store_error(other),
+            })?;
+        let page = limit.unwrap_or(100) as usize;
+        let next_after = (commands.len() == page)
+            .then(|| commands.last().map(|c| c.command_id.clone()))
+            .flatten();
+        Ok(CommandList {
+            commands,
+            next_after,
+        })
+    }
+    .await;
+    respond("/api/v1/agents/{agent_id}/commands", started, result)
+}
+
+pub(super) async fn get_command(
+    State(s): State<ApiState>,
+    Path(command_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let p = pairs(q)?;
+        reject_unknown(&p, &["tenant"])?;
+        s.read_model
+            .get_command(non_empty(&p, "tenant")?, &command_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no command {command_id}")).with_field("command_id")
+            })
+    }
+    .await;
+    respond("/api/v1/commands/{command_id}", started, result)
+}
+
+pub(super) async fn agent_software(
+    State(s): State<ApiState>,
+    Path(agent_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let p = pairs(q)?;
+        reject_unknown(&p, &["tenant", "name"])?;
+        let name = non_empty(&p, "name")?;
+        if name.is_some_and(|n| n.chars().count() > MAX_NAME_FILTER) {
+            return Err(ApiError::invalid_field(
+                "name",
+                format!("at most {MAX_NAME_FILTER} characters"),
+            ));
+        }
+        let query = SoftwareQuery {
+            tenant_id: non_empty(&p, "tenant")?.map(str::to_owned),
+            agent_id,
+            name: name.map(str::to_owned),
+        };
+        s.read_model
+            .agent_software(&query)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no software inventory of agent {}", query.agent_id))
+                    .with_field("agent_id")
+            })
+    }
+    .await;
+    respond("/api/v1/agents/{agent_id}/software", started, result)
+}
+
+/// Answer of the ticket list.
+#[derive(Debug, Serialize)]
+pub struct TicketList {
+    /// Tickets, newest first.
+    pub tickets: Vec<TicketRow>,
+}
+
+pub(super) async fn list_tickets(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let p = pairs(q)?;
+        reject_unknown(&p, &["tenant", "status", "limit"])?;
+        let status = match one(&p, "status") {
+            None => None,
+            Some(v) => Some(TicketStatus::parse(v).ok_or_else(|| {
+                ApiError::invalid_field("status", "must be open, acknowledged or resolved")
+            })?),
+        };
+        let query = TicketQuery {
+            tenant_id: non_empty(&p, "tenant")?.map(str::to_owned),
+            status,
+            limit: limit(&p)?,
+        };
+        let tickets = s
+            .read_model
+            .list_tickets(&query)
+            .await
+            .map_err(store_error)?;
+        Ok(TicketList { tickets })
+    }
+    .await;
+    respond("/api/v1/tickets", started, result)
+}
