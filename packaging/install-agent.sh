@@ -14,9 +14,9 @@ Usage: $PROG --server URL [--token TOKEN] [options]
 
 Installs the Fleetstream agent as the systemd service fleetstream-agent:
 
-  1. the binary           -> /usr/local/bin/fleetstream
+  1. the binary           -> /usr/local/bin/fleetstream-agent (the agent-only binary)
   2. the configuration    -> /etc/fleetstream/agent.toml (server-url, state-dir)
-  3. the enrollment       -> fleetstream agent enroll (credential in
+  3. the enrollment       -> fleetstream-agent enroll (credential in
                              /var/lib/fleetstream-agent/credentials.json, mode 0600)
   4. the unit             -> /etc/systemd/system/fleetstream-agent.service,
                              enabled and started
@@ -27,8 +27,8 @@ Options:
   --token TOKEN    One-time registration token. Required unless already enrolled.
                    Prefer the FLEET_AGENT_TOKEN environment variable: a command-line
                    argument is visible to other users in the process list.
-  --binary PATH    The fleetstream binary to install (a local file). Default:
-                   ./fleetstream beside this script, else the one already installed.
+  --binary PATH    The fleetstream-agent binary to install (a local file). Default:
+                   ./fleetstream-agent beside this script, else the one already installed.
   --unit PATH      The unit file to install. Default: fleetstream-agent.service
                    beside this script.
   --reenroll       Enroll again even if this machine is already enrolled (needs a
@@ -112,7 +112,7 @@ elif [ "$(id -u)" -ne 0 ]; then
     die "run as root (sudo $PROG ...), or use --root DIR"
 fi
 
-BIN="$root/usr/local/bin/fleetstream"
+BIN="$root/usr/local/bin/fleetstream-agent"
 CONFIG_DIR="$root/etc/fleetstream"
 CONFIG="$CONFIG_DIR/agent.toml"
 STATE_DIR="$root/var/lib/fleetstream-agent"
@@ -136,8 +136,8 @@ fi
 changed=0
 
 # --- 1. the binary -------------------------------------------------------------------
-if [ -z "$binary" ] && [ -x "$SCRIPT_DIR/fleetstream" ]; then
-    binary="$SCRIPT_DIR/fleetstream"
+if [ -z "$binary" ] && [ -x "$SCRIPT_DIR/fleetstream-agent" ]; then
+    binary="$SCRIPT_DIR/fleetstream-agent"
 fi
 if [ -n "$binary" ]; then
     [ -f "$binary" ] || die "binary $binary not found"
@@ -155,7 +155,7 @@ if [ -n "$binary" ]; then
 elif [ -x "$BIN" ]; then
     say "keeping the installed binary $BIN"
 else
-    die "no binary to install: pass --binary PATH (or put fleetstream beside this script)"
+    die "no binary to install: pass --binary PATH (or put fleetstream-agent beside this script)"
 fi
 
 # --- 2. the configuration ------------------------------------------------------------
@@ -211,7 +211,7 @@ if [ -f "$CREDENTIALS" ] && [ "$reenroll" -eq 0 ]; then
 else
     say "enrolling with $server"
     # The token goes through the environment, not the command line.
-    FLEET_AGENT_TOKEN=$token "$BIN" agent enroll --config "$CONFIG" --server "$server" ||
+    FLEET_AGENT_TOKEN=$token "$BIN" enroll --config "$CONFIG" --server "$server" ||
         die "enrollment failed (see the message above); the service was not started"
     [ -f "$CREDENTIALS" ] || die "enrollment reported success but $CREDENTIALS is missing"
     changed=1
@@ -237,7 +237,7 @@ if [ "$start" -eq 0 ]; then
 fi
 if ! command -v systemctl >/dev/null 2>&1 || [ ! -d /run/systemd/system ]; then
     say "systemd is not running here: start the agent yourself with"
-    say "  $BIN agent --config $CONFIG"
+    say "  $BIN --config $CONFIG"
     exit 0
 fi
 if [ "${unit_changed:-0}" -eq 1 ]; then

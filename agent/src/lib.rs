@@ -47,6 +47,7 @@
 //! ```
 
 mod agent;
+pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod config;

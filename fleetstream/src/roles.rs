@@ -154,23 +154,81 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
-    let ready = fleet_stream_processors::Readiness::default();
-    let r = ready.clone();
-    let check: ReadyCheck = Arc::new(move || {
-        if r.is_ready() {
-            Ok(())
-        } else {
-            Err("alert evaluator not running".into())
-        }
-    });
+    let ready = ProcessorsReady::default();
     let ops = serve(
         cfg.listen,
-        fleet_ops::endpoints::router("processors", check),
+        fleet_ops::endpoints::router("processors", ready.check()),
         shutdown.clone(),
         "processors ops",
     );
-    let eval = fleet_stream_processors::run_alert_evaluator(log, cfg, ready, shutdown.wait());
-    tokio::try_join!(ops, eval)?;
+    let all = run_processors(log, cfg, ready, shutdown);
+    tokio::try_join!(ops, all)?;
+    Ok(())
+}
+
+/// Readiness of each processor of the processors role.
+#[derive(Clone, Default)]
+struct ProcessorsReady {
+    evaluator: fleet_stream_processors::Readiness,
+    ticketer: fleet_stream_processors::Readiness,
+    liveness: fleet_stream_processors::Readiness,
+    command_timeouts: fleet_stream_processors::Readiness,
+}
+
+impl ProcessorsReady {
+    /// `/readyz`: ready once every processor rebuilt its state and consumes.
+    fn check(&self) -> ReadyCheck {
+        let r = self.clone();
+        Arc::new(move || {
+            let waiting: Vec<&str> = [
+                ("alert evaluator", &r.evaluator),
+                ("ticketer", &r.ticketer),
+                ("liveness", &r.liveness),
+                ("command timeouts", &r.command_timeouts),
+            ]
+            .into_iter()
+            .filter(|(_, ready)| !ready.is_ready())
+            .map(|(name, _)| name)
+            .collect();
+            if waiting.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not running: {}", waiting.join(", ")))
+            }
+        })
+    }
+}
+
+/// The processors role: alert evaluator, ticketer, liveness and command timeouts, until
+/// shutdown; the first to fail stops the others.
+async fn run_processors(
+    log: Arc<dyn EventLog>,
+    cfg: ProcessorsConfig,
+    ready: ProcessorsReady,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    use fleet_stream_processors::{command_timeouts, liveness, ticketer};
+    let eval = fleet_stream_processors::run_alert_evaluator(
+        log.clone(),
+        cfg.clone(),
+        ready.evaluator,
+        shutdown.clone().wait(),
+    );
+    let tickets = ticketer::run_ticketer(
+        log.clone(),
+        cfg.clone(),
+        ready.ticketer,
+        shutdown.clone().wait(),
+    );
+    let live = liveness::run_liveness(
+        log.clone(),
+        cfg.clone(),
+        ready.liveness,
+        shutdown.clone().wait(),
+    );
+    let timeouts =
+        command_timeouts::run_command_timeouts(log, cfg, ready.command_timeouts, shutdown.wait());
+    tokio::try_join!(eval, tickets, live, timeouts)?;
     Ok(())
 }
 
@@ -261,13 +319,9 @@ async fn run_projections(
 }
 
 pub(crate) async fn agent(config: Option<PathBuf>, server: Option<String>) -> anyhow::Result<()> {
-    let mut cfg = fleet_agent::AgentConfig::load(config.as_deref())?;
-    if let Some(s) = server {
-        cfg.server_url = s;
-    }
-    let (tx, shutdown) = Shutdown::new();
-    on_signal(tx);
-    fleet_agent::run(cfg, shutdown.wait()).await.map(|_| ())
+    fleet_agent::cli::run_until_signal(config.as_deref(), server.as_deref())
+        .await
+        .map(|_| ())
 }
 
 #[allow(clippy::print_stdout)] // the outcome is the command's output
@@ -276,24 +330,14 @@ pub(crate) async fn agent_enroll(
     server: Option<String>,
     token: String,
 ) -> anyhow::Result<()> {
-    let cfg = fleet_agent::AgentConfig::load(config.as_deref())?;
-    let server = server.unwrap_or_else(|| cfg.server_url.clone());
-    let state_dir = cfg.resolved_state_dir();
-    let e = fleet_agent::enroll::enroll(&server, &token, &state_dir)
-        .await
-        .with_context(|| format!("enrolling with {server}"))?;
-    println!(
-        "Enrolled as agent {} in tenant {}; credential stored in {}.",
-        e.agent_id,
-        e.tenant_id,
-        fleet_agent::enroll::Enrollment::path(&state_dir).display()
-    );
-    println!(
-        "Start the agent with: fleetstream agent{}",
-        config
-            .map(|c| format!(" --config {}", c.display()))
-            .unwrap_or_default()
-    );
+    let text = fleet_agent::cli::enroll_and_describe(
+        "fleetstream agent",
+        config.as_deref(),
+        server.as_deref(),
+        &token,
+    )
+    .await?;
+    println!("{text}");
     Ok(())
 }
 
@@ -397,15 +441,10 @@ pub(crate) async fn up(
     );
     println!("Press Ctrl-C to stop.");
 
-    let pr_ready = fleet_stream_processors::Readiness::default();
+    let pr_ready = ProcessorsReady::default();
     let registry = stores.registry.clone();
     let gateway = run_gateway(gw, log.clone(), Some(registry.clone()), shutdown.clone());
-    let processors = fleet_stream_processors::run_alert_evaluator(
-        log.clone(),
-        pr,
-        pr_ready,
-        shutdown.clone().wait(),
-    );
+    let processors = run_processors(log.clone(), pr, pr_ready, shutdown.clone());
     let projections = run_projections(pj, log, stores, shutdown.clone());
     let agent = async {
         if !with_local_agent {
