@@ -44,6 +44,24 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The Python interpreter for interop consumers: `$FLEET_PYTHON` (a venv with
+/// `fastavro` and `confluent-kafka`, made by `scripts/services.sh up`).
+pub fn python_bin() -> anyhow::Result<PathBuf> {
+    let p = std::env::var_os("FLEET_PYTHON")
+        .map(PathBuf::from)
+        .context(
+            "FLEET_PYTHON is not set: run `eval \"$(scripts/services.sh env)\"` (after \
+         `scripts/services.sh up`, which makes a venv with fastavro and confluent-kafka)",
+        )?;
+    if !p.exists() {
+        bail!(
+            "FLEET_PYTHON={} does not exist: run `scripts/services.sh up`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// Kafka brokers for tests.
 pub fn kafka_brokers() -> String {
     std::env::var("FLEET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -116,13 +134,25 @@ impl Proc {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Proc> {
+        Proc::start_program(name, dir, &fleetstream_bin()?, args, env)
+    }
+
+    /// Starts another program (a consumer in another language, say) the same way:
+    /// output to `{dir}/{name}.log`, killed on drop.
+    pub fn start_program(
+        name: &str,
+        dir: &Path,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
         let err = out.try_clone()?;
-        let mut cmd = Command::new(fleetstream_bin()?);
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(dir)
             .env("RUST_BACKTRACE", "0")
@@ -322,6 +352,27 @@ impl Proc {
         &self.log
     }
 
+    /// Waits up to `timeout` for the process to exit on its own and returns its status;
+    /// after that it is killed and this fails with the log tail.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "{} did not exit within {timeout:?}; killed\n--- last lines ---\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL, and waits for the exit: a crash, nothing flushed.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.child
@@ -360,6 +411,29 @@ pub fn prometheus_sum(text: &str, name: &str) -> f64 {
                 _ => return None,
             };
             value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Sum of a Prometheus metric's samples whose labels include every `labels` pair.
+pub fn prometheus_sum_labeled(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (label_text, value) = match rest.chars().next()? {
+                '{' => rest[1..].rsplit_once('}')?,
+                ' ' => ("", rest),
+                _ => return None,
+            };
+            labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+                .then_some(value)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
         })
         .sum()
 }
@@ -1123,4 +1197,13 @@ impl Drop for PrivateKafka {
             let _ = child.wait();
         }
     }
+}
+
+/// Samples counted over every bucket of the first series of a history answer
+/// (`GET /api/v1/agents/{id}/metrics`).
+pub fn history_sample_count(history: &serde_json::Value) -> u64 {
+    history["series"][0]["buckets"]
+        .as_array()
+        .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
 }

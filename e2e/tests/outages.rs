@@ -83,10 +83,7 @@ async fn cpu_samples(
         micros_rfc3339(end)
     );
     let h = get_json(client, &url).await?.context("agent not found")?;
-    Ok(h["series"][0]["buckets"]
-        .as_array()
-        .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum())
-        .unwrap_or(0))
+    Ok(fleet_e2e::history_sample_count(&h))
 }
 
 /// Checks that the time series holds exactly one cpu sample at each time of `expected`

@@ -193,7 +193,13 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         &[],
     )?;
     // Enrollment: an administrator makes a tenant and a one-time token; the agent redeems it.
-    let token = create_tenant_and_token(&run, &admin_key, &id, &[&gateway, &projections]).await?;
+    let token = fleet_e2e::create_tenant_and_token(
+        &run.api,
+        &admin_key,
+        &format!("e2e-{id}"),
+        &[&gateway, &projections],
+    )
+    .await?;
     let enroll_args = [
         "agent",
         "enroll",
@@ -278,12 +284,7 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
     );
     assert_eq!(stats["fields"]["lost"].as_u64(), Some(0), "{stats}");
     let history_url = format!("{agent_url}/metrics?metric=cpu.percent&start=1h&interval=1h");
-    let count = |h: &Value| -> u64 {
-        h["series"][0]["buckets"]
-            .as_array()
-            .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum())
-            .unwrap_or(0)
-    };
+    let count = fleet_e2e::history_sample_count;
     let history = wait_for(
         "every collected report in the time series",
         WAIT,
@@ -301,51 +302,6 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         "every report collected arrives once, none twice"
     );
     Ok(())
-}
-
-/// Creates a tenant and a registration token through the admin API; returns the token.
-async fn create_tenant_and_token(
-    run: &Run,
-    admin_key: &str,
-    id: &str,
-    procs: &[&Proc],
-) -> anyhow::Result<String> {
-    let client = reqwest::Client::new();
-    let tenant: Value = wait_for("the admin API", WAIT, procs, || async {
-        let resp = client
-            .post(format!("{}/api/v1/tenants", run.api))
-            .bearer_auth(admin_key)
-            .json(&serde_json::json!({"name": format!("e2e-{id}")}))
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status() == reqwest::StatusCode::CREATED => Ok(Some(r.json().await?)),
-            Ok(r) => anyhow::bail!(
-                "create tenant: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            ),
-            Err(_) => Ok(None), // not listening yet
-        }
-    })
-    .await?;
-    let tenant_id = tenant["tenant_id"].as_str().context("tenant id")?;
-    let resp = client
-        .post(format!(
-            "{}/api/v1/tenants/{tenant_id}/registration-tokens",
-            run.api
-        ))
-        .bearer_auth(admin_key)
-        .json(&serde_json::json!({"device_name": "e2e", "expires_in": "10m"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status() == reqwest::StatusCode::CREATED,
-        "create token: {}",
-        resp.status()
-    );
-    let token: Value = resp.json().await?;
-    Ok(token["token"].as_str().context("token")?.to_owned())
 }
 
 async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Result<()> {

@@ -243,12 +243,7 @@ greet = "echo hello-from-e2e; echo to-stderr >&2"
     assert_eq!(stats["fields"]["spooled"].as_u64(), Some(0), "{stats}");
     assert_eq!(stats["fields"]["lost"].as_u64(), Some(0), "{stats}");
     let history_url = format!("{agent_url}/metrics?metric=cpu.percent&start=1h&interval=1h");
-    let count = |h: &Value| -> u64 {
-        h["series"][0]["buckets"]
-            .as_array()
-            .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum())
-            .unwrap_or(0)
-    };
+    let count = fleet_e2e::history_sample_count;
     let history = wait_for(
         "every collected report in the time series",
         WAIT,
