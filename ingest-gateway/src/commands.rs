@@ -234,30 +234,19 @@ fn event_from(
 ) -> CommandEvent {
     CommandEvent {
         event_id: String::new(),
-        command_id: command_id.to_owned(),
-        tenant_id: known.map(|t| t.tenant_id.clone()).unwrap_or_default(),
-        agent_id: known.map(|t| t.agent_id.clone()).unwrap_or_default(),
-        kind,
         command_type: known.map(|t| t.command_type.clone()).unwrap_or_default(),
         args: known
             .map(|t| t.args.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default(),
         requires_approval: known.is_some_and(|t| t.requires_approval),
         timeout_secs: known.map_or(0, |t| t.timeout_secs),
-        actor: None,
-        sequence: 0,
-        stream: None,
-        chunk: None,
-        status: None,
-        exit_code: None,
-        stdout: None,
-        stderr: None,
-        output_truncated: false,
-        message: None,
-        started_at: None,
-        finished_at: None,
-        occurred_at: now_micros,
-        ingested_at: now_micros,
+        ..CommandEvent::step(
+            kind,
+            command_id,
+            known.map_or("", |t| t.tenant_id.as_str()),
+            known.map_or("", |t| t.agent_id.as_str()),
+            now_micros,
+        )
     }
 }
 

@@ -22,28 +22,12 @@ use tower::ServiceExt as _;
 fn command(kind: CommandEventKind, id: &str, agent: &str, approval: bool, at: i64) -> CommandEvent {
     CommandEvent {
         event_id: ids::v5(&[id, &format!("{kind:?}"), "0"]).to_string(),
-        command_id: id.to_owned(),
-        tenant_id: "t1".into(),
-        agent_id: agent.to_owned(),
-        kind,
         command_type: "restart_service".into(),
         args: HashMap::from([("service".to_owned(), "nginx".to_owned())]),
         requires_approval: approval,
         timeout_secs: 30,
         actor: Some("alice".into()),
-        sequence: 0,
-        stream: None,
-        chunk: None,
-        status: None,
-        exit_code: None,
-        stdout: None,
-        stderr: None,
-        output_truncated: false,
-        message: None,
-        started_at: None,
-        finished_at: None,
-        occurred_at: at,
-        ingested_at: at,
+        ..CommandEvent::step(kind, id, "t1", agent, at)
     }
 }
 
