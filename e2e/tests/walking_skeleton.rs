@@ -166,7 +166,7 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
     )?;
     let processors_cfg = |threshold: f64| {
         format!(
-            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{log}\"\ngroup = \"e2e-alerts-{id}\"\nsession-timeout-ms = 6000\n{}",
+            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{log}\"\ngroup = \"e2e-alerts-{id}\"\nticketer-group = \"e2e-tickets-{id}\"\nliveness-group = \"e2e-liveness-{id}\"\ncommand-timeouts-group = \"e2e-timeouts-{id}\"\nsession-timeout-ms = 6000\n{}",
             rules_toml(&run.rule_id, threshold)
         )
     };

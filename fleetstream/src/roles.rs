@@ -346,6 +346,7 @@ pub(crate) async fn agent_enroll(
 /// any other agent.
 async fn enroll_local_agent(
     registry: &dyn fleet_stores::registry::Registry,
+    log: &dyn EventLog,
     gateway_url: &str,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
@@ -361,7 +362,14 @@ async fn enroll_local_agent(
         .find(|t| t.name == "default")
     {
         Some(t) => t,
-        None => registry.create_tenant("default", now).await?,
+        None => {
+            let t = registry.create_tenant("default", now).await?;
+            // Like a tenant made through the API, it starts with the default rule set.
+            fleet_projections::rules_api::write_default_rules(log, &t.tenant_id, "fleetstream up")
+                .await
+                .map_err(|e| anyhow::anyhow!("writing the default rules: {e}"))?;
+            t
+        }
     };
     let secret = new_secret("fst_");
     let token = NewToken {
@@ -445,6 +453,7 @@ pub(crate) async fn up(
     let registry = stores.registry.clone();
     let gateway = run_gateway(gw, log.clone(), Some(registry.clone()), shutdown.clone());
     let processors = run_processors(log.clone(), pr, pr_ready, shutdown.clone());
+    let rules_log = log.clone();
     let projections = run_projections(pj, log, stores, shutdown.clone());
     let agent = async {
         if !with_local_agent {
@@ -466,7 +475,13 @@ pub(crate) async fn up(
             .clone()
             .unwrap_or_else(|| data_dir.join("agent"));
         cfg.state_dir = Some(state_dir.clone());
-        enroll_local_agent(registry.as_ref(), &gateway_url, &state_dir).await?;
+        enroll_local_agent(
+            registry.as_ref(),
+            rules_log.as_ref(),
+            &gateway_url,
+            &state_dir,
+        )
+        .await?;
         let agent_id = fleet_agent::enroll::Enrollment::load(&state_dir)?
             .map(|e| e.agent_id)
             .unwrap_or_else(|| cfg.resolved_agent_id());

@@ -315,7 +315,7 @@ fn rule_event(
 }
 
 /// Writes a tenant's default rules; returns their ids.
-pub(crate) async fn write_default_rules(
+pub async fn write_default_rules(
     log: &dyn EventLog,
     tenant_id: &str,
     actor: &str,

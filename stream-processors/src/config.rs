@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::{default_rules, Rule, Severity};
+use crate::rules::{Rule, Severity};
 
 /// Settings of the stream processors. Every key has a default; see
 /// `config/processors.example.toml`.
@@ -24,7 +24,9 @@ pub struct ProcessorsConfig {
     pub batch_size: usize,
     /// Group session timeout, ms (a dead instance's partitions move after this long).
     pub session_timeout_ms: u64,
-    /// Threshold rules (defaults: CPU > 95 critical, memory > 95 critical, disk > 90 warning).
+    /// Static threshold rules for every tenant, beside the per-tenant rules on
+    /// `fleet.rules.v1` (which the API manages; each new tenant gets a default set).
+    /// None by default.
     pub rules: Vec<Rule>,
     /// Seconds replayed beyond the longest for-duration when the evaluator takes a
     /// partition; also the longest gap between two samples that keeps a for-duration running.
@@ -60,7 +62,7 @@ impl Default for ProcessorsConfig {
             group: "fleet-alert-evaluator".into(),
             batch_size: 500,
             session_timeout_ms: 10_000,
-            rules: default_rules(),
+            rules: Vec::new(),
             rules_replay_margin_secs: 120,
             ticketer_group: "fleet-ticketer".into(),
             ticket_min_severity: Severity::Warning,

@@ -178,43 +178,6 @@ pub fn validate_rules(rules: &[Rule]) -> Result<(), RuleError> {
     Ok(())
 }
 
-/// The rules shipped as defaults: CPU, memory and disk thresholds.
-pub fn default_rules() -> Vec<Rule> {
-    let rule = |id: &str, name: &str, metric: &str, threshold: f64, severity| Rule {
-        id: id.into(),
-        name: name.into(),
-        metric: metric.into(),
-        subject: None,
-        operator: Operator::Gt,
-        threshold,
-        severity,
-        tenant: None,
-    };
-    vec![
-        rule(
-            "cpu-critical",
-            "CPU above 95%",
-            "cpu.percent",
-            95.0,
-            Severity::Critical,
-        ),
-        rule(
-            "memory-critical",
-            "Memory above 95%",
-            "memory.percent",
-            95.0,
-            Severity::Critical,
-        ),
-        rule(
-            "disk-warning",
-            "Disk above 90%",
-            "disk.percent",
-            90.0,
-            Severity::Warning,
-        ),
-    ]
-}
-
 impl Operator {
     /// Parses `>`, `>=`, `<`, `<=`, `==`, `!=`.
     pub fn parse(s: &str) -> Option<Operator> {
@@ -1070,7 +1033,6 @@ mod tests {
         assert!(e.message.contains("unknown metric"));
         let e = validate_rules(&[cpu_rule(1.0), cpu_rule(2.0)]).expect_err("dup");
         assert!(e.message.contains("share"));
-        assert!(validate_rules(&default_rules()).is_ok());
     }
 
     #[test]
