@@ -12,14 +12,17 @@
 //! * It **resolves** once `value operator recovery` no longer holds (hysteresis), or, with
 //!   no recovery threshold, once no level is breached.
 //! * `heartbeat.absent` is not a sample metric: its value is the number of heartbeat
-//!   intervals missed in a row, and the liveness processor honours it (operator `>=`, the
-//!   critical threshold, usually 3, is the number of misses that makes an agent offline).
+//!   intervals missed in a row (operator `>=`, the critical threshold, usually 3, is the
+//!   number of misses that makes an agent offline). The liveness processor decides when an
+//!   agent is offline (`offline-after-secs`) and writes OFFLINE / ONLINE; the alert
+//!   evaluator raises an alert per enabled rule in scope on OFFLINE (value: seconds since
+//!   last seen, as no record carries the heartbeat interval) and resolves it on ONLINE.
 
 use crate::records::{RuleDefinition, RuleScope};
 use crate::samples;
 
-/// Rule metric of agent liveness, honoured by the liveness processor: heartbeat intervals
-/// missed in a row.
+/// Rule metric of agent liveness: heartbeat intervals missed in a row (alerts follow the
+/// liveness processor's OFFLINE / ONLINE, see the module docs).
 pub const HEARTBEAT_ABSENT: &str = "heartbeat.absent";
 
 /// Comparison operators a rule may use.

@@ -13,6 +13,16 @@
 //!   reports rebuild the for-durations; the high-water marks from the alert events make
 //!   them emit nothing twice. Records of a partition polled before its seek are dropped
 //!   (they come again), and offsets below the committed one are never committed back.
+//! * The same group consumer also reads `fleet.agents.v1` (keyed by agent id like the
+//!   metrics): its OFFLINE / ONLINE / DEACTIVATED records drive the `heartbeat.absent`
+//!   rules ([`Evaluator::lifecycle`]). They need no replay window (no for-duration: the
+//!   state they need is the open alerts and marks from `fleet.alerts.v1`), so a taken
+//!   agents partition starts at its committed offset (the start when there is none, as for
+//!   metrics: a new group's first run raises and resolves the incidents of the topic's
+//!   history once). Ownership of a `heartbeat.absent` alert (for resolves of retired rules)
+//!   follows the agents partition, that of other alerts the metrics partition: the two
+//!   usually coincide (same key, same partition count, range assignment on the embedded
+//!   log), but Kafka's cooperative-sticky assignor does not promise it.
 //! * Alert events are written (retrying until written) before the input offsets are
 //!   committed.
 //!
@@ -27,7 +37,8 @@ use fleet_event_log::{
     ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord, StartFrom,
 };
 use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
-use fleet_schemas::{codec, topics, AlertEvent, MetricReport, Record, RuleEvent};
+use fleet_schemas::rules::HEARTBEAT_ABSENT;
+use fleet_schemas::{codec, topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent};
 
 use crate::rules::{self, Evaluator};
 use crate::{metrics, ProcessorsConfig, Readiness};
@@ -158,19 +169,39 @@ impl Control {
     }
 }
 
-/// The partitions of the metrics topic this member holds and has primed (sought back).
+/// The input topics of the group consumer.
+const INPUTS: [&str; 2] = [topics::METRICS, topics::AGENTS];
+
+/// The input partitions this member holds and has primed (sought back).
 #[derive(Debug, Default)]
 struct Held {
-    /// Partition → committed offset at the time it was taken (never committed below).
-    primed: BTreeMap<u32, Option<i64>>,
+    /// (Topic, partition) → committed offset at the time it was taken (never committed
+    /// below).
+    primed: BTreeMap<(&'static str, u32), Option<i64>>,
 }
 
-fn metric_partitions(consumer: &dyn Consumer) -> Vec<u32> {
-    let mut v: Vec<u32> = consumer
+impl Held {
+    fn holds(&self, topic: &str, partition: u32) -> bool {
+        INPUTS
+            .iter()
+            .find(|t| **t == topic)
+            .is_some_and(|t| self.primed.contains_key(&(*t, partition)))
+    }
+
+    fn committed(&self, topic: &str, partition: u32) -> Option<i64> {
+        INPUTS
+            .iter()
+            .find(|t| **t == topic)
+            .and_then(|t| self.primed.get(&(*t, partition)).copied().flatten())
+    }
+}
+
+/// The input partitions assigned now, sorted.
+fn input_partitions(consumer: &dyn Consumer) -> Vec<(&'static str, u32)> {
+    let mut v: Vec<(&'static str, u32)> = consumer
         .assignment()
         .into_iter()
-        .filter(|(t, _)| t == topics::METRICS)
-        .map(|(_, p)| p)
+        .filter_map(|(t, p)| INPUTS.iter().find(|i| **i == t).map(|i| (*i, p)))
         .collect();
     v.sort_unstable();
     v
@@ -199,19 +230,19 @@ pub(crate) async fn run(
     );
     ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
     let partitions = log.partition_count(topics::METRICS).await?;
+    let agent_partitions = log.partition_count(topics::AGENTS).await?;
     let options = ConsumerOptions {
         start: StartFrom::Earliest,
         session_timeout: Duration::from_millis(config.session_timeout_ms),
     };
-    let mut consumer = log
-        .subscribe(&config.group, &[topics::METRICS], options)
-        .await?;
+    let mut consumer = log.subscribe(&config.group, &INPUTS, options).await?;
     let mut held = Held::default();
     let mut lag = LagGauge::new(&config.group, Duration::from_secs(5));
     let mut loop_ = Loop {
         log: log.as_ref(),
         group: &config.group,
         partitions,
+        agent_partitions,
         margin_micros,
     };
     let pending = loop_
@@ -238,7 +269,7 @@ pub(crate) async fn run(
         // Rule changes and others' alert events first.
         control.drain(&mut evaluator).await;
         let mut events = Vec::new();
-        if metric_partitions(consumer.as_ref()) != held.primed.keys().copied().collect::<Vec<_>>() {
+        if input_partitions(consumer.as_ref()) != held.primed.keys().copied().collect::<Vec<_>>() {
             events.extend(
                 loop_
                     .reassign(consumer.as_mut(), &mut control, &mut evaluator, &mut held)
@@ -250,7 +281,7 @@ pub(crate) async fn run(
             events.extend(evaluator.resolve_retired(fleet_schemas::time::now_micros(), owned));
         }
         // Records of partitions not primed (polled before their seek) come again.
-        batch.retain(|r| held.primed.contains_key(&r.partition));
+        batch.retain(|r| held.holds(&r.topic, r.partition));
         if batch.is_empty() && events.is_empty() {
             lag.refresh(log.as_ref()).await;
             continue;
@@ -264,10 +295,7 @@ pub(crate) async fn run(
         let commits: Vec<_> = next_offsets(&batch)
             .into_iter()
             .filter(|c| {
-                held.primed
-                    .get(&c.partition)
-                    .copied()
-                    .flatten()
+                held.committed(&c.topic, c.partition)
                     .is_none_or(|committed| c.next_offset > committed)
             })
             .collect();
@@ -291,16 +319,25 @@ struct Loop<'a> {
     log: &'a dyn EventLog,
     group: &'a str,
     partitions: u32,
+    agent_partitions: u32,
     margin_micros: i64,
 }
 
 impl Loop<'_> {
-    /// Whether an agent's reports are on a partition this member primed.
-    fn owned<'h>(&self, held: &'h Held) -> impl FnMut(&str) -> bool + 'h {
-        let n = self.partitions;
-        move |agent: &str| {
-            held.primed
-                .contains_key(&fleet_event_log::partition_for_key(agent.as_bytes(), n))
+    /// Whether an agent's alerts of a metric are this member's: its lifecycle records
+    /// (`heartbeat.absent`) or its reports (other metrics) are on a partition it primed.
+    fn owned<'h>(&self, held: &'h Held) -> impl FnMut(&str, &str) -> bool + 'h {
+        let (n, na) = (self.partitions, self.agent_partitions);
+        move |agent: &str, metric: &str| {
+            let (topic, n) = if metric == HEARTBEAT_ABSENT {
+                (topics::AGENTS, na)
+            } else {
+                (topics::METRICS, n)
+            };
+            held.primed.contains_key(&(
+                topic,
+                fleet_event_log::partition_for_key(agent.as_bytes(), n),
+            ))
         }
     }
 
@@ -314,24 +351,31 @@ impl Loop<'_> {
         evaluator: &mut Evaluator,
         held: &mut Held,
     ) -> anyhow::Result<Vec<AlertEvent>> {
-        let now = metric_partitions(consumer);
-        let lost: Vec<u32> = held
+        let now = input_partitions(consumer);
+        let lost: Vec<(&'static str, u32)> = held
             .primed
             .keys()
             .copied()
-            .filter(|p| !now.contains(p))
+            .filter(|tp| !now.contains(tp))
             .collect();
-        let new: Vec<u32> = now
+        let new: Vec<(&'static str, u32)> = now
             .iter()
             .copied()
-            .filter(|p| !held.primed.contains_key(p))
+            .filter(|tp| !held.primed.contains_key(tp))
             .collect();
+        let metrics_of = |v: &[(&'static str, u32)]| -> Vec<u32> {
+            v.iter()
+                .filter(|(t, _)| *t == topics::METRICS)
+                .map(|(_, p)| *p)
+                .collect()
+        };
         let n = self.partitions;
         let of = move |agent: &str| fleet_event_log::partition_for_key(agent.as_bytes(), n);
         if !lost.is_empty() {
-            evaluator.forget_pending(|a| lost.contains(&of(a)));
-            for p in &lost {
-                held.primed.remove(p);
+            let lost_metrics = metrics_of(&lost);
+            evaluator.forget_pending(|a| lost_metrics.contains(&of(a)));
+            for tp in &lost {
+                held.primed.remove(tp);
             }
             tracing::info!(?lost, "Partitions given up.");
         }
@@ -340,27 +384,35 @@ impl Loop<'_> {
         }
         // Alert events of the previous owner are written before its commits: read them.
         control.catch_up(self.log, evaluator).await?;
-        evaluator.forget_pending(|a| new.contains(&of(a)));
+        let new_metrics = metrics_of(&new);
+        evaluator.forget_pending(|a| new_metrics.contains(&of(a)));
         let window = evaluator
             .longest_for_micros()
             .saturating_add(self.margin_micros);
         let since_ms = (fleet_schemas::time::now_micros() - window).div_euclid(1000);
-        let by_time = self.log.offsets_for_time(topics::METRICS, since_ms).await?;
-        let first = self.log.offsets_for_time(topics::METRICS, 0).await?;
-        let committed = self
-            .log
-            .committed_offsets(self.group, topics::METRICS)
-            .await?;
-        for &p in &new {
-            let i = p as usize;
-            let c = committed.get(i).copied().flatten();
-            let start = match c {
-                Some(c) => c.min(by_time.get(i).copied().unwrap_or(c)),
-                None => first.get(i).copied().unwrap_or(0),
+        for topic in INPUTS {
+            if !new.iter().any(|(t, _)| *t == topic) {
+                continue;
+            }
+            // Metrics replay the for-duration window; lifecycle records need none.
+            let by_time = if topic == topics::METRICS {
+                self.log.offsets_for_time(topic, since_ms).await?
+            } else {
+                Vec::new()
             };
-            consumer.seek(topics::METRICS, p, start).await?;
-            held.primed.insert(p, c);
-            tracing::info!(partition = p, from = start, committed = ?c, "Partition taken; replaying its window.");
+            let first = self.log.offsets_for_time(topic, 0).await?;
+            let committed = self.log.committed_offsets(self.group, topic).await?;
+            for &(_, p) in new.iter().filter(|(t, _)| *t == topic) {
+                let i = p as usize;
+                let c = committed.get(i).copied().flatten();
+                let start = match c {
+                    Some(c) => c.min(by_time.get(i).copied().unwrap_or(c)),
+                    None => first.get(i).copied().unwrap_or(0),
+                };
+                consumer.seek(topic, p, start).await?;
+                held.primed.insert((topic, p), c);
+                tracing::info!(topic, partition = p, from = start, committed = ?c, "Partition taken; replaying its window.");
+            }
         }
         control.rules_changed = false;
         Ok(evaluator.resolve_retired(fleet_schemas::time::now_micros(), self.owned(held)))
@@ -401,6 +453,18 @@ fn evaluate_batch(evaluator: &mut Evaluator, batch: &[ConsumedRecord]) -> Vec<Al
     let now = fleet_schemas::time::now_micros();
     let mut out = Vec::new();
     for r in batch {
+        if &*r.topic == topics::AGENTS {
+            ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => AgentLifecycle::TOPIC).increment(1);
+            match codec::decode::<AgentLifecycle>(&r.value) {
+                Ok(ev) => out.extend(evaluator.lifecycle(&ev, now)),
+                Err(e) => {
+                    ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => AgentLifecycle::TOPIC)
+                        .increment(1);
+                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable agent lifecycle event skipped.");
+                }
+            }
+            continue;
+        }
         ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => MetricReport::TOPIC).increment(1);
         match codec::decode::<MetricReport>(&r.value) {
             Ok(report) => out.extend(evaluator.evaluate(&report, now)),

@@ -32,16 +32,27 @@
 //! * **Scope**: tenant (static rules without a tenant: every tenant), one agent, or the
 //!   agents with a tag ([`Evaluator::set_agent_tags`]; no topic carries agent tags yet, so
 //!   a tag-scoped rule matches nothing until one does).
-//! * `heartbeat.absent` rules match no sample: the liveness processor honours them.
+//! * `heartbeat.absent` rules match no sample. They follow the liveness processor's
+//!   AgentLifecycle events ([`Evaluator::lifecycle`]): OFFLINE raises, for every enabled
+//!   rule in scope, one alert per (rule, agent) with id UUIDv5 of (rule, agent, `""`, the
+//!   OFFLINE's `occurred_at`, i.e. the last-seen time) and the rule's most severe level
+//!   (critical when it has one, else warning), no for-duration and no re-notify;
+//!   the value is the seconds from last seen to the detection (OFFLINE's
+//!   `ingested_at − occurred_at`): the heartbeat interval, needed for a count of missed
+//!   heartbeats, is on no record. The threshold is carried, not compared: liveness's
+//!   `offline-after-secs` decided. The next ONLINE (after the alert's time) or a
+//!   DEACTIVATED resolves it. The raise carries the OFFLINE's time, the resolve the
+//!   ONLINE's (or DEACTIVATED's), so the marks rebuilt from `fleet.alerts.v1` make a
+//!   re-read lifecycle event do nothing twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fleet_schemas::rules::RuleFieldError;
+use fleet_schemas::rules::{RuleFieldError, HEARTBEAT_ABSENT};
 use fleet_schemas::samples::{self, Sample};
 use fleet_schemas::{
-    ids, AlertEvent, AlertEventKind, AlertSeverity, MetricReport, RuleDefinition, RuleEvent,
-    RuleEventKind, RuleScope,
+    ids, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, AlertSeverity,
+    MetricReport, RuleDefinition, RuleEvent, RuleEventKind, RuleScope,
 };
 use serde::{Deserialize, Serialize};
 
@@ -340,6 +351,9 @@ struct KeyState {
     /// Per level, since when it has been breached without interruption.
     since: [Option<i64>; 2],
     open: Option<OpenAlert>,
+    /// Id of the latest alert raised on this key (`heartbeat.absent` keys only): an OFFLINE
+    /// read again after its alert was resolved by a user raises nothing.
+    last_alert: Option<String>,
 }
 
 impl KeyState {
@@ -532,6 +546,9 @@ impl Evaluator {
                     if other.is_none() {
                         opened = 1;
                     }
+                    if ev.metric == HEARTBEAT_ABSENT {
+                        key.last_alert = Some(ev.alert_id.clone());
+                    }
                     *other = Some(OpenAlert {
                         alert_id: ev.alert_id.clone(),
                         tenant_id: ev.tenant_id.clone(),
@@ -564,18 +581,20 @@ impl Evaluator {
     }
 
     /// Resolves the open alerts of rules that were deleted or disabled (or are gone from
-    /// the configuration), for the agents `owned` selects (those on this instance's
-    /// partitions). Stamped with the time of the deletion (or `now_micros` when unknown).
+    /// the configuration), for the (agent, alert metric) pairs `owned` selects (those on
+    /// this instance's partitions: of `fleet.agents.v1` for `heartbeat.absent`, of
+    /// `fleet.metrics.v1` otherwise). Stamped with the time of the deletion (or
+    /// `now_micros` when unknown).
     pub fn resolve_retired(
         &mut self,
         now_micros: i64,
-        mut owned: impl FnMut(&str) -> bool,
+        mut owned: impl FnMut(&str, &str) -> bool,
     ) -> Vec<AlertEvent> {
         let active: HashSet<&str> = self.active.iter().map(|r| r.id.as_str()).collect();
         let mut out = Vec::new();
         for (agent, rules) in &mut self.state {
             for (rule_id, subjects) in rules.iter_mut() {
-                if active.contains(&**rule_id) || !owned(agent) {
+                if active.contains(&**rule_id) {
                     continue;
                 }
                 let at = self
@@ -585,6 +604,9 @@ impl Evaluator {
                     .unwrap_or(now_micros);
                 let deleted = !self.topic_rules.contains_key(&**rule_id);
                 for (subject, key) in subjects.iter_mut() {
+                    if !key.open.as_ref().is_some_and(|o| owned(agent, &o.metric)) {
+                        continue;
+                    }
                     let Some(open) = key.open.take() else {
                         continue;
                     };
@@ -662,6 +684,167 @@ impl Evaluator {
                 *open_count = open_count.saturating_add_signed(opened);
             }
         });
+        out
+    }
+
+    /// Folds an AgentLifecycle event of `fleet.agents.v1` into the `heartbeat.absent`
+    /// rules (see the module docs): OFFLINE raises one alert per enabled rule in scope for
+    /// the agent, unless the (rule, agent) has one open, already raised this one, or has
+    /// seen something newer; ONLINE resolves the open ones older than it; DEACTIVATED
+    /// resolves the open ones; other kinds do nothing. Returns the alert events, in order.
+    pub fn lifecycle(&mut self, ev: &AgentLifecycle, now_micros: i64) -> Vec<AlertEvent> {
+        match ev.kind {
+            AgentLifecycleKind::Offline => self.offline(ev, now_micros),
+            AgentLifecycleKind::Online => self.resolve_absent(ev, now_micros, true),
+            AgentLifecycleKind::Deactivated => self.resolve_absent(ev, now_micros, false),
+            AgentLifecycleKind::Registered | AgentLifecycleKind::Updated => Vec::new(),
+        }
+    }
+
+    fn offline(&mut self, ev: &AgentLifecycle, now_micros: i64) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let Evaluator {
+            active,
+            global,
+            by_tenant,
+            state,
+            tags,
+            open_count,
+            ..
+        } = self;
+        let tags = tags.get(&ev.agent_id);
+        let t = ev.occurred_at;
+        let at = t.to_string();
+        // Seconds from last seen to the detection.
+        let value = (ev.ingested_at.saturating_sub(t).max(0) / 1_000_000) as f64;
+        for i in [
+            global.get(HEARTBEAT_ABSENT),
+            by_tenant
+                .get(&ev.tenant_id)
+                .and_then(|m| m.get(HEARTBEAT_ABSENT)),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        {
+            let rule = &active[*i];
+            if !rule.applies_to(&ev.tenant_id, &ev.agent_id, tags) {
+                continue;
+            }
+            let alert_id = ids::v5(&[&rule.id, &ev.agent_id, "", &at]).to_string();
+            let key = key_mut(state, &rule.id, &ev.agent_id, "");
+            if key.open.is_some()
+                || key.last_alert.as_deref() == Some(alert_id.as_str())
+                || key.mark.is_some_and(|m| m > t)
+            {
+                continue;
+            }
+            let (severity, threshold) = rule
+                .levels
+                .last()
+                .copied()
+                .unwrap_or((AlertSeverity::Warning, 0.0));
+            let operator = rule.operator.symbol().to_owned();
+            let since = fleet_schemas::time::from_micros(t).to_rfc3339();
+            out.push(AlertEvent {
+                event_id: ids::v5(&[&alert_id, AlertEventKind::Raised.as_str()]).to_string(),
+                alert_id: alert_id.clone(),
+                tenant_id: ev.tenant_id.clone(),
+                agent_id: ev.agent_id.clone(),
+                kind: AlertEventKind::Raised,
+                rule_id: rule.id.clone(),
+                rule_name: rule.name.clone(),
+                metric: HEARTBEAT_ABSENT.to_owned(),
+                subject: None,
+                severity,
+                operator: operator.clone(),
+                threshold,
+                value,
+                message: format!(
+                    "{}: agent offline, no heartbeat for {value} s (last seen {since})",
+                    rule.name
+                ),
+                actor: None,
+                occurred_at: t,
+                ingested_at: now_micros,
+            });
+            key.open = Some(OpenAlert {
+                alert_id: alert_id.clone(),
+                tenant_id: ev.tenant_id.clone(),
+                rule_name: rule.name.clone(),
+                metric: HEARTBEAT_ABSENT.to_owned(),
+                operator,
+                severity,
+                threshold,
+                value,
+                notified_at: t,
+                acknowledged: false,
+            });
+            key.last_alert = Some(alert_id);
+            key.mark = Some(key.mark.map_or(t, |m| m.max(t)));
+            *open_count = open_count.saturating_add(1);
+        }
+        out
+    }
+
+    /// Resolves the agent's open `heartbeat.absent` alerts: those older than an ONLINE
+    /// (`online`), or all of them (DEACTIVATED).
+    fn resolve_absent(
+        &mut self,
+        ev: &AgentLifecycle,
+        now_micros: i64,
+        online: bool,
+    ) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let Some(rules) = self.state.get_mut(&ev.agent_id) else {
+            return out;
+        };
+        let t = ev.occurred_at;
+        let why = if online {
+            "agent back online"
+        } else {
+            "agent deactivated"
+        };
+        let mut keys: Vec<_> = rules.iter_mut().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (rule_id, subjects) in keys {
+            let Some(key) = subjects.get_mut("") else {
+                continue;
+            };
+            let due = key
+                .open
+                .as_ref()
+                .is_some_and(|o| o.metric == HEARTBEAT_ABSENT)
+                && (!online || key.mark.is_none_or(|m| m < t));
+            if !due {
+                continue;
+            }
+            let Some(open) = key.open.take() else {
+                continue;
+            };
+            key.reset_pending();
+            key.mark = Some(key.mark.map_or(t, |m| m.max(t)));
+            self.open_count = self.open_count.saturating_sub(1);
+            out.push(AlertEvent {
+                event_id: ids::v5(&[&open.alert_id, AlertEventKind::Resolved.as_str()]).to_string(),
+                message: format!("{}: {why}", open.rule_name),
+                alert_id: open.alert_id,
+                tenant_id: open.tenant_id,
+                agent_id: ev.agent_id.clone(),
+                kind: AlertEventKind::Resolved,
+                rule_id: rule_id.to_string(),
+                rule_name: open.rule_name,
+                metric: open.metric,
+                subject: None,
+                severity: open.severity,
+                operator: open.operator,
+                threshold: open.threshold,
+                value: 0.0,
+                actor: None,
+                occurred_at: t,
+                ingested_at: now_micros,
+            });
+        }
         out
     }
 }
@@ -1232,8 +1415,11 @@ mod tests {
         }
         disabled.occurred_at = 5 * S;
         e.apply_rule_event(&disabled).expect("valid");
-        assert!(e.resolve_retired(99, |a| a != "a1").is_empty(), "not owned");
-        let resolved = e.resolve_retired(99, |_| true);
+        assert!(
+            e.resolve_retired(99, |a, _| a != "a1").is_empty(),
+            "not owned"
+        );
+        let resolved = e.resolve_retired(99, |_, _| true);
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
         assert_eq!(resolved[0].occurred_at, 5 * S, "stamped with the change");
@@ -1254,10 +1440,10 @@ mod tests {
         del.rule = None;
         e.apply_rule_event(&del).expect("delete");
         assert!(e.active_rules().is_empty());
-        let resolved = e.resolve_retired(99, |_| true);
+        let resolved = e.resolve_retired(99, |_, _| true);
         assert_eq!(resolved.len(), 1);
         assert!(resolved[0].message.contains("deleted"));
-        assert!(e.resolve_retired(99, |_| true).is_empty(), "only once");
+        assert!(e.resolve_retired(99, |_, _| true).is_empty(), "only once");
     }
 
     #[test]
@@ -1300,5 +1486,237 @@ mod tests {
         assert_eq!(out[0].rule_id, "svc");
         assert_eq!(out[0].severity, AlertSeverity::Critical);
         assert_eq!(out[0].value, 0.0);
+    }
+
+    // ---- heartbeat.absent: OFFLINE raises, ONLINE / DEACTIVATED resolve ----
+
+    fn heartbeat_rule(id: &str, f: impl FnOnce(&mut RuleDefinition)) -> RuleEvent {
+        topic_rule(id, |d| {
+            d.name = "Agent offline".into();
+            d.metric = HEARTBEAT_ABSENT.into();
+            d.operator = ">=".into();
+            d.warning = None;
+            d.critical = Some(3.0);
+            d.recovery = None;
+            d.for_secs = 0;
+            d.renotify_secs = 0;
+            f(d);
+        })
+    }
+
+    /// As liveness writes them: OFFLINE at the last-seen time, detected `after` s later;
+    /// ONLINE / DEACTIVATED at `t`.
+    fn lifecycle(tenant: &str, agent: &str, kind: AgentLifecycleKind, t: i64) -> AgentLifecycle {
+        let mut ev = fixtures::agent_registered(tenant, agent, t);
+        ev.kind = kind;
+        ev.facts = None;
+        ev.event_id = ids::v5(&[agent, &format!("{kind:?}"), &t.to_string()]).to_string();
+        ev
+    }
+
+    fn offline(agent: &str, last_seen: i64, after: i64) -> AgentLifecycle {
+        let mut ev = lifecycle("t1", agent, AgentLifecycleKind::Offline, last_seen);
+        ev.ingested_at = last_seen + after * S;
+        ev
+    }
+
+    fn online(agent: &str, t: i64) -> AgentLifecycle {
+        lifecycle("t1", agent, AgentLifecycleKind::Online, t)
+    }
+
+    #[test]
+    fn offline_raises_once_and_online_resolves() {
+        let mut e = with_rule(heartbeat_rule("hb", |_| {}));
+        let raised = e.lifecycle(&offline("a1", 100 * S, 95), 7);
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        let a = &raised[0];
+        assert_eq!(a.kind, AlertEventKind::Raised);
+        assert_eq!(
+            a.alert_id,
+            ids::v5(&["hb", "a1", "", &(100 * S).to_string()]).to_string()
+        );
+        assert_eq!(
+            a.event_id,
+            ids::v5(&[&a.alert_id, AlertEventKind::Raised.as_str()]).to_string()
+        );
+        assert_eq!(a.metric, HEARTBEAT_ABSENT);
+        assert_eq!(a.subject, None);
+        assert_eq!(a.severity, AlertSeverity::Critical);
+        assert_eq!(
+            (a.value, a.threshold),
+            (95.0, 3.0),
+            "seconds since last seen"
+        );
+        assert_eq!(a.operator, ">=");
+        assert_eq!((a.occurred_at, a.ingested_at), (100 * S, 7));
+        assert_eq!((a.tenant_id.as_str(), a.rule_id.as_str()), ("t1", "hb"));
+        assert_eq!(e.open_alerts(), 1);
+        assert!(
+            e.lifecycle(&offline("a1", 100 * S, 95), 8).is_empty(),
+            "the same OFFLINE again"
+        );
+        assert!(
+            e.lifecycle(&offline("a1", 150 * S, 95), 8).is_empty(),
+            "one open alert per (rule, agent)"
+        );
+        let resolved = e.lifecycle(&online("a1", 300 * S), 9);
+        assert_eq!(resolved.len(), 1);
+        let r = &resolved[0];
+        assert_eq!(r.kind, AlertEventKind::Resolved);
+        assert_eq!(r.alert_id, a.alert_id);
+        assert_eq!(
+            r.event_id,
+            ids::v5(&[&a.alert_id, AlertEventKind::Resolved.as_str()]).to_string()
+        );
+        assert_eq!(
+            (r.occurred_at, r.severity),
+            (300 * S, AlertSeverity::Critical)
+        );
+        assert!(r.message.contains("online"));
+        assert_eq!(e.open_alerts(), 0);
+        assert!(e.lifecycle(&online("a1", 300 * S), 9).is_empty(), "again");
+        assert!(
+            e.lifecycle(&online("a1", 400 * S), 9).is_empty(),
+            "none open"
+        );
+        // Silent again right after that one heartbeat: last seen = the ONLINE's time.
+        let again = e.lifecycle(&offline("a1", 300 * S, 91), 10);
+        assert_eq!(again.len(), 1, "a new incident");
+        assert_ne!(again[0].alert_id, a.alert_id);
+        assert!(e
+            .lifecycle(
+                &lifecycle("t1", "a1", AgentLifecycleKind::Registered, 500 * S),
+                0
+            )
+            .is_empty());
+    }
+
+    #[test]
+    fn offline_severity_scope_and_tenants() {
+        let mut e = with_rule(heartbeat_rule("hb-warn", |d| {
+            d.warning = Some(2.0);
+            d.critical = None;
+        }));
+        e.apply_rule_event(&heartbeat_rule("hb-a2", |d| {
+            d.scope = RuleScope::Agent;
+            d.scope_value = Some("a2".into());
+        }))
+        .expect("valid");
+        e.apply_rule_event(&heartbeat_rule("hb-off", |d| d.enabled = false))
+            .expect("valid");
+        // A cpu rule of the same tenant: not a heartbeat rule.
+        e.apply_rule_event(&topic_rule("cpu", |_| {}))
+            .expect("valid");
+        let out = e.lifecycle(&offline("a1", S, 90), 0);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].rule_id, "hb-warn");
+        assert_eq!(
+            (out[0].severity, out[0].threshold),
+            (AlertSeverity::Warning, 2.0)
+        );
+        let mut out: Vec<_> = e
+            .lifecycle(&offline("a2", S, 90), 0)
+            .into_iter()
+            .map(|a| a.rule_id)
+            .collect();
+        out.sort();
+        assert_eq!(
+            out,
+            vec!["hb-a2", "hb-warn"],
+            "tenant-wide and agent-scoped"
+        );
+        let mut other = offline("b1", S, 90);
+        other.tenant_id = "t2".into();
+        assert!(e.lifecycle(&other, 0).is_empty(), "another tenant's agent");
+        assert_eq!(e.open_alerts(), 3);
+    }
+
+    #[test]
+    fn rebuilt_from_its_events_lifecycle_replay_emits_nothing_twice() {
+        let rule = heartbeat_rule("hb", |_| {});
+        let history = [
+            offline("a1", 100 * S, 95),
+            online("a1", 300 * S),
+            offline("a1", 400 * S, 95),
+        ];
+        let mut first = with_rule(rule.clone());
+        let emitted: Vec<_> = history
+            .iter()
+            .flat_map(|ev| first.lifecycle(ev, 0))
+            .collect();
+        assert_eq!(
+            emitted.iter().map(|a| a.kind).collect::<Vec<_>>(),
+            vec![
+                AlertEventKind::Raised,
+                AlertEventKind::Resolved,
+                AlertEventKind::Raised
+            ]
+        );
+        // A restart, or a new group replaying the agents topic from the start.
+        let mut again = with_rule(rule.clone());
+        emitted.iter().for_each(|a| again.observe(a));
+        assert_eq!(again.open_alerts(), 1);
+        for ev in &history {
+            assert!(again.lifecycle(ev, 0).is_empty(), "replayed {:?}", ev.kind);
+        }
+        // The old ONLINE did not resolve the newer alert; the next one does.
+        let resolved = again.lifecycle(&online("a1", 600 * S), 0);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].alert_id, emitted[2].alert_id);
+
+        // Resolved by a user while still offline: the OFFLINE read again raises nothing.
+        let mut by_user = emitted[2].clone();
+        by_user.kind = AlertEventKind::Resolved;
+        by_user.actor = Some("ops@example".into());
+        by_user.occurred_at = 1;
+        let mut third = with_rule(rule);
+        emitted.iter().for_each(|a| third.observe(a));
+        third.observe(&by_user);
+        assert_eq!(third.open_alerts(), 0);
+        for ev in &history {
+            assert!(third.lifecycle(ev, 0).is_empty(), "replayed {:?}", ev.kind);
+        }
+    }
+
+    #[test]
+    fn deactivation_resolves_and_retired_heartbeat_rules_follow_agent_partitions() {
+        let rule = heartbeat_rule("hb", |_| {});
+        let mut e = with_rule(rule.clone());
+        e.apply_rule_event(&topic_rule("cpu", |d| d.for_secs = 0))
+            .expect("valid");
+        assert_eq!(e.lifecycle(&offline("a1", 100 * S, 95), 0).len(), 1);
+        let deactivated = lifecycle("t1", "a1", AgentLifecycleKind::Deactivated, 50 * S);
+        let out = e.lifecycle(&deactivated, 0);
+        assert_eq!(out.len(), 1, "resolved whatever its time");
+        assert_eq!(out[0].kind, AlertEventKind::Resolved);
+        assert!(out[0].message.contains("deactivated"));
+        assert_eq!(e.open_alerts(), 0);
+        assert!(e.lifecycle(&deactivated, 0).is_empty());
+
+        // Deleting the rule resolves its alerts where `owned` says the metric is held.
+        assert_eq!(e.lifecycle(&offline("a2", 100 * S, 95), 0).len(), 1);
+        assert_eq!(feed(&mut e, 0, &[90.0]).len(), 1, "a cpu alert on a1");
+        let mut del = fixtures::rule_defined("t1", "hb", 7 * S);
+        del.kind = RuleEventKind::Deleted;
+        del.rule = None;
+        e.apply_rule_event(&del).expect("delete");
+        let mut del = fixtures::rule_defined("t1", "cpu", 7 * S);
+        del.kind = RuleEventKind::Deleted;
+        del.rule = None;
+        e.apply_rule_event(&del).expect("delete");
+        assert!(e
+            .resolve_retired(0, |_, m| m != HEARTBEAT_ABSENT && m != "cpu.percent")
+            .is_empty());
+        let out = e.resolve_retired(0, |_, m| m == HEARTBEAT_ABSENT);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].agent_id.as_str(), out[0].kind),
+            ("a2", AlertEventKind::Resolved)
+        );
+        assert_eq!(
+            e.resolve_retired(0, |_, _| true).len(),
+            1,
+            "then the cpu one"
+        );
     }
 }
