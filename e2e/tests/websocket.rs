@@ -65,7 +65,7 @@ async fn enrollment_heartbeats_metrics_and_a_command_over_the_websocket() -> any
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-ws-rm-{id}\"\ntimeseries-group = \"e2e-ws-ts-{id}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-ws-rm-{id}\"\ntimeseries-group = \"e2e-ws-ts-{id}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n# This test runs run_script at once: no second user approves it.\napproval-required-commands = []\n",
             dir.path().join("ts").display()
         ),
     )?;

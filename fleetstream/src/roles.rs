@@ -296,7 +296,8 @@ async fn run_projections(
             log.clone(),
             &cfg.admin_api_key,
             &cfg.gateway_url,
-        ),
+        )
+        .with_approval_required(cfg.approval_required_commands.clone()),
     ))
     .merge(fleet_ops::endpoints::router("projections", check));
     let server = serve(cfg.listen, api, shutdown.clone(), "query API");

@@ -1,8 +1,10 @@
 //! Administration API: tenants, locations, registration tokens, agent deactivation.
 //!
-//! Every route needs `Authorization: Bearer <admin-api-key>` (the projections'
-//! `admin-api-key`; without one configured the routes answer 403). User accounts and
-//! per-tenant roles come later; this key is the bootstrap administrator.
+//! Every route needs `Authorization: Bearer <key>`: the bootstrap key (the projections'
+//! `admin-api-key`, the user `admin` with role admin) or a user's API key; see
+//! [`crate::auth`] for roles. Tenants and users are for admins; locations and tokens also
+//! for operators of the tenant (viewers of it may list them); deactivation and commands
+//! for operators of the agent's tenant.
 //!
 //! | route | what |
 //! | --- | --- |
@@ -14,22 +16,25 @@
 //! | `GET /api/v1/tenants/{tenant_id}/registration-tokens` | list tokens (never secrets) |
 //! | `POST /api/v1/agents/{agent_id}/deactivate` `{"reason"?}` | revoke an agent's credential (AgentDeactivated on `fleet.agents.v1`) |
 //! | `POST /api/v1/agents/{agent_id}/commands` `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}` | ask an agent to run a command (CommandRequested on `fleet.commands.v1`; see [`crate::commands`]) |
+//! | `POST /api/v1/commands/{command_id}/approve` | approve a command awaiting approval (CommandApproved; a different user than the requester) |
+//! | `POST /api/v1/users`, `GET /api/v1/users`, `POST /api/v1/users/{user_id}/keys`, `POST /api/v1/users/{user_id}/disable` | users and API keys, see [`crate::users`] |
 //! | rules and alert handling | see [`crate::rules_api`]; a new tenant gets the default rules |
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
-use fleet_stores::registry::{hash_secret, new_secret, verify_secret, NewToken, Registry};
+use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry};
 use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{self, require_admin, require_operator, require_viewer, KeyCache, Principal};
 use crate::rules_api;
 
 /// State of the admin routes.
@@ -39,10 +44,14 @@ pub struct AdminState {
     pub(crate) log: Arc<dyn EventLog>,
     admin_key_hash: Option<[u8; 32]>,
     gateway_url: String,
+    pub(crate) keys: KeyCache,
+    pub(crate) approval_required: Arc<Vec<String>>,
 }
 
 impl AdminState {
-    /// Admin state; `admin_key` empty disables the routes.
+    /// Admin state; `admin_key` empty disables the bootstrap key (user keys still work).
+    /// Command types that need approval are the configuration's default
+    /// (`approval-required-commands`); see [`AdminState::with_approval_required`].
     pub fn new(
         registry: Arc<dyn Registry>,
         log: Arc<dyn EventLog>,
@@ -55,7 +64,29 @@ impl AdminState {
             log,
             admin_key_hash,
             gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+            keys: KeyCache::default(),
+            approval_required: Arc::new(
+                crate::ProjectionsConfig::default().approval_required_commands,
+            ),
         }
+    }
+
+    /// The command types that always need approval (`approval-required-commands`).
+    #[must_use]
+    pub fn with_approval_required(mut self, command_types: Vec<String>) -> Self {
+        self.approval_required = Arc::new(command_types);
+        self
+    }
+
+    /// Who sent `headers` (401 if nobody known); see [`crate::auth`].
+    pub(crate) async fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        auth::principal(
+            self.registry.as_ref(),
+            self.admin_key_hash.as_ref(),
+            &self.keys,
+            headers,
+        )
+        .await
     }
 }
 
@@ -72,6 +103,22 @@ pub fn router(state: AdminState) -> Router {
             post(create_token).get(list_tokens),
         )
         .route("/api/v1/agents/{agent_id}/deactivate", post(deactivate))
+        .route(
+            "/api/v1/commands/{command_id}/approve",
+            post(crate::commands::approve_command),
+        )
+        .route(
+            "/api/v1/users",
+            post(crate::users::create_user).get(crate::users::list_users),
+        )
+        .route(
+            "/api/v1/users/{user_id}/keys",
+            post(crate::users::create_key),
+        )
+        .route(
+            "/api/v1/users/{user_id}/disable",
+            post(crate::users::disable_user),
+        )
         .route(
             "/api/v1/agents/{agent_id}/commands",
             post(crate::commands::request_command),
@@ -107,36 +154,6 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Who called (for the audit trail).
-pub(crate) fn admin(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let Some(expected) = &state.admin_key_hash else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
-            "administration is disabled: set `admin-api-key` in the projections configuration",
-        ));
-    };
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send Authorization: Bearer <admin key>",
-            )
-        })?;
-    if !verify_secret(key.trim(), expected) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong admin key",
-        ));
-    }
-    Ok("admin".to_owned())
-}
-
 pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(m) => ApiError::not_found(m),
@@ -154,7 +171,7 @@ pub(crate) fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) ->
     }
 }
 
-fn name_field(field: &str, v: &str) -> Result<String, ApiError> {
+pub(crate) fn name_field(field: &str, v: &str) -> Result<String, ApiError> {
     let v = v.trim();
     if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
         return Err(ApiError::invalid_field(
@@ -179,7 +196,9 @@ async fn create_tenant(
     body: Result<FieldJson<NameBody>, ApiError>,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        require_admin(&p)?;
+        let actor = p.actor();
         let name = name_field("name", &body?.0.name)?;
         let t = s
             .registry
@@ -213,7 +232,7 @@ async fn create_tenant(
 
 async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     let r = async {
-        admin(&s, &headers)?;
+        require_admin(&s.principal(&headers).await?)?;
         let tenants = s.registry.list_tenants().await.map_err(store_error)?;
         Ok(serde_json::json!({ "tenants": tenants }))
     }
@@ -228,7 +247,7 @@ async fn create_location(
     body: Result<FieldJson<NameBody>, ApiError>,
 ) -> Response {
     let r = async {
-        admin(&s, &headers)?;
+        require_operator(&s.principal(&headers).await?, &tenant_id)?;
         let name = name_field("name", &body?.0.name)?;
         s.registry
             .create_location(&tenant_id, &name, fleet_schemas::time::now_micros())
@@ -245,7 +264,7 @@ async fn list_locations(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        admin(&s, &headers)?;
+        require_viewer(&s.principal(&headers).await?, &tenant_id)?;
         let locations = s
             .registry
             .list_locations(&tenant_id)
@@ -291,7 +310,9 @@ async fn create_token(
     body: Result<FieldJson<TokenBody>, ApiError>,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        require_operator(&p, &tenant_id)?;
+        let actor = p.actor();
         let b = body?.0;
         let lifetime = match &b.expires_in {
             None => std::time::Duration::from_secs(86_400),
@@ -330,7 +351,7 @@ async fn list_tokens(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        admin(&s, &headers)?;
+        require_viewer(&s.principal(&headers).await?, &tenant_id)?;
         let tokens = s
             .registry
             .list_tokens(&tenant_id)
@@ -358,7 +379,8 @@ async fn deactivate(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        let actor = p.actor();
         // The body is optional: nothing, or {"reason": "..."}.
         let reason = if body.iter().all(u8::is_ascii_whitespace) {
             None
@@ -373,6 +395,7 @@ async fn deactivate(
             .ok_or_else(|| {
                 ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
             })?;
+        require_operator(&p, &cred.tenant_id)?;
         let now = fleet_schemas::time::now_micros();
         let changed = s
             .registry

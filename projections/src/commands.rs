@@ -7,7 +7,19 @@
 //! Body: `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}`. Types:
 //! `restart_service` (`args.service`), `run_script` (`args.script`, a name from the
 //! agent's configuration), `collect_diagnostics`, `update_config` (interval keys).
-//! An `Idempotency-Key` header makes a retried request name the same command.
+//! An `Idempotency-Key` header makes a retried request name the same command. Requesting
+//! needs an operator of the agent's tenant (or an admin); the requester is the event's
+//! actor.
+//!
+//! Approval: a command needs it when the request says `requires_approval: true` or its
+//! type is in the projections' `approval-required-commands` (default `["run_script"]`).
+//! Such a command waits (the gateway delivers it only after CommandApproved) until
+//! `POST /api/v1/commands/{command_id}/approve` by an operator of its tenant or an admin
+//! who is not the requester (409 otherwise, and 409 if it does not await approval or was
+//! approved already; 404 for an unknown command). The command's REQUESTED event is found
+//! by reading `fleet.commands.v1` to its end: simple, but a read of the topic per
+//! approval. Two approvals racing may both write APPROVED; the event id is the same, and
+//! the gateway treats the second as a no-op.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,7 +31,8 @@ use fleet_ops::ApiError;
 use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{admin, reply, store_error, AdminState};
+use crate::admin::{reply, store_error, AdminState};
+use crate::auth::require_operator;
 
 /// Command types an operator may request (each agent has its own allow-list too).
 pub const COMMAND_TYPES: &[&str] = &[
@@ -111,7 +124,8 @@ pub(crate) async fn request_command(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        let actor = p.actor();
         let req: CommandRequest = fleet_ops::error::parse_json(&body)?;
         let timeout = check_request(&req)?;
         let cred = s
@@ -122,6 +136,7 @@ pub(crate) async fn request_command(
             .ok_or_else(|| {
                 ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
             })?;
+        require_operator(&p, &cred.tenant_id)?;
         if !cred.active {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -139,11 +154,13 @@ pub(crate) async fn request_command(
             }
             _ => uuid::Uuid::now_v7().to_string(),
         };
+        let requires_approval =
+            req.requires_approval || s.approval_required.contains(&req.command_type);
         let now = fleet_schemas::time::now_micros();
         let ev = CommandEvent {
             command_type: req.command_type.clone(),
             args: req.args.clone().into_iter().collect::<HashMap<_, _>>(),
-            requires_approval: req.requires_approval,
+            requires_approval,
             timeout_secs: i64::try_from(timeout).unwrap_or(i64::MAX),
             actor: Some(actor.clone()),
             ..CommandEvent::step(
@@ -164,11 +181,11 @@ pub(crate) async fn request_command(
             .produce(CommandEvent::TOPIC, vec![rec])
             .await
             .map_err(|e| ApiError::unavailable(format!("the command was not written: {e}"), 5))?;
-        tracing::info!(%agent_id, %command_id, command_type = %req.command_type, %actor, "Command requested.");
+        tracing::info!(%agent_id, %command_id, command_type = %req.command_type, %actor, requires_approval, "Command requested.");
         Ok(CommandAccepted {
             command_id,
             agent_id,
-            status: if req.requires_approval {
+            status: if requires_approval {
                 "awaiting_approval".into()
             } else {
                 "requested".into()
@@ -177,6 +194,126 @@ pub(crate) async fn request_command(
     }
     .await;
     reply(StatusCode::ACCEPTED, r)
+}
+
+fn conflict(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, code, message).with_field("command_id")
+}
+
+/// Every event of one command on `fleet.commands.v1`, in log order.
+async fn command_events(
+    log: &dyn fleet_event_log::EventLog,
+    command_id: &str,
+) -> Result<Vec<CommandEvent>, ApiError> {
+    let mut events = Vec::new();
+    fleet_ops::log::read_to_end(log, CommandEvent::TOPIC, |r| {
+        if let Ok(ev) = codec::decode::<CommandEvent>(&r.value) {
+            if ev.command_id == command_id {
+                events.push(ev);
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(format!("commands could not be read: {e}"), 5))?;
+    Ok(events)
+}
+
+/// Answer of an approval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandApproved {
+    /// The command.
+    pub command_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// `approved`.
+    pub status: String,
+    /// Who approved it.
+    pub approved_by: String,
+}
+
+pub(crate) async fn approve_command(
+    State(s): State<AdminState>,
+    Path(command_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let p = s.principal(&headers).await?;
+        let actor = p.actor();
+        let events = command_events(s.log.as_ref(), &command_id).await?;
+        let requested = events
+            .iter()
+            .find(|e| e.kind == CommandEventKind::Requested)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no command {command_id}")).with_field("command_id")
+            })?;
+        require_operator(&p, &requested.tenant_id)?;
+        if requested.actor.as_deref() == Some(actor.as_str()) {
+            return Err(conflict(
+                "same_user",
+                format!(
+                    "approval must come from a different user: {actor} requested command {command_id}"
+                ),
+            ));
+        }
+        if !requested.requires_approval {
+            return Err(conflict(
+                "not_awaiting_approval",
+                format!("command {command_id} does not need approval"),
+            ));
+        }
+        if let Some(done) = events.iter().find(|e| e.kind == CommandEventKind::Approved) {
+            return Err(conflict(
+                "already_approved",
+                format!(
+                    "command {command_id} was approved already by {}",
+                    done.actor.as_deref().unwrap_or("someone")
+                ),
+            ));
+        }
+        if let Some(later) = events.iter().find(|e| e.kind != CommandEventKind::Requested) {
+            return Err(conflict(
+                "not_awaiting_approval",
+                format!(
+                    "command {command_id} is not awaiting approval (it is {})",
+                    later.kind.symbol()
+                ),
+            ));
+        }
+        let now = fleet_schemas::time::now_micros();
+        let ev = CommandEvent {
+            command_type: requested.command_type.clone(),
+            args: requested.args.clone(),
+            requires_approval: true,
+            timeout_secs: requested.timeout_secs,
+            actor: Some(actor.clone()),
+            ..CommandEvent::step(
+                CommandEventKind::Approved,
+                &command_id,
+                &requested.tenant_id,
+                &requested.agent_id,
+                now,
+            )
+        };
+        let rec = ProduceRecord {
+            key: Some(requested.agent_id.as_bytes().to_vec()),
+            value: codec::encode(&ev).map_err(ApiError::internal)?,
+            timestamp_ms: Some(now / 1000),
+        };
+        s.log
+            .produce(CommandEvent::TOPIC, vec![rec])
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the approval was not written: {e}; retry"), 5))?;
+        tracing::info!(agent_id = %requested.agent_id, %command_id, %actor, "Command approved.");
+        Ok(CommandApproved {
+            command_id,
+            agent_id: requested.agent_id,
+            status: "approved".into(),
+            approved_by: actor,
+        })
+    }
+    .await;
+    reply(StatusCode::OK, r)
 }
 
 #[cfg(test)]

@@ -28,11 +28,14 @@ pub struct ProjectionsConfig {
     pub batch_size: usize,
     /// Group session timeout, ms.
     pub session_timeout_ms: u64,
-    /// Key of the bootstrap administrator (tenants, locations, registration tokens,
-    /// deactivation): send `Authorization: Bearer <key>`. Empty disables those routes.
+    /// Key of the bootstrap administrator (the user `admin` with role admin): send
+    /// `Authorization: Bearer <key>`. Empty disables it (user API keys still work).
     pub admin_api_key: String,
     /// Gateway URL agents enroll at, used in the install command of new tokens.
     pub gateway_url: String,
+    /// Command types that always need approval by a second user (besides requests that
+    /// say `requires_approval: true`).
+    pub approval_required_commands: Vec<String>,
 }
 
 impl Default for ProjectionsConfig {
@@ -49,6 +52,7 @@ impl Default for ProjectionsConfig {
             session_timeout_ms: 10_000,
             admin_api_key: String::new(),
             gateway_url: "http://127.0.0.1:8080".into(),
+            approval_required_commands: vec!["run_script".into()],
         }
     }
 }

@@ -10,10 +10,12 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod project;
 pub mod rules_api;
+pub mod users;
 
 pub use config::ProjectionsConfig;

@@ -1,5 +1,7 @@
-//! Alert rules and alert handling through the admin API. Every route needs the admin key
-//! (as the other admin routes; user roles come later). Rules are events: each change
+//! Alert rules and alert handling through the admin API. Every route needs an API key
+//! (see [`crate::auth`]): listing a tenant's rules needs a viewer of the tenant; changing
+//! rules, and acknowledging or resolving an alert, an operator of the rule's or alert's
+//! tenant (or an admin). Rules are events: each change
 //! writes a RuleEvent to `fleet.rules.v1` (key: rule id, compacted), which the alert
 //! evaluators follow, so a change applies without a restart.
 //!
@@ -41,7 +43,8 @@ use fleet_schemas::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{admin, reply, store_error, AdminState};
+use crate::admin::{reply, store_error, AdminState};
+use crate::auth::{require_operator, require_viewer};
 
 /// Body of rule creation and update.
 #[derive(Debug, Clone, Deserialize)]
@@ -390,7 +393,9 @@ pub(crate) async fn create_rule(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        require_operator(&p, &tenant_id)?;
+        let actor = p.actor();
         let b: RuleBody = fleet_ops::error::parse_json(&body)?;
         let d = definition(&b, true)?;
         known_tenant(&s, &tenant_id).await?;
@@ -419,7 +424,7 @@ pub(crate) async fn list_rules(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        admin(&s, &headers)?;
+        require_viewer(&s.principal(&headers).await?, &tenant_id)?;
         let rules: Vec<RuleView> = current_rules(s.log.as_ref())
             .await?
             .values()
@@ -438,7 +443,9 @@ pub(crate) async fn write_defaults(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        require_operator(&p, &tenant_id)?;
+        let actor = p.actor();
         known_tenant(&s, &tenant_id).await?;
         let ids = write_default_rules(s.log.as_ref(), &tenant_id, &actor).await?;
         Ok(serde_json::json!({ "tenant_id": tenant_id, "default_rules": ids }))
@@ -454,9 +461,11 @@ pub(crate) async fn update_rule(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        let actor = p.actor();
         let b: RuleBody = fleet_ops::error::parse_json(&body)?;
         let old = existing_rule(s.log.as_ref(), &rule_id).await?;
+        require_operator(&p, &old.tenant_id)?;
         let enabled = old.rule.as_ref().is_none_or(|d| d.enabled);
         let d = definition(&b, enabled)?;
         let ev = rule_event(
@@ -480,8 +489,10 @@ async fn set_enabled(
     rule_id: &str,
     enabled: bool,
 ) -> Result<RuleView, ApiError> {
-    let actor = admin(s, headers)?;
+    let p = s.principal(headers).await?;
+    let actor = p.actor();
     let old = existing_rule(s.log.as_ref(), rule_id).await?;
+    require_operator(&p, &old.tenant_id)?;
     let mut d = old
         .rule
         .clone()
@@ -527,8 +538,10 @@ pub(crate) async fn delete_rule(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        let actor = admin(&s, &headers)?;
+        let p = s.principal(&headers).await?;
+        let actor = p.actor();
         let old = existing_rule(s.log.as_ref(), &rule_id).await?;
+        require_operator(&p, &old.tenant_id)?;
         let ev = rule_event(
             &rule_id,
             &old.tenant_id,
@@ -582,8 +595,10 @@ async fn alert_action(
     alert_id: &str,
     kind: AlertEventKind,
 ) -> Result<serde_json::Value, ApiError> {
-    let actor = admin(s, headers)?;
+    let p = s.principal(headers).await?;
+    let actor = p.actor();
     let (raised, acknowledged, resolved) = find_alert(s.log.as_ref(), alert_id).await?;
+    require_operator(&p, &raised.tenant_id)?;
     if resolved {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

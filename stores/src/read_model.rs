@@ -91,6 +91,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "commands inventory tickets",
         include_str!("../migrations/0004_commands_inventory_tickets.sql"),
     ),
+    (5, "users", include_str!("../migrations/0005_users.sql")),
 ];
 
 /// The engine behind a [`SqlReadModel`].

@@ -1,8 +1,9 @@
-//! The registry seam: tenants, locations, registration tokens and agent credentials.
+//! The registry seam: tenants, locations, registration tokens, agent credentials, and the
+//! users of the query API with their API keys.
 //!
 //! Redeeming a registration token is the one synchronous transactional step of the
 //! system: of two concurrent redemptions of one token exactly one succeeds. Secrets
-//! (token secrets, agent credentials) are never stored: only their SHA-256, and checks
+//! (token secrets, agent credentials, user API keys) are never stored: only their SHA-256, and checks
 //! compare hashes in constant time ([`verify_secret`]).
 
 use async_trait::async_trait;
@@ -126,6 +127,93 @@ pub struct AgentCredential {
     pub active: bool,
 }
 
+/// Role of a user of the query API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, in every tenant (has no tenant).
+    Admin,
+    /// Reads and acts within one tenant.
+    Operator,
+    /// Reads within one tenant.
+    Viewer,
+}
+
+impl Role {
+    /// `admin`, `operator` or `viewer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// The role named `s`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+}
+
+/// What to create a user with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    /// Display and login name (unique).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Tenant: required for operators and viewers, absent for admins.
+    pub tenant_id: Option<String>,
+    /// Creation time, µs.
+    pub created_at: i64,
+}
+
+/// A user of the query API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Id (UUID string).
+    pub user_id: String,
+    /// Name (unique).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Tenant (operators and viewers).
+    pub tenant_id: Option<String>,
+    /// Creation time, µs.
+    pub created_at: i64,
+    /// A disabled user's keys stop working.
+    pub disabled: bool,
+}
+
+/// A user's API key as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyInfo {
+    /// Id (UUID string), not secret.
+    pub key_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Last four characters of the secret, for display.
+    pub last4: String,
+    /// Creation time, µs.
+    pub created_at: i64,
+}
+
+/// The user an API key belongs to, found by the key's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// The user (possibly disabled: the caller decides).
+    pub user: User,
+    /// The key.
+    pub key: ApiKeyInfo,
+    /// SHA-256 of the key's secret, as stored.
+    pub key_hash: [u8; 32],
+}
+
 /// The registry.
 #[async_trait]
 pub trait Registry: Send + Sync + std::fmt::Debug {
@@ -167,6 +255,32 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
         agent_id: &str,
         now: i64,
     ) -> Result<bool>;
+
+    /// Creates a user. A role and tenant that do not fit (an admin with a tenant, an
+    /// operator or viewer without one) or a blank name is `StoreError::InvalidQuery`; an
+    /// unknown tenant `StoreError::NotFound`; a duplicate name `StoreError::Conflict`.
+    async fn create_user(&self, user: &NewUser) -> Result<User>;
+    /// All users, by name.
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// One user.
+    async fn get_user(&self, user_id: &str) -> Result<Option<User>>;
+    /// Disables or re-enables a user; false if unknown.
+    async fn set_user_disabled(&self, user_id: &str, disabled: bool) -> Result<bool>;
+    /// Stores an API key of a user under the SHA-256 of its secret (the caller generated
+    /// the secret and shows it once). Unknown user is `StoreError::NotFound`; a hash
+    /// already stored `StoreError::Conflict`; `last4` longer than 4 characters
+    /// `StoreError::InvalidQuery`.
+    async fn create_api_key(
+        &self,
+        user_id: &str,
+        key_hash: [u8; 32],
+        last4: &str,
+        now: i64,
+    ) -> Result<ApiKeyInfo>;
+    /// Keys of a user, newest first.
+    async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKeyInfo>>;
+    /// The key whose secret hashes to `key_hash`, with its user (also when disabled).
+    async fn key_owner(&self, key_hash: [u8; 32]) -> Result<Option<KeyOwner>>;
 }
 
 /// SHA-256 of a high-entropy secret (tokens and credentials are 256-bit random values,
@@ -183,7 +297,7 @@ pub fn verify_secret(secret: &str, expected: &[u8; 32]) -> bool {
 }
 
 /// A new random secret: 32 bytes from the OS, URL-safe base64 without padding, with a
-/// readable prefix (`fst_` tokens, `fsa_` agent credentials).
+/// readable prefix (`fst_` tokens, `fsa_` agent credentials, `fsu_` user API keys).
 pub fn new_secret(prefix: &str) -> String {
     use base64::Engine as _;
     let mut bytes = [0u8; 32];

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use fleet_stores::registry::{
-    hash_secret, new_secret, verify_secret, NewAgent, NewToken, RedeemRefusal, Registry, Tenant,
+    hash_secret, new_secret, verify_secret, NewAgent, NewToken, NewUser, RedeemRefusal, Registry,
+    Role, Tenant,
 };
 use fleet_stores::{open_registry, open_sql, ReadModel, StoreError};
 
@@ -29,6 +30,9 @@ macro_rules! conformance {
             concurrent_redemptions_of_many_tokens_all_win,
             duplicate_agent_id_is_a_conflict_and_keeps_the_token,
             deactivate_is_tenant_restricted_and_idempotent,
+            users_are_created_listed_and_checked,
+            users_can_be_disabled_and_enabled,
+            api_keys_resolve_to_their_user_and_are_unique,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -637,6 +641,162 @@ mod cases {
                 .context("stored")?
                 .active
         );
+        Ok(())
+    }
+
+    fn user(name: &str, role: Role, tenant: Option<&Tenant>) -> NewUser {
+        NewUser {
+            name: name.into(),
+            role,
+            tenant_id: tenant.map(|t| t.tenant_id.clone()),
+            created_at: T0,
+        }
+    }
+
+    pub(crate) async fn users_are_created_listed_and_checked(
+        store: Arc<dyn Registry>,
+    ) -> Result<()> {
+        ensure!(store.list_users().await?.is_empty());
+        let acme = store.create_tenant("Acme", T0).await?;
+        let root = store.create_user(&user("root", Role::Admin, None)).await?;
+        ensure!(root.role == Role::Admin && root.tenant_id.is_none() && !root.disabled);
+        ensure!(uuid::Uuid::parse_str(&root.user_id)?.get_version_num() == 4);
+        let bob = store
+            .create_user(&user("bob", Role::Operator, Some(&acme)))
+            .await?;
+        ensure!(bob.tenant_id.as_deref() == Some(acme.tenant_id.as_str()));
+        let vic = store
+            .create_user(&user("vic", Role::Viewer, Some(&acme)))
+            .await?;
+        let listed = store.list_users().await?;
+        ensure!(
+            listed == vec![bob.clone(), root.clone(), vic.clone()],
+            "by name: {listed:?}"
+        );
+        ensure!(store.get_user(&bob.user_id).await? == Some(bob.clone()));
+        ensure!(store.get_user("no-such-user").await?.is_none());
+
+        let dup = store
+            .create_user(&user("bob", Role::Viewer, Some(&acme)))
+            .await;
+        ensure!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        let admin_with_tenant = store
+            .create_user(&user("x", Role::Admin, Some(&acme)))
+            .await;
+        ensure!(
+            matches!(admin_with_tenant, Err(StoreError::InvalidQuery(_))),
+            "{admin_with_tenant:?}"
+        );
+        let operator_without = store.create_user(&user("y", Role::Operator, None)).await;
+        ensure!(
+            matches!(operator_without, Err(StoreError::InvalidQuery(_))),
+            "{operator_without:?}"
+        );
+        let unknown_tenant = store
+            .create_user(&NewUser {
+                tenant_id: Some("no-such-tenant".into()),
+                ..user("z", Role::Viewer, None)
+            })
+            .await;
+        ensure!(
+            matches!(unknown_tenant, Err(StoreError::NotFound(_))),
+            "{unknown_tenant:?}"
+        );
+        let blank = store.create_user(&user("  ", Role::Admin, None)).await;
+        ensure!(
+            matches!(blank, Err(StoreError::InvalidQuery(_))),
+            "{blank:?}"
+        );
+        ensure!(
+            store.list_users().await?.len() == 3,
+            "refusals store nothing"
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn users_can_be_disabled_and_enabled(store: Arc<dyn Registry>) -> Result<()> {
+        let acme = store.create_tenant("Acme", T0).await?;
+        let bob = store
+            .create_user(&user("bob", Role::Operator, Some(&acme)))
+            .await?;
+        ensure!(store.set_user_disabled(&bob.user_id, true).await?);
+        ensure!(
+            store
+                .get_user(&bob.user_id)
+                .await?
+                .context("stored")?
+                .disabled
+        );
+        ensure!(store.set_user_disabled(&bob.user_id, false).await?);
+        ensure!(
+            !store
+                .get_user(&bob.user_id)
+                .await?
+                .context("stored")?
+                .disabled
+        );
+        ensure!(!store.set_user_disabled("no-such-user", true).await?);
+        Ok(())
+    }
+
+    pub(crate) async fn api_keys_resolve_to_their_user_and_are_unique(
+        store: Arc<dyn Registry>,
+    ) -> Result<()> {
+        let acme = store.create_tenant("Acme", T0).await?;
+        let bob = store
+            .create_user(&user("bob", Role::Operator, Some(&acme)))
+            .await?;
+        let secret = new_secret("fsu_");
+        let last4 = &secret[secret.len() - 4..];
+        let first = store
+            .create_api_key(&bob.user_id, hash_secret(&secret), last4, T0)
+            .await?;
+        ensure!(first.user_id == bob.user_id && first.last4 == last4);
+        let second = store
+            .create_api_key(
+                &bob.user_id,
+                hash_secret(&new_secret("fsu_")),
+                "abcd",
+                T0 + 1,
+            )
+            .await?;
+        ensure!(
+            store.list_api_keys(&bob.user_id).await? == vec![second.clone(), first.clone()],
+            "newest first"
+        );
+
+        let owner = store
+            .key_owner(hash_secret(&secret))
+            .await?
+            .context("key found")?;
+        ensure!(owner.user == bob && owner.key == first);
+        ensure!(verify_secret(&secret, &owner.key_hash));
+        ensure!(store.key_owner(hash_secret("fsu_wrong")).await?.is_none());
+
+        store.set_user_disabled(&bob.user_id, true).await?;
+        let owner = store
+            .key_owner(hash_secret(&secret))
+            .await?
+            .context("a disabled user's key is still found")?;
+        ensure!(owner.user.disabled, "and says so");
+
+        let dup = store
+            .create_api_key(&bob.user_id, hash_secret(&secret), last4, T0 + 2)
+            .await;
+        ensure!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        let unknown = store
+            .create_api_key("no-such-user", hash_secret(&new_secret("fsu_")), "abcd", T0)
+            .await;
+        ensure!(
+            matches!(unknown, Err(StoreError::NotFound(_))),
+            "{unknown:?}"
+        );
+        let long = store
+            .create_api_key(&bob.user_id, hash_secret(&new_secret("fsu_")), "abcde", T0)
+            .await;
+        ensure!(matches!(long, Err(StoreError::InvalidQuery(_))), "{long:?}");
+        ensure!(store.list_api_keys(&bob.user_id).await?.len() == 2);
+        ensure!(store.list_api_keys("no-such-user").await?.is_empty());
         Ok(())
     }
 }

@@ -27,8 +27,8 @@ use sqlx::Row;
 
 use super::{decode_error, Engine, SqlReadModel};
 use crate::registry::{
-    AgentCredential, Location, NewAgent, NewToken, RedeemRefusal, Redeemed, Registry, Tenant,
-    TokenInfo,
+    AgentCredential, ApiKeyInfo, KeyOwner, Location, NewAgent, NewToken, NewUser, RedeemRefusal,
+    Redeemed, Registry, Role, Tenant, TokenInfo, User,
 };
 use crate::{Result, StoreError};
 
@@ -81,6 +81,26 @@ UPDATE agent_credentials SET active = 0, deactivated_at = $1 WHERE agent_id = $2
 const DEACTIVATE_IN_TENANT: &str = "\
 UPDATE agent_credentials SET active = 0, deactivated_at = $1
 WHERE agent_id = $2 AND active = 1 AND tenant_id = $3";
+
+const INSERT_USER: &str = "\
+INSERT INTO users (user_id, name, role, tenant_id, disabled, created_at)
+VALUES ($1, $2, $3, $4, 0, $5)";
+
+const USER_COLUMNS: &str = "user_id, name, role, tenant_id, disabled, created_at";
+
+const SET_USER_DISABLED: &str = "UPDATE users SET disabled = $1 WHERE user_id = $2";
+
+const INSERT_API_KEY: &str = "\
+INSERT INTO user_api_keys (key_id, key_hash, user_id, last4, created_at)
+VALUES ($1, $2, $3, $4, $5)";
+
+const API_KEY_COLUMNS: &str = "key_id, user_id, last4, created_at";
+
+const SELECT_KEY_OWNER: &str = "\
+SELECT k.key_id, k.key_hash, k.last4, k.created_at AS key_created_at,
+    u.user_id, u.name, u.role, u.tenant_id, u.disabled, u.created_at
+FROM user_api_keys k JOIN users u ON u.user_id = k.user_id
+WHERE k.key_hash = $1";
 
 /// Why one redemption attempt failed.
 #[derive(Debug)]
@@ -297,6 +317,50 @@ fn credential_from_row(row: &AnyRow) -> Result<AgentCredential, BoxDynError> {
             1 => true,
             other => return Err(format!("active flag {other}, expected 0 or 1").into()),
         },
+    })
+}
+
+fn flag(name: &str, v: i64) -> Result<bool, BoxDynError> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(format!("{name} flag {other}, expected 0 or 1").into()),
+    }
+}
+
+fn user_from_row(row: &AnyRow) -> Result<User, BoxDynError> {
+    let role: String = row.try_get("role")?;
+    Ok(User {
+        user_id: row.try_get("user_id")?,
+        name: row.try_get("name")?,
+        role: Role::parse(&role).ok_or_else(|| format!("unknown role {role:?}"))?,
+        tenant_id: row.try_get("tenant_id")?,
+        created_at: row.try_get("created_at")?,
+        disabled: flag("disabled", row.try_get("disabled")?)?,
+    })
+}
+
+fn api_key_from_row(row: &AnyRow) -> Result<ApiKeyInfo, BoxDynError> {
+    Ok(ApiKeyInfo {
+        key_id: row.try_get("key_id")?,
+        user_id: row.try_get("user_id")?,
+        last4: row.try_get("last4")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn key_owner_from_row(row: &AnyRow) -> Result<KeyOwner, BoxDynError> {
+    let user = user_from_row(row)?;
+    let hash: String = row.try_get("key_hash")?;
+    Ok(KeyOwner {
+        key: ApiKeyInfo {
+            key_id: row.try_get("key_id")?,
+            user_id: user.user_id.clone(),
+            last4: row.try_get("last4")?,
+            created_at: row.try_get("key_created_at")?,
+        },
+        key_hash: from_hex(&hash)?,
+        user,
     })
 }
 
@@ -552,6 +616,158 @@ impl Registry for SqlReadModel {
             .await
             .map_err(|e| self.db_error("deactivate agent", e))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    #[tracing::instrument(skip(self, user), fields(engine = self.engine.as_str(), name = %user.name))]
+    async fn create_user(&self, user: &NewUser) -> Result<User> {
+        check_name("user", &user.name)?;
+        match (user.role, user.tenant_id.as_deref()) {
+            (Role::Admin, Some(_)) => {
+                return Err(StoreError::InvalidQuery(
+                    "an admin belongs to no tenant".into(),
+                ))
+            }
+            (Role::Operator | Role::Viewer, None) => {
+                return Err(StoreError::InvalidQuery(format!(
+                    "an {} belongs to a tenant: name one",
+                    user.role.as_str()
+                )))
+            }
+            _ => {}
+        }
+        let created = User {
+            user_id: new_id(),
+            name: user.name.clone(),
+            role: user.role,
+            tenant_id: user.tenant_id.clone(),
+            created_at: user.created_at,
+            disabled: false,
+        };
+        let inserted = sqlx::query(INSERT_USER)
+            .bind(created.user_id.as_str())
+            .bind(created.name.as_str())
+            .bind(created.role.as_str())
+            .bind(created.tenant_id.as_deref())
+            .bind(created.created_at)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(created),
+            Err(e) if constraint(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                Err(StoreError::NotFound(format!(
+                    "tenant {}",
+                    user.tenant_id.as_deref().unwrap_or("")
+                )))
+            }
+            Err(e) => Err(self.registry_error("create user", e, || {
+                format!("a user named {:?} already exists", user.name)
+            })),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_users(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error("list users", e))?;
+        rows.iter()
+            .map(user_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("users", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn get_user(&self, user_id: &str) -> Result<Option<User>> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
+        ))
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db_error("get user", e))?;
+        row.as_ref()
+            .map(user_from_row)
+            .transpose()
+            .map_err(|e| decode_error("user", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn set_user_disabled(&self, user_id: &str, disabled: bool) -> Result<bool> {
+        let done = sqlx::query(SET_USER_DISABLED)
+            .bind(i64::from(disabled))
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("disable user", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[tracing::instrument(skip(self, key_hash), fields(engine = self.engine.as_str()))]
+    async fn create_api_key(
+        &self,
+        user_id: &str,
+        key_hash: [u8; 32],
+        last4: &str,
+        now: i64,
+    ) -> Result<ApiKeyInfo> {
+        if last4.chars().count() > 4 {
+            return Err(StoreError::InvalidQuery(
+                "last4 holds at most 4 characters".into(),
+            ));
+        }
+        let info = ApiKeyInfo {
+            key_id: new_id(),
+            user_id: user_id.to_owned(),
+            last4: last4.to_owned(),
+            created_at: now,
+        };
+        let inserted = sqlx::query(INSERT_API_KEY)
+            .bind(info.key_id.as_str())
+            .bind(to_hex(&key_hash))
+            .bind(user_id)
+            .bind(last4)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(info),
+            Err(e) if constraint(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                Err(StoreError::NotFound(format!("user {user_id}")))
+            }
+            Err(e) => Err(self.registry_error("create API key", e, || {
+                "an API key with this secret already exists: generate a new secret".into()
+            })),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKeyInfo>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM user_api_keys WHERE user_id = $1 \
+             ORDER BY created_at DESC, key_id DESC"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error("list API keys", e))?;
+        rows.iter()
+            .map(api_key_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("API keys", e))
+    }
+
+    #[tracing::instrument(skip(self, key_hash), fields(engine = self.engine.as_str()))]
+    async fn key_owner(&self, key_hash: [u8; 32]) -> Result<Option<KeyOwner>> {
+        let row = sqlx::query(SELECT_KEY_OWNER)
+            .bind(to_hex(&key_hash))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_error("find API key", e))?;
+        row.as_ref()
+            .map(key_owner_from_row)
+            .transpose()
+            .map_err(|e| decode_error("API key", e))
     }
 }
 
