@@ -21,9 +21,16 @@ lint: ## Formatting and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: ## Criterion benches and the whole-pipeline bench (needs `make services` for Kafka)
+bench: ## Criterion benches, the whole-pipeline bench (needs `make services` for Kafka), WebSocket memory
 	$(CARGO) bench -p fleet-schemas --bench codec
 	$(CARGO) bench -p fleet-stream-processors --bench rules
 	$(CARGO) bench -p fleet-e2e --bench pipeline -- all
+	$(CARGO) bench -p fleet-ingest-gateway --bench ws_connections
 
-.PHONY: help up test services down lint bench
+bench-agent: ## Agent overhead vs prometheus-node-exporter (apt package) and command latency (~7 min)
+	$(CARGO) build --release -p fleetstream
+	$(CARGO) build --profile agent -p fleet-agent --bin fleetstream-agent
+	FLEETSTREAM_AGENT_BIN=$(CURDIR)/target/agent/fleetstream-agent $(CARGO) bench -p fleet-e2e --bench agent_overhead
+	FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench command_latency
+
+.PHONY: help up test services down lint bench bench-agent
