@@ -158,6 +158,7 @@ async fn register(
         facts: Some(facts),
         actor: None,
         reason: None,
+        tags: None,
         occurred_at: now,
         ingested_at: now,
     };

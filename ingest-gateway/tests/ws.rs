@@ -287,6 +287,7 @@ async fn deactivation_closes_the_socket() {
             facts: None,
             actor: Some("test".into()),
             reason: None,
+            tags: None,
             occurred_at: now,
             ingested_at: now,
         };

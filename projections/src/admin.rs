@@ -415,6 +415,7 @@ async fn deactivate(
                 facts: None,
                 actor: Some(actor.clone()),
                 reason,
+                tags: None,
                 occurred_at: now,
                 ingested_at: now,
             };

@@ -71,7 +71,9 @@ pub struct KnownSchema {
     pub file: &'static str,
 }
 
-/// Every `.avsc` this build carries: (file name, text). Current versions first.
+/// Every `.avsc` this build carries: (file name, text). Current versions first, then the
+/// released older versions (`history/`), which are only decoded (resolved against the
+/// current schema), never written.
 pub const AVSC_FILES: &[(&str, &str)] = &[
     (
         "metric_report.avsc",
@@ -97,6 +99,12 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
         include_str!("../avro/ticket_event.avsc"),
     ),
     ("rule_event.avsc", include_str!("../avro/rule_event.avsc")),
+    // Released versions, still readable (records on the topics were written with them):
+    // after every current one, so `Catalog::current` keeps naming the current file.
+    (
+        "history/agent_lifecycle.v1.avsc",
+        include_str!("../avro/history/agent_lifecycle.v1.avsc"),
+    ),
 ];
 
 /// All schemas this build knows, parsed once.

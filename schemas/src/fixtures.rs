@@ -139,6 +139,7 @@ pub fn agent_registered(tenant: &str, agent: &str, occurred_at: i64) -> AgentLif
         }),
         actor: None,
         reason: None,
+        tags: None,
         occurred_at,
         ingested_at: occurred_at + 1_000,
     }

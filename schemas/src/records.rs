@@ -351,6 +351,9 @@ pub struct AgentLifecycle {
     pub actor: Option<String>,
     /// Why.
     pub reason: Option<String>,
+    /// The agent's tags when the event states them: `None` = unchanged / not stated,
+    /// `Some(vec![])` = no tags.
+    pub tags: Option<Vec<String>>,
     /// When it happened (µs).
     pub occurred_at: i64,
     /// When it was written (µs).

@@ -61,7 +61,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "heartbeat", &hb)?;
     write(dir.path(), "agent_event", &ev)?;
     write(dir.path(), "alert_event", &alert)?;
-    let registered = fixtures::agent_registered("tenant-1", "agent-1", T);
+    let mut registered = fixtures::agent_registered("tenant-1", "agent-1", T);
+    registered.tags = Some(vec!["web".into(), "eu".into()]);
     write(dir.path(), "agent_lifecycle", &registered)?;
     let completed = fixtures::command_completed("tenant-1", "agent-1", T);
     write(dir.path(), "command_event", &completed)?;
@@ -115,6 +116,7 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     })?;
     assert_eq!(l["kind"], "REGISTERED");
     assert_eq!(l["facts"]["cpu_cores"], 2);
+    assert_eq!(l["tags"], serde_json::json!(["web", "eu"]));
     let c = read_back(dir.path(), "command_event", &completed, |r, a| {
         r.agent_id = a
     })?;
@@ -150,7 +152,10 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
             RuleEvent::FULL_NAME,
         ]
         .len(),
-        codec::AVSC_FILES.len()
+        codec::AVSC_FILES
+            .iter()
+            .filter(|(file, _)| !file.starts_with("history/"))
+            .count()
     );
     Ok(())
 }

@@ -179,3 +179,63 @@ fn websocket_frames_are_tagged_json_and_reject_unknown_fields() {
         }
     );
 }
+
+// ---- Evolution of AgentLifecycle: v1 (no `tags`) to the current schema ----
+
+const AGENT_LIFECYCLE_V1: &str = include_str!("../avro/history/agent_lifecycle.v1.avsc");
+const AGENT_LIFECYCLE: &str = include_str!("../avro/agent_lifecycle.avsc");
+
+/// The fixture as an Avro value of the v1 schema: the current value without `tags`.
+fn lifecycle_v1_value(v: &AgentLifecycle) -> apache_avro::types::Value {
+    use apache_avro::types::Value;
+    match apache_avro::to_value(v).expect("to value") {
+        Value::Record(fields) => {
+            Value::Record(fields.into_iter().filter(|(n, _)| n != "tags").collect())
+        }
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+#[test]
+fn agent_lifecycle_v1_data_reads_with_the_current_schema() {
+    let old = Schema::parse_str(AGENT_LIFECYCLE_V1).expect("v1 parses");
+    let new = Schema::parse_str(AGENT_LIFECYCLE).expect("current parses");
+    let v = fixtures::agent_registered("t1", "a1", 1_763_900_000_123_456);
+    let bytes = apache_avro::to_avro_datum(&old, lifecycle_v1_value(&v)).expect("write v1");
+    let mut body = &bytes[..];
+    let value = apache_avro::from_avro_datum(&old, &mut body, Some(&new)).expect("resolve");
+    assert!(body.is_empty());
+    let back: AgentLifecycle = apache_avro::from_value(&value).expect("deserialize");
+    assert_eq!(back, v, "v1 data reads as tags = None (the default)");
+    assert_eq!(back.tags, None);
+}
+
+#[test]
+fn codec_decodes_agent_lifecycle_written_with_v1() {
+    let catalog = Catalog::get();
+    let current = catalog
+        .current(AgentLifecycle::FULL_NAME)
+        .expect("current schema");
+    assert_eq!(current.file, "agent_lifecycle.avsc", "history does not replace it");
+    let (_, v1_fp) = codec::canonical_form_and_fingerprint(AGENT_LIFECYCLE_V1).expect("v1");
+    assert_ne!(v1_fp, current.fingerprint);
+    let v1 = catalog.by_fingerprint(v1_fp).expect("v1 is in the catalog");
+    assert_eq!(v1.file, "history/agent_lifecycle.v1.avsc");
+    assert_eq!(v1.full_name, AgentLifecycle::FULL_NAME);
+
+    // A record as a build before `tags` wrote it: v1 fingerprint in the header.
+    let v = fixtures::agent_registered("t1", "a1", 1_763_900_000_123_456);
+    let mut bytes = codec::MAGIC.to_vec();
+    bytes.extend_from_slice(&v1_fp.to_le_bytes());
+    bytes.extend(apache_avro::to_avro_datum(&v1.schema, lifecycle_v1_value(&v)).expect("write"));
+    let back: AgentLifecycle = codec::decode(&bytes).expect("decode v1 record");
+    assert_eq!(back, v);
+    assert_eq!(back.tags, None);
+
+    // And the current writer carries tags through.
+    let mut tagged = v.clone();
+    tagged.tags = Some(vec!["web".into(), "eu".into()]);
+    roundtrip(&tagged);
+    tagged.tags = Some(Vec::new());
+    roundtrip(&tagged);
+}

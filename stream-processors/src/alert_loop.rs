@@ -23,6 +23,15 @@
 //!   follows the agents partition, that of other alerts the metrics partition: the two
 //!   usually coincide (same key, same partition count, range assignment on the embedded
 //!   log), but Kafka's cooperative-sticky assignor does not promise it.
+//! * Agent tags (for tag-scoped rules) are stated by AgentLifecycle records of
+//!   `fleet.agents.v1` (`tags` set) and folded by [`Evaluator::lifecycle`]. Starting an
+//!   agents partition at its committed offset would lose the tags stated before it, so
+//!   when this member takes an agents partition that has a committed offset, it first
+//!   reads that partition from the start up to the committed offset with a throw-away
+//!   consumer, applying only the tags ([`Evaluator::observe_agent_tags`]); the group
+//!   consumer then goes on from the committed offset, so the tags follow the partition in
+//!   order. (When Kafka's assignor gives a metrics partition without its agents partition,
+//!   the tags of those agents are the ones this member last knew.)
 //! * Alert events are written (retrying until written) before the input offsets are
 //!   committed.
 //!
@@ -167,6 +176,65 @@ impl Control {
         }
         Ok(seen)
     }
+}
+
+/// Rebuilds the tags of the agents of `fleet.agents.v1` partitions just taken: reads each
+/// partition from the start up to (not including) its committed offset in `upto` and
+/// applies the tags the records state. Returns the number of records read.
+async fn rebuild_tags(
+    log: &dyn EventLog,
+    evaluator: &mut Evaluator,
+    upto: &BTreeMap<u32, i64>,
+) -> anyhow::Result<u64> {
+    if upto.values().all(|c| *c <= 0) {
+        return Ok(0);
+    }
+    let group = format!("fleet-alert-tags-{}", uuid::Uuid::new_v4());
+    let mut consumer = log
+        .subscribe(
+            &group,
+            &[topics::AGENTS],
+            ConsumerOptions {
+                start: StartFrom::Earliest,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut positions: HashMap<u32, i64> = HashMap::new();
+    let behind = |positions: &HashMap<u32, i64>| {
+        upto.iter()
+            .any(|(p, c)| *c > 0 && positions.get(p).copied().unwrap_or(0) < *c)
+    };
+    let mut seen = 0u64;
+    let mut idle = 0u32;
+    while behind(&positions) {
+        let batch = consumer.poll(1000, Duration::from_millis(500)).await?;
+        if batch.is_empty() {
+            idle += 1;
+            // Offsets can have gaps (compaction, control records).
+            if idle >= 40 {
+                tracing::warn!("Stopped rebuilding agent tags: nothing more arrived.");
+                break;
+            }
+            continue;
+        }
+        idle = 0;
+        for r in &batch {
+            let pos = positions.entry(r.partition).or_insert(0);
+            *pos = (*pos).max(r.offset + 1);
+            if !upto.get(&r.partition).is_some_and(|c| r.offset < *c) {
+                continue;
+            }
+            seen += 1;
+            match codec::decode::<AgentLifecycle>(&r.value) {
+                Ok(ev) => evaluator.observe_agent_tags(&ev),
+                Err(e) => {
+                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable agent lifecycle event skipped while rebuilding tags.");
+                }
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// The input topics of the group consumer.
@@ -390,6 +458,8 @@ impl Loop<'_> {
             .longest_for_micros()
             .saturating_add(self.margin_micros);
         let since_ms = (fleet_schemas::time::now_micros() - window).div_euclid(1000);
+        // Agents partitions taken with a committed offset: tags stated before it.
+        let mut tags_upto: BTreeMap<u32, i64> = BTreeMap::new();
         for topic in INPUTS {
             if !new.iter().any(|(t, _)| *t == topic) {
                 continue;
@@ -409,10 +479,19 @@ impl Loop<'_> {
                     Some(c) => c.min(by_time.get(i).copied().unwrap_or(c)),
                     None => first.get(i).copied().unwrap_or(0),
                 };
+                if topic == topics::AGENTS {
+                    if let Some(c) = c.filter(|c| *c > 0) {
+                        tags_upto.insert(p, c);
+                    }
+                }
                 consumer.seek(topic, p, start).await?;
                 held.primed.insert((topic, p), c);
                 tracing::info!(topic, partition = p, from = start, committed = ?c, "Partition taken; replaying its window.");
             }
+        }
+        if !tags_upto.is_empty() {
+            let read = rebuild_tags(self.log, evaluator, &tags_upto).await?;
+            tracing::info!(partitions = ?tags_upto.keys().collect::<Vec<_>>(), records = read, "Agent tags rebuilt.");
         }
         control.rules_changed = false;
         Ok(evaluator.resolve_retired(fleet_schemas::time::now_micros(), self.owned(held)))

@@ -173,6 +173,7 @@ impl Liveness {
                 "heartbeat received after being offline since {}",
                 fleet_schemas::time::from_micros(last_seen).to_rfc3339()
             )),
+            tags: None,
             occurred_at: seen_at,
             ingested_at: now,
         })
@@ -232,6 +233,7 @@ impl Liveness {
                     now.saturating_sub(last_seen) / 1_000_000,
                     fleet_schemas::time::from_micros(last_seen).to_rfc3339()
                 )),
+                tags: None,
                 occurred_at: last_seen,
                 ingested_at: now,
             });

@@ -30,8 +30,11 @@
 //! * **Disabled or deleted rule**: not evaluated any more; its open alerts are resolved
 //!   ([`Evaluator::resolve_retired`]), stamped with the time of the change.
 //! * **Scope**: tenant (static rules without a tenant: every tenant), one agent, or the
-//!   agents with a tag ([`Evaluator::set_agent_tags`]; no topic carries agent tags yet, so
-//!   a tag-scoped rule matches nothing until one does).
+//!   agents with a tag. An agent's tags come from the AgentLifecycle events of
+//!   `fleet.agents.v1` that state them (`tags` set: UPDATED from the admin API; an empty
+//!   list removes them, no `tags` leaves them as they are) through
+//!   [`Evaluator::lifecycle`] ([`Evaluator::observe_agent_tags`]); an agent with no stated
+//!   tags matches no tag-scoped rule.
 //! * `heartbeat.absent` rules match no sample. They follow the liveness processor's
 //!   AgentLifecycle events ([`Evaluator::lifecycle`]): OFFLINE raises, for every enabled
 //!   rule in scope, one alert per (rule, agent) with id UUIDv5 of (rule, agent, `""`, the
@@ -468,6 +471,15 @@ impl Evaluator {
         self.tags.insert(agent_id.to_owned(), tags);
     }
 
+    /// Takes the agent's tags from a lifecycle event that states them (`tags: Some`, an
+    /// empty list meaning none); an event without `tags` leaves them as they are. The loop
+    /// also calls this alone when it rebuilds the tags from `fleet.agents.v1`.
+    pub fn observe_agent_tags(&mut self, ev: &AgentLifecycle) {
+        if let Some(tags) = &ev.tags {
+            self.set_agent_tags(&ev.agent_id, tags.clone());
+        }
+    }
+
     fn reindex(&mut self) {
         let mut by_id: HashMap<&str, &RuleDef> = HashMap::new();
         for r in &self.static_rules {
@@ -691,8 +703,11 @@ impl Evaluator {
     /// rules (see the module docs): OFFLINE raises one alert per enabled rule in scope for
     /// the agent, unless the (rule, agent) has one open, already raised this one, or has
     /// seen something newer; ONLINE resolves the open ones older than it; DEACTIVATED
-    /// resolves the open ones; other kinds do nothing. Returns the alert events, in order.
+    /// resolves the open ones; other kinds do nothing. An event that states the agent's
+    /// tags sets them first ([`Evaluator::observe_agent_tags`]), whatever its kind.
+    /// Returns the alert events, in order.
     pub fn lifecycle(&mut self, ev: &AgentLifecycle, now_micros: i64) -> Vec<AlertEvent> {
+        self.observe_agent_tags(ev);
         match ev.kind {
             AgentLifecycleKind::Offline => self.offline(ev, now_micros),
             AgentLifecycleKind::Online => self.resolve_absent(ev, now_micros, true),
@@ -1402,6 +1417,47 @@ mod tests {
         r.tenant_id = "t2".into();
         r.occurred_at += S;
         assert!(e.evaluate(&r, 0).is_empty());
+    }
+
+    #[test]
+    fn tags_come_from_updated_lifecycle_events() {
+        let mut e = with_rule(topic_rule("tagged", |d| {
+            d.for_secs = 0;
+            d.scope = RuleScope::Tag;
+            d.scope_value = Some("web".into());
+        }));
+        let mut r = report(S, 99.0);
+        assert!(e.evaluate(&r, 0).is_empty(), "no tags stated yet");
+        let mut updated = lifecycle("t1", "a1", AgentLifecycleKind::Updated, 2 * S);
+        updated.tags = Some(vec!["web".into(), "eu".into()]);
+        assert!(e.lifecycle(&updated, 0).is_empty());
+        r.occurred_at = 3 * S;
+        let out = e.evaluate(&r, 0);
+        assert_eq!(out.len(), 1, "a1 is tagged web now");
+        assert_eq!(out[0].rule_id, "tagged");
+        assert_eq!(out[0].agent_id, "a1");
+        let mut other = report(3 * S, 99.0);
+        other.agent_id = "a2".into();
+        assert!(e.evaluate(&other, 0).is_empty(), "a2 has no tags");
+        // An event without tags (liveness, facts) leaves them.
+        let mut offline = lifecycle("t1", "a1", AgentLifecycleKind::Offline, 4 * S);
+        offline.ingested_at = 5 * S;
+        e.lifecycle(&offline, 0);
+        e.lifecycle(&online("a1", 6 * S), 0);
+        assert_eq!(e.tags.get("a1").map(Vec::len), Some(2));
+        // An empty list removes them: the open alert stays open, nothing new is raised.
+        let mut cleared = lifecycle("t1", "a1", AgentLifecycleKind::Updated, 7 * S);
+        cleared.tags = Some(Vec::new());
+        e.lifecycle(&cleared, 0);
+        let mut later = report(8 * S, 99.0);
+        later.agent_id = "a3".into();
+        e.observe_agent_tags(&{
+            let mut u = lifecycle("t1", "a3", AgentLifecycleKind::Updated, 8 * S);
+            u.tags = Some(vec!["db".into()]);
+            u
+        });
+        assert!(e.evaluate(&later, 0).is_empty(), "a3 is not tagged web");
+        assert_eq!(e.tags.get("a1"), Some(&Vec::new()));
     }
 
     #[test]
