@@ -4,7 +4,7 @@
 //! `admin-api-key`, the user `admin` with role admin) or a user's API key; see
 //! [`crate::auth`] for roles. Tenants and users are for admins; locations and tokens also
 //! for operators of the tenant (viewers of it may list them); deactivation and commands
-//! for operators of the agent's tenant.
+//! for operators of the agent's tenant, and so are agent tags.
 //!
 //! | route | what |
 //! | --- | --- |
@@ -15,6 +15,7 @@
 //! | `POST /api/v1/tenants/{tenant_id}/registration-tokens` `{"location_id"?, "device_name"?, "expires_in"?}` | create a one-time token (secret shown once, with an install command) |
 //! | `GET /api/v1/tenants/{tenant_id}/registration-tokens` | list tokens (never secrets) |
 //! | `POST /api/v1/agents/{agent_id}/deactivate` `{"reason"?}` | revoke an agent's credential (AgentDeactivated on `fleet.agents.v1`) |
+//! | `PUT /api/v1/agents/{agent_id}/tags` `{"tags"}` | set an agent's tags (AgentLifecycle UPDATED with `tags` on `fleet.agents.v1`; see [`crate::tags`]) |
 //! | `POST /api/v1/agents/{agent_id}/commands` `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}` | ask an agent to run a command (CommandRequested on `fleet.commands.v1`; see [`crate::commands`]) |
 //! | `POST /api/v1/commands/{command_id}/approve` | approve a command awaiting approval (CommandApproved; a different user than the requester) |
 //! | `POST /api/v1/users`, `GET /api/v1/users`, `POST /api/v1/users/{user_id}/keys`, `POST /api/v1/users/{user_id}/disable` | users and API keys, see [`crate::users`] |
@@ -103,6 +104,7 @@ pub fn router(state: AdminState) -> Router {
             post(create_token).get(list_tokens),
         )
         .route("/api/v1/agents/{agent_id}/deactivate", post(deactivate))
+        .route("/api/v1/agents/{agent_id}/tags", put(crate::tags::put_tags))
         .route(
             "/api/v1/commands/{command_id}/approve",
             post(crate::commands::approve_command),

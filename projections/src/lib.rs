@@ -16,6 +16,7 @@ pub mod config;
 pub mod metrics;
 pub mod project;
 pub mod rules_api;
+pub mod tags;
 pub mod users;
 
 pub use config::ProjectionsConfig;

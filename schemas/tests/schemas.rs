@@ -216,7 +216,10 @@ fn codec_decodes_agent_lifecycle_written_with_v1() {
     let current = catalog
         .current(AgentLifecycle::FULL_NAME)
         .expect("current schema");
-    assert_eq!(current.file, "agent_lifecycle.avsc", "history does not replace it");
+    assert_eq!(
+        current.file, "agent_lifecycle.avsc",
+        "history does not replace it"
+    );
     let (_, v1_fp) = codec::canonical_form_and_fingerprint(AGENT_LIFECYCLE_V1).expect("v1");
     assert_ne!(v1_fp, current.fingerprint);
     let v1 = catalog.by_fingerprint(v1_fp).expect("v1 is in the catalog");

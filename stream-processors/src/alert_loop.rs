@@ -222,7 +222,7 @@ async fn rebuild_tags(
         for r in &batch {
             let pos = positions.entry(r.partition).or_insert(0);
             *pos = (*pos).max(r.offset + 1);
-            if !upto.get(&r.partition).is_some_and(|c| r.offset < *c) {
+            if upto.get(&r.partition).is_none_or(|c| r.offset >= *c) {
                 continue;
             }
             seen += 1;
