@@ -7,7 +7,8 @@
 //! * **Admin**: `AdminClient` for topic creation; metadata, watermarks and
 //!   offsets-for-times through a group-less consumer used only for those look-ups.
 //! * **Consumers**: one `StreamConsumer` per member (`enable.auto.commit=false`,
-//!   `enable.auto.offset.store=false`, `partition.assignment.strategy=cooperative-sticky`);
+//!   `enable.auto.offset.store=false`, `partition.assignment.strategy=cooperative-sticky`,
+//!   or `range` for a subscription to several topics, so they are co-partitioned);
 //!   commits are synchronous (`CommitMode::Sync`) on the blocking pool.
 //!
 //! **Seek.** librdkafka refuses to seek a partition that is not assigned yet, or whose
@@ -634,6 +635,18 @@ impl EventLog for KafkaLog {
             StartFrom::Earliest => "earliest",
             StartFrom::Latest => "latest",
         };
+        // One topic: cooperative-sticky (no stop-the-world rebalance). Several topics:
+        // `range`, which gives each member the same partition numbers of every topic
+        // (co-partitioning, as Kafka Streams relies on), so one agent's records of every
+        // topic (all keyed by agent id, same partition counts) meet in one member, and
+        // each topic is split evenly on its own. cooperative-sticky balances only the
+        // total count: with two topics of 6 partitions and two members it may give one
+        // member all of one topic. The embedded log co-partitions the same way.
+        let strategy = if topics.len() > 1 {
+            "range"
+        } else {
+            "cooperative-sticky"
+        };
         let mut config = self.settings.config(
             Client::Consumer,
             &[
@@ -642,7 +655,7 @@ impl EventLog for KafkaLog {
                 ("auto.offset.reset", reset),
                 ("session.timeout.ms", &session),
                 ("heartbeat.interval.ms", &heartbeat),
-                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("partition.assignment.strategy", strategy),
             ],
         );
         config.set("group.id", group);

@@ -513,6 +513,66 @@ mod cases {
     }
 
     /// Seek moves the position: back on an assigned partition, and right after subscribe.
+    /// Two members subscribed to two topics of the same partition count get the same
+    /// partition numbers of both, and each topic is split between them: one agent's
+    /// records of every topic (all keyed by agent id) meet in one member.
+    pub(crate) async fn multi_topic_members_are_co_partitioned(
+        log: Arc<dyn EventLog>,
+        name: &str,
+    ) -> Result<()> {
+        let partitions = 6;
+        let (t1, t2) = (format!("{name}-metrics"), format!("{name}-agents"));
+        log.create_topic(&t1, spec(partitions)).await?;
+        log.create_topic(&t2, spec(partitions)).await?;
+        let group = format!("{name}-g");
+        let topics = [t1.as_str(), t2.as_str()];
+        let mut a = log
+            .subscribe(&group, &topics, options(StartFrom::Earliest))
+            .await?;
+        // The second member joins a little later, as a second instance would.
+        for _ in 0..3 {
+            let got = a.poll(10, Duration::from_millis(300)).await?;
+            ensure!(got.is_empty(), "records on empty topics: {got:?}");
+        }
+        let mut b = log
+            .subscribe(&group, &topics, options(StartFrom::Earliest))
+            .await?;
+        let per_topic = |m: &Box<dyn Consumer>, t: &str| -> BTreeSet<u32> {
+            m.assignment()
+                .into_iter()
+                .filter(|(topic, _)| topic == t)
+                .map(|(_, p)| p)
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            for m in [&mut a, &mut b] {
+                let got = m.poll(10, Duration::from_millis(300)).await?;
+                ensure!(got.is_empty(), "records on empty topics: {got:?}");
+            }
+            let (a1, a2, b1, b2) = (
+                per_topic(&a, &t1),
+                per_topic(&a, &t2),
+                per_topic(&b, &t1),
+                per_topic(&b, &t2),
+            );
+            let complete = a1.len() + b1.len() == partitions as usize
+                && a2.len() + b2.len() == partitions as usize
+                && a1.is_disjoint(&b1)
+                && a2.is_disjoint(&b2);
+            if complete && !a1.is_empty() && !b1.is_empty() {
+                ensure!(
+                    a1 == a2 && b1 == b2,
+                    "not co-partitioned: a holds {a1:?} of {t1} and {a2:?} of {t2}, b holds {b1:?} and {b2:?}"
+                );
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the group did not split both topics between its members: a {a1:?} / {a2:?}, b {b1:?} / {b2:?}");
+            }
+        }
+    }
+
     pub(crate) async fn seek_redelivers(log: Arc<dyn EventLog>, name: &str) -> Result<()> {
         log.create_topic(name, spec(1)).await?;
         log.produce(
@@ -825,6 +885,7 @@ conformance!(
     commit_then_resume,
     uncommitted_redelivered,
     members_split_partitions,
+    multi_topic_members_are_co_partitioned,
     seek_redelivers,
     offsets_for_time,
     end_offsets_count,
