@@ -2,17 +2,16 @@
 //! in the log as Avro; what is refused gets a 4xx naming the field; a log that cannot
 //! take writes gives 503 with Retry-After.
 
+mod common;
+
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use fleet_event_log::{
-    Consumer, ConsumerOptions, EventLog, LogError, ProduceRecord, RecordPosition, TopicSpec,
-};
+use fleet_event_log::{ConsumerOptions, EventLog};
 use fleet_ingest_gateway::{app, GatewayConfig, GatewayState};
 use fleet_schemas::{codec, topics, MetricReport};
 use http_body_util::BodyExt as _;
@@ -341,55 +340,10 @@ async fn gzip_body_is_accepted() {
     assert_eq!(read_all(&log).await[0].cpu_percent, 7.0);
 }
 
-/// An event log that cannot take writes (a broker outage), to check the 503 path.
-#[derive(Debug)]
-struct DownLog;
-
-#[async_trait]
-impl EventLog for DownLog {
-    fn engine(&self) -> &'static str {
-        "down"
-    }
-    async fn create_topic(&self, _: &str, _: TopicSpec) -> fleet_event_log::Result<()> {
-        Ok(())
-    }
-    async fn partition_count(&self, _: &str) -> fleet_event_log::Result<u32> {
-        Err(LogError::Unavailable("broker down".into()))
-    }
-    async fn produce(
-        &self,
-        _: &str,
-        _: Vec<ProduceRecord>,
-    ) -> fleet_event_log::Result<Vec<RecordPosition>> {
-        Err(LogError::Unavailable("broker down".into()))
-    }
-    async fn end_offsets(&self, _: &str) -> fleet_event_log::Result<Vec<i64>> {
-        Err(LogError::Unavailable("broker down".into()))
-    }
-    async fn offsets_for_time(&self, _: &str, _: i64) -> fleet_event_log::Result<Vec<i64>> {
-        Err(LogError::Unavailable("broker down".into()))
-    }
-    async fn committed_offsets(
-        &self,
-        _: &str,
-        _: &str,
-    ) -> fleet_event_log::Result<Vec<Option<i64>>> {
-        Err(LogError::Unavailable("broker down".into()))
-    }
-    async fn subscribe(
-        &self,
-        _: &str,
-        _: &[&str],
-        _: ConsumerOptions,
-    ) -> fleet_event_log::Result<Box<dyn Consumer>> {
-        Err(LogError::Unavailable("broker down".into()))
-    }
-}
-
 #[tokio::test]
 async fn log_down_gives_503_with_retry_after() {
     let app = app(GatewayState::new(
-        Arc::new(DownLog),
+        Arc::new(common::DownLog),
         GatewayConfig {
             retry_after_secs: 7,
             ..open_config()
