@@ -246,6 +246,13 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         &[],
     )?;
     check_alert_resolved(&run, &[&gateway, &projections, &processors, &agent]).await?;
+    check_api_rule_ack_and_ticket(
+        &run,
+        &admin_key,
+        &state_dir,
+        &[&gateway, &projections, &processors, &agent],
+    )
+    .await?;
 
     // A gateway outage in the middle of the run: the agent keeps its reports in the spool
     // and sends them when the gateway is back; every report it collected ends up in the
@@ -447,5 +454,114 @@ async fn check_alert_resolved(run: &Run, procs: &[&Proc]) -> anyhow::Result<()> 
     assert!(alerts[0]["resolved_value"]
         .as_f64()
         .is_some_and(|v| v < 1000.0));
+    Ok(())
+}
+
+/// A rule made through the API (an event on `fleet.rules.v1`) applies without a restart;
+/// an operator acknowledges its alert through the API; the ticketer opens exactly one
+/// ticket for the incident and marks it acknowledged; all of it read back from the read
+/// model.
+async fn check_api_rule_ack_and_ticket(
+    run: &Run,
+    admin_key: &str,
+    state_dir: &Path,
+    procs: &[&Proc],
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let creds: Value = serde_json::from_str(&std::fs::read_to_string(
+        state_dir.join("credentials.json"),
+    )?)?;
+    let tenant = creds["tenant_id"]
+        .as_str()
+        .context("tenant_id in credentials.json")?;
+    let resp = client
+        .post(format!("{}/api/v1/tenants/{tenant}/rules", run.api))
+        .bearer_auth(admin_key)
+        .json(&serde_json::json!({
+            "name": "e2e: memory in use",
+            "metric": "memory.percent",
+            "operator": ">=",
+            "critical": 0.0,
+            "for_secs": 1
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status() == reqwest::StatusCode::CREATED,
+        "create rule: {} {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
+    let rule: Value = resp.json().await?;
+    let rule_id = rule["rule_id"].as_str().context("rule_id")?.to_owned();
+    let alerts_url = format!("{}/api/v1/alerts?agent_id={}", run.api, run.agent_id);
+    let alert = wait_for(
+        "an alert of the rule made through the API",
+        WAIT,
+        procs,
+        || async {
+            let a = get_json(&client, &alerts_url).await?;
+            Ok(a.and_then(|a| {
+                a["alerts"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["rule_id"] == rule_id.as_str())
+                    .cloned()
+            }))
+        },
+    )
+    .await?;
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    let alert_id = alert["alert_id"].as_str().context("alert_id")?.to_owned();
+    let resp = client
+        .post(format!("{}/api/v1/alerts/{alert_id}/acknowledge", run.api))
+        .bearer_auth(admin_key)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status() == reqwest::StatusCode::OK,
+        "acknowledge: {} {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
+    let tickets_url = format!("{}/api/v1/tickets?tenant={tenant}", run.api);
+    let tickets = wait_for(
+        "the incident's ticket, acknowledged",
+        WAIT,
+        procs,
+        || async {
+            let t = get_json(&client, &tickets_url).await?;
+            Ok(t.and_then(|t| {
+                let mine: Vec<Value> = t["tickets"]
+                    .as_array()?
+                    .iter()
+                    .filter(|x| x["alert_id"] == alert_id.as_str())
+                    .cloned()
+                    .collect();
+                mine.iter()
+                    .any(|x| x["status"] == "acknowledged")
+                    .then_some(mine)
+            }))
+        },
+    )
+    .await?;
+    assert_eq!(tickets.len(), 1, "one ticket per incident: {tickets:?}");
+    let acked = wait_for(
+        "the alert acknowledged in the read model",
+        WAIT,
+        procs,
+        || async {
+            let a = get_json(&client, &alerts_url).await?;
+            Ok(a.and_then(|a| {
+                a["alerts"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["alert_id"] == alert_id.as_str() && x["status"] == "acknowledged")
+                    .cloned()
+            }))
+        },
+    )
+    .await?;
+    assert_eq!(acked["rule_id"], rule_id.as_str());
     Ok(())
 }
