@@ -213,6 +213,38 @@ impl SqlReadModel {
     fn db_error(&self, what: &str, e: sqlx::Error) -> StoreError {
         classify(self.engine, &self.target, what, e)
     }
+
+    /// One page of a list query: `{select} [WHERE filter] ORDER BY {order} LIMIT n`
+    /// (`select` is `SELECT <columns> FROM <table>`), each row decoded by `decode`. `what`
+    /// names the rows in errors.
+    async fn list_page<T>(
+        &self,
+        what: &str,
+        select: &str,
+        order: &str,
+        filter: &Filter<'_>,
+        limit: Option<u32>,
+        decode: fn(&AnyRow) -> std::result::Result<T, BoxDynError>,
+    ) -> Result<Vec<T>> {
+        let sql = format!(
+            "{select}{} ORDER BY {order} LIMIT {}",
+            filter.where_clause(),
+            filter.next_placeholder()
+        );
+        let mut q = sqlx::query(&sql);
+        for value in &filter.binds {
+            q = q.bind(*value);
+        }
+        let rows = q
+            .bind(clamp_limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(&format!("list {what}"), e))?;
+        rows.iter()
+            .map(decode)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| decode_error(what, e))
+    }
 }
 
 fn install_drivers() {
@@ -789,24 +821,15 @@ impl ReadModel for SqlReadModel {
         let mut filter = Filter::default();
         filter.push("tenant_id", "=", query.tenant_id.as_deref());
         filter.push("agent_id", ">", query.after.as_deref());
-        let sql = format!(
-            "SELECT {AGENT_COLUMNS} FROM agents{} ORDER BY agent_id LIMIT {}",
-            filter.where_clause(),
-            filter.next_placeholder()
-        );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
-        let rows = q
-            .bind(clamp_limit(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error("list agents", e))?;
-        rows.iter()
-            .map(agent_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("agents", e))
+        self.list_page(
+            "agents",
+            &format!("SELECT {AGENT_COLUMNS} FROM agents"),
+            "agent_id",
+            &filter,
+            query.limit,
+            agent_from_row,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
@@ -838,24 +861,15 @@ impl ReadModel for SqlReadModel {
         filter.push("tenant_id", "=", query.tenant_id.as_deref());
         filter.push("agent_id", "=", query.agent_id.as_deref());
         filter.push("status", "=", query.status.map(AlertStatus::as_str));
-        let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts{} ORDER BY raised_at DESC, alert_id DESC LIMIT {}",
-            filter.where_clause(),
-            filter.next_placeholder()
-        );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
-        let rows = q
-            .bind(clamp_limit(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error("list alerts", e))?;
-        rows.iter()
-            .map(alert_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("alerts", e))
+        self.list_page(
+            "alerts",
+            &format!("SELECT {ALERT_COLUMNS} FROM alerts"),
+            "raised_at DESC, alert_id DESC",
+            &filter,
+            query.limit,
+            alert_from_row,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]

@@ -23,7 +23,7 @@ use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
 
-use super::{clamp_limit, decode_error, ApplyError, Filter, SqlReadModel, Tx};
+use super::{decode_error, ApplyError, Filter, SqlReadModel, Tx};
 use crate::{
     CommandAuditRow, CommandDetail, CommandQuery, CommandRow, CommandStatus, Result, StoreError,
 };
@@ -358,24 +358,15 @@ impl SqlReadModel {
                 )
             });
         }
-        let sql = format!(
-            "SELECT {COMMAND_COLUMNS} FROM commands{} ORDER BY first_seen_at DESC, command_id DESC LIMIT {}",
-            filter.where_clause(),
-            filter.next_placeholder()
-        );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
-        let rows = q
-            .bind(clamp_limit(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error("list commands", e))?;
-        rows.iter()
-            .map(command_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("commands", e))
+        self.list_page(
+            "commands",
+            &format!("SELECT {COMMAND_COLUMNS} FROM commands"),
+            "first_seen_at DESC, command_id DESC",
+            &filter,
+            query.limit,
+            command_from_row,
+        )
+        .await
     }
 
     pub(super) async fn query_command(

@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
 
-use super::{clamp_limit, decode_error, ApplyError, Filter, SqlReadModel, Tx};
+use super::{ApplyError, Filter, SqlReadModel, Tx};
 use crate::{Result, TicketQuery, TicketRow, TicketStatus};
 
 /// Whether the incoming event is newer than the one whose fields are shown.
@@ -124,23 +124,14 @@ impl SqlReadModel {
         let mut filter = Filter::default();
         filter.push("tenant_id", "=", query.tenant_id.as_deref());
         filter.push("status", "=", query.status.map(TicketStatus::as_str));
-        let sql = format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets{} ORDER BY created_at DESC, ticket_id DESC LIMIT {}",
-            filter.where_clause(),
-            filter.next_placeholder()
-        );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
-        let rows = q
-            .bind(clamp_limit(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error("list tickets", e))?;
-        rows.iter()
-            .map(ticket_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("tickets", e))
+        self.list_page(
+            "tickets",
+            &format!("SELECT {TICKET_COLUMNS} FROM tickets"),
+            "created_at DESC, ticket_id DESC",
+            &filter,
+            query.limit,
+            ticket_from_row,
+        )
+        .await
     }
 }
