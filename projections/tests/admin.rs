@@ -2,20 +2,18 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::EventLog;
-use fleet_projections::admin::{router, AdminState};
 use fleet_schemas::{
     codec, AgentLifecycle, AgentLifecycleKind, CommandEvent, CommandEventKind, Record,
 };
-use fleet_stores::registry::{hash_secret, NewAgent, Registry};
-use http_body_util::BodyExt as _;
-use serde_json::{json, Value};
-use tower::ServiceExt as _;
+use fleet_stores::registry::Registry;
+use serde_json::json;
 
-const KEY: &str = "fsk_test-admin-key";
+mod support;
+
+use support::{call, enroll, AdminEnv, ADMIN as KEY};
 
 async fn env(
     key: &str,
@@ -25,57 +23,21 @@ async fn env(
     Arc<dyn Registry>,
     Router,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = fleet_event_log::open(
-        dir.path().join("log").to_str().expect("utf-8"),
-        &Default::default(),
-    )
-    .await
-    .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(dir.path().join("rm.db").to_str().expect("utf-8"))
-            .await
-            .expect("sql");
-    let app = router(AdminState::new(
-        registry.clone(),
-        log.clone(),
-        key,
-        "http://gw.example:8080",
-    ));
-    (dir, log, registry, app)
+    let AdminEnv {
+        _dir,
+        log,
+        registry,
+        app,
+    } = support::admin_env(key, None).await;
+    (_dir, log, registry, app)
 }
 
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-    key: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(k) = key {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
-    }
-    let body = body
-        .map(|b| serde_json::to_vec(&b).expect("json"))
-        .unwrap_or_default();
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).expect("req"))
-        .await
-        .expect("resp");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+/// Enrolls `agent-1` in a new tenant; returns the tenant id.
+async fn enroll_agent_1(registry: &Arc<dyn Registry>) -> String {
+    let now = fleet_schemas::time::now_micros();
+    let tenant = registry.create_tenant("Acme", now).await.expect("tenant");
+    enroll(registry, &tenant.tenant_id, Some("agent-1")).await;
+    tenant.tenant_id
 }
 
 #[tokio::test]
@@ -202,36 +164,6 @@ async fn without_a_bootstrap_key_no_key_is_the_admin() {
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{key:?}: {v}");
         assert_eq!(v["error"]["code"], "unauthorized");
     }
-}
-
-/// Enrolls `agent-1` in a new tenant; returns the tenant id.
-async fn enroll_agent_1(registry: &Arc<dyn Registry>) -> String {
-    let now = fleet_schemas::time::now_micros();
-    let tenant = registry.create_tenant("Acme", now).await.expect("tenant");
-    let t = fleet_stores::registry::NewToken {
-        tenant_id: tenant.tenant_id.clone(),
-        location_id: None,
-        device_name: None,
-        expires_at: now + 3_600_000_000,
-        created_by: "t".into(),
-        created_at: now,
-    };
-    registry
-        .create_token(&t, hash_secret("fst_a"))
-        .await
-        .expect("token");
-    let agent = NewAgent {
-        agent_id: "agent-1".into(),
-        credential_hash: hash_secret("fsa_c"),
-        facts_json: "{}".into(),
-        now,
-    };
-    registry
-        .redeem_token(hash_secret("fst_a"), &agent)
-        .await
-        .expect("redeem")
-        .expect("redeemed");
-    tenant.tenant_id
 }
 
 #[tokio::test]

@@ -4,77 +4,27 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::admin::{router, AdminState};
 use fleet_projections::rules_api::{default_rule_id, default_rules};
 use fleet_schemas::{
     codec, fixtures, topics, AlertEvent, AlertEventKind, Record, RuleEvent, RuleEventKind,
     RuleScope,
 };
-use fleet_stores::registry::Registry;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 
-const KEY: &str = "fsk_test-admin-key";
+mod support;
+
+use support::read;
 
 async fn env() -> (tempfile::TempDir, Arc<dyn EventLog>, Router) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = fleet_event_log::open(
-        dir.path().join("log").to_str().expect("utf-8"),
-        &Default::default(),
-    )
-    .await
-    .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(dir.path().join("rm.db").to_str().expect("utf-8"))
-            .await
-            .expect("sql");
-    let app = router(AdminState::new(
-        registry,
-        log.clone(),
-        KEY,
-        "http://gw.example:8080",
-    ));
-    (dir, log, app)
+    let e = support::admin_env(support::ADMIN, None).await;
+    (e._dir, e.log, e.app)
 }
 
 async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {KEY}"));
-    let body = body
-        .map(|b| serde_json::to_vec(&b).expect("json"))
-        .unwrap_or_default();
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).expect("req"))
-        .await
-        .expect("resp");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-async fn read<T: Record>(log: &dyn EventLog) -> Vec<T> {
-    let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log, T::TOPIC, |r| {
-        out.push(codec::decode::<T>(&r.value).expect("decode"))
-    })
-    .await
-    .expect("read");
-    out
+    support::call(app, method, uri, body, Some(support::ADMIN)).await
 }
 
 async fn tenant(app: &Router) -> (String, Value) {

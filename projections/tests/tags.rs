@@ -4,18 +4,16 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::EventLog;
-use fleet_projections::admin::{router, AdminState};
-use fleet_schemas::{codec, AgentLifecycle, AgentLifecycleKind, Record};
-use fleet_stores::registry::{hash_secret, new_secret, NewAgent, NewToken, Registry};
-use http_body_util::BodyExt as _;
+use fleet_schemas::{AgentLifecycle, AgentLifecycleKind};
+use fleet_stores::registry::Registry;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 
-const ADMIN: &str = "fsk_test-admin-key";
+mod support;
+
+use support::{create_tenant, AdminEnv, ADMIN};
 
 async fn env() -> (
     tempfile::TempDir,
@@ -23,27 +21,13 @@ async fn env() -> (
     Arc<dyn Registry>,
     Router,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = fleet_event_log::open(
-        dir.path().join("log").to_str().expect("utf-8"),
-        &Default::default(),
-    )
-    .await
-    .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(dir.path().join("rm.db").to_str().expect("utf-8"))
-            .await
-            .expect("sql");
-    let app = router(AdminState::new(
-        registry.clone(),
-        log.clone(),
-        ADMIN,
-        "http://gw.example:8080",
-    ));
-    (dir, log, registry, app)
+    let AdminEnv {
+        _dir,
+        log,
+        registry,
+        app,
+    } = support::admin_env(ADMIN, None).await;
+    (_dir, log, registry, app)
 }
 
 async fn call(
@@ -53,48 +37,15 @@ async fn call(
     body: Option<Value>,
     key: &str,
 ) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {key}"));
-    let body = body
-        .map(|b| serde_json::to_vec(&b).expect("json"))
-        .unwrap_or_default();
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).expect("req"))
-        .await
-        .expect("resp");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    support::call(app, method, uri, body, Some(key)).await
 }
 
 async fn lifecycle_events(log: &dyn EventLog) -> Vec<AgentLifecycle> {
-    let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log, AgentLifecycle::TOPIC, |r| {
-        out.push(codec::decode::<AgentLifecycle>(&r.value).expect("decode"))
-    })
-    .await
-    .expect("read");
-    out
+    support::read(log).await
 }
 
-async fn create_tenant(app: &Router, name: &str) -> String {
-    let (s, t) = call(
-        app,
-        "POST",
-        "/api/v1/tenants",
-        Some(json!({ "name": name })),
-        ADMIN,
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{t}");
-    t["tenant_id"].as_str().expect("id").to_owned()
+async fn enroll(registry: &Arc<dyn Registry>, tenant: &str) -> String {
+    support::enroll(registry, tenant, None).await
 }
 
 /// An operator of `tenant`; returns (user id, key).
@@ -106,37 +57,6 @@ async fn operator(app: &Router, name: &str, tenant: &str) -> (String, String) {
         u["user"]["user_id"].as_str().expect("id").to_owned(),
         u["api_key"]["key"].as_str().expect("key").to_owned(),
     )
-}
-
-/// Enrolls an agent in `tenant`; returns its id.
-async fn enroll(registry: &Arc<dyn Registry>, tenant: &str) -> String {
-    let now = fleet_schemas::time::now_micros();
-    let secret = new_secret("fst_");
-    let t = NewToken {
-        tenant_id: tenant.to_owned(),
-        location_id: None,
-        device_name: None,
-        expires_at: now + 3_600_000_000,
-        created_by: "t".into(),
-        created_at: now,
-    };
-    registry
-        .create_token(&t, hash_secret(&secret))
-        .await
-        .expect("token");
-    let agent_id = uuid::Uuid::new_v4().to_string();
-    let agent = NewAgent {
-        agent_id: agent_id.clone(),
-        credential_hash: hash_secret(&new_secret("fsa_")),
-        facts_json: "{}".into(),
-        now,
-    };
-    registry
-        .redeem_token(hash_secret(&secret), &agent)
-        .await
-        .expect("redeem")
-        .expect("redeemed");
-    agent_id
 }
 
 #[tokio::test]

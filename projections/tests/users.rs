@@ -5,64 +5,19 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::admin::{router, AdminState};
 use fleet_schemas::{
     codec, fixtures, topics, AlertEvent, AlertEventKind, CommandEvent, CommandEventKind, Record,
     RuleEvent,
 };
-use fleet_stores::registry::{hash_secret, new_secret, NewAgent, NewToken, Registry};
-use http_body_util::BodyExt as _;
+use fleet_stores::registry::Registry;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 
-const ADMIN: &str = "fsk_test-admin-key";
+mod support;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    log: Arc<dyn EventLog>,
-    registry: Arc<dyn Registry>,
-    app: Router,
-}
-
-async fn env_with(approval_required: Option<Vec<String>>) -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = fleet_event_log::open(
-        dir.path().join("log").to_str().expect("utf-8"),
-        &Default::default(),
-    )
-    .await
-    .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(dir.path().join("rm.db").to_str().expect("utf-8"))
-            .await
-            .expect("sql");
-    let mut state = AdminState::new(
-        registry.clone(),
-        log.clone(),
-        ADMIN,
-        "http://gw.example:8080",
-    );
-    if let Some(types) = approval_required {
-        state = state.with_approval_required(types);
-    }
-    Env {
-        _dir: dir,
-        log,
-        registry,
-        app: router(state),
-    }
-}
-
-async fn env() -> Env {
-    env_with(None).await
-}
+use support::{read, AdminEnv, ADMIN};
 
 async fn call(
     app: &Router,
@@ -71,48 +26,25 @@ async fn call(
     body: Option<Value>,
     key: &str,
 ) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {key}"));
-    let body = body
-        .map(|b| serde_json::to_vec(&b).expect("json"))
-        .unwrap_or_default();
-    let resp = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).expect("req"))
-        .await
-        .expect("resp");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-async fn read<T: Record>(log: &dyn EventLog) -> Vec<T> {
-    let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log, T::TOPIC, |r| {
-        out.push(codec::decode::<T>(&r.value).expect("decode"))
-    })
-    .await
-    .expect("read");
-    out
+    support::call(app, method, uri, body, Some(key)).await
 }
 
 async fn create_tenant(app: &Router, name: &str) -> String {
-    let (s, t) = call(
-        app,
-        "POST",
-        "/api/v1/tenants",
-        Some(json!({ "name": name })),
-        ADMIN,
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{t}");
-    t["tenant_id"].as_str().expect("id").to_owned()
+    support::create_tenant(app, name).await
+}
+
+async fn enroll(registry: &Arc<dyn Registry>, tenant: &str) -> String {
+    support::enroll(registry, tenant, None).await
+}
+
+type Env = AdminEnv;
+
+async fn env_with(approval_required: Option<Vec<String>>) -> Env {
+    support::admin_env(ADMIN, approval_required).await
+}
+
+async fn env() -> Env {
+    env_with(None).await
 }
 
 /// A user made through the API; returns (user id, key).
@@ -134,37 +66,6 @@ async fn create_user(
     assert!(key.starts_with("fsu_"), "{key}");
     assert_eq!(u["api_key"]["last4"], key[key.len() - 4..]);
     (u["user"]["user_id"].as_str().expect("id").to_owned(), key)
-}
-
-/// Enrolls an agent in `tenant`; returns its id.
-async fn enroll(registry: &Arc<dyn Registry>, tenant: &str) -> String {
-    let now = fleet_schemas::time::now_micros();
-    let secret = new_secret("fst_");
-    let t = NewToken {
-        tenant_id: tenant.to_owned(),
-        location_id: None,
-        device_name: None,
-        expires_at: now + 3_600_000_000,
-        created_by: "t".into(),
-        created_at: now,
-    };
-    registry
-        .create_token(&t, hash_secret(&secret))
-        .await
-        .expect("token");
-    let agent_id = uuid::Uuid::new_v4().to_string();
-    let agent = NewAgent {
-        agent_id: agent_id.clone(),
-        credential_hash: hash_secret(&new_secret("fsa_")),
-        facts_json: "{}".into(),
-        now,
-    };
-    registry
-        .redeem_token(hash_secret(&secret), &agent)
-        .await
-        .expect("redeem")
-        .expect("redeemed");
-    agent_id
 }
 
 /// Raises an alert in `tenant`; returns its id.
