@@ -20,12 +20,10 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use fleet_ops::ApiError;
-use fleet_schemas::api::{
-    ErrorBody, ErrorDetail, EventBatch, MetricBatch, ServerMessage, AGENT_ID_HEADER,
-};
+use fleet_schemas::api::{EventBatch, MetricBatch, ServerMessage, AGENT_ID_HEADER};
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -163,7 +161,7 @@ pub async fn agent_session<W, R>(
                                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                                 "unsupported_media_type",
                                 "binary frames are not accepted; send JSON text frames",
-                            )).await)
+                            )))
                         }
                         Message::Ping(_) | Message::Pong(_) => None,
                         Message::Close(_) => break "the agent closed the socket".to_owned(),
@@ -241,28 +239,28 @@ async fn frame_answer(
 ) -> (&'static str, ServerMessage) {
     let cfg = &state.config;
     if text.len() > cfg.max_body_bytes.max(cfg.max_inventory_bytes) {
-        return ("invalid", error_frame(None, None, too_large()).await);
+        return ("invalid", error_frame(None, None, too_large()));
     }
     let (id, kind, payload_key, obj) = match frame_head(text) {
         Ok(v) => v,
         Err(b) => {
             let (id, e) = *b;
-            return ("invalid", error_frame(id, None, e).await);
+            return ("invalid", error_frame(id, None, e));
         }
     };
     let span = tracing::debug_span!("ws_frame", id, r#type = kind);
     let answer = async {
         if text.len() > cfg.max_body_bytes && kind != "inventory" {
-            return error_frame(Some(id), None, too_large()).await;
+            return error_frame(Some(id), None, too_large());
         }
         // Rate limit first, as HTTP (admission comes before the body).
         if let Err(e) = state.rate.check(agent_id) {
             metrics::rate_limited();
-            return error_frame(Some(id), None, e).await;
+            return error_frame(Some(id), None, e);
         }
         let payload = match take_payload(payload_key, obj) {
             Ok(p) => p,
-            Err(e) => return error_frame(Some(id), None, e).await,
+            Err(e) => return error_frame(Some(id), None, e),
         };
         match dispatch(state, agent_id, who, kind, payload_key, payload).await {
             Ok(a) => ServerMessage::Ack {
@@ -270,7 +268,7 @@ async fn frame_answer(
                 accepted: a.accepted,
                 rejected: a.rejected,
             },
-            Err(e) => error_frame(Some(id), payload_key, e).await,
+            Err(e) => error_frame(Some(id), payload_key, e),
         }
     }
     .instrument(span)
@@ -422,25 +420,8 @@ fn parse_value<T: DeserializeOwned>(v: Value, payload_key: Option<&str>) -> Resu
 
 /// The error frame of an [`ApiError`]: status, body and `Retry-After` exactly as HTTP
 /// would answer. Fields of payloads nested under a key are prefixed with it.
-async fn error_frame(id: Option<u64>, payload_key: Option<&str>, e: ApiError) -> ServerMessage {
-    let resp = e.into_response();
-    let status = resp.status().as_u16();
-    let retry_after_secs = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse().ok());
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let mut error = serde_json::from_slice::<ErrorBody>(&bytes)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| ErrorDetail {
-            code: "internal".into(),
-            message: "internal error; see the server log".into(),
-            field: None,
-            items: Vec::new(),
-        });
+fn error_frame(id: Option<u64>, payload_key: Option<&str>, e: ApiError) -> ServerMessage {
+    let (status, mut error, retry_after_secs) = e.into_parts();
     if let (Some(key), Some(field)) = (payload_key, error.field.as_mut()) {
         *field = if field.is_empty() {
             key.to_owned()
@@ -450,7 +431,7 @@ async fn error_frame(id: Option<u64>, payload_key: Option<&str>, e: ApiError) ->
     }
     ServerMessage::Error {
         id,
-        status,
+        status: status.as_u16(),
         error,
         retry_after_secs,
     }
@@ -481,8 +462,7 @@ mod tests {
             Some("heartbeat"),
         )
         .expect_err("bad time");
-        let ServerMessage::Error { error, status, .. } =
-            error_frame(Some(1), Some("heartbeat"), e).await
+        let ServerMessage::Error { error, status, .. } = error_frame(Some(1), Some("heartbeat"), e)
         else {
             panic!("an error frame");
         };

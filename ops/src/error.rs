@@ -107,18 +107,25 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl ApiError {
+    /// The status, the body's `error` object and the `Retry-After` seconds: what the
+    /// HTTP response carries, for transports that frame errors themselves (WebSocket).
+    pub fn into_parts(self) -> (StatusCode, ErrorDetail, Option<u64>) {
+        let detail = ErrorDetail {
+            code: self.code.to_owned(),
+            message: self.message,
+            field: self.field,
+            items: self.items,
+        };
+        (self.status, detail, self.retry_after_secs)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-                field: self.field,
-                items: self.items,
-            },
-        };
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after_secs {
+        let (status, error, retry_after_secs) = self.into_parts();
+        let mut resp = (status, axum::Json(ErrorBody { error })).into_response();
+        if let Some(secs) = retry_after_secs {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
