@@ -26,7 +26,10 @@ use fleet_ops::ApiError;
 use fleet_schemas::api::{EventBatch, MetricBatch, ServerMessage, AGENT_ID_HEADER};
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tracing::Instrument as _;
 
 use crate::hub::CloseReason;
@@ -284,24 +287,25 @@ fn too_large() -> ApiError {
     )
 }
 
-type Head = (u64, &'static str, Option<&'static str>, Map<String, Value>);
+type Head<'a> = (u64, &'static str, Option<&'static str>, Fields<'a>);
+
+/// A frame's top-level fields, each still unparsed JSON text (borrowed from the frame):
+/// the envelope is read without building a tree of the payload, which is then parsed once,
+/// straight into its type.
+type Fields<'a> = BTreeMap<String, &'a RawValue>;
 
 /// Reads a frame's envelope: the JSON object, its `id` and `type`.
-fn frame_head(text: &str) -> Result<Head, Box<(Option<u64>, ApiError)>> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        Box::new((
-            None,
-            ApiError::invalid_field("body", format!("malformed JSON: {e}")),
-        ))
+fn frame_head(text: &str) -> Result<Head<'_>, Box<(Option<u64>, ApiError)>> {
+    let mut obj: Fields<'_> = serde_json::from_str(text).map_err(|e| {
+        let message = if e.classify() == serde_json::error::Category::Data {
+            "a frame must be a JSON object".to_owned()
+        } else {
+            format!("malformed JSON: {e}")
+        };
+        Box::new((None, ApiError::invalid_field("body", message)))
     })?;
-    let Value::Object(mut obj) = value else {
-        return Err(Box::new((
-            None,
-            ApiError::invalid_field("body", "a frame must be a JSON object"),
-        )));
-    };
     let id = match obj.remove("id") {
-        Some(v) => v.as_u64().ok_or_else(|| {
+        Some(v) => serde_json::from_str::<u64>(v.get()).ok().ok_or_else(|| {
             Box::new((
                 None,
                 ApiError::invalid_field("id", "must be an unsigned integer"),
@@ -315,9 +319,12 @@ fn frame_head(text: &str) -> Result<Head, Box<(Option<u64>, ApiError)>> {
         }
     };
     let names = || KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
-    let kind = match obj.remove("type") {
-        Some(Value::String(t)) => t,
-        _ => {
+    let kind = match obj
+        .remove("type")
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    {
+        Some(t) => t,
+        None => {
             return Err(Box::new((
                 Some(id),
                 ApiError::invalid_field("type", format!("must be one of {}", names())),
@@ -336,10 +343,22 @@ fn frame_head(text: &str) -> Result<Head, Box<(Option<u64>, ApiError)>> {
     Ok((id, *kind, *key, obj))
 }
 
-/// The payload of a frame: the rest of the frame (batches), or the value under its key.
-fn take_payload(payload_key: Option<&str>, mut obj: Map<String, Value>) -> Result<Value, ApiError> {
+/// The payload of a frame, as JSON text: the rest of the frame (batches), or the value
+/// under its key.
+fn take_payload(payload_key: Option<&str>, mut obj: Fields<'_>) -> Result<String, ApiError> {
     let Some(key) = payload_key else {
-        return Ok(Value::Object(obj));
+        // The remaining fields as one object: a copy of their text, parsed once later.
+        let mut out = String::from("{");
+        for (i, (k, v)) in obj.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&Value::String(k.clone()).to_string());
+            out.push(':');
+            out.push_str(v.get());
+        }
+        out.push('}');
+        return Ok(out);
     };
     let payload = obj
         .remove(key)
@@ -350,7 +369,7 @@ fn take_payload(payload_key: Option<&str>, mut obj: Map<String, Value>) -> Resul
             format!("unknown field `{extra}`, expected `{key}`"),
         ));
     }
-    Ok(payload)
+    Ok(payload.get().to_owned())
 }
 
 /// Parses the payload and runs the same core as the HTTP endpoint.
@@ -360,22 +379,22 @@ async fn dispatch(
     who: &AgentIdentity,
     kind: &str,
     payload_key: Option<&str>,
-    payload: Value,
+    payload: String,
 ) -> Result<fleet_schemas::api::IngestAccepted, ApiError> {
     match kind {
         "metrics" => {
-            let b: MetricBatch = parse_value(payload, None)?;
+            let b: MetricBatch = parse_value(&payload, None)?;
             crate::ingest_metrics(state, who, agent_id, b).await
         }
         "events" => {
-            let b: EventBatch = parse_value(payload, None)?;
+            let b: EventBatch = parse_value(&payload, None)?;
             crate::ingest_events(state, who, agent_id, b).await
         }
         "heartbeat" => {
-            crate::ingest_heartbeat(state, who, agent_id, parse_value(payload, payload_key)?).await
+            crate::ingest_heartbeat(state, who, agent_id, parse_value(&payload, payload_key)?).await
         }
         "inventory" => {
-            crate::ingest_inventory(state, who, agent_id, parse_value(payload, payload_key)?).await
+            crate::ingest_inventory(state, who, agent_id, parse_value(&payload, payload_key)?).await
         }
         "command_progress" => {
             commands::ingest_progress(
@@ -383,7 +402,7 @@ async fn dispatch(
                 who,
                 agent_id,
                 None,
-                parse_value(payload, payload_key)?,
+                parse_value(&payload, payload_key)?,
             )
             .await
         }
@@ -393,7 +412,7 @@ async fn dispatch(
                 who,
                 agent_id,
                 None,
-                parse_value(payload, payload_key)?,
+                parse_value(&payload, payload_key)?,
             )
             .await
         }
@@ -404,10 +423,11 @@ async fn dispatch(
     }
 }
 
-/// Like [`fleet_ops::error::parse_json`], from a parsed value: the error names the field
-/// path (relative to the payload; the caller prefixes the payload key).
-fn parse_value<T: DeserializeOwned>(v: Value, payload_key: Option<&str>) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+/// Like [`fleet_ops::error::parse_json`]: the error names the field path (relative to the
+/// payload; the caller prefixes the payload key).
+fn parse_value<T: DeserializeOwned>(json: &str, payload_key: Option<&str>) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             payload_key.map_or_else(|| "body".to_owned(), |_| String::new())
@@ -455,10 +475,10 @@ mod tests {
         assert!(obj.contains_key("heartbeat"));
     }
 
-    #[tokio::test]
-    async fn nested_fields_are_prefixed_with_the_payload_key() {
+    #[test]
+    fn nested_fields_are_prefixed_with_the_payload_key() {
         let e = parse_value::<fleet_schemas::api::HeartbeatIn>(
-            serde_json::json!({"sent_at": 1, "sequence": 1, "uptime_seconds": 1, "agent_version": "x"}),
+            r#"{"sent_at": 1, "sequence": 1, "uptime_seconds": 1, "agent_version": "x"}"#,
             Some("heartbeat"),
         )
         .expect_err("bad time");
