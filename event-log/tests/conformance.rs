@@ -537,7 +537,7 @@ mod cases {
         let mut b = log
             .subscribe(&group, &topics, options(StartFrom::Earliest))
             .await?;
-        let per_topic = |m: &Box<dyn Consumer>, t: &str| -> BTreeSet<u32> {
+        let per_topic = |m: &dyn Consumer, t: &str| -> BTreeSet<u32> {
             m.assignment()
                 .into_iter()
                 .filter(|(topic, _)| topic == t)
@@ -551,10 +551,10 @@ mod cases {
                 ensure!(got.is_empty(), "records on empty topics: {got:?}");
             }
             let (a1, a2, b1, b2) = (
-                per_topic(&a, &t1),
-                per_topic(&a, &t2),
-                per_topic(&b, &t1),
-                per_topic(&b, &t2),
+                per_topic(a.as_ref(), &t1),
+                per_topic(a.as_ref(), &t2),
+                per_topic(b.as_ref(), &t1),
+                per_topic(b.as_ref(), &t2),
             );
             let complete = a1.len() + b1.len() == partitions as usize
                 && a2.len() + b2.len() == partitions as usize
