@@ -338,11 +338,29 @@ pub(crate) async fn run(
         control.drain(&mut evaluator).await;
         let mut events = Vec::new();
         if input_partitions(consumer.as_ref()) != held.primed.keys().copied().collect::<Vec<_>>() {
-            events.extend(
-                loop_
+            // A log that cannot answer now (a broker outage often moves partitions) is
+            // retried, not fatal: each attempt primes what it can, the next one the rest.
+            loop {
+                match loop_
                     .reassign(consumer.as_mut(), &mut control, &mut evaluator, &mut held)
-                    .await?,
-            );
+                    .await
+                {
+                    Ok(pending) => {
+                        events.extend(pending);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Taking new partitions failed; retrying.");
+                        tokio::select! {
+                            _ = &mut shutdown => {
+                                ready.set(false);
+                                return Ok(());
+                            }
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
         }
         if std::mem::take(&mut control.rules_changed) {
             let owned = loop_.owned(&held);
