@@ -23,6 +23,7 @@ pub use fleet_schemas::{
 
 pub mod read_model;
 pub mod registry;
+pub mod scylla;
 pub mod timeseries;
 
 /// Errors of the stores.
@@ -560,6 +561,11 @@ pub struct Point {
 }
 
 /// A range query over one series.
+///
+/// The answer holds the buckets of width `interval_micros` (aligned to multiples of the
+/// width since the epoch) that overlap `[start_micros, end_micros)`, each bucket whole:
+/// the first may hold samples from before `start_micros` when the start is not aligned.
+/// This is what makes a rollup and the raw samples give the same answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeQuery {
     /// Tenant.
@@ -585,33 +591,235 @@ pub struct Bucket {
     pub min: f64,
     /// Maximum.
     pub max: f64,
-    /// Mean.
+    /// Mean (`sum / count`).
     pub avg: f64,
+    /// Sum of the samples (kept so that buckets merge exactly into wider ones).
+    pub sum: f64,
     /// Number of samples.
     pub count: u64,
     /// Value of the latest sample in the bucket.
     pub last: f64,
 }
 
-/// The most points a query may scan into buckets, to keep one request bounded.
+/// The most buckets one query may return, to keep one request bounded.
 pub const MAX_BUCKETS: i64 = 10_000;
 
+/// Where a query's buckets come from: the raw samples or one of the rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Resolution {
+    /// Every sample as written.
+    #[serde(rename = "raw")]
+    Raw,
+    /// 1-minute rollup.
+    #[serde(rename = "1m")]
+    OneMinute,
+    /// 5-minute rollup.
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    /// 1-hour rollup.
+    #[serde(rename = "1h")]
+    OneHour,
+}
+
+impl Resolution {
+    /// The rollups, finest first.
+    pub const ROLLUPS: [Resolution; 3] = [
+        Resolution::OneMinute,
+        Resolution::FiveMinutes,
+        Resolution::OneHour,
+    ];
+
+    /// Bucket width of a rollup, µs; `None` for raw samples.
+    pub fn width_micros(self) -> Option<i64> {
+        const MINUTE: i64 = 60_000_000;
+        match self {
+            Resolution::Raw => None,
+            Resolution::OneMinute => Some(MINUTE),
+            Resolution::FiveMinutes => Some(5 * MINUTE),
+            Resolution::OneHour => Some(60 * MINUTE),
+        }
+    }
+
+    /// Short name (`raw`, `1m`, `5m`, `1h`), also used in table names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Raw => "raw",
+            Resolution::OneMinute => "1m",
+            Resolution::FiveMinutes => "5m",
+            Resolution::OneHour => "1h",
+        }
+    }
+
+    /// The rollup a rollup is computed from (raw samples for the 1-minute one).
+    pub fn source(self) -> Resolution {
+        match self {
+            Resolution::Raw | Resolution::OneMinute => Resolution::Raw,
+            Resolution::FiveMinutes => Resolution::OneMinute,
+            Resolution::OneHour => Resolution::FiveMinutes,
+        }
+    }
+
+    /// The coarsest resolution that serves buckets of `interval_micros`: the widest rollup
+    /// whose width divides the interval, else the raw samples. Coarser rollups are kept
+    /// longer, so this is also the one that reaches furthest back.
+    pub fn for_interval(interval_micros: i64) -> Resolution {
+        Resolution::ROLLUPS
+            .iter()
+            .rev()
+            .copied()
+            .find(|r| {
+                r.width_micros()
+                    .is_some_and(|w| interval_micros > 0 && interval_micros % w == 0)
+            })
+            .unwrap_or(Resolution::Raw)
+    }
+}
+
+impl std::fmt::Display for Resolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long each resolution is kept, counted back from now by sample time. A sample older
+/// than a resolution's retention is not written there (and the engine removes stored ones:
+/// TTL on ScyllaDB, [`TimeSeriesStore::expire`] on the embedded store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Retention {
+    /// Raw samples.
+    #[serde(with = "humantime_serde")]
+    pub raw: std::time::Duration,
+    /// 1-minute rollup.
+    #[serde(rename = "rollup-1m", with = "humantime_serde")]
+    pub one_minute: std::time::Duration,
+    /// 5-minute rollup.
+    #[serde(rename = "rollup-5m", with = "humantime_serde")]
+    pub five_minutes: std::time::Duration,
+    /// 1-hour rollup.
+    #[serde(rename = "rollup-1h", with = "humantime_serde")]
+    pub one_hour: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Retention {
+            raw: std::time::Duration::from_secs(7 * DAY),
+            one_minute: std::time::Duration::from_secs(30 * DAY),
+            five_minutes: std::time::Duration::from_secs(90 * DAY),
+            one_hour: std::time::Duration::from_secs(400 * DAY),
+        }
+    }
+}
+
+impl Retention {
+    /// Retention of one resolution.
+    pub fn of(&self, r: Resolution) -> std::time::Duration {
+        match r {
+            Resolution::Raw => self.raw,
+            Resolution::OneMinute => self.one_minute,
+            Resolution::FiveMinutes => self.five_minutes,
+            Resolution::OneHour => self.one_hour,
+        }
+    }
+
+    /// Oldest sample time (µs) kept at `r` when the clock reads `now_micros`.
+    pub fn cutoff_micros(&self, r: Resolution, now_micros: i64) -> i64 {
+        let keep = i64::try_from(self.of(r).as_micros()).unwrap_or(i64::MAX);
+        now_micros.saturating_sub(keep)
+    }
+
+    /// Checks that every retention is at least a second and that no rollup is kept for a
+    /// shorter time than the resolution it is computed from.
+    pub fn validate(&self) -> Result<()> {
+        for r in [Resolution::Raw].into_iter().chain(Resolution::ROLLUPS) {
+            if self.of(r) < std::time::Duration::from_secs(1) {
+                return Err(StoreError::Config(format!(
+                    "retention of {r} must be at least 1s"
+                )));
+            }
+        }
+        for r in Resolution::ROLLUPS {
+            if self.of(r) < self.of(r.source()) {
+                return Err(StoreError::Config(format!(
+                    "retention of {r} ({}) is shorter than that of {} ({}): a rollup must be kept at least as long as its source",
+                    humantime::format_duration(self.of(r)),
+                    r.source(),
+                    humantime::format_duration(self.of(r.source()))
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The time-series store.
+///
+/// Raw samples are kept with rollups at 1 minute, 5 minutes and 1 hour (min, max, sum,
+/// count, last). Every write recomputes the rollup buckets it touches from their source
+/// (raw samples for 1 minute, 1-minute rows for 5 minutes, 5-minute rows for 1 hour), so
+/// writing the same points again, in any order, leaves the same rows: replay is
+/// idempotent.
 #[async_trait]
 pub trait TimeSeriesStore: Send + Sync + Debug {
     /// Short engine name (`embedded`, `scylla`).
     fn engine(&self) -> &'static str;
 
-    /// Writes points; a point with the key of a stored one replaces it (idempotent).
+    /// Retention of each resolution.
+    fn retention(&self) -> &Retention;
+
+    /// Writes points and updates the rollups they fall in; a point with the key of a stored
+    /// one replaces it (idempotent). Points older than the raw retention are not stored
+    /// raw but still count in the rollups that keep them. Rejects the whole call with
+    /// [`StoreError::InvalidQuery`] if a value is not finite.
     async fn write(&self, points: &[Point]) -> Result<()>;
 
-    /// Aggregates a series into buckets, oldest first. Fails with
+    /// Aggregates a series into buckets, oldest first, from the coarsest resolution that
+    /// serves the interval ([`Resolution::for_interval`]). Fails with
     /// [`StoreError::InvalidQuery`] when the range is empty or would give more than
     /// [`MAX_BUCKETS`] buckets.
-    async fn query(&self, query: &RangeQuery) -> Result<Vec<Bucket>>;
+    async fn query(&self, query: &RangeQuery) -> Result<Vec<Bucket>> {
+        self.query_resolution(query, Resolution::for_interval(query.interval_micros))
+            .await
+    }
+
+    /// As [`query`](TimeSeriesStore::query), from the named resolution only. The interval
+    /// must be a multiple of a rollup's width ([`StoreError::InvalidQuery`] otherwise).
+    async fn query_resolution(
+        &self,
+        query: &RangeQuery,
+        resolution: Resolution,
+    ) -> Result<Vec<Bucket>>;
 
     /// Series names stored for an agent.
     async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>>;
+
+    /// Removes what is past retention at `now_micros`; returns how many rows went. An
+    /// engine whose rows expire by themselves (TTL) returns 0.
+    async fn expire(&self, now_micros: i64) -> Result<u64>;
+}
+
+/// Checks a query's arguments for `resolution` (shared by every engine).
+pub fn validate_query(q: &RangeQuery, resolution: Resolution) -> Result<()> {
+    validate_range(q)?;
+    if let Some(w) = resolution.width_micros() {
+        if q.interval_micros % w != 0 {
+            return Err(StoreError::InvalidQuery(format!(
+                "the {resolution} rollup cannot serve an interval of {} µs: use a multiple of {w} µs",
+                q.interval_micros
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The scan range of a query: from the start of the bucket holding `start` to the end of
+/// the bucket holding `end - 1`, so that every bucket is whole.
+pub fn bucket_range(q: &RangeQuery) -> (i64, i64) {
+    let from = timeseries::bucket_start(q.start_micros, q.interval_micros);
+    let last = timeseries::bucket_start(q.end_micros.saturating_sub(1), q.interval_micros);
+    (from, last.saturating_add(q.interval_micros))
 }
 
 /// Checks a range query's arguments (shared by every engine).
@@ -658,8 +866,24 @@ pub async fn open_registry(url: &str) -> Result<std::sync::Arc<dyn registry::Reg
     Ok(open_sql(url).await?)
 }
 
-/// Opens the time-series store a URL names: `file:///dir` or a bare directory path.
+/// Opens the time-series store a URL names (`file:///dir` or a bare directory path) with
+/// the default [`Retention`].
 pub async fn open_timeseries(url: &str) -> Result<std::sync::Arc<dyn TimeSeriesStore>> {
+    open_timeseries_with(url, Retention::default()).await
+}
+
+/// Opens the time-series store a URL names: `file:///dir` or a bare directory path
+/// (embedded), or `scylla://host:9042[,host2:9042]/keyspace` (ScyllaDB or Cassandra).
+pub async fn open_timeseries_with(
+    url: &str,
+    retention: Retention,
+) -> Result<std::sync::Arc<dyn TimeSeriesStore>> {
+    retention.validate()?;
+    if url.starts_with("scylla://") {
+        return Ok(std::sync::Arc::new(
+            scylla::ScyllaTimeSeries::connect(url, retention).await?,
+        ));
+    }
     let path = url.strip_prefix("file://").unwrap_or(url);
     if path.contains("://") {
         return Err(StoreError::Config(format!(
@@ -668,10 +892,10 @@ pub async fn open_timeseries(url: &str) -> Result<std::sync::Arc<dyn TimeSeriesS
     }
     // Opening reads (and after a crash, repairs) the file: keep it off the async workers.
     let path = std::path::PathBuf::from(path);
-    let store = tokio::task::spawn_blocking(move || timeseries::EmbeddedTimeSeries::open(&path))
-        .await
-        .map_err(|e| {
-            StoreError::Internal(format!("opening the time-series store failed: {e}"))
-        })??;
+    let store = tokio::task::spawn_blocking(move || {
+        timeseries::EmbeddedTimeSeries::open_with(&path, retention)
+    })
+    .await
+    .map_err(|e| StoreError::Internal(format!("opening the time-series store failed: {e}")))??;
     Ok(std::sync::Arc::new(store))
 }
