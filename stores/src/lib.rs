@@ -126,6 +126,127 @@ pub struct AgentRow {
     pub registered_at: Option<i64>,
     /// Deactivation time (µs).
     pub deactivated_at: Option<i64>,
+    /// `online`, `offline` (the liveness processor found it silent and nothing was heard
+    /// since) or `deactivated`.
+    pub status: AgentStatus,
+    /// Tags set by operators.
+    pub tags: Vec<String>,
+    /// Alerts of the agent not yet resolved.
+    pub open_alerts: u64,
+}
+
+/// Status of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    /// Heard from within the liveness window (or never judged silent).
+    Online,
+    /// Judged silent by the liveness processor, and nothing heard since.
+    Offline,
+    /// Credential revoked.
+    Deactivated,
+}
+
+impl AgentStatus {
+    /// Name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Online => "online",
+            AgentStatus::Offline => "offline",
+            AgentStatus::Deactivated => "deactivated",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<AgentStatus> {
+        match s {
+            "online" => Some(AgentStatus::Online),
+            "offline" => Some(AgentStatus::Offline),
+            "deactivated" => Some(AgentStatus::Deactivated),
+            _ => None,
+        }
+    }
+}
+
+/// A watched service of an agent, from its newest report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    /// Service (unit) name.
+    pub name: String,
+    /// running, stopped, failed or unknown.
+    pub status: String,
+    /// Main process id, if running.
+    pub pid: Option<i64>,
+    /// Collection time of the report it came from (µs).
+    pub observed_at: i64,
+}
+
+/// Counters of a fleet (one tenant, or every tenant).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetOverview {
+    /// Agents by status.
+    pub agents: AgentCounts,
+    /// Open (unresolved) alerts by severity.
+    pub open_alerts: AlertCounts,
+    /// Commands not yet finished (requested, awaiting approval, approved, dispatched,
+    /// running).
+    pub pending_commands: u64,
+}
+
+/// Agents by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCounts {
+    /// All agents.
+    pub total: u64,
+    /// Online.
+    pub online: u64,
+    /// Offline.
+    pub offline: u64,
+    /// Deactivated.
+    pub deactivated: u64,
+}
+
+/// Unresolved alerts by severity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertCounts {
+    /// All unresolved alerts.
+    pub total: u64,
+    /// Critical.
+    pub critical: u64,
+    /// Warning.
+    pub warning: u64,
+    /// Info.
+    pub info: u64,
+}
+
+/// One accepted change made through the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unique id (a UUID).
+    pub audit_id: String,
+    /// Tenant the change was in (absent for global ones, like creating a tenant admin).
+    pub tenant_id: Option<String>,
+    /// When (µs).
+    pub at: i64,
+    /// Who (user name).
+    pub actor: String,
+    /// What, as `noun.verb` (`alert.acknowledge`, `rule.create`, `token.create`).
+    pub action: String,
+    /// What it was done to (an id).
+    pub target: String,
+    /// Extra facts (JSON), never secrets.
+    pub details: Option<serde_json::Value>,
+}
+
+/// Filters of the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this tenant (`None`: everything, admin only).
+    pub tenant_id: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Page size (at most 1000; default 100).
+    pub limit: Option<u32>,
 }
 
 /// A metric report kept as JSON in the read model.
@@ -140,6 +261,14 @@ pub struct AgentQuery {
     pub limit: Option<u32>,
     /// Agents after this id (paging by agent id).
     pub after: Option<String>,
+    /// Only agents at this location.
+    pub location_id: Option<String>,
+    /// Only agents with this status.
+    pub status: Option<AgentStatus>,
+    /// Only agents carrying this tag.
+    pub tag: Option<String>,
+    /// Only agents whose id, host name or device name contains this (case-insensitive).
+    pub text: Option<String>,
 }
 
 /// Status of an alert in the read model.
@@ -539,6 +668,22 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// Tickets, newest first (by creation).
     async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>>;
+
+    /// Counters of one tenant's fleet (`None`: every tenant).
+    async fn overview(&self, tenant_id: Option<&str>) -> Result<FleetOverview>;
+
+    /// The watched services of an agent, by name.
+    async fn agent_services(
+        &self,
+        tenant_id: Option<&str>,
+        agent_id: &str,
+    ) -> Result<Vec<ServiceRow>>;
+
+    /// Records an accepted change (an existing `audit_id` is left as it is).
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<()>;
+
+    /// The audit log, newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
 }
 
 // ----------------------------------------------------------------------------------------

@@ -40,14 +40,15 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 mod commands;
+mod fleet;
 mod registry;
 mod software;
 mod tickets;
 
 use crate::{
-    AgentQuery, AgentRow, AgentSoftware, AlertQuery, AlertRow, AlertStatus, Change, CommandDetail,
-    CommandQuery, CommandRow, ReadModel, Result, SoftwareQuery, StoreError, StoredOffset,
-    TicketQuery, TicketRow,
+    AgentQuery, AgentRow, AgentSoftware, AgentStatus, AlertQuery, AlertRow, AlertStatus,
+    AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandRow, FleetOverview,
+    ReadModel, Result, ServiceRow, SoftwareQuery, StoreError, StoredOffset, TicketQuery, TicketRow,
 };
 
 /// Page size of the lists when the query names none.
@@ -92,6 +93,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_commands_inventory_tickets.sql"),
     ),
     (5, "users", include_str!("../migrations/0005_users.sql")),
+    (
+        6,
+        "fleet view",
+        include_str!("../migrations/0006_fleet_view.sql"),
+    ),
 ];
 
 /// The engine behind a [`SqlReadModel`].
@@ -495,14 +501,45 @@ const SELECT_OFFSETS: &str = "\
 SELECT topic, partition, next_offset FROM projection_offsets
 WHERE projection = $1 ORDER BY topic, partition";
 
-const AGENT_COLUMNS: &str = "tenant_id, agent_id, first_seen_at, last_seen_at, \
+const AGENT_COLUMNS: &str = concat!(
+    "tenant_id, agent_id, first_seen_at, last_seen_at, \
 last_metrics_at, cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, \
 latest_report, location_id, device_name, hostname, facts, enrollment, registered_at, \
-deactivated_at";
+deactivated_at, tags, ",
+    agent_status_sql!(),
+    " AS status, (SELECT COUNT(*) FROM alerts WHERE alerts.agent_id = agents.agent_id \
+AND alerts.status <> 'resolved') AS open_alerts"
+);
 
-/// Registration or update: placement and facts (the newest event wins).
+/// An agent's status, computed from its columns (see `AgentStatus`).
+macro_rules! agent_status_sql {
+    () => {
+        "(CASE WHEN enrollment = 'deactivated' THEN 'deactivated' \
+WHEN offline_at IS NOT NULL AND last_seen_at <= offline_at THEN 'offline' ELSE 'online' END)"
+    };
+}
+pub(crate) use agent_status_sql;
+
+/// Creates the row of an agent first known from an operator's change (no time heard).
+const ENSURE_AGENT: &str = "\
+INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at)
+VALUES ($1, $2, $3, $3)
+ON CONFLICT (agent_id) DO NOTHING";
+
+/// Tags from an event that carries them.
+const AGENT_TAGS: &str = "UPDATE agents SET tags = $2 WHERE agent_id = $1";
+
+/// Liveness: the newest ONLINE/OFFLINE event wins. `$3` is the OFFLINE time or NULL.
+const AGENT_LIVENESS: &str = "\
+UPDATE agents SET liveness_at = $2, offline_at = $3
+WHERE agent_id = $1 AND (liveness_at IS NULL OR liveness_at <= $2)";
+
+/// Registration or update: placement and facts (the newest event wins; a field an
+/// UPDATED event leaves out stays as it is).
 const AGENT_ENROLLED: &str = "\
-UPDATE agents SET location_id = $2, device_name = $3, hostname = $4, facts = $5,
+UPDATE agents SET location_id = COALESCE($2, location_id),
+    device_name = COALESCE($3, device_name), hostname = COALESCE($4, hostname),
+    facts = COALESCE($5, facts),
     enrollment = CASE WHEN enrollment = 'deactivated' THEN enrollment ELSE 'enrolled' END,
     registered_at = CASE WHEN registered_at IS NULL OR $6 < registered_at THEN $6 ELSE registered_at END
 WHERE agent_id = $1";
@@ -539,7 +576,7 @@ async fn apply_report(tx: &mut Tx<'_>, report: &MetricReport) -> Result<(), Appl
         .fold(None, |max: Option<f64>, p| {
             Some(max.map_or(p, |m| m.max(p)))
         });
-    sqlx::query(UPDATE_METRICS)
+    let updated = sqlx::query(UPDATE_METRICS)
         .bind(report.agent_id.as_str())
         .bind(report.occurred_at)
         .bind(report.cpu_percent)
@@ -550,13 +587,34 @@ async fn apply_report(tx: &mut Tx<'_>, report: &MetricReport) -> Result<(), Appl
         .bind(json)
         .execute(&mut **tx)
         .await?;
+    if updated.rows_affected() > 0 {
+        fleet::replace_services(tx, report).await?;
+    }
     Ok(())
 }
 
 async fn apply_lifecycle(tx: &mut Tx<'_>, ev: &AgentLifecycle) -> Result<(), ApplyError> {
     match ev.kind {
         AgentLifecycleKind::Registered | AgentLifecycleKind::Updated => {
-            touch_agent(tx, &ev.tenant_id, &ev.agent_id, ev.occurred_at).await?;
+            if ev.kind == AgentLifecycleKind::Registered {
+                touch_agent(tx, &ev.tenant_id, &ev.agent_id, ev.occurred_at).await?;
+            } else {
+                // An operator's change (tags, placement) is not a sign of life.
+                sqlx::query(ENSURE_AGENT)
+                    .bind(ev.agent_id.as_str())
+                    .bind(ev.tenant_id.as_str())
+                    .bind(ev.occurred_at)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            if let Some(tags) = &ev.tags {
+                let json = serde_json::to_string(tags).map_err(ApplyError::Encode)?;
+                sqlx::query(AGENT_TAGS)
+                    .bind(ev.agent_id.as_str())
+                    .bind(json)
+                    .execute(&mut **tx)
+                    .await?;
+            }
             let facts = ev
                 .facts
                 .as_ref()
@@ -581,8 +639,21 @@ async fn apply_lifecycle(tx: &mut Tx<'_>, ev: &AgentLifecycle) -> Result<(), App
                 .execute(&mut **tx)
                 .await?;
         }
-        // Liveness comes with the liveness processor.
-        AgentLifecycleKind::Online | AgentLifecycleKind::Offline => {}
+        AgentLifecycleKind::Online | AgentLifecycleKind::Offline => {
+            sqlx::query(ENSURE_AGENT)
+                .bind(ev.agent_id.as_str())
+                .bind(ev.tenant_id.as_str())
+                .bind(ev.occurred_at)
+                .execute(&mut **tx)
+                .await?;
+            let offline_at = (ev.kind == AgentLifecycleKind::Offline).then_some(ev.occurred_at);
+            sqlx::query(AGENT_LIVENESS)
+                .bind(ev.agent_id.as_str())
+                .bind(ev.occurred_at)
+                .bind(offline_at)
+                .execute(&mut **tx)
+                .await?;
+        }
     }
     Ok(())
 }
@@ -664,6 +735,16 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRow, BoxDynError> {
         enrollment: row.try_get("enrollment")?,
         registered_at: row.try_get("registered_at")?,
         deactivated_at: row.try_get("deactivated_at")?,
+        status: {
+            let status: String = row.try_get("status")?;
+            AgentStatus::parse(&status).ok_or_else(|| format!("unknown agent status {status:?}"))?
+        },
+        tags: row
+            .try_get::<Option<String>, _>("tags")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?
+            .unwrap_or_default(),
+        open_alerts: u64::try_from(row.try_get::<i64, _>("open_alerts")?)?,
     })
 }
 
@@ -691,6 +772,18 @@ fn alert_from_row(row: &AnyRow) -> Result<AlertRow, BoxDynError> {
         resolved_at: row.try_get("resolved_at")?,
         resolved_value: row.try_get("resolved_value")?,
     })
+}
+
+/// Escapes `%`, `_` and `\\` for a `LIKE ... ESCAPE '\\'` pattern.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn decode_error(what: &str, e: BoxDynError) -> StoreError {
@@ -821,6 +914,31 @@ impl ReadModel for SqlReadModel {
         let mut filter = Filter::default();
         filter.push("tenant_id", "=", query.tenant_id.as_deref());
         filter.push("agent_id", ">", query.after.as_deref());
+        filter.push("location_id", "=", query.location_id.as_deref());
+        filter.push(
+            agent_status_sql!(),
+            "=",
+            query.status.map(AgentStatus::as_str),
+        );
+        let tag = query
+            .tag
+            .as_deref()
+            .map(|t| format!("%\"{}\"%", like_escape(t)));
+        if let Some(tag) = tag.as_deref() {
+            filter.push_with(tag, |p| format!("tags LIKE {p} ESCAPE '\\'"));
+        }
+        let text = query
+            .text
+            .as_deref()
+            .map(|t| format!("%{}%", like_escape(&t.to_lowercase())));
+        if let Some(text) = text.as_deref() {
+            filter.push_with(text, |p| {
+                format!(
+                    "(LOWER(agent_id) LIKE {p} ESCAPE '\\' OR LOWER(COALESCE(hostname, '')) \
+                     LIKE {p} ESCAPE '\\' OR LOWER(COALESCE(device_name, '')) LIKE {p} ESCAPE '\\')"
+                )
+            });
+        }
         self.list_page(
             "agents",
             &format!("SELECT {AGENT_COLUMNS} FROM agents"),
@@ -894,6 +1012,30 @@ impl ReadModel for SqlReadModel {
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
     async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>> {
         self.query_tickets(query).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn overview(&self, tenant_id: Option<&str>) -> Result<FleetOverview> {
+        self.query_overview(tenant_id).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn agent_services(
+        &self,
+        tenant_id: Option<&str>,
+        agent_id: &str,
+    ) -> Result<Vec<ServiceRow>> {
+        self.query_services(tenant_id, agent_id).await
+    }
+
+    #[tracing::instrument(skip(self, entry), fields(engine = self.engine.as_str(), action = %entry.action))]
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        self.insert_audit(entry).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.query_audit(query).await
     }
 }
 

@@ -19,9 +19,9 @@ use fleet_schemas::{
     TicketEvent, TicketEventKind,
 };
 use fleet_stores::{
-    open_read_model, AgentQuery, AgentRow, AlertEvent, AlertQuery, AlertRow, AlertStatus, Change,
-    CommandDetail, CommandQuery, CommandStatus, ReadModel, SoftwareQuery, StoreError, StoredOffset,
-    TicketQuery, TicketStatus,
+    open_read_model, AgentQuery, AgentRow, AgentStatus, AlertEvent, AlertQuery, AlertRow,
+    AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandStatus,
+    ReadModel, SoftwareQuery, StoreError, StoredOffset, TicketQuery, TicketStatus,
 };
 
 /// The same list of cases for every engine: each module defines `run` and calls this.
@@ -48,6 +48,10 @@ macro_rules! conformance {
             software_inventory_out_of_order_and_tenant_filter,
             ticket_lifecycle_replay_and_out_of_order_converge,
             tickets_filter_by_tenant_and_status,
+            agent_filters_status_and_tags,
+            services_follow_the_newest_report,
+            overview_counts_per_tenant,
+            audit_log_newest_first_per_tenant,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -293,6 +297,9 @@ mod cases {
             enrollment: None,
             registered_at: None,
             deactivated_at: None,
+            status: AgentStatus::Online,
+            tags: vec![],
+            open_alerts: 0,
         };
         ensure!(row == expected, "got {row:#?}\nexpected {expected:#?}");
         let back: fleet_stores::MetricReport =
@@ -557,6 +564,9 @@ mod cases {
             enrollment: None,
             registered_at: None,
             deactivated_at: None,
+            status: AgentStatus::Online,
+            tags: vec![],
+            open_alerts: 0,
         };
         ensure!(
             row == expected,
@@ -858,6 +868,7 @@ mod cases {
                     tenant_id: Some(T1.into()),
                     limit: Some(3),
                     after: after.clone(),
+                    ..AgentQuery::default()
                 })
                 .await?;
             ensure!(page.len() <= 3);
@@ -1692,6 +1703,252 @@ mod cases {
             agents(store.list_tickets(&q(None, None, Some(1))).await?) == [a3.as_str()],
             "limit"
         );
+        Ok(())
+    }
+
+    pub(crate) async fn agent_filters_status_and_tags(store: Arc<dyn ReadModel>) -> Result<()> {
+        use fleet_schemas::AgentLifecycleKind;
+        let (a, b, c) = (agent_id(), agent_id(), agent_id());
+        let mut ra = fixtures::agent_registered(T1, &a, T0);
+        ra.device_name = Some("Web-Frontend".into());
+        let mut rb = fixtures::agent_registered(T1, &b, T0);
+        rb.location_id = Some("loc-2".into());
+        rb.device_name = Some("db_1".into());
+        let rc = fixtures::agent_registered(T2, &c, T0);
+        store
+            .apply(
+                PROJECTION,
+                &[
+                    Change::Lifecycle(ra.clone()),
+                    Change::Lifecycle(rb.clone()),
+                    Change::Lifecycle(rc),
+                ],
+                &[],
+            )
+            .await?;
+        // Tags on a: an UPDATED event that carries only tags keeps the facts.
+        let mut tag = ra.clone();
+        tag.kind = AgentLifecycleKind::Updated;
+        tag.facts = None;
+        tag.device_name = None;
+        tag.location_id = None;
+        tag.tags = Some(vec!["web".into(), "eu_west".into()]);
+        tag.occurred_at = T0 + 5 * SECOND;
+        // b goes offline.
+        let mut off = rb.clone();
+        off.kind = AgentLifecycleKind::Offline;
+        off.facts = None;
+        off.occurred_at = T0 + 10 * SECOND;
+        store
+            .apply(
+                PROJECTION,
+                &[Change::Lifecycle(tag), Change::Lifecycle(off.clone())],
+                &[],
+            )
+            .await?;
+        let row = agent(&store, &a).await?;
+        ensure!(row.tags == vec!["web", "eu_west"], "{row:#?}");
+        ensure!(row.device_name.as_deref() == Some("Web-Frontend") && row.facts.is_some());
+        ensure!(
+            row.last_seen_at == T0,
+            "an operator's change is not a sign of life"
+        );
+        ensure!(row.status == AgentStatus::Online);
+        ensure!(agent(&store, &b).await?.status == AgentStatus::Offline);
+
+        let list = |q: AgentQuery| {
+            let store = store.clone();
+            async move {
+                let rows = store.list_agents(&q).await?;
+                let mut ids: Vec<String> = rows.into_iter().map(|r| r.agent_id).collect();
+                ids.sort();
+                anyhow::Ok(ids)
+            }
+        };
+        let t1 = |f: fn(&mut AgentQuery)| {
+            let mut q = AgentQuery {
+                tenant_id: Some(T1.into()),
+                ..AgentQuery::default()
+            };
+            f(&mut q);
+            q
+        };
+        ensure!(list(t1(|q| q.status = Some(AgentStatus::Offline))).await? == vec![b.clone()]);
+        ensure!(list(t1(|q| q.status = Some(AgentStatus::Online))).await? == vec![a.clone()]);
+        ensure!(list(t1(|q| q.location_id = Some("loc-2".into()))).await? == vec![b.clone()]);
+        ensure!(list(t1(|q| q.tag = Some("web".into()))).await? == vec![a.clone()]);
+        // `_` is not a wildcard, and a tag matches whole.
+        ensure!(list(t1(|q| q.tag = Some("eu.west".into())))
+            .await?
+            .is_empty());
+        ensure!(list(t1(|q| q.tag = Some("we".into()))).await?.is_empty());
+        ensure!(list(t1(|q| q.text = Some("FRONTEND".into()))).await? == vec![a.clone()]);
+        ensure!(list(t1(|q| q.text = Some("db_".into()))).await? == vec![b.clone()]);
+        ensure!(list(t1(|q| q.text = Some("db%".into()))).await?.is_empty());
+        // Tenant scoping holds under every filter.
+        let mut q = t1(|q| q.text = Some(String::new()));
+        q.tenant_id = Some(T2.into());
+        ensure!(list(q).await? == vec![c.clone()]);
+
+        // Heard from after the OFFLINE event: online again; ONLINE clears it too.
+        store
+            .apply(PROJECTION, &[heartbeat(T1, &b, T0 + 20 * SECOND)], &[])
+            .await?;
+        ensure!(agent(&store, &b).await?.status == AgentStatus::Online);
+        let mut off2 = off.clone();
+        off2.occurred_at = T0 + 30 * SECOND;
+        let mut on = off.clone();
+        on.kind = AgentLifecycleKind::Online;
+        on.occurred_at = T0 + 40 * SECOND;
+        // Out of order: ONLINE first, then the older OFFLINE; the newer one wins.
+        store
+            .apply(
+                PROJECTION,
+                &[Change::Lifecycle(on), Change::Lifecycle(off2)],
+                &[],
+            )
+            .await?;
+        ensure!(agent(&store, &b).await?.status == AgentStatus::Online);
+        // Deactivated beats everything.
+        let mut gone = rb.clone();
+        gone.kind = AgentLifecycleKind::Deactivated;
+        gone.occurred_at = T0 + 50 * SECOND;
+        store
+            .apply(PROJECTION, &[Change::Lifecycle(gone)], &[])
+            .await?;
+        ensure!(agent(&store, &b).await?.status == AgentStatus::Deactivated);
+        Ok(())
+    }
+
+    pub(crate) async fn services_follow_the_newest_report(store: Arc<dyn ReadModel>) -> Result<()> {
+        let a = agent_id();
+        let mut r1 = fixtures::metric_report(T1, &a, T0 + 10 * SECOND);
+        r1.services = vec![
+            fleet_schemas::ServiceStatus {
+                name: "nginx".into(),
+                status: "running".into(),
+                pid: Some(42),
+            },
+            fleet_schemas::ServiceStatus {
+                name: "cron".into(),
+                status: "failed".into(),
+                pid: None,
+            },
+        ];
+        let mut old = fixtures::metric_report(T1, &a, T0);
+        old.services = vec![fleet_schemas::ServiceStatus {
+            name: "old".into(),
+            status: "running".into(),
+            pid: None,
+        }];
+        store
+            .apply(
+                PROJECTION,
+                &[Change::Report(Box::new(r1)), Change::Report(Box::new(old))],
+                &[],
+            )
+            .await?;
+        let got = store.agent_services(Some(T1), &a).await?;
+        let names: Vec<_> = got
+            .iter()
+            .map(|s| (s.name.as_str(), s.status.as_str()))
+            .collect();
+        ensure!(
+            names == vec![("cron", "failed"), ("nginx", "running")],
+            "{got:#?}"
+        );
+        ensure!(got[1].pid == Some(42) && got[1].observed_at == T0 + 10 * SECOND);
+        ensure!(
+            store.agent_services(Some(T2), &a).await?.is_empty(),
+            "other tenant"
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn overview_counts_per_tenant(store: Arc<dyn ReadModel>) -> Result<()> {
+        let (a, b, c) = (agent_id(), agent_id(), agent_id());
+        let mut raised = fixtures::alert_raised(T1, &a, T0);
+        raised.severity = fleet_schemas::AlertSeverity::Critical;
+        let mut warn = fixtures::alert_raised(T1, &a, T0);
+        warn.alert_id = format!("{}-w", warn.alert_id);
+        warn.severity = fleet_schemas::AlertSeverity::Warning;
+        let other = fixtures::alert_raised(T2, &c, T0);
+        let mut off = fixtures::agent_registered(T1, &b, T0);
+        off.kind = fleet_schemas::AgentLifecycleKind::Offline;
+        off.occurred_at = T0 + SECOND;
+        let mut cmd = fixtures::command_completed(T1, &a, T0);
+        cmd.kind = fleet_schemas::CommandEventKind::Requested;
+        store
+            .apply(
+                PROJECTION,
+                &[
+                    heartbeat(T1, &a, T0),
+                    heartbeat(T1, &b, T0),
+                    heartbeat(T2, &c, T0),
+                    Change::Lifecycle(off),
+                    Change::Alert(raised),
+                    Change::Alert(warn),
+                    Change::Alert(other),
+                    Change::Command(Box::new(cmd)),
+                ],
+                &[],
+            )
+            .await?;
+        let o = store.overview(Some(T1)).await?;
+        ensure!(
+            (o.agents.total, o.agents.online, o.agents.offline) == (2, 1, 1),
+            "{o:#?}"
+        );
+        ensure!(
+            (
+                o.open_alerts.total,
+                o.open_alerts.critical,
+                o.open_alerts.warning
+            ) == (2, 1, 1),
+            "{o:#?}"
+        );
+        ensure!(o.pending_commands == 1, "{o:#?}");
+        let o2 = store.overview(Some(T2)).await?;
+        ensure!(o2.agents.total == 1 && o2.open_alerts.total == 1 && o2.pending_commands == 0);
+        let all = store.overview(None).await?;
+        ensure!(all.agents.total >= 3 && all.open_alerts.total >= 3);
+        let row = agent(&store, &a).await?;
+        ensure!(row.open_alerts == 2, "open alerts of the agent: {row:#?}");
+        Ok(())
+    }
+
+    pub(crate) async fn audit_log_newest_first_per_tenant(store: Arc<dyn ReadModel>) -> Result<()> {
+        let entry = |id: &str, tenant: Option<&str>, at: i64, actor: &str| AuditEntry {
+            audit_id: id.into(),
+            tenant_id: tenant.map(str::to_owned),
+            at,
+            actor: actor.into(),
+            action: "alert.acknowledge".into(),
+            target: "alert-1".into(),
+            details: Some(serde_json::json!({"note": "on it"})),
+        };
+        let tag = agent_id();
+        let e1 = entry(&format!("{tag}-1"), Some(T1), T0, "alice");
+        let e2 = entry(&format!("{tag}-2"), Some(T1), T0 + SECOND, "bob");
+        let e3 = entry(&format!("{tag}-3"), Some(T2), T0 + 2 * SECOND, "carol");
+        for e in [&e1, &e2, &e3, &e1] {
+            store.record_audit(e).await?;
+        }
+        let t1 = store
+            .list_audit(&AuditQuery {
+                tenant_id: Some(T1.into()),
+                ..AuditQuery::default()
+            })
+            .await?;
+        ensure!(t1 == vec![e2.clone(), e1.clone()], "{t1:#?}");
+        let bob = store
+            .list_audit(&AuditQuery {
+                tenant_id: Some(T1.into()),
+                actor: Some("bob".into()),
+                limit: Some(10),
+            })
+            .await?;
+        ensure!(bob == vec![e2], "{bob:#?}");
         Ok(())
     }
 }

@@ -97,16 +97,7 @@ pub(super) async fn apply_inventory(tx: &mut Tx<'_>, inv: &SoftwareInventory) ->
 
 /// `%text%` for `LIKE ... ESCAPE '\'`, lower-cased.
 fn contains_pattern(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('%');
-    for c in text.to_lowercase().chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
+    format!("%{}%", super::like_escape(&text.to_lowercase()))
 }
 
 fn package_from_row(row: &AnyRow) -> Result<SoftwareRow, BoxDynError> {

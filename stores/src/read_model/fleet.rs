@@ -1,0 +1,214 @@
+//! The fleet view: services of agents (from their newest report), fleet counters, and the
+//! audit log of changes made through the API.
+
+use fleet_schemas::MetricReport;
+use sqlx::any::AnyRow;
+use sqlx::error::BoxDynError;
+use sqlx::Row;
+
+use super::{agent_status_sql, decode_error, ApplyError, Filter, SqlReadModel, Tx};
+use crate::{AgentCounts, AlertCounts, AuditEntry, AuditQuery, FleetOverview, Result, ServiceRow};
+
+const DELETE_SERVICES: &str = "DELETE FROM agent_services WHERE agent_id = $1";
+const INSERT_SERVICE: &str = "\
+INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (agent_id, name) DO UPDATE SET status = excluded.status, pid = excluded.pid,
+    observed_at = excluded.observed_at";
+
+/// Replaces an agent's services with those of `report` (called only when the report is
+/// the newest one stored).
+pub(super) async fn replace_services(
+    tx: &mut Tx<'_>,
+    report: &MetricReport,
+) -> Result<(), ApplyError> {
+    sqlx::query(DELETE_SERVICES)
+        .bind(report.agent_id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    for s in &report.services {
+        sqlx::query(INSERT_SERVICE)
+            .bind(report.agent_id.as_str())
+            .bind(report.tenant_id.as_str())
+            .bind(s.name.as_str())
+            .bind(s.status.as_str())
+            .bind(s.pid.map(i64::from))
+            .bind(report.occurred_at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+const INSERT_AUDIT: &str = "\
+INSERT INTO audit_log (audit_id, tenant_id, at, actor, action, target, details)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (audit_id) DO NOTHING";
+
+fn count(row: &AnyRow) -> Result<(String, u64), BoxDynError> {
+    let key: Option<String> = row.try_get(0)?;
+    let n: i64 = row.try_get(1)?;
+    Ok((key.unwrap_or_default(), u64::try_from(n)?))
+}
+
+fn service_from_row(row: &AnyRow) -> Result<ServiceRow, BoxDynError> {
+    Ok(ServiceRow {
+        name: row.try_get("name")?,
+        status: row.try_get("status")?,
+        pid: row.try_get("pid")?,
+        observed_at: row.try_get("observed_at")?,
+    })
+}
+
+fn audit_from_row(row: &AnyRow) -> Result<AuditEntry, BoxDynError> {
+    Ok(AuditEntry {
+        audit_id: row.try_get("audit_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        details: row
+            .try_get::<Option<String>, _>("details")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?,
+    })
+}
+
+impl SqlReadModel {
+    /// Rows of `(key, count)` from a grouped count.
+    async fn counts(
+        &self,
+        what: &str,
+        sql: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut q = sqlx::query(sql);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(what, e))?;
+        rows.iter()
+            .map(count)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| decode_error(what, e))
+    }
+
+    pub(super) async fn query_overview(&self, tenant: Option<&str>) -> Result<FleetOverview> {
+        let scope = |extra: &str| match (tenant.is_some(), extra.is_empty()) {
+            (true, true) => " WHERE tenant_id = $1".to_owned(),
+            (true, false) => format!(" WHERE tenant_id = $1 AND {extra}"),
+            (false, true) => String::new(),
+            (false, false) => format!(" WHERE {extra}"),
+        };
+        let mut out = FleetOverview::default();
+        let sql = format!(
+            "SELECT {} AS s, COUNT(*) FROM agents{} GROUP BY {}",
+            agent_status_sql!(),
+            scope(""),
+            agent_status_sql!()
+        );
+        for (status, n) in self.counts("count agents", &sql, tenant).await? {
+            let AgentCounts {
+                total,
+                online,
+                offline,
+                deactivated,
+            } = &mut out.agents;
+            *total += n;
+            match status.as_str() {
+                "online" => *online += n,
+                "offline" => *offline += n,
+                _ => *deactivated += n,
+            }
+        }
+        let sql = format!(
+            "SELECT severity, COUNT(*) FROM alerts{} GROUP BY severity",
+            scope("status <> 'resolved'")
+        );
+        for (severity, n) in self.counts("count alerts", &sql, tenant).await? {
+            let AlertCounts {
+                total,
+                critical,
+                warning,
+                info,
+            } = &mut out.open_alerts;
+            *total += n;
+            match severity.as_str() {
+                "critical" => *critical += n,
+                "warning" => *warning += n,
+                _ => *info += n,
+            }
+        }
+        let sql = format!(
+            "SELECT 'pending', COUNT(*) FROM commands{}",
+            scope(
+                "status IN ('requested', 'awaiting_approval', 'approved', 'dispatched', 'running')"
+            )
+        );
+        out.pending_commands = self
+            .counts("count commands", &sql, tenant)
+            .await?
+            .first()
+            .map_or(0, |(_, n)| *n);
+        Ok(out)
+    }
+
+    pub(super) async fn query_services(
+        &self,
+        tenant: Option<&str>,
+        agent_id: &str,
+    ) -> Result<Vec<ServiceRow>> {
+        let mut filter = Filter::default();
+        filter.push("agent_id", "=", Some(agent_id));
+        filter.push("tenant_id", "=", tenant);
+        self.list_page(
+            "services",
+            "SELECT name, status, pid, observed_at FROM agent_services",
+            "name",
+            &filter,
+            Some(super::MAX_LIMIT),
+            service_from_row,
+        )
+        .await
+    }
+
+    pub(super) async fn insert_audit(&self, e: &AuditEntry) -> Result<()> {
+        let details = e
+            .details
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|err| crate::StoreError::Internal(format!("audit details: {err}")))?;
+        sqlx::query(INSERT_AUDIT)
+            .bind(e.audit_id.as_str())
+            .bind(e.tenant_id.as_deref())
+            .bind(e.at)
+            .bind(e.actor.as_str())
+            .bind(e.action.as_str())
+            .bind(e.target.as_str())
+            .bind(details)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| self.db_error("record audit", err))?;
+        Ok(())
+    }
+
+    pub(super) async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut filter = Filter::default();
+        filter.push("tenant_id", "=", q.tenant_id.as_deref());
+        filter.push("actor", "=", q.actor.as_deref());
+        self.list_page(
+            "audit entries",
+            "SELECT audit_id, tenant_id, at, actor, action, target, details FROM audit_log",
+            "at DESC, audit_id DESC",
+            &filter,
+            q.limit,
+            audit_from_row,
+        )
+        .await
+    }
+}
