@@ -270,6 +270,37 @@ pub async fn get_json(
     Ok(Some(body))
 }
 
+/// A client for the query API: every request carries `Authorization: Bearer <admin_key>`
+/// unless it sets its own (reqwest adds a default header only when the request has none,
+/// so `.bearer_auth(agent credential)` for the gateway keeps the agent's).
+pub fn api_client(admin_key: &str) -> anyhow::Result<reqwest::Client> {
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {admin_key}"))
+        .context("the admin key is not a valid header value")?;
+    auth.set_sensitive(true);
+    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, auth)]);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
+/// The admin key `fleetstream up` keeps in `<data_dir>/admin-key`, waiting (up to
+/// 120 s) for `up` to write it.
+pub async fn up_admin_key(data_dir: &Path, procs: &[&Proc]) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-key");
+    wait_for(
+        "`fleetstream up` to write its admin key",
+        Duration::from_secs(120),
+        procs,
+        || async {
+            Ok(std::fs::read_to_string(&path)
+                .ok()
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty()))
+        },
+    )
+    .await
+}
+
 /// Writes a file in `dir`.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);

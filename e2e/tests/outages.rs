@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fleet_e2e::{
-    free_port, get_json, micros_rfc3339, wait_for, write_file, GatewayProxy, PrivateKafka, Proc,
-    ProxiedBatch, ProxyMode,
+    api_client, free_port, get_json, micros_rfc3339, wait_for, write_file, GatewayProxy,
+    PrivateKafka, Proc, ProxiedBatch, ProxyMode,
 };
 use serde_json::Value;
 
@@ -69,25 +69,66 @@ fn proxied_reports(batches: &[ProxiedBatch]) -> BTreeMap<i64, f64> {
         .collect()
 }
 
-/// Number of cpu samples the time series holds for the agent in `[start, end)` (µs).
-async fn cpu_samples(
+/// What a one-second bucket of cpu samples holds: (count, min, max, last).
+type SecondBucket = (u64, f64, f64, f64);
+
+/// The cpu samples the time series holds for the agent in the one-second buckets that
+/// overlap `[start, end)` (µs), by bucket start (µs). Buckets are whole and aligned to the
+/// second (a query never cuts one), so one second is the finest a query can single out.
+async fn cpu_seconds(
     client: &reqwest::Client,
     api: &str,
     agent_id: &str,
     start: i64,
     end: i64,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<BTreeMap<i64, SecondBucket>> {
     let url = format!(
-        "{api}/api/v1/agents/{agent_id}/metrics?metric=cpu.percent&start={}&end={}&interval=1h",
+        "{api}/api/v1/agents/{agent_id}/metrics?metric=cpu.percent&start={}&end={}&interval=1s",
         micros_rfc3339(start),
         micros_rfc3339(end)
     );
     let h = get_json(client, &url).await?.context("agent not found")?;
-    Ok(fleet_e2e::history_sample_count(&h))
+    anyhow::ensure!(
+        h["resolution"] == "raw",
+        "1s buckets come from raw samples: {h}"
+    );
+    let mut out = BTreeMap::new();
+    for b in h["series"][0]["buckets"].as_array().context("buckets")? {
+        let at = fleet_e2e::rfc3339_micros(b["start"].as_str().context("bucket start")?)?;
+        let f = |k: &str| b[k].as_f64().with_context(|| format!("{k} of {b}"));
+        let count = b["count"]
+            .as_u64()
+            .with_context(|| format!("count of {b}"))?;
+        out.insert(at, (count, f("min")?, f("max")?, f("last")?));
+    }
+    Ok(out)
+}
+
+/// Equal but for float parsing (JSON on the way in and out).
+fn near(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// `expected` (collection time µs → cpu) as one-second buckets, as the store would hold it.
+fn expected_seconds(expected: &BTreeMap<i64, f64>) -> BTreeMap<i64, SecondBucket> {
+    let mut out: BTreeMap<i64, SecondBucket> = BTreeMap::new();
+    for (&t, &cpu) in expected {
+        let second = t.div_euclid(1_000_000) * 1_000_000;
+        let b = out
+            .entry(second)
+            .or_insert((0, f64::INFINITY, f64::NEG_INFINITY, cpu));
+        b.0 += 1;
+        b.1 = b.1.min(cpu);
+        b.2 = b.2.max(cpu);
+        b.3 = cpu; // in time order: the latest wins
+    }
+    out
 }
 
 /// Checks that the time series holds exactly one cpu sample at each time of `expected`
-/// and no other since `since`. Waits (bounded) for the projections to catch up first.
+/// and no other since `since`, second by second (the finest a query answers): every
+/// second holds as many samples as were collected in it, with their minimum, maximum and
+/// latest value. Waits (bounded) for the projections to catch up first.
 async fn assert_time_series_is_exactly(
     client: &reqwest::Client,
     api: &str,
@@ -99,6 +140,7 @@ async fn assert_time_series_is_exactly(
 ) -> anyhow::Result<()> {
     let want = u64::try_from(expected.len())?;
     let end = fleet_e2e::now_micros() + 1;
+    let total = |s: &BTreeMap<i64, SecondBucket>| s.values().map(|b| b.0).sum::<u64>();
     // Wait (bounded) for as many samples as reports; if they never come, the checks
     // below name the missing ones.
     let caught_up = wait_for(
@@ -106,7 +148,7 @@ async fn assert_time_series_is_exactly(
         timeout,
         procs,
         || async {
-            let n = cpu_samples(client, api, agent_id, since, end).await?;
+            let n = total(&cpu_seconds(client, api, agent_id, since, end).await?);
             Ok((n >= want).then_some(()))
         },
     )
@@ -114,22 +156,43 @@ async fn assert_time_series_is_exactly(
     if let Err(e) = &caught_up {
         eprintln!("{e:#}");
     }
-    let total = cpu_samples(client, api, agent_id, since, end).await?;
+    let stored = cpu_seconds(client, api, agent_id, since, end).await?;
+    let wanted = expected_seconds(expected);
     let mut missing = Vec::new();
     let mut doubled = Vec::new();
-    for &t in expected.keys() {
-        match cpu_samples(client, api, agent_id, t, t + 1).await? {
-            1 => {}
-            0 => missing.push(micros_rfc3339(t)),
-            n => doubled.push((micros_rfc3339(t), n)),
+    let mut other = Vec::new();
+    for (&second, &(n, min, max, last)) in &wanted {
+        let at = micros_rfc3339(second);
+        match stored.get(&second) {
+            None => missing.push(format!("{at}: {n} collected, none stored")),
+            Some(&(m, ..)) if m < n => missing.push(format!("{at}: {n} collected, {m} stored")),
+            Some(&(m, ..)) if m > n => doubled.push(format!("{at}: {n} collected, {m} stored")),
+            Some(&(_, smin, smax, slast))
+                if !(near(smin, min) && near(smax, max) && near(slast, last)) =>
+            {
+                other.push(format!(
+                    "{at}: collected min/max/last {min}/{max}/{last}, stored {smin}/{smax}/{slast}"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for (&second, &(m, ..)) in &stored {
+        if !wanted.contains_key(&second) {
+            doubled.push(format!(
+                "{}: none collected, {m} stored",
+                micros_rfc3339(second)
+            ));
         }
     }
     assert!(
-        missing.is_empty() && doubled.is_empty(),
-        "collected reports missing from the time series: {missing:?}; stored more than once: {doubled:?}"
+        missing.is_empty() && doubled.is_empty() && other.is_empty(),
+        "collected reports missing from the time series: {missing:?}; stored more than once \
+         (or never collected): {doubled:?}; other values than collected: {other:?}"
     );
     assert_eq!(
-        total, want,
+        total(&stored),
+        want,
         "the time series holds exactly the {want} collected reports, none else, none twice"
     );
     Ok(())
@@ -271,7 +334,7 @@ async fn broker_outage_loses_no_report() -> anyhow::Result<()> {
         &["agent", "--config", &path(&ag_cfg)?],
         &[("FLEET_LOG_FORMAT", "json")],
     )?;
-    let client = reqwest::Client::new();
+    let client = api_client(&admin_key)?;
     let agent_url = format!("{api}/api/v1/agents/{agent_id}");
     let all = [&gateway, &projections, &processors, &agent];
     wait_for(
@@ -536,7 +599,7 @@ async fn agent_killed_mid_send_loses_and_doubles_nothing() -> anyhow::Result<()>
     // The last instance delivers everything and stops gracefully.
     let last_start = fleet_e2e::now_micros();
     let mut agent = start_agent()?;
-    let client = reqwest::Client::new();
+    let client = api_client(&admin_key)?;
     let agent_url = format!("{api}/api/v1/agents/{agent_id}");
     wait_for(
         "a report of the last instance in the read model",

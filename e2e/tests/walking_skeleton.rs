@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleet_e2e::{free_port, get_json, wait_for, write_file, Proc};
+use fleet_e2e::{api_client, free_port, get_json, wait_for, write_file, Proc};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -62,6 +62,8 @@ struct Run {
     rule_id: String,
     gateway: String,
     api: String,
+    /// The admin key: every query API call sends it.
+    admin_key: String,
 }
 
 /// Embedded: one `fleetstream up` process with a local agent.
@@ -112,6 +114,7 @@ async fn embedded_walking_skeleton() -> anyhow::Result<()> {
             rule_id: format!("e2e-rule-{id}"),
             gateway: format!("http://127.0.0.1:{gateway_port}"),
             api: format!("http://127.0.0.1:{api_port}"),
+            admin_key: String::new(),
         },
         gateway_port,
         api_port,
@@ -119,6 +122,8 @@ async fn embedded_walking_skeleton() -> anyhow::Result<()> {
     };
     e.start(0.0)?;
     let procs = [e.proc.as_ref().context("started")?];
+    // `up` makes an admin key once and keeps it in the data directory.
+    e.run.admin_key = fleet_e2e::up_admin_key(&e.dir.path().join("data"), &procs).await?;
     // `up` enrolls its local agent through the gateway like any other agent.
     (e.run.agent_id, e.run.credential) =
         enrolled_agent_id(&e.dir.path().join("agent-state"), &procs).await?;
@@ -127,6 +132,11 @@ async fn embedded_walking_skeleton() -> anyhow::Result<()> {
     e.proc.as_mut().context("started")?.stop()?;
     e.start(1000.0)?;
     let procs = [e.proc.as_ref().context("started")?];
+    assert_eq!(
+        fleet_e2e::up_admin_key(&e.dir.path().join("data"), &procs).await?,
+        e.run.admin_key,
+        "a restart on the same data directory keeps the admin key"
+    );
     check_alert_resolved(&e.run, &procs).await?;
     e.proc.as_mut().context("started")?.stop()?;
     Ok(())
@@ -146,8 +156,9 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         rule_id: format!("e2e-rule-{id}"),
         gateway: format!("http://127.0.0.1:{gw_port}"),
         api: format!("http://127.0.0.1:{api_port}"),
+        admin_key: format!("fsk_e2e_{id}"),
     };
-    let admin_key = format!("fsk_e2e_{id}");
+    let admin_key = run.admin_key.clone();
     let log = format!("kafka://{brokers}");
     let gw_cfg = write_file(
         dir.path(),
@@ -266,7 +277,7 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         &["gateway", "--config", &path(&gw_cfg)?],
         &[],
     )?;
-    let client = reqwest::Client::new();
+    let client = api_client(&run.admin_key)?;
     let agent_url = format!("{}/api/v1/agents/{}", run.api, run.agent_id);
     let restarted_at = fleet_e2e::now_micros();
     wait_for(
@@ -312,7 +323,7 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
 }
 
 async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = api_client(&run.admin_key)?;
     let agent_url = format!("{}/api/v1/agents/{}", run.api, run.agent_id);
 
     // The agent appears with its latest metrics.
@@ -339,17 +350,27 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
             > 0,
         "{agent}"
     );
-    let list = get_json(&client, &format!("{}/api/v1/agents", run.api))
-        .await?
-        .context("agent list")?;
-    assert!(
-        list["agents"]
-            .as_array()
-            .context("agents")?
-            .iter()
-            .any(|a| a["agent_id"] == run.agent_id.as_str()),
-        "agent missing from the list: {list}"
+    let list_url = format!("{}/api/v1/agents", run.api);
+    let list = get_json(&client, &list_url).await?.context("agent list")?;
+    let row = list["agents"]
+        .as_array()
+        .context("agents")?
+        .iter()
+        .find(|a| a["agent_id"] == run.agent_id.as_str())
+        .with_context(|| format!("agent missing from the list: {list}"))?;
+    assert_eq!(
+        row["status"], "online",
+        "a reporting agent is online: {row}"
     );
+    assert!(row["tags"].is_array(), "tags: {row}");
+
+    // The query API wants a key: none, or one it does not know, is 401.
+    check_unauthorized(run, &[&list_url, &agent_url]).await?;
+    let me = get_json(&client, &format!("{}/api/v1/me", run.api))
+        .await?
+        .context("me")?;
+    assert_eq!(me["user_id"], "admin", "the admin key is the admin: {me}");
+    assert_eq!(me["role"], "admin", "{me}");
 
     // History: several samples of two metrics in buckets.
     let history_url =
@@ -394,8 +415,11 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
     assert_eq!(alert["status"], "open", "{alert}");
     assert_eq!(alert["severity"], "critical");
     assert!(alert["value"].as_f64().is_some_and(|v| v >= 0.0));
+    check_overview_and_open_alerts(run, &client, &alert, procs).await?;
 
-    // Bad input to the gateway gets a 4xx naming the field.
+    // Bad input to the gateway gets a 4xx naming the field (a client without the admin
+    // key: "no credential" means none at all).
+    let client = reqwest::Client::new();
     let bad = serde_json::json!({"reports": [{
         "collected_at": "2026-01-01T00:00:00Z", "cpu_percent": "very high",
         "memory_used_bytes": 1, "memory_total_bytes": 2, "memory_percent": 50.0,
@@ -429,8 +453,128 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
     Ok(())
 }
 
+/// Without a key, or with one the API does not know, every URL answers 401.
+async fn check_unauthorized(run: &Run, urls: &[&str]) -> anyhow::Result<()> {
+    let plain = reqwest::Client::new();
+    let wrong_key = format!("{}-not-it", run.admin_key);
+    for url in urls {
+        for key in [None, Some(wrong_key.as_str())] {
+            let mut req = plain.get(*url);
+            if let Some(k) = key {
+                req = req.bearer_auth(k);
+            }
+            let resp = req.send().await?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            assert_eq!(
+                status,
+                reqwest::StatusCode::UNAUTHORIZED,
+                "GET {url} with {}: {body}",
+                if key.is_some() {
+                    "a wrong key"
+                } else {
+                    "no key"
+                }
+            );
+            let body: Value = serde_json::from_str(&body)
+                .with_context(|| format!("401 body of {url} is not JSON: {body}"))?;
+            assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+        }
+    }
+    Ok(())
+}
+
+/// With `alert` open: the overview counts the agent and the alert; the agent's list row
+/// counts the alert and its detail lists it (under one `open_alerts` key).
+async fn check_overview_and_open_alerts(
+    run: &Run,
+    client: &reqwest::Client,
+    alert: &Value,
+    procs: &[&Proc],
+) -> anyhow::Result<()> {
+    let overview_url = format!("{}/api/v1/overview", run.api);
+    let overview = wait_for(
+        "the overview to count the open alert",
+        WAIT,
+        procs,
+        || async {
+            let o = get_json(client, &overview_url).await?.context("overview")?;
+            let counted = o["agents"]["total"].as_u64().is_some_and(|n| n >= 1)
+                && o["open_alerts"]["total"].as_u64().is_some_and(|n| n >= 1)
+                && o["open_alerts"]["critical"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1);
+            anyhow::ensure!(counted, "overview so far: {o}");
+            Ok(Some(o))
+        },
+    )
+    .await?;
+    assert!(
+        overview["agents"]["online"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "the reporting agent counts as online: {overview}"
+    );
+    assert!(
+        overview["pending_commands"].is_u64(),
+        "pending commands: {overview}"
+    );
+
+    let list_url = format!("{}/api/v1/agents", run.api);
+    let row = wait_for(
+        "the agent row to count the open alert",
+        WAIT,
+        procs,
+        || async {
+            let list = get_json(client, &list_url).await?.context("agent list")?;
+            let row = list["agents"]
+                .as_array()
+                .context("agents")?
+                .iter()
+                .find(|a| a["agent_id"] == run.agent_id.as_str())
+                .cloned()
+                .with_context(|| format!("agent missing from the list: {list}"))?;
+            // The row's count of unresolved alerts (`open_alert_count`; `open_alerts` in rows
+            // that carry no alert list).
+            let count = row
+                .get("open_alert_count")
+                .or_else(|| row.get("open_alerts"))
+                .and_then(Value::as_u64);
+            anyhow::ensure!(count.is_some_and(|n| n >= 1), "agent row so far: {row}");
+            Ok(Some(row))
+        },
+    )
+    .await?;
+    assert_eq!(row["status"], "online", "{row}");
+
+    let agent_url = format!("{}/api/v1/agents/{}", run.api, run.agent_id);
+    let resp = client.get(&agent_url).send().await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "GET {agent_url}: {}",
+        resp.status()
+    );
+    let text = resp.text().await?;
+    assert_eq!(
+        text.matches("\"open_alerts\":").count(),
+        1,
+        "the agent detail has one `open_alerts` key (the row's count and the detail's \
+         alert list must not both be emitted): {text}"
+    );
+    let detail: Value = serde_json::from_str(&text)?;
+    let open = detail["open_alerts"]
+        .as_array()
+        .with_context(|| format!("the detail's open_alerts is the alert list: {detail}"))?;
+    assert!(
+        open.iter().any(|a| a["alert_id"] == alert["alert_id"]),
+        "the open alert is in the agent detail: {detail}"
+    );
+    assert_eq!(detail["status"], "online", "{detail}");
+    Ok(())
+}
+
 async fn check_alert_resolved(run: &Run, procs: &[&Proc]) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = api_client(&run.admin_key)?;
     let alerts_url = format!("{}/api/v1/alerts?agent_id={}", run.api, run.agent_id);
     let alerts: Vec<Value> = wait_for("the alert to be resolved", WAIT, procs, || async {
         let a = get_json(&client, &alerts_url).await?;
@@ -467,7 +611,7 @@ async fn check_api_rule_ack_and_ticket(
     state_dir: &Path,
     procs: &[&Proc],
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = api_client(admin_key)?;
     let creds: Value = serde_json::from_str(&std::fs::read_to_string(
         state_dir.join("credentials.json"),
     )?)?;

@@ -125,7 +125,8 @@ greet = "echo hello-from-e2e; echo to-stderr >&2"
         &[("FLEET_LOG_FORMAT", "json")],
     )?;
     let procs = [&gateway, &projections, &agent];
-    let client = reqwest::Client::new();
+    // Sends the admin key: the query API wants one (the gateway's /metrics ignores it).
+    let client = fleet_e2e::api_client(&admin_key)?;
 
     // The socket is up and carries heartbeats and metrics.
     wait_for(

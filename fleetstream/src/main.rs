@@ -3,8 +3,9 @@
 //! * `fleetstream up` runs gateway, processors, projections and the query API in one
 //!   process on the embedded defaults (event log, SQLite read model and time-series store
 //!   in a data directory); `--with-local-agent` adds an agent reporting this machine.
-//! * `fleetstream gateway | processors | projections` run one role each, for a
-//!   distributed deployment on Kafka, Postgres (and later ScyllaDB).
+//! * `fleetstream gateway | processors | projections | api` run one role each, for a
+//!   distributed deployment on Kafka, Postgres and ScyllaDB (`api` serves the query API
+//!   from a projections configuration without running the projection loops).
 //! * `fleetstream agent` runs the agent.
 
 mod roles;
@@ -58,8 +59,30 @@ FLEET_<ROLE>__<KEY>. Storage URLs are always the embedded ones in --data-dir."
     Gateway(RoleArgs),
     /// Run the stream processors (alert evaluation).
     Processors(RoleArgs),
-    /// Run the projections and the query API.
+    /// Run the projections (read model, time series) and, unless `serve-api = false`,
+    /// the query API.
+    #[command(
+        long_about = "Run the read-model and time-series projections: consume the topics \
+into the read model and the time-series store, and remove time series past retention \
+every `retention-sweep-interval`. With `serve-api = true` (the default) `listen` also \
+serves the query API and the admin routes; with `serve-api = false` it answers only \
+/healthz, /readyz and /metrics, and `fleetstream api` instances serve the API.\n\n\
+Settings: --config (see config/projections.example.toml) and FLEET_PROJECTIONS__<KEY>."
+    )]
     Projections(RoleArgs),
+    /// Run the query API and admin routes only (no projection loops).
+    #[command(
+        long_about = "Serve the query API, the admin routes, /healthz, /readyz and /metrics \
+on `listen`, over the stores of a projections configuration, without running the \
+projection loops (run `fleetstream projections` with `serve-api = false` beside it). \
+Any number of instances can run against a shared read model (postgres://) and time-series \
+store (scylla://); an embedded file:// time-series store can be open in one process only. \
+/readyz reports whether the event log, where commands and rules are written, answers.\n\n\
+Settings: the projections keys, from --config (see config/projections.example.toml; \
+`serve-api`, the consumer groups, `batch-size` and `retention-sweep-interval` are unused) \
+and FLEET_PROJECTIONS__<KEY>."
+    )]
+    Api(RoleArgs),
     /// Run the agent on this machine.
     Agent(AgentArgs),
 }
@@ -126,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             Command::Gateway(a) => roles::gateway(a.config).await,
             Command::Processors(a) => roles::processors(a.config).await,
             Command::Projections(a) => roles::projections(a.config).await,
+            Command::Api(a) => roles::api(a.config).await,
             Command::Agent(AgentArgs {
                 action:
                     Some(AgentAction::Enroll {

@@ -244,7 +244,7 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
         .with_context(|| format!("opening the read model ({})", redact(&cfg.read_model)))?;
     let read_model: Arc<dyn fleet_stores::ReadModel> = sql.clone();
     let registry: Arc<dyn fleet_stores::registry::Registry> = sql;
-    let timeseries = fleet_stores::open_timeseries(&cfg.timeseries)
+    let timeseries = fleet_stores::open_timeseries_with(&cfg.timeseries, cfg.timeseries_retention)
         .await
         .with_context(|| format!("opening the time-series store ({})", cfg.timeseries))?;
     Ok(Stores {
@@ -277,6 +277,27 @@ pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
     run_projections(cfg, log, stores, shutdown).await
 }
 
+/// The query API and the admin routes over the stores (without `/healthz`, `/readyz`,
+/// `/metrics`): served by `fleetstream api`, and by `fleetstream projections` unless
+/// `serve-api = false`.
+fn query_api(cfg: &ProjectionsConfig, log: &Arc<dyn EventLog>, stores: &Stores) -> Router {
+    let admin = fleet_projections::admin::AdminState::new(
+        stores.registry.clone(),
+        log.clone(),
+        &cfg.admin_api_key,
+        &cfg.gateway_url,
+    )
+    .with_approval_required(cfg.approval_required_commands.clone())
+    .with_audit(stores.read_model.clone());
+    fleet_projections::api::app(fleet_projections::api::ApiState::new(
+        stores.read_model.clone(),
+        stores.timeseries.clone(),
+        admin.clone(),
+    ))
+    .merge(fleet_projections::admin::router(admin))
+    .merge(fleet_projections::dashboard::router())
+}
+
 async fn run_projections(
     cfg: ProjectionsConfig,
     log: Arc<dyn EventLog>,
@@ -286,21 +307,18 @@ async fn run_projections(
     let ready = fleet_projections::project::Readiness::default();
     let r = ready.clone();
     let check: ReadyCheck = Arc::new(move || r.check());
-    let api = fleet_projections::api::app(fleet_projections::api::ApiState::new(
-        stores.read_model.clone(),
+    let ops = fleet_ops::endpoints::router("projections", check);
+    let (app, what) = if cfg.serve_api {
+        (query_api(&cfg, &log, &stores).merge(ops), "query API")
+    } else {
+        (ops, "projections ops")
+    };
+    let server = serve(cfg.listen, app, shutdown.clone(), what);
+    let sweeps = fleet_projections::project::run_retention_sweeps(
         stores.timeseries.clone(),
-    ))
-    .merge(fleet_projections::admin::router(
-        fleet_projections::admin::AdminState::new(
-            stores.registry.clone(),
-            log.clone(),
-            &cfg.admin_api_key,
-            &cfg.gateway_url,
-        )
-        .with_approval_required(cfg.approval_required_commands.clone()),
-    ))
-    .merge(fleet_ops::endpoints::router("projections", check));
-    let server = serve(cfg.listen, api, shutdown.clone(), "query API");
+        cfg.clone(),
+        shutdown.clone().wait(),
+    );
     let rm = fleet_projections::project::run_read_model(
         log.clone(),
         stores.read_model,
@@ -315,8 +333,27 @@ async fn run_projections(
         ready,
         shutdown.wait(),
     );
-    tokio::try_join!(server, rm, ts)?;
+    tokio::try_join!(server, rm, ts, sweeps)?;
     Ok(())
+}
+
+/// `fleetstream api`: the query API, the admin routes and `/healthz`, `/readyz`,
+/// `/metrics` over the stores of a projections configuration, without projection loops.
+/// Ready while the event log (where commands and rules are written) answers.
+pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
+    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    let stores = open_stores(&cfg).await?;
+    let (tx, shutdown) = Shutdown::new();
+    on_signal(tx);
+    let log_ok = Arc::new(AtomicBool::new(true));
+    watch_log(log.clone(), log_ok.clone());
+    let app = query_api(&cfg, &log, &stores).merge(fleet_ops::endpoints::router(
+        "api",
+        ready_flag(&log_ok, "event log"),
+    ));
+    serve(cfg.listen, app, shutdown, "query API").await
 }
 
 pub(crate) async fn agent(config: Option<PathBuf>, server: Option<String>) -> anyhow::Result<()> {
@@ -422,6 +459,8 @@ pub(crate) async fn up(
     pj.event_log = log_url.clone();
     pj.read_model = format!("sqlite://{}", data_url(&data_dir, "readmodel.db")?);
     pj.timeseries = format!("file://{}", data_url(&data_dir, "timeseries")?);
+    // One process: nothing else would serve the API.
+    pj.serve_api = true;
 
     let gateway_url = format!("http://{}", gw.listen);
     if pj.gateway_url == ProjectionsConfig::default().gateway_url {

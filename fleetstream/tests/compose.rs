@@ -1,7 +1,9 @@
 //! The compose stack (`compose/docker-compose.yml`) agrees with the binary and its
 //! configurations: no Docker engine needed. Each role's mounted config is loaded the way
 //! the binary loads it (`fleet_ops::config::load`, deny_unknown_fields), with the
-//! `FLEET_<ROLE>__*` variables the compose file sets applied on top.
+//! `FLEET_<ROLE>__*` variables the compose file sets applied on top; each service's
+//! `command:` is run through the binary's own argument parser (`fleetstream <command>
+//! --help`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -12,7 +14,46 @@ use fleet_projections::ProjectionsConfig;
 use fleet_stream_processors::ProcessorsConfig;
 use serde_norway::Value;
 
-const ROLES: [&str; 3] = ["gateway", "processors", "projections"];
+/// The server subcommands of `fleetstream` and the configuration each reads: `api` reads
+/// a projections configuration (and its `FLEET_PROJECTIONS__*` variables).
+const ROLES: [(&str, &str); 4] = [
+    ("gateway", "gateway"),
+    ("processors", "processors"),
+    ("projections", "projections"),
+    ("api", "projections"),
+];
+
+/// The configuration (and environment prefix) a subcommand reads.
+fn config_role(subcommand: &str) -> &'static str {
+    ROLES
+        .iter()
+        .find(|(cmd, _)| *cmd == subcommand)
+        .map(|(_, cfg)| *cfg)
+        .unwrap_or_else(|| panic!("`{subcommand}` is not a server role of fleetstream"))
+}
+
+/// The `fleetstream` binary of this build.
+fn fleetstream() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fleetstream"))
+}
+
+/// Whether the binary's argument parser accepts `args` (with `--help` appended, so that
+/// nothing runs): exit status and the combined output.
+fn binary_accepts(args: &[String]) -> (bool, String) {
+    let out = fleetstream()
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("runs fleetstream");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
 
 fn compose_dir() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../compose")).to_path_buf()
@@ -129,8 +170,8 @@ fn role_command(name: &str, svc: &Value) -> (String, String) {
         "{name}: command must be `<role> --config <file>`, got {cmd:?}"
     );
     assert!(
-        ROLES.contains(&cmd[0].as_str()),
-        "{name}: `{}` is not a subcommand of fleetstream ({ROLES:?})",
+        ROLES.iter().any(|(c, _)| *c == cmd[0]),
+        "{name}: `{}` is not a server role of fleetstream ({ROLES:?})",
         cmd[0]
     );
     (cmd[0].clone(), cmd[2].clone())
@@ -219,9 +260,10 @@ impl RoleConfig {
 /// and the service (tests run in parallel in one process).
 fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
     let env = dotenv();
-    let (role, _) = role_command(name, svc);
+    let (subcommand, _) = role_command(name, svc);
+    let role = config_role(&subcommand);
     let file = mounted_config(name, svc);
-    let own = fleet_ops::config::env_prefix(&role);
+    let own = fleet_ops::config::env_prefix(role);
     let test_role = format!("compose-{tag}-{name}");
     let test_prefix = fleet_ops::config::env_prefix(&test_role);
     for (k, v) in environment(svc, &env) {
@@ -235,7 +277,7 @@ fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
         }
     }
     let f = Some(file.as_path());
-    let loaded = match role.as_str() {
+    let loaded = match role {
         "gateway" => fleet_ops::config::load(&test_role, f).map(RoleConfig::Gateway),
         "processors" => fleet_ops::config::load(&test_role, f).map(RoleConfig::Processors),
         _ => fleet_ops::config::load(&test_role, f).map(RoleConfig::Projections),
@@ -298,6 +340,91 @@ fn container_ports(svc: &Value) -> BTreeSet<u16> {
     ports
 }
 
+/// Host ports a service publishes (`ports`: `HOST:CONTAINER`).
+fn host_ports(svc: &Value) -> Vec<u16> {
+    let env = dotenv();
+    strings(&svc["ports"])
+        .iter()
+        .map(|p| {
+            let p = interpolate(p, &env);
+            let parts: Vec<&str> = p.split(':').collect();
+            assert!(
+                parts.len() >= 2,
+                "port {p:?}: publish as HOST:CONTAINER (a fixed host port)"
+            );
+            parts[parts.len() - 2].parse().expect("host port")
+        })
+        .collect()
+}
+
+/// The services whose image (resolved from `.env`) starts with `prefix`.
+fn services_with_image(doc: &Value, prefix: &str) -> Vec<String> {
+    let env = dotenv();
+    services(doc)
+        .into_iter()
+        .filter(|(_, s)| {
+            s["image"]
+                .as_str()
+                .and_then(|i| i.strip_prefix("${").and_then(|r| r.strip_suffix('}')))
+                .and_then(|var| env.get(var))
+                .is_some_and(|img| img.starts_with(prefix))
+        })
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// The one service running `prefix` images (`apache/kafka:`, ...).
+fn the_service_with_image(doc: &Value, prefix: &str) -> String {
+    let found = services_with_image(doc, prefix);
+    assert_eq!(found.len(), 1, "one {prefix} service, found {found:?}");
+    found[0].clone()
+}
+
+/// Names in a service's `depends_on` whose condition is `service_healthy`.
+fn waits_for_healthy(svc: &Value) -> BTreeSet<String> {
+    svc["depends_on"]
+        .as_mapping()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, spec)| spec["condition"].as_str() == Some("service_healthy"))
+                .map(|(k, _)| str_of(k))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An image reference is pinned: a tag that starts with a version (`15.10`, `6.2.3`,
+/// `1.90.0-bookworm`), never `latest` or a bare major version or name.
+fn assert_pinned(what: &str, image: &str) {
+    let (_, tag) = image
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{what}: {image} has no tag"));
+    let version: Vec<&str> = tag
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()
+        .unwrap_or_default()
+        .split('.')
+        .collect();
+    assert!(
+        tag != "latest" && version.len() >= 2 && version.iter().all(|v| !v.is_empty()),
+        "{what}: {image} must pin a version (major.minor at least), not {tag:?}"
+    );
+}
+
+fn dockerfile() -> String {
+    std::fs::read_to_string(compose_dir().join("Dockerfile")).expect("Dockerfile")
+}
+
+/// `ARG NAME=default` lines of the Dockerfile.
+fn dockerfile_args() -> BTreeMap<String, String> {
+    dockerfile()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ARG "))
+        .filter_map(|a| a.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
 #[test]
 fn every_service_has_a_healthcheck() {
     let doc = compose();
@@ -332,14 +459,13 @@ fn images_are_pinned_in_env() {
         let value = env
             .get(var)
             .unwrap_or_else(|| panic!("{name}: {var} is not defined in compose/.env"));
-        let (_, tag) = value
-            .rsplit_once(':')
-            .unwrap_or_else(|| panic!("{name}: {var}={value} has no tag"));
-        assert!(
-            !tag.is_empty() && tag != "latest",
-            "{name}: {var}={value} must pin a version"
-        );
+        assert_pinned(&format!("{name} ({var})"), value);
         if var == "FLEETSTREAM_IMAGE" {
+            assert_eq!(
+                value.rsplit_once(':').map(|(_, t)| t),
+                Some(env!("CARGO_PKG_VERSION")),
+                "{name}: tag the Fleetstream image with the workspace version"
+            );
             let build = &svc["build"];
             assert_eq!(
                 build["context"].as_str(),
@@ -351,13 +477,109 @@ fn images_are_pinned_in_env() {
                 Some("compose/Dockerfile"),
                 "{name}: dockerfile"
             );
+            // The base images come from .env as build args.
+            for (arg, default) in dockerfile_args() {
+                assert_eq!(
+                    build["args"][arg.as_str()]
+                        .as_str()
+                        .map(|v| interpolate(v, &env)),
+                    Some(default.clone()),
+                    "{name}: build arg {arg} must be passed from .env and equal the \
+                     Dockerfile's default"
+                );
+            }
         }
     }
-    let dockerfile = std::fs::read_to_string(compose_dir().join("Dockerfile")).expect("Dockerfile");
+}
+
+#[test]
+fn the_dockerfile_builds_the_binary_from_pinned_images() {
+    let text = dockerfile();
+    let args = dockerfile_args();
+    let env = dotenv();
+    let froms: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "a build stage and a runtime stage");
+    for from in &froms {
+        let image = from.split_whitespace().next().unwrap_or_default();
+        let image = match image.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+            Some(arg) => {
+                let default = args
+                    .get(arg)
+                    .unwrap_or_else(|| panic!("FROM {image}: no ARG {arg}=... default"));
+                assert_eq!(
+                    env.get(arg),
+                    Some(default),
+                    "ARG {arg} of the Dockerfile and {arg} in compose/.env must agree"
+                );
+                default.clone()
+            }
+            None => image.to_owned(),
+        };
+        assert_pinned(&format!("Dockerfile FROM {from}"), &image);
+    }
+    // The toolchain is the workspace's rust-version.
+    let rust = &args["RUST_IMAGE"];
+    let version = rust
+        .strip_prefix("rust:")
+        .unwrap_or_else(|| panic!("RUST_IMAGE={rust} is not the rust image"));
     assert!(
-        dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/fleetstream\"]"),
+        version.starts_with(&format!("{}.", env!("CARGO_PKG_RUST_VERSION")))
+            || version.starts_with(&format!("{}-", env!("CARGO_PKG_RUST_VERSION"))),
+        "RUST_IMAGE={rust}: use the workspace rust-version {}",
+        env!("CARGO_PKG_RUST_VERSION")
+    );
+    let build = text
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("a cargo build step");
+    assert!(
+        build.contains("--release")
+            && build.contains("--locked")
+            && build.contains("-p fleetstream"),
+        "the image must build the fleetstream binary (release, locked): {build}"
+    );
+    assert!(
+        text.contains("install -D -m 0755 target/release/fleetstream /out/fleetstream")
+            && text.contains("COPY --from=builder /out/fleetstream"),
+        "the fleetstream binary must reach the runtime image"
+    );
+    assert!(
+        text.contains("ENTRYPOINT [\"/usr/local/bin/fleetstream\"]"),
         "the image's entrypoint must be the fleetstream binary (commands are subcommands)"
     );
+    assert!(
+        text.contains("curl"),
+        "the runtime image needs curl for the healthchecks"
+    );
+}
+
+#[test]
+fn commands_are_subcommands_of_the_binary() {
+    // The check can fail: the parser refuses an unknown subcommand or option.
+    let (ok, _) = binary_accepts(&["no-such-role".to_owned()]);
+    assert!(!ok, "fleetstream accepted an unknown subcommand");
+    let (ok, _) = binary_accepts(&["gateway".into(), "--konfig".into(), "x".into()]);
+    assert!(!ok, "fleetstream accepted an unknown option");
+    let doc = compose();
+    let roles = role_services(&doc);
+    assert!(!roles.is_empty(), "no Fleetstream services");
+    for (name, svc) in &roles {
+        let cmd = strings(&svc["command"]);
+        let (ok, out) = binary_accepts(&cmd);
+        assert!(
+            ok,
+            "{name}: `fleetstream {}` is refused:\n{out}",
+            cmd.join(" ")
+        );
+        assert!(
+            out.contains("--config"),
+            "{name}: `fleetstream {} --help` does not describe --config:\n{out}",
+            cmd[0]
+        );
+    }
 }
 
 #[test]
@@ -372,11 +594,8 @@ fn every_role_runs_with_a_mounted_config() {
     };
     assert_eq!(count("gateway"), 2, "two gateways");
     assert_eq!(count("processors"), 2, "two processors");
-    assert_eq!(
-        count("projections"),
-        1,
-        "one projections (file:// time series)"
-    );
+    assert_eq!(count("projections"), 1, "one projections");
+    assert!(count("api") >= 1, "an api service");
     for (name, svc) in &roles {
         mounted_config(name, svc);
     }
@@ -387,28 +606,15 @@ fn role_configs_load_and_match_the_stack() {
     let doc = compose();
     let all = services(&doc);
     let env = dotenv();
-    let service_with_image = |prefix: &str| -> Vec<String> {
-        all.iter()
-            .filter(|(_, s)| {
-                s["image"]
-                    .as_str()
-                    .and_then(|i| i.strip_prefix("${").and_then(|r| r.strip_suffix('}')))
-                    .and_then(|var| env.get(var))
-                    .is_some_and(|img| img.starts_with(prefix))
-            })
-            .map(|(n, _)| n.clone())
-            .collect()
-    };
-    let kafka = service_with_image("apache/kafka:");
-    let postgres = service_with_image("postgres:");
-    assert_eq!(kafka.len(), 1, "one apache/kafka service");
-    assert_eq!(postgres.len(), 1, "one postgres service");
-    let kafka_env = environment(&all[&kafka[0]], &env);
+    let kafka = the_service_with_image(&doc, "apache/kafka:");
+    let postgres = the_service_with_image(&doc, "postgres:");
+    let kafka_env = environment(&all[&kafka], &env);
     let advertised = kafka_env
         .get("KAFKA_ADVERTISED_LISTENERS")
         .expect("KAFKA_ADVERTISED_LISTENERS");
     for (name, svc) in role_services(&doc) {
         let cfg = load_role("stack", &name, &svc);
+        let waits = waits_for_healthy(&svc);
         let listen = cfg.listen();
         assert!(
             listen.ip().is_unspecified(),
@@ -425,44 +631,178 @@ fn role_configs_load_and_match_the_stack() {
             listen.port()
         );
         let (host, port) = host_port(cfg.event_log(), "kafka://");
-        assert_eq!(
-            host, kafka[0],
-            "{name}: event log must name the kafka service"
-        );
+        assert_eq!(host, kafka, "{name}: event log must name the kafka service");
         assert!(
             advertised.contains(&format!("://{host}:{port}")),
             "{name}: {host}:{port} is not an advertised listener ({advertised})"
         );
+        assert!(waits.contains(&kafka), "{name} must wait for {kafka}");
         let sql = match &cfg {
             RoleConfig::Gateway(c) => {
                 assert_eq!(c.auth, fleet_ingest_gateway::AuthMode::Required, "{name}");
                 Some(c.registry.clone())
             }
-            RoleConfig::Projections(c) => {
-                assert!(
-                    c.timeseries.starts_with("file:///var/lib/fleetstream/"),
-                    "{name}: time series {} must be on the volume",
-                    c.timeseries
-                );
-                assert!(
-                    volumes(&svc)
-                        .iter()
-                        .any(|(_, t, ro)| t == "/var/lib/fleetstream" && !ro),
-                    "{name}: /var/lib/fleetstream must be a writable volume"
-                );
-                assert!(!c.admin_api_key.is_empty(), "{name}: admin-api-key unset");
-                Some(c.read_model.clone())
-            }
+            RoleConfig::Projections(c) => Some(c.read_model.clone()),
             RoleConfig::Processors(_) => None,
         };
         if let Some(url) = sql {
             let (host, port) = host_port(&url, "postgres://");
             assert_eq!(
-                host, postgres[0],
+                host, postgres,
                 "{name}: {url} must name the postgres service"
             );
             assert_eq!(port, 5432, "{name}: postgres port");
+            assert!(waits.contains(&postgres), "{name} must wait for {postgres}");
         }
+    }
+}
+
+/// The projections and api services' configurations, by service name.
+fn projections_configs(doc: &Value) -> BTreeMap<String, (String, ProjectionsConfig)> {
+    role_services(doc)
+        .into_iter()
+        .filter_map(|(n, s)| match load_role("ts", &n, &s) {
+            RoleConfig::Projections(c) => Some((n.clone(), (role_command(&n, &s).0, *c))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn time_series_live_in_the_scylla_service() {
+    let doc = compose();
+    let all = services(&doc);
+    let scylla = the_service_with_image(&doc, "scylladb/scylla:");
+    let configs = projections_configs(&doc);
+    assert!(configs.len() >= 2, "projections and api: {configs:?}");
+    for (name, (_, c)) in &configs {
+        let url = &c.timeseries;
+        let rest = url
+            .strip_prefix("scylla://")
+            .unwrap_or_else(|| panic!("{name}: timeseries = {url:?} must be scylla://"));
+        let (hosts, keyspace) = rest
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{name}: {url} names no keyspace"));
+        for hostport in hosts.split(',') {
+            let (host, port) = hostport
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("{name}: {url}: {hostport} has no port"));
+            assert_eq!(host, scylla, "{name}: {url} must name the {scylla} service");
+            assert_eq!(port, "9042", "{name}: {url}: the CQL port is 9042");
+        }
+        assert!(
+            !keyspace.is_empty()
+                && keyspace.len() <= 48
+                && keyspace.starts_with(|ch: char| ch.is_ascii_alphabetic())
+                && keyspace
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_'),
+            "{name}: keyspace {keyspace:?} is not a CQL identifier"
+        );
+        c.timeseries_retention
+            .validate()
+            .unwrap_or_else(|e| panic!("{name}: [timeseries-retention]: {e}"));
+        assert!(
+            waits_for_healthy(&all[name]).contains(&scylla),
+            "{name} must wait for {scylla}"
+        );
+        assert!(
+            !volumes(&all[name]).iter().any(|(_, _, ro)| !ro),
+            "{name}: no writable volume (the stores are services)"
+        );
+    }
+    // One set of stores: the API reads what the projections write, with one retention.
+    let stores: BTreeSet<_> = configs
+        .values()
+        .map(|(_, c)| {
+            (
+                c.timeseries.clone(),
+                c.read_model.clone(),
+                format!("{:?}", c.timeseries_retention),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stores.len(),
+        1,
+        "projections and api open different stores: {stores:?}"
+    );
+}
+
+#[test]
+fn the_api_runs_apart_from_the_projections() {
+    let doc = compose();
+    let all = services(&doc);
+    let configs = projections_configs(&doc);
+    let of = |cmd: &str| -> Vec<(&String, &ProjectionsConfig)> {
+        configs
+            .iter()
+            .filter(|(_, (c, _))| c == cmd)
+            .map(|(n, (_, cfg))| (n, cfg))
+            .collect()
+    };
+    for (name, c) in of("projections") {
+        assert!(
+            !c.serve_api,
+            "{name}: serve-api must be false (the api service serves the API)"
+        );
+        assert!(
+            host_ports(&all[name]).is_empty(),
+            "{name}: publishes a host port but serves no API"
+        );
+        assert!(
+            c.retention_sweep_interval >= std::time::Duration::from_secs(1),
+            "{name}: retention-sweep-interval"
+        );
+    }
+    let apis = of("api");
+    assert!(!apis.is_empty(), "an api service");
+    for (name, c) in apis {
+        assert!(!c.admin_api_key.is_empty(), "{name}: admin-api-key unset");
+        assert!(
+            c.gateway_url.starts_with("http://") || c.gateway_url.starts_with("https://"),
+            "{name}: gateway-url {}",
+            c.gateway_url
+        );
+        assert_eq!(
+            host_ports(&all[name]).len(),
+            1,
+            "{name}: publish the API port"
+        );
+        let projections: Vec<String> = of("projections")
+            .into_iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert!(
+            projections
+                .iter()
+                .all(|p| waits_for_healthy(&all[name]).contains(p)),
+            "{name}: must start after {projections:?} created the schema"
+        );
+    }
+}
+
+#[test]
+fn published_host_ports_are_distinct() {
+    let doc = compose();
+    let mut seen: BTreeMap<u16, String> = BTreeMap::new();
+    for (name, svc) in services(&doc) {
+        for port in host_ports(&svc) {
+            if let Some(other) = seen.insert(port, name.clone()) {
+                panic!("{name} and {other} both publish host port {port}");
+            }
+        }
+    }
+    let gateways: Vec<String> = role_services(&doc)
+        .into_iter()
+        .filter(|(n, s)| role_command(n, s).0 == "gateway")
+        .map(|(n, _)| n)
+        .collect();
+    for g in &gateways {
+        assert!(
+            seen.values().any(|n| n == g),
+            "{g}: publish a host port for agents"
+        );
     }
 }
 
@@ -544,12 +884,5 @@ fn depends_on_points_at_healthy_services() {
                 "{name} -> {dep}: {dep} has no healthcheck"
             );
         }
-    }
-    for (name, svc) in role_services(&doc) {
-        let deps = svc["depends_on"].as_mapping().cloned().unwrap_or_default();
-        assert!(
-            deps.contains_key("kafka"),
-            "{name} must wait for the event log"
-        );
     }
 }

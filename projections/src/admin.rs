@@ -32,7 +32,7 @@ use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry};
-use fleet_stores::StoreError;
+use fleet_stores::{ReadModel, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, require_admin, require_operator, require_viewer, KeyCache, Principal};
@@ -47,6 +47,7 @@ pub struct AdminState {
     gateway_url: String,
     pub(crate) keys: KeyCache,
     pub(crate) approval_required: Arc<Vec<String>>,
+    audit: Option<Arc<dyn ReadModel>>,
 }
 
 impl AdminState {
@@ -69,6 +70,40 @@ impl AdminState {
             approval_required: Arc::new(
                 crate::ProjectionsConfig::default().approval_required_commands,
             ),
+            audit: None,
+        }
+    }
+
+    /// Records every accepted change in `read_model`'s audit log (`GET /api/v1/audit`).
+    #[must_use]
+    pub fn with_audit(mut self, read_model: Arc<dyn ReadModel>) -> Self {
+        self.audit = Some(read_model);
+        self
+    }
+
+    /// Records that `p` did `action` to `target` in `tenant`. The change has happened
+    /// already, so a failure to record it is logged (and counted), not returned.
+    pub(crate) async fn audit(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+        action: &str,
+        target: &str,
+        details: Option<serde_json::Value>,
+    ) {
+        let Some(rm) = &self.audit else { return };
+        let entry = fleet_stores::AuditEntry {
+            audit_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.map(str::to_owned),
+            at: fleet_schemas::time::now_micros(),
+            actor: p.actor(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            details,
+        };
+        if let Err(e) = rm.record_audit(&entry).await {
+            ::metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
+            tracing::warn!(error = %e, action, target, "cannot record an audit entry");
         }
     }
 
@@ -185,14 +220,23 @@ pub(crate) fn name_field(field: &str, v: &str) -> Result<String, ApiError> {
 }
 
 /// Body of tenant and location creation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameBody {
     /// Display name.
     pub name: String,
 }
 
-async fn create_tenant(
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants",
+    tag = "admin",
+    summary = "Create a tenant (admins)",
+    request_body = NameBody,
+    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_tenant(
     State(s): State<AdminState>,
     headers: HeaderMap,
     body: Result<FieldJson<NameBody>, ApiError>,
@@ -208,6 +252,7 @@ async fn create_tenant(
             .await
             .map_err(store_error)?;
         tracing::info!(tenant_id = %t.tenant_id, %name, %actor, "Tenant created.");
+        s.audit(&p, Some(&t.tenant_id), "tenant.create", &t.tenant_id, Some(serde_json::json!({ "name": name }))).await;
         // The default rule set. If it cannot be written, the tenant still exists: say so,
         // and POST /api/v1/tenants/{id}/rules/defaults writes them (ids are stable).
         let default_rules = rules_api::write_default_rules(s.log.as_ref(), &t.tenant_id, &actor)
@@ -232,7 +277,15 @@ async fn create_tenant(
     reply(StatusCode::CREATED, r)
 }
 
-async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    tag = "admin",
+    summary = "List tenants (admins)",
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     let r = async {
         require_admin(&s.principal(&headers).await?)?;
         let tenants = s.registry.list_tenants().await.map_err(store_error)?;
@@ -242,7 +295,17 @@ async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> Respon
     reply(StatusCode::OK, r)
 }
 
-async fn create_location(
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/locations",
+    tag = "admin",
+    summary = "Create a location",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request_body = NameBody,
+    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_location(
     State(s): State<AdminState>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
@@ -260,7 +323,16 @@ async fn create_location(
     reply(StatusCode::CREATED, r)
 }
 
-async fn list_locations(
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/locations",
+    tag = "admin",
+    summary = "List locations",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_locations(
     State(s): State<AdminState>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
@@ -279,7 +351,7 @@ async fn list_locations(
 }
 
 /// Body of token creation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     /// Location the agent will be placed in.
@@ -305,7 +377,17 @@ pub struct CreatedToken {
     pub install_command: String,
 }
 
-async fn create_token(
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/registration-tokens",
+    tag = "admin",
+    summary = "Create a one-time registration token (the secret is shown once)",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request_body = TokenBody,
+    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_token(
     State(s): State<AdminState>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
@@ -337,6 +419,7 @@ async fn create_token(
         };
         let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(store_error)?;
         tracing::info!(token_id = %info.token_id, %tenant_id, %actor, "Registration token created.");
+        s.audit(&p, Some(&tenant_id), "token.create", &info.token_id, None).await;
         let install_command = format!(
             "sudo packaging/install-agent.sh --server {gw} --token {secret}   # or: fleetstream-agent enroll --server {gw} --token {secret}",
             gw = s.gateway_url
@@ -347,7 +430,16 @@ async fn create_token(
     reply(StatusCode::CREATED, r)
 }
 
-async fn list_tokens(
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/registration-tokens",
+    tag = "admin",
+    summary = "List registration tokens (never their secrets)",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_tokens(
     State(s): State<AdminState>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
@@ -366,7 +458,7 @@ async fn list_tokens(
 }
 
 /// Body of a deactivation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeactivateBody {
     /// Why, for the audit trail.
@@ -374,7 +466,17 @@ pub struct DeactivateBody {
     pub reason: Option<String>,
 }
 
-async fn deactivate(
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{agent_id}/deactivate",
+    tag = "admin",
+    summary = "Revoke an agent's credential",
+    params(("agent_id" = String, Path, description = "Agent id")),
+    request_body = DeactivateBody,
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn deactivate(
     State(s): State<AdminState>,
     Path(agent_id): Path<String>,
     headers: HeaderMap,
@@ -437,6 +539,7 @@ async fn deactivate(
                     )
                 })?;
             tracing::info!(%agent_id, %actor, "Agent deactivated.");
+            s.audit(&p, Some(&cred.tenant_id), "agent.deactivate", &agent_id, None).await;
         }
         Ok(serde_json::json!({ "agent_id": agent_id, "deactivated": true, "changed": changed }))
     }

@@ -1,11 +1,19 @@
 //! The query API: answers from the read model and the time-series store only.
 //!
+//! Every route needs `Authorization: Bearer <key>` (see [`crate::auth`]) and is scoped to
+//! one tenant: operators and viewers see their own tenant only (naming another one is
+//! 403, and another tenant's agent, alert or command is 404 as if it did not exist);
+//! admins see every tenant unless they name one with `tenant=`.
+//!
 //! | route | what |
 //! | --- | --- |
-//! | `GET /api/v1/agents?tenant=&limit=&after=` | agents with their latest metrics, by agent id |
-//! | `GET /api/v1/agents/{id}` | one agent, its latest report, its series and open alerts |
-//! | `GET /api/v1/agents/{id}/metrics?metric=&start=&end=&interval=` | history in buckets |
+//! | `GET /api/v1/me` | who the key belongs to (user, role, tenant) |
+//! | `GET /api/v1/overview?tenant=` | fleet counters: agents by status, open alerts by severity, pending commands |
+//! | `GET /api/v1/agents?tenant=&location=&status=&tag=&q=&limit=&after=` | agents with their latest metrics, by agent id; `q` searches id, host and device name |
+//! | `GET /api/v1/agents/{id}` | one agent, its latest report, series, services and open alerts |
+//! | `GET /api/v1/agents/{id}/metrics?metric=&start=&end=&interval=` | history in buckets, from the coarsest rollup that serves the interval |
 //! | `GET /api/v1/alerts?tenant=&agent_id=&status=&limit=` | alerts, newest first |
+//! | `GET /api/v1/audit?tenant=&actor=&limit=` | the audit log, newest first |
 //! | `GET /api/v1/agents/{id}/commands?tenant=&limit=&after=` | an agent's commands, newest first; `after` is the last command id of the previous page |
 //! | `GET /api/v1/commands/{command_id}?tenant=` | one command with its audit trail |
 //! | `GET /api/v1/agents/{id}/software?tenant=&name=` | the newest software inventory; `name` keeps packages whose name contains it |
@@ -18,22 +26,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use fleet_ops::ApiError;
 use fleet_stores::{
-    AgentQuery, AgentRow, AlertQuery, AlertRow, AlertStatus, Bucket, RangeQuery, ReadModel,
-    StoreError, TimeSeriesStore,
+    AgentQuery, AgentRow, AgentStatus, AlertQuery, AlertRow, AlertStatus, AuditEntry, AuditQuery,
+    Bucket, FleetOverview, RangeQuery, ReadModel, Resolution, ServiceRow, StoreError,
+    TimeSeriesStore,
 };
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
 
+use crate::admin::AdminState;
+use crate::auth::{require_viewer, Principal};
 use crate::metrics;
 
-mod commands_software_tickets;
+pub(crate) mod commands_software_tickets;
 
 pub use commands_software_tickets::{CommandList, TicketList};
 
@@ -42,14 +53,51 @@ pub use commands_software_tickets::{CommandList, TicketList};
 pub struct ApiState {
     read_model: Arc<dyn ReadModel>,
     timeseries: Arc<dyn TimeSeriesStore>,
+    auth: AdminState,
 }
 
 impl ApiState {
-    /// State over the two stores.
-    pub fn new(read_model: Arc<dyn ReadModel>, timeseries: Arc<dyn TimeSeriesStore>) -> ApiState {
+    /// State over the two stores; callers are authenticated as on the admin routes.
+    pub fn new(
+        read_model: Arc<dyn ReadModel>,
+        timeseries: Arc<dyn TimeSeriesStore>,
+        auth: AdminState,
+    ) -> ApiState {
         ApiState {
             read_model,
             timeseries,
+            auth,
+        }
+    }
+
+    /// The caller and the tenant the request is limited to (see [`read_scope`]).
+    pub(crate) async fn scope(
+        &self,
+        headers: &HeaderMap,
+        pairs: &[(String, String)],
+    ) -> Result<(Principal, Option<String>), ApiError> {
+        let p = self.auth.principal(headers).await?;
+        let requested = match one(pairs, "tenant") {
+            Some("") => return Err(ApiError::invalid_field("tenant", "must not be empty")),
+            other => other,
+        };
+        let tenant = read_scope(&p, requested)?;
+        Ok((p, tenant))
+    }
+}
+
+/// The tenant a read is limited to: the one `requested` names (if the caller may read
+/// it), else the caller's own; `None` (every tenant) only for an admin who named none.
+pub fn read_scope(p: &Principal, requested: Option<&str>) -> Result<Option<String>, ApiError> {
+    match (requested, p.tenant_id.as_deref()) {
+        (Some(t), _) => {
+            require_viewer(p, t)?;
+            Ok(Some(t.to_owned()))
+        }
+        (None, Some(own)) => Ok(Some(own.to_owned())),
+        (None, None) => {
+            crate::auth::require_admin(p)?;
+            Ok(None)
         }
     }
 }
@@ -57,6 +105,9 @@ impl ApiState {
 /// The query API routes (without `/healthz`, `/readyz`, `/metrics`).
 pub fn app(state: ApiState) -> Router {
     Router::new()
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/overview", get(overview))
+        .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{agent_id}", get(get_agent))
         .route("/api/v1/agents/{agent_id}/metrics", get(agent_metrics))
@@ -79,6 +130,7 @@ pub fn app(state: ApiState) -> Router {
         )
         .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
         .with_state(state)
+        .merge(crate::openapi::router())
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -197,7 +249,7 @@ pub fn parse_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<U
 }
 
 /// Answer of the agent list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentList {
     /// Agents of this page.
     pub agents: Vec<AgentRow>,
@@ -205,16 +257,47 @@ pub struct AgentList {
     pub next_after: Option<String>,
 }
 
-async fn list_agents(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "query",
+    summary = "Agents with their latest metrics, by agent id",
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("location" = Option<String>, Query, description = "Location id"), ("status" = Option<String>, Query, description = "online, offline or deactivated"), ("tag" = Option<String>, Query, description = "Carries this tag"), ("q" = Option<String>, Query, description = "Text in the id, host name or device name"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("after" = Option<String>, Query, description = "Last agent id of the previous page")),
+    responses((status = 200, description = "Done", body = AgentList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_agents(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
-        reject_unknown(&p, &["tenant", "limit", "after"])?;
+        reject_unknown(
+            &p,
+            &["tenant", "location", "status", "tag", "q", "limit", "after"],
+        )?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
         let limit = limit(&p)?;
+        let status = match one(&p, "status") {
+            None => None,
+            Some(v) => Some(AgentStatus::parse(v).ok_or_else(|| {
+                ApiError::invalid_field("status", "must be online, offline or deactivated")
+            })?),
+        };
+        let text = one(&p, "q").filter(|t| !t.is_empty());
+        if text.is_some_and(|t| t.chars().count() > 200) {
+            return Err(ApiError::invalid_field("q", "at most 200 characters"));
+        }
         let query = AgentQuery {
-            tenant_id: one(&p, "tenant").map(str::to_owned),
+            tenant_id: tenant,
             limit,
             after: one(&p, "after").map(str::to_owned),
+            location_id: one(&p, "location").map(str::to_owned),
+            status,
+            tag: one(&p, "tag").map(str::to_owned),
+            text: text.map(str::to_owned),
         };
         let agents = s
             .read_model
@@ -231,8 +314,106 @@ async fn list_agents(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Respon
     respond("/api/v1/agents", started, result)
 }
 
+/// Answer of `GET /api/v1/overview`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    /// The tenant counted (absent: every tenant).
+    pub tenant_id: Option<String>,
+    /// The counters.
+    #[serde(flatten)]
+    pub counts: FleetOverview,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/overview",
+    tag = "query",
+    summary = "Fleet counters",
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
+    responses((status = 200, description = "Done", body = Overview), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn overview(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let p = pairs(q)?;
+        reject_unknown(&p, &["tenant"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
+        let counts = s
+            .read_model
+            .overview(tenant.as_deref())
+            .await
+            .map_err(store_error)?;
+        Ok(Overview {
+            tenant_id: tenant,
+            counts,
+        })
+    }
+    .await;
+    respond("/api/v1/overview", started, result)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "query",
+    summary = "Who the key belongs to",
+    responses((status = 200, description = "Done", body = crate::auth::Principal), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn me(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let result = s.auth.principal(&headers).await;
+    respond("/api/v1/me", started, result)
+}
+
+/// Answer of the audit log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    /// Entries, newest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "query",
+    summary = "The audit log, newest first",
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("actor" = Option<String>, Query, description = "Only this user"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
+    responses((status = 200, description = "Done", body = AuditList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_audit(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let p = pairs(q)?;
+        reject_unknown(&p, &["tenant", "actor", "limit"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
+        let entries = s
+            .read_model
+            .list_audit(&AuditQuery {
+                tenant_id: tenant,
+                actor: one(&p, "actor").map(str::to_owned),
+                limit: limit(&p)?,
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(AuditList { entries })
+    }
+    .await;
+    respond("/api/v1/audit", started, result)
+}
+
 /// Answer of the agent detail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentDetail {
     /// The agent.
     #[serde(flatten)]
@@ -241,9 +422,11 @@ pub struct AgentDetail {
     pub series: Vec<String>,
     /// Alerts not yet resolved.
     pub open_alerts: Vec<AlertRow>,
+    /// Watched services, from the newest report.
+    pub services: Vec<ServiceRow>,
 }
 
-async fn find_agent(
+pub(crate) async fn find_agent(
     s: &ApiState,
     tenant: Option<&str>,
     agent_id: &str,
@@ -255,16 +438,27 @@ async fn find_agent(
         .ok_or_else(|| ApiError::not_found(format!("no agent {agent_id}")).with_field("agent_id"))
 }
 
-async fn get_agent(
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{agent_id}",
+    tag = "query",
+    summary = "One agent with its series, services and open alerts",
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
+    responses((status = 200, description = "Done", body = AgentDetail), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_agent(
     State(s): State<ApiState>,
     Path(agent_id): Path<String>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant"])?;
-        let agent = find_agent(&s, one(&p, "tenant"), &agent_id).await?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
+        let agent = find_agent(&s, tenant.as_deref(), &agent_id).await?;
         let series = s
             .timeseries
             .series(&agent.tenant_id, &agent.agent_id)
@@ -280,10 +474,16 @@ async fn get_agent(
             };
             open_alerts.extend(s.read_model.list_alerts(&q).await.map_err(store_error)?);
         }
+        let services = s
+            .read_model
+            .agent_services(Some(&agent.tenant_id), &agent.agent_id)
+            .await
+            .map_err(store_error)?;
         Ok(AgentDetail {
             agent,
             series,
             open_alerts,
+            services,
         })
     }
     .await;
@@ -291,7 +491,7 @@ async fn get_agent(
 }
 
 /// One series of a history answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SeriesHistory {
     /// Series name.
     pub metric: String,
@@ -300,7 +500,7 @@ pub struct SeriesHistory {
 }
 
 /// One bucket with its start as RFC 3339.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BucketOut {
     /// Bucket start.
     pub start: DateTime<Utc>,
@@ -330,7 +530,7 @@ impl From<Bucket> for BucketOut {
 }
 
 /// Answer of the history query.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct History {
     /// Agent.
     pub agent_id: String,
@@ -340,19 +540,33 @@ pub struct History {
     pub end: DateTime<Utc>,
     /// Bucket width, seconds.
     pub interval_seconds: f64,
+    /// Where the buckets come from: `raw`, or the `1m`, `5m` or `1h` rollup (the coarsest
+    /// whose width divides the interval).
+    pub resolution: Resolution,
     /// One entry per requested metric.
     pub series: Vec<SeriesHistory>,
 }
 
-async fn agent_metrics(
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{agent_id}/metrics",
+    tag = "query",
+    summary = "Metric history in buckets (several metrics at once)",
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("metric" = String, Query, description = "Series names, repeated or comma-separated (cpu.percent,mem.percent)"), ("start" = Option<String>, Query, description = "RFC 3339, now, or a duration before now (default 1h before end)"), ("end" = Option<String>, Query, description = "RFC 3339, now, or a duration before now (default now)"), ("interval" = Option<String>, Query, description = "Bucket width, a duration (default 1m)")),
+    responses((status = 200, description = "Done", body = History), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn agent_metrics(
     State(s): State<ApiState>,
     Path(agent_id): Path<String>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "metric", "start", "end", "interval"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
         let metrics: Vec<String> = p
             .iter()
             .filter(|(k, _)| k == "metric")
@@ -404,7 +618,7 @@ async fn agent_metrics(
         if interval_micros < 1_000_000 {
             return Err(ApiError::invalid_field("interval", "must be at least 1s"));
         }
-        let agent = find_agent(&s, one(&p, "tenant"), &agent_id).await?;
+        let agent = find_agent(&s, tenant.as_deref(), &agent_id).await?;
         let mut series = Vec::with_capacity(metrics.len());
         for m in metrics {
             let q = RangeQuery {
@@ -429,6 +643,7 @@ async fn agent_metrics(
             start,
             end,
             interval_seconds: interval.as_secs_f64(),
+            resolution: Resolution::for_interval(interval_micros),
             series,
         })
     }
@@ -437,17 +652,31 @@ async fn agent_metrics(
 }
 
 /// Answer of the alert list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AlertList {
     /// Alerts, newest raise first.
     pub alerts: Vec<AlertRow>,
 }
 
-async fn list_alerts(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "query",
+    summary = "Alerts, newest first",
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("agent_id" = Option<String>, Query, description = "Only this agent"), ("status" = Option<String>, Query, description = "open, acknowledged or resolved"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
+    responses((status = 200, description = "Done", body = AlertList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_alerts(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "agent_id", "status", "limit"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
         let status = match one(&p, "status") {
             None => None,
             Some(v) => Some(AlertStatus::parse(v).ok_or_else(|| {
@@ -455,7 +684,7 @@ async fn list_alerts(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Respon
             })?),
         };
         let query = AlertQuery {
-            tenant_id: one(&p, "tenant").map(str::to_owned),
+            tenant_id: tenant,
             agent_id: one(&p, "agent_id").map(str::to_owned),
             status,
             limit: limit(&p)?,

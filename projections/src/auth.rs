@@ -35,13 +35,14 @@ const CACHE_MAX: usize = 10_000;
 pub const BOOTSTRAP_ADMIN: &str = "admin";
 
 /// The caller of an operator route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Principal {
     /// User id (`admin` for the bootstrap key).
     pub user_id: String,
     /// User name (`admin` for the bootstrap key); the actor in audit events.
     pub name: String,
     /// Role.
+    #[schema(value_type = String, example = "operator")]
     pub role: Role,
     /// Tenant of an operator or viewer.
     pub tenant_id: Option<String>,

@@ -117,6 +117,16 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
     Ok(timeout)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{agent_id}/commands",
+    tag = "commands",
+    summary = "Ask an agent to run a command",
+    params(("agent_id" = String, Path, description = "Agent id")),
+    request_body = serde_json::Value,
+    responses((status = 202, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn request_command(
     State(s): State<AdminState>,
     Path(agent_id): Path<String>,
@@ -182,6 +192,7 @@ pub(crate) async fn request_command(
             .await
             .map_err(|e| ApiError::unavailable(format!("the command was not written: {e}"), 5))?;
         tracing::info!(%agent_id, %command_id, command_type = %req.command_type, %actor, requires_approval, "Command requested.");
+        s.audit(&p, Some(&cred.tenant_id), "command.request", &command_id, Some(serde_json::json!({ "agent_id": agent_id, "command_type": req.command_type }))).await;
         Ok(CommandAccepted {
             command_id,
             agent_id,
@@ -231,6 +242,15 @@ pub struct CommandApproved {
     pub approved_by: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/commands/{command_id}/approve",
+    tag = "commands",
+    summary = "Approve a command awaiting approval",
+    params(("command_id" = String, Path, description = "Command id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn approve_command(
     State(s): State<AdminState>,
     Path(command_id): Path<String>,
@@ -305,6 +325,7 @@ pub(crate) async fn approve_command(
             .await
             .map_err(|e| ApiError::unavailable(format!("the approval was not written: {e}; retry"), 5))?;
         tracing::info!(agent_id = %requested.agent_id, %command_id, %actor, "Command approved.");
+        s.audit(&p, Some(&requested.tenant_id), "command.approve", &command_id, None).await;
         Ok(CommandApproved {
             command_id,
             agent_id: requested.agent_id,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,16 +11,28 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ProjectionsConfig {
-    /// Address of the query API (and `/healthz`, `/readyz`, `/metrics`).
+    /// Address of the query API (and `/healthz`, `/readyz`, `/metrics`). With
+    /// `serve-api = false` only those three are served here.
     pub listen: SocketAddr,
+    /// Whether `fleetstream projections` also serves the query API and the admin routes
+    /// on `listen`. `false` leaves them to `fleetstream api` instances (same file);
+    /// `fleetstream up` always serves them.
+    pub serve_api: bool,
     /// Event log URL: `kafka://host:9092,...` or `file:///dir`.
     pub event_log: String,
     /// Raw engine settings passed to the log (librdkafka properties for Kafka).
     pub event_log_options: BTreeMap<String, String>,
     /// Read model URL: `postgres://...` or `sqlite://path` (embedded).
     pub read_model: String,
-    /// Time-series store URL: `file:///dir` (embedded).
+    /// Time-series store URL: `file:///dir` (embedded, one process only) or
+    /// `scylla://host:9042[,host2:9042]/keyspace` (ScyllaDB or Cassandra).
     pub timeseries: String,
+    /// How long the time-series store keeps each resolution (`[timeseries-retention]`).
+    pub timeseries_retention: fleet_stores::Retention,
+    /// How often the projections remove time series past retention
+    /// ([`fleet_stores::TimeSeriesStore::expire`]; ScyllaDB expires rows by TTL itself).
+    #[serde(with = "duration_text")]
+    pub retention_sweep_interval: Duration,
     /// Consumer group of the read-model projection.
     pub read_model_group: String,
     /// Consumer group of the time-series projection.
@@ -42,10 +55,13 @@ impl Default for ProjectionsConfig {
     fn default() -> Self {
         ProjectionsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            serve_api: true,
             event_log: "kafka://127.0.0.1:9092".into(),
             event_log_options: BTreeMap::new(),
             read_model: "postgres://fleet:fleet@127.0.0.1:5432/fleet?sslmode=disable".into(),
             timeseries: "file://fleetstream-data/timeseries".into(),
+            timeseries_retention: fleet_stores::Retention::default(),
+            retention_sweep_interval: Duration::from_secs(600),
             read_model_group: "fleet-projection-readmodel".into(),
             timeseries_group: "fleet-projection-timeseries".into(),
             batch_size: 1000,
@@ -54,5 +70,25 @@ impl Default for ProjectionsConfig {
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required_commands: vec!["run_script".into()],
         }
+    }
+}
+
+/// A duration written as text (`"10m"`, `"1h 30m"`), parsed with `humantime`.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration such as \"10m\" or \"1h\": {e}"
+            ))
+        })
     }
 }

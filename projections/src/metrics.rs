@@ -18,6 +18,9 @@ pub const API_REQUESTS: &str = "fleet_api_requests_total";
 /// Query API latency by route.
 pub const API_SECONDS: &str = "fleet_api_request_seconds";
 
+/// Audit entries that could not be recorded (the change itself happened).
+pub const AUDIT_FAILURES: &str = "fleet_api_audit_failures_total";
+
 /// Consumer lag by group and topic.
 pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
 
@@ -31,5 +34,6 @@ pub const ALL: &[&str] = &[
     BATCH_SECONDS,
     API_REQUESTS,
     API_SECONDS,
+    AUDIT_FAILURES,
     CONSUMER_LAG,
 ];

@@ -338,6 +338,47 @@ pub async fn run_timeseries(
     Ok(())
 }
 
+/// Removes time series past retention every `config.retention-sweep-interval` (the first
+/// sweep at start), until `shutdown` resolves: [`TimeSeriesStore::expire`] at the current
+/// time, logged with the rows it removed. A failed sweep is logged and retried at the
+/// next interval.
+pub async fn run_retention_sweeps(
+    store: Arc<dyn TimeSeriesStore>,
+    config: ProjectionsConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let every = config.retention_sweep_interval;
+    anyhow::ensure!(
+        every >= Duration::from_secs(1),
+        "retention-sweep-interval must be at least 1s, got {every:?}"
+    );
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        let started = Instant::now();
+        let now = fleet_schemas::time::now_micros();
+        match store.expire(now).await {
+            Ok(rows) => tracing::info!(
+                store = store.engine(),
+                rows,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Time series past retention removed."
+            ),
+            Err(e) => {
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "retention")
+                    .increment(1);
+                tracing::warn!(store = store.engine(), error = %e, "Retention sweep failed; retrying at the next interval.");
+            }
+        }
+    }
+}
+
 struct TimeSeriesBatches<'a> {
     store: &'a dyn TimeSeriesStore,
 }

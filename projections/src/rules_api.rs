@@ -47,7 +47,7 @@ use crate::admin::{reply, store_error, AdminState};
 use crate::auth::{require_operator, require_viewer};
 
 /// Body of rule creation and update.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
     /// Name shown to people.
@@ -386,6 +386,16 @@ fn view(ev: &RuleEvent) -> Option<RuleView> {
     ev.rule.as_ref().map(|d| RuleView::new(ev, d))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/rules",
+    tag = "rules",
+    summary = "Create an alert rule",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request_body = RuleBody,
+    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn create_rule(
     State(s): State<AdminState>,
     Path(tenant_id): Path<String>,
@@ -412,12 +422,22 @@ pub(crate) async fn create_rule(
         );
         write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %tenant_id, %actor, "Rule created.");
+        s.audit(&p, Some(&tenant_id), "rule.create", &rule_id, None).await;
         view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
     }
     .await;
     reply(StatusCode::CREATED, r)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/rules",
+    tag = "rules",
+    summary = "A tenant's alert rules",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn list_rules(
     State(s): State<AdminState>,
     Path(tenant_id): Path<String>,
@@ -437,6 +457,15 @@ pub(crate) async fn list_rules(
     reply(StatusCode::OK, r)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/rules/defaults",
+    tag = "rules",
+    summary = "Write the default rule set",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn write_defaults(
     State(s): State<AdminState>,
     Path(tenant_id): Path<String>,
@@ -454,6 +483,16 @@ pub(crate) async fn write_defaults(
     reply(StatusCode::OK, r)
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/rules/{rule_id}",
+    tag = "rules",
+    summary = "Replace a rule",
+    params(("rule_id" = String, Path, description = "Rule id")),
+    request_body = RuleBody,
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn update_rule(
     State(s): State<AdminState>,
     Path(rule_id): Path<String>,
@@ -477,6 +516,7 @@ pub(crate) async fn update_rule(
         );
         write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %actor, "Rule updated.");
+        s.audit(&p, Some(&old.tenant_id), "rule.update", &rule_id, None).await;
         view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
     }
     .await;
@@ -507,9 +547,19 @@ async fn set_enabled(
     );
     write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
     tracing::info!(%rule_id, enabled, %actor, "Rule switched.");
+    s.audit(&p, Some(&old.tenant_id), if enabled { "rule.enable" } else { "rule.disable" }, rule_id, None).await;
     view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/{rule_id}/disable",
+    tag = "rules",
+    summary = "Disable a rule",
+    params(("rule_id" = String, Path, description = "Rule id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn disable_rule(
     State(s): State<AdminState>,
     Path(rule_id): Path<String>,
@@ -521,6 +571,15 @@ pub(crate) async fn disable_rule(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/{rule_id}/enable",
+    tag = "rules",
+    summary = "Enable a rule",
+    params(("rule_id" = String, Path, description = "Rule id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn enable_rule(
     State(s): State<AdminState>,
     Path(rule_id): Path<String>,
@@ -532,6 +591,15 @@ pub(crate) async fn enable_rule(
     )
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/rules/{rule_id}",
+    tag = "rules",
+    summary = "Delete a rule",
+    params(("rule_id" = String, Path, description = "Rule id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn delete_rule(
     State(s): State<AdminState>,
     Path(rule_id): Path<String>,
@@ -551,6 +619,7 @@ pub(crate) async fn delete_rule(
         );
         write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %actor, "Rule deleted.");
+        s.audit(&p, Some(&old.tenant_id), "rule.delete", &rule_id, None).await;
         Ok(serde_json::json!({ "rule_id": rule_id, "deleted": true }))
     }
     .await;
@@ -638,9 +707,19 @@ async fn alert_action(
             ApiError::unavailable(format!("the alert event was not written: {e}; retry"), 5)
         })?;
     tracing::info!(%alert_id, %actor, kind = kind.as_str(), "Alert handled by a user.");
+    s.audit(&p, Some(&ev.tenant_id), &format!("alert.{verb}"), alert_id, None).await;
     Ok(serde_json::json!({ "alert_id": alert_id, "status": verb, "changed": true }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{alert_id}/acknowledge",
+    tag = "alerts",
+    summary = "Acknowledge an alert",
+    params(("alert_id" = String, Path, description = "Alert id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn acknowledge_alert(
     State(s): State<AdminState>,
     Path(alert_id): Path<String>,
@@ -652,6 +731,15 @@ pub(crate) async fn acknowledge_alert(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{alert_id}/resolve",
+    tag = "alerts",
+    summary = "Resolve an alert by hand",
+    params(("alert_id" = String, Path, description = "Alert id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn resolve_alert(
     State(s): State<AdminState>,
     Path(alert_id): Path<String>,

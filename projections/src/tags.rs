@@ -23,7 +23,7 @@ pub const MAX_TAGS: usize = 32;
 pub const MAX_TAG_LEN: usize = 64;
 
 /// Body of `PUT /api/v1/agents/{agent_id}/tags`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagsBody {
     /// The agent's tags from now on.
@@ -56,6 +56,16 @@ pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/agents/{agent_id}/tags",
+    tag = "admin",
+    summary = "Set an agent's tags",
+    params(("agent_id" = String, Path, description = "Agent id")),
+    request_body = TagsBody,
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn put_tags(
     State(s): State<AdminState>,
     Path(agent_id): Path<String>,
@@ -104,6 +114,7 @@ pub(crate) async fn put_tags(
                 ApiError::unavailable(format!("the tags could not be written: {e}; retry"), 5)
             })?;
         tracing::info!(%agent_id, %actor, ?tags, "Agent tags set.");
+        s.audit(&p, Some(&cred.tenant_id), "agent.tags", &agent_id, Some(serde_json::json!({ "tags": tags }))).await;
         Ok(serde_json::json!({ "agent_id": agent_id, "tags": tags }))
     }
     .await;

@@ -24,7 +24,7 @@ use crate::admin::{name_field, reply, store_error, AdminState};
 use crate::auth::{require_admin, BOOTSTRAP_ADMIN};
 
 /// Body of user creation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     /// Unique name.
@@ -76,6 +76,15 @@ async fn new_key(s: &AdminState, user_id: &str) -> Result<CreatedKey, ApiError> 
     Ok(CreatedKey { info, key })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    summary = "Create a user with an API key (admins)",
+    request_body = UserBody,
+    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn create_user(
     State(s): State<AdminState>,
     headers: HeaderMap,
@@ -135,12 +144,21 @@ pub(crate) async fn create_user(
             })?;
         let api_key = new_key(&s, &user.user_id).await?;
         tracing::info!(user_id = %user.user_id, name = %user.name, role = role.as_str(), actor = %p.actor(), "User created.");
+        s.audit(&p, user.tenant_id.as_deref(), "user.create", &user.user_id, Some(serde_json::json!({ "name": user.name, "role": role.as_str() }))).await;
         Ok(CreatedUser { user, api_key })
     }
     .await;
     reply(StatusCode::CREATED, r)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    summary = "List users (admins)",
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn list_users(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     let r = async {
         require_admin(&s.principal(&headers).await?)?;
@@ -151,6 +169,15 @@ pub(crate) async fn list_users(State(s): State<AdminState>, headers: HeaderMap) 
     reply(StatusCode::OK, r)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/keys",
+    tag = "users",
+    summary = "Create another API key for a user",
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn create_key(
     State(s): State<AdminState>,
     Path(user_id): Path<String>,
@@ -163,12 +190,22 @@ pub(crate) async fn create_key(
         }
         let key = new_key(&s, &user_id).await?;
         tracing::info!(%user_id, key_id = %key.info.key_id, actor = %p.actor(), "API key created.");
+        s.audit(&p, None, "user.key", &user_id, Some(serde_json::json!({ "key_id": key.info.key_id }))).await;
         Ok(key)
     }
     .await;
     reply(StatusCode::CREATED, r)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/disable",
+    tag = "users",
+    summary = "Disable a user (admins)",
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn disable_user(
     State(s): State<AdminState>,
     Path(user_id): Path<String>,
@@ -187,6 +224,7 @@ pub(crate) async fn disable_user(
         }
         s.keys.clear();
         tracing::info!(%user_id, actor = %p.actor(), "User disabled.");
+        s.audit(&p, None, "user.disable", &user_id, None).await;
         Ok(serde_json::json!({ "user_id": user_id, "disabled": true }))
     }
     .await;

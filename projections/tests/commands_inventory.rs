@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
+use fleet_projections::admin::AdminState;
 use fleet_projections::api::{app, ApiState};
 use fleet_projections::project::{run_read_model, Readiness};
 use fleet_projections::ProjectionsConfig;
@@ -19,6 +20,9 @@ use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
+
+/// The bootstrap admin key of the test API.
+const ADMIN: &str = "fsk_test-admin";
 
 const T0: i64 = 1_795_400_000_000_000; // µs, a fixed instant
 const SECOND: i64 = 1_000_000;
@@ -39,11 +43,13 @@ async fn env() -> Env {
     fleet_ops::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
-    let rm = fleet_stores::open_read_model(&p("rm.db"))
+    let sql = fleet_stores::open_sql(&p("rm.db"))
         .await
         .expect("read model");
+    let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
     let ts = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
-    let api = app(ApiState::new(rm.clone(), ts));
+    let admin = AdminState::new(sql, log.clone(), ADMIN, "http://gw.example:8080");
+    let api = app(ApiState::new(rm.clone(), ts, admin));
     Env {
         _dir: dir,
         log,
@@ -88,6 +94,7 @@ async fn call(app: &Router, method: Method, uri: &str) -> (StatusCode, Value) {
             Request::builder()
                 .method(method)
                 .uri(uri)
+                .header("authorization", format!("Bearer {ADMIN}"))
                 .body(Body::empty())
                 .expect("req"),
         )

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
+use fleet_projections::admin::AdminState;
 use fleet_projections::api::{app, ApiState};
 use fleet_projections::project::{run_read_model, run_timeseries, Readiness};
 use fleet_projections::ProjectionsConfig;
@@ -17,6 +18,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
+/// The bootstrap admin key of the test API.
+const ADMIN: &str = "fsk_test-admin";
+
 const T0: i64 = 1_795_400_000_000_000; // µs, a fixed instant
 
 struct Env {
@@ -24,6 +28,7 @@ struct Env {
     log: Arc<dyn EventLog>,
     rm: Arc<dyn fleet_stores::ReadModel>,
     ts: Arc<dyn fleet_stores::TimeSeriesStore>,
+    admin: AdminState,
 }
 
 async fn env() -> Env {
@@ -35,15 +40,18 @@ async fn env() -> Env {
     fleet_ops::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
-    let rm = fleet_stores::open_read_model(&p("rm.db"))
+    let sql = fleet_stores::open_sql(&p("rm.db"))
         .await
         .expect("read model");
+    let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
     let ts = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
+    let admin = AdminState::new(sql, log.clone(), ADMIN, "http://gw.example:8080");
     Env {
         _dir: dir,
         log,
         rm,
         ts,
+        admin,
     }
 }
 
@@ -83,7 +91,12 @@ fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
 async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
     let resp = app
         .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).expect("req"))
+        .oneshot(
+            Request::get(uri)
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .body(Body::empty())
+                .expect("req"),
+        )
         .await
         .expect("resp");
     let status = resp.status();
@@ -145,7 +158,7 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     let alert = fixtures::alert_raised("t1", "a1", T0);
     produce(e.log.as_ref(), &alert).await;
 
-    let api = app(ApiState::new(e.rm.clone(), e.ts.clone()));
+    let api = app(ApiState::new(e.rm.clone(), e.ts.clone(), e.admin.clone()));
     let (stop, handle) = start(&e);
     let agent = eventually(&api, "/api/v1/agents/a1", |v| {
         v["cpu_percent"] == 30.0 && v["open_alerts"].as_array().is_some_and(|a| a.len() == 1)
@@ -233,7 +246,7 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
 #[tokio::test]
 async fn api_refuses_bad_queries_naming_the_parameter() {
     let e = env().await;
-    let api = app(ApiState::new(e.rm.clone(), e.ts.clone()));
+    let api = app(ApiState::new(e.rm.clone(), e.ts.clone(), e.admin.clone()));
     e.rm.apply(
         "test",
         &[fleet_stores::Change::Report(Box::new(

@@ -88,7 +88,7 @@ pub struct StoredOffset {
 }
 
 /// An agent as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentRow {
     /// Owning tenant.
     pub tenant_id: String,
@@ -132,11 +132,11 @@ pub struct AgentRow {
     /// Tags set by operators.
     pub tags: Vec<String>,
     /// Alerts of the agent not yet resolved.
-    pub open_alerts: u64,
+    pub open_alert_count: u64,
 }
 
 /// Status of an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     /// Heard from within the liveness window (or never judged silent).
@@ -169,7 +169,7 @@ impl AgentStatus {
 }
 
 /// A watched service of an agent, from its newest report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceRow {
     /// Service (unit) name.
     pub name: String,
@@ -182,7 +182,7 @@ pub struct ServiceRow {
 }
 
 /// Counters of a fleet (one tenant, or every tenant).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetOverview {
     /// Agents by status.
     pub agents: AgentCounts,
@@ -194,7 +194,7 @@ pub struct FleetOverview {
 }
 
 /// Agents by status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentCounts {
     /// All agents.
     pub total: u64,
@@ -207,7 +207,7 @@ pub struct AgentCounts {
 }
 
 /// Unresolved alerts by severity.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertCounts {
     /// All unresolved alerts.
     pub total: u64,
@@ -220,7 +220,7 @@ pub struct AlertCounts {
 }
 
 /// One accepted change made through the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Unique id (a UUID).
     pub audit_id: String,
@@ -272,7 +272,7 @@ pub struct AgentQuery {
 }
 
 /// Status of an alert in the read model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertStatus {
     /// Raised and not yet resolved or acknowledged.
@@ -305,7 +305,7 @@ impl AlertStatus {
 }
 
 /// An alert as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertRow {
     /// Deterministic alert id.
     pub alert_id: String,
@@ -359,7 +359,7 @@ pub struct AlertQuery {
 }
 
 /// Status of a remote command in the read model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandStatus {
     /// Requested, needs no approval, not yet handed to the agent.
@@ -427,7 +427,7 @@ impl CommandStatus {
 }
 
 /// A remote command as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandRow {
     /// Command id.
     pub command_id: String,
@@ -474,7 +474,7 @@ pub struct CommandRow {
 }
 
 /// One entry of a command's audit trail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandAuditRow {
     /// Event id.
     pub event_id: String,
@@ -489,7 +489,7 @@ pub struct CommandAuditRow {
 }
 
 /// A command with its audit trail, oldest entry first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandDetail {
     /// The command.
     #[serde(flatten)]
@@ -513,7 +513,7 @@ pub struct CommandQuery {
 }
 
 /// One installed package as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SoftwareRow {
     /// Package name.
     pub name: String,
@@ -524,7 +524,7 @@ pub struct SoftwareRow {
 }
 
 /// An agent's newest software inventory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentSoftware {
     /// Tenant.
     pub tenant_id: String,
@@ -554,7 +554,7 @@ pub struct SoftwareQuery {
 }
 
 /// Status of a ticket in the read model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketStatus {
     /// Open.
@@ -587,7 +587,7 @@ impl TicketStatus {
 }
 
 /// A ticket as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TicketRow {
     /// Ticket id (derived from the alert id).
     pub ticket_id: String,
@@ -750,7 +750,7 @@ pub struct Bucket {
 pub const MAX_BUCKETS: i64 = 10_000;
 
 /// Where a query's buckets come from: the raw samples or one of the rollups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Resolution {
     /// Every sample as written.
     #[serde(rename = "raw")]

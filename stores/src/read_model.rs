@@ -744,7 +744,7 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRow, BoxDynError> {
             .map(|s| serde_json::from_str(&s))
             .transpose()?
             .unwrap_or_default(),
-        open_alerts: u64::try_from(row.try_get::<i64, _>("open_alerts")?)?,
+        open_alert_count: u64::try_from(row.try_get::<i64, _>("open_alerts")?)?,
     })
 }
 

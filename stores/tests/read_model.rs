@@ -299,7 +299,7 @@ mod cases {
             deactivated_at: None,
             status: AgentStatus::Online,
             tags: vec![],
-            open_alerts: 0,
+            open_alert_count: 0,
         };
         ensure!(row == expected, "got {row:#?}\nexpected {expected:#?}");
         let back: fleet_stores::MetricReport =
@@ -566,7 +566,7 @@ mod cases {
             deactivated_at: None,
             status: AgentStatus::Online,
             tags: vec![],
-            open_alerts: 0,
+            open_alert_count: 0,
         };
         ensure!(
             row == expected,
@@ -1913,7 +1913,7 @@ mod cases {
         let all = store.overview(None).await?;
         ensure!(all.agents.total >= 3 && all.open_alerts.total >= 3);
         let row = agent(&store, &a).await?;
-        ensure!(row.open_alerts == 2, "open alerts of the agent: {row:#?}");
+        ensure!(row.open_alert_count == 2, "open alerts of the agent: {row:#?}");
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use fleet_ops::ApiError;
 use fleet_stores::{
@@ -25,7 +26,7 @@ fn non_empty<'a>(p: &'a [(String, String)], key: &str) -> Result<Option<&'a str>
 }
 
 /// Answer of an agent's command history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CommandList {
     /// Commands of this page, newest first.
     pub commands: Vec<CommandRow>,
@@ -33,18 +34,31 @@ pub struct CommandList {
     pub next_after: Option<String>,
 }
 
-pub(super) async fn agent_commands(
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{agent_id}/commands",
+    tag = "query",
+    summary = "An agent's commands, newest first",
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("after" = Option<String>, Query, description = "Last command id of the previous page")),
+    responses((status = 200, description = "Done", body = CommandList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn agent_commands(
     State(s): State<ApiState>,
     Path(agent_id): Path<String>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "limit", "after"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
         let limit = limit(&p)?;
+        // Another tenant's agent is not found, rather than an empty history.
+        super::find_agent(&s, tenant.as_deref(), &agent_id).await?;
         let query = CommandQuery {
-            tenant_id: non_empty(&p, "tenant")?.map(str::to_owned),
+            tenant_id: tenant.clone(),
             agent_id,
             limit,
             after: non_empty(&p, "after")?.map(str::to_owned),
@@ -70,17 +84,28 @@ pub(super) async fn agent_commands(
     respond("/api/v1/agents/{agent_id}/commands", started, result)
 }
 
-pub(super) async fn get_command(
+#[utoipa::path(
+    get,
+    path = "/api/v1/commands/{command_id}",
+    tag = "query",
+    summary = "One command with its audit trail",
+    params(("command_id" = String, Path, description = "Command id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
+    responses((status = 200, description = "Done", body = fleet_stores::CommandDetail), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_command(
     State(s): State<ApiState>,
     Path(command_id): Path<String>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
         s.read_model
-            .get_command(non_empty(&p, "tenant")?, &command_id)
+            .get_command(tenant.as_deref(), &command_id)
             .await
             .map_err(store_error)?
             .ok_or_else(|| {
@@ -91,15 +116,26 @@ pub(super) async fn get_command(
     respond("/api/v1/commands/{command_id}", started, result)
 }
 
-pub(super) async fn agent_software(
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{agent_id}/software",
+    tag = "query",
+    summary = "The newest software inventory",
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("name" = Option<String>, Query, description = "Packages whose name contains this")),
+    responses((status = 200, description = "Done", body = fleet_stores::AgentSoftware), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn agent_software(
     State(s): State<ApiState>,
     Path(agent_id): Path<String>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "name"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
         let name = non_empty(&p, "name")?;
         if name.is_some_and(|n| n.chars().count() > MAX_NAME_FILTER) {
             return Err(ApiError::invalid_field(
@@ -108,7 +144,7 @@ pub(super) async fn agent_software(
             ));
         }
         let query = SoftwareQuery {
-            tenant_id: non_empty(&p, "tenant")?.map(str::to_owned),
+            tenant_id: tenant.clone(),
             agent_id,
             name: name.map(str::to_owned),
         };
@@ -126,17 +162,31 @@ pub(super) async fn agent_software(
 }
 
 /// Answer of the ticket list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TicketList {
     /// Tickets, newest first.
     pub tickets: Vec<TicketRow>,
 }
 
-pub(super) async fn list_tickets(State(s): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/v1/tickets",
+    tag = "query",
+    summary = "Tickets, newest first",
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("status" = Option<String>, Query, description = "open, acknowledged or resolved"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
+    responses((status = 200, description = "Done", body = TicketList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_tickets(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "status", "limit"])?;
+        let (_, tenant) = s.scope(&headers, &p).await?;
         let status = match one(&p, "status") {
             None => None,
             Some(v) => Some(TicketStatus::parse(v).ok_or_else(|| {
@@ -144,7 +194,7 @@ pub(super) async fn list_tickets(State(s): State<ApiState>, RawQuery(q): RawQuer
             })?),
         };
         let query = TicketQuery {
-            tenant_id: non_empty(&p, "tenant")?.map(str::to_owned),
+            tenant_id: tenant.clone(),
             status,
             limit: limit(&p)?,
         };
