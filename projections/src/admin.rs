@@ -539,7 +539,14 @@ pub(crate) async fn deactivate(
                     )
                 })?;
             tracing::info!(%agent_id, %actor, "Agent deactivated.");
-            s.audit(&p, Some(&cred.tenant_id), "agent.deactivate", &agent_id, None).await;
+            s.audit(
+                &p,
+                Some(&cred.tenant_id),
+                "agent.deactivate",
+                &agent_id,
+                None,
+            )
+            .await;
         }
         Ok(serde_json::json!({ "agent_id": agent_id, "deactivated": true, "changed": changed }))
     }

@@ -422,7 +422,8 @@ pub(crate) async fn create_rule(
         );
         write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %tenant_id, %actor, "Rule created.");
-        s.audit(&p, Some(&tenant_id), "rule.create", &rule_id, None).await;
+        s.audit(&p, Some(&tenant_id), "rule.create", &rule_id, None)
+            .await;
         view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
     }
     .await;
@@ -516,7 +517,8 @@ pub(crate) async fn update_rule(
         );
         write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %actor, "Rule updated.");
-        s.audit(&p, Some(&old.tenant_id), "rule.update", &rule_id, None).await;
+        s.audit(&p, Some(&old.tenant_id), "rule.update", &rule_id, None)
+            .await;
         view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
     }
     .await;
@@ -547,7 +549,18 @@ async fn set_enabled(
     );
     write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
     tracing::info!(%rule_id, enabled, %actor, "Rule switched.");
-    s.audit(&p, Some(&old.tenant_id), if enabled { "rule.enable" } else { "rule.disable" }, rule_id, None).await;
+    s.audit(
+        &p,
+        Some(&old.tenant_id),
+        if enabled {
+            "rule.enable"
+        } else {
+            "rule.disable"
+        },
+        rule_id,
+        None,
+    )
+    .await;
     view(&ev).ok_or_else(|| ApiError::internal("a defined rule without definition"))
 }
 
@@ -619,7 +632,8 @@ pub(crate) async fn delete_rule(
         );
         write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %actor, "Rule deleted.");
-        s.audit(&p, Some(&old.tenant_id), "rule.delete", &rule_id, None).await;
+        s.audit(&p, Some(&old.tenant_id), "rule.delete", &rule_id, None)
+            .await;
         Ok(serde_json::json!({ "rule_id": rule_id, "deleted": true }))
     }
     .await;
@@ -707,7 +721,14 @@ async fn alert_action(
             ApiError::unavailable(format!("the alert event was not written: {e}; retry"), 5)
         })?;
     tracing::info!(%alert_id, %actor, kind = kind.as_str(), "Alert handled by a user.");
-    s.audit(&p, Some(&ev.tenant_id), &format!("alert.{verb}"), alert_id, None).await;
+    s.audit(
+        &p,
+        Some(&ev.tenant_id),
+        &format!("alert.{verb}"),
+        alert_id,
+        None,
+    )
+    .await;
     Ok(serde_json::json!({ "alert_id": alert_id, "status": verb, "changed": true }))
 }
 

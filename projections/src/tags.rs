@@ -114,7 +114,14 @@ pub(crate) async fn put_tags(
                 ApiError::unavailable(format!("the tags could not be written: {e}; retry"), 5)
             })?;
         tracing::info!(%agent_id, %actor, ?tags, "Agent tags set.");
-        s.audit(&p, Some(&cred.tenant_id), "agent.tags", &agent_id, Some(serde_json::json!({ "tags": tags }))).await;
+        s.audit(
+            &p,
+            Some(&cred.tenant_id),
+            "agent.tags",
+            &agent_id,
+            Some(serde_json::json!({ "tags": tags })),
+        )
+        .await;
         Ok(serde_json::json!({ "agent_id": agent_id, "tags": tags }))
     }
     .await;

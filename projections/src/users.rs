@@ -190,7 +190,14 @@ pub(crate) async fn create_key(
         }
         let key = new_key(&s, &user_id).await?;
         tracing::info!(%user_id, key_id = %key.info.key_id, actor = %p.actor(), "API key created.");
-        s.audit(&p, None, "user.key", &user_id, Some(serde_json::json!({ "key_id": key.info.key_id }))).await;
+        s.audit(
+            &p,
+            None,
+            "user.key",
+            &user_id,
+            Some(serde_json::json!({ "key_id": key.info.key_id })),
+        )
+        .await;
         Ok(key)
     }
     .await;

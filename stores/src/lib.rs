@@ -750,7 +750,19 @@ pub struct Bucket {
 pub const MAX_BUCKETS: i64 = 10_000;
 
 /// Where a query's buckets come from: the raw samples or one of the rollups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub enum Resolution {
     /// Every sample as written.
     #[serde(rename = "raw")]

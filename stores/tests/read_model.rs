@@ -1913,7 +1913,10 @@ mod cases {
         let all = store.overview(None).await?;
         ensure!(all.agents.total >= 3 && all.open_alerts.total >= 3);
         let row = agent(&store, &a).await?;
-        ensure!(row.open_alert_count == 2, "open alerts of the agent: {row:#?}");
+        ensure!(
+            row.open_alert_count == 2,
+            "open alerts of the agent: {row:#?}"
+        );
         Ok(())
     }
 
