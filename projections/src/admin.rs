@@ -47,7 +47,7 @@ pub struct AdminState {
     gateway_url: String,
     pub(crate) keys: KeyCache,
     pub(crate) approval_required: Arc<Vec<String>>,
-    audit: Option<Arc<dyn ReadModel>>,
+    pub(crate) read_model: Option<Arc<dyn ReadModel>>,
 }
 
 impl AdminState {
@@ -70,14 +70,16 @@ impl AdminState {
             approval_required: Arc::new(
                 crate::ProjectionsConfig::default().approval_required_commands,
             ),
-            audit: None,
+            read_model: None,
         }
     }
 
-    /// Records every accepted change in `read_model`'s audit log (`GET /api/v1/audit`).
+    /// Records every accepted change in `read_model`'s audit log (`GET /api/v1/audit`),
+    /// and lists rules from its projection of `fleet.rules.v1` (without it, the routes
+    /// read the topic).
     #[must_use]
     pub fn with_audit(mut self, read_model: Arc<dyn ReadModel>) -> Self {
-        self.audit = Some(read_model);
+        self.read_model = Some(read_model);
         self
     }
 
@@ -91,7 +93,7 @@ impl AdminState {
         target: &str,
         details: Option<serde_json::Value>,
     ) {
-        let Some(rm) = &self.audit else { return };
+        let Some(rm) = &self.read_model else { return };
         let entry = fleet_stores::AuditEntry {
             audit_id: uuid::Uuid::new_v4().to_string(),
             tenant_id: tenant.map(str::to_owned),

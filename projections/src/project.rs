@@ -52,6 +52,9 @@ pub fn to_change(r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
             Change::Inventory(Box::new(codec::decode::<SoftwareInventory>(&r.value)?))
         }
         topics::TICKETS => Change::Ticket(Box::new(codec::decode::<TicketEvent>(&r.value)?)),
+        topics::RULES => Change::Rule(Box::new(codec::decode::<fleet_schemas::RuleEvent>(
+            &r.value,
+        )?)),
         _ => Change::Alert(codec::decode::<AlertEvent>(&r.value)?),
     })
 }
@@ -82,6 +85,7 @@ pub async fn run_read_model(
             topics::COMMANDS,
             topics::INVENTORY,
             topics::TICKETS,
+            topics::RULES,
         ],
         &config,
     )

@@ -446,12 +446,23 @@ pub(crate) async fn list_rules(
 ) -> Response {
     let r = async {
         require_viewer(&s.principal(&headers).await?, &tenant_id)?;
-        let rules: Vec<RuleView> = current_rules(s.log.as_ref())
-            .await?
-            .values()
-            .filter(|ev| ev.tenant_id == tenant_id)
-            .filter_map(view)
-            .collect();
+        let rules: Vec<RuleView> = match &s.read_model {
+            // The read model's projection of the topic (eventually consistent: a rule
+            // written a moment ago shows once projected).
+            Some(rm) => rm
+                .list_rules(Some(&tenant_id))
+                .await
+                .map_err(crate::admin::store_error)?
+                .iter()
+                .filter_map(view)
+                .collect(),
+            None => current_rules(s.log.as_ref())
+                .await?
+                .values()
+                .filter(|ev| ev.tenant_id == tenant_id)
+                .filter_map(view)
+                .collect(),
+        };
         Ok(serde_json::json!({ "rules": rules }))
     }
     .await;

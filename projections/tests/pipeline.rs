@@ -286,3 +286,23 @@ async fn api_refuses_bad_queries_naming_the_parameter() {
     let (status, v) = get(&api, "/api/v1/agents/nobody/metrics?metric=cpu.percent").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_are_projected_into_the_read_model() {
+    let e = env().await;
+    produce(e.log.as_ref(), &fixtures::rule_defined("t1", "r1", T0)).await;
+    produce(e.log.as_ref(), &fixtures::rule_defined("t2", "r2", T0)).await;
+    let (stop, handle) = start(&e);
+    let mut rules = Vec::new();
+    for _ in 0..200 {
+        rules = e.rm.list_rules(Some("t1")).await.expect("rules");
+        if !rules.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0].rule_id, "r1");
+    stop.send(true).expect("stop");
+    handle.await.expect("projections");
+}

@@ -74,6 +74,8 @@ pub enum Change {
     Inventory(Box<SoftwareInventory>),
     /// Ticket requested or updated.
     Ticket(Box<TicketEvent>),
+    /// Alert rule defined or deleted.
+    Rule(Box<fleet_schemas::RuleEvent>),
 }
 
 /// The next offset a projection consumes on one partition.
@@ -668,6 +670,10 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// Tickets, newest first (by creation).
     async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>>;
+
+    /// The alert rules in force (their newest DEFINED event), by rule id; `None`: every
+    /// tenant's.
+    async fn list_rules(&self, tenant_id: Option<&str>) -> Result<Vec<fleet_schemas::RuleEvent>>;
 
     /// Counters of one tenant's fleet (`None`: every tenant).
     async fn overview(&self, tenant_id: Option<&str>) -> Result<FleetOverview>;

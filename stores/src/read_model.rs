@@ -98,6 +98,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fleet view",
         include_str!("../migrations/0006_fleet_view.sql"),
     ),
+    (
+        7,
+        "alert rules",
+        include_str!("../migrations/0007_alert_rules.sql"),
+    ),
 ];
 
 /// The engine behind a [`SqlReadModel`].
@@ -857,6 +862,7 @@ impl ReadModel for SqlReadModel {
                 Change::Heartbeat(hb) => apply_heartbeat(&mut tx, hb).await.map_err(Into::into),
                 Change::Alert(ev) => apply_alert(&mut tx, ev).await.map_err(Into::into),
                 Change::Lifecycle(ev) => apply_lifecycle(&mut tx, ev).await,
+                Change::Rule(ev) => fleet::apply_rule(&mut tx, ev).await,
                 Change::Command(ev) => commands::apply_command(&mut tx, ev).await,
                 Change::Inventory(inv) => software::apply_inventory(&mut tx, inv)
                     .await
@@ -1012,6 +1018,11 @@ impl ReadModel for SqlReadModel {
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
     async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>> {
         self.query_tickets(query).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn list_rules(&self, tenant_id: Option<&str>) -> Result<Vec<fleet_schemas::RuleEvent>> {
+        self.query_rules(tenant_id).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]

@@ -52,6 +52,7 @@ macro_rules! conformance {
             services_follow_the_newest_report,
             overview_counts_per_tenant,
             audit_log_newest_first_per_tenant,
+            rules_follow_their_newest_event,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -1952,6 +1953,38 @@ mod cases {
             })
             .await?;
         ensure!(bob == vec![e2], "{bob:#?}");
+        Ok(())
+    }
+
+    pub(crate) async fn rules_follow_their_newest_event(store: Arc<dyn ReadModel>) -> Result<()> {
+        let tag = agent_id();
+        let (r1, r2, r3) = (format!("{tag}-1"), format!("{tag}-2"), format!("{tag}-3"));
+        let t1 = format!("{tag}-t1");
+        let t2 = format!("{tag}-t2");
+        let mut r1_v2 = fixtures::rule_defined(&t1, &r1, T0 + 10 * SECOND);
+        if let Some(d) = r1_v2.rule.as_mut() {
+            d.name = "renamed".into();
+        }
+        let mut r2_deleted = fixtures::rule_defined(&t1, &r2, T0 + 10 * SECOND);
+        r2_deleted.kind = fleet_schemas::RuleEventKind::Deleted;
+        r2_deleted.rule = None;
+        let changes = [
+            // Newer first, then an older definition replayed: the newer one stays.
+            Change::Rule(Box::new(r1_v2.clone())),
+            Change::Rule(Box::new(fixtures::rule_defined(&t1, &r1, T0))),
+            // Deleted, then its older definition: stays deleted.
+            Change::Rule(Box::new(r2_deleted)),
+            Change::Rule(Box::new(fixtures::rule_defined(&t1, &r2, T0))),
+            Change::Rule(Box::new(fixtures::rule_defined(&t2, &r3, T0))),
+        ];
+        store.apply(PROJECTION, &changes, &[]).await?;
+        store.apply(PROJECTION, &changes, &[]).await?; // replay
+        let rules = store.list_rules(Some(&t1)).await?;
+        ensure!(rules == vec![r1_v2], "{rules:#?}");
+        let other = store.list_rules(Some(&t2)).await?;
+        ensure!(other.len() == 1 && other[0].rule_id == r3, "{other:#?}");
+        let all = store.list_rules(None).await?;
+        ensure!(all.iter().filter(|r| r.rule_id.starts_with(&tag)).count() == 2);
         Ok(())
     }
 }

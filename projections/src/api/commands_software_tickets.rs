@@ -55,8 +55,6 @@ pub(crate) async fn agent_commands(
         reject_unknown(&p, &["tenant", "limit", "after"])?;
         let (_, tenant) = s.scope(&headers, &p).await?;
         let limit = limit(&p)?;
-        // Another tenant's agent is not found, rather than an empty history.
-        super::find_agent(&s, tenant.as_deref(), &agent_id).await?;
         let query = CommandQuery {
             tenant_id: tenant.clone(),
             agent_id,
@@ -71,6 +69,10 @@ pub(crate) async fn agent_commands(
                 StoreError::InvalidQuery(m) => ApiError::invalid_field("after", m),
                 other => store_error(other),
             })?;
+        if commands.is_empty() && query.after.is_none() {
+            // An unknown agent, or another tenant's, is not found rather than empty.
+            super::find_agent(&s, tenant.as_deref(), &query.agent_id).await?;
+        }
         let page = limit.unwrap_or(100) as usize;
         let next_after = (commands.len() == page)
             .then(|| commands.last().map(|c| c.command_id.clone()))

@@ -1,7 +1,7 @@
 //! The fleet view: services of agents (from their newest report), fleet counters, and the
 //! audit log of changes made through the API.
 
-use fleet_schemas::MetricReport;
+use fleet_schemas::{MetricReport, RuleEvent, RuleEventKind};
 use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
@@ -38,6 +38,34 @@ pub(super) async fn replace_services(
             .await?;
     }
     Ok(())
+}
+
+/// The newest event of a rule wins (a replayed one rewrites the same values).
+const UPSERT_RULE: &str = "\
+INSERT INTO alert_rules (rule_id, tenant_id, deleted, updated_at, event)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (rule_id) DO UPDATE SET tenant_id = excluded.tenant_id,
+    deleted = excluded.deleted, updated_at = excluded.updated_at, event = excluded.event
+WHERE excluded.updated_at >= alert_rules.updated_at";
+
+/// A rule event: defined (with its definition) or deleted.
+pub(super) async fn apply_rule(tx: &mut Tx<'_>, ev: &RuleEvent) -> Result<(), ApplyError> {
+    let deleted = !(ev.kind == RuleEventKind::Defined && ev.rule.is_some());
+    let json = serde_json::to_string(ev).map_err(ApplyError::Encode)?;
+    sqlx::query(UPSERT_RULE)
+        .bind(ev.rule_id.as_str())
+        .bind(ev.tenant_id.as_str())
+        .bind(i64::from(deleted))
+        .bind(ev.occurred_at)
+        .bind(json)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn rule_from_row(row: &AnyRow) -> Result<RuleEvent, BoxDynError> {
+    let json: String = row.try_get("event")?;
+    Ok(serde_json::from_str(&json)?)
 }
 
 const INSERT_AUDIT: &str = "\
@@ -174,6 +202,28 @@ impl SqlReadModel {
             service_from_row,
         )
         .await
+    }
+
+    pub(super) async fn query_rules(&self, tenant: Option<&str>) -> Result<Vec<RuleEvent>> {
+        let mut filter = Filter::default();
+        filter.push("tenant_id", "=", tenant);
+        filter.clauses.push("deleted = 0".into());
+        let sql = format!(
+            "SELECT event FROM alert_rules{} ORDER BY rule_id",
+            filter.where_clause()
+        );
+        let mut q = sqlx::query(&sql);
+        for value in &filter.binds {
+            q = q.bind(*value);
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error("list rules", e))?;
+        rows.iter()
+            .map(rule_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| decode_error("rules", e))
     }
 
     pub(super) async fn insert_audit(&self, e: &AuditEntry) -> Result<()> {
