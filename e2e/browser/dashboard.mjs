@@ -24,7 +24,7 @@
 // `Authorization: Bearer`, and any API answer of 400 or more (a contract mismatch),
 // each named with its method, path and status.
 
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -142,6 +142,7 @@ async function main() {
   mkdirSync(shotDir, { recursive: true });
   const base = path.basename(cfg.screenshot, path.extname(cfg.screenshot));
   const beside = (suffix) => path.join(shotDir, `${base}-${suffix}.png`);
+  rmSync(beside('failed'), { force: true }); // a failure's page from an earlier run
 
   step = `launching ${cfg.chromium}`;
   const browser = await chromium.launch({

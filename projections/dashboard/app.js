@@ -171,8 +171,10 @@
 
   const hostOf = (a) => a.hostname || a.device_name || a.agent_id || DASH;
 
-  /** The open alert count of an agent row (a number) or detail (a list). */
+  /** The open alert count of an agent: `open_alert_count` (the detail's `open_alerts` is
+   * the list itself), or `open_alerts` as a number or a list. */
   function openAlertCount(a) {
+    if (isNum(a.open_alert_count)) return a.open_alert_count;
     if (isNum(a.open_alerts)) return a.open_alerts;
     if (Array.isArray(a.open_alerts)) return a.open_alerts.filter((x) => x.status !== 'resolved').length;
     return null;
@@ -854,7 +856,7 @@
       }
     }
     for (const p of pts) {
-      const c = svg('circle', { cx: x(p.t).toFixed(1), cy: y(p.avg).toFixed(1), r: pts.length > 60 ? 1.2 : 2.4, class: 'dot' });
+      const c = svg('circle', { cx: x(p.t).toFixed(1), cy: y(p.avg).toFixed(1), r: pts.length <= 3 ? 3.5 : pts.length > 60 ? 1.2 : 2.4, class: 'dot' });
       c.append(svg('title', { text: `${dateTime(p.t)}: avg ${num(p.avg)}${unit}, min ${num(p.min)}, max ${num(p.max)}, ${text(p.count)} samples` }));
       root.append(c);
     }
