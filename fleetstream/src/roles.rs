@@ -481,10 +481,13 @@ pub(crate) async fn up(
     println!(
         "  ingest gateway: {gateway_url}   (agents: fleetstream agent --server {gateway_url})"
     );
-    println!("  query API:      {api_url}/api/v1/agents");
+    println!("  dashboard:      {api_url}/dashboard/   (sign in with the admin key, or open {api_url}/dashboard/#key=$(cat {}))",
+        data_dir.join(ADMIN_KEY_FILE).display()
+    );
+    println!("  query API:      {api_url}/api/v1/agents   (OpenAPI: {api_url}/api/openapi.json)");
     println!("  metrics:        {gateway_url}/metrics  {api_url}/metrics");
     println!(
-        "  admin key:      in {} (Authorization: Bearer <key> for /api/v1/tenants, tokens, ...)",
+        "  admin key:      in {} (Authorization: Bearer <key> on every API route)",
         data_dir.join(ADMIN_KEY_FILE).display()
     );
     println!("Press Ctrl-C to stop.");
