@@ -14,7 +14,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Services (scripts/services.sh up)"
 bash scripts/services.sh up
 eval "$(bash scripts/services.sh env)"
-export FLEET_KAFKA_BROKERS FLEET_POSTGRES_URL FLEET_PYTHON
+export FLEET_KAFKA_BROKERS FLEET_POSTGRES_URL FLEET_PYTHON FLEET_SCYLLA_URI
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust (https://rustup.rs) first" >&2

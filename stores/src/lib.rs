@@ -963,6 +963,31 @@ pub trait TimeSeriesStore: Send + Sync + Debug {
     async fn expire(&self, now_micros: i64) -> Result<u64>;
 }
 
+/// Sample times beyond ±2^62 µs (±146,000 years) are refused by every engine, so that no
+/// bucket arithmetic overflows.
+pub const MAX_ABS_TS_MICROS: i64 = 1 << 62;
+
+/// Checks points before a write (shared by every engine): values must be finite (NaN
+/// would poison min/max) and times within ±[`MAX_ABS_TS_MICROS`].
+pub fn validate_points(points: &[Point]) -> Result<()> {
+    if let Some(bad) = points.iter().find(|p| !p.value.is_finite()) {
+        return Err(StoreError::InvalidQuery(format!(
+            "value of {}/{}/{} at {} is {}: only finite values can be stored",
+            bad.tenant_id, bad.agent_id, bad.series, bad.ts_micros, bad.value
+        )));
+    }
+    if let Some(bad) = points
+        .iter()
+        .find(|p| p.ts_micros.unsigned_abs() > MAX_ABS_TS_MICROS.unsigned_abs())
+    {
+        return Err(StoreError::InvalidQuery(format!(
+            "time of {}/{}/{} is {} µs: beyond ±2^62 µs from the epoch",
+            bad.tenant_id, bad.agent_id, bad.series, bad.ts_micros
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a query's arguments for `resolution` (shared by every engine).
 pub fn validate_query(q: &RangeQuery, resolution: Resolution) -> Result<()> {
     validate_range(q)?;

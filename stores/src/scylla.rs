@@ -13,9 +13,9 @@
 //!
 //! # Schema
 //!
-//! Every table but `series` is partitioned by `(tenant, agent, series, part)`, where
-//! `part` is the start (µs since the epoch) of a fixed, epoch-aligned time window, and
-//! clustered by time, so a range query reads a few ordered slices:
+//! The four time tables are partitioned by `(tenant, agent, series, part)`, where `part`
+//! is the start (µs since the epoch) of a fixed, epoch-aligned time window, and clustered
+//! by time, so a range query reads a few ordered slices:
 //!
 //! | table | clustering | columns | partition window | TTL |
 //! | --- | --- | --- | --- | --- |
@@ -23,7 +23,7 @@
 //! | `rollup_1m` | `start` (µs) | `min, max, sum, count, last, last_ts` | 1 day | 1m retention, from the bucket's end |
 //! | `rollup_5m` | `start` | same | 7 days | 5m retention, from the bucket's end |
 //! | `rollup_1h` | `start` | same | 30 days | 1h retention, from the bucket's end |
-//! | `parts` | `(res, part)` | — | partition `(tenant, agent, series)` | that of the window's last row |
+//! | `parts` | `(res, part)` | — | partition `(tenant, agent, series)` | the window's end plus its retention |
 //! | `series` | `series` | — | partition `(tenant, agent)` | none |
 //!
 //! Each window is a multiple of the bucket width of its resolution and of the next
@@ -35,7 +35,8 @@
 //! refuse TWCS without one); every write sets its own TTL anyway, counted from the
 //! sample's time (raw) or the bucket's end (rollups), so a row expires when the embedded
 //! store's [`expire`](crate::TimeSeriesStore::expire) would delete it. TTLs are capped
-//! at CQL's 20 years.
+//! at CQL's 20 years. `gc_grace_seconds` is 3 hours (the default hint window): rows are
+//! almost never deleted, only expired.
 //!
 //! # Write path, and what it costs
 //!
@@ -58,10 +59,12 @@
 //! Source reads are range reads over runs of adjacent touched buckets of one partition.
 //! So the typical live write (a report: one sample of each of S series at the current
 //! time) costs per series 1 raw upsert, 3 small reads (at most a minute of samples, five
-//! 1-minute rows, twelve 5-minute rows) and 3 small upserts, in 4 dependent round trips
-//! (raw, then each rollup level), with the series in parallel (at most 32 requests in
-//! flight). A replayed or backfilled batch costs a few range reads and batches per
-//! series-day instead of per point.
+//! 1-minute rows, twelve 5-minute rows) and 3 small upserts: 7 dependent round trips
+//! (the raw upsert, then a read and an upsert per rollup level), with the series in
+//! parallel (at most 32 requests in flight), plus one more the first time a series or a
+//! window is seen. A replayed or backfilled batch costs a few range reads and batches per
+//! series-day instead of per point (the conformance suite writes a day of 10 s samples of
+//! two series, 11,520 points, in 24 calls).
 //!
 //! Why it is built this way: the rollups must be a function of the stored samples so that
 //! replaying a topic (at-least-once delivery) leaves every row unchanged. CQL has no
@@ -111,8 +114,6 @@ const MAX_BATCH: usize = 200;
 const MAX_GAP_BUCKETS: i64 = 2;
 /// CQL's largest TTL: 20 years, in seconds.
 const MAX_TTL_SECS: i64 = 630_720_000;
-/// Sample times beyond ±2^62 µs (±146,000 years) are refused: no bucket arithmetic overflows.
-const MAX_ABS_TS: i64 = 1 << 62;
 /// Entries of the written-once set before it is forgotten and starts over.
 const WRITTEN_CACHE_CAP: usize = 200_000;
 
@@ -616,6 +617,8 @@ where
         .await
 }
 
+/// A `parts` row: (tenant, agent, series, res, part, ttl).
+type PartRow<'a> = (&'a str, &'a str, &'a str, &'static str, i64, i32);
 /// A series key borrowed from the points of one write.
 type SeriesKey<'a> = (&'a str, &'a str, &'a str);
 /// (tenant, agent, series, bucket or partition start µs).
@@ -723,7 +726,7 @@ impl ScyllaTimeSeries {
 
     /// Series names not yet written by this process.
     async fn write_series(&self, names: &BTreeSet<SeriesKey<'_>>) -> Result<()> {
-        let mut by_agent: BTreeMap<(&str, &str), Vec<(&str, &str, &str)>> = BTreeMap::new();
+        let mut by_agent: BTreeMap<(&str, &str), Vec<SeriesKey<'_>>> = BTreeMap::new();
         let mut new = Vec::new();
         for &(t, a, s) in names {
             let key = (t.to_owned(), a.to_owned(), s.to_owned(), None, 0);
@@ -757,8 +760,7 @@ impl ScyllaTimeSeries {
     ) -> Result<()> {
         let keep = retention_micros(&self.retention, res);
         let width = partition_width(res);
-        let mut by_series: BTreeMap<SeriesKey<'_>, Vec<(&str, &str, &str, &str, i64, i32)>> =
-            BTreeMap::new();
+        let mut by_series: BTreeMap<SeriesKey<'_>, Vec<PartRow<'_>>> = BTreeMap::new();
         let mut new = Vec::new();
         for &(t, a, s, part) in parts {
             let key = (t.to_owned(), a.to_owned(), s.to_owned(), Some(res), part);
@@ -1130,18 +1132,7 @@ impl TimeSeriesStore for ScyllaTimeSeries {
         if points.is_empty() {
             return Ok(());
         }
-        if let Some(bad) = points.iter().find(|p| !p.value.is_finite()) {
-            return Err(StoreError::InvalidQuery(format!(
-                "value of {}/{}/{} at {} is {}: only finite values can be stored",
-                bad.tenant_id, bad.agent_id, bad.series, bad.ts_micros, bad.value
-            )));
-        }
-        if let Some(bad) = points.iter().find(|p| p.ts_micros.abs() > MAX_ABS_TS) {
-            return Err(StoreError::InvalidQuery(format!(
-                "time of {}/{}/{} is {} µs: beyond ±2^62 µs from the epoch",
-                bad.tenant_id, bad.agent_id, bad.series, bad.ts_micros
-            )));
-        }
+        crate::validate_points(points)?;
         let now = fleet_schemas::time::now_micros();
         let raw_cutoff = self.retention.cutoff_micros(Resolution::Raw, now);
         let minute = Resolution::OneMinute

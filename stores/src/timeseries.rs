@@ -362,19 +362,14 @@ impl TimeSeriesStore for EmbeddedTimeSeries {
     }
 
     /// Writes all points and their rollups in one write transaction. Rejects the whole
-    /// call with [`StoreError::InvalidQuery`] if a value is not finite (NaN would poison
-    /// min/max).
+    /// call with [`StoreError::InvalidQuery`] if a value is not finite or a time is out
+    /// of range ([`crate::validate_points`]).
     #[tracing::instrument(skip(self, points), fields(points = points.len()))]
     async fn write(&self, points: &[Point]) -> Result<()> {
         if points.is_empty() {
             return Ok(());
         }
-        if let Some(bad) = points.iter().find(|p| !p.value.is_finite()) {
-            return Err(StoreError::InvalidQuery(format!(
-                "value of {}/{}/{} at {} is {}: only finite values can be stored",
-                bad.tenant_id, bad.agent_id, bad.series, bad.ts_micros, bad.value
-            )));
-        }
+        crate::validate_points(points)?;
         let points = points.to_vec();
         let retention = self.retention;
         let now = fleet_schemas::time::now_micros();

@@ -305,6 +305,12 @@ pub(crate) async fn invalid_ranges_are_rejected(store: Arc<dyn TimeSeriesStore>)
         Err(StoreError::InvalidQuery(_)) => {}
         other => anyhow::bail!("NaN should be refused, got {other:?}"),
     }
+    for ts in [i64::MAX, i64::MIN, (1 << 62) + 1] {
+        match store.write(&[point("t", "a", "cpu", ts, 1.0)]).await {
+            Err(StoreError::InvalidQuery(_)) => {}
+            other => anyhow::bail!("time {ts} should be refused, got {other:?}"),
+        }
+    }
     Ok(())
 }
 
