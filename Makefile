@@ -3,7 +3,7 @@
 CARGO ?= cargo
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
 up: ## Run the whole system on the embedded defaults, with a local agent
 	$(CARGO) run --release --bin fleetstream -- up --with-local-agent
@@ -33,4 +33,10 @@ bench-agent: ## Agent overhead vs prometheus-node-exporter (apt package) and com
 	FLEETSTREAM_AGENT_BIN=$(CURDIR)/target/agent/fleetstream-agent $(CARGO) bench -p fleet-e2e --bench agent_overhead
 	FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench command_latency
 
-.PHONY: help up test services down lint bench bench-agent
+bench-stores: ## Store benches: history query, fleet list, bytes/sample, projection throughput (needs `make services`: Postgres, Cassandra)
+	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-stores --bench history_query
+	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-stores --bench fleet_list -- all
+	$(CARGO) bench -p fleet-stores --bench ts_disk
+	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-e2e --bench projection_throughput -- all
+
+.PHONY: help up test services down lint bench bench-agent bench-stores

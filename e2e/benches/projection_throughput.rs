@@ -217,6 +217,7 @@ async fn main() -> Result<()> {
             None => println!("time series, ScyllaDB  skipped: FLEET_SCYLLA_URI is not set"),
             Some(hosts) => {
                 let ks = ScyllaKeyspace::new(&hosts);
+                println!("FLEET_SCYLLA_URI: {} at {hosts}", ks.server().await?);
                 let outcome = timeseries("time series, ScyllaDB", log.clone(), &ks.url, records)
                     .await
                     .context("ScyllaDB");

@@ -72,8 +72,8 @@ Settings: --config (see config/projections.example.toml) and FLEET_PROJECTIONS__
     Projections(RoleArgs),
     /// Run the query API and admin routes only (no projection loops).
     #[command(
-        long_about = "Serve the query API, the admin routes, /healthz, /readyz and /metrics \
-on `listen`, over the stores of a projections configuration, without running the \
+        long_about = "Serve the query API, the admin routes, the dashboard, /healthz, /readyz \
+and /metrics on `listen`, over the stores of a projections configuration, without running the \
 projection loops (run `fleetstream projections` with `serve-api = false` beside it). \
 Any number of instances can run against a shared read model (postgres://) and time-series \
 store (scylla://); an embedded file:// time-series store can be open in one process only. \

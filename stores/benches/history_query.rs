@@ -153,6 +153,7 @@ async fn main() -> Result<()> {
         None => println!("scylla    skipped: FLEET_SCYLLA_URI is not set"),
         Some(hosts) => {
             let ks = ScyllaKeyspace::new(&hosts);
+            println!("scylla    server: {} at {hosts}", ks.server().await?);
             let outcome = async {
                 let store = fleet_stores::open_timeseries(&ks.url).await?;
                 run("scylla", store).await

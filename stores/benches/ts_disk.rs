@@ -4,7 +4,9 @@
 //! does), written through `TimeSeriesStore::write` in batches of 1,000 reports like a
 //! projection batch. Then the file size divided by the samples written, as written and
 //! after `redb` compaction, with each table's rows and pages (raw samples and the 1m, 5m,
-//! 1h rollups).
+//! 1h rollups), the pages redb allocated and the bytes of keys and values they hold. The
+//! file is sparse (its length runs ahead of the allocated blocks), so both the length and
+//! the allocated size are shown.
 //!
 //! usage: cargo bench -p fleet-stores --bench ts_disk
 //! Environment: BENCH_AGENTS (default 10), BENCH_HOURS (default 24).
@@ -107,6 +109,26 @@ async fn main() -> Result<()> {
         per(len, written)
     );
     let mut db = redb::Database::open(&path)?;
+    let db_stats = |db: &redb::Database| -> Result<String> {
+        let tx = db.begin_write()?;
+        let st = tx.stats()?;
+        let page = st.page_size() as u64;
+        let used = (st.leaf_pages() + st.branch_pages()) * page;
+        let line = format!(
+            "{} allocated pages ({:.1} MiB, {:.1} bytes/sample); B-tree pages {:.1} MiB = {:.1} bytes/sample, holding {:.1} MiB of keys and values = {:.1} bytes/sample ({:.0}% full)",
+            st.allocated_pages(),
+            (st.allocated_pages() * page) as f64 / 1048576.0,
+            per(st.allocated_pages() * page, written),
+            used as f64 / 1048576.0,
+            per(used, written),
+            st.stored_bytes() as f64 / 1048576.0,
+            per(st.stored_bytes(), written),
+            100.0 * st.stored_bytes() as f64 / used.max(1) as f64
+        );
+        tx.abort()?;
+        Ok(line)
+    };
+    println!("  {}", db_stats(&db)?);
     {
         let tx = db.begin_read()?;
         let mut tables: Vec<_> = tx.list_tables()?.collect();
@@ -126,6 +148,7 @@ async fn main() -> Result<()> {
     }
     let t = Instant::now();
     db.compact()?;
+    println!("  after compaction: {}", db_stats(&db)?);
     drop(db);
     let (len, allocated) = sizes(&path)?;
     println!(

@@ -141,13 +141,39 @@ impl ScyllaKeyspace {
         }
     }
 
-    /// Drops the keyspace.
-    pub(crate) async fn drop_now(self) -> Result<()> {
-        let session = scylla::client::session_builder::SessionBuilder::new()
+    /// Which server answers: `ScyllaDB <version>` or `Apache Cassandra <version>`.
+    pub(crate) async fn server(&self) -> Result<String> {
+        let session = self.session().await?;
+        // Only ScyllaDB has system.versions; both report a Cassandra release_version.
+        if let Ok(r) = session
+            .query_unpaged(
+                "SELECT version FROM system.versions WHERE key = 'local'",
+                (),
+            )
+            .await
+        {
+            if let Ok((v,)) = r.into_rows_result()?.first_row::<(String,)>() {
+                return Ok(format!("ScyllaDB {v}"));
+            }
+        }
+        let r = session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await?;
+        let (v,) = r.into_rows_result()?.first_row::<(String,)>()?;
+        Ok(format!("Apache Cassandra {v}"))
+    }
+
+    async fn session(&self) -> Result<scylla::client::session::Session> {
+        scylla::client::session_builder::SessionBuilder::new()
             .known_nodes(self.hosts.split(','))
             .build()
             .await
-            .with_context(|| format!("connecting to {}", self.hosts))?;
+            .with_context(|| format!("connecting to {}", self.hosts))
+    }
+
+    /// Drops the keyspace.
+    pub(crate) async fn drop_now(self) -> Result<()> {
+        let session = self.session().await?;
         session
             .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", self.name), ())
             .await
