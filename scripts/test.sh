@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a used one:
-#   1. installs and starts the real services on loopback (Kafka 4 KRaft, PostgreSQL 15,
-#      a Python venv with fastavro and confluent-kafka), reusing what already runs;
+#   1. installs and starts the real services on loopback (Kafka 4 KRaft, Cassandra, a schema
+#      registry (Apicurio), PostgreSQL 15, a Python venv with fastavro and confluent-kafka),
+#      reusing what already runs;
 #   2. checks formatting, builds every target once;
 #   3. runs every test: unit, conformance suites on every engine, interop, end-to-end.
 #
@@ -14,7 +15,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Services (scripts/services.sh up)"
 bash scripts/services.sh up
 eval "$(bash scripts/services.sh env)"
-export FLEET_KAFKA_BROKERS FLEET_POSTGRES_URL FLEET_PYTHON FLEET_SCYLLA_URI
+export FLEET_KAFKA_BROKERS FLEET_POSTGRES_URL FLEET_PYTHON FLEET_SCYLLA_URI FLEET_SCHEMA_REGISTRY_URL
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust (https://rustup.rs) first" >&2

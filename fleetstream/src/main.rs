@@ -8,6 +8,8 @@
 //!   from a projections configuration without running the projection loops).
 //! * `fleetstream agent` runs the agent.
 
+mod deadletter;
+mod replay;
 mod roles;
 
 use std::path::PathBuf;
@@ -85,6 +87,12 @@ and FLEET_PROJECTIONS__<KEY>."
     Api(RoleArgs),
     /// Run the agent on this machine.
     Agent(AgentArgs),
+    // about and long_about: on `DeadletterArgs` (a doc comment here would hide the latter).
+    Deadletter(deadletter::DeadletterArgs),
+    // replay, verify, export: their help (about, long_about, examples) is on the Args.
+    Replay(replay::ReplayArgs),
+    Verify(replay::VerifyArgs),
+    Export(replay::ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +168,10 @@ fn main() -> anyhow::Result<()> {
                 ..
             }) => roles::agent_enroll(config, server, token).await,
             Command::Agent(a) => roles::agent(a.config, a.server).await,
+            Command::Deadletter(a) => deadletter::run(a).await,
+            Command::Replay(a) => replay::replay(a).await,
+            Command::Verify(a) => replay::verify(a).await,
+            Command::Export(a) => replay::export(a).await,
         }
     })
 }

@@ -37,7 +37,7 @@ fn on_signal(tx: watch::Sender<bool>) {
     });
 }
 
-async fn open_log(
+pub(crate) async fn open_log(
     url: &str,
     options: &std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<Arc<dyn EventLog>> {
@@ -48,6 +48,22 @@ async fn open_log(
     fleet_event_log::open(url, &opts)
         .await
         .with_context(|| format!("opening the event log at {url}"))
+}
+
+/// With `schema-registry-url` set, registers every record schema (under `<topic>-value`,
+/// BACKWARD) and switches this process to the Confluent wire format, before anything is
+/// written; empty, records stay single-object encoded.
+async fn use_schema_registry(url: &str) -> anyhow::Result<()> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Ok(());
+    }
+    fleet_ops::schema_registry::install(url)
+        .await
+        .with_context(|| {
+            format!("schema-registry-url = {url:?}: registering the record schemas")
+        })?;
+    Ok(())
 }
 
 /// Checks the log every few seconds; the flag backs `/readyz`.
@@ -97,6 +113,7 @@ fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
 
 pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: GatewayConfig = load("gateway", config.as_deref())?;
+    use_schema_registry(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     fleet_ops::log::ensure_topics(log.as_ref()).await?;
     let registry = if cfg.registry.is_empty() {
@@ -151,6 +168,7 @@ async fn run_gateway(
 
 pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProcessorsConfig = load("processors", config.as_deref())?;
+    use_schema_registry(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
@@ -255,7 +273,7 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
 }
 
 /// Hides a password in a URL for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -270,6 +288,7 @@ fn redact(url: &str) -> String {
 
 pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
+    use_schema_registry(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     let stores = open_stores(&cfg).await?;
     let (tx, shutdown) = Shutdown::new();
@@ -342,6 +361,7 @@ async fn run_projections(
 /// Ready while the event log (where commands and rules are written) answers.
 pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
+    use_schema_registry(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     fleet_ops::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&cfg).await?;
@@ -470,6 +490,22 @@ pub(crate) async fn up(
         pj.admin_api_key = admin_key(&data_dir)?;
     }
 
+    // One process, one framing: the roles' registry URLs must agree.
+    let registries: std::collections::BTreeSet<&str> = [
+        &gw.schema_registry_url,
+        &pr.schema_registry_url,
+        &pj.schema_registry_url,
+    ]
+    .into_iter()
+    .map(|u| u.trim())
+    .filter(|u| !u.is_empty())
+    .collect();
+    if registries.len() > 1 {
+        anyhow::bail!("`up` runs every role in one process: give them one schema-registry-url, not {registries:?}");
+    }
+    if let Some(url) = registries.first() {
+        use_schema_registry(url).await?;
+    }
     let log = open_log(&log_url, &Default::default()).await?;
     fleet_ops::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&pj).await?;

@@ -22,11 +22,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet_event_log::{ConsumerOptions, StartFrom};
+use fleet_ops::deadletter::DeadLetters;
 use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::api::{
     CommandList, CommandProgressIn, CommandResultIn, CommandSpec, IngestAccepted, ServerMessage,
 };
-use fleet_schemas::{codec, ids, topics, CommandEvent, CommandEventKind};
+use fleet_schemas::{ids, topics, CommandEvent, CommandEventKind};
 use parking_lot::Mutex;
 
 use crate::{admit, hub, metrics, produce_all, validate, AgentIdentity, GatewayState};
@@ -336,13 +337,16 @@ pub async fn run_dispatcher(
     tokio::pin!(shutdown);
     let log = state.log.clone();
     let lookback = Duration::from_secs(state.config.command_lookback_secs);
-    let (mut consumer, ends) = loop {
+    let (mut consumer, ends, dead) = loop {
         let start = async {
             let from_ms = fleet_schemas::time::now_micros() / 1000
                 - i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX / 2);
             let starts = log.offsets_for_time(topics::COMMANDS, from_ms).await?;
             let ends = log.end_offsets(topics::COMMANDS).await?;
             let group = format!("fleet-gateway-commands-{}", uuid::Uuid::new_v4());
+            // Every instance reads the window again at start: the dead letters it (or a
+            // previous run) wrote are not written twice.
+            let dead = DeadLetters::open(log.clone(), "gateway-commands", &group).await?;
             let options = ConsumerOptions {
                 start: StartFrom::Latest,
                 ..ConsumerOptions::default()
@@ -362,7 +366,7 @@ pub async fn run_dispatcher(
                 .filter(|(_, (s, e))| s < e)
                 .map(|(p, (_, e))| (p, *e))
                 .collect();
-            anyhow::Ok((consumer, remaining))
+            anyhow::Ok((consumer, remaining, dead))
         };
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
@@ -407,12 +411,8 @@ pub async fn run_dispatcher(
                         behind.remove(&r.partition);
                     }
                 }
-                let ev = match codec::decode::<CommandEvent>(&r.value) {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable command event skipped.");
-                        continue;
-                    }
+                let Some(ev) = dead.decode_or_note::<CommandEvent>(r) else {
+                    continue;
                 };
                 let became_pending = book.apply(&ev);
                 if became_pending && live {
@@ -432,6 +432,7 @@ pub async fn run_dispatcher(
             }
             metrics::commands_dispatched("ws", pushed);
         }
+        dead.flush().await;
         write_dispatched(&state, to_write).await;
         if !live {
             idle_polls = if records.is_empty() {

@@ -18,6 +18,10 @@ pub struct GatewayConfig {
     pub event_log: String,
     /// Raw engine settings passed to the log (librdkafka properties for Kafka).
     pub event_log_options: BTreeMap<String, String>,
+    /// Schema registry (Confluent REST API) base URL. Set: records are written in the
+    /// Confluent wire format, each schema registered under `<topic>-value` (BACKWARD) at
+    /// start; empty: Avro single-object encoding, no registry. Either framing is read.
+    pub schema_registry_url: String,
     /// `required`: every agent request needs a valid credential; `off`: requests without
     /// one are accepted as `default-tenant` (single machine; a sent credential is still
     /// checked).
@@ -77,6 +81,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             event_log: "kafka://127.0.0.1:9092".into(),
             event_log_options: BTreeMap::new(),
+            schema_registry_url: String::new(),
             auth: AuthMode::Required,
             registry: String::new(),
             auth_cache_secs: 30,

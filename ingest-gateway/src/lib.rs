@@ -462,6 +462,22 @@ pub async fn watch_deactivations(
     use fleet_event_log::{ConsumerOptions, StartFrom};
     use fleet_schemas::{AgentLifecycle, AgentLifecycleKind};
     let group = format!("fleet-gateway-{}", uuid::Uuid::new_v4());
+    tokio::pin!(shutdown);
+    // Like the command dispatcher, a log that cannot answer at start is waited for.
+    let dead = loop {
+        let open =
+            fleet_ops::deadletter::DeadLetters::open(log.clone(), "gateway-deactivations", &group);
+        match open.await {
+            Ok(d) => break d,
+            Err(e) => {
+                tracing::warn!(error = %e, "Deactivation watcher cannot start; retrying.");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     let options = ConsumerOptions {
         start: StartFrom::Latest,
         ..ConsumerOptions::default()
@@ -469,7 +485,6 @@ pub async fn watch_deactivations(
     let mut consumer = log
         .subscribe(&group, &[AgentLifecycle::TOPIC], options)
         .await?;
-    tokio::pin!(shutdown);
     loop {
         let batch = tokio::select! {
             _ = &mut shutdown => return Ok(()),
@@ -477,8 +492,8 @@ pub async fn watch_deactivations(
         };
         match batch {
             Ok(records) => {
-                for r in records {
-                    if let Ok(ev) = codec::decode::<AgentLifecycle>(&r.value) {
+                for r in &records {
+                    if let Some(ev) = dead.decode_or_note::<AgentLifecycle>(r) {
                         if ev.kind == AgentLifecycleKind::Deactivated {
                             auth.invalidate(&ev.agent_id);
                             let closed =
@@ -487,6 +502,8 @@ pub async fn watch_deactivations(
                         }
                     }
                 }
+                // A throw-away group that never commits: flushed per batch all the same.
+                dead.flush().await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Reading fleet.agents.v1 failed; retrying.");

@@ -1,12 +1,15 @@
 //! What every Fleetstream service shares: layered configuration ([`config`]), the
 //! `/healthz`, `/readyz` and `/metrics` endpoints ([`endpoints`]), the HTTP error format
 //! and a JSON extractor that names the offending field ([`error`]), consumer-loop helpers
-//! over the event log ([`log`]), and tracing setup.
+//! over the event log ([`log`]), dead letters ([`deadletter`]), the schema registry client
+//! ([`schema_registry`]), and tracing setup.
 
 pub mod config;
+pub mod deadletter;
 pub mod endpoints;
 pub mod error;
 pub mod log;
+pub mod schema_registry;
 
 pub use error::{ApiError, FieldJson};
 

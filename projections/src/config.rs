@@ -22,6 +22,10 @@ pub struct ProjectionsConfig {
     pub event_log: String,
     /// Raw engine settings passed to the log (librdkafka properties for Kafka).
     pub event_log_options: BTreeMap<String, String>,
+    /// Schema registry (Confluent REST API) base URL. Set: records are written in the
+    /// Confluent wire format, each schema registered under `<topic>-value` (BACKWARD) at
+    /// start; empty: Avro single-object encoding, no registry. Either framing is read.
+    pub schema_registry_url: String,
     /// Read model URL: `postgres://...` or `sqlite://path` (embedded).
     pub read_model: String,
     /// Time-series store URL: `file:///dir` (embedded, one process only) or
@@ -58,6 +62,7 @@ impl Default for ProjectionsConfig {
             serve_api: true,
             event_log: "kafka://127.0.0.1:9092".into(),
             event_log_options: BTreeMap::new(),
+            schema_registry_url: String::new(),
             read_model: "postgres://fleet:fleet@127.0.0.1:5432/fleet?sslmode=disable".into(),
             timeseries: "file://fleetstream-data/timeseries".into(),
             timeseries_retention: fleet_stores::Retention::default(),

@@ -24,6 +24,10 @@ pub const AUDIT_FAILURES: &str = "fleet_api_audit_failures_total";
 /// Consumer lag by group and topic.
 pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
 
+/// Dead letters written, by consumer (`readmodel`, `timeseries`), source topic and
+/// reason (`decode`, `process`).
+pub const DEADLETTERS: &str = fleet_ops::deadletter::DEADLETTERS_TOTAL;
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     RECORDS,
@@ -36,4 +40,5 @@ pub const ALL: &[&str] = &[
     API_SECONDS,
     AUDIT_FAILURES,
     CONSUMER_LAG,
+    DEADLETTERS,
 ];

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
+use fleet_ops::deadletter::{DeadLetters, Reason};
 use fleet_ops::log::{ensure_topics, next_offsets, LagGauge};
 use fleet_schemas::samples::samples;
 use fleet_schemas::{
@@ -19,6 +20,25 @@ use crate::ProjectionsConfig;
 
 /// Name under which the read-model projection stores its offsets.
 pub const READ_MODEL_PROJECTION: &str = "readmodel";
+/// The read-model projection's name on its dead letters.
+pub const READ_MODEL_CONSUMER: &str = "readmodel";
+/// The time-series projection's name on its dead letters.
+pub const TIMESERIES_CONSUMER: &str = "timeseries";
+
+/// The topics the read-model projection consumes (each decoded by [`to_change`]).
+pub const READ_MODEL_TOPICS: &[&str] = &[
+    topics::METRICS,
+    topics::HEARTBEATS,
+    topics::ALERTS,
+    topics::AGENTS,
+    topics::COMMANDS,
+    topics::INVENTORY,
+    topics::TICKETS,
+    topics::RULES,
+];
+
+/// The topics the time-series projection consumes (each decoded by [`report_points`]).
+pub const TIMESERIES_TOPICS: &[&str] = &[topics::METRICS];
 
 /// Readiness of the projection loops, for `/readyz`.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +79,20 @@ pub fn to_change(r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
     })
 }
 
+/// The tenant a change belongs to (named on its dead letter when the store refuses it).
+fn change_tenant(c: &Change) -> &str {
+    match c {
+        Change::Report(r) => &r.tenant_id,
+        Change::Heartbeat(h) => &h.tenant_id,
+        Change::Alert(a) => &a.tenant_id,
+        Change::Lifecycle(l) => &l.tenant_id,
+        Change::Command(c) => &c.tenant_id,
+        Change::Inventory(i) => &i.tenant_id,
+        Change::Ticket(t) => &t.tenant_id,
+        Change::Rule(r) => &r.tenant_id,
+    }
+}
+
 /// Runs the read-model projection until `shutdown` resolves.
 pub async fn run_read_model(
     log: Arc<dyn EventLog>,
@@ -77,24 +111,18 @@ pub async fn run_read_model(
     let mut consumer = subscribe(
         log.as_ref(),
         &config.read_model_group,
-        &[
-            topics::METRICS,
-            topics::HEARTBEATS,
-            topics::ALERTS,
-            topics::AGENTS,
-            topics::COMMANDS,
-            topics::INVENTORY,
-            topics::TICKETS,
-            topics::RULES,
-        ],
+        READ_MODEL_TOPICS,
         &config,
     )
     .await?;
+    let dead =
+        DeadLetters::open(log.clone(), READ_MODEL_CONSUMER, &config.read_model_group).await?;
     ready.read_model.store(true, Ordering::Relaxed);
     tracing::info!(group = %config.read_model_group, store = store.engine(), "Read-model projection running.");
     let mut handler = ReadModelBatches {
         store: store.as_ref(),
         applied,
+        dead,
     };
     let group = config.read_model_group.clone();
     consume(
@@ -142,11 +170,12 @@ async fn consume(
 struct ReadModelBatches<'a> {
     store: &'a dyn ReadModel,
     applied: HashMap<(String, u32), i64>,
+    dead: DeadLetters,
 }
 
 impl BatchHandler for ReadModelBatches<'_> {
     async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
-        apply_read_model_batch(self.store, consumer, &mut self.applied, batch).await;
+        apply_read_model_batch(self.store, consumer, &mut self.applied, &self.dead, batch).await;
     }
 }
 
@@ -155,10 +184,13 @@ async fn apply_read_model_batch(
     store: &dyn ReadModel,
     consumer: &mut dyn Consumer,
     applied: &mut HashMap<(String, u32), i64>,
+    dead: &DeadLetters,
     batch: &[ConsumedRecord],
 ) {
     let started = Instant::now();
     let mut changes = Vec::with_capacity(batch.len());
+    // The record each change came from (for its dead letter if the store refuses it).
+    let mut sources: Vec<&ConsumedRecord> = Vec::with_capacity(batch.len());
     for r in batch {
         let done = applied
             .get(&(r.topic.to_string(), r.partition))
@@ -168,15 +200,20 @@ async fn apply_read_model_batch(
             ::metrics::counter!(metrics::SKIPPED, "projection" => "readmodel").increment(1);
             continue;
         }
-        match to_change(r) {
-            Ok(c) => changes.push(c),
+        match retry_transient(r, || to_change(r)).await {
+            Ok(c) => {
+                changes.push(c);
+                sources.push(r);
+            }
             Err(e) => {
                 ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "readmodel", "topic" => r.topic.to_string())
                     .increment(1);
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "Undecodable record skipped.");
+                dead.note(r, Reason::decode(e));
             }
         }
     }
+    // The offsets go into the store with the rows: dead letters first.
+    dead.flush().await;
     let commits = next_offsets(batch);
     let stored: Vec<StoredOffset> = commits
         .iter()
@@ -186,7 +223,16 @@ async fn apply_read_model_batch(
             next_offset: c.next_offset,
         })
         .collect();
-    apply_with_retry(store, &changes, &stored).await;
+    let refused = apply_or_refuse(store, &changes, &stored).await;
+    if !refused.is_empty() {
+        for (i, e) in refused {
+            if let (Some(r), Some(c)) = (sources.get(i), changes.get(i)) {
+                dead.note(r, Reason::process(e).tenant(change_tenant(c)));
+            }
+        }
+        dead.flush().await;
+        store_offsets(store, &stored).await;
+    }
     for o in stored {
         applied.insert((o.topic, o.partition), o.next_offset);
     }
@@ -204,12 +250,26 @@ async fn apply_read_model_batch(
 /// Applies a batch, retrying while the store is unavailable. A batch the store refuses for
 /// any other reason is applied change by change so one bad change cannot stall the
 /// projection or take the rest of the batch with it; refused changes are counted and
-/// logged.
-async fn apply_with_retry(store: &dyn ReadModel, changes: &[Change], offsets: &[StoredOffset]) {
+/// logged. Also used by `fleetstream replay`, so a rebuild applies exactly what the live
+/// projection applies.
+pub async fn apply_with_retry(store: &dyn ReadModel, changes: &[Change], offsets: &[StoredOffset]) {
+    if !apply_or_refuse(store, changes, offsets).await.is_empty() {
+        store_offsets(store, offsets).await;
+    }
+}
+
+/// [`apply_with_retry`] without storing the offsets when the store refused changes: those
+/// are returned (index in `changes`, error) so the caller can write their dead letters
+/// first, then [`store_offsets`]. Empty when the batch and its offsets are stored.
+async fn apply_or_refuse(
+    store: &dyn ReadModel,
+    changes: &[Change],
+    offsets: &[StoredOffset],
+) -> Vec<(usize, StoreError)> {
     let mut attempt = 0u32;
     loop {
         match store.apply(READ_MODEL_PROJECTION, changes, offsets).await {
-            Ok(()) => return,
+            Ok(()) => return Vec::new(),
             Err(StoreError::Unavailable(e)) => {
                 attempt += 1;
                 ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "readmodel")
@@ -219,7 +279,8 @@ async fn apply_with_retry(store: &dyn ReadModel, changes: &[Change], offsets: &[
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Read model refused the batch; applying it change by change.");
-                for change in changes {
+                let mut refused = Vec::new();
+                for (i, change) in changes.iter().enumerate() {
                     if let Err(e) = retry_unavailable(|| {
                         store.apply(READ_MODEL_PROJECTION, std::slice::from_ref(change), &[])
                     })
@@ -228,26 +289,43 @@ async fn apply_with_retry(store: &dyn ReadModel, changes: &[Change], offsets: &[
                         ::metrics::counter!(metrics::REFUSED, "projection" => "readmodel")
                             .increment(1);
                         tracing::error!(error = %e, ?change, "Change refused by the read model; skipped.");
+                        refused.push((i, e));
                     }
                 }
-                if let Err(e) =
-                    retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, &[], offsets)).await
-                {
-                    tracing::error!(error = %e, "Storing offsets failed; the batch will be applied again (idempotent).");
+                if refused.is_empty() {
+                    // Every change went in on its own: only the offsets are left.
+                    store_offsets(store, offsets).await;
                 }
-                return;
+                return refused;
             }
         }
     }
 }
 
+/// Stores a batch's offsets alone (after its changes were applied one by one).
+async fn store_offsets(store: &dyn ReadModel, offsets: &[StoredOffset]) {
+    if let Err(e) = retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, &[], offsets)).await {
+        tracing::error!(error = %e, "Storing offsets failed; the batch will be applied again (idempotent).");
+    }
+}
+
 /// Writes points, retrying while the store is unavailable; points refused for another
-/// reason are written one by one and the refused ones counted, logged and skipped.
-async fn write_with_retry(store: &dyn TimeSeriesStore, points: &[Point]) {
+/// reason are written one by one and the refused ones counted, logged and skipped. Also
+/// used by `fleetstream replay`.
+pub async fn write_with_retry(store: &dyn TimeSeriesStore, points: &[Point]) {
+    write_or_refuse(store, points).await;
+}
+
+/// [`write_with_retry`], returning the refused points (index in `points`, error) for
+/// their reports' dead letters.
+async fn write_or_refuse(
+    store: &dyn TimeSeriesStore,
+    points: &[Point],
+) -> Vec<(usize, StoreError)> {
     let mut attempt = 0u32;
     loop {
         match store.write(points).await {
-            Ok(()) => return,
+            Ok(()) => return Vec::new(),
             Err(StoreError::Unavailable(e)) => {
                 attempt += 1;
                 ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries")
@@ -257,15 +335,17 @@ async fn write_with_retry(store: &dyn TimeSeriesStore, points: &[Point]) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Time-series store refused the batch; writing point by point.");
-                for p in points {
+                let mut refused = Vec::new();
+                for (i, p) in points.iter().enumerate() {
                     if let Err(e) = retry_unavailable(|| store.write(std::slice::from_ref(p))).await
                     {
                         ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries")
                             .increment(1);
                         tracing::error!(error = %e, series = %p.series, agent_id = %p.agent_id, "Point refused; skipped.");
+                        refused.push((i, e));
                     }
                 }
-                return;
+                return refused;
             }
         }
     }
@@ -281,6 +361,26 @@ where
         match f().await {
             Err(StoreError::Unavailable(_)) if attempt < 50 => {
                 attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Decodes with `decode`, retrying while the failure is transient (the schema registry
+/// holding the writer schema could not be asked): the same bytes decode once it answers,
+/// so such a record is never a dead letter.
+async fn retry_transient<T>(
+    r: &ConsumedRecord,
+    mut decode: impl FnMut() -> Result<T, codec::CodecError>,
+) -> Result<T, codec::CodecError> {
+    let mut attempt = 0u32;
+    loop {
+        match decode() {
+            Err(e) if e.is_retriable() => {
+                attempt += 1;
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, attempt, error = %e, "Writer schema unavailable; retrying the record (not a dead letter).");
                 tokio::time::sleep(backoff(attempt)).await;
             }
             other => return other,
@@ -307,6 +407,11 @@ pub fn to_points(r: &MetricReport) -> Vec<Point> {
         .collect()
 }
 
+/// Decodes a record of a time-series topic (a metric report) into its points.
+pub fn report_points(r: &ConsumedRecord) -> Result<Vec<Point>, codec::CodecError> {
+    Ok(to_points(&codec::decode::<MetricReport>(&r.value)?))
+}
+
 /// Runs the time-series projection until `shutdown` resolves.
 pub async fn run_timeseries(
     log: Arc<dyn EventLog>,
@@ -319,14 +424,17 @@ pub async fn run_timeseries(
     let mut consumer = subscribe(
         log.as_ref(),
         &config.timeseries_group,
-        &[topics::METRICS],
+        TIMESERIES_TOPICS,
         &config,
     )
     .await?;
+    let dead =
+        DeadLetters::open(log.clone(), TIMESERIES_CONSUMER, &config.timeseries_group).await?;
     ready.timeseries.store(true, Ordering::Relaxed);
     tracing::info!(group = %config.timeseries_group, store = store.engine(), "Time-series projection running.");
     let mut handler = TimeSeriesBatches {
         store: store.as_ref(),
+        dead,
     };
     let group = config.timeseries_group.clone();
     consume(
@@ -385,11 +493,12 @@ pub async fn run_retention_sweeps(
 
 struct TimeSeriesBatches<'a> {
     store: &'a dyn TimeSeriesStore,
+    dead: DeadLetters,
 }
 
 impl BatchHandler for TimeSeriesBatches<'_> {
     async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
-        write_timeseries_batch(self.store, consumer, batch).await;
+        write_timeseries_batch(self.store, consumer, &self.dead, batch).await;
     }
 }
 
@@ -397,21 +506,30 @@ impl BatchHandler for TimeSeriesBatches<'_> {
 async fn write_timeseries_batch(
     store: &dyn TimeSeriesStore,
     consumer: &mut dyn Consumer,
+    dead: &DeadLetters,
     batch: &[ConsumedRecord],
 ) {
     let started = Instant::now();
     let mut points = Vec::with_capacity(batch.len() * 20);
+    // Per report: its record and where its points end in `points`.
+    let mut ends: Vec<(&ConsumedRecord, usize)> = Vec::with_capacity(batch.len());
     for r in batch {
-        match codec::decode::<MetricReport>(&r.value) {
-            Ok(report) => points.extend(to_points(&report)),
+        match retry_transient(r, || report_points(r)).await {
+            Ok(p) => {
+                points.extend(p);
+                ends.push((r, points.len()));
+            }
             Err(e) => {
                 ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
                     .increment(1);
-                tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable report skipped.");
+                dead.note(r, Reason::decode(e));
             }
         }
     }
-    write_with_retry(store, &points).await;
+    let refused = write_or_refuse(store, &points).await;
+    note_refused_reports(dead, &ends, &points, refused);
+    // Dead letters are written before the batch is committed.
+    dead.flush().await;
     ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
         .increment(batch.len() as u64);
     if let Err(e) = consumer.commit(&next_offsets(batch)).await {
@@ -419,6 +537,38 @@ async fn write_timeseries_batch(
     }
     ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries")
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Notes the dead letter of each report with a refused point (once per report; its other
+/// points are written, and writing them again on a replay is idempotent).
+fn note_refused_reports(
+    dead: &DeadLetters,
+    ends: &[(&ConsumedRecord, usize)],
+    points: &[Point],
+    refused: Vec<(usize, StoreError)>,
+) {
+    let mut refused = refused.into_iter().peekable();
+    let mut start = 0;
+    for (r, end) in ends {
+        let mut first: Option<(usize, StoreError)> = None;
+        let mut count = 0usize;
+        while let Some((i, e)) = refused.next_if(|(i, _)| *i < *end) {
+            if i >= start {
+                count += 1;
+                first.get_or_insert((i, e));
+            }
+        }
+        if let Some((i, e)) = first {
+            let text = if count > 1 {
+                format!("{e} (and {} more of its points)", count - 1)
+            } else {
+                e.to_string()
+            };
+            let tenant = points.get(i).map_or("", |p| p.tenant_id.as_str());
+            dead.note(r, Reason::process(text).tenant(tenant));
+        }
+        start = *end;
+    }
 }
 
 async fn subscribe(

@@ -4,10 +4,19 @@
 //! of the writer schema's Parsing Canonical Form, then the Avro binary datum. A reader looks
 //! the writer schema up by fingerprint among the `.avsc` files it knows (current and
 //! released versions) and resolves it against its own reader schema.
+//!
+//! With a schema registry (`schema-registry-url`), records are written in the Confluent
+//! wire format instead: `00`, the 4-byte big-endian schema id the registry gave the writer
+//! schema, then the same Avro binary datum. The process registers its schemas at start and
+//! installs the ids once ([`install_registry_framing`]); from then on every
+//! [`encode`] writes that framing. [`decode`] reads both framings, so a topic written
+//! before and after the switch stays readable: an id this process registered maps to its
+//! own schema, any other id is looked up in the registry (through a [`SchemaLookup`] that
+//! the caller provides: this crate does no I/O) and cached for the life of the process.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use apache_avro::rabin::Rabin;
 use apache_avro::{AvroSchema, Schema};
@@ -15,8 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::records::{
-    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport, RuleEvent,
-    SoftwareInventory, TicketEvent,
+    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, Heartbeat, MetricReport,
+    RuleEvent, SoftwareInventory, TicketEvent,
 };
 use crate::topics;
 
@@ -24,17 +33,54 @@ use crate::topics;
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
 /// Length of the single-object header: marker plus fingerprint.
 pub const HEADER_LEN: usize = 10;
+/// The magic byte that opens a record in the Confluent wire format (schema registry).
+pub const CONFLUENT_MAGIC: u8 = 0x00;
+/// Length of the Confluent header: magic byte plus the 4-byte big-endian schema id.
+pub const CONFLUENT_HEADER_LEN: usize = 5;
 
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {
-    /// The bytes do not start with the Avro single-object marker.
-    #[error("not an Avro single-object record: expected marker C3 01, got {0:02X?}")]
+    /// The bytes start with neither framing's marker.
+    #[error(
+        "not an Avro record: expected the single-object marker C3 01 or the Confluent magic \
+         byte 00, got {0:02X?}"
+    )]
     BadMagic(Vec<u8>),
-    /// The record is shorter than the header.
-    #[error("record truncated: {0} bytes is shorter than the 10-byte single-object header")]
+    /// The record is shorter than its header.
+    #[error(
+        "record truncated: {0} bytes is shorter than its header (10 bytes single-object, \
+         5 bytes Confluent)"
+    )]
     Truncated(usize),
+    /// A Confluent-framed record names a schema id this process cannot resolve.
+    #[error(
+        "record is in the Confluent wire format with schema id {0}, which is not one this \
+         process registered, and no schema registry is configured to look it up (set \
+         schema-registry-url)"
+    )]
+    UnknownSchemaId(u32),
+    /// The schema registry could not give the writer schema of a Confluent-framed record.
+    #[error("writer schema id {id} from the schema registry: {message}")]
+    Registry {
+        /// The schema id in the record's header.
+        id: u32,
+        /// What went wrong (unreachable, not found, not a record schema, ...).
+        message: String,
+        /// The registry could not be asked (unreachable, timed out, 5xx): the same record
+        /// may decode later, so a consumer retries rather than giving up on it.
+        retriable: bool,
+    },
+    /// Registry framing is on, but this record type got no schema id at start-up.
+    #[error(
+        "records are written in the Confluent wire format, but {0} has no schema id: it was \
+         not registered with the schema registry at start-up"
+    )]
+    NotRegistered(&'static str),
+    /// A schema id was given for a record name this build has no `.avsc` for.
+    #[error("no .avsc for record {0}")]
+    UnknownRecord(String),
     /// No known schema has the fingerprint in the header.
     #[error(
         "unknown writer schema fingerprint {0:016x}: not one of the .avsc files this build knows"
@@ -99,6 +145,7 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
         include_str!("../avro/ticket_event.avsc"),
     ),
     ("rule_event.avsc", include_str!("../avro/rule_event.avsc")),
+    ("dead_letter.avsc", include_str!("../avro/dead_letter.avsc")),
     // Released versions, still readable (records on the topics were written with them):
     // after every current one, so `Catalog::current` keeps naming the current file.
     (
@@ -233,6 +280,9 @@ pub trait Record: AvroSchema + Serialize + DeserializeOwned + Send + Sync + 'sta
 pub struct Codec<T> {
     schema: &'static KnownSchema,
     header: [u8; HEADER_LEN],
+    /// The Confluent header (`None`: not registered), resolved at the first encode after
+    /// [`install_registry_framing`].
+    confluent: OnceLock<Option<[u8; CONFLUENT_HEADER_LEN]>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -248,6 +298,7 @@ impl<T: Record> Codec<T> {
         Codec {
             schema,
             header,
+            confluent: OnceLock::new(),
             _t: PhantomData,
         }
     }
@@ -269,16 +320,56 @@ impl<T: Record> Codec<T> {
         Ok(out)
     }
 
-    /// Appends the encoded record to `out`.
+    /// Appends the encoded record to `out`: single-object encoded, or in the Confluent wire
+    /// format once [`install_registry_framing`] ran.
     pub fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        out.extend_from_slice(&self.header);
+        match registry_framing() {
+            None => out.extend_from_slice(&self.header),
+            Some(framing) => {
+                let header = self
+                    .confluent
+                    .get_or_init(|| framing.id_of(T::FULL_NAME).map(confluent_header));
+                match header {
+                    Some(h) => out.extend_from_slice(h),
+                    None => return Err(CodecError::NotRegistered(T::FULL_NAME)),
+                }
+            }
+        }
         apache_avro::write_avro_datum_ref(&self.schema.schema, value, out)?;
         Ok(())
     }
 
-    /// Decodes a record written with this or any known compatible schema version.
+    /// Encodes single-object (`C3 01`, fingerprint, datum), whatever framing is installed.
+    pub fn encode_single_object(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&self.header);
+        apache_avro::write_avro_datum_ref(&self.schema.schema, value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes in the Confluent wire format (`00`, `schema_id` big-endian, datum), whatever
+    /// framing is installed. `schema_id` must be the registry's id of [`Codec::schema`].
+    pub fn encode_confluent(&self, schema_id: u32, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&confluent_header(schema_id));
+        apache_avro::write_avro_datum_ref(&self.schema.schema, value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes a record in either framing, written with this or any known compatible
+    /// schema version (or, with a registry, any compatible schema it has).
     pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        let (writer, mut body) = split_header(bytes)?;
+        self.decode_with(registry_framing(), bytes)
+    }
+
+    /// [`Codec::decode`] with the given registry framing instead of the installed one
+    /// (`None`: no registry, so only this build's `.avsc` files resolve).
+    pub fn decode_with(
+        &self,
+        framing: Option<&RegistryFraming>,
+        bytes: &[u8],
+    ) -> Result<T, CodecError> {
+        let (writer, mut body) = split_header_with(framing, bytes)?;
         if writer.full_name != T::FULL_NAME {
             return Err(CodecError::WrongRecord {
                 expected: T::FULL_NAME,
@@ -301,8 +392,30 @@ impl<T: Record> Default for Codec<T> {
     }
 }
 
-/// Reads the single-object header: returns the writer schema and the datum bytes.
+/// Reads the header (single-object or Confluent, with the installed registry framing):
+/// returns the writer schema and the datum bytes.
 pub fn split_header(bytes: &[u8]) -> Result<(&'static KnownSchema, &[u8]), CodecError> {
+    split_header_with(registry_framing(), bytes)
+}
+
+/// [`split_header`] with the given registry framing instead of the installed one.
+pub fn split_header_with<'a>(
+    framing: Option<&RegistryFraming>,
+    bytes: &'a [u8],
+) -> Result<(&'static KnownSchema, &'a [u8]), CodecError> {
+    if bytes.first() == Some(&CONFLUENT_MAGIC) {
+        let Some(id) = bytes.get(1..CONFLUENT_HEADER_LEN) else {
+            return Err(CodecError::Truncated(bytes.len()));
+        };
+        let mut be = [0u8; 4];
+        be.copy_from_slice(id);
+        let id = u32::from_be_bytes(be);
+        let writer = match framing {
+            Some(f) => f.writer_schema(id)?,
+            None => return Err(CodecError::UnknownSchemaId(id)),
+        };
+        return Ok((writer, &bytes[CONFLUENT_HEADER_LEN..]));
+    }
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::Truncated(bytes.len()));
     }
@@ -327,6 +440,169 @@ pub fn decode_value(
     Ok((writer, value))
 }
 
+fn confluent_header(schema_id: u32) -> [u8; CONFLUENT_HEADER_LEN] {
+    let mut h = [CONFLUENT_MAGIC; CONFLUENT_HEADER_LEN];
+    h[1..].copy_from_slice(&schema_id.to_be_bytes());
+    h
+}
+
+/// Looks writer schemas up by id in a schema registry, for the decoder. Implemented outside
+/// this crate, which does no I/O (`fleet_ops::schema_registry`). Called on a decode that
+/// meets an id seen for the first time; it blocks the decoding thread until the registry
+/// answers, so an implementation bounds the wait.
+pub trait SchemaLookup: Send + Sync + std::fmt::Debug {
+    /// The schema text the registry holds under `id`, or why it cannot be had.
+    fn schema_by_id(&self, id: u32) -> Result<String, LookupError>;
+}
+
+/// Why a [`SchemaLookup`] has no schema for an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupError {
+    /// What went wrong.
+    pub message: String,
+    /// The registry could not be asked (unreachable, timed out, 5xx), as opposed to an
+    /// answer that it has no such schema.
+    pub retriable: bool,
+}
+
+impl CodecError {
+    /// The record may decode later: the registry that holds its writer schema could not be
+    /// asked. Every other error is a property of the bytes.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            CodecError::Registry {
+                retriable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// The schema ids of the Confluent wire format: which id this process writes for each
+/// record type, and how it finds the writer schema of any other id.
+#[derive(Debug)]
+pub struct RegistryFraming {
+    ids: HashMap<&'static str, u32>,
+    own: HashMap<u32, &'static KnownSchema>,
+    lookup: Option<Arc<dyn SchemaLookup>>,
+    fetched: Mutex<HashMap<u32, &'static KnownSchema>>,
+}
+
+impl RegistryFraming {
+    /// `ids`: (record full name, the schema id the registry gave its current schema);
+    /// `lookup`: where ids that are not ours are looked up (`None`: nowhere, such records
+    /// fail to decode with [`CodecError::UnknownSchemaId`]).
+    pub fn new<'a>(
+        ids: impl IntoIterator<Item = (&'a str, u32)>,
+        lookup: Option<Arc<dyn SchemaLookup>>,
+    ) -> Result<RegistryFraming, CodecError> {
+        let mut by_name = HashMap::new();
+        let mut own = HashMap::new();
+        for (name, id) in ids {
+            let schema = Catalog::get()
+                .current(name)
+                .ok_or_else(|| CodecError::UnknownRecord(name.to_owned()))?;
+            by_name.insert(schema.full_name.as_str(), id);
+            own.insert(id, schema);
+        }
+        Ok(RegistryFraming {
+            ids: by_name,
+            own,
+            lookup,
+            fetched: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The schema id written for a record type.
+    pub fn id_of(&self, full_name: &str) -> Option<u32> {
+        self.ids.get(full_name).copied()
+    }
+
+    /// Every (record full name, schema id) this process writes.
+    pub fn ids(&self) -> impl Iterator<Item = (&'static str, u32)> + '_ {
+        self.ids.iter().map(|(n, id)| (*n, *id))
+    }
+
+    /// The writer schema of a Confluent-framed record: one of ours, one fetched before, or
+    /// fetched now through the lookup and cached. A fetched schema that is one of this
+    /// build's `.avsc` files (same fingerprint) is that file's; any other is parsed and
+    /// kept for the life of the process (one per distinct id).
+    pub fn writer_schema(&self, id: u32) -> Result<&'static KnownSchema, CodecError> {
+        if let Some(s) = self.own.get(&id) {
+            return Ok(s);
+        }
+        if let Some(s) = self.lock_fetched().get(&id) {
+            return Ok(s);
+        }
+        let lookup = self
+            .lookup
+            .as_ref()
+            .ok_or(CodecError::UnknownSchemaId(id))?;
+        let text = lookup.schema_by_id(id).map_err(|e| CodecError::Registry {
+            id,
+            message: e.message,
+            retriable: e.retriable,
+        })?;
+        let schema = schema_from_registry(id, &text)?;
+        let mut fetched = self.lock_fetched();
+        Ok(*fetched.entry(id).or_insert_with(|| match schema {
+            FromRegistry::Known(s) => s,
+            FromRegistry::New(s) => Box::leak(s),
+        }))
+    }
+
+    fn lock_fetched(&self) -> std::sync::MutexGuard<'_, HashMap<u32, &'static KnownSchema>> {
+        self.fetched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum FromRegistry {
+    Known(&'static KnownSchema),
+    New(Box<KnownSchema>),
+}
+
+fn schema_from_registry(id: u32, text: &str) -> Result<FromRegistry, CodecError> {
+    let bad = |what: String| CodecError::Registry {
+        id,
+        message: what,
+        retriable: false,
+    };
+    let (canonical_form, fingerprint) = canonical_form_and_fingerprint(text)
+        .map_err(|e| bad(format!("the registry's schema does not parse: {e}")))?;
+    if let Some(known) = Catalog::get().by_fingerprint(fingerprint) {
+        return Ok(FromRegistry::Known(known));
+    }
+    let schema = Schema::parse_str(text)
+        .map_err(|e| bad(format!("the registry's schema does not parse: {e}")))?;
+    let full_name = match &schema {
+        Schema::Record(r) => r.name.fullname(None),
+        _ => return Err(bad(format!("not an Avro record schema: {canonical_form}"))),
+    };
+    Ok(FromRegistry::New(Box::new(KnownSchema {
+        full_name,
+        schema,
+        canonical_form,
+        fingerprint,
+        file: "(schema registry)",
+    })))
+}
+
+static REGISTRY_FRAMING: OnceLock<RegistryFraming> = OnceLock::new();
+
+/// Switches this process to the Confluent wire format, once: every later encode writes
+/// the ids of `framing`, and decodes resolve Confluent ids through it. Call at start, after
+/// registering the schemas and before the first record is written. A second call is
+/// refused (the framing is handed back).
+pub fn install_registry_framing(framing: RegistryFraming) -> Result<(), Box<RegistryFraming>> {
+    REGISTRY_FRAMING.set(framing).map_err(Box::new)
+}
+
+/// The installed registry framing, if any.
+pub fn registry_framing() -> Option<&'static RegistryFraming> {
+    REGISTRY_FRAMING.get()
+}
+
 /// Encodes a record with its type's codec.
 pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, CodecError> {
     T::codec().encode(value)
@@ -336,6 +612,9 @@ pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, CodecError> {
     T::codec().decode(bytes)
 }
+
+#[cfg(test)]
+mod framing_tests;
 
 macro_rules! record {
     ($ty:ty, $name:literal, $topic:expr, |$r:ident| $key:expr) => {
@@ -407,3 +686,9 @@ record!(
 );
 record!(RuleEvent, "io.fleetstream.RuleEvent", topics::RULES, |r| &r
     .rule_id);
+record!(
+    DeadLetter,
+    "io.fleetstream.DeadLetter",
+    topics::DEADLETTER,
+    |r| &r.event_id
+);

@@ -264,3 +264,25 @@ pub fn rule_defined(tenant: &str, rule_id: &str, occurred_at: i64) -> RuleEvent 
         ingested_at: occurred_at + 1_000,
     }
 }
+
+/// A dead letter: the read model gave up on garbage at `fleet.metrics.v1` partition 2,
+/// offset 41.
+pub fn dead_letter(consumer: &str, occurred_at: i64) -> DeadLetter {
+    DeadLetter {
+        event_id: DeadLetter::failure_id(consumer, crate::topics::METRICS, 2, 41),
+        kind: DeadLetterKind::Decode,
+        reason: "not an Avro single-object record: expected marker C3 01, got [67, 61]".into(),
+        consumer: consumer.into(),
+        group: format!("fleet-{consumer}"),
+        tenant_id: None,
+        source_topic: crate::topics::METRICS.into(),
+        source_partition: 2,
+        source_offset: 41,
+        source_key: Some(AvroBytes(b"agent-1".to_vec())),
+        source_timestamp: occurred_at.div_euclid(1000) - 5,
+        value: AvroBytes(vec![0x67, 0x61, 0x72, 0x62, 0x00, 0xff, 0xc3]),
+        replayed_partition: None,
+        replayed_offset: None,
+        occurred_at,
+    }
+}

@@ -713,6 +713,107 @@ pub struct RuleEvent {
     pub ingested_at: i64,
 }
 
+/// Raw bytes: Avro `bytes` (a plain `Vec<u8>` would derive `array<int>`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AvroBytes(#[serde(with = "apache_avro::serde_avro_bytes")] pub Vec<u8>);
+
+impl From<Vec<u8>> for AvroBytes {
+    fn from(v: Vec<u8>) -> Self {
+        AvroBytes(v)
+    }
+}
+
+impl apache_avro::schema::derive::AvroSchemaComponent for AvroBytes {
+    fn get_schema_in_ctxt(
+        _named_schemas: &mut HashMap<apache_avro::schema::Name, apache_avro::Schema>,
+        _enclosing_namespace: &apache_avro::schema::Namespace,
+    ) -> apache_avro::Schema {
+        apache_avro::Schema::Bytes
+    }
+}
+
+/// Why a record is on the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DeadLetterKind {
+    /// The bytes are not a record of the topic's type.
+    #[serde(rename = "DECODE")]
+    Decode,
+    /// The record decoded, but its consumer or store refused it as invalid.
+    #[serde(rename = "PROCESS")]
+    Process,
+    /// Not a failure: the source record was written back to its topic by
+    /// `fleetstream deadletter replay`.
+    #[serde(rename = "REPLAYED")]
+    Replayed,
+}
+
+impl DeadLetterKind {
+    /// Lower-case name, as used in metrics labels and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Decode => "decode",
+            DeadLetterKind::Process => "process",
+            DeadLetterKind::Replayed => "replayed",
+        }
+    }
+}
+
+/// A record a consumer gave up on, or the note that it was replayed
+/// (`fleet.deadletter.v1`, key: event id). See `dead_letter.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct DeadLetter {
+    /// DECODE / PROCESS: UUIDv5 of (consumer, source topic, partition, offset);
+    /// REPLAYED: UUIDv5 of (source topic, partition, offset, "REPLAYED", new partition,
+    /// new offset).
+    pub event_id: String,
+    /// Decode failure, refused record, or replay note.
+    pub kind: DeadLetterKind,
+    /// What went wrong (REPLAYED: where the bytes went).
+    pub reason: String,
+    /// The consumer that gave up (`readmodel`, `alert-evaluator`, ...).
+    pub consumer: String,
+    /// Its consumer group.
+    pub group: String,
+    /// The record's tenant, when it decoded.
+    pub tenant_id: Option<String>,
+    /// Topic of the record.
+    pub source_topic: String,
+    /// Its partition.
+    pub source_partition: i32,
+    /// Its offset.
+    pub source_offset: i64,
+    /// Its key, byte for byte.
+    pub source_key: Option<AvroBytes>,
+    /// Its log timestamp (ms since the epoch).
+    pub source_timestamp: i64,
+    /// Its value, byte for byte (empty for REPLAYED).
+    pub value: AvroBytes,
+    /// REPLAYED: partition the bytes were written to.
+    pub replayed_partition: Option<i32>,
+    /// REPLAYED: their new offset.
+    pub replayed_offset: Option<i64>,
+    /// When the consumer gave up, or the replay wrote (µs).
+    pub occurred_at: i64,
+}
+
+impl DeadLetter {
+    /// The deterministic event id of `consumer` giving up on the record at
+    /// (`topic`, `partition`, `offset`).
+    pub fn failure_id(consumer: &str, topic: &str, partition: u32, offset: i64) -> String {
+        crate::ids::v5(&[consumer, topic, &partition.to_string(), &offset.to_string()]).to_string()
+    }
+
+    /// `topic/partition/offset` of the source record.
+    pub fn source(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.source_topic, self.source_partition, self.source_offset
+        )
+    }
+}
+
 /// Avro enums whose symbols are SCREAMING_CASE: the derive in apache-avro 0.21 ignores serde
 /// renames on variants, so these schemas are spelled out (and checked by the same test).
 macro_rules! avro_enum {
@@ -792,4 +893,9 @@ avro_enum!(
     RuleScope,
     "io.fleetstream.RuleScope",
     ["TENANT", "AGENT", "TAG"]
+);
+avro_enum!(
+    DeadLetterKind,
+    "io.fleetstream.DeadLetterKind",
+    ["DECODE", "PROCESS", "REPLAYED"]
 );

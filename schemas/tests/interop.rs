@@ -11,8 +11,8 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 use fleet_schemas::codec::{self, Record};
 use fleet_schemas::{
-    fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    RuleEvent, SoftwareInventory, TicketEvent,
+    fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, Heartbeat,
+    MetricReport, RuleEvent, SoftwareInventory, TicketEvent,
 };
 use serde_json::Value;
 
@@ -72,6 +72,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "ticket_event", &ticket)?;
     let rule = fixtures::rule_defined("tenant-1", "rule-1", T);
     write(dir.path(), "rule_event", &rule)?;
+    let dead = fixtures::dead_letter("readmodel", T);
+    write(dir.path(), "dead_letter", &dead)?;
 
     let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
@@ -138,6 +140,13 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     assert_eq!(ru["rule"]["scope"], "TENANT");
     assert_eq!(ru["rule"]["critical"], 95.0);
     assert_eq!(ru["rule"]["scope_value"], Value::Null);
+    // The dead letter has no agent either; its raw bytes are Avro `bytes` on both sides.
+    let dl = read_back(dir.path(), "dead_letter", &dead, |_, _| {})?;
+    assert_eq!(dl["kind"], "DECODE");
+    assert_eq!(dl["source_offset"], 41);
+    assert_eq!(dl["value"]["bytes_hex"], "6761726200ffc3");
+    assert_eq!(dl["source_key"]["bytes_hex"], "6167656e742d31");
+    assert_eq!(dl["replayed_offset"], Value::Null);
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
         [
@@ -150,6 +159,7 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
             SoftwareInventory::FULL_NAME,
             TicketEvent::FULL_NAME,
             RuleEvent::FULL_NAME,
+            DeadLetter::FULL_NAME,
         ]
         .len(),
         codec::AVSC_FILES

@@ -4,8 +4,8 @@
 use apache_avro::Schema;
 use fleet_schemas::codec::{self, Catalog, CodecError, Record};
 use fleet_schemas::{
-    fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    RuleEvent, RuleEventKind, SoftwareInventory, TicketEvent,
+    fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, DeadLetterKind,
+    Heartbeat, MetricReport, RuleEvent, RuleEventKind, SoftwareInventory, TicketEvent,
 };
 
 fn assert_matches_avsc<T: Record>() {
@@ -33,6 +33,7 @@ fn rust_types_match_avsc_canonical_form() {
     assert_matches_avsc::<SoftwareInventory>();
     assert_matches_avsc::<TicketEvent>();
     assert_matches_avsc::<RuleEvent>();
+    assert_matches_avsc::<DeadLetter>();
 }
 
 #[test]
@@ -78,6 +79,16 @@ fn records_roundtrip() {
     deleted.rule = None;
     deleted.actor = None;
     roundtrip(&deleted);
+    let dead = fixtures::dead_letter("readmodel", t);
+    roundtrip(&dead);
+    // The raw bytes are Avro `bytes`, kept byte for byte (also empty, also without a key).
+    let mut replayed = dead.clone();
+    replayed.kind = DeadLetterKind::Replayed;
+    replayed.value.0.clear();
+    replayed.source_key = None;
+    replayed.replayed_partition = Some(2);
+    replayed.replayed_offset = Some(99);
+    roundtrip(&replayed);
     let mut bare = fixtures::metric_report("t1", "a1", t);
     bare.security = None;
     bare.disks.clear();

@@ -711,6 +711,17 @@ pub struct Point {
     pub value: f64,
 }
 
+/// One series of one agent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SeriesKey {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Series name.
+    pub series: String,
+}
+
 /// A range query over one series.
 ///
 /// The answer holds the buckets of width `interval_micros` (aligned to multiples of the
@@ -957,6 +968,17 @@ pub trait TimeSeriesStore: Send + Sync + Debug {
 
     /// Series names stored for an agent.
     async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>>;
+
+    /// Up to `limit` series of the whole store, every tenant and agent, ordered by
+    /// (tenant, agent, series): for tools that compare or check a whole store
+    /// (`fleetstream verify`, `fleetstream replay`). Scans the store's list of series.
+    async fn list_series(&self, limit: usize) -> Result<Vec<SeriesKey>> {
+        let _ = limit;
+        Err(StoreError::Config(format!(
+            "the {} time-series store cannot list every series",
+            self.engine()
+        )))
+    }
 
     /// Removes what is past retention at `now_micros`; returns how many rows went. An
     /// engine whose rows expire by themselves (TTL) returns 0.

@@ -42,8 +42,14 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 mod commands;
 mod fleet;
 mod registry;
+mod snapshot;
 mod software;
 mod tickets;
+
+pub use snapshot::{
+    ReadModelSnapshot, SnapshotRow, SnapshotTable, TableSnapshot, NOT_PROJECTED_TABLES,
+    PROJECTED_TABLES, REGISTRY_TABLES,
+};
 
 use crate::{
     AgentQuery, AgentRow, AgentSoftware, AgentStatus, AlertQuery, AlertRow, AlertStatus,

@@ -1251,6 +1251,32 @@ impl TimeSeriesStore for ScyllaTimeSeries {
         Ok(names)
     }
 
+    /// A full scan of the `series` table (token order, paged), sorted here.
+    #[tracing::instrument(skip(self), fields(keyspace = %self.keyspace))]
+    async fn list_series(&self, limit: usize) -> Result<Vec<crate::SeriesKey>> {
+        let what = "listing every series";
+        let cql = format!("SELECT tenant, agent, series FROM {}.series", self.keyspace);
+        let mut rows = self
+            .session
+            .query_iter(cql, ())
+            .await
+            .map_err(pager_err(what))?
+            .rows_stream::<(String, String, String)>()
+            .map_err(|e| StoreError::Internal(format!("scylla: {what}: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (tenant_id, agent_id, series) = row.map_err(row_err(what))?;
+            out.push(crate::SeriesKey {
+                tenant_id,
+                agent_id,
+                series,
+            });
+        }
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Rows expire by their TTL: nothing to do.
     async fn expire(&self, _now_micros: i64) -> Result<u64> {
         Ok(0)

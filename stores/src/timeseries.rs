@@ -29,7 +29,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{
     bucket_range, validate_query, Bucket, Point, RangeQuery, Resolution, Result, Retention,
-    StoreError, TimeSeriesStore,
+    SeriesKey, StoreError, TimeSeriesStore,
 };
 
 /// File name of the store inside its directory.
@@ -441,6 +441,29 @@ impl TimeSeriesStore for EmbeddedTimeSeries {
                 names.push(name.to_owned());
             }
             Ok(names)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn list_series(&self, limit: usize) -> Result<Vec<SeriesKey>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read()?;
+            let series = tx.open_table(SERIES)?;
+            let mut out = Vec::new();
+            for entry in series.iter()? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = entry?;
+                let (t, a, s) = k.value();
+                out.push(SeriesKey {
+                    tenant_id: t.to_owned(),
+                    agent_id: a.to_owned(),
+                    series: s.to_owned(),
+                });
+            }
+            Ok(out)
         })
         .await
     }

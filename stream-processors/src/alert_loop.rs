@@ -45,12 +45,17 @@ use std::time::{Duration, Instant};
 use fleet_event_log::{
     ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord, StartFrom,
 };
+use fleet_ops::deadletter::{decode_retrying, DeadLetters, Reason};
 use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
 use fleet_schemas::rules::HEARTBEAT_ABSENT;
 use fleet_schemas::{codec, topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent};
 
 use crate::rules::{self, Evaluator};
 use crate::{metrics, ProcessorsConfig, Readiness};
+
+/// The evaluator's name on its dead letters (every topic it reads: metrics, agents, rules,
+/// alerts).
+const CONSUMER: &str = "alert-evaluator";
 
 /// The control consumer: rules and alerts, from the start, never committed.
 struct Control {
@@ -61,10 +66,12 @@ struct Control {
     rules_changed: bool,
     /// Next offset per (topic, partition) read so far.
     positions: HashMap<(Arc<str>, u32), i64>,
+    /// Where rule and alert events it cannot use go (flushed by the loop).
+    dead: DeadLetters,
 }
 
 impl Control {
-    async fn open(log: &dyn EventLog) -> anyhow::Result<Control> {
+    async fn open(log: &dyn EventLog, dead: DeadLetters) -> anyhow::Result<Control> {
         let group = format!("fleet-alert-control-{}", uuid::Uuid::new_v4());
         let consumer = log
             .subscribe(
@@ -81,6 +88,7 @@ impl Control {
             in_flight: HashSet::new(),
             rules_changed: false,
             positions: HashMap::new(),
+            dead,
         })
     }
 
@@ -91,7 +99,7 @@ impl Control {
             .or_insert(0);
         *pos = (*pos).max(r.offset + 1);
         if &*r.topic == topics::RULES {
-            match codec::decode::<RuleEvent>(&r.value) {
+            match decode_retrying::<RuleEvent>(r) {
                 Ok(ev) => match evaluator.apply_rule_event(&ev) {
                     Ok(()) => {
                         self.rules_changed = true;
@@ -99,16 +107,21 @@ impl Control {
                     }
                     Err(e) => {
                         ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => RuleEvent::TOPIC).increment(1);
-                        tracing::warn!(rule_id = %ev.rule_id, offset = r.offset, error = %e, "Invalid rule skipped.");
+                        tracing::warn!(rule_id = %ev.rule_id, offset = r.offset, error = %e, "Invalid rule: to the dead letters.");
+                        self.dead.note(
+                            r,
+                            Reason::process(format!("invalid rule {}: {e}", ev.rule_id))
+                                .tenant(&ev.tenant_id),
+                        );
                     }
                 },
                 Err(e) => {
                     ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => RuleEvent::TOPIC).increment(1);
-                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable rule event skipped.");
+                    self.dead.note(r, Reason::decode(e));
                 }
             }
         } else {
-            match codec::decode::<AlertEvent>(&r.value) {
+            match decode_retrying::<AlertEvent>(r) {
                 Ok(ev) => {
                     if !self.in_flight.remove(&ev.event_id) {
                         evaluator.observe(&ev);
@@ -116,7 +129,7 @@ impl Control {
                 }
                 Err(e) => {
                     ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => AlertEvent::TOPIC).increment(1);
-                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable alert skipped.");
+                    self.dead.note(r, Reason::decode(e));
                 }
             }
         }
@@ -124,6 +137,11 @@ impl Control {
 
     /// Applies whatever is there now, without waiting.
     async fn drain(&mut self, evaluator: &mut Evaluator) {
+        self.drain_records(evaluator).await;
+        self.dead.flush().await;
+    }
+
+    async fn drain_records(&mut self, evaluator: &mut Evaluator) {
         loop {
             match self.consumer.poll(1000, Duration::ZERO).await {
                 Ok(batch) if batch.is_empty() => return,
@@ -174,6 +192,7 @@ impl Control {
                 seen += 1;
             }
         }
+        self.dead.flush().await;
         Ok(seen)
     }
 }
@@ -184,6 +203,7 @@ impl Control {
 async fn rebuild_tags(
     log: &dyn EventLog,
     evaluator: &mut Evaluator,
+    dead: &DeadLetters,
     upto: &BTreeMap<u32, i64>,
 ) -> anyhow::Result<u64> {
     if upto.values().all(|c| *c <= 0) {
@@ -226,14 +246,14 @@ async fn rebuild_tags(
                 continue;
             }
             seen += 1;
-            match codec::decode::<AgentLifecycle>(&r.value) {
-                Ok(ev) => evaluator.observe_agent_tags(&ev),
-                Err(e) => {
-                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable agent lifecycle event skipped while rebuilding tags.");
-                }
+            // Below the committed offset: dead-lettered when first consumed (a record
+            // consumed before dead letters existed gets one now).
+            if let Some(ev) = dead.decode_or_note::<AgentLifecycle>(r) {
+                evaluator.observe_agent_tags(&ev);
             }
         }
     }
+    dead.flush().await;
     Ok(seen)
 }
 
@@ -288,7 +308,8 @@ pub(crate) async fn run(
         .unwrap_or(i64::MAX / 2_000_000)
         .saturating_mul(1_000_000);
     let mut evaluator = Evaluator::new(config.rules.clone()).with_max_gap(margin_micros);
-    let mut control = Control::open(log.as_ref()).await?;
+    let dead = DeadLetters::open(log.clone(), CONSUMER, &config.group).await?;
+    let mut control = Control::open(log.as_ref(), dead.clone()).await?;
     let rebuilt = control.catch_up(log.as_ref(), &mut evaluator).await?;
     tracing::info!(
         records = rebuilt,
@@ -375,9 +396,11 @@ pub(crate) async fn run(
         {
             let span = tracing::info_span!("evaluate_batch", records = batch.len());
             let _g = span.enter();
-            events.extend(evaluate_batch(&mut evaluator, &batch));
+            events.extend(evaluate_batch(&mut evaluator, &dead, &batch));
         }
         loop_.write(&mut control, events).await;
+        // Dead letters before the commit: nothing committed past a record lost.
+        dead.flush().await;
         let commits: Vec<_> = next_offsets(&batch)
             .into_iter()
             .filter(|c| {
@@ -508,7 +531,7 @@ impl Loop<'_> {
             }
         }
         if !tags_upto.is_empty() {
-            let read = rebuild_tags(self.log, evaluator, &tags_upto).await?;
+            let read = rebuild_tags(self.log, evaluator, &control.dead, &tags_upto).await?;
             tracing::info!(partitions = ?tags_upto.keys().collect::<Vec<_>>(), records = read, "Agent tags rebuilt.");
         }
         control.rules_changed = false;
@@ -546,29 +569,33 @@ impl Loop<'_> {
     }
 }
 
-fn evaluate_batch(evaluator: &mut Evaluator, batch: &[ConsumedRecord]) -> Vec<AlertEvent> {
+fn evaluate_batch(
+    evaluator: &mut Evaluator,
+    dead: &DeadLetters,
+    batch: &[ConsumedRecord],
+) -> Vec<AlertEvent> {
     let now = fleet_schemas::time::now_micros();
     let mut out = Vec::new();
     for r in batch {
         if &*r.topic == topics::AGENTS {
             ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => AgentLifecycle::TOPIC).increment(1);
-            match codec::decode::<AgentLifecycle>(&r.value) {
+            match decode_retrying::<AgentLifecycle>(r) {
                 Ok(ev) => out.extend(evaluator.lifecycle(&ev, now)),
                 Err(e) => {
                     ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => AgentLifecycle::TOPIC)
                         .increment(1);
-                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable agent lifecycle event skipped.");
+                    dead.note(r, Reason::decode(e));
                 }
             }
             continue;
         }
         ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => MetricReport::TOPIC).increment(1);
-        match codec::decode::<MetricReport>(&r.value) {
+        match decode_retrying::<MetricReport>(r) {
             Ok(report) => out.extend(evaluator.evaluate(&report, now)),
             Err(e) => {
                 ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => MetricReport::TOPIC)
                     .increment(1);
-                tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "Undecodable metric report skipped.");
+                dead.note(r, Reason::decode(e));
             }
         }
     }

@@ -23,6 +23,7 @@ use fleet_schemas::{topics, CommandEvent, CommandEventKind};
 
 use crate::timed::{decode_counted, run_timed, Timed, TimedSettings};
 use crate::{metrics, ProcessorsConfig, Readiness};
+use fleet_ops::deadletter::DeadLetters;
 
 const NAME: &str = "command-timeouts";
 
@@ -196,9 +197,9 @@ impl Timed for TimeoutsProcessor {
     const NAME: &'static str = NAME;
     const INPUT: &'static str = topics::COMMANDS;
 
-    fn on_input(&mut self, batch: &[ConsumedRecord]) -> Vec<CommandEvent> {
+    fn on_input(&mut self, batch: &[ConsumedRecord], dead: &DeadLetters) -> Vec<CommandEvent> {
         for r in batch {
-            if let Some(ev) = decode_counted::<CommandEvent>(NAME, r) {
+            if let Some(ev) = decode_counted::<CommandEvent>(NAME, dead, r) {
                 self.0.observe(&ev, r.partition);
             }
         }

@@ -18,6 +18,10 @@ pub struct ProcessorsConfig {
     pub event_log: String,
     /// Raw engine settings passed to the log (librdkafka properties for Kafka).
     pub event_log_options: BTreeMap<String, String>,
+    /// Schema registry (Confluent REST API) base URL. Set: records are written in the
+    /// Confluent wire format, each schema registered under `<topic>-value` (BACKWARD) at
+    /// start; empty: Avro single-object encoding, no registry. Either framing is read.
+    pub schema_registry_url: String,
     /// Consumer group of the alert evaluator.
     pub group: String,
     /// Most records handled per batch.
@@ -59,6 +63,7 @@ impl Default for ProcessorsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
             event_log: "kafka://127.0.0.1:9092".into(),
             event_log_options: BTreeMap::new(),
+            schema_registry_url: String::new(),
             group: "fleet-alert-evaluator".into(),
             batch_size: 500,
             session_timeout_ms: 10_000,

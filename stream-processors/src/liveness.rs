@@ -27,6 +27,7 @@ use fleet_schemas::{ids, topics, AgentLifecycle, AgentLifecycleKind, Heartbeat};
 
 use crate::timed::{decode_counted, run_timed, Timed, TimedSettings};
 use crate::{metrics, ProcessorsConfig, Readiness};
+use fleet_ops::deadletter::DeadLetters;
 
 const NAME: &str = "liveness";
 
@@ -278,11 +279,11 @@ impl Timed for LivenessProcessor {
     const NAME: &'static str = NAME;
     const INPUT: &'static str = topics::HEARTBEATS;
 
-    fn on_input(&mut self, batch: &[ConsumedRecord]) -> Vec<AgentLifecycle> {
+    fn on_input(&mut self, batch: &[ConsumedRecord], dead: &DeadLetters) -> Vec<AgentLifecycle> {
         let now = fleet_schemas::time::now_micros();
         let mut out = Vec::new();
         for r in batch {
-            if let Some(hb) = decode_counted::<Heartbeat>(NAME, r) {
+            if let Some(hb) = decode_counted::<Heartbeat>(NAME, dead, r) {
                 if let Some(ev) = self.state.observe_heartbeat(&hb, r.partition, now) {
                     tracing::info!(agent_id = %ev.agent_id, "Agent online again.");
                     ::metrics::counter!(metrics::LIVENESS_EMITTED, "kind" => "online").increment(1);
@@ -293,8 +294,8 @@ impl Timed for LivenessProcessor {
         out
     }
 
-    fn on_follow(&mut self, r: &ConsumedRecord) {
-        if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, r) {
+    fn on_follow(&mut self, r: &ConsumedRecord, dead: &DeadLetters) {
+        if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, dead, r) {
             self.state.observe_lifecycle(&ev);
         }
     }

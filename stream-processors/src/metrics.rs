@@ -12,6 +12,10 @@ pub const OPEN_ALERTS: &str = "fleet_processor_open_alerts";
 pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
 /// Time to handle one batch.
 pub const BATCH_SECONDS: &str = "fleet_processor_batch_seconds";
+/// Dead letters written, by consumer (`alert-evaluator`, `ticketer`, `liveness`,
+/// `command-timeouts`), source topic and reason (`decode`, `process`); only once one is
+/// written, so not in [`ALL`].
+pub const DEADLETTERS: &str = fleet_ops::deadletter::DEADLETTERS_TOTAL;
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[

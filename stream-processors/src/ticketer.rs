@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_event_log::{ConsumedRecord, ConsumerOptions, EventLog, StartFrom};
+use fleet_ops::deadletter::DeadLetters;
 use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, read_to_end, LagGauge};
 use fleet_schemas::{
     ids, topics, AgentLifecycle, AlertEvent, AlertEventKind, AlertSeverity, TicketEvent,
@@ -274,13 +275,18 @@ impl Ticketer {
     }
 }
 
-async fn rebuild(log: &dyn EventLog, ticketer: &mut Ticketer) -> anyhow::Result<u64> {
+async fn rebuild(
+    log: &dyn EventLog,
+    ticketer: &mut Ticketer,
+    dead: &DeadLetters,
+) -> anyhow::Result<u64> {
     let n = read_to_end(log, topics::TICKETS, |r| {
-        if let Some(ev) = decode_counted::<TicketEvent>(NAME, r) {
+        if let Some(ev) = decode_counted::<TicketEvent>(NAME, dead, r) {
             ticketer.observe_ticket(&ev);
         }
     })
     .await?;
+    dead.flush().await;
     tracing::info!(
         records = n,
         tickets = ticketer.tickets(),
@@ -296,17 +302,19 @@ pub async fn run_ticketer(
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    ensure_topics(log.as_ref()).await?;
+    let dead = DeadLetters::open(log.clone(), NAME, &config.ticketer_group).await?;
     let log = log.as_ref();
-    ensure_topics(log).await?;
     let mut ticketer = Ticketer::new(config.ticket_min_severity.into());
     let mut agents = Follower::open(log, topics::AGENTS, NAME).await?;
     agents
         .catch_up(log, |r| {
-            if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, r) {
+            if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, &dead, r) {
                 ticketer.observe_agent(&ev);
             }
         })
         .await?;
+    dead.flush().await;
     let options = ConsumerOptions {
         start: StartFrom::Earliest,
         session_timeout: Duration::from_millis(config.session_timeout_ms),
@@ -314,7 +322,7 @@ pub async fn run_ticketer(
     let group = config.ticketer_group.clone();
     let mut consumer = log.subscribe(&group, &[topics::ALERTS], options).await?;
     let mut holding: BTreeSet<u32> = held(consumer.as_ref(), topics::ALERTS);
-    rebuild(log, &mut ticketer).await?;
+    rebuild(log, &mut ticketer, &dead).await?;
     let mut lag = LagGauge::new(&group, Duration::from_secs(5));
     ready.set(true);
     tracing::info!(%group, min_severity = ?config.ticket_min_severity, "Ticketer running.");
@@ -337,7 +345,7 @@ pub async fn run_ticketer(
         let now_held = held(consumer.as_ref(), topics::ALERTS);
         if !now_held.is_subset(&holding) {
             tracing::info!(held = ?now_held, "Assignment changed; rebuilding ticket state.");
-            while let Err(e) = rebuild(log, &mut ticketer).await {
+            while let Err(e) = rebuild(log, &mut ticketer, &dead).await {
                 tracing::warn!(error = %e, "Rebuilding ticket state failed; retrying.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -345,11 +353,12 @@ pub async fn run_ticketer(
         holding = now_held;
         agents
             .poll_now(|r| {
-                if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, r) {
+                if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, &dead, r) {
                     ticketer.observe_agent(&ev);
                 }
             })
             .await;
+        dead.flush().await;
         if batch.is_empty() {
             lag.refresh(log).await;
             continue;
@@ -358,7 +367,7 @@ pub async fn run_ticketer(
         let span = tracing::info_span!("ticket_batch", records = batch.len());
         let events = {
             let _g = span.enter();
-            handle_batch(&mut ticketer, &batch)
+            handle_batch(&mut ticketer, &dead, &batch)
         };
         if !events.is_empty() {
             // The offsets are committed only after the tickets are written.
@@ -369,6 +378,8 @@ pub async fn run_ticketer(
                 tracing::info!(ticket_id = %ev.ticket_id, alert_id = %ev.alert_id, status = %ev.status, "Ticket event.");
             }
         }
+        // Dead letters before the commit: nothing committed past a record lost.
+        dead.flush().await;
         if let Err(e) = consumer.commit(&next_offsets(&batch)).await {
             tracing::warn!(error = %e, "Commit failed; alerts will be read again (no duplicate tickets).");
         }
@@ -382,11 +393,15 @@ pub async fn run_ticketer(
     Ok(())
 }
 
-fn handle_batch(ticketer: &mut Ticketer, batch: &[ConsumedRecord]) -> Vec<TicketEvent> {
+fn handle_batch(
+    ticketer: &mut Ticketer,
+    dead: &DeadLetters,
+    batch: &[ConsumedRecord],
+) -> Vec<TicketEvent> {
     let now = fleet_schemas::time::now_micros();
     batch
         .iter()
-        .filter_map(|r| decode_counted::<AlertEvent>(NAME, r))
+        .filter_map(|r| decode_counted::<AlertEvent>(NAME, dead, r))
         .filter_map(|alert| ticketer.on_alert(&alert, now))
         .collect()
 }

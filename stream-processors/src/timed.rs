@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use fleet_event_log::{
     ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord, StartFrom,
 };
+use fleet_ops::deadletter::{decode_retrying, DeadLetters, Reason};
 use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
 use fleet_schemas::{codec, Record};
 
@@ -137,16 +138,23 @@ pub(crate) fn to_records<T: Record>(events: &[T]) -> Vec<ProduceRecord> {
         .collect()
 }
 
-/// Decodes a consumed record, counting it (and a failure) for `processor`.
-pub(crate) fn decode_counted<T: Record>(processor: &'static str, r: &ConsumedRecord) -> Option<T> {
+/// Decodes a consumed record, counting it (and a failure) for `processor`; a record that
+/// does not decode is noted for the dead letters (the loop flushes them before it commits).
+/// A transient failure (the schema registry cannot be asked) is retried, not noted.
+pub(crate) fn decode_counted<T: Record>(
+    processor: &'static str,
+    dead: &DeadLetters,
+    r: &ConsumedRecord,
+) -> Option<T> {
     ::metrics::counter!(metrics::RECORDS, "processor" => processor, "topic" => T::TOPIC)
         .increment(1);
-    match codec::decode::<T>(&r.value) {
+    match decode_retrying::<T>(r) {
         Ok(v) => Some(v),
         Err(e) => {
             ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => processor, "topic" => T::TOPIC)
                 .increment(1);
-            tracing::warn!(processor, topic = T::TOPIC, partition = r.partition, offset = r.offset, error = %e, "Undecodable record skipped.");
+            tracing::debug!(processor, topic = T::TOPIC, partition = r.partition, offset = r.offset, error = %e, "Undecodable record: to the dead letters.");
+            dead.note(r, Reason::decode(e));
             None
         }
     }
@@ -259,9 +267,10 @@ pub(crate) trait Timed: Send {
     /// Input topic.
     const INPUT: &'static str;
     /// Handles consumed input; returns events to write before the offsets are committed.
-    fn on_input(&mut self, batch: &[ConsumedRecord]) -> Vec<Self::Out>;
+    /// Records it cannot use go to `dead` (written before the commit too).
+    fn on_input(&mut self, batch: &[ConsumedRecord], dead: &DeadLetters) -> Vec<Self::Out>;
     /// Handles a record of the followed topic (if any).
-    fn on_follow(&mut self, _record: &ConsumedRecord) {}
+    fn on_follow(&mut self, _record: &ConsumedRecord, _dead: &DeadLetters) {}
     /// Drops the state of partitions no longer held.
     fn forget(&mut self, partitions: &BTreeSet<u32>);
     /// The partitions held after a rebalance.
@@ -321,12 +330,14 @@ pub(crate) async fn run_timed<P: Timed>(
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    ensure_topics(log.as_ref()).await?;
+    let dead = DeadLetters::open(log.clone(), P::NAME, &settings.group).await?;
     let log = log.as_ref();
-    ensure_topics(log).await?;
     let mut follower = match settings.follow {
         Some(topic) => {
             let mut f = Follower::open(log, topic, P::NAME).await?;
-            let n = f.catch_up(log, |r| proc.on_follow(r)).await?;
+            let n = f.catch_up(log, |r| proc.on_follow(r, &dead)).await?;
+            dead.flush().await;
             tracing::info!(
                 processor = P::NAME,
                 topic,
@@ -398,9 +409,11 @@ pub(crate) async fn run_timed<P: Timed>(
                     tracing::info_span!("timed_batch", processor = P::NAME, records = batch.len());
                 let events = {
                     let _g = span.enter();
-                    proc.on_input(&batch)
+                    proc.on_input(&batch, &dead)
                 };
                 write(log, &events).await;
+                // Dead letters before the commit: nothing committed past a record lost.
+                dead.flush().await;
                 if let Err(e) = consumer.commit(&next_offsets(&batch)).await {
                     tracing::warn!(processor = P::NAME, error = %e, "Commit failed; records will be read again (no duplicate events).");
                 }
@@ -418,7 +431,8 @@ pub(crate) async fn run_timed<P: Timed>(
             }
         }
         if let Some(f) = follower.as_mut() {
-            f.poll_now(|r| proc.on_follow(r)).await;
+            f.poll_now(|r| proc.on_follow(r, &dead)).await;
+            dead.flush().await;
         }
         lag.refresh(log).await;
         if Instant::now() >= next_check {
@@ -433,9 +447,10 @@ pub(crate) async fn run_timed<P: Timed>(
         if let Some((now, partitions)) = positions.ready() {
             // Judge with everything written to the followed topic before now.
             if let Some(f) = follower.as_mut() {
-                if let Err(e) = f.catch_up(log, |r| proc.on_follow(r)).await {
+                if let Err(e) = f.catch_up(log, |r| proc.on_follow(r, &dead)).await {
                     tracing::warn!(processor = P::NAME, error = %e, "Catching up the followed topic failed.");
                 }
+                dead.flush().await;
             }
             let span = tracing::info_span!(
                 "timed_check",

@@ -60,6 +60,8 @@ def main() -> int:
 
 
 def to_json(v):
+    if isinstance(v, bytes):
+        return {"bytes_hex": v.hex()}
     if isinstance(v, datetime.datetime):
         return {"timestamp_micros": int(v.timestamp() * 1_000_000) if v.microsecond == 0 else
                 (int(v.timestamp()) * 1_000_000 + v.microsecond)}

@@ -19,6 +19,7 @@ macro_rules! conformance {
             write_then_query_gives_exact_buckets,
             rewriting_a_point_replaces_it,
             series_lists_each_name_once,
+            list_series_lists_the_whole_store,
             agents_tenants_and_series_are_isolated,
             invalid_ranges_are_rejected,
             buckets_align_to_the_epoch,
@@ -225,6 +226,41 @@ pub(crate) async fn series_lists_each_name_once(store: Arc<dyn TimeSeriesStore>)
         got == vec!["cpu.percent", "disk.percent:/", "disk.percent:/var"],
         "got {got:?}"
     );
+    Ok(())
+}
+
+pub(crate) async fn list_series_lists_the_whole_store(
+    store: Arc<dyn TimeSeriesStore>,
+) -> Result<()> {
+    ensure!(
+        store.list_series(usize::MAX).await?.is_empty(),
+        "no series before any write"
+    );
+    for i in 0..2 {
+        store
+            .write(&[
+                point("t2", "b", "cpu.percent", t0() + i * SECOND, 1.0),
+                point("t1", "a", "mem.percent", t0() + i * SECOND, 1.0),
+                point("t1", "a", "cpu.percent", t0() + i * SECOND, 1.0),
+                point("t1", "c", "cpu.percent", t0() + i * SECOND, 1.0),
+            ])
+            .await?;
+    }
+    let key = |t: &str, a: &str, s: &str| fleet_stores::SeriesKey {
+        tenant_id: t.into(),
+        agent_id: a.into(),
+        series: s.into(),
+    };
+    let all = vec![
+        key("t1", "a", "cpu.percent"),
+        key("t1", "a", "mem.percent"),
+        key("t1", "c", "cpu.percent"),
+        key("t2", "b", "cpu.percent"),
+    ];
+    let got = store.list_series(usize::MAX).await?;
+    ensure!(got == all, "every series once, ordered: got {got:?}");
+    let first = store.list_series(2).await?;
+    ensure!(first == all[..2], "the first two: got {first:?}");
     Ok(())
 }
 
