@@ -543,6 +543,10 @@ impl EventLog for KafkaLog {
         // Negative values mean "latest" / "earliest" to Kafka: no record has a timestamp
         // below 0 there, so 0 gives the same answer.
         let timestamp = timestamp_ms.max(0);
+        // "No record at or after the timestamp" means the end of the partition *as of the
+        // lookup*: take the ends first. Taken after, they could include records appended
+        // (or made visible) meanwhile, and a reader starting there would skip them.
+        let ends = self.high_watermarks(topic, partitions).await?;
         let name = topic.to_string();
         let found: Vec<Option<i64>> = self
             .lookup(move |c, timeout| {
@@ -573,10 +577,6 @@ impl EventLog for KafkaLog {
                     .collect()
             })
             .await?;
-        if found.iter().all(Option::is_some) {
-            return Ok(found.into_iter().flatten().collect());
-        }
-        let ends = self.high_watermarks(topic, partitions).await?;
         Ok(found
             .into_iter()
             .zip(ends)
