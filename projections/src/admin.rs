@@ -235,7 +235,7 @@ pub struct NameBody {
     tag = "admin",
     summary = "Create a tenant (admins)",
     request_body = NameBody,
-    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn create_tenant(
@@ -284,7 +284,7 @@ pub(crate) async fn create_tenant(
     path = "/api/v1/tenants",
     tag = "admin",
     summary = "List tenants (admins)",
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> Response {
@@ -304,7 +304,7 @@ pub(crate) async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap
     summary = "Create a location",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request_body = NameBody,
-    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn create_location(
@@ -331,7 +331,7 @@ pub(crate) async fn create_location(
     tag = "admin",
     summary = "List locations",
     params(("tenant_id" = String, Path, description = "Tenant id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_locations(
@@ -386,7 +386,7 @@ pub struct CreatedToken {
     summary = "Create a one-time registration token (the secret is shown once)",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request_body = TokenBody,
-    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn create_token(
@@ -438,7 +438,7 @@ pub(crate) async fn create_token(
     tag = "admin",
     summary = "List registration tokens (never their secrets)",
     params(("tenant_id" = String, Path, description = "Tenant id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_tokens(
@@ -475,7 +475,7 @@ pub struct DeactivateBody {
     summary = "Revoke an agent's credential",
     params(("agent_id" = String, Path, description = "Agent id")),
     request_body = DeactivateBody,
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn deactivate(

@@ -263,7 +263,7 @@ pub struct AgentList {
     tag = "query",
     summary = "Agents with their latest metrics, by agent id",
     params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("location" = Option<String>, Query, description = "Location id"), ("status" = Option<String>, Query, description = "online, offline or deactivated"), ("tag" = Option<String>, Query, description = "Carries this tag"), ("q" = Option<String>, Query, description = "Text in the id, host name or device name"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("after" = Option<String>, Query, description = "Last agent id of the previous page")),
-    responses((status = 200, description = "Done", body = AgentList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = AgentList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_agents(
@@ -330,7 +330,7 @@ pub struct Overview {
     tag = "query",
     summary = "Fleet counters",
     params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
-    responses((status = 200, description = "Done", body = Overview), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = Overview), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn overview(
@@ -362,7 +362,7 @@ pub(crate) async fn overview(
     path = "/api/v1/me",
     tag = "query",
     summary = "Who the key belongs to",
-    responses((status = 200, description = "Done", body = crate::auth::Principal), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = crate::auth::Principal), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn me(State(s): State<ApiState>, headers: HeaderMap) -> Response {
@@ -384,7 +384,7 @@ pub struct AuditList {
     tag = "query",
     summary = "The audit log, newest first",
     params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("actor" = Option<String>, Query, description = "Only this user"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
-    responses((status = 200, description = "Done", body = AuditList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = AuditList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_audit(
@@ -444,7 +444,7 @@ pub(crate) async fn find_agent(
     tag = "query",
     summary = "One agent with its series, services and open alerts",
     params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
-    responses((status = 200, description = "Done", body = AgentDetail), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = AgentDetail), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_agent(
@@ -553,7 +553,7 @@ pub struct History {
     tag = "query",
     summary = "Metric history in buckets (several metrics at once)",
     params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("metric" = String, Query, description = "Series names, repeated or comma-separated (cpu.percent,mem.percent)"), ("start" = Option<String>, Query, description = "RFC 3339, now, or a duration before now (default 1h before end)"), ("end" = Option<String>, Query, description = "RFC 3339, now, or a duration before now (default now)"), ("interval" = Option<String>, Query, description = "Bucket width, a duration (default 1m)")),
-    responses((status = 200, description = "Done", body = History), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = History), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn agent_metrics(
@@ -664,7 +664,7 @@ pub struct AlertList {
     tag = "query",
     summary = "Alerts, newest first",
     params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("agent_id" = Option<String>, Query, description = "Only this agent"), ("status" = Option<String>, Query, description = "open, acknowledged or resolved"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
-    responses((status = 200, description = "Done", body = AlertList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = AlertList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_alerts(

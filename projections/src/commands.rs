@@ -124,7 +124,7 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
     summary = "Ask an agent to run a command",
     params(("agent_id" = String, Path, description = "Agent id")),
     request_body = serde_json::Value,
-    responses((status = 202, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 202, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn request_command(
@@ -248,7 +248,7 @@ pub struct CommandApproved {
     tag = "commands",
     summary = "Approve a command awaiting approval",
     params(("command_id" = String, Path, description = "Command id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn approve_command(

@@ -22,6 +22,26 @@ pub struct ErrorBody {
 #[derive(Debug)]
 struct BearerAuth;
 
+/// The error answers every route may give, each with an [`ErrorBody`].
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum ApiErrors {
+    /// Bad input.
+    #[response(
+        status = 400,
+        description = "Bad input; the JSON error names the field"
+    )]
+    BadRequest(ErrorBody),
+    /// No key.
+    #[response(status = 401, description = "No or unknown API key")]
+    Unauthorized(ErrorBody),
+    /// Role or tenant.
+    #[response(status = 403, description = "The key may not do this (role or tenant)")]
+    Forbidden(ErrorBody),
+    /// Not found.
+    #[response(status = 404, description = "Not found (also another tenant's)")]
+    NotFound(ErrorBody),
+}
+
 impl Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);

@@ -393,7 +393,7 @@ fn view(ev: &RuleEvent) -> Option<RuleView> {
     summary = "Create an alert rule",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request_body = RuleBody,
-    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn create_rule(
@@ -436,7 +436,7 @@ pub(crate) async fn create_rule(
     tag = "rules",
     summary = "A tenant's alert rules",
     params(("tenant_id" = String, Path, description = "Tenant id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_rules(
@@ -475,7 +475,7 @@ pub(crate) async fn list_rules(
     tag = "rules",
     summary = "Write the default rule set",
     params(("tenant_id" = String, Path, description = "Tenant id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn write_defaults(
@@ -502,7 +502,7 @@ pub(crate) async fn write_defaults(
     summary = "Replace a rule",
     params(("rule_id" = String, Path, description = "Rule id")),
     request_body = RuleBody,
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn update_rule(
@@ -581,7 +581,7 @@ async fn set_enabled(
     tag = "rules",
     summary = "Disable a rule",
     params(("rule_id" = String, Path, description = "Rule id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn disable_rule(
@@ -601,7 +601,7 @@ pub(crate) async fn disable_rule(
     tag = "rules",
     summary = "Enable a rule",
     params(("rule_id" = String, Path, description = "Rule id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn enable_rule(
@@ -621,7 +621,7 @@ pub(crate) async fn enable_rule(
     tag = "rules",
     summary = "Delete a rule",
     params(("rule_id" = String, Path, description = "Rule id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn delete_rule(
@@ -749,7 +749,7 @@ async fn alert_action(
     tag = "alerts",
     summary = "Acknowledge an alert",
     params(("alert_id" = String, Path, description = "Alert id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn acknowledge_alert(
@@ -769,7 +769,7 @@ pub(crate) async fn acknowledge_alert(
     tag = "alerts",
     summary = "Resolve an alert by hand",
     params(("alert_id" = String, Path, description = "Alert id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn resolve_alert(

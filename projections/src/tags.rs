@@ -63,7 +63,7 @@ pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
     summary = "Set an agent's tags",
     params(("agent_id" = String, Path, description = "Agent id")),
     request_body = TagsBody,
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn put_tags(

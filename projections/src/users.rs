@@ -82,7 +82,7 @@ async fn new_key(s: &AdminState, user_id: &str) -> Result<CreatedKey, ApiError> 
     tag = "users",
     summary = "Create a user with an API key (admins)",
     request_body = UserBody,
-    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn create_user(
@@ -156,7 +156,7 @@ pub(crate) async fn create_user(
     path = "/api/v1/users",
     tag = "users",
     summary = "List users (admins)",
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_users(State(s): State<AdminState>, headers: HeaderMap) -> Response {
@@ -175,7 +175,7 @@ pub(crate) async fn list_users(State(s): State<AdminState>, headers: HeaderMap) 
     tag = "users",
     summary = "Create another API key for a user",
     params(("user_id" = String, Path, description = "User id")),
-    responses((status = 201, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn create_key(
@@ -210,7 +210,7 @@ pub(crate) async fn create_key(
     tag = "users",
     summary = "Disable a user (admins)",
     params(("user_id" = String, Path, description = "User id")),
-    responses((status = 200, description = "Done", body = serde_json::Value), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn disable_user(

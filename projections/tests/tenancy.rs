@@ -687,6 +687,21 @@ async fn every_documented_route_has_a_tenancy_case() {
             case.uri
         );
     }
+    // Every operation documents the shared error answers with their body.
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            for status in ["400", "401", "403", "404"] {
+                let schema = &op["responses"][status]["content"]["application/json"]["schema"];
+                assert!(
+                    schema["$ref"]
+                        .as_str()
+                        .is_some_and(|r| r.ends_with("/ErrorBody")),
+                    "{method} {path}: no {status} ErrorBody: {}",
+                    op["responses"]
+                );
+            }
+        }
+    }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(
         doc["components"]["schemas"]["AgentRow"].is_object(),

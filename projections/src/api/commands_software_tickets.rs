@@ -40,7 +40,7 @@ pub struct CommandList {
     tag = "query",
     summary = "An agent's commands, newest first",
     params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("after" = Option<String>, Query, description = "Last command id of the previous page")),
-    responses((status = 200, description = "Done", body = CommandList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = CommandList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn agent_commands(
@@ -92,7 +92,7 @@ pub(crate) async fn agent_commands(
     tag = "query",
     summary = "One command with its audit trail",
     params(("command_id" = String, Path, description = "Command id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
-    responses((status = 200, description = "Done", body = fleet_stores::CommandDetail), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = fleet_stores::CommandDetail), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_command(
@@ -124,7 +124,7 @@ pub(crate) async fn get_command(
     tag = "query",
     summary = "The newest software inventory",
     params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("name" = Option<String>, Query, description = "Packages whose name contains this")),
-    responses((status = 200, description = "Done", body = fleet_stores::AgentSoftware), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = fleet_stores::AgentSoftware), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn agent_software(
@@ -176,7 +176,7 @@ pub struct TicketList {
     tag = "query",
     summary = "Tickets, newest first",
     params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("status" = Option<String>, Query, description = "open, acknowledged or resolved"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
-    responses((status = 200, description = "Done", body = TicketList), (status = 400, description = "Bad input; the JSON error names the field", body = crate::openapi::ErrorBody), (status = 401, description = "No or unknown API key", body = crate::openapi::ErrorBody), (status = 403, description = "The key may not do this (role or tenant)", body = crate::openapi::ErrorBody), (status = 404, description = "Not found (also another tenant's)", body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Done", body = TicketList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_tickets(
