@@ -23,6 +23,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -310,31 +311,31 @@ fn tls_acceptor(cert: Arc<ReloadableCert>) -> Result<TlsAcceptor, ServeError> {
 }
 
 /// How many connections a server holds open now.
-#[derive(Debug, Clone)]
-pub struct OpenConnections {
-    permits: Arc<Semaphore>,
-    max: usize,
-}
+#[derive(Debug, Clone, Default)]
+pub struct OpenConnections(Arc<AtomicUsize>);
 
 impl OpenConnections {
     /// Connections open now.
     pub fn count(&self) -> usize {
-        self.max.saturating_sub(self.permits.available_permits())
+        self.0.load(Ordering::Relaxed)
     }
 }
 
-/// Counts one open connection in `fleet_http_connections` while it lives.
-struct ConnectionGauge(&'static str);
+/// Counts one open connection (in [`OpenConnections`] and `fleet_http_connections`)
+/// while it lives.
+struct ConnectionGauge(&'static str, OpenConnections);
 
 impl ConnectionGauge {
-    fn open(server: &'static str) -> Self {
+    fn open(server: &'static str, open: &OpenConnections) -> Self {
+        open.0.fetch_add(1, Ordering::Relaxed);
         metrics::connection_opened(server);
-        ConnectionGauge(server)
+        ConnectionGauge(server, open.clone())
     }
 }
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
+        self.1 .0.fetch_sub(1, Ordering::Relaxed);
         metrics::connection_closed(self.0);
     }
 }
@@ -346,7 +347,7 @@ pub struct HttpServer {
     listener: TcpListener,
     settings: HttpSettings,
     cert: Option<Arc<ReloadableCert>>,
-    permits: Arc<Semaphore>,
+    open: OpenConnections,
 }
 
 impl HttpServer {
@@ -381,7 +382,7 @@ impl HttpServer {
         Ok(HttpServer {
             server,
             listener,
-            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            open: OpenConnections::default(),
             settings: settings.clone(),
             cert,
         })
@@ -402,10 +403,7 @@ impl HttpServer {
 
     /// A handle counting the connections open now.
     pub fn open_connections(&self) -> OpenConnections {
-        OpenConnections {
-            permits: self.permits.clone(),
-            max: self.settings.max_connections,
-        }
+        self.open.clone()
     }
 
     /// Serves `app` until `shutdown` completes, then stops accepting and waits for open
@@ -420,8 +418,10 @@ impl HttpServer {
             listener,
             settings,
             cert,
-            permits,
+            open,
         } = self;
+        // One permit per open connection: when none is left, the loop stops accepting.
+        let permits = Arc::new(Semaphore::new(settings.max_connections));
         let addr = listener.local_addr().ok();
         let tls = match &cert {
             Some(c) => Some(tls_acceptor(c.clone())?),
@@ -472,7 +472,7 @@ impl HttpServer {
                 () = &mut shutdown => break,
             };
             let _ = tcp.set_nodelay(true);
-            let gauge = ConnectionGauge::open(server);
+            let gauge = ConnectionGauge::open(server, &open);
             let service = app
                 .clone()
                 .map_request(move |mut req: Request<hyper::body::Incoming>| {
