@@ -165,14 +165,6 @@ async fn register(
     publish_in_background(state, event);
     tracing::info!(%agent_id, tenant_id = %redeemed.tenant_id, "Agent registered.");
     let cfg = &state.config;
-    let base = if cfg.public_url.is_empty() {
-        format!("http://{}", cfg.listen)
-    } else {
-        cfg.public_url.clone()
-    };
-    let ws_base = base
-        .replacen("https://", "wss://", 1)
-        .replacen("http://", "ws://", 1);
     Ok(RegisterResponse {
         agent_id,
         credential,
@@ -182,9 +174,43 @@ async fn register(
         config: RemoteConfig {
             heartbeat_interval_secs: cfg.agent_heartbeat_interval_secs,
             metrics_interval_secs: cfg.agent_metrics_interval_secs,
-            websocket_url: format!("{}/api/v1/agents/ws", ws_base.trim_end_matches('/')),
+            websocket_url: websocket_url(&cfg.public_url),
         },
     })
+}
+
+/// The WebSocket URL handed out at enrollment: derived from `public-url`, or empty when
+/// it is unset. The listen address is never handed out: it may be a wildcard or
+/// loopback address, which on the agent's machine names the agent's machine (it would
+/// send its credential there); with an empty URL each agent derives the socket's URL
+/// from the server URL it was given.
+fn websocket_url(public_url: &str) -> String {
+    let base = public_url.trim();
+    if base.is_empty() {
+        return String::new();
+    }
+    let ws_base = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    format!("{}/api/v1/agents/ws", ws_base.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::websocket_url;
+
+    #[test]
+    fn the_listen_address_is_never_handed_out() {
+        assert_eq!(websocket_url(""), "");
+        assert_eq!(
+            websocket_url("https://gw.example.com/fleet/"),
+            "wss://gw.example.com/fleet/api/v1/agents/ws"
+        );
+        assert_eq!(
+            websocket_url("http://10.0.0.5:8080"),
+            "ws://10.0.0.5:8080/api/v1/agents/ws"
+        );
+    }
 }
 
 /// Writes the lifecycle event, retrying until the log takes it.

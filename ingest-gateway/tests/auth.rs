@@ -137,9 +137,9 @@ async fn enroll_then_send_with_the_credential() {
     let credential = reg["credential"].as_str().expect("credential").to_owned();
     assert_eq!(reg["tenant_id"], e.tenant_id.as_str());
     assert_eq!(reg["device_name"], "web-1");
-    assert!(reg["config"]["websocket_url"]
-        .as_str()
-        .is_some_and(|u| u.starts_with("ws://")));
+    // No public-url configured: no socket URL is handed out (never the listen address);
+    // the agent derives it from its own server URL.
+    assert_eq!(reg["config"]["websocket_url"], "");
 
     // Reports are attributed to the agent's tenant.
     let uri = format!("/api/v1/agents/{agent_id}/metrics");

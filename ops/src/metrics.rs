@@ -20,8 +20,7 @@ pub(crate) fn request_timed_out(server: &'static str) {
 
 /// A TLS handshake failed or timed out: `fleet_http_tls_handshake_failures_total{server}`.
 pub(crate) fn tls_handshake_failed(server: &'static str) {
-    metrics::counter!("fleet_http_tls_handshake_failures_total", "server" => server)
-        .increment(1);
+    metrics::counter!("fleet_http_tls_handshake_failures_total", "server" => server).increment(1);
 }
 
 /// A certificate reload: `fleet_tls_cert_reloads_total{server,outcome}` (`ok`, `failed`).

@@ -105,9 +105,8 @@ impl HttpSettings {
 
     /// Checks ranges and that the TLS files come as a pair.
     pub fn validate(&self) -> Result<(), ServeError> {
-        let invalid = |key: &str, message: &str| {
-            Err(ServeError::Config(format!("http.{key} {message}")))
-        };
+        let invalid =
+            |key: &str, message: &str| Err(ServeError::Config(format!("http.{key} {message}")));
         if self.header_read_timeout_secs == 0 {
             return invalid("header-read-timeout-secs", "must be at least 1");
         }
@@ -190,15 +189,13 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, ServeErro
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ServeError::Tls(format!("private key {}: {e}", key.display())))?;
-    CertifiedKey::from_der(certs, private, &rustls::crypto::ring::default_provider()).map_err(
-        |e| {
-            ServeError::Tls(format!(
-                "certificate {} with key {}: {e}",
-                cert.display(),
-                key.display()
-            ))
-        },
-    )
+    CertifiedKey::from_der(certs, private, &rustls::crypto::ring::default_provider()).map_err(|e| {
+        ServeError::Tls(format!(
+            "certificate {} with key {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })
 }
 
 impl ReloadableCert {
@@ -251,16 +248,19 @@ impl ReloadableCert {
     /// until dropped with its task.
     async fn watch(self: Arc<Self>, check: Duration) {
         #[cfg(unix)]
-        let mut hup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot watch SIGHUP; the certificate reloads on file change only.");
-                    None
-                }
-            };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot watch SIGHUP; the certificate reloads on file change only.");
+                None
+            }
+        };
         let poll = !check.is_zero();
-        let mut tick = tokio::time::interval(if poll { check } else { Duration::from_secs(3600) });
+        let mut tick = tokio::time::interval(if poll {
+            check
+        } else {
+            Duration::from_secs(3600)
+        });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
@@ -428,9 +428,9 @@ impl HttpServer {
             None => None,
         };
         let _watch = cert.map(|c| {
-            AbortOnDrop(tokio::spawn(c.watch(Duration::from_secs(
-                settings.tls_reload_check_secs,
-            ))))
+            AbortOnDrop(tokio::spawn(
+                c.watch(Duration::from_secs(settings.tls_reload_check_secs)),
+            ))
         });
         let header_timeout = Duration::from_secs(settings.header_read_timeout_secs);
         let app = app.layer(axum::middleware::from_fn_with_state(
@@ -473,12 +473,12 @@ impl HttpServer {
             };
             let _ = tcp.set_nodelay(true);
             let gauge = ConnectionGauge::open(server, &open);
-            let service = app
-                .clone()
-                .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req.map(axum::body::Body::new)
-                });
+            let service =
+                app.clone()
+                    .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        req.map(axum::body::Body::new)
+                    });
             let service = TowerToHyperService::new(service);
             let builder = builder.clone();
             let watcher = graceful.watcher();
@@ -493,20 +493,21 @@ impl HttpServer {
                         watcher.watch(conn.into_owned()).await
                     }
                     Some(tls) => {
-                        let stream =
-                            match tokio::time::timeout(header_timeout, tls.accept(tcp)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    metrics::tls_handshake_failed(server);
-                                    tracing::debug!(server, %peer, error = %e, "TLS handshake failed.");
-                                    return;
-                                }
-                                Err(_) => {
-                                    metrics::tls_handshake_failed(server);
-                                    tracing::debug!(server, %peer, "TLS handshake timed out.");
-                                    return;
-                                }
-                            };
+                        let stream = match tokio::time::timeout(header_timeout, tls.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                metrics::tls_handshake_failed(server);
+                                tracing::debug!(server, %peer, error = %e, "TLS handshake failed.");
+                                return;
+                            }
+                            Err(_) => {
+                                metrics::tls_handshake_failed(server);
+                                tracing::debug!(server, %peer, "TLS handshake timed out.");
+                                return;
+                            }
+                        };
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(conn.into_owned()).await

@@ -103,7 +103,8 @@ async fn slow_header_senders_are_disconnected() -> anyhow::Result<()> {
         let addr = server.addr;
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await?;
-            s.write_all(b"GET /hello HTTP/1.1\r\nHost: test\r\n").await?;
+            s.write_all(b"GET /hello HTTP/1.1\r\nHost: test\r\n")
+                .await?;
             let deadline = tokio::time::Instant::now() + WAIT;
             let mut buf = [0u8; 256];
             loop {
@@ -131,7 +132,10 @@ async fn slow_header_senders_are_disconnected() -> anyhow::Result<()> {
             closed += 1;
         }
     }
-    assert_eq!(closed, clients, "every slow connection is closed by the server");
+    assert_eq!(
+        closed, clients,
+        "every slow connection is closed by the server"
+    );
     eventually("open connections back to 0", || server.open.count() == 0).await?;
     Ok(())
 }
@@ -165,7 +169,10 @@ async fn slow_bodies_get_408() -> anyhow::Result<()> {
     let mut out = Vec::new();
     let read = tokio::time::timeout(WAIT, r.read_to_end(&mut out)).await;
     trickle.abort();
-    assert!(read.is_ok(), "the server kept the slow body's connection open");
+    assert!(
+        read.is_ok(),
+        "the server kept the slow body's connection open"
+    );
     let answer = String::from_utf8_lossy(&out);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
@@ -248,8 +255,7 @@ fn fingerprint(der: &[u8]) -> String {
 /// HTTPS with the configured certificate; new files are picked up by the modification
 /// time check; a broken pair keeps the previous certificate.
 #[tokio::test]
-async fn https_serves_the_certificate_and_reloads_it_when_the_files_change() -> anyhow::Result<()>
-{
+async fn https_serves_the_certificate_and_reloads_it_when_the_files_change() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new("fleet test CA")?;
     let first = ca.server_cert(&["localhost", "127.0.0.1"])?;

@@ -38,9 +38,10 @@ impl TestCa {
     pub fn server_cert(&self, hosts: &[&str]) -> anyhow::Result<ServerCert> {
         let names: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
         let mut params = CertificateParams::new(names)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, hosts.first().copied().unwrap_or("server"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            hosts.first().copied().unwrap_or("server"),
+        );
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(ServerCert {
