@@ -195,24 +195,6 @@ fn websocket_url(public_url: &str) -> String {
     format!("{}/api/v1/agents/ws", ws_base.trim_end_matches('/'))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::websocket_url;
-
-    #[test]
-    fn the_listen_address_is_never_handed_out() {
-        assert_eq!(websocket_url(""), "");
-        assert_eq!(
-            websocket_url("https://gw.example.com/fleet/"),
-            "wss://gw.example.com/fleet/api/v1/agents/ws"
-        );
-        assert_eq!(
-            websocket_url("http://10.0.0.5:8080"),
-            "ws://10.0.0.5:8080/api/v1/agents/ws"
-        );
-    }
-}
-
 /// Writes the lifecycle event, retrying until the log takes it.
 fn publish_in_background(state: &GatewayState, event: AgentLifecycle) {
     let log = state.log.clone();
@@ -232,4 +214,22 @@ fn publish_in_background(state: &GatewayState, event: AgentLifecycle) {
         fleet_ops::log::produce_until_written(log.as_ref(), AgentLifecycle::TOPIC, vec![record])
             .await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::websocket_url;
+
+    #[test]
+    fn the_listen_address_is_never_handed_out() {
+        assert_eq!(websocket_url(""), "");
+        assert_eq!(
+            websocket_url("https://gw.example.com/fleet/"),
+            "wss://gw.example.com/fleet/api/v1/agents/ws"
+        );
+        assert_eq!(
+            websocket_url("http://10.0.0.5:8080"),
+            "ws://10.0.0.5:8080/api/v1/agents/ws"
+        );
+    }
 }

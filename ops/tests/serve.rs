@@ -36,7 +36,11 @@ struct Running {
 }
 
 async fn start(settings: HttpSettings) -> anyhow::Result<Running> {
-    let server = HttpServer::bind("test", "127.0.0.1:0".parse()?, &settings).await?;
+    start_named("test", settings).await
+}
+
+async fn start_named(name: &'static str, settings: HttpSettings) -> anyhow::Result<Running> {
+    let server = HttpServer::bind(name, "127.0.0.1:0".parse()?, &settings).await?;
     let addr = server.local_addr()?;
     let open = server.open_connections();
     let cert = server.certificate();
@@ -183,12 +187,16 @@ async fn slow_bodies_get_408() -> anyhow::Result<()> {
 /// one of the others closes; the count of open connections never passes the cap.
 #[tokio::test]
 async fn the_connection_cap_holds() -> anyhow::Result<()> {
+    let metrics = fleet_ops::endpoints::metrics_handle();
     let cap = 4;
-    let server = start(HttpSettings {
-        max_connections: cap,
-        header_read_timeout_secs: 600,
-        ..HttpSettings::default()
-    })
+    let server = start_named(
+        "cap",
+        HttpSettings {
+            max_connections: cap,
+            header_read_timeout_secs: 600,
+            ..HttpSettings::default()
+        },
+    )
     .await?;
     let mut idle = Vec::new();
     for _ in 0..cap {
@@ -210,6 +218,11 @@ async fn the_connection_cap_holds() -> anyhow::Result<()> {
         "a connection past the cap was served: {early:?}"
     );
     assert_eq!(server.open.count(), cap, "the cap holds");
+    let text = metrics.render();
+    assert!(
+        text.contains(&format!("fleet_http_connections{{server=\"cap\"}} {cap}")),
+        "{text}"
+    );
 
     drop(idle.pop());
     let answer = read_until_closed(&mut extra).await?;
