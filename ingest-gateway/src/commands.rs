@@ -9,6 +9,12 @@
 //! gets all of its agent's pending commands; an agent without a socket polls
 //! `GET /api/v1/agents/{agent_id}/commands`.
 //!
+//! Only the first REQUESTED of a command id counts: a later one with the same id never
+//! changes the type, arguments or approval of what the agent runs. Progress and results
+//! are accepted only for a command this book gave to the same agent (pending, or finished
+//! and owned by it: a result resent after a lost acknowledgement); anything else is 404,
+//! whether the command is another agent's or does not exist.
+//!
 //! Delivery is at least once: a command can reach an agent twice (a reconnect, a poll
 //! after a push), so agents run each command id once.
 
@@ -89,6 +95,10 @@ impl CommandBook {
             return false;
         }
         match ev.kind {
+            // Only the first REQUESTED of an id counts: a second one (a reused idempotency
+            // key with another body) must change neither what runs nor whether it waits
+            // for an approval.
+            CommandEventKind::Requested if self.open.contains_key(&ev.command_id) => false,
             CommandEventKind::Requested | CommandEventKind::Approved => {
                 let was_pending = self
                     .open
@@ -113,10 +123,6 @@ impl CommandBook {
                         dispatched: false,
                         requested_at: ev.occurred_at,
                     });
-                if ev.kind == CommandEventKind::Requested {
-                    t.requested_at = ev.occurred_at;
-                    t.requires_approval = ev.requires_approval;
-                }
                 t.approved |= approved;
                 let now_pending = t.is_pending();
                 let key = (t.requested_at, ev.command_id.clone());
@@ -537,7 +543,11 @@ async fn poll(state: &GatewayState, agent_id: &str) -> Result<CommandList, ApiEr
     Ok(CommandList { commands })
 }
 
-/// Checks that a command update names the command of the path and one of this agent's.
+/// The command a progress chunk or result names: it must be the command of the path and
+/// one this book gave to `agent_id`: pending (so approved if it needed it), or finished
+/// and this agent's (a result resent after a lost acknowledgement; `None` then). Unknown
+/// commands and other agents' get the same 404; a command of this agent still waiting for
+/// its approval gets 409. Before the replay at start is done, 503 (the book is not whole).
 fn check_command(
     state: &GatewayState,
     agent_id: &str,
@@ -552,14 +562,34 @@ fn check_command(
             ));
         }
     }
-    let book = state.commands.book.lock();
-    if book.owner(body_id).is_some_and(|owner| owner != agent_id) {
-        return Err(ApiError::invalid_field(
-            "command_id",
-            "names a command of another agent",
+    if !state.commands.is_live() {
+        return Err(ApiError::unavailable(
+            "the gateway is still reading recent commands; retry shortly",
+            state.config.retry_after_secs.clamp(1, 2),
         ));
     }
-    Ok(book.get(body_id).cloned())
+    let book = state.commands.book.lock();
+    let refused = |reason: &'static str, e: ApiError| {
+        metrics::command_update_refused(reason);
+        tracing::warn!(%agent_id, command_id = %body_id, reason, "Command update refused.");
+        Err(e.with_field("command_id"))
+    };
+    match book.get(body_id) {
+        Some(t) if t.agent_id == agent_id && t.is_pending() => Ok(Some(t.clone())),
+        Some(t) if t.agent_id == agent_id => refused(
+            "not_dispatched",
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "command_not_dispatched",
+                "this command waits for its approval and was not given to the agent",
+            ),
+        ),
+        _ if book.owner(body_id) == Some(agent_id) => Ok(None),
+        _ => refused(
+            "unknown",
+            ApiError::not_found("no such command was given to this agent"),
+        ),
+    }
 }
 
 /// A progress chunk → PROGRESS event (both transports).
@@ -721,6 +751,35 @@ mod tests {
         assert_eq!(ids, vec!["c2", "c1"], "oldest request first");
         // A duplicate APPROVED changes nothing.
         assert!(!b.apply(&ev("c2", CommandEventKind::Approved, true, 21)));
+    }
+
+    #[test]
+    fn only_the_first_requested_counts() {
+        let mut b = CommandBook::default();
+        let mut first = ev("c1", CommandEventKind::Requested, true, 10);
+        first.command_type = "run_script".into();
+        first.args = HashMap::from([("script".to_owned(), "wipe".to_owned())]);
+        assert!(!b.apply(&first), "waits for its approval");
+        // The same id again, asking for no approval and something else: ignored.
+        let mut second = ev("c1", CommandEventKind::Requested, false, 20);
+        second.command_type = "collect_diagnostics".into();
+        second.timeout_secs = 999;
+        assert!(!b.apply(&second));
+        assert!(b.pending_for("a").is_empty(), "still waits for its approval");
+        let t = b.get("c1").expect("known");
+        assert!(t.requires_approval);
+        assert_eq!((t.command_type.as_str(), t.requested_at), ("run_script", 10));
+        // Once approved, the agent gets exactly the first request.
+        assert!(b.apply(&ev("c1", CommandEventKind::Approved, true, 30)));
+        let pending = b.pending_for("a");
+        assert_eq!(pending.len(), 1);
+        let spec = &pending[0].0;
+        assert_eq!(spec.command_type, "run_script");
+        assert_eq!(spec.args.get("script").map(String::as_str), Some("wipe"));
+        assert_eq!(spec.timeout_secs, 30);
+        // A later REQUESTED does not move it in the queue either.
+        assert!(!b.apply(&ev("c1", CommandEventKind::Requested, false, 5)));
+        assert_eq!(b.get("c1").map(|t| t.requested_at), Some(10));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub const COMMANDS_DISPATCHED: &str = "fleet_gateway_commands_dispatched_total";
 /// Command progress chunks and results written, by `kind` (progress, completed).
 pub const COMMAND_UPDATES: &str = "fleet_gateway_command_updates_total";
 
+/// Command progress or results refused, by `reason` (`unknown`: not a command given to
+/// this agent, 404; `not_dispatched`: waiting for its approval, 409).
+pub const COMMAND_UPDATES_REFUSED: &str = "fleet_gateway_command_updates_refused_total";
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     INVENTORIES_ACCEPTED,
@@ -47,6 +51,7 @@ pub const ALL: &[&str] = &[
     WS_FRAMES,
     COMMANDS_DISPATCHED,
     COMMAND_UPDATES,
+    COMMAND_UPDATES_REFUSED,
     REPORTS_ACCEPTED,
     REPORTS_REJECTED,
     REQUESTS,
@@ -111,6 +116,10 @@ pub(crate) fn inventory_accepted() {
 
 pub(crate) fn command_update(kind: &'static str) {
     metrics::counter!(COMMAND_UPDATES, "kind" => kind).increment(1);
+}
+
+pub(crate) fn command_update_refused(reason: &'static str) {
+    metrics::counter!(COMMAND_UPDATES_REFUSED, "reason" => reason).increment(1);
 }
 
 pub(crate) fn commands_dispatched(via: &'static str, n: usize) {
