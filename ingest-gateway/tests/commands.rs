@@ -431,6 +431,7 @@ async fn results_and_progress_over_ws_and_http_become_command_events() {
 
 #[tokio::test]
 async fn results_naming_the_wrong_command_are_refused() {
+    let handle = fleet_ops::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), open_config());
     let _stop = dispatcher(&state);
@@ -496,7 +497,7 @@ async fn results_naming_the_wrong_command_are_refused() {
         matches!(answer, ServerMessage::Error { status: 404, .. }),
         "{answer:?}"
     );
-    assert!(fleet_ops::endpoints::metrics_handle()
+    assert!(handle
         .render()
         .contains(fleet_ingest_gateway::metrics::COMMAND_UPDATES_REFUSED));
 
