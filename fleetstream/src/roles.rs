@@ -94,10 +94,14 @@ async fn serve(
         format!("{what}: cannot listen on {addr} (in use? change `listen` in the config)")
     })?;
     tracing::info!(%addr, what, "Listening.");
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.wait())
-        .await
-        .with_context(|| format!("{what} server"))
+    // The peer address reaches handlers as ConnectInfo (the gateway's per-address limits).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.wait())
+    .await
+    .with_context(|| format!("{what} server"))
 }
 
 fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {

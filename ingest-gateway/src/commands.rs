@@ -23,20 +23,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet_event_log::{ConsumerOptions, StartFrom};
 use fleet_ops::deadletter::DeadLetters;
-use fleet_ops::{ApiError, FieldJson};
+use fleet_ops::ApiError;
 use fleet_schemas::api::{
     CommandList, CommandProgressIn, CommandResultIn, CommandSpec, IngestAccepted, ServerMessage,
 };
 use fleet_schemas::{ids, topics, CommandEvent, CommandEventKind};
 use parking_lot::Mutex;
 
-use crate::{admit, hub, metrics, produce_all, validate, AgentIdentity, GatewayState};
+use crate::{
+    admit, admit_then_body, hub, metrics, produce_all, validate, AgentIdentity, ClientAddr,
+    GatewayState,
+};
 
 /// What the gateway knows of one unfinished command.
 #[derive(Debug, Clone, PartialEq)]
@@ -484,11 +487,12 @@ async fn go_live(state: &GatewayState) {
 pub(crate) async fn get_commands(
     State(state): State<GatewayState>,
     Path(agent_id): Path<String>,
+    client: ClientAddr,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        admit(&state, &agent_id, &headers).await?;
+        admit(&state, &agent_id, client, &headers).await?;
         poll(&state, &agent_id).await
     }
     .await;
@@ -683,13 +687,14 @@ fn fill_identity(
 pub(crate) async fn post_progress(
     State(state): State<GatewayState>,
     Path((agent_id, command_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<FieldJson<CommandProgressIn>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_progress(&state, &who, &agent_id, Some(&command_id), body?.0).await
+        let (who, body) =
+            admit_then_body::<CommandProgressIn>(&state, &agent_id, client, req).await?;
+        ingest_progress(&state, &who, &agent_id, Some(&command_id), body).await
     }
     .await;
     crate::respond("command_progress", started, result)
@@ -700,13 +705,14 @@ pub(crate) async fn post_progress(
 pub(crate) async fn post_result(
     State(state): State<GatewayState>,
     Path((agent_id, command_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<FieldJson<CommandResultIn>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_result(&state, &who, &agent_id, Some(&command_id), body?.0).await
+        let (who, body) =
+            admit_then_body::<CommandResultIn>(&state, &agent_id, client, req).await?;
+        ingest_result(&state, &who, &agent_id, Some(&command_id), body).await
     }
     .await;
     crate::respond("command_result", started, result)
@@ -765,10 +771,16 @@ mod tests {
         second.command_type = "collect_diagnostics".into();
         second.timeout_secs = 999;
         assert!(!b.apply(&second));
-        assert!(b.pending_for("a").is_empty(), "still waits for its approval");
+        assert!(
+            b.pending_for("a").is_empty(),
+            "still waits for its approval"
+        );
         let t = b.get("c1").expect("known");
         assert!(t.requires_approval);
-        assert_eq!((t.command_type.as_str(), t.requested_at), ("run_script", 10));
+        assert_eq!(
+            (t.command_type.as_str(), t.requested_at),
+            ("run_script", 10)
+        );
         // Once approved, the agent gets exactly the first request.
         assert!(b.apply(&ev("c1", CommandEventKind::Approved, true, 30)));
         let pending = b.pending_for("a");

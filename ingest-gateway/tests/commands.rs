@@ -229,7 +229,13 @@ async fn a_second_requested_cannot_skip_the_approval_or_change_the_command() {
     first.command_type = "run_script".into();
     first.args = HashMap::from([("script".to_owned(), "cleanup".to_owned())]);
     write(&log, &first).await;
-    let mut second = command(CommandEventKind::Requested, &needs, "guarded", false, now + 1);
+    let mut second = command(
+        CommandEventKind::Requested,
+        &needs,
+        "guarded",
+        false,
+        now + 1,
+    );
     second.event_id = ids::v5(&[&needs, "REQUESTED", "again"]).to_string();
     second.command_type = "collect_diagnostics".into();
     second.args = HashMap::new();
@@ -237,7 +243,13 @@ async fn a_second_requested_cannot_skip_the_approval_or_change_the_command() {
     // Same agent, same partition: once this one arrives, both above were applied.
     write(
         &log,
-        &command(CommandEventKind::Requested, &marker, "guarded", false, now + 2),
+        &command(
+            CommandEventKind::Requested,
+            &marker,
+            "guarded",
+            false,
+            now + 2,
+        ),
     )
     .await;
     assert_eq!(

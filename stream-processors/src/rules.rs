@@ -1352,7 +1352,11 @@ mod tests {
             raised.extend(ev.evaluate(&disks_report(t, one("/data"), 95.0), t));
             assert_eq!(ev.evict_idle(t + MIN, 0), 0, "minute {minute}");
         }
-        assert_eq!(raised.len(), 1, "raised after 10 minutes, as without eviction");
+        assert_eq!(
+            raised.len(),
+            1,
+            "raised after 10 minutes, as without eviction"
+        );
         assert_eq!(raised[0].occurred_at, t0 + 10 * MIN);
         // Long silent with its alert open: kept, and the recovery resolves it.
         let later = t0 + 1000 * MIN;
