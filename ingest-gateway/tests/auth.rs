@@ -293,6 +293,24 @@ fn heartbeat() -> Value {
     json!({"sent_at": chrono::Utc::now().to_rfc3339(), "sequence": 1, "uptime_seconds": 5, "agent_version": "0.1.0"})
 }
 
+/// Repeats a request refused with 401 until it is refused with 429 instead; returns that
+/// answer (and fails if it never comes).
+async fn until_limited<F, Fut>(mut request: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (StatusCode, Value)>,
+{
+    for _ in 0..500 {
+        let (status, v) = request().await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(v["error"]["code"], "rate_limited");
+            return v;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    panic!("never limited");
+}
+
 /// The app as seen from one client address.
 fn from(e: &Env, addr: &str) -> Router {
     let addr: SocketAddr = addr.parse().expect("address");
@@ -335,18 +353,12 @@ async fn failed_authentications_are_limited_per_client_address() {
     let (status, v) = call(&other, &victim_uri, &heartbeat(), Some(&credential)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{v}");
 
-    let mut limited = None;
-    for _ in 0..500 {
+    until_limited(|| {
         let uri = format!("/api/v1/agents/{}/heartbeat", uuid::Uuid::new_v4());
-        let (status, v) = call(&attacker, &uri, &heartbeat(), Some("fsa_guess")).await;
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(v);
-            break;
-        }
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
-    }
-    let limited = limited.expect("the guesser was never slowed down");
-    assert_eq!(limited["error"]["code"], "rate_limited");
+        let attacker = attacker.clone();
+        async move { call(&attacker, &uri, &heartbeat(), Some("fsa_guess")).await }
+    })
+    .await;
     // Another address still gets its answer from the registry.
     let uri = format!("/api/v1/agents/{}/heartbeat", uuid::Uuid::new_v4());
     assert_eq!(
@@ -372,42 +384,31 @@ async fn forwarded_for_is_trusted_only_from_listed_proxies() {
     })
     .await;
     let proxy = from(&e, "10.1.2.3:443");
-    let guess = |client: &'static str| {
-        let proxy = proxy.clone();
-        async move {
-            let req = Request::post(format!("/api/v1/agents/{}/heartbeat", uuid::Uuid::new_v4()))
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::AUTHORIZATION, "Bearer fsa_guess")
-                .header("x-forwarded-for", format!("{client}, 10.9.9.9"))
-                .body(Body::from(heartbeat().to_string()))
-                .expect("request");
-            proxy.oneshot(req).await.expect("response").status()
-        }
-    };
-    let mut limited = false;
-    for _ in 0..500 {
-        let s = guess("192.0.2.1").await;
-        if s == StatusCode::TOO_MANY_REQUESTS {
-            limited = true;
-            break;
-        }
-        assert_eq!(s, StatusCode::UNAUTHORIZED);
-    }
-    assert!(limited, "the forwarded client was never slowed down");
-    // Another client behind the same proxy is not.
-    assert_eq!(guess("192.0.2.2").await, StatusCode::UNAUTHORIZED);
+    until_limited(|| guess_forwarded(&proxy, "192.0.2.1, 10.9.9.9")).await;
+    // Another client behind the same proxy is not limited.
+    let (status, _) = guess_forwarded(&proxy, "192.0.2.2, 10.9.9.9").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // From an untrusted peer the header is ignored: the peer itself is the client.
     let direct = from(&e, "192.0.2.50:1234");
+    let (status, _) = guess_forwarded(&direct, "192.0.2.1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// A wrong credential for a made-up agent, with `X-Forwarded-For: forwarded`.
+async fn guess_forwarded(app: &Router, forwarded: &str) -> (StatusCode, Value) {
     let req = Request::post(format!("/api/v1/agents/{}/heartbeat", uuid::Uuid::new_v4()))
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, "Bearer fsa_guess")
-        .header("x-forwarded-for", "192.0.2.1")
+        .header("x-forwarded-for", forwarded)
         .body(Body::from(heartbeat().to_string()))
         .expect("request");
-    assert_eq!(
-        direct.oneshot(req).await.expect("response").status(),
-        StatusCode::UNAUTHORIZED
-    );
+    let resp = app.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// Finding 4: the body is read (and inflated) only once the caller is authenticated. The
@@ -463,23 +464,8 @@ async fn registration_is_rate_limited_per_client_address() {
     let e = env().await;
     let a = from(&e, "203.0.113.8:1000");
     let b = from(&e, "198.51.100.10:1000");
-    let mut limited = None;
-    for _ in 0..500 {
-        let (status, v) = call(
-            &a,
-            "/api/v1/agents/register",
-            &register_body("fst_nope"),
-            None,
-        )
-        .await;
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(v);
-            break;
-        }
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
-    }
-    let limited = limited.expect("registration was never limited");
-    assert_eq!(limited["error"]["code"], "rate_limited");
+    let body = register_body("fst_nope");
+    until_limited(|| call(&a, "/api/v1/agents/register", &body, None)).await;
     let (status, v) = call(
         &b,
         "/api/v1/agents/register",
