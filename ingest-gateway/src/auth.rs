@@ -65,7 +65,8 @@ pub struct Authenticator {
     default_tenant: String,
     registry: Option<Arc<dyn Registry>>,
     ttl: Duration,
-    /// Agent id → its credential (None: the registry has none), and when looked up.
+    /// Agent id → its credential (None: the registry has none), and when looked up. A
+    /// cached "none" cannot hide a new agent: ids are random UUIDs made at registration.
     cache: Mutex<HashMap<String, (Option<AgentCredential>, Instant)>>,
 }
 
