@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthMode;
+use crate::client::ProxyNet;
+use crate::subjects::SubjectLimits;
 
 /// Settings of the ingest gateway. Every key has a default; see
 /// `config/gateway.example.toml`.
@@ -24,7 +26,7 @@ pub struct GatewayConfig {
     pub schema_registry_url: String,
     /// `required`: every agent request needs a valid credential; `off`: requests without
     /// one are accepted as `default-tenant` (single machine; a sent credential is still
-    /// checked).
+    /// checked, and an agent id enrolled in the registry still needs its credential).
     pub auth: AuthMode,
     /// Registry (tokens and agent credentials): `postgres://...` or `sqlite://path`.
     /// Needed for enrollment and for `auth = "required"`; empty means none.
@@ -37,6 +39,25 @@ pub struct GatewayConfig {
     pub rate_limit_per_second: u32,
     /// Burst size of the per-agent bucket.
     pub rate_limit_burst: u32,
+    /// Failed agent authentications (401) allowed per client address and minute; past
+    /// them (and the burst) the address gets 429 for requests whose credential is not
+    /// already cached as valid. 0 disables.
+    pub auth_failures_per_minute: u32,
+    /// Burst of the per-address failure bucket.
+    pub auth_failure_burst: u32,
+    /// Registrations (`POST /api/v1/agents/register`, one registry transaction each)
+    /// allowed per client address and minute; 0 disables.
+    pub register_per_minute: u32,
+    /// Burst of the per-address registration bucket.
+    pub register_burst: u32,
+    /// Addresses or networks (`10.0.0.7`, `10.0.0.0/8`) of reverse proxies in front of
+    /// the gateway whose `X-Forwarded-For` is believed. Empty (the default): the client
+    /// address is the connection's peer, so behind a proxy the per-address limits apply
+    /// to the proxy as a whole.
+    pub trusted_proxies: Vec<ProxyNet>,
+    /// Bounds on the subjects (mounts, interfaces, services, custom metrics) one agent can
+    /// make the pipeline track (`[subjects]`).
+    pub subjects: SubjectLimits,
     /// URL agents reach this gateway at: the WebSocket URL handed out at enrollment is
     /// derived from it. Empty: no WebSocket URL is handed out and each agent derives it
     /// from the server URL it was given. `fleetstream gateway` refuses a loopback or
@@ -94,6 +115,12 @@ impl Default for GatewayConfig {
             default_tenant: "default".into(),
             rate_limit_per_second: 20,
             rate_limit_burst: 40,
+            auth_failures_per_minute: 30,
+            auth_failure_burst: 30,
+            register_per_minute: 30,
+            register_burst: 10,
+            trusted_proxies: Vec::new(),
+            subjects: SubjectLimits::default(),
             public_url: String::new(),
             agent_heartbeat_interval_secs: 30.0,
             agent_metrics_interval_secs: 10.0,

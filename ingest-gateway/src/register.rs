@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,17 +16,23 @@ use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::api::{MachineFacts, RegisterRequest, RegisterResponse, RemoteConfig};
 use fleet_schemas::{codec, ids, AgentFacts, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_stores::registry::{hash_secret, new_secret, NewAgent, RedeemRefusal};
-use fleet_stores::StoreError;
 
-use crate::{metrics, GatewayState};
+use crate::{metrics, ClientAddr, GatewayState};
 
 /// Handler of `POST /api/v1/agents/register`.
 #[tracing::instrument(name = "register", skip_all, fields(agent_id))]
 pub(crate) async fn post_register(
     State(state): State<GatewayState>,
-    body: Result<FieldJson<RegisterRequest>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
+    // Each registration is a registry transaction: limited per client address
+    // (`register-per-minute`), before the body is read.
+    let body = match state.registrations.check(client.key()) {
+        Ok(()) => FieldJson::<RegisterRequest>::from_request(req, &state).await,
+        Err(e) => Err(e),
+    };
     let result = register(&state, body).await;
     metrics::record_request("register", &result, started.elapsed());
     match result {
@@ -122,12 +128,7 @@ async fn register(
     let redeemed = registry
         .redeem_token(hash_secret(&req.token), &new_agent)
         .await
-        .map_err(|e| match e {
-            StoreError::Unavailable(m) => {
-                ApiError::unavailable(format!("registry unavailable: {m}"), 5)
-            }
-            other => ApiError::internal(other),
-        })?;
+        .map_err(crate::auth::registry_error)?;
     let redeemed = redeemed.map_err(|refusal| match refusal {
         RedeemRefusal::Unknown => ApiError::new(
             StatusCode::UNAUTHORIZED,
