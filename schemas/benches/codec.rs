@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fleet_schemas::codec::{self, Record};
-use fleet_schemas::{fixtures, Heartbeat, MetricReport};
+use fleet_schemas::fixtures;
 use std::hint::black_box;
 
 const T: i64 = 1_763_900_000_000_000;
