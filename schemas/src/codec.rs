@@ -509,6 +509,10 @@ impl<T: Record> Codec<T> {
         framing: Option<&RegistryFraming>,
         bytes: &[u8],
     ) -> Result<T, CodecError> {
+        // The common case, single-object with the current schema: no catalog lookup.
+        if let Some(body) = bytes.strip_prefix(&self.header[..]) {
+            return decode_direct(self.direct, body);
+        }
         let (writer, body) = self.split_header(framing, bytes)?;
         match &writer.datum {
             DatumReader::Direct(schema) => decode_direct(schema, body),
