@@ -15,7 +15,8 @@
 //! the caller provides: this crate does no I/O) and cached for the life of the process.
 //!
 //! The datum itself is read and written by `serde_avro_fast`, straight between the bytes
-//! and the record type (about ten times cheaper than apache-avro's generic `Value` tree).
+//! and the record type (decoding is five to eight times cheaper than through apache-avro's
+//! generic `Value` tree, `docs/BENCHMARKS.md`).
 //! That direct read does no schema resolution, so it is used only for writer schemas
 //! where it gives exactly what resolution against the current schema gives (decided once
 //! per writer schema, see [`KnownSchema::reads_directly`]): the current schema itself, and
@@ -154,7 +155,7 @@ impl std::fmt::Debug for DatumReader {
 impl KnownSchema {
     /// Whether a datum written with this schema is decoded directly into the record type
     /// (`serde_avro_fast`), rather than through apache-avro's schema resolution; both give
-    /// the same record, the direct read about ten times faster.
+    /// the same record, the direct read several times faster.
     pub fn reads_directly(&self) -> bool {
         matches!(self.datum, DatumReader::Direct(_))
     }
@@ -212,19 +213,27 @@ fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
             ([S::Null, w], [S::Null, r]) => reads_directly(w, r),
             _ => false,
         },
-        (S::Record(w), S::Record(r)) => w.name == r.name && r.fields.iter().all(|rf| {
-            let no_aliases = rf.aliases.as_ref().is_none_or(|a| a.is_empty());
-            no_aliases
-                && match w.fields.iter().find(|wf| wf.name == rf.name) {
-                    Some(wf) => reads_directly(&wf.schema, &rf.schema),
-                    None => {
-                        matches!(&rf.schema, S::Union(u) if matches!(u.variants(), [S::Null, _]))
-                            && rf.default == Some(serde_json::Value::Null)
-                    }
-                }
-        }),
+        (S::Record(w), S::Record(r)) => {
+            w.name == r.name
+                && r.fields.iter().all(|rf| {
+                    let aliased = rf.aliases.as_ref().is_some_and(|a| !a.is_empty());
+                    !aliased
+                        && match w.fields.iter().find(|wf| wf.name == rf.name) {
+                            Some(wf) => reads_directly(&wf.schema, &rf.schema),
+                            None => is_optional_with_null_default(rf),
+                        }
+                })
+        }
         _ => false,
     }
+}
+
+/// `["null", T]` with default null: an `Option` that serde's derive reads as `None` when the
+/// writer lacks the field, as resolution fills in the default.
+fn is_optional_with_null_default(field: &apache_avro::schema::RecordField) -> bool {
+    let optional =
+        matches!(&field.schema, Schema::Union(u) if matches!(u.variants(), [Schema::Null, _]));
+    optional && field.default == Some(serde_json::Value::Null)
 }
 
 /// Every `.avsc` this build carries: (file name, text). Current versions first, then the
