@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use fleet_schemas::samples::{for_each_sample, series_name};
 use fleet_timeseries::{chunk, rollup, Block, RollupSet};
-use support::{env_usize, reports, Kind, Shape, HOUR_MICROS};
+use support::{env_usize, reports, Cutter, Kind, Shape, HOUR_MICROS};
 
 const DAY_MICROS: i64 = 24 * HOUR_MICROS;
 /// Line-protocol bytes per POST.
@@ -135,7 +135,7 @@ fn vm_version(bin: &str) -> Result<String> {
 /// Our side, fed sample by sample: blocks of one agent-hour and their rollups.
 #[derive(Default)]
 struct Ours {
-    open: HashMap<String, (i64, Vec<(i64, String, f64)>)>,
+    cutter: Cutter,
     /// (agent, day) → merged rollup sets, one per width.
     rollups: HashMap<(String, i64), Vec<RollupSet>>,
     encoded: Vec<Vec<u8>>,
@@ -145,32 +145,22 @@ struct Ours {
 
 impl Ours {
     fn add(&mut self, agent: &str, ts: i64, series: String, value: f64) -> Result<()> {
-        let hour = ts.div_euclid(HOUR_MICROS);
-        let entry = self
-            .open
-            .entry(agent.to_owned())
-            .or_insert_with(|| (hour, Vec::new()));
-        if entry.0 != hour {
-            let pending = std::mem::take(&mut entry.1);
-            entry.0 = hour;
-            self.close(agent, pending)?;
-        }
-        let entry = self.open.get_mut(agent).context("open block")?;
-        entry.1.push((ts, series, value));
         self.samples += 1;
-        Ok(())
+        match self.cutter.add(agent, ts, series, value) {
+            Some(block) => self.close(agent, &block),
+            None => Ok(()),
+        }
     }
 
-    fn close(&mut self, agent: &str, pending: Vec<(i64, String, f64)>) -> Result<()> {
-        let block = Block::from_samples(pending)?;
+    fn close(&mut self, agent: &str, block: &Block) -> Result<()> {
         let t = Instant::now();
-        let bytes = chunk::encode(&block);
+        let bytes = chunk::encode(block);
         self.encode_time += t.elapsed();
         self.encoded.push(bytes);
         let day = block.timestamps()[0].div_euclid(DAY_MICROS);
         let sets: Vec<RollupSet> = rollup::DEFAULT_WIDTHS_MICROS
             .iter()
-            .map(|&w| rollup::compute(&block, w))
+            .map(|&w| rollup::compute(block, w))
             .collect::<Result<_, _>>()?;
         match self.rollups.get_mut(&(agent.to_owned(), day)) {
             Some(stored) => {
@@ -186,10 +176,8 @@ impl Ours {
     }
 
     fn finish(&mut self) -> Result<()> {
-        let mut open: Vec<_> = self.open.drain().collect();
-        open.sort_by(|a, b| a.0.cmp(&b.0));
-        for (agent, (_, pending)) in open {
-            self.close(&agent, pending)?;
+        for (agent, block) in std::mem::take(&mut self.cutter).finish() {
+            self.close(&agent, &block)?;
         }
         Ok(())
     }

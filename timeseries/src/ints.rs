@@ -109,9 +109,13 @@ pub(crate) fn plan(x: &[i64]) -> Plan {
         return plain;
     }
     let base = x[0];
-    let g = x
-        .iter()
-        .fold(0u64, |g, &v| gcd(g, v.wrapping_sub(base).unsigned_abs()));
+    let mut g = 0u64;
+    for &v in x {
+        g = gcd(g, v.wrapping_sub(base).unsigned_abs());
+        if g == 1 {
+            return plain;
+        }
+    }
     if g < 2 || g > i64::MAX as u64 {
         return plain;
     }

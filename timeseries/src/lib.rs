@@ -25,6 +25,25 @@ mod presence;
 pub mod rollup;
 mod wire;
 
+/// Internals the `codecs` bench compares other crates against; not an API.
+#[cfg(feature = "codec-eval")]
+#[doc(hidden)]
+pub mod eval {
+    /// The uncompressed prefix and payload of [`crate::chunk::encode`] (before zstd).
+    pub fn chunk_parts(block: &crate::Block) -> (Vec<u8>, Vec<u8>) {
+        crate::chunk::encode_parts(block)
+    }
+
+    /// The zstd level [`crate::chunk::encode`] uses.
+    pub const ZSTD_LEVEL: i32 = crate::wire::ZSTD_LEVEL;
+
+    /// Exponent and mantissas of a column when every value is an exact decimal at one
+    /// exponent (the conversion the encoder makes).
+    pub fn decimal(values: &[f64]) -> Option<(i32, Vec<i64>)> {
+        crate::floats::exact_decimal(values)
+    }
+}
+
 pub use chunk::{Block, BlockHeader, Series};
 pub use error::ChunkError;
 pub use rollup::{RollupRow, RollupSet, SeriesRollup};
