@@ -104,9 +104,9 @@ fn exact_exponent(v: f64) -> Option<Option<i32>> {
 /// Mantissas of `values` at exponent `e` (factors of ten moved into it), and the residuals.
 struct Decimal {
     exp: i32,
-    mantissas: Vec<i64>,
-    residuals: Vec<i64>,
-    exact: bool,
+    mantissas: ints::Column,
+    /// `None` when every residual is 0.
+    residuals: Option<ints::Column>,
     size: usize,
 }
 
@@ -128,16 +128,16 @@ fn decimal_at(values: &[f64], mut exp: i32) -> Decimal {
         .zip(&mantissas)
         .map(|(&v, &m)| ordered_bits(v).wrapping_sub(ordered_bits(unscale(m, exp))))
         .collect();
-    let exact = residuals.iter().all(|&r| r == 0);
-    let mut size = 1 + ivarint_len(i64::from(exp)) + ints::encoded_len(&mantissas);
-    if !exact {
-        size += ints::encoded_len(&residuals);
-    }
+    let residuals = (!residuals.iter().all(|&r| r == 0)).then(|| ints::Column::new(residuals));
+    let mantissas = ints::Column::new(mantissas);
+    let size = 1
+        + ivarint_len(i64::from(exp))
+        + mantissas.size()
+        + residuals.as_ref().map_or(0, ints::Column::size);
     Decimal {
         exp,
         mantissas,
         residuals,
-        exact,
         size,
     }
 }
@@ -210,7 +210,9 @@ fn divided(values: &[f64]) -> Option<(u32, i32, Vec<i64>)> {
 pub(crate) fn exact_decimal(values: &[f64]) -> Option<(i32, Vec<i64>)> {
     let exp = column_exponent(values).unwrap_or(0);
     let d = decimal_at(values, exp);
-    d.exact.then_some((d.exp, d.mantissas))
+    d.residuals
+        .is_none()
+        .then(|| (d.exp, d.mantissas.values().to_vec()))
 }
 
 /// Encodes a column (any length; nothing for an empty one). `hint` is a further exponent
@@ -242,12 +244,10 @@ pub(crate) fn encode(values: &[f64], hint: Option<i32>, out: &mut Vec<u8>) -> Op
     let mut xor = Vec::new();
     let mut xor_size = usize::MAX;
     if dec > 2 * values.len() {
-        if best.as_ref().is_none_or(|d| !d.exact) {
+        if best.as_ref().is_none_or(|d| d.residuals.is_some()) {
             if let Some((d, exp, m)) = divided(values) {
-                div_size = 1
-                    + uvarint_len(u64::from(d))
-                    + ivarint_len(i64::from(exp))
-                    + ints::encoded_len(&m);
+                let m = ints::Column::new(m);
+                div_size = 1 + uvarint_len(u64::from(d)) + ivarint_len(i64::from(exp)) + m.size();
                 div = Some((d, exp, m));
             }
         }
@@ -257,18 +257,22 @@ pub(crate) fn encode(values: &[f64], hint: Option<i32>, out: &mut Vec<u8>) -> Op
     let raw = 1 + 8 * values.len();
     let smallest = dec.min(div_size).min(xor_size).min(raw);
     if let Some(d) = best.filter(|_| dec == smallest) {
-        out.push(if d.exact { DECIMAL } else { DECIMAL_RESIDUAL });
+        out.push(if d.residuals.is_none() {
+            DECIMAL
+        } else {
+            DECIMAL_RESIDUAL
+        });
         put_ivarint(out, i64::from(d.exp));
-        ints::encode(&d.mantissas, out);
-        if !d.exact {
-            ints::encode(&d.residuals, out);
+        d.mantissas.write(out);
+        if let Some(r) = &d.residuals {
+            r.write(out);
         }
         Some(d.exp)
     } else if let Some((d, exp, m)) = div.filter(|_| div_size == smallest) {
         out.push(DIVIDED);
         put_uvarint(out, u64::from(d));
         put_ivarint(out, i64::from(exp));
-        ints::encode(&m, out);
+        m.write(out);
         None
     } else if xor_size == smallest {
         out.push(XOR);
