@@ -278,11 +278,14 @@ fn run(kind: Kind, shape: Shape, vm_bin: &str) -> Result<Row> {
     vm.stop();
 
     let raw: usize = ours.encoded.iter().map(Vec::len).sum();
-    let rollup_bytes: usize = ours
-        .rollups
-        .values()
-        .flat_map(|sets| sets.iter().map(|s| rollup::encode(s).len()))
-        .sum();
+    // Per width (5 min, 1 h), summed over the agent-day sets.
+    let mut by_width = [0usize; 2];
+    for sets in ours.rollups.values() {
+        for (total, set) in by_width.iter_mut().zip(sets) {
+            *total += rollup::encode(set).len();
+        }
+    }
+    let rollup_bytes: usize = by_width.iter().sum();
     let t = Instant::now();
     let mut decoded = 0usize;
     for b in &ours.encoded {
@@ -308,6 +311,22 @@ fn run(kind: Kind, shape: Shape, vm_bin: &str) -> Result<Row> {
         bps(raw),
         ours.rollups.len() * 2,
         bps(rollup_bytes)
+    );
+    // One agent at the default retention (raw 7 d, 5 min 90 d, 1 h 400 d), scaled from
+    // this run's bytes per agent-hour (the 1-hour sets span only this run's hours, so
+    // their per-set overhead makes this an upper bound).
+    let agent_hours = (shape.agents * shape.hours) as f64;
+    let per_agent = (raw as f64 * 7.0 * 24.0
+        + by_width[0] as f64 * 90.0 * 24.0
+        + by_width[1] as f64 * 400.0 * 24.0)
+        / agent_hours;
+    println!(
+        "one agent at the default retention (raw 7 d, 5m 90 d, 1h 400 d): {:.1} MB (raw {:.1}, 5m {:.1}, 1h {:.1}); VictoriaMetrics for 7 d raw: {:.1} MB",
+        per_agent / 1e6,
+        raw as f64 * 168.0 / agent_hours / 1e6,
+        by_width[0] as f64 * 2160.0 / agent_hours / 1e6,
+        by_width[1] as f64 * 9600.0 / agent_hours / 1e6,
+        vm_apparent as f64 * 168.0 / agent_hours / 1e6,
     );
     if vm_count != samples as u64 {
         bail!("VictoriaMetrics holds {vm_count} samples, {samples} were posted");

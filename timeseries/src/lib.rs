@@ -58,7 +58,7 @@
 //! ~7 bytes a value).
 //!
 //! Against VictoriaMetrics on the same samples (`--bench disk_vs_vm`, docs/BENCHMARKS.md)
-//! the raw blocks take about 0.67x its bytes per sample on both data sets.
+//! the raw blocks take 0.58-0.67x its bytes per sample on both data sets.
 //!
 //! ## Determinism
 //!
