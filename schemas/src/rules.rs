@@ -67,20 +67,15 @@ fn upward(op: &str) -> Option<bool> {
 
 /// Checks a rule definition; the first problem found names its field.
 pub fn check_definition(d: &RuleDefinition) -> Result<(), RuleFieldError> {
-    let name = d.name.trim();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-        return Err(bad(
-            "name",
-            "must be 1 to 200 characters without control characters",
-        ));
-    }
-    match (d.scope, d.scope_value.as_deref().map(str::trim)) {
+    crate::text::check_name(&d.name, 200).map_err(|m| bad("name", m))?;
+    match (d.scope, d.scope_value.as_deref()) {
         (RuleScope::Tenant, None) => {}
         (RuleScope::Tenant, Some(_)) => {
             return Err(bad("scope_value", "must be absent for scope tenant"))
         }
-        (RuleScope::Agent | RuleScope::Tag, Some(v))
-            if !v.is_empty() && v.len() <= 200 && !v.chars().any(char::is_control) => {}
+        (RuleScope::Agent | RuleScope::Tag, Some(v)) if !v.trim().is_empty() => {
+            crate::text::check_name(v, 200).map_err(|m| bad("scope_value", m))?;
+        }
         (RuleScope::Agent, _) => return Err(bad("scope_value", "scope agent needs the agent id")),
         (RuleScope::Tag, _) => return Err(bad("scope_value", "scope tag needs the tag")),
     }
@@ -104,12 +99,7 @@ pub fn check_definition(d: &RuleDefinition) -> Result<(), RuleFieldError> {
                 ),
             ));
         }
-        if s.is_empty() || s.len() > 500 || s.chars().any(char::is_control) {
-            return Err(bad(
-                "subject",
-                "must be 1 to 500 characters without control characters",
-            ));
-        }
+        crate::text::check_name(s, 500).map_err(|m| bad("subject", m))?;
     }
     if !OPERATORS.contains(&d.operator.as_str()) {
         return Err(bad(
@@ -220,6 +210,13 @@ mod tests {
         let mut d = ok.clone();
         d.scope = RuleScope::Agent;
         assert_eq!(field(&d), Some("scope_value"));
+        let mut d = ok.clone();
+        d.name = "CPU \u{202E}hgih".into();
+        assert_eq!(field(&d), Some("name"), "a bidi override");
+        let mut d = ok.clone();
+        d.scope = RuleScope::Tag;
+        d.scope_value = Some("web\u{200B}".into());
+        assert_eq!(field(&d), Some("scope_value"), "a zero-width space");
         let mut d = ok.clone();
         d.subject = Some("/".into());
         assert_eq!(field(&d), Some("subject"), "cpu has no subject");
