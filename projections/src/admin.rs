@@ -18,24 +18,33 @@
 //! | `PUT /api/v1/agents/{agent_id}/tags` `{"tags"}` | set an agent's tags (AgentLifecycle UPDATED with `tags` on `fleet.agents.v1`; see [`crate::tags`]) |
 //! | `POST /api/v1/agents/{agent_id}/commands` `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}` | ask an agent to run a command (CommandRequested on `fleet.commands.v1`; see [`crate::commands`]) |
 //! | `POST /api/v1/commands/{command_id}/approve` | approve a command awaiting approval (CommandApproved; a different user than the requester) |
-//! | `POST /api/v1/users`, `GET /api/v1/users`, `POST /api/v1/users/{user_id}/keys`, `POST /api/v1/users/{user_id}/disable` | users and API keys, see [`crate::users`] |
+//! | `POST /api/v1/users`, `GET /api/v1/users`, `GET`/`POST /api/v1/users/{user_id}/keys`, `DELETE /api/v1/users/{user_id}/keys/{key_id}`, `POST /api/v1/users/{user_id}/disable`, `/enable` | users and API keys, see [`crate::users`] |
 //! | rules and alert handling | see [`crate::rules_api`]; a new tenant gets the default rules |
+//!
+//! Routes that name an object by id check the caller's role before looking it up, and
+//! answer another tenant's object as a missing one (see [`crate::auth`]). Every accepted
+//! change is written to the audit log. An `Idempotency-Key` header (commands, rules) binds
+//! the id it names to the first request: a retry with the same request gets the same
+//! answer, another request under the same key 409 `idempotency_key_reused`.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{delete, post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
-use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry};
+use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry, RequestKeyClaim};
 use fleet_stores::{ReadModel, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{self, require_admin, require_operator, require_viewer, KeyCache, Principal};
+use crate::auth::{
+    self, not_found, require_admin, require_operator, require_operator_of, require_viewer,
+    require_writer, KeyCache, Principal,
+};
 use crate::rules_api;
 
 /// State of the admin routes.
@@ -109,6 +118,15 @@ impl AdminState {
         }
     }
 
+    /// Remembers resolved user keys for `ttl` (`api-key-cache-ttl`): the longest time
+    /// another API instance may still accept a key after it was revoked or its user
+    /// disabled.
+    #[must_use]
+    pub fn with_key_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.keys = KeyCache::new(ttl);
+        self
+    }
+
     /// The command types that always need approval (`approval-required-commands`).
     #[must_use]
     pub fn with_approval_required(mut self, command_types: Vec<String>) -> Self {
@@ -152,11 +170,19 @@ pub fn router(state: AdminState) -> Router {
         )
         .route(
             "/api/v1/users/{user_id}/keys",
-            post(crate::users::create_key),
+            post(crate::users::create_key).get(crate::users::list_keys),
+        )
+        .route(
+            "/api/v1/users/{user_id}/keys/{key_id}",
+            delete(crate::users::revoke_key),
         )
         .route(
             "/api/v1/users/{user_id}/disable",
             post(crate::users::disable_user),
+        )
+        .route(
+            "/api/v1/users/{user_id}/enable",
+            post(crate::users::enable_user),
         )
         .route(
             "/api/v1/agents/{agent_id}/commands",
@@ -193,14 +219,66 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// A store's error as an answer. An unavailable store's message names its host and
+/// database: that goes to the log only (the caller may not even be authenticated yet).
 pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(m) => ApiError::not_found(m),
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-        StoreError::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}"), 5),
+        StoreError::Unavailable(m) => {
+            tracing::warn!(error = %m, "Store unavailable.");
+            ApiError::unavailable("the store is unavailable; retry", 5)
+        }
         StoreError::InvalidQuery(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m),
         other => ApiError::internal(other),
     }
+}
+
+/// The `Idempotency-Key` header: `None` when absent or blank. At most 200 visible
+/// characters (see [`fleet_schemas::text::check_name`]).
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |m: String| ApiError::invalid_field("Idempotency-Key", m);
+    let v = v
+        .to_str()
+        .map_err(|_| bad("must be visible ASCII".into()))?;
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    fleet_schemas::text::check_name(v, 200)
+        .map(|k| Some(k.to_owned()))
+        .map_err(bad)
+}
+
+/// Binds `id` (named by an `Idempotency-Key`) to `request`, compared by the SHA-256 of its
+/// JSON (serialize maps as `BTreeMap`, so equal requests are equal text). The first
+/// request under a key and its retries pass; another request is 409.
+pub(crate) async fn claim_idempotent(
+    s: &AdminState,
+    id: &str,
+    request: &impl Serialize,
+) -> Result<RequestKeyClaim, ApiError> {
+    let canonical = serde_json::to_string(request).map_err(ApiError::internal)?;
+    let claim = s
+        .registry
+        .claim_request_key(
+            id,
+            hash_secret(&canonical),
+            fleet_schemas::time::now_micros(),
+        )
+        .await
+        .map_err(store_error)?;
+    if claim == RequestKeyClaim::Different {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request: use a new key",
+        )
+        .with_field("Idempotency-Key"));
+    }
+    Ok(claim)
 }
 
 pub(crate) fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) -> Response {
@@ -210,16 +288,16 @@ pub(crate) fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) ->
     }
 }
 
+/// A name (tenant, location, user, device), trimmed; see
+/// [`fleet_schemas::text::check_name`]. 400 naming `field` otherwise.
 pub(crate) fn name_field(field: &str, v: &str) -> Result<String, ApiError> {
-    let v = v.trim();
-    if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
-        return Err(ApiError::invalid_field(
-            field,
-            "must be 1 to 200 characters without control characters",
-        ));
-    }
-    Ok(v.to_owned())
+    fleet_schemas::text::check_name(v, MAX_NAME_BYTES)
+        .map(str::to_owned)
+        .map_err(|m| ApiError::invalid_field(field, m))
 }
+
+/// Longest name, in bytes.
+pub(crate) const MAX_NAME_BYTES: usize = 200;
 
 /// Body of tenant and location creation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -314,12 +392,24 @@ pub(crate) async fn create_location(
     body: Result<FieldJson<NameBody>, ApiError>,
 ) -> Response {
     let r = async {
-        require_operator(&s.principal(&headers).await?, &tenant_id)?;
+        let p = s.principal(&headers).await?;
+        require_operator(&p, &tenant_id)?;
         let name = name_field("name", &body?.0.name)?;
-        s.registry
+        let location = s
+            .registry
             .create_location(&tenant_id, &name, fleet_schemas::time::now_micros())
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        tracing::info!(location_id = %location.location_id, %tenant_id, actor = %p.actor(), "Location created.");
+        s.audit(
+            &p,
+            Some(&tenant_id),
+            "location.create",
+            &location.location_id,
+            Some(serde_json::json!({ "name": name })),
+        )
+        .await;
+        Ok(location)
     }
     .await;
     reply(StatusCode::CREATED, r)
@@ -459,6 +549,24 @@ pub(crate) async fn list_tokens(
     reply(StatusCode::OK, r)
 }
 
+/// The credential record of an enrolled agent the caller may act on (after
+/// [`require_writer`]); unknown and another tenant's are the same 404.
+pub(crate) async fn agent_of(
+    s: &AdminState,
+    p: &Principal,
+    agent_id: &str,
+) -> Result<fleet_stores::registry::AgentCredential, ApiError> {
+    let missing = || not_found("agent", "agent_id");
+    let cred = s
+        .registry
+        .agent_credential(agent_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(missing)?;
+    require_operator_of(p, &cred.tenant_id, missing)?;
+    Ok(cred)
+}
+
 /// Body of a deactivation.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -486,22 +594,22 @@ pub(crate) async fn deactivate(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
         // The body is optional: nothing, or {"reason": "..."}.
         let reason = if body.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
-            fleet_ops::error::parse_json::<DeactivateBody>(&body)?.reason
+            fleet_ops::error::parse_json::<DeactivateBody>(&body)?
+                .reason
+                .map(|r| {
+                    fleet_schemas::text::check_name(&r, 1000)
+                        .map(str::to_owned)
+                        .map_err(|m| ApiError::invalid_field("reason", m))
+                })
+                .transpose()?
         };
-        let cred = s
-            .registry
-            .agent_credential(&agent_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
-            })?;
-        require_operator(&p, &cred.tenant_id)?;
+        let cred = agent_of(&s, &p, &agent_id).await?;
         let now = fleet_schemas::time::now_micros();
         let changed = s
             .registry

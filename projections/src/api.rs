@@ -40,7 +40,7 @@ use fleet_stores::{
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
 
-use crate::admin::AdminState;
+use crate::admin::{store_error, AdminState};
 use crate::auth::{require_viewer, Principal};
 use crate::metrics;
 
@@ -133,14 +133,6 @@ pub fn app(state: ApiState) -> Router {
         .merge(crate::openapi::router())
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::InvalidQuery(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m),
-        StoreError::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}"), 5),
-        other => ApiError::internal(other),
-    }
-}
-
 fn respond<T: Serialize>(
     route: &'static str,
     started: Instant,
@@ -229,23 +221,41 @@ fn limit(pairs: &[(String, String)]) -> Result<Option<u32>, ApiError> {
     }
 }
 
-/// Parses a time: RFC 3339, or a duration meaning that long before `now`.
+/// Parses a time: RFC 3339, `now`, or a duration meaning that long before `now`. Every
+/// step is checked arithmetic: a duration reaching before the time series' range
+/// (±[`fleet_stores::MAX_ABS_TS_MICROS`], about 146,000 years) is a 400 naming `field`.
 pub fn parse_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    if v == "now" {
-        return Ok(now);
+    let t = if v == "now" {
+        now
+    } else if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        t.with_timezone(&Utc)
+    } else if let Ok(d) = humantime::parse_duration(v.trim_start_matches('-')) {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| too_far(field))?
+    } else {
+        return Err(ApiError::invalid_field(
+            field,
+            "must be RFC 3339 (2026-11-23T10:00:00Z), `now`, or a duration before now (15m, 24h)",
+        ));
+    };
+    in_range(field, t)
+}
+
+/// `t`, if the time-series store can answer for it.
+fn in_range(field: &str, t: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    if t.timestamp_micros().unsigned_abs() > fleet_stores::MAX_ABS_TS_MICROS.unsigned_abs() {
+        return Err(too_far(field));
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = humantime::parse_duration(v.trim_start_matches('-')) {
-        let d = chrono::Duration::from_std(d)
-            .map_err(|_| ApiError::invalid_field(field, "duration too large"))?;
-        return Ok(now - d);
-    }
-    Err(ApiError::invalid_field(
+    Ok(t)
+}
+
+fn too_far(field: &str) -> ApiError {
+    ApiError::invalid_field(
         field,
-        "must be RFC 3339 (2026-11-23T10:00:00Z), `now`, or a duration before now (15m, 24h)",
-    ))
+        "is out of range: times are within about 146,000 years of 1970",
+    )
 }
 
 /// Answer of the agent list.
@@ -435,7 +445,7 @@ pub(crate) async fn find_agent(
         .get_agent(tenant, agent_id)
         .await
         .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found(format!("no agent {agent_id}")).with_field("agent_id"))
+        .ok_or_else(|| crate::auth::not_found("agent", "agent_id"))
 }
 
 #[utoipa::path(
@@ -603,7 +613,10 @@ pub(crate) async fn agent_metrics(
         };
         let start = match one(&p, "start") {
             Some(v) => parse_time("start", v, now)?,
-            None => end - chrono::Duration::hours(1),
+            None => end
+                .checked_sub_signed(chrono::Duration::hours(1))
+                .ok_or_else(|| too_far("start"))
+                .and_then(|t| in_range("start", t))?,
         };
         if end <= start {
             return Err(ApiError::invalid_field("end", "must be after start"));
@@ -720,6 +733,19 @@ mod tests {
         assert_eq!(t.timestamp(), 1_795_428_000);
         let e = parse_time("start", "yesterday", now).expect_err("bad");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn parse_time_refuses_durations_out_of_range_naming_the_field() {
+        let now = Utc::now();
+        assert!(parse_time("start", "100y", now).is_ok());
+        // 300000y overflowed `DateTime - TimeDelta` (a panic); 200000y fits chrono but not
+        // the stores' ±2^62 µs; a duration beyond TimeDelta's range fails conversion.
+        for v in ["300000y", "200000y", "18446744073709551615s", "-300000y"] {
+            let e = parse_time("end", v, now).expect_err(v);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{v}");
+            assert!(format!("{e:?}").contains("\"end\""), "{v}: {e:?}");
+        }
     }
 
     #[test]

@@ -7,9 +7,13 @@
 //! Body: `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}`. Types:
 //! `restart_service` (`args.service`), `run_script` (`args.script`, a name from the
 //! agent's configuration), `collect_diagnostics`, `update_config` (interval keys).
-//! An `Idempotency-Key` header makes a retried request name the same command. Requesting
-//! needs an operator of the agent's tenant (or an admin); the requester is the event's
-//! actor.
+//! An `Idempotency-Key` header makes a retried request name the same command (and answer
+//! the same); the same key with a different request (type, arguments, timeout, approval,
+//! requester) is 409 `idempotency_key_reused` and writes nothing, since the key names one
+//! command id and the gateway and the read model keep the first REQUESTED of an id. The
+//! key is bound to its request in the registry (`idempotency_keys`) before the event is
+//! written, so concurrent requests under one key cannot both pass. Requesting needs an
+//! operator of the agent's tenant (or an admin); the requester is the event's actor.
 //!
 //! Approval: a command needs it when the request says `requires_approval: true` or its
 //! type is in the projections' `approval-required-commands` (default `["run_script"]`).
@@ -31,8 +35,8 @@ use fleet_ops::ApiError;
 use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{reply, store_error, AdminState};
-use crate::auth::require_operator;
+use crate::admin::{agent_of, claim_idempotent, idempotency_key, reply, AdminState};
+use crate::auth::{not_found, require_operator_of, require_writer};
 
 /// Command types an operator may request (each agent has its own allow-list too).
 pub const COMMAND_TYPES: &[&str] = &[
@@ -100,10 +104,12 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
         return Err(ApiError::invalid_field("args", "at most 32 arguments"));
     }
     for (k, v) in &req.args {
-        if k.is_empty() || k.len() > 64 || v.len() > 1024 || v.chars().any(char::is_control) {
+        let hidden = |t: &str| t.chars().any(fleet_schemas::text::is_hidden);
+        if k.is_empty() || k.len() > 64 || v.len() > 1024 || hidden(k) || hidden(v) {
             return Err(ApiError::invalid_field(
                 format!("args.{k}"),
-                "keys are 1 to 64 characters, values at most 1024, no control characters",
+                "keys are 1 to 64 bytes, values at most 1024, without control, invisible or \
+                 bidirectional-formatting characters",
             ));
         }
     }
@@ -135,37 +141,41 @@ pub(crate) async fn request_command(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
         let req: CommandRequest = fleet_ops::error::parse_json(&body)?;
         let timeout = check_request(&req)?;
-        let cred = s
-            .registry
-            .agent_credential(&agent_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
-            })?;
-        require_operator(&p, &cred.tenant_id)?;
+        let key = idempotency_key(&headers)?;
+        let cred = agent_of(&s, &p, &agent_id).await?;
         if !cred.active {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "agent_deactivated",
-                format!("agent {agent_id} is deactivated"),
+                "the agent is deactivated",
             )
             .with_field("agent_id"));
         }
-        let command_id = match headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(key) if !key.trim().is_empty() => {
-                ids::v5(&[&agent_id, "command", key.trim()]).to_string()
-            }
-            _ => uuid::Uuid::now_v7().to_string(),
-        };
         let requires_approval =
             req.requires_approval || s.approval_required.contains(&req.command_type);
+        let command_id = match &key {
+            Some(key) => {
+                let command_id = ids::v5(&[&agent_id, "command", key]).to_string();
+                // The request as it would be written: a retry of it is the same command;
+                // anything else under this key (another type, arguments, approval, or
+                // requester) is refused, so the id never names two requests.
+                let canonical = serde_json::json!({
+                    "agent_id": agent_id,
+                    "command_type": req.command_type,
+                    "args": req.args,
+                    "timeout_secs": timeout,
+                    "requires_approval": requires_approval,
+                    "actor": actor,
+                });
+                claim_idempotent(&s, &command_id, &canonical).await?;
+                command_id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
         let now = fleet_schemas::time::now_micros();
         let ev = CommandEvent {
             command_type: req.command_type.clone(),
@@ -258,16 +268,18 @@ pub(crate) async fn approve_command(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
         let events = command_events(s.log.as_ref(), &command_id).await?;
+        let missing = || not_found("command", "command_id");
+        // The first REQUESTED is the request (a later one, under a reused key, is ignored
+        // by the gateway and the read model alike).
         let requested = events
             .iter()
             .find(|e| e.kind == CommandEventKind::Requested)
             .cloned()
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no command {command_id}")).with_field("command_id")
-            })?;
-        require_operator(&p, &requested.tenant_id)?;
+            .ok_or_else(missing)?;
+        require_operator_of(&p, &requested.tenant_id, missing)?;
         if requested.actor.as_deref() == Some(actor.as_str()) {
             return Err(conflict(
                 "same_user",

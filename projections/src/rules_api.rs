@@ -1,7 +1,9 @@
 //! Alert rules and alert handling through the admin API. Every route needs an API key
 //! (see [`crate::auth`]): listing a tenant's rules needs a viewer of the tenant; changing
 //! rules, and acknowledging or resolving an alert, an operator of the rule's or alert's
-//! tenant (or an admin). Rules are events: each change
+//! tenant (or an admin); a viewer is refused before anything is looked up, and another
+//! tenant's rule or alert is the same 404 as an unknown id. An `Idempotency-Key` on rule
+//! creation names the rule id; another rule body under the same key is 409. Rules are events: each change
 //! writes a RuleEvent to `fleet.rules.v1` (key: rule id, compacted), which the alert
 //! evaluators follow, so a change applies without a restart.
 //!
@@ -43,8 +45,10 @@ use fleet_schemas::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{reply, store_error, AdminState};
-use crate::auth::{require_operator, require_viewer};
+use crate::admin::{claim_idempotent, idempotency_key, reply, store_error, AdminState};
+use crate::auth::{
+    not_found, require_operator, require_operator_of, require_viewer, require_writer, Principal,
+};
 
 /// Body of rule creation and update.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -363,11 +367,20 @@ async fn current_rules(log: &dyn EventLog) -> Result<BTreeMap<String, RuleEvent>
     Ok(rules)
 }
 
-async fn existing_rule(log: &dyn EventLog, rule_id: &str) -> Result<RuleEvent, ApiError> {
-    current_rules(log)
+/// The current rule `rule_id`, if `p` may change it (after [`require_writer`]): unknown,
+/// deleted and another tenant's are the same 404.
+async fn existing_rule(
+    log: &dyn EventLog,
+    p: &Principal,
+    rule_id: &str,
+) -> Result<RuleEvent, ApiError> {
+    let missing = || not_found("rule", "rule_id");
+    let rule = current_rules(log)
         .await?
         .remove(rule_id)
-        .ok_or_else(|| ApiError::not_found(format!("no rule {rule_id}")).with_field("rule_id"))
+        .ok_or_else(missing)?;
+    require_operator_of(p, &rule.tenant_id, missing)?;
+    Ok(rule)
 }
 
 async fn known_tenant(s: &AdminState, tenant_id: &str) -> Result<(), ApiError> {
@@ -378,7 +391,7 @@ async fn known_tenant(s: &AdminState, tenant_id: &str) -> Result<(), ApiError> {
         .map_err(store_error)?
     {
         Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!("no tenant {tenant_id}")).with_field("tenant_id")),
+        None => Err(not_found("tenant", "tenant_id")),
     }
 }
 
@@ -408,10 +421,17 @@ pub(crate) async fn create_rule(
         let actor = p.actor();
         let b: RuleBody = fleet_ops::error::parse_json(&body)?;
         let d = definition(&b, true)?;
+        let key = idempotency_key(&headers)?;
         known_tenant(&s, &tenant_id).await?;
-        let rule_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-            Some(k) if !k.trim().is_empty() => ids::v5(&[&tenant_id, "rule", k.trim()]).to_string(),
-            _ => uuid::Uuid::now_v7().to_string(),
+        let rule_id = match key {
+            Some(k) => {
+                let rule_id = ids::v5(&[&tenant_id, "rule", &k]).to_string();
+                let canonical =
+                    serde_json::json!({ "tenant_id": tenant_id, "rule": d, "actor": actor });
+                claim_idempotent(&s, &rule_id, &canonical).await?;
+                rule_id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
         };
         let ev = rule_event(
             &rule_id,
@@ -489,6 +509,15 @@ pub(crate) async fn write_defaults(
         let actor = p.actor();
         known_tenant(&s, &tenant_id).await?;
         let ids = write_default_rules(s.log.as_ref(), &tenant_id, &actor).await?;
+        tracing::info!(%tenant_id, %actor, "Default rules written.");
+        s.audit(
+            &p,
+            Some(&tenant_id),
+            "rule.defaults",
+            &tenant_id,
+            Some(serde_json::json!({ "rule_ids": ids })),
+        )
+        .await;
         Ok(serde_json::json!({ "tenant_id": tenant_id, "default_rules": ids }))
     }
     .await;
@@ -513,10 +542,10 @@ pub(crate) async fn update_rule(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
         let b: RuleBody = fleet_ops::error::parse_json(&body)?;
-        let old = existing_rule(s.log.as_ref(), &rule_id).await?;
-        require_operator(&p, &old.tenant_id)?;
+        let old = existing_rule(s.log.as_ref(), &p, &rule_id).await?;
         let enabled = old.rule.as_ref().is_none_or(|d| d.enabled);
         let d = definition(&b, enabled)?;
         let ev = rule_event(
@@ -543,9 +572,9 @@ async fn set_enabled(
     enabled: bool,
 ) -> Result<RuleView, ApiError> {
     let p = s.principal(headers).await?;
+    require_writer(&p)?;
     let actor = p.actor();
-    let old = existing_rule(s.log.as_ref(), rule_id).await?;
-    require_operator(&p, &old.tenant_id)?;
+    let old = existing_rule(s.log.as_ref(), &p, rule_id).await?;
     let mut d = old
         .rule
         .clone()
@@ -631,9 +660,9 @@ pub(crate) async fn delete_rule(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
-        let old = existing_rule(s.log.as_ref(), &rule_id).await?;
-        require_operator(&p, &old.tenant_id)?;
+        let old = existing_rule(s.log.as_ref(), &p, &rule_id).await?;
         let ev = rule_event(
             &rule_id,
             &old.tenant_id,
@@ -652,9 +681,11 @@ pub(crate) async fn delete_rule(
 }
 
 /// The latest state of an alert read from `fleet.alerts.v1`: its latest evaluator event
-/// (raise, escalation, re-notify) and whether it was acknowledged or resolved.
+/// (raise, escalation, re-notify) and whether it was acknowledged or resolved; if `p` may
+/// act on it (after [`require_writer`]): unknown and another tenant's are the same 404.
 async fn find_alert(
     log: &dyn EventLog,
+    p: &Principal,
     alert_id: &str,
 ) -> Result<(AlertEvent, bool, bool), ApiError> {
     let mut found: Option<AlertEvent> = None;
@@ -677,9 +708,9 @@ async fn find_alert(
     })
     .await
     .map_err(|e| ApiError::unavailable(format!("alerts could not be read: {e}"), 5))?;
-    let raised = found.ok_or_else(|| {
-        ApiError::not_found(format!("no alert {alert_id}")).with_field("alert_id")
-    })?;
+    let missing = || not_found("alert", "alert_id");
+    let raised = found.ok_or_else(missing)?;
+    require_operator_of(p, &raised.tenant_id, missing)?;
     Ok((raised, acknowledged, resolved))
 }
 
@@ -690,14 +721,14 @@ async fn alert_action(
     kind: AlertEventKind,
 ) -> Result<serde_json::Value, ApiError> {
     let p = s.principal(headers).await?;
+    require_writer(&p)?;
     let actor = p.actor();
-    let (raised, acknowledged, resolved) = find_alert(s.log.as_ref(), alert_id).await?;
-    require_operator(&p, &raised.tenant_id)?;
+    let (raised, acknowledged, resolved) = find_alert(s.log.as_ref(), &p, alert_id).await?;
     if resolved {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "alert_resolved",
-            format!("alert {alert_id} is resolved already"),
+            "the alert is resolved already",
         )
         .with_field("alert_id"));
     }

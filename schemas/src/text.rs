@@ -49,10 +49,30 @@ mod tests {
     #[test]
     fn hidden_characters_are_refused_and_named() {
         for c in [
-            '\u{0}', '\n', '\u{7f}', '\u{85}', '\u{AD}', '\u{200B}', '\u{200C}', '\u{200D}',
-            '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
-            '\u{2028}', '\u{2029}', '\u{2060}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
-            '\u{FEFF}', '\u{E0001}',
+            '\u{0}',
+            '\n',
+            '\u{7f}',
+            '\u{85}',
+            '\u{AD}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{202A}',
+            '\u{202B}',
+            '\u{202C}',
+            '\u{202D}',
+            '\u{202E}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{2060}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{FEFF}',
+            '\u{E0001}',
         ] {
             assert!(is_hidden(c), "U+{:04X}", u32::from(c));
             let e = check_name(&format!("web{c}01"), 200).expect_err("refused");
@@ -62,7 +82,14 @@ mod tests {
 
     #[test]
     fn ordinary_names_pass_trimmed() {
-        for ok in ["Acme GmbH", "Zürich – HQ", "東京オフィス", "web-01.example", "café ☕", "a b"] {
+        for ok in [
+            "Acme GmbH",
+            "Zürich – HQ",
+            "東京オフィス",
+            "web-01.example",
+            "café ☕",
+            "a b",
+        ] {
             assert_eq!(check_name(&format!("  {ok} "), 200), Ok(ok));
         }
         assert!(check_name("   ", 200).is_err());

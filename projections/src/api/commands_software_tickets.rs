@@ -110,9 +110,7 @@ pub(crate) async fn get_command(
             .get_command(tenant.as_deref(), &command_id)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no command {command_id}")).with_field("command_id")
-            })
+            .ok_or_else(|| crate::auth::not_found("command", "command_id"))
     }
     .await;
     respond("/api/v1/commands/{command_id}", started, result)
@@ -154,10 +152,7 @@ pub(crate) async fn agent_software(
             .agent_software(&query)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no software inventory of agent {}", query.agent_id))
-                    .with_field("agent_id")
-            })
+            .ok_or_else(|| crate::auth::not_found("software inventory of this agent", "agent_id"))
     }
     .await;
     respond("/api/v1/agents/{agent_id}/software", started, result)
