@@ -663,3 +663,25 @@ pub(crate) async fn deactivate(
     .await;
     reply(StatusCode::OK, r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    #[tokio::test]
+    async fn an_unavailable_store_is_a_503_without_its_address() {
+        let e = store_error(StoreError::Unavailable(
+            "find API key on postgres db.internal.example:5432/fleet_prod: connection refused"
+                .into(),
+        ));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key(axum::http::header::RETRY_AFTER));
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        for secret in ["db.internal", "5432", "fleet_prod", "postgres"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+}
