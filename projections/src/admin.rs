@@ -216,6 +216,7 @@ pub fn router(state: AdminState) -> Router {
             "/api/v1/alerts/{alert_id}/resolve",
             post(rules_api::resolve_alert),
         )
+        .layer(axum::middleware::map_response(crate::api::json_errors))
         .with_state(state)
 }
 
@@ -234,23 +235,24 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-/// The `Idempotency-Key` header: `None` when absent or blank. At most 200 visible
-/// characters (see [`fleet_schemas::text::check_name`]).
+/// The `Idempotency-Key` header, if sent: 1 to 200 visible ASCII characters
+/// ([`IDEMPOTENCY_KEY_PATTERN`]), else 400.
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let bad = |m: String| ApiError::invalid_field("Idempotency-Key", m);
-    let v = v
-        .to_str()
-        .map_err(|_| bad("must be visible ASCII".into()))?;
-    if v.trim().is_empty() {
-        return Ok(None);
+    let v = v.as_bytes();
+    if v.is_empty() || v.len() > 200 || !v.iter().all(|b| (b'!'..=b'~').contains(b)) {
+        return Err(ApiError::invalid_field(
+            "Idempotency-Key",
+            "must be 1 to 200 visible ASCII characters (no spaces)",
+        ));
     }
-    fleet_schemas::text::check_name(v, 200)
-        .map(|k| Some(k.to_owned()))
-        .map_err(bad)
+    Ok(Some(String::from_utf8_lossy(v).into_owned()))
 }
+
+/// [`idempotency_key`]'s rule as a pattern, for the OpenAPI document.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,200}$";
 
 /// Binds `id` (named by an `Idempotency-Key`) to `request`, compared by the SHA-256 of its
 /// JSON (serialize maps as `BTreeMap`, so equal requests are equal text). The first
@@ -296,14 +298,47 @@ pub(crate) fn name_field(field: &str, v: &str) -> Result<String, ApiError> {
         .map_err(|m| ApiError::invalid_field(field, m))
 }
 
-/// Longest name, in bytes.
+/// Longest name, in characters.
 pub(crate) const MAX_NAME_BYTES: usize = 200;
+
+/// Parses a JSON object body into `T`, naming the field at fault. Anything but an object
+/// is a 400: serde would also fill a struct from an array.
+pub(crate) fn object_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_field(
+            "body",
+            "the body must be a JSON object",
+        ));
+    }
+    fleet_ops::error::parse_json(body)
+}
+
+/// A whole number in a JSON body, also when written with a zero fraction (`60.0`): JSON
+/// Schema's `integer` (and so the OpenAPI document) allows that form. `null` is absent.
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        #[allow(clippy::cast_possible_truncation)] // whole and within ±2^53 checked first
+        Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
+    }
+}
 
 /// Body of tenant and location creation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameBody {
-    /// Display name.
+    /// Display name: at most 200 characters, not only white space, no control, invisible
+    /// or bidirectional-formatting characters.
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub name: String,
 }
 
@@ -442,18 +477,26 @@ pub(crate) async fn list_locations(
     reply(StatusCode::OK, r)
 }
 
+/// Longest registration token lifetime.
+const MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 /// Body of token creation.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     /// Location the agent will be placed in.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub location_id: Option<String>,
     /// Device name the agent will get.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub device_name: Option<String>,
-    /// Lifetime (`24h`, `30m`; at most 30 days). Default 24h.
+    /// Lifetime, 1m to 30d: digits and one of m h d (`24h`, `30m`, `7d`). Default 24h.
     #[serde(default)]
+    #[schema(
+        pattern = "^0*(?:(?:[1-9]|[12][0-9]|30)d|(?:[1-9][0-9]?|[1-6][0-9]{2}|7[01][0-9]|720)h|(?:[1-9][0-9]{0,3}|[1-3][0-9]{4}|4[0-2][0-9]{3}|43200)m)$"
+    )]
     pub expires_in: Option<String>,
 }
 
@@ -492,12 +535,10 @@ pub(crate) async fn create_token(
         let b = body?.0;
         let lifetime = match &b.expires_in {
             None => std::time::Duration::from_secs(86_400),
-            Some(v) => humantime::parse_duration(v)
-                .map_err(|_| ApiError::invalid_field("expires_in", "must be a duration such as 30m, 24h, 7d"))?,
+            Some(v) => crate::api::parse_duration(v, &["m", "h", "d"])
+                .filter(|d| !d.is_zero() && *d <= MAX_TOKEN_LIFETIME)
+                .ok_or_else(|| ApiError::invalid_field("expires_in", "must be 1m to 30d: digits and one of m h d (30m, 24h, 7d)"))?,
         };
-        if lifetime.is_zero() || lifetime > std::time::Duration::from_secs(30 * 86_400) {
-            return Err(ApiError::invalid_field("expires_in", "must be more than 0 and at most 30 days"));
-        }
         let device_name = b.device_name.as_deref().map(|d| name_field("device_name", d)).transpose()?;
         let now = fleet_schemas::time::now_micros();
         let secret = new_secret("fst_");
@@ -505,11 +546,19 @@ pub(crate) async fn create_token(
             tenant_id: tenant_id.clone(),
             location_id: b.location_id,
             device_name,
-            expires_at: now + i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX / 2),
+            // At most 30 days: no overflow.
+            expires_at: now.saturating_add(i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX)),
             created_by: actor.clone(),
             created_at: now,
         };
-        let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(store_error)?;
+        if s.registry.get_tenant(&tenant_id).await.map_err(store_error)?.is_none() {
+            return Err(not_found("tenant", "tenant_id"));
+        }
+        // The tenant exists: a missing location is a bad reference in the body.
+        let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(|e| match e {
+            StoreError::NotFound(_) => crate::api::invalid_combination("location_id", "the tenant has no such location"),
+            other => store_error(other),
+        })?;
         tracing::info!(token_id = %info.token_id, %tenant_id, %actor, "Registration token created.");
         s.audit(&p, Some(&tenant_id), "token.create", &info.token_id, None).await;
         let install_command = format!(
@@ -573,6 +622,7 @@ pub(crate) async fn agent_of(
 pub struct DeactivateBody {
     /// Why, for the audit trail.
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = "fleet:name")]
     pub reason: Option<String>,
 }
 
@@ -582,7 +632,7 @@ pub struct DeactivateBody {
     tag = "admin",
     summary = "Revoke an agent's credential",
     params(("agent_id" = String, Path, description = "Agent id")),
-    request_body = DeactivateBody,
+    request_body(content = Option<DeactivateBody>, description = "Optional: nothing, or a reason"),
     responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -597,10 +647,10 @@ pub(crate) async fn deactivate(
         require_writer(&p)?;
         let actor = p.actor();
         // The body is optional: nothing, or {"reason": "..."}.
-        let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        let reason = if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
             None
         } else {
-            fleet_ops::error::parse_json::<DeactivateBody>(&body)?
+            object_body::<DeactivateBody>(&body)?
                 .reason
                 .map(|r| {
                     fleet_schemas::text::check_name(&r, 1000)

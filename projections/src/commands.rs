@@ -61,12 +61,80 @@ pub struct CommandRequest {
     #[serde(default)]
     pub args: BTreeMap<String, String>,
     /// Seconds the agent lets it run (default 60, at most 3600).
+    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    pub timeout_secs: Option<i64>,
+    /// Whether a second user must approve it before it is delivered (default false).
     #[serde(default)]
-    pub timeout_secs: Option<u64>,
-    /// Whether a second user must approve it before it is delivered.
-    #[serde(default)]
-    pub requires_approval: bool,
+    pub requires_approval: Option<bool>,
 }
+
+/// Most arguments of a command.
+pub const MAX_ARGS: usize = 32;
+/// Longest argument name, in characters.
+pub const MAX_ARG_NAME: usize = 64;
+/// Longest argument value, in characters.
+pub const MAX_ARG_VALUE: usize = 1024;
+
+/// The arguments a command type needs (each a name: not blank, no hidden characters).
+fn required_args(command_type: &str) -> &'static [&'static str] {
+    match command_type {
+        "restart_service" => &["service"],
+        "run_script" => &["script"],
+        _ => &[],
+    }
+}
+
+impl utoipa::PartialSchema for CommandRequest {
+    /// One variant per command type, each with the arguments it needs ([`check_request`]
+    /// as a schema).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use serde_json::json;
+        let variants: Vec<serde_json::Value> = COMMAND_TYPES
+            .iter()
+            .map(|t| {
+                let needed = required_args(t);
+                let mut args = json!({
+                    "type": "object",
+                    "maxProperties": MAX_ARGS,
+                    "propertyNames": { "type": "string", "minLength": 1, "maxLength": MAX_ARG_NAME, "pattern": "fleet:text" },
+                    "additionalProperties": { "type": "string", "maxLength": MAX_ARG_VALUE, "pattern": "fleet:text" },
+                    "description": "Arguments by name",
+                });
+                let mut required = vec!["command_type"];
+                if !needed.is_empty() {
+                    let props: serde_json::Map<String, serde_json::Value> = needed
+                        .iter()
+                        .map(|k| ((*k).to_owned(), json!({ "type": "string", "maxLength": MAX_ARG_VALUE, "pattern": "fleet:name" })))
+                        .collect();
+                    args["properties"] = serde_json::Value::Object(props);
+                    args["required"] = json!(needed);
+                    required.push("args");
+                }
+                json!({
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": required,
+                    "properties": {
+                        "command_type": { "type": "string", "enum": [t] },
+                        "args": args,
+                        "timeout_secs": { "type": ["integer", "null"], "minimum": 1, "maximum": MAX_TIMEOUT_SECS, "description": "Seconds the agent lets it run (default 60)" },
+                        "requires_approval": { "type": ["boolean", "null"], "description": "Whether a second user must approve it before it is delivered" },
+                    },
+                })
+            })
+            .collect();
+        let schema = json!({
+            "description": "A command: `restart_service` needs `args.service`, `run_script` `args.script` (a name from the agent's configuration)",
+            "oneOf": variants,
+        });
+        serde_json::from_value(schema).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "The command request schema does not parse.");
+            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::default())
+        })
+    }
+}
+
+impl utoipa::ToSchema for CommandRequest {}
 
 /// Answer of a command request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,33 +155,41 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
             format!("must be one of {}", COMMAND_TYPES.join(", ")),
         ));
     }
-    let required: &[&str] = match req.command_type.as_str() {
-        "restart_service" => &["service"],
-        "run_script" => &["script"],
-        _ => &[],
-    };
-    for key in required {
-        if req.args.get(*key).is_none_or(|v| v.trim().is_empty()) {
+    for key in required_args(&req.command_type) {
+        let Some(v) = req.args.get(*key) else {
             return Err(ApiError::invalid_field(
                 format!("args.{key}"),
                 format!("{} needs args.{key}", req.command_type),
             ));
-        }
+        };
+        fleet_schemas::text::check_name(v, MAX_ARG_VALUE)
+            .map_err(|m| ApiError::invalid_field(format!("args.{key}"), m))?;
     }
-    if req.args.len() > 32 {
-        return Err(ApiError::invalid_field("args", "at most 32 arguments"));
+    if req.args.len() > MAX_ARGS {
+        return Err(ApiError::invalid_field(
+            "args",
+            format!("at most {MAX_ARGS} arguments"),
+        ));
     }
     for (k, v) in &req.args {
         let hidden = |t: &str| t.chars().any(fleet_schemas::text::is_hidden);
-        if k.is_empty() || k.len() > 64 || v.len() > 1024 || hidden(k) || hidden(v) {
+        let long = |t: &str, max: usize| t.chars().count() > max;
+        if k.is_empty() || long(k, MAX_ARG_NAME) || long(v, MAX_ARG_VALUE) || hidden(k) || hidden(v)
+        {
             return Err(ApiError::invalid_field(
                 format!("args.{k}"),
-                "keys are 1 to 64 bytes, values at most 1024, without control, invisible or \
-                 bidirectional-formatting characters",
+                format!(
+                    "names are 1 to {MAX_ARG_NAME} characters, values at most \
+                     {MAX_ARG_VALUE}, without control, invisible or bidirectional-formatting \
+                     characters"
+                ),
             ));
         }
     }
-    let timeout = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let timeout = match req.timeout_secs {
+        None => DEFAULT_TIMEOUT_SECS,
+        Some(t) => u64::try_from(t).unwrap_or(0),
+    };
     if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
         return Err(ApiError::invalid_field(
             "timeout_secs",
@@ -128,9 +204,9 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
     path = "/api/v1/agents/{agent_id}/commands",
     tag = "commands",
     summary = "Ask an agent to run a command",
-    params(("agent_id" = String, Path, description = "Agent id")),
-    request_body = serde_json::Value,
-    responses((status = 202, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
+    params(("agent_id" = String, Path, description = "Agent id"), ("Idempotency-Key" = Option<String>, Header, description = "Names the command: a retry with the same request answers the same; another request under the same key is 409", pattern = "^[!-~]{1,200}$")),
+    request_body = CommandRequest,
+    responses((status = 202, description = "Accepted", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn request_command(
@@ -143,7 +219,7 @@ pub(crate) async fn request_command(
         let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let req: CommandRequest = fleet_ops::error::parse_json(&body)?;
+        let req: CommandRequest = crate::admin::object_body(&body)?;
         let timeout = check_request(&req)?;
         let key = idempotency_key(&headers)?;
         let cred = agent_of(&s, &p, &agent_id).await?;
@@ -155,8 +231,8 @@ pub(crate) async fn request_command(
             )
             .with_field("agent_id"));
         }
-        let requires_approval =
-            req.requires_approval || s.approval_required.contains(&req.command_type);
+        let requires_approval = req.requires_approval.unwrap_or(false)
+            || s.approval_required.contains(&req.command_type);
         let command_id = match &key {
             Some(key) => {
                 let command_id = ids::v5(&[&agent_id, "command", key]).to_string();
@@ -353,7 +429,7 @@ pub(crate) async fn approve_command(
 mod tests {
     use super::*;
 
-    fn req(t: &str, args: &[(&str, &str)], timeout: Option<u64>) -> CommandRequest {
+    fn req(t: &str, args: &[(&str, &str)], timeout: Option<i64>) -> CommandRequest {
         CommandRequest {
             command_type: t.into(),
             args: args
@@ -361,7 +437,7 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             timeout_secs: timeout,
-            requires_approval: false,
+            requires_approval: None,
         }
     }
 
@@ -407,7 +483,7 @@ mod tests {
             .err()
             .and_then(field);
         assert_eq!(timeout.as_deref(), Some("timeout_secs"));
-        let long = check_request(&req("collect_diagnostics", &[], Some(MAX_TIMEOUT_SECS + 1)))
+        let long = check_request(&req("collect_diagnostics", &[], Some(3_601)))
             .err()
             .and_then(field);
         assert_eq!(long.as_deref(), Some("timeout_secs"));

@@ -38,7 +38,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_ops::ApiError;
-use fleet_schemas::rules::{check_definition, HEARTBEAT_ABSENT};
+use fleet_schemas::rules::{check_combination, check_fields, HEARTBEAT_ABSENT};
 use fleet_schemas::{
     codec, ids, topics, AlertEvent, AlertEventKind, Record, RuleDefinition, RuleEvent,
     RuleEventKind, RuleScope,
@@ -46,6 +46,7 @@ use fleet_schemas::{
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{claim_idempotent, idempotency_key, reply, store_error, AdminState};
+use crate::api::invalid_combination;
 use crate::auth::{
     not_found, require_operator, require_operator_of, require_viewer, require_writer, Principal,
 };
@@ -55,35 +56,45 @@ use crate::auth::{
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
     /// Name shown to people.
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub name: String,
     /// `tenant` (default), `agent` or `tag`.
     #[serde(default)]
+    #[schema(pattern = "^(tenant|agent|tag)$")]
     pub scope: Option<String>,
-    /// Agent id (scope `agent`) or tag (scope `tag`).
+    /// Agent id (scope `agent`) or tag (scope `tag`); absent for scope `tenant` (422
+    /// otherwise).
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub scope_value: Option<String>,
     /// Metric name, for example `cpu.percent`, `disk.percent`, `service.up`, `custom.x`.
+    #[schema(pattern = "fleet:rule-metric")]
     pub metric: String,
-    /// Only this mount point or service.
+    /// Only this mount point or service (metrics that have one: 422 otherwise).
     #[serde(default)]
+    #[schema(max_length = 500, pattern = "fleet:name")]
     pub subject: Option<String>,
     /// `>` (default), `>=`, `<`, `<=`, `==`, `!=`.
     #[serde(default)]
+    #[schema(pattern = "^(>|>=|<|<=|==|!=)$")]
     pub operator: Option<String>,
-    /// Warning threshold.
+    /// Warning threshold (a warning or a critical threshold is needed; with `>` or `>=`
+    /// the critical one is at or above it, with `<` or `<=` at or below: 422 otherwise).
     #[serde(default)]
     pub warning: Option<f64>,
     /// Critical threshold.
     #[serde(default)]
     pub critical: Option<f64>,
-    /// Recovery threshold (hysteresis).
+    /// Recovery threshold (hysteresis), on the safe side of the lowest threshold.
     #[serde(default)]
     pub recovery: Option<f64>,
     /// For-duration in seconds (default 0).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    #[schema(minimum = 0, maximum = 604800)]
     pub for_secs: Option<i64>,
     /// Re-notify interval in seconds (default 0: never).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    #[schema(minimum = 0, maximum = 604800)]
     pub renotify_secs: Option<i64>,
     /// Whether it is evaluated (default: true on create, unchanged on update).
     #[serde(default)]
@@ -160,11 +171,11 @@ pub fn definition(body: &RuleBody, enabled: bool) -> Result<RuleDefinition, ApiE
             ))
         }
     };
-    let d = RuleDefinition {
-        name: body.name.trim().to_owned(),
+    let mut d = RuleDefinition {
+        name: body.name.clone(),
         scope,
-        scope_value: body.scope_value.as_deref().map(|v| v.trim().to_owned()),
-        metric: body.metric.trim().to_owned(),
+        scope_value: body.scope_value.clone(),
+        metric: body.metric.clone(),
         subject: body.subject.clone(),
         operator: body.operator.clone().unwrap_or_else(|| ">".into()),
         warning: body.warning,
@@ -174,7 +185,11 @@ pub fn definition(body: &RuleBody, enabled: bool) -> Result<RuleDefinition, ApiE
         renotify_secs: body.renotify_secs.unwrap_or(0),
         enabled: body.enabled.unwrap_or(enabled),
     };
-    check_definition(&d).map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    // Each field alone is a 400; fields that contradict each other a 422.
+    check_fields(&d).map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    check_combination(&d).map_err(|e| invalid_combination(e.field, e.message))?;
+    d.name = d.name.trim().to_owned();
+    d.scope_value = d.scope_value.map(|v| v.trim().to_owned());
     Ok(d)
 }
 
@@ -404,7 +419,7 @@ fn view(ev: &RuleEvent) -> Option<RuleView> {
     path = "/api/v1/tenants/{tenant_id}/rules",
     tag = "rules",
     summary = "Create an alert rule",
-    params(("tenant_id" = String, Path, description = "Tenant id")),
+    params(("tenant_id" = String, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Names the rule: a retry with the same definition answers the same; another definition under the same key is 409", pattern = "^[!-~]{1,200}$")),
     request_body = RuleBody,
     responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
@@ -419,7 +434,7 @@ pub(crate) async fn create_rule(
         let p = s.principal(&headers).await?;
         require_operator(&p, &tenant_id)?;
         let actor = p.actor();
-        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
+        let b: RuleBody = crate::admin::object_body(&body)?;
         let d = definition(&b, true)?;
         let key = idempotency_key(&headers)?;
         known_tenant(&s, &tenant_id).await?;
@@ -544,7 +559,7 @@ pub(crate) async fn update_rule(
         let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
+        let b: RuleBody = crate::admin::object_body(&body)?;
         let old = existing_rule(s.log.as_ref(), &p, &rule_id).await?;
         let enabled = old.rule.as_ref().is_none_or(|d| d.enabled);
         let d = definition(&b, enabled)?;

@@ -27,8 +27,15 @@ pub const MAX_TAG_LEN: usize = 64;
 #[serde(deny_unknown_fields)]
 pub struct TagsBody {
     /// The agent's tags from now on.
-    pub tags: Vec<String>,
+    #[schema(max_items = 32, inline)]
+    pub tags: Vec<Tag>,
 }
+
+/// A tag: 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+pub struct Tag(pub String);
 
 /// Checks the tags (see the module docs); returns them without repeats, in order.
 pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
@@ -76,8 +83,9 @@ pub(crate) async fn put_tags(
         let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let body = fleet_ops::error::parse_json::<TagsBody>(&body)?;
-        let tags = validate_tags(&body.tags)?;
+        let body = crate::admin::object_body::<TagsBody>(&body)?;
+        let tags: Vec<String> = body.tags.into_iter().map(|t| t.0).collect();
+        let tags = validate_tags(&tags)?;
         let cred = agent_of(&s, &p, &agent_id).await?;
         let now = fleet_schemas::time::now_micros();
         let ev = AgentLifecycle {

@@ -36,6 +36,7 @@ use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{name_field, reply, store_error, AdminState};
+use crate::api::invalid_combination;
 use crate::auth::{not_found, require_admin, Principal, BOOTSTRAP_ADMIN};
 
 /// Most unrevoked API keys one user may hold.
@@ -45,12 +46,16 @@ pub const MAX_ACTIVE_KEYS: usize = 10;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
-    /// Unique name.
+    /// Unique name (`admin` is the bootstrap key's).
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub name: String,
     /// `admin`, `operator` or `viewer`.
+    #[schema(pattern = "^(admin|operator|viewer)$")]
     pub role: String,
-    /// Tenant of an operator or viewer.
+    /// Tenant of an operator or viewer (required for them; an admin has none: 422
+    /// otherwise).
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub tenant_id: Option<String>,
 }
 
@@ -125,34 +130,36 @@ pub(crate) async fn create_user(
     let r = async {
         let p = s.principal(&headers).await?;
         require_admin(&p)?;
-        let b: UserBody = fleet_ops::error::parse_json(&body)?;
+        let b: UserBody = crate::admin::object_body(&body)?;
         let name = name_field("name", &b.name)?;
-        if name.eq_ignore_ascii_case(BOOTSTRAP_ADMIN) {
-            return Err(ApiError::invalid_field(
-                "name",
-                "`admin` is the bootstrap administrator's name: choose another",
-            ));
-        }
         let role = Role::parse(&b.role)
             .ok_or_else(|| ApiError::invalid_field("role", "must be admin, operator or viewer"))?;
-        let tenant_id = b
-            .tenant_id
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
+        let tenant_id = b.tenant_id;
+        if tenant_id.as_deref() == Some("") {
+            return Err(ApiError::invalid_field("tenant_id", "must not be empty"));
+        }
         match (role, &tenant_id) {
             (Role::Admin, Some(_)) => {
-                return Err(ApiError::invalid_field(
+                return Err(invalid_combination(
                     "tenant_id",
                     "an admin belongs to no tenant: leave it out",
                 ))
             }
             (Role::Operator | Role::Viewer, None) => {
-                return Err(ApiError::invalid_field(
+                return Err(invalid_combination(
                     "tenant_id",
                     format!("an {} needs a tenant", role.as_str()),
                 ))
             }
             _ => {}
+        }
+        if name.eq_ignore_ascii_case(BOOTSTRAP_ADMIN) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "`admin` is the bootstrap administrator's name: choose another",
+            )
+            .with_field("name"));
         }
         let user = s
             .registry
@@ -164,11 +171,9 @@ pub(crate) async fn create_user(
             })
             .await
             .map_err(|e| match e {
-                StoreError::NotFound(_) => ApiError::not_found(format!(
-                    "no tenant {}",
-                    tenant_id.as_deref().unwrap_or_default()
-                ))
-                .with_field("tenant_id"),
+                StoreError::NotFound(_) => {
+                    invalid_combination("tenant_id", "there is no such tenant")
+                }
                 StoreError::Conflict(m) => {
                     ApiError::new(StatusCode::CONFLICT, "conflict", m).with_field("name")
                 }

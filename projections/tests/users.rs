@@ -214,18 +214,37 @@ async fn user_keys_authenticate_wrong_and_disabled_are_401() {
     let (s, _) = call(&e.app, "GET", &locations, None, &carol).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
-    // User creation checks its fields.
-    for (body, field) in [
-        (json!({"name": "x", "role": "root"}), "role"),
-        (json!({"name": "x", "role": "operator"}), "tenant_id"),
+    // User creation checks its fields: a bad one is 400, a role and tenant that do not go
+    // together 422, the bootstrap admin's name 409.
+    for (body, field, status) in [
+        (
+            json!({"name": "x", "role": "root"}),
+            "role",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "role": "viewer", "tenant_id": ""}),
+            "tenant_id",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "role": "operator"}),
+            "tenant_id",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (
             json!({"name": "x", "role": "admin", "tenant_id": a}),
             "tenant_id",
+            StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        (json!({"name": "admin", "role": "admin"}), "name"),
+        (
+            json!({"name": "admin", "role": "admin"}),
+            "name",
+            StatusCode::CONFLICT,
+        ),
     ] {
         let (s, v) = call(&e.app, "POST", "/api/v1/users", Some(body.clone()), ADMIN).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(s, status, "{body}: {v}");
         assert_eq!(v["error"]["field"], field, "{body}: {v}");
     }
     let (s, v) = call(
@@ -245,7 +264,11 @@ async fn user_keys_authenticate_wrong_and_disabled_are_401() {
         ADMIN,
     )
     .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a body naming no tenant"
+    );
     // An operator cannot make users.
     let (_, dave) = create_user(&e.app, "dave", "operator", Some(&a)).await;
     let (s, _) = call(

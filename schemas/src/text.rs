@@ -23,15 +23,16 @@ pub fn is_hidden(c: char) -> bool {
     )
 }
 
-/// Checks a name: 1 to `max_bytes` bytes after trimming, no [`is_hidden`] character.
-/// Returns the trimmed name, or what is wrong (for a 400 naming the field).
-pub fn check_name(value: &str, max_bytes: usize) -> Result<&str, String> {
+/// Checks a name: at most `max_chars` characters, something besides white space, no
+/// [`is_hidden`] character. Returns it trimmed, or what is wrong (for a 400 naming the
+/// field). The OpenAPI document states the same rule as a pattern ([`name_pattern`]).
+pub fn check_name(value: &str, max_chars: usize) -> Result<&str, String> {
+    if value.chars().count() > max_chars {
+        return Err(format!("must be at most {max_chars} characters"));
+    }
     let v = value.trim();
     if v.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if v.len() > max_bytes {
-        return Err(format!("must be at most {max_bytes} bytes"));
+        return Err("must not be empty or only white space".into());
     }
     if let Some(c) = v.chars().find(|c| is_hidden(*c)) {
         return Err(format!(
@@ -40,6 +41,64 @@ pub fn check_name(value: &str, max_bytes: usize) -> Result<&str, String> {
         ));
     }
     Ok(v)
+}
+
+/// A regular-expression character class (`[...]`, the characters themselves, in runs)
+/// of every character `pick` takes.
+fn class_of(pick: impl Fn(char) -> bool) -> String {
+    let mut out = String::from("[");
+    let mut run: Option<(char, char)> = None;
+    let push = |(a, b): (char, char), out: &mut String| {
+        let lit = |c: char, out: &mut String| {
+            if matches!(c, '\\' | ']' | '[' | '^' | '-') {
+                out.push('\\');
+            }
+            out.push(c);
+        };
+        lit(a, out);
+        if b != a {
+            out.push('-');
+            lit(b, out);
+        }
+    };
+    for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+        run = match run {
+            _ if !pick(c) => {
+                if let Some(r) = run {
+                    push(r, &mut out);
+                }
+                None
+            }
+            Some((a, b)) if u32::from(b) + 1 == u32::from(c) => Some((a, c)),
+            Some(r) => {
+                push(r, &mut out);
+                Some((c, c))
+            }
+            None => Some((c, c)),
+        };
+    }
+    if let Some(r) = run {
+        push(r, &mut out);
+    }
+    out.push(']');
+    out
+}
+
+/// [`check_name`] as an anchored regular expression (for the OpenAPI document's
+/// `pattern`, with `maxLength`): no [`is_hidden`] character, and one that is not white
+/// space. The characters are written as themselves, so every regex dialect reads it alike.
+pub fn name_pattern() -> String {
+    let hidden = class_of(is_hidden);
+    let inner = &hidden[1..hidden.len() - 1];
+    let visible = class_of(|c| is_hidden(c) || c.is_whitespace());
+    let visible_inner = &visible[1..visible.len() - 1];
+    format!("^[^{inner}]*[^{visible_inner}][^{inner}]*$")
+}
+
+/// Text without [`is_hidden`] characters, possibly empty, as an anchored pattern.
+pub fn visible_text_pattern() -> String {
+    let hidden = class_of(is_hidden);
+    format!("^[^{}]*$", &hidden[1..hidden.len() - 1])
 }
 
 #[cfg(test)]
@@ -95,5 +154,23 @@ mod tests {
         assert!(check_name("   ", 200).is_err());
         assert!(check_name(&"x".repeat(201), 200).is_err());
         assert_eq!(check_name(&"x".repeat(200), 200).map(str::len), Ok(200));
+        // Characters, not bytes.
+        assert!(check_name(&"é".repeat(200), 200).is_ok());
+        assert!(check_name(&format!("{} ", "x".repeat(200)), 200).is_err());
+    }
+
+    #[test]
+    fn the_pattern_classes_hold_exactly_the_hidden_characters() {
+        let p = name_pattern();
+        assert!(p.starts_with("^[^") && p.ends_with("]*$"), "{p}");
+        for c in ['\u{0}', '\u{202E}', '\u{200B}', '\u{FEFF}', '\u{E0001}'] {
+            assert!(p.contains(c), "U+{:04X} in the class", u32::from(c));
+        }
+        let hidden = class_of(is_hidden);
+        let inner = &hidden[1..hidden.len() - 1];
+        for c in ['a', 'é', '東', ' ', '\u{A0}', ']'] {
+            assert!(!inner.contains(c), "{c:?} is not hidden: {hidden:?}");
+        }
+        assert!(hidden.contains("\u{0}-\u{1F}"), "runs: {hidden:?}");
     }
 }
