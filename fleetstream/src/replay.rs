@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
+use fleet_consumer::log::next_offsets;
 use fleet_event_log::{ConsumedRecord, EventLog};
-use fleet_ops::log::next_offsets;
 use fleet_projections::project::{
     apply_with_retry, report_points, to_change, write_with_retry, READ_MODEL_PROJECTION,
     READ_MODEL_TOPICS, TIMESERIES_TOPICS,
@@ -129,7 +129,7 @@ pub(crate) fn load_config(
     file: Option<&std::path::Path>,
     event_log: Option<&str>,
 ) -> anyhow::Result<ProjectionsConfig> {
-    let mut cfg: ProjectionsConfig = fleet_ops::config::load("projections", file)?;
+    let mut cfg: ProjectionsConfig = fleet_service::config::load("projections", file)?;
     if let Some(url) = event_log {
         cfg.event_log = url.to_owned();
     }
@@ -144,7 +144,7 @@ pub(crate) fn read_with_registry(cfg: &ProjectionsConfig) -> anyhow::Result<()> 
     if url.is_empty() {
         return Ok(());
     }
-    fleet_ops::schema_registry::install_ids(url, &[])
+    fleet_schema_registry::install_ids(url, &[])
         .with_context(|| format!("schema-registry-url = {url:?}"))?;
     Ok(())
 }

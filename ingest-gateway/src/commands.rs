@@ -27,13 +27,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleet_consumer::deadletter::DeadLetters;
 use fleet_event_log::{ConsumerOptions, StartFrom};
-use fleet_ops::deadletter::DeadLetters;
-use fleet_ops::ApiError;
 use fleet_schemas::api::{
     CommandList, CommandProgressIn, CommandResultIn, CommandSpec, IngestAccepted, ServerMessage,
 };
 use fleet_schemas::{ids, topics, CommandEvent, CommandEventKind};
+use fleet_service::ApiError;
 use parking_lot::Mutex;
 
 use crate::{

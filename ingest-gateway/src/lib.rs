@@ -51,11 +51,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, LogError, ProduceRecord};
-use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::api::{
     EventBatch, HeartbeatIn, IngestAccepted, InventoryIn, ItemError, MetricBatch,
 };
 use fleet_schemas::{codec, Record};
+use fleet_service::{ApiError, FieldJson};
 use fleet_stores::registry::Registry;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
@@ -173,7 +173,7 @@ pub fn app(state: GatewayState) -> Router {
         .route("/api/v1/agents/ws", get(ws::get_ws))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestDecompressionLayer::new())
-        .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
+        .layer(TraceLayer::new_for_http().make_span_with(fleet_service::endpoints::http_span))
         .with_state(state)
 }
 
@@ -521,8 +521,11 @@ pub async fn watch_deactivations(
     tokio::pin!(shutdown);
     // Like the command dispatcher, a log that cannot answer at start is waited for.
     let dead = loop {
-        let open =
-            fleet_ops::deadletter::DeadLetters::open(log.clone(), "gateway-deactivations", &group);
+        let open = fleet_consumer::deadletter::DeadLetters::open(
+            log.clone(),
+            "gateway-deactivations",
+            &group,
+        );
         match open.await {
             Ok(d) => break d,
             Err(e) => {

@@ -29,8 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_service::{ApiError, FieldJson};
 use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry};
 use fleet_stores::{ReadModel, StoreError};
 use serde::{Deserialize, Serialize};
@@ -493,7 +493,7 @@ pub(crate) async fn deactivate(
         let reason = if body.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
-            fleet_ops::error::parse_json::<DeactivateBody>(&body)?.reason
+            fleet_service::error::parse_json::<DeactivateBody>(&body)?.reason
         };
         let cred = s
             .registry

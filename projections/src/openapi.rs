@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// The body of every error answer (`fleet_ops::ApiError`).
+/// The body of every error answer (`fleet_service::ApiError`).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code (`invalid_field`, `not_found`, `forbidden`, ...).

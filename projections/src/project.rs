@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_consumer::deadletter::{DeadLetters, Reason};
+use fleet_consumer::log::{ensure_topics, next_offsets, LagGauge};
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
-use fleet_ops::deadletter::{DeadLetters, Reason};
-use fleet_ops::log::{ensure_topics, next_offsets, LagGauge};
 use fleet_schemas::samples::samples;
 use fleet_schemas::{
     codec, topics, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,

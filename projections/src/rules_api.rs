@@ -35,12 +35,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_ops::ApiError;
 use fleet_schemas::rules::{check_definition, HEARTBEAT_ABSENT};
 use fleet_schemas::{
     codec, ids, topics, AlertEvent, AlertEventKind, Record, RuleDefinition, RuleEvent,
     RuleEventKind, RuleScope,
 };
+use fleet_service::ApiError;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{reply, store_error, AdminState};
@@ -343,7 +343,7 @@ pub async fn write_default_rules(
 /// The current rules (latest event per rule id; deleted ones absent).
 async fn current_rules(log: &dyn EventLog) -> Result<BTreeMap<String, RuleEvent>, ApiError> {
     let mut rules = BTreeMap::new();
-    fleet_ops::log::read_to_end(log, topics::RULES, |r| {
+    fleet_consumer::log::read_to_end(log, topics::RULES, |r| {
         match codec::decode::<RuleEvent>(&r.value) {
             Ok(ev) => match ev.kind {
                 RuleEventKind::Defined if ev.rule.is_some() => {
@@ -406,7 +406,7 @@ pub(crate) async fn create_rule(
         let p = s.principal(&headers).await?;
         require_operator(&p, &tenant_id)?;
         let actor = p.actor();
-        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
+        let b: RuleBody = fleet_service::error::parse_json(&body)?;
         let d = definition(&b, true)?;
         known_tenant(&s, &tenant_id).await?;
         let rule_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
@@ -514,7 +514,7 @@ pub(crate) async fn update_rule(
     let r = async {
         let p = s.principal(&headers).await?;
         let actor = p.actor();
-        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
+        let b: RuleBody = fleet_service::error::parse_json(&body)?;
         let old = existing_rule(s.log.as_ref(), &rule_id).await?;
         require_operator(&p, &old.tenant_id)?;
         let enabled = old.rule.as_ref().is_none_or(|d| d.enabled);
@@ -659,7 +659,7 @@ async fn find_alert(
 ) -> Result<(AlertEvent, bool, bool), ApiError> {
     let mut found: Option<AlertEvent> = None;
     let (mut acknowledged, mut resolved) = (false, false);
-    fleet_ops::log::read_to_end(log, topics::ALERTS, |r| {
+    fleet_consumer::log::read_to_end(log, topics::ALERTS, |r| {
         if let Ok(ev) = codec::decode::<AlertEvent>(&r.value) {
             if ev.alert_id != alert_id {
                 return;

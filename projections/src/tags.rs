@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fleet_event_log::ProduceRecord;
-use fleet_ops::ApiError;
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_service::ApiError;
 use serde::Deserialize;
 
 use crate::admin::{reply, store_error, AdminState};
@@ -75,7 +75,7 @@ pub(crate) async fn put_tags(
     let r = async {
         let p = s.principal(&headers).await?;
         let actor = p.actor();
-        let body = fleet_ops::error::parse_json::<TagsBody>(&body)?;
+        let body = fleet_service::error::parse_json::<TagsBody>(&body)?;
         let cred = s
             .registry
             .agent_credential(&agent_id)

@@ -15,7 +15,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 use fleet_stores::registry::{hash_secret, new_secret, ApiKeyInfo, NewUser, Role, User};
 use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
@@ -93,7 +93,7 @@ pub(crate) async fn create_user(
     let r = async {
         let p = s.principal(&headers).await?;
         require_admin(&p)?;
-        let b: UserBody = fleet_ops::error::parse_json(&body)?;
+        let b: UserBody = fleet_service::error::parse_json(&body)?;
         let name = name_field("name", &b.name)?;
         if name.eq_ignore_ascii_case(BOOTSTRAP_ADMIN) {
             return Err(ApiError::invalid_field(

@@ -37,7 +37,7 @@ async fn env() -> Env {
     let log = fleet_event_log::open(&p("log"), &Default::default())
         .await
         .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     let sql = fleet_stores::open_sql(&p("rm.db"))
@@ -131,7 +131,7 @@ fn history_uri(start_s: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projects_topics_into_stores_and_survives_a_restart() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let e = env().await;
     for (i, cpu) in [10.0, 50.0, 30.0].into_iter().enumerate() {
         let mut r = fixtures::metric_report("t1", "a1", T0 + i as i64 * 10_000_000);

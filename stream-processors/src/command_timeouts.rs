@@ -25,7 +25,7 @@ use fleet_schemas::{topics, CommandEvent, CommandEventKind};
 
 use crate::timed::{decode_counted, run_timed, Timed, TimedSettings};
 use crate::{metrics, ProcessorsConfig, Readiness};
-use fleet_ops::deadletter::DeadLetters;
+use fleet_consumer::deadletter::DeadLetters;
 
 const NAME: &str = "command-timeouts";
 

@@ -16,9 +16,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_consumer::deadletter::DeadLetters;
+use fleet_consumer::log::{
+    ensure_topics, next_offsets, produce_until_written, read_to_end, LagGauge,
+};
 use fleet_event_log::{ConsumedRecord, ConsumerOptions, EventLog, StartFrom};
-use fleet_ops::deadletter::DeadLetters;
-use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, read_to_end, LagGauge};
 use fleet_schemas::{
     ids, topics, AgentLifecycle, AlertEvent, AlertEventKind, AlertSeverity, TicketEvent,
     TicketEventKind, TicketSeverity,

@@ -12,11 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
 use fleet_event_log::{
     ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord, StartFrom,
 };
-use fleet_ops::deadletter::{decode_retrying, DeadLetters, Reason};
-use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
 use fleet_schemas::{codec, Record};
 
 use crate::{metrics, Readiness};
