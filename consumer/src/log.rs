@@ -29,7 +29,9 @@ pub async fn ensure_topics(log: &dyn EventLog) -> anyhow::Result<()> {
 }
 
 /// The next offset to commit per partition for a batch of records.
-pub fn next_offsets(records: &[ConsumedRecord]) -> Vec<CommitOffset> {
+pub fn next_offsets<'a>(
+    records: impl IntoIterator<Item = &'a ConsumedRecord>,
+) -> Vec<CommitOffset> {
     let mut next: BTreeMap<(&str, u32), i64> = BTreeMap::new();
     for r in records {
         let e = next.entry((&r.topic, r.partition)).or_insert(r.offset + 1);

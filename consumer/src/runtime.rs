@@ -7,7 +7,8 @@
 //! 2. if the member's assignment differs from the one last taken, call
 //!    [`Processor::on_assigned`] (it may seek the partitions it took); a failure is retried
 //!    with the back-off before anything else happens, so no batch is handled on partitions
-//!    the processor has not taken;
+//!    the processor has not taken. The seek wins: records of a partition it sought that
+//!    the poll returned before the seek are dropped (reading goes on from the seek);
 //! 3. hand a non-empty batch to [`Processor::handle`] (records it cannot use are noted as
 //!    dead letters) and deliver its [`Output`];
 //! 4. call [`Processor::on_tick`] and deliver its output (timers, idle work);
@@ -201,6 +202,8 @@ pub struct Assignment<'a> {
     consumer: &'a mut dyn Consumer,
     previous: &'a BTreeSet<TopicPartition>,
     current: BTreeSet<TopicPartition>,
+    /// Partitions sought.
+    sought: BTreeSet<TopicPartition>,
 }
 
 impl Assignment<'_> {
@@ -234,7 +237,10 @@ impl Assignment<'_> {
     }
 
     /// Moves the member's position on a partition: the next poll reads it from `offset`.
+    /// Records of the partition that the last poll returned (before this seek) are not
+    /// handed to the processor.
     pub async fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<(), LogError> {
+        self.sought.insert((topic.to_owned(), partition));
         self.consumer.seek(topic, partition, offset).await
     }
 }
@@ -407,7 +413,11 @@ impl ConsumerRuntime {
         tokio::pin!(shutdown);
         let consumer = self.dead.consumer().to_owned();
         // The embedded log assigns at subscribe; Kafka with the first polls.
-        if self.take_assignment(processor, &mut shutdown).await {
+        if self
+            .take_assignment(processor, &mut shutdown)
+            .await
+            .is_some()
+        {
             self.set_ready(true);
             tracing::info!(%consumer, group = %self.settings.group, "Consuming.");
             self.consume(processor, &mut shutdown).await;
@@ -449,9 +459,18 @@ impl ConsumerRuntime {
                     }
                 }
             };
-            if !self.take_assignment(processor, shutdown).await {
+            let Some(sought) = self.take_assignment(processor, shutdown).await else {
                 return;
-            }
+            };
+            let batch = if sought.is_empty() {
+                batch
+            } else {
+                // The seek wins: these records come again from where it points.
+                batch
+                    .into_iter()
+                    .filter(|r| !sought.contains(&(r.topic.to_string(), r.partition)))
+                    .collect()
+            };
             if !batch.is_empty() {
                 let started = Instant::now();
                 let span = tracing::info_span!(
@@ -481,29 +500,37 @@ impl ConsumerRuntime {
         }
     }
 
-    /// Hands a changed assignment to the processor, retrying until it takes it; false when
-    /// shutdown came first.
+    /// Hands a changed assignment to the processor, retrying until it takes it. Returns the
+    /// partitions it sought, or `None` when shutdown came first.
     async fn take_assignment<P: Processor>(
         &mut self,
         processor: &mut P,
         shutdown: &mut (impl Future<Output = ()> + Unpin + Send),
-    ) -> bool {
+    ) -> Option<BTreeSet<TopicPartition>> {
         let mut backoff = Backoff::new();
+        let mut sought = BTreeSet::new();
         loop {
             let current: BTreeSet<TopicPartition> =
                 self.consumer.assignment().into_iter().collect();
             if current == self.taken {
-                return true;
+                return Some(sought);
             }
             let mut assignment = Assignment {
                 consumer: self.consumer.as_mut(),
                 previous: &self.taken,
                 current,
+                sought: BTreeSet::new(),
             };
             let (added, removed) = (assignment.added(), assignment.removed());
-            match processor.on_assigned(&mut assignment).await {
+            let result = processor.on_assigned(&mut assignment).await;
+            let Assignment {
+                current,
+                sought: sought_now,
+                ..
+            } = assignment;
+            sought.extend(sought_now);
+            match result {
                 Ok(output) => {
-                    let current = assignment.current;
                     tracing::info!(consumer = %self.dead.consumer(), ?added, ?removed, "Assignment taken.");
                     self.committed.retain(|tp, _| current.contains(tp));
                     self.taken = current;
@@ -514,7 +541,7 @@ impl ConsumerRuntime {
                     tracing::warn!(consumer = %self.dead.consumer(), error = format!("{e:#}"), attempt = backoff.attempt(), "Taking the new assignment failed; retrying.");
                     tokio::select! {
                         biased;
-                        _ = &mut *shutdown => return false,
+                        _ = &mut *shutdown => return None,
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }

@@ -604,3 +604,52 @@ async fn shutdown_stops_the_loop_clears_readiness_and_leaves_the_group() {
     );
     assert_eq!(committed(log.as_ref(), group).await, vec![Some(1), None]);
 }
+
+#[tokio::test]
+async fn records_polled_before_a_seek_on_taking_a_partition_are_not_handed_over() {
+    let (_dir, log) = log(1).await;
+    produce(log.as_ref(), 0, &["r0", "r1", "r2", "r3"]).await;
+    let group = "seek-wins";
+    // Another member holds the partition, with offset 2 committed.
+    let mut first = log
+        .subscribe(group, &[INPUT], ConsumerOptions::default())
+        .await
+        .expect("subscribe");
+    first
+        .commit(&[CommitOffset {
+            topic: INPUT.to_owned(),
+            partition: 0,
+            next_offset: 2,
+        }])
+        .await
+        .expect("commit");
+    // This member gets nothing until the first leaves; then its poll reads from the
+    // committed offset, and its processor seeks the partition back to the start.
+    let (mut p, seen) = TestProcessor::new(dead_letters(&log, "seek-test", group).await);
+    p.seek_to = Some(0);
+    let running = Running::start(&log, Settings::group(group, &[INPUT]), p, None).await;
+    eventually("the runtime polled without a partition", async || {
+        seen.lock().expect("lock").ticks >= 2
+    })
+    .await;
+    assert!(seen.lock().expect("lock").assignments.is_empty());
+    drop(first);
+    eventually("the partition taken and read", async || {
+        seen.lock().expect("lock").records.len() >= 4
+    })
+    .await;
+    let ticks = seen.lock().expect("lock").ticks;
+    eventually("more passes", async || {
+        seen.lock().expect("lock").ticks >= ticks + 3
+    })
+    .await;
+    running.stop().await;
+    let offsets: Vec<i64> = seen
+        .lock()
+        .expect("lock")
+        .records
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(offsets, [0, 1, 2, 3], "each record once, from the seek on");
+}

@@ -34,8 +34,9 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-    fn set(&self, v: bool) {
-        self.0.store(v, Ordering::Relaxed);
+    /// The flag the consumer runtime sets while the processor consumes.
+    fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.0)
     }
 }
 
@@ -46,7 +47,7 @@ pub async fn run_alert_evaluator(
     log: Arc<dyn EventLog>,
     config: ProcessorsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     alert_loop::run(log, config, ready, shutdown).await
 }

@@ -327,7 +327,7 @@ pub async fn run_liveness(
     log: Arc<dyn EventLog>,
     config: ProcessorsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let partitions = log.partition_count(topics::HEARTBEATS).await?;
