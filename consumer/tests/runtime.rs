@@ -77,6 +77,25 @@ async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
     panic!("gave up waiting: {what}");
 }
 
+/// The offsets of the records a test processor handled, in order.
+fn offsets(seen: &Mutex<Seen>) -> Vec<i64> {
+    seen.lock()
+        .expect("lock")
+        .records
+        .iter()
+        .map(|r| r.1)
+        .collect()
+}
+
+/// Waits for a few more passes of the runtime's loop (in which nothing else may happen).
+async fn more_passes(seen: &Mutex<Seen>) {
+    let ticks = seen.lock().expect("lock").ticks;
+    eventually("more passes", async || {
+        seen.lock().expect("lock").ticks >= ticks + 3
+    })
+    .await;
+}
+
 fn value(r: &ConsumedRecord) -> String {
     String::from_utf8_lossy(&r.value).into_owned()
 }
@@ -400,11 +419,7 @@ async fn a_reported_low_water_mark_is_committed_and_records_past_it_come_again_a
     })
     .await;
     // A few more passes of the loop, in which nothing more may be committed.
-    let ticks = seen.lock().expect("lock").ticks;
-    eventually("more passes", async || {
-        seen.lock().expect("lock").ticks >= ticks + 3
-    })
-    .await;
+    more_passes(&seen).await;
     running.crash().await;
     assert_eq!(
         committed(log.as_ref(), group).await,
@@ -420,14 +435,7 @@ async fn a_reported_low_water_mark_is_committed_and_records_past_it_come_again_a
     })
     .await;
     running.stop().await;
-    let offsets: Vec<i64> = seen
-        .lock()
-        .expect("lock")
-        .records
-        .iter()
-        .map(|r| r.1)
-        .collect();
-    assert_eq!(offsets, (4..10).collect::<Vec<i64>>());
+    assert_eq!(offsets(&seen), (4..10).collect::<Vec<i64>>());
     assert_eq!(
         committed(log.as_ref(), group).await,
         vec![Some(10)],
@@ -638,18 +646,11 @@ async fn records_polled_before_a_seek_on_taking_a_partition_are_not_handed_over(
         seen.lock().expect("lock").records.len() >= 4
     })
     .await;
-    let ticks = seen.lock().expect("lock").ticks;
-    eventually("more passes", async || {
-        seen.lock().expect("lock").ticks >= ticks + 3
-    })
-    .await;
+    more_passes(&seen).await;
     running.stop().await;
-    let offsets: Vec<i64> = seen
-        .lock()
-        .expect("lock")
-        .records
-        .iter()
-        .map(|r| r.1)
-        .collect();
-    assert_eq!(offsets, [0, 1, 2, 3], "each record once, from the seek on");
+    assert_eq!(
+        offsets(&seen),
+        [0, 1, 2, 3],
+        "each record once, from the seek on"
+    );
 }

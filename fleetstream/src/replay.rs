@@ -29,15 +29,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
-use fleet_consumer::log::next_offsets;
 use fleet_event_log::{ConsumedRecord, EventLog};
 use fleet_projections::project::{
-    apply_with_retry, report_points, to_change, write_with_retry, READ_MODEL_PROJECTION,
-    READ_MODEL_TOPICS, TIMESERIES_TOPICS,
+    apply_with_retry, report_points, stored_offsets, to_change, write_with_retry,
+    READ_MODEL_PROJECTION, READ_MODEL_TOPICS, TIMESERIES_TOPICS,
 };
 use fleet_projections::ProjectionsConfig;
 use fleet_stores::read_model::{Engine, SqlReadModel, REGISTRY_TABLES};
-use fleet_stores::{StoredOffset, TimeSeriesStore};
+use fleet_stores::TimeSeriesStore;
 
 pub(crate) use export::{export, ExportArgs};
 pub(crate) use verify::{verify, VerifyArgs};
@@ -291,14 +290,7 @@ async fn apply_read_model(store: &SqlReadModel, batch: &[ConsumedRecord], counts
             }
         }
     }
-    let offsets: Vec<StoredOffset> = next_offsets(&records)
-        .into_iter()
-        .map(|c| StoredOffset {
-            topic: c.topic,
-            partition: c.partition,
-            next_offset: c.next_offset,
-        })
-        .collect();
+    let offsets = stored_offsets(&records);
     apply_with_retry(store, &changes, &offsets).await;
     counts.changes += changes.len() as u64;
 }

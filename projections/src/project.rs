@@ -202,14 +202,7 @@ impl Processor for ReadModelProjection {
         }
         // The offsets go into the store with the rows: dead letters first.
         self.dead.flush().await;
-        let stored: Vec<StoredOffset> = next_offsets(batch)
-            .into_iter()
-            .map(|c| StoredOffset {
-                topic: c.topic,
-                partition: c.partition,
-                next_offset: c.next_offset,
-            })
-            .collect();
+        let stored = stored_offsets(batch);
         let store = self.store.as_ref();
         let refused = apply_or_refuse(store, &changes, &stored).await;
         if !refused.is_empty() {
@@ -233,6 +226,21 @@ impl Processor for ReadModelProjection {
     }
 }
 
+/// The offsets to store with the changes of `records`: the next offset per partition.
+/// Also used by `fleetstream replay`.
+pub fn stored_offsets<'a>(
+    records: impl IntoIterator<Item = &'a ConsumedRecord>,
+) -> Vec<StoredOffset> {
+    next_offsets(records)
+        .into_iter()
+        .map(|c| StoredOffset {
+            topic: c.topic,
+            partition: c.partition,
+            next_offset: c.next_offset,
+        })
+        .collect()
+}
+
 /// Applies a batch, retrying while the store is unavailable. A batch the store refuses for
 /// any other reason is applied change by change so one bad change cannot stall the
 /// projection or take the rest of the batch with it; refused changes are counted and
@@ -252,7 +260,7 @@ async fn apply_or_refuse(
     changes: &[Change],
     offsets: &[StoredOffset],
 ) -> Vec<(usize, StoreError)> {
-    let applied = until_available("readmodel", || {
+    let applied = until_available("readmodel", u32::MAX, || {
         store.apply(READ_MODEL_PROJECTION, changes, offsets)
     })
     .await;
@@ -262,7 +270,7 @@ async fn apply_or_refuse(
     tracing::warn!(error = %e, "Read model refused the batch; applying it change by change.");
     let mut refused = Vec::new();
     for (i, change) in changes.iter().enumerate() {
-        if let Err(e) = retry_unavailable(|| {
+        if let Err(e) = until_available("readmodel", SINGLE_ATTEMPTS, || {
             store.apply(READ_MODEL_PROJECTION, std::slice::from_ref(change), &[])
         })
         .await
@@ -281,7 +289,11 @@ async fn apply_or_refuse(
 
 /// Stores a batch's offsets alone (after its changes were applied one by one).
 async fn store_offsets(store: &dyn ReadModel, offsets: &[StoredOffset]) {
-    if let Err(e) = retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, &[], offsets)).await {
+    let stored = until_available("readmodel", SINGLE_ATTEMPTS, || {
+        store.apply(READ_MODEL_PROJECTION, &[], offsets)
+    })
+    .await;
+    if let Err(e) = stored {
         tracing::error!(error = %e, "Storing offsets failed; the batch will be applied again (idempotent).");
     }
 }
@@ -299,13 +311,17 @@ async fn write_or_refuse(
     store: &dyn TimeSeriesStore,
     points: &[Point],
 ) -> Vec<(usize, StoreError)> {
-    let Err(e) = until_available("timeseries", || store.write(points)).await else {
+    let Err(e) = until_available("timeseries", u32::MAX, || store.write(points)).await else {
         return Vec::new();
     };
     tracing::warn!(error = %e, "Time-series store refused the batch; writing point by point.");
     let mut refused = Vec::new();
     for (i, p) in points.iter().enumerate() {
-        if let Err(e) = retry_unavailable(|| store.write(std::slice::from_ref(p))).await {
+        if let Err(e) = until_available("timeseries", SINGLE_ATTEMPTS, || {
+            store.write(std::slice::from_ref(p))
+        })
+        .await
+        {
             ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries").increment(1);
             tracing::error!(error = %e, series = %p.series, agent_id = %p.agent_id, "Point refused; skipped.");
             refused.push((i, e));
@@ -314,9 +330,14 @@ async fn write_or_refuse(
     refused
 }
 
-/// Runs `f` until the store answers anything but unavailable, waiting the back-off between
-/// attempts (each counted and logged for `projection`).
-async fn until_available<F, Fut>(projection: &'static str, mut f: F) -> Result<(), StoreError>
+/// Runs `f` until the store answers anything but unavailable, or `attempts` calls were
+/// unavailable; waits the back-off between calls (each unavailable answer counted and
+/// logged for `projection`). Returns the last answer.
+async fn until_available<F, Fut>(
+    projection: &'static str,
+    attempts: u32,
+    mut f: F,
+) -> Result<(), StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
@@ -324,10 +345,10 @@ where
     let mut backoff = Backoff::new();
     loop {
         match f().await {
-            Err(StoreError::Unavailable(e)) => {
+            Err(StoreError::Unavailable(e)) if backoff.attempt() < attempts => {
                 let wait = backoff.next_delay();
                 ::metrics::counter!(metrics::STORE_ERRORS, "projection" => projection).increment(1);
-                tracing::warn!(projection, error = %e, attempt = backoff.attempt(), "Store unavailable; retrying the batch.");
+                tracing::warn!(projection, error = %e, attempt = backoff.attempt(), "Store unavailable; retrying.");
                 tokio::time::sleep(wait).await;
             }
             other => return other,
@@ -335,19 +356,8 @@ where
     }
 }
 
-async fn retry_unavailable<F, Fut>(mut f: F) -> Result<(), StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
-{
-    let mut backoff = Backoff::new();
-    loop {
-        match f().await {
-            Err(StoreError::Unavailable(_)) if backoff.attempt() < 50 => backoff.wait().await,
-            other => return other,
-        }
-    }
-}
+/// Attempts for one change or point applied on its own (after its batch was refused).
+const SINGLE_ATTEMPTS: u32 = 50;
 
 /// Converts a report into time-series points.
 pub fn to_points(r: &MetricReport) -> Vec<Point> {
