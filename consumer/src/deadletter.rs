@@ -37,9 +37,7 @@ use fleet_schemas::{codec, topics, AvroBytes, DeadLetter, DeadLetterKind, Record
 
 use crate::backoff::Backoff;
 use crate::log::{produce_until_written, read_to_end};
-
-/// Counter of dead letters written, by `consumer`, source `topic` and `reason`.
-pub const DEADLETTERS_TOTAL: &str = "fleet_deadletters_total";
+use crate::metrics::DEADLETTERS_TOTAL;
 
 /// Decodes `record` as `T`, retrying while the failure is transient
 /// ([`CodecError::is_retriable`]: the schema registry holding its writer schema could not

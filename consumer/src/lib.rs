@@ -14,6 +14,7 @@
 //! * [`log`]: topics of the catalog, next offsets, writing until acknowledged, reading a
 //!   topic to its end, the lag gauge.
 //! * [`backoff`]: the one back-off of every retry loop (0.2 s × attempt, at most 5 s).
+//! * [`metrics`]: `fleet_consumer_lag`, `fleet_deadletters_total`.
 //!
 //! # Committing less than was read
 //!
@@ -99,6 +100,7 @@ pub mod backoff;
 pub mod deadletter;
 pub mod follow;
 pub mod log;
+pub mod metrics;
 pub mod runtime;
 
 pub use backoff::{retry_backoff, Backoff};

@@ -11,6 +11,7 @@ use fleet_schemas::{codec, topics, Record};
 
 use crate::backoff::Backoff;
 use crate::follow::Follower;
+use crate::metrics::CONSUMER_LAG;
 
 /// Creates every topic of the catalog (idempotent).
 pub async fn ensure_topics(log: &dyn EventLog) -> anyhow::Result<()> {
@@ -113,9 +114,6 @@ pub async fn read_to_end(
         .await?;
     Ok(seen)
 }
-
-/// Name of the consumer-lag gauge every consumer loop reports (labels `group`, `topic`).
-pub const CONSUMER_LAG: &str = "fleet_consumer_lag";
 
 /// Tracks a consumer's positions and, at most every `every`, sets the
 /// `fleet_consumer_lag{group, topic}` gauge to the records between its positions and the

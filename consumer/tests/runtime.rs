@@ -654,3 +654,40 @@ async fn records_polled_before_a_seek_on_taking_a_partition_are_not_handed_over(
         "each record once, from the seek on"
     );
 }
+
+#[tokio::test]
+async fn the_lag_gauge_and_the_batch_histogram_are_reported() {
+    static RECORDER: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let prometheus = RECORDER.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("recorder")
+    });
+    let (_dir, log) = log(1).await;
+    produce(log.as_ref(), 0, &["a", "b"]).await;
+    let group = "metrics-test";
+    let (p, seen) = TestProcessor::new(dead_letters(&log, "metrics-test", group).await);
+    let settings = Settings::group(group, &[INPUT]).batch_histogram(
+        "fleet_test_batch_seconds",
+        "processor",
+        "metrics-test",
+    );
+    let running = Running::start(&log, settings, p, None).await;
+    eventually("the batch handled", async || {
+        seen.lock().expect("lock").records.len() == 2
+    })
+    .await;
+    more_passes(&seen).await;
+    running.stop().await;
+    let rendered = prometheus.render();
+    let lag = format!(
+        "{}{{group=\"{group}\",topic=\"{INPUT}\"}} 0",
+        fleet_consumer::metrics::CONSUMER_LAG
+    );
+    assert!(rendered.contains(&lag), "{lag} in:\n{rendered}");
+    assert!(
+        rendered.contains("fleet_test_batch_seconds_count{processor=\"metrics-test\"} 1"),
+        "{rendered}"
+    );
+}
