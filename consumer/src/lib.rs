@@ -71,7 +71,7 @@
 //!         Output::upto(self.mark())
 //!     }
 //!
-//!     async fn on_tick(&mut self) -> Output {
+//!     async fn on_tick(&mut self, _handled: usize) -> Output {
 //!         if self.buffered.len() >= 1000 {
 //!             // ... write the chunk durably, then:
 //!             for r in self.buffered.drain(..) {

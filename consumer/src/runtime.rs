@@ -11,7 +11,8 @@
 //!    the poll returned before the seek are dropped (reading goes on from the seek);
 //! 3. hand a non-empty batch to [`Processor::handle`] (records it cannot use are noted as
 //!    dead letters) and deliver its [`Output`];
-//! 4. call [`Processor::on_tick`] and deliver its output (timers, idle work);
+//! 4. call [`Processor::on_tick`] (told how many records `handle` got) and deliver its
+//!    output (timers, idle work);
 //! 5. refresh the `fleet_consumer_lag` gauge and record the batch's duration.
 //!
 //! Delivering an output is always in this order: its records are written to their topics
@@ -76,10 +77,14 @@ pub trait Processor: Send {
     /// batch once the output and the dead letters are written.
     fn handle(&mut self, batch: &[ConsumedRecord]) -> impl Future<Output = Output> + Send;
 
-    /// Called after every poll, with or without records (so at least every poll timeout):
-    /// for work driven by time rather than by records (timers, following other topics,
-    /// reporting a low-water mark). Commits only what its output names.
-    fn on_tick(&mut self) -> impl Future<Output = Output> + Send {
+    /// Called after every poll, with or without records (so at least every poll timeout),
+    /// once the batch's output is committed; `handled` is how many records were handed to
+    /// [`handle`](Processor::handle) (0: an idle poll). For work driven by time rather
+    /// than by records (timers, following other topics, reporting a low-water mark), and
+    /// for the work a processor does before each batch, on idle polls. Commits only what
+    /// its output names.
+    fn on_tick(&mut self, handled: usize) -> impl Future<Output = Output> + Send {
+        let _ = handled;
         async { Output::new() }
     }
 }
@@ -492,7 +497,7 @@ impl ConsumerRuntime {
                         .record(started.elapsed().as_secs_f64());
                 }
             }
-            let output = processor.on_tick().await;
+            let output = processor.on_tick(batch.len()).await;
             self.deliver(output, &[]).await;
             if let Some(lag) = &mut self.lag {
                 lag.refresh(self.log.as_ref()).await;

@@ -181,7 +181,7 @@ impl Processor for TestProcessor {
         out
     }
 
-    async fn on_tick(&mut self) -> Output {
+    async fn on_tick(&mut self, _handled: usize) -> Output {
         let mut out = Output::new();
         let first = {
             let mut seen = self.seen();

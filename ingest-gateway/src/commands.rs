@@ -392,7 +392,6 @@ pub async fn run_dispatcher(
         state,
         dead,
         behind,
-        polled: false,
         idle_polls: 0,
         lookback,
         last_expiry: Instant::now(),
@@ -407,8 +406,6 @@ struct Dispatcher {
     dead: DeadLetters,
     /// Partitions still to replay up to their end offset at start.
     behind: HashMap<u32, i64>,
-    /// Whether records arrived since the last tick.
-    polled: bool,
     /// Polls in a row without records during the replay.
     idle_polls: u32,
     lookback: Duration,
@@ -417,7 +414,6 @@ struct Dispatcher {
 
 impl Processor for Dispatcher {
     async fn handle(&mut self, records: &[ConsumedRecord]) -> Output {
-        self.polled = true;
         let state = &self.state;
         let live = state.commands.is_live();
         let now = fleet_schemas::time::now_micros();
@@ -459,10 +455,9 @@ impl Processor for Dispatcher {
     }
 
     /// After every poll: go live once the window is replayed; expire old commands.
-    async fn on_tick(&mut self) -> Output {
-        let idle = !std::mem::take(&mut self.polled);
+    async fn on_tick(&mut self, handled: usize) -> Output {
         if !self.state.commands.is_live() {
-            self.idle_polls = if idle { self.idle_polls + 1 } else { 0 };
+            self.idle_polls = if handled == 0 { self.idle_polls + 1 } else { 0 };
             // Offsets can have gaps (Kafka transactions): give up waiting for the exact
             // end after a while of nothing.
             if self.behind.is_empty() || self.idle_polls >= 20 {

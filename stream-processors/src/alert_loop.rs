@@ -353,7 +353,11 @@ impl Processor for AlertLoop {
         out
     }
 
-    async fn on_tick(&mut self) -> Output {
+    /// On an idle poll, what `handle` does before a batch.
+    async fn on_tick(&mut self, handled: usize) -> Output {
+        if handled > 0 {
+            return Output::new();
+        }
         let events = self.look_around().await;
         self.write(events)
     }

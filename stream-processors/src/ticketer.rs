@@ -356,8 +356,11 @@ impl Processor for TicketLoop {
         out
     }
 
-    async fn on_tick(&mut self) -> Output {
-        self.follow_agents().await;
+    /// On an idle poll, what `handle` does before a batch.
+    async fn on_tick(&mut self, handled: usize) -> Output {
+        if handled == 0 {
+            self.follow_agents().await;
+        }
         Output::new()
     }
 }

@@ -254,7 +254,8 @@ impl<P: Timed> Processor for TimedLoop<P> {
         out
     }
 
-    async fn on_tick(&mut self) -> Output {
+    /// After every poll: follow, start a check when due, judge the partitions caught up.
+    async fn on_tick(&mut self, _handled: usize) -> Output {
         let (proc, dead) = (&mut self.proc, &self.dead);
         if let Some(f) = self.follower.as_mut() {
             f.poll_now(Duration::from_millis(1), |r| proc.on_follow(r, dead))
