@@ -2,7 +2,8 @@
 //! embedded SQLite, with one set of portable migrations (`stores/migrations/`).
 //!
 //! Every statement below is the same text on both engines: `$n` placeholders (SQLite reads
-//! `$1` as a named parameter that sqlx binds by its number, so a parameter may repeat),
+//! `$1` as a named parameter that sqlx binds by its number, so a parameter may repeat;
+//! the multi-row `VALUES` of a batch are the one exception, see `values_rows`),
 //! `INSERT ... ON CONFLICT (...) DO UPDATE`, `excluded.`, and `CASE` instead of
 //! `GREATEST`/`LEAST` (PostgreSQL) or scalar `MAX`/`MIN` (SQLite), which differ. Only the
 //! connection setup branches on the engine (pool size and SQLite pragmas).
@@ -697,8 +698,15 @@ impl From<sqlx::Error> for ApplyError {
 }
 
 /// `rows` copies of `row`, a parenthesized row of a multi-row `VALUES` in which each `?` is a
-/// placeholder, numbered `$1`, `$2`, .. in bind order across the rows.
-fn values_rows(rows: usize, row: &str) -> String {
+/// placeholder: on PostgreSQL numbered `$1`, `$2`, .. in bind order across the rows; on
+/// SQLite left as `?`, which binds by position too. (Unlike the other statements, which
+/// use `$n` on both: sqlx finds the number of each SQLite parameter from its name, and
+/// SQLite looks a name up in a list, so `$n` costs time quadratic in the parameters: most
+/// of a batch's time at a few thousand.)
+fn values_rows(engine: Engine, rows: usize, row: &str) -> String {
+    if engine == Engine::Sqlite {
+        return vec![row; rows].join(", ");
+    }
     let mut out = String::with_capacity(rows * (row.len() + 8));
     let mut n = 0usize;
     for r in 0..rows {
@@ -718,10 +726,14 @@ fn values_rows(rows: usize, row: &str) -> String {
     out
 }
 
-/// `($1, .., $c), ($c+1, .., $2c), ..`: `rows` rows of `columns` placeholders, for a
-/// multi-row `VALUES` (one row of `n`: an `IN` list).
-fn values_placeholders(rows: usize, columns: usize) -> String {
-    values_rows(rows, &format!("({})", vec!["?"; columns].join(", ")))
+/// `rows` rows of `columns` placeholders (see [`values_rows`]) for a multi-row `VALUES`
+/// (one row of `n`: an `IN` list).
+fn values_placeholders(engine: Engine, rows: usize, columns: usize) -> String {
+    values_rows(
+        engine,
+        rows,
+        &format!("({})", vec!["?"; columns].join(", ")),
+    )
 }
 
 /// Splits `items` for multi-row statements: slices of `max` while that many remain, then
@@ -910,7 +922,7 @@ impl ReadModel for SqlReadModel {
                     // other change writes the rows the waiting ones do.)
                     if agents.contains(&ev.agent_id) {
                         agents
-                            .flush(&mut tx)
+                            .flush(&mut tx, self.engine)
                             .await
                             .map_err(|e| self.apply_error(e))?;
                     }
@@ -918,7 +930,7 @@ impl ReadModel for SqlReadModel {
                 }
                 Change::Rule(ev) => fleet::apply_rule(&mut tx, ev).await,
                 Change::Command(ev) => commands::apply_command(&mut tx, ev).await,
-                Change::Inventory(inv) => software::apply_inventory(&mut tx, inv)
+                Change::Inventory(inv) => software::apply_inventory(&mut tx, self.engine, inv)
                     .await
                     .map_err(Into::into),
                 Change::Ticket(ev) => tickets::apply_ticket(&mut tx, ev).await,
@@ -926,7 +938,7 @@ impl ReadModel for SqlReadModel {
             applied.map_err(|e| self.apply_error(e))?;
         }
         agents
-            .flush(&mut tx)
+            .flush(&mut tx, self.engine)
             .await
             .map_err(|e| self.apply_error(e))?;
         for offset in offsets {
@@ -1184,13 +1196,20 @@ mod tests {
 
     #[test]
     fn multi_row_placeholders_and_chunks() {
-        assert_eq!(values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(values_placeholders(1, 3), "($1, $2, $3)");
-        assert_eq!(values_placeholders(0, 3), "");
+        let pg = Engine::Postgres;
+        assert_eq!(values_placeholders(pg, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(pg, 1, 3), "($1, $2, $3)");
+        assert_eq!(values_placeholders(pg, 0, 3), "");
         assert_eq!(
-            values_rows(2, "(?, NULL, ?)"),
+            values_rows(pg, 2, "(?, NULL, ?)"),
             "($1, NULL, $2), ($3, NULL, $4)"
         );
+        let lite = Engine::Sqlite;
+        assert_eq!(
+            values_rows(lite, 2, "(?, NULL, ?)"),
+            "(?, NULL, ?), (?, NULL, ?)"
+        );
+        assert_eq!(values_placeholders(lite, 1, 2), "(?, ?)");
         let items: Vec<u32> = (0..600).collect();
         let lens: Vec<usize> = chunks(&items, 256).map(<[u32]>::len).collect();
         assert_eq!(lens, vec![256, 256, 64, 16, 8]);

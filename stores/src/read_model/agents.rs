@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use fleet_schemas::{Heartbeat, MetricReport};
 use sqlx::Row;
 
-use super::{chunks, values_placeholders, values_rows, ApplyError, Tx};
+use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
 
 /// Agents per upsert (11 parameters each).
 const AGENT_CHUNK: usize = 256;
@@ -208,7 +208,11 @@ impl<'a> AgentUpdates<'a> {
 
     /// Writes the waiting rows and forgets them.
     #[tracing::instrument(name = "apply_agents", skip_all, fields(agents = self.rows.len()))]
-    pub(super) async fn flush(&mut self, tx: &mut Tx<'_>) -> Result<(), ApplyError> {
+    pub(super) async fn flush(
+        &mut self,
+        tx: &mut Tx<'_>,
+        engine: Engine,
+    ) -> Result<(), ApplyError> {
         if self.rows.is_empty() {
             return Ok(());
         }
@@ -221,7 +225,7 @@ impl<'a> AgentUpdates<'a> {
             for chunk in chunks(&of_shape, AGENT_CHUNK) {
                 let sql = format!(
                     "{UPSERT_AGENTS_HEAD}{}{UPSERT_AGENTS_TAIL}",
-                    values_rows(chunk.len(), shape.row())
+                    values_rows(engine, chunk.len(), shape.row())
                 );
                 let mut q = sqlx::query(&sql);
                 for row in chunk {
@@ -254,7 +258,7 @@ impl<'a> AgentUpdates<'a> {
                 }
             }
         }
-        replace_services(tx, &written).await
+        replace_services(tx, engine, &written).await
     }
 }
 
@@ -272,11 +276,15 @@ fn disk_max(report: &MetricReport) -> Option<f64> {
 /// Replaces the services of the reports' agents with the reports' services (called with
 /// the reports just written as their agents' newest). A name listed twice in a report keeps
 /// its last entry, as inserting them in turn with an upsert would.
-async fn replace_services(tx: &mut Tx<'_>, reports: &[&MetricReport]) -> Result<(), ApplyError> {
+async fn replace_services(
+    tx: &mut Tx<'_>,
+    engine: Engine,
+    reports: &[&MetricReport],
+) -> Result<(), ApplyError> {
     for chunk in chunks(reports, DELETE_CHUNK) {
         let sql = format!(
             "DELETE FROM agent_services WHERE agent_id IN {}",
-            values_placeholders(1, chunk.len())
+            values_placeholders(engine, 1, chunk.len())
         );
         let mut q = sqlx::query(&sql);
         for r in chunk {
@@ -300,7 +308,7 @@ async fn replace_services(tx: &mut Tx<'_>, reports: &[&MetricReport]) -> Result<
     for chunk in chunks(&services, SERVICE_CHUNK) {
         let sql = format!(
             "{INSERT_SERVICES_HEAD}{}",
-            values_placeholders(chunk.len(), SERVICE_COLUMNS)
+            values_placeholders(engine, chunk.len(), SERVICE_COLUMNS)
         );
         let mut q = sqlx::query(&sql);
         for (r, s) in chunk {

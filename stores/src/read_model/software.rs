@@ -16,7 +16,7 @@ use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
 
-use super::{chunks, decode_error, values_placeholders, Filter, SqlReadModel, Tx};
+use super::{chunks, decode_error, values_placeholders, Engine, Filter, SqlReadModel, Tx};
 use crate::{AgentSoftware, Result, SoftwareQuery, SoftwareRow};
 
 /// Packages per INSERT (5 parameters each).
@@ -34,7 +34,11 @@ WHERE excluded.collected_at > software_inventory.collected_at
 
 const DELETE_PACKAGES: &str = "DELETE FROM software WHERE agent_id = $1";
 
-pub(super) async fn apply_inventory(tx: &mut Tx<'_>, inv: &SoftwareInventory) -> sqlx::Result<()> {
+pub(super) async fn apply_inventory(
+    tx: &mut Tx<'_>,
+    engine: Engine,
+    inv: &SoftwareInventory,
+) -> sqlx::Result<()> {
     let mut packages: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for p in &inv.packages {
         let key = (p.name.as_str(), p.arch.as_deref().unwrap_or(""));
@@ -66,7 +70,7 @@ pub(super) async fn apply_inventory(tx: &mut Tx<'_>, inv: &SoftwareInventory) ->
     for chunk in chunks(&packages, CHUNK) {
         let sql = format!(
             "INSERT INTO software (tenant_id, agent_id, name, version, arch) VALUES {}",
-            values_placeholders(chunk.len(), 5)
+            values_placeholders(engine, chunk.len(), 5)
         );
         let mut q = sqlx::query(&sql);
         for ((name, arch), version) in chunk {
