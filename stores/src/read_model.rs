@@ -2,7 +2,8 @@
 //! embedded SQLite, with one set of portable migrations (`stores/migrations/`).
 //!
 //! Every statement below is the same text on both engines: `$n` placeholders (SQLite reads
-//! `$1` as a named parameter that sqlx binds by its number, so a parameter may repeat),
+//! `$1` as a named parameter that sqlx binds by its number, so a parameter may repeat;
+//! the multi-row `VALUES` of a batch are the one exception, see `values_rows`),
 //! `INSERT ... ON CONFLICT (...) DO UPDATE`, `excluded.`, and `CASE` instead of
 //! `GREATEST`/`LEAST` (PostgreSQL) or scalar `MAX`/`MIN` (SQLite), which differ. Only the
 //! connection setup branches on the engine (pool size and SQLite pragmas).
@@ -24,21 +25,26 @@
 //!   the row from its own fields. The earliest acknowledgement and the earliest resolve win.
 //! * commands, software and tickets: see `read_model/commands.rs`, `software.rs` and
 //!   `tickets.rs`.
+//!
+//! A batch's reports and heartbeats are applied set-based (`read_model/agents.rs`): each
+//! agent's are coalesced into one row, written by multi-row upserts, giving the state that
+//! applying them one by one gives. The other changes are applied one by one. All of a batch is
+//! written in one transaction with its offsets.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Once;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_schemas::{
-    AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, Heartbeat, MetricReport,
-};
+use fleet_schemas::{AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
+mod agents;
 mod commands;
 mod fleet;
 mod registry;
@@ -236,6 +242,16 @@ impl SqlReadModel {
         classify(self.engine, &self.target, what, e)
     }
 
+    fn apply_error(&self, e: ApplyError) -> StoreError {
+        match e {
+            ApplyError::Sql(e) => self.db_error("apply", e),
+            ApplyError::Encode(e) => {
+                StoreError::Internal(format!("cannot encode a change as JSON: {e}"))
+            }
+            ApplyError::Invalid(m) => StoreError::Internal(format!("invalid change: {m}")),
+        }
+    }
+
     /// One page of a list query: `{select} [WHERE filter] ORDER BY {order} LIMIT n`
     /// (`select` is `SELECT <columns> FROM <table>`), each row decoded by `decode`. `what`
     /// names the rows in errors.
@@ -426,8 +442,8 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
 // Statements
 // ----------------------------------------------------------------------------------------
 
-/// Creates the agent or widens its seen window. Shared by reports and heartbeats.
-/// `$1` agent, `$2` tenant, `$3` time heard.
+/// Creates the agent or widens its seen window (for lifecycle events; reports and
+/// heartbeats: `read_model/agents.rs`). `$1` agent, `$2` tenant, `$3` time heard.
 const TOUCH_AGENT: &str = "\
 INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at)
 VALUES ($1, $2, $3, $3)
@@ -438,14 +454,6 @@ ON CONFLICT (agent_id) DO UPDATE SET
                          THEN excluded.last_seen_at ELSE agents.last_seen_at END
 WHERE excluded.first_seen_at < agents.first_seen_at
    OR excluded.last_seen_at > agents.last_seen_at";
-
-/// Replaces the latest metrics unless a newer report is stored (ties: the same report
-/// replayed, written again with the same values).
-const UPDATE_METRICS: &str = "\
-UPDATE agents SET
-    last_metrics_at = $2, cpu_percent = $3, memory_percent = $4, disk_percent_max = $5,
-    load_1 = $6, uptime_seconds = $7, latest_report = $8
-WHERE agent_id = $1 AND (last_metrics_at IS NULL OR last_metrics_at <= $2)";
 
 /// The head of the alert statements: the columns, in the order of their `$n`.
 macro_rules! alert_insert {
@@ -582,33 +590,6 @@ async fn touch_agent(tx: &mut Tx<'_>, tenant: &str, agent: &str, at: i64) -> sql
     Ok(())
 }
 
-async fn apply_report(tx: &mut Tx<'_>, report: &MetricReport) -> Result<(), ApplyError> {
-    touch_agent(tx, &report.tenant_id, &report.agent_id, report.occurred_at).await?;
-    let json = serde_json::to_string(report).map_err(ApplyError::Encode)?;
-    let disk_max = report
-        .disks
-        .iter()
-        .map(|d| d.percent)
-        .fold(None, |max: Option<f64>, p| {
-            Some(max.map_or(p, |m| m.max(p)))
-        });
-    let updated = sqlx::query(UPDATE_METRICS)
-        .bind(report.agent_id.as_str())
-        .bind(report.occurred_at)
-        .bind(report.cpu_percent)
-        .bind(report.memory_percent)
-        .bind(disk_max)
-        .bind(report.load_1)
-        .bind(report.uptime_seconds)
-        .bind(json)
-        .execute(&mut **tx)
-        .await?;
-    if updated.rows_affected() > 0 {
-        fleet::replace_services(tx, report).await?;
-    }
-    Ok(())
-}
-
 async fn apply_lifecycle(tx: &mut Tx<'_>, ev: &AgentLifecycle) -> Result<(), ApplyError> {
     match ev.kind {
         AgentLifecycleKind::Registered | AgentLifecycleKind::Updated => {
@@ -674,10 +655,6 @@ async fn apply_lifecycle(tx: &mut Tx<'_>, ev: &AgentLifecycle) -> Result<(), App
     Ok(())
 }
 
-async fn apply_heartbeat(tx: &mut Tx<'_>, hb: &Heartbeat) -> sqlx::Result<()> {
-    touch_agent(tx, &hb.tenant_id, &hb.agent_id, hb.occurred_at).await
-}
-
 async fn apply_alert(tx: &mut Tx<'_>, ev: &AlertEvent) -> sqlx::Result<()> {
     let sql = match ev.kind {
         AlertEventKind::Raised => ALERT_RAISED,
@@ -718,6 +695,66 @@ impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {
         ApplyError::Sql(e)
     }
+}
+
+/// `rows` copies of `row`, a parenthesized row of a multi-row `VALUES` in which each `?` is a
+/// placeholder: on PostgreSQL numbered `$1`, `$2`, .. in bind order across the rows; on
+/// SQLite left as `?`, which binds by position too. (Unlike the other statements, which
+/// use `$n` on both: sqlx finds the number of each SQLite parameter from its name, and
+/// SQLite looks a name up in a list, so `$n` costs time quadratic in the parameters: most
+/// of a batch's time at a few thousand.)
+fn values_rows(engine: Engine, rows: usize, row: &str) -> String {
+    if engine == Engine::Sqlite {
+        return vec![row; rows].join(", ");
+    }
+    let mut out = String::with_capacity(rows * (row.len() + 8));
+    let mut n = 0usize;
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        for part in row.split_inclusive('?') {
+            match part.strip_suffix('?') {
+                Some(head) => {
+                    n += 1;
+                    let _ = write!(out, "{head}${n}");
+                }
+                None => out.push_str(part),
+            }
+        }
+    }
+    out
+}
+
+/// `rows` rows of `columns` placeholders (see [`values_rows`]) for a multi-row `VALUES`
+/// (one row of `n`: an `IN` list).
+fn values_placeholders(engine: Engine, rows: usize, columns: usize) -> String {
+    values_rows(
+        engine,
+        rows,
+        &format!("({})", vec!["?"; columns].join(", ")),
+    )
+}
+
+/// Splits `items` for multi-row statements: slices of `max` while that many remain, then
+/// of the greatest power of two left. Statements so come in few lengths (with a power-of-two
+/// `max`: one per power of two), which each connection's prepared-statement cache keeps
+/// (sqlx caches by SQL text).
+fn chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = if rest.len() >= max {
+            max.max(1)
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (head, tail) = rest.split_at(len);
+        rest = tail;
+        Some(head)
+    })
 }
 
 fn clamp_limit(limit: Option<u32>) -> i64 {
@@ -867,32 +904,43 @@ impl ReadModel for SqlReadModel {
             .begin()
             .await
             .map_err(|e| self.db_error("begin", e))?;
+        // Reports and heartbeats wait here, coalesced per agent, and are written together.
+        let mut agents = agents::AgentUpdates::default();
         for change in changes {
             let applied = match change {
-                Change::Report(report) => apply_report(&mut tx, report).await,
-                Change::Heartbeat(hb) => apply_heartbeat(&mut tx, hb).await.map_err(Into::into),
+                Change::Report(report) => {
+                    agents.report(report);
+                    Ok(())
+                }
+                Change::Heartbeat(hb) => {
+                    agents.heartbeat(hb);
+                    Ok(())
+                }
                 Change::Alert(ev) => apply_alert(&mut tx, ev).await.map_err(Into::into),
-                Change::Lifecycle(ev) => apply_lifecycle(&mut tx, ev).await,
+                Change::Lifecycle(ev) => {
+                    // It writes the agent's row too: what came before it goes first. (No
+                    // other change writes the rows the waiting ones do.)
+                    if agents.contains(&ev.agent_id) {
+                        agents
+                            .flush(&mut tx, self.engine)
+                            .await
+                            .map_err(|e| self.apply_error(e))?;
+                    }
+                    apply_lifecycle(&mut tx, ev).await
+                }
                 Change::Rule(ev) => fleet::apply_rule(&mut tx, ev).await,
                 Change::Command(ev) => commands::apply_command(&mut tx, ev).await,
-                Change::Inventory(inv) => software::apply_inventory(&mut tx, inv)
+                Change::Inventory(inv) => software::apply_inventory(&mut tx, self.engine, inv)
                     .await
                     .map_err(Into::into),
                 Change::Ticket(ev) => tickets::apply_ticket(&mut tx, ev).await,
             };
-            match applied {
-                Ok(()) => {}
-                Err(ApplyError::Sql(e)) => return Err(self.db_error("apply", e)),
-                Err(ApplyError::Encode(e)) => {
-                    return Err(StoreError::Internal(format!(
-                        "cannot encode a change as JSON: {e}"
-                    )))
-                }
-                Err(ApplyError::Invalid(m)) => {
-                    return Err(StoreError::Internal(format!("invalid change: {m}")))
-                }
-            }
+            applied.map_err(|e| self.apply_error(e))?;
         }
+        agents
+            .flush(&mut tx, self.engine)
+            .await
+            .map_err(|e| self.apply_error(e))?;
         for offset in offsets {
             sqlx::query(UPSERT_OFFSET)
                 .bind(projection)
@@ -1144,6 +1192,36 @@ mod tests {
         assert_eq!(pragma(&mut conn, "busy_timeout").await.0, Some(5000));
         assert_eq!(pragma(&mut conn, "foreign_keys").await.0, Some(1));
         assert_eq!(pragma(&mut conn, "synchronous").await.0, Some(1), "NORMAL");
+    }
+
+    #[test]
+    fn multi_row_placeholders_and_chunks() {
+        let pg = Engine::Postgres;
+        assert_eq!(values_placeholders(pg, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(pg, 1, 3), "($1, $2, $3)");
+        assert_eq!(values_placeholders(pg, 0, 3), "");
+        assert_eq!(
+            values_rows(pg, 2, "(?, NULL, ?)"),
+            "($1, NULL, $2), ($3, NULL, $4)"
+        );
+        let lite = Engine::Sqlite;
+        assert_eq!(
+            values_rows(lite, 2, "(?, NULL, ?)"),
+            "(?, NULL, ?), (?, NULL, ?)"
+        );
+        assert_eq!(values_placeholders(lite, 1, 2), "(?, ?)");
+        let items: Vec<u32> = (0..600).collect();
+        let lens: Vec<usize> = chunks(&items, 256).map(<[u32]>::len).collect();
+        assert_eq!(lens, vec![256, 256, 64, 16, 8]);
+        let flat: Vec<u32> = chunks(&items, 256).flatten().copied().collect();
+        assert_eq!(flat, items, "every item once, in order");
+        assert_eq!(chunks(&items[..0], 256).count(), 0);
+        assert_eq!(
+            chunks(&items[..3], 256)
+                .map(<[u32]>::len)
+                .collect::<Vec<_>>(),
+            vec![2, 1]
+        );
     }
 
     #[test]

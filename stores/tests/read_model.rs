@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use fleet_schemas::{
-    fixtures, AlertEventKind, CommandEvent, CommandEventKind, SoftwareInventory, SoftwarePackage,
-    TicketEvent, TicketEventKind,
+    fixtures, AgentLifecycleKind, AlertEventKind, CommandEvent, CommandEventKind,
+    SoftwareInventory, SoftwarePackage, TicketEvent, TicketEventKind,
 };
 use fleet_stores::{
     open_read_model, AgentQuery, AgentRow, AgentStatus, AlertEvent, AlertQuery, AlertRow,
@@ -54,6 +54,9 @@ macro_rules! conformance {
             overview_counts_per_tenant,
             audit_log_newest_first_per_tenant,
             rules_follow_their_newest_event,
+            a_batch_gives_the_state_of_its_changes_one_by_one,
+            large_batches_give_the_state_of_their_changes_one_by_one,
+            reports_with_and_without_disks_mix,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -2080,6 +2083,355 @@ mod cases {
         ensure!(other.len() == 1 && other[0].rule_id == r3, "{other:#?}");
         let all = store.list_rules(None).await?;
         ensure!(all.iter().filter(|r| r.rule_id.starts_with(&tag)).count() == 2);
+        Ok(())
+    }
+
+    /// One agent's row and services with what names the agent (its id; in the stored
+    /// report, its id and the event id derived from it) taken out, so that the rows of two
+    /// agents fed the same changes compare equal.
+    async fn agent_state(
+        store: &Arc<dyn ReadModel>,
+        id: &str,
+    ) -> Result<(AgentRow, Vec<fleet_stores::ServiceRow>)> {
+        let mut row = agent(store, id).await?;
+        row.agent_id = String::new();
+        if let Some(serde_json::Value::Object(report)) = row.latest_report.as_mut() {
+            report.remove("agent_id");
+            report.remove("event_id");
+        }
+        Ok((row, store.agent_services(None, id).await?))
+    }
+
+    fn service(name: &str, status: &str, pid: Option<i32>) -> fleet_schemas::ServiceStatus {
+        fleet_schemas::ServiceStatus {
+            name: name.into(),
+            status: status.into(),
+            pid,
+        }
+    }
+
+    fn report_with(
+        tenant: &str,
+        agent: &str,
+        at: i64,
+        cpu: f64,
+        services: Vec<fleet_schemas::ServiceStatus>,
+    ) -> Change {
+        let mut r = fixtures::metric_report(tenant, agent, at);
+        r.cpu_percent = cpu;
+        r.services = services;
+        Change::Report(Box::new(r))
+    }
+
+    fn lifecycle(
+        tenant: &str,
+        agent: &str,
+        at: i64,
+        kind: AgentLifecycleKind,
+        tags: Option<Vec<&str>>,
+    ) -> Change {
+        let mut ev = fixtures::agent_registered(tenant, agent, at);
+        ev.kind = kind;
+        ev.tags = tags.map(|t| t.into_iter().map(String::from).collect());
+        Change::Lifecycle(ev)
+    }
+
+    /// A batch with every case the set-based apply coalesces, for agents `ids[0..5]`:
+    /// reports out of order and repeated, reports of equal times with different values
+    /// (and a service named twice), heartbeats before and after the reports, lifecycle
+    /// events between reports of the same agent (which writes the same row), an agent
+    /// first known from a lifecycle event, an agent heard only by heartbeats, and changes
+    /// of other kinds in between.
+    fn coalescing_batch(ids: &[String]) -> Vec<Change> {
+        let (a, b, c, d, e) = (&ids[0], &ids[1], &ids[2], &ids[3], &ids[4]);
+        let s = SECOND;
+        vec![
+            report_with(
+                T1,
+                a,
+                T0 + 20 * s,
+                20.0,
+                vec![service("x", "running", Some(1))],
+            ),
+            heartbeat(T2, b, T0 + 3 * s),
+            report_with(
+                T1,
+                a,
+                T0 + 10 * s,
+                10.0,
+                vec![service("old", "failed", None)],
+            ),
+            Change::Alert(fixtures::alert_raised(T1, a, T0 + 21 * s)),
+            report_with(
+                T1,
+                a,
+                T0 + 30 * s,
+                30.0,
+                vec![service("y", "running", Some(3))],
+            ),
+            report_with(
+                T1,
+                a,
+                T0 + 30 * s,
+                30.0,
+                vec![service("y", "running", Some(3))],
+            ),
+            heartbeat(T1, a, T0 + 40 * s),
+            heartbeat(T1, a, T0 - 5 * s),
+            // b: equal times, the later record wins; "dup" listed twice, its last entry wins.
+            report_with(T2, b, T0 + 50 * s, 1.0, vec![service("p", "running", None)]),
+            report_with(
+                T2,
+                b,
+                T0 + 50 * s,
+                2.0,
+                vec![
+                    service("dup", "running", Some(7)),
+                    service("q", "stopped", None),
+                    service("dup", "failed", None),
+                ],
+            ),
+            // c: lifecycle between reports of the same agent.
+            report_with(T1, c, T0 + 5 * s, 5.0, vec![]),
+            lifecycle(
+                T1,
+                c,
+                T0 + 6 * s,
+                AgentLifecycleKind::Registered,
+                Some(vec!["a"]),
+            ),
+            report_with(T1, c, T0 + 4 * s, 4.0, vec![]),
+            lifecycle(
+                T1,
+                c,
+                T0 + 7 * s,
+                AgentLifecycleKind::Updated,
+                Some(vec!["b"]),
+            ),
+            heartbeat(T1, c, T0 + 8 * s),
+            lifecycle(T1, c, T0 + 9 * s, AgentLifecycleKind::Offline, None),
+            report_with(T1, c, T0 + 3 * s, 3.0, vec![]),
+            // d: heartbeats only.
+            heartbeat(T2, d, T0 + 2 * s),
+            heartbeat(T2, d, T0 + s),
+            Change::Inventory(Box::new(fixtures::software_inventory(T2, d, T0))),
+            // e: first known from an operator's change (its time is the first seen), then
+            // reports older than it: the order decides `first_seen_at`.
+            lifecycle(
+                T1,
+                e,
+                T0 + 100 * s,
+                AgentLifecycleKind::Updated,
+                Some(vec!["z"]),
+            ),
+            report_with(T1, e, T0 + 90 * s, 90.0, vec![]),
+            report_with(T1, e, T0 + 80 * s, 80.0, vec![]),
+        ]
+    }
+
+    /// What the read model holds before the batch, for agents `ids[0..5]`: a report of `a`
+    /// newer than some of the batch's, one of `b` of the same time as the batch's newest.
+    fn stored_before(ids: &[String]) -> Vec<Change> {
+        vec![
+            report_with(
+                T1,
+                &ids[0],
+                T0 + 25 * SECOND,
+                25.0,
+                vec![service("s", "running", None)],
+            ),
+            report_with(
+                T2,
+                &ids[1],
+                T0 + 50 * SECOND,
+                0.5,
+                vec![service("r", "running", None)],
+            ),
+        ]
+    }
+
+    /// Applies each change in its own call.
+    async fn apply_one_by_one(store: &Arc<dyn ReadModel>, changes: &[Change]) -> Result<()> {
+        for change in changes {
+            store
+                .apply(PROJECTION, std::slice::from_ref(change), &[])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Compares agents `batched[i]` and `single[i]` row by row.
+    async fn same_agents(
+        store: &Arc<dyn ReadModel>,
+        batched: &[String],
+        single: &[String],
+    ) -> Result<()> {
+        for (x, y) in batched.iter().zip(single) {
+            let (bx, by) = (agent_state(store, x).await?, agent_state(store, y).await?);
+            ensure!(
+                bx == by,
+                "agent {x} (one batch) differs from {y} (one by one):\n{bx:#?}\n{by:#?}"
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn a_batch_gives_the_state_of_its_changes_one_by_one(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let batched: Vec<String> = (0..5).map(|_| agent_id()).collect();
+        let single: Vec<String> = (0..5).map(|_| agent_id()).collect();
+        for ids in [&batched, &single] {
+            store.apply(PROJECTION, &stored_before(ids), &[]).await?;
+        }
+        let offsets = [offset("fleet.metrics.v1", 0, 24)];
+        store
+            .apply(PROJECTION, &coalescing_batch(&batched), &offsets)
+            .await?;
+        apply_one_by_one(&store, &coalescing_batch(&single)).await?;
+        same_agents(&store, &batched, &single).await?;
+        ensure!(store.offsets(PROJECTION).await? == offsets.to_vec());
+
+        // The cases the comparison rests on are there.
+        let a = agent(&store, &batched[0]).await?;
+        ensure!(
+            (
+                a.first_seen_at,
+                a.last_seen_at,
+                a.last_metrics_at,
+                a.cpu_percent
+            ) == (
+                T0 - 5 * SECOND,
+                T0 + 40 * SECOND,
+                Some(T0 + 30 * SECOND),
+                Some(30.0)
+            ),
+            "{a:#?}"
+        );
+        let services = store.agent_services(None, &batched[0]).await?;
+        ensure!(
+            services.len() == 1 && services[0].name == "y",
+            "{services:#?}"
+        );
+        let b = agent(&store, &batched[1]).await?;
+        ensure!(
+            b.cpu_percent == Some(2.0) && b.tenant_id == T2,
+            "equal times: the later record of the batch wins: {b:#?}"
+        );
+        let services = store.agent_services(None, &batched[1]).await?;
+        let got: Vec<_> = services
+            .iter()
+            .map(|s| (s.name.as_str(), s.status.as_str(), s.pid))
+            .collect();
+        ensure!(
+            got == vec![("dup", "failed", None), ("q", "stopped", None)],
+            "{got:?}"
+        );
+        let c = agent(&store, &batched[2]).await?;
+        ensure!(
+            c.tags == vec!["b".to_owned()] && c.cpu_percent == Some(5.0),
+            "{c:#?}"
+        );
+        let d = agent(&store, &batched[3]).await?;
+        ensure!(
+            d.last_metrics_at.is_none()
+                && (d.first_seen_at, d.last_seen_at) == (T0 + SECOND, T0 + 2 * SECOND),
+            "{d:#?}"
+        );
+        let e = agent(&store, &batched[4]).await?;
+        ensure!(
+            (e.first_seen_at, e.last_seen_at) == (T0 + 80 * SECOND, T0 + 100 * SECOND),
+            "the operator's change created the row (its time is the last seen): {e:#?}"
+        );
+
+        // Replaying the batch changes nothing.
+        store
+            .apply(PROJECTION, &coalescing_batch(&batched), &offsets)
+            .await?;
+        same_agents(&store, &batched, &single).await
+    }
+
+    pub(crate) async fn large_batches_give_the_state_of_their_changes_one_by_one(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        // More agents than one multi-row statement takes, in a count that is no power of
+        // two, each with reports out of order and a heartbeat.
+        const AGENTS: usize = 301;
+        let batched: Vec<String> = (0..AGENTS).map(|_| agent_id()).collect();
+        let single: Vec<String> = (0..AGENTS).map(|_| agent_id()).collect();
+        let changes = |ids: &[String]| -> Vec<Change> {
+            let mut out = Vec::new();
+            for step in [2_i64, 0, 3, 1] {
+                for (i, id) in ids.iter().enumerate() {
+                    let services = (0..i % 4)
+                        .map(|n| service(&format!("svc-{n}-{step}"), "running", Some(n as i32)))
+                        .collect();
+                    let at = T0 + (step * 10 + (i % 7) as i64) * SECOND;
+                    out.push(report_with(
+                        T1,
+                        id,
+                        at,
+                        (step * 100) as f64 + i as f64,
+                        services,
+                    ));
+                }
+            }
+            for (i, id) in ids.iter().enumerate().step_by(3) {
+                out.push(heartbeat(T1, id, T0 + (40 + i as i64) * SECOND));
+            }
+            out
+        };
+        store.apply(PROJECTION, &changes(&batched), &[]).await?;
+        apply_one_by_one(&store, &changes(&single)).await?;
+        same_agents(&store, &batched, &single).await?;
+        let last = agent(&store, &batched[AGENTS - 1]).await?;
+        ensure!(
+            last.cpu_percent == Some(300.0 + (AGENTS - 1) as f64),
+            "{last:#?}"
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn reports_with_and_without_disks_mix(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        // A report without disks stores a NULL disk maximum. On PostgreSQL through sqlx's
+        // `Any` driver a NULL double is sent as a `real`, so a statement prepared with one
+        // refuses a later `double precision` on that connection.
+        let (a, b) = (agent_id(), agent_id());
+        let without_disks = |agent: &str, at: i64| {
+            let mut r = fixtures::metric_report(T1, agent, at);
+            r.disks.clear();
+            Change::Report(Box::new(r))
+        };
+        // First a batch (one transaction, one connection) whose first report has no disks.
+        store
+            .apply(
+                PROJECTION,
+                &[without_disks(&a, T0), report(T1, &b, T0, 1.0)],
+                &[],
+            )
+            .await?;
+        for change in [
+            heartbeat(T1, &a, T0 + SECOND),
+            report(T1, &a, T0 + 2 * SECOND, 2.0),
+            without_disks(&b, T0 + 2 * SECOND),
+            without_disks(&a, T0 + 3 * SECOND),
+            report(T1, &b, T0 + 3 * SECOND, 3.0),
+        ] {
+            store
+                .apply(PROJECTION, std::slice::from_ref(&change), &[])
+                .await?;
+        }
+        let (ra, rb) = (agent(&store, &a).await?, agent(&store, &b).await?);
+        ensure!(
+            ra.disk_percent_max.is_none() && ra.last_metrics_at == Some(T0 + 3 * SECOND),
+            "{ra:#?}"
+        );
+        ensure!(
+            rb.disk_percent_max == Some(20.0) && rb.cpu_percent == Some(3.0),
+            "{rb:#?}"
+        );
         Ok(())
     }
 }

@@ -1,44 +1,13 @@
 //! The fleet view: services of agents (from their newest report), fleet counters, and the
 //! audit log of changes made through the API.
 
-use fleet_schemas::{MetricReport, RuleEvent, RuleEventKind};
+use fleet_schemas::{RuleEvent, RuleEventKind};
 use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
 
 use super::{agent_status_sql, decode_error, ApplyError, Filter, SqlReadModel, Tx};
 use crate::{AgentCounts, AlertCounts, AuditEntry, AuditQuery, FleetOverview, Result, ServiceRow};
-
-const DELETE_SERVICES: &str = "DELETE FROM agent_services WHERE agent_id = $1";
-const INSERT_SERVICE: &str = "\
-INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (agent_id, name) DO UPDATE SET status = excluded.status, pid = excluded.pid,
-    observed_at = excluded.observed_at";
-
-/// Replaces an agent's services with those of `report` (called only when the report is
-/// the newest one stored).
-pub(super) async fn replace_services(
-    tx: &mut Tx<'_>,
-    report: &MetricReport,
-) -> Result<(), ApplyError> {
-    sqlx::query(DELETE_SERVICES)
-        .bind(report.agent_id.as_str())
-        .execute(&mut **tx)
-        .await?;
-    for s in &report.services {
-        sqlx::query(INSERT_SERVICE)
-            .bind(report.agent_id.as_str())
-            .bind(report.tenant_id.as_str())
-            .bind(s.name.as_str())
-            .bind(s.status.as_str())
-            .bind(s.pid.map(i64::from))
-            .bind(report.occurred_at)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
 
 /// The newest event of a rule wins (a replayed one rewrites the same values).
 const UPSERT_RULE: &str = "\

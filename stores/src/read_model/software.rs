@@ -16,11 +16,11 @@ use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
 
-use super::{decode_error, Filter, SqlReadModel, Tx};
+use super::{chunks, decode_error, values_placeholders, Engine, Filter, SqlReadModel, Tx};
 use crate::{AgentSoftware, Result, SoftwareQuery, SoftwareRow};
 
 /// Packages per INSERT (5 parameters each).
-const CHUNK: usize = 200;
+const CHUNK: usize = 256;
 
 const UPSERT_INVENTORY: &str = "\
 INSERT INTO software_inventory (agent_id, tenant_id, source, digest, package_count, collected_at)
@@ -34,7 +34,11 @@ WHERE excluded.collected_at > software_inventory.collected_at
 
 const DELETE_PACKAGES: &str = "DELETE FROM software WHERE agent_id = $1";
 
-pub(super) async fn apply_inventory(tx: &mut Tx<'_>, inv: &SoftwareInventory) -> sqlx::Result<()> {
+pub(super) async fn apply_inventory(
+    tx: &mut Tx<'_>,
+    engine: Engine,
+    inv: &SoftwareInventory,
+) -> sqlx::Result<()> {
     let mut packages: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for p in &inv.packages {
         let key = (p.name.as_str(), p.arch.as_deref().unwrap_or(""));
@@ -63,23 +67,10 @@ pub(super) async fn apply_inventory(tx: &mut Tx<'_>, inv: &SoftwareInventory) ->
         .execute(&mut **tx)
         .await?;
     let packages: Vec<_> = packages.into_iter().collect();
-    for chunk in packages.chunks(CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let n = i * 5;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5
-                )
-            })
-            .collect();
+    for chunk in chunks(&packages, CHUNK) {
         let sql = format!(
             "INSERT INTO software (tenant_id, agent_id, name, version, arch) VALUES {}",
-            values.join(", ")
+            values_placeholders(engine, chunk.len(), 5)
         );
         let mut q = sqlx::query(&sql);
         for ((name, arch), version) in chunk {

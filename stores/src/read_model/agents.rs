@@ -1,0 +1,382 @@
+//! Reports and heartbeats, applied set-based: the batch's changes of each agent are
+//! coalesced into one row (least and greatest time heard, the newest report), then written
+//! with multi-row statements: one upsert of `agents` per chunk of agents, and the services
+//! of the agents whose latest report changed (deleted and inserted for all of them at once).
+//!
+//! The result is the state that applying the changes one by one gives (the conformance
+//! suite checks it): `first_seen_at` and `last_seen_at` are a least and a greatest, the
+//! latest metrics come from the report with the greatest `occurred_at` and, between reports
+//! of equal times, from the later one in the batch (one by one, it is applied last and
+//! overwrites), and the services are those of that report. A new agent's `tenant_id` is
+//! that of its first change in the batch, the one whose insert would have created the row.
+//! The caller flushes before a change that writes the same agent row in another way (an
+//! `AgentLifecycle` event), so changes of one agent keep their order around it.
+
+use std::collections::HashMap;
+
+use fleet_schemas::{Heartbeat, MetricReport};
+use sqlx::Row;
+
+use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
+
+/// Agents per upsert (11 parameters each).
+const AGENT_CHUNK: usize = 256;
+/// Services per insert (6 parameters each).
+const SERVICE_CHUNK: usize = 512;
+/// Agents per `DELETE ... IN (...)`.
+const DELETE_CHUNK: usize = 256;
+
+/// Creates the agents or widens their seen window and, where the row's report is at least
+/// as new as the stored one (equal: the same report replayed, or a later record of the same
+/// time), replaces the latest metrics. Rows without a report (heartbeats only) carry NULL
+/// metrics and change only the seen window. Returns the rows it wrote, with the metrics time
+/// they now hold: equal to the row's report time means the report was written.
+const UPSERT_AGENTS_HEAD: &str = "\
+INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at, last_metrics_at,
+    cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, latest_report)
+VALUES ";
+
+/// The new report is written: it is at least as new as the stored one.
+macro_rules! newer_metrics {
+    () => {
+        "(excluded.last_metrics_at IS NOT NULL AND (agents.last_metrics_at IS NULL
+     OR agents.last_metrics_at <= excluded.last_metrics_at))"
+    };
+}
+
+/// `column = the new value if the report is written, else the stored one`.
+macro_rules! metrics_column {
+    ($column:literal) => {
+        concat!(
+            $column,
+            " = CASE WHEN ",
+            newer_metrics!(),
+            " THEN excluded.",
+            $column,
+            " ELSE agents.",
+            $column,
+            " END"
+        )
+    };
+}
+
+const UPSERT_AGENTS_TAIL: &str = concat!(
+    "
+ON CONFLICT (agent_id) DO UPDATE SET
+    first_seen_at = CASE WHEN excluded.first_seen_at < agents.first_seen_at
+                         THEN excluded.first_seen_at ELSE agents.first_seen_at END,
+    last_seen_at  = CASE WHEN excluded.last_seen_at > agents.last_seen_at
+                         THEN excluded.last_seen_at ELSE agents.last_seen_at END,
+    ",
+    metrics_column!("last_metrics_at"),
+    ",
+    ",
+    metrics_column!("cpu_percent"),
+    ",
+    ",
+    metrics_column!("memory_percent"),
+    ",
+    ",
+    metrics_column!("disk_percent_max"),
+    ",
+    ",
+    metrics_column!("load_1"),
+    ",
+    ",
+    metrics_column!("uptime_seconds"),
+    ",
+    ",
+    metrics_column!("latest_report"),
+    "
+WHERE excluded.first_seen_at < agents.first_seen_at
+   OR excluded.last_seen_at > agents.last_seen_at
+   OR ",
+    newer_metrics!(),
+    "
+RETURNING agent_id, last_metrics_at"
+);
+
+/// The rows of the agents upsert come in three shapes, each its own statement, so that no
+/// NULL `DOUBLE PRECISION` is ever bound: sqlx 0.8's `Any` driver sends such a NULL to
+/// PostgreSQL as a `real` (its `Null(Double)` maps to `f32`), and a statement prepared with
+/// it refuses a later `double precision` value (and the other way round) on that connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Heard from (heartbeats), no report: NULL metrics.
+    Heard,
+    /// A report with disks.
+    Report,
+    /// A report without disks: NULL `disk_percent_max`.
+    ReportWithoutDisks,
+}
+
+impl Shape {
+    const ALL: [Shape; 3] = [Shape::Heard, Shape::Report, Shape::ReportWithoutDisks];
+
+    fn of(row: &AgentUpdate<'_>) -> Shape {
+        match row.report {
+            None => Shape::Heard,
+            Some(r) if r.disks.is_empty() => Shape::ReportWithoutDisks,
+            Some(_) => Shape::Report,
+        }
+    }
+
+    /// One row of the `VALUES`, in the upsert's column order.
+    fn row(self) -> &'static str {
+        match self {
+            Shape::Heard => "(?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            Shape::Report => "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            Shape::ReportWithoutDisks => "(?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+        }
+    }
+}
+
+const INSERT_SERVICES_HEAD: &str =
+    "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at) VALUES ";
+
+/// Parameters per service row.
+const SERVICE_COLUMNS: usize = 6;
+
+/// One agent's reports and heartbeats of a batch, coalesced.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct AgentUpdate<'a> {
+    pub(super) agent_id: &'a str,
+    /// Of the agent's first change in the batch.
+    pub(super) tenant_id: &'a str,
+    /// Least time heard.
+    pub(super) first_seen_at: i64,
+    /// Greatest time heard.
+    pub(super) last_seen_at: i64,
+    /// The newest report (equal times: the later in the batch).
+    pub(super) report: Option<&'a MetricReport>,
+}
+
+/// The reports and heartbeats of a batch not yet written, by agent in order of first
+/// appearance.
+#[derive(Debug, Default)]
+pub(super) struct AgentUpdates<'a> {
+    rows: Vec<AgentUpdate<'a>>,
+    /// Agent id to its index in `rows`.
+    index: HashMap<&'a str, usize>,
+}
+
+impl<'a> AgentUpdates<'a> {
+    /// Whether a change of `agent_id` is waiting.
+    pub(super) fn contains(&self, agent_id: &str) -> bool {
+        self.index.contains_key(agent_id)
+    }
+
+    /// The coalesced rows, in order of first appearance.
+    #[cfg(test)]
+    pub(super) fn rows(&self) -> &[AgentUpdate<'a>] {
+        &self.rows
+    }
+
+    /// Notes that `agent_id` was heard at `at`.
+    fn heard(&mut self, tenant_id: &'a str, agent_id: &'a str, at: i64) -> &mut AgentUpdate<'a> {
+        let i = *self.index.entry(agent_id).or_insert_with(|| {
+            self.rows.push(AgentUpdate {
+                agent_id,
+                tenant_id,
+                first_seen_at: at,
+                last_seen_at: at,
+                report: None,
+            });
+            self.rows.len() - 1
+        });
+        let row = &mut self.rows[i];
+        row.first_seen_at = row.first_seen_at.min(at);
+        row.last_seen_at = row.last_seen_at.max(at);
+        row
+    }
+
+    /// Adds a report.
+    pub(super) fn report(&mut self, report: &'a MetricReport) {
+        let row = self.heard(&report.tenant_id, &report.agent_id, report.occurred_at);
+        if row
+            .report
+            .is_none_or(|kept| report.occurred_at >= kept.occurred_at)
+        {
+            row.report = Some(report);
+        }
+    }
+
+    /// Adds a heartbeat.
+    pub(super) fn heartbeat(&mut self, hb: &'a Heartbeat) {
+        self.heard(&hb.tenant_id, &hb.agent_id, hb.occurred_at);
+    }
+
+    /// Writes the waiting rows and forgets them.
+    #[tracing::instrument(name = "apply_agents", skip_all, fields(agents = self.rows.len()))]
+    pub(super) async fn flush(
+        &mut self,
+        tx: &mut Tx<'_>,
+        engine: Engine,
+    ) -> Result<(), ApplyError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let index = std::mem::take(&mut self.index);
+        let mut written: Vec<&MetricReport> = Vec::new();
+        for shape in Shape::ALL {
+            let of_shape: Vec<&AgentUpdate<'_>> =
+                rows.iter().filter(|row| Shape::of(row) == shape).collect();
+            for chunk in chunks(&of_shape, AGENT_CHUNK) {
+                let sql = format!(
+                    "{UPSERT_AGENTS_HEAD}{}{UPSERT_AGENTS_TAIL}",
+                    values_rows(engine, chunk.len(), shape.row())
+                );
+                let mut q = sqlx::query(&sql);
+                for row in chunk {
+                    q = q
+                        .bind(row.agent_id)
+                        .bind(row.tenant_id)
+                        .bind(row.first_seen_at)
+                        .bind(row.last_seen_at);
+                    if let Some(r) = row.report {
+                        q = q
+                            .bind(r.occurred_at)
+                            .bind(r.cpu_percent)
+                            .bind(r.memory_percent);
+                        if let Some(disk) = disk_max(r) {
+                            q = q.bind(disk);
+                        }
+                        q = q
+                            .bind(r.load_1)
+                            .bind(r.uptime_seconds)
+                            .bind(serde_json::to_string(r).map_err(ApplyError::Encode)?);
+                    }
+                }
+                for stored in q.fetch_all(&mut **tx).await? {
+                    let agent_id: String = stored.try_get("agent_id")?;
+                    let at: Option<i64> = stored.try_get("last_metrics_at")?;
+                    let report = index.get(agent_id.as_str()).and_then(|&i| rows[i].report);
+                    if let Some(r) = report.filter(|r| Some(r.occurred_at) == at) {
+                        written.push(r);
+                    }
+                }
+            }
+        }
+        replace_services(tx, engine, &written).await
+    }
+}
+
+/// The greatest disk use of a report, if it has disks.
+fn disk_max(report: &MetricReport) -> Option<f64> {
+    report
+        .disks
+        .iter()
+        .map(|d| d.percent)
+        .fold(None, |max: Option<f64>, p| {
+            Some(max.map_or(p, |m| m.max(p)))
+        })
+}
+
+/// Replaces the services of the reports' agents with the reports' services (called with
+/// the reports just written as their agents' newest). A name listed twice in a report keeps
+/// its last entry, as inserting them in turn with an upsert would.
+async fn replace_services(
+    tx: &mut Tx<'_>,
+    engine: Engine,
+    reports: &[&MetricReport],
+) -> Result<(), ApplyError> {
+    for chunk in chunks(reports, DELETE_CHUNK) {
+        let sql = format!(
+            "DELETE FROM agent_services WHERE agent_id IN {}",
+            values_placeholders(engine, 1, chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q.bind(r.agent_id.as_str());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    let mut services = Vec::new();
+    for r in reports {
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for s in &r.services {
+            match last.get(s.name.as_str()) {
+                Some(&i) => services[i] = (*r, s),
+                None => {
+                    last.insert(s.name.as_str(), services.len());
+                    services.push((*r, s));
+                }
+            }
+        }
+    }
+    for chunk in chunks(&services, SERVICE_CHUNK) {
+        let sql = format!(
+            "{INSERT_SERVICES_HEAD}{}",
+            values_placeholders(engine, chunk.len(), SERVICE_COLUMNS)
+        );
+        let mut q = sqlx::query(&sql);
+        for (r, s) in chunk {
+            q = q
+                .bind(r.agent_id.as_str())
+                .bind(r.tenant_id.as_str())
+                .bind(s.name.as_str())
+                .bind(s.status.as_str())
+                .bind(s.pid.map(i64::from))
+                .bind(r.occurred_at);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_schemas::fixtures;
+
+    use super::*;
+
+    #[test]
+    fn coalesces_each_agent_to_its_newest_report_and_seen_window() {
+        let r1 = fixtures::metric_report("t1", "a", 20);
+        let r2 = fixtures::metric_report("t1", "a", 10);
+        let mut r3 = fixtures::metric_report("t1", "a", 20);
+        r3.cpu_percent = 99.0;
+        let hb_a = fixtures::heartbeat("t1", "a", 30, 0);
+        let hb_b = fixtures::heartbeat("t2", "b", 5, 0);
+        let rb = fixtures::metric_report("t9", "b", 1);
+        let mut u = AgentUpdates::default();
+        u.heartbeat(&hb_b);
+        u.report(&r1);
+        u.report(&r2);
+        u.report(&r3);
+        u.heartbeat(&hb_a);
+        u.report(&rb);
+        assert!(u.contains("a") && u.contains("b") && !u.contains("c"));
+        let rows = u.rows();
+        assert_eq!(rows.len(), 2, "one row per agent");
+        assert_eq!(
+            rows[0],
+            AgentUpdate {
+                agent_id: "b",
+                tenant_id: "t2",
+                first_seen_at: 1,
+                last_seen_at: 5,
+                report: Some(&rb),
+            },
+            "first appearance order; the tenant of the first change"
+        );
+        assert_eq!(rows[1].first_seen_at, 10);
+        assert_eq!(rows[1].last_seen_at, 30, "heartbeats widen the window");
+        let kept = rows[1].report.expect("a report");
+        assert_eq!(kept.occurred_at, 20);
+        assert_eq!(kept.cpu_percent, 99.0, "equal times: the later record wins");
+    }
+
+    #[test]
+    fn heartbeats_alone_carry_no_report() {
+        let hb = fixtures::heartbeat("t1", "a", 7, 0);
+        let mut u = AgentUpdates::default();
+        u.heartbeat(&hb);
+        assert_eq!(u.rows()[0].report, None);
+        assert_eq!(
+            (u.rows()[0].first_seen_at, u.rows()[0].last_seen_at),
+            (7, 7)
+        );
+    }
+}
