@@ -187,13 +187,28 @@ where
     }
 }
 
+/// The field an error at `path` names: `None` for the whole document. The path of an
+/// unknown field ends with the field's name; when that name is empty, the field named is
+/// what holds it (a bare `""` or trailing dot would name nothing).
+pub fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
+    let text = path.to_string();
+    let empty_last = matches!(
+        path.iter().next_back(),
+        Some(serde_path_to_error::Segment::Map { key }) if key.is_empty()
+    );
+    let text = match (empty_last, text.strip_suffix('.')) {
+        (true, Some(holder)) => holder.to_owned(),
+        _ => text,
+    };
+    (!text.is_empty() && text != ".").then_some(text)
+}
+
 /// Parses JSON, naming the offending field on error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let field = field_of(e.path()).unwrap_or_else(|| "body".to_owned());
         let inner = e.into_inner();
-        let field = if path == "." { "body".to_owned() } else { path };
         let message = match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 format!("malformed JSON: {inner}")
@@ -217,6 +232,37 @@ mod tests {
     #[allow(dead_code)]
     struct Inner {
         value: f64,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        #[serde(default)]
+        items: Vec<StrictInner>,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct StrictInner {
+        value: f64,
+    }
+
+    #[test]
+    fn an_unknown_field_named_empty_names_what_holds_it() {
+        // Found by the fuzz targets (fuzz/fuzz_targets/body_*.rs): the path of an unknown
+        // field ends with its name, so a key "" gave the field "" (or a trailing dot).
+        let field = |body: &[u8]| parse_json::<Strict>(body).expect_err("refused").field;
+        assert_eq!(field(br#"{"": 1}"#).as_deref(), Some("body"));
+        assert_eq!(
+            field(br#"{"items": [{"": 1}]}"#).as_deref(),
+            Some("items[0]")
+        );
+        assert_eq!(field(br#"{"x": 1}"#).as_deref(), Some("x"));
+        assert_eq!(
+            field(br#"{"items": [{"a.": 1}]}"#).as_deref(),
+            Some("items[0].a.")
+        );
     }
 
     #[test]
