@@ -4,7 +4,9 @@
 #      registry (Apicurio), PostgreSQL 15, a Python venv with fastavro and confluent-kafka),
 #      reusing what already runs;
 #   2. checks formatting, builds every target once;
-#   3. runs every test: unit, conformance suites on every engine, interop, end-to-end.
+#   3. runs every test: unit, conformance suites on every engine, interop, end-to-end;
+#   4. runs every fuzz target for FUZZ_SECONDS (default 20) each (scripts/fuzz.sh; a crash
+#      fails the suite; `make fuzz` is the long run).
 #
 # usage: scripts/test.sh [extra `cargo test` arguments, e.g. -p fleet-event-log]
 set -Eeuo pipefail
@@ -34,3 +36,6 @@ cargo build --workspace --all-targets --locked
 
 step "Tests"
 RUST_BACKTRACE=${RUST_BACKTRACE:-1} cargo test --workspace --locked --no-fail-fast "$@"
+
+step "Fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-20} s per target)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
