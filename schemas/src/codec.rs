@@ -532,7 +532,15 @@ impl<T: Record> Codec<T> {
         }
         let (writer, body) = self.split_header(framing, bytes)?;
         match &writer.datum {
-            DatumReader::Direct(schema) => decode_direct(schema, body),
+            DatumReader::Direct(schema) => {
+                // Another writer schema may have fields the reader skips, and serde skips
+                // them unread (a string's UTF-8 unchecked, an array or map block jumped
+                // over by its byte size): read them through first, as apache-avro does.
+                if writer.fingerprint != self.schema.fingerprint {
+                    check_lengths(writer, body)?;
+                }
+                decode_direct(schema, body)
+            }
             DatumReader::Resolve(_) => self.resolve(writer, body),
         }
     }
@@ -657,7 +665,9 @@ pub fn decode_value(
 /// before reading (up to its 512 MiB bound, in items for arrays and maps), so a record of
 /// a few hundred bytes could make the process ask for gigabytes and abort
 /// (`tests/hostile_lengths.rs`). Every Avro item but `null` takes a byte at least; a
-/// sequence of more nulls than the datum has bytes is refused too.
+/// sequence of more nulls than the datum has bytes is refused too. Also run before a
+/// direct read of a writer schema other than the current one, so that the fields the
+/// reader skips are checked as apache-avro checks them (valid UTF-8, every block item).
 fn check_lengths(writer: &KnownSchema, body: &[u8]) -> Result<(), CodecError> {
     use serde::Deserialize as _;
     // Every schema this build or a registry gave parses here; should one not, apache-avro

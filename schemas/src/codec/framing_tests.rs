@@ -277,3 +277,48 @@ fn framing_ids_must_name_known_records() {
         ]
     );
 }
+
+#[test]
+fn a_field_the_reader_skips_is_read_as_the_reference_reads_it() {
+    // Found by the avro_decode fuzz target: a foreign writer's field that our reader lacks
+    // was skipped by the direct path without being read (a string's UTF-8 unchecked, an
+    // array block jumped over by its byte size), so the direct path accepted datums that
+    // apache-avro's resolution (and `decode_value`) refuse.
+    let mut json: serde_json::Value = serde_json::from_str(avsc("heartbeat.avsc")).unwrap();
+    let fields = json["fields"].as_array_mut().unwrap();
+    fields.push(serde_json::json!({"name": "region", "type": "string", "default": ""}));
+    fields.push(serde_json::json!({"name": "tags", "default": [],
+        "type": {"type": "array", "items": "string"}}));
+    let framing = ours(Some(FakeRegistry::new(1234, json.to_string())));
+    let hb = fixtures::heartbeat("t", "a", T, 5);
+    let ours_then = |extra: &[u8]| {
+        let mut bytes = Heartbeat::codec().encode_confluent(1234, &hb).unwrap();
+        bytes.extend_from_slice(extra);
+        bytes
+    };
+    let both = |bytes: &[u8]| {
+        let codec = Heartbeat::codec();
+        (
+            codec
+                .decode_with(Some(&framing), bytes)
+                .map_err(|e| e.to_string()),
+            codec
+                .decode_resolving(Some(&framing), bytes)
+                .map_err(|e| e.to_string()),
+        )
+    };
+    // region "eu", tags ["x"] (a block of -1 items then its byte size, as writers that
+    // support skipping write it), end of array.
+    let (direct, reference) = both(&ours_then(&[4, b'e', b'u', 1, 4, 2, b'x', 0]));
+    assert_eq!(direct.as_ref(), Ok(&hb));
+    assert_eq!(reference.as_ref(), Ok(&hb));
+    for (what, extra) in [
+        ("region not UTF-8", &[4, 0xff, 0xfe, 0][..]),
+        // The block's byte size (2) covers a string of length -1.
+        ("a tag of negative length", &[0, 1, 4, 1, 0, 0][..]),
+    ] {
+        let (direct, reference) = both(&ours_then(extra));
+        assert!(reference.is_err(), "{what}: the reference refuses");
+        assert!(direct.is_err(), "{what}: the direct path read {direct:?}");
+    }
+}
