@@ -203,20 +203,26 @@ pub fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
     (!text.is_empty() && text != ".").then_some(text)
 }
 
-/// Parses JSON, naming the offending field on error.
+/// Parses JSON, naming the offending field on error. The body is one JSON value: bytes
+/// after it other than whitespace are refused (field `body`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let field = field_of(e.path()).unwrap_or_else(|| "body".to_owned());
-        let inner = e.into_inner();
-        let message = match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                format!("malformed JSON: {inner}")
-            }
-            _ => inner.to_string(),
-        };
-        ApiError::invalid_field(field, message)
-    })
+        json_error(field, e.into_inner())
+    })?;
+    de.end().map_err(|e| json_error("body".to_owned(), e))?;
+    Ok(value)
+}
+
+fn json_error(field: String, inner: serde_json::Error) -> ApiError {
+    let message = match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            format!("malformed JSON: {inner}")
+        }
+        _ => inner.to_string(),
+    };
+    ApiError::invalid_field(field, message)
 }
 
 #[cfg(test)]
@@ -275,5 +281,23 @@ mod tests {
         assert!(e.message.contains("value"), "{}", e.message);
         let e = parse_json::<Outer>(b"{not json").expect_err("syntax");
         assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+    }
+
+    #[test]
+    fn bytes_after_the_json_value_are_refused() {
+        // Found by the fuzz targets (fuzz/fuzz_targets/body_*.rs): a body with bytes after
+        // its JSON value (`{...}\xff\xff`, a second object) was accepted.
+        for body in [
+            &b"{\"items\":[]}\xff\xff"[..],
+            br#"{"items":[]}{"items":[]}"#,
+            br#"{"items":[]} x"#,
+        ] {
+            let e = parse_json::<Outer>(body).expect_err("trailing bytes");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(e.field.as_deref(), Some("body"));
+            assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+        }
+        // Whitespace after the value is JSON.
+        parse_json::<Outer>(b"{\"items\":[]} \n\t").expect("trailing whitespace");
     }
 }
