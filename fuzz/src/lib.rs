@@ -163,7 +163,8 @@ fn current_json(full_name: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("avsc is JSON")
 }
 
-/// Another producer's version of a record: ours with a field added first and last.
+/// Another producer's version of a record: ours with a field added first and last, of
+/// types the direct path reads through (an added array or map is resolved instead).
 pub fn foreign_direct(full_name: &str) -> serde_json::Value {
     let mut json = current_json(full_name);
     let fields = json["fields"].as_array_mut().expect("fields");
@@ -171,8 +172,8 @@ pub fn foreign_direct(full_name: &str) -> serde_json::Value {
         0,
         serde_json::json!({"name": "x_first", "type": "string", "default": ""}),
     );
-    fields.push(serde_json::json!({"name": "x_last", "default": [], "type": {
-        "type": "array", "items": {"type": "map", "values": ["null", "long"]}}}));
+    fields.push(serde_json::json!({"name": "x_last", "default": null, "type": ["null",
+        {"type": "enum", "name": "XKind", "symbols": ["A", "B"]}]}));
     json
 }
 

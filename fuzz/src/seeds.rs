@@ -429,7 +429,7 @@ fn avro_decode() -> Vec<Seed> {
         }
         // Foreign versions: fields added around ours (read directly), and `event_id`
         // written as bytes (resolved by apache-avro); the same datum with x_first = ""
-        // before and x_last = [] after for the first.
+        // before and x_last = null (union branch 0) after for the first.
         let mut wrapped = vec![0u8];
         wrapped.extend_from_slice(datum);
         wrapped.push(0);

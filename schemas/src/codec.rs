@@ -196,7 +196,10 @@ fn datum_reader(writer: &Schema, text: &str, current: Option<&Schema>) -> DatumR
 /// Whether `serde_avro_fast`, reading a datum of `writer` straight into the Rust type of
 /// `reader`, yields exactly what apache-avro's resolution of `writer` against `reader`
 /// followed by `from_value` yields. True for identical types, for writer fields the reader
-/// lacks (both skip them) and for reader fields the writer lacks that are `["null", T]`
+/// lacks and that hold no array or map (both read them through and drop them; serde would
+/// jump over an array or map block by the byte size the datum announces, where apache-avro
+/// reads its items, so a datum whose size lies would be read differently), and for reader
+/// fields the writer lacks that are `["null", T]`
 /// with default null (resolution fills in null, serde's derive reads a missing `Option`
 /// field as `None`). Everything else (promotions, changed enums or unions, other defaults,
 /// aliases, named references, logical types other than the timestamps) is left to
@@ -223,6 +226,9 @@ fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
         },
         (S::Record(w), S::Record(r)) => {
             w.name == r.name
+                && w.fields.iter().all(|wf| {
+                    r.fields.iter().any(|rf| rf.name == wf.name) || !holds_blocks(&wf.schema)
+                })
                 && r.fields.iter().all(|rf| {
                     let aliased = rf.aliases.as_ref().is_some_and(|a| !a.is_empty());
                     !aliased
@@ -232,6 +238,16 @@ fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
                         }
                 })
         }
+        _ => false,
+    }
+}
+
+/// Whether a datum of `schema` may hold array or map blocks (a named reference may).
+fn holds_blocks(schema: &Schema) -> bool {
+    match schema {
+        Schema::Array(_) | Schema::Map(_) | Schema::Ref { .. } => true,
+        Schema::Union(u) => u.variants().iter().any(holds_blocks),
+        Schema::Record(r) => r.fields.iter().any(|f| holds_blocks(&f.schema)),
         _ => false,
     }
 }
