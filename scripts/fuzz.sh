@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # Builds every cargo-fuzz target in fuzz/ and runs each for a bounded time; fails if any
 # target crashes (a panic, a failed invariant, a sanitizer report, an input slower than
-# FUZZ_INPUT_TIMEOUT or a process over FUZZ_RSS_MB). Prints, per target, the executions,
-# executions per second and coverage (cov: edges, ft: features) of libFuzzer's last line.
+# FUZZ_INPUT_TIMEOUT or a process over FUZZ_RSS_MB). Each run first replays the target's
+# corpus in git (fuzz/corpus/<target>/: the seeds and every input that once crashed it).
+# Prints, per target, the executions, executions per second and coverage (cov: edges,
+# ft: features) of libFuzzer's last line.
 #
-# usage: scripts/fuzz.sh [seconds per target, default 60]
-#        scripts/fuzz.sh seeds     # rewrite the seed corpus fuzz/corpus/<target>/seed-*
+# usage: scripts/fuzz.sh [seconds per target, default 60]   # the long run (make fuzz)
+#        scripts/fuzz.sh ci       # the test suite's step: FUZZ_CI_SECONDS (5) per target
+#        scripts/fuzz.sh seeds    # rewrite the seed corpus fuzz/corpus/<target>/seed-*
+#
+# `ci` builds without a sanitizer in the dev profile (debug assertions and overflow checks
+# on): about 5.5 CPU-minutes from scratch against 6.7 for the optimized AddressSanitizer
+# build of the long run (the build is most of the step: the targets link the gateway, the
+# stores and the event log); safe Rust needs no AddressSanitizer to report a panic or an
+# overflow.
 #
 # Environment:
 #   FUZZ_TARGETS         targets to run (default: all of `cargo fuzz list`)
+#   FUZZ_CI_SECONDS      seconds per target in `ci` mode, 5
 #   FUZZ_RSS_MB          libFuzzer's -rss_limit_mb (also the largest single allocation), 2048
 #   FUZZ_INPUT_TIMEOUT   seconds one input may take (-timeout), 10
-#   FUZZ_SANITIZER       address (default) or none (faster, finds only panics)
+#   FUZZ_SANITIZER       address (default; `ci`: none) or none (faster, finds only panics)
 #   FUZZ_CODEGEN_UNITS   16: builds much faster than cargo-fuzz's default of 1 on few cores
 #   FUZZ_TOOLCHAIN       stable: use the default toolchain even when a nightly one exists
 #
@@ -19,6 +29,7 @@
 # default (stable) toolchain with RUSTC_BOOTSTRAP=1, which is all cargo-fuzz's flags need
 # (-Zsanitizer is the only unstable one). cargo-fuzz itself is installed from crates.io
 # when missing, at a pinned version. A C++ compiler builds libFuzzer (libfuzzer-sys).
+# Whatever cannot be had fails the script with what to install: it never skips.
 #
 # Each target's corpus grows in fuzz/work/<target>/ (not in git) from the seeds in
 # fuzz/corpus/<target>/; a crashing input lands in fuzz/artifacts/<target>/. Keep it as
@@ -29,19 +40,26 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CARGO_FUZZ_VERSION=0.13.2
 mode=run
 seconds=60
+sanitizer=${FUZZ_SANITIZER:-address}
+profile=()  # cargo-fuzz's default: optimized, with debug assertions and overflow checks
 case "${1:-}" in
   seeds) mode=seeds ;;
+  ci)
+    seconds=${FUZZ_CI_SECONDS:-5}
+    sanitizer=${FUZZ_SANITIZER:-none}
+    profile=(--dev)
+    ;;
   "") ;;
   *[!0-9]* | 0)
-    echo "usage: scripts/fuzz.sh [seconds per target > 0] | seeds" >&2
+    echo "usage: scripts/fuzz.sh [seconds per target > 0] | ci | seeds" >&2
     exit 2
     ;;
   *) seconds=$1 ;;
 esac
 rss_mb=${FUZZ_RSS_MB:-2048}
 input_timeout=${FUZZ_INPUT_TIMEOUT:-10}
-sanitizer=${FUZZ_SANITIZER:-address}
 codegen_units=${FUZZ_CODEGEN_UNITS:-16}
+started=$SECONDS
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -61,15 +79,19 @@ if ! command -v c++ >/dev/null 2>&1; then
 fi
 if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
   step "Installing cargo-fuzz $CARGO_FUZZ_VERSION"
-  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+  if ! cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked; then
+    echo "could not install cargo-fuzz $CARGO_FUZZ_VERSION from crates.io: the fuzz step fails" >&2
+    exit 1
+  fi
 fi
 
 # ---- build
 step "Building the fuzz targets ($toolchain, sanitizer $sanitizer)"
 build_started=$SECONDS
-"${fuzz[@]}" build --sanitizer "$sanitizer" --codegen-units "$codegen_units"
+"${fuzz[@]}" build ${profile[@]+"${profile[@]}"} --sanitizer "$sanitizer" --codegen-units "$codegen_units"
 echo "built in $((SECONDS - build_started)) s"
-bin_dir=fuzz/target/x86_64-unknown-linux-gnu/release
+profile_name=$([[ ${profile[*]:-} == --dev ]] && echo debug || echo release)
+bin_dir=fuzz/target/x86_64-unknown-linux-gnu/$profile_name
 targets=${FUZZ_TARGETS:-$("${fuzz[@]}" list)}
 
 if [[ $mode == seeds ]]; then
@@ -112,7 +134,7 @@ for t in $targets; do
   fi
 done
 
-step "Fuzzing summary (${seconds} s per target, $toolchain, sanitizer $sanitizer)"
+step "Fuzzing summary (${seconds} s per target, $toolchain, $profile_name build, sanitizer $sanitizer; $((SECONDS - started)) s in all)"
 printf '%-15s %12s %8s %7s %7s %7s %8s %s\n' target execs exec/s cov ft corpus rss_mb result
 printf '%s\n' "${rows[@]}"
 if ((${#failed[@]})); then
