@@ -17,6 +17,9 @@ services: ## Start (or reuse) the test services on loopback
 down: ## Stop the test services this checkout started
 	bash scripts/services.sh down
 
+fuzz: ## Every fuzz target for FUZZ_SECONDS each (default 600; ~2 h in all), see docs/SECURITY.md
+	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),600)
+
 lint: ## Formatting and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

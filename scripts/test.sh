@@ -4,7 +4,10 @@
 #      registry (Apicurio), PostgreSQL 15, a Python venv with fastavro and confluent-kafka),
 #      reusing what already runs;
 #   2. checks formatting, builds every target once;
-#   3. runs every test: unit, conformance suites on every engine, interop, end-to-end.
+#   3. runs every test: unit, conformance suites on every engine, interop, end-to-end;
+#   4. builds the fuzz targets and runs each on its corpus in git and for FUZZ_CI_SECONDS
+#      (default 5) more (`scripts/fuzz.sh ci`; a crash fails the suite; `make fuzz` is the
+#      long run).
 #
 # usage: scripts/test.sh [extra `cargo test` arguments, e.g. -p fleet-event-log]
 set -Eeuo pipefail
@@ -34,3 +37,6 @@ cargo build --workspace --all-targets --locked
 
 step "Tests"
 RUST_BACKTRACE=${RUST_BACKTRACE:-1} cargo test --workspace --locked --no-fail-fast "$@"
+
+step "Fuzzing (scripts/fuzz.sh ci: each target's corpus, then ${FUZZ_CI_SECONDS:-5} s of fuzzing)"
+bash scripts/fuzz.sh ci

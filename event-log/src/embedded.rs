@@ -204,6 +204,68 @@ fn decode_chunk(bytes: &[u8]) -> Option<Vec<ChunkRecord<'_>>> {
     rest.is_empty().then_some(out)
 }
 
+/// The largest offset a record can have: offsets are Kafka's, `i64`.
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
+/// The offset after `count` records from `base`, if every one is at most [`MAX_OFFSET`].
+fn end_offset(base: u64, count: u64) -> Option<u64> {
+    base.checked_add(count).filter(|end| *end <= MAX_OFFSET + 1)
+}
+
+/// The records of the chunk stored under offset `base`, each with its offset; `None` if
+/// the chunk is malformed or its offsets would pass [`MAX_OFFSET`] (a corrupt key: the
+/// writer never gets there).
+fn chunk_records(base: u64, bytes: &[u8]) -> Option<impl Iterator<Item = (u64, ChunkRecord<'_>)>> {
+    let records = decode_chunk(bytes)?;
+    let end = end_offset(base, u64::try_from(records.len()).ok()?)?;
+    Some((base..end).zip(records))
+}
+
+/// The offset after the chunk stored under `base` (what recovery reads from the last
+/// chunk of a partition); `None` if its count cannot be read or its offsets would pass
+/// [`MAX_OFFSET`].
+fn chunk_end(base: u64, bytes: &[u8]) -> Option<u64> {
+    end_offset(base, u64::from(chunk_count(bytes)?))
+}
+
+/// The chunk format's reader and writer, for the fuzz targets in `fuzz/` (cargo feature
+/// `fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{ChunkBuilder, LogError};
+
+    /// A record as the reader returns it: (offset, timestamp ms, key, value).
+    pub type Record<'a> = (u64, i64, Option<&'a [u8]>, &'a [u8]);
+    /// A record as the writer takes it: (timestamp ms, key, value).
+    pub type Entry<'a> = (i64, Option<&'a [u8]>, &'a [u8]);
+
+    /// The records of a chunk stored under offset `base`, as a read returns them;
+    /// `None` when the read would fail with "chunk ... is corrupt".
+    pub fn chunk_records(base: u64, bytes: &[u8]) -> Option<Vec<Record<'_>>> {
+        Some(
+            super::chunk_records(base, bytes)?
+                .map(|(offset, (ts, key, value))| (offset, ts, key, value))
+                .collect(),
+        )
+    }
+
+    /// The offset recovery takes for the partition's next record when this is its last
+    /// chunk.
+    pub fn chunk_end(base: u64, bytes: &[u8]) -> Option<u64> {
+        super::chunk_end(base, bytes)
+    }
+
+    /// The chunk the writer stores for these records (timestamp ms, key, value).
+    pub fn encode_chunk(records: &[Entry<'_>]) -> Result<Vec<u8>, LogError> {
+        let mut chunk = ChunkBuilder::new(0);
+        for (ts, key, value) in records {
+            chunk.push(*ts, *key, value)?;
+        }
+        Ok(chunk.finish().1)
+    }
+}
+
 // ----------------------------------------------------------------------------- shared state
 
 /// A topic as readers see it: partition ends advance after each durable commit.
@@ -468,13 +530,12 @@ fn recover(db: &Database) -> Result<(HashMap<String, Arc<TopicState>>, WriterSta
             {
                 Some(last) => {
                     let (key, chunk) = last.map_err(storage("recovery"))?;
-                    let count = chunk_count(chunk.value()).ok_or_else(|| {
+                    chunk_end(key.value().2, chunk.value()).ok_or_else(|| {
                         LogError::Internal(format!(
                             "embedded log: the last chunk of {}/{p} is corrupt",
                             name.value()
                         ))
-                    })?;
-                    key.value().2 + u64::from(count)
+                    })?
                 }
                 None => 0,
             };
@@ -1421,13 +1482,13 @@ fn read_spans(db: &Database, spans: &[ReadSpan], max: usize) -> Result<Vec<Consu
         {
             let (key, chunk) = entry.map_err(storage("read"))?;
             let base = key.value().2;
-            let records = decode_chunk(chunk.value()).ok_or_else(|| {
+            let records = chunk_records(base, chunk.value()).ok_or_else(|| {
                 LogError::Internal(format!(
                     "embedded log: chunk {}/{partition}/{base} is corrupt",
                     span.topic.name
                 ))
             })?;
-            for (offset, (timestamp_ms, key, value)) in (base..).zip(records) {
+            for (offset, (timestamp_ms, key, value)) in records {
                 if offset < span.from {
                     continue;
                 }
@@ -1474,6 +1535,25 @@ mod tests {
         padded.push(0);
         assert_eq!(decode_chunk(&padded), None);
         assert_eq!(decode_chunk(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn a_chunk_whose_offsets_pass_the_largest_offset_is_corrupt() {
+        // Found by `fuzz/fuzz_targets/log_chunk.rs`: a chunk stored under a corrupt offset
+        // near u64::MAX made the reader's and recovery's offset arithmetic overflow (a
+        // panic with overflow checks, wrapped or saturated offsets without).
+        let mut chunk = ChunkBuilder::new(0);
+        chunk.push(1, None, b"v").expect("push");
+        chunk.push(2, Some(b"k"), b"w").expect("push");
+        let (_, bytes) = chunk.finish();
+        let last = i64::MAX as u64; // offsets are Kafka's: i64
+        let offsets = |base| chunk_records(base, &bytes).map(|r| r.map(|(o, _)| o).collect());
+        assert_eq!(offsets(last - 1), Some(vec![last - 1, last]));
+        assert_eq!(chunk_end(last - 1, &bytes), Some(last + 1));
+        for base in [last, u64::MAX - 1, u64::MAX] {
+            assert_eq!(offsets(base), None::<Vec<u64>>, "base {base}");
+            assert_eq!(chunk_end(base, &bytes), None, "base {base}");
+        }
     }
 
     fn topic(name: &str, partitions: usize) -> Arc<TopicState> {

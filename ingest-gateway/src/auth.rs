@@ -416,3 +416,26 @@ impl FailureLimit {
         self.blocked.lock().retain(|_, until| *until > now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_outage_is_a_503_without_its_address() {
+        // Issue 11, finding 9: the 503 a caller not yet authenticated got named the
+        // registry's host and database.
+        let m = "agent credential on postgres db.internal.example:5432/fleet_prod: refused";
+        for e in [
+            registry_error(StoreError::Unavailable(m.into())),
+            registry_error(StoreError::Internal(m.into())),
+        ] {
+            let (status, detail, _) = e.into_parts();
+            assert!(status.is_server_error(), "{status}");
+            let text = format!("{detail:?}");
+            for secret in ["db.internal", "5432", "fleet_prod", "postgres"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+    }
+}

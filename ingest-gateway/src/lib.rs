@@ -35,6 +35,9 @@ pub mod auth;
 pub mod client;
 pub mod commands;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod metrics;
 pub mod register;
@@ -57,7 +60,7 @@ use fleet_event_log::{ConsumedRecord, EventLog, LogError, ProduceRecord, StartFr
 use fleet_schemas::api::{
     EventBatch, HeartbeatIn, IngestAccepted, InventoryIn, ItemError, MetricBatch,
 };
-use fleet_schemas::{codec, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_schemas::{codec, AgentEvent, AgentLifecycle, AgentLifecycleKind, MetricReport, Record};
 use fleet_service::{ApiError, FieldJson};
 use fleet_stores::registry::Registry;
 use tower_http::decompression::RequestDecompressionLayer;
@@ -280,19 +283,15 @@ pub(crate) async fn ingest_metrics(
     batch: MetricBatch,
 ) -> Result<IngestAccepted, ApiError> {
     tracing::Span::current().record("reports", batch.reports.len());
-    let cfg = &state.config;
-    validate::batch_len("reports", batch.reports.len(), cfg.max_reports_per_batch)?;
     let now = fleet_schemas::time::now_micros();
-    let limits = validate::Limits::from_config(cfg);
-    let (valid, rejected) = split_valid("reports", &batch.reports, |r| {
-        let rec = validate::report(&who.tenant_id, agent_id, r, now, &limits)?;
-        state.subjects.admit(agent_id, &rec, now)?;
-        Ok(rec)
-    });
-    metrics::reports_rejected(rejected.len());
-    if valid.is_empty() {
-        return Err(ApiError::invalid_batch(rejected));
-    }
+    let (valid, rejected) = check_metrics(
+        &state.config,
+        &state.subjects,
+        &who.tenant_id,
+        agent_id,
+        &batch,
+        now,
+    )?;
     produce_all(state, &valid).await?;
     metrics::reports_accepted(valid.len());
     if let Some(first) = rejected.first() {
@@ -302,6 +301,32 @@ pub(crate) async fn ingest_metrics(
         accepted: valid.len(),
         rejected,
     })
+}
+
+/// Checks a metrics batch as the endpoint does, without writing it: its length, each
+/// report ([`validate::report`]) and the subjects it names ([`subjects`]), counting the
+/// refused reports. Returns the records to write and the refused reports; a batch with no
+/// valid report is an error (422 listing every refusal, or 400 for the batch's length).
+pub(crate) fn check_metrics(
+    cfg: &GatewayConfig,
+    subjects: &subjects::SubjectTracker,
+    tenant_id: &str,
+    agent_id: &str,
+    batch: &MetricBatch,
+    now: i64,
+) -> Result<(Vec<MetricReport>, Vec<ItemError>), ApiError> {
+    validate::batch_len("reports", batch.reports.len(), cfg.max_reports_per_batch)?;
+    let limits = validate::Limits::from_config(cfg);
+    let (valid, rejected) = split_valid("reports", &batch.reports, |r| {
+        let rec = validate::report(tenant_id, agent_id, r, now, &limits)?;
+        subjects.admit(agent_id, &rec, now)?;
+        Ok(rec)
+    });
+    metrics::reports_rejected(rejected.len());
+    if valid.is_empty() {
+        return Err(ApiError::invalid_batch(rejected));
+    }
+    Ok((valid, rejected))
 }
 
 #[tracing::instrument(name = "ingest_heartbeat", skip_all, fields(%agent_id))]
@@ -368,25 +393,34 @@ pub(crate) async fn ingest_events(
     batch: EventBatch,
 ) -> Result<IngestAccepted, ApiError> {
     tracing::Span::current().record("events", batch.events.len());
-    validate::batch_len(
-        "events",
-        batch.events.len(),
-        state.config.max_reports_per_batch,
-    )?;
     let now = fleet_schemas::time::now_micros();
-    let limits = validate::Limits::from_config(&state.config);
-    let (valid, rejected) = split_valid("events", &batch.events, |e| {
-        validate::event(&who.tenant_id, agent_id, e, now, &limits)
-    });
-    if valid.is_empty() {
-        return Err(ApiError::invalid_batch(rejected));
-    }
+    let (valid, rejected) = check_events(&state.config, &who.tenant_id, agent_id, &batch, now)?;
     produce_all(state, &valid).await?;
     ::metrics::counter!(metrics::EVENTS_ACCEPTED).increment(valid.len() as u64);
     Ok(IngestAccepted {
         accepted: valid.len(),
         rejected,
     })
+}
+
+/// Checks an events batch as the endpoint does, without writing it (like
+/// [`check_metrics`]).
+pub(crate) fn check_events(
+    cfg: &GatewayConfig,
+    tenant_id: &str,
+    agent_id: &str,
+    batch: &EventBatch,
+    now: i64,
+) -> Result<(Vec<AgentEvent>, Vec<ItemError>), ApiError> {
+    validate::batch_len("events", batch.events.len(), cfg.max_reports_per_batch)?;
+    let limits = validate::Limits::from_config(cfg);
+    let (valid, rejected) = split_valid("events", &batch.events, |e| {
+        validate::event(tenant_id, agent_id, e, now, &limits)
+    });
+    if valid.is_empty() {
+        return Err(ApiError::invalid_batch(rejected));
+    }
+    Ok((valid, rejected))
 }
 
 #[tracing::instrument(name = "ingest_inventory", skip_all, fields(%agent_id))]

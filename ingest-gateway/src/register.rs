@@ -96,6 +96,18 @@ fn facts_record(f: &MachineFacts) -> Result<AgentFacts, ApiError> {
     })
 }
 
+/// Checks a registration body before any registry work: the token's length and the
+/// facts ([`facts_record`], the facts as written to the log).
+pub(crate) fn check_request(req: &RegisterRequest) -> Result<AgentFacts, ApiError> {
+    if req.token.is_empty() || req.token.len() > 256 {
+        return Err(ApiError::invalid_field(
+            "token",
+            "must be 1 to 256 characters",
+        ));
+    }
+    facts_record(&req.facts)
+}
+
 async fn register(
     state: &GatewayState,
     body: Result<FieldJson<RegisterRequest>, ApiError>,
@@ -107,13 +119,7 @@ async fn register(
             60,
         ));
     };
-    if req.token.is_empty() || req.token.len() > 256 {
-        return Err(ApiError::invalid_field(
-            "token",
-            "must be 1 to 256 characters",
-        ));
-    }
-    let facts = facts_record(&req.facts)?;
+    let facts = check_request(&req)?;
     let agent_id = uuid::Uuid::new_v4().to_string();
     tracing::Span::current().record("agent_id", agent_id.as_str());
     let credential = new_secret("fsa_");

@@ -24,7 +24,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use fleet_schemas::api::{EventBatch, MetricBatch, ServerMessage, AGENT_ID_HEADER};
+use fleet_schemas::api::{
+    CommandProgressIn, CommandResultIn, EventBatch, HeartbeatIn, InventoryIn, MetricBatch,
+    ServerMessage, AGENT_ID_HEADER,
+};
 use fleet_service::ApiError;
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use serde::de::DeserializeOwned;
@@ -266,43 +269,89 @@ async fn frame_answer(
     who: &AgentIdentity,
     text: &str,
 ) -> (&'static str, ServerMessage) {
-    let cfg = &state.config;
-    if text.len() > cfg.max_body_bytes.max(cfg.max_inventory_bytes) {
-        return ("invalid", error_frame(None, None, too_large()));
-    }
-    let (id, kind, payload_key, obj) = match frame_head(text) {
-        Ok(v) => v,
-        Err(b) => {
-            let (id, e) = *b;
-            return ("invalid", error_frame(id, None, e));
-        }
+    // Rate limit once the envelope is read, before the payload, as HTTP admits a caller
+    // before reading the body.
+    let decoded = decode_frame(&state.config, text, || {
+        state
+            .rate
+            .check(agent_id)
+            .inspect_err(|_| metrics::rate_limited())
+    });
+    let frame = match decoded {
+        Ok(f) => f,
+        Err(refused) => return (refused.kind, refused.answer),
     };
-    let span = tracing::debug_span!("ws_frame", id, r#type = kind);
-    let answer = async {
-        if text.len() > cfg.max_body_bytes && kind != "inventory" {
-            return error_frame(Some(id), None, too_large());
-        }
-        // Rate limit first, as HTTP (admission comes before the body).
-        if let Err(e) = state.rate.check(agent_id) {
-            metrics::rate_limited();
-            return error_frame(Some(id), None, e);
-        }
-        let payload = match take_payload(payload_key, obj) {
-            Ok(p) => p,
-            Err(e) => return error_frame(Some(id), None, e),
-        };
-        match dispatch(state, agent_id, who, kind, payload_key, payload).await {
-            Ok(a) => ServerMessage::Ack {
-                id,
-                accepted: a.accepted,
-                rejected: a.rejected,
-            },
-            Err(e) => error_frame(Some(id), payload_key, e),
-        }
+    let span = tracing::debug_span!("ws_frame", id = frame.id, r#type = frame.kind);
+    let answer = match dispatch(state, agent_id, who, frame.payload)
+        .instrument(span)
+        .await
+    {
+        Ok(a) => ServerMessage::Ack {
+            id: frame.id,
+            accepted: a.accepted,
+            rejected: a.rejected,
+        },
+        Err(e) => error_frame(Some(frame.id), frame.payload_key, e),
+    };
+    (frame.kind, answer)
+}
+
+/// A frame read and parsed, for its core.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) id: u64,
+    pub(crate) kind: &'static str,
+    pub(crate) payload_key: Option<&'static str>,
+    pub(crate) payload: Payload,
+}
+
+/// A frame refused before its core: its type (`invalid` when unknown, the metrics label)
+/// and the error frame answered.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) kind: &'static str,
+    pub(crate) answer: ServerMessage,
+}
+
+/// Reads one text frame up to its typed payload: the size bounds, the envelope
+/// ([`frame_head`]), `admit` (the rate limit), then the payload ([`take_payload`],
+/// [`parse_payload`]). Pure but for `admit`.
+pub(crate) fn decode_frame(
+    cfg: &crate::GatewayConfig,
+    text: &str,
+    admit: impl FnOnce() -> Result<(), ApiError>,
+) -> Result<Decoded, Box<Refused>> {
+    if text.len() > cfg.max_body_bytes.max(cfg.max_inventory_bytes) {
+        return Err(Box::new(Refused {
+            kind: "invalid",
+            answer: error_frame(None, None, too_large()),
+        }));
     }
-    .instrument(span)
-    .await;
-    (kind, answer)
+    let (id, kind, payload_key, obj) = frame_head(text).map_err(|b| {
+        let (id, e) = *b;
+        Box::new(Refused {
+            kind: "invalid",
+            answer: error_frame(id, None, e),
+        })
+    })?;
+    let refuse = |key: Option<&str>, e: ApiError| {
+        Box::new(Refused {
+            kind,
+            answer: error_frame(Some(id), key, e),
+        })
+    };
+    if text.len() > cfg.max_body_bytes && kind != "inventory" {
+        return Err(refuse(None, too_large()));
+    }
+    admit().map_err(|e| refuse(None, e))?;
+    let payload = take_payload(payload_key, obj).map_err(|e| refuse(None, e))?;
+    let payload = parse_payload(kind, payload_key, &payload).map_err(|e| refuse(payload_key, e))?;
+    Ok(Decoded {
+        id,
+        kind,
+        payload_key,
+        payload,
+    })
 }
 
 fn too_large() -> ApiError {
@@ -398,54 +447,54 @@ fn take_payload(payload_key: Option<&str>, mut obj: Fields<'_>) -> Result<String
     Ok(payload.get().to_owned())
 }
 
-/// Parses the payload and runs the same core as the HTTP endpoint.
+/// A frame's payload, parsed into its type (not validated yet).
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Metrics(MetricBatch),
+    Heartbeat(HeartbeatIn),
+    Events(EventBatch),
+    Inventory(InventoryIn),
+    Progress(CommandProgressIn),
+    Result(CommandResultIn),
+}
+
+/// Parses the payload text ([`take_payload`]) of a frame of type `kind`; an error names
+/// the field relative to the payload (the error frame prefixes the payload key).
+pub(crate) fn parse_payload(
+    kind: &str,
+    payload_key: Option<&str>,
+    payload: &str,
+) -> Result<Payload, ApiError> {
+    Ok(match kind {
+        "metrics" => Payload::Metrics(parse_value(payload, None)?),
+        "events" => Payload::Events(parse_value(payload, None)?),
+        "heartbeat" => Payload::Heartbeat(parse_value(payload, payload_key)?),
+        "inventory" => Payload::Inventory(parse_value(payload, payload_key)?),
+        "command_progress" => Payload::Progress(parse_value(payload, payload_key)?),
+        "command_result" => Payload::Result(parse_value(payload, payload_key)?),
+        other => {
+            return Err(ApiError::invalid_field(
+                "type",
+                format!("unknown frame type `{other}`"),
+            ))
+        }
+    })
+}
+
+/// Runs the same core as the HTTP endpoint on a parsed payload.
 async fn dispatch(
     state: &GatewayState,
     agent_id: &str,
     who: &AgentIdentity,
-    kind: &str,
-    payload_key: Option<&str>,
-    payload: String,
+    payload: Payload,
 ) -> Result<fleet_schemas::api::IngestAccepted, ApiError> {
-    match kind {
-        "metrics" => {
-            let b: MetricBatch = parse_value(&payload, None)?;
-            crate::ingest_metrics(state, who, agent_id, b).await
-        }
-        "events" => {
-            let b: EventBatch = parse_value(&payload, None)?;
-            crate::ingest_events(state, who, agent_id, b).await
-        }
-        "heartbeat" => {
-            crate::ingest_heartbeat(state, who, agent_id, parse_value(&payload, payload_key)?).await
-        }
-        "inventory" => {
-            crate::ingest_inventory(state, who, agent_id, parse_value(&payload, payload_key)?).await
-        }
-        "command_progress" => {
-            commands::ingest_progress(
-                state,
-                who,
-                agent_id,
-                None,
-                parse_value(&payload, payload_key)?,
-            )
-            .await
-        }
-        "command_result" => {
-            commands::ingest_result(
-                state,
-                who,
-                agent_id,
-                None,
-                parse_value(&payload, payload_key)?,
-            )
-            .await
-        }
-        other => Err(ApiError::invalid_field(
-            "type",
-            format!("unknown frame type `{other}`"),
-        )),
+    match payload {
+        Payload::Metrics(b) => crate::ingest_metrics(state, who, agent_id, b).await,
+        Payload::Events(b) => crate::ingest_events(state, who, agent_id, b).await,
+        Payload::Heartbeat(h) => crate::ingest_heartbeat(state, who, agent_id, h).await,
+        Payload::Inventory(i) => crate::ingest_inventory(state, who, agent_id, i).await,
+        Payload::Progress(p) => commands::ingest_progress(state, who, agent_id, None, p).await,
+        Payload::Result(r) => commands::ingest_result(state, who, agent_id, None, r).await,
     }
 }
 
@@ -454,12 +503,8 @@ async fn dispatch(
 fn parse_value<T: DeserializeOwned>(json: &str, payload_key: Option<&str>) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            payload_key.map_or_else(|| "body".to_owned(), |_| String::new())
-        } else {
-            path
-        };
+        let field = fleet_service::error::field_of(e.path())
+            .unwrap_or_else(|| payload_key.map_or_else(|| "body".to_owned(), |_| String::new()));
         ApiError::invalid_field(field, e.into_inner().to_string())
     })
 }
@@ -499,6 +544,29 @@ mod tests {
             frame_head(r#"{"id": 3, "type": "heartbeat", "heartbeat": {}}"#).expect("ok");
         assert_eq!((id, kind, key), (3, "heartbeat", Some("heartbeat")));
         assert!(obj.contains_key("heartbeat"));
+    }
+
+    #[test]
+    fn a_field_named_empty_is_not_named_empty() {
+        // Found by fuzz/fuzz_targets/ws_frame.rs: `""` as an unknown field gave field "".
+        let cfg = crate::GatewayConfig::default();
+        for (frame, want) in [
+            (r#"{"id": 1, "type": "metrics", "": 1}"#, "body"),
+            (
+                r#"{"id": 2, "type": "heartbeat", "heartbeat": {"": 1}}"#,
+                "heartbeat",
+            ),
+            (
+                r#"{"id": 3, "type": "events", "events": [{"": 1}]}"#,
+                "events[0]",
+            ),
+        ] {
+            let refused = decode_frame(&cfg, frame, || Ok(())).expect_err(frame);
+            let ServerMessage::Error { error, .. } = refused.answer else {
+                panic!("an error frame");
+            };
+            assert_eq!(error.field.as_deref(), Some(want), "{frame}");
+        }
     }
 
     #[test]

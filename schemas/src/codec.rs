@@ -139,15 +139,16 @@ enum DatumReader {
     Direct(serde_avro_fast::Schema),
     /// apache-avro: the datum to a `Value`, resolved against the current schema, then
     /// deserialized (other differences from the current schema, or a record type this
-    /// build does not have).
-    Resolve,
+    /// build does not have). The writer schema for `serde_avro_fast`, when it parses it,
+    /// checks the datum's lengths first ([`check_lengths`]).
+    Resolve(Option<serde_avro_fast::Schema>),
 }
 
 impl std::fmt::Debug for DatumReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DatumReader::Direct(_) => "Direct",
-            DatumReader::Resolve => "Resolve",
+            DatumReader::Resolve(_) => "Resolve",
         })
     }
 }
@@ -165,7 +166,15 @@ impl KnownSchema {
     fn direct(&self) -> Option<&serde_avro_fast::Schema> {
         match &self.datum {
             DatumReader::Direct(s) => Some(s),
-            DatumReader::Resolve => None,
+            DatumReader::Resolve(_) => None,
+        }
+    }
+
+    /// The writer schema for `serde_avro_fast`, whichever path reads its datums.
+    fn fast(&self) -> Option<&serde_avro_fast::Schema> {
+        match &self.datum {
+            DatumReader::Direct(s) | DatumReader::Resolve(Some(s)) => Some(s),
+            DatumReader::Resolve(None) => None,
         }
     }
 }
@@ -177,18 +186,20 @@ impl KnownSchema {
 /// deliberately narrow (see [`reads_directly`]). A writer schema `serde_avro_fast` cannot
 /// parse is resolved by apache-avro like any other.
 fn datum_reader(writer: &Schema, text: &str, current: Option<&Schema>) -> DatumReader {
-    match current {
-        Some(reader) if reads_directly(writer, reader) => text
-            .parse::<serde_avro_fast::Schema>()
-            .map_or(DatumReader::Resolve, DatumReader::Direct),
-        _ => DatumReader::Resolve,
+    let fast = text.parse::<serde_avro_fast::Schema>().ok();
+    match (current, fast) {
+        (Some(reader), Some(fast)) if reads_directly(writer, reader) => DatumReader::Direct(fast),
+        (_, fast) => DatumReader::Resolve(fast),
     }
 }
 
 /// Whether `serde_avro_fast`, reading a datum of `writer` straight into the Rust type of
 /// `reader`, yields exactly what apache-avro's resolution of `writer` against `reader`
 /// followed by `from_value` yields. True for identical types, for writer fields the reader
-/// lacks (both skip them) and for reader fields the writer lacks that are `["null", T]`
+/// lacks and that hold no array or map (both read them through and drop them; serde would
+/// jump over an array or map block by the byte size the datum announces, where apache-avro
+/// reads its items, so a datum whose size lies would be read differently), and for reader
+/// fields the writer lacks that are `["null", T]`
 /// with default null (resolution fills in null, serde's derive reads a missing `Option`
 /// field as `None`). Everything else (promotions, changed enums or unions, other defaults,
 /// aliases, named references, logical types other than the timestamps) is left to
@@ -215,6 +226,9 @@ fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
         },
         (S::Record(w), S::Record(r)) => {
             w.name == r.name
+                && w.fields.iter().all(|wf| {
+                    r.fields.iter().any(|rf| rf.name == wf.name) || !holds_blocks(&wf.schema)
+                })
                 && r.fields.iter().all(|rf| {
                     let aliased = rf.aliases.as_ref().is_some_and(|a| !a.is_empty());
                     !aliased
@@ -224,6 +238,16 @@ fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
                         }
                 })
         }
+        _ => false,
+    }
+}
+
+/// Whether a datum of `schema` may hold array or map blocks (a named reference may).
+fn holds_blocks(schema: &Schema) -> bool {
+    match schema {
+        Schema::Array(_) | Schema::Map(_) | Schema::Ref { .. } => true,
+        Schema::Union(u) => u.variants().iter().any(holds_blocks),
+        Schema::Record(r) => r.fields.iter().any(|f| holds_blocks(&f.schema)),
         _ => false,
     }
 }
@@ -300,7 +324,7 @@ impl Catalog {
                 canonical_form,
                 fingerprint,
                 file,
-                datum: DatumReader::Resolve,
+                datum: DatumReader::Resolve(None),
             });
         }
         let mut by_fingerprint = HashMap::new();
@@ -524,8 +548,16 @@ impl<T: Record> Codec<T> {
         }
         let (writer, body) = self.split_header(framing, bytes)?;
         match &writer.datum {
-            DatumReader::Direct(schema) => decode_direct(schema, body),
-            DatumReader::Resolve => self.resolve(writer, body),
+            DatumReader::Direct(schema) => {
+                // Another writer schema may have fields the reader skips, and serde skips
+                // them unread (a string's UTF-8 unchecked, an array or map block jumped
+                // over by its byte size): read them through first, as apache-avro does.
+                if writer.fingerprint != self.schema.fingerprint {
+                    check_lengths(writer, body)?;
+                }
+                decode_direct(schema, body)
+            }
+            DatumReader::Resolve(_) => self.resolve(writer, body),
         }
     }
 
@@ -559,6 +591,7 @@ impl<T: Record> Codec<T> {
     }
 
     fn resolve(&self, writer: &KnownSchema, mut body: &[u8]) -> Result<T, CodecError> {
+        check_lengths(writer, body)?;
         let reader_schema =
             (writer.fingerprint != self.schema.fingerprint).then_some(&self.schema.schema);
         let value = apache_avro::from_avro_datum(&writer.schema, &mut body, reader_schema)?;
@@ -637,8 +670,86 @@ pub fn decode_value(
     bytes: &[u8],
 ) -> Result<(&'static KnownSchema, apache_avro::types::Value), CodecError> {
     let (writer, mut body) = split_header(bytes)?;
+    check_lengths(writer, body)?;
     let value = apache_avro::from_avro_datum(&writer.schema, &mut body, None)?;
     Ok((writer, value))
+}
+
+/// Reads a datum of `writer` through `serde_avro_fast` without keeping any of it, and
+/// refuses a string or bytes length, or an array or map count, larger than the datum.
+/// Run before apache-avro decodes a datum: it reserves what a length or count announces
+/// before reading (up to its 512 MiB bound, in items for arrays and maps), so a record of
+/// a few hundred bytes could make the process ask for gigabytes and abort
+/// (`tests/hostile_lengths.rs`). Every Avro item but `null` takes a byte at least; a
+/// sequence of more nulls than the datum has bytes is refused too. Also run before a
+/// direct read of a writer schema other than the current one, so that the fields the
+/// reader skips are checked as apache-avro checks them (valid UTF-8, every block item).
+fn check_lengths(writer: &KnownSchema, body: &[u8]) -> Result<(), CodecError> {
+    use serde::Deserialize as _;
+    // Every schema this build or a registry gave parses here; should one not, apache-avro
+    // reads it unchecked, as before.
+    let Some(fast) = writer.fast() else {
+        return Ok(());
+    };
+    let mut config = serde_avro_fast::de::DeserializerConfig::new(fast);
+    config.max_seq_size = body.len();
+    let mut state = serde_avro_fast::de::DeserializerState::with_config(
+        serde_avro_fast::de::read::SliceRead::new(body),
+        config,
+    );
+    Walk::deserialize(state.deserializer()).map_err(|e| {
+        CodecError::Avro(apache_avro::Error::new(
+            apache_avro::error::Details::DeserializeValue(e.to_string()),
+        ))
+    })?;
+    Ok(())
+}
+
+/// Any datum, read through and dropped ([`check_lengths`]): unlike serde's `IgnoredAny`,
+/// which lets `serde_avro_fast` skip a block by its byte size, every item is read.
+struct Walk;
+
+impl<'de> serde::Deserialize<'de> for Walk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Walk, D::Error> {
+        d.deserialize_any(Walk)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk {
+    type Value = Walk;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an Avro datum")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Walk, E> {
+        Ok(Walk)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Walk, E> {
+        Ok(Walk)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Walk, E> {
+        Ok(Walk)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Walk, E> {
+        Ok(Walk)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Walk, E> {
+        Ok(Walk)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Walk, E> {
+        Ok(Walk)
+    }
+    fn visit_unit<E>(self) -> Result<Walk, E> {
+        Ok(Walk)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Walk, A::Error> {
+        while seq.next_element::<Walk>()?.is_some() {}
+        Ok(Walk)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Walk, A::Error> {
+        while map.next_entry::<Walk, Walk>()?.is_some() {}
+        Ok(Walk)
+    }
 }
 
 fn confluent_header(schema_id: u32) -> [u8; CONFLUENT_HEADER_LEN] {

@@ -686,6 +686,27 @@ pub fn fleet_reports(
     })
 }
 
+/// A record as an apache-avro value with every double and float replaced by its bits, so
+/// `==` compares NaN payloads and -0.0 exactly, and maps regardless of order (for tests
+/// and fuzz targets comparing records).
+pub fn comparable<T: serde::Serialize>(v: &T) -> apache_avro::types::Value {
+    use apache_avro::types::Value;
+    fn canon(v: Value) -> Value {
+        match v {
+            Value::Double(d) => Value::String(format!("f64 {:016x}", d.to_bits())),
+            Value::Float(f) => Value::String(format!("f32 {:08x}", f.to_bits())),
+            Value::Record(fields) => {
+                Value::Record(fields.into_iter().map(|(n, v)| (n, canon(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(canon).collect()),
+            Value::Map(m) => Value::Map(m.into_iter().map(|(k, v)| (k, canon(v))).collect()),
+            Value::Union(i, v) => Value::Union(i, Box::new(canon(*v))),
+            other => other,
+        }
+    }
+    canon(apache_avro::to_value(v).expect("records convert to Avro values"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

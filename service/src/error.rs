@@ -187,21 +187,42 @@ where
     }
 }
 
-/// Parses JSON, naming the offending field on error.
+/// The field an error at `path` names: `None` for the whole document. The path of an
+/// unknown field ends with the field's name; when that name is empty, the field named is
+/// what holds it (a bare `""` or trailing dot would name nothing).
+pub fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
+    let text = path.to_string();
+    let empty_last = matches!(
+        path.iter().next_back(),
+        Some(serde_path_to_error::Segment::Map { key }) if key.is_empty()
+    );
+    let text = match (empty_last, text.strip_suffix('.')) {
+        (true, Some(holder)) => holder.to_owned(),
+        _ => text,
+    };
+    (!text.is_empty() && text != ".").then_some(text)
+}
+
+/// Parses JSON, naming the offending field on error. The body is one JSON value: bytes
+/// after it other than whitespace are refused (field `body`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = if path == "." { "body".to_owned() } else { path };
-        let message = match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                format!("malformed JSON: {inner}")
-            }
-            _ => inner.to_string(),
-        };
-        ApiError::invalid_field(field, message)
-    })
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let field = field_of(e.path()).unwrap_or_else(|| "body".to_owned());
+        json_error(field, e.into_inner())
+    })?;
+    de.end().map_err(|e| json_error("body".to_owned(), e))?;
+    Ok(value)
+}
+
+fn json_error(field: String, inner: serde_json::Error) -> ApiError {
+    let message = match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            format!("malformed JSON: {inner}")
+        }
+        _ => inner.to_string(),
+    };
+    ApiError::invalid_field(field, message)
 }
 
 #[cfg(test)]
@@ -219,6 +240,37 @@ mod tests {
         value: f64,
     }
 
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        #[serde(default)]
+        items: Vec<StrictInner>,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct StrictInner {
+        value: f64,
+    }
+
+    #[test]
+    fn an_unknown_field_named_empty_names_what_holds_it() {
+        // Found by the fuzz targets (fuzz/fuzz_targets/body_*.rs): the path of an unknown
+        // field ends with its name, so a key "" gave the field "" (or a trailing dot).
+        let field = |body: &[u8]| parse_json::<Strict>(body).expect_err("refused").field;
+        assert_eq!(field(br#"{"": 1}"#).as_deref(), Some("body"));
+        assert_eq!(
+            field(br#"{"items": [{"": 1}]}"#).as_deref(),
+            Some("items[0]")
+        );
+        assert_eq!(field(br#"{"x": 1}"#).as_deref(), Some("x"));
+        assert_eq!(
+            field(br#"{"items": [{"a.": 1}]}"#).as_deref(),
+            Some("items[0].a.")
+        );
+    }
+
     #[test]
     fn parse_json_names_the_field() {
         let e = parse_json::<Outer>(br#"{"items":[{"value":1},{"value":"x"}]}"#).expect_err("bad");
@@ -229,5 +281,23 @@ mod tests {
         assert!(e.message.contains("value"), "{}", e.message);
         let e = parse_json::<Outer>(b"{not json").expect_err("syntax");
         assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+    }
+
+    #[test]
+    fn bytes_after_the_json_value_are_refused() {
+        // Found by the fuzz targets (fuzz/fuzz_targets/body_*.rs): a body with bytes after
+        // its JSON value (`{...}\xff\xff`, a second object) was accepted.
+        for body in [
+            &b"{\"items\":[]}\xff\xff"[..],
+            br#"{"items":[]}{"items":[]}"#,
+            br#"{"items":[]} x"#,
+        ] {
+            let e = parse_json::<Outer>(body).expect_err("trailing bytes");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(e.field.as_deref(), Some("body"));
+            assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+        }
+        // Whitespace after the value is JSON.
+        parse_json::<Outer>(b"{\"items\":[]} \n\t").expect("trailing whitespace");
     }
 }

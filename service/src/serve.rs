@@ -350,6 +350,16 @@ pub struct HttpServer {
     open: OpenConnections,
 }
 
+/// The warning at start of a listener serving plain HTTP (`tls` false) on an address other
+/// than loopback; `None` for HTTPS or loopback.
+fn plain_http_warning(addr: SocketAddr, tls: bool) -> Option<&'static str> {
+    (!tls && !addr.ip().is_loopback()).then_some(
+        "Serving plain HTTP on a non-loopback address: credentials and data cross the \
+         network unencrypted. Set http.tls-cert and http.tls-key, or put a TLS reverse \
+         proxy in front.",
+    )
+}
+
 impl HttpServer {
     /// Validates `settings`, loads the certificate (when set) and binds `addr`. Warns
     /// when it will serve plain HTTP on an address other than loopback.
@@ -370,14 +380,8 @@ impl HttpServer {
                 addr,
                 source,
             })?;
-        if cert.is_none() && !addr.ip().is_loopback() {
-            tracing::warn!(
-                server,
-                %addr,
-                "Serving plain HTTP on a non-loopback address: credentials and data cross the \
-                 network unencrypted. Set http.tls-cert and http.tls-key, or put a TLS reverse \
-                 proxy in front."
-            );
+        if let Some(warning) = plain_http_warning(addr, cert.is_some()) {
+            tracing::warn!(server, %addr, "{warning}");
         }
         Ok(HttpServer {
             server,
@@ -575,6 +579,28 @@ async fn request_timeout(
                 axum::http::HeaderValue::from_static("close"),
             );
             response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_off_loopback_is_warned_about() {
+        let addr = |a: &str| a.parse::<SocketAddr>().expect("address");
+        for public in ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:443"] {
+            let warning = plain_http_warning(addr(public), false);
+            assert!(warning.is_some_and(|w| w.contains("tls-cert")), "{public}");
+            assert_eq!(
+                plain_http_warning(addr(public), true),
+                None,
+                "{public} with TLS"
+            );
+        }
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert_eq!(plain_http_warning(addr(local), false), None, "{local}");
         }
     }
 }

@@ -17,7 +17,8 @@
 //! [varint decompressed length]
 //! payload:
 //!   series names, front-coded
-//!   bucket numbers ((start - first) / width) as an integer column
+//!   bucket numbers ((start - first) / width, unsigned, as the bits of an i64) as an
+//!   integer column
 //!   shared count and shared last-time columns: per bucket, the largest count and the
 //!   largest (time of last - start) of any series, as integer columns
 //!   per series: presence over the buckets; count as (shared - count) and time of last
@@ -323,9 +324,12 @@ pub fn encode(set: &RollupSet) -> Vec<u8> {
     if let (Some(&first), Some(&last)) = (starts.first(), starts.last()) {
         put_ivarint(&mut prefix, first);
         put_uvarint(&mut prefix, last.wrapping_sub(first) as u64);
+        // Distances from the first bucket, in widths, unsigned: buckets may lie further
+        // apart than i64::MAX µs (written as the i64 of the same bits).
+        let width = set.width_micros as u64;
         let numbers: Vec<i64> = starts
             .iter()
-            .map(|s| s.wrapping_sub(first) / set.width_micros)
+            .map(|s| (s.wrapping_sub(first) as u64 / width) as i64)
             .collect();
         ints::encode(&numbers, &mut payload);
         // Shared columns: per bucket the largest count and time-of-last offset.
@@ -436,11 +440,18 @@ pub fn decode(bytes: &[u8]) -> Result<RollupSet, ChunkError> {
     if let Some((first, last)) = range {
         let mut numbers = Vec::new();
         ints::decode(&mut r, n_buckets, &mut numbers)?;
+        // `last` = `first` + span was checked: an offset up to the span lands in range.
+        let span = last.wrapping_sub(first) as u64;
         let starts: Vec<i64> = numbers
             .iter()
-            .map(|&k| k.checked_mul(width).and_then(|o| first.checked_add(o)))
+            .map(|&k| {
+                (k as u64)
+                    .checked_mul(width as u64)
+                    .filter(|offset| *offset <= span)
+                    .map(|offset| first.wrapping_add(offset as i64))
+            })
             .collect::<Option<_>>()
-            .ok_or_else(|| ChunkError::Corrupt("bucket start overflows".into()))?;
+            .ok_or_else(|| ChunkError::Corrupt("bucket start out of its range".into()))?;
         if starts.first() != Some(&first) || starts.last() != Some(&last) {
             return Err(ChunkError::Corrupt(
                 "bucket column does not match its range".into(),

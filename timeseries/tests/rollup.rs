@@ -237,3 +237,31 @@ fn corrupt_rollup_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn buckets_spanning_more_than_i64_max_round_trip() {
+    // Found by fuzz/fuzz_targets/ts_roundtrip.rs: the encoder took the distance from the
+    // first bucket in wrapping i64 arithmetic, so buckets further apart than i64::MAX µs
+    // (a block with far-off timestamps) encoded to bytes that did not decode.
+    for width in [1, FIVE_MIN, 3_600_000_000] {
+        let lowest = i64::MIN.div_euclid(width).saturating_add(1) * width;
+        let highest = (i64::MAX / width - 1) * width;
+        let set = RollupSet::new(
+            width,
+            vec![
+                SeriesRollup::new("a", vec![row(lowest, 1.0), row(0, 2.0), row(highest, 3.0)]),
+                SeriesRollup::new("b", vec![row(highest, 4.0)]),
+            ],
+        )
+        .expect("set");
+        round_trip(&set);
+        // The same from a block, as the store computes rollups.
+        let block = Block::from_samples([
+            (lowest, "a", 1.0),
+            (-1, "a", 2.0),
+            (highest + width - 1, "b", 3.0),
+        ])
+        .expect("block");
+        round_trip(&rollup::compute(&block, width).expect("rollups"));
+    }
+}

@@ -277,3 +277,70 @@ fn framing_ids_must_name_known_records() {
         ]
     );
 }
+
+#[test]
+fn a_field_the_reader_skips_is_read_as_the_reference_reads_it() {
+    // Found by the avro_decode fuzz target: a foreign writer's field that our reader lacks
+    // was skipped by the direct path without being read (a string's UTF-8 unchecked, an
+    // array block jumped over by the byte size it announces, whatever its items), so the
+    // direct path accepted datums that apache-avro's resolution (and `decode_value`)
+    // refuses, or read the fields after a lying block size from elsewhere.
+    let writer = |extra: serde_json::Value| {
+        let mut json: serde_json::Value = serde_json::from_str(avsc("heartbeat.avsc")).unwrap();
+        json["fields"]
+            .as_array_mut()
+            .unwrap()
+            .extend(extra.as_array().unwrap().clone());
+        json.to_string()
+    };
+    let region = serde_json::json!({"name": "region", "type": "string", "default": ""});
+    let tags = serde_json::json!({"name": "tags", "default": [],
+        "type": {"type": "array", "items": "string"}});
+    let hb = fixtures::heartbeat("t", "a", T, 5);
+    for (schema, direct_path, cases) in [
+        (
+            writer(serde_json::json!([region])),
+            true,
+            vec![
+                ("region eu", &[4, b'e', b'u'][..], true),
+                ("region not UTF-8", &[4, 0xff, 0xfe][..], false),
+            ],
+        ),
+        (
+            writer(serde_json::json!([region, tags])),
+            false,
+            vec![
+                // A block of -1 items then its byte size, as writers that allow skipping
+                // write it, then the end of the array.
+                ("tags [x]", &[0, 1, 4, 2, b'x', 0][..], true),
+                ("a tag of negative length", &[0, 1, 4, 1, 0, 0][..], false),
+                // apache-avro reads the items and ignores the size.
+                ("a block size that lies", &[0, 1, 2, 2, b'x', 0][..], true),
+            ],
+        ),
+    ] {
+        let framing = ours(Some(FakeRegistry::new(1234, schema)));
+        let known = framing.writer_schema(1234).unwrap();
+        assert_eq!(
+            known.reads_directly(),
+            direct_path,
+            "{}",
+            known.canonical_form
+        );
+        for (what, extra, valid) in cases {
+            let mut bytes = Heartbeat::codec().encode_confluent(1234, &hb).unwrap();
+            bytes.extend_from_slice(extra);
+            let codec = Heartbeat::codec();
+            let direct = codec.decode_with(Some(&framing), &bytes);
+            let reference = codec.decode_resolving(Some(&framing), &bytes);
+            assert_eq!(reference.is_ok(), valid, "{what}: {reference:?}");
+            assert_eq!(direct.is_ok(), valid, "{what}: the decoder read {direct:?}");
+            if valid {
+                assert_eq!(
+                    (direct.unwrap(), reference.unwrap()),
+                    (hb.clone(), hb.clone())
+                );
+            }
+        }
+    }
+}
