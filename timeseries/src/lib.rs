@@ -8,7 +8,13 @@
 //!   what `fleet_stores::timeseries::aggregate_buckets` computes, with their own columnar
 //!   encoding and merge.
 //!
-//! The head, flushing and storage build on these; nothing here reads a clock or a file.
+//! * [`query`]: the [`TimeSeriesStore`] seam the projections, the query API and the
+//!   replay tools use: samples, range queries in buckets, resolutions, retention.
+//! * [`engine`]: the head (every agent's open windows in memory), sealing, checkpoints
+//!   and queries, over a [`ChunkStore`] ([`store`]): [`embedded`] (redb, in the data
+//!   directory) or `cql` (ScyllaDB / Cassandra, feature `cql`).
+//!
+//! The chunk and rollup modules are pure: nothing there reads a clock or a file.
 //!
 //! ## How a block is encoded, and why
 //!
@@ -17,7 +23,14 @@
 //! EVALUATION_PLACEHOLDER
 
 pub mod chunk;
+pub mod embedded;
+pub mod engine;
 mod error;
+pub mod head;
+pub mod metrics;
+pub mod query;
+mod state;
+pub mod store;
 mod floats;
 mod ints;
 mod names;
@@ -26,7 +39,14 @@ pub mod rollup;
 mod wire;
 
 pub use chunk::{Block, BlockHeader, Series};
-pub use error::ChunkError;
+pub use engine::{EngineConfig, TimeSeries, Writer};
+pub use error::{ChunkError, Error, Result};
+pub use query::{
+    aggregate_buckets, bucket_range, bucket_start, merge_buckets, validate_points,
+    validate_query, validate_range, Bucket, Point, RangeQuery, Resolution, Retention,
+    SeriesKey, TimeSeriesStore, MAX_ABS_TS_MICROS, MAX_BUCKETS,
+};
+pub use store::{AgentKey, ChunkKind, ChunkStore};
 pub use rollup::{RollupRow, RollupSet, SeriesRollup};
 
 /// Bounds of one block or rollup set. Encoders refuse to build anything larger and
