@@ -39,8 +39,13 @@ bench-stores: ## Store benches: history query, fleet list, bytes/sample, project
 	$(CARGO) bench -p fleet-stores --bench ts_disk
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-e2e --bench projection_throughput -- all
 
+bench-timeseries: ## Time-series chunks: bytes/sample against VictoriaMetrics (apt package), codec comparison, criterion throughput
+	$(CARGO) bench -p fleet-timeseries --bench disk_vs_vm
+	$(CARGO) bench -p fleet-timeseries --bench codecs --features codec-eval
+	$(CARGO) bench -p fleet-timeseries --bench chunk
+
 bench-replay: ## Rebuild throughput of `fleetstream replay`: embedded, and Kafka into Postgres (needs `make services`)
 	$(CARGO) build --release -p fleetstream
 	eval "$$(bash scripts/services.sh env)" && FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench replay_throughput -- all
 
-.PHONY: help up test services down lint bench bench-agent bench-stores bench-replay
+.PHONY: help up test services down lint bench bench-agent bench-stores bench-timeseries bench-replay

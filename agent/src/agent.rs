@@ -378,7 +378,8 @@ impl Agent {
         let enrollment = Enrollment::load(&state_dir)?;
         let server_url = server_url(&config, enrollment.as_ref());
         let credential = enrollment.as_ref().map(|e| e.credential.clone());
-        let http = HttpTransport::new(&server_url, config.request_timeout())?
+        let tls = crate::ClientTls::for_config(&config)?;
+        let http = HttpTransport::new(&server_url, config.request_timeout(), &tls)?
             .with_credential(credential.as_deref())?;
         if !config.websocket {
             return Self::build(
@@ -397,9 +398,14 @@ impl Agent {
             .map(|e| e.config.websocket_url.clone());
         let agent_id = resolve_agent_id(&config, enrollment.as_ref());
         let settings = WsSettings {
-            url: crate::ws::websocket_url(&server_url, enrolled_ws.as_deref())?,
+            url: crate::ws::websocket_url(
+                &server_url,
+                config.ws_url.as_deref(),
+                enrolled_ws.as_deref(),
+            )?,
             agent_id,
             credential,
+            tls,
             request_timeout: config.request_timeout(),
             ping_interval: config.websocket_ping_interval(),
             reconnect_initial: config.websocket_reconnect_initial(),

@@ -62,7 +62,8 @@ pub async fn enroll_and_describe(
     let cfg = AgentConfig::load(config)?;
     let server = server.map_or_else(|| cfg.server_url.clone(), str::to_owned);
     let state_dir = cfg.resolved_state_dir();
-    let e = enroll::enroll(&server, token, &state_dir)
+    let tls = crate::ClientTls::for_config(&cfg)?;
+    let e = enroll::enroll_with_tls(&server, token, &state_dir, &tls)
         .await
         .with_context(|| format!("enrolling with {server}"))?;
     Ok(format!(

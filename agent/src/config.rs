@@ -91,6 +91,16 @@ pub struct AgentConfig {
     /// Base URL of the ingest gateway. Default `http://127.0.0.1:8080`. When the agent is
     /// enrolled and this is left at its default, the URL it enrolled with is used.
     pub server_url: String,
+    /// PEM file of the CA certificate(s) an `https://` gateway's certificate must chain
+    /// to; only those are trusted (a private CA). Default: unset, meaning the system's
+    /// root certificates (the Mozilla roots built into the agent when the system has
+    /// none).
+    pub ca_file: Option<PathBuf>,
+    /// URL of the WebSocket channel, `ws://` or `wss://` (`wss://` when `server-url` is
+    /// `https://`). Default: unset, meaning the URL the server suggested at enrollment
+    /// when it has the origin (scheme, host, port) of `server-url`, else `server-url`
+    /// with `/api/v1/agents/ws` and `http`→`ws`, `https`→`wss`.
+    pub ws_url: Option<String>,
     /// This agent's id, as it appears in the gateway's URLs. Default: unset, meaning the id
     /// the server gave at enrollment or, when not enrolled, a UUIDv5 derived from the
     /// machine id (`/etc/machine-id`) or, failing that, the host name, so restarts keep the
@@ -171,6 +181,8 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             server_url: DEFAULT_SERVER_URL.to_owned(),
+            ca_file: None,
+            ws_url: None,
             agent_id: None,
             state_dir: None,
             collect_interval_secs: None,
@@ -233,6 +245,39 @@ impl AgentConfig {
             return Err(ConfigError::Invalid {
                 key: "server-url",
                 message: "must be an http:// or https:// URL with a host".to_owned(),
+            });
+        }
+        if let Some(ws) = &self.ws_url {
+            let parsed = reqwest::Url::parse(ws).map_err(|e| ConfigError::Invalid {
+                key: "ws-url",
+                message: format!(
+                    "is not a URL ({e}): expected e.g. wss://gateway/api/v1/agents/ws"
+                ),
+            })?;
+            if !matches!(parsed.scheme(), "ws" | "wss") || parsed.host().is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "ws-url",
+                    message: "must be a ws:// or wss:// URL with a host".to_owned(),
+                });
+            }
+            if url.scheme() == "https" && parsed.scheme() != "wss" {
+                return Err(ConfigError::Invalid {
+                    key: "ws-url",
+                    message: "must be wss:// when server-url is https:// (the credential \
+                              would travel unencrypted)"
+                        .to_owned(),
+                });
+            }
+        }
+        if self
+            .ca_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "ca-file",
+                message: "is empty: give a PEM file, or leave it unset for the system roots"
+                    .to_owned(),
             });
         }
         if let Some(id) = &self.agent_id {

@@ -21,6 +21,7 @@ use sysinfo::{CpuRefreshKind, Networks, System};
 use tracing::{info, warn};
 
 use crate::state;
+use crate::tls::ClientTls;
 use crate::transport::{api_url, base_url, http_client};
 
 /// File name of the enrollment inside the state directory.
@@ -212,6 +213,21 @@ pub async fn enroll(
     token: &str,
     state_dir: &Path,
 ) -> Result<Enrollment, EnrollError> {
+    let tls = ClientTls::system_roots().map_err(|e| EnrollError::InvalidServerUrl {
+        url: server_url.to_owned(),
+        message: e.to_string(),
+    })?;
+    enroll_with_tls(server_url, token, state_dir, &tls).await
+}
+
+/// [`enroll`], checking an `https://` server's certificate with `tls` (for example only
+/// the CA of the configuration's `ca-file`: [`ClientTls::for_config`]).
+pub async fn enroll_with_tls(
+    server_url: &str,
+    token: &str,
+    state_dir: &Path,
+    tls: &ClientTls,
+) -> Result<Enrollment, EnrollError> {
     let token = token.trim();
     if token.is_empty() {
         return Err(EnrollError::EmptyToken);
@@ -230,7 +246,7 @@ pub async fn enroll(
             path: state_dir.to_owned(),
             message: format!("collecting the machine facts failed: {e}"),
         })?;
-    let client = http_client(REGISTER_TIMEOUT).map_err(|e| invalid_url(e.to_string()))?;
+    let client = http_client(REGISTER_TIMEOUT, tls).map_err(|e| invalid_url(e.to_string()))?;
     let request = RegisterRequest {
         token: token.to_owned(),
         facts,

@@ -13,6 +13,8 @@
 //! * [`spool`]: the durable, bounded on-disk [`Spool`] (redb);
 //! * [`queue`]: the in-memory fallback used when the spool cannot be written;
 //! * [`transport`]: the [`Transport`] trait and [`HttpTransport`];
+//! * [`tls`]: [`ClientTls`], how the gateway's certificate is checked (system roots, or
+//!   only the CA of `ca-file`), for HTTP and the WebSocket alike;
 //! * [`ws`]: the WebSocket channel: one background session (reconnects with full-jitter
 //!   backoff, pings, matches acks to requests by id) and [`WsTransport`], which uses the
 //!   socket while it is up and HTTP otherwise (`websocket = true`, the default);
@@ -58,6 +60,7 @@ pub mod queue;
 mod retry;
 pub mod spool;
 mod state;
+pub mod tls;
 pub mod transport;
 pub mod ws;
 
@@ -66,8 +69,11 @@ use std::future::Future;
 pub use agent::{Agent, AgentError, Stats, StatsSnapshot, INTERVALS_FILE, MEMORY_FALLBACK_REPORTS};
 pub use collect::Collector;
 pub use config::{AgentConfig, ConfigError};
-pub use enroll::{enroll, machine_facts, EnrollError, Enrollment, CREDENTIALS_FILE};
+pub use enroll::{
+    enroll, enroll_with_tls, machine_facts, EnrollError, Enrollment, CREDENTIALS_FILE,
+};
 pub use spool::{Spool, SpoolError};
+pub use tls::ClientTls;
 pub use transport::{HttpTransport, SendOutcome, Transport, TransportError};
 pub use ws::WsTransport;
 

@@ -18,6 +18,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use tracing::instrument;
 
+use crate::tls::ClientTls;
+
 /// Delay used for a 503 or 429 that carries no usable `Retry-After`.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -129,6 +131,12 @@ pub enum TransportError {
     /// The credential cannot be sent in an HTTP header.
     #[error("the agent credential contains characters not allowed in an HTTP header; re-enroll the agent")]
     InvalidCredential,
+    /// The trusted certificates could not be set up (`ca-file`).
+    #[error("TLS setup: {message}")]
+    Tls {
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// HTTP transport: `POST {server}/api/v1/agents/{agent_id}/metrics` with a JSON
@@ -154,10 +162,15 @@ impl Debug for HttpTransport {
 }
 
 impl HttpTransport {
-    /// A transport to the gateway at `server_url`, each request bounded by `timeout`.
-    pub fn new(server_url: &str, timeout: Duration) -> Result<Self, TransportError> {
+    /// A transport to the gateway at `server_url`, each request bounded by `timeout`,
+    /// checking an `https://` gateway's certificate with `tls`.
+    pub fn new(
+        server_url: &str,
+        timeout: Duration,
+        tls: &ClientTls,
+    ) -> Result<Self, TransportError> {
         Ok(Self {
-            client: http_client(timeout)?,
+            client: http_client(timeout, tls)?,
             base: base_url(server_url)?,
             authorization: None,
         })
@@ -250,10 +263,14 @@ impl HttpTransport {
     }
 }
 
-/// An HTTP client for the gateway: bounded by `timeout`, no redirects (a redirected POST
-/// would turn into a GET and lose its body).
-pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, TransportError> {
+/// An HTTP client for the gateway: bounded by `timeout`, trusting what `tls` trusts, no
+/// redirects (a redirected POST would turn into a GET and lose its body).
+pub(crate) fn http_client(
+    timeout: Duration,
+    tls: &ClientTls,
+) -> Result<reqwest::Client, TransportError> {
     Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls.rustls_owned())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")))
@@ -484,14 +501,18 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
 
+    fn tls() -> ClientTls {
+        ClientTls::system_roots().unwrap()
+    }
+
     #[test]
     fn metrics_url_keeps_prefix_and_escapes_id() {
-        let t = HttpTransport::new("http://gw:8080", Duration::from_secs(1)).unwrap();
+        let t = HttpTransport::new("http://gw:8080", Duration::from_secs(1), &tls()).unwrap();
         assert_eq!(
             t.metrics_url("a-1").unwrap().as_str(),
             "http://gw:8080/api/v1/agents/a-1/metrics"
         );
-        let t = HttpTransport::new("https://proxy/fleet", Duration::from_secs(1)).unwrap();
+        let t = HttpTransport::new("https://proxy/fleet", Duration::from_secs(1), &tls()).unwrap();
         assert_eq!(
             t.metrics_url("a b").unwrap().as_str(),
             "https://proxy/fleet/api/v1/agents/a%20b/metrics"
@@ -506,20 +527,20 @@ mod tests {
                 .as_str(),
             "https://proxy/fleet/api/v1/agents/a-1/commands/c%201/result"
         );
-        assert!(HttpTransport::new("not a url", Duration::from_secs(1)).is_err());
-        assert!(HttpTransport::new("ftp://x/", Duration::from_secs(1)).is_err());
+        assert!(HttpTransport::new("not a url", Duration::from_secs(1), &tls()).is_err());
+        assert!(HttpTransport::new("ftp://x/", Duration::from_secs(1), &tls()).is_err());
     }
 
     #[test]
     fn credential_is_redacted_and_must_be_a_header_value() {
-        let t = HttpTransport::new("http://gw:8080", Duration::from_secs(1))
+        let t = HttpTransport::new("http://gw:8080", Duration::from_secs(1), &tls())
             .unwrap()
             .with_credential(Some("s3cret"))
             .unwrap();
         let debug = format!("{t:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(matches!(
-            HttpTransport::new("http://gw:8080", Duration::from_secs(1))
+            HttpTransport::new("http://gw:8080", Duration::from_secs(1), &tls())
                 .unwrap()
                 .with_credential(Some("bad\nvalue")),
             Err(TransportError::InvalidCredential)

@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::{inc, Stats};
 use crate::retry::Backoff;
+use crate::tls::ClientTls;
 use crate::transport::{
     api_url, base_url, classify, error_chain, parse_retry_after, HttpTransport, SendOutcome,
     Transport, TransportError, MAX_RETRY_AFTER,
@@ -67,30 +68,62 @@ const MAX_INCOMING: usize = 4 * 1024 * 1024;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Where the agent's WebSocket goes: the enrollment's `websocket_url` when it is a
-/// `ws://` or `wss://` URL, else `server_url` with `http`→`ws`, `https`→`wss` and
-/// `/api/v1/agents/ws` (any path prefix kept).
+/// Where the agent's WebSocket goes, so that its credential only ever goes where
+/// `server_url` points:
+///
+/// 1. `configured` (the `ws-url` setting), when set;
+/// 2. `suggested` (the enrollment's `websocket_url`), only when it has the origin of
+///    `server_url` with `http`→`ws`, `https`→`wss` (same scheme, host and port); a URL
+///    naming another host (such as the gateway's own `127.0.0.1` listen address, which
+///    on this machine is this machine) or a `ws://` for an `https://` server is ignored;
+/// 3. else `server_url` with `http`→`ws`, `https`→`wss` and `/api/v1/agents/ws` (any
+///    path prefix kept).
+///
+/// An `https://` server never gets a `ws://` socket.
 pub fn websocket_url(
     server_url: &str,
-    enrolled: Option<&str>,
+    configured: Option<&str>,
+    suggested: Option<&str>,
 ) -> Result<reqwest::Url, TransportError> {
-    if let Some(url) = enrolled.map(str::trim).filter(|u| !u.is_empty()) {
+    let invalid = |url: &str, message: &str| TransportError::InvalidUrl {
+        url: url.to_owned(),
+        message: message.to_owned(),
+    };
+    let server = base_url(server_url)?;
+    let mut derived = api_url(&server, &["agents", "ws"])?;
+    let scheme = if server.scheme() == "https" {
+        "wss"
+    } else {
+        "ws"
+    };
+    derived
+        .set_scheme(scheme)
+        .map_err(|()| invalid(server_url, "cannot derive a WebSocket URL"))?;
+    if let Some(url) = configured.map(str::trim).filter(|u| !u.is_empty()) {
+        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(url, &e.to_string()))?;
+        if !matches!(parsed.scheme(), "ws" | "wss") || !parsed.has_host() {
+            return Err(invalid(url, "ws-url must be a ws:// or wss:// URL"));
+        }
+        if scheme == "wss" && parsed.scheme() != "wss" {
+            return Err(invalid(
+                url,
+                "ws-url must be wss:// when server-url is https://",
+            ));
+        }
+        return Ok(parsed);
+    }
+    if let Some(url) = suggested.map(str::trim).filter(|u| !u.is_empty()) {
         match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "ws" | "wss") && u.has_host() => return Ok(u),
+            Ok(u) if u.origin() == derived.origin() => return Ok(u),
             _ => warn!(
                 url,
-                "Ignoring the enrollment's websocket_url (not a ws:// or wss:// URL)."
+                server_url,
+                "Ignoring the WebSocket URL the server suggested: it is not on the server URL's \
+                 scheme, host and port. Set ws-url to use another one."
             ),
         }
     }
-    let mut url = api_url(&base_url(server_url)?, &["agents", "ws"])?;
-    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-    url.set_scheme(scheme)
-        .map_err(|()| TransportError::InvalidUrl {
-            url: server_url.to_owned(),
-            message: "cannot derive a WebSocket URL".to_owned(),
-        })?;
-    Ok(url)
+    Ok(derived)
 }
 
 /// What the session needs to connect.
@@ -102,6 +135,8 @@ pub struct WsSettings {
     pub agent_id: String,
     /// Sent as `Authorization: Bearer ...` when set.
     pub credential: Option<String>,
+    /// How a `wss://` server's certificate is checked.
+    pub tls: ClientTls,
     /// Bound of the connect handshake, of one write, and of a request waiting for its
     /// reply.
     pub request_timeout: Duration,
@@ -377,7 +412,14 @@ impl WsSession {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_INCOMING))
             .max_frame_size(Some(MAX_INCOMING));
-        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(
+                self.settings.tls.rustls(),
+            )),
+        );
         match tokio::time::timeout(self.settings.request_timeout, connecting).await {
             Err(_) => Err(fail("connect timed out".to_owned())),
             Ok(Ok((socket, _))) => Ok(socket),
@@ -687,16 +729,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn websocket_url_prefers_the_enrollment_then_derives_from_server_url() {
-        let u = websocket_url("http://gw:8080", None).unwrap();
-        assert_eq!(u.as_str(), "ws://gw:8080/api/v1/agents/ws");
-        let u = websocket_url("https://proxy/fleet/", Some("")).unwrap();
-        assert_eq!(u.as_str(), "wss://proxy/fleet/api/v1/agents/ws");
-        let u = websocket_url("http://gw:8080", Some("wss://edge:443/api/v1/agents/ws")).unwrap();
-        assert_eq!(u.as_str(), "wss://edge/api/v1/agents/ws");
-        let u = websocket_url("http://gw:8080", Some("http://not-ws/")).unwrap();
-        assert_eq!(u.as_str(), "ws://gw:8080/api/v1/agents/ws");
-        assert!(websocket_url("nope", None).is_err());
+    fn websocket_url_follows_the_server_url_origin() {
+        let url = |server, configured, suggested| {
+            websocket_url(server, configured, suggested)
+                .map(|u| u.to_string())
+                .unwrap()
+        };
+        // Derived from the server URL, path prefix kept.
+        assert_eq!(
+            url("http://gw:8080", None, None),
+            "ws://gw:8080/api/v1/agents/ws"
+        );
+        assert_eq!(
+            url("https://proxy/fleet/", None, Some("")),
+            "wss://proxy/fleet/api/v1/agents/ws"
+        );
+        // Finding 2: a gateway without public-url handed out its listen address; on the
+        // agent's machine that is the agent's own machine. Ignored (the old code took it).
+        assert_eq!(
+            url(
+                "https://gw.example.com",
+                None,
+                Some("ws://127.0.0.1:8080/api/v1/agents/ws")
+            ),
+            "wss://gw.example.com/api/v1/agents/ws"
+        );
+        // Another host, even over wss: ignored.
+        assert_eq!(
+            url(
+                "http://gw:8080",
+                None,
+                Some("wss://edge:443/api/v1/agents/ws")
+            ),
+            "ws://gw:8080/api/v1/agents/ws"
+        );
+        // Same host and port but ws:// for an https:// server: never a downgrade.
+        assert_eq!(
+            url(
+                "https://gw.example.com",
+                None,
+                Some("ws://gw.example.com:443/api/v1/agents/ws")
+            ),
+            "wss://gw.example.com/api/v1/agents/ws"
+        );
+        // Another port of the same host: another origin.
+        assert_eq!(
+            url("http://gw:8080", None, Some("ws://gw:9090/ws")),
+            "ws://gw:8080/api/v1/agents/ws"
+        );
+        // The same origin (default port spelled out, another path): taken.
+        assert_eq!(
+            url(
+                "https://gw.example.com/",
+                None,
+                Some("wss://gw.example.com:443/fleet/api/v1/agents/ws")
+            ),
+            "wss://gw.example.com/fleet/api/v1/agents/ws"
+        );
+        assert_eq!(
+            url("http://gw:8080", None, Some("http://gw:8080/not-ws")),
+            "ws://gw:8080/api/v1/agents/ws"
+        );
+        // An explicit ws-url wins over both; a downgrade is refused.
+        assert_eq!(
+            url(
+                "https://gw.example.com",
+                Some("wss://ws.example.com/socket"),
+                Some("wss://gw.example.com/api/v1/agents/ws")
+            ),
+            "wss://ws.example.com/socket"
+        );
+        assert!(
+            websocket_url("https://gw.example.com", Some("ws://ws.example.com/"), None).is_err()
+        );
+        assert!(websocket_url("nope", None, None).is_err());
     }
 
     fn error(status: u16, retry_after_secs: Option<u64>) -> Reply {

@@ -118,6 +118,9 @@ fn enrolled_config(state_dir: &Path) -> AgentConfig {
         retry_max_backoff_secs: 0.2,
         auth_retry_secs: 0.1,
         shutdown_flush_timeout_secs: 0.5,
+        // These tests follow the HTTP path (agent/tests/ws.rs the socket). The stub's
+        // suggested socket URL (another port) no longer diverts the agent from it.
+        websocket: false,
         ..AgentConfig::default()
     }
 }

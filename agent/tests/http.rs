@@ -129,7 +129,11 @@ async fn unreachable_gateway_means_retry_later() -> anyhow::Result<()> {
     let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await?
         .local_addr()?;
-    let transport = HttpTransport::new(&format!("http://{addr}"), Duration::from_secs(2))?;
+    let transport = HttpTransport::new(
+        &format!("http://{addr}"),
+        Duration::from_secs(2),
+        &fleet_agent::ClientTls::system_roots()?,
+    )?;
     let outcome = transport
         .send("it-agent", &MetricBatch { reports: vec![] })
         .await;

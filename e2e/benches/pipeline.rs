@@ -53,6 +53,7 @@ fn samples_per_report() -> usize {
     let limits = fleet_ingest_gateway::validate::Limits {
         max_future_micros: i64::MAX / 4,
         max_age_micros: i64::MAX / 4,
+        ..fleet_ingest_gateway::validate::Limits::from_config(&Default::default())
     };
     let rec = fleet_ingest_gateway::validate::report(
         "t",

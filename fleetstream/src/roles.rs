@@ -84,20 +84,20 @@ fn watch_log(log: Arc<dyn EventLog>, flag: Arc<AtomicBool>) {
     });
 }
 
+/// Serves `app` on `addr` with the role's listener settings (timeouts, connection cap,
+/// TLS) until shutdown; `server` names it in logs and the `fleet_http_*` metrics.
 async fn serve(
+    server: &'static str,
     addr: SocketAddr,
+    http: fleet_ops::serve::HttpSettings,
     app: Router,
     shutdown: Shutdown,
-    what: &'static str,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("{what}: cannot listen on {addr} (in use? change `listen` in the config)")
-    })?;
-    tracing::info!(%addr, what, "Listening.");
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.wait())
+    let listener = fleet_ops::serve::HttpServer::bind(server, addr, &http).await?;
+    listener
+        .serve(app, shutdown.wait())
         .await
-        .with_context(|| format!("{what} server"))
+        .with_context(|| format!("{server} server"))
 }
 
 fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
@@ -113,6 +113,7 @@ fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
 
 pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: GatewayConfig = load("gateway", config.as_deref())?;
+    cfg.check_public_url().map_err(anyhow::Error::msg)?;
     use_schema_registry(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     fleet_ops::log::ensure_topics(log.as_ref()).await?;
@@ -145,6 +146,7 @@ async fn run_gateway(
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
     let addr = cfg.listen;
+    let http = cfg.http.clone();
     let state = fleet_ingest_gateway::GatewayState::with_registry(log.clone(), registry, cfg);
     let housekeeping = state.clone();
     tokio::spawn(async move {
@@ -162,7 +164,11 @@ async fn run_gateway(
         "gateway",
         ready_flag(&log_ok, "event log"),
     ));
-    tokio::try_join!(serve(addr, app, shutdown, "gateway"), watcher, dispatcher)?;
+    tokio::try_join!(
+        serve("gateway", addr, http, app, shutdown),
+        watcher,
+        dispatcher
+    )?;
     Ok(())
 }
 
@@ -174,10 +180,11 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
     on_signal(tx);
     let ready = ProcessorsReady::default();
     let ops = serve(
+        "processors",
         cfg.listen,
+        cfg.http.clone(),
         fleet_ops::endpoints::router("processors", ready.check()),
         shutdown.clone(),
-        "processors ops",
     );
     let all = run_processors(log, cfg, ready, shutdown);
     tokio::try_join!(ops, all)?;
@@ -327,12 +334,18 @@ async fn run_projections(
     let r = ready.clone();
     let check: ReadyCheck = Arc::new(move || r.check());
     let ops = fleet_ops::endpoints::router("projections", check);
-    let (app, what) = if cfg.serve_api {
-        (query_api(&cfg, &log, &stores).merge(ops), "query API")
+    let app = if cfg.serve_api {
+        query_api(&cfg, &log, &stores).merge(ops)
     } else {
-        (ops, "projections ops")
+        ops
     };
-    let server = serve(cfg.listen, app, shutdown.clone(), what);
+    let server = serve(
+        "projections",
+        cfg.listen,
+        cfg.http.clone(),
+        app,
+        shutdown.clone(),
+    );
     let sweeps = fleet_projections::project::run_retention_sweeps(
         stores.timeseries.clone(),
         cfg.clone(),
@@ -373,7 +386,7 @@ pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
         "api",
         ready_flag(&log_ok, "event log"),
     ));
-    serve(cfg.listen, app, shutdown, "query API").await
+    serve("api", cfg.listen, cfg.http.clone(), app, shutdown).await
 }
 
 pub(crate) async fn agent(config: Option<PathBuf>, server: Option<String>) -> anyhow::Result<()> {
@@ -481,6 +494,19 @@ pub(crate) async fn up(
     pj.timeseries = format!("file://{}", data_url(&data_dir, "timeseries")?);
     // One process: nothing else would serve the API.
     pj.serve_api = true;
+    // On loopback, plain HTTP: the local agent and the printed URLs are http://.
+    for (role, http) in [
+        ("gateway", &mut gw.http),
+        ("projections", &mut pj.http),
+        ("processors", &mut pr.http),
+    ] {
+        if http.tls_cert.take().is_some() | http.tls_key.take().is_some() {
+            tracing::warn!(
+                role,
+                "`up` serves plain HTTP on loopback: ignoring http.tls-cert and http.tls-key."
+            );
+        }
+    }
 
     let gateway_url = format!("http://{}", gw.listen);
     if pj.gateway_url == ProjectionsConfig::default().gateway_url {

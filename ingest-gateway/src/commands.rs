@@ -9,6 +9,12 @@
 //! gets all of its agent's pending commands; an agent without a socket polls
 //! `GET /api/v1/agents/{agent_id}/commands`.
 //!
+//! Only the first REQUESTED of a command id counts: a later one with the same id never
+//! changes the type, arguments or approval of what the agent runs. Progress and results
+//! are accepted only for a command this book gave to the same agent (pending, or finished
+//! and owned by it: a result resent after a lost acknowledgement); anything else is 404,
+//! whether the command is another agent's or does not exist.
+//!
 //! Delivery is at least once: a command can reach an agent twice (a reconnect, a poll
 //! after a push), so agents run each command id once.
 
@@ -17,20 +23,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet_event_log::{ConsumerOptions, StartFrom};
 use fleet_ops::deadletter::DeadLetters;
-use fleet_ops::{ApiError, FieldJson};
+use fleet_ops::ApiError;
 use fleet_schemas::api::{
     CommandList, CommandProgressIn, CommandResultIn, CommandSpec, IngestAccepted, ServerMessage,
 };
 use fleet_schemas::{ids, topics, CommandEvent, CommandEventKind};
 use parking_lot::Mutex;
 
-use crate::{admit, hub, metrics, produce_all, validate, AgentIdentity, GatewayState};
+use crate::{
+    admit, admit_then_body, hub, metrics, produce_all, validate, AgentIdentity, ClientAddr,
+    GatewayState,
+};
 
 /// What the gateway knows of one unfinished command.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +98,10 @@ impl CommandBook {
             return false;
         }
         match ev.kind {
+            // Only the first REQUESTED of an id counts: a second one (a reused idempotency
+            // key with another body) must change neither what runs nor whether it waits
+            // for an approval.
+            CommandEventKind::Requested if self.open.contains_key(&ev.command_id) => false,
             CommandEventKind::Requested | CommandEventKind::Approved => {
                 let was_pending = self
                     .open
@@ -113,10 +126,6 @@ impl CommandBook {
                         dispatched: false,
                         requested_at: ev.occurred_at,
                     });
-                if ev.kind == CommandEventKind::Requested {
-                    t.requested_at = ev.occurred_at;
-                    t.requires_approval = ev.requires_approval;
-                }
                 t.approved |= approved;
                 let now_pending = t.is_pending();
                 let key = (t.requested_at, ev.command_id.clone());
@@ -478,11 +487,12 @@ async fn go_live(state: &GatewayState) {
 pub(crate) async fn get_commands(
     State(state): State<GatewayState>,
     Path(agent_id): Path<String>,
+    client: ClientAddr,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        admit(&state, &agent_id, &headers).await?;
+        admit(&state, &agent_id, client, &headers).await?;
         poll(&state, &agent_id).await
     }
     .await;
@@ -537,7 +547,11 @@ async fn poll(state: &GatewayState, agent_id: &str) -> Result<CommandList, ApiEr
     Ok(CommandList { commands })
 }
 
-/// Checks that a command update names the command of the path and one of this agent's.
+/// The command a progress chunk or result names: it must be the command of the path and
+/// one this book gave to `agent_id`: pending (so approved if it needed it), or finished
+/// and this agent's (a result resent after a lost acknowledgement; `None` then). Unknown
+/// commands and other agents' get the same 404; a command of this agent still waiting for
+/// its approval gets 409. Before the replay at start is done, 503 (the book is not whole).
 fn check_command(
     state: &GatewayState,
     agent_id: &str,
@@ -552,14 +566,34 @@ fn check_command(
             ));
         }
     }
-    let book = state.commands.book.lock();
-    if book.owner(body_id).is_some_and(|owner| owner != agent_id) {
-        return Err(ApiError::invalid_field(
-            "command_id",
-            "names a command of another agent",
+    if !state.commands.is_live() {
+        return Err(ApiError::unavailable(
+            "the gateway is still reading recent commands; retry shortly",
+            state.config.retry_after_secs.clamp(1, 2),
         ));
     }
-    Ok(book.get(body_id).cloned())
+    let book = state.commands.book.lock();
+    let refused = |reason: &'static str, e: ApiError| {
+        metrics::command_update_refused(reason);
+        tracing::warn!(%agent_id, command_id = %body_id, reason, "Command update refused.");
+        Err(e.with_field("command_id"))
+    };
+    match book.get(body_id) {
+        Some(t) if t.agent_id == agent_id && t.is_pending() => Ok(Some(t.clone())),
+        Some(t) if t.agent_id == agent_id => refused(
+            "not_dispatched",
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "command_not_dispatched",
+                "this command waits for its approval and was not given to the agent",
+            ),
+        ),
+        _ if book.owner(body_id) == Some(agent_id) => Ok(None),
+        _ => refused(
+            "unknown",
+            ApiError::not_found("no such command was given to this agent"),
+        ),
+    }
 }
 
 /// A progress chunk → PROGRESS event (both transports).
@@ -653,13 +687,14 @@ fn fill_identity(
 pub(crate) async fn post_progress(
     State(state): State<GatewayState>,
     Path((agent_id, command_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<FieldJson<CommandProgressIn>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_progress(&state, &who, &agent_id, Some(&command_id), body?.0).await
+        let (who, body) =
+            admit_then_body::<CommandProgressIn>(&state, &agent_id, client, req).await?;
+        ingest_progress(&state, &who, &agent_id, Some(&command_id), body).await
     }
     .await;
     crate::respond("command_progress", started, result)
@@ -670,13 +705,14 @@ pub(crate) async fn post_progress(
 pub(crate) async fn post_result(
     State(state): State<GatewayState>,
     Path((agent_id, command_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<FieldJson<CommandResultIn>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_result(&state, &who, &agent_id, Some(&command_id), body?.0).await
+        let (who, body) =
+            admit_then_body::<CommandResultIn>(&state, &agent_id, client, req).await?;
+        ingest_result(&state, &who, &agent_id, Some(&command_id), body).await
     }
     .await;
     crate::respond("command_result", started, result)
@@ -721,6 +757,41 @@ mod tests {
         assert_eq!(ids, vec!["c2", "c1"], "oldest request first");
         // A duplicate APPROVED changes nothing.
         assert!(!b.apply(&ev("c2", CommandEventKind::Approved, true, 21)));
+    }
+
+    #[test]
+    fn only_the_first_requested_counts() {
+        let mut b = CommandBook::default();
+        let mut first = ev("c1", CommandEventKind::Requested, true, 10);
+        first.command_type = "run_script".into();
+        first.args = HashMap::from([("script".to_owned(), "wipe".to_owned())]);
+        assert!(!b.apply(&first), "waits for its approval");
+        // The same id again, asking for no approval and something else: ignored.
+        let mut second = ev("c1", CommandEventKind::Requested, false, 20);
+        second.command_type = "collect_diagnostics".into();
+        second.timeout_secs = 999;
+        assert!(!b.apply(&second));
+        assert!(
+            b.pending_for("a").is_empty(),
+            "still waits for its approval"
+        );
+        let t = b.get("c1").expect("known");
+        assert!(t.requires_approval);
+        assert_eq!(
+            (t.command_type.as_str(), t.requested_at),
+            ("run_script", 10)
+        );
+        // Once approved, the agent gets exactly the first request.
+        assert!(b.apply(&ev("c1", CommandEventKind::Approved, true, 30)));
+        let pending = b.pending_for("a");
+        assert_eq!(pending.len(), 1);
+        let spec = &pending[0].0;
+        assert_eq!(spec.command_type, "run_script");
+        assert_eq!(spec.args.get("script").map(String::as_str), Some("wipe"));
+        assert_eq!(spec.timeout_secs, 30);
+        // A later REQUESTED does not move it in the queue either.
+        assert!(!b.apply(&ev("c1", CommandEventKind::Requested, false, 5)));
+        assert_eq!(b.get("c1").map(|t| t.requested_at), Some(10));
     }
 
     #[test]

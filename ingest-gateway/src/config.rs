@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthMode;
+use crate::client::ProxyNet;
+use crate::subjects::SubjectLimits;
 
 /// Settings of the ingest gateway. Every key has a default; see
 /// `config/gateway.example.toml`.
@@ -24,7 +26,7 @@ pub struct GatewayConfig {
     pub schema_registry_url: String,
     /// `required`: every agent request needs a valid credential; `off`: requests without
     /// one are accepted as `default-tenant` (single machine; a sent credential is still
-    /// checked).
+    /// checked, and an agent id enrolled in the registry still needs its credential).
     pub auth: AuthMode,
     /// Registry (tokens and agent credentials): `postgres://...` or `sqlite://path`.
     /// Needed for enrollment and for `auth = "required"`; empty means none.
@@ -37,8 +39,30 @@ pub struct GatewayConfig {
     pub rate_limit_per_second: u32,
     /// Burst size of the per-agent bucket.
     pub rate_limit_burst: u32,
-    /// URL agents reach this gateway at (handed out at enrollment; the WebSocket URL is
-    /// derived from it). Empty means `http://<listen>`.
+    /// Failed agent authentications (401) allowed per client address and minute; past
+    /// them (and the burst) the address gets 429 for requests whose credential is not
+    /// already cached as valid. 0 disables.
+    pub auth_failures_per_minute: u32,
+    /// Burst of the per-address failure bucket.
+    pub auth_failure_burst: u32,
+    /// Registrations (`POST /api/v1/agents/register`, one registry transaction each)
+    /// allowed per client address and minute; 0 disables.
+    pub register_per_minute: u32,
+    /// Burst of the per-address registration bucket.
+    pub register_burst: u32,
+    /// Addresses or networks (`10.0.0.7`, `10.0.0.0/8`) of reverse proxies in front of
+    /// the gateway whose `X-Forwarded-For` is believed. Empty (the default): the client
+    /// address is the connection's peer, so behind a proxy the per-address limits apply
+    /// to the proxy as a whole.
+    pub trusted_proxies: Vec<ProxyNet>,
+    /// Bounds on the subjects (mounts, interfaces, services, custom metrics) one agent can
+    /// make the pipeline track (`[subjects]`).
+    pub subjects: SubjectLimits,
+    /// URL agents reach this gateway at: the WebSocket URL handed out at enrollment is
+    /// derived from it. Empty: no WebSocket URL is handed out and each agent derives it
+    /// from the server URL it was given. `fleetstream gateway` refuses a loopback or
+    /// wildcard host here when `listen` is not loopback (agents elsewhere would send
+    /// their credential to their own machine).
     pub public_url: String,
     /// Heartbeat interval handed to agents at enrollment, seconds.
     pub agent_heartbeat_interval_secs: f64,
@@ -73,6 +97,9 @@ pub struct GatewayConfig {
     /// How far back the command dispatcher replays `fleet.commands.v1` at start to rebuild
     /// the pending commands; older unfinished commands are dropped.
     pub command_lookback_secs: u64,
+    /// The listener's timeouts, connection cap and TLS (`[http]`); the cap defaults to
+    /// 10,000 here, as every agent holds a WebSocket open.
+    pub http: fleet_ops::serve::HttpSettings,
 }
 
 impl Default for GatewayConfig {
@@ -88,6 +115,12 @@ impl Default for GatewayConfig {
             default_tenant: "default".into(),
             rate_limit_per_second: 20,
             rate_limit_burst: 40,
+            auth_failures_per_minute: 30,
+            auth_failure_burst: 30,
+            register_per_minute: 30,
+            register_burst: 10,
+            trusted_proxies: Vec::new(),
+            subjects: SubjectLimits::default(),
             public_url: String::new(),
             agent_heartbeat_interval_secs: 30.0,
             agent_metrics_interval_secs: 10.0,
@@ -103,6 +136,90 @@ impl Default for GatewayConfig {
             ws_send_queue: 64,
             ws_read_buffer_bytes: 8192,
             command_lookback_secs: 3600,
+            http: fleet_ops::serve::HttpSettings::default().with_max_connections(10_000),
         }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks `public-url`: empty, or an `http(s)://` URL with a host; and when `listen`
+    /// is not a loopback address, its host must not be loopback (`127.0.0.1`, `::1`,
+    /// `localhost`) or a wildcard (`0.0.0.0`, `::`): agents on other machines would
+    /// connect to themselves. (`fleetstream up`, on loopback, does not call this.)
+    pub fn check_public_url(&self) -> Result<(), String> {
+        let url = self.public_url.trim();
+        if url.is_empty() {
+            return Ok(());
+        }
+        let parsed = url::Url::parse(url).map_err(|e| {
+            format!("public-url = {url:?} is not a URL ({e}): expected e.g. https://gw.example.com")
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "public-url = {url:?} must be an http:// or https:// URL"
+            ));
+        }
+        let local = match parsed.host() {
+            None => return Err(format!("public-url = {url:?} has no host")),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        };
+        if local && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "public-url = {url:?} names this machine's loopback or a wildcard address, \
+                 but the gateway listens on {} for other machines: agents would send their \
+                 credential to themselves. Set public-url to the name agents reach this \
+                 gateway at, or leave it empty",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(listen: &str, public_url: &str) -> GatewayConfig {
+        GatewayConfig {
+            listen: listen.parse().expect("address"),
+            public_url: public_url.into(),
+            ..GatewayConfig::default()
+        }
+    }
+
+    #[test]
+    fn public_url_must_not_point_agents_at_themselves() {
+        for bad in [
+            "http://127.0.0.1:8080",
+            "https://localhost",
+            "http://0.0.0.0:8080",
+            "http://[::]:8080",
+            "http://[::1]:8080",
+        ] {
+            let err = with("0.0.0.0:8080", bad).check_public_url().expect_err(bad);
+            assert!(err.contains("public-url"), "{err}");
+        }
+        assert!(with("10.0.0.5:8080", "http://127.0.0.1:8080")
+            .check_public_url()
+            .is_err());
+        // On loopback (a single machine, as under `fleetstream up`) they are fine.
+        assert!(with("127.0.0.1:8080", "http://127.0.0.1:8080")
+            .check_public_url()
+            .is_ok());
+        for good in ["", "https://gw.example.com", "http://10.0.0.5:8080/fleet/"] {
+            assert!(
+                with("0.0.0.0:8080", good).check_public_url().is_ok(),
+                "{good}"
+            );
+        }
+        assert!(with("0.0.0.0:8080", "gw.example.com")
+            .check_public_url()
+            .is_err());
+        assert!(with("0.0.0.0:8080", "ftp://gw.example.com")
+            .check_public_url()
+            .is_err());
     }
 }

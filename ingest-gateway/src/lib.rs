@@ -12,9 +12,12 @@
 //! | `POST /api/v1/agents/{agent_id}/commands/{command_id}/result` | how it ended → COMPLETED on `fleet.commands.v1` |
 //! | `GET /api/v1/agents/ws` | the agent WebSocket: the same writes as frames, commands pushed (see [`ws`]) |
 //!
-//! Agent endpoints need `Authorization: Bearer <credential>` (see [`auth`]) and are rate
-//! limited per agent (429 with `Retry-After`). Writes answer **202 only after the log
-//! acknowledged them**.
+//! Agent endpoints need `Authorization: Bearer <credential>` (see [`auth`]), checked from
+//! the headers **before the body is read** (or inflated), and are rate limited per agent
+//! once authenticated (429 with `Retry-After`); failed authentications and registrations
+//! are limited per client address ([`client`]). Writes answer **202 only after the log
+//! acknowledged them**. Metrics reports are bounded in the subjects they name
+//! ([`subjects`]).
 //!
 //! Batch policy: valid items are written and invalid ones are listed in the answer
 //! (`rejected`, each with the field path and reason). A batch with no valid item gets 422
@@ -29,18 +32,20 @@
 //! ([`hub`]), else polled.
 
 pub mod auth;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod register;
+pub mod subjects;
 pub mod validate;
 pub mod ws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -56,6 +61,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AgentIdentity, AuthMode};
+pub use client::ClientAddr;
 pub use config::GatewayConfig;
 
 /// Shared state of the gateway's handlers.
@@ -65,6 +71,9 @@ pub struct GatewayState {
     registry: Option<Arc<dyn Registry>>,
     auth: Arc<auth::Authenticator>,
     rate: Arc<auth::AgentRateLimit>,
+    failures: Arc<auth::FailureLimit>,
+    registrations: Arc<auth::AddressLimit>,
+    subjects: Arc<subjects::SubjectTracker>,
     config: Arc<GatewayConfig>,
     hub: Arc<hub::Hub>,
     commands: Arc<commands::Commands>,
@@ -91,12 +100,22 @@ impl GatewayState {
             Duration::from_secs(config.auth_cache_secs),
         );
         let rate = auth::AgentRateLimit::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let failures =
+            auth::FailureLimit::new(config.auth_failures_per_minute, config.auth_failure_burst);
+        let registrations = auth::AddressLimit::new(
+            "registrations",
+            config.register_per_minute,
+            config.register_burst,
+        );
         let hub = hub::Hub::new(config.ws_send_queue);
         GatewayState {
             log,
             registry,
             auth: Arc::new(auth),
             rate: Arc::new(rate),
+            failures: Arc::new(failures),
+            registrations: Arc::new(registrations),
+            subjects: Arc::new(subjects::SubjectTracker::new(&config.subjects)),
             config: Arc::new(config),
             hub: Arc::new(hub),
             commands: commands::new_state(),
@@ -122,6 +141,8 @@ impl GatewayState {
     /// Drops idle rate-limit state; call now and then.
     pub fn forget_idle(&self) {
         self.rate.forget_idle();
+        self.failures.forget_idle();
+        self.registrations.forget_idle();
     }
 }
 
@@ -181,35 +202,68 @@ pub(crate) fn respond<T: serde::Serialize>(
     }
 }
 
-/// Checks the agent id, the rate limit and the credential, in that order (cheap first).
+/// Admits a caller of an agent endpoint, from the headers alone: the agent id, the
+/// client address's failure budget, the credential, then the agent's rate limit (see
+/// [`auth`] for why in that order).
 pub(crate) async fn admit(
     state: &GatewayState,
     agent_id: &str,
+    client: ClientAddr,
     headers: &HeaderMap,
 ) -> Result<AgentIdentity, ApiError> {
     validate::agent_id(agent_id)?;
+    let key = client.key();
+    let who = match state.failures.blocked(key) {
+        // Past its failure budget, an address gets in only on what the cache proves.
+        Some(blocked) => match state.auth.authenticate_cached(agent_id, headers) {
+            Some(Ok(who)) => who,
+            _ => {
+                metrics::auth_failed(StatusCode::TOO_MANY_REQUESTS);
+                return Err(blocked);
+            }
+        },
+        None => state
+            .auth
+            .authenticate(agent_id, headers)
+            .await
+            .inspect_err(|e| {
+                metrics::auth_failed(e.status());
+                if e.status() == StatusCode::UNAUTHORIZED {
+                    state.failures.charge(key);
+                }
+            })?,
+    };
     state
         .rate
         .check(agent_id)
         .inspect_err(|_| metrics::rate_limited())?;
-    state
-        .auth
-        .authenticate(agent_id, headers)
-        .await
-        .inspect_err(|e| metrics::auth_failed(e.status()))
+    Ok(who)
+}
+
+/// Admits the caller ([`admit`]), then reads, inflates and parses the body: nothing of
+/// the body is read for a caller refused.
+pub(crate) async fn admit_then_body<T: serde::de::DeserializeOwned>(
+    state: &GatewayState,
+    agent_id: &str,
+    client: ClientAddr,
+    req: Request,
+) -> Result<(AgentIdentity, T), ApiError> {
+    let who = admit(state, agent_id, client, req.headers()).await?;
+    let FieldJson(body) = FieldJson::<T>::from_request(req, state).await?;
+    Ok((who, body))
 }
 
 #[tracing::instrument(name = "ingest_metrics", skip_all, fields(%agent_id, reports))]
 async fn post_metrics(
     State(state): State<GatewayState>,
     Path(agent_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<FieldJson<MetricBatch>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_metrics(&state, &who, &agent_id, body?.0).await
+        let (who, batch) = admit_then_body(&state, &agent_id, client, req).await?;
+        ingest_metrics(&state, &who, &agent_id, batch).await
     }
     .await;
     respond("metrics", started, result)
@@ -228,7 +282,9 @@ pub(crate) async fn ingest_metrics(
     let now = fleet_schemas::time::now_micros();
     let limits = validate::Limits::from_config(cfg);
     let (valid, rejected) = split_valid("reports", &batch.reports, |r| {
-        validate::report(&who.tenant_id, agent_id, r, now, &limits)
+        let rec = validate::report(&who.tenant_id, agent_id, r, now, &limits)?;
+        state.subjects.admit(agent_id, &rec, now)?;
+        Ok(rec)
     });
     metrics::reports_rejected(rejected.len());
     if valid.is_empty() {
@@ -249,13 +305,13 @@ pub(crate) async fn ingest_metrics(
 async fn post_heartbeat(
     State(state): State<GatewayState>,
     Path(agent_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<FieldJson<HeartbeatIn>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_heartbeat(&state, &who, &agent_id, body?.0).await
+        let (who, body) = admit_then_body::<HeartbeatIn>(&state, &agent_id, client, req).await?;
+        ingest_heartbeat(&state, &who, &agent_id, body).await
     }
     .await;
     respond("heartbeat", started, result)
@@ -289,13 +345,13 @@ pub(crate) async fn ingest_heartbeat(
 async fn post_events(
     State(state): State<GatewayState>,
     Path(agent_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<FieldJson<EventBatch>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_events(&state, &who, &agent_id, body?.0).await
+        let (who, body) = admit_then_body::<EventBatch>(&state, &agent_id, client, req).await?;
+        ingest_events(&state, &who, &agent_id, body).await
     }
     .await;
     respond("events", started, result)
@@ -334,13 +390,13 @@ pub(crate) async fn ingest_events(
 async fn post_inventory(
     State(state): State<GatewayState>,
     Path(agent_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<FieldJson<InventoryIn>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let who = admit(&state, &agent_id, &headers).await?;
-        ingest_inventory(&state, &who, &agent_id, body?.0).await
+        let (who, body) = admit_then_body::<InventoryIn>(&state, &agent_id, client, req).await?;
+        ingest_inventory(&state, &who, &agent_id, body).await
     }
     .await;
     respond("inventory", started, result)

@@ -23,7 +23,8 @@ pub const HEARTBEATS_ACCEPTED: &str = "fleet_gateway_heartbeats_accepted_total";
 pub const EVENTS_ACCEPTED: &str = "fleet_gateway_events_accepted_total";
 /// Requests refused by the per-agent rate limit.
 pub const RATE_LIMITED: &str = "fleet_gateway_rate_limited_total";
-/// Requests refused by authentication, by status (401, 403).
+/// Requests refused by authentication, by status (401, 403; 429 for an address past its
+/// failure budget).
 pub const AUTH_FAILURES: &str = "fleet_gateway_auth_failures_total";
 /// Registrations by outcome.
 pub const REGISTRATIONS: &str = "fleet_gateway_registrations_total";
@@ -40,6 +41,14 @@ pub const COMMANDS_DISPATCHED: &str = "fleet_gateway_commands_dispatched_total";
 /// Command progress chunks and results written, by `kind` (progress, completed).
 pub const COMMAND_UPDATES: &str = "fleet_gateway_command_updates_total";
 
+/// Command progress or results refused, by `reason` (`unknown`: not a command given to
+/// this agent, 404; `not_dispatched`: waiting for its approval, 409).
+pub const COMMAND_UPDATES_REFUSED: &str = "fleet_gateway_command_updates_refused_total";
+
+/// Reports refused for naming a new subject past the per-agent limit, by `kind` (disks,
+/// interfaces, services, custom).
+pub const SUBJECTS_REFUSED: &str = "fleet_gateway_subjects_refused_total";
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     INVENTORIES_ACCEPTED,
@@ -47,6 +56,8 @@ pub const ALL: &[&str] = &[
     WS_FRAMES,
     COMMANDS_DISPATCHED,
     COMMAND_UPDATES,
+    COMMAND_UPDATES_REFUSED,
+    SUBJECTS_REFUSED,
     REPORTS_ACCEPTED,
     REPORTS_REJECTED,
     REQUESTS,
@@ -111,6 +122,14 @@ pub(crate) fn inventory_accepted() {
 
 pub(crate) fn command_update(kind: &'static str) {
     metrics::counter!(COMMAND_UPDATES, "kind" => kind).increment(1);
+}
+
+pub(crate) fn command_update_refused(reason: &'static str) {
+    metrics::counter!(COMMAND_UPDATES_REFUSED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn subjects_refused(kind: &'static str) {
+    metrics::counter!(SUBJECTS_REFUSED, "kind" => kind).increment(1);
 }
 
 pub(crate) fn commands_dispatched(via: &'static str, n: usize) {

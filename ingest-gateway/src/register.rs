@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,17 +16,23 @@ use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::api::{MachineFacts, RegisterRequest, RegisterResponse, RemoteConfig};
 use fleet_schemas::{codec, ids, AgentFacts, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_stores::registry::{hash_secret, new_secret, NewAgent, RedeemRefusal};
-use fleet_stores::StoreError;
 
-use crate::{metrics, GatewayState};
+use crate::{metrics, ClientAddr, GatewayState};
 
 /// Handler of `POST /api/v1/agents/register`.
 #[tracing::instrument(name = "register", skip_all, fields(agent_id))]
 pub(crate) async fn post_register(
     State(state): State<GatewayState>,
-    body: Result<FieldJson<RegisterRequest>, ApiError>,
+    client: ClientAddr,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
+    // Each registration is a registry transaction: limited per client address
+    // (`register-per-minute`), before the body is read.
+    let body = match state.registrations.check(client.key()) {
+        Ok(()) => FieldJson::<RegisterRequest>::from_request(req, &state).await,
+        Err(e) => Err(e),
+    };
     let result = register(&state, body).await;
     metrics::record_request("register", &result, started.elapsed());
     match result {
@@ -122,12 +128,7 @@ async fn register(
     let redeemed = registry
         .redeem_token(hash_secret(&req.token), &new_agent)
         .await
-        .map_err(|e| match e {
-            StoreError::Unavailable(m) => {
-                ApiError::unavailable(format!("registry unavailable: {m}"), 5)
-            }
-            other => ApiError::internal(other),
-        })?;
+        .map_err(crate::auth::registry_error)?;
     let redeemed = redeemed.map_err(|refusal| match refusal {
         RedeemRefusal::Unknown => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -165,14 +166,6 @@ async fn register(
     publish_in_background(state, event);
     tracing::info!(%agent_id, tenant_id = %redeemed.tenant_id, "Agent registered.");
     let cfg = &state.config;
-    let base = if cfg.public_url.is_empty() {
-        format!("http://{}", cfg.listen)
-    } else {
-        cfg.public_url.clone()
-    };
-    let ws_base = base
-        .replacen("https://", "wss://", 1)
-        .replacen("http://", "ws://", 1);
     Ok(RegisterResponse {
         agent_id,
         credential,
@@ -182,9 +175,25 @@ async fn register(
         config: RemoteConfig {
             heartbeat_interval_secs: cfg.agent_heartbeat_interval_secs,
             metrics_interval_secs: cfg.agent_metrics_interval_secs,
-            websocket_url: format!("{}/api/v1/agents/ws", ws_base.trim_end_matches('/')),
+            websocket_url: websocket_url(&cfg.public_url),
         },
     })
+}
+
+/// The WebSocket URL handed out at enrollment: derived from `public-url`, or empty when
+/// it is unset. The listen address is never handed out: it may be a wildcard or
+/// loopback address, which on the agent's machine names the agent's machine (it would
+/// send its credential there); with an empty URL each agent derives the socket's URL
+/// from the server URL it was given.
+fn websocket_url(public_url: &str) -> String {
+    let base = public_url.trim();
+    if base.is_empty() {
+        return String::new();
+    }
+    let ws_base = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    format!("{}/api/v1/agents/ws", ws_base.trim_end_matches('/'))
 }
 
 /// Writes the lifecycle event, retrying until the log takes it.
@@ -206,4 +215,22 @@ fn publish_in_background(state: &GatewayState, event: AgentLifecycle) {
         fleet_ops::log::produce_until_written(log.as_ref(), AgentLifecycle::TOPIC, vec![record])
             .await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::websocket_url;
+
+    #[test]
+    fn the_listen_address_is_never_handed_out() {
+        assert_eq!(websocket_url(""), "");
+        assert_eq!(
+            websocket_url("https://gw.example.com/fleet/"),
+            "wss://gw.example.com/fleet/api/v1/agents/ws"
+        );
+        assert_eq!(
+            websocket_url("http://10.0.0.5:8080"),
+            "ws://10.0.0.5:8080/api/v1/agents/ws"
+        );
+    }
 }

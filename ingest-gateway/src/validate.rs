@@ -11,35 +11,40 @@ use fleet_schemas::{
 
 use crate::GatewayConfig;
 
-/// Most disks in one report.
-pub const MAX_DISKS: usize = 256;
-/// Most services in one report.
-pub const MAX_SERVICES: usize = 512;
-/// Most interfaces in one report.
-pub const MAX_INTERFACES: usize = 256;
-/// Most custom metrics in one report.
-pub const MAX_CUSTOM: usize = 256;
 /// Most per-core values in one report.
 pub const MAX_CORES: usize = 4096;
 /// Longest name (mount, service, interface, custom metric), bytes.
 pub const MAX_NAME_LEN: usize = 512;
 const SERVICE_STATES: &[&str] = &["running", "stopped", "failed", "unknown"];
 
-/// Time limits a report's collection time must respect.
+/// Limits what agents send must respect: times, and list lengths of a report.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Microseconds a report may be ahead of the gateway's clock.
     pub max_future_micros: i64,
     /// Microseconds a report may be behind it.
     pub max_age_micros: i64,
+    /// Most disks in one report.
+    pub max_disks: usize,
+    /// Most interfaces in one report.
+    pub max_interfaces: usize,
+    /// Most services in one report.
+    pub max_services: usize,
+    /// Most custom metrics in one report.
+    pub max_custom: usize,
 }
 
 impl Limits {
     /// From the gateway configuration.
     pub fn from_config(cfg: &GatewayConfig) -> Limits {
+        let s = &cfg.subjects;
         Limits {
             max_future_micros: cfg.max_future_skew_secs.saturating_mul(1_000_000),
             max_age_micros: cfg.max_age_days.saturating_mul(86_400_000_000),
+            max_disks: s.max_disks_per_report,
+            max_interfaces: s.max_interfaces_per_report,
+            max_services: s.max_services_per_report,
+            max_custom: s.max_custom_per_report,
         }
     }
 }
@@ -164,7 +169,7 @@ pub fn report(
         ));
     }
     let memory_percent = percent("memory_percent", r.memory_percent)?;
-    at_most("disks", r.disks.len(), MAX_DISKS)?;
+    at_most("disks", r.disks.len(), limits.max_disks)?;
     let mut disks = Vec::with_capacity(r.disks.len());
     for (i, d) in r.disks.iter().enumerate() {
         let f = |k: &str| format!("disks[{i}].{k}");
@@ -178,7 +183,7 @@ pub fn report(
             percent: percent(&f("percent"), d.percent)?,
         });
     }
-    at_most("interfaces", r.interfaces.len(), MAX_INTERFACES)?;
+    at_most("interfaces", r.interfaces.len(), limits.max_interfaces)?;
     let mut interfaces = Vec::with_capacity(r.interfaces.len());
     for (i, n) in r.interfaces.iter().enumerate() {
         let f = |k: &str| format!("interfaces[{i}].{k}");
@@ -188,7 +193,7 @@ pub fn report(
             tx_bytes: long(&f("tx_bytes"), n.tx_bytes)?,
         });
     }
-    at_most("services", r.services.len(), MAX_SERVICES)?;
+    at_most("services", r.services.len(), limits.max_services)?;
     let mut services = Vec::with_capacity(r.services.len());
     for (i, s) in r.services.iter().enumerate() {
         let f = |k: &str| format!("services[{i}].{k}");
@@ -204,7 +209,7 @@ pub fn report(
             pid: s.pid.map(|p| int(&f("pid"), p)).transpose()?,
         });
     }
-    at_most("custom", r.custom.len(), MAX_CUSTOM)?;
+    at_most("custom", r.custom.len(), limits.max_custom)?;
     let mut custom = HashMap::with_capacity(r.custom.len());
     for (k, v) in &r.custom {
         let f = format!("custom.{k}");

@@ -1,16 +1,18 @@
 //! `GET /api/v1/agents/ws`: the agent channel.
 //!
 //! The agent names itself with the `x-fleet-agent-id` header (or `?agent_id=`) and sends
-//! its credential as on every agent endpoint; the gateway checks the id, the rate limit
-//! and the credential **before** the upgrade, so a refused agent gets the usual JSON error
-//! (401, 403, 429). After the upgrade the agent sends JSON text frames
+//! its credential as on every agent endpoint; the gateway admits it as every agent
+//! request (the id, the address's failure budget, the credential, the rate limit) **before**
+//! the upgrade, so a refused agent gets the usual JSON error (401, 403, 429). After the upgrade the agent sends JSON text frames
 //! ([`AgentMessage`]); each is handled by the same code as the HTTP endpoint of the same
 //! name and answered, once the event log acknowledged the write, with
 //! [`ServerMessage::Ack`], or with [`ServerMessage::Error`] carrying the HTTP status the
 //! request would have got (400 naming the field within the frame, 413, 415 for binary
 //! frames, 422, 429, 503). A bad frame never closes the socket. The gateway pushes
 //! commands as [`ServerMessage::Command`], pings every `ws-ping-interval-secs` and closes
-//! a socket that sent nothing for `ws-idle-timeout-secs`.
+//! a socket that sent nothing for `ws-idle-timeout-secs`. The credential of an
+//! authenticated socket is checked again every `auth-cache-secs`: a deactivated agent's
+//! socket closes (1008) even if the AgentDeactivated event never reached this gateway.
 //!
 //! The session is written over any `Sink`/`Stream` of messages, so tests drive it with
 //! channels.
@@ -33,7 +35,7 @@ use serde_json::Value;
 use tracing::Instrument as _;
 
 use crate::hub::CloseReason;
-use crate::{admit, commands, metrics, AgentIdentity, GatewayState};
+use crate::{admit, commands, metrics, AgentIdentity, ClientAddr, GatewayState};
 
 /// Query parameters of the upgrade request.
 #[derive(Debug, serde::Deserialize)]
@@ -44,6 +46,7 @@ pub(crate) struct WsQuery {
 /// Handler of `GET /api/v1/agents/ws`.
 pub(crate) async fn get_ws(
     State(state): State<GatewayState>,
+    client: ClientAddr,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -68,7 +71,7 @@ pub(crate) async fn get_ws(
                 )
             })?,
         };
-        let who = admit(&state, &agent_id, &headers).await?;
+        let who = admit(&state, &agent_id, client, &headers).await?;
         let upgrade = upgrade.map_err(|r| {
             ApiError::new(
                 r.status(),
@@ -131,17 +134,23 @@ pub async fn agent_session<W, R>(
         let idle = tokio::time::sleep(idle_after);
         tokio::pin!(idle);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let recheck_every = Duration::from_secs(state.config.auth_cache_secs.max(1));
+        let mut recheck =
+            tokio::time::interval_at(tokio::time::Instant::now() + recheck_every, recheck_every);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let why = loop {
             tokio::select! {
                 biased;
                 reason = &mut conn.closed => {
                     let reason = reason.unwrap_or(CloseReason::Replaced);
-                    let code = match reason {
-                        CloseReason::Replaced => 1000,
-                        CloseReason::Deactivated => 1008,
-                    };
-                    let _ = write.send(Message::Close(Some(CloseFrame { code, reason: reason.as_str().into() }))).await;
-                    break reason.as_str().to_owned();
+                    break close(&mut write, reason).await;
+                }
+                _ = recheck.tick(), if who.authenticated => {
+                    match state.auth.still_active(&agent_id).await {
+                        Ok(true) => {}
+                        Ok(false) => break close(&mut write, CloseReason::Deactivated).await,
+                        Err(e) => tracing::debug!(error = %e, "Credential not checked again now; the socket stays open."),
+                    }
                 }
                 out = conn.outbox.recv() => {
                     let Some(out) = out else { break "queue closed".to_owned() };
@@ -197,6 +206,23 @@ pub async fn agent_session<W, R>(
     }
     .instrument(span)
     .await;
+}
+
+/// Sends the close frame of `reason`; returns why the session ended.
+async fn close<W>(write: &mut W, reason: CloseReason) -> String
+where
+    W: Sink<Message> + Unpin,
+{
+    let code = match reason {
+        CloseReason::Replaced => 1000,
+        CloseReason::Deactivated => 1008,
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.as_str().into(),
+    };
+    let _ = write.send(Message::Close(Some(frame))).await;
+    reason.as_str().to_owned()
 }
 
 async fn send<W>(write: &mut W, msg: &ServerMessage) -> Result<(), W::Error>

@@ -215,6 +215,63 @@ async fn command_needing_approval_waits_until_approved() {
     assert_eq!(next_command(&mut agent).await.command_id, needs);
 }
 
+/// A second REQUESTED with the id of a command that waits for its approval (a reused
+/// idempotency key with another body) neither skips the approval nor changes what runs.
+#[tokio::test]
+async fn a_second_requested_cannot_skip_the_approval_or_change_the_command() {
+    let (_d, log) = embedded().await;
+    let state = GatewayState::new(log.clone(), open_config());
+    let _stop = dispatcher(&state);
+    let mut agent = Agent::connect(&state, "guarded").await;
+    let (needs, marker) = (new_id(), new_id());
+    let now = fleet_schemas::time::now_micros();
+    let mut first = command(CommandEventKind::Requested, &needs, "guarded", true, now);
+    first.command_type = "run_script".into();
+    first.args = HashMap::from([("script".to_owned(), "cleanup".to_owned())]);
+    write(&log, &first).await;
+    let mut second = command(
+        CommandEventKind::Requested,
+        &needs,
+        "guarded",
+        false,
+        now + 1,
+    );
+    second.event_id = ids::v5(&[&needs, "REQUESTED", "again"]).to_string();
+    second.command_type = "collect_diagnostics".into();
+    second.args = HashMap::new();
+    write(&log, &second).await;
+    // Same agent, same partition: once this one arrives, both above were applied.
+    write(
+        &log,
+        &command(
+            CommandEventKind::Requested,
+            &marker,
+            "guarded",
+            false,
+            now + 2,
+        ),
+    )
+    .await;
+    assert_eq!(
+        next_command(&mut agent).await.command_id,
+        marker,
+        "the command waiting for approval was not delivered"
+    );
+    write(
+        &log,
+        &command(CommandEventKind::Approved, &needs, "guarded", true, now + 3),
+    )
+    .await;
+    let got = next_command(&mut agent).await;
+    assert_eq!(got.command_id, needs);
+    assert_eq!(got.command_type, "run_script");
+    assert_eq!(
+        got.args.get("script").map(String::as_str),
+        Some("cleanup"),
+        "exactly the first request"
+    );
+}
+
 #[tokio::test]
 async fn poll_rebuilds_from_the_window_and_lists_pending_oldest_first() {
     let (_d, log) = embedded().await;
@@ -386,10 +443,11 @@ async fn results_and_progress_over_ws_and_http_become_command_events() {
 
 #[tokio::test]
 async fn results_naming_the_wrong_command_are_refused() {
+    let handle = fleet_ops::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), open_config());
     let _stop = dispatcher(&state);
-    let router = app(state);
+    let router = app(state.clone());
     let mine = new_id();
     write(
         &log,
@@ -415,6 +473,7 @@ async fn results_naming_the_wrong_command_are_refused() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["field"], "command_id");
 
+    // Another agent's command looks like one that does not exist (no oracle).
     let (status, v) = http(
         &router,
         "POST",
@@ -422,8 +481,37 @@ async fn results_naming_the_wrong_command_are_refused() {
         Some(result_body(&mine, 0, "")),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(v["error"]["field"], "command_id");
+    let (status, unknown) = http(
+        &router,
+        "POST",
+        &format!("/api/v1/agents/intruder/commands/{other}/result"),
+        Some(result_body(&other, 0, "")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+    assert_eq!(unknown["error"], v["error"], "the same answer either way");
+    // Progress for a command the gateway never dispatched: refused too, both transports.
+    let (status, v) = http(
+        &router,
+        "POST",
+        &format!("/api/v1/agents/owner/commands/{other}/progress"),
+        Some(json!({"command_id": other, "sequence": 1, "stream": "stdout", "chunk": "x", "at": now_rfc()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let mut intruder = Agent::connect(&state, "intruder").await;
+    let answer = intruder
+        .request(json!({"type": "command_result", "id": 9, "result": result_body(&mine, 0, "")}))
+        .await;
+    assert!(
+        matches!(answer, ServerMessage::Error { status: 404, .. }),
+        "{answer:?}"
+    );
+    assert!(handle
+        .render()
+        .contains(fleet_ingest_gateway::metrics::COMMAND_UPDATES_REFUSED));
 
     let (status, v) = http(
         &router,

@@ -410,6 +410,7 @@ async fn real_listener_roundtrip() {
     for name in fleet_ingest_gateway::metrics::ALL {
         if name.ends_with("_failures_total")
             || name.ends_with("_rejected_total")
+            || name.ends_with("_refused_total")
             || name.ends_with("_rate_limited_total")
             || name.ends_with("_registrations_total")
             || name.contains("_ws_")
@@ -559,4 +560,59 @@ async fn post_to(app: &Router, uri: &str, body: Vec<u8>) -> (StatusCode, Value, 
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         retry,
     )
+}
+
+/// A report with `n` disks named `{prefix}{i}`.
+fn report_with_mounts(prefix: &str, n: usize) -> Value {
+    let mut r = report(&now(), json!(1.0));
+    r["disks"] = (0..n)
+        .map(|i| json!({"mount": format!("{prefix}{i}"), "used_bytes": 1, "total_bytes": 2, "percent": 50.0}))
+        .collect();
+    r
+}
+
+/// Finding 6: one agent sending fresh mount names batch after batch used to create a new
+/// series for each. Past the per-agent limit of distinct names (1024 by default) a report
+/// with a new name is refused, naming the field; names already seen, and other agents,
+/// are still accepted.
+#[tokio::test]
+async fn one_agent_cannot_create_subjects_without_bound() {
+    let handle = fleet_ops::endpoints::metrics_handle();
+    let (_d, log) = embedded().await;
+    let app = app(GatewayState::new(log.clone(), open_config()));
+    let batch = |r: Value| serde_json::to_vec(&json!({ "reports": [r] })).expect("json");
+    for b in 0..4 {
+        let (status, v, _) = post(
+            &app,
+            "churn",
+            batch(report_with_mounts(&format!("/m{b}_"), 256)),
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "batch {b}: {v}");
+        assert_eq!(v["accepted"], 1);
+    }
+    let (status, v, _) = post(&app, "churn", batch(report_with_mounts("/m4_", 256)), &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["field"], "reports[0].disks[0].mount", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("distinct"),
+        "{v}"
+    );
+    // Known names still pass; so does another agent.
+    let (status, v, _) = post(&app, "churn", batch(report_with_mounts("/m0_", 256)), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let (status, v, _) = post(&app, "calm", batch(report_with_mounts("/m4_", 256)), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    // The per-report limit: more entries than allowed in one list.
+    let (status, v, _) = post(&app, "calm", batch(report_with_mounts("/x", 257)), &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["field"], "reports[0].disks", "{v}");
+    assert_eq!(read_all(&log).await.len(), 6);
+    assert!(handle
+        .render()
+        .contains(fleet_ingest_gateway::metrics::SUBJECTS_REFUSED));
 }

@@ -2,14 +2,17 @@
 //! `/healthz`, `/readyz` and `/metrics` endpoints ([`endpoints`]), the HTTP error format
 //! and a JSON extractor that names the offending field ([`error`]), consumer-loop helpers
 //! over the event log ([`log`]), dead letters ([`deadletter`]), the schema registry client
-//! ([`schema_registry`]), and tracing setup.
+//! ([`schema_registry`]), the HTTP listener every role serves on, with its timeouts,
+//! connection cap and TLS ([`serve`]), and tracing setup.
 
 pub mod config;
 pub mod deadletter;
 pub mod endpoints;
 pub mod error;
 pub mod log;
+mod metrics;
 pub mod schema_registry;
+pub mod serve;
 
 pub use error::{ApiError, FieldJson};
 

@@ -422,8 +422,10 @@ pub(crate) async fn create_token(
         let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(store_error)?;
         tracing::info!(token_id = %info.token_id, %tenant_id, %actor, "Registration token created.");
         s.audit(&p, Some(&tenant_id), "token.create", &info.token_id, None).await;
+        // The token goes through the environment: a command-line argument is visible to
+        // every user in the process list.
         let install_command = format!(
-            "sudo packaging/install-agent.sh --server {gw} --token {secret}   # or: fleetstream-agent enroll --server {gw} --token {secret}",
+            "FLEET_AGENT_TOKEN={secret} sudo --preserve-env=FLEET_AGENT_TOKEN packaging/install-agent.sh --server {gw}   # or: FLEET_AGENT_TOKEN={secret} fleetstream-agent enroll --server {gw}",
             gw = s.gateway_url
         );
         Ok(CreatedToken { info, token: secret, install_command })

@@ -53,6 +53,8 @@ pub struct ProjectionsConfig {
     /// Command types that always need approval by a second user (besides requests that
     /// say `requires_approval: true`).
     pub approval_required_commands: Vec<String>,
+    /// The listener's timeouts, connection cap and TLS (`[http]`).
+    pub http: fleet_ops::serve::HttpSettings,
 }
 
 impl Default for ProjectionsConfig {
@@ -74,6 +76,7 @@ impl Default for ProjectionsConfig {
             admin_api_key: String::new(),
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required_commands: vec!["run_script".into()],
+            http: fleet_ops::serve::HttpSettings::default(),
         }
     }
 }

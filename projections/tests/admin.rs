@@ -129,6 +129,13 @@ async fn tenants_locations_tokens() {
         .as_str()
         .expect("cmd")
         .contains("--server http://gw.example:8080"));
+    // The token never rides on a command line (the process list shows those).
+    let cmd = tok["install_command"].as_str().expect("cmd");
+    assert!(!cmd.contains("--token"), "{cmd}");
+    assert!(
+        cmd.contains(&format!("FLEET_AGENT_TOKEN={secret}")),
+        "{cmd}"
+    );
     let (_, list) = call(
         &app,
         "GET",

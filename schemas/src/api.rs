@@ -230,7 +230,9 @@ pub struct RemoteConfig {
     pub heartbeat_interval_secs: f64,
     /// Seconds between metric collections.
     pub metrics_interval_secs: f64,
-    /// WebSocket URL of the agent channel.
+    /// WebSocket URL of the agent channel, from the gateway's `public-url`; empty when
+    /// that is unset (the agent derives it from its server URL). An agent uses it only
+    /// when it has the origin of its server URL.
     pub websocket_url: String,
 }
 

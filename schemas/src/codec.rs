@@ -13,6 +13,19 @@
 //! before and after the switch stays readable: an id this process registered maps to its
 //! own schema, any other id is looked up in the registry (through a [`SchemaLookup`] that
 //! the caller provides: this crate does no I/O) and cached for the life of the process.
+//!
+//! The datum itself is read and written by `serde_avro_fast`, straight between the bytes
+//! and the record type (decoding is five to eight times cheaper than through apache-avro's
+//! generic `Value` tree, `docs/BENCHMARKS.md`).
+//! That direct read does no schema resolution, so it is used only for writer schemas
+//! where it gives exactly what resolution against the current schema gives (decided once
+//! per writer schema, see [`KnownSchema::reads_directly`]): the current schema itself, and
+//! older or foreign ones that only add fields or lack optional fields whose default is
+//! null. Any other writer schema is decoded as before, through apache-avro's resolution
+//! ([`Codec::decode_resolving`]), which also stays the reference the direct path is tested
+//! against (`tests/codec_differential.rs`). apache-avro still provides the derive, the
+//! canonical forms and fingerprints, the compatibility checks and generic values
+//! ([`decode_value`]).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -115,6 +128,112 @@ pub struct KnownSchema {
     pub fingerprint: u64,
     /// File the schema came from (relative to `schemas/avro/`).
     pub file: &'static str,
+    /// How a datum written with this schema is read into the record type of its name.
+    datum: DatumReader,
+}
+
+/// How a datum of one writer schema becomes the record type: decided once per writer
+/// schema, when it enters the catalog or arrives from the registry.
+enum DatumReader {
+    /// `serde_avro_fast` with this (writer) schema, straight into the record type.
+    Direct(serde_avro_fast::Schema),
+    /// apache-avro: the datum to a `Value`, resolved against the current schema, then
+    /// deserialized (other differences from the current schema, or a record type this
+    /// build does not have).
+    Resolve,
+}
+
+impl std::fmt::Debug for DatumReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DatumReader::Direct(_) => "Direct",
+            DatumReader::Resolve => "Resolve",
+        })
+    }
+}
+
+impl KnownSchema {
+    /// Whether a datum written with this schema is decoded directly into the record type
+    /// (`serde_avro_fast`), rather than through apache-avro's schema resolution; both give
+    /// the same record, the direct read several times faster.
+    pub fn reads_directly(&self) -> bool {
+        matches!(self.datum, DatumReader::Direct(_))
+    }
+
+    /// The fast schema of a current schema, which always reads directly (the catalog
+    /// refuses to load otherwise).
+    fn direct(&self) -> Option<&serde_avro_fast::Schema> {
+        match &self.datum {
+            DatumReader::Direct(s) => Some(s),
+            DatumReader::Resolve => None,
+        }
+    }
+}
+
+/// The [`DatumReader`] of `writer` (parsed from `text`) for the record type whose current
+/// schema is `current` (`None`: not a record of this build).
+///
+/// The direct read is chosen only where it gives what apache-avro's resolution gives, kept
+/// deliberately narrow (see [`reads_directly`]). A writer schema `serde_avro_fast` cannot
+/// parse is resolved by apache-avro like any other.
+fn datum_reader(writer: &Schema, text: &str, current: Option<&Schema>) -> DatumReader {
+    match current {
+        Some(reader) if reads_directly(writer, reader) => text
+            .parse::<serde_avro_fast::Schema>()
+            .map_or(DatumReader::Resolve, DatumReader::Direct),
+        _ => DatumReader::Resolve,
+    }
+}
+
+/// Whether `serde_avro_fast`, reading a datum of `writer` straight into the Rust type of
+/// `reader`, yields exactly what apache-avro's resolution of `writer` against `reader`
+/// followed by `from_value` yields. True for identical types, for writer fields the reader
+/// lacks (both skip them) and for reader fields the writer lacks that are `["null", T]`
+/// with default null (resolution fills in null, serde's derive reads a missing `Option`
+/// field as `None`). Everything else (promotions, changed enums or unions, other defaults,
+/// aliases, named references, logical types other than the timestamps) is left to
+/// apache-avro, because serde would read it differently or not at all.
+fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
+    use Schema as S;
+    match (writer, reader) {
+        (S::Null, S::Null)
+        | (S::Boolean, S::Boolean)
+        | (S::Int, S::Int)
+        | (S::Long, S::Long)
+        | (S::Float, S::Float)
+        | (S::Double, S::Double)
+        | (S::Bytes, S::Bytes)
+        | (S::String, S::String)
+        | (S::TimestampMillis, S::TimestampMillis)
+        | (S::TimestampMicros, S::TimestampMicros) => true,
+        (S::Array(w), S::Array(r)) => reads_directly(&w.items, &r.items),
+        (S::Map(w), S::Map(r)) => reads_directly(&w.types, &r.types),
+        (S::Enum(w), S::Enum(r)) => w.name == r.name && w.symbols == r.symbols,
+        (S::Union(w), S::Union(r)) => match (w.variants(), r.variants()) {
+            ([S::Null, w], [S::Null, r]) => reads_directly(w, r),
+            _ => false,
+        },
+        (S::Record(w), S::Record(r)) => {
+            w.name == r.name
+                && r.fields.iter().all(|rf| {
+                    let aliased = rf.aliases.as_ref().is_some_and(|a| !a.is_empty());
+                    !aliased
+                        && match w.fields.iter().find(|wf| wf.name == rf.name) {
+                            Some(wf) => reads_directly(&wf.schema, &rf.schema),
+                            None => is_optional_with_null_default(rf),
+                        }
+                })
+        }
+        _ => false,
+    }
+}
+
+/// `["null", T]` with default null: an `Option` that serde's derive reads as `None` when the
+/// writer lacks the field, as resolution fills in the default.
+fn is_optional_with_null_default(field: &apache_avro::schema::RecordField) -> bool {
+    let optional =
+        matches!(&field.schema, Schema::Union(u) if matches!(u.variants(), [Schema::Null, _]));
+    optional && field.default == Some(serde_json::Value::Null)
 }
 
 /// Every `.avsc` this build carries: (file name, text). Current versions first, then the
@@ -181,6 +300,7 @@ impl Catalog {
                 canonical_form,
                 fingerprint,
                 file,
+                datum: DatumReader::Resolve,
             });
         }
         let mut by_fingerprint = HashMap::new();
@@ -188,6 +308,16 @@ impl Catalog {
         for (i, s) in schemas.iter().enumerate() {
             by_fingerprint.insert(s.fingerprint, i);
             by_name.entry(s.full_name.clone()).or_insert(i);
+        }
+        for (i, (file, text)) in AVSC_FILES.iter().enumerate() {
+            let current = by_name[&schemas[i].full_name];
+            let datum = datum_reader(&schemas[i].schema, text, Some(&schemas[current].schema));
+            // Encoding needs the direct schema of every current version.
+            assert!(
+                i != current || matches!(datum, DatumReader::Direct(_)),
+                "schemas/avro/{file}: serde_avro_fast does not read it directly"
+            );
+            schemas[i].datum = datum;
         }
         Catalog {
             by_fingerprint,
@@ -279,6 +409,8 @@ pub trait Record: AvroSchema + Serialize + DeserializeOwned + Send + Sync + 'sta
 #[derive(Debug)]
 pub struct Codec<T> {
     schema: &'static KnownSchema,
+    /// `schema` for `serde_avro_fast`, which writes every datum.
+    direct: &'static serde_avro_fast::Schema,
     header: [u8; HEADER_LEN],
     /// The Confluent header (`None`: not registered), resolved at the first encode after
     /// [`install_registry_framing`].
@@ -292,11 +424,15 @@ impl<T: Record> Codec<T> {
         let schema = Catalog::get()
             .current(T::FULL_NAME)
             .unwrap_or_else(|| panic!("no .avsc for {}", T::FULL_NAME));
+        let direct = schema
+            .direct()
+            .unwrap_or_else(|| panic!("{} does not read directly", schema.file));
         let mut header = [0u8; HEADER_LEN];
         header[..2].copy_from_slice(&MAGIC);
         header[2..].copy_from_slice(&schema.fingerprint.to_le_bytes());
         Codec {
             schema,
+            direct,
             header,
             confluent: OnceLock::new(),
             _t: PhantomData,
@@ -323,6 +459,7 @@ impl<T: Record> Codec<T> {
     /// Appends the encoded record to `out`: single-object encoded, or in the Confluent wire
     /// format once [`install_registry_framing`] ran.
     pub fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let start = out.len();
         match registry_framing() {
             None => out.extend_from_slice(&self.header),
             Some(framing) => {
@@ -335,7 +472,19 @@ impl<T: Record> Codec<T> {
                 }
             }
         }
-        apache_avro::write_avro_datum_ref(&self.schema.schema, value, out)?;
+        self.write_datum(value, out)
+            .inspect_err(|_| out.truncate(start))
+    }
+
+    /// Appends the Avro binary datum of `value` (no header), written with the current
+    /// schema: byte for byte what apache-avro writes (`tests/codec_differential.rs`).
+    pub fn write_datum(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(self.direct);
+        serde_avro_fast::to_datum(value, out, &mut config).map_err(|e| {
+            CodecError::Avro(apache_avro::Error::new(
+                apache_avro::error::Details::SerializeValue(e.to_string()),
+            ))
+        })?;
         Ok(())
     }
 
@@ -343,7 +492,7 @@ impl<T: Record> Codec<T> {
     pub fn encode_single_object(&self, value: &T) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&self.header);
-        apache_avro::write_avro_datum_ref(&self.schema.schema, value, &mut out)?;
+        self.write_datum(value, &mut out)?;
         Ok(out)
     }
 
@@ -352,7 +501,7 @@ impl<T: Record> Codec<T> {
     pub fn encode_confluent(&self, schema_id: u32, value: &T) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&confluent_header(schema_id));
-        apache_avro::write_avro_datum_ref(&self.schema.schema, value, &mut out)?;
+        self.write_datum(value, &mut out)?;
         Ok(out)
     }
 
@@ -369,13 +518,47 @@ impl<T: Record> Codec<T> {
         framing: Option<&RegistryFraming>,
         bytes: &[u8],
     ) -> Result<T, CodecError> {
-        let (writer, mut body) = split_header_with(framing, bytes)?;
+        // The common case, single-object with the current schema: no catalog lookup.
+        if let Some(body) = bytes.strip_prefix(&self.header[..]) {
+            return decode_direct(self.direct, body);
+        }
+        let (writer, body) = self.split_header(framing, bytes)?;
+        match &writer.datum {
+            DatumReader::Direct(schema) => decode_direct(schema, body),
+            DatumReader::Resolve => self.resolve(writer, body),
+        }
+    }
+
+    /// [`Codec::decode_with`] through apache-avro's schema resolution and generic `Value`,
+    /// whatever the writer schema: the path of writer schemas that do not read directly,
+    /// and the reference the direct path is tested and benchmarked against. Several times
+    /// slower.
+    pub fn decode_resolving(
+        &self,
+        framing: Option<&RegistryFraming>,
+        bytes: &[u8],
+    ) -> Result<T, CodecError> {
+        let (writer, body) = self.split_header(framing, bytes)?;
+        self.resolve(writer, body)
+    }
+
+    /// The writer schema, which must be one of `T`'s, and the datum.
+    fn split_header<'a>(
+        &self,
+        framing: Option<&RegistryFraming>,
+        bytes: &'a [u8],
+    ) -> Result<(&'static KnownSchema, &'a [u8]), CodecError> {
+        let (writer, body) = split_header_with(framing, bytes)?;
         if writer.full_name != T::FULL_NAME {
             return Err(CodecError::WrongRecord {
                 expected: T::FULL_NAME,
                 found: writer.full_name.clone(),
             });
         }
+        Ok((writer, body))
+    }
+
+    fn resolve(&self, writer: &KnownSchema, mut body: &[u8]) -> Result<T, CodecError> {
         let reader_schema =
             (writer.fingerprint != self.schema.fingerprint).then_some(&self.schema.schema);
         let value = apache_avro::from_avro_datum(&writer.schema, &mut body, reader_schema)?;
@@ -383,6 +566,24 @@ impl<T: Record> Codec<T> {
             return Err(CodecError::TrailingBytes(body.len()));
         }
         Ok(apache_avro::from_value::<T>(&value)?)
+    }
+}
+
+/// Reads a datum straight into `T` with the writer schema. Allocates nothing the bytes do
+/// not hold: a length prefix longer than what is left fails before any allocation.
+fn decode_direct<T: DeserializeOwned>(
+    schema: &serde_avro_fast::Schema,
+    body: &[u8],
+) -> Result<T, CodecError> {
+    let mut state = serde_avro_fast::de::DeserializerState::from_slice(body, schema);
+    let value = T::deserialize(state.deserializer()).map_err(|e| {
+        CodecError::Avro(apache_avro::Error::new(
+            apache_avro::error::Details::DeserializeValue(e.to_string()),
+        ))
+    })?;
+    match std::io::BufRead::fill_buf(&mut state.into_reader()) {
+        Ok(rest) if !rest.is_empty() => Err(CodecError::TrailingBytes(rest.len())),
+        _ => Ok(value),
     }
 }
 
@@ -579,12 +780,15 @@ fn schema_from_registry(id: u32, text: &str) -> Result<FromRegistry, CodecError>
         Schema::Record(r) => r.name.fullname(None),
         _ => return Err(bad(format!("not an Avro record schema: {canonical_form}"))),
     };
+    let current = Catalog::get().current(&full_name).map(|c| &c.schema);
+    let datum = datum_reader(&schema, text, current);
     Ok(FromRegistry::New(Box::new(KnownSchema {
         full_name,
         schema,
         canonical_form,
         fingerprint,
         file: "(schema registry)",
+        datum,
     })))
 }
 

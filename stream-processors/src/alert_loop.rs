@@ -35,6 +35,10 @@
 //! * Alert events are written (retrying until written) before the input offsets are
 //!   committed.
 //!
+//! * Every minute the evaluator drops the state of series idle for `rules-idle-secs`
+//!   (never one with an open alert; see [`Evaluator::evict_idle`]), so subject names that
+//!   come and go do not hold memory for good.
+//!
 //! A downtime longer than the window loses the running for-durations from before it: a
 //! breach then raises later than it would have (never twice).
 
@@ -318,6 +322,11 @@ pub(crate) async fn run(
         "Rules and alert state rebuilt."
     );
     ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
+    let idle_micros = i64::try_from(config.rules_idle_secs)
+        .unwrap_or(i64::MAX / 2_000_000)
+        .saturating_mul(1_000_000);
+    let mut last_eviction = Instant::now();
+    evict_idle(&mut evaluator, idle_micros);
     let partitions = log.partition_count(topics::METRICS).await?;
     let agent_partitions = log.partition_count(topics::AGENTS).await?;
     let options = ConsumerOptions {
@@ -387,6 +396,10 @@ pub(crate) async fn run(
             let owned = loop_.owned(&held);
             events.extend(evaluator.resolve_retired(fleet_schemas::time::now_micros(), owned));
         }
+        if last_eviction.elapsed() >= EVICTION_EVERY {
+            last_eviction = Instant::now();
+            evict_idle(&mut evaluator, idle_micros);
+        }
         // Records of partitions not primed (polled before their seek) come again.
         batch.retain(|r| held.holds(&r.topic, r.partition));
         if batch.is_empty() && events.is_empty() {
@@ -422,6 +435,19 @@ pub(crate) async fn run(
     ready.set(false);
     tracing::info!("Alert evaluator stopped.");
     Ok(())
+}
+
+/// How often the evaluator looks for idle state to drop.
+const EVICTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops the evaluator's idle series (see [`Evaluator::evict_idle`]) and reports the rest.
+fn evict_idle(evaluator: &mut Evaluator, idle_micros: i64) {
+    let dropped = evaluator.evict_idle(fleet_schemas::time::now_micros(), idle_micros);
+    if dropped > 0 {
+        ::metrics::counter!(metrics::RULE_SERIES_EVICTED).increment(dropped as u64);
+        tracing::debug!(dropped, "Idle rule state dropped.");
+    }
+    ::metrics::gauge!(metrics::RULE_SERIES).set(evaluator.tracked_series() as f64);
 }
 
 struct Loop<'a> {
@@ -498,7 +524,9 @@ impl Loop<'_> {
         let window = evaluator
             .longest_for_micros()
             .saturating_add(self.margin_micros);
-        let since_ms = (fleet_schemas::time::now_micros() - window).div_euclid(1000);
+        let since_ms = fleet_schemas::time::now_micros()
+            .saturating_sub(window)
+            .div_euclid(1000);
         // Agents partitions taken with a committed offset: tags stated before it.
         let mut tags_upto: BTreeMap<u32, i64> = BTreeMap::new();
         for topic in INPUTS {

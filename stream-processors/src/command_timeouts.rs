@@ -8,6 +8,8 @@
 //! `timeout_secs` + `command-grace-secs` gets CommandEvent TIMED_OUT with `event_id` =
 //! v5(command id, "TIMED_OUT", "0").
 //!
+//! Only the first REQUESTED of a command id counts, as in the gateway.
+//!
 //! The start is the latest step that handed the command on: DISPATCHED, else APPROVED,
 //! else REQUESTED (for a command that needs no approval). A command still waiting for its
 //! approval has no deadline (the gateway does not deliver it either). COMPLETED or
@@ -106,6 +108,9 @@ impl CommandTimeouts {
             *slot = Some(slot.map_or(ev.occurred_at, |t| t.max(ev.occurred_at)));
         };
         match ev.kind {
+            // Only the first REQUESTED of an id counts (a second one, from a reused
+            // idempotency key, changes neither the timeout nor the approval).
+            CommandEventKind::Requested if p.requested_at.is_some() => {}
             CommandEventKind::Requested => {
                 p.template = ev.clone();
                 latest(&mut p.requested_at);
@@ -328,6 +333,32 @@ mod tests {
         approved.occurred_at = T0 + 10_000 * S;
         c.observe(&approved, 1);
         assert!(c.due(T0 + 10_090 * S, &all()).is_empty());
+        assert_eq!(c.due(T0 + 10_091 * S, &all()).len(), 1);
+    }
+
+    /// A second REQUESTED with the id of a command waiting for its approval (a reused
+    /// idempotency key) does not start its clock: only the first REQUESTED counts.
+    #[test]
+    fn a_second_requested_does_not_change_the_command() {
+        let mut c = timeouts();
+        let mut first = ev("c1", CommandEventKind::Requested, T0);
+        first.requires_approval = true;
+        c.observe(&first, 0);
+        let mut second = ev("c1", CommandEventKind::Requested, T0 + S);
+        second.requires_approval = false;
+        second.timeout_secs = 1;
+        c.observe(&second, 0);
+        assert!(
+            c.due(T0 + 10_000 * S, &all()).is_empty(),
+            "still waiting for its approval"
+        );
+        let mut approved = ev("c1", CommandEventKind::Approved, T0 + 10_000 * S);
+        approved.timeout_secs = 1;
+        c.observe(&approved, 0);
+        assert!(
+            c.due(T0 + 10_090 * S, &all()).is_empty(),
+            "the first request's 60 s timeout applies"
+        );
         assert_eq!(c.due(T0 + 10_091 * S, &all()).len(), 1);
     }
 

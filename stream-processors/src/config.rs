@@ -14,6 +14,8 @@ use crate::rules::{Rule, Severity};
 pub struct ProcessorsConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
+    /// That listener's timeouts, connection cap and TLS (`[http]`).
+    pub http: fleet_ops::serve::HttpSettings,
     /// Event log URL: `kafka://host:9092,...` or `file:///dir`.
     pub event_log: String,
     /// Raw engine settings passed to the log (librdkafka properties for Kafka).
@@ -35,6 +37,10 @@ pub struct ProcessorsConfig {
     /// Seconds replayed beyond the longest for-duration when the evaluator takes a
     /// partition; also the longest gap between two samples that keeps a for-duration running.
     pub rules_replay_margin_secs: u64,
+    /// The evaluator drops the state of a (rule, agent, subject) series with no open alert
+    /// and nothing seen for this long (at least the longest for-duration plus
+    /// `rules-replay-margin-secs`), so subjects that come and go do not hold memory.
+    pub rules_idle_secs: u64,
     /// Consumer group of the ticketer (consumes `fleet.alerts.v1`).
     pub ticketer_group: String,
     /// Lowest alert severity that opens a ticket.
@@ -61,6 +67,7 @@ impl Default for ProcessorsConfig {
     fn default() -> Self {
         ProcessorsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            http: fleet_ops::serve::HttpSettings::default(),
             event_log: "kafka://127.0.0.1:9092".into(),
             event_log_options: BTreeMap::new(),
             schema_registry_url: String::new(),
@@ -69,6 +76,7 @@ impl Default for ProcessorsConfig {
             session_timeout_ms: 10_000,
             rules: Vec::new(),
             rules_replay_margin_secs: 120,
+            rules_idle_secs: 3600,
             ticketer_group: "fleet-ticketer".into(),
             ticket_min_severity: Severity::Warning,
             liveness_group: "fleet-liveness".into(),

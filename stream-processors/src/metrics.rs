@@ -8,6 +8,11 @@ pub const DECODE_ERRORS: &str = "fleet_processor_decode_errors_total";
 pub const ALERTS_EMITTED: &str = "fleet_processor_alerts_emitted_total";
 /// Open alerts held by the evaluator.
 pub const OPEN_ALERTS: &str = "fleet_processor_open_alerts";
+/// (Rule, agent, subject) series the evaluator holds state for.
+pub const RULE_SERIES: &str = "fleet_processor_rule_series";
+/// Idle series whose state the evaluator dropped (`rules-idle-secs`); only once one is
+/// dropped, so not in [`ALL`].
+pub const RULE_SERIES_EVICTED: &str = "fleet_processor_rule_series_evicted_total";
 /// Consumer lag (end offset minus position), by group and topic.
 pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
 /// Time to handle one batch.
@@ -23,6 +28,7 @@ pub const ALL: &[&str] = &[
     DECODE_ERRORS,
     ALERTS_EMITTED,
     OPEN_ALERTS,
+    RULE_SERIES,
     CONSUMER_LAG,
     BATCH_SECONDS,
 ];

@@ -35,6 +35,10 @@
 //!   list removes them, no `tags` leaves them as they are) through
 //!   [`Evaluator::lifecycle`] ([`Evaluator::observe_agent_tags`]); an agent with no stated
 //!   tags matches no tag-scoped rule.
+//! * **Idle state**: the state of a (rule, agent, subject) with no open alert and nothing
+//!   seen for a while is dropped ([`Evaluator::evict_idle`], at least the longest
+//!   for-duration plus the max gap): its next sample starts afresh, as it would after
+//!   such a gap anyway. Open alerts are kept until resolved.
 //! * `heartbeat.absent` rules match no sample. They follow the liveness processor's
 //!   AgentLifecycle events ([`Evaluator::lifecycle`]): OFFLINE raises, for every enabled
 //!   rule in scope, one alert per (rule, agent) with id UUIDv5 of (rule, agent, `""`, the
@@ -364,6 +368,19 @@ impl KeyState {
         self.prev_at = None;
         self.since = [None; 2];
     }
+
+    /// Time of the newest sample or alert event seen on this key.
+    fn newest(&self) -> Option<i64> {
+        self.mark.max(self.prev_at)
+    }
+}
+
+/// Shrinks a map that is mostly empty space after entries were dropped (a map keeps its
+/// largest capacity otherwise, so a burst of names would hold its memory for good).
+fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 4 * m.len() + 16 {
+        m.shrink_to_fit();
+    }
 }
 
 /// State per agent: rule id, then subject (`""` for none).
@@ -516,6 +533,42 @@ impl Evaluator {
     /// Number of open alerts held.
     pub fn open_alerts(&self) -> usize {
         self.open_count
+    }
+
+    /// Forgets the state of the (rule, agent, subject) series with no open alert and
+    /// nothing seen (sample or alert event) since `now_micros − idle_micros`, so subjects
+    /// and agents that went away (a removed mount, a retired machine, names an agent
+    /// made up) do not hold memory for good. The idle time is raised to at least the
+    /// longest for-duration plus the max gap: such a series' next sample would start its
+    /// for-duration over anyway (the gap), and a replay window never reaches back to it.
+    /// An open alert is never dropped (its recovery must resolve it). Returns how many
+    /// series were dropped.
+    pub fn evict_idle(&mut self, now_micros: i64, idle_micros: i64) -> usize {
+        let idle = idle_micros.max(self.longest_for_micros().saturating_add(self.max_gap));
+        let before = now_micros.saturating_sub(idle);
+        let mut dropped = 0;
+        self.state.retain(|_, rules| {
+            rules.retain(|_, subjects| {
+                let n = subjects.len();
+                subjects.retain(|_, k| k.open.is_some() || k.newest().is_some_and(|t| t >= before));
+                dropped += n - subjects.len();
+                shrink(subjects);
+                !subjects.is_empty()
+            });
+            shrink(rules);
+            !rules.is_empty()
+        });
+        shrink(&mut self.state);
+        dropped
+    }
+
+    /// Number of (rule, agent, subject) series the evaluator holds state for.
+    pub fn tracked_series(&self) -> usize {
+        self.state
+            .values()
+            .flat_map(|rules| rules.values())
+            .map(HashMap::len)
+            .sum()
     }
 
     /// Drops the running for-durations of the agents `which` selects (their partition moved
@@ -909,7 +962,7 @@ fn step(
         return 0;
     }
     key.mark = Some(t);
-    if key.prev_at.is_some_and(|p| t - p > max_gap) {
+    if key.prev_at.is_some_and(|p| t.saturating_sub(p) > max_gap) {
         key.since = [None; 2];
     }
     key.prev_at = Some(t);
@@ -924,7 +977,7 @@ fn step(
     // The most severe level whose breach held for the for-duration.
     let held = (0..rule.levels.len().min(2))
         .rev()
-        .find(|&l| key.since[l].is_some_and(|s| t - s >= rule.for_micros));
+        .find(|&l| key.since[l].is_some_and(|s| t.saturating_sub(s) >= rule.for_micros));
     let mut opened = 0isize;
     match &mut key.open {
         None => {
@@ -1004,7 +1057,7 @@ fn step(
             } else if rule.renotify_micros > 0
                 && breaching
                 && !open.acknowledged
-                && t - open.notified_at >= rule.renotify_micros
+                && t.saturating_sub(open.notified_at) >= rule.renotify_micros
             {
                 open.notified_at = t;
                 let (severity, threshold) = (open.severity, open.threshold);
@@ -1182,6 +1235,22 @@ mod tests {
         );
     }
 
+    /// Sample times come from agents (through the log): extreme ones must not overflow
+    /// the gap, for-duration or re-notify arithmetic.
+    #[test]
+    fn extreme_sample_times_do_not_overflow() {
+        let mut rule = RuleDef::from(&cpu_rule(90.0));
+        rule.for_micros = 60_000_000;
+        rule.renotify_micros = 60_000_000;
+        let mut ev = Evaluator::new(Vec::new());
+        ev.upsert_rule(rule);
+        assert!(ev.evaluate(&report(i64::MIN + 1, 95.0), 0).is_empty());
+        // (The fixture adds a little to the time for its ingestion time.)
+        let raised = ev.evaluate(&report(i64::MAX - 20_000, 95.0), 0);
+        assert!(raised.is_empty(), "the gap starts the for-duration over");
+        assert!(ev.evaluate(&report(i64::MAX - 10_000, 95.0), 0).is_empty());
+    }
+
     #[test]
     fn late_and_repeated_reports_do_not_flap() {
         let mut ev = Evaluator::new(vec![cpu_rule(90.0)]);
@@ -1209,6 +1278,97 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].subject.as_deref(), Some("/"));
         assert_eq!(ev.open_alerts(), 1);
+    }
+
+    const MIN: i64 = 60_000_000;
+
+    fn disk_rule(for_micros: i64) -> RuleDef {
+        let mut r = RuleDef::from(&Rule {
+            metric: "disk.percent".into(),
+            threshold: 90.0,
+            ..cpu_rule(0.0)
+        });
+        r.for_micros = for_micros;
+        r
+    }
+
+    /// A report of agent `a1` at `t` whose disks are `names`, each at `percent`.
+    fn disks_report(t: i64, names: impl IntoIterator<Item = String>, percent: f64) -> MetricReport {
+        let mut r = fixtures::metric_report("t1", "a1", t);
+        r.disks = names
+            .into_iter()
+            .map(|mount| fleet_schemas::DiskUsage {
+                mount,
+                used_bytes: 1,
+                total_bytes: 2,
+                percent,
+            })
+            .collect();
+        r
+    }
+
+    /// Finding 6: an agent making up fresh subject names every minute used to grow the
+    /// evaluator's state without end; with eviction it stays within what the idle time
+    /// holds, whatever the number of names seen.
+    #[test]
+    fn state_of_idle_subjects_is_dropped_under_a_churn_of_names() {
+        let mut ev = Evaluator::new(Vec::new()).with_max_gap(2 * MIN);
+        ev.upsert_rule(disk_rule(0));
+        let t0 = 1_700_000_000_000_000;
+        let idle = 10 * MIN;
+        // Names seen within the idle time: at most 11 minutes of 100 names.
+        let bound = 11 * 100;
+        for minute in 0..120 {
+            let t = t0 + minute * MIN;
+            let names = (0..100).map(|i| format!("/churn/{minute}/{i}"));
+            assert!(ev.evaluate(&disks_report(t, names, 10.0), t).is_empty());
+            ev.evict_idle(t, idle);
+            assert!(
+                ev.tracked_series() <= bound,
+                "minute {minute}: {} series held",
+                ev.tracked_series()
+            );
+        }
+        assert!(ev.tracked_series() >= 100, "recent names are kept");
+        // Everything idle goes in the end.
+        ev.evict_idle(t0 + 1000 * MIN, idle);
+        assert_eq!(ev.tracked_series(), 0);
+        assert!(ev.state.is_empty(), "no empty agent maps left behind");
+    }
+
+    /// Eviction keeps what the semantics need: an open alert stays until its recovery
+    /// resolves it, and a running for-duration is never cut (the idle time is at least the
+    /// longest for-duration plus the max gap).
+    #[test]
+    fn eviction_keeps_open_alerts_and_running_for_durations() {
+        let mut ev = Evaluator::new(Vec::new()).with_max_gap(2 * MIN);
+        ev.upsert_rule(disk_rule(10 * MIN));
+        let t0 = 1_700_000_000_000_000;
+        let one = |name: &str| std::iter::once(name.to_owned());
+        // A breach that holds, one sample a minute, evicting aggressively in between.
+        let mut raised = Vec::new();
+        for minute in 0..=10 {
+            let t = t0 + minute * MIN;
+            raised.extend(ev.evaluate(&disks_report(t, one("/data"), 95.0), t));
+            assert_eq!(ev.evict_idle(t + MIN, 0), 0, "minute {minute}");
+        }
+        assert_eq!(
+            raised.len(),
+            1,
+            "raised after 10 minutes, as without eviction"
+        );
+        assert_eq!(raised[0].occurred_at, t0 + 10 * MIN);
+        // Long silent with its alert open: kept, and the recovery resolves it.
+        let later = t0 + 1000 * MIN;
+        assert_eq!(ev.evict_idle(later, MIN), 0);
+        assert_eq!(ev.open_alerts(), 1);
+        let resolved = ev.evaluate(&disks_report(later, one("/data"), 10.0), later);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+        assert_eq!(resolved[0].alert_id, raised[0].alert_id);
+        // Resolved and then silent: dropped.
+        assert_eq!(ev.evict_idle(later + 100 * MIN, MIN), 1);
+        assert_eq!(ev.tracked_series(), 0);
     }
 
     #[test]

@@ -312,7 +312,7 @@ async fn rewind(
     lookback_ms: i64,
     positions: &mut Positions,
 ) -> anyhow::Result<()> {
-    let from_ms = fleet_schemas::time::now_micros() / 1000 - lookback_ms;
+    let from_ms = (fleet_schemas::time::now_micros() / 1000).saturating_sub(lookback_ms);
     let starts = log.offsets_for_time(topic, from_ms).await?;
     for &p in partitions {
         let offset = starts.get(p as usize).copied().unwrap_or(0);

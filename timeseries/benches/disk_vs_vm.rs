@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use fleet_schemas::samples::{for_each_sample, series_name};
 use fleet_timeseries::{chunk, rollup, Block, RollupSet};
-use support::{env_usize, reports, Kind, Shape, HOUR_MICROS};
+use support::{env_usize, reports, Cutter, Kind, Shape, HOUR_MICROS};
 
 const DAY_MICROS: i64 = 24 * HOUR_MICROS;
 /// Line-protocol bytes per POST.
@@ -135,7 +135,7 @@ fn vm_version(bin: &str) -> Result<String> {
 /// Our side, fed sample by sample: blocks of one agent-hour and their rollups.
 #[derive(Default)]
 struct Ours {
-    open: HashMap<String, (i64, Vec<(i64, String, f64)>)>,
+    cutter: Cutter,
     /// (agent, day) → merged rollup sets, one per width.
     rollups: HashMap<(String, i64), Vec<RollupSet>>,
     encoded: Vec<Vec<u8>>,
@@ -145,32 +145,22 @@ struct Ours {
 
 impl Ours {
     fn add(&mut self, agent: &str, ts: i64, series: String, value: f64) -> Result<()> {
-        let hour = ts.div_euclid(HOUR_MICROS);
-        let entry = self
-            .open
-            .entry(agent.to_owned())
-            .or_insert_with(|| (hour, Vec::new()));
-        if entry.0 != hour {
-            let pending = std::mem::take(&mut entry.1);
-            entry.0 = hour;
-            self.close(agent, pending)?;
-        }
-        let entry = self.open.get_mut(agent).context("open block")?;
-        entry.1.push((ts, series, value));
         self.samples += 1;
-        Ok(())
+        match self.cutter.add(agent, ts, series, value) {
+            Some(block) => self.close(agent, &block),
+            None => Ok(()),
+        }
     }
 
-    fn close(&mut self, agent: &str, pending: Vec<(i64, String, f64)>) -> Result<()> {
-        let block = Block::from_samples(pending)?;
+    fn close(&mut self, agent: &str, block: &Block) -> Result<()> {
         let t = Instant::now();
-        let bytes = chunk::encode(&block);
+        let bytes = chunk::encode(block);
         self.encode_time += t.elapsed();
         self.encoded.push(bytes);
         let day = block.timestamps()[0].div_euclid(DAY_MICROS);
         let sets: Vec<RollupSet> = rollup::DEFAULT_WIDTHS_MICROS
             .iter()
-            .map(|&w| rollup::compute(&block, w))
+            .map(|&w| rollup::compute(block, w))
             .collect::<Result<_, _>>()?;
         match self.rollups.get_mut(&(agent.to_owned(), day)) {
             Some(stored) => {
@@ -186,10 +176,8 @@ impl Ours {
     }
 
     fn finish(&mut self) -> Result<()> {
-        let mut open: Vec<_> = self.open.drain().collect();
-        open.sort_by(|a, b| a.0.cmp(&b.0));
-        for (agent, (_, pending)) in open {
-            self.close(&agent, pending)?;
+        for (agent, block) in std::mem::take(&mut self.cutter).finish() {
+            self.close(&agent, &block)?;
         }
         Ok(())
     }
@@ -290,11 +278,14 @@ fn run(kind: Kind, shape: Shape, vm_bin: &str) -> Result<Row> {
     vm.stop();
 
     let raw: usize = ours.encoded.iter().map(Vec::len).sum();
-    let rollup_bytes: usize = ours
-        .rollups
-        .values()
-        .flat_map(|sets| sets.iter().map(|s| rollup::encode(s).len()))
-        .sum();
+    // Per width (5 min, 1 h), summed over the agent-day sets.
+    let mut by_width = [0usize; 2];
+    for sets in ours.rollups.values() {
+        for (total, set) in by_width.iter_mut().zip(sets) {
+            *total += rollup::encode(set).len();
+        }
+    }
+    let rollup_bytes: usize = by_width.iter().sum();
     let t = Instant::now();
     let mut decoded = 0usize;
     for b in &ours.encoded {
@@ -320,6 +311,22 @@ fn run(kind: Kind, shape: Shape, vm_bin: &str) -> Result<Row> {
         bps(raw),
         ours.rollups.len() * 2,
         bps(rollup_bytes)
+    );
+    // One agent at the default retention (raw 7 d, 5 min 90 d, 1 h 400 d), scaled from
+    // this run's bytes per agent-hour (the 1-hour sets span only this run's hours, so
+    // their per-set overhead makes this an upper bound).
+    let agent_hours = (shape.agents * shape.hours) as f64;
+    let per_agent = (raw as f64 * 7.0 * 24.0
+        + by_width[0] as f64 * 90.0 * 24.0
+        + by_width[1] as f64 * 400.0 * 24.0)
+        / agent_hours;
+    println!(
+        "one agent at the default retention (raw 7 d, 5m 90 d, 1h 400 d): {:.1} MB (raw {:.1}, 5m {:.1}, 1h {:.1}); VictoriaMetrics for 7 d raw: {:.1} MB",
+        per_agent / 1e6,
+        raw as f64 * 168.0 / agent_hours / 1e6,
+        by_width[0] as f64 * 2160.0 / agent_hours / 1e6,
+        by_width[1] as f64 * 9600.0 / agent_hours / 1e6,
+        vm_apparent as f64 * 168.0 / agent_hours / 1e6,
     );
     if vm_count != samples as u64 {
         bail!("VictoriaMetrics holds {vm_count} samples, {samples} were posted");

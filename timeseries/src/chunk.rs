@@ -377,6 +377,12 @@ pub fn merge(older: &Block, newer: &Block) -> Result<Block, ChunkError> {
 /// gives the same bytes, on every run and machine, for a given build (the zstd version
 /// is pinned by `Cargo.lock`).
 pub fn encode(block: &Block) -> Vec<u8> {
+    let (prefix, payload) = encode_parts(block);
+    wire::seal(FORMAT_VERSION, &prefix, &payload)
+}
+
+/// The uncompressed prefix and payload of [`encode`].
+pub(crate) fn encode_parts(block: &Block) -> (Vec<u8>, Vec<u8>) {
     let n_ts = block.timestamps.len();
     let mut prefix = Vec::with_capacity(24);
     put_uvarint(&mut prefix, n_ts as u64);
@@ -406,7 +412,7 @@ pub fn encode(block: &Block) -> Vec<u8> {
         presence::encode(&mask, &mut payload);
         floats::encode(&present, None, &mut payload);
     }
-    wire::seal(FORMAT_VERSION, &prefix, &payload)
+    (prefix, payload)
 }
 
 /// The prefix of an encoding: counts and time range.

@@ -7,6 +7,7 @@
 //! | 1 decimal + residual | `e`, mantissas, integer column of residuals | nearly decimal: rollup sums carry float rounding |
 //! | 2 XOR | Gorilla bit stream | anything else |
 //! | 3 raw | 8 bytes per value (little-endian bits) | incompressible |
+//! | 4 divided decimal | divisor `d`, `e`, mantissas: `v == (m * 10^e) / d` | a decimal divided by a small integer: `load.per_core` is `load.1` / cores, which is not a decimal for 3, 6, 12, 24, 48 cores |
 //!
 //! The decimal conversion follows VictoriaMetrics: a value is `m * 10^e` when decoding
 //! gives back its exact bits. Decoding computes `m as f64 * 10^e` (or `/ 10^-e`) with
@@ -21,12 +22,20 @@
 
 use crate::error::ChunkError;
 use crate::ints;
-use crate::wire::{from_ordered, ivarint_len, ordered_bits, put_ivarint, Reader};
+use crate::wire::{
+    from_ordered, ivarint_len, ordered_bits, put_ivarint, put_uvarint, uvarint_len, Reader,
+};
 
 const DECIMAL: u8 = 0;
 const DECIMAL_RESIDUAL: u8 = 1;
 const XOR: u8 = 2;
 const RAW: u8 = 3;
+const DIVIDED: u8 = 4;
+
+/// Divisors tried for [`DIVIDED`] columns.
+const MAX_DIVISOR: u32 = 128;
+/// Decimals tried for the dividend of a [`DIVIDED`] column (x / 64 of a 2-decimal x has 8).
+const DIVIDED_MAX_DECIMALS: i32 = 8;
 
 /// Powers of ten that are exact doubles.
 const POW10: [f64; 23] = [
@@ -95,9 +104,9 @@ fn exact_exponent(v: f64) -> Option<Option<i32>> {
 /// Mantissas of `values` at exponent `e` (factors of ten moved into it), and the residuals.
 struct Decimal {
     exp: i32,
-    mantissas: Vec<i64>,
-    residuals: Vec<i64>,
-    exact: bool,
+    mantissas: ints::Column,
+    /// `None` when every residual is 0.
+    residuals: Option<ints::Column>,
     size: usize,
 }
 
@@ -119,26 +128,91 @@ fn decimal_at(values: &[f64], mut exp: i32) -> Decimal {
         .zip(&mantissas)
         .map(|(&v, &m)| ordered_bits(v).wrapping_sub(ordered_bits(unscale(m, exp))))
         .collect();
-    let exact = residuals.iter().all(|&r| r == 0);
-    let mut size = 1 + ivarint_len(i64::from(exp)) + ints::encoded_len(&mantissas);
-    if !exact {
-        size += ints::encoded_len(&residuals);
-    }
+    let residuals = (!residuals.iter().all(|&r| r == 0)).then(|| ints::Column::new(residuals));
+    let mantissas = ints::Column::new(mantissas);
+    let size = 1
+        + ivarint_len(i64::from(exp))
+        + mantissas.size()
+        + residuals.as_ref().map_or(0, ints::Column::size);
     Decimal {
         exp,
         mantissas,
         residuals,
-        exact,
         size,
     }
 }
 
-/// The smallest exponent at which every exact value of the column is exact.
+/// The smallest exponent at which every exact value of the column is exact; `None` when
+/// there is none or more than a quarter of the values are not decimals (the column is
+/// not worth converting, and the search stops early).
 pub(crate) fn column_exponent(values: &[f64]) -> Option<i32> {
-    values
+    let mut min: Option<i32> = None;
+    let mut inexact = 0usize;
+    for &v in values {
+        match exact_exponent(v) {
+            Some(Some(e)) => min = Some(min.map_or(e, |m| m.min(e))),
+            Some(None) => {}
+            None => {
+                inexact += 1;
+                if inexact * 4 > values.len() {
+                    return None;
+                }
+            }
+        }
+    }
+    min
+}
+
+/// The exponent at which `v * d` is a decimal `m * 10^e` with `(m * 10^e) / d == v`.
+fn divided_exponent(v: f64, d: f64) -> Option<i32> {
+    let w = v * d;
+    (0..=DIVIDED_MAX_DECIMALS).map(|k| -k).find(|&e| {
+        mantissa(w, e).is_some_and(|m| {
+            (m.unsigned_abs() as f64) <= EXACT_MANTISSA
+                && (unscale(m, e) / d).to_bits() == v.to_bits()
+        })
+    })
+}
+
+/// A column whose values are decimals divided by one small integer: `(d, e, mantissas)`.
+fn divided(values: &[f64]) -> Option<(u32, i32, Vec<i64>)> {
+    let probe = values
         .iter()
-        .filter_map(|&v| exact_exponent(v).flatten())
-        .min()
+        .copied()
+        .find(|&v| v.is_finite() && v != 0.0 && exact_exponent(v).is_none())?;
+    let d = (2..=MAX_DIVISOR).find(|&d| divided_exponent(probe, f64::from(d)).is_some())?;
+    let df = f64::from(d);
+    let mut exp: Option<i32> = None;
+    for &v in values {
+        if v.to_bits() != 0 {
+            let e = divided_exponent(v, df)?;
+            exp = Some(exp.map_or(e, |x| x.min(e)));
+        }
+    }
+    let mut exp = exp.unwrap_or(0);
+    let mut m: Vec<i64> = values
+        .iter()
+        .map(|&v| mantissa(v * df, exp))
+        .collect::<Option<_>>()?;
+    while exp < 0 && m.iter().all(|m| m % 10 == 0) {
+        m.iter_mut().for_each(|m| *m /= 10);
+        exp += 1;
+    }
+    let exact = values
+        .iter()
+        .zip(&m)
+        .all(|(&v, &m)| (unscale(m, exp) / df).to_bits() == v.to_bits());
+    exact.then_some((d, exp, m))
+}
+
+/// Exponent and mantissas of `values` when every one is an exact decimal at one exponent.
+#[cfg(feature = "codec-eval")]
+pub(crate) fn exact_decimal(values: &[f64]) -> Option<(i32, Vec<i64>)> {
+    let exp = column_exponent(values).unwrap_or(0);
+    let d = decimal_at(values, exp);
+    d.residuals
+        .is_none()
+        .then(|| (d.exp, d.mantissas.values().to_vec()))
 }
 
 /// Encodes a column (any length; nothing for an empty one). `hint` is a further exponent
@@ -163,28 +237,44 @@ pub(crate) fn encode(values: &[f64], hint: Option<i32>, out: &mut Vec<u8>) -> Op
             best = Some(d);
         }
     }
-    // Two bytes a value is what XOR costs at best on real data: skip it below that.
+    let dec = best.as_ref().map_or(usize::MAX, |d| d.size);
+    // Below two bytes a value nothing else wins on real data: skip the other searches.
+    let mut div = None;
+    let mut div_size = usize::MAX;
     let mut xor = Vec::new();
-    if best.as_ref().is_none_or(|d| d.size > 2 * values.len()) {
+    let mut xor_size = usize::MAX;
+    if dec > 2 * values.len() {
+        if best.as_ref().is_none_or(|d| d.residuals.is_some()) {
+            if let Some((d, exp, m)) = divided(values) {
+                let m = ints::Column::new(m);
+                div_size = 1 + uvarint_len(u64::from(d)) + ivarint_len(i64::from(exp)) + m.size();
+                div = Some((d, exp, m));
+            }
+        }
         xor_encode(values, &mut xor);
+        xor_size = 1 + xor.len();
     }
     let raw = 1 + 8 * values.len();
-    let dec = best.as_ref().map_or(usize::MAX, |d| d.size);
-    let xor_size = if xor.is_empty() {
-        usize::MAX
-    } else {
-        1 + xor.len()
-    };
-    if dec <= xor_size && dec <= raw {
-        let d = best.expect("a finite size comes from a plan");
-        out.push(if d.exact { DECIMAL } else { DECIMAL_RESIDUAL });
+    let smallest = dec.min(div_size).min(xor_size).min(raw);
+    if let Some(d) = best.filter(|_| dec == smallest) {
+        out.push(if d.residuals.is_none() {
+            DECIMAL
+        } else {
+            DECIMAL_RESIDUAL
+        });
         put_ivarint(out, i64::from(d.exp));
-        ints::encode(&d.mantissas, out);
-        if !d.exact {
-            ints::encode(&d.residuals, out);
+        d.mantissas.write(out);
+        if let Some(r) = &d.residuals {
+            r.write(out);
         }
         Some(d.exp)
-    } else if xor_size <= raw {
+    } else if let Some((d, exp, m)) = div.filter(|_| div_size == smallest) {
+        out.push(DIVIDED);
+        put_uvarint(out, u64::from(d));
+        put_ivarint(out, i64::from(exp));
+        m.write(out);
+        None
+    } else if xor_size == smallest {
         out.push(XOR);
         out.extend_from_slice(&xor);
         None
@@ -223,6 +313,20 @@ pub(crate) fn decode(r: &mut Reader<'_>, n: usize, out: &mut Vec<f64>) -> Result
                     ))
                 }));
             }
+        }
+        DIVIDED => {
+            let d = r.uvarint("divisor")?;
+            if !(2..=u64::from(MAX_DIVISOR)).contains(&d) {
+                return Err(ChunkError::Corrupt(format!("divisor {d}")));
+            }
+            let d = d as f64;
+            let exp = r.ivarint("decimal exponent")?;
+            if !(-i64::from(MAX_EXP)..=i64::from(MAX_EXP)).contains(&exp) {
+                return Err(ChunkError::Corrupt(format!("decimal exponent {exp}")));
+            }
+            let mut m = Vec::new();
+            ints::decode(r, n, &mut m)?;
+            out.extend(m.iter().map(|&m| unscale(m, exp as i32) / d));
         }
         XOR => {
             let stream = r.peek_rest();
@@ -439,6 +543,27 @@ mod tests {
     }
 
     #[test]
+    fn decimals_divided_by_a_core_count_are_found() {
+        for cores in [3.0, 6.0, 12.0, 24.0, 48.0, 96.0] {
+            let loads: Vec<f64> = [0.53, 1.07, 2.5, 0.0, 13.99, 0.01, 7.1]
+                .iter()
+                .map(|l| l / cores)
+                .collect();
+            assert_eq!(column_exponent(&loads), None, "{cores}");
+            let out = round_trip(&loads);
+            assert_eq!(out[0], DIVIDED, "{cores} cores: {out:?}");
+            assert!(
+                out.len() < 2 * loads.len() + 6,
+                "{cores} cores: {} bytes",
+                out.len()
+            );
+        }
+        // A column that only looks divided at its first value falls back.
+        let mixed = [0.53 / 3.0, 0.1 + 0.2, 1.0 / 7.0, std::f64::consts::PI];
+        assert_ne!(round_trip(&mixed)[0], DIVIDED);
+    }
+
+    #[test]
     fn every_bit_pattern_round_trips() {
         let edge = [
             -0.0,
@@ -482,6 +607,8 @@ mod tests {
             vec![XOR, 0, 0, 0, 0, 0, 0, 0, 0, 0b1000_0000],
             vec![DECIMAL, 100, 0, 0],
             vec![RAW, 1, 2],
+            vec![DIVIDED, 1, 0, 0, 0],
+            vec![DIVIDED, 200, 1, 0, 0, 0],
             vec![9],
         ] {
             let mut r = Reader::new(&bytes);

@@ -109,9 +109,13 @@ pub(crate) fn plan(x: &[i64]) -> Plan {
         return plain;
     }
     let base = x[0];
-    let g = x
-        .iter()
-        .fold(0u64, |g, &v| gcd(g, v.wrapping_sub(base).unsigned_abs()));
+    let mut g = 0u64;
+    for &v in x {
+        g = gcd(g, v.wrapping_sub(base).unsigned_abs());
+        if g == 1 {
+            return plain;
+        }
+    }
     if g < 2 || g > i64::MAX as u64 {
         return plain;
     }
@@ -189,12 +193,36 @@ pub(crate) fn encode(x: &[i64], out: &mut Vec<u8>) {
     }
 }
 
-/// Bytes [`encode`] writes for `x`.
-pub(crate) fn encoded_len(x: &[i64]) -> usize {
-    if x.is_empty() {
-        0
-    } else {
-        plan(x).size
+/// A column with its encoding chosen, so that its size is known before it is written
+/// (and the choice is made once).
+#[derive(Debug)]
+pub(crate) struct Column {
+    values: Vec<i64>,
+    plan: Option<Plan>,
+}
+
+impl Column {
+    pub(crate) fn new(values: Vec<i64>) -> Column {
+        let plan = (!values.is_empty()).then(|| plan(&values));
+        Column { values, plan }
+    }
+
+    /// The values.
+    #[cfg(feature = "codec-eval")]
+    pub(crate) fn values(&self) -> &[i64] {
+        &self.values
+    }
+
+    /// Bytes [`Column::write`] writes.
+    pub(crate) fn size(&self) -> usize {
+        self.plan.map_or(0, |p| p.size)
+    }
+
+    /// Writes the column as [`encode`] would.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        if let Some(p) = &self.plan {
+            write(&self.values, p, out);
+        }
     }
 }
 
@@ -282,7 +310,7 @@ mod tests {
     fn round_trip(x: &[i64]) -> Vec<u8> {
         let mut out = Vec::new();
         encode(x, &mut out);
-        assert_eq!(out.len(), encoded_len(x), "{x:?}");
+        assert_eq!(out.len(), Column::new(x.to_vec()).size(), "{x:?}");
         let mut r = Reader::new(&out);
         let mut back = Vec::new();
         decode(&mut r, x.len(), &mut back).expect("decodes");

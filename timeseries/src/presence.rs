@@ -62,7 +62,7 @@ pub(crate) fn decode(r: &mut Reader<'_>, n: usize) -> Result<Vec<bool>, ChunkErr
         BITMAP => {
             let bytes = r.bytes(n.div_ceil(8), "presence bitmap")?;
             let mask: Vec<bool> = (0..n).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect();
-            if n % 8 != 0 && bytes[n / 8] >> (n % 8) != 0 {
+            if !n.is_multiple_of(8) && bytes[n / 8] >> (n % 8) != 0 {
                 return Err(ChunkError::Corrupt(
                     "presence bitmap has bits past its rows".into(),
                 ));

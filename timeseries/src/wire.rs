@@ -14,7 +14,7 @@ pub(crate) const ZSTD_MIN_BYTES: usize = 128;
 
 /// zstd level of every chunk and rollup encoding. Measured on the fleet data of the
 /// `codecs` bench: see the crate docs.
-pub(crate) const ZSTD_LEVEL: i32 = 9;
+pub(crate) const ZSTD_LEVEL: i32 = 3;
 
 /// The largest decompressed payload a decoder accepts (bounds memory on hostile input).
 pub(crate) const MAX_PAYLOAD_BYTES: usize = 64 << 20;

@@ -106,12 +106,17 @@ pub struct Agent {
 impl Agent {
     /// Starts a session and waits until the hub knows it.
     pub async fn connect(state: &GatewayState, agent_id: &str) -> Agent {
+        Agent::connect_as(state, agent_id, anonymous()).await
+    }
+
+    /// Starts a session of an agent admitted as `who`.
+    pub async fn connect_as(state: &GatewayState, agent_id: &str, who: AgentIdentity) -> Agent {
         let (to_server, server_read) = mpsc::channel(64);
         let (server_write, from_server) = mpsc::channel(64);
         let session = tokio::spawn(fleet_ingest_gateway::ws::agent_session(
             state.clone(),
             agent_id.to_owned(),
-            anonymous(),
+            who,
             server_write,
             server_read,
         ));

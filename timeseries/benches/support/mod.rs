@@ -74,35 +74,58 @@ pub fn reports(kind: Kind, shape: Shape) -> Box<dyn Iterator<Item = MetricReport
     }
 }
 
-/// Blocks of one agent-hour, in the order they close.
+/// Samples of one agent not yet in a block.
+type Pending = Vec<(i64, String, f64)>;
+
+/// Cuts samples, arriving in time order per agent, into blocks of one agent-hour.
+#[derive(Default)]
+pub struct Cutter {
+    open: HashMap<String, (i64, Pending)>,
+}
+
+impl Cutter {
+    /// Adds a sample; returns the agent's previous block when this sample starts a new hour.
+    pub fn add(&mut self, agent: &str, ts: i64, series: String, value: f64) -> Option<Block> {
+        let hour = ts.div_euclid(HOUR_MICROS);
+        let entry = self
+            .open
+            .entry(agent.to_owned())
+            .or_insert_with(|| (hour, Vec::new()));
+        let closed = (entry.0 != hour).then(|| {
+            entry.0 = hour;
+            std::mem::take(&mut entry.1)
+        });
+        entry.1.push((ts, series, value));
+        closed.map(block)
+    }
+
+    /// The blocks still open, by agent.
+    pub fn finish(self) -> Vec<(String, Block)> {
+        let mut open: Vec<_> = self.open.into_iter().collect();
+        open.sort_by(|a, b| a.0.cmp(&b.0));
+        open.into_iter()
+            .map(|(agent, (_, p))| (agent, block(p)))
+            .collect()
+    }
+}
+
+fn block(pending: Pending) -> Block {
+    Block::from_samples(pending).expect("a block within the limits")
+}
+
+/// Blocks of one agent-hour, in the order they close, and the number of samples.
 pub fn blocks(kind: Kind, shape: Shape) -> (Vec<Block>, usize) {
-    let mut open: HashMap<String, (i64, Vec<(i64, String, f64)>)> = HashMap::new();
+    let mut cutter = Cutter::default();
     let mut out = Vec::new();
     let mut samples = 0usize;
-    let mut close = |pending: Vec<(i64, String, f64)>, out: &mut Vec<Block>| {
-        out.push(Block::from_samples(pending).expect("a block within the limits"));
-    };
     for r in reports(kind, shape) {
-        let hour = r.occurred_at.div_euclid(HOUR_MICROS);
-        let entry = open
-            .entry(r.agent_id.clone())
-            .or_insert_with(|| (hour, Vec::new()));
-        if entry.0 != hour {
-            let pending = std::mem::take(&mut entry.1);
-            close(pending, &mut out);
-            entry.0 = hour;
-        }
         for_each_sample(&r, |metric, subject, value| {
             let name = fleet_schemas::samples::series_name(metric, subject);
-            entry.1.push((r.occurred_at, name, value));
+            out.extend(cutter.add(&r.agent_id, r.occurred_at, name, value));
             samples += 1;
         });
     }
-    let mut rest: Vec<_> = open.into_iter().collect();
-    rest.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, (_, pending)) in rest {
-        close(pending, &mut out);
-    }
+    out.extend(cutter.finish().into_iter().map(|(_, b)| b));
     (out, samples)
 }
 
