@@ -43,8 +43,6 @@ use crate::{metrics, Error, Result};
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct EngineConfig {
-    /// How long each resolution is kept.
-    pub retention: Retention,
     /// How far behind an agent's newest sample a sample may arrive and still be stored;
     /// older ones are refused and counted (`fleet_timeseries_late_refused_total`). A
     /// window seals once the agent's newest sample is this far past its end.
@@ -68,7 +66,6 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            retention: Retention::default(),
             out_of_order: Duration::from_secs(600),
             idle_seal_after: Duration::from_secs(3600),
             checkpoint_interval: Duration::from_secs(10),
@@ -80,7 +77,6 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
-        self.retention.validate()?;
         if self.out_of_order > Duration::from_secs(24 * 3600) {
             return Err(Error::Config(
                 "timeseries.out-of-order must be at most 24h".into(),
@@ -172,16 +168,23 @@ impl Heads {
 pub struct TimeSeries {
     store: Arc<dyn ChunkStore>,
     heads: Arc<Heads>,
+    retention: Retention,
     config: EngineConfig,
 }
 
 impl TimeSeries {
-    /// The engine over `store`.
-    pub fn new(store: Arc<dyn ChunkStore>, config: EngineConfig) -> Result<TimeSeries> {
+    /// The engine over `store`, keeping each resolution for its `retention`.
+    pub fn new(
+        store: Arc<dyn ChunkStore>,
+        retention: Retention,
+        config: EngineConfig,
+    ) -> Result<TimeSeries> {
+        retention.validate()?;
         config.validate()?;
         Ok(TimeSeries {
             store,
             heads: Arc::new(Heads::new()),
+            retention,
             config,
         })
     }
@@ -264,7 +267,7 @@ impl TimeSeries {
                     None => b,
                 };
                 write.sealed.push((key.clone(), w));
-                if keeps(ChunkKind::Raw, w, now, &self.config.retention) {
+                if keeps(ChunkKind::Raw, w, now, &self.retention) {
                     let bytes = chunk::encode(&b);
                     metrics::chunk_written(ChunkKind::Raw, bytes.len());
                     write.chunks.push(Chunk {
@@ -289,7 +292,7 @@ impl TimeSeries {
                     sets.insert(rw, set);
                 }
                 for (rw, set) in sets {
-                    if !keeps(kind, rw, now, &self.config.retention) {
+                    if !keeps(kind, rw, now, &self.retention) {
                         continue;
                     }
                     let set = match self
@@ -392,7 +395,7 @@ impl TimeSeriesStore for TimeSeries {
     }
 
     fn retention(&self) -> &Retention {
-        &self.config.retention
+        &self.retention
     }
 
     /// Writes points as sealed blocks straight to the store (for tools and tests; the
@@ -501,7 +504,7 @@ impl TimeSeriesStore for TimeSeries {
     }
 
     async fn expire(&self, now_micros: i64) -> Result<u64> {
-        self.store.expire(now_micros, &self.config.retention).await
+        self.store.expire(now_micros, &self.retention).await
     }
 }
 

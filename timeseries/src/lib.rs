@@ -81,6 +81,8 @@
 //! panic, within the [`limits`] (a property test feeds thousands of mutated encodings).
 
 pub mod chunk;
+#[cfg(feature = "cql")]
+pub mod cql;
 pub mod embedded;
 pub mod engine;
 mod error;
@@ -139,4 +141,44 @@ pub mod limits {
     pub const MAX_CELLS: usize = 1 << 22;
     /// Bytes of one series name.
     pub const MAX_NAME_BYTES: usize = 4096;
+}
+
+/// Opens the time-series store a URL names: `file:///dir` or a bare directory path (the
+/// embedded chunk store in that directory), or `scylla://host:9042[,host2]/keyspace`
+/// (ScyllaDB or Cassandra, feature `cql`).
+pub async fn open(
+    url: &str,
+    retention: Retention,
+    config: EngineConfig,
+) -> Result<std::sync::Arc<TimeSeries>> {
+    let store = open_chunks(url).await?;
+    Ok(std::sync::Arc::new(TimeSeries::new(store, retention, config)?))
+}
+
+/// Opens the chunk store a URL names (see [`open`]).
+pub async fn open_chunks(url: &str) -> Result<std::sync::Arc<dyn ChunkStore>> {
+    if url.starts_with("scylla://") {
+        #[cfg(feature = "cql")]
+        {
+            return Ok(std::sync::Arc::new(cql::CqlChunks::connect(url).await?));
+        }
+        #[cfg(not(feature = "cql"))]
+        {
+            return Err(Error::Config(
+                "this build has no ScyllaDB/Cassandra support (feature `cql`)".into(),
+            ));
+        }
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.contains("://") {
+        return Err(Error::Config(format!(
+            "unsupported time-series URL {url:?}: use file:///path/to/dir or scylla://host:9042/keyspace"
+        )));
+    }
+    // Opening reads (and after a crash, repairs) the file: keep it off the async workers.
+    let path = std::path::PathBuf::from(path);
+    let store = tokio::task::spawn_blocking(move || embedded::EmbeddedChunks::open(&path))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the time-series store failed: {e}")))??;
+    Ok(std::sync::Arc::new(store))
 }

@@ -1,0 +1,1 @@
+//! The CQL chunk store (ScyllaDB, or Apache Cassandra): see `ChunkStore`. Work in progress.
