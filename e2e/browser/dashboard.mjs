@@ -19,7 +19,8 @@
 //   CHROMIUM          --chromium   the browser (default /usr/bin/chromium)
 //   DASHBOARD_TIMEOUT_SECS --timeout  how long to wait for each expectation (default 120)
 //
-// Besides what is asked above, it fails on: a JavaScript error in the page, any request
+// It also opens a `#key=` link in the signed-in tab and declines the confirmation: the
+// session must stay as it was. Besides what is asked above, it fails on: a JavaScript error in the page, any request
 // to another origin (the dashboard loads nothing from elsewhere), an API request without
 // `Authorization: Bearer`, and any API answer of 400 or more (a contract mismatch),
 // each named with its method, path and status.
@@ -282,6 +283,23 @@ async function main() {
     await visible(linked, tid('agent-table'), 'the agent table, after opening a #key= link');
     if (linked.url().includes('key=')) throw new Error(`the key stays in the address bar: ${linked.url()}`);
     await linkContext.close();
+
+    step = 'a #key= link in a signed-in tab, declined';
+    const whoBefore = await textOf(page, tid('whoami'));
+    const dialogs = [];
+    page.once('dialog', (d) => {
+      dialogs.push(d.message());
+      d.dismiss().catch(() => {});
+    });
+    await page.evaluate(() => {
+      location.hash = '#key=fsu_someone-elses-key';
+    });
+    await waitUntil('the #key= link to leave the address bar', async () => !page.url().includes('key='));
+    if (dialogs.length !== 1) throw new Error(`expected one confirmation before switching keys, saw ${dialogs.length}`);
+    if ((await textOf(page, tid('whoami'))) !== whoBefore) throw new Error('a declined #key= link changed who is signed in');
+    if ((await page.evaluate(() => sessionStorage.getItem('fleetstream.apiKey'))) !== cfg.key) {
+      throw new Error('a declined #key= link replaced the stored key');
+    }
 
     step = 'signing out';
     await page.locator(tid('sign-out')).click();

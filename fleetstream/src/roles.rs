@@ -305,8 +305,14 @@ pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// The query API and the admin routes over the stores (without `/healthz`, `/readyz`,
 /// `/metrics`): served by `fleetstream api`, and by `fleetstream projections` unless
-/// `serve-api = false`.
-fn query_api(cfg: &ProjectionsConfig, log: &Arc<dyn EventLog>, stores: &Stores) -> Router {
+/// `serve-api = false`. Refuses a weak `admin-api-key`.
+fn query_api(
+    cfg: &ProjectionsConfig,
+    log: &Arc<dyn EventLog>,
+    stores: &Stores,
+) -> anyhow::Result<Router> {
+    fleet_projections::auth::check_admin_key(&cfg.admin_api_key)
+        .map_err(|e| anyhow::anyhow!("admin-api-key: {e}"))?;
     let admin = fleet_projections::admin::AdminState::new(
         stores.registry.clone(),
         log.clone(),
@@ -314,14 +320,17 @@ fn query_api(cfg: &ProjectionsConfig, log: &Arc<dyn EventLog>, stores: &Stores) 
         &cfg.gateway_url,
     )
     .with_approval_required(cfg.approval_required_commands.clone())
+    .with_key_cache_ttl(cfg.api_key_cache_ttl)
     .with_audit(stores.read_model.clone());
-    fleet_projections::api::app(fleet_projections::api::ApiState::new(
-        stores.read_model.clone(),
-        stores.timeseries.clone(),
-        admin.clone(),
-    ))
-    .merge(fleet_projections::admin::router(admin))
-    .merge(fleet_projections::dashboard::router())
+    Ok(
+        fleet_projections::api::app(fleet_projections::api::ApiState::new(
+            stores.read_model.clone(),
+            stores.timeseries.clone(),
+            admin.clone(),
+        ))
+        .merge(fleet_projections::admin::router(admin))
+        .merge(fleet_projections::dashboard::router()),
+    )
 }
 
 async fn run_projections(
@@ -335,7 +344,7 @@ async fn run_projections(
     let check: ReadyCheck = Arc::new(move || r.check());
     let ops = fleet_ops::endpoints::router("projections", check);
     let app = if cfg.serve_api {
-        query_api(&cfg, &log, &stores).merge(ops)
+        query_api(&cfg, &log, &stores)?.merge(ops)
     } else {
         ops
     };
@@ -382,7 +391,7 @@ pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     on_signal(tx);
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
-    let app = query_api(&cfg, &log, &stores).merge(fleet_ops::endpoints::router(
+    let app = query_api(&cfg, &log, &stores)?.merge(fleet_ops::endpoints::router(
         "api",
         ready_flag(&log_ok, "event log"),
     ));
@@ -606,25 +615,10 @@ pub(crate) async fn up(
 /// File in the data directory holding the generated admin key.
 const ADMIN_KEY_FILE: &str = "admin-key";
 
-/// The admin key of an `up` data directory: read, or generated once (mode 0600).
+/// The admin key of an `up` data directory (see
+/// [`fleet_projections::auth::admin_key_file`]).
 fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = data_dir.join(ADMIN_KEY_FILE);
-    if let Ok(k) = std::fs::read_to_string(&path) {
-        let k = k.trim().to_owned();
-        if !k.is_empty() {
-            return Ok(k);
-        }
-    }
-    let key = fleet_stores::registry::new_secret("fsk_");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{key}")?;
-    Ok(key)
+    fleet_projections::auth::admin_key_file(&path)
+        .with_context(|| format!("the admin key file {}", path.display()))
 }

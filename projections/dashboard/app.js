@@ -1,7 +1,8 @@
 // Fleetstream dashboard: plain JavaScript, no build step, nothing loaded from elsewhere.
 //
 // It signs in with an API key (kept in sessionStorage, or taken from a `#key=...` link and
-// then removed from the address bar), and reads the query API with
+// then removed from the address bar; a link never replaces the key of a signed-in tab
+// without a confirmation), and reads the query API with
 // `Authorization: Bearer <key>` on every request. Views (by URL fragment):
 //   #/                                  overview counters and the agent table
 //   #/agents/{agent_id}                 one agent: latest values, history charts,
@@ -874,14 +875,34 @@
 
   // ---------------------------------------------------------------- start
 
-  /** A `#key=...` link: take the key, and drop it from the address bar and history. */
+  /**
+   * A `#key=...` link: take the key, and drop it from the address bar and history (always,
+   * used or not). A link must not silently switch a signed-in tab to someone else's key
+   * (their session, their view of the fleet, your actions in their name): with a key
+   * already in this tab, a different one is used only if the person says so.
+   */
   function keyFromFragment() {
     const m = /^#key=([^&]*)(?:&(.*))?$/.exec(location.hash);
     if (!m) return null;
-    const key = decodeURIComponent(m[1]).trim();
+    let key = '';
+    try {
+      key = decodeURIComponent(m[1]).trim();
+    } catch {
+      key = '';
+    }
     const rest = m[2] && m[2].startsWith('/') ? `#${m[2]}` : '#/';
     history.replaceState(null, '', `${location.pathname}${location.search}${rest}`);
-    return key || null;
+    if (!key) return null;
+    const current = state.key || sessionStorage.getItem(KEY_STORE);
+    if (current && current !== key) {
+      const who = state.me ? `${state.me.name || state.me.user_id} (${state.me.role})` : 'your current key';
+      const ok = window.confirm(
+        `This link signs this tab in with a different API key, replacing ${who}. ` +
+          'Only continue if you made the link yourself. Switch keys?',
+      );
+      if (!ok) return null;
+    }
+    return key;
   }
 
   function start() {

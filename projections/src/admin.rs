@@ -18,24 +18,33 @@
 //! | `PUT /api/v1/agents/{agent_id}/tags` `{"tags"}` | set an agent's tags (AgentLifecycle UPDATED with `tags` on `fleet.agents.v1`; see [`crate::tags`]) |
 //! | `POST /api/v1/agents/{agent_id}/commands` `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}` | ask an agent to run a command (CommandRequested on `fleet.commands.v1`; see [`crate::commands`]) |
 //! | `POST /api/v1/commands/{command_id}/approve` | approve a command awaiting approval (CommandApproved; a different user than the requester) |
-//! | `POST /api/v1/users`, `GET /api/v1/users`, `POST /api/v1/users/{user_id}/keys`, `POST /api/v1/users/{user_id}/disable` | users and API keys, see [`crate::users`] |
+//! | `POST /api/v1/users`, `GET /api/v1/users`, `GET`/`POST /api/v1/users/{user_id}/keys`, `DELETE /api/v1/users/{user_id}/keys/{key_id}`, `POST /api/v1/users/{user_id}/disable`, `/enable` | users and API keys, see [`crate::users`] |
 //! | rules and alert handling | see [`crate::rules_api`]; a new tenant gets the default rules |
+//!
+//! Routes that name an object by id check the caller's role before looking it up, and
+//! answer another tenant's object as a missing one (see [`crate::auth`]). Every accepted
+//! change is written to the audit log. An `Idempotency-Key` header (commands, rules) binds
+//! the id it names to the first request: a retry with the same request gets the same
+//! answer, another request under the same key 409 `idempotency_key_reused`.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{delete, post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
-use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry};
+use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry, RequestKeyClaim};
 use fleet_stores::{ReadModel, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{self, require_admin, require_operator, require_viewer, KeyCache, Principal};
+use crate::auth::{
+    self, not_found, require_admin, require_operator, require_operator_of, require_viewer,
+    require_writer, KeyCache, Principal,
+};
 use crate::rules_api;
 
 /// State of the admin routes.
@@ -109,6 +118,15 @@ impl AdminState {
         }
     }
 
+    /// Remembers resolved user keys for `ttl` (`api-key-cache-ttl`): the longest time
+    /// another API instance may still accept a key after it was revoked or its user
+    /// disabled.
+    #[must_use]
+    pub fn with_key_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.keys = KeyCache::new(ttl);
+        self
+    }
+
     /// The command types that always need approval (`approval-required-commands`).
     #[must_use]
     pub fn with_approval_required(mut self, command_types: Vec<String>) -> Self {
@@ -152,11 +170,19 @@ pub fn router(state: AdminState) -> Router {
         )
         .route(
             "/api/v1/users/{user_id}/keys",
-            post(crate::users::create_key),
+            post(crate::users::create_key).get(crate::users::list_keys),
+        )
+        .route(
+            "/api/v1/users/{user_id}/keys/{key_id}",
+            delete(crate::users::revoke_key),
         )
         .route(
             "/api/v1/users/{user_id}/disable",
             post(crate::users::disable_user),
+        )
+        .route(
+            "/api/v1/users/{user_id}/enable",
+            post(crate::users::enable_user),
         )
         .route(
             "/api/v1/agents/{agent_id}/commands",
@@ -190,17 +216,71 @@ pub fn router(state: AdminState) -> Router {
             "/api/v1/alerts/{alert_id}/resolve",
             post(rules_api::resolve_alert),
         )
+        .layer(axum::middleware::map_response(crate::api::json_errors))
         .with_state(state)
 }
 
+/// A store's error as an answer. An unavailable store's message names its host and
+/// database: that goes to the log only (the caller may not even be authenticated yet).
 pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(m) => ApiError::not_found(m),
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-        StoreError::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}"), 5),
+        StoreError::Unavailable(m) => {
+            tracing::warn!(error = %m, "Store unavailable.");
+            ApiError::unavailable("the store is unavailable; retry", 5)
+        }
         StoreError::InvalidQuery(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m),
         other => ApiError::internal(other),
     }
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 200 visible ASCII characters
+/// ([`IDEMPOTENCY_KEY_PATTERN`]), else 400.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let v = v.as_bytes();
+    if v.is_empty() || v.len() > 200 || !v.iter().all(|b| (b'!'..=b'~').contains(b)) {
+        return Err(ApiError::invalid_field(
+            "Idempotency-Key",
+            "must be 1 to 200 visible ASCII characters (no spaces)",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(v).into_owned()))
+}
+
+/// [`idempotency_key`]'s rule as a pattern, for the OpenAPI document.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,200}$";
+
+/// Binds `id` (named by an `Idempotency-Key`) to `request`, compared by the SHA-256 of its
+/// JSON (serialize maps as `BTreeMap`, so equal requests are equal text). The first
+/// request under a key and its retries pass; another request is 409.
+pub(crate) async fn claim_idempotent(
+    s: &AdminState,
+    id: &str,
+    request: &impl Serialize,
+) -> Result<RequestKeyClaim, ApiError> {
+    let canonical = serde_json::to_string(request).map_err(ApiError::internal)?;
+    let claim = s
+        .registry
+        .claim_request_key(
+            id,
+            hash_secret(&canonical),
+            fleet_schemas::time::now_micros(),
+        )
+        .await
+        .map_err(store_error)?;
+    if claim == RequestKeyClaim::Different {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request: use a new key",
+        )
+        .with_field("Idempotency-Key"));
+    }
+    Ok(claim)
 }
 
 pub(crate) fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) -> Response {
@@ -210,22 +290,55 @@ pub(crate) fn reply<T: Serialize>(status: StatusCode, r: Result<T, ApiError>) ->
     }
 }
 
+/// A name (tenant, location, user, device), trimmed; see
+/// [`fleet_schemas::text::check_name`]. 400 naming `field` otherwise.
 pub(crate) fn name_field(field: &str, v: &str) -> Result<String, ApiError> {
-    let v = v.trim();
-    if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
+    fleet_schemas::text::check_name(v, MAX_NAME_BYTES)
+        .map(str::to_owned)
+        .map_err(|m| ApiError::invalid_field(field, m))
+}
+
+/// Longest name, in characters.
+pub(crate) const MAX_NAME_BYTES: usize = 200;
+
+/// Parses a JSON object body into `T`, naming the field at fault. Anything but an object
+/// is a 400: serde would also fill a struct from an array.
+pub(crate) fn object_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::invalid_field(
-            field,
-            "must be 1 to 200 characters without control characters",
+            "body",
+            "the body must be a JSON object",
         ));
     }
-    Ok(v.to_owned())
+    fleet_ops::error::parse_json(body)
+}
+
+/// A whole number in a JSON body, also when written with a zero fraction (`60.0`): JSON
+/// Schema's `integer` (and so the OpenAPI document) allows that form. `null` is absent.
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        #[allow(clippy::cast_possible_truncation)] // whole and within ±2^53 checked first
+        Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
+    }
 }
 
 /// Body of tenant and location creation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameBody {
-    /// Display name.
+    /// Display name: at most 200 characters, not only white space, no control, invisible
+    /// or bidirectional-formatting characters.
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub name: String,
 }
 
@@ -314,12 +427,24 @@ pub(crate) async fn create_location(
     body: Result<FieldJson<NameBody>, ApiError>,
 ) -> Response {
     let r = async {
-        require_operator(&s.principal(&headers).await?, &tenant_id)?;
+        let p = s.principal(&headers).await?;
+        require_operator(&p, &tenant_id)?;
         let name = name_field("name", &body?.0.name)?;
-        s.registry
+        let location = s
+            .registry
             .create_location(&tenant_id, &name, fleet_schemas::time::now_micros())
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        tracing::info!(location_id = %location.location_id, %tenant_id, actor = %p.actor(), "Location created.");
+        s.audit(
+            &p,
+            Some(&tenant_id),
+            "location.create",
+            &location.location_id,
+            Some(serde_json::json!({ "name": name })),
+        )
+        .await;
+        Ok(location)
     }
     .await;
     reply(StatusCode::CREATED, r)
@@ -352,18 +477,26 @@ pub(crate) async fn list_locations(
     reply(StatusCode::OK, r)
 }
 
+/// Longest registration token lifetime.
+const MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 /// Body of token creation.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     /// Location the agent will be placed in.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub location_id: Option<String>,
     /// Device name the agent will get.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub device_name: Option<String>,
-    /// Lifetime (`24h`, `30m`; at most 30 days). Default 24h.
+    /// Lifetime, 1m to 30d: digits and one of m h d (`24h`, `30m`, `7d`). Default 24h.
     #[serde(default)]
+    #[schema(
+        pattern = "^0*(?:(?:[1-9]|[12][0-9]|30)d|(?:[1-9][0-9]?|[1-6][0-9]{2}|7[01][0-9]|720)h|(?:[1-9][0-9]{0,3}|[1-3][0-9]{4}|4[0-2][0-9]{3}|43200)m)$"
+    )]
     pub expires_in: Option<String>,
 }
 
@@ -402,12 +535,10 @@ pub(crate) async fn create_token(
         let b = body?.0;
         let lifetime = match &b.expires_in {
             None => std::time::Duration::from_secs(86_400),
-            Some(v) => humantime::parse_duration(v)
-                .map_err(|_| ApiError::invalid_field("expires_in", "must be a duration such as 30m, 24h, 7d"))?,
+            Some(v) => crate::api::parse_duration(v, &["m", "h", "d"])
+                .filter(|d| !d.is_zero() && *d <= MAX_TOKEN_LIFETIME)
+                .ok_or_else(|| ApiError::invalid_field("expires_in", "must be 1m to 30d: digits and one of m h d (30m, 24h, 7d)"))?,
         };
-        if lifetime.is_zero() || lifetime > std::time::Duration::from_secs(30 * 86_400) {
-            return Err(ApiError::invalid_field("expires_in", "must be more than 0 and at most 30 days"));
-        }
         let device_name = b.device_name.as_deref().map(|d| name_field("device_name", d)).transpose()?;
         let now = fleet_schemas::time::now_micros();
         let secret = new_secret("fst_");
@@ -415,11 +546,19 @@ pub(crate) async fn create_token(
             tenant_id: tenant_id.clone(),
             location_id: b.location_id,
             device_name,
-            expires_at: now + i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX / 2),
+            // At most 30 days: no overflow.
+            expires_at: now.saturating_add(i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX)),
             created_by: actor.clone(),
             created_at: now,
         };
-        let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(store_error)?;
+        if s.registry.get_tenant(&tenant_id).await.map_err(store_error)?.is_none() {
+            return Err(not_found("tenant", "tenant_id"));
+        }
+        // The tenant exists: a missing location is a bad reference in the body.
+        let info = s.registry.create_token(&new, hash_secret(&secret)).await.map_err(|e| match e {
+            StoreError::NotFound(_) => crate::api::invalid_combination("location_id", "the tenant has no such location"),
+            other => store_error(other),
+        })?;
         tracing::info!(token_id = %info.token_id, %tenant_id, %actor, "Registration token created.");
         s.audit(&p, Some(&tenant_id), "token.create", &info.token_id, None).await;
         // The token goes through the environment: a command-line argument is visible to
@@ -461,12 +600,31 @@ pub(crate) async fn list_tokens(
     reply(StatusCode::OK, r)
 }
 
+/// The credential record of an enrolled agent the caller may act on (after
+/// [`require_writer`]); unknown and another tenant's are the same 404.
+pub(crate) async fn agent_of(
+    s: &AdminState,
+    p: &Principal,
+    agent_id: &str,
+) -> Result<fleet_stores::registry::AgentCredential, ApiError> {
+    let missing = || not_found("agent", "agent_id");
+    let cred = s
+        .registry
+        .agent_credential(agent_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(missing)?;
+    require_operator_of(p, &cred.tenant_id, missing)?;
+    Ok(cred)
+}
+
 /// Body of a deactivation.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeactivateBody {
     /// Why, for the audit trail.
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = "fleet:name")]
     pub reason: Option<String>,
 }
 
@@ -476,7 +634,7 @@ pub struct DeactivateBody {
     tag = "admin",
     summary = "Revoke an agent's credential",
     params(("agent_id" = String, Path, description = "Agent id")),
-    request_body = DeactivateBody,
+    request_body(content = Option<DeactivateBody>, description = "Optional: nothing, or a reason"),
     responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -488,22 +646,22 @@ pub(crate) async fn deactivate(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
         // The body is optional: nothing, or {"reason": "..."}.
-        let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        let reason = if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
             None
         } else {
-            fleet_ops::error::parse_json::<DeactivateBody>(&body)?.reason
+            object_body::<DeactivateBody>(&body)?
+                .reason
+                .map(|r| {
+                    fleet_schemas::text::check_name(&r, 1000)
+                        .map(str::to_owned)
+                        .map_err(|m| ApiError::invalid_field("reason", m))
+                })
+                .transpose()?
         };
-        let cred = s
-            .registry
-            .agent_credential(&agent_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
-            })?;
-        require_operator(&p, &cred.tenant_id)?;
+        let cred = agent_of(&s, &p, &agent_id).await?;
         let now = fleet_schemas::time::now_micros();
         let changed = s
             .registry
@@ -556,4 +714,26 @@ pub(crate) async fn deactivate(
     }
     .await;
     reply(StatusCode::OK, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    #[tokio::test]
+    async fn an_unavailable_store_is_a_503_without_its_address() {
+        let e = store_error(StoreError::Unavailable(
+            "find API key on postgres db.internal.example:5432/fleet_prod: connection refused"
+                .into(),
+        ));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key(axum::http::header::RETRY_AFTER));
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        for secret in ["db.internal", "5432", "fleet_prod", "postgres"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
 }

@@ -40,7 +40,7 @@ use fleet_stores::{
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
 
-use crate::admin::AdminState;
+use crate::admin::{store_error, AdminState};
 use crate::auth::{require_viewer, Principal};
 use crate::metrics;
 
@@ -77,10 +77,7 @@ impl ApiState {
         pairs: &[(String, String)],
     ) -> Result<(Principal, Option<String>), ApiError> {
         let p = self.auth.principal(headers).await?;
-        let requested = match one(pairs, "tenant") {
-            Some("") => return Err(ApiError::invalid_field("tenant", "must not be empty")),
-            other => other,
-        };
+        let requested = one(pairs, "tenant")?;
         let tenant = read_scope(&p, requested)?;
         Ok((p, tenant))
     }
@@ -128,17 +125,52 @@ pub fn app(state: ApiState) -> Router {
             "/api/v1/tickets",
             get(commands_software_tickets::list_tickets),
         )
+        .layer(axum::middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
         .with_state(state)
         .merge(crate::openapi::router())
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::InvalidQuery(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m),
-        StoreError::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}"), 5),
-        other => ApiError::internal(other),
+/// Answers every error of a router in the API's JSON format. Handlers answer with
+/// [`ApiError`] already; this catches axum's own plain-text rejections (a path segment
+/// that is not valid percent-encoded UTF-8, a method the route does not have) so every
+/// documented error has the documented body. An empty 404 (no route at all) is left as it
+/// is.
+pub(crate) async fn json_errors(resp: Response) -> Response {
+    use axum::http::header;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
     }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    if status == StatusCode::NOT_FOUND && text.is_empty() {
+        return (parts, axum::body::Body::empty()).into_response();
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        t => t.to_owned(),
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 fn respond<T: Serialize>(
@@ -198,12 +230,14 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+/// The value of query parameter `key` (the last one if repeated). An empty value is a 400:
+/// every parameter is absent or says something.
+fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Result<Option<&'a str>, ApiError> {
+    match pairs.iter().rev().find(|(k, _)| k == key) {
+        None => Ok(None),
+        Some((_, v)) if v.is_empty() => Err(ApiError::invalid_field(key, "must not be empty")),
+        Some((_, v)) => Ok(Some(v.as_str())),
+    }
 }
 
 fn reject_unknown(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
@@ -217,7 +251,7 @@ fn reject_unknown(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiE
 }
 
 fn limit(pairs: &[(String, String)]) -> Result<Option<u32>, ApiError> {
-    match one(pairs, "limit") {
+    match one(pairs, "limit")? {
         None => Ok(None),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(Some(n)),
@@ -229,24 +263,113 @@ fn limit(pairs: &[(String, String)]) -> Result<Option<u32>, ApiError> {
     }
 }
 
-/// Parses a time: RFC 3339, or a duration meaning that long before `now`.
-pub fn parse_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    if v == "now" {
-        return Ok(now);
+/// Units of a duration parameter (`15m`, `24h`): suffix, seconds, and most significant
+/// digits, so every duration the grammar admits is within the stores' time range
+/// (about 146,000 years). The OpenAPI document states the same grammar as a pattern
+/// ([`duration_pattern`]).
+pub(crate) const DURATION_UNITS: &[(&str, u64, usize)] = &[
+    ("s", 1, 12),
+    ("m", 60, 10),
+    ("h", 3_600, 9),
+    ("d", 86_400, 7),
+    ("w", 604_800, 6),
+    ("y", 31_557_600, 5),
+];
+
+/// Parses `<digits><unit>` with one of `units` (leading zeros allowed, at most the unit's
+/// significant digits). `None` when it is not that.
+pub(crate) fn parse_duration(v: &str, units: &[&str]) -> Option<std::time::Duration> {
+    let split = v.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = v.split_at(split);
+    let &(_, secs, cap) = DURATION_UNITS
+        .iter()
+        .find(|(u, _, _)| *u == unit && units.contains(u))?;
+    let significant = digits.trim_start_matches('0');
+    if digits.is_empty() || significant.len() > cap {
+        return None;
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = humantime::parse_duration(v.trim_start_matches('-')) {
-        let d = chrono::Duration::from_std(d)
-            .map_err(|_| ApiError::invalid_field(field, "duration too large"))?;
-        return Ok(now - d);
-    }
-    Err(ApiError::invalid_field(
-        field,
-        "must be RFC 3339 (2026-11-23T10:00:00Z), `now`, or a duration before now (15m, 24h)",
-    ))
+    let n: u64 = if significant.is_empty() {
+        0
+    } else {
+        significant.parse().ok()?
+    };
+    Some(std::time::Duration::from_secs(n.checked_mul(secs)?))
 }
+
+/// [`parse_duration`]'s grammar as an anchored pattern; `positive` leaves out zero.
+pub(crate) fn duration_pattern(units: &[&str], sign: bool, positive: bool) -> String {
+    let alternatives: Vec<String> = DURATION_UNITS
+        .iter()
+        .filter(|(u, _, _)| units.contains(u))
+        .map(|(u, _, cap)| {
+            if positive {
+                format!("0*[1-9][0-9]{{0,{}}}{u}", cap - 1)
+            } else {
+                format!("0*[0-9]{{1,{cap}}}{u}")
+            }
+        })
+        .collect();
+    format!(
+        "^{}(?:{})$",
+        if sign { "-?" } else { "" },
+        alternatives.join("|")
+    )
+}
+
+/// Units of `start` and `end` durations and of `interval`.
+pub(crate) const TIME_UNITS: &[&str] = &["s", "m", "h", "d", "w", "y"];
+
+/// Parses a time: RFC 3339, `now`, or a duration meaning that long before `now`
+/// (`15m`, `-15m`: see [`parse_duration`]). Every step is checked arithmetic: a time
+/// outside the time series' range (±[`fleet_stores::MAX_ABS_TS_MICROS`], about 146,000
+/// years) is a 400 naming `field`.
+pub fn parse_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    let t = if v == "now" {
+        now
+    } else if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        t.with_timezone(&Utc)
+    } else if let Some(d) = parse_duration(v.strip_prefix('-').unwrap_or(v), TIME_UNITS) {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| too_far(field))?
+    } else {
+        return Err(ApiError::invalid_field(
+            field,
+            "must be RFC 3339 (2026-11-23T10:00:00Z), `now`, or a duration before now \
+             (digits and one of s m h d w y: 15m, 24h)",
+        ));
+    };
+    in_range(field, t)
+}
+
+/// 422 naming `field`: each value is valid, together they are not.
+pub(crate) fn invalid_combination(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_combination",
+        message,
+    )
+    .with_field(field)
+}
+
+/// `t`, if the time-series store can answer for it.
+fn in_range(field: &str, t: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    if t.timestamp_micros().unsigned_abs() > fleet_stores::MAX_ABS_TS_MICROS.unsigned_abs() {
+        return Err(too_far(field));
+    }
+    Ok(t)
+}
+
+fn too_far(field: &str) -> ApiError {
+    ApiError::invalid_field(
+        field,
+        "is out of range: times are within about 146,000 years of 1970",
+    )
+}
+
+/// Most metrics in one history request.
+const MAX_METRICS: usize = 20;
 
 /// Answer of the agent list.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -262,7 +385,7 @@ pub struct AgentList {
     path = "/api/v1/agents",
     tag = "query",
     summary = "Agents with their latest metrics, by agent id",
-    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("location" = Option<String>, Query, description = "Location id"), ("status" = Option<String>, Query, description = "online, offline or deactivated"), ("tag" = Option<String>, Query, description = "Carries this tag"), ("q" = Option<String>, Query, description = "Text in the id, host name or device name"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("after" = Option<String>, Query, description = "Last agent id of the previous page")),
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1), ("location" = Option<String>, Query, description = "Location id", min_length = 1), ("status" = Option<String>, Query, description = "online, offline or deactivated", pattern = "^(online|offline|deactivated)$"), ("tag" = Option<String>, Query, description = "Carries this tag", min_length = 1), ("q" = Option<String>, Query, description = "Text in the id, host name or device name", min_length = 1, max_length = 200), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("after" = Option<String>, Query, description = "Last agent id of the previous page", min_length = 1)),
     responses((status = 200, description = "Done", body = AgentList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -280,23 +403,23 @@ pub(crate) async fn list_agents(
         )?;
         let (_, tenant) = s.scope(&headers, &p).await?;
         let limit = limit(&p)?;
-        let status = match one(&p, "status") {
+        let status = match one(&p, "status")? {
             None => None,
             Some(v) => Some(AgentStatus::parse(v).ok_or_else(|| {
                 ApiError::invalid_field("status", "must be online, offline or deactivated")
             })?),
         };
-        let text = one(&p, "q").filter(|t| !t.is_empty());
+        let text = one(&p, "q")?;
         if text.is_some_and(|t| t.chars().count() > 200) {
             return Err(ApiError::invalid_field("q", "at most 200 characters"));
         }
         let query = AgentQuery {
             tenant_id: tenant,
             limit,
-            after: one(&p, "after").map(str::to_owned),
-            location_id: one(&p, "location").map(str::to_owned),
+            after: one(&p, "after")?.map(str::to_owned),
+            location_id: one(&p, "location")?.map(str::to_owned),
             status,
-            tag: one(&p, "tag").map(str::to_owned),
+            tag: one(&p, "tag")?.map(str::to_owned),
             text: text.map(str::to_owned),
         };
         let agents = s
@@ -329,7 +452,7 @@ pub struct Overview {
     path = "/api/v1/overview",
     tag = "query",
     summary = "Fleet counters",
-    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1)),
     responses((status = 200, description = "Done", body = Overview), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -383,7 +506,7 @@ pub struct AuditList {
     path = "/api/v1/audit",
     tag = "query",
     summary = "The audit log, newest first",
-    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("actor" = Option<String>, Query, description = "Only this user"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1), ("actor" = Option<String>, Query, description = "Only this user", min_length = 1), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000)),
     responses((status = 200, description = "Done", body = AuditList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -401,7 +524,7 @@ pub(crate) async fn list_audit(
             .read_model
             .list_audit(&AuditQuery {
                 tenant_id: tenant,
-                actor: one(&p, "actor").map(str::to_owned),
+                actor: one(&p, "actor")?.map(str::to_owned),
                 limit: limit(&p)?,
             })
             .await
@@ -435,7 +558,7 @@ pub(crate) async fn find_agent(
         .get_agent(tenant, agent_id)
         .await
         .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found(format!("no agent {agent_id}")).with_field("agent_id"))
+        .ok_or_else(|| crate::auth::not_found("agent", "agent_id"))
 }
 
 #[utoipa::path(
@@ -443,7 +566,7 @@ pub(crate) async fn find_agent(
     path = "/api/v1/agents/{agent_id}",
     tag = "query",
     summary = "One agent with its series, services and open alerts",
-    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1)),
     responses((status = 200, description = "Done", body = AgentDetail), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -552,7 +675,7 @@ pub struct History {
     path = "/api/v1/agents/{agent_id}/metrics",
     tag = "query",
     summary = "Metric history in buckets (several metrics at once)",
-    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("metric" = String, Query, description = "Series names, repeated or comma-separated (cpu.percent,mem.percent)"), ("start" = Option<String>, Query, description = "RFC 3339, now, or a duration before now (default 1h before end)"), ("end" = Option<String>, Query, description = "RFC 3339, now, or a duration before now (default now)"), ("interval" = Option<String>, Query, description = "Bucket width, a duration (default 1m)")),
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1), ("metric" = String, Query, description = "1 to 20 series, comma-separated: a built-in metric or custom.<name>, with :<subject> for a mount point or service (cpu.percent,disk.percent:/var)", pattern = "fleet:metrics"), ("start" = Option<String>, Query, description = "RFC 3339, now, or a duration before now: digits and one of s m h d w y (default 1h before end)", pattern = "fleet:time"), ("end" = Option<String>, Query, description = "RFC 3339, now, or a duration before now: digits and one of s m h d w y (default now; after start, 422 otherwise)", pattern = "fleet:time"), ("interval" = Option<String>, Query, description = "Bucket width, at least 1s: digits and one of s m h d w y (default 1m); at most 10000 buckets in the range (422 otherwise)", pattern = "fleet:interval")),
     responses((status = 200, description = "Done", body = History), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -567,56 +690,57 @@ pub(crate) async fn agent_metrics(
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "metric", "start", "end", "interval"])?;
         let (_, tenant) = s.scope(&headers, &p).await?;
-        let metrics: Vec<String> = p
-            .iter()
-            .filter(|(k, _)| k == "metric")
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let mut metrics: Vec<String> = Vec::new();
+        for (_, v) in p.iter().filter(|(k, _)| k == "metric") {
+            for m in v.split(',') {
+                let (name, _) = fleet_schemas::samples::split_series(m);
+                if !fleet_schemas::samples::is_known_metric(name) {
+                    return Err(ApiError::invalid_field(
+                        "metric",
+                        format!("unknown metric {m:?}: a built-in name or custom.<name>, with :<subject> if it has one"),
+                    ));
+                }
+                metrics.push(m.to_owned());
+            }
+        }
         if metrics.is_empty() {
             return Err(ApiError::invalid_field(
                 "metric",
                 "name at least one metric, for example metric=cpu.percent",
             ));
         }
-        if metrics.len() > 20 {
+        if metrics.len() > MAX_METRICS {
             return Err(ApiError::invalid_field(
                 "metric",
-                "at most 20 metrics per request",
+                format!("at most {MAX_METRICS} metrics per request"),
             ));
         }
-        for m in &metrics {
-            let (name, _) = fleet_schemas::samples::split_series(m);
-            if !fleet_schemas::samples::is_known_metric(name) {
-                return Err(ApiError::invalid_field(
-                    "metric",
-                    format!("unknown metric {m:?}"),
-                ));
-            }
-        }
         let now = Utc::now();
-        let end = match one(&p, "end") {
+        let end = match one(&p, "end")? {
             Some(v) => parse_time("end", v, now)?,
             None => now,
         };
-        let start = match one(&p, "start") {
+        let start = match one(&p, "start")? {
             Some(v) => parse_time("start", v, now)?,
-            None => end - chrono::Duration::hours(1),
+            None => end
+                .checked_sub_signed(chrono::Duration::hours(1))
+                .ok_or_else(|| too_far("start"))
+                .and_then(|t| in_range("start", t))?,
         };
-        if end <= start {
-            return Err(ApiError::invalid_field("end", "must be after start"));
-        }
-        let interval = match one(&p, "interval") {
-            Some(v) => humantime::parse_duration(v).map_err(|_| {
-                ApiError::invalid_field("interval", "must be a duration such as 10s, 1m, 5m, 1h")
-            })?,
+        let interval = match one(&p, "interval")? {
+            Some(v) => parse_duration(v, TIME_UNITS)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "interval",
+                        "must be a duration of at least 1s: digits and one of s m h d w y (10s, 5m, 1h)",
+                    )
+                })?,
             None => std::time::Duration::from_secs(60),
         };
         let interval_micros = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
-        if interval_micros < 1_000_000 {
-            return Err(ApiError::invalid_field("interval", "must be at least 1s"));
+        if end <= start {
+            return Err(invalid_combination("end", "must be after start"));
         }
         let agent = find_agent(&s, tenant.as_deref(), &agent_id).await?;
         let mut series = Vec::with_capacity(metrics.len());
@@ -630,7 +754,8 @@ pub(crate) async fn agent_metrics(
                 interval_micros,
             };
             let buckets = s.timeseries.query(&q).await.map_err(|e| match e {
-                StoreError::InvalidQuery(msg) => ApiError::invalid_field("interval", msg),
+                // The range and the interval, each valid, give too many buckets.
+                StoreError::InvalidQuery(msg) => invalid_combination("interval", msg),
                 other => store_error(other),
             })?;
             series.push(SeriesHistory {
@@ -663,7 +788,7 @@ pub struct AlertList {
     path = "/api/v1/alerts",
     tag = "query",
     summary = "Alerts, newest first",
-    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("agent_id" = Option<String>, Query, description = "Only this agent"), ("status" = Option<String>, Query, description = "open, acknowledged or resolved"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1), ("agent_id" = Option<String>, Query, description = "Only this agent", min_length = 1), ("status" = Option<String>, Query, description = "open, acknowledged or resolved", pattern = "^(open|acknowledged|resolved)$"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000)),
     responses((status = 200, description = "Done", body = AlertList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -677,7 +802,7 @@ pub(crate) async fn list_alerts(
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "agent_id", "status", "limit"])?;
         let (_, tenant) = s.scope(&headers, &p).await?;
-        let status = match one(&p, "status") {
+        let status = match one(&p, "status")? {
             None => None,
             Some(v) => Some(AlertStatus::parse(v).ok_or_else(|| {
                 ApiError::invalid_field("status", "must be open, acknowledged or resolved")
@@ -685,7 +810,7 @@ pub(crate) async fn list_alerts(
         };
         let query = AlertQuery {
             tenant_id: tenant,
-            agent_id: one(&p, "agent_id").map(str::to_owned),
+            agent_id: one(&p, "agent_id")?.map(str::to_owned),
             status,
             limit: limit(&p)?,
         };
@@ -720,6 +845,19 @@ mod tests {
         assert_eq!(t.timestamp(), 1_795_428_000);
         let e = parse_time("start", "yesterday", now).expect_err("bad");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn parse_time_refuses_durations_out_of_range_naming_the_field() {
+        let now = Utc::now();
+        assert!(parse_time("start", "100y", now).is_ok());
+        // 300000y overflowed `DateTime - TimeDelta` (a panic); 200000y fits chrono but not
+        // the stores' ±2^62 µs; a duration beyond TimeDelta's range fails conversion.
+        for v in ["300000y", "200000y", "18446744073709551615s", "-300000y"] {
+            let e = parse_time("end", v, now).expect_err(v);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{v}");
+            assert!(format!("{e:?}").contains("\"end\""), "{v}: {e:?}");
+        }
     }
 
     #[test]

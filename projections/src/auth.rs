@@ -5,16 +5,24 @@
 //!
 //! * the bootstrap key (the projections' `admin-api-key`; `fleetstream up` keeps it in
 //!   `<data-dir>/admin-key`) is the user `admin` with role admin;
-//! * a user API key (`fsu_...`, made by `POST /api/v1/users` or
+//! * a user API key (`fsu_...`, made by `POST /api/v1/users` or, by an admin,
 //!   `POST /api/v1/users/{id}/keys`) is looked up in the registry by the SHA-256 of the
 //!   key, and the stored hash is compared with the presented key's in constant time. A
-//!   found key is remembered for [`CACHE_TTL`], so disabling a user takes effect within
-//!   that time (at once through `POST /api/v1/users/{id}/disable`, which clears the cache).
+//!   found key is remembered for the cache TTL (`api-key-cache-ttl`, default
+//!   [`DEFAULT_CACHE_TTL`]); after that it is looked up again. So disabling a user or
+//!   revoking a key takes effect on the instance that did it at once (its cache is
+//!   cleared) and on every other API instance within the TTL: that is the bound.
 //!
-//! A missing, unknown or disabled user's key is 401. [`require_admin`],
-//! [`require_operator`] and [`require_viewer`] answer 403: admins may do everything;
-//! operators and viewers only in their own tenant (the message names the tenant); viewers
-//! only read.
+//! A missing, unknown or revoked key, or a disabled user's, is 401. [`require_admin`],
+//! [`require_writer`], [`require_operator`] and [`require_viewer`] answer 403: admins may do
+//! everything; operators and viewers only in their own tenant; viewers only read.
+//!
+//! Tenancy without an oracle: a route that names an object by id (an agent, alert,
+//! command, rule) checks the caller's role first ([`require_writer`]: a viewer gets 403
+//! for a real and a made-up id alike), then looks the object up, and answers another
+//! tenant's object exactly as a missing one ([`require_operator_of`], [`not_found`]: 404,
+//! the same body, no id in it). A route that names a tenant answers 403 for any tenant
+//! but the caller's own, whether it exists or not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,12 +35,73 @@ use serde::Serialize;
 
 use crate::admin::store_error;
 
-/// How long a resolved user key is remembered.
-pub const CACHE_TTL: Duration = Duration::from_secs(10);
+/// How long a resolved user key is remembered by default (`api-key-cache-ttl`).
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Most remembered keys (the cache is cleared when full).
 const CACHE_MAX: usize = 10_000;
 /// Name and id of the bootstrap administrator.
 pub const BOOTSTRAP_ADMIN: &str = "admin";
+
+/// Shortest bootstrap admin key (`admin-api-key`), in characters.
+pub const MIN_ADMIN_KEY_CHARS: usize = 32;
+/// Least estimated strength of the bootstrap admin key, in bits (see [`check_admin_key`]).
+pub const MIN_ADMIN_KEY_BITS: f64 = 128.0;
+
+/// Checks the bootstrap admin key before the API starts: empty (no bootstrap key) or at
+/// least [`MIN_ADMIN_KEY_CHARS`] characters whose estimated strength, length times log2 of
+/// the number of distinct characters, is at least [`MIN_ADMIN_KEY_BITS`] (32 hex digits
+/// pass; a word repeated, or `aaaa...`, does not). A generated key
+/// (`openssl rand -base64 32`, or the `fsk_` key `fleetstream up` writes) passes.
+pub fn check_admin_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    let chars = key.chars().count();
+    if chars < MIN_ADMIN_KEY_CHARS {
+        return Err(format!(
+            "the admin API key has {chars} characters, fewer than {MIN_ADMIN_KEY_CHARS}: \
+             generate one, for example with `openssl rand -base64 32`"
+        ));
+    }
+    let distinct = key.chars().collect::<std::collections::HashSet<_>>().len();
+    #[allow(clippy::cast_precision_loss)] // key lengths are far below 2^52
+    let bits = chars as f64 * (distinct as f64).log2();
+    if bits < MIN_ADMIN_KEY_BITS || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "the admin API key is too weak ({distinct} distinct characters in {chars}, or \
+             blanks): generate one, for example with `openssl rand -base64 32`"
+        ));
+    }
+    Ok(())
+}
+
+/// The bootstrap admin key kept in a file (`fleetstream up`'s `<data-dir>/admin-key`):
+/// read, or generated once (`fsk_` and 43 random characters, mode 0600). A file that group
+/// or others may access is made owner-only (0600) first, with a warning.
+pub fn admin_key_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "The admin key file was accessible to others: made owner-only (0600).");
+        }
+        let key = std::fs::read_to_string(path)?.trim().to_owned();
+        if !key.is_empty() {
+            return Ok(key);
+        }
+    }
+    let key = fleet_stores::registry::new_secret("fsk_");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{key}")?;
+    Ok(key)
+}
 
 /// The caller of an operator route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -68,21 +137,39 @@ impl Principal {
 /// A resolved user key and when it was resolved.
 type Entry = (Principal, Instant);
 
-/// Resolved user keys by the hash of the key.
-#[derive(Debug, Clone, Default)]
+/// Resolved user keys by the hash of the key, each for `ttl`.
+#[derive(Debug, Clone)]
 pub(crate) struct KeyCache {
     entries: Arc<Mutex<HashMap<[u8; 32], Entry>>>,
+    ttl: Duration,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache::new(DEFAULT_CACHE_TTL)
+    }
 }
 
 impl KeyCache {
+    /// A cache remembering keys for `ttl` (zero: not at all).
+    pub(crate) fn new(ttl: Duration) -> KeyCache {
+        KeyCache {
+            entries: Arc::default(),
+            ttl,
+        }
+    }
+
     fn get(&self, hash: &[u8; 32]) -> Option<Principal> {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.get(hash)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(p, _)| p.clone())
     }
 
     fn put(&self, hash: [u8; 32], p: Principal) {
+        if self.ttl.is_zero() {
+            return;
+        }
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= CACHE_MAX {
             map.clear();
@@ -90,7 +177,7 @@ impl KeyCache {
         map.insert(hash, (p, Instant::now()));
     }
 
-    /// Forgets every entry (after a user was disabled).
+    /// Forgets every entry (after a user was disabled or a key revoked).
     pub(crate) fn clear(&self) {
         self.entries
             .lock()
@@ -133,6 +220,9 @@ pub(crate) async fn principal(
     if owner.user.disabled {
         return Err(unauthorized("this user is disabled"));
     }
+    if owner.key.revoked_at.is_some() {
+        return Err(unauthorized("this API key was revoked"));
+    }
     let p = Principal {
         user_id: owner.user.user_id,
         name: owner.user.name,
@@ -159,28 +249,57 @@ pub fn require_admin(p: &Principal) -> Result<(), ApiError> {
     }
 }
 
-/// May read in `tenant_id`: admins, and operators and viewers of that tenant.
+/// May change things at all: admins and operators; viewers only read. Checked before
+/// anything is looked up.
+pub fn require_writer(p: &Principal) -> Result<(), ApiError> {
+    match p.role {
+        Role::Viewer => Err(forbidden(format!(
+            "{} is a viewer: viewers may only read",
+            p.name
+        ))),
+        Role::Admin | Role::Operator => Ok(()),
+    }
+}
+
+/// May read in `tenant_id` (a tenant the caller named): admins, and operators and viewers
+/// of that tenant. Any other tenant is 403, existing or not.
 pub fn require_viewer(p: &Principal, tenant_id: &str) -> Result<(), ApiError> {
     match p.role {
         Role::Admin => Ok(()),
         _ if p.tenant_id.as_deref() == Some(tenant_id) => Ok(()),
         _ => Err(
-            forbidden(format!("{} may not access tenant {tenant_id}", p.name))
-                .with_field("tenant_id"),
+            forbidden(format!("{} may access its own tenant only", p.name)).with_field("tenant_id"),
         ),
     }
 }
 
-/// May act in `tenant_id`: admins, and operators of that tenant.
+/// May act in `tenant_id` (a tenant the caller named): admins, and operators of that
+/// tenant. The role is checked first.
 pub fn require_operator(p: &Principal, tenant_id: &str) -> Result<(), ApiError> {
-    require_viewer(p, tenant_id)?;
+    require_writer(p)?;
+    require_viewer(p, tenant_id)
+}
+
+/// May act on an object of `tenant_id` that the caller named by id (after
+/// [`require_writer`]): admins, and operators of that tenant. Another tenant's object is
+/// `missing`, the answer an unknown id gets.
+pub fn require_operator_of(
+    p: &Principal,
+    tenant_id: &str,
+    missing: impl FnOnce() -> ApiError,
+) -> Result<(), ApiError> {
+    require_writer(p)?;
     match p.role {
-        Role::Viewer => Err(forbidden(format!(
-            "{} is a viewer of tenant {tenant_id}: viewers may only read",
-            p.name
-        ))),
-        _ => Ok(()),
+        Role::Admin => Ok(()),
+        _ if p.tenant_id.as_deref() == Some(tenant_id) => Ok(()),
+        _ => Err(missing()),
     }
+}
+
+/// 404 for an object named by id that the caller cannot see: unknown, or another
+/// tenant's. The body is the same for both and names only the field.
+pub fn not_found(what: &str, field: &str) -> ApiError {
+    ApiError::not_found(format!("no such {what}")).with_field(field)
 }
 
 #[cfg(test)]
@@ -193,6 +312,46 @@ mod tests {
             name: "bob".into(),
             role,
             tenant_id: tenant.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_admin_key_file_is_made_once_and_kept_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin-key");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        let key = admin_key_file(&path).expect("made");
+        assert!(
+            key.starts_with("fsk_") && check_admin_key(&key).is_ok(),
+            "{key}"
+        );
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(admin_key_file(&path).expect("read"), key, "kept");
+        // Readable by group and others: repaired, the key kept.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(admin_key_file(&path).expect("read"), key);
+        assert_eq!(mode(&path), 0o600, "made owner-only");
+    }
+
+    #[test]
+    fn weak_admin_keys_are_refused() {
+        assert!(check_admin_key("").is_ok(), "no bootstrap key");
+        for ok in [
+            "fsk_FzM3k9sQn1b7m2Lr0x8v5cW4tY6uPaE1dGhJkZ_3qRs".to_owned(),
+            "0123456789abcdef0123456789abcdef".to_owned(),
+            format!("fsk_e2e_{}", "3f2a9c1e7b4d4e0f8a6b5c2d1e9f7a3b"),
+        ] {
+            assert_eq!(check_admin_key(&ok), Ok(()), "{ok}");
+        }
+        for weak in [
+            "fsk_test-admin-key".to_owned(),
+            "a".repeat(64),
+            "abab".repeat(16),
+            "correct horse battery staple and more words".to_owned(),
+        ] {
+            assert!(check_admin_key(&weak).is_err(), "{weak}");
         }
     }
 
@@ -218,5 +377,25 @@ mod tests {
             require_operator(&viewer, "a").err().map(|e| e.status()),
             Some(StatusCode::FORBIDDEN)
         );
+        // Objects named by id: another tenant's is the caller's "missing"; a viewer is
+        // refused for its role first, whatever the object.
+        let missing = || not_found("agent", "agent_id");
+        assert!(require_operator_of(&op, "a", missing).is_ok());
+        assert!(require_operator_of(&admin, "b", missing).is_ok());
+        assert_eq!(
+            require_operator_of(&op, "b", missing)
+                .err()
+                .map(|e| e.status()),
+            Some(StatusCode::NOT_FOUND)
+        );
+        for t in ["a", "b"] {
+            assert_eq!(
+                require_operator_of(&viewer, t, missing)
+                    .err()
+                    .map(|e| e.status()),
+                Some(StatusCode::FORBIDDEN)
+            );
+        }
+        assert!(require_writer(&viewer).is_err() && require_writer(&op).is_ok());
     }
 }

@@ -7,9 +7,13 @@
 //! Body: `{"command_type", "args"?, "timeout_secs"?, "requires_approval"?}`. Types:
 //! `restart_service` (`args.service`), `run_script` (`args.script`, a name from the
 //! agent's configuration), `collect_diagnostics`, `update_config` (interval keys).
-//! An `Idempotency-Key` header makes a retried request name the same command. Requesting
-//! needs an operator of the agent's tenant (or an admin); the requester is the event's
-//! actor.
+//! An `Idempotency-Key` header makes a retried request name the same command (and answer
+//! the same); the same key with a different request (type, arguments, timeout, approval,
+//! requester) is 409 `idempotency_key_reused` and writes nothing, since the key names one
+//! command id and the gateway and the read model keep the first REQUESTED of an id. The
+//! key is bound to its request in the registry (`idempotency_keys`) before the event is
+//! written, so concurrent requests under one key cannot both pass. Requesting needs an
+//! operator of the agent's tenant (or an admin); the requester is the event's actor.
 //!
 //! Approval: a command needs it when the request says `requires_approval: true` or its
 //! type is in the projections' `approval-required-commands` (default `["run_script"]`).
@@ -31,8 +35,8 @@ use fleet_ops::ApiError;
 use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{reply, store_error, AdminState};
-use crate::auth::require_operator;
+use crate::admin::{agent_of, claim_idempotent, idempotency_key, reply, AdminState};
+use crate::auth::{not_found, require_operator_of, require_writer};
 
 /// Command types an operator may request (each agent has its own allow-list too).
 pub const COMMAND_TYPES: &[&str] = &[
@@ -57,12 +61,80 @@ pub struct CommandRequest {
     #[serde(default)]
     pub args: BTreeMap<String, String>,
     /// Seconds the agent lets it run (default 60, at most 3600).
+    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    pub timeout_secs: Option<i64>,
+    /// Whether a second user must approve it before it is delivered (default false).
     #[serde(default)]
-    pub timeout_secs: Option<u64>,
-    /// Whether a second user must approve it before it is delivered.
-    #[serde(default)]
-    pub requires_approval: bool,
+    pub requires_approval: Option<bool>,
 }
+
+/// Most arguments of a command.
+pub const MAX_ARGS: usize = 32;
+/// Longest argument name, in characters.
+pub const MAX_ARG_NAME: usize = 64;
+/// Longest argument value, in characters.
+pub const MAX_ARG_VALUE: usize = 1024;
+
+/// The arguments a command type needs (each a name: not blank, no hidden characters).
+fn required_args(command_type: &str) -> &'static [&'static str] {
+    match command_type {
+        "restart_service" => &["service"],
+        "run_script" => &["script"],
+        _ => &[],
+    }
+}
+
+impl utoipa::PartialSchema for CommandRequest {
+    /// One variant per command type, each with the arguments it needs ([`check_request`]
+    /// as a schema).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use serde_json::json;
+        let variants: Vec<serde_json::Value> = COMMAND_TYPES
+            .iter()
+            .map(|t| {
+                let needed = required_args(t);
+                let mut args = json!({
+                    "type": "object",
+                    "maxProperties": MAX_ARGS,
+                    "propertyNames": { "type": "string", "minLength": 1, "maxLength": MAX_ARG_NAME, "pattern": "fleet:text" },
+                    "additionalProperties": { "type": "string", "maxLength": MAX_ARG_VALUE, "pattern": "fleet:text" },
+                    "description": "Arguments by name",
+                });
+                let mut required = vec!["command_type"];
+                if !needed.is_empty() {
+                    let props: serde_json::Map<String, serde_json::Value> = needed
+                        .iter()
+                        .map(|k| ((*k).to_owned(), json!({ "type": "string", "maxLength": MAX_ARG_VALUE, "pattern": "fleet:name" })))
+                        .collect();
+                    args["properties"] = serde_json::Value::Object(props);
+                    args["required"] = json!(needed);
+                    required.push("args");
+                }
+                json!({
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": required,
+                    "properties": {
+                        "command_type": { "type": "string", "enum": [t] },
+                        "args": args,
+                        "timeout_secs": { "type": ["integer", "null"], "minimum": 1, "maximum": MAX_TIMEOUT_SECS, "description": "Seconds the agent lets it run (default 60)" },
+                        "requires_approval": { "type": ["boolean", "null"], "description": "Whether a second user must approve it before it is delivered" },
+                    },
+                })
+            })
+            .collect();
+        let schema = json!({
+            "description": "A command: `restart_service` needs `args.service`, `run_script` `args.script` (a name from the agent's configuration)",
+            "oneOf": variants,
+        });
+        serde_json::from_value(schema).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "The command request schema does not parse.");
+            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::default())
+        })
+    }
+}
+
+impl utoipa::ToSchema for CommandRequest {}
 
 /// Answer of a command request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,31 +155,41 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
             format!("must be one of {}", COMMAND_TYPES.join(", ")),
         ));
     }
-    let required: &[&str] = match req.command_type.as_str() {
-        "restart_service" => &["service"],
-        "run_script" => &["script"],
-        _ => &[],
-    };
-    for key in required {
-        if req.args.get(*key).is_none_or(|v| v.trim().is_empty()) {
+    for key in required_args(&req.command_type) {
+        let Some(v) = req.args.get(*key) else {
             return Err(ApiError::invalid_field(
                 format!("args.{key}"),
                 format!("{} needs args.{key}", req.command_type),
             ));
-        }
+        };
+        fleet_schemas::text::check_name(v, MAX_ARG_VALUE)
+            .map_err(|m| ApiError::invalid_field(format!("args.{key}"), m))?;
     }
-    if req.args.len() > 32 {
-        return Err(ApiError::invalid_field("args", "at most 32 arguments"));
+    if req.args.len() > MAX_ARGS {
+        return Err(ApiError::invalid_field(
+            "args",
+            format!("at most {MAX_ARGS} arguments"),
+        ));
     }
     for (k, v) in &req.args {
-        if k.is_empty() || k.len() > 64 || v.len() > 1024 || v.chars().any(char::is_control) {
+        let hidden = |t: &str| t.chars().any(fleet_schemas::text::is_hidden);
+        let long = |t: &str, max: usize| t.chars().count() > max;
+        if k.is_empty() || long(k, MAX_ARG_NAME) || long(v, MAX_ARG_VALUE) || hidden(k) || hidden(v)
+        {
             return Err(ApiError::invalid_field(
                 format!("args.{k}"),
-                "keys are 1 to 64 characters, values at most 1024, no control characters",
+                format!(
+                    "names are 1 to {MAX_ARG_NAME} characters, values at most \
+                     {MAX_ARG_VALUE}, without control, invisible or bidirectional-formatting \
+                     characters"
+                ),
             ));
         }
     }
-    let timeout = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let timeout = match req.timeout_secs {
+        None => DEFAULT_TIMEOUT_SECS,
+        Some(t) => u64::try_from(t).unwrap_or(0),
+    };
     if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
         return Err(ApiError::invalid_field(
             "timeout_secs",
@@ -122,9 +204,9 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
     path = "/api/v1/agents/{agent_id}/commands",
     tag = "commands",
     summary = "Ask an agent to run a command",
-    params(("agent_id" = String, Path, description = "Agent id")),
-    request_body = serde_json::Value,
-    responses((status = 202, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
+    params(("agent_id" = String, Path, description = "Agent id"), ("Idempotency-Key" = Option<String>, Header, description = "Names the command: a retry with the same request answers the same; another request under the same key is 409", pattern = "^[!-~]{1,200}$")),
+    request_body = CommandRequest,
+    responses((status = 202, description = "Accepted", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn request_command(
@@ -135,37 +217,41 @@ pub(crate) async fn request_command(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
-        let req: CommandRequest = fleet_ops::error::parse_json(&body)?;
+        let req: CommandRequest = crate::admin::object_body(&body)?;
         let timeout = check_request(&req)?;
-        let cred = s
-            .registry
-            .agent_credential(&agent_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
-            })?;
-        require_operator(&p, &cred.tenant_id)?;
+        let key = idempotency_key(&headers)?;
+        let cred = agent_of(&s, &p, &agent_id).await?;
         if !cred.active {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "agent_deactivated",
-                format!("agent {agent_id} is deactivated"),
+                "the agent is deactivated",
             )
             .with_field("agent_id"));
         }
-        let command_id = match headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(key) if !key.trim().is_empty() => {
-                ids::v5(&[&agent_id, "command", key.trim()]).to_string()
+        let requires_approval = req.requires_approval.unwrap_or(false)
+            || s.approval_required.contains(&req.command_type);
+        let command_id = match &key {
+            Some(key) => {
+                let command_id = ids::v5(&[&agent_id, "command", key]).to_string();
+                // The request as it would be written: a retry of it is the same command;
+                // anything else under this key (another type, arguments, approval, or
+                // requester) is refused, so the id never names two requests.
+                let canonical = serde_json::json!({
+                    "agent_id": agent_id,
+                    "command_type": req.command_type,
+                    "args": req.args,
+                    "timeout_secs": timeout,
+                    "requires_approval": requires_approval,
+                    "actor": actor,
+                });
+                claim_idempotent(&s, &command_id, &canonical).await?;
+                command_id
             }
-            _ => uuid::Uuid::now_v7().to_string(),
+            None => uuid::Uuid::now_v7().to_string(),
         };
-        let requires_approval =
-            req.requires_approval || s.approval_required.contains(&req.command_type);
         let now = fleet_schemas::time::now_micros();
         let ev = CommandEvent {
             command_type: req.command_type.clone(),
@@ -258,16 +344,18 @@ pub(crate) async fn approve_command(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
         let events = command_events(s.log.as_ref(), &command_id).await?;
+        let missing = || not_found("command", "command_id");
+        // The first REQUESTED is the request (a later one, under a reused key, is ignored
+        // by the gateway and the read model alike).
         let requested = events
             .iter()
             .find(|e| e.kind == CommandEventKind::Requested)
             .cloned()
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no command {command_id}")).with_field("command_id")
-            })?;
-        require_operator(&p, &requested.tenant_id)?;
+            .ok_or_else(missing)?;
+        require_operator_of(&p, &requested.tenant_id, missing)?;
         if requested.actor.as_deref() == Some(actor.as_str()) {
             return Err(conflict(
                 "same_user",
@@ -341,7 +429,7 @@ pub(crate) async fn approve_command(
 mod tests {
     use super::*;
 
-    fn req(t: &str, args: &[(&str, &str)], timeout: Option<u64>) -> CommandRequest {
+    fn req(t: &str, args: &[(&str, &str)], timeout: Option<i64>) -> CommandRequest {
         CommandRequest {
             command_type: t.into(),
             args: args
@@ -349,7 +437,7 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             timeout_secs: timeout,
-            requires_approval: false,
+            requires_approval: None,
         }
     }
 
@@ -395,7 +483,7 @@ mod tests {
             .err()
             .and_then(field);
         assert_eq!(timeout.as_deref(), Some("timeout_secs"));
-        let long = check_request(&req("collect_diagnostics", &[], Some(MAX_TIMEOUT_SECS + 1)))
+        let long = check_request(&req("collect_diagnostics", &[], Some(3_601)))
             .err()
             .and_then(field);
         assert_eq!(long.as_deref(), Some("timeout_secs"));

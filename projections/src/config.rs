@@ -48,6 +48,11 @@ pub struct ProjectionsConfig {
     /// Key of the bootstrap administrator (the user `admin` with role admin): send
     /// `Authorization: Bearer <key>`. Empty disables it (user API keys still work).
     pub admin_api_key: String,
+    /// How long an API instance remembers a resolved user API key (`"10s"`). Revoking a
+    /// key or disabling a user takes effect at once on the instance that did it, and on
+    /// every other instance within this time. `"0s"` checks the registry on every request.
+    #[serde(with = "duration_text")]
+    pub api_key_cache_ttl: Duration,
     /// Gateway URL agents enroll at, used in the install command of new tokens.
     pub gateway_url: String,
     /// Command types that always need approval by a second user (besides requests that
@@ -74,6 +79,7 @@ impl Default for ProjectionsConfig {
             batch_size: 1000,
             session_timeout_ms: 10_000,
             admin_api_key: String::new(),
+            api_key_cache_ttl: crate::auth::DEFAULT_CACHE_TTL,
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required_commands: vec!["run_script".into()],
             http: fleet_ops::serve::HttpSettings::default(),

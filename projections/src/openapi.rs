@@ -8,14 +8,25 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// The body of every error answer (`fleet_ops::ApiError`).
+/// The body of every error answer (`fleet_ops::ApiError`):
+/// `{"error": {"code", "message", "field"?}}`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable code (`invalid_field`, `not_found`, `forbidden`, ...).
-    pub error: String,
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code (`invalid_field`, `not_found`, `forbidden`, `conflict`, ...).
+    pub code: String,
     /// What went wrong, for people.
     pub message: String,
-    /// The request field at fault, when there is one.
+    /// The request field at fault, when there is one (a body path such as `args.script`,
+    /// a query parameter, or a header such as `Idempotency-Key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
     pub field: Option<String>,
 }
 
@@ -32,7 +43,10 @@ pub enum ApiErrors {
     )]
     BadRequest(ErrorBody),
     /// No key.
-    #[response(status = 401, description = "No or unknown API key")]
+    #[response(
+        status = 401,
+        description = "No, unknown or revoked API key, or a disabled user"
+    )]
     Unauthorized(ErrorBody),
     /// Role or tenant.
     #[response(status = 403, description = "The key may not do this (role or tenant)")]
@@ -40,6 +54,30 @@ pub enum ApiErrors {
     /// Not found.
     #[response(status = 404, description = "Not found (also another tenant's)")]
     NotFound(ErrorBody),
+    /// Conflict.
+    #[response(
+        status = 409,
+        description = "Conflicts with what exists (a duplicate name, a reused Idempotency-Key, a state that does not allow it)"
+    )]
+    Conflict(ErrorBody),
+    /// Too large.
+    #[response(status = 413, description = "The body is larger than the limit")]
+    TooLarge(ErrorBody),
+    /// Not JSON.
+    #[response(status = 415, description = "The body is not sent as application/json")]
+    UnsupportedMediaType(ErrorBody),
+    /// Fields that contradict each other.
+    #[response(
+        status = 422,
+        description = "Each field is valid but they contradict each other (for example a critical threshold below the warning one, or a range with too many buckets); the error names a field"
+    )]
+    Unprocessable(ErrorBody),
+    /// Unavailable.
+    #[response(
+        status = 503,
+        description = "A store or the event log is unavailable; retry after Retry-After seconds"
+    )]
+    Unavailable(ErrorBody),
 }
 
 impl Modify for BearerAuth {
@@ -92,7 +130,10 @@ impl Modify for BearerAuth {
         crate::users::create_user,
         crate::users::list_users,
         crate::users::create_key,
+        crate::users::list_keys,
+        crate::users::revoke_key,
         crate::users::disable_user,
+        crate::users::enable_user,
         crate::rules_api::create_rule,
         crate::rules_api::list_rules,
         crate::rules_api::write_defaults,
@@ -103,13 +144,113 @@ impl Modify for BearerAuth {
         crate::rules_api::acknowledge_alert,
         crate::rules_api::resolve_alert,
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, ErrorDetail))
 )]
 pub struct ApiDoc;
 
-/// The document as JSON.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document, as served: the generated one with the patterns that code computes put
+/// in place of their placeholders (see [`refine`]). Built once.
+pub fn document() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        refine(&mut doc);
+        doc
+    })
+}
+
+/// Regex-escapes a metric name (they hold only letters, digits, `_` and `.`).
+fn escaped(name: &str) -> String {
+    name.replace('.', "\\.")
+}
+
+/// The rules the handlers enforce, as patterns, by the placeholder the annotations use:
+///
+/// * `fleet:name`: a name ([`fleet_schemas::text::check_name`]);
+/// * `fleet:text`: text without hidden characters (command arguments);
+/// * `fleet:rule-metric`: a rule's metric ([`fleet_schemas::rules::is_rule_metric`]);
+/// * `fleet:metrics`: the history's `metric` list (1 to 20 series, comma-separated);
+/// * `fleet:interval`: a bucket width ([`crate::api::parse_duration`], at least 1s);
+/// * `fleet:time`: `start` and `end`, RFC 3339 (`format: date-time`) or `now` or a
+///   duration before now ([`crate::api::parse_time`]).
+fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let builtins: Vec<String> = fleet_schemas::samples::BUILTIN_METRICS
+        .iter()
+        .map(|m| escaped(m))
+        .collect();
+    let builtins = builtins.join("|");
+    let item = format!("(?:{builtins}|custom\\.[^,:]+)(?::[^,]*)?");
+    let time = crate::api::duration_pattern(crate::api::TIME_UNITS, true, false);
+    let time = format!("^(?:now|{})$", &time[1..time.len() - 1]);
+    vec![
+        (
+            "fleet:name",
+            json!({ "pattern": fleet_schemas::text::name_pattern() }),
+        ),
+        (
+            "fleet:text",
+            json!({ "pattern": fleet_schemas::text::visible_text_pattern() }),
+        ),
+        (
+            "fleet:rule-metric",
+            json!({ "pattern": format!(
+                "^(?:{builtins}|{}|custom\\.[\\s\\S]+)$",
+                escaped(fleet_schemas::rules::HEARTBEAT_ABSENT)
+            ) }),
+        ),
+        (
+            "fleet:metrics",
+            json!({ "pattern": format!("^{item}(?:,{item}){{0,19}}$") }),
+        ),
+        (
+            "fleet:interval",
+            json!({ "pattern": crate::api::duration_pattern(crate::api::TIME_UNITS, false, true) }),
+        ),
+        (
+            "fleet:time",
+            json!({ "anyOf": [
+                { "type": "string", "format": "date-time" },
+                { "type": "string", "pattern": time },
+            ] }),
+        ),
+    ]
+}
+
+/// Puts each placeholder's schema in place: every schema object whose `pattern` is a
+/// placeholder gets the placeholder's keywords instead (an `anyOf` replaces its `type`).
+fn refine(doc: &mut serde_json::Value) {
+    fn walk(v: &mut serde_json::Value, table: &[(&str, serde_json::Value)]) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let found = map
+                    .get("pattern")
+                    .and_then(|p| p.as_str())
+                    .and_then(|p| table.iter().find(|(name, _)| *name == p));
+                if let Some((_, with)) = found {
+                    map.remove("pattern");
+                    if let Some(with) = with.as_object() {
+                        if with.contains_key("anyOf") {
+                            map.remove("type");
+                        }
+                        for (k, val) in with {
+                            map.insert(k.clone(), val.clone());
+                        }
+                    }
+                }
+                for child in map.values_mut() {
+                    walk(child, table);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for child in items {
+                    walk(child, table);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(doc, &placeholders());
 }
 
 /// `GET /api/openapi.json`.

@@ -1,7 +1,9 @@
 //! Alert rules and alert handling through the admin API. Every route needs an API key
 //! (see [`crate::auth`]): listing a tenant's rules needs a viewer of the tenant; changing
 //! rules, and acknowledging or resolving an alert, an operator of the rule's or alert's
-//! tenant (or an admin). Rules are events: each change
+//! tenant (or an admin); a viewer is refused before anything is looked up, and another
+//! tenant's rule or alert is the same 404 as an unknown id. An `Idempotency-Key` on rule
+//! creation names the rule id; another rule body under the same key is 409. Rules are events: each change
 //! writes a RuleEvent to `fleet.rules.v1` (key: rule id, compacted), which the alert
 //! evaluators follow, so a change applies without a restart.
 //!
@@ -36,50 +38,63 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_ops::ApiError;
-use fleet_schemas::rules::{check_definition, HEARTBEAT_ABSENT};
+use fleet_schemas::rules::{check_combination, check_fields, HEARTBEAT_ABSENT};
 use fleet_schemas::{
     codec, ids, topics, AlertEvent, AlertEventKind, Record, RuleDefinition, RuleEvent,
     RuleEventKind, RuleScope,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{reply, store_error, AdminState};
-use crate::auth::{require_operator, require_viewer};
+use crate::admin::{claim_idempotent, idempotency_key, reply, store_error, AdminState};
+use crate::api::invalid_combination;
+use crate::auth::{
+    not_found, require_operator, require_operator_of, require_viewer, require_writer, Principal,
+};
 
 /// Body of rule creation and update.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
     /// Name shown to people.
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub name: String,
     /// `tenant` (default), `agent` or `tag`.
     #[serde(default)]
+    #[schema(pattern = "^(tenant|agent|tag)$")]
     pub scope: Option<String>,
-    /// Agent id (scope `agent`) or tag (scope `tag`).
+    /// Agent id (scope `agent`) or tag (scope `tag`); absent for scope `tenant` (422
+    /// otherwise).
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub scope_value: Option<String>,
     /// Metric name, for example `cpu.percent`, `disk.percent`, `service.up`, `custom.x`.
+    #[schema(pattern = "fleet:rule-metric")]
     pub metric: String,
-    /// Only this mount point or service.
+    /// Only this mount point or service (metrics that have one: 422 otherwise).
     #[serde(default)]
+    #[schema(max_length = 500, pattern = "fleet:name")]
     pub subject: Option<String>,
     /// `>` (default), `>=`, `<`, `<=`, `==`, `!=`.
     #[serde(default)]
+    #[schema(pattern = "^(>|>=|<|<=|==|!=)$")]
     pub operator: Option<String>,
-    /// Warning threshold.
+    /// Warning threshold (a warning or a critical threshold is needed; with `>` or `>=`
+    /// the critical one is at or above it, with `<` or `<=` at or below: 422 otherwise).
     #[serde(default)]
     pub warning: Option<f64>,
     /// Critical threshold.
     #[serde(default)]
     pub critical: Option<f64>,
-    /// Recovery threshold (hysteresis).
+    /// Recovery threshold (hysteresis), on the safe side of the lowest threshold.
     #[serde(default)]
     pub recovery: Option<f64>,
     /// For-duration in seconds (default 0).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    #[schema(minimum = 0, maximum = 604800)]
     pub for_secs: Option<i64>,
     /// Re-notify interval in seconds (default 0: never).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    #[schema(minimum = 0, maximum = 604800)]
     pub renotify_secs: Option<i64>,
     /// Whether it is evaluated (default: true on create, unchanged on update).
     #[serde(default)]
@@ -156,11 +171,11 @@ pub fn definition(body: &RuleBody, enabled: bool) -> Result<RuleDefinition, ApiE
             ))
         }
     };
-    let d = RuleDefinition {
-        name: body.name.trim().to_owned(),
+    let mut d = RuleDefinition {
+        name: body.name.clone(),
         scope,
-        scope_value: body.scope_value.as_deref().map(|v| v.trim().to_owned()),
-        metric: body.metric.trim().to_owned(),
+        scope_value: body.scope_value.clone(),
+        metric: body.metric.clone(),
         subject: body.subject.clone(),
         operator: body.operator.clone().unwrap_or_else(|| ">".into()),
         warning: body.warning,
@@ -170,7 +185,11 @@ pub fn definition(body: &RuleBody, enabled: bool) -> Result<RuleDefinition, ApiE
         renotify_secs: body.renotify_secs.unwrap_or(0),
         enabled: body.enabled.unwrap_or(enabled),
     };
-    check_definition(&d).map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    // Each field alone is a 400; fields that contradict each other a 422.
+    check_fields(&d).map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    check_combination(&d).map_err(|e| invalid_combination(e.field, e.message))?;
+    d.name = d.name.trim().to_owned();
+    d.scope_value = d.scope_value.map(|v| v.trim().to_owned());
     Ok(d)
 }
 
@@ -363,11 +382,20 @@ async fn current_rules(log: &dyn EventLog) -> Result<BTreeMap<String, RuleEvent>
     Ok(rules)
 }
 
-async fn existing_rule(log: &dyn EventLog, rule_id: &str) -> Result<RuleEvent, ApiError> {
-    current_rules(log)
+/// The current rule `rule_id`, if `p` may change it (after [`require_writer`]): unknown,
+/// deleted and another tenant's are the same 404.
+async fn existing_rule(
+    log: &dyn EventLog,
+    p: &Principal,
+    rule_id: &str,
+) -> Result<RuleEvent, ApiError> {
+    let missing = || not_found("rule", "rule_id");
+    let rule = current_rules(log)
         .await?
         .remove(rule_id)
-        .ok_or_else(|| ApiError::not_found(format!("no rule {rule_id}")).with_field("rule_id"))
+        .ok_or_else(missing)?;
+    require_operator_of(p, &rule.tenant_id, missing)?;
+    Ok(rule)
 }
 
 async fn known_tenant(s: &AdminState, tenant_id: &str) -> Result<(), ApiError> {
@@ -378,7 +406,7 @@ async fn known_tenant(s: &AdminState, tenant_id: &str) -> Result<(), ApiError> {
         .map_err(store_error)?
     {
         Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!("no tenant {tenant_id}")).with_field("tenant_id")),
+        None => Err(not_found("tenant", "tenant_id")),
     }
 }
 
@@ -391,7 +419,7 @@ fn view(ev: &RuleEvent) -> Option<RuleView> {
     path = "/api/v1/tenants/{tenant_id}/rules",
     tag = "rules",
     summary = "Create an alert rule",
-    params(("tenant_id" = String, Path, description = "Tenant id")),
+    params(("tenant_id" = String, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Names the rule: a retry with the same definition answers the same; another definition under the same key is 409", pattern = "^[!-~]{1,200}$")),
     request_body = RuleBody,
     responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
@@ -406,12 +434,19 @@ pub(crate) async fn create_rule(
         let p = s.principal(&headers).await?;
         require_operator(&p, &tenant_id)?;
         let actor = p.actor();
-        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
+        let b: RuleBody = crate::admin::object_body(&body)?;
         let d = definition(&b, true)?;
+        let key = idempotency_key(&headers)?;
         known_tenant(&s, &tenant_id).await?;
-        let rule_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-            Some(k) if !k.trim().is_empty() => ids::v5(&[&tenant_id, "rule", k.trim()]).to_string(),
-            _ => uuid::Uuid::now_v7().to_string(),
+        let rule_id = match key {
+            Some(k) => {
+                let rule_id = ids::v5(&[&tenant_id, "rule", &k]).to_string();
+                let canonical =
+                    serde_json::json!({ "tenant_id": tenant_id, "rule": d, "actor": actor });
+                claim_idempotent(&s, &rule_id, &canonical).await?;
+                rule_id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
         };
         let ev = rule_event(
             &rule_id,
@@ -489,6 +524,15 @@ pub(crate) async fn write_defaults(
         let actor = p.actor();
         known_tenant(&s, &tenant_id).await?;
         let ids = write_default_rules(s.log.as_ref(), &tenant_id, &actor).await?;
+        tracing::info!(%tenant_id, %actor, "Default rules written.");
+        s.audit(
+            &p,
+            Some(&tenant_id),
+            "rule.defaults",
+            &tenant_id,
+            Some(serde_json::json!({ "rule_ids": ids })),
+        )
+        .await;
         Ok(serde_json::json!({ "tenant_id": tenant_id, "default_rules": ids }))
     }
     .await;
@@ -513,10 +557,10 @@ pub(crate) async fn update_rule(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
-        let b: RuleBody = fleet_ops::error::parse_json(&body)?;
-        let old = existing_rule(s.log.as_ref(), &rule_id).await?;
-        require_operator(&p, &old.tenant_id)?;
+        let b: RuleBody = crate::admin::object_body(&body)?;
+        let old = existing_rule(s.log.as_ref(), &p, &rule_id).await?;
         let enabled = old.rule.as_ref().is_none_or(|d| d.enabled);
         let d = definition(&b, enabled)?;
         let ev = rule_event(
@@ -543,9 +587,9 @@ async fn set_enabled(
     enabled: bool,
 ) -> Result<RuleView, ApiError> {
     let p = s.principal(headers).await?;
+    require_writer(&p)?;
     let actor = p.actor();
-    let old = existing_rule(s.log.as_ref(), rule_id).await?;
-    require_operator(&p, &old.tenant_id)?;
+    let old = existing_rule(s.log.as_ref(), &p, rule_id).await?;
     let mut d = old
         .rule
         .clone()
@@ -631,9 +675,9 @@ pub(crate) async fn delete_rule(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
-        let old = existing_rule(s.log.as_ref(), &rule_id).await?;
-        require_operator(&p, &old.tenant_id)?;
+        let old = existing_rule(s.log.as_ref(), &p, &rule_id).await?;
         let ev = rule_event(
             &rule_id,
             &old.tenant_id,
@@ -652,9 +696,11 @@ pub(crate) async fn delete_rule(
 }
 
 /// The latest state of an alert read from `fleet.alerts.v1`: its latest evaluator event
-/// (raise, escalation, re-notify) and whether it was acknowledged or resolved.
+/// (raise, escalation, re-notify) and whether it was acknowledged or resolved; if `p` may
+/// act on it (after [`require_writer`]): unknown and another tenant's are the same 404.
 async fn find_alert(
     log: &dyn EventLog,
+    p: &Principal,
     alert_id: &str,
 ) -> Result<(AlertEvent, bool, bool), ApiError> {
     let mut found: Option<AlertEvent> = None;
@@ -677,9 +723,9 @@ async fn find_alert(
     })
     .await
     .map_err(|e| ApiError::unavailable(format!("alerts could not be read: {e}"), 5))?;
-    let raised = found.ok_or_else(|| {
-        ApiError::not_found(format!("no alert {alert_id}")).with_field("alert_id")
-    })?;
+    let missing = || not_found("alert", "alert_id");
+    let raised = found.ok_or_else(missing)?;
+    require_operator_of(p, &raised.tenant_id, missing)?;
     Ok((raised, acknowledged, resolved))
 }
 
@@ -690,14 +736,14 @@ async fn alert_action(
     kind: AlertEventKind,
 ) -> Result<serde_json::Value, ApiError> {
     let p = s.principal(headers).await?;
+    require_writer(&p)?;
     let actor = p.actor();
-    let (raised, acknowledged, resolved) = find_alert(s.log.as_ref(), alert_id).await?;
-    require_operator(&p, &raised.tenant_id)?;
+    let (raised, acknowledged, resolved) = find_alert(s.log.as_ref(), &p, alert_id).await?;
     if resolved {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "alert_resolved",
-            format!("alert {alert_id} is resolved already"),
+            "the alert is resolved already",
         )
         .with_field("alert_id"));
     }

@@ -14,8 +14,8 @@ use fleet_ops::ApiError;
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
 use serde::Deserialize;
 
-use crate::admin::{reply, store_error, AdminState};
-use crate::auth::require_operator;
+use crate::admin::{agent_of, reply, AdminState};
+use crate::auth::require_writer;
 
 /// Most tags an agent may carry.
 pub const MAX_TAGS: usize = 32;
@@ -27,8 +27,15 @@ pub const MAX_TAG_LEN: usize = 64;
 #[serde(deny_unknown_fields)]
 pub struct TagsBody {
     /// The agent's tags from now on.
-    pub tags: Vec<String>,
+    #[schema(max_items = 32, inline)]
+    pub tags: Vec<Tag>,
 }
+
+/// A tag: 1 to 64 characters of `A-Z a-z 0-9 _ . : -`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+pub struct Tag(pub String);
 
 /// Checks the tags (see the module docs); returns them without repeats, in order.
 pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
@@ -74,18 +81,12 @@ pub(crate) async fn put_tags(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
+        require_writer(&p)?;
         let actor = p.actor();
-        let body = fleet_ops::error::parse_json::<TagsBody>(&body)?;
-        let cred = s
-            .registry
-            .agent_credential(&agent_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no enrolled agent {agent_id}")).with_field("agent_id")
-            })?;
-        require_operator(&p, &cred.tenant_id)?;
-        let tags = validate_tags(&body.tags)?;
+        let body = crate::admin::object_body::<TagsBody>(&body)?;
+        let tags: Vec<String> = body.tags.into_iter().map(|t| t.0).collect();
+        let tags = validate_tags(&tags)?;
+        let cred = agent_of(&s, &p, &agent_id).await?;
         let now = fleet_schemas::time::now_micros();
         let ev = AgentLifecycle {
             event_id: ids::v5(&[&agent_id, "UPDATED", &now.to_string()]).to_string(),

@@ -4,13 +4,28 @@
 //! | --- | --- | --- |
 //! | `POST /api/v1/users` `{"name", "role", "tenant_id"?}` | admin | create a user with a first API key (201; the key is shown once) |
 //! | `GET /api/v1/users` | admin | list users (never keys) |
-//! | `POST /api/v1/users/{user_id}/keys` | admin, or the user itself | a new API key (201; shown once) |
+//! | `POST /api/v1/users/{user_id}/keys` | admin | a new API key (201; shown once); at most [`MAX_ACTIVE_KEYS`] unrevoked keys per user |
+//! | `GET /api/v1/users/{user_id}/keys` | admin, or the user itself | the user's keys: id, last four characters, created, revoked (never secrets) |
+//! | `DELETE /api/v1/users/{user_id}/keys/{key_id}` | admin, or the user itself | revoke one key: it stops working |
 //! | `POST /api/v1/users/{user_id}/disable` | admin | disable a user: its keys stop working |
+//! | `POST /api/v1/users/{user_id}/enable` | admin | enable a disabled user again: its unrevoked keys work again |
 //!
 //! `role` is `admin` (no `tenant_id`), `operator` or `viewer` (with `tenant_id`). Names
 //! are unique and name the user in audit events (`actor`); `admin` is the bootstrap key's
 //! and reserved. Keys are `fsu_` and 43 random URL-safe characters, stored as SHA-256
 //! with their last four characters for display.
+//!
+//! Who may make keys: admins only (the bootstrap key or an admin user). An operator's or
+//! viewer's key cannot mint more keys, not even for its own user: a leaked key then stays
+//! one key, and revoking it (or disabling the user) ends the leak; no copy survives that
+//! the owner does not know of. A user may still list and revoke its own keys. An admin's
+//! key can do everything (it could create another admin user anyway): a leaked admin key
+//! is answered by disabling that user and reading the audit log. The cap on unrevoked keys
+//! bounds what a careless script can pile up.
+//!
+//! Revoking a key or disabling a user clears this instance's key cache at once; other API
+//! instances re-check a cached key against the registry after `api-key-cache-ttl`
+//! (default 10 s), so every instance refuses it within that time.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -21,18 +36,26 @@ use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{name_field, reply, store_error, AdminState};
-use crate::auth::{require_admin, BOOTSTRAP_ADMIN};
+use crate::api::invalid_combination;
+use crate::auth::{not_found, require_admin, Principal, BOOTSTRAP_ADMIN};
+
+/// Most unrevoked API keys one user may hold.
+pub const MAX_ACTIVE_KEYS: usize = 10;
 
 /// Body of user creation.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
-    /// Unique name.
+    /// Unique name (`admin` is the bootstrap key's).
+    #[schema(max_length = 200, pattern = "fleet:name")]
     pub name: String,
     /// `admin`, `operator` or `viewer`.
+    #[schema(pattern = "^(admin|operator|viewer)$")]
     pub role: String,
-    /// Tenant of an operator or viewer.
+    /// Tenant of an operator or viewer (required for them; an admin has none: 422
+    /// otherwise).
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub tenant_id: Option<String>,
 }
 
@@ -56,6 +79,22 @@ pub struct CreatedUser {
 }
 
 async fn new_key(s: &AdminState, user_id: &str) -> Result<CreatedKey, ApiError> {
+    let active = s
+        .registry
+        .list_api_keys(user_id)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .filter(|k| k.revoked_at.is_none())
+        .count();
+    if active >= MAX_ACTIVE_KEYS {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_keys",
+            format!("the user has {active} unrevoked keys, the most allowed: revoke one first"),
+        )
+        .with_field("user_id"));
+    }
     let key = new_secret("fsu_");
     let last4: String = key[key.len() - 4..].to_owned();
     let info = s
@@ -68,9 +107,7 @@ async fn new_key(s: &AdminState, user_id: &str) -> Result<CreatedKey, ApiError> 
         )
         .await
         .map_err(|e| match e {
-            StoreError::NotFound(_) => {
-                ApiError::not_found(format!("no user {user_id}")).with_field("user_id")
-            }
+            StoreError::NotFound(_) => not_found("user", "user_id"),
             other => store_error(other),
         })?;
     Ok(CreatedKey { info, key })
@@ -93,34 +130,36 @@ pub(crate) async fn create_user(
     let r = async {
         let p = s.principal(&headers).await?;
         require_admin(&p)?;
-        let b: UserBody = fleet_ops::error::parse_json(&body)?;
+        let b: UserBody = crate::admin::object_body(&body)?;
         let name = name_field("name", &b.name)?;
-        if name.eq_ignore_ascii_case(BOOTSTRAP_ADMIN) {
-            return Err(ApiError::invalid_field(
-                "name",
-                "`admin` is the bootstrap administrator's name: choose another",
-            ));
-        }
         let role = Role::parse(&b.role)
             .ok_or_else(|| ApiError::invalid_field("role", "must be admin, operator or viewer"))?;
-        let tenant_id = b
-            .tenant_id
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
+        let tenant_id = b.tenant_id;
+        if tenant_id.as_deref() == Some("") {
+            return Err(ApiError::invalid_field("tenant_id", "must not be empty"));
+        }
         match (role, &tenant_id) {
             (Role::Admin, Some(_)) => {
-                return Err(ApiError::invalid_field(
+                return Err(invalid_combination(
                     "tenant_id",
                     "an admin belongs to no tenant: leave it out",
                 ))
             }
             (Role::Operator | Role::Viewer, None) => {
-                return Err(ApiError::invalid_field(
+                return Err(invalid_combination(
                     "tenant_id",
                     format!("an {} needs a tenant", role.as_str()),
                 ))
             }
             _ => {}
+        }
+        if name.eq_ignore_ascii_case(BOOTSTRAP_ADMIN) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "`admin` is the bootstrap administrator's name: choose another",
+            )
+            .with_field("name"));
         }
         let user = s
             .registry
@@ -132,11 +171,9 @@ pub(crate) async fn create_user(
             })
             .await
             .map_err(|e| match e {
-                StoreError::NotFound(_) => ApiError::not_found(format!(
-                    "no tenant {}",
-                    tenant_id.as_deref().unwrap_or_default()
-                ))
-                .with_field("tenant_id"),
+                StoreError::NotFound(_) => {
+                    invalid_combination("tenant_id", "there is no such tenant")
+                }
                 StoreError::Conflict(m) => {
                     ApiError::new(StatusCode::CONFLICT, "conflict", m).with_field("name")
                 }
@@ -173,7 +210,7 @@ pub(crate) async fn list_users(State(s): State<AdminState>, headers: HeaderMap) 
     post,
     path = "/api/v1/users/{user_id}/keys",
     tag = "users",
-    summary = "Create another API key for a user",
+    summary = "Create another API key for a user (admins)",
     params(("user_id" = String, Path, description = "User id")),
     responses((status = 201, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
@@ -185,9 +222,7 @@ pub(crate) async fn create_key(
 ) -> Response {
     let r = async {
         let p = s.principal(&headers).await?;
-        if p.user_id != user_id {
-            require_admin(&p)?;
-        }
+        require_admin(&p)?;
         let key = new_key(&s, &user_id).await?;
         tracing::info!(%user_id, key_id = %key.info.key_id, actor = %p.actor(), "API key created.");
         s.audit(
@@ -204,6 +239,126 @@ pub(crate) async fn create_key(
     reply(StatusCode::CREATED, r)
 }
 
+/// Admins, or the user itself.
+fn require_self_or_admin(p: &Principal, user_id: &str) -> Result<(), ApiError> {
+    if p.user_id == user_id {
+        return Ok(());
+    }
+    require_admin(p)
+}
+
+/// Answer of a key listing.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyList {
+    /// The keys, newest first (never their secrets).
+    #[schema(value_type = Vec<Object>)]
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/keys",
+    tag = "users",
+    summary = "A user's API keys, without secrets (admins, or the user itself)",
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 200, description = "Done", body = KeyList), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_keys(
+    State(s): State<AdminState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        require_self_or_admin(&s.principal(&headers).await?, &user_id)?;
+        if s.registry
+            .get_user(&user_id)
+            .await
+            .map_err(store_error)?
+            .is_none()
+        {
+            return Err(not_found("user", "user_id"));
+        }
+        let keys = s
+            .registry
+            .list_api_keys(&user_id)
+            .await
+            .map_err(store_error)?;
+        Ok(KeyList { keys })
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user_id}/keys/{key_id}",
+    tag = "users",
+    summary = "Revoke one API key (admins, or the user itself)",
+    params(("user_id" = String, Path, description = "User id"), ("key_id" = String, Path, description = "Key id (from the key listing)")),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn revoke_key(
+    State(s): State<AdminState>,
+    Path((user_id, key_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let p = s.principal(&headers).await?;
+        require_self_or_admin(&p, &user_id)?;
+        let found = s
+            .registry
+            .revoke_api_key(&user_id, &key_id, fleet_schemas::time::now_micros())
+            .await
+            .map_err(store_error)?;
+        if !found {
+            return Err(not_found("key of this user", "key_id"));
+        }
+        s.keys.clear();
+        tracing::info!(%user_id, %key_id, actor = %p.actor(), "API key revoked.");
+        s.audit(
+            &p,
+            None,
+            "user.key.revoke",
+            &user_id,
+            Some(serde_json::json!({ "key_id": key_id })),
+        )
+        .await;
+        Ok(serde_json::json!({ "user_id": user_id, "key_id": key_id, "revoked": true }))
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+/// Disables or enables a user (admins).
+async fn set_disabled(
+    s: &AdminState,
+    headers: &HeaderMap,
+    user_id: &str,
+    disabled: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let p = s.principal(headers).await?;
+    require_admin(&p)?;
+    let changed = s
+        .registry
+        .set_user_disabled(user_id, disabled)
+        .await
+        .map_err(store_error)?;
+    if !changed {
+        return Err(not_found("user", "user_id"));
+    }
+    s.keys.clear();
+    let action = if disabled {
+        "user.disable"
+    } else {
+        "user.enable"
+    };
+    tracing::info!(%user_id, actor = %p.actor(), action, "User switched.");
+    s.audit(&p, None, action, user_id, None).await;
+    Ok(serde_json::json!({ "user_id": user_id, "disabled": disabled }))
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/users/{user_id}/disable",
@@ -218,22 +373,28 @@ pub(crate) async fn disable_user(
     Path(user_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let r = async {
-        let p = s.principal(&headers).await?;
-        require_admin(&p)?;
-        let changed = s
-            .registry
-            .set_user_disabled(&user_id, true)
-            .await
-            .map_err(store_error)?;
-        if !changed {
-            return Err(ApiError::not_found(format!("no user {user_id}")).with_field("user_id"));
-        }
-        s.keys.clear();
-        tracing::info!(%user_id, actor = %p.actor(), "User disabled.");
-        s.audit(&p, None, "user.disable", &user_id, None).await;
-        Ok(serde_json::json!({ "user_id": user_id, "disabled": true }))
-    }
-    .await;
-    reply(StatusCode::OK, r)
+    reply(
+        StatusCode::OK,
+        set_disabled(&s, &headers, &user_id, true).await,
+    )
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/enable",
+    tag = "users",
+    summary = "Enable a disabled user again (admins)",
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn enable_user(
+    State(s): State<AdminState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reply(
+        StatusCode::OK,
+        set_disabled(&s, &headers, &user_id, false).await,
+    )
 }

@@ -361,7 +361,6 @@ async fn bad_queries_name_the_parameter() {
         ("/api/v1/agents/a1/commands?limit=0", "limit"),
         ("/api/v1/agents/a1/commands?limit=many", "limit"),
         ("/api/v1/agents/a1/commands?after=", "after"),
-        ("/api/v1/agents/a1/commands?after=no-such-command", "after"),
         ("/api/v1/agents/a1/commands?page=2", "page"),
         ("/api/v1/commands/c1?verbose=1", "verbose"),
         ("/api/v1/agents/a1/software?name=", "name"),
@@ -386,6 +385,12 @@ async fn bad_queries_name_the_parameter() {
         let (status, v) = get(api, uri).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {v}");
     }
+    // A cursor naming no command of the agent: not found, naming the parameter.
+    let (status, v) = get(api, "/api/v1/agents/a1/commands?after=no-such-command").await;
+    assert_eq!(
+        (status, &v["error"]["field"]),
+        (StatusCode::NOT_FOUND, &Value::from("after"))
+    );
     let (status, v) = get(api, "/api/v1/agents/nobody/commands").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(v["error"]["field"], "agent_id", "{v}");

@@ -138,27 +138,34 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
     );
     assert_eq!((d.for_secs, d.renotify_secs), (120, 3600));
 
-    // Bad fields: 400 naming each.
-    for (patch, field) in [
-        (json!({"metric": "cpu.nope"}), "metric"),
-        (json!({"operator": "=>"}), "operator"),
-        (json!({"critical": 50.0}), "critical"),
-        (json!({"recovery": 200.0}), "recovery"),
-        (json!({"scope": "planet"}), "scope"),
-        (json!({"scope": "tag", "scope_value": null}), "scope_value"),
-        (json!({"for_secs": -5}), "for_secs"),
-        (json!({"renotify_secs": 99_999_999}), "renotify_secs"),
-        (json!({"name": " "}), "name"),
-        (json!({"warning": "high"}), "warning"),
-        (json!({"subject": "/var"}), "subject"),
-        (json!({"colour": "red"}), "colour"),
+    // Bad fields: 400 naming each; fields each valid that contradict each other: 422.
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    const CLASH: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+    for (patch, field, status) in [
+        (json!({"metric": "cpu.nope"}), "metric", BAD),
+        (json!({"operator": "=>"}), "operator", BAD),
+        (json!({"critical": 50.0}), "critical", CLASH),
+        (json!({"recovery": 200.0}), "recovery", CLASH),
+        (json!({"scope": "planet"}), "scope", BAD),
+        (
+            json!({"scope": "tag", "scope_value": null}),
+            "scope_value",
+            CLASH,
+        ),
+        (json!({"for_secs": -5}), "for_secs", BAD),
+        (json!({"for_secs": 1.5}), "for_secs", BAD),
+        (json!({"renotify_secs": 99_999_999}), "renotify_secs", BAD),
+        (json!({"name": " "}), "name", BAD),
+        (json!({"warning": "high"}), "warning", BAD),
+        (json!({"subject": "/var"}), "subject", CLASH),
+        (json!({"colour": "red"}), "colour", BAD),
     ] {
         let mut b = body.clone();
         for (k, v) in patch.as_object().expect("object") {
             b[k] = v.clone();
         }
         let (s, e) = call(&app, "POST", &uri, Some(b)).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{field}: {e}");
+        assert_eq!(s, status, "{field}: {e}");
         let named = e["error"]["field"].as_str().unwrap_or_default();
         assert!(named.contains(field), "expected field {field}, got {e}");
     }

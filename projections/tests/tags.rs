@@ -118,9 +118,9 @@ async fn put_tags_writes_updated_checks_tags_and_tenant() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["field"], "tags", "{v}");
 
-    // Another tenant's operator: 403, nothing written.
+    // Another tenant's operator: 404 as for an unknown agent, nothing written.
     let (s, v) = call(&app, "PUT", &uri, Some(json!({"tags": ["web"]})), &op_b).await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(lifecycle_events(log.as_ref()).await.len(), written);
 
     // Unknown agent: 404.

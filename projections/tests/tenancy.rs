@@ -1,6 +1,13 @@
 //! Tenancy of every API route: an operator or viewer of tenant A never sees or changes
-//! tenant B's data. One table of requests covers every operation of the OpenAPI document
-//! (a route added without a case here fails `every_documented_route_has_a_tenancy_case`).
+//! tenant B's data, and cannot tell B's objects from missing ones. One table of requests
+//! covers every operation of the OpenAPI document (a route added without a case here fails
+//! `every_documented_route_has_a_tenancy_case`). For every write:
+//!
+//! * A's operator gets the same answer (status and body) for B's object as for a made-up
+//!   id: 404 for an object named by id, 403 for a tenant or an admin-only route; no id of
+//!   B in the body;
+//! * A's viewer gets 403 for a made-up id, for A's own object and for B's alike: the role
+//!   is checked before anything is looked up.
 //!
 //! The API runs over the real SQLite read model and registry, the embedded log and the
 //! embedded time-series store; B's data is real rows and events, so a leak would show.
@@ -8,164 +15,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::Router;
-use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::admin::{router, AdminState};
-use fleet_projections::api::{app, ApiState};
-use fleet_schemas::{codec, fixtures, CommandEventKind, Record};
-use fleet_stores::{Change, Point, ReadModel, TimeSeriesStore};
 use serde_json::{json, Value};
-use support::{call, create_tenant, enroll, ADMIN};
-
-struct World {
-    _dir: tempfile::TempDir,
-    log: Arc<dyn EventLog>,
-    app: Router,
-    a: String,
-    b: String,
-    /// Agent of A and agent of B.
-    a1: String,
-    b1: String,
-    /// Keys of A's operator and A's viewer.
-    op_a: String,
-    viewer_a: String,
-    /// B's objects.
-    b_alert: String,
-    b_command: String,
-    b_rule: String,
-    b_user: String,
-}
-
-async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
-    let rec = ProduceRecord::keyed(
-        v.key().as_bytes().to_vec(),
-        codec::encode(v).expect("encode"),
-    );
-    log.produce(T::TOPIC, vec![rec]).await.expect("produce");
-}
-
-async fn user(app: &Router, name: &str, role: &str, tenant: &str) -> (String, String) {
-    let (s, v) = call(
-        app,
-        "POST",
-        "/api/v1/users",
-        Some(json!({ "name": name, "role": role, "tenant_id": tenant })),
-        Some(ADMIN),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    (
-        v["user"]["user_id"].as_str().expect("user id").to_owned(),
-        v["api_key"]["key"].as_str().expect("key").to_owned(),
-    )
-}
-
-async fn world() -> World {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    let log = fleet_event_log::open(&p("log"), &Default::default())
-        .await
-        .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
-    let rm: Arc<dyn ReadModel> = sql.clone();
-    let registry: Arc<dyn fleet_stores::registry::Registry> = sql.clone();
-    let ts: Arc<dyn TimeSeriesStore> = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
-    let admin = AdminState::new(
-        registry.clone(),
-        log.clone(),
-        ADMIN,
-        "http://gw.example:8080",
-    )
-    .with_audit(rm.clone());
-    let app = app(ApiState::new(rm.clone(), ts.clone(), admin.clone())).merge(router(admin));
-
-    let a = create_tenant(&app, "tenant-a").await;
-    let b = create_tenant(&app, "tenant-b").await;
-    let a1 = enroll(&registry, &a, None).await;
-    let b1 = enroll(&registry, &b, None).await;
-    let now = fleet_schemas::time::now_micros();
-
-    // Read-model rows and time series of both tenants.
-    let mut changes = Vec::new();
-    for (t, agent) in [(&a, &a1), (&b, &b1)] {
-        changes.push(Change::Lifecycle(fixtures::agent_registered(t, agent, now)));
-        changes.push(Change::Report(Box::new(fixtures::metric_report(
-            t, agent, now,
-        ))));
-        changes.push(Change::Alert(fixtures::alert_raised(t, agent, now)));
-        changes.push(Change::Inventory(Box::new(fixtures::software_inventory(
-            t, agent, now,
-        ))));
-        changes.push(Change::Ticket(Box::new(fixtures::ticket_requested(
-            t, agent, now,
-        ))));
-        let mut cmd = fixtures::command_completed(t, agent, now);
-        cmd.kind = CommandEventKind::Requested;
-        changes.push(Change::Command(Box::new(cmd)));
-        ts.write(&[Point {
-            tenant_id: t.clone(),
-            agent_id: agent.clone(),
-            series: "cpu.percent".into(),
-            ts_micros: now - 30_000_000,
-            value: 12.5,
-        }])
-        .await
-        .expect("points");
-    }
-    rm.apply("test", &changes, &[]).await.expect("apply");
-    // The alert routes find alerts on the topic.
-    let b_raised = fixtures::alert_raised(&b, &b1, now);
-    produce(log.as_ref(), &b_raised).await;
-    produce(log.as_ref(), &fixtures::alert_raised(&a, &a1, now)).await;
-
-    let (_, op_a) = user(&app, "op-a", "operator", &a).await;
-    let (_, viewer_a) = user(&app, "viewer-a", "viewer", &a).await;
-    let (b_user, _) = user(&app, "op-b", "operator", &b).await;
-
-    // A command of B awaiting approval, and a rule of B.
-    let (s, v) = call(
-        &app,
-        "POST",
-        &format!("/api/v1/agents/{b1}/commands"),
-        Some(json!({ "command_type": "run_script", "args": { "script": "x" }, "requires_approval": true })),
-        Some(ADMIN),
-    )
-    .await;
-    assert!(s.is_success(), "{v}");
-    let b_command = v["command_id"].as_str().expect("command id").to_owned();
-    let (s, v) = call(
-        &app,
-        "POST",
-        &format!("/api/v1/tenants/{b}/rules"),
-        Some(json!({ "name": "b-cpu", "metric": "cpu.percent", "warning": 80.0 })),
-        Some(ADMIN),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let b_rule = v["rule_id"].as_str().expect("rule id").to_owned();
-
-    World {
-        _dir: dir,
-        log,
-        app,
-        a,
-        b,
-        a1,
-        b1,
-        op_a,
-        viewer_a,
-        b_alert: b_raised.alert_id,
-        b_command,
-        b_rule,
-        b_user,
-    }
-}
+use support::world::{world, World};
+use support::{call, ADMIN};
 
 /// One request of the table: which documented operation it exercises, and the statuses
 /// A's operator may get for it (never a 2xx that touches B).
@@ -173,275 +27,405 @@ struct Case {
     /// `METHOD /documented/{path}`.
     operation: &'static str,
     method: &'static str,
+    /// The request naming B's object or tenant.
     uri: String,
+    /// Writes: the same request naming a made-up id or tenant.
+    random: Option<String>,
+    /// Writes a viewer of A may not make: the same request naming A's own object or
+    /// tenant.
+    own: Option<String>,
     body: Option<Value>,
     /// Allowed answers to A's operator.
     expect: &'static [StatusCode],
 }
 
 const DENIED: &[StatusCode] = &[StatusCode::FORBIDDEN, StatusCode::NOT_FOUND];
+const FORBIDDEN: &[StatusCode] = &[StatusCode::FORBIDDEN];
+const NOT_FOUND: &[StatusCode] = &[StatusCode::NOT_FOUND];
+
+fn random() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
 
 fn cases(w: &World) -> Vec<Case> {
-    let (b, b1) = (&w.b, &w.b1);
-    let c = |operation, method, uri: String, body, expect| Case {
+    let (a, a1, b, b1) = (&w.a, &w.a1, &w.b, &w.b1);
+    let read = |operation, uri: String, expect| Case {
         operation,
-        method,
+        method: "GET",
         uri,
-        body,
+        random: None,
+        own: None,
+        body: None,
         expect,
     };
+    // A write naming an object or tenant: `path(id)` is the URI; B's id, a made-up one,
+    // A's own (None: the viewer may do it to its own, as revoking its own key).
+    let write = |operation,
+                 method,
+                 path: &dyn Fn(&str) -> String,
+                 ids: [Option<&str>; 2],
+                 body: Option<Value>,
+                 expect| {
+        let [b_id, own] = ids;
+        let b_id = b_id.unwrap_or_default();
+        Case {
+            operation,
+            method,
+            uri: path(b_id),
+            random: Some(path(&random())),
+            own: own.map(path),
+            body,
+            expect,
+        }
+    };
+    let tags = json!({"tags": ["x"]});
+    let command = json!({"command_type": "restart_service", "args": {"service": "nginx"}});
+    let rule = json!({"name": "x", "metric": "cpu.percent", "warning": 1.0});
     vec![
         // Reads that name B's tenant: 403.
-        c(
+        read(
             "GET /api/v1/overview",
-            "GET",
             format!("/api/v1/overview?tenant={b}"),
-            None,
-            &[StatusCode::FORBIDDEN],
+            FORBIDDEN,
         ),
-        c(
+        read(
             "GET /api/v1/agents",
-            "GET",
             format!("/api/v1/agents?tenant={b}"),
-            None,
-            &[StatusCode::FORBIDDEN],
+            FORBIDDEN,
         ),
-        c(
+        read(
             "GET /api/v1/alerts",
-            "GET",
             format!("/api/v1/alerts?tenant={b}"),
-            None,
-            &[StatusCode::FORBIDDEN],
+            FORBIDDEN,
         ),
-        c(
+        read(
             "GET /api/v1/tickets",
-            "GET",
             format!("/api/v1/tickets?tenant={b}"),
-            None,
-            &[StatusCode::FORBIDDEN],
+            FORBIDDEN,
         ),
-        c(
+        read(
             "GET /api/v1/audit",
-            "GET",
             format!("/api/v1/audit?tenant={b}"),
-            None,
-            &[StatusCode::FORBIDDEN],
+            FORBIDDEN,
         ),
         // Reads of B's objects by id: 404, as if they did not exist (or 403 naming the tenant).
-        c(
+        read(
             "GET /api/v1/agents/{agent_id}",
-            "GET",
             format!("/api/v1/agents/{b1}"),
-            None,
-            DENIED,
+            NOT_FOUND,
         ),
-        c(
+        read(
             "GET /api/v1/agents/{agent_id}",
-            "GET",
             format!("/api/v1/agents/{b1}?tenant={b}"),
-            None,
             DENIED,
         ),
-        c(
+        read(
             "GET /api/v1/agents/{agent_id}/metrics",
-            "GET",
             format!("/api/v1/agents/{b1}/metrics?metric=cpu.percent&start=1h"),
-            None,
-            DENIED,
+            NOT_FOUND,
         ),
-        c(
+        read(
             "GET /api/v1/agents/{agent_id}/commands",
-            "GET",
             format!("/api/v1/agents/{b1}/commands"),
-            None,
-            DENIED,
+            NOT_FOUND,
         ),
-        c(
+        read(
             "GET /api/v1/agents/{agent_id}/software",
-            "GET",
             format!("/api/v1/agents/{b1}/software"),
-            None,
-            DENIED,
+            NOT_FOUND,
         ),
-        c(
+        read(
             "GET /api/v1/commands/{command_id}",
-            "GET",
             format!("/api/v1/commands/{}", w.b_command),
-            None,
-            DENIED,
+            NOT_FOUND,
         ),
-        // Admin-only reads.
-        c(
-            "GET /api/v1/tenants",
-            "GET",
-            "/api/v1/tenants".into(),
-            None,
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "GET /api/v1/users",
-            "GET",
-            "/api/v1/users".into(),
-            None,
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "GET /api/v1/tenants/{tenant_id}/locations",
-            "GET",
-            format!("/api/v1/tenants/{b}/locations"),
-            None,
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "GET /api/v1/tenants/{tenant_id}/registration-tokens",
-            "GET",
-            format!("/api/v1/tenants/{b}/registration-tokens"),
-            None,
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "GET /api/v1/tenants/{tenant_id}/rules",
-            "GET",
-            format!("/api/v1/tenants/{b}/rules"),
-            None,
-            &[StatusCode::FORBIDDEN],
-        ),
-        // Changes to B.
-        c(
-            "POST /api/v1/tenants",
-            "POST",
-            "/api/v1/tenants".into(),
-            Some(json!({"name": "x"})),
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "POST /api/v1/tenants/{tenant_id}/locations",
-            "POST",
-            format!("/api/v1/tenants/{b}/locations"),
-            Some(json!({"name": "x"})),
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "POST /api/v1/tenants/{tenant_id}/registration-tokens",
-            "POST",
-            format!("/api/v1/tenants/{b}/registration-tokens"),
-            Some(json!({})),
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "POST /api/v1/agents/{agent_id}/deactivate",
-            "POST",
-            format!("/api/v1/agents/{b1}/deactivate"),
-            None,
-            DENIED,
-        ),
-        c(
-            "PUT /api/v1/agents/{agent_id}/tags",
-            "PUT",
-            format!("/api/v1/agents/{b1}/tags"),
-            Some(json!({"tags": ["x"]})),
-            DENIED,
-        ),
-        c(
-            "POST /api/v1/agents/{agent_id}/commands",
-            "POST",
-            format!("/api/v1/agents/{b1}/commands"),
-            Some(json!({"command_type": "restart_service", "args": {"service": "nginx"}})),
-            DENIED,
-        ),
-        c(
-            "POST /api/v1/commands/{command_id}/approve",
-            "POST",
-            format!("/api/v1/commands/{}/approve", w.b_command),
-            None,
-            DENIED,
-        ),
-        c(
-            "POST /api/v1/users",
-            "POST",
-            "/api/v1/users".into(),
-            Some(json!({"name": "evil", "role": "operator", "tenant_id": b})),
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "POST /api/v1/users/{user_id}/keys",
-            "POST",
+        // Admin-only reads, and reads of B's tenant.
+        read("GET /api/v1/tenants", "/api/v1/tenants".into(), FORBIDDEN),
+        read("GET /api/v1/users", "/api/v1/users".into(), FORBIDDEN),
+        read(
+            "GET /api/v1/users/{user_id}/keys",
             format!("/api/v1/users/{}/keys", w.b_user),
-            None,
-            &[StatusCode::FORBIDDEN],
+            FORBIDDEN,
         ),
-        c(
-            "POST /api/v1/users/{user_id}/disable",
-            "POST",
-            format!("/api/v1/users/{}/disable", w.b_user),
-            None,
-            &[StatusCode::FORBIDDEN],
+        read(
+            "GET /api/v1/tenants/{tenant_id}/locations",
+            format!("/api/v1/tenants/{b}/locations"),
+            FORBIDDEN,
         ),
-        c(
-            "POST /api/v1/tenants/{tenant_id}/rules",
-            "POST",
+        read(
+            "GET /api/v1/tenants/{tenant_id}/registration-tokens",
+            format!("/api/v1/tenants/{b}/registration-tokens"),
+            FORBIDDEN,
+        ),
+        read(
+            "GET /api/v1/tenants/{tenant_id}/rules",
             format!("/api/v1/tenants/{b}/rules"),
-            Some(json!({"name": "x", "metric": "cpu.percent", "warning": 1.0})),
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "POST /api/v1/tenants/{tenant_id}/rules/defaults",
-            "POST",
-            format!("/api/v1/tenants/{b}/rules/defaults"),
-            None,
-            &[StatusCode::FORBIDDEN],
-        ),
-        c(
-            "PUT /api/v1/rules/{rule_id}",
-            "PUT",
-            format!("/api/v1/rules/{}", w.b_rule),
-            Some(json!({"name": "x", "metric": "cpu.percent", "warning": 1.0})),
-            DENIED,
-        ),
-        c(
-            "DELETE /api/v1/rules/{rule_id}",
-            "DELETE",
-            format!("/api/v1/rules/{}", w.b_rule),
-            None,
-            DENIED,
-        ),
-        c(
-            "POST /api/v1/rules/{rule_id}/disable",
-            "POST",
-            format!("/api/v1/rules/{}/disable", w.b_rule),
-            None,
-            DENIED,
-        ),
-        c(
-            "POST /api/v1/rules/{rule_id}/enable",
-            "POST",
-            format!("/api/v1/rules/{}/enable", w.b_rule),
-            None,
-            DENIED,
-        ),
-        c(
-            "POST /api/v1/alerts/{alert_id}/acknowledge",
-            "POST",
-            format!("/api/v1/alerts/{}/acknowledge", w.b_alert),
-            None,
-            DENIED,
-        ),
-        c(
-            "POST /api/v1/alerts/{alert_id}/resolve",
-            "POST",
-            format!("/api/v1/alerts/{}/resolve", w.b_alert),
-            None,
-            DENIED,
+            FORBIDDEN,
         ),
         // The caller itself: their own identity, nothing of B.
-        c(
-            "GET /api/v1/me",
-            "GET",
-            "/api/v1/me".into(),
+        read("GET /api/v1/me", "/api/v1/me".into(), &[StatusCode::OK]),
+        // Writes naming a tenant, or for admins only: 403 whatever the id.
+        write(
+            "POST /api/v1/tenants",
+            "POST",
+            &|_| "/api/v1/tenants".into(),
+            [None, Some("")],
+            Some(json!({"name": "x"})),
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/tenants/{tenant_id}/locations",
+            "POST",
+            &|t| format!("/api/v1/tenants/{t}/locations"),
+            [Some(b), Some(a)],
+            Some(json!({"name": "x"})),
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/tenants/{tenant_id}/registration-tokens",
+            "POST",
+            &|t| format!("/api/v1/tenants/{t}/registration-tokens"),
+            [Some(b), Some(a)],
+            Some(json!({})),
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/tenants/{tenant_id}/rules",
+            "POST",
+            &|t| format!("/api/v1/tenants/{t}/rules"),
+            [Some(b), Some(a)],
+            Some(rule.clone()),
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/tenants/{tenant_id}/rules/defaults",
+            "POST",
+            &|t| format!("/api/v1/tenants/{t}/rules/defaults"),
+            [Some(b), Some(a)],
             None,
-            &[StatusCode::OK],
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/users",
+            "POST",
+            &|_| "/api/v1/users".into(),
+            [None, Some("")],
+            Some(json!({"name": "evil", "role": "operator", "tenant_id": b})),
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/users/{user_id}/keys",
+            "POST",
+            &|u| format!("/api/v1/users/{u}/keys"),
+            [Some(&w.b_user), Some(&w.viewer_a_id)],
+            None,
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/users/{user_id}/disable",
+            "POST",
+            &|u| format!("/api/v1/users/{u}/disable"),
+            [Some(&w.b_user), Some(&w.viewer_a_id)],
+            None,
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/users/{user_id}/enable",
+            "POST",
+            &|u| format!("/api/v1/users/{u}/enable"),
+            [Some(&w.b_user), Some(&w.viewer_a_id)],
+            None,
+            FORBIDDEN,
+        ),
+        write(
+            "DELETE /api/v1/users/{user_id}/keys/{key_id}",
+            "DELETE",
+            &|k| format!("/api/v1/users/{}/keys/{k}", w.b_user),
+            [Some(&w.b_key_id), None],
+            None,
+            FORBIDDEN,
+        ),
+        // Writes naming an object by id: B's is the same 404 as a made-up id.
+        write(
+            "POST /api/v1/agents/{agent_id}/deactivate",
+            "POST",
+            &|id| format!("/api/v1/agents/{id}/deactivate"),
+            [Some(b1), Some(a1)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "PUT /api/v1/agents/{agent_id}/tags",
+            "PUT",
+            &|id| format!("/api/v1/agents/{id}/tags"),
+            [Some(b1), Some(a1)],
+            Some(tags),
+            NOT_FOUND,
+        ),
+        write(
+            "POST /api/v1/agents/{agent_id}/commands",
+            "POST",
+            &|id| format!("/api/v1/agents/{id}/commands"),
+            [Some(b1), Some(a1)],
+            Some(command),
+            NOT_FOUND,
+        ),
+        write(
+            "POST /api/v1/commands/{command_id}/approve",
+            "POST",
+            &|id| format!("/api/v1/commands/{id}/approve"),
+            [Some(&w.b_command), Some(&w.a_command)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "PUT /api/v1/rules/{rule_id}",
+            "PUT",
+            &|id| format!("/api/v1/rules/{id}"),
+            [Some(&w.b_rule), Some(&w.a_rule)],
+            Some(rule),
+            NOT_FOUND,
+        ),
+        write(
+            "DELETE /api/v1/rules/{rule_id}",
+            "DELETE",
+            &|id| format!("/api/v1/rules/{id}"),
+            [Some(&w.b_rule), Some(&w.a_rule)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "POST /api/v1/rules/{rule_id}/disable",
+            "POST",
+            &|id| format!("/api/v1/rules/{id}/disable"),
+            [Some(&w.b_rule), Some(&w.a_rule)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "POST /api/v1/rules/{rule_id}/enable",
+            "POST",
+            &|id| format!("/api/v1/rules/{id}/enable"),
+            [Some(&w.b_rule), Some(&w.a_rule)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "POST /api/v1/alerts/{alert_id}/acknowledge",
+            "POST",
+            &|id| format!("/api/v1/alerts/{id}/acknowledge"),
+            [Some(&w.b_alert), Some(&w.a_alert)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "POST /api/v1/alerts/{alert_id}/resolve",
+            "POST",
+            &|id| format!("/api/v1/alerts/{id}/resolve"),
+            [Some(&w.b_alert), Some(&w.a_alert)],
+            None,
+            NOT_FOUND,
         ),
     ]
+}
+
+/// Whether `v` names any of B's ids.
+fn names_b(w: &World, v: &Value) -> bool {
+    let text = v.to_string();
+    [
+        &w.b,
+        &w.b1,
+        &w.b_alert,
+        &w.b_command,
+        &w.b_rule,
+        &w.b_user,
+        &w.b_key_id,
+    ]
+    .iter()
+    .any(|id| text.contains(id.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_objects_are_indistinguishable_from_missing_ones_on_every_write() {
+    let w = world().await;
+    let mut checked = 0;
+    for case in cases(&w).iter().filter(|c| c.method != "GET") {
+        let random = case
+            .random
+            .as_deref()
+            .expect("a write names a made-up id too");
+        let (s_b, v_b) = call(
+            &w.app,
+            case.method,
+            &case.uri,
+            case.body.clone(),
+            Some(&w.op_a),
+        )
+        .await;
+        let (s_r, v_r) = call(
+            &w.app,
+            case.method,
+            random,
+            case.body.clone(),
+            Some(&w.op_a),
+        )
+        .await;
+        assert!(
+            case.expect.contains(&s_b),
+            "{} {}: A's operator got {s_b} {v_b}, expected {:?}",
+            case.method,
+            case.uri,
+            case.expect
+        );
+        assert_eq!(
+            (s_b, &v_b),
+            (s_r, &v_r),
+            "{}: B's object and a made-up id answer alike",
+            case.operation
+        );
+        assert!(
+            !names_b(&w, &v_b),
+            "{}: the answer names B: {v_b}",
+            case.operation
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "every write is checked: {checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_is_refused_every_write_before_any_lookup() {
+    let w = world().await;
+    for case in cases(&w).iter().filter(|c| c.method != "GET") {
+        let Some(own) = case.own.as_deref() else {
+            continue;
+        };
+        let random = case.random.as_deref().expect("a made-up id");
+        let mut bodies = Vec::new();
+        for uri in [random, own, case.uri.as_str()] {
+            let (s, v) = call(
+                &w.app,
+                case.method,
+                uri,
+                case.body.clone(),
+                Some(&w.viewer_a),
+            )
+            .await;
+            assert_eq!(
+                s,
+                StatusCode::FORBIDDEN,
+                "{} {uri}: a viewer got {s} {v}",
+                case.method
+            );
+            assert!(!names_b(&w, &v), "{uri}: {v}");
+            bodies.push(v);
+        }
+        assert!(
+            bodies.windows(2).all(|p| p[0] == p[1]),
+            "{}: one answer whatever the id: {bodies:?}",
+            case.operation
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

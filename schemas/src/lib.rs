@@ -17,6 +17,7 @@ pub mod ids;
 pub mod records;
 pub mod rules;
 pub mod samples;
+pub mod text;
 pub mod time;
 pub mod topics;
 

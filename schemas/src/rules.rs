@@ -65,24 +65,19 @@ fn upward(op: &str) -> Option<bool> {
     }
 }
 
-/// Checks a rule definition; the first problem found names its field.
+/// Checks a rule definition; the first problem found names its field: first each field
+/// alone ([`check_fields`]), then how they fit together ([`check_combination`]).
 pub fn check_definition(d: &RuleDefinition) -> Result<(), RuleFieldError> {
-    let name = d.name.trim();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-        return Err(bad(
-            "name",
-            "must be 1 to 200 characters without control characters",
-        ));
-    }
-    match (d.scope, d.scope_value.as_deref().map(str::trim)) {
-        (RuleScope::Tenant, None) => {}
-        (RuleScope::Tenant, Some(_)) => {
-            return Err(bad("scope_value", "must be absent for scope tenant"))
-        }
-        (RuleScope::Agent | RuleScope::Tag, Some(v))
-            if !v.is_empty() && v.len() <= 200 && !v.chars().any(char::is_control) => {}
-        (RuleScope::Agent, _) => return Err(bad("scope_value", "scope agent needs the agent id")),
-        (RuleScope::Tag, _) => return Err(bad("scope_value", "scope tag needs the tag")),
+    check_fields(d)?;
+    check_combination(d)
+}
+
+/// Checks each field of a definition on its own (what a schema can say: lengths, names,
+/// known metrics and operators, finite numbers, ranges).
+pub fn check_fields(d: &RuleDefinition) -> Result<(), RuleFieldError> {
+    crate::text::check_name(&d.name, 200).map_err(|m| bad("name", m))?;
+    if let Some(v) = d.scope_value.as_deref() {
+        crate::text::check_name(v, 200).map_err(|m| bad("scope_value", m))?;
     }
     if !is_rule_metric(&d.metric) {
         return Err(bad(
@@ -95,32 +90,12 @@ pub fn check_definition(d: &RuleDefinition) -> Result<(), RuleFieldError> {
         ));
     }
     if let Some(s) = &d.subject {
-        if !METRICS_WITH_SUBJECT.contains(&d.metric.as_str()) {
-            return Err(bad(
-                "subject",
-                format!(
-                    "only {} have a subject (mount point or service)",
-                    METRICS_WITH_SUBJECT.join(", ")
-                ),
-            ));
-        }
-        if s.is_empty() || s.len() > 500 || s.chars().any(char::is_control) {
-            return Err(bad(
-                "subject",
-                "must be 1 to 500 characters without control characters",
-            ));
-        }
+        crate::text::check_name(s, 500).map_err(|m| bad("subject", m))?;
     }
     if !OPERATORS.contains(&d.operator.as_str()) {
         return Err(bad(
             "operator",
             format!("must be one of {}", OPERATORS.join(" ")),
-        ));
-    }
-    if d.metric == HEARTBEAT_ABSENT && upward(&d.operator) != Some(true) {
-        return Err(bad(
-            "operator",
-            "heartbeat.absent counts missed heartbeats: use > or >=",
         ));
     }
     for (field, v) in [
@@ -131,6 +106,47 @@ pub fn check_definition(d: &RuleDefinition) -> Result<(), RuleFieldError> {
         if v.is_some_and(|v| !v.is_finite()) {
             return Err(bad(field, "must be a finite number"));
         }
+    }
+    if !(0..=MAX_SECS).contains(&d.for_secs) {
+        return Err(bad("for_secs", format!("must be 0 to {MAX_SECS} seconds")));
+    }
+    if !(0..=MAX_SECS).contains(&d.renotify_secs) {
+        return Err(bad(
+            "renotify_secs",
+            format!("must be 0 (never) to {MAX_SECS} seconds"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks how the fields of a definition (each valid alone) fit together: the scope and
+/// its value, a subject only for metrics that have one, the operator of
+/// `heartbeat.absent`, at least one threshold, and the order of the thresholds.
+pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
+    match (d.scope, d.scope_value.as_deref()) {
+        (RuleScope::Tenant, None) | (RuleScope::Agent | RuleScope::Tag, Some(_)) => {}
+        (RuleScope::Tenant, Some(_)) => {
+            return Err(bad("scope_value", "must be absent for scope tenant"))
+        }
+        (RuleScope::Agent, None) => {
+            return Err(bad("scope_value", "scope agent needs the agent id"))
+        }
+        (RuleScope::Tag, None) => return Err(bad("scope_value", "scope tag needs the tag")),
+    }
+    if d.subject.is_some() && !METRICS_WITH_SUBJECT.contains(&d.metric.as_str()) {
+        return Err(bad(
+            "subject",
+            format!(
+                "only {} have a subject (mount point or service)",
+                METRICS_WITH_SUBJECT.join(", ")
+            ),
+        ));
+    }
+    if d.metric == HEARTBEAT_ABSENT && upward(&d.operator) != Some(true) {
+        return Err(bad(
+            "operator",
+            "heartbeat.absent counts missed heartbeats: use > or >=",
+        ));
     }
     let (warning, critical) = match (d.warning, d.critical) {
         (None, None) => {
@@ -173,15 +189,6 @@ pub fn check_definition(d: &RuleDefinition) -> Result<(), RuleFieldError> {
             ));
         }
     }
-    if !(0..=MAX_SECS).contains(&d.for_secs) {
-        return Err(bad("for_secs", format!("must be 0 to {MAX_SECS} seconds")));
-    }
-    if !(0..=MAX_SECS).contains(&d.renotify_secs) {
-        return Err(bad(
-            "renotify_secs",
-            format!("must be 0 (never) to {MAX_SECS} seconds"),
-        ));
-    }
     Ok(())
 }
 
@@ -220,6 +227,13 @@ mod tests {
         let mut d = ok.clone();
         d.scope = RuleScope::Agent;
         assert_eq!(field(&d), Some("scope_value"));
+        let mut d = ok.clone();
+        d.name = "CPU \u{202E}hgih".into();
+        assert_eq!(field(&d), Some("name"), "a bidi override");
+        let mut d = ok.clone();
+        d.scope = RuleScope::Tag;
+        d.scope_value = Some("web\u{200B}".into());
+        assert_eq!(field(&d), Some("scope_value"), "a zero-width space");
         let mut d = ok.clone();
         d.subject = Some("/".into());
         assert_eq!(field(&d), Some("subject"), "cpu has no subject");

@@ -109,6 +109,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "alert rules",
         include_str!("../migrations/0007_alert_rules.sql"),
     ),
+    (
+        8,
+        "request keys and key revocation",
+        include_str!("../migrations/0008_request_keys_and_key_revocation.sql"),
+    ),
 ];
 
 /// The engine behind a [`SqlReadModel`].

@@ -201,6 +201,20 @@ pub struct ApiKeyInfo {
     pub last4: String,
     /// Creation time, µs.
     pub created_at: i64,
+    /// When it was revoked, µs (a revoked key stops working).
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// What [`Registry::claim_request_key`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKeyClaim {
+    /// The id was free: it is now held by this request.
+    New,
+    /// The id was held by the same request (a retry).
+    Same,
+    /// The id is held by a different request.
+    Different,
 }
 
 /// The user an API key belongs to, found by the key's hash.
@@ -279,8 +293,22 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     ) -> Result<ApiKeyInfo>;
     /// Keys of a user, newest first.
     async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKeyInfo>>;
-    /// The key whose secret hashes to `key_hash`, with its user (also when disabled).
+    /// The key whose secret hashes to `key_hash`, with its user (also when the user is
+    /// disabled or the key revoked: the caller decides).
     async fn key_owner(&self, key_hash: [u8; 32]) -> Result<Option<KeyOwner>>;
+    /// Revokes key `key_id` of user `user_id` (it stops working; a second revocation keeps
+    /// the first time); false if the user has no such key.
+    async fn revoke_api_key(&self, user_id: &str, key_id: &str, now: i64) -> Result<bool>;
+
+    /// Binds `id` (the command or rule id an `Idempotency-Key` names) to the request whose
+    /// canonical form hashes to `request_hash`, atomically: of concurrent claims of a free
+    /// id exactly one is [`RequestKeyClaim::New`]; later claims are `Same` or `Different`.
+    async fn claim_request_key(
+        &self,
+        id: &str,
+        request_hash: [u8; 32],
+        now: i64,
+    ) -> Result<RequestKeyClaim>;
 }
 
 /// SHA-256 of a high-entropy secret (tokens and credentials are 256-bit random values,

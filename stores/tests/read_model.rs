@@ -43,6 +43,7 @@ macro_rules! conformance {
             command_lifecycle_with_audit_trail,
             command_replay_is_idempotent,
             command_events_out_of_order_converge,
+            only_the_first_requested_of_a_command_counts,
             commands_page_newest_first_and_filter_by_tenant,
             software_inventory_replaced_only_by_newer,
             software_inventory_out_of_order_and_tenant_filter,
@@ -1172,6 +1173,100 @@ mod cases {
             })
             .await?;
         ensure!(listed.len() == 1 && listed[0] == again.command);
+        Ok(())
+    }
+
+    /// A reused `Idempotency-Key` with another body wrote a second REQUESTED of the same
+    /// command id: the first one stays the request (type, arguments, approval, who, when),
+    /// whatever the second says and whenever it claims to have happened.
+    pub(crate) async fn only_the_first_requested_of_a_command_counts(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        use CommandEventKind::*;
+        let a = agent_id();
+        let sneaky = |first: &CommandEvent, at: i64, n: u32| {
+            let mut ev = first.clone();
+            ev.event_id = format!("{}/requested-again/{n}", first.command_id);
+            ev.command_type = "collect_diagnostics".into();
+            ev.args.clear();
+            ev.requires_approval = false;
+            ev.timeout_secs = 5;
+            ev.actor = Some("mallory@example.com".into());
+            ev.occurred_at = at;
+            ev
+        };
+        let expect_first = |d: &CommandDetail, status: CommandStatus| -> Result<()> {
+            let c = &d.command;
+            ensure!(c.command_type == "restart_service", "{c:?}");
+            ensure!(
+                c.args.get("service").map(String::as_str) == Some("nginx"),
+                "{c:?}"
+            );
+            ensure!(c.requires_approval && c.timeout_secs == 60, "{c:?}");
+            ensure!(c.status == status, "{c:?}");
+            ensure!(
+                c.requested_by.as_deref() == Some("alice@example.com")
+                    && c.requested_at == Some(T0),
+                "{c:?}"
+            );
+            let requested = d.audit.iter().filter(|e| e.kind == "requested").count();
+            ensure!(requested == 1, "one REQUESTED in the trail: {:?}", d.audit);
+            Ok(())
+        };
+
+        // In one batch, and later one by one; the second claims an earlier and a later time.
+        let id = uuid::Uuid::new_v4().to_string();
+        let first = cmd(T1, &a, &id, Requested, T0);
+        store
+            .apply(
+                PROJECTION,
+                &changes_of(&[first.clone(), sneaky(&first, T0 - SECOND, 1)]),
+                &[],
+            )
+            .await?;
+        expect_first(
+            &command(&store, &id).await?,
+            CommandStatus::AwaitingApproval,
+        )?;
+        for (n, at) in [(2, T0 - 2 * SECOND), (3, T0 + SECOND)] {
+            store
+                .apply(PROJECTION, &changes_of(&[sneaky(&first, at, n)]), &[])
+                .await?;
+            expect_first(
+                &command(&store, &id).await?,
+                CommandStatus::AwaitingApproval,
+            )?;
+        }
+        // After the approval, another REQUESTED neither moves the status back nor changes
+        // what was approved.
+        store
+            .apply(
+                PROJECTION,
+                &changes_of(&[
+                    cmd(T1, &a, &id, Approved, T0 + 2 * SECOND),
+                    sneaky(&first, T0 + 3 * SECOND, 4),
+                ]),
+                &[],
+            )
+            .await?;
+        expect_first(&command(&store, &id).await?, CommandStatus::Approved)?;
+
+        // A step read before any REQUESTED: the first REQUESTED fills the row, the next is
+        // ignored.
+        let id = uuid::Uuid::new_v4().to_string();
+        let first = cmd(T1, &a, &id, Requested, T0);
+        store
+            .apply(
+                PROJECTION,
+                &changes_of(&[
+                    bare(cmd(T1, &a, &id, Dispatched, T0 + SECOND)),
+                    first.clone(),
+                    sneaky(&first, T0 - SECOND, 1),
+                ]),
+                &[],
+            )
+            .await?;
+        expect_first(&command(&store, &id).await?, CommandStatus::Dispatched)?;
         Ok(())
     }
 

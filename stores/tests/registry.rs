@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use fleet_stores::registry::{
     hash_secret, new_secret, verify_secret, NewAgent, NewToken, NewUser, RedeemRefusal, Registry,
-    Role, Tenant,
+    RequestKeyClaim, Role, Tenant,
 };
 use fleet_stores::{open_registry, open_sql, ReadModel, StoreError};
 
@@ -33,6 +33,8 @@ macro_rules! conformance {
             users_are_created_listed_and_checked,
             users_can_be_disabled_and_enabled,
             api_keys_resolve_to_their_user_and_are_unique,
+            api_keys_are_revoked_one_by_one,
+            request_keys_bind_one_request,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -797,6 +799,109 @@ mod cases {
         ensure!(matches!(long, Err(StoreError::InvalidQuery(_))), "{long:?}");
         ensure!(store.list_api_keys(&bob.user_id).await?.len() == 2);
         ensure!(store.list_api_keys("no-such-user").await?.is_empty());
+        Ok(())
+    }
+
+    pub(crate) async fn api_keys_are_revoked_one_by_one(store: Arc<dyn Registry>) -> Result<()> {
+        let acme = store.create_tenant("Acme", T0).await?;
+        let bob = store
+            .create_user(&user("bob", Role::Operator, Some(&acme)))
+            .await?;
+        let alice = store
+            .create_user(&user("alice", Role::Operator, Some(&acme)))
+            .await?;
+        let (s1, s2) = (new_secret("fsu_"), new_secret("fsu_"));
+        let k1 = store
+            .create_api_key(&bob.user_id, hash_secret(&s1), "aaaa", T0)
+            .await?;
+        let k2 = store
+            .create_api_key(&bob.user_id, hash_secret(&s2), "bbbb", T0 + 1)
+            .await?;
+        ensure!(k1.revoked_at.is_none());
+        // Another user's key id, or an unknown one, revokes nothing.
+        ensure!(
+            !store
+                .revoke_api_key(&alice.user_id, &k1.key_id, T0 + 5)
+                .await?
+        );
+        ensure!(
+            !store
+                .revoke_api_key(&bob.user_id, "no-such-key", T0 + 5)
+                .await?
+        );
+        ensure!(
+            store
+                .revoke_api_key(&bob.user_id, &k1.key_id, T0 + 10)
+                .await?
+        );
+        // Again: still there, the first time kept.
+        ensure!(
+            store
+                .revoke_api_key(&bob.user_id, &k1.key_id, T0 + 20)
+                .await?
+        );
+        let owner = store
+            .key_owner(hash_secret(&s1))
+            .await?
+            .context("a revoked key is still found")?;
+        ensure!(owner.key.revoked_at == Some(T0 + 10), "{:?}", owner.key);
+        let other = store.key_owner(hash_secret(&s2)).await?.context("found")?;
+        ensure!(
+            other.key.revoked_at.is_none(),
+            "only that key: {:?}",
+            other.key
+        );
+        let listed = store.list_api_keys(&bob.user_id).await?;
+        ensure!(
+            listed
+                .iter()
+                .map(|k| (k.key_id.as_str(), k.revoked_at))
+                .collect::<Vec<_>>()
+                == vec![
+                    (k2.key_id.as_str(), None),
+                    (k1.key_id.as_str(), Some(T0 + 10))
+                ],
+            "{listed:?}"
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn request_keys_bind_one_request(store: Arc<dyn Registry>) -> Result<()> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (a, b) = (hash_secret("request a"), hash_secret("request b"));
+        ensure!(store.claim_request_key(&id, a, T0).await? == RequestKeyClaim::New);
+        ensure!(store.claim_request_key(&id, a, T0 + 1).await? == RequestKeyClaim::Same);
+        ensure!(store.claim_request_key(&id, b, T0 + 2).await? == RequestKeyClaim::Different);
+        ensure!(store.claim_request_key(&id, a, T0 + 3).await? == RequestKeyClaim::Same);
+        // Concurrent first claims of one id with different requests: exactly one is new,
+        // and every other sees the winner's request as the same or a different one.
+        let id = uuid::Uuid::new_v4().to_string();
+        let claims = futures::future::join_all((0..8).map(|i| {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let hash = hash_secret(&format!("request {}", i % 2));
+                (hash, store.claim_request_key(&id, hash, T0).await)
+            }
+        }))
+        .await;
+        let mut new = None;
+        for (hash, claim) in &claims {
+            if *claim.as_ref().map_err(|e| anyhow::anyhow!("{e}"))? == RequestKeyClaim::New {
+                ensure!(new.is_none(), "two claims won: {claims:?}");
+                new = Some(*hash);
+            }
+        }
+        let winner = new.context("one claim wins")?;
+        for (hash, claim) in &claims {
+            let expected = if *hash == winner {
+                [RequestKeyClaim::New, RequestKeyClaim::Same]
+            } else {
+                [RequestKeyClaim::Different, RequestKeyClaim::Different]
+            };
+            let got = *claim.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            ensure!(expected.contains(&got), "{claims:?}");
+        }
         Ok(())
     }
 }

@@ -17,14 +17,6 @@ use super::{limit, one, pairs, reject_unknown, respond, store_error, ApiState};
 /// Longest software name filter.
 const MAX_NAME_FILTER: usize = 200;
 
-/// A non-empty value of `key`, if given.
-fn non_empty<'a>(p: &'a [(String, String)], key: &str) -> Result<Option<&'a str>, ApiError> {
-    match one(p, key) {
-        Some("") => Err(ApiError::invalid_field(key, "must not be empty")),
-        other => Ok(other),
-    }
-}
-
 /// Answer of an agent's command history.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CommandList {
@@ -39,7 +31,7 @@ pub struct CommandList {
     path = "/api/v1/agents/{agent_id}/commands",
     tag = "query",
     summary = "An agent's commands, newest first",
-    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("after" = Option<String>, Query, description = "Last command id of the previous page")),
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("after" = Option<String>, Query, description = "Last command id of the previous page (404 if the agent has no such command)", min_length = 1)),
     responses((status = 200, description = "Done", body = CommandList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -59,14 +51,15 @@ pub(crate) async fn agent_commands(
             tenant_id: tenant.clone(),
             agent_id,
             limit,
-            after: non_empty(&p, "after")?.map(str::to_owned),
+            after: one(&p, "after")?.map(str::to_owned),
         };
         let commands = s
             .read_model
             .list_commands(&query)
             .await
             .map_err(|e| match e {
-                StoreError::InvalidQuery(m) => ApiError::invalid_field("after", m),
+                // A cursor that names no command of this agent.
+                StoreError::InvalidQuery(_) => crate::auth::not_found("command", "after"),
                 other => store_error(other),
             })?;
         if commands.is_empty() && query.after.is_none() {
@@ -91,7 +84,7 @@ pub(crate) async fn agent_commands(
     path = "/api/v1/commands/{command_id}",
     tag = "query",
     summary = "One command with its audit trail",
-    params(("command_id" = String, Path, description = "Command id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)")),
+    params(("command_id" = String, Path, description = "Command id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1)),
     responses((status = 200, description = "Done", body = fleet_stores::CommandDetail), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -110,9 +103,7 @@ pub(crate) async fn get_command(
             .get_command(tenant.as_deref(), &command_id)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no command {command_id}")).with_field("command_id")
-            })
+            .ok_or_else(|| crate::auth::not_found("command", "command_id"))
     }
     .await;
     respond("/api/v1/commands/{command_id}", started, result)
@@ -123,7 +114,7 @@ pub(crate) async fn get_command(
     path = "/api/v1/agents/{agent_id}/software",
     tag = "query",
     summary = "The newest software inventory",
-    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("name" = Option<String>, Query, description = "Packages whose name contains this")),
+    params(("agent_id" = String, Path, description = "Agent id"), ("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1), ("name" = Option<String>, Query, description = "Packages whose name contains this", min_length = 1, max_length = 200)),
     responses((status = 200, description = "Done", body = fleet_stores::AgentSoftware), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -138,7 +129,7 @@ pub(crate) async fn agent_software(
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "name"])?;
         let (_, tenant) = s.scope(&headers, &p).await?;
-        let name = non_empty(&p, "name")?;
+        let name = one(&p, "name")?;
         if name.is_some_and(|n| n.chars().count() > MAX_NAME_FILTER) {
             return Err(ApiError::invalid_field(
                 "name",
@@ -154,10 +145,7 @@ pub(crate) async fn agent_software(
             .agent_software(&query)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no software inventory of agent {}", query.agent_id))
-                    .with_field("agent_id")
-            })
+            .ok_or_else(|| crate::auth::not_found("software inventory of this agent", "agent_id"))
     }
     .await;
     respond("/api/v1/agents/{agent_id}/software", started, result)
@@ -175,7 +163,7 @@ pub struct TicketList {
     path = "/api/v1/tickets",
     tag = "query",
     summary = "Tickets, newest first",
-    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)"), ("status" = Option<String>, Query, description = "open, acknowledged or resolved"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)")),
+    params(("tenant" = Option<String>, Query, description = "Tenant (admins: optional, every tenant if absent; others: their own, the default)", min_length = 1), ("status" = Option<String>, Query, description = "open, acknowledged or resolved", pattern = "^(open|acknowledged|resolved)$"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000)),
     responses((status = 200, description = "Done", body = TicketList), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -189,7 +177,7 @@ pub(crate) async fn list_tickets(
         let p = pairs(q)?;
         reject_unknown(&p, &["tenant", "status", "limit"])?;
         let (_, tenant) = s.scope(&headers, &p).await?;
-        let status = match one(&p, "status") {
+        let status = match one(&p, "status")? {
             None => None,
             Some(v) => Some(TicketStatus::parse(v).ok_or_else(|| {
                 ApiError::invalid_field("status", "must be open, acknowledged or resolved")

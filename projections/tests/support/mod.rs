@@ -3,6 +3,8 @@
 //! enrolling an agent.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod world;
+
 use std::sync::Arc;
 
 use axum::body::Body;

@@ -7,10 +7,15 @@
 //! after the result, or a replay, never move the status back. An agent's result outranks
 //! the timeout processor's TIMED_OUT: a result that comes late is still what happened.
 //!
-//! REQUESTED is the authority on the request (tenant, agent, type, arguments, approval,
-//! timeout, who and when). Another step read first creates the row from its own fields,
-//! which may be empty (a gateway that did not know the command); REQUESTED overwrites
-//! them whenever it is seen. The earliest approval, dispatch and start win;
+//! The first REQUESTED applied is the authority on the request (tenant, agent, type,
+//! arguments, approval, timeout, who and when). Every later REQUESTED of the command id is
+//! ignored, row and audit trail alike (the upsert's `WHERE` leaves the row as it is): a
+//! reused `Idempotency-Key` with another body must not change what the command shows, since
+//! the gateway delivers the first one too. REQUESTED events of one command share the
+//! agent's partition, so "first applied" is log order, the same on every replay. Another
+//! step read before REQUESTED creates the row from its own fields, which may be empty (a
+//! gateway that did not know the command); REQUESTED overwrites them when it comes. The
+//! earliest approval, dispatch and start win;
 //! `first_seen_at` (the history's order) is the earliest event, `updated_at` the latest.
 //!
 //! The audit trail has one row per event but PROGRESS, keyed by event id (a replay
@@ -181,7 +186,8 @@ ON CONFLICT (command_id) DO UPDATE SET ",
     first_seen_at = CASE WHEN excluded.first_seen_at < commands.first_seen_at
                          THEN excluded.first_seen_at ELSE commands.first_seen_at END,
     updated_at = CASE WHEN excluded.updated_at > commands.updated_at
-                      THEN excluded.updated_at ELSE commands.updated_at END"
+                      THEN excluded.updated_at ELSE commands.updated_at END
+WHERE excluded.requested_at IS NULL OR commands.requested_at IS NULL"
 );
 
 const INSERT_AUDIT: &str = "\
@@ -245,7 +251,7 @@ pub(super) async fn apply_command(tx: &mut Tx<'_>, ev: &CommandEvent) -> Result<
     };
     let when = |k: CommandEventKind| is(k).then_some(at);
     let who = |k: CommandEventKind| if is(k) { ev.actor.as_deref() } else { None };
-    sqlx::query(UPSERT_COMMAND)
+    let upserted = sqlx::query(UPSERT_COMMAND)
         .bind(ev.command_id.as_str())
         .bind(ev.tenant_id.as_str())
         .bind(ev.agent_id.as_str())
@@ -271,6 +277,10 @@ pub(super) async fn apply_command(tx: &mut Tx<'_>, ev: &CommandEvent) -> Result<
         .bind(at)
         .execute(&mut **tx)
         .await?;
+    if is(CommandEventKind::Requested) && upserted.rows_affected() == 0 {
+        tracing::debug!(command_id = %ev.command_id, event_id = %ev.event_id, "A later REQUESTED of a command ignored.");
+        return Ok(());
+    }
     if !is(CommandEventKind::Progress) {
         let detail = match ev.kind {
             CommandEventKind::Completed => Some(status.as_str()),

@@ -28,7 +28,7 @@ use sqlx::Row;
 use super::{decode_error, Engine, SqlReadModel};
 use crate::registry::{
     AgentCredential, ApiKeyInfo, KeyOwner, Location, NewAgent, NewToken, NewUser, RedeemRefusal,
-    Redeemed, Registry, Role, Tenant, TokenInfo, User,
+    Redeemed, Registry, RequestKeyClaim, Role, Tenant, TokenInfo, User,
 };
 use crate::{Result, StoreError};
 
@@ -94,10 +94,21 @@ const INSERT_API_KEY: &str = "\
 INSERT INTO user_api_keys (key_id, key_hash, user_id, last4, created_at)
 VALUES ($1, $2, $3, $4, $5)";
 
-const API_KEY_COLUMNS: &str = "key_id, user_id, last4, created_at";
+const API_KEY_COLUMNS: &str = "key_id, user_id, last4, created_at, revoked_at";
+
+/// `$1` now, `$2` the key, `$3` its user. A revoked key keeps its first revocation time.
+const REVOKE_API_KEY: &str = "\
+UPDATE user_api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE key_id = $2 AND user_id = $3";
+
+/// Claims an idempotency id; a held one is left as it is (`$1` id, `$2` hash, `$3` now).
+const CLAIM_REQUEST_KEY: &str = "\
+INSERT INTO idempotency_keys (id, request_hash, created_at) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO NOTHING";
+
+const SELECT_REQUEST_KEY: &str = "SELECT request_hash FROM idempotency_keys WHERE id = $1";
 
 const SELECT_KEY_OWNER: &str = "\
-SELECT k.key_id, k.key_hash, k.last4, k.created_at AS key_created_at,
+SELECT k.key_id, k.key_hash, k.last4, k.created_at AS key_created_at, k.revoked_at,
     u.user_id, u.name, u.role, u.tenant_id, u.disabled, u.created_at
 FROM user_api_keys k JOIN users u ON u.user_id = k.user_id
 WHERE k.key_hash = $1";
@@ -346,6 +357,7 @@ fn api_key_from_row(row: &AnyRow) -> Result<ApiKeyInfo, BoxDynError> {
         user_id: row.try_get("user_id")?,
         last4: row.try_get("last4")?,
         created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -358,6 +370,7 @@ fn key_owner_from_row(row: &AnyRow) -> Result<KeyOwner, BoxDynError> {
             user_id: user.user_id.clone(),
             last4: row.try_get("last4")?,
             created_at: row.try_get("key_created_at")?,
+            revoked_at: row.try_get("revoked_at")?,
         },
         key_hash: from_hex(&hash)?,
         user,
@@ -721,6 +734,7 @@ impl Registry for SqlReadModel {
             user_id: user_id.to_owned(),
             last4: last4.to_owned(),
             created_at: now,
+            revoked_at: None,
         };
         let inserted = sqlx::query(INSERT_API_KEY)
             .bind(info.key_id.as_str())
@@ -768,6 +782,53 @@ impl Registry for SqlReadModel {
             .map(key_owner_from_row)
             .transpose()
             .map_err(|e| decode_error("API key", e))
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn revoke_api_key(&self, user_id: &str, key_id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(REVOKE_API_KEY)
+            .bind(now)
+            .bind(key_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("revoke API key", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[tracing::instrument(skip(self, request_hash), fields(engine = self.engine.as_str()))]
+    async fn claim_request_key(
+        &self,
+        id: &str,
+        request_hash: [u8; 32],
+        now: i64,
+    ) -> Result<RequestKeyClaim> {
+        let hash = to_hex(&request_hash);
+        let inserted = sqlx::query(CLAIM_REQUEST_KEY)
+            .bind(id)
+            .bind(hash.as_str())
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("claim idempotency key", e))?;
+        if inserted.rows_affected() == 1 {
+            return Ok(RequestKeyClaim::New);
+        }
+        // Held: rows are never deleted, so the holder is there to compare with.
+        let row = sqlx::query(SELECT_REQUEST_KEY)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db_error("read idempotency key", e))?;
+        let held: String = row
+            .try_get("request_hash")
+            .map_err(|e| decode_error("idempotency key", e.into()))?;
+        let held = from_hex(&held).map_err(|e| decode_error("idempotency key", e))?;
+        Ok(if held == request_hash {
+            RequestKeyClaim::Same
+        } else {
+            RequestKeyClaim::Different
+        })
     }
 }
 

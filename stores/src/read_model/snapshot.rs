@@ -49,6 +49,7 @@ pub const NOT_PROJECTED_TABLES: &[&str] = &[
     "agent_credentials",
     "users",
     "user_api_keys",
+    "idempotency_keys",
     "audit_log",
 ];
 
@@ -60,6 +61,7 @@ pub const REGISTRY_TABLES: &[&str] = &[
     "agent_credentials",
     "users",
     "user_api_keys",
+    "idempotency_keys",
 ];
 
 /// One row: column name to value.

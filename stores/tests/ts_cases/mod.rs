@@ -318,6 +318,10 @@ pub(crate) async fn invalid_ranges_are_rejected(store: Arc<dyn TimeSeriesStore>)
             t0() + (MAX_BUCKETS + 1) * SECOND,
             SECOND,
         ),
+        // Times a client may ask for: beyond ±2^62 µs, refused without overflowing.
+        range("t", "a", "cpu", i64::MIN, i64::MAX, SECOND),
+        range("t", "a", "cpu", i64::MIN, t0(), i64::MAX),
+        range("t", "a", "cpu", -(1 << 62) - 1, t0(), HOUR),
     ];
     for q in &invalid {
         match store.query(q).await {
