@@ -255,6 +255,8 @@ impl TimeSeries {
             by_agent.entry(k).or_default().push((w, b));
         }
         let mut write = SealWrite::default();
+        // The series index learns the names of what is sealed (idempotent).
+        let mut series: std::collections::BTreeSet<(AgentKey, String)> = Default::default();
         for (key, mut items) in by_agent {
             items.sort_by_key(|(w, _)| *w);
             let from = items[0].0;
@@ -267,6 +269,9 @@ impl TimeSeries {
                     None => b,
                 };
                 write.sealed.push((key.clone(), w));
+                for s in b.series() {
+                    series.insert((key.clone(), s.name().to_owned()));
+                }
                 if keeps(ChunkKind::Raw, w, now, &self.retention) {
                     let bytes = chunk::encode(&b);
                     metrics::chunk_written(ChunkKind::Raw, bytes.len());
@@ -321,6 +326,14 @@ impl TimeSeries {
         }
         let windows = write.sealed.len();
         self.store.seal(write).await?;
+        if !series.is_empty() {
+            self.store
+                .checkpoint(CheckpointWrite {
+                    series: series.into_iter().collect(),
+                    ..CheckpointWrite::default()
+                })
+                .await?;
+        }
         metrics::sealed(windows, started.elapsed());
         Ok(())
     }

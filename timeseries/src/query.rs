@@ -339,7 +339,19 @@ pub fn validate_range(q: &RangeQuery) -> Result<()> {
     if q.end_micros <= q.start_micros {
         return Err(Error::InvalidQuery("end must be after start".into()));
     }
-    let buckets = (q.end_micros - q.start_micros) / q.interval_micros;
+    if let Some(t) = [q.start_micros, q.end_micros]
+        .into_iter()
+        .find(|t| t.unsigned_abs() > MAX_ABS_TS_MICROS.unsigned_abs())
+    {
+        return Err(Error::InvalidQuery(format!(
+            "time {t} µs is beyond ±2^62 µs from the epoch"
+        )));
+    }
+    // Within ±2^62 each, so the difference fits an i64 (checked all the same).
+    let buckets = q
+        .end_micros
+        .checked_sub(q.start_micros)
+        .map_or(i64::MAX, |span| span / q.interval_micros);
     if buckets > MAX_BUCKETS {
         return Err(Error::InvalidQuery(format!(
             "{buckets} buckets requested, at most {MAX_BUCKETS}: widen the interval or narrow the range"
