@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
 use fleet_ops::deadletter::{DeadLetters, Reason};
 use fleet_ops::log::{ensure_topics, next_offsets, LagGauge};
-use fleet_schemas::samples::samples;
 use fleet_schemas::{
     codec, topics, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
     SoftwareInventory, TicketEvent,
 };
-use fleet_stores::{Change, Point, ReadModel, StoreError, StoredOffset, TimeSeriesStore};
+use fleet_stores::{Change, ReadModel, StoreError, StoredOffset};
+use fleet_timeseries::TimeSeriesStore;
 
 use crate::metrics;
 use crate::ProjectionsConfig;
@@ -37,7 +37,7 @@ pub const READ_MODEL_TOPICS: &[&str] = &[
     topics::RULES,
 ];
 
-/// The topics the time-series projection consumes (each decoded by [`report_points`]).
+/// The topics the time-series projection consumes (metric reports).
 pub const TIMESERIES_TOPICS: &[&str] = &[topics::METRICS];
 
 /// Readiness of the projection loops, for `/readyz`.
@@ -48,6 +48,11 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Marks the time-series projection as consuming (or not).
+    pub(crate) fn set_timeseries(&self, running: bool) {
+        self.timeseries.store(running, Ordering::Relaxed);
+    }
+
     /// `Ok` when both projections consume.
     pub fn check(&self) -> Result<(), String> {
         match (
@@ -309,48 +314,6 @@ async fn store_offsets(store: &dyn ReadModel, offsets: &[StoredOffset]) {
     }
 }
 
-/// Writes points, retrying while the store is unavailable; points refused for another
-/// reason are written one by one and the refused ones counted, logged and skipped. Also
-/// used by `fleetstream replay`.
-pub async fn write_with_retry(store: &dyn TimeSeriesStore, points: &[Point]) {
-    write_or_refuse(store, points).await;
-}
-
-/// [`write_with_retry`], returning the refused points (index in `points`, error) for
-/// their reports' dead letters.
-async fn write_or_refuse(
-    store: &dyn TimeSeriesStore,
-    points: &[Point],
-) -> Vec<(usize, StoreError)> {
-    let mut attempt = 0u32;
-    loop {
-        match store.write(points).await {
-            Ok(()) => return Vec::new(),
-            Err(StoreError::Unavailable(e)) => {
-                attempt += 1;
-                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries")
-                    .increment(1);
-                tracing::warn!(error = %e, attempt, "Time-series store unavailable; retrying the batch.");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Time-series store refused the batch; writing point by point.");
-                let mut refused = Vec::new();
-                for (i, p) in points.iter().enumerate() {
-                    if let Err(e) = retry_unavailable(|| store.write(std::slice::from_ref(p))).await
-                    {
-                        ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries")
-                            .increment(1);
-                        tracing::error!(error = %e, series = %p.series, agent_id = %p.agent_id, "Point refused; skipped.");
-                        refused.push((i, e));
-                    }
-                }
-                return refused;
-            }
-        }
-    }
-}
-
 async fn retry_unavailable<F, Fut>(mut f: F) -> Result<(), StoreError>
 where
     F: FnMut() -> Fut,
@@ -390,64 +353,6 @@ async fn retry_transient<T>(
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200 * u64::from(attempt.min(25)))
-}
-
-/// Converts a report into time-series points.
-pub fn to_points(r: &MetricReport) -> Vec<Point> {
-    samples(r)
-        .into_iter()
-        .filter(|s| s.value.is_finite())
-        .map(|s| Point {
-            tenant_id: r.tenant_id.clone(),
-            agent_id: r.agent_id.clone(),
-            series: s.series(),
-            ts_micros: r.occurred_at,
-            value: s.value,
-        })
-        .collect()
-}
-
-/// Decodes a record of a time-series topic (a metric report) into its points.
-pub fn report_points(r: &ConsumedRecord) -> Result<Vec<Point>, codec::CodecError> {
-    Ok(to_points(&codec::decode::<MetricReport>(&r.value)?))
-}
-
-/// Runs the time-series projection until `shutdown` resolves.
-pub async fn run_timeseries(
-    log: Arc<dyn EventLog>,
-    store: Arc<dyn TimeSeriesStore>,
-    config: ProjectionsConfig,
-    ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    ensure_topics(log.as_ref()).await?;
-    let mut consumer = subscribe(
-        log.as_ref(),
-        &config.timeseries_group,
-        TIMESERIES_TOPICS,
-        &config,
-    )
-    .await?;
-    let dead =
-        DeadLetters::open(log.clone(), TIMESERIES_CONSUMER, &config.timeseries_group).await?;
-    ready.timeseries.store(true, Ordering::Relaxed);
-    tracing::info!(group = %config.timeseries_group, store = store.engine(), "Time-series projection running.");
-    let mut handler = TimeSeriesBatches {
-        store: store.as_ref(),
-        dead,
-    };
-    let group = config.timeseries_group.clone();
-    consume(
-        log.as_ref(),
-        consumer.as_mut(),
-        &group,
-        config.batch_size,
-        shutdown,
-        &mut handler,
-    )
-    .await;
-    ready.timeseries.store(false, Ordering::Relaxed);
-    Ok(())
 }
 
 /// Removes time series past retention every `config.retention-sweep-interval` (the first
@@ -491,87 +396,7 @@ pub async fn run_retention_sweeps(
     }
 }
 
-struct TimeSeriesBatches<'a> {
-    store: &'a dyn TimeSeriesStore,
-    dead: DeadLetters,
-}
-
-impl BatchHandler for TimeSeriesBatches<'_> {
-    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
-        write_timeseries_batch(self.store, consumer, &self.dead, batch).await;
-    }
-}
-
-#[tracing::instrument(name = "project_batch", skip_all, fields(projection = "timeseries", records = batch.len()))]
-async fn write_timeseries_batch(
-    store: &dyn TimeSeriesStore,
-    consumer: &mut dyn Consumer,
-    dead: &DeadLetters,
-    batch: &[ConsumedRecord],
-) {
-    let started = Instant::now();
-    let mut points = Vec::with_capacity(batch.len() * 20);
-    // Per report: its record and where its points end in `points`.
-    let mut ends: Vec<(&ConsumedRecord, usize)> = Vec::with_capacity(batch.len());
-    for r in batch {
-        match retry_transient(r, || report_points(r)).await {
-            Ok(p) => {
-                points.extend(p);
-                ends.push((r, points.len()));
-            }
-            Err(e) => {
-                ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
-                    .increment(1);
-                dead.note(r, Reason::decode(e));
-            }
-        }
-    }
-    let refused = write_or_refuse(store, &points).await;
-    note_refused_reports(dead, &ends, &points, refused);
-    // Dead letters are written before the batch is committed.
-    dead.flush().await;
-    ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
-        .increment(batch.len() as u64);
-    if let Err(e) = consumer.commit(&next_offsets(batch)).await {
-        tracing::warn!(error = %e, "Commit failed; the batch will be written again (idempotent).");
-    }
-    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries")
-        .record(started.elapsed().as_secs_f64());
-}
-
-/// Notes the dead letter of each report with a refused point (once per report; its other
-/// points are written, and writing them again on a replay is idempotent).
-fn note_refused_reports(
-    dead: &DeadLetters,
-    ends: &[(&ConsumedRecord, usize)],
-    points: &[Point],
-    refused: Vec<(usize, StoreError)>,
-) {
-    let mut refused = refused.into_iter().peekable();
-    let mut start = 0;
-    for (r, end) in ends {
-        let mut first: Option<(usize, StoreError)> = None;
-        let mut count = 0usize;
-        while let Some((i, e)) = refused.next_if(|(i, _)| *i < *end) {
-            if i >= start {
-                count += 1;
-                first.get_or_insert((i, e));
-            }
-        }
-        if let Some((i, e)) = first {
-            let text = if count > 1 {
-                format!("{e} (and {} more of its points)", count - 1)
-            } else {
-                e.to_string()
-            };
-            let tenant = points.get(i).map_or("", |p| p.tenant_id.as_str());
-            dead.note(r, Reason::process(text).tenant(tenant));
-        }
-        start = *end;
-    }
-}
-
-async fn subscribe(
+pub(crate) async fn subscribe(
     log: &dyn EventLog,
     group: &str,
     topics: &[&str],

@@ -10,7 +10,8 @@ use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_projections::admin::AdminState;
 use fleet_projections::api::{app, ApiState};
-use fleet_projections::project::{run_read_model, run_timeseries, Readiness};
+use fleet_projections::project::{run_read_model, Readiness};
+use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
 use fleet_schemas::{codec, fixtures, topics, Record};
 use http_body_util::BodyExt as _;
@@ -27,7 +28,7 @@ struct Env {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
     rm: Arc<dyn fleet_stores::ReadModel>,
-    ts: Arc<dyn fleet_stores::TimeSeriesStore>,
+    ts: Arc<fleet_timeseries::TimeSeries>,
     admin: AdminState,
 }
 
@@ -44,7 +45,7 @@ async fn env() -> Env {
         .await
         .expect("read model");
     let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
-    let ts = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
+    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default()).await.expect("ts");
     let admin = AdminState::new(sql, log.clone(), ADMIN, "http://gw.example:8080");
     Env {
         _dir: dir,

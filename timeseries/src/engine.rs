@@ -528,6 +528,8 @@ pub enum Ingested {
     Stored(usize),
     /// Older than the agent's newest sample by more than the out-of-order allowance.
     TooLate,
+    /// Its time is beyond ±2^62 µs ([`crate::MAX_ABS_TS_MICROS`]): never storable.
+    OutOfRange,
 }
 
 /// What the writer knows of a partition it holds.
@@ -652,6 +654,9 @@ impl Writer {
     /// [`Writer::ingest`] for an agent in the head (or new); `None` when the agent may be
     /// evicted and must be loaded first.
     fn ingest_held(&mut self, topic: &Arc<str>, partition: u32, offset: i64, r: &MetricReport) -> Option<Ingested> {
+        if r.occurred_at.unsigned_abs() > crate::MAX_ABS_TS_MICROS.unsigned_abs() {
+            return Some(Ingested::OutOfRange);
+        }
         let allowance = self.ts.config.out_of_order_micros();
         let track = match self.partitions.get_mut(&(topic.clone(), partition)) {
             Some(t) => t,
