@@ -151,19 +151,21 @@ pub async fn open(
     retention: Retention,
     config: EngineConfig,
 ) -> Result<std::sync::Arc<TimeSeries>> {
-    let store = open_chunks(url).await?;
+    let store = open_chunks(url, retention).await?;
     Ok(std::sync::Arc::new(TimeSeries::new(store, retention, config)?))
 }
 
-/// Opens the chunk store a URL names (see [`open`]).
-pub async fn open_chunks(url: &str) -> Result<std::sync::Arc<dyn ChunkStore>> {
+/// Opens the chunk store a URL names (see [`open`]). The CQL store sets its rows' TTLs
+/// from `retention`; the embedded one deletes by [`ChunkStore::expire`].
+pub async fn open_chunks(url: &str, retention: Retention) -> Result<std::sync::Arc<dyn ChunkStore>> {
     if url.starts_with("scylla://") {
         #[cfg(feature = "cql")]
         {
-            return Ok(std::sync::Arc::new(cql::CqlChunks::connect(url).await?));
+            return Ok(std::sync::Arc::new(cql::CqlChunks::connect(url, retention).await?));
         }
         #[cfg(not(feature = "cql"))]
         {
+            let _ = retention;
             return Err(Error::Config(
                 "this build has no ScyllaDB/Cassandra support (feature `cql`)".into(),
             ));
