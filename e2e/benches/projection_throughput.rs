@@ -177,7 +177,8 @@ async fn timeseries(name: &str, log: Arc<dyn EventLog>, url: &str, records: usiz
     })
     .await?;
     let secs = elapsed.as_secs_f64();
-    let per_report = fleet_schemas::samples::samples(&fixtures::metric_report(TENANT, "a", 1)).len();
+    let per_report =
+        fleet_schemas::samples::samples(&fixtures::metric_report(TENANT, "a", 1)).len();
     println!(
         "{name:22} {records} records in {secs:.2} s = {:.0} records/s, {:.0} samples/s ({per_report} samples/record)",
         records as f64 / secs,

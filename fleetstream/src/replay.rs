@@ -319,8 +319,9 @@ async fn apply_timeseries(
         match fleet_schemas::codec::decode::<fleet_schemas::MetricReport>(&r.value) {
             Ok(report) => {
                 counts.reports += 1;
-                if let fleet_timeseries::engine::Ingested::Stored(n) =
-                    writer.ingest(&r.topic, r.partition, r.offset, &report).await?
+                if let fleet_timeseries::engine::Ingested::Stored(n) = writer
+                    .ingest(&r.topic, r.partition, r.offset, &report)
+                    .await?
                 {
                     counts.points += n as u64;
                 }

@@ -56,9 +56,13 @@ pub async fn run_timeseries(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
-    let mut consumer =
-        crate::project::subscribe(log.as_ref(), &config.timeseries_group, TIMESERIES_TOPICS, &config)
-            .await?;
+    let mut consumer = crate::project::subscribe(
+        log.as_ref(),
+        &config.timeseries_group,
+        TIMESERIES_TOPICS,
+        &config,
+    )
+    .await?;
     let dead =
         DeadLetters::open(log.clone(), TIMESERIES_CONSUMER, &config.timeseries_group).await?;
     let mut p = Projection {
@@ -98,7 +102,9 @@ pub async fn run_timeseries(
     // A clean stop saves the head, so a restart replays nothing.
     match retrying!(p.writer.checkpoint()) {
         Ok(points) => commit(consumer.as_mut(), &points).await,
-        Err(e) => tracing::error!(error = %e, "Final checkpoint failed; the next start replays from the last one."),
+        Err(e) => {
+            tracing::error!(error = %e, "Final checkpoint failed; the next start replays from the last one.")
+        }
     }
     ready.set_timeseries(false);
     Ok(())
@@ -180,7 +186,9 @@ impl Projection {
         match retrying!(self.writer.after_batch()) {
             Ok(Some(points)) => commit(consumer, &points).await,
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "Sealing or checkpointing failed for good; the records will be read again after a restart."),
+            Err(e) => {
+                tracing::error!(error = %e, "Sealing or checkpointing failed for good; the records will be read again after a restart.")
+            }
         }
         ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries")
             .record(started.elapsed().as_secs_f64());

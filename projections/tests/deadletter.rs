@@ -40,7 +40,9 @@ async fn env() -> Env {
     let rm: Arc<dyn fleet_stores::ReadModel> = fleet_stores::open_sql(&p("rm.db"))
         .await
         .expect("read model");
-    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default()).await.expect("ts");
+    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+        .await
+        .expect("ts");
     Env {
         _dir: dir,
         log,

@@ -31,8 +31,10 @@ type ChunkTable = TableDefinition<'static, (&'static str, &'static str, i64), &'
 const RAW: ChunkTable = TableDefinition::new("raw");
 const ROLLUP_5M: ChunkTable = TableDefinition::new("rollup_5m");
 const ROLLUP_1H: ChunkTable = TableDefinition::new("rollup_1h");
-const SEGMENTS: TableDefinition<(&str, &str, i64, u64), (bool, &[u8])> =
-    TableDefinition::new("segments");
+/// (tenant, agent, window start, seq) → (holds the whole window, encoded block).
+type SegmentKey = (&'static str, &'static str, i64, u64);
+type SegmentValue = (bool, &'static [u8]);
+const SEGMENTS: TableDefinition<SegmentKey, SegmentValue> = TableDefinition::new("segments");
 const PARTITIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("partitions");
 const SERIES: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("series");
 
@@ -122,7 +124,7 @@ fn internal(path: &Path, e: redb::Error) -> Error {
 
 /// Removes every segment of (tenant, agent, window).
 fn drop_segments(
-    t: &mut redb::Table<(&str, &str, i64, u64), (bool, &[u8])>,
+    t: &mut redb::Table<SegmentKey, SegmentValue>,
     tenant: &str,
     agent: &str,
     window: i64,
@@ -149,7 +151,10 @@ impl ChunkStore for EmbeddedChunks {
             for k in ChunkKind::ALL {
                 let mut t = tx.open_table(table(k))?;
                 for c in write.chunks.iter().filter(|c| c.kind == k) {
-                    t.insert((&*c.agent.tenant, &*c.agent.agent, c.window), c.bytes.as_slice())?;
+                    t.insert(
+                        (&*c.agent.tenant, &*c.agent.agent, c.window),
+                        c.bytes.as_slice(),
+                    )?;
                 }
             }
             {
@@ -179,7 +184,9 @@ impl ChunkStore for EmbeddedChunks {
             let tx = db.begin_read()?;
             let t = tx.open_table(table(kind))?;
             let mut out = Vec::new();
-            for e in t.range((&*agent.tenant, &*agent.agent, from)..(&*agent.tenant, &*agent.agent, to))? {
+            for e in
+                t.range((&*agent.tenant, &*agent.agent, from)..(&*agent.tenant, &*agent.agent, to))?
+            {
                 let (k, v) = e?;
                 out.push((k.value().2, v.value().to_vec()));
             }
@@ -224,7 +231,8 @@ impl ChunkStore for EmbeddedChunks {
             .blocking(move |db| {
                 let tx = db.begin_read()?;
                 let t = tx.open_table(PARTITIONS)?;
-                Ok(t.get((topic.as_str(), partition))?.map(|v| v.value().to_vec()))
+                Ok(t.get((topic.as_str(), partition))?
+                    .map(|v| v.value().to_vec()))
             })
             .await?;
         bytes
@@ -304,7 +312,8 @@ impl ChunkStore for EmbeddedChunks {
             let tx = db.begin_write()?;
             let mut removed = 0u64;
             for kind in ChunkKind::ALL {
-                let keep = i64::try_from(kind.retention(&retention).as_micros()).unwrap_or(i64::MAX);
+                let keep =
+                    i64::try_from(kind.retention(&retention).as_micros()).unwrap_or(i64::MAX);
                 let cutoff = now_micros.saturating_sub(keep);
                 let mut t = tx.open_table(table(kind))?;
                 let old: Vec<(String, String, i64)> = t
@@ -323,6 +332,28 @@ impl ChunkStore for EmbeddedChunks {
                 }
                 removed += old.len() as u64;
             }
+            // Segments of windows past the raw retention (left by an agent that never
+            // came back and a process that stopped before sealing it).
+            {
+                let keep = i64::try_from(retention.raw.as_micros()).unwrap_or(i64::MAX);
+                let cutoff = now_micros.saturating_sub(keep);
+                let mut segs = tx.open_table(SEGMENTS)?;
+                let old: Vec<(String, String, i64, u64)> = segs
+                    .iter()?
+                    .filter_map(|e| match e {
+                        Ok((k, _)) => {
+                            let (tenant, agent, w, seq) = k.value();
+                            (w.saturating_add(ChunkKind::Raw.window_micros()) <= cutoff)
+                                .then(|| Ok((tenant.to_owned(), agent.to_owned(), w, seq)))
+                        }
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                for (tenant, agent, w, seq) in &old {
+                    segs.remove((tenant.as_str(), agent.as_str(), *w, *seq))?;
+                }
+                removed += old.len() as u64;
+            }
             tx.commit()?;
             Ok(removed)
         })
@@ -334,7 +365,10 @@ impl ChunkStore for EmbeddedChunks {
             let tx = db.begin_read()?;
             let mut out = Vec::new();
             for kind in ChunkKind::ALL {
-                out.push((kind.as_str(), tx.open_table(table(kind))?.stats()?.stored_bytes()));
+                out.push((
+                    kind.as_str(),
+                    tx.open_table(table(kind))?.stats()?.stored_bytes(),
+                ));
             }
             out.push(("segments", tx.open_table(SEGMENTS)?.stats()?.stored_bytes()));
             Ok(out)

@@ -17,7 +17,7 @@
 //!   process sees data within one checkpoint interval).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,12 @@ use parking_lot::Mutex;
 use crate::chunk::{self, Block};
 use crate::head::{window_of, AgentHead, OpenWindow, BLOCK_MICROS};
 use crate::query::{
-    aggregate_buckets, bucket_range, merge_buckets, validate_points, validate_query, Bucket,
-    Point, RangeQuery, Resolution, Retention, SeriesKey, TimeSeriesStore,
+    aggregate_buckets, bucket_range, merge_buckets, validate_points, validate_query, Bucket, Point,
+    RangeQuery, Resolution, Retention, SeriesKey, TimeSeriesStore,
 };
 use crate::rollup::{self, RollupSet};
 use crate::store::{
-    AgentKey, CheckpointWrite, ChunkKind, ChunkStore, Chunk, OpenAgent, PartitionState, SealWrite,
+    AgentKey, CheckpointWrite, Chunk, ChunkKind, ChunkStore, OpenAgent, PartitionState, SealWrite,
     Segment,
 };
 use crate::{metrics, Error, Result};
@@ -130,14 +130,17 @@ impl Heads {
     }
 
     fn shard(&self, agent: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        agent.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(agent) as usize) % SHARDS]
     }
 
     /// A copy of `agent`'s open windows in `[from, to)` as blocks, if this process holds
     /// the agent.
-    fn open_blocks(&self, key: &AgentKey, from: i64, to: i64) -> Option<Result<BTreeMap<i64, Block>>> {
+    fn open_blocks(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+    ) -> Option<Result<BTreeMap<i64, Block>>> {
         let shard = self.shard(&key.agent).lock();
         let head = shard.get(&key.tenant)?.get(&key.agent)?;
         let mut out = BTreeMap::new();
@@ -216,7 +219,12 @@ impl TimeSeries {
 
     /// The open windows of `key` in `[from, to)`: from the head when this process holds
     /// the agent, else merged from its checkpoint segments.
-    async fn open_blocks(&self, key: &AgentKey, from: i64, to: i64) -> Result<BTreeMap<i64, Block>> {
+    async fn open_blocks(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+    ) -> Result<BTreeMap<i64, Block>> {
         if let Some(r) = self.heads.open_blocks(key, from, to) {
             return r;
         }
@@ -233,7 +241,12 @@ impl TimeSeries {
     }
 
     /// Stored raw blocks of `key` with windows in `[from, to)`, decoded.
-    async fn stored_blocks(&self, key: &AgentKey, from: i64, to: i64) -> Result<BTreeMap<i64, Block>> {
+    async fn stored_blocks(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+    ) -> Result<BTreeMap<i64, Block>> {
         let mut out = BTreeMap::new();
         for (w, bytes) in self.store.chunks(ChunkKind::Raw, key, from, to).await? {
             out.insert(w, decode_block(&bytes, key)?);
@@ -362,7 +375,9 @@ async fn load_head(store: &dyn ChunkStore, open: &OpenAgent, partition: u32) -> 
             slots[i - 1]
         });
         win.next_seq = seg.seq + 1;
-        head.max_ts = head.max_ts.max(block.time_range().map_or(i64::MIN, |r| r.1));
+        head.max_ts = head
+            .max_ts
+            .max(block.time_range().map_or(i64::MIN, |r| r.1));
     }
     head.mark_indexed();
     Ok(head)
@@ -418,7 +433,10 @@ impl TimeSeriesStore for TimeSeries {
         let mut groups: BTreeMap<(AgentKey, i64), Vec<(i64, &str, f64)>> = BTreeMap::new();
         for p in points {
             groups
-                .entry((AgentKey::new(&p.tenant_id, &p.agent_id), window_of(p.ts_micros)))
+                .entry((
+                    AgentKey::new(&p.tenant_id, &p.agent_id),
+                    window_of(p.ts_micros),
+                ))
                 .or_default()
                 .push((p.ts_micros, &p.series, p.value));
         }
@@ -430,11 +448,18 @@ impl TimeSeriesStore for TimeSeries {
         self.seal(blocks).await
     }
 
-    async fn query_resolution(&self, q: &RangeQuery, resolution: Resolution) -> Result<Vec<Bucket>> {
+    async fn query_resolution(
+        &self,
+        q: &RangeQuery,
+        resolution: Resolution,
+    ) -> Result<Vec<Bucket>> {
         validate_query(q, resolution)?;
         let (from, to) = bucket_range(q);
         let key = AgentKey::new(&q.tenant_id, &q.agent_id);
-        let (wfrom, wto) = (window_of(from), window_of(to.saturating_sub(1)) + BLOCK_MICROS);
+        let (wfrom, wto) = (
+            window_of(from),
+            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
+        );
         let open = self.open_blocks(&key, wfrom, wto).await?;
         let Some(width) = resolution.width_micros() else {
             let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
@@ -653,7 +678,13 @@ impl Writer {
 
     /// [`Writer::ingest`] for an agent in the head (or new); `None` when the agent may be
     /// evicted and must be loaded first.
-    fn ingest_held(&mut self, topic: &Arc<str>, partition: u32, offset: i64, r: &MetricReport) -> Option<Ingested> {
+    fn ingest_held(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        offset: i64,
+        r: &MetricReport,
+    ) -> Option<Ingested> {
         if r.occurred_at.unsigned_abs() > crate::MAX_ABS_TS_MICROS.unsigned_abs() {
             return Some(Ingested::OutOfRange);
         }
@@ -787,8 +818,12 @@ impl Writer {
                 break;
             }
             let mut shard = self.ts.heads.shard(&key.agent).lock();
-            let Some(agents) = shard.get_mut(&key.tenant) else { continue };
-            let Some(head) = agents.remove(&key.agent) else { continue };
+            let Some(agents) = shard.get_mut(&key.tenant) else {
+                continue;
+            };
+            let Some(head) = agents.remove(&key.agent) else {
+                continue;
+            };
             if !head.windows.is_empty() {
                 self.evicted.insert(
                     key.clone(),
@@ -887,7 +922,11 @@ impl Writer {
         for open in std::mem::take(&mut self.pending_evicted) {
             let head = load_head(self.ts.store.as_ref(), &open, 0).await?;
             for (w, win) in &head.windows {
-                blocks.push((open.agent.clone(), *w, win.to_block(head.names()).map_err(chunk_error)?));
+                blocks.push((
+                    open.agent.clone(),
+                    *w,
+                    win.to_block(head.names()).map_err(chunk_error)?,
+                ));
             }
         }
         for (key, w) in &self.pending {
@@ -895,15 +934,21 @@ impl Writer {
             let Some(head) = shard.get(&key.tenant).and_then(|a| a.get(&key.agent)) else {
                 continue;
             };
-            let Some(win) = head.windows.get(w) else { continue };
+            let Some(win) = head.windows.get(w) else {
+                continue;
+            };
             let b = win.to_block(head.names()).map_err(chunk_error)?;
             blocks.push((key.clone(), *w, b));
         }
         self.ts.seal(blocks).await?;
         for (key, w) in std::mem::take(&mut self.pending) {
             let mut shard = self.ts.heads.shard(&key.agent).lock();
-            let Some(agents) = shard.get_mut(&key.tenant) else { continue };
-            let Some(head) = agents.get_mut(&key.agent) else { continue };
+            let Some(agents) = shard.get_mut(&key.tenant) else {
+                continue;
+            };
+            let Some(head) = agents.get_mut(&key.agent) else {
+                continue;
+            };
             head.windows.remove(&w);
             if head.idle && head.windows.is_empty() {
                 agents.remove(&key.agent);
@@ -943,7 +988,9 @@ impl Writer {
                     }
                     let mut windows = Vec::new();
                     for (&w, win) in &head.windows {
-                        if let Some((block, full)) = win.unsaved(head.names()).map_err(chunk_error)? {
+                        if let Some((block, full)) =
+                            win.unsaved(head.names()).map_err(chunk_error)?
+                        {
                             write.segments.push(Segment {
                                 agent: key.clone(),
                                 window: w,
@@ -983,7 +1030,10 @@ impl Writer {
         self.ts.store.checkpoint(write).await?;
         for (key, windows, indexed) in saved {
             let mut shard = self.ts.heads.shard(&key.agent).lock();
-            let Some(head) = shard.get_mut(&key.tenant).and_then(|a| a.get_mut(&key.agent)) else {
+            let Some(head) = shard
+                .get_mut(&key.tenant)
+                .and_then(|a| a.get_mut(&key.agent))
+            else {
                 continue;
             };
             for w in windows {

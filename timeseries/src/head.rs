@@ -67,7 +67,11 @@ impl OpenWindow {
     /// Bytes this window holds in memory (capacity, roughly).
     pub fn heap_bytes(&self) -> usize {
         self.ts.capacity() * 8
-            + self.cols.iter().map(|c| c.capacity() * 8 + 24).sum::<usize>()
+            + self
+                .cols
+                .iter()
+                .map(|c| c.capacity() * 8 + 24)
+                .sum::<usize>()
             + self.cols.capacity() * 24
     }
 
@@ -175,7 +179,12 @@ impl OpenWindow {
     }
 
     /// Samples of slot `slot` in `[start, end)`, in time order.
-    pub fn points(&self, slot: usize, start: i64, end: i64) -> impl Iterator<Item = (i64, f64)> + '_ {
+    pub fn points(
+        &self,
+        slot: usize,
+        start: i64,
+        end: i64,
+    ) -> impl Iterator<Item = (i64, f64)> + '_ {
         let col = self.cols.get(slot).map_or(&[][..], Vec::as_slice);
         let from = self.ts.partition_point(|&t| t < start);
         let to = self.ts.partition_point(|&t| t < end);
@@ -235,7 +244,11 @@ impl AgentHead {
                 return hint;
             }
         }
-        if let Some(i) = self.names.iter().position(|n| name_matches(n, metric, subject)) {
+        if let Some(i) = self
+            .names
+            .iter()
+            .position(|n| name_matches(n, metric, subject))
+        {
             return i;
         }
         let name: Arc<str> = match subject {
@@ -295,7 +308,10 @@ impl AgentHead {
 
     /// Bytes held, roughly.
     pub fn heap_bytes(&self) -> usize {
-        self.windows.values().map(OpenWindow::heap_bytes).sum::<usize>()
+        self.windows
+            .values()
+            .map(OpenWindow::heap_bytes)
+            .sum::<usize>()
             + self.names.iter().map(|n| n.len() + 40).sum::<usize>()
             + 128
     }
@@ -313,10 +329,22 @@ mod tests {
     #[test]
     fn names_match_without_allocating() {
         assert!(name_matches("cpu.percent", "cpu.percent", None));
-        assert!(name_matches("disk.percent:/var", "disk.percent", Some("/var")));
-        assert!(!name_matches("disk.percent:/var", "disk.percent", Some("/va")));
+        assert!(name_matches(
+            "disk.percent:/var",
+            "disk.percent",
+            Some("/var")
+        ));
+        assert!(!name_matches(
+            "disk.percent:/var",
+            "disk.percent",
+            Some("/va")
+        ));
         assert!(!name_matches("disk.percent:/var", "disk.percent", None));
-        assert!(!name_matches("disk.percentX/var", "disk.percent", Some("/var")));
+        assert!(!name_matches(
+            "disk.percentX/var",
+            "disk.percent",
+            Some("/var")
+        ));
     }
 
     #[test]
@@ -330,8 +358,14 @@ mod tests {
         h.write(20, [(cpu, 9.0)]);
         let b = h.window(0).unwrap().to_block(h.names()).unwrap();
         assert_eq!(b.timestamps(), &[20, 30, 40]);
-        assert_eq!(b.points("cpu.percent").collect::<Vec<_>>(), vec![(20, 9.0), (30, 5.0), (40, 3.0)]);
-        assert_eq!(b.points("disk.percent:/").collect::<Vec<_>>(), vec![(20, 2.0)]);
+        assert_eq!(
+            b.points("cpu.percent").collect::<Vec<_>>(),
+            vec![(20, 9.0), (30, 5.0), (40, 3.0)]
+        );
+        assert_eq!(
+            b.points("disk.percent:/").collect::<Vec<_>>(),
+            vec![(20, 2.0)]
+        );
         assert_eq!(h.max_ts, 40);
     }
 
@@ -358,7 +392,10 @@ mod tests {
         let w = h.windows.get_mut(&0).unwrap();
         let (b, full) = w.unsaved(&names).unwrap().unwrap();
         assert!(full, "a changed saved row saves the window");
-        assert_eq!(b.points("cpu.percent").collect::<Vec<_>>(), vec![(10, 1.0), (20, 7.0), (30, 3.0)]);
+        assert_eq!(
+            b.points("cpu.percent").collect::<Vec<_>>(),
+            vec![(10, 1.0), (20, 7.0), (30, 3.0)]
+        );
     }
 
     #[test]

@@ -86,16 +86,16 @@ pub mod cql;
 pub mod embedded;
 pub mod engine;
 mod error;
-pub mod head;
-pub mod metrics;
-pub mod query;
-mod state;
-pub mod store;
 mod floats;
+pub mod head;
 mod ints;
+pub mod metrics;
 mod names;
 mod presence;
+pub mod query;
 pub mod rollup;
+mod state;
+pub mod store;
 mod wire;
 
 /// Internals the `codecs` bench compares other crates against; not an API.
@@ -121,12 +121,12 @@ pub use chunk::{Block, BlockHeader, Series};
 pub use engine::{EngineConfig, TimeSeries, Writer};
 pub use error::{ChunkError, Error, Result};
 pub use query::{
-    aggregate_buckets, bucket_range, bucket_start, merge_buckets, validate_points,
-    validate_query, validate_range, Bucket, Point, RangeQuery, Resolution, Retention,
-    SeriesKey, TimeSeriesStore, MAX_ABS_TS_MICROS, MAX_BUCKETS,
+    aggregate_buckets, bucket_range, bucket_start, merge_buckets, validate_points, validate_query,
+    validate_range, Bucket, Point, RangeQuery, Resolution, Retention, SeriesKey, TimeSeriesStore,
+    MAX_ABS_TS_MICROS, MAX_BUCKETS,
 };
-pub use store::{AgentKey, ChunkKind, ChunkStore};
 pub use rollup::{RollupRow, RollupSet, SeriesRollup};
+pub use store::{AgentKey, ChunkKind, ChunkStore};
 
 /// Bounds of one block or rollup set. Encoders refuse to build anything larger and
 /// decoders refuse bytes that claim more, so decoding hostile bytes allocates at most
@@ -152,16 +152,23 @@ pub async fn open(
     config: EngineConfig,
 ) -> Result<std::sync::Arc<TimeSeries>> {
     let store = open_chunks(url, retention).await?;
-    Ok(std::sync::Arc::new(TimeSeries::new(store, retention, config)?))
+    Ok(std::sync::Arc::new(TimeSeries::new(
+        store, retention, config,
+    )?))
 }
 
 /// Opens the chunk store a URL names (see [`open`]). The CQL store sets its rows' TTLs
 /// from `retention`; the embedded one deletes by [`ChunkStore::expire`].
-pub async fn open_chunks(url: &str, retention: Retention) -> Result<std::sync::Arc<dyn ChunkStore>> {
+pub async fn open_chunks(
+    url: &str,
+    retention: Retention,
+) -> Result<std::sync::Arc<dyn ChunkStore>> {
     if url.starts_with("scylla://") {
         #[cfg(feature = "cql")]
         {
-            return Ok(std::sync::Arc::new(cql::CqlChunks::connect(url, retention).await?));
+            return Ok(std::sync::Arc::new(
+                cql::CqlChunks::connect(url, retention).await?,
+            ));
         }
         #[cfg(not(feature = "cql"))]
         {

@@ -360,7 +360,6 @@ pub fn validate_range(q: &RangeQuery) -> Result<()> {
     Ok(())
 }
 
-
 /// Start of the bucket holding `ts`: the greatest multiple of `interval` (since the epoch)
 /// not after `ts`. `interval` must be positive.
 pub fn bucket_start(ts_micros: i64, interval_micros: i64) -> i64 {

@@ -47,7 +47,10 @@ pub(crate) fn decode_state(
     // Each agent takes at least 4 bytes: a hostile count cannot make us allocate more
     // than the input justifies.
     if n > (bytes.len() / 4) as u64 {
-        return Err(ChunkError::Corrupt(format!("{n} agents in {} bytes", bytes.len())));
+        return Err(ChunkError::Corrupt(format!(
+            "{n} agents in {} bytes",
+            bytes.len()
+        )));
     }
     let mut agents = Vec::with_capacity(n as usize);
     for _ in 0..n {

@@ -6,6 +6,9 @@
 //! and `eval "$(bash scripts/services.sh env)"` exports its URI. Each case gets a fresh
 //! keyspace, dropped afterwards. Without a server they fail, saying so.
 
+#[cfg(feature = "cql")]
+mod support;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -734,43 +737,7 @@ mod cql_server {
 
     use super::{chunk, key, long_retention, seg, segments_only, HOUR, T0};
 
-    /// `FLEET_SCYLLA_URI`, or Cassandra's address under `scripts/services.sh`.
-    fn base_uri() -> String {
-        std::env::var("FLEET_SCYLLA_URI")
-            .ok()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "scylla://127.0.0.1:9042".to_owned())
-    }
-
-    /// `base` with keyspace `ks` (its hosts, credentials and options kept).
-    fn with_keyspace(base: &str, ks: &str) -> Result<String> {
-        let rest = base
-            .strip_prefix("scylla://")
-            .with_context(|| format!("FLEET_SCYLLA_URI {base:?} must start with scylla://"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, format!("?{q}")),
-            None => (rest, String::new()),
-        };
-        let authority = rest.split('/').next().unwrap_or(rest);
-        Ok(format!("scylla://{authority}/{ks}{query}"))
-    }
-
-    /// Connects to a fresh keyspace, failing with how to start the server when it is
-    /// not there.
-    async fn connect_fresh(retention: Retention) -> Result<(String, Arc<CqlChunks>)> {
-        let base = base_uri();
-        let ks = format!("fleet_cs_{:016x}", rand::random::<u64>());
-        let url = with_keyspace(&base, &ks)?;
-        match CqlChunks::connect(&url, retention).await {
-            Ok(store) => Ok((url, Arc::new(store))),
-            Err(Error::Unavailable(e)) => bail!(
-                "Cassandra is not reachable at {base} ({e}): start it with \
-                 `bash scripts/services.sh up`, then `eval \"$(bash scripts/services.sh env)\"`"
-            ),
-            Err(e) => Err(e).with_context(|| format!("connecting to {url}")),
-        }
-    }
+    use crate::support::connect_fresh;
 
     /// Runs `case` on a fresh keyspace, then drops it.
     pub(super) async fn run<F, Fut>(retention: Retention, case: F) -> Result<()>

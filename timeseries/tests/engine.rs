@@ -3,6 +3,8 @@
 
 #[macro_use]
 mod ts_cases;
+#[cfg(feature = "cql")]
+mod support;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -114,4 +116,31 @@ mod embedded {
         ensure!(store.query(&range(60 * MINUTE)).await?.is_empty());
         Ok(())
     }
+}
+
+/// The CQL chunk store (Apache Cassandra or ScyllaDB at `FLEET_SCYLLA_URI`), each test in
+/// a fresh keyspace, dropped afterwards.
+#[cfg(feature = "cql")]
+mod cql {
+    use super::*;
+
+    async fn run<F, Fut>(case: F) -> Result<()>
+    where
+        F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let (_, chunks) = crate::support::connect_fresh(Retention::default()).await?;
+        let ts = TimeSeries::new(
+            chunks.clone(),
+            Retention::default(),
+            EngineConfig::default(),
+        )?;
+        ensure!(ts.engine() == "cql");
+        let result = case(Arc::new(ts)).await;
+        let dropped = chunks.drop_keyspace().await;
+        result?;
+        Ok(dropped?)
+    }
+
+    conformance!();
 }

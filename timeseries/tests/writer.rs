@@ -11,9 +11,7 @@ use fleet_schemas::samples::samples;
 use fleet_schemas::MetricReport;
 use fleet_timeseries::engine::Ingested;
 use fleet_timeseries::store::{AgentKey, ChunkKind, ChunkStore};
-use fleet_timeseries::{
-    EngineConfig, RangeQuery, Retention, TimeSeries, TimeSeriesStore, Writer,
-};
+use fleet_timeseries::{EngineConfig, RangeQuery, Retention, TimeSeries, TimeSeriesStore, Writer};
 
 const TOPIC: &str = "fleet.metrics.v1";
 const SECOND: i64 = 1_000_000;
@@ -125,7 +123,10 @@ async fn totals(
         let b = ts.query(&q).await?;
         out.insert(
             (agent, series),
-            (b.iter().map(|b| b.count).sum(), b.iter().map(|b| b.sum).sum()),
+            (
+                b.iter().map(|b| b.count).sum(),
+                b.iter().map(|b| b.sum).sum(),
+            ),
         );
     }
     Ok(out)
@@ -134,7 +135,10 @@ async fn totals(
 /// What the reports hold, per (agent, series), in `[from, to)`.
 fn expected(reports: &[MetricReport], from: i64, to: i64) -> BTreeMap<(String, String), u64> {
     let mut out = BTreeMap::new();
-    for r in reports.iter().filter(|r| r.occurred_at >= from && r.occurred_at < to) {
+    for r in reports
+        .iter()
+        .filter(|r| r.occurred_at >= from && r.occurred_at < to)
+    {
         for s in samples(r) {
             *out.entry((r.agent_id.clone(), s.series())).or_insert(0) += 1;
         }
@@ -143,7 +147,10 @@ fn expected(reports: &[MetricReport], from: i64, to: i64) -> BTreeMap<(String, S
 }
 
 fn counts(t: &BTreeMap<(String, String), (u64, f64)>) -> BTreeMap<(String, String), u64> {
-    t.iter().filter(|(_, v)| v.0 > 0).map(|(k, v)| (k.clone(), v.0)).collect()
+    t.iter()
+        .filter(|(_, v)| v.0 > 0)
+        .map(|(k, v)| (k.clone(), v.0))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +162,10 @@ async fn the_head_is_queryable_at_once() -> Result<()> {
     let half = &reports[..reports.len() / 2];
     let topic: Arc<str> = Arc::from(TOPIC);
     for (i, r) in half.iter().enumerate() {
-        ensure!(matches!(w.ingest(&topic, 0, i as i64, r).await?, Ingested::Stored(_)));
+        ensure!(matches!(
+            w.ingest(&topic, 0, i as i64, r).await?,
+            Ingested::Stored(_)
+        ));
     }
     // Nothing sealed, nothing checkpointed: every sample is in the head only.
     let got = totals(ts.as_ref(), half, t0(), t0() + 2 * HOUR).await?;
@@ -207,13 +217,18 @@ async fn windows_seal_by_event_time_with_their_rollups() -> Result<()> {
             .query_resolution(&q(5 * MINUTE), fleet_timeseries::Resolution::Raw)
             .await?;
         let rolled = ts.query(&q(5 * MINUTE)).await?;
-        ensure!(raw.len() == 36 && raw == rolled, "{series}: 5m from rollups and raw agree");
+        ensure!(
+            raw.len() == 36 && raw == rolled,
+            "{series}: 5m from rollups and raw agree"
+        );
     }
     Ok(())
 }
 
 /// The reference: every record in one go, then a checkpoint.
-async fn reference(reports: &[MetricReport]) -> Result<BTreeMap<(ChunkKind, String, i64), Vec<u8>>> {
+async fn reference(
+    reports: &[MetricReport],
+) -> Result<BTreeMap<(ChunkKind, String, i64), Vec<u8>>> {
     let dir = tempfile::tempdir()?;
     let ts = engine(dir.path(), config()).await?;
     let mut w = ts.writer();
@@ -240,12 +255,24 @@ async fn a_crash_replays_from_the_checkpoint_to_the_same_chunks() -> Result<()> 
         ensure!(commit == vec![(TOPIC.to_owned(), 0, checkpoint_at as i64)]);
         // More records, some windows sealed meanwhile, then the process dies without a
         // checkpoint.
-        feed(&mut w, &reports[checkpoint_at..crash_at], checkpoint_at as i64, 333).await?;
+        feed(
+            &mut w,
+            &reports[checkpoint_at..crash_at],
+            checkpoint_at as i64,
+            333,
+        )
+        .await?;
     }
     let ts = engine(dir.path(), config()).await?;
     let mut w = ts.writer();
-    let resume = w.assign(TOPIC, 0).await?.context("a checkpointed partition")?;
-    ensure!(resume == checkpoint_at as i64, "resumes at the checkpoint: {resume}");
+    let resume = w
+        .assign(TOPIC, 0)
+        .await?
+        .context("a checkpointed partition")?;
+    ensure!(
+        resume == checkpoint_at as i64,
+        "resumes at the checkpoint: {resume}"
+    );
     // Before replaying, a query already sees what the checkpoint saved.
     let upto = reports[checkpoint_at - 1].occurred_at;
     let seen = totals(ts.as_ref(), &reports[..checkpoint_at], t0(), upto + 1).await?;
@@ -288,7 +315,10 @@ async fn eviction_under_a_memory_limit_loses_nothing() -> Result<()> {
     ensure!(counts(&got) == expected(&reports, from, to));
     let stored = chunks(ts.store().as_ref(), &reports).await?;
     for (k, v) in &want {
-        ensure!(stored.get(k) == Some(v), "chunk {k:?} differs with eviction");
+        ensure!(
+            stored.get(k) == Some(v),
+            "chunk {k:?} differs with eviction"
+        );
     }
     Ok(())
 }
@@ -301,7 +331,10 @@ async fn late_samples_within_the_allowance_are_kept_older_ones_refused() -> Resu
     let topic: Arc<str> = Arc::from(TOPIC);
     let mk = |at: i64| fleet_schemas::fixtures::metric_report("t", "a", at);
     let now = t0() + 30 * MINUTE;
-    ensure!(matches!(w.ingest(&topic, 0, 0, &mk(now)).await?, Ingested::Stored(_)));
+    ensure!(matches!(
+        w.ingest(&topic, 0, 0, &mk(now)).await?,
+        Ingested::Stored(_)
+    ));
     ensure!(matches!(
         w.ingest(&topic, 0, 1, &mk(now - 9 * MINUTE)).await?,
         Ingested::Stored(_)
@@ -334,11 +367,13 @@ async fn a_silent_agent_is_sealed_by_the_partitions_clock() -> Result<()> {
     w.ingest(&topic, 0, 0, &quiet).await?;
     let key = AgentKey::new("t", "quiet");
     // Another agent on the partition keeps reporting for two hours.
-    let mut offset = 1;
     for i in 0..(2 * 360 + 10) {
-        let r = fleet_schemas::fixtures::metric_report("t", "busy", t0() + 5 * MINUTE + i * 10 * SECOND);
-        w.ingest(&topic, 0, offset, &r).await?;
-        offset += 1;
+        let r = fleet_schemas::fixtures::metric_report(
+            "t",
+            "busy",
+            t0() + 5 * MINUTE + i * 10 * SECOND,
+        );
+        w.ingest(&topic, 0, 1 + i, &r).await?;
         if i % 100 == 0 {
             w.after_batch().await?;
         }
@@ -348,7 +383,10 @@ async fn a_silent_agent_is_sealed_by_the_partitions_clock() -> Result<()> {
         .store()
         .chunks(ChunkKind::Raw, &key, i64::MIN, i64::MAX)
         .await?;
-    ensure!(sealed.len() == 1 && sealed[0].0 == t0(), "the quiet agent's hour is sealed");
+    ensure!(
+        sealed.len() == 1 && sealed[0].0 == t0(),
+        "the quiet agent's hour is sealed"
+    );
     Ok(())
 }
 

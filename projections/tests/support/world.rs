@@ -154,7 +154,10 @@ pub async fn world() -> World {
     let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
     let rm: Arc<dyn ReadModel> = sql.clone();
     let registry: Arc<dyn Registry> = sql.clone();
-    let ts: Arc<dyn TimeSeriesStore> = fleet_timeseries::open(&p("ts"), Default::default(), Default::default()).await.expect("ts");
+    let ts: Arc<dyn TimeSeriesStore> =
+        fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+            .await
+            .expect("ts");
     let app = instance(
         rm.clone(),
         registry.clone(),
