@@ -142,6 +142,10 @@ impl Projection {
 
     #[tracing::instrument(name = "project_batch", skip_all, fields(projection = "timeseries", records = batch.len()))]
     async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
+        if batch.is_empty() {
+            // An idle poll still checkpoints when one is due (and seals idle agents).
+            return self.after_batch(consumer).await;
+        }
         let started = Instant::now();
         for r in batch {
             let report = match decode_retrying::<MetricReport>(r) {
@@ -150,6 +154,8 @@ impl Projection {
                     ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
                         .increment(1);
                     self.dead.note(r, Reason::decode(e));
+                    // Read, and past it once the dead letter is written.
+                    self.writer.skip(&r.topic, r.partition, r.offset);
                     continue;
                 }
             };
@@ -181,6 +187,13 @@ impl Projection {
         }
         ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
             .increment(batch.len() as u64);
+        self.after_batch(consumer).await;
+        ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries")
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Seals what closed and checkpoints when due; commits the checkpoint's offsets.
+    async fn after_batch(&mut self, consumer: &mut dyn Consumer) {
         // Dead letters are written before any offset past them is committed.
         self.dead.flush().await;
         match retrying!(self.writer.after_batch()) {
@@ -190,8 +203,6 @@ impl Projection {
                 tracing::error!(error = %e, "Sealing or checkpointing failed for good; the records will be read again after a restart.")
             }
         }
-        ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries")
-            .record(started.elapsed().as_secs_f64());
     }
 }
 

@@ -173,11 +173,13 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
         T0 + 100_000_000,
         "heartbeat moves last seen"
     );
-    assert!(agent["series"]
-        .as_array()
-        .expect("series")
-        .iter()
-        .any(|s| s == "disk.percent:/var"));
+    // The time-series projection runs on its own: wait for it too.
+    eventually(&api, "/api/v1/agents/a1", |v| {
+        v["series"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "disk.percent:/var"))
+    })
+    .await;
     let history = eventually(&api, &history_uri(120), |v| {
         v["series"][0]["buckets"].as_array().is_some_and(|b| {
             b.iter()

@@ -676,6 +676,23 @@ impl Writer {
         }
     }
 
+    /// Records that the record at `offset` was read but holds nothing to store (it did not
+    /// decode): the next checkpoint's offset moves past it.
+    pub fn skip(&mut self, topic: &Arc<str>, partition: u32, offset: i64) {
+        let track = self.track(topic, partition);
+        track.next_offset = track.next_offset.max(offset.saturating_add(1));
+    }
+
+    fn track(&mut self, topic: &Arc<str>, partition: u32) -> &mut PartitionTrack {
+        self.partitions
+            .entry((topic.clone(), partition))
+            .or_insert_with(|| PartitionTrack {
+                watermark: i64::MIN,
+                idle_scanned: i64::MIN,
+                ..Default::default()
+            })
+    }
+
     /// [`Writer::ingest`] for an agent in the head (or new); `None` when the agent may be
     /// evicted and must be loaded first.
     fn ingest_held(
@@ -685,23 +702,13 @@ impl Writer {
         offset: i64,
         r: &MetricReport,
     ) -> Option<Ingested> {
+        let track = self.track(topic, partition);
+        track.next_offset = track.next_offset.max(offset.saturating_add(1));
         if r.occurred_at.unsigned_abs() > crate::MAX_ABS_TS_MICROS.unsigned_abs() {
             return Some(Ingested::OutOfRange);
         }
-        let allowance = self.ts.config.out_of_order_micros();
-        let track = match self.partitions.get_mut(&(topic.clone(), partition)) {
-            Some(t) => t,
-            None => self
-                .partitions
-                .entry((topic.clone(), partition))
-                .or_insert_with(|| PartitionTrack {
-                    watermark: i64::MIN,
-                    idle_scanned: i64::MIN,
-                    ..Default::default()
-                }),
-        };
-        track.next_offset = track.next_offset.max(offset + 1);
         track.watermark = track.watermark.max(r.ingested_at);
+        let allowance = self.ts.config.out_of_order_micros();
         let mut shard = self.ts.heads.shard(&r.agent_id).lock();
         let tenant = match shard.get_key_value(r.tenant_id.as_str()) {
             Some((k, _)) => k.clone(),
