@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let (gw_port, api_port) = (free_port()?, free_port()?);
     let gateway = format!("http://127.0.0.1:{gw_port}");
     let api = format!("http://127.0.0.1:{api_port}");
-    let admin_key = format!("fsk_bench_{id}");
+    let admin_key = fleet_e2e::new_admin_key();
     let up_cfg = write_file(
         d,
         "fleetstream.toml",

@@ -39,6 +39,12 @@ pub fn fleetstream_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// A fresh admin API key strong enough for the API's start-up check (32+ characters of
+/// randomness).
+pub fn new_admin_key() -> String {
+    format!("fsk_e2e_{}", uuid::Uuid::new_v4().simple())
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -568,7 +568,7 @@ async fn embedded_corrupt_records_become_dead_letters_and_a_replay_brings_one_ba
 
     let (gw_port, api_port) = (free_port()?, free_port()?);
     let api = format!("http://127.0.0.1:{api_port}");
-    let admin_key = format!("fsk_e2e_{tag}");
+    let admin_key = fleet_e2e::new_admin_key();
     let cfg = write_file(
         d,
         "fleetstream.toml",
@@ -632,7 +632,7 @@ async fn kafka_corrupt_records_become_dead_letters_and_a_replay_brings_one_back(
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (gw_port, api_port, pr_port) = (free_port()?, free_port()?, free_port()?);
     let api = format!("http://127.0.0.1:{api_port}");
-    let admin_key = format!("fsk_e2e_{tag}");
+    let admin_key = fleet_e2e::new_admin_key();
     let gw_cfg = write_file(
         d,
         "gateway.toml",

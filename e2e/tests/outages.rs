@@ -261,7 +261,7 @@ async fn broker_outage_loses_no_report() -> anyhow::Result<()> {
         format!("http://127.0.0.1:{gw_port}"),
         format!("http://127.0.0.1:{api_port}"),
     );
-    let admin_key = format!("fsk_e2e_{id}");
+    let admin_key = fleet_e2e::new_admin_key();
     let log = kafka.url();
     // A short produce timeout and Retry-After keep the outage visible and the test short.
     let gw_cfg = write_file(
@@ -491,7 +491,7 @@ async fn agent_killed_mid_send_loses_and_doubles_nothing() -> anyhow::Result<()>
         format!("http://127.0.0.1:{gw_port}"),
         format!("http://127.0.0.1:{api_port}"),
     );
-    let admin_key = format!("fsk_e2e_{id}");
+    let admin_key = fleet_e2e::new_admin_key();
     let cfg = write_file(
         dir.path(),
         "fleetstream.toml",

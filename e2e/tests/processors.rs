@@ -272,7 +272,7 @@ async fn python_ticketing_consumer_sees_one_ticket_per_incident_across_a_process
     let gateway_url = format!("http://127.0.0.1:{gw_port}");
     let api = format!("http://127.0.0.1:{api_port}");
     let pr_url = format!("http://127.0.0.1:{pr_port}");
-    let admin_key = format!("fsk_e2e_{id}");
+    let admin_key = fleet_e2e::new_admin_key();
     let log_url = format!("kafka://{brokers}");
     let gw_cfg = write_file(
         d,

@@ -727,7 +727,7 @@ async fn kafka_and_postgres_replay_rebuilds_equal_views() -> anyhow::Result<()> 
     let (gw_port, api_port, pr_port) = (free_port()?, free_port()?, free_port()?);
     let gateway = format!("http://127.0.0.1:{gw_port}");
     let api = format!("http://127.0.0.1:{api_port}");
-    let admin_key = format!("fsk_e2e_{id}");
+    let admin_key = fleet_e2e::new_admin_key();
     let log = kafka.url();
     let ts_dir: PathBuf = dir.path().join("ts");
     let live_ts = format!("file://{}", ts_dir.display());

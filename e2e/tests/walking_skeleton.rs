@@ -156,7 +156,7 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         rule_id: format!("e2e-rule-{id}"),
         gateway: format!("http://127.0.0.1:{gw_port}"),
         api: format!("http://127.0.0.1:{api_port}"),
-        admin_key: format!("fsk_e2e_{id}"),
+        admin_key: fleet_e2e::new_admin_key(),
     };
     let admin_key = run.admin_key.clone();
     let log = format!("kafka://{brokers}");

@@ -52,7 +52,7 @@ async fn enrollment_heartbeats_metrics_and_a_command_over_the_websocket() -> any
     let (gw_port, api_port) = (free_port()?, free_port()?);
     let gateway_url = format!("http://127.0.0.1:{gw_port}");
     let api = format!("http://127.0.0.1:{api_port}");
-    let admin_key = format!("fsk_e2e_{id}");
+    let admin_key = fleet_e2e::new_admin_key();
     let log = format!("kafka://{brokers}");
     let gw_cfg = write_file(
         dir.path(),
