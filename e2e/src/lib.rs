@@ -11,6 +11,9 @@
 //! can hold answers back or play an unavailable gateway; [`spool_reports`] reads what an
 //! agent's spool holds.
 
+pub mod load;
+pub mod victoria;
+
 use std::future::Future;
 use std::io::Write as _;
 use std::net::TcpListener;

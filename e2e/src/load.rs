@@ -1,0 +1,147 @@
+//! Load generation: reports as agents send them, and concurrent posting of prepared
+//! request bodies.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use fleet_schemas::api::{DiskIn, InterfaceIn, ReportIn, SecurityIn, ServiceIn};
+use fleet_schemas::MetricReport;
+
+/// The body an agent would have sent for `r` (the gateway turns it back into `r`, with
+/// the agent and tenant from the request and the times it stamps).
+pub fn report_in(r: &MetricReport) -> anyhow::Result<ReportIn> {
+    let u = |v: i64, what: &str| u64::try_from(v).with_context(|| format!("{what} = {v}"));
+    Ok(ReportIn {
+        collected_at: chrono::DateTime::from_timestamp_micros(r.occurred_at)
+            .context("occurred_at out of range")?,
+        cpu_percent: r.cpu_percent,
+        cpu_per_core: r.cpu_per_core.clone(),
+        memory_used_bytes: u(r.memory_used_bytes, "memory_used_bytes")?,
+        memory_total_bytes: u(r.memory_total_bytes, "memory_total_bytes")?,
+        memory_percent: r.memory_percent,
+        swap_used_bytes: u(r.swap_used_bytes, "swap_used_bytes")?,
+        swap_total_bytes: u(r.swap_total_bytes, "swap_total_bytes")?,
+        disks: r
+            .disks
+            .iter()
+            .map(|d| {
+                Ok(DiskIn {
+                    mount: d.mount.clone(),
+                    used_bytes: u(d.used_bytes, "disk used_bytes")?,
+                    total_bytes: u(d.total_bytes, "disk total_bytes")?,
+                    percent: d.percent,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        disk_read_bytes: u(r.disk_read_bytes, "disk_read_bytes")?,
+        disk_write_bytes: u(r.disk_write_bytes, "disk_write_bytes")?,
+        load_1: r.load_1,
+        load_5: r.load_5,
+        load_15: r.load_15,
+        uptime_seconds: u(r.uptime_seconds, "uptime_seconds")?,
+        net_rx_bytes: u(r.net_rx_bytes, "net_rx_bytes")?,
+        net_tx_bytes: u(r.net_tx_bytes, "net_tx_bytes")?,
+        interfaces: r
+            .interfaces
+            .iter()
+            .map(|i| {
+                Ok(InterfaceIn {
+                    name: i.name.clone(),
+                    rx_bytes: u(i.rx_bytes, "rx_bytes")?,
+                    tx_bytes: u(i.tx_bytes, "tx_bytes")?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        process_count: u32::try_from(r.process_count).context("process_count")?,
+        services: r
+            .services
+            .iter()
+            .map(|s| ServiceIn {
+                name: s.name.clone(),
+                status: s.status.clone(),
+                pid: s.pid.and_then(|p| u32::try_from(p).ok()),
+            })
+            .collect(),
+        security: r.security.as_ref().map(|s| SecurityIn {
+            firewall_enabled: s.firewall_enabled,
+            pending_updates: s.pending_updates.and_then(|v| u32::try_from(v).ok()),
+            pending_security_updates: s
+                .pending_security_updates
+                .and_then(|v| u32::try_from(v).ok()),
+        }),
+        custom: r.custom.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    })
+}
+
+/// A prepared request: where to POST and the body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Full URL.
+    pub url: String,
+    /// Body bytes.
+    pub body: bytes::Bytes,
+    /// Content type.
+    pub content_type: &'static str,
+}
+
+/// POSTs every request with `clients` concurrent connections, in order of the slice
+/// (each client takes the next one), retrying a 429/503 after its `Retry-After` (at most
+/// 1 s). Fails on any other non-2xx answer. Returns once every request was accepted.
+pub async fn post_all(
+    client: &reqwest::Client,
+    requests: Arc<Vec<Request>>,
+    clients: usize,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let headers: Arc<Vec<(String, String)>> = Arc::new(
+        headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    );
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients.max(1) {
+        let (client, requests, next, headers) = (
+            client.clone(),
+            requests.clone(),
+            next.clone(),
+            headers.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(req) = requests.get(i) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let mut attempt = 0u32;
+                loop {
+                    let mut b = client
+                        .post(&req.url)
+                        .header("content-type", req.content_type)
+                        .body(req.body.clone());
+                    for (k, v) in headers.iter() {
+                        b = b.header(k, v);
+                    }
+                    let resp = b.send().await.with_context(|| format!("POST {}", req.url))?;
+                    let status = resp.status();
+                    if status.is_success() {
+                        break;
+                    }
+                    attempt += 1;
+                    if (status.as_u16() == 429 || status.as_u16() == 503) && attempt < 100 {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    let text = resp.text().await.unwrap_or_default();
+                    bail!("POST {} answered {status}: {text}", req.url);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("a load task panicked")??;
+    }
+    Ok(())
+}
