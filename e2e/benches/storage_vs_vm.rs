@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use fleet_e2e::load::{post_all, report_in, Request};
+use fleet_e2e::load::{batches, gateway_requests, post_all, report_in, Request};
 use fleet_e2e::victoria::{self, VictoriaMetrics};
 use fleet_e2e::{free_port, wait_for, write_file, Proc};
 use fleet_schemas::api::MetricBatch;
@@ -138,14 +138,10 @@ impl Settings {
 /// across the fleet (all agents' first reports, then the second ones, ...).
 fn fleet(data: Data, seed: u64, agents: usize, count: usize, start: i64) -> Vec<MetricReport> {
     match data {
-        Data::Realistic => fleet_schemas::fixtures::fleet_reports(
-            seed,
-            agents,
-            start,
-            INTERVAL_MICROS,
-            count,
-        )
-        .collect(),
+        Data::Realistic => {
+            fleet_schemas::fixtures::fleet_reports(seed, agents, start, INTERVAL_MICROS, count)
+                .collect()
+        }
         Data::Constant => (0..count)
             .flat_map(|i| {
                 (0..agents).map(move |a| {
@@ -162,44 +158,6 @@ fn fleet(data: Data, seed: u64, agents: usize, count: usize, start: i64) -> Vec<
 
 fn sample_count(reports: &[MetricReport]) -> usize {
     reports.iter().map(|r| samples(r).len()).sum()
-}
-
-/// Groups reports into requests of up to `batch` consecutive reports of one agent, in
-/// the order the reports come (a request is sent when its agent's batch is full).
-fn batches(reports: &[MetricReport], batch: usize) -> Vec<Vec<&MetricReport>> {
-    let mut open: std::collections::HashMap<&str, Vec<&MetricReport>> =
-        std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for r in reports {
-        let b = open.entry(&r.agent_id).or_default();
-        b.push(r);
-        if b.len() == batch {
-            out.push(std::mem::take(b));
-        }
-    }
-    let mut rest: Vec<_> = open.into_values().filter(|b| !b.is_empty()).collect();
-    rest.sort_by(|a, b| a[0].agent_id.cmp(&b[0].agent_id));
-    out.extend(rest);
-    out
-}
-
-fn gateway_requests(
-    gateway: &str,
-    groups: &[Vec<&MetricReport>],
-) -> anyhow::Result<Vec<Request>> {
-    groups
-        .iter()
-        .map(|g| {
-            let body = MetricBatch {
-                reports: g.iter().map(|r| report_in(r)).collect::<anyhow::Result<_>>()?,
-            };
-            Ok(Request {
-                url: format!("{gateway}/api/v1/agents/{}/metrics", g[0].agent_id),
-                body: serde_json::to_vec(&body)?.into(),
-                content_type: "application/json",
-            })
-        })
-        .collect()
 }
 
 fn influx_requests(vm: &str, groups: &[Vec<&MetricReport>]) -> Vec<Request> {
@@ -266,18 +224,23 @@ impl Up {
             format!("{}/readyz", up.gateway),
             format!("{}/readyz", up.api),
         ] {
-            wait_for("fleetstream up ready", Duration::from_secs(120), &[&up.proc], || {
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    Ok(client
-                        .get(&url)
-                        .send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| ()))
-                }
-            })
+            wait_for(
+                "fleetstream up ready",
+                Duration::from_secs(120),
+                &[&up.proc],
+                || {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        Ok(client
+                            .get(&url)
+                            .send()
+                            .await
+                            .ok()
+                            .filter(|r| r.status().is_success())
+                            .map(|_| ()))
+                    }
+                },
+            )
             .await?;
         }
         Ok(up)
@@ -343,7 +306,11 @@ impl Up {
             for s in h["series"].as_array().into_iter().flatten() {
                 total += s["buckets"]
                     .as_array()
-                    .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum::<u64>())
+                    .map(|b| {
+                        b.iter()
+                            .map(|b| b["count"].as_u64().unwrap_or(0))
+                            .sum::<u64>()
+                    })
                     .unwrap_or(0);
             }
         }
@@ -501,7 +468,10 @@ async fn freshness(s: &Settings, up: &Up) -> anyhow::Result<Vec<f64>> {
             reports: vec![report_in(r)?],
         };
         let resp = client
-            .post(format!("{}/api/v1/agents/{}/metrics", up.gateway, r.agent_id))
+            .post(format!(
+                "{}/api/v1/agents/{}/metrics",
+                up.gateway, r.agent_id
+            ))
             .json(&body)
             .send()
             .await?;
@@ -590,7 +560,10 @@ async fn history_query(s: &Settings, root: &Path) -> anyhow::Result<(Vec<f64>, V
         vm_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let n = body["data"]["result"].as_array().map_or(0, Vec::len);
         if n != metrics.len() {
-            bail!("VictoriaMetrics returned {n} series for {agent}, not {}: {body}", metrics.len());
+            bail!(
+                "VictoriaMetrics returned {n} series for {agent}, not {}: {body}",
+                metrics.len()
+            );
         }
     }
     vm.stop()?;

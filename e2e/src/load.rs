@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use fleet_schemas::api::{DiskIn, InterfaceIn, ReportIn, SecurityIn, ServiceIn};
+use fleet_schemas::api::{DiskIn, InterfaceIn, MetricBatch, ReportIn, SecurityIn, ServiceIn};
 use fleet_schemas::MetricReport;
 
 /// The body an agent would have sent for `r` (the gateway turns it back into `r`, with
@@ -124,7 +124,10 @@ pub async fn post_all(
                     for (k, v) in headers.iter() {
                         b = b.header(k, v);
                     }
-                    let resp = b.send().await.with_context(|| format!("POST {}", req.url))?;
+                    let resp = b
+                        .send()
+                        .await
+                        .with_context(|| format!("POST {}", req.url))?;
                     let status = resp.status();
                     if status.is_success() {
                         break;
@@ -144,4 +147,46 @@ pub async fn post_all(
         t.await.context("a load task panicked")??;
     }
     Ok(())
+}
+
+/// Groups reports into requests of up to `batch` consecutive reports of one agent, in
+/// the order the reports come (a request is sent when its agent's batch is full).
+pub fn batches(reports: &[MetricReport], batch: usize) -> Vec<Vec<&MetricReport>> {
+    let mut open: std::collections::HashMap<&str, Vec<&MetricReport>> =
+        std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for r in reports {
+        let b = open.entry(&r.agent_id).or_default();
+        b.push(r);
+        if b.len() == batch {
+            out.push(std::mem::take(b));
+        }
+    }
+    let mut rest: Vec<_> = open.into_values().filter(|b| !b.is_empty()).collect();
+    rest.sort_by(|a, b| a[0].agent_id.cmp(&b[0].agent_id));
+    out.extend(rest);
+    out
+}
+
+/// One gateway request (`POST /api/v1/agents/{id}/metrics`, JSON) per group.
+pub fn gateway_requests(
+    gateway: &str,
+    groups: &[Vec<&MetricReport>],
+) -> anyhow::Result<Vec<Request>> {
+    groups
+        .iter()
+        .map(|g| {
+            let body = MetricBatch {
+                reports: g
+                    .iter()
+                    .map(|r| report_in(r))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            Ok(Request {
+                url: format!("{gateway}/api/v1/agents/{}/metrics", g[0].agent_id),
+                body: serde_json::to_vec(&body)?.into(),
+                content_type: "application/json",
+            })
+        })
+        .collect()
 }
