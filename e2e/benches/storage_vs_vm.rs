@@ -30,9 +30,12 @@
 //!
 //! usage: cargo build --release -p fleetstream && \
 //!        FLEETSTREAM_BIN=$PWD/target/release/fleetstream cargo bench -p fleet-e2e --bench storage_vs_vm
-//! Other knobs: BENCH_CLIENTS (16 concurrent connections), BENCH_DATA (`realistic`, the
-//! generator's varying values, or `constant`, the fixture report), BENCH_FRESHNESS (200
-//! reports), BENCH_SKIP (comma list of phases to skip: backfill, live, freshness, query).
+//! Other knobs: BENCH_CLIENTS (16 concurrent connections for the back-fill and the
+//! query load), BENCH_LIVE_CLIENTS (256 for the live shape: 10,000 agents are 10,000
+//! senders), BENCH_DATA (`realistic`, the generator's varying values, or `constant`, the
+//! fixture report), BENCH_FRESHNESS (200 reports), BENCH_SKIP (comma list of phases to
+//! skip: backfill, live, freshness, query). Each connection sends its agents' requests
+//! in order, one at a time, as an agent does (`fleet_e2e::load::post_all`).
 
 #![allow(clippy::print_stdout)] // a bench prints its figures
 
@@ -41,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use fleet_e2e::load::{batches, gateway_requests, post_all, report_in, Request};
+use fleet_e2e::load::{batches, gateway_requests, lane_of, post_all, report_in, Request};
 use fleet_e2e::victoria::{self, VictoriaMetrics};
 use fleet_e2e::{free_port, wait_for, write_file, Proc};
 use fleet_schemas::api::MetricBatch;
@@ -71,6 +74,7 @@ enum Data {
 struct Settings {
     bin: PathBuf,
     clients: usize,
+    live_clients: usize,
     data: Data,
     agents: usize,
     reports: usize,
@@ -112,6 +116,7 @@ impl Settings {
         let s = Settings {
             bin,
             clients: env_num("BENCH_CLIENTS", 16)?,
+            live_clients: env_num("BENCH_LIVE_CLIENTS", 256)?,
             data,
             agents: env_num("BENCH_AGENTS", 200)?,
             reports: env_num("BENCH_REPORTS", 100_000)?,
@@ -123,8 +128,13 @@ impl Settings {
             queries: env_num("BENCH_QUERIES", 200)?,
             skip,
         };
-        if s.agents == 0 || s.reports < s.agents || s.batch == 0 || s.clients == 0 {
-            bail!("BENCH_AGENTS, BENCH_BATCH and BENCH_CLIENTS must be at least 1, BENCH_REPORTS at least BENCH_AGENTS");
+        if s.agents == 0
+            || s.reports < s.agents
+            || s.batch == 0
+            || s.clients == 0
+            || s.live_clients == 0
+        {
+            bail!("BENCH_AGENTS, BENCH_BATCH, BENCH_CLIENTS and BENCH_LIVE_CLIENTS must be at least 1, BENCH_REPORTS at least BENCH_AGENTS");
         }
         Ok(s)
     }
@@ -172,6 +182,7 @@ fn influx_requests(vm: &str, groups: &[Vec<&MetricReport>]) -> Vec<Request> {
                 url: format!("{vm}/write"),
                 body: text.into_bytes().into(),
                 content_type: "text/plain",
+                lane: lane_of(&g[0].agent_id),
             }
         })
         .collect()
@@ -219,29 +230,11 @@ impl Up {
             admin_key,
             data,
         };
-        let client = reqwest::Client::new();
         for url in [
             format!("{}/readyz", up.gateway),
             format!("{}/readyz", up.api),
         ] {
-            wait_for(
-                "fleetstream up ready",
-                Duration::from_secs(120),
-                &[&up.proc],
-                || {
-                    let (client, url) = (client.clone(), url.clone());
-                    async move {
-                        Ok(client
-                            .get(&url)
-                            .send()
-                            .await
-                            .ok()
-                            .filter(|r| r.status().is_success())
-                            .map(|_| ()))
-                    }
-                },
-            )
-            .await?;
+            fleet_e2e::wait_ready(&url, Duration::from_secs(120), &[&up.proc]).await?;
         }
         Ok(up)
     }
@@ -381,18 +374,18 @@ async fn run_shape(
     shape: &'static str,
     reports: &[MetricReport],
     batch: usize,
+    clients: usize,
     measure_disk: bool,
 ) -> anyhow::Result<(Row, Option<Up>)> {
     let samples = sample_count(reports);
     let groups = batches(reports, batch);
     println!(
-        "[{shape}] {} reports, {samples} samples, {} requests, {} clients",
+        "[{shape}] {} reports, {samples} samples, {} requests, {clients} clients",
         reports.len(),
         groups.len(),
-        s.clients
     );
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(s.clients)
+        .pool_max_idle_per_host(clients)
         .build()?;
 
     // VictoriaMetrics first.
@@ -401,7 +394,7 @@ async fn run_shape(
     let mut vm = VictoriaMetrics::start(&vm_dir).await?;
     let requests = Arc::new(influx_requests(vm.url(), &groups));
     let started = Instant::now();
-    post_all(&client, requests, s.clients, &[]).await?;
+    post_all(&client, requests, clients, &[]).await?;
     vm.force_flush(&client).await?;
     let vm_secs = started.elapsed().as_secs_f64();
     let vm_bytes = if measure_disk {
@@ -423,7 +416,7 @@ async fn run_shape(
     let requests = Arc::new(gateway_requests(&up.gateway, &groups)?);
     let before = up.timeseries_records(&client).await?;
     let started = Instant::now();
-    post_all(&client, requests, s.clients, &[]).await?;
+    post_all(&client, requests, clients, &[]).await?;
     let posted = started.elapsed().as_secs_f64();
     up.wait_stored(&client, reports.len() + before as usize)
         .await?;
@@ -514,6 +507,7 @@ async fn history_query(s: &Settings, root: &Path) -> anyhow::Result<(Vec<f64>, V
     let start = end - day as i64 * INTERVAL_MICROS;
     let reports = fleet(s.data, 99, s.query_agents, day, start);
     let groups = batches(&reports, s.batch.max(200));
+    let clients = s.clients.min(s.query_agents).max(1);
     let agents: Vec<String> = (0..s.query_agents)
         .filter_map(|a| reports.get(a).map(|r| r.agent_id.clone()))
         .collect();
@@ -531,7 +525,7 @@ async fn history_query(s: &Settings, root: &Path) -> anyhow::Result<(Vec<f64>, V
     post_all(
         &client,
         Arc::new(influx_requests(vm.url(), &groups)),
-        s.clients,
+        clients,
         &[],
     )
     .await?;
@@ -572,7 +566,7 @@ async fn history_query(s: &Settings, root: &Path) -> anyhow::Result<(Vec<f64>, V
     post_all(
         &client,
         Arc::new(gateway_requests(&up.gateway, &groups)?),
-        s.clients,
+        clients,
         &[],
     )
     .await?;
@@ -612,12 +606,7 @@ async fn main() -> anyhow::Result<()> {
         .prefix("fleet-storage-vs-vm-")
         .tempdir()?;
     let root = dir.path();
-    let vm_version = {
-        let out = std::process::Command::new(victoria::binary()?)
-            .arg("-version")
-            .output()?;
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let vm_version = victoria::version(&victoria::binary()?);
     println!(
         "storage vs VictoriaMetrics ({vm_version}); fleetstream {}; data {:?}",
         s.bin.display(),
@@ -631,14 +620,14 @@ async fn main() -> anyhow::Result<()> {
         let per_agent = s.reports / s.agents;
         let start = now - (per_agent as i64 + 60) * INTERVAL_MICROS;
         let reports = fleet(s.data, 1, s.agents, per_agent, start);
-        let (row, up) = run_shape(&s, root, "backfill", &reports, s.batch, true).await?;
+        let (row, up) = run_shape(&s, root, "backfill", &reports, s.batch, s.clients, true).await?;
         rows.push(row);
         kept_up = up;
     }
     if s.runs("live") {
         let start = now - (s.live_rounds as i64 + 60) * INTERVAL_MICROS;
         let reports = fleet(s.data, 2, s.live_agents, s.live_rounds, start);
-        let (row, _) = run_shape(&s, root, "live", &reports, 1, false).await?;
+        let (row, _) = run_shape(&s, root, "live", &reports, 1, s.live_clients, false).await?;
         rows.push(row);
     }
     if let Some(mut up) = kept_up {

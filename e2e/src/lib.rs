@@ -262,6 +262,25 @@ where
     }
 }
 
+/// Waits until `url` (a `/readyz` or health endpoint) answers 2xx, failing early with the
+/// logs when one of `procs` exits.
+pub async fn wait_ready(url: &str, timeout: Duration, procs: &[&Proc]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    wait_for(url, timeout, procs, || {
+        let client = client.clone();
+        async move {
+            Ok(client
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ()))
+        }
+    })
+    .await
+}
+
 /// GET a JSON document; `None` on 404.
 pub async fn get_json(
     client: &reqwest::Client,

@@ -1,7 +1,6 @@
 //! Load generation: reports as agents send them, and concurrent posting of prepared
 //! request bodies.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -83,18 +82,30 @@ pub struct Request {
     pub body: bytes::Bytes,
     /// Content type.
     pub content_type: &'static str,
+    /// Requests of one lane (an agent) are sent one after the other, in order, never two
+    /// at once, as one agent sends: [`lane_of`] of the agent id.
+    pub lane: u64,
 }
 
-/// POSTs every request with `clients` concurrent connections, in order of the slice
-/// (each client takes the next one), retrying a 429/503 after its `Retry-After` (at most
-/// 1 s). Fails on any other non-2xx answer. Returns once every request was accepted.
+/// The lane of an agent's requests.
+pub fn lane_of(agent_id: &str) -> u64 {
+    // FNV-1a: fixed, so every run spreads the agents alike.
+    agent_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// POSTs every request with `clients` concurrent connections: client `c` sends, in the
+/// slice's order, the requests whose lane is `c` modulo `clients` (so one agent's requests
+/// are never in flight together), retrying a 429/503 after 200 ms (100 times at most).
+/// Fails on any other non-2xx answer. Returns once every request was accepted.
 pub async fn post_all(
     client: &reqwest::Client,
     requests: Arc<Vec<Request>>,
     clients: usize,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicUsize::new(0));
+    let clients = clients.max(1);
     let headers: Arc<Vec<(String, String)>> = Arc::new(
         headers
             .iter()
@@ -102,19 +113,13 @@ pub async fn post_all(
             .collect(),
     );
     let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients.max(1) {
-        let (client, requests, next, headers) = (
-            client.clone(),
-            requests.clone(),
-            next.clone(),
-            headers.clone(),
-        );
+    for lane in 0..clients {
+        let (client, requests, headers) = (client.clone(), requests.clone(), headers.clone());
         tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(req) = requests.get(i) else {
-                    return Ok::<(), anyhow::Error>(());
-                };
+            let mine = requests
+                .iter()
+                .filter(|r| r.lane % clients as u64 == lane as u64);
+            for req in mine {
                 let mut attempt = 0u32;
                 loop {
                     let mut b = client
@@ -141,6 +146,7 @@ pub async fn post_all(
                     bail!("POST {} answered {status}: {text}", req.url);
                 }
             }
+            Ok::<(), anyhow::Error>(())
         }));
     }
     for t in tasks {
@@ -186,6 +192,7 @@ pub fn gateway_requests(
                 url: format!("{gateway}/api/v1/agents/{}/metrics", g[0].agent_id),
                 body: serde_json::to_vec(&body)?.into(),
                 content_type: "application/json",
+                lane: lane_of(&g[0].agent_id),
             })
         })
         .collect()

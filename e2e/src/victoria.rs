@@ -43,17 +43,38 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// What `victoria-metrics -version` prints, or the Debian package's version when it
+/// prints nothing (Debian's build does not stamp one).
+pub fn version(bin: &Path) -> String {
+    let run = |program: &Path, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let version = run(bin, &["-version"]);
+    if !version.is_empty() {
+        return version;
+    }
+    let pkg = run(
+        Path::new("dpkg-query"),
+        &["-W", "-f", "${Version}", "victoria-metrics"],
+    );
+    if pkg.is_empty() {
+        "unknown version".into()
+    } else {
+        format!("victoria-metrics {pkg} (Debian package)")
+    }
+}
+
 impl VictoriaMetrics {
     /// Starts VictoriaMetrics with its storage in `dir/vm-data` and waits for `/health`.
     /// The result cache is off, so repeated queries cost what the first one does (the
     /// Fleetstream API has no result cache).
     pub async fn start(dir: &Path) -> anyhow::Result<VictoriaMetrics> {
         let bin = binary()?;
-        let version = std::process::Command::new(&bin)
-            .arg("-version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default();
+        let version = version(&bin);
         let storage = dir.join("vm-data");
         std::fs::create_dir_all(&storage)?;
         let port = free_port()?;
@@ -82,25 +103,10 @@ impl VictoriaMetrics {
             storage,
             version,
         };
-        let client = reqwest::Client::new();
-        let health = format!("{}/health", vm.url);
-        crate::wait_for(
-            "VictoriaMetrics /health",
+        crate::wait_ready(
+            &format!("{}/health", vm.url),
             Duration::from_secs(30),
             &[&vm.proc],
-            || {
-                let client = client.clone();
-                let health = health.clone();
-                async move {
-                    Ok(client
-                        .get(&health)
-                        .send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| ()))
-                }
-            },
         )
         .await?;
         Ok(vm)
@@ -211,7 +217,9 @@ fn tag(out: &mut String, v: &str) {
 /// (measurement, subject). Returns the number of samples (fields) written.
 pub fn influx_lines(report: &MetricReport, out: &mut String) -> usize {
     // (measurement, subject) → fields, in the report's sample order.
-    let mut lines: BTreeMap<(String, Option<String>), Vec<(String, f64)>> = BTreeMap::new();
+    // (measurement, subject) → fields of one line.
+    type Lines = BTreeMap<(String, Option<String>), Vec<(String, f64)>>;
+    let mut lines: Lines = BTreeMap::new();
     let mut samples = 0;
     for_each_sample(report, |metric, subject, value| {
         let (measurement, field) = metric.split_once('.').unwrap_or((metric, "value"));

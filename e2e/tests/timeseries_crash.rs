@@ -16,6 +16,8 @@
 //! Kafka (a private broker; `fleetstream projections` is killed, the gateway keeps
 //! taking reports).
 
+#![allow(clippy::print_stdout)] // what the run did, for --nocapture
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -323,17 +325,7 @@ async fn kafka_projection_survives_sigkill() -> anyhow::Result<()> {
         &["gateway", "--config", path(&gw_cfg)?],
         &[],
     )?;
-    let client = reqwest::Client::new();
-    wait_for("the gateway", WAIT, &[&gw], || async {
-        Ok(client
-            .get(format!("{gateway}/readyz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ()))
-    })
-    .await?;
+    fleet_e2e::wait_ready(&format!("{gateway}/readyz"), WAIT, &[&gw]).await?;
     let metrics = format!("http://127.0.0.1:{pj_port}/metrics");
     let pj_args = ["projections", "--config", path(&pj_cfg)?];
     let start =
