@@ -238,7 +238,7 @@ async fn bench(engine: &str) -> anyhow::Result<()> {
         fleet_e2e::require_service("Kafka", &fleet_e2e::kafka_brokers())?;
     }
     let log = fleet_event_log::open(&url, &Default::default()).await?;
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let base = serve(log.clone()).await?;
     throughput(engine, &base).await?;
     latency(engine, log, &base).await?;

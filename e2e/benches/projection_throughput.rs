@@ -44,7 +44,7 @@ async fn fill_log(
 ) -> Result<Arc<dyn EventLog>> {
     let log =
         fleet_event_log::open(&format!("file://{}", dir.display()), &Default::default()).await?;
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let now = fleet_schemas::time::now_micros();
     let per_agent = records.div_ceil(agents) as i64;
     let started = Instant::now();

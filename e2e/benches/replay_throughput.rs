@@ -42,7 +42,7 @@ const TENANT: &str = "bench-tenant";
 
 /// Writes `records` metric reports of `agents` agents to `log`.
 async fn fill(log: &dyn EventLog, records: usize, agents: usize) -> Result<Duration> {
-    fleet_ops::log::ensure_topics(log).await?;
+    fleet_consumer::log::ensure_topics(log).await?;
     let now = fleet_schemas::time::now_micros();
     let per_agent = records.div_ceil(agents) as i64;
     let started = Instant::now();

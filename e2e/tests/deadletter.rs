@@ -264,7 +264,7 @@ async fn fixable_dead_letter(log: &dyn EventLog, agent: &str) -> anyhow::Result<
 async fn dead_letters(log: &dyn EventLog) -> anyhow::Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
     let mut bad = 0;
-    fleet_ops::log::read_to_end(log, topics::DEADLETTER, |r| {
+    fleet_consumer::log::read_to_end(log, topics::DEADLETTER, |r| {
         match codec::decode::<DeadLetter>(&r.value) {
             Ok(d) => out.push(d),
             Err(_) => bad += 1,
@@ -560,7 +560,7 @@ async fn embedded_corrupt_records_become_dead_letters_and_a_replay_brings_one_ba
     // The embedded log is open in one process at a time: fill it before `up` starts.
     let (inj, fixable) = {
         let log = fleet_event_log::open(&path(&data.join("log"))?, &Default::default()).await?;
-        fleet_ops::log::ensure_topics(log.as_ref()).await?;
+        fleet_consumer::log::ensure_topics(log.as_ref()).await?;
         let inj = inject(log.as_ref(), &tag).await?;
         let fixable = fixable_dead_letter(log.as_ref(), &fixed_agent).await?;
         (inj, fixable)

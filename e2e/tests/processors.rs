@@ -43,7 +43,7 @@ async fn read_topic<T: Record>(
 ) -> anyhow::Result<(Vec<T>, usize)> {
     let mut out = Vec::new();
     let mut undecodable = 0usize;
-    fleet_ops::log::read_to_end(log, T::TOPIC, |r| match codec::decode::<T>(&r.value) {
+    fleet_consumer::log::read_to_end(log, T::TOPIC, |r| match codec::decode::<T>(&r.value) {
         Ok(v) if keep(&v) => out.push(v),
         Ok(_) => {}
         Err(_) => undecodable += 1,

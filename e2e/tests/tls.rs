@@ -1,10 +1,10 @@
 //! The real agent against the real gateway over TLS: the gateway (its router, the
 //! embedded log, a SQLite registry) is served by the roles' listener
-//! ([`fleet_ops::serve::HttpServer`]) with a certificate from a CA the test makes; the
+//! ([`fleet_service::serve::HttpServer`]) with a certificate from a CA the test makes; the
 //! agent enrolls (HTTPS), then reports over the WebSocket (`wss://`) and HTTPS, trusting
 //! only that CA (`ca-file`). With another CA the agent refuses the server, saying why.
 
-#[path = "../../ops/tests/support/pki.rs"]
+#[path = "../../service/tests/support/pki.rs"]
 mod pki;
 
 use std::net::SocketAddr;
@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::{AuthMode, GatewayConfig, GatewayState};
-use fleet_ops::serve::{HttpServer, HttpSettings};
 use fleet_schemas::{codec, MetricReport, Record};
+use fleet_service::serve::{HttpServer, HttpSettings};
 use fleet_stores::registry::{hash_secret, NewToken, Registry};
 use pki::TestCa;
 
@@ -35,7 +35,7 @@ async fn tls_gateway(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Gate
         &Default::default(),
     )
     .await?;
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let registry: Arc<dyn Registry> =
         fleet_stores::open_sql(&format!("sqlite://{}", dir.join("registry.db").display())).await?;
     let tenant = registry
@@ -82,7 +82,7 @@ async fn token(gw: &Gateway, secret: &str) -> anyhow::Result<()> {
 
 async fn reports_of(log: &Arc<dyn EventLog>, agent_id: &str) -> anyhow::Result<usize> {
     let mut n = 0;
-    fleet_ops::log::read_to_end(log.as_ref(), MetricReport::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log.as_ref(), MetricReport::TOPIC, |r| {
         if codec::decode::<MetricReport>(&r.value).is_ok_and(|m| m.agent_id == agent_id) {
             n += 1;
         }

@@ -194,7 +194,7 @@ greet = "echo hello-from-e2e; echo to-stderr >&2"
         &procs,
         || async {
             let mut mine = Vec::new();
-            fleet_ops::log::read_to_end(log_handle.as_ref(), CommandEvent::TOPIC, |r| {
+            fleet_consumer::log::read_to_end(log_handle.as_ref(), CommandEvent::TOPIC, |r| {
                 if let Ok(ev) = codec::decode::<CommandEvent>(&r.value) {
                     if ev.command_id == command_id {
                         mine.push(ev);

@@ -246,7 +246,7 @@ async fn open_log(args: &LogArgs) -> anyhow::Result<Arc<dyn EventLog>> {
         Ok(_) => {}
         // A log no role ran on yet: create the catalog's topics as the roles would.
         Err(fleet_event_log::LogError::UnknownTopic(_)) => {
-            fleet_ops::log::ensure_topics(log.as_ref()).await?;
+            fleet_consumer::log::ensure_topics(log.as_ref()).await?;
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", topics::DEADLETTER)),
     }
@@ -293,7 +293,7 @@ async fn read_all(log: &dyn EventLog) -> anyhow::Result<DeadLetterTopic> {
     let mut replays: HashMap<Coords, Vec<Entry>> = HashMap::new();
     let mut unreadable = 0u64;
     let mut ids = HashSet::new();
-    fleet_ops::log::read_to_end(log, topics::DEADLETTER, |r| {
+    fleet_consumer::log::read_to_end(log, topics::DEADLETTER, |r| {
         match codec::decode::<DeadLetter>(&r.value) {
             Ok(letter) => {
                 let e = Entry {

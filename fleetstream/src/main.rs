@@ -147,7 +147,7 @@ enum AgentAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    fleet_ops::init_tracing(matches!(cli.log_format, LogFormat::Json));
+    fleet_service::init_tracing(matches!(cli.log_format, LogFormat::Json));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

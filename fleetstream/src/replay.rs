@@ -30,13 +30,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 use fleet_event_log::{ConsumedRecord, EventLog};
-use fleet_ops::log::next_offsets;
 use fleet_projections::project::{
-    apply_with_retry, to_change, READ_MODEL_PROJECTION, READ_MODEL_TOPICS, TIMESERIES_TOPICS,
+    apply_with_retry, stored_offsets, to_change, READ_MODEL_PROJECTION, READ_MODEL_TOPICS,
+    TIMESERIES_TOPICS,
 };
 use fleet_projections::ProjectionsConfig;
 use fleet_stores::read_model::{Engine, SqlReadModel, REGISTRY_TABLES};
-use fleet_stores::StoredOffset;
 use fleet_timeseries::{TimeSeries, TimeSeriesStore as _, Writer};
 
 pub(crate) use export::{export, ExportArgs};
@@ -129,7 +128,7 @@ pub(crate) fn load_config(
     file: Option<&std::path::Path>,
     event_log: Option<&str>,
 ) -> anyhow::Result<ProjectionsConfig> {
-    let mut cfg: ProjectionsConfig = fleet_ops::config::load("projections", file)?;
+    let mut cfg: ProjectionsConfig = fleet_service::config::load("projections", file)?;
     if let Some(url) = event_log {
         cfg.event_log = url.to_owned();
     }
@@ -144,7 +143,7 @@ pub(crate) fn read_with_registry(cfg: &ProjectionsConfig) -> anyhow::Result<()> 
     if url.is_empty() {
         return Ok(());
     }
-    fleet_ops::schema_registry::install_ids(url, &[])
+    fleet_schema_registry::install_ids(url, &[])
         .with_context(|| format!("schema-registry-url = {url:?}"))?;
     Ok(())
 }
@@ -291,14 +290,7 @@ async fn apply_read_model(store: &SqlReadModel, batch: &[ConsumedRecord], counts
             }
         }
     }
-    let offsets: Vec<StoredOffset> = next_offsets(&records)
-        .into_iter()
-        .map(|c| StoredOffset {
-            topic: c.topic,
-            partition: c.partition,
-            next_offset: c.next_offset,
-        })
-        .collect();
+    let offsets = stored_offsets(&records);
     apply_with_retry(store, &changes, &offsets).await;
     counts.changes += changes.len() as u64;
 }

@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::GatewayConfig;
-use fleet_ops::config::{load, load_with_table};
-use fleet_ops::endpoints::ReadyCheck;
 use fleet_projections::ProjectionsConfig;
+use fleet_service::config::{load, load_with_table};
+use fleet_service::endpoints::ReadyCheck;
 use fleet_stream_processors::ProcessorsConfig;
 use tokio::sync::watch;
 
@@ -32,7 +32,7 @@ impl Shutdown {
 
 fn on_signal(tx: watch::Sender<bool>) {
     tokio::spawn(async move {
-        fleet_ops::shutdown_signal().await;
+        fleet_service::shutdown_signal().await;
         let _ = tx.send(true);
     });
 }
@@ -58,11 +58,9 @@ async fn use_schema_registry(url: &str) -> anyhow::Result<()> {
     if url.is_empty() {
         return Ok(());
     }
-    fleet_ops::schema_registry::install(url)
-        .await
-        .with_context(|| {
-            format!("schema-registry-url = {url:?}: registering the record schemas")
-        })?;
+    fleet_schema_registry::install(url).await.with_context(|| {
+        format!("schema-registry-url = {url:?}: registering the record schemas")
+    })?;
     Ok(())
 }
 
@@ -89,11 +87,11 @@ fn watch_log(log: Arc<dyn EventLog>, flag: Arc<AtomicBool>) {
 async fn serve(
     server: &'static str,
     addr: SocketAddr,
-    http: fleet_ops::serve::HttpSettings,
+    http: fleet_service::serve::HttpSettings,
     app: Router,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let listener = fleet_ops::serve::HttpServer::bind(server, addr, &http).await?;
+    let listener = fleet_service::serve::HttpServer::bind(server, addr, &http).await?;
     listener
         .serve(app, shutdown.wait())
         .await
@@ -116,7 +114,7 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     cfg.check_public_url().map_err(anyhow::Error::msg)?;
     use_schema_registry(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let registry = if cfg.registry.is_empty() {
         None
     } else {
@@ -160,7 +158,7 @@ async fn run_gateway(
     let watcher = fleet_ingest_gateway::watch_deactivations(state.clone(), shutdown.clone().wait());
     let dispatcher =
         fleet_ingest_gateway::commands::run_dispatcher(state.clone(), shutdown.clone().wait());
-    let app = fleet_ingest_gateway::app(state).merge(fleet_ops::endpoints::router(
+    let app = fleet_ingest_gateway::app(state).merge(fleet_service::endpoints::router(
         "gateway",
         ready_flag(&log_ok, "event log"),
     ));
@@ -183,7 +181,7 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
         "processors",
         cfg.listen,
         cfg.http.clone(),
-        fleet_ops::endpoints::router("processors", ready.check()),
+        fleet_service::endpoints::router("processors", ready.check()),
         shutdown.clone(),
     );
     let all = run_processors(log, cfg, ready, shutdown);
@@ -346,7 +344,7 @@ async fn run_projections(
     let ready = fleet_projections::project::Readiness::default();
     let r = ready.clone();
     let check: ReadyCheck = Arc::new(move || r.check());
-    let ops = fleet_ops::endpoints::router("projections", check);
+    let ops = fleet_service::endpoints::router("projections", check);
     let app = if cfg.serve_api {
         query_api(&cfg, &log, &stores)?.merge(ops)
     } else {
@@ -389,13 +387,13 @@ pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
     use_schema_registry(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&cfg).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
-    let app = query_api(&cfg, &log, &stores)?.merge(fleet_ops::endpoints::router(
+    let app = query_api(&cfg, &log, &stores)?.merge(fleet_service::endpoints::router(
         "api",
         ready_flag(&log_ok, "event log"),
     ));
@@ -546,7 +544,7 @@ pub(crate) async fn up(
         use_schema_registry(url).await?;
     }
     let log = open_log(&log_url, &Default::default()).await?;
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&pj).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);

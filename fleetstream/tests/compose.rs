@@ -1,6 +1,6 @@
 //! The compose stack (`compose/docker-compose.yml`) agrees with the binary and its
 //! configurations: no Docker engine needed. Each role's mounted config is loaded the way
-//! the binary loads it (`fleet_ops::config::load`, deny_unknown_fields), with the
+//! the binary loads it (`fleet_service::config::load`, deny_unknown_fields), with the
 //! `FLEET_<ROLE>__*` variables the compose file sets applied on top; each service's
 //! `command:` is run through the binary's own argument parser (`fleetstream <command>
 //! --help`).
@@ -255,7 +255,7 @@ impl RoleConfig {
     }
 }
 
-/// Loads the mounted config with `fleet_ops::config::load`, like the binary; the
+/// Loads the mounted config with `fleet_service::config::load`, like the binary; the
 /// service's `FLEET_<ROLE>__*` variables are applied under a prefix unique to `tag`
 /// and the service (tests run in parallel in one process).
 fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
@@ -263,9 +263,9 @@ fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
     let (subcommand, _) = role_command(name, svc);
     let role = config_role(&subcommand);
     let file = mounted_config(name, svc);
-    let own = fleet_ops::config::env_prefix(role);
+    let own = fleet_service::config::env_prefix(role);
     let test_role = format!("compose-{tag}-{name}");
-    let test_prefix = fleet_ops::config::env_prefix(&test_role);
+    let test_prefix = fleet_service::config::env_prefix(&test_role);
     for (k, v) in environment(svc, &env) {
         if let Some(key) = k.strip_prefix(&own) {
             std::env::set_var(format!("{test_prefix}{key}"), v);
@@ -278,9 +278,9 @@ fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
     }
     let f = Some(file.as_path());
     let loaded = match role {
-        "gateway" => fleet_ops::config::load(&test_role, f).map(RoleConfig::Gateway),
-        "processors" => fleet_ops::config::load(&test_role, f).map(RoleConfig::Processors),
-        _ => fleet_ops::config::load(&test_role, f).map(RoleConfig::Projections),
+        "gateway" => fleet_service::config::load(&test_role, f).map(RoleConfig::Gateway),
+        "processors" => fleet_service::config::load(&test_role, f).map(RoleConfig::Processors),
+        _ => fleet_service::config::load(&test_role, f).map(RoleConfig::Projections),
     };
     loaded.unwrap_or_else(|e| panic!("{name}: {}: {e}", file.display()))
 }

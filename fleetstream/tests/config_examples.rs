@@ -13,7 +13,7 @@ fn root() -> &'static Path {
 
 #[test]
 fn gateway_example_is_the_default() {
-    let cfg: GatewayConfig = fleet_ops::config::load(
+    let cfg: GatewayConfig = fleet_service::config::load(
         "gateway-example-test",
         Some(&root().join("config/gateway.example.toml")),
     )
@@ -23,7 +23,7 @@ fn gateway_example_is_the_default() {
 
 #[test]
 fn processors_example_is_the_default() {
-    let cfg: ProcessorsConfig = fleet_ops::config::load(
+    let cfg: ProcessorsConfig = fleet_service::config::load(
         "processors-example-test",
         Some(&root().join("config/processors.example.toml")),
     )
@@ -33,7 +33,7 @@ fn processors_example_is_the_default() {
 
 #[test]
 fn projections_example_is_the_default() {
-    let cfg: ProjectionsConfig = fleet_ops::config::load(
+    let cfg: ProjectionsConfig = fleet_service::config::load(
         "projections-example-test",
         Some(&root().join("config/projections.example.toml")),
     )
@@ -52,15 +52,18 @@ fn agent_example_is_the_default() {
 fn up_example_parses_per_role() {
     let f = root().join("config/fleetstream.example.toml");
     let gw: GatewayConfig =
-        fleet_ops::config::load_with_table("gateway-up-test", Some(&f), Some("gateway"))
+        fleet_service::config::load_with_table("gateway-up-test", Some(&f), Some("gateway"))
             .expect("gateway");
     assert_eq!(gw.listen.port(), 8080);
-    let pj: ProjectionsConfig =
-        fleet_ops::config::load_with_table("projections-up-test", Some(&f), Some("projections"))
-            .expect("projections");
+    let pj: ProjectionsConfig = fleet_service::config::load_with_table(
+        "projections-up-test",
+        Some(&f),
+        Some("projections"),
+    )
+    .expect("projections");
     assert_eq!(pj.listen.port(), 8081);
     let pr: ProcessorsConfig =
-        fleet_ops::config::load_with_table("processors-up-test", Some(&f), Some("processors"))
+        fleet_service::config::load_with_table("processors-up-test", Some(&f), Some("processors"))
             .expect("processors");
     assert_eq!(pr.rules, ProcessorsConfig::default().rules);
 }
@@ -70,13 +73,13 @@ fn unknown_keys_and_env_overrides() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nno-such-key = 1\n").expect("write");
-    let err = fleet_ops::config::load::<GatewayConfig>("gateway-bad-test", Some(&bad))
+    let err = fleet_service::config::load::<GatewayConfig>("gateway-bad-test", Some(&bad))
         .expect_err("unknown key");
     assert!(err.to_string().contains("no-such-key"), "{err}");
     // Environment overrides the file: FLEET_<ROLE>__<KEY>, `_` for `-`.
     std::env::set_var("FLEET_GATEWAY_ENV_TEST__MAX_BODY_BYTES", "4096");
     std::env::set_var("FLEET_GATEWAY_ENV_TEST__LISTEN", "127.0.0.1:9999");
-    let cfg: GatewayConfig = fleet_ops::config::load("gateway-env-test", None).expect("env");
+    let cfg: GatewayConfig = fleet_service::config::load("gateway-env-test", None).expect("env");
     assert_eq!(cfg.max_body_bytes, 4096);
     assert_eq!(cfg.listen.port(), 9999);
 }

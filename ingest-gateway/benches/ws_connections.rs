@@ -65,14 +65,16 @@ async fn child() -> anyhow::Result<()> {
         &Default::default(),
     )
     .await?;
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let cfg = GatewayConfig {
         auth: AuthMode::Off,
         rate_limit_per_second: 0,
         ..GatewayConfig::default()
     };
-    let router = app(GatewayState::new(log, cfg))
-        .merge(fleet_ops::endpoints::router("gateway", Arc::new(|| Ok(()))));
+    let router = app(GatewayState::new(log, cfg)).merge(fleet_service::endpoints::router(
+        "gateway",
+        Arc::new(|| Ok(())),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("PORT {}", listener.local_addr()?.port());
     // Stop when the parent closes our stdin (or after the maximum lifetime).

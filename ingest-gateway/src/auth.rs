@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 use fleet_stores::registry::{verify_secret, AgentCredential, Registry};
 use fleet_stores::StoreError;
 use governor::clock::{Clock, DefaultClock};

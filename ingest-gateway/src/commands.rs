@@ -27,13 +27,15 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleet_event_log::{ConsumerOptions, StartFrom};
-use fleet_ops::deadletter::DeadLetters;
-use fleet_ops::ApiError;
+use fleet_consumer::backoff::retry_until;
+use fleet_consumer::deadletter::DeadLetters;
+use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
+use fleet_event_log::{ConsumedRecord, StartFrom};
 use fleet_schemas::api::{
     CommandList, CommandProgressIn, CommandResultIn, CommandSpec, IngestAccepted, ServerMessage,
 };
 use fleet_schemas::{ids, topics, CommandEvent, CommandEventKind};
+use fleet_service::ApiError;
 use parking_lot::Mutex;
 
 use crate::{
@@ -341,28 +343,28 @@ async fn write_dispatched(state: &GatewayState, events: Vec<CommandEvent>) {
 /// throw-away group.
 pub async fn run_dispatcher(
     state: GatewayState,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let log = state.log.clone();
     let lookback = Duration::from_secs(state.config.command_lookback_secs);
-    let (mut consumer, ends, dead) = loop {
-        let start = async {
+    let start = || {
+        let log = state.log.clone();
+        async move {
             let from_ms = fleet_schemas::time::now_micros() / 1000
                 - i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX / 2);
             let starts = log.offsets_for_time(topics::COMMANDS, from_ms).await?;
             let ends = log.end_offsets(topics::COMMANDS).await?;
-            let group = format!("fleet-gateway-commands-{}", uuid::Uuid::new_v4());
+            let settings = Settings::throwaway("gateway-commands", &[topics::COMMANDS])
+                .start(StartFrom::Latest)
+                .batch_size(500)
+                .poll_timeout(Duration::from_secs(1));
             // Every instance reads the window again at start: the dead letters it (or a
             // previous run) wrote are not written twice.
-            let dead = DeadLetters::open(log.clone(), "gateway-commands", &group).await?;
-            let options = ConsumerOptions {
-                start: StartFrom::Latest,
-                ..ConsumerOptions::default()
-            };
-            let mut consumer = log.subscribe(&group, &[topics::COMMANDS], options).await?;
+            let dead =
+                DeadLetters::open(log.clone(), "gateway-commands", settings.group_name()).await?;
+            let mut runtime = ConsumerRuntime::subscribe(log, settings, dead.clone()).await?;
             for (p, offset) in (0u32..).zip(&starts) {
-                consumer.seek(topics::COMMANDS, p, *offset).await?;
+                runtime.seek(topics::COMMANDS, p, *offset).await?;
             }
             tracing::info!(
                 ?starts,
@@ -370,57 +372,62 @@ pub async fn run_dispatcher(
                 lookback_secs = lookback.as_secs(),
                 "Replaying recent commands."
             );
-            let remaining: Vec<(u32, i64)> = (0u32..)
+            let remaining: HashMap<u32, i64> = (0u32..)
                 .zip(starts.iter().zip(&ends))
                 .filter(|(_, (s, e))| s < e)
                 .map(|(p, (_, e))| (p, *e))
                 .collect();
-            anyhow::Ok((consumer, remaining, dead))
-        };
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            r = start => match r {
-                Ok(v) => break v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Command dispatcher cannot start; retrying.");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+            anyhow::Ok((runtime, remaining, dead))
         }
     };
-    // Partitions still to replay up to their end offset at start.
-    let mut behind: HashMap<u32, i64> = ends.into_iter().collect();
-    let mut idle_polls = 0u32;
+    let Some((runtime, behind, dead)) =
+        retry_until("starting the command dispatcher", &mut shutdown, start).await
+    else {
+        return Ok(());
+    };
     if behind.is_empty() {
         go_live(&state).await;
     }
-    let mut last_expiry = Instant::now();
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            b = consumer.poll(500, Duration::from_secs(1)) => b,
-        };
-        let records = match batch {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "Reading fleet.commands.v1 failed; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+    let mut dispatcher = Dispatcher {
+        state,
+        dead,
+        behind,
+        idle_polls: 0,
+        lookback,
+        last_expiry: Instant::now(),
+    };
+    runtime.run(&mut dispatcher, shutdown).await;
+    Ok(())
+}
+
+/// The dispatcher on the consumer runtime.
+struct Dispatcher {
+    state: GatewayState,
+    dead: DeadLetters,
+    /// Partitions still to replay up to their end offset at start.
+    behind: HashMap<u32, i64>,
+    /// Polls in a row without records during the replay.
+    idle_polls: u32,
+    lookback: Duration,
+    last_expiry: Instant,
+}
+
+impl Processor for Dispatcher {
+    async fn handle(&mut self, records: &[ConsumedRecord]) -> Output {
+        let state = &self.state;
         let live = state.commands.is_live();
         let now = fleet_schemas::time::now_micros();
         let mut to_write = Vec::new();
         {
             let mut book = state.commands.book.lock();
             let mut pushed = 0;
-            for r in &records {
-                if let Some(end) = behind.get(&r.partition) {
+            for r in records {
+                if let Some(end) = self.behind.get(&r.partition) {
                     if r.offset + 1 >= *end {
-                        behind.remove(&r.partition);
+                        self.behind.remove(&r.partition);
                     }
                 }
-                let Some(ev) = dead.decode_or_note::<CommandEvent>(r) else {
+                let Some(ev) = self.dead.decode_or_note::<CommandEvent>(r) else {
                     continue;
                 };
                 let became_pending = book.apply(&ev);
@@ -441,26 +448,29 @@ pub async fn run_dispatcher(
             }
             metrics::commands_dispatched("ws", pushed);
         }
-        dead.flush().await;
-        write_dispatched(&state, to_write).await;
-        if !live {
-            idle_polls = if records.is_empty() {
-                idle_polls + 1
-            } else {
-                0
-            };
+        self.dead.flush().await;
+        write_dispatched(state, to_write).await;
+        // A throw-away group: nothing is committed.
+        Output::new()
+    }
+
+    /// After every poll: go live once the window is replayed; expire old commands.
+    async fn on_tick(&mut self, handled: usize) -> Output {
+        if !self.state.commands.is_live() {
+            self.idle_polls = if handled == 0 { self.idle_polls + 1 } else { 0 };
             // Offsets can have gaps (Kafka transactions): give up waiting for the exact
             // end after a while of nothing.
-            if behind.is_empty() || idle_polls >= 20 {
-                go_live(&state).await;
+            if self.behind.is_empty() || self.idle_polls >= 20 {
+                go_live(&self.state).await;
             }
         }
-        if last_expiry.elapsed() >= Duration::from_secs(60) {
-            last_expiry = Instant::now();
+        if self.last_expiry.elapsed() >= Duration::from_secs(60) {
+            self.last_expiry = Instant::now();
             let cutoff = fleet_schemas::time::now_micros()
-                - i64::try_from(lookback.as_micros()).unwrap_or(i64::MAX / 2);
-            state.commands.book.lock().expire(cutoff);
+                - i64::try_from(self.lookback.as_micros()).unwrap_or(i64::MAX / 2);
+            self.state.commands.book.lock().expire(cutoff);
         }
+        Output::new()
     }
 }
 

@@ -99,7 +99,7 @@ pub struct GatewayConfig {
     pub command_lookback_secs: u64,
     /// The listener's timeouts, connection cap and TLS (`[http]`); the cap defaults to
     /// 10,000 here, as every agent holds a WebSocket open.
-    pub http: fleet_ops::serve::HttpSettings,
+    pub http: fleet_service::serve::HttpSettings,
 }
 
 impl Default for GatewayConfig {
@@ -136,7 +136,7 @@ impl Default for GatewayConfig {
             ws_send_queue: 64,
             ws_read_buffer_bytes: 8192,
             command_lookback_secs: 3600,
-            http: fleet_ops::serve::HttpSettings::default().with_max_connections(10_000),
+            http: fleet_service::serve::HttpSettings::default().with_max_connections(10_000),
         }
     }
 }

@@ -50,12 +50,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fleet_event_log::{EventLog, LogError, ProduceRecord};
-use fleet_ops::{ApiError, FieldJson};
+use fleet_consumer::backoff::retry_until;
+use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
+use fleet_consumer::DeadLetters;
+use fleet_event_log::{ConsumedRecord, EventLog, LogError, ProduceRecord, StartFrom};
 use fleet_schemas::api::{
     EventBatch, HeartbeatIn, IngestAccepted, InventoryIn, ItemError, MetricBatch,
 };
-use fleet_schemas::{codec, Record};
+use fleet_schemas::{codec, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_service::{ApiError, FieldJson};
 use fleet_stores::registry::Registry;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
@@ -173,7 +176,7 @@ pub fn app(state: GatewayState) -> Router {
         .route("/api/v1/agents/ws", get(ws::get_ws))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestDecompressionLayer::new())
-        .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
+        .layer(TraceLayer::new_for_http().make_span_with(fleet_service::endpoints::http_span))
         .with_state(state)
 }
 
@@ -511,60 +514,54 @@ async fn produce(
 /// throw-away group.
 pub async fn watch_deactivations(
     state: GatewayState,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let log = state.log.clone();
-    let auth = state.auth.clone();
-    use fleet_event_log::{ConsumerOptions, StartFrom};
-    use fleet_schemas::{AgentLifecycle, AgentLifecycleKind};
-    let group = format!("fleet-gateway-{}", uuid::Uuid::new_v4());
     tokio::pin!(shutdown);
+    let settings = Settings::throwaway("gateway", &[AgentLifecycle::TOPIC])
+        .start(StartFrom::Latest)
+        .batch_size(500)
+        .poll_timeout(Duration::from_secs(1));
     // Like the command dispatcher, a log that cannot answer at start is waited for.
-    let dead = loop {
-        let open =
-            fleet_ops::deadletter::DeadLetters::open(log.clone(), "gateway-deactivations", &group);
-        match open.await {
-            Ok(d) => break d,
-            Err(e) => {
-                tracing::warn!(error = %e, "Deactivation watcher cannot start; retrying.");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    let start = || {
+        let (log, settings) = (state.log.clone(), settings.clone());
+        async move {
+            let group = settings.group_name().to_owned();
+            let dead = DeadLetters::open(log.clone(), "gateway-deactivations", &group).await?;
+            let runtime = ConsumerRuntime::subscribe(log, settings, dead.clone()).await?;
+            anyhow::Ok((runtime, dead))
+        }
+    };
+    let started = retry_until("starting the deactivation watcher", &mut shutdown, start).await;
+    let Some((runtime, dead)) = started else {
+        return Ok(());
+    };
+    let mut watcher = DeactivationWatcher { state, dead };
+    runtime.run(&mut watcher, shutdown).await;
+    Ok(())
+}
+
+/// The deactivation watcher on the consumer runtime.
+struct DeactivationWatcher {
+    state: GatewayState,
+    dead: DeadLetters,
+}
+
+impl Processor for DeactivationWatcher {
+    async fn handle(&mut self, records: &[ConsumedRecord]) -> Output {
+        for r in records {
+            if let Some(ev) = self.dead.decode_or_note::<AgentLifecycle>(r) {
+                if ev.kind == AgentLifecycleKind::Deactivated {
+                    self.state.auth.invalidate(&ev.agent_id);
+                    let closed = self
+                        .state
+                        .hub
+                        .close(&ev.agent_id, hub::CloseReason::Deactivated);
+                    tracing::info!(agent_id = %ev.agent_id, socket_closed = closed, "Deactivated agent's credential dropped from the cache.");
                 }
             }
         }
-    };
-    let options = ConsumerOptions {
-        start: StartFrom::Latest,
-        ..ConsumerOptions::default()
-    };
-    let mut consumer = log
-        .subscribe(&group, &[AgentLifecycle::TOPIC], options)
-        .await?;
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            b = consumer.poll(500, Duration::from_secs(1)) => b,
-        };
-        match batch {
-            Ok(records) => {
-                for r in &records {
-                    if let Some(ev) = dead.decode_or_note::<AgentLifecycle>(r) {
-                        if ev.kind == AgentLifecycleKind::Deactivated {
-                            auth.invalidate(&ev.agent_id);
-                            let closed =
-                                state.hub.close(&ev.agent_id, hub::CloseReason::Deactivated);
-                            tracing::info!(agent_id = %ev.agent_id, socket_closed = closed, "Deactivated agent's credential dropped from the cache.");
-                        }
-                    }
-                }
-                // A throw-away group that never commits: flushed per batch all the same.
-                dead.flush().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Reading fleet.agents.v1 failed; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+        // A throw-away group that never commits: the runtime writes the dead letters per
+        // batch all the same.
+        Output::new()
     }
 }

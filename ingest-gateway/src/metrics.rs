@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 
 /// Reports written to the log.
 pub const REPORTS_ACCEPTED: &str = "fleet_gateway_reports_accepted_total";

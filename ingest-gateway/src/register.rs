@@ -12,9 +12,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet_event_log::ProduceRecord;
-use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::api::{MachineFacts, RegisterRequest, RegisterResponse, RemoteConfig};
 use fleet_schemas::{codec, ids, AgentFacts, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_service::{ApiError, FieldJson};
 use fleet_stores::registry::{hash_secret, new_secret, NewAgent, RedeemRefusal};
 
 use crate::{metrics, ClientAddr, GatewayState};
@@ -212,8 +212,12 @@ fn publish_in_background(state: &GatewayState, event: AgentLifecycle) {
         timestamp_ms: Some(event.occurred_at.div_euclid(1000)),
     };
     tokio::spawn(async move {
-        fleet_ops::log::produce_until_written(log.as_ref(), AgentLifecycle::TOPIC, vec![record])
-            .await;
+        fleet_consumer::log::produce_until_written(
+            log.as_ref(),
+            AgentLifecycle::TOPIC,
+            vec![record],
+        )
+        .await;
     });
 }
 

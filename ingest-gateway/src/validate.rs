@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use fleet_ops::ApiError;
 use fleet_schemas::api::{EventIn, HeartbeatIn, ReportIn};
 use fleet_schemas::{
     ids, AgentEvent, DiskUsage, EventSeverity, Heartbeat, MetricReport, NetInterface,
     SecurityPosture, ServiceStatus,
 };
+use fleet_service::ApiError;
 
 use crate::GatewayConfig;
 

@@ -24,8 +24,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use fleet_ops::ApiError;
 use fleet_schemas::api::{EventBatch, MetricBatch, ServerMessage, AGENT_ID_HEADER};
+use fleet_service::ApiError;
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -449,7 +449,7 @@ async fn dispatch(
     }
 }
 
-/// Like [`fleet_ops::error::parse_json`]: the error names the field path (relative to the
+/// Like [`fleet_service::error::parse_json`]: the error names the field path (relative to the
 /// payload; the caller prefixes the payload key).
 fn parse_value<T: DeserializeOwned>(json: &str, payload_key: Option<&str>) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_str(json);

@@ -45,7 +45,7 @@ async fn env_with(cfg: GatewayConfig) -> Env {
     )
     .await
     .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     let registry: Arc<dyn Registry> =
@@ -123,7 +123,7 @@ fn report() -> Value {
 
 async fn topic<T: Record>(log: &Arc<dyn EventLog>) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
         out.push(codec::decode::<T>(&r.value).expect("avro"))
     })
     .await
@@ -344,7 +344,7 @@ async fn failed_attempts_never_use_up_the_victims_rate_limit() {
 /// gets in even from the guesser's address (a NAT, a proxy).
 #[tokio::test]
 async fn failed_authentications_are_limited_per_client_address() {
-    let handle = fleet_ops::endpoints::metrics_handle();
+    let handle = fleet_service::endpoints::metrics_handle();
     let e = env().await;
     let (victim, credential) = enroll(&e, "fst_nat").await;
     let attacker = from(&e, "203.0.113.7:40000");

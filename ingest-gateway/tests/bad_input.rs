@@ -60,7 +60,7 @@ async fn every_malformed_request_gets_a_clear_4xx() {
     )
     .await
     .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     let registry: Arc<dyn Registry> =

@@ -143,7 +143,7 @@ fn result_body(id: &str, exit_code: i32, stdout: &str) -> Value {
 
 #[tokio::test]
 async fn requested_command_reaches_the_connected_agent_and_is_dispatched() {
-    let handle = fleet_ops::endpoints::metrics_handle();
+    let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), open_config());
     let _stop = dispatcher(&state);
@@ -344,7 +344,7 @@ async fn poll_rebuilds_from_the_window_and_lists_pending_oldest_first() {
 
 #[tokio::test]
 async fn results_and_progress_over_ws_and_http_become_command_events() {
-    let _ = fleet_ops::endpoints::metrics_handle();
+    let _ = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), open_config());
     let _stop = dispatcher(&state);
@@ -437,13 +437,13 @@ async fn results_and_progress_over_ws_and_http_become_command_events() {
     assert_eq!(c.args.get("service").map(String::as_str), Some("nginx"));
     // Both are done: nothing pending any more.
     assert!(state.commands().pending_for("worker").is_empty());
-    let rendered = fleet_ops::endpoints::metrics_handle().render();
+    let rendered = fleet_service::endpoints::metrics_handle().render();
     assert!(rendered.contains(fleet_ingest_gateway::metrics::COMMAND_UPDATES));
 }
 
 #[tokio::test]
 async fn results_naming_the_wrong_command_are_refused() {
-    let handle = fleet_ops::endpoints::metrics_handle();
+    let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), open_config());
     let _stop = dispatcher(&state);

@@ -23,7 +23,7 @@ async fn embedded() -> (tempfile::TempDir, Arc<dyn EventLog>) {
     let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
         .await
         .expect("open");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     (dir, log)
@@ -359,8 +359,9 @@ async fn log_down_gives_503_with_retry_after() {
 #[tokio::test]
 async fn real_listener_roundtrip() {
     let (_d, log) = embedded().await;
-    let router = app(GatewayState::new(log.clone(), open_config()))
-        .merge(fleet_ops::endpoints::router("gateway", Arc::new(|| Ok(()))));
+    let router = app(GatewayState::new(log.clone(), open_config())).merge(
+        fleet_service::endpoints::router("gateway", Arc::new(|| Ok(()))),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -428,7 +429,7 @@ async fn real_listener_roundtrip() {
 
 async fn read_topic<T: fleet_schemas::Record>(log: &Arc<dyn EventLog>) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
         out.push(codec::decode::<T>(&r.value).expect("avro"))
     })
     .await
@@ -577,7 +578,7 @@ fn report_with_mounts(prefix: &str, n: usize) -> Value {
 /// are still accepted.
 #[tokio::test]
 async fn one_agent_cannot_create_subjects_without_bound() {
-    let handle = fleet_ops::endpoints::metrics_handle();
+    let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let app = app(GatewayState::new(log.clone(), open_config()));
     let batch = |r: Value| serde_json::to_vec(&json!({ "reports": [r] })).expect("json");

@@ -361,7 +361,10 @@ async fn unauthenticated_upgrade_gets_401_json() {
 async fn real_socket_roundtrip_and_refusal() {
     let (_d, log) = embedded().await;
     let serve = |state: GatewayState| async move {
-        let router = app(state).merge(fleet_ops::endpoints::router("gateway", Arc::new(|| Ok(()))));
+        let router = app(state).merge(fleet_service::endpoints::router(
+            "gateway",
+            Arc::new(|| Ok(())),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

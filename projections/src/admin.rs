@@ -35,8 +35,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_ops::{ApiError, FieldJson};
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_service::{ApiError, FieldJson};
 use fleet_stores::registry::{hash_secret, new_secret, NewToken, Registry, RequestKeyClaim};
 use fleet_stores::{ReadModel, StoreError};
 use serde::{Deserialize, Serialize};
@@ -310,7 +310,7 @@ pub(crate) fn object_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result
             "the body must be a JSON object",
         ));
     }
-    fleet_ops::error::parse_json(body)
+    fleet_service::error::parse_json(body)
 }
 
 /// A whole number in a JSON body, also when written with a zero fraction (`60.0`): JSON

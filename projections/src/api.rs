@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 use fleet_stores::{
     AgentQuery, AgentRow, AgentStatus, AlertQuery, AlertRow, AlertStatus, AuditEntry, AuditQuery,
     FleetOverview, ReadModel, ServiceRow, StoreError,
@@ -135,7 +135,7 @@ pub fn app(state: ApiState) -> Router {
             get(commands_software_tickets::list_tickets),
         )
         .layer(axum::middleware::map_response(json_errors))
-        .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
+        .layer(TraceLayer::new_for_http().make_span_with(fleet_service::endpoints::http_span))
         .with_state(state)
         .merge(crate::openapi::router())
 }

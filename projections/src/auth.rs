@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 use fleet_stores::registry::{hash_secret, verify_secret, Registry, Role};
 use serde::Serialize;
 

@@ -31,8 +31,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fleet_event_log::ProduceRecord;
-use fleet_ops::ApiError;
 use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
+use fleet_service::ApiError;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{agent_of, claim_idempotent, idempotency_key, reply, AdminState};
@@ -303,7 +303,7 @@ async fn command_events(
     command_id: &str,
 ) -> Result<Vec<CommandEvent>, ApiError> {
     let mut events = Vec::new();
-    fleet_ops::log::read_to_end(log, CommandEvent::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log, CommandEvent::TOPIC, |r| {
         if let Ok(ev) = codec::decode::<CommandEvent>(&r.value) {
             if ev.command_id == command_id {
                 events.push(ev);

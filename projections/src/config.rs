@@ -62,7 +62,7 @@ pub struct ProjectionsConfig {
     /// say `requires_approval: true`).
     pub approval_required_commands: Vec<String>,
     /// The listener's timeouts, connection cap and TLS (`[http]`).
-    pub http: fleet_ops::serve::HttpSettings,
+    pub http: fleet_service::serve::HttpSettings,
 }
 
 impl Default for ProjectionsConfig {
@@ -86,7 +86,7 @@ impl Default for ProjectionsConfig {
             api_key_cache_ttl: crate::auth::DEFAULT_CACHE_TTL,
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required_commands: vec!["run_script".into()],
-            http: fleet_ops::serve::HttpSettings::default(),
+            http: fleet_service::serve::HttpSettings::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 use tower_http::trace::TraceLayer;
 
 /// One compiled-in file.
@@ -89,7 +89,7 @@ pub fn router() -> Router {
         .route("/dashboard", get(to_dashboard))
         .route("/dashboard/", get(index))
         .route("/dashboard/{file}", get(file))
-        .layer(TraceLayer::new_for_http().make_span_with(fleet_ops::endpoints::http_span))
+        .layer(TraceLayer::new_for_http().make_span_with(fleet_service::endpoints::http_span))
 }
 
 async fn to_dashboard() -> Redirect {

@@ -22,11 +22,11 @@ pub const API_SECONDS: &str = "fleet_api_request_seconds";
 pub const AUDIT_FAILURES: &str = "fleet_api_audit_failures_total";
 
 /// Consumer lag by group and topic.
-pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
+pub const CONSUMER_LAG: &str = fleet_consumer::metrics::CONSUMER_LAG;
 
 /// Dead letters written, by consumer (`readmodel`, `timeseries`), source topic and
 /// reason (`decode`, `process`).
-pub const DEADLETTERS: &str = fleet_ops::deadletter::DEADLETTERS_TOTAL;
+pub const DEADLETTERS: &str = fleet_consumer::metrics::DEADLETTERS_TOTAL;
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// The body of every error answer (`fleet_ops::ApiError`):
+/// The body of every error answer (`fleet_service::ApiError`):
 /// `{"error": {"code", "message", "field"?}}`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {

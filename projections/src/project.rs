@@ -1,13 +1,18 @@
-//! The projection loops.
+//! The projection loops. The read model runs on the consumer runtime
+//! ([`fleet_consumer::runtime`]): it stores each batch's offsets in the store transaction
+//! with its rows, skips records below them, and lets the runtime commit to the log as a
+//! hint of where to resume.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_consumer::deadletter::{decode_retrying_async, DeadLetters, Reason};
+use fleet_consumer::log::{ensure_topics, next_offsets};
+use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
+use fleet_consumer::Backoff;
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
-use fleet_ops::deadletter::{DeadLetters, Reason};
-use fleet_ops::log::{ensure_topics, next_offsets, LagGauge};
 use fleet_schemas::{
     codec, topics, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
     SoftwareInventory, TicketEvent,
@@ -104,7 +109,7 @@ pub async fn run_read_model(
     store: Arc<dyn ReadModel>,
     config: ProjectionsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
     let applied: HashMap<(String, u32), i64> = store
@@ -113,143 +118,103 @@ pub async fn run_read_model(
         .into_iter()
         .map(|o| ((o.topic, o.partition), o.next_offset))
         .collect();
-    let mut consumer = subscribe(
-        log.as_ref(),
-        &config.read_model_group,
-        READ_MODEL_TOPICS,
-        &config,
-    )
-    .await?;
-    let dead =
-        DeadLetters::open(log.clone(), READ_MODEL_CONSUMER, &config.read_model_group).await?;
-    ready.read_model.store(true, Ordering::Relaxed);
-    tracing::info!(group = %config.read_model_group, store = store.engine(), "Read-model projection running.");
-    let mut handler = ReadModelBatches {
-        store: store.as_ref(),
+    let group = config.read_model_group.clone();
+    let dead = DeadLetters::open(log.clone(), READ_MODEL_CONSUMER, &group).await?;
+    let settings = Settings::group(&group, READ_MODEL_TOPICS)
+        .start(StartFrom::Earliest)
+        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .batch_size(config.batch_size)
+        .batch_histogram(metrics::BATCH_SECONDS, "projection", "readmodel");
+    let runtime = ConsumerRuntime::subscribe(log, settings, dead.clone())
+        .await?
+        .readiness(ready.read_model.clone());
+    tracing::info!(%group, store = store.engine(), "Read-model projection starting.");
+    let mut projection = ReadModelProjection {
+        store,
         applied,
         dead,
     };
-    let group = config.read_model_group.clone();
-    consume(
-        log.as_ref(),
-        consumer.as_mut(),
-        &group,
-        config.batch_size,
-        shutdown,
-        &mut handler,
-    )
-    .await;
-    ready.read_model.store(false, Ordering::Relaxed);
+    runtime.run(&mut projection, shutdown).await;
     Ok(())
 }
 
-/// Handles one polled batch of a projection.
-trait BatchHandler {
-    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]);
-}
-
-/// The loop every projection runs: poll, handle, track lag, until `shutdown`.
-async fn consume(
-    log: &dyn EventLog,
-    consumer: &mut dyn Consumer,
-    group: &str,
-    batch_size: usize,
-    shutdown: impl std::future::Future<Output = ()>,
-    handler: &mut impl BatchHandler,
-) {
-    let mut lag = LagGauge::new(group, Duration::from_secs(5));
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            b = poll(consumer, batch_size) => b,
-        };
-        if !batch.is_empty() {
-            handler.handle(consumer, &batch).await;
-            lag.observe(&batch);
-        }
-        lag.refresh(log).await;
-    }
-}
-
-struct ReadModelBatches<'a> {
-    store: &'a dyn ReadModel,
+/// The read-model projection on the consumer runtime.
+struct ReadModelProjection {
+    store: Arc<dyn ReadModel>,
+    /// Next offset per partition stored with the rows: records below it are skipped.
     applied: HashMap<(String, u32), i64>,
     dead: DeadLetters,
 }
 
-impl BatchHandler for ReadModelBatches<'_> {
-    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
-        apply_read_model_batch(self.store, consumer, &mut self.applied, &self.dead, batch).await;
+impl Processor for ReadModelProjection {
+    /// Applies the batch with its offsets in one store transaction; the runtime then
+    /// commits the same offsets to the log (only a hint: the store has them).
+    #[tracing::instrument(name = "project_batch", skip_all, fields(projection = "readmodel", records = batch.len()))]
+    async fn handle(&mut self, batch: &[ConsumedRecord]) -> Output {
+        let mut changes = Vec::with_capacity(batch.len());
+        // The record each change came from (for its dead letter if the store refuses it).
+        let mut sources: Vec<&ConsumedRecord> = Vec::with_capacity(batch.len());
+        for r in batch {
+            let done = self
+                .applied
+                .get(&(r.topic.to_string(), r.partition))
+                .copied()
+                .unwrap_or(0);
+            if r.offset < done {
+                ::metrics::counter!(metrics::SKIPPED, "projection" => "readmodel").increment(1);
+                continue;
+            }
+            match decode_retrying_async(r, to_change).await {
+                Ok(c) => {
+                    changes.push(c);
+                    sources.push(r);
+                }
+                Err(e) => {
+                    ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "readmodel", "topic" => r.topic.to_string())
+                        .increment(1);
+                    self.dead.note(r, Reason::decode(e));
+                }
+            }
+        }
+        // The offsets go into the store with the rows: dead letters first.
+        self.dead.flush().await;
+        let stored = stored_offsets(batch);
+        let store = self.store.as_ref();
+        let refused = apply_or_refuse(store, &changes, &stored).await;
+        if !refused.is_empty() {
+            for (i, e) in refused {
+                if let (Some(r), Some(c)) = (sources.get(i), changes.get(i)) {
+                    self.dead
+                        .note(r, Reason::process(e).tenant(change_tenant(c)));
+                }
+            }
+            self.dead.flush().await;
+            store_offsets(store, &stored).await;
+        }
+        for o in stored {
+            self.applied.insert((o.topic, o.partition), o.next_offset);
+        }
+        for r in batch {
+            ::metrics::counter!(metrics::RECORDS, "projection" => "readmodel", "topic" => r.topic.to_string()).increment(1);
+        }
+        // The store holds the offsets; the log's commit is only where to resume.
+        Output::new()
     }
 }
 
-#[tracing::instrument(name = "project_batch", skip_all, fields(projection = "readmodel", records = batch.len()))]
-async fn apply_read_model_batch(
-    store: &dyn ReadModel,
-    consumer: &mut dyn Consumer,
-    applied: &mut HashMap<(String, u32), i64>,
-    dead: &DeadLetters,
-    batch: &[ConsumedRecord],
-) {
-    let started = Instant::now();
-    let mut changes = Vec::with_capacity(batch.len());
-    // The record each change came from (for its dead letter if the store refuses it).
-    let mut sources: Vec<&ConsumedRecord> = Vec::with_capacity(batch.len());
-    for r in batch {
-        let done = applied
-            .get(&(r.topic.to_string(), r.partition))
-            .copied()
-            .unwrap_or(0);
-        if r.offset < done {
-            ::metrics::counter!(metrics::SKIPPED, "projection" => "readmodel").increment(1);
-            continue;
-        }
-        match retry_transient(r, || to_change(r)).await {
-            Ok(c) => {
-                changes.push(c);
-                sources.push(r);
-            }
-            Err(e) => {
-                ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "readmodel", "topic" => r.topic.to_string())
-                    .increment(1);
-                dead.note(r, Reason::decode(e));
-            }
-        }
-    }
-    // The offsets go into the store with the rows: dead letters first.
-    dead.flush().await;
-    let commits = next_offsets(batch);
-    let stored: Vec<StoredOffset> = commits
-        .iter()
+/// The offsets to store with the changes of `records`: the next offset per partition.
+/// Also used by `fleetstream replay`.
+pub fn stored_offsets<'a>(
+    records: impl IntoIterator<Item = &'a ConsumedRecord>,
+) -> Vec<StoredOffset> {
+    next_offsets(records)
+        .into_iter()
         .map(|c| StoredOffset {
-            topic: c.topic.clone(),
+            topic: c.topic,
             partition: c.partition,
             next_offset: c.next_offset,
         })
-        .collect();
-    let refused = apply_or_refuse(store, &changes, &stored).await;
-    if !refused.is_empty() {
-        for (i, e) in refused {
-            if let (Some(r), Some(c)) = (sources.get(i), changes.get(i)) {
-                dead.note(r, Reason::process(e).tenant(change_tenant(c)));
-            }
-        }
-        dead.flush().await;
-        store_offsets(store, &stored).await;
-    }
-    for o in stored {
-        applied.insert((o.topic, o.partition), o.next_offset);
-    }
-    for r in batch {
-        ::metrics::counter!(metrics::RECORDS, "projection" => "readmodel", "topic" => r.topic.to_string()).increment(1);
-    }
-    if let Err(e) = consumer.commit(&commits).await {
-        // The store holds the offsets; the log's commit is only where to resume.
-        tracing::warn!(error = %e, "Commit to the log failed; the store has the offsets.");
-    }
-    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "readmodel")
-        .record(started.elapsed().as_secs_f64());
+        .collect()
 }
 
 /// Applies a batch, retrying while the store is unavailable. A batch the store refuses for
@@ -271,89 +236,72 @@ async fn apply_or_refuse(
     changes: &[Change],
     offsets: &[StoredOffset],
 ) -> Vec<(usize, StoreError)> {
-    let mut attempt = 0u32;
-    loop {
-        match store.apply(READ_MODEL_PROJECTION, changes, offsets).await {
-            Ok(()) => return Vec::new(),
-            Err(StoreError::Unavailable(e)) => {
-                attempt += 1;
-                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "readmodel")
-                    .increment(1);
-                tracing::warn!(error = %e, attempt, "Read model unavailable; retrying the batch.");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Read model refused the batch; applying it change by change.");
-                let mut refused = Vec::new();
-                for (i, change) in changes.iter().enumerate() {
-                    if let Err(e) = retry_unavailable(|| {
-                        store.apply(READ_MODEL_PROJECTION, std::slice::from_ref(change), &[])
-                    })
-                    .await
-                    {
-                        ::metrics::counter!(metrics::REFUSED, "projection" => "readmodel")
-                            .increment(1);
-                        tracing::error!(error = %e, ?change, "Change refused by the read model; skipped.");
-                        refused.push((i, e));
-                    }
-                }
-                if refused.is_empty() {
-                    // Every change went in on its own: only the offsets are left.
-                    store_offsets(store, offsets).await;
-                }
-                return refused;
-            }
+    let applied = until_available("readmodel", u32::MAX, || {
+        store.apply(READ_MODEL_PROJECTION, changes, offsets)
+    })
+    .await;
+    let Err(e) = applied else {
+        return Vec::new();
+    };
+    tracing::warn!(error = %e, "Read model refused the batch; applying it change by change.");
+    let mut refused = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let Err(e) = until_available("readmodel", SINGLE_ATTEMPTS, || {
+            store.apply(READ_MODEL_PROJECTION, std::slice::from_ref(change), &[])
+        })
+        .await
+        {
+            ::metrics::counter!(metrics::REFUSED, "projection" => "readmodel").increment(1);
+            tracing::error!(error = %e, ?change, "Change refused by the read model; skipped.");
+            refused.push((i, e));
         }
     }
+    if refused.is_empty() {
+        // Every change went in on its own: only the offsets are left.
+        store_offsets(store, offsets).await;
+    }
+    refused
 }
 
 /// Stores a batch's offsets alone (after its changes were applied one by one).
 async fn store_offsets(store: &dyn ReadModel, offsets: &[StoredOffset]) {
-    if let Err(e) = retry_unavailable(|| store.apply(READ_MODEL_PROJECTION, &[], offsets)).await {
+    let stored = until_available("readmodel", SINGLE_ATTEMPTS, || {
+        store.apply(READ_MODEL_PROJECTION, &[], offsets)
+    })
+    .await;
+    if let Err(e) = stored {
         tracing::error!(error = %e, "Storing offsets failed; the batch will be applied again (idempotent).");
     }
 }
 
-async fn retry_unavailable<F, Fut>(mut f: F) -> Result<(), StoreError>
+/// Runs `f` until the store answers anything but unavailable, or `attempts` calls were
+/// unavailable; waits the back-off between calls (each unavailable answer counted and
+/// logged for `projection`). Returns the last answer.
+async fn until_available<F, Fut>(
+    projection: &'static str,
+    attempts: u32,
+    mut f: F,
+) -> Result<(), StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
 {
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::new();
     loop {
         match f().await {
-            Err(StoreError::Unavailable(_)) if attempt < 50 => {
-                attempt += 1;
-                tokio::time::sleep(backoff(attempt)).await;
+            Err(StoreError::Unavailable(e)) if backoff.attempt() < attempts => {
+                let wait = backoff.next_delay();
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => projection).increment(1);
+                tracing::warn!(projection, error = %e, attempt = backoff.attempt(), "Store unavailable; retrying.");
+                tokio::time::sleep(wait).await;
             }
             other => return other,
         }
     }
 }
 
-/// Decodes with `decode`, retrying while the failure is transient (the schema registry
-/// holding the writer schema could not be asked): the same bytes decode once it answers,
-/// so such a record is never a dead letter.
-async fn retry_transient<T>(
-    r: &ConsumedRecord,
-    mut decode: impl FnMut() -> Result<T, codec::CodecError>,
-) -> Result<T, codec::CodecError> {
-    let mut attempt = 0u32;
-    loop {
-        match decode() {
-            Err(e) if e.is_retriable() => {
-                attempt += 1;
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, attempt, error = %e, "Writer schema unavailable; retrying the record (not a dead letter).");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200 * u64::from(attempt.min(25)))
-}
+/// Attempts for one change or point applied on its own (after its batch was refused).
+const SINGLE_ATTEMPTS: u32 = 50;
 
 /// Removes time series past retention every `config.retention-sweep-interval` (the first
 /// sweep at start), until `shutdown` resolves: [`TimeSeriesStore::expire`] at the current
@@ -407,15 +355,4 @@ pub(crate) async fn subscribe(
         session_timeout: Duration::from_millis(config.session_timeout_ms),
     };
     Ok(log.subscribe(group, topics, options).await?)
-}
-
-async fn poll(consumer: &mut dyn Consumer, max: usize) -> Vec<ConsumedRecord> {
-    match consumer.poll(max, Duration::from_millis(500)).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "Poll failed; retrying.");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Vec::new()
-        }
-    }
 }

@@ -37,12 +37,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_ops::ApiError;
 use fleet_schemas::rules::{check_combination, check_fields, HEARTBEAT_ABSENT};
 use fleet_schemas::{
     codec, ids, topics, AlertEvent, AlertEventKind, Record, RuleDefinition, RuleEvent,
     RuleEventKind, RuleScope,
 };
+use fleet_service::ApiError;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{claim_idempotent, idempotency_key, reply, store_error, AdminState};
@@ -362,7 +362,7 @@ pub async fn write_default_rules(
 /// The current rules (latest event per rule id; deleted ones absent).
 async fn current_rules(log: &dyn EventLog) -> Result<BTreeMap<String, RuleEvent>, ApiError> {
     let mut rules = BTreeMap::new();
-    fleet_ops::log::read_to_end(log, topics::RULES, |r| {
+    fleet_consumer::log::read_to_end(log, topics::RULES, |r| {
         match codec::decode::<RuleEvent>(&r.value) {
             Ok(ev) => match ev.kind {
                 RuleEventKind::Defined if ev.rule.is_some() => {
@@ -705,7 +705,7 @@ async fn find_alert(
 ) -> Result<(AlertEvent, bool, bool), ApiError> {
     let mut found: Option<AlertEvent> = None;
     let (mut acknowledged, mut resolved) = (false, false);
-    fleet_ops::log::read_to_end(log, topics::ALERTS, |r| {
+    fleet_consumer::log::read_to_end(log, topics::ALERTS, |r| {
         if let Ok(ev) = codec::decode::<AlertEvent>(&r.value) {
             if ev.alert_id != alert_id {
                 return;

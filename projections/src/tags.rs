@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fleet_event_log::ProduceRecord;
-use fleet_ops::ApiError;
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_service::ApiError;
 use serde::Deserialize;
 
 use crate::admin::{agent_of, reply, AdminState};

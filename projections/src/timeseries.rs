@@ -17,9 +17,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::log::{ensure_topics, LagGauge};
 use fleet_event_log::{CommitOffset, ConsumedRecord, Consumer, EventLog};
-use fleet_ops::deadletter::{decode_retrying, DeadLetters, Reason};
-use fleet_ops::log::{ensure_topics, LagGauge};
 use fleet_schemas::{topics, MetricReport};
 use fleet_timeseries::engine::{CommitPoint, Ingested};
 use fleet_timeseries::{Error as TsError, TimeSeries, Writer};
@@ -38,7 +38,7 @@ macro_rules! retrying {
                     ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries")
                         .increment(1);
                     tracing::warn!(error = %e, attempt, "Time-series store unavailable; retrying.");
-                    tokio::time::sleep(fleet_ops::deadletter::retry_backoff(attempt)).await;
+                    tokio::time::sleep(fleet_consumer::retry_backoff(attempt)).await;
                 }
                 other => break other,
             }

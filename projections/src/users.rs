@@ -30,7 +30,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 use fleet_stores::registry::{hash_secret, new_secret, ApiKeyInfo, NewUser, Role, User};
 use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};

@@ -195,7 +195,7 @@ async fn deactivation_is_an_event() {
             .active
     );
     let mut events = Vec::new();
-    fleet_ops::log::read_to_end(log.as_ref(), AgentLifecycle::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log.as_ref(), AgentLifecycle::TOPIC, |r| {
         events.push(codec::decode::<AgentLifecycle>(&r.value).expect("avro"))
     })
     .await
@@ -272,7 +272,7 @@ async fn command_request_is_an_event_and_bad_requests_name_the_field() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let mut events = Vec::new();
-    fleet_ops::log::read_to_end(log.as_ref(), CommandEvent::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log.as_ref(), CommandEvent::TOPIC, |r| {
         events.push(codec::decode::<CommandEvent>(&r.value).expect("avro"))
     })
     .await

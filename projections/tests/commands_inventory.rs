@@ -40,7 +40,7 @@ async fn env() -> Env {
     let log = fleet_event_log::open(&p("log"), &Default::default())
         .await
         .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     let sql = fleet_stores::open_sql(&p("rm.db"))

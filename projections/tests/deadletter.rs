@@ -34,7 +34,7 @@ async fn env() -> Env {
     let log = fleet_event_log::open(&p("log"), &Default::default())
         .await
         .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     let rm: Arc<dyn fleet_stores::ReadModel> = fleet_stores::open_sql(&p("rm.db"))
@@ -94,7 +94,7 @@ fn now() -> i64 {
 
 async fn dead_letters(log: &dyn EventLog) -> Vec<DeadLetter> {
     let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log, topics::DEADLETTER, |r| {
+    fleet_consumer::log::read_to_end(log, topics::DEADLETTER, |r| {
         out.push(codec::decode::<DeadLetter>(&r.value).expect("a dead letter"));
     })
     .await
@@ -193,7 +193,7 @@ async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_projected() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let e = env().await;
     let log = e.log.as_ref();
     let t = now() - 60_000_000;

@@ -38,7 +38,7 @@ async fn env() -> Env {
     let log = fleet_event_log::open(&p("log"), &Default::default())
         .await
         .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     let sql = fleet_stores::open_sql(&p("rm.db"))
@@ -134,7 +134,7 @@ fn history_uri(start_s: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projects_topics_into_stores_and_survives_a_restart() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let e = env().await;
     for (i, cpu) in [10.0, 50.0, 30.0].into_iter().enumerate() {
         let mut r = fixtures::metric_report("t1", "a1", T0 + i as i64 * 10_000_000);
@@ -317,4 +317,96 @@ async fn rules_are_projected_into_the_read_model() {
     assert_eq!(rules[0].rule_id, "r1");
     stop.send(true).expect("stop");
     handle.await.expect("projections");
+}
+
+/// The read model stores its next offsets in the transaction of the rows: after a crash
+/// between that transaction and the log's commit, the records below the stored offsets
+/// come again and are skipped, whatever the log says (here it has nothing committed).
+#[tokio::test]
+async fn records_below_the_offsets_stored_with_the_rows_are_skipped() {
+    let e = env().await;
+    let partitions = e
+        .log
+        .partition_count(topics::AGENTS)
+        .await
+        .expect("partitions");
+    let agents: Vec<String> = (0..)
+        .map(|i| format!("agent-{i}"))
+        .filter(|a| fleet_event_log::partition_for_key(a.as_bytes(), partitions) == 0)
+        .take(3)
+        .collect();
+    for a in &agents {
+        produce(e.log.as_ref(), &fixtures::agent_registered("t1", a, T0)).await;
+    }
+    // As if a run applied the first two and crashed before committing to the log.
+    e.rm.apply(
+        fleet_projections::project::READ_MODEL_PROJECTION,
+        &[],
+        &[fleet_stores::StoredOffset {
+            topic: topics::AGENTS.to_owned(),
+            partition: 0,
+            next_offset: 2,
+        }],
+    )
+    .await
+    .expect("store offsets");
+    let cfg = ProjectionsConfig::default();
+    assert_eq!(
+        e.log
+            .committed_offsets(&cfg.read_model_group, topics::AGENTS)
+            .await
+            .expect("committed")[0],
+        None
+    );
+    let (tx, rx) = watch::channel(false);
+    let run = tokio::spawn(run_read_model(
+        e.log.clone(),
+        e.rm.clone(),
+        cfg.clone(),
+        Readiness::default(),
+        async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|v| *v).await;
+        },
+    ));
+    let mut applied = None;
+    for _ in 0..600 {
+        applied = e.rm.get_agent(None, &agents[2]).await.expect("query");
+        if applied.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        applied.is_some(),
+        "the record at the stored offset is applied"
+    );
+    let _ = tx.send(true);
+    run.await.expect("join").expect("read model projection");
+    for skipped in &agents[..2] {
+        assert!(
+            e.rm.get_agent(None, skipped)
+                .await
+                .expect("query")
+                .is_none(),
+            "{skipped} is below the stored offset: skipped"
+        );
+    }
+    assert_eq!(
+        e.rm.offsets(fleet_projections::project::READ_MODEL_PROJECTION)
+            .await
+            .expect("offsets")
+            .iter()
+            .find(|o| o.topic == topics::AGENTS && o.partition == 0)
+            .map(|o| o.next_offset),
+        Some(3)
+    );
+    // The log gets the same offsets as a hint of where to resume.
+    assert_eq!(
+        e.log
+            .committed_offsets(&cfg.read_model_group, topics::AGENTS)
+            .await
+            .expect("committed")[0],
+        Some(3)
+    );
 }

@@ -648,7 +648,7 @@ fn confluent_header(schema_id: u32) -> [u8; CONFLUENT_HEADER_LEN] {
 }
 
 /// Looks writer schemas up by id in a schema registry, for the decoder. Implemented outside
-/// this crate, which does no I/O (`fleet_ops::schema_registry`). Called on a decode that
+/// this crate, which does no I/O (`fleet_schema_registry`). Called on a decode that
 /// meets an id seen for the first time; it blocks the decoding thread until the registry
 /// answers, so an implementation bounds the wait.
 pub trait SchemaLookup: Send + Sync + std::fmt::Debug {

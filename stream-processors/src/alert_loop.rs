@@ -42,17 +42,17 @@
 //! A downtime longer than the window loses the running for-durations from before it: a
 //! breach then raises later than it would have (never twice).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_event_log::{
-    ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord, StartFrom,
-};
-use fleet_ops::deadletter::{decode_retrying, DeadLetters, Reason};
-use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
+use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::follow::Follower;
+use fleet_consumer::log::{ensure_topics, next_offsets};
+use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
+use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::rules::HEARTBEAT_ABSENT;
-use fleet_schemas::{codec, topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent};
+use fleet_schemas::{topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent};
 
 use crate::rules::{self, Evaluator};
 use crate::{metrics, ProcessorsConfig, Readiness};
@@ -63,45 +63,59 @@ const CONSUMER: &str = "alert-evaluator";
 
 /// The control consumer: rules and alerts, from the start, never committed.
 struct Control {
-    consumer: Box<dyn Consumer>,
+    follower: Follower,
+    state: ControlState,
+}
+
+/// What the control consumer keeps beside its follower.
+struct ControlState {
     /// Event ids this instance wrote that the control consumer has not read back yet.
     in_flight: HashSet<String>,
     /// Whether a rule changed since the last look.
     rules_changed: bool,
-    /// Next offset per (topic, partition) read so far.
-    positions: HashMap<(Arc<str>, u32), i64>,
-    /// Where rule and alert events it cannot use go (flushed by the loop).
+    /// Where rule and alert events it cannot use go.
     dead: DeadLetters,
 }
 
 impl Control {
     async fn open(log: &dyn EventLog, dead: DeadLetters) -> anyhow::Result<Control> {
-        let group = format!("fleet-alert-control-{}", uuid::Uuid::new_v4());
-        let consumer = log
-            .subscribe(
-                &group,
-                &[topics::RULES, topics::ALERTS],
-                ConsumerOptions {
-                    start: StartFrom::Earliest,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let follower =
+            Follower::open(log, "alert-control", &[topics::RULES, topics::ALERTS]).await?;
         Ok(Control {
-            consumer,
-            in_flight: HashSet::new(),
-            rules_changed: false,
-            positions: HashMap::new(),
-            dead,
+            follower,
+            state: ControlState {
+                in_flight: HashSet::new(),
+                rules_changed: false,
+                dead,
+            },
         })
     }
 
+    /// Applies whatever is there now, without waiting.
+    async fn drain(&mut self, evaluator: &mut Evaluator) {
+        let state = &mut self.state;
+        self.follower.drain(|r| state.apply(evaluator, r)).await;
+        state.dead.flush().await;
+    }
+
+    /// Reads both topics up to their end offsets taken now.
+    async fn catch_up(
+        &mut self,
+        log: &dyn EventLog,
+        evaluator: &mut Evaluator,
+    ) -> anyhow::Result<u64> {
+        let state = &mut self.state;
+        let seen = self
+            .follower
+            .catch_up(log, |r| state.apply(evaluator, r))
+            .await?;
+        state.dead.flush().await;
+        Ok(seen)
+    }
+}
+
+impl ControlState {
     fn apply(&mut self, evaluator: &mut Evaluator, r: &ConsumedRecord) {
-        let pos = self
-            .positions
-            .entry((Arc::clone(&r.topic), r.partition))
-            .or_insert(0);
-        *pos = (*pos).max(r.offset + 1);
         if &*r.topic == topics::RULES {
             match decode_retrying::<RuleEvent>(r) {
                 Ok(ev) => match evaluator.apply_rule_event(&ev) {
@@ -138,67 +152,6 @@ impl Control {
             }
         }
     }
-
-    /// Applies whatever is there now, without waiting.
-    async fn drain(&mut self, evaluator: &mut Evaluator) {
-        self.drain_records(evaluator).await;
-        self.dead.flush().await;
-    }
-
-    async fn drain_records(&mut self, evaluator: &mut Evaluator) {
-        loop {
-            match self.consumer.poll(1000, Duration::ZERO).await {
-                Ok(batch) if batch.is_empty() => return,
-                Ok(batch) => batch.iter().for_each(|r| self.apply(evaluator, r)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Reading rules and alerts failed; retrying later.");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Reads both topics up to their end offsets taken now.
-    async fn catch_up(
-        &mut self,
-        log: &dyn EventLog,
-        evaluator: &mut Evaluator,
-    ) -> anyhow::Result<u64> {
-        let mut ends: BTreeMap<(&str, u32), i64> = BTreeMap::new();
-        for topic in [topics::RULES, topics::ALERTS] {
-            for (p, end) in (0u32..).zip(log.end_offsets(topic).await?) {
-                ends.insert((topic, p), end);
-            }
-        }
-        let behind = |positions: &HashMap<(Arc<str>, u32), i64>| {
-            ends.iter().any(|((t, p), end)| {
-                *end > 0 && positions.get(&(Arc::from(*t), *p)).copied().unwrap_or(0) < *end
-            })
-        };
-        let mut seen = 0u64;
-        let mut idle = 0u32;
-        while behind(&self.positions) {
-            let batch = self.consumer.poll(1000, Duration::from_millis(500)).await?;
-            if batch.is_empty() {
-                idle += 1;
-                // Offsets can have gaps (compaction, control records).
-                if idle >= 40 {
-                    tracing::warn!(
-                        "Stopped catching up with rules and alerts: nothing more arrived."
-                    );
-                    break;
-                }
-                continue;
-            }
-            idle = 0;
-            for r in &batch {
-                self.apply(evaluator, r);
-                seen += 1;
-            }
-        }
-        self.dead.flush().await;
-        Ok(seen)
-    }
 }
 
 /// Rebuilds the tags of the agents of `fleet.agents.v1` partitions just taken: reads each
@@ -213,41 +166,16 @@ async fn rebuild_tags(
     if upto.values().all(|c| *c <= 0) {
         return Ok(0);
     }
-    let group = format!("fleet-alert-tags-{}", uuid::Uuid::new_v4());
-    let mut consumer = log
-        .subscribe(
-            &group,
-            &[topics::AGENTS],
-            ConsumerOptions {
-                start: StartFrom::Earliest,
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut positions: HashMap<u32, i64> = HashMap::new();
-    let behind = |positions: &HashMap<u32, i64>| {
-        upto.iter()
-            .any(|(p, c)| *c > 0 && positions.get(p).copied().unwrap_or(0) < *c)
-    };
+    let mut follower = Follower::open(log, "alert-tags", &[topics::AGENTS]).await?;
+    let targets = upto
+        .iter()
+        .map(|(p, c)| ((topics::AGENTS.to_owned(), *p), *c))
+        .collect();
     let mut seen = 0u64;
-    let mut idle = 0u32;
-    while behind(&positions) {
-        let batch = consumer.poll(1000, Duration::from_millis(500)).await?;
-        if batch.is_empty() {
-            idle += 1;
-            // Offsets can have gaps (compaction, control records).
-            if idle >= 40 {
-                tracing::warn!("Stopped rebuilding agent tags: nothing more arrived.");
-                break;
-            }
-            continue;
-        }
-        idle = 0;
-        for r in &batch {
-            let pos = positions.entry(r.partition).or_insert(0);
-            *pos = (*pos).max(r.offset + 1);
+    follower
+        .catch_up_to(&targets, |r| {
             if upto.get(&r.partition).is_none_or(|c| r.offset >= *c) {
-                continue;
+                return;
             }
             seen += 1;
             // Below the committed offset: dead-lettered when first consumed (a record
@@ -255,8 +183,8 @@ async fn rebuild_tags(
             if let Some(ev) = dead.decode_or_note::<AgentLifecycle>(r) {
                 evaluator.observe_agent_tags(&ev);
             }
-        }
-    }
+        })
+        .await?;
     dead.flush().await;
     Ok(seen)
 }
@@ -288,23 +216,12 @@ impl Held {
     }
 }
 
-/// The input partitions assigned now, sorted.
-fn input_partitions(consumer: &dyn Consumer) -> Vec<(&'static str, u32)> {
-    let mut v: Vec<(&'static str, u32)> = consumer
-        .assignment()
-        .into_iter()
-        .filter_map(|(t, p)| INPUTS.iter().find(|i| **i == t).map(|i| (*i, p)))
-        .collect();
-    v.sort_unstable();
-    v
-}
-
 /// Runs the alert evaluator until `shutdown` resolves (see the module docs).
 pub(crate) async fn run(
     log: Arc<dyn EventLog>,
     config: ProcessorsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     rules::validate_rules(&config.rules)?;
     ensure_topics(log.as_ref()).await?;
@@ -325,115 +242,32 @@ pub(crate) async fn run(
     let idle_micros = i64::try_from(config.rules_idle_secs)
         .unwrap_or(i64::MAX / 2_000_000)
         .saturating_mul(1_000_000);
-    let mut last_eviction = Instant::now();
     evict_idle(&mut evaluator, idle_micros);
     let partitions = log.partition_count(topics::METRICS).await?;
     let agent_partitions = log.partition_count(topics::AGENTS).await?;
-    let options = ConsumerOptions {
-        start: StartFrom::Earliest,
-        session_timeout: Duration::from_millis(config.session_timeout_ms),
-    };
-    let mut consumer = log.subscribe(&config.group, &INPUTS, options).await?;
-    let mut held = Held::default();
-    let mut lag = LagGauge::new(&config.group, Duration::from_secs(5));
-    let mut loop_ = Loop {
-        log: log.as_ref(),
-        group: &config.group,
+    let settings = Settings::group(&config.group, &INPUTS)
+        .start(StartFrom::Earliest)
+        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .batch_size(config.batch_size)
+        .batch_histogram(metrics::BATCH_SECONDS, "processor", "alerts");
+    let runtime = ConsumerRuntime::subscribe(log.clone(), settings, dead.clone())
+        .await?
+        .readiness(ready.flag());
+    tracing::info!(group = %config.group, static_rules = config.rules.len(), rules = evaluator.active_rules().len(), "Alert evaluator starting.");
+    let mut alerts = AlertLoop {
+        log,
+        group: config.group.clone(),
         partitions,
         agent_partitions,
         margin_micros,
+        idle_micros,
+        last_eviction: Instant::now(),
+        evaluator,
+        control,
+        held: Held::default(),
+        dead,
     };
-    let pending = loop_
-        .reassign(consumer.as_mut(), &mut control, &mut evaluator, &mut held)
-        .await?;
-    loop_.write(&mut control, pending).await;
-    ready.set(true);
-    tracing::info!(group = %config.group, static_rules = config.rules.len(), rules = evaluator.active_rules().len(), "Alert evaluator running.");
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            b = consumer.poll(config.batch_size, Duration::from_millis(500)) => b,
-        };
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "Poll failed; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let started = Instant::now();
-        // Rule changes and others' alert events first.
-        control.drain(&mut evaluator).await;
-        let mut events = Vec::new();
-        if input_partitions(consumer.as_ref()) != held.primed.keys().copied().collect::<Vec<_>>() {
-            // A log that cannot answer now (a broker outage often moves partitions) is
-            // retried, not fatal: each attempt primes what it can, the next one the rest.
-            loop {
-                match loop_
-                    .reassign(consumer.as_mut(), &mut control, &mut evaluator, &mut held)
-                    .await
-                {
-                    Ok(pending) => {
-                        events.extend(pending);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Taking new partitions failed; retrying.");
-                        tokio::select! {
-                            _ = &mut shutdown => {
-                                ready.set(false);
-                                return Ok(());
-                            }
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
-            }
-        }
-        if std::mem::take(&mut control.rules_changed) {
-            let owned = loop_.owned(&held);
-            events.extend(evaluator.resolve_retired(fleet_schemas::time::now_micros(), owned));
-        }
-        if last_eviction.elapsed() >= EVICTION_EVERY {
-            last_eviction = Instant::now();
-            evict_idle(&mut evaluator, idle_micros);
-        }
-        // Records of partitions not primed (polled before their seek) come again.
-        batch.retain(|r| held.holds(&r.topic, r.partition));
-        if batch.is_empty() && events.is_empty() {
-            lag.refresh(log.as_ref()).await;
-            continue;
-        }
-        {
-            let span = tracing::info_span!("evaluate_batch", records = batch.len());
-            let _g = span.enter();
-            events.extend(evaluate_batch(&mut evaluator, &dead, &batch));
-        }
-        loop_.write(&mut control, events).await;
-        // Dead letters before the commit: nothing committed past a record lost.
-        dead.flush().await;
-        let commits: Vec<_> = next_offsets(&batch)
-            .into_iter()
-            .filter(|c| {
-                held.committed(&c.topic, c.partition)
-                    .is_none_or(|committed| c.next_offset > committed)
-            })
-            .collect();
-        if !commits.is_empty() {
-            if let Err(e) = consumer.commit(&commits).await {
-                tracing::warn!(error = %e, "Commit failed; records will be evaluated again (no duplicate alerts).");
-            }
-        }
-        ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
-        lag.observe(&batch);
-        lag.refresh(log.as_ref()).await;
-        ::metrics::histogram!(metrics::BATCH_SECONDS, "processor" => "alerts")
-            .record(started.elapsed().as_secs_f64());
-    }
-    ready.set(false);
-    tracing::info!("Alert evaluator stopped.");
+    runtime.run(&mut alerts, shutdown).await;
     Ok(())
 }
 
@@ -450,30 +284,103 @@ fn evict_idle(evaluator: &mut Evaluator, idle_micros: i64) {
     ::metrics::gauge!(metrics::RULE_SERIES).set(evaluator.tracked_series() as f64);
 }
 
-struct Loop<'a> {
-    log: &'a dyn EventLog,
-    group: &'a str,
+/// Whether an agent's alerts of a metric are this member's: its lifecycle records
+/// (`heartbeat.absent`) or its reports (other metrics) are on a partition it primed
+/// (`partitions` of metrics, `agent_partitions` of agents).
+fn owned(
+    held: &Held,
+    partitions: u32,
+    agent_partitions: u32,
+) -> impl FnMut(&str, &str) -> bool + '_ {
+    move |agent: &str, metric: &str| {
+        let (topic, n) = if metric == HEARTBEAT_ABSENT {
+            (topics::AGENTS, agent_partitions)
+        } else {
+            (topics::METRICS, partitions)
+        };
+        held.primed.contains_key(&(
+            topic,
+            fleet_event_log::partition_for_key(agent.as_bytes(), n),
+        ))
+    }
+}
+
+/// The evaluator on the consumer runtime.
+struct AlertLoop {
+    log: Arc<dyn EventLog>,
+    group: String,
     partitions: u32,
     agent_partitions: u32,
     margin_micros: i64,
+    idle_micros: i64,
+    last_eviction: Instant,
+    evaluator: Evaluator,
+    control: Control,
+    held: Held,
+    dead: DeadLetters,
 }
 
-impl Loop<'_> {
-    /// Whether an agent's alerts of a metric are this member's: its lifecycle records
-    /// (`heartbeat.absent`) or its reports (other metrics) are on a partition it primed.
-    fn owned<'h>(&self, held: &'h Held) -> impl FnMut(&str, &str) -> bool + 'h {
-        let (n, na) = (self.partitions, self.agent_partitions);
-        move |agent: &str, metric: &str| {
-            let (topic, n) = if metric == HEARTBEAT_ABSENT {
-                (topics::AGENTS, na)
-            } else {
-                (topics::METRICS, n)
-            };
-            held.primed.contains_key(&(
-                topic,
-                fleet_event_log::partition_for_key(agent.as_bytes(), n),
-            ))
+impl Processor for AlertLoop {
+    /// A log that cannot answer now (a broker outage often moves partitions) is retried
+    /// by the runtime, not fatal: each attempt primes what it can, the next one the rest.
+    async fn on_assigned(&mut self, assignment: &mut Assignment<'_>) -> anyhow::Result<Output> {
+        let events = self.reassign(assignment).await?;
+        Ok(self.write(events))
+    }
+
+    async fn handle(&mut self, batch: &[ConsumedRecord]) -> Output {
+        let mut events = self.look_around().await;
+        // Only partitions primed (the runtime hands over no record polled before a seek:
+        // those come again).
+        let held = &self.held;
+        let primed: Vec<&ConsumedRecord> = batch
+            .iter()
+            .filter(|r| held.holds(&r.topic, r.partition))
+            .collect();
+        events.extend(evaluate_batch(&mut self.evaluator, &self.dead, &primed));
+        ::metrics::gauge!(metrics::OPEN_ALERTS).set(self.evaluator.open_alerts() as f64);
+        // Offsets below the committed one at the time a partition was taken are never
+        // committed back.
+        let commits: Vec<CommitOffset> = next_offsets(primed)
+            .into_iter()
+            .filter(|c| {
+                held.committed(&c.topic, c.partition)
+                    .is_none_or(|committed| c.next_offset > committed)
+            })
+            .collect();
+        let mut out = self.write(events);
+        out.commit_upto(commits);
+        out
+    }
+
+    /// On an idle poll, what `handle` does before a batch.
+    async fn on_tick(&mut self, handled: usize) -> Output {
+        if handled > 0 {
+            return Output::new();
         }
+        let events = self.look_around().await;
+        self.write(events)
+    }
+}
+
+impl AlertLoop {
+    /// Rule changes and others' alert events first; the resolves of retired rules; idle
+    /// state dropped now and then.
+    async fn look_around(&mut self) -> Vec<AlertEvent> {
+        self.control.drain(&mut self.evaluator).await;
+        let mut events = Vec::new();
+        if std::mem::take(&mut self.control.state.rules_changed) {
+            let owned = owned(&self.held, self.partitions, self.agent_partitions);
+            events.extend(
+                self.evaluator
+                    .resolve_retired(fleet_schemas::time::now_micros(), owned),
+            );
+        }
+        if self.last_eviction.elapsed() >= EVICTION_EVERY {
+            self.last_eviction = Instant::now();
+            evict_idle(&mut self.evaluator, self.idle_micros);
+        }
+        events
     }
 
     /// Takes the current assignment: forgets lost partitions, primes new ones (catch up
@@ -481,12 +388,14 @@ impl Loop<'_> {
     /// Returns the resolves of retired rules' alerts on the partitions now held.
     async fn reassign(
         &mut self,
-        consumer: &mut dyn Consumer,
-        control: &mut Control,
-        evaluator: &mut Evaluator,
-        held: &mut Held,
+        assignment: &mut Assignment<'_>,
     ) -> anyhow::Result<Vec<AlertEvent>> {
-        let now = input_partitions(consumer);
+        let now: Vec<(&'static str, u32)> = assignment
+            .current()
+            .iter()
+            .filter_map(|(t, p)| INPUTS.iter().find(|i| **i == t).map(|i| (*i, *p)))
+            .collect();
+        let held = &mut self.held;
         let lost: Vec<(&'static str, u32)> = held
             .primed
             .keys()
@@ -506,6 +415,7 @@ impl Loop<'_> {
         };
         let n = self.partitions;
         let of = move |agent: &str| fleet_event_log::partition_for_key(agent.as_bytes(), n);
+        let evaluator = &mut self.evaluator;
         if !lost.is_empty() {
             let lost_metrics = metrics_of(&lost);
             evaluator.forget_pending(|a| lost_metrics.contains(&of(a)));
@@ -518,7 +428,7 @@ impl Loop<'_> {
             return Ok(Vec::new());
         }
         // Alert events of the previous owner are written before its commits: read them.
-        control.catch_up(self.log, evaluator).await?;
+        self.control.catch_up(self.log.as_ref(), evaluator).await?;
         let new_metrics = metrics_of(&new);
         evaluator.forget_pending(|a| new_metrics.contains(&of(a)));
         let window = evaluator
@@ -540,7 +450,7 @@ impl Loop<'_> {
                 Vec::new()
             };
             let first = self.log.offsets_for_time(topic, 0).await?;
-            let committed = self.log.committed_offsets(self.group, topic).await?;
+            let committed = self.log.committed_offsets(&self.group, topic).await?;
             for &(_, p) in new.iter().filter(|(t, _)| *t == topic) {
                 let i = p as usize;
                 let c = committed.get(i).copied().flatten();
@@ -553,54 +463,53 @@ impl Loop<'_> {
                         tags_upto.insert(p, c);
                     }
                 }
-                consumer.seek(topic, p, start).await?;
-                held.primed.insert((topic, p), c);
+                assignment.seek(topic, p, start).await?;
+                self.held.primed.insert((topic, p), c);
                 tracing::info!(topic, partition = p, from = start, committed = ?c, "Partition taken; replaying its window.");
             }
         }
         if !tags_upto.is_empty() {
-            let read = rebuild_tags(self.log, evaluator, &control.dead, &tags_upto).await?;
+            let read = rebuild_tags(
+                self.log.as_ref(),
+                &mut self.evaluator,
+                &self.control.state.dead,
+                &tags_upto,
+            )
+            .await?;
             tracing::info!(partitions = ?tags_upto.keys().collect::<Vec<_>>(), records = read, "Agent tags rebuilt.");
         }
-        control.rules_changed = false;
-        Ok(evaluator.resolve_retired(fleet_schemas::time::now_micros(), self.owned(held)))
+        self.control.state.rules_changed = false;
+        let owned = owned(&self.held, self.partitions, self.agent_partitions);
+        Ok(self
+            .evaluator
+            .resolve_retired(fleet_schemas::time::now_micros(), owned))
     }
 
-    /// Writes alert events (retrying until written) and remembers their ids so the
-    /// control consumer skips them when it reads them back.
-    async fn write(&self, control: &mut Control, events: Vec<AlertEvent>) {
+    /// The output writing alert events (before the offsets are committed); their ids are
+    /// remembered so the control consumer skips them when it reads them back.
+    fn write(&mut self, events: Vec<AlertEvent>) -> Output {
+        let mut out = Output::new();
         if events.is_empty() {
-            return;
+            return out;
         }
-        let records: Vec<ProduceRecord> = events
-            .iter()
-            .filter_map(|ev| match codec::encode(ev) {
-                Ok(v) => Some(ProduceRecord {
-                    key: Some(ev.key().as_bytes().to_vec()),
-                    value: v,
-                    timestamp_ms: Some(ev.occurred_at.div_euclid(1000)),
-                }),
-                Err(e) => {
-                    tracing::error!(error = %e, "Alert event could not be encoded.");
-                    None
-                }
-            })
-            .collect();
         for ev in &events {
-            control.in_flight.insert(ev.event_id.clone());
+            self.control.state.in_flight.insert(ev.event_id.clone());
         }
-        produce_until_written(self.log, topics::ALERTS, records).await;
-        for ev in &events {
-            ::metrics::counter!(metrics::ALERTS_EMITTED, "kind" => ev.kind.as_str()).increment(1);
-            tracing::info!(alert_id = %ev.alert_id, agent_id = %ev.agent_id, rule_id = %ev.rule_id, kind = ev.kind.as_str(), severity = ev.severity.as_str(), value = ev.value, "Alert event.");
-        }
+        out.write_records(&events);
+        out.when_written(move || {
+            for ev in &events {
+                ::metrics::counter!(metrics::ALERTS_EMITTED, "kind" => ev.kind.as_str()).increment(1);
+                tracing::info!(alert_id = %ev.alert_id, agent_id = %ev.agent_id, rule_id = %ev.rule_id, kind = ev.kind.as_str(), severity = ev.severity.as_str(), value = ev.value, "Alert event.");
+            }
+        });
+        out
     }
 }
 
 fn evaluate_batch(
     evaluator: &mut Evaluator,
     dead: &DeadLetters,
-    batch: &[ConsumedRecord],
+    batch: &[&ConsumedRecord],
 ) -> Vec<AlertEvent> {
     let now = fleet_schemas::time::now_micros();
     let mut out = Vec::new();

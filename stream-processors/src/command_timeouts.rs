@@ -25,7 +25,7 @@ use fleet_schemas::{topics, CommandEvent, CommandEventKind};
 
 use crate::timed::{decode_counted, run_timed, Timed, TimedSettings};
 use crate::{metrics, ProcessorsConfig, Readiness};
-use fleet_ops::deadletter::DeadLetters;
+use fleet_consumer::deadletter::DeadLetters;
 
 const NAME: &str = "command-timeouts";
 
@@ -236,7 +236,7 @@ pub async fn run_command_timeouts(
     log: Arc<dyn EventLog>,
     config: ProcessorsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let lookback = Duration::from_secs(config.command_lookback_secs);
     let proc = TimeoutsProcessor(CommandTimeouts::new(

@@ -15,7 +15,7 @@ pub struct ProcessorsConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
     /// That listener's timeouts, connection cap and TLS (`[http]`).
-    pub http: fleet_ops::serve::HttpSettings,
+    pub http: fleet_service::serve::HttpSettings,
     /// Event log URL: `kafka://host:9092,...` or `file:///dir`.
     pub event_log: String,
     /// Raw engine settings passed to the log (librdkafka properties for Kafka).
@@ -67,7 +67,7 @@ impl Default for ProcessorsConfig {
     fn default() -> Self {
         ProcessorsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
-            http: fleet_ops::serve::HttpSettings::default(),
+            http: fleet_service::serve::HttpSettings::default(),
             event_log: "kafka://127.0.0.1:9092".into(),
             event_log_options: BTreeMap::new(),
             schema_registry_url: String::new(),

@@ -1,13 +1,17 @@
-//! Stream processors. For now: the alert evaluator.
+//! Stream processors, each a [`fleet_consumer::Processor`] on the consumer runtime:
 //!
-//! The evaluator consumes `fleet.metrics.v1` in consumer group `group`, evaluates every
-//! report against the threshold rules ([`rules`]: static rules of the configuration and
-//! the rules of `fleet.rules.v1`, followed while running), writes AlertRaised /
-//! AlertResolved to `fleet.alerts.v1` (keyed by agent id), and commits its offsets only
-//! after the log acknowledged the alerts. Its state (open alerts, running for-durations)
-//! is rebuilt on start and on every partition it takes: open alerts from
-//! `fleet.alerts.v1`, for-durations by seeking back by time and replaying the window, so
-//! a restart, a rebalance or a replay emits no duplicate AlertRaised.
+//! * the alert evaluator (`alert_loop.rs`, rules in [`rules`]): consumes
+//!   `fleet.metrics.v1` and `fleet.agents.v1` in consumer group `group`, evaluates every
+//!   report against the threshold rules (static rules of the configuration and the rules of
+//!   `fleet.rules.v1`, followed while running), writes AlertRaised / AlertResolved to
+//!   `fleet.alerts.v1` (keyed by agent id), and commits its offsets only after the log
+//!   acknowledged the alerts. Its state (open alerts, running for-durations) is rebuilt on
+//!   start and on every partition it takes: open alerts from `fleet.alerts.v1`,
+//!   for-durations by seeking back by time and replaying the window, so a restart, a
+//!   rebalance or a replay emits no duplicate AlertRaised;
+//! * the [`ticketer`]: one ticket per incident from `fleet.alerts.v1`;
+//! * [`liveness`] and [`command_timeouts`]: driven by a timer (`timed.rs`): OFFLINE for
+//!   silent agents, TIMED_OUT for commands without a result.
 
 mod alert_loop;
 pub mod command_timeouts;
@@ -34,8 +38,9 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-    fn set(&self, v: bool) {
-        self.0.store(v, Ordering::Relaxed);
+    /// The flag the consumer runtime sets while the processor consumes.
+    fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.0)
     }
 }
 
@@ -46,7 +51,7 @@ pub async fn run_alert_evaluator(
     log: Arc<dyn EventLog>,
     config: ProcessorsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     alert_loop::run(log, config, ready, shutdown).await
 }

@@ -27,7 +27,7 @@ use fleet_schemas::{ids, topics, AgentLifecycle, AgentLifecycleKind, Heartbeat};
 
 use crate::timed::{decode_counted, run_timed, Timed, TimedSettings};
 use crate::{metrics, ProcessorsConfig, Readiness};
-use fleet_ops::deadletter::DeadLetters;
+use fleet_consumer::deadletter::DeadLetters;
 
 const NAME: &str = "liveness";
 
@@ -327,9 +327,9 @@ pub async fn run_liveness(
     log: Arc<dyn EventLog>,
     config: ProcessorsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    fleet_ops::log::ensure_topics(log.as_ref()).await?;
+    fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let partitions = log.partition_count(topics::HEARTBEATS).await?;
     let proc = LivenessProcessor {
         state: Liveness::new(Duration::from_secs(config.offline_after_secs), partitions),

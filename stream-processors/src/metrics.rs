@@ -14,13 +14,13 @@ pub const RULE_SERIES: &str = "fleet_processor_rule_series";
 /// dropped, so not in [`ALL`].
 pub const RULE_SERIES_EVICTED: &str = "fleet_processor_rule_series_evicted_total";
 /// Consumer lag (end offset minus position), by group and topic.
-pub const CONSUMER_LAG: &str = fleet_ops::log::CONSUMER_LAG;
+pub const CONSUMER_LAG: &str = fleet_consumer::metrics::CONSUMER_LAG;
 /// Time to handle one batch.
 pub const BATCH_SECONDS: &str = "fleet_processor_batch_seconds";
 /// Dead letters written, by consumer (`alert-evaluator`, `ticketer`, `liveness`,
 /// `command-timeouts`), source topic and reason (`decode`, `process`); only once one is
 /// written, so not in [`ALL`].
-pub const DEADLETTERS: &str = fleet_ops::deadletter::DEADLETTERS_TOTAL;
+pub const DEADLETTERS: &str = fleet_consumer::metrics::DEADLETTERS_TOTAL;
 
 /// Every metric name above.
 pub const ALL: &[&str] = &[

@@ -12,19 +12,21 @@
 //! alert offsets are committed only after the tickets are written. Locations and device
 //! names come from following `fleet.agents.v1` (a throw-away group, from its start).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fleet_event_log::{ConsumedRecord, ConsumerOptions, EventLog, StartFrom};
-use fleet_ops::deadletter::DeadLetters;
-use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, read_to_end, LagGauge};
+use fleet_consumer::deadletter::DeadLetters;
+use fleet_consumer::follow::Follower;
+use fleet_consumer::log::{ensure_topics, read_to_end};
+use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
+use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::{
     ids, topics, AgentLifecycle, AlertEvent, AlertEventKind, AlertSeverity, TicketEvent,
     TicketEventKind, TicketSeverity,
 };
 
-use crate::timed::{decode_counted, held, to_records, Follower};
+use crate::timed::decode_counted;
 use crate::{metrics, ProcessorsConfig, Readiness};
 
 const NAME: &str = "ticketer";
@@ -295,101 +297,111 @@ async fn rebuild(
     Ok(n)
 }
 
+/// The ticketer on the consumer runtime.
+struct TicketLoop {
+    log: Arc<dyn EventLog>,
+    ticketer: Ticketer,
+    dead: DeadLetters,
+    /// `fleet.agents.v1`, followed for locations and device names.
+    agents: Follower,
+}
+
+impl TicketLoop {
+    async fn follow_agents(&mut self) {
+        let (ticketer, dead) = (&mut self.ticketer, &self.dead);
+        self.agents
+            .poll_now(Duration::from_millis(1), |r| {
+                if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, dead, r) {
+                    ticketer.observe_agent(&ev);
+                }
+            })
+            .await;
+    }
+}
+
+impl Processor for TicketLoop {
+    /// Partitions taken from another instance: it may have written tickets since our
+    /// rebuild, so read them before handling their alerts (at start too).
+    async fn on_assigned(&mut self, assignment: &mut Assignment<'_>) -> anyhow::Result<Output> {
+        let now_held = assignment.partitions(topics::ALERTS);
+        let before: HashSet<u32> = assignment
+            .previous()
+            .iter()
+            .filter(|(t, _)| t == topics::ALERTS)
+            .map(|(_, p)| *p)
+            .collect();
+        if !now_held.iter().all(|p| before.contains(p)) {
+            tracing::info!(held = ?now_held, "Assignment changed; rebuilding ticket state.");
+            rebuild(self.log.as_ref(), &mut self.ticketer, &self.dead).await?;
+        }
+        Ok(Output::new())
+    }
+
+    async fn handle(&mut self, batch: &[ConsumedRecord]) -> Output {
+        self.follow_agents().await;
+        let events = handle_batch(&mut self.ticketer, &self.dead, batch);
+        let mut out = Output::new();
+        if events.is_empty() {
+            return out;
+        }
+        // The offsets are committed only after the tickets are written.
+        out.write_records(&events);
+        out.when_written(move || {
+            for ev in &events {
+                ::metrics::counter!(metrics::TICKETS_EMITTED, "status" => ev.status.clone())
+                    .increment(1);
+                tracing::info!(ticket_id = %ev.ticket_id, alert_id = %ev.alert_id, status = %ev.status, "Ticket event.");
+            }
+        });
+        out
+    }
+
+    /// On an idle poll, what `handle` does before a batch.
+    async fn on_tick(&mut self, handled: usize) -> Output {
+        if handled == 0 {
+            self.follow_agents().await;
+        }
+        Output::new()
+    }
+}
+
 /// Runs the ticketer until `shutdown` resolves.
 pub async fn run_ticketer(
     log: Arc<dyn EventLog>,
     config: ProcessorsConfig,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
-    let dead = DeadLetters::open(log.clone(), NAME, &config.ticketer_group).await?;
-    let log = log.as_ref();
+    let group = config.ticketer_group.clone();
+    let dead = DeadLetters::open(log.clone(), NAME, &group).await?;
     let mut ticketer = Ticketer::new(config.ticket_min_severity.into());
-    let mut agents = Follower::open(log, topics::AGENTS, NAME).await?;
+    let mut agents =
+        Follower::open(log.as_ref(), &format!("{NAME}-follow"), &[topics::AGENTS]).await?;
     agents
-        .catch_up(log, |r| {
+        .catch_up(log.as_ref(), |r| {
             if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, &dead, r) {
                 ticketer.observe_agent(&ev);
             }
         })
         .await?;
     dead.flush().await;
-    let options = ConsumerOptions {
-        start: StartFrom::Earliest,
-        session_timeout: Duration::from_millis(config.session_timeout_ms),
+    let settings = Settings::group(&group, &[topics::ALERTS])
+        .start(StartFrom::Earliest)
+        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .batch_size(config.batch_size)
+        .batch_histogram(metrics::BATCH_SECONDS, "processor", NAME);
+    let runtime = ConsumerRuntime::subscribe(log.clone(), settings, dead.clone())
+        .await?
+        .readiness(ready.flag());
+    tracing::info!(%group, min_severity = ?config.ticket_min_severity, "Ticketer starting.");
+    let mut tickets = TicketLoop {
+        log,
+        ticketer,
+        dead,
+        agents,
     };
-    let group = config.ticketer_group.clone();
-    let mut consumer = log.subscribe(&group, &[topics::ALERTS], options).await?;
-    let mut holding: BTreeSet<u32> = held(consumer.as_ref(), topics::ALERTS);
-    rebuild(log, &mut ticketer, &dead).await?;
-    let mut lag = LagGauge::new(&group, Duration::from_secs(5));
-    ready.set(true);
-    tracing::info!(%group, min_severity = ?config.ticket_min_severity, "Ticketer running.");
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            b = consumer.poll(config.batch_size, Duration::from_millis(500)) => b,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "Poll failed; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // Partitions taken from another instance: it may have written tickets since our
-        // rebuild, so read them before handling their alerts.
-        let now_held = held(consumer.as_ref(), topics::ALERTS);
-        if !now_held.is_subset(&holding) {
-            tracing::info!(held = ?now_held, "Assignment changed; rebuilding ticket state.");
-            while let Err(e) = rebuild(log, &mut ticketer, &dead).await {
-                tracing::warn!(error = %e, "Rebuilding ticket state failed; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        holding = now_held;
-        agents
-            .poll_now(|r| {
-                if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, &dead, r) {
-                    ticketer.observe_agent(&ev);
-                }
-            })
-            .await;
-        dead.flush().await;
-        if batch.is_empty() {
-            lag.refresh(log).await;
-            continue;
-        }
-        let started = Instant::now();
-        let span = tracing::info_span!("ticket_batch", records = batch.len());
-        let events = {
-            let _g = span.enter();
-            handle_batch(&mut ticketer, &dead, &batch)
-        };
-        if !events.is_empty() {
-            // The offsets are committed only after the tickets are written.
-            produce_until_written(log, topics::TICKETS, to_records(&events)).await;
-            for ev in &events {
-                ::metrics::counter!(metrics::TICKETS_EMITTED, "status" => ev.status.clone())
-                    .increment(1);
-                tracing::info!(ticket_id = %ev.ticket_id, alert_id = %ev.alert_id, status = %ev.status, "Ticket event.");
-            }
-        }
-        // Dead letters before the commit: nothing committed past a record lost.
-        dead.flush().await;
-        if let Err(e) = consumer.commit(&next_offsets(&batch)).await {
-            tracing::warn!(error = %e, "Commit failed; alerts will be read again (no duplicate tickets).");
-        }
-        lag.observe(&batch);
-        lag.refresh(log).await;
-        ::metrics::histogram!(metrics::BATCH_SECONDS, "processor" => NAME)
-            .record(started.elapsed().as_secs_f64());
-    }
-    ready.set(false);
-    tracing::info!("Ticketer stopped.");
+    runtime.run(&mut tickets, shutdown).await;
     Ok(())
 }
 

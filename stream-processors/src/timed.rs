@@ -2,22 +2,22 @@
 //!
 //! * [`Positions`] (pure): where this member stands on each partition of its input topic,
 //!   which partitions it holds, and which of them have caught up with a check's targets.
-//! * [`Follower`]: a throw-away consumer group reading a whole topic from the start and
-//!   then following it (the agents topic, for liveness and ticket locations).
-//! * [`run_timed`]: the loop of a processor driven by a timer rather than by records:
-//!   consume in a group; on every newly held partition seek back by time and replay the
-//!   window; every `check_interval`, once each held partition is consumed up to the end
-//!   offsets taken at the tick, ask the processor what is due on it.
+//! * [`run_timed`]: a processor driven by a timer rather than by records, on the
+//!   [consumer runtime](fleet_consumer::runtime): consume in a group; on every newly held
+//!   partition seek back by time and replay the window; every `check_interval`, once each
+//!   held partition is consumed up to the end offsets taken at the tick, ask the processor
+//!   what is due on it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_event_log::{
-    ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord, StartFrom,
-};
-use fleet_ops::deadletter::{decode_retrying, DeadLetters, Reason};
-use fleet_ops::log::{ensure_topics, next_offsets, produce_until_written, LagGauge};
-use fleet_schemas::{codec, Record};
+use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::follow::Follower;
+use fleet_consumer::log::ensure_topics;
+use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
+use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
+use fleet_schemas::Record;
 
 use crate::{metrics, Readiness};
 
@@ -119,27 +119,8 @@ impl Positions {
     }
 }
 
-/// Encodes events as keyed records stamped with their `occurred_at`; an event that
-/// cannot be encoded is logged and left out.
-pub(crate) fn to_records<T: Record>(events: &[T]) -> Vec<ProduceRecord> {
-    events
-        .iter()
-        .filter_map(|ev| match codec::encode(ev) {
-            Ok(value) => Some(ProduceRecord {
-                key: Some(ev.key().as_bytes().to_vec()),
-                value,
-                timestamp_ms: Some(ev.occurred_at().div_euclid(1000)),
-            }),
-            Err(e) => {
-                tracing::error!(topic = T::TOPIC, error = %e, "Event could not be encoded; not written.");
-                None
-            }
-        })
-        .collect()
-}
-
 /// Decodes a consumed record, counting it (and a failure) for `processor`; a record that
-/// does not decode is noted for the dead letters (the loop flushes them before it commits).
+/// does not decode is noted for the dead letters (the runtime writes them before it commits).
 /// A transient failure (the schema registry cannot be asked) is retried, not noted.
 pub(crate) fn decode_counted<T: Record>(
     processor: &'static str,
@@ -156,103 +137,6 @@ pub(crate) fn decode_counted<T: Record>(
             tracing::debug!(processor, topic = T::TOPIC, partition = r.partition, offset = r.offset, error = %e, "Undecodable record: to the dead letters.");
             dead.note(r, Reason::decode(e));
             None
-        }
-    }
-}
-
-/// The partitions of `topic` a consumer holds.
-pub(crate) fn held(consumer: &dyn Consumer, topic: &str) -> BTreeSet<u32> {
-    consumer
-        .assignment()
-        .into_iter()
-        .filter(|(t, _)| t == topic)
-        .map(|(_, p)| p)
-        .collect()
-}
-
-/// A throw-away group reading a whole topic, then following it.
-#[derive(Debug)]
-pub(crate) struct Follower {
-    topic: &'static str,
-    consumer: Box<dyn Consumer>,
-    next: HashMap<u32, i64>,
-}
-
-impl Follower {
-    /// Joins a fresh group named after `what` on `topic`, from the oldest record.
-    pub(crate) async fn open(
-        log: &dyn EventLog,
-        topic: &'static str,
-        what: &str,
-    ) -> anyhow::Result<Follower> {
-        let group = format!("fleet-{what}-follow-{}", uuid::Uuid::new_v4());
-        let consumer = log
-            .subscribe(
-                &group,
-                &[topic],
-                ConsumerOptions {
-                    start: StartFrom::Earliest,
-                    ..ConsumerOptions::default()
-                },
-            )
-            .await?;
-        Ok(Follower {
-            topic,
-            consumer,
-            next: HashMap::new(),
-        })
-    }
-
-    fn take(&mut self, batch: &[ConsumedRecord], f: &mut impl FnMut(&ConsumedRecord)) {
-        for r in batch {
-            self.next.insert(r.partition, r.offset + 1);
-            f(r);
-        }
-    }
-
-    /// Reads until every record present now was handed to `f` (stops early, with a
-    /// warning, if nothing arrives for a while: offsets can have gaps).
-    pub(crate) async fn catch_up(
-        &mut self,
-        log: &dyn EventLog,
-        mut f: impl FnMut(&ConsumedRecord),
-    ) -> anyhow::Result<u64> {
-        let ends = log.end_offsets(self.topic).await?;
-        let mut seen = 0u64;
-        let mut idle = 0u32;
-        loop {
-            let behind = (0u32..)
-                .zip(&ends)
-                .any(|(p, &end)| end > 0 && self.next.get(&p).copied().unwrap_or(0) < end);
-            if !behind {
-                return Ok(seen);
-            }
-            let batch = self.consumer.poll(1000, Duration::from_millis(250)).await?;
-            if batch.is_empty() {
-                idle += 1;
-                if idle >= 40 {
-                    tracing::warn!(
-                        topic = self.topic,
-                        ?ends,
-                        "Stopped catching up: no more records arrived."
-                    );
-                    return Ok(seen);
-                }
-                continue;
-            }
-            idle = 0;
-            seen += batch.len() as u64;
-            self.take(&batch, &mut f);
-        }
-    }
-
-    /// Hands `f` whatever arrived, waiting at most a moment.
-    pub(crate) async fn poll_now(&mut self, mut f: impl FnMut(&ConsumedRecord)) {
-        match self.consumer.poll(1000, Duration::from_millis(1)).await {
-            Ok(batch) => self.take(&batch, &mut f),
-            Err(e) => {
-                tracing::warn!(topic = self.topic, error = %e, "Follow poll failed; retrying.")
-            }
         }
     }
 }
@@ -293,20 +177,10 @@ pub(crate) struct TimedSettings {
     pub(crate) follow: Option<&'static str>,
 }
 
-async fn write<T: Record>(log: &dyn EventLog, events: &[T]) {
-    if events.is_empty() {
-        return;
-    }
-    let records = to_records(events);
-    if !records.is_empty() {
-        produce_until_written(log, T::TOPIC, records).await;
-    }
-}
-
 /// Seeks each of `partitions` back to the first record of the last `lookback_ms`.
 async fn rewind(
     log: &dyn EventLog,
-    consumer: &mut dyn Consumer,
+    assignment: &mut Assignment<'_>,
     topic: &str,
     partitions: &BTreeSet<u32>,
     lookback_ms: i64,
@@ -316,27 +190,134 @@ async fn rewind(
     let starts = log.offsets_for_time(topic, from_ms).await?;
     for &p in partitions {
         let offset = starts.get(p as usize).copied().unwrap_or(0);
-        consumer.seek(topic, p, offset).await?;
+        assignment.seek(topic, p, offset).await?;
         positions.seeked(p, offset);
     }
     Ok(())
 }
 
+/// A [`Timed`] processor on the consumer runtime: the replays, checks and follower around it.
+struct TimedLoop<P: Timed> {
+    log: Arc<dyn EventLog>,
+    proc: P,
+    dead: DeadLetters,
+    follower: Option<Follower>,
+    positions: Positions,
+    lookback_ms: i64,
+    check_interval: Duration,
+    next_check: Instant,
+}
+
+impl<P: Timed> Processor for TimedLoop<P> {
+    /// Partitions newly held are rebuilt by replaying their recent window; partitions lost
+    /// are forgotten. With Kafka the assignment arrives during the first polls.
+    async fn on_assigned(&mut self, assignment: &mut Assignment<'_>) -> anyhow::Result<Output> {
+        let before = self.positions.assigned().clone();
+        let change = self.positions.reassign(assignment.partitions(P::INPUT));
+        if change.is_empty() {
+            return Ok(Output::new());
+        }
+        if !change.removed.is_empty() {
+            self.proc.forget(&change.removed);
+        }
+        if !change.added.is_empty() {
+            let rewound = rewind(
+                self.log.as_ref(),
+                assignment,
+                P::INPUT,
+                &change.added,
+                self.lookback_ms,
+                &mut self.positions,
+            )
+            .await;
+            if let Err(e) = rewound {
+                // Not held as far as judging goes until the rewind worked (retried).
+                self.positions
+                    .reassign(before.difference(&change.removed).copied().collect());
+                return Err(e.context("rewinding new partitions"));
+            }
+            // A check already under way must wait for the replays too.
+            self.next_check = Instant::now();
+        }
+        self.proc.assigned(self.positions.assigned());
+        self.proc.report();
+        tracing::info!(processor = P::NAME, added = ?change.added, removed = ?change.removed, held = ?self.positions.assigned(), "Assignment changed; replaying recent input of new partitions.");
+        Ok(Output::new())
+    }
+
+    async fn handle(&mut self, batch: &[ConsumedRecord]) -> Output {
+        let events = self.proc.on_input(batch, &self.dead);
+        self.positions.observe(P::INPUT, batch);
+        self.proc.report();
+        let mut out = Output::new();
+        out.write_records(&events);
+        out
+    }
+
+    /// After every poll: follow, start a check when due, judge the partitions caught up.
+    async fn on_tick(&mut self, _handled: usize) -> Output {
+        let (proc, dead) = (&mut self.proc, &self.dead);
+        if let Some(f) = self.follower.as_mut() {
+            f.poll_now(Duration::from_millis(1), |r| proc.on_follow(r, dead))
+                .await;
+        }
+        if Instant::now() >= self.next_check {
+            self.next_check = Instant::now() + self.check_interval;
+            match self.log.end_offsets(P::INPUT).await {
+                Ok(ends) => self
+                    .positions
+                    .start_check(fleet_schemas::time::now_micros(), &ends),
+                Err(e) => {
+                    tracing::warn!(processor = P::NAME, error = %e, "End offsets unavailable; check skipped.")
+                }
+            }
+        }
+        let mut out = Output::new();
+        let Some((now, partitions)) = self.positions.ready() else {
+            return out;
+        };
+        // Judge with everything written to the followed topic before now.
+        if let Some(f) = self.follower.as_mut() {
+            if let Err(e) = f
+                .catch_up(self.log.as_ref(), |r| proc.on_follow(r, dead))
+                .await
+            {
+                tracing::warn!(processor = P::NAME, error = %e, "Catching up the followed topic failed.");
+            }
+            dead.flush().await;
+        }
+        let span = tracing::info_span!(
+            "timed_check",
+            processor = P::NAME,
+            partitions = partitions.len()
+        );
+        let events = {
+            let _g = span.enter();
+            proc.due(now, &partitions)
+        };
+        out.write_records(&events);
+        proc.report();
+        out
+    }
+}
+
 /// Runs a timer-driven processor until `shutdown` resolves.
-pub(crate) async fn run_timed<P: Timed>(
-    log: std::sync::Arc<dyn EventLog>,
+pub(crate) async fn run_timed<P: Timed + 'static>(
+    log: Arc<dyn EventLog>,
     mut proc: P,
     settings: TimedSettings,
     ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
     let dead = DeadLetters::open(log.clone(), P::NAME, &settings.group).await?;
-    let log = log.as_ref();
-    let mut follower = match settings.follow {
+    let follower = match settings.follow {
         Some(topic) => {
-            let mut f = Follower::open(log, topic, P::NAME).await?;
-            let n = f.catch_up(log, |r| proc.on_follow(r, &dead)).await?;
+            let what = format!("{}-follow", P::NAME);
+            let mut f = Follower::open(log.as_ref(), &what, &[topic]).await?;
+            let n = f
+                .catch_up(log.as_ref(), |r| proc.on_follow(r, &dead))
+                .await?;
             dead.flush().await;
             tracing::info!(
                 processor = P::NAME,
@@ -348,125 +329,30 @@ pub(crate) async fn run_timed<P: Timed>(
         }
         None => None,
     };
-    let options = ConsumerOptions {
-        start: StartFrom::Latest,
-        session_timeout: settings.session_timeout,
-    };
-    let mut consumer = log.subscribe(&settings.group, &[P::INPUT], options).await?;
-    let mut positions = Positions::default();
-    let mut lag = LagGauge::new(&settings.group, Duration::from_secs(5));
-    let lookback_ms = i64::try_from(settings.lookback.as_millis()).unwrap_or(i64::MAX / 4);
     let poll_timeout = settings
         .check_interval
         .clamp(Duration::from_millis(10), Duration::from_millis(500));
-    let mut next_check = Instant::now();
-    ready.set(true);
-    tracing::info!(processor = P::NAME, group = %settings.group, "Processor running.");
-    tokio::pin!(shutdown);
-    loop {
-        // Partitions newly held are rebuilt by replaying their recent window; partitions
-        // lost are forgotten. With Kafka the assignment arrives during the first polls.
-        let before = positions.assigned().clone();
-        let change = positions.reassign(held(consumer.as_ref(), P::INPUT));
-        if !change.is_empty() {
-            if !change.removed.is_empty() {
-                proc.forget(&change.removed);
-            }
-            if !change.added.is_empty() {
-                if let Err(e) = rewind(
-                    log,
-                    consumer.as_mut(),
-                    P::INPUT,
-                    &change.added,
-                    lookback_ms,
-                    &mut positions,
-                )
-                .await
-                {
-                    // Not held as far as judging goes until the rewind worked: retry.
-                    tracing::warn!(processor = P::NAME, error = %e, "Rewinding new partitions failed; retrying.");
-                    positions.reassign(before.difference(&change.removed).copied().collect());
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-                // A check already under way must wait for the replays too.
-                next_check = Instant::now();
-            }
-            proc.assigned(positions.assigned());
-            proc.report();
-            tracing::info!(processor = P::NAME, added = ?change.added, removed = ?change.removed, held = ?positions.assigned(), "Assignment changed; replaying recent input of new partitions.");
-        }
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            b = consumer.poll(settings.batch_size, poll_timeout) => b,
-        };
-        match batch {
-            Ok(batch) if !batch.is_empty() => {
-                let started = Instant::now();
-                let span =
-                    tracing::info_span!("timed_batch", processor = P::NAME, records = batch.len());
-                let events = {
-                    let _g = span.enter();
-                    proc.on_input(&batch, &dead)
-                };
-                write(log, &events).await;
-                // Dead letters before the commit: nothing committed past a record lost.
-                dead.flush().await;
-                if let Err(e) = consumer.commit(&next_offsets(&batch)).await {
-                    tracing::warn!(processor = P::NAME, error = %e, "Commit failed; records will be read again (no duplicate events).");
-                }
-                positions.observe(P::INPUT, &batch);
-                lag.observe(&batch);
-                ::metrics::histogram!(metrics::BATCH_SECONDS, "processor" => P::NAME)
-                    .record(started.elapsed().as_secs_f64());
-                proc.report();
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(processor = P::NAME, error = %e, "Poll failed; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        }
-        if let Some(f) = follower.as_mut() {
-            f.poll_now(|r| proc.on_follow(r, &dead)).await;
-            dead.flush().await;
-        }
-        lag.refresh(log).await;
-        if Instant::now() >= next_check {
-            next_check = Instant::now() + settings.check_interval;
-            match log.end_offsets(P::INPUT).await {
-                Ok(ends) => positions.start_check(fleet_schemas::time::now_micros(), &ends),
-                Err(e) => {
-                    tracing::warn!(processor = P::NAME, error = %e, "End offsets unavailable; check skipped.")
-                }
-            }
-        }
-        if let Some((now, partitions)) = positions.ready() {
-            // Judge with everything written to the followed topic before now.
-            if let Some(f) = follower.as_mut() {
-                if let Err(e) = f.catch_up(log, |r| proc.on_follow(r, &dead)).await {
-                    tracing::warn!(processor = P::NAME, error = %e, "Catching up the followed topic failed.");
-                }
-                dead.flush().await;
-            }
-            let span = tracing::info_span!(
-                "timed_check",
-                processor = P::NAME,
-                partitions = partitions.len()
-            );
-            let events = {
-                let _g = span.enter();
-                proc.due(now, &partitions)
-            };
-            write(log, &events).await;
-            proc.report();
-        }
-    }
-    ready.set(false);
-    tracing::info!(processor = P::NAME, "Processor stopped.");
+    let consumer = Settings::group(&settings.group, &[P::INPUT])
+        .start(StartFrom::Latest)
+        .session_timeout(settings.session_timeout)
+        .batch_size(settings.batch_size)
+        .poll_timeout(poll_timeout)
+        .batch_histogram(metrics::BATCH_SECONDS, "processor", P::NAME);
+    let runtime = ConsumerRuntime::subscribe(log.clone(), consumer, dead.clone())
+        .await?
+        .readiness(ready.flag());
+    let mut timed = TimedLoop {
+        lookback_ms: i64::try_from(settings.lookback.as_millis()).unwrap_or(i64::MAX / 4),
+        check_interval: settings.check_interval,
+        next_check: Instant::now(),
+        positions: Positions::default(),
+        log,
+        proc,
+        dead,
+        follower,
+    };
+    tracing::info!(processor = P::NAME, group = %settings.group, "Processor starting.");
+    runtime.run(&mut timed, shutdown).await;
     Ok(())
 }
 

@@ -60,7 +60,7 @@ async fn let_it_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn times_out_once_and_never_a_completed_command() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let (_dir, log) = open_log().await;
     let l = log.as_ref();
     produce(l, &command("c-lost", CommandEventKind::Requested, false)).await;

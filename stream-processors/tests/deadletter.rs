@@ -12,8 +12,8 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use fleet_consumer::log::read_to_end;
 use fleet_event_log::{EventLog, ProduceRecord, RecordPosition};
-use fleet_ops::log::read_to_end;
 use fleet_schemas::{
     codec, fixtures, ids, topics, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind,
     CommandEvent, CommandEventKind, DeadLetter, DeadLetterKind, Record, RuleEvent, TicketEvent,
@@ -179,7 +179,7 @@ fn registered(agent: &str) -> AgentLifecycle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_records_on_every_input_become_dead_letters_and_the_rest_is_processed() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let (_dir, log) = open_log().await;
     let l = log.as_ref();
     let mut expected: BTreeSet<Key> = BTreeSet::new();

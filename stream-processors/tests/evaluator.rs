@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_consumer::log::read_to_end;
 use fleet_event_log::{ConsumerOptions, EventLog, ProduceRecord};
-use fleet_ops::log::read_to_end;
 use fleet_schemas::{codec, fixtures, topics, AlertEvent, AlertEventKind, Record};
 use fleet_stream_processors::rules::{Operator, Rule, Severity};
 use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig, Readiness};
@@ -83,12 +83,12 @@ async fn wait_for_alerts(log: &dyn EventLog, n: usize) -> Vec<AlertEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raises_once_across_restart_and_replay_then_resolves() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let dir = tempfile::tempdir().expect("tempdir");
     let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
         .await
         .expect("open");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     report(log.as_ref(), "a1", T0, 50.0).await;

@@ -73,7 +73,7 @@ async fn let_it_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_once_by_time_online_once_and_no_repeats() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let (_dir, log) = open_log().await;
     // `quiet` and `alive` are on different partitions: nothing more arrives on quiet's.
     let quiet = "agent-quiet";

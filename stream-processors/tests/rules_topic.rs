@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_consumer::log::read_to_end;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_ops::log::read_to_end;
 use fleet_schemas::{
     codec, fixtures, ids, topics, AlertEvent, AlertEventKind, AlertSeverity, Record, RuleEvent,
     RuleEventKind, RuleScope,
@@ -111,7 +111,7 @@ async fn topic_rule_for_duration_restart_recovery_and_replay() {
     let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
         .await
         .expect("open");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     // Sample times a little in the past, within the replay window (60 s + 120 s margin).

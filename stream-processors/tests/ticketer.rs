@@ -52,7 +52,7 @@ fn summary(tickets: &[TicketEvent]) -> Vec<(String, TicketEventKind, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_ticket_per_incident_across_restart_replay_and_shared_group() {
-    let prometheus = fleet_ops::endpoints::metrics_handle();
+    let prometheus = fleet_service::endpoints::metrics_handle();
     let (_dir, log) = open_log().await;
     let mut reg = fixtures::agent_registered("t1", "a1", T0 - 1_000_000);
     reg.device_name = Some("web-1".into());

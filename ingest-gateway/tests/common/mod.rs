@@ -25,7 +25,7 @@ pub async fn embedded() -> (tempfile::TempDir, Arc<dyn EventLog>) {
     let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
         .await
         .expect("open");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     (dir, log)
@@ -59,7 +59,7 @@ pub fn heartbeat(sequence: u64) -> Value {
 /// Every record of the record's topic present now.
 pub async fn read_topic<T: fleet_schemas::Record>(log: &Arc<dyn EventLog>) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
         out.push(codec::decode::<T>(&r.value).expect("avro"))
     })
     .await

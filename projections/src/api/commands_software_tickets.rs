@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use fleet_ops::ApiError;
+use fleet_service::ApiError;
 use fleet_stores::{
     CommandQuery, CommandRow, SoftwareQuery, StoreError, TicketQuery, TicketRow, TicketStatus,
 };

@@ -39,7 +39,7 @@ pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> Adm
     )
     .await
     .expect("log");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     let registry: Arc<dyn Registry> =
@@ -92,7 +92,7 @@ pub async fn call(
 /// Every record of `T`'s topic.
 pub async fn read<T: Record>(log: &dyn EventLog) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_ops::log::read_to_end(log, T::TOPIC, |r| {
+    fleet_consumer::log::read_to_end(log, T::TOPIC, |r| {
         out.push(codec::decode::<T>(&r.value).expect("decode"))
     })
     .await

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_consumer::log::read_to_end;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_ops::log::read_to_end;
 use fleet_schemas::{codec, Record};
 use fleet_stream_processors::Readiness;
 use tokio::sync::watch;
@@ -23,7 +23,7 @@ pub(crate) async fn open_log() -> (tempfile::TempDir, Arc<dyn EventLog>) {
     let log = fleet_event_log::open(dir.path().to_str().expect("utf-8"), &Default::default())
         .await
         .expect("open");
-    fleet_ops::log::ensure_topics(log.as_ref())
+    fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
     (dir, log)

@@ -9,11 +9,13 @@
 //! registry that cannot be asked for a writer schema: [`CodecError::is_retriable`]) are
 //! not dead letters: the loops retry them ([`decode_retrying`]).
 //!
-//! The loops [`note`](DeadLetters::note) bad records while they handle a batch (handlers
-//! are synchronous) and [`flush`](DeadLetters::flush) before they commit the batch's
-//! offsets (or store them with the rows): `flush` returns only once the log acknowledged
-//! every noted dead letter, retrying while it cannot take the write, so no offset is ever
-//! committed past a record whose dead letter is not written. Nothing is dropped silently.
+//! Processors [`note`](DeadLetters::note) bad records while they handle a batch (handlers
+//! are synchronous), and the [runtime](crate::runtime) [`flush`](DeadLetters::flush)es
+//! them before it commits the batch's offsets (a processor that stores offsets with its
+//! rows, as the read model does, flushes before that itself): `flush` returns only once
+//! the log acknowledged every noted dead letter, retrying while it cannot take the write,
+//! so no offset is ever committed past a record whose dead letter is not written. Nothing
+//! is dropped silently.
 //!
 //! Delivery is at least once, with deterministic ids: a dead letter's event id (and key)
 //! is UUIDv5 of (consumer, source topic, partition, offset). [`DeadLetters::open`] reads
@@ -28,22 +30,14 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use fleet_event_log::{ConsumedRecord, EventLog, ProduceRecord};
 use fleet_schemas::codec::CodecError;
 use fleet_schemas::{codec, topics, AvroBytes, DeadLetter, DeadLetterKind, Record};
 
+use crate::backoff::Backoff;
 use crate::log::{produce_until_written, read_to_end};
-
-/// Counter of dead letters written, by `consumer`, source `topic` and `reason`.
-pub const DEADLETTERS_TOTAL: &str = "fleet_deadletters_total";
-
-/// The wait before the `attempt`-th retry of a transient failure (0.2 s more each time, at
-/// most 5 s).
-pub fn retry_backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200 * u64::from(attempt.clamp(1, 25)))
-}
+use crate::metrics::DEADLETTERS_TOTAL;
 
 /// Decodes `record` as `T`, retrying while the failure is transient
 /// ([`CodecError::is_retriable`]: the schema registry holding its writer schema could not
@@ -52,17 +46,40 @@ pub fn retry_backoff(attempt: u32) -> Duration {
 /// (the consumer waits for the registry, as it waits for an unavailable store). Any other
 /// error is returned at once: the bytes themselves are wrong.
 pub fn decode_retrying<T: Record>(record: &ConsumedRecord) -> Result<T, CodecError> {
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::new();
     loop {
         match codec::decode::<T>(&record.value) {
             Err(e) if e.is_retriable() => {
-                attempt += 1;
-                tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, attempt, error = %e, "Writer schema unavailable; retrying the record (not a dead letter).");
-                std::thread::sleep(retry_backoff(attempt));
+                let wait = backoff.next_delay();
+                log_transient(record, backoff.attempt(), &e);
+                std::thread::sleep(wait);
             }
             other => return other,
         }
     }
+}
+
+/// Decodes `record` with `decode`, as [`decode_retrying`] does, but waits between attempts
+/// without blocking the thread.
+pub async fn decode_retrying_async<T>(
+    record: &ConsumedRecord,
+    mut decode: impl FnMut(&ConsumedRecord) -> Result<T, CodecError>,
+) -> Result<T, CodecError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match decode(record) {
+            Err(e) if e.is_retriable() => {
+                let wait = backoff.next_delay();
+                log_transient(record, backoff.attempt(), &e);
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn log_transient(record: &ConsumedRecord, attempt: u32, e: &CodecError) {
+    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, attempt, error = %e, "Writer schema unavailable; retrying the record (not a dead letter).");
 }
 
 /// Why a consumer gives up on a record.
@@ -121,7 +138,7 @@ pub struct DeadLetterError {
 
 /// The dead letters of one consumer. Cheap to clone: clones share the pending dead
 /// letters and the memory of what was sent, so a processor can note records in its
-/// synchronous handlers and its loop flush them before committing.
+/// synchronous handlers and the runtime flush them before committing.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
     shared: Arc<Shared>,

@@ -1,4 +1,4 @@
-//! The HTTP listener of every role ([`fleet_ops::serve`]) on real sockets: slow clients
+//! The HTTP listener of every role ([`fleet_service::serve`]) on real sockets: slow clients
 //! are cut off by the header-read, idle and whole-request timeouts, the connection cap
 //! holds, and HTTPS serves a certificate that is reloaded when its files change.
 //!
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
-use fleet_ops::serve::{HttpServer, HttpSettings, OpenConnections};
+use fleet_service::serve::{HttpServer, HttpSettings, OpenConnections};
 use support::pki::TestCa;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -31,7 +31,7 @@ fn app() -> Router {
 struct Running {
     addr: SocketAddr,
     open: OpenConnections,
-    cert: Option<std::sync::Arc<fleet_ops::serve::ReloadableCert>>,
+    cert: Option<std::sync::Arc<fleet_service::serve::ReloadableCert>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -187,7 +187,7 @@ async fn slow_bodies_get_408() -> anyhow::Result<()> {
 /// one of the others closes; the count of open connections never passes the cap.
 #[tokio::test]
 async fn the_connection_cap_holds() -> anyhow::Result<()> {
-    let metrics = fleet_ops::endpoints::metrics_handle();
+    let metrics = fleet_service::endpoints::metrics_handle();
     let cap = 4;
     let server = start_named(
         "cap",

@@ -547,7 +547,7 @@ mod tests {
         current.sort_unstable();
         assert_eq!(
             listed, current,
-            "fleet_ops::schema_registry::records() must list every record type"
+            "fleet_schema_registry::records() must list every record type"
         );
         for (name, topic) in records() {
             assert!(current_avsc(name).is_ok(), "{name}");

@@ -1,13 +1,17 @@
-//! Consumer-loop helpers over the event log shared by the roles.
+//! Helpers over the event log that the runtime and the roles share: creating the topics,
+//! next offsets of a batch, writing until the log acknowledged, reading a topic to its
+//! end, the consumer-lag gauge.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleet_event_log::{
-    CommitOffset, ConsumedRecord, ConsumerOptions, EventLog, ProduceRecord, StartFrom, TopicSpec,
-};
-use fleet_schemas::topics;
+use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, LogError, ProduceRecord, TopicSpec};
+use fleet_schemas::{codec, topics, Record};
+
+use crate::backoff::Backoff;
+use crate::follow::Follower;
+use crate::metrics::CONSUMER_LAG;
 
 /// Creates every topic of the catalog (idempotent).
 pub async fn ensure_topics(log: &dyn EventLog) -> anyhow::Result<()> {
@@ -26,7 +30,9 @@ pub async fn ensure_topics(log: &dyn EventLog) -> anyhow::Result<()> {
 }
 
 /// The next offset to commit per partition for a batch of records.
-pub fn next_offsets(records: &[ConsumedRecord]) -> Vec<CommitOffset> {
+pub fn next_offsets<'a>(
+    records: impl IntoIterator<Item = &'a ConsumedRecord>,
+) -> Vec<CommitOffset> {
     let mut next: BTreeMap<(&str, u32), i64> = BTreeMap::new();
     for r in records {
         let e = next.entry((&r.topic, r.partition)).or_insert(r.offset + 1);
@@ -41,129 +47,73 @@ pub fn next_offsets(records: &[ConsumedRecord]) -> Vec<CommitOffset> {
         .collect()
 }
 
-/// Writes records, retrying with backoff until the log acknowledges them. For processors
-/// whose input offsets must not be committed before their output is written.
+/// Writes records, retrying with the [`Backoff`] until the log acknowledges them. For
+/// processors whose input offsets must not be committed before their output is written.
 pub async fn produce_until_written(log: &dyn EventLog, topic: &str, records: Vec<ProduceRecord>) {
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::new();
     loop {
         match log.produce(topic, records.clone()).await {
             Ok(_) => return,
             Err(e) => {
-                attempt += 1;
-                tracing::warn!(topic, error = %e, attempt, "Write failed; retrying.");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+                let wait = backoff.next_delay();
+                tracing::warn!(topic, error = %e, attempt = backoff.attempt(), "Write failed; retrying.");
+                tokio::time::sleep(wait).await;
             }
         }
     }
 }
 
+/// Encodes records as keyed records of their topic stamped with their `occurred_at`; one
+/// that cannot be encoded is logged and left out (strings, numbers and bytes always
+/// encode: should it ever fail, the log says so loudly).
+pub fn to_records<T: Record>(records: &[T]) -> Vec<ProduceRecord> {
+    records
+        .iter()
+        .filter_map(|r| match codec::encode(r) {
+            Ok(value) => Some(ProduceRecord {
+                key: Some(r.key().as_bytes().to_vec()),
+                value,
+                timestamp_ms: Some(r.occurred_at().div_euclid(1000)),
+            }),
+            Err(e) => {
+                tracing::error!(topic = T::TOPIC, error = %e, "Record could not be encoded; not written.");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Reads every record of `topic` present now (up to the end offsets at call time) and
-/// hands each to `f`; returns how many. Used to rebuild state; uses a throw-away consumer
-/// group that never commits.
+/// hands each to `f`; returns how many. Used to rebuild state, with a throw-away group
+/// that never commits ([`Follower`]).
 pub async fn read_to_end(
     log: &dyn EventLog,
     topic: &str,
     mut f: impl FnMut(&ConsumedRecord),
-) -> anyhow::Result<u64> {
+) -> Result<u64, LogError> {
     let ends = log.end_offsets(topic).await?;
     if ends.iter().all(|&e| e == 0) {
         return Ok(0);
     }
-    let group = format!("fleet-rebuild-{}", uuid::Uuid::new_v4());
-    let mut consumer = log
-        .subscribe(
-            &group,
-            &[topic],
-            ConsumerOptions {
-                start: StartFrom::Earliest,
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut positions: Vec<i64> = vec![0; ends.len()];
+    let targets: BTreeMap<(String, u32), i64> = (0u32..)
+        .zip(&ends)
+        .map(|(p, end)| ((topic.to_owned(), p), *end))
+        .collect();
+    let mut follower = Follower::open(log, "rebuild", &[topic]).await?;
     let mut seen = 0u64;
-    let mut idle_polls = 0u32;
-    while positions.iter().zip(&ends).any(|(p, e)| p < e) {
-        let batch = consumer.poll(1000, Duration::from_millis(500)).await?;
-        if batch.is_empty() {
-            idle_polls += 1;
-            // Offsets can have gaps (compaction, control records): stop when nothing
-            // more arrives for a while instead of waiting forever.
-            if idle_polls >= 40 {
-                tracing::warn!(
-                    topic,
-                    ?positions,
-                    ?ends,
-                    "Stopped reading before the end offsets: no more records arrived."
-                );
-                break;
-            }
-            continue;
-        }
-        idle_polls = 0;
-        for r in &batch {
-            let p = r.partition as usize;
-            if p < ends.len() && r.offset < ends[p] {
+    follower
+        .catch_up_to(&targets, |r| {
+            if ends
+                .get(r.partition as usize)
+                .is_some_and(|end| r.offset < *end)
+            {
                 f(r);
                 seen += 1;
             }
-            if p < positions.len() {
-                positions[p] = positions[p].max(r.offset + 1);
-            }
-        }
-    }
+        })
+        .await?;
     Ok(seen)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    fn rec(topic: &str, partition: u32, offset: i64) -> ConsumedRecord {
-        ConsumedRecord {
-            topic: Arc::from(topic),
-            partition,
-            offset,
-            timestamp_ms: 0,
-            key: None,
-            value: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn next_offsets_takes_max_plus_one_per_partition() {
-        let got = next_offsets(&[
-            rec("a", 0, 5),
-            rec("a", 0, 3),
-            rec("a", 1, 0),
-            rec("b", 0, 9),
-        ]);
-        assert_eq!(
-            got,
-            vec![
-                CommitOffset {
-                    topic: "a".into(),
-                    partition: 0,
-                    next_offset: 6
-                },
-                CommitOffset {
-                    topic: "a".into(),
-                    partition: 1,
-                    next_offset: 1
-                },
-                CommitOffset {
-                    topic: "b".into(),
-                    partition: 0,
-                    next_offset: 10
-                },
-            ]
-        );
-    }
-}
-
-/// Name of the consumer-lag gauge every consumer loop reports (labels `group`, `topic`).
-pub const CONSUMER_LAG: &str = "fleet_consumer_lag";
 
 /// Tracks a consumer's positions and, at most every `every`, sets the
 /// `fleet_consumer_lag{group, topic}` gauge to the records between its positions and the
@@ -217,5 +167,52 @@ impl LagGauge {
             metrics::gauge!(CONSUMER_LAG, "group" => self.group.clone(), "topic" => topic)
                 .set(lag as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn rec(topic: &str, partition: u32, offset: i64) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: Arc::from(topic),
+            partition,
+            offset,
+            timestamp_ms: 0,
+            key: None,
+            value: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn next_offsets_takes_max_plus_one_per_partition() {
+        let got = next_offsets(&[
+            rec("a", 0, 5),
+            rec("a", 0, 3),
+            rec("a", 1, 0),
+            rec("b", 0, 9),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                CommitOffset {
+                    topic: "a".into(),
+                    partition: 0,
+                    next_offset: 6
+                },
+                CommitOffset {
+                    topic: "a".into(),
+                    partition: 1,
+                    next_offset: 1
+                },
+                CommitOffset {
+                    topic: "b".into(),
+                    partition: 0,
+                    next_offset: 10
+                },
+            ]
+        );
     }
 }

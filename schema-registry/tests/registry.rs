@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use fleet_event_log::{EventLog, ProduceRecord, TopicSpec};
-use fleet_ops::schema_registry::{
-    self, value_subject, RegistryError, SchemaRegistryClient, COMPATIBILITY,
+use fleet_schema_registry::{
+    self as schema_registry, value_subject, RegistryError, SchemaRegistryClient, COMPATIBILITY,
 };
 use fleet_schemas::codec::{self, Record, CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, MAGIC};
 use fleet_schemas::{fixtures, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport};
@@ -311,7 +311,8 @@ async fn scenario(
             read.len()
         );
         read.clear();
-        fleet_ops::log::read_to_end(log.as_ref(), &mixed, |r| read.push(r.value.clone())).await?;
+        fleet_consumer::log::read_to_end(log.as_ref(), &mixed, |r| read.push(r.value.clone()))
+            .await?;
     }
     assert_eq!(read, [single.clone(), confluent.clone()]);
     for bytes in &read {

@@ -1,17 +1,14 @@
 //! What every Fleetstream service shares: layered configuration ([`config`]), the
 //! `/healthz`, `/readyz` and `/metrics` endpoints ([`endpoints`]), the HTTP error format
-//! and a JSON extractor that names the offending field ([`error`]), consumer-loop helpers
-//! over the event log ([`log`]), dead letters ([`deadletter`]), the schema registry client
-//! ([`schema_registry`]), the HTTP listener every role serves on, with its timeouts,
-//! connection cap and TLS ([`serve`]), and tracing setup.
+//! and a JSON extractor that names the offending field ([`error`]), the HTTP listener every
+//! role serves on, with its timeouts, connection cap and TLS ([`serve`]), tracing setup and
+//! the shutdown signal. Consuming topics is `fleet-consumer`'s, the schema registry client
+//! `fleet-schema-registry`'s.
 
 pub mod config;
-pub mod deadletter;
 pub mod endpoints;
 pub mod error;
-pub mod log;
 mod metrics;
-pub mod schema_registry;
 pub mod serve;
 
 pub use error::{ApiError, FieldJson};

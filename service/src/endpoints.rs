@@ -118,9 +118,9 @@ mod tests {
         assert!(b.contains("log down"));
         let (s, _) = get_body(router("test", not_ready), "/healthz").await;
         assert_eq!(s, StatusCode::OK);
-        metrics::counter!("fleet_ops_test_total").increment(3);
+        metrics::counter!("fleet_service_test_total").increment(3);
         let (s, b) = get_body(router("test", Arc::new(|| Ok(()))), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
-        assert!(b.contains("fleet_ops_test_total 3"), "{b}");
+        assert!(b.contains("fleet_service_test_total 3"), "{b}");
     }
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use fleet_ops::serve::{HttpServer, HttpSettings};
+use fleet_service::serve::{HttpServer, HttpSettings};
 use support::pki::TestCa;
 
 #[tokio::test]

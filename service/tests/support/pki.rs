@@ -1,5 +1,5 @@
 //! A throw-away certificate authority for TLS tests (rcgen): a CA certificate and server
-//! certificates it signs, as PEM. Shared by `fleet-ops`'s listener tests and the e2e TLS
+//! certificates it signs, as PEM. Shared by `fleet-service`'s listener tests and the e2e TLS
 //! test (included there with `#[path]`).
 #![allow(dead_code, unreachable_pub)] // included by several test binaries, each using a part
 
