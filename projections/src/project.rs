@@ -12,7 +12,7 @@ use fleet_consumer::deadletter::{decode_retrying_async, DeadLetters, Reason};
 use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
 use fleet_consumer::Backoff;
-use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
+use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::{
     codec, topics, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
     SoftwareInventory, TicketEvent,
@@ -53,9 +53,9 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Marks the time-series projection as consuming (or not).
-    pub(crate) fn set_timeseries(&self, running: bool) {
-        self.timeseries.store(running, Ordering::Relaxed);
+    /// The flag the time-series projection's runtime sets while it consumes.
+    pub(crate) fn timeseries_flag(&self) -> Arc<AtomicBool> {
+        self.timeseries.clone()
     }
 
     /// `Ok` when both projections consume.
@@ -342,17 +342,4 @@ pub async fn run_retention_sweeps(
             }
         }
     }
-}
-
-pub(crate) async fn subscribe(
-    log: &dyn EventLog,
-    group: &str,
-    topics: &[&str],
-    config: &ProjectionsConfig,
-) -> anyhow::Result<Box<dyn Consumer>> {
-    let options = ConsumerOptions {
-        start: StartFrom::Earliest,
-        session_timeout: Duration::from_millis(config.session_timeout_ms),
-    };
-    Ok(log.subscribe(group, topics, options).await?)
 }
