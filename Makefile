@@ -36,10 +36,9 @@ bench-agent: ## Agent overhead vs prometheus-node-exporter (apt package) and com
 	FLEETSTREAM_AGENT_BIN=$(CURDIR)/target/agent/fleetstream-agent $(CARGO) bench -p fleet-e2e --bench agent_overhead
 	FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench command_latency
 
-bench-stores: ## Store benches: history query, fleet list, bytes/sample, projection throughput (needs `make services`: Postgres, Cassandra)
+bench-stores: ## Store benches: history query, fleet list, projection throughput (needs `make services`: Postgres, Cassandra)
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-stores --bench history_query
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-stores --bench fleet_list -- all
-	$(CARGO) bench -p fleet-stores --bench ts_disk
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-e2e --bench projection_throughput -- all
 
 bench-timeseries: ## Time-series chunks: bytes/sample against VictoriaMetrics (apt package), codec comparison, criterion throughput
@@ -47,8 +46,12 @@ bench-timeseries: ## Time-series chunks: bytes/sample against VictoriaMetrics (a
 	$(CARGO) bench -p fleet-timeseries --bench codecs --features codec-eval
 	$(CARGO) bench -p fleet-timeseries --bench chunk
 
+bench-storage: ## The storage half against VictoriaMetrics (apt package) in one run: stored throughput (back-fill, live), disk, freshness, history query (~10 min)
+	$(CARGO) build --release -p fleetstream
+	FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench storage_vs_vm
+
 bench-replay: ## Rebuild throughput of `fleetstream replay`: embedded, and Kafka into Postgres (needs `make services`)
 	$(CARGO) build --release -p fleetstream
 	eval "$$(bash scripts/services.sh env)" && FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench replay_throughput -- all
 
-.PHONY: help up test services down lint bench bench-agent bench-stores bench-timeseries bench-replay
+.PHONY: help up test services down lint bench bench-agent bench-stores bench-timeseries bench-storage bench-replay

@@ -87,6 +87,14 @@ pub trait Processor: Send {
         let _ = handled;
         async { Output::new() }
     }
+
+    /// Called once when shutdown came, after the last batch was delivered: a processor
+    /// that commits less than it read makes the rest durable here and names what may be
+    /// committed now (so a clean restart replays nothing). Commits only what its output
+    /// names.
+    fn on_shutdown(&mut self) -> impl Future<Output = Output> + Send {
+        async { Output::new() }
+    }
 }
 
 /// What to commit once an [`Output`] is written.
@@ -426,6 +434,8 @@ impl ConsumerRuntime {
             self.set_ready(true);
             tracing::info!(%consumer, group = %self.settings.group, "Consuming.");
             self.consume(processor, &mut shutdown).await;
+            let output = processor.on_shutdown().await;
+            self.deliver(output, &[]).await;
         }
         self.set_ready(false);
         tracing::info!(%consumer, group = %self.settings.group, "Stopped consuming.");

@@ -10,7 +10,7 @@
 //!
 //! Every case uses its own topics (`__{case}_{random}.input`, `.output`) and groups.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -218,6 +218,8 @@ struct TestProcessor {
     seek_to: Option<i64>,
     /// Write one record to the output topic on the first tick.
     tick_once: bool,
+    /// On shutdown, commit everything read (a processor making the rest durable).
+    commit_on_shutdown: bool,
     input: String,
     output: String,
 }
@@ -241,6 +243,7 @@ impl TestProcessor {
             mark: None,
             seek_to: None,
             tick_once: false,
+            commit_on_shutdown: false,
             input: env.input.clone(),
             output: env.output.clone(),
         };
@@ -305,6 +308,26 @@ impl Processor for TestProcessor {
             );
         }
         out
+    }
+
+    async fn on_shutdown(&mut self) -> Output {
+        if !self.commit_on_shutdown {
+            return Output::new();
+        }
+        let mut next: BTreeMap<u32, i64> = BTreeMap::new();
+        for (p, o, _) in &self.seen().records {
+            let n = next.entry(*p).or_default();
+            *n = (*n).max(o + 1);
+        }
+        let offsets = next
+            .into_iter()
+            .map(|(partition, next_offset)| CommitOffset {
+                topic: self.input.clone(),
+                partition,
+                next_offset,
+            })
+            .collect();
+        Output::upto(offsets)
     }
 }
 
@@ -479,6 +502,7 @@ on_every_engine!(
     a_reported_low_water_mark_is_committed_and_a_restarted_member_resumes_from_it,
     a_processor_reporting_no_mark_yet_commits_nothing,
     ticks_run_on_idle_polls_and_their_output_is_written,
+    a_clean_stop_commits_what_the_processor_names_on_shutdown,
 );
 
 /// One body per behaviour, run on every engine.
@@ -604,6 +628,35 @@ mod cases {
         more_passes(&seen).await;
         running.stop().await;
         assert_eq!(env.committed(&group).await, vec![None]);
+    }
+
+    /// A low-water-mark processor makes the rest durable on a clean stop and names it:
+    /// the runtime commits it, so the next member replays nothing.
+    pub(super) async fn a_clean_stop_commits_what_the_processor_names_on_shutdown(engine: Engine) {
+        let env = Env::new(engine, "on_shutdown", 1).await;
+        env.produce(0, &["a", "b", "c", "d"]).await;
+        let group = env.group("on-shutdown");
+        let (mut p, seen) = TestProcessor::new(&env, "shutdown-test", &group).await;
+        p.mark = Some(Some(1));
+        p.commit_on_shutdown = true;
+        let running =
+            Running::start(&env.log, Settings::group(&group, &[&env.input]), p, None).await;
+        eventually("the mark committed", async || {
+            env.committed(&group).await == vec![Some(1)]
+        })
+        .await;
+        more_passes(&seen).await;
+        assert_eq!(
+            env.committed(&group).await,
+            vec![Some(1)],
+            "only the mark while running"
+        );
+        running.stop().await;
+        assert_eq!(
+            env.committed(&group).await,
+            vec![Some(4)],
+            "what on_shutdown named, after the stop"
+        );
     }
 
     pub(super) async fn ticks_run_on_idle_polls_and_their_output_is_written(engine: Engine) {

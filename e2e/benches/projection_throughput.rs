@@ -1,7 +1,8 @@
 //! Projection throughput: records/s from the event log into each store through the
 //! projection loops themselves (`fleet_projections::project::run_read_model` and
-//! `run_timeseries`: poll a batch of up to `batch-size` records, decode, `ReadModel::apply`
-//! with the offsets in one transaction / `TimeSeriesStore::write`, commit).
+//! `fleet_projections::timeseries::run_timeseries`: poll a batch of up to `batch-size`
+//! records, decode, `ReadModel::apply` with the offsets in one transaction / the
+//! time-series writer's head, seals and checkpoints, commit).
 //!
 //! `BENCH_RECORDS` metric reports of `BENCH_AGENTS` agents (10 s apart, the newest now)
 //! are first written to an embedded event log in a temporary directory; then each target
@@ -27,9 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::project::{
-    run_read_model, run_timeseries, to_points, Readiness, READ_MODEL_PROJECTION,
-};
+use fleet_projections::project::{run_read_model, Readiness, READ_MODEL_PROJECTION};
+use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
 use fleet_schemas::{codec, fixtures, topics};
 use support::{env_num, machine, random_suffix, PgDatabase, ScyllaKeyspace};
@@ -145,8 +145,12 @@ async fn read_model(name: &str, log: Arc<dyn EventLog>, url: &str, records: usiz
 }
 
 async fn timeseries(name: &str, log: Arc<dyn EventLog>, url: &str, records: usize) -> Result<()> {
-    let store = fleet_stores::open_timeseries(url).await?;
-    let cfg = config();
+    let mut cfg = config();
+    // Done means durable: checkpointed and committed (at most 100 ms after the last record).
+    cfg.timeseries_engine.checkpoint_interval = Duration::from_millis(100);
+    let store =
+        fleet_timeseries::open(url, cfg.timeseries_retention, cfg.timeseries_engine.clone())
+            .await?;
     let group = cfg.timeseries_group.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
@@ -173,7 +177,8 @@ async fn timeseries(name: &str, log: Arc<dyn EventLog>, url: &str, records: usiz
     })
     .await?;
     let secs = elapsed.as_secs_f64();
-    let per_report = to_points(&fixtures::metric_report(TENANT, "a", 1)).len();
+    let per_report =
+        fleet_schemas::samples::samples(&fixtures::metric_report(TENANT, "a", 1)).len();
     println!(
         "{name:22} {records} records in {secs:.2} s = {:.0} records/s, {:.0} samples/s ({per_report} samples/record)",
         records as f64 / secs,

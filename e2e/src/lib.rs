@@ -11,6 +11,9 @@
 //! can hold answers back or play an unavailable gateway; [`spool_reports`] reads what an
 //! agent's spool holds.
 
+pub mod load;
+pub mod victoria;
+
 use std::future::Future;
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -257,6 +260,25 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Waits until `url` (a `/readyz` or health endpoint) answers 2xx, failing early with the
+/// logs when one of `procs` exits.
+pub async fn wait_ready(url: &str, timeout: Duration, procs: &[&Proc]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    wait_for(url, timeout, procs, || {
+        let client = client.clone();
+        async move {
+            Ok(client
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ()))
+        }
+    })
+    .await
 }
 
 /// GET a JSON document; `None` on 404.

@@ -668,22 +668,12 @@ async fn kafka_corrupt_records_become_dead_letters_and_a_replay_brings_one_back(
         &[],
     )?;
     let procs = [&gateway, &projections, &processors];
-    let plain = reqwest::Client::new();
     for base in [
         format!("http://127.0.0.1:{gw_port}"),
         api.clone(),
         format!("http://127.0.0.1:{pr_port}"),
     ] {
-        wait_for(&format!("{base}/readyz"), WAIT, &procs, || async {
-            Ok(plain
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ()))
-        })
-        .await?;
+        fleet_e2e::wait_ready(&format!("{base}/readyz"), WAIT, &procs).await?;
     }
 
     // While every role runs.

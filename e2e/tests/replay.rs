@@ -22,6 +22,7 @@ use fleet_e2e::{free_port, run_to_end, wait_for, write_file, Finished, Proc};
 use fleet_event_log::EventLog;
 use fleet_projections::project::{READ_MODEL_PROJECTION, READ_MODEL_TOPICS, TIMESERIES_TOPICS};
 use fleet_stores::ReadModel as _;
+use fleet_timeseries::TimeSeriesStore as _;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -365,13 +366,18 @@ async fn replay_and_verify(
     )?;
     ensure!(out.output.contains(agent_id), "{}", out.output);
     {
-        let ts = fleet_stores::open_timeseries(&rebuilt_ts).await?;
+        let ts = fleet_timeseries::open(
+            &rebuilt_ts,
+            fleet_timeseries::Retention::default(),
+            fleet_timeseries::EngineConfig::default(),
+        )
+        .await?;
         let series = ts.list_series(usize::MAX).await?;
         let s = series
             .iter()
             .find(|s| s.agent_id == agent_id && s.series == "cpu.percent")
             .context("cpu.percent of the agent in the rebuilt time series")?;
-        ts.write(&[fleet_stores::Point {
+        ts.write(&[fleet_timeseries::Point {
             tenant_id: s.tenant_id.clone(),
             agent_id: s.agent_id.clone(),
             series: s.series.clone(),

@@ -31,12 +31,12 @@ use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 use fleet_event_log::{ConsumedRecord, EventLog};
 use fleet_projections::project::{
-    apply_with_retry, report_points, stored_offsets, to_change, write_with_retry,
-    READ_MODEL_PROJECTION, READ_MODEL_TOPICS, TIMESERIES_TOPICS,
+    apply_with_retry, stored_offsets, to_change, READ_MODEL_PROJECTION, READ_MODEL_TOPICS,
+    TIMESERIES_TOPICS,
 };
 use fleet_projections::ProjectionsConfig;
 use fleet_stores::read_model::{Engine, SqlReadModel, REGISTRY_TABLES};
-use fleet_stores::TimeSeriesStore;
+use fleet_timeseries::{TimeSeries, TimeSeriesStore as _, Writer};
 
 pub(crate) use export::{export, ExportArgs};
 pub(crate) use verify::{verify, VerifyArgs};
@@ -295,21 +295,28 @@ async fn apply_read_model(store: &SqlReadModel, batch: &[ConsumedRecord], counts
     counts.changes += changes.len() as u64;
 }
 
-/// Writes a batch's reports to the time-series store as the live projection does.
+/// Feeds a batch's reports to the time-series writer as the live projection does (the
+/// same engine: head, sealing by event time), without wall-clock checkpoints: the replay
+/// writes one at the end.
 async fn apply_timeseries(
-    store: &dyn TimeSeriesStore,
+    writer: &tokio::sync::Mutex<Writer>,
     batch: &[ConsumedRecord],
     counts: &mut Counts,
-) {
-    let mut points = Vec::new();
+) -> anyhow::Result<()> {
+    let mut writer = writer.lock().await;
     for r in batch
         .iter()
         .filter(|r| TIMESERIES_TOPICS.contains(&&*r.topic))
     {
-        match report_points(r) {
-            Ok(p) => {
+        match fleet_schemas::codec::decode::<fleet_schemas::MetricReport>(&r.value) {
+            Ok(report) => {
                 counts.reports += 1;
-                points.extend(p);
+                if let fleet_timeseries::engine::Ingested::Stored(n) = writer
+                    .ingest(&r.topic, r.partition, r.offset, &report)
+                    .await?
+                {
+                    counts.points += n as u64;
+                }
             }
             Err(e) => {
                 counts.ts_undecodable += 1;
@@ -317,18 +324,16 @@ async fn apply_timeseries(
             }
         }
     }
-    if !points.is_empty() {
-        write_with_retry(store, &points).await;
-        counts.points += points.len() as u64;
-    }
+    writer.after_batch().await?;
+    Ok(())
 }
 
 /// Workers by default: several when a target is a server that runs transactions in
 /// parallel (PostgreSQL, ScyllaDB), one when every target is embedded (one writer at a
 /// time: more workers would only wait for each other).
-fn default_jobs(rm: Option<&SqlReadModel>, ts: Option<&dyn TimeSeriesStore>) -> usize {
+fn default_jobs(rm: Option<&SqlReadModel>, ts: Option<&TimeSeries>) -> usize {
     let rm_parallel = rm.is_some_and(|s| s.engine_kind() == Engine::Postgres);
-    let ts_parallel = ts.is_some_and(|s| s.engine() == "scylla");
+    let ts_parallel = ts.is_some_and(|s| s.engine() == "cql");
     if rm_parallel || ts_parallel {
         4
     } else {
@@ -339,10 +344,10 @@ fn default_jobs(rm: Option<&SqlReadModel>, ts: Option<&dyn TimeSeriesStore>) -> 
 /// Applies the batches of its partitions to the stores and counts them.
 async fn worker(
     rm: Option<Arc<SqlReadModel>>,
-    ts: Option<Arc<dyn TimeSeriesStore>>,
+    ts: Option<Arc<tokio::sync::Mutex<Writer>>>,
     mut batches: tokio::sync::mpsc::Receiver<Vec<ConsumedRecord>>,
     shared: Arc<Mutex<(Progress, Counts)>>,
-) {
+) -> anyhow::Result<()> {
     while let Some(batch) = batches.recv().await {
         let mut rm_counts = Counts::default();
         let mut ts_counts = Counts::default();
@@ -352,11 +357,13 @@ async fn worker(
             }
         };
         let ts_part = async {
-            if let Some(store) = &ts {
-                apply_timeseries(store.as_ref(), &batch, &mut ts_counts).await;
+            match &ts {
+                Some(writer) => apply_timeseries(writer, &batch, &mut ts_counts).await,
+                None => Ok(()),
             }
         };
-        tokio::join!(rm_part, ts_part);
+        let ((), ts_done) = tokio::join!(rm_part, ts_part);
+        ts_done?;
         let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
         let (progress, counts) = &mut *guard;
         counts.changes += rm_counts.changes;
@@ -369,6 +376,7 @@ async fn worker(
         }
         progress.advance(&batch);
     }
+    Ok(())
 }
 
 /// Opens the read-model target and checks it holds no projected data (or, with `force`,
@@ -402,8 +410,13 @@ async fn open_timeseries_target(
     url: &str,
     cfg: &ProjectionsConfig,
     force: bool,
-) -> anyhow::Result<Arc<dyn TimeSeriesStore>> {
-    let store = fleet_stores::open_timeseries_with(url, cfg.timeseries_retention)
+) -> anyhow::Result<Arc<TimeSeries>> {
+    // No wall-clock checkpoints while replaying: one at the end.
+    let engine = fleet_timeseries::EngineConfig {
+        checkpoint_interval: std::time::Duration::from_secs(365 * 24 * 3600),
+        ..cfg.timeseries_engine.clone()
+    };
+    let store = fleet_timeseries::open(url, cfg.timeseries_retention, engine)
         .await
         .with_context(|| format!("opening the time-series store {url}"))?;
     let some = store.list_series(1).await?;
@@ -463,6 +476,10 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let jobs = args
         .jobs
         .map_or_else(|| default_jobs(rm.as_deref(), ts.as_deref()), usize::from);
+    // One writer feeds the engine (workers take turns with it).
+    let writer = ts
+        .as_ref()
+        .map(|ts| Arc::new(tokio::sync::Mutex::new(ts.writer())));
     let progress = Progress::new("replay", &spans);
     let shared = Arc::new(Mutex::new((progress, Counts::default())));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ConsumedRecord>>(4);
@@ -477,7 +494,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         senders.push(wtx);
         workers.push(tokio::spawn(worker(
             rm.clone(),
-            ts.clone(),
+            writer.clone(),
             wrx,
             Arc::clone(&shared),
         )));
@@ -496,7 +513,12 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     drop(senders);
     for w in workers {
-        w.await.context("a replay worker failed")?;
+        w.await.context("a replay worker failed")??;
+    }
+    // The open windows and every partition's position go into a checkpoint, so a live
+    // projection pointed at the rebuilt store resumes after the replayed records.
+    if let Some(writer) = &writer {
+        writer.lock().await.checkpoint().await?;
     }
     let outcome = reading.await.context("the reader task failed")??;
     let (mut progress, counts) = match Arc::try_unwrap(shared) {

@@ -258,7 +258,7 @@ async fn run_processors(
 struct Stores {
     read_model: Arc<dyn fleet_stores::ReadModel>,
     registry: Arc<dyn fleet_stores::registry::Registry>,
-    timeseries: Arc<dyn fleet_stores::TimeSeriesStore>,
+    timeseries: Arc<fleet_timeseries::TimeSeries>,
 }
 
 async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
@@ -267,9 +267,13 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
         .with_context(|| format!("opening the read model ({})", redact(&cfg.read_model)))?;
     let read_model: Arc<dyn fleet_stores::ReadModel> = sql.clone();
     let registry: Arc<dyn fleet_stores::registry::Registry> = sql;
-    let timeseries = fleet_stores::open_timeseries_with(&cfg.timeseries, cfg.timeseries_retention)
-        .await
-        .with_context(|| format!("opening the time-series store ({})", cfg.timeseries))?;
+    let timeseries = fleet_timeseries::open(
+        &cfg.timeseries,
+        cfg.timeseries_retention,
+        cfg.timeseries_engine.clone(),
+    )
+    .await
+    .with_context(|| format!("opening the time-series store ({})", cfg.timeseries))?;
     Ok(Stores {
         read_model,
         registry,
@@ -323,7 +327,7 @@ fn query_api(
     Ok(
         fleet_projections::api::app(fleet_projections::api::ApiState::new(
             stores.read_model.clone(),
-            stores.timeseries.clone(),
+            stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
             admin.clone(),
         ))
         .merge(fleet_projections::admin::router(admin))
@@ -354,7 +358,7 @@ async fn run_projections(
         shutdown.clone(),
     );
     let sweeps = fleet_projections::project::run_retention_sweeps(
-        stores.timeseries.clone(),
+        stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
         cfg.clone(),
         shutdown.clone().wait(),
     );
@@ -365,7 +369,7 @@ async fn run_projections(
         ready.clone(),
         shutdown.clone().wait(),
     );
-    let ts = fleet_projections::project::run_timeseries(
+    let ts = fleet_projections::timeseries::run_timeseries(
         log,
         stores.timeseries,
         cfg,

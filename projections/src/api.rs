@@ -34,9 +34,9 @@ use chrono::{DateTime, Utc};
 use fleet_service::ApiError;
 use fleet_stores::{
     AgentQuery, AgentRow, AgentStatus, AlertQuery, AlertRow, AlertStatus, AuditEntry, AuditQuery,
-    Bucket, FleetOverview, RangeQuery, ReadModel, Resolution, ServiceRow, StoreError,
-    TimeSeriesStore,
+    FleetOverview, ReadModel, ServiceRow, StoreError,
 };
+use fleet_timeseries::{Bucket, RangeQuery, Resolution, TimeSeriesStore};
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
 
@@ -47,6 +47,15 @@ use crate::metrics;
 pub(crate) mod commands_software_tickets;
 
 pub use commands_software_tickets::{CommandList, TicketList};
+
+/// The answer to a time-series store failure (as [`store_error`] for the SQL stores).
+fn ts_error(e: fleet_timeseries::Error) -> ApiError {
+    match e {
+        fleet_timeseries::Error::Unavailable(m) => store_error(StoreError::Unavailable(m)),
+        fleet_timeseries::Error::InvalidQuery(m) => store_error(StoreError::InvalidQuery(m)),
+        other => store_error(StoreError::Internal(other.to_string())),
+    }
+}
 
 /// State of the query API.
 #[derive(Debug, Clone)]
@@ -321,7 +330,7 @@ pub(crate) const TIME_UNITS: &[&str] = &["s", "m", "h", "d", "w", "y"];
 
 /// Parses a time: RFC 3339, `now`, or a duration meaning that long before `now`
 /// (`15m`, `-15m`: see [`parse_duration`]). Every step is checked arithmetic: a time
-/// outside the time series' range (±[`fleet_stores::MAX_ABS_TS_MICROS`], about 146,000
+/// outside the time series' range (±[`fleet_timeseries::MAX_ABS_TS_MICROS`], about 146,000
 /// years) is a 400 naming `field`.
 pub fn parse_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
     let t = if v == "now" {
@@ -355,7 +364,7 @@ pub(crate) fn invalid_combination(field: &str, message: impl Into<String>) -> Ap
 
 /// `t`, if the time-series store can answer for it.
 fn in_range(field: &str, t: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    if t.timestamp_micros().unsigned_abs() > fleet_stores::MAX_ABS_TS_MICROS.unsigned_abs() {
+    if t.timestamp_micros().unsigned_abs() > fleet_timeseries::MAX_ABS_TS_MICROS.unsigned_abs() {
         return Err(too_far(field));
     }
     Ok(t)
@@ -586,7 +595,7 @@ pub(crate) async fn get_agent(
             .timeseries
             .series(&agent.tenant_id, &agent.agent_id)
             .await
-            .map_err(store_error)?;
+            .map_err(ts_error)?;
         let mut open_alerts = Vec::new();
         for status in [AlertStatus::Open, AlertStatus::Acknowledged] {
             let q = AlertQuery {
@@ -755,8 +764,8 @@ pub(crate) async fn agent_metrics(
             };
             let buckets = s.timeseries.query(&q).await.map_err(|e| match e {
                 // The range and the interval, each valid, give too many buckets.
-                StoreError::InvalidQuery(msg) => invalid_combination("interval", msg),
-                other => store_error(other),
+                fleet_timeseries::Error::InvalidQuery(msg) => invalid_combination("interval", msg),
+                other => ts_error(other),
             })?;
             series.push(SeriesHistory {
                 metric: m,

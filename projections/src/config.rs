@@ -32,7 +32,10 @@ pub struct ProjectionsConfig {
     /// `scylla://host:9042[,host2:9042]/keyspace` (ScyllaDB or Cassandra).
     pub timeseries: String,
     /// How long the time-series store keeps each resolution (`[timeseries-retention]`).
-    pub timeseries_retention: fleet_stores::Retention,
+    pub timeseries_retention: fleet_timeseries::Retention,
+    /// The time-series engine: out-of-order allowance, idle sealing, checkpoint interval,
+    /// head memory limit (`[timeseries-engine]`).
+    pub timeseries_engine: fleet_timeseries::EngineConfig,
     /// How often the projections remove time series past retention
     /// ([`fleet_stores::TimeSeriesStore::expire`]; ScyllaDB expires rows by TTL itself).
     #[serde(with = "duration_text")]
@@ -72,7 +75,8 @@ impl Default for ProjectionsConfig {
             schema_registry_url: String::new(),
             read_model: "postgres://fleet:fleet@127.0.0.1:5432/fleet?sslmode=disable".into(),
             timeseries: "file://fleetstream-data/timeseries".into(),
-            timeseries_retention: fleet_stores::Retention::default(),
+            timeseries_retention: fleet_timeseries::Retention::default(),
+            timeseries_engine: fleet_timeseries::EngineConfig::default(),
             retention_sweep_interval: Duration::from_secs(600),
             read_model_group: "fleet-projection-readmodel".into(),
             timeseries_group: "fleet-projection-timeseries".into(),

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod project;
 pub mod rules_api;
 pub mod tags;
+pub mod timeseries;
 pub mod users;
 
 pub use config::ProjectionsConfig;

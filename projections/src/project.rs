@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_consumer::deadletter::{decode_retrying_async, DeadLetters, Reason};
-use fleet_consumer::log::{ensure_topics, next_offsets, LagGauge};
+use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
 use fleet_consumer::Backoff;
-use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, StartFrom};
-use fleet_schemas::samples::samples;
+use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::{
     codec, topics, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
     SoftwareInventory, TicketEvent,
 };
-use fleet_stores::{Change, Point, ReadModel, StoreError, StoredOffset, TimeSeriesStore};
+use fleet_stores::{Change, ReadModel, StoreError, StoredOffset};
+use fleet_timeseries::TimeSeriesStore;
 
 use crate::metrics;
 use crate::ProjectionsConfig;
@@ -42,7 +42,7 @@ pub const READ_MODEL_TOPICS: &[&str] = &[
     topics::RULES,
 ];
 
-/// The topics the time-series projection consumes (each decoded by [`report_points`]).
+/// The topics the time-series projection consumes (metric reports).
 pub const TIMESERIES_TOPICS: &[&str] = &[topics::METRICS];
 
 /// Readiness of the projection loops, for `/readyz`.
@@ -53,6 +53,11 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// The flag the time-series projection's runtime sets while it consumes.
+    pub(crate) fn timeseries_flag(&self) -> Arc<AtomicBool> {
+        self.timeseries.clone()
+    }
+
     /// `Ok` when both projections consume.
     pub fn check(&self) -> Result<(), String> {
         match (
@@ -131,35 +136,6 @@ pub async fn run_read_model(
     };
     runtime.run(&mut projection, shutdown).await;
     Ok(())
-}
-
-/// Handles one polled batch of a projection.
-trait BatchHandler {
-    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]);
-}
-
-/// The loop of the time-series projection: poll, handle, track lag, until `shutdown`.
-async fn consume(
-    log: &dyn EventLog,
-    consumer: &mut dyn Consumer,
-    group: &str,
-    batch_size: usize,
-    shutdown: impl std::future::Future<Output = ()>,
-    handler: &mut impl BatchHandler,
-) {
-    let mut lag = LagGauge::new(group, Duration::from_secs(5));
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            b = poll(consumer, batch_size) => b,
-        };
-        if !batch.is_empty() {
-            handler.handle(consumer, &batch).await;
-            lag.observe(&batch);
-        }
-        lag.refresh(log).await;
-    }
 }
 
 /// The read-model projection on the consumer runtime.
@@ -298,38 +274,6 @@ async fn store_offsets(store: &dyn ReadModel, offsets: &[StoredOffset]) {
     }
 }
 
-/// Writes points, retrying while the store is unavailable; points refused for another
-/// reason are written one by one and the refused ones counted, logged and skipped. Also
-/// used by `fleetstream replay`.
-pub async fn write_with_retry(store: &dyn TimeSeriesStore, points: &[Point]) {
-    write_or_refuse(store, points).await;
-}
-
-/// [`write_with_retry`], returning the refused points (index in `points`, error) for
-/// their reports' dead letters.
-async fn write_or_refuse(
-    store: &dyn TimeSeriesStore,
-    points: &[Point],
-) -> Vec<(usize, StoreError)> {
-    let Err(e) = until_available("timeseries", u32::MAX, || store.write(points)).await else {
-        return Vec::new();
-    };
-    tracing::warn!(error = %e, "Time-series store refused the batch; writing point by point.");
-    let mut refused = Vec::new();
-    for (i, p) in points.iter().enumerate() {
-        if let Err(e) = until_available("timeseries", SINGLE_ATTEMPTS, || {
-            store.write(std::slice::from_ref(p))
-        })
-        .await
-        {
-            ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries").increment(1);
-            tracing::error!(error = %e, series = %p.series, agent_id = %p.agent_id, "Point refused; skipped.");
-            refused.push((i, e));
-        }
-    }
-    refused
-}
-
 /// Runs `f` until the store answers anything but unavailable, or `attempts` calls were
 /// unavailable; waits the back-off between calls (each unavailable answer counted and
 /// logged for `projection`). Returns the last answer.
@@ -358,64 +302,6 @@ where
 
 /// Attempts for one change or point applied on its own (after its batch was refused).
 const SINGLE_ATTEMPTS: u32 = 50;
-
-/// Converts a report into time-series points.
-pub fn to_points(r: &MetricReport) -> Vec<Point> {
-    samples(r)
-        .into_iter()
-        .filter(|s| s.value.is_finite())
-        .map(|s| Point {
-            tenant_id: r.tenant_id.clone(),
-            agent_id: r.agent_id.clone(),
-            series: s.series(),
-            ts_micros: r.occurred_at,
-            value: s.value,
-        })
-        .collect()
-}
-
-/// Decodes a record of a time-series topic (a metric report) into its points.
-pub fn report_points(r: &ConsumedRecord) -> Result<Vec<Point>, codec::CodecError> {
-    Ok(to_points(&codec::decode::<MetricReport>(&r.value)?))
-}
-
-/// Runs the time-series projection until `shutdown` resolves.
-pub async fn run_timeseries(
-    log: Arc<dyn EventLog>,
-    store: Arc<dyn TimeSeriesStore>,
-    config: ProjectionsConfig,
-    ready: Readiness,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    ensure_topics(log.as_ref()).await?;
-    let mut consumer = subscribe(
-        log.as_ref(),
-        &config.timeseries_group,
-        TIMESERIES_TOPICS,
-        &config,
-    )
-    .await?;
-    let dead =
-        DeadLetters::open(log.clone(), TIMESERIES_CONSUMER, &config.timeseries_group).await?;
-    ready.timeseries.store(true, Ordering::Relaxed);
-    tracing::info!(group = %config.timeseries_group, store = store.engine(), "Time-series projection running.");
-    let mut handler = TimeSeriesBatches {
-        store: store.as_ref(),
-        dead,
-    };
-    let group = config.timeseries_group.clone();
-    consume(
-        log.as_ref(),
-        consumer.as_mut(),
-        &group,
-        config.batch_size,
-        shutdown,
-        &mut handler,
-    )
-    .await;
-    ready.timeseries.store(false, Ordering::Relaxed);
-    Ok(())
-}
 
 /// Removes time series past retention every `config.retention-sweep-interval` (the first
 /// sweep at start), until `shutdown` resolves: [`TimeSeriesStore::expire`] at the current
@@ -454,110 +340,6 @@ pub async fn run_retention_sweeps(
                     .increment(1);
                 tracing::warn!(store = store.engine(), error = %e, "Retention sweep failed; retrying at the next interval.");
             }
-        }
-    }
-}
-
-struct TimeSeriesBatches<'a> {
-    store: &'a dyn TimeSeriesStore,
-    dead: DeadLetters,
-}
-
-impl BatchHandler for TimeSeriesBatches<'_> {
-    async fn handle(&mut self, consumer: &mut dyn Consumer, batch: &[ConsumedRecord]) {
-        write_timeseries_batch(self.store, consumer, &self.dead, batch).await;
-    }
-}
-
-#[tracing::instrument(name = "project_batch", skip_all, fields(projection = "timeseries", records = batch.len()))]
-async fn write_timeseries_batch(
-    store: &dyn TimeSeriesStore,
-    consumer: &mut dyn Consumer,
-    dead: &DeadLetters,
-    batch: &[ConsumedRecord],
-) {
-    let started = Instant::now();
-    let mut points = Vec::with_capacity(batch.len() * 20);
-    // Per report: its record and where its points end in `points`.
-    let mut ends: Vec<(&ConsumedRecord, usize)> = Vec::with_capacity(batch.len());
-    for r in batch {
-        match decode_retrying_async(r, report_points).await {
-            Ok(p) => {
-                points.extend(p);
-                ends.push((r, points.len()));
-            }
-            Err(e) => {
-                ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
-                    .increment(1);
-                dead.note(r, Reason::decode(e));
-            }
-        }
-    }
-    let refused = write_or_refuse(store, &points).await;
-    note_refused_reports(dead, &ends, &points, refused);
-    // Dead letters are written before the batch is committed.
-    dead.flush().await;
-    ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
-        .increment(batch.len() as u64);
-    if let Err(e) = consumer.commit(&next_offsets(batch)).await {
-        tracing::warn!(error = %e, "Commit failed; the batch will be written again (idempotent).");
-    }
-    ::metrics::histogram!(metrics::BATCH_SECONDS, "projection" => "timeseries")
-        .record(started.elapsed().as_secs_f64());
-}
-
-/// Notes the dead letter of each report with a refused point (once per report; its other
-/// points are written, and writing them again on a replay is idempotent).
-fn note_refused_reports(
-    dead: &DeadLetters,
-    ends: &[(&ConsumedRecord, usize)],
-    points: &[Point],
-    refused: Vec<(usize, StoreError)>,
-) {
-    let mut refused = refused.into_iter().peekable();
-    let mut start = 0;
-    for (r, end) in ends {
-        let mut first: Option<(usize, StoreError)> = None;
-        let mut count = 0usize;
-        while let Some((i, e)) = refused.next_if(|(i, _)| *i < *end) {
-            if i >= start {
-                count += 1;
-                first.get_or_insert((i, e));
-            }
-        }
-        if let Some((i, e)) = first {
-            let text = if count > 1 {
-                format!("{e} (and {} more of its points)", count - 1)
-            } else {
-                e.to_string()
-            };
-            let tenant = points.get(i).map_or("", |p| p.tenant_id.as_str());
-            dead.note(r, Reason::process(text).tenant(tenant));
-        }
-        start = *end;
-    }
-}
-
-async fn subscribe(
-    log: &dyn EventLog,
-    group: &str,
-    topics: &[&str],
-    config: &ProjectionsConfig,
-) -> anyhow::Result<Box<dyn Consumer>> {
-    let options = ConsumerOptions {
-        start: StartFrom::Earliest,
-        session_timeout: Duration::from_millis(config.session_timeout_ms),
-    };
-    Ok(log.subscribe(group, topics, options).await?)
-}
-
-async fn poll(consumer: &mut dyn Consumer, max: usize) -> Vec<ConsumedRecord> {
-    match consumer.poll(max, Duration::from_millis(500)).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "Poll failed; retrying.");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Vec::new()
         }
     }
 }

@@ -47,7 +47,9 @@ async fn env() -> Env {
         .await
         .expect("read model");
     let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
-    let ts = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
+    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+        .await
+        .expect("ts");
     let admin = AdminState::new(sql, log.clone(), ADMIN, "http://gw.example:8080");
     let api = app(ApiState::new(rm.clone(), ts, admin));
     Env {

@@ -5,12 +5,14 @@
 //! and reason; every valid record around them is projected; the counters move; a restart
 //! (and a new group reading everything again) writes no dead letter twice.
 
+use fleet_timeseries::TimeSeriesStore as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_event_log::{EventLog, ProduceRecord, RecordPosition};
-use fleet_projections::project::{run_read_model, run_timeseries, Readiness};
+use fleet_projections::project::{run_read_model, Readiness};
+use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
 use fleet_schemas::{codec, fixtures, topics, DeadLetter, DeadLetterKind, Record};
 use fleet_stores::{AlertQuery, CommandQuery, SoftwareQuery, TicketQuery};
@@ -23,7 +25,7 @@ struct Env {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
     rm: Arc<dyn fleet_stores::ReadModel>,
-    ts: Arc<dyn fleet_stores::TimeSeriesStore>,
+    ts: Arc<fleet_timeseries::TimeSeries>,
 }
 
 async fn env() -> Env {
@@ -38,7 +40,9 @@ async fn env() -> Env {
     let rm: Arc<dyn fleet_stores::ReadModel> = fleet_stores::open_sql(&p("rm.db"))
         .await
         .expect("read model");
-    let ts = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
+    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+        .await
+        .expect("ts");
     Env {
         _dir: dir,
         log,

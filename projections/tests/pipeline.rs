@@ -10,7 +10,8 @@ use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_projections::admin::AdminState;
 use fleet_projections::api::{app, ApiState};
-use fleet_projections::project::{run_read_model, run_timeseries, Readiness};
+use fleet_projections::project::{run_read_model, Readiness};
+use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
 use fleet_schemas::{codec, fixtures, topics, Record};
 use http_body_util::BodyExt as _;
@@ -27,7 +28,7 @@ struct Env {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
     rm: Arc<dyn fleet_stores::ReadModel>,
-    ts: Arc<dyn fleet_stores::TimeSeriesStore>,
+    ts: Arc<fleet_timeseries::TimeSeries>,
     admin: AdminState,
 }
 
@@ -44,7 +45,9 @@ async fn env() -> Env {
         .await
         .expect("read model");
     let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
-    let ts = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
+    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+        .await
+        .expect("ts");
     let admin = AdminState::new(sql, log.clone(), ADMIN, "http://gw.example:8080");
     Env {
         _dir: dir,
@@ -170,11 +173,13 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
         T0 + 100_000_000,
         "heartbeat moves last seen"
     );
-    assert!(agent["series"]
-        .as_array()
-        .expect("series")
-        .iter()
-        .any(|s| s == "disk.percent:/var"));
+    // The time-series projection runs on its own: wait for it too.
+    eventually(&api, "/api/v1/agents/a1", |v| {
+        v["series"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "disk.percent:/var"))
+    })
+    .await;
     let history = eventually(&api, &history_uri(120), |v| {
         v["series"][0]["buckets"].as_array().is_some_and(|b| {
             b.iter()

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use fleet_stores::{Point, RangeQuery, Resolution, TimeSeriesStore};
+use fleet_timeseries::{Point, RangeQuery, Resolution, TimeSeriesStore};
 use support::{env_num, machine, summary, ScyllaKeyspace};
 
 const TENANT: &str = "bench-tenant";
@@ -147,7 +147,12 @@ async fn run(name: &str, store: Arc<dyn TimeSeriesStore>) -> Result<()> {
 async fn main() -> Result<()> {
     println!("machine: {}", machine());
     let dir = tempfile::tempdir()?;
-    let store = fleet_stores::open_timeseries(&format!("file://{}", dir.path().display())).await?;
+    let store = fleet_timeseries::open(
+        &format!("file://{}", dir.path().display()),
+        Default::default(),
+        Default::default(),
+    )
+    .await?;
     run("embedded", store).await?;
     match support::scylla_hosts() {
         None => println!("scylla    skipped: FLEET_SCYLLA_URI is not set"),
@@ -155,7 +160,8 @@ async fn main() -> Result<()> {
             let ks = ScyllaKeyspace::new(&hosts);
             println!("scylla    server: {} at {hosts}", ks.server().await?);
             let outcome = async {
-                let store = fleet_stores::open_timeseries(&ks.url).await?;
+                let store =
+                    fleet_timeseries::open(&ks.url, Default::default(), Default::default()).await?;
                 run("scylla", store).await
             }
             .await;

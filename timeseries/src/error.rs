@@ -38,3 +38,32 @@ pub enum ChunkError {
     #[error("invalid input: {0}")]
     Invalid(String),
 }
+
+/// Errors of the time-series store (the engine over a chunk store).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL or a setting is wrong.
+    #[error("time-series configuration: {0}")]
+    Config(String),
+    /// The store cannot serve now (connection refused, file held by another process);
+    /// retry later.
+    #[error("time-series store unavailable: {0}")]
+    Unavailable(String),
+    /// A query or a write argument is out of range.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// Any other failure (a stored chunk that does not decode, an I/O error).
+    #[error("time-series store: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed later.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// Result alias of the store side of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,10 +5,16 @@
 //!   versioned, deterministic bytes; [`chunk::merge`] folds late data into a block;
 //!   [`chunk::header`] reads time range, counts and series names without the values.
 //! * [`rollup`]: per-series buckets (min, max, sum, count, last) at any width, equal to
-//!   what `fleet_stores::timeseries::aggregate_buckets` computes, with their own columnar
+//!   what `crate::query::aggregate_buckets` computes, with their own columnar
 //!   encoding and merge.
 //!
-//! The head, flushing and storage build on these; nothing here reads a clock or a file.
+//! * [`query`]: the [`TimeSeriesStore`] seam the projections, the query API and the
+//!   replay tools use: samples, range queries in buckets, resolutions, retention.
+//! * [`engine`]: the head (every agent's open windows in memory), sealing, checkpoints
+//!   and queries, over a [`ChunkStore`] ([`store`]): [`embedded`] (redb, in the data
+//!   directory) or `cql` (ScyllaDB / Cassandra, feature `cql`).
+//!
+//! The chunk and rollup modules are pure: nothing there reads a clock or a file.
 //!
 //! ## How a block is encoded, and why
 //!
@@ -75,12 +81,21 @@
 //! panic, within the [`limits`] (a property test feeds thousands of mutated encodings).
 
 pub mod chunk;
+#[cfg(feature = "cql")]
+pub mod cql;
+pub mod embedded;
+pub mod engine;
 mod error;
 mod floats;
+pub mod head;
 mod ints;
+pub mod metrics;
 mod names;
 mod presence;
+pub mod query;
 pub mod rollup;
+mod state;
+pub mod store;
 mod wire;
 
 /// Internals the `codecs` bench compares other crates against; not an API.
@@ -103,8 +118,15 @@ pub mod eval {
 }
 
 pub use chunk::{Block, BlockHeader, Series};
-pub use error::ChunkError;
+pub use engine::{EngineConfig, TimeSeries, Writer};
+pub use error::{ChunkError, Error, Result};
+pub use query::{
+    aggregate_buckets, bucket_range, bucket_start, merge_buckets, validate_points, validate_query,
+    validate_range, Bucket, Point, RangeQuery, Resolution, Retention, SeriesKey, TimeSeriesStore,
+    MAX_ABS_TS_MICROS, MAX_BUCKETS,
+};
 pub use rollup::{RollupRow, RollupSet, SeriesRollup};
+pub use store::{AgentKey, ChunkKind, ChunkStore};
 
 /// Bounds of one block or rollup set. Encoders refuse to build anything larger and
 /// decoders refuse bytes that claim more, so decoding hostile bytes allocates at most
@@ -119,4 +141,53 @@ pub mod limits {
     pub const MAX_CELLS: usize = 1 << 22;
     /// Bytes of one series name.
     pub const MAX_NAME_BYTES: usize = 4096;
+}
+
+/// Opens the time-series store a URL names: `file:///dir` or a bare directory path (the
+/// embedded chunk store in that directory), or `scylla://host:9042[,host2]/keyspace`
+/// (ScyllaDB or Cassandra, feature `cql`).
+pub async fn open(
+    url: &str,
+    retention: Retention,
+    config: EngineConfig,
+) -> Result<std::sync::Arc<TimeSeries>> {
+    let store = open_chunks(url, retention).await?;
+    Ok(std::sync::Arc::new(TimeSeries::new(
+        store, retention, config,
+    )?))
+}
+
+/// Opens the chunk store a URL names (see [`open`]). The CQL store sets its rows' TTLs
+/// from `retention`; the embedded one deletes by [`ChunkStore::expire`].
+pub async fn open_chunks(
+    url: &str,
+    retention: Retention,
+) -> Result<std::sync::Arc<dyn ChunkStore>> {
+    if url.starts_with("scylla://") {
+        #[cfg(feature = "cql")]
+        {
+            return Ok(std::sync::Arc::new(
+                cql::CqlChunks::connect(url, retention).await?,
+            ));
+        }
+        #[cfg(not(feature = "cql"))]
+        {
+            let _ = retention;
+            return Err(Error::Config(
+                "this build has no ScyllaDB/Cassandra support (feature `cql`)".into(),
+            ));
+        }
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.contains("://") {
+        return Err(Error::Config(format!(
+            "unsupported time-series URL {url:?}: use file:///path/to/dir or scylla://host:9042/keyspace"
+        )));
+    }
+    // Opening reads (and after a crash, repairs) the file: keep it off the async workers.
+    let path = std::path::PathBuf::from(path);
+    let store = tokio::task::spawn_blocking(move || embedded::EmbeddedChunks::open(&path))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the time-series store failed: {e}")))??;
+    Ok(std::sync::Arc::new(store))
 }

@@ -2,7 +2,7 @@
 //! min, max, sum, count and the last value with its time. They are computed from a block
 //! when it is made ([`compute`]), never by read-modify-write per sample.
 //!
-//! The figures equal `fleet_stores::timeseries::aggregate_buckets` over the same samples,
+//! The figures equal `crate::query::aggregate_buckets` over the same samples,
 //! bit for bit: the first sample starts the bucket, then `f64::min`, `f64::max` and the
 //! sum are applied sample by sample in time order (a test checks it).
 //!

@@ -1,9 +1,9 @@
-//! Rollups: equal to `fleet_stores::timeseries::aggregate_buckets`, round trips,
+//! Rollups: equal to `fleet_timeseries::aggregate_buckets`, round trips,
 //! determinism, merge, and decoding of corrupt bytes.
 
 use fleet_schemas::fixtures::{fleet_reports, SplitMix64};
 use fleet_schemas::samples::{for_each_sample, series_name};
-use fleet_stores::timeseries::aggregate_buckets;
+use fleet_timeseries::aggregate_buckets;
 use fleet_timeseries::{rollup, Block, ChunkError, RollupRow, RollupSet, SeriesRollup};
 
 const T0: i64 = 1_790_000_000_000_000;

@@ -11,7 +11,8 @@ use fleet_projections::admin::{router, AdminState};
 use fleet_projections::api::{app, ApiState};
 use fleet_schemas::{codec, fixtures, CommandEventKind, Record};
 use fleet_stores::registry::Registry;
-use fleet_stores::{Change, Point, ReadModel, TimeSeriesStore};
+use fleet_stores::{Change, ReadModel};
+use fleet_timeseries::{Point, TimeSeriesStore};
 use serde_json::json;
 
 use super::{call, create_tenant, enroll, ADMIN};
@@ -153,7 +154,10 @@ pub async fn world() -> World {
     let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
     let rm: Arc<dyn ReadModel> = sql.clone();
     let registry: Arc<dyn Registry> = sql.clone();
-    let ts: Arc<dyn TimeSeriesStore> = fleet_stores::open_timeseries(&p("ts")).await.expect("ts");
+    let ts: Arc<dyn TimeSeriesStore> =
+        fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+            .await
+            .expect("ts");
     let app = instance(
         rm.clone(),
         registry.clone(),

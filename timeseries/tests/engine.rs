@@ -1,14 +1,27 @@
-//! Conformance suite of the time-series store on the embedded engine: the cases are in
-//! `ts_cases` (shared with `timeseries_scylla.rs`); `run` gives each a fresh store.
+//! Conformance suite of the time-series store (the engine over each chunk store): the
+//! cases are in `ts_cases`; each module's `run` gives a case a fresh, empty store.
 
 #[macro_use]
 mod ts_cases;
+#[cfg(feature = "cql")]
+mod support;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{ensure, Result};
-use fleet_stores::{open_timeseries, open_timeseries_with, Retention, StoreError, TimeSeriesStore};
+use fleet_timeseries::{EngineConfig, Error as StoreError, Retention, TimeSeries, TimeSeriesStore};
+
+async fn open_timeseries(url: &str) -> fleet_timeseries::Result<Arc<TimeSeries>> {
+    open_timeseries_with(url, Retention::default()).await
+}
+
+async fn open_timeseries_with(
+    url: &str,
+    retention: Retention,
+) -> fleet_timeseries::Result<Arc<TimeSeries>> {
+    fleet_timeseries::open(url, retention, EngineConfig::default()).await
+}
 
 /// The embedded engine, each test in a new temporary directory.
 mod embedded {
@@ -22,7 +35,7 @@ mod embedded {
         let dir = tempfile::tempdir()?;
         let store = open_timeseries(&format!("file://{}", dir.path().display())).await?;
         ensure!(store.engine() == "embedded");
-        case(store).await
+        case(store as Arc<dyn TimeSeriesStore>).await
     }
 
     conformance!();
@@ -90,16 +103,44 @@ mod embedded {
         // Nothing is past retention now.
         let now = fleet_schemas::time::now_micros();
         ensure!(store.expire(now).await? == 0);
-        // Eight days on, the raw samples are gone and the 1-minute rollup serves.
+        // 31 days on, the raw block (one agent-hour) is gone and the 5m rollup serves.
         let day = 24 * 60 * MINUTE;
-        let removed = store.expire(now + 8 * day).await?;
-        ensure!(removed == 120, "removed {removed}");
+        let removed = store.expire(now + 31 * day).await?;
+        ensure!(removed == 1, "removed {removed}");
         ensure!(store.query(&range(10_000_000)).await?.is_empty());
-        ensure!(store.query(&range(MINUTE)).await?.len() == 60);
-        // Past every retention nothing is left.
+        ensure!(store.query(&range(MINUTE)).await?.is_empty());
+        ensure!(store.query(&range(5 * MINUTE)).await?.len() == 12);
+        // Past every retention nothing is left: the day of 5m rollups, the week of 1h.
         let removed = store.expire(now + 500 * day).await?;
-        ensure!(removed == 60 + 12 + 1, "removed {removed}");
+        ensure!(removed == 2, "removed {removed}");
         ensure!(store.query(&range(60 * MINUTE)).await?.is_empty());
         Ok(())
     }
+}
+
+/// The CQL chunk store (Apache Cassandra or ScyllaDB at `FLEET_SCYLLA_URI`), each test in
+/// a fresh keyspace, dropped afterwards.
+#[cfg(feature = "cql")]
+mod cql {
+    use super::*;
+
+    async fn run<F, Fut>(case: F) -> Result<()>
+    where
+        F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let (_, chunks) = crate::support::connect_fresh(Retention::default()).await?;
+        let ts = TimeSeries::new(
+            chunks.clone(),
+            Retention::default(),
+            EngineConfig::default(),
+        )?;
+        ensure!(ts.engine() == "cql");
+        let result = case(Arc::new(ts)).await;
+        let dropped = chunks.drop_keyspace().await;
+        result?;
+        Ok(dropped?)
+    }
+
+    conformance!();
 }

@@ -1,0 +1,202 @@
+//! The time-series projection: `fleet.metrics.v1` into the time-series engine.
+//!
+//! It runs on the consumer runtime ([`fleet_consumer::runtime`]) as a processor that
+//! commits less than it read. Reports go into the engine's head ([`fleet_timeseries::Writer`])
+//! as they are read, so they are queryable at once in this process. The runtime commits
+//! only the offsets of the engine's last checkpoint (the low-water mark the processor
+//! reports): everything before them is in sealed
+//! chunks or checkpoint segments, everything after is replayed on top of the restored
+//! head after a crash, which seals the same chunks. When this member gains a partition it
+//! loads the partition's checkpoint and seeks to its offset (the start of the partition
+//! when the store has none: a fresh store is rebuilt from the log); when it loses one,
+//! the partition's agents leave the head.
+//!
+//! A record that is not a metric report is a dead letter (DECODE); a report whose time
+//! is beyond ±2^62 µs one too (PROCESS). Reports older than their agent's newest by more
+//! than the out-of-order allowance are counted (`fleet_timeseries_late_refused_total`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::log::ensure_topics;
+use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
+use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
+use fleet_schemas::{topics, MetricReport};
+use fleet_timeseries::engine::{CommitPoint, Ingested};
+use fleet_timeseries::{Error as TsError, TimeSeries, Writer};
+
+use crate::project::{Readiness, TIMESERIES_CONSUMER, TIMESERIES_TOPICS};
+use crate::{metrics, ProjectionsConfig};
+
+/// Awaits a store call again while the store is unavailable (with a growing pause, about
+/// an hour in all), else gives its result.
+macro_rules! retrying {
+    ($call:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            match $call.await {
+                Err(e) if TsError::is_retriable(&e) && attempt < 720 => {
+                    attempt += 1;
+                    ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "timeseries")
+                        .increment(1);
+                    tracing::warn!(error = %e, attempt, "Time-series store unavailable; retrying.");
+                    tokio::time::sleep(fleet_consumer::retry_backoff(attempt)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// Runs the time-series projection until `shutdown` resolves; checkpoints on the way out.
+pub async fn run_timeseries(
+    log: Arc<dyn EventLog>,
+    ts: Arc<TimeSeries>,
+    config: ProjectionsConfig,
+    ready: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    ensure_topics(log.as_ref()).await?;
+    let group = config.timeseries_group.clone();
+    let dead = DeadLetters::open(log.clone(), TIMESERIES_CONSUMER, &group).await?;
+    let settings = Settings::group(&group, TIMESERIES_TOPICS)
+        .start(StartFrom::Earliest)
+        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .batch_size(config.batch_size)
+        .batch_histogram(metrics::BATCH_SECONDS, "projection", "timeseries");
+    let runtime = ConsumerRuntime::subscribe(log, settings, dead.clone())
+        .await?
+        .readiness(ready.timeseries_flag());
+    tracing::info!(%group, store = ts.store().engine(), "Time-series projection starting.");
+    let mut projection = Projection {
+        writer: ts.writer(),
+        dead,
+    };
+    runtime.run(&mut projection, shutdown).await;
+    Ok(())
+}
+
+/// The time-series projection on the consumer runtime: commits the engine's checkpoints.
+struct Projection {
+    writer: Writer,
+    dead: DeadLetters,
+}
+
+impl Processor for Projection {
+    /// Restores each partition gained from its checkpoint and seeks it there (the start
+    /// of the partition when the store has none); the agents of a lost one leave the head.
+    async fn on_assigned(&mut self, assignment: &mut Assignment<'_>) -> anyhow::Result<Output> {
+        for (topic, partition) in assignment.removed() {
+            tracing::info!(%topic, partition, "Partition lost; its agents leave the head.");
+            self.writer.revoke(&topic, partition);
+        }
+        for (topic, partition) in assignment.added() {
+            let resume = retrying!(self.writer.assign(&topic, partition))?;
+            let offset = resume.unwrap_or(0);
+            tracing::info!(%topic, partition, offset, restored = resume.is_some(), "Partition taken; head restored from its checkpoint.");
+            assignment.seek(&topic, partition, offset).await?;
+        }
+        Ok(Output::new())
+    }
+
+    #[tracing::instrument(name = "project_batch", skip_all, fields(projection = "timeseries", records = batch.len()))]
+    async fn handle(&mut self, batch: &[ConsumedRecord]) -> Output {
+        for r in batch {
+            self.ingest(r).await;
+        }
+        ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
+            .increment(batch.len() as u64);
+        self.after_batch().await
+    }
+
+    /// An idle poll still checkpoints when one is due (and seals idle agents).
+    async fn on_tick(&mut self, handled: usize) -> Output {
+        if handled == 0 {
+            self.after_batch().await
+        } else {
+            Output::new()
+        }
+    }
+
+    /// A clean stop saves the head, so a restart replays nothing.
+    async fn on_shutdown(&mut self) -> Output {
+        self.dead.flush().await;
+        match retrying!(self.writer.checkpoint()) {
+            Ok(points) => Output::upto(offsets(&points)),
+            Err(e) => {
+                tracing::error!(error = %e, "Final checkpoint failed; the next start replays from the last one.");
+                Output::upto(Vec::new())
+            }
+        }
+    }
+}
+
+impl Projection {
+    /// Puts one record into the head (a dead letter when it is not a storable report).
+    async fn ingest(&mut self, r: &ConsumedRecord) {
+        let report = match decode_retrying::<MetricReport>(r) {
+            Ok(report) => report,
+            Err(e) => {
+                ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
+                    .increment(1);
+                self.dead.note(r, Reason::decode(e));
+                // Read, and past it once the dead letter is written.
+                self.writer.skip(&r.topic, r.partition, r.offset);
+                return;
+            }
+        };
+        let ingested = loop {
+            match self
+                .writer
+                .ingest(&r.topic, r.partition, r.offset, &report)
+                .await
+            {
+                Ok(i) => break i,
+                Err(e) => {
+                    // Loading an evicted agent back failed: the store is down.
+                    tracing::warn!(error = %e, "Time-series store unavailable; retrying the report.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        if ingested == Ingested::OutOfRange {
+            ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries").increment(1);
+            self.dead.note(
+                r,
+                Reason::process(format!(
+                    "collection time {} µs is beyond ±2^62 µs from the epoch",
+                    report.occurred_at
+                ))
+                .tenant(&report.tenant_id),
+            );
+        }
+    }
+
+    /// Seals what closed and checkpoints when due; names the checkpoint's offsets to
+    /// commit (nothing when no checkpoint was due).
+    async fn after_batch(&mut self) -> Output {
+        // Dead letters are written before a checkpoint stores an offset past them.
+        self.dead.flush().await;
+        match retrying!(self.writer.after_batch()) {
+            Ok(Some(points)) => Output::upto(offsets(&points)),
+            Ok(None) => Output::upto(Vec::new()),
+            Err(e) => {
+                tracing::error!(error = %e, "Sealing or checkpointing failed for good; the records will be read again after a restart.");
+                Output::upto(Vec::new())
+            }
+        }
+    }
+}
+
+/// A checkpoint's offsets, as the runtime commits them.
+fn offsets(points: &[CommitPoint]) -> Vec<CommitOffset> {
+    points
+        .iter()
+        .map(|(topic, partition, next_offset)| CommitOffset {
+            topic: topic.clone(),
+            partition: *partition,
+            next_offset: *next_offset,
+        })
+        .collect()
+}

@@ -1,0 +1,1058 @@
+//! The engine: the head, sealing, checkpoints and queries over a [`ChunkStore`].
+//!
+//! * **Writer** ([`Writer`], one per projection task): takes metric reports in log order
+//!   ([`Writer::ingest`]), keeps each agent's open windows in the head, seals a window once
+//!   no acceptable sample can reach it (the agent's newest sample is past the window's end
+//!   plus the out-of-order allowance, or the partition's clock is past the agent's last
+//!   report plus `idle-seal-after`), and checkpoints the head every
+//!   `checkpoint-interval`: the samples added since the previous checkpoint as segments,
+//!   and per partition the next offset and the agents with open windows. The consumer
+//!   commits only the offsets of the last checkpoint, so a crash replays from there on top
+//!   of the restored head and seals the same blocks. Sealing decisions depend only on the
+//!   records (event time), never on the wall clock; a seal merges with the block already
+//!   stored for the window, so sealing twice changes nothing.
+//! * **Reader** ([`TimeSeries`], implements [`TimeSeriesStore`]): a query reads sealed
+//!   blocks or rollups from the store and the open windows from the head when this
+//!   process holds the agent, else from its checkpoint segments (so an API in another
+//!   process sees data within one checkpoint interval).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fleet_schemas::samples::for_each_sample;
+use fleet_schemas::MetricReport;
+use parking_lot::Mutex;
+
+use crate::chunk::{self, Block};
+use crate::head::{window_of, AgentHead, OpenWindow, BLOCK_MICROS};
+use crate::query::{
+    aggregate_buckets, bucket_range, merge_buckets, validate_points, validate_query, Bucket, Point,
+    RangeQuery, Resolution, Retention, SeriesKey, TimeSeriesStore,
+};
+use crate::rollup::{self, RollupSet};
+use crate::store::{
+    AgentKey, CheckpointWrite, Chunk, ChunkKind, ChunkStore, OpenAgent, PartitionState, SealWrite,
+    Segment,
+};
+use crate::{metrics, Error, Result};
+
+/// Settings of the engine (`[timeseries]` in the projections configuration).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct EngineConfig {
+    /// How far behind an agent's newest sample a sample may arrive and still be stored;
+    /// older ones are refused and counted (`fleet_timeseries_late_refused_total`). A
+    /// window seals once the agent's newest sample is this far past its end.
+    #[serde(with = "humantime_serde")]
+    pub out_of_order: Duration,
+    /// An agent silent this long (by the partition's clock: the newest `ingested_at` of
+    /// its records) has its open windows sealed and leaves the head.
+    #[serde(with = "humantime_serde")]
+    pub idle_seal_after: Duration,
+    /// How often the head is checkpointed (segments + offsets). The consumer commits at
+    /// checkpoints, so this bounds the replay after a crash, and it is how stale an API
+    /// in another process can be.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Bytes the head may hold; above it the writer checkpoints at once and evicts the
+    /// least recently written agents (their samples stay in the segments and come back
+    /// when they report again). 0: no limit.
+    pub head_memory_limit: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            out_of_order: Duration::from_secs(600),
+            idle_seal_after: Duration::from_secs(3600),
+            checkpoint_interval: Duration::from_secs(10),
+            head_memory_limit: 2 << 30,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.out_of_order > Duration::from_secs(24 * 3600) {
+            return Err(Error::Config(
+                "timeseries.out-of-order must be at most 24h".into(),
+            ));
+        }
+        if self.checkpoint_interval < Duration::from_millis(100) {
+            return Err(Error::Config(
+                "timeseries.checkpoint-interval must be at least 100ms".into(),
+            ));
+        }
+        if self.idle_seal_after < Duration::from_secs(60) {
+            return Err(Error::Config(
+                "timeseries.idle-seal-after must be at least 1m".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn out_of_order_micros(&self) -> i64 {
+        micros(self.out_of_order)
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+const SHARDS: usize = 32;
+
+/// Tenant → agent → head.
+type Shard = HashMap<Arc<str>, HashMap<Arc<str>, AgentHead>>;
+
+/// The heads of every agent this process holds, sharded by agent so that queries and
+/// the writer rarely meet on a lock.
+#[derive(Debug)]
+pub(crate) struct Heads {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Heads {
+    fn new() -> Heads {
+        Heads {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, agent: &str) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(agent) as usize) % SHARDS]
+    }
+
+    /// A copy of `agent`'s open windows in `[from, to)` as blocks, if this process holds
+    /// the agent.
+    fn open_blocks(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+    ) -> Option<Result<BTreeMap<i64, Block>>> {
+        let shard = self.shard(&key.agent).lock();
+        let head = shard.get(&key.tenant)?.get(&key.agent)?;
+        let mut out = BTreeMap::new();
+        for (&w, win) in head.windows.range(from..to) {
+            match win.to_block(head.names()) {
+                Ok(b) => {
+                    out.insert(w, b);
+                }
+                Err(e) => return Some(Err(Error::Internal(format!("head of {}: {e}", key.agent)))),
+            }
+        }
+        Some(Ok(out))
+    }
+
+    fn names(&self, key: &AgentKey) -> Vec<String> {
+        let shard = self.shard(&key.agent).lock();
+        shard
+            .get(&key.tenant)
+            .and_then(|t| t.get(&key.agent))
+            .map(|h| h.names().iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The time-series store: a chunk store and, where this process runs the projection, the
+/// head it writes.
+#[derive(Debug)]
+pub struct TimeSeries {
+    store: Arc<dyn ChunkStore>,
+    heads: Arc<Heads>,
+    retention: Retention,
+    config: EngineConfig,
+}
+
+impl TimeSeries {
+    /// The engine over `store`, keeping each resolution for its `retention`.
+    pub fn new(
+        store: Arc<dyn ChunkStore>,
+        retention: Retention,
+        config: EngineConfig,
+    ) -> Result<TimeSeries> {
+        retention.validate()?;
+        config.validate()?;
+        Ok(TimeSeries {
+            store,
+            heads: Arc::new(Heads::new()),
+            retention,
+            config,
+        })
+    }
+
+    /// The chunk store underneath.
+    pub fn store(&self) -> &Arc<dyn ChunkStore> {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A writer over this engine's head, for the projection (one per process).
+    pub fn writer(self: &Arc<Self>) -> Writer {
+        Writer {
+            ts: self.clone(),
+            partitions: BTreeMap::new(),
+            last_checkpoint: Instant::now(),
+            slots: Vec::with_capacity(64),
+            pending: Vec::new(),
+            evicted: HashMap::new(),
+            evicted_partition: HashMap::new(),
+            evicted_checked: None,
+            pending_evicted: Vec::new(),
+        }
+    }
+
+    /// The open windows of `key` in `[from, to)`: from the head when this process holds
+    /// the agent, else merged from its checkpoint segments.
+    async fn open_blocks(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+    ) -> Result<BTreeMap<i64, Block>> {
+        if let Some(r) = self.heads.open_blocks(key, from, to) {
+            return r;
+        }
+        let mut out: BTreeMap<i64, Block> = BTreeMap::new();
+        for seg in self.store.segments(key, from, to).await? {
+            let b = decode_block(&seg.bytes, key)?;
+            let merged = match out.remove(&seg.window) {
+                Some(old) if !seg.full => chunk::merge(&old, &b).map_err(chunk_error)?,
+                _ => b,
+            };
+            out.insert(seg.window, merged);
+        }
+        Ok(out)
+    }
+
+    /// Stored raw blocks of `key` with windows in `[from, to)`, decoded.
+    async fn stored_blocks(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+    ) -> Result<BTreeMap<i64, Block>> {
+        let mut out = BTreeMap::new();
+        for (w, bytes) in self.store.chunks(ChunkKind::Raw, key, from, to).await? {
+            out.insert(w, decode_block(&bytes, key)?);
+        }
+        Ok(out)
+    }
+
+    /// Seals blocks: merges each with the block stored for its window (the new samples
+    /// win), stores it with its rollups merged into the stored rollup chunks, and drops
+    /// the window's segments. Blocks and rollups past their retention are not stored.
+    async fn seal(&self, blocks: Vec<(AgentKey, i64, Block)>) -> Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let now = now_micros();
+        let mut by_agent: BTreeMap<AgentKey, Vec<(i64, Block)>> = BTreeMap::new();
+        for (k, w, b) in blocks {
+            by_agent.entry(k).or_default().push((w, b));
+        }
+        let mut write = SealWrite::default();
+        // The series index learns the names of what is sealed (idempotent).
+        let mut series: std::collections::BTreeSet<(AgentKey, String)> = Default::default();
+        for (key, mut items) in by_agent {
+            items.sort_by_key(|(w, _)| *w);
+            let from = items[0].0;
+            let to = items[items.len() - 1].0 + BLOCK_MICROS;
+            let mut stored = self.stored_blocks(&key, from, to).await?;
+            let mut merged = Vec::with_capacity(items.len());
+            for (w, b) in items {
+                let b = match stored.remove(&w) {
+                    Some(old) => chunk::merge(&old, &b).map_err(chunk_error)?,
+                    None => b,
+                };
+                write.sealed.push((key.clone(), w));
+                for s in b.series() {
+                    series.insert((key.clone(), s.name().to_owned()));
+                }
+                if keeps(ChunkKind::Raw, w, now, &self.retention) {
+                    let bytes = chunk::encode(&b);
+                    metrics::chunk_written(ChunkKind::Raw, bytes.len());
+                    write.chunks.push(Chunk {
+                        kind: ChunkKind::Raw,
+                        agent: key.clone(),
+                        window: w,
+                        bytes,
+                    });
+                }
+                merged.push((w, b));
+            }
+            for kind in [ChunkKind::Rollup5m, ChunkKind::Rollup1h] {
+                let width = kind.rollup_width_micros().unwrap_or(BLOCK_MICROS);
+                let mut sets: BTreeMap<i64, RollupSet> = BTreeMap::new();
+                for (w, b) in &merged {
+                    let rw = kind.window_of(*w);
+                    let set = rollup::compute(b, width).map_err(chunk_error)?;
+                    let set = match sets.remove(&rw) {
+                        Some(acc) => rollup::merge(&acc, &set).map_err(chunk_error)?,
+                        None => set,
+                    };
+                    sets.insert(rw, set);
+                }
+                for (rw, set) in sets {
+                    if !keeps(kind, rw, now, &self.retention) {
+                        continue;
+                    }
+                    let set = match self
+                        .store
+                        .chunks(kind, &key, rw, rw + 1)
+                        .await?
+                        .into_iter()
+                        .next()
+                    {
+                        Some((_, bytes)) => {
+                            let old = rollup::decode(&bytes).map_err(|e| corrupt(&key, e))?;
+                            rollup::merge(&old, &set).map_err(chunk_error)?
+                        }
+                        None => set,
+                    };
+                    let bytes = rollup::encode(&set);
+                    metrics::chunk_written(kind, bytes.len());
+                    write.chunks.push(Chunk {
+                        kind,
+                        agent: key.clone(),
+                        window: rw,
+                        bytes,
+                    });
+                }
+            }
+        }
+        let windows = write.sealed.len();
+        self.store.seal(write).await?;
+        if !series.is_empty() {
+            self.store
+                .checkpoint(CheckpointWrite {
+                    series: series.into_iter().collect(),
+                    ..CheckpointWrite::default()
+                })
+                .await?;
+        }
+        metrics::sealed(windows, started.elapsed());
+        Ok(())
+    }
+}
+
+/// Rebuilds an agent's head from its checkpoint segments (window by window, in sequence
+/// order; a full segment replaces what came before it).
+async fn load_head(store: &dyn ChunkStore, open: &OpenAgent, partition: u32) -> Result<AgentHead> {
+    let mut head = AgentHead::new(partition);
+    head.max_ts = open.max_ts;
+    head.last_ingested = open.last_ingested;
+    for seg in store.segments(&open.agent, i64::MIN, i64::MAX).await? {
+        let block = decode_block(&seg.bytes, &open.agent)?;
+        let slots: Vec<usize> = block
+            .series()
+            .iter()
+            .map(|s| head.slot_of_name(s.name()))
+            .collect();
+        let win = head.windows.entry(seg.window).or_default();
+        if seg.full {
+            *win = OpenWindow::default();
+        }
+        let mut i = 0;
+        win.absorb(&block, &mut |_| {
+            i += 1;
+            slots[i - 1]
+        });
+        win.next_seq = seg.seq + 1;
+        head.max_ts = head
+            .max_ts
+            .max(block.time_range().map_or(i64::MIN, |r| r.1));
+    }
+    head.mark_indexed();
+    Ok(head)
+}
+
+/// Whether a chunk of `kind` for window `w` is still within retention at `now`.
+fn keeps(kind: ChunkKind, w: i64, now: i64, retention: &Retention) -> bool {
+    let end = w.saturating_add(kind.window_micros());
+    end > now.saturating_sub(micros(kind.retention(retention)))
+}
+
+fn chunk_error(e: crate::ChunkError) -> Error {
+    Error::Internal(format!("time-series chunk: {e}"))
+}
+
+fn corrupt(key: &AgentKey, e: crate::ChunkError) -> Error {
+    Error::Internal(format!(
+        "a stored chunk of {}/{} does not decode: {e}",
+        key.tenant, key.agent
+    ))
+}
+
+fn decode_block(bytes: &[u8], key: &AgentKey) -> Result<Block> {
+    chunk::decode(bytes).map_err(|e| corrupt(key, e))
+}
+
+fn bucket_of(r: &crate::RollupRow) -> Bucket {
+    Bucket {
+        start_micros: r.start_micros,
+        min: r.min,
+        max: r.max,
+        avg: r.sum / r.count as f64,
+        sum: r.sum,
+        count: r.count,
+        last: r.last,
+    }
+}
+
+#[async_trait]
+impl TimeSeriesStore for TimeSeries {
+    fn engine(&self) -> &'static str {
+        self.store.engine()
+    }
+
+    fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    /// Writes points as sealed blocks straight to the store (for tools and tests; the
+    /// projection writes through a [`Writer`]).
+    async fn write(&self, points: &[Point]) -> Result<()> {
+        validate_points(points)?;
+        let mut groups: BTreeMap<(AgentKey, i64), Vec<(i64, &str, f64)>> = BTreeMap::new();
+        for p in points {
+            groups
+                .entry((
+                    AgentKey::new(&p.tenant_id, &p.agent_id),
+                    window_of(p.ts_micros),
+                ))
+                .or_default()
+                .push((p.ts_micros, &p.series, p.value));
+        }
+        let mut blocks = Vec::with_capacity(groups.len());
+        for ((key, w), samples) in groups {
+            let b = Block::from_samples(samples).map_err(|e| Error::InvalidQuery(e.to_string()))?;
+            blocks.push((key, w, b));
+        }
+        self.seal(blocks).await
+    }
+
+    async fn query_resolution(
+        &self,
+        q: &RangeQuery,
+        resolution: Resolution,
+    ) -> Result<Vec<Bucket>> {
+        validate_query(q, resolution)?;
+        let (from, to) = bucket_range(q);
+        let key = AgentKey::new(&q.tenant_id, &q.agent_id);
+        let (wfrom, wto) = (
+            window_of(from),
+            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
+        );
+        let open = self.open_blocks(&key, wfrom, wto).await?;
+        let Some(width) = resolution.width_micros() else {
+            let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
+            let mut points = Vec::new();
+            let windows: std::collections::BTreeSet<i64> =
+                stored.keys().chain(open.keys()).copied().collect();
+            for w in windows {
+                let b = match (stored.remove(&w), open.get(&w)) {
+                    (Some(s), Some(o)) => chunk::merge(&s, o).map_err(chunk_error)?,
+                    (Some(s), None) => s,
+                    (None, Some(o)) => o.clone(),
+                    (None, None) => continue,
+                };
+                points.extend(b.points(&q.series).filter(|(t, _)| *t >= from && *t < to));
+            }
+            return Ok(aggregate_buckets(points, q.interval_micros));
+        };
+        let kind = if width == 300_000_000 {
+            ChunkKind::Rollup5m
+        } else {
+            ChunkKind::Rollup1h
+        };
+        let mut rows: Vec<Bucket> = Vec::new();
+        let rw_from = kind.window_of(from);
+        for (_, bytes) in self.store.chunks(kind, &key, rw_from, to).await? {
+            let set = rollup::decode(&bytes).map_err(|e| corrupt(&key, e))?;
+            if let Some(s) = set.get(&q.series) {
+                rows.extend(
+                    s.rows()
+                        .iter()
+                        .filter(|r| r.start_micros >= from && r.start_micros < to)
+                        .filter(|r| !open.contains_key(&window_of(r.start_micros)))
+                        .map(bucket_of),
+                );
+            }
+        }
+        if !open.is_empty() {
+            let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
+            for (w, o) in &open {
+                let b = match stored.remove(w) {
+                    Some(s) => chunk::merge(&s, o).map_err(chunk_error)?,
+                    None => o.clone(),
+                };
+                let set = rollup::compute(&b, width).map_err(chunk_error)?;
+                if let Some(s) = set.get(&q.series) {
+                    rows.extend(
+                        s.rows()
+                            .iter()
+                            .filter(|r| r.start_micros >= from && r.start_micros < to)
+                            .map(bucket_of),
+                    );
+                }
+            }
+        }
+        rows.sort_by_key(|b| b.start_micros);
+        Ok(merge_buckets(rows, q.interval_micros))
+    }
+
+    async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>> {
+        let key = AgentKey::new(tenant_id, agent_id);
+        let mut names = self.store.series(&key).await?;
+        names.extend(self.heads.names(&key));
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn list_series(&self, limit: usize) -> Result<Vec<SeriesKey>> {
+        Ok(self
+            .store
+            .list_series(limit)
+            .await?
+            .into_iter()
+            .map(|s| SeriesKey {
+                tenant_id: s.agent.tenant.to_string(),
+                agent_id: s.agent.agent.to_string(),
+                series: s.series,
+            })
+            .collect())
+    }
+
+    async fn expire(&self, now_micros: i64) -> Result<u64> {
+        self.store.expire(now_micros, &self.retention).await
+    }
+}
+
+/// How a report fared in [`Writer::ingest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Its samples are in the head.
+    Stored(usize),
+    /// Older than the agent's newest sample by more than the out-of-order allowance.
+    TooLate,
+    /// Its time is beyond ±2^62 µs ([`crate::MAX_ABS_TS_MICROS`]): never storable.
+    OutOfRange,
+}
+
+/// What the writer knows of a partition it holds.
+#[derive(Debug, Clone, Default)]
+struct PartitionTrack {
+    next_offset: i64,
+    watermark: i64,
+    /// The watermark at the last scan for idle agents.
+    idle_scanned: i64,
+}
+
+/// The projection's side of the engine: ingest, seal, checkpoint. One per process.
+#[derive(Debug)]
+pub struct Writer {
+    ts: Arc<TimeSeries>,
+    partitions: BTreeMap<(Arc<str>, u32), PartitionTrack>,
+    last_checkpoint: Instant,
+    /// Reused per report: (slot, value).
+    slots: Vec<(usize, f64)>,
+    /// Windows to seal at the end of the batch: (agent, window).
+    pending: Vec<(AgentKey, i64)>,
+    /// Agents taken out of the head to stay under its memory limit: their open windows
+    /// are in the store's segments and come back when they report again.
+    evicted: HashMap<AgentKey, OpenAgent>,
+    /// The partition of each evicted agent.
+    evicted_partition: HashMap<AgentKey, u32>,
+    /// The agent [`Writer::ingest`] just loaded back (not to be looked up again).
+    evicted_checked: Option<AgentKey>,
+    /// Evicted agents gone idle: sealed from their segments at the end of the batch.
+    pending_evicted: Vec<OpenAgent>,
+}
+
+/// An offset to commit: (topic, partition, next offset).
+pub type CommitPoint = (String, u32, i64);
+
+impl Writer {
+    /// The engine this writer feeds.
+    pub fn engine(&self) -> &Arc<TimeSeries> {
+        &self.ts
+    }
+
+    /// Takes a partition this process now holds: loads its last checkpoint into the head
+    /// and returns the offset to resume at (`None` when the store has no checkpoint of it:
+    /// read it from its start).
+    pub async fn assign(&mut self, topic: &str, partition: u32) -> Result<Option<i64>> {
+        let state = self.ts.store.partition_state(topic, partition).await?;
+        let track = PartitionTrack {
+            next_offset: state.as_ref().map_or(0, |s| s.next_offset),
+            watermark: state.as_ref().map_or(i64::MIN, |s| s.watermark),
+            idle_scanned: state.as_ref().map_or(i64::MIN, |s| s.watermark),
+        };
+        self.partitions.insert((topic.into(), partition), track);
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        for open in &state.agents {
+            let head = load_head(self.ts.store.as_ref(), open, partition).await?;
+            self.evicted.remove(&open.agent);
+            let mut shard = self.ts.heads.shard(&open.agent.agent).lock();
+            shard
+                .entry(open.agent.tenant.clone())
+                .or_default()
+                .insert(open.agent.agent.clone(), head);
+        }
+        Ok(Some(state.next_offset))
+    }
+
+    /// Forgets a partition this process no longer holds: its agents leave the head (the
+    /// new holder restores them from the last checkpoint).
+    pub fn revoke(&mut self, topic: &str, partition: u32) {
+        self.partitions.remove(&(Arc::from(topic), partition));
+        let gone: Vec<AgentKey> = self
+            .evicted_partition
+            .iter()
+            .filter(|(_, p)| **p == partition)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.evicted.remove(&k);
+            self.evicted_partition.remove(&k);
+        }
+        for shard in self.ts.heads.shards.iter() {
+            let mut shard = shard.lock();
+            for agents in shard.values_mut() {
+                agents.retain(|_, h| h.partition != partition);
+            }
+            shard.retain(|_, a| !a.is_empty());
+        }
+    }
+
+    /// Applies a report read at `offset` of `topic`/`partition`. Non-finite values are
+    /// skipped (the store holds finite values only). An agent evicted from the head is
+    /// loaded back from its segments first.
+    pub async fn ingest(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        offset: i64,
+        r: &MetricReport,
+    ) -> Result<Ingested> {
+        match self.ingest_held(topic, partition, offset, r) {
+            Some(done) => Ok(done),
+            None => {
+                let key = AgentKey::new(&r.tenant_id, &r.agent_id);
+                if let Some(open) = self.evicted.remove(&key) {
+                    self.evicted_partition.remove(&key);
+                    let head = load_head(self.ts.store.as_ref(), &open, partition).await?;
+                    let mut shard = self.ts.heads.shard(&key.agent).lock();
+                    shard
+                        .entry(key.tenant.clone())
+                        .or_default()
+                        .insert(key.agent.clone(), head);
+                }
+                self.evicted_checked = Some(key);
+                let done = self.ingest_held(topic, partition, offset, r);
+                self.evicted_checked = None;
+                done.ok_or_else(|| Error::Internal("an agent could not be loaded back".into()))
+            }
+        }
+    }
+
+    /// Records that the record at `offset` was read but holds nothing to store (it did not
+    /// decode): the next checkpoint's offset moves past it.
+    pub fn skip(&mut self, topic: &Arc<str>, partition: u32, offset: i64) {
+        let track = self.track(topic, partition);
+        track.next_offset = track.next_offset.max(offset.saturating_add(1));
+    }
+
+    fn track(&mut self, topic: &Arc<str>, partition: u32) -> &mut PartitionTrack {
+        self.partitions
+            .entry((topic.clone(), partition))
+            .or_insert_with(|| PartitionTrack {
+                watermark: i64::MIN,
+                idle_scanned: i64::MIN,
+                ..Default::default()
+            })
+    }
+
+    /// [`Writer::ingest`] for an agent in the head (or new); `None` when the agent may be
+    /// evicted and must be loaded first.
+    fn ingest_held(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        offset: i64,
+        r: &MetricReport,
+    ) -> Option<Ingested> {
+        let track = self.track(topic, partition);
+        track.next_offset = track.next_offset.max(offset.saturating_add(1));
+        if r.occurred_at.unsigned_abs() > crate::MAX_ABS_TS_MICROS.unsigned_abs() {
+            return Some(Ingested::OutOfRange);
+        }
+        track.watermark = track.watermark.max(r.ingested_at);
+        let allowance = self.ts.config.out_of_order_micros();
+        let mut shard = self.ts.heads.shard(&r.agent_id).lock();
+        let tenant = match shard.get_key_value(r.tenant_id.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(r.tenant_id.as_str()),
+        };
+        let agents = shard.entry(tenant.clone()).or_default();
+        let head = match agents.get_mut(r.agent_id.as_str()) {
+            Some(h) => h,
+            None => {
+                let checked = self.evicted_checked.as_ref().is_some_and(|k| {
+                    &*k.tenant == r.tenant_id.as_str() && &*k.agent == r.agent_id.as_str()
+                });
+                if !self.evicted.is_empty() && !checked {
+                    return None;
+                }
+                agents
+                    .entry(Arc::from(r.agent_id.as_str()))
+                    .or_insert_with(|| AgentHead::new(partition))
+            }
+        };
+        head.partition = partition;
+        head.last_ingested = head.last_ingested.max(r.ingested_at);
+        if head.max_ts != i64::MIN && r.occurred_at < head.max_ts.saturating_sub(allowance) {
+            metrics::late_refused();
+            return Some(Ingested::TooLate);
+        }
+        self.slots.clear();
+        let mut hint = 0;
+        let slots = &mut self.slots;
+        for_each_sample(r, |metric, subject, value| {
+            if value.is_finite() {
+                let slot = head.slot(metric, subject, hint);
+                hint = slot + 1;
+                slots.push((slot, value));
+            }
+        });
+        let n = slots.len();
+        head.write(r.occurred_at, slots.drain(..));
+        if let Some((&first, _)) = head.windows.first_key_value() {
+            if first + BLOCK_MICROS <= head.max_ts.saturating_sub(allowance) {
+                let key = AgentKey {
+                    tenant,
+                    agent: Arc::from(r.agent_id.as_str()),
+                };
+                for w in head.closed_windows(allowance) {
+                    if !head.windows.get(&w).is_some_and(|x| x.sealing) {
+                        if let Some(x) = head.windows.get_mut(&w) {
+                            x.sealing = true;
+                        }
+                        self.pending.push((key.clone(), w));
+                    }
+                }
+            }
+        }
+        metrics::samples(n);
+        Some(Ingested::Stored(n))
+    }
+
+    /// After a batch: seals the windows that closed (and those of idle agents), and
+    /// checkpoints when due. Returns the offsets the consumer may commit when a
+    /// checkpoint was written.
+    pub async fn after_batch(&mut self) -> Result<Option<Vec<CommitPoint>>> {
+        self.scan_idle();
+        self.seal_pending().await?;
+        if self.over_memory() {
+            let commits = self.checkpoint().await?;
+            self.evict();
+            return Ok(Some(commits));
+        }
+        if self.last_checkpoint.elapsed() >= self.ts.config.checkpoint_interval {
+            return self.checkpoint().await.map(Some);
+        }
+        Ok(None)
+    }
+
+    fn over_memory(&self) -> bool {
+        let limit = self.ts.config.head_memory_limit;
+        limit > 0 && self.head_bytes() as u64 > limit
+    }
+
+    /// Takes the least recently written agents out of the head until it holds at most
+    /// three quarters of its limit. Call right after a checkpoint: an evicted agent's
+    /// open windows are all in its segments, and [`Writer::ingest`] loads them back when
+    /// it reports again (a query reads the segments meanwhile).
+    fn evict(&mut self) {
+        let limit = self.ts.config.head_memory_limit as usize;
+        let mut total = self.head_bytes();
+        let target = limit / 4 * 3;
+        if total <= target {
+            return;
+        }
+        let mut candidates: Vec<(i64, AgentKey, usize)> = Vec::new();
+        for shard in self.ts.heads.shards.iter() {
+            let shard = shard.lock();
+            for (tenant, agents) in shard.iter() {
+                for (agent, head) in agents.iter() {
+                    if !head.dirty && !head.windows.values().any(|w| w.sealing) {
+                        candidates.push((
+                            head.last_ingested,
+                            AgentKey {
+                                tenant: tenant.clone(),
+                                agent: agent.clone(),
+                            },
+                            head.heap_bytes(),
+                        ));
+                    }
+                }
+            }
+        }
+        candidates.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let mut n = 0;
+        for (_, key, bytes) in candidates {
+            if total <= target {
+                break;
+            }
+            let mut shard = self.ts.heads.shard(&key.agent).lock();
+            let Some(agents) = shard.get_mut(&key.tenant) else {
+                continue;
+            };
+            let Some(head) = agents.remove(&key.agent) else {
+                continue;
+            };
+            if !head.windows.is_empty() {
+                self.evicted.insert(
+                    key.clone(),
+                    OpenAgent {
+                        agent: key.clone(),
+                        max_ts: head.max_ts,
+                        last_ingested: head.last_ingested,
+                    },
+                );
+                self.evicted_partition.insert(key, head.partition);
+            }
+            total = total.saturating_sub(bytes);
+            n += 1;
+        }
+        metrics::evicted(n);
+        tracing::warn!(evicted = n, head_bytes = total, limit, "Head over its memory limit: agents evicted (their samples are in the checkpoint segments).");
+    }
+
+    /// Bytes the head holds, roughly (also the `fleet_timeseries_head_bytes` gauge).
+    pub fn head_bytes(&self) -> usize {
+        let mut total = 0;
+        for shard in self.ts.heads.shards.iter() {
+            let shard = shard.lock();
+            for agents in shard.values() {
+                total += agents.values().map(AgentHead::heap_bytes).sum::<usize>();
+            }
+        }
+        total
+    }
+
+    /// Queues the windows of agents silent for `idle-seal-after` by their partition's
+    /// clock; checked when a partition's clock moved a minute since the last scan.
+    fn scan_idle(&mut self) {
+        let idle = micros(self.ts.config.idle_seal_after);
+        let mut due: Vec<(u32, i64)> = Vec::new();
+        for ((_, p), t) in self.partitions.iter_mut() {
+            if t.watermark != i64::MIN && t.watermark.saturating_sub(t.idle_scanned) >= 60_000_000 {
+                t.idle_scanned = t.watermark;
+                due.push((*p, t.watermark.saturating_sub(idle)));
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let idle_evicted: Vec<AgentKey> = self
+            .evicted
+            .iter()
+            .filter(|(k, open)| {
+                self.evicted_partition.get(*k).is_some_and(|p| {
+                    due.iter()
+                        .any(|(dp, cutoff)| dp == p && open.last_ingested <= *cutoff)
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in idle_evicted {
+            if let Some(open) = self.evicted.remove(&k) {
+                self.evicted_partition.remove(&k);
+                self.pending_evicted.push(open);
+            }
+        }
+        for shard in self.ts.heads.shards.iter() {
+            let mut shard = shard.lock();
+            for (tenant, agents) in shard.iter_mut() {
+                for (agent, head) in agents.iter_mut() {
+                    let Some(&(_, cutoff)) = due.iter().find(|(p, _)| *p == head.partition) else {
+                        continue;
+                    };
+                    if head.last_ingested <= cutoff {
+                        head.idle = true;
+                        for (&w, win) in head.windows.iter_mut() {
+                            if !win.sealing {
+                                win.sealing = true;
+                                self.pending.push((
+                                    AgentKey {
+                                        tenant: tenant.clone(),
+                                        agent: agent.clone(),
+                                    },
+                                    w,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seals the queued windows, then takes them out of the head (and idle agents with no
+    /// window left).
+    async fn seal_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() && self.pending_evicted.is_empty() {
+            return Ok(());
+        }
+        let mut blocks = Vec::with_capacity(self.pending.len());
+        for open in std::mem::take(&mut self.pending_evicted) {
+            let head = load_head(self.ts.store.as_ref(), &open, 0).await?;
+            for (w, win) in &head.windows {
+                blocks.push((
+                    open.agent.clone(),
+                    *w,
+                    win.to_block(head.names()).map_err(chunk_error)?,
+                ));
+            }
+        }
+        for (key, w) in &self.pending {
+            let shard = self.ts.heads.shard(&key.agent).lock();
+            let Some(head) = shard.get(&key.tenant).and_then(|a| a.get(&key.agent)) else {
+                continue;
+            };
+            let Some(win) = head.windows.get(w) else {
+                continue;
+            };
+            let b = win.to_block(head.names()).map_err(chunk_error)?;
+            blocks.push((key.clone(), *w, b));
+        }
+        self.ts.seal(blocks).await?;
+        for (key, w) in std::mem::take(&mut self.pending) {
+            let mut shard = self.ts.heads.shard(&key.agent).lock();
+            let Some(agents) = shard.get_mut(&key.tenant) else {
+                continue;
+            };
+            let Some(head) = agents.get_mut(&key.agent) else {
+                continue;
+            };
+            head.windows.remove(&w);
+            if head.idle && head.windows.is_empty() {
+                agents.remove(&key.agent);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint: every unsaved sample of the head as segments, new series
+    /// names, and each held partition's next offset, clock and open agents. Returns the
+    /// offsets the consumer may commit.
+    pub async fn checkpoint(&mut self) -> Result<Vec<CommitPoint>> {
+        let started = Instant::now();
+        let mut write = CheckpointWrite::default();
+        let mut saved: Vec<(AgentKey, Vec<i64>, usize)> = Vec::new();
+        let mut open_by_partition: HashMap<u32, Vec<OpenAgent>> = HashMap::new();
+        for shard in self.ts.heads.shards.iter() {
+            let shard = shard.lock();
+            for (tenant, agents) in shard.iter() {
+                for (agent, head) in agents.iter() {
+                    let key = AgentKey {
+                        tenant: tenant.clone(),
+                        agent: agent.clone(),
+                    };
+                    if !head.windows.is_empty() {
+                        open_by_partition
+                            .entry(head.partition)
+                            .or_default()
+                            .push(OpenAgent {
+                                agent: key.clone(),
+                                max_ts: head.max_ts,
+                                last_ingested: head.last_ingested,
+                            });
+                    }
+                    if !head.dirty {
+                        continue;
+                    }
+                    let mut windows = Vec::new();
+                    for (&w, win) in &head.windows {
+                        if let Some((block, full)) =
+                            win.unsaved(head.names()).map_err(chunk_error)?
+                        {
+                            write.segments.push(Segment {
+                                agent: key.clone(),
+                                window: w,
+                                seq: win.next_seq,
+                                full,
+                                bytes: chunk::encode(&block),
+                            });
+                            windows.push(w);
+                        }
+                    }
+                    for name in head.unindexed() {
+                        write.series.push((key.clone(), name.to_string()));
+                    }
+                    saved.push((key, windows, head.names().len()));
+                }
+            }
+        }
+        for (key, open) in &self.evicted {
+            if let Some(p) = self.evicted_partition.get(key) {
+                open_by_partition.entry(*p).or_default().push(open.clone());
+            }
+        }
+        let mut commits = Vec::with_capacity(self.partitions.len());
+        for ((topic, p), t) in &self.partitions {
+            let mut agents = open_by_partition.remove(p).unwrap_or_default();
+            agents.sort_by(|a, b| a.agent.cmp(&b.agent));
+            write.partitions.push(PartitionState {
+                topic: topic.to_string(),
+                partition: *p,
+                next_offset: t.next_offset,
+                watermark: t.watermark,
+                agents,
+            });
+            commits.push((topic.to_string(), *p, t.next_offset));
+        }
+        let bytes: usize = write.segments.iter().map(|s| s.bytes.len()).sum();
+        self.ts.store.checkpoint(write).await?;
+        for (key, windows, indexed) in saved {
+            let mut shard = self.ts.heads.shard(&key.agent).lock();
+            let Some(head) = shard
+                .get_mut(&key.tenant)
+                .and_then(|a| a.get_mut(&key.agent))
+            else {
+                continue;
+            };
+            for w in windows {
+                if let Some(win) = head.windows.get_mut(&w) {
+                    win.mark_saved();
+                }
+            }
+            head.set_indexed(indexed);
+            head.dirty = false;
+        }
+        self.last_checkpoint = Instant::now();
+        metrics::checkpointed(bytes, started.elapsed(), self.head_bytes());
+        Ok(commits)
+    }
+}

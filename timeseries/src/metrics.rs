@@ -1,0 +1,72 @@
+//! Metrics the engine promises on `/metrics`.
+
+use std::time::Duration;
+
+use crate::store::ChunkKind;
+
+/// Samples taken into the head.
+pub const SAMPLES: &str = "fleet_timeseries_samples_total";
+/// Reports refused as older than the out-of-order allowance.
+pub const LATE_REFUSED: &str = "fleet_timeseries_late_refused_total";
+/// Windows sealed into blocks.
+pub const SEALED: &str = "fleet_timeseries_sealed_windows_total";
+/// Time to seal one batch of windows.
+pub const SEAL_SECONDS: &str = "fleet_timeseries_seal_seconds";
+/// Chunks written, by kind (`raw`, `5m`, `1h`), and their bytes.
+pub const CHUNKS: &str = "fleet_timeseries_chunks_written_total";
+/// Bytes of the chunks written, by kind.
+pub const CHUNK_BYTES: &str = "fleet_timeseries_chunk_bytes_total";
+/// Checkpoints written.
+pub const CHECKPOINTS: &str = "fleet_timeseries_checkpoints_total";
+/// Time to write one checkpoint.
+pub const CHECKPOINT_SECONDS: &str = "fleet_timeseries_checkpoint_seconds";
+/// Bytes of the segments written by checkpoints.
+pub const SEGMENT_BYTES: &str = "fleet_timeseries_segment_bytes_total";
+/// Bytes the head holds (sampled at each checkpoint).
+pub const HEAD_BYTES: &str = "fleet_timeseries_head_bytes";
+/// Agents evicted from the head to stay under its memory limit.
+pub const EVICTED: &str = "fleet_timeseries_head_evictions_total";
+
+/// Every metric name above.
+pub const ALL: &[&str] = &[
+    SAMPLES,
+    LATE_REFUSED,
+    SEALED,
+    SEAL_SECONDS,
+    CHUNKS,
+    CHUNK_BYTES,
+    CHECKPOINTS,
+    CHECKPOINT_SECONDS,
+    SEGMENT_BYTES,
+    HEAD_BYTES,
+    EVICTED,
+];
+
+pub(crate) fn samples(n: usize) {
+    metrics::counter!(SAMPLES).increment(n as u64);
+}
+
+pub(crate) fn late_refused() {
+    metrics::counter!(LATE_REFUSED).increment(1);
+}
+
+pub(crate) fn chunk_written(kind: ChunkKind, bytes: usize) {
+    metrics::counter!(CHUNKS, "kind" => kind.as_str()).increment(1);
+    metrics::counter!(CHUNK_BYTES, "kind" => kind.as_str()).increment(bytes as u64);
+}
+
+pub(crate) fn sealed(windows: usize, took: Duration) {
+    metrics::counter!(SEALED).increment(windows as u64);
+    metrics::histogram!(SEAL_SECONDS).record(took.as_secs_f64());
+}
+
+pub(crate) fn checkpointed(segment_bytes: usize, took: Duration, head_bytes: usize) {
+    metrics::counter!(CHECKPOINTS).increment(1);
+    metrics::counter!(SEGMENT_BYTES).increment(segment_bytes as u64);
+    metrics::histogram!(CHECKPOINT_SECONDS).record(took.as_secs_f64());
+    metrics::gauge!(HEAD_BYTES).set(head_bytes as f64);
+}
+
+pub(crate) fn evicted(n: usize) {
+    metrics::counter!(EVICTED).increment(n as u64);
+}

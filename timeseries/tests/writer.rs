@@ -1,0 +1,410 @@
+//! The writer: reports in log order into the head, sealing by event time, checkpoints and
+//! restore, eviction under a memory limit, late samples; every stored chunk a function of
+//! the records (a crash and restore, other batch sizes, or eviction give the same bytes).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use fleet_schemas::samples::samples;
+use fleet_schemas::MetricReport;
+use fleet_timeseries::engine::Ingested;
+use fleet_timeseries::store::{AgentKey, ChunkKind, ChunkStore};
+use fleet_timeseries::{EngineConfig, RangeQuery, Retention, TimeSeries, TimeSeriesStore, Writer};
+
+const TOPIC: &str = "fleet.metrics.v1";
+const SECOND: i64 = 1_000_000;
+const MINUTE: i64 = 60 * SECOND;
+const HOUR: i64 = 60 * MINUTE;
+
+/// The start of the hour two days ago (inside every retention).
+fn t0() -> i64 {
+    let now = fleet_schemas::time::now_micros();
+    now - now.rem_euclid(HOUR) - 48 * HOUR
+}
+
+fn fleet(agents: usize, hours: i64, seed: u64) -> Vec<MetricReport> {
+    fleet_schemas::fixtures::fleet_reports(
+        seed,
+        agents,
+        t0(),
+        10 * SECOND,
+        usize::try_from(hours * 360).unwrap_or(0),
+    )
+    .collect()
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        // Checkpoints only when a test asks.
+        checkpoint_interval: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    }
+}
+
+async fn engine(dir: &std::path::Path, config: EngineConfig) -> Result<Arc<TimeSeries>> {
+    Ok(fleet_timeseries::open(
+        dir.to_str().context("utf-8 path")?,
+        Retention::default(),
+        config,
+    )
+    .await?)
+}
+
+/// Feeds `reports` (offsets from `first_offset`) in batches of `batch`, with
+/// `after_batch` after each; returns the last commit point.
+async fn feed(
+    w: &mut Writer,
+    reports: &[MetricReport],
+    first_offset: i64,
+    batch: usize,
+) -> Result<Option<i64>> {
+    let topic: Arc<str> = Arc::from(TOPIC);
+    let mut committed = None;
+    for (i, chunk) in reports.chunks(batch).enumerate() {
+        for (j, r) in chunk.iter().enumerate() {
+            let offset = first_offset + (i * batch + j) as i64;
+            w.ingest(&topic, 0, offset, r).await?;
+        }
+        if let Some(c) = w.after_batch().await? {
+            committed = c.first().map(|c| c.2);
+        }
+    }
+    Ok(committed)
+}
+
+/// Every stored chunk of every agent of `reports`, by (kind, agent, window).
+async fn chunks(
+    store: &dyn ChunkStore,
+    reports: &[MetricReport],
+) -> Result<BTreeMap<(ChunkKind, String, i64), Vec<u8>>> {
+    let mut agents: Vec<AgentKey> = reports
+        .iter()
+        .map(|r| AgentKey::new(&r.tenant_id, &r.agent_id))
+        .collect();
+    agents.sort();
+    agents.dedup();
+    let mut out = BTreeMap::new();
+    for a in &agents {
+        for kind in ChunkKind::ALL {
+            for (w, bytes) in store.chunks(kind, a, i64::MIN, i64::MAX).await? {
+                out.insert((kind, a.agent.to_string(), w), bytes);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per (agent, series): the number of samples and their sum over `[from, to)`, through
+/// the store's queries.
+async fn totals(
+    ts: &dyn TimeSeriesStore,
+    reports: &[MetricReport],
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<(String, String), (u64, f64)>> {
+    let mut out = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in reports {
+        for s in samples(r) {
+            seen.insert((r.tenant_id.clone(), r.agent_id.clone(), s.series()));
+        }
+    }
+    for (tenant, agent, series) in seen {
+        let q = RangeQuery {
+            tenant_id: tenant,
+            agent_id: agent.clone(),
+            series: series.clone(),
+            start_micros: from,
+            end_micros: to,
+            interval_micros: HOUR,
+        };
+        let b = ts.query(&q).await?;
+        out.insert(
+            (agent, series),
+            (
+                b.iter().map(|b| b.count).sum(),
+                b.iter().map(|b| b.sum).sum(),
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// What the reports hold, per (agent, series), in `[from, to)`.
+fn expected(reports: &[MetricReport], from: i64, to: i64) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for r in reports
+        .iter()
+        .filter(|r| r.occurred_at >= from && r.occurred_at < to)
+    {
+        for s in samples(r) {
+            *out.entry((r.agent_id.clone(), s.series())).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+fn counts(t: &BTreeMap<(String, String), (u64, f64)>) -> BTreeMap<(String, String), u64> {
+    t.iter()
+        .filter(|(_, v)| v.0 > 0)
+        .map(|(k, v)| (k.clone(), v.0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_is_queryable_at_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let reports = fleet(3, 1, 1);
+    let half = &reports[..reports.len() / 2];
+    let topic: Arc<str> = Arc::from(TOPIC);
+    for (i, r) in half.iter().enumerate() {
+        ensure!(matches!(
+            w.ingest(&topic, 0, i as i64, r).await?,
+            Ingested::Stored(_)
+        ));
+    }
+    // Nothing sealed, nothing checkpointed: every sample is in the head only.
+    let got = totals(ts.as_ref(), half, t0(), t0() + 2 * HOUR).await?;
+    ensure!(counts(&got) == expected(half, t0(), t0() + 2 * HOUR));
+    ensure!(chunks(ts.store().as_ref(), half).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_seal_by_event_time_with_their_rollups() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let reports = fleet(4, 3, 2);
+    feed(&mut w, &reports, 0, 500).await?;
+    let stored = chunks(ts.store().as_ref(), &reports).await?;
+    // Hours 0 and 1 ended more than the out-of-order allowance (10 min) before the last
+    // sample (2:59:50): sealed. Hour 2 is open.
+    for agent in reports.iter().map(|r| r.agent_id.clone()).take(4) {
+        for h in 0..2 {
+            ensure!(
+                stored.contains_key(&(ChunkKind::Raw, agent.clone(), t0() + h * HOUR)),
+                "hour {h} of {agent} sealed"
+            );
+        }
+        ensure!(!stored.contains_key(&(ChunkKind::Raw, agent.clone(), t0() + 2 * HOUR)));
+        ensure!(stored.contains_key(&(
+            ChunkKind::Rollup5m,
+            agent.clone(),
+            ChunkKind::Rollup5m.window_of(t0())
+        )));
+    }
+    // The sealed blocks hold exactly the reports' samples of their hours.
+    let (from, to) = (t0(), t0() + 3 * HOUR);
+    let got = totals(ts.as_ref(), &reports, from, to).await?;
+    ensure!(counts(&got) == expected(&reports, from, to));
+    // The 5-minute rollups answer like the raw samples.
+    let r = &reports[0];
+    for series in ["cpu.percent", "memory.used_bytes"] {
+        let q = |interval| RangeQuery {
+            tenant_id: r.tenant_id.clone(),
+            agent_id: r.agent_id.clone(),
+            series: series.into(),
+            start_micros: from,
+            end_micros: to,
+            interval_micros: interval,
+        };
+        let raw = ts
+            .query_resolution(&q(5 * MINUTE), fleet_timeseries::Resolution::Raw)
+            .await?;
+        let rolled = ts.query(&q(5 * MINUTE)).await?;
+        ensure!(
+            raw.len() == 36 && raw == rolled,
+            "{series}: 5m from rollups and raw agree"
+        );
+    }
+    Ok(())
+}
+
+/// The reference: every record in one go, then a checkpoint.
+async fn reference(
+    reports: &[MetricReport],
+) -> Result<BTreeMap<(ChunkKind, String, i64), Vec<u8>>> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    feed(&mut w, reports, 0, 1000).await?;
+    w.checkpoint().await?;
+    chunks(ts.store().as_ref(), reports).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_replays_from_the_checkpoint_to_the_same_chunks() -> Result<()> {
+    let reports = fleet(5, 3, 3);
+    let want = reference(&reports).await?;
+    ensure!(!want.is_empty());
+
+    let dir = tempfile::tempdir()?;
+    let crash_at = reports.len() * 2 / 3;
+    let checkpoint_at = reports.len() / 2;
+    {
+        let ts = engine(dir.path(), config()).await?;
+        let mut w = ts.writer();
+        w.assign(TOPIC, 0).await?;
+        feed(&mut w, &reports[..checkpoint_at], 0, 333).await?;
+        let commit = w.checkpoint().await?;
+        ensure!(commit == vec![(TOPIC.to_owned(), 0, checkpoint_at as i64)]);
+        // More records, some windows sealed meanwhile, then the process dies without a
+        // checkpoint.
+        feed(
+            &mut w,
+            &reports[checkpoint_at..crash_at],
+            checkpoint_at as i64,
+            333,
+        )
+        .await?;
+    }
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let resume = w
+        .assign(TOPIC, 0)
+        .await?
+        .context("a checkpointed partition")?;
+    ensure!(
+        resume == checkpoint_at as i64,
+        "resumes at the checkpoint: {resume}"
+    );
+    // Before replaying, a query already sees what the checkpoint saved.
+    let upto = reports[checkpoint_at - 1].occurred_at;
+    let seen = totals(ts.as_ref(), &reports[..checkpoint_at], t0(), upto + 1).await?;
+    ensure!(counts(&seen) == expected(&reports[..checkpoint_at], t0(), upto + 1));
+    let r = usize::try_from(resume)?;
+    feed(&mut w, &reports[r..], resume, 777).await?;
+    w.checkpoint().await?;
+    let got = chunks(ts.store().as_ref(), &reports).await?;
+    ensure!(got.keys().eq(want.keys()), "the same chunks");
+    for (k, v) in &want {
+        ensure!(got.get(k) == Some(v), "chunk {k:?} differs after the crash");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_a_memory_limit_loses_nothing() -> Result<()> {
+    let reports = fleet(20, 2, 4);
+    let want = reference(&reports).await?;
+    let dir = tempfile::tempdir()?;
+    let ts = engine(
+        dir.path(),
+        EngineConfig {
+            head_memory_limit: 64 << 10,
+            ..config()
+        },
+    )
+    .await?;
+    let mut w = ts.writer();
+    feed(&mut w, &reports, 0, 200).await?;
+    ensure!(
+        w.head_bytes() <= 256 << 10,
+        "the head stays near its limit: {}",
+        w.head_bytes()
+    );
+    w.checkpoint().await?;
+    // Evicted agents are read from their segments meanwhile.
+    let (from, to) = (t0(), t0() + 2 * HOUR);
+    let got = totals(ts.as_ref(), &reports, from, to).await?;
+    ensure!(counts(&got) == expected(&reports, from, to));
+    let stored = chunks(ts.store().as_ref(), &reports).await?;
+    for (k, v) in &want {
+        ensure!(
+            stored.get(k) == Some(v),
+            "chunk {k:?} differs with eviction"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_samples_within_the_allowance_are_kept_older_ones_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let topic: Arc<str> = Arc::from(TOPIC);
+    let mk = |at: i64| fleet_schemas::fixtures::metric_report("t", "a", at);
+    let now = t0() + 30 * MINUTE;
+    ensure!(matches!(
+        w.ingest(&topic, 0, 0, &mk(now)).await?,
+        Ingested::Stored(_)
+    ));
+    ensure!(matches!(
+        w.ingest(&topic, 0, 1, &mk(now - 9 * MINUTE)).await?,
+        Ingested::Stored(_)
+    ));
+    ensure!(w.ingest(&topic, 0, 2, &mk(now - 11 * MINUTE)).await? == Ingested::TooLate);
+    // A re-sent report (same time) replaces, not doubles.
+    let mut again = mk(now);
+    again.cpu_percent = 99.0;
+    w.ingest(&topic, 0, 3, &again).await?;
+    let q = RangeQuery {
+        tenant_id: "t".into(),
+        agent_id: "a".into(),
+        series: "cpu.percent".into(),
+        start_micros: t0(),
+        end_micros: t0() + HOUR,
+        interval_micros: HOUR,
+    };
+    let b = ts.query(&q).await?;
+    ensure!(b.len() == 1 && b[0].count == 2 && b[0].max == 99.0, "{b:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_sealed_by_the_partitions_clock() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let topic: Arc<str> = Arc::from(TOPIC);
+    let quiet = fleet_schemas::fixtures::metric_report("t", "quiet", t0() + 5 * MINUTE);
+    w.ingest(&topic, 0, 0, &quiet).await?;
+    let key = AgentKey::new("t", "quiet");
+    // Another agent on the partition keeps reporting for two hours.
+    for i in 0..(2 * 360 + 10) {
+        let r = fleet_schemas::fixtures::metric_report(
+            "t",
+            "busy",
+            t0() + 5 * MINUTE + i * 10 * SECOND,
+        );
+        w.ingest(&topic, 0, 1 + i, &r).await?;
+        if i % 100 == 0 {
+            w.after_batch().await?;
+        }
+    }
+    w.after_batch().await?;
+    let sealed = ts
+        .store()
+        .chunks(ChunkKind::Raw, &key, i64::MIN, i64::MAX)
+        .await?;
+    ensure!(
+        sealed.len() == 1 && sealed[0].0 == t0(),
+        "the quiet agent's hour is sealed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_reads_the_checkpoint() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let reports = fleet(2, 1, 5);
+    let part = &reports[..100];
+    feed(&mut w, part, 0, 50).await?;
+    // A second engine over the same chunk store holds no head: it reads segments.
+    let other = TimeSeries::new(ts.store().clone(), Retention::default(), config())?;
+    let (from, to) = (t0(), t0() + HOUR);
+    let before = totals(&other, part, from, to).await?;
+    ensure!(counts(&before).is_empty(), "nothing checkpointed yet");
+    w.checkpoint().await?;
+    let after = totals(&other, part, from, to).await?;
+    ensure!(counts(&after) == expected(part, from, to));
+    Ok(())
+}
