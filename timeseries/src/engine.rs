@@ -496,8 +496,12 @@ impl TimeSeriesStore for TimeSeries {
                 );
             }
         }
-        if !open.is_empty() {
-            let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
+        if let (Some(first), Some(last)) = (open.keys().next(), open.keys().next_back()) {
+            // Only the stored blocks of the open windows (to merge with): the sealed
+            // windows of the range are served by the rollups above.
+            let mut stored = self
+                .stored_blocks(&key, *first, last.saturating_add(BLOCK_MICROS))
+                .await?;
             for (w, o) in &open {
                 let b = match stored.remove(w) {
                     Some(s) => chunk::merge(&s, o).map_err(chunk_error)?,
