@@ -18,8 +18,6 @@
 //! the same NAT or proxy keeps working, and such a check costs no registry lookup).
 
 use std::collections::HashMap;
-use std::hash::Hash;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,12 +25,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use fleet_service::ApiError;
 use fleet_stores::registry::{verify_secret, AgentCredential, Registry};
 use fleet_stores::StoreError;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::client::ClientKey;
+pub use fleet_service::limit::{AddressLimit, FailureLimit, KeyRateLimit};
 
 /// Whether agents must present a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -255,167 +251,8 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// Keyed token buckets (`governor`).
-#[derive(Debug)]
-struct Buckets<K: Hash + Eq + Clone> {
-    limiter: Option<DefaultKeyedRateLimiter<K>>,
-}
-
-impl<K: Hash + Eq + Clone> Buckets<K> {
-    /// `rate` per `period` with bursts of `burst` (at least `rate`); a rate of 0 disables.
-    fn new(rate: u32, burst: u32, per_minute: bool) -> Buckets<K> {
-        let limiter = NonZeroU32::new(rate).map(|r| {
-            let burst = NonZeroU32::new(burst.max(rate)).unwrap_or(r);
-            let quota = if per_minute {
-                Quota::per_minute(r)
-            } else {
-                Quota::per_second(r)
-            };
-            RateLimiter::keyed(quota.allow_burst(burst))
-        });
-        Buckets { limiter }
-    }
-
-    /// Takes one from `key`'s bucket; when it is empty, how long until it holds one.
-    fn take(&self, key: &K) -> Result<(), Duration> {
-        match &self.limiter {
-            None => Ok(()),
-            Some(l) => l
-                .check_key(key)
-                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
-        }
-    }
-
-    fn forget_idle(&self) {
-        if let Some(l) = &self.limiter {
-            l.retain_recent();
-        }
-    }
-}
-
-/// Whole seconds to wait (at least 1), for `Retry-After`.
-fn retry_secs(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
-}
-
-/// Per-agent request rate limit (token bucket), charged only once the agent is
-/// authenticated.
-#[derive(Debug)]
-pub struct AgentRateLimit {
-    buckets: Buckets<String>,
-}
-
-impl AgentRateLimit {
-    /// `per_second` requests per second per agent with bursts of `burst`; 0 disables.
-    pub fn new(per_second: u32, burst: u32) -> AgentRateLimit {
-        AgentRateLimit {
-            buckets: Buckets::new(per_second, burst, false),
-        }
-    }
-
-    /// Takes one request from the agent's bucket, or answers 429 with Retry-After.
-    pub fn check(&self, agent_id: &str) -> Result<(), ApiError> {
-        self.buckets.take(&agent_id.to_owned()).map_err(|wait| {
-            let secs = retry_secs(wait);
-            ApiError::too_many_requests(
-                format!("rate limit for agent {agent_id} exceeded; retry after {secs} s"),
-                secs,
-            )
-        })
-    }
-
-    /// Drops the state of agents that have been idle (bounded memory).
-    pub fn forget_idle(&self) {
-        self.buckets.forget_idle();
-    }
-}
-
-/// A per-client-address limit on requests of one kind (registrations).
-#[derive(Debug)]
-pub struct AddressLimit {
-    what: &'static str,
-    buckets: Buckets<ClientKey>,
-}
-
-impl AddressLimit {
-    /// `per_minute` requests per minute per address with bursts of `burst`; 0 disables.
-    /// `what` names the requests in the 429's message.
-    pub fn new(what: &'static str, per_minute: u32, burst: u32) -> AddressLimit {
-        AddressLimit {
-            what,
-            buckets: Buckets::new(per_minute, burst, true),
-        }
-    }
-
-    /// Takes one request of `key`, or answers 429 with Retry-After.
-    pub fn check(&self, key: ClientKey) -> Result<(), ApiError> {
-        self.buckets.take(&key).map_err(|wait| {
-            let secs = retry_secs(wait);
-            ApiError::too_many_requests(
-                format!(
-                    "too many {} from this address; retry after {secs} s",
-                    self.what
-                ),
-                secs,
-            )
-        })
-    }
-
-    /// Drops the state of idle addresses.
-    pub fn forget_idle(&self) {
-        self.buckets.forget_idle();
-    }
-}
-
-/// Failed authentications per client address: each 401 takes one from the address's
-/// bucket; an address whose bucket is empty is blocked until it holds one again (see the
-/// module docs for what a blocked address may still do).
-#[derive(Debug)]
-pub struct FailureLimit {
-    buckets: Buckets<ClientKey>,
-    blocked: Mutex<HashMap<ClientKey, Instant>>,
-}
-
-impl FailureLimit {
-    /// `per_minute` failures per minute per address with bursts of `burst`; 0 disables.
-    pub fn new(per_minute: u32, burst: u32) -> FailureLimit {
-        FailureLimit {
-            buckets: Buckets::new(per_minute, burst, true),
-            blocked: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The 429 for an address that used up its failures, if it did.
-    pub fn blocked(&self, key: ClientKey) -> Option<ApiError> {
-        let mut blocked = self.blocked.lock();
-        let until = *blocked.get(&key)?;
-        let now = Instant::now();
-        if until <= now {
-            blocked.remove(&key);
-            return None;
-        }
-        let secs = retry_secs(until - now);
-        Some(ApiError::too_many_requests(
-            format!("too many failed authentications from this address; retry after {secs} s"),
-            secs,
-        ))
-    }
-
-    /// Counts one failed authentication of `key`.
-    pub fn charge(&self, key: ClientKey) {
-        if let Err(wait) = self.buckets.take(&key) {
-            tracing::warn!(client = %key, "Too many failed authentications; address blocked for a while.");
-            self.blocked.lock().insert(key, Instant::now() + wait);
-        }
-    }
-
-    /// Drops the state of idle addresses and ended blocks.
-    pub fn forget_idle(&self) {
-        self.buckets.forget_idle();
-        let now = Instant::now();
-        self.blocked.lock().retain(|_, until| *until > now);
-    }
-}
+/// Per-agent request rate limit, charged only once the agent is authenticated.
+pub type AgentRateLimit = KeyRateLimit<String>;
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthMode;
-use crate::client::ProxyNet;
 use crate::subjects::SubjectLimits;
+use fleet_service::client::ProxyNet;
 
 /// Settings of the ingest gateway. Every key has a default; see
 /// `config/gateway.example.toml`.

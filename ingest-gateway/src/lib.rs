@@ -32,7 +32,6 @@
 //! ([`hub`]), else polled.
 
 pub mod auth;
-pub mod client;
 pub mod commands;
 pub mod config;
 #[cfg(feature = "fuzzing")]
@@ -67,8 +66,8 @@ use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AgentIdentity, AuthMode};
-pub use client::ClientAddr;
 pub use config::GatewayConfig;
+pub use fleet_service::client::ClientAddr;
 
 /// Shared state of the gateway's handlers.
 #[derive(Debug, Clone)]
@@ -105,7 +104,11 @@ impl GatewayState {
             registry.clone(),
             Duration::from_secs(config.auth_cache_secs),
         );
-        let rate = auth::AgentRateLimit::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let rate = auth::AgentRateLimit::new(
+            "agent",
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+        );
         let failures =
             auth::FailureLimit::new(config.auth_failures_per_minute, config.auth_failure_burst);
         let registrations = auth::AddressLimit::new(
@@ -241,7 +244,7 @@ pub(crate) async fn admit(
     };
     state
         .rate
-        .check(agent_id)
+        .check(&agent_id.to_owned())
         .inspect_err(|_| metrics::rate_limited())?;
     Ok(who)
 }
@@ -597,5 +600,11 @@ impl Processor for DeactivationWatcher {
         // A throw-away group that never commits: the runtime writes the dead letters per
         // batch all the same.
         Output::new()
+    }
+}
+
+impl fleet_service::client::TrustedProxies for GatewayState {
+    fn trusted_proxies(&self) -> &[fleet_service::client::ProxyNet] {
+        &self.config.trusted_proxies
     }
 }

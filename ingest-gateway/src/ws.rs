@@ -274,7 +274,7 @@ async fn frame_answer(
     let decoded = decode_frame(&state.config, text, || {
         state
             .rate
-            .check(agent_id)
+            .check(&agent_id.to_owned())
             .inspect_err(|_| metrics::rate_limited())
     });
     let frame = match decoded {

@@ -1,13 +1,17 @@
 //! What every Fleetstream service shares: layered configuration ([`config`]), the
 //! `/healthz`, `/readyz` and `/metrics` endpoints ([`endpoints`]), the HTTP error format
 //! and a JSON extractor that names the offending field ([`error`]), the HTTP listener every
-//! role serves on, with its timeouts, connection cap and TLS ([`serve`]), tracing setup and
+//! role serves on, with its timeouts, connection cap and TLS ([`serve`]), who the client is
+//! behind trusted proxies ([`client`]) and the per-address and per-key limits ([`limit`]),
+//! tracing setup and
 //! the shutdown signal. Consuming topics is `fleet-consumer`'s, the schema registry client
 //! `fleet-schema-registry`'s.
 
+pub mod client;
 pub mod config;
 pub mod endpoints;
 pub mod error;
+pub mod limit;
 mod metrics;
 pub mod serve;
 

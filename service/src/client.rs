@@ -8,6 +8,9 @@
 //! address of `X-Forwarded-For` that is not itself a trusted proxy. The header is never
 //! read from any other peer (anyone can send it). IPv6 clients are keyed by their /64,
 //! since one host usually holds a whole /64.
+//!
+//! A service's state says which proxies it trusts by implementing [`TrustedProxies`];
+//! handlers then take a [`ClientAddr`] argument.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,8 +21,6 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::GatewayState;
 
 /// A trusted proxy: one address (`10.0.0.7`) or a network (`10.0.0.0/8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,19 +116,23 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[ProxyNet]) -> IpAdd
     client
 }
 
-impl FromRequestParts<GatewayState> for ClientAddr {
+/// A service state that knows which proxies may name the client in `X-Forwarded-For`.
+pub trait TrustedProxies {
+    /// The proxies (`trusted-proxies` in the service's config).
+    fn trusted_proxies(&self) -> &[ProxyNet];
+}
+
+impl<S: TrustedProxies + Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &GatewayState,
-    ) -> Result<ClientAddr, Infallible> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<ClientAddr, Infallible> {
+        // The extractor, not the extension: it also takes a test's `MockConnectInfo`.
         let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
             .await
             .ok()
             .map(|ConnectInfo(a)| a.ip());
         Ok(ClientAddr(peer.map(|p| {
-            resolve(p, &parts.headers, &state.config.trusted_proxies)
+            resolve(p, &parts.headers, state.trusted_proxies())
         })))
     }
 }
