@@ -10,7 +10,7 @@
 //! cargo bench -p fleet-event-log --bench engine_choice
 //! ENGINE_BENCH_RECORDS=20000 ENGINE_BENCH_DIR=/var/tmp cargo bench -p fleet-event-log --bench engine_choice
 //! ```
-//! The results and the choice are in `event-log/ENGINE.md`.
+//! The results and the choice are in `docs/EVENT_LOG.md`.
 
 // A bench binary reports on stdout.
 #![allow(clippy::print_stdout)]

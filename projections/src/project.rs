@@ -13,10 +13,7 @@ use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
 use fleet_consumer::Backoff;
 use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
-use fleet_schemas::{
-    codec, topics, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
-    SoftwareInventory, TicketEvent,
-};
+use fleet_schemas::{codec, topics};
 use fleet_stores::{Change, ReadModel, StoreError, StoredOffset};
 use fleet_timeseries::TimeSeriesStore;
 
@@ -73,19 +70,19 @@ impl Readiness {
 
 /// Decodes a record of a read-model topic into a change.
 pub fn to_change(r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
-    Ok(match &*r.topic {
-        topics::METRICS => Change::Report(Box::new(codec::decode::<MetricReport>(&r.value)?)),
-        topics::HEARTBEATS => Change::Heartbeat(codec::decode::<Heartbeat>(&r.value)?),
-        topics::AGENTS => Change::Lifecycle(codec::decode::<AgentLifecycle>(&r.value)?),
-        topics::COMMANDS => Change::Command(Box::new(codec::decode::<CommandEvent>(&r.value)?)),
-        topics::INVENTORY => {
-            Change::Inventory(Box::new(codec::decode::<SoftwareInventory>(&r.value)?))
+    use fleet_schemas::topics::RecordType as T;
+    Ok(match topics::record_of(&r.topic) {
+        Some(T::MetricReport) => Change::Report(Box::new(codec::decode(&r.value)?)),
+        Some(T::Heartbeat) => Change::Heartbeat(codec::decode(&r.value)?),
+        Some(T::AgentLifecycle) => Change::Lifecycle(codec::decode(&r.value)?),
+        Some(T::CommandEvent) => Change::Command(Box::new(codec::decode(&r.value)?)),
+        Some(T::SoftwareInventory) => Change::Inventory(Box::new(codec::decode(&r.value)?)),
+        Some(T::TicketEvent) => Change::Ticket(Box::new(codec::decode(&r.value)?)),
+        Some(T::RuleEvent) => Change::Rule(Box::new(codec::decode(&r.value)?)),
+        Some(T::AlertEvent) => Change::Alert(codec::decode(&r.value)?),
+        Some(T::AgentEvent | T::DeadLetter) | None => {
+            return Err(codec::CodecError::NotProjected(r.topic.to_string()))
         }
-        topics::TICKETS => Change::Ticket(Box::new(codec::decode::<TicketEvent>(&r.value)?)),
-        topics::RULES => Change::Rule(Box::new(codec::decode::<fleet_schemas::RuleEvent>(
-            &r.value,
-        )?)),
-        _ => Change::Alert(codec::decode::<AlertEvent>(&r.value)?),
     })
 }
 

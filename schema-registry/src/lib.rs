@@ -18,13 +18,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_schemas::codec::{
-    self, Catalog, CodecError, LookupError, Record, RegistryFraming, SchemaLookup,
-};
-use fleet_schemas::{
-    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, Heartbeat, MetricReport,
-    RuleEvent, SoftwareInventory, TicketEvent,
-};
+use fleet_schemas::codec::{self, Catalog, CodecError, LookupError, RegistryFraming, SchemaLookup};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -43,21 +37,10 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// Every record type Fleetstream writes: (full name, topic). Every current `.avsc` of the
 /// catalog is here (a test checks it).
 pub fn records() -> Vec<(&'static str, &'static str)> {
-    fn r<T: Record>() -> (&'static str, &'static str) {
-        (T::FULL_NAME, T::TOPIC)
-    }
-    vec![
-        r::<MetricReport>(),
-        r::<Heartbeat>(),
-        r::<AgentEvent>(),
-        r::<AlertEvent>(),
-        r::<AgentLifecycle>(),
-        r::<CommandEvent>(),
-        r::<SoftwareInventory>(),
-        r::<TicketEvent>(),
-        r::<RuleEvent>(),
-        r::<DeadLetter>(),
-    ]
+    fleet_schemas::topics::ALL
+        .iter()
+        .map(|t| (t.record.full_name(), t.name))
+        .collect()
 }
 
 /// The subject of a topic's record values (Confluent's TopicNameStrategy).

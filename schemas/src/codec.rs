@@ -91,6 +91,9 @@ pub enum CodecError {
          not registered with the schema registry at start-up"
     )]
     NotRegistered(&'static str),
+    /// A record from a topic the consumer does not read (not one it subscribed to).
+    #[error("topic {0} holds records this consumer does not read")]
+    NotProjected(String),
     /// A schema id was given for a record name this build has no `.avsc` for.
     #[error("no .avsc for record {0}")]
     UnknownRecord(String),

@@ -88,22 +88,7 @@ pub(crate) struct ExportArgs {
 
 /// The Avro full name of the records of a catalog topic.
 fn record_name(topic: &str) -> Option<&'static str> {
-    use fleet_schemas::*;
-    [
-        (MetricReport::TOPIC, MetricReport::FULL_NAME),
-        (Heartbeat::TOPIC, Heartbeat::FULL_NAME),
-        (AgentEvent::TOPIC, AgentEvent::FULL_NAME),
-        (AgentLifecycle::TOPIC, AgentLifecycle::FULL_NAME),
-        (SoftwareInventory::TOPIC, SoftwareInventory::FULL_NAME),
-        (RuleEvent::TOPIC, RuleEvent::FULL_NAME),
-        (AlertEvent::TOPIC, AlertEvent::FULL_NAME),
-        (TicketEvent::TOPIC, TicketEvent::FULL_NAME),
-        (CommandEvent::TOPIC, CommandEvent::FULL_NAME),
-        (DeadLetter::TOPIC, DeadLetter::FULL_NAME),
-    ]
-    .into_iter()
-    .find(|(t, _)| *t == topic)
-    .map(|(_, n)| n)
+    fleet_schemas::topics::record_of(topic).map(|r| r.full_name())
 }
 
 /// An Avro value as JSON (see the module docs for the mapping).
