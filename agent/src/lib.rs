@@ -55,24 +55,33 @@ pub mod commands;
 pub mod config;
 pub mod enroll;
 pub mod events;
+mod heartbeat;
+mod intervals;
 pub mod inventory;
+mod outbox;
 pub mod queue;
 mod retry;
+mod sender;
 pub mod spool;
 mod state;
+mod stats;
+mod sync;
 pub mod tls;
 pub mod transport;
 pub mod ws;
 
 use std::future::Future;
 
-pub use agent::{Agent, AgentError, Stats, StatsSnapshot, INTERVALS_FILE, MEMORY_FALLBACK_REPORTS};
+pub use agent::{Agent, AgentError};
 pub use collect::Collector;
 pub use config::{AgentConfig, ConfigError};
 pub use enroll::{
     enroll, enroll_with_tls, machine_facts, EnrollError, Enrollment, CREDENTIALS_FILE,
 };
+pub use intervals::INTERVALS_FILE;
+pub use outbox::MEMORY_FALLBACK_REPORTS;
 pub use spool::{Spool, SpoolError};
+pub use stats::{Stats, StatsSnapshot};
 pub use tls::ClientTls;
 pub use transport::{HttpTransport, SendOutcome, Transport, TransportError};
 pub use ws::WsTransport;

@@ -49,8 +49,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::{inc, Stats};
 use crate::retry::Backoff;
+use crate::stats::{inc, Stats};
 use crate::tls::ClientTls;
 use crate::transport::{
     api_url, base_url, classify, error_chain, parse_retry_after, HttpTransport, SendOutcome,
