@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -366,15 +367,18 @@ impl Agent {
             cancel: cancel.clone(),
         }));
 
-        let sender = Sender::new(
+        let sender = Sender {
             transport,
-            agent_id.clone(),
-            Arc::clone(&outbox),
-            Arc::clone(&live),
-            Arc::clone(&stats),
-            cancel.clone(),
-            &config,
-        );
+            agent_id: agent_id.clone(),
+            outbox: Arc::clone(&outbox),
+            intervals: Arc::clone(&live),
+            stats: Arc::clone(&stats),
+            cancel: cancel.clone(),
+            backoff: (config.retry_initial_backoff(), config.retry_max_backoff()),
+            auth_retry: config.auth_retry(),
+            batch_limit: AtomicUsize::new(config.batch_max_reports),
+            auth_failing: AtomicBool::new(false),
+        };
 
         let deadline;
         {

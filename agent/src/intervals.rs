@@ -224,24 +224,19 @@ mod tests {
             metrics_interval_secs: 20.0,
             websocket_url: String::new(),
         };
+        // (collect, heartbeat, flush) in seconds.
+        let secs = |i: Intervals| {
+            (
+                i.collect.as_secs_f64(),
+                i.heartbeat.as_secs_f64(),
+                i.flush.as_secs_f64(),
+            )
+        };
         let defaults = AgentConfig::default();
-        let i = intervals(&defaults, None);
+        assert_eq!(secs(intervals(&defaults, None)), (10.0, 30.0, 10.0));
         assert_eq!(
-            (i.collect, i.heartbeat, i.flush),
-            (
-                Duration::from_secs(10),
-                Duration::from_secs(30),
-                Duration::from_secs(10)
-            )
-        );
-        let i = intervals(&defaults, Some(&remote));
-        assert_eq!(
-            (i.collect, i.heartbeat, i.flush),
-            (
-                Duration::from_secs(20),
-                Duration::from_secs(15),
-                Duration::from_secs(20)
-            )
+            secs(intervals(&defaults, Some(&remote))),
+            (20.0, 15.0, 20.0)
         );
         let file = AgentConfig {
             collect_interval_secs: Some(5.0),
@@ -249,24 +244,12 @@ mod tests {
             flush_interval_secs: Some(1.0),
             ..AgentConfig::default()
         };
-        let i = intervals(&file, Some(&remote));
-        assert_eq!(
-            (i.collect, i.heartbeat, i.flush),
-            (
-                Duration::from_secs(5),
-                Duration::from_secs(7),
-                Duration::from_secs(1)
-            )
-        );
+        assert_eq!(secs(intervals(&file, Some(&remote))), (5.0, 7.0, 1.0));
         let bad = RemoteConfig {
             heartbeat_interval_secs: f64::NAN,
             metrics_interval_secs: -1.0,
             websocket_url: String::new(),
         };
-        let i = intervals(&defaults, Some(&bad));
-        assert_eq!(
-            (i.collect, i.heartbeat),
-            (Duration::from_secs(10), Duration::from_secs(30))
-        );
+        assert_eq!(secs(intervals(&defaults, Some(&bad))), (10.0, 30.0, 10.0));
     }
 }

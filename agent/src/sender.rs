@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::AgentConfig;
 use crate::intervals::LiveIntervals;
 use crate::outbox::Outbox;
 use crate::retry::Backoff;
@@ -36,53 +35,32 @@ enum Step {
     Idle,
 }
 
-/// Sends the outbox's reports in batches.
+/// Sends the outbox's reports in batches; built by the orchestrator.
 #[derive(Debug)]
 pub(crate) struct Sender {
-    transport: Arc<dyn Transport>,
-    agent_id: String,
-    outbox: Arc<Outbox>,
-    intervals: Arc<LiveIntervals>,
-    stats: Arc<Stats>,
-    cancel: CancellationToken,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) agent_id: String,
+    /// Where the batches come from; they leave it once the gateway answered for good.
+    pub(crate) outbox: Arc<Outbox>,
+    /// The flush interval (how long a partial batch may wait) is read here, live.
+    pub(crate) intervals: Arc<LiveIntervals>,
+    pub(crate) stats: Arc<Stats>,
+    /// Stops the send loop (between requests, never during one).
+    pub(crate) cancel: CancellationToken,
+    /// Retry backoff bounds (initial, max).
+    pub(crate) backoff: (Duration, Duration),
+    /// Delay after a 401/403.
+    pub(crate) auth_retry: Duration,
     /// Reports per request: `batch-max-reports`, or less after a 413.
-    batch_limit: AtomicUsize,
-    backoff_initial: Duration,
-    backoff_max: Duration,
-    auth_retry: Duration,
-    auth_failing: AtomicBool,
+    pub(crate) batch_limit: AtomicUsize,
+    /// The last send got a 401/403 (to log when it works again).
+    pub(crate) auth_failing: AtomicBool,
 }
 
 impl Sender {
-    /// A sender of `outbox` through `transport`, with the batch size, backoff and
-    /// `auth-retry-secs` of `config`; `cancel` stops [`Sender::send_loop`].
-    pub(crate) fn new(
-        transport: Arc<dyn Transport>,
-        agent_id: String,
-        outbox: Arc<Outbox>,
-        intervals: Arc<LiveIntervals>,
-        stats: Arc<Stats>,
-        cancel: CancellationToken,
-        config: &AgentConfig,
-    ) -> Self {
-        Self {
-            transport,
-            agent_id,
-            outbox,
-            intervals,
-            stats,
-            cancel,
-            batch_limit: AtomicUsize::new(config.batch_max_reports),
-            backoff_initial: config.retry_initial_backoff(),
-            backoff_max: config.retry_max_backoff(),
-            auth_retry: config.auth_retry(),
-            auth_failing: AtomicBool::new(false),
-        }
-    }
-
     /// Sends until cancelled. Cancellation interrupts waits, never a request in flight.
     pub(crate) async fn send_loop(&self) {
-        let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max);
+        let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         loop {
             if !self.wait_until_due().await {
                 return;
