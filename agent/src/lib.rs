@@ -12,6 +12,11 @@
 //! * [`collect`]: [`Collector`], one [`ReportIn`](fleet_schemas::api::ReportIn) per call;
 //! * [`spool`]: the durable, bounded on-disk [`Spool`] (redb);
 //! * [`queue`]: the in-memory fallback used when the spool cannot be written;
+//! * `outbox`: the spool and the in-memory fallback behind one type, what the collect
+//!   loop pushes to and the `sender` sends batches from (removed once the gateway took
+//!   them);
+//! * `heartbeat`: the heartbeat task; `intervals`: the collect, heartbeat and flush
+//!   intervals, changeable by the server while the agent runs; `stats`: [`Stats`];
 //! * [`transport`]: the [`Transport`] trait and [`HttpTransport`];
 //! * [`tls`]: [`ClientTls`], how the gateway's certificate is checked (system roots, or
 //!   only the CA of `ca-file`), for HTTP and the WebSocket alike;
@@ -23,8 +28,9 @@
 //!   retried until acknowledged, each command id run at most once (`commands.json`);
 //! * [`inventory`]: installed packages (dpkg, else rpm), sent at start and on change;
 //! * [`events`]: `agent_started` and service transitions, in a bounded in-memory queue;
-//! * [`Agent`]: the run loop tying them together, with live [`Stats`]; the server can
-//!   change its collect and heartbeat intervals while it runs.
+//! * [`Agent`]: the orchestrator: builds these parts from the configuration, runs them as
+//!   tasks (with the collect loop) and flushes at shutdown. No other module imports from
+//!   it.
 //!
 //! The agent depends on no server crate: only on `fleet-schemas` for the wire types.
 //!
