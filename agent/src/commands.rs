@@ -52,10 +52,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::agent::{inc, lock, LiveIntervals, Stats};
 use crate::config::{valid_secs, AgentConfig, COMMAND_TYPES};
+use crate::intervals::LiveIntervals;
 use crate::retry::{deliver_until_acked, Backoff, Delivered};
 use crate::state;
+use crate::stats::{inc, Stats};
+use crate::sync::lock;
 use crate::transport::{SendOutcome, Transport};
 
 /// File of the recent command ids and results in the state directory.

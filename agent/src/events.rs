@@ -29,8 +29,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::agent::{add, lock, Stats};
 use crate::retry::{deliver_until_acked, Backoff, Delivered};
+use crate::stats::{add, Stats};
+use crate::sync::lock;
 use crate::transport::Transport;
 
 /// Most events held in memory while the gateway cannot take them.

@@ -17,8 +17,8 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::{inc, Stats};
 use crate::retry::{deliver_until_acked, Backoff, Delivered};
+use crate::stats::{inc, Stats};
 use crate::transport::Transport;
 use std::sync::Arc;
 

@@ -12,6 +12,11 @@
 //! * [`collect`]: [`Collector`], one [`ReportIn`](fleet_schemas::api::ReportIn) per call;
 //! * [`spool`]: the durable, bounded on-disk [`Spool`] (redb);
 //! * [`queue`]: the in-memory fallback used when the spool cannot be written;
+//! * `outbox`: the spool and the in-memory fallback behind one type, what the collect
+//!   loop pushes to and the `sender` sends batches from (removed once the gateway took
+//!   them);
+//! * `heartbeat`: the heartbeat task; `intervals`: the collect, heartbeat and flush
+//!   intervals, changeable by the server while the agent runs; `stats`: [`Stats`];
 //! * [`transport`]: the [`Transport`] trait and [`HttpTransport`];
 //! * [`tls`]: [`ClientTls`], how the gateway's certificate is checked (system roots, or
 //!   only the CA of `ca-file`), for HTTP and the WebSocket alike;
@@ -23,8 +28,9 @@
 //!   retried until acknowledged, each command id run at most once (`commands.json`);
 //! * [`inventory`]: installed packages (dpkg, else rpm), sent at start and on change;
 //! * [`events`]: `agent_started` and service transitions, in a bounded in-memory queue;
-//! * [`Agent`]: the run loop tying them together, with live [`Stats`]; the server can
-//!   change its collect and heartbeat intervals while it runs.
+//! * [`Agent`]: the orchestrator: builds these parts from the configuration, runs them as
+//!   tasks (with the collect loop) and flushes at shutdown. No other module imports from
+//!   it.
 //!
 //! The agent depends on no server crate: only on `fleet-schemas` for the wire types.
 //!
@@ -55,24 +61,33 @@ pub mod commands;
 pub mod config;
 pub mod enroll;
 pub mod events;
+mod heartbeat;
+mod intervals;
 pub mod inventory;
+mod outbox;
 pub mod queue;
 mod retry;
+mod sender;
 pub mod spool;
 mod state;
+mod stats;
+mod sync;
 pub mod tls;
 pub mod transport;
 pub mod ws;
 
 use std::future::Future;
 
-pub use agent::{Agent, AgentError, Stats, StatsSnapshot, INTERVALS_FILE, MEMORY_FALLBACK_REPORTS};
+pub use agent::{Agent, AgentError};
 pub use collect::Collector;
 pub use config::{AgentConfig, ConfigError};
 pub use enroll::{
     enroll, enroll_with_tls, machine_facts, EnrollError, Enrollment, CREDENTIALS_FILE,
 };
+pub use intervals::INTERVALS_FILE;
+pub use outbox::MEMORY_FALLBACK_REPORTS;
 pub use spool::{Spool, SpoolError};
+pub use stats::{Stats, StatsSnapshot};
 pub use tls::ClientTls;
 pub use transport::{HttpTransport, SendOutcome, Transport, TransportError};
 pub use ws::WsTransport;

@@ -496,6 +496,15 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// What a 401 or 403 ([`SendOutcome::Unauthorized`]) means for the operator.
+pub(crate) fn auth_problem(status: u16) -> &'static str {
+    if status == 403 {
+        "the gateway says this agent is deactivated (403)"
+    } else {
+        "the gateway refused the agent's credential (401: missing or invalid)"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,9 @@
 //!   gateway's pings, sends its own every `websocket-ping-interval-secs` and drops the
 //!   socket when the previous ping is still unanswered, and reconnects with jittered
 //!   exponential backoff (full jitter, capped). Between frames it only waits on the
-//!   socket, the request queue and the ping timer: no polling.
+//!   socket, the request queue and the ping timer: no polling. A connected socket is
+//!   split into its `Sink` and `Stream` halves and served over those alone (as the
+//!   gateway's session is), so tests drive a session with channels.
 //! * [`WsLink`]: the cheap, cloneable handle requests go through; each request waits at
 //!   most the request timeout for its reply.
 //! * [`WsTransport`]: the [`Transport`] the run loop uses: the socket while it is up,
@@ -36,7 +38,7 @@ use fleet_schemas::api::{
     ErrorDetail, EventBatch, HeartbeatIn, IngestAccepted, InventoryIn, ItemError, MetricBatch,
     ServerMessage, AGENT_ID_HEADER,
 };
-use futures::{SinkExt as _, StreamExt as _};
+use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use reqwest::StatusCode;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -49,8 +51,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::{inc, Stats};
 use crate::retry::Backoff;
+use crate::stats::{inc, Stats};
 use crate::tls::ClientTls;
 use crate::transport::{
     api_url, base_url, classify, error_chain, parse_retry_after, HttpTransport, SendOutcome,
@@ -333,12 +335,13 @@ impl WsSession {
             };
             let delay = match attempt {
                 Ok(socket) => {
+                    let (sink, stream) = socket.split();
                     let connects = self.stats.ws_connects.fetch_add(1, Ordering::Relaxed) + 1;
                     info!(url = %self.settings.url, connects, "WebSocket connected.");
                     failing = false;
                     self.connected.send_replace(true);
                     let since = Instant::now();
-                    let reason = self.serve(socket, &cancel).await;
+                    let reason = self.serve(sink, stream, &cancel).await;
                     self.connected.send_replace(false);
                     inc(&self.stats.ws_disconnects);
                     if cancel.is_cancelled() {
@@ -443,10 +446,21 @@ impl WsSession {
         }
     }
 
-    /// Serves one connected socket until it fails or `cancel` fires; returns why it ended.
-    async fn serve(&mut self, socket: Socket, cancel: &CancellationToken) -> String {
+    /// Serves one connected socket, given as its write half `sink` and read half
+    /// `stream`, until it fails or `cancel` fires; returns why it ended.
+    async fn serve<W, R, E>(
+        &mut self,
+        mut sink: W,
+        mut stream: R,
+        cancel: &CancellationToken,
+    ) -> String
+    where
+        W: Sink<Message> + Unpin,
+        W::Error: std::error::Error,
+        R: Stream<Item = Result<Message, E>> + Unpin,
+        E: std::error::Error,
+    {
         let timeout = self.settings.request_timeout;
-        let (mut sink, mut stream) = socket.split();
         let mut pending: HashMap<u64, oneshot::Sender<Answer>> = HashMap::new();
         let period = self.settings.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
@@ -464,7 +478,7 @@ impl WsSession {
                     Some(Err(e)) => break format!("read failed: {}", error_chain(&e)),
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), &mut pending),
                     Some(Ok(Message::Ping(_))) => {
-                        // tungstenite queued the pong; write it out now.
+                        // tungstenite queued the pong (on a real socket); write it out now.
                         match tokio::time::timeout(timeout, sink.flush()).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => break format!("pong failed: {}", error_chain(&e)),
@@ -727,6 +741,174 @@ impl Transport for WsTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::channel::mpsc as chan;
+
+    /// A session served over channels: what it writes, what it reads, its link and its
+    /// pushes. The session counts as connected (as `run` marks it before serving).
+    struct Served {
+        written: chan::UnboundedReceiver<Message>,
+        read: chan::UnboundedSender<Result<Message, tungstenite::Error>>,
+        link: WsLink,
+        pushed: mpsc::Receiver<Pushed>,
+        cancel: CancellationToken,
+        ended: tokio::task::JoinHandle<String>,
+    }
+
+    fn serve_over_channels() -> Served {
+        let settings = WsSettings {
+            url: reqwest::Url::parse("ws://gw.invalid/api/v1/agents/ws").unwrap(),
+            agent_id: "ws-unit".into(),
+            credential: None,
+            tls: ClientTls::system_roots().unwrap(),
+            request_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(3600),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(1),
+            auth_retry: Duration::from_secs(1),
+        };
+        let (link, mut session, pushed) = channel(settings, Arc::new(Stats::default()));
+        let (sink, written) = chan::unbounded();
+        let (read, stream) = chan::unbounded();
+        let cancel = CancellationToken::new();
+        session.connected.send_replace(true);
+        let ended = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { session.serve(sink, stream, &cancel).await }
+        });
+        Served {
+            written,
+            read,
+            link,
+            pushed,
+            cancel,
+            ended,
+        }
+    }
+
+    /// `f`'s output; fails the test instead of hanging when the session never answers.
+    async fn soon<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("the session did not act within 20 s")
+    }
+
+    fn heartbeat(sequence: u64) -> HeartbeatIn {
+        HeartbeatIn {
+            sent_at: chrono::Utc::now(),
+            sequence,
+            uptime_seconds: 1,
+            agent_version: "test".into(),
+        }
+    }
+
+    /// Sends a heartbeat request; returns the frame the session wrote and the request.
+    async fn request(
+        s: &mut Served,
+        sequence: u64,
+    ) -> (
+        AgentMessage,
+        tokio::task::JoinHandle<Result<Reply, Failure>>,
+    ) {
+        let link = s.link.clone();
+        let beat = heartbeat(sequence);
+        let waiting = tokio::spawn(async move {
+            link.request(|id| AgentMessage::Heartbeat {
+                id,
+                heartbeat: beat,
+            })
+            .await
+        });
+        let frame = match soon(s.written.next()).await {
+            Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        };
+        (frame, waiting)
+    }
+
+    fn server_frame(message: &ServerMessage) -> Result<Message, tungstenite::Error> {
+        Ok(Message::text(serde_json::to_string(message).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn replies_are_matched_to_requests_by_id_and_pushes_are_handed_over() {
+        let mut s = serve_over_channels();
+        let (first, first_reply) = request(&mut s, 1).await;
+        let (second, second_reply) = request(&mut s, 2).await;
+        let id = |m: &AgentMessage| match m {
+            AgentMessage::Heartbeat { id, heartbeat } => (*id, heartbeat.sequence),
+            other => panic!("expected a heartbeat frame, got {other:?}"),
+        };
+        let ((first_id, 1), (second_id, 2)) = (id(&first), id(&second)) else {
+            panic!("frames out of order: {first:?}, {second:?}");
+        };
+        assert_ne!(first_id, second_id);
+        // Answered in the other order: each reply still reaches its own request.
+        s.read
+            .unbounded_send(server_frame(&ServerMessage::Error {
+                id: Some(second_id),
+                status: 503,
+                error: ErrorDetail {
+                    code: "unavailable".into(),
+                    message: "log down".into(),
+                    field: None,
+                    items: vec![],
+                },
+                retry_after_secs: Some(3),
+            }))
+            .unwrap();
+        s.read
+            .unbounded_send(server_frame(&ServerMessage::Ack {
+                id: first_id,
+                accepted: 1,
+                rejected: vec![],
+            }))
+            .unwrap();
+        assert_eq!(
+            soon(first_reply).await.unwrap(),
+            Ok(Reply::Ack {
+                accepted: 1,
+                rejected: vec![]
+            })
+        );
+        assert!(matches!(
+            soon(second_reply).await.unwrap(),
+            Ok(Reply::Error {
+                status: 503,
+                retry_after_secs: Some(3),
+                ..
+            })
+        ));
+        // A pushed config reaches the receiver of pushes; an unreadable frame is skipped.
+        let update = ConfigUpdate {
+            heartbeat_interval_secs: Some(5.0),
+            metrics_interval_secs: None,
+        };
+        s.read
+            .unbounded_send(Ok(Message::text("not json")))
+            .unwrap();
+        s.read
+            .unbounded_send(server_frame(&ServerMessage::Config {
+                config: update.clone(),
+            }))
+            .unwrap();
+        assert_eq!(soon(s.pushed.recv()).await, Some(Pushed::Config(update)));
+        // The gateway goes away: a request still waiting learns that its frame was lost.
+        let (_, waiting) = request(&mut s, 3).await;
+        s.read.close_channel();
+        assert_eq!(soon(waiting).await.unwrap(), Err(Failure::Lost));
+        assert_eq!(soon(s.ended).await.unwrap(), "closed by the gateway");
+    }
+
+    #[tokio::test]
+    async fn stopping_sends_a_close_frame() {
+        let mut s = serve_over_channels();
+        s.cancel.cancel();
+        assert_eq!(soon(s.ended).await.unwrap(), "agent stopping");
+        assert!(matches!(
+            soon(s.written.next()).await,
+            Some(Message::Close(None))
+        ));
+    }
 
     #[test]
     fn websocket_url_follows_the_server_url_origin() {

@@ -1,0 +1,255 @@
+//! The agent's intervals (collect, heartbeat, flush): merged at start from the
+//! configuration, the enrollment's remote config and the overrides the server set before,
+//! then live: a server `config` message or an `update_config` command changes them in the
+//! running agent ([`LiveIntervals::apply`]) and persists them in
+//! `{state-dir}/intervals.json`. The tasks that depend on them watch for changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_schemas::api::{ConfigUpdate, RemoteConfig};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{valid_secs, AgentConfig};
+use crate::stats::{inc, Stats};
+
+/// The intervals the agent runs with, once the configuration and the enrollment's remote
+/// config are merged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Intervals {
+    /// Between two collections.
+    pub(crate) collect: Duration,
+    /// Between two heartbeats.
+    pub(crate) heartbeat: Duration,
+    /// Longest a report waits for a partial batch to be sent.
+    pub(crate) flush: Duration,
+}
+
+impl Intervals {
+    /// The intervals to start with: the configuration merged with the enrollment's
+    /// remote config (see [`intervals`]), then the overrides the server set in an earlier
+    /// run (`{state-dir}/intervals.json`), if any.
+    pub(crate) fn resolve(
+        config: &AgentConfig,
+        remote: Option<&RemoteConfig>,
+        state_dir: &Path,
+    ) -> Self {
+        let merged = intervals(config, remote);
+        match load_overrides(&state_dir.join(INTERVALS_FILE)) {
+            Some(o) => {
+                info!(?o, "Using the intervals the server set before.");
+                with_overrides(merged, &o, config.flush_interval_secs.is_none())
+            }
+            None => merged,
+        }
+    }
+}
+
+/// File of the intervals the server set (`config` message, `update_config`), in the
+/// state directory.
+pub const INTERVALS_FILE: &str = "intervals.json";
+
+/// The running agent's intervals, changeable by the server.
+#[derive(Debug)]
+pub(crate) struct LiveIntervals {
+    current: watch::Sender<Intervals>,
+    /// The flush interval follows the collect interval (no `flush-interval-secs`).
+    flush_follows: bool,
+    path: PathBuf,
+    stats: Arc<Stats>,
+}
+
+impl LiveIntervals {
+    /// Starts at `initial`; `apply` persists the server's changes in
+    /// `{state_dir}/intervals.json`. With `flush_follows` (no `flush-interval-secs`
+    /// configured) a new collect interval is also the new flush interval.
+    pub(crate) fn new(
+        initial: Intervals,
+        flush_follows: bool,
+        state_dir: &Path,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            current: watch::Sender::new(initial),
+            flush_follows,
+            path: state_dir.join(INTERVALS_FILE),
+            stats,
+        }
+    }
+
+    /// The intervals now.
+    pub(crate) fn get(&self) -> Intervals {
+        *self.current.borrow()
+    }
+
+    /// A receiver that sees every change.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Intervals> {
+        self.current.subscribe()
+    }
+
+    /// Applies `update` (each value checked), persists the server's overrides, and
+    /// returns a summary; `Err` when a value is invalid (nothing applied then).
+    pub(crate) async fn apply(&self, update: ConfigUpdate) -> Result<String, String> {
+        let check = |key: &str, v: Option<f64>| -> Result<Option<Duration>, String> {
+            v.map(|v| {
+                valid_secs(v).ok_or_else(|| {
+                    format!("`{key}` is {v}: expected seconds, more than 0 and at most 86400")
+                })
+            })
+            .transpose()
+        };
+        let collect = check("metrics_interval_secs", update.metrics_interval_secs)?;
+        let heartbeat = check("heartbeat_interval_secs", update.heartbeat_interval_secs)?;
+        let mut next = self.get();
+        if let Some(c) = collect {
+            next.collect = c;
+            if self.flush_follows {
+                next.flush = c;
+            }
+        }
+        if let Some(h) = heartbeat {
+            next.heartbeat = h;
+        }
+        self.current.send_replace(next);
+        inc(&self.stats.config_updates);
+        info!(collect = ?next.collect, heartbeat = ?next.heartbeat, "Intervals changed by the server.");
+        // Merge with what was persisted before, so a later update of one key keeps the
+        // other.
+        let path = self.path.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            let mut stored = load_overrides(&path).unwrap_or_default();
+            if update.metrics_interval_secs.is_some() {
+                stored.metrics_interval_secs = update.metrics_interval_secs;
+            }
+            if update.heartbeat_interval_secs.is_some() {
+                stored.heartbeat_interval_secs = update.heartbeat_interval_secs;
+            }
+            let json = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
+            if let Some(dir) = path.parent() {
+                crate::state::ensure_dir(dir)?;
+            }
+            crate::state::write_atomic(&path, &json, 0o600)
+        })
+        .await;
+        let summary = format!(
+            "collect interval {}s, heartbeat interval {}s",
+            next.collect.as_secs_f64(),
+            next.heartbeat.as_secs_f64()
+        );
+        match persisted {
+            Ok(Ok(())) => Ok(summary),
+            Ok(Err(e)) => {
+                warn!(error = %e, "Cannot persist the new intervals; they apply until the agent stops.");
+                Ok(format!("{summary} (not persisted: {e})"))
+            }
+            Err(e) => Ok(format!("{summary} (not persisted: {e})")),
+        }
+    }
+}
+
+/// The server's persisted interval overrides, if any.
+fn load_overrides(path: &Path) -> Option<ConfigUpdate> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "Ignoring unreadable interval overrides.");
+            None
+        }
+    }
+}
+
+/// `intervals` with the server's overrides applied (invalid values ignored).
+fn with_overrides(
+    mut intervals: Intervals,
+    overrides: &ConfigUpdate,
+    flush_follows: bool,
+) -> Intervals {
+    if let Some(c) = overrides.metrics_interval_secs.and_then(valid_secs) {
+        intervals.collect = c;
+        if flush_follows {
+            intervals.flush = c;
+        }
+    }
+    if let Some(h) = overrides.heartbeat_interval_secs.and_then(valid_secs) {
+        intervals.heartbeat = h;
+    }
+    intervals
+}
+
+/// Merges the intervals: a value set in the configuration wins, then the enrollment's
+/// remote config (when valid), then the defaults.
+fn intervals(config: &AgentConfig, remote: Option<&RemoteConfig>) -> Intervals {
+    let remote_secs = |key: &str, value: f64| {
+        let d = valid_secs(value);
+        if d.is_none() {
+            warn!(
+                key,
+                value, "Ignoring an invalid interval from the server's remote config."
+            );
+        }
+        d
+    };
+    let collect = match (config.collect_interval_secs, remote) {
+        (None, Some(r)) => remote_secs("metrics_interval_secs", r.metrics_interval_secs),
+        _ => None,
+    }
+    .unwrap_or_else(|| config.collect_interval());
+    let heartbeat = match (config.heartbeat_interval_secs, remote) {
+        (None, Some(r)) => remote_secs("heartbeat_interval_secs", r.heartbeat_interval_secs),
+        _ => None,
+    }
+    .unwrap_or_else(|| config.heartbeat_interval());
+    let flush = match config.flush_interval_secs {
+        Some(_) => config.flush_interval(),
+        None => collect,
+    };
+    Intervals {
+        collect,
+        heartbeat,
+        flush,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_prefer_the_file_then_the_enrollment_then_defaults() {
+        let remote = RemoteConfig {
+            heartbeat_interval_secs: 15.0,
+            metrics_interval_secs: 20.0,
+            websocket_url: String::new(),
+        };
+        // (collect, heartbeat, flush) in seconds.
+        let secs = |i: Intervals| {
+            (
+                i.collect.as_secs_f64(),
+                i.heartbeat.as_secs_f64(),
+                i.flush.as_secs_f64(),
+            )
+        };
+        let defaults = AgentConfig::default();
+        assert_eq!(secs(intervals(&defaults, None)), (10.0, 30.0, 10.0));
+        assert_eq!(
+            secs(intervals(&defaults, Some(&remote))),
+            (20.0, 15.0, 20.0)
+        );
+        let file = AgentConfig {
+            collect_interval_secs: Some(5.0),
+            heartbeat_interval_secs: Some(7.0),
+            flush_interval_secs: Some(1.0),
+            ..AgentConfig::default()
+        };
+        assert_eq!(secs(intervals(&file, Some(&remote))), (5.0, 7.0, 1.0));
+        let bad = RemoteConfig {
+            heartbeat_interval_secs: f64::NAN,
+            metrics_interval_secs: -1.0,
+            websocket_url: String::new(),
+        };
+        assert_eq!(secs(intervals(&defaults, Some(&bad))), (10.0, 30.0, 10.0));
+    }
+}
