@@ -20,9 +20,6 @@
 
 #![allow(clippy::print_stdout)] // a bench prints its figures
 
-#[path = "../../stores/benches/support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +29,8 @@ use fleet_projections::project::{run_read_model, Readiness, READ_MODEL_PROJECTIO
 use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
 use fleet_schemas::{codec, fixtures, topics};
-use support::{env_num, machine, random_suffix, PgDatabase, ScyllaKeyspace};
+use fleet_test_support::services::{random_suffix, scylla_hosts, PgDatabase, ScyllaKeyspace};
+use fleet_test_support::stats::{env_num, machine};
 
 const TENANT: &str = "bench-tenant";
 
@@ -208,7 +206,7 @@ async fn main() -> Result<()> {
         read_model("read model, SQLite", log.clone(), &url, records).await?;
     }
     if want("postgres") {
-        let db = PgDatabase::create().await?;
+        let db = PgDatabase::create("fleet_bench").await?;
         let outcome = read_model("read model, PostgreSQL", log.clone(), &db.url, records).await;
         db.drop_now().await?;
         outcome?;
@@ -218,10 +216,10 @@ async fn main() -> Result<()> {
         timeseries("time series, embedded", log.clone(), &url, records).await?;
     }
     if want("scylla") {
-        match support::scylla_hosts() {
+        match scylla_hosts() {
             None => println!("time series, ScyllaDB  skipped: FLEET_SCYLLA_URI is not set"),
             Some(hosts) => {
-                let ks = ScyllaKeyspace::new(&hosts);
+                let ks = ScyllaKeyspace::new(&hosts, "fleet_bench");
                 println!("FLEET_SCYLLA_URI: {} at {hosts}", ks.server().await?);
                 let outcome = timeseries("time series, ScyllaDB", log.clone(), &ks.url, records)
                     .await

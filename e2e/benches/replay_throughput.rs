@@ -26,9 +26,6 @@
 
 #![allow(clippy::print_stdout)] // a bench prints its figures
 
-#[path = "../../stores/benches/support/mod.rs"]
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,7 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_schemas::{codec, fixtures, topics};
-use support::{env_num, machine, PgDatabase};
+use fleet_test_support::services::PgDatabase;
+use fleet_test_support::stats::{env_num, machine};
 
 const TENANT: &str = "bench-tenant";
 
@@ -129,7 +127,7 @@ async fn kafka_cases(dir: &Path, records: usize, agents: usize, batch: &str) -> 
         ("kafka -> read model, PostgreSQL (--jobs 1)", "1"),
         ("kafka -> read model, PostgreSQL (--jobs 4)", "4"),
     ] {
-        let db = PgDatabase::create().await?;
+        let db = PgDatabase::create("fleet_bench").await?;
         let outcome = replay(
             dir,
             &[
@@ -160,7 +158,7 @@ async fn kafka_cases(dir: &Path, records: usize, agents: usize, batch: &str) -> 
             "kafka-ts4",
         ),
     ] {
-        let db = PgDatabase::create().await?;
+        let db = PgDatabase::create("fleet_bench").await?;
         let ts = format!("file://{}", dir.join(ts).display());
         let outcome = replay(
             dir,

@@ -4,9 +4,6 @@
 //! agent enrolls (HTTPS), then reports over the WebSocket (`wss://`) and HTTPS, trusting
 //! only that CA (`ca-file`). With another CA the agent refuses the server, saying why.
 
-#[path = "../../service/tests/support/pki.rs"]
-mod pki;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +14,7 @@ use fleet_ingest_gateway::{AuthMode, GatewayConfig, GatewayState};
 use fleet_schemas::{codec, MetricReport, Record};
 use fleet_service::serve::{HttpServer, HttpSettings};
 use fleet_stores::registry::{hash_secret, NewToken, Registry};
-use pki::TestCa;
+use fleet_test_support::pki::TestCa;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -6,15 +6,13 @@
 //! something to happen (or, for the cap, checks that something did not happen while
 //! the cap was full); no assertion measures how long anything took.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
 use fleet_service::serve::{HttpServer, HttpSettings, OpenConnections};
-use support::pki::TestCa;
+use fleet_test_support::pki::TestCa;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;

@@ -1,12 +1,10 @@
 //! SIGHUP reloads the listener's certificate (its own test binary: the signal goes to the
 //! whole process).
 
-mod support;
-
 use std::time::Duration;
 
 use fleet_service::serve::{HttpServer, HttpSettings};
-use support::pki::TestCa;
+use fleet_test_support::pki::TestCa;
 
 #[tokio::test]
 async fn sighup_reloads_the_certificate() -> anyhow::Result<()> {

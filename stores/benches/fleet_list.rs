@@ -14,15 +14,14 @@
 
 #![allow(clippy::print_stdout)] // a bench prints its figures
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use fleet_schemas::fixtures;
 use fleet_stores::{AgentQuery, Change, ReadModel, StoredOffset};
-use support::{env_num, machine, summary, PgDatabase};
+use fleet_test_support::services::PgDatabase;
+use fleet_test_support::stats::{env_num, machine, summary};
 
 const TENANT: &str = "bench-tenant";
 const PROJECTION: &str = "readmodel";
@@ -148,7 +147,7 @@ async fn main() -> Result<()> {
         run(fleet_stores::open_read_model(&url).await?).await?;
     }
     if which == "postgres" || which == "all" {
-        let db = PgDatabase::create().await?;
+        let db = PgDatabase::create("fleet_bench").await?;
         let outcome = async { run(fleet_stores::open_read_model(&db.url).await?).await }.await;
         db.drop_now().await?;
         outcome?;

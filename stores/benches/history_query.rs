@@ -16,14 +16,13 @@
 
 #![allow(clippy::print_stdout)] // a bench prints its figures
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use fleet_test_support::services::{scylla_hosts, ScyllaKeyspace};
+use fleet_test_support::stats::{env_num, machine, summary};
 use fleet_timeseries::{Point, RangeQuery, Resolution, TimeSeriesStore};
-use support::{env_num, machine, summary, ScyllaKeyspace};
 
 const TENANT: &str = "bench-tenant";
 const METRICS: [&str; 3] = ["cpu.percent", "memory.percent", "disk.percent:/"];
@@ -154,10 +153,10 @@ async fn main() -> Result<()> {
     )
     .await?;
     run("embedded", store).await?;
-    match support::scylla_hosts() {
+    match scylla_hosts() {
         None => println!("scylla    skipped: FLEET_SCYLLA_URI is not set"),
         Some(hosts) => {
-            let ks = ScyllaKeyspace::new(&hosts);
+            let ks = ScyllaKeyspace::new(&hosts, "fleet_bench");
             println!("scylla    server: {} at {hosts}", ks.server().await?);
             let outcome = async {
                 let store =

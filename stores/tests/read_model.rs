@@ -8,8 +8,6 @@
 //! drops it afterwards, so the tests run in parallel. If the server is not reachable the
 //! tests fail and say how to start it (`support::with_fresh_database`).
 
-mod support;
-
 use std::future::Future;
 use std::sync::Arc;
 
@@ -132,14 +130,14 @@ mod postgres {
     use sqlx::any::AnyConnectOptions;
 
     use super::*;
-    use crate::support::base_url;
+    use fleet_test_support::services::postgres_url as base_url;
 
     async fn run<F, Fut>(case: F) -> Result<()>
     where
         F: FnOnce(Arc<dyn ReadModel>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        support::with_fresh_database(|url| async move {
+        fleet_test_support::services::with_fresh_database(|url| async move {
             let store = open_read_model(&url).await?;
             ensure!(store.engine() == "postgres");
             case(store).await

@@ -2,8 +2,6 @@
 //! by a module that gives each test a fresh, empty store (`sqlite`, `postgres`; see
 //! `support` for the PostgreSQL database per test), plus the secret helpers (`secrets`).
 
-mod support;
-
 use std::future::Future;
 use std::sync::Arc;
 
@@ -91,7 +89,7 @@ mod postgres {
         F: FnOnce(Arc<dyn Registry>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        support::with_fresh_database(|url| async move {
+        fleet_test_support::services::with_fresh_database(|url| async move {
             // Through `open_sql`, as a process serving both seams from one pool does.
             let sql = open_sql(&url).await?;
             ensure!(ReadModel::engine(&*sql) == "postgres");

@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _};
 use fleet_schemas::samples::for_each_sample;
 use fleet_schemas::MetricReport;
 
-use crate::{free_port, Proc};
+use crate::process::{free_port, wait_ready, Proc};
 
 /// A running VictoriaMetrics single-node server; killed on drop.
 #[derive(Debug)]
@@ -103,7 +103,7 @@ impl VictoriaMetrics {
             storage,
             version,
         };
-        crate::wait_ready(
+        wait_ready(
             &format!("{}/health", vm.url),
             Duration::from_secs(30),
             &[&vm.proc],

@@ -1,7 +1,6 @@
 //! A throw-away certificate authority for TLS tests (rcgen): a CA certificate and server
-//! certificates it signs, as PEM. Shared by `fleet-service`'s listener tests and the e2e TLS
-//! test (included there with `#[path]`).
-#![allow(dead_code, unreachable_pub)] // included by several test binaries, each using a part
+//! certificates it signs, as PEM. Used by `fleet-service`'s listener tests and the e2e TLS
+//! tests.
 
 use std::path::{Path, PathBuf};
 
@@ -13,11 +12,18 @@ pub struct TestCa {
 }
 
 /// A server certificate and its key, PEM.
+#[derive(Debug)]
 pub struct ServerCert {
     pub cert_pem: String,
     pub key_pem: String,
     /// The certificate, DER (to compare with what a client was shown).
     pub der: Vec<u8>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCa")
+    }
 }
 
 impl TestCa {

@@ -1,0 +1,167 @@
+//! Talking to a running Fleetstream as an operator and an agent would: admin keys,
+//! tenants and registration tokens, enrollment, what an agent's spool holds, history
+//! answers and times as the API writes them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use fleet_test_support::process::{run_to_end, wait_for, Proc};
+
+/// A fresh admin API key strong enough for the API's start-up check (32+ characters of
+/// randomness).
+pub fn new_admin_key() -> String {
+    format!("fsk_e2e_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The admin key `fleetstream up` keeps in `<data_dir>/admin-key`, waiting (up to
+/// 120 s) for `up` to write it.
+pub async fn up_admin_key(data_dir: &Path, procs: &[&Proc]) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-key");
+    wait_for(
+        "`fleetstream up` to write its admin key",
+        Duration::from_secs(120),
+        procs,
+        || async {
+            Ok(std::fs::read_to_string(&path)
+                .ok()
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty()))
+        },
+    )
+    .await
+}
+
+/// Creates a tenant named `name` and a registration token for it through the admin API
+/// at `api` (waiting for the API to answer); returns the token.
+pub async fn create_tenant_and_token(
+    api: &str,
+    admin_key: &str,
+    name: &str,
+    procs: &[&Proc],
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let tenant: serde_json::Value =
+        wait_for("the admin API", Duration::from_secs(120), procs, || async {
+            let resp = client
+                .post(format!("{api}/api/v1/tenants"))
+                .bearer_auth(admin_key)
+                .json(&serde_json::json!({ "name": name }))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status() == reqwest::StatusCode::CREATED => Ok(Some(r.json().await?)),
+                Ok(r) => bail!(
+                    "create tenant: {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ),
+                Err(_) => Ok(None), // not listening yet
+            }
+        })
+        .await?;
+    let tenant_id = tenant["tenant_id"].as_str().context("tenant id")?;
+    let resp = client
+        .post(format!(
+            "{api}/api/v1/tenants/{tenant_id}/registration-tokens"
+        ))
+        .bearer_auth(admin_key)
+        .json(&serde_json::json!({"device_name": "e2e", "expires_in": "10m"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status() == reqwest::StatusCode::CREATED,
+        "create token: {} {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
+    let token: serde_json::Value = resp.json().await?;
+    Ok(token["token"].as_str().context("token")?.to_owned())
+}
+
+/// Enrolls an agent (`fleetstream agent enroll`) with `token` at the gateway `server`,
+/// retrying while the gateway does not listen yet; returns the agent id from the
+/// credentials file the agent wrote in `state_dir`.
+pub async fn enroll_agent(
+    dir: &Path,
+    agent_config: &Path,
+    state_dir: &Path,
+    server: &str,
+    token: &str,
+    procs: &[&Proc],
+) -> anyhow::Result<String> {
+    let config = agent_config.to_str().context("utf-8 path")?;
+    let args = [
+        "agent", "enroll", "--config", config, "--server", server, "--token", token,
+    ];
+    let enroll = wait_for(
+        "the gateway to enroll the agent",
+        Duration::from_secs(120),
+        procs,
+        || async {
+            let out = run_to_end(dir, &args)?;
+            // Until the gateway listens, enrollment cannot connect: try again.
+            Ok((!out.output.to_lowercase().contains("connect")).then_some(out))
+        },
+    )
+    .await?;
+    anyhow::ensure!(enroll.success, "enroll failed: {}", enroll.output);
+    let path = state_dir.join("credentials.json");
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    Ok(v["agent_id"].as_str().context("agent_id")?.to_owned())
+}
+
+/// Microseconds since the epoch of an RFC 3339 time, as the gateway keys it.
+pub fn rfc3339_micros(s: &str) -> anyhow::Result<i64> {
+    Ok(chrono::DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("not RFC 3339: {s:?}"))?
+        .timestamp_micros())
+}
+
+/// RFC 3339 (UTC, microseconds, `Z`) of microseconds since the epoch, for query strings.
+pub fn micros_rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The reports an agent's spool holds, as (collection time µs, cpu percent), oldest first.
+/// Reads a copy of `{state_dir}/spool.redb`, so the agent's own file is left exactly as
+/// the agent left it; call it only while no agent runs on `state_dir` (a copy taken
+/// while an agent writes could be torn).
+pub fn spool_reports(state_dir: &Path) -> anyhow::Result<Vec<(i64, f64)>> {
+    let file = state_dir.join(fleet_agent::spool::SPOOL_FILE);
+    if !file.exists() {
+        return Ok(Vec::new());
+    }
+    let copy_dir = tempfile::tempdir()?;
+    let copy = copy_dir.path().join(fleet_agent::spool::SPOOL_FILE);
+    std::fs::copy(&file, &copy).with_context(|| format!("copying {}", file.display()))?;
+    let spool = fleet_agent::Spool::open(&copy, u64::MAX)
+        .with_context(|| format!("opening a copy of {}", file.display()))?;
+    anyhow::ensure!(
+        spool.recovered_from().is_none(),
+        "the spool {} was unreadable",
+        file.display()
+    );
+    Ok(spool
+        .peek(usize::MAX)?
+        .map(|b| {
+            b.reports
+                .iter()
+                .map(|r| (r.collected_at.timestamp_micros(), r.cpu_percent))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Samples counted over every bucket of the first series of a history answer
+/// (`GET /api/v1/agents/{id}/metrics`).
+pub fn history_sample_count(history: &serde_json::Value) -> u64 {
+    history["series"][0]["buckets"]
+        .as_array()
+        .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
