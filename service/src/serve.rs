@@ -76,6 +76,11 @@ pub struct HttpSettings {
     /// Seconds between checks of the certificate and key files' modification times; a
     /// change reloads them, as SIGHUP does. 0: on SIGHUP only.
     pub tls_reload_check_secs: u64,
+    /// When set, `/metrics` answers only a request with `Authorization: Bearer <token>`
+    /// (Prometheus: `authorization: {credentials: ...}` in the scrape config); others get
+    /// 401. Unset: `/metrics` is open, with a warning at start when the address is not
+    /// loopback. At least 16 characters.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for HttpSettings {
@@ -87,6 +92,7 @@ impl Default for HttpSettings {
             tls_cert: None,
             tls_key: None,
             tls_reload_check_secs: 5,
+            metrics_token: None,
         }
     }
 }
@@ -115,6 +121,16 @@ impl HttpSettings {
         }
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return invalid("max-connections", "must be at least 1");
+        }
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < MIN_METRICS_TOKEN_CHARS)
+        {
+            return invalid(
+                "metrics-token",
+                "must be at least 16 characters (generate one: `openssl rand -base64 32`)",
+            );
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => invalid("tls-cert", "is set without http.tls-key: set both"),
@@ -350,6 +366,51 @@ pub struct HttpServer {
     open: OpenConnections,
 }
 
+/// Shortest `metrics-token`.
+const MIN_METRICS_TOKEN_CHARS: usize = 16;
+
+/// The warning at start of a listener serving `/metrics` to anyone on an address other
+/// than loopback; `None` when a token guards it or the address is loopback.
+fn open_metrics_warning(addr: SocketAddr, token: bool) -> Option<&'static str> {
+    (!token && !addr.ip().is_loopback()).then_some(
+        "/metrics is open to anyone who reaches this address (request and record counts, \
+         no secrets): set http.metrics-token, or firewall it.",
+    )
+}
+
+/// `/metrics` behind `metrics-token`: other paths pass; a request without the token is
+/// 401 (compared in constant time).
+async fn guard_metrics(
+    axum::extract::State(token): axum::extract::State<Arc<str>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() != "/metrics" {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/metrics needs Authorization: Bearer <metrics-token>",
+        )
+        .into_response()
+    }
+}
+
+/// Whether `a` and `b` are equal, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The warning at start of a listener serving plain HTTP (`tls` false) on an address other
 /// than loopback; `None` for HTTPS or loopback.
 fn plain_http_warning(addr: SocketAddr, tls: bool) -> Option<&'static str> {
@@ -381,6 +442,9 @@ impl HttpServer {
                 source,
             })?;
         if let Some(warning) = plain_http_warning(addr, cert.is_some()) {
+            tracing::warn!(server, %addr, "{warning}");
+        }
+        if let Some(warning) = open_metrics_warning(addr, settings.metrics_token.is_some()) {
             tracing::warn!(server, %addr, "{warning}");
         }
         Ok(HttpServer {
@@ -437,6 +501,13 @@ impl HttpServer {
             ))
         });
         let header_timeout = Duration::from_secs(settings.header_read_timeout_secs);
+        let app = match &settings.metrics_token {
+            Some(token) => app.layer(axum::middleware::from_fn_with_state(
+                Arc::<str>::from(token.as_str()),
+                guard_metrics,
+            )),
+            None => app,
+        };
         let app = app.layer(axum::middleware::from_fn_with_state(
             RequestLimit {
                 server,
@@ -586,6 +657,22 @@ async fn request_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_metrics_off_loopback_is_warned_about_and_short_tokens_refused() {
+        let addr = |a: &str| a.parse::<SocketAddr>().expect("address");
+        assert!(open_metrics_warning(addr("0.0.0.0:8080"), false).is_some());
+        assert_eq!(open_metrics_warning(addr("0.0.0.0:8080"), true), None);
+        assert_eq!(open_metrics_warning(addr("127.0.0.1:8080"), false), None);
+        let short = HttpSettings {
+            metrics_token: Some("short".into()),
+            ..HttpSettings::default()
+        };
+        assert!(short.validate().is_err());
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
 
     #[test]
     fn plain_http_off_loopback_is_warned_about() {

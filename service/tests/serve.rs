@@ -23,6 +23,7 @@ const WAIT: Duration = Duration::from_secs(30);
 fn app() -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
+        .route("/metrics", get(|| async { "fleet_requests_total 1" }))
         .route("/echo", post(|body: axum::body::Bytes| async move { body }))
 }
 
@@ -96,6 +97,42 @@ async fn read_until_closed(stream: &mut TcpStream) -> anyhow::Result<String> {
 /// The slowloris of the audit: many connections sending one header line every 2 s. With
 /// a 1 s header-read timeout each is closed by the server, and the count of open
 /// connections comes back to zero. On the old `axum::serve` they stayed open.
+#[tokio::test]
+async fn metrics_token_guards_metrics_and_nothing_else() -> anyhow::Result<()> {
+    let token = "metrics-token-0123456789abcdef";
+    let open = start(HttpSettings::default()).await?;
+    let guarded = start(HttpSettings {
+        metrics_token: Some(token.into()),
+        ..HttpSettings::default()
+    })
+    .await?;
+    let client = reqwest::Client::new();
+    let get = |addr: SocketAddr, path: &str, bearer: Option<&str>| {
+        let mut r = client.get(format!("http://{addr}{path}"));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send()
+    };
+    assert_eq!(get(open.addr, "/metrics", None).await?.status(), 200);
+    let refused = get(guarded.addr, "/metrics", None).await?;
+    assert_eq!(refused.status(), 401);
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    assert_eq!(
+        get(guarded.addr, "/metrics", Some("metrics-token-0123456789abcdeX"))
+            .await?
+            .status(),
+        401
+    );
+    let ok = get(guarded.addr, "/metrics", Some(token)).await?;
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await?.contains("fleet_requests_total"));
+    // Other routes are not the token's business.
+    assert_eq!(get(guarded.addr, "/hello", None).await?.status(), 200);
+    Ok(())
+}
+
 #[tokio::test]
 async fn slow_header_senders_are_disconnected() -> anyhow::Result<()> {
     let server = start(short_timeouts()).await?;
