@@ -38,7 +38,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use fleet_e2e::free_port;
+use fleet_e2e::{free_port, run_program_to_end};
 use serde_json::Value;
 
 const NODE_EXPORTER: &str = "prometheus-node-exporter";
@@ -201,35 +201,6 @@ impl Drop for Child {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Runs `program args` to its end (at most 60 s); its output on failure.
-fn run_to_end(program: &Path, args: &[&str], dir: &Path) -> anyhow::Result<(bool, String)> {
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{} {args:?} did not finish within 60 s", program.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
 }
 
 // ---- /proc readings ------------------------------------------------------------------
@@ -543,8 +514,8 @@ async fn run() -> anyhow::Result<()> {
     let mut cmd = Command::new(&node_exporter);
     cmd.arg(format!("--web.listen-address=127.0.0.1:{ne_port}"));
     let mut ne = Child::spawn("node-exporter", cmd, dir.path())?;
-    let ne_version = run_to_end(&node_exporter, &["--version"], dir.path())
-        .map(|(_, out)| out.lines().next().unwrap_or_default().to_owned())
+    let ne_version = run_program_to_end(&node_exporter, &["--version"], dir.path())
+        .map(|f| f.output.lines().next().unwrap_or_default().to_owned())
         .unwrap_or_default();
 
     // The server roles on the embedded defaults.
@@ -579,7 +550,10 @@ async fn run() -> anyhow::Result<()> {
         ),
     )?;
     let agent_toml_s = agent_toml.to_str().context("utf-8 path")?;
-    let (ok, out) = run_to_end(
+    let fleet_e2e::Finished {
+        success: ok,
+        output: out,
+    } = run_program_to_end(
         &fleetstream,
         &[
             "agent",

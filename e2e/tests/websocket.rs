@@ -14,25 +14,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Sum of a Prometheus metric's samples whose labels contain every `labels` pair.
-fn prometheus_sum_with(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-            let (label_text, value) = rest.rsplit_once('}')?;
-            labels
-                .iter()
-                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
-                .then_some(value)?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .sum()
-}
-
 async fn gateway_metrics(client: &reqwest::Client, gateway: &str) -> anyhow::Result<String> {
     Ok(client
         .get(format!("{gateway}/metrics"))
@@ -136,12 +117,12 @@ greet = "echo hello-from-e2e; echo to-stderr >&2"
         || async {
             let m = gateway_metrics(&client, &gateway_url).await?;
             let connected = fleet_e2e::prometheus_sum(&m, "fleet_gateway_ws_connections");
-            let hb = prometheus_sum_with(
+            let hb = fleet_e2e::prometheus_sum_labeled(
                 &m,
                 "fleet_gateway_ws_frames_total",
                 &[("type", "heartbeat"), ("outcome", "ack")],
             );
-            let reports = prometheus_sum_with(
+            let reports = fleet_e2e::prometheus_sum_labeled(
                 &m,
                 "fleet_gateway_ws_frames_total",
                 &[("type", "metrics"), ("outcome", "ack")],
@@ -229,7 +210,7 @@ greet = "echo hello-from-e2e; echo to-stderr >&2"
     assert_eq!(done.command_type, "run_script");
     let m = gateway_metrics(&client, &gateway_url).await?;
     assert!(
-        prometheus_sum_with(
+        fleet_e2e::prometheus_sum_labeled(
             &m,
             "fleet_gateway_ws_frames_total",
             &[("type", "command_result"), ("outcome", "ack")]

@@ -120,9 +120,13 @@ async fn metrics_token_guards_metrics_and_nothing_else() -> anyhow::Result<()> {
     let body: serde_json::Value = refused.json().await?;
     assert_eq!(body["error"]["code"], "unauthorized", "{body}");
     assert_eq!(
-        get(guarded.addr, "/metrics", Some("metrics-token-0123456789abcdeX"))
-            .await?
-            .status(),
+        get(
+            guarded.addr,
+            "/metrics",
+            Some("metrics-token-0123456789abcdeX")
+        )
+        .await?
+        .status(),
         401
     );
     let ok = get(guarded.addr, "/metrics", Some(token)).await?;

@@ -209,18 +209,26 @@ pub struct Finished {
 
 /// Runs `fleetstream <args>` to its end (at most 60 s).
 pub fn run_to_end(dir: &Path, args: &[&str]) -> anyhow::Result<Finished> {
-    let mut child = Command::new(fleetstream_bin()?)
+    run_program_to_end(&fleetstream_bin()?, args, dir)
+}
+
+/// Runs `program <args>` in `dir` to its end (at most 60 s; then it is killed and this
+/// fails).
+pub fn run_program_to_end(program: &Path, args: &[&str], dir: &Path) -> anyhow::Result<Finished> {
+    let mut child = Command::new(program)
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()?;
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait()?.is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            bail!("fleetstream {args:?} did not finish within 60 s");
+            let _ = child.wait();
+            bail!("{} {args:?} did not finish within 60 s", program.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
