@@ -57,7 +57,7 @@ const fn etag_bytes(h: u64) -> [u8; 18] {
 
 macro_rules! asset {
     ($name:literal, $content_type:literal) => {{
-        const BODY: &[u8] = include_bytes!(concat!("../dashboard/", $name));
+        const BODY: &[u8] = include_bytes!(concat!("../../dashboard/", $name));
         const ETAG: [u8; 18] = etag_bytes(fnv1a(BODY));
         Asset {
             name: $name,
