@@ -245,6 +245,15 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     ] {
         assert!(rendered.contains(name), "/metrics lacks {name}");
     }
+    // API requests are labelled with their route template, never an id.
+    let labelled = |route: &str| {
+        rendered.lines().any(|l| {
+            l.starts_with(fleet_query_api::metrics::API_REQUESTS)
+                && l.contains(&format!("route=\"{route}\""))
+        })
+    };
+    assert!(labelled("/api/v1/agents/{agent_id}"), "{rendered}");
+    assert!(!labelled("/api/v1/agents/a1"), "{rendered}");
 }
 
 #[tokio::test]

@@ -39,9 +39,17 @@ impl AdminEnv {
     }
 }
 
-/// The API with bootstrap key `key` (empty: none) and, if given, the command types that
-/// need approval.
-pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> AdminEnv {
+/// The stores of a test API in a new temporary directory: the embedded log (with the
+/// topics), one SQLite file as registry and read model, the embedded time-series store.
+pub struct Stores {
+    pub dir: tempfile::TempDir,
+    pub log: Arc<dyn EventLog>,
+    pub registry: Arc<dyn Registry>,
+    pub read_model: Arc<dyn ReadModel>,
+    pub timeseries: Arc<fleet_timeseries::TimeSeries>,
+}
+
+pub async fn stores() -> Stores {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
     let log = fleet_event_log::open(&p("log"), &Default::default())
@@ -51,14 +59,36 @@ pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> Adm
         .await
         .expect("topics");
     let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
-    let registry: Arc<dyn Registry> = sql.clone();
-    let read_model: Arc<dyn ReadModel> = sql;
-    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+    let timeseries = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
         .await
         .expect("ts");
-    let mut state = AppState::new(registry.clone(), read_model.clone(), ts, log.clone())
-        .with_admin_key(key)
-        .with_gateway_url("http://gw.example:8080");
+    Stores {
+        dir,
+        log,
+        registry: sql.clone(),
+        read_model: sql,
+        timeseries,
+    }
+}
+
+/// The API with bootstrap key `key` (empty: none) and, if given, the command types that
+/// need approval.
+pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> AdminEnv {
+    let Stores {
+        dir,
+        log,
+        registry,
+        read_model,
+        timeseries,
+    } = stores().await;
+    let mut state = AppState::new(
+        registry.clone(),
+        read_model.clone(),
+        timeseries,
+        log.clone(),
+    )
+    .with_admin_key(key)
+    .with_gateway_url("http://gw.example:8080");
     if let Some(types) = approval_required {
         state = state.with_approval_required(types);
     }

@@ -142,21 +142,14 @@ async fn rule(app: &Router, tenant: &str, name: &str) -> String {
 }
 
 pub async fn world() -> World {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    let log = fleet_event_log::open(&p("log"), &Default::default())
-        .await
-        .expect("log");
-    fleet_consumer::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
-    let rm: Arc<dyn ReadModel> = sql.clone();
-    let registry: Arc<dyn Registry> = sql.clone();
-    let ts: Arc<dyn TimeSeriesStore> =
-        fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
-            .await
-            .expect("ts");
+    let super::Stores {
+        dir,
+        log,
+        registry,
+        read_model: rm,
+        timeseries,
+    } = super::stores().await;
+    let ts: Arc<dyn TimeSeriesStore> = timeseries;
     let app = instance(
         rm.clone(),
         registry.clone(),
