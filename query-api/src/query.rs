@@ -170,6 +170,53 @@ pub(crate) fn limit(l: Option<Limit>) -> Option<u32> {
     l.map(|l| l.0)
 }
 
+/// A closed set of values a parameter takes (a status filter).
+pub trait Choice: Sized {
+    /// The message when a value is none of them (`must be open, acknowledged or resolved`).
+    const EXPECTED: &'static str;
+    /// The value `v` names, if any.
+    fn choose(v: &str) -> Option<Self>;
+}
+
+/// A parameter of a closed set: `T::choose`, else a 400 with `T::EXPECTED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OneOf<T>(pub T);
+
+impl<'de, T: Choice> Deserialize<'de> for OneOf<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OneOf<T>, D::Error> {
+        let v = String::deserialize(d)?;
+        T::choose(&v)
+            .map(OneOf)
+            .ok_or_else(|| serde::de::Error::custom(T::EXPECTED))
+    }
+}
+
+/// The chosen value of an optional [`OneOf`] parameter.
+pub(crate) fn chosen<T>(v: Option<OneOf<T>>) -> Option<T> {
+    v.map(|OneOf(t)| t)
+}
+
+impl Choice for fleet_stores::AgentStatus {
+    const EXPECTED: &'static str = "must be online, offline or deactivated";
+    fn choose(v: &str) -> Option<Self> {
+        Self::parse(v)
+    }
+}
+
+impl Choice for fleet_stores::AlertStatus {
+    const EXPECTED: &'static str = "must be open, acknowledged or resolved";
+    fn choose(v: &str) -> Option<Self> {
+        Self::parse(v)
+    }
+}
+
+impl Choice for fleet_stores::TicketStatus {
+    const EXPECTED: &'static str = "must be open, acknowledged or resolved";
+    fn choose(v: &str) -> Option<Self> {
+        Self::parse(v)
+    }
+}
+
 /// Units of a duration parameter (`15m`, `24h`): suffix, seconds, and most significant
 /// digits, so every duration the grammar admits is within the stores' time range
 /// (about 146,000 years). The OpenAPI document states the same grammar as a pattern
@@ -313,6 +360,9 @@ mod tests {
         /// A page size.
         #[param(value_type = Option<u32>)]
         limit: Option<Limit>,
+        /// One of a set.
+        #[param(value_type = Option<String>)]
+        status: Option<OneOf<fleet_stores::AlertStatus>>,
     }
 
     fn field(e: ApiError) -> String {
@@ -324,12 +374,13 @@ mod tests {
     #[test]
     fn params_decode_repeat_and_name_the_parameter_at_fault() {
         let p: Example = parse(Some(
-            "metric=cpu.percent&metric=disk.percent%3A%2Fvar&x=a&x=a+b&limit=7",
+            "metric=cpu.percent&metric=disk.percent%3A%2Fvar&x=a&x=a+b&limit=7&status=resolved",
         ))
         .expect("params");
         assert_eq!(p.metric, ["cpu.percent", "disk.percent:/var"]);
         assert_eq!(p.x.as_deref(), Some("a b"));
         assert_eq!(p.limit, Some(Limit(7)));
+        assert_eq!(chosen(p.status), Some(fleet_stores::AlertStatus::Resolved));
         let none: Example = parse(None).expect("no parameters");
         assert!(none.metric.is_empty() && none.x.is_none() && none.limit.is_none());
         for (q, named) in [
@@ -338,6 +389,7 @@ mod tests {
             ("x=", "\"x\""),
             ("limit=0", "\"limit\""),
             ("limit=ten", "\"limit\""),
+            ("status=closed", "must be open, acknowledged or resolved"),
         ] {
             let e = parse::<Example>(Some(q)).expect_err(q);
             let text = field(e);
@@ -349,6 +401,6 @@ mod tests {
             "{text}"
         );
         let text = field(parse::<Example>(Some("colour=red")).expect_err("unknown"));
-        assert!(text.contains("known: metric, x, limit"), "{text}");
+        assert!(text.contains("known: metric, x, limit, status"), "{text}");
     }
 }

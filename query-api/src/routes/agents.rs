@@ -29,7 +29,7 @@ use crate::auth::{not_found, read_scope, require_operator_of, require_writer, Pr
 use crate::error::{invalid_combination, reply, store_error, ts_error};
 use crate::input::object_body;
 use crate::query::{
-    in_range, limit, parse_duration, parse_time, too_far, Limit, Params, TIME_UNITS,
+    chosen, in_range, limit, parse_duration, parse_time, too_far, Limit, OneOf, Params, TIME_UNITS,
 };
 use crate::state::AppState;
 
@@ -62,8 +62,8 @@ pub struct AgentParams {
     #[param(min_length = 1)]
     pub location: Option<String>,
     /// online, offline or deactivated
-    #[param(pattern = "^(online|offline|deactivated)$")]
-    pub status: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^(online|offline|deactivated)$")]
+    pub status: Option<OneOf<AgentStatus>>,
     /// Carries this tag
     #[param(min_length = 1)]
     pub tag: Option<String>,
@@ -103,12 +103,6 @@ pub(crate) async fn list_agents(
 ) -> Result<Json<AgentList>, ApiError> {
     let tenant = read_scope(&p, q.tenant.as_deref())?;
     let limit = limit(q.limit);
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(v) => Some(AgentStatus::parse(v).ok_or_else(|| {
-            ApiError::invalid_field("status", "must be online, offline or deactivated")
-        })?),
-    };
     if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
         return Err(ApiError::invalid_field("q", "at most 200 characters"));
     }
@@ -117,7 +111,7 @@ pub(crate) async fn list_agents(
         limit,
         after: q.after,
         location_id: q.location,
-        status,
+        status: chosen(q.status),
         tag: q.tag,
         text: q.q,
     };

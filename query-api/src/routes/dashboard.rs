@@ -1,5 +1,5 @@
 //! The web dashboard, served by the query API: static files compiled into the binary
-//! (`projections/dashboard/`: plain HTML, CSS and JavaScript, no build step, nothing loaded
+//! (`query-api/dashboard/`: plain HTML, CSS and JavaScript, no build step, nothing loaded
 //! from elsewhere). The page signs in with an API key and talks to the query and admin
 //! API with `Authorization: Bearer <key>`, like any other client.
 //!

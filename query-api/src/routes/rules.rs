@@ -52,7 +52,7 @@ use crate::auth::{
 };
 use crate::error::{invalid_combination, reply, store_error};
 use crate::input::{idempotency_key, object_body};
-use crate::query::{limit, Limit, Params};
+use crate::query::{chosen, limit, Limit, OneOf, Params};
 use crate::state::AppState;
 
 /// The routes of this module.
@@ -828,8 +828,8 @@ pub struct AlertParams {
     #[param(min_length = 1)]
     pub agent_id: Option<String>,
     /// open, acknowledged or resolved
-    #[param(pattern = "^(open|acknowledged|resolved)$")]
-    pub status: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^(open|acknowledged|resolved)$")]
+    pub status: Option<OneOf<AlertStatus>>,
     /// Page size, 1 to 1000 (default 100)
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<Limit>,
@@ -857,16 +857,10 @@ pub(crate) async fn list_alerts(
     p: Principal,
 ) -> Result<Json<AlertList>, ApiError> {
     let tenant = read_scope(&p, q.tenant.as_deref())?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(v) => Some(AlertStatus::parse(v).ok_or_else(|| {
-            ApiError::invalid_field("status", "must be open, acknowledged or resolved")
-        })?),
-    };
     let query = AlertQuery {
         tenant_id: tenant,
         agent_id: q.agent_id,
-        status,
+        status: chosen(q.status),
         limit: limit(q.limit),
     };
     let alerts = s

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{not_found, read_scope, Principal};
 use crate::error::store_error;
-use crate::query::{limit, Limit, Params};
+use crate::query::{chosen, limit, Limit, OneOf, Params};
 use crate::state::AppState;
 
 /// The routes of this module.
@@ -85,8 +85,8 @@ pub struct TicketParams {
     #[param(min_length = 1)]
     pub tenant: Option<String>,
     /// open, acknowledged or resolved
-    #[param(pattern = "^(open|acknowledged|resolved)$")]
-    pub status: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^(open|acknowledged|resolved)$")]
+    pub status: Option<OneOf<TicketStatus>>,
     /// Page size, 1 to 1000 (default 100)
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<Limit>,
@@ -114,15 +114,9 @@ pub(crate) async fn list_tickets(
     p: Principal,
 ) -> Result<Json<TicketList>, ApiError> {
     let tenant = read_scope(&p, q.tenant.as_deref())?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(v) => Some(TicketStatus::parse(v).ok_or_else(|| {
-            ApiError::invalid_field("status", "must be open, acknowledged or resolved")
-        })?),
-    };
     let query = TicketQuery {
         tenant_id: tenant,
-        status,
+        status: chosen(q.status),
         limit: limit(q.limit),
     };
     let tickets = s
