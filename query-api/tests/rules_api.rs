@@ -317,3 +317,58 @@ async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
         );
     }
 }
+
+/// Rule changes and alert handling answer from the read model, never from the topics: a
+/// rule or an alert that is on its topic but not yet projected is not found; once the read
+/// model has it, the same request succeeds.
+#[tokio::test]
+async fn rules_and_alerts_are_found_in_the_read_model_not_on_the_topics() {
+    let env = env().await;
+    let app = env.app.clone();
+    let (tenant_id, _) = tenant(&app).await;
+    let body = json!({"name": "CPU", "metric": "cpu.percent", "warning": 80.0});
+    let (s, created) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/tenants/{tenant_id}/rules"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let update = format!("/api/v1/rules/{}", created["rule_id"].as_str().expect("id"));
+    let raised = fixtures::alert_raised(&tenant_id, "a1", 1_796_000_000_000_000);
+    env.log
+        .produce(
+            topics::ALERTS,
+            vec![ProduceRecord::keyed(
+                raised.key().as_bytes().to_vec(),
+                codec::encode(&raised).expect("encode"),
+            )],
+        )
+        .await
+        .expect("produce");
+    let ack = format!("/api/v1/alerts/{}/acknowledge", raised.alert_id);
+
+    // On the topics only.
+    let (s, e) = call(&app, "PUT", &update, Some(body.clone())).await;
+    assert_eq!(
+        (s, &e["error"]["field"]),
+        (StatusCode::NOT_FOUND, &json!("rule_id"))
+    );
+    let (s, e) = call(&app, "POST", &ack, None).await;
+    assert_eq!(
+        (s, &e["error"]["field"]),
+        (StatusCode::NOT_FOUND, &json!("alert_id"))
+    );
+
+    // Projected.
+    env.project().await;
+    let (s, u) = call(&app, "PUT", &update, Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    let (s, a) = call(&app, "POST", &ack, None).await;
+    assert_eq!(
+        (s, &a["status"]),
+        (StatusCode::OK, &json!("acknowledged")),
+        "{a}"
+    );
+}

@@ -660,6 +660,11 @@ async fn approval_needs_a_different_user() {
     assert_eq!(requested[0].actor.as_deref(), Some("op-1"));
 
     let approve = format!("/api/v1/commands/{id}/approve");
+    // The command is found in the read model, not on the topic: not yet projected, it is
+    // not found (and nothing is written).
+    let (s, v) = call(&e.app, "POST", &approve, None, &op2).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(read::<CommandEvent>(e.log.as_ref()).await.len(), 1);
     e.project().await;
     let (s, v) = call(&e.app, "POST", &approve, None, &op1).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
