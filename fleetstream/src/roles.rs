@@ -313,26 +313,19 @@ fn query_api(
     log: &Arc<dyn EventLog>,
     stores: &Stores,
 ) -> anyhow::Result<Router> {
-    fleet_projections::auth::check_admin_key(&cfg.admin_api_key)
+    fleet_query_api::auth::check_admin_key(&cfg.admin_api_key)
         .map_err(|e| anyhow::anyhow!("admin-api-key: {e}"))?;
-    let admin = fleet_projections::admin::AdminState::new(
+    let state = fleet_query_api::AppState::new(
         stores.registry.clone(),
+        stores.read_model.clone(),
+        stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
         log.clone(),
-        &cfg.admin_api_key,
-        &cfg.gateway_url,
     )
+    .with_admin_key(&cfg.admin_api_key)
+    .with_gateway_url(&cfg.gateway_url)
     .with_approval_required(cfg.approval_required_commands.clone())
-    .with_key_cache_ttl(cfg.api_key_cache_ttl)
-    .with_audit(stores.read_model.clone());
-    Ok(
-        fleet_projections::api::app(fleet_projections::api::ApiState::new(
-            stores.read_model.clone(),
-            stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
-            admin.clone(),
-        ))
-        .merge(fleet_projections::admin::router(admin))
-        .merge(fleet_projections::dashboard::router()),
-    )
+    .with_key_cache_ttl(cfg.api_key_cache_ttl);
+    Ok(fleet_query_api::app(state))
 }
 
 async fn run_projections(
@@ -447,9 +440,13 @@ async fn enroll_local_agent(
         None => {
             let t = registry.create_tenant("default", now).await?;
             // Like a tenant made through the API, it starts with the default rule set.
-            fleet_projections::rules_api::write_default_rules(log, &t.tenant_id, "fleetstream up")
-                .await
-                .map_err(|e| anyhow::anyhow!("writing the default rules: {e}"))?;
+            fleet_query_api::routes::rules::write_default_rules(
+                log,
+                &t.tenant_id,
+                "fleetstream up",
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("writing the default rules: {e}"))?;
             t
         }
     };
@@ -618,9 +615,9 @@ pub(crate) async fn up(
 const ADMIN_KEY_FILE: &str = "admin-key";
 
 /// The admin key of an `up` data directory (see
-/// [`fleet_projections::auth::admin_key_file`]).
+/// [`fleet_query_api::auth::admin_key_file`]).
 fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(ADMIN_KEY_FILE);
-    fleet_projections::auth::admin_key_file(&path)
+    fleet_query_api::auth::admin_key_file(&path)
         .with_context(|| format!("the admin key file {}", path.display()))
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Settings of the projections and the query API. Every key has a default; see
+/// Settings of the projections and of the query API (`fleet-query-api`) over the same
+/// stores: `fleetstream projections` and `fleetstream api` read the same file. Every key has a default; see
 /// `config/projections.example.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -83,13 +84,17 @@ impl Default for ProjectionsConfig {
             batch_size: 1000,
             session_timeout_ms: 10_000,
             admin_api_key: String::new(),
-            api_key_cache_ttl: crate::auth::DEFAULT_CACHE_TTL,
+            api_key_cache_ttl: DEFAULT_API_KEY_CACHE_TTL,
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required_commands: vec!["run_script".into()],
             http: fleet_service::serve::HttpSettings::default(),
         }
     }
 }
+
+/// How long an API instance remembers a resolved user key by default
+/// (`api-key-cache-ttl`).
+pub const DEFAULT_API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// A duration written as text (`"10m"`, `"1h 30m"`), parsed with `humantime`.
 mod duration_text {

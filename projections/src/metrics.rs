@@ -12,15 +12,6 @@ pub const STORE_ERRORS: &str = "fleet_projection_store_errors_total";
 pub const REFUSED: &str = "fleet_projection_refused_total";
 /// Time to apply one batch, by projection.
 pub const BATCH_SECONDS: &str = "fleet_projection_batch_seconds";
-/// Query API requests by route and status.
-pub const API_REQUESTS: &str = "fleet_api_requests_total";
-
-/// Query API latency by route.
-pub const API_SECONDS: &str = "fleet_api_request_seconds";
-
-/// Audit entries that could not be recorded (the change itself happened).
-pub const AUDIT_FAILURES: &str = "fleet_api_audit_failures_total";
-
 /// Consumer lag by group and topic.
 pub const CONSUMER_LAG: &str = fleet_consumer::metrics::CONSUMER_LAG;
 
@@ -36,9 +27,6 @@ pub const ALL: &[&str] = &[
     STORE_ERRORS,
     REFUSED,
     BATCH_SECONDS,
-    API_REQUESTS,
-    API_SECONDS,
-    AUDIT_FAILURES,
     CONSUMER_LAG,
     DEADLETTERS,
 ];

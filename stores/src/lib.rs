@@ -651,6 +651,9 @@ pub trait ReadModel: Send + Sync + Debug {
     /// Alerts, newest raise first.
     async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertRow>>;
 
+    /// One alert; `tenant_id` restricts the lookup to a tenant.
+    async fn get_alert(&self, tenant_id: Option<&str>, alert_id: &str) -> Result<Option<AlertRow>>;
+
     /// An agent's commands, newest first (by the time of their first event).
     async fn list_commands(&self, query: &CommandQuery) -> Result<Vec<CommandRow>>;
 
@@ -670,6 +673,9 @@ pub trait ReadModel: Send + Sync + Debug {
     /// The alert rules in force (their newest DEFINED event), by rule id; `None`: every
     /// tenant's.
     async fn list_rules(&self, tenant_id: Option<&str>) -> Result<Vec<fleet_schemas::RuleEvent>>;
+
+    /// One rule in force (its newest DEFINED event; `None`: unknown or deleted).
+    async fn get_rule(&self, rule_id: &str) -> Result<Option<fleet_schemas::RuleEvent>>;
 
     /// Counters of one tenant's fleet (`None`: every tenant).
     async fn overview(&self, tenant_id: Option<&str>) -> Result<FleetOverview>;

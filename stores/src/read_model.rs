@@ -1056,6 +1056,24 @@ impl ReadModel for SqlReadModel {
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn get_alert(&self, tenant_id: Option<&str>, alert_id: &str) -> Result<Option<AlertRow>> {
+        let mut filter = Filter::default();
+        filter.push("tenant_id", "=", tenant_id);
+        filter.push("alert_id", "=", Some(alert_id));
+        let rows = self
+            .list_page(
+                "alerts",
+                &format!("SELECT {ALERT_COLUMNS} FROM alerts"),
+                "raised_at DESC, alert_id DESC",
+                &filter,
+                Some(1),
+                alert_from_row,
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
     async fn list_commands(&self, query: &CommandQuery) -> Result<Vec<CommandRow>> {
         self.query_commands(query).await
     }
@@ -1081,7 +1099,12 @@ impl ReadModel for SqlReadModel {
 
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
     async fn list_rules(&self, tenant_id: Option<&str>) -> Result<Vec<fleet_schemas::RuleEvent>> {
-        self.query_rules(tenant_id).await
+        self.query_rules(tenant_id, None).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    async fn get_rule(&self, rule_id: &str) -> Result<Option<fleet_schemas::RuleEvent>> {
+        Ok(self.query_rules(None, Some(rule_id)).await?.pop())
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]

@@ -33,6 +33,7 @@ macro_rules! conformance {
             heartbeat_updates_last_seen,
             lifecycle_enrolls_and_deactivates,
             alert_lifecycle_raised_acknowledged_resolved,
+            one_alert_by_id_within_its_tenant,
             raised_replay_after_resolve_does_not_reopen,
             alert_events_out_of_order_converge,
             tenant_filters_isolate_tenants,
@@ -657,6 +658,36 @@ mod cases {
             ..expected
         };
         ensure!(done == expected, "got {done:#?}\nexpected {expected:#?}");
+        Ok(())
+    }
+
+    pub(crate) async fn one_alert_by_id_within_its_tenant(store: Arc<dyn ReadModel>) -> Result<()> {
+        let a = agent_id();
+        let raised = fixtures::alert_raised(T1, &a, T0);
+        let other = fixtures::alert_raised(T2, &agent_id(), T0);
+        store
+            .apply(
+                PROJECTION,
+                &[Change::Alert(raised.clone()), Change::Alert(other.clone())],
+                &[],
+            )
+            .await?;
+        let listed = alert(&store, &raised.alert_id).await?;
+        let got = store.get_alert(None, &raised.alert_id).await?;
+        ensure!(got.as_ref() == Some(&listed), "{got:#?}");
+        let own = store.get_alert(Some(T1), &raised.alert_id).await?;
+        ensure!(own == Some(listed), "{own:#?}");
+        // Another tenant's alert is not found when a tenant is named; an unknown id never.
+        ensure!(store.get_alert(Some(T1), &other.alert_id).await?.is_none());
+        ensure!(store.get_alert(None, &other.alert_id).await?.is_some());
+        ensure!(store.get_alert(None, "no-such-alert").await?.is_none());
+        let ack = step(&raised, AlertEventKind::Acknowledged, T0 + SECOND, 97.0);
+        store.apply(PROJECTION, &[Change::Alert(ack)], &[]).await?;
+        let acked = store.get_alert(None, &raised.alert_id).await?;
+        ensure!(
+            acked.as_ref().map(|r| r.status) == Some(AlertStatus::Acknowledged),
+            "{acked:#?}"
+        );
         Ok(())
     }
 
@@ -2081,6 +2112,18 @@ mod cases {
         ensure!(other.len() == 1 && other[0].rule_id == r3, "{other:#?}");
         let all = store.list_rules(None).await?;
         ensure!(all.iter().filter(|r| r.rule_id.starts_with(&tag)).count() == 2);
+        // One rule by id: its newest definition; deleted and unknown ones are none.
+        let one = store.get_rule(&r1).await?;
+        ensure!(
+            one.as_ref().map(|r| r.rule.clone()) == Some(rules[0].rule.clone()),
+            "{one:#?}"
+        );
+        ensure!(store
+            .get_rule(&r3)
+            .await?
+            .is_some_and(|r| r.tenant_id == t2));
+        ensure!(store.get_rule(&r2).await?.is_none(), "deleted");
+        ensure!(store.get_rule(&format!("{tag}-none")).await?.is_none());
         Ok(())
     }
 

@@ -173,9 +173,15 @@ impl SqlReadModel {
         .await
     }
 
-    pub(super) async fn query_rules(&self, tenant: Option<&str>) -> Result<Vec<RuleEvent>> {
+    /// The rules in force, of one tenant (`None`: every one), or the one `rule_id` names.
+    pub(super) async fn query_rules(
+        &self,
+        tenant: Option<&str>,
+        rule_id: Option<&str>,
+    ) -> Result<Vec<RuleEvent>> {
         let mut filter = Filter::default();
         filter.push("tenant_id", "=", tenant);
+        filter.push("rule_id", "=", rule_id);
         filter.clauses.push("deleted = 0".into());
         let sql = format!(
             "SELECT event FROM alert_rules{} ORDER BY rule_id",

@@ -28,16 +28,32 @@
 //! (default 10 s), so every instance refuses it within that time.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
+use axum::routing::{delete, post};
+use axum::Router;
 use fleet_service::ApiError;
 use fleet_stores::registry::{hash_secret, new_secret, ApiKeyInfo, NewUser, Role, User};
 use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{name_field, reply, store_error, AdminState};
-use crate::api::invalid_combination;
 use crate::auth::{not_found, require_admin, Principal, BOOTSTRAP_ADMIN};
+use crate::error::{invalid_combination, reply, store_error};
+use crate::input::name_field;
+use crate::state::AppState;
+
+/// The routes of this module.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/users", post(create_user).get(list_users))
+        .route(
+            "/api/v1/users/{user_id}/keys",
+            post(create_key).get(list_keys),
+        )
+        .route("/api/v1/users/{user_id}/keys/{key_id}", delete(revoke_key))
+        .route("/api/v1/users/{user_id}/disable", post(disable_user))
+        .route("/api/v1/users/{user_id}/enable", post(enable_user))
+}
 
 /// Most unrevoked API keys one user may hold.
 pub const MAX_ACTIVE_KEYS: usize = 10;
@@ -78,7 +94,7 @@ pub struct CreatedUser {
     pub api_key: CreatedKey,
 }
 
-async fn new_key(s: &AdminState, user_id: &str) -> Result<CreatedKey, ApiError> {
+async fn new_key(s: &AppState, user_id: &str) -> Result<CreatedKey, ApiError> {
     let active = s
         .registry
         .list_api_keys(user_id)
@@ -123,14 +139,13 @@ async fn new_key(s: &AdminState, user_id: &str) -> Result<CreatedKey, ApiError> 
     security(("bearer" = []))
 )]
 pub(crate) async fn create_user(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
+    State(s): State<AppState>,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_admin(&p)?;
-        let b: UserBody = crate::admin::object_body(&body)?;
+        let b: UserBody = crate::input::object_body(&body)?;
         let name = name_field("name", &b.name)?;
         let role = Role::parse(&b.role)
             .ok_or_else(|| ApiError::invalid_field("role", "must be admin, operator or viewer"))?;
@@ -196,9 +211,9 @@ pub(crate) async fn create_user(
     responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
-pub(crate) async fn list_users(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+pub(crate) async fn list_users(State(s): State<AppState>, p: Principal) -> Response {
     let r = async {
-        require_admin(&s.principal(&headers).await?)?;
+        require_admin(&p)?;
         let users = s.registry.list_users().await.map_err(store_error)?;
         Ok(serde_json::json!({ "users": users }))
     }
@@ -216,12 +231,11 @@ pub(crate) async fn list_users(State(s): State<AdminState>, headers: HeaderMap) 
     security(("bearer" = []))
 )]
 pub(crate) async fn create_key(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_admin(&p)?;
         let key = new_key(&s, &user_id).await?;
         tracing::info!(%user_id, key_id = %key.info.key_id, actor = %p.actor(), "API key created.");
@@ -265,12 +279,12 @@ pub struct KeyList {
     security(("bearer" = []))
 )]
 pub(crate) async fn list_keys(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     let r = async {
-        require_self_or_admin(&s.principal(&headers).await?, &user_id)?;
+        require_self_or_admin(&p, &user_id)?;
         if s.registry
             .get_user(&user_id)
             .await
@@ -300,12 +314,11 @@ pub(crate) async fn list_keys(
     security(("bearer" = []))
 )]
 pub(crate) async fn revoke_key(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path((user_id, key_id)): Path<(String, String)>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_self_or_admin(&p, &user_id)?;
         let found = s
             .registry
@@ -315,7 +328,7 @@ pub(crate) async fn revoke_key(
         if !found {
             return Err(not_found("key of this user", "key_id"));
         }
-        s.keys.clear();
+        s.keys.cache.clear();
         tracing::info!(%user_id, %key_id, actor = %p.actor(), "API key revoked.");
         s.audit(
             &p,
@@ -333,13 +346,12 @@ pub(crate) async fn revoke_key(
 
 /// Disables or enables a user (admins).
 async fn set_disabled(
-    s: &AdminState,
-    headers: &HeaderMap,
+    s: &AppState,
+    p: &Principal,
     user_id: &str,
     disabled: bool,
 ) -> Result<serde_json::Value, ApiError> {
-    let p = s.principal(headers).await?;
-    require_admin(&p)?;
+    require_admin(p)?;
     let changed = s
         .registry
         .set_user_disabled(user_id, disabled)
@@ -348,14 +360,14 @@ async fn set_disabled(
     if !changed {
         return Err(not_found("user", "user_id"));
     }
-    s.keys.clear();
+    s.keys.cache.clear();
     let action = if disabled {
         "user.disable"
     } else {
         "user.enable"
     };
     tracing::info!(%user_id, actor = %p.actor(), action, "User switched.");
-    s.audit(&p, None, action, user_id, None).await;
+    s.audit(p, None, action, user_id, None).await;
     Ok(serde_json::json!({ "user_id": user_id, "disabled": disabled }))
 }
 
@@ -369,14 +381,11 @@ async fn set_disabled(
     security(("bearer" = []))
 )]
 pub(crate) async fn disable_user(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
-    reply(
-        StatusCode::OK,
-        set_disabled(&s, &headers, &user_id, true).await,
-    )
+    reply(StatusCode::OK, set_disabled(&s, &p, &user_id, true).await)
 }
 
 #[utoipa::path(
@@ -389,12 +398,9 @@ pub(crate) async fn disable_user(
     security(("bearer" = []))
 )]
 pub(crate) async fn enable_user(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
-    reply(
-        StatusCode::OK,
-        set_disabled(&s, &headers, &user_id, false).await,
-    )
+    reply(StatusCode::OK, set_disabled(&s, &p, &user_id, false).await)
 }

@@ -28,6 +28,7 @@ async fn env(
         log,
         registry,
         app,
+        ..
     } = support::admin_env(key, None).await;
     (_dir, log, registry, app)
 }

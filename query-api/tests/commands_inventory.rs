@@ -8,10 +8,9 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::admin::AdminState;
-use fleet_projections::api::{app, ApiState};
 use fleet_projections::project::{run_read_model, Readiness};
 use fleet_projections::ProjectionsConfig;
+use fleet_query_api::{app, AppState};
 use fleet_schemas::{
     codec, fixtures, CommandEvent, CommandEventKind, Record, SoftwareInventory, SoftwarePackage,
     TicketEvent, TicketEventKind,
@@ -50,8 +49,7 @@ async fn env() -> Env {
     let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
         .await
         .expect("ts");
-    let admin = AdminState::new(sql, log.clone(), ADMIN, "http://gw.example:8080");
-    let api = app(ApiState::new(rm.clone(), ts, admin));
+    let api = app(AppState::new(sql, rm.clone(), ts, log.clone()).with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,
@@ -398,21 +396,20 @@ async fn bad_queries_name_the_parameter() {
     assert_eq!(v["error"]["field"], "agent_id", "{v}");
 }
 
-/// The query API and the admin router are merged on one listener, and both have
-/// `/api/v1/agents/{agent_id}/commands` (GET history, POST request): the methods coexist.
+/// `/api/v1/agents/{agent_id}/commands` has the history (GET) and the request (POST) in
+/// one router: each method reaches its handler.
 #[tokio::test]
-async fn history_route_merges_with_a_post_on_the_same_path() {
+async fn history_and_request_share_their_path() {
     let e = env().await;
-    let post_side = Router::new().route(
-        "/api/v1/agents/{agent_id}/commands",
-        axum::routing::post(|| async { StatusCode::ACCEPTED }),
-    );
-    let merged = e.api.clone().merge(post_side);
-    let (status, _) = call(&merged, Method::POST, "/api/v1/agents/a1/commands").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    // The GET reaches the history handler (not 405): an agent the read model does not
-    // know is 404 naming the agent.
-    let (status, v) = call(&merged, Method::GET, "/api/v1/agents/a1/commands").await;
+    // The POST reaches the request handler (not 405): an empty body is not a JSON object.
+    let (status, v) = call(&e.api, Method::POST, "/api/v1/agents/a1/commands").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["field"], "body", "{v}");
+    // The GET reaches the history handler: an agent the read model does not know is 404
+    // naming the agent.
+    let (status, v) = call(&e.api, Method::GET, "/api/v1/agents/a1/commands").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(v["error"]["field"], "agent_id", "{v}");
+    let (status, v) = call(&e.api, Method::DELETE, "/api/v1/agents/a1/commands").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{v}");
 }

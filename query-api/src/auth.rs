@@ -1,7 +1,8 @@
 //! Who calls an operator route, and what they may do.
 //!
-//! Every operator route sends `Authorization: Bearer <key>`; [`principal`] turns the key
-//! into a [`Principal`]:
+//! Every operator route sends `Authorization: Bearer <key>`; the [`Principal`] extractor
+//! (the one place keys are checked: a handler that takes a `Principal` is authenticated)
+//! turns the key into the caller:
 //!
 //! * the bootstrap key (the projections' `admin-api-key`; `fleetstream up` keeps it in
 //!   `<data-dir>/admin-key`) is the user `admin` with role admin;
@@ -28,12 +29,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use fleet_service::ApiError;
 use fleet_stores::registry::{hash_secret, verify_secret, Registry, Role};
 use serde::Serialize;
 
-use crate::admin::store_error;
+use crate::error::store_error;
+use crate::state::AppState;
 
 /// How long a resolved user key is remembered by default (`api-key-cache-ttl`).
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -190,47 +194,89 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// The principal extractor: who sent `headers` (401 if nobody we know).
-pub(crate) async fn principal(
-    registry: &dyn Registry,
-    admin_key_hash: Option<&[u8; 32]>,
-    cache: &KeyCache,
-    headers: &HeaderMap,
-) -> Result<Principal, ApiError> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| unauthorized("send Authorization: Bearer <API key>"))?;
-    if let Some(expected) = admin_key_hash {
-        if verify_secret(key, expected) {
-            return Ok(Principal::bootstrap_admin());
+/// How callers are recognised: the bootstrap key's hash and the cache of user keys.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Keys {
+    admin_key_hash: Option<[u8; 32]>,
+    pub(crate) cache: KeyCache,
+}
+
+impl Keys {
+    /// `admin_key` empty: no bootstrap key (user keys still work).
+    pub(crate) fn new(admin_key: &str, cache: KeyCache) -> Keys {
+        Keys {
+            admin_key_hash: (!admin_key.is_empty()).then(|| hash_secret(admin_key)),
+            cache,
         }
     }
-    let hash = hash_secret(key);
-    if let Some(p) = cache.get(&hash) {
-        return Ok(p);
+
+    /// Who sent `headers` (401 if nobody we know).
+    async fn principal(
+        &self,
+        registry: &dyn Registry,
+        headers: &HeaderMap,
+    ) -> Result<Principal, ApiError> {
+        let key = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| unauthorized("send Authorization: Bearer <API key>"))?;
+        if let Some(expected) = &self.admin_key_hash {
+            if verify_secret(key, expected) {
+                return Ok(Principal::bootstrap_admin());
+            }
+        }
+        let hash = hash_secret(key);
+        if let Some(p) = self.cache.get(&hash) {
+            return Ok(p);
+        }
+        let owner = registry.key_owner(hash).await.map_err(store_error)?;
+        let Some(owner) = owner.filter(|o| verify_secret(key, &o.key_hash)) else {
+            return Err(unauthorized("unknown API key"));
+        };
+        if owner.user.disabled {
+            return Err(unauthorized("this user is disabled"));
+        }
+        if owner.key.revoked_at.is_some() {
+            return Err(unauthorized("this API key was revoked"));
+        }
+        let p = Principal {
+            user_id: owner.user.user_id,
+            name: owner.user.name,
+            role: owner.user.role,
+            tenant_id: owner.user.tenant_id,
+        };
+        self.cache.put(hash, p.clone());
+        Ok(p)
     }
-    let owner = registry.key_owner(hash).await.map_err(store_error)?;
-    let Some(owner) = owner.filter(|o| verify_secret(key, &o.key_hash)) else {
-        return Err(unauthorized("unknown API key"));
-    };
-    if owner.user.disabled {
-        return Err(unauthorized("this user is disabled"));
+}
+
+/// The caller of a route: a handler taking a `Principal` runs only for a known key (401
+/// otherwise, before the body is read).
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        s.keys.principal(s.registry.as_ref(), &parts.headers).await
     }
-    if owner.key.revoked_at.is_some() {
-        return Err(unauthorized("this API key was revoked"));
+}
+
+/// The tenant a read is limited to: the one `requested` names (if the caller may read
+/// it), else the caller's own; `None` (every tenant) only for an admin who named none.
+pub fn read_scope(p: &Principal, requested: Option<&str>) -> Result<Option<String>, ApiError> {
+    match (requested, p.tenant_id.as_deref()) {
+        (Some(t), _) => {
+            require_viewer(p, t)?;
+            Ok(Some(t.to_owned()))
+        }
+        (None, Some(own)) => Ok(Some(own.to_owned())),
+        (None, None) => {
+            require_admin(p)?;
+            Ok(None)
+        }
     }
-    let p = Principal {
-        user_id: owner.user.user_id,
-        name: owner.user.name,
-        role: owner.user.role,
-        tenant_id: owner.user.tenant_id,
-    };
-    cache.put(hash, p.clone());
-    Ok(p)
 }
 
 fn forbidden(message: String) -> ApiError {

@@ -20,23 +20,51 @@
 //! Such a command waits (the gateway delivers it only after CommandApproved) until
 //! `POST /api/v1/commands/{command_id}/approve` by an operator of its tenant or an admin
 //! who is not the requester (409 otherwise, and 409 if it does not await approval or was
-//! approved already; 404 for an unknown command). The command's REQUESTED event is found
-//! by reading `fleet.commands.v1` to its end: simple, but a read of the topic per
-//! approval. Two approvals racing may both write APPROVED; the event id is the same, and
-//! the gateway treats the second as a no-op.
+//! approved already; 404 for an unknown command). The command is looked up in the read
+//! model (its projection of `fleet.commands.v1`): a command requested a moment ago can be
+//! approved once projected. Two approvals racing may both write APPROVED; the event id
+//! is the same, and the gateway treats the second as a no-op.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `POST /api/v1/agents/{agent_id}/commands` | request a command (202) |
+//! | `GET /api/v1/agents/{agent_id}/commands?tenant=&limit=&after=` | an agent's commands, newest first; `after` is the last command id of the previous page |
+//! | `GET /api/v1/commands/{command_id}?tenant=` | one command with its audit trail |
+//! | `POST /api/v1/commands/{command_id}/approve` | approve a command awaiting approval |
 
 use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use fleet_event_log::ProduceRecord;
 use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
 use fleet_service::ApiError;
+use fleet_stores::{CommandDetail, CommandQuery, CommandRow, CommandStatus, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{agent_of, claim_idempotent, idempotency_key, reply, AdminState};
-use crate::auth::{not_found, require_operator_of, require_writer};
+use crate::auth::{not_found, read_scope, require_operator_of, require_writer, Principal};
+use crate::error::{reply, store_error};
+use crate::input::{idempotency_key, object_body};
+use crate::query::{limit, Limit, Params};
+use crate::routes::agents::{agent_of, find_agent, TenantParams};
+use crate::state::AppState;
+
+/// The routes of this module.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/agents/{agent_id}/commands",
+            post(request_command).get(agent_commands),
+        )
+        .route("/api/v1/commands/{command_id}", get(get_command))
+        .route(
+            "/api/v1/commands/{command_id}/approve",
+            post(approve_command),
+        )
+}
 
 /// Command types an operator may request (each agent has its own allow-list too).
 pub const COMMAND_TYPES: &[&str] = &[
@@ -61,7 +89,7 @@ pub struct CommandRequest {
     #[serde(default)]
     pub args: BTreeMap<String, String>,
     /// Seconds the agent lets it run (default 60, at most 3600).
-    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    #[serde(default, deserialize_with = "crate::input::whole_number")]
     pub timeout_secs: Option<i64>,
     /// Whether a second user must approve it before it is delivered (default false).
     #[serde(default)]
@@ -210,16 +238,16 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
     security(("bearer" = []))
 )]
 pub(crate) async fn request_command(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(agent_id): Path<String>,
+    p: Principal,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let req: CommandRequest = crate::admin::object_body(&body)?;
+        let req: CommandRequest = object_body(&body)?;
         let timeout = check_request(&req)?;
         let key = idempotency_key(&headers)?;
         let cred = agent_of(&s, &p, &agent_id).await?;
@@ -247,7 +275,7 @@ pub(crate) async fn request_command(
                     "requires_approval": requires_approval,
                     "actor": actor,
                 });
-                claim_idempotent(&s, &command_id, &canonical).await?;
+                s.claim_idempotent(&command_id, &canonical).await?;
                 command_id
             }
             None => uuid::Uuid::now_v7().to_string(),
@@ -297,24 +325,6 @@ fn conflict(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, code, message).with_field("command_id")
 }
 
-/// Every event of one command on `fleet.commands.v1`, in log order.
-async fn command_events(
-    log: &dyn fleet_event_log::EventLog,
-    command_id: &str,
-) -> Result<Vec<CommandEvent>, ApiError> {
-    let mut events = Vec::new();
-    fleet_consumer::log::read_to_end(log, CommandEvent::TOPIC, |r| {
-        if let Ok(ev) = codec::decode::<CommandEvent>(&r.value) {
-            if ev.command_id == command_id {
-                events.push(ev);
-            }
-        }
-    })
-    .await
-    .map_err(|e| ApiError::unavailable(format!("commands could not be read: {e}"), 5))?;
-    Ok(events)
-}
-
 /// Answer of an approval.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandApproved {
@@ -338,60 +348,31 @@ pub struct CommandApproved {
     security(("bearer" = []))
 )]
 pub(crate) async fn approve_command(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(command_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let events = command_events(s.log.as_ref(), &command_id).await?;
         let missing = || not_found("command", "command_id");
-        // The first REQUESTED is the request (a later one, under a reused key, is ignored
-        // by the gateway and the read model alike).
-        let requested = events
-            .iter()
-            .find(|e| e.kind == CommandEventKind::Requested)
-            .cloned()
+        // The read model keeps the first REQUESTED of an id (a later one, under a reused
+        // key, is ignored by the gateway and the read model alike); a command of which
+        // only later events were seen has no request yet.
+        let requested = s
+            .read_model
+            .get_command(None, &command_id)
+            .await
+            .map_err(store_error)?
+            .map(|d| d.command)
+            .filter(|c| c.requested_at.is_some())
             .ok_or_else(missing)?;
         require_operator_of(&p, &requested.tenant_id, missing)?;
-        if requested.actor.as_deref() == Some(actor.as_str()) {
-            return Err(conflict(
-                "same_user",
-                format!(
-                    "approval must come from a different user: {actor} requested command {command_id}"
-                ),
-            ));
-        }
-        if !requested.requires_approval {
-            return Err(conflict(
-                "not_awaiting_approval",
-                format!("command {command_id} does not need approval"),
-            ));
-        }
-        if let Some(done) = events.iter().find(|e| e.kind == CommandEventKind::Approved) {
-            return Err(conflict(
-                "already_approved",
-                format!(
-                    "command {command_id} was approved already by {}",
-                    done.actor.as_deref().unwrap_or("someone")
-                ),
-            ));
-        }
-        if let Some(later) = events.iter().find(|e| e.kind != CommandEventKind::Requested) {
-            return Err(conflict(
-                "not_awaiting_approval",
-                format!(
-                    "command {command_id} is not awaiting approval (it is {})",
-                    later.kind.symbol()
-                ),
-            ));
-        }
+        check_approvable(&requested, &actor)?;
         let now = fleet_schemas::time::now_micros();
         let ev = CommandEvent {
             command_type: requested.command_type.clone(),
-            args: requested.args.clone(),
+            args: requested.args.clone().into_iter().collect(),
             requires_approval: true,
             timeout_secs: requested.timeout_secs,
             actor: Some(actor.clone()),
@@ -411,9 +392,18 @@ pub(crate) async fn approve_command(
         s.log
             .produce(CommandEvent::TOPIC, vec![rec])
             .await
-            .map_err(|e| ApiError::unavailable(format!("the approval was not written: {e}; retry"), 5))?;
+            .map_err(|e| {
+                ApiError::unavailable(format!("the approval was not written: {e}; retry"), 5)
+            })?;
         tracing::info!(agent_id = %requested.agent_id, %command_id, %actor, "Command approved.");
-        s.audit(&p, Some(&requested.tenant_id), "command.approve", &command_id, None).await;
+        s.audit(
+            &p,
+            Some(&requested.tenant_id),
+            "command.approve",
+            &command_id,
+            None,
+        )
+        .await;
         Ok(CommandApproved {
             command_id,
             agent_id: requested.agent_id,
@@ -423,6 +413,137 @@ pub(crate) async fn approve_command(
     }
     .await;
     reply(StatusCode::OK, r)
+}
+
+/// Whether `actor` may approve command `c` now: a different user than the requester, of a
+/// command that needs approval and has not been approved or gone further. Pure.
+pub fn check_approvable(c: &CommandRow, actor: &str) -> Result<(), ApiError> {
+    let id = &c.command_id;
+    if c.requested_by.as_deref() == Some(actor) {
+        return Err(conflict(
+            "same_user",
+            format!("approval must come from a different user: {actor} requested command {id}"),
+        ));
+    }
+    if !c.requires_approval {
+        return Err(conflict(
+            "not_awaiting_approval",
+            format!("command {id} does not need approval"),
+        ));
+    }
+    if c.approved_at.is_some() {
+        return Err(conflict(
+            "already_approved",
+            format!(
+                "command {id} was approved already by {}",
+                c.approved_by.as_deref().unwrap_or("someone")
+            ),
+        ));
+    }
+    if c.status != CommandStatus::AwaitingApproval {
+        return Err(conflict(
+            "not_awaiting_approval",
+            format!(
+                "command {id} is not awaiting approval (it is {})",
+                c.status.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Answer of an agent's command history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommandList {
+    /// Commands of this page, newest first.
+    pub commands: Vec<CommandRow>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Parameters of an agent's command history.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CommandParams {
+    /// Tenant (admins: optional, every tenant if absent; others: their own, the default)
+    #[param(min_length = 1)]
+    pub tenant: Option<String>,
+    /// Page size, 1 to 1000 (default 100)
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<Limit>,
+    /// Last command id of the previous page (404 if the agent has no such command)
+    #[param(min_length = 1)]
+    pub after: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{agent_id}/commands",
+    tag = "query",
+    summary = "An agent's commands, newest first",
+    params(("agent_id" = String, Path, description = "Agent id"), CommandParams),
+    responses((status = 200, description = "Done", body = CommandList), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn agent_commands(
+    Path(agent_id): Path<String>,
+    Params(q): Params<CommandParams>,
+    State(s): State<AppState>,
+    p: Principal,
+) -> Result<Json<CommandList>, ApiError> {
+    let tenant = read_scope(&p, q.tenant.as_deref())?;
+    let limit = limit(q.limit);
+    let query = CommandQuery {
+        tenant_id: tenant.clone(),
+        agent_id,
+        limit,
+        after: q.after,
+    };
+    let commands = s
+        .read_model
+        .list_commands(&query)
+        .await
+        .map_err(|e| match e {
+            // A cursor that names no command of this agent.
+            StoreError::InvalidQuery(_) => not_found("command", "after"),
+            other => store_error(other),
+        })?;
+    if commands.is_empty() && query.after.is_none() {
+        // An unknown agent, or another tenant's, is not found rather than empty.
+        find_agent(&s, tenant.as_deref(), &query.agent_id).await?;
+    }
+    let page = limit.unwrap_or(100) as usize;
+    let next_after = (commands.len() == page)
+        .then(|| commands.last().map(|c| c.command_id.clone()))
+        .flatten();
+    Ok(Json(CommandList {
+        commands,
+        next_after,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/commands/{command_id}",
+    tag = "query",
+    summary = "One command with its audit trail",
+    params(("command_id" = String, Path, description = "Command id"), TenantParams),
+    responses((status = 200, description = "Done", body = fleet_stores::CommandDetail), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_command(
+    Path(command_id): Path<String>,
+    Params(q): Params<TenantParams>,
+    State(s): State<AppState>,
+    p: Principal,
+) -> Result<Json<CommandDetail>, ApiError> {
+    let tenant = read_scope(&p, q.tenant.as_deref())?;
+    s.read_model
+        .get_command(tenant.as_deref(), &command_id)
+        .await
+        .map_err(store_error)?
+        .map(Json)
+        .ok_or_else(|| not_found("command", "command_id"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! Helpers shared by the admin-route tests: the admin router over a real SQLite registry
-//! and the embedded log in a tempdir, an HTTP call through `oneshot`, reading a topic,
-//! enrolling an agent.
+//! Helpers shared by the API tests: the API over a real SQLite registry and read model and
+//! the embedded log and time-series store in a tempdir, an HTTP call through `oneshot`,
+//! reading a topic, projecting the topics into the read model, enrolling an agent.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod world;
@@ -11,9 +11,10 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use fleet_event_log::EventLog;
-use fleet_projections::admin::{router, AdminState};
+use fleet_query_api::{app, AppState};
 use fleet_schemas::{codec, Record};
 use fleet_stores::registry::{hash_secret, new_secret, NewAgent, NewToken, Registry};
+use fleet_stores::ReadModel;
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
@@ -26,27 +27,68 @@ pub struct AdminEnv {
     pub _dir: tempfile::TempDir,
     pub log: Arc<dyn EventLog>,
     pub registry: Arc<dyn Registry>,
+    pub read_model: Arc<dyn ReadModel>,
     pub app: Router,
 }
 
-/// The admin routes with bootstrap key `key` (empty: none) and, if given, the command
-/// types that need approval.
-pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> AdminEnv {
+impl AdminEnv {
+    /// Brings the read model up to the topics (what the projection does in a running
+    /// system), so that the API sees what was written.
+    pub async fn project(&self) {
+        project(self.log.as_ref(), self.read_model.as_ref()).await;
+    }
+}
+
+/// The stores of a test API in a new temporary directory: the embedded log (with the
+/// topics), one SQLite file as registry and read model, the embedded time-series store.
+pub struct Stores {
+    pub dir: tempfile::TempDir,
+    pub log: Arc<dyn EventLog>,
+    pub registry: Arc<dyn Registry>,
+    pub read_model: Arc<dyn ReadModel>,
+    pub timeseries: Arc<fleet_timeseries::TimeSeries>,
+}
+
+pub async fn stores() -> Stores {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = fleet_event_log::open(
-        dir.path().join("log").to_str().expect("utf-8"),
-        &Default::default(),
-    )
-    .await
-    .expect("log");
+    let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
+    let log = fleet_event_log::open(&p("log"), &Default::default())
+        .await
+        .expect("log");
     fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
-    let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(dir.path().join("rm.db").to_str().expect("utf-8"))
-            .await
-            .expect("sql");
-    let mut state = AdminState::new(registry.clone(), log.clone(), key, "http://gw.example:8080");
+    let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
+    let timeseries = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
+        .await
+        .expect("ts");
+    Stores {
+        dir,
+        log,
+        registry: sql.clone(),
+        read_model: sql,
+        timeseries,
+    }
+}
+
+/// The API with bootstrap key `key` (empty: none) and, if given, the command types that
+/// need approval.
+pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> AdminEnv {
+    let Stores {
+        dir,
+        log,
+        registry,
+        read_model,
+        timeseries,
+    } = stores().await;
+    let mut state = AppState::new(
+        registry.clone(),
+        read_model.clone(),
+        timeseries,
+        log.clone(),
+    )
+    .with_admin_key(key)
+    .with_gateway_url("http://gw.example:8080");
     if let Some(types) = approval_required {
         state = state.with_approval_required(types);
     }
@@ -54,7 +96,46 @@ pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> Adm
         _dir: dir,
         log,
         registry,
-        app: router(state),
+        read_model,
+        app: app(state),
+    }
+}
+
+/// Applies every record of the read model's topics to `rm` that it has not applied yet
+/// (by the offsets stored under the projection `test-sync`), as the read-model projection
+/// does.
+pub async fn project(log: &dyn EventLog, rm: &dyn ReadModel) {
+    const SYNC: &str = "test-sync";
+    let stored = rm.offsets(SYNC).await.expect("offsets");
+    let next = |topic: &str, partition: u32| {
+        stored
+            .iter()
+            .find(|o| o.topic == topic && o.partition == partition)
+            .map_or(0, |o| o.next_offset)
+    };
+    for topic in fleet_projections::project::READ_MODEL_TOPICS {
+        let mut changes = Vec::new();
+        let mut offsets: std::collections::BTreeMap<u32, i64> = Default::default();
+        fleet_consumer::log::read_to_end(log, topic, |r| {
+            if r.offset < next(topic, r.partition) {
+                return;
+            }
+            if let Ok(change) = fleet_projections::project::to_change(r) {
+                changes.push(change);
+            }
+            offsets.insert(r.partition, r.offset + 1);
+        })
+        .await
+        .expect("read a topic");
+        let offsets: Vec<fleet_stores::StoredOffset> = offsets
+            .into_iter()
+            .map(|(partition, next_offset)| fleet_stores::StoredOffset {
+                topic: (*topic).to_owned(),
+                partition,
+                next_offset,
+            })
+            .collect();
+        rm.apply(SYNC, &changes, &offsets).await.expect("apply");
     }
 }
 

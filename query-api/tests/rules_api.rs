@@ -2,12 +2,10 @@
 //! CRUD writes the right RuleEvents, bad fields are named, a new tenant gets the default
 //! rules, acknowledge / resolve write alert events with the actor.
 
-use std::sync::Arc;
-
 use axum::http::StatusCode;
 use axum::Router;
-use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::rules_api::{default_rule_id, default_rules};
+use fleet_event_log::ProduceRecord;
+use fleet_query_api::routes::rules::{default_rule_id, default_rules};
 use fleet_schemas::{
     codec, fixtures, topics, AlertEvent, AlertEventKind, Record, RuleEvent, RuleEventKind,
     RuleScope,
@@ -18,9 +16,8 @@ mod support;
 
 use support::read;
 
-async fn env() -> (tempfile::TempDir, Arc<dyn EventLog>, Router) {
-    let e = support::admin_env(support::ADMIN, None).await;
-    (e._dir, e.log, e.app)
+async fn env() -> support::AdminEnv {
+    support::admin_env(support::ADMIN, None).await
 }
 
 async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -41,7 +38,8 @@ async fn tenant(app: &Router) -> (String, Value) {
 
 #[tokio::test]
 async fn a_new_tenant_gets_the_default_rules() {
-    let (_d, log, app) = env().await;
+    let env = env().await;
+    let (log, app) = (env.log.clone(), env.app.clone());
     let (tenant_id, t) = tenant(&app).await;
     let rules: Vec<RuleEvent> = read(log.as_ref()).await;
     assert_eq!(rules.len(), default_rules().len());
@@ -93,6 +91,7 @@ async fn a_new_tenant_gets_the_default_rules() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
+    env.project().await;
     let (s, list) = call(
         &app,
         "GET",
@@ -109,7 +108,8 @@ async fn a_new_tenant_gets_the_default_rules() {
 
 #[tokio::test]
 async fn crud_writes_rule_events_and_bad_fields_are_named() {
-    let (_d, log, app) = env().await;
+    let env = env().await;
+    let (log, app) = (env.log.clone(), env.app.clone());
     let (tenant_id, _) = tenant(&app).await;
     let before = read::<RuleEvent>(log.as_ref()).await.len();
     let uri = format!("/api/v1/tenants/{tenant_id}/rules");
@@ -181,6 +181,7 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
     // Update, disable, enable, delete.
     let mut changed = body.clone();
     changed["critical"] = json!(900.0);
+    env.project().await;
     let (s, u) = call(
         &app,
         "PUT",
@@ -190,6 +191,7 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
     .await;
     assert_eq!(s, StatusCode::OK, "{u}");
     assert_eq!(u["critical"], 900.0);
+    env.project().await;
     let (s, _) = call(
         &app,
         "POST",
@@ -198,6 +200,7 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
+    env.project().await;
     let (s, e) = call(
         &app,
         "POST",
@@ -208,6 +211,7 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(e["enabled"], true);
     assert_eq!(e["critical"], 900.0, "enable keeps the definition");
+    env.project().await;
     let (s, _) = call(&app, "DELETE", &format!("/api/v1/rules/{rule_id}"), None).await;
     assert_eq!(s, StatusCode::OK);
     let events: Vec<RuleEvent> = read(log.as_ref()).await;
@@ -228,6 +232,7 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
     );
     assert!(mine.iter().all(|e| e.tenant_id == tenant_id));
     // Gone: 404 naming the rule, and not listed.
+    env.project().await;
     let (s, e) = call(
         &app,
         "POST",
@@ -237,6 +242,7 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(e["error"]["field"], "rule_id");
+    env.project().await;
     let (_, list) = call(&app, "GET", &uri, None).await;
     assert!(list["rules"]
         .as_array()
@@ -247,7 +253,8 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
 
 #[tokio::test]
 async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
-    let (_d, log, app) = env().await;
+    let env = env().await;
+    let (log, app) = (env.log.clone(), env.app.clone());
     let raised = fixtures::alert_raised("t1", "a1", 1_796_000_000_000_000);
     log.produce(
         topics::ALERTS,
@@ -258,6 +265,7 @@ async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
     )
     .await
     .expect("produce");
+    env.project().await;
     let id = &raised.alert_id;
     let (s, e) = call(&app, "POST", "/api/v1/alerts/nope/acknowledge", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -271,6 +279,7 @@ async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
     .await;
     assert_eq!(s, StatusCode::OK, "{a}");
     assert_eq!(a["status"], "acknowledged");
+    env.project().await;
     let (s, a) = call(
         &app,
         "POST",
@@ -283,8 +292,10 @@ async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
         (StatusCode::OK, &json!(false)),
         "idempotent"
     );
+    env.project().await;
     let (s, _) = call(&app, "POST", &format!("/api/v1/alerts/{id}/resolve"), None).await;
     assert_eq!(s, StatusCode::OK);
+    env.project().await;
     let (s, e) = call(&app, "POST", &format!("/api/v1/alerts/{id}/resolve"), None).await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     let events: Vec<AlertEvent> = read(log.as_ref()).await;
@@ -305,4 +316,59 @@ async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
             ("rule-cpu", 97.0, 90.0)
         );
     }
+}
+
+/// Rule changes and alert handling answer from the read model, never from the topics: a
+/// rule or an alert that is on its topic but not yet projected is not found; once the read
+/// model has it, the same request succeeds.
+#[tokio::test]
+async fn rules_and_alerts_are_found_in_the_read_model_not_on_the_topics() {
+    let env = env().await;
+    let app = env.app.clone();
+    let (tenant_id, _) = tenant(&app).await;
+    let body = json!({"name": "CPU", "metric": "cpu.percent", "warning": 80.0});
+    let (s, created) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/tenants/{tenant_id}/rules"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let update = format!("/api/v1/rules/{}", created["rule_id"].as_str().expect("id"));
+    let raised = fixtures::alert_raised(&tenant_id, "a1", 1_796_000_000_000_000);
+    env.log
+        .produce(
+            topics::ALERTS,
+            vec![ProduceRecord::keyed(
+                raised.key().as_bytes().to_vec(),
+                codec::encode(&raised).expect("encode"),
+            )],
+        )
+        .await
+        .expect("produce");
+    let ack = format!("/api/v1/alerts/{}/acknowledge", raised.alert_id);
+
+    // On the topics only.
+    let (s, e) = call(&app, "PUT", &update, Some(body.clone())).await;
+    assert_eq!(
+        (s, &e["error"]["field"]),
+        (StatusCode::NOT_FOUND, &json!("rule_id"))
+    );
+    let (s, e) = call(&app, "POST", &ack, None).await;
+    assert_eq!(
+        (s, &e["error"]["field"]),
+        (StatusCode::NOT_FOUND, &json!("alert_id"))
+    );
+
+    // Projected.
+    env.project().await;
+    let (s, u) = call(&app, "PUT", &update, Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    let (s, a) = call(&app, "POST", &ack, None).await;
+    assert_eq!(
+        (s, &a["status"]),
+        (StatusCode::OK, &json!("acknowledged")),
+        "{a}"
+    );
 }

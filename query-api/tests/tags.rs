@@ -26,6 +26,7 @@ async fn env() -> (
         log,
         registry,
         app,
+        ..
     } = support::admin_env(ADMIN, None).await;
     (_dir, log, registry, app)
 }

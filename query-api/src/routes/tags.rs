@@ -7,15 +7,25 @@
 //! tag is kept once). A bad one answers 400 naming `tags[i]`.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
+use axum::routing::put;
+use axum::Router;
 use fleet_event_log::ProduceRecord;
 use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_service::ApiError;
 use serde::Deserialize;
 
-use crate::admin::{agent_of, reply, AdminState};
-use crate::auth::require_writer;
+use crate::auth::{require_writer, Principal};
+use crate::error::reply;
+use crate::input::object_body;
+use crate::routes::agents::agent_of;
+use crate::state::AppState;
+
+/// The routes of this module.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/agents/{agent_id}/tags", put(put_tags))
+}
 
 /// Most tags an agent may carry.
 pub const MAX_TAGS: usize = 32;
@@ -74,16 +84,15 @@ pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
     security(("bearer" = []))
 )]
 pub(crate) async fn put_tags(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(agent_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let body = crate::admin::object_body::<TagsBody>(&body)?;
+        let body = object_body::<TagsBody>(&body)?;
         let tags: Vec<String> = body.tags.into_iter().map(|t| t.0).collect();
         let tags = validate_tags(&tags)?;
         let cred = agent_of(&s, &p, &agent_id).await?;

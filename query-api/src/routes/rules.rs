@@ -10,11 +10,12 @@
 //! | route | what |
 //! | --- | --- |
 //! | `POST /api/v1/tenants/{tenant_id}/rules` [`RuleBody`] | create a rule (201, RuleDefined) |
-//! | `GET /api/v1/tenants/{tenant_id}/rules` | the tenant's rules (read from the topic) |
+//! | `GET /api/v1/tenants/{tenant_id}/rules` | the tenant's rules |
 //! | `POST /api/v1/tenants/{tenant_id}/rules/defaults` | (re)write the default rule set |
 //! | `PUT /api/v1/rules/{rule_id}` [`RuleBody`] | replace a rule's definition (RuleDefined) |
 //! | `POST /api/v1/rules/{rule_id}/disable`, `/enable` | RuleDefined with `enabled` false / true |
 //! | `DELETE /api/v1/rules/{rule_id}` | RuleDeleted (its open alerts resolve) |
+//! | `GET /api/v1/alerts?tenant=&agent_id=&status=&limit=` | alerts, newest first |
 //! | `POST /api/v1/alerts/{alert_id}/acknowledge`, `/resolve` | AlertEvent ACKNOWLEDGED / RESOLVED with the caller as actor |
 //!
 //! A rule body: `{"name", "metric", "operator"?, "warning"?, "critical"?, "recovery"?,
@@ -25,31 +26,59 @@
 //! A new tenant gets [`default_rules`] (hooked into tenant creation). Their ids are
 //! UUIDv5 of (tenant, rule key), so writing them again changes nothing.
 //!
-//! Current state is read from the topics (rules: `fleet.rules.v1` to its end, one
-//! partition, compacted; alerts: `fleet.alerts.v1` to its end). That is simple and
-//! always current, but costs a read of the topic per call; a rules table in the read model
-//! would replace it when the topics grow. Two concurrent updates of one rule: the last
-//! one written wins.
-
-use std::collections::BTreeMap;
+//! Current state comes from the read model, which projects `fleet.rules.v1` and
+//! `fleet.alerts.v1` (no topic is read on a request): a rule or alert written a moment
+//! ago can be changed once projected. Two concurrent updates of one rule: the last one
+//! written wins.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_schemas::rules::{check_combination, check_fields, HEARTBEAT_ABSENT};
 use fleet_schemas::{
-    codec, ids, topics, AlertEvent, AlertEventKind, Record, RuleDefinition, RuleEvent,
+    codec, ids, AlertEvent, AlertEventKind, AlertSeverity, Record, RuleDefinition, RuleEvent,
     RuleEventKind, RuleScope,
 };
 use fleet_service::ApiError;
+use fleet_stores::{AlertQuery, AlertRow, AlertStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{claim_idempotent, idempotency_key, reply, store_error, AdminState};
-use crate::api::invalid_combination;
 use crate::auth::{
-    not_found, require_operator, require_operator_of, require_viewer, require_writer, Principal,
+    not_found, read_scope, require_operator, require_operator_of, require_viewer, require_writer,
+    Principal,
 };
+use crate::error::{invalid_combination, reply, store_error};
+use crate::input::{idempotency_key, object_body};
+use crate::query::{chosen, limit, Limit, OneOf, Params};
+use crate::state::AppState;
+
+/// The routes of this module.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/tenants/{tenant_id}/rules",
+            post(create_rule).get(list_rules),
+        )
+        .route(
+            "/api/v1/tenants/{tenant_id}/rules/defaults",
+            post(write_defaults),
+        )
+        .route(
+            "/api/v1/rules/{rule_id}",
+            put(update_rule).delete(delete_rule),
+        )
+        .route("/api/v1/rules/{rule_id}/disable", post(disable_rule))
+        .route("/api/v1/rules/{rule_id}/enable", post(enable_rule))
+        .route("/api/v1/alerts", get(list_alerts))
+        .route(
+            "/api/v1/alerts/{alert_id}/acknowledge",
+            post(acknowledge_alert),
+        )
+        .route("/api/v1/alerts/{alert_id}/resolve", post(resolve_alert))
+}
 
 /// Body of rule creation and update.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -89,11 +118,11 @@ pub struct RuleBody {
     #[serde(default)]
     pub recovery: Option<f64>,
     /// For-duration in seconds (default 0).
-    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    #[serde(default, deserialize_with = "crate::input::whole_number")]
     #[schema(minimum = 0, maximum = 604800)]
     pub for_secs: Option<i64>,
     /// Re-notify interval in seconds (default 0: never).
-    #[serde(default, deserialize_with = "crate::admin::whole_number")]
+    #[serde(default, deserialize_with = "crate::input::whole_number")]
     #[schema(minimum = 0, maximum = 604800)]
     pub renotify_secs: Option<i64>,
     /// Whether it is evaluated (default: true on create, unchanged on update).
@@ -359,46 +388,21 @@ pub async fn write_default_rules(
     Ok(events.into_iter().map(|e| e.rule_id).collect())
 }
 
-/// The current rules (latest event per rule id; deleted ones absent).
-async fn current_rules(log: &dyn EventLog) -> Result<BTreeMap<String, RuleEvent>, ApiError> {
-    let mut rules = BTreeMap::new();
-    fleet_consumer::log::read_to_end(log, topics::RULES, |r| {
-        match codec::decode::<RuleEvent>(&r.value) {
-            Ok(ev) => match ev.kind {
-                RuleEventKind::Defined if ev.rule.is_some() => {
-                    rules.insert(ev.rule_id.clone(), ev);
-                }
-                _ => {
-                    rules.remove(&ev.rule_id);
-                }
-            },
-            Err(e) => {
-                tracing::warn!(offset = r.offset, error = %e, "Undecodable rule event skipped.")
-            }
-        }
-    })
-    .await
-    .map_err(|e| ApiError::unavailable(format!("rules could not be read: {e}"), 5))?;
-    Ok(rules)
-}
-
 /// The current rule `rule_id`, if `p` may change it (after [`require_writer`]): unknown,
 /// deleted and another tenant's are the same 404.
-async fn existing_rule(
-    log: &dyn EventLog,
-    p: &Principal,
-    rule_id: &str,
-) -> Result<RuleEvent, ApiError> {
+async fn existing_rule(s: &AppState, p: &Principal, rule_id: &str) -> Result<RuleEvent, ApiError> {
     let missing = || not_found("rule", "rule_id");
-    let rule = current_rules(log)
-        .await?
-        .remove(rule_id)
+    let rule = s
+        .read_model
+        .get_rule(rule_id)
+        .await
+        .map_err(store_error)?
         .ok_or_else(missing)?;
     require_operator_of(p, &rule.tenant_id, missing)?;
     Ok(rule)
 }
 
-async fn known_tenant(s: &AdminState, tenant_id: &str) -> Result<(), ApiError> {
+async fn known_tenant(s: &AppState, tenant_id: &str) -> Result<(), ApiError> {
     match s
         .registry
         .get_tenant(tenant_id)
@@ -425,16 +429,16 @@ fn view(ev: &RuleEvent) -> Option<RuleView> {
     security(("bearer" = []))
 )]
 pub(crate) async fn create_rule(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(tenant_id): Path<String>,
+    p: Principal,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_operator(&p, &tenant_id)?;
         let actor = p.actor();
-        let b: RuleBody = crate::admin::object_body(&body)?;
+        let b: RuleBody = object_body(&body)?;
         let d = definition(&b, true)?;
         let key = idempotency_key(&headers)?;
         known_tenant(&s, &tenant_id).await?;
@@ -443,7 +447,7 @@ pub(crate) async fn create_rule(
                 let rule_id = ids::v5(&[&tenant_id, "rule", &k]).to_string();
                 let canonical =
                     serde_json::json!({ "tenant_id": tenant_id, "rule": d, "actor": actor });
-                claim_idempotent(&s, &rule_id, &canonical).await?;
+                s.claim_idempotent(&rule_id, &canonical).await?;
                 rule_id
             }
             None => uuid::Uuid::now_v7().to_string(),
@@ -475,29 +479,22 @@ pub(crate) async fn create_rule(
     security(("bearer" = []))
 )]
 pub(crate) async fn list_rules(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(tenant_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     let r = async {
-        require_viewer(&s.principal(&headers).await?, &tenant_id)?;
-        let rules: Vec<RuleView> = match &s.read_model {
-            // The read model's projection of the topic (eventually consistent: a rule
-            // written a moment ago shows once projected).
-            Some(rm) => rm
-                .list_rules(Some(&tenant_id))
-                .await
-                .map_err(crate::admin::store_error)?
-                .iter()
-                .filter_map(view)
-                .collect(),
-            None => current_rules(s.log.as_ref())
-                .await?
-                .values()
-                .filter(|ev| ev.tenant_id == tenant_id)
-                .filter_map(view)
-                .collect(),
-        };
+        require_viewer(&p, &tenant_id)?;
+        // The read model's projection of the topic (eventually consistent: a rule written
+        // a moment ago shows once projected).
+        let rules: Vec<RuleView> = s
+            .read_model
+            .list_rules(Some(&tenant_id))
+            .await
+            .map_err(store_error)?
+            .iter()
+            .filter_map(view)
+            .collect();
         Ok(serde_json::json!({ "rules": rules }))
     }
     .await;
@@ -514,12 +511,11 @@ pub(crate) async fn list_rules(
     security(("bearer" = []))
 )]
 pub(crate) async fn write_defaults(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(tenant_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_operator(&p, &tenant_id)?;
         let actor = p.actor();
         known_tenant(&s, &tenant_id).await?;
@@ -550,17 +546,16 @@ pub(crate) async fn write_defaults(
     security(("bearer" = []))
 )]
 pub(crate) async fn update_rule(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(rule_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let b: RuleBody = crate::admin::object_body(&body)?;
-        let old = existing_rule(s.log.as_ref(), &p, &rule_id).await?;
+        let b: RuleBody = object_body(&body)?;
+        let old = existing_rule(&s, &p, &rule_id).await?;
         let enabled = old.rule.as_ref().is_none_or(|d| d.enabled);
         let d = definition(&b, enabled)?;
         let ev = rule_event(
@@ -581,15 +576,14 @@ pub(crate) async fn update_rule(
 }
 
 async fn set_enabled(
-    s: &AdminState,
-    headers: &HeaderMap,
+    s: &AppState,
+    p: &Principal,
     rule_id: &str,
     enabled: bool,
 ) -> Result<RuleView, ApiError> {
-    let p = s.principal(headers).await?;
-    require_writer(&p)?;
+    require_writer(p)?;
     let actor = p.actor();
-    let old = existing_rule(s.log.as_ref(), &p, rule_id).await?;
+    let old = existing_rule(s, p, rule_id).await?;
     let mut d = old
         .rule
         .clone()
@@ -605,7 +599,7 @@ async fn set_enabled(
     write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
     tracing::info!(%rule_id, enabled, %actor, "Rule switched.");
     s.audit(
-        &p,
+        p,
         Some(&old.tenant_id),
         if enabled {
             "rule.enable"
@@ -629,14 +623,11 @@ async fn set_enabled(
     security(("bearer" = []))
 )]
 pub(crate) async fn disable_rule(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(rule_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
-    reply(
-        StatusCode::OK,
-        set_enabled(&s, &headers, &rule_id, false).await,
-    )
+    reply(StatusCode::OK, set_enabled(&s, &p, &rule_id, false).await)
 }
 
 #[utoipa::path(
@@ -649,14 +640,11 @@ pub(crate) async fn disable_rule(
     security(("bearer" = []))
 )]
 pub(crate) async fn enable_rule(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(rule_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
-    reply(
-        StatusCode::OK,
-        set_enabled(&s, &headers, &rule_id, true).await,
-    )
+    reply(StatusCode::OK, set_enabled(&s, &p, &rule_id, true).await)
 }
 
 #[utoipa::path(
@@ -669,15 +657,14 @@ pub(crate) async fn enable_rule(
     security(("bearer" = []))
 )]
 pub(crate) async fn delete_rule(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(rule_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     let r = async {
-        let p = s.principal(&headers).await?;
         require_writer(&p)?;
         let actor = p.actor();
-        let old = existing_rule(s.log.as_ref(), &p, &rule_id).await?;
+        let old = existing_rule(&s, &p, &rule_id).await?;
         let ev = rule_event(
             &rule_id,
             &old.tenant_id,
@@ -695,51 +682,42 @@ pub(crate) async fn delete_rule(
     reply(StatusCode::OK, r)
 }
 
-/// The latest state of an alert read from `fleet.alerts.v1`: its latest evaluator event
-/// (raise, escalation, re-notify) and whether it was acknowledged or resolved; if `p` may
-/// act on it (after [`require_writer`]): unknown and another tenant's are the same 404.
-async fn find_alert(
-    log: &dyn EventLog,
-    p: &Principal,
-    alert_id: &str,
-) -> Result<(AlertEvent, bool, bool), ApiError> {
-    let mut found: Option<AlertEvent> = None;
-    let (mut acknowledged, mut resolved) = (false, false);
-    fleet_consumer::log::read_to_end(log, topics::ALERTS, |r| {
-        if let Ok(ev) = codec::decode::<AlertEvent>(&r.value) {
-            if ev.alert_id != alert_id {
-                return;
-            }
-            match ev.kind {
-                AlertEventKind::Raised => {
-                    if found.as_ref().is_none_or(|f| f.severity <= ev.severity) {
-                        found = Some(ev);
-                    }
-                }
-                AlertEventKind::Acknowledged => acknowledged = true,
-                AlertEventKind::Resolved => resolved = true,
-            }
-        }
-    })
-    .await
-    .map_err(|e| ApiError::unavailable(format!("alerts could not be read: {e}"), 5))?;
+/// The alert `alert_id` if `p` may act on it (after [`require_writer`]): unknown and
+/// another tenant's are the same 404.
+async fn find_alert(s: &AppState, p: &Principal, alert_id: &str) -> Result<AlertRow, ApiError> {
     let missing = || not_found("alert", "alert_id");
-    let raised = found.ok_or_else(missing)?;
-    require_operator_of(p, &raised.tenant_id, missing)?;
-    Ok((raised, acknowledged, resolved))
+    let alert = s
+        .read_model
+        .get_alert(None, alert_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(missing)?;
+    require_operator_of(p, &alert.tenant_id, missing)?;
+    Ok(alert)
+}
+
+/// The severity the read model shows, as the event carries it.
+fn severity(alert: &AlertRow) -> Result<AlertSeverity, ApiError> {
+    [
+        AlertSeverity::Info,
+        AlertSeverity::Warning,
+        AlertSeverity::Critical,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == alert.severity)
+    .ok_or_else(|| ApiError::internal(format!("alert severity {:?}", alert.severity)))
 }
 
 async fn alert_action(
-    s: &AdminState,
-    headers: &HeaderMap,
+    s: &AppState,
+    p: &Principal,
     alert_id: &str,
     kind: AlertEventKind,
 ) -> Result<serde_json::Value, ApiError> {
-    let p = s.principal(headers).await?;
-    require_writer(&p)?;
+    require_writer(p)?;
     let actor = p.actor();
-    let (raised, acknowledged, resolved) = find_alert(s.log.as_ref(), &p, alert_id).await?;
-    if resolved {
+    let alert = find_alert(s, p, alert_id).await?;
+    if alert.status == AlertStatus::Resolved {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "alert_resolved",
@@ -747,7 +725,7 @@ async fn alert_action(
         )
         .with_field("alert_id"));
     }
-    if kind == AlertEventKind::Acknowledged && acknowledged {
+    if kind == AlertEventKind::Acknowledged && alert.acknowledged_at.is_some() {
         return Ok(
             serde_json::json!({ "alert_id": alert_id, "status": "acknowledged", "changed": false }),
         );
@@ -759,12 +737,22 @@ async fn alert_action(
     };
     let ev = AlertEvent {
         event_id: ids::v5(&[alert_id, kind.as_str(), &actor]).to_string(),
+        alert_id: alert.alert_id.clone(),
+        tenant_id: alert.tenant_id.clone(),
+        agent_id: alert.agent_id.clone(),
         kind,
-        message: format!("{}: {verb} by {actor}", raised.rule_name),
+        rule_id: alert.rule_id.clone(),
+        severity: severity(&alert)?,
+        message: format!("{}: {verb} by {actor}", alert.rule_name),
+        rule_name: alert.rule_name,
+        metric: alert.metric,
+        subject: alert.subject,
+        operator: alert.operator,
+        threshold: alert.threshold,
+        value: alert.value,
         actor: Some(actor.clone()),
         occurred_at: now,
         ingested_at: now,
-        ..raised
     };
     let rec = ProduceRecord {
         key: Some(ev.key().as_bytes().to_vec()),
@@ -779,7 +767,7 @@ async fn alert_action(
         })?;
     tracing::info!(%alert_id, %actor, kind = kind.as_str(), "Alert handled by a user.");
     s.audit(
-        &p,
+        p,
         Some(&ev.tenant_id),
         &format!("alert.{verb}"),
         alert_id,
@@ -799,13 +787,13 @@ async fn alert_action(
     security(("bearer" = []))
 )]
 pub(crate) async fn acknowledge_alert(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(alert_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     reply(
         StatusCode::OK,
-        alert_action(&s, &headers, &alert_id, AlertEventKind::Acknowledged).await,
+        alert_action(&s, &p, &alert_id, AlertEventKind::Acknowledged).await,
     )
 }
 
@@ -819,12 +807,66 @@ pub(crate) async fn acknowledge_alert(
     security(("bearer" = []))
 )]
 pub(crate) async fn resolve_alert(
-    State(s): State<AdminState>,
+    State(s): State<AppState>,
     Path(alert_id): Path<String>,
-    headers: HeaderMap,
+    p: Principal,
 ) -> Response {
     reply(
         StatusCode::OK,
-        alert_action(&s, &headers, &alert_id, AlertEventKind::Resolved).await,
+        alert_action(&s, &p, &alert_id, AlertEventKind::Resolved).await,
     )
+}
+
+/// Parameters of the alert list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AlertParams {
+    /// Tenant (admins: optional, every tenant if absent; others: their own, the default)
+    #[param(min_length = 1)]
+    pub tenant: Option<String>,
+    /// Only this agent
+    #[param(min_length = 1)]
+    pub agent_id: Option<String>,
+    /// open, acknowledged or resolved
+    #[param(value_type = Option<String>, pattern = "^(open|acknowledged|resolved)$")]
+    pub status: Option<OneOf<AlertStatus>>,
+    /// Page size, 1 to 1000 (default 100)
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<Limit>,
+}
+
+/// Answer of the alert list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AlertList {
+    /// Alerts, newest raise first.
+    pub alerts: Vec<AlertRow>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "query",
+    summary = "Alerts, newest first",
+    params(AlertParams),
+    responses((status = 200, description = "Done", body = AlertList), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_alerts(
+    Params(q): Params<AlertParams>,
+    State(s): State<AppState>,
+    p: Principal,
+) -> Result<Json<AlertList>, ApiError> {
+    let tenant = read_scope(&p, q.tenant.as_deref())?;
+    let query = AlertQuery {
+        tenant_id: tenant,
+        agent_id: q.agent_id,
+        status: chosen(q.status),
+        limit: limit(q.limit),
+    };
+    let alerts = s
+        .read_model
+        .list_alerts(&query)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(AlertList { alerts }))
 }

@@ -83,10 +83,12 @@ async fn raise_alert(log: &dyn EventLog, tenant: &str, agent: &str) -> String {
     raised.alert_id
 }
 
-/// The first rule of a tenant (a new tenant has the default rules).
-async fn a_rule_of(app: &Router, tenant: &str) -> String {
+/// The first rule of a tenant (a new tenant has the default rules), once the read model
+/// has what was written (rules, and alerts and commands raised or requested before).
+async fn a_rule_of(e: &Env, tenant: &str) -> String {
+    e.project().await;
     let (s, r) = call(
-        app,
+        &e.app,
         "GET",
         &format!("/api/v1/tenants/{tenant}/rules"),
         None,
@@ -296,8 +298,8 @@ async fn an_operator_of_a_cannot_act_in_b() {
     let agent_b = enroll(&e.registry, &b).await;
     let alert_a = raise_alert(e.log.as_ref(), &a, &agent_a).await;
     let alert_b = raise_alert(e.log.as_ref(), &b, &agent_b).await;
-    let rule_a = a_rule_of(&e.app, &a).await;
-    let rule_b = a_rule_of(&e.app, &b).await;
+    let rule_a = a_rule_of(&e, &a).await;
+    let rule_b = a_rule_of(&e, &b).await;
     // A command in B, awaiting approval, requested by the admin.
     let (s, c) = call(
         &e.app,
@@ -309,6 +311,7 @@ async fn an_operator_of_a_cannot_act_in_b() {
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{c}");
     let command_b = c["command_id"].as_str().expect("id").to_owned();
+    e.project().await;
     let rules_before = read::<RuleEvent>(e.log.as_ref()).await.len();
     let alerts_before = read::<AlertEvent>(e.log.as_ref()).await.len();
     let commands_before = read::<CommandEvent>(e.log.as_ref()).await.len();
@@ -548,7 +551,7 @@ async fn a_viewer_cannot_write() {
     let (_, viewer) = create_user(&e.app, "vic", "viewer", Some(&a)).await;
     let agent_a = enroll(&e.registry, &a).await;
     let alert_a = raise_alert(e.log.as_ref(), &a, &agent_a).await;
-    let rule_a = a_rule_of(&e.app, &a).await;
+    let rule_a = a_rule_of(&e, &a).await;
     let (s, c) = call(
         &e.app,
         "POST",
@@ -559,6 +562,7 @@ async fn a_viewer_cannot_write() {
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{c}");
     let command_a = c["command_id"].as_str().expect("id").to_owned();
+    e.project().await;
 
     for uri in [
         format!("/api/v1/tenants/{a}/locations"),
@@ -656,6 +660,12 @@ async fn approval_needs_a_different_user() {
     assert_eq!(requested[0].actor.as_deref(), Some("op-1"));
 
     let approve = format!("/api/v1/commands/{id}/approve");
+    // The command is found in the read model, not on the topic: not yet projected, it is
+    // not found (and nothing is written).
+    let (s, v) = call(&e.app, "POST", &approve, None, &op2).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(read::<CommandEvent>(e.log.as_ref()).await.len(), 1);
+    e.project().await;
     let (s, v) = call(&e.app, "POST", &approve, None, &op1).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(
@@ -689,6 +699,7 @@ async fn approval_needs_a_different_user() {
         Some("backup")
     );
 
+    e.project().await;
     // Twice: 409, by anyone.
     for key in [&op2, ADMIN] {
         let (s, v) = call(&e.app, "POST", &approve, None, key).await;
@@ -715,6 +726,7 @@ async fn approval_needs_a_different_user() {
         (StatusCode::ACCEPTED, &json!("requested"))
     );
     let plain = c["command_id"].as_str().expect("id");
+    e.project().await;
     let (s, v) = call(
         &e.app,
         "POST",
@@ -739,6 +751,7 @@ async fn approval_needs_a_different_user() {
         (s, &c["status"]),
         (StatusCode::ACCEPTED, &json!("awaiting_approval"))
     );
+    e.project().await;
     let by_admin = format!(
         "/api/v1/commands/{}/approve",
         c["command_id"].as_str().expect("id")

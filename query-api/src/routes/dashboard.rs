@@ -1,5 +1,5 @@
 //! The web dashboard, served by the query API: static files compiled into the binary
-//! (`projections/dashboard/`: plain HTML, CSS and JavaScript, no build step, nothing loaded
+//! (`query-api/dashboard/`: plain HTML, CSS and JavaScript, no build step, nothing loaded
 //! from elsewhere). The page signs in with an API key and talks to the query and admin
 //! API with `Authorization: Bearer <key>`, like any other client.
 //!
@@ -57,7 +57,7 @@ const fn etag_bytes(h: u64) -> [u8; 18] {
 
 macro_rules! asset {
     ($name:literal, $content_type:literal) => {{
-        const BODY: &[u8] = include_bytes!(concat!("../dashboard/", $name));
+        const BODY: &[u8] = include_bytes!(concat!("../../dashboard/", $name));
         const ETAG: [u8; 18] = etag_bytes(fnv1a(BODY));
         Asset {
             name: $name,

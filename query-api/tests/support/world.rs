@@ -7,8 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::admin::{router, AdminState};
-use fleet_projections::api::{app, ApiState};
+use fleet_query_api::{app, AppState};
 use fleet_schemas::{codec, fixtures, CommandEventKind, Record};
 use fleet_stores::registry::Registry;
 use fleet_stores::{Change, ReadModel};
@@ -109,10 +108,10 @@ fn instance(
     log: Arc<dyn EventLog>,
     key_cache_ttl: std::time::Duration,
 ) -> Router {
-    let admin = AdminState::new(registry, log, ADMIN, "http://gw.example:8080")
-        .with_key_cache_ttl(key_cache_ttl)
-        .with_audit(rm.clone());
-    app(ApiState::new(rm, ts, admin.clone())).merge(router(admin))
+    app(AppState::new(registry, rm, ts, log)
+        .with_admin_key(ADMIN)
+        .with_gateway_url("http://gw.example:8080")
+        .with_key_cache_ttl(key_cache_ttl))
 }
 
 /// A command awaiting approval of `agent`, requested by the admin; returns its id.
@@ -143,27 +142,20 @@ async fn rule(app: &Router, tenant: &str, name: &str) -> String {
 }
 
 pub async fn world() -> World {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    let log = fleet_event_log::open(&p("log"), &Default::default())
-        .await
-        .expect("log");
-    fleet_consumer::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
-    let rm: Arc<dyn ReadModel> = sql.clone();
-    let registry: Arc<dyn Registry> = sql.clone();
-    let ts: Arc<dyn TimeSeriesStore> =
-        fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
-            .await
-            .expect("ts");
+    let super::Stores {
+        dir,
+        log,
+        registry,
+        read_model: rm,
+        timeseries,
+    } = super::stores().await;
+    let ts: Arc<dyn TimeSeriesStore> = timeseries;
     let app = instance(
         rm.clone(),
         registry.clone(),
         ts.clone(),
         log.clone(),
-        fleet_projections::auth::DEFAULT_CACHE_TTL,
+        fleet_query_api::auth::DEFAULT_CACHE_TTL,
     );
 
     let a = create_tenant(&app, "tenant-a").await;
@@ -200,7 +192,7 @@ pub async fn world() -> World {
         .expect("points");
     }
     rm.apply("test", &changes, &[]).await.expect("apply");
-    // The alert routes find alerts on the topic.
+    // Alerts raised on the topic (the projection below puts them in the read model).
     let b_raised = fixtures::alert_raised(&b, &b1, now);
     let a_raised = fixtures::alert_raised(&a, &a1, now);
     produce(log.as_ref(), &b_raised).await;
@@ -214,6 +206,8 @@ pub async fn world() -> World {
     let a_command = command_awaiting_approval(&app, &a1).await;
     let b_rule = rule(&app, &b, "b-cpu").await;
     let a_rule = rule(&app, &a, "a-cpu").await;
+    // The read model sees what was written to the topics (commands, rules, alerts).
+    super::project(log.as_ref(), rm.as_ref()).await;
     let b_key_id = registry
         .list_api_keys(&b_user)
         .await

@@ -8,11 +8,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_projections::admin::AdminState;
-use fleet_projections::api::{app, ApiState};
 use fleet_projections::project::{run_read_model, Readiness};
 use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
+use fleet_query_api::{app, AppState};
 use fleet_schemas::{codec, fixtures, topics, Record};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
@@ -29,7 +28,7 @@ struct Env {
     log: Arc<dyn EventLog>,
     rm: Arc<dyn fleet_stores::ReadModel>,
     ts: Arc<fleet_timeseries::TimeSeries>,
-    admin: AdminState,
+    api: Router,
 }
 
 async fn env() -> Env {
@@ -48,13 +47,13 @@ async fn env() -> Env {
     let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
         .await
         .expect("ts");
-    let admin = AdminState::new(sql, log.clone(), ADMIN, "http://gw.example:8080");
+    let api = app(AppState::new(sql, rm.clone(), ts.clone(), log.clone()).with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,
         rm,
         ts,
-        admin,
+        api,
     }
 }
 
@@ -161,7 +160,7 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     let alert = fixtures::alert_raised("t1", "a1", T0);
     produce(e.log.as_ref(), &alert).await;
 
-    let api = app(ApiState::new(e.rm.clone(), e.ts.clone(), e.admin.clone()));
+    let api = e.api.clone();
     let (stop, handle) = start(&e);
     let agent = eventually(&api, "/api/v1/agents/a1", |v| {
         v["cpu_percent"] == 30.0 && v["open_alerts"].as_array().is_some_and(|a| a.len() == 1)
@@ -240,18 +239,27 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
         m::RECORDS,
         m::DECODE_ERRORS,
         m::BATCH_SECONDS,
-        m::API_REQUESTS,
-        m::API_SECONDS,
+        fleet_query_api::metrics::API_REQUESTS,
+        fleet_query_api::metrics::API_SECONDS,
         m::CONSUMER_LAG,
     ] {
         assert!(rendered.contains(name), "/metrics lacks {name}");
     }
+    // API requests are labelled with their route template, never an id.
+    let labelled = |route: &str| {
+        rendered.lines().any(|l| {
+            l.starts_with(fleet_query_api::metrics::API_REQUESTS)
+                && l.contains(&format!("route=\"{route}\""))
+        })
+    };
+    assert!(labelled("/api/v1/agents/{agent_id}"), "{rendered}");
+    assert!(!labelled("/api/v1/agents/a1"), "{rendered}");
 }
 
 #[tokio::test]
 async fn api_refuses_bad_queries_naming_the_parameter() {
     let e = env().await;
-    let api = app(ApiState::new(e.rm.clone(), e.ts.clone(), e.admin.clone()));
+    let api = e.api.clone();
     e.rm.apply(
         "test",
         &[fleet_stores::Change::Report(Box::new(

@@ -106,43 +106,43 @@ impl Modify for BearerAuth {
     ),
     modifiers(&BearerAuth),
     paths(
-        crate::api::me,
-        crate::api::overview,
-        crate::api::list_agents,
-        crate::api::get_agent,
-        crate::api::agent_metrics,
-        crate::api::list_alerts,
-        crate::api::list_audit,
-        crate::api::commands_software_tickets::agent_commands,
-        crate::api::commands_software_tickets::get_command,
-        crate::api::commands_software_tickets::agent_software,
-        crate::api::commands_software_tickets::list_tickets,
-        crate::admin::create_tenant,
-        crate::admin::list_tenants,
-        crate::admin::create_location,
-        crate::admin::list_locations,
-        crate::admin::create_token,
-        crate::admin::list_tokens,
-        crate::admin::deactivate,
-        crate::tags::put_tags,
-        crate::commands::request_command,
-        crate::commands::approve_command,
-        crate::users::create_user,
-        crate::users::list_users,
-        crate::users::create_key,
-        crate::users::list_keys,
-        crate::users::revoke_key,
-        crate::users::disable_user,
-        crate::users::enable_user,
-        crate::rules_api::create_rule,
-        crate::rules_api::list_rules,
-        crate::rules_api::write_defaults,
-        crate::rules_api::update_rule,
-        crate::rules_api::delete_rule,
-        crate::rules_api::disable_rule,
-        crate::rules_api::enable_rule,
-        crate::rules_api::acknowledge_alert,
-        crate::rules_api::resolve_alert,
+        crate::routes::fleet::me,
+        crate::routes::fleet::overview,
+        crate::routes::agents::list_agents,
+        crate::routes::agents::get_agent,
+        crate::routes::agents::agent_metrics,
+        crate::routes::rules::list_alerts,
+        crate::routes::fleet::list_audit,
+        crate::routes::commands::agent_commands,
+        crate::routes::commands::get_command,
+        crate::routes::tickets::agent_software,
+        crate::routes::tickets::list_tickets,
+        crate::routes::tenants::create_tenant,
+        crate::routes::tenants::list_tenants,
+        crate::routes::tenants::create_location,
+        crate::routes::tenants::list_locations,
+        crate::routes::tenants::create_token,
+        crate::routes::tenants::list_tokens,
+        crate::routes::agents::deactivate,
+        crate::routes::tags::put_tags,
+        crate::routes::commands::request_command,
+        crate::routes::commands::approve_command,
+        crate::routes::users::create_user,
+        crate::routes::users::list_users,
+        crate::routes::users::create_key,
+        crate::routes::users::list_keys,
+        crate::routes::users::revoke_key,
+        crate::routes::users::disable_user,
+        crate::routes::users::enable_user,
+        crate::routes::rules::create_rule,
+        crate::routes::rules::list_rules,
+        crate::routes::rules::write_defaults,
+        crate::routes::rules::update_rule,
+        crate::routes::rules::delete_rule,
+        crate::routes::rules::disable_rule,
+        crate::routes::rules::enable_rule,
+        crate::routes::rules::acknowledge_alert,
+        crate::routes::rules::resolve_alert,
     ),
     components(schemas(ErrorBody, ErrorDetail))
 )]
@@ -170,9 +170,9 @@ fn escaped(name: &str) -> String {
 /// * `fleet:text`: text without hidden characters (command arguments);
 /// * `fleet:rule-metric`: a rule's metric ([`fleet_schemas::rules::is_rule_metric`]);
 /// * `fleet:metrics`: the history's `metric` list (1 to 20 series, comma-separated);
-/// * `fleet:interval`: a bucket width ([`crate::api::parse_duration`], at least 1s);
+/// * `fleet:interval`: a bucket width ([`crate::query::parse_duration`], at least 1s);
 /// * `fleet:time`: `start` and `end`, RFC 3339 (`format: date-time`) or `now` or a
-///   duration before now ([`crate::api::parse_time`]).
+///   duration before now ([`crate::query::parse_time`]).
 fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
     use serde_json::json;
     let builtins: Vec<String> = fleet_schemas::samples::BUILTIN_METRICS
@@ -181,7 +181,7 @@ fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
         .collect();
     let builtins = builtins.join("|");
     let item = format!("(?:{builtins}|custom\\.[^,:]+)(?::[^,]*)?");
-    let time = crate::api::duration_pattern(crate::api::TIME_UNITS, true, false);
+    let time = crate::query::duration_pattern(crate::query::TIME_UNITS, true, false);
     let time = format!("^(?:now|{})$", &time[1..time.len() - 1]);
     vec![
         (
@@ -205,7 +205,7 @@ fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "fleet:interval",
-            json!({ "pattern": crate::api::duration_pattern(crate::api::TIME_UNITS, false, true) }),
+            json!({ "pattern": crate::query::duration_pattern(crate::query::TIME_UNITS, false, true) }),
         ),
         (
             "fleet:time",

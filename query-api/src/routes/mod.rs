@@ -1,0 +1,12 @@
+//! The routes, one module per resource. Each module's `routes()` lists its routes;
+//! [`crate::app::app`] merges them.
+
+pub mod agents;
+pub mod commands;
+pub mod dashboard;
+pub mod fleet;
+pub mod rules;
+pub mod tags;
+pub mod tenants;
+pub mod tickets;
+pub mod users;

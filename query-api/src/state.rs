@@ -1,0 +1,143 @@
+//! What every handler gets: the stores, the log events are written to, and how callers
+//! are recognised.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use fleet_event_log::EventLog;
+use fleet_service::ApiError;
+use fleet_stores::registry::{hash_secret, Registry, RequestKeyClaim};
+use fleet_stores::ReadModel;
+use fleet_timeseries::TimeSeriesStore;
+use serde::Serialize;
+
+use crate::auth::{KeyCache, Keys, Principal};
+use crate::error::store_error;
+
+/// Command types that need approval unless configured otherwise
+/// (`approval-required-commands`).
+pub const DEFAULT_APPROVAL_REQUIRED: &[&str] = &["run_script"];
+
+/// The API's state (cheap to clone: shared handles).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) read_model: Arc<dyn ReadModel>,
+    pub(crate) timeseries: Arc<dyn TimeSeriesStore>,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) keys: Keys,
+    pub(crate) gateway_url: String,
+    pub(crate) approval_required: Arc<Vec<String>>,
+}
+
+impl AppState {
+    /// State over the stores and the log, with no bootstrap admin key (see
+    /// [`AppState::with_admin_key`]), the default key cache TTL and the default command
+    /// types that need approval.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        read_model: Arc<dyn ReadModel>,
+        timeseries: Arc<dyn TimeSeriesStore>,
+        log: Arc<dyn EventLog>,
+    ) -> AppState {
+        AppState {
+            registry,
+            read_model,
+            timeseries,
+            log,
+            keys: Keys::default(),
+            gateway_url: "http://127.0.0.1:8080".into(),
+            approval_required: Arc::new(
+                DEFAULT_APPROVAL_REQUIRED
+                    .iter()
+                    .map(|t| (*t).to_owned())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The bootstrap administrator's key (`admin-api-key`); empty: none.
+    #[must_use]
+    pub fn with_admin_key(mut self, admin_key: &str) -> Self {
+        self.keys = Keys::new(admin_key, self.keys.cache.clone());
+        self
+    }
+
+    /// The gateway URL agents enroll at, used in the install command of new tokens.
+    #[must_use]
+    pub fn with_gateway_url(mut self, url: &str) -> Self {
+        url.trim_end_matches('/').clone_into(&mut self.gateway_url);
+        self
+    }
+
+    /// Remembers resolved user keys for `ttl` (`api-key-cache-ttl`): the longest time
+    /// another API instance may still accept a key after it was revoked or its user
+    /// disabled.
+    #[must_use]
+    pub fn with_key_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.keys.cache = KeyCache::new(ttl);
+        self
+    }
+
+    /// The command types that always need approval (`approval-required-commands`).
+    #[must_use]
+    pub fn with_approval_required(mut self, command_types: Vec<String>) -> Self {
+        self.approval_required = Arc::new(command_types);
+        self
+    }
+
+    /// Records that `p` did `action` to `target` in `tenant` (`GET /api/v1/audit`). The
+    /// change has happened already, so a failure to record it is logged (and counted),
+    /// not returned.
+    pub(crate) async fn audit(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+        action: &str,
+        target: &str,
+        details: Option<serde_json::Value>,
+    ) {
+        let entry = fleet_stores::AuditEntry {
+            audit_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.map(str::to_owned),
+            at: fleet_schemas::time::now_micros(),
+            actor: p.actor(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            details,
+        };
+        if let Err(e) = self.read_model.record_audit(&entry).await {
+            ::metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
+            tracing::warn!(error = %e, action, target, "cannot record an audit entry");
+        }
+    }
+
+    /// Binds `id` (named by an `Idempotency-Key`) to `request`, compared by the SHA-256 of
+    /// its JSON (serialize maps as `BTreeMap`, so equal requests are equal text). The first
+    /// request under a key and its retries pass; another request is 409.
+    pub(crate) async fn claim_idempotent(
+        &self,
+        id: &str,
+        request: &impl Serialize,
+    ) -> Result<RequestKeyClaim, ApiError> {
+        let canonical = serde_json::to_string(request).map_err(ApiError::internal)?;
+        let claim = self
+            .registry
+            .claim_request_key(
+                id,
+                hash_secret(&canonical),
+                fleet_schemas::time::now_micros(),
+            )
+            .await
+            .map_err(store_error)?;
+        if claim == RequestKeyClaim::Different {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request: use a new key",
+            )
+            .with_field("Idempotency-Key"));
+        }
+        Ok(claim)
+    }
+}
