@@ -206,7 +206,7 @@ impl Up {
             dir,
             "fleetstream.toml",
             &format!(
-                "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\nrate-limit-per-second = 0\nmax-reports-per-batch = 1000\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\n"
+                "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\nrate-limit-per-second = 0\nmax-reports-per-batch = 1000\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n"
             ),
         )?;
         let data = dir.join("data");

@@ -324,7 +324,21 @@ fn query_api(
     .with_admin_key(&cfg.admin_api_key)
     .with_gateway_url(&cfg.gateway_url)
     .with_approval_required(cfg.approval_required_commands.clone())
-    .with_key_cache_ttl(cfg.api_key_cache_ttl);
+    .with_key_cache_ttl(cfg.api_key_cache_ttl)
+    .with_auth_limits(&fleet_query_api::AuthLimits {
+        failures_per_minute: cfg.auth_failures_per_minute,
+        failure_burst: cfg.auth_failure_burst,
+        requests_per_second: cfg.key_requests_per_second,
+        request_burst: cfg.key_request_burst,
+        trusted_proxies: cfg.trusted_proxies.clone(),
+    });
+    let housekeeping = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            housekeeping.forget_idle();
+        }
+    });
     Ok(fleet_query_api::app(state))
 }
 

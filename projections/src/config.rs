@@ -62,6 +62,19 @@ pub struct ProjectionsConfig {
     /// Command types that always need approval by a second user (besides requests that
     /// say `requires_approval: true`).
     pub approval_required_commands: Vec<String>,
+    /// Failed authentications (401) per minute per client address before the address
+    /// gets 429 for a while (a key known without a registry lookup still works); 0: no
+    /// limit.
+    pub auth_failures_per_minute: u32,
+    /// Burst of the per-address failure bucket.
+    pub auth_failure_burst: u32,
+    /// Requests per second per user (all of its keys); 0: no limit.
+    pub key_requests_per_second: u32,
+    /// Burst of the per-user bucket.
+    pub key_request_burst: u32,
+    /// Reverse proxies (addresses or networks like `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` names the client the per-address limit applies to.
+    pub trusted_proxies: Vec<fleet_service::client::ProxyNet>,
     /// The listener's timeouts, connection cap and TLS (`[http]`).
     pub http: fleet_service::serve::HttpSettings,
 }
@@ -87,6 +100,11 @@ impl Default for ProjectionsConfig {
             api_key_cache_ttl: DEFAULT_API_KEY_CACHE_TTL,
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required_commands: vec!["run_script".into()],
+            auth_failures_per_minute: 30,
+            auth_failure_burst: 30,
+            key_requests_per_second: 50,
+            key_request_burst: 200,
+            trusted_proxies: Vec::new(),
             http: fleet_service::serve::HttpSettings::default(),
         }
     }

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use fleet_service::client::ClientAddr;
+use fleet_service::limit::{FailureLimit, KeyRateLimit};
 use fleet_service::ApiError;
 use fleet_stores::registry::{hash_secret, verify_secret, Registry, Role};
 use serde::Serialize;
@@ -194,6 +196,71 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
+/// The key of `Authorization: Bearer <key>` (401 without one).
+fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| unauthorized("send Authorization: Bearer <API key>"))
+}
+
+/// The limits around authentication (`auth-failures-per-minute`, `auth-failure-burst`,
+/// `key-requests-per-second`, `key-request-burst`, `trusted-proxies` in the API's
+/// configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// Failed authentications (401) per minute per client address; 0: no limit.
+    pub failures_per_minute: u32,
+    /// Burst of the per-address failure bucket.
+    pub failure_burst: u32,
+    /// Requests per second per user (all of the user's keys; the bootstrap admin is one
+    /// user); 0: no limit.
+    pub requests_per_second: u32,
+    /// Burst of the per-user bucket.
+    pub request_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<fleet_service::client::ProxyNet>,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            failures_per_minute: 30,
+            failure_burst: 30,
+            requests_per_second: 50,
+            request_burst: 200,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// The limiters built from [`AuthLimits`].
+#[derive(Debug)]
+pub(crate) struct Limiters {
+    failures: FailureLimit,
+    per_user: KeyRateLimit<String>,
+    pub(crate) trusted_proxies: Vec<fleet_service::client::ProxyNet>,
+}
+
+impl Limiters {
+    pub(crate) fn new(l: &AuthLimits) -> Limiters {
+        Limiters {
+            failures: FailureLimit::new(l.failures_per_minute, l.failure_burst),
+            per_user: KeyRateLimit::new("user", l.requests_per_second, l.request_burst),
+            trusted_proxies: l.trusted_proxies.clone(),
+        }
+    }
+
+    /// Drops the state of idle addresses and users.
+    pub(crate) fn forget_idle(&self) {
+        self.failures.forget_idle();
+        self.per_user.forget_idle();
+    }
+}
+
 /// How callers are recognised: the bootstrap key's hash and the cache of user keys.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Keys {
@@ -210,28 +277,29 @@ impl Keys {
         }
     }
 
+    /// Who sent `headers`, if that is known without the registry: the bootstrap key, or
+    /// a user key the cache holds. `Err` (401) when there is no key at all.
+    fn known(&self, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+        let key = presented_key(headers)?;
+        if let Some(expected) = &self.admin_key_hash {
+            if verify_secret(key, expected) {
+                return Ok(Some(Principal::bootstrap_admin()));
+            }
+        }
+        Ok(self.cache.get(&hash_secret(key)))
+    }
+
     /// Who sent `headers` (401 if nobody we know).
     async fn principal(
         &self,
         registry: &dyn Registry,
         headers: &HeaderMap,
     ) -> Result<Principal, ApiError> {
-        let key = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| unauthorized("send Authorization: Bearer <API key>"))?;
-        if let Some(expected) = &self.admin_key_hash {
-            if verify_secret(key, expected) {
-                return Ok(Principal::bootstrap_admin());
-            }
-        }
-        let hash = hash_secret(key);
-        if let Some(p) = self.cache.get(&hash) {
+        if let Some(p) = self.known(headers)? {
             return Ok(p);
         }
+        let key = presented_key(headers)?;
+        let hash = hash_secret(key);
         let owner = registry.key_owner(hash).await.map_err(store_error)?;
         let Some(owner) = owner.filter(|o| verify_secret(key, &o.key_hash)) else {
             return Err(unauthorized("unknown API key"));
@@ -255,11 +323,49 @@ impl Keys {
 
 /// The caller of a route: a handler taking a `Principal` runs only for a known key (401
 /// otherwise, before the body is read).
+///
+/// Around the key check: an address past its budget of failed authentications
+/// (`auth-failures-per-minute`) gets 429 unless its key is known without the registry
+/// (the bootstrap key, a cached user key: users behind the same NAT or proxy keep
+/// working, and a flood of made-up keys costs no registry lookup); each 401 for a key
+/// that was looked up is charged to the client address, never to a user (a request with
+/// no key costs nothing and is always a plain 401); then the user's own request rate
+/// (`key-requests-per-second`) applies, 429 past it.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
-        s.keys.principal(s.registry.as_ref(), &parts.headers).await
+        let Ok(client) = ClientAddr::from_request_parts(parts, s).await;
+        let key = client.key();
+        let limits = &s.limiters;
+        let p = match limits.failures.blocked(key) {
+            Some(blocked) => match s.keys.known(&parts.headers) {
+                Ok(Some(p)) => p,
+                // No key at all costs nothing: 401 as ever.
+                Err(no_key) => return Err(no_key),
+                Ok(None) => {
+                    crate::metrics::auth_refused(StatusCode::TOO_MANY_REQUESTS);
+                    return Err(blocked);
+                }
+            },
+            None => s
+                .keys
+                .principal(s.registry.as_ref(), &parts.headers)
+                .await
+                .inspect_err(|e| {
+                    if e.status() == StatusCode::UNAUTHORIZED {
+                        crate::metrics::auth_refused(StatusCode::UNAUTHORIZED);
+                        // Only a key that was looked up counts against the address.
+                        if presented_key(&parts.headers).is_ok() {
+                            limits.failures.charge(key);
+                        }
+                    }
+                })?,
+        };
+        limits.per_user.check(&p.user_id).inspect_err(|_| {
+            crate::metrics::auth_refused(StatusCode::TOO_MANY_REQUESTS);
+        })?;
+        Ok(p)
     }
 }
 

@@ -22,4 +22,5 @@ pub mod routes;
 pub mod state;
 
 pub use app::app;
+pub use auth::AuthLimits;
 pub use state::AppState;

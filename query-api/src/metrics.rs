@@ -16,8 +16,18 @@ pub const API_SECONDS: &str = "fleet_api_request_seconds";
 /// Audit entries that could not be recorded (the change itself happened).
 pub const AUDIT_FAILURES: &str = "fleet_api_audit_failures_total";
 
+/// Requests refused around authentication, by status: 401 (no or unknown key, charged to
+/// the client address) and 429 (the address past its failure budget, or the user past
+/// its request rate).
+pub const API_AUTH_REFUSED: &str = "fleet_api_auth_refused_total";
+
 /// Every metric name above.
-pub const ALL: &[&str] = &[API_REQUESTS, API_SECONDS, AUDIT_FAILURES];
+pub const ALL: &[&str] = &[API_REQUESTS, API_SECONDS, AUDIT_FAILURES, API_AUTH_REFUSED];
+
+/// Counts a request refused around authentication.
+pub(crate) fn auth_refused(status: axum::http::StatusCode) {
+    ::metrics::counter!(API_AUTH_REFUSED, "status" => status.as_u16().to_string()).increment(1);
+}
 
 /// Times and counts a request by its route template (`/api/v1/agents/{agent_id}`, never
 /// the ids) and status. Installed with `Router::route_layer`, so only matched routes are

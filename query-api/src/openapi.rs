@@ -72,6 +72,12 @@ pub enum ApiErrors {
         description = "Each field is valid but they contradict each other (for example a critical threshold below the warning one, or a range with too many buckets); the error names a field"
     )]
     Unprocessable(ErrorBody),
+    /// Rate limited.
+    #[response(
+        status = 429,
+        description = "Too many failed authentications from this address, or too many requests for this user; retry after Retry-After seconds"
+    )]
+    TooManyRequests(ErrorBody),
     /// Unavailable.
     #[response(
         status = 503,

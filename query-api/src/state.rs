@@ -11,7 +11,7 @@ use fleet_stores::ReadModel;
 use fleet_timeseries::TimeSeriesStore;
 use serde::Serialize;
 
-use crate::auth::{KeyCache, Keys, Principal};
+use crate::auth::{AuthLimits, KeyCache, Keys, Limiters, Principal};
 use crate::error::store_error;
 
 /// Command types that need approval unless configured otherwise
@@ -28,6 +28,13 @@ pub struct AppState {
     pub(crate) keys: Keys,
     pub(crate) gateway_url: String,
     pub(crate) approval_required: Arc<Vec<String>>,
+    pub(crate) limiters: Arc<Limiters>,
+}
+
+impl fleet_service::client::TrustedProxies for AppState {
+    fn trusted_proxies(&self) -> &[fleet_service::client::ProxyNet] {
+        &self.limiters.trusted_proxies
+    }
 }
 
 impl AppState {
@@ -46,6 +53,7 @@ impl AppState {
             timeseries,
             log,
             keys: Keys::default(),
+            limiters: Arc::new(Limiters::new(&AuthLimits::default())),
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required: Arc::new(
                 DEFAULT_APPROVAL_REQUIRED
@@ -54,6 +62,18 @@ impl AppState {
                     .collect(),
             ),
         }
+    }
+
+    /// The limits around authentication (see [`AuthLimits`]; its default otherwise).
+    #[must_use]
+    pub fn with_auth_limits(mut self, limits: &AuthLimits) -> Self {
+        self.limiters = Arc::new(Limiters::new(limits));
+        self
+    }
+
+    /// Drops the limiters' state of idle addresses and users; call now and then.
+    pub fn forget_idle(&self) {
+        self.limiters.forget_idle();
     }
 
     /// The bootstrap administrator's key (`admin-api-key`); empty: none.

@@ -481,3 +481,107 @@ async fn locations_and_default_rules_are_audited() {
         "{audit}"
     );
 }
+
+/// One GET from `peer` with an optional key; the status.
+async fn get_from(app: &Router, peer: &str, uri: &str, key: Option<&str>) -> StatusCode {
+    let mut req = Request::get(uri);
+    if let Some(k) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    let mut req = req.body(axum::body::Body::empty()).expect("request");
+    let addr: std::net::SocketAddr = peer.parse().expect("peer");
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    app.clone().oneshot(req).await.expect("response").status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_keys_are_limited_per_address_and_requests_per_user() {
+    // Issue 11: the query API had no limit on failed keys (each made-up key cost a
+    // registry lookup) and none per user.
+    let w = world().await;
+    let state = |limits: &fleet_query_api::AuthLimits| {
+        fleet_query_api::app(
+            fleet_query_api::AppState::new(
+                w.registry.clone(),
+                w.read_model.clone(),
+                w.timeseries.clone(),
+                w.log.clone(),
+            )
+            .with_admin_key(ADMIN)
+            .with_auth_limits(limits),
+        )
+    };
+    let app = state(&fleet_query_api::AuthLimits {
+        failures_per_minute: 5,
+        failure_burst: 5,
+        requests_per_second: 0,
+        request_burst: 0,
+        trusted_proxies: Vec::new(),
+    });
+    let (attacker, neighbour) = ("198.51.100.7:4000", "203.0.113.9:4000");
+    // A viewer's key is resolved (and cached) once before the attack.
+    assert_eq!(
+        get_from(&app, attacker, "/api/v1/me", Some(&w.viewer_a)).await,
+        StatusCode::OK
+    );
+    for i in 0..6 {
+        let made_up = format!("fsu_made_up_{i}");
+        assert_eq!(
+            get_from(&app, attacker, "/api/v1/me", Some(&made_up)).await,
+            StatusCode::UNAUTHORIZED,
+            "attempt {i}"
+        );
+    }
+    // Past the budget: made-up keys and keys not yet resolved get 429 from that address,
+    // keys known without the registry still work, other addresses are not affected.
+    assert_eq!(
+        get_from(&app, attacker, "/api/v1/me", Some("fsu_made_up_x")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        get_from(&app, attacker, "/api/v1/me", Some(&w.op_a)).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "an unresolved key costs a lookup: refused while blocked"
+    );
+    assert_eq!(
+        get_from(&app, attacker, "/api/v1/me", Some(&w.viewer_a)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_from(&app, attacker, "/api/v1/me", Some(ADMIN)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_from(&app, neighbour, "/api/v1/me", Some("fsu_made_up_y")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_from(&app, neighbour, "/api/v1/me", Some(&w.op_a)).await,
+        StatusCode::OK
+    );
+
+    // Per user: past the burst, 429 with Retry-After for that user only.
+    let app = state(&fleet_query_api::AuthLimits {
+        failures_per_minute: 0,
+        failure_burst: 0,
+        requests_per_second: 1,
+        request_burst: 3,
+        trusted_proxies: Vec::new(),
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            get_from(&app, neighbour, "/api/v1/me", Some(&w.viewer_a)).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        get_from(&app, neighbour, "/api/v1/me", Some(&w.viewer_a)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        get_from(&app, neighbour, "/api/v1/me", Some(&w.op_a)).await,
+        StatusCode::OK,
+        "another user keeps its own budget"
+    );
+}
