@@ -82,3 +82,17 @@ where
     );
     figment.extract::<T>().map_err(|e| err(e.to_string()))
 }
+
+/// `url` with its password hidden (`postgres://fleet:***@db/fleet`), for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
