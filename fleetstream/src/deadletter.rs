@@ -168,11 +168,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     };
     filter.check()?;
     let now = fleet_schemas::time::now_micros();
-    let since = args
-        .since
-        .as_deref()
-        .map(|s| crate::replay::parse_time("--since", s, now))
-        .transpose()?;
+    let since = crate::replay::parse_time("--since", args.since.as_deref(), now)?;
     let log = open_log(&args.log).await?;
     let all = fleet_replay::deadletter::read_all(log.as_ref()).await?;
     let (shown, matching) = all.select(&filter, since, args.limit);
@@ -426,12 +422,12 @@ mod tests {
 
     #[test]
     fn replay_needs_offsets_or_all() {
-        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
-        assert!(parse(&["deadletter", "replay"]).is_err());
-        assert!(parse(&["deadletter", "replay", "--all", "--topic", "fleet.rules.v1"]).is_ok());
-        assert!(parse(&["deadletter", "replay", "--offset", "1", "--offset", "2:3"]).is_ok());
-        assert!(parse(&["deadletter", "list", "--event-log", "x", "--data-dir", "d"]).is_err());
-        let cli = parse(&["deadletter", "list", "--since", "24h"]).expect("parses");
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        assert!(parse("deadletter replay").is_err());
+        assert!(parse("deadletter replay --all --topic fleet.rules.v1").is_ok());
+        assert!(parse("deadletter replay --offset 1 --offset 2:3").is_ok());
+        assert!(parse("deadletter list --event-log x --data-dir d").is_err());
+        let cli = parse("deadletter list --since 24h").expect("parses");
         let Action::List(list) = cli.args.action else {
             panic!("not a list");
         };

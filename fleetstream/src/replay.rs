@@ -124,11 +124,18 @@ pub(crate) fn read_with_registry(cfg: &ProjectionsConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Parses the time a flag gives ([`fleet_schemas::time::parse_instant`]): µs since the
-/// epoch; the error names the flag.
-pub(crate) fn parse_time(flag: &str, text: &str, now_micros: i64) -> anyhow::Result<i64> {
-    let text = text.trim();
+/// Parses the time a flag gives, if given ([`fleet_schemas::time::parse_instant`]): µs
+/// since the epoch; the error names the flag.
+pub(crate) fn parse_time(
+    flag: &str,
+    text: Option<&str>,
+    now_micros: i64,
+) -> anyhow::Result<Option<i64>> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(None);
+    };
     fleet_schemas::time::parse_instant(text, now_micros)
+        .map(Some)
         .map_err(|e| anyhow::anyhow!("{flag} {text:?} {e}"))
 }
 
@@ -139,10 +146,12 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     read_with_registry(&cfg)?;
     // The targets are checked before anything is opened.
     fleet_replay::rebuild::targets(args.projection, &args.into)?;
-    let start = match &args.from {
-        Some(t) => Start::Time(
-            parse_time("--from", t, fleet_schemas::time::now_micros())?.div_euclid(1000),
-        ),
+    let start = match parse_time(
+        "--from",
+        args.from.as_deref(),
+        fleet_schemas::time::now_micros(),
+    )? {
+        Some(t) => Start::Time(t.div_euclid(1000)),
         None => Start::Beginning,
     };
     let log = crate::roles::open_log(&cfg.event_log, &cfg.event_log_options).await?;
@@ -229,26 +238,19 @@ mod tests {
     #[test]
     fn time_flags_parse_and_name_the_flag() {
         let now = 1_700_000_000_000_000;
-        assert_eq!(parse_time("--from", "now", now).ok(), Some(now));
-        assert_eq!(
-            parse_time("--from", " 24h ", now).ok(),
-            Some(now - 86_400_000_000)
-        );
-        assert_eq!(
-            parse_time("--from", "90m", now).ok(),
-            Some(now - 5_400_000_000)
-        );
-        assert_eq!(
-            parse_time("--from", "2023-11-14T22:13:20Z", now).ok(),
-            Some(1_700_000_000_000_000)
-        );
-        let e = parse_time("--since", "yesterday-ish", now).expect_err("not a time");
+        let at = |text| parse_time("--from", Some(text), now).ok().flatten();
+        assert_eq!(at("now"), Some(now));
+        assert_eq!(at(" 24h "), Some(now - 86_400_000_000));
+        assert_eq!(at("90m"), Some(now - 5_400_000_000));
+        assert_eq!(at("2023-11-14T22:13:20Z"), Some(1_700_000_000_000_000));
+        assert_eq!(parse_time("--from", None, now).ok(), Some(None));
+        let e = parse_time("--since", Some("yesterday-ish"), now).expect_err("not a time");
         let text = e.to_string();
         assert!(
             text.starts_with("--since \"yesterday-ish\" must be RFC 3339"),
             "{text}"
         );
-        let e = parse_time("--to", "99999y", i64::MIN / 2).expect_err("out of range");
+        let e = parse_time("--to", Some("99999y"), i64::MIN / 2).expect_err("out of range");
         assert!(e.to_string().contains("out of range"), "{e}");
     }
 
@@ -260,45 +262,19 @@ mod tests {
 
     #[test]
     fn replay_arguments_parse() {
-        let cli = Cli::try_parse_from([
-            "replay",
-            "--projection",
-            "all",
-            "--into",
-            "sqlite://a.db",
-            "--into",
-            "file:///ts",
-            "--from",
-            "24h",
-            "--jobs",
-            "2",
-        ])
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        let cli = parse(
+            "replay --projection all --into sqlite://a.db --into file:///ts --from 24h --jobs 2",
+        )
         .expect("parses");
         assert_eq!(cli.args.projection, ProjectionKind::All);
         assert_eq!(cli.args.into.len(), 2);
         assert_eq!(cli.args.jobs, Some(2));
         assert_eq!(cli.args.batch_size, 10_000);
-        assert!(Cli::try_parse_from(["replay", "--projection", "all"]).is_err());
-        assert!(Cli::try_parse_from([
-            "replay",
-            "--projection",
-            "timeseries",
-            "--into",
-            "x",
-            "--jobs",
-            "0"
-        ])
-        .is_err());
-        assert!(Cli::try_parse_from([
-            "replay",
-            "--projection",
-            "timeseries",
-            "--into",
-            "x",
-            "--from",
-            "1h",
-            "--from-beginning"
-        ])
-        .is_err());
+        assert!(parse("replay --projection all").is_err());
+        assert!(parse("replay --projection timeseries --into x --jobs 0").is_err());
+        assert!(
+            parse("replay --projection timeseries --into x --from 1h --from-beginning").is_err()
+        );
     }
 }

@@ -495,6 +495,128 @@ pub async fn write_back(log: &dyn EventLog, plan: &Plan<'_>) -> Result<RecordPos
 mod tests {
     use super::*;
 
+    /// A dead letter of `consumer` for `topic`/0/`offset`, at `dl` in fleet.deadletter.v1.
+    fn letter(dl: i64, consumer: &str, topic: &str, offset: i64) -> Entry {
+        Entry {
+            partition: 0,
+            offset: dl,
+            letter: DeadLetter {
+                event_id: format!("e{dl}"),
+                kind: DeadLetterKind::Decode,
+                reason: "bad".into(),
+                consumer: consumer.into(),
+                group: String::new(),
+                tenant_id: None,
+                source_topic: topic.into(),
+                source_partition: 0,
+                source_offset: offset,
+                source_key: None,
+                source_timestamp: 0,
+                value: AvroBytes(vec![1, 2, 3]),
+                replayed_partition: None,
+                replayed_offset: None,
+                occurred_at: dl,
+            },
+        }
+    }
+
+    /// Dead letters 0 and 1 (two consumers) of metrics offset 7, 2 of metrics offset 8
+    /// (replayed already), 3 of rules offset 1.
+    fn topic() -> DeadLetters {
+        let metrics = topics::METRICS;
+        let mut replayed = letter(9, "deadletter-replay", metrics, 8);
+        replayed.letter.kind = DeadLetterKind::Replayed;
+        replayed.letter.replayed_partition = Some(1);
+        replayed.letter.replayed_offset = Some(40);
+        DeadLetters {
+            letters: vec![
+                letter(0, "readmodel", metrics, 7),
+                letter(1, "timeseries", metrics, 7),
+                letter(2, "timeseries", metrics, 8),
+                letter(3, "alert-evaluator", topics::RULES, 1),
+            ],
+            replays: HashMap::from([((metrics.to_owned(), 0, 8), vec![replayed])]),
+            unreadable: 0,
+        }
+    }
+
+    fn sources(plans: &[Plan<'_>]) -> Vec<(i64, String)> {
+        plans.iter().map(|p| (p.source.2, p.positions())).collect()
+    }
+
+    #[test]
+    fn all_writes_each_source_record_once_and_skips_replayed_ones() {
+        let all = topic();
+        let plan = plan(&all, &Which::All, &Filter::default(), false).expect("plan");
+        // By source topic, partition, offset: fleet.metrics.v1 before fleet.rules.v1.
+        assert_eq!(
+            sources(&plan.todo),
+            vec![(7, "0, 1".into()), (1, "3".into())]
+        );
+        assert_eq!(sources(&plan.skipped), vec![(8, "2".into())]);
+        assert!(plan.skipped[0]
+            .describe_replayed()
+            .contains("replayed to 1/40"));
+        let forced = super::plan(&all, &Which::All, &Filter::default(), true).expect("plan");
+        assert_eq!(forced.todo.len(), 3);
+        assert!(forced.skipped.is_empty());
+    }
+
+    #[test]
+    fn the_filter_narrows_all_and_refuses_named_letters_it_does_not_take() {
+        let all = topic();
+        let filter = Filter {
+            topic: Some(topics::METRICS.into()),
+            consumer: Some("readmodel".into()),
+        };
+        let p = plan(&all, &Which::All, &filter, false).expect("plan");
+        assert_eq!(sources(&p.todo), vec![(7, "0".into())]);
+        let e = plan(&all, &Which::Positions(vec![(0, 3)]), &filter, false).expect_err("other");
+        assert!(
+            e.to_string().contains("not of the --topic / --consumer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn naming_missing_or_replayed_letters_writes_nothing() {
+        let all = topic();
+        let none = Filter::default();
+        let e = plan(
+            &all,
+            &Which::Positions(vec![(0, 1), (0, 99), (2, 5)]),
+            &none,
+            false,
+        )
+        .expect_err("missing");
+        assert!(e.to_string().contains("no dead letter at 99, 2:5"), "{e}");
+        // A REPLAYED record is not a dead letter to replay.
+        assert!(plan(&all, &Which::Positions(vec![(0, 9)]), &none, false).is_err());
+        let e = plan(&all, &Which::Positions(vec![(0, 2)]), &none, false).expect_err("replayed");
+        assert!(matches!(e, Error::Invalid(_)));
+        assert!(e.to_string().contains("already replayed"), "{e}");
+        let forced = plan(&all, &Which::Positions(vec![(0, 2)]), &none, true).expect("forced");
+        assert_eq!(sources(&forced.todo), vec![(8, "2".into())]);
+        assert!(forced.todo[0].earlier.is_some());
+    }
+
+    #[test]
+    fn listings_take_the_newest_matching_since_a_time() {
+        let all = topic();
+        let (shown, matching) = all.select(&Filter::default(), Some(1), 2);
+        assert_eq!(matching, 3);
+        let shown: Vec<i64> = shown.iter().map(|e| e.offset).collect();
+        assert_eq!(shown, vec![2, 3]);
+        assert_eq!(all.replayed_to(&all.letters[2]).map(|e| e.offset), Some(9));
+        assert!(all.replayed_to(&all.letters[0]).is_none());
+        assert!(Filter {
+            topic: Some("fleet.nope.v1".into()),
+            consumer: None
+        }
+        .check()
+        .is_err());
+    }
+
     #[test]
     fn the_event_log_comes_from_flags_or_any_role_file() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -87,3 +87,23 @@ macro_rules! invalid {
     };
 }
 pub(crate) use invalid;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn context_says_what_was_done_and_keeps_why() {
+        let failed: Result<()> = Err(fleet_event_log::LogError::Unavailable("broker down".into()))
+            .context("reading fleet.metrics.v1");
+        let e = failed.expect_err("failed");
+        assert_eq!(e.to_string(), "reading fleet.metrics.v1");
+        let why = e.source().map(ToString::to_string);
+        assert_eq!(why.as_deref(), Some("event log unavailable: broker down"));
+        assert!(matches!(
+            e,
+            Error::Context { ref source, .. } if matches!(**source, Error::Log(_))
+        ));
+    }
+}

@@ -603,6 +603,76 @@ mod tests {
     }
 
     #[test]
+    fn the_window_defaults_to_the_raw_retention_in_whole_hours() {
+        let retention = fleet_timeseries::Retention::default();
+        let now = 1_800_000_000_000_000 + 1_234;
+        let (from, to) = window(retention, None, None, now).expect("window");
+        assert_eq!(from % HOUR, 0);
+        assert!(from >= retention.cutoff_micros(Resolution::Raw, now));
+        assert!(from - HOUR < retention.cutoff_micros(Resolution::Raw, now));
+        assert_eq!(to, (now + 24 * HOUR).div_euclid(HOUR) * HOUR + HOUR);
+        let (from, to) =
+            window(retention, Some(now - 90 * 60 * SECOND), Some(now), now).expect("given");
+        assert_eq!(
+            (from, to),
+            (
+                now.div_euclid(HOUR) * HOUR - 2 * HOUR,
+                now.div_euclid(HOUR) * HOUR + HOUR
+            )
+        );
+        let e = window(retention, Some(now), Some(now - HOUR * 2), now).expect_err("empty");
+        assert!(e.to_string().contains("the window is empty"), "{e}");
+    }
+
+    #[test]
+    fn buckets_differ_by_presence_count_and_values() {
+        let key = SeriesKey {
+            tenant_id: "t".into(),
+            agent_id: "a".into(),
+            series: "cpu.percent".into(),
+        };
+        let b = |count: u64, sum: f64| Bucket {
+            start_micros: 0,
+            min: 1.0,
+            max: 2.0,
+            avg: sum / count as f64,
+            sum,
+            count,
+            last: 2.0,
+        };
+        let live = BTreeMap::from([(0, b(2, 3.0)), (HOUR, b(1, 1.0)), (2 * HOUR, b(2, 3.0))]);
+        let rebuilt = BTreeMap::from([
+            (0, b(2, 3.0 + 1e-12)),
+            (2 * HOUR, b(3, 4.0)),
+            (3 * HOUR, b(1, 1.0)),
+        ]);
+        let mut out = Vec::new();
+        compare_buckets(&key, "1h", &live, &rebuilt, &mut out);
+        let diffs: Vec<(i64, &BucketDiff)> = out
+            .iter()
+            .map(|d| match d {
+                SeriesDiff::Bucket { start, diff, .. } => (*start, diff),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            diffs,
+            vec![
+                (HOUR, &BucketDiff::Missing(1)),
+                (
+                    2 * HOUR,
+                    &BucketDiff::Different(vec![
+                        "count live 2, rebuilt 3".into(),
+                        "sum live 3, rebuilt 4".into()
+                    ])
+                ),
+                (3 * HOUR, &BucketDiff::Extra(1)),
+            ]
+        );
+        assert_eq!(series_name(&key), "t/a/cpu.percent");
+    }
+
+    #[test]
     fn sqlite_files_of_urls() {
         assert_eq!(sqlite_file("postgres://x/y"), None);
         assert_eq!(

@@ -96,3 +96,23 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://fleet:s3cret@db:5432/fleet"),
+            "postgres://fleet:***@db:5432/fleet"
+        );
+        assert_eq!(
+            redact_url("postgres://fleet@db/fleet"),
+            "postgres://fleet@db/fleet"
+        );
+        assert_eq!(redact_url("sqlite://a@b.db"), "sqlite://a@b.db");
+        assert_eq!(redact_url("file:///x"), "file:///x");
+        assert_eq!(redact_url("user:pw@host"), "user:pw@host");
+    }
+}

@@ -63,16 +63,8 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let cfg = load_config(args.config.as_deref(), args.event_log.as_deref())?;
     super::read_with_registry(&cfg)?;
     let now = fleet_schemas::time::now_micros();
-    let from = args
-        .from
-        .as_deref()
-        .map(|t| parse_time("--from", t, now))
-        .transpose()?;
-    let to = args
-        .to
-        .as_deref()
-        .map(|t| parse_time("--to", t, now))
-        .transpose()?;
+    let from = parse_time("--from", args.from.as_deref(), now)?;
+    let to = parse_time("--to", args.to.as_deref(), now)?;
     let options = ExportOptions {
         topic: args.topic,
         from,
@@ -136,25 +128,13 @@ mod tests {
 
     #[test]
     fn export_arguments_parse() {
-        let cli = Cli::try_parse_from([
-            "export",
-            "--topic",
-            "fleet.alerts.v1",
-            "--from",
-            "24h",
-            "--format",
-            "avro",
-            "--out",
-            "a.avro",
-        ])
-        .expect("parses");
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        let cli = parse("export --topic fleet.alerts.v1 --from 24h --format avro --out a.avro")
+            .expect("parses");
         assert_eq!(cli.args.format, ExportFormat::Avro);
         assert_eq!(cli.args.from.as_deref(), Some("24h"));
         assert_eq!(cli.args.to, None);
-        assert!(
-            Cli::try_parse_from(["export", "--topic", "t", "--format", "csv", "--out", "a"])
-                .is_err()
-        );
-        assert!(Cli::try_parse_from(["export", "--topic", "t", "--format", "jsonl"]).is_err());
+        assert!(parse("export --topic t --format csv --out a").is_err());
+        assert!(parse("export --topic t --format jsonl").is_err());
     }
 }
