@@ -403,7 +403,6 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
 
     #[test]
     fn positions_parse_as_list_prints_them() {
@@ -414,21 +413,17 @@ mod tests {
         assert!(parse_position("1:").is_err());
     }
 
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: DeadletterArgs,
-    }
-
     #[test]
     fn replay_needs_offsets_or_all() {
-        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        use crate::{parse, Command};
         assert!(parse("deadletter replay").is_err());
         assert!(parse("deadletter replay --all --topic fleet.rules.v1").is_ok());
         assert!(parse("deadletter replay --offset 1 --offset 2:3").is_ok());
         assert!(parse("deadletter list --event-log x --data-dir d").is_err());
-        let cli = parse("deadletter list --since 24h").expect("parses");
-        let Action::List(list) = cli.args.action else {
+        let Ok(Command::Deadletter(DeadletterArgs {
+            action: Action::List(list),
+        })) = parse("deadletter list --since 24h")
+        else {
             panic!("not a list");
         };
         assert_eq!(list.limit, 100);

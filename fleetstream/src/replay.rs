@@ -233,7 +233,6 @@ fn describe_plan(spans: &[Span], start: Start, engine: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
 
     #[test]
     fn time_flags_parse_and_name_the_flag() {
@@ -254,23 +253,18 @@ mod tests {
         assert!(e.to_string().contains("out of range"), "{e}");
     }
 
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ReplayArgs,
-    }
-
     #[test]
     fn replay_arguments_parse() {
-        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
-        let cli = parse(
+        use crate::{parse, Command};
+        let Ok(Command::Replay(args)) = parse(
             "replay --projection all --into sqlite://a.db --into file:///ts --from 24h --jobs 2",
-        )
-        .expect("parses");
-        assert_eq!(cli.args.projection, ProjectionKind::All);
-        assert_eq!(cli.args.into.len(), 2);
-        assert_eq!(cli.args.jobs, Some(2));
-        assert_eq!(cli.args.batch_size, 10_000);
+        ) else {
+            panic!("not a replay");
+        };
+        assert_eq!(args.projection, ProjectionKind::All);
+        assert_eq!(args.into.len(), 2);
+        assert_eq!(args.jobs, Some(2));
+        assert_eq!(args.batch_size, 10_000);
         assert!(parse("replay --projection all").is_err());
         assert!(parse("replay --projection timeseries --into x --jobs 0").is_err());
         assert!(

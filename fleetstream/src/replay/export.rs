@@ -118,22 +118,18 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ExportArgs,
-    }
 
     #[test]
     fn export_arguments_parse() {
-        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
-        let cli = parse("export --topic fleet.alerts.v1 --from 24h --format avro --out a.avro")
-            .expect("parses");
-        assert_eq!(cli.args.format, ExportFormat::Avro);
-        assert_eq!(cli.args.from.as_deref(), Some("24h"));
-        assert_eq!(cli.args.to, None);
+        use crate::{parse, Command};
+        let Ok(Command::Export(args)) =
+            parse("export --topic fleet.alerts.v1 --from 24h --format avro --out a.avro")
+        else {
+            panic!("not an export");
+        };
+        assert_eq!(args.format, ExportFormat::Avro);
+        assert_eq!(args.from.as_deref(), Some("24h"));
+        assert_eq!(args.to, None);
         assert!(parse("export --topic t --format csv --out a").is_err());
         assert!(parse("export --topic t --format jsonl").is_err());
     }

@@ -218,23 +218,17 @@ async fn verify_timeseries(args: &VerifyArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: VerifyArgs,
-    }
 
     #[test]
     fn verify_arguments_parse() {
-        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
-        let cli = parse(
+        use crate::{parse, Command};
+        let Ok(Command::Verify(args)) = parse(
             "verify --projection timeseries --live file:///a --rebuilt file:///b --start 30d",
-        )
-        .expect("parses");
-        assert_eq!(cli.args.projection, VerifyKind::Timeseries);
-        assert_eq!(cli.args.start.as_deref(), Some("30d"));
+        ) else {
+            panic!("not a verify");
+        };
+        assert_eq!(args.projection, VerifyKind::Timeseries);
+        assert_eq!(args.start.as_deref(), Some("30d"));
         assert!(parse("verify --projection all --live a --rebuilt b").is_err());
         assert!(parse("verify --projection read-model --live a").is_err());
     }
