@@ -1,35 +1,16 @@
 //! `fleetstream deadletter list` and `fleetstream deadletter replay`: inspect the records
 //! consumers gave up on (`fleet.deadletter.v1`) and write them back to their topics after
-//! a fix.
-//!
-//! Design of `replay`:
-//!
-//! * The dead letters to replay are named by their own position in `fleet.deadletter.v1`
-//!   (the `DL` column of `list`: `OFFSET`, or `PARTITION:OFFSET`), or all of them
-//!   (`--all`, narrowed by `--topic` / `--consumer`).
-//! * One source record can have several dead letters (each consumer that gave up on it
-//!   writes its own). The raw bytes of a source record are written back to its topic
-//!   once, with its original key (so they land on the partition the key maps to, like
-//!   the original), stamped now; every consumer of the topic reads them again. Consumers
-//!   are idempotent (deterministic ids, upserts), so the ones that had processed the
-//!   original see a duplicate they ignore.
-//! * After the write, a `REPLAYED` record goes to `fleet.deadletter.v1` for each source
-//!   record, with the source coordinates and the new partition and offset. A dead letter
-//!   whose source record has such a record is "replayed": `list` shows where it went,
-//!   `replay --all` skips it, and `replay --offset` naming it is refused (nothing is
-//!   written) unless `--force`, which writes the bytes again and adds another `REPLAYED`.
-//! * If the replayed bytes still fail, the consumer writes a new dead letter for the new
-//!   coordinates: replaying never loops on its own.
+//! a fix. How a replay works is [`fleet_replay::deadletter`]'s; this module parses the
+//! arguments and prints.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
 use base64::Engine as _;
 use clap::{Args, Subcommand, ValueEnum};
-use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_schemas::{codec, ids, topics, AvroBytes, DeadLetter, DeadLetterKind};
+use fleet_event_log::EventLog;
+use fleet_replay::deadletter::{Entry, Filter, Which};
+use fleet_replay::{rfc3339, rfc3339_secs};
 use serde_json::json;
 
 /// `fleetstream deadletter`.
@@ -168,243 +149,34 @@ pub(crate) async fn run(args: DeadletterArgs) -> anyhow::Result<()> {
     }
 }
 
-// ------------------------------------------------------------------------ the event log
-
-/// The roles' default event log.
-const DEFAULT_EVENT_LOG: &str = "kafka://127.0.0.1:9092";
-
-/// The event-log URL and engine options `args` name.
-fn log_settings(args: &LogArgs) -> anyhow::Result<(String, fleet_event_log::EngineOptions)> {
-    let mut url = DEFAULT_EVENT_LOG.to_owned();
-    let mut options = fleet_event_log::EngineOptions::new();
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
-        let doc: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("{} is not valid TOML", path.display()))?;
-        match doc.get("event-log") {
-            Some(toml::Value::String(s)) => url.clone_from(s),
-            Some(_) => bail!("`event-log` in {} must be a string", path.display()),
-            None if ["gateway", "processors", "projections"]
-                .iter()
-                .any(|t| doc.contains_key(*t)) =>
-            {
-                bail!(
-                    "{} looks like a `fleetstream up` file (its roles always use the embedded \
-                     log in the data directory): give --data-dir instead",
-                    path.display()
-                )
-            }
-            None => {}
-        }
-        if let Some(t) = doc.get("event-log-options") {
-            let toml::Value::Table(t) = t else {
-                bail!("`event-log-options` in {} must be a table", path.display());
-            };
-            for (k, v) in t {
-                let v = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                options.insert(k.clone(), v);
-            }
-        }
-    }
-    if let Some(dir) = &args.data_dir {
-        let log = dir.join("log");
-        let s = log
-            .to_str()
-            .with_context(|| format!("data directory {} is not valid UTF-8", dir.display()))?;
-        url = format!("file://{s}");
-    }
-    if let Some(u) = &args.event_log {
-        url.clone_from(u);
-    }
-    Ok((url, options))
-}
-
 async fn open_log(args: &LogArgs) -> anyhow::Result<Arc<dyn EventLog>> {
-    let (url, options) = log_settings(args)?;
-    if let Some(path) = url.strip_prefix("file://") {
-        if !Path::new(path).exists() {
-            bail!("no embedded event log at {path} (wrong --data-dir or --event-log?)");
-        }
-    }
-    let log = fleet_event_log::open(&url, &options)
-        .await
-        .with_context(|| {
-            if url.starts_with("kafka://") {
-                format!("opening the event log at {url}")
-            } else {
-                format!(
-                    "opening the event log at {url} (the embedded log is open in one process at a \
-                 time: stop `fleetstream up` or the role using it first)"
-                )
-            }
-        })?;
-    match log.partition_count(topics::DEADLETTER).await {
-        Ok(_) => {}
-        // A log no role ran on yet: create the catalog's topics as the roles would.
-        Err(fleet_event_log::LogError::UnknownTopic(_)) => {
-            fleet_consumer::log::ensure_topics(log.as_ref()).await?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", topics::DEADLETTER)),
-    }
-    Ok(log)
-}
-
-// --------------------------------------------------------------- reading the dead letters
-
-/// One record of `fleet.deadletter.v1` with its position.
-#[derive(Debug, Clone)]
-struct Entry {
-    partition: u32,
-    offset: i64,
-    letter: DeadLetter,
-}
-
-impl Entry {
-    /// The `DL` of `list`: `OFFSET` on partition 0, else `PARTITION:OFFSET`.
-    fn position(&self) -> String {
-        if self.partition == 0 {
-            self.offset.to_string()
-        } else {
-            format!("{}:{}", self.partition, self.offset)
-        }
-    }
-}
-
-type Coords = (String, i32, i64);
-
-fn coords(d: &DeadLetter) -> Coords {
-    (d.source_topic.clone(), d.source_partition, d.source_offset)
-}
-
-/// Every dead letter (duplicates by event id dropped) and, per source record, its
-/// REPLAYED records in topic order.
-struct DeadLetterTopic {
-    letters: Vec<Entry>,
-    replays: HashMap<Coords, Vec<Entry>>,
-    unreadable: u64,
-}
-
-async fn read_all(log: &dyn EventLog) -> anyhow::Result<DeadLetterTopic> {
-    let mut letters = Vec::new();
-    let mut replays: HashMap<Coords, Vec<Entry>> = HashMap::new();
-    let mut unreadable = 0u64;
-    let mut ids = HashSet::new();
-    fleet_consumer::log::read_to_end(log, topics::DEADLETTER, |r| {
-        match codec::decode::<DeadLetter>(&r.value) {
-            Ok(letter) => {
-                let e = Entry {
-                    partition: r.partition,
-                    offset: r.offset,
-                    letter,
-                };
-                if e.letter.kind == DeadLetterKind::Replayed {
-                    replays.entry(coords(&e.letter)).or_default().push(e);
-                } else if ids.insert(e.letter.event_id.clone()) {
-                    letters.push(e);
-                }
-            }
-            Err(_) => unreadable += 1,
-        }
-    })
-    .await
-    .context("reading fleet.deadletter.v1")?;
-    letters.sort_by_key(|e| (e.letter.occurred_at, e.partition, e.offset));
-    for v in replays.values_mut() {
-        v.sort_by_key(|e| (e.partition, e.offset));
-    }
-    Ok(DeadLetterTopic {
-        letters,
-        replays,
-        unreadable,
-    })
-}
-
-/// Parses a time: RFC 3339, `now`, or a duration back from now (`24h`, `90m`, `7d`).
-/// Returns µs since the epoch.
-fn parse_time(text: &str, now_micros: i64) -> anyhow::Result<i64> {
-    let text = text.trim();
-    if text == "now" {
-        return Ok(now_micros);
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.timestamp_micros());
-    }
-    match humantime::parse_duration(text) {
-        Ok(d) => Ok(now_micros.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
-        Err(_) => bail!(
-            "--since {text:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z) or a duration \
-             back from now (24h, 90m, 7d)"
-        ),
-    }
-}
-
-fn rfc3339_micros(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| format!("{micros}µs"))
-}
-
-fn rfc3339_millis(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| format!("{millis}ms"))
-}
-
-fn check_topic(topic: Option<&str>) -> anyhow::Result<()> {
-    if let Some(t) = topic {
-        if topics::find(t).is_none() {
-            let names: Vec<&str> = topics::ALL.iter().map(|t| t.name).collect();
-            bail!(
-                "--topic {t:?} is not a Fleetstream topic: one of {}",
-                names.join(", ")
-            );
-        }
-    }
-    Ok(())
+    let (url, options) = fleet_replay::deadletter::log_settings(
+        args.config.as_deref(),
+        args.event_log.as_deref(),
+        args.data_dir.as_deref(),
+    )?;
+    Ok(fleet_replay::deadletter::open_log(&url, &options).await?)
 }
 
 // ---------------------------------------------------------------------------------- list
 
 #[allow(clippy::print_stdout)] // the listing is the command's output
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    check_topic(args.topic.as_deref())?;
+    let filter = Filter {
+        topic: args.topic,
+        consumer: args.consumer,
+    };
+    filter.check()?;
     let now = fleet_schemas::time::now_micros();
-    let since = args
-        .since
-        .as_deref()
-        .map(|s| parse_time(s, now))
-        .transpose()?;
+    let since = crate::replay::parse_time("--since", args.since.as_deref(), now)?;
     let log = open_log(&args.log).await?;
-    let all = read_all(log.as_ref()).await?;
-    let mut shown: Vec<&Entry> = all
-        .letters
-        .iter()
-        .filter(|e| {
-            args.topic
-                .as_deref()
-                .is_none_or(|t| e.letter.source_topic == t)
-        })
-        .filter(|e| {
-            args.consumer
-                .as_deref()
-                .is_none_or(|c| e.letter.consumer == c)
-        })
-        .filter(|e| since.is_none_or(|s| e.letter.occurred_at >= s))
-        .collect();
-    let matching = shown.len();
-    if shown.len() > args.limit {
-        shown.drain(..shown.len() - args.limit);
-    }
-    let replayed_to = |e: &Entry| all.replays.get(&coords(&e.letter)).and_then(|v| v.last());
+    let all = fleet_replay::deadletter::read_all(log.as_ref()).await?;
+    let (shown, matching) = all.select(&filter, since, args.limit);
     match args.format {
         Format::Json => {
             let items: Vec<serde_json::Value> = shown
                 .iter()
-                .map(|e| to_json(e, replayed_to(e), all.replays.get(&coords(&e.letter))))
+                .map(|e| to_json(e, all.replayed_to(e), all.replays_of(e)))
                 .collect();
             println!("{}", serde_json::to_string_pretty(&items)?);
         }
@@ -413,7 +185,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|e| {
                     let d = &e.letter;
-                    let status = match replayed_to(e) {
+                    let status = match all.replayed_to(e) {
                         Some(r) => format!(
                             "replayed to {}/{}/{}",
                             r.letter.source_topic,
@@ -424,7 +196,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                     };
                     [
                         e.position(),
-                        rfc3339_micros(d.occurred_at),
+                        rfc3339_secs(d.occurred_at),
                         d.consumer.clone(),
                         d.kind.as_str().to_owned(),
                         d.source(),
@@ -521,14 +293,14 @@ fn to_json(e: &Entry, replayed: Option<&Entry>, replays: Option<&Vec<Entry>>) ->
         "source_offset": d.source_offset,
         "source_key": d.source_key.as_ref().and_then(|k| std::str::from_utf8(&k.0).ok()),
         "source_key_base64": d.source_key.as_ref().map(|k| b64(&k.0)),
-        "source_timestamp": rfc3339_millis(d.source_timestamp),
+        "source_timestamp": rfc3339(d.source_timestamp.saturating_mul(1000)),
         "size": d.value.0.len(),
         "value_base64": b64(&d.value.0),
-        "occurred_at": rfc3339_micros(d.occurred_at),
+        "occurred_at": rfc3339_secs(d.occurred_at),
         "replayed": replayed.map(|r| json!({
             "partition": r.letter.replayed_partition,
             "offset": r.letter.replayed_offset,
-            "at": rfc3339_micros(r.letter.occurred_at),
+            "at": rfc3339_secs(r.letter.occurred_at),
             "times": replays.map_or(0, Vec::len),
         })),
     })
@@ -555,115 +327,35 @@ fn parse_position(text: &str) -> anyhow::Result<(u32, i64)> {
     Ok((p, o))
 }
 
-/// One source record to write back, with the dead letters that name it.
-struct Plan<'a> {
-    source: Coords,
-    letters: Vec<&'a Entry>,
-    /// Earlier replays of it (a forced replay).
-    earlier: Option<&'a Entry>,
-}
-
 #[allow(clippy::print_stdout)] // what it did is the command's output
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    check_topic(args.topic.as_deref())?;
-    let wanted: Vec<(u32, i64)> = args
-        .offset
-        .iter()
-        .map(|s| parse_position(s))
-        .collect::<anyhow::Result<_>>()?;
-    let log = open_log(&args.log).await?;
-    let all = read_all(log.as_ref()).await?;
-    let by_position: HashMap<(u32, i64), &Entry> = all
-        .letters
-        .iter()
-        .map(|e| ((e.partition, e.offset), e))
-        .collect();
-    let filter = |e: &Entry| {
-        args.topic
-            .as_deref()
-            .is_none_or(|t| e.letter.source_topic == t)
-            && args
-                .consumer
-                .as_deref()
-                .is_none_or(|c| e.letter.consumer == c)
+    let filter = Filter {
+        topic: args.topic,
+        consumer: args.consumer,
     };
-    let mut selected: Vec<&Entry> = Vec::new();
-    if args.all {
-        selected.extend(all.letters.iter().filter(|e| filter(e)));
+    filter.check()?;
+    let which = if args.all {
+        Which::All
     } else {
-        let mut missing = Vec::new();
-        for pos in &wanted {
-            match by_position.get(pos) {
-                Some(e) if filter(e) => selected.push(e),
-                Some(e) => bail!(
-                    "dead letter {} is of {} (consumer {}), not of the --topic / --consumer given",
-                    e.position(),
-                    e.letter.source_topic,
-                    e.letter.consumer
-                ),
-                None => missing.push(if pos.0 == 0 {
-                    pos.1.to_string()
-                } else {
-                    format!("{}:{}", pos.0, pos.1)
-                }),
-            }
-        }
-        if !missing.is_empty() {
-            bail!(
-                "no dead letter at {} in fleet.deadletter.v1 (see `fleetstream deadletter list`; \
-                 REPLAYED records cannot be replayed)",
-                missing.join(", ")
-            );
-        }
+        Which::Positions(
+            args.offset
+                .iter()
+                .map(|s| parse_position(s))
+                .collect::<anyhow::Result<_>>()?,
+        )
+    };
+    let log = open_log(&args.log).await?;
+    let all = fleet_replay::deadletter::read_all(log.as_ref()).await?;
+    let plan = fleet_replay::deadletter::plan(&all, &which, &filter, args.force)?;
+    if !plan.skipped.is_empty() {
+        let names: Vec<String> = plan.skipped.iter().map(|p| p.describe_replayed()).collect();
+        println!(
+            "Skipped {} source record(s) already replayed (--force to replay them again):\n  {}",
+            plan.skipped.len(),
+            names.join("\n  ")
+        );
     }
-    // One write per source record, in the order of the source topic.
-    let mut plans: BTreeMap<Coords, Plan<'_>> = BTreeMap::new();
-    for e in selected {
-        let source = coords(&e.letter);
-        plans
-            .entry(source.clone())
-            .or_insert_with(|| Plan {
-                earlier: all.replays.get(&source).and_then(|v| v.last()),
-                source,
-                letters: Vec::new(),
-            })
-            .letters
-            .push(e);
-    }
-    let (mut todo, done): (Vec<Plan<'_>>, Vec<Plan<'_>>) = plans
-        .into_values()
-        .partition(|p| p.earlier.is_none() || args.force);
-    if !done.is_empty() {
-        let names: Vec<String> = done
-            .iter()
-            .map(|p| {
-                let r = p.earlier.map(|r| &r.letter);
-                format!(
-                    "{}/{}/{} (dead letter {}, replayed to {}/{} at {})",
-                    p.source.0,
-                    p.source.1,
-                    p.source.2,
-                    positions(&p.letters),
-                    r.and_then(|r| r.replayed_partition).unwrap_or(-1),
-                    r.and_then(|r| r.replayed_offset).unwrap_or(-1),
-                    r.map_or_else(String::new, |r| rfc3339_micros(r.occurred_at)),
-                )
-            })
-            .collect();
-        if args.all {
-            println!(
-                "Skipped {} source record(s) already replayed (--force to replay them again):\n  {}",
-                done.len(),
-                names.join("\n  ")
-            );
-        } else {
-            bail!(
-                "already replayed, so nothing was written (--force to replay again):\n  {}",
-                names.join("\n  ")
-            );
-        }
-    }
-    if todo.is_empty() {
+    if plan.todo.is_empty() {
         println!("Nothing to replay.");
         return Ok(());
     }
@@ -672,98 +364,30 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     } else {
         "Replaying"
     };
-    println!("{verb} {} source record(s):", todo.len());
+    println!("{verb} {} source record(s):", plan.todo.len());
     let mut written = 0usize;
-    for plan in &mut todo {
-        let first = &plan.letters[0].letter;
-        let consumers: Vec<&str> = plan
+    for p in &plan.todo {
+        let consumers: Vec<&str> = p
             .letters
             .iter()
             .map(|e| e.letter.consumer.as_str())
             .collect();
         let what = format!(
-            "{}/{}/{} ({} bytes; dead letter {} of {})",
-            plan.source.0,
-            plan.source.1,
-            plan.source.2,
-            first.value.0.len(),
-            positions(&plan.letters),
+            "{} ({} bytes; dead letter {} of {})",
+            p.source_text(),
+            p.letters.first().map_or(0, |e| e.letter.value.0.len()),
+            p.positions(),
             consumers.join(", ")
         );
         if args.dry_run {
-            println!("  would write {what} back to {}", plan.source.0);
+            println!("  would write {what} back to {}", p.source.0);
             continue;
         }
-        let record = ProduceRecord {
-            key: first.source_key.as_ref().map(|k| k.0.clone()),
-            value: first.value.0.clone(),
-            timestamp_ms: None,
-        };
-        let pos = log
-            .produce(&plan.source.0, vec![record])
-            .await
-            .with_context(|| format!("writing {what} back"))?;
-        let Some(at) = pos.first().copied() else {
-            bail!("the log acknowledged no position for {what}");
-        };
-        let new_partition = i32::try_from(at.partition).unwrap_or(i32::MAX);
-        let now = fleet_schemas::time::now_micros();
-        let marker = DeadLetter {
-            event_id: ids::v5(&[
-                &plan.source.0,
-                &plan.source.1.to_string(),
-                &plan.source.2.to_string(),
-                "REPLAYED",
-                &at.partition.to_string(),
-                &at.offset.to_string(),
-            ])
-            .to_string(),
-            kind: DeadLetterKind::Replayed,
-            reason: format!(
-                "written back to {}/{}/{} by `fleetstream deadletter replay`{}",
-                plan.source.0,
-                at.partition,
-                at.offset,
-                if plan.earlier.is_some() {
-                    " --force"
-                } else {
-                    ""
-                }
-            ),
-            consumer: "deadletter-replay".into(),
-            group: String::new(),
-            tenant_id: first.tenant_id.clone(),
-            source_topic: plan.source.0.clone(),
-            source_partition: plan.source.1,
-            source_offset: plan.source.2,
-            source_key: first.source_key.clone(),
-            source_timestamp: first.source_timestamp,
-            value: AvroBytes::default(),
-            replayed_partition: Some(new_partition),
-            replayed_offset: Some(at.offset),
-            occurred_at: now,
-        };
-        let value = codec::encode(&marker)?;
-        log.produce(
-            topics::DEADLETTER,
-            vec![ProduceRecord {
-                key: Some(marker.event_id.as_bytes().to_vec()),
-                value,
-                timestamp_ms: Some(now.div_euclid(1000)),
-            }],
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "{what} was written back to {}/{}/{}, but marking it replayed failed: a second \
-                 replay would write it again",
-                plan.source.0, at.partition, at.offset
-            )
-        })?;
+        let at = fleet_replay::deadletter::write_back(log.as_ref(), p).await?;
         written += 1;
         println!(
             "  wrote {what} back to {}/{}/{}",
-            plan.source.0, at.partition, at.offset
+            p.source.0, at.partition, at.offset
         );
     }
     if args.dry_run {
@@ -774,14 +398,6 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn positions(letters: &[&Entry]) -> String {
-    letters
-        .iter()
-        .map(|e| e.position())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
@@ -798,43 +414,25 @@ mod tests {
     }
 
     #[test]
-    fn times_are_rfc3339_or_durations_back() {
-        let now = 1_800_000_000_000_000;
-        assert_eq!(parse_time("now", now).ok(), Some(now));
-        assert_eq!(parse_time("1h", now).ok(), Some(now - 3_600_000_000));
-        assert_eq!(
-            parse_time("2027-01-15T08:00:00Z", now).ok(),
-            Some(1_800_000_000_000_000)
-        );
-        assert!(parse_time("yesterday", now).is_err());
+    fn replay_needs_offsets_or_all() {
+        use crate::{parse, Command};
+        assert!(parse("deadletter replay").is_err());
+        assert!(parse("deadletter replay --all --topic fleet.rules.v1").is_ok());
+        assert!(parse("deadletter replay --offset 1 --offset 2:3").is_ok());
+        assert!(parse("deadletter list --event-log x --data-dir d").is_err());
+        let Ok(Command::Deadletter(DeadletterArgs {
+            action: Action::List(list),
+        })) = parse("deadletter list --since 24h")
+        else {
+            panic!("not a list");
+        };
+        assert_eq!(list.limit, 100);
+        assert_eq!(list.format, Format::Table);
     }
 
     #[test]
-    fn the_event_log_comes_from_flags_or_any_role_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("processors.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:1\"\nevent-log = \"kafka://k1:9092\"\n[event-log-options]\n\"linger.ms\" = \"5\"\n",
-        )
-        .expect("write");
-        let args =
-            |config: Option<PathBuf>, event_log: Option<&str>, data_dir: Option<&str>| LogArgs {
-                config,
-                event_log: event_log.map(str::to_owned),
-                data_dir: data_dir.map(PathBuf::from),
-            };
-        let (url, opts) = log_settings(&args(Some(file.clone()), None, None)).expect("settings");
-        assert_eq!(url, "kafka://k1:9092");
-        assert_eq!(opts.get("linger.ms").map(String::as_str), Some("5"));
-        let (url, _) = log_settings(&args(Some(file), Some("file:///x"), None)).expect("settings");
-        assert_eq!(url, "file:///x");
-        let (url, _) = log_settings(&args(None, None, Some("/data"))).expect("settings");
-        assert_eq!(url, "file:///data/log");
-        let (url, _) = log_settings(&args(None, None, None)).expect("settings");
-        assert_eq!(url, DEFAULT_EVENT_LOG);
-        let up = dir.path().join("fleetstream.toml");
-        std::fs::write(&up, "[processors]\ngroup = \"g\"\n").expect("write");
-        assert!(log_settings(&args(Some(up), None, None)).is_err());
+    fn long_reasons_are_cut_to_one_line() {
+        assert_eq!(one_line("a\nb", 10), "a b");
+        assert_eq!(one_line("abcdef", 4), "abc…");
     }
 }

@@ -175,3 +175,11 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
+
+/// The command a command line (without the program name) names, for tests of the argument
+/// parsing.
+#[cfg(test)]
+fn parse(line: &str) -> Result<Command, clap::Error> {
+    Cli::try_parse_from(std::iter::once("fleetstream").chain(line.split_whitespace()))
+        .map(|cli| cli.command)
+}

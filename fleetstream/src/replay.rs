@@ -2,58 +2,34 @@
 //! source of truth, and these make that usable.
 //!
 //! * `replay` rebuilds a projection (read model, time series, or both) into a fresh store
-//!   by reading the projection's topics directly (a throw-away consumer group that never
-//!   commits; each partition sought to the start of its window) up to the end offsets taken
-//!   at start, and applying every record exactly as the live projection does: the same
-//!   decoding ([`fleet_projections::project::to_change`],
-//!   [`fleet_projections::project::report_points`]) and the same writes
-//!   ([`fleet_projections::project::apply_with_retry`] with the offsets, in one transaction
-//!   per batch; [`fleet_projections::project::write_with_retry`]).
+//!   ([`fleet_replay::rebuild`]).
 //! * `verify` compares two stores of one projection and reports every difference
-//!   ([`verify`]).
+//!   ([`fleet_replay::verify`]).
 //! * `export` writes a window of a topic to a JSONL or Avro object container file
-//!   ([`export`]).
+//!   ([`fleet_replay::export`]).
 //!
-//! The registry (tenants, locations, registration tokens, agent credentials, users and
-//! their API keys) and the audit log live in the read model's database but are not
-//! derived from topics: a replay does not rebuild them and `verify` does not compare them.
+//! The work is the library's (`fleet-replay`); this module parses the arguments, shows the
+//! progress and prints the summaries.
 
 mod export;
 mod progress;
-mod reader;
 mod verify;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
 
-use anyhow::{bail, Context as _};
-use clap::ValueEnum;
-use fleet_event_log::{ConsumedRecord, EventLog};
-use fleet_projections::project::{
-    apply_with_retry, stored_offsets, to_change, READ_MODEL_PROJECTION, READ_MODEL_TOPICS,
-    TIMESERIES_TOPICS,
-};
+use anyhow::Context as _;
+use fleet_projections::project::READ_MODEL_PROJECTION;
 use fleet_projections::ProjectionsConfig;
-use fleet_stores::read_model::{Engine, SqlReadModel, REGISTRY_TABLES};
-use fleet_timeseries::{TimeSeries, TimeSeriesStore as _, Writer};
+use fleet_replay::rebuild::{ProjectionKind, ReplayOptions};
+use fleet_replay::{rfc3339, Span, Start};
+use fleet_service::config::redact_url;
+use fleet_stores::read_model::REGISTRY_TABLES;
 
 pub(crate) use export::{export, ExportArgs};
 pub(crate) use verify::{verify, VerifyArgs};
 
-use progress::Progress;
-use reader::{Span, Start};
-
-/// Which projection a command works on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ProjectionKind {
-    /// The read model (agents, alerts, commands, software, tickets, services, rules).
-    ReadModel,
-    /// The time-series store (every sample of every metric report, with its rollups).
-    Timeseries,
-    /// Both (give `--into` twice: a read-model URL and a time-series URL).
-    All,
-}
+use progress::Shown;
 
 /// Options of `fleetstream replay`.
 #[derive(Debug, clap::Args)]
@@ -148,293 +124,19 @@ pub(crate) fn read_with_registry(cfg: &ProjectionsConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Parses a time: RFC 3339, `now`, or a duration back from now (`24h`, `90m`, `7d`).
-/// Returns µs since the epoch.
-pub(crate) fn parse_time(text: &str, now_micros: i64) -> anyhow::Result<i64> {
-    let text = text.trim();
-    if text == "now" {
-        return Ok(now_micros);
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.timestamp_micros());
-    }
-    match humantime::parse_duration(text) {
-        Ok(d) => {
-            let back = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-            Ok(now_micros.saturating_sub(back))
-        }
-        Err(_) => bail!(
-            "{text:?} is not a time: use RFC 3339 (2025-01-31T12:00:00Z) or a duration back \
-             from now (24h, 90m, 7d)"
-        ),
-    }
-}
-
-/// RFC 3339 (UTC) of µs since the epoch, for messages.
-pub(crate) fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| format!("{micros} µs"))
-}
-
-/// Whether a URL names a read model (else a time-series store); `None` when it could be
-/// either (a bare path).
-fn is_read_model_url(url: &str) -> Option<bool> {
-    if url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-        || url.starts_with("sqlite:")
-    {
-        Some(true)
-    } else if url.starts_with("file://") || url.starts_with("scylla://") {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// The read-model and time-series targets of `--into`.
-fn targets(
-    kind: ProjectionKind,
-    into: &[String],
-) -> anyhow::Result<(Option<String>, Option<String>)> {
-    match kind {
-        ProjectionKind::ReadModel | ProjectionKind::Timeseries => {
-            let [url] = into else {
-                bail!(
-                    "--projection {} takes one --into, got {}",
-                    kind.name(),
-                    into.len()
-                );
-            };
-            if is_read_model_url(url) == Some(kind == ProjectionKind::Timeseries) {
-                bail!(
-                    "--into {} is not a {} URL",
-                    crate::roles::redact(url),
-                    kind.name()
-                );
-            }
-            Ok(if kind == ProjectionKind::ReadModel {
-                (Some(url.clone()), None)
-            } else {
-                (None, Some(url.clone()))
-            })
-        }
-        ProjectionKind::All => {
-            let (mut rm, mut ts) = (None, None);
-            for url in into {
-                let slot = match is_read_model_url(url) {
-                    Some(true) => &mut rm,
-                    Some(false) => &mut ts,
-                    None => bail!(
-                        "--into {url}: with --projection all, name the kind: sqlite://{url} \
-                         (read model) or file://{url} (time series)"
-                    ),
-                };
-                if slot.replace(url.clone()).is_some() {
-                    bail!("--projection all takes one read-model URL and one time-series URL in --into");
-                }
-            }
-            match (rm, ts) {
-                (Some(rm), Some(ts)) => Ok((Some(rm), Some(ts))),
-                _ => bail!(
-                    "--projection all needs --into twice: a read model (postgres://..., \
-                     sqlite://path) and a time-series store (file:///dir, scylla://...)"
-                ),
-            }
-        }
-    }
-}
-
-impl ProjectionKind {
-    fn name(self) -> &'static str {
-        match self {
-            ProjectionKind::ReadModel => "read-model",
-            ProjectionKind::Timeseries => "timeseries",
-            ProjectionKind::All => "all",
-        }
-    }
-}
-
-/// What the replay wrote, for the summary.
-#[derive(Debug, Default)]
-struct Counts {
-    /// Records read per topic.
-    per_topic: BTreeMap<String, u64>,
-    /// Read model: changes applied, records that did not decode.
-    changes: u64,
-    rm_undecodable: u64,
-    /// Time series: reports, points, reports that did not decode.
-    reports: u64,
-    points: u64,
-    ts_undecodable: u64,
-}
-
-/// Applies a batch to the read model exactly as the live projection does: decode each
-/// record, apply the changes with the batch's next offsets in one transaction.
-async fn apply_read_model(store: &SqlReadModel, batch: &[ConsumedRecord], counts: &mut Counts) {
-    let records: Vec<ConsumedRecord> = batch
-        .iter()
-        .filter(|r| READ_MODEL_TOPICS.contains(&&*r.topic))
-        .cloned()
-        .collect();
-    if records.is_empty() {
-        return;
-    }
-    let mut changes = Vec::with_capacity(records.len());
-    for r in &records {
-        match to_change(r) {
-            Ok(c) => changes.push(c),
-            Err(e) => {
-                counts.rm_undecodable += 1;
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "Undecodable record skipped (as the live projection does).");
-            }
-        }
-    }
-    let offsets = stored_offsets(&records);
-    apply_with_retry(store, &changes, &offsets).await;
-    counts.changes += changes.len() as u64;
-}
-
-/// Feeds a batch's reports to the time-series writer as the live projection does (the
-/// same engine: head, sealing by event time), without wall-clock checkpoints: the replay
-/// writes one at the end.
-async fn apply_timeseries(
-    writer: &tokio::sync::Mutex<Writer>,
-    batch: &[ConsumedRecord],
-    counts: &mut Counts,
-) -> anyhow::Result<()> {
-    let mut writer = writer.lock().await;
-    for r in batch
-        .iter()
-        .filter(|r| TIMESERIES_TOPICS.contains(&&*r.topic))
-    {
-        match fleet_schemas::codec::decode::<fleet_schemas::MetricReport>(&r.value) {
-            Ok(report) => {
-                counts.reports += 1;
-                if let fleet_timeseries::engine::Ingested::Stored(n) = writer
-                    .ingest(&r.topic, r.partition, r.offset, &report)
-                    .await?
-                {
-                    counts.points += n as u64;
-                }
-            }
-            Err(e) => {
-                counts.ts_undecodable += 1;
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "Undecodable report skipped (as the live projection does).");
-            }
-        }
-    }
-    writer.after_batch().await?;
-    Ok(())
-}
-
-/// Workers by default: several when a target is a server that runs transactions in
-/// parallel (PostgreSQL, ScyllaDB), one when every target is embedded (one writer at a
-/// time: more workers would only wait for each other).
-fn default_jobs(rm: Option<&SqlReadModel>, ts: Option<&TimeSeries>) -> usize {
-    let rm_parallel = rm.is_some_and(|s| s.engine_kind() == Engine::Postgres);
-    let ts_parallel = ts.is_some_and(|s| s.engine() == "cql");
-    if rm_parallel || ts_parallel {
-        4
-    } else {
-        1
-    }
-}
-
-/// Applies the batches of its partitions to the stores and counts them.
-async fn worker(
-    rm: Option<Arc<SqlReadModel>>,
-    ts: Option<Arc<tokio::sync::Mutex<Writer>>>,
-    mut batches: tokio::sync::mpsc::Receiver<Vec<ConsumedRecord>>,
-    shared: Arc<Mutex<(Progress, Counts)>>,
-) -> anyhow::Result<()> {
-    while let Some(batch) = batches.recv().await {
-        let mut rm_counts = Counts::default();
-        let mut ts_counts = Counts::default();
-        let rm_part = async {
-            if let Some(store) = &rm {
-                apply_read_model(store, &batch, &mut rm_counts).await;
-            }
-        };
-        let ts_part = async {
-            match &ts {
-                Some(writer) => apply_timeseries(writer, &batch, &mut ts_counts).await,
-                None => Ok(()),
-            }
-        };
-        let ((), ts_done) = tokio::join!(rm_part, ts_part);
-        ts_done?;
-        let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let (progress, counts) = &mut *guard;
-        counts.changes += rm_counts.changes;
-        counts.rm_undecodable += rm_counts.rm_undecodable;
-        counts.reports += ts_counts.reports;
-        counts.points += ts_counts.points;
-        counts.ts_undecodable += ts_counts.ts_undecodable;
-        for r in &batch {
-            *counts.per_topic.entry(r.topic.to_string()).or_default() += 1;
-        }
-        progress.advance(&batch);
-    }
-    Ok(())
-}
-
-/// Opens the read-model target and checks it holds no projected data (or, with `force`,
-/// empties the projected tables).
-async fn open_read_model_target(url: &str, force: bool) -> anyhow::Result<Arc<SqlReadModel>> {
-    let store = fleet_stores::open_sql(url)
-        .await
-        .with_context(|| format!("opening the read model {}", crate::roles::redact(url)))?;
-    let rows = store.projected_row_count(READ_MODEL_PROJECTION).await?;
-    if rows > 0 {
-        if !force {
-            bail!(
-                "the read model {} is not empty ({rows} projected rows and offsets): replay \
-                 into a fresh database, or pass --force to empty its projected tables first \
-                 (the registry and the audit log are kept)",
-                crate::roles::redact(url)
-            );
-        }
-        let removed = store.clear_projected(READ_MODEL_PROJECTION).await?;
-        eprintln!(
-            "--force: emptied the projected tables of {} ({removed} rows); the registry and \
-             the audit log are kept.",
-            crate::roles::redact(url)
-        );
-    }
-    Ok(store)
-}
-
-/// Opens the time-series target and checks it holds no series (unless `force`).
-async fn open_timeseries_target(
-    url: &str,
-    cfg: &ProjectionsConfig,
-    force: bool,
-) -> anyhow::Result<Arc<TimeSeries>> {
-    // No wall-clock checkpoints while replaying: one at the end.
-    let engine = fleet_timeseries::EngineConfig {
-        checkpoint_interval: std::time::Duration::from_secs(365 * 24 * 3600),
-        ..cfg.timeseries_engine.clone()
+/// Parses the time a flag gives, if given ([`fleet_schemas::time::parse_instant`]): µs
+/// since the epoch; the error names the flag.
+pub(crate) fn parse_time(
+    flag: &str,
+    text: Option<&str>,
+    now_micros: i64,
+) -> anyhow::Result<Option<i64>> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(None);
     };
-    let store = fleet_timeseries::open(url, cfg.timeseries_retention, engine)
-        .await
-        .with_context(|| format!("opening the time-series store {url}"))?;
-    let some = store.list_series(1).await?;
-    if let Some(first) = some.first() {
-        if !force {
-            bail!(
-                "the time-series store {url} is not empty (it has series, {} of agent {} \
-                 among them): replay into an empty one, or pass --force to write over it",
-                first.series,
-                first.agent_id
-            );
-        }
-        eprintln!(
-            "--force: writing over the time-series store {url}; what it holds and the topics \
-             do not is left as it is."
-        );
-    }
-    Ok(store)
+    fleet_schemas::time::parse_instant(text, now_micros)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{flag} {text:?} {e}"))
 }
 
 /// `fleetstream replay`.
@@ -442,122 +144,58 @@ async fn open_timeseries_target(
 pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let cfg = load_config(args.config.as_deref(), args.event_log.as_deref())?;
     read_with_registry(&cfg)?;
-    let batch_size = args.batch_size.max(1);
-    let (rm_url, ts_url) = targets(args.projection, &args.into)?;
-    let start = match &args.from {
-        Some(t) => Start::Time(parse_time(t, fleet_schemas::time::now_micros())?.div_euclid(1000)),
+    // The targets are checked before anything is opened.
+    fleet_replay::rebuild::targets(args.projection, &args.into)?;
+    let start = match parse_time(
+        "--from",
+        args.from.as_deref(),
+        fleet_schemas::time::now_micros(),
+    )? {
+        Some(t) => Start::Time(t.div_euclid(1000)),
         None => Start::Beginning,
     };
     let log = crate::roles::open_log(&cfg.event_log, &cfg.event_log_options).await?;
-
-    let rm = match &rm_url {
-        Some(url) => Some(open_read_model_target(url, args.force).await?),
-        None => None,
+    let engine = log.engine();
+    let mut shown = Shown::new("replay", move |spans| describe_plan(spans, start, engine));
+    let options = ReplayOptions {
+        projection: args.projection,
+        into: args.into,
+        start,
+        batch_size: args.batch_size,
+        jobs: args.jobs.map(usize::from),
+        force: args.force,
     };
-    let ts = match &ts_url {
-        Some(url) => Some(open_timeseries_target(url, &cfg, args.force).await?),
-        None => None,
-    };
+    let report = fleet_replay::rebuild::replay(log, &cfg, options, &mut shown).await?;
 
-    let mut topics: Vec<&str> = Vec::new();
-    if rm.is_some() {
-        topics.extend(READ_MODEL_TOPICS);
-    }
-    if ts.is_some() {
-        for t in TIMESERIES_TOPICS {
-            if !topics.contains(t) {
-                topics.push(t);
-            }
-        }
-    }
-    let spans = reader::plan(log.as_ref(), &topics, start, None).await?;
-    describe_plan(&spans, start, log.as_ref());
-
-    let jobs = args
-        .jobs
-        .map_or_else(|| default_jobs(rm.as_deref(), ts.as_deref()), usize::from);
-    // One writer feeds the engine (workers take turns with it).
-    let writer = ts
-        .as_ref()
-        .map(|ts| Arc::new(tokio::sync::Mutex::new(ts.writer())));
-    let progress = Progress::new("replay", &spans);
-    let shared = Arc::new(Mutex::new((progress, Counts::default())));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ConsumedRecord>>(4);
-    let reading = tokio::spawn(reader::read(log.clone(), spans.clone(), batch_size, tx));
-    // Workers, each owning the partitions whose number is its index modulo `jobs`: records
-    // keyed by agent (the same partition number on every agent-keyed topic) stay with one
-    // worker and in order, so workers never touch the same rows.
-    let mut senders = Vec::with_capacity(jobs);
-    let mut workers = Vec::with_capacity(jobs);
-    for _ in 0..jobs {
-        let (wtx, wrx) = tokio::sync::mpsc::channel::<Vec<ConsumedRecord>>(2);
-        senders.push(wtx);
-        workers.push(tokio::spawn(worker(
-            rm.clone(),
-            writer.clone(),
-            wrx,
-            Arc::clone(&shared),
-        )));
-    }
-    while let Some(batch) = rx.recv().await {
-        let mut parts: Vec<Vec<ConsumedRecord>> = vec![Vec::new(); jobs];
-        for r in batch {
-            let i = r.partition as usize % jobs;
-            parts[i].push(r);
-        }
-        for (part, sender) in parts.into_iter().zip(&senders) {
-            if !part.is_empty() && sender.send(part).await.is_err() {
-                bail!("a replay worker stopped");
-            }
-        }
-    }
-    drop(senders);
-    for w in workers {
-        w.await.context("a replay worker failed")??;
-    }
-    // The open windows and every partition's position go into a checkpoint, so a live
-    // projection pointed at the rebuilt store resumes after the replayed records.
-    if let Some(writer) = &writer {
-        writer.lock().await.checkpoint().await?;
-    }
-    let outcome = reading.await.context("the reader task failed")??;
-    let (mut progress, counts) = match Arc::try_unwrap(shared) {
-        Ok(m) => m.into_inner().unwrap_or_else(PoisonError::into_inner),
-        Err(_) => bail!("a replay worker is still running"),
-    };
-    progress.finish();
-
-    let secs = progress.elapsed().as_secs_f64();
+    let jobs = report.jobs;
     println!(
-        "Replay finished in {secs:.1} s: {} records ({:.0} records/s) from {} partitions of {} topics, up to the end offsets taken at start ({jobs} worker{}).",
-        progress.done(),
-        progress.rate(),
-        spans.iter().filter(|s| s.len() > 0).count(),
-        counts.per_topic.len(),
+        "Replay finished in {:.1} s: {} records ({:.0} records/s) from {} partitions of {} topics, up to the end offsets taken at start ({jobs} worker{}).",
+        report.elapsed.as_secs_f64(),
+        report.records,
+        report.rate(),
+        report.partitions,
+        report.per_topic.len(),
         if jobs == 1 { "" } else { "s" },
     );
-    for (topic, n) in &counts.per_topic {
+    for (topic, n) in &report.per_topic {
         println!("  {topic:<22} {n} records");
     }
-    if let (Some(url), Some(store)) = (&rm_url, &rm) {
+    if let Some(rm) = &report.read_model {
         println!(
             "  read model {} ({}): {} changes applied, {} undecodable records skipped; offsets stored as projection \"{READ_MODEL_PROJECTION}\".",
-            crate::roles::redact(url),
-            store.engine_kind().as_str(),
-            counts.changes,
-            counts.rm_undecodable
+            redact_url(&rm.url),
+            rm.engine,
+            rm.changes,
+            rm.undecodable
         );
     }
-    if let (Some(url), Some(store)) = (&ts_url, &ts) {
+    if let Some(ts) = &report.timeseries {
         println!(
-            "  time series {url} ({}): {} reports, {} points written, {} undecodable reports skipped.",
-            store.engine(),
-            counts.reports,
-            counts.points,
-            counts.ts_undecodable
+            "  time series {} ({}): {} reports, {} points written, {} undecodable reports skipped.",
+            ts.url, ts.engine, ts.reports, ts.points, ts.undecodable
         );
     }
-    if rm.is_some() {
+    if report.read_model.is_some() {
         println!(
             "Not rebuilt (not derived from topics): the registry ({}) and the audit log. A fresh \
              target holds none of them; copy them from the live database if the rebuilt one is \
@@ -565,22 +203,17 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             REGISTRY_TABLES.join(", ")
         );
     }
-    if !outcome.unfinished.is_empty() {
-        for (topic, p, next, end) in &outcome.unfinished {
-            println!(
-                "  warning: {topic}/{p} stopped at offset {next} of {end}: no record came for {} s (offsets with gaps?)",
-                reader::IDLE_LIMIT.as_secs()
-            );
-        }
-    }
-    if let Some(store) = rm {
-        store.close().await;
+    for (topic, p, next, end) in &report.unfinished {
+        println!(
+            "  warning: {topic}/{p} stopped at offset {next} of {end}: no record came for {} s (offsets with gaps?)",
+            fleet_replay::IDLE_LIMIT.as_secs()
+        );
     }
     Ok(())
 }
 
 /// Tells on stderr what the run will read.
-fn describe_plan(spans: &[Span], start: Start, log: &dyn EventLog) {
+fn describe_plan(spans: &[Span], start: Start, engine: &str) {
     let total: u64 = spans.iter().map(Span::len).sum();
     let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
     for s in spans {
@@ -592,8 +225,7 @@ fn describe_plan(spans: &[Span], start: Start, log: &dyn EventLog) {
     };
     let topics: Vec<String> = per_topic.iter().map(|(t, n)| format!("{t} {n}")).collect();
     eprintln!(
-        "Reading {total} records from the {} log, from {from} to the end offsets now: {}.",
-        log.engine(),
+        "Reading {total} records from the {engine} log, from {from} to the end offsets now: {}.",
         topics.join(", ")
     );
 }
@@ -603,33 +235,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_parse() {
+    fn time_flags_parse_and_name_the_flag() {
         let now = 1_700_000_000_000_000;
-        assert_eq!(parse_time("now", now).ok(), Some(now));
-        assert_eq!(parse_time("24h", now).ok(), Some(now - 86_400_000_000));
-        assert_eq!(parse_time("90m", now).ok(), Some(now - 5_400_000_000));
-        assert_eq!(
-            parse_time("2023-11-14T22:13:20Z", now).ok(),
-            Some(1_700_000_000_000_000)
+        let at = |text| parse_time("--from", Some(text), now).ok().flatten();
+        assert_eq!(at("now"), Some(now));
+        assert_eq!(at(" 24h "), Some(now - 86_400_000_000));
+        assert_eq!(at("90m"), Some(now - 5_400_000_000));
+        assert_eq!(at("2023-11-14T22:13:20Z"), Some(1_700_000_000_000_000));
+        assert_eq!(parse_time("--from", None, now).ok(), Some(None));
+        let e = parse_time("--since", Some("yesterday-ish"), now).expect_err("not a time");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("--since \"yesterday-ish\" must be RFC 3339"),
+            "{text}"
         );
-        assert!(parse_time("yesterday-ish", now).is_err());
+        let e = parse_time("--to", Some("99999y"), i64::MIN / 2).expect_err("out of range");
+        assert!(e.to_string().contains("out of range"), "{e}");
     }
 
     #[test]
-    fn targets_by_kind() {
-        let one =
-            |k, urls: &[&str]| targets(k, &urls.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(
-            one(ProjectionKind::ReadModel, &["x.db"]).ok(),
-            Some((Some("x.db".into()), None))
+    fn replay_arguments_parse() {
+        use crate::{parse, Command};
+        let Ok(Command::Replay(args)) = parse(
+            "replay --projection all --into sqlite://a.db --into file:///ts --from 24h --jobs 2",
+        ) else {
+            panic!("not a replay");
+        };
+        assert_eq!(args.projection, ProjectionKind::All);
+        assert_eq!(args.into.len(), 2);
+        assert_eq!(args.jobs, Some(2));
+        assert_eq!(args.batch_size, 10_000);
+        assert!(parse("replay --projection all").is_err());
+        assert!(parse("replay --projection timeseries --into x --jobs 0").is_err());
+        assert!(
+            parse("replay --projection timeseries --into x --from 1h --from-beginning").is_err()
         );
-        assert!(one(ProjectionKind::ReadModel, &["file:///ts"]).is_err());
-        assert_eq!(
-            one(ProjectionKind::All, &["file:///ts", "sqlite://x.db"]).ok(),
-            Some((Some("sqlite://x.db".into()), Some("file:///ts".into())))
-        );
-        assert!(one(ProjectionKind::All, &["x.db", "file:///ts"]).is_err());
-        assert!(one(ProjectionKind::All, &["sqlite://a", "sqlite://b"]).is_err());
-        assert!(one(ProjectionKind::Timeseries, &["a", "b"]).is_err());
     }
 }

@@ -11,7 +11,7 @@ use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::GatewayConfig;
 use fleet_projections::ProjectionsConfig;
-use fleet_service::config::{load, load_with_table};
+use fleet_service::config::{load, load_with_table, redact_url};
 use fleet_service::endpoints::ReadyCheck;
 use fleet_stream_processors::ProcessorsConfig;
 use tokio::sync::watch;
@@ -120,7 +120,7 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     } else {
         let r: Arc<dyn fleet_stores::registry::Registry> = fleet_stores::open_sql(&cfg.registry)
             .await
-            .with_context(|| format!("opening the registry ({})", redact(&cfg.registry)))?;
+            .with_context(|| format!("opening the registry ({})", redact_url(&cfg.registry)))?;
         Some(r)
     };
     if registry.is_none() && cfg.auth == fleet_ingest_gateway::AuthMode::Required {
@@ -264,7 +264,7 @@ struct Stores {
 async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
     let sql = fleet_stores::open_sql(&cfg.read_model)
         .await
-        .with_context(|| format!("opening the read model ({})", redact(&cfg.read_model)))?;
+        .with_context(|| format!("opening the read model ({})", redact_url(&cfg.read_model)))?;
     let read_model: Arc<dyn fleet_stores::ReadModel> = sql.clone();
     let registry: Arc<dyn fleet_stores::registry::Registry> = sql;
     let timeseries = fleet_timeseries::open(
@@ -279,20 +279,6 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
         registry,
         timeseries,
     })
-}
-
-/// Hides a password in a URL for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -82,3 +82,37 @@ where
     );
     figment.extract::<T>().map_err(|e| err(e.to_string()))
 }
+
+/// `url` with its password hidden (`postgres://fleet:***@db/fleet`), for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://fleet:s3cret@db:5432/fleet"),
+            "postgres://fleet:***@db:5432/fleet"
+        );
+        assert_eq!(
+            redact_url("postgres://fleet@db/fleet"),
+            "postgres://fleet@db/fleet"
+        );
+        assert_eq!(redact_url("sqlite://a@b.db"), "sqlite://a@b.db");
+        assert_eq!(redact_url("file:///x"), "file:///x");
+        assert_eq!(redact_url("user:pw@host"), "user:pw@host");
+    }
+}

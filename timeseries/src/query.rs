@@ -286,7 +286,7 @@ pub trait TimeSeriesStore: Send + Sync + Debug {
 
 /// Sample times beyond ±2^62 µs (±146,000 years) are refused by every engine, so that no
 /// bucket arithmetic overflows.
-pub const MAX_ABS_TS_MICROS: i64 = 1 << 62;
+pub const MAX_ABS_TS_MICROS: i64 = fleet_schemas::time::MAX_ABS_MICROS;
 
 /// Checks points before a write (shared by every engine): values must be finite (NaN
 /// would poison min/max) and times within ±[`MAX_ABS_TS_MICROS`].

@@ -1,15 +1,15 @@
 //! Progress of a long read on stderr: on a terminal, an `indicatif` bar for the whole run
 //! (records, records/s, ETA) and one per topic with each partition's position against the
 //! end offset of its window; elsewhere (a pipe, a log file) a plain line every few seconds.
+//! [`Shown`] is what the CLI gives the library's runs ([`fleet_replay::Progress`]).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use fleet_event_log::ConsumedRecord;
+use fleet_replay::{Forced, Span};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use super::reader::Span;
 
 /// How often the plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -22,9 +22,73 @@ struct Position {
     end: i64,
 }
 
+/// Tells what a run will read, once its windows are planned.
+type Intro = Box<dyn FnMut(&[Span]) + Send>;
+
+/// The progress of a run on stderr: what it will read (`intro`, once the windows are
+/// planned), then the bars or plain lines.
+pub(crate) struct Shown {
+    label: &'static str,
+    intro: Intro,
+    progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shown")
+            .field("label", &self.label)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shown {
+    /// A display for the run `label` (`replay`, `export`); `intro` tells what it reads.
+    pub(crate) fn new(label: &'static str, intro: impl FnMut(&[Span]) + Send + 'static) -> Shown {
+        Shown {
+            label,
+            intro: Box::new(intro),
+            progress: None,
+        }
+    }
+}
+
+impl fleet_replay::Progress for Shown {
+    fn forced(&mut self, forced: &Forced) {
+        match forced {
+            Forced::ReadModelEmptied { url, rows } => eprintln!(
+                "--force: emptied the projected tables of {url} ({rows} rows); the registry and \
+                 the audit log are kept."
+            ),
+            Forced::TimeSeriesWrittenOver { url } => eprintln!(
+                "--force: writing over the time-series store {url}; what it holds and the topics \
+                 do not is left as it is."
+            ),
+            other => eprintln!("--force: {other:?}"),
+        }
+    }
+
+    fn planned(&mut self, spans: &[Span]) {
+        (self.intro)(spans);
+        self.progress = Some(Progress::new(self.label, spans));
+    }
+
+    fn advanced(&mut self, batch: &[ConsumedRecord]) {
+        if let Some(p) = &mut self.progress {
+            p.advance(batch);
+        }
+    }
+
+    fn finished(&mut self) {
+        if let Some(p) = &mut self.progress {
+            p.finish();
+        }
+    }
+}
+
 /// The progress display of one run.
 #[derive(Debug)]
-pub(crate) struct Progress {
+struct Progress {
     label: String,
     bars: Option<(MultiProgress, ProgressBar, BTreeMap<String, ProgressBar>)>,
     positions: BTreeMap<(String, u32), Position>,
@@ -42,7 +106,7 @@ fn style(template: &str) -> ProgressStyle {
 
 impl Progress {
     /// A display for reading `spans`; `label` names the run (`replay`, `export`).
-    pub(crate) fn new(label: &str, spans: &[Span]) -> Progress {
+    fn new(label: &str, spans: &[Span]) -> Progress {
         let positions: BTreeMap<(String, u32), Position> = spans
             .iter()
             .map(|s| {
@@ -103,7 +167,7 @@ impl Progress {
     }
 
     /// Counts a batch that was handled.
-    pub(crate) fn advance(&mut self, batch: &[ConsumedRecord]) {
+    fn advance(&mut self, batch: &[ConsumedRecord]) {
         let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
         for r in batch {
             if let Some(pos) = self.positions.get_mut(&(r.topic.to_string(), r.partition)) {
@@ -127,18 +191,13 @@ impl Progress {
         }
     }
 
-    /// Records handled so far.
-    pub(crate) fn done(&self) -> u64 {
-        self.done
-    }
-
     /// Time since the start.
-    pub(crate) fn elapsed(&self) -> Duration {
+    fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Records per second so far.
-    pub(crate) fn rate(&self) -> f64 {
+    fn rate(&self) -> f64 {
         let secs = self.elapsed().as_secs_f64();
         if secs > 0.0 {
             self.done as f64 / secs
@@ -148,7 +207,7 @@ impl Progress {
     }
 
     /// Removes the bars (the summary follows on stdout).
-    pub(crate) fn finish(&mut self) {
+    fn finish(&mut self) {
         match &self.bars {
             Some((multi, main, topics)) => {
                 for bar in topics.values() {

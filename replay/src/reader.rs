@@ -7,39 +7,46 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use fleet_event_log::{ConsumedRecord, ConsumerOptions, EventLog, StartFrom};
 use tokio::sync::mpsc;
 
+use crate::error::Context as _;
+use crate::{Error, Result};
+
 /// How long the reader waits for the next record of a window that is not finished before it
 /// gives up on it (offsets can have gaps at the end: compaction, transaction markers).
-pub(crate) const IDLE_LIMIT: Duration = Duration::from_secs(30);
+pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
 /// How long one poll waits.
 const POLL_WAIT: Duration = Duration::from_millis(500);
 
 /// The window of one partition: offsets `start..end`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Span {
+pub struct Span {
     /// Topic.
-    pub(crate) topic: String,
+    pub topic: String,
     /// Partition.
-    pub(crate) partition: u32,
+    pub partition: u32,
     /// First offset to read.
-    pub(crate) start: i64,
+    pub start: i64,
     /// The end offset taken at planning: the first offset not read.
-    pub(crate) end: i64,
+    pub end: i64,
 }
 
 impl Span {
     /// Records in the window (an upper bound where offsets have gaps).
-    pub(crate) fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         u64::try_from(self.end - self.start).unwrap_or(0)
+    }
+
+    /// Whether the window holds nothing to read.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
     }
 }
 
 /// Where the windows start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Start {
+pub enum Start {
     /// The oldest record the log still holds.
     Beginning,
     /// The first record whose timestamp is at or after this time (ms since the epoch).
@@ -48,12 +55,12 @@ pub(crate) enum Start {
 
 /// The windows of every partition of `topics`: from `start` to the end offsets now, or to
 /// the first offset at or after `until` (ms) when that comes first.
-pub(crate) async fn plan(
+pub async fn plan(
     log: &dyn EventLog,
     topics: &[&str],
     start: Start,
     until: Option<i64>,
-) -> anyhow::Result<Vec<Span>> {
+) -> Result<Vec<Span>> {
     let mut spans = Vec::new();
     for topic in topics {
         let ends = log
@@ -82,7 +89,8 @@ pub(crate) async fn plan(
             None => None,
         };
         for (p, end) in ends.iter().enumerate() {
-            let partition = u32::try_from(p).context("partition number")?;
+            let partition = u32::try_from(p)
+                .map_err(|_| Error::Internal(format!("partition {p} of {topic}")))?;
             let mut end = *end;
             if let Some(limit) = limits.as_ref().and_then(|l| l.get(p)) {
                 end = end.min(*limit);
@@ -101,21 +109,21 @@ pub(crate) async fn plan(
 
 /// What a read reached.
 #[derive(Debug, Default)]
-pub(crate) struct ReadOutcome {
+pub struct ReadOutcome {
     /// Windows not read to their end because no record came for [`IDLE_LIMIT`]:
     /// (topic, partition, next offset expected, end).
-    pub(crate) unfinished: Vec<(String, u32, i64, i64)>,
+    pub unfinished: Vec<(String, u32, i64, i64)>,
 }
 
 /// Reads every window of `spans` and sends the records, in batches of at most
 /// `batch_size`, in order per partition. Returns when every window is read, when
 /// `IDLE_LIMIT` passed without a record, or when the receiver is gone.
-pub(crate) async fn read(
+pub async fn read(
     log: Arc<dyn EventLog>,
     spans: Vec<Span>,
     batch_size: usize,
     tx: mpsc::Sender<Vec<ConsumedRecord>>,
-) -> anyhow::Result<ReadOutcome> {
+) -> Result<ReadOutcome> {
     // (topic, partition) -> (next offset, start, end), for windows with something to read.
     let mut open: BTreeMap<(String, u32), (i64, i64, i64)> = spans
         .iter()
