@@ -217,42 +217,12 @@ impl Choice for fleet_stores::TicketStatus {
     }
 }
 
-/// Units of a duration parameter (`15m`, `24h`): suffix, seconds, and most significant
-/// digits, so every duration the grammar admits is within the stores' time range
-/// (about 146,000 years). The OpenAPI document states the same grammar as a pattern
-/// ([`duration_pattern`]).
-pub(crate) const DURATION_UNITS: &[(&str, u64, usize)] = &[
-    ("s", 1, 12),
-    ("m", 60, 10),
-    ("h", 3_600, 9),
-    ("d", 86_400, 7),
-    ("w", 604_800, 6),
-    ("y", 31_557_600, 5),
-];
+pub(crate) use fleet_schemas::time::{parse_duration, TIME_UNITS};
 
-/// Parses `<digits><unit>` with one of `units` (leading zeros allowed, at most the unit's
-/// significant digits). `None` when it is not that.
-pub(crate) fn parse_duration(v: &str, units: &[&str]) -> Option<std::time::Duration> {
-    let split = v.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, unit) = v.split_at(split);
-    let &(_, secs, cap) = DURATION_UNITS
-        .iter()
-        .find(|(u, _, _)| *u == unit && units.contains(u))?;
-    let significant = digits.trim_start_matches('0');
-    if digits.is_empty() || significant.len() > cap {
-        return None;
-    }
-    let n: u64 = if significant.is_empty() {
-        0
-    } else {
-        significant.parse().ok()?
-    };
-    Some(std::time::Duration::from_secs(n.checked_mul(secs)?))
-}
-
-/// [`parse_duration`]'s grammar as an anchored pattern; `positive` leaves out zero.
+/// [`parse_duration`]'s grammar (`fleet_schemas::time`) as an anchored pattern for the
+/// OpenAPI document; `positive` leaves out zero.
 pub(crate) fn duration_pattern(units: &[&str], sign: bool, positive: bool) -> String {
-    let alternatives: Vec<String> = DURATION_UNITS
+    let alternatives: Vec<String> = fleet_schemas::time::DURATION_UNITS
         .iter()
         .filter(|(u, _, _)| units.contains(u))
         .map(|(u, _, cap)| {
@@ -270,36 +240,18 @@ pub(crate) fn duration_pattern(units: &[&str], sign: bool, positive: bool) -> St
     )
 }
 
-/// Units of `start` and `end` durations and of `interval`.
-pub(crate) const TIME_UNITS: &[&str] = &["s", "m", "h", "d", "w", "y"];
-
-/// Parses a time: RFC 3339, `now`, or a duration meaning that long before `now`
-/// (`15m`, `-15m`: see [`parse_duration`]). Every step is checked arithmetic: a time
-/// outside the time series' range (±[`fleet_timeseries::MAX_ABS_TS_MICROS`], about 146,000
-/// years) is a 400 naming `field`.
+/// Parses a time with [`fleet_schemas::time::parse_instant`] (RFC 3339, `now`, or a
+/// duration meaning that long before `now`: `15m`, `-15m`); a bad or out-of-range time is
+/// a 400 naming `field`.
 pub fn parse_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    let t = if v == "now" {
-        now
-    } else if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-        t.with_timezone(&Utc)
-    } else if let Some(d) = parse_duration(v.strip_prefix('-').unwrap_or(v), TIME_UNITS) {
-        chrono::Duration::from_std(d)
-            .ok()
-            .and_then(|d| now.checked_sub_signed(d))
-            .ok_or_else(|| too_far(field))?
-    } else {
-        return Err(ApiError::invalid_field(
-            field,
-            "must be RFC 3339 (2026-11-23T10:00:00Z), `now`, or a duration before now \
-             (digits and one of s m h d w y: 15m, 24h)",
-        ));
-    };
-    in_range(field, t)
+    fleet_schemas::time::parse_instant(v, now.timestamp_micros())
+        .map(fleet_schemas::time::from_micros)
+        .map_err(|e| ApiError::invalid_field(field, e.to_string()))
 }
 
 /// `t`, if the time-series store can answer for it.
 pub(crate) fn in_range(field: &str, t: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    if t.timestamp_micros().unsigned_abs() > fleet_timeseries::MAX_ABS_TS_MICROS.unsigned_abs() {
+    if t.timestamp_micros().unsigned_abs() > fleet_schemas::time::MAX_ABS_MICROS.unsigned_abs() {
         return Err(too_far(field));
     }
     Ok(t)
@@ -319,7 +271,7 @@ mod tests {
 
     #[test]
     fn parse_time_accepts_rfc3339_now_and_durations() {
-        let now = Utc::now();
+        let now = fleet_schemas::time::from_micros(fleet_schemas::time::now_micros());
         assert_eq!(parse_time("start", "now", now).expect("now"), now);
         assert_eq!(
             parse_time("start", "15m", now).expect("dur"),
