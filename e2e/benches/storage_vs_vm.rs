@@ -30,6 +30,11 @@
 //!
 //! usage: cargo build --release -p fleetstream && \
 //!        FLEETSTREAM_BIN=$PWD/target/release/fleetstream cargo bench -p fleet-e2e --bench storage_vs_vm
+//! BENCH_STACK=kafka runs Fleetstream as `fleetstream gateway` and `fleetstream
+//! projections` (serving the API) on a private Kafka broker (the jars `scripts/services.sh
+//! up` cached), a fresh PostgreSQL database and a fresh keyspace on the CQL server
+//! (`FLEET_SCYLLA_URI`, default 127.0.0.1:9042): `eval "$(bash scripts/services.sh env)"`
+//! first. There the disk figure is not taken (the chunks are in the CQL server).
 //! Other knobs: BENCH_CLIENTS (16 concurrent connections for the back-fill and the
 //! query load), BENCH_LIVE_CLIENTS (256 for the live shape: 10,000 agents are 10,000
 //! senders), BENCH_DATA (`realistic`, the generator's varying values, or `constant`, the
@@ -50,6 +55,7 @@ use fleet_e2e::{free_port, wait_for, write_file, Proc};
 use fleet_schemas::api::MetricBatch;
 use fleet_schemas::samples::samples;
 use fleet_schemas::MetricReport;
+use fleet_test_support::services::{scylla_hosts, ScyllaKeyspace};
 
 const TENANT: &str = "default";
 const INTERVAL_MICROS: i64 = 10_000_000;
@@ -85,6 +91,18 @@ struct Settings {
     query_agents: usize,
     queries: usize,
     skip: Vec<String>,
+    stack: Stack,
+}
+
+/// What Fleetstream runs on (`BENCH_STACK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stack {
+    /// `fleetstream up`: the embedded log, SQLite, the embedded time-series store.
+    Embedded,
+    /// `fleetstream gateway` and `fleetstream projections` (which serves the API) on a
+    /// private Kafka broker, a fresh PostgreSQL database and a fresh keyspace on the CQL
+    /// server (`FLEET_SCYLLA_URI`, Cassandra under `scripts/services.sh`).
+    Kafka,
 }
 
 impl Settings {
@@ -100,6 +118,11 @@ impl Settings {
             Ok("constant") => Data::Constant,
             Ok("realistic") | Err(_) => Data::Realistic,
             Ok(other) => bail!("BENCH_DATA={other:?}: use realistic or constant"),
+        };
+        let stack = match std::env::var("BENCH_STACK").as_deref() {
+            Ok("embedded") | Err(_) => Stack::Embedded,
+            Ok("kafka") => Stack::Kafka,
+            Ok(other) => bail!("BENCH_STACK={other:?}: use embedded or kafka"),
         };
         let mut skip: Vec<String> = std::env::var("BENCH_SKIP")
             .unwrap_or_default()
@@ -127,6 +150,7 @@ impl Settings {
             query_agents: env_num("BENCH_QUERY_AGENTS", 10)?,
             queries: env_num("BENCH_QUERIES", 200)?,
             skip,
+            stack,
         };
         if s.agents == 0
             || s.reports < s.agents
@@ -188,18 +212,28 @@ fn influx_requests(vm: &str, groups: &[Vec<&MetricReport>]) -> Vec<Request> {
         .collect()
 }
 
-/// `fleetstream up` with its ports, admin key and data directory.
+/// Fleetstream under test: `fleetstream up` (its data directory holds the time series),
+/// or the gateway and projections roles on a private Kafka broker, PostgreSQL and a CQL
+/// keyspace ([`Stack`]); its ports and admin key.
 struct Up {
     proc: Proc,
+    /// The gateway's process when the roles run apart (`proc` is then the projections').
+    gateway_proc: Option<Proc>,
     gateway: String,
     api: String,
     admin_key: String,
-    data: PathBuf,
+    /// `up`'s data directory; `None` on Kafka (the time series are in the CQL server).
+    data: Option<PathBuf>,
+    kafka: Option<fleet_e2e::PrivateKafka>,
+    keyspace: Option<ScyllaKeyspace>,
 }
 
 impl Up {
     async fn start(s: &Settings, dir: &Path) -> anyhow::Result<Up> {
         std::fs::create_dir_all(dir)?;
+        if s.stack == Stack::Kafka {
+            return Up::start_roles(s, dir).await;
+        }
         let (gw_port, api_port) = (free_port()?, free_port()?);
         let admin_key = format!("fsk_bench_{}", uuid::Uuid::new_v4().simple());
         let cfg = write_file(
@@ -225,18 +259,94 @@ impl Up {
         )?;
         let up = Up {
             proc,
+            gateway_proc: None,
             gateway: format!("http://127.0.0.1:{gw_port}"),
             api: format!("http://127.0.0.1:{api_port}"),
             admin_key,
-            data,
+            data: Some(data),
+            kafka: None,
+            keyspace: None,
         };
-        for url in [
-            format!("{}/readyz", up.gateway),
-            format!("{}/readyz", up.api),
-        ] {
-            fleet_e2e::wait_ready(&url, Duration::from_secs(120), &[&up.proc]).await?;
-        }
+        up.wait_ready().await?;
         Ok(up)
+    }
+
+    /// The gateway and projections roles on a private Kafka broker, a fresh PostgreSQL
+    /// database (registry and read model) and a fresh CQL keyspace (time series).
+    async fn start_roles(s: &Settings, dir: &Path) -> anyhow::Result<Up> {
+        let kafka = fleet_e2e::PrivateKafka::start().await?;
+        let db = fleet_e2e::fresh_database().await?;
+        let hosts = scylla_hosts().unwrap_or_else(|| "127.0.0.1:9042".to_owned());
+        let keyspace = ScyllaKeyspace::new(&hosts, "fleet_bench");
+        let (gw_port, api_port) = (free_port()?, free_port()?);
+        let admin_key = format!("fsk_bench_{}", uuid::Uuid::new_v4().simple());
+        let log = kafka.url();
+        let gw_cfg = write_file(
+            dir,
+            "gateway.toml",
+            &format!(
+                "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\nregistry = \"{db}\"\nauth = \"off\"\nrate-limit-per-second = 0\nmax-reports-per-batch = 1000\n"
+            ),
+        )?;
+        let pj_cfg = write_file(
+            dir,
+            "projections.toml",
+            &format!(
+                "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"{}\"\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n",
+                keyspace.url
+            ),
+        )?;
+        let start = |name: &str, role: &str, cfg: &Path| {
+            Proc::start_program(
+                name,
+                dir,
+                &s.bin,
+                &[role, "--config", cfg.to_str().unwrap_or_default()],
+                &[("RUST_LOG", "warn")],
+            )
+        };
+        let gateway_proc = start("gateway", "gateway", &gw_cfg)?;
+        let proc = start("projections", "projections", &pj_cfg)?;
+        let up = Up {
+            proc,
+            gateway_proc: Some(gateway_proc),
+            gateway: format!("http://127.0.0.1:{gw_port}"),
+            api: format!("http://127.0.0.1:{api_port}"),
+            admin_key,
+            data: None,
+            kafka: Some(kafka),
+            keyspace: Some(keyspace),
+        };
+        up.wait_ready().await?;
+        Ok(up)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let procs: Vec<&Proc> = std::iter::once(&self.proc)
+            .chain(self.gateway_proc.as_ref())
+            .collect();
+        for url in [
+            format!("{}/readyz", self.gateway),
+            format!("{}/readyz", self.api),
+        ] {
+            fleet_e2e::wait_ready(&url, Duration::from_secs(180), &procs).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every process (and the private broker), dropping the keyspace.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(g) = self.gateway_proc.as_mut() {
+            g.stop()?;
+        }
+        self.proc.stop()?;
+        if let Some(k) = self.kafka.as_mut() {
+            k.stop()?;
+        }
+        if let Some(ks) = self.keyspace.take() {
+            ks.drop_now().await?;
+        }
+        Ok(())
     }
 
     /// Reports the time-series projection has applied.
@@ -352,10 +462,14 @@ impl Up {
         Ok(())
     }
 
-    /// Stops the process cleanly and returns the time-series directory's size.
-    fn stop_and_measure(&mut self) -> anyhow::Result<u64> {
-        self.proc.stop()?;
-        victoria::dir_bytes(&self.data.join("timeseries"))
+    /// Stops cleanly and returns the time-series directory's size (`None` on Kafka: the
+    /// chunks are in the CQL server).
+    async fn stop_and_measure(&mut self) -> anyhow::Result<Option<u64>> {
+        self.stop().await?;
+        match &self.data {
+            Some(d) => Ok(Some(victoria::dir_bytes(&d.join("timeseries"))?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -431,7 +545,7 @@ async fn run_shape(
         // Measured after the freshness and query phases reuse this `up`.
         (None, Some(up))
     } else {
-        up.proc.stop()?;
+        up.stop().await?;
         (None, None)
     };
     Ok((
@@ -562,7 +676,7 @@ async fn history_query(s: &Settings, root: &Path) -> anyhow::Result<(Vec<f64>, V
     }
     vm.stop()?;
 
-    let up = Up::start(s, &root.join("fleet-query")).await?;
+    let mut up = Up::start(s, &root.join("fleet-query")).await?;
     post_all(
         &client,
         Arc::new(gateway_requests(&up.gateway, &groups)?),
@@ -593,6 +707,7 @@ async fn history_query(s: &Settings, root: &Path) -> anyhow::Result<(Vec<f64>, V
             bail!("the API returned {buckets} buckets for {agent}'s 24 h, not 288");
         }
     }
+    up.stop().await?;
     vm_ms.sort_by(f64::total_cmp);
     fleet_ms.sort_by(f64::total_cmp);
     Ok((fleet_ms, vm_ms))
@@ -608,9 +723,10 @@ async fn main() -> anyhow::Result<()> {
     let root = dir.path();
     let vm_version = victoria::version(&victoria::binary()?);
     println!(
-        "storage vs VictoriaMetrics ({vm_version}); fleetstream {}; data {:?}",
+        "storage vs VictoriaMetrics ({vm_version}); fleetstream {}; data {:?}; stack {:?}",
         s.bin.display(),
-        s.data
+        s.data,
+        s.stack
     );
     let now = fleet_e2e::now_micros();
     let mut rows = Vec::new();
@@ -634,9 +750,9 @@ async fn main() -> anyhow::Result<()> {
         if s.runs("freshness") {
             freshness_ms = freshness(&s, &up).await?;
         }
-        let bytes = up.stop_and_measure()?;
+        let bytes = up.stop_and_measure().await?;
         if let Some(r) = rows.iter_mut().find(|r| r.shape == "backfill") {
-            r.fleet_bytes = Some(bytes);
+            r.fleet_bytes = bytes;
         }
     }
     let query = if s.runs("query") {
