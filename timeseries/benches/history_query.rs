@@ -11,6 +11,8 @@
 //! * `head`: the engine that wrote, holding the open hour in its head (`up`);
 //! * `segments`: a second engine over the same chunk store, which reads the open hour
 //!   from the checkpoint segments (an API in another process);
+//! * `no cache`: as `segments`, with `rollup-cache-bytes = 0`: every chart decodes its
+//!   rollup chunks (a chart asked for the first time; the other cases keep them decoded);
 //! * `raw`: `query_resolution(.., Resolution::Raw)` on the head engine, aggregating the
 //!   8,640 raw samples per series (what the store did before the rollups);
 //!
@@ -131,6 +133,15 @@ async fn run(name: &str, ts: Arc<TimeSeries>) -> Result<()> {
         Retention::default(),
         EngineConfig::default(),
     )?);
+    // Every chart decodes its rollup chunks again, as a chart asked for the first time.
+    let uncached: Arc<dyn TimeSeriesStore> = Arc::new(TimeSeries::new(
+        ts.store().clone(),
+        Retention::default(),
+        EngineConfig {
+            rollup_cache_bytes: 0,
+            ..EngineConfig::default()
+        },
+    )?);
     let head: Arc<dyn TimeSeriesStore> = ts;
     let rollup = Ask::EachMetric(Resolution::FiveMinutes);
     let expected = chart(head.as_ref(), &qs, rollup).await?;
@@ -139,11 +150,13 @@ async fn run(name: &str, ts: Arc<TimeSeries>) -> Result<()> {
         "expected 288 buckets per series, got {:?}",
         expected.iter().map(Vec::len).collect::<Vec<_>>()
     );
-    let cases: [(&str, &Arc<dyn TimeSeriesStore>, Ask, usize); 5] = [
+    let cases: [(&str, &Arc<dyn TimeSeriesStore>, Ask, usize); 7] = [
         ("head     3 x query", &head, rollup, charts),
         ("head     query_many", &head, Ask::Many, charts),
         ("segments 3 x query", &other, rollup, charts),
         ("segments query_many", &other, Ask::Many, charts),
+        ("no cache 3 x query", &uncached, rollup, charts),
+        ("no cache query_many", &uncached, Ask::Many, charts),
         (
             "raw      3 x query",
             &head,

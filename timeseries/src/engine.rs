@@ -61,6 +61,11 @@ pub struct EngineConfig {
     /// least recently written agents (their samples stay in the segments and come back
     /// when they report again). 0: no limit.
     pub head_memory_limit: u64,
+    /// Bytes of decoded rollup chunks a reader keeps, so that a chart asked again (a
+    /// dashboard refreshing) does not decode them again. An entry is used only while the
+    /// store holds the very bytes it was decoded from, so a window sealed again (late
+    /// data), by this process or another, is decoded afresh. 0: no cache.
+    pub rollup_cache_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +75,7 @@ impl Default for EngineConfig {
             idle_seal_after: Duration::from_secs(3600),
             checkpoint_interval: Duration::from_secs(10),
             head_memory_limit: 2 << 30,
+            rollup_cache_bytes: 64 << 20,
         }
     }
 }
@@ -173,6 +179,47 @@ impl Heads {
     }
 }
 
+/// A rollup chunk as read from the store, decoded.
+#[derive(Debug)]
+struct DecodedRollup {
+    bytes: Vec<u8>,
+    set: RollupSet,
+}
+
+/// The series a query wants of one rollup chunk.
+enum RollupRead {
+    /// The whole set, shared with the cache.
+    Whole(Arc<DecodedRollup>),
+    /// The series asked, in that order.
+    Picked(Vec<Option<crate::SeriesRollup>>),
+}
+
+impl RollupRead {
+    /// Series `name`, the `i`-th asked.
+    fn series(&self, i: usize, name: &str) -> Option<&crate::SeriesRollup> {
+        match self {
+            RollupRead::Whole(d) => d.set.get(name),
+            RollupRead::Picked(p) => p.get(i).and_then(Option::as_ref),
+        }
+    }
+}
+
+/// Weighs a cached rollup chunk by the bytes it holds, roughly.
+#[derive(Debug, Clone, Copy)]
+struct RollupWeight;
+
+impl quick_cache::Weighter<(ChunkKind, AgentKey, i64), Arc<DecodedRollup>> for RollupWeight {
+    fn weight(&self, _: &(ChunkKind, AgentKey, i64), v: &Arc<DecodedRollup>) -> u64 {
+        let rows = v.set.row_count() * std::mem::size_of::<crate::RollupRow>();
+        let series = v.set.series().len() * 64;
+        (v.bytes.len() + rows + series) as u64
+    }
+}
+
+/// Decoded rollup chunks by (kind, agent, window) ([`EngineConfig::rollup_cache_bytes`]).
+type RollupCache =
+    quick_cache::sync::Cache<(ChunkKind, AgentKey, i64), Arc<DecodedRollup>, RollupWeight>;
+
 /// The time-series store: a chunk store and, where this process runs the projection, the
 /// head it writes.
 #[derive(Debug)]
@@ -181,6 +228,7 @@ pub struct TimeSeries {
     heads: Arc<Heads>,
     retention: Retention,
     config: EngineConfig,
+    rollups: Option<RollupCache>,
 }
 
 impl TimeSeries {
@@ -192,11 +240,17 @@ impl TimeSeries {
     ) -> Result<TimeSeries> {
         retention.validate()?;
         config.validate()?;
+        // About 400 KiB per agent-day of 5-minute rollups of ~20 series.
+        let rollups = (config.rollup_cache_bytes > 0).then(|| {
+            let items = usize::try_from(config.rollup_cache_bytes >> 18).unwrap_or(usize::MAX);
+            RollupCache::with_weighter(items.max(16), config.rollup_cache_bytes, RollupWeight)
+        });
         Ok(TimeSeries {
             store,
             heads: Arc::new(Heads::new()),
             retention,
             config,
+            rollups,
         })
     }
 
@@ -266,6 +320,35 @@ impl TimeSeries {
         Ok(out)
     }
 
+    /// A rollup chunk read from the store: the whole set from the cache (decoded and kept
+    /// there on a miss), or only `series` when the cache is off.
+    fn read_rollup(
+        &self,
+        kind: ChunkKind,
+        key: &AgentKey,
+        window: i64,
+        bytes: Vec<u8>,
+        series: &[&str],
+    ) -> Result<RollupRead> {
+        let Some(cache) = &self.rollups else {
+            return rollup::decode_series(&bytes, series)
+                .map(RollupRead::Picked)
+                .map_err(|e| corrupt(key, e));
+        };
+        let id = (kind, key.clone(), window);
+        if let Some(hit) = cache.get(&id) {
+            if hit.bytes == bytes {
+                metrics::rollup_cache(true);
+                return Ok(RollupRead::Whole(hit));
+            }
+        }
+        metrics::rollup_cache(false);
+        let set = rollup::decode(&bytes).map_err(|e| corrupt(key, e))?;
+        let entry = Arc::new(DecodedRollup { bytes, set });
+        cache.insert(id, entry.clone());
+        Ok(RollupRead::Whole(entry))
+    }
+
     /// The buckets of each of `series` (in that order) of `q`'s agent, range and interval
     /// (`q.series` is not used), from `resolution`; `q` is valid for it. Sealed windows
     /// are served by the stored rollups (or raw blocks), open windows by the head's (or
@@ -308,17 +391,18 @@ impl TimeSeries {
         };
         let mut rows: Vec<Vec<Bucket>> = vec![Vec::new(); series.len()];
         let rw_from = kind.window_of(from);
-        for (_, bytes) in self.store.chunks(kind, &key, rw_from, to).await? {
-            let sets = rollup::decode_series(&bytes, series).map_err(|e| corrupt(&key, e))?;
-            for (out, s) in rows.iter_mut().zip(sets) {
-                let Some(s) = s else { continue };
-                out.extend(
-                    s.rows()
-                        .iter()
-                        .filter(|r| r.start_micros >= from && r.start_micros < to)
-                        .filter(|r| !open.contains_key(&window_of(r.start_micros)))
-                        .map(bucket_of),
-                );
+        for (w, bytes) in self.store.chunks(kind, &key, rw_from, to).await? {
+            let read = self.read_rollup(kind, &key, w, bytes, series)?;
+            for (i, (out, name)) in rows.iter_mut().zip(series).enumerate() {
+                if let Some(s) = read.series(i, name) {
+                    out.extend(
+                        s.rows()
+                            .iter()
+                            .filter(|r| r.start_micros >= from && r.start_micros < to)
+                            .filter(|r| !open.contains_key(&window_of(r.start_micros)))
+                            .map(bucket_of),
+                    );
+                }
             }
         }
         if let (Some(first), Some(last)) = (open.keys().next(), open.keys().next_back()) {

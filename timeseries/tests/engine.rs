@@ -77,6 +77,28 @@ mod embedded {
         Ok(())
     }
 
+    /// A reader keeping decoded rollups sees a window another writer sealed again.
+    #[tokio::test]
+    async fn a_cached_reader_sees_what_another_engine_sealed_again() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("file://{}", dir.path().display());
+        let reader = open_timeseries(&url).await?;
+        let writer = TimeSeries::new(
+            reader.store().clone(),
+            Retention::default(),
+            EngineConfig::default(),
+        )?;
+        let t0 = ts_cases::t0();
+        let p = |ts, v| ts_cases::point("t", "a", "load.1", ts, v);
+        writer.write(&[p(t0, 1.0), p(t0 + 1, 2.0)]).await?;
+        let q = ts_cases::range("t", "a", "load.1", t0, t0 + 3_600_000_000, 300_000_000);
+        ensure!(reader.query(&q).await?[0].max == 2.0);
+        writer.write(&[p(t0 + 2, 5.0)]).await?;
+        let got = reader.query(&q).await?;
+        ensure!(got[0].max == 5.0 && got[0].count == 3, "{got:?}");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn other_url_schemes_are_refused() -> Result<()> {
         ensure!(matches!(
@@ -116,6 +138,29 @@ mod embedded {
         ensure!(store.query(&range(60 * MINUTE)).await?.is_empty());
         Ok(())
     }
+}
+
+/// The embedded engine without its decoded-rollup cache (rollup chunks decoded for the
+/// series asked only).
+mod embedded_without_cache {
+    use super::*;
+
+    async fn run<F, Fut>(case: F) -> Result<()>
+    where
+        F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let dir = tempfile::tempdir()?;
+        let config = EngineConfig {
+            rollup_cache_bytes: 0,
+            ..EngineConfig::default()
+        };
+        let url = format!("file://{}", dir.path().display());
+        let store = fleet_timeseries::open(&url, Retention::default(), config).await?;
+        case(store as Arc<dyn TimeSeriesStore>).await
+    }
+
+    conformance!();
 }
 
 /// The CQL chunk store (Apache Cassandra or ScyllaDB at `FLEET_SCYLLA_URI`), each test in

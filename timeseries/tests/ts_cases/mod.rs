@@ -29,6 +29,7 @@ macro_rules! conformance {
             queries_use_the_coarsest_rollup,
             rollups_refuse_intervals_they_cannot_serve,
             query_many_answers_like_query_one_by_one,
+            rollups_follow_a_window_sealed_again,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -655,5 +656,38 @@ pub(crate) async fn query_many_answers_like_query_one_by_one(
         Err(StoreError::InvalidQuery(_)) => {}
         other => anyhow::bail!("an invalid range should fail the call, got {other:?}"),
     }
+    Ok(())
+}
+
+/// A rollup answer read once (and kept decoded by the engine) follows the store when the
+/// window is sealed again with late or replaced samples.
+pub(crate) async fn rollups_follow_a_window_sealed_again(
+    store: Arc<dyn TimeSeriesStore>,
+) -> Result<()> {
+    let points: Vec<Point> = (0..360)
+        .map(|i| point("t", "a", "cpu.percent", t0() + i * 10 * SECOND, 1.0))
+        .collect();
+    store.write(&points).await?;
+    let q = range("t", "a", "cpu.percent", t0(), t0() + DAY, 5 * MINUTE);
+    for _ in 0..2 {
+        let got = store.query(&q).await?;
+        ensure!(
+            got.len() == 12 && got.iter().all(|b| b.max == 1.0),
+            "{got:?}"
+        );
+    }
+    // A replaced sample and a late one, in the first hour and in the next.
+    store
+        .write(&[
+            point("t", "a", "cpu.percent", t0() + 10 * SECOND, 7.0),
+            point("t", "a", "cpu.percent", t0() + HOUR + SECOND, 3.0),
+        ])
+        .await?;
+    let got = store.query(&q).await?;
+    ensure!(got.len() == 13, "{got:?}");
+    ensure!(got[0].max == 7.0 && got[0].count == 30, "{:?}", got[0]);
+    ensure!(got[12].max == 3.0 && got[12].count == 1, "{:?}", got[12]);
+    let many = store.query_many(std::slice::from_ref(&q)).await?;
+    ensure!(many == vec![got]);
     Ok(())
 }
