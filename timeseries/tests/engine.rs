@@ -23,6 +23,19 @@ async fn open_timeseries_with(
     fleet_timeseries::open(url, retention, EngineConfig::default()).await
 }
 
+/// Runs `case` on an embedded engine with `config` in a new temporary directory.
+async fn run_embedded<F, Fut>(config: EngineConfig, case: F) -> Result<()>
+where
+    F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let dir = tempfile::tempdir()?;
+    let url = format!("file://{}", dir.path().display());
+    let store = fleet_timeseries::open(&url, Retention::default(), config).await?;
+    ensure!(store.engine() == "embedded");
+    case(store as Arc<dyn TimeSeriesStore>).await
+}
+
 /// The embedded engine, each test in a new temporary directory.
 mod embedded {
     use super::*;
@@ -32,10 +45,7 @@ mod embedded {
         F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let dir = tempfile::tempdir()?;
-        let store = open_timeseries(&format!("file://{}", dir.path().display())).await?;
-        ensure!(store.engine() == "embedded");
-        case(store as Arc<dyn TimeSeriesStore>).await
+        run_embedded(EngineConfig::default(), case).await
     }
 
     conformance!();
@@ -150,14 +160,11 @@ mod embedded_without_cache {
         F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let dir = tempfile::tempdir()?;
         let config = EngineConfig {
             rollup_cache_bytes: 0,
             ..EngineConfig::default()
         };
-        let url = format!("file://{}", dir.path().display());
-        let store = fleet_timeseries::open(&url, Retention::default(), config).await?;
-        case(store as Arc<dyn TimeSeriesStore>).await
+        run_embedded(config, case).await
     }
 
     conformance!();
