@@ -37,7 +37,7 @@ bench-agent: ## Agent overhead vs prometheus-node-exporter (apt package) and com
 	FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench command_latency
 
 bench-stores: ## Store benches: history query, fleet list, projection throughput (needs `make services`: Postgres, Cassandra)
-	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-stores --bench history_query
+	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-timeseries --bench history_query
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-stores --bench fleet_list -- all
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-e2e --bench projection_throughput -- all
 

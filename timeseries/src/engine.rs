@@ -61,6 +61,11 @@ pub struct EngineConfig {
     /// least recently written agents (their samples stay in the segments and come back
     /// when they report again). 0: no limit.
     pub head_memory_limit: u64,
+    /// Bytes of decoded rollup chunks a reader keeps, so that a chart asked again (a
+    /// dashboard refreshing) does not decode them again. An entry is used only while the
+    /// store holds the very bytes it was decoded from, so a window sealed again (late
+    /// data), by this process or another, is decoded afresh. 0: no cache.
+    pub rollup_cache_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +75,7 @@ impl Default for EngineConfig {
             idle_seal_after: Duration::from_secs(3600),
             checkpoint_interval: Duration::from_secs(10),
             head_memory_limit: 2 << 30,
+            rollup_cache_bytes: 64 << 20,
         }
     }
 }
@@ -133,26 +139,34 @@ impl Heads {
         &self.shards[(self.hasher.hash_one(agent) as usize) % SHARDS]
     }
 
-    /// A copy of `agent`'s open windows in `[from, to)` as blocks, if this process holds
-    /// the agent.
-    fn open_blocks(
+    /// The samples of `series` in `agent`'s open windows in `[from, to)`, if this process
+    /// holds the agent: a copy of those columns only.
+    fn open_points(
         &self,
         key: &AgentKey,
         from: i64,
         to: i64,
-    ) -> Option<Result<BTreeMap<i64, Block>>> {
+        series: &[&str],
+    ) -> Option<OpenPoints> {
         let shard = self.shard(&key.agent).lock();
         let head = shard.get(&key.tenant)?.get(&key.agent)?;
-        let mut out = BTreeMap::new();
-        for (&w, win) in head.windows.range(from..to) {
-            match win.to_block(head.names()) {
-                Ok(b) => {
-                    out.insert(w, b);
-                }
-                Err(e) => return Some(Err(Error::Internal(format!("head of {}: {e}", key.agent)))),
-            }
-        }
-        Some(Ok(out))
+        let slots: Vec<Option<usize>> = series.iter().map(|s| head.slot_named(s)).collect();
+        let out = head
+            .windows
+            .range(from..to)
+            .map(|(&w, win)| {
+                let points = slots
+                    .iter()
+                    .map(|slot| {
+                        slot.map_or_else(Vec::new, |slot| {
+                            win.points(slot, i64::MIN, i64::MAX).collect()
+                        })
+                    })
+                    .collect();
+                (w, points)
+            })
+            .collect();
+        Some(out)
     }
 
     fn names(&self, key: &AgentKey) -> Vec<String> {
@@ -165,6 +179,47 @@ impl Heads {
     }
 }
 
+/// A rollup chunk as read from the store, decoded.
+#[derive(Debug)]
+struct DecodedRollup {
+    bytes: Vec<u8>,
+    set: RollupSet,
+}
+
+/// The series a query wants of one rollup chunk.
+enum RollupRead {
+    /// The whole set, shared with the cache.
+    Whole(Arc<DecodedRollup>),
+    /// The series asked, in that order.
+    Picked(Vec<Option<crate::SeriesRollup>>),
+}
+
+impl RollupRead {
+    /// Series `name`, the `i`-th asked.
+    fn series(&self, i: usize, name: &str) -> Option<&crate::SeriesRollup> {
+        match self {
+            RollupRead::Whole(d) => d.set.get(name),
+            RollupRead::Picked(p) => p.get(i).and_then(Option::as_ref),
+        }
+    }
+}
+
+/// Weighs a cached rollup chunk by the bytes it holds, roughly.
+#[derive(Debug, Clone, Copy)]
+struct RollupWeight;
+
+impl quick_cache::Weighter<(ChunkKind, AgentKey, i64), Arc<DecodedRollup>> for RollupWeight {
+    fn weight(&self, _: &(ChunkKind, AgentKey, i64), v: &Arc<DecodedRollup>) -> u64 {
+        let rows = v.set.row_count() * std::mem::size_of::<crate::RollupRow>();
+        let series = v.set.series().len() * 64;
+        (v.bytes.len() + rows + series) as u64
+    }
+}
+
+/// Decoded rollup chunks by (kind, agent, window) ([`EngineConfig::rollup_cache_bytes`]).
+type RollupCache =
+    quick_cache::sync::Cache<(ChunkKind, AgentKey, i64), Arc<DecodedRollup>, RollupWeight>;
+
 /// The time-series store: a chunk store and, where this process runs the projection, the
 /// head it writes.
 #[derive(Debug)]
@@ -173,6 +228,7 @@ pub struct TimeSeries {
     heads: Arc<Heads>,
     retention: Retention,
     config: EngineConfig,
+    rollups: Option<RollupCache>,
 }
 
 impl TimeSeries {
@@ -184,11 +240,17 @@ impl TimeSeries {
     ) -> Result<TimeSeries> {
         retention.validate()?;
         config.validate()?;
+        // About 400 KiB per agent-day of 5-minute rollups of ~20 series.
+        let rollups = (config.rollup_cache_bytes > 0).then(|| {
+            let items = usize::try_from(config.rollup_cache_bytes >> 18).unwrap_or(usize::MAX);
+            RollupCache::with_weighter(items.max(16), config.rollup_cache_bytes, RollupWeight)
+        });
         Ok(TimeSeries {
             store,
             heads: Arc::new(Heads::new()),
             retention,
             config,
+            rollups,
         })
     }
 
@@ -217,27 +279,31 @@ impl TimeSeries {
         }
     }
 
-    /// The open windows of `key` in `[from, to)`: from the head when this process holds
-    /// the agent, else merged from its checkpoint segments.
-    async fn open_blocks(
+    /// The samples of `series` in the open windows of `key` in `[from, to)`: from the
+    /// head when this process holds the agent, else merged from its checkpoint segments.
+    async fn open_points(
         &self,
         key: &AgentKey,
         from: i64,
         to: i64,
-    ) -> Result<BTreeMap<i64, Block>> {
-        if let Some(r) = self.heads.open_blocks(key, from, to) {
-            return r;
+        series: &[&str],
+    ) -> Result<OpenPoints> {
+        if let Some(r) = self.heads.open_points(key, from, to, series) {
+            return Ok(r);
         }
-        let mut out: BTreeMap<i64, Block> = BTreeMap::new();
+        let mut blocks: BTreeMap<i64, Block> = BTreeMap::new();
         for seg in self.store.segments(key, from, to).await? {
             let b = decode_block(&seg.bytes, key)?;
-            let merged = match out.remove(&seg.window) {
+            let merged = match blocks.remove(&seg.window) {
                 Some(old) if !seg.full => chunk::merge(&old, &b).map_err(chunk_error)?,
                 _ => b,
             };
-            out.insert(seg.window, merged);
+            blocks.insert(seg.window, merged);
         }
-        Ok(out)
+        Ok(blocks
+            .into_iter()
+            .map(|(w, b)| (w, series.iter().map(|s| b.points(s).collect()).collect()))
+            .collect())
     }
 
     /// Stored raw blocks of `key` with windows in `[from, to)`, decoded.
@@ -252,6 +318,120 @@ impl TimeSeries {
             out.insert(w, decode_block(&bytes, key)?);
         }
         Ok(out)
+    }
+
+    /// A rollup chunk read from the store: the whole set from the cache (decoded and kept
+    /// there on a miss), or only `series` when the cache is off.
+    fn read_rollup(
+        &self,
+        kind: ChunkKind,
+        key: &AgentKey,
+        window: i64,
+        bytes: Vec<u8>,
+        series: &[&str],
+    ) -> Result<RollupRead> {
+        let Some(cache) = &self.rollups else {
+            return rollup::decode_series(&bytes, series)
+                .map(RollupRead::Picked)
+                .map_err(|e| corrupt(key, e));
+        };
+        let id = (kind, key.clone(), window);
+        if let Some(hit) = cache.get(&id) {
+            if hit.bytes == bytes {
+                metrics::rollup_cache(true);
+                return Ok(RollupRead::Whole(hit));
+            }
+        }
+        metrics::rollup_cache(false);
+        let set = rollup::decode(&bytes).map_err(|e| corrupt(key, e))?;
+        let entry = Arc::new(DecodedRollup { bytes, set });
+        cache.insert(id, entry.clone());
+        Ok(RollupRead::Whole(entry))
+    }
+
+    /// The buckets of each of `series` (in that order) of `q`'s agent, range and interval
+    /// (`q.series` is not used), from `resolution`; `q` is valid for it. Sealed windows
+    /// are served by the stored rollups (or raw blocks), open windows by the head's (or
+    /// the segments') samples merged with any block stored for the window.
+    async fn query_agent(
+        &self,
+        q: &RangeQuery,
+        series: &[&str],
+        resolution: Resolution,
+    ) -> Result<Vec<Vec<Bucket>>> {
+        let (from, to) = bucket_range(q);
+        let key = AgentKey::new(&q.tenant_id, &q.agent_id);
+        let (wfrom, wto) = (
+            window_of(from),
+            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
+        );
+        let open = self.open_points(&key, wfrom, wto, series).await?;
+        let Some(width) = resolution.width_micros() else {
+            let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
+            let mut points: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series.len()];
+            let windows: std::collections::BTreeSet<i64> =
+                stored.keys().chain(open.keys()).copied().collect();
+            for w in windows {
+                let block = stored.remove(&w);
+                for (i, name) in series.iter().enumerate() {
+                    let merged =
+                        merge_points(block.as_ref(), name, open.get(&w).map(|o| &o[i][..]));
+                    points[i].extend(merged.into_iter().filter(|(t, _)| *t >= from && *t < to));
+                }
+            }
+            return Ok(points
+                .into_iter()
+                .map(|p| aggregate_buckets(p, q.interval_micros))
+                .collect());
+        };
+        let kind = if width == 300_000_000 {
+            ChunkKind::Rollup5m
+        } else {
+            ChunkKind::Rollup1h
+        };
+        let mut rows: Vec<Vec<Bucket>> = vec![Vec::new(); series.len()];
+        let rw_from = kind.window_of(from);
+        for (w, bytes) in self.store.chunks(kind, &key, rw_from, to).await? {
+            let read = self.read_rollup(kind, &key, w, bytes, series)?;
+            for (i, (out, name)) in rows.iter_mut().zip(series).enumerate() {
+                if let Some(s) = read.series(i, name) {
+                    out.extend(
+                        s.rows()
+                            .iter()
+                            .filter(|r| r.start_micros >= from && r.start_micros < to)
+                            .filter(|r| !open.contains_key(&window_of(r.start_micros)))
+                            .map(bucket_of),
+                    );
+                }
+            }
+        }
+        if let (Some(first), Some(last)) = (open.keys().next(), open.keys().next_back()) {
+            // Only the stored blocks of the open windows (to merge with): the sealed
+            // windows of the range are served by the rollups above.
+            let mut stored = self
+                .stored_blocks(&key, *first, last.saturating_add(BLOCK_MICROS))
+                .await?;
+            for (w, o) in &open {
+                let block = stored.remove(w);
+                for (i, name) in series.iter().enumerate() {
+                    let points = merge_points(block.as_ref(), name, Some(&o[i]));
+                    let s = rollup::compute_series(name, points, width).map_err(chunk_error)?;
+                    rows[i].extend(
+                        s.rows()
+                            .iter()
+                            .filter(|r| r.start_micros >= from && r.start_micros < to)
+                            .map(bucket_of),
+                    );
+                }
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                r.sort_by_key(|b| b.start_micros);
+                merge_buckets(r, q.interval_micros)
+            })
+            .collect())
     }
 
     /// Seals blocks: merges each with the block stored for its window (the new samples
@@ -404,6 +584,36 @@ fn decode_block(bytes: &[u8], key: &AgentKey) -> Result<Block> {
     chunk::decode(bytes).map_err(|e| corrupt(key, e))
 }
 
+/// Samples of some series in the open windows: per window start, per series asked, its
+/// samples in time order.
+type OpenPoints = BTreeMap<i64, Vec<Vec<(i64, f64)>>>;
+
+/// The samples of series `name` of a stored block merged with `newer` (time order), the
+/// newer sample winning at the same time: what [`chunk::merge`] gives for that series.
+fn merge_points(
+    stored: Option<&Block>,
+    name: &str,
+    newer: Option<&[(i64, f64)]>,
+) -> Vec<(i64, f64)> {
+    let newer = newer.unwrap_or(&[]);
+    let Some(stored) = stored else {
+        return newer.to_vec();
+    };
+    let mut out = Vec::with_capacity(newer.len());
+    let mut new = newer.iter().copied().peekable();
+    for (t, v) in stored.points(name) {
+        while let Some(n) = new.next_if(|n| n.0 < t) {
+            out.push(n);
+        }
+        match new.next_if(|n| n.0 == t) {
+            Some(n) => out.push(n),
+            None => out.push((t, v)),
+        }
+    }
+    out.extend(new);
+    out
+}
+
 fn bucket_of(r: &crate::RollupRow) -> Bucket {
     Bucket {
         start_micros: r.start_micros,
@@ -454,72 +664,36 @@ impl TimeSeriesStore for TimeSeries {
         resolution: Resolution,
     ) -> Result<Vec<Bucket>> {
         validate_query(q, resolution)?;
-        let (from, to) = bucket_range(q);
-        let key = AgentKey::new(&q.tenant_id, &q.agent_id);
-        let (wfrom, wto) = (
-            window_of(from),
-            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
-        );
-        let open = self.open_blocks(&key, wfrom, wto).await?;
-        let Some(width) = resolution.width_micros() else {
-            let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
-            let mut points = Vec::new();
-            let windows: std::collections::BTreeSet<i64> =
-                stored.keys().chain(open.keys()).copied().collect();
-            for w in windows {
-                let b = match (stored.remove(&w), open.get(&w)) {
-                    (Some(s), Some(o)) => chunk::merge(&s, o).map_err(chunk_error)?,
-                    (Some(s), None) => s,
-                    (None, Some(o)) => o.clone(),
-                    (None, None) => continue,
-                };
-                points.extend(b.points(&q.series).filter(|(t, _)| *t >= from && *t < to));
-            }
-            return Ok(aggregate_buckets(points, q.interval_micros));
+        let mut answers = self
+            .query_agent(q, &[q.series.as_str()], resolution)
+            .await?;
+        Ok(answers.pop().unwrap_or_default())
+    }
+
+    /// The queries of one agent, range and interval (a chart) are answered together:
+    /// one read of the store and of the head for all their series.
+    async fn query_many(&self, queries: &[RangeQuery]) -> Result<Vec<Vec<Bucket>>> {
+        let Some(first) = queries.first() else {
+            return Ok(Vec::new());
         };
-        let kind = if width == 300_000_000 {
-            ChunkKind::Rollup5m
-        } else {
-            ChunkKind::Rollup1h
-        };
-        let mut rows: Vec<Bucket> = Vec::new();
-        let rw_from = kind.window_of(from);
-        for (_, bytes) in self.store.chunks(kind, &key, rw_from, to).await? {
-            let set = rollup::decode(&bytes).map_err(|e| corrupt(&key, e))?;
-            if let Some(s) = set.get(&q.series) {
-                rows.extend(
-                    s.rows()
-                        .iter()
-                        .filter(|r| r.start_micros >= from && r.start_micros < to)
-                        .filter(|r| !open.contains_key(&window_of(r.start_micros)))
-                        .map(bucket_of),
-                );
+        let one_chart = queries.iter().all(|q| {
+            q.tenant_id == first.tenant_id
+                && q.agent_id == first.agent_id
+                && q.start_micros == first.start_micros
+                && q.end_micros == first.end_micros
+                && q.interval_micros == first.interval_micros
+        });
+        if !one_chart {
+            let mut out = Vec::with_capacity(queries.len());
+            for q in queries {
+                out.push(self.query(q).await?);
             }
+            return Ok(out);
         }
-        if let (Some(first), Some(last)) = (open.keys().next(), open.keys().next_back()) {
-            // Only the stored blocks of the open windows (to merge with): the sealed
-            // windows of the range are served by the rollups above.
-            let mut stored = self
-                .stored_blocks(&key, *first, last.saturating_add(BLOCK_MICROS))
-                .await?;
-            for (w, o) in &open {
-                let b = match stored.remove(w) {
-                    Some(s) => chunk::merge(&s, o).map_err(chunk_error)?,
-                    None => o.clone(),
-                };
-                let set = rollup::compute(&b, width).map_err(chunk_error)?;
-                if let Some(s) = set.get(&q.series) {
-                    rows.extend(
-                        s.rows()
-                            .iter()
-                            .filter(|r| r.start_micros >= from && r.start_micros < to)
-                            .map(bucket_of),
-                    );
-                }
-            }
-        }
-        rows.sort_by_key(|b| b.start_micros);
-        Ok(merge_buckets(rows, q.interval_micros))
+        let resolution = Resolution::for_interval(first.interval_micros);
+        validate_query(first, resolution)?;
+        let series: Vec<&str> = queries.iter().map(|q| q.series.as_str()).collect();
+        self.query_agent(first, &series, resolution).await
     }
 
     async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>> {

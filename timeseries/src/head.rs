@@ -259,9 +259,14 @@ impl AgentHead {
         self.names.len() - 1
     }
 
+    /// The slot of series `name`, if the agent has it.
+    pub fn slot_named(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| &**n == name)
+    }
+
     /// The slot of series `name`, added if new.
     pub fn slot_of_name(&mut self, name: &str) -> usize {
-        if let Some(i) = self.names.iter().position(|n| &**n == name) {
+        if let Some(i) = self.slot_named(name) {
             return i;
         }
         self.names.push(name.into());

@@ -27,6 +27,10 @@ pub const HEAD_BYTES: &str = "fleet_timeseries_head_bytes";
 /// Agents evicted from the head to stay under its memory limit.
 pub const EVICTED: &str = "fleet_timeseries_head_evictions_total";
 
+/// Rollup chunks a query read, by whether the decoded-rollup cache had them
+/// (`outcome` = `hit` or `miss`; none counted when the cache is off).
+pub const ROLLUP_CACHE: &str = "fleet_timeseries_rollup_cache_total";
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     SAMPLES,
@@ -40,6 +44,7 @@ pub const ALL: &[&str] = &[
     SEGMENT_BYTES,
     HEAD_BYTES,
     EVICTED,
+    ROLLUP_CACHE,
 ];
 
 pub(crate) fn samples(n: usize) {
@@ -69,4 +74,9 @@ pub(crate) fn checkpointed(segment_bytes: usize, took: Duration, head_bytes: usi
 
 pub(crate) fn evicted(n: usize) {
     metrics::counter!(EVICTED).increment(n as u64);
+}
+
+pub(crate) fn rollup_cache(hit: bool) {
+    let outcome = if hit { "hit" } else { "miss" };
+    metrics::counter!(ROLLUP_CACHE, "outcome" => outcome).increment(1);
 }

@@ -265,6 +265,19 @@ pub trait TimeSeriesStore: Send + Sync + Debug {
         resolution: Resolution,
     ) -> Result<Vec<Bucket>>;
 
+    /// Several range queries in one call, answered in the order given: a chart (the
+    /// metrics of one agent over one range at one interval), each from the resolution
+    /// [`query`](TimeSeriesStore::query) would pick. The answers equal those of `query`
+    /// one by one; the first query that fails fails the call. Engines answer the queries
+    /// of one agent, range and interval with one read of the store.
+    async fn query_many(&self, queries: &[RangeQuery]) -> Result<Vec<Vec<Bucket>>> {
+        let mut out = Vec::with_capacity(queries.len());
+        for q in queries {
+            out.push(self.query(q).await?);
+        }
+        Ok(out)
+    }
+
     /// Series names stored for an agent.
     async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>>;
 

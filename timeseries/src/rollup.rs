@@ -225,50 +225,64 @@ impl RollupSet {
 /// The rollup rows of every series of `block` at bucket width `width_micros` (buckets
 /// aligned to multiples of the width since the epoch).
 pub fn compute(block: &Block, width_micros: i64) -> Result<RollupSet, ChunkError> {
+    let mut series = Vec::with_capacity(block.series().len());
+    for s in block.series() {
+        let points = block
+            .timestamps()
+            .iter()
+            .zip(s.values())
+            .filter_map(|(&ts, v)| v.map(|v| (ts, v)));
+        series.push(compute_series(s.name(), points, width_micros)?);
+    }
+    RollupSet::new(width_micros, series)
+}
+
+/// The rollup rows of one series at bucket width `width_micros` from its samples, given
+/// in time order: the rows [`compute`] gives for that series of a block.
+pub fn compute_series(
+    name: &str,
+    points: impl IntoIterator<Item = (i64, f64)>,
+    width_micros: i64,
+) -> Result<SeriesRollup, ChunkError> {
     if width_micros <= 0 {
         return Err(invalid(format!(
             "bucket width {width_micros} µs must be positive"
         )));
     }
-    let mut series = Vec::with_capacity(block.series().len());
-    for s in block.series() {
-        let mut rows: Vec<RollupRow> = Vec::new();
-        for (&ts, v) in block.timestamps().iter().zip(s.values()) {
-            let Some(v) = *v else { continue };
-            let start = ts
-                .div_euclid(width_micros)
-                .checked_mul(width_micros)
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "timestamp {ts} has no bucket of width {width_micros}"
-                    ))
-                })?;
-            match rows.last_mut() {
-                Some(acc) if acc.start_micros == start => {
-                    acc.min = acc.min.min(v);
-                    acc.max = acc.max.max(v);
-                    acc.sum += v;
-                    acc.count += 1;
-                    acc.last = v;
-                    acc.last_micros = ts;
-                }
-                _ => rows.push(RollupRow {
-                    start_micros: start,
-                    min: v,
-                    max: v,
-                    sum: v,
-                    count: 1,
-                    last: v,
-                    last_micros: ts,
-                }),
+    let mut rows: Vec<RollupRow> = Vec::new();
+    for (ts, v) in points {
+        let start = ts
+            .div_euclid(width_micros)
+            .checked_mul(width_micros)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "timestamp {ts} has no bucket of width {width_micros}"
+                ))
+            })?;
+        match rows.last_mut() {
+            Some(acc) if acc.start_micros == start => {
+                acc.min = acc.min.min(v);
+                acc.max = acc.max.max(v);
+                acc.sum += v;
+                acc.count += 1;
+                acc.last = v;
+                acc.last_micros = ts;
             }
+            _ => rows.push(RollupRow {
+                start_micros: start,
+                min: v,
+                max: v,
+                sum: v,
+                count: 1,
+                last: v,
+                last_micros: ts,
+            }),
         }
-        series.push(SeriesRollup {
-            name: s.name().to_owned(),
-            rows,
-        });
     }
-    RollupSet::new(width_micros, series)
+    Ok(SeriesRollup {
+        name: name.to_owned(),
+        rows,
+    })
 }
 
 /// The union of two sets of the same agent and width; for a bucket in both, the row of
@@ -395,10 +409,42 @@ pub fn encode(set: &RollupSet) -> Vec<u8> {
 /// Decodes a rollup set made by [`encode`]; hostile or corrupt bytes give an error, never
 /// a panic, and memory stays within the [limits](crate::limits).
 pub fn decode(bytes: &[u8]) -> Result<RollupSet, ChunkError> {
-    let corrupt = |e: ChunkError| match e {
+    let (width, series, n_buckets) = decode_parts(bytes, |_| true)?;
+    let set = RollupSet::new(width, series).map_err(corrupt)?;
+    if set.starts().len() != n_buckets {
+        return Err(ChunkError::Corrupt(
+            "a bucket has no row in any series".into(),
+        ));
+    }
+    Ok(set)
+}
+
+/// The series `names` of a rollup set made by [`encode`], in the order asked (`None`
+/// for a series the set lacks), without building the rows of the others (their columns
+/// are still read, to check them and find the next). For queries: a chart wants a few
+/// of an agent's ~20 series. Hostile or corrupt bytes give an error, never a panic.
+pub fn decode_series(
+    bytes: &[u8],
+    names: &[&str],
+) -> Result<Vec<Option<SeriesRollup>>, ChunkError> {
+    let (width, series, _) = decode_parts(bytes, |name| names.contains(&name))?;
+    let set = RollupSet::new(width, series).map_err(corrupt)?;
+    Ok(names.iter().map(|n| set.get(n).cloned()).collect())
+}
+
+fn corrupt(e: ChunkError) -> ChunkError {
+    match e {
         ChunkError::Invalid(m) => ChunkError::Corrupt(m),
         e => e,
-    };
+    }
+}
+
+/// Reads a rollup set: its width, the series `keep` accepts (in the set's order) and the
+/// number of buckets.
+fn decode_parts(
+    bytes: &[u8],
+    keep: impl Fn(&str) -> bool,
+) -> Result<(i64, Vec<SeriesRollup>, usize), ChunkError> {
     let (flags, mut r) = wire::open_envelope(bytes, FORMAT_VERSION)?;
     let width = r.uvarint("bucket width")?;
     let width = i64::try_from(width)
@@ -481,6 +527,10 @@ pub fn decode(bytes: &[u8]) -> Result<RollupSet, ChunkError> {
                 col.clear();
                 floats::decode(&mut r, n, col)?;
             }
+            rows_seen += n;
+            if !keep(&name) {
+                continue;
+            }
             let rows = buckets
                 .iter()
                 .enumerate()
@@ -505,7 +555,6 @@ pub fn decode(bytes: &[u8]) -> Result<RollupSet, ChunkError> {
                 .ok_or_else(|| {
                     ChunkError::Corrupt(format!("series {name:?}: count or time out of range"))
                 })?;
-            rows_seen += n;
             series.push(SeriesRollup { name, rows });
         }
         if rows_seen != n_rows {
@@ -515,11 +564,5 @@ pub fn decode(bytes: &[u8]) -> Result<RollupSet, ChunkError> {
         }
     }
     r.finish("rollup payload")?;
-    let set = RollupSet::new(width, series).map_err(corrupt)?;
-    if set.starts().len() != n_buckets {
-        return Err(ChunkError::Corrupt(
-            "a bucket has no row in any series".into(),
-        ));
-    }
-    Ok(set)
+    Ok((width, series, n_buckets))
 }

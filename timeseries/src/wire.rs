@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::io::Read;
 
 use crate::error::ChunkError;
 
@@ -228,23 +227,51 @@ pub(crate) fn open_envelope<'a>(
     Ok((flags, r))
 }
 
+thread_local! {
+    /// One zstd decompression context per thread, as for compression: making one per
+    /// decode cost more than decoding a small chunk.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// The payload after the prefix: the rest of `r`, decompressed when `flags` say so.
-/// Memory stays bounded by what the frame really decompresses to, at most
-/// [`MAX_PAYLOAD_BYTES`].
+/// Memory stays bounded: the frame must state its decompressed size in its header (every
+/// encoder of ours writes it), equal to the announced length, at most
+/// [`MAX_PAYLOAD_BYTES`], before anything is allocated; it decompresses into exactly
+/// that much.
 pub(crate) fn open_payload<'a>(flags: u8, r: &mut Reader<'a>) -> Result<Cow<'a, [u8]>, ChunkError> {
     if flags & FLAG_ZSTD == 0 {
         return Ok(Cow::Borrowed(r.rest()));
     }
     let len = r.count("payload length", MAX_PAYLOAD_BYTES)?;
     let frame = r.rest();
-    let decoder = zstd::stream::read::Decoder::with_buffer(frame)
-        .map_err(|e| ChunkError::Compression(e.to_string()))?
-        .single_frame();
-    let mut out = Vec::with_capacity(len.min(frame.len().saturating_mul(8)));
-    // One byte more than announced, to notice a frame that is longer.
-    decoder
-        .take(len as u64 + 1)
-        .read_to_end(&mut out)
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n == len as u64 => {}
+        Ok(Some(n)) => {
+            return Err(ChunkError::Corrupt(format!(
+                "payload frame holds {n} bytes, {len} announced"
+            )))
+        }
+        Ok(None) => {
+            return Err(ChunkError::Corrupt(
+                "payload frame does not state its size".into(),
+            ))
+        }
+        Err(_) => return Err(ChunkError::Compression("not a zstd frame".into())),
+    }
+    let mut out = Vec::with_capacity(len);
+    DECOMPRESSOR
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            match d.as_mut() {
+                // The output never grows past its capacity: a frame longer than
+                // announced fails.
+                Some(d) => d.decompress_to_buffer(frame, &mut out),
+                None => Err(std::io::Error::other("no zstd context")),
+            }
+        })
         .map_err(|e| ChunkError::Compression(e.to_string()))?;
     if out.len() != len {
         return Err(ChunkError::Corrupt(format!(
@@ -330,5 +357,45 @@ mod tests {
             open_envelope(&sealed, 2),
             Err(ChunkError::UnsupportedVersion(1))
         ));
+    }
+
+    #[test]
+    fn payloads_decompress_only_to_their_announced_size() {
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
+        let sealed = seal(1, &[], &big);
+        // The same frame with another announced length, bytes after the frame, a frame
+        // that does not state its size: refused before decompressing.
+        let frame_at = 2 + uvarint_len(big.len() as u64);
+        let frame = &sealed[frame_at..];
+        let with_len = |len: u64, frame: &[u8]| {
+            let mut b = vec![1, FLAG_ZSTD];
+            put_uvarint(&mut b, len);
+            b.extend_from_slice(frame);
+            b
+        };
+        let open = |bytes: &[u8]| {
+            let (flags, mut r) = open_envelope(bytes, 1)?;
+            open_payload(flags, &mut r).map(|p| p.into_owned())
+        };
+        assert_eq!(open(&with_len(10_000, frame)).expect("valid"), big);
+        for len in [9_999, 10_001, MAX_PAYLOAD_BYTES as u64] {
+            assert!(open(&with_len(len, frame)).is_err(), "{len}");
+        }
+        let mut trailing = frame.to_vec();
+        trailing.extend_from_slice(&[0, 1, 2, 3]);
+        assert!(open(&with_len(10_000, &trailing)).is_err());
+        let mut c = zstd::stream::Encoder::new(Vec::new(), 3).expect("encoder");
+        std::io::Write::write_all(&mut c, &big).expect("compress");
+        let unsized_frame = c.finish().expect("frame");
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&unsized_frame).ok(),
+            Some(None),
+            "a streamed frame does not state its size"
+        );
+        assert!(open(&with_len(10_000, &unsized_frame)).is_err());
+        // Decoding many payloads on one thread reuses its context.
+        for _ in 0..3 {
+            assert_eq!(open(&sealed).expect("again"), big);
+        }
     }
 }

@@ -23,6 +23,19 @@ async fn open_timeseries_with(
     fleet_timeseries::open(url, retention, EngineConfig::default()).await
 }
 
+/// Runs `case` on an embedded engine with `config` in a new temporary directory.
+async fn run_embedded<F, Fut>(config: EngineConfig, case: F) -> Result<()>
+where
+    F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let dir = tempfile::tempdir()?;
+    let url = format!("file://{}", dir.path().display());
+    let store = fleet_timeseries::open(&url, Retention::default(), config).await?;
+    ensure!(store.engine() == "embedded");
+    case(store as Arc<dyn TimeSeriesStore>).await
+}
+
 /// The embedded engine, each test in a new temporary directory.
 mod embedded {
     use super::*;
@@ -32,10 +45,7 @@ mod embedded {
         F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let dir = tempfile::tempdir()?;
-        let store = open_timeseries(&format!("file://{}", dir.path().display())).await?;
-        ensure!(store.engine() == "embedded");
-        case(store as Arc<dyn TimeSeriesStore>).await
+        run_embedded(EngineConfig::default(), case).await
     }
 
     conformance!();
@@ -74,6 +84,28 @@ mod embedded {
                 .len()
                 == 1
         );
+        Ok(())
+    }
+
+    /// A reader keeping decoded rollups sees a window another writer sealed again.
+    #[tokio::test]
+    async fn a_cached_reader_sees_what_another_engine_sealed_again() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("file://{}", dir.path().display());
+        let reader = open_timeseries(&url).await?;
+        let writer = TimeSeries::new(
+            reader.store().clone(),
+            Retention::default(),
+            EngineConfig::default(),
+        )?;
+        let t0 = ts_cases::t0();
+        let p = |ts, v| ts_cases::point("t", "a", "load.1", ts, v);
+        writer.write(&[p(t0, 1.0), p(t0 + 1, 2.0)]).await?;
+        let q = ts_cases::range("t", "a", "load.1", t0, t0 + 3_600_000_000, 300_000_000);
+        ensure!(reader.query(&q).await?[0].max == 2.0);
+        writer.write(&[p(t0 + 2, 5.0)]).await?;
+        let got = reader.query(&q).await?;
+        ensure!(got[0].max == 5.0 && got[0].count == 3, "{got:?}");
         Ok(())
     }
 
@@ -116,6 +148,26 @@ mod embedded {
         ensure!(store.query(&range(60 * MINUTE)).await?.is_empty());
         Ok(())
     }
+}
+
+/// The embedded engine without its decoded-rollup cache (rollup chunks decoded for the
+/// series asked only).
+mod embedded_without_cache {
+    use super::*;
+
+    async fn run<F, Fut>(case: F) -> Result<()>
+    where
+        F: FnOnce(Arc<dyn TimeSeriesStore>) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let config = EngineConfig {
+            rollup_cache_bytes: 0,
+            ..EngineConfig::default()
+        };
+        run_embedded(config, case).await
+    }
+
+    conformance!();
 }
 
 /// The CQL chunk store (Apache Cassandra or ScyllaDB at `FLEET_SCYLLA_URI`), each test in

@@ -83,6 +83,33 @@ fn rollups_equal_aggregate_buckets_bit_for_bit() {
 }
 
 #[test]
+fn one_series_decodes_and_computes_like_the_whole_set() {
+    for b in &fleet_blocks(31, 4, 2) {
+        for width in rollup::DEFAULT_WIDTHS_MICROS {
+            let set = rollup::compute(b, width).expect("rollup");
+            let bytes = rollup::encode(&set);
+            let mut names: Vec<&str> = set.series().iter().map(|s| s.name()).collect();
+            names.reverse();
+            names.insert(1, "no.such");
+            let picked = rollup::decode_series(&bytes, &names).expect("decodes");
+            assert_eq!(picked.len(), names.len());
+            for (name, got) in names.iter().zip(&picked) {
+                assert_eq!(got.as_ref(), set.get(name), "{name}");
+                if let Some(s) = got {
+                    let one = rollup::compute_series(name, b.points(name), width)
+                        .expect("rollup of one series");
+                    assert_eq!(&one, s, "{name}: compute_series equals compute");
+                }
+            }
+            assert!(rollup::compute_series("x", [], width)
+                .expect("no samples")
+                .rows()
+                .is_empty());
+        }
+    }
+}
+
+#[test]
 fn rollup_encoding_is_compact_and_deterministic() {
     let blocks = fleet_blocks(4, 5, 1);
     for b in &blocks {
@@ -229,7 +256,12 @@ fn corrupt_rollup_bytes_never_panic() {
                 bytes[i] = rng.next_u64() as u8;
             }
         }
+        // Decoding some series only never panics either, and agrees with the whole set.
+        let picked = rollup::decode_series(&bytes, &["cpu.percent", "a"]);
         if let Ok(set) = rollup::decode(&bytes) {
+            let picked = picked.expect("what decodes whole decodes in part");
+            assert_eq!(picked[0].as_ref(), set.get("cpu.percent"));
+            assert_eq!(picked[1].as_ref(), set.get("a"));
             assert_eq!(
                 rollup::decode(&rollup::encode(&set)).expect("re-encodes"),
                 set

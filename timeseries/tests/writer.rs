@@ -408,3 +408,82 @@ async fn another_process_reads_the_checkpoint() -> Result<()> {
     ensure!(counts(&after) == expected(part, from, to));
     Ok(())
 }
+
+/// A chart over sealed hours and the open one (in the head, in the checkpoint segments
+/// of another process, and with a block stored for the open window by `write`): the
+/// rollups answer exactly like the raw samples, and `query_many` like `query` one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charts_over_the_open_hour_equal_the_raw_samples() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let reports = fleet(3, 3, 7);
+    feed(&mut w, &reports, 0, 400).await?;
+    w.checkpoint().await?;
+    let r = &reports[0];
+    let series = ["load.1", "cpu.percent", "memory.percent", "no.such"];
+    let chart = |interval| -> Vec<RangeQuery> {
+        series
+            .iter()
+            .map(|s| RangeQuery {
+                tenant_id: r.tenant_id.clone(),
+                agent_id: r.agent_id.clone(),
+                series: (*s).into(),
+                start_micros: t0() + 3 * MINUTE,
+                end_micros: t0() + 3 * HOUR,
+                interval_micros: interval,
+            })
+            .collect()
+    };
+    // Checks every engine of `engines` against the raw samples of the first.
+    async fn check(engines: &[&dyn TimeSeriesStore], qs: &[RangeQuery]) -> Result<()> {
+        for e in engines {
+            let many = e.query_many(qs).await?;
+            ensure!(many.len() == qs.len());
+            for (q, got) in qs.iter().zip(&many) {
+                let raw = engines[0]
+                    .query_resolution(q, fleet_timeseries::Resolution::Raw)
+                    .await?;
+                ensure!(
+                    *got == raw && e.query(q).await? == raw,
+                    "{} at {} µs: the rollups differ from the raw samples",
+                    q.series,
+                    q.interval_micros
+                );
+                ensure!((q.series == "no.such") == raw.is_empty());
+            }
+        }
+        Ok(())
+    }
+    let other = TimeSeries::new(ts.store().clone(), Retention::default(), config())?;
+    for interval in [5 * MINUTE, HOUR] {
+        check(&[ts.as_ref(), &other], &chart(interval)).await?;
+    }
+    // The open hour (2) gets a block stored by `write` (as a tool may): one sample at a
+    // time the head holds (the head's value wins), one at a new time.
+    let open_hour = t0() + 2 * HOUR;
+    let in_head = reports
+        .iter()
+        .find(|x| x.agent_id == r.agent_id && x.occurred_at >= open_hour)
+        .context("a report in the open hour")?
+        .occurred_at;
+    let point = |ts_micros, value| fleet_timeseries::Point {
+        tenant_id: r.tenant_id.clone(),
+        agent_id: r.agent_id.clone(),
+        series: "cpu.percent".into(),
+        ts_micros,
+        value,
+    };
+    ts.write(&[point(in_head, -1.0), point(open_hour + 7 * SECOND, 1234.5)])
+        .await?;
+    for interval in [5 * MINUTE, HOUR] {
+        let qs = chart(interval);
+        check(&[ts.as_ref()], &qs).await?;
+        let cpu = ts.query(&qs[1]).await?;
+        ensure!(
+            cpu.iter().any(|b| b.max == 1234.5) && cpu.iter().all(|b| b.min != -1.0),
+            "the stored block's new sample counts, the head wins at the same time"
+        );
+    }
+    Ok(())
+}

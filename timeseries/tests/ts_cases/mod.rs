@@ -28,6 +28,8 @@ macro_rules! conformance {
             rollups_are_idempotent_under_replay,
             queries_use_the_coarsest_rollup,
             rollups_refuse_intervals_they_cannot_serve,
+            query_many_answers_like_query_one_by_one,
+            rollups_follow_a_window_sealed_again,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -577,5 +579,115 @@ pub(crate) async fn rollups_refuse_intervals_they_cannot_serve(
             other => anyhow::bail!("{r} at {interval} µs should be refused, got {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// `query_many` (a chart: several series of one agent in one call) gives what `query`
+/// gives for each, in the order asked, from the rollups and from the raw samples; a
+/// series the agent lacks gives no buckets; queries of other agents or ranges in the
+/// same call are answered too; an invalid query fails the call.
+pub(crate) async fn query_many_answers_like_query_one_by_one(
+    store: Arc<dyn TimeSeriesStore>,
+) -> Result<()> {
+    let mut points = Vec::new();
+    for i in 0..(26 * 360) {
+        let ts = t0() + i * 10 * SECOND + (i % 5) * 1000;
+        for (k, series) in ["cpu.percent", "memory.percent", "disk.percent:/"]
+            .iter()
+            .enumerate()
+        {
+            // Not every series at every time.
+            if (i + k as i64) % 7 != 0 {
+                let v = ((i * 31 + k as i64 * 17) % 1000) as f64 / 10.0 + 0.01;
+                points.push(point("t", "a", series, ts, v));
+            }
+        }
+        points.push(point("t", "b", "cpu.percent", ts, (i % 100) as f64));
+    }
+    for chunk in points.chunks(5_000) {
+        store.write(chunk).await?;
+    }
+    let asked = ["memory.percent", "cpu.percent", "no.such", "disk.percent:/"];
+    // 5-minute and 1-hour rollups, 1-minute buckets from raw samples, an unaligned
+    // start: each from the same resolution as `query` would pick.
+    for (start, end, interval) in [
+        (t0(), t0() + DAY, 5 * MINUTE),
+        (t0() + 7 * MINUTE, t0() + 25 * HOUR, HOUR),
+        (t0() + HOUR, t0() + 3 * HOUR, MINUTE),
+    ] {
+        let qs: Vec<RangeQuery> = asked
+            .iter()
+            .map(|s| range("t", "a", s, start, end, interval))
+            .collect();
+        let got = store.query_many(&qs).await?;
+        ensure!(got.len() == qs.len(), "one answer per query");
+        for (q, g) in qs.iter().zip(&got) {
+            let one = store.query(q).await?;
+            ensure!(
+                *g == one,
+                "{} at {interval} µs: query_many differs from query",
+                q.series
+            );
+            ensure!(
+                (q.series == "no.such") == g.is_empty(),
+                "{}: {} buckets",
+                q.series,
+                g.len()
+            );
+        }
+    }
+    // Other agents and ranges in one call.
+    let mixed = vec![
+        range("t", "a", "cpu.percent", t0(), t0() + DAY, 5 * MINUTE),
+        range("t", "b", "cpu.percent", t0(), t0() + DAY, 5 * MINUTE),
+        range("t", "a", "cpu.percent", t0(), t0() + 2 * HOUR, MINUTE),
+    ];
+    let got = store.query_many(&mixed).await?;
+    ensure!(got.len() == 3);
+    for (q, g) in mixed.iter().zip(&got) {
+        ensure!(*g == store.query(q).await?, "{q:?}");
+    }
+    ensure!(store.query_many(&[]).await?.is_empty());
+    let bad = vec![
+        range("t", "a", "cpu.percent", t0(), t0() + HOUR, MINUTE),
+        range("t", "a", "cpu.percent", t0() + HOUR, t0(), MINUTE),
+    ];
+    match store.query_many(&bad).await {
+        Err(StoreError::InvalidQuery(_)) => {}
+        other => anyhow::bail!("an invalid range should fail the call, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// A rollup answer read once (and kept decoded by the engine) follows the store when the
+/// window is sealed again with late or replaced samples.
+pub(crate) async fn rollups_follow_a_window_sealed_again(
+    store: Arc<dyn TimeSeriesStore>,
+) -> Result<()> {
+    let points: Vec<Point> = (0..360)
+        .map(|i| point("t", "a", "cpu.percent", t0() + i * 10 * SECOND, 1.0))
+        .collect();
+    store.write(&points).await?;
+    let q = range("t", "a", "cpu.percent", t0(), t0() + DAY, 5 * MINUTE);
+    for _ in 0..2 {
+        let got = store.query(&q).await?;
+        ensure!(
+            got.len() == 12 && got.iter().all(|b| b.max == 1.0),
+            "{got:?}"
+        );
+    }
+    // A replaced sample and a late one, in the first hour and in the next.
+    store
+        .write(&[
+            point("t", "a", "cpu.percent", t0() + 10 * SECOND, 7.0),
+            point("t", "a", "cpu.percent", t0() + HOUR + SECOND, 3.0),
+        ])
+        .await?;
+    let got = store.query(&q).await?;
+    ensure!(got.len() == 13, "{got:?}");
+    ensure!(got[0].max == 7.0 && got[0].count == 30, "{:?}", got[0]);
+    ensure!(got[12].max == 3.0 && got[12].count == 1, "{:?}", got[12]);
+    let many = store.query_many(std::slice::from_ref(&q)).await?;
+    ensure!(many == vec![got]);
     Ok(())
 }
