@@ -276,7 +276,7 @@ impl Up {
     async fn start_roles(s: &Settings, dir: &Path) -> anyhow::Result<Up> {
         let kafka = fleet_e2e::PrivateKafka::start().await?;
         let db = fleet_e2e::fresh_database().await?;
-        let hosts = scylla_hosts().unwrap_or_else(|| "127.0.0.1:9042".to_owned());
+        let hosts = scylla_hosts();
         let keyspace = ScyllaKeyspace::new(&hosts, "fleet_bench");
         let (gw_port, api_port) = (free_port()?, free_port()?);
         let admin_key = format!("fsk_bench_{}", uuid::Uuid::new_v4().simple());

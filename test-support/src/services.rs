@@ -176,17 +176,15 @@ pub fn with_keyspace(base: &str, ks: &str) -> Result<String> {
     Ok(format!("scylla://{authority}/{ks}{query}"))
 }
 
-/// Hosts (`host:port,...`) of `FLEET_SCYLLA_URI` (`scylla://host:9042[,...][/keyspace]`
-/// or `host:9042[,...]`), or `None` when it is not set.
-pub fn scylla_hosts() -> Option<String> {
-    let uri = std::env::var("FLEET_SCYLLA_URI").ok()?;
-    let uri = uri.trim();
-    if uri.is_empty() {
-        return None;
-    }
-    let rest = uri.strip_prefix("scylla://").unwrap_or(uri);
+/// Hosts (`host:port,...`) of [`scylla_uri`] (`scylla://host:9042[,...][/keyspace]`, or
+/// `host:9042[,...]`): Cassandra's address under `scripts/services.sh` when
+/// `FLEET_SCYLLA_URI` is not set. A server that does not answer is an error naming it
+/// ([`ScyllaKeyspace::server`]), never a skipped case.
+pub fn scylla_hosts() -> String {
+    let uri = scylla_uri();
+    let rest = uri.strip_prefix("scylla://").unwrap_or(&uri);
     let rest = rest.split('?').next().unwrap_or(rest);
-    Some(rest.split('/').next().unwrap_or(rest).to_owned())
+    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 /// A keyspace made for one run on the `FLEET_SCYLLA_URI` cluster; the store creates it on
@@ -237,7 +235,13 @@ impl ScyllaKeyspace {
             .known_nodes(self.hosts.split(','))
             .build()
             .await
-            .with_context(|| format!("connecting to {}", self.hosts))
+            .with_context(|| {
+                format!(
+                    "no CQL server answers at {} (FLEET_SCYLLA_URI): start Cassandra with \
+                     `bash scripts/services.sh up`, then `eval \"$(bash scripts/services.sh env)\"`",
+                    self.hosts
+                )
+            })
     }
 
     /// Drops the keyspace.

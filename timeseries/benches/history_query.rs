@@ -19,9 +19,10 @@
 //! and per case the chart as one `query` per metric in turn (`3 x query`) and as one
 //! `query_many` call (`query_many`).
 //!
-//! On the embedded store (a temporary directory) and, when `FLEET_SCYLLA_URI` is set
-//! (`scylla://127.0.0.1:9042` or `127.0.0.1:9042`), on ScyllaDB/Cassandra in a fresh
-//! keyspace that is dropped afterwards.
+//! On the embedded store (a temporary directory), then on ScyllaDB/Cassandra at
+//! `FLEET_SCYLLA_URI` (default `scylla://127.0.0.1:9042`, `scripts/services.sh`'s
+//! Cassandra) in a fresh keyspace that is dropped afterwards; a server that does not
+//! answer fails the bench, saying how to start it.
 //!
 //! usage: cargo bench -p fleet-timeseries --bench history_query
 //! Environment: BENCH_QUERIES (charts per case, default 300; the raw case runs a tenth),
@@ -202,22 +203,17 @@ async fn main() -> Result<()> {
     )
     .await?;
     run("embedded", ts).await?;
-    match scylla_hosts() {
-        None => println!("scylla    skipped: FLEET_SCYLLA_URI is not set"),
-        Some(hosts) => {
-            let ks = ScyllaKeyspace::new(&hosts, "fleet_bench");
-            println!("scylla    server: {} at {hosts}", ks.server().await?);
-            let outcome = async {
-                let ts =
-                    fleet_timeseries::open(&ks.url, Retention::default(), EngineConfig::default())
-                        .await?;
-                run("scylla", ts).await
-            }
-            .await;
-            ks.drop_now().await?;
-            outcome?;
-        }
+    let hosts = scylla_hosts();
+    let ks = ScyllaKeyspace::new(&hosts, "fleet_bench");
+    println!("scylla    server: {} at {hosts}", ks.server().await?);
+    let outcome = async {
+        let ts =
+            fleet_timeseries::open(&ks.url, Retention::default(), EngineConfig::default()).await?;
+        run("scylla", ts).await
     }
+    .await;
+    ks.drop_now().await?;
+    outcome?;
     // Leave nothing running in the background when the figures are printed.
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
