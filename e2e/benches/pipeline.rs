@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fleet_event_log::{ConsumerOptions, EventLog, StartFrom};
 use fleet_ingest_gateway::{app, GatewayConfig, GatewayState};
+use fleet_schemas::rules::RuleSpec;
 use fleet_schemas::{codec, topics, AlertEvent, AlertEventKind};
-use fleet_stream_processors::rules::{Operator, Rule, Severity};
+use fleet_stream_processors::rules::StaticRule;
 use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig, Readiness};
 use serde_json::{json, Value};
 
@@ -148,16 +149,16 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
     let run = format!("{:x}", rand_u64());
     let cfg = ProcessorsConfig {
         group: format!("bench-evaluator-{run}"),
-        rules: vec![Rule {
-            id: format!("bench-cpu-{run}"),
-            name: "bench".into(),
-            metric: "cpu.percent".into(),
-            subject: None,
-            operator: Operator::Gt,
-            threshold: 90.0,
-            severity: Severity::Critical,
-            tenant: None,
-        }],
+        rules: vec![StaticRule::new(
+            format!("bench-cpu-{run}"),
+            RuleSpec {
+                name: "bench".into(),
+                metric: "cpu.percent".into(),
+                operator: Some(">".into()),
+                critical: Some(90.0),
+                ..RuleSpec::default()
+            },
+        )],
         batch_size: 500,
         session_timeout_ms: 6000,
         ..ProcessorsConfig::default()

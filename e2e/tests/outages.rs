@@ -283,7 +283,7 @@ async fn broker_outage_loses_no_report() -> anyhow::Result<()> {
         dir.path(),
         "processors.toml",
         &format!(
-            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{log}\"\ngroup = \"e2e-outage-alerts-{id}\"\nsession-timeout-ms = 6000\n\n[[rules]]\nid = \"e2e-outage-{id}\"\nname = \"E2E CPU at or above 0\"\nmetric = \"cpu.percent\"\noperator = \">=\"\nthreshold = 0.0\nseverity = \"critical\"\n"
+            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{log}\"\ngroup = \"e2e-outage-alerts-{id}\"\nsession-timeout-ms = 6000\n\n[[rules]]\nid = \"e2e-outage-{id}\"\nname = \"E2E CPU at or above 0\"\nmetric = \"cpu.percent\"\noperator = \">=\"\ncritical = 0.0\n"
         ),
     )?;
     let gateway = Proc::start(

@@ -364,8 +364,7 @@ id = "{rule_id}"
 name = "E2E CPU at or above {threshold}"
 metric = "cpu.percent"
 operator = ">="
-threshold = {threshold:.1}
-severity = "critical"
+critical = {threshold:.1}
 tenant = "{tenant_id}"
 "#
         )
@@ -789,8 +788,7 @@ id = "{rule_id}"
 name = "E2E CPU at or above 90"
 metric = "cpu.percent"
 operator = ">="
-threshold = 90.0
-severity = "critical"
+critical = 90.0
 "#
         )
     };

@@ -22,8 +22,7 @@ id = "{rule_id}"
 name = "E2E CPU at or above {threshold}"
 metric = "cpu.percent"
 operator = ">="
-threshold = {threshold:.1}
-severity = "critical"
+critical = {threshold:.1}
 "#
     )
 }

@@ -2,7 +2,6 @@
 
 use axum::http::HeaderMap;
 use fleet_service::ApiError;
-use serde::Deserialize;
 
 /// A name (tenant, location, user, device), trimmed; see
 /// [`fleet_schemas::text::check_name`]. 400 naming `field` otherwise.
@@ -27,24 +26,7 @@ pub(crate) fn object_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result
     fleet_service::error::parse_json(body)
 }
 
-/// A whole number in a JSON body, also when written with a zero fraction (`60.0`): JSON
-/// Schema's `integer` (and so the OpenAPI document) allows that form. `null` is absent.
-pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<i64>, D::Error> {
-    use serde::de::Error as _;
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
-    if let Some(i) = n.as_i64() {
-        return Ok(Some(i));
-    }
-    match n.as_f64() {
-        #[allow(clippy::cast_possible_truncation)] // whole and within ±2^53 checked first
-        Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Ok(Some(f as i64)),
-        _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
-    }
-}
+pub(crate) use fleet_schemas::text::whole_number;
 
 /// The `Idempotency-Key` header, if sent: 1 to 200 visible ASCII characters
 /// ([`IDEMPOTENCY_KEY_PATTERN`]), else 400.

@@ -2,6 +2,11 @@
 //! checks every rule before writing it, and the evaluator checks every rule it reads (the
 //! topic is a contract anyone may write to), with this one function.
 //!
+//! A rule takes one path: people write a [`RuleSpec`] (the body of the API's rule routes,
+//! and a static rule of the processors' configuration), [`RuleSpec::definition`] checks it
+//! and makes the [`RuleDefinition`] a [`crate::RuleEvent`] carries, and the evaluator runs
+//! rule events only (static rules become rule events when it starts).
+//!
 //! Semantics (the evaluator in `fleet-stream-processors` implements them):
 //!
 //! * A sample **breaches** a level when `value operator threshold` holds; critical wins
@@ -17,6 +22,8 @@
 //!   agent is offline (`offline-after-secs`) and writes OFFLINE / ONLINE; the alert
 //!   evaluator raises an alert per enabled rule in scope on OFFLINE (value: seconds since
 //!   last seen, as no record carries the heartbeat interval) and resolves it on ONLINE.
+
+use serde::{Deserialize, Serialize};
 
 use crate::records::{RuleDefinition, RuleScope};
 use crate::samples;
@@ -190,6 +197,125 @@ pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
         }
     }
     Ok(())
+}
+
+/// A rule as people write it: the body of `POST /api/v1/tenants/{tenant_id}/rules` and
+/// `PUT /api/v1/rules/{rule_id}`, and the fields of a static rule in the processors'
+/// configuration (`[[rules]]`, where the snake_case names may also be written in
+/// kebab-case). Absent fields take their defaults in [`RuleSpec::definition`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RuleBody))]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Name shown to people.
+    #[cfg_attr(feature = "openapi", schema(max_length = 200, pattern = "fleet:name"))]
+    pub name: String,
+    /// `tenant` (default), `agent` or `tag`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(tenant|agent|tag)$"))]
+    pub scope: Option<String>,
+    /// Agent id (scope `agent`) or tag (scope `tag`); absent for scope `tenant` (422
+    /// otherwise).
+    #[serde(default, alias = "scope-value")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 200, pattern = "fleet:name"))]
+    pub scope_value: Option<String>,
+    /// Metric name, for example `cpu.percent`, `disk.percent`, `service.up`, `custom.x`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "fleet:rule-metric"))]
+    pub metric: String,
+    /// Only this mount point or service (metrics that have one: 422 otherwise).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 500, pattern = "fleet:name"))]
+    pub subject: Option<String>,
+    /// `>` (default), `>=`, `<`, `<=`, `==`, `!=`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(>|>=|<|<=|==|!=)$"))]
+    pub operator: Option<String>,
+    /// Warning threshold (a warning or a critical threshold is needed; with `>` or `>=`
+    /// the critical one is at or above it, with `<` or `<=` at or below: 422 otherwise).
+    #[serde(default)]
+    pub warning: Option<f64>,
+    /// Critical threshold.
+    #[serde(default)]
+    pub critical: Option<f64>,
+    /// Recovery threshold (hysteresis), on the safe side of the lowest threshold.
+    #[serde(default)]
+    pub recovery: Option<f64>,
+    /// For-duration in seconds (default 0).
+    #[serde(
+        default,
+        alias = "for-secs",
+        deserialize_with = "crate::text::whole_number"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 604800))]
+    pub for_secs: Option<i64>,
+    /// Re-notify interval in seconds (default 0: never).
+    #[serde(
+        default,
+        alias = "renotify-secs",
+        deserialize_with = "crate::text::whole_number"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 604800))]
+    pub renotify_secs: Option<i64>,
+    /// Whether it is evaluated (default: true on create, unchanged on update).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// Why a [`RuleSpec`] is refused, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A field alone is wrong ([`check_fields`]; the API answers 400).
+    #[error("{0}")]
+    Field(RuleFieldError),
+    /// Fields valid alone contradict each other ([`check_combination`]; 422).
+    #[error("{0}")]
+    Combination(RuleFieldError),
+}
+
+impl SpecError {
+    /// The field and what is wrong with it.
+    pub fn problem(&self) -> &RuleFieldError {
+        match self {
+            SpecError::Field(e) | SpecError::Combination(e) => e,
+        }
+    }
+}
+
+impl RuleSpec {
+    /// Checks the spec and makes its definition; `enabled` fills in an absent flag. Names
+    /// and scope values are trimmed.
+    pub fn definition(&self, enabled: bool) -> Result<RuleDefinition, SpecError> {
+        let scope = match self.scope.as_deref().unwrap_or("tenant") {
+            "tenant" => RuleScope::Tenant,
+            "agent" => RuleScope::Agent,
+            "tag" => RuleScope::Tag,
+            _ => {
+                return Err(SpecError::Field(bad(
+                    "scope",
+                    "must be tenant, agent or tag",
+                )))
+            }
+        };
+        let mut d = RuleDefinition {
+            name: self.name.clone(),
+            scope,
+            scope_value: self.scope_value.clone(),
+            metric: self.metric.clone(),
+            subject: self.subject.clone(),
+            operator: self.operator.clone().unwrap_or_else(|| ">".into()),
+            warning: self.warning,
+            critical: self.critical,
+            recovery: self.recovery,
+            for_secs: self.for_secs.unwrap_or(0),
+            renotify_secs: self.renotify_secs.unwrap_or(0),
+            enabled: self.enabled.unwrap_or(enabled),
+        };
+        check_fields(&d).map_err(SpecError::Field)?;
+        check_combination(&d).map_err(SpecError::Combination)?;
+        d.name = d.name.trim().to_owned();
+        d.scope_value = d.scope_value.map(|v| v.trim().to_owned());
+        Ok(d)
+    }
 }
 
 #[cfg(test)]

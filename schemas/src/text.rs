@@ -101,6 +101,25 @@ pub fn visible_text_pattern() -> String {
     format!("^[^{}]*$", &hidden[1..hidden.len() - 1])
 }
 
+/// A whole number people wrote (a JSON body, a TOML file), also when written with a zero
+/// fraction (`60.0`): JSON Schema's `integer` (and so the OpenAPI document) allows that
+/// form. `null` is absent. For `#[serde(deserialize_with)]`.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    use serde::Deserialize as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        #[allow(clippy::cast_possible_truncation)] // whole and within ±2^53 checked first
+        Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,14 +11,15 @@
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fleet_schemas::rules::RuleSpec;
 use fleet_schemas::{fixtures, MetricReport};
-use fleet_stream_processors::rules::{Evaluator, Operator, Rule, Severity};
+use fleet_stream_processors::rules::{static_rule_events, Evaluator, StaticRule};
 
 const TENANTS: usize = 100;
 const RULES_PER_TENANT: usize = 50;
 const AGENTS: usize = 1000;
 
-fn static_rules(n: usize) -> Vec<Rule> {
+fn static_rules(n: usize) -> Vec<StaticRule> {
     let metrics = [
         "cpu.percent",
         "memory.percent",
@@ -27,15 +28,17 @@ fn static_rules(n: usize) -> Vec<Rule> {
         "custom.queue_depth",
     ];
     (0..n)
-        .map(|i| Rule {
-            id: format!("rule-{i}"),
-            name: format!("Rule {i}"),
-            metric: metrics[i % metrics.len()].into(),
-            subject: None,
-            operator: Operator::Gt,
-            threshold: 50.0 + i as f64,
-            severity: Severity::Warning,
-            tenant: None,
+        .map(|i| {
+            StaticRule::new(
+                format!("rule-{i}"),
+                RuleSpec {
+                    name: format!("Rule {i}"),
+                    metric: metrics[i % metrics.len()].into(),
+                    operator: Some(">".into()),
+                    warning: Some(50.0 + i as f64),
+                    ..RuleSpec::default()
+                },
+            )
         })
         .collect()
 }
@@ -74,7 +77,7 @@ fn tenant_rules(ev: &mut Evaluator, tenant: &str) {
 }
 
 fn tenant_evaluator() -> Evaluator {
-    let mut ev = Evaluator::new(Vec::new());
+    let mut ev = Evaluator::default();
     for t in 0..TENANTS {
         tenant_rules(&mut ev, &format!("tenant-{t}"));
     }
@@ -103,7 +106,8 @@ fn next(base: &[MetricReport], n: u64, t0: i64) -> MetricReport {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("evaluate");
     g.throughput(Throughput::Elements(1));
-    let mut ev = Evaluator::new(static_rules(50));
+    let mut ev =
+        Evaluator::new(&static_rule_events(&static_rules(50)).expect("valid")).expect("valid");
     let mut t = 1_763_900_000_000_000i64;
     let base = fixtures::metric_report("tenant", "agent-1", t);
     g.bench_function("report_50_static_rules", |b| {

@@ -223,12 +223,12 @@ pub(crate) async fn run(
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    rules::validate_rules(&config.rules)?;
+    let static_rules = rules::static_rule_events(&config.rules)?;
     ensure_topics(log.as_ref()).await?;
     let margin_micros = i64::try_from(config.rules_replay_margin_secs)
         .unwrap_or(i64::MAX / 2_000_000)
         .saturating_mul(1_000_000);
-    let mut evaluator = Evaluator::new(config.rules.clone()).with_max_gap(margin_micros);
+    let mut evaluator = Evaluator::new(&static_rules)?.with_max_gap(margin_micros);
     let dead = DeadLetters::open(log.clone(), CONSUMER, &config.group).await?;
     let mut control = Control::open(log.as_ref(), dead.clone()).await?;
     let rebuilt = control.catch_up(log.as_ref(), &mut evaluator).await?;

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::{Rule, Severity};
+use fleet_schemas::AlertSeverity;
+
+use crate::rules::StaticRule;
 
 /// Settings of the stream processors. Every key has a default; see
 /// `config/processors.example.toml`.
@@ -30,10 +32,12 @@ pub struct ProcessorsConfig {
     pub batch_size: usize,
     /// Group session timeout, ms (a dead instance's partitions move after this long).
     pub session_timeout_ms: u64,
-    /// Static threshold rules for every tenant, beside the per-tenant rules on
+    /// Static rules (an `id`, an optional `tenant`, and the fields of the API's rule body:
+    /// `name`, `metric`, `operator`, `warning`, `critical`, ...), for every tenant or one,
+    /// beside the per-tenant rules on
     /// `fleet.rules.v1` (which the API manages; each new tenant gets a default set).
     /// None by default.
-    pub rules: Vec<Rule>,
+    pub rules: Vec<StaticRule>,
     /// Seconds replayed beyond the longest for-duration when the evaluator takes a
     /// partition; also the longest gap between two samples that keeps a for-duration running.
     pub rules_replay_margin_secs: u64,
@@ -87,6 +91,28 @@ impl Default for ProcessorsConfig {
             command_lookback_secs: 3600,
             command_grace_secs: 30,
             command_check_interval_secs: 5,
+        }
+    }
+}
+
+/// Severity as written in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Warning.
+    Warning,
+    /// Critical.
+    Critical,
+}
+
+impl From<Severity> for AlertSeverity {
+    fn from(s: Severity) -> Self {
+        match s {
+            Severity::Info => AlertSeverity::Info,
+            Severity::Warning => AlertSeverity::Warning,
+            Severity::Critical => AlertSeverity::Critical,
         }
     }
 }

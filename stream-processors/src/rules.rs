@@ -7,10 +7,12 @@
 //! first breaching sample), so re-evaluating the same reports after a restart or a replay
 //! yields the same ids.
 //!
-//! Rules come from two places: the static rules of the configuration ([`Rule`]: one
-//! threshold, one severity, raised at the first breaching sample) and the rules of
-//! `fleet.rules.v1` ([`RuleEvent`], see [`fleet_schemas::rules`] for their meaning). Both
-//! run as a [`RuleDef`]. Choices made here:
+//! Rules come from two places, and take one path: the rules of `fleet.rules.v1`
+//! ([`RuleEvent`], see [`fleet_schemas::rules`] for their meaning), and the static rules of
+//! the configuration ([`StaticRule`]: an id, an optional tenant and the same fields the API
+//! takes), which become rule events when the evaluator starts ([`static_rule_events`]). A
+//! rule of the topic replaces a static rule of the same id. Each runs as a [`RuleDef`].
+//! Choices made here:
 //!
 //! * **For-duration**: the breach must hold for `for_secs` of sample time, from the first
 //!   breaching sample; a non-breaching sample, or a gap between two samples longer than
@@ -55,7 +57,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fleet_schemas::rules::{RuleFieldError, HEARTBEAT_ABSENT};
+use fleet_schemas::rules::{RuleFieldError, RuleSpec, HEARTBEAT_ABSENT};
 use fleet_schemas::samples::{self, Sample};
 use fleet_schemas::{
     ids, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, AlertSeverity,
@@ -112,53 +114,62 @@ impl Operator {
     }
 }
 
-/// Severity as written in configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Informational.
-    Info,
-    /// Warning.
-    Warning,
-    /// Critical.
-    Critical,
+/// A static rule of the configuration (`[[rules]]`): an id, an optional tenant (every
+/// tenant when absent), and the fields of a [`RuleSpec`] as the API takes them. The
+/// evaluator runs it as a rule event ([`StaticRule::event`]), as it runs the rules of
+/// `fleet.rules.v1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticRule {
+    /// Stable id (part of every alert id).
+    pub id: String,
+    /// Only this tenant's agents; every tenant when absent.
+    pub tenant: Option<String>,
+    /// The rule.
+    pub spec: RuleSpec,
 }
 
-impl From<Severity> for AlertSeverity {
-    fn from(s: Severity) -> Self {
-        match s {
-            Severity::Info => AlertSeverity::Info,
-            Severity::Warning => AlertSeverity::Warning,
-            Severity::Critical => AlertSeverity::Critical,
-        }
+/// The table a static rule is written as: `id`, `tenant`, and the rest is the spec's.
+#[derive(Serialize, Deserialize)]
+struct StaticRuleTable {
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(flatten)]
+    spec: serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for StaticRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let t = StaticRuleTable::deserialize(d)?;
+        // The spec refuses unknown fields, so a typo in a rule is an error naming it.
+        let spec = RuleSpec::deserialize(serde_json::Value::Object(t.spec))
+            .map_err(|e| D::Error::custom(format!("rule {:?}: {e}", t.id)))?;
+        Ok(StaticRule {
+            id: t.id,
+            tenant: t.tenant,
+            spec,
+        })
     }
 }
 
-/// A threshold rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Rule {
-    /// Stable id (part of every alert id).
-    pub id: String,
-    /// Name shown to people.
-    pub name: String,
-    /// Metric name, for example `cpu.percent`, `disk.percent`, `custom.queue_depth`.
-    pub metric: String,
-    /// Only this mount point or service (metrics with subjects); all when absent.
-    #[serde(default)]
-    pub subject: Option<String>,
-    /// Comparison.
-    pub operator: Operator,
-    /// Threshold.
-    pub threshold: f64,
-    /// Severity of the alerts it raises.
-    pub severity: Severity,
-    /// Only this tenant's agents; every tenant when absent.
-    #[serde(default)]
-    pub tenant: Option<String>,
+impl Serialize for StaticRule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let spec = match serde_json::to_value(&self.spec).map_err(S::Error::custom)? {
+            serde_json::Value::Object(m) => m,
+            _ => return Err(S::Error::custom("a rule spec is an object")),
+        };
+        StaticRuleTable {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            spec: spec.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        }
+        .serialize(s)
+    }
 }
 
-/// Why a rule is not acceptable.
+/// Why a static rule is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("rule {rule:?}: {message}")]
 pub struct RuleError {
@@ -168,32 +179,66 @@ pub struct RuleError {
     pub message: String,
 }
 
-/// Checks a rule set: known metrics, finite thresholds, unique ids.
-pub fn validate_rules(rules: &[Rule]) -> Result<(), RuleError> {
-    let mut seen = std::collections::HashSet::new();
-    for r in rules {
-        let e = |m: String| RuleError {
-            rule: r.id.clone(),
-            message: m,
-        };
-        if r.id.is_empty() {
-            return Err(e("id must not be empty".into()));
-        }
-        if !seen.insert(r.id.as_str()) {
-            return Err(e("two rules share this id".into()));
-        }
-        if !samples::is_known_metric(&r.metric) {
-            return Err(e(format!(
-                "unknown metric {:?}; known: {} or custom.<name>",
-                r.metric,
-                samples::BUILTIN_METRICS.join(", ")
-            )));
-        }
-        if !r.threshold.is_finite() {
-            return Err(e("threshold must be a finite number".into()));
+impl StaticRule {
+    /// A rule for every tenant.
+    pub fn new(id: impl Into<String>, spec: RuleSpec) -> StaticRule {
+        StaticRule {
+            id: id.into(),
+            tenant: None,
+            spec,
         }
     }
-    Ok(())
+
+    /// The rule event the evaluator runs: DEFINED, the spec checked as the API checks it,
+    /// written by `config`, with time 0 (so any rule of the topic with the same id
+    /// replaces it). An event of a rule for every tenant has an empty tenant id, which
+    /// [`Evaluator::new`] alone reads as every tenant.
+    pub fn event(&self) -> Result<RuleEvent, RuleError> {
+        let e = |message: String| RuleError {
+            rule: self.id.clone(),
+            message,
+        };
+        if self.id.trim().is_empty() {
+            return Err(e("id must not be empty".into()));
+        }
+        if self.tenant.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(e(
+                "tenant must not be empty (leave it out for every tenant)".into(),
+            ));
+        }
+        let d = self
+            .spec
+            .definition(true)
+            .map_err(|err| e(err.problem().to_string()))?;
+        Ok(RuleEvent {
+            event_id: ids::v5(&["static-rule", &self.id]).to_string(),
+            rule_id: self.id.clone(),
+            tenant_id: self.tenant.clone().unwrap_or_default(),
+            kind: RuleEventKind::Defined,
+            rule: Some(d),
+            actor: Some("config".into()),
+            occurred_at: 0,
+            ingested_at: 0,
+        })
+    }
+}
+
+/// The rule events of a static rule set, checked: each rule as the API checks it, and
+/// unique ids.
+pub fn static_rule_events(rules: &[StaticRule]) -> Result<Vec<RuleEvent>, RuleError> {
+    let mut seen = std::collections::HashSet::new();
+    rules
+        .iter()
+        .map(|r| {
+            if !seen.insert(r.id.as_str()) {
+                return Err(RuleError {
+                    rule: r.id.clone(),
+                    message: "two rules share this id".into(),
+                });
+            }
+            r.event()
+        })
+        .collect()
 }
 
 impl Operator {
@@ -252,31 +297,21 @@ pub struct RuleDef {
     pub enabled: bool,
 }
 
-impl From<&Rule> for RuleDef {
-    fn from(r: &Rule) -> RuleDef {
-        RuleDef {
-            id: r.id.clone(),
-            tenant: r.tenant.clone(),
-            name: r.name.clone(),
-            scope: Scope::All,
-            metric: r.metric.clone(),
-            subject: r.subject.clone(),
-            operator: r.operator,
-            levels: vec![(r.severity.into(), r.threshold)],
-            recovery: None,
-            for_micros: 0,
-            renotify_micros: 0,
-            enabled: true,
-        }
-    }
-}
-
 impl RuleDef {
     /// The rule a DEFINED event carries, checked with
     /// [`fleet_schemas::rules::check_definition`].
     pub fn from_definition(
         rule_id: &str,
         tenant_id: &str,
+        d: &RuleDefinition,
+    ) -> Result<RuleDef, RuleFieldError> {
+        Self::compile(rule_id, Some(tenant_id), d)
+    }
+
+    /// The rule of a definition; `tenant` `None`: every tenant (static rules only).
+    fn compile(
+        rule_id: &str,
+        tenant: Option<&str>,
         d: &RuleDefinition,
     ) -> Result<RuleDef, RuleFieldError> {
         fleet_schemas::rules::check_definition(d)?;
@@ -299,7 +334,7 @@ impl RuleDef {
         .collect();
         Ok(RuleDef {
             id: rule_id.to_owned(),
-            tenant: Some(tenant_id.to_owned()),
+            tenant: tenant.map(str::to_owned),
             name: d.name.trim().to_owned(),
             scope,
             metric: d.metric.clone(),
@@ -410,15 +445,40 @@ pub struct Evaluator {
 
 impl Default for Evaluator {
     fn default() -> Self {
-        Evaluator::new(Vec::new())
+        Evaluator::with_static(Vec::new())
     }
 }
 
 impl Evaluator {
-    /// An evaluator over static `rules` (validate them first with [`validate_rules`]).
-    pub fn new(rules: Vec<Rule>) -> Evaluator {
+    /// An evaluator over the static rules, as rule events ([`static_rule_events`]); an
+    /// event with an empty tenant id is a rule for every tenant. A rule that is not valid
+    /// is refused.
+    pub fn new(static_rules: &[RuleEvent]) -> Result<Evaluator, RuleError> {
+        let static_rules = static_rules
+            .iter()
+            .map(|ev| {
+                let tenant = Some(ev.tenant_id.as_str()).filter(|t| !t.is_empty());
+                let d = match (ev.kind, &ev.rule) {
+                    (RuleEventKind::Defined, Some(d)) => d,
+                    _ => {
+                        return Err(RuleError {
+                            rule: ev.rule_id.clone(),
+                            message: "a static rule is a DEFINED event with its rule".into(),
+                        })
+                    }
+                };
+                RuleDef::compile(&ev.rule_id, tenant, d).map_err(|e| RuleError {
+                    rule: ev.rule_id.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Evaluator::with_static(static_rules))
+    }
+
+    fn with_static(static_rules: Vec<RuleDef>) -> Evaluator {
         let mut ev = Evaluator {
-            static_rules: rules.iter().map(RuleDef::from).collect(),
+            static_rules,
             topic_rules: HashMap::new(),
             retired_at: HashMap::new(),
             active: Vec::new(),
@@ -1148,17 +1208,32 @@ mod tests {
     use super::*;
     use fleet_schemas::fixtures;
 
-    fn cpu_rule(threshold: f64) -> Rule {
-        Rule {
+    /// A static rule for every tenant: `metric > threshold` is critical.
+    fn rule_on(metric: &str, threshold: f64) -> StaticRule {
+        StaticRule {
             id: "cpu".into(),
-            name: "CPU".into(),
-            metric: "cpu.percent".into(),
-            subject: None,
-            operator: Operator::Gt,
-            threshold,
-            severity: Severity::Critical,
             tenant: None,
+            spec: RuleSpec {
+                name: "CPU".into(),
+                metric: metric.into(),
+                operator: Some(">".into()),
+                critical: Some(threshold),
+                ..RuleSpec::default()
+            },
         }
+    }
+
+    fn cpu_rule(threshold: f64) -> StaticRule {
+        rule_on("cpu.percent", threshold)
+    }
+
+    fn evaluator(rules: &[StaticRule]) -> Evaluator {
+        Evaluator::new(&static_rule_events(rules).expect("valid rules")).expect("valid rules")
+    }
+
+    fn def_of(r: &StaticRule) -> RuleDef {
+        let d = r.spec.definition(true).expect("valid rule");
+        RuleDef::compile(&r.id, r.tenant.as_deref(), &d).expect("valid rule")
     }
 
     fn report(t: i64, cpu: f64) -> MetricReport {
@@ -1169,7 +1244,7 @@ mod tests {
 
     #[test]
     fn raises_once_and_resolves() {
-        let mut ev = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut ev = evaluator(&[cpu_rule(90.0)]);
         assert!(ev.evaluate(&report(1, 50.0), 0).is_empty());
         let raised = ev.evaluate(&report(2, 95.0), 0);
         assert_eq!(raised.len(), 1);
@@ -1189,8 +1264,8 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_across_evaluators() {
-        let mut a = Evaluator::new(vec![cpu_rule(90.0)]);
-        let mut b = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut a = evaluator(&[cpu_rule(90.0)]);
+        let mut b = evaluator(&[cpu_rule(90.0)]);
         let ra = a.evaluate(&report(2, 95.0), 111);
         let rb = b.evaluate(&report(2, 95.0), 222);
         assert_eq!(ra[0].alert_id, rb[0].alert_id);
@@ -1199,9 +1274,9 @@ mod tests {
 
     #[test]
     fn rebuilt_state_prevents_duplicate_raise_and_allows_resolve() {
-        let mut first = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut first = evaluator(&[cpu_rule(90.0)]);
         let raised = first.evaluate(&report(2, 95.0), 0);
-        let mut restarted = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut restarted = evaluator(&[cpu_rule(90.0)]);
         restarted.observe(&raised[0]);
         assert!(
             restarted.evaluate(&report(2, 95.0), 0).is_empty(),
@@ -1214,13 +1289,13 @@ mod tests {
 
     #[test]
     fn replay_from_the_start_after_rebuild_emits_nothing_twice() {
-        let mut first = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut first = evaluator(&[cpu_rule(90.0)]);
         let mut emitted = Vec::new();
         for (t, cpu) in [(1, 50.0), (2, 95.0), (3, 99.0)] {
             emitted.extend(first.evaluate(&report(t, cpu), 0));
         }
         assert_eq!(emitted.len(), 1);
-        let mut replaying = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut replaying = evaluator(&[cpu_rule(90.0)]);
         replaying.observe(&emitted[0]);
         for (t, cpu) in [(1, 50.0), (2, 95.0), (3, 99.0)] {
             assert!(
@@ -1239,10 +1314,10 @@ mod tests {
     /// the gap, for-duration or re-notify arithmetic.
     #[test]
     fn extreme_sample_times_do_not_overflow() {
-        let mut rule = RuleDef::from(&cpu_rule(90.0));
+        let mut rule = def_of(&cpu_rule(90.0));
         rule.for_micros = 60_000_000;
         rule.renotify_micros = 60_000_000;
-        let mut ev = Evaluator::new(Vec::new());
+        let mut ev = Evaluator::default();
         ev.upsert_rule(rule);
         assert!(ev.evaluate(&report(i64::MIN + 1, 95.0), 0).is_empty());
         // (The fixture adds a little to the time for its ingestion time.)
@@ -1253,7 +1328,7 @@ mod tests {
 
     #[test]
     fn late_and_repeated_reports_do_not_flap() {
-        let mut ev = Evaluator::new(vec![cpu_rule(90.0)]);
+        let mut ev = evaluator(&[cpu_rule(90.0)]);
         assert_eq!(ev.evaluate(&report(10, 95.0), 0).len(), 1);
         assert!(
             ev.evaluate(&report(5, 1.0), 0).is_empty(),
@@ -1267,12 +1342,8 @@ mod tests {
 
     #[test]
     fn per_subject_alerts_for_disks() {
-        let rule = Rule {
-            metric: "disk.percent".into(),
-            threshold: 15.0,
-            ..cpu_rule(0.0)
-        };
-        let mut ev = Evaluator::new(vec![rule]);
+        let rule = rule_on("disk.percent", 15.0);
+        let mut ev = evaluator(&[rule]);
         let out = ev.evaluate(&fixtures::metric_report("t", "a", 1), 0);
         // fixture: "/" at 20% breaches, "/var" at 10% does not
         assert_eq!(out.len(), 1);
@@ -1283,11 +1354,7 @@ mod tests {
     const MIN: i64 = 60_000_000;
 
     fn disk_rule(for_micros: i64) -> RuleDef {
-        let mut r = RuleDef::from(&Rule {
-            metric: "disk.percent".into(),
-            threshold: 90.0,
-            ..cpu_rule(0.0)
-        });
+        let mut r = def_of(&rule_on("disk.percent", 90.0));
         r.for_micros = for_micros;
         r
     }
@@ -1312,7 +1379,7 @@ mod tests {
     /// holds, whatever the number of names seen.
     #[test]
     fn state_of_idle_subjects_is_dropped_under_a_churn_of_names() {
-        let mut ev = Evaluator::new(Vec::new()).with_max_gap(2 * MIN);
+        let mut ev = Evaluator::default().with_max_gap(2 * MIN);
         ev.upsert_rule(disk_rule(0));
         let t0 = 1_700_000_000_000_000;
         let idle = 10 * MIN;
@@ -1341,7 +1408,7 @@ mod tests {
     /// longest for-duration plus the max gap).
     #[test]
     fn eviction_keeps_open_alerts_and_running_for_durations() {
-        let mut ev = Evaluator::new(Vec::new()).with_max_gap(2 * MIN);
+        let mut ev = Evaluator::default().with_max_gap(2 * MIN);
         ev.upsert_rule(disk_rule(10 * MIN));
         let t0 = 1_700_000_000_000_000;
         let one = |name: &str| std::iter::once(name.to_owned());
@@ -1373,24 +1440,55 @@ mod tests {
 
     #[test]
     fn tenant_scoped_rule_ignores_other_tenants() {
-        let rule = Rule {
+        let rule = StaticRule {
             tenant: Some("other".into()),
             ..cpu_rule(10.0)
         };
-        let mut ev = Evaluator::new(vec![rule]);
+        let mut ev = evaluator(&[rule]);
         assert!(ev.evaluate(&report(1, 99.0), 0).is_empty());
     }
 
     #[test]
     fn validation_names_the_problem() {
-        let bad = Rule {
-            metric: "cpu.nope".into(),
-            ..cpu_rule(1.0)
-        };
-        let e = validate_rules(&[bad]).expect_err("unknown metric");
-        assert!(e.message.contains("unknown metric"));
-        let e = validate_rules(&[cpu_rule(1.0), cpu_rule(2.0)]).expect_err("dup");
-        assert!(e.message.contains("share"));
+        let bad = rule_on("cpu.nope", 1.0);
+        let e = static_rule_events(&[bad]).expect_err("unknown metric");
+        assert!(e.message.contains("unknown metric"), "{e}");
+        let e = static_rule_events(&[cpu_rule(1.0), cpu_rule(2.0)]).expect_err("dup");
+        assert!(e.message.contains("share"), "{e}");
+        let mut bad = cpu_rule(1.0);
+        bad.spec.warning = Some(5.0);
+        let e = static_rule_events(&[bad]).expect_err("critical below warning");
+        assert!(e.message.starts_with("critical:"), "{e}");
+    }
+
+    /// Static rules are written as the API's fields, in snake_case or kebab-case, with an
+    /// id and an optional tenant; a typo is an error naming the field.
+    #[test]
+    fn static_rules_parse_from_toml() {
+        #[derive(Debug, Deserialize)]
+        struct C {
+            rules: Vec<StaticRule>,
+        }
+        let c: C = toml::from_str(
+            "[[rules]]\nid = \"disk\"\ntenant = \"t1\"\nname = \"Disk\"\nmetric = \"disk.percent\"\nsubject = \"/\"\noperator = \">=\"\nwarning = 80.0\ncritical = 90\nfor-secs = 300\nrenotify_secs = 60.0\n",
+        )
+        .expect("parses");
+        let ev = &static_rule_events(&c.rules).expect("valid")[0];
+        assert_eq!(ev.tenant_id, "t1");
+        let d = ev.rule.as_ref().expect("defined");
+        assert_eq!((d.warning, d.critical), (Some(80.0), Some(90.0)));
+        assert_eq!((d.for_secs, d.renotify_secs), (300, 60));
+        assert_eq!(d.subject.as_deref(), Some("/"));
+        let back = toml::to_string(&c.rules[0]).expect("writes");
+        assert_eq!(
+            toml::from_str::<StaticRule>(&back).expect("reads"),
+            c.rules[0]
+        );
+        let e = toml::from_str::<C>(
+            "[[rules]]\nid = \"x\"\nname = \"X\"\nmetric = \"cpu.percent\"\nthreshold = 9\n",
+        )
+        .expect_err("unknown field");
+        assert!(e.to_string().contains("threshold"), "{e}");
     }
 
     #[test]
@@ -1417,7 +1515,7 @@ mod tests {
     }
 
     fn with_rule(ev: RuleEvent) -> Evaluator {
-        let mut e = Evaluator::new(Vec::new());
+        let mut e = Evaluator::default();
         e.apply_rule_event(&ev).expect("valid rule");
         e
     }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use fleet_consumer::log::read_to_end;
 use fleet_event_log::{ConsumerOptions, EventLog, ProduceRecord};
+use fleet_schemas::rules::RuleSpec;
 use fleet_schemas::{codec, fixtures, topics, AlertEvent, AlertEventKind, Record};
-use fleet_stream_processors::rules::{Operator, Rule, Severity};
+use fleet_stream_processors::rules::StaticRule;
 use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig, Readiness};
 use tokio::sync::watch;
 
@@ -39,16 +40,16 @@ async fn alerts(log: &dyn EventLog) -> Vec<AlertEvent> {
 fn config(group: &str) -> ProcessorsConfig {
     ProcessorsConfig {
         group: group.into(),
-        rules: vec![Rule {
-            id: "cpu-90".into(),
-            name: "CPU above 90".into(),
-            metric: "cpu.percent".into(),
-            subject: None,
-            operator: Operator::Gt,
-            threshold: 90.0,
-            severity: Severity::Critical,
-            tenant: None,
-        }],
+        rules: vec![StaticRule::new(
+            "cpu-90",
+            RuleSpec {
+                name: "CPU above 90".into(),
+                metric: "cpu.percent".into(),
+                operator: Some(">".into()),
+                critical: Some(90.0),
+                ..RuleSpec::default()
+            },
+        )],
         ..ProcessorsConfig::default()
     }
 }

@@ -14,7 +14,7 @@ use fleet_schemas::{
     fixtures, ids, topics, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind,
     AlertSeverity, RuleEvent, RuleScope, TicketEvent, TicketEventKind,
 };
-use fleet_stream_processors::rules::Severity;
+use fleet_stream_processors::config::Severity;
 use fleet_stream_processors::ticketer::run_ticketer;
 use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig};
 use support::{open_log, produce, read_all, wait_committed, wait_for, Running};

@@ -11,7 +11,7 @@ use fleet_event_log::EventLog;
 use fleet_schemas::{
     fixtures, ids, topics, AlertEvent, AlertEventKind, AlertSeverity, TicketEvent, TicketEventKind,
 };
-use fleet_stream_processors::rules::Severity;
+use fleet_stream_processors::config::Severity;
 use fleet_stream_processors::ticketer::run_ticketer;
 use fleet_stream_processors::ProcessorsConfig;
 use support::{open_log, produce, read_all, wait_committed, wait_for, Running};

@@ -37,7 +37,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
-use fleet_schemas::rules::{check_combination, check_fields, HEARTBEAT_ABSENT};
+use fleet_schemas::rules::{SpecError, HEARTBEAT_ABSENT};
 use fleet_schemas::{
     codec, ids, AlertEvent, AlertEventKind, AlertSeverity, Record, RuleDefinition, RuleEvent,
     RuleEventKind, RuleScope,
@@ -80,55 +80,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/alerts/{alert_id}/resolve", post(resolve_alert))
 }
 
-/// Body of rule creation and update.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RuleBody {
-    /// Name shown to people.
-    #[schema(max_length = 200, pattern = "fleet:name")]
-    pub name: String,
-    /// `tenant` (default), `agent` or `tag`.
-    #[serde(default)]
-    #[schema(pattern = "^(tenant|agent|tag)$")]
-    pub scope: Option<String>,
-    /// Agent id (scope `agent`) or tag (scope `tag`); absent for scope `tenant` (422
-    /// otherwise).
-    #[serde(default)]
-    #[schema(max_length = 200, pattern = "fleet:name")]
-    pub scope_value: Option<String>,
-    /// Metric name, for example `cpu.percent`, `disk.percent`, `service.up`, `custom.x`.
-    #[schema(pattern = "fleet:rule-metric")]
-    pub metric: String,
-    /// Only this mount point or service (metrics that have one: 422 otherwise).
-    #[serde(default)]
-    #[schema(max_length = 500, pattern = "fleet:name")]
-    pub subject: Option<String>,
-    /// `>` (default), `>=`, `<`, `<=`, `==`, `!=`.
-    #[serde(default)]
-    #[schema(pattern = "^(>|>=|<|<=|==|!=)$")]
-    pub operator: Option<String>,
-    /// Warning threshold (a warning or a critical threshold is needed; with `>` or `>=`
-    /// the critical one is at or above it, with `<` or `<=` at or below: 422 otherwise).
-    #[serde(default)]
-    pub warning: Option<f64>,
-    /// Critical threshold.
-    #[serde(default)]
-    pub critical: Option<f64>,
-    /// Recovery threshold (hysteresis), on the safe side of the lowest threshold.
-    #[serde(default)]
-    pub recovery: Option<f64>,
-    /// For-duration in seconds (default 0).
-    #[serde(default, deserialize_with = "crate::input::whole_number")]
-    #[schema(minimum = 0, maximum = 604800)]
-    pub for_secs: Option<i64>,
-    /// Re-notify interval in seconds (default 0: never).
-    #[serde(default, deserialize_with = "crate::input::whole_number")]
-    #[schema(minimum = 0, maximum = 604800)]
-    pub renotify_secs: Option<i64>,
-    /// Whether it is evaluated (default: true on create, unchanged on update).
-    #[serde(default)]
-    pub enabled: Option<bool>,
-}
+/// Body of rule creation and update: the one way people write a rule.
+pub use fleet_schemas::rules::RuleSpec as RuleBody;
 
 /// A rule as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -187,39 +140,13 @@ impl RuleView {
     }
 }
 
-/// Checks a body and turns it into a definition; `enabled` fills in an absent flag.
+/// Checks a body and turns it into a definition; `enabled` fills in an absent flag. Each
+/// field alone is a 400; fields that contradict each other a 422.
 pub fn definition(body: &RuleBody, enabled: bool) -> Result<RuleDefinition, ApiError> {
-    let scope = match body.scope.as_deref().unwrap_or("tenant") {
-        "tenant" => RuleScope::Tenant,
-        "agent" => RuleScope::Agent,
-        "tag" => RuleScope::Tag,
-        _ => {
-            return Err(ApiError::invalid_field(
-                "scope",
-                "must be tenant, agent or tag",
-            ))
-        }
-    };
-    let mut d = RuleDefinition {
-        name: body.name.clone(),
-        scope,
-        scope_value: body.scope_value.clone(),
-        metric: body.metric.clone(),
-        subject: body.subject.clone(),
-        operator: body.operator.clone().unwrap_or_else(|| ">".into()),
-        warning: body.warning,
-        critical: body.critical,
-        recovery: body.recovery,
-        for_secs: body.for_secs.unwrap_or(0),
-        renotify_secs: body.renotify_secs.unwrap_or(0),
-        enabled: body.enabled.unwrap_or(enabled),
-    };
-    // Each field alone is a 400; fields that contradict each other a 422.
-    check_fields(&d).map_err(|e| ApiError::invalid_field(e.field, e.message))?;
-    check_combination(&d).map_err(|e| invalid_combination(e.field, e.message))?;
-    d.name = d.name.trim().to_owned();
-    d.scope_value = d.scope_value.map(|v| v.trim().to_owned());
-    Ok(d)
+    body.definition(enabled).map_err(|e| match e {
+        SpecError::Field(e) => ApiError::invalid_field(e.field, e.message),
+        SpecError::Combination(e) => invalid_combination(e.field, e.message),
+    })
 }
 
 fn def(
