@@ -20,6 +20,8 @@ use fleet_event_log::{ConsumerOptions, EventLog, StartFrom};
 use fleet_ingest_gateway::{app, GatewayConfig, GatewayState};
 use fleet_schemas::rules::RuleSpec;
 use fleet_schemas::{codec, topics, AlertEvent, AlertEventKind};
+use fleet_service::config::EventLogSettings;
+use fleet_stream_processors::config::AlertEvaluatorSettings;
 use fleet_stream_processors::rules::StaticRule;
 use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig, Readiness};
 use serde_json::{json, Value};
@@ -148,7 +150,14 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
     let samples = env_num("BENCH_LATENCY_SAMPLES", 200);
     let run = format!("{:x}", rand_u64());
     let cfg = ProcessorsConfig {
-        group: format!("bench-evaluator-{run}"),
+        alert_evaluator: AlertEvaluatorSettings {
+            group: format!("bench-evaluator-{run}"),
+            ..AlertEvaluatorSettings::default()
+        },
+        event_log: EventLogSettings {
+            session_timeout: std::time::Duration::from_secs(6),
+            ..EventLogSettings::default()
+        },
         rules: vec![StaticRule::new(
             format!("bench-cpu-{run}"),
             RuleSpec {
@@ -160,7 +169,6 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
             },
         )],
         batch_size: 500,
-        session_timeout_ms: 6000,
         ..ProcessorsConfig::default()
     };
     let ready = Readiness::default();

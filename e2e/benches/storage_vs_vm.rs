@@ -285,14 +285,14 @@ impl Up {
             dir,
             "gateway.toml",
             &format!(
-                "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\nregistry = \"{db}\"\nauth = \"off\"\nrate-limit-per-second = 0\nmax-reports-per-batch = 1000\n"
+                "listen = \"127.0.0.1:{gw_port}\"\nregistry = \"{db}\"\nauth = \"off\"\nrate-limit-per-second = 0\nmax-reports-per-batch = 1000\n[event-log]\nurl = \"{log}\"\n"
             ),
         )?;
         let pj_cfg = write_file(
             dir,
             "projections.toml",
             &format!(
-                "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"{}\"\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n",
+                "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"{}\"\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n[event-log]\nurl = \"{log}\"\n",
                 keyspace.url
             ),
         )?;

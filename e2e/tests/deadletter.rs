@@ -636,13 +636,15 @@ async fn kafka_corrupt_records_become_dead_letters_and_a_replay_brings_one_back(
     let gw_cfg = write_file(
         d,
         "gateway.toml",
-        &format!("listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{url}\"\nauth = \"off\"\n"),
+        &format!(
+            "listen = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\n[event-log]\nurl = \"{url}\"\n"
+        ),
     )?;
     let pj_cfg = write_file(
         d,
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{url}\"\nread-model = \"sqlite://{}\"\ntimeseries = \"file://{}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"sqlite://{}\"\ntimeseries = \"file://{}\"\nadmin-api-key = \"{admin_key}\"\n[event-log]\nurl = \"{url}\"\nsession-timeout = \"6000ms\"\n",
             d.join("rm.db").display(),
             d.join("ts").display()
         ),
@@ -651,7 +653,7 @@ async fn kafka_corrupt_records_become_dead_letters_and_a_replay_brings_one_back(
         d,
         "processors.toml",
         &format!(
-            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{url}\"\nsession-timeout-ms = 6000\n"
+            "listen = \"127.0.0.1:{pr_port}\"\n[event-log]\nurl = \"{url}\"\nsession-timeout = \"6000ms\"\n"
         ),
     )?;
     let gateway = Proc::start("gateway", d, &["gateway", "--config", &path(&gw_cfg)?], &[])?;

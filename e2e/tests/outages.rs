@@ -268,14 +268,14 @@ async fn broker_outage_loses_no_report() -> anyhow::Result<()> {
         dir.path(),
         "gateway.toml",
         &format!(
-            "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\nauth = \"required\"\nregistry = \"{db}\"\nproduce-timeout-ms = 2000\nretry-after-secs = 1\n"
+            "listen = \"127.0.0.1:{gw_port}\"\nauth = \"required\"\nregistry = \"{db}\"\nproduce-timeout = \"2000ms\"\nretry-after = \"1s\"\n[event-log]\nurl = \"{log}\"\n"
         ),
     )?;
     let pj_cfg = write_file(
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-outage-rm-{id}\"\ntimeseries-group = \"e2e-outage-ts-{id}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-outage-rm-{id}\"\ntimeseries-group = \"e2e-outage-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n",
             dir.path().join("ts").display()
         ),
     )?;
@@ -283,7 +283,7 @@ async fn broker_outage_loses_no_report() -> anyhow::Result<()> {
         dir.path(),
         "processors.toml",
         &format!(
-            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{log}\"\ngroup = \"e2e-outage-alerts-{id}\"\nsession-timeout-ms = 6000\n\n[[rules]]\nid = \"e2e-outage-{id}\"\nname = \"E2E CPU at or above 0\"\nmetric = \"cpu.percent\"\noperator = \">=\"\ncritical = 0.0\n"
+            "listen = \"127.0.0.1:{pr_port}\"\n\n[[rules]]\nid = \"e2e-outage-{id}\"\nname = \"E2E CPU at or above 0\"\nmetric = \"cpu.percent\"\noperator = \">=\"\ncritical = 0.0\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n[alert-evaluator]\ngroup = \"e2e-outage-alerts-{id}\"\n"
         ),
     )?;
     let gateway = Proc::start(
@@ -496,7 +496,7 @@ async fn agent_killed_mid_send_loses_and_doubles_nothing() -> anyhow::Result<()>
         dir.path(),
         "fleetstream.toml",
         &format!(
-            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nretry-after-secs = 1\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\n"
+            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nretry-after = \"1s\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\n"
         ),
     )?;
     let data = dir.path().join("data");

@@ -278,14 +278,14 @@ async fn python_ticketing_consumer_sees_one_ticket_per_incident_across_a_process
         d,
         "gateway.toml",
         &format!(
-            "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log_url}\"\nauth = \"required\"\nregistry = \"{db}\"\n"
+            "listen = \"127.0.0.1:{gw_port}\"\nauth = \"required\"\nregistry = \"{db}\"\n[event-log]\nurl = \"{log_url}\"\n"
         ),
     )?;
     let pj_cfg = write_file(
         d,
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log_url}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-tk-rm-{id}\"\ntimeseries-group = \"e2e-tk-ts-{id}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-tk-rm-{id}\"\ntimeseries-group = \"e2e-tk-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n[event-log]\nurl = \"{log_url}\"\nsession-timeout = \"6000ms\"\n",
             d.join("ts").display()
         ),
     )?;
@@ -351,13 +351,23 @@ async fn python_ticketing_consumer_sees_one_ticket_per_incident_across_a_process
     let processors_cfg = |threshold: f64| {
         format!(
             r#"listen = "127.0.0.1:{pr_port}"
-event-log = "{log_url}"
+
+[event-log]
+url = "{log_url}"
+session-timeout = "6s"
+
+[alert-evaluator]
 group = "e2e-tk-alerts-{id}"
-ticketer-group = "e2e-tk-tickets-{id}"
-liveness-group = "e2e-tk-liveness-{id}"
-command-timeouts-group = "e2e-tk-cmd-{id}"
-session-timeout-ms = 6000
-ticket-min-severity = "warning"
+
+[ticketer]
+group = "e2e-tk-tickets-{id}"
+min-severity = "warning"
+
+[liveness]
+group = "e2e-tk-liveness-{id}"
+
+[command-timeouts]
+group = "e2e-tk-cmd-{id}"
 
 [[rules]]
 id = "{rule_id}"
@@ -746,7 +756,7 @@ async fn two_processors_in_one_group_raise_resolve_and_ticket_every_incident_onc
         d,
         "gateway.toml",
         &format!(
-            "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log_url}\"\nauth = \"off\"\ndefault-tenant = \"{tenant}\"\nrate-limit-per-second = 0\n"
+            "listen = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\ndefault-tenant = \"{tenant}\"\nrate-limit-per-second = 0\n[event-log]\nurl = \"{log_url}\"\n"
         ),
     )?;
     // Two agents on every partition of fleet.metrics.v1: one breaches from the start
@@ -771,17 +781,27 @@ async fn two_processors_in_one_group_raise_resolve_and_ticket_every_incident_onc
     let processors_cfg = |port: u16| {
         format!(
             r#"listen = "127.0.0.1:{port}"
-event-log = "{log_url}"
+
+[event-log]
+url = "{log_url}"
+session-timeout = "6s"
+
+[alert-evaluator]
 group = "e2e-cg-alerts-{id}"
-ticketer-group = "e2e-cg-tickets-{id}"
-liveness-group = "e2e-cg-liveness-{id}"
-command-timeouts-group = "e2e-cg-cmd-{id}"
-session-timeout-ms = 6000
-ticket-min-severity = "warning"
-offline-after-secs = 3
-liveness-check-interval-secs = 1
-command-grace-secs = 1
-command-check-interval-secs = 1
+
+[ticketer]
+group = "e2e-cg-tickets-{id}"
+min-severity = "warning"
+
+[liveness]
+group = "e2e-cg-liveness-{id}"
+offline-after = "3s"
+check-interval = "1s"
+
+[command-timeouts]
+group = "e2e-cg-cmd-{id}"
+grace = "1s"
+check-interval = "1s"
 
 [[rules]]
 id = "{rule_id}"

@@ -669,7 +669,7 @@ async fn embedded_replay_rebuilds_equal_views_and_exports() -> anyhow::Result<()
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{pj_port}\"\nserve-api = false\nevent-log = \"{log_url}\"\nread-model = \"{live_rm}\"\ntimeseries = \"{live_ts}\"\n"
+            "listen = \"127.0.0.1:{pj_port}\"\nserve-api = false\nread-model = \"{live_rm}\"\ntimeseries = \"{live_ts}\"\n[event-log]\nurl = \"{log_url}\"\n"
         ),
     )?;
     let mut metric_records = 0usize;
@@ -735,20 +735,20 @@ async fn kafka_and_postgres_replay_rebuilds_equal_views() -> anyhow::Result<()> 
     let gw_cfg = write_file(
         dir.path(),
         "gateway.toml",
-        &format!("listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\nauth = \"required\"\nregistry = \"{db}\"\n"),
+        &format!("listen = \"127.0.0.1:{gw_port}\"\nauth = \"required\"\nregistry = \"{db}\"\n[event-log]\nurl = \"{log}\"\n"),
     )?;
     let pj_cfg = write_file(
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"{live_ts}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"{ts_group}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway}\"\n"
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"{live_ts}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"{ts_group}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n"
         ),
     )?;
     let pr_cfg = write_file(
         dir.path(),
         "processors.toml",
         &format!(
-            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{log}\"\ngroup = \"e2e-alerts-{id}\"\nticketer-group = \"e2e-tickets-{id}\"\nliveness-group = \"e2e-liveness-{id}\"\ncommand-timeouts-group = \"e2e-timeouts-{id}\"\nsession-timeout-ms = 6000\n"
+            "listen = \"127.0.0.1:{pr_port}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n[alert-evaluator]\ngroup = \"e2e-alerts-{id}\"\n[ticketer]\ngroup = \"e2e-tickets-{id}\"\n[liveness]\ngroup = \"e2e-liveness-{id}\"\n[command-timeouts]\ngroup = \"e2e-timeouts-{id}\"\n"
         ),
     )?;
     let mut projections = Proc::start(

@@ -329,13 +329,13 @@ async fn kafka_projection_survives_sigkill() -> anyhow::Result<()> {
     let gw_cfg = write_file(
         dir.path(),
         "gateway.toml",
-        &format!("listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log_url}\"\nauth = \"off\"\nrate-limit-per-second = 0\n"),
+        &format!("listen = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\nrate-limit-per-second = 0\n[event-log]\nurl = \"{log_url}\"\n"),
     )?;
     let pj_cfg = write_file(
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{pj_port}\"\nserve-api = false\nevent-log = \"{log_url}\"\nread-model = \"{read_model}\"\ntimeseries = \"{live_ts}\"\nsession-timeout-ms = 6000\n\n[timeseries-engine]\ncheckpoint-interval = \"1s\"\n"
+            "listen = \"127.0.0.1:{pj_port}\"\nserve-api = false\nread-model = \"{read_model}\"\ntimeseries = \"{live_ts}\"\n\n[timeseries-engine]\ncheckpoint-interval = \"1s\"\n[event-log]\nurl = \"{log_url}\"\nsession-timeout = \"6000ms\"\n"
         ),
     )?;
     let mut gw = Proc::start(

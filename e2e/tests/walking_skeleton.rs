@@ -163,20 +163,20 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         dir.path(),
         "gateway.toml",
         &format!(
-            "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\nauth = \"required\"\nregistry = \"{db}\"\n"
+            "listen = \"127.0.0.1:{gw_port}\"\nauth = \"required\"\nregistry = \"{db}\"\n[event-log]\nurl = \"{log}\"\n"
         ),
     )?;
     let pj_cfg = write_file(
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"e2e-ts-{id}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"http://127.0.0.1:{gw_port}\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"e2e-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"http://127.0.0.1:{gw_port}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n",
             dir.path().join("ts").display()
         ),
     )?;
     let processors_cfg = |threshold: f64| {
         format!(
-            "listen = \"127.0.0.1:{pr_port}\"\nevent-log = \"{log}\"\ngroup = \"e2e-alerts-{id}\"\nticketer-group = \"e2e-tickets-{id}\"\nliveness-group = \"e2e-liveness-{id}\"\ncommand-timeouts-group = \"e2e-timeouts-{id}\"\nsession-timeout-ms = 6000\n{}",
+            "listen = \"127.0.0.1:{pr_port}\"\n{}\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n[alert-evaluator]\ngroup = \"e2e-alerts-{id}\"\n[ticketer]\ngroup = \"e2e-tickets-{id}\"\n[liveness]\ngroup = \"e2e-liveness-{id}\"\n[command-timeouts]\ngroup = \"e2e-timeouts-{id}\"",
             rules_toml(&run.rule_id, threshold)
         )
     };

@@ -39,14 +39,14 @@ async fn enrollment_heartbeats_metrics_and_a_command_over_the_websocket() -> any
         dir.path(),
         "gateway.toml",
         &format!(
-            "listen = \"127.0.0.1:{gw_port}\"\nevent-log = \"{log}\"\nauth = \"required\"\nregistry = \"{db}\"\n"
+            "listen = \"127.0.0.1:{gw_port}\"\nauth = \"required\"\nregistry = \"{db}\"\n[event-log]\nurl = \"{log}\"\n"
         ),
     )?;
     let pj_cfg = write_file(
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nevent-log = \"{log}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-ws-rm-{id}\"\ntimeseries-group = \"e2e-ws-ts-{id}\"\nsession-timeout-ms = 6000\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n# This test runs run_script at once: no second user approves it.\napproval-required-commands = []\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-ws-rm-{id}\"\ntimeseries-group = \"e2e-ws-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n# This test runs run_script at once: no second user approves it.\napproval-required-commands = []\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n",
             dir.path().join("ts").display()
         ),
     )?;

@@ -27,7 +27,7 @@ dead letter. Each one counts in fleet_deadletters_total{consumer,topic,reason} o
 `list` shows them; `replay` writes their raw bytes back to their topics once the consumer \
 (or the producer) is fixed, and marks them replayed.\n\n\
 The event log comes from --event-log, --data-dir (a `fleetstream up` data directory) or the \
-`event-log` key of --config (any role's TOML file). The embedded log (file://) is open in one \
+`[event-log]` table of --config (any role's TOML file). The embedded log (file://) is open in one \
 process at a time: stop `fleetstream up` (or the role using it) first; Kafka needs no stop.",
     after_help = "Examples:\n  \
 fleetstream deadletter list --data-dir fleetstream-data\n  \
@@ -73,8 +73,8 @@ still fail, the consumer writes a new dead letter for their new offset.",
 /// Where the event log is.
 #[derive(Debug, Args)]
 struct LogArgs {
-    /// A role's TOML file (gateway, processors or projections): its `event-log` and
-    /// `event-log-options` are used, other keys ignored.
+    /// A role's TOML file (gateway, processors or projections): its `[event-log]` `url`
+    /// and `options` are used, other keys ignored.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Event log URL (kafka://host:9092,... or file:///dir), overriding the file's.

@@ -73,9 +73,9 @@ pub(crate) struct ReplayArgs {
     /// (2025-01-31T12:00:00Z) or a duration back from now (24h, 90m, 7d).
     #[arg(long, value_name = "TIME")]
     from: Option<String>,
-    /// The projections' TOML file (see config/projections.example.toml): its `event-log`,
-    /// `event-log-options`, `schema-registry-url` (to read Confluent-framed records) and
-    /// `timeseries-retention` are used.
+    /// The projections' TOML file (see config/projections.example.toml): its `[event-log]`
+    /// (the log, its options, and `schema-registry-url` to read Confluent-framed records)
+    /// and `timeseries-retention` are used.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Event log URL (kafka://host:9092,... or file:///dir), overriding the file's.
@@ -106,7 +106,7 @@ pub(crate) fn load_config(
 ) -> anyhow::Result<ProjectionsConfig> {
     let mut cfg: ProjectionsConfig = fleet_service::config::load("projections", file)?;
     if let Some(url) = event_log {
-        cfg.event_log = url.to_owned();
+        cfg.event_log.url = url.to_owned();
     }
     Ok(cfg)
 }
@@ -115,7 +115,7 @@ pub(crate) fn load_config(
 /// Confluent-framed records from the registry (read only: nothing is registered).
 /// Single-object records decode either way.
 pub(crate) fn read_with_registry(cfg: &ProjectionsConfig) -> anyhow::Result<()> {
-    let url = cfg.schema_registry_url.trim();
+    let url = cfg.event_log.schema_registry_url.trim();
     if url.is_empty() {
         return Ok(());
     }
@@ -154,7 +154,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         Some(t) => Start::Time(t.div_euclid(1000)),
         None => Start::Beginning,
     };
-    let log = crate::roles::open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    let log = crate::roles::open_log(&cfg.event_log).await?;
     let engine = log.engine();
     let mut shown = Shown::new("replay", move |spans| describe_plan(spans, start, engine));
     let options = ReplayOptions {

@@ -11,7 +11,7 @@ use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::GatewayConfig;
 use fleet_projections::ProjectionsConfig;
-use fleet_service::config::{load, load_with_table, redact_url};
+use fleet_service::config::{load, load_with_table, redact_url, EventLogSettings};
 use fleet_service::endpoints::ReadyCheck;
 use fleet_stream_processors::ProcessorsConfig;
 use tokio::sync::watch;
@@ -37,11 +37,10 @@ fn on_signal(tx: watch::Sender<bool>) {
     });
 }
 
-pub(crate) async fn open_log(
-    url: &str,
-    options: &std::collections::BTreeMap<String, String>,
-) -> anyhow::Result<Arc<dyn EventLog>> {
-    let opts = options
+pub(crate) async fn open_log(settings: &EventLogSettings) -> anyhow::Result<Arc<dyn EventLog>> {
+    let url = &settings.url;
+    let opts = settings
+        .options
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
@@ -112,8 +111,8 @@ fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
 pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: GatewayConfig = load("gateway", config.as_deref())?;
     cfg.check_public_url().map_err(anyhow::Error::msg)?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
-    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let log = open_log(&cfg.event_log).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let registry = if cfg.registry.is_empty() {
         None
@@ -172,8 +171,8 @@ async fn run_gateway(
 
 pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProcessorsConfig = load("processors", config.as_deref())?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
-    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let log = open_log(&cfg.event_log).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
     let ready = ProcessorsReady::default();
@@ -283,8 +282,8 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
 
 pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
-    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let log = open_log(&cfg.event_log).await?;
     let stores = open_stores(&cfg).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
@@ -378,8 +377,8 @@ async fn run_projections(
 /// Ready while the event log (where commands and rules are written) answers.
 pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
-    let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let log = open_log(&cfg.event_log).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&cfg).await?;
     let (tx, shutdown) = Shutdown::new();
@@ -494,10 +493,23 @@ pub(crate) async fn up(
     let mut gw: GatewayConfig = load_with_table("gateway", file, Some("gateway"))?;
     let mut pr: ProcessorsConfig = load_with_table("processors", file, Some("processors"))?;
     let mut pj: ProjectionsConfig = load_with_table("projections", file, Some("projections"))?;
-    let log_url = format!("file://{}", data_url(&data_dir, "log")?);
-    gw.event_log = log_url.clone();
-    pr.event_log = log_url.clone();
-    pj.event_log = log_url.clone();
+    // One process, one log and one framing: the shared [event-log] table, on the
+    // embedded log of the data directory.
+    let mut event_log: EventLogSettings = load_with_table("event-log", file, Some("event-log"))?;
+    event_log.url = format!("file://{}", data_url(&data_dir, "log")?);
+    for (role, own) in [
+        ("gateway", &mut gw.event_log),
+        ("processors", &mut pr.event_log),
+        ("projections", &mut pj.event_log),
+    ] {
+        if *own != EventLogSettings::default() {
+            tracing::warn!(
+                role,
+                "`up` uses the shared [event-log] table: ignoring [{role}.event-log]."
+            );
+        }
+        own.clone_from(&event_log);
+    }
     pj.read_model = format!("sqlite://{}", data_url(&data_dir, "readmodel.db")?);
     pj.timeseries = format!("file://{}", data_url(&data_dir, "timeseries")?);
     // One process: nothing else would serve the API.
@@ -524,23 +536,8 @@ pub(crate) async fn up(
         pj.admin_api_key = admin_key(&data_dir)?;
     }
 
-    // One process, one framing: the roles' registry URLs must agree.
-    let registries: std::collections::BTreeSet<&str> = [
-        &gw.schema_registry_url,
-        &pr.schema_registry_url,
-        &pj.schema_registry_url,
-    ]
-    .into_iter()
-    .map(|u| u.trim())
-    .filter(|u| !u.is_empty())
-    .collect();
-    if registries.len() > 1 {
-        anyhow::bail!("`up` runs every role in one process: give them one schema-registry-url, not {registries:?}");
-    }
-    if let Some(url) = registries.first() {
-        use_schema_registry(url).await?;
-    }
-    let log = open_log(&log_url, &Default::default()).await?;
+    use_schema_registry(&event_log.schema_registry_url).await?;
+    let log = open_log(&event_log).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&pj).await?;
     let (tx, shutdown) = Shutdown::new();

@@ -248,9 +248,9 @@ impl RoleConfig {
     }
     fn event_log(&self) -> &str {
         match self {
-            RoleConfig::Gateway(c) => &c.event_log,
-            RoleConfig::Processors(c) => &c.event_log,
-            RoleConfig::Projections(c) => &c.event_log,
+            RoleConfig::Gateway(c) => &c.event_log.url,
+            RoleConfig::Processors(c) => &c.event_log.url,
+            RoleConfig::Projections(c) => &c.event_log.url,
         }
     }
 }
@@ -838,10 +838,10 @@ fn processors_share_their_consumer_groups() {
             RoleConfig::Processors(c) => (
                 n,
                 [
-                    c.group.clone(),
-                    c.ticketer_group.clone(),
-                    c.liveness_group.clone(),
-                    c.command_timeouts_group.clone(),
+                    c.alert_evaluator.group.clone(),
+                    c.ticketer.group.clone(),
+                    c.liveness.group.clone(),
+                    c.command_timeouts.group.clone(),
                 ],
             ),
             other => panic!("{n}: {other:?}"),

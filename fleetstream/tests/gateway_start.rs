@@ -11,8 +11,8 @@ fn gateway_with(listen: &str, public_url: &str) -> Option<std::process::Output> 
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"{listen}\"\npublic-url = \"{public_url}\"\nevent-log = \"file://{}\"\n\
-             auth = \"off\"\n",
+            "listen = \"{listen}\"\npublic-url = \"{public_url}\"\nauth = \"off\"\n\
+             [event-log]\nurl = \"file://{}\"\n",
             dir.path().join("log").display()
         ),
     )

@@ -110,8 +110,8 @@ pub fn assert_count(what: &str, v: i64) {
 /// A time inside the window the gateway accepts (default configuration) around [`NOW`].
 pub fn assert_in_window(what: &str, micros: i64) {
     let cfg = fleet_ingest_gateway::GatewayConfig::default();
-    let ahead = cfg.max_future_skew_secs * 1_000_000;
-    let behind = cfg.max_age_days * 86_400_000_000;
+    let ahead = fleet_schemas::time::duration_micros(cfg.max_future_skew);
+    let behind = fleet_schemas::time::duration_micros(cfg.max_age);
     assert!(
         (NOW - behind..=NOW + ahead).contains(&micros),
         "{what} = {micros} outside the window"

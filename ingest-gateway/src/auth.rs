@@ -1,7 +1,7 @@
 //! Agent authentication, and the rate limits around it.
 //!
 //! An agent sends `Authorization: Bearer <credential>`; the gateway looks the agent's
-//! credential record up in the registry (cached for `auth-cache-secs`, a missing one
+//! credential record up in the registry (cached for `auth-cache`, a missing one
 //! too), compares the SHA-256 of what was sent with the stored hash in constant time, and
 //! refuses a deactivated agent. With `auth = "off"` a request without the header is
 //! accepted and attributed to `default-tenant` (single-machine use), unless the agent id
@@ -128,7 +128,7 @@ impl Authenticator {
     }
 
     /// Whether the agent still has an active credential (a socket's periodic check; the
-    /// cache answers within `auth-cache-secs`, then the registry).
+    /// cache answers within `auth-cache`, then the registry).
     pub async fn still_active(&self, agent_id: &str) -> Result<bool, ApiError> {
         Ok(self.credential(agent_id).await?.is_some_and(|c| c.active))
     }

@@ -1,7 +1,7 @@
 //! Remote commands: delivery to agents and their progress and results.
 //!
 //! The dispatcher follows `fleet.commands.v1` with its own throw-away consumer group. At
-//! start it seeks back `command-lookback-secs` by time and replays that window, so its
+//! start it seeks back `command-lookback` by time and replays that window, so its
 //! only state, the [`CommandBook`] of pending commands, is rebuilt from the log. A command
 //! is pending once REQUESTED without `requires_approval`, or APPROVED; COMPLETED or
 //! TIMED_OUT ends it. When a command becomes pending and its agent's socket is on this
@@ -346,7 +346,7 @@ pub async fn run_dispatcher(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let lookback = Duration::from_secs(state.config.command_lookback_secs);
+    let lookback = state.config.command_lookback;
     let start = || {
         let log = state.log.clone();
         async move {
@@ -520,7 +520,7 @@ async fn poll(state: &GatewayState, agent_id: &str) -> Result<CommandList, ApiEr
     if !state.commands.is_live() {
         return Err(ApiError::unavailable(
             "the gateway is still reading recent commands; retry shortly",
-            state.config.retry_after_secs.clamp(1, 2),
+            state.config.retry_after.as_secs().clamp(1, 2),
         ));
     }
     let now = fleet_schemas::time::now_micros();
@@ -579,7 +579,7 @@ fn check_command(
     if !state.commands.is_live() {
         return Err(ApiError::unavailable(
             "the gateway is still reading recent commands; retry shortly",
-            state.config.retry_after_secs.clamp(1, 2),
+            state.config.retry_after.as_secs().clamp(1, 2),
         ));
     }
     let book = state.commands.book.lock();

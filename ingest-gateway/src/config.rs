@@ -1,13 +1,14 @@
 //! Gateway configuration (`[gateway]`, environment `FLEET_GATEWAY__*`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthMode;
 use crate::subjects::SubjectLimits;
 use fleet_service::client::ProxyNet;
+use fleet_service::config::EventLogSettings;
 
 /// Settings of the ingest gateway. Every key has a default; see
 /// `config/gateway.example.toml`.
@@ -16,14 +17,8 @@ use fleet_service::client::ProxyNet;
 pub struct GatewayConfig {
     /// Address to listen on for agents (API, `/healthz`, `/readyz`, `/metrics`).
     pub listen: SocketAddr,
-    /// Event log URL: `kafka://host:9092,...` or `file:///dir` (embedded, one process).
-    pub event_log: String,
-    /// Raw engine settings passed to the log (librdkafka properties for Kafka).
-    pub event_log_options: BTreeMap<String, String>,
-    /// Schema registry (Confluent REST API) base URL. Set: records are written in the
-    /// Confluent wire format, each schema registered under `<topic>-value` (BACKWARD) at
-    /// start; empty: Avro single-object encoding, no registry. Either framing is read.
-    pub schema_registry_url: String,
+    /// The event log and its record framing (`[event-log]`).
+    pub event_log: EventLogSettings,
     /// `required`: every agent request needs a valid credential; `off`: requests without
     /// one are accepted as `default-tenant` (single machine; a sent credential is still
     /// checked, and an agent id enrolled in the registry still needs its credential).
@@ -32,7 +27,8 @@ pub struct GatewayConfig {
     /// Needed for enrollment and for `auth = "required"`; empty means none.
     pub registry: String,
     /// How long a checked agent credential is trusted before it is looked up again.
-    pub auth_cache_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub auth_cache: Duration,
     /// Tenant of unauthenticated requests (with `auth = "off"`).
     pub default_tenant: String,
     /// Requests per second each agent may make (token bucket); 0 disables the limit.
@@ -64,29 +60,37 @@ pub struct GatewayConfig {
     /// wildcard host here when `listen` is not loopback (agents elsewhere would send
     /// their credential to their own machine).
     pub public_url: String,
-    /// Heartbeat interval handed to agents at enrollment, seconds.
-    pub agent_heartbeat_interval_secs: f64,
-    /// Metrics interval handed to agents at enrollment, seconds.
-    pub agent_metrics_interval_secs: f64,
+    /// Heartbeat interval handed to agents at enrollment.
+    #[serde(with = "humantime_serde")]
+    pub agent_heartbeat_interval: Duration,
+    /// Metrics interval handed to agents at enrollment.
+    #[serde(with = "humantime_serde")]
+    pub agent_metrics_interval: Duration,
     /// Largest request body accepted, bytes (after decompression); larger gets 413.
     pub max_body_bytes: usize,
     /// Most reports in one metrics batch.
     pub max_reports_per_batch: usize,
     /// How long to wait for the log to acknowledge a write before answering 503.
-    pub produce_timeout_ms: u64,
-    /// `Retry-After` seconds answered with 503.
-    pub retry_after_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
+    /// `Retry-After` answered with 503 (whole seconds).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
     /// How far in the future (agent clock ahead) a report's collection time may be.
-    pub max_future_skew_secs: i64,
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
     /// How old a report may be (agents spool while offline; older is refused).
-    pub max_age_days: i64,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
     /// Largest inventory body (HTTP, after decompression) or `inventory` WebSocket frame,
     /// bytes; a machine may list up to 50,000 packages.
     pub max_inventory_bytes: usize,
-    /// Seconds between the gateway's pings on an agent WebSocket.
-    pub ws_ping_interval_secs: u64,
+    /// Time between the gateway's pings on an agent WebSocket.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
     /// An agent WebSocket that sent nothing (no frame, no pong) for this long is closed.
-    pub ws_idle_timeout_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub ws_idle_timeout: Duration,
     /// Messages (commands, config) queued for one agent's socket; when full, a command
     /// stays pending and is delivered on the next connection or poll.
     pub ws_send_queue: usize,
@@ -96,7 +100,8 @@ pub struct GatewayConfig {
     pub ws_read_buffer_bytes: usize,
     /// How far back the command dispatcher replays `fleet.commands.v1` at start to rebuild
     /// the pending commands; older unfinished commands are dropped.
-    pub command_lookback_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub command_lookback: Duration,
     /// The listener's timeouts, connection cap and TLS (`[http]`); the cap defaults to
     /// 10,000 here, as every agent holds a WebSocket open.
     pub http: fleet_service::serve::HttpSettings,
@@ -106,12 +111,10 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            event_log: "kafka://127.0.0.1:9092".into(),
-            event_log_options: BTreeMap::new(),
-            schema_registry_url: String::new(),
+            event_log: EventLogSettings::default(),
             auth: AuthMode::Required,
             registry: String::new(),
-            auth_cache_secs: 30,
+            auth_cache: Duration::from_secs(30),
             default_tenant: "default".into(),
             rate_limit_per_second: 20,
             rate_limit_burst: 40,
@@ -122,20 +125,20 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             subjects: SubjectLimits::default(),
             public_url: String::new(),
-            agent_heartbeat_interval_secs: 30.0,
-            agent_metrics_interval_secs: 10.0,
+            agent_heartbeat_interval: Duration::from_secs(30),
+            agent_metrics_interval: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
             max_reports_per_batch: 1000,
-            produce_timeout_ms: 10_000,
-            retry_after_secs: 5,
-            max_future_skew_secs: 300,
-            max_age_days: 30,
+            produce_timeout: Duration::from_secs(10),
+            retry_after: Duration::from_secs(5),
+            max_future_skew: Duration::from_secs(300),
+            max_age: Duration::from_secs(30 * 86_400),
             max_inventory_bytes: 8 << 20,
-            ws_ping_interval_secs: 20,
-            ws_idle_timeout_secs: 60,
+            ws_ping_interval: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
             ws_send_queue: 64,
             ws_read_buffer_bytes: 8192,
-            command_lookback_secs: 3600,
+            command_lookback: Duration::from_secs(3600),
             http: fleet_service::serve::HttpSettings::default().with_max_connections(10_000),
         }
     }

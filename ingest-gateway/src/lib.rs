@@ -102,7 +102,7 @@ impl GatewayState {
             config.auth,
             &config.default_tenant,
             registry.clone(),
-            Duration::from_secs(config.auth_cache_secs),
+            config.auth_cache,
         );
         let rate = auth::AgentRateLimit::new(
             "agent",
@@ -513,7 +513,7 @@ async fn produce(
     records: Vec<ProduceRecord>,
 ) -> Result<(), ApiError> {
     let cfg = &state.config;
-    let timeout = Duration::from_millis(cfg.produce_timeout_ms);
+    let timeout = cfg.produce_timeout;
     let started = Instant::now();
     let outcome = tokio::time::timeout(timeout, state.log.produce(topic, records)).await;
     metrics::produce_latency(started.elapsed());
@@ -534,7 +534,7 @@ async fn produce(
             )
         }
         Err(_) => {
-            tracing::warn!(timeout_ms = cfg.produce_timeout_ms, "Produce timed out.");
+            tracing::warn!(timeout = ?cfg.produce_timeout, "Produce timed out.");
             (
                 "timeout",
                 "the event log did not acknowledge the write in time; keep the batch and retry",
@@ -542,7 +542,7 @@ async fn produce(
         }
     };
     metrics::produce_failed(reason);
-    Err(ApiError::unavailable(message, cfg.retry_after_secs))
+    Err(ApiError::unavailable(message, cfg.retry_after.as_secs()))
 }
 
 /// Follows `fleet.agents.v1` from now on and forgets cached credentials of deactivated

@@ -179,8 +179,8 @@ async fn register(
         location_id: redeemed.location_id,
         device_name: redeemed.device_name,
         config: RemoteConfig {
-            heartbeat_interval_secs: cfg.agent_heartbeat_interval_secs,
-            metrics_interval_secs: cfg.agent_metrics_interval_secs,
+            heartbeat_interval_secs: cfg.agent_heartbeat_interval.as_secs_f64(),
+            metrics_interval_secs: cfg.agent_metrics_interval.as_secs_f64(),
             websocket_url: websocket_url(&cfg.public_url),
         },
     })

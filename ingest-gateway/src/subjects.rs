@@ -7,7 +7,7 @@
 //! * **Per report**: at most `max-<kind>-per-report` entries in one list; a longer list
 //!   refuses the report, naming the list (checked in [`crate::validate::report`]).
 //! * **Per agent**: at most `max-per-agent` distinct names of each kind seen within the
-//!   last `window-secs`. A report bringing a new name past that is refused, naming the
+//!   last `window`. A report bringing a new name past that is refused, naming the
 //!   field of the first such name; names already seen keep being accepted, and a name
 //!   unused for the window frees its place. Refusals are counted in
 //!   `fleet_gateway_subjects_refused_total` by kind.
@@ -38,11 +38,12 @@ pub struct SubjectLimits {
     pub max_services_per_report: usize,
     /// Most custom metrics in one report.
     pub max_custom_per_report: usize,
-    /// Most distinct names of each kind one agent may use within `window-secs`; 0
+    /// Most distinct names of each kind one agent may use within `window`; 0
     /// disables the per-agent bound.
     pub max_per_agent: usize,
-    /// How long a name counts after its last use, seconds.
-    pub window_secs: u64,
+    /// How long a name counts after its last use.
+    #[serde(with = "humantime_serde")]
+    pub window: std::time::Duration,
     /// Most agents whose names an instance tracks (the least recently reporting are
     /// forgotten first).
     pub max_tracked_agents: usize,
@@ -56,7 +57,7 @@ impl Default for SubjectLimits {
             max_services_per_report: 512,
             max_custom_per_report: 256,
             max_per_agent: 1024,
-            window_secs: 3600,
+            window: std::time::Duration::from_secs(3600),
             max_tracked_agents: 20_000,
         }
     }
@@ -88,9 +89,7 @@ impl SubjectTracker {
         let agents = NonZeroUsize::new(limits.max_tracked_agents).map_or(1, NonZeroUsize::get);
         SubjectTracker {
             max_per_agent: limits.max_per_agent,
-            window_micros: i64::try_from(limits.window_secs)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1_000_000),
+            window_micros: fleet_schemas::time::duration_micros(limits.window),
             hasher: RandomState::new(),
             agents: Mutex::new(LruCache::new(agents)),
         }
@@ -208,7 +207,7 @@ mod tests {
     fn limits(max_per_agent: usize, max_tracked_agents: usize) -> SubjectLimits {
         SubjectLimits {
             max_per_agent,
-            window_secs: 60,
+            window: std::time::Duration::from_secs(60),
             max_tracked_agents,
             ..SubjectLimits::default()
         }

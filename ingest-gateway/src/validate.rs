@@ -39,8 +39,8 @@ impl Limits {
     pub fn from_config(cfg: &GatewayConfig) -> Limits {
         let s = &cfg.subjects;
         Limits {
-            max_future_micros: cfg.max_future_skew_secs.saturating_mul(1_000_000),
-            max_age_micros: cfg.max_age_days.saturating_mul(86_400_000_000),
+            max_future_micros: fleet_schemas::time::duration_micros(cfg.max_future_skew),
+            max_age_micros: fleet_schemas::time::duration_micros(cfg.max_age),
             max_disks: s.max_disks_per_report,
             max_interfaces: s.max_interfaces_per_report,
             max_services: s.max_services_per_report,

@@ -9,9 +9,9 @@
 //! [`ServerMessage::Ack`], or with [`ServerMessage::Error`] carrying the HTTP status the
 //! request would have got (400 naming the field within the frame, 413, 415 for binary
 //! frames, 422, 429, 503). A bad frame never closes the socket. The gateway pushes
-//! commands as [`ServerMessage::Command`], pings every `ws-ping-interval-secs` and closes
-//! a socket that sent nothing for `ws-idle-timeout-secs`. The credential of an
-//! authenticated socket is checked again every `auth-cache-secs`: a deactivated agent's
+//! commands as [`ServerMessage::Command`], pings every `ws-ping-interval` and closes
+//! a socket that sent nothing for `ws-idle-timeout`. The credential of an
+//! authenticated socket is checked again every `auth-cache`: a deactivated agent's
 //! socket closes (1008) even if the AgentDeactivated event never reached this gateway.
 //!
 //! The session is written over any `Sink`/`Stream` of messages, so tests drive it with
@@ -131,13 +131,13 @@ pub async fn agent_session<W, R>(
         let _gauge = metrics::WsConnectionGauge::open();
         let mut conn = commands::connect(&state, &agent_id).await;
         tracing::info!("Agent connected.");
-        let ping_every = Duration::from_secs(state.config.ws_ping_interval_secs.max(1));
-        let idle_after = Duration::from_secs(state.config.ws_idle_timeout_secs.max(1));
+        let ping_every = state.config.ws_ping_interval.max(Duration::from_secs(1));
+        let idle_after = state.config.ws_idle_timeout.max(Duration::from_secs(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let idle = tokio::time::sleep(idle_after);
         tokio::pin!(idle);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let recheck_every = Duration::from_secs(state.config.auth_cache_secs.max(1));
+        let recheck_every = state.config.auth_cache.max(Duration::from_secs(1));
         let mut recheck =
             tokio::time::interval_at(tokio::time::Instant::now() + recheck_every, recheck_every);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,7 +197,7 @@ pub async fn agent_session<W, R>(
                 _ = &mut idle => {
                     let _ = write.send(Message::Close(Some(CloseFrame {
                         code: 1001,
-                        reason: "idle: nothing received within ws-idle-timeout-secs".into(),
+                        reason: "idle: nothing received within ws-idle-timeout".into(),
                     }))).await;
                     break "idle timeout".to_owned();
                 }

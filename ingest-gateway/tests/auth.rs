@@ -510,12 +510,12 @@ async fn with_auth_off_an_enrolled_agent_still_needs_its_credential() {
 
 /// Finding 9: deactivation closes the agent's socket even when AgentDeactivated never
 /// reaches the gateway (its write failed): the socket's credential is checked again
-/// every `auth-cache-secs`.
+/// every `auth-cache`.
 #[tokio::test]
 async fn a_deactivated_agents_socket_closes_without_the_event() {
     let e = env_with(GatewayConfig {
         auth: AuthMode::Required,
-        auth_cache_secs: 1,
+        auth_cache: std::time::Duration::from_secs(1),
         ..GatewayConfig::default()
     })
     .await;

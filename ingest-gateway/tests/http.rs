@@ -345,7 +345,7 @@ async fn log_down_gives_503_with_retry_after() {
     let app = app(GatewayState::new(
         Arc::new(common::DownLog),
         GatewayConfig {
-            retry_after_secs: 7,
+            retry_after: std::time::Duration::from_secs(7),
             ..open_config()
         },
     ));

@@ -187,7 +187,7 @@ async fn log_down_answers_503_frames_with_retry_after() {
     let state = GatewayState::new(
         Arc::new(DownLog),
         GatewayConfig {
-            retry_after_secs: 7,
+            retry_after: std::time::Duration::from_secs(7),
             ..open_config()
         },
     );
@@ -204,8 +204,8 @@ async fn log_down_answers_503_frames_with_retry_after() {
 async fn idle_socket_is_pinged_then_closed() {
     let (_d, log) = embedded().await;
     let cfg = GatewayConfig {
-        ws_ping_interval_secs: 1,
-        ws_idle_timeout_secs: 3,
+        ws_ping_interval: Duration::from_secs(1),
+        ws_idle_timeout: Duration::from_secs(3),
         ..open_config()
     };
     let state = GatewayState::new(log, cfg);
@@ -261,7 +261,7 @@ async fn deactivation_closes_the_socket() {
     use fleet_schemas::{AgentLifecycle, AgentLifecycleKind, Record as _};
     let (_d, log) = embedded().await;
     let cfg = GatewayConfig {
-        ws_ping_interval_secs: 3600,
+        ws_ping_interval: Duration::from_secs(3600),
         ..open_config()
     };
     let state = GatewayState::new(log.clone(), cfg);

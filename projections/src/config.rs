@@ -1,9 +1,9 @@
 //! Projections configuration (`[projections]`, environment `FLEET_PROJECTIONS__*`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fleet_service::config::EventLogSettings;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the projections and of the query API (`fleet-query-api`) over the same
@@ -19,14 +19,8 @@ pub struct ProjectionsConfig {
     /// on `listen`. `false` leaves them to `fleetstream api` instances (same file);
     /// `fleetstream up` always serves them.
     pub serve_api: bool,
-    /// Event log URL: `kafka://host:9092,...` or `file:///dir`.
-    pub event_log: String,
-    /// Raw engine settings passed to the log (librdkafka properties for Kafka).
-    pub event_log_options: BTreeMap<String, String>,
-    /// Schema registry (Confluent REST API) base URL. Set: records are written in the
-    /// Confluent wire format, each schema registered under `<topic>-value` (BACKWARD) at
-    /// start; empty: Avro single-object encoding, no registry. Either framing is read.
-    pub schema_registry_url: String,
+    /// The event log and its record framing (`[event-log]`).
+    pub event_log: EventLogSettings,
     /// Read model URL: `postgres://...` or `sqlite://path` (embedded).
     pub read_model: String,
     /// Time-series store URL: `file:///dir` (embedded, one process only) or
@@ -39,7 +33,7 @@ pub struct ProjectionsConfig {
     pub timeseries_engine: fleet_timeseries::EngineConfig,
     /// How often the projections remove time series past retention
     /// ([`fleet_stores::TimeSeriesStore::expire`]; ScyllaDB expires rows by TTL itself).
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub retention_sweep_interval: Duration,
     /// Consumer group of the read-model projection.
     pub read_model_group: String,
@@ -47,15 +41,13 @@ pub struct ProjectionsConfig {
     pub timeseries_group: String,
     /// Most records per batch (one read-model transaction per batch).
     pub batch_size: usize,
-    /// Group session timeout, ms.
-    pub session_timeout_ms: u64,
     /// Key of the bootstrap administrator (the user `admin` with role admin): send
     /// `Authorization: Bearer <key>`. Empty disables it (user API keys still work).
     pub admin_api_key: String,
     /// How long an API instance remembers a resolved user API key (`"10s"`). Revoking a
     /// key or disabling a user takes effect at once on the instance that did it, and on
     /// every other instance within this time. `"0s"` checks the registry on every request.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub api_key_cache_ttl: Duration,
     /// Gateway URL agents enroll at, used in the install command of new tokens.
     pub gateway_url: String,
@@ -84,9 +76,7 @@ impl Default for ProjectionsConfig {
         ProjectionsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             serve_api: true,
-            event_log: "kafka://127.0.0.1:9092".into(),
-            event_log_options: BTreeMap::new(),
-            schema_registry_url: String::new(),
+            event_log: EventLogSettings::default(),
             read_model: "postgres://fleet:fleet@127.0.0.1:5432/fleet?sslmode=disable".into(),
             timeseries: "file://fleetstream-data/timeseries".into(),
             timeseries_retention: fleet_timeseries::Retention::default(),
@@ -95,7 +85,6 @@ impl Default for ProjectionsConfig {
             read_model_group: "fleet-projection-readmodel".into(),
             timeseries_group: "fleet-projection-timeseries".into(),
             batch_size: 1000,
-            session_timeout_ms: 10_000,
             admin_api_key: String::new(),
             api_key_cache_ttl: DEFAULT_API_KEY_CACHE_TTL,
             gateway_url: "http://127.0.0.1:8080".into(),
@@ -113,23 +102,3 @@ impl Default for ProjectionsConfig {
 /// How long an API instance remembers a resolved user key by default
 /// (`api-key-cache-ttl`).
 pub const DEFAULT_API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
-
-/// A duration written as text (`"10m"`, `"1h 30m"`), parsed with `humantime`.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration such as \"10m\" or \"1h\": {e}"
-            ))
-        })
-    }
-}

@@ -119,7 +119,7 @@ pub async fn run_read_model(
     let dead = DeadLetters::open(log.clone(), READ_MODEL_CONSUMER, &group).await?;
     let settings = Settings::group(&group, READ_MODEL_TOPICS)
         .start(StartFrom::Earliest)
-        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .session_timeout(config.event_log.session_timeout)
         .batch_size(config.batch_size)
         .batch_histogram(metrics::BATCH_SECONDS, "projection", "readmodel");
     let runtime = ConsumerRuntime::subscribe(log, settings, dead.clone())

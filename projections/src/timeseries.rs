@@ -62,7 +62,7 @@ pub async fn run_timeseries(
     let dead = DeadLetters::open(log.clone(), TIMESERIES_CONSUMER, &group).await?;
     let settings = Settings::group(&group, TIMESERIES_TOPICS)
         .start(StartFrom::Earliest)
-        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .session_timeout(config.event_log.session_timeout)
         .batch_size(config.batch_size)
         .batch_histogram(metrics::BATCH_SECONDS, "projection", "timeseries");
     let runtime = ConsumerRuntime::subscribe(log, settings, dead.clone())

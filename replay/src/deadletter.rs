@@ -35,8 +35,8 @@ use crate::{rfc3339_secs, Error, Result};
 /// The roles' default event log.
 pub const DEFAULT_EVENT_LOG: &str = "kafka://127.0.0.1:9092";
 
-/// The event-log URL and engine options: the `event-log` and `event-log-options` of a
-/// role's TOML file `config` (other keys ignored), then `data_dir`'s embedded log (a
+/// The event-log URL and engine options: `url` and `options` of the `[event-log]` table of
+/// a role's TOML file `config` (other keys ignored), then `data_dir`'s embedded log (a
 /// `fleetstream up` data directory: `DIR/log`), then `event_log`; else
 /// [`DEFAULT_EVENT_LOG`].
 pub fn log_settings(
@@ -53,24 +53,29 @@ pub fn log_settings(
             context: format!("{} is not valid TOML", path.display()),
             source: Box::new(Error::Other(Box::new(e))),
         })?;
-        match doc.get("event-log") {
+        if ["gateway", "processors", "projections"]
+            .iter()
+            .any(|t| doc.contains_key(*t))
+        {
+            invalid!(
+                "{} looks like a `fleetstream up` file (its roles always use the embedded \
+                 log in the data directory): give --data-dir instead",
+                path.display()
+            )
+        }
+        let table = match doc.get("event-log") {
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => invalid!("`event-log` in {} must be a table", path.display()),
+            None => None,
+        };
+        match table.and_then(|t| t.get("url")) {
             Some(toml::Value::String(s)) => url.clone_from(s),
-            Some(_) => invalid!("`event-log` in {} must be a string", path.display()),
-            None if ["gateway", "processors", "projections"]
-                .iter()
-                .any(|t| doc.contains_key(*t)) =>
-            {
-                invalid!(
-                    "{} looks like a `fleetstream up` file (its roles always use the embedded \
-                     log in the data directory): give --data-dir instead",
-                    path.display()
-                )
-            }
+            Some(_) => invalid!("`event-log.url` in {} must be a string", path.display()),
             None => {}
         }
-        if let Some(t) = doc.get("event-log-options") {
+        if let Some(t) = table.and_then(|t| t.get("options")) {
             let toml::Value::Table(t) = t else {
-                invalid!("`event-log-options` in {} must be a table", path.display());
+                invalid!("`event-log.options` in {} must be a table", path.display());
             };
             for (k, v) in t {
                 let v = match v {
@@ -623,7 +628,7 @@ mod tests {
         let file = dir.path().join("processors.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:1\"\nevent-log = \"kafka://k1:9092\"\n[event-log-options]\n\"linger.ms\" = \"5\"\n",
+            "listen = \"127.0.0.1:1\"\n[event-log]\nurl = \"kafka://k1:9092\"\n[event-log.options]\n\"linger.ms\" = \"5\"\n",
         )
         .expect("write");
         let (url, opts) = log_settings(Some(&file), None, None).expect("settings");

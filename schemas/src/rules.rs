@@ -19,7 +19,7 @@
 //! * `heartbeat.absent` is not a sample metric: its value is the number of heartbeat
 //!   intervals missed in a row (operator `>=`, the critical threshold, usually 3, is the
 //!   number of misses that makes an agent offline). The liveness processor decides when an
-//!   agent is offline (`offline-after-secs`) and writes OFFLINE / ONLINE; the alert
+//!   agent is offline (`liveness.offline-after`) and writes OFFLINE / ONLINE; the alert
 //!   evaluator raises an alert per enabled rule in scope on OFFLINE (value: seconds since
 //!   last seen, as no record carries the heartbeat interval) and resolves it on ONLINE.
 

@@ -12,6 +12,12 @@ pub fn to_micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+/// Microseconds in `d`, saturating at `i64::MAX` (durations of configuration, compared
+/// with record times).
+pub fn duration_micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// Converts microseconds since the epoch to a chrono time (saturating at the valid range).
 pub fn from_micros(micros: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(micros)

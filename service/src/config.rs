@@ -2,12 +2,46 @@
 //! variables `FLEET_<ROLE>__<KEY>` (nested sections with `__`, `_` inside a key stands
 //! for `-`): `FLEET_GATEWAY__MAX_BODY_BYTES=2097152` sets `max-body-bytes`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// The event log a role reads and writes, and how its records are framed: the
+/// `[event-log]` table of every role's file (and the one shared table of
+/// `fleetstream.toml` under `up`, which always uses the embedded log of its data
+/// directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct EventLogSettings {
+    /// `kafka://host:9092[,host:9092...]` or `file:///dir` (embedded, one process only).
+    pub url: String,
+    /// Raw engine settings (librdkafka properties for Kafka), passed as they are.
+    pub options: BTreeMap<String, String>,
+    /// Schema registry (Confluent REST API) base URL. Set: records are written in the
+    /// Confluent wire format, each schema registered under `<topic>-value` (BACKWARD) at
+    /// start; empty: Avro single-object encoding, no registry. Either framing is read.
+    pub schema_registry_url: String,
+    /// Consumer-group session timeout: a dead instance's partitions move to the others
+    /// after this long.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+}
+
+impl Default for EventLogSettings {
+    fn default() -> Self {
+        EventLogSettings {
+            url: "kafka://127.0.0.1:9092".into(),
+            options: BTreeMap::new(),
+            schema_registry_url: String::new(),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -54,15 +54,17 @@ use crate::{metrics, ApiError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct HttpSettings {
-    /// Seconds a client has to send a request's headers once the server waits for them:
+    /// How long a client has to send a request's headers once the server waits for them:
     /// from the connection's start (the TLS handshake has the same bound), and after each
     /// answer on a kept-alive connection, so it is also the idle keep-alive timeout.
     /// Past it the connection is closed.
-    pub header_read_timeout_secs: u64,
-    /// Seconds from a request's headers to its answer, reading the body included; past it
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time from a request's headers to its answer, reading the body included; past it
     /// the server answers 408 and the connection is closed. Does not bound a WebSocket
-    /// once upgraded (the gateway's `ws-idle-timeout-secs` does).
-    pub request_timeout_secs: u64,
+    /// once upgraded (the gateway's `ws-idle-timeout` does).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Most connections open at once, WebSockets included. When all are taken the server
     /// stops accepting until one closes (new ones wait in the kernel's accept queue).
     /// Keep it below the process's open-file limit (`LimitNOFILE`).
@@ -73,9 +75,10 @@ pub struct HttpSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
     pub tls_key: Option<PathBuf>,
-    /// Seconds between checks of the certificate and key files' modification times; a
+    /// Time between checks of the certificate and key files' modification times; a
     /// change reloads them, as SIGHUP does. 0: on SIGHUP only.
-    pub tls_reload_check_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_check: Duration,
     /// When set, `/metrics` answers only a request with `Authorization: Bearer <token>`
     /// (Prometheus: `authorization: {credentials: ...}` in the scrape config); others get
     /// 401. Unset: `/metrics` is open, with a warning at start when the address is not
@@ -86,12 +89,12 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
-            header_read_timeout_secs: 10,
-            request_timeout_secs: 30,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             max_connections: 1024,
             tls_cert: None,
             tls_key: None,
-            tls_reload_check_secs: 5,
+            tls_reload_check: Duration::from_secs(5),
             metrics_token: None,
         }
     }
@@ -113,11 +116,11 @@ impl HttpSettings {
     pub fn validate(&self) -> Result<(), ServeError> {
         let invalid =
             |key: &str, message: &str| Err(ServeError::Config(format!("http.{key} {message}")));
-        if self.header_read_timeout_secs == 0 {
-            return invalid("header-read-timeout-secs", "must be at least 1");
+        if self.header_read_timeout < Duration::from_millis(1) {
+            return invalid("header-read-timeout", "must be at least 1ms");
         }
-        if self.request_timeout_secs == 0 {
-            return invalid("request-timeout-secs", "must be at least 1");
+        if self.request_timeout < Duration::from_millis(1) {
+            return invalid("request-timeout", "must be at least 1ms");
         }
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return invalid("max-connections", "must be at least 1");
@@ -495,12 +498,8 @@ impl HttpServer {
             Some(c) => Some(tls_acceptor(c.clone())?),
             None => None,
         };
-        let _watch = cert.map(|c| {
-            AbortOnDrop(tokio::spawn(
-                c.watch(Duration::from_secs(settings.tls_reload_check_secs)),
-            ))
-        });
-        let header_timeout = Duration::from_secs(settings.header_read_timeout_secs);
+        let _watch = cert.map(|c| AbortOnDrop(tokio::spawn(c.watch(settings.tls_reload_check))));
+        let header_timeout = settings.header_read_timeout;
         let app = match &settings.metrics_token {
             Some(token) => app.layer(axum::middleware::from_fn_with_state(
                 Arc::<str>::from(token.as_str()),
@@ -511,7 +510,7 @@ impl HttpServer {
         let app = app.layer(axum::middleware::from_fn_with_state(
             RequestLimit {
                 server,
-                limit: Duration::from_secs(settings.request_timeout_secs),
+                limit: settings.request_timeout,
             },
             request_timeout,
         ));

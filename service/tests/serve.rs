@@ -57,8 +57,8 @@ async fn start_named(name: &'static str, settings: HttpSettings) -> anyhow::Resu
 
 fn short_timeouts() -> HttpSettings {
     HttpSettings {
-        header_read_timeout_secs: 1,
-        request_timeout_secs: 1,
+        header_read_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
         ..HttpSettings::default()
     }
 }
@@ -232,7 +232,7 @@ async fn the_connection_cap_holds() -> anyhow::Result<()> {
         "cap",
         HttpSettings {
             max_connections: cap,
-            header_read_timeout_secs: 600,
+            header_read_timeout: Duration::from_secs(600),
             ..HttpSettings::default()
         },
     )
@@ -315,7 +315,7 @@ async fn https_serves_the_certificate_and_reloads_it_when_the_files_change() -> 
     let server = start(HttpSettings {
         tls_cert: Some(cert.clone()),
         tls_key: Some(key.clone()),
-        tls_reload_check_secs: 1,
+        tls_reload_check: Duration::from_secs(1),
         ..HttpSettings::default()
     })
     .await?;

@@ -21,7 +21,7 @@ async fn sighup_reloads_the_certificate() -> anyhow::Result<()> {
             tls_cert: Some(cert),
             tls_key: Some(key),
             // No file polling: only the signal can reload.
-            tls_reload_check_secs: 0,
+            tls_reload_check: std::time::Duration::ZERO,
             ..HttpSettings::default()
         },
     )

@@ -9,7 +9,7 @@
 //!   partition (at start, and on every rebalance) it first catches the control consumer
 //!   up to the end of both topics, drops the running for-durations of that partition's
 //!   agents, and seeks back by time: to the first offset at (now − longest for-duration −
-//!   `rules-replay-margin-secs`), or the committed offset if that is earlier. The replayed
+//!   `alert-evaluator.replay-margin`), or the committed offset if that is earlier. The replayed
 //!   reports rebuild the for-durations; the high-water marks from the alert events make
 //!   them emit nothing twice. Records of a partition polled before its seek are dropped
 //!   (they come again), and offsets below the committed one are never committed back.
@@ -35,7 +35,7 @@
 //! * Alert events are written (retrying until written) before the input offsets are
 //!   committed.
 //!
-//! * Every minute the evaluator drops the state of series idle for `rules-idle-secs`
+//! * Every minute the evaluator drops the state of series idle for `alert-evaluator.idle-after`
 //!   (never one with an open alert; see [`Evaluator::evict_idle`]), so subject names that
 //!   come and go do not hold memory for good.
 //!
@@ -52,6 +52,7 @@ use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
 use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::rules::HEARTBEAT_ABSENT;
+use fleet_schemas::time::duration_micros;
 use fleet_schemas::{topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent};
 
 use crate::rules::{self, Evaluator};
@@ -225,11 +226,10 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let static_rules = rules::static_rule_events(&config.rules)?;
     ensure_topics(log.as_ref()).await?;
-    let margin_micros = i64::try_from(config.rules_replay_margin_secs)
-        .unwrap_or(i64::MAX / 2_000_000)
-        .saturating_mul(1_000_000);
+    let settings = &config.alert_evaluator;
+    let margin_micros = duration_micros(settings.replay_margin).min(i64::MAX / 2);
     let mut evaluator = Evaluator::new(&static_rules)?.with_max_gap(margin_micros);
-    let dead = DeadLetters::open(log.clone(), CONSUMER, &config.group).await?;
+    let dead = DeadLetters::open(log.clone(), CONSUMER, &settings.group).await?;
     let mut control = Control::open(log.as_ref(), dead.clone()).await?;
     let rebuilt = control.catch_up(log.as_ref(), &mut evaluator).await?;
     tracing::info!(
@@ -239,24 +239,23 @@ pub(crate) async fn run(
         "Rules and alert state rebuilt."
     );
     ::metrics::gauge!(metrics::OPEN_ALERTS).set(evaluator.open_alerts() as f64);
-    let idle_micros = i64::try_from(config.rules_idle_secs)
-        .unwrap_or(i64::MAX / 2_000_000)
-        .saturating_mul(1_000_000);
+    let idle_micros = duration_micros(settings.idle_after).min(i64::MAX / 2);
     evict_idle(&mut evaluator, idle_micros);
     let partitions = log.partition_count(topics::METRICS).await?;
     let agent_partitions = log.partition_count(topics::AGENTS).await?;
-    let settings = Settings::group(&config.group, &INPUTS)
+    let group = settings.group.clone();
+    let settings = Settings::group(&group, &INPUTS)
         .start(StartFrom::Earliest)
-        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .session_timeout(config.event_log.session_timeout)
         .batch_size(config.batch_size)
         .batch_histogram(metrics::BATCH_SECONDS, "processor", "alerts");
     let runtime = ConsumerRuntime::subscribe(log.clone(), settings, dead.clone())
         .await?
         .readiness(ready.flag());
-    tracing::info!(group = %config.group, static_rules = config.rules.len(), rules = evaluator.active_rules().len(), "Alert evaluator starting.");
+    tracing::info!(%group, static_rules = config.rules.len(), rules = evaluator.active_rules().len(), "Alert evaluator starting.");
     let mut alerts = AlertLoop {
         log,
-        group: config.group.clone(),
+        group: group.clone(),
         partitions,
         agent_partitions,
         margin_micros,

@@ -1,11 +1,11 @@
 //! Command timeouts: TIMED_OUT for commands whose result never came, driven by a timer.
 //!
-//! Consumes `fleet.commands.v1` in group `command-timeouts-group`. On start and on every
-//! rebalance the newly held partitions are replayed from `command-lookback-secs` ago
-//! (seek by time), rebuilding the pending commands. Every `command-check-interval-secs`,
+//! Consumes `fleet.commands.v1` in group `command-timeouts.group`. On start and on every
+//! rebalance the newly held partitions are replayed from `command-timeouts.lookback` ago
+//! (seek by time), rebuilding the pending commands. Every `command-timeouts.check-interval`,
 //! once a partition is consumed up to the end offsets taken at the check (so a COMPLETED
 //! already written is seen first), a command on it with no COMPLETED by its start +
-//! `timeout_secs` + `command-grace-secs` gets CommandEvent TIMED_OUT with `event_id` =
+//! `timeout_secs` + `command-timeouts.grace` gets CommandEvent TIMED_OUT with `event_id` =
 //! v5(command id, "TIMED_OUT", "0").
 //!
 //! Only the first REQUESTED of a command id counts, as in the gateway.
@@ -238,17 +238,20 @@ pub async fn run_command_timeouts(
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let lookback = Duration::from_secs(config.command_lookback_secs);
+    let lookback = config.command_timeouts.lookback;
     let proc = TimeoutsProcessor(CommandTimeouts::new(
-        Duration::from_secs(config.command_grace_secs),
+        config.command_timeouts.grace,
         lookback,
     ));
     let settings = TimedSettings {
-        group: config.command_timeouts_group.clone(),
+        group: config.command_timeouts.group.clone(),
         lookback,
-        check_interval: Duration::from_secs(config.command_check_interval_secs.max(1)),
+        check_interval: config
+            .command_timeouts
+            .check_interval
+            .max(Duration::from_millis(100)),
         batch_size: config.batch_size,
-        session_timeout: Duration::from_millis(config.session_timeout_ms),
+        session_timeout: config.event_log.session_timeout,
         follow: None,
     };
     run_timed(log, proc, settings, ready, shutdown).await

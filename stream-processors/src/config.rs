@@ -1,11 +1,12 @@
 //! Processors configuration (`[processors]`, environment `FLEET_PROCESSORS__*`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use fleet_schemas::AlertSeverity;
+use fleet_service::config::EventLogSettings;
 
 use crate::rules::StaticRule;
 
@@ -18,53 +19,23 @@ pub struct ProcessorsConfig {
     pub listen: SocketAddr,
     /// That listener's timeouts, connection cap and TLS (`[http]`).
     pub http: fleet_service::serve::HttpSettings,
-    /// Event log URL: `kafka://host:9092,...` or `file:///dir`.
-    pub event_log: String,
-    /// Raw engine settings passed to the log (librdkafka properties for Kafka).
-    pub event_log_options: BTreeMap<String, String>,
-    /// Schema registry (Confluent REST API) base URL. Set: records are written in the
-    /// Confluent wire format, each schema registered under `<topic>-value` (BACKWARD) at
-    /// start; empty: Avro single-object encoding, no registry. Either framing is read.
-    pub schema_registry_url: String,
-    /// Consumer group of the alert evaluator.
-    pub group: String,
-    /// Most records handled per batch.
+    /// The event log and its record framing (`[event-log]`).
+    pub event_log: EventLogSettings,
+    /// Most records handled per batch, by every processor.
     pub batch_size: usize,
-    /// Group session timeout, ms (a dead instance's partitions move after this long).
-    pub session_timeout_ms: u64,
     /// Static rules (an `id`, an optional `tenant`, and the fields of the API's rule body:
     /// `name`, `metric`, `operator`, `warning`, `critical`, ...), for every tenant or one,
-    /// beside the per-tenant rules on
-    /// `fleet.rules.v1` (which the API manages; each new tenant gets a default set).
-    /// None by default.
+    /// beside the per-tenant rules on `fleet.rules.v1` (which the API manages; each new
+    /// tenant gets a default set). None by default.
     pub rules: Vec<StaticRule>,
-    /// Seconds replayed beyond the longest for-duration when the evaluator takes a
-    /// partition; also the longest gap between two samples that keeps a for-duration running.
-    pub rules_replay_margin_secs: u64,
-    /// The evaluator drops the state of a (rule, agent, subject) series with no open alert
-    /// and nothing seen for this long (at least the longest for-duration plus
-    /// `rules-replay-margin-secs`), so subjects that come and go do not hold memory.
-    pub rules_idle_secs: u64,
-    /// Consumer group of the ticketer (consumes `fleet.alerts.v1`).
-    pub ticketer_group: String,
-    /// Lowest alert severity that opens a ticket.
-    pub ticket_min_severity: Severity,
-    /// Consumer group of the liveness processor (consumes `fleet.heartbeats.v1`).
-    pub liveness_group: String,
-    /// How far back (seconds) liveness replays heartbeats when it takes partitions.
-    pub liveness_lookback_secs: u64,
-    /// How often (seconds) liveness looks for silent agents.
-    pub liveness_check_interval_secs: u64,
-    /// An agent silent for longer than this (seconds) is reported OFFLINE.
-    pub offline_after_secs: u64,
-    /// Consumer group of the command-timeout processor (consumes `fleet.commands.v1`).
-    pub command_timeouts_group: String,
-    /// How far back (seconds) command timeouts replays commands when it takes partitions.
-    pub command_lookback_secs: u64,
-    /// Seconds allowed beyond a command's own timeout before it is TIMED_OUT.
-    pub command_grace_secs: u64,
-    /// How often (seconds) command timeouts looks for overdue commands.
-    pub command_check_interval_secs: u64,
+    /// The alert evaluator (`[alert-evaluator]`).
+    pub alert_evaluator: AlertEvaluatorSettings,
+    /// The ticketer (`[ticketer]`).
+    pub ticketer: TicketerSettings,
+    /// The liveness processor (`[liveness]`).
+    pub liveness: LivenessSettings,
+    /// The command-timeout processor (`[command-timeouts]`).
+    pub command_timeouts: CommandTimeoutsSettings,
 }
 
 impl Default for ProcessorsConfig {
@@ -72,25 +43,115 @@ impl Default for ProcessorsConfig {
         ProcessorsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
             http: fleet_service::serve::HttpSettings::default(),
-            event_log: "kafka://127.0.0.1:9092".into(),
-            event_log_options: BTreeMap::new(),
-            schema_registry_url: String::new(),
-            group: "fleet-alert-evaluator".into(),
+            event_log: EventLogSettings::default(),
             batch_size: 500,
-            session_timeout_ms: 10_000,
             rules: Vec::new(),
-            rules_replay_margin_secs: 120,
-            rules_idle_secs: 3600,
-            ticketer_group: "fleet-ticketer".into(),
-            ticket_min_severity: Severity::Warning,
-            liveness_group: "fleet-liveness".into(),
-            liveness_lookback_secs: 900,
-            liveness_check_interval_secs: 5,
-            offline_after_secs: 90,
-            command_timeouts_group: "fleet-command-timeouts".into(),
-            command_lookback_secs: 3600,
-            command_grace_secs: 30,
-            command_check_interval_secs: 5,
+            alert_evaluator: AlertEvaluatorSettings::default(),
+            ticketer: TicketerSettings::default(),
+            liveness: LivenessSettings::default(),
+            command_timeouts: CommandTimeoutsSettings::default(),
+        }
+    }
+}
+
+/// The alert evaluator (consumes `fleet.metrics.v1`, `fleet.rules.v1`, `fleet.agents.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AlertEvaluatorSettings {
+    /// Consumer group.
+    pub group: String,
+    /// Replayed beyond the longest for-duration when the evaluator takes a partition;
+    /// also the longest gap between two samples that keeps a for-duration running.
+    #[serde(with = "humantime_serde")]
+    pub replay_margin: Duration,
+    /// The state of a (rule, agent, subject) series with no open alert and nothing seen
+    /// for this long is dropped (at least the longest for-duration plus `replay-margin`),
+    /// so subjects that come and go do not hold memory.
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+}
+
+impl Default for AlertEvaluatorSettings {
+    fn default() -> Self {
+        AlertEvaluatorSettings {
+            group: "fleet-alert-evaluator".into(),
+            replay_margin: Duration::from_secs(120),
+            idle_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The ticketer (consumes `fleet.alerts.v1`, writes `fleet.tickets.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TicketerSettings {
+    /// Consumer group.
+    pub group: String,
+    /// Lowest alert severity that opens a ticket.
+    pub min_severity: Severity,
+}
+
+impl Default for TicketerSettings {
+    fn default() -> Self {
+        TicketerSettings {
+            group: "fleet-ticketer".into(),
+            min_severity: Severity::Warning,
+        }
+    }
+}
+
+/// The liveness processor (consumes `fleet.heartbeats.v1`, writes OFFLINE / ONLINE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LivenessSettings {
+    /// Consumer group.
+    pub group: String,
+    /// How far back heartbeats are replayed when it takes partitions.
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    /// How often it looks for silent agents.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// An agent silent for longer than this is reported OFFLINE.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        LivenessSettings {
+            group: "fleet-liveness".into(),
+            lookback: Duration::from_secs(900),
+            check_interval: Duration::from_secs(5),
+            offline_after: Duration::from_secs(90),
+        }
+    }
+}
+
+/// The command-timeout processor (consumes `fleet.commands.v1`, writes TIMED_OUT).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct CommandTimeoutsSettings {
+    /// Consumer group.
+    pub group: String,
+    /// How far back commands are replayed when it takes partitions.
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    /// Allowed beyond a command's own timeout before it is TIMED_OUT.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// How often it looks for overdue commands.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for CommandTimeoutsSettings {
+    fn default() -> Self {
+        CommandTimeoutsSettings {
+            group: "fleet-command-timeouts".into(),
+            lookback: Duration::from_secs(3600),
+            grace: Duration::from_secs(30),
+            check_interval: Duration::from_secs(5),
         }
     }
 }

@@ -1,12 +1,12 @@
 //! Liveness: offline detection driven by time, not by record arrival.
 //!
-//! Consumes `fleet.heartbeats.v1` in group `liveness-group` and follows `fleet.agents.v1`
+//! Consumes `fleet.heartbeats.v1` in group `liveness.group` and follows `fleet.agents.v1`
 //! from its start (a throw-away group) for each agent's last ONLINE / OFFLINE, its
-//! registration and its deactivation. Every `liveness-check-interval-secs` a timer
+//! registration and its deactivation. Every `liveness.check-interval` a timer
 //! judges the agents on the partitions this instance holds: one silent for longer than
-//! `offline-after-secs` gets AgentLifecycle OFFLINE; a heartbeat from an agent marked
+//! `liveness.offline-after` gets AgentLifecycle OFFLINE; a heartbeat from an agent marked
 //! offline gets ONLINE. On start and on every rebalance the newly held partitions are
-//! replayed from `liveness-lookback-secs` ago (seek by time), and a partition is judged
+//! replayed from `liveness.lookback` ago (seek by time), and a partition is judged
 //! only once it is consumed up to the end offsets taken at the check, so a replay or a
 //! lagging consumer never reports a live agent offline.
 //!
@@ -332,15 +332,18 @@ pub async fn run_liveness(
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let partitions = log.partition_count(topics::HEARTBEATS).await?;
     let proc = LivenessProcessor {
-        state: Liveness::new(Duration::from_secs(config.offline_after_secs), partitions),
+        state: Liveness::new(config.liveness.offline_after, partitions),
         held: BTreeSet::new(),
     };
     let settings = TimedSettings {
-        group: config.liveness_group.clone(),
-        lookback: Duration::from_secs(config.liveness_lookback_secs),
-        check_interval: Duration::from_secs(config.liveness_check_interval_secs.max(1)),
+        group: config.liveness.group.clone(),
+        lookback: config.liveness.lookback,
+        check_interval: config
+            .liveness
+            .check_interval
+            .max(Duration::from_millis(100)),
         batch_size: config.batch_size,
-        session_timeout: Duration::from_millis(config.session_timeout_ms),
+        session_timeout: config.event_log.session_timeout,
         follow: Some(topics::AGENTS),
     };
     run_timed(log, proc, settings, ready, shutdown).await

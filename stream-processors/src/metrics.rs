@@ -10,7 +10,7 @@ pub const ALERTS_EMITTED: &str = "fleet_processor_alerts_emitted_total";
 pub const OPEN_ALERTS: &str = "fleet_processor_open_alerts";
 /// (Rule, agent, subject) series the evaluator holds state for.
 pub const RULE_SERIES: &str = "fleet_processor_rule_series";
-/// Idle series whose state the evaluator dropped (`rules-idle-secs`); only once one is
+/// Idle series whose state the evaluator dropped (`alert-evaluator.idle-after`); only once one is
 /// dropped, so not in [`ALL`].
 pub const RULE_SERIES_EVICTED: &str = "fleet_processor_rule_series_evicted_total";
 /// Consumer lag (end offset minus position), by group and topic.

@@ -49,7 +49,7 @@
 //!   the value is the seconds from last seen to the detection (OFFLINE's
 //!   `ingested_at − occurred_at`): the heartbeat interval, needed for a count of missed
 //!   heartbeats, is on no record. The threshold is carried, not compared: liveness's
-//!   `offline-after-secs` decided. The next ONLINE (after the alert's time) or a
+//!   `liveness.offline-after` decided. The next ONLINE (after the alert's time) or a
 //!   DEACTIVATED resolves it. The raise carries the OFFLINE's time, the resolve the
 //!   ONLINE's (or DEACTIVATED's), so the marks rebuilt from `fleet.alerts.v1` make a
 //!   re-read lifecycle event do nothing twice.

@@ -1,7 +1,7 @@
 //! Ticketer: one ticket per incident, for ticketing systems.
 //!
-//! Consumes `fleet.alerts.v1` in group `ticketer-group`. An AlertRaised at or above
-//! `ticket-min-severity` gets TicketEvent REQUESTED (status `open`); an acknowledgement
+//! Consumes `fleet.alerts.v1` in group `ticketer.group`. An AlertRaised at or above
+//! `ticketer.min-severity` gets TicketEvent REQUESTED (status `open`); an acknowledgement
 //! of an alert that got a ticket gets UPDATED `acknowledged`, a resolution UPDATED
 //! `resolved`. Ids are deterministic: ticket id = v5(alert id, "ticket"), event id =
 //! v5(ticket id, kind, status).
@@ -373,9 +373,9 @@ pub async fn run_ticketer(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
-    let group = config.ticketer_group.clone();
+    let group = config.ticketer.group.clone();
     let dead = DeadLetters::open(log.clone(), NAME, &group).await?;
-    let mut ticketer = Ticketer::new(config.ticket_min_severity.into());
+    let mut ticketer = Ticketer::new(config.ticketer.min_severity.into());
     let mut agents =
         Follower::open(log.as_ref(), &format!("{NAME}-follow"), &[topics::AGENTS]).await?;
     agents
@@ -388,13 +388,13 @@ pub async fn run_ticketer(
     dead.flush().await;
     let settings = Settings::group(&group, &[topics::ALERTS])
         .start(StartFrom::Earliest)
-        .session_timeout(Duration::from_millis(config.session_timeout_ms))
+        .session_timeout(config.event_log.session_timeout)
         .batch_size(config.batch_size)
         .batch_histogram(metrics::BATCH_SECONDS, "processor", NAME);
     let runtime = ConsumerRuntime::subscribe(log.clone(), settings, dead.clone())
         .await?
         .readiness(ready.flag());
-    tracing::info!(%group, min_severity = ?config.ticket_min_severity, "Ticketer starting.");
+    tracing::info!(%group, min_severity = ?config.ticketer.min_severity, "Ticketer starting.");
     let mut tickets = TicketLoop {
         log,
         ticketer,

@@ -5,6 +5,7 @@
 
 mod support;
 
+use fleet_stream_processors::config::AlertEvaluatorSettings;
 use std::sync::Arc;
 
 use fleet_event_log::EventLog;
@@ -20,7 +21,10 @@ const S: i64 = 1_000_000;
 fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
     let log = log.clone();
     let cfg = ProcessorsConfig {
-        group: group.into(),
+        alert_evaluator: AlertEvaluatorSettings {
+            group: group.into(),
+            ..AlertEvaluatorSettings::default()
+        },
         ..ProcessorsConfig::default()
     };
     Running::start(move |ready, shutdown| run_alert_evaluator(log, cfg, ready, shutdown))

@@ -4,6 +4,7 @@
 
 mod support;
 
+use fleet_stream_processors::config::CommandTimeoutsSettings;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,12 @@ use support::{open_log, produce, read_all, wait_committed, wait_for, Running};
 
 fn config(group: &str) -> ProcessorsConfig {
     ProcessorsConfig {
-        command_timeouts_group: group.into(),
-        command_grace_secs: 1,
-        command_check_interval_secs: 1,
+        command_timeouts: CommandTimeoutsSettings {
+            group: group.into(),
+            grace: Duration::from_secs(1),
+            check_interval: Duration::from_secs(1),
+            ..CommandTimeoutsSettings::default()
+        },
         ..ProcessorsConfig::default()
     }
 }

@@ -9,6 +9,9 @@
 
 mod support;
 
+use fleet_stream_processors::config::{
+    AlertEvaluatorSettings, CommandTimeoutsSettings, LivenessSettings, TicketerSettings,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -139,14 +142,26 @@ fn counters(rendered: &str) -> BTreeMap<(String, String, String), f64> {
 
 fn config() -> ProcessorsConfig {
     ProcessorsConfig {
-        group: "dl-alerts".into(),
-        ticketer_group: "dl-tickets".into(),
-        liveness_group: "dl-liveness".into(),
-        command_timeouts_group: "dl-timeouts".into(),
-        offline_after_secs: 1,
-        liveness_check_interval_secs: 1,
-        command_grace_secs: 0,
-        command_check_interval_secs: 1,
+        alert_evaluator: AlertEvaluatorSettings {
+            group: "dl-alerts".into(),
+            ..AlertEvaluatorSettings::default()
+        },
+        ticketer: TicketerSettings {
+            group: "dl-tickets".into(),
+            ..TicketerSettings::default()
+        },
+        liveness: LivenessSettings {
+            group: "dl-liveness".into(),
+            offline_after: Duration::from_secs(1),
+            check_interval: Duration::from_secs(1),
+            ..LivenessSettings::default()
+        },
+        command_timeouts: CommandTimeoutsSettings {
+            group: "dl-timeouts".into(),
+            grace: Duration::ZERO,
+            check_interval: Duration::from_secs(1),
+            ..CommandTimeoutsSettings::default()
+        },
         ..ProcessorsConfig::default()
     }
 }

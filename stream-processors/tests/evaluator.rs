@@ -1,6 +1,7 @@
 //! The alert evaluator over the real embedded log: raise, restart with a full replay of
 //! the metrics topic (no duplicate AlertRaised), resolve.
 
+use fleet_stream_processors::config::AlertEvaluatorSettings;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +40,10 @@ async fn alerts(log: &dyn EventLog) -> Vec<AlertEvent> {
 
 fn config(group: &str) -> ProcessorsConfig {
     ProcessorsConfig {
-        group: group.into(),
+        alert_evaluator: AlertEvaluatorSettings {
+            group: group.into(),
+            ..AlertEvaluatorSettings::default()
+        },
         rules: vec![StaticRule::new(
             "cpu-90",
             RuleSpec {

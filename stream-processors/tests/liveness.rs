@@ -6,6 +6,7 @@
 
 mod support;
 
+use fleet_stream_processors::config::LivenessSettings;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,12 @@ use support::{open_log, produce, read_all, wait_for, Running};
 
 fn config(group: &str) -> ProcessorsConfig {
     ProcessorsConfig {
-        liveness_group: group.into(),
-        offline_after_secs: 3,
-        liveness_check_interval_secs: 1,
+        liveness: LivenessSettings {
+            group: group.into(),
+            offline_after: Duration::from_secs(3),
+            check_interval: Duration::from_secs(1),
+            ..LivenessSettings::default()
+        },
         ..ProcessorsConfig::default()
     }
 }

@@ -6,6 +6,7 @@
 
 mod support;
 
+use fleet_stream_processors::config::{AlertEvaluatorSettings, TicketerSettings};
 use std::sync::Arc;
 
 use fleet_event_log::EventLog;
@@ -24,7 +25,10 @@ const S: i64 = 1_000_000;
 fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
     let log = log.clone();
     let cfg = ProcessorsConfig {
-        group: group.into(),
+        alert_evaluator: AlertEvaluatorSettings {
+            group: group.into(),
+            ..AlertEvaluatorSettings::default()
+        },
         ..ProcessorsConfig::default()
     };
     Running::start(move |ready, shutdown| run_alert_evaluator(log, cfg, ready, shutdown))
@@ -33,8 +37,10 @@ fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
 fn ticketer(log: &Arc<dyn EventLog>, group: &str) -> Running {
     let log = log.clone();
     let cfg = ProcessorsConfig {
-        ticketer_group: group.into(),
-        ticket_min_severity: Severity::Critical,
+        ticketer: TicketerSettings {
+            group: group.into(),
+            min_severity: Severity::Critical,
+        },
         ..ProcessorsConfig::default()
     };
     Running::start(move |ready, shutdown| run_ticketer(log, cfg, ready, shutdown))

@@ -3,6 +3,7 @@
 //! it), a replay of everything by a new group (nothing twice), and a rule defined while
 //! the evaluator runs.
 
+use fleet_stream_processors::config::AlertEvaluatorSettings;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,7 +87,10 @@ fn start(
 ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = watch::channel(false);
     let cfg = ProcessorsConfig {
-        group: group.into(),
+        alert_evaluator: AlertEvaluatorSettings {
+            group: group.into(),
+            ..AlertEvaluatorSettings::default()
+        },
         rules: Vec::new(),
         ..ProcessorsConfig::default()
     };

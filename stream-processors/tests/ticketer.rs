@@ -5,6 +5,7 @@
 
 mod support;
 
+use fleet_stream_processors::config::TicketerSettings;
 use std::sync::Arc;
 
 use fleet_event_log::EventLog;
@@ -20,8 +21,10 @@ const T0: i64 = 1_795_400_000_000_000;
 
 fn config(group: &str) -> ProcessorsConfig {
     ProcessorsConfig {
-        ticketer_group: group.into(),
-        ticket_min_severity: Severity::Critical,
+        ticketer: TicketerSettings {
+            group: group.into(),
+            min_severity: Severity::Critical,
+        },
         ..ProcessorsConfig::default()
     }
 }

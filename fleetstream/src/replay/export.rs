@@ -48,7 +48,7 @@ pub(crate) struct ExportArgs {
     /// The file to write (replaced if it exists).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-    /// The projections' TOML file (for `event-log`, `event-log-options` and
+    /// The projections' TOML file (for its `[event-log]`: the log, its options and
     /// `schema-registry-url`).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -74,7 +74,7 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<()> {
         batch_size: cfg.batch_size,
     };
     options.check()?;
-    let log = crate::roles::open_log(&cfg.event_log, &cfg.event_log_options).await?;
+    let log = crate::roles::open_log(&cfg.event_log).await?;
     let (topic, out) = (options.topic.clone(), options.out.clone());
     let mut shown = Shown::new("export", move |spans: &[Span]| {
         let total: u64 = spans.iter().map(Span::len).sum();
