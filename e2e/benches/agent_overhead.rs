@@ -527,7 +527,7 @@ async fn run() -> anyhow::Result<()> {
     std::fs::write(
         &up_toml,
         format!(
-            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\n"
+            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n[api]\nadmin-api-key = \"{admin_key}\"\n"
         ),
     )?;
     let mut cmd = Command::new(&fleetstream);

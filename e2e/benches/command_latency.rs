@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         d,
         "fleetstream.toml",
         &format!(
-            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\n# measured: request to start, without the approval step\napproval-required-commands = []\n"
+            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n[api]\nadmin-api-key = \"{admin_key}\"\n# measured: request to start, without the approval step\napproval-required-commands = []\n"
         ),
     )?;
     let data = d.join("data");

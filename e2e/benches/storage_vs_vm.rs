@@ -240,7 +240,7 @@ impl Up {
             dir,
             "fleetstream.toml",
             &format!(
-                "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\nrate-limit-per-second = 0\nmax-reports-per-batch = 1000\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n"
+                "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\nrate-limit-per-second = 0\nmax-reports-per-batch = 1000\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n[api]\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n"
             ),
         )?;
         let data = dir.join("data");
@@ -292,7 +292,7 @@ impl Up {
             dir,
             "projections.toml",
             &format!(
-                "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"{}\"\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n[event-log]\nurl = \"{log}\"\n",
+                "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"{}\"\n[event-log]\nurl = \"{log}\"\n[api]\nadmin-api-key = \"{admin_key}\"\nkey-requests-per-second = 0\n",
                 keyspace.url
             ),
         )?;

@@ -573,7 +573,7 @@ async fn embedded_corrupt_records_become_dead_letters_and_a_replay_brings_one_ba
         d,
         "fleetstream.toml",
         &format!(
-            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\n\n[processors]\nlisten = \"127.0.0.1:{}\"\n",
+            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n\n[processors]\nlisten = \"127.0.0.1:{}\"\n[api]\nadmin-api-key = \"{admin_key}\"\n",
             free_port()?
         ),
     )?;
@@ -644,7 +644,7 @@ async fn kafka_corrupt_records_become_dead_letters_and_a_replay_brings_one_back(
         d,
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"sqlite://{}\"\ntimeseries = \"file://{}\"\nadmin-api-key = \"{admin_key}\"\n[event-log]\nurl = \"{url}\"\nsession-timeout = \"6000ms\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"sqlite://{}\"\ntimeseries = \"file://{}\"\n[event-log]\nurl = \"{url}\"\nsession-timeout = \"6000ms\"\n[api]\nadmin-api-key = \"{admin_key}\"\n",
             d.join("rm.db").display(),
             d.join("ts").display()
         ),

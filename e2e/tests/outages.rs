@@ -275,7 +275,7 @@ async fn broker_outage_loses_no_report() -> anyhow::Result<()> {
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-outage-rm-{id}\"\ntimeseries-group = \"e2e-outage-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-outage-rm-{id}\"\ntimeseries-group = \"e2e-outage-ts-{id}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n[api]\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n",
             dir.path().join("ts").display()
         ),
     )?;
@@ -496,7 +496,7 @@ async fn agent_killed_mid_send_loses_and_doubles_nothing() -> anyhow::Result<()>
         dir.path(),
         "fleetstream.toml",
         &format!(
-            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nretry-after = \"1s\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\nadmin-api-key = \"{admin_key}\"\n"
+            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\nretry-after = \"1s\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n[api]\nadmin-api-key = \"{admin_key}\"\n"
         ),
     )?;
     let data = dir.path().join("data");

@@ -285,7 +285,7 @@ async fn python_ticketing_consumer_sees_one_ticket_per_incident_across_a_process
         d,
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-tk-rm-{id}\"\ntimeseries-group = \"e2e-tk-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n[event-log]\nurl = \"{log_url}\"\nsession-timeout = \"6000ms\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-tk-rm-{id}\"\ntimeseries-group = \"e2e-tk-ts-{id}\"\n[event-log]\nurl = \"{log_url}\"\nsession-timeout = \"6000ms\"\n[api]\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n",
             d.join("ts").display()
         ),
     )?;

@@ -741,7 +741,7 @@ async fn kafka_and_postgres_replay_rebuilds_equal_views() -> anyhow::Result<()> 
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"{live_ts}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"{ts_group}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n"
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"{live_ts}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"{ts_group}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n[api]\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway}\"\n"
         ),
     )?;
     let pr_cfg = write_file(

@@ -170,7 +170,7 @@ async fn distributed_walking_skeleton_on_kafka_and_postgres() -> anyhow::Result<
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"e2e-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"http://127.0.0.1:{gw_port}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-rm-{id}\"\ntimeseries-group = \"e2e-ts-{id}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n[api]\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"http://127.0.0.1:{gw_port}\"\n",
             dir.path().join("ts").display()
         ),
     )?;

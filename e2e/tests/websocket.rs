@@ -46,7 +46,7 @@ async fn enrollment_heartbeats_metrics_and_a_command_over_the_websocket() -> any
         dir.path(),
         "projections.toml",
         &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-ws-rm-{id}\"\ntimeseries-group = \"e2e-ws-ts-{id}\"\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n# This test runs run_script at once: no second user approves it.\napproval-required-commands = []\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n",
+            "listen = \"127.0.0.1:{api_port}\"\nread-model = \"{db}\"\ntimeseries = \"file://{}\"\nread-model-group = \"e2e-ws-rm-{id}\"\ntimeseries-group = \"e2e-ws-ts-{id}\"\n[event-log]\nurl = \"{log}\"\nsession-timeout = \"6000ms\"\n[api]\nadmin-api-key = \"{admin_key}\"\ngateway-url = \"{gateway_url}\"\n# This test runs run_script at once: no second user approves it.\napproval-required-commands = []\n",
             dir.path().join("ts").display()
         ),
     )?;

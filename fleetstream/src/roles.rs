@@ -11,7 +11,8 @@ use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::GatewayConfig;
 use fleet_projections::ProjectionsConfig;
-use fleet_service::config::{load, load_with_table, redact_url, EventLogSettings};
+use fleet_query_api::ApiConfig;
+use fleet_service::config::{load, load_part, load_with_table, redact_url, EventLogSettings};
 use fleet_service::endpoints::ReadyCheck;
 use fleet_stream_processors::ProcessorsConfig;
 use tokio::sync::watch;
@@ -280,43 +281,37 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
     })
 }
 
+/// The projections' settings of a projections file and its `[api]` table (the query
+/// API's, environment `FLEET_API__*`).
+fn load_projections(file: Option<&Path>) -> anyhow::Result<(ProjectionsConfig, ApiConfig)> {
+    let cfg = load_part("projections", file, None, &["api"])?;
+    let api = load_with_table("api", file, Some("api"))?;
+    Ok((cfg, api))
+}
+
 pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
+    let (cfg, api) = load_projections(config.as_deref())?;
     use_schema_registry(&cfg.event_log.schema_registry_url).await?;
     let log = open_log(&cfg.event_log).await?;
     let stores = open_stores(&cfg).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
-    run_projections(cfg, log, stores, shutdown).await
+    run_projections(cfg, &api, log, stores, shutdown).await
 }
 
 /// The query API and the admin routes over the stores (without `/healthz`, `/readyz`,
 /// `/metrics`): served by `fleetstream api`, and by `fleetstream projections` unless
 /// `serve-api = false`. Refuses a weak `admin-api-key`.
-fn query_api(
-    cfg: &ProjectionsConfig,
-    log: &Arc<dyn EventLog>,
-    stores: &Stores,
-) -> anyhow::Result<Router> {
+fn query_api(cfg: &ApiConfig, log: &Arc<dyn EventLog>, stores: &Stores) -> anyhow::Result<Router> {
     fleet_query_api::auth::check_admin_key(&cfg.admin_api_key)
-        .map_err(|e| anyhow::anyhow!("admin-api-key: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("api.admin-api-key: {e}"))?;
     let state = fleet_query_api::AppState::new(
         stores.registry.clone(),
         stores.read_model.clone(),
         stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
         log.clone(),
     )
-    .with_admin_key(&cfg.admin_api_key)
-    .with_gateway_url(&cfg.gateway_url)
-    .with_approval_required(cfg.approval_required_commands.clone())
-    .with_key_cache_ttl(cfg.api_key_cache_ttl)
-    .with_auth_limits(&fleet_query_api::AuthLimits {
-        failures_per_minute: cfg.auth_failures_per_minute,
-        failure_burst: cfg.auth_failure_burst,
-        requests_per_second: cfg.key_requests_per_second,
-        request_burst: cfg.key_request_burst,
-        trusted_proxies: cfg.trusted_proxies.clone(),
-    });
+    .with_config(cfg);
     let housekeeping = state.clone();
     tokio::spawn(async move {
         loop {
@@ -329,6 +324,7 @@ fn query_api(
 
 async fn run_projections(
     cfg: ProjectionsConfig,
+    api: &ApiConfig,
     log: Arc<dyn EventLog>,
     stores: Stores,
     shutdown: Shutdown,
@@ -338,7 +334,7 @@ async fn run_projections(
     let check: ReadyCheck = Arc::new(move || r.check());
     let ops = fleet_service::endpoints::router("projections", check);
     let app = if cfg.serve_api {
-        query_api(&cfg, &log, &stores)?.merge(ops)
+        query_api(api, &log, &stores)?.merge(ops)
     } else {
         ops
     };
@@ -376,7 +372,7 @@ async fn run_projections(
 /// `/metrics` over the stores of a projections configuration, without projection loops.
 /// Ready while the event log (where commands and rules are written) answers.
 pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
+    let (cfg, api) = load_projections(config.as_deref())?;
     use_schema_registry(&cfg.event_log.schema_registry_url).await?;
     let log = open_log(&cfg.event_log).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
@@ -385,7 +381,7 @@ pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     on_signal(tx);
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
-    let app = query_api(&cfg, &log, &stores)?.merge(fleet_service::endpoints::router(
+    let app = query_api(&api, &log, &stores)?.merge(fleet_service::endpoints::router(
         "api",
         ready_flag(&log_ok, "event log"),
     ));
@@ -493,6 +489,7 @@ pub(crate) async fn up(
     let mut gw: GatewayConfig = load_with_table("gateway", file, Some("gateway"))?;
     let mut pr: ProcessorsConfig = load_with_table("processors", file, Some("processors"))?;
     let mut pj: ProjectionsConfig = load_with_table("projections", file, Some("projections"))?;
+    let mut api: ApiConfig = load_with_table("api", file, Some("api"))?;
     // One process, one log and one framing: the shared [event-log] table, on the
     // embedded log of the data directory.
     let mut event_log: EventLogSettings = load_with_table("event-log", file, Some("event-log"))?;
@@ -529,11 +526,11 @@ pub(crate) async fn up(
     }
 
     let gateway_url = format!("http://{}", gw.listen);
-    if pj.gateway_url == ProjectionsConfig::default().gateway_url {
-        pj.gateway_url = gateway_url.clone();
+    if api.gateway_url == ApiConfig::default().gateway_url {
+        api.gateway_url = gateway_url.clone();
     }
-    if pj.admin_api_key.is_empty() {
-        pj.admin_api_key = admin_key(&data_dir)?;
+    if api.admin_api_key.is_empty() {
+        api.admin_api_key = admin_key(&data_dir)?;
     }
 
     use_schema_registry(&event_log.schema_registry_url).await?;
@@ -564,7 +561,7 @@ pub(crate) async fn up(
     let gateway = run_gateway(gw, log.clone(), Some(registry.clone()), shutdown.clone());
     let processors = run_processors(log.clone(), pr, pr_ready, shutdown.clone());
     let rules_log = log.clone();
-    let projections = run_projections(pj, log, stores, shutdown.clone());
+    let projections = run_projections(pj, &api, log, stores, shutdown.clone());
     let agent = async {
         if !with_local_agent {
             return Ok(());

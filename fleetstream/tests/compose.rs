@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use fleet_ingest_gateway::GatewayConfig;
 use fleet_projections::ProjectionsConfig;
+use fleet_query_api::ApiConfig;
 use fleet_stream_processors::ProcessorsConfig;
 use serde_norway::Value;
 
@@ -235,7 +236,8 @@ fn environment(svc: &Value, env: &BTreeMap<String, String>) -> BTreeMap<String, 
 enum RoleConfig {
     Gateway(Box<GatewayConfig>),
     Processors(Box<ProcessorsConfig>),
-    Projections(Box<ProjectionsConfig>),
+    /// A projections file: the projections' settings and its `[api]` table.
+    Projections(Box<ProjectionsConfig>, Box<ApiConfig>),
 }
 
 impl RoleConfig {
@@ -243,14 +245,14 @@ impl RoleConfig {
         match self {
             RoleConfig::Gateway(c) => c.listen,
             RoleConfig::Processors(c) => c.listen,
-            RoleConfig::Projections(c) => c.listen,
+            RoleConfig::Projections(c, _) => c.listen,
         }
     }
     fn event_log(&self) -> &str {
         match self {
             RoleConfig::Gateway(c) => &c.event_log.url,
             RoleConfig::Processors(c) => &c.event_log.url,
-            RoleConfig::Projections(c) => &c.event_log.url,
+            RoleConfig::Projections(c, _) => &c.event_log.url,
         }
     }
 }
@@ -266,9 +268,15 @@ fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
     let own = fleet_service::config::env_prefix(role);
     let test_role = format!("compose-{tag}-{name}");
     let test_prefix = fleet_service::config::env_prefix(&test_role);
+    // A projections file also holds the query API's [api] table (FLEET_API__*).
+    let api_own = fleet_service::config::env_prefix("api");
+    let api_role = format!("{test_role}-api");
+    let api_prefix = fleet_service::config::env_prefix(&api_role);
     for (k, v) in environment(svc, &env) {
         if let Some(key) = k.strip_prefix(&own) {
             std::env::set_var(format!("{test_prefix}{key}"), v);
+        } else if let Some(key) = k.strip_prefix(&api_own).filter(|_| role == "projections") {
+            std::env::set_var(format!("{api_prefix}{key}"), v);
         } else {
             assert!(
                 !k.starts_with("FLEET_") || k == "FLEET_LOG_FORMAT",
@@ -280,7 +288,10 @@ fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
     let loaded = match role {
         "gateway" => fleet_service::config::load(&test_role, f).map(RoleConfig::Gateway),
         "processors" => fleet_service::config::load(&test_role, f).map(RoleConfig::Processors),
-        _ => fleet_service::config::load(&test_role, f).map(RoleConfig::Projections),
+        _ => fleet_service::config::load_part(&test_role, f, None, &["api"]).and_then(|c| {
+            let api = fleet_service::config::load_with_table(&api_role, f, Some("api"))?;
+            Ok(RoleConfig::Projections(Box::new(c), Box::new(api)))
+        }),
     };
     loaded.unwrap_or_else(|e| panic!("{name}: {}: {e}", file.display()))
 }
@@ -642,7 +653,7 @@ fn role_configs_load_and_match_the_stack() {
                 assert_eq!(c.auth, fleet_ingest_gateway::AuthMode::Required, "{name}");
                 Some(c.registry.clone())
             }
-            RoleConfig::Projections(c) => Some(c.read_model.clone()),
+            RoleConfig::Projections(c, _) => Some(c.read_model.clone()),
             RoleConfig::Processors(_) => None,
         };
         if let Some(url) = sql {
@@ -658,11 +669,13 @@ fn role_configs_load_and_match_the_stack() {
 }
 
 /// The projections and api services' configurations, by service name.
-fn projections_configs(doc: &Value) -> BTreeMap<String, (String, ProjectionsConfig)> {
+fn projections_configs(doc: &Value) -> BTreeMap<String, (String, ProjectionsConfig, ApiConfig)> {
     role_services(doc)
         .into_iter()
         .filter_map(|(n, s)| match load_role("ts", &n, &s) {
-            RoleConfig::Projections(c) => Some((n.clone(), (role_command(&n, &s).0, *c))),
+            RoleConfig::Projections(c, api) => {
+                Some((n.clone(), (role_command(&n, &s).0, *c, *api)))
+            }
             _ => None,
         })
         .collect()
@@ -675,7 +688,7 @@ fn time_series_live_in_the_scylla_service() {
     let scylla = the_service_with_image(&doc, "scylladb/scylla:");
     let configs = projections_configs(&doc);
     assert!(configs.len() >= 2, "projections and api: {configs:?}");
-    for (name, (_, c)) in &configs {
+    for (name, (_, c, _)) in &configs {
         let url = &c.timeseries;
         let rest = url
             .strip_prefix("scylla://")
@@ -714,7 +727,7 @@ fn time_series_live_in_the_scylla_service() {
     // One set of stores: the API reads what the projections write, with one retention.
     let stores: BTreeSet<_> = configs
         .values()
-        .map(|(_, c)| {
+        .map(|(_, c, _)| {
             (
                 c.timeseries.clone(),
                 c.read_model.clone(),
@@ -734,14 +747,14 @@ fn the_api_runs_apart_from_the_projections() {
     let doc = compose();
     let all = services(&doc);
     let configs = projections_configs(&doc);
-    let of = |cmd: &str| -> Vec<(&String, &ProjectionsConfig)> {
+    let of = |cmd: &str| -> Vec<(&String, &ProjectionsConfig, &ApiConfig)> {
         configs
             .iter()
-            .filter(|(_, (c, _))| c == cmd)
-            .map(|(n, (_, cfg))| (n, cfg))
+            .filter(|(_, (c, _, _))| c == cmd)
+            .map(|(n, (_, cfg, api))| (n, cfg, api))
             .collect()
     };
-    for (name, c) in of("projections") {
+    for (name, c, _) in of("projections") {
         assert!(
             !c.serve_api,
             "{name}: serve-api must be false (the api service serves the API)"
@@ -757,7 +770,7 @@ fn the_api_runs_apart_from_the_projections() {
     }
     let apis = of("api");
     assert!(!apis.is_empty(), "an api service");
-    for (name, c) in apis {
+    for (name, _, c) in apis {
         assert!(!c.admin_api_key.is_empty(), "{name}: admin-api-key unset");
         assert!(
             c.gateway_url.starts_with("http://") || c.gateway_url.starts_with("https://"),
@@ -771,7 +784,7 @@ fn the_api_runs_apart_from_the_projections() {
         );
         let projections: Vec<String> = of("projections")
             .into_iter()
-            .map(|(n, _)| n.clone())
+            .map(|(n, _, _)| n.clone())
             .collect();
         assert!(
             projections

@@ -33,12 +33,21 @@ fn processors_example_is_the_default() {
 
 #[test]
 fn projections_example_is_the_default() {
-    let cfg: ProjectionsConfig = fleet_service::config::load(
+    let cfg: ProjectionsConfig = fleet_service::config::load_part(
         "projections-example-test",
         Some(&root().join("config/projections.example.toml")),
+        None,
+        &["api"],
     )
     .expect("parses");
     assert_eq!(cfg, ProjectionsConfig::default());
+    let api: fleet_query_api::ApiConfig = fleet_service::config::load_with_table(
+        "api-example-test",
+        Some(&root().join("config/projections.example.toml")),
+        Some("api"),
+    )
+    .expect("parses");
+    assert_eq!(api, fleet_query_api::ApiConfig::default());
 }
 
 #[test]

@@ -6,9 +6,10 @@ use std::time::Duration;
 use fleet_service::config::EventLogSettings;
 use serde::{Deserialize, Serialize};
 
-/// Settings of the projections and of the query API (`fleet-query-api`) over the same
-/// stores: `fleetstream projections` and `fleetstream api` read the same file. Every key has a default; see
-/// `config/projections.example.toml`.
+/// Settings of the projections: the stores, the event log, the consumer groups.
+/// `fleetstream projections` and `fleetstream api` read the same file (the API's own
+/// settings are its `[api]` table, `fleet_query_api::ApiConfig`). Every key has a default;
+/// see `config/projections.example.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ProjectionsConfig {
@@ -41,32 +42,6 @@ pub struct ProjectionsConfig {
     pub timeseries_group: String,
     /// Most records per batch (one read-model transaction per batch).
     pub batch_size: usize,
-    /// Key of the bootstrap administrator (the user `admin` with role admin): send
-    /// `Authorization: Bearer <key>`. Empty disables it (user API keys still work).
-    pub admin_api_key: String,
-    /// How long an API instance remembers a resolved user API key (`"10s"`). Revoking a
-    /// key or disabling a user takes effect at once on the instance that did it, and on
-    /// every other instance within this time. `"0s"` checks the registry on every request.
-    #[serde(with = "humantime_serde")]
-    pub api_key_cache_ttl: Duration,
-    /// Gateway URL agents enroll at, used in the install command of new tokens.
-    pub gateway_url: String,
-    /// Command types that always need approval by a second user (besides requests that
-    /// say `requires_approval: true`).
-    pub approval_required_commands: Vec<String>,
-    /// Failed authentications (401) per minute per client address before the address
-    /// gets 429 for a while (a key known without a registry lookup still works); 0: no
-    /// limit.
-    pub auth_failures_per_minute: u32,
-    /// Burst of the per-address failure bucket.
-    pub auth_failure_burst: u32,
-    /// Requests per second per user (all of its keys); 0: no limit.
-    pub key_requests_per_second: u32,
-    /// Burst of the per-user bucket.
-    pub key_request_burst: u32,
-    /// Reverse proxies (addresses or networks like `10.0.0.0/8`) whose
-    /// `X-Forwarded-For` names the client the per-address limit applies to.
-    pub trusted_proxies: Vec<fleet_service::client::ProxyNet>,
     /// The listener's timeouts, connection cap and TLS (`[http]`).
     pub http: fleet_service::serve::HttpSettings,
 }
@@ -85,20 +60,7 @@ impl Default for ProjectionsConfig {
             read_model_group: "fleet-projection-readmodel".into(),
             timeseries_group: "fleet-projection-timeseries".into(),
             batch_size: 1000,
-            admin_api_key: String::new(),
-            api_key_cache_ttl: DEFAULT_API_KEY_CACHE_TTL,
-            gateway_url: "http://127.0.0.1:8080".into(),
-            approval_required_commands: vec!["run_script".into()],
-            auth_failures_per_minute: 30,
-            auth_failure_burst: 30,
-            key_requests_per_second: 50,
-            key_request_burst: 200,
-            trusted_proxies: Vec::new(),
             http: fleet_service::serve::HttpSettings::default(),
         }
     }
 }
-
-/// How long an API instance remembers a resolved user key by default
-/// (`api-key-cache-ttl`).
-pub const DEFAULT_API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);

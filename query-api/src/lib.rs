@@ -5,7 +5,7 @@
 //! cause (commands, rules, alert handling, tags, deactivation) to their topics.
 //!
 //! * [`app::app`] builds the router and [`openapi::document`] the OpenAPI document;
-//! * [`state::AppState`] is what every handler gets;
+//! * [`state::AppState`] is what every handler gets, configured by [`config::ApiConfig`];
 //! * [`auth::Principal`] is the caller, extracted (and the key checked) in one place;
 //! * [`query::Params`] extracts a route's typed query parameters, refusing unknown ones;
 //! * [`routes`] holds one module per resource;
@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod input;
 pub mod metrics;
@@ -23,4 +24,5 @@ pub mod state;
 
 pub use app::app;
 pub use auth::AuthLimits;
+pub use config::ApiConfig;
 pub use state::AppState;

@@ -64,6 +64,17 @@ impl AppState {
         }
     }
 
+    /// The settings of an `[api]` table: the bootstrap key, the gateway URL, the command
+    /// types that need approval, the key cache TTL and the limits.
+    #[must_use]
+    pub fn with_config(self, c: &crate::ApiConfig) -> Self {
+        self.with_admin_key(&c.admin_api_key)
+            .with_gateway_url(&c.gateway_url)
+            .with_approval_required(c.approval_required_commands.clone())
+            .with_key_cache_ttl(c.api_key_cache_ttl)
+            .with_auth_limits(&c.auth_limits())
+    }
+
     /// The limits around authentication (see [`AuthLimits`]; its default otherwise).
     #[must_use]
     pub fn with_auth_limits(mut self, limits: &AuthLimits) -> Self {

@@ -76,6 +76,20 @@ pub fn load_with_table<T>(
 where
     T: Serialize + DeserializeOwned + Default,
 {
+    load_part(role, file, table, &[])
+}
+
+/// Like [`load_with_table`], leaving out the tables named in `skip` (which another part of
+/// the program reads from the same file, as the query API's `[api]` in a projections file).
+pub fn load_part<T>(
+    role: &str,
+    file: Option<&Path>,
+    table: Option<&str>,
+    skip: &[&str],
+) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
     let err = |message: String| ConfigError {
         role: role.to_owned(),
         message,
@@ -88,33 +102,38 @@ where
                 path.display()
             )));
         }
-        figment = match table {
-            Some(t) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-                let doc: toml::Table = toml::from_str(&text)
-                    .map_err(|e| err(format!("{} is not valid TOML: {e}", path.display())))?;
-                match doc.get(t) {
-                    Some(toml::Value::Table(section)) => {
-                        let section = toml::to_string(section).map_err(|e| {
-                            err(format!("section [{t}] of {}: {e}", path.display()))
-                        })?;
-                        figment.merge(Toml::string(&section))
-                    }
-                    Some(_) => {
-                        return Err(err(format!("[{t}] in {} must be a table", path.display())))
-                    }
-                    None => figment,
-                }
-            }
-            None => figment.merge(Toml::file(path)),
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        let mut doc: toml::Table = toml::from_str(&text)
+            .map_err(|e| err(format!("{} is not valid TOML: {e}", path.display())))?;
+        let mut section = match table {
+            None => doc,
+            Some(t) => match doc.remove(t) {
+                Some(toml::Value::Table(section)) => section,
+                Some(_) => return Err(err(format!("[{t}] in {} must be a table", path.display()))),
+                None => toml::Table::new(),
+            },
         };
+        for t in skip {
+            section.remove(*t);
+        }
+        let section =
+            toml::to_string(&section).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        figment = figment.merge(Toml::string(&section));
+        let prefix = env_prefix(role);
+        figment = figment.merge(env(&prefix));
+        return figment
+            .extract::<T>()
+            .map_err(|e| err(format!("{} (in {} or {prefix}*)", e, path.display())));
     }
     let prefix = env_prefix(role);
-    figment = figment.merge(
-        Env::prefixed(&prefix).map(|k| k.as_str().replace("__", ".").replace('_', "-").into()),
-    );
+    figment = figment.merge(env(&prefix));
     figment.extract::<T>().map_err(|e| err(e.to_string()))
+}
+
+/// The environment variables of a role: `PREFIX` then the key, nested tables with `__`.
+fn env(prefix: &str) -> Env {
+    Env::prefixed(prefix).map(|k| k.as_str().replace("__", ".").replace('_', "-").into())
 }
 
 /// `url` with its password hidden (`postgres://fleet:***@db/fleet`), for messages.
