@@ -29,7 +29,7 @@ const SECOND: i64 = 1_000_000;
 struct Env {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
-    rm: Arc<dyn fleet_stores::ReadModel>,
+    rm: Arc<dyn fleet_read_model::ReadModel>,
     api: Router,
 }
 
@@ -42,14 +42,22 @@ async fn env() -> Env {
     fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
-    let sql = fleet_stores::open_sql(&p("rm.db"))
+    let db = fleet_read_model::Database::connect(&p("rm.db"))
         .await
-        .expect("read model");
-    let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
+        .expect("database");
+    let registry = fleet_registry::SqlRegistry::open(db.clone())
+        .await
+        .expect("registry");
+    let rm: Arc<dyn fleet_read_model::ReadModel> = Arc::new(
+        fleet_read_model::SqlReadModel::open(db)
+            .await
+            .expect("read model"),
+    );
     let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
         .await
         .expect("ts");
-    let api = app(AppState::new(sql, rm.clone(), ts, log.clone()).with_admin_key(ADMIN));
+    let api =
+        app(AppState::new(Arc::new(registry), rm.clone(), ts, log.clone()).with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,
