@@ -1,6 +1,8 @@
 //! Projections over the real embedded log into SQLite and the embedded time-series
 //! store, queried through the API router.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,32 +34,15 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    let log = fleet_event_log::open(&p("log"), &Default::default())
-        .await
-        .expect("log");
-    fleet_consumer::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let db = fleet_read_model::Database::connect(&p("rm.db"))
-        .await
-        .expect("database");
-    let registry = fleet_registry::SqlRegistry::open(db.clone())
-        .await
-        .expect("registry");
-    let rm: Arc<dyn fleet_read_model::ReadModel> = Arc::new(
-        fleet_read_model::SqlReadModel::open(db)
-            .await
-            .expect("read model"),
-    );
-    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
-        .await
-        .expect("ts");
-    let api = app(
-        AppState::new(Arc::new(registry), rm.clone(), ts.clone(), log.clone())
-            .with_admin_key(ADMIN),
-    );
+    let support::Stores {
+        dir,
+        log,
+        registry,
+        read_model: rm,
+        timeseries: ts,
+    } = support::stores().await;
+    let api =
+        app(AppState::new(registry, rm.clone(), ts.clone(), log.clone()).with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,

@@ -202,7 +202,7 @@ impl Database {
             owner = set.owner,
             engine = self.engine.as_str(),
             target = %self.target,
-            "Migrations applied."
+            "Migrations up to date."
         );
         Ok(())
     }
