@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
-use fleet_registry::StoreError;
-use fleet_registry::{verify_secret, AgentCredential, Registry};
+use fleet_registry::{verify_secret, AgentCredential, Registry, StoreError};
 use fleet_service::ApiError;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};

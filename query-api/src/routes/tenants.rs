@@ -18,8 +18,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use fleet_registry::StoreError;
-use fleet_registry::{hash_secret, new_secret, NewToken};
+use fleet_registry::{hash_secret, new_secret, NewToken, StoreError};
 use fleet_service::{ApiError, FieldJson};
 use serde::{Deserialize, Serialize};
 

@@ -32,8 +32,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, post};
 use axum::Router;
-use fleet_registry::StoreError;
-use fleet_registry::{hash_secret, new_secret, ApiKeyInfo, NewUser, Role, User};
+use fleet_registry::{hash_secret, new_secret, ApiKeyInfo, NewUser, Role, StoreError, User};
 use fleet_service::ApiError;
 use serde::{Deserialize, Serialize};
 
