@@ -130,6 +130,43 @@ async fn one_seam_alone_leaves_the_other_seams_tables_to_it() -> Result<()> {
     .await
 }
 
+/// The migrations released before the seams were split, as sqlx recorded them in every
+/// database made then (version, SHA-384 of the text): a seam's migration of one of these
+/// versions must be that very text, or those databases refuse to open.
+const RELEASED: &[(i64, &str)] = &[
+    (1, "d45adb0ae8658423cbb751311bcc537f44fd6d0439313b19b3afb1329fcbbf180b6de0b2e21fa0900f2c6cb69b07635b"),
+    (2, "dc57b95fed27a2f0699e2571145171344bf7ae359e1951affdaed6bf35aa380dd6588002469eea9e5996d8f7676d9bd1"),
+    (3, "8eedb1ddbd17b2b58bbebaeb9477a02df5f963cffb545f78d83ff621e0cd7e8fcb87fd117492f6e542c7f3d2a2cf6fd6"),
+    (4, "a6a2cbea80609afb129c849a3dfa485acd3e8f5ee225aa1c9aeec555ae122c0a991c33ef3e6d7d4872f8aa3067098efc"),
+    (5, "06b53f466e72a8d2cf36e7b70073408c2a8180acf7c819dc63bef0f9ba0b8a8d9fd3d97661324d70fc132b83799dfe49"),
+    (6, "d9e0e2ec3a14a8deb1983bfdba23c7a37a60360241c977e894253c51e956aa312c88c0dcd169ef9954a28e234b9df6b9"),
+    (7, "f374884be59eabbe512a9fe565eddd68d38805b6704b81ef0a0984ef33f44fcace6e7434e00ab1c85758a2e709ba8707"),
+    (8, "0c3b1883061b75abf498453fdf913e01c1a9e3c47b7c704f91ad3b006cf829b4e4ae31348b088fa4c9b536b582ca11e2"),
+];
+
+#[test]
+fn released_migrations_keep_their_versions_and_text() {
+    use sha2::Digest as _;
+    let all: Vec<_> = fleet_registry::MIGRATIONS
+        .list
+        .iter()
+        .chain(fleet_read_model::MIGRATIONS.list)
+        .collect();
+    for (version, checksum) in RELEASED {
+        let found: Vec<_> = all.iter().filter(|m| m.version == *version).collect();
+        assert_eq!(found.len(), 1, "one migration has version {version}");
+        let hex: String = sha2::Sha384::digest(found[0].sql.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            &hex, checksum,
+            "migration {version} ({}) changed: add a new migration instead",
+            found[0].description
+        );
+    }
+}
+
 /// Versions are one sequence across the seams (one `_sqlx_migrations` table per database):
 /// no version twice, none skipped.
 #[test]
