@@ -38,7 +38,7 @@ bench-agent: ## Agent overhead vs prometheus-node-exporter (apt package) and com
 
 bench-stores: ## Store benches: history query, fleet list, projection throughput (needs `make services`: Postgres, Cassandra)
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-timeseries --bench history_query
-	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-stores --bench fleet_list -- all
+	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-read-model --bench fleet_list -- all
 	eval "$$(bash scripts/services.sh env)" && $(CARGO) bench -p fleet-e2e --bench projection_throughput -- all
 
 bench-timeseries: ## Time-series chunks: bytes/sample against VictoriaMetrics (apt package), codec comparison, criterion throughput

@@ -110,7 +110,7 @@ where
 }
 
 async fn read_model(name: &str, log: Arc<dyn EventLog>, url: &str, records: usize) -> Result<()> {
-    let store = fleet_stores::open_read_model(url).await?;
+    let store = fleet_read_model::open_read_model(url).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
     let task = tokio::spawn(run_read_model(

@@ -21,7 +21,7 @@ use anyhow::{bail, ensure, Context as _};
 use fleet_e2e::{free_port, run_to_end, wait_for, write_file, Finished, Proc};
 use fleet_event_log::EventLog;
 use fleet_projections::project::{READ_MODEL_PROJECTION, READ_MODEL_TOPICS, TIMESERIES_TOPICS};
-use fleet_stores::ReadModel as _;
+use fleet_read_model::ReadModel as _;
 use fleet_timeseries::TimeSeriesStore as _;
 use serde_json::{json, Value};
 
@@ -217,7 +217,7 @@ async fn caught_up(
     timeseries_group: &str,
 ) -> anyhow::Result<bool> {
     let ends = ends(log).await?;
-    let store = fleet_stores::open_sql(read_model_url).await?;
+    let store = fleet_read_model::SqlReadModel::connect(read_model_url).await?;
     let applied: BTreeMap<(String, u32), i64> = store
         .offsets(READ_MODEL_PROJECTION)
         .await?

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::{AuthMode, GatewayConfig, GatewayState};
+use fleet_registry::{hash_secret, NewToken, Registry};
 use fleet_schemas::{codec, MetricReport, Record};
 use fleet_service::serve::{HttpServer, HttpSettings};
-use fleet_stores::registry::{hash_secret, NewToken, Registry};
 use fleet_test_support::pki::TestCa;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -34,7 +34,8 @@ async fn tls_gateway(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Gate
     .await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(&format!("sqlite://{}", dir.join("registry.db").display())).await?;
+        fleet_registry::open_registry(&format!("sqlite://{}", dir.join("registry.db").display()))
+            .await?;
     let tenant = registry
         .create_tenant("tls", fleet_e2e::now_micros())
         .await?;

@@ -21,10 +21,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use fleet_projections::project::READ_MODEL_PROJECTION;
 use fleet_projections::ProjectionsConfig;
+use fleet_registry::REGISTRY_TABLES;
 use fleet_replay::rebuild::{ProjectionKind, ReplayOptions};
 use fleet_replay::{rfc3339, Span, Start};
 use fleet_service::config::redact_url;
-use fleet_stores::read_model::REGISTRY_TABLES;
 
 pub(crate) use export::{export, ExportArgs};
 pub(crate) use verify::{verify, VerifyArgs};

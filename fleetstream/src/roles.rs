@@ -118,7 +118,7 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     let registry = if cfg.registry.is_empty() {
         None
     } else {
-        let r: Arc<dyn fleet_stores::registry::Registry> = fleet_stores::open_sql(&cfg.registry)
+        let r = fleet_registry::open_registry(&cfg.registry)
             .await
             .with_context(|| format!("opening the registry ({})", redact_url(&cfg.registry)))?;
         Some(r)
@@ -138,7 +138,7 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
 async fn run_gateway(
     cfg: GatewayConfig,
     log: Arc<dyn EventLog>,
-    registry: Option<Arc<dyn fleet_stores::registry::Registry>>,
+    registry: Option<Arc<dyn fleet_registry::Registry>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let log_ok = Arc::new(AtomicBool::new(true));
@@ -256,17 +256,26 @@ async fn run_processors(
 }
 
 struct Stores {
-    read_model: Arc<dyn fleet_stores::ReadModel>,
-    registry: Arc<dyn fleet_stores::registry::Registry>,
+    read_model: Arc<dyn fleet_read_model::ReadModel>,
+    registry: Arc<dyn fleet_registry::Registry>,
     timeseries: Arc<fleet_timeseries::TimeSeries>,
 }
 
 async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
-    let sql = fleet_stores::open_sql(&cfg.read_model)
+    // The registry lives in the read model's database: one pool serves both.
+    let db = fleet_read_model::Database::connect(&cfg.read_model)
         .await
         .with_context(|| format!("opening the read model ({})", redact_url(&cfg.read_model)))?;
-    let read_model: Arc<dyn fleet_stores::ReadModel> = sql.clone();
-    let registry: Arc<dyn fleet_stores::registry::Registry> = sql;
+    let registry: Arc<dyn fleet_registry::Registry> = Arc::new(
+        fleet_registry::SqlRegistry::open(db.clone())
+            .await
+            .with_context(|| format!("opening the registry ({})", redact_url(&cfg.read_model)))?,
+    );
+    let read_model: Arc<dyn fleet_read_model::ReadModel> = Arc::new(
+        fleet_read_model::SqlReadModel::open(db)
+            .await
+            .with_context(|| format!("opening the read model ({})", redact_url(&cfg.read_model)))?,
+    );
     let timeseries = fleet_timeseries::open(
         &cfg.timeseries,
         cfg.timeseries_retention,
@@ -415,12 +424,12 @@ pub(crate) async fn agent_enroll(
 /// token are made in the registry, then the agent redeems it through the gateway like
 /// any other agent.
 async fn enroll_local_agent(
-    registry: &dyn fleet_stores::registry::Registry,
+    registry: &dyn fleet_registry::Registry,
     log: &dyn EventLog,
     gateway_url: &str,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
-    use fleet_stores::registry::{hash_secret, new_secret, NewToken};
+    use fleet_registry::{hash_secret, new_secret, NewToken};
     if fleet_agent::enroll::Enrollment::load(state_dir)?.is_some() {
         return Ok(());
     }

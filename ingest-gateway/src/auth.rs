@@ -22,9 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
+use fleet_registry::{verify_secret, AgentCredential, Registry, StoreError};
 use fleet_service::ApiError;
-use fleet_stores::registry::{verify_secret, AgentCredential, Registry};
-use fleet_stores::StoreError;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 

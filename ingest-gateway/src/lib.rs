@@ -56,12 +56,12 @@ use fleet_consumer::backoff::retry_until;
 use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
 use fleet_consumer::DeadLetters;
 use fleet_event_log::{ConsumedRecord, EventLog, LogError, ProduceRecord, StartFrom};
+use fleet_registry::Registry;
 use fleet_schemas::api::{
     EventBatch, HeartbeatIn, IngestAccepted, InventoryIn, ItemError, MetricBatch,
 };
 use fleet_schemas::{codec, AgentEvent, AgentLifecycle, AgentLifecycleKind, MetricReport, Record};
 use fleet_service::{ApiError, FieldJson};
-use fleet_stores::registry::Registry;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 

@@ -12,10 +12,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet_event_log::ProduceRecord;
+use fleet_registry::{hash_secret, new_secret, NewAgent, RedeemRefusal};
 use fleet_schemas::api::{MachineFacts, RegisterRequest, RegisterResponse, RemoteConfig};
 use fleet_schemas::{codec, ids, AgentFacts, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_service::{ApiError, FieldJson};
-use fleet_stores::registry::{hash_secret, new_secret, NewAgent, RedeemRefusal};
 
 use crate::{metrics, ClientAddr, GatewayState};
 

@@ -14,8 +14,8 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::{app, AuthMode, GatewayConfig, GatewayState};
+use fleet_registry::{hash_secret, NewToken, Registry};
 use fleet_schemas::{codec, AgentLifecycle, AgentLifecycleKind, MetricReport, Record};
-use fleet_stores::registry::{hash_secret, NewToken, Registry};
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
@@ -49,7 +49,7 @@ async fn env_with(cfg: GatewayConfig) -> Env {
         .await
         .expect("topics");
     let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(dir.path().join("registry.db").to_str().expect("utf-8"))
+        fleet_registry::open_registry(dir.path().join("registry.db").to_str().expect("utf-8"))
             .await
             .expect("registry");
     let tenant = registry.create_tenant("Acme", now()).await.expect("tenant");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use fleet_ingest_gateway::{app, AuthMode, GatewayConfig, GatewayState};
-use fleet_stores::registry::{hash_secret, NewAgent, NewToken, Registry};
+use fleet_registry::{hash_secret, NewAgent, NewToken, Registry};
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
@@ -64,7 +64,7 @@ async fn every_malformed_request_gets_a_clear_4xx() {
         .await
         .expect("topics");
     let registry: Arc<dyn Registry> =
-        fleet_stores::open_sql(dir.path().join("reg.db").to_str().expect("utf-8"))
+        fleet_registry::open_registry(dir.path().join("reg.db").to_str().expect("utf-8"))
             .await
             .expect("registry");
     let now_us = fleet_schemas::time::now_micros();

@@ -33,7 +33,7 @@ pub struct ProjectionsConfig {
     /// head memory limit (`[timeseries-engine]`).
     pub timeseries_engine: fleet_timeseries::EngineConfig,
     /// How often the projections remove time series past retention
-    /// ([`fleet_stores::TimeSeriesStore::expire`]; ScyllaDB expires rows by TTL itself).
+    /// ([`fleet_timeseries::TimeSeriesStore::expire`]; ScyllaDB expires rows by TTL itself).
     #[serde(with = "humantime_serde")]
     pub retention_sweep_interval: Duration,
     /// Consumer group of the read-model projection.

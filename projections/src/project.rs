@@ -13,8 +13,8 @@ use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
 use fleet_consumer::Backoff;
 use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
+use fleet_read_model::{Change, ReadModel, StoreError, StoredOffset};
 use fleet_schemas::{codec, topics};
-use fleet_stores::{Change, ReadModel, StoreError, StoredOffset};
 use fleet_timeseries::TimeSeriesStore;
 
 use crate::metrics;

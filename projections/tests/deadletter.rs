@@ -14,8 +14,8 @@ use fleet_event_log::{EventLog, ProduceRecord, RecordPosition};
 use fleet_projections::project::{run_read_model, Readiness};
 use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
+use fleet_read_model::{AlertQuery, CommandQuery, SoftwareQuery, TicketQuery};
 use fleet_schemas::{codec, fixtures, topics, DeadLetter, DeadLetterKind, Record};
-use fleet_stores::{AlertQuery, CommandQuery, SoftwareQuery, TicketQuery};
 use tokio::sync::watch;
 
 /// (consumer, topic, partition, offset, kind).
@@ -24,7 +24,7 @@ type Expected = BTreeSet<(String, String, u32, i64, DeadLetterKind)>;
 struct Env {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
-    rm: Arc<dyn fleet_stores::ReadModel>,
+    rm: Arc<dyn fleet_read_model::ReadModel>,
     ts: Arc<fleet_timeseries::TimeSeries>,
 }
 
@@ -37,7 +37,7 @@ async fn env() -> Env {
     fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
-    let rm: Arc<dyn fleet_stores::ReadModel> = fleet_stores::open_sql(&p("rm.db"))
+    let rm: Arc<dyn fleet_read_model::ReadModel> = fleet_read_model::open_read_model(&p("rm.db"))
         .await
         .expect("read model");
     let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())

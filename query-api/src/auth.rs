@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use fleet_registry::{hash_secret, verify_secret, Registry, Role};
 use fleet_service::client::ClientAddr;
 use fleet_service::limit::{FailureLimit, KeyRateLimit};
 use fleet_service::ApiError;
-use fleet_stores::registry::{hash_secret, verify_secret, Registry, Role};
 use serde::Serialize;
 
 use crate::error::store_error;
@@ -98,7 +98,7 @@ pub fn admin_key_file(path: &std::path::Path) -> std::io::Result<String> {
             return Ok(key);
         }
     }
-    let key = fleet_stores::registry::new_secret("fsk_");
+    let key = fleet_registry::new_secret("fsk_");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -4,8 +4,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleet_read_model::StoreError;
 use fleet_service::ApiError;
-use fleet_stores::StoreError;
 use serde::Serialize;
 
 /// A store's error as an answer. An unavailable store's message names its host and

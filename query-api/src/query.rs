@@ -196,21 +196,21 @@ pub(crate) fn chosen<T>(v: Option<OneOf<T>>) -> Option<T> {
     v.map(|OneOf(t)| t)
 }
 
-impl Choice for fleet_stores::AgentStatus {
+impl Choice for fleet_read_model::AgentStatus {
     const EXPECTED: &'static str = "must be online, offline or deactivated";
     fn choose(v: &str) -> Option<Self> {
         Self::parse(v)
     }
 }
 
-impl Choice for fleet_stores::AlertStatus {
+impl Choice for fleet_read_model::AlertStatus {
     const EXPECTED: &'static str = "must be open, acknowledged or resolved";
     fn choose(v: &str) -> Option<Self> {
         Self::parse(v)
     }
 }
 
-impl Choice for fleet_stores::TicketStatus {
+impl Choice for fleet_read_model::TicketStatus {
     const EXPECTED: &'static str = "must be open, acknowledged or resolved";
     fn choose(v: &str) -> Option<Self> {
         Self::parse(v)
@@ -314,7 +314,7 @@ mod tests {
         limit: Option<Limit>,
         /// One of a set.
         #[param(value_type = Option<String>)]
-        status: Option<OneOf<fleet_stores::AlertStatus>>,
+        status: Option<OneOf<fleet_read_model::AlertStatus>>,
     }
 
     fn field(e: ApiError) -> String {
@@ -332,7 +332,10 @@ mod tests {
         assert_eq!(p.metric, ["cpu.percent", "disk.percent:/var"]);
         assert_eq!(p.x.as_deref(), Some("a b"));
         assert_eq!(p.limit, Some(Limit(7)));
-        assert_eq!(chosen(p.status), Some(fleet_stores::AlertStatus::Resolved));
+        assert_eq!(
+            chosen(p.status),
+            Some(fleet_read_model::AlertStatus::Resolved)
+        );
         let none: Example = parse(None).expect("no parameters");
         assert!(none.metric.is_empty() && none.x.is_none() && none.limit.is_none());
         for (q, named) in [

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use fleet_event_log::EventLog;
+use fleet_read_model::ReadModel;
+use fleet_registry::{hash_secret, Registry, RequestKeyClaim};
 use fleet_service::ApiError;
-use fleet_stores::registry::{hash_secret, Registry, RequestKeyClaim};
-use fleet_stores::ReadModel;
 use fleet_timeseries::TimeSeriesStore;
 use serde::Serialize;
 
@@ -128,7 +128,7 @@ impl AppState {
         target: &str,
         details: Option<serde_json::Value>,
     ) {
-        let entry = fleet_stores::AuditEntry {
+        let entry = fleet_read_model::AuditEntry {
             audit_id: uuid::Uuid::new_v4().to_string(),
             tenant_id: tenant.map(str::to_owned),
             at: fleet_schemas::time::now_micros(),

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::EventLog;
+use fleet_registry::Registry;
 use fleet_schemas::{
     codec, AgentLifecycle, AgentLifecycleKind, CommandEvent, CommandEventKind, Record,
 };
-use fleet_stores::registry::Registry;
 use serde_json::json;
 
 mod support;

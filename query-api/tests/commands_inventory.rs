@@ -1,6 +1,8 @@
 //! Commands, software inventories and tickets: records written to the embedded log flow
 //! through the read-model projection into SQLite and come back from the query API.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,27 +31,19 @@ const SECOND: i64 = 1_000_000;
 struct Env {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
-    rm: Arc<dyn fleet_stores::ReadModel>,
+    rm: Arc<dyn fleet_read_model::ReadModel>,
     api: Router,
 }
 
 async fn env() -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    let log = fleet_event_log::open(&p("log"), &Default::default())
-        .await
-        .expect("log");
-    fleet_consumer::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let sql = fleet_stores::open_sql(&p("rm.db"))
-        .await
-        .expect("read model");
-    let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
-    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
-        .await
-        .expect("ts");
-    let api = app(AppState::new(sql, rm.clone(), ts, log.clone()).with_admin_key(ADMIN));
+    let support::Stores {
+        dir,
+        log,
+        registry,
+        read_model: rm,
+        timeseries: ts,
+    } = support::stores().await;
+    let api = app(AppState::new(registry, rm.clone(), ts, log.clone()).with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,

@@ -1,6 +1,8 @@
 //! Projections over the real embedded log into SQLite and the embedded time-series
 //! store, queried through the API router.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,28 +28,21 @@ const T0: i64 = 1_795_400_000_000_000; // µs, a fixed instant
 struct Env {
     _dir: tempfile::TempDir,
     log: Arc<dyn EventLog>,
-    rm: Arc<dyn fleet_stores::ReadModel>,
+    rm: Arc<dyn fleet_read_model::ReadModel>,
     ts: Arc<fleet_timeseries::TimeSeries>,
     api: Router,
 }
 
 async fn env() -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    let log = fleet_event_log::open(&p("log"), &Default::default())
-        .await
-        .expect("log");
-    fleet_consumer::log::ensure_topics(log.as_ref())
-        .await
-        .expect("topics");
-    let sql = fleet_stores::open_sql(&p("rm.db"))
-        .await
-        .expect("read model");
-    let rm: Arc<dyn fleet_stores::ReadModel> = sql.clone();
-    let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
-        .await
-        .expect("ts");
-    let api = app(AppState::new(sql, rm.clone(), ts.clone(), log.clone()).with_admin_key(ADMIN));
+    let support::Stores {
+        dir,
+        log,
+        registry,
+        read_model: rm,
+        timeseries: ts,
+    } = support::stores().await;
+    let api =
+        app(AppState::new(registry, rm.clone(), ts.clone(), log.clone()).with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,
@@ -262,7 +257,7 @@ async fn api_refuses_bad_queries_naming_the_parameter() {
     let api = e.api.clone();
     e.rm.apply(
         "test",
-        &[fleet_stores::Change::Report(Box::new(
+        &[fleet_read_model::Change::Report(Box::new(
             fixtures::metric_report("t1", "a1", T0),
         ))],
         &[],
@@ -350,7 +345,7 @@ async fn records_below_the_offsets_stored_with_the_rows_are_skipped() {
     e.rm.apply(
         fleet_projections::project::READ_MODEL_PROJECTION,
         &[],
-        &[fleet_stores::StoredOffset {
+        &[fleet_read_model::StoredOffset {
             topic: topics::AGENTS.to_owned(),
             partition: 0,
             next_offset: 2,

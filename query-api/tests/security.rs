@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
+use fleet_read_model::Change;
 use fleet_schemas::{CommandEvent, CommandEventKind, RuleEvent};
-use fleet_stores::Change;
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use support::world::{user, world, World};

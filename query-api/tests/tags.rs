@@ -7,8 +7,8 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::EventLog;
+use fleet_registry::Registry;
 use fleet_schemas::{AgentLifecycle, AgentLifecycleKind};
-use fleet_stores::registry::Registry;
 use serde_json::{json, Value};
 
 mod support;

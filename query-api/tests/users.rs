@@ -8,11 +8,11 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
+use fleet_registry::Registry;
 use fleet_schemas::{
     codec, fixtures, topics, AlertEvent, AlertEventKind, CommandEvent, CommandEventKind, Record,
     RuleEvent,
 };
-use fleet_stores::registry::Registry;
 use serde_json::{json, Value};
 
 mod support;

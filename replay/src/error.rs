@@ -14,7 +14,7 @@ pub enum Error {
     Log(#[from] fleet_event_log::LogError),
     /// The read model failed.
     #[error(transparent)]
-    Store(#[from] fleet_stores::StoreError),
+    Store(#[from] fleet_read_model::StoreError),
     /// The time-series store failed.
     #[error(transparent)]
     TimeSeries(#[from] fleet_timeseries::Error),

@@ -16,8 +16,8 @@ use fleet_projections::project::{
     TIMESERIES_TOPICS,
 };
 use fleet_projections::ProjectionsConfig;
+use fleet_read_model::{Engine, SqlReadModel};
 use fleet_service::config::redact_url;
-use fleet_stores::read_model::{Engine, SqlReadModel};
 use fleet_timeseries::{TimeSeries, TimeSeriesStore as _, Writer};
 use tokio::sync::mpsc;
 
@@ -322,8 +322,9 @@ async fn open_read_model_target(
     force: bool,
     progress: &mut dyn Progress,
 ) -> Result<Arc<SqlReadModel>> {
-    let store = fleet_stores::open_sql(url)
+    let store = SqlReadModel::connect(url)
         .await
+        .map(Arc::new)
         .with_context(|| format!("opening the read model {}", redact_url(url)))?;
     let rows = store.projected_row_count(READ_MODEL_PROJECTION).await?;
     if rows > 0 {

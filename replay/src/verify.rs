@@ -24,9 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use fleet_projections::project::READ_MODEL_PROJECTION;
+use fleet_read_model::ReadModel as _;
+use fleet_read_model::{SnapshotTable, SqlReadModel, TableSnapshot};
 use fleet_service::config::redact_url;
-use fleet_stores::read_model::{SnapshotTable, SqlReadModel, TableSnapshot};
-use fleet_stores::ReadModel as _;
 use fleet_timeseries::{Bucket, RangeQuery, Resolution, SeriesKey, TimeSeriesStore, MAX_BUCKETS};
 use serde_json::Value;
 
@@ -212,8 +212,8 @@ pub struct ReadModelReport {
     /// The offsets each store applied, when they differ (live, rebuilt): a hint, since
     /// records between them are in one only.
     pub offsets: Option<(
-        Vec<fleet_stores::StoredOffset>,
-        Vec<fleet_stores::StoredOffset>,
+        Vec<fleet_read_model::StoredOffset>,
+        Vec<fleet_read_model::StoredOffset>,
     )>,
 }
 

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::ValueEnum;
+use fleet_read_model::NOT_PROJECTED_TABLES;
+use fleet_registry::REGISTRY_TABLES;
 use fleet_replay::rfc3339;
 use fleet_replay::verify::{describe_column, series_name, BucketDiff, RowDiff, SeriesDiff};
 use fleet_service::config::redact_url;
-use fleet_stores::read_model::{NOT_PROJECTED_TABLES, REGISTRY_TABLES};
 
 use super::{load_config, parse_time};
 
@@ -123,7 +124,7 @@ async fn verify_read_model(args: &VerifyArgs) -> anyhow::Result<()> {
         }
     }
     if let Some((lo, ro)) = &report.offsets {
-        let text = |o: &[fleet_stores::StoredOffset]| {
+        let text = |o: &[fleet_read_model::StoredOffset]| {
             o.iter()
                 .map(|o| format!("{}/{}={}", o.topic, o.partition, o.next_offset))
                 .collect::<Vec<_>>()

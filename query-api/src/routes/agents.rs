@@ -17,11 +17,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use fleet_event_log::ProduceRecord;
-use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
-use fleet_service::ApiError;
-use fleet_stores::{
+use fleet_read_model::{
     AgentQuery, AgentRow, AgentStatus, AlertQuery, AlertRow, AlertStatus, ServiceRow,
 };
+use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_service::ApiError;
 use fleet_timeseries::{Bucket, RangeQuery, Resolution};
 use serde::{Deserialize, Serialize};
 
@@ -395,7 +395,7 @@ pub(crate) async fn agent_of(
     s: &AppState,
     p: &Principal,
     agent_id: &str,
-) -> Result<fleet_stores::registry::AgentCredential, ApiError> {
+) -> Result<fleet_registry::AgentCredential, ApiError> {
     let missing = || not_found("agent", "agent_id");
     let cred = s
         .registry

@@ -40,9 +40,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleet_event_log::ProduceRecord;
+use fleet_read_model::{CommandDetail, CommandQuery, CommandRow, CommandStatus, StoreError};
 use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
 use fleet_service::ApiError;
-use fleet_stores::{CommandDetail, CommandQuery, CommandRow, CommandStatus, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{not_found, read_scope, require_operator_of, require_writer, Principal};
@@ -528,7 +528,7 @@ pub(crate) async fn agent_commands(
     tag = "query",
     summary = "One command with its audit trail",
     params(("command_id" = String, Path, description = "Command id"), TenantParams),
-    responses((status = 200, description = "Done", body = fleet_stores::CommandDetail), crate::openapi::ApiErrors),
+    responses((status = 200, description = "Done", body = fleet_read_model::CommandDetail), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn get_command(

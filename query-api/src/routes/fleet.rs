@@ -9,8 +9,8 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use fleet_read_model::{AuditEntry, AuditQuery, FleetOverview};
 use fleet_service::ApiError;
-use fleet_stores::{AuditEntry, AuditQuery, FleetOverview};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{read_scope, Principal};

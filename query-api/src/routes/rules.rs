@@ -37,13 +37,13 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use fleet_event_log::{EventLog, ProduceRecord};
+use fleet_read_model::{AlertQuery, AlertRow, AlertStatus};
 use fleet_schemas::rules::{SpecError, HEARTBEAT_ABSENT};
 use fleet_schemas::{
     codec, ids, AlertEvent, AlertEventKind, AlertSeverity, Record, RuleDefinition, RuleEvent,
     RuleEventKind, RuleScope,
 };
 use fleet_service::ApiError;
-use fleet_stores::{AlertQuery, AlertRow, AlertStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{

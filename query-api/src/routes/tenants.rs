@@ -18,9 +18,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use fleet_registry::{hash_secret, new_secret, NewToken, StoreError};
 use fleet_service::{ApiError, FieldJson};
-use fleet_stores::registry::{hash_secret, new_secret, NewToken};
-use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{not_found, require_admin, require_operator, require_viewer, Principal};
@@ -214,7 +213,7 @@ pub struct TokenBody {
 pub struct CreatedToken {
     /// The token as listed later.
     #[serde(flatten)]
-    pub info: fleet_stores::registry::TokenInfo,
+    pub info: fleet_registry::TokenInfo,
     /// The one-time secret; it cannot be shown again.
     pub token: String,
     /// A command that enrolls and starts an agent with this token.

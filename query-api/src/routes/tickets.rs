@@ -8,8 +8,8 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use fleet_read_model::{AgentSoftware, SoftwareQuery, TicketQuery, TicketRow, TicketStatus};
 use fleet_service::ApiError;
-use fleet_stores::{AgentSoftware, SoftwareQuery, TicketQuery, TicketRow, TicketStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{not_found, read_scope, Principal};
@@ -45,7 +45,7 @@ pub struct SoftwareParams {
     tag = "query",
     summary = "The newest software inventory",
     params(("agent_id" = String, Path, description = "Agent id"), SoftwareParams),
-    responses((status = 200, description = "Done", body = fleet_stores::AgentSoftware), crate::openapi::ApiErrors),
+    responses((status = 200, description = "Done", body = fleet_read_model::AgentSoftware), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
 pub(crate) async fn agent_software(

@@ -32,9 +32,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, post};
 use axum::Router;
+use fleet_registry::{hash_secret, new_secret, ApiKeyInfo, NewUser, Role, StoreError, User};
 use fleet_service::ApiError;
-use fleet_stores::registry::{hash_secret, new_secret, ApiKeyInfo, NewUser, Role, User};
-use fleet_stores::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{not_found, require_admin, Principal, BOOTSTRAP_ADMIN};

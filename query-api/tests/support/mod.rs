@@ -12,9 +12,9 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_query_api::{app, AppState};
+use fleet_read_model::ReadModel;
+use fleet_registry::{hash_secret, new_secret, NewAgent, NewToken, Registry};
 use fleet_schemas::{codec, Record};
-use fleet_stores::registry::{hash_secret, new_secret, NewAgent, NewToken, Registry};
-use fleet_stores::ReadModel;
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
@@ -58,15 +58,23 @@ pub async fn stores() -> Stores {
     fleet_consumer::log::ensure_topics(log.as_ref())
         .await
         .expect("topics");
-    let sql = fleet_stores::open_sql(&p("rm.db")).await.expect("sql");
+    let db = fleet_read_model::Database::connect(&p("rm.db"))
+        .await
+        .expect("database");
+    let registry = fleet_registry::SqlRegistry::open(db.clone())
+        .await
+        .expect("registry");
+    let read_model = fleet_read_model::SqlReadModel::open(db)
+        .await
+        .expect("read model");
     let timeseries = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
         .await
         .expect("ts");
     Stores {
         dir,
         log,
-        registry: sql.clone(),
-        read_model: sql,
+        registry: Arc::new(registry),
+        read_model: Arc::new(read_model),
         timeseries,
     }
 }
@@ -127,9 +135,9 @@ pub async fn project(log: &dyn EventLog, rm: &dyn ReadModel) {
         })
         .await
         .expect("read a topic");
-        let offsets: Vec<fleet_stores::StoredOffset> = offsets
+        let offsets: Vec<fleet_read_model::StoredOffset> = offsets
             .into_iter()
-            .map(|(partition, next_offset)| fleet_stores::StoredOffset {
+            .map(|(partition, next_offset)| fleet_read_model::StoredOffset {
                 topic: (*topic).to_owned(),
                 partition,
                 next_offset,

@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_query_api::{app, AppState};
+use fleet_read_model::{Change, ReadModel};
+use fleet_registry::Registry;
 use fleet_schemas::{codec, fixtures, CommandEventKind, Record};
-use fleet_stores::registry::Registry;
-use fleet_stores::{Change, ReadModel};
 use fleet_timeseries::{Point, TimeSeriesStore};
 use serde_json::json;
 
@@ -88,9 +88,19 @@ impl World {
     /// Another API instance over the same stores (its own key cache, remembering keys
     /// for `key_cache_ttl`).
     pub async fn instance(&self, key_cache_ttl: std::time::Duration) -> Router {
-        let sql = fleet_stores::open_sql(&self.db_path()).await.expect("sql");
-        let rm: Arc<dyn ReadModel> = sql.clone();
-        let registry: Arc<dyn Registry> = sql;
+        let db = fleet_read_model::Database::connect(&self.db_path())
+            .await
+            .expect("database");
+        let registry: Arc<dyn Registry> = Arc::new(
+            fleet_registry::SqlRegistry::open(db.clone())
+                .await
+                .expect("registry"),
+        );
+        let rm: Arc<dyn ReadModel> = Arc::new(
+            fleet_read_model::SqlReadModel::open(db)
+                .await
+                .expect("read model"),
+        );
         instance(
             rm,
             registry,

@@ -1,4 +1,4 @@
-//! The `scylla://` URL (moved here from the old `fleet-stores` CQL engine).
+//! The `scylla://` URL (moved here from the old store crate's CQL engine).
 //!
 //! `scylla://[user:password@]host[:port][,host2[:port]...][/keyspace][?option=value&...]`.
 //! The port defaults to 9042 and the keyspace to `fleetstream`. Options:

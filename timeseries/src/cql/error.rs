@@ -1,4 +1,4 @@
-//! Driver errors as [`Error`]s (moved here from the old `fleet-stores` CQL engine): what
+//! Driver errors as [`Error`]s (moved here from the old store crate's CQL engine): what
 //! may pass on a retry (a node down or overloaded, a timeout, no connection) is
 //! [`Error::Unavailable`], a bad setting [`Error::Config`], anything else
 //! [`Error::Internal`].

@@ -85,7 +85,7 @@ impl SqlReadModel {
             q = q.bind(t);
         }
         let rows = q
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error(what, e))?;
         rows.iter()
@@ -192,7 +192,7 @@ impl SqlReadModel {
             q = q.bind(*value);
         }
         let rows = q
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error("list rules", e))?;
         rows.iter()
@@ -216,7 +216,7 @@ impl SqlReadModel {
             .bind(e.action.as_str())
             .bind(e.target.as_str())
             .bind(details)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
             .map_err(|err| self.db_error("record audit", err))?;
         Ok(())

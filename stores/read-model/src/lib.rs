@@ -1,13 +1,15 @@
-//! The SQL store seams used by projections, the query API and the gateway (the
-//! time-series store is `fleet-timeseries`).
+//! The read-model seam: tenants' agents with their latest metrics, alerts, remote commands
+//! with their audit trail, installed software, tickets and alert rules, projected from the
+//! topics (rebuildable: `fleetstream replay` makes it again from the log), plus the API's
+//! audit log.
 //!
-//! * [`ReadModel`]: tenants' agents with their latest metrics, alerts, remote commands
-//!   with their audit trail, installed software and tickets. One SQL
-//!   implementation serves `postgres://` and the embedded SQLite (`sqlite://` or a path),
-//!   with one set of migrations. Consumed offsets are written in the same transaction
-//!   as the rows they produced.
-//! * [`registry::Registry`]: tenants, locations, registration tokens and agent
-//!   credentials, in the read model's SQL database ([`open_registry`], [`open_sql`]).
+//! * [`ReadModel`], [`Change`], [`StoredOffset`] and the row types the API shows: no
+//!   database driver.
+//! * With the `sql` feature (default): [`SqlReadModel`], one SQL implementation serving
+//!   `postgres://` and the embedded SQLite (`sqlite://` or a path) with one set of
+//!   migrations ([`MIGRATIONS`]). Consumed offsets are written in the same transaction as
+//!   the rows they produced. By default it shares its database with the registry
+//!   (`fleet-registry`), whose tables it never touches.
 
 use std::fmt::Debug;
 
@@ -18,36 +20,19 @@ pub use fleet_schemas::{
     AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport, SoftwareInventory,
     TicketEvent,
 };
+pub use fleet_sql::{Result, StoreError};
 
-pub mod read_model;
-pub mod registry;
+#[cfg(feature = "sql")]
+mod sql;
 
-/// Errors of the stores.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The URL or configuration is wrong.
-    #[error("store configuration: {0}")]
-    Config(String),
-    /// The store cannot serve now (connection refused, pool timeout); retry later.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// A query argument is out of range.
-    #[error("invalid query: {0}")]
-    InvalidQuery(String),
-    /// The thing named does not exist.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// The thing conflicts with an existing one (a duplicate name).
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// Any other failure.
-    #[error("store: {0}")]
-    Internal(String),
-}
-
-/// Result alias of this crate.
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+/// The shared pool (from `fleet-sql`), to open the read model beside the registry.
+#[cfg(feature = "sql")]
+pub use fleet_sql::{Database, Engine};
+#[cfg(feature = "sql")]
+pub use sql::{
+    open_read_model, ReadModelSnapshot, SnapshotRow, SnapshotTable, SqlReadModel, TableSnapshot,
+    DEFAULT_LIMIT, MAX_LIMIT, MIGRATIONS, NOT_PROJECTED_TABLES, PROJECTED_TABLES,
+};
 
 // ----------------------------------------------------------------------------------------
 // Read model
@@ -692,31 +677,4 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// The audit log, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
-}
-
-/// Opens the read model a URL names: `postgres://...`, `sqlite://path` or a bare path
-/// to a SQLite file (created if missing). Runs the migrations.
-pub async fn open_read_model(url: &str) -> Result<std::sync::Arc<dyn ReadModel>> {
-    Ok(std::sync::Arc::new(
-        read_model::SqlReadModel::connect(url).await?,
-    ))
-}
-
-/// Opens the SQL database a URL names (as [`open_read_model`] does) as its concrete type,
-/// so that one pool serves both seams: coerce clones of the `Arc` to `Arc<dyn ReadModel>`
-/// and `Arc<dyn Registry>`.
-///
-/// [`Registry`]: registry::Registry
-pub async fn open_sql(url: &str) -> Result<std::sync::Arc<read_model::SqlReadModel>> {
-    Ok(std::sync::Arc::new(
-        read_model::SqlReadModel::connect(url).await?,
-    ))
-}
-
-/// Opens the registry a URL names: `postgres://...`, `sqlite://path` or a bare path to a
-/// SQLite file (created if missing). Runs the migrations, which also create the read
-/// model's tables: the registry lives in the read model's database. To share one pool
-/// with the read model, use [`open_sql`].
-pub async fn open_registry(url: &str) -> Result<std::sync::Arc<dyn registry::Registry>> {
-    Ok(open_sql(url).await?)
 }

@@ -350,7 +350,7 @@ impl SqlReadModel {
                 sqlx::query("SELECT 1 FROM commands WHERE command_id = $1 AND agent_id = $2")
                     .bind(after)
                     .bind(query.agent_id.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.db.pool())
                     .await
                     .map_err(|e| self.db_error("list commands", e))?;
             if known.is_none() {
@@ -396,14 +396,14 @@ impl SqlReadModel {
             q = q.bind(*value);
         }
         let row = q
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db.pool())
             .await
             .map_err(|e| self.db_error("get command", e))?;
         let Some(row) = row else { return Ok(None) };
         let command = command_from_row(&row).map_err(|e| decode_error("command", e))?;
         let audit = sqlx::query(SELECT_AUDIT)
             .bind(command_id)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error("get command audit", e))?
             .iter()

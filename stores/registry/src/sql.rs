@@ -1,5 +1,7 @@
-//! [`Registry`] on the read model's pool: the same `sqlx::AnyPool`, the same portable SQL
-//! (`$n` placeholders, BIGINT flags, TEXT hashes; see `migrations/0002_registry.sql`).
+//! [`Registry`] on PostgreSQL or SQLite: `sqlx::AnyPool` (a [`Database`], which the read
+//! model may share), portable SQL (`$n` placeholders, BIGINT flags, TEXT hashes; see
+//! `migrations/0002_registry.sql`), and the migrations of the registry's tables
+//! ([`MIGRATIONS`]).
 //!
 //! Redeeming a token is one transaction: a conditional `UPDATE ... RETURNING` claims the
 //! token only while it is unused and unexpired, then the credential is inserted. Of
@@ -25,12 +27,65 @@ use sqlx::any::AnyRow;
 use sqlx::error::{BoxDynError, ErrorKind};
 use sqlx::Row;
 
-use super::{decode_error, Engine, SqlReadModel};
-use crate::registry::{
+use fleet_sql::{decode_error, Database, Engine, Migration, Migrations};
+
+use crate::{
     AgentCredential, ApiKeyInfo, KeyOwner, Location, NewAgent, NewToken, NewUser, RedeemRefusal,
-    Redeemed, Registry, RequestKeyClaim, Role, Tenant, TokenInfo, User,
+    Redeemed, Registry, RequestKeyClaim, Result, Role, StoreError, Tenant, TokenInfo, User,
 };
-use crate::{Result, StoreError};
+
+/// The migrations of the registry's tables, embedded. Their versions interleave with the
+/// read model's (one sequence per database; see `fleet_sql::Database::migrate`); a unit test
+/// checks this list matches the `migrations/` folder.
+pub const MIGRATIONS: Migrations = Migrations {
+    owner: "registry",
+    list: &[
+        Migration {
+            version: 2,
+            description: "registry",
+            sql: include_str!("../migrations/0002_registry.sql"),
+        },
+        Migration {
+            version: 5,
+            description: "users",
+            sql: include_str!("../migrations/0005_users.sql"),
+        },
+        Migration {
+            version: 8,
+            description: "request keys and key revocation",
+            sql: include_str!("../migrations/0008_request_keys_and_key_revocation.sql"),
+        },
+    ],
+};
+
+/// Opens the registry a URL names: `postgres://...`, `sqlite://path` or a bare path to a
+/// SQLite file (created if missing), and runs its migrations. To share one pool with the
+/// read model, connect a [`Database`] and open both on clones of it.
+pub async fn open_registry(url: &str) -> Result<std::sync::Arc<dyn Registry>> {
+    Ok(std::sync::Arc::new(
+        SqlRegistry::open(Database::connect(url).await?).await?,
+    ))
+}
+
+/// The registry on PostgreSQL or SQLite.
+#[derive(Debug, Clone)]
+pub struct SqlRegistry {
+    db: Database,
+}
+
+impl SqlRegistry {
+    /// Runs the registry's migrations on `db` and serves the registry from its pool.
+    pub async fn open(db: Database) -> Result<Self> {
+        db.migrate(&MIGRATIONS).await?;
+        tracing::info!(engine = db.engine().as_str(), target = %db.target(), "Registry ready.");
+        Ok(SqlRegistry { db })
+    }
+
+    /// The database (its pool is shared by clones).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+}
 
 /// Attempts of a redemption that meets lock contention.
 const REDEEM_ATTEMPTS: u32 = 4;
@@ -131,9 +186,9 @@ fn at(what: &'static str) -> impl FnOnce(sqlx::Error) -> AttemptError {
     move |error| AttemptError::Sql { what, error }
 }
 
-impl SqlReadModel {
+impl SqlRegistry {
     /// Maps a statement's error: a unique violation is a [`StoreError::Conflict`] saying
-    /// `conflict`, anything else as the read model classifies it (retry or internal).
+    /// `conflict`, anything else as [`Database::error`] classifies it (retry or internal).
     fn registry_error(
         &self,
         what: &str,
@@ -143,7 +198,7 @@ impl SqlReadModel {
         if constraint(&e) == Some(ErrorKind::UniqueViolation) {
             return StoreError::Conflict(conflict());
         }
-        self.db_error(what, e)
+        self.db.error(what, e)
     }
 
     /// Says which of a token's tenant and location is missing after a foreign key refused
@@ -167,9 +222,9 @@ impl SqlReadModel {
         credential_hex: &str,
         agent: &NewAgent,
     ) -> Result<Result<Redeemed, RedeemRefusal>, AttemptError> {
-        let mut tx = match self.engine {
-            Engine::Postgres => self.pool.begin().await,
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        let mut tx = match self.db.engine() {
+            Engine::Postgres => self.db.pool().begin().await,
+            Engine::Sqlite => self.db.pool().begin_with("BEGIN IMMEDIATE").await,
         }
         .map_err(at("begin"))?;
 
@@ -226,7 +281,7 @@ impl SqlReadModel {
     fn worth_retrying(&self, e: &AttemptError) -> bool {
         match e {
             AttemptError::Raced => true,
-            AttemptError::Sql { error, .. } => is_contention(self.engine, error),
+            AttemptError::Sql { error, .. } => is_contention(self.db.engine(), error),
         }
     }
 }
@@ -392,8 +447,8 @@ fn new_id() -> String {
 }
 
 #[async_trait]
-impl Registry for SqlReadModel {
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+impl Registry for SqlRegistry {
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant> {
         check_name("tenant", name)?;
         let tenant = Tenant {
@@ -405,7 +460,7 @@ impl Registry for SqlReadModel {
             .bind(tenant.tenant_id.as_str())
             .bind(tenant.name.as_str())
             .bind(tenant.created_at)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
             .map_err(|e| {
                 self.registry_error("create tenant", e, || {
@@ -415,36 +470,36 @@ impl Registry for SqlReadModel {
         Ok(tenant)
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tenants(&self) -> Result<Vec<Tenant>> {
         let rows = sqlx::query(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
-        .map_err(|e| self.db_error("list tenants", e))?;
+        .map_err(|e| self.db.error("list tenants", e))?;
         rows.iter()
             .map(tenant_from_row)
             .collect::<Result<_, _>>()
             .map_err(|e| decode_error("tenants", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_tenant(&self, tenant_id: &str) -> Result<Option<Tenant>> {
         let row = sqlx::query(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1"
         ))
         .bind(tenant_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
-        .map_err(|e| self.db_error("get tenant", e))?;
+        .map_err(|e| self.db.error("get tenant", e))?;
         row.as_ref()
             .map(tenant_from_row)
             .transpose()
             .map_err(|e| decode_error("tenant", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn create_location(&self, tenant_id: &str, name: &str, now: i64) -> Result<Location> {
         check_name("location", name)?;
         let location = Location {
@@ -458,7 +513,7 @@ impl Registry for SqlReadModel {
             .bind(tenant_id)
             .bind(name)
             .bind(now)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await;
         match inserted {
             Ok(_) => Ok(location),
@@ -471,16 +526,16 @@ impl Registry for SqlReadModel {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_locations(&self, tenant_id: &str) -> Result<Vec<Location>> {
         let rows = sqlx::query(&format!(
             "SELECT {LOCATION_COLUMNS} FROM locations WHERE tenant_id = $1 \
              ORDER BY name, location_id"
         ))
         .bind(tenant_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
-        .map_err(|e| self.db_error("list locations", e))?;
+        .map_err(|e| self.db.error("list locations", e))?;
         rows.iter()
             .map(location_from_row)
             .collect::<Result<_, _>>()
@@ -490,7 +545,7 @@ impl Registry for SqlReadModel {
     #[tracing::instrument(
         skip(self, token, secret_hash),
         fields(
-            engine = self.engine.as_str(),
+            engine = self.db.engine().as_str(),
             tenant_id = %token.tenant_id,
             location_id = ?token.location_id,
         )
@@ -522,7 +577,7 @@ impl Registry for SqlReadModel {
             .bind(info.expires_at)
             .bind(info.created_by.as_str())
             .bind(info.created_at)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await;
         match inserted {
             Ok(_) => Ok(info),
@@ -535,16 +590,16 @@ impl Registry for SqlReadModel {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tokens(&self, tenant_id: &str) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(&format!(
             "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE tenant_id = $1 \
              ORDER BY created_at DESC, token_id DESC"
         ))
         .bind(tenant_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
-        .map_err(|e| self.db_error("list tokens", e))?;
+        .map_err(|e| self.db.error("list tokens", e))?;
         rows.iter()
             .map(token_from_row)
             .collect::<Result<_, _>>()
@@ -553,7 +608,7 @@ impl Registry for SqlReadModel {
 
     #[tracing::instrument(
         skip(self, secret_hash, agent),
-        fields(engine = self.engine.as_str(), agent_id = %agent.agent_id)
+        fields(engine = self.db.engine().as_str(), agent_id = %agent.agent_id)
     )]
     async fn redeem_token(
         &self,
@@ -584,8 +639,8 @@ impl Registry for SqlReadModel {
                 Err(AttemptError::Raced) => {
                     return Err(StoreError::Unavailable(format!(
                         "redeem token on {} {}: the token changed during the redemption; retry",
-                        self.engine.as_str(),
-                        self.target
+                        self.db.engine().as_str(),
+                        self.db.target()
                     )))
                 }
                 Err(AttemptError::Sql { what, error }) => {
@@ -597,20 +652,20 @@ impl Registry for SqlReadModel {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn agent_credential(&self, agent_id: &str) -> Result<Option<AgentCredential>> {
         let row = sqlx::query(SELECT_CREDENTIAL)
             .bind(agent_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db.pool())
             .await
-            .map_err(|e| self.db_error("get agent credential", e))?;
+            .map_err(|e| self.db.error("get agent credential", e))?;
         row.as_ref()
             .map(credential_from_row)
             .transpose()
             .map_err(|e| decode_error("agent credential", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn deactivate_agent(
         &self,
         tenant_id: Option<&str>,
@@ -625,13 +680,13 @@ impl Registry for SqlReadModel {
                 .bind(tenant_id),
         };
         let done = q
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
-            .map_err(|e| self.db_error("deactivate agent", e))?;
+            .map_err(|e| self.db.error("deactivate agent", e))?;
         Ok(done.rows_affected() == 1)
     }
 
-    #[tracing::instrument(skip(self, user), fields(engine = self.engine.as_str(), name = %user.name))]
+    #[tracing::instrument(skip(self, user), fields(engine = self.db.engine().as_str(), name = %user.name))]
     async fn create_user(&self, user: &NewUser) -> Result<User> {
         check_name("user", &user.name)?;
         match (user.role, user.tenant_id.as_deref()) {
@@ -662,7 +717,7 @@ impl Registry for SqlReadModel {
             .bind(created.role.as_str())
             .bind(created.tenant_id.as_deref())
             .bind(created.created_at)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await;
         match inserted {
             Ok(_) => Ok(created),
@@ -678,45 +733,45 @@ impl Registry for SqlReadModel {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_users(&self) -> Result<Vec<User>> {
         let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
-            .map_err(|e| self.db_error("list users", e))?;
+            .map_err(|e| self.db.error("list users", e))?;
         rows.iter()
             .map(user_from_row)
             .collect::<Result<_, _>>()
             .map_err(|e| decode_error("users", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_user(&self, user_id: &str) -> Result<Option<User>> {
         let row = sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
         ))
         .bind(user_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
-        .map_err(|e| self.db_error("get user", e))?;
+        .map_err(|e| self.db.error("get user", e))?;
         row.as_ref()
             .map(user_from_row)
             .transpose()
             .map_err(|e| decode_error("user", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn set_user_disabled(&self, user_id: &str, disabled: bool) -> Result<bool> {
         let done = sqlx::query(SET_USER_DISABLED)
             .bind(i64::from(disabled))
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
-            .map_err(|e| self.db_error("disable user", e))?;
+            .map_err(|e| self.db.error("disable user", e))?;
         Ok(done.rows_affected() == 1)
     }
 
-    #[tracing::instrument(skip(self, key_hash), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self, key_hash), fields(engine = self.db.engine().as_str()))]
     async fn create_api_key(
         &self,
         user_id: &str,
@@ -742,7 +797,7 @@ impl Registry for SqlReadModel {
             .bind(user_id)
             .bind(last4)
             .bind(now)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await;
         match inserted {
             Ok(_) => Ok(info),
@@ -755,48 +810,48 @@ impl Registry for SqlReadModel {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKeyInfo>> {
         let rows = sqlx::query(&format!(
             "SELECT {API_KEY_COLUMNS} FROM user_api_keys WHERE user_id = $1 \
              ORDER BY created_at DESC, key_id DESC"
         ))
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
-        .map_err(|e| self.db_error("list API keys", e))?;
+        .map_err(|e| self.db.error("list API keys", e))?;
         rows.iter()
             .map(api_key_from_row)
             .collect::<Result<_, _>>()
             .map_err(|e| decode_error("API keys", e))
     }
 
-    #[tracing::instrument(skip(self, key_hash), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self, key_hash), fields(engine = self.db.engine().as_str()))]
     async fn key_owner(&self, key_hash: [u8; 32]) -> Result<Option<KeyOwner>> {
         let row = sqlx::query(SELECT_KEY_OWNER)
             .bind(to_hex(&key_hash))
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db.pool())
             .await
-            .map_err(|e| self.db_error("find API key", e))?;
+            .map_err(|e| self.db.error("find API key", e))?;
         row.as_ref()
             .map(key_owner_from_row)
             .transpose()
             .map_err(|e| decode_error("API key", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn revoke_api_key(&self, user_id: &str, key_id: &str, now: i64) -> Result<bool> {
         let done = sqlx::query(REVOKE_API_KEY)
             .bind(now)
             .bind(key_id)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
-            .map_err(|e| self.db_error("revoke API key", e))?;
+            .map_err(|e| self.db.error("revoke API key", e))?;
         Ok(done.rows_affected() == 1)
     }
 
-    #[tracing::instrument(skip(self, request_hash), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self, request_hash), fields(engine = self.db.engine().as_str()))]
     async fn claim_request_key(
         &self,
         id: &str,
@@ -808,18 +863,18 @@ impl Registry for SqlReadModel {
             .bind(id)
             .bind(hash.as_str())
             .bind(now)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
-            .map_err(|e| self.db_error("claim idempotency key", e))?;
+            .map_err(|e| self.db.error("claim idempotency key", e))?;
         if inserted.rows_affected() == 1 {
             return Ok(RequestKeyClaim::New);
         }
         // Held: rows are never deleted, so the holder is there to compare with.
         let row = sqlx::query(SELECT_REQUEST_KEY)
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(self.db.pool())
             .await
-            .map_err(|e| self.db_error("read idempotency key", e))?;
+            .map_err(|e| self.db.error("read idempotency key", e))?;
         let held: String = row
             .try_get("request_hash")
             .map_err(|e| decode_error("idempotency key", e.into()))?;
@@ -835,6 +890,12 @@ impl Registry for SqlReadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrations_list_matches_the_folder() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        MIGRATIONS.check_folder(&dir).expect("every file listed");
+    }
 
     #[test]
     fn hex_round_trips() {
@@ -856,7 +917,7 @@ mod tests {
 
     #[test]
     fn hex_of_a_known_hash() {
-        let hash = crate::registry::hash_secret("abc");
+        let hash = crate::hash_secret("abc");
         assert_eq!(
             to_hex(&hash),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

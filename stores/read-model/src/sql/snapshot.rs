@@ -4,10 +4,11 @@
 //!
 //! * Which tables: [`PROJECTED_TABLES`], the tables the read-model projection derives from
 //!   topics, each with its primary key. Not compared: [`NOT_PROJECTED_TABLES`], that is
-//!   `projection_offsets` (where a projection stands, not what it shows), the registry
-//!   (tenants, locations, registration tokens, agent credentials, users and their API keys,
-//!   written by the API and the gateway only: the only copy of their data) and the audit
-//!   log (written by the API, not derived from topics), and the migrations' bookkeeping. A
+//!   `projection_offsets` (where a projection stands, not what it shows) and the audit
+//!   log (written by the API, not derived from topics); the registry's tables
+//!   ([`REGISTRY_TABLES`]: tenants, locations, registration tokens, agent credentials,
+//!   users and their API keys, written by the API and the gateway only: the only copy of
+//!   their data), which share the database; and the migrations' bookkeeping. A
 //!   table found in the database that is in neither list (a later migration) is included,
 //!   keyed by all of its columns, so that a new projected table is not silently skipped.
 //! * Values: each column as JSON: integers as integers, `DOUBLE PRECISION` as floats, text
@@ -22,6 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::any::AnyRow;
 use sqlx::{Column, Row};
+
+use fleet_registry::REGISTRY_TABLES;
 
 use super::{Engine, SqlReadModel};
 use crate::{Result, StoreError};
@@ -39,30 +42,10 @@ pub const PROJECTED_TABLES: &[(&str, &[&str])] = &[
     ("tickets", &["ticket_id"]),
 ];
 
-/// Tables in the read model's database that no topic feeds: the projections' offsets, the
-/// registry, the audit log. A rebuild does not recreate them and a comparison skips them.
-pub const NOT_PROJECTED_TABLES: &[&str] = &[
-    "projection_offsets",
-    "tenants",
-    "locations",
-    "registration_tokens",
-    "agent_credentials",
-    "users",
-    "user_api_keys",
-    "idempotency_keys",
-    "audit_log",
-];
-
-/// The registry's tables (a subset of [`NOT_PROJECTED_TABLES`]), for messages.
-pub const REGISTRY_TABLES: &[&str] = &[
-    "tenants",
-    "locations",
-    "registration_tokens",
-    "agent_credentials",
-    "users",
-    "user_api_keys",
-    "idempotency_keys",
-];
+/// The read model's tables that no topic feeds: the projections' offsets and the audit
+/// log. A rebuild does not recreate them and a comparison skips them, as it skips the
+/// registry's tables ([`REGISTRY_TABLES`], in the same database by default).
+pub const NOT_PROJECTED_TABLES: &[&str] = &["projection_offsets", "audit_log"];
 
 /// One row: column name to value.
 pub type SnapshotRow = BTreeMap<String, serde_json::Value>;
@@ -125,10 +108,10 @@ pub struct ReadModelSnapshot {
 
 impl SqlReadModel {
     /// The tables [`snapshot`](Self::snapshot) reads: [`PROJECTED_TABLES`], then any table
-    /// of the database in neither that list nor [`NOT_PROJECTED_TABLES`] (keyed by all of
-    /// its columns).
+    /// of the database in none of that list, [`NOT_PROJECTED_TABLES`] and
+    /// [`REGISTRY_TABLES`] (keyed by all of its columns).
     pub async fn snapshot_tables(&self) -> Result<Vec<SnapshotTable>> {
-        let sql = match self.engine {
+        let sql = match self.db.engine() {
             Engine::Postgres => {
                 "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.tables \
                  WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
@@ -136,7 +119,7 @@ impl SqlReadModel {
             Engine::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table'",
         };
         let rows = sqlx::query(sql)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error("list tables", e))?;
         let mut present = BTreeSet::new();
@@ -155,7 +138,8 @@ impl SqlReadModel {
             .collect();
         for name in present {
             let known = PROJECTED_TABLES.iter().any(|(t, _)| *t == name)
-                || NOT_PROJECTED_TABLES.contains(&name.as_str());
+                || NOT_PROJECTED_TABLES.contains(&name.as_str())
+                || REGISTRY_TABLES.contains(&name.as_str());
             let bookkeeping = name.starts_with("_sqlx") || name.starts_with("sqlite_");
             if !known && !bookkeeping {
                 out.push(SnapshotTable {
@@ -172,7 +156,7 @@ impl SqlReadModel {
         check_identifier(&table.name)?;
         let what = format!("snapshot of {}", table.name);
         let rows = sqlx::query(&format!("SELECT * FROM {}", table.name))
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error(&what, e))?;
         let mut snapshot = TableSnapshot {
@@ -221,7 +205,7 @@ impl SqlReadModel {
         let mut total = 0u64;
         for (table, _) in PROJECTED_TABLES {
             let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
-                .fetch_one(&self.pool)
+                .fetch_one(self.db.pool())
                 .await
                 .map_err(|e| self.db_error(&format!("count {table}"), e))?
                 .try_get("n")
@@ -231,7 +215,7 @@ impl SqlReadModel {
         let n: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM projection_offsets WHERE projection = $1")
                 .bind(projection)
-                .fetch_one(&self.pool)
+                .fetch_one(self.db.pool())
                 .await
                 .map_err(|e| self.db_error("count offsets", e))?
                 .try_get("n")
@@ -244,7 +228,8 @@ impl SqlReadModel {
     /// and the audit log are left as they are. Returns the rows removed.
     pub async fn clear_projected(&self, projection: &str) -> Result<u64> {
         let mut tx = self
-            .pool
+            .db
+            .pool()
             .begin()
             .await
             .map_err(|e| self.db_error("begin", e))?;
@@ -343,7 +328,10 @@ mod tests {
             .apply("readmodel", &changes, &offsets)
             .await
             .expect("apply");
-        crate::registry::Registry::create_tenant(&store, "kept", 5_000)
+        let registry = fleet_registry::SqlRegistry::open(store.database().clone())
+            .await
+            .expect("registry beside the read model");
+        fleet_registry::Registry::create_tenant(&registry, "kept", 5_000)
             .await
             .expect("tenant");
 
@@ -352,7 +340,7 @@ mod tests {
         for (t, _) in PROJECTED_TABLES {
             assert!(names.contains(t), "{t} in {names:?}");
         }
-        for t in NOT_PROJECTED_TABLES {
+        for t in NOT_PROJECTED_TABLES.iter().chain(REGISTRY_TABLES) {
             assert!(!names.contains(t), "{t} must not be compared");
         }
         let agents = &snap.tables["agents"];
@@ -375,7 +363,7 @@ mod tests {
         let removed = store.clear_projected("readmodel").await.expect("clear");
         assert_eq!(removed, count);
         assert_eq!(store.projected_row_count("readmodel").await.ok(), Some(0));
-        let tenants = crate::registry::Registry::list_tenants(&store)
+        let tenants = fleet_registry::Registry::list_tenants(&registry)
             .await
             .expect("tenants");
         assert_eq!(tenants.len(), 1, "the registry is kept");

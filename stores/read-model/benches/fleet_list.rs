@@ -7,7 +7,7 @@
 //! Figures: the first page (100 agents, the API's default page size), and the whole fleet
 //! page by page at 100 and at 1,000 (the largest page) agents per page.
 //!
-//! usage: cargo bench -p fleet-stores --bench fleet_list -- [sqlite|postgres|all]
+//! usage: cargo bench -p fleet-read-model --bench fleet_list -- [sqlite|postgres|all]
 //! Environment: BENCH_AGENTS (default 10000), BENCH_FIRST_PAGES (first-page samples,
 //! default 300), BENCH_FULL_LISTS (full pagings per page size, default 20),
 //! FLEET_POSTGRES_URL.
@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use fleet_read_model::{AgentQuery, Change, ReadModel, StoredOffset};
 use fleet_schemas::fixtures;
-use fleet_stores::{AgentQuery, Change, ReadModel, StoredOffset};
 use fleet_test_support::services::PgDatabase;
 use fleet_test_support::stats::{env_num, machine, summary};
 
@@ -144,11 +144,11 @@ async fn main() -> Result<()> {
     if which == "sqlite" || which == "all" {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}", dir.path().join("readmodel.db").display());
-        run(fleet_stores::open_read_model(&url).await?).await?;
+        run(fleet_read_model::open_read_model(&url).await?).await?;
     }
     if which == "postgres" || which == "all" {
         let db = PgDatabase::create("fleet_bench").await?;
-        let outcome = async { run(fleet_stores::open_read_model(&db.url).await?).await }.await;
+        let outcome = async { run(fleet_read_model::open_read_model(&db.url).await?).await }.await;
         db.drop_now().await?;
         outcome?;
     }

@@ -12,14 +12,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use fleet_schemas::{
-    fixtures, AgentLifecycleKind, AlertEventKind, CommandEvent, CommandEventKind,
-    SoftwareInventory, SoftwarePackage, TicketEvent, TicketEventKind,
-};
-use fleet_stores::{
+use fleet_read_model::{
     open_read_model, AgentQuery, AgentRow, AgentStatus, AlertEvent, AlertQuery, AlertRow,
     AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandStatus,
     ReadModel, SoftwareQuery, StoreError, StoredOffset, TicketQuery, TicketStatus,
+};
+use fleet_schemas::{
+    fixtures, AgentLifecycleKind, AlertEventKind, CommandEvent, CommandEventKind,
+    SoftwareInventory, SoftwarePackage, TicketEvent, TicketEventKind,
 };
 
 /// The same list of cases for every engine: each module defines `run` and calls this.
@@ -306,7 +306,7 @@ mod cases {
             open_alert_count: 0,
         };
         ensure!(row == expected, "got {row:#?}\nexpected {expected:#?}");
-        let back: fleet_stores::MetricReport =
+        let back: fleet_read_model::MetricReport =
             serde_json::from_value(row.latest_report.context("report kept")?)?;
         ensure!(back == r, "the stored report decodes to the applied one");
         Ok(())
@@ -1493,7 +1493,7 @@ mod cases {
         tenant: Option<&str>,
         agent: &str,
         name: Option<&str>,
-    ) -> Result<Option<fleet_stores::AgentSoftware>> {
+    ) -> Result<Option<fleet_read_model::AgentSoftware>> {
         Ok(store
             .agent_software(&SoftwareQuery {
                 tenant_id: tenant.map(str::to_owned),
@@ -1733,7 +1733,7 @@ mod cases {
                 .into_iter()
                 .find(|t| t.agent_id == b)
                 .context("ticket stored")?;
-            let expected = fleet_stores::TicketRow {
+            let expected = fleet_read_model::TicketRow {
                 ticket_id: events[0].ticket_id.clone(),
                 alert_id: events[0].alert_id.clone(),
                 agent_id: b.clone(),
@@ -1798,7 +1798,7 @@ mod cases {
                 status,
                 limit,
             };
-        let agents = |rows: Vec<fleet_stores::TicketRow>| -> Vec<String> {
+        let agents = |rows: Vec<fleet_read_model::TicketRow>| -> Vec<String> {
             rows.into_iter().map(|t| t.agent_id).collect()
         };
         ensure!(
@@ -2133,7 +2133,7 @@ mod cases {
     async fn agent_state(
         store: &Arc<dyn ReadModel>,
         id: &str,
-    ) -> Result<(AgentRow, Vec<fleet_stores::ServiceRow>)> {
+    ) -> Result<(AgentRow, Vec<fleet_read_model::ServiceRow>)> {
         let mut row = agent(store, id).await?;
         row.agent_id = String::new();
         if let Some(serde_json::Value::Object(report)) = row.latest_report.as_mut() {

@@ -1,15 +1,42 @@
 //! The registry seam: tenants, locations, registration tokens, agent credentials, and the
-//! users of the query API with their API keys.
+//! users of the query API with their API keys. Unlike the read model, the registry is not
+//! projected from topics: it is the only copy of its data (the source of truth for
+//! enrollment), so a rebuild never touches it.
 //!
 //! Redeeming a registration token is the one synchronous transactional step of the
 //! system: of two concurrent redemptions of one token exactly one succeeds. Secrets
 //! (token secrets, agent credentials, user API keys) are never stored: only their SHA-256, and checks
 //! compare hashes in constant time ([`verify_secret`]).
+//!
+//! Without features this crate is the trait, its types and the secret helpers, with no
+//! database driver (what the gateway needs); the `sql` feature (default) adds
+//! [`SqlRegistry`] on PostgreSQL or SQLite ([`open_registry`]).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+pub use fleet_sql::{Result, StoreError};
+
+#[cfg(feature = "sql")]
+mod sql;
+
+/// The shared pool (from `fleet-sql`), to open the registry beside the read model.
+#[cfg(feature = "sql")]
+pub use fleet_sql::{Database, Engine};
+#[cfg(feature = "sql")]
+pub use sql::{open_registry, SqlRegistry, MIGRATIONS};
+
+/// The registry's tables: the only copy of their data. They share the database with the
+/// read model by default, whose rebuild and comparison leave them alone.
+pub const REGISTRY_TABLES: &[&str] = &[
+    "tenants",
+    "locations",
+    "registration_tokens",
+    "agent_credentials",
+    "users",
+    "user_api_keys",
+    "idempotency_keys",
+];
 
 /// A tenant (an MSP's client business).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,18 +1,18 @@
-//! The SQL read model: one implementation over `sqlx::AnyPool` serving PostgreSQL and the
-//! embedded SQLite, with one set of portable migrations (`stores/migrations/`).
+//! The SQL read model: one implementation over `sqlx::AnyPool` (a [`Database`], which the
+//! registry may share) serving PostgreSQL and the embedded SQLite, with portable migrations
+//! of its own tables (`stores/read-model/migrations/`, [`MIGRATIONS`]).
 //!
 //! Every statement below is the same text on both engines: `$n` placeholders (SQLite reads
 //! `$1` as a named parameter that sqlx binds by its number, so a parameter may repeat;
 //! the multi-row `VALUES` of a batch are the one exception, see `values_rows`),
 //! `INSERT ... ON CONFLICT (...) DO UPDATE`, `excluded.`, and `CASE` instead of
 //! `GREATEST`/`LEAST` (PostgreSQL) or scalar `MAX`/`MIN` (SQLite), which differ. Only the
-//! connection setup branches on the engine (pool size and SQLite pragmas).
+//! connection setup (`fleet_sql::Database`) and the multi-row statements branch on the
+//! engine.
 //!
-//! The same type also implements the [`Registry`](crate::registry::Registry) (tenants,
-//! locations, registration tokens, agent credentials; `read_model/registry.rs`) on the same
-//! pool, so one database serves both seams. Unlike the projected tables, the registry's are
-//! the only copy of their data: rebuilding the read model means dropping its tables, not
-//! the database.
+//! By default the registry (`fleet-registry`) lives in the same database, on a clone of the
+//! same pool. Unlike the projected tables, the registry's are the only copy of their data:
+//! rebuilding the read model means emptying its tables, not dropping the database.
 //!
 //! Applying is idempotent and order-tolerant, so replaying a topic, or reading two topics in
 //! any interleaving, converges on the same rows:
@@ -23,38 +23,33 @@
 //!   open), so a raise replayed after the resolve does not reopen. The raise fields come from
 //!   the RAISED event whenever it is seen; an acknowledgement or resolve seen first creates
 //!   the row from its own fields. The earliest acknowledgement and the earliest resolve win.
-//! * commands, software and tickets: see `read_model/commands.rs`, `software.rs` and
+//! * commands, software and tickets: see `sql/commands.rs`, `software.rs` and
 //!   `tickets.rs`.
 //!
-//! A batch's reports and heartbeats are applied set-based (`read_model/agents.rs`): each
+//! A batch's reports and heartbeats are applied set-based (`sql/agents.rs`): each
 //! agent's are coalesced into one row, written by multi-row upserts, giving the state that
 //! applying them one by one gives. The other changes are applied one by one. All of a batch is
 //! written in one transaction with its offsets.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::str::FromStr;
-use std::sync::Once;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use fleet_schemas::{AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use fleet_sql::{decode_error, Database, Engine, Migration, Migrations};
+use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+use sqlx::Row;
 
 mod agents;
 mod commands;
 mod fleet;
-mod registry;
 mod snapshot;
 mod software;
 mod tickets;
 
 pub use snapshot::{
     ReadModelSnapshot, SnapshotRow, SnapshotTable, TableSnapshot, NOT_PROJECTED_TABLES,
-    PROJECTED_TABLES, REGISTRY_TABLES,
+    PROJECTED_TABLES,
 };
 
 use crate::{
@@ -68,178 +63,84 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// Largest page size of the lists; larger limits are lowered to it.
 pub const MAX_LIMIT: u32 = 1000;
 
-/// How long a caller waits for a pooled connection (and, at start, for the server).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Settings of every SQLite connection: wait up to 5 s for another connection's write lock
-/// before failing with BUSY; enforce foreign keys; `synchronous = NORMAL`, which in WAL mode
-/// is durable across application crashes (a power loss may drop the last transactions, rows
-/// and offsets together, so they are replayed).
-const SQLITE_PRAGMAS: &str =
-    "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
-/// Connections to PostgreSQL.
-const POSTGRES_POOL_SIZE: u32 = 8;
-/// Connections to SQLite: WAL lets readers run beside the one writer.
-const SQLITE_POOL_SIZE: u32 = 4;
+/// The migrations of the read model's tables, embedded. Their versions interleave with the
+/// registry's (one sequence per database; see `fleet_sql::Database::migrate`); a unit test
+/// checks this list matches the `migrations/` folder.
+pub const MIGRATIONS: Migrations = Migrations {
+    owner: "read model",
+    list: &[
+        Migration {
+            version: 1,
+            description: "read model",
+            sql: include_str!("../migrations/0001_read_model.sql"),
+        },
+        Migration {
+            version: 3,
+            description: "agent enrollment",
+            sql: include_str!("../migrations/0003_agent_enrollment.sql"),
+        },
+        Migration {
+            version: 4,
+            description: "commands inventory tickets",
+            sql: include_str!("../migrations/0004_commands_inventory_tickets.sql"),
+        },
+        Migration {
+            version: 6,
+            description: "fleet view",
+            sql: include_str!("../migrations/0006_fleet_view.sql"),
+        },
+        Migration {
+            version: 7,
+            description: "alert rules",
+            sql: include_str!("../migrations/0007_alert_rules.sql"),
+        },
+    ],
+};
 
-/// The migrations, embedded in the binary. File names follow sqlx's `<version>_<name>.sql`,
-/// so `sqlx migrate` can run the same folder; a unit test checks this list matches it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "read model",
-        include_str!("../migrations/0001_read_model.sql"),
-    ),
-    (
-        2,
-        "registry",
-        include_str!("../migrations/0002_registry.sql"),
-    ),
-    (
-        3,
-        "agent enrollment",
-        include_str!("../migrations/0003_agent_enrollment.sql"),
-    ),
-    (
-        4,
-        "commands inventory tickets",
-        include_str!("../migrations/0004_commands_inventory_tickets.sql"),
-    ),
-    (5, "users", include_str!("../migrations/0005_users.sql")),
-    (
-        6,
-        "fleet view",
-        include_str!("../migrations/0006_fleet_view.sql"),
-    ),
-    (
-        7,
-        "alert rules",
-        include_str!("../migrations/0007_alert_rules.sql"),
-    ),
-    (
-        8,
-        "request keys and key revocation",
-        include_str!("../migrations/0008_request_keys_and_key_revocation.sql"),
-    ),
-];
-
-/// The engine behind a [`SqlReadModel`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// PostgreSQL (`postgres://`, `postgresql://`).
-    Postgres,
-    /// SQLite (`sqlite://path` or a bare path).
-    Sqlite,
+/// Opens the read model a URL names: `postgres://...`, `sqlite://path` or a bare path
+/// to a SQLite file (created if missing). Runs its migrations. To share one pool with the
+/// registry, connect a [`Database`] and open both on clones of it.
+pub async fn open_read_model(url: &str) -> Result<std::sync::Arc<dyn ReadModel>> {
+    Ok(std::sync::Arc::new(SqlReadModel::connect(url).await?))
 }
 
-impl Engine {
-    /// Short name (`postgres`, `sqlite`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Postgres => "postgres",
-            Engine::Sqlite => "sqlite",
-        }
-    }
-}
-
-/// The read model and the registry on PostgreSQL or SQLite, chosen by URL.
+/// The read model on PostgreSQL or SQLite, chosen by URL.
+#[derive(Debug, Clone)]
 pub struct SqlReadModel {
-    pool: AnyPool,
-    engine: Engine,
-    /// Where the database lives, without credentials: `host:port/db` or the file path.
-    target: String,
-}
-
-impl std::fmt::Debug for SqlReadModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlReadModel")
-            .field("engine", &self.engine)
-            .field("target", &self.target)
-            .finish_non_exhaustive()
-    }
+    db: Database,
 }
 
 impl SqlReadModel {
-    /// Connects to `url` and runs the migrations.
-    ///
-    /// * `postgres://user:pass@host:port/db?sslmode=...`: a pool of 8 connections.
-    /// * `sqlite://path?mode=...` (`mode=rwc`, create if missing, unless the URL says
-    ///   otherwise) or a bare path to a SQLite file (created if missing): WAL journal,
-    ///   `synchronous=NORMAL`, a busy timeout and foreign keys on every connection.
-    ///
-    /// Fails with [`StoreError::Config`] for a URL it cannot use and
-    /// [`StoreError::Unavailable`] when the database cannot be reached; messages name the
-    /// host or file, never the password.
-    #[tracing::instrument(skip(url))]
+    /// Connects to `url` ([`Database::connect`]: `postgres://...`, `sqlite://path` or a
+    /// bare path) and runs the read model's migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        install_drivers();
-        let (engine, url, target) = parse_url(url)?;
-        let options = AnyConnectOptions::from_str(&url)
-            .map_err(|e| StoreError::Config(format!("read model URL for {target}: {e}")))?;
+        Self::open(Database::connect(url).await?).await
+    }
 
-        let pool_options = match engine {
-            Engine::Postgres => AnyPoolOptions::new().max_connections(POSTGRES_POOL_SIZE),
-            Engine::Sqlite => {
-                // WAL is a property of the database file and switching to it needs an
-                // exclusive lock that the busy timeout does not wait for, so one connection
-                // sets it before the pool opens any other.
-                let mut conn = AnyConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| connect_error(engine, &target, e))?;
-                conn.execute("PRAGMA journal_mode = WAL")
-                    .await
-                    .map_err(|e| connect_error(engine, &target, e))?;
-                conn.close()
-                    .await
-                    .map_err(|e| connect_error(engine, &target, e))?;
-                AnyPoolOptions::new()
-                    .max_connections(SQLITE_POOL_SIZE)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute(sqlx::raw_sql(SQLITE_PRAGMAS))
-                                .await
-                                .map(|_| ())
-                        })
-                    })
-            }
-        };
-        let pool = pool_options
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|e| connect_error(engine, &target, e))?;
-
-        let migrator = Migrator::new(EmbeddedMigrations)
-            .await
-            .map_err(|e| StoreError::Internal(format!("read model migrations: {e}")))?;
-        migrator.run(&pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => {
-                classify(engine, &target, "read model migrations", e)
-            }
-            other => StoreError::Internal(format!(
-                "read model migrations on {} {target}: {other}",
-                engine.as_str()
-            )),
-        })?;
-        tracing::info!(engine = engine.as_str(), %target, "Read model ready.");
-        Ok(SqlReadModel {
-            pool,
-            engine,
-            target,
-        })
+    /// Runs the read model's migrations on `db` and serves the read model from its pool.
+    pub async fn open(db: Database) -> Result<Self> {
+        db.migrate(&MIGRATIONS).await?;
+        tracing::info!(engine = db.engine().as_str(), target = %db.target(), "Read model ready.");
+        Ok(SqlReadModel { db })
     }
 
     /// The engine behind this read model.
     pub fn engine_kind(&self) -> Engine {
-        self.engine
+        self.db.engine()
+    }
+
+    /// The database (its pool is shared by clones).
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Closes the pool, waiting for connections in use to return.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 
     fn db_error(&self, what: &str, e: sqlx::Error) -> StoreError {
-        classify(self.engine, &self.target, what, e)
+        self.db.error(what, e)
     }
 
     fn apply_error(&self, e: ApplyError) -> StoreError {
@@ -275,7 +176,7 @@ impl SqlReadModel {
         }
         let rows = q
             .bind(clamp_limit(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error(&format!("list {what}"), e))?;
         rows.iter()
@@ -285,165 +186,12 @@ impl SqlReadModel {
     }
 }
 
-fn install_drivers() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(sqlx::any::install_default_drivers);
-}
-
-/// Splits a read-model URL into the engine, the URL sqlx gets, and a description without
-/// credentials for messages.
-fn parse_url(url: &str) -> Result<(Engine, String, String)> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let parsed = AnyConnectOptions::from_str(url).map_err(|_| {
-            // The parse error could quote the URL, password included.
-            StoreError::Config("read model URL is not a valid postgres:// URL".into())
-        })?;
-        let u = &parsed.database_url;
-        let target = format!(
-            "{}:{}{}",
-            u.host_str().unwrap_or("localhost"),
-            u.port().unwrap_or(5432),
-            u.path()
-        );
-        return Ok((Engine::Postgres, url.to_owned(), target));
-    }
-    if let Some(rest) = url.strip_prefix("sqlite:") {
-        let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let (path, query) = match rest.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (rest, None),
-        };
-        let has_mode = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
-        let url = match (query, has_mode) {
-            (_, true) => url.to_owned(),
-            (Some(_), false) => format!("{url}&mode=rwc"),
-            (None, false) => format!("{url}?mode=rwc"),
-        };
-        return Ok((Engine::Sqlite, url, path.to_owned()));
-    }
-    if let Some((scheme, _)) = url.split_once("://") {
-        return Err(StoreError::Config(format!(
-            "unsupported read model URL scheme {scheme:?}: use postgres://..., sqlite://path or a file path"
-        )));
-    }
-    if url.is_empty() {
-        return Err(StoreError::Config(
-            "read model URL is empty: use postgres://..., sqlite://path or a file path".into(),
-        ));
-    }
-    // A bare path. Made absolute so that no part of it is read as a URL host, and
-    // percent-encoded where a URL would misread it (sqlx decodes the path again).
-    let absolute = std::path::absolute(url)
-        .map_err(|e| StoreError::Config(format!("read model path {url:?}: {e}")))?;
-    let display = absolute.display().to_string();
-    let mut encoded = String::with_capacity(display.len());
-    for c in display.chars() {
-        match c {
-            '%' => encoded.push_str("%25"),
-            '?' => encoded.push_str("%3F"),
-            '#' => encoded.push_str("%23"),
-            ' ' => encoded.push_str("%20"),
-            c => encoded.push(c),
-        }
-    }
-    Ok((
-        Engine::Sqlite,
-        format!("sqlite://{encoded}?mode=rwc"),
-        display,
-    ))
-}
-
-/// Maps an error met while connecting: anything but a bad configuration or refused
-/// credentials means the database cannot serve now.
-fn connect_error(engine: Engine, target: &str, e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::Configuration(e) => {
-            StoreError::Config(format!("read model {} {target}: {e}", engine.as_str()))
-        }
-        // SQLSTATE class 28, invalid authorization: retrying will not help.
-        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28")) => {
-            StoreError::Config(format!(
-                "the {} read model at {target} refused the credentials ({db}): \
-                 check the user and password in the URL",
-                engine.as_str()
-            ))
-        }
-        e => StoreError::Unavailable(format!(
-            "cannot connect to the {} read model at {target}: {e}",
-            engine.as_str()
-        )),
-    }
-}
-
-/// Maps an error of a statement: lost connections, pool timeouts, lock contention and
-/// serialization failures are worth a retry ([`StoreError::Unavailable`]); the rest is
-/// [`StoreError::Internal`].
-fn classify(engine: Engine, target: &str, what: &str, e: sqlx::Error) -> StoreError {
-    let retry = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            match engine {
-                // Class 08 connection exception, 53 insufficient resources, 57P0x shutdown
-                // or cannot connect now, 40001 serialization failure, 40P01 deadlock.
-                Engine::Postgres => {
-                    code.starts_with("08")
-                        || code.starts_with("53")
-                        || code.starts_with("57P")
-                        || code == "40001"
-                        || code == "40P01"
-                }
-                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                Engine::Sqlite => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
-            }
-        }
-        _ => false,
-    };
-    let message = format!("{what} on {} {target}: {e}", engine.as_str());
-    if retry {
-        StoreError::Unavailable(message)
-    } else {
-        StoreError::Internal(message)
-    }
-}
-
-/// The embedded migrations as a sqlx migration source.
-#[derive(Debug)]
-struct EmbeddedMigrations;
-
-impl<'s> MigrationSource<'s> for EmbeddedMigrations {
-    fn resolve(
-        self,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>,
-    > {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|&(version, description, sql)| {
-                    Migration::new(
-                        version,
-                        Cow::Borrowed(description),
-                        MigrationType::Simple,
-                        Cow::Borrowed(sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
-}
-
 // ----------------------------------------------------------------------------------------
 // Statements
 // ----------------------------------------------------------------------------------------
 
 /// Creates the agent or widens its seen window (for lifecycle events; reports and
-/// heartbeats: `read_model/agents.rs`). `$1` agent, `$2` tenant, `$3` time heard.
+/// heartbeats: `sql/agents.rs`). `$1` agent, `$2` tenant, `$3` time heard.
 const TOUCH_AGENT: &str = "\
 INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at)
 VALUES ($1, $2, $3, $3)
@@ -839,10 +587,6 @@ fn like_escape(s: &str) -> String {
     out
 }
 
-fn decode_error(what: &str, e: BoxDynError) -> StoreError {
-    StoreError::Internal(format!("{what}: cannot decode a row: {e}"))
-}
-
 /// Builds `WHERE` clauses with `$n` placeholders numbered in bind order. (sqlx's
 /// `QueryBuilder<Any>` writes `?` placeholders, which PostgreSQL rejects.)
 #[derive(Debug, Default)]
@@ -886,12 +630,12 @@ impl<'a> Filter<'a> {
 #[async_trait]
 impl ReadModel for SqlReadModel {
     fn engine(&self) -> &'static str {
-        self.engine.as_str()
+        self.db.engine().as_str()
     }
 
     #[tracing::instrument(
         skip(self, changes, offsets),
-        fields(engine = self.engine.as_str(), changes = changes.len(), offsets = offsets.len())
+        fields(engine = self.db.engine().as_str(), changes = changes.len(), offsets = offsets.len())
     )]
     async fn apply(
         &self,
@@ -900,7 +644,8 @@ impl ReadModel for SqlReadModel {
         offsets: &[StoredOffset],
     ) -> Result<()> {
         let mut tx = self
-            .pool
+            .db
+            .pool()
             .begin()
             .await
             .map_err(|e| self.db_error("begin", e))?;
@@ -922,7 +667,7 @@ impl ReadModel for SqlReadModel {
                     // other change writes the rows the waiting ones do.)
                     if agents.contains(&ev.agent_id) {
                         agents
-                            .flush(&mut tx, self.engine)
+                            .flush(&mut tx, self.db.engine())
                             .await
                             .map_err(|e| self.apply_error(e))?;
                     }
@@ -930,7 +675,7 @@ impl ReadModel for SqlReadModel {
                 }
                 Change::Rule(ev) => fleet::apply_rule(&mut tx, ev).await,
                 Change::Command(ev) => commands::apply_command(&mut tx, ev).await,
-                Change::Inventory(inv) => software::apply_inventory(&mut tx, self.engine, inv)
+                Change::Inventory(inv) => software::apply_inventory(&mut tx, self.db.engine(), inv)
                     .await
                     .map_err(Into::into),
                 Change::Ticket(ev) => tickets::apply_ticket(&mut tx, ev).await,
@@ -938,7 +683,7 @@ impl ReadModel for SqlReadModel {
             applied.map_err(|e| self.apply_error(e))?;
         }
         agents
-            .flush(&mut tx, self.engine)
+            .flush(&mut tx, self.db.engine())
             .await
             .map_err(|e| self.apply_error(e))?;
         for offset in offsets {
@@ -954,11 +699,11 @@ impl ReadModel for SqlReadModel {
         tx.commit().await.map_err(|e| self.db_error("commit", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn offsets(&self, projection: &str) -> Result<Vec<StoredOffset>> {
         let rows = sqlx::query(SELECT_OFFSETS)
             .bind(projection)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error("read offsets", e))?;
         rows.iter()
@@ -974,7 +719,7 @@ impl ReadModel for SqlReadModel {
             .map_err(|e| decode_error("offsets", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentRow>> {
         let mut filter = Filter::default();
         filter.push("tenant_id", "=", query.tenant_id.as_deref());
@@ -1015,7 +760,7 @@ impl ReadModel for SqlReadModel {
         .await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_agent(&self, tenant_id: Option<&str>, agent_id: &str) -> Result<Option<AgentRow>> {
         let mut filter = Filter::default();
         filter.push("agent_id", "=", Some(agent_id));
@@ -1029,7 +774,7 @@ impl ReadModel for SqlReadModel {
             q = q.bind(*value);
         }
         let row = q
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db.pool())
             .await
             .map_err(|e| self.db_error("get agent", e))?;
         row.as_ref()
@@ -1038,7 +783,7 @@ impl ReadModel for SqlReadModel {
             .map_err(|e| decode_error("agent", e))
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertRow>> {
         let mut filter = Filter::default();
         filter.push("tenant_id", "=", query.tenant_id.as_deref());
@@ -1055,7 +800,7 @@ impl ReadModel for SqlReadModel {
         .await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_alert(&self, tenant_id: Option<&str>, alert_id: &str) -> Result<Option<AlertRow>> {
         let mut filter = Filter::default();
         filter.push("tenant_id", "=", tenant_id);
@@ -1073,12 +818,12 @@ impl ReadModel for SqlReadModel {
         Ok(rows.into_iter().next())
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_commands(&self, query: &CommandQuery) -> Result<Vec<CommandRow>> {
         self.query_commands(query).await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_command(
         &self,
         tenant_id: Option<&str>,
@@ -1087,32 +832,32 @@ impl ReadModel for SqlReadModel {
         self.query_command(tenant_id, command_id).await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn agent_software(&self, query: &SoftwareQuery) -> Result<Option<AgentSoftware>> {
         self.query_software(query).await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>> {
         self.query_tickets(query).await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_rules(&self, tenant_id: Option<&str>) -> Result<Vec<fleet_schemas::RuleEvent>> {
         self.query_rules(tenant_id, None).await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_rule(&self, rule_id: &str) -> Result<Option<fleet_schemas::RuleEvent>> {
         Ok(self.query_rules(None, Some(rule_id)).await?.pop())
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn overview(&self, tenant_id: Option<&str>) -> Result<FleetOverview> {
         self.query_overview(tenant_id).await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn agent_services(
         &self,
         tenant_id: Option<&str>,
@@ -1121,12 +866,12 @@ impl ReadModel for SqlReadModel {
         self.query_services(tenant_id, agent_id).await
     }
 
-    #[tracing::instrument(skip(self, entry), fields(engine = self.engine.as_str(), action = %entry.action))]
+    #[tracing::instrument(skip(self, entry), fields(engine = self.db.engine().as_str(), action = %entry.action))]
     async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
         self.insert_audit(entry).await
     }
 
-    #[tracing::instrument(skip(self), fields(engine = self.engine.as_str()))]
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         self.query_audit(query).await
     }
@@ -1139,82 +884,7 @@ mod tests {
     #[test]
     fn migrations_list_matches_the_folder() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .expect("migrations folder")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|name| name.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let versions: Vec<i64> = files
-            .iter()
-            .map(|f| {
-                f.split('_')
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("file named <version>_<name>.sql")
-            })
-            .collect();
-        let listed: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
-        assert_eq!(
-            versions, listed,
-            "every file in migrations/ is listed in MIGRATIONS"
-        );
-    }
-
-    #[test]
-    fn parses_urls() {
-        let (engine, url, target) =
-            parse_url("postgres://fleet:secret@db.example:6543/fleet?sslmode=disable")
-                .expect("postgres URL");
-        assert_eq!(engine, Engine::Postgres);
-        assert!(url.contains("secret"));
-        assert_eq!(target, "db.example:6543/fleet");
-
-        let (engine, url, target) = parse_url("sqlite:///var/lib/fleet/read.db").expect("sqlite");
-        assert_eq!(engine, Engine::Sqlite);
-        assert_eq!(url, "sqlite:///var/lib/fleet/read.db?mode=rwc");
-        assert_eq!(target, "/var/lib/fleet/read.db");
-
-        let (_, url, _) = parse_url("sqlite:///x.db?mode=ro").expect("sqlite ro");
-        assert_eq!(url, "sqlite:///x.db?mode=ro");
-
-        let (engine, url, target) = parse_url("/tmp/a b#1.db").expect("bare path");
-        assert_eq!(engine, Engine::Sqlite);
-        assert_eq!(url, "sqlite:///tmp/a%20b%231.db?mode=rwc");
-        assert_eq!(target, "/tmp/a b#1.db");
-
-        assert!(matches!(
-            parse_url("mysql://x/y"),
-            Err(StoreError::Config(_))
-        ));
-        match parse_url("postgres://u:hunter2@[bad") {
-            Err(StoreError::Config(m)) => assert!(!m.contains("hunter2")),
-            other => panic!("expected a config error, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn sqlite_connections_get_the_pragmas() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("pragmas.db");
-        let store = SqlReadModel::connect(path.to_str().expect("utf-8 path"))
-            .await
-            .expect("connect");
-        let mut conn = store.pool.acquire().await.expect("connection");
-        async fn pragma(conn: &mut AnyConnection, name: &str) -> (Option<i64>, Option<String>) {
-            let row = sqlx::query(&format!("PRAGMA {name}"))
-                .fetch_one(conn)
-                .await
-                .expect("pragma");
-            (row.try_get(0).ok(), row.try_get(0).ok())
-        }
-        assert_eq!(
-            pragma(&mut conn, "journal_mode").await.1.as_deref(),
-            Some("wal")
-        );
-        assert_eq!(pragma(&mut conn, "busy_timeout").await.0, Some(5000));
-        assert_eq!(pragma(&mut conn, "foreign_keys").await.0, Some(1));
-        assert_eq!(pragma(&mut conn, "synchronous").await.0, Some(1), "NORMAL");
+        MIGRATIONS.check_folder(&dir).expect("every file listed");
     }
 
     #[test]

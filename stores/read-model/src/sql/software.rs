@@ -118,7 +118,7 @@ impl SqlReadModel {
             q = q.bind(*value);
         }
         let Some(row) = q
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db.pool())
             .await
             .map_err(|e| self.db_error("get software inventory", e))?
         else {
@@ -152,7 +152,7 @@ impl SqlReadModel {
             q = q.bind(*value);
         }
         software.packages = q
-            .fetch_all(&self.pool)
+            .fetch_all(self.db.pool())
             .await
             .map_err(|e| self.db_error("list software", e))?
             .iter()
