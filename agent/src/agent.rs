@@ -223,7 +223,7 @@ impl Agent {
     }
 
     /// Collects, spools, sends and heartbeats until `shutdown` completes, then tries to
-    /// send what is spooled for at most `shutdown-flush-timeout-secs`; what is left stays
+    /// send what is spooled for at most `shutdown-flush-timeout`; what is left stays
     /// in the spool for the next start. Returns the final counters.
     ///
     /// Dropping the future (task abort) stops every task of the agent; what was spooled
@@ -267,7 +267,7 @@ impl Agent {
 
         let live = Arc::new(LiveIntervals::new(
             intervals,
-            config.flush_interval_secs.is_none(),
+            config.flush_interval.is_none(),
             &state_dir,
             Arc::clone(&stats),
         ));
@@ -672,12 +672,12 @@ mod tests {
         AgentConfig {
             agent_id: Some("unit-test".into()),
             state_dir: Some(dir.path().to_owned()),
-            collect_interval_secs: Some(0.05),
-            heartbeat_interval_secs: Some(3600.0),
+            collect_interval: Some(Duration::from_secs_f64(0.05)),
+            heartbeat_interval: Some(Duration::from_secs_f64(3600.0)),
             batch_max_reports: 2,
-            retry_initial_backoff_secs: 0.01,
-            retry_max_backoff_secs: 0.05,
-            shutdown_flush_timeout_secs: 2.0,
+            retry_initial_backoff: Duration::from_secs_f64(0.01),
+            retry_max_backoff: Duration::from_secs_f64(0.05),
+            shutdown_flush_timeout: Duration::from_secs_f64(2.0),
             ..AgentConfig::default()
         }
     }
@@ -734,7 +734,7 @@ mod tests {
         ]);
         // Only full batches of 2 while running (the flush interval never elapses).
         let config = AgentConfig {
-            flush_interval_secs: Some(3600.0),
+            flush_interval: Some(Duration::from_secs_f64(3600.0)),
             ..fast_config(&dir)
         };
         let s = run_until(config, transport, |s| s.batches_sent >= 2).await;
@@ -759,7 +759,7 @@ mod tests {
         });
         let config = AgentConfig {
             batch_max_reports: 4,
-            flush_interval_secs: Some(3600.0),
+            flush_interval: Some(Duration::from_secs_f64(3600.0)),
             ..fast_config(&dir)
         };
         let s = run_until(config, transport.clone(), |s| s.batches_sent >= 2).await;
@@ -783,7 +783,7 @@ mod tests {
             .take(10_000),
         );
         let config = AgentConfig {
-            shutdown_flush_timeout_secs: 0.5,
+            shutdown_flush_timeout: Duration::from_secs_f64(0.5),
             ..fast_config(&dir)
         };
         let s = run_until(config, transport.clone(), |s| {
@@ -808,7 +808,7 @@ mod tests {
             error: None,
         });
         let config = AgentConfig {
-            auth_retry_secs: 0.05,
+            auth_retry: Duration::from_secs_f64(0.05),
             ..fast_config(&dir)
         };
         let s = run_until(config, transport.clone(), |s| {
@@ -827,8 +827,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let transport = Arc::new(Scripted::default());
         let config = AgentConfig {
-            heartbeat_interval_secs: Some(0.02),
-            collect_interval_secs: Some(3600.0),
+            heartbeat_interval: Some(Duration::from_secs_f64(0.02)),
+            collect_interval: Some(Duration::from_secs_f64(3600.0)),
             ..fast_config(&dir)
         };
         let s = run_until(config, transport.clone(), |s| s.heartbeats_sent >= 3).await;

@@ -19,7 +19,7 @@
 //! # How it runs
 //!
 //! Each process runs in its own process group with a timeout: the smaller of the
-//! command's `timeout_secs` (0: no own limit) and `command-max-timeout-secs`. When it
+//! command's `timeout_secs` (0: no own limit) and `command-max-timeout`. When it
 //! passes, or the agent stops, the whole group is killed (`killpg`, also when the task
 //! is dropped). Stdout and stderr are read as they come, each kept up to
 //! `command-output-max-bytes` (the rest read and discarded, `output_truncated` set), and

@@ -24,11 +24,11 @@ pub const ENV_PREFIX: &str = "FLEET_AGENT__";
 /// The gateway URL used when `server-url` is not set.
 pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:8080";
 
-/// Seconds between collections when neither the file nor an enrollment says.
-pub const DEFAULT_COLLECT_INTERVAL_SECS: f64 = 10.0;
+/// Time between collections when neither the file nor an enrollment says.
+pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Seconds between heartbeats when neither the file nor an enrollment says.
-pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: f64 = 30.0;
+/// Time between heartbeats when neither the file nor an enrollment says.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Default bound of the on-disk spool: 64 MiB of encoded reports.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -109,36 +109,44 @@ pub struct AgentConfig {
     /// Directory holding the spool and the enrollment (`credentials.json`). Default:
     /// unset, meaning computed by [`AgentConfig::resolved_state_dir`].
     pub state_dir: Option<PathBuf>,
-    /// Seconds between two collections (fractions allowed). Default: unset, meaning the
+    /// Time between two collections ("10s", "500ms"). Default: unset, meaning the
     /// enrollment's remote config, else 10.
-    pub collect_interval_secs: Option<f64>,
-    /// Seconds between two heartbeats. Default: unset, meaning the enrollment's remote
+    #[serde(default, with = "humantime_serde")]
+    pub collect_interval: Option<Duration>,
+    /// Time between two heartbeats. Default: unset, meaning the enrollment's remote
     /// config, else 30.
-    pub heartbeat_interval_secs: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
     /// A batch is sent as soon as this many reports are spooled; also the most reports one
     /// request carries (1 to 1000). Default 6.
     pub batch_max_reports: usize,
     /// Longest a report waits in the spool before it is sent even if the batch is not
-    /// full, in seconds. Default: unset, meaning the collect interval.
-    pub flush_interval_secs: Option<f64>,
+    /// full. Default: unset, meaning the collect interval.
+    #[serde(default, with = "humantime_serde")]
+    pub flush_interval: Option<Duration>,
     /// Most bytes of encoded reports the on-disk spool holds while the gateway cannot take
     /// them; when full, the oldest reports are dropped, counted and logged. At least 1 MiB.
     /// Default 64 MiB.
     pub spool_max_bytes: u64,
-    /// Timeout of one HTTP request to the gateway, in seconds. Default 10.
-    pub request_timeout_secs: f64,
-    /// First retry delay after a failed send, in seconds; doubles on each failure (with
-    /// jitter) up to `retry-max-backoff-secs`. Default 1.
-    pub retry_initial_backoff_secs: f64,
-    /// Longest retry delay the agent picks itself, in seconds (a `Retry-After` from the
+    /// Timeout of one HTTP request to the gateway. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First retry delay after a failed send; doubles on each failure (with
+    /// jitter) up to `retry-max-backoff`. Default 1.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    /// Longest retry delay the agent picks itself (a `Retry-After` from the
     /// gateway is honoured even when longer). Default 60.
-    pub retry_max_backoff_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
     /// After the gateway refused the credential (401) or the agent is deactivated (403),
-    /// seconds before trying again; the reports stay spooled. Default 60.
-    pub auth_retry_secs: f64,
-    /// On shutdown, how long the agent keeps trying to send what is spooled, in seconds
+    /// the time before trying again; the reports stay spooled. Default 60.
+    #[serde(with = "humantime_serde")]
+    pub auth_retry: Duration,
+    /// On shutdown, how long the agent keeps trying to send what is spooled
     /// (what is left stays spooled for the next start). Default 5.
-    pub shutdown_flush_timeout_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_flush_timeout: Duration,
     /// Names of the systemd units to watch (`nginx`, `postgresql.service`, ...), at most
     /// 512. Default empty.
     pub services: Vec<String>,
@@ -146,24 +154,29 @@ pub struct AgentConfig {
     /// heartbeats, events, inventory and commands, falling back to HTTP while it is down.
     /// Default true.
     pub websocket: bool,
-    /// Seconds between the agent's own WebSocket pings; a ping not answered by the next
+    /// Time between the agent's own WebSocket pings; a ping not answered by the next
     /// one marks the socket dead (reconnect, HTTP meanwhile). Default 20.
-    pub websocket_ping_interval_secs: f64,
-    /// First delay before reconnecting a lost WebSocket, in seconds; doubles per failed
-    /// attempt up to `websocket-reconnect-max-secs`, each delay drawn uniformly from zero
+    #[serde(with = "humantime_serde")]
+    pub websocket_ping_interval: Duration,
+    /// First delay before reconnecting a lost WebSocket; doubles per failed
+    /// attempt up to `websocket-reconnect-max`, each delay drawn uniformly from zero
     /// to that bound (full jitter). Default 1.
-    pub websocket_reconnect_initial_secs: f64,
-    /// Longest reconnect delay, in seconds. Default 60.
-    pub websocket_reconnect_max_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub websocket_reconnect_initial: Duration,
+    /// Longest reconnect delay. Default 60.
+    #[serde(with = "humantime_serde")]
+    pub websocket_reconnect_max: Duration,
     /// While the WebSocket is down (or disabled), seconds between two polls of
-    /// `GET .../commands`. Default 30.
-    pub command_poll_interval_secs: f64,
+    /// `GET .../commands`. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub command_poll_interval: Duration,
     /// Command types the server may run here, among `restart_service`, `run_script`,
     /// `collect_diagnostics` and `update_config`. Default `["collect_diagnostics"]`.
     pub allowed_commands: Vec<String>,
-    /// Longest a command may run, in seconds (a command's own timeout is cut to this).
+    /// Longest a command may run (a command's own timeout is cut to this).
     /// Default 300.
-    pub command_max_timeout_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub command_max_timeout: Duration,
     /// Most bytes of stdout, and of stderr, kept and streamed per command (the rest is
     /// read and discarded, and the result says `output_truncated`). Default 65536.
     pub command_output_max_bytes: usize,
@@ -172,9 +185,10 @@ pub struct AgentConfig {
     pub scripts: BTreeMap<String, String>,
     /// Send the software inventory (dpkg or rpm packages). Default true.
     pub inventory: bool,
-    /// Seconds between two reads of the package list; it is sent when it changed.
+    /// Time between two reads of the package list; it is sent when it changed.
     /// Default 3600.
-    pub inventory_interval_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub inventory_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -185,28 +199,28 @@ impl Default for AgentConfig {
             ws_url: None,
             agent_id: None,
             state_dir: None,
-            collect_interval_secs: None,
-            heartbeat_interval_secs: None,
+            collect_interval: None,
+            heartbeat_interval: None,
             batch_max_reports: 6,
-            flush_interval_secs: None,
+            flush_interval: None,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
-            request_timeout_secs: 10.0,
-            retry_initial_backoff_secs: 1.0,
-            retry_max_backoff_secs: 60.0,
-            auth_retry_secs: 60.0,
-            shutdown_flush_timeout_secs: 5.0,
+            request_timeout: Duration::from_secs(10),
+            retry_initial_backoff: Duration::from_secs(1),
+            retry_max_backoff: Duration::from_secs(60),
+            auth_retry: Duration::from_secs(60),
+            shutdown_flush_timeout: Duration::from_secs(5),
             services: Vec::new(),
             websocket: true,
-            websocket_ping_interval_secs: 20.0,
-            websocket_reconnect_initial_secs: 1.0,
-            websocket_reconnect_max_secs: 60.0,
-            command_poll_interval_secs: 30.0,
+            websocket_ping_interval: Duration::from_secs(20),
+            websocket_reconnect_initial: Duration::from_secs(1),
+            websocket_reconnect_max: Duration::from_secs(60),
+            command_poll_interval: Duration::from_secs(30),
             allowed_commands: vec!["collect_diagnostics".to_owned()],
-            command_max_timeout_secs: 300.0,
+            command_max_timeout: Duration::from_secs(300),
             command_output_max_bytes: 65536,
             scripts: BTreeMap::new(),
             inventory: true,
-            inventory_interval_secs: 3600.0,
+            inventory_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -283,16 +297,16 @@ impl AgentConfig {
         if let Some(id) = &self.agent_id {
             validate_agent_id(id)?;
         }
-        if let Some(collect) = self.collect_interval_secs {
-            positive_secs("collect-interval-secs", collect)?;
+        if let Some(collect) = self.collect_interval {
+            positive("collect-interval", collect)?;
         }
-        if let Some(heartbeat) = self.heartbeat_interval_secs {
-            positive_secs("heartbeat-interval-secs", heartbeat)?;
+        if let Some(heartbeat) = self.heartbeat_interval {
+            positive("heartbeat-interval", heartbeat)?;
         }
-        if let Some(flush) = self.flush_interval_secs {
-            positive_secs("flush-interval-secs", flush)?;
+        if let Some(flush) = self.flush_interval {
+            positive("flush-interval", flush)?;
         }
-        positive_secs("auth-retry-secs", self.auth_retry_secs)?;
+        positive("auth-retry", self.auth_retry)?;
         if let Some(dir) = &self.state_dir {
             if dir.as_os_str().is_empty() {
                 return Err(ConfigError::Invalid {
@@ -302,16 +316,10 @@ impl AgentConfig {
                 });
             }
         }
-        positive_secs("request-timeout-secs", self.request_timeout_secs)?;
-        positive_secs(
-            "retry-initial-backoff-secs",
-            self.retry_initial_backoff_secs,
-        )?;
-        positive_secs("retry-max-backoff-secs", self.retry_max_backoff_secs)?;
-        positive_secs(
-            "shutdown-flush-timeout-secs",
-            self.shutdown_flush_timeout_secs,
-        )?;
+        positive("request-timeout", self.request_timeout)?;
+        positive("retry-initial-backoff", self.retry_initial_backoff)?;
+        positive("retry-max-backoff", self.retry_max_backoff)?;
+        positive("shutdown-flush-timeout", self.shutdown_flush_timeout)?;
         if !(1..=MAX_BATCH_REPORTS).contains(&self.batch_max_reports) {
             return Err(ConfigError::Invalid {
                 key: "batch-max-reports",
@@ -337,26 +345,17 @@ impl AgentConfig {
             });
         }
         for (key, value) in [
+            ("websocket-ping-interval", self.websocket_ping_interval),
             (
-                "websocket-ping-interval-secs",
-                self.websocket_ping_interval_secs,
+                "websocket-reconnect-initial",
+                self.websocket_reconnect_initial,
             ),
-            (
-                "websocket-reconnect-initial-secs",
-                self.websocket_reconnect_initial_secs,
-            ),
-            (
-                "websocket-reconnect-max-secs",
-                self.websocket_reconnect_max_secs,
-            ),
-            (
-                "command-poll-interval-secs",
-                self.command_poll_interval_secs,
-            ),
-            ("command-max-timeout-secs", self.command_max_timeout_secs),
-            ("inventory-interval-secs", self.inventory_interval_secs),
+            ("websocket-reconnect-max", self.websocket_reconnect_max),
+            ("command-poll-interval", self.command_poll_interval),
+            ("command-max-timeout", self.command_max_timeout),
+            ("inventory-interval", self.inventory_interval),
         ] {
-            positive_secs(key, value)?;
+            positive(key, value)?;
         }
         if let Some(unknown) = self
             .allowed_commands
@@ -430,84 +429,78 @@ impl AgentConfig {
         )
     }
 
-    /// [`Self::collect_interval_secs`] as a duration (10 s when unset; the run loop prefers
-    /// an enrollment's interval over that default).
+    /// The collection interval (10 s when unset; the run loop prefers an enrollment's
+    /// interval over that default).
     pub fn collect_interval(&self) -> Duration {
-        secs(
-            self.collect_interval_secs
-                .unwrap_or(DEFAULT_COLLECT_INTERVAL_SECS),
-        )
+        self.collect_interval.unwrap_or(DEFAULT_COLLECT_INTERVAL)
     }
 
-    /// [`Self::heartbeat_interval_secs`] as a duration (30 s when unset; the run loop
-    /// prefers an enrollment's interval over that default).
+    /// The heartbeat interval (30 s when unset; the run loop prefers an enrollment's
+    /// interval over that default).
     pub fn heartbeat_interval(&self) -> Duration {
-        secs(
-            self.heartbeat_interval_secs
-                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_SECS),
-        )
+        self.heartbeat_interval
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
     }
 
-    /// [`Self::flush_interval_secs`] as a duration (the collect interval when unset).
+    /// The flush interval (the collect interval when unset).
     pub fn flush_interval(&self) -> Duration {
-        self.flush_interval_secs
-            .map(secs)
+        self.flush_interval
             .unwrap_or_else(|| self.collect_interval())
     }
 
-    /// [`Self::auth_retry_secs`] as a duration.
+    /// [`Self::auth_retry`].
     pub fn auth_retry(&self) -> Duration {
-        secs(self.auth_retry_secs)
+        self.auth_retry
     }
 
-    /// [`Self::request_timeout_secs`] as a duration.
+    /// [`Self::request_timeout`].
     pub fn request_timeout(&self) -> Duration {
-        secs(self.request_timeout_secs)
+        self.request_timeout
     }
 
-    /// [`Self::retry_initial_backoff_secs`] as a duration.
+    /// [`Self::retry_initial_backoff`].
     pub fn retry_initial_backoff(&self) -> Duration {
-        secs(self.retry_initial_backoff_secs)
+        self.retry_initial_backoff
     }
 
-    /// [`Self::retry_max_backoff_secs`] as a duration.
+    /// [`Self::retry_max_backoff`].
     pub fn retry_max_backoff(&self) -> Duration {
-        secs(self.retry_max_backoff_secs)
+        self.retry_max_backoff
     }
 
-    /// [`Self::shutdown_flush_timeout_secs`] as a duration.
+    /// [`Self::shutdown_flush_timeout`].
     pub fn shutdown_flush_timeout(&self) -> Duration {
-        secs(self.shutdown_flush_timeout_secs)
+        self.shutdown_flush_timeout
     }
 
-    /// [`Self::websocket_ping_interval_secs`] as a duration.
+    /// [`Self::websocket_ping_interval`].
     pub fn websocket_ping_interval(&self) -> Duration {
-        secs(self.websocket_ping_interval_secs)
+        self.websocket_ping_interval
     }
 
-    /// [`Self::websocket_reconnect_initial_secs`] as a duration.
+    /// [`Self::websocket_reconnect_initial`].
     pub fn websocket_reconnect_initial(&self) -> Duration {
-        secs(self.websocket_reconnect_initial_secs)
+        self.websocket_reconnect_initial
     }
 
-    /// [`Self::websocket_reconnect_max_secs`] as a duration.
+    /// [`Self::websocket_reconnect_max`].
     pub fn websocket_reconnect_max(&self) -> Duration {
-        secs(self.websocket_reconnect_max_secs)
+        self.websocket_reconnect_max
     }
 
-    /// [`Self::command_poll_interval_secs`] as a duration.
+    /// [`Self::command_poll_interval`].
     pub fn command_poll_interval(&self) -> Duration {
-        secs(self.command_poll_interval_secs)
+        self.command_poll_interval
     }
 
-    /// [`Self::command_max_timeout_secs`] as a duration.
+    /// [`Self::command_max_timeout`].
     pub fn command_max_timeout(&self) -> Duration {
-        secs(self.command_max_timeout_secs)
+        self.command_max_timeout
     }
 
-    /// [`Self::inventory_interval_secs`] as a duration.
+    /// [`Self::inventory_interval`].
     pub fn inventory_interval(&self) -> Duration {
-        secs(self.inventory_interval_secs)
+        self.inventory_interval
     }
 }
 
@@ -571,6 +564,20 @@ fn secs(value: f64) -> Duration {
 
 /// Upper bound for any duration setting: a day is already absurd for these knobs.
 const MAX_SECS: f64 = 86_400.0;
+
+fn positive(key: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if !value.is_zero() && value <= Duration::from_secs(86_400) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "is {}: expected a duration greater than 0 and at most 1 day (\"10s\", \"5m\")",
+                humantime::format_duration(value)
+            ),
+        })
+    }
+}
 
 fn positive_secs(key: &'static str, value: f64) -> Result<(), ConfigError> {
     if value.is_finite() && value > 0.0 && value <= MAX_SECS {
@@ -731,7 +738,7 @@ mod tests {
     fn toml_layer_overrides_defaults_and_rejects_unknown_keys() {
         let toml = r#"
             server-url = "https://gw.example:8443"
-            collect-interval-secs = 0.5
+            collect-interval = "500ms"
             batch-max-reports = 3
             services = ["nginx", "sshd.service"]
         "#;
@@ -743,7 +750,7 @@ mod tests {
         assert_eq!(c.services, vec!["nginx", "sshd.service"]);
         // Integers are accepted for float seconds.
         let c = AgentConfig::from_figment(
-            Figment::new().merge(Toml::string("request-timeout-secs = 3")),
+            Figment::new().merge(Toml::string("request-timeout = \"3s\"")),
         )
         .unwrap();
         assert_eq!(c.request_timeout(), Duration::from_secs(3));
@@ -778,9 +785,9 @@ mod tests {
                 },
             ),
             (
-                "websocket-ping-interval-secs",
+                "websocket-ping-interval",
                 AgentConfig {
-                    websocket_ping_interval_secs: -1.0,
+                    websocket_ping_interval: Duration::ZERO,
                     ..AgentConfig::default()
                 },
             ),
@@ -792,16 +799,16 @@ mod tests {
                 },
             ),
             (
-                "collect-interval-secs",
+                "collect-interval",
                 AgentConfig {
-                    collect_interval_secs: Some(f64::NAN),
+                    collect_interval: Some(Duration::ZERO),
                     ..AgentConfig::default()
                 },
             ),
             (
-                "heartbeat-interval-secs",
+                "heartbeat-interval",
                 AgentConfig {
-                    heartbeat_interval_secs: Some(0.0),
+                    heartbeat_interval: Some(Duration::from_secs_f64(0.0)),
                     ..AgentConfig::default()
                 },
             ),
@@ -864,7 +871,7 @@ mod tests {
                 "server-url = \"http://from-file:1\"\nbatch-max-reports = 2\n",
             )?;
             jail.set_env("FLEET_AGENT__SERVER_URL", "http://from-env:2");
-            jail.set_env("FLEET_AGENT__COLLECT_INTERVAL_SECS", "0.25");
+            jail.set_env("FLEET_AGENT__COLLECT_INTERVAL", "250ms");
             jail.set_env("FLEET_AGENT__AGENT_ID", "agent-7");
             jail.set_env("FLEET_AGENT__SERVICES", "[nginx, cron]");
             jail.set_env("OTHER__SERVER_URL", "http://ignored:3");
@@ -892,9 +899,9 @@ mod tests {
         let all = Figment::from(Serialized::defaults(AgentConfig {
             agent_id: Some("x".into()),
             state_dir: Some("/x".into()),
-            collect_interval_secs: Some(1.0),
-            heartbeat_interval_secs: Some(1.0),
-            flush_interval_secs: Some(1.0),
+            collect_interval: Some(Duration::from_secs_f64(1.0)),
+            heartbeat_interval: Some(Duration::from_secs_f64(1.0)),
+            flush_interval: Some(Duration::from_secs_f64(1.0)),
             ..c
         }));
         let dict = all.extract::<figment::value::Dict>().unwrap();

@@ -32,7 +32,7 @@ pub(crate) struct HeartbeatLoop {
 
 /// Sends a heartbeat now and then every interval, until cancelled. A failure is logged
 /// (warn for the first of a run of failures, debug after) and the next heartbeat waits at
-/// least the interval, longer with backoff (or `auth-retry-secs` after 401/403).
+/// least the interval, longer with backoff (or `auth-retry` after 401/403).
 pub(crate) async fn heartbeat_loop(mut h: HeartbeatLoop) {
     let mut sequence = 0u64;
     let mut failing = false;

@@ -40,7 +40,7 @@ impl Intervals {
         match load_overrides(&state_dir.join(INTERVALS_FILE)) {
             Some(o) => {
                 info!(?o, "Using the intervals the server set before.");
-                with_overrides(merged, &o, config.flush_interval_secs.is_none())
+                with_overrides(merged, &o, config.flush_interval.is_none())
             }
             None => merged,
         }
@@ -55,7 +55,7 @@ pub const INTERVALS_FILE: &str = "intervals.json";
 #[derive(Debug)]
 pub(crate) struct LiveIntervals {
     current: watch::Sender<Intervals>,
-    /// The flush interval follows the collect interval (no `flush-interval-secs`).
+    /// The flush interval follows the collect interval (no `flush-interval`).
     flush_follows: bool,
     path: PathBuf,
     stats: Arc<Stats>,
@@ -63,7 +63,7 @@ pub(crate) struct LiveIntervals {
 
 impl LiveIntervals {
     /// Starts at `initial`; `apply` persists the server's changes in
-    /// `{state_dir}/intervals.json`. With `flush_follows` (no `flush-interval-secs`
+    /// `{state_dir}/intervals.json`. With `flush_follows` (no `flush-interval`
     /// configured) a new collect interval is also the new flush interval.
     pub(crate) fn new(
         initial: Intervals,
@@ -192,17 +192,17 @@ fn intervals(config: &AgentConfig, remote: Option<&RemoteConfig>) -> Intervals {
         }
         d
     };
-    let collect = match (config.collect_interval_secs, remote) {
+    let collect = match (config.collect_interval, remote) {
         (None, Some(r)) => remote_secs("metrics_interval_secs", r.metrics_interval_secs),
         _ => None,
     }
     .unwrap_or_else(|| config.collect_interval());
-    let heartbeat = match (config.heartbeat_interval_secs, remote) {
+    let heartbeat = match (config.heartbeat_interval, remote) {
         (None, Some(r)) => remote_secs("heartbeat_interval_secs", r.heartbeat_interval_secs),
         _ => None,
     }
     .unwrap_or_else(|| config.heartbeat_interval());
-    let flush = match config.flush_interval_secs {
+    let flush = match config.flush_interval {
         Some(_) => config.flush_interval(),
         None => collect,
     };
@@ -239,9 +239,9 @@ mod tests {
             (20.0, 15.0, 20.0)
         );
         let file = AgentConfig {
-            collect_interval_secs: Some(5.0),
-            heartbeat_interval_secs: Some(7.0),
-            flush_interval_secs: Some(1.0),
+            collect_interval: Some(Duration::from_secs_f64(5.0)),
+            heartbeat_interval: Some(Duration::from_secs_f64(7.0)),
+            flush_interval: Some(Duration::from_secs_f64(1.0)),
             ..AgentConfig::default()
         };
         assert_eq!(secs(intervals(&file, Some(&remote))), (5.0, 7.0, 1.0));

@@ -5,7 +5,7 @@
 //! else `rpm -qa --qf '%{NAME}\t%{VERSION}-%{RELEASE}\t%{ARCH}\n'`, else it is empty with
 //! source `none`. [`parse_packages`] reads either format (garbage lines skipped), sorted
 //! and without duplicates; [`digest`] fingerprints the list, and the inventory loop reads
-//! it every `inventory-interval-secs` and sends it (socket or `POST .../inventory`,
+//! it every `inventory-interval` and sends it (socket or `POST .../inventory`,
 //! retried until acknowledged) only when the digest differs from the last one sent.
 //! Only the digest is kept between reads, not the list.
 

@@ -94,7 +94,7 @@ pub use ws::WsTransport;
 
 /// Runs an agent with `config` (WebSocket with HTTP fallback, or HTTP only with
 /// `websocket = false`) until `shutdown` completes, then flushes what is
-/// spooled (bounded by `shutdown-flush-timeout-secs`; the rest stays spooled for the next
+/// spooled (bounded by `shutdown-flush-timeout`; the rest stays spooled for the next
 /// start). Uses the enrollment in the state directory when there is one. Returns the
 /// final counters.
 pub async fn run(

@@ -2,7 +2,7 @@
 //! full or the oldest report has waited the flush interval, and removes them only after
 //! the gateway took them (2xx, or `ack` on the WebSocket). A retry (503, network error)
 //! keeps them, with backoff; so does a 401/403 (credential refused, agent deactivated:
-//! logged at error, retried after `auth-retry-secs`). A 413 halves the batch; another 4xx
+//! logged at error, retried after `auth-retry`). A 413 halves the batch; another 4xx
 //! drops it (logged, counted). Cancellation interrupts waits, never a request in flight;
 //! at shutdown [`Sender::final_flush`] sends what it can before a deadline.
 

@@ -12,7 +12,7 @@
 //! * [`WsSession`]: one background task owning the socket. It connects (with
 //!   `Authorization: Bearer <credential>` and `x-fleet-agent-id`), writes queued frames,
 //!   matches `ack` / `error` replies to the waiting requests by id, answers the
-//!   gateway's pings, sends its own every `websocket-ping-interval-secs` and drops the
+//!   gateway's pings, sends its own every `websocket-ping-interval` and drops the
 //!   socket when the previous ping is still unanswered, and reconnects with jittered
 //!   exponential backoff (full jitter, capped). Between frames it only waits on the
 //!   socket, the request queue and the ping timer: no polling. A connected socket is

@@ -8,6 +8,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleet_agent::{Agent, AgentConfig, EnrollError, Enrollment, Stats};
 use support::{
@@ -114,10 +115,10 @@ fn enrolled_config(state_dir: &Path) -> AgentConfig {
     AgentConfig {
         state_dir: Some(state_dir.to_owned()),
         batch_max_reports: 2,
-        retry_initial_backoff_secs: 0.05,
-        retry_max_backoff_secs: 0.2,
-        auth_retry_secs: 0.1,
-        shutdown_flush_timeout_secs: 0.5,
+        retry_initial_backoff: Duration::from_secs_f64(0.05),
+        retry_max_backoff: Duration::from_secs_f64(0.2),
+        auth_retry: Duration::from_secs_f64(0.1),
+        shutdown_flush_timeout: Duration::from_secs_f64(0.5),
         // These tests follow the HTTP path (agent/tests/ws.rs the socket). The stub's
         // suggested socket URL (another port) no longer diverts the agent from it.
         websocket: false,

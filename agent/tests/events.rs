@@ -6,6 +6,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::Utc;
 use fleet_agent::{Agent, AgentConfig};
@@ -70,10 +71,10 @@ async fn service_transitions_become_events_and_restart_runs_systemctl() -> anyho
         server_url: gw.url(),
         agent_id: Some("ev-agent".into()),
         state_dir: Some(dir.path().join("agent")),
-        collect_interval_secs: Some(0.1),
-        heartbeat_interval_secs: Some(3600.0),
-        retry_initial_backoff_secs: 0.05,
-        retry_max_backoff_secs: 0.5,
+        collect_interval: Some(Duration::from_secs_f64(0.1)),
+        heartbeat_interval: Some(Duration::from_secs_f64(3600.0)),
+        retry_initial_backoff: Duration::from_secs_f64(0.05),
+        retry_max_backoff: Duration::from_secs_f64(0.5),
         services: vec!["fake".into()],
         allowed_commands: vec!["restart_service".into()],
         inventory: false,

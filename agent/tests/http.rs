@@ -19,13 +19,13 @@ fn config(gw: &Gateway, state_dir: &std::path::Path) -> AgentConfig {
         server_url: gw.url(),
         agent_id: Some("it-agent".into()),
         state_dir: Some(state_dir.to_owned()),
-        collect_interval_secs: Some(0.2),
-        heartbeat_interval_secs: Some(3600.0),
+        collect_interval: Some(Duration::from_secs_f64(0.2)),
+        heartbeat_interval: Some(Duration::from_secs_f64(3600.0)),
         batch_max_reports: 3,
-        request_timeout_secs: 5.0,
-        retry_initial_backoff_secs: 0.05,
-        retry_max_backoff_secs: 0.5,
-        shutdown_flush_timeout_secs: 5.0,
+        request_timeout: Duration::from_secs_f64(5.0),
+        retry_initial_backoff: Duration::from_secs_f64(0.05),
+        retry_max_backoff: Duration::from_secs_f64(0.5),
+        shutdown_flush_timeout: Duration::from_secs_f64(5.0),
         // These tests are about the HTTP path (the WebSocket one is in tests/ws.rs).
         websocket: false,
         ..AgentConfig::default()
@@ -105,7 +105,7 @@ async fn bad_request_drops_the_batch_and_counts_it() -> anyhow::Result<()> {
 
     let config = AgentConfig {
         batch_max_reports: 1,
-        shutdown_flush_timeout_secs: 0.5,
+        shutdown_flush_timeout: Duration::from_secs_f64(0.5),
         ..config(&gw, dir.path())
     };
     let snapshot = run_agent_until(config, &gw, |_, s| s.rejected_batches >= 3).await?;

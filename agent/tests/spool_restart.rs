@@ -20,13 +20,13 @@ fn config(server_url: String, state_dir: &Path) -> AgentConfig {
         server_url,
         agent_id: Some("restart-agent".into()),
         state_dir: Some(state_dir.to_owned()),
-        collect_interval_secs: Some(0.05),
-        heartbeat_interval_secs: Some(3600.0),
+        collect_interval: Some(Duration::from_secs_f64(0.05)),
+        heartbeat_interval: Some(Duration::from_secs_f64(3600.0)),
         batch_max_reports: 2,
-        request_timeout_secs: 30.0,
-        retry_initial_backoff_secs: 0.05,
-        retry_max_backoff_secs: 0.2,
-        shutdown_flush_timeout_secs: 0.5,
+        request_timeout: Duration::from_secs_f64(30.0),
+        retry_initial_backoff: Duration::from_secs_f64(0.05),
+        retry_max_backoff: Duration::from_secs_f64(0.2),
+        shutdown_flush_timeout: Duration::from_secs_f64(0.5),
         // The stub's failure modes are HTTP ones (the WebSocket path is in tests/ws.rs).
         websocket: false,
         ..AgentConfig::default()
@@ -165,7 +165,7 @@ async fn crash_child_entry() -> anyhow::Result<()> {
     };
     let config = AgentConfig {
         // Heartbeats show the parent that the child keeps running (and collecting).
-        heartbeat_interval_secs: Some(0.05),
+        heartbeat_interval: Some(Duration::from_secs_f64(0.05)),
         ..config(url, Path::new(&dir))
     };
     Agent::new(config)?.run(std::future::pending()).await?;

@@ -7,6 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use fleet_agent::{Agent, AgentConfig, Stats, StatsSnapshot};
@@ -19,17 +20,17 @@ fn config(gw: &Gateway, state_dir: &Path) -> AgentConfig {
         server_url: gw.url(),
         agent_id: Some("ws-agent".into()),
         state_dir: Some(state_dir.to_owned()),
-        collect_interval_secs: Some(0.2),
-        heartbeat_interval_secs: Some(3600.0),
+        collect_interval: Some(Duration::from_secs_f64(0.2)),
+        heartbeat_interval: Some(Duration::from_secs_f64(3600.0)),
         batch_max_reports: 3,
-        request_timeout_secs: 5.0,
-        retry_initial_backoff_secs: 0.05,
-        retry_max_backoff_secs: 0.5,
-        shutdown_flush_timeout_secs: 5.0,
-        websocket_ping_interval_secs: 0.3,
-        websocket_reconnect_initial_secs: 0.05,
-        websocket_reconnect_max_secs: 0.2,
-        command_poll_interval_secs: 3600.0,
+        request_timeout: Duration::from_secs_f64(5.0),
+        retry_initial_backoff: Duration::from_secs_f64(0.05),
+        retry_max_backoff: Duration::from_secs_f64(0.5),
+        shutdown_flush_timeout: Duration::from_secs_f64(5.0),
+        websocket_ping_interval: Duration::from_secs_f64(0.3),
+        websocket_reconnect_initial: Duration::from_secs_f64(0.05),
+        websocket_reconnect_max: Duration::from_secs_f64(0.2),
+        command_poll_interval: Duration::from_secs_f64(3600.0),
         inventory: false,
         ..AgentConfig::default()
     }
@@ -389,7 +390,7 @@ async fn pushed_config_changes_the_intervals_and_is_persisted() -> anyhow::Resul
     let gw = Gateway::start(Mode::Accept).await?;
     let dir = tempfile::tempdir()?;
     let c = AgentConfig {
-        collect_interval_secs: Some(3600.0),
+        collect_interval: Some(Duration::from_secs_f64(3600.0)),
         ..config(&gw, dir.path())
     };
     let agent = Running::start(c)?;
@@ -428,7 +429,7 @@ async fn without_a_socket_commands_are_polled_and_answered_over_http() -> anyhow
     }]);
     let c = AgentConfig {
         websocket: false,
-        command_poll_interval_secs: 0.2,
+        command_poll_interval: Duration::from_secs_f64(0.2),
         ..config(&gw, dir.path())
     };
     let agent = Running::start(c)?;

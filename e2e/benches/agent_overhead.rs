@@ -6,7 +6,7 @@
 //!   and stores, loopback ports); the bench creates a tenant and a one-time token through
 //!   the admin API and enrolls the agent with `fleetstream agent enroll`, as an operator
 //!   would. The agent then runs as its own process with its defaults except
-//!   `collect-interval-secs` (= the interval): it collects, spools (fsync) and sends to
+//!   `collect-interval` (= the interval): it collects, spools (fsync) and sends to
 //!   the gateway, and heartbeats every 30 s.
 //! * `prometheus-node-exporter` (the Debian package, default collectors) runs as its own
 //!   process; the bench scrapes its `/metrics` once per interval, as Prometheus would
@@ -545,8 +545,9 @@ async fn run() -> anyhow::Result<()> {
     std::fs::write(
         &agent_toml,
         format!(
-            "server-url = \"{gateway}\"\nstate-dir = \"{}\"\ncollect-interval-secs = {interval_secs:?}\n",
-            dir.path().join("agent-state").display()
+            "server-url = \"{gateway}\"\nstate-dir = \"{}\"\ncollect-interval = \"{}ms\"\n",
+            dir.path().join("agent-state").display(),
+            s.interval.as_millis()
         ),
     )?;
     let agent_toml_s = agent_toml.to_str().context("utf-8 path")?;

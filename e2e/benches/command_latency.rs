@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         "agent.toml",
         &format!(
             r#"state-dir = "{}"
-collect-interval-secs = 10.0
+collect-interval = "10s"
 websocket = true
 allowed-commands = ["run_script"]
 inventory = false

@@ -50,14 +50,15 @@ fn agent_toml(state_dir: &Path, server_url: &str, interval: f64, batch: usize) -
         r#"
 server-url = "{server_url}"
 state-dir = "{}"
-collect-interval-secs = {interval}
+collect-interval = "{}ms"
 batch-max-reports = {batch}
-heartbeat-interval-secs = 1.0
-retry-initial-backoff-secs = 0.2
-retry-max-backoff-secs = 1.0
-shutdown-flush-timeout-secs = 20.0
+heartbeat-interval = "1s"
+retry-initial-backoff = "200ms"
+retry-max-backoff = "1s"
+shutdown-flush-timeout = "20s"
 "#,
-        state_dir.display()
+        state_dir.display(),
+        Duration::from_secs_f64(interval).as_millis()
     )
 }
 

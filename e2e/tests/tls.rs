@@ -94,7 +94,7 @@ fn agent_config(server_url: &str, ca_file: &Path, state_dir: &Path) -> fleet_age
         server_url: server_url.to_owned(),
         ca_file: Some(ca_file.to_owned()),
         state_dir: Some(state_dir.to_owned()),
-        collect_interval_secs: Some(0.2),
+        collect_interval: Some(Duration::from_secs_f64(0.2)),
         batch_max_reports: 1,
         inventory: false,
         ..fleet_agent::AgentConfig::default()

@@ -31,9 +31,9 @@ fn agent_toml(state_dir: &Path) -> String {
     format!(
         r#"
 state-dir = "{}"
-collect-interval-secs = 0.5
+collect-interval = "500ms"
 batch-max-reports = 2
-heartbeat-interval-secs = 1.0
+heartbeat-interval = "1s"
 "#,
         state_dir.display()
     )

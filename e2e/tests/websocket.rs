@@ -57,9 +57,9 @@ async fn enrollment_heartbeats_metrics_and_a_command_over_the_websocket() -> any
         &format!(
             r#"
 state-dir = "{}"
-collect-interval-secs = 0.5
+collect-interval = "500ms"
 batch-max-reports = 2
-heartbeat-interval-secs = 1.0
+heartbeat-interval = "1s"
 websocket = true
 allowed-commands = ["run_script"]
 inventory = false
