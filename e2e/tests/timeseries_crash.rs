@@ -180,13 +180,18 @@ fn resumed(proc: &Proc) -> anyhow::Result<()> {
 /// resumed from a checkpoint. It may have nothing new to read: the kill can land after
 /// its last checkpoint covered everything posted so far.
 async fn wait_resumed(proc: &Proc) -> anyhow::Result<()> {
-    wait_for("the time-series projection to take its partitions", WAIT, &[proc], || async {
-        let lines = fleet_e2e::json_lines(proc, "Assignment taken")?;
-        Ok(lines
-            .iter()
-            .any(|l| l["fields"]["consumer"] == "timeseries")
-            .then_some(()))
-    })
+    wait_for(
+        "the time-series projection to take its partitions",
+        WAIT,
+        &[proc],
+        || async {
+            let lines = fleet_e2e::json_lines(proc, "Assignment taken")?;
+            Ok(lines
+                .iter()
+                .any(|l| l["fields"]["consumer"] == "timeseries")
+                .then_some(()))
+        },
+    )
     .await?;
     resumed(proc)
 }

@@ -11,6 +11,7 @@ use axum::Router;
 use fleet_event_log::EventLog;
 use fleet_ingest_gateway::GatewayConfig;
 use fleet_projections::ProjectionsConfig;
+use fleet_schemas::Wire;
 use fleet_service::config::{load, load_with_table, redact_url};
 use fleet_service::endpoints::ReadyCheck;
 use fleet_stream_processors::ProcessorsConfig;
@@ -50,18 +51,18 @@ pub(crate) async fn open_log(
         .with_context(|| format!("opening the event log at {url}"))
 }
 
-/// With `schema-registry-url` set, registers every record schema (under `<topic>-value`,
-/// BACKWARD) and switches this process to the Confluent wire format, before anything is
-/// written; empty, records stay single-object encoded.
-async fn use_schema_registry(url: &str) -> anyhow::Result<()> {
+/// The role's [`Wire`], built once at start and passed to everything that writes or reads
+/// records: with `schema-registry-url` set, every record schema is registered (under
+/// `<topic>-value`, BACKWARD) and records are written in the Confluent wire format; empty,
+/// they are single-object encoded.
+async fn role_wire(url: &str) -> anyhow::Result<Wire> {
     let url = url.trim();
     if url.is_empty() {
-        return Ok(());
+        return Ok(Wire::plain());
     }
-    fleet_schema_registry::install(url).await.with_context(|| {
-        format!("schema-registry-url = {url:?}: registering the record schemas")
-    })?;
-    Ok(())
+    fleet_schema_registry::start(url)
+        .await
+        .with_context(|| format!("schema-registry-url = {url:?}: registering the record schemas"))
 }
 
 /// Checks the log every few seconds; the flag backs `/readyz`.
@@ -112,7 +113,7 @@ fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
 pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: GatewayConfig = load("gateway", config.as_deref())?;
     cfg.check_public_url().map_err(anyhow::Error::msg)?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
+    let wire = role_wire(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let registry = if cfg.registry.is_empty() {
@@ -132,12 +133,13 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
-    run_gateway(cfg, log, registry, shutdown).await
+    run_gateway(cfg, log, wire, registry, shutdown).await
 }
 
 async fn run_gateway(
     cfg: GatewayConfig,
     log: Arc<dyn EventLog>,
+    wire: Wire,
     registry: Option<Arc<dyn fleet_stores::registry::Registry>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -145,7 +147,7 @@ async fn run_gateway(
     watch_log(log.clone(), log_ok.clone());
     let addr = cfg.listen;
     let http = cfg.http.clone();
-    let state = fleet_ingest_gateway::GatewayState::with_registry(log.clone(), registry, cfg);
+    let state = fleet_ingest_gateway::GatewayState::with_registry(log.clone(), wire, registry, cfg);
     let housekeeping = state.clone();
     tokio::spawn(async move {
         loop {
@@ -172,7 +174,7 @@ async fn run_gateway(
 
 pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProcessorsConfig = load("processors", config.as_deref())?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
+    let wire = role_wire(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
@@ -184,7 +186,7 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
         fleet_service::endpoints::router("processors", ready.check()),
         shutdown.clone(),
     );
-    let all = run_processors(log, cfg, ready, shutdown);
+    let all = run_processors(log, wire, cfg, ready, shutdown);
     tokio::try_join!(ops, all)?;
     Ok(())
 }
@@ -226,6 +228,7 @@ impl ProcessorsReady {
 /// shutdown; the first to fail stops the others.
 async fn run_processors(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     cfg: ProcessorsConfig,
     ready: ProcessorsReady,
     shutdown: Shutdown,
@@ -233,24 +236,32 @@ async fn run_processors(
     use fleet_stream_processors::{command_timeouts, liveness, ticketer};
     let eval = fleet_stream_processors::run_alert_evaluator(
         log.clone(),
+        wire.clone(),
         cfg.clone(),
         ready.evaluator,
         shutdown.clone().wait(),
     );
     let tickets = ticketer::run_ticketer(
         log.clone(),
+        wire.clone(),
         cfg.clone(),
         ready.ticketer,
         shutdown.clone().wait(),
     );
     let live = liveness::run_liveness(
         log.clone(),
+        wire.clone(),
         cfg.clone(),
         ready.liveness,
         shutdown.clone().wait(),
     );
-    let timeouts =
-        command_timeouts::run_command_timeouts(log, cfg, ready.command_timeouts, shutdown.wait());
+    let timeouts = command_timeouts::run_command_timeouts(
+        log,
+        wire,
+        cfg,
+        ready.command_timeouts,
+        shutdown.wait(),
+    );
     tokio::try_join!(eval, tickets, live, timeouts)?;
     Ok(())
 }
@@ -283,12 +294,12 @@ async fn open_stores(cfg: &ProjectionsConfig) -> anyhow::Result<Stores> {
 
 pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
+    let wire = role_wire(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     let stores = open_stores(&cfg).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
-    run_projections(cfg, log, stores, shutdown).await
+    run_projections(cfg, log, wire, stores, shutdown).await
 }
 
 /// The query API and the admin routes over the stores (without `/healthz`, `/readyz`,
@@ -297,6 +308,7 @@ pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
 fn query_api(
     cfg: &ProjectionsConfig,
     log: &Arc<dyn EventLog>,
+    wire: &Wire,
     stores: &Stores,
 ) -> anyhow::Result<Router> {
     fleet_query_api::auth::check_admin_key(&cfg.admin_api_key)
@@ -306,6 +318,7 @@ fn query_api(
         stores.read_model.clone(),
         stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
         log.clone(),
+        wire.clone(),
     )
     .with_admin_key(&cfg.admin_api_key)
     .with_gateway_url(&cfg.gateway_url)
@@ -331,6 +344,7 @@ fn query_api(
 async fn run_projections(
     cfg: ProjectionsConfig,
     log: Arc<dyn EventLog>,
+    wire: Wire,
     stores: Stores,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -339,7 +353,7 @@ async fn run_projections(
     let check: ReadyCheck = Arc::new(move || r.check());
     let ops = fleet_service::endpoints::router("projections", check);
     let app = if cfg.serve_api {
-        query_api(&cfg, &log, &stores)?.merge(ops)
+        query_api(&cfg, &log, &wire, &stores)?.merge(ops)
     } else {
         ops
     };
@@ -357,6 +371,7 @@ async fn run_projections(
     );
     let rm = fleet_projections::project::run_read_model(
         log.clone(),
+        wire.clone(),
         stores.read_model,
         cfg.clone(),
         ready.clone(),
@@ -364,6 +379,7 @@ async fn run_projections(
     );
     let ts = fleet_projections::timeseries::run_timeseries(
         log,
+        wire,
         stores.timeseries,
         cfg,
         ready,
@@ -378,7 +394,7 @@ async fn run_projections(
 /// Ready while the event log (where commands and rules are written) answers.
 pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProjectionsConfig = load("projections", config.as_deref())?;
-    use_schema_registry(&cfg.schema_registry_url).await?;
+    let wire = role_wire(&cfg.schema_registry_url).await?;
     let log = open_log(&cfg.event_log, &cfg.event_log_options).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&cfg).await?;
@@ -386,7 +402,7 @@ pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     on_signal(tx);
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
-    let app = query_api(&cfg, &log, &stores)?.merge(fleet_service::endpoints::router(
+    let app = query_api(&cfg, &log, &wire, &stores)?.merge(fleet_service::endpoints::router(
         "api",
         ready_flag(&log_ok, "event log"),
     ));
@@ -422,6 +438,7 @@ pub(crate) async fn agent_enroll(
 async fn enroll_local_agent(
     registry: &dyn fleet_stores::registry::Registry,
     log: &dyn EventLog,
+    wire: &Wire,
     gateway_url: &str,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
@@ -442,6 +459,7 @@ async fn enroll_local_agent(
             // Like a tenant made through the API, it starts with the default rule set.
             fleet_query_api::routes::rules::write_default_rules(
                 log,
+                wire,
                 &t.tenant_id,
                 "fleetstream up",
             )
@@ -524,7 +542,7 @@ pub(crate) async fn up(
         pj.admin_api_key = admin_key(&data_dir)?;
     }
 
-    // One process, one framing: the roles' registry URLs must agree.
+    // The roles of one process share one wire: their registry URLs must agree.
     let registries: std::collections::BTreeSet<&str> = [
         &gw.schema_registry_url,
         &pr.schema_registry_url,
@@ -537,9 +555,7 @@ pub(crate) async fn up(
     if registries.len() > 1 {
         anyhow::bail!("`up` runs every role in one process: give them one schema-registry-url, not {registries:?}");
     }
-    if let Some(url) = registries.first() {
-        use_schema_registry(url).await?;
-    }
+    let wire = role_wire(registries.first().copied().unwrap_or_default()).await?;
     let log = open_log(&log_url, &Default::default()).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&pj).await?;
@@ -564,10 +580,16 @@ pub(crate) async fn up(
 
     let pr_ready = ProcessorsReady::default();
     let registry = stores.registry.clone();
-    let gateway = run_gateway(gw, log.clone(), Some(registry.clone()), shutdown.clone());
-    let processors = run_processors(log.clone(), pr, pr_ready, shutdown.clone());
+    let gateway = run_gateway(
+        gw,
+        log.clone(),
+        wire.clone(),
+        Some(registry.clone()),
+        shutdown.clone(),
+    );
+    let processors = run_processors(log.clone(), wire.clone(), pr, pr_ready, shutdown.clone());
     let rules_log = log.clone();
-    let projections = run_projections(pj, log, stores, shutdown.clone());
+    let projections = run_projections(pj, log, wire.clone(), stores, shutdown.clone());
     let agent = async {
         if !with_local_agent {
             return Ok(());
@@ -591,6 +613,7 @@ pub(crate) async fn up(
         enroll_local_agent(
             registry.as_ref(),
             rules_log.as_ref(),
+            &wire,
             &gateway_url,
             &state_dir,
         )

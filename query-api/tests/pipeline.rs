@@ -47,7 +47,14 @@ async fn env() -> Env {
     let ts = fleet_timeseries::open(&p("ts"), Default::default(), Default::default())
         .await
         .expect("ts");
-    let api = app(AppState::new(sql, rm.clone(), ts.clone(), log.clone()).with_admin_key(ADMIN));
+    let api = app(AppState::new(
+        sql,
+        rm.clone(),
+        ts.clone(),
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+    )
+    .with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,
@@ -60,7 +67,7 @@ async fn env() -> Env {
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
     let rec = ProduceRecord::keyed(
         v.key().as_bytes().to_vec(),
-        codec::encode(v).expect("encode"),
+        codec::Wire::plain().encode(v).expect("encode"),
     );
     log.produce(T::TOPIC, vec![rec]).await.expect("produce");
 }
@@ -77,12 +84,13 @@ fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         };
         let a = run_read_model(
             log.clone(),
+            fleet_schemas::Wire::plain(),
             rm,
             cfg.clone(),
             ready.clone(),
             stop(rx.clone()),
         );
-        let b = run_timeseries(log, ts, cfg, ready, stop(rx));
+        let b = run_timeseries(log, fleet_schemas::Wire::plain(), ts, cfg, ready, stop(rx));
         let (ra, rb) = tokio::join!(a, b);
         ra.expect("read model projection");
         rb.expect("time-series projection");
@@ -369,6 +377,7 @@ async fn records_below_the_offsets_stored_with_the_rows_are_skipped() {
     let (tx, rx) = watch::channel(false);
     let run = tokio::spawn(run_read_model(
         e.log.clone(),
+        fleet_schemas::Wire::plain(),
         e.rm.clone(),
         cfg.clone(),
         Readiness::default(),

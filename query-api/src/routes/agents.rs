@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use fleet_event_log::ProduceRecord;
-use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_schemas::{ids, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_service::ApiError;
 use fleet_stores::{
     AgentQuery, AgentRow, AgentStatus, AlertQuery, AlertRow, AlertStatus, ServiceRow,
@@ -473,7 +473,7 @@ pub(crate) async fn deactivate(
                 occurred_at: now,
                 ingested_at: now,
             };
-            let value = codec::encode(&ev).map_err(ApiError::internal)?;
+            let value = s.wire.encode(&ev).map_err(ApiError::internal)?;
             let rec = ProduceRecord {
                 key: Some(agent_id.as_bytes().to_vec()),
                 value,
