@@ -7,7 +7,9 @@
 //! source topic, partition, offset, key and timestamp, and the raw value bytes. Then the
 //! consumer moves on. Transient failures (a store or log that is unavailable, a schema
 //! registry that cannot be asked for a writer schema: [`CodecError::is_retriable`]) are
-//! not dead letters: the loops retry them ([`decode_retrying`]).
+//! not dead letters: the runtime, the followers and the replay reader wait for the writer
+//! schemas of a batch before handing it on ([`resolve_retrying`]), asynchronously: the
+//! thread goes on running other tasks, and the same bytes decode once the registry answers.
 //!
 //! Processors [`note`](DeadLetters::note) bad records while they handle a batch (handlers
 //! are synchronous), and the [runtime](crate::runtime) [`flush`](DeadLetters::flush)es
@@ -32,48 +34,48 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleet_event_log::{ConsumedRecord, EventLog, ProduceRecord};
-use fleet_schemas::codec::CodecError;
-use fleet_schemas::{codec, topics, AvroBytes, DeadLetter, DeadLetterKind, Record};
+use fleet_schemas::codec::{self, CodecError, Wire};
+use fleet_schemas::{topics, AvroBytes, DeadLetter, DeadLetterKind, Record};
 
 use crate::backoff::Backoff;
 use crate::log::{produce_until_written, read_to_end};
 use crate::metrics::DEADLETTERS_TOTAL;
 
-/// Decodes `record` as `T`, retrying while the failure is transient
-/// ([`CodecError::is_retriable`]: the schema registry holding its writer schema could not
-/// be asked), since the same bytes decode once it answers: such a record is never a dead
-/// letter. Decoding is synchronous, so this blocks the calling thread between attempts
-/// (the consumer waits for the registry, as it waits for an unavailable store). Any other
-/// error is returned at once: the bytes themselves are wrong.
-pub fn decode_retrying<T: Record>(record: &ConsumedRecord) -> Result<T, CodecError> {
-    let mut backoff = Backoff::new();
-    loop {
-        match codec::decode::<T>(&record.value) {
-            Err(e) if e.is_retriable() => {
-                let wait = backoff.next_delay();
-                log_transient(record, backoff.attempt(), &e);
-                std::thread::sleep(wait);
-            }
-            other => return other,
+/// Fetches the writer schema of every Confluent-framed record of `records` whose id
+/// `wire` does not know yet, waiting (asynchronously, with the [`Backoff`]) while the
+/// registry cannot be asked (such a record is never a dead letter), so that synchronous
+/// decodes of these records ([`Wire::decode_known`]) give their final answer: the record,
+/// or an error that is a property of the bytes (a registry that has no such schema). Each
+/// id not known is asked once per call (one the registry refused before is asked again).
+/// The runtime, the followers and the replay reader do this for every batch before
+/// handing it on.
+pub async fn resolve_retrying(wire: &Wire, records: &[ConsumedRecord]) {
+    let Some(framing) = wire.framing() else {
+        return;
+    };
+    let mut asked = Vec::new();
+    for record in records {
+        let Some(id) = codec::confluent_id(&record.value) else {
+            continue;
+        };
+        let known = matches!(
+            framing.writer_schema(id),
+            Ok(_) | Err(CodecError::UnknownSchemaId(_))
+        );
+        if known || asked.contains(&id) {
+            continue;
         }
-    }
-}
-
-/// Decodes `record` with `decode`, as [`decode_retrying`] does, but waits between attempts
-/// without blocking the thread.
-pub async fn decode_retrying_async<T>(
-    record: &ConsumedRecord,
-    mut decode: impl FnMut(&ConsumedRecord) -> Result<T, CodecError>,
-) -> Result<T, CodecError> {
-    let mut backoff = Backoff::new();
-    loop {
-        match decode(record) {
-            Err(e) if e.is_retriable() => {
-                let wait = backoff.next_delay();
-                log_transient(record, backoff.attempt(), &e);
-                tokio::time::sleep(wait).await;
+        asked.push(id);
+        let mut backoff = Backoff::new();
+        loop {
+            match framing.resolve(id).await {
+                Err(e) if e.is_retriable() => {
+                    let wait = backoff.next_delay();
+                    log_transient(record, backoff.attempt(), &e);
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break,
             }
-            other => return other,
         }
     }
 }
@@ -147,6 +149,7 @@ pub struct DeadLetters {
 #[derive(Debug)]
 struct Shared {
     log: Arc<dyn EventLog>,
+    wire: Wire,
     consumer: String,
     group: String,
     state: Mutex<State>,
@@ -162,18 +165,20 @@ struct State {
 
 impl DeadLetters {
     /// The dead letters of `consumer` (a stable name: `readmodel`, `alert-evaluator`, ...)
-    /// in consumer group `group`. Reads `fleet.deadletter.v1` to its end first, to know
-    /// which records this consumer already gave up on (the topic must exist:
-    /// [`ensure_topics`](crate::log::ensure_topics)).
+    /// in consumer group `group`, written and read with `wire` (the role's framing, which
+    /// the consumer's runtime also decodes with). Reads `fleet.deadletter.v1` to its end
+    /// first, to know which records this consumer already gave up on (the topic must
+    /// exist: [`ensure_topics`](crate::log::ensure_topics)).
     pub async fn open(
         log: Arc<dyn EventLog>,
+        wire: Wire,
         consumer: &str,
         group: &str,
     ) -> Result<DeadLetters, DeadLetterError> {
         let mut seen = HashSet::new();
         let mut unreadable = 0u64;
-        read_to_end(log.as_ref(), topics::DEADLETTER, |r| {
-            match codec::decode::<DeadLetter>(&r.value) {
+        read_to_end(log.as_ref(), &wire, topics::DEADLETTER, |r| {
+            match wire.decode_known::<DeadLetter>(&r.value) {
                 Ok(d) if d.consumer == consumer && d.kind != DeadLetterKind::Replayed => {
                     if let Ok(p) = u32::try_from(d.source_partition) {
                         seen.insert((d.source_topic, p, d.source_offset));
@@ -204,6 +209,7 @@ impl DeadLetters {
         Ok(DeadLetters {
             shared: Arc::new(Shared {
                 log,
+                wire,
                 consumer: consumer.to_owned(),
                 group: group.to_owned(),
                 state: Mutex::new(State {
@@ -217,6 +223,12 @@ impl DeadLetters {
     /// The consumer's name.
     pub fn consumer(&self) -> &str {
         &self.shared.consumer
+    }
+
+    /// The wire the dead letters are written with: the role's, which its consumer runtime
+    /// decodes with.
+    pub fn wire(&self) -> &Wire {
+        &self.shared.wire
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -263,10 +275,12 @@ impl DeadLetters {
         true
     }
 
-    /// Decodes `record` as `T` ([`decode_retrying`]); a record that does not decode is
-    /// noted (reason DECODE) and `None` returned.
+    /// Decodes `record` as `T` with [`wire`](DeadLetters::wire), synchronously: its writer
+    /// schema must be resolved already ([`resolve_retrying`]; the runtime and the followers
+    /// resolve every batch before handing it on). A record that does not decode is noted
+    /// (reason DECODE) and `None` returned.
     pub fn decode_or_note<T: Record>(&self, record: &ConsumedRecord) -> Option<T> {
-        match decode_retrying::<T>(record) {
+        match self.shared.wire.decode_known::<T>(&record.value) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.note(record, Reason::decode(e));
@@ -290,7 +304,7 @@ impl DeadLetters {
         }
         let mut records = Vec::with_capacity(pending.len());
         for d in &pending {
-            match codec::encode(d) {
+            match self.shared.wire.encode(d) {
                 Ok(value) => records.push(ProduceRecord {
                     key: Some(d.event_id.as_bytes().to_vec()),
                     value,
@@ -350,8 +364,12 @@ mod tests {
 
     async fn written(log: &dyn EventLog) -> Vec<DeadLetter> {
         let mut out = Vec::new();
-        read_to_end(log, topics::DEADLETTER, |r| {
-            out.push(codec::decode::<DeadLetter>(&r.value).expect("a dead letter"))
+        read_to_end(log, &Wire::plain(), topics::DEADLETTER, |r| {
+            out.push(
+                Wire::plain()
+                    .decode_known::<DeadLetter>(&r.value)
+                    .expect("a dead letter"),
+            )
         })
         .await
         .expect("read");
@@ -373,7 +391,7 @@ mod tests {
         )
         .await
         .expect("topic");
-        let dl = DeadLetters::open(log.clone(), "readmodel", "fleet-readmodel")
+        let dl = DeadLetters::open(log.clone(), Wire::plain(), "readmodel", "fleet-readmodel")
             .await
             .expect("open");
         let bad = record(topics::METRICS, 3, 17, b"garbage, not avro");
@@ -413,11 +431,11 @@ mod tests {
 
         // After a restart the consumer knows what it already sent; another consumer
         // gives up on the same record on its own.
-        let again = DeadLetters::open(log.clone(), "readmodel", "fleet-readmodel")
+        let again = DeadLetters::open(log.clone(), Wire::plain(), "readmodel", "fleet-readmodel")
             .await
             .expect("open");
         again.send(&bad, Reason::decode("again")).await;
-        let other = DeadLetters::open(log.clone(), "timeseries", "fleet-timeseries")
+        let other = DeadLetters::open(log.clone(), Wire::plain(), "timeseries", "fleet-timeseries")
             .await
             .expect("open");
         other

@@ -7,12 +7,18 @@
 //! starts, or offsets the caller names); offsets can have gaps (compaction, Kafka's control
 //! records), so it also stops, with a warning, once nothing has arrived for
 //! [`IDLE_POLLS`] polls of [`POLL_WAIT`].
+//!
+//! Before records are handed on, the writer schemas of each batch are resolved with the
+//! follower's [`Wire`] ([`resolve_retrying`]), so the callbacks decode synchronously.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_event_log::{ConsumedRecord, Consumer, ConsumerOptions, EventLog, LogError, StartFrom};
+use fleet_schemas::Wire;
+
+use crate::deadletter::resolve_retrying;
 
 /// How long one catch-up poll waits for records.
 pub const POLL_WAIT: Duration = Duration::from_millis(500);
@@ -25,15 +31,18 @@ const POLL_MAX: usize = 1000;
 #[derive(Debug)]
 pub struct Follower {
     consumer: Box<dyn Consumer>,
+    wire: Wire,
     topics: Vec<String>,
     /// Next offset per (topic, partition) read so far.
     positions: HashMap<(Arc<str>, u32), i64>,
 }
 
 impl Follower {
-    /// Joins a fresh group `fleet-<what>-<uuid>` on `topics`, from their oldest records.
+    /// Joins a fresh group `fleet-<what>-<uuid>` on `topics`, from their oldest records;
+    /// `wire` resolves the writer schemas of what it reads.
     pub async fn open(
         log: &dyn EventLog,
+        wire: &Wire,
         what: &str,
         topics: &[&str],
     ) -> Result<Follower, LogError> {
@@ -45,6 +54,7 @@ impl Follower {
         let consumer = log.subscribe(&group, topics, options).await?;
         Ok(Follower {
             consumer,
+            wire: wire.clone(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             positions: HashMap::new(),
         })
@@ -58,7 +68,8 @@ impl Follower {
             .unwrap_or(0)
     }
 
-    fn take(&mut self, batch: &[ConsumedRecord], f: &mut impl FnMut(&ConsumedRecord)) {
+    async fn take(&mut self, batch: &[ConsumedRecord], f: &mut impl FnMut(&ConsumedRecord)) {
+        resolve_retrying(&self.wire, batch).await;
         for r in batch {
             let pos = self
                 .positions
@@ -102,7 +113,7 @@ impl Follower {
             }
             idle = 0;
             seen += batch.len() as u64;
-            self.take(&batch, &mut f);
+            self.take(&batch, &mut f).await;
         }
     }
 
@@ -121,7 +132,7 @@ impl Follower {
     /// retried at the next call.
     pub async fn poll_now(&mut self, wait: Duration, mut f: impl FnMut(&ConsumedRecord)) {
         match self.consumer.poll(POLL_MAX, wait).await {
-            Ok(batch) => self.take(&batch, &mut f),
+            Ok(batch) => self.take(&batch, &mut f).await,
             Err(e) => {
                 tracing::warn!(topics = ?self.topics, error = %e, "Follow poll failed; retrying later.")
             }
@@ -134,7 +145,7 @@ impl Follower {
         loop {
             match self.consumer.poll(POLL_MAX, Duration::ZERO).await {
                 Ok(batch) if batch.is_empty() => return,
-                Ok(batch) => self.take(&batch, &mut f),
+                Ok(batch) => self.take(&batch, &mut f).await,
                 Err(e) => {
                     tracing::warn!(topics = ?self.topics, error = %e, "Follow poll failed; retrying later.");
                     return;

@@ -1,7 +1,7 @@
 //! The consumer runtime every Fleetstream processor runs on.
 //!
 //! The delivery-critical sequence of a consumer (poll, take a changed assignment, decode
-//! or note a dead letter, write the output until the log acknowledged it, write the dead
+//! (writer schemas resolved first, without blocking the thread) or note a dead letter, write the output until the log acknowledged it, write the dead
 //! letters, commit, report lag and batch time, back off on what may pass, stop cleanly)
 //! is written once, in [`runtime::ConsumerRuntime`]. Each processor implements the small
 //! [`Processor`] trait (`on_assigned`, `handle`, `on_tick`) and returns an [`Output`]: the
@@ -84,7 +84,8 @@
 //! }
 //!
 //! # async fn run(log: Arc<dyn EventLog>) -> anyhow::Result<()> {
-//! let dead = DeadLetters::open(log.clone(), "chunked", "fleet-chunked").await?;
+//! let wire = fleet_schemas::Wire::plain(); // or the role's, with a schema registry
+//! let dead = DeadLetters::open(log.clone(), wire, "chunked", "fleet-chunked").await?;
 //! let settings = Settings::group("fleet-chunked", &["fleet.metrics.v1"]);
 //! let runtime = ConsumerRuntime::subscribe(log, settings, dead).await?;
 //! let mut processor = Chunked { buffered: Vec::new(), durable: BTreeMap::new() };

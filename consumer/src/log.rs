@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, LogError, ProduceRecord, TopicSpec};
-use fleet_schemas::{codec, topics, Record};
+use fleet_schemas::{topics, Record, Wire};
 
 use crate::backoff::Backoff;
 use crate::follow::Follower;
@@ -63,13 +63,13 @@ pub async fn produce_until_written(log: &dyn EventLog, topic: &str, records: Vec
     }
 }
 
-/// Encodes records as keyed records of their topic stamped with their `occurred_at`; one
-/// that cannot be encoded is logged and left out (strings, numbers and bytes always
+/// Encodes records with `wire` as keyed records of their topic stamped with their
+/// `occurred_at`; one that cannot be encoded is logged and left out (strings, numbers and bytes always
 /// encode: should it ever fail, the log says so loudly).
-pub fn to_records<T: Record>(records: &[T]) -> Vec<ProduceRecord> {
+pub fn to_records<T: Record>(wire: &Wire, records: &[T]) -> Vec<ProduceRecord> {
     records
         .iter()
-        .filter_map(|r| match codec::encode(r) {
+        .filter_map(|r| match wire.encode(r) {
             Ok(value) => Some(ProduceRecord {
                 key: Some(r.key().as_bytes().to_vec()),
                 value,
@@ -85,9 +85,11 @@ pub fn to_records<T: Record>(records: &[T]) -> Vec<ProduceRecord> {
 
 /// Reads every record of `topic` present now (up to the end offsets at call time) and
 /// hands each to `f`; returns how many. Used to rebuild state, with a throw-away group
-/// that never commits ([`Follower`]).
+/// that never commits ([`Follower`]); the writer schemas of the records are resolved with
+/// `wire` before `f` sees them, so `f` decodes synchronously ([`Wire::decode_known`]).
 pub async fn read_to_end(
     log: &dyn EventLog,
+    wire: &Wire,
     topic: &str,
     mut f: impl FnMut(&ConsumedRecord),
 ) -> Result<u64, LogError> {
@@ -99,7 +101,7 @@ pub async fn read_to_end(
         .zip(&ends)
         .map(|(p, end)| ((topic.to_owned(), p), *end))
         .collect();
-    let mut follower = Follower::open(log, "rebuild", &[topic]).await?;
+    let mut follower = Follower::open(log, wire, "rebuild", &[topic]).await?;
     let mut seen = 0u64;
     follower
         .catch_up_to(&targets, |r| {

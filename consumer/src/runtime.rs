@@ -9,8 +9,11 @@
 //!    with the back-off before anything else happens, so no batch is handled on partitions
 //!    the processor has not taken. The seek wins: records of a partition it sought that
 //!    the poll returned before the seek are dropped (reading goes on from the seek);
-//! 3. hand a non-empty batch to [`Processor::handle`] (records it cannot use are noted as
-//!    dead letters) and deliver its [`Output`];
+//! 3. resolve the writer schemas of a non-empty batch with the dead letters' [`Wire`] (a
+//!    Confluent schema id not fetched yet is asked of the registry, waiting asynchronously
+//!    while it cannot be asked: [`resolve_retrying`]), then hand the batch to
+//!    [`Processor::handle`], which decodes synchronously ([`Wire::decode_known`]; records it
+//!    cannot use are noted as dead letters), and deliver its [`Output`];
 //! 4. call [`Processor::on_tick`] (told how many records `handle` got) and deliver its
 //!    output (timers, idle work);
 //! 5. refresh the `fleet_consumer_lag` gauge and record the batch's duration.
@@ -28,8 +31,8 @@
 //! A member of a throw-away group ([`Settings::throwaway`]: followers that replay a window
 //! and follow a topic) never commits and reports no lag.
 //!
-//! Shutdown: when the shutdown future resolves during a poll or a back-off wait, [`run`]
-//! returns; a batch being handled is finished first (its output written and committed).
+//! Shutdown: when the shutdown future resolves during a poll, a back-off wait or while a
+//! batch's writer schemas are resolved, [`run`] returns; a batch being handled is finished first (its output written and committed).
 //! The consumer leaves its group when the runtime is dropped.
 //!
 //! [`run`]: ConsumerRuntime::run
@@ -44,11 +47,11 @@ use fleet_event_log::{
     CommitOffset, ConsumedRecord, Consumer, ConsumerOptions, EventLog, LogError, ProduceRecord,
     StartFrom,
 };
-use fleet_schemas::Record;
+use fleet_schemas::{Record, Wire};
 use tracing::Instrument as _;
 
 use crate::backoff::Backoff;
-use crate::deadletter::DeadLetters;
+use crate::deadletter::{resolve_retrying, DeadLetters};
 use crate::log::{next_offsets, produce_until_written, to_records, LagGauge};
 
 /// A partition: (topic, partition number).
@@ -161,9 +164,9 @@ impl Output {
     }
 
     /// Writes records to their topic ([`Record::TOPIC`]), keyed and stamped as
-    /// [`to_records`] does.
-    pub fn write_records<T: Record>(&mut self, records: &[T]) -> &mut Output {
-        self.write(T::TOPIC, to_records(records))
+    /// [`to_records`] does (with `wire`).
+    pub fn write_records<T: Record>(&mut self, wire: &Wire, records: &[T]) -> &mut Output {
+        self.write(T::TOPIC, to_records(wire, records))
     }
 
     /// Commits `commit` instead of what was read.
@@ -493,12 +496,24 @@ impl ConsumerRuntime {
                     consumer = %self.dead.consumer(),
                     records = batch.len()
                 );
-                async {
+                let handled = async {
+                    // Writer schemas first (waits while the registry cannot be asked), so
+                    // the handler decodes synchronously. Stopping meanwhile handles and
+                    // commits nothing of the batch.
+                    tokio::select! {
+                        biased;
+                        _ = &mut *shutdown => return false,
+                        _ = resolve_retrying(self.dead.wire(), &batch) => {}
+                    }
                     let output = processor.handle(&batch).await;
                     self.deliver(output, &batch).await;
+                    true
                 }
                 .instrument(span)
                 .await;
+                if !handled {
+                    return;
+                }
                 if let Some(lag) = &mut self.lag {
                     lag.observe(&batch);
                 }

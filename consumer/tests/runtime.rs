@@ -6,12 +6,13 @@
 //!   output, dead letters and commit; low-water-mark commits across a crash and the restart
 //!   that resumes from the mark; no mark yet, no commit; ticks.
 //! * `embedded_only::*`: assignment callbacks with seeks, throw-away groups, shutdown, the
-//!   seek that wins over a poll, metrics.
+//!   seek that wins over a poll, metrics, a batch waiting for the schema registry without
+//!   blocking the runtime's thread.
 //!
 //! Every case uses its own topics (`__{case}_{random}.input`, `.output`) and groups.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ use fleet_event_log::{
     CommitOffset, ConsumedRecord, Consumer, ConsumerOptions, EventLog, ProduceRecord,
     RecordPosition, TopicSpec,
 };
-use fleet_schemas::{codec, topics, DeadLetter};
+use fleet_schemas::codec::Wire;
+use fleet_schemas::{topics, DeadLetter, Heartbeat};
 use tokio::sync::watch;
 
 /// Which event log a case runs on.
@@ -125,17 +127,21 @@ impl Env {
     /// The values of the output topic.
     async fn output(&self) -> Vec<String> {
         let mut out = Vec::new();
-        read_to_end(self.log.as_ref(), &self.output, |r| out.push(value(r)))
-            .await
-            .expect("read");
+        read_to_end(self.log.as_ref(), &Wire::plain(), &self.output, |r| {
+            out.push(value(r))
+        })
+        .await
+        .expect("read");
         out
     }
 
     /// The dead letters of records of this case's input topic.
     async fn dead_letters(&self) -> Vec<DeadLetter> {
         let mut dead = Vec::new();
-        read_to_end(self.log.as_ref(), topics::DEADLETTER, |r| {
-            let d = codec::decode::<DeadLetter>(&r.value).expect("a dead letter");
+        read_to_end(self.log.as_ref(), &Wire::plain(), topics::DEADLETTER, |r| {
+            let d = Wire::plain()
+                .decode_known::<DeadLetter>(&r.value)
+                .expect("a dead letter");
             if d.source_topic == self.input {
                 dead.push(d);
             }
@@ -199,6 +205,8 @@ fn value(r: &ConsumedRecord) -> String {
 struct Seen {
     /// (partition, offset, value) of every record handled, in order.
     records: Vec<(u32, i64, String)>,
+    /// Agent ids of the heartbeats decoded (`decode_heartbeats`).
+    decoded: Vec<String>,
     /// (added, removed) partitions of every assignment taken.
     assignments: Vec<(BTreeSet<u32>, BTreeSet<u32>)>,
     ticks: u64,
@@ -220,6 +228,8 @@ struct TestProcessor {
     tick_once: bool,
     /// On shutdown, commit everything read (a processor making the rest durable).
     commit_on_shutdown: bool,
+    /// Decode every record as a heartbeat (with the dead letters' wire).
+    decode_heartbeats: bool,
     input: String,
     output: String,
 }
@@ -227,7 +237,7 @@ struct TestProcessor {
 impl TestProcessor {
     /// A processor of `env`'s topics whose dead letters are those of `consumer` in `group`.
     async fn new(env: &Env, consumer: &str, group: &str) -> (TestProcessor, Arc<Mutex<Seen>>) {
-        let dead = DeadLetters::open(env.log.clone(), consumer, group)
+        let dead = DeadLetters::open(env.log.clone(), Wire::plain(), consumer, group)
             .await
             .expect("dead letters");
         TestProcessor::with_dead_letters(env, dead)
@@ -244,6 +254,7 @@ impl TestProcessor {
             seek_to: None,
             tick_once: false,
             commit_on_shutdown: false,
+            decode_heartbeats: false,
             input: env.input.clone(),
             output: env.output.clone(),
         };
@@ -272,7 +283,11 @@ impl Processor for TestProcessor {
         let mut out = Output::new();
         for r in batch {
             self.seen().records.push((r.partition, r.offset, value(r)));
-            if value(r) == "bad" {
+            if self.decode_heartbeats {
+                if let Some(hb) = self.dead.decode_or_note::<Heartbeat>(r) {
+                    self.seen().decoded.push(hb.agent_id);
+                }
+            } else if value(r) == "bad" {
                 self.dead.note(r, Reason::process("a bad record"));
             } else if self.echo {
                 out.write(
@@ -521,7 +536,7 @@ mod cases {
         env.produce(0, &["a", "bad", "b"]).await;
         let group = env.group("order");
         // The dead letters go through the spy too.
-        let dead = DeadLetters::open(log.clone(), "order-test", &group)
+        let dead = DeadLetters::open(log.clone(), Wire::plain(), "order-test", &group)
             .await
             .expect("dead letters");
         let (mut p, seen) = TestProcessor::with_dead_letters(&env, dead);
@@ -682,6 +697,94 @@ mod cases {
 /// recorder.
 mod embedded_only {
     use super::*;
+
+    /// A schema registry that cannot be asked until `up` is set.
+    #[derive(Debug)]
+    struct FlakyRegistry {
+        up: Arc<AtomicBool>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl fleet_schemas::codec::SchemaLookup for FlakyRegistry {
+        async fn schema_by_id(&self, id: u32) -> Result<String, fleet_schemas::codec::LookupError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if !self.up.load(Ordering::SeqCst) {
+                return Err(fleet_schemas::codec::LookupError {
+                    message: format!("schema {id}: the registry is unreachable"),
+                    retriable: true,
+                });
+            }
+            let current = fleet_schemas::codec::Catalog::get()
+                .current(<Heartbeat as fleet_schemas::Record>::FULL_NAME)
+                .expect("current");
+            Ok(fleet_schemas::codec::AVSC_FILES
+                .iter()
+                .find(|(f, _)| *f == current.file)
+                .expect("avsc")
+                .1
+                .to_owned())
+        }
+    }
+
+    /// One thread: while the runtime waits for the registry to give a batch's writer
+    /// schema, another task on the same thread runs (and only it brings the registry up).
+    /// A runtime that blocked its thread until the registry answered would never let it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_waits_for_the_schema_registry_without_blocking_the_thread() {
+        let env = Env::new(Engine::Embedded, "registry_wait", 1).await;
+        let (up, calls) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let lookup = Arc::new(FlakyRegistry {
+            up: up.clone(),
+            calls: calls.clone(),
+        });
+        let wire = Wire::registry(
+            fleet_schemas::codec::RegistryFraming::new([], Some(lookup)).expect("framing"),
+        );
+        // A heartbeat another producer wrote with its own schema id.
+        let hb = fleet_schemas::fixtures::heartbeat("t1", "agent-7", 1_763_900_000_000_000, 1);
+        let bytes = <Heartbeat as fleet_schemas::Record>::codec()
+            .encode_confluent(4242, &hb)
+            .expect("encode");
+        env.log
+            .produce(&env.input, vec![ProduceRecord::keyed("agent-7", bytes)])
+            .await
+            .expect("produce");
+        let group = env.group("registry-wait");
+        let dead = DeadLetters::open(env.log.clone(), wire, "registry-test", &group)
+            .await
+            .expect("dead letters");
+        let (mut p, seen) = TestProcessor::with_dead_letters(&env, dead);
+        p.decode_heartbeats = true;
+        let running =
+            Running::start(&env.log, Settings::group(&group, &[&env.input]), p, None).await;
+        // Runs on the test's thread only while the runtime awaits.
+        let other = tokio::spawn({
+            let calls = calls.clone();
+            async move {
+                while calls.load(Ordering::SeqCst) < 2 {
+                    tokio::task::yield_now().await;
+                }
+                up.store(true, Ordering::SeqCst);
+            }
+        });
+        eventually("the heartbeat decoded", async || {
+            !seen.lock().expect("lock").decoded.is_empty()
+        })
+        .await;
+        other.await.expect("the other task");
+        running.stop().await;
+        assert_eq!(seen.lock().expect("lock").decoded, ["agent-7"]);
+        assert!(calls.load(Ordering::SeqCst) >= 3, "asked until it answered");
+        assert!(
+            env.dead_letters().await.is_empty(),
+            "waiting for the registry is not a dead letter"
+        );
+        assert_eq!(env.committed(&group).await, vec![Some(1)]);
+    }
 
     #[tokio::test]
     async fn assignment_changes_reach_the_processor_and_its_seeks_replay_what_it_takes() {

@@ -72,6 +72,7 @@ fn samples_per_report() -> usize {
 async fn serve(log: Arc<dyn EventLog>) -> anyhow::Result<String> {
     let router = app(GatewayState::new(
         log,
+        fleet_schemas::Wire::plain(),
         GatewayConfig {
             max_body_bytes: 16 << 20,
             // Ingest cost alone; credential checks are cached lookups measured elsewhere.
@@ -176,9 +177,15 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
     let eval_log = log.clone();
     let eval_ready = ready.clone();
     let evaluator = tokio::spawn(async move {
-        run_alert_evaluator(eval_log, cfg, eval_ready, async move {
-            let _ = stop_rx.wait_for(|v| *v).await;
-        })
+        run_alert_evaluator(
+            eval_log,
+            fleet_schemas::Wire::plain(),
+            cfg,
+            eval_ready,
+            async move {
+                let _ = stop_rx.wait_for(|v| *v).await;
+            },
+        )
         .await
     });
     let mut alerts = log
@@ -213,7 +220,9 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
         'wait: loop {
             anyhow::ensure!(Instant::now() < deadline, "no AlertRaised for {agent}");
             for r in alerts.poll(100, Duration::from_millis(200)).await? {
-                let ev: AlertEvent = codec::decode(&r.value).context("alert")?;
+                let ev: AlertEvent = codec::Wire::plain()
+                    .decode_known(&r.value)
+                    .context("alert")?;
                 if ev.agent_id == agent && ev.kind == AlertEventKind::Raised {
                     break 'wait;
                 }

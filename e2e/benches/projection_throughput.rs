@@ -54,7 +54,10 @@ async fn fill_log(
         let ts = now - (per_agent - step) * 10_000_000;
         let mut r = fixtures::metric_report(TENANT, &agent, ts);
         r.cpu_percent = (i % 100) as f64;
-        chunk.push(ProduceRecord::keyed(agent.into_bytes(), codec::encode(&r)?));
+        chunk.push(ProduceRecord::keyed(
+            agent.into_bytes(),
+            codec::Wire::plain().encode(&r)?,
+        ));
         if chunk.len() == 1_000 || i + 1 == records {
             log.produce(topics::METRICS, std::mem::take(&mut chunk))
                 .await?;
@@ -115,6 +118,7 @@ async fn read_model(name: &str, log: Arc<dyn EventLog>, url: &str, records: usiz
     let started = Instant::now();
     let task = tokio::spawn(run_read_model(
         log,
+        fleet_schemas::Wire::plain(),
         store.clone(),
         config(),
         Readiness::default(),
@@ -155,6 +159,7 @@ async fn timeseries(name: &str, log: Arc<dyn EventLog>, url: &str, records: usiz
     let started = Instant::now();
     let task = tokio::spawn(run_timeseries(
         log.clone(),
+        fleet_schemas::Wire::plain(),
         store,
         cfg,
         Readiness::default(),

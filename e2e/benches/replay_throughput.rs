@@ -51,7 +51,10 @@ async fn fill(log: &dyn EventLog, records: usize, agents: usize) -> Result<Durat
         let ts = now - (per_agent - step) * 10_000_000;
         let mut r = fixtures::metric_report(TENANT, &agent, ts);
         r.cpu_percent = (i % 100) as f64;
-        chunk.push(ProduceRecord::keyed(agent.into_bytes(), codec::encode(&r)?));
+        chunk.push(ProduceRecord::keyed(
+            agent.into_bytes(),
+            codec::Wire::plain().encode(&r)?,
+        ));
         if chunk.len() == 1_000 || i + 1 == records {
             log.produce(topics::METRICS, std::mem::take(&mut chunk))
                 .await?;

@@ -96,7 +96,7 @@ async fn produce_raw(
 }
 
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) -> anyhow::Result<RecordPosition> {
-    produce_raw(log, T::TOPIC, v.key(), codec::encode(v)?).await
+    produce_raw(log, T::TOPIC, v.key(), codec::Wire::plain().encode(v)?).await
 }
 
 /// Writes `valid_a`, garbage, `valid_a` cut in half, a valid record of another type and
@@ -110,11 +110,11 @@ async fn surround<T: Record>(
     valid_b: &T,
 ) -> anyhow::Result<()> {
     produce(log, valid_a).await?;
-    let good = codec::encode(valid_a)?;
+    let good = codec::Wire::plain().encode(valid_a)?;
     let other = if T::TOPIC == topics::METRICS {
-        codec::encode(&fixtures::heartbeat("t1", "e2e-x", now(), 1))?
+        codec::Wire::plain().encode(&fixtures::heartbeat("t1", "e2e-x", now(), 1))?
     } else {
-        codec::encode(&fixtures::metric_report("t1", "e2e-x", now()))?
+        codec::Wire::plain().encode(&fixtures::metric_report("t1", "e2e-x", now()))?
     };
     for bytes in [
         b"e2e garbage \xff\xfe: not an Avro record".to_vec(),
@@ -253,23 +253,32 @@ async fn fixable_dead_letter(log: &dyn EventLog, agent: &str) -> anyhow::Result<
         source_offset: 1_000_000_000,
         source_key: Some(AvroBytes(agent.as_bytes().to_vec())),
         source_timestamp: now() / 1000,
-        value: AvroBytes(codec::encode(&report)?),
+        value: AvroBytes(codec::Wire::plain().encode(&report)?),
         replayed_partition: None,
         replayed_offset: None,
         occurred_at: now(),
     };
-    produce_raw(log, topics::DEADLETTER, &d.event_id, codec::encode(&d)?).await
+    produce_raw(
+        log,
+        topics::DEADLETTER,
+        &d.event_id,
+        codec::Wire::plain().encode(&d)?,
+    )
+    .await
 }
 
 async fn dead_letters(log: &dyn EventLog) -> anyhow::Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
     let mut bad = 0;
-    fleet_consumer::log::read_to_end(log, topics::DEADLETTER, |r| {
-        match codec::decode::<DeadLetter>(&r.value) {
+    fleet_consumer::log::read_to_end(
+        log,
+        &fleet_schemas::Wire::plain(),
+        topics::DEADLETTER,
+        |r| match codec::Wire::plain().decode_known::<DeadLetter>(&r.value) {
             Ok(d) => out.push(d),
             Err(_) => bad += 1,
-        }
-    })
+        },
+    )
     .await?;
     ensure!(
         bad == 0,

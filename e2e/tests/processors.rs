@@ -43,10 +43,12 @@ async fn read_topic<T: Record>(
 ) -> anyhow::Result<(Vec<T>, usize)> {
     let mut out = Vec::new();
     let mut undecodable = 0usize;
-    fleet_consumer::log::read_to_end(log, T::TOPIC, |r| match codec::decode::<T>(&r.value) {
-        Ok(v) if keep(&v) => out.push(v),
-        Ok(_) => {}
-        Err(_) => undecodable += 1,
+    fleet_consumer::log::read_to_end(log, &fleet_schemas::Wire::plain(), T::TOPIC, |r| {
+        match codec::Wire::plain().decode_known::<T>(&r.value) {
+            Ok(v) if keep(&v) => out.push(v),
+            Ok(_) => {}
+            Err(_) => undecodable += 1,
+        }
     })
     .await?;
     Ok((out, undecodable))
@@ -714,7 +716,7 @@ async fn request_commands(
         for ev in &events {
             records.push(ProduceRecord {
                 key: Some(agent.as_bytes().to_vec()),
-                value: codec::encode(ev)?,
+                value: codec::Wire::plain().encode(ev)?,
                 timestamp_ms: Some(ev.occurred_at.div_euclid(1000)),
             });
         }

@@ -50,7 +50,12 @@ async fn tls_gateway(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<Gate
     };
     let server = HttpServer::bind("gateway", "127.0.0.1:0".parse()?, &cfg.http).await?;
     let addr = server.local_addr()?;
-    let state = GatewayState::with_registry(log.clone(), Some(registry.clone()), cfg);
+    let state = GatewayState::with_registry(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        Some(registry.clone()),
+        cfg,
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.serve(fleet_ingest_gateway::app(state), async {
         let _ = rx.await;
@@ -80,11 +85,19 @@ async fn token(gw: &Gateway, secret: &str) -> anyhow::Result<()> {
 
 async fn reports_of(log: &Arc<dyn EventLog>, agent_id: &str) -> anyhow::Result<usize> {
     let mut n = 0;
-    fleet_consumer::log::read_to_end(log.as_ref(), MetricReport::TOPIC, |r| {
-        if codec::decode::<MetricReport>(&r.value).is_ok_and(|m| m.agent_id == agent_id) {
-            n += 1;
-        }
-    })
+    fleet_consumer::log::read_to_end(
+        log.as_ref(),
+        &fleet_schemas::Wire::plain(),
+        MetricReport::TOPIC,
+        |r| {
+            if codec::Wire::plain()
+                .decode_known::<MetricReport>(&r.value)
+                .is_ok_and(|m| m.agent_id == agent_id)
+            {
+                n += 1;
+            }
+        },
+    )
     .await?;
     Ok(n)
 }

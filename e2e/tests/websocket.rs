@@ -175,13 +175,18 @@ greet = "echo hello-from-e2e; echo to-stderr >&2"
         &procs,
         || async {
             let mut mine = Vec::new();
-            fleet_consumer::log::read_to_end(log_handle.as_ref(), CommandEvent::TOPIC, |r| {
-                if let Ok(ev) = codec::decode::<CommandEvent>(&r.value) {
-                    if ev.command_id == command_id {
-                        mine.push(ev);
+            fleet_consumer::log::read_to_end(
+                log_handle.as_ref(),
+                &fleet_schemas::Wire::plain(),
+                CommandEvent::TOPIC,
+                |r| {
+                    if let Ok(ev) = codec::Wire::plain().decode_known::<CommandEvent>(&r.value) {
+                        if ev.command_id == command_id {
+                            mine.push(ev);
+                        }
                     }
-                }
-            })
+                },
+            )
             .await?;
             Ok(mine
                 .iter()

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use fleet_event_log::EventLog;
 use fleet_replay::deadletter::{Entry, Filter, Which};
 use fleet_replay::{rfc3339, rfc3339_secs};
+use fleet_schemas::Wire;
 use serde_json::json;
 
 /// `fleetstream deadletter`.
@@ -170,7 +171,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     let now = fleet_schemas::time::now_micros();
     let since = crate::replay::parse_time("--since", args.since.as_deref(), now)?;
     let log = open_log(&args.log).await?;
-    let all = fleet_replay::deadletter::read_all(log.as_ref()).await?;
+    let all = fleet_replay::deadletter::read_all(log.as_ref(), &Wire::plain()).await?;
     let (shown, matching) = all.select(&filter, since, args.limit);
     match args.format {
         Format::Json => {
@@ -345,7 +346,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         )
     };
     let log = open_log(&args.log).await?;
-    let all = fleet_replay::deadletter::read_all(log.as_ref()).await?;
+    let all = fleet_replay::deadletter::read_all(log.as_ref(), &Wire::plain()).await?;
     let plan = fleet_replay::deadletter::plan(&all, &which, &filter, args.force)?;
     if !plan.skipped.is_empty() {
         let names: Vec<String> = plan.skipped.iter().map(|p| p.describe_replayed()).collect();
@@ -383,7 +384,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             println!("  would write {what} back to {}", p.source.0);
             continue;
         }
-        let at = fleet_replay::deadletter::write_back(log.as_ref(), p).await?;
+        let at = fleet_replay::deadletter::write_back(log.as_ref(), &Wire::plain(), p).await?;
         written += 1;
         println!(
             "  wrote {what} back to {}/{}/{}",

@@ -24,6 +24,7 @@ use fleet_projections::ProjectionsConfig;
 use fleet_registry::REGISTRY_TABLES;
 use fleet_replay::rebuild::{ProjectionKind, ReplayOptions};
 use fleet_replay::{rfc3339, Span, Start};
+use fleet_schemas::Wire;
 use fleet_service::config::redact_url;
 
 pub(crate) use export::{export, ExportArgs};
@@ -111,17 +112,18 @@ pub(crate) fn load_config(
     Ok(cfg)
 }
 
-/// With `schema-registry-url` set, lets the decoder fetch the writer schemas of
-/// Confluent-framed records from the registry (read only: nothing is registered).
-/// Single-object records decode either way.
-pub(crate) fn read_with_registry(cfg: &ProjectionsConfig) -> anyhow::Result<()> {
+/// The wire the tools read with: with `schema-registry-url` set, one that fetches the
+/// writer schemas of Confluent-framed records from the registry (read only: nothing is
+/// registered, and it writes nothing). Single-object records decode either way.
+pub(crate) fn read_with_registry(cfg: &ProjectionsConfig) -> anyhow::Result<Wire> {
     let url = cfg.event_log.schema_registry_url.trim();
     if url.is_empty() {
-        return Ok(());
+        return Ok(Wire::plain());
     }
-    fleet_schema_registry::install_ids(url, &[])
+    let client = fleet_schema_registry::SchemaRegistryClient::new(url)
         .with_context(|| format!("schema-registry-url = {url:?}"))?;
-    Ok(())
+    fleet_schema_registry::wire(&client, &[])
+        .with_context(|| format!("schema-registry-url = {url:?}"))
 }
 
 /// Parses the time a flag gives, if given ([`fleet_schemas::time::parse_instant`]): µs
@@ -143,7 +145,7 @@ pub(crate) fn parse_time(
 #[allow(clippy::print_stdout)] // the summary is the command's output
 pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let cfg = load_config(args.config.as_deref(), args.event_log.as_deref())?;
-    read_with_registry(&cfg)?;
+    let wire = read_with_registry(&cfg)?;
     // The targets are checked before anything is opened.
     fleet_replay::rebuild::targets(args.projection, &args.into)?;
     let start = match parse_time(
@@ -165,7 +167,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         jobs: args.jobs.map(usize::from),
         force: args.force,
     };
-    let report = fleet_replay::rebuild::replay(log, &cfg, options, &mut shown).await?;
+    let report = fleet_replay::rebuild::replay(log, wire, &cfg, options, &mut shown).await?;
 
     let jobs = report.jobs;
     println!(

@@ -12,6 +12,7 @@ use fleet_event_log::EventLog;
 use fleet_ingest_gateway::GatewayConfig;
 use fleet_projections::ProjectionsConfig;
 use fleet_query_api::ApiConfig;
+use fleet_schemas::Wire;
 use fleet_service::config::{load, load_part, load_with_table, redact_url, EventLogSettings};
 use fleet_service::endpoints::ReadyCheck;
 use fleet_stream_processors::ProcessorsConfig;
@@ -50,18 +51,18 @@ pub(crate) async fn open_log(settings: &EventLogSettings) -> anyhow::Result<Arc<
         .with_context(|| format!("opening the event log at {url}"))
 }
 
-/// With `schema-registry-url` set, registers every record schema (under `<topic>-value`,
-/// BACKWARD) and switches this process to the Confluent wire format, before anything is
-/// written; empty, records stay single-object encoded.
-async fn use_schema_registry(url: &str) -> anyhow::Result<()> {
+/// The role's [`Wire`], built once at start and passed to everything that writes or reads
+/// records: with `schema-registry-url` set, every record schema is registered (under
+/// `<topic>-value`, BACKWARD) and records are written in the Confluent wire format; empty,
+/// they are single-object encoded.
+async fn role_wire(url: &str) -> anyhow::Result<Wire> {
     let url = url.trim();
     if url.is_empty() {
-        return Ok(());
+        return Ok(Wire::plain());
     }
-    fleet_schema_registry::install(url).await.with_context(|| {
-        format!("schema-registry-url = {url:?}: registering the record schemas")
-    })?;
-    Ok(())
+    fleet_schema_registry::start(url)
+        .await
+        .with_context(|| format!("schema-registry-url = {url:?}: registering the record schemas"))
 }
 
 /// Checks the log every few seconds; the flag backs `/readyz`.
@@ -112,7 +113,7 @@ fn ready_flag(flag: &Arc<AtomicBool>, what: &'static str) -> ReadyCheck {
 pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: GatewayConfig = load("gateway", config.as_deref())?;
     cfg.check_public_url().map_err(anyhow::Error::msg)?;
-    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let wire = role_wire(&cfg.event_log.schema_registry_url).await?;
     let log = open_log(&cfg.event_log).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let registry = if cfg.registry.is_empty() {
@@ -132,12 +133,13 @@ pub(crate) async fn gateway(config: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
-    run_gateway(cfg, log, registry, shutdown).await
+    run_gateway(cfg, log, wire, registry, shutdown).await
 }
 
 async fn run_gateway(
     cfg: GatewayConfig,
     log: Arc<dyn EventLog>,
+    wire: Wire,
     registry: Option<Arc<dyn fleet_registry::Registry>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -145,7 +147,7 @@ async fn run_gateway(
     watch_log(log.clone(), log_ok.clone());
     let addr = cfg.listen;
     let http = cfg.http.clone();
-    let state = fleet_ingest_gateway::GatewayState::with_registry(log.clone(), registry, cfg);
+    let state = fleet_ingest_gateway::GatewayState::with_registry(log.clone(), wire, registry, cfg);
     let housekeeping = state.clone();
     tokio::spawn(async move {
         loop {
@@ -172,7 +174,7 @@ async fn run_gateway(
 
 pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg: ProcessorsConfig = load("processors", config.as_deref())?;
-    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let wire = role_wire(&cfg.event_log.schema_registry_url).await?;
     let log = open_log(&cfg.event_log).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
@@ -184,7 +186,7 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
         fleet_service::endpoints::router("processors", ready.check()),
         shutdown.clone(),
     );
-    let all = run_processors(log, cfg, ready, shutdown);
+    let all = run_processors(log, wire, cfg, ready, shutdown);
     tokio::try_join!(ops, all)?;
     Ok(())
 }
@@ -226,6 +228,7 @@ impl ProcessorsReady {
 /// shutdown; the first to fail stops the others.
 async fn run_processors(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     cfg: ProcessorsConfig,
     ready: ProcessorsReady,
     shutdown: Shutdown,
@@ -233,24 +236,32 @@ async fn run_processors(
     use fleet_stream_processors::{command_timeouts, liveness, ticketer};
     let eval = fleet_stream_processors::run_alert_evaluator(
         log.clone(),
+        wire.clone(),
         cfg.clone(),
         ready.evaluator,
         shutdown.clone().wait(),
     );
     let tickets = ticketer::run_ticketer(
         log.clone(),
+        wire.clone(),
         cfg.clone(),
         ready.ticketer,
         shutdown.clone().wait(),
     );
     let live = liveness::run_liveness(
         log.clone(),
+        wire.clone(),
         cfg.clone(),
         ready.liveness,
         shutdown.clone().wait(),
     );
-    let timeouts =
-        command_timeouts::run_command_timeouts(log, cfg, ready.command_timeouts, shutdown.wait());
+    let timeouts = command_timeouts::run_command_timeouts(
+        log,
+        wire,
+        cfg,
+        ready.command_timeouts,
+        shutdown.wait(),
+    );
     tokio::try_join!(eval, tickets, live, timeouts)?;
     Ok(())
 }
@@ -300,18 +311,23 @@ fn load_projections(file: Option<&Path>) -> anyhow::Result<(ProjectionsConfig, A
 
 pub(crate) async fn projections(config: Option<PathBuf>) -> anyhow::Result<()> {
     let (cfg, api) = load_projections(config.as_deref())?;
-    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let wire = role_wire(&cfg.event_log.schema_registry_url).await?;
     let log = open_log(&cfg.event_log).await?;
     let stores = open_stores(&cfg).await?;
     let (tx, shutdown) = Shutdown::new();
     on_signal(tx);
-    run_projections(cfg, &api, log, stores, shutdown).await
+    run_projections(cfg, &api, log, wire, stores, shutdown).await
 }
 
 /// The query API and the admin routes over the stores (without `/healthz`, `/readyz`,
 /// `/metrics`): served by `fleetstream api`, and by `fleetstream projections` unless
 /// `serve-api = false`. Refuses a weak `admin-api-key`.
-fn query_api(cfg: &ApiConfig, log: &Arc<dyn EventLog>, stores: &Stores) -> anyhow::Result<Router> {
+fn query_api(
+    cfg: &ApiConfig,
+    log: &Arc<dyn EventLog>,
+    wire: &Wire,
+    stores: &Stores,
+) -> anyhow::Result<Router> {
     fleet_query_api::auth::check_admin_key(&cfg.admin_api_key)
         .map_err(|e| anyhow::anyhow!("api.admin-api-key: {e}"))?;
     let state = fleet_query_api::AppState::new(
@@ -319,6 +335,7 @@ fn query_api(cfg: &ApiConfig, log: &Arc<dyn EventLog>, stores: &Stores) -> anyho
         stores.read_model.clone(),
         stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
         log.clone(),
+        wire.clone(),
     )
     .with_config(cfg);
     let housekeeping = state.clone();
@@ -335,6 +352,7 @@ async fn run_projections(
     cfg: ProjectionsConfig,
     api: &ApiConfig,
     log: Arc<dyn EventLog>,
+    wire: Wire,
     stores: Stores,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -343,7 +361,7 @@ async fn run_projections(
     let check: ReadyCheck = Arc::new(move || r.check());
     let ops = fleet_service::endpoints::router("projections", check);
     let app = if cfg.serve_api {
-        query_api(api, &log, &stores)?.merge(ops)
+        query_api(api, &log, &wire, &stores)?.merge(ops)
     } else {
         ops
     };
@@ -361,6 +379,7 @@ async fn run_projections(
     );
     let rm = fleet_projections::project::run_read_model(
         log.clone(),
+        wire.clone(),
         stores.read_model,
         cfg.clone(),
         ready.clone(),
@@ -368,6 +387,7 @@ async fn run_projections(
     );
     let ts = fleet_projections::timeseries::run_timeseries(
         log,
+        wire,
         stores.timeseries,
         cfg,
         ready,
@@ -382,7 +402,7 @@ async fn run_projections(
 /// Ready while the event log (where commands and rules are written) answers.
 pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     let (cfg, api) = load_projections(config.as_deref())?;
-    use_schema_registry(&cfg.event_log.schema_registry_url).await?;
+    let wire = role_wire(&cfg.event_log.schema_registry_url).await?;
     let log = open_log(&cfg.event_log).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&cfg).await?;
@@ -390,7 +410,7 @@ pub(crate) async fn api(config: Option<PathBuf>) -> anyhow::Result<()> {
     on_signal(tx);
     let log_ok = Arc::new(AtomicBool::new(true));
     watch_log(log.clone(), log_ok.clone());
-    let app = query_api(&api, &log, &stores)?.merge(fleet_service::endpoints::router(
+    let app = query_api(&api, &log, &wire, &stores)?.merge(fleet_service::endpoints::router(
         "api",
         ready_flag(&log_ok, "event log"),
     ));
@@ -426,6 +446,7 @@ pub(crate) async fn agent_enroll(
 async fn enroll_local_agent(
     registry: &dyn fleet_registry::Registry,
     log: &dyn EventLog,
+    wire: &Wire,
     gateway_url: &str,
     state_dir: &Path,
 ) -> anyhow::Result<()> {
@@ -446,6 +467,7 @@ async fn enroll_local_agent(
             // Like a tenant made through the API, it starts with the default rule set.
             fleet_query_api::routes::rules::write_default_rules(
                 log,
+                wire,
                 &t.tenant_id,
                 "fleetstream up",
             )
@@ -542,7 +564,7 @@ pub(crate) async fn up(
         api.admin_api_key = admin_key(&data_dir)?;
     }
 
-    use_schema_registry(&event_log.schema_registry_url).await?;
+    let wire = role_wire(&event_log.schema_registry_url).await?;
     let log = open_log(&event_log).await?;
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let stores = open_stores(&pj).await?;
@@ -567,10 +589,16 @@ pub(crate) async fn up(
 
     let pr_ready = ProcessorsReady::default();
     let registry = stores.registry.clone();
-    let gateway = run_gateway(gw, log.clone(), Some(registry.clone()), shutdown.clone());
-    let processors = run_processors(log.clone(), pr, pr_ready, shutdown.clone());
+    let gateway = run_gateway(
+        gw,
+        log.clone(),
+        wire.clone(),
+        Some(registry.clone()),
+        shutdown.clone(),
+    );
+    let processors = run_processors(log.clone(), wire.clone(), pr, pr_ready, shutdown.clone());
     let rules_log = log.clone();
-    let projections = run_projections(pj, &api, log, stores, shutdown.clone());
+    let projections = run_projections(pj, &api, log, wire.clone(), stores, shutdown.clone());
     let agent = async {
         if !with_local_agent {
             return Ok(());
@@ -594,6 +622,7 @@ pub(crate) async fn up(
         enroll_local_agent(
             registry.as_ref(),
             rules_log.as_ref(),
+            &wire,
             &gateway_url,
             &state_dir,
         )

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use fleet_schemas::api::{ErrorBody, ErrorDetail, ItemError};
-use fleet_schemas::codec::{self, Catalog, LookupError, Record, RegistryFraming, SchemaLookup};
+use fleet_schemas::codec::{
+    self, Catalog, LookupError, Record, RegistryFraming, SchemaLookup, Wire,
+};
 use serde::Serialize;
 
 pub mod seeds;
@@ -194,8 +196,9 @@ pub fn foreign_resolved(full_name: &str) -> serde_json::Value {
 #[derive(Debug)]
 struct FuzzRegistry(HashMap<u32, String>);
 
+#[async_trait::async_trait]
 impl SchemaLookup for FuzzRegistry {
-    fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
+    async fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
         if id == UNREACHABLE_ID {
             return Err(LookupError {
                 message: "unreachable".into(),
@@ -209,12 +212,13 @@ impl SchemaLookup for FuzzRegistry {
     }
 }
 
-/// The registry framing of the Avro target, installed process-wide once (as a process
-/// with `schema-registry-url` installs it at start), so that [`codec::decode`] reads the
-/// Confluent framing exactly as in production.
-pub fn framing() -> &'static RegistryFraming {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
+/// The wire of the Avro target, built once (as a role with `schema-registry-url` builds
+/// it at start), every id the registry holds resolved up front (as the consumer runtime
+/// resolves a batch's ids before its handlers decode), so that [`Wire::decode_known`]
+/// reads the Confluent framing exactly as in production.
+pub fn wire() -> &'static Wire {
+    static WIRE: OnceLock<Wire> = OnceLock::new();
+    WIRE.get_or_init(|| {
         let names = record_names();
         let mut schemas = HashMap::new();
         for (i, s) in Catalog::get().all().iter().enumerate() {
@@ -228,12 +232,20 @@ pub fn framing() -> &'static RegistryFraming {
             schemas.insert(FOREIGN_DIRECT_IDS + i, foreign_direct(name).to_string());
             schemas.insert(FOREIGN_RESOLVED_IDS + i, foreign_resolved(name).to_string());
         }
+        let ids: Vec<u32> = schemas.keys().copied().collect();
         let framing = RegistryFraming::new(
             names.iter().enumerate().map(|(i, n)| (*n, own_id(i))),
             Some(Arc::new(FuzzRegistry(schemas))),
         )
         .expect("framing of known records");
-        codec::install_registry_framing(framing).expect("installed once");
-    });
-    codec::registry_framing().expect("installed")
+        for id in ids {
+            futures::executor::block_on(framing.resolve(id)).expect("the registry's schema");
+        }
+        Wire::registry(framing)
+    })
+}
+
+/// The registry framing of [`wire`].
+pub fn framing() -> &'static RegistryFraming {
+    wire().framing().expect("a registry wire")
 }

@@ -444,7 +444,7 @@ fn avro_decode() -> Vec<Seed> {
     }
     for (name, bytes) in &out {
         assert!(
-            codec::decode_value(bytes).is_ok(),
+            crate::wire().decode_value(bytes).is_ok(),
             "seed {name} does not decode"
         );
     }

@@ -71,10 +71,9 @@ async fn child() -> anyhow::Result<()> {
         rate_limit_per_second: 0,
         ..GatewayConfig::default()
     };
-    let router = app(GatewayState::new(log, cfg)).merge(fleet_service::endpoints::router(
-        "gateway",
-        Arc::new(|| Ok(())),
-    ));
+    let router = app(GatewayState::new(log, fleet_schemas::Wire::plain(), cfg)).merge(
+        fleet_service::endpoints::router("gateway", Arc::new(|| Ok(()))),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("PORT {}", listener.local_addr()?.port());
     // Stop when the parent closes our stdin (or after the maximum lifetime).

@@ -348,7 +348,7 @@ pub async fn run_dispatcher(
     tokio::pin!(shutdown);
     let lookback = state.config.command_lookback;
     let start = || {
-        let log = state.log.clone();
+        let (log, wire) = (state.log.clone(), state.wire.clone());
         async move {
             let from_ms = fleet_schemas::time::now_micros() / 1000
                 - i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX / 2);
@@ -361,7 +361,8 @@ pub async fn run_dispatcher(
             // Every instance reads the window again at start: the dead letters it (or a
             // previous run) wrote are not written twice.
             let dead =
-                DeadLetters::open(log.clone(), "gateway-commands", settings.group_name()).await?;
+                DeadLetters::open(log.clone(), wire, "gateway-commands", settings.group_name())
+                    .await?;
             let mut runtime = ConsumerRuntime::subscribe(log, settings, dead.clone()).await?;
             for (p, offset) in (0u32..).zip(&starts) {
                 runtime.seek(topics::COMMANDS, p, *offset).await?;

@@ -60,7 +60,7 @@ use fleet_registry::Registry;
 use fleet_schemas::api::{
     EventBatch, HeartbeatIn, IngestAccepted, InventoryIn, ItemError, MetricBatch,
 };
-use fleet_schemas::{codec, AgentEvent, AgentLifecycle, AgentLifecycleKind, MetricReport, Record};
+use fleet_schemas::{AgentEvent, AgentLifecycle, AgentLifecycleKind, MetricReport, Record, Wire};
 use fleet_service::{ApiError, FieldJson};
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
@@ -73,6 +73,8 @@ pub use fleet_service::client::ClientAddr;
 #[derive(Debug, Clone)]
 pub struct GatewayState {
     log: Arc<dyn EventLog>,
+    /// How records are written and read (the role's framing).
+    wire: Wire,
     registry: Option<Arc<dyn Registry>>,
     auth: Arc<auth::Authenticator>,
     rate: Arc<auth::AgentRateLimit>,
@@ -87,14 +89,16 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    /// State over an event log, without a registry (no enrollment; needs `auth = "off"`).
-    pub fn new(log: Arc<dyn EventLog>, config: GatewayConfig) -> GatewayState {
-        GatewayState::with_registry(log, None, config)
+    /// State over an event log written and read with `wire`, without a registry (no
+    /// enrollment; needs `auth = "off"`).
+    pub fn new(log: Arc<dyn EventLog>, wire: Wire, config: GatewayConfig) -> GatewayState {
+        GatewayState::with_registry(log, wire, None, config)
     }
 
-    /// State over an event log and a registry.
+    /// State over an event log written and read with `wire`, and a registry.
     pub fn with_registry(
         log: Arc<dyn EventLog>,
+        wire: Wire,
         registry: Option<Arc<dyn Registry>>,
         config: GatewayConfig,
     ) -> GatewayState {
@@ -119,6 +123,7 @@ impl GatewayState {
         let hub = hub::Hub::new(config.ws_send_queue);
         GatewayState {
             log,
+            wire,
             registry,
             auth: Arc::new(auth),
             rate: Arc::new(rate),
@@ -495,7 +500,7 @@ pub(crate) async fn produce_all<T: Record>(
 ) -> Result<(), ApiError> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let value = codec::encode(r).map_err(ApiError::internal)?;
+        let value = state.wire.encode(r).map_err(ApiError::internal)?;
         out.push(ProduceRecord {
             key: Some(r.key().as_bytes().to_vec()),
             value,
@@ -560,10 +565,11 @@ pub async fn watch_deactivations(
         .poll_timeout(Duration::from_secs(1));
     // Like the command dispatcher, a log that cannot answer at start is waited for.
     let start = || {
-        let (log, settings) = (state.log.clone(), settings.clone());
+        let (log, wire, settings) = (state.log.clone(), state.wire.clone(), settings.clone());
         async move {
             let group = settings.group_name().to_owned();
-            let dead = DeadLetters::open(log.clone(), "gateway-deactivations", &group).await?;
+            let dead =
+                DeadLetters::open(log.clone(), wire, "gateway-deactivations", &group).await?;
             let runtime = ConsumerRuntime::subscribe(log, settings, dead.clone()).await?;
             anyhow::Ok((runtime, dead))
         }

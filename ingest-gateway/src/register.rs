@@ -14,7 +14,7 @@ use axum::Json;
 use fleet_event_log::ProduceRecord;
 use fleet_registry::{hash_secret, new_secret, NewAgent, RedeemRefusal};
 use fleet_schemas::api::{MachineFacts, RegisterRequest, RegisterResponse, RemoteConfig};
-use fleet_schemas::{codec, ids, AgentFacts, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_schemas::{ids, AgentFacts, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_service::{ApiError, FieldJson};
 
 use crate::{metrics, ClientAddr, GatewayState};
@@ -205,7 +205,7 @@ fn websocket_url(public_url: &str) -> String {
 /// Writes the lifecycle event, retrying until the log takes it.
 fn publish_in_background(state: &GatewayState, event: AgentLifecycle) {
     let log = state.log.clone();
-    let value = match codec::encode(&event) {
+    let value = match state.wire.encode(&event) {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "AgentRegistered could not be encoded.");

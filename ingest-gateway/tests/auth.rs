@@ -53,7 +53,12 @@ async fn env_with(cfg: GatewayConfig) -> Env {
             .await
             .expect("registry");
     let tenant = registry.create_tenant("Acme", now()).await.expect("tenant");
-    let state = GatewayState::with_registry(log.clone(), Some(registry.clone()), cfg);
+    let state = GatewayState::with_registry(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        Some(registry.clone()),
+        cfg,
+    );
     Env {
         _dir: dir,
         log,
@@ -123,8 +128,12 @@ fn report() -> Value {
 
 async fn topic<T: Record>(log: &Arc<dyn EventLog>) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_consumer::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
-        out.push(codec::decode::<T>(&r.value).expect("avro"))
+    fleet_consumer::log::read_to_end(log.as_ref(), &fleet_schemas::Wire::plain(), T::TOPIC, |r| {
+        out.push(
+            codec::Wire::plain()
+                .decode_known::<T>(&r.value)
+                .expect("avro"),
+        )
     })
     .await
     .expect("read");

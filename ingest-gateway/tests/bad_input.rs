@@ -111,6 +111,7 @@ async fn every_malformed_request_gets_a_clear_4xx() {
     };
     let router = app(GatewayState::with_registry(
         log.clone(),
+        fleet_schemas::Wire::plain(),
         Some(registry),
         cfg,
     ));

@@ -36,7 +36,9 @@ async fn write(log: &Arc<dyn EventLog>, ev: &CommandEvent) {
         CommandEvent::TOPIC,
         vec![ProduceRecord {
             key: Some(ev.agent_id.as_bytes().to_vec()),
-            value: fleet_schemas::codec::encode(ev).expect("encode"),
+            value: fleet_schemas::codec::Wire::plain()
+                .encode(ev)
+                .expect("encode"),
             timestamp_ms: Some(ev.occurred_at / 1000),
         }],
     )
@@ -145,7 +147,7 @@ fn result_body(id: &str, exit_code: i32, stdout: &str) -> Value {
 async fn requested_command_reaches_the_connected_agent_and_is_dispatched() {
     let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let _stop = dispatcher(&state);
     let mut agent = Agent::connect(&state, "cmd-agent").await;
     let id = new_id();
@@ -173,7 +175,7 @@ async fn requested_command_reaches_the_connected_agent_and_is_dispatched() {
 #[tokio::test]
 async fn command_needing_approval_waits_until_approved() {
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let _stop = dispatcher(&state);
     let mut agent = Agent::connect(&state, "careful").await;
     let (needs, free) = (new_id(), new_id());
@@ -220,7 +222,7 @@ async fn command_needing_approval_waits_until_approved() {
 #[tokio::test]
 async fn a_second_requested_cannot_skip_the_approval_or_change_the_command() {
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let _stop = dispatcher(&state);
     let mut agent = Agent::connect(&state, "guarded").await;
     let (needs, marker) = (new_id(), new_id());
@@ -328,7 +330,7 @@ async fn poll_rebuilds_from_the_window_and_lists_pending_oldest_first() {
     )
     .await;
     // The dispatcher starts after the events were written: it finds them by replaying.
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let _stop = dispatcher(&state);
     let router = app(state);
     let ids = poll_until(&router, "poller", |ids| ids.len() >= 2).await;
@@ -346,7 +348,7 @@ async fn poll_rebuilds_from_the_window_and_lists_pending_oldest_first() {
 async fn results_and_progress_over_ws_and_http_become_command_events() {
     let _ = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let _stop = dispatcher(&state);
     let router = app(state.clone());
     let mut agent = Agent::connect(&state, "worker").await;
@@ -445,7 +447,7 @@ async fn results_and_progress_over_ws_and_http_become_command_events() {
 async fn results_naming_the_wrong_command_are_refused() {
     let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let _stop = dispatcher(&state);
     let router = app(state.clone());
     let mine = new_id();

@@ -44,12 +44,13 @@ fn corrupt_values(good: &[u8]) -> [Vec<u8>; 3] {
     [
         b"garbage \xff\xfe: not an Avro record at all".to_vec(),
         good[..good.len() / 2].to_vec(),
-        codec::encode(&fixtures::metric_report(
-            "t1",
-            "x",
-            fleet_schemas::time::now_micros(),
-        ))
-        .expect("encode"),
+        codec::Wire::plain()
+            .encode(&fixtures::metric_report(
+                "t1",
+                "x",
+                fleet_schemas::time::now_micros(),
+            ))
+            .expect("encode"),
     ]
 }
 
@@ -111,7 +112,7 @@ async fn wait_dead(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_and_the_deactivation_watcher_send_corrupt_records_to_the_dead_letters() {
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
 
     // The dispatcher's replayed window: valid, corrupt ×3, valid.
     let c_a = requested(&ids::v5(&["dl", "a"]).to_string(), "dl-agent");
@@ -120,11 +121,11 @@ async fn the_dispatcher_and_the_deactivation_watcher_send_corrupt_records_to_the
         &log,
         topics::COMMANDS,
         "dl-agent",
-        codec::encode(&c_a).expect("encode"),
+        codec::Wire::plain().encode(&c_a).expect("encode"),
     )
     .await;
     let mut bad = Vec::new();
-    for v in corrupt_values(&codec::encode(&c_a).expect("encode")) {
+    for v in corrupt_values(&codec::Wire::plain().encode(&c_a).expect("encode")) {
         bad.push((
             produce_raw(&log, topics::COMMANDS, "dl-agent", v.clone()).await,
             v,
@@ -134,7 +135,7 @@ async fn the_dispatcher_and_the_deactivation_watcher_send_corrupt_records_to_the
         &log,
         topics::COMMANDS,
         "dl-agent",
-        codec::encode(&c_b).expect("encode"),
+        codec::Wire::plain().encode(&c_b).expect("encode"),
     )
     .await;
 
@@ -219,7 +220,7 @@ async fn the_dispatcher_and_the_deactivation_watcher_send_corrupt_records_to_the
         fixtures::agent_registered("t1", "dl-revoked", fleet_schemas::time::now_micros());
     deactivated.kind = AgentLifecycleKind::Deactivated;
     deactivated.facts = None;
-    let good = codec::encode(&deactivated).expect("encode");
+    let good = codec::Wire::plain().encode(&deactivated).expect("encode");
     let mut later = Vec::new();
     for v in corrupt_values(&good).into_iter().skip(1) {
         later.push(produce_raw(&log, topics::AGENTS, "dl-revoked", v).await);

@@ -96,7 +96,11 @@ async fn read_all(log: &Arc<dyn EventLog>) -> Vec<MetricReport> {
     let mut out = Vec::new();
     while (out.len() as i64) < total {
         for r in c.poll(100, Duration::from_secs(5)).await.expect("poll") {
-            out.push(codec::decode::<MetricReport>(&r.value).expect("avro"));
+            out.push(
+                codec::Wire::plain()
+                    .decode_known::<MetricReport>(&r.value)
+                    .expect("avro"),
+            );
         }
     }
     out
@@ -112,7 +116,11 @@ fn uuid_like() -> u128 {
 #[tokio::test]
 async fn valid_batch_is_written_as_avro_and_acknowledged() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), open_config()));
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let t1 = now();
     let body =
         json!({"reports": [report(&t1, json!(12.5)), report("2026-01-01T00:00:00Z", json!(99.0))]});
@@ -145,7 +153,11 @@ async fn valid_batch_is_written_as_avro_and_acknowledged() {
 #[tokio::test]
 async fn repeated_report_gets_the_same_event_id() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), open_config()));
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let t = now();
     let body = serde_json::to_vec(&json!({"reports": [report(&t, json!(1.0))]})).expect("json");
     assert_eq!(
@@ -167,7 +179,11 @@ async fn repeated_report_gets_the_same_event_id() {
 #[tokio::test]
 async fn wrong_type_names_the_field() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), open_config()));
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let body = json!({"reports": [report(&now(), json!(1.0)), report(&now(), json!("high"))]});
     let (status, v, _) = post(&app, "a", serde_json::to_vec(&body).expect("json"), &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
@@ -182,7 +198,11 @@ async fn wrong_type_names_the_field() {
 #[tokio::test]
 async fn missing_field_unknown_field_and_bad_json() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log, open_config()));
+    let app = app(GatewayState::new(
+        log,
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let mut r = report(&now(), json!(1.0));
     r.as_object_mut().expect("object").remove("memory_percent");
     let (status, v, _) = post(
@@ -249,7 +269,11 @@ async fn missing_field_unknown_field_and_bad_json() {
 #[tokio::test]
 async fn invalid_values_are_refused_per_item_and_valid_ones_kept() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), open_config()));
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let future = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
     let mut negative_disk = report(&now(), json!(1.0));
     negative_disk["disks"][0]["percent"] = json!(-3.0);
@@ -292,7 +316,7 @@ async fn bad_agent_id_content_type_and_size() {
         max_body_bytes: 2048,
         ..open_config()
     };
-    let app = app(GatewayState::new(log, cfg));
+    let app = app(GatewayState::new(log, fleet_schemas::Wire::plain(), cfg));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(1.0))]})).expect("json");
     let (status, v, _) = post(&app, "bad%20id", body.clone(), &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -325,7 +349,11 @@ async fn bad_agent_id_content_type_and_size() {
 #[tokio::test]
 async fn gzip_body_is_accepted() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), open_config()));
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(7.0))]})).expect("json");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&body).expect("gzip");
@@ -344,6 +372,7 @@ async fn gzip_body_is_accepted() {
 async fn log_down_gives_503_with_retry_after() {
     let app = app(GatewayState::new(
         Arc::new(common::DownLog),
+        fleet_schemas::Wire::plain(),
         GatewayConfig {
             retry_after: std::time::Duration::from_secs(7),
             ..open_config()
@@ -359,9 +388,15 @@ async fn log_down_gives_503_with_retry_after() {
 #[tokio::test]
 async fn real_listener_roundtrip() {
     let (_d, log) = embedded().await;
-    let router = app(GatewayState::new(log.clone(), open_config())).merge(
-        fleet_service::endpoints::router("gateway", Arc::new(|| Ok(()))),
-    );
+    let router = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ))
+    .merge(fleet_service::endpoints::router(
+        "gateway",
+        Arc::new(|| Ok(())),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -429,8 +464,12 @@ async fn real_listener_roundtrip() {
 
 async fn read_topic<T: fleet_schemas::Record>(log: &Arc<dyn EventLog>) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_consumer::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
-        out.push(codec::decode::<T>(&r.value).expect("avro"))
+    fleet_consumer::log::read_to_end(log.as_ref(), &fleet_schemas::Wire::plain(), T::TOPIC, |r| {
+        out.push(
+            codec::Wire::plain()
+                .decode_known::<T>(&r.value)
+                .expect("avro"),
+        )
     })
     .await
     .expect("read");
@@ -440,7 +479,11 @@ async fn read_topic<T: fleet_schemas::Record>(log: &Arc<dyn EventLog>) -> Vec<T>
 #[tokio::test]
 async fn heartbeat_and_events_are_written() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), open_config()));
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let hb =
         json!({"sent_at": now(), "sequence": 7, "uptime_seconds": 50, "agent_version": "0.1.0"});
     let (status, v, _) = post_to(
@@ -503,7 +546,7 @@ async fn rate_limit_answers_429_with_retry_after() {
         rate_limit_burst: 2,
         ..open_config()
     };
-    let app = app(GatewayState::new(log, cfg));
+    let app = app(GatewayState::new(log, fleet_schemas::Wire::plain(), cfg));
     let hb = serde_json::to_vec(
         &json!({"sent_at": now(), "sequence": 1, "uptime_seconds": 1, "agent_version": "0.1.0"}),
     )
@@ -531,7 +574,11 @@ async fn rate_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn auth_required_without_registry_refuses_unauthenticated() {
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log, GatewayConfig::default()));
+    let app = app(GatewayState::new(
+        log,
+        fleet_schemas::Wire::plain(),
+        GatewayConfig::default(),
+    ));
     let body = serde_json::to_vec(&json!({"reports": [report(&now(), json!(1.0))]})).expect("json");
     let (status, v, _) = post(&app, "a", body, &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
@@ -580,7 +627,11 @@ fn report_with_mounts(prefix: &str, n: usize) -> Value {
 async fn one_agent_cannot_create_subjects_without_bound() {
     let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
-    let app = app(GatewayState::new(log.clone(), open_config()));
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let batch = |r: Value| serde_json::to_vec(&json!({ "reports": [r] })).expect("json");
     for b in 0..4 {
         let (status, v, _) = post(

@@ -51,7 +51,7 @@ fn expected_digest(lines: &[&str]) -> String {
 #[tokio::test]
 async fn inventory_over_http_and_ws_is_written_with_its_digest() {
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let router = app(state.clone());
     let packages = json!([
         {"name": "zlib1g", "version": "1:1.2.13", "arch": "amd64"},
@@ -125,7 +125,11 @@ async fn inventory_over_http_and_ws_is_written_with_its_digest() {
 #[tokio::test]
 async fn invalid_inventories_are_refused_naming_the_field() {
     let (_d, log) = embedded().await;
-    let router = app(GatewayState::new(log.clone(), open_config()));
+    let router = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
     let ok = json!([{"name": "bash", "version": "5"}]);
 
     let mut body = inventory(ok.clone());
@@ -171,6 +175,7 @@ async fn invalid_inventories_are_refused_naming_the_field() {
     // Inventories have their own body limit.
     let small = app(GatewayState::new(
         log,
+        fleet_schemas::Wire::plain(),
         GatewayConfig {
             max_inventory_bytes: 512,
             ..open_config()

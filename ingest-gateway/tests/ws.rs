@@ -35,7 +35,7 @@ fn error_of(m: &ServerMessage) -> (Option<u64>, u16, Option<String>, Option<u64>
 #[tokio::test]
 async fn metrics_frame_is_acked_and_on_the_topic() {
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log.clone(), open_config());
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
     let mut agent = Agent::connect(&state, "ws-agent").await;
     let answer = agent
         .request(json!({"type": "metrics", "id": 1, "reports": [report(&now(), json!(12.5)), report(&now(), json!(99.0))]}))
@@ -77,7 +77,7 @@ async fn bad_frames_get_errors_naming_the_field_and_the_socket_keeps_working() {
         max_inventory_bytes: 8192,
         ..open_config()
     };
-    let state = GatewayState::new(log.clone(), cfg);
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), cfg);
     let mut agent = Agent::connect(&state, "clumsy").await;
 
     let bad_type = json!({"type": "metrics", "id": 1, "reports": [report(&now(), json!(1.0)), report(&now(), json!("high"))]});
@@ -164,7 +164,7 @@ async fn rate_limit_answers_429_frames() {
         rate_limit_burst: 1,
         ..open_config()
     };
-    let state = GatewayState::new(log, cfg);
+    let state = GatewayState::new(log, fleet_schemas::Wire::plain(), cfg);
     let mut agent = Agent::connect(&state, "chatty").await;
     let mut limited = None;
     for id in 1..=3 {
@@ -186,6 +186,7 @@ async fn rate_limit_answers_429_frames() {
 async fn log_down_answers_503_frames_with_retry_after() {
     let state = GatewayState::new(
         Arc::new(DownLog),
+        fleet_schemas::Wire::plain(),
         GatewayConfig {
             retry_after: std::time::Duration::from_secs(7),
             ..open_config()
@@ -208,7 +209,7 @@ async fn idle_socket_is_pinged_then_closed() {
         ws_idle_timeout: Duration::from_secs(3),
         ..open_config()
     };
-    let state = GatewayState::new(log, cfg);
+    let state = GatewayState::new(log, fleet_schemas::Wire::plain(), cfg);
     let mut agent = Agent::connect(&state, "quiet").await;
     let mut pinged = false;
     let close = loop {
@@ -230,7 +231,7 @@ async fn idle_socket_is_pinged_then_closed() {
 #[tokio::test]
 async fn a_second_connection_replaces_the_first() {
     let (_d, log) = embedded().await;
-    let state = GatewayState::new(log, open_config());
+    let state = GatewayState::new(log, fleet_schemas::Wire::plain(), open_config());
     let mut first = Agent::connect(&state, "twice").await;
     let mut second = Agent::connect(&state, "twice").await;
     match first.next_frame().await {
@@ -264,7 +265,7 @@ async fn deactivation_closes_the_socket() {
         ws_ping_interval: Duration::from_secs(3600),
         ..open_config()
     };
-    let state = GatewayState::new(log.clone(), cfg);
+    let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), cfg);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = tokio::spawn(fleet_ingest_gateway::watch_deactivations(
         state.clone(),
@@ -295,7 +296,9 @@ async fn deactivation_closes_the_socket() {
             AgentLifecycle::TOPIC,
             vec![fleet_event_log::ProduceRecord::keyed(
                 "revoked",
-                fleet_schemas::codec::encode(&ev).expect("encode"),
+                fleet_schemas::codec::Wire::plain()
+                    .encode(&ev)
+                    .expect("encode"),
             )],
         )
         .await
@@ -321,7 +324,11 @@ fn uuid_for(n: u32) -> String {
 #[tokio::test]
 async fn unauthenticated_upgrade_gets_401_json() {
     let (_d, log) = embedded().await;
-    let router = app(GatewayState::new(log, GatewayConfig::default()));
+    let router = app(GatewayState::new(
+        log,
+        fleet_schemas::Wire::plain(),
+        GatewayConfig::default(),
+    ));
     let resp = router
         .clone()
         .oneshot(
@@ -374,7 +381,12 @@ async fn real_socket_roundtrip_and_refusal() {
     };
 
     // auth = required and no credential: refused before the upgrade.
-    let (addr, locked) = serve(GatewayState::new(log.clone(), GatewayConfig::default())).await;
+    let (addr, locked) = serve(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        GatewayConfig::default(),
+    ))
+    .await;
     let mut req = format!("ws://{addr}/api/v1/agents/ws")
         .into_client_request()
         .expect("request");
@@ -388,7 +400,12 @@ async fn real_socket_roundtrip_and_refusal() {
     }
     locked.abort();
 
-    let (addr, open) = serve(GatewayState::new(log.clone(), open_config())).await;
+    let (addr, open) = serve(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ))
+    .await;
     let (mut socket, resp) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/agents/ws?agent_id=net-ws"))
             .await

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_consumer::deadletter::{decode_retrying_async, DeadLetters, Reason};
+use fleet_consumer::deadletter::{DeadLetters, Reason};
 use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
 use fleet_consumer::Backoff;
 use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
 use fleet_read_model::{Change, ReadModel, StoreError, StoredOffset};
-use fleet_schemas::{codec, topics};
+use fleet_schemas::{codec, topics, Wire};
 use fleet_timeseries::TimeSeriesStore;
 
 use crate::metrics;
@@ -68,18 +68,19 @@ impl Readiness {
     }
 }
 
-/// Decodes a record of a read-model topic into a change.
-pub fn to_change(r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
+/// Decodes a record of a read-model topic into a change, with `wire`, synchronously (its
+/// writer schema resolved before: [`Wire::decode_known`]).
+pub fn to_change(wire: &Wire, r: &ConsumedRecord) -> Result<Change, codec::CodecError> {
     use fleet_schemas::topics::RecordType as T;
     Ok(match topics::record_of(&r.topic) {
-        Some(T::MetricReport) => Change::Report(Box::new(codec::decode(&r.value)?)),
-        Some(T::Heartbeat) => Change::Heartbeat(codec::decode(&r.value)?),
-        Some(T::AgentLifecycle) => Change::Lifecycle(codec::decode(&r.value)?),
-        Some(T::CommandEvent) => Change::Command(Box::new(codec::decode(&r.value)?)),
-        Some(T::SoftwareInventory) => Change::Inventory(Box::new(codec::decode(&r.value)?)),
-        Some(T::TicketEvent) => Change::Ticket(Box::new(codec::decode(&r.value)?)),
-        Some(T::RuleEvent) => Change::Rule(Box::new(codec::decode(&r.value)?)),
-        Some(T::AlertEvent) => Change::Alert(codec::decode(&r.value)?),
+        Some(T::MetricReport) => Change::Report(Box::new(wire.decode_known(&r.value)?)),
+        Some(T::Heartbeat) => Change::Heartbeat(wire.decode_known(&r.value)?),
+        Some(T::AgentLifecycle) => Change::Lifecycle(wire.decode_known(&r.value)?),
+        Some(T::CommandEvent) => Change::Command(Box::new(wire.decode_known(&r.value)?)),
+        Some(T::SoftwareInventory) => Change::Inventory(Box::new(wire.decode_known(&r.value)?)),
+        Some(T::TicketEvent) => Change::Ticket(Box::new(wire.decode_known(&r.value)?)),
+        Some(T::RuleEvent) => Change::Rule(Box::new(wire.decode_known(&r.value)?)),
+        Some(T::AlertEvent) => Change::Alert(wire.decode_known(&r.value)?),
         Some(T::AgentEvent | T::DeadLetter) | None => {
             return Err(codec::CodecError::NotProjected(r.topic.to_string()))
         }
@@ -103,6 +104,7 @@ fn change_tenant(c: &Change) -> &str {
 /// Runs the read-model projection until `shutdown` resolves.
 pub async fn run_read_model(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     store: Arc<dyn ReadModel>,
     config: ProjectionsConfig,
     ready: Readiness,
@@ -116,7 +118,7 @@ pub async fn run_read_model(
         .map(|o| ((o.topic, o.partition), o.next_offset))
         .collect();
     let group = config.read_model_group.clone();
-    let dead = DeadLetters::open(log.clone(), READ_MODEL_CONSUMER, &group).await?;
+    let dead = DeadLetters::open(log.clone(), wire, READ_MODEL_CONSUMER, &group).await?;
     let settings = Settings::group(&group, READ_MODEL_TOPICS)
         .start(StartFrom::Earliest)
         .session_timeout(config.event_log.session_timeout)
@@ -161,7 +163,7 @@ impl Processor for ReadModelProjection {
                 ::metrics::counter!(metrics::SKIPPED, "projection" => "readmodel").increment(1);
                 continue;
             }
-            match decode_retrying_async(r, to_change).await {
+            match to_change(self.dead.wire(), r) {
                 Ok(c) => {
                     changes.push(c);
                     sources.push(r);

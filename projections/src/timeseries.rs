@@ -18,10 +18,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::deadletter::{DeadLetters, Reason};
 use fleet_consumer::log::ensure_topics;
 use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
 use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
+use fleet_schemas::Wire;
 use fleet_schemas::{topics, MetricReport};
 use fleet_timeseries::engine::{CommitPoint, Ingested};
 use fleet_timeseries::{Error as TsError, TimeSeries, Writer};
@@ -52,6 +53,7 @@ macro_rules! retrying {
 /// Runs the time-series projection until `shutdown` resolves; checkpoints on the way out.
 pub async fn run_timeseries(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     ts: Arc<TimeSeries>,
     config: ProjectionsConfig,
     ready: Readiness,
@@ -59,7 +61,7 @@ pub async fn run_timeseries(
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
     let group = config.timeseries_group.clone();
-    let dead = DeadLetters::open(log.clone(), TIMESERIES_CONSUMER, &group).await?;
+    let dead = DeadLetters::open(log.clone(), wire, TIMESERIES_CONSUMER, &group).await?;
     let settings = Settings::group(&group, TIMESERIES_TOPICS)
         .start(StartFrom::Earliest)
         .session_timeout(config.event_log.session_timeout)
@@ -135,7 +137,7 @@ impl Processor for Projection {
 impl Projection {
     /// Puts one record into the head (a dead letter when it is not a storable report).
     async fn ingest(&mut self, r: &ConsumedRecord) {
-        let report = match decode_retrying::<MetricReport>(r) {
+        let report = match self.dead.wire().decode_known::<MetricReport>(&r.value) {
             Ok(report) => report,
             Err(e) => {
                 ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())

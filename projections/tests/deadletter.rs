@@ -63,18 +63,28 @@ async fn produce_raw(log: &dyn EventLog, topic: &str, key: &str, value: Vec<u8>)
 }
 
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) -> RecordPosition {
-    produce_raw(log, T::TOPIC, v.key(), codec::encode(v).expect("encode")).await
+    produce_raw(
+        log,
+        T::TOPIC,
+        v.key(),
+        codec::Wire::plain().encode(v).expect("encode"),
+    )
+    .await
 }
 
 /// Writes garbage, a truncated `sample` and a valid record of another type to `T`'s topic;
 /// returns where each landed with the kind of dead letter it must get.
 async fn corrupt<T: Record>(log: &dyn EventLog, sample: &T) -> Vec<(RecordPosition, Vec<u8>)> {
-    let good = codec::encode(sample).expect("encode");
+    let good = codec::Wire::plain().encode(sample).expect("encode");
     let truncated = good[..good.len() / 2].to_vec();
     let other = if T::TOPIC == topics::METRICS {
-        codec::encode(&fixtures::heartbeat("t1", "x", now(), 1)).expect("encode")
+        codec::Wire::plain()
+            .encode(&fixtures::heartbeat("t1", "x", now(), 1))
+            .expect("encode")
     } else {
-        codec::encode(&fixtures::metric_report("t1", "x", now())).expect("encode")
+        codec::Wire::plain()
+            .encode(&fixtures::metric_report("t1", "x", now()))
+            .expect("encode")
     };
     let mut out = Vec::new();
     for bytes in [
@@ -94,9 +104,18 @@ fn now() -> i64 {
 
 async fn dead_letters(log: &dyn EventLog) -> Vec<DeadLetter> {
     let mut out = Vec::new();
-    fleet_consumer::log::read_to_end(log, topics::DEADLETTER, |r| {
-        out.push(codec::decode::<DeadLetter>(&r.value).expect("a dead letter"));
-    })
+    fleet_consumer::log::read_to_end(
+        log,
+        &fleet_schemas::Wire::plain(),
+        topics::DEADLETTER,
+        |r| {
+            out.push(
+                codec::Wire::plain()
+                    .decode_known::<DeadLetter>(&r.value)
+                    .expect("a dead letter"),
+            );
+        },
+    )
     .await
     .expect("read");
     out
@@ -143,12 +162,13 @@ fn start(e: &Env, ts_group: &str) -> (watch::Sender<bool>, tokio::task::JoinHand
         };
         let a = run_read_model(
             log.clone(),
+            fleet_schemas::Wire::plain(),
             rm,
             cfg.clone(),
             ready.clone(),
             stop(rx.clone()),
         );
-        let b = run_timeseries(log, ts, cfg, ready, stop(rx));
+        let b = run_timeseries(log, fleet_schemas::Wire::plain(), ts, cfg, ready, stop(rx));
         let (ra, rb) = tokio::join!(a, b);
         ra.expect("read model projection");
         rb.expect("time-series projection");
@@ -236,7 +256,7 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
     expect(
         &["timeseries"],
         topics::METRICS,
-        vec![(at, codec::encode(&far).expect("encode"))],
+        vec![(at, codec::Wire::plain().encode(&far).expect("encode"))],
         DeadLetterKind::Process,
     );
 
@@ -296,7 +316,7 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
     expect(
         &["readmodel"],
         topics::TICKETS,
-        vec![(at, codec::encode(&bogus).expect("encode"))],
+        vec![(at, codec::Wire::plain().encode(&bogus).expect("encode"))],
         DeadLetterKind::Process,
     );
     produce(log, &fixtures::ticket_requested("t1", "tk-b", t)).await;

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use fleet_event_log::EventLog;
 use fleet_read_model::ReadModel;
 use fleet_registry::{hash_secret, Registry, RequestKeyClaim};
+use fleet_schemas::Wire;
 use fleet_service::ApiError;
 use fleet_timeseries::TimeSeriesStore;
 use serde::Serialize;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub(crate) read_model: Arc<dyn ReadModel>,
     pub(crate) timeseries: Arc<dyn TimeSeriesStore>,
     pub(crate) log: Arc<dyn EventLog>,
+    /// How the events the API writes (commands, rules, tags, lifecycle) are encoded.
+    pub(crate) wire: Wire,
     pub(crate) keys: Keys,
     pub(crate) gateway_url: String,
     pub(crate) approval_required: Arc<Vec<String>>,
@@ -40,18 +43,20 @@ impl fleet_service::client::TrustedProxies for AppState {
 impl AppState {
     /// State over the stores and the log, with no bootstrap admin key (see
     /// [`AppState::with_admin_key`]), the default key cache TTL and the default command
-    /// types that need approval.
+    /// types that need approval. The events it writes are encoded with `wire`.
     pub fn new(
         registry: Arc<dyn Registry>,
         read_model: Arc<dyn ReadModel>,
         timeseries: Arc<dyn TimeSeriesStore>,
         log: Arc<dyn EventLog>,
+        wire: Wire,
     ) -> AppState {
         AppState {
             registry,
             read_model,
             timeseries,
             log,
+            wire,
             keys: Keys::default(),
             limiters: Arc::new(Limiters::new(&AuthLimits::default())),
             gateway_url: "http://127.0.0.1:8080".into(),

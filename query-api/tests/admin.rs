@@ -196,9 +196,18 @@ async fn deactivation_is_an_event() {
             .active
     );
     let mut events = Vec::new();
-    fleet_consumer::log::read_to_end(log.as_ref(), AgentLifecycle::TOPIC, |r| {
-        events.push(codec::decode::<AgentLifecycle>(&r.value).expect("avro"))
-    })
+    fleet_consumer::log::read_to_end(
+        log.as_ref(),
+        &fleet_schemas::Wire::plain(),
+        AgentLifecycle::TOPIC,
+        |r| {
+            events.push(
+                codec::Wire::plain()
+                    .decode_known::<AgentLifecycle>(&r.value)
+                    .expect("avro"),
+            )
+        },
+    )
     .await
     .expect("read");
     assert_eq!(events.len(), 1);
@@ -273,9 +282,18 @@ async fn command_request_is_an_event_and_bad_requests_name_the_field() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let mut events = Vec::new();
-    fleet_consumer::log::read_to_end(log.as_ref(), CommandEvent::TOPIC, |r| {
-        events.push(codec::decode::<CommandEvent>(&r.value).expect("avro"))
-    })
+    fleet_consumer::log::read_to_end(
+        log.as_ref(),
+        &fleet_schemas::Wire::plain(),
+        CommandEvent::TOPIC,
+        |r| {
+            events.push(
+                codec::Wire::plain()
+                    .decode_known::<CommandEvent>(&r.value)
+                    .expect("avro"),
+            )
+        },
+    )
     .await
     .expect("read");
     assert_eq!(events.len(), 1, "only the valid request is written");

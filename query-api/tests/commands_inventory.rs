@@ -43,7 +43,14 @@ async fn env() -> Env {
         read_model: rm,
         timeseries: ts,
     } = support::stores().await;
-    let api = app(AppState::new(registry, rm.clone(), ts, log.clone()).with_admin_key(ADMIN));
+    let api = app(AppState::new(
+        registry,
+        rm.clone(),
+        ts,
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+    )
+    .with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,
@@ -55,7 +62,7 @@ async fn env() -> Env {
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
     let rec = ProduceRecord::keyed(
         v.key().as_bytes().to_vec(),
-        codec::encode(v).expect("encode"),
+        codec::Wire::plain().encode(v).expect("encode"),
     );
     log.produce(T::TOPIC, vec![rec]).await.expect("produce");
 }
@@ -70,6 +77,7 @@ fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         };
         run_read_model(
             log,
+            fleet_schemas::Wire::plain(),
             rm,
             ProjectionsConfig::default(),
             Readiness::default(),

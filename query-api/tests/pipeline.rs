@@ -41,8 +41,14 @@ async fn env() -> Env {
         read_model: rm,
         timeseries: ts,
     } = support::stores().await;
-    let api =
-        app(AppState::new(registry, rm.clone(), ts.clone(), log.clone()).with_admin_key(ADMIN));
+    let api = app(AppState::new(
+        registry,
+        rm.clone(),
+        ts.clone(),
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+    )
+    .with_admin_key(ADMIN));
     Env {
         _dir: dir,
         log,
@@ -55,7 +61,7 @@ async fn env() -> Env {
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
     let rec = ProduceRecord::keyed(
         v.key().as_bytes().to_vec(),
-        codec::encode(v).expect("encode"),
+        codec::Wire::plain().encode(v).expect("encode"),
     );
     log.produce(T::TOPIC, vec![rec]).await.expect("produce");
 }
@@ -72,12 +78,13 @@ fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         };
         let a = run_read_model(
             log.clone(),
+            fleet_schemas::Wire::plain(),
             rm,
             cfg.clone(),
             ready.clone(),
             stop(rx.clone()),
         );
-        let b = run_timeseries(log, ts, cfg, ready, stop(rx));
+        let b = run_timeseries(log, fleet_schemas::Wire::plain(), ts, cfg, ready, stop(rx));
         let (ra, rb) = tokio::join!(a, b);
         ra.expect("read model projection");
         rb.expect("time-series projection");
@@ -364,6 +371,7 @@ async fn records_below_the_offsets_stored_with_the_rows_are_skipped() {
     let (tx, rx) = watch::channel(false);
     let run = tokio::spawn(run_read_model(
         e.log.clone(),
+        fleet_schemas::Wire::plain(),
         e.rm.clone(),
         cfg.clone(),
         Readiness::default(),

@@ -260,7 +260,7 @@ async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
         topics::ALERTS,
         vec![ProduceRecord::keyed(
             raised.key().as_bytes().to_vec(),
-            codec::encode(&raised).expect("encode"),
+            codec::Wire::plain().encode(&raised).expect("encode"),
         )],
     )
     .await
@@ -342,7 +342,7 @@ async fn rules_and_alerts_are_found_in_the_read_model_not_on_the_topics() {
             topics::ALERTS,
             vec![ProduceRecord::keyed(
                 raised.key().as_bytes().to_vec(),
-                codec::encode(&raised).expect("encode"),
+                codec::Wire::plain().encode(&raised).expect("encode"),
             )],
         )
         .await

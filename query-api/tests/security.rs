@@ -507,6 +507,7 @@ async fn failed_keys_are_limited_per_address_and_requests_per_user() {
                 w.read_model.clone(),
                 w.timeseries.clone(),
                 w.log.clone(),
+                fleet_schemas::Wire::plain(),
             )
             .with_admin_key(ADMIN)
             .with_auth_limits(limits),

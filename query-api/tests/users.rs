@@ -75,7 +75,7 @@ async fn raise_alert(log: &dyn EventLog, tenant: &str, agent: &str) -> String {
         topics::ALERTS,
         vec![ProduceRecord::keyed(
             raised.key().as_bytes().to_vec(),
-            codec::encode(&raised).expect("encode"),
+            codec::Wire::plain().encode(&raised).expect("encode"),
         )],
     )
     .await

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fleet_event_log::{EventLog, ProduceRecord, RecordPosition};
-use fleet_schemas::{codec, ids, topics, AvroBytes, DeadLetter, DeadLetterKind};
+use fleet_schemas::{ids, topics, AvroBytes, DeadLetter, DeadLetterKind, Wire};
 
 use crate::error::{invalid, Context as _};
 use crate::{rfc3339_secs, Error, Result};
@@ -209,13 +209,13 @@ impl DeadLetters {
 }
 
 /// Reads every record of `fleet.deadletter.v1`.
-pub async fn read_all(log: &dyn EventLog) -> Result<DeadLetters> {
+pub async fn read_all(log: &dyn EventLog, wire: &Wire) -> Result<DeadLetters> {
     let mut letters = Vec::new();
     let mut replays: HashMap<Coords, Vec<Entry>> = HashMap::new();
     let mut unreadable = 0u64;
     let mut ids = HashSet::new();
-    fleet_consumer::log::read_to_end(log, topics::DEADLETTER, |r| {
-        match codec::decode::<DeadLetter>(&r.value) {
+    fleet_consumer::log::read_to_end(log, wire, topics::DEADLETTER, |r| {
+        match wire.decode_known::<DeadLetter>(&r.value) {
             Ok(letter) => {
                 let e = Entry {
                     partition: r.partition,
@@ -412,7 +412,11 @@ pub fn plan<'a>(
 
 /// Writes a planned source record back to its topic, then a REPLAYED record naming where
 /// it went to `fleet.deadletter.v1`. Returns where it went.
-pub async fn write_back(log: &dyn EventLog, plan: &Plan<'_>) -> Result<RecordPosition> {
+pub async fn write_back(
+    log: &dyn EventLog,
+    wire: &Wire,
+    plan: &Plan<'_>,
+) -> Result<RecordPosition> {
     let Some(first) = plan.letters.first().map(|e| &e.letter) else {
         return Err(Error::Internal(format!(
             "no dead letter of {}",
@@ -476,7 +480,7 @@ pub async fn write_back(log: &dyn EventLog, plan: &Plan<'_>) -> Result<RecordPos
         replayed_offset: Some(at.offset),
         occurred_at: now,
     };
-    let value = codec::encode(&marker)?;
+    let value = wire.encode(&marker)?;
     log.produce(
         topics::DEADLETTER,
         vec![ProduceRecord {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value as Avro;
 use base64::Engine as _;
 use fleet_event_log::{ConsumedRecord, EventLog};
-use fleet_schemas::codec::{self, Catalog, KnownSchema};
+use fleet_schemas::codec::{Catalog, KnownSchema, Wire};
 use serde_json::Value;
 
 use crate::error::{invalid, Context as _};
@@ -196,8 +196,14 @@ impl Sink {
         Ok(w)
     }
 
-    fn write(&mut self, r: &ConsumedRecord, counts: &mut ExportReport, topic: &str) -> Result<()> {
-        let (writer_schema, value) = match codec::decode_value(&r.value) {
+    fn write(
+        &mut self,
+        wire: &Wire,
+        r: &ConsumedRecord,
+        counts: &mut ExportReport,
+        topic: &str,
+    ) -> Result<()> {
+        let (writer_schema, value) = match wire.decode_value(&r.value) {
             Ok(v) => v,
             Err(e) => {
                 counts.undecodable += 1;
@@ -298,6 +304,7 @@ fn partial_path(out: &Path) -> PathBuf {
 /// Writes the window `options` names of `log` to a file.
 pub async fn export(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     options: &ExportOptions,
     progress: &mut dyn Progress,
 ) -> Result<ExportReport> {
@@ -329,6 +336,7 @@ pub async fn export(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ConsumedRecord>>(4);
     let reading = tokio::spawn(reader::read(
         log.clone(),
+        wire.clone(),
         spans,
         options.batch_size.max(1),
         tx,
@@ -340,7 +348,7 @@ pub async fn export(
                 let inside = from_ms.is_none_or(|f| r.timestamp_ms >= f)
                     && to_ms.is_none_or(|t| r.timestamp_ms < t);
                 if inside {
-                    sink.write(r, &mut report, topic)?;
+                    sink.write(&wire, r, &mut report, topic)?;
                 } else {
                     report.outside += 1;
                 }

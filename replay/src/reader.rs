@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_consumer::deadletter::resolve_retrying;
 use fleet_event_log::{ConsumedRecord, ConsumerOptions, EventLog, StartFrom};
+use fleet_schemas::Wire;
 use tokio::sync::mpsc;
 
 use crate::error::Context as _;
@@ -116,10 +118,12 @@ pub struct ReadOutcome {
 }
 
 /// Reads every window of `spans` and sends the records, in batches of at most
-/// `batch_size`, in order per partition. Returns when every window is read, when
+/// `batch_size`, in order per partition, each batch's writer schemas resolved with `wire`
+/// first (so the receiver decodes synchronously, [`Wire::decode_known`]). Returns when every window is read, when
 /// `IDLE_LIMIT` passed without a record, or when the receiver is gone.
 pub async fn read(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     spans: Vec<Span>,
     batch_size: usize,
     tx: mpsc::Sender<Vec<ConsumedRecord>>,
@@ -194,6 +198,9 @@ pub async fn read(
             if window.0 >= end {
                 open.remove(&key);
             }
+        }
+        if !keep.is_empty() {
+            resolve_retrying(&wire, &keep).await;
         }
         if !keep.is_empty() && tx.send(keep).await.is_err() {
             return Ok(ReadOutcome::default()); // the receiver stopped

@@ -17,6 +17,7 @@ use fleet_projections::project::{
 };
 use fleet_projections::ProjectionsConfig;
 use fleet_read_model::{Engine, SqlReadModel};
+use fleet_schemas::Wire;
 use fleet_service::config::redact_url;
 use fleet_timeseries::{TimeSeries, TimeSeriesStore as _, Writer};
 use tokio::sync::mpsc;
@@ -213,7 +214,12 @@ impl Counts {
 
 /// Applies a batch to the read model exactly as the live projection does: decode each
 /// record, apply the changes with the batch's next offsets in one transaction.
-async fn apply_read_model(store: &SqlReadModel, batch: &[ConsumedRecord], counts: &mut Counts) {
+async fn apply_read_model(
+    store: &SqlReadModel,
+    wire: &Wire,
+    batch: &[ConsumedRecord],
+    counts: &mut Counts,
+) {
     let records: Vec<ConsumedRecord> = batch
         .iter()
         .filter(|r| READ_MODEL_TOPICS.contains(&&*r.topic))
@@ -224,7 +230,7 @@ async fn apply_read_model(store: &SqlReadModel, batch: &[ConsumedRecord], counts
     }
     let mut changes = Vec::with_capacity(records.len());
     for r in &records {
-        match to_change(r) {
+        match to_change(wire, r) {
             Ok(c) => changes.push(c),
             Err(e) => {
                 counts.rm_undecodable += 1;
@@ -242,6 +248,7 @@ async fn apply_read_model(store: &SqlReadModel, batch: &[ConsumedRecord], counts
 /// writes one at the end.
 async fn apply_timeseries(
     writer: &tokio::sync::Mutex<Writer>,
+    wire: &Wire,
     batch: &[ConsumedRecord],
     counts: &mut Counts,
 ) -> Result<()> {
@@ -250,7 +257,7 @@ async fn apply_timeseries(
         .iter()
         .filter(|r| TIMESERIES_TOPICS.contains(&&*r.topic))
     {
-        match fleet_schemas::codec::decode::<fleet_schemas::MetricReport>(&r.value) {
+        match wire.decode_known::<fleet_schemas::MetricReport>(&r.value) {
             Ok(report) => {
                 counts.reports += 1;
                 if let fleet_timeseries::engine::Ingested::Stored(n) = writer
@@ -286,6 +293,7 @@ pub fn default_jobs(rm: Option<&SqlReadModel>, ts: Option<&TimeSeries>) -> usize
 /// Applies the batches of its partitions to the stores and hands each back, with what it
 /// wrote, for the progress.
 async fn worker(
+    wire: Wire,
     rm: Option<Arc<SqlReadModel>>,
     ts: Option<Arc<tokio::sync::Mutex<Writer>>>,
     mut batches: mpsc::Receiver<Vec<ConsumedRecord>>,
@@ -296,12 +304,12 @@ async fn worker(
         let mut ts_counts = Counts::default();
         let rm_part = async {
             if let Some(store) = &rm {
-                apply_read_model(store, &batch, &mut rm_counts).await;
+                apply_read_model(store, &wire, &batch, &mut rm_counts).await;
             }
         };
         let ts_part = async {
             match &ts {
-                Some(writer) => apply_timeseries(writer, &batch, &mut ts_counts).await,
+                Some(writer) => apply_timeseries(writer, &wire, &batch, &mut ts_counts).await,
                 None => Ok(()),
             }
         };
@@ -381,6 +389,7 @@ async fn open_timeseries_target(
 /// `cfg` gives the time-series retention and engine settings).
 pub async fn replay(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     cfg: &ProjectionsConfig,
     options: ReplayOptions,
     progress: &mut dyn Progress,
@@ -420,7 +429,13 @@ pub async fn replay(
         .as_ref()
         .map(|ts| Arc::new(tokio::sync::Mutex::new(ts.writer())));
     let (tx, mut rx) = mpsc::channel::<Vec<ConsumedRecord>>(4);
-    let reading = tokio::spawn(reader::read(log.clone(), spans.clone(), batch_size, tx));
+    let reading = tokio::spawn(reader::read(
+        log.clone(),
+        wire.clone(),
+        spans.clone(),
+        batch_size,
+        tx,
+    ));
     // Workers, each owning the partitions whose number is its index modulo `jobs`: records
     // keyed by agent (the same partition number on every agent-keyed topic) stay with one
     // worker and in order, so workers never touch the same rows.
@@ -431,6 +446,7 @@ pub async fn replay(
         let (wtx, wrx) = mpsc::channel::<Vec<ConsumedRecord>>(2);
         senders.push(wtx);
         workers.push(tokio::spawn(worker(
+            wire.clone(),
             rm.clone(),
             writer.clone(),
             wrx,

@@ -78,7 +78,12 @@ async fn exports_write_every_record_of_the_window_and_count_the_rest() -> anyhow
     let log = embedded_log(dir.path()).await?;
     for offset in 0..3 {
         let d = dead_letter(topics::METRICS, offset, b"x");
-        produce(log.as_ref(), topics::DEADLETTER, codec::encode(&d)?).await?;
+        produce(
+            log.as_ref(),
+            topics::DEADLETTER,
+            codec::Wire::plain().encode(&d)?,
+        )
+        .await?;
     }
     produce(log.as_ref(), topics::DEADLETTER, b"not avro".to_vec()).await?;
 
@@ -92,7 +97,13 @@ async fn exports_write_every_record_of_the_window_and_count_the_rest() -> anyhow
         batch_size: 2,
     };
     let mut seen = Seen::default();
-    let report = fleet_replay::export::export(log.clone(), &options, &mut seen).await?;
+    let report = fleet_replay::export::export(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        &options,
+        &mut seen,
+    )
+    .await?;
     ensure!(
         (report.written, report.undecodable, report.outside) == (3, 1, 0),
         "{report:?}"
@@ -119,8 +130,13 @@ async fn exports_write_every_record_of_the_window_and_count_the_rest() -> anyhow
 
     options.format = ExportFormat::Avro;
     options.out = dir.path().join("out.avro");
-    let report =
-        fleet_replay::export::export(log.clone(), &options, &mut fleet_replay::NoProgress).await?;
+    let report = fleet_replay::export::export(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        &options,
+        &mut fleet_replay::NoProgress,
+    )
+    .await?;
     ensure!(report.written == 3, "{report:?}");
     let file = std::fs::File::open(&options.out)?;
     let records = apache_avro::Reader::new(std::io::BufReader::new(file))?.count();
@@ -130,10 +146,15 @@ async fn exports_write_every_record_of_the_window_and_count_the_rest() -> anyhow
     options.from = Some(2_000);
     options.to = Some(1_000);
     options.out = dir.path().join("never.avro");
-    let e = fleet_replay::export::export(log, &options, &mut fleet_replay::NoProgress)
-        .await
-        .err()
-        .context("an empty window is an error")?;
+    let e = fleet_replay::export::export(
+        log,
+        fleet_schemas::Wire::plain(),
+        &options,
+        &mut fleet_replay::NoProgress,
+    )
+    .await
+    .err()
+    .context("an empty window is an error")?;
     ensure!(matches!(e, fleet_replay::Error::Invalid(_)), "{e:?}");
     ensure!(!options.out.exists());
     Ok(())
@@ -145,24 +166,41 @@ async fn dead_letters_are_written_back_once_and_marked() -> anyhow::Result<()> {
     let log = embedded_log(dir.path()).await?;
     let bytes = b"fixed bytes".to_vec();
     let d = dead_letter(topics::RULES, 5, &bytes);
-    produce(log.as_ref(), topics::DEADLETTER, codec::encode(&d)?).await?;
+    produce(
+        log.as_ref(),
+        topics::DEADLETTER,
+        codec::Wire::plain().encode(&d)?,
+    )
+    .await?;
 
-    let all = fleet_replay::deadletter::read_all(log.as_ref()).await?;
+    let all =
+        fleet_replay::deadletter::read_all(log.as_ref(), &fleet_schemas::Wire::plain()).await?;
     ensure!(all.letters.len() == 1, "{all:?}");
     let plan = fleet_replay::deadletter::plan(&all, &Which::All, &Filter::default(), false)?;
     ensure!(plan.todo.len() == 1 && plan.skipped.is_empty(), "{plan:?}");
-    let at = fleet_replay::deadletter::write_back(log.as_ref(), &plan.todo[0]).await?;
+    let at = fleet_replay::deadletter::write_back(
+        log.as_ref(),
+        &fleet_schemas::Wire::plain(),
+        &plan.todo[0],
+    )
+    .await?;
 
     let mut written = Vec::new();
-    fleet_consumer::log::read_to_end(log.as_ref(), topics::RULES, |r| {
-        written.push((r.partition, r.offset, r.key.clone(), r.value.clone()));
-    })
+    fleet_consumer::log::read_to_end(
+        log.as_ref(),
+        &fleet_schemas::Wire::plain(),
+        topics::RULES,
+        |r| {
+            written.push((r.partition, r.offset, r.key.clone(), r.value.clone()));
+        },
+    )
     .await?;
     ensure!(
         written == vec![(at.partition, at.offset, Some(b"agent-1".to_vec()), bytes)],
         "{written:?}"
     );
-    let all = fleet_replay::deadletter::read_all(log.as_ref()).await?;
+    let all =
+        fleet_replay::deadletter::read_all(log.as_ref(), &fleet_schemas::Wire::plain()).await?;
     let replayed = all
         .replayed_to(&all.letters[0])
         .context("marked replayed")?;

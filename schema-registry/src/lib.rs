@@ -1,24 +1,27 @@
 //! Schema registry interop: registering Fleetstream's schemas and switching the process to
 //! the Confluent wire format.
 //!
-//! With `schema-registry-url` set, a role calls [`install`] at start, before it writes a
+//! With `schema-registry-url` set, a role calls [`start`] at start, before it writes a
 //! record: every current record schema (the `.avsc` text) is registered under the subject
 //! `<topic>-value` (Confluent's TopicNameStrategy, topic = [`Record::TOPIC`]) after the
-//! subject's compatibility is set to BACKWARD, and the ids the registry answers are
-//! installed into [`fleet_schemas::codec`]. From then on every `codec::encode` writes `00`,
-//! the 4-byte big-endian schema id and the Avro datum, which any Confluent-compatible
-//! consumer decodes with the registry; `codec::decode` reads both framings, and looks
-//! unknown ids up in the registry through [`BlockingLookup`].
+//! subject's compatibility is set to BACKWARD, and the ids the registry answers make the
+//! role's [`Wire`]. Every `wire.encode` writes `00`, the 4-byte big-endian schema id and the
+//! Avro datum, which any Confluent-compatible consumer decodes with the registry;
+//! `wire.decode` reads both framings, and looks unknown ids up in the registry,
+//! asynchronously, through [`SchemaRegistryClient`] (its [`SchemaLookup`]).
+//!
+//! [`Record::TOPIC`]: fleet_schemas::Record::TOPIC
 //!
 //! The client speaks the Confluent Schema Registry REST API, which Confluent's registry,
 //! Karapace and Apicurio Registry (under `/apis/ccompat/v7`) serve: the URL is the base of
 //! that API, for example `http://127.0.0.1:18081/apis/ccompat/v7`.
 
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_schemas::codec::{self, Catalog, CodecError, LookupError, RegistryFraming, SchemaLookup};
+use fleet_schemas::codec::{
+    self, Catalog, CodecError, LookupError, RegistryFraming, SchemaLookup, Wire,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -112,18 +115,9 @@ pub enum RegistryError {
         /// What is missing or wrong.
         reason: String,
     },
-    /// The ids could not be installed into the codec.
+    /// The ids do not make a framing (a record this build does not know).
     #[error("schema registry framing: {0}")]
     Codec(#[from] CodecError),
-    /// Another framing (other ids) is already installed in this process.
-    #[error(
-        "this process already writes the Confluent wire format with other schema ids (one \
-         schema-registry-url per process)"
-    )]
-    AlreadyInstalled,
-    /// The lookup thread could not be started.
-    #[error("starting the schema registry lookup thread: {0}")]
-    Thread(#[source] std::io::Error),
 }
 
 impl RegistryError {
@@ -389,82 +383,26 @@ fn clip(text: &str) -> String {
     }
 }
 
-/// Looks writer schemas up for the (synchronous) decoder: a thread of its own runs the
-/// requests, so a lookup works from any thread, inside an async runtime or not. Each
-/// lookup waits at most the client's request timeout plus a margin.
-#[derive(Debug)]
-pub struct BlockingLookup {
-    url: String,
-    jobs: mpsc::Sender<LookupJob>,
-}
-
-type LookupJob = (u32, mpsc::SyncSender<Result<String, LookupError>>);
-
-impl BlockingLookup {
-    /// Starts the lookup thread for the registry at `url`.
-    pub fn spawn(url: &str) -> Result<BlockingLookup, RegistryError> {
-        let client = SchemaRegistryClient::new(url)?;
-        let (jobs, rx) = mpsc::channel::<LookupJob>();
-        std::thread::Builder::new()
-            .name("schema-registry".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        for (_, reply) in rx {
-                            let _ = reply.send(Err(LookupError {
-                                message: format!("no runtime for lookups: {e}"),
-                                retriable: true,
-                            }));
-                        }
-                        return;
-                    }
-                };
-                for (id, reply) in rx {
-                    let answer = rt
-                        .block_on(client.schema_by_id(id))
-                        .map_err(|e| LookupError {
-                            retriable: e.is_retriable(),
-                            message: e.to_string(),
-                        });
-                    let _ = reply.send(answer);
-                }
+/// The codec's lookup of writer schemas by id: asynchronous, bounded by the client's
+/// request and connect timeouts.
+#[async_trait::async_trait]
+impl SchemaLookup for SchemaRegistryClient {
+    async fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
+        SchemaRegistryClient::schema_by_id(self, id)
+            .await
+            .map_err(|e| LookupError {
+                retriable: e.is_retriable(),
+                message: e.to_string(),
             })
-            .map_err(RegistryError::Thread)?;
-        Ok(BlockingLookup {
-            url: url.to_owned(),
-            jobs,
-        })
-    }
-}
-
-impl SchemaLookup for BlockingLookup {
-    fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.jobs.send((id, reply)).map_err(|_| LookupError {
-            message: "the schema registry lookup thread has stopped".to_owned(),
-            retriable: true,
-        })?;
-        let wait = REQUEST_TIMEOUT + CONNECT_TIMEOUT;
-        answer.recv_timeout(wait).map_err(|_| LookupError {
-            message: format!(
-                "no answer from the schema registry at {} within {wait:?}",
-                self.url
-            ),
-            retriable: true,
-        })?
     }
 }
 
 /// Registers every record schema with the registry at `url` under `<topic>-value` (with
-/// BACKWARD compatibility) and switches this process to the Confluent wire format. Call
-/// once at start, before the first record is written; calling it again with the same
-/// registry (same ids) does nothing. While the registry is unreachable it is tried a few
+/// BACKWARD compatibility) and returns the role's [`Wire`]: the Confluent wire format with
+/// those ids, unknown ids looked up in the same registry. Call once at role start, before
+/// the first record is written. While the registry is unreachable it is tried a few
 /// times, then the error says so; a schema the registry refuses is an error naming it.
-pub async fn install(url: &str) -> Result<Vec<Registered>, RegistryError> {
+pub async fn start(url: &str) -> Result<Wire, RegistryError> {
     let client = SchemaRegistryClient::new(url)?;
     let mut attempt = 1;
     let registered = loop {
@@ -478,7 +416,7 @@ pub async fn install(url: &str) -> Result<Vec<Registered>, RegistryError> {
             Err(e) => return Err(e),
         }
     };
-    install_ids(url, &registered)?;
+    let wire = wire(&client, &registered)?;
     for r in &registered {
         tracing::info!(record = r.record, subject = %r.subject, id = r.id, "Schema registered.");
     }
@@ -486,26 +424,19 @@ pub async fn install(url: &str) -> Result<Vec<Registered>, RegistryError> {
         url = client.url(),
         "Records are written in the Confluent wire format (schema registry)."
     );
-    Ok(registered)
+    Ok(wire)
 }
 
-/// Installs registered ids into the codec (with a [`BlockingLookup`] of `url` for ids
-/// that are not ours). Idempotent for the same ids.
-pub fn install_ids(url: &str, registered: &[Registered]) -> Result<(), RegistryError> {
+/// The [`Wire`] of registered ids (the Confluent wire format with them), looking ids that
+/// are not ours up through `client`. With no ids it writes nothing (every encode is
+/// [`CodecError::NotRegistered`]) and reads both framings: for tools that only read.
+pub fn wire(
+    client: &SchemaRegistryClient,
+    registered: &[Registered],
+) -> Result<Wire, RegistryError> {
     let ids = registered.iter().map(|r| (r.record, r.id));
-    if let Some(installed) = codec::registry_framing() {
-        let same = registered
-            .iter()
-            .all(|r| installed.id_of(r.record) == Some(r.id));
-        return if same {
-            Ok(())
-        } else {
-            Err(RegistryError::AlreadyInstalled)
-        };
-    }
-    let lookup: Arc<dyn SchemaLookup> = Arc::new(BlockingLookup::spawn(url)?);
-    let framing = RegistryFraming::new(ids, Some(lookup))?;
-    codec::install_registry_framing(framing).map_err(|_| RegistryError::AlreadyInstalled)
+    let lookup: Arc<dyn SchemaLookup> = Arc::new(client.clone());
+    Ok(Wire::registry(RegistryFraming::new(ids, Some(lookup))?))
 }
 
 #[cfg(test)]
@@ -575,11 +506,8 @@ mod tests {
         let err = client.register("x-value", "\"string\"").await.unwrap_err();
         assert!(err.is_unreachable(), "{err}");
         assert!(err.to_string().contains("unreachable"), "{err}");
-        let lookup = BlockingLookup::spawn("http://127.0.0.1:9").unwrap();
-        let err = tokio::task::spawn_blocking(move || lookup.schema_by_id(1))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let lookup: &dyn SchemaLookup = &client;
+        let err = lookup.schema_by_id(1).await.unwrap_err();
         assert!(err.message.contains("unreachable"), "{err:?}");
         assert!(err.retriable);
     }

@@ -23,7 +23,7 @@ use fleet_event_log::{EventLog, ProduceRecord, TopicSpec};
 use fleet_schema_registry::{
     self as schema_registry, value_subject, RegistryError, SchemaRegistryClient, COMPATIBILITY,
 };
-use fleet_schemas::codec::{self, Record, CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, MAGIC};
+use fleet_schemas::codec::{self, Record, Wire, CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, MAGIC};
 use fleet_schemas::{fixtures, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -108,10 +108,15 @@ fn as_record<T: DeserializeOwned>(c: &Consumed) -> Result<T> {
         .with_context(|| format!("the third party's {} record: {}", c.topic, c.value))
 }
 
-async fn produce<T: Record>(log: &dyn EventLog, topic: &str, values: &[T]) -> Result<()> {
+async fn produce<T: Record>(
+    wire: &Wire,
+    log: &dyn EventLog,
+    topic: &str,
+    values: &[T],
+) -> Result<()> {
     let records = values
         .iter()
-        .map(|v| Ok(ProduceRecord::keyed(v.key(), codec::encode(v)?)))
+        .map(|v| Ok(ProduceRecord::keyed(v.key(), wire.encode(v)?)))
         .collect::<Result<Vec<_>>>()?;
     log.produce(topic, records).await?;
     Ok(())
@@ -153,7 +158,7 @@ async fn scenario(
 ) -> Result<()> {
     let (url, brokers) = (url.to_owned(), brokers.to_owned());
 
-    // Register every record schema under this run's subjects, set BACKWARD, install.
+    // Register every record schema under this run's subjects, set BACKWARD, make the wire.
     let registered = client
         .register_records(|topic| value_subject(&topic_of(run, topic)))
         .await
@@ -184,8 +189,7 @@ async fn scenario(
         .register_records(|topic| value_subject(&topic_of(run, topic)))
         .await?;
     assert_eq!(again, registered);
-    schema_registry::install_ids(&url, &registered)?;
-    schema_registry::install_ids(&url, &registered)?; // same ids: a no-op
+    let wire = schema_registry::wire(client, &registered)?;
     let id_of = |name: &str| {
         registered
             .iter()
@@ -194,9 +198,11 @@ async fn scenario(
             .context("registered")
     };
 
-    // Every `codec::encode` now writes the Confluent wire format.
+    // The wire writes the Confluent wire format; a plain one, in the same process, still
+    // writes single-object.
     let report = fixtures::metric_report("tenant-1", "agent-1", T);
-    let bytes = codec::encode(&report)?;
+    let bytes = wire.encode(&report)?;
+    assert_eq!(Wire::plain().encode(&report)?[..2], MAGIC);
     assert_eq!(bytes[0], CONFLUENT_MAGIC);
     assert_eq!(
         bytes[1..CONFLUENT_HEADER_LEN],
@@ -229,11 +235,11 @@ async fn scenario(
     for t in &topics {
         log.create_topic(t, spec).await?;
     }
-    produce(log.as_ref(), &topics[0], &reports).await?;
-    produce(log.as_ref(), &topics[1], &heartbeats).await?;
-    produce(log.as_ref(), &topics[2], &alerts).await?;
-    produce(log.as_ref(), &topics[3], &lifecycles).await?;
-    produce(log.as_ref(), &topics[4], &commands).await?;
+    produce(&wire, log.as_ref(), &topics[0], &reports).await?;
+    produce(&wire, log.as_ref(), &topics[1], &heartbeats).await?;
+    produce(&wire, log.as_ref(), &topics[2], &alerts).await?;
+    produce(&wire, log.as_ref(), &topics[3], &lifecycles).await?;
+    produce(&wire, log.as_ref(), &topics[4], &commands).await?;
     // The metrics topic got two records, the others one: read one from each, then the rest.
     let mut consumed = third_party_consume(&brokers, &url, 1, &topics)?;
     consumed.retain(|c| c.topic != topics[0]);
@@ -282,7 +288,7 @@ async fn scenario(
     log.create_topic(&mixed, spec).await?;
     let hb = fixtures::heartbeat("tenant-1", "agent-9", T, 7);
     let single = Heartbeat::codec().encode_single_object(&hb)?;
-    let confluent = codec::encode(&hb)?;
+    let confluent = wire.encode(&hb)?;
     assert_eq!(single[..2], MAGIC);
     assert_eq!(confluent[0], CONFLUENT_MAGIC);
     log.produce(
@@ -302,12 +308,14 @@ async fn scenario(
             read.len()
         );
         read.clear();
-        fleet_consumer::log::read_to_end(log.as_ref(), &mixed, |r| read.push(r.value.clone()))
-            .await?;
+        fleet_consumer::log::read_to_end(log.as_ref(), &wire, &mixed, |r| {
+            read.push(r.value.clone())
+        })
+        .await?;
     }
     assert_eq!(read, [single.clone(), confluent.clone()]);
     for bytes in &read {
-        assert_eq!(codec::decode::<Heartbeat>(bytes)?, hb);
+        assert_eq!(wire.decode::<Heartbeat>(bytes).await?, hb);
     }
 
     // Another producer registers a newer Heartbeat (one more field, with a default: BACKWARD
@@ -327,11 +335,11 @@ async fn scenario(
     let mut foreign = Heartbeat::codec().encode_confluent(newer_id, &hb)?;
     foreign.push(8); // the string "eu-1": zig-zag length 4, then the bytes
     foreign.extend_from_slice(b"eu-1");
-    let decoded =
-        tokio::task::spawn_blocking(move || codec::decode::<Heartbeat>(&foreign)).await??;
+    let decoded = wire.decode::<Heartbeat>(&foreign).await?;
     assert_eq!(decoded, hb);
-    let writer = codec::registry_framing()
-        .context("installed")?
+    let writer = wire
+        .framing()
+        .context("registry framing")?
         .writer_schema(newer_id)?;
     assert_eq!(writer.file, "(schema registry)");
 
@@ -356,8 +364,9 @@ async fn scenario(
 
     // An id the registry does not have is a clear decode error naming it.
     let missing = Heartbeat::codec().encode_confluent(u32::MAX - 7, &hb)?;
-    let err = tokio::task::spawn_blocking(move || codec::decode::<Heartbeat>(&missing))
-        .await?
+    let err = wire
+        .decode::<Heartbeat>(&missing)
+        .await
         .expect_err("no such schema id");
     assert!(
         matches!(err, codec::CodecError::Registry { id, .. } if id == u32::MAX - 7),

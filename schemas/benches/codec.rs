@@ -13,11 +13,13 @@ const T: i64 = 1_763_900_000_000_000;
 
 fn per_record<R: Record>(c: &mut Criterion, name: &str, r: &R) {
     let codec = R::codec();
-    let bytes = codec::encode(r).expect("encode");
+    // The plain wire (single-object), as a role without a schema registry writes.
+    let wire = codec::Wire::plain();
+    let bytes = wire.encode(r).expect("encode");
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode", |b| {
-        b.iter(|| codec::encode(black_box(r)).expect("encode"))
+        b.iter(|| wire.encode(black_box(r)).expect("encode"))
     });
     g.bench_function("encode_apache_avro", |b| {
         b.iter(|| {
@@ -29,7 +31,7 @@ fn per_record<R: Record>(c: &mut Criterion, name: &str, r: &R) {
         })
     });
     g.bench_function("decode", |b| {
-        b.iter(|| codec::decode::<R>(black_box(&bytes)).expect("decode"))
+        b.iter(|| wire.decode_known::<R>(black_box(&bytes)).expect("decode"))
     });
     g.bench_function("decode_apache_avro", |b| {
         b.iter(|| {

@@ -7,12 +7,20 @@
 //!
 //! With a schema registry (`schema-registry-url`), records are written in the Confluent
 //! wire format instead: `00`, the 4-byte big-endian schema id the registry gave the writer
-//! schema, then the same Avro binary datum. The process registers its schemas at start and
-//! installs the ids once ([`install_registry_framing`]); from then on every
-//! [`encode`] writes that framing. [`decode`] reads both framings, so a topic written
-//! before and after the switch stays readable: an id this process registered maps to its
-//! own schema, any other id is looked up in the registry (through a [`SchemaLookup`] that
-//! the caller provides: this crate does no I/O) and cached for the life of the process.
+//! schema, then the same Avro binary datum. Which framing a process writes is a value, a
+//! [`Wire`], built once at role start ([`Wire::plain`], or [`Wire::registry`] with the ids
+//! the role registered) and passed to whatever encodes or decodes: there is no process-wide
+//! framing, so two roles (or tests) in one process may write different framings. Every
+//! [`Wire`] reads both framings, so a topic written before and after the switch stays
+//! readable: an id the role registered maps to its own schema, any other id is looked up in
+//! the registry (through an async [`SchemaLookup`] that the caller provides: this crate
+//! does no I/O) and cached for the life of the [`RegistryFraming`].
+//!
+//! Decoding itself is synchronous and never waits for the registry: an id not fetched yet
+//! is resolved first, asynchronously ([`Wire::resolve`], or [`Wire::decode`] which does
+//! both); a synchronous [`Wire::decode_known`] of an unresolved id fails with the retriable
+//! [`CodecError::Unresolved`]. The consumer runtime resolves the ids of each batch before
+//! it hands the batch to a processor, so handlers decode synchronously.
 //!
 //! The datum itself is read and written by `serde_avro_fast`, straight between the bytes
 //! and the record type (decoding is five to eight times cheaper than through apache-avro's
@@ -25,11 +33,11 @@
 //! ([`Codec::decode_resolving`]), which also stays the reference the direct path is tested
 //! against (`tests/codec_differential.rs`). apache-avro still provides the derive, the
 //! canonical forms and fingerprints, the compatibility checks and generic values
-//! ([`decode_value`]).
+//! ([`Wire::decode_value`]).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use apache_avro::rabin::Rabin;
 use apache_avro::{AvroSchema, Schema};
@@ -74,6 +82,13 @@ pub enum CodecError {
          schema-registry-url)"
     )]
     UnknownSchemaId(u32),
+    /// A Confluent-framed record names a schema id whose writer schema has not been fetched
+    /// from the schema registry yet: resolve it first ([`Wire::resolve`]).
+    #[error(
+        "writer schema id {0} has not been fetched from the schema registry yet (resolve the \
+         record before decoding it synchronously)"
+    )]
+    Unresolved(u32),
     /// The schema registry could not give the writer schema of a Confluent-framed record.
     #[error("writer schema id {id} from the schema registry: {message}")]
     Registry {
@@ -85,7 +100,7 @@ pub enum CodecError {
         /// may decode later, so a consumer retries rather than giving up on it.
         retriable: bool,
     },
-    /// Registry framing is on, but this record type got no schema id at start-up.
+    /// The wire writes the Confluent format, but this record type got no schema id at start.
     #[error(
         "records are written in the Confluent wire format, but {0} has no schema id: it was \
          not registered with the schema registry at start-up"
@@ -439,9 +454,6 @@ pub struct Codec<T> {
     /// `schema` for `serde_avro_fast`, which writes every datum.
     direct: &'static serde_avro_fast::Schema,
     header: [u8; HEADER_LEN],
-    /// The Confluent header (`None`: not registered), resolved at the first encode after
-    /// [`install_registry_framing`].
-    confluent: OnceLock<Option<[u8; CONFLUENT_HEADER_LEN]>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -461,7 +473,6 @@ impl<T: Record> Codec<T> {
             schema,
             direct,
             header,
-            confluent: OnceLock::new(),
             _t: PhantomData,
         }
     }
@@ -476,28 +487,21 @@ impl<T: Record> Codec<T> {
         self.schema.fingerprint
     }
 
-    /// Encodes into a new buffer.
-    pub fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::with_capacity(256);
-        self.encode_into(value, &mut out)?;
-        Ok(out)
-    }
-
-    /// Appends the encoded record to `out`: single-object encoded, or in the Confluent wire
-    /// format once [`install_registry_framing`] ran.
-    pub fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    /// Appends the encoded record to `out` in the framing of `framing`: single-object
+    /// without one, else the Confluent wire format with the id it holds for `T`.
+    pub fn encode_into(
+        &self,
+        framing: Option<&RegistryFraming>,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         let start = out.len();
-        match registry_framing() {
+        match framing {
             None => out.extend_from_slice(&self.header),
-            Some(framing) => {
-                let header = self
-                    .confluent
-                    .get_or_init(|| framing.id_of(T::FULL_NAME).map(confluent_header));
-                match header {
-                    Some(h) => out.extend_from_slice(h),
-                    None => return Err(CodecError::NotRegistered(T::FULL_NAME)),
-                }
-            }
+            Some(framing) => match framing.id_of(T::FULL_NAME) {
+                Some(id) => out.extend_from_slice(&confluent_header(id)),
+                None => return Err(CodecError::NotRegistered(T::FULL_NAME)),
+            },
         }
         self.write_datum(value, out)
             .inspect_err(|_| out.truncate(start))
@@ -515,7 +519,7 @@ impl<T: Record> Codec<T> {
         Ok(())
     }
 
-    /// Encodes single-object (`C3 01`, fingerprint, datum), whatever framing is installed.
+    /// Encodes single-object (`C3 01`, fingerprint, datum).
     pub fn encode_single_object(&self, value: &T) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&self.header);
@@ -523,8 +527,8 @@ impl<T: Record> Codec<T> {
         Ok(out)
     }
 
-    /// Encodes in the Confluent wire format (`00`, `schema_id` big-endian, datum), whatever
-    /// framing is installed. `schema_id` must be the registry's id of [`Codec::schema`].
+    /// Encodes in the Confluent wire format (`00`, `schema_id` big-endian, datum).
+    /// `schema_id` must be the registry's id of [`Codec::schema`].
     pub fn encode_confluent(&self, schema_id: u32, value: &T) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&confluent_header(schema_id));
@@ -533,13 +537,9 @@ impl<T: Record> Codec<T> {
     }
 
     /// Decodes a record in either framing, written with this or any known compatible
-    /// schema version (or, with a registry, any compatible schema it has).
-    pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        self.decode_with(registry_framing(), bytes)
-    }
-
-    /// [`Codec::decode`] with the given registry framing instead of the installed one
-    /// (`None`: no registry, so only this build's `.avsc` files resolve).
+    /// schema version (or, with a registry framing, any compatible schema it has fetched).
+    /// `framing`: `None`, no registry, so only this build's `.avsc` files resolve. Never
+    /// asks the registry: an id it has not fetched is [`CodecError::Unresolved`].
     pub fn decode_with(
         &self,
         framing: Option<&RegistryFraming>,
@@ -629,24 +629,16 @@ impl<T: Record> Default for Codec<T> {
     }
 }
 
-/// Reads the header (single-object or Confluent, with the installed registry framing):
-/// returns the writer schema and the datum bytes.
-pub fn split_header(bytes: &[u8]) -> Result<(&'static KnownSchema, &[u8]), CodecError> {
-    split_header_with(registry_framing(), bytes)
-}
-
-/// [`split_header`] with the given registry framing instead of the installed one.
+/// Reads the header (single-object or Confluent, with `framing` for Confluent ids):
+/// returns the writer schema and the datum bytes. Never asks the registry.
 pub fn split_header_with<'a>(
     framing: Option<&RegistryFraming>,
     bytes: &'a [u8],
 ) -> Result<(&'static KnownSchema, &'a [u8]), CodecError> {
     if bytes.first() == Some(&CONFLUENT_MAGIC) {
-        let Some(id) = bytes.get(1..CONFLUENT_HEADER_LEN) else {
+        let Some(id) = confluent_id(bytes) else {
             return Err(CodecError::Truncated(bytes.len()));
         };
-        let mut be = [0u8; 4];
-        be.copy_from_slice(id);
-        let id = u32::from_be_bytes(be);
         let writer = match framing {
             Some(f) => f.writer_schema(id)?,
             None => return Err(CodecError::UnknownSchemaId(id)),
@@ -666,16 +658,6 @@ pub fn split_header_with<'a>(
         .by_fingerprint(fp)
         .ok_or(CodecError::UnknownSchema(fp))?;
     Ok((writer, &bytes[HEADER_LEN..]))
-}
-
-/// Decodes any known record into a generic Avro value (for tools: export, dead letters).
-pub fn decode_value(
-    bytes: &[u8],
-) -> Result<(&'static KnownSchema, apache_avro::types::Value), CodecError> {
-    let (writer, mut body) = split_header(bytes)?;
-    check_lengths(writer, body)?;
-    let value = apache_avro::from_avro_datum(&writer.schema, &mut body, None)?;
-    Ok((writer, value))
 }
 
 /// Reads a datum of `writer` through `serde_avro_fast` without keeping any of it, and
@@ -761,13 +743,13 @@ fn confluent_header(schema_id: u32) -> [u8; CONFLUENT_HEADER_LEN] {
     h
 }
 
-/// Looks writer schemas up by id in a schema registry, for the decoder. Implemented outside
-/// this crate, which does no I/O (`fleet_schema_registry`). Called on a decode that
-/// meets an id seen for the first time; it blocks the decoding thread until the registry
-/// answers, so an implementation bounds the wait.
+/// Looks writer schemas up by id in a schema registry, for [`Wire::resolve`]. Implemented
+/// outside this crate, which does no I/O (`fleet_schema_registry`). Called for an id seen
+/// for the first time (and again after a failure); an implementation bounds the wait.
+#[async_trait::async_trait]
 pub trait SchemaLookup: Send + Sync + std::fmt::Debug {
     /// The schema text the registry holds under `id`, or why it cannot be had.
-    fn schema_by_id(&self, id: u32) -> Result<String, LookupError>;
+    async fn schema_by_id(&self, id: u32) -> Result<String, LookupError>;
 }
 
 /// Why a [`SchemaLookup`] has no schema for an id.
@@ -782,26 +764,37 @@ pub struct LookupError {
 
 impl CodecError {
     /// The record may decode later: the registry that holds its writer schema could not be
-    /// asked. Every other error is a property of the bytes.
+    /// asked, or has not been asked yet ([`CodecError::Unresolved`]). Every other error is a
+    /// property of the bytes.
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
-            CodecError::Registry {
-                retriable: true,
-                ..
-            }
+            CodecError::Unresolved(_)
+                | CodecError::Registry {
+                    retriable: true,
+                    ..
+                }
         )
     }
 }
 
-/// The schema ids of the Confluent wire format: which id this process writes for each
-/// record type, and how it finds the writer schema of any other id.
+/// The schema ids of the Confluent wire format: which id a role writes for each record
+/// type, and how it finds the writer schema of any other id.
 #[derive(Debug)]
 pub struct RegistryFraming {
     ids: HashMap<&'static str, u32>,
     own: HashMap<u32, &'static KnownSchema>,
     lookup: Option<Arc<dyn SchemaLookup>>,
-    fetched: Mutex<HashMap<u32, &'static KnownSchema>>,
+    fetched: Mutex<Fetched>,
+}
+
+/// What the registry answered so far, per id.
+#[derive(Debug, Default)]
+struct Fetched {
+    schemas: HashMap<u32, &'static KnownSchema>,
+    /// Ids the registry answered without a usable schema (not found, not an Avro record),
+    /// with the message: a synchronous decode reports it; the next resolve asks again.
+    refused: HashMap<u32, String>,
 }
 
 impl RegistryFraming {
@@ -825,7 +818,7 @@ impl RegistryFraming {
             ids: by_name,
             own,
             lookup,
-            fetched: Mutex::new(HashMap::new()),
+            fetched: Mutex::new(Fetched::default()),
         })
     }
 
@@ -834,40 +827,82 @@ impl RegistryFraming {
         self.ids.get(full_name).copied()
     }
 
-    /// Every (record full name, schema id) this process writes.
+    /// Every (record full name, schema id) this framing writes.
     pub fn ids(&self) -> impl Iterator<Item = (&'static str, u32)> + '_ {
         self.ids.iter().map(|(n, id)| (*n, *id))
     }
 
-    /// The writer schema of a Confluent-framed record: one of ours, one fetched before, or
-    /// fetched now through the lookup and cached. A fetched schema that is one of this
-    /// build's `.avsc` files (same fingerprint) is that file's; any other is parsed and
-    /// kept for the life of the process (one per distinct id).
+    /// The writer schema of a Confluent-framed record as known now: one of ours or one
+    /// fetched before. Never asks the registry: an id not fetched yet is
+    /// [`CodecError::Unresolved`] (retriable: [`RegistryFraming::resolve`] it), one the
+    /// registry refused at the last [`resolve`](RegistryFraming::resolve) is that
+    /// refusal, and without a lookup any other id is [`CodecError::UnknownSchemaId`].
     pub fn writer_schema(&self, id: u32) -> Result<&'static KnownSchema, CodecError> {
         if let Some(s) = self.own.get(&id) {
             return Ok(s);
         }
-        if let Some(s) = self.lock_fetched().get(&id) {
+        let fetched = self.lock_fetched();
+        if let Some(s) = fetched.schemas.get(&id) {
             return Ok(s);
         }
-        let lookup = self
-            .lookup
-            .as_ref()
-            .ok_or(CodecError::UnknownSchemaId(id))?;
-        let text = lookup.schema_by_id(id).map_err(|e| CodecError::Registry {
-            id,
-            message: e.message,
-            retriable: e.retriable,
-        })?;
-        let schema = schema_from_registry(id, &text)?;
-        let mut fetched = self.lock_fetched();
-        Ok(*fetched.entry(id).or_insert_with(|| match schema {
-            FromRegistry::Known(s) => s,
-            FromRegistry::New(s) => Box::leak(s),
-        }))
+        if self.lookup.is_none() {
+            return Err(CodecError::UnknownSchemaId(id));
+        }
+        match fetched.refused.get(&id) {
+            Some(message) => Err(CodecError::Registry {
+                id,
+                message: message.clone(),
+                retriable: false,
+            }),
+            None => Err(CodecError::Unresolved(id)),
+        }
     }
 
-    fn lock_fetched(&self) -> std::sync::MutexGuard<'_, HashMap<u32, &'static KnownSchema>> {
+    /// The writer schema of a Confluent-framed record: one of ours, one fetched before, or
+    /// fetched now through the lookup (asynchronously) and cached. A fetched schema that
+    /// is one of this build's `.avsc` files (same fingerprint) is that file's; any other is
+    /// parsed and kept for the life of the process (one per distinct id). A failure is not
+    /// cached: the next call asks again.
+    pub async fn resolve(&self, id: u32) -> Result<&'static KnownSchema, CodecError> {
+        match self.writer_schema(id) {
+            Err(CodecError::Unresolved(_) | CodecError::Registry { .. }) => {}
+            known => return known,
+        }
+        let Some(lookup) = &self.lookup else {
+            return Err(CodecError::UnknownSchemaId(id));
+        };
+        let fetched = match lookup.schema_by_id(id).await {
+            Ok(text) => schema_from_registry(id, &text),
+            Err(e) => Err(CodecError::Registry {
+                id,
+                message: e.message,
+                retriable: e.retriable,
+            }),
+        };
+        let mut cache = self.lock_fetched();
+        match fetched {
+            Ok(schema) => {
+                cache.refused.remove(&id);
+                Ok(*cache.schemas.entry(id).or_insert_with(|| match schema {
+                    FromRegistry::Known(s) => s,
+                    FromRegistry::New(s) => Box::leak(s),
+                }))
+            }
+            Err(e) => {
+                if let CodecError::Registry {
+                    message,
+                    retriable: false,
+                    ..
+                } = &e
+                {
+                    cache.refused.insert(id, message.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn lock_fetched(&self) -> std::sync::MutexGuard<'_, Fetched> {
         self.fetched.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -906,29 +941,101 @@ fn schema_from_registry(id: u32, text: &str) -> Result<FromRegistry, CodecError>
     })))
 }
 
-static REGISTRY_FRAMING: OnceLock<RegistryFraming> = OnceLock::new();
-
-/// Switches this process to the Confluent wire format, once: every later encode writes
-/// the ids of `framing`, and decodes resolve Confluent ids through it. Call at start, after
-/// registering the schemas and before the first record is written. A second call is
-/// refused (the framing is handed back).
-pub fn install_registry_framing(framing: RegistryFraming) -> Result<(), Box<RegistryFraming>> {
-    REGISTRY_FRAMING.set(framing).map_err(Box::new)
+/// How a role writes and reads records: single-object ([`Wire::plain`]) or the Confluent
+/// wire format with the schema ids it registered ([`Wire::registry`]). Built once at role
+/// start and passed to everything that encodes or decodes; cheap to clone (clones share
+/// the registry framing and the writer schemas it fetched).
+#[derive(Debug, Clone)]
+pub struct Wire {
+    registry: Option<Arc<RegistryFraming>>,
 }
 
-/// The installed registry framing, if any.
-pub fn registry_framing() -> Option<&'static RegistryFraming> {
-    REGISTRY_FRAMING.get()
+impl Wire {
+    /// Single-object encoding; reads single-object records only (a Confluent-framed one is
+    /// [`CodecError::UnknownSchemaId`]).
+    pub fn plain() -> Wire {
+        Wire { registry: None }
+    }
+
+    /// The Confluent wire format with the ids of `framing`; reads both framings.
+    pub fn registry(framing: RegistryFraming) -> Wire {
+        Wire {
+            registry: Some(Arc::new(framing)),
+        }
+    }
+
+    /// The registry framing (`None`: single-object).
+    pub fn framing(&self) -> Option<&RegistryFraming> {
+        self.registry.as_deref()
+    }
+
+    /// Encodes a record in this wire's framing.
+    pub fn encode<T: Record>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends a record, encoded in this wire's framing, to `out`.
+    pub fn encode_into<T: Record>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        T::codec().encode_into(self.framing(), value, out)
+    }
+
+    /// Fetches the writer schema of a Confluent-framed record whose id is not known yet
+    /// (asynchronously, through the registry framing's lookup), so that a synchronous
+    /// [`Wire::decode_known`] of the same bytes does not meet [`CodecError::Unresolved`].
+    /// Single-object records and known ids need nothing. An error is the lookup's (a
+    /// retriable one may pass later); the bytes are not checked beyond their header.
+    pub async fn resolve(&self, bytes: &[u8]) -> Result<(), CodecError> {
+        match (confluent_id(bytes), self.framing()) {
+            (Some(id), Some(framing)) => framing.resolve(id).await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Decodes a record in either framing, fetching an unknown writer schema id from the
+    /// registry first ([`Wire::resolve`]); never blocks the thread.
+    pub async fn decode<T: Record>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        self.resolve(bytes).await?;
+        self.decode_known(bytes)
+    }
+
+    /// Decodes a record whose writer schema is known now (single-object, one of our ids,
+    /// or one resolved before): never asks the registry, so an id not fetched yet is the
+    /// retriable [`CodecError::Unresolved`].
+    pub fn decode_known<T: Record>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        T::codec().decode_with(self.framing(), bytes)
+    }
+
+    /// Reads the header: the writer schema (known now, as [`Wire::decode_known`]) and the
+    /// datum bytes.
+    pub fn split_header<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> Result<(&'static KnownSchema, &'a [u8]), CodecError> {
+        split_header_with(self.framing(), bytes)
+    }
+
+    /// Decodes any record whose writer schema is known now into a generic Avro value (for
+    /// tools: export, dead letters); resolve Confluent ids first ([`Wire::resolve`]).
+    pub fn decode_value(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(&'static KnownSchema, apache_avro::types::Value), CodecError> {
+        let (writer, mut body) = self.split_header(bytes)?;
+        check_lengths(writer, body)?;
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut body, None)?;
+        Ok((writer, value))
+    }
 }
 
-/// Encodes a record with its type's codec.
-pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, CodecError> {
-    T::codec().encode(value)
-}
-
-/// Decodes a record with its type's codec.
-pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, CodecError> {
-    T::codec().decode(bytes)
+/// The schema id of a Confluent-framed record (`None`: not one, or shorter than its header).
+pub fn confluent_id(bytes: &[u8]) -> Option<u32> {
+    if bytes.first() != Some(&CONFLUENT_MAGIC) {
+        return None;
+    }
+    let id: [u8; 4] = bytes.get(1..CONFLUENT_HEADER_LEN)?.try_into().ok()?;
+    Some(u32::from_be_bytes(id))
 }
 
 #[cfg(test)]

@@ -21,5 +21,5 @@ pub mod text;
 pub mod time;
 pub mod topics;
 
-pub use codec::{decode, encode, CodecError, Record};
+pub use codec::{CodecError, Record, Wire};
 pub use records::*;

@@ -701,8 +701,9 @@ fn every_released_writer_schema_decodes_like_apache_avro_resolution() {
 #[derive(Debug)]
 struct Registry(HashMap<u32, String>);
 
+#[async_trait::async_trait]
 impl SchemaLookup for Registry {
-    fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
+    async fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
         self.0.get(&id).cloned().ok_or(LookupError {
             message: format!("schema {id} not found (404)"),
             retriable: false,
@@ -718,6 +719,16 @@ fn current_json<T: Record>() -> serde_json::Value {
         .map(|(_, t)| *t)
         .expect("avsc");
     serde_json::from_str(text).expect("json")
+}
+
+/// Fetches the writer schema of `id` through the framing's lookup (as the consumer runtime
+/// does before decoding), so that synchronous decodes know it.
+fn resolved(framing: &RegistryFraming, id: u32) -> &'static codec::KnownSchema {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(framing.resolve(id))
+        .expect("fetched")
 }
 
 /// Another producer's newer schema: ours plus fields of every kind the reader must skip,
@@ -802,10 +813,7 @@ fn foreign_writer_datums<T: Arbitrary>() -> &'static str {
             RegistryFraming::new([], Some(Arc::new(Registry(HashMap::from([(900, text)])))))
                 .expect("framing");
         assert_eq!(
-            framing
-                .writer_schema(900)
-                .expect("fetched")
-                .reads_directly(),
+            resolved(&framing, 900).reads_directly(),
             !with_blocks,
             "added fields without blocks are read through by the direct path"
         );
@@ -873,7 +881,7 @@ fn writer_schemas_the_direct_path_does_not_cover_are_resolved_by_apache_avro() {
             Some(Arc::new(Registry(HashMap::from([(id, text.clone())])))),
         )
         .expect("framing");
-        let known = framing.writer_schema(id).expect("fetched");
+        let known = resolved(&framing, id);
         assert!(!known.reads_directly(), "{text}");
         for _ in 0..50 {
             let mut v = MetricReport::arbitrary(&mut g);
@@ -980,16 +988,20 @@ fn hostile_bytes_never_panic_and_fail_where_apache_avro_fails() {
 fn a_length_prefix_beyond_the_datum_fails_without_allocating_it() {
     // An event id claiming 2^40 bytes: refused from the bytes at hand, not by trying to
     // allocate a terabyte (no allocation bound needs to be configured for that).
-    let hb = codec::encode(&fixtures::heartbeat("t", "a", T0, 1)).expect("encode");
+    let hb = codec::Wire::plain()
+        .encode(&fixtures::heartbeat("t", "a", T0, 1))
+        .expect("encode");
     let mut b = hb[..codec::HEADER_LEN].to_vec();
     b.extend(varint(1 << 40));
     b.extend_from_slice(&hb[codec::HEADER_LEN + 1..]);
-    let err = codec::decode::<Heartbeat>(&b).unwrap_err();
+    let err = codec::Wire::plain()
+        .decode_known::<Heartbeat>(&b)
+        .unwrap_err();
     assert!(matches!(err, CodecError::Avro(_)), "{err}");
     // A list claiming 2^40 items of a MetricReport likewise.
     let mut r = fixtures::metric_report("t", "a", T0);
     r.cpu_per_core = vec![1.5];
-    let bytes = codec::encode(&r).expect("encode");
+    let bytes = codec::Wire::plain().encode(&r).expect("encode");
     let one_item = [varint(1), 1.5f64.to_le_bytes().to_vec(), varint(0)].concat();
     let at = bytes
         .windows(one_item.len())
@@ -999,7 +1011,7 @@ fn a_length_prefix_beyond_the_datum_fails_without_allocating_it() {
     b.extend(varint(1 << 40));
     b.extend_from_slice(&bytes[at + 1..]);
     assert!(matches!(
-        codec::decode::<MetricReport>(&b),
+        codec::Wire::plain().decode_known::<MetricReport>(&b),
         Err(CodecError::Avro(_))
     ));
     // Counts within apache-avro's default bound (which made the old path reserve them and
@@ -1007,7 +1019,9 @@ fn a_length_prefix_beyond_the_datum_fails_without_allocating_it() {
     let mut b = bytes[..at].to_vec();
     b.extend(varint(500_000_000));
     b.extend_from_slice(&bytes[at + 1..]);
-    assert!(codec::decode::<MetricReport>(&b).is_err());
+    assert!(codec::Wire::plain()
+        .decode_known::<MetricReport>(&b)
+        .is_err());
     let custom = [varint(1), varint(11), b"queue_depth".to_vec()].concat();
     let at = bytes
         .windows(custom.len())
@@ -1016,7 +1030,9 @@ fn a_length_prefix_beyond_the_datum_fails_without_allocating_it() {
     let mut b = bytes[..at].to_vec();
     b.extend(varint(500_000_000));
     b.extend_from_slice(&bytes[at + 1..]);
-    assert!(codec::decode::<MetricReport>(&b).is_err());
+    assert!(codec::Wire::plain()
+        .decode_known::<MetricReport>(&b)
+        .is_err());
 }
 
 #[test]
@@ -1026,20 +1042,26 @@ fn a_long_with_bits_beyond_the_64th_is_refused() {
     // direct path refuses the record (a DECODE dead letter rather than a silently wrong
     // value), and so does the resolving path, whose datum `serde_avro_fast` reads first
     // (the length check before apache-avro, `tests/hostile_lengths.rs`).
-    let hb = codec::encode(&fixtures::heartbeat("t", "a", T0, 1)).expect("encode");
+    let hb = codec::Wire::plain()
+        .encode(&fixtures::heartbeat("t", "a", T0, 1))
+        .expect("encode");
     let sequence = varint(1); // the last field
     assert!(hb.ends_with(&sequence));
     let mut b = hb[..hb.len() - sequence.len()].to_vec();
     b.extend_from_slice(&[0x82, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]);
     let err = Heartbeat::codec().decode_resolving(None, &b).unwrap_err();
     assert!(matches!(err, CodecError::Avro(_)), "{err}");
-    let err = codec::decode::<Heartbeat>(&b).unwrap_err();
+    let err = codec::Wire::plain()
+        .decode_known::<Heartbeat>(&b)
+        .unwrap_err();
     assert!(matches!(err, CodecError::Avro(_)), "{err}");
     // With the tenth byte at 1 (bit 64 of the varint) it is a valid long for both.
     let last = b.len() - 1;
     b[last] = 0x01;
     assert_eq!(
-        codec::decode::<Heartbeat>(&b).expect("valid"),
+        codec::Wire::plain()
+            .decode_known::<Heartbeat>(&b)
+            .expect("valid"),
         Heartbeat::codec()
             .decode_resolving(None, &b)
             .expect("valid")

@@ -48,8 +48,9 @@ fn replace(bytes: &[u8], what: &[u8], with: &[u8]) -> Vec<u8> {
 #[derive(Debug)]
 struct Registry(HashMap<u32, String>);
 
+#[async_trait::async_trait]
 impl SchemaLookup for Registry {
-    fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
+    async fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
         self.0.get(&id).cloned().ok_or(LookupError {
             message: format!("schema {id} not found"),
             retriable: false,
@@ -87,11 +88,13 @@ fn a_length_or_count_beyond_the_datum_is_refused_before_anything_is_reserved() {
         Some(Arc::new(Registry(HashMap::from([(77, json.to_string())])))),
     )
     .expect("framing");
-    assert!(!framing.writer_schema(77).expect("fetched").reads_directly());
+    assert!(!resolved(&framing, 77).reads_directly());
     let confluent = |datum: &[u8]| [&[0, 0, 0, 0, 77][..], datum].concat();
 
     // The valid record reads on both paths.
-    let (_, value) = codec::decode_value(&single).expect("generic decode");
+    let (_, value) = codec::Wire::plain()
+        .decode_value(&single)
+        .expect("generic decode");
     assert!(matches!(value, apache_avro::types::Value::Record(_)));
     let back = MetricReport::codec()
         .decode_with(Some(&framing), &confluent(datum))
@@ -106,7 +109,7 @@ fn a_length_or_count_beyond_the_datum_is_refused_before_anything_is_reserved() {
     let huge_string = replace(&single, &id_len, &varint(1 << 28));
     let before = vm_peak_kib();
     for hostile in [&huge_list, &huge_string] {
-        assert!(codec::decode_value(hostile).is_err());
+        assert!(codec::Wire::plain().decode_value(hostile).is_err());
         let datum = &hostile[codec::HEADER_LEN..];
         assert!(MetricReport::codec()
             .decode_with(Some(&framing), &confluent(datum))
@@ -118,4 +121,14 @@ fn a_length_or_count_beyond_the_datum_is_refused_before_anything_is_reserved() {
         "decoding four hostile records of ~{} bytes reserved {grown_mib} MiB",
         huge_list.len()
     );
+}
+
+/// Fetches the writer schema of `id` through the framing's lookup (as the consumer runtime
+/// does before decoding), so that synchronous decodes know it.
+fn resolved(framing: &RegistryFraming, id: u32) -> &'static codec::KnownSchema {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(framing.resolve(id))
+        .expect("fetched")
 }

@@ -25,7 +25,7 @@ fn python() -> String {
 fn write<T: Record>(dir: &Path, name: &str, v: &T) -> anyhow::Result<()> {
     std::fs::write(
         dir.join("rust").join(format!("{name}.bin")),
-        codec::encode(v)?,
+        codec::Wire::plain().encode(v)?,
     )?;
     Ok(())
 }
@@ -37,8 +37,9 @@ fn read_back<T: Record + PartialEq + std::fmt::Debug + Clone>(
     set_agent: impl Fn(&mut T, String),
 ) -> anyhow::Result<Value> {
     let bytes = std::fs::read(dir.join("python").join(format!("{name}.bin")))?;
-    let decoded: T =
-        codec::decode(&bytes).with_context(|| format!("Rust decoding fastavro's {name}"))?;
+    let decoded: T = codec::Wire::plain()
+        .decode_known(&bytes)
+        .with_context(|| format!("Rust decoding fastavro's {name}"))?;
     let mut expected = original.clone();
     set_agent(&mut expected, format!("py-{name}"));
     assert_eq!(

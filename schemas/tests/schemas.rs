@@ -54,11 +54,11 @@ fn every_avsc_parses_and_has_unique_fingerprint() {
 }
 
 fn roundtrip<T: Record + PartialEq + std::fmt::Debug>(v: &T) {
-    let bytes = codec::encode(v).expect("encode");
+    let bytes = codec::Wire::plain().encode(v).expect("encode");
     assert_eq!(&bytes[..2], &codec::MAGIC);
     let fp = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
     assert_eq!(fp, T::codec().fingerprint());
-    let back: T = codec::decode(&bytes).expect("decode");
+    let back: T = codec::Wire::plain().decode_known(&bytes).expect("decode");
     assert_eq!(&back, v);
 }
 
@@ -100,30 +100,34 @@ fn records_roundtrip() {
 #[test]
 fn decode_rejects_garbage_with_clear_errors() {
     assert!(matches!(
-        codec::decode::<Heartbeat>(b"xx"),
+        codec::Wire::plain().decode_known::<Heartbeat>(b"xx"),
         Err(CodecError::Truncated(2))
     ));
     assert!(matches!(
-        codec::decode::<Heartbeat>(b"{\"not\":\"avro\"}"),
+        codec::Wire::plain().decode_known::<Heartbeat>(b"{\"not\":\"avro\"}"),
         Err(CodecError::BadMagic(_))
     ));
     let mut unknown = vec![0xC3, 0x01];
     unknown.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
     assert!(matches!(
-        codec::decode::<Heartbeat>(&unknown),
+        codec::Wire::plain().decode_known::<Heartbeat>(&unknown),
         Err(CodecError::UnknownSchema(_))
     ));
-    let hb = codec::encode(&fixtures::heartbeat("t", "a", 1, 1)).expect("encode");
+    let hb = codec::Wire::plain()
+        .encode(&fixtures::heartbeat("t", "a", 1, 1))
+        .expect("encode");
     assert!(matches!(
-        codec::decode::<MetricReport>(&hb),
+        codec::Wire::plain().decode_known::<MetricReport>(&hb),
         Err(CodecError::WrongRecord { .. })
     ));
     let truncated = &hb[..hb.len() - 3];
-    assert!(codec::decode::<Heartbeat>(truncated).is_err());
+    assert!(codec::Wire::plain()
+        .decode_known::<Heartbeat>(truncated)
+        .is_err());
     let mut trailing = hb.clone();
     trailing.push(0);
     assert!(matches!(
-        codec::decode::<Heartbeat>(&trailing),
+        codec::Wire::plain().decode_known::<Heartbeat>(&trailing),
         Err(CodecError::TrailingBytes(1))
     ));
 }
@@ -242,7 +246,9 @@ fn codec_decodes_agent_lifecycle_written_with_v1() {
     let mut bytes = codec::MAGIC.to_vec();
     bytes.extend_from_slice(&v1_fp.to_le_bytes());
     bytes.extend(apache_avro::to_avro_datum(&v1.schema, lifecycle_v1_value(&v)).expect("write"));
-    let back: AgentLifecycle = codec::decode(&bytes).expect("decode v1 record");
+    let back: AgentLifecycle = codec::Wire::plain()
+        .decode_known(&bytes)
+        .expect("decode v1 record");
     assert_eq!(back, v);
     assert_eq!(back.tags, None);
 

@@ -46,13 +46,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::deadletter::{DeadLetters, Reason};
 use fleet_consumer::follow::Follower;
 use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
 use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::rules::HEARTBEAT_ABSENT;
 use fleet_schemas::time::duration_micros;
+use fleet_schemas::Wire;
 use fleet_schemas::{topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent};
 
 use crate::rules::{self, Evaluator};
@@ -80,8 +81,13 @@ struct ControlState {
 
 impl Control {
     async fn open(log: &dyn EventLog, dead: DeadLetters) -> anyhow::Result<Control> {
-        let follower =
-            Follower::open(log, "alert-control", &[topics::RULES, topics::ALERTS]).await?;
+        let follower = Follower::open(
+            log,
+            dead.wire(),
+            "alert-control",
+            &[topics::RULES, topics::ALERTS],
+        )
+        .await?;
         Ok(Control {
             follower,
             state: ControlState {
@@ -118,7 +124,7 @@ impl Control {
 impl ControlState {
     fn apply(&mut self, evaluator: &mut Evaluator, r: &ConsumedRecord) {
         if &*r.topic == topics::RULES {
-            match decode_retrying::<RuleEvent>(r) {
+            match self.dead.wire().decode_known::<RuleEvent>(&r.value) {
                 Ok(ev) => match evaluator.apply_rule_event(&ev) {
                     Ok(()) => {
                         self.rules_changed = true;
@@ -140,7 +146,7 @@ impl ControlState {
                 }
             }
         } else {
-            match decode_retrying::<AlertEvent>(r) {
+            match self.dead.wire().decode_known::<AlertEvent>(&r.value) {
                 Ok(ev) => {
                     if !self.in_flight.remove(&ev.event_id) {
                         evaluator.observe(&ev);
@@ -167,7 +173,7 @@ async fn rebuild_tags(
     if upto.values().all(|c| *c <= 0) {
         return Ok(0);
     }
-    let mut follower = Follower::open(log, "alert-tags", &[topics::AGENTS]).await?;
+    let mut follower = Follower::open(log, dead.wire(), "alert-tags", &[topics::AGENTS]).await?;
     let targets = upto
         .iter()
         .map(|(p, c)| ((topics::AGENTS.to_owned(), *p), *c))
@@ -220,6 +226,7 @@ impl Held {
 /// Runs the alert evaluator until `shutdown` resolves (see the module docs).
 pub(crate) async fn run(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     config: ProcessorsConfig,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -229,7 +236,7 @@ pub(crate) async fn run(
     let settings = &config.alert_evaluator;
     let margin_micros = duration_micros(settings.replay_margin).min(i64::MAX / 2);
     let mut evaluator = Evaluator::new(&static_rules)?.with_max_gap(margin_micros);
-    let dead = DeadLetters::open(log.clone(), CONSUMER, &settings.group).await?;
+    let dead = DeadLetters::open(log.clone(), wire, CONSUMER, &settings.group).await?;
     let mut control = Control::open(log.as_ref(), dead.clone()).await?;
     let rebuilt = control.catch_up(log.as_ref(), &mut evaluator).await?;
     tracing::info!(
@@ -494,7 +501,7 @@ impl AlertLoop {
         for ev in &events {
             self.control.state.in_flight.insert(ev.event_id.clone());
         }
-        out.write_records(&events);
+        out.write_records(self.dead.wire(), &events);
         out.when_written(move || {
             for ev in &events {
                 ::metrics::counter!(metrics::ALERTS_EMITTED, "kind" => ev.kind.as_str()).increment(1);
@@ -515,7 +522,7 @@ fn evaluate_batch(
     for r in batch {
         if &*r.topic == topics::AGENTS {
             ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => AgentLifecycle::TOPIC).increment(1);
-            match decode_retrying::<AgentLifecycle>(r) {
+            match dead.wire().decode_known::<AgentLifecycle>(&r.value) {
                 Ok(ev) => out.extend(evaluator.lifecycle(&ev, now)),
                 Err(e) => {
                     ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => AgentLifecycle::TOPIC)
@@ -526,7 +533,7 @@ fn evaluate_batch(
             continue;
         }
         ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => MetricReport::TOPIC).increment(1);
-        match decode_retrying::<MetricReport>(r) {
+        match dead.wire().decode_known::<MetricReport>(&r.value) {
             Ok(report) => out.extend(evaluator.evaluate(&report, now)),
             Err(e) => {
                 ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => MetricReport::TOPIC)

@@ -23,6 +23,8 @@ use std::time::Duration;
 use fleet_event_log::{ConsumedRecord, EventLog};
 use fleet_schemas::{topics, CommandEvent, CommandEventKind};
 
+use fleet_schemas::Wire;
+
 use crate::timed::{decode_counted, run_timed, Timed, TimedSettings};
 use crate::{metrics, ProcessorsConfig, Readiness};
 use fleet_consumer::deadletter::DeadLetters;
@@ -234,6 +236,7 @@ impl Timed for TimeoutsProcessor {
 /// Runs the command-timeout processor until `shutdown` resolves.
 pub async fn run_command_timeouts(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     config: ProcessorsConfig,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -254,7 +257,7 @@ pub async fn run_command_timeouts(
         session_timeout: config.event_log.session_timeout,
         follow: None,
     };
-    run_timed(log, proc, settings, ready, shutdown).await
+    run_timed(log, wire, proc, settings, ready, shutdown).await
 }
 
 #[cfg(test)]

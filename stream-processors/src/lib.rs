@@ -49,9 +49,10 @@ impl Readiness {
 /// replay of the for-duration window on every partition taken (see `alert_loop.rs`).
 pub async fn run_alert_evaluator(
     log: Arc<dyn EventLog>,
+    wire: fleet_schemas::Wire,
     config: ProcessorsConfig,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    alert_loop::run(log, config, ready, shutdown).await
+    alert_loop::run(log, wire, config, ready, shutdown).await
 }

@@ -25,6 +25,8 @@ use std::time::Duration;
 use fleet_event_log::{partition_for_key, ConsumedRecord, EventLog};
 use fleet_schemas::{ids, topics, AgentLifecycle, AgentLifecycleKind, Heartbeat};
 
+use fleet_schemas::Wire;
+
 use crate::timed::{decode_counted, run_timed, Timed, TimedSettings};
 use crate::{metrics, ProcessorsConfig, Readiness};
 use fleet_consumer::deadletter::DeadLetters;
@@ -325,6 +327,7 @@ impl Timed for LivenessProcessor {
 /// Runs the liveness processor until `shutdown` resolves.
 pub async fn run_liveness(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     config: ProcessorsConfig,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -346,7 +349,7 @@ pub async fn run_liveness(
         session_timeout: config.event_log.session_timeout,
         follow: Some(topics::AGENTS),
     };
-    run_timed(log, proc, settings, ready, shutdown).await
+    run_timed(log, wire, proc, settings, ready, shutdown).await
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use fleet_schemas::{
     TicketEventKind, TicketSeverity,
 };
 
+use fleet_schemas::Wire;
+
 use crate::timed::decode_counted;
 use crate::{metrics, ProcessorsConfig, Readiness};
 
@@ -282,7 +284,7 @@ async fn rebuild(
     ticketer: &mut Ticketer,
     dead: &DeadLetters,
 ) -> anyhow::Result<u64> {
-    let n = read_to_end(log, topics::TICKETS, |r| {
+    let n = read_to_end(log, dead.wire(), topics::TICKETS, |r| {
         if let Some(ev) = decode_counted::<TicketEvent>(NAME, dead, r) {
             ticketer.observe_ticket(&ev);
         }
@@ -345,7 +347,7 @@ impl Processor for TicketLoop {
             return out;
         }
         // The offsets are committed only after the tickets are written.
-        out.write_records(&events);
+        out.write_records(self.dead.wire(), &events);
         out.when_written(move || {
             for ev in &events {
                 ::metrics::counter!(metrics::TICKETS_EMITTED, "status" => ev.status.clone())
@@ -368,16 +370,22 @@ impl Processor for TicketLoop {
 /// Runs the ticketer until `shutdown` resolves.
 pub async fn run_ticketer(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     config: ProcessorsConfig,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
     let group = config.ticketer.group.clone();
-    let dead = DeadLetters::open(log.clone(), NAME, &group).await?;
+    let dead = DeadLetters::open(log.clone(), wire, NAME, &group).await?;
     let mut ticketer = Ticketer::new(config.ticketer.min_severity.into());
-    let mut agents =
-        Follower::open(log.as_ref(), &format!("{NAME}-follow"), &[topics::AGENTS]).await?;
+    let mut agents = Follower::open(
+        log.as_ref(),
+        dead.wire(),
+        &format!("{NAME}-follow"),
+        &[topics::AGENTS],
+    )
+    .await?;
     agents
         .catch_up(log.as_ref(), |r| {
             if let Some(ev) = decode_counted::<AgentLifecycle>(NAME, &dead, r) {

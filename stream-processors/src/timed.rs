@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_consumer::deadletter::{decode_retrying, DeadLetters, Reason};
+use fleet_consumer::deadletter::{DeadLetters, Reason};
 use fleet_consumer::follow::Follower;
 use fleet_consumer::log::ensure_topics;
 use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
 use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::Record;
+use fleet_schemas::Wire;
 
 use crate::{metrics, Readiness};
 
@@ -121,7 +122,8 @@ impl Positions {
 
 /// Decodes a consumed record, counting it (and a failure) for `processor`; a record that
 /// does not decode is noted for the dead letters (the runtime writes them before it commits).
-/// A transient failure (the schema registry cannot be asked) is retried, not noted.
+/// Synchronous: the runtime and the followers resolved the record's writer schema before
+/// (waiting while the schema registry could not be asked), so a decode failure is final.
 pub(crate) fn decode_counted<T: Record>(
     processor: &'static str,
     dead: &DeadLetters,
@@ -129,7 +131,7 @@ pub(crate) fn decode_counted<T: Record>(
 ) -> Option<T> {
     ::metrics::counter!(metrics::RECORDS, "processor" => processor, "topic" => T::TOPIC)
         .increment(1);
-    match decode_retrying::<T>(r) {
+    match dead.wire().decode_known::<T>(&r.value) {
         Ok(v) => Some(v),
         Err(e) => {
             ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => processor, "topic" => T::TOPIC)
@@ -250,7 +252,7 @@ impl<P: Timed> Processor for TimedLoop<P> {
         self.positions.observe(P::INPUT, batch);
         self.proc.report();
         let mut out = Output::new();
-        out.write_records(&events);
+        out.write_records(self.dead.wire(), &events);
         out
     }
 
@@ -295,7 +297,7 @@ impl<P: Timed> Processor for TimedLoop<P> {
             let _g = span.enter();
             proc.due(now, &partitions)
         };
-        out.write_records(&events);
+        out.write_records(dead.wire(), &events);
         proc.report();
         out
     }
@@ -304,17 +306,18 @@ impl<P: Timed> Processor for TimedLoop<P> {
 /// Runs a timer-driven processor until `shutdown` resolves.
 pub(crate) async fn run_timed<P: Timed + 'static>(
     log: Arc<dyn EventLog>,
+    wire: Wire,
     mut proc: P,
     settings: TimedSettings,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     ensure_topics(log.as_ref()).await?;
-    let dead = DeadLetters::open(log.clone(), P::NAME, &settings.group).await?;
+    let dead = DeadLetters::open(log.clone(), wire, P::NAME, &settings.group).await?;
     let follower = match settings.follow {
         Some(topic) => {
             let what = format!("{}-follow", P::NAME);
-            let mut f = Follower::open(log.as_ref(), &what, &[topic]).await?;
+            let mut f = Follower::open(log.as_ref(), dead.wire(), &what, &[topic]).await?;
             let n = f
                 .catch_up(log.as_ref(), |r| proc.on_follow(r, &dead))
                 .await?;

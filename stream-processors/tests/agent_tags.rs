@@ -27,7 +27,9 @@ fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
         },
         ..ProcessorsConfig::default()
     };
-    Running::start(move |ready, shutdown| run_alert_evaluator(log, cfg, ready, shutdown))
+    Running::start(move |ready, shutdown| {
+        run_alert_evaluator(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
+    })
 }
 
 /// cpu.percent > 80 / 95 on the agents tagged `web`, no for-duration.

@@ -29,7 +29,9 @@ fn config(group: &str) -> ProcessorsConfig {
 fn start(log: &Arc<dyn EventLog>, group: &str) -> Running {
     let log = log.clone();
     let cfg = config(group);
-    Running::start(move |ready, shutdown| run_command_timeouts(log, cfg, ready, shutdown))
+    Running::start(move |ready, shutdown| {
+        run_command_timeouts(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
+    })
 }
 
 fn command(id: &str, kind: CommandEventKind, approval: bool) -> CommandEvent {

@@ -48,16 +48,26 @@ async fn produce_raw(log: &dyn EventLog, topic: &str, key: &str, value: Vec<u8>)
 }
 
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) -> RecordPosition {
-    produce_raw(log, T::TOPIC, v.key(), codec::encode(v).expect("encode")).await
+    produce_raw(
+        log,
+        T::TOPIC,
+        v.key(),
+        codec::Wire::plain().encode(v).expect("encode"),
+    )
+    .await
 }
 
 /// Garbage, `sample` cut in half and a valid record of another type, on `T`'s topic.
 async fn corrupt<T: Record>(log: &dyn EventLog, sample: &T) -> Vec<(RecordPosition, Vec<u8>)> {
-    let good = codec::encode(sample).expect("encode");
+    let good = codec::Wire::plain().encode(sample).expect("encode");
     let other = if T::TOPIC == topics::METRICS {
-        codec::encode(&fixtures::heartbeat("t1", "x", now(), 1)).expect("encode")
+        codec::Wire::plain()
+            .encode(&fixtures::heartbeat("t1", "x", now(), 1))
+            .expect("encode")
     } else {
-        codec::encode(&fixtures::metric_report("t1", "x", now())).expect("encode")
+        codec::Wire::plain()
+            .encode(&fixtures::metric_report("t1", "x", now()))
+            .expect("encode")
     };
     let mut out = Vec::new();
     for bytes in [
@@ -76,8 +86,8 @@ async fn corrupt<T: Record>(log: &dyn EventLog, sample: &T) -> Vec<(RecordPositi
 /// Every record of `T`'s topic that decodes.
 async fn decoded<T: Record>(log: &dyn EventLog) -> Vec<T> {
     let mut out = Vec::new();
-    read_to_end(log, T::TOPIC, |r| {
-        if let Ok(v) = codec::decode::<T>(&r.value) {
+    read_to_end(log, &fleet_schemas::Wire::plain(), T::TOPIC, |r| {
+        if let Ok(v) = codec::Wire::plain().decode_known::<T>(&r.value) {
             out.push(v);
         }
     })
@@ -227,7 +237,7 @@ async fn corrupt_records_on_every_input_become_dead_letters_and_the_rest_is_proc
     expect(
         &["alert-evaluator"],
         topics::RULES,
-        vec![(at, codec::encode(&invalid).expect("encode"))],
+        vec![(at, codec::Wire::plain().encode(&invalid).expect("encode"))],
         DeadLetterKind::Process,
     );
     produce(l, &rule("memory-high", "memory.percent", None, Some(10.0))).await;
@@ -237,10 +247,14 @@ async fn corrupt_records_on_every_input_become_dead_letters_and_the_rest_is_proc
         let (a, b, c, d) = (log.clone(), log.clone(), log.clone(), log.clone());
         let (ca, cb, cc, cd) = (cfg.clone(), cfg.clone(), cfg.clone(), cfg.clone());
         [
-            Running::start(move |r, s| run_alert_evaluator(a, ca, r, s)),
-            Running::start(move |r, s| run_ticketer(b, cb, r, s)),
-            Running::start(move |r, s| run_liveness(c, cc, r, s)),
-            Running::start(move |r, s| run_command_timeouts(d, cd, r, s)),
+            Running::start(move |r, s| {
+                run_alert_evaluator(a, fleet_schemas::Wire::plain(), ca, r, s)
+            }),
+            Running::start(move |r, s| run_ticketer(b, fleet_schemas::Wire::plain(), cb, r, s)),
+            Running::start(move |r, s| run_liveness(c, fleet_schemas::Wire::plain(), cc, r, s)),
+            Running::start(move |r, s| {
+                run_command_timeouts(d, fleet_schemas::Wire::plain(), cd, r, s)
+            }),
         ]
     };
     for p in &procs {
@@ -346,8 +360,12 @@ async fn corrupt_records_on_every_input_become_dead_letters_and_the_rest_is_proc
     let until = tokio::time::Instant::now() + DEADLINE;
     let got = loop {
         let mut got = Vec::new();
-        read_to_end(l, topics::DEADLETTER, |r| {
-            got.push(codec::decode::<DeadLetter>(&r.value).expect("a dead letter"));
+        read_to_end(l, &fleet_schemas::Wire::plain(), topics::DEADLETTER, |r| {
+            got.push(
+                codec::Wire::plain()
+                    .decode_known::<DeadLetter>(&r.value)
+                    .expect("a dead letter"),
+            );
         })
         .await
         .expect("read");

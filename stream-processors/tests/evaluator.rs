@@ -20,7 +20,7 @@ async fn report(log: &dyn EventLog, agent: &str, t: i64, cpu: f64) {
     r.cpu_percent = cpu;
     let rec = ProduceRecord::keyed(
         r.key().as_bytes().to_vec(),
-        codec::encode(&r).expect("encode"),
+        codec::Wire::plain().encode(&r).expect("encode"),
     );
     log.produce(topics::METRICS, vec![rec])
         .await
@@ -29,8 +29,12 @@ async fn report(log: &dyn EventLog, agent: &str, t: i64, cpu: f64) {
 
 async fn alerts(log: &dyn EventLog) -> Vec<AlertEvent> {
     let mut out = Vec::new();
-    read_to_end(log, topics::ALERTS, |r| {
-        out.push(codec::decode::<AlertEvent>(&r.value).expect("alert"))
+    read_to_end(log, &fleet_schemas::Wire::plain(), topics::ALERTS, |r| {
+        out.push(
+            codec::Wire::plain()
+                .decode_known::<AlertEvent>(&r.value)
+                .expect("alert"),
+        )
     })
     .await
     .expect("read");
@@ -66,9 +70,15 @@ fn start(
     let (tx, mut rx) = watch::channel(false);
     let cfg = config(group);
     let h = tokio::spawn(async move {
-        run_alert_evaluator(log, cfg, Readiness::default(), async move {
-            let _ = rx.wait_for(|v| *v).await;
-        })
+        run_alert_evaluator(
+            log,
+            fleet_schemas::Wire::plain(),
+            cfg,
+            Readiness::default(),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        )
         .await
         .expect("evaluator");
     });

@@ -31,7 +31,9 @@ fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
         },
         ..ProcessorsConfig::default()
     };
-    Running::start(move |ready, shutdown| run_alert_evaluator(log, cfg, ready, shutdown))
+    Running::start(move |ready, shutdown| {
+        run_alert_evaluator(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
+    })
 }
 
 fn ticketer(log: &Arc<dyn EventLog>, group: &str) -> Running {
@@ -43,7 +45,9 @@ fn ticketer(log: &Arc<dyn EventLog>, group: &str) -> Running {
         },
         ..ProcessorsConfig::default()
     };
-    Running::start(move |ready, shutdown| run_ticketer(log, cfg, ready, shutdown))
+    Running::start(move |ready, shutdown| {
+        run_ticketer(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
+    })
 }
 
 /// The default offline rule: `heartbeat.absent >= 3`, critical.

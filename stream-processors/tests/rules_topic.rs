@@ -21,7 +21,7 @@ const S: i64 = 1_000_000;
 async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
     let rec = ProduceRecord {
         key: Some(v.key().as_bytes().to_vec()),
-        value: codec::encode(v).expect("encode"),
+        value: codec::Wire::plain().encode(v).expect("encode"),
         // As the gateway does: the record time is the sample time.
         timestamp_ms: Some(v.occurred_at().div_euclid(1000)),
     };
@@ -46,8 +46,12 @@ fn cpu_rule(rule_id: &str, at: i64) -> RuleEvent {
 
 async fn alerts(log: &dyn EventLog) -> Vec<AlertEvent> {
     let mut out = Vec::new();
-    read_to_end(log, topics::ALERTS, |r| {
-        out.push(codec::decode::<AlertEvent>(&r.value).expect("alert"))
+    read_to_end(log, &fleet_schemas::Wire::plain(), topics::ALERTS, |r| {
+        out.push(
+            codec::Wire::plain()
+                .decode_known::<AlertEvent>(&r.value)
+                .expect("alert"),
+        )
     })
     .await
     .expect("read");
@@ -95,9 +99,15 @@ fn start(
         ..ProcessorsConfig::default()
     };
     let h = tokio::spawn(async move {
-        run_alert_evaluator(log, cfg, Readiness::default(), async move {
-            let _ = rx.wait_for(|v| *v).await;
-        })
+        run_alert_evaluator(
+            log,
+            fleet_schemas::Wire::plain(),
+            cfg,
+            Readiness::default(),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        )
         .await
         .expect("evaluator");
     });

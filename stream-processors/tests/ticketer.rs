@@ -32,7 +32,9 @@ fn config(group: &str) -> ProcessorsConfig {
 fn start(log: &Arc<dyn EventLog>, group: &str) -> Running {
     let log = log.clone();
     let cfg = config(group);
-    Running::start(move |ready, shutdown| run_ticketer(log, cfg, ready, shutdown))
+    Running::start(move |ready, shutdown| {
+        run_ticketer(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
+    })
 }
 
 fn step(raised: &AlertEvent, kind: AlertEventKind, at: i64) -> AlertEvent {

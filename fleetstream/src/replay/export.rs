@@ -61,7 +61,7 @@ pub(crate) struct ExportArgs {
 #[allow(clippy::print_stdout)] // the summary is the command's output
 pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let cfg = load_config(args.config.as_deref(), args.event_log.as_deref())?;
-    super::read_with_registry(&cfg)?;
+    let wire = super::read_with_registry(&cfg)?;
     let now = fleet_schemas::time::now_micros();
     let from = parse_time("--from", args.from.as_deref(), now)?;
     let to = parse_time("--to", args.to.as_deref(), now)?;
@@ -86,7 +86,7 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<()> {
             out.display()
         );
     });
-    let report = fleet_replay::export::export(log, &options, &mut shown).await?;
+    let report = fleet_replay::export::export(log, wire, &options, &mut shown).await?;
     println!(
         "Exported {} records of {} to {} ({}, {} bytes) in {:.1} s ({:.0} records/s).",
         report.written,

@@ -59,8 +59,12 @@ pub fn heartbeat(sequence: u64) -> Value {
 /// Every record of the record's topic present now.
 pub async fn read_topic<T: fleet_schemas::Record>(log: &Arc<dyn EventLog>) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_consumer::log::read_to_end(log.as_ref(), T::TOPIC, |r| {
-        out.push(codec::decode::<T>(&r.value).expect("avro"))
+    fleet_consumer::log::read_to_end(log.as_ref(), &fleet_schemas::Wire::plain(), T::TOPIC, |r| {
+        out.push(
+            codec::Wire::plain()
+                .decode_known::<T>(&r.value)
+                .expect("avro"),
+        )
     })
     .await
     .expect("read");

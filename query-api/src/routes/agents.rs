@@ -20,7 +20,7 @@ use fleet_event_log::ProduceRecord;
 use fleet_read_model::{
     AgentQuery, AgentRow, AgentStatus, AlertQuery, AlertRow, AlertStatus, ServiceRow,
 };
-use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_schemas::{ids, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_service::ApiError;
 use fleet_timeseries::{Bucket, RangeQuery, Resolution};
 use serde::{Deserialize, Serialize};
@@ -473,7 +473,7 @@ pub(crate) async fn deactivate(
                 occurred_at: now,
                 ingested_at: now,
             };
-            let value = codec::encode(&ev).map_err(ApiError::internal)?;
+            let value = s.wire.encode(&ev).map_err(ApiError::internal)?;
             let rec = ProduceRecord {
                 key: Some(agent_id.as_bytes().to_vec()),
                 value,

@@ -41,7 +41,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleet_event_log::ProduceRecord;
 use fleet_read_model::{CommandDetail, CommandQuery, CommandRow, CommandStatus, StoreError};
-use fleet_schemas::{codec, ids, CommandEvent, CommandEventKind, Record};
+use fleet_schemas::{ids, CommandEvent, CommandEventKind, Record};
 use fleet_service::ApiError;
 use serde::{Deserialize, Serialize};
 
@@ -295,7 +295,7 @@ pub(crate) async fn request_command(
                 now,
             )
         };
-        let value = codec::encode(&ev).map_err(ApiError::internal)?;
+        let value = s.wire.encode(&ev).map_err(ApiError::internal)?;
         let rec = ProduceRecord {
             key: Some(agent_id.as_bytes().to_vec()),
             value,
@@ -386,7 +386,7 @@ pub(crate) async fn approve_command(
         };
         let rec = ProduceRecord {
             key: Some(requested.agent_id.as_bytes().to_vec()),
-            value: codec::encode(&ev).map_err(ApiError::internal)?,
+            value: s.wire.encode(&ev).map_err(ApiError::internal)?,
             timestamp_ms: Some(now / 1000),
         };
         s.log

@@ -40,8 +40,8 @@ use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_read_model::{AlertQuery, AlertRow, AlertStatus};
 use fleet_schemas::rules::{SpecError, HEARTBEAT_ABSENT};
 use fleet_schemas::{
-    codec, ids, AlertEvent, AlertEventKind, AlertSeverity, Record, RuleDefinition, RuleEvent,
-    RuleEventKind, RuleScope,
+    ids, AlertEvent, AlertEventKind, AlertSeverity, Record, RuleDefinition, RuleEvent,
+    RuleEventKind, RuleScope, Wire,
 };
 use fleet_service::ApiError;
 use serde::{Deserialize, Serialize};
@@ -254,12 +254,16 @@ pub fn default_rule_id(tenant_id: &str, key: &str) -> String {
     ids::v5(&[tenant_id, "default-rule", key]).to_string()
 }
 
-async fn write_rules(log: &dyn EventLog, events: &[RuleEvent]) -> Result<(), ApiError> {
+async fn write_rules(
+    log: &dyn EventLog,
+    wire: &Wire,
+    events: &[RuleEvent],
+) -> Result<(), ApiError> {
     let mut records = Vec::with_capacity(events.len());
     for ev in events {
         records.push(ProduceRecord {
             key: Some(ev.rule_id.as_bytes().to_vec()),
-            value: codec::encode(ev).map_err(ApiError::internal)?,
+            value: wire.encode(ev).map_err(ApiError::internal)?,
             timestamp_ms: Some(ev.occurred_at.div_euclid(1000)),
         });
     }
@@ -292,9 +296,10 @@ fn rule_event(
     }
 }
 
-/// Writes a tenant's default rules; returns their ids.
+/// Writes a tenant's default rules (encoded with `wire`); returns their ids.
 pub async fn write_default_rules(
     log: &dyn EventLog,
+    wire: &Wire,
     tenant_id: &str,
     actor: &str,
 ) -> Result<Vec<String>, ApiError> {
@@ -311,7 +316,7 @@ pub async fn write_default_rules(
             )
         })
         .collect();
-    write_rules(log, &events).await?;
+    write_rules(log, wire, &events).await?;
     Ok(events.into_iter().map(|e| e.rule_id).collect())
 }
 
@@ -386,7 +391,7 @@ pub(crate) async fn create_rule(
             &actor,
             fleet_schemas::time::now_micros(),
         );
-        write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+        write_rules(s.log.as_ref(), &s.wire, std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %tenant_id, %actor, "Rule created.");
         s.audit(&p, Some(&tenant_id), "rule.create", &rule_id, None)
             .await;
@@ -446,7 +451,7 @@ pub(crate) async fn write_defaults(
         require_operator(&p, &tenant_id)?;
         let actor = p.actor();
         known_tenant(&s, &tenant_id).await?;
-        let ids = write_default_rules(s.log.as_ref(), &tenant_id, &actor).await?;
+        let ids = write_default_rules(s.log.as_ref(), &s.wire, &tenant_id, &actor).await?;
         tracing::info!(%tenant_id, %actor, "Default rules written.");
         s.audit(
             &p,
@@ -492,7 +497,7 @@ pub(crate) async fn update_rule(
             &actor,
             fleet_schemas::time::now_micros(),
         );
-        write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+        write_rules(s.log.as_ref(), &s.wire, std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %actor, "Rule updated.");
         s.audit(&p, Some(&old.tenant_id), "rule.update", &rule_id, None)
             .await;
@@ -523,7 +528,7 @@ async fn set_enabled(
         &actor,
         fleet_schemas::time::now_micros(),
     );
-    write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+    write_rules(s.log.as_ref(), &s.wire, std::slice::from_ref(&ev)).await?;
     tracing::info!(%rule_id, enabled, %actor, "Rule switched.");
     s.audit(
         p,
@@ -599,7 +604,7 @@ pub(crate) async fn delete_rule(
             &actor,
             fleet_schemas::time::now_micros(),
         );
-        write_rules(s.log.as_ref(), std::slice::from_ref(&ev)).await?;
+        write_rules(s.log.as_ref(), &s.wire, std::slice::from_ref(&ev)).await?;
         tracing::info!(%rule_id, %actor, "Rule deleted.");
         s.audit(&p, Some(&old.tenant_id), "rule.delete", &rule_id, None)
             .await;
@@ -683,7 +688,7 @@ async fn alert_action(
     };
     let rec = ProduceRecord {
         key: Some(ev.key().as_bytes().to_vec()),
-        value: codec::encode(&ev).map_err(ApiError::internal)?,
+        value: s.wire.encode(&ev).map_err(ApiError::internal)?,
         timestamp_ms: Some(now / 1000),
     };
     s.log

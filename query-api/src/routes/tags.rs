@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::put;
 use axum::Router;
 use fleet_event_log::ProduceRecord;
-use fleet_schemas::{codec, ids, AgentLifecycle, AgentLifecycleKind, Record};
+use fleet_schemas::{ids, AgentLifecycle, AgentLifecycleKind, Record};
 use fleet_service::ApiError;
 use serde::Deserialize;
 
@@ -111,7 +111,7 @@ pub(crate) async fn put_tags(
             occurred_at: now,
             ingested_at: now,
         };
-        let value = codec::encode(&ev).map_err(ApiError::internal)?;
+        let value = s.wire.encode(&ev).map_err(ApiError::internal)?;
         let rec = ProduceRecord {
             key: Some(agent_id.as_bytes().to_vec()),
             value,

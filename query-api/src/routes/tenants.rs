@@ -79,7 +79,7 @@ pub(crate) async fn create_tenant(
         s.audit(&p, Some(&t.tenant_id), "tenant.create", &t.tenant_id, Some(serde_json::json!({ "name": name }))).await;
         // The default rule set. If it cannot be written, the tenant still exists: say so,
         // and POST /api/v1/tenants/{id}/rules/defaults writes them (ids are stable).
-        let default_rules = rules::write_default_rules(s.log.as_ref(), &t.tenant_id, &actor)
+        let default_rules = rules::write_default_rules(s.log.as_ref(), &s.wire, &t.tenant_id, &actor)
             .await
             .map_err(|e| {
                 tracing::warn!(tenant_id = %t.tenant_id, error = %e, "Default rules not written.");

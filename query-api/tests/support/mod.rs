@@ -94,6 +94,7 @@ pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> Adm
         read_model.clone(),
         timeseries,
         log.clone(),
+        fleet_schemas::Wire::plain(),
     )
     .with_admin_key(key)
     .with_gateway_url("http://gw.example:8080");
@@ -124,11 +125,13 @@ pub async fn project(log: &dyn EventLog, rm: &dyn ReadModel) {
     for topic in fleet_projections::project::READ_MODEL_TOPICS {
         let mut changes = Vec::new();
         let mut offsets: std::collections::BTreeMap<u32, i64> = Default::default();
-        fleet_consumer::log::read_to_end(log, topic, |r| {
+        fleet_consumer::log::read_to_end(log, &fleet_schemas::Wire::plain(), topic, |r| {
             if r.offset < next(topic, r.partition) {
                 return;
             }
-            if let Ok(change) = fleet_projections::project::to_change(r) {
+            if let Ok(change) =
+                fleet_projections::project::to_change(&fleet_schemas::Wire::plain(), r)
+            {
                 changes.push(change);
             }
             offsets.insert(r.partition, r.offset + 1);
@@ -181,8 +184,12 @@ pub async fn call(
 /// Every record of `T`'s topic.
 pub async fn read<T: Record>(log: &dyn EventLog) -> Vec<T> {
     let mut out = Vec::new();
-    fleet_consumer::log::read_to_end(log, T::TOPIC, |r| {
-        out.push(codec::decode::<T>(&r.value).expect("decode"))
+    fleet_consumer::log::read_to_end(log, &fleet_schemas::Wire::plain(), T::TOPIC, |r| {
+        out.push(
+            codec::Wire::plain()
+                .decode_known::<T>(&r.value)
+                .expect("decode"),
+        )
     })
     .await
     .expect("read");

@@ -52,7 +52,7 @@ pub struct World {
 pub async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
     let rec = ProduceRecord::keyed(
         v.key().as_bytes().to_vec(),
-        codec::encode(v).expect("encode"),
+        codec::Wire::plain().encode(v).expect("encode"),
     );
     log.produce(T::TOPIC, vec![rec]).await.expect("produce");
 }
@@ -118,10 +118,12 @@ fn instance(
     log: Arc<dyn EventLog>,
     key_cache_ttl: std::time::Duration,
 ) -> Router {
-    app(AppState::new(registry, rm, ts, log)
-        .with_admin_key(ADMIN)
-        .with_gateway_url("http://gw.example:8080")
-        .with_key_cache_ttl(key_cache_ttl))
+    app(
+        AppState::new(registry, rm, ts, log, fleet_schemas::Wire::plain())
+            .with_admin_key(ADMIN)
+            .with_gateway_url("http://gw.example:8080")
+            .with_key_cache_ttl(key_cache_ttl),
+    )
 }
 
 /// A command awaiting approval of `agent`, requested by the admin; returns its id.

@@ -1,5 +1,4 @@
-//! Both framings, with explicit registry framings (the process-wide one is never installed
-//! here: other unit tests of this crate expect single-object records from `encode`).
+//! Both framings, with explicit registry framings and wires.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,8 +26,9 @@ impl FakeRegistry {
     }
 }
 
+#[async_trait::async_trait]
 impl SchemaLookup for FakeRegistry {
-    fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
+    async fn schema_by_id(&self, id: u32) -> Result<String, LookupError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if id == self.id {
             Ok(self.text.clone())
@@ -69,7 +69,7 @@ fn avsc(file: &str) -> &'static str {
 #[test]
 fn single_object_framing_is_the_default_and_reads_without_a_registry() {
     let hb = fixtures::heartbeat("t", "a", T, 3);
-    let bytes = encode(&hb).expect("encode");
+    let bytes = Wire::plain().encode(&hb).expect("encode");
     assert_eq!(&bytes[..2], &MAGIC);
     assert_eq!(
         &bytes[2..HEADER_LEN],
@@ -165,8 +165,8 @@ fn truncated_and_garbage_confluent_records() {
     assert!(err.to_string().contains("Confluent"), "{err}");
 }
 
-#[test]
-fn a_foreign_writer_schema_is_fetched_once_and_resolved_into_ours() {
+#[tokio::test]
+async fn a_foreign_writer_schema_is_fetched_once_and_resolved_into_ours() {
     // Another producer registered a newer Heartbeat with one more field (id 1234); ours
     // (the reader) ignores it.
     let mut json: serde_json::Value = serde_json::from_str(avsc("heartbeat.avsc")).unwrap();
@@ -175,20 +175,22 @@ fn a_foreign_writer_schema_is_fetched_once_and_resolved_into_ours() {
         .unwrap()
         .push(serde_json::json!({"name": "region", "type": "string", "default": ""}));
     let registry = FakeRegistry::new(1234, json.to_string());
-    let framing = ours(Some(registry.clone()));
+    let wire = Wire::registry(ours(Some(registry.clone())));
+    let framing = wire.framing().expect("registry framing");
     let hb = fixtures::heartbeat("t", "a", T, 5);
     // Avro record datums are their fields in order: the newer datum is ours plus the
     // string "eu-1" (zig-zag length 8, then the bytes).
     let mut bytes = Heartbeat::codec().encode_confluent(1234, &hb).unwrap();
     bytes.push(8);
     bytes.extend_from_slice(b"eu-1");
+    // Not fetched yet: a synchronous decode does not ask the registry, it says so.
+    let err = wire.decode_known::<Heartbeat>(&bytes).unwrap_err();
+    assert!(matches!(err, CodecError::Unresolved(1234)), "{err}");
+    assert!(err.is_retriable());
+    assert_eq!(registry.calls.load(Ordering::SeqCst), 0);
     for _ in 0..3 {
-        assert_eq!(
-            Heartbeat::codec()
-                .decode_with(Some(&framing), &bytes)
-                .unwrap(),
-            hb
-        );
+        assert_eq!(wire.decode::<Heartbeat>(&bytes).await.unwrap(), hb);
+        assert_eq!(wire.decode_known::<Heartbeat>(&bytes).unwrap(), hb);
     }
     assert_eq!(
         registry.calls.load(Ordering::SeqCst),
@@ -200,22 +202,18 @@ fn a_foreign_writer_schema_is_fetched_once_and_resolved_into_ours() {
     assert_eq!(writer.file, "(schema registry)");
     // Our own ids never reach the registry.
     let own = Heartbeat::codec().encode_confluent(7, &hb).unwrap();
-    assert_eq!(
-        Heartbeat::codec()
-            .decode_with(Some(&framing), &own)
-            .unwrap(),
-        hb
-    );
+    assert_eq!(wire.decode::<Heartbeat>(&own).await.unwrap(), hb);
     assert_eq!(registry.calls.load(Ordering::SeqCst), 1);
 }
 
-#[test]
-fn a_fetched_schema_this_build_knows_is_the_catalog_entry() {
+#[tokio::test]
+async fn a_fetched_schema_this_build_knows_is_the_catalog_entry() {
     // Another process registered the released v1 AgentLifecycle (id 77): it is one of our
     // .avsc files, found by fingerprint.
     let registry = FakeRegistry::new(77, avsc("history/agent_lifecycle.v1.avsc"));
     let framing = ours(Some(registry));
-    let writer = framing.writer_schema(77).unwrap();
+    let writer = framing.resolve(77).await.unwrap();
+    assert!(std::ptr::eq(writer, framing.writer_schema(77).unwrap()));
     assert_eq!(writer.file, "history/agent_lifecycle.v1.avsc");
     assert!(std::ptr::eq(
         writer,
@@ -223,40 +221,58 @@ fn a_fetched_schema_this_build_knows_is_the_catalog_entry() {
     ));
 }
 
-#[test]
-fn registry_failures_name_the_id() {
-    let framing = ours(Some(FakeRegistry::new(5, "\"string\"")));
+#[tokio::test]
+async fn registry_failures_name_the_id() {
+    let registry = FakeRegistry::new(5, "\"string\"");
+    let wire = Wire::registry(ours(Some(registry.clone())));
     let hb = fixtures::heartbeat("t", "a", T, 1);
     let missing = Heartbeat::codec().encode_confluent(6, &hb).unwrap();
-    let err = Heartbeat::codec()
-        .decode_with(Some(&framing), &missing)
-        .unwrap_err();
+    let err = wire.decode::<Heartbeat>(&missing).await.unwrap_err();
     assert!(
         matches!(&err, CodecError::Registry { id: 6, message, retriable: false } if message.contains("404")),
         "{err}"
     );
     assert!(!err.is_retriable());
+    // A synchronous decode reports the registry's answer (it does not ask again) ...
+    let calls = registry.calls.load(Ordering::SeqCst);
+    let err = wire.decode_known::<Heartbeat>(&missing).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CodecError::Registry {
+                id: 6,
+                retriable: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(registry.calls.load(Ordering::SeqCst), calls);
+    // ... and the next resolve asks again.
+    assert!(wire.resolve(&missing).await.is_err());
+    assert_eq!(registry.calls.load(Ordering::SeqCst), calls + 1);
     let unreachable = Heartbeat::codec().encode_confluent(503, &hb).unwrap();
-    let err = Heartbeat::codec()
-        .decode_with(Some(&framing), &unreachable)
-        .unwrap_err();
+    let err = wire.decode::<Heartbeat>(&unreachable).await.unwrap_err();
     assert!(err.is_retriable(), "{err}");
     // A failed lookup is not cached: the next decode asks again.
-    assert!(Heartbeat::codec()
-        .decode_with(Some(&framing), &unreachable)
+    assert!(wire
+        .decode::<Heartbeat>(&unreachable)
+        .await
         .unwrap_err()
         .is_retriable());
+    assert!(matches!(
+        wire.decode_known::<Heartbeat>(&unreachable),
+        Err(CodecError::Unresolved(503))
+    ));
     let not_a_record = Heartbeat::codec().encode_confluent(5, &hb).unwrap();
-    let err = Heartbeat::codec()
-        .decode_with(Some(&framing), &not_a_record)
-        .unwrap_err();
+    let err = wire.decode::<Heartbeat>(&not_a_record).await.unwrap_err();
     assert!(
         matches!(&err, CodecError::Registry { id: 5, message, retriable: false } if message.contains("not an Avro record")),
         "{err}"
     );
     let garbage = ours(Some(FakeRegistry::new(5, "{not json")));
     assert!(matches!(
-        garbage.writer_schema(5),
+        garbage.resolve(5).await,
         Err(CodecError::Registry { id: 5, .. })
     ));
 }
@@ -278,8 +294,8 @@ fn framing_ids_must_name_known_records() {
     );
 }
 
-#[test]
-fn a_field_the_reader_skips_is_read_as_the_reference_reads_it() {
+#[tokio::test]
+async fn a_field_the_reader_skips_is_read_as_the_reference_reads_it() {
     // Found by the avro_decode fuzz target: a foreign writer's field that our reader lacks
     // was skipped by the direct path without being read (a string's UTF-8 unchecked, an
     // array block jumped over by the byte size it announces, whatever its items), so the
@@ -320,7 +336,7 @@ fn a_field_the_reader_skips_is_read_as_the_reference_reads_it() {
         ),
     ] {
         let framing = ours(Some(FakeRegistry::new(1234, schema)));
-        let known = framing.writer_schema(1234).unwrap();
+        let known = framing.resolve(1234).await.unwrap();
         assert_eq!(
             known.reads_directly(),
             direct_path,
@@ -343,4 +359,82 @@ fn a_field_the_reader_skips_is_read_as_the_reference_reads_it() {
             }
         }
     }
+}
+
+/// A registry stand-in that answers only after another task signalled it.
+#[derive(Debug)]
+struct GatedRegistry {
+    text: String,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl SchemaLookup for GatedRegistry {
+    async fn schema_by_id(&self, _id: u32) -> Result<String, LookupError> {
+        self.gate.notified().await;
+        Ok(self.text.clone())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn decoding_an_unknown_id_waits_without_blocking_the_runtime_thread() {
+    // One thread: while the decode waits for the registry, the other task must run, and
+    // the registry answers only once it has. A decode that blocked the thread for the
+    // lookup would never see the answer.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let lookup = Arc::new(GatedRegistry {
+        // Another producer registered our Heartbeat under its own subject (id 1234).
+        text: avsc("heartbeat.avsc").to_owned(),
+        gate: gate.clone(),
+    });
+    let wire = Wire::registry(ours(Some(lookup)));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let other = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            for _ in 0..3 {
+                progress.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+            gate.notify_one();
+        }
+    });
+    let hb = fixtures::heartbeat("t", "a", T, 9);
+    let bytes = Heartbeat::codec().encode_confluent(1234, &hb).unwrap();
+    assert_eq!(wire.decode::<Heartbeat>(&bytes).await.unwrap(), hb);
+    assert_eq!(progress.load(Ordering::SeqCst), 3, "the other task ran");
+    other.await.unwrap();
+}
+
+#[test]
+fn wires_are_values_two_framings_live_in_one_process() {
+    let hb = fixtures::heartbeat("t", "a", T, 2);
+    let plain = Wire::plain();
+    let first = Wire::registry(ours(None));
+    let second = Wire::registry(RegistryFraming::new([(Heartbeat::FULL_NAME, 70)], None).unwrap());
+    let a = plain.encode(&hb).unwrap();
+    let b = first.encode(&hb).unwrap();
+    let c = second.clone().encode(&hb).unwrap();
+    assert_eq!(&a[..2], &MAGIC);
+    assert_eq!(&b[..CONFLUENT_HEADER_LEN], &[0, 0, 0, 0, 7]);
+    assert_eq!(&c[..CONFLUENT_HEADER_LEN], &[0, 0, 0, 0, 70]);
+    // Each reads its own ids and single-object records; another wire's id is unknown to it.
+    for (wire, own) in [(&first, &b), (&second, &c)] {
+        assert_eq!(wire.decode_known::<Heartbeat>(own).unwrap(), hb);
+        assert_eq!(wire.decode_known::<Heartbeat>(&a).unwrap(), hb);
+    }
+    assert!(matches!(
+        first.decode_known::<Heartbeat>(&c),
+        Err(CodecError::UnknownSchemaId(70))
+    ));
+    assert!(matches!(
+        plain.decode_known::<Heartbeat>(&b),
+        Err(CodecError::UnknownSchemaId(7))
+    ));
+    // A record type the framing has no id for is refused, not written single-object.
+    let report = fixtures::metric_report("t", "a", T);
+    assert!(matches!(
+        second.encode(&report),
+        Err(CodecError::NotRegistered(n)) if n == MetricReport::FULL_NAME
+    ));
 }

@@ -33,7 +33,7 @@ pub(crate) async fn open_log() -> (tempfile::TempDir, Arc<dyn EventLog>) {
 pub(crate) async fn produce<T: Record>(log: &dyn EventLog, ev: &T) {
     let rec = ProduceRecord {
         key: Some(ev.key().as_bytes().to_vec()),
-        value: codec::encode(ev).expect("encode"),
+        value: codec::Wire::plain().encode(ev).expect("encode"),
         timestamp_ms: Some(ev.occurred_at().div_euclid(1000)),
     };
     log.produce(T::TOPIC, vec![rec]).await.expect("produce");
@@ -42,8 +42,12 @@ pub(crate) async fn produce<T: Record>(log: &dyn EventLog, ev: &T) {
 /// Every record of `T`'s topic now.
 pub(crate) async fn read_all<T: Record>(log: &dyn EventLog) -> Vec<T> {
     let mut out = Vec::new();
-    read_to_end(log, T::TOPIC, |r| {
-        out.push(codec::decode::<T>(&r.value).expect("decode"))
+    read_to_end(log, &fleet_schemas::Wire::plain(), T::TOPIC, |r| {
+        out.push(
+            codec::Wire::plain()
+                .decode_known::<T>(&r.value)
+                .expect("decode"),
+        )
     })
     .await
     .expect("read");
