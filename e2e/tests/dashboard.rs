@@ -169,7 +169,7 @@ async fn dashboard_in_a_browser_acknowledges_an_alert() -> anyhow::Result<()> {
         dir.path(),
         "agent.toml",
         &format!(
-            "server-url = \"{gateway}\"\nstate-dir = \"{}\"\ncollect-interval-secs = 1.0\nbatch-max-reports = 1\nheartbeat-interval-secs = 1.0\nservices = [\"{SERVICE}\"]\n",
+            "server-url = \"{gateway}\"\nstate-dir = \"{}\"\ncollect-interval = \"1s\"\nbatch-max-reports = 1\nheartbeat-interval = \"1s\"\nservices = [\"{SERVICE}\"]\n",
             state_dir.display()
         ),
     )?;

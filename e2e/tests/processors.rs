@@ -296,7 +296,7 @@ async fn python_ticketing_consumer_sees_one_ticket_per_incident_across_a_process
         d,
         "agent.toml",
         &format!(
-            "state-dir = \"{}\"\ncollect-interval-secs = 0.5\nbatch-max-reports = 2\nheartbeat-interval-secs = 1.0\ninventory = false\n",
+            "state-dir = \"{}\"\ncollect-interval = \"500ms\"\nbatch-max-reports = 2\nheartbeat-interval = \"1s\"\ninventory = false\n",
             state_dir.display()
         ),
     )?;

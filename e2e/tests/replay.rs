@@ -98,7 +98,7 @@ async fn feed(
         dir,
         "agent.toml",
         &format!(
-            "server-url = \"{gateway}\"\nstate-dir = \"{}\"\ncollect-interval-secs = 0.5\nbatch-max-reports = 2\nheartbeat-interval-secs = 1.0\nservices = [\"{SERVICE}\"]\nallowed-commands = [\"collect_diagnostics\"]\n",
+            "server-url = \"{gateway}\"\nstate-dir = \"{}\"\ncollect-interval = \"500ms\"\nbatch-max-reports = 2\nheartbeat-interval = \"1s\"\nservices = [\"{SERVICE}\"]\nallowed-commands = [\"collect_diagnostics\"]\n",
             state_dir.display()
         ),
     )?;
