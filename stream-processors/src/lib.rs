@@ -1,7 +1,7 @@
 //! Stream processors, each a [`fleet_consumer::Processor`] on the consumer runtime:
 //!
 //! * the alert evaluator (`alert_loop.rs`, rules in [`rules`]): consumes
-//!   `fleet.metrics.v1` and `fleet.agents.v1` in consumer group `group`, evaluates every
+//!   `fleet.metrics.v1` and `fleet.agents.v1` in consumer group `alert-evaluator.group`, evaluates every
 //!   report against the threshold rules (static rules of the configuration and the rules of
 //!   `fleet.rules.v1`, followed while running), writes AlertRaised / AlertResolved to
 //!   `fleet.alerts.v1` (keyed by agent id), and commits its offsets only after the log
