@@ -435,14 +435,19 @@ impl TimeSeries {
     }
 
     /// Seals blocks: merges each with the block stored for its window (the new samples
-    /// win), stores it with its rollups merged into the stored rollup chunks, and drops
-    /// the window's segments. Blocks and rollups past their retention are not stored.
-    async fn seal(&self, blocks: Vec<(AgentKey, i64, Block)>) -> Result<()> {
+    /// win), stores it with its rollups merged into the stored rollup chunks, and, when the
+    /// blocks are the head's own windows (`from_head`), drops the windows' checkpoint
+    /// segments. A direct write ([`TimeSeriesStore::write`]) keeps them: the head of a
+    /// projection may hold the same window open, and its segments are what a restart
+    /// restores it from; when the head seals the window it merges with what was written.
+    /// Blocks and rollups past their retention are not stored.
+    async fn seal(&self, blocks: Vec<(AgentKey, i64, Block)>, from_head: bool) -> Result<()> {
         if blocks.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let now = now_micros();
+        let windows = blocks.len();
         let mut by_agent: BTreeMap<AgentKey, Vec<(i64, Block)>> = BTreeMap::new();
         for (k, w, b) in blocks {
             by_agent.entry(k).or_default().push((w, b));
@@ -461,7 +466,9 @@ impl TimeSeries {
                     Some(old) => chunk::merge(&old, &b).map_err(chunk_error)?,
                     None => b,
                 };
-                write.sealed.push((key.clone(), w));
+                if from_head {
+                    write.sealed.push((key.clone(), w));
+                }
                 for s in b.series() {
                     series.insert((key.clone(), s.name().to_owned()));
                 }
@@ -517,7 +524,6 @@ impl TimeSeries {
                 }
             }
         }
-        let windows = write.sealed.len();
         self.store.seal(write).await?;
         if !series.is_empty() {
             self.store
@@ -637,7 +643,8 @@ impl TimeSeriesStore for TimeSeries {
     }
 
     /// Writes points as sealed blocks straight to the store (for tools and tests; the
-    /// projection writes through a [`Writer`]).
+    /// projection writes through a [`Writer`]). A window a projection's head holds open
+    /// keeps its checkpoint segments (see `seal`).
     async fn write(&self, points: &[Point]) -> Result<()> {
         validate_points(points)?;
         let mut groups: BTreeMap<(AgentKey, i64), Vec<(i64, &str, f64)>> = BTreeMap::new();
@@ -655,7 +662,7 @@ impl TimeSeriesStore for TimeSeries {
             let b = Block::from_samples(samples).map_err(|e| Error::InvalidQuery(e.to_string()))?;
             blocks.push((key, w, b));
         }
-        self.seal(blocks).await
+        self.seal(blocks, false).await
     }
 
     async fn query_resolution(
@@ -1125,7 +1132,7 @@ impl Writer {
             let b = win.to_block(head.names()).map_err(chunk_error)?;
             blocks.push((key.clone(), *w, b));
         }
-        self.ts.seal(blocks).await?;
+        self.ts.seal(blocks, true).await?;
         for (key, w) in std::mem::take(&mut self.pending) {
             let mut shard = self.ts.heads.shard(&key.agent).lock();
             let Some(agents) = shard.get_mut(&key.tenant) else {

@@ -487,3 +487,63 @@ async fn charts_over_the_open_hour_equal_the_raw_samples() -> Result<()> {
     }
     Ok(())
 }
+
+/// A direct write (`TimeSeriesStore::write`, what tools use) into a window the projection's
+/// head holds open keeps the head's checkpoint: after a crash the restarted writer resumes
+/// from that checkpoint with the window's samples, and the written point is kept too.
+#[tokio::test]
+async fn a_direct_write_into_an_open_window_keeps_the_heads_checkpoint() -> Result<()> {
+    // One agent, one hour: the window stays open (nothing is past its end).
+    let reports = fleet(1, 1, 7);
+    let half = reports.len() / 2;
+    let first = reports.first().context("reports")?;
+    let dir = tempfile::tempdir()?;
+    {
+        let ts = engine(dir.path(), config()).await?;
+        let mut w = ts.writer();
+        w.assign(TOPIC, 0).await?;
+        feed(&mut w, &reports[..half], 0, 100).await?;
+        let commit = w.checkpoint().await?;
+        ensure!(commit == vec![(TOPIC.to_owned(), 0, half as i64)]);
+        ts.write(&[fleet_timeseries::Point {
+            tenant_id: first.tenant_id.clone(),
+            agent_id: first.agent_id.clone(),
+            series: "custom.tool".into(),
+            ts_micros: first.occurred_at + 1,
+            value: 1.0,
+        }])
+        .await?;
+        // The process dies here, without another checkpoint.
+    }
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let resume = w
+        .assign(TOPIC, 0)
+        .await?
+        .context("a checkpointed partition")?;
+    ensure!(resume == half as i64, "resumed at {resume}");
+    let (from, to) = (t0(), t0() + HOUR);
+    let got: BTreeMap<_, u64> = totals(ts.as_ref(), &reports[..half], from, to)
+        .await?
+        .into_iter()
+        .map(|(k, (n, _))| (k, n))
+        .collect();
+    let want = expected(&reports[..half], from, to);
+    ensure!(
+        got == want,
+        "the head lost its checkpointed samples: {} series stored as posted of {}",
+        got.iter().filter(|(k, n)| want.get(*k) == Some(n)).count(),
+        want.len()
+    );
+    let q = RangeQuery {
+        tenant_id: first.tenant_id.clone(),
+        agent_id: first.agent_id.clone(),
+        series: "custom.tool".into(),
+        start_micros: from,
+        end_micros: to,
+        interval_micros: HOUR,
+    };
+    let tool: u64 = ts.query(&q).await?.iter().map(|b| b.count).sum();
+    ensure!(tool == 1, "the written point: {tool}");
+    Ok(())
+}
