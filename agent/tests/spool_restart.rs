@@ -157,11 +157,16 @@ const CHILD_DIR: &str = "FLEET_AGENT_TEST_CHILD_DIR";
 
 /// Not a test of its own: the body of the agent process that
 /// [`killed_with_sigkill_mid_send_loses_nothing`] starts (this test binary run again with
-/// `--exact crash_child_entry`) and kills. Without the variables it does nothing.
+/// `--ignored --exact crash_child_entry`) and kills. Ignored in a normal run, so it never
+/// passes without doing anything; run without the variables it fails saying so.
 #[tokio::test]
+#[ignore = "the agent process of killed_with_sigkill_mid_send_loses_nothing, started by it"]
 async fn crash_child_entry() -> anyhow::Result<()> {
     let (Ok(url), Ok(dir)) = (std::env::var(CHILD_URL), std::env::var(CHILD_DIR)) else {
-        return Ok(());
+        anyhow::bail!(
+            "{CHILD_URL} and {CHILD_DIR} are not set: this is the child process of \
+             killed_with_sigkill_mid_send_loses_nothing, not a test of its own"
+        );
     };
     let config = AgentConfig {
         // Heartbeats show the parent that the child keeps running (and collecting).
@@ -189,7 +194,7 @@ async fn killed_with_sigkill_mid_send_loses_nothing() -> anyhow::Result<()> {
     let hanging = Gateway::start(Mode::Hang).await?;
     let mut child = KillOnDrop(
         Command::new(std::env::current_exe()?)
-            .args(["--exact", "crash_child_entry", "--nocapture"])
+            .args(["--ignored", "--exact", "crash_child_entry", "--nocapture"])
             .env(CHILD_URL, hanging.url())
             .env(CHILD_DIR, dir.path())
             .stdin(Stdio::null())
