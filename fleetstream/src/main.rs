@@ -16,6 +16,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of the system allocator: the roles allocate and free many small
+/// buffers per record (JSON, Avro, rows), and under load glibc's malloc took about a
+/// sixth of `up`'s CPU time (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fleetstream",

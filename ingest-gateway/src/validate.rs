@@ -82,11 +82,33 @@ pub fn batch_len(list: &str, len: usize, max: usize) -> Result<(), ApiError> {
 
 type FieldError = (String, String);
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    (field.into(), message.into())
+/// A field path written only when a value is refused: reports are validated by the
+/// million, and formatting each field's path up front cost a tenth of the gateway's time.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    /// `list[index]`
+    Item(&'static str, usize),
+    /// `list[index].key`
+    ItemField(&'static str, usize, &'static str),
+    /// `map.key`
+    Key(&'static str, &'a str),
 }
 
-fn percent(field: &str, v: f64) -> Result<f64, FieldError> {
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Item(list, i) => write!(f, "{list}[{i}]"),
+            Path::ItemField(list, i, key) => write!(f, "{list}[{i}].{key}"),
+            Path::Key(map, key) => write!(f, "{map}.{key}"),
+        }
+    }
+}
+
+fn err(field: impl std::fmt::Display, message: impl Into<String>) -> FieldError {
+    (field.to_string(), message.into())
+}
+
+fn percent(field: impl std::fmt::Display, v: f64) -> Result<f64, FieldError> {
     if v.is_finite() && (0.0..=100.0).contains(&v) {
         Ok(v)
     } else {
@@ -97,7 +119,7 @@ fn percent(field: &str, v: f64) -> Result<f64, FieldError> {
     }
 }
 
-fn non_negative(field: &str, v: f64) -> Result<f64, FieldError> {
+fn non_negative(field: impl std::fmt::Display, v: f64) -> Result<f64, FieldError> {
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {
@@ -105,15 +127,15 @@ fn non_negative(field: &str, v: f64) -> Result<f64, FieldError> {
     }
 }
 
-fn long(field: &str, v: u64) -> Result<i64, FieldError> {
+fn long(field: impl std::fmt::Display, v: u64) -> Result<i64, FieldError> {
     i64::try_from(v).map_err(|_| err(field, format!("{v} is larger than {}", i64::MAX)))
 }
 
-fn int(field: &str, v: u32) -> Result<i32, FieldError> {
+fn int(field: impl std::fmt::Display, v: u32) -> Result<i32, FieldError> {
     i32::try_from(v).map_err(|_| err(field, format!("{v} is larger than {}", i32::MAX)))
 }
 
-fn name(field: &str, v: &str) -> Result<String, FieldError> {
+fn name(field: impl std::fmt::Display, v: &str) -> Result<String, FieldError> {
     if v.is_empty() || v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) {
         return Err(err(
             field,
@@ -123,7 +145,7 @@ fn name(field: &str, v: &str) -> Result<String, FieldError> {
     Ok(v.to_owned())
 }
 
-fn at_most(field: &str, len: usize, max: usize) -> Result<(), FieldError> {
+fn at_most(field: impl std::fmt::Display, len: usize, max: usize) -> Result<(), FieldError> {
     if len > max {
         return Err(err(field, format!("{len} entries, at most {max}")));
     }
@@ -158,7 +180,7 @@ pub fn report(
         .cpu_per_core
         .iter()
         .enumerate()
-        .map(|(i, v)| percent(&format!("cpu_per_core[{i}]"), *v))
+        .map(|(i, v)| percent(Path::Item("cpu_per_core", i), *v))
         .collect::<Result<Vec<_>, _>>()?;
     let memory_used_bytes = long("memory_used_bytes", r.memory_used_bytes)?;
     let memory_total_bytes = long("memory_total_bytes", r.memory_total_bytes)?;
@@ -172,31 +194,31 @@ pub fn report(
     at_most("disks", r.disks.len(), limits.max_disks)?;
     let mut disks = Vec::with_capacity(r.disks.len());
     for (i, d) in r.disks.iter().enumerate() {
-        let f = |k: &str| format!("disks[{i}].{k}");
+        let f = |k| Path::ItemField("disks", i, k);
         if d.used_bytes > d.total_bytes {
             return Err(err(f("used_bytes"), "is larger than total_bytes"));
         }
         disks.push(DiskUsage {
-            mount: name(&f("mount"), &d.mount)?,
-            used_bytes: long(&f("used_bytes"), d.used_bytes)?,
-            total_bytes: long(&f("total_bytes"), d.total_bytes)?,
-            percent: percent(&f("percent"), d.percent)?,
+            mount: name(f("mount"), &d.mount)?,
+            used_bytes: long(f("used_bytes"), d.used_bytes)?,
+            total_bytes: long(f("total_bytes"), d.total_bytes)?,
+            percent: percent(f("percent"), d.percent)?,
         });
     }
     at_most("interfaces", r.interfaces.len(), limits.max_interfaces)?;
     let mut interfaces = Vec::with_capacity(r.interfaces.len());
     for (i, n) in r.interfaces.iter().enumerate() {
-        let f = |k: &str| format!("interfaces[{i}].{k}");
+        let f = |k| Path::ItemField("interfaces", i, k);
         interfaces.push(NetInterface {
-            name: name(&f("name"), &n.name)?,
-            rx_bytes: long(&f("rx_bytes"), n.rx_bytes)?,
-            tx_bytes: long(&f("tx_bytes"), n.tx_bytes)?,
+            name: name(f("name"), &n.name)?,
+            rx_bytes: long(f("rx_bytes"), n.rx_bytes)?,
+            tx_bytes: long(f("tx_bytes"), n.tx_bytes)?,
         });
     }
     at_most("services", r.services.len(), limits.max_services)?;
     let mut services = Vec::with_capacity(r.services.len());
     for (i, s) in r.services.iter().enumerate() {
-        let f = |k: &str| format!("services[{i}].{k}");
+        let f = |k| Path::ItemField("services", i, k);
         if !SERVICE_STATES.contains(&s.status.as_str()) {
             return Err(err(
                 f("status"),
@@ -204,15 +226,15 @@ pub fn report(
             ));
         }
         services.push(ServiceStatus {
-            name: name(&f("name"), &s.name)?,
+            name: name(f("name"), &s.name)?,
             status: s.status.clone(),
-            pid: s.pid.map(|p| int(&f("pid"), p)).transpose()?,
+            pid: s.pid.map(|p| int(f("pid"), p)).transpose()?,
         });
     }
     at_most("custom", r.custom.len(), limits.max_custom)?;
     let mut custom = HashMap::with_capacity(r.custom.len());
     for (k, v) in &r.custom {
-        let f = format!("custom.{k}");
+        let f = Path::Key("custom", k);
         let valid_name = !k.is_empty()
             && k.len() <= 128
             && k.bytes()
@@ -373,8 +395,8 @@ pub fn event(
     at_most("attributes", e.attributes.len(), MAX_ATTRIBUTES)?;
     let mut attributes = HashMap::with_capacity(e.attributes.len());
     for (k, v) in &e.attributes {
-        let f = format!("attributes.{k}");
-        name(&f, k)?;
+        let f = Path::Key("attributes", k);
+        name(f, k)?;
         if v.len() > MAX_NAME_LEN {
             return Err(err(f, format!("value longer than {MAX_NAME_LEN} bytes")));
         }
@@ -409,7 +431,11 @@ pub const MAX_PACKAGES: usize = 50_000;
 pub const MAX_PACKAGE_FIELD_LEN: usize = 256;
 const INVENTORY_SOURCES: &[&str] = &["dpkg", "rpm", "none"];
 
-fn package_text(field: &str, v: &str, allow_empty: bool) -> Result<(), FieldError> {
+fn package_text(
+    field: impl std::fmt::Display,
+    v: &str,
+    allow_empty: bool,
+) -> Result<(), FieldError> {
     // Tabs and newlines would make the digest's lines ambiguous.
     if (!allow_empty && v.is_empty())
         || v.len() > MAX_PACKAGE_FIELD_LEN
@@ -468,10 +494,10 @@ pub fn inventory(
     }
     at_most("packages", inv.packages.len(), MAX_PACKAGES)?;
     for (i, p) in inv.packages.iter().enumerate() {
-        package_text(&format!("packages[{i}].name"), &p.name, false)?;
-        package_text(&format!("packages[{i}].version"), &p.version, true)?;
+        package_text(Path::ItemField("packages", i, "name"), &p.name, false)?;
+        package_text(Path::ItemField("packages", i, "version"), &p.version, true)?;
         if let Some(a) = &p.arch {
-            package_text(&format!("packages[{i}].arch"), a, true)?;
+            package_text(Path::ItemField("packages", i, "arch"), a, true)?;
         }
     }
     let digest = inventory_digest(&inv.packages);

@@ -501,11 +501,10 @@ async fn dispatch(
 /// Like [`fleet_service::error::parse_json`]: the error names the field path (relative to the
 /// payload; the caller prefixes the payload key).
 fn parse_value<T: DeserializeOwned>(json: &str, payload_key: Option<&str>) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = fleet_service::error::field_of(e.path())
+    fleet_service::error::deserialize_json(json.as_bytes()).map_err(|(field, e)| {
+        let field = field
             .unwrap_or_else(|| payload_key.map_or_else(|| "body".to_owned(), |_| String::new()));
-        ApiError::invalid_field(field, e.into_inner().to_string())
+        ApiError::invalid_field(field, e.to_string())
     })
 }
 

@@ -237,6 +237,7 @@ pub struct SeriesHistory {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BucketOut {
     /// Bucket start.
+    #[serde(serialize_with = "fleet_schemas::time::serialize_rfc3339")]
     pub start: DateTime<Utc>,
     /// Minimum.
     pub min: f64,
