@@ -16,11 +16,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc instead of the system allocator: the roles allocate and free many small
+/// jemalloc instead of the system allocator: the roles allocate and free many small
 /// buffers per record (JSON, Avro, rows), and under load glibc's malloc took about a
-/// sixth of `up`'s CPU time (docs/BENCHMARKS.md).
+/// sixth of `up`'s CPU time (docs/BENCHMARKS.md). Not on MSVC, which jemalloc lacks.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 #[command(
