@@ -1,7 +1,10 @@
 //! Reports and heartbeats, applied set-based: the batch's changes of each agent are
 //! coalesced into one row (least and greatest time heard, the newest report), then written
-//! with multi-row statements: one upsert of `agents` per chunk of agents, and the services
-//! of the agents whose latest report changed (deleted and inserted for all of them at once).
+//! with multi-row statements: one upsert of `agents` per chunk of agents, then the services
+//! of the agents whose row now holds the batch's report (deleted and inserted for all of them
+//! at once; which agents those are is decided in SQL, by joining the batch's reports with
+//! `agents` on the agent and the report time, so the upsert returns no rows: streaming
+//! returned rows back from SQLite's worker thread cost more than the upsert itself).
 //!
 //! The result is the state that applying the changes one by one gives (the conformance
 //! suite checks it): `first_seen_at` and `last_seen_at` are a least and a greatest, the
@@ -15,7 +18,6 @@
 use std::collections::HashMap;
 
 use fleet_schemas::{Heartbeat, MetricReport};
-use sqlx::Row;
 
 use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
 
@@ -23,14 +25,15 @@ use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
 const AGENT_CHUNK: usize = 256;
 /// Services per insert (6 parameters each).
 const SERVICE_CHUNK: usize = 512;
-/// Agents per `DELETE ... IN (...)`.
+/// Agents per delete of services (2 parameters each).
 const DELETE_CHUNK: usize = 256;
 
 /// Creates the agents or widens their seen window and, where the row's report is at least
 /// as new as the stored one (equal: the same report replayed, or a later record of the same
 /// time), replaces the latest metrics. Rows without a report (heartbeats only) carry NULL
-/// metrics and change only the seen window. Returns the rows it wrote, with the metrics time
-/// they now hold: equal to the row's report time means the report was written.
+/// metrics and change only the seen window. Afterwards an agent's `last_metrics_at` equals
+/// its row's report time exactly when that report was written (an older one leaves a
+/// greater time).
 const UPSERT_AGENTS_HEAD: &str = "\
 INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at, last_metrics_at,
     cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, latest_report)
@@ -91,9 +94,7 @@ ON CONFLICT (agent_id) DO UPDATE SET
 WHERE excluded.first_seen_at < agents.first_seen_at
    OR excluded.last_seen_at > agents.last_seen_at
    OR ",
-    newer_metrics!(),
-    "
-RETURNING agent_id, last_metrics_at"
+    newer_metrics!()
 );
 
 /// The rows of the agents upsert come in three shapes, each its own statement, so that no
@@ -131,8 +132,21 @@ impl Shape {
     }
 }
 
-const INSERT_SERVICES_HEAD: &str =
-    "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at) VALUES ";
+/// Deletes the services of the agents whose row holds the report of the given time: the
+/// `VALUES` rows are (agent, report time). (`column1`, `column2`: the names PostgreSQL and
+/// SQLite both give the columns of a `VALUES` list.)
+const DELETE_SERVICES: [&str; 2] = [
+    "DELETE FROM agent_services WHERE agent_id IN (SELECT v.column1 FROM (VALUES ",
+    ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column2)",
+];
+
+/// Inserts the services of the reports their agents' rows hold: the `VALUES` rows are
+/// (agent, tenant, name, status, pid, report time).
+const INSERT_SERVICES: [&str; 2] = [
+    "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
+SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES ",
+    ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column6",
+];
 
 /// Parameters per service row.
 const SERVICE_COLUMNS: usize = 6;
@@ -217,8 +231,7 @@ impl<'a> AgentUpdates<'a> {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
-        let index = std::mem::take(&mut self.index);
-        let mut written: Vec<&MetricReport> = Vec::new();
+        self.index.clear();
         for shape in Shape::ALL {
             let of_shape: Vec<&AgentUpdate<'_>> =
                 rows.iter().filter(|row| Shape::of(row) == shape).collect();
@@ -248,17 +261,11 @@ impl<'a> AgentUpdates<'a> {
                             .bind(serde_json::to_string(r).map_err(ApplyError::Encode)?);
                     }
                 }
-                for stored in q.fetch_all(&mut **tx).await? {
-                    let agent_id: String = stored.try_get("agent_id")?;
-                    let at: Option<i64> = stored.try_get("last_metrics_at")?;
-                    let report = index.get(agent_id.as_str()).and_then(|&i| rows[i].report);
-                    if let Some(r) = report.filter(|r| Some(r.occurred_at) == at) {
-                        written.push(r);
-                    }
-                }
+                q.execute(&mut **tx).await?;
             }
         }
-        replace_services(tx, engine, &written).await
+        let reports: Vec<&MetricReport> = rows.iter().filter_map(|row| row.report).collect();
+        replace_services(tx, engine, &reports).await
     }
 }
 
@@ -273,9 +280,10 @@ fn disk_max(report: &MetricReport) -> Option<f64> {
         })
 }
 
-/// Replaces the services of the reports' agents with the reports' services (called with
-/// the reports just written as their agents' newest). A name listed twice in a report keeps
-/// its last entry, as inserting them in turn with an upsert would.
+/// Replaces the services of the reports' agents with the reports' services, for the
+/// reports their agents' rows now hold (called after the upsert with each agent's newest
+/// report of the batch; the others were older than the stored ones). A name listed twice in
+/// a report keeps its last entry, as inserting them in turn with an upsert would.
 async fn replace_services(
     tx: &mut Tx<'_>,
     engine: Engine,
@@ -283,12 +291,14 @@ async fn replace_services(
 ) -> Result<(), ApplyError> {
     for chunk in chunks(reports, DELETE_CHUNK) {
         let sql = format!(
-            "DELETE FROM agent_services WHERE agent_id IN {}",
-            values_placeholders(engine, 1, chunk.len())
+            "{}{}{}",
+            DELETE_SERVICES[0],
+            values_placeholders(engine, chunk.len(), 2),
+            DELETE_SERVICES[1]
         );
         let mut q = sqlx::query(&sql);
         for r in chunk {
-            q = q.bind(r.agent_id.as_str());
+            q = q.bind(r.agent_id.as_str()).bind(r.occurred_at);
         }
         q.execute(&mut **tx).await?;
     }
@@ -307,8 +317,10 @@ async fn replace_services(
     }
     for chunk in chunks(&services, SERVICE_CHUNK) {
         let sql = format!(
-            "{INSERT_SERVICES_HEAD}{}",
-            values_placeholders(engine, chunk.len(), SERVICE_COLUMNS)
+            "{}{}{}",
+            INSERT_SERVICES[0],
+            values_placeholders(engine, chunk.len(), SERVICE_COLUMNS),
+            INSERT_SERVICES[1]
         );
         let mut q = sqlx::query(&sql);
         for (r, s) in chunk {
