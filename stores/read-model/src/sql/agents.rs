@@ -232,41 +232,70 @@ impl<'a> AgentUpdates<'a> {
         }
         let rows = std::mem::take(&mut self.rows);
         self.index.clear();
-        for shape in Shape::ALL {
-            let of_shape: Vec<&AgentUpdate<'_>> =
-                rows.iter().filter(|row| Shape::of(row) == shape).collect();
-            for chunk in chunks(&of_shape, AGENT_CHUNK) {
-                let sql = format!(
-                    "{UPSERT_AGENTS_HEAD}{}{UPSERT_AGENTS_TAIL}",
-                    values_rows(engine, chunk.len(), shape.row())
-                );
-                let mut q = sqlx::query(&sql);
-                for row in chunk {
-                    q = q
-                        .bind(row.agent_id)
-                        .bind(row.tenant_id)
-                        .bind(row.first_seen_at)
-                        .bind(row.last_seen_at);
-                    if let Some(r) = row.report {
-                        q = q
-                            .bind(r.occurred_at)
-                            .bind(r.cpu_percent)
-                            .bind(r.memory_percent);
-                        if let Some(disk) = disk_max(r) {
-                            q = q.bind(disk);
-                        }
-                        q = q
-                            .bind(r.load_1)
-                            .bind(r.uptime_seconds)
-                            .bind(serde_json::to_string(r).map_err(ApplyError::Encode)?);
-                    }
-                }
-                q.execute(&mut **tx).await?;
-            }
+        let by_shape: Vec<(Shape, Vec<&AgentUpdate<'_>>)> = Shape::ALL
+            .into_iter()
+            .map(|shape| {
+                let of_shape = rows.iter().filter(|row| Shape::of(row) == shape);
+                (shape, of_shape.collect())
+            })
+            .collect();
+        let statements: Vec<(String, &[&AgentUpdate<'_>])> = by_shape
+            .iter()
+            .flat_map(|(shape, of_shape)| {
+                chunks(of_shape, AGENT_CHUNK).map(|chunk| {
+                    let values = values_rows(engine, chunk.len(), shape.row());
+                    (
+                        format!("{UPSERT_AGENTS_HEAD}{values}{UPSERT_AGENTS_TAIL}"),
+                        chunk,
+                    )
+                })
+            })
+            .collect();
+        // Each statement's arguments (the JSON of the reports, most of the work on this
+        // side) are built while the one before runs on SQLite's worker thread or the
+        // PostgreSQL server: `join!` polls the execution first, which sends it.
+        let mut queries = statements
+            .iter()
+            .map(|(sql, chunk)| upsert_query(sql, chunk));
+        let mut next = queries.next().transpose()?;
+        while let Some(q) = next {
+            let (done, following) =
+                tokio::join!(q.execute(&mut **tx), async { queries.next().transpose() });
+            done?;
+            next = following?;
         }
         let reports: Vec<&MetricReport> = rows.iter().filter_map(|row| row.report).collect();
         replace_services(tx, engine, &reports).await
     }
+}
+
+/// The agents upsert `sql` of `chunk`'s rows with their arguments (each row of its shape).
+fn upsert_query<'q>(
+    sql: &'q str,
+    chunk: &[&AgentUpdate<'q>],
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>, ApplyError> {
+    let mut q = sqlx::query(sql);
+    for row in chunk {
+        q = q
+            .bind(row.agent_id)
+            .bind(row.tenant_id)
+            .bind(row.first_seen_at)
+            .bind(row.last_seen_at);
+        if let Some(r) = row.report {
+            q = q
+                .bind(r.occurred_at)
+                .bind(r.cpu_percent)
+                .bind(r.memory_percent);
+            if let Some(disk) = disk_max(r) {
+                q = q.bind(disk);
+            }
+            q = q
+                .bind(r.load_1)
+                .bind(r.uptime_seconds)
+                .bind(serde_json::to_string(r).map_err(ApplyError::Encode)?);
+        }
+    }
+    Ok(q)
 }
 
 /// The greatest disk use of a report, if it has disks.
