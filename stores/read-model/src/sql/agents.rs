@@ -2,9 +2,12 @@
 //! coalesced into one row (least and greatest time heard, the newest report), then written
 //! with multi-row statements: one upsert of `agents` per chunk of agents, then the services
 //! of the agents whose row now holds the batch's report (deleted and inserted for all of them
-//! at once; which agents those are is decided in SQL, by joining the batch's reports with
-//! `agents` on the agent and the report time, so the upsert returns no rows: streaming
-//! returned rows back from SQLite's worker thread cost more than the upsert itself).
+//! at once). Which agents those are is found in one of two ways, the cheap one of each
+//! engine: on PostgreSQL the upsert returns the rows it wrote (`RETURNING`), and the
+//! services statements name those agents; on SQLite the upsert returns nothing (sqlx streams
+//! returned rows one by one from its SQLite worker thread, which cost more than the upsert)
+//! and the services statements join the batch's reports with `agents` on the agent and the
+//! report time. (That join on PostgreSQL costs more in planning than the returned rows do.)
 //!
 //! The result is the state that applying the changes one by one gives (the conformance
 //! suite checks it): `first_seen_at` and `last_seen_at` are a least and a greatest, the
@@ -18,6 +21,7 @@
 use std::collections::HashMap;
 
 use fleet_schemas::{Heartbeat, MetricReport};
+use sqlx::Row;
 
 use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
 
@@ -132,21 +136,54 @@ impl Shape {
     }
 }
 
-/// Deletes the services of the agents whose row holds the report of the given time: the
-/// `VALUES` rows are (agent, report time). (`column1`, `column2`: the names PostgreSQL and
-/// SQLite both give the columns of a `VALUES` list.)
-const DELETE_SERVICES: [&str; 2] = [
-    "DELETE FROM agent_services WHERE agent_id IN (SELECT v.column1 FROM (VALUES ",
-    ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column2)",
-];
+/// PostgreSQL: the upsert returns the rows it wrote with the metrics time they now hold
+/// (equal to the row's report time: the report was written).
+const UPSERT_AGENTS_RETURNING: &str = "\nRETURNING agent_id, last_metrics_at";
 
-/// Inserts the services of the reports their agents' rows hold: the `VALUES` rows are
-/// (agent, tenant, name, status, pid, report time).
-const INSERT_SERVICES: [&str; 2] = [
-    "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
+/// The services statements, around their `VALUES` rows, per engine (see the module
+/// documentation).
+struct ServiceStatements {
+    /// Deletes the services of agents: PostgreSQL: rows (agent), the agents written;
+    /// SQLite: rows (agent, report time), of which the agents whose row holds that report.
+    /// (`column1`, `column2`: the names SQLite gives the columns of a `VALUES` list.)
+    delete: [&'static str; 2],
+    /// Parameters per row of the delete.
+    delete_columns: usize,
+    /// Inserts services: rows (agent, tenant, name, status, pid, report time); on SQLite only
+    /// those of the agents whose row holds that report.
+    insert: [&'static str; 2],
+}
+
+const POSTGRES_SERVICES: ServiceStatements = ServiceStatements {
+    delete: ["DELETE FROM agent_services WHERE agent_id IN ", ""],
+    delete_columns: 1,
+    insert: [
+        "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at) VALUES ",
+        "",
+    ],
+};
+
+const SQLITE_SERVICES: ServiceStatements = ServiceStatements {
+    delete: [
+        "DELETE FROM agent_services WHERE agent_id IN (SELECT v.column1 FROM (VALUES ",
+        ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column2)",
+    ],
+    delete_columns: 2,
+    insert: [
+        "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES ",
-    ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column6",
-];
+        ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column6",
+    ],
+};
+
+impl ServiceStatements {
+    fn of(engine: Engine) -> &'static ServiceStatements {
+        match engine {
+            Engine::Postgres => &POSTGRES_SERVICES,
+            Engine::Sqlite => &SQLITE_SERVICES,
+        }
+    }
+}
 
 /// Parameters per service row.
 const SERVICE_COLUMNS: usize = 6;
@@ -231,7 +268,11 @@ impl<'a> AgentUpdates<'a> {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
-        self.index.clear();
+        let index = std::mem::take(&mut self.index);
+        let returning = match engine {
+            Engine::Postgres => UPSERT_AGENTS_RETURNING,
+            Engine::Sqlite => "",
+        };
         let by_shape: Vec<(Shape, Vec<&AgentUpdate<'_>>)> = Shape::ALL
             .into_iter()
             .map(|shape| {
@@ -245,7 +286,7 @@ impl<'a> AgentUpdates<'a> {
                 chunks(of_shape, AGENT_CHUNK).map(|chunk| {
                     let values = values_rows(engine, chunk.len(), shape.row());
                     (
-                        format!("{UPSERT_AGENTS_HEAD}{values}{UPSERT_AGENTS_TAIL}"),
+                        format!("{UPSERT_AGENTS_HEAD}{values}{UPSERT_AGENTS_TAIL}{returning}"),
                         chunk,
                     )
                 })
@@ -258,14 +299,25 @@ impl<'a> AgentUpdates<'a> {
             .iter()
             .map(|(sql, chunk)| upsert_query(sql, chunk));
         let mut next = queries.next().transpose()?;
+        let mut written: Vec<&MetricReport> = Vec::new();
         while let Some(q) = next {
             let (done, following) =
-                tokio::join!(q.execute(&mut **tx), async { queries.next().transpose() });
-            done?;
+                tokio::join!(q.fetch_all(&mut **tx), async { queries.next().transpose() });
+            for stored in done? {
+                let agent_id: String = stored.try_get("agent_id")?;
+                let at: Option<i64> = stored.try_get("last_metrics_at")?;
+                let report = index.get(agent_id.as_str()).and_then(|&i| rows[i].report);
+                if let Some(r) = report.filter(|r| Some(r.occurred_at) == at) {
+                    written.push(r);
+                }
+            }
             next = following?;
         }
-        let reports: Vec<&MetricReport> = rows.iter().filter_map(|row| row.report).collect();
-        replace_services(tx, engine, &reports).await
+        if engine == Engine::Sqlite {
+            // Nothing returned: the services statements pick the written ones.
+            written = rows.iter().filter_map(|row| row.report).collect();
+        }
+        replace_services(tx, engine, &written).await
     }
 }
 
@@ -310,24 +362,30 @@ fn disk_max(report: &MetricReport) -> Option<f64> {
 }
 
 /// Replaces the services of the reports' agents with the reports' services, for the
-/// reports their agents' rows now hold (called after the upsert with each agent's newest
-/// report of the batch; the others were older than the stored ones). A name listed twice in
-/// a report keeps its last entry, as inserting them in turn with an upsert would.
+/// reports their agents' rows now hold: on PostgreSQL called with those (the upsert
+/// returned them), on SQLite with each agent's newest report of the batch, the statements
+/// leaving out those older than the stored one. A name listed twice in a report keeps its
+/// last entry, as inserting them in turn with an upsert would.
 async fn replace_services(
     tx: &mut Tx<'_>,
     engine: Engine,
     reports: &[&MetricReport],
 ) -> Result<(), ApplyError> {
+    let statements = ServiceStatements::of(engine);
     for chunk in chunks(reports, DELETE_CHUNK) {
-        let sql = format!(
-            "{}{}{}",
-            DELETE_SERVICES[0],
-            values_placeholders(engine, chunk.len(), 2),
-            DELETE_SERVICES[1]
-        );
+        let [head, tail] = statements.delete;
+        let values = if statements.delete_columns == 1 {
+            values_placeholders(engine, 1, chunk.len())
+        } else {
+            values_placeholders(engine, chunk.len(), statements.delete_columns)
+        };
+        let sql = format!("{head}{values}{tail}");
         let mut q = sqlx::query(&sql);
         for r in chunk {
-            q = q.bind(r.agent_id.as_str()).bind(r.occurred_at);
+            q = q.bind(r.agent_id.as_str());
+            if statements.delete_columns == 2 {
+                q = q.bind(r.occurred_at);
+            }
         }
         q.execute(&mut **tx).await?;
     }
@@ -345,12 +403,9 @@ async fn replace_services(
         }
     }
     for chunk in chunks(&services, SERVICE_CHUNK) {
-        let sql = format!(
-            "{}{}{}",
-            INSERT_SERVICES[0],
-            values_placeholders(engine, chunk.len(), SERVICE_COLUMNS),
-            INSERT_SERVICES[1]
-        );
+        let [head, tail] = statements.insert;
+        let values = values_placeholders(engine, chunk.len(), SERVICE_COLUMNS);
+        let sql = format!("{head}{values}{tail}");
         let mut q = sqlx::query(&sql);
         for (r, s) in chunk {
             q = q
