@@ -29,7 +29,7 @@ use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
 const AGENT_CHUNK: usize = 256;
 /// Services per insert (6 parameters each).
 const SERVICE_CHUNK: usize = 512;
-/// Agents per delete of services (2 parameters each).
+/// Agents per delete of services (1 parameter each, 2 on SQLite).
 const DELETE_CHUNK: usize = 256;
 
 /// Creates the agents or widens their seen window and, where the row's report is at least
@@ -147,8 +147,8 @@ struct ServiceStatements {
     /// SQLite: rows (agent, report time), of which the agents whose row holds that report.
     /// (`column1`, `column2`: the names SQLite gives the columns of a `VALUES` list.)
     delete: [&'static str; 2],
-    /// Parameters per row of the delete.
-    delete_columns: usize,
+    /// Whether the delete's rows carry the report time (SQLite).
+    delete_by_time: bool,
     /// Inserts services: rows (agent, tenant, name, status, pid, report time); on SQLite only
     /// those of the agents whose row holds that report.
     insert: [&'static str; 2],
@@ -156,7 +156,7 @@ struct ServiceStatements {
 
 const POSTGRES_SERVICES: ServiceStatements = ServiceStatements {
     delete: ["DELETE FROM agent_services WHERE agent_id IN ", ""],
-    delete_columns: 1,
+    delete_by_time: false,
     insert: [
         "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at) VALUES ",
         "",
@@ -168,7 +168,7 @@ const SQLITE_SERVICES: ServiceStatements = ServiceStatements {
         "DELETE FROM agent_services WHERE agent_id IN (SELECT v.column1 FROM (VALUES ",
         ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column2)",
     ],
-    delete_columns: 2,
+    delete_by_time: true,
     insert: [
         "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES ",
@@ -374,16 +374,16 @@ async fn replace_services(
     let statements = ServiceStatements::of(engine);
     for chunk in chunks(reports, DELETE_CHUNK) {
         let [head, tail] = statements.delete;
-        let values = if statements.delete_columns == 1 {
-            values_placeholders(engine, 1, chunk.len())
+        let values = if statements.delete_by_time {
+            values_placeholders(engine, chunk.len(), 2)
         } else {
-            values_placeholders(engine, chunk.len(), statements.delete_columns)
+            values_placeholders(engine, 1, chunk.len())
         };
         let sql = format!("{head}{values}{tail}");
         let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q.bind(r.agent_id.as_str());
-            if statements.delete_columns == 2 {
+            if statements.delete_by_time {
                 q = q.bind(r.occurred_at);
             }
         }
