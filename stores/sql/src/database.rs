@@ -29,10 +29,19 @@ use crate::{Result, StoreError};
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of every SQLite connection: wait up to 5 s for another connection's write lock
 /// before failing with BUSY; enforce foreign keys; `synchronous = NORMAL`, which in WAL mode
-/// is durable across application crashes (a power loss may drop the last transactions, rows
-/// and offsets together, so they are replayed).
-const SQLITE_PRAGMAS: &str =
-    "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
+/// is durable across application crashes (a power loss may drop the transactions since the
+/// last checkpoint, rows and offsets together, so they are replayed); statement journals
+/// and temporary tables in memory (`temp_store = MEMORY`: a multi-row upsert journals the
+/// pages it changes, and in a file that was a tenth of the read-model projection's time);
+/// and a checkpoint once the WAL holds 10,000 pages (about 40 MB) instead of SQLite's 1,000,
+/// so that a page rewritten by many batches (an agent's row) is copied into the database
+/// once per checkpoint rather than once every batch or two; and a page cache of up to
+/// 16 MiB per connection instead of 2, so that the agents rows a batch rewrites are mostly
+/// read from it rather than from the file (about 5% more records/s in the read-model
+/// projection's bench with 10,000 agents).
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 10000; \
+PRAGMA cache_size = -16384;";
 /// Connections to PostgreSQL.
 const POSTGRES_POOL_SIZE: u32 = 8;
 /// Connections to SQLite: WAL lets readers run beside the one writer.
@@ -142,7 +151,8 @@ impl Database {
     /// * `postgres://user:pass@host:port/db?sslmode=...`: a pool of 8 connections.
     /// * `sqlite://path?mode=...` (`mode=rwc`, create if missing, unless the URL says
     ///   otherwise) or a bare path to a SQLite file (created if missing): WAL journal,
-    ///   `synchronous=NORMAL`, a busy timeout and foreign keys on every connection.
+    ///   `synchronous=NORMAL`, a busy timeout, foreign keys, in-memory statement journals,
+    ///   a checkpoint every 10,000 WAL pages and a 16 MiB page cache on every connection.
     ///
     /// Fails with [`StoreError::Config`] for a URL it cannot use and
     /// [`StoreError::Unavailable`] when the database cannot be reached; messages name the
@@ -483,6 +493,16 @@ mod tests {
         assert_eq!(pragma(&mut conn, "busy_timeout").await.0, Some(5000));
         assert_eq!(pragma(&mut conn, "foreign_keys").await.0, Some(1));
         assert_eq!(pragma(&mut conn, "synchronous").await.0, Some(1), "NORMAL");
+        assert_eq!(pragma(&mut conn, "temp_store").await.0, Some(2), "MEMORY");
+        assert_eq!(
+            pragma(&mut conn, "wal_autocheckpoint").await.0,
+            Some(10_000)
+        );
+        assert_eq!(
+            pragma(&mut conn, "cache_size").await.0,
+            Some(-16_384),
+            "16 MiB"
+        );
     }
 
     const FIRST: &[Migration] = &[Migration {

@@ -1,7 +1,13 @@
 //! Reports and heartbeats, applied set-based: the batch's changes of each agent are
 //! coalesced into one row (least and greatest time heard, the newest report), then written
-//! with multi-row statements: one upsert of `agents` per chunk of agents, and the services
-//! of the agents whose latest report changed (deleted and inserted for all of them at once).
+//! with multi-row statements: one upsert of `agents` per chunk of agents, then the services
+//! of the agents whose row now holds the batch's report (deleted and inserted for all of them
+//! at once). Which agents those are is found in one of two ways, the cheap one of each
+//! engine: on PostgreSQL the upsert returns the rows it wrote (`RETURNING`), and the
+//! services statements name those agents; on SQLite the upsert returns nothing (sqlx streams
+//! returned rows one by one from its SQLite worker thread, which cost more than the upsert)
+//! and the services statements join the batch's reports with `agents` on the agent and the
+//! report time. (That join on PostgreSQL costs more in planning than the returned rows do.)
 //!
 //! The result is the state that applying the changes one by one gives (the conformance
 //! suite checks it): `first_seen_at` and `last_seen_at` are a least and a greatest, the
@@ -23,14 +29,15 @@ use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
 const AGENT_CHUNK: usize = 256;
 /// Services per insert (6 parameters each).
 const SERVICE_CHUNK: usize = 512;
-/// Agents per `DELETE ... IN (...)`.
+/// Agents per delete of services (1 parameter each, 2 on SQLite).
 const DELETE_CHUNK: usize = 256;
 
 /// Creates the agents or widens their seen window and, where the row's report is at least
 /// as new as the stored one (equal: the same report replayed, or a later record of the same
 /// time), replaces the latest metrics. Rows without a report (heartbeats only) carry NULL
-/// metrics and change only the seen window. Returns the rows it wrote, with the metrics time
-/// they now hold: equal to the row's report time means the report was written.
+/// metrics and change only the seen window. Afterwards an agent's `last_metrics_at` equals
+/// its row's report time exactly when that report was written (an older one leaves a
+/// greater time).
 const UPSERT_AGENTS_HEAD: &str = "\
 INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at, last_metrics_at,
     cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, latest_report)
@@ -91,9 +98,7 @@ ON CONFLICT (agent_id) DO UPDATE SET
 WHERE excluded.first_seen_at < agents.first_seen_at
    OR excluded.last_seen_at > agents.last_seen_at
    OR ",
-    newer_metrics!(),
-    "
-RETURNING agent_id, last_metrics_at"
+    newer_metrics!()
 );
 
 /// The rows of the agents upsert come in three shapes, each its own statement, so that no
@@ -131,8 +136,54 @@ impl Shape {
     }
 }
 
-const INSERT_SERVICES_HEAD: &str =
-    "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at) VALUES ";
+/// PostgreSQL: the upsert returns the rows it wrote with the metrics time they now hold
+/// (equal to the row's report time: the report was written).
+const UPSERT_AGENTS_RETURNING: &str = "\nRETURNING agent_id, last_metrics_at";
+
+/// The services statements, around their `VALUES` rows, per engine (see the module
+/// documentation).
+struct ServiceStatements {
+    /// Deletes the services of agents: PostgreSQL: rows (agent), the agents written;
+    /// SQLite: rows (agent, report time), of which the agents whose row holds that report.
+    /// (`column1`, `column2`: the names SQLite gives the columns of a `VALUES` list.)
+    delete: [&'static str; 2],
+    /// Whether the delete's rows carry the report time (SQLite).
+    delete_by_time: bool,
+    /// Inserts services: rows (agent, tenant, name, status, pid, report time); on SQLite only
+    /// those of the agents whose row holds that report.
+    insert: [&'static str; 2],
+}
+
+const POSTGRES_SERVICES: ServiceStatements = ServiceStatements {
+    delete: ["DELETE FROM agent_services WHERE agent_id IN ", ""],
+    delete_by_time: false,
+    insert: [
+        "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at) VALUES ",
+        "",
+    ],
+};
+
+const SQLITE_SERVICES: ServiceStatements = ServiceStatements {
+    delete: [
+        "DELETE FROM agent_services WHERE agent_id IN (SELECT v.column1 FROM (VALUES ",
+        ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column2)",
+    ],
+    delete_by_time: true,
+    insert: [
+        "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
+SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES ",
+        ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column6",
+    ],
+};
+
+impl ServiceStatements {
+    fn of(engine: Engine) -> &'static ServiceStatements {
+        match engine {
+            Engine::Postgres => &POSTGRES_SERVICES,
+            Engine::Sqlite => &SQLITE_SERVICES,
+        }
+    }
+}
 
 /// Parameters per service row.
 const SERVICE_COLUMNS: usize = 6;
@@ -218,48 +269,85 @@ impl<'a> AgentUpdates<'a> {
         }
         let rows = std::mem::take(&mut self.rows);
         let index = std::mem::take(&mut self.index);
+        let returning = match engine {
+            Engine::Postgres => UPSERT_AGENTS_RETURNING,
+            Engine::Sqlite => "",
+        };
+        let by_shape: Vec<(Shape, Vec<&AgentUpdate<'_>>)> = Shape::ALL
+            .into_iter()
+            .map(|shape| {
+                let of_shape = rows.iter().filter(|row| Shape::of(row) == shape);
+                (shape, of_shape.collect())
+            })
+            .collect();
+        let statements: Vec<(String, &[&AgentUpdate<'_>])> = by_shape
+            .iter()
+            .flat_map(|(shape, of_shape)| {
+                chunks(of_shape, AGENT_CHUNK).map(|chunk| {
+                    let values = values_rows(engine, chunk.len(), shape.row());
+                    (
+                        format!("{UPSERT_AGENTS_HEAD}{values}{UPSERT_AGENTS_TAIL}{returning}"),
+                        chunk,
+                    )
+                })
+            })
+            .collect();
+        // Each statement's arguments (the JSON of the reports, most of the work on this
+        // side) are built while the one before runs on SQLite's worker thread or the
+        // PostgreSQL server: `join!` polls the execution first, which sends it.
+        let mut queries = statements
+            .iter()
+            .map(|(sql, chunk)| upsert_query(sql, chunk));
+        let mut next = queries.next().transpose()?;
         let mut written: Vec<&MetricReport> = Vec::new();
-        for shape in Shape::ALL {
-            let of_shape: Vec<&AgentUpdate<'_>> =
-                rows.iter().filter(|row| Shape::of(row) == shape).collect();
-            for chunk in chunks(&of_shape, AGENT_CHUNK) {
-                let sql = format!(
-                    "{UPSERT_AGENTS_HEAD}{}{UPSERT_AGENTS_TAIL}",
-                    values_rows(engine, chunk.len(), shape.row())
-                );
-                let mut q = sqlx::query(&sql);
-                for row in chunk {
-                    q = q
-                        .bind(row.agent_id)
-                        .bind(row.tenant_id)
-                        .bind(row.first_seen_at)
-                        .bind(row.last_seen_at);
-                    if let Some(r) = row.report {
-                        q = q
-                            .bind(r.occurred_at)
-                            .bind(r.cpu_percent)
-                            .bind(r.memory_percent);
-                        if let Some(disk) = disk_max(r) {
-                            q = q.bind(disk);
-                        }
-                        q = q
-                            .bind(r.load_1)
-                            .bind(r.uptime_seconds)
-                            .bind(serde_json::to_string(r).map_err(ApplyError::Encode)?);
-                    }
-                }
-                for stored in q.fetch_all(&mut **tx).await? {
-                    let agent_id: String = stored.try_get("agent_id")?;
-                    let at: Option<i64> = stored.try_get("last_metrics_at")?;
-                    let report = index.get(agent_id.as_str()).and_then(|&i| rows[i].report);
-                    if let Some(r) = report.filter(|r| Some(r.occurred_at) == at) {
-                        written.push(r);
-                    }
+        while let Some(q) = next {
+            let (done, following) =
+                tokio::join!(q.fetch_all(&mut **tx), async { queries.next().transpose() });
+            for stored in done? {
+                let agent_id: String = stored.try_get("agent_id")?;
+                let at: Option<i64> = stored.try_get("last_metrics_at")?;
+                let report = index.get(agent_id.as_str()).and_then(|&i| rows[i].report);
+                if let Some(r) = report.filter(|r| Some(r.occurred_at) == at) {
+                    written.push(r);
                 }
             }
+            next = following?;
+        }
+        if engine == Engine::Sqlite {
+            // Nothing returned: the services statements pick the written ones.
+            written = rows.iter().filter_map(|row| row.report).collect();
         }
         replace_services(tx, engine, &written).await
     }
+}
+
+/// The agents upsert `sql` of `chunk`'s rows with their arguments (each row of its shape).
+fn upsert_query<'q>(
+    sql: &'q str,
+    chunk: &[&AgentUpdate<'q>],
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>, ApplyError> {
+    let mut q = sqlx::query(sql);
+    for row in chunk {
+        q = q
+            .bind(row.agent_id)
+            .bind(row.tenant_id)
+            .bind(row.first_seen_at)
+            .bind(row.last_seen_at);
+        if let Some(r) = row.report {
+            q = q
+                .bind(r.occurred_at)
+                .bind(r.cpu_percent)
+                .bind(r.memory_percent);
+            if let Some(disk) = disk_max(r) {
+                q = q.bind(disk);
+            }
+            q = q
+                .bind(r.load_1)
+                .bind(r.uptime_seconds)
+                .bind(serde_json::to_string(r).map_err(ApplyError::Encode)?);
+        }
+    }
+    Ok(q)
 }
 
 /// The greatest disk use of a report, if it has disks.
@@ -273,22 +361,31 @@ fn disk_max(report: &MetricReport) -> Option<f64> {
         })
 }
 
-/// Replaces the services of the reports' agents with the reports' services (called with
-/// the reports just written as their agents' newest). A name listed twice in a report keeps
-/// its last entry, as inserting them in turn with an upsert would.
+/// Replaces the services of the reports' agents with the reports' services, for the
+/// reports their agents' rows now hold: on PostgreSQL called with those (the upsert
+/// returned them), on SQLite with each agent's newest report of the batch, the statements
+/// leaving out those older than the stored one. A name listed twice in a report keeps its
+/// last entry, as inserting them in turn with an upsert would.
 async fn replace_services(
     tx: &mut Tx<'_>,
     engine: Engine,
     reports: &[&MetricReport],
 ) -> Result<(), ApplyError> {
+    let statements = ServiceStatements::of(engine);
     for chunk in chunks(reports, DELETE_CHUNK) {
-        let sql = format!(
-            "DELETE FROM agent_services WHERE agent_id IN {}",
+        let [head, tail] = statements.delete;
+        let values = if statements.delete_by_time {
+            values_placeholders(engine, chunk.len(), 2)
+        } else {
             values_placeholders(engine, 1, chunk.len())
-        );
+        };
+        let sql = format!("{head}{values}{tail}");
         let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q.bind(r.agent_id.as_str());
+            if statements.delete_by_time {
+                q = q.bind(r.occurred_at);
+            }
         }
         q.execute(&mut **tx).await?;
     }
@@ -306,10 +403,9 @@ async fn replace_services(
         }
     }
     for chunk in chunks(&services, SERVICE_CHUNK) {
-        let sql = format!(
-            "{INSERT_SERVICES_HEAD}{}",
-            values_placeholders(engine, chunk.len(), SERVICE_COLUMNS)
-        );
+        let [head, tail] = statements.insert;
+        let values = values_placeholders(engine, chunk.len(), SERVICE_COLUMNS);
+        let sql = format!("{head}{values}{tail}");
         let mut q = sqlx::query(&sql);
         for (r, s) in chunk {
             q = q
