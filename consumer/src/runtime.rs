@@ -275,6 +275,7 @@ pub struct Settings {
     topics: Vec<String>,
     start: StartFrom,
     session_timeout: Duration,
+    fetch_wait: Duration,
     batch_size: usize,
     poll_timeout: Duration,
     throwaway: bool,
@@ -290,6 +291,7 @@ impl Settings {
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             start: options.start,
             session_timeout: options.session_timeout,
+            fetch_wait: options.fetch_wait,
             batch_size: 500,
             poll_timeout: Duration::from_millis(500),
             throwaway,
@@ -322,6 +324,13 @@ impl Settings {
     /// The group session timeout.
     pub fn session_timeout(mut self, timeout: Duration) -> Settings {
         self.session_timeout = timeout;
+        self
+    }
+
+    /// How long a poll may wait for a fuller batch ([`ConsumerOptions::fetch_wait`]; zero,
+    /// the default: hand over what is there at once).
+    pub fn fetch_wait(mut self, wait: Duration) -> Settings {
+        self.fetch_wait = wait;
         self
     }
 
@@ -387,6 +396,7 @@ impl ConsumerRuntime {
         let options = ConsumerOptions {
             start: settings.start,
             session_timeout: settings.session_timeout,
+            fetch_wait: settings.fetch_wait,
         };
         let consumer = log.subscribe(&settings.group, &topics, options).await?;
         let lag = (!settings.throwaway).then(|| LagGauge::new(&settings.group, settings.lag_every));

@@ -195,6 +195,7 @@ async fn latency(engine: &str, log: Arc<dyn EventLog>, base: &str) -> anyhow::Re
             ConsumerOptions {
                 start: StartFrom::Latest,
                 session_timeout: Duration::from_secs(6),
+                ..ConsumerOptions::default()
             },
         )
         .await?;

@@ -706,6 +706,7 @@ impl EventLog for EmbeddedLog {
             wakers: states.iter().map(|t| t.appended.subscribe()).collect(),
             topics: states,
             start: options.start,
+            fetch_wait: options.fetch_wait,
             generation,
             synced_generation: None,
             positions: BTreeMap::new(),
@@ -1209,6 +1210,8 @@ struct EmbeddedConsumer {
     member: u64,
     topics: Vec<Arc<TopicState>>,
     start: StartFrom,
+    /// [`ConsumerOptions::fetch_wait`].
+    fetch_wait: Duration,
     generation: watch::Receiver<u64>,
     synced_generation: Option<u64>,
     /// Next offset to return, per assigned partition.
@@ -1332,6 +1335,9 @@ impl Consumer for EmbeddedConsumer {
             self.sync_assignment().await?;
             return Ok(Vec::new());
         }
+        // Set when records are first seen, if fewer than `max`: the fetch wait runs from
+        // there (never past the poll's deadline).
+        let mut fetch_until: Option<tokio::time::Instant> = None;
         loop {
             self.sync_assignment().await?;
             // Mark the append signals seen before looking at the ends: a commit after this
@@ -1352,6 +1358,26 @@ impl Consumer for EmbeddedConsumer {
                     })
                 })
                 .collect();
+            let available = spans
+                .iter()
+                .fold(0u64, |n, s| n.saturating_add(s.end.saturating_sub(s.from)));
+            if !spans.is_empty()
+                && !self.fetch_wait.is_zero()
+                && available < u64::try_from(max).unwrap_or(u64::MAX)
+            {
+                let until = *fetch_until.get_or_insert_with(|| {
+                    (tokio::time::Instant::now() + self.fetch_wait).min(deadline)
+                });
+                if tokio::time::Instant::now() < until {
+                    // Fewer than asked for: wait for more, or until the fetch wait ends.
+                    let wakers = &mut self.wakers;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        _ = futures::future::select_all(wakers.iter_mut().map(|w| Box::pin(w.changed()))) => {}
+                    }
+                    continue;
+                }
+            }
             if !spans.is_empty() && max > 0 {
                 // Rotate the starting partition so one busy partition cannot starve others.
                 self.rotate = self.rotate.wrapping_add(1);

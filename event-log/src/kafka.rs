@@ -671,6 +671,7 @@ impl EventLog for KafkaLog {
             group: group.to_string(),
             partitions,
             pending_seeks: HashMap::new(),
+            fetch_wait: options.fetch_wait,
         }))
     }
 }
@@ -741,6 +742,8 @@ struct KafkaConsumer {
     partitions: HashMap<String, u32>,
     /// Seeks librdkafka could not apply yet: (topic, partition) -> offset.
     pending_seeks: HashMap<(String, i32), i64>,
+    /// [`ConsumerOptions::fetch_wait`].
+    fetch_wait: Duration,
 }
 
 impl fmt::Debug for KafkaConsumer {
@@ -856,12 +859,16 @@ impl Consumer for KafkaConsumer {
         // brought errors and no record.
         let mut last_error = None;
         let mut errors = 0u64;
+        let mut fetch_until = None;
         while out.len() < max {
-            // Wait for the first record; after that take only what is there already.
+            // Wait for the first record; after that take only what is there already, or
+            // what comes within the fetch wait (measured from the first record).
             let next = if out.is_empty() {
                 tokio::time::timeout_at(deadline, consumer.recv())
                     .await
                     .ok()
+            } else if let Some(until) = fetch_until {
+                tokio::time::timeout_at(until, consumer.recv()).await.ok()
             } else {
                 consumer.recv().now_or_never()
             };
@@ -886,6 +893,9 @@ impl Consumer for KafkaConsumer {
                     self.pending_seeks.remove(&key);
                 }
                 continue;
+            }
+            if out.is_empty() && !self.fetch_wait.is_zero() {
+                fetch_until = Some((tokio::time::Instant::now() + self.fetch_wait).min(deadline));
             }
             out.push(record);
         }

@@ -146,6 +146,11 @@ pub struct ConsumerOptions {
     /// Group session timeout (Kafka `session.timeout.ms`); a dead member's partitions move
     /// to the others after this long.
     pub session_timeout: Duration,
+    /// How long a poll may wait for more records when fewer than it asked for are there
+    /// (Kafka's `fetch.wait.max.ms` with `fetch.min.bytes`): larger, fewer batches for a
+    /// consumer whose cost is per batch (a transaction, an offset commit), at the price of
+    /// that much delay. Zero (the default): a poll returns what is there at once.
+    pub fetch_wait: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -153,6 +158,7 @@ impl Default for ConsumerOptions {
         ConsumerOptions {
             start: StartFrom::Earliest,
             session_timeout: Duration::from_secs(10),
+            fetch_wait: Duration::ZERO,
         }
     }
 }

@@ -28,6 +28,7 @@ fn options(start: StartFrom) -> ConsumerOptions {
     ConsumerOptions {
         start,
         session_timeout: Duration::from_secs(6),
+        fetch_wait: Duration::ZERO,
     }
 }
 
@@ -139,6 +140,49 @@ fn commit_all(topic: &str, records: &[ConsumedRecord]) -> Vec<CommitOffset> {
 /// The test bodies, each taking the engine and a unique name for its topic and groups.
 mod cases {
     use super::*;
+
+    /// With a fetch wait, a poll that found fewer records than it asked for waits for
+    /// more: two records produced 300 ms apart come in one batch (without it, the first
+    /// alone).
+    pub(crate) async fn fetch_wait_gathers_a_fuller_batch(
+        log: Arc<dyn EventLog>,
+        name: &str,
+    ) -> Result<()> {
+        log.create_topic(name, spec(1)).await?;
+        let wait = ConsumerOptions {
+            fetch_wait: Duration::from_secs(3),
+            ..options(StartFrom::Earliest)
+        };
+        let mut consumer = log.subscribe(&format!("{name}-g"), &[name], wait).await?;
+        // The first record: the member has joined and fetches once it is read.
+        log.produce(name, vec![record("a", "first", None)]).await?;
+        expect_records(consumer.as_mut(), 1).await?;
+
+        let producer = {
+            let log = Arc::clone(&log);
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                log.produce(&name, vec![record("a", "second", None)])
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                log.produce(&name, vec![record("a", "third", None)]).await?;
+                Ok::<_, fleet_event_log::LogError>(())
+            })
+        };
+        let batch = consumer.poll(10, DEADLINE).await?;
+        producer.await??;
+        let values: Vec<&[u8]> = batch.iter().map(|r| r.value.as_slice()).collect();
+        ensure!(
+            values == [b"second".as_slice(), b"third".as_slice()],
+            "one batch of both records expected, got {:?}",
+            values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v))
+                .collect::<Vec<_>>()
+        );
+        Ok(())
+    }
 
     /// Keys, values, timestamps and positions survive the trip through the log.
     pub(crate) async fn produce_consume_roundtrip(
@@ -893,6 +937,7 @@ conformance!(
     unknown_topic,
     latest_skips_old,
     concurrent_producers,
+    fetch_wait_gathers_a_fuller_batch,
 );
 
 async fn embedded_log(dir: &std::path::Path) -> Result<Arc<dyn EventLog>> {

@@ -42,6 +42,12 @@ pub struct ProjectionsConfig {
     pub timeseries_group: String,
     /// Most records per batch (one read-model transaction per batch).
     pub batch_size: usize,
+    /// How long the projections wait for a fuller batch when fewer than `batch-size`
+    /// records are there (Kafka's `fetch.wait.max.ms`): fewer transactions and offset
+    /// commits under a steady trickle of reports, for at most this much delay before a
+    /// record is applied. Zero: apply what is there at once.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait: Duration,
     /// The listener's timeouts, connection cap and TLS (`[http]`).
     pub http: fleet_service::serve::HttpSettings,
 }
@@ -60,6 +66,7 @@ impl Default for ProjectionsConfig {
             read_model_group: "fleet-projection-readmodel".into(),
             timeseries_group: "fleet-projection-timeseries".into(),
             batch_size: 1000,
+            fetch_wait: Duration::from_millis(50),
             http: fleet_service::serve::HttpSettings::default(),
         }
     }

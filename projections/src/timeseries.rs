@@ -66,6 +66,7 @@ pub async fn run_timeseries(
         .start(StartFrom::Earliest)
         .session_timeout(config.event_log.session_timeout)
         .batch_size(config.batch_size)
+        .fetch_wait(config.fetch_wait)
         .batch_histogram(metrics::BATCH_SECONDS, "projection", "timeseries");
     let runtime = ConsumerRuntime::subscribe(log, settings, dead.clone())
         .await?
