@@ -276,6 +276,7 @@ impl TimeSeries {
             evicted_partition: HashMap::new(),
             evicted_checked: None,
             pending_evicted: Vec::new(),
+            since_memory_check: 0,
         }
     }
 
@@ -770,6 +771,8 @@ pub struct Writer {
     evicted_checked: Option<AgentKey>,
     /// Evicted agents gone idle: sealed from their segments at the end of the batch.
     pending_evicted: Vec<OpenAgent>,
+    /// Samples ingested since the head's bytes were last added up ([`Writer::over_memory`]).
+    since_memory_check: u64,
 }
 
 /// An offset to commit: (topic, partition, next offset).
@@ -949,6 +952,7 @@ impl Writer {
             }
         }
         metrics::samples(n);
+        self.since_memory_check = self.since_memory_check.saturating_add(n as u64);
         Some(Ingested::Stored(n))
     }
 
@@ -969,9 +973,17 @@ impl Writer {
         Ok(None)
     }
 
-    fn over_memory(&self) -> bool {
+    /// Whether the head holds more than its limit. Adding the head up visits every agent's
+    /// columns (with 10,000 agents, 3% of `up`'s time when done after every batch), so it
+    /// is done once samples numbering a 1/1024th of the limit came in since the last time:
+    /// a sample adds about 8 to 16 bytes, so the head overshoots by about 1-2% at most.
+    fn over_memory(&mut self) -> bool {
         let limit = self.ts.config.head_memory_limit;
-        limit > 0 && self.head_bytes() as u64 > limit
+        if limit == 0 || self.since_memory_check < (limit / 1024).max(1) {
+            return false;
+        }
+        self.since_memory_check = 0;
+        self.head_bytes() as u64 > limit
     }
 
     /// Takes the least recently written agents out of the head until it holds at most
