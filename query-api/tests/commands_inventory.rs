@@ -12,18 +12,14 @@ use axum::Router;
 use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_projections::project::{run_read_model, Readiness};
 use fleet_projections::ProjectionsConfig;
-use fleet_query_api::{app, AppState};
 use fleet_schemas::{
-    codec, fixtures, CommandEvent, CommandEventKind, Record, SoftwareInventory, SoftwarePackage,
+    fixtures, CommandEvent, CommandEventKind, Record, SoftwareInventory, SoftwarePackage,
     TicketEvent, TicketEventKind,
 };
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
-
-/// The bootstrap admin key of the test API.
-const ADMIN: &str = "fsk_test-admin";
 
 const T0: i64 = 1_795_400_000_000_000; // µs, a fixed instant
 const SECOND: i64 = 1_000_000;
@@ -36,21 +32,14 @@ struct Env {
 }
 
 async fn env() -> Env {
+    let stores = support::stores().await;
+    let api = stores.api();
     let support::Stores {
         dir,
         log,
-        registry,
         read_model: rm,
-        timeseries: ts,
-    } = support::stores().await;
-    let api = app(AppState::new(
-        registry,
-        rm.clone(),
-        ts,
-        log.clone(),
-        fleet_schemas::Wire::plain(),
-    )
-    .with_admin_key(ADMIN));
+        ..
+    } = stores;
     Env {
         _dir: dir,
         log,
@@ -59,13 +48,7 @@ async fn env() -> Env {
     }
 }
 
-async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
-    let rec = ProduceRecord::keyed(
-        v.key().as_bytes().to_vec(),
-        codec::Wire::plain().encode(v).expect("encode"),
-    );
-    log.produce(T::TOPIC, vec![rec]).await.expect("produce");
-}
+use support::{produce, ADMIN};
 
 /// Runs the read-model projection until the returned sender fires.
 fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {

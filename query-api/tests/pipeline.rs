@@ -13,15 +13,11 @@ use fleet_event_log::{EventLog, ProduceRecord};
 use fleet_projections::project::{run_read_model, Readiness};
 use fleet_projections::timeseries::run_timeseries;
 use fleet_projections::ProjectionsConfig;
-use fleet_query_api::{app, AppState};
-use fleet_schemas::{codec, fixtures, topics, Record};
+use fleet_schemas::{fixtures, topics};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
-
-/// The bootstrap admin key of the test API.
-const ADMIN: &str = "fsk_test-admin";
 
 const T0: i64 = 1_795_400_000_000_000; // µs, a fixed instant
 
@@ -34,21 +30,15 @@ struct Env {
 }
 
 async fn env() -> Env {
+    let stores = support::stores().await;
+    let api = stores.api();
     let support::Stores {
         dir,
         log,
-        registry,
         read_model: rm,
         timeseries: ts,
-    } = support::stores().await;
-    let api = app(AppState::new(
-        registry,
-        rm.clone(),
-        ts.clone(),
-        log.clone(),
-        fleet_schemas::Wire::plain(),
-    )
-    .with_admin_key(ADMIN));
+        ..
+    } = stores;
     Env {
         _dir: dir,
         log,
@@ -58,13 +48,7 @@ async fn env() -> Env {
     }
 }
 
-async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
-    let rec = ProduceRecord::keyed(
-        v.key().as_bytes().to_vec(),
-        codec::Wire::plain().encode(v).expect("encode"),
-    );
-    log.produce(T::TOPIC, vec![rec]).await.expect("produce");
-}
+use support::{produce, ADMIN};
 
 /// Runs both projections until the returned sender fires.
 fn start(e: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {

@@ -79,25 +79,46 @@ pub async fn stores() -> Stores {
     }
 }
 
+impl Stores {
+    /// The API's state over these stores, with bootstrap key `key` (empty: none).
+    pub fn state(&self, key: &str) -> AppState {
+        AppState::new(
+            self.registry.clone(),
+            self.read_model.clone(),
+            self.timeseries.clone(),
+            self.log.clone(),
+            fleet_schemas::Wire::plain(),
+        )
+        .with_admin_key(key)
+    }
+
+    /// The API over these stores, with bootstrap key [`ADMIN`].
+    pub fn api(&self) -> Router {
+        app(self.state(ADMIN))
+    }
+}
+
+/// Writes `v` to its topic, keyed as the gateway keys it.
+pub async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
+    let rec = fleet_event_log::ProduceRecord::keyed(
+        v.key().as_bytes().to_vec(),
+        codec::Wire::plain().encode(v).expect("encode"),
+    );
+    log.produce(T::TOPIC, vec![rec]).await.expect("produce");
+}
+
 /// The API with bootstrap key `key` (empty: none) and, if given, the command types that
 /// need approval.
 pub async fn admin_env(key: &str, approval_required: Option<Vec<String>>) -> AdminEnv {
+    let stores = stores().await;
+    let mut state = stores.state(key).with_gateway_url("http://gw.example:8080");
     let Stores {
         dir,
         log,
         registry,
         read_model,
-        timeseries,
-    } = stores().await;
-    let mut state = AppState::new(
-        registry.clone(),
-        read_model.clone(),
-        timeseries,
-        log.clone(),
-        fleet_schemas::Wire::plain(),
-    )
-    .with_admin_key(key)
-    .with_gateway_url("http://gw.example:8080");
+        ..
+    } = stores;
     if let Some(types) = approval_required {
         state = state.with_approval_required(types);
     }

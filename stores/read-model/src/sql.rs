@@ -170,10 +170,7 @@ impl SqlReadModel {
             filter.where_clause(),
             filter.next_placeholder()
         );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
+        let q = filter.query(&sql);
         let rows = q
             .bind(clamp_limit(limit))
             .fetch_all(self.db.pool())
@@ -605,6 +602,19 @@ impl<'a> Filter<'a> {
         }
     }
 
+    /// The query `sql` (built with [`Filter::where_clause`]) with the filter's values bound.
+    fn query<'q>(
+        &self,
+        sql: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>
+    where
+        'a: 'q,
+    {
+        self.binds
+            .iter()
+            .fold(sqlx::query(sql), |q, value| q.bind(*value))
+    }
+
     fn where_clause(&self) -> String {
         if self.clauses.is_empty() {
             String::new()
@@ -769,10 +779,7 @@ impl ReadModel for SqlReadModel {
             "SELECT {AGENT_COLUMNS} FROM agents{}",
             filter.where_clause()
         );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
+        let q = filter.query(&sql);
         let row = q
             .fetch_optional(self.db.pool())
             .await

@@ -391,10 +391,7 @@ impl SqlReadModel {
             "SELECT {COMMAND_COLUMNS} FROM commands{}",
             filter.where_clause()
         );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
+        let q = filter.query(&sql);
         let row = q
             .fetch_optional(self.db.pool())
             .await

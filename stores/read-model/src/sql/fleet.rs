@@ -187,10 +187,7 @@ impl SqlReadModel {
             "SELECT event FROM alert_rules{} ORDER BY rule_id",
             filter.where_clause()
         );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
+        let q = filter.query(&sql);
         let rows = q
             .fetch_all(self.db.pool())
             .await

@@ -113,10 +113,7 @@ impl SqlReadModel {
              FROM software_inventory{}",
             filter.where_clause()
         );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
+        let q = filter.query(&sql);
         let Some(row) = q
             .fetch_optional(self.db.pool())
             .await
@@ -147,10 +144,7 @@ impl SqlReadModel {
             "SELECT name, version, arch FROM software{} ORDER BY name, arch",
             filter.where_clause()
         );
-        let mut q = sqlx::query(&sql);
-        for value in &filter.binds {
-            q = q.bind(*value);
-        }
+        let q = filter.query(&sql);
         software.packages = q
             .fetch_all(self.db.pool())
             .await
