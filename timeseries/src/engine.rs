@@ -626,7 +626,7 @@ fn bucket_of(r: &crate::RollupRow) -> Bucket {
         start_micros: r.start_micros,
         min: r.min,
         max: r.max,
-        avg: r.sum / r.count as f64,
+        avg: r.avg(),
         sum: r.sum,
         count: r.count,
         last: r.last,

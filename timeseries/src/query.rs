@@ -379,6 +379,20 @@ pub fn bucket_start(ts_micros: i64, interval_micros: i64) -> i64 {
     ts_micros.div_euclid(interval_micros) * interval_micros
 }
 
+/// The mean of a bucket: `sum / count`, kept inside `[min, max]`. Summing rounds, so nine
+/// samples of 11.66 can sum to an average of 11.659999999999998, below their minimum; a
+/// reader must never see an average outside the values it averages. A NaN passes through.
+pub fn mean(sum: f64, count: u64, min: f64, max: f64) -> f64 {
+    let avg = sum / count as f64;
+    if avg < min {
+        min
+    } else if avg > max {
+        max
+    } else {
+        avg
+    }
+}
+
 /// Aggregates samples, given in time order, into buckets aligned to multiples of
 /// `interval_micros` since the epoch. Buckets without samples are omitted. Shared by every
 /// engine that aggregates on the client.
@@ -407,7 +421,7 @@ pub fn aggregate_buckets(
 pub fn merge_buckets(rows: impl IntoIterator<Item = Bucket>, interval_micros: i64) -> Vec<Bucket> {
     fn finish(mut b: Bucket) -> Bucket {
         // A bucket exists only once it has a row, so count >= 1.
-        b.avg = b.sum / b.count as f64;
+        b.avg = mean(b.sum, b.count, b.min, b.max);
         b
     }
     let mut out = Vec::new();
@@ -437,4 +451,21 @@ pub fn merge_buckets(rows: impl IntoIterator<Item = Bucket>, interval_micros: i6
         out.push(finish(done));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_average_stays_between_the_minimum_and_the_maximum() {
+        // Nine samples of 11.66 sum to 104.94000000000001 / 9 = 11.659999999999998.
+        let b = aggregate_buckets((0..9).map(|i| (i, 11.66)), 60_000_000);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].count, 9);
+        assert!(b[0].min <= b[0].avg && b[0].avg <= b[0].max, "{:?}", b[0]);
+        assert_eq!(b[0].avg, 11.66);
+        assert!(mean(f64::NAN, 1, 0.0, 1.0).is_nan());
+        assert_eq!(mean(10.0, 4, 1.0, 5.0), 2.5);
+    }
 }

@@ -61,9 +61,9 @@ pub struct RollupRow {
 }
 
 impl RollupRow {
-    /// Mean (`sum / count`), as the stores compute it.
+    /// Mean (`sum / count` inside `[min, max]`), as the stores compute it.
     pub fn avg(&self) -> f64 {
-        self.sum / self.count as f64
+        crate::query::mean(self.sum, self.count, self.min, self.max)
     }
 }
 
