@@ -10,7 +10,8 @@
 //!   equals what was posted: a commit ahead of the checkpoint would lose samples, a
 //!   replay that is not idempotent would count them twice);
 //! * `fleetstream verify` finds the live store equal, sample by sample and in every
-//!   rollup, to one rebuilt by `fleetstream replay` from the same log.
+//!   rollup, to one rebuilt by `fleetstream replay` from the same log;
+//! * on the embedded defaults, `fleetstream compact` keeps every sample.
 //!
 //! Run on the embedded defaults (`fleetstream up`, the whole process is killed) and on
 //! Kafka (a private broker; `fleetstream projections` is killed, the gateway keeps
@@ -312,7 +313,20 @@ async fn embedded_up_survives_sigkill() -> anyhow::Result<()> {
         "the projection did not catch up"
     );
     let live_ts = format!("file://{}", data.join("timeseries").display());
-    check(dir.path(), &log_url, &live_ts, &reports).await
+    check(dir.path(), &log_url, &live_ts, &reports).await?;
+    // `fleetstream compact` on the stopped data directory keeps every sample.
+    let out = run_to_end(dir.path(), &["compact", path(&data)?])?;
+    ensure!(
+        out.success && out.output.contains("compacted:"),
+        "compact failed:\n{}",
+        out.output
+    );
+    println!("{}", out.output);
+    ensure!(
+        stored(&live_ts).await? == expected(&reports),
+        "compaction changed what the store holds"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,20 @@ and FLEET_PROJECTIONS__<KEY>."
     Replay(replay::ReplayArgs),
     Verify(replay::VerifyArgs),
     Export(replay::ExportArgs),
+    /// Give an embedded time-series store's free space back to the file system.
+    #[command(
+        long_about = "Compact the embedded time-series store (chunks.redb): move its pages to the front of the file and truncate it. The store reuses freed pages but never shrinks its file on its own, so after retention deleted much (or a shorter retention was configured) the file keeps its size. A clean stop of `up` or `projections` compacts files up to 1 GiB when a quarter of them is free; this command does it for any size. The store must not be open: stop the process that serves it first.
+
+Example: fleetstream compact fleetstream-data   (an `up` data directory)
+         fleetstream compact /var/lib/fleetstream/timeseries"
+    )]
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompactArgs {
+    /// The time-series directory (holding chunks.redb), or an `up` data directory.
+    dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             Command::Replay(a) => replay::replay(a).await,
             Command::Verify(a) => replay::verify(a).await,
             Command::Export(a) => replay::export(a).await,
+            Command::Compact(a) => roles::compact(a.dir).await,
         }
     })
 }

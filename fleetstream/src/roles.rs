@@ -643,6 +643,37 @@ pub(crate) async fn up(
     Ok(())
 }
 
+/// `fleetstream compact`: compacts the embedded time-series store in `dir` (or in an `up`
+/// data directory's `timeseries/`), printing the file's size before and after.
+#[allow(clippy::print_stdout)] // the sizes are the command's output
+pub(crate) async fn compact(dir: PathBuf) -> anyhow::Result<()> {
+    use fleet_timeseries::embedded::{EmbeddedChunks, FILE_NAME};
+    let dir = if dir.join(FILE_NAME).exists() {
+        dir
+    } else if dir.join("timeseries").join(FILE_NAME).exists() {
+        dir.join("timeseries")
+    } else {
+        anyhow::bail!(
+            "no time-series store in {}: give the directory holding {FILE_NAME} or an `up` data directory",
+            dir.display()
+        );
+    };
+    let c = tokio::task::spawn_blocking(move || {
+        let mut store = EmbeddedChunks::open(&dir)?;
+        println!("compacting {} ...", store.path().display());
+        store.compact()
+    })
+    .await??;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "compacted: {:.1} MiB -> {:.1} MiB ({:.1} MiB given back)",
+        mib(c.before),
+        mib(c.after),
+        mib(c.before.saturating_sub(c.after))
+    );
+    Ok(())
+}
+
 /// File in the data directory holding the generated admin key.
 const ADMIN_KEY_FILE: &str = "admin-key";
 

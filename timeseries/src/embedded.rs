@@ -10,6 +10,12 @@
 //! Keys order by agent then time, so the chunks of one agent over a range are one range
 //! scan. A seal and a checkpoint are each one write transaction (atomic and durable:
 //! redb fsyncs on commit). redb calls block, so they run in `spawn_blocking`.
+//!
+//! redb reuses freed pages but never gives the file's space back on its own: the file
+//! grows in steps and keeps its size after retention deletes. [`EmbeddedChunks::compact`]
+//! moves the pages to the front and truncates the file; a clean stop does it when a
+//! quarter or more of the file is free and the file is at most [`COMPACT_AT_STOP_MAX_BYTES`]
+//! (compaction rewrites what it moves, so a larger file is left to `fleetstream compact`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +50,18 @@ fn table(kind: ChunkKind) -> ChunkTable {
         ChunkKind::Rollup5m => ROLLUP_5M,
         ChunkKind::Rollup1h => ROLLUP_1H,
     }
+}
+
+/// A clean stop compacts files up to this size (1 GiB) when a quarter of them is free.
+pub const COMPACT_AT_STOP_MAX_BYTES: u64 = 1 << 30;
+
+/// What [`EmbeddedChunks::compact`] did: the file's size before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// File size before (bytes).
+    pub before: u64,
+    /// File size after (bytes).
+    pub after: u64,
 }
 
 /// The chunk store embedded in a data directory (`<dir>/chunks.redb`).
@@ -105,6 +123,64 @@ impl EmbeddedChunks {
         &self.path
     }
 
+    /// The file's size and the bytes its pages take (the rest is free space redb reuses).
+    pub fn usage(&self) -> Result<(u64, u64)> {
+        let file = std::fs::metadata(&self.path)
+            .map_err(|e| Error::Internal(format!("{}: {e}", self.path.display())))?
+            .len();
+        let used = (|| -> Result<u64, redb::Error> {
+            let tx = self.db.begin_write()?;
+            let stats = tx.stats()?;
+            tx.abort()?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
+        })()
+        .map_err(|e| internal(&self.path, e))?;
+        Ok((file, used))
+    }
+
+    /// Moves the pages to the front of the file and truncates it. Needs the store to
+    /// itself: [`Error::Unavailable`] while a read or write of another handle is in
+    /// flight. Blocks for as long as it rewrites (call it off the async workers).
+    pub fn compact(&mut self) -> Result<Compaction> {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let before = size(&self.path);
+        let Some(db) = Arc::get_mut(&mut self.db) else {
+            return Err(Error::Unavailable(
+                "the time-series store is in use: compaction needs it to itself".into(),
+            ));
+        };
+        db.compact().map_err(|e| match e {
+            redb::CompactionError::TransactionInProgress => Error::Unavailable(
+                "a transaction is in flight: compaction needs the store to itself".into(),
+            ),
+            e => internal(&self.path, e.into()),
+        })?;
+        Ok(Compaction {
+            before,
+            after: size(&self.path),
+        })
+    }
+
+    /// At a clean stop (the last handle dropped): compacts when a quarter or more of
+    /// the file is free and the file is small enough to do it quickly.
+    fn compact_at_stop(&mut self) {
+        let Ok((file, used)) = self.usage() else {
+            return;
+        };
+        if !worth_compacting_at_stop(file, used) {
+            return;
+        }
+        match self.compact() {
+            Ok(c) => tracing::info!(
+                path = %self.path.display(),
+                before = c.before,
+                after = c.after,
+                "time-series store compacted at stop"
+            ),
+            Err(e) => tracing::warn!(error = %e, "time-series store not compacted at stop"),
+        }
+    }
+
     async fn blocking<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
@@ -115,6 +191,17 @@ impl EmbeddedChunks {
         tokio::task::spawn_blocking(move || work(&db).map_err(|e| internal(&path, e)))
             .await
             .map_err(|e| Error::Internal(format!("time-series task failed: {e}")))?
+    }
+}
+
+/// A quarter or more of a file of at most [`COMPACT_AT_STOP_MAX_BYTES`] is free.
+fn worth_compacting_at_stop(file: u64, used: u64) -> bool {
+    file <= COMPACT_AT_STOP_MAX_BYTES && file.saturating_sub(used) >= file / 4
+}
+
+impl Drop for EmbeddedChunks {
+    fn drop(&mut self) {
+        self.compact_at_stop();
     }
 }
 
@@ -374,5 +461,21 @@ impl ChunkStore for EmbeddedChunks {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_stop_compacts_small_files_a_quarter_free() {
+        assert!(worth_compacting_at_stop(8 << 20, 4 << 20));
+        assert!(worth_compacting_at_stop(8 << 20, 6 << 20));
+        assert!(!worth_compacting_at_stop(8 << 20, (6 << 20) + 1));
+        assert!(!worth_compacting_at_stop(8 << 20, 8 << 20));
+        // Larger files wait for `fleetstream compact`.
+        assert!(!worth_compacting_at_stop(COMPACT_AT_STOP_MAX_BYTES + 1, 0));
+        assert!(worth_compacting_at_stop(COMPACT_AT_STOP_MAX_BYTES, 0));
     }
 }

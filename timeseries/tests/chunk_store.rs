@@ -875,3 +875,92 @@ mod cql_server {
         Ok(())
     }
 }
+
+/// The embedded store's file: what a clean stop gives back.
+mod embedded_file {
+    use anyhow::{ensure, Result};
+    use fleet_timeseries::embedded::{EmbeddedChunks, FILE_NAME};
+    use fleet_timeseries::store::{ChunkKind, ChunkStore};
+
+    use super::{chunk, key, long_retention, seal_chunks, HOUR, T0};
+
+    fn file_len(dir: &std::path::Path) -> Result<u64> {
+        Ok(std::fs::metadata(dir.join(FILE_NAME))?.len())
+    }
+
+    /// 200 one-hour raw chunks of 64 KiB for agent `a`, one for agent `b`.
+    async fn fill(store: &EmbeddedChunks) -> Result<()> {
+        let (a, b) = (key("t", "a"), key("t", "b"));
+        for i in 0..200 {
+            let bytes = vec![i as u8; 64 * 1024];
+            store
+                .seal(seal_chunks(vec![chunk(
+                    ChunkKind::Raw,
+                    &a,
+                    T0 + i * HOUR,
+                    &bytes,
+                )]))
+                .await?;
+        }
+        store
+            .seal(seal_chunks(vec![chunk(ChunkKind::Raw, &b, T0, b"kept")]))
+            .await?;
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_stop_gives_the_space_of_expired_chunks_back() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = EmbeddedChunks::open(dir.path())?;
+        fill(&store).await?;
+        // Expire every chunk, then write b's again: most of the file is free.
+        let far = T0 + 400 * HOUR;
+        let mut short = long_retention();
+        short.raw = std::time::Duration::from_secs(1);
+        ensure!(store.expire(far, &short).await? == 201);
+        store
+            .seal(super::seal_chunks(vec![chunk(
+                ChunkKind::Raw,
+                &key("t", "b"),
+                T0,
+                b"kept",
+            )]))
+            .await?;
+        let (file, used) = store.usage()?;
+        ensure!(file >= 12 << 20, "the file held 12.5 MiB of chunks: {file}");
+        ensure!(
+            used < file / 4,
+            "most of the file is free: {used} of {file}"
+        );
+        drop(store);
+        let after = file_len(dir.path())?;
+        ensure!(
+            after < file / 4,
+            "compacted at stop: {file} -> {after} bytes"
+        );
+        // What was kept is still there.
+        let store = EmbeddedChunks::open(dir.path())?;
+        let got = store
+            .chunks(ChunkKind::Raw, &key("t", "b"), T0, T0 + HOUR)
+            .await?;
+        ensure!(got == vec![(T0, b"kept".to_vec())], "{got:?}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compact_truncates_the_file_to_what_it_holds() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut store = EmbeddedChunks::open(dir.path())?;
+        fill(&store).await?;
+        let far = T0 + 400 * HOUR;
+        let mut short = long_retention();
+        short.raw = std::time::Duration::from_secs(1);
+        store.expire(far, &short).await?;
+        let c = store.compact()?;
+        ensure!(c.after < c.before / 4, "{c:?}");
+        ensure!(c.after == file_len(dir.path())?);
+        let (file, used) = store.usage()?;
+        ensure!(file == c.after && used <= file, "{file} {used}");
+        Ok(())
+    }
+}
