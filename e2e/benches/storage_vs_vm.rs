@@ -20,6 +20,11 @@
 //! * **live**: BENCH_LIVE_AGENTS (10,000) agents × BENCH_LIVE_ROUNDS (10) intervals, one
 //!   report per request, the agents of one interval before those of the next.
 //!
+//! Beside the wall-clock throughput, each shape prints **samples per CPU second** of each
+//! system while timed (user + system time of its processes from `/proc`; on Kafka only
+//! Fleetstream's processes, not the broker's or the CQL server's). On shared cores the
+//! wall-clock ratio moves with whatever else runs; the CPU ratio moves much less.
+//!
 //! Then, on the back-fill stores: **disk** (the store directory after a clean stop for
 //! Fleetstream, after the merges settled for VictoriaMetrics), **freshness** (single
 //! reports posted to the running `up`; time from the 202 until the API returns the
@@ -228,7 +233,19 @@ struct Up {
     keyspace: Option<ScyllaKeyspace>,
 }
 
+/// CPU seconds the processes used so far (0 for one that exited).
+fn cpu(procs: &[&Proc]) -> f64 {
+    procs.iter().filter_map(|p| p.cpu_seconds()).sum()
+}
+
 impl Up {
+    /// Fleetstream's processes: `up`, or the projections and the gateway.
+    fn procs(&self) -> Vec<&Proc> {
+        std::iter::once(&self.proc)
+            .chain(self.gateway_proc.as_ref())
+            .collect()
+    }
+
     async fn start(s: &Settings, dir: &Path) -> anyhow::Result<Up> {
         std::fs::create_dir_all(dir)?;
         if s.stack == Stack::Kafka {
@@ -322,9 +339,7 @@ impl Up {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let procs: Vec<&Proc> = std::iter::once(&self.proc)
-            .chain(self.gateway_proc.as_ref())
-            .collect();
+        let procs = self.procs();
         for url in [
             format!("{}/readyz", self.gateway),
             format!("{}/readyz", self.api),
@@ -480,6 +495,10 @@ struct Row {
     vm_secs: f64,
     fleet_bytes: Option<u64>,
     vm_bytes: Option<u64>,
+    /// CPU seconds Fleetstream's processes (not Kafka's or the CQL server's) and
+    /// VictoriaMetrics used while timed.
+    fleet_cpu: f64,
+    vm_cpu: f64,
 }
 
 async fn run_shape(
@@ -507,10 +526,12 @@ async fn run_shape(
     std::fs::create_dir_all(&vm_dir)?;
     let mut vm = VictoriaMetrics::start(&vm_dir).await?;
     let requests = Arc::new(influx_requests(vm.url(), &groups));
+    let vm_cpu0 = cpu(&[vm.proc()]);
     let started = Instant::now();
     post_all(&client, requests, clients, &[]).await?;
     vm.force_flush(&client).await?;
     let vm_secs = started.elapsed().as_secs_f64();
+    let vm_cpu = cpu(&[vm.proc()]) - vm_cpu0;
     let vm_bytes = if measure_disk {
         Some(
             vm.settled_bytes(Duration::from_secs(10), Duration::from_secs(120))
@@ -529,14 +550,16 @@ async fn run_shape(
     let mut up = Up::start(s, &root.join(format!("fleet-{shape}"))).await?;
     let requests = Arc::new(gateway_requests(&up.gateway, &groups)?);
     let before = up.timeseries_records(&client).await?;
+    let fleet_cpu0 = cpu(&up.procs());
     let started = Instant::now();
     post_all(&client, requests, clients, &[]).await?;
     let posted = started.elapsed().as_secs_f64();
     up.wait_stored(&client, reports.len() + before as usize)
         .await?;
     let fleet_secs = started.elapsed().as_secs_f64();
+    let fleet_cpu = cpu(&up.procs()) - fleet_cpu0;
     println!(
-        "[{shape}] Fleetstream: {fleet_secs:.2} s ({posted:.2} s to post), {:.0} samples/s",
+        "[{shape}] Fleetstream: {fleet_secs:.2} s ({posted:.2} s to post), {:.0} samples/s, {fleet_cpu:.1} CPU s (VictoriaMetrics {vm_cpu:.1})",
         samples as f64 / fleet_secs
     );
     up.verify(reports).await?;
@@ -556,6 +579,8 @@ async fn run_shape(
             vm_secs,
             fleet_bytes,
             vm_bytes,
+            fleet_cpu,
+            vm_cpu,
         },
         up,
     ))
@@ -762,16 +787,19 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!();
-    println!("| shape | samples | Fleetstream samples/s | VictoriaMetrics samples/s | ratio |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| shape | samples | Fleetstream samples/s | VictoriaMetrics samples/s | ratio | Fleetstream samples per CPU s | VictoriaMetrics samples per CPU s | ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
         let f = r.samples as f64 / r.fleet_secs;
         let v = r.samples as f64 / r.vm_secs;
+        let fc = r.samples as f64 / r.fleet_cpu;
+        let vc = r.samples as f64 / r.vm_cpu;
         println!(
-            "| {} | {} | {f:.0} | {v:.0} | {:.2}× |",
+            "| {} | {} | {f:.0} | {v:.0} | {:.2}× | {fc:.0} | {vc:.0} | {:.2}× |",
             r.shape,
             r.samples,
-            f / v
+            f / v,
+            fc / vc
         );
     }
     for r in &rows {

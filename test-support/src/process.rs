@@ -100,6 +100,19 @@ impl Proc {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// CPU time the process used so far (user + system, seconds), from
+    /// `/proc/<pid>/stat`; `None` once it exited or off Linux. Linux reports it in
+    /// clock ticks of 1/100 s (`USER_HZ`) on every architecture.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // state is field 3, utime 14 and stime 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
+        Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
