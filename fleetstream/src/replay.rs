@@ -184,10 +184,11 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     if let Some(rm) = &report.read_model {
         println!(
-            "  read model {} ({}): {} changes applied, {} undecodable records skipped; offsets stored as projection \"{READ_MODEL_PROJECTION}\".",
+            "  read model {} ({}): {} changes applied ({} older reports coalesced into a later one of their agent), {} undecodable records skipped; offsets stored as projection \"{READ_MODEL_PROJECTION}\".",
             redact_url(&rm.url),
             rm.engine,
             rm.changes,
+            rm.coalesced,
             rm.undecodable
         );
     }

@@ -4,6 +4,9 @@
 pub const RECORDS: &str = "fleet_projection_records_total";
 /// Records skipped because the store already had them (replay after a restart).
 pub const SKIPPED: &str = "fleet_projection_skipped_total";
+/// Metric reports the read model did not decode: a later report of the same agent in
+/// the batch supersedes them (it keeps each agent's newest report).
+pub const COALESCED: &str = "fleet_projection_coalesced_total";
 /// Records that could not be decoded.
 pub const DECODE_ERRORS: &str = "fleet_projection_decode_errors_total";
 /// Store write failures (retried).
@@ -23,6 +26,7 @@ pub const DEADLETTERS: &str = fleet_consumer::metrics::DEADLETTERS_TOTAL;
 pub const ALL: &[&str] = &[
     RECORDS,
     SKIPPED,
+    COALESCED,
     DECODE_ERRORS,
     STORE_ERRORS,
     REFUSED,

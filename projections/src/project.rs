@@ -3,6 +3,7 @@
 //! with its rows, skips records below them, and lets the runtime commit to the log as a
 //! hint of where to resume.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -154,7 +155,8 @@ impl Processor for ReadModelProjection {
         let mut changes = Vec::with_capacity(batch.len());
         // The record each change came from (for its dead letter if the store refuses it).
         let mut sources: Vec<&ConsumedRecord> = Vec::with_capacity(batch.len());
-        for r in batch {
+        let superseded = superseded_reports(self.dead.wire(), batch);
+        for (r, superseded) in batch.iter().zip(superseded) {
             let done = self
                 .applied
                 .get(&(r.topic.to_string(), r.partition))
@@ -162,6 +164,10 @@ impl Processor for ReadModelProjection {
                 .unwrap_or(0);
             if r.offset < done {
                 ::metrics::counter!(metrics::SKIPPED, "projection" => "readmodel").increment(1);
+                continue;
+            }
+            if superseded {
+                ::metrics::counter!(metrics::COALESCED, "projection" => "readmodel").increment(1);
                 continue;
             }
             match to_change(self.dead.wire(), r) {
@@ -200,6 +206,55 @@ impl Processor for ReadModelProjection {
         // The store holds the offsets; the log's commit is only where to resume.
         Output::new()
     }
+}
+
+/// Which records of `batch` are metric reports that a later report of the same agent in
+/// the batch supersedes: one collected at the same time or later, with no lifecycle
+/// record of the agent in between. The read model keeps only each agent's newest report
+/// (the later of two with the same time), so these need not be decoded: only their
+/// [`ReportHead`] is read. A report whose head does not decode is not superseded (its
+/// full decoding then sends it to the dead letters, as before). Also used by
+/// `fleetstream replay`.
+pub fn superseded_reports(wire: &Wire, batch: &[ConsumedRecord]) -> Vec<bool> {
+    use fleet_schemas::topics::RecordType as T;
+    use fleet_schemas::{AgentLifecycle, MetricReport, ReportHead};
+    let mut out = vec![false; batch.len()];
+    // (tenant, agent) → the newest collection time among its reports later in the batch.
+    let mut newest: HashMap<(String, String), i64> = HashMap::new();
+    for (i, r) in batch.iter().enumerate().rev() {
+        match topics::record_of(&r.topic) {
+            Some(T::MetricReport) => {
+                let Ok(h) =
+                    wire.decode_known_part::<MetricReport, ReportHead>(&r.value, Into::into)
+                else {
+                    continue;
+                };
+                match newest.entry((h.tenant_id, h.agent_id)) {
+                    Entry::Occupied(e) if *e.get() >= h.occurred_at => out[i] = true,
+                    Entry::Occupied(mut e) => {
+                        e.insert(h.occurred_at);
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(h.occurred_at);
+                    }
+                }
+            }
+            Some(T::AgentLifecycle) => {
+                // Reports before it are applied before it: none of them is superseded by
+                // one after it.
+                // One that does not decode here: whose it is is unknown, so no earlier
+                // report is superseded.
+                match wire.decode_known::<AgentLifecycle>(&r.value) {
+                    Ok(l) => {
+                        newest.remove(&(l.tenant_id, l.agent_id));
+                    }
+                    Err(_) => newest.clear(),
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The offsets to store with the changes of `records`: the next offset per partition.
@@ -341,5 +396,67 @@ pub async fn run_retention_sweeps(
                 tracing::warn!(store = store.engine(), error = %e, "Retention sweep failed; retrying at the next interval.");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_schemas::codec::Record;
+    use fleet_schemas::fixtures::{agent_registered, heartbeat, metric_report};
+
+    fn record<T: Record>(offset: i64, value: &T) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: T::TOPIC.into(),
+            partition: 0,
+            offset,
+            timestamp_ms: 0,
+            key: None,
+            value: Wire::plain().encode(value).expect("encode"),
+        }
+    }
+
+    #[test]
+    fn only_reports_a_later_one_of_their_agent_supersedes_are_skipped() {
+        let batch = vec![
+            record(0, &metric_report("t", "a", 100)), // superseded by offset 2
+            record(1, &metric_report("t", "b", 100)), // b's only report
+            record(2, &metric_report("t", "a", 200)), // superseded by offset 3 (same time)
+            record(3, &metric_report("t", "a", 200)),
+            record(4, &metric_report("t", "a", 150)), // older than offset 3: kept, loses
+            record(5, &metric_report("u", "a", 50)),  // another tenant's agent a
+            record(6, &heartbeat("t", "c", 100, 1)),
+            record(7, &metric_report("t", "c", 100)), // before c's lifecycle: kept
+            record(8, &agent_registered("t", "c", 150)),
+            record(9, &metric_report("t", "c", 200)),
+        ];
+        let got = superseded_reports(&Wire::plain(), &batch);
+        assert_eq!(
+            got,
+            vec![true, false, true, false, false, false, false, false, false, false]
+        );
+    }
+
+    #[test]
+    fn a_report_whose_head_does_not_decode_is_left_to_the_full_decoding() {
+        let mut bad = record(0, &metric_report("t", "a", 100));
+        bad.value.truncate(bad.value.len() - 3);
+        let batch = vec![bad, record(1, &metric_report("t", "a", 200))];
+        assert_eq!(
+            superseded_reports(&Wire::plain(), &batch),
+            vec![false, false]
+        );
+        // A lifecycle record that does not decode: no earlier report is superseded.
+        let mut life = record(1, &agent_registered("t", "a", 150));
+        life.value.truncate(10);
+        let batch = vec![
+            record(0, &metric_report("t", "a", 100)),
+            life,
+            record(2, &metric_report("t", "a", 200)),
+        ];
+        assert_eq!(
+            superseded_reports(&Wire::plain(), &batch),
+            vec![false, false, false]
+        );
     }
 }

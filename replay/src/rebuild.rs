@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use fleet_event_log::{ConsumedRecord, EventLog};
 use fleet_projections::project::{
-    apply_with_retry, stored_offsets, to_change, READ_MODEL_PROJECTION, READ_MODEL_TOPICS,
-    TIMESERIES_TOPICS,
+    apply_with_retry, stored_offsets, superseded_reports, to_change, READ_MODEL_PROJECTION,
+    READ_MODEL_TOPICS, TIMESERIES_TOPICS,
 };
 use fleet_projections::ProjectionsConfig;
 use fleet_read_model::{Engine, SqlReadModel};
@@ -110,6 +110,9 @@ pub struct ReadModelOutcome {
     pub engine: &'static str,
     /// Changes applied.
     pub changes: u64,
+    /// Metric reports not decoded: a later report of the same agent in the batch
+    /// superseded them (as the live projection does).
+    pub coalesced: u64,
     /// Records that did not decode (skipped, as the live projection does).
     pub undecodable: u64,
 }
@@ -193,8 +196,10 @@ pub fn targets(kind: ProjectionKind, into: &[String]) -> Result<(Option<String>,
 /// What the workers wrote.
 #[derive(Debug, Default)]
 struct Counts {
-    /// Read model: changes applied, records that did not decode.
+    /// Read model: changes applied, reports superseded in their batch, records that did
+    /// not decode.
     changes: u64,
+    coalesced: u64,
     rm_undecodable: u64,
     /// Time series: reports, points, reports that did not decode.
     reports: u64,
@@ -205,6 +210,7 @@ struct Counts {
 impl Counts {
     fn add(&mut self, other: &Counts) {
         self.changes += other.changes;
+        self.coalesced += other.coalesced;
         self.rm_undecodable += other.rm_undecodable;
         self.reports += other.reports;
         self.points += other.points;
@@ -213,7 +219,7 @@ impl Counts {
 }
 
 /// Applies a batch to the read model exactly as the live projection does: decode each
-/// record, apply the changes with the batch's next offsets in one transaction.
+/// record (but reports a later one of the same agent supersedes), apply the changes with the batch's next offsets in one transaction.
 async fn apply_read_model(
     store: &SqlReadModel,
     wire: &Wire,
@@ -229,7 +235,11 @@ async fn apply_read_model(
         return;
     }
     let mut changes = Vec::with_capacity(records.len());
-    for r in &records {
+    for (r, superseded) in records.iter().zip(superseded_reports(wire, &records)) {
+        if superseded {
+            counts.coalesced += 1;
+            continue;
+        }
         match to_change(wire, r) {
             Ok(c) => changes.push(c),
             Err(e) => {
@@ -503,6 +513,7 @@ pub async fn replay(
             url,
             engine: store.engine_kind().as_str(),
             changes: counts.changes,
+            coalesced: counts.coalesced,
             undecodable: counts.rm_undecodable,
         }),
         _ => None,

@@ -545,6 +545,21 @@ impl<T: Record> Codec<T> {
         framing: Option<&RegistryFraming>,
         bytes: &[u8],
     ) -> Result<T, CodecError> {
+        self.decode_part(framing, bytes, std::convert::identity)
+    }
+
+    /// Decodes only the fields of `P` from a record of `T` ([`Codec::decode_with`]'s
+    /// framings and writer schemas): `P` is a struct naming some of `T`'s fields, which
+    /// serde matches by name; the other fields are read past without being built (no
+    /// allocation, strings not checked as UTF-8), and the datum must still end where its
+    /// schema says. For a writer schema that needs resolution `T` is decoded whole and
+    /// `part` takes `P` from it.
+    pub fn decode_part<P: DeserializeOwned>(
+        &self,
+        framing: Option<&RegistryFraming>,
+        bytes: &[u8],
+        part: impl FnOnce(T) -> P,
+    ) -> Result<P, CodecError> {
         // The common case, single-object with the current schema: no catalog lookup.
         if let Some(body) = bytes.strip_prefix(&self.header[..]) {
             return decode_direct(self.direct, body);
@@ -560,7 +575,7 @@ impl<T: Record> Codec<T> {
                 }
                 decode_direct(schema, body)
             }
-            DatumReader::Resolve(_) => self.resolve(writer, body),
+            DatumReader::Resolve(_) => self.resolve(writer, body).map(part),
         }
     }
 
@@ -1005,6 +1020,16 @@ impl Wire {
     /// retriable [`CodecError::Unresolved`].
     pub fn decode_known<T: Record>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         T::codec().decode_with(self.framing(), bytes)
+    }
+
+    /// [`Codec::decode_part`] of a record whose writer schema is known now (as
+    /// [`Wire::decode_known`]).
+    pub fn decode_known_part<T: Record, P: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        part: impl FnOnce(T) -> P,
+    ) -> Result<P, CodecError> {
+        T::codec().decode_part(self.framing(), bytes, part)
     }
 
     /// Reads the header: the writer schema (known now, as [`Wire::decode_known`]) and the

@@ -8,6 +8,29 @@ use std::collections::HashMap;
 use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
 
+/// Whose a [`MetricReport`] is and when it was collected: what a consumer that keeps
+/// only each agent's newest report reads first, to learn whether it needs the rest
+/// ([`crate::Wire::decode_known_part`] reads these fields and skips the others).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReportHead {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Reporting agent.
+    pub agent_id: String,
+    /// Collection time on the agent (µs).
+    pub occurred_at: i64,
+}
+
+impl From<MetricReport> for ReportHead {
+    fn from(r: MetricReport) -> ReportHead {
+        ReportHead {
+            tenant_id: r.tenant_id,
+            agent_id: r.agent_id,
+            occurred_at: r.occurred_at,
+        }
+    }
+}
+
 /// One sample of every metric of one agent at one instant (`fleet.metrics.v1`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.fleetstream")]

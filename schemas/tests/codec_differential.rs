@@ -1067,3 +1067,37 @@ fn a_long_with_bits_beyond_the_64th_is_refused() {
             .expect("valid")
     );
 }
+
+#[test]
+fn a_report_head_is_the_whole_reports_and_a_truncated_one_fails() {
+    let codec = MetricReport::codec();
+    let framing = RegistryFraming::new([(MetricReport::FULL_NAME, 12)], None).expect("framing");
+    let fixtures = MetricReport::fixtures().len();
+    for (n, v) in values::<MetricReport>(9).into_iter().enumerate() {
+        let want = ReportHead::from(v.clone());
+        for (framing, bytes) in [
+            (None, codec.encode_single_object(&v).expect("encode")),
+            (
+                Some(&framing),
+                codec.encode_confluent(12, &v).expect("encode"),
+            ),
+        ] {
+            let head: ReportHead = codec
+                .decode_part(framing, &bytes, ReportHead::from)
+                .expect("head");
+            assert_eq!(head, want);
+            if n >= fixtures {
+                continue;
+            }
+            for len in 0..bytes.len() {
+                assert!(
+                    codec
+                        .decode_part(framing, &bytes[..len], ReportHead::from)
+                        .is_err(),
+                    "a report cut at {len} of {} bytes",
+                    bytes.len()
+                );
+            }
+        }
+    }
+}
