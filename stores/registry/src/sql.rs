@@ -232,6 +232,29 @@ impl SqlRegistry {
         self.db.error(what, e)
     }
 
+    /// Every row `sql` returns (with `arg` bound to `$1`, if any), decoded by `from_row`;
+    /// `what` names the rows in errors.
+    async fn rows<T>(
+        &self,
+        sql: &str,
+        arg: Option<&str>,
+        what: &str,
+        from_row: fn(&AnyRow) -> Result<T, BoxDynError>,
+    ) -> Result<Vec<T>> {
+        let mut q = sqlx::query(sql);
+        if let Some(arg) = arg {
+            q = q.bind(arg);
+        }
+        let rows = q
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(|e| self.db.error(&format!("list {what}"), e))?;
+        rows.iter()
+            .map(from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error(what, e))
+    }
+
     /// Says which of a token's tenant and location is missing after a foreign key refused
     /// it.
     async fn token_target_missing(&self, token: &NewToken) -> StoreError {
@@ -541,16 +564,8 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"
-        ))
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list tenants", e))?;
-        rows.iter()
-            .map(tenant_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("tenants", e))
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name");
+        self.rows(&sql, None, "tenants", tenant_from_row).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
@@ -597,18 +612,12 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_locations(&self, tenant_id: &str) -> Result<Vec<Location>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {LOCATION_COLUMNS} FROM locations WHERE tenant_id = $1 \
              ORDER BY name, location_id"
-        ))
-        .bind(tenant_id)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list locations", e))?;
-        rows.iter()
-            .map(location_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("locations", e))
+        );
+        self.rows(&sql, Some(tenant_id), "locations", location_from_row)
+            .await
     }
 
     #[tracing::instrument(
@@ -661,18 +670,12 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tokens(&self, tenant_id: &str) -> Result<Vec<TokenInfo>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE tenant_id = $1 \
              ORDER BY created_at DESC, token_id DESC"
-        ))
-        .bind(tenant_id)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list tokens", e))?;
-        rows.iter()
-            .map(token_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("registration tokens", e))
+        );
+        self.rows(&sql, Some(tenant_id), "registration tokens", token_from_row)
+            .await
     }
 
     #[tracing::instrument(
@@ -804,14 +807,8 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_users(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
-            .fetch_all(self.db.pool())
-            .await
-            .map_err(|e| self.db.error("list users", e))?;
-        rows.iter()
-            .map(user_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("users", e))
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY name");
+        self.rows(&sql, None, "users", user_from_row).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
@@ -877,18 +874,12 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKeyInfo>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {API_KEY_COLUMNS} FROM user_api_keys WHERE user_id = $1 \
              ORDER BY created_at DESC, key_id DESC"
-        ))
-        .bind(user_id)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list API keys", e))?;
-        rows.iter()
-            .map(api_key_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("API keys", e))
+        );
+        self.rows(&sql, Some(user_id), "API keys", api_key_from_row)
+            .await
     }
 
     #[tracing::instrument(skip(self, key_hash), fields(engine = self.db.engine().as_str()))]
@@ -1007,18 +998,12 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_ingest_keys(&self, tenant_id: &str) -> Result<Vec<IngestKeyInfo>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {INGEST_KEY_COLUMNS} FROM ingest_keys WHERE tenant_id = $1 \
              ORDER BY created_at DESC, key_id DESC"
-        ))
-        .bind(tenant_id)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list ingest keys", e))?;
-        rows.iter()
-            .map(ingest_key_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("ingest keys", e))
+        );
+        self.rows(&sql, Some(tenant_id), "ingest keys", ingest_key_from_row)
+            .await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
