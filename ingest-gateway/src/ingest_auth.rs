@@ -14,7 +14,7 @@
 //! alone: [`IngestCaller`] is a `FromRequestParts` extractor, so a handler taking it
 //! before its body reads (and inflates) nothing of a body sent by someone refused.
 //!
-//! Around the check, exactly as for agents ([`crate::admit`]): an address past its budget of
+//! Around the check, exactly as for agents (`admit`): an address past its budget of
 //! failed authentications (`auth-failures-per-minute`) gets 429 unless its key is one the
 //! cache alone proves valid (collectors behind one NAT or proxy keep working); each 401 is
 //! charged to the client address. A registry that cannot answer is a 503 that names no
@@ -23,7 +23,7 @@
 //!
 //! Cache: the registry's answer for a key (its tenant, or unknown, or revoked) is kept for
 //! `auth-cache` (30 s by default) in the gateway's one registry cache
-//! ([`crate::cache::TtlCache`], by the SHA-256 of the key, at most 100,000 keys), so a
+//! (`cache.rs`, by the SHA-256 of the key, at most 100,000 keys), so a
 //! collector sending 100 requests a second costs one registry lookup per `auth-cache`, and
 //! the registry writes the key's last use at most once a minute besides. **A revoked key is
 //! refused by every gateway within `auth-cache` of its revocation** (no event announces

@@ -15,7 +15,9 @@
 //! Agent endpoints need `Authorization: Bearer <credential>` (see [`auth`]), checked from
 //! the headers **before the body is read** (or inflated), and are rate limited per agent
 //! once authenticated (429 with `Retry-After`); failed authentications and registrations
-//! are limited per client address ([`client`]). Writes answer **202 only after the log
+//! are limited per client address ([`client`]). Standard collectors authenticate with a
+//! tenant's ingest key instead ([`ingest_auth::IngestCaller`], the extractor their
+//! endpoints take), under the same failure limit (`gate`). Writes answer **202 only after the log
 //! acknowledged them**. Metrics reports are bounded in the subjects they name
 //! ([`subjects`]).
 //!
