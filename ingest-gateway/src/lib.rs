@@ -17,8 +17,8 @@
 //! once authenticated (429 with `Retry-After`); failed authentications and registrations
 //! are limited per client address ([`client`]). Standard collectors authenticate with a
 //! tenant's ingest key instead ([`ingest_auth::IngestCaller`], the extractor their
-//! endpoints take), under the same failure limit (`gate`). Writes answer **202 only after the log
-//! acknowledged them**. Metrics reports are bounded in the subjects they name
+//! endpoints take), under the same failure limit (`gate`). Writes answer **202 only after
+//! the log acknowledged them**. Metrics reports are bounded in the subjects they name
 //! ([`subjects`]).
 //!
 //! Batch policy: valid items are written and invalid ones are listed in the answer
