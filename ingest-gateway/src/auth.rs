@@ -17,15 +17,15 @@
 //! except for a request whose credential the cache alone proves valid (an agent behind
 //! the same NAT or proxy keeps working, and such a check costs no registry lookup).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use fleet_registry::{verify_secret, AgentCredential, Registry, StoreError};
 use fleet_service::ApiError;
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use crate::cache::TtlCache;
 
 pub use fleet_service::limit::{AddressLimit, FailureLimit, KeyRateLimit};
 
@@ -51,7 +51,7 @@ pub struct AgentIdentity {
 
 /// Most credential lookups cached; past it (after dropping expired entries) only found
 /// credentials are cached, so a flood of made-up agent ids cannot grow the cache.
-const MAX_CACHED: usize = 100_000;
+pub(crate) const MAX_CACHED: usize = 100_000;
 
 /// Credential checks with a small cache in front of the registry.
 #[derive(Debug)]
@@ -59,10 +59,9 @@ pub struct Authenticator {
     mode: AuthMode,
     default_tenant: String,
     registry: Option<Arc<dyn Registry>>,
-    ttl: Duration,
-    /// Agent id → its credential (None: the registry has none), and when looked up. A
-    /// cached "none" cannot hide a new agent: ids are random UUIDs made at registration.
-    cache: Mutex<HashMap<String, (Option<AgentCredential>, Instant)>>,
+    /// Agent id → its credential (None: the registry has none). A cached "none" cannot
+    /// hide a new agent: ids are random UUIDs made at registration.
+    cache: TtlCache<String, Option<AgentCredential>>,
 }
 
 /// What the headers alone decide.
@@ -85,14 +84,13 @@ impl Authenticator {
             mode,
             default_tenant: default_tenant.to_owned(),
             registry,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlCache::new(ttl, MAX_CACHED),
         }
     }
 
     /// Forgets a cached credential (after a deactivation event, or a registration).
     pub fn invalidate(&self, agent_id: &str) {
-        self.cache.lock().remove(agent_id);
+        self.cache.remove(agent_id);
     }
 
     /// Checks the caller of an agent endpoint (may ask the registry).
@@ -204,9 +202,7 @@ impl Authenticator {
 
     /// A fresh cache entry: Some(None) means "the registry has no credential for it".
     fn cached(&self, agent_id: &str) -> Option<Option<AgentCredential>> {
-        let cache = self.cache.lock();
-        let (c, at) = cache.get(agent_id)?;
-        (at.elapsed() < self.ttl).then(|| c.clone())
+        self.cache.get(agent_id)
     }
 
     async fn credential(&self, agent_id: &str) -> Result<Option<AgentCredential>, ApiError> {
@@ -223,13 +219,8 @@ impl Authenticator {
             .agent_credential(agent_id)
             .await
             .map_err(registry_error)?;
-        let mut cache = self.cache.lock();
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
-        }
-        if found.is_some() || cache.len() < MAX_CACHED {
-            cache.insert(agent_id.to_owned(), (found.clone(), Instant::now()));
-        }
+        self.cache
+            .insert(agent_id.to_owned(), found.clone(), found.is_some());
         Ok(found)
     }
 }
@@ -240,7 +231,7 @@ pub(crate) fn registry_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Unavailable(m) => {
             tracing::warn!(error = %m, "Registry unavailable.");
-            ApiError::unavailable("the agent registry is unavailable; retry later", 5)
+            ApiError::unavailable("the registry is unavailable; retry later", 5)
         }
         other => ApiError::internal(other),
     }

@@ -26,7 +26,8 @@ pub struct GatewayConfig {
     /// Registry (tokens and agent credentials): `postgres://...` or `sqlite://path`.
     /// Needed for enrollment and for `auth = "required"`; empty means none.
     pub registry: String,
-    /// How long a checked agent credential is trusted before it is looked up again.
+    /// How long a checked agent credential or ingest key is trusted before it is looked up
+    /// again: the longest a revoked ingest key still works at this gateway.
     #[serde(with = "humantime_serde")]
     pub auth_cache: Duration,
     /// Tenant of unauthenticated requests (with `auth = "off"`).

@@ -15,8 +15,10 @@
 //! Agent endpoints need `Authorization: Bearer <credential>` (see [`auth`]), checked from
 //! the headers **before the body is read** (or inflated), and are rate limited per agent
 //! once authenticated (429 with `Retry-After`); failed authentications and registrations
-//! are limited per client address ([`client`]). Writes answer **202 only after the log
-//! acknowledged them**. Metrics reports are bounded in the subjects they name
+//! are limited per client address ([`client`]). Standard collectors authenticate with a
+//! tenant's ingest key instead ([`ingest_auth::IngestCaller`], the extractor their
+//! endpoints take), under the same failure limit (`gate`). Writes answer **202 only after
+//! the log acknowledged them**. Metrics reports are bounded in the subjects they name
 //! ([`subjects`]).
 //!
 //! Batch policy: valid items are written and invalid ones are listed in the answer
@@ -32,12 +34,14 @@
 //! ([`hub`]), else polled.
 
 pub mod auth;
+mod cache;
 pub mod commands;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
+pub mod ingest_auth;
 pub mod metrics;
 pub mod register;
 pub mod subjects;
@@ -68,6 +72,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{AgentIdentity, AuthMode};
 pub use config::GatewayConfig;
 pub use fleet_service::client::ClientAddr;
+pub use ingest_auth::IngestCaller;
 
 /// Shared state of the gateway's handlers.
 #[derive(Debug, Clone)]
@@ -77,6 +82,7 @@ pub struct GatewayState {
     wire: Wire,
     registry: Option<Arc<dyn Registry>>,
     auth: Arc<auth::Authenticator>,
+    ingest_keys: Arc<ingest_auth::IngestKeys>,
     rate: Arc<auth::AgentRateLimit>,
     failures: Arc<auth::FailureLimit>,
     registrations: Arc<auth::AddressLimit>,
@@ -108,6 +114,7 @@ impl GatewayState {
             registry.clone(),
             config.auth_cache,
         );
+        let ingest_keys = ingest_auth::IngestKeys::new(registry.clone(), config.auth_cache);
         let rate = auth::AgentRateLimit::new(
             "agent",
             config.rate_limit_per_second,
@@ -126,6 +133,7 @@ impl GatewayState {
             wire,
             registry,
             auth: Arc::new(auth),
+            ingest_keys: Arc::new(ingest_keys),
             rate: Arc::new(rate),
             failures: Arc::new(failures),
             registrations: Arc::new(registrations),
@@ -226,32 +234,48 @@ pub(crate) async fn admit(
     headers: &HeaderMap,
 ) -> Result<AgentIdentity, ApiError> {
     validate::agent_id(agent_id)?;
-    let key = client.key();
-    let who = match state.failures.blocked(key) {
-        // Past its failure budget, an address gets in only on what the cache proves.
-        Some(blocked) => match state.auth.authenticate_cached(agent_id, headers) {
-            Some(Ok(who)) => who,
-            _ => {
-                metrics::auth_failed(StatusCode::TOO_MANY_REQUESTS);
-                return Err(blocked);
-            }
-        },
-        None => state
-            .auth
-            .authenticate(agent_id, headers)
-            .await
-            .inspect_err(|e| {
-                metrics::auth_failed(e.status());
-                if e.status() == StatusCode::UNAUTHORIZED {
-                    state.failures.charge(key);
-                }
-            })?,
-    };
+    let who = gate(
+        state,
+        client,
+        "agent",
+        || state.auth.authenticate_cached(agent_id, headers),
+        state.auth.authenticate(agent_id, headers),
+    )
+    .await?;
     state
         .rate
         .check(&agent_id.to_owned())
         .inspect_err(|_| metrics::rate_limited())?;
     Ok(who)
+}
+
+/// The client address's failure budget around a credential check (agents' and ingest
+/// keys'): an address past its budget gets in only on what `cached` (the headers and the
+/// cache alone) proves, else 429 without a registry lookup; otherwise `check` decides,
+/// and a 401 is charged to the address. `credential` labels the refusals counted.
+pub(crate) async fn gate<T>(
+    state: &GatewayState,
+    client: ClientAddr,
+    credential: &'static str,
+    cached: impl FnOnce() -> Option<Result<T, ApiError>>,
+    check: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let key = client.key();
+    match state.failures.blocked(key) {
+        Some(blocked) => match cached() {
+            Some(Ok(who)) => Ok(who),
+            _ => {
+                metrics::auth_failed(credential, StatusCode::TOO_MANY_REQUESTS);
+                Err(blocked)
+            }
+        },
+        None => check.await.inspect_err(|e| {
+            metrics::auth_failed(credential, e.status());
+            if e.status() == StatusCode::UNAUTHORIZED {
+                state.failures.charge(key);
+            }
+        }),
+    }
 }
 
 /// Admits the caller ([`admit`]), then reads, inflates and parses the body: nothing of

@@ -23,8 +23,9 @@ pub const HEARTBEATS_ACCEPTED: &str = "fleet_gateway_heartbeats_accepted_total";
 pub const EVENTS_ACCEPTED: &str = "fleet_gateway_events_accepted_total";
 /// Requests refused by the per-agent rate limit.
 pub const RATE_LIMITED: &str = "fleet_gateway_rate_limited_total";
-/// Requests refused by authentication, by status (401, 403; 429 for an address past its
-/// failure budget).
+/// Requests refused by authentication, by `credential` (`agent`, `ingest_key`) and
+/// `status` (401, 403; 429 for an address past its failure budget; 503 when the registry
+/// cannot answer).
 pub const AUTH_FAILURES: &str = "fleet_gateway_auth_failures_total";
 /// Registrations by outcome.
 pub const REGISTRATIONS: &str = "fleet_gateway_registrations_total";
@@ -75,8 +76,8 @@ pub(crate) fn rate_limited() {
     metrics::counter!(RATE_LIMITED).increment(1);
 }
 
-pub(crate) fn auth_failed(status: axum::http::StatusCode) {
-    metrics::counter!(AUTH_FAILURES, "status" => status.as_u16().to_string()).increment(1);
+pub(crate) fn auth_failed(credential: &'static str, status: axum::http::StatusCode) {
+    metrics::counter!(AUTH_FAILURES, "credential" => credential, "status" => status.as_u16().to_string()).increment(1);
 }
 
 pub(crate) fn registration(outcome: &'static str) {

@@ -5,7 +5,9 @@ use axum::middleware;
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::routes::{agents, commands, dashboard, fleet, rules, tags, tenants, tickets, users};
+use crate::routes::{
+    agents, commands, dashboard, fleet, ingest_keys, rules, tags, tenants, tickets, users,
+};
 use crate::state::AppState;
 
 /// The query and admin API, `GET /api/openapi.json` and the dashboard (without
@@ -16,6 +18,7 @@ pub fn app(state: AppState) -> Router {
         .merge(agents::routes())
         .merge(tenants::routes())
         .merge(users::routes())
+        .merge(ingest_keys::routes())
         .merge(commands::routes())
         .merge(rules::routes())
         .merge(tags::routes())

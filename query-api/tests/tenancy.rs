@@ -35,6 +35,10 @@ struct Case {
     /// tenant.
     own: Option<String>,
     body: Option<Value>,
+    /// Writes that name the tenant in the body: the bodies sent with `random` and `own`
+    /// (None: `body`).
+    random_body: Option<Value>,
+    own_body: Option<Value>,
     /// Allowed answers to A's operator.
     expect: &'static [StatusCode],
 }
@@ -56,6 +60,8 @@ fn cases(w: &World) -> Vec<Case> {
         random: None,
         own: None,
         body: None,
+        random_body: None,
+        own_body: None,
         expect,
     };
     // A write naming an object or tenant: `path(id)` is the URI; B's id, a made-up one,
@@ -75,8 +81,22 @@ fn cases(w: &World) -> Vec<Case> {
             random: Some(path(&random())),
             own: own.map(path),
             body,
+            random_body: None,
+            own_body: None,
             expect,
         }
+    };
+    // A write to one route naming the tenant in its body: `body(tenant)`.
+    let write_in_body = |operation, uri: &str, body: &dyn Fn(&str) -> Value, expect| Case {
+        operation,
+        method: "POST",
+        uri: uri.to_owned(),
+        random: Some(uri.to_owned()),
+        own: Some(uri.to_owned()),
+        body: Some(body(b)),
+        random_body: Some(body(&random())),
+        own_body: Some(body(a)),
+        expect,
     };
     let tags = json!({"tags": ["x"]});
     let command = json!({"command_type": "restart_service", "args": {"service": "nginx"}});
@@ -162,6 +182,11 @@ fn cases(w: &World) -> Vec<Case> {
             format!("/api/v1/tenants/{b}/rules"),
             FORBIDDEN,
         ),
+        read(
+            "GET /api/v1/admin/ingest-keys",
+            format!("/api/v1/admin/ingest-keys?tenant={b}"),
+            FORBIDDEN,
+        ),
         // The caller itself: their own identity, nothing of B.
         read("GET /api/v1/me", "/api/v1/me".into(), &[StatusCode::OK]),
         // Writes naming a tenant, or for admins only: 403 whatever the id.
@@ -245,6 +270,12 @@ fn cases(w: &World) -> Vec<Case> {
             None,
             FORBIDDEN,
         ),
+        write_in_body(
+            "POST /api/v1/admin/ingest-keys",
+            "/api/v1/admin/ingest-keys",
+            &|t| json!({"name": "x", "tenant_id": t}),
+            FORBIDDEN,
+        ),
         // Writes naming an object by id: B's is the same 404 as a made-up id.
         write(
             "POST /api/v1/agents/{agent_id}/deactivate",
@@ -284,6 +315,14 @@ fn cases(w: &World) -> Vec<Case> {
             &|id| format!("/api/v1/rules/{id}"),
             [Some(&w.b_rule), Some(&w.a_rule)],
             Some(rule),
+            NOT_FOUND,
+        ),
+        write(
+            "DELETE /api/v1/admin/ingest-keys/{key_id}",
+            "DELETE",
+            &|id| format!("/api/v1/admin/ingest-keys/{id}"),
+            [Some(&w.b_ingest_key), Some(&w.a_ingest_key)],
+            None,
             NOT_FOUND,
         ),
         write(
@@ -340,6 +379,7 @@ fn names_b(w: &World, v: &Value) -> bool {
         &w.b_rule,
         &w.b_user,
         &w.b_key_id,
+        &w.b_ingest_key,
     ]
     .iter()
     .any(|id| text.contains(id.as_str()))
@@ -366,7 +406,7 @@ async fn b_objects_are_indistinguishable_from_missing_ones_on_every_write() {
             &w.app,
             case.method,
             random,
-            case.body.clone(),
+            case.random_body.clone().or_else(|| case.body.clone()),
             Some(&w.op_a),
         )
         .await;
@@ -402,12 +442,16 @@ async fn a_viewer_is_refused_every_write_before_any_lookup() {
         };
         let random = case.random.as_deref().expect("a made-up id");
         let mut bodies = Vec::new();
-        for uri in [random, own, case.uri.as_str()] {
+        for (uri, body) in [
+            (random, case.random_body.as_ref()),
+            (own, case.own_body.as_ref()),
+            (case.uri.as_str(), None),
+        ] {
             let (s, v) = call(
                 &w.app,
                 case.method,
                 uri,
-                case.body.clone(),
+                body.or(case.body.as_ref()).cloned(),
                 Some(&w.viewer_a),
             )
             .await;
@@ -513,6 +557,7 @@ async fn lists_show_only_the_callers_tenant() {
             "/api/v1/tickets".to_owned(),
             "/api/v1/overview".to_owned(),
             "/api/v1/audit".to_owned(),
+            "/api/v1/admin/ingest-keys".to_owned(),
             format!("/api/v1/agents?tenant={}", w.a),
             format!("/api/v1/agents/{}", w.a1),
             format!(

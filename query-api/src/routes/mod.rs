@@ -5,6 +5,7 @@ pub mod agents;
 pub mod commands;
 pub mod dashboard;
 pub mod fleet;
+pub mod ingest_keys;
 pub mod rules;
 pub mod tags;
 pub mod tenants;

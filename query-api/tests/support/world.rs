@@ -47,6 +47,9 @@ pub struct World {
     pub b_user: String,
     /// The id of B's user's key.
     pub b_key_id: String,
+    /// Ingest keys of A and of B (ids), made by the admin.
+    pub a_ingest_key: String,
+    pub b_ingest_key: String,
 }
 
 pub async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
@@ -140,6 +143,20 @@ async fn command_awaiting_approval(app: &Router, agent: &str) -> String {
     v["command_id"].as_str().expect("command id").to_owned()
 }
 
+/// An ingest key of `tenant` made by the admin; returns its id.
+async fn ingest_key(app: &Router, tenant: &str) -> String {
+    let (s, v) = call(
+        app,
+        "POST",
+        "/api/v1/admin/ingest-keys",
+        Some(json!({ "name": "prometheus", "tenant_id": tenant })),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["key_id"].as_str().expect("key id").to_owned()
+}
+
 async fn rule(app: &Router, tenant: &str, name: &str) -> String {
     let (s, v) = call(
         app,
@@ -218,6 +235,8 @@ pub async fn world() -> World {
     let a_command = command_awaiting_approval(&app, &a1).await;
     let b_rule = rule(&app, &b, "b-cpu").await;
     let a_rule = rule(&app, &a, "a-cpu").await;
+    let b_ingest_key = ingest_key(&app, &b).await;
+    let a_ingest_key = ingest_key(&app, &a).await;
     // The read model sees what was written to the topics (commands, rules, alerts).
     super::project(log.as_ref(), rm.as_ref()).await;
     let b_key_id = registry
@@ -252,5 +271,7 @@ pub async fn world() -> World {
         b_rule,
         b_user,
         b_key_id,
+        a_ingest_key,
+        b_ingest_key,
     }
 }

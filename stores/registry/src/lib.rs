@@ -5,8 +5,14 @@
 //!
 //! Redeeming a registration token is the one synchronous transactional step of the
 //! system: of two concurrent redemptions of one token exactly one succeeds. Secrets
-//! (token secrets, agent credentials, user API keys) are never stored: only their SHA-256, and checks
-//! compare hashes in constant time ([`verify_secret`]).
+//! (token secrets, agent credentials, user API keys, ingest keys) are never stored: only
+//! their SHA-256, and checks compare hashes in constant time ([`verify_secret`]).
+//!
+//! Ingest keys (`fsi_...`) let standard collectors (Prometheus remote-write, the
+//! OpenTelemetry Collector, Telegraf) write samples for one tenant. The gateway checks one
+//! per request through [`Registry::authenticate_ingest_key`] (behind its cache); the time
+//! of last use is written at most once per [`INGEST_KEY_TOUCH_INTERVAL`] per key, so a
+//! collector sending many requests a second does not write on every one.
 //!
 //! Without features this crate is the trait, its types and the secret helpers, with no
 //! database driver (what the gateway needs); the `sql` feature (default) adds
@@ -36,7 +42,16 @@ pub const REGISTRY_TABLES: &[&str] = &[
     "users",
     "user_api_keys",
     "idempotency_keys",
+    "ingest_keys",
 ];
+
+/// The readable start of every ingest key, so that a leaked one is easy to find
+/// (`fst_` tokens, `fsa_` agent credentials, `fsu_` user API keys, `fsk_` the bootstrap
+/// admin key).
+pub const INGEST_KEY_PREFIX: &str = "fsi_";
+
+/// Shortest time between two writes of an ingest key's `last_used_at`, µs (one minute).
+pub const INGEST_KEY_TOUCH_INTERVAL: i64 = 60_000_000;
 
 /// A tenant (an MSP's client business).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +270,63 @@ pub struct KeyOwner {
     pub key_hash: [u8; 32],
 }
 
+/// What to create an ingest key with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIngestKey {
+    /// Tenant the key writes for.
+    pub tenant_id: String,
+    /// Display name (what sends with it: `prometheus-eu`, `telegraf`).
+    pub name: String,
+    /// Longer description, if any.
+    pub description: Option<String>,
+    /// Who created it (the user's name), for the audit trail.
+    pub created_by: String,
+    /// Creation time, µs.
+    pub created_at: i64,
+}
+
+/// An ingest key as listed (never its secret nor its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestKeyInfo {
+    /// Id (UUID string), not secret.
+    pub key_id: String,
+    /// Tenant the key writes for.
+    pub tenant_id: String,
+    /// Display name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Last four characters of the secret, for display.
+    pub last4: String,
+    /// Creator.
+    pub created_by: String,
+    /// Creation time, µs.
+    pub created_at: i64,
+    /// When it was revoked, µs (a revoked key stops working).
+    pub revoked_at: Option<i64>,
+    /// When it last authenticated a request, µs, to within
+    /// [`INGEST_KEY_TOUCH_INTERVAL`] (and the gateway's cache time).
+    pub last_used_at: Option<i64>,
+}
+
+/// Whom a valid ingest key writes for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestKeyAuth {
+    /// The key's id.
+    pub key_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+}
+
+/// Why an ingest key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IngestKeyRefusal {
+    /// No key has this secret.
+    Unknown,
+    /// The key was revoked.
+    Revoked,
+}
+
 /// The registry.
 #[async_trait]
 pub trait Registry: Send + Sync + std::fmt::Debug {
@@ -336,6 +408,37 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
         request_hash: [u8; 32],
         now: i64,
     ) -> Result<RequestKeyClaim>;
+
+    /// Stores an ingest key under the SHA-256 of its secret (the caller generated the
+    /// secret with [`INGEST_KEY_PREFIX`] and shows it once). Unknown tenant is
+    /// `StoreError::NotFound`; a blank name or description, or `last4` longer than 4
+    /// characters, `StoreError::InvalidQuery`; a hash already stored
+    /// `StoreError::Conflict`.
+    async fn create_ingest_key(
+        &self,
+        key: &NewIngestKey,
+        key_hash: [u8; 32],
+        last4: &str,
+    ) -> Result<IngestKeyInfo>;
+    /// Ingest keys of a tenant (revoked ones too), newest first.
+    async fn list_ingest_keys(&self, tenant_id: &str) -> Result<Vec<IngestKeyInfo>>;
+    /// Revokes ingest key `key_id` (it stops working; a second revocation keeps the first
+    /// time) and returns it; None if there is no such key (in `tenant_id`, when given).
+    async fn revoke_ingest_key(
+        &self,
+        tenant_id: Option<&str>,
+        key_id: &str,
+        now: i64,
+    ) -> Result<Option<IngestKeyInfo>>;
+    /// The tenant of the ingest key `secret`, compared in constant time with the stored
+    /// hash, or why not. Records the use (`last_used_at = now`) when the last recorded
+    /// one is [`INGEST_KEY_TOUCH_INTERVAL`] old or more, so a key in constant use is
+    /// written about once a minute.
+    async fn authenticate_ingest_key(
+        &self,
+        secret: &str,
+        now: i64,
+    ) -> Result<std::result::Result<IngestKeyAuth, IngestKeyRefusal>>;
 }
 
 /// SHA-256 of a high-entropy secret (tokens and credentials are 256-bit random values,
@@ -352,7 +455,8 @@ pub fn verify_secret(secret: &str, expected: &[u8; 32]) -> bool {
 }
 
 /// A new random secret: 32 bytes from the OS, URL-safe base64 without padding, with a
-/// readable prefix (`fst_` tokens, `fsa_` agent credentials, `fsu_` user API keys).
+/// readable prefix (`fst_` tokens, `fsa_` agent credentials, `fsu_` user API keys, `fsi_`
+/// ingest keys).
 pub fn new_secret(prefix: &str) -> String {
     use base64::Engine as _;
     let mut bytes = [0u8; 32];

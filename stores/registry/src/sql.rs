@@ -30,8 +30,10 @@ use sqlx::Row;
 use fleet_sql::{decode_error, Database, Engine, Migration, Migrations};
 
 use crate::{
-    AgentCredential, ApiKeyInfo, KeyOwner, Location, NewAgent, NewToken, NewUser, RedeemRefusal,
-    Redeemed, Registry, RequestKeyClaim, Result, Role, StoreError, Tenant, TokenInfo, User,
+    verify_secret, AgentCredential, ApiKeyInfo, IngestKeyAuth, IngestKeyInfo, IngestKeyRefusal,
+    KeyOwner, Location, NewAgent, NewIngestKey, NewToken, NewUser, RedeemRefusal, Redeemed,
+    Registry, RequestKeyClaim, Result, Role, StoreError, Tenant, TokenInfo, User,
+    INGEST_KEY_TOUCH_INTERVAL,
 };
 
 /// The migrations of the registry's tables, embedded. Their versions interleave with the
@@ -54,6 +56,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 8,
             description: "request keys and key revocation",
             sql: include_str!("../migrations/0008_request_keys_and_key_revocation.sql"),
+        },
+        Migration {
+            version: 9,
+            description: "ingest keys",
+            sql: include_str!("../migrations/0009_ingest_keys.sql"),
         },
     ],
 };
@@ -168,6 +175,30 @@ SELECT k.key_id, k.key_hash, k.last4, k.created_at AS key_created_at, k.revoked_
 FROM user_api_keys k JOIN users u ON u.user_id = k.user_id
 WHERE k.key_hash = $1";
 
+const INSERT_INGEST_KEY: &str = "\
+INSERT INTO ingest_keys (key_id, key_hash, tenant_id, name, description, last4, created_by,
+    created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+const INGEST_KEY_COLUMNS: &str = "key_id, tenant_id, name, description, last4, created_by, \
+created_at, revoked_at, last_used_at";
+
+/// `$1` now, `$2` the key. A revoked key keeps its first revocation time.
+const REVOKE_INGEST_KEY: &str =
+    "UPDATE ingest_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE key_id = $2";
+
+/// What authenticating a key needs, by its hash.
+const SELECT_INGEST_KEY_BY_HASH: &str = "\
+SELECT key_id, key_hash, tenant_id, revoked_at, last_used_at FROM ingest_keys
+WHERE key_hash = $1";
+
+/// Records a use (`$1` now, `$2` the key) unless one at or after `$3` (now minus the touch
+/// interval) is recorded: of instances racing to record, the first wins, the rest change
+/// nothing.
+const TOUCH_INGEST_KEY: &str = "\
+UPDATE ingest_keys SET last_used_at = $1
+WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)";
+
 /// Why one redemption attempt failed.
 #[derive(Debug)]
 enum AttemptError {
@@ -199,6 +230,29 @@ impl SqlRegistry {
             return StoreError::Conflict(conflict());
         }
         self.db.error(what, e)
+    }
+
+    /// Every row `sql` returns (with `arg` bound to `$1`, if any), decoded by `from_row`;
+    /// `what` names the rows in errors.
+    async fn rows<T>(
+        &self,
+        sql: &str,
+        arg: Option<&str>,
+        what: &str,
+        from_row: fn(&AnyRow) -> Result<T, BoxDynError>,
+    ) -> Result<Vec<T>> {
+        let mut q = sqlx::query(sql);
+        if let Some(arg) = arg {
+            q = q.bind(arg);
+        }
+        let rows = q
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(|e| self.db.error(&format!("list {what}"), e))?;
+        rows.iter()
+            .map(from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error(what, e))
     }
 
     /// Says which of a token's tenant and location is missing after a foreign key refused
@@ -432,6 +486,44 @@ fn key_owner_from_row(row: &AnyRow) -> Result<KeyOwner, BoxDynError> {
     })
 }
 
+fn ingest_key_from_row(row: &AnyRow) -> Result<IngestKeyInfo, BoxDynError> {
+    Ok(IngestKeyInfo {
+        key_id: row.try_get("key_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        last4: row.try_get("last4")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+/// A key found by its hash: (key id, stored hash, tenant, revoked at, last used at).
+type IngestKeyRow = (String, [u8; 32], String, Option<i64>, Option<i64>);
+
+fn ingest_key_auth_from_row(row: &AnyRow) -> Result<IngestKeyRow, BoxDynError> {
+    let hash: String = row.try_get("key_hash")?;
+    Ok((
+        row.try_get("key_id")?,
+        from_hex(&hash)?,
+        row.try_get("tenant_id")?,
+        row.try_get("revoked_at")?,
+        row.try_get("last_used_at")?,
+    ))
+}
+
+/// At most 4 characters of a secret, for display.
+fn check_last4(last4: &str) -> Result<()> {
+    if last4.chars().count() > 4 {
+        return Err(StoreError::InvalidQuery(
+            "last4 holds at most 4 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A name must say something.
 fn check_name(what: &str, name: &str) -> Result<()> {
     if name.trim().is_empty() {
@@ -472,16 +564,8 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"
-        ))
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list tenants", e))?;
-        rows.iter()
-            .map(tenant_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("tenants", e))
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name");
+        self.rows(&sql, None, "tenants", tenant_from_row).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
@@ -528,18 +612,12 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_locations(&self, tenant_id: &str) -> Result<Vec<Location>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {LOCATION_COLUMNS} FROM locations WHERE tenant_id = $1 \
              ORDER BY name, location_id"
-        ))
-        .bind(tenant_id)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list locations", e))?;
-        rows.iter()
-            .map(location_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("locations", e))
+        );
+        self.rows(&sql, Some(tenant_id), "locations", location_from_row)
+            .await
     }
 
     #[tracing::instrument(
@@ -592,18 +670,12 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tokens(&self, tenant_id: &str) -> Result<Vec<TokenInfo>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM registration_tokens WHERE tenant_id = $1 \
              ORDER BY created_at DESC, token_id DESC"
-        ))
-        .bind(tenant_id)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list tokens", e))?;
-        rows.iter()
-            .map(token_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("registration tokens", e))
+        );
+        self.rows(&sql, Some(tenant_id), "registration tokens", token_from_row)
+            .await
     }
 
     #[tracing::instrument(
@@ -735,14 +807,8 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_users(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
-            .fetch_all(self.db.pool())
-            .await
-            .map_err(|e| self.db.error("list users", e))?;
-        rows.iter()
-            .map(user_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("users", e))
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY name");
+        self.rows(&sql, None, "users", user_from_row).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
@@ -779,11 +845,7 @@ impl Registry for SqlRegistry {
         last4: &str,
         now: i64,
     ) -> Result<ApiKeyInfo> {
-        if last4.chars().count() > 4 {
-            return Err(StoreError::InvalidQuery(
-                "last4 holds at most 4 characters".into(),
-            ));
-        }
+        check_last4(last4)?;
         let info = ApiKeyInfo {
             key_id: new_id(),
             user_id: user_id.to_owned(),
@@ -812,18 +874,12 @@ impl Registry for SqlRegistry {
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKeyInfo>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {API_KEY_COLUMNS} FROM user_api_keys WHERE user_id = $1 \
              ORDER BY created_at DESC, key_id DESC"
-        ))
-        .bind(user_id)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| self.db.error("list API keys", e))?;
-        rows.iter()
-            .map(api_key_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| decode_error("API keys", e))
+        );
+        self.rows(&sql, Some(user_id), "API keys", api_key_from_row)
+            .await
     }
 
     #[tracing::instrument(skip(self, key_hash), fields(engine = self.db.engine().as_str()))]
@@ -884,6 +940,143 @@ impl Registry for SqlRegistry {
         } else {
             RequestKeyClaim::Different
         })
+    }
+
+    #[tracing::instrument(
+        skip(self, key, key_hash),
+        fields(engine = self.db.engine().as_str(), tenant_id = %key.tenant_id)
+    )]
+    async fn create_ingest_key(
+        &self,
+        key: &NewIngestKey,
+        key_hash: [u8; 32],
+        last4: &str,
+    ) -> Result<IngestKeyInfo> {
+        check_name("ingest key", &key.name)?;
+        if key
+            .description
+            .as_deref()
+            .is_some_and(|d| d.trim().is_empty())
+        {
+            return Err(StoreError::InvalidQuery(
+                "the ingest key's description is blank: leave it out".into(),
+            ));
+        }
+        check_last4(last4)?;
+        let info = IngestKeyInfo {
+            key_id: new_id(),
+            tenant_id: key.tenant_id.clone(),
+            name: key.name.clone(),
+            description: key.description.clone(),
+            last4: last4.to_owned(),
+            created_by: key.created_by.clone(),
+            created_at: key.created_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let inserted = sqlx::query(INSERT_INGEST_KEY)
+            .bind(info.key_id.as_str())
+            .bind(to_hex(&key_hash))
+            .bind(info.tenant_id.as_str())
+            .bind(info.name.as_str())
+            .bind(info.description.as_deref())
+            .bind(last4)
+            .bind(info.created_by.as_str())
+            .bind(info.created_at)
+            .execute(self.db.pool())
+            .await;
+        match inserted {
+            Ok(_) => Ok(info),
+            Err(e) if constraint(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                Err(StoreError::NotFound(format!("tenant {}", key.tenant_id)))
+            }
+            Err(e) => Err(self.registry_error("create ingest key", e, || {
+                "an ingest key with this secret already exists: generate a new secret".into()
+            })),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn list_ingest_keys(&self, tenant_id: &str) -> Result<Vec<IngestKeyInfo>> {
+        let sql = format!(
+            "SELECT {INGEST_KEY_COLUMNS} FROM ingest_keys WHERE tenant_id = $1 \
+             ORDER BY created_at DESC, key_id DESC"
+        );
+        self.rows(&sql, Some(tenant_id), "ingest keys", ingest_key_from_row)
+            .await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn revoke_ingest_key(
+        &self,
+        tenant_id: Option<&str>,
+        key_id: &str,
+        now: i64,
+    ) -> Result<Option<IngestKeyInfo>> {
+        let row = match tenant_id {
+            None => {
+                sqlx::query(&format!(
+                    "{REVOKE_INGEST_KEY} RETURNING {INGEST_KEY_COLUMNS}"
+                ))
+                .bind(now)
+                .bind(key_id)
+                .fetch_optional(self.db.pool())
+                .await
+            }
+            Some(tenant_id) => {
+                sqlx::query(&format!(
+                    "{REVOKE_INGEST_KEY} AND tenant_id = $3 RETURNING {INGEST_KEY_COLUMNS}"
+                ))
+                .bind(now)
+                .bind(key_id)
+                .bind(tenant_id)
+                .fetch_optional(self.db.pool())
+                .await
+            }
+        }
+        .map_err(|e| self.db.error("revoke ingest key", e))?;
+        row.as_ref()
+            .map(ingest_key_from_row)
+            .transpose()
+            .map_err(|e| decode_error("ingest key", e))
+    }
+
+    #[tracing::instrument(skip(self, secret), fields(engine = self.db.engine().as_str()))]
+    async fn authenticate_ingest_key(
+        &self,
+        secret: &str,
+        now: i64,
+    ) -> Result<std::result::Result<IngestKeyAuth, IngestKeyRefusal>> {
+        let row = sqlx::query(SELECT_INGEST_KEY_BY_HASH)
+            .bind(to_hex(&crate::hash_secret(secret)))
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(|e| self.db.error("find ingest key", e))?;
+        let Some(row) = row else {
+            return Ok(Err(IngestKeyRefusal::Unknown));
+        };
+        let (key_id, hash, tenant_id, revoked_at, last_used_at) =
+            ingest_key_auth_from_row(&row).map_err(|e| decode_error("ingest key", e))?;
+        if !verify_secret(secret, &hash) {
+            return Ok(Err(IngestKeyRefusal::Unknown));
+        }
+        if revoked_at.is_some() {
+            return Ok(Err(IngestKeyRefusal::Revoked));
+        }
+        let due = now.saturating_sub(INGEST_KEY_TOUCH_INTERVAL);
+        if last_used_at.is_none_or(|t| t <= due) {
+            // The use is a hint for people: a failure to record it refuses nothing.
+            if let Err(e) = sqlx::query(TOUCH_INGEST_KEY)
+                .bind(now)
+                .bind(key_id.as_str())
+                .bind(due)
+                .execute(self.db.pool())
+                .await
+            {
+                tracing::warn!(%key_id, error = %self.db.error("record ingest key use", e), "Ingest key use not recorded.");
+            }
+        }
+        Ok(Ok(IngestKeyAuth { key_id, tenant_id }))
     }
 }
 

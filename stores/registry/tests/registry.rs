@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use fleet_registry::{
-    hash_secret, new_secret, open_registry, verify_secret, NewAgent, NewToken, NewUser,
-    RedeemRefusal, Registry, RequestKeyClaim, Role, StoreError, Tenant,
+    hash_secret, new_secret, open_registry, verify_secret, IngestKeyRefusal, NewAgent,
+    NewIngestKey, NewToken, NewUser, RedeemRefusal, Registry, RequestKeyClaim, Role, StoreError,
+    Tenant, INGEST_KEY_PREFIX, INGEST_KEY_TOUCH_INTERVAL,
 };
 
 /// The same list of cases for every engine: each module defines `run` and calls this.
@@ -32,6 +33,10 @@ macro_rules! conformance {
             api_keys_resolve_to_their_user_and_are_unique,
             api_keys_are_revoked_one_by_one,
             request_keys_bind_one_request,
+            ingest_keys_are_listed_per_tenant_without_secrets,
+            ingest_keys_authenticate_to_their_tenant_until_revoked,
+            ingest_key_revocation_is_tenant_restricted,
+            ingest_key_use_is_recorded_at_most_once_a_minute,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -893,6 +898,264 @@ mod cases {
             let got = *claim.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
             ensure!(expected.contains(&got), "{claims:?}");
         }
+        Ok(())
+    }
+
+    fn ingest_key(tenant: &Tenant, name: &str, at: i64) -> NewIngestKey {
+        NewIngestKey {
+            tenant_id: tenant.tenant_id.clone(),
+            name: name.into(),
+            description: None,
+            created_by: "op-a".into(),
+            created_at: at,
+        }
+    }
+
+    /// Stores a new ingest key; returns its secret and id.
+    async fn stored_ingest_key(
+        store: &Arc<dyn Registry>,
+        key: &NewIngestKey,
+    ) -> Result<(String, String)> {
+        let secret = new_secret(INGEST_KEY_PREFIX);
+        let info = store
+            .create_ingest_key(key, hash_secret(&secret), &secret[secret.len() - 4..])
+            .await?;
+        Ok((secret, info.key_id))
+    }
+
+    pub(crate) async fn ingest_keys_are_listed_per_tenant_without_secrets(
+        store: Arc<dyn Registry>,
+    ) -> Result<()> {
+        let a = store.create_tenant("A", T0).await?;
+        let b = store.create_tenant("B", T0).await?;
+        ensure!(store.list_ingest_keys(&a.tenant_id).await?.is_empty());
+        let secret = new_secret(INGEST_KEY_PREFIX);
+        let first = store
+            .create_ingest_key(
+                &NewIngestKey {
+                    description: Some("remote-write from eu-1".into()),
+                    ..ingest_key(&a, "prometheus", T0)
+                },
+                hash_secret(&secret),
+                &secret[secret.len() - 4..],
+            )
+            .await?;
+        ensure!(uuid::Uuid::parse_str(&first.key_id)?.get_version_num() == 4);
+        ensure!(first.tenant_id == a.tenant_id && first.name == "prometheus");
+        ensure!(first.description.as_deref() == Some("remote-write from eu-1"));
+        ensure!(first.last4 == secret[secret.len() - 4..] && first.created_by == "op-a");
+        ensure!(first.revoked_at.is_none() && first.last_used_at.is_none());
+        // Names may repeat (a key is rotated by making a new one of the same name).
+        let (_, second) = stored_ingest_key(&store, &ingest_key(&a, "prometheus", T0 + 1)).await?;
+        let (_, b_key) = stored_ingest_key(&store, &ingest_key(&b, "telegraf", T0)).await?;
+
+        let listed = store.list_ingest_keys(&a.tenant_id).await?;
+        let ids: Vec<&str> = listed.iter().map(|k| k.key_id.as_str()).collect();
+        ensure!(
+            ids == [second.as_str(), first.key_id.as_str()],
+            "newest first: {listed:?}"
+        );
+        ensure!(listed[1] == first, "{listed:?}");
+        let b_listed = store.list_ingest_keys(&b.tenant_id).await?;
+        ensure!(
+            b_listed.len() == 1 && b_listed[0].key_id == b_key,
+            "{b_listed:?}"
+        );
+        ensure!(store.list_ingest_keys("no-such-tenant").await?.is_empty());
+        // Nothing listed (or debug-printed) carries the secret or its hash.
+        let shown = format!("{listed:?} {}", serde_json::to_string(&listed)?);
+        let hash_hex: String = hash_secret(&secret)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        ensure!(!shown.contains(&secret) && !shown.contains(&hash_hex));
+
+        // Refusals store nothing.
+        let dup = store
+            .create_ingest_key(&ingest_key(&a, "x", T0), hash_secret(&secret), "abcd")
+            .await;
+        ensure!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        let unknown = store
+            .create_ingest_key(
+                &NewIngestKey {
+                    tenant_id: "no-such-tenant".into(),
+                    ..ingest_key(&a, "x", T0)
+                },
+                hash_secret(&new_secret(INGEST_KEY_PREFIX)),
+                "abcd",
+            )
+            .await;
+        match unknown {
+            Err(StoreError::NotFound(m)) => ensure!(m.contains("no-such-tenant"), "{m}"),
+            other => anyhow::bail!("expected NotFound, got {other:?}"),
+        }
+        for bad in [
+            ingest_key(&a, "  ", T0),
+            NewIngestKey {
+                description: Some(" ".into()),
+                ..ingest_key(&a, "x", T0)
+            },
+        ] {
+            let refused = store
+                .create_ingest_key(&bad, hash_secret(&new_secret(INGEST_KEY_PREFIX)), "abcd")
+                .await;
+            ensure!(
+                matches!(refused, Err(StoreError::InvalidQuery(_))),
+                "{refused:?}"
+            );
+        }
+        let long = store
+            .create_ingest_key(
+                &ingest_key(&a, "x", T0),
+                hash_secret(&new_secret(INGEST_KEY_PREFIX)),
+                "abcde",
+            )
+            .await;
+        ensure!(matches!(long, Err(StoreError::InvalidQuery(_))), "{long:?}");
+        ensure!(store.list_ingest_keys(&a.tenant_id).await?.len() == 2);
+        Ok(())
+    }
+
+    pub(crate) async fn ingest_keys_authenticate_to_their_tenant_until_revoked(
+        store: Arc<dyn Registry>,
+    ) -> Result<()> {
+        let a = store.create_tenant("A", T0).await?;
+        let b = store.create_tenant("B", T0).await?;
+        let (a_secret, a_id) = stored_ingest_key(&store, &ingest_key(&a, "prom", T0)).await?;
+        let (b_secret, b_id) = stored_ingest_key(&store, &ingest_key(&b, "prom", T0)).await?;
+        let auth = store
+            .authenticate_ingest_key(&a_secret, T0 + SECOND)
+            .await?
+            .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
+        ensure!(
+            auth.tenant_id == a.tenant_id && auth.key_id == a_id,
+            "{auth:?}"
+        );
+        let auth = store
+            .authenticate_ingest_key(&b_secret, T0 + SECOND)
+            .await?
+            .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
+        ensure!(
+            auth.tenant_id == b.tenant_id && auth.key_id == b_id,
+            "{auth:?}"
+        );
+
+        for wrong in [
+            new_secret(INGEST_KEY_PREFIX),
+            a_secret[..a_secret.len() - 1].to_owned(),
+            format!("{a_secret}x"),
+            String::new(),
+        ] {
+            let got = store.authenticate_ingest_key(&wrong, T0 + SECOND).await?;
+            ensure!(got == Err(IngestKeyRefusal::Unknown), "{wrong}: {got:?}");
+        }
+
+        let revoked = store
+            .revoke_ingest_key(None, &a_id, T0 + 2 * SECOND)
+            .await?
+            .context("revoked")?;
+        ensure!(revoked.revoked_at == Some(T0 + 2 * SECOND), "{revoked:?}");
+        let got = store
+            .authenticate_ingest_key(&a_secret, T0 + 3 * SECOND)
+            .await?;
+        ensure!(got == Err(IngestKeyRefusal::Revoked), "{got:?}");
+        // Only that key.
+        ensure!(store
+            .authenticate_ingest_key(&b_secret, T0 + 3 * SECOND)
+            .await?
+            .is_ok());
+        // Revoked again: the first time stays.
+        let again = store
+            .revoke_ingest_key(Some(&a.tenant_id), &a_id, T0 + 9 * SECOND)
+            .await?
+            .context("still there")?;
+        ensure!(again.revoked_at == Some(T0 + 2 * SECOND), "{again:?}");
+        let listed = store.list_ingest_keys(&a.tenant_id).await?;
+        ensure!(listed[0].revoked_at == Some(T0 + 2 * SECOND), "{listed:?}");
+        Ok(())
+    }
+
+    pub(crate) async fn ingest_key_revocation_is_tenant_restricted(
+        store: Arc<dyn Registry>,
+    ) -> Result<()> {
+        let a = store.create_tenant("A", T0).await?;
+        let b = store.create_tenant("B", T0).await?;
+        let (a_secret, a_id) = stored_ingest_key(&store, &ingest_key(&a, "prom", T0)).await?;
+        ensure!(
+            store
+                .revoke_ingest_key(Some(&b.tenant_id), &a_id, T0 + SECOND)
+                .await?
+                .is_none(),
+            "another tenant cannot revoke it"
+        );
+        ensure!(store
+            .revoke_ingest_key(None, "no-such-key", T0 + SECOND)
+            .await?
+            .is_none());
+        ensure!(store
+            .revoke_ingest_key(Some(&a.tenant_id), "no-such-key", T0 + SECOND)
+            .await?
+            .is_none());
+        ensure!(store
+            .authenticate_ingest_key(&a_secret, T0 + 2 * SECOND)
+            .await?
+            .is_ok());
+        let revoked = store
+            .revoke_ingest_key(Some(&a.tenant_id), &a_id, T0 + 3 * SECOND)
+            .await?
+            .context("its own tenant revokes it")?;
+        ensure!(revoked.key_id == a_id && revoked.tenant_id == a.tenant_id);
+        ensure!(
+            store
+                .authenticate_ingest_key(&a_secret, T0 + 4 * SECOND)
+                .await?
+                == Err(IngestKeyRefusal::Revoked)
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn ingest_key_use_is_recorded_at_most_once_a_minute(
+        store: Arc<dyn Registry>,
+    ) -> Result<()> {
+        let a = store.create_tenant("A", T0).await?;
+        let (secret, _) = stored_ingest_key(&store, &ingest_key(&a, "prom", T0)).await?;
+        let last_used =
+            || async { anyhow::Ok(store.list_ingest_keys(&a.tenant_id).await?[0].last_used_at) };
+        ensure!(last_used().await?.is_none());
+        let t1 = T0 + 10 * SECOND;
+        for at in [t1, t1 + SECOND, t1 + INGEST_KEY_TOUCH_INTERVAL - 1] {
+            ensure!(store.authenticate_ingest_key(&secret, at).await?.is_ok());
+            ensure!(
+                last_used().await? == Some(t1),
+                "{at}: the first use in the minute"
+            );
+        }
+        let t2 = t1 + INGEST_KEY_TOUCH_INTERVAL;
+        ensure!(store.authenticate_ingest_key(&secret, t2).await?.is_ok());
+        ensure!(
+            last_used().await? == Some(t2),
+            "a minute later it is written again"
+        );
+        // Concurrent uses a minute later: one write wins, every request is admitted.
+        let t3 = t2 + INGEST_KEY_TOUCH_INTERVAL;
+        let uses = futures::future::join_all(
+            (0..8).map(|i| store.authenticate_ingest_key(&secret, t3 + i)),
+        )
+        .await;
+        for u in uses {
+            ensure!(u?.is_ok());
+        }
+        let last = last_used().await?.context("recorded")?;
+        ensure!((t3..t3 + 8).contains(&last), "{last}");
+        // A wrong key or a revoked one records nothing.
+        ensure!(store
+            .authenticate_ingest_key(
+                &new_secret(INGEST_KEY_PREFIX),
+                t3 + 5 * INGEST_KEY_TOUCH_INTERVAL
+            )
+            .await?
+            .is_err());
+        ensure!(last_used().await? == Some(last));
         Ok(())
     }
 }
