@@ -161,6 +161,61 @@ async fn exports_write_every_record_of_the_window_and_count_the_rest() -> anyhow
 }
 
 #[tokio::test]
+async fn exports_cover_the_samples_topic() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = embedded_log(dir.path()).await?;
+    let mut batch = fleet_schemas::fixtures::sample_batch("t1", 1_765_000_000_000_000);
+    batch.samples[1].value = f64::from_bits(0x7ff0_0000_0000_0002);
+    produce(
+        log.as_ref(),
+        topics::SAMPLES,
+        codec::Wire::plain().encode(&batch)?,
+    )
+    .await?;
+    let mut options = ExportOptions {
+        topic: topics::SAMPLES.into(),
+        from: None,
+        to: None,
+        format: ExportFormat::Jsonl,
+        out: dir.path().join("samples.jsonl"),
+        batch_size: 10,
+    };
+    let report = fleet_replay::export::export(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        &options,
+        &mut fleet_replay::NoProgress,
+    )
+    .await?;
+    ensure!(report.written == 1, "{report:?}");
+    let text = std::fs::read_to_string(&options.out)?;
+    let line: serde_json::Value = serde_json::from_str(text.trim())?;
+    let record = &line["record"];
+    ensure!(record["source"] == "PROMETHEUS_REMOTE_WRITE", "{text}");
+    ensure!(
+        record["samples"][2]["labels"][3]["name"] == "mode",
+        "{text}"
+    );
+    ensure!(
+        record["samples"][1]["value"] == "NaN",
+        "the staleness marker: {text}"
+    );
+    options.format = ExportFormat::Avro;
+    options.out = dir.path().join("samples.avro");
+    fleet_replay::export::export(
+        log,
+        fleet_schemas::Wire::plain(),
+        &options,
+        &mut fleet_replay::NoProgress,
+    )
+    .await?;
+    let file = std::fs::File::open(&options.out)?;
+    let records = apache_avro::Reader::new(std::io::BufReader::new(file))?.count();
+    ensure!(records == 1, "{records} records in the Avro file");
+    Ok(())
+}
+
+#[tokio::test]
 async fn dead_letters_are_written_back_once_and_marked() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let log = embedded_log(dir.path()).await?;
