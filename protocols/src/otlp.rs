@@ -35,7 +35,7 @@
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Metric};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Metric, NumberDataPoint};
 use prost::Message;
 
 use crate::labels::{check_metric, sanitize_metric_name, Out, Sanitized};
@@ -327,16 +327,7 @@ fn metric(out: &mut Out<'_>, base: &Sanitized, m: &Metric, at: &str) -> Result<(
     match data {
         metric::Data::Gauge(g) => {
             let name = with_suffix(name, &unit_suffix(&m.unit, true).unwrap_or_default());
-            for (p, dp) in g.data_points.iter().enumerate() {
-                let at = format!("{at}.gauge.data_points[{p}]");
-                let v = number(dp.value.as_ref(), &at)?;
-                point(base, &dp.attributes, dp.time_unix_nano, &at)?.emit(
-                    out,
-                    &name,
-                    None,
-                    value_of(dp.flags, v),
-                )?;
-            }
+            numbers(out, base, &g.data_points, &name, &format!("{at}.gauge"))?;
         }
         metric::Data::Sum(s) => {
             if s.aggregation_temporality != CUMULATIVE {
@@ -350,16 +341,7 @@ fn metric(out: &mut Out<'_>, base: &Sanitized, m: &Metric, at: &str) -> Result<(
             if s.is_monotonic {
                 name = with_suffix(name, "total");
             }
-            for (p, dp) in s.data_points.iter().enumerate() {
-                let at = format!("{at}.sum.data_points[{p}]");
-                let v = number(dp.value.as_ref(), &at)?;
-                point(base, &dp.attributes, dp.time_unix_nano, &at)?.emit(
-                    out,
-                    &name,
-                    None,
-                    value_of(dp.flags, v),
-                )?;
-            }
+            numbers(out, base, &s.data_points, &name, &format!("{at}.sum"))?;
         }
         metric::Data::Histogram(h) => {
             if h.aggregation_temporality != CUMULATIVE {
@@ -434,6 +416,27 @@ fn metric(out: &mut Out<'_>, base: &Sanitized, m: &Metric, at: &str) -> Result<(
         metric::Data::ExponentialHistogram(h) => {
             out.skipped().native_histograms += h.data_points.len() as u64;
         }
+    }
+    Ok(())
+}
+
+/// One sample of `name` per gauge or sum point.
+fn numbers(
+    out: &mut Out<'_>,
+    base: &Sanitized,
+    points: &[NumberDataPoint],
+    name: &str,
+    at: &str,
+) -> Result<(), ProtocolError> {
+    for (p, dp) in points.iter().enumerate() {
+        let at = format!("{at}.data_points[{p}]");
+        let v = number(dp.value.as_ref(), &at)?;
+        point(base, &dp.attributes, dp.time_unix_nano, &at)?.emit(
+            out,
+            name,
+            None,
+            value_of(dp.flags, v),
+        )?;
     }
     Ok(())
 }
