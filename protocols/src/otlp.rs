@@ -65,11 +65,14 @@ pub fn parse(body: &[u8], encoding: Encoding, limits: &Limits) -> Result<Parsed,
         Encoding::Json => {
             let mut de = serde_json::Deserializer::from_slice(body);
             serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                // The root is `.`; an unknown key `""` gives an empty path.
                 let path = e.path().to_string();
-                ProtocolError::malformed(
-                    if path == "." { "body".into() } else { path },
-                    e.into_inner().to_string(),
-                )
+                let field = if path.is_empty() || path == "." {
+                    "body".to_owned()
+                } else {
+                    path
+                };
+                ProtocolError::malformed(field, e.into_inner().to_string())
             })?
         }
     };

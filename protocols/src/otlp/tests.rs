@@ -355,3 +355,18 @@ fn units_map_to_prometheus_suffixes() {
         "latency_seconds"
     );
 }
+
+#[test]
+fn a_json_error_without_a_path_names_the_body() {
+    // Found by the proto_otlp fuzz target: an error under the unknown key "" had an empty
+    // path, so the refusal named no field.
+    let err = parse(b"{\"\": [1, }", Encoding::Json, &Limits::default()).unwrap_err();
+    assert_eq!(err.field(), "body", "{err}");
+    let err = parse(
+        b"{\"resourceMetrics\": [{\"x\": ]}",
+        Encoding::Json,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(!err.field().is_empty(), "{err}");
+}
