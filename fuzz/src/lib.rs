@@ -159,13 +159,25 @@ pub fn assert_protocol(
     assert!(parsed.samples.len() <= limits.max_samples);
     assert!(parsed.series <= limits.max_series);
     for s in &parsed.samples {
-        assert!(is_metric_name(&s.metric) && s.metric.len() <= limits.max_metric_name_bytes, "{s:?}");
+        assert!(
+            is_metric_name(&s.metric) && s.metric.len() <= limits.max_metric_name_bytes,
+            "{s:?}"
+        );
         assert!(s.labels.len() < limits.max_labels_per_series, "{s:?}");
         for l in &s.labels {
-            assert!(is_label_name(&l.name) && l.name.len() <= limits.max_label_name_bytes, "{s:?}");
-            assert!(!l.value.is_empty() && l.value.len() <= limits.max_label_value_bytes, "{s:?}");
+            assert!(
+                is_label_name(&l.name) && l.name.len() <= limits.max_label_name_bytes,
+                "{s:?}"
+            );
+            assert!(
+                !l.value.is_empty() && l.value.len() <= limits.max_label_value_bytes,
+                "{s:?}"
+            );
         }
-        assert!(s.labels.windows(2).all(|w| w[0].name < w[1].name), "sorted, unique: {s:?}");
+        assert!(
+            s.labels.windows(2).all(|w| w[0].name < w[1].name),
+            "sorted, unique: {s:?}"
+        );
     }
 }
 

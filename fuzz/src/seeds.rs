@@ -599,15 +599,21 @@ fn proto_remote_write() -> Vec<Seed> {
         v2.extend_from_slice(s.as_bytes());
     }
     v2.extend_from_slice(&[
-        0x2A, 0x13, 0x0A, 0x04, 1, 2, 3, 4, 0x12, 0x0B, 0x09, 0, 0, 0, 0, 0, 0, 0xF0, 0x3F,
-        0x10, 0x01,
+        0x2A, 0x13, 0x0A, 0x04, 1, 2, 3, 4, 0x12, 0x0B, 0x09, 0, 0, 0, 0, 0, 0, 0xF0, 0x3F, 0x10,
+        0x01,
     ]);
     vec![
         moded("v1.snappy", 0, RW_SNAPPY),
         moded("prometheus.snappy", 0, RW_PROMETHEUS),
         moded("v1.raw", 1, &raw),
         moded("v2.raw", 2, &v2),
-        moded("v2.snappy", 3, &snap::raw::Encoder::new().compress_vec(&v2).expect("compress")),
+        moded(
+            "v2.snappy",
+            3,
+            &snap::raw::Encoder::new()
+                .compress_vec(&v2)
+                .expect("compress"),
+        ),
     ]
 }
 
@@ -628,8 +634,16 @@ fn proto_otlp() -> Vec<Seed> {
 
 fn proto_influx() -> Vec<Seed> {
     vec![
-        moded("ns", 0, include_bytes!("../../protocols/tests/fixtures/influx_ns.lp")),
-        moded("s", 3, include_bytes!("../../protocols/tests/fixtures/influx_s.lp")),
+        moded(
+            "ns",
+            0,
+            include_bytes!("../../protocols/tests/fixtures/influx_ns.lp"),
+        ),
+        moded(
+            "s",
+            3,
+            include_bytes!("../../protocols/tests/fixtures/influx_s.lp"),
+        ),
         moded("bad", 0, b"m,a=1,a=2 f=1\nm f=\"s\" 1\n# c\n"),
     ]
 }
