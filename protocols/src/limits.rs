@@ -55,3 +55,20 @@ impl Limits {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_read_kebab_case_with_defaults_and_refuse_unknown_keys() {
+        let l: Limits = serde_json::from_str(r#"{"max-samples": 10, "max-label-value-bytes": 99}"#)
+            .expect("valid");
+        assert_eq!((l.max_samples, l.max_label_value_bytes), (10, 99));
+        assert_eq!(l.max_series, Limits::default().max_series);
+        assert!(serde_json::from_str::<Limits>(r#"{"max_samples": 1}"#).is_err());
+        let err = l.check_body("body", 17 << 20).unwrap_err();
+        assert_eq!(err.status(), 413);
+        assert!(l.check_body("body", 16 << 20).is_ok());
+    }
+}
