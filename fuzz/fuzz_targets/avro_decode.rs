@@ -28,6 +28,7 @@ fuzz_target!(init: { init("avro_decode"); framing(); }, |data: &[u8]| {
         check::<TicketEvent>(data, framing),
         check::<RuleEvent>(data, framing),
         check::<DeadLetter>(data, framing),
+        check::<SampleBatch>(data, framing),
     ];
     let types = decoded.iter().filter(|d| **d).count();
     assert!(types <= 1, "decoded as {types} record types");

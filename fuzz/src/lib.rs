@@ -125,6 +125,62 @@ pub fn assert_uuid(what: &str, v: &str) {
     assert!(uuid::Uuid::parse_str(v).is_ok(), "{what} = {v:?}");
 }
 
+// ------------------------------------------------------------------------- Protocols
+
+/// The limits the protocol targets parse with: small, so inputs of a few KB reach them.
+pub fn protocol_limits() -> fleet_protocols::Limits {
+    fleet_protocols::Limits {
+        max_body_bytes: 1 << 16,
+        max_samples: 64,
+        max_series: 32,
+        max_labels_per_series: 8,
+        max_label_name_bytes: 32,
+        max_label_value_bytes: 64,
+        max_metric_name_bytes: 64,
+    }
+}
+
+/// A protocol parser's answer: a refusal names a field and is a 400 or a 413; accepted
+/// samples are inside every limit, their names in the Prometheus charsets, their labels
+/// sorted, unique and non-empty.
+pub fn assert_protocol(
+    result: &Result<fleet_protocols::Parsed, fleet_protocols::ProtocolError>,
+    limits: &fleet_protocols::Limits,
+) {
+    use fleet_protocols::labels::{is_label_name, is_metric_name};
+    let parsed = match result {
+        Err(e) => {
+            assert!([400, 413].contains(&e.status()), "{e}");
+            assert!(!e.field().is_empty() && !e.to_string().is_empty(), "{e:?}");
+            return;
+        }
+        Ok(p) => p,
+    };
+    assert!(parsed.samples.len() <= limits.max_samples);
+    assert!(parsed.series <= limits.max_series);
+    for s in &parsed.samples {
+        assert!(
+            is_metric_name(&s.metric) && s.metric.len() <= limits.max_metric_name_bytes,
+            "{s:?}"
+        );
+        assert!(s.labels.len() < limits.max_labels_per_series, "{s:?}");
+        for l in &s.labels {
+            assert!(
+                is_label_name(&l.name) && l.name.len() <= limits.max_label_name_bytes,
+                "{s:?}"
+            );
+            assert!(
+                !l.value.is_empty() && l.value.len() <= limits.max_label_value_bytes,
+                "{s:?}"
+            );
+        }
+        assert!(
+            s.labels.windows(2).all(|w| w[0].name < w[1].name),
+            "sorted, unique: {s:?}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------ Avro
 
 /// Schema id the Avro target's registry framing writes for record `i` of [`record_names`].

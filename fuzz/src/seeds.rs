@@ -29,6 +29,9 @@ pub fn for_target(target: &str) -> Vec<Seed> {
         "ts_chunk" => ts_chunk(),
         "ts_rollup" => ts_rollup(),
         "ts_roundtrip" => ts_roundtrip(),
+        "proto_remote_write" => proto_remote_write(),
+        "proto_otlp" => proto_otlp(),
+        "proto_influx" => proto_influx(),
         _ => Vec::new(),
     }
 }
@@ -376,6 +379,7 @@ fn fixture_records() -> Vec<(&'static str, Vec<u8>, apache_avro::types::Value)> 
         one(fixtures::ticket_requested("t1", "a1", T)),
         one(fixtures::rule_defined("t1", "rule-1", T)),
         one(fixtures::dead_letter("read-model", T)),
+        one(fixtures::sample_batch("t1", T)),
     ]
 }
 
@@ -569,4 +573,77 @@ fn ts_roundtrip() -> Vec<Seed> {
             seed(&format!("random_{i}"), bytes)
         })
         .collect()
+}
+
+// --------------------------------------------------------------------------- Protocols
+
+/// `mode` then `body`: the protocol targets read their first byte as the variant.
+fn moded(name: &str, mode: u8, body: &[u8]) -> Seed {
+    let mut bytes = vec![mode];
+    bytes.extend_from_slice(body);
+    seed(name, bytes)
+}
+
+const RW_SNAPPY: &[u8] = include_bytes!("../../protocols/tests/fixtures/remote_write_v1.snappy");
+const RW_PROMETHEUS: &[u8] =
+    include_bytes!("../../protocols/tests/fixtures/remote_write_prometheus.snappy");
+
+fn proto_remote_write() -> Vec<Seed> {
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(RW_SNAPPY)
+        .expect("fixture is snappy");
+    // A 2.0 request: symbols ["", "__name__", "up", "job", "node"], one series, one sample.
+    let mut v2 = Vec::new();
+    for s in ["", "__name__", "up", "job", "node"] {
+        v2.extend_from_slice(&[0x22, s.len() as u8]);
+        v2.extend_from_slice(s.as_bytes());
+    }
+    v2.extend_from_slice(&[
+        0x2A, 0x13, 0x0A, 0x04, 1, 2, 3, 4, 0x12, 0x0B, 0x09, 0, 0, 0, 0, 0, 0, 0xF0, 0x3F, 0x10,
+        0x01,
+    ]);
+    vec![
+        moded("v1.snappy", 0, RW_SNAPPY),
+        moded("prometheus.snappy", 0, RW_PROMETHEUS),
+        moded("v1.raw", 1, &raw),
+        moded("v2.raw", 2, &v2),
+        moded(
+            "v2.snappy",
+            3,
+            &snap::raw::Encoder::new()
+                .compress_vec(&v2)
+                .expect("compress"),
+        ),
+    ]
+}
+
+fn proto_otlp() -> Vec<Seed> {
+    vec![
+        moded(
+            "sdk.pb",
+            0,
+            include_bytes!("../../protocols/tests/fixtures/otlp_metrics.pb"),
+        ),
+        moded(
+            "sdk.json",
+            1,
+            include_bytes!("../../protocols/tests/fixtures/otlp_metrics.json"),
+        ),
+    ]
+}
+
+fn proto_influx() -> Vec<Seed> {
+    vec![
+        moded(
+            "ns",
+            0,
+            include_bytes!("../../protocols/tests/fixtures/influx_ns.lp"),
+        ),
+        moded(
+            "s",
+            3,
+            include_bytes!("../../protocols/tests/fixtures/influx_s.lp"),
+        ),
+        moded("bad", 0, b"m,a=1,a=2 f=1\nm f=\"s\" 1\n# c\n"),
+    ]
 }

@@ -82,7 +82,7 @@ pub fn to_change(wire: &Wire, r: &ConsumedRecord) -> Result<Change, codec::Codec
         Some(T::TicketEvent) => Change::Ticket(Box::new(wire.decode_known(&r.value)?)),
         Some(T::RuleEvent) => Change::Rule(Box::new(wire.decode_known(&r.value)?)),
         Some(T::AlertEvent) => Change::Alert(wire.decode_known(&r.value)?),
-        Some(T::AgentEvent | T::DeadLetter) | None => {
+        Some(T::AgentEvent | T::DeadLetter | T::SampleBatch) | None => {
             return Err(codec::CodecError::NotProjected(r.topic.to_string()))
         }
     })

@@ -72,6 +72,26 @@ async fn produce(log: &dyn EventLog, topic: &str, value: Vec<u8>) -> anyhow::Res
     Ok(())
 }
 
+/// Exports with the plain wire, without progress.
+async fn export(
+    log: &Arc<dyn EventLog>,
+    options: &ExportOptions,
+) -> Result<fleet_replay::export::ExportReport, fleet_replay::Error> {
+    fleet_replay::export::export(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        options,
+        &mut fleet_replay::NoProgress,
+    )
+    .await
+}
+
+/// Records in an Avro container file.
+fn avro_records(path: &Path) -> anyhow::Result<usize> {
+    let file = std::fs::File::open(path)?;
+    Ok(apache_avro::Reader::new(std::io::BufReader::new(file))?.count())
+}
+
 #[tokio::test]
 async fn exports_write_every_record_of_the_window_and_count_the_rest() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -130,33 +150,63 @@ async fn exports_write_every_record_of_the_window_and_count_the_rest() -> anyhow
 
     options.format = ExportFormat::Avro;
     options.out = dir.path().join("out.avro");
-    let report = fleet_replay::export::export(
-        log.clone(),
-        fleet_schemas::Wire::plain(),
-        &options,
-        &mut fleet_replay::NoProgress,
-    )
-    .await?;
+    let report = export(&log, &options).await?;
     ensure!(report.written == 3, "{report:?}");
-    let file = std::fs::File::open(&options.out)?;
-    let records = apache_avro::Reader::new(std::io::BufReader::new(file))?.count();
+    let records = avro_records(&options.out)?;
     ensure!(records == 3, "{records} records in the Avro file");
 
     // A window that ends before it starts is refused before anything is written.
     options.from = Some(2_000);
     options.to = Some(1_000);
     options.out = dir.path().join("never.avro");
-    let e = fleet_replay::export::export(
-        log,
-        fleet_schemas::Wire::plain(),
-        &options,
-        &mut fleet_replay::NoProgress,
-    )
-    .await
-    .err()
-    .context("an empty window is an error")?;
+    let e = export(&log, &options)
+        .await
+        .err()
+        .context("an empty window is an error")?;
     ensure!(matches!(e, fleet_replay::Error::Invalid(_)), "{e:?}");
     ensure!(!options.out.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn exports_cover_the_samples_topic() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = embedded_log(dir.path()).await?;
+    let mut batch = fleet_schemas::fixtures::sample_batch("t1", 1_765_000_000_000_000);
+    batch.samples[1].value = f64::from_bits(0x7ff0_0000_0000_0002);
+    produce(
+        log.as_ref(),
+        topics::SAMPLES,
+        codec::Wire::plain().encode(&batch)?,
+    )
+    .await?;
+    let mut options = ExportOptions {
+        topic: topics::SAMPLES.into(),
+        from: None,
+        to: None,
+        format: ExportFormat::Jsonl,
+        out: dir.path().join("samples.jsonl"),
+        batch_size: 10,
+    };
+    let report = export(&log, &options).await?;
+    ensure!(report.written == 1, "{report:?}");
+    let text = std::fs::read_to_string(&options.out)?;
+    let line: serde_json::Value = serde_json::from_str(text.trim())?;
+    let record = &line["record"];
+    ensure!(record["source"] == "PROMETHEUS_REMOTE_WRITE", "{text}");
+    ensure!(
+        record["samples"][2]["labels"][3]["name"] == "mode",
+        "{text}"
+    );
+    ensure!(
+        record["samples"][1]["value"] == "NaN",
+        "the staleness marker: {text}"
+    );
+    options.format = ExportFormat::Avro;
+    options.out = dir.path().join("samples.avro");
+    export(&log, &options).await?;
+    let records = avro_records(&options.out)?;
+    ensure!(records == 1, "{records} records in the Avro file");
     Ok(())
 }
 

@@ -46,7 +46,7 @@ use serde::Serialize;
 
 use crate::records::{
     AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, Heartbeat, MetricReport,
-    RuleEvent, SoftwareInventory, TicketEvent,
+    RuleEvent, SampleBatch, SoftwareInventory, TicketEvent,
 };
 use crate::topics;
 
@@ -307,6 +307,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
     ),
     ("rule_event.avsc", include_str!("../avro/rule_event.avsc")),
     ("dead_letter.avsc", include_str!("../avro/dead_letter.avsc")),
+    (
+        "sample_batch.avsc",
+        include_str!("../avro/sample_batch.avsc"),
+    ),
     // Released versions, still readable (records on the topics were written with them):
     // after every current one, so `Catalog::current` keeps naming the current file.
     (
@@ -1068,6 +1072,9 @@ mod framing_tests;
 
 macro_rules! record {
     ($ty:ty, $name:literal, $topic:expr, |$r:ident| $key:expr) => {
+        record!($ty, $name, $topic, |$r| $key, occurred_at);
+    };
+    ($ty:ty, $name:literal, $topic:expr, |$r:ident| $key:expr, $at:ident) => {
         impl Record for $ty {
             const FULL_NAME: &'static str = $name;
             const TOPIC: &'static str = $topic;
@@ -1076,7 +1083,7 @@ macro_rules! record {
                 $key
             }
             fn occurred_at(&self) -> i64 {
-                self.occurred_at
+                self.$at
             }
             fn codec() -> &'static Codec<Self> {
                 static CODEC: LazyLock<Codec<$ty>> = LazyLock::new(Codec::new);
@@ -1141,4 +1148,11 @@ record!(
     "io.fleetstream.DeadLetter",
     topics::DEADLETTER,
     |r| &r.event_id
+);
+record!(
+    SampleBatch,
+    "io.fleetstream.SampleBatch",
+    topics::SAMPLES,
+    |r| &r.partition_key,
+    received_at
 );

@@ -269,6 +269,47 @@ pub fn rule_defined(tenant: &str, rule_id: &str, occurred_at: i64) -> RuleEvent 
     }
 }
 
+/// A batch of three remote-write samples of two series (one a NaN staleness marker).
+pub fn sample_batch(tenant: &str, received_at: i64) -> SampleBatch {
+    let label = |name: &str, value: &str| Label {
+        name: name.into(),
+        value: value.into(),
+    };
+    let node = vec![label("instance", "web-1:9100"), label("job", "node")];
+    SampleBatch {
+        event_id: crate::ids::v5(&[tenant, "samples", &received_at.to_string()]).to_string(),
+        tenant_id: tenant.into(),
+        partition_key: SampleBatch::key_for(tenant, 3),
+        source: SampleSource::PrometheusRemoteWrite,
+        received_at,
+        samples: vec![
+            LabeledSample {
+                metric: "node_load1".into(),
+                labels: node.clone(),
+                timestamp: received_at - 15_000_000,
+                value: 0.25,
+            },
+            LabeledSample {
+                metric: "node_load1".into(),
+                labels: node.clone(),
+                timestamp: received_at,
+                value: 0.5,
+            },
+            LabeledSample {
+                metric: "node_cpu_seconds_total".into(),
+                labels: vec![
+                    label("cpu", "0"),
+                    label("instance", "web-1:9100"),
+                    label("job", "node"),
+                    label("mode", "idle"),
+                ],
+                timestamp: received_at,
+                value: 12_345.5,
+            },
+        ],
+    }
+}
+
 /// A dead letter: the read model gave up on garbage at `fleet.metrics.v1` partition 2,
 /// offset 41.
 pub fn dead_letter(consumer: &str, occurred_at: i64) -> DeadLetter {

@@ -837,6 +837,81 @@ impl DeadLetter {
     }
 }
 
+/// The protocol a [`SampleBatch`] came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SampleSource {
+    /// Prometheus remote-write (protobuf + snappy).
+    #[serde(rename = "PROMETHEUS_REMOTE_WRITE")]
+    PrometheusRemoteWrite,
+    /// OTLP/HTTP metrics (protobuf or JSON).
+    #[serde(rename = "OTLP")]
+    Otlp,
+    /// Influx line protocol.
+    #[serde(rename = "INFLUX")]
+    Influx,
+}
+
+/// One label of a [`LabeledSample`].
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, AvroSchema,
+)]
+#[avro(namespace = "io.fleetstream")]
+pub struct Label {
+    /// `[a-zA-Z_][a-zA-Z0-9_]*`, unique within the sample.
+    pub name: String,
+    /// Any UTF-8.
+    pub value: String,
+}
+
+/// One value of one series at one time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct LabeledSample {
+    /// Metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+    pub metric: String,
+    /// Labels other than the metric name, sorted by name. An array of pairs rather than an
+    /// Avro map: standard tools read a map into an unordered dict/`HashMap`, while the sorted
+    /// array keeps one byte form per series, and pairs cost the same on the wire.
+    pub labels: Vec<Label>,
+    /// Sample time (µs).
+    pub timestamp: i64,
+    /// Value; NaN and ±Inf are kept (a NaN is Prometheus' staleness marker).
+    pub value: f64,
+}
+
+/// Samples of a standard write protocol from one request (`fleet.samples.v1`, key:
+/// [`SampleBatch::partition_key`]). See `sample_batch.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct SampleBatch {
+    /// Batch id (UUID), assigned by the gateway.
+    pub event_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// The record key, `{tenant_id}/{shard}` ([`SampleBatch::key_for`]).
+    pub partition_key: String,
+    /// The protocol the samples came in.
+    pub source: SampleSource,
+    /// Time the gateway accepted the request (µs).
+    pub received_at: i64,
+    /// The samples.
+    pub samples: Vec<LabeledSample>,
+}
+
+impl SampleBatch {
+    /// The record key of a batch of `tenant`'s series of shard `shard`.
+    ///
+    /// Why the key is a series shard and not the tenant id: both keep each series' samples
+    /// in order (a series always maps to the same key, hence the same partition), but a
+    /// tenant key puts all of one tenant on one partition, and a fleet is often one tenant:
+    /// one consumer would take the whole write load. Keyed by `tenant/shard`, one tenant's
+    /// series spread over every partition, and a series still never changes partition as
+    /// long as the shard count does not change (the gateway fixes it in its config).
+    pub fn key_for(tenant: &str, shard: u32) -> String {
+        format!("{tenant}/{shard}")
+    }
+}
+
 /// Avro enums whose symbols are SCREAMING_CASE: the derive in apache-avro 0.21 ignores serde
 /// renames on variants, so these schemas are spelled out (and checked by the same test).
 macro_rules! avro_enum {
@@ -921,4 +996,9 @@ avro_enum!(
     DeadLetterKind,
     "io.fleetstream.DeadLetterKind",
     ["DECODE", "PROCESS", "REPLAYED"]
+);
+avro_enum!(
+    SampleSource,
+    "io.fleetstream.SampleSource",
+    ["PROMETHEUS_REMOTE_WRITE", "OTLP", "INFLUX"]
 );

@@ -20,6 +20,10 @@ pub const ALERTS: &str = "fleet.alerts.v1";
 pub const TICKETS: &str = "fleet.tickets.v1";
 /// Remote commands and their lifecycle.
 pub const COMMANDS: &str = "fleet.commands.v1";
+/// Samples of the standard write protocols (remote-write, OTLP, Influx), batched per
+/// request and series shard (key: `{tenant}/{shard}`, see [`crate::SampleBatch::key_for`]:
+/// keeps each series in order and spreads one tenant over every partition).
+pub const SAMPLES: &str = "fleet.samples.v1";
 /// Records a consumer could not process, with the reason and source offset.
 pub const DEADLETTER: &str = "fleet.deadletter.v1";
 
@@ -46,6 +50,8 @@ pub enum RecordType {
     CommandEvent,
     /// [`crate::DeadLetter`].
     DeadLetter,
+    /// [`crate::SampleBatch`].
+    SampleBatch,
 }
 
 impl RecordType {
@@ -63,6 +69,7 @@ impl RecordType {
             RecordType::TicketEvent => crate::TicketEvent::FULL_NAME,
             RecordType::CommandEvent => crate::CommandEvent::FULL_NAME,
             RecordType::DeadLetter => crate::DeadLetter::FULL_NAME,
+            RecordType::SampleBatch => crate::SampleBatch::FULL_NAME,
         }
     }
 }
@@ -137,6 +144,12 @@ pub const ALL: &[TopicDef] = &[
         compacted: false,
     },
     TopicDef {
+        name: SAMPLES,
+        record: RecordType::SampleBatch,
+        partitions: 6,
+        compacted: false,
+    },
+    TopicDef {
         name: DEADLETTER,
         record: RecordType::DeadLetter,
         partitions: 1,
@@ -176,6 +189,7 @@ mod tests {
         holds::<crate::TicketEvent>(RecordType::TicketEvent);
         holds::<crate::CommandEvent>(RecordType::CommandEvent);
         holds::<crate::DeadLetter>(RecordType::DeadLetter);
+        holds::<crate::SampleBatch>(RecordType::SampleBatch);
         let mut seen = std::collections::HashSet::new();
         assert!(
             ALL.iter().all(|t| seen.insert(t.record)),

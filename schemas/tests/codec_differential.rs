@@ -503,6 +503,34 @@ impl Arbitrary for DeadLetter {
     }
 }
 
+impl Arbitrary for SampleBatch {
+    fn arbitrary(g: &mut Gen) -> Self {
+        SampleBatch {
+            event_id: g.string(),
+            tenant_id: g.string(),
+            partition_key: g.string(),
+            source: g.pick(&[
+                SampleSource::PrometheusRemoteWrite,
+                SampleSource::Otlp,
+                SampleSource::Influx,
+            ]),
+            received_at: g.long(),
+            samples: g.vec(|g| LabeledSample {
+                metric: g.string(),
+                labels: g.vec(|g| Label {
+                    name: g.string(),
+                    value: g.string(),
+                }),
+                timestamp: g.long(),
+                value: g.double(),
+            }),
+        }
+    }
+    fn fixtures() -> Vec<Self> {
+        vec![fixtures::sample_batch("t1", T0)]
+    }
+}
+
 /// Runs `check::<T>` for every record type of the catalog (and fails if one is missing).
 macro_rules! for_every_record {
     ($check:ident) => {{
@@ -517,6 +545,7 @@ macro_rules! for_every_record {
             $check::<TicketEvent>(),
             $check::<RuleEvent>(),
             $check::<DeadLetter>(),
+            $check::<SampleBatch>(),
         ];
         for known in Catalog::get().all() {
             assert!(

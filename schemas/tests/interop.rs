@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use fleet_schemas::codec::{self, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, Heartbeat,
-    MetricReport, RuleEvent, SoftwareInventory, TicketEvent,
+    MetricReport, RuleEvent, SampleBatch, SoftwareInventory, TicketEvent,
 };
 use serde_json::Value;
 
@@ -75,6 +75,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "rule_event", &rule)?;
     let dead = fixtures::dead_letter("readmodel", T);
     write(dir.path(), "dead_letter", &dead)?;
+    let samples = fixtures::sample_batch("tenant-1", T);
+    write(dir.path(), "sample_batch", &samples)?;
 
     let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
@@ -148,6 +150,15 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     assert_eq!(dl["value"]["bytes_hex"], "6761726200ffc3");
     assert_eq!(dl["source_key"]["bytes_hex"], "6167656e742d31");
     assert_eq!(dl["replayed_offset"], Value::Null);
+    // The sample batch has no agent either; labels stay an ordered array of pairs.
+    let sb = read_back(dir.path(), "sample_batch", &samples, |_, _| {})?;
+    assert_eq!(sb["source"], "PROMETHEUS_REMOTE_WRITE");
+    assert_eq!(sb["partition_key"], "tenant-1/3");
+    assert_eq!(sb["samples"][2]["metric"], "node_cpu_seconds_total");
+    assert_eq!(sb["samples"][2]["labels"][3]["name"], "mode");
+    assert_eq!(sb["samples"][2]["labels"][3]["value"], "idle");
+    assert_eq!(sb["samples"][2]["value"], 12_345.5);
+    assert_eq!(sb["samples"][1]["timestamp"]["timestamp_micros"], T);
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
         [
@@ -161,6 +172,7 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
             TicketEvent::FULL_NAME,
             RuleEvent::FULL_NAME,
             DeadLetter::FULL_NAME,
+            SampleBatch::FULL_NAME,
         ]
         .len(),
         codec::AVSC_FILES

@@ -5,7 +5,7 @@ use apache_avro::Schema;
 use fleet_schemas::codec::{self, Catalog, CodecError, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, DeadLetterKind,
-    Heartbeat, MetricReport, RuleEvent, RuleEventKind, SoftwareInventory, TicketEvent,
+    Heartbeat, MetricReport, RuleEvent, RuleEventKind, SampleBatch, SoftwareInventory, TicketEvent,
 };
 
 fn assert_matches_avsc<T: Record>() {
@@ -34,6 +34,7 @@ fn rust_types_match_avsc_canonical_form() {
     assert_matches_avsc::<TicketEvent>();
     assert_matches_avsc::<RuleEvent>();
     assert_matches_avsc::<DeadLetter>();
+    assert_matches_avsc::<SampleBatch>();
 }
 
 #[test]
@@ -74,6 +75,7 @@ fn records_roundtrip() {
     roundtrip(&fixtures::software_inventory("t1", "a1", t));
     roundtrip(&fixtures::ticket_requested("t1", "a1", t));
     roundtrip(&fixtures::rule_defined("t1", "rule-1", t));
+    roundtrip(&fixtures::sample_batch("t1", t));
     let mut deleted = fixtures::rule_defined("t1", "rule-1", t);
     deleted.kind = RuleEventKind::Deleted;
     deleted.rule = None;
