@@ -103,6 +103,17 @@ pub struct GatewayConfig {
     /// the pending commands; older unfinished commands are dropped.
     #[serde(with = "humantime_serde")]
     pub command_lookback: Duration,
+    /// Series shards of `fleet.samples.v1` (the standard write protocols): a record's key
+    /// is `{tenant}/{shard}`, a series always in one shard. Fixed for a deployment:
+    /// changing it moves series to other partitions (their order across the change is
+    /// then not kept).
+    pub sample_shards: u32,
+    /// Most samples in one `fleet.samples.v1` record; a request's samples of one shard
+    /// are split into records of at most this many (Kafka refuses records over
+    /// `message.max.bytes`, 1 MB by default; a sample takes about 50-200 bytes).
+    pub samples_per_record: usize,
+    /// What one request of a standard write protocol may carry (`[protocol-limits]`).
+    pub protocol_limits: fleet_protocols::Limits,
     /// The listener's timeouts, connection cap and TLS (`[http]`); the cap defaults to
     /// 10,000 here, as every agent holds a WebSocket open.
     pub http: fleet_service::serve::HttpSettings,
@@ -140,6 +151,9 @@ impl Default for GatewayConfig {
             ws_send_queue: 64,
             ws_read_buffer_bytes: 8192,
             command_lookback: Duration::from_secs(3600),
+            sample_shards: 16,
+            samples_per_record: 2_000,
+            protocol_limits: fleet_protocols::Limits::default(),
             http: fleet_service::serve::HttpSettings::default().with_max_connections(10_000),
         }
     }

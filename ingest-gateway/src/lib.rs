@@ -44,6 +44,7 @@ pub mod hub;
 pub mod ingest_auth;
 pub mod metrics;
 pub mod register;
+mod standard;
 pub mod subjects;
 pub mod validate;
 pub mod ws;
@@ -208,6 +209,7 @@ pub fn app(state: GatewayState) -> Router {
         .route("/api/v1/agents/ws", get(ws::get_ws))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestDecompressionLayer::new())
+        .merge(standard::routes(&state))
         .layer(TraceLayer::new_for_http().make_span_with(fleet_service::endpoints::http_span))
         .with_state(state)
 }

@@ -6,6 +6,8 @@ use fleet_service::ApiError;
 
 /// Reports written to the log.
 pub const REPORTS_ACCEPTED: &str = "fleet_gateway_reports_accepted_total";
+/// Samples of the standard write protocols written to the log, by `protocol`.
+pub const SAMPLES_ACCEPTED: &str = "fleet_gateway_samples_accepted_total";
 /// Reports refused by validation.
 pub const REPORTS_REJECTED: &str = "fleet_gateway_reports_rejected_total";
 /// Requests by route and status.
@@ -60,6 +62,7 @@ pub const ALL: &[&str] = &[
     COMMAND_UPDATES_REFUSED,
     SUBJECTS_REFUSED,
     REPORTS_ACCEPTED,
+    SAMPLES_ACCEPTED,
     REPORTS_REJECTED,
     REQUESTS,
     REQUEST_SECONDS,
@@ -115,6 +118,10 @@ pub(crate) fn record_request<T>(
 pub(crate) fn record_status(route: &'static str, status: u16, elapsed: Duration) {
     metrics::counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
     metrics::histogram!(REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn samples_accepted(protocol: &'static str, n: usize) {
+    metrics::counter!(SAMPLES_ACCEPTED, "protocol" => protocol).increment(n as u64);
 }
 
 pub(crate) fn inventory_accepted() {
