@@ -1,0 +1,290 @@
+//! Real collectors write to `fleetstream up` with an ingest key made through the admin API:
+//!
+//! * **Prometheus** (Debian's `prometheus` package) scrapes itself every second and
+//!   remote-writes to `/api/v1/write` with the key as its `authorization` credentials;
+//! * the **OpenTelemetry Python SDK** (PyPI) exports a counter, a gauge and a histogram with
+//!   its OTLP/HTTP exporter to `/v1/metrics`;
+//! * the **`influxdb-client`** package (PyPI) writes points with tags to `/api/v2/write`.
+//!
+//! Afterwards `fleetstream export` of `fleet.samples.v1` must hold each client's samples,
+//! named and labelled as docs/PROTOCOLS.md says, for the key's tenant. The Python clients
+//! run in the services' venv (`FLEET_PYTHON`, `scripts/services.sh up` installs them);
+//! Prometheus must be on PATH (`scripts/services.sh up` installs it).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context as _};
+use fleet_e2e::{free_port, wait_for, write_file, Proc};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn path(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("utf-8 path")
+}
+
+/// The OpenTelemetry SDK: a counter, an observable gauge and a histogram, exported once.
+const OTEL_SCRIPT: &str = r#"
+import sys
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.metrics import Observation
+
+endpoint, key = sys.argv[1], sys.argv[2]
+exporter = OTLPMetricExporter(endpoint=endpoint, headers={"Authorization": "Bearer " + key})
+reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+provider = MeterProvider(metric_readers=[reader],
+                         resource=Resource.create({"service.name": "checkout", "service.instance.id": "pod-1"}))
+meter = provider.get_meter("e2e.meter", "1.0.0")
+requests = meter.create_counter("e2e_requests")
+requests.add(5, {"route": "/pay"})
+meter.create_observable_gauge("e2e_queue_depth", callbacks=[lambda _: [Observation(7.0, {"queue": "a"})]])
+latency = meter.create_histogram("e2e_latency", unit="s")
+for v in (0.1, 0.2, 3.0):
+    latency.record(v)
+ok = provider.force_flush(30_000)
+provider.shutdown()
+print("flushed", ok)
+sys.exit(0 if ok else 1)
+"#;
+
+/// influxdb-client: two points with tags, written synchronously (raises on any error).
+const INFLUX_SCRIPT: &str = r#"
+import sys
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+
+url, key = sys.argv[1], sys.argv[2]
+with InfluxDBClient(url=url, token=key, org="fleet") as client:
+    api = client.write_api(write_options=SYNCHRONOUS)
+    api.write(bucket="telegraf", record=[
+        Point("e2e_disk").tag("host", "web-1").field("used_percent", 41.5).time(1765000000, WritePrecision.S),
+        Point("e2e_disk").tag("host", "web-2").field("used_percent", 12.25).time(1765000000, WritePrecision.S),
+    ], write_precision=WritePrecision.S)
+print("written")
+"#;
+
+fn run_python(dir: &Path, name: &str, script: &str, args: &[&str]) -> anyhow::Result<()> {
+    let python = fleet_e2e::python_bin()?;
+    let file = write_file(dir, name, script)?;
+    let out = std::process::Command::new(python)
+        .arg(&file)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{name} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The `prometheus` binary (Debian's package).
+fn prometheus_bin() -> anyhow::Result<std::path::PathBuf> {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join("prometheus");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("prometheus is not on PATH: run `scripts/services.sh up` (it installs Debian's package)")
+}
+
+fn label<'a>(sample: &'a Value, name: &str) -> Option<&'a str> {
+    sample["labels"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)?["value"]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_the_otel_sdk_and_influxdb_client_write_through_the_gateway(
+) -> anyhow::Result<()> {
+    let prometheus = prometheus_bin()?;
+    fleet_e2e::python_bin()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fleet-e2e-proto-")
+        .tempdir()?;
+    let (gw_port, api_port, prom_port) = (free_port()?, free_port()?, free_port()?);
+    let gateway = format!("http://127.0.0.1:{gw_port}");
+    let api = format!("http://127.0.0.1:{api_port}");
+    let cfg = write_file(
+        dir.path(),
+        "fleetstream.toml",
+        &format!(
+            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n"
+        ),
+    )?;
+    let data = dir.path().join("data");
+    let mut up = Proc::start(
+        "up",
+        dir.path(),
+        &["up", "--data-dir", path(&data)?, "--config", path(&cfg)?],
+        &[],
+    )?;
+    let admin = fleet_e2e::up_admin_key(&data, &[&up]).await?;
+    let client = reqwest::Client::new();
+
+    // A tenant and an ingest key for it, through the admin API.
+    let tenant: Value = wait_for("the admin API", WAIT, &[&up], || async {
+        let r = client
+            .post(format!("{api}/api/v1/tenants"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"name": "collectors"}))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => Ok(Some(r.json().await?)),
+            Ok(r) => bail!("create tenant: {}", r.status()),
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    let tenant_id = tenant["tenant_id"]
+        .as_str()
+        .context("tenant id")?
+        .to_owned();
+    let resp = client
+        .post(format!("{api}/api/v1/admin/ingest-keys"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "collectors", "tenant_id": tenant_id}))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "create ingest key: {}",
+        resp.status()
+    );
+    let created: Value = resp.json().await?;
+    let key = created["key"]
+        .as_str()
+        .with_context(|| format!("no key in {created}"))?
+        .to_owned();
+
+    // Prometheus scrapes itself and remote-writes to the gateway.
+    let prom_cfg = write_file(
+        dir.path(),
+        "prometheus.yml",
+        &format!(
+            r#"global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:{prom_port}"]
+remote_write:
+  - url: {gateway}/api/v1/write
+    authorization:
+      credentials: {key}
+    queue_config:
+      batch_send_deadline: 1s
+"#
+        ),
+    )?;
+    let prom_data = dir.path().join("prom-data");
+    let prom = Proc::start_program(
+        "prometheus",
+        dir.path(),
+        &prometheus,
+        &[
+            &format!("--config.file={}", path(&prom_cfg)?),
+            &format!("--storage.tsdb.path={}", path(&prom_data)?),
+            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+        &[],
+    )?;
+
+    run_python(
+        dir.path(),
+        "otel.py",
+        OTEL_SCRIPT,
+        &[&format!("{gateway}/v1/metrics"), &key],
+    )?;
+    run_python(dir.path(), "influx.py", INFLUX_SCRIPT, &[&gateway, &key])?;
+
+    // Wait until Prometheus' remote-write got through (the gateway counts the samples).
+    wait_for("Prometheus' remote-write", WAIT, &[&up, &prom], || async {
+        let text = client
+            .get(format!("{gateway}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let n = fleet_e2e::prometheus_sum_labeled(
+            &text,
+            "fleet_gateway_samples_accepted_total",
+            &[("protocol", "remote_write")],
+        );
+        Ok((n > 0.0).then_some(()))
+    })
+    .await?;
+    drop(prom);
+    up.stop()?;
+
+    let out_file = dir.path().join("samples.jsonl");
+    let out = fleet_e2e::run_to_end(
+        dir.path(),
+        &[
+            "export",
+            "--topic",
+            "fleet.samples.v1",
+            "--format",
+            "jsonl",
+            "--out",
+            path(&out_file)?,
+            "--event-log",
+            &format!("file://{}", data.join("log").display()),
+        ],
+    )?;
+    ensure!(out.success, "export failed:\n{}", out.output);
+    let mut by_source: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for line in std::fs::read_to_string(&out_file)?.lines() {
+        let v: Value = serde_json::from_str(line)?;
+        let record = &v["record"];
+        ensure!(record["tenant_id"] == tenant_id.as_str(), "{record}");
+        let source = record["source"].as_str().context("source")?.to_owned();
+        for s in record["samples"].as_array().context("samples")? {
+            by_source.entry(source.clone()).or_default().push(s.clone());
+        }
+    }
+    // Prometheus: its own `up` series, job and instance labels as it sets them.
+    let prom_samples = by_source
+        .get("PROMETHEUS_REMOTE_WRITE")
+        .context("no remote-write samples")?;
+    ensure!(
+        prom_samples.iter().any(|s| s["metric"] == "up"
+            && label(s, "job") == Some("prometheus")
+            && label(s, "instance") == Some(&format!("127.0.0.1:{prom_port}"))),
+        "no up{{job=\"prometheus\"}} among {} remote-write samples",
+        prom_samples.len()
+    );
+    // OTLP: the counter as a Prometheus counter, the gauge, the histogram's buckets, sum
+    // and count; the resource's service name as `job`.
+    let otlp = by_source.get("OTLP").context("no OTLP samples")?;
+    let find = |name: &str| otlp.iter().find(|s| s["metric"] == name);
+    let requests = find("e2e_requests_total").context("e2e_requests_total")?;
+    ensure!(requests["value"] == 5.0, "{requests}");
+    ensure!(label(requests, "job") == Some("checkout"), "{requests}");
+    ensure!(label(requests, "route") == Some("/pay"), "{requests}");
+    ensure!(find("e2e_queue_depth").is_some_and(|s| s["value"] == 7.0));
+    let count = find("e2e_latency_seconds_count").context("histogram count")?;
+    ensure!(count["value"] == 3.0, "{count}");
+    ensure!(otlp
+        .iter()
+        .any(|s| s["metric"] == "e2e_latency_seconds_bucket" && label(s, "le") == Some("+Inf")));
+    // Influx: measurement_field, tags as labels, the time as written.
+    let influx = by_source.get("INFLUX").context("no Influx samples")?;
+    let web1 = influx
+        .iter()
+        .find(|s| label(s, "host") == Some("web-1"))
+        .context("web-1")?;
+    ensure!(web1["metric"] == "e2e_disk_used_percent", "{web1}");
+    ensure!(web1["value"] == 41.5, "{web1}");
+    ensure!(influx.len() == 2, "{influx:?}");
+    Ok(())
+}
