@@ -2,11 +2,57 @@
 //! tenants and registration tokens, enrollment, what an agent's spool holds, history
 //! answers and times as the API writes them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use fleet_test_support::process::{run_to_end, wait_for, Proc};
+use fleet_test_support::process::{free_port, run_to_end, wait_for, write_file, Proc};
+
+/// `fleetstream up` on free loopback ports, its data in `<dir>/data`.
+#[derive(Debug)]
+pub struct LocalUp {
+    /// The process (named `up`, its log in `dir`).
+    pub proc: Proc,
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub gateway: String,
+    /// `http://127.0.0.1:<port>` of the query API.
+    pub api: String,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The admin key `up` generated.
+    pub admin_key: String,
+}
+
+impl LocalUp {
+    /// Starts `up` with a configuration of the two listen addresses and `extra` (TOML
+    /// tables appended), and waits for its admin key.
+    pub async fn start(dir: &Path, extra: &str) -> anyhow::Result<LocalUp> {
+        let (gw_port, api_port) = (free_port()?, free_port()?);
+        let cfg = write_file(
+            dir,
+            "fleetstream.toml",
+            &format!(
+                "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n{extra}"
+            ),
+        )?;
+        let data = dir.join("data");
+        let utf8 = |p: &Path| p.to_str().map(str::to_owned).context("utf-8 path");
+        let proc = Proc::start(
+            "up",
+            dir,
+            &["up", "--data-dir", &utf8(&data)?, "--config", &utf8(&cfg)?],
+            &[],
+        )?;
+        let admin_key = up_admin_key(&data, &[&proc]).await?;
+        Ok(LocalUp {
+            proc,
+            gateway: format!("http://127.0.0.1:{gw_port}"),
+            api: format!("http://127.0.0.1:{api_port}"),
+            data,
+            admin_key,
+        })
+    }
+}
 
 /// A fresh admin API key strong enough for the API's start-up check (32+ characters of
 /// randomness).

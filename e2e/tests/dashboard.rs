@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use fleet_e2e::{free_port, wait_for, write_file, Proc};
+use fleet_e2e::{wait_for, write_file, Proc};
 use serde_json::{json, Value};
 
 /// How long one wait of the test may take (generous: the machine is shared).
@@ -132,33 +132,14 @@ async fn dashboard_in_a_browser_acknowledges_an_alert() -> anyhow::Result<()> {
         eprintln!("test directory (kept): {}", dir.path().display());
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let (gw_port, api_port) = (free_port()?, free_port()?);
-    let gateway = format!("http://127.0.0.1:{gw_port}");
-    let api = format!("http://127.0.0.1:{api_port}");
-    let cfg = write_file(
-        dir.path(),
-        "fleetstream.toml",
-        &format!(
-            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n"
-        ),
-    )?;
-    let data = dir.path().join("data");
-    let mut up = Proc::start(
-        "up",
-        dir.path(),
-        &["up", "--data-dir", &path(&data)?, "--config", &path(&cfg)?],
-        &[],
-    )?;
-
-    // The admin key `up` generated, as a person would read it.
-    let key_file = data.join("admin-key");
-    let admin_key = wait_for("`up` to write its admin key", WAIT, &[&up], || async {
-        Ok(std::fs::read_to_string(&key_file)
-            .ok()
-            .map(|k| k.trim().to_owned())
-            .filter(|k| !k.is_empty()))
-    })
-    .await?;
+    // `up` and the admin key it generated (in <data>/admin-key, as a person reads it).
+    let fleet_e2e::LocalUp {
+        proc: mut up,
+        gateway,
+        api,
+        data: _,
+        admin_key,
+    } = fleet_e2e::LocalUp::start(dir.path(), "").await?;
 
     // A tenant, an enrolled agent reporting every second with one watched service.
     let token =

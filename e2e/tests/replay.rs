@@ -639,22 +639,13 @@ fn keep_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_replay_rebuilds_equal_views_and_exports() -> anyhow::Result<()> {
     let dir = keep_dir("fleet-e2e-replay-")?;
-    let (gw_port, api_port) = (free_port()?, free_port()?);
-    let gateway = format!("http://127.0.0.1:{gw_port}");
-    let api = format!("http://127.0.0.1:{api_port}");
-    let cfg = write_file(
-        dir.path(),
-        "fleetstream.toml",
-        &format!("[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n"),
-    )?;
-    let data = dir.path().join("data");
-    let mut up = Proc::start(
-        "up",
-        dir.path(),
-        &["up", "--data-dir", &path(&data)?, "--config", &path(&cfg)?],
-        &[],
-    )?;
-    let admin_key = fleet_e2e::up_admin_key(&data, &[&up]).await?;
+    let fleet_e2e::LocalUp {
+        proc: mut up,
+        gateway,
+        api,
+        data,
+        admin_key,
+    } = fleet_e2e::LocalUp::start(dir.path(), "").await?;
     let mut fed = feed(dir.path(), &api, &gateway, &admin_key, &[&up]).await?;
     fed.agent.stop()?;
     up.stop()?;

@@ -110,24 +110,14 @@ async fn prometheus_the_otel_sdk_and_influxdb_client_write_through_the_gateway(
     let dir = tempfile::Builder::new()
         .prefix("fleet-e2e-proto-")
         .tempdir()?;
-    let (gw_port, api_port, prom_port) = (free_port()?, free_port()?, free_port()?);
-    let gateway = format!("http://127.0.0.1:{gw_port}");
-    let api = format!("http://127.0.0.1:{api_port}");
-    let cfg = write_file(
-        dir.path(),
-        "fleetstream.toml",
-        &format!(
-            "[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[projections]\nlisten = \"127.0.0.1:{api_port}\"\n"
-        ),
-    )?;
-    let data = dir.path().join("data");
-    let mut up = Proc::start(
-        "up",
-        dir.path(),
-        &["up", "--data-dir", path(&data)?, "--config", path(&cfg)?],
-        &[],
-    )?;
-    let admin = fleet_e2e::up_admin_key(&data, &[&up]).await?;
+    let prom_port = free_port()?;
+    let fleet_e2e::LocalUp {
+        proc: mut up,
+        gateway,
+        api,
+        data,
+        admin_key: admin,
+    } = fleet_e2e::LocalUp::start(dir.path(), "").await?;
     let client = reqwest::Client::new();
 
     // A tenant and an ingest key for it, through the admin API.
