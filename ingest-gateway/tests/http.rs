@@ -451,9 +451,11 @@ async fn real_listener_roundtrip() {
             || name.ends_with("_registrations_total")
             || name.contains("_ws_")
             || name.contains("_command")
+            || name.contains("_samples_")
         {
             // only emitted once something fails, or by enrollment (tests/auth.rs), the
-            // WebSocket (tests/ws.rs) or commands (tests/commands.rs)
+            // WebSocket (tests/ws.rs), commands (tests/commands.rs) or the write
+            // protocols (e2e/tests/standard_protocols.rs reads it from /metrics)
             continue;
         }
         assert!(metrics.contains(name), "/metrics lacks {name}");
