@@ -197,9 +197,9 @@ async fn wait_resumed(proc: &Proc) -> anyhow::Result<()> {
     resumed(proc)
 }
 
-/// Reads of the time-series projection since its process started (its `/metrics`), or
-/// `None` while the endpoint does not answer.
-async fn records_read(client: &reqwest::Client, metrics_url: &str) -> Option<f64> {
+/// Records the time-series projection read and checkpoints its engine wrote since its
+/// process started (its `/metrics`), or `None` while the endpoint does not answer.
+async fn progress(client: &reqwest::Client, metrics_url: &str) -> Option<(f64, f64)> {
     let text = client
         .get(metrics_url)
         .send()
@@ -208,19 +208,24 @@ async fn records_read(client: &reqwest::Client, metrics_url: &str) -> Option<f64
         .text()
         .await
         .ok()?;
-    Some(fleet_e2e::prometheus_sum_labeled(
+    let read = fleet_e2e::prometheus_sum_labeled(
         &text,
         "fleet_projection_records_total",
         &[("projection", "timeseries")],
-    ))
+    );
+    let checkpoints = fleet_e2e::prometheus_sum(&text, "fleet_timeseries_checkpoints_total");
+    Some((read, checkpoints))
 }
 
-/// Waits until the projection has read something since its start (so a kill lands while
-/// it works), then until it has read nothing new for 3 s when `settle`.
+/// Without `settle`: waits until the projection has read something since its start and
+/// then written a checkpoint (so a kill lands while it works, after a checkpoint past the
+/// start that the next start must resume from). With `settle`: waits until it has read
+/// something and then nothing new for 3 s.
 async fn wait_reading(proc: &mut Proc, metrics_url: &str, settle: bool) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + WAIT;
     let (mut last, mut same) = (0.0, 0);
+    let mut checkpoints_when_read: Option<f64> = None;
     while std::time::Instant::now() < deadline {
         ensure!(
             proc.is_running(),
@@ -229,9 +234,14 @@ async fn wait_reading(proc: &mut Proc, metrics_url: &str, settle: bool) -> anyho
             proc.log_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let read = records_read(&client, metrics_url).await.unwrap_or(0.0);
-        if !settle && read > 0.0 {
-            return Ok(());
+        let (read, checkpoints) = progress(&client, metrics_url).await.unwrap_or((0.0, 0.0));
+        if !settle {
+            match checkpoints_when_read {
+                Some(before) if checkpoints > before => return Ok(()),
+                None if read > 0.0 => checkpoints_when_read = Some(checkpoints),
+                _ => {}
+            }
+            continue;
         }
         same = if read == last && read > 0.0 {
             same + 1
@@ -244,7 +254,7 @@ async fn wait_reading(proc: &mut Proc, metrics_url: &str, settle: bool) -> anyho
         }
     }
     anyhow::bail!(
-        "the time-series projection did not read (or settle) in time:\n{}",
+        "the time-series projection did not read (or checkpoint, or settle) in time:\n{}",
         proc.log_tail(30)
     )
 }
