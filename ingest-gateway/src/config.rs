@@ -114,6 +114,9 @@ pub struct GatewayConfig {
     pub samples_per_record: usize,
     /// What one request of a standard write protocol may carry (`[protocol-limits]`).
     pub protocol_limits: fleet_protocols::Limits,
+    /// The per-tenant bound on active series of the standard write protocols
+    /// (`[series-limits]`).
+    pub series_limits: crate::cardinality::SeriesLimits,
     /// The listener's timeouts, connection cap and TLS (`[http]`); the cap defaults to
     /// 10,000 here, as every agent holds a WebSocket open.
     pub http: fleet_service::serve::HttpSettings,
@@ -154,6 +157,7 @@ impl Default for GatewayConfig {
             sample_shards: 16,
             samples_per_record: 2_000,
             protocol_limits: fleet_protocols::Limits::default(),
+            series_limits: crate::cardinality::SeriesLimits::default(),
             http: fleet_service::serve::HttpSettings::default().with_max_connections(10_000),
         }
     }

@@ -35,6 +35,7 @@
 
 pub mod auth;
 mod cache;
+pub mod cardinality;
 pub mod commands;
 pub mod config;
 #[cfg(feature = "fuzzing")]
@@ -101,6 +102,7 @@ pub struct Shared {
     failures: Arc<auth::FailureLimit>,
     registrations: Arc<auth::AddressLimit>,
     subjects: Arc<subjects::SubjectTracker>,
+    series: Arc<cardinality::SeriesTracker>,
     config: Arc<GatewayConfig>,
     hub: Arc<hub::Hub>,
     commands: Arc<commands::Commands>,
@@ -152,6 +154,7 @@ impl GatewayState {
             failures: Arc::new(failures),
             registrations: Arc::new(registrations),
             subjects: Arc::new(subjects::SubjectTracker::new(&config.subjects)),
+            series: Arc::new(cardinality::SeriesTracker::new(&config.series_limits)),
             config: Arc::new(config),
             hub: Arc::new(hub),
             commands: commands::new_state(),

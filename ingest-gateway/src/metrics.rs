@@ -52,6 +52,10 @@ pub const COMMAND_UPDATES_REFUSED: &str = "fleet_gateway_command_updates_refused
 /// interfaces, services, custom).
 pub const SUBJECTS_REFUSED: &str = "fleet_gateway_subjects_refused_total";
 
+/// Samples of the standard write protocols refused because their series would pass the
+/// tenant's `max-series-per-tenant`.
+pub const SERIES_REFUSED: &str = "fleet_gateway_samples_refused_series_limit_total";
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     INVENTORIES_ACCEPTED,
@@ -61,6 +65,7 @@ pub const ALL: &[&str] = &[
     COMMAND_UPDATES,
     COMMAND_UPDATES_REFUSED,
     SUBJECTS_REFUSED,
+    SERIES_REFUSED,
     REPORTS_ACCEPTED,
     SAMPLES_ACCEPTED,
     REPORTS_REJECTED,
@@ -138,6 +143,10 @@ pub(crate) fn command_update_refused(reason: &'static str) {
 
 pub(crate) fn subjects_refused(kind: &'static str) {
     metrics::counter!(SUBJECTS_REFUSED, "kind" => kind).increment(1);
+}
+
+pub(crate) fn series_refused(samples: usize) {
+    metrics::counter!(SERIES_REFUSED).increment(samples as u64);
 }
 
 pub(crate) fn commands_dispatched(via: &'static str, n: usize) {

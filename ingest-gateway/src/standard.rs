@@ -53,6 +53,48 @@ pub(crate) fn routes(state: &GatewayState) -> Router<GatewayState> {
 struct Written {
     samples: usize,
     skipped: fleet_protocols::Skipped,
+    /// Samples of new series refused by the tenant's series bound (the rest was written).
+    refused: crate::cardinality::Refused,
+}
+
+impl Written {
+    /// For the protocols without a partial-success answer (remote-write, Influx): a 400
+    /// naming the series bound when some samples were refused (the rest is written;
+    /// senders drop a 400 instead of retrying it), else `ok`.
+    fn or_series_limit(self, state: &GatewayState, ok: Response) -> Response {
+        if self.refused.samples == 0 {
+            return ok;
+        }
+        series_limit_error(state, &self).into_response()
+    }
+}
+
+/// The error naming the series bound, for a request of which `w.refused` was dropped.
+fn series_limit_error(state: &GatewayState, w: &Written) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "series_limit",
+        series_limit_message(state, w),
+    )
+    .with_field("series-limits.max-series-per-tenant")
+}
+
+/// What was refused for the series bound and what was written.
+fn series_limit_message(state: &GatewayState, w: &Written) -> String {
+    format!(
+        "{} samples of {}{} new series were refused: the tenant has {} series active \
+             within {} (series-limits.max-series-per-tenant); the other {} samples were written",
+        w.refused.samples,
+        if w.refused.series >= 1024 {
+            "at least "
+        } else {
+            ""
+        },
+        w.refused.series,
+        state.config.series_limits.max_series_per_tenant,
+        humantime::format_duration(state.config.series_limits.window),
+        w.samples
+    )
 }
 
 #[tracing::instrument(name = "ingest_remote_write", skip_all, fields(tenant = %caller.tenant_id, samples))]
@@ -80,6 +122,9 @@ async fn post_remote_write(
     }
     .await;
     answer("remote_write", started, result, |w| {
+        if w.refused.samples > 0 {
+            return w.or_series_limit(&state, StatusCode::NO_CONTENT.into_response());
+        }
         let mut r = StatusCode::NO_CONTENT.into_response();
         if version == remote_write::Version::V2 {
             // Remote-write 2.0: what was written, so the sender need not assume.
@@ -123,7 +168,9 @@ async fn post_otlp(
     }
     .await;
     let encoding = answered;
-    answer("otlp", started, result, |w| otlp_response(encoding, w))
+    answer("otlp", started, result, |w| {
+        otlp_response(&state, encoding, w)
+    })
 }
 
 /// `?precision=` of both Influx write APIs (`org`, `bucket`, `db` and the rest are
@@ -154,8 +201,8 @@ async fn post_influx(
         write(&state, &caller, SampleSource::Influx, parsed).await
     }
     .await;
-    answer("influx", started, result, |_| {
-        StatusCode::NO_CONTENT.into_response()
+    answer("influx", started, result, |w| {
+        w.or_series_limit(&state, StatusCode::NO_CONTENT.into_response())
     })
 }
 
@@ -202,11 +249,14 @@ async fn write(
     state: &GatewayState,
     caller: &IngestCaller,
     source: SampleSource,
-    parsed: Parsed,
+    mut parsed: Parsed,
 ) -> Result<Written, ApiError> {
     let cfg = &state.config;
-    let samples = parsed.samples.len();
     let received_at = fleet_schemas::time::now_micros();
+    let refused = state
+        .series
+        .admit(&caller.tenant_id, &mut parsed.samples, received_at);
+    let samples = parsed.samples.len();
     let per_record = cfg.samples_per_record.max(1);
     let mut records = Vec::new();
     for (shard, group) in shard::split_by_shard(parsed.samples, cfg.sample_shards) {
@@ -231,9 +281,13 @@ async fn write(
     if parsed.skipped.any() {
         tracing::info!(key_id = %caller.key_id, skipped = ?parsed.skipped, "Data points without a sample form skipped.");
     }
+    if refused.samples > 0 {
+        tracing::info!(key_id = %caller.key_id, refused = refused.samples, series = refused.series, "Samples of new series past the tenant's series bound refused.");
+    }
     Ok(Written {
         samples,
         skipped: parsed.skipped,
+        refused,
     })
 }
 
@@ -262,19 +316,29 @@ fn answer<T>(
 
 /// OTLP's answer: an `ExportMetricsServiceResponse` in the request's encoding, with a
 /// partial success counting the data points that have no sample form here (delta sums,
-/// exponential histograms).
-fn otlp_response(encoding: otlp::Encoding, w: Written) -> Response {
+/// exponential histograms) and the samples refused by the series bound.
+fn otlp_response(state: &GatewayState, encoding: otlp::Encoding, w: Written) -> Response {
     use opentelemetry_proto::tonic::collector::metrics::v1::{
         ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
     };
-    let rejected = w.skipped.delta_points + w.skipped.native_histograms;
-    let partial_success = (rejected > 0).then(|| ExportMetricsPartialSuccess {
-        rejected_data_points: i64::try_from(rejected).unwrap_or(i64::MAX),
-        error_message: format!(
-            "{} delta-temporality points and {} exponential histogram points were not stored \
-             (Fleetstream stores cumulative sums and explicit-bucket histograms; see docs/PROTOCOLS.md)",
-            w.skipped.delta_points, w.skipped.native_histograms
-        ),
+    let skipped = w.skipped.delta_points + w.skipped.native_histograms;
+    let rejected = skipped.saturating_add(w.refused.samples as u64);
+    let partial_success = (rejected > 0).then(|| {
+        let mut reasons = Vec::new();
+        if skipped > 0 {
+            reasons.push(format!(
+                "{} delta-temporality points and {} exponential histogram points were not stored \
+                 (Fleetstream stores cumulative sums and explicit-bucket histograms; see docs/PROTOCOLS.md)",
+                w.skipped.delta_points, w.skipped.native_histograms
+            ));
+        }
+        if w.refused.samples > 0 {
+            reasons.push(series_limit_message(state, &w));
+        }
+        ExportMetricsPartialSuccess {
+            rejected_data_points: i64::try_from(rejected).unwrap_or(i64::MAX),
+            error_message: reasons.join("; "),
+        }
     });
     let (content_type, body) = match encoding {
         otlp::Encoding::Protobuf => {

@@ -386,3 +386,93 @@ async fn refused_bodies_name_what_is_wrong_and_write_nothing() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(common::read_topic::<SampleBatch>(&e.log).await.is_empty());
 }
+
+#[tokio::test]
+async fn new_series_past_the_tenant_bound_are_refused_and_the_rest_written() {
+    let mut config = GatewayConfig::default();
+    config.series_limits.max_series_per_tenant = 3;
+    let e = env(config).await;
+    let token = format!("Token {}", e.key);
+    let lines = |hosts: &[u32]| -> Vec<u8> {
+        hosts
+            .iter()
+            .map(|h| format!("load,host=h{h} v=1 1700000000\n"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    // Five new series: the first three fit, two are refused; Influx clients get a 400
+    // (dropped, not retried) naming the limit, and the three are written.
+    let (status, _, body) = post(
+        &e,
+        "/api/v2/write?precision=s",
+        &[("authorization", &token)],
+        lines(&[1, 2, 3, 4, 5]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let err = error(&body);
+    assert_eq!(err["code"], "series_limit", "{err}");
+    assert_eq!(err["field"], "series-limits.max-series-per-tenant");
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(message.contains("2 samples of 2 new series"), "{message}");
+    let hosts = |samples: Vec<LabeledSample>| -> Vec<String> {
+        let mut v: Vec<String> = samples
+            .iter()
+            .flat_map(|s| s.labels.iter().filter(|l| l.name == "host"))
+            .map(|l| l.value.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        hosts(stored(&e, SampleSource::Influx).await),
+        ["h1", "h2", "h3"]
+    );
+    // Known series keep being accepted.
+    let (status, _, body) = post(
+        &e,
+        "/write?precision=s",
+        &[("authorization", &token)],
+        lines(&[3, 1]),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        hosts(stored(&e, SampleSource::Influx).await),
+        ["h1", "h1", "h2", "h3", "h3"]
+    );
+    // OTLP answers 200 with a partial success counting what was refused: every series of
+    // this body is new to the tenant, so all its samples are.
+    let auth = format!("Bearer {}", e.key);
+    let json_body = fixture("otlp_metrics.json");
+    let n = otlp::parse(&json_body, otlp::Encoding::Json, &Limits::default())
+        .expect("fixture parses")
+        .samples
+        .len();
+    let (status, _, body) = post(
+        &e,
+        "/v1/metrics",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        json_body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let partial = &json(&body)["partialSuccess"];
+    assert_eq!(partial["rejectedDataPoints"], n.to_string(), "{partial}");
+    assert!(
+        partial["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("max-series-per-tenant")),
+        "{partial}"
+    );
+    // Nothing of it was written: every record on the topic is still an Influx one.
+    assert_eq!(hosts(stored(&e, SampleSource::Influx).await).len(), 5);
+}
