@@ -8,7 +8,10 @@
 //! * `Bearer <key>` (Prometheus' `authorization`, the OpenTelemetry Collector's headers);
 //! * `Basic base64(<anything>:<key>)`: the key is the password, the user name is ignored
 //!   (Prometheus' `basic_auth`, Telegraf's `username`/`password`);
-//! * `Token <key>` (InfluxDB v2 clients, Telegraf's `token`).
+//! * `Token <key>` (InfluxDB v2 clients, Telegraf's `token`);
+//! * on InfluxDB 1.x's `/write` only, and only without an `Authorization` header: the
+//!   query parameter `p=<key>` (`u` is ignored), as 1.x clients send credentials. A key
+//!   in a URL can end up in proxies' access logs: prefer a header where the client can.
 //!
 //! Scheme names are case-insensitive (RFC 9110). The key is checked from the headers
 //! alone: [`IngestCaller`] is a `FromRequestParts` extractor, so a handler taking it
@@ -79,6 +82,20 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
+/// The ingest key of a request: in `Authorization`, or on `/write` without that header in
+/// the query parameter `p` (see the module documentation); or 401.
+pub fn presented_key_of(parts: &Parts) -> Result<String, ApiError> {
+    if parts.uri.path() == "/write" && parts.headers.get(header::AUTHORIZATION).is_none() {
+        let password = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "p")
+            .map(|(_, v)| v.into_owned());
+        if let Some(key) = password {
+            return checked(key);
+        }
+    }
+    presented_key(&parts.headers)
+}
+
 /// The ingest key in `Authorization` (see the module documentation), or 401.
 pub fn presented_key(headers: &HeaderMap) -> Result<String, ApiError> {
     use base64::Engine as _;
@@ -105,6 +122,11 @@ pub fn presented_key(headers: &HeaderMap) -> Result<String, ApiError> {
     } else {
         return Err(malformed());
     };
+    checked(key)
+}
+
+/// `key` if it has the form of an ingest key, else 401.
+fn checked(key: String) -> Result<String, ApiError> {
     if !key.starts_with(INGEST_KEY_PREFIX) || key.len() == INGEST_KEY_PREFIX.len() {
         return Err(unauthorized(&format!("not an ingest key: {HOW}")));
     }
@@ -123,11 +145,8 @@ impl IngestKeys {
 
     /// The caller, if the headers and the cache alone decide it: None when the registry
     /// must be asked.
-    pub fn authenticate_cached(
-        &self,
-        headers: &HeaderMap,
-    ) -> Option<Result<IngestCaller, ApiError>> {
-        let key = match presented_key(headers) {
+    pub fn authenticate_cached(&self, parts: &Parts) -> Option<Result<IngestCaller, ApiError>> {
+        let key = match presented_key_of(parts) {
             Ok(k) => k,
             Err(e) => return Some(Err(e)),
         };
@@ -135,8 +154,8 @@ impl IngestKeys {
     }
 
     /// The caller of an ingest endpoint (may ask the registry).
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<IngestCaller, ApiError> {
-        let key = presented_key(headers)?;
+    pub async fn authenticate(&self, parts: &Parts) -> Result<IngestCaller, ApiError> {
+        let key = presented_key_of(parts)?;
         let hash = hash_secret(&key);
         if let Some(answer) = self.cache.get(&hash) {
             return decide(answer);
@@ -173,13 +192,13 @@ impl FromRequestParts<GatewayState> for IngestCaller {
     async fn from_request_parts(parts: &mut Parts, state: &GatewayState) -> Result<Self, ApiError> {
         let Ok(client) = ClientAddr::from_request_parts(parts, state).await;
         let keys = &state.ingest_keys;
-        let headers = &parts.headers;
+        let parts = &*parts;
         crate::gate(
             state,
             client,
             "ingest_key",
-            || keys.authenticate_cached(headers),
-            keys.authenticate(headers),
+            || keys.authenticate_cached(parts),
+            keys.authenticate(parts),
         )
         .await
     }

@@ -293,7 +293,37 @@ async fn influx_lines_land_on_the_topic_through_both_write_apis() {
         "{}",
         String::from_utf8_lossy(&body)
     );
-    want.extend(want.clone());
+    // InfluxDB 1.x clients' query-string credentials, on `/write` only.
+    let (status, _, body) = post(
+        &e,
+        &format!("/write?db=x&u=telegraf&p={}&precision=s", e.key),
+        &[],
+        lines.clone(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _, _) = post(
+        &e,
+        &format!("/api/v2/write?p={}&precision=s", e.key),
+        &[],
+        lines.clone(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "v2 takes no key in the URL"
+    );
+    let (status, _, _) = post(&e, "/write?p=fsi_wrong&precision=s", &[], lines.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let once = want.clone();
+    want.extend(once.clone());
+    want.extend(once);
     assert_eq!(sorted(stored(&e, SampleSource::Influx).await), sorted(want));
 }
 
