@@ -14,19 +14,7 @@ use fleet_schemas::{Label, LabeledSample};
 
 use crate::{Limits, Parsed, ProtocolError};
 
-/// Whether `s` is a valid label name.
-pub fn is_label_name(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-/// Whether `s` is a valid metric name.
-pub fn is_metric_name(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
-}
+pub use fleet_schemas::series::{is_label_name, is_metric_name};
 
 fn sanitize(s: &str, keep: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(s.len() + 1);

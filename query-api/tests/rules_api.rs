@@ -252,6 +252,85 @@ async fn crud_writes_rule_events_and_bad_fields_are_named() {
 }
 
 #[tokio::test]
+async fn rules_on_the_standard_protocols_series_take_label_matchers() {
+    let env = env().await;
+    let (log, app) = (env.log.clone(), env.app.clone());
+    let (tenant_id, _) = tenant(&app).await;
+    let uri = format!("/api/v1/tenants/{tenant_id}/rules");
+    let body = json!({
+        "name": "Node load", "metric": "node_load1", "operator": ">", "critical": 8.0,
+        "labels": [
+            {"name": "job", "op": "=", "value": "node"},
+            {"name": "instance", "op": "=~", "value": "web-.*"}
+        ]
+    });
+    let (s, created) = call(&app, "POST", &uri, Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["labels"], body["labels"]);
+    let events: Vec<RuleEvent> = read(log.as_ref()).await;
+    let d = events
+        .last()
+        .and_then(|e| e.rule.clone())
+        .expect("definition");
+    assert_eq!(d.metric, "node_load1");
+    let labels = d.labels.expect("labels");
+    assert_eq!(
+        (
+            labels[1].name.as_str(),
+            labels[1].op.as_str(),
+            labels[1].value.as_str()
+        ),
+        ("instance", "=~", "web-.*")
+    );
+    env.project().await;
+    let (_, list) = call(&app, "GET", &uri, None).await;
+    let listed: Vec<&Value> = list["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| r["metric"] == "node_load1")
+        .collect();
+    assert_eq!(listed.len(), 1, "{list}");
+    assert_eq!(listed[0]["labels"], body["labels"]);
+
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    const CLASH: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+    for (patch, field, status) in [
+        (json!({"metric": "node load"}), "metric", BAD),
+        (
+            json!({"labels": [{"name": "job", "op": "=~", "value": "("}]}),
+            "labels",
+            BAD,
+        ),
+        (
+            json!({"labels": [{"name": "job", "op": "~", "value": "x"}]}),
+            "labels",
+            BAD,
+        ),
+        (
+            json!({"labels": [{"name": "__name__", "op": "=", "value": "x"}]}),
+            "labels",
+            BAD,
+        ),
+        (json!({"labels": [{"name": "job"}]}), "labels", BAD),
+        (
+            json!({"scope": "agent", "scope_value": "a1"}),
+            "scope",
+            CLASH,
+        ),
+    ] {
+        let mut b = body.clone();
+        for (k, v) in patch.as_object().expect("object") {
+            b[k] = v.clone();
+        }
+        let (s, e) = call(&app, "POST", &uri, Some(b)).await;
+        assert_eq!(s, status, "{field}: {e}");
+        let named = e["error"]["field"].as_str().unwrap_or_default();
+        assert!(named.contains(field), "expected field {field}, got {e}");
+    }
+}
+
+#[tokio::test]
 async fn acknowledge_and_resolve_write_alert_events_with_the_actor() {
     let env = env().await;
     let (log, app) = (env.log.clone(), env.app.clone());

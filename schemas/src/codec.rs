@@ -317,6 +317,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
         "history/agent_lifecycle.v1.avsc",
         include_str!("../avro/history/agent_lifecycle.v1.avsc"),
     ),
+    (
+        "history/rule_event.v1.avsc",
+        include_str!("../avro/history/rule_event.v1.avsc"),
+    ),
 ];
 
 /// All schemas this build knows, parsed once.

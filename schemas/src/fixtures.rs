@@ -252,6 +252,7 @@ pub fn rule_definition() -> RuleDefinition {
         for_secs: 300,
         renotify_secs: 3_600,
         enabled: true,
+        labels: None,
     }
 }
 

@@ -712,6 +712,24 @@ pub struct RuleDefinition {
     pub renotify_secs: i64,
     /// Whether it is evaluated.
     pub enabled: bool,
+    /// `None`: `metric` is an agent metric. `Some` (possibly empty): the rule watches the
+    /// series of `fleet.samples.v1` named `metric` whose labels match every matcher.
+    #[serde(default)]
+    pub labels: Option<Vec<LabelMatcher>>,
+}
+
+/// One label matcher of a rule on the standard protocols' series (PromQL's `=`, `!=`,
+/// `=~`, `!~`; regular expressions match the whole value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[avro(namespace = "io.fleetstream")]
+pub struct LabelMatcher {
+    /// Label name.
+    pub name: String,
+    /// `=`, `!=`, `=~` or `!~`.
+    pub op: String,
+    /// Value, or regular expression.
+    pub value: String,
 }
 
 /// An alert rule was defined or deleted (`fleet.rules.v1`, key: rule id, compacted).

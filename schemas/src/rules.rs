@@ -86,7 +86,19 @@ pub fn check_fields(d: &RuleDefinition) -> Result<(), RuleFieldError> {
     if let Some(v) = d.scope_value.as_deref() {
         crate::text::check_name(v, 200).map_err(|m| bad("scope_value", m))?;
     }
-    if !is_rule_metric(&d.metric) {
+    if let Some(matchers) = &d.labels {
+        if !crate::series::is_metric_name(&d.metric) || d.metric.len() > 256 {
+            return Err(bad(
+                "metric",
+                format!(
+                    "{:?} is not a metric name of the standard write protocols ([a-zA-Z_:][a-zA-Z0-9_:]*, at most 256 bytes)",
+                    d.metric
+                ),
+            ));
+        }
+        crate::series::Matchers::compile(matchers)
+            .map_err(|(i, m)| bad("labels", format!("labels[{i}]: {m}")))?;
+    } else if !is_rule_metric(&d.metric) {
         return Err(bad(
             "metric",
             format!(
@@ -139,6 +151,20 @@ pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
             return Err(bad("scope_value", "scope agent needs the agent id"))
         }
         (RuleScope::Tag, None) => return Err(bad("scope_value", "scope tag needs the tag")),
+    }
+    if d.labels.is_some() {
+        if d.scope != RuleScope::Tenant {
+            return Err(bad(
+                "scope",
+                "a rule on the standard protocols' series (with `labels`) has scope tenant: narrow it with label matchers",
+            ));
+        }
+        if d.subject.is_some() {
+            return Err(bad(
+                "subject",
+                "a rule with `labels` has no subject: each matching series is watched separately",
+            ));
+        }
     }
     if d.subject.is_some() && !METRICS_WITH_SUBJECT.contains(&d.metric.as_str()) {
         return Err(bad(
@@ -259,6 +285,13 @@ pub struct RuleSpec {
     /// Whether it is evaluated (default: true on create, unchanged on update).
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Absent: `metric` is an agent metric. Present (possibly empty): the rule watches the
+    /// series of the standard write protocols (Prometheus remote-write, OTLP, Influx)
+    /// named `metric` whose labels match every matcher (`{"name": "job", "op": "=",
+    /// "value": "node"}`; ops `=`, `!=`, `=~`, `!~`, regular expressions anchored), each
+    /// series separately; scope must be `tenant`.
+    #[serde(default)]
+    pub labels: Option<Vec<crate::records::LabelMatcher>>,
 }
 
 /// Why a [`RuleSpec`] is refused, naming the field.
@@ -309,6 +342,7 @@ impl RuleSpec {
             for_secs: self.for_secs.unwrap_or(0),
             renotify_secs: self.renotify_secs.unwrap_or(0),
             enabled: self.enabled.unwrap_or(enabled),
+            labels: self.labels.clone(),
         };
         check_fields(&d).map_err(SpecError::Field)?;
         check_combination(&d).map_err(SpecError::Combination)?;

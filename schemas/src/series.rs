@@ -142,6 +142,123 @@ impl LabeledSample {
     }
 }
 
+/// Whether `s` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, Prometheus' charset).
+pub fn is_label_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Whether `s` is a valid metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub fn is_metric_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+}
+
+/// Most matchers one rule may have.
+pub const MAX_MATCHERS: usize = 20;
+/// Longest matcher value or regular expression, bytes.
+pub const MAX_MATCHER_VALUE_BYTES: usize = 1024;
+/// Largest compiled regular expression (the `regex` crate's size limit), bytes.
+const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// How one [`Matcher`] compares.
+#[derive(Debug, Clone)]
+enum Test {
+    Equal(String),
+    NotEqual(String),
+    Regex(regex::Regex),
+    NotRegex(regex::Regex),
+}
+
+/// Label matchers compiled for matching (rules on the standard protocols' series): every
+/// one must hold; a missing label has the value `""`, as in PromQL.
+#[derive(Debug, Clone, Default)]
+pub struct Matchers {
+    source: Vec<crate::LabelMatcher>,
+    tests: Vec<(String, Test)>,
+}
+
+/// Matchers compiled from the same list are equal.
+impl PartialEq for Matchers {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Matchers {
+    /// Compiles `matchers` (a [`crate::LabelMatcher`] list), or says which one is wrong:
+    /// (index, message).
+    pub fn compile(matchers: &[crate::LabelMatcher]) -> Result<Matchers, (usize, String)> {
+        if matchers.len() > MAX_MATCHERS {
+            return Err((MAX_MATCHERS, format!("at most {MAX_MATCHERS} matchers")));
+        }
+        let mut out = Vec::with_capacity(matchers.len());
+        for (i, m) in matchers.iter().enumerate() {
+            if !is_label_name(&m.name) || m.name.len() > 256 {
+                return Err((
+                    i,
+                    format!(
+                        "name {:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, at most 256 bytes)",
+                        m.name
+                    ),
+                ));
+            }
+            if m.name == "__name__" {
+                return Err((i, "the metric name is the rule's `metric`".into()));
+            }
+            if m.value.len() > MAX_MATCHER_VALUE_BYTES {
+                return Err((
+                    i,
+                    format!("value longer than {MAX_MATCHER_VALUE_BYTES} bytes"),
+                ));
+            }
+            let regex = || {
+                regex::RegexBuilder::new(&format!("^(?:{})$", m.value))
+                    .size_limit(MAX_REGEX_BYTES)
+                    .build()
+                    .map_err(|e| (i, format!("not a regular expression: {e}")))
+            };
+            let test = match m.op.as_str() {
+                "=" => Test::Equal(m.value.clone()),
+                "!=" => Test::NotEqual(m.value.clone()),
+                "=~" => Test::Regex(regex()?),
+                "!~" => Test::NotRegex(regex()?),
+                other => return Err((i, format!("op {other:?}: must be one of = != =~ !~"))),
+            };
+            out.push((m.name.clone(), test));
+        }
+        Ok(Matchers {
+            source: matchers.to_vec(),
+            tests: out,
+        })
+    }
+
+    /// Whether a series with these labels (sorted by name) matches every matcher.
+    pub fn matches(&self, labels: &[Label]) -> bool {
+        self.tests.iter().all(|(name, test)| {
+            let value = labels
+                .binary_search_by(|l| l.name.as_str().cmp(name))
+                .map_or("", |i| labels[i].value.as_str());
+            match test {
+                Test::Equal(v) => value == v,
+                Test::NotEqual(v) => value != v,
+                Test::Regex(r) => r.is_match(value),
+                Test::NotRegex(r) => !r.is_match(value),
+            }
+        })
+    }
+}
+
+/// Appends the labels of a series in series-text form (`{a="x",b="y"}`, empty without
+/// labels): the subject of an alert on a standard protocols' series.
+pub fn labels_text(labels: &[Label]) -> String {
+    let mut out = String::new();
+    push_series(&mut out, "", labels);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +321,45 @@ mod tests {
         );
         assert_eq!(Source::of(&target).labels().count(), 2);
         assert_eq!(Source::of(&labels(&[("zone", "a")])), Source::Series);
+    }
+
+    fn matcher(name: &str, op: &str, value: &str) -> crate::LabelMatcher {
+        crate::LabelMatcher {
+            name: name.into(),
+            op: op.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn matchers_follow_promql() {
+        let labels = labels(&[("instance", "web-1:9100"), ("job", "node")]);
+        let m = |list: &[crate::LabelMatcher]| Matchers::compile(list).expect("valid");
+        assert!(m(&[]).matches(&labels));
+        assert!(m(&[matcher("job", "=", "node")]).matches(&labels));
+        assert!(!m(&[matcher("job", "!=", "node")]).matches(&labels));
+        // Anchored at both ends.
+        assert!(m(&[matcher("instance", "=~", "web-.*")]).matches(&labels));
+        assert!(!m(&[matcher("instance", "=~", "web")]).matches(&labels));
+        assert!(m(&[matcher("instance", "!~", "db-.*")]).matches(&labels));
+        // A missing label is "".
+        assert!(m(&[matcher("zone", "=", "")]).matches(&labels));
+        assert!(!m(&[matcher("zone", "=~", ".+")]).matches(&labels));
+        for (bad, at) in [
+            (vec![matcher("job", "==", "x")], 0),
+            (vec![matcher("job", "=", "x"), matcher("1x", "=", "")], 1),
+            (vec![matcher("job", "=~", "(")], 0),
+            (vec![matcher("__name__", "=", "up")], 0),
+        ] {
+            assert_eq!(
+                Matchers::compile(&bad).map(|_| ()).map_err(|e| e.0),
+                Err(at)
+            );
+        }
+        assert_eq!(
+            labels_text(&labels),
+            r#"{instance="web-1:9100",job="node"}"#
+        );
+        assert_eq!(labels_text(&[]), "");
     }
 }

@@ -457,6 +457,15 @@ impl Arbitrary for RuleEvent {
                 for_secs: g.long(),
                 renotify_secs: g.long(),
                 enabled: g.bool(),
+                labels: g.opt(|g| {
+                    (0..g.len())
+                        .map(|_| fleet_schemas::LabelMatcher {
+                            name: g.string(),
+                            op: g.string(),
+                            value: g.string(),
+                        })
+                        .collect()
+                }),
             }),
             actor: g.opt(Gen::string),
             occurred_at: g.long(),

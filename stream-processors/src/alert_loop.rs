@@ -23,6 +23,10 @@
 //!   follows the agents partition, that of other alerts the metrics partition: the two
 //!   usually coincide (same key, same partition count, range assignment on the embedded
 //!   log), but Kafka's cooperative-sticky assignor does not promise it.
+//! * The group consumer reads `fleet.samples.v1` too, for the rules with label matchers
+//!   ([`Evaluator::evaluate_samples`]); its partitions replay the window like the metrics.
+//!   Alerts of a series belong to the member holding the samples partition it was last
+//!   read from (remembered per unit while the evaluator holds its state).
 //! * Agent tags (for tag-scoped rules) are stated by AgentLifecycle records of
 //!   `fleet.agents.v1` (`tags` set) and folded by [`Evaluator::lifecycle`]. Starting an
 //!   agents partition at its committed offset would lose the tags stated before it, so
@@ -42,7 +46,7 @@
 //! A downtime longer than the window loses the running for-durations from before it: a
 //! breach then raises later than it would have (never twice).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,9 +56,12 @@ use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
 use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
 use fleet_schemas::rules::HEARTBEAT_ABSENT;
+use fleet_schemas::series::UNIT_PREFIX;
 use fleet_schemas::time::duration_micros;
 use fleet_schemas::Wire;
-use fleet_schemas::{topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent};
+use fleet_schemas::{
+    topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent, SampleBatch,
+};
 
 use crate::rules::{self, Evaluator};
 use crate::{metrics, ProcessorsConfig, Readiness};
@@ -197,7 +204,13 @@ async fn rebuild_tags(
 }
 
 /// The input topics of the group consumer.
-const INPUTS: [&str; 2] = [topics::METRICS, topics::AGENTS];
+const INPUTS: [&str; 3] = [topics::METRICS, topics::AGENTS, topics::SAMPLES];
+
+/// Topics whose records carry samples with times: a partition taken replays its
+/// for-duration window.
+fn replays_window(topic: &str) -> bool {
+    topic == topics::METRICS || topic == topics::SAMPLES
+}
 
 /// The input partitions this member holds and has primed (sought back).
 #[derive(Debug, Default)]
@@ -271,6 +284,7 @@ pub(crate) async fn run(
         evaluator,
         control,
         held: Held::default(),
+        units: HashMap::new(),
         dead,
     };
     runtime.run(&mut alerts, shutdown).await;
@@ -292,13 +306,21 @@ fn evict_idle(evaluator: &mut Evaluator, idle_micros: i64) {
 
 /// Whether an agent's alerts of a metric are this member's: its lifecycle records
 /// (`heartbeat.absent`) or its reports (other metrics) are on a partition it primed
-/// (`partitions` of metrics, `agent_partitions` of agents).
-fn owned(
-    held: &Held,
+/// (`partitions` of metrics, `agent_partitions` of agents); for a unit of the standard
+/// protocols' series (`~...`), the samples partition its samples were last read from
+/// (`units`; a unit not seen since this member started is nobody's until it is).
+fn owned<'a>(
+    held: &'a Held,
+    units: &'a HashMap<String, u32>,
     partitions: u32,
     agent_partitions: u32,
-) -> impl FnMut(&str, &str) -> bool + '_ {
+) -> impl FnMut(&str, &str) -> bool + 'a {
     move |agent: &str, metric: &str| {
+        if agent.starts_with(UNIT_PREFIX) {
+            return units
+                .get(agent)
+                .is_some_and(|p| held.primed.contains_key(&(topics::SAMPLES, *p)));
+        }
         let (topic, n) = if metric == HEARTBEAT_ABSENT {
             (topics::AGENTS, agent_partitions)
         } else {
@@ -323,6 +345,10 @@ struct AlertLoop {
     evaluator: Evaluator,
     control: Control,
     held: Held,
+    /// Unit id of each standard protocols' series a rule watches → the samples partition
+    /// it was last read from (ownership of its alerts; entries go with the evaluator's
+    /// state of the unit).
+    units: HashMap<String, u32>,
     dead: DeadLetters,
 }
 
@@ -343,7 +369,12 @@ impl Processor for AlertLoop {
             .iter()
             .filter(|r| held.holds(&r.topic, r.partition))
             .collect();
-        events.extend(evaluate_batch(&mut self.evaluator, &self.dead, &primed));
+        events.extend(evaluate_batch(
+            &mut self.evaluator,
+            &mut self.units,
+            &self.dead,
+            &primed,
+        ));
         ::metrics::gauge!(metrics::OPEN_ALERTS).set(self.evaluator.open_alerts() as f64);
         // Offsets below the committed one at the time a partition was taken are never
         // committed back.
@@ -376,7 +407,12 @@ impl AlertLoop {
         self.control.drain(&mut self.evaluator).await;
         let mut events = Vec::new();
         if std::mem::take(&mut self.control.state.rules_changed) {
-            let owned = owned(&self.held, self.partitions, self.agent_partitions);
+            let owned = owned(
+                &self.held,
+                &self.units,
+                self.partitions,
+                self.agent_partitions,
+            );
             events.extend(
                 self.evaluator
                     .resolve_retired(fleet_schemas::time::now_micros(), owned),
@@ -385,6 +421,8 @@ impl AlertLoop {
         if self.last_eviction.elapsed() >= EVICTION_EVERY {
             self.last_eviction = Instant::now();
             evict_idle(&mut self.evaluator, self.idle_micros);
+            let evaluator = &self.evaluator;
+            self.units.retain(|unit, _| evaluator.tracks(unit));
         }
         events
     }
@@ -413,18 +451,23 @@ impl AlertLoop {
             .copied()
             .filter(|tp| !held.primed.contains_key(tp))
             .collect();
-        let metrics_of = |v: &[(&'static str, u32)]| -> Vec<u32> {
-            v.iter()
-                .filter(|(t, _)| *t == topics::METRICS)
-                .map(|(_, p)| *p)
-                .collect()
-        };
         let n = self.partitions;
-        let of = move |agent: &str| fleet_event_log::partition_for_key(agent.as_bytes(), n);
+        let units = &self.units;
+        // The metrics partition of an agent, or the samples partition of a unit, as
+        // (topic, partition).
+        let of = move |agent: &str| -> Option<(&'static str, u32)> {
+            if agent.starts_with(UNIT_PREFIX) {
+                units.get(agent).map(|p| (topics::SAMPLES, *p))
+            } else {
+                Some((
+                    topics::METRICS,
+                    fleet_event_log::partition_for_key(agent.as_bytes(), n),
+                ))
+            }
+        };
         let evaluator = &mut self.evaluator;
         if !lost.is_empty() {
-            let lost_metrics = metrics_of(&lost);
-            evaluator.forget_pending(|a| lost_metrics.contains(&of(a)));
+            evaluator.forget_pending(|a| of(a).is_some_and(|tp| lost.contains(&tp)));
             for tp in &lost {
                 held.primed.remove(tp);
             }
@@ -435,8 +478,7 @@ impl AlertLoop {
         }
         // Alert events of the previous owner are written before its commits: read them.
         self.control.catch_up(self.log.as_ref(), evaluator).await?;
-        let new_metrics = metrics_of(&new);
-        evaluator.forget_pending(|a| new_metrics.contains(&of(a)));
+        evaluator.forget_pending(|a| of(a).is_some_and(|tp| new.contains(&tp)));
         let window = evaluator
             .longest_for_micros()
             .saturating_add(self.margin_micros);
@@ -449,8 +491,9 @@ impl AlertLoop {
             if !new.iter().any(|(t, _)| *t == topic) {
                 continue;
             }
-            // Metrics replay the for-duration window; lifecycle records need none.
-            let by_time = if topic == topics::METRICS {
+            // Metrics and samples replay the for-duration window; lifecycle records need
+            // none.
+            let by_time = if replays_window(topic) {
                 self.log.offsets_for_time(topic, since_ms).await?
             } else {
                 Vec::new()
@@ -485,7 +528,12 @@ impl AlertLoop {
             tracing::info!(partitions = ?tags_upto.keys().collect::<Vec<_>>(), records = read, "Agent tags rebuilt.");
         }
         self.control.state.rules_changed = false;
-        let owned = owned(&self.held, self.partitions, self.agent_partitions);
+        let owned = owned(
+            &self.held,
+            &self.units,
+            self.partitions,
+            self.agent_partitions,
+        );
         Ok(self
             .evaluator
             .resolve_retired(fleet_schemas::time::now_micros(), owned))
@@ -514,12 +562,29 @@ impl AlertLoop {
 
 fn evaluate_batch(
     evaluator: &mut Evaluator,
+    units: &mut HashMap<String, u32>,
     dead: &DeadLetters,
     batch: &[&ConsumedRecord],
 ) -> Vec<AlertEvent> {
     let now = fleet_schemas::time::now_micros();
     let mut out = Vec::new();
     for r in batch {
+        if &*r.topic == topics::SAMPLES {
+            ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => SampleBatch::TOPIC).increment(1);
+            match dead.wire().decode_known::<SampleBatch>(&r.value) {
+                Ok(batch) => out.extend(evaluator.evaluate_samples(&batch, now, |unit| {
+                    if units.get(unit) != Some(&r.partition) {
+                        units.insert(unit.to_owned(), r.partition);
+                    }
+                })),
+                Err(e) => {
+                    ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => SampleBatch::TOPIC)
+                        .increment(1);
+                    dead.note(r, Reason::decode(e));
+                }
+            }
+            continue;
+        }
         if &*r.topic == topics::AGENTS {
             ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => AgentLifecycle::TOPIC).increment(1);
             match dead.wire().decode_known::<AgentLifecycle>(&r.value) {

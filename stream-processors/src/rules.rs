@@ -41,6 +41,11 @@
 //!   seen for a while is dropped ([`Evaluator::evict_idle`], at least the longest
 //!   for-duration plus the max gap): its next sample starts afresh, as it would after
 //!   such a gap anyway. Open alerts are kept until resolved.
+//! * **Rules with label matchers** (`labels` set) watch the samples of the standard write
+//!   protocols ([`Evaluator::evaluate_samples`]): every series named `metric` whose labels
+//!   match is a key of its own, keyed by its unit id (as the agent) and its labels text (as
+//!   the subject), with the same levels, durations, hysteresis and re-notify. They match
+//!   no agent report, and agent rules match no sample of `fleet.samples.v1`.
 //! * `heartbeat.absent` rules match no sample. They follow the liveness processor's
 //!   AgentLifecycle events ([`Evaluator::lifecycle`]): OFFLINE raises, for every enabled
 //!   rule in scope, one alert per (rule, agent) with id UUIDv5 of (rule, agent, `""`, the
@@ -59,9 +64,10 @@ use std::sync::Arc;
 
 use fleet_schemas::rules::{RuleFieldError, RuleSpec, HEARTBEAT_ABSENT};
 use fleet_schemas::samples::{self, Sample};
+use fleet_schemas::series::{self, Matchers};
 use fleet_schemas::{
     ids, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, AlertSeverity,
-    MetricReport, RuleDefinition, RuleEvent, RuleEventKind, RuleScope,
+    MetricReport, RuleDefinition, RuleEvent, RuleEventKind, RuleScope, SampleBatch,
 };
 use serde::{Deserialize, Serialize};
 
@@ -295,6 +301,9 @@ pub struct RuleDef {
     pub renotify_micros: i64,
     /// Whether it is evaluated.
     pub enabled: bool,
+    /// `Some`: the rule watches the standard protocols' series named `metric` that match
+    /// these (each series separately); `None`: an agent metric.
+    pub matchers: Option<Matchers>,
 }
 
 impl RuleDef {
@@ -345,6 +354,13 @@ impl RuleDef {
             for_micros: d.for_secs.saturating_mul(1_000_000),
             renotify_micros: d.renotify_secs.saturating_mul(1_000_000),
             enabled: d.enabled,
+            matchers: match &d.labels {
+                Some(list) => Some(Matchers::compile(list).map_err(|(i, m)| RuleFieldError {
+                    field: "labels",
+                    message: format!("labels[{i}]: {m}"),
+                })?),
+                None => None,
+            },
         })
     }
 
@@ -437,6 +453,9 @@ pub struct Evaluator {
     active: Vec<RuleDef>,
     global: HashMap<String, Vec<usize>>,
     by_tenant: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Rules on the standard protocols' series, indexed like the two above.
+    sample_global: HashMap<String, Vec<usize>>,
+    sample_by_tenant: HashMap<String, HashMap<String, Vec<usize>>>,
     state: HashMap<String, AgentState>,
     tags: HashMap<String, Vec<String>>,
     open_count: usize,
@@ -484,6 +503,8 @@ impl Evaluator {
             active: Vec::new(),
             global: HashMap::new(),
             by_tenant: HashMap::new(),
+            sample_global: HashMap::new(),
+            sample_by_tenant: HashMap::new(),
             state: HashMap::new(),
             tags: HashMap::new(),
             open_count: 0,
@@ -570,10 +591,17 @@ impl Evaluator {
         active.sort_by(|a, b| a.id.cmp(&b.id));
         self.global.clear();
         self.by_tenant.clear();
+        self.sample_global.clear();
+        self.sample_by_tenant.clear();
         for (i, r) in active.iter().enumerate() {
+            let (global, by_tenant) = if r.matchers.is_some() {
+                (&mut self.sample_global, &mut self.sample_by_tenant)
+            } else {
+                (&mut self.global, &mut self.by_tenant)
+            };
             let m = match &r.tenant {
-                None => &mut self.global,
-                Some(t) => self.by_tenant.entry(t.clone()).or_default(),
+                None => global,
+                Some(t) => by_tenant.entry(t.clone()).or_default(),
             };
             m.entry(r.metric.clone()).or_default().push(i);
         }
@@ -629,6 +657,12 @@ impl Evaluator {
             .flat_map(|rules| rules.values())
             .map(HashMap::len)
             .sum()
+    }
+
+    /// Whether the evaluator holds state (running durations, marks, open alerts) of this
+    /// agent or unit.
+    pub fn tracks(&self, agent: &str) -> bool {
+        self.state.contains_key(agent)
     }
 
     /// Drops the running for-durations of the agents `which` selects (their partition moved
@@ -784,6 +818,11 @@ impl Evaluator {
             ..
         } = self;
         let tags = tags.get(&report.agent_id);
+        let at = At {
+            tenant: &report.tenant_id,
+            agent: &report.agent_id,
+            t: report.occurred_at,
+        };
         samples::for_each_sample(report, |metric, subject, value| {
             for i in [global.get(metric), tenant_rules.and_then(|m| m.get(metric))]
                 .into_iter()
@@ -801,7 +840,7 @@ impl Evaluator {
                     rule,
                     state,
                     *max_gap,
-                    report,
+                    &at,
                     (metric, subject, value),
                     now_micros,
                     &mut out,
@@ -809,6 +848,78 @@ impl Evaluator {
                 *open_count = open_count.saturating_add_signed(opened);
             }
         });
+        out
+    }
+
+    /// Evaluates the samples of one batch of `fleet.samples.v1` against the rules with
+    /// label matchers: each matching series is a key of its own (its unit id as the
+    /// agent, its labels as the subject, see `fleet_schemas::series`). NaN samples
+    /// (Prometheus' staleness markers) and infinities are not evaluated. Returns the alert
+    /// events, in order.
+    ///
+    /// `on_unit` is called with the unit id of each series a rule watched (the loop
+    /// remembers which partition it came from, for ownership).
+    pub fn evaluate_samples(
+        &mut self,
+        batch: &SampleBatch,
+        now_micros: i64,
+        mut on_unit: impl FnMut(&str),
+    ) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let tenant_rules = self.sample_by_tenant.get(&batch.tenant_id);
+        if self.sample_global.is_empty() && tenant_rules.is_none() {
+            return out;
+        }
+        let Evaluator {
+            active,
+            sample_global,
+            state,
+            open_count,
+            max_gap,
+            ..
+        } = self;
+        for s in &batch.samples {
+            if !s.value.is_finite() {
+                continue;
+            }
+            let mut keyed: Option<(String, String)> = None;
+            for i in [
+                sample_global.get(&s.metric),
+                tenant_rules.and_then(|m| m.get(&s.metric)),
+            ]
+            .into_iter()
+            .flatten()
+            .flatten()
+            {
+                let rule = &active[*i];
+                if rule.tenant.as_deref().is_some_and(|t| t != batch.tenant_id)
+                    || !rule.matchers.as_ref().is_some_and(|m| m.matches(&s.labels))
+                {
+                    continue;
+                }
+                let (unit, subject) = keyed.get_or_insert_with(|| {
+                    let unit = series::unit_id(&s.metric, &s.labels);
+                    on_unit(&unit);
+                    (unit, series::labels_text(&s.labels))
+                });
+                let at = At {
+                    tenant: &batch.tenant_id,
+                    agent: unit,
+                    t: s.timestamp,
+                };
+                let subject = Some(subject.as_str()).filter(|x| !x.is_empty());
+                let opened = step(
+                    rule,
+                    state,
+                    *max_gap,
+                    &at,
+                    (&s.metric, subject, s.value),
+                    now_micros,
+                    &mut out,
+                );
+                *open_count = open_count.saturating_add_signed(opened);
+            }
+        }
         out
     }
 
@@ -998,17 +1109,26 @@ fn key_mut<'a>(
     subjects.get_mut(subject).expect("inserted above")
 }
 
+/// Where and when a sample was taken: its tenant, its agent (or the unit id of a
+/// standard protocols' series, `fleet_schemas::series::unit_id`) and its time (µs).
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    tenant: &'a str,
+    agent: &'a str,
+    t: i64,
+}
+
 /// One sample against one rule; returns the change of the open-alert count.
 fn step(
     rule: &RuleDef,
     state: &mut HashMap<String, AgentState>,
     max_gap: i64,
-    report: &MetricReport,
+    at: &At<'_>,
     (metric, sample_subject, v): (&str, Option<&str>, f64),
     now_micros: i64,
     out: &mut Vec<AlertEvent>,
 ) -> isize {
-    let t = report.occurred_at;
+    let t = at.t;
     let subject = sample_subject.unwrap_or("");
     // Built only when an event is written.
     let sample = || Sample {
@@ -1016,7 +1136,7 @@ fn step(
         subject: sample_subject.map(str::to_owned),
         value: v,
     };
-    let key = key_mut(state, &rule.id, &report.agent_id, subject);
+    let key = key_mut(state, &rule.id, at.agent, subject);
     // Reports may arrive late or twice: only the newest sample decides.
     if key.mark.is_some_and(|m| m >= t) {
         return 0;
@@ -1045,10 +1165,10 @@ fn step(
                 let first = key.since.iter().flatten().min().copied().unwrap_or(t);
                 let (severity, threshold) = rule.levels[l];
                 let alert_id =
-                    ids::v5(&[&rule.id, &report.agent_id, subject, &first.to_string()]).to_string();
+                    ids::v5(&[&rule.id, at.agent, subject, &first.to_string()]).to_string();
                 let ev = event(
                     rule,
-                    report,
+                    at,
                     &sample(),
                     &alert_id,
                     AlertEventKind::Raised,
@@ -1059,7 +1179,7 @@ fn step(
                 );
                 key.open = Some(OpenAlert {
                     alert_id,
-                    tenant_id: report.tenant_id.clone(),
+                    tenant_id: at.tenant.to_owned(),
                     rule_name: rule.name.clone(),
                     metric: metric.to_owned(),
                     operator: rule.operator.symbol().to_owned(),
@@ -1083,7 +1203,7 @@ fn step(
                 let threshold = rule.recovery.unwrap_or(open.threshold);
                 let ev = event(
                     rule,
-                    report,
+                    at,
                     &sample(),
                     &open.alert_id,
                     AlertEventKind::Resolved,
@@ -1105,7 +1225,7 @@ fn step(
                 open.notified_at = t;
                 out.push(event(
                     rule,
-                    report,
+                    at,
                     &sample(),
                     &open.alert_id,
                     AlertEventKind::Raised,
@@ -1123,7 +1243,7 @@ fn step(
                 let (severity, threshold) = (open.severity, open.threshold);
                 out.push(event(
                     rule,
-                    report,
+                    at,
                     &sample(),
                     &open.alert_id,
                     AlertEventKind::Raised,
@@ -1150,7 +1270,7 @@ enum Note {
 #[allow(clippy::too_many_arguments)]
 fn event(
     rule: &RuleDef,
-    report: &MetricReport,
+    at: &At<'_>,
     sample: &Sample,
     alert_id: &str,
     kind: AlertEventKind,
@@ -1159,14 +1279,18 @@ fn event(
     threshold: f64,
     now_micros: i64,
 ) -> AlertEvent {
-    let at = report.occurred_at.to_string();
+    let time = at.t.to_string();
     let event_id = match note {
         Note::Raised | Note::Resolved => ids::v5(&[alert_id, kind.as_str()]),
         Note::Escalated => ids::v5(&[alert_id, kind.as_str(), severity.as_str()]),
-        Note::Renotify => ids::v5(&[alert_id, kind.as_str(), "renotify", &at]),
+        Note::Renotify => ids::v5(&[alert_id, kind.as_str(), "renotify", &time]),
     }
     .to_string();
-    let series = sample.series();
+    // A standard protocols' series reads `metric{labels}`, an agent's `metric:subject`.
+    let series = match &sample.subject {
+        Some(labels) if rule.matchers.is_some() => format!("{}{labels}", sample.metric),
+        _ => sample.series(),
+    };
     let op = rule.operator.symbol();
     let v = sample.value;
     let message = match note {
@@ -1185,8 +1309,8 @@ fn event(
     AlertEvent {
         event_id,
         alert_id: alert_id.to_owned(),
-        tenant_id: report.tenant_id.clone(),
-        agent_id: report.agent_id.clone(),
+        tenant_id: at.tenant.to_owned(),
+        agent_id: at.agent.to_owned(),
         kind,
         rule_id: rule.id.clone(),
         rule_name: rule.name.clone(),
@@ -1198,7 +1322,7 @@ fn event(
         value: v,
         message,
         actor: None,
-        occurred_at: report.occurred_at,
+        occurred_at: at.t,
         ingested_at: now_micros,
     }
 }
@@ -2032,5 +2156,123 @@ mod tests {
             1,
             "then the cpu one"
         );
+    }
+
+    fn load_rule() -> RuleEvent {
+        topic_rule("load", |d| {
+            d.metric = "node_load1".into();
+            d.labels = Some(vec![
+                fleet_schemas::LabelMatcher {
+                    name: "job".into(),
+                    op: "=".into(),
+                    value: "node".into(),
+                },
+                fleet_schemas::LabelMatcher {
+                    name: "instance".into(),
+                    op: "=~".into(),
+                    value: "web-.*".into(),
+                },
+            ]);
+            d.operator = ">".into();
+            d.warning = Some(2.0);
+            d.critical = None;
+            d.recovery = None;
+            d.for_secs = 0;
+            d.renotify_secs = 0;
+        })
+    }
+
+    fn load(tenant: &str, instance: &str, t: i64, v: f64) -> SampleBatch {
+        let mut b = fixtures::sample_batch(tenant, t);
+        b.samples = vec![fleet_schemas::LabeledSample {
+            metric: "node_load1".into(),
+            labels: vec![
+                fleet_schemas::Label {
+                    name: "instance".into(),
+                    value: instance.into(),
+                },
+                fleet_schemas::Label {
+                    name: "job".into(),
+                    value: "node".into(),
+                },
+            ],
+            timestamp: t,
+            value: v,
+        }];
+        b
+    }
+
+    #[test]
+    fn rules_with_label_matchers_watch_each_matching_series() {
+        let mut e = with_rule(load_rule());
+        let mut units = Vec::new();
+        let mut feed = |e: &mut Evaluator, b: SampleBatch| {
+            e.evaluate_samples(&b, 0, |u| units.push(u.to_owned()))
+        };
+        // Not matching: another instance, another tenant, a NaN staleness marker.
+        assert!(feed(&mut e, load("t1", "db-1", 1, 9.0)).is_empty());
+        assert!(feed(&mut e, load("t2", "web-1", 1, 9.0)).is_empty());
+        assert!(feed(&mut e, load("t1", "web-1", 1, f64::NAN)).is_empty());
+        let raised = feed(&mut e, load("t1", "web-1", 2, 3.0));
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        let a = &raised[0];
+        assert_eq!(a.kind, AlertEventKind::Raised);
+        assert_eq!(a.agent_id, r#"~{instance="web-1",job="node"}"#);
+        assert_eq!(
+            a.subject.as_deref(),
+            Some(r#"{instance="web-1",job="node"}"#)
+        );
+        assert_eq!(a.metric, "node_load1");
+        assert!(
+            a.message
+                .contains(r#"node_load1{instance="web-1",job="node"} is 3"#),
+            "{}",
+            a.message
+        );
+        // Another series of the same rule is a key of its own.
+        assert_eq!(feed(&mut e, load("t1", "web-2", 2, 5.0)).len(), 1);
+        assert_eq!(e.open_alerts(), 2);
+        let resolved = feed(&mut e, load("t1", "web-1", 3, 1.0));
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+        assert_eq!(resolved[0].alert_id, a.alert_id);
+        assert!(units.iter().all(|u| u.starts_with('~')));
+        assert!(units.contains(&r#"~{instance="web-2",job="node"}"#.to_owned()));
+        // An agent report with the same metric name is not a sample of this rule.
+        assert!(e.evaluate(&report(5, 99.0), 0).is_empty());
+    }
+
+    #[test]
+    fn a_rule_with_labels_is_checked() {
+        let mut e = Evaluator::default();
+        let bad = |f: fn(&mut RuleDefinition)| {
+            let mut ev = load_rule();
+            if let Some(d) = ev.rule.as_mut() {
+                f(d);
+            }
+            ev
+        };
+        for (ev, field) in [
+            (bad(|d| d.metric = "node load".into()), "metric"),
+            (
+                bad(|d| {
+                    if let Some(l) = d.labels.as_mut() {
+                        l[1].value = "(".into();
+                    }
+                }),
+                "labels",
+            ),
+            (
+                bad(|d| {
+                    d.scope = RuleScope::Agent;
+                    d.scope_value = Some("a1".into());
+                }),
+                "scope",
+            ),
+        ] {
+            let err = e.apply_rule_event(&ev).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+        assert!(e.active_rules().is_empty());
     }
 }

@@ -114,6 +114,10 @@ pub struct RuleView {
     pub renotify_secs: i64,
     /// Whether it is evaluated.
     pub enabled: bool,
+    /// Label matchers of a rule on the standard protocols' series; absent for a rule on
+    /// an agent metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<fleet_schemas::LabelMatcher>>,
     /// Time of the last change (µs).
     pub updated_at: i64,
 }
@@ -135,6 +139,7 @@ impl RuleView {
             for_secs: d.for_secs,
             renotify_secs: d.renotify_secs,
             enabled: d.enabled,
+            labels: d.labels.clone(),
             updated_at: ev.occurred_at,
         }
     }
@@ -170,6 +175,7 @@ fn def(
         for_secs,
         renotify_secs: 0,
         enabled: true,
+        labels: None,
     }
 }
 
