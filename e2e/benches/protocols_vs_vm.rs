@@ -1,0 +1,306 @@
+//! Prometheus remote-write ingest against VictoriaMetrics, in one run, on the same data.
+//!
+//! Both systems run on the same two cores one after the other, fed by this process over
+//! loopback with the same concurrency and the very same request bodies (remote-write 1.0:
+//! snappy + protobuf `WriteRequest`, as Prometheus and vmagent send them):
+//!
+//! * **Fleetstream**: `fleetstream up` (the release binary) on a temporary data directory,
+//!   an ingest key made through the admin API; the gateway's `POST /api/v1/write`. A 204
+//!   means the samples are in the log (`fleet.samples.v1`).
+//! * **VictoriaMetrics** (Debian's `victoria-metrics`): its `POST /api/v1/write`; timing
+//!   stops when `/internal/force_flush` returned (every sample searchable).
+//!
+//! The data: BENCH_TARGETS (200) scrape targets × BENCH_SERIES (500) series each (a third
+//! counters, the rest gauges, with `job`, `instance` and one or two more labels, as
+//! node_exporter's look) × BENCH_SCRAPES (20) scrapes 15 s apart, ending now. Requests carry
+//! BENCH_PER_REQUEST (2,000) samples, Prometheus' `max_samples_per_send`: the series of
+//! consecutive targets of one scrape round; BENCH_CLIENTS (8) connections send them, each
+//! connection its own targets in order (Prometheus' shards).
+//!
+//! It prints, for each system: samples/s (wall clock, from the first request until every
+//! one was answered, VictoriaMetrics' flush included) and samples per CPU second of its
+//! process while timed, then the ratios. On shared cores the wall-clock ratio moves with
+//! whatever else runs; the CPU ratio moves much less.
+//!
+//! usage: cargo build --release -p fleetstream && \
+//!        FLEETSTREAM_BIN=$PWD/target/release/fleetstream cargo bench -p fleet-e2e --bench protocols_vs_vm
+
+#![allow(clippy::print_stdout)] // a bench prints its figures
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{ensure, Context as _};
+use fleet_e2e::load::{post_all, Request};
+use fleet_e2e::victoria::VictoriaMetrics;
+use fleet_e2e::{LocalUp, Proc};
+use fleet_protocols::remote_write::v1;
+
+fn env_num(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The shape of the load.
+struct Shape {
+    targets: usize,
+    series: usize,
+    scrapes: usize,
+    per_request: usize,
+    clients: usize,
+}
+
+impl Shape {
+    fn from_env() -> anyhow::Result<Shape> {
+        Ok(Shape {
+            targets: env_num("BENCH_TARGETS", 200)?.max(1),
+            series: env_num("BENCH_SERIES", 500)?.max(1),
+            scrapes: env_num("BENCH_SCRAPES", 20)?.max(1),
+            per_request: env_num("BENCH_PER_REQUEST", 2_000)?.max(1),
+            clients: env_num("BENCH_CLIENTS", 8)?.max(1),
+        })
+    }
+
+    fn samples(&self) -> usize {
+        self.targets * self.series * self.scrapes
+    }
+}
+
+/// The labels of series `s` of target `t` (`__name__` first, as Prometheus sends them).
+fn labels(t: usize, s: usize) -> Vec<v1::Label> {
+    let l = |name: &str, value: String| v1::Label {
+        name: name.into(),
+        value,
+    };
+    let (metric, extra) = match s % 3 {
+        0 => (
+            format!("node_cpu_seconds_total_{}", s / 24),
+            vec![
+                l("cpu", (s % 8).to_string()),
+                l("mode", ["user", "system", "idle"][s % 3].into()),
+            ],
+        ),
+        1 => (
+            format!("node_filesystem_avail_bytes_{}", s / 24),
+            vec![l("device", format!("sd{}", s % 4)), l("fstype", "ext4".into())],
+        ),
+        _ => (
+            format!("node_network_receive_bytes_{}", s / 24),
+            vec![l("device", format!("eth{}", s % 2))],
+        ),
+    };
+    let mut out = vec![l("__name__", metric)];
+    out.extend(extra);
+    out.push(l("instance", format!("host-{t:04}:9100")));
+    out.push(l("job", "node".into()));
+    out
+}
+
+/// Value of series `s` of target `t` at scrape `k`: counters grow, gauges wander.
+fn value(t: usize, s: usize, k: usize) -> f64 {
+    let seed = (t * 7919 + s * 104_729) as f64;
+    if s.is_multiple_of(3) {
+        (seed % 1000.0) + (k as f64) * (1.0 + (s % 5) as f64 * 0.25)
+    } else {
+        1e9 + seed * 3.0 + ((k * 31 + s) % 17) as f64 * 4096.0
+    }
+}
+
+/// Every request of the run, in send order, for a URL.
+fn requests(shape: &Shape, url: &str, now_ms: i64) -> anyhow::Result<Vec<Request>> {
+    let mut out = Vec::new();
+    let mut encoder = snap::raw::Encoder::new();
+    let series_labels: Vec<Vec<Vec<v1::Label>>> = (0..shape.targets)
+        .map(|t| (0..shape.series).map(|s| labels(t, s)).collect())
+        .collect();
+    for k in 0..shape.scrapes {
+        let ts = now_ms - ((shape.scrapes - k) as i64) * 15_000;
+        // Requests of up to `per_request` samples over consecutive targets of one round;
+        // a request's lane is its first target (one connection sends a target's in order).
+        let mut pending: Vec<v1::TimeSeries> = Vec::new();
+        let mut lane = 0u64;
+        for (t, target) in series_labels.iter().enumerate() {
+            for (s, labels) in target.iter().enumerate() {
+                if pending.is_empty() {
+                    lane = t as u64;
+                }
+                pending.push(v1::TimeSeries {
+                    labels: labels.clone(),
+                    samples: vec![v1::Sample {
+                        value: value(t, s, k),
+                        timestamp: ts,
+                    }],
+                });
+                if pending.len() == shape.per_request {
+                    out.push(encode(&mut encoder, url, std::mem::take(&mut pending), lane)?);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            out.push(encode(&mut encoder, url, pending, lane)?);
+        }
+    }
+    Ok(out)
+}
+
+fn encode(
+    encoder: &mut snap::raw::Encoder,
+    url: &str,
+    timeseries: Vec<v1::TimeSeries>,
+    lane: u64,
+) -> anyhow::Result<Request> {
+    let body = prost::Message::encode_to_vec(&v1::WriteRequest { timeseries });
+    Ok(Request {
+        url: url.to_owned(),
+        body: encoder.compress_vec(&body)?.into(),
+        content_type: "application/x-protobuf",
+        lane,
+    })
+}
+
+/// What one system did.
+struct Figures {
+    seconds: f64,
+    cpu_seconds: f64,
+}
+
+const RW_HEADERS: [(&str, &str); 2] = [
+    ("content-encoding", "snappy"),
+    ("x-prometheus-remote-write-version", "0.1.0"),
+];
+
+async fn run_fleetstream(shape: &Shape, now_ms: i64) -> anyhow::Result<Figures> {
+    let dir = tempfile::Builder::new()
+        .prefix("fleet-bench-rw-")
+        .tempdir()?;
+    let up = LocalUp::start(
+        dir.path(),
+        "\n[gateway.series-limits]\nmax-series-per-tenant = 0\n",
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    let key = ingest_key(&client, &up).await?;
+    let requests = Arc::new(requests(
+        shape,
+        &format!("{}/api/v1/write", up.gateway),
+        now_ms,
+    )?);
+    let auth = format!("Bearer {key}");
+    let mut headers = RW_HEADERS.to_vec();
+    headers.push(("authorization", &auth));
+    let cpu0 = cpu(&up.proc);
+    let started = Instant::now();
+    post_all(&client, requests, shape.clients, &headers).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu(&up.proc) - cpu0;
+    let mut up = up;
+    up.proc.stop()?;
+    Ok(Figures {
+        seconds,
+        cpu_seconds,
+    })
+}
+
+async fn ingest_key(client: &reqwest::Client, up: &LocalUp) -> anyhow::Result<String> {
+    let tenant: serde_json::Value = fleet_e2e::wait_for(
+        "the API to create a tenant",
+        std::time::Duration::from_secs(60),
+        &[&up.proc],
+        || async {
+            let r = client
+                .post(format!("{}/api/v1/tenants", up.api))
+                .bearer_auth(&up.admin_key)
+                .json(&serde_json::json!({"name": "bench"}))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => Ok(Some(r.json().await?)),
+                Ok(r) => anyhow::bail!("create tenant: {}", r.status()),
+                Err(_) => Ok(None),
+            }
+        },
+    )
+    .await?;
+    let tenant_id = tenant["tenant_id"].as_str().context("tenant id")?;
+    let resp = client
+        .post(format!("{}/api/v1/admin/ingest-keys", up.api))
+        .bearer_auth(&up.admin_key)
+        .json(&serde_json::json!({"name": "bench", "tenant_id": tenant_id}))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "create ingest key: {}",
+        resp.status()
+    );
+    let created: serde_json::Value = resp.json().await?;
+    Ok(created["key"].as_str().context("no key")?.to_owned())
+}
+
+async fn run_vm(shape: &Shape, now_ms: i64) -> anyhow::Result<(Figures, String)> {
+    let dir = tempfile::Builder::new()
+        .prefix("fleet-bench-rw-vm-")
+        .tempdir()?;
+    let mut vm = VictoriaMetrics::start(dir.path()).await?;
+    let client = reqwest::Client::new();
+    let requests = Arc::new(requests(
+        shape,
+        &format!("{}/api/v1/write", vm.url()),
+        now_ms,
+    )?);
+    let cpu0 = cpu(vm.proc());
+    let started = Instant::now();
+    post_all(&client, requests, shape.clients, &RW_HEADERS).await?;
+    vm.force_flush(&client).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu(vm.proc()) - cpu0;
+    let version = vm.version().to_owned();
+    vm.stop()?;
+    Ok((
+        Figures {
+            seconds,
+            cpu_seconds,
+        },
+        version,
+    ))
+}
+
+fn cpu(p: &Proc) -> f64 {
+    p.cpu_seconds().unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    let shape = Shape::from_env()?;
+    let samples = shape.samples() as f64;
+    let now_ms = fleet_schemas::time::now_micros() / 1000;
+    println!(
+        "remote-write ingest: {} targets x {} series x {} scrapes = {} samples, {} per request, {} connections",
+        shape.targets, shape.series, shape.scrapes, samples, shape.per_request, shape.clients
+    );
+    let fs = run_fleetstream(&shape, now_ms).await?;
+    let (vm, version) = run_vm(&shape, now_ms).await?;
+    let row = |name: &str, f: &Figures| {
+        println!(
+            "{name:<28} {:>8.2} s  {:>12.0} samples/s  {:>12.0} samples/CPU s",
+            f.seconds,
+            samples / f.seconds,
+            samples / f.cpu_seconds.max(1e-9)
+        );
+    };
+    row("fleetstream up (to the log)", &fs);
+    row("VictoriaMetrics (flushed)", &vm);
+    println!("  ({version})");
+    println!(
+        "ratio Fleetstream / VictoriaMetrics: {:.2}x samples/s, {:.2}x samples/CPU s",
+        vm.seconds / fs.seconds,
+        (samples / fs.cpu_seconds.max(1e-9)) / (samples / vm.cpu_seconds.max(1e-9))
+    );
+    Ok(())
+}
