@@ -87,7 +87,10 @@ fn labels(t: usize, s: usize) -> Vec<v1::Label> {
         ),
         1 => (
             format!("node_filesystem_avail_bytes_{}", s / 24),
-            vec![l("device", format!("sd{}", s % 4)), l("fstype", "ext4".into())],
+            vec![
+                l("device", format!("sd{}", s % 4)),
+                l("fstype", "ext4".into()),
+            ],
         ),
         _ => (
             format!("node_network_receive_bytes_{}", s / 24),
@@ -137,7 +140,12 @@ fn requests(shape: &Shape, url: &str, now_ms: i64) -> anyhow::Result<Vec<Request
                     }],
                 });
                 if pending.len() == shape.per_request {
-                    out.push(encode(&mut encoder, url, std::mem::take(&mut pending), lane)?);
+                    out.push(encode(
+                        &mut encoder,
+                        url,
+                        std::mem::take(&mut pending),
+                        lane,
+                    )?);
                 }
             }
         }

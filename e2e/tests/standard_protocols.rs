@@ -1,7 +1,8 @@
 //! Real collectors write to `fleetstream up` with an ingest key made through the admin API:
 //!
-//! * **Prometheus** (Debian's `prometheus` package) scrapes itself every second and
-//!   remote-writes to `/api/v1/write` with the key as its `authorization` credentials;
+//! * **Prometheus** (Debian's `prometheus` package) scrapes itself and node_exporter
+//!   (Debian's `prometheus-node-exporter`) every second and remote-writes to
+//!   `/api/v1/write` with the key as its `authorization` credentials;
 //! * the **OpenTelemetry Python SDK** (PyPI) exports a counter, a gauge and a histogram with
 //!   its OTLP/HTTP exporter to `/v1/metrics`;
 //! * the **`influxdb-client`** package (PyPI) writes points with tags to `/api/v2/write`.
@@ -83,15 +84,15 @@ fn run_python(dir: &Path, name: &str, script: &str, args: &[&str]) -> anyhow::Re
     Ok(())
 }
 
-/// The `prometheus` binary (Debian's package).
-fn prometheus_bin() -> anyhow::Result<std::path::PathBuf> {
+/// A program of Debian's Prometheus packages on PATH.
+fn on_path(name: &str) -> anyhow::Result<std::path::PathBuf> {
     for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join("prometheus");
+        let p = dir.join(name);
         if p.is_file() {
             return Ok(p);
         }
     }
-    bail!("prometheus is not on PATH: run `scripts/services.sh up` (it installs Debian's package)")
+    bail!("{name} is not on PATH: run `scripts/services.sh up` (it installs Debian's package)")
 }
 
 fn label<'a>(sample: &'a Value, name: &str) -> Option<&'a str> {
@@ -105,7 +106,8 @@ fn label<'a>(sample: &'a Value, name: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_the_otel_sdk_and_influxdb_client_write_through_the_gateway(
 ) -> anyhow::Result<()> {
-    let prometheus = prometheus_bin()?;
+    let prometheus = on_path("prometheus")?;
+    let node_exporter_bin = on_path("prometheus-node-exporter")?;
     fleet_e2e::python_bin()?;
     let dir = tempfile::Builder::new()
         .prefix("fleet-e2e-proto-")
@@ -156,7 +158,22 @@ async fn prometheus_the_otel_sdk_and_influxdb_client_write_through_the_gateway(
         .with_context(|| format!("no key in {created}"))?
         .to_owned();
 
-    // Prometheus scrapes itself and remote-writes to the gateway.
+    // node_exporter on a free port, its cheap collectors only.
+    let ne_port = free_port()?;
+    let node_exporter = Proc::start_program(
+        "node-exporter",
+        dir.path(),
+        &node_exporter_bin,
+        &[
+            &format!("--web.listen-address=127.0.0.1:{ne_port}"),
+            "--collector.disable-defaults",
+            "--collector.loadavg",
+            "--collector.meminfo",
+            "--collector.cpu",
+        ],
+        &[],
+    )?;
+    // Prometheus scrapes itself and node_exporter and remote-writes to the gateway.
     let prom_cfg = write_file(
         dir.path(),
         "prometheus.yml",
@@ -167,6 +184,9 @@ scrape_configs:
   - job_name: prometheus
     static_configs:
       - targets: ["127.0.0.1:{prom_port}"]
+  - job_name: node
+    static_configs:
+      - targets: ["127.0.0.1:{ne_port}"]
 remote_write:
   - url: {gateway}/api/v1/write
     authorization:
@@ -197,22 +217,49 @@ remote_write:
     )?;
     run_python(dir.path(), "influx.py", INFLUX_SCRIPT, &[&gateway, &key])?;
 
-    // Wait until Prometheus' remote-write got through (the gateway counts the samples).
-    wait_for("Prometheus' remote-write", WAIT, &[&up, &prom], || async {
+    // Wait until Prometheus scraped node_exporter (its own API), then until two more
+    // remote-write sends reached the gateway (it counts the samples): Prometheus sends its
+    // write-ahead log in order, so the scrape is then through.
+    let prom_url = format!("http://127.0.0.1:{prom_port}");
+    wait_for(
+        "Prometheus to scrape node_exporter",
+        WAIT,
+        &[&up, &prom, &node_exporter],
+        || async {
+            let v: Value = client
+                .get(format!("{prom_url}/api/v1/query"))
+                .query(&[("query", "up{job=\"node\"}")])
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok((v["data"]["result"][0]["value"][1] == "1").then_some(()))
+        },
+    )
+    .await?;
+    let accepted = || async {
         let text = client
             .get(format!("{gateway}/metrics"))
             .send()
             .await?
             .text()
             .await?;
-        let n = fleet_e2e::prometheus_sum_labeled(
+        anyhow::Ok(fleet_e2e::prometheus_sum_labeled(
             &text,
             "fleet_gateway_samples_accepted_total",
             &[("protocol", "remote_write")],
-        );
-        Ok((n > 0.0).then_some(()))
-    })
-    .await?;
+        ))
+    };
+    for _ in 0..2 {
+        let before = accepted().await?;
+        wait_for(
+            "a remote-write send",
+            WAIT,
+            &[&up, &prom, &node_exporter],
+            || async { Ok((accepted().await? > before).then_some(())) },
+        )
+        .await?;
+    }
     drop(prom);
     up.stop()?;
 
@@ -251,6 +298,14 @@ remote_write:
             && label(s, "job") == Some("prometheus")
             && label(s, "instance") == Some(&format!("127.0.0.1:{prom_port}"))),
         "no up{{job=\"prometheus\"}} among {} remote-write samples",
+        prom_samples.len()
+    );
+    // node_exporter's samples, through Prometheus, with the target's job and instance.
+    ensure!(
+        prom_samples.iter().any(|s| s["metric"] == "node_load1"
+            && label(s, "job") == Some("node")
+            && label(s, "instance") == Some(&format!("127.0.0.1:{ne_port}"))),
+        "no node_load1{{job=\"node\"}} among {} remote-write samples",
         prom_samples.len()
     );
     // OTLP: the counter as a Prometheus counter, the gauge, the histogram's buckets, sum
