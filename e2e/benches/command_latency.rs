@@ -30,17 +30,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use fleet_e2e::{free_port, wait_for, write_file, Proc};
-
-fn env_num(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
+use fleet_e2e::{env_num, free_port, wait_for, write_file, Proc};
 
 fn now_nanos() -> i128 {
     std::time::SystemTime::now()

@@ -27,10 +27,7 @@ use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig, Readiness};
 use serde_json::{json, Value};
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    fleet_e2e::env_num(name, default).unwrap_or(default)
 }
 
 fn report(cpu: f64) -> Value {

@@ -30,21 +30,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{ensure, Context as _};
 use fleet_e2e::load::{post_all, Request};
 use fleet_e2e::victoria::VictoriaMetrics;
-use fleet_e2e::{LocalUp, Proc};
+use fleet_e2e::{env_num, LocalUp, Proc};
 use fleet_protocols::remote_write::v1;
-
-fn env_num(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
 
 /// The shape of the load.
 struct Shape {
@@ -192,7 +181,7 @@ async fn run_fleetstream(shape: &Shape, now_ms: i64) -> anyhow::Result<Figures> 
     )
     .await?;
     let client = reqwest::Client::new();
-    let key = ingest_key(&client, &up).await?;
+    let (_, key) = up.tenant_with_ingest_key(&client, "bench").await?;
     let requests = Arc::new(requests(
         shape,
         &format!("{}/api/v1/write", up.gateway),
@@ -212,42 +201,6 @@ async fn run_fleetstream(shape: &Shape, now_ms: i64) -> anyhow::Result<Figures> 
         seconds,
         cpu_seconds,
     })
-}
-
-async fn ingest_key(client: &reqwest::Client, up: &LocalUp) -> anyhow::Result<String> {
-    let tenant: serde_json::Value = fleet_e2e::wait_for(
-        "the API to create a tenant",
-        std::time::Duration::from_secs(60),
-        &[&up.proc],
-        || async {
-            let r = client
-                .post(format!("{}/api/v1/tenants", up.api))
-                .bearer_auth(&up.admin_key)
-                .json(&serde_json::json!({"name": "bench"}))
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().is_success() => Ok(Some(r.json().await?)),
-                Ok(r) => anyhow::bail!("create tenant: {}", r.status()),
-                Err(_) => Ok(None),
-            }
-        },
-    )
-    .await?;
-    let tenant_id = tenant["tenant_id"].as_str().context("tenant id")?;
-    let resp = client
-        .post(format!("{}/api/v1/admin/ingest-keys", up.api))
-        .bearer_auth(&up.admin_key)
-        .json(&serde_json::json!({"name": "bench", "tenant_id": tenant_id}))
-        .send()
-        .await?;
-    ensure!(
-        resp.status().is_success(),
-        "create ingest key: {}",
-        resp.status()
-    );
-    let created: serde_json::Value = resp.json().await?;
-    Ok(created["key"].as_str().context("no key")?.to_owned())
 }
 
 async fn run_vm(shape: &Shape, now_ms: i64) -> anyhow::Result<(Figures, String)> {

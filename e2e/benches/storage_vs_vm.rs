@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use fleet_e2e::load::{batches, gateway_requests, lane_of, post_all, report_in, Request};
 use fleet_e2e::victoria::{self, VictoriaMetrics};
-use fleet_e2e::{free_port, wait_for, write_file, Proc};
+use fleet_e2e::{env_num, free_port, wait_for, write_file, Proc};
 use fleet_schemas::api::MetricBatch;
 use fleet_schemas::samples::samples;
 use fleet_schemas::MetricReport;
@@ -64,16 +64,6 @@ use fleet_test_support::services::{scylla_hosts, ScyllaKeyspace};
 
 const TENANT: &str = "default";
 const INTERVAL_MICROS: i64 = 10_000_000;
-
-fn env_num(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Data {

@@ -54,6 +54,67 @@ impl LocalUp {
     }
 }
 
+impl LocalUp {
+    /// A tenant named `name` and an ingest key for it, through the admin API (waiting up
+    /// to 120 s for the API to answer): (tenant id, key).
+    pub async fn tenant_with_ingest_key(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let (api, admin) = (&self.api, &self.admin_key);
+        let tenant: serde_json::Value = wait_for(
+            "the admin API",
+            Duration::from_secs(120),
+            &[&self.proc],
+            || async {
+                let r = client
+                    .post(format!("{api}/api/v1/tenants"))
+                    .bearer_auth(admin)
+                    .json(&serde_json::json!({ "name": name }))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => Ok(Some(r.json().await?)),
+                    Ok(r) => bail!("create tenant: {}", r.status()),
+                    Err(_) => Ok(None),
+                }
+            },
+        )
+        .await?;
+        let tenant_id = tenant["tenant_id"]
+            .as_str()
+            .context("tenant id")?
+            .to_owned();
+        let resp = client
+            .post(format!("{api}/api/v1/admin/ingest-keys"))
+            .bearer_auth(admin)
+            .json(&serde_json::json!({"name": name, "tenant_id": tenant_id}))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("create ingest key: {}", resp.status());
+        }
+        let created: serde_json::Value = resp.json().await?;
+        let key = created["key"]
+            .as_str()
+            .with_context(|| format!("no key in {created}"))?
+            .to_owned();
+        Ok((tenant_id, key))
+    }
+}
+
+/// A whole number from the environment (a bench's knob), `default` when unset.
+pub fn env_num(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// A fresh admin API key strong enough for the API's start-up check (32+ characters of
 /// randomness).
 pub fn new_admin_key() -> String {

@@ -113,50 +113,16 @@ async fn prometheus_the_otel_sdk_and_influxdb_client_write_through_the_gateway(
         .prefix("fleet-e2e-proto-")
         .tempdir()?;
     let prom_port = free_port()?;
+    let local = fleet_e2e::LocalUp::start(dir.path(), "").await?;
+    let client = reqwest::Client::new();
+    // A tenant and an ingest key for it, through the admin API.
+    let (tenant_id, key) = local.tenant_with_ingest_key(&client, "collectors").await?;
     let fleet_e2e::LocalUp {
         proc: mut up,
         gateway,
-        api,
         data,
-        admin_key: admin,
-    } = fleet_e2e::LocalUp::start(dir.path(), "").await?;
-    let client = reqwest::Client::new();
-
-    // A tenant and an ingest key for it, through the admin API.
-    let tenant: Value = wait_for("the admin API", WAIT, &[&up], || async {
-        let r = client
-            .post(format!("{api}/api/v1/tenants"))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({"name": "collectors"}))
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status().is_success() => Ok(Some(r.json().await?)),
-            Ok(r) => bail!("create tenant: {}", r.status()),
-            Err(_) => Ok(None),
-        }
-    })
-    .await?;
-    let tenant_id = tenant["tenant_id"]
-        .as_str()
-        .context("tenant id")?
-        .to_owned();
-    let resp = client
-        .post(format!("{api}/api/v1/admin/ingest-keys"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"name": "collectors", "tenant_id": tenant_id}))
-        .send()
-        .await?;
-    ensure!(
-        resp.status().is_success(),
-        "create ingest key: {}",
-        resp.status()
-    );
-    let created: Value = resp.json().await?;
-    let key = created["key"]
-        .as_str()
-        .with_context(|| format!("no key in {created}"))?
-        .to_owned();
+        ..
+    } = local;
 
     // node_exporter on a free port, its cheap collectors only.
     let ne_port = free_port()?;

@@ -5,7 +5,6 @@
 
 mod support;
 
-use fleet_stream_processors::config::AlertEvaluatorSettings;
 use std::sync::Arc;
 
 use fleet_event_log::EventLog;
@@ -13,23 +12,12 @@ use fleet_schemas::{
     fixtures, ids, topics, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind,
     RuleEvent, RuleScope,
 };
-use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig};
 use support::{open_log, produce, read_all, wait_committed, Running};
 
 const S: i64 = 1_000_000;
 
 fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
-    let log = log.clone();
-    let cfg = ProcessorsConfig {
-        alert_evaluator: AlertEvaluatorSettings {
-            group: group.into(),
-            ..AlertEvaluatorSettings::default()
-        },
-        ..ProcessorsConfig::default()
-    };
-    Running::start(move |ready, shutdown| {
-        run_alert_evaluator(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
-    })
+    support::evaluator(log, group, Vec::new())
 }
 
 /// cpu.percent > 80 / 95 on the agents tagged `web`, no for-duration.

@@ -6,7 +6,7 @@
 
 mod support;
 
-use fleet_stream_processors::config::{AlertEvaluatorSettings, TicketerSettings};
+use fleet_stream_processors::config::TicketerSettings;
 use std::sync::Arc;
 
 use fleet_event_log::EventLog;
@@ -17,23 +17,13 @@ use fleet_schemas::{
 };
 use fleet_stream_processors::config::Severity;
 use fleet_stream_processors::ticketer::run_ticketer;
-use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig};
+use fleet_stream_processors::ProcessorsConfig;
 use support::{open_log, produce, read_all, wait_committed, wait_for, Running};
 
 const S: i64 = 1_000_000;
 
 fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
-    let log = log.clone();
-    let cfg = ProcessorsConfig {
-        alert_evaluator: AlertEvaluatorSettings {
-            group: group.into(),
-            ..AlertEvaluatorSettings::default()
-        },
-        ..ProcessorsConfig::default()
-    };
-    Running::start(move |ready, shutdown| {
-        run_alert_evaluator(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
-    })
+    support::evaluator(log, group, Vec::new())
 }
 
 fn ticketer(log: &Arc<dyn EventLog>, group: &str) -> Running {

@@ -12,22 +12,17 @@ use fleet_schemas::rules::RuleSpec;
 use fleet_schemas::{
     fixtures, topics, AlertEvent, AlertEventKind, Label, LabelMatcher, LabeledSample, SampleBatch,
 };
-use fleet_stream_processors::config::AlertEvaluatorSettings;
 use fleet_stream_processors::rules::StaticRule;
-use fleet_stream_processors::{run_alert_evaluator, ProcessorsConfig};
 use support::{open_log, produce, read_all, wait_committed, wait_for, Running};
 
 const S: i64 = 1_000_000;
 
 fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
-    let log = log.clone();
-    let cfg = ProcessorsConfig {
-        alert_evaluator: AlertEvaluatorSettings {
-            group: group.into(),
-            ..AlertEvaluatorSettings::default()
-        },
-        // A static rule takes the same path as a rule of the topic (a rule event).
-        rules: vec![StaticRule::new(
+    // A static rule takes the same path as a rule of the topic (a rule event).
+    support::evaluator(
+        log,
+        group,
+        vec![StaticRule::new(
             "disk-io",
             RuleSpec {
                 name: "Disk busy".into(),
@@ -50,11 +45,7 @@ fn evaluator(log: &Arc<dyn EventLog>, group: &str) -> Running {
                 ..RuleSpec::default()
             },
         )],
-        ..ProcessorsConfig::default()
-    };
-    Running::start(move |ready, shutdown| {
-        run_alert_evaluator(log, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
-    })
+    )
 }
 
 /// One request's samples of `node_disk_busy_ratio` of instance `web-1`, per device.

@@ -145,3 +145,29 @@ impl Running {
         self.handle.await.expect("processor task");
     }
 }
+
+/// The alert evaluator on `log` in `group`, with these static rules.
+pub(crate) fn evaluator(
+    log: &Arc<dyn EventLog>,
+    group: &str,
+    rules: Vec<fleet_stream_processors::rules::StaticRule>,
+) -> Running {
+    let log = log.clone();
+    let cfg = fleet_stream_processors::ProcessorsConfig {
+        alert_evaluator: fleet_stream_processors::config::AlertEvaluatorSettings {
+            group: group.into(),
+            ..Default::default()
+        },
+        rules,
+        ..Default::default()
+    };
+    Running::start(move |ready, shutdown| {
+        fleet_stream_processors::run_alert_evaluator(
+            log,
+            fleet_schemas::Wire::plain(),
+            cfg,
+            ready,
+            shutdown,
+        )
+    })
+}
