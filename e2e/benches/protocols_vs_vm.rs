@@ -18,9 +18,17 @@
 //! connection its own targets in order (Prometheus' shards).
 //!
 //! It prints, for each system: samples/s (wall clock, from the first request until every
-//! one was answered, VictoriaMetrics' flush included) and samples per CPU second of its
+//! one was answered, VictoriaMetrics' flush included; for Fleetstream also until every
+//! sample is queryable through its Prometheus API) and samples per CPU second of its
 //! process while timed, then the ratios. On shared cores the wall-clock ratio moves with
 //! whatever else runs; the CPU ratio moves much less.
+//!
+//! Then **query_range latency**: BENCH_QUERIES (100) rounds of three PromQL range queries
+//! over the whole run at a 15 s step (a `sum by (instance) (rate(...[1m]))` over 1,600
+//! series, an `avg_over_time` of one series, a `max by (device)` over 400 series) against
+//! each system's `/api/v1/query_range`, one at a time; p50 and p99 per system and the
+//! ratio. Both must answer each query with the same number of series (the values differ
+//! where MetricsQL's `rate` does not follow Prometheus').
 //!
 //! usage: cargo build --release -p fleetstream && \
 //!        FLEETSTREAM_BIN=$PWD/target/release/fleetstream cargo bench -p fleet-e2e --bench protocols_vs_vm
@@ -30,6 +38,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::ensure;
 use fleet_e2e::load::{post_all, Request};
 use fleet_e2e::victoria::VictoriaMetrics;
 use fleet_e2e::{env_num, LocalUp, Proc};
@@ -164,6 +173,11 @@ fn encode(
 struct Figures {
     seconds: f64,
     cpu_seconds: f64,
+    /// Until every sample was queryable (Fleetstream; VictoriaMetrics' `seconds` includes
+    /// its flush).
+    queryable: Option<f64>,
+    /// (query index, seconds, series in the answer) of each range query.
+    latencies: Vec<(usize, f64, usize)>,
 }
 
 const RW_HEADERS: [(&str, &str); 2] = [
@@ -181,7 +195,7 @@ async fn run_fleetstream(shape: &Shape, now_ms: i64) -> anyhow::Result<Figures> 
     )
     .await?;
     let client = reqwest::Client::new();
-    let (_, key) = up.tenant_with_ingest_key(&client, "bench").await?;
+    let (tenant_id, key) = up.tenant_with_ingest_key(&client, "bench").await?;
     let requests = Arc::new(requests(
         shape,
         &format!("{}/api/v1/write", up.gateway),
@@ -195,12 +209,136 @@ async fn run_fleetstream(shape: &Shape, now_ms: i64) -> anyhow::Result<Figures> 
     post_all(&client, requests, shape.clients, &headers).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = cpu(&up.proc) - cpu0;
+    // Queryable: every sample of one metric, which every target sends (so every
+    // partition), counted through the API.
+    let api = Api {
+        base: up.api.clone(),
+        headers: vec![
+            ("authorization".into(), format!("Bearer {}", up.admin_key)),
+            ("x-scope-orgid".into(), tenant_id),
+        ],
+    };
+    let want = (shape.targets * shape.series.min(24).div_ceil(3) * shape.scrapes) as f64;
+    let probe = format!(
+        "sum(count_over_time(node_cpu_seconds_total_0[{}s]))",
+        shape.scrapes * 15 + 60
+    );
+    loop {
+        let got = api
+            .instant(&client, &probe, now_ms)
+            .await
+            .ok()
+            .and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()
+            });
+        if got == Some(want) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(600),
+            "the samples did not become queryable: {probe} = {got:?}, want {want}\n{}",
+            up.proc.log_tail(20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let queryable = started.elapsed().as_secs_f64();
+    let latencies = query_load(&client, &api, shape, now_ms).await?;
     let mut up = up;
     up.proc.stop()?;
     Ok(Figures {
         seconds,
         cpu_seconds,
+        queryable: Some(queryable),
+        latencies,
     })
+}
+
+/// A Prometheus HTTP API and the headers it wants.
+struct Api {
+    base: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Api {
+    async fn get(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut req = client.get(format!("{}{path}", self.base)).query(params);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        ensure!(status.is_success(), "{path} answered {status}: {body}");
+        Ok(body)
+    }
+
+    async fn instant(
+        &self,
+        client: &reqwest::Client,
+        query: &str,
+        at_ms: i64,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.get(
+            client,
+            "/api/v1/query",
+            &[("query", query.into()), ("time", secs(at_ms))],
+        )
+        .await
+    }
+}
+
+fn secs(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
+/// The three range queries of the latency figure.
+fn range_queries() -> [&'static str; 3] {
+    [
+        "sum by (instance) (rate(node_cpu_seconds_total_0[1m]))",
+        "avg_over_time(node_filesystem_avail_bytes_0{instance=\"host-0007:9100\"}[1m])",
+        "max by (device) (node_network_receive_bytes_0)",
+    ]
+}
+
+/// Runs the query rounds; returns each query's latency (s), and checks the series count
+/// each answer has.
+async fn query_load(
+    client: &reqwest::Client,
+    api: &Api,
+    shape: &Shape,
+    now_ms: i64,
+) -> anyhow::Result<Vec<(usize, f64, usize)>> {
+    let rounds = env_num("BENCH_QUERIES", 100)?;
+    let start = now_ms - (shape.scrapes as i64) * 15_000;
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        for (i, q) in range_queries().iter().enumerate() {
+            let t = Instant::now();
+            let v = api
+                .get(
+                    client,
+                    "/api/v1/query_range",
+                    &[
+                        ("query", (*q).to_owned()),
+                        ("start", secs(start)),
+                        ("end", secs(now_ms)),
+                        ("step", "15".into()),
+                    ],
+                )
+                .await?;
+            let series = v["data"]["result"].as_array().map_or(0, Vec::len);
+            out.push((i, t.elapsed().as_secs_f64(), series));
+        }
+    }
+    Ok(out)
 }
 
 async fn run_vm(shape: &Shape, now_ms: i64) -> anyhow::Result<(Figures, String)> {
@@ -221,11 +359,18 @@ async fn run_vm(shape: &Shape, now_ms: i64) -> anyhow::Result<(Figures, String)>
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = cpu(vm.proc()) - cpu0;
     let version = vm.version().to_owned();
+    let api = Api {
+        base: vm.url().to_owned(),
+        headers: Vec::new(),
+    };
+    let latencies = query_load(&client, &api, shape, now_ms).await?;
     vm.stop()?;
     Ok((
         Figures {
             seconds,
             cpu_seconds,
+            queryable: None,
+            latencies,
         },
         version,
     ))
@@ -263,5 +408,49 @@ async fn main() -> anyhow::Result<()> {
         vm.seconds / fs.seconds,
         (samples / fs.cpu_seconds.max(1e-9)) / (samples / vm.cpu_seconds.max(1e-9))
     );
+    if let Some(q) = fs.queryable {
+        println!(
+            "fleetstream up, until queryable: {q:.2} s, {:.0} samples/s ({:.2}x VictoriaMetrics flushed)",
+            samples / q,
+            vm.seconds / q
+        );
+    }
+    println!("query_range latency (ms):  query  fleetstream p50 / p99   VictoriaMetrics p50 / p99   ratio p50 / p99");
+    for (i, q) in range_queries().iter().enumerate() {
+        let (f, fs_series) = latencies_of(&fs.latencies, i);
+        let (v, vm_series) = latencies_of(&vm.latencies, i);
+        ensure!(
+            fs_series == vm_series,
+            "{q}: Fleetstream answered {fs_series:?} series, VictoriaMetrics {vm_series:?}"
+        );
+        let (fp50, fp99, vp50, vp99) = (pct(&f, 0.5), pct(&f, 0.99), pct(&v, 0.5), pct(&v, 0.99));
+        println!(
+            "  {q}\n      {:>8.1} / {:>8.1}   {:>8.1} / {:>8.1}   {:.2}x / {:.2}x",
+            fp50 * 1e3,
+            fp99 * 1e3,
+            vp50 * 1e3,
+            vp99 * 1e3,
+            fp50 / vp50.max(1e-9),
+            fp99 / vp99.max(1e-9)
+        );
+    }
     Ok(())
+}
+
+/// The latencies of query `i` (sorted) and the series counts its answers had.
+fn latencies_of(all: &[(usize, f64, usize)], i: usize) -> (Vec<f64>, Vec<usize>) {
+    let mut l: Vec<f64> = all.iter().filter(|x| x.0 == i).map(|x| x.1).collect();
+    l.sort_by(f64::total_cmp);
+    let mut series: Vec<usize> = all.iter().filter(|x| x.0 == i).map(|x| x.2).collect();
+    series.dedup();
+    (l, series)
+}
+
+/// The `p` quantile of sorted values (0 when empty).
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
