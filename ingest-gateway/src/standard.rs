@@ -9,7 +9,7 @@
 //! Each takes an ingest key ([`IngestCaller`], checked before the body is read), parses the
 //! body with `fleet-protocols` under `[protocol-limits]` (off the async workers when it is
 //! large), and writes the samples to `fleet.samples.v1` as [`SampleBatch`] records keyed by
-//! `{tenant}/{series shard}`: acknowledged only once the log has them, like the agent
+//! `{tenant}/{source shard}`: acknowledged only once the log has them, like the agent
 //! path. A malformed body is 400 and a body over a limit 413, both JSON naming the field
 //! (remote-write senders drop a 4xx instead of retrying it); a log that cannot take the
 //! write is 503 with `Retry-After`, which every one of these clients retries.
@@ -196,7 +196,7 @@ where
     Ok(parsed)
 }
 
-/// Writes a request's samples to `fleet.samples.v1`: one group per series shard, each in
+/// Writes a request's samples to `fleet.samples.v1`: one group per source shard, each in
 /// records of at most `samples-per-record` samples; answers once the log has them all.
 async fn write(
     state: &GatewayState,

@@ -19,7 +19,7 @@
 //! drop instead of retrying) or more than the limits allow (HTTP 413).
 //!
 //! The mapping rules of each format are in `docs/PROTOCOLS.md`; the shared label rules in
-//! [`labels`]. [`shard`] splits a request's samples into one batch per series shard, the
+//! [`labels`]. [`shard`] splits a request's samples into one batch per source shard, the
 //! key of `fleet.samples.v1`.
 
 pub mod error;

@@ -1,18 +1,23 @@
-//! Series shards: the key of `fleet.samples.v1` is `{tenant}/{shard}`
+//! Source shards: the key of `fleet.samples.v1` is `{tenant}/{shard}`
 //! ([`fleet_schemas::SampleBatch::key_for`]), where the shard is a stable hash of the
-//! series (metric name and sorted labels) modulo a shard count the gateway fixes. A series
-//! always hashes to the same shard, so its samples stay in one partition and in order;
-//! a tenant's series spread over every shard.
+//! series' *source* ([`fleet_schemas::series::Source`]: its `job` and `instance` labels
+//! when either is present, else its `host` label, else the whole series) modulo a shard
+//! count the gateway fixes. One Prometheus target's (or one host's) series hash to one
+//! shard, so they land on one partition, in order, and share their scrape timestamps: the
+//! time-series engine stores them as one unit with one timestamp column. A series keeps
+//! its shard (its source labels are part of it); a tenant's sources spread over every
+//! shard.
 //!
 //! The hash is XXH3-64 (a specified algorithm: the same on every build and platform) over
 //! the name and each label name and value, each followed by a `0xFF` byte (which UTF-8
-//! never contains, so `a`+`bc` and `ab`+`c` differ).
+//! never contains, so `a`+`bc` and `ab`+`c` differ): the metric name and all labels for a
+//! series that is its own source, an empty name and the source labels otherwise.
 
+use fleet_schemas::series::Source;
 use fleet_schemas::{Label, LabeledSample};
 use xxhash_rust::xxh3::Xxh3;
 
-/// The stable 64-bit hash of a series.
-pub fn series_hash(metric: &str, labels: &[Label]) -> u64 {
+fn hash<'l>(metric: &str, labels: impl IntoIterator<Item = &'l Label>) -> u64 {
     let mut h = Xxh3::new();
     h.update(metric.as_bytes());
     h.update(&[0xFF]);
@@ -25,14 +30,29 @@ pub fn series_hash(metric: &str, labels: &[Label]) -> u64 {
     h.digest()
 }
 
-/// The shard of a series among `shards` (0 is taken as 1).
+/// The stable 64-bit hash of a series.
+pub fn series_hash(metric: &str, labels: &[Label]) -> u64 {
+    hash(metric, labels)
+}
+
+/// The stable 64-bit hash of a series' source: [`series_hash`] when the series is its
+/// own source.
+pub fn source_hash(metric: &str, labels: &[Label]) -> u64 {
+    match Source::of(labels) {
+        Source::Series => series_hash(metric, labels),
+        source => hash("", source.labels()),
+    }
+}
+
+/// The shard of a series (of its source) among `shards` (0 is taken as 1).
 pub fn shard_of(metric: &str, labels: &[Label], shards: u32) -> u32 {
     // The remainder is below `shards`, a u32.
-    (series_hash(metric, labels) % u64::from(shards.max(1))) as u32
+    (source_hash(metric, labels) % u64::from(shards.max(1))) as u32
 }
 
 /// Splits `samples` into one group per shard (ascending shard), keeping the request order
-/// within each group, so each series' samples keep their order.
+/// within each group, so each series' samples keep their order and each source's samples
+/// are in one group.
 pub fn split_by_shard(samples: Vec<LabeledSample>, shards: u32) -> Vec<(u32, Vec<LabeledSample>)> {
     let mut groups: std::collections::BTreeMap<u32, Vec<LabeledSample>> = Default::default();
     for s in samples {
@@ -89,7 +109,71 @@ mod tests {
         assert_eq!(shard_of("up", &[], 0), 0);
     }
 
+    fn series(metric: &str, pairs: &[(&str, &str)]) -> LabeledSample {
+        LabeledSample {
+            metric: metric.into(),
+            labels: pairs
+                .iter()
+                .map(|(n, v)| Label {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            timestamp: 0,
+            value: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_sources_series_share_a_shard_and_sources_spread() {
+        let mut samples = Vec::new();
+        for i in 0..64 {
+            let instance = format!("host-{i}:9100");
+            for cpu in ["0", "1", "2"] {
+                samples.push(series(
+                    "node_cpu_seconds_total",
+                    &[("cpu", cpu), ("instance", &instance), ("job", "node")],
+                ));
+            }
+            samples.push(series("up", &[("instance", &instance), ("job", "node")]));
+            // Telegraf: the host tag is the source.
+            let host = format!("web-{i}");
+            samples.push(series(
+                "cpu_usage_idle",
+                &[("cpu", "cpu0"), ("host", &host)],
+            ));
+            samples.push(series("mem_used", &[("host", &host)]));
+        }
+        let groups = split_by_shard(samples, 8);
+        assert!(groups.len() > 4, "128 sources use most of 8 shards");
+        let mut shard_of_source: std::collections::HashMap<String, u32> = Default::default();
+        for (shard, group) in &groups {
+            for s in group {
+                let source = s.unit_id();
+                let prev = shard_of_source.insert(source.clone(), *shard);
+                assert!(
+                    prev.is_none_or(|p| p == *shard),
+                    "{source} in shards {prev:?} and {shard}"
+                );
+            }
+        }
+        assert_eq!(shard_of_source.len(), 128, "64 targets and 64 hosts");
+        // Without a source label, series of one metric spread.
+        let spread: std::collections::HashSet<u32> = (0..64)
+            .map(|i| shard_of("up", &series("up", &[("zone", &i.to_string())]).labels, 8))
+            .collect();
+        assert!(spread.len() > 4);
+        // The source labels alone decide: job+instance, then host.
+        let target = series("a", &[("instance", "i"), ("job", "j"), ("x", "1")]);
+        let same = series("b", &[("host", "h"), ("instance", "i"), ("job", "j")]);
+        assert_eq!(
+            source_hash(&target.metric, &target.labels),
+            source_hash(&same.metric, &same.labels)
+        );
+    }
+
     const PINNED_UP: u64 = 10_675_507_204_603_677_264;
+    const PINNED_TARGET: u64 = 3_487_056_457_202_976_155;
 
     #[test]
     fn the_hash_is_stable_and_separates_fields() {
@@ -111,5 +195,8 @@ mod tests {
         );
         assert_ne!(ab, a_bc);
         assert_eq!(series_hash("up", &[]), PINNED_UP);
+        assert_eq!(source_hash("up", &[]), PINNED_UP);
+        let target = series("up", &[("instance", "a:9100"), ("job", "node")]);
+        assert_eq!(source_hash(&target.metric, &target.labels), PINNED_TARGET);
     }
 }

@@ -8,7 +8,8 @@
 //!   the `.avsc` files can decode any record.
 //! * [`topics`] is the topic catalog; [`api`] holds the JSON types agents send to the
 //!   gateway; [`ids`] makes deterministic ids; [`samples`] flattens a report into named
-//!   metric samples (the metric names rules and charts use).
+//!   metric samples (the metric names rules and charts use); [`series`] names the series of
+//!   the standard write protocols and their sources.
 
 pub mod api;
 pub mod codec;
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod records;
 pub mod rules;
 pub mod samples;
+pub mod series;
 pub mod text;
 pub mod time;
 pub mod topics;

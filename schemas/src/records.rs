@@ -899,14 +899,16 @@ pub struct SampleBatch {
 }
 
 impl SampleBatch {
-    /// The record key of a batch of `tenant`'s series of shard `shard`.
+    /// The record key of a batch of `tenant`'s series of shard `shard` (a hash of each
+    /// series' source, [`crate::series::Source`]).
     ///
-    /// Why the key is a series shard and not the tenant id: both keep each series' samples
+    /// Why the key is a source shard and not the tenant id: both keep each series' samples
     /// in order (a series always maps to the same key, hence the same partition), but a
     /// tenant key puts all of one tenant on one partition, and a fleet is often one tenant:
     /// one consumer would take the whole write load. Keyed by `tenant/shard`, one tenant's
-    /// series spread over every partition, and a series still never changes partition as
-    /// long as the shard count does not change (the gateway fixes it in its config).
+    /// sources spread over every partition, one source's series share one, and a series
+    /// never changes partition as long as the shard count does not change (the gateway
+    /// fixes it in its config).
     pub fn key_for(tenant: &str, shard: u32) -> String {
         format!("{tenant}/{shard}")
     }

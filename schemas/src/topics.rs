@@ -21,7 +21,7 @@ pub const TICKETS: &str = "fleet.tickets.v1";
 /// Remote commands and their lifecycle.
 pub const COMMANDS: &str = "fleet.commands.v1";
 /// Samples of the standard write protocols (remote-write, OTLP, Influx), batched per
-/// request and series shard (key: `{tenant}/{shard}`, see [`crate::SampleBatch::key_for`]:
+/// request and source shard (key: `{tenant}/{shard}`, see [`crate::SampleBatch::key_for`]:
 /// keeps each series in order and spreads one tenant over every partition).
 pub const SAMPLES: &str = "fleet.samples.v1";
 /// Records a consumer could not process, with the reason and source offset.

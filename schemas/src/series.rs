@@ -1,0 +1,208 @@
+//! Series of the standard write protocols (`fleet.samples.v1`): a series' canonical text,
+//! and its *source*, the unit the gateway shards by and the time-series engine stores
+//! together.
+//!
+//! * **Series text** ([`series_text`]): `metric{a="x",b="y"}`, labels sorted by name (as
+//!   [`LabeledSample::labels`] are), no spaces, values quoted as Prometheus prints them
+//!   (`\\`, `\"`, `\n`, `\t`, `\r`, other control characters as `\xNN`); a series without
+//!   labels is its metric name alone. One series has one text and two series never share
+//!   one (quotes and backslashes in values are escaped), so the text is the series' name
+//!   in the time-series engine and its key in the read model's series index.
+//! * **Source** ([`Source::of`]): the labels `instance` and `job` (those present) when
+//!   either is there (a Prometheus scrape target, an OpenTelemetry service instance), else
+//!   `host` (Telegraf's default tag), else the series itself. One target's or one host's
+//!   series share a source: the gateway puts them in one shard (so one partition), and the
+//!   engine stores them as one unit whose samples share scrape timestamps.
+//! * **Unit id** ([`unit_id`]): the source as the engine's agent id: `~` then the source
+//!   labels in series-text form with an empty metric name (`~{instance="a:9100",job="node"}`,
+//!   `~{host="web-1"}`), or `~` then the series text for a series that is its own source
+//!   (`~up{zone="a"}`). Agent ids are letters, digits, `.`, `_` and `-`, so a unit id
+//!   never names an agent, and the quoting makes it unambiguous (`/` in a job name cannot
+//!   shift the split between job and instance).
+
+use std::fmt::Write as _;
+
+use crate::{Label, LabeledSample};
+
+/// The prefix of every unit id ([`unit_id`]): a character no agent id contains.
+pub const UNIT_PREFIX: char = '~';
+
+/// The source of a series ([module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// A scrape target or service instance: its `instance` and `job` labels, at least one
+    /// present.
+    Target {
+        /// The `instance` label.
+        instance: Option<&'a Label>,
+        /// The `job` label.
+        job: Option<&'a Label>,
+    },
+    /// A host: its `host` label (neither `instance` nor `job` present).
+    Host(&'a Label),
+    /// None of those labels: the series is its own source.
+    Series,
+}
+
+impl<'a> Source<'a> {
+    /// The source of a series with these labels (sorted by name, as in a sample).
+    pub fn of(labels: &'a [Label]) -> Source<'a> {
+        let find = |name: &str| {
+            labels
+                .binary_search_by(|l| l.name.as_str().cmp(name))
+                .ok()
+                .map(|i| &labels[i])
+        };
+        let (instance, job) = (find("instance"), find("job"));
+        if instance.is_some() || job.is_some() {
+            return Source::Target { instance, job };
+        }
+        match find("host") {
+            Some(host) => Source::Host(host),
+            None => Source::Series,
+        }
+    }
+
+    /// The labels naming the source, sorted by name (none for [`Source::Series`]).
+    pub fn labels(&self) -> impl Iterator<Item = &'a Label> {
+        let pair = match *self {
+            Source::Target { instance, job } => [instance, job],
+            Source::Host(host) => [Some(host), None],
+            Source::Series => [None, None],
+        };
+        pair.into_iter().flatten()
+    }
+}
+
+/// Appends a label value quoted as Prometheus prints it.
+fn push_quoted(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `metric{a="x",...}` (`metric` alone without labels) to `out`.
+fn push_series<'l>(out: &mut String, metric: &str, labels: impl IntoIterator<Item = &'l Label>) {
+    out.push_str(metric);
+    let mut labels = labels.into_iter().peekable();
+    if labels.peek().is_none() {
+        return;
+    }
+    out.push('{');
+    for (i, l) in labels.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&l.name);
+        out.push('=');
+        push_quoted(out, &l.value);
+    }
+    out.push('}');
+}
+
+/// The canonical text of a series: `metric{a="x",b="y"}` ([module docs](self)).
+pub fn series_text(metric: &str, labels: &[Label]) -> String {
+    let mut out = String::with_capacity(metric.len() + labels.len() * 24);
+    push_series(&mut out, metric, labels);
+    out
+}
+
+/// The engine's unit (agent id) of a series: `~` and its source ([module docs](self)).
+pub fn unit_id(metric: &str, labels: &[Label]) -> String {
+    let mut out = String::with_capacity(48);
+    out.push(UNIT_PREFIX);
+    match Source::of(labels) {
+        Source::Series => push_series(&mut out, metric, labels),
+        source => push_series(&mut out, "", source.labels()),
+    }
+    out
+}
+
+impl LabeledSample {
+    /// [`series_text`] of this sample's series.
+    pub fn series_text(&self) -> String {
+        series_text(&self.metric, &self.labels)
+    }
+
+    /// [`unit_id`] of this sample's series.
+    pub fn unit_id(&self) -> String {
+        unit_id(&self.metric, &self.labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<Label> {
+        pairs
+            .iter()
+            .map(|(n, v)| Label {
+                name: (*n).into(),
+                value: (*v).into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn series_text_is_prometheus_form_with_quoted_values() {
+        assert_eq!(series_text("up", &[]), "up");
+        assert_eq!(
+            series_text("up", &labels(&[("a", "x"), ("b", "y")])),
+            r#"up{a="x",b="y"}"#
+        );
+        assert_eq!(
+            series_text("m", &labels(&[("a", "q\"b\\n\nt\t\u{1}é")])),
+            r#"m{a="q\"b\\n\nt\t\x01é"}"#
+        );
+        // Quoting keeps distinct series distinct.
+        assert_ne!(
+            series_text("m", &labels(&[("a", "1\",b=\"2")])),
+            series_text("m", &labels(&[("a", "1"), ("b", "2")]))
+        );
+    }
+
+    #[test]
+    fn the_source_is_the_target_else_the_host_else_the_series() {
+        let target = labels(&[("cpu", "0"), ("instance", "a:9100"), ("job", "node")]);
+        assert_eq!(
+            unit_id("node_cpu", &target),
+            r#"~{instance="a:9100",job="node"}"#
+        );
+        assert_eq!(
+            unit_id("other", &labels(&[("instance", "a:9100"), ("job", "node")])),
+            unit_id("node_cpu", &target),
+            "one target, one unit"
+        );
+        assert_eq!(
+            unit_id("m", &labels(&[("host", "h"), ("job", "j")])),
+            r#"~{job="j"}"#,
+            "job wins over host"
+        );
+        assert_eq!(
+            unit_id("m", &labels(&[("host", "web-1"), ("path", "/")])),
+            r#"~{host="web-1"}"#
+        );
+        assert_eq!(unit_id("up", &labels(&[("zone", "a")])), r#"~up{zone="a"}"#);
+        assert_eq!(unit_id("up", &[]), "~up");
+        // A '/' in a job cannot be mistaken for the split between job and instance.
+        assert_ne!(
+            unit_id("m", &labels(&[("instance", "c"), ("job", "a/b")])),
+            unit_id("m", &labels(&[("instance", "b/c"), ("job", "a")]))
+        );
+        assert_eq!(Source::of(&target).labels().count(), 2);
+        assert_eq!(Source::of(&labels(&[("zone", "a")])), Source::Series);
+    }
+}
