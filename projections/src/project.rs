@@ -40,8 +40,9 @@ pub const READ_MODEL_TOPICS: &[&str] = &[
     topics::RULES,
 ];
 
-/// The topics the time-series projection consumes (metric reports).
-pub const TIMESERIES_TOPICS: &[&str] = &[topics::METRICS];
+/// The topics the time-series projection consumes (metric reports, and the samples of the
+/// standard write protocols: [`crate::timeseries::apply`]).
+pub const TIMESERIES_TOPICS: &[&str] = &[topics::METRICS, topics::SAMPLES];
 
 /// Readiness of the projection loops, for `/readyz`.
 #[derive(Debug, Clone, Default)]
