@@ -327,14 +327,15 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
     expect(&["readmodel"], topics::RULES, bad, DeadLetterKind::Decode);
     produce(log, &fixtures::rule_defined("t1", "rule-b", t)).await;
 
-    // The samples topic (the time series'): a valid batch, three corrupt, a batch with a
+    // The samples topic (both projections'): a valid batch, three corrupt, a batch with a
     // series text over the engine's limit beside a good sample (stored; the batch is a
-    // dead letter naming the refused one), a valid batch of a host.
+    // time-series dead letter naming the refused one; the series index leaves it out), a
+    // valid batch of a host.
     let sb = fixtures::sample_batch("t1", t);
     produce(log, &sb).await;
     let bad = corrupt(log, &sb).await;
     expect(
-        &["timeseries"],
+        &["readmodel", "timeseries"],
         topics::SAMPLES,
         bad,
         DeadLetterKind::Decode,
@@ -406,7 +407,18 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
         let rules_ok = ["rule-a", "rule-b"]
             .iter()
             .all(|r| rules.iter().any(|x| x.rule_id == *r));
-        agents_ok && alerts_ok && commands_ok && software_ok && tickets_ok && rules_ok
+        let series = rm
+            .list_sample_series(&fleet_read_model::SampleSeriesQuery {
+                tenant_id: "t1".into(),
+                metric: None,
+                start: i64::MIN,
+                end: i64::MAX,
+                limit: 100,
+            })
+            .await
+            .expect("series");
+        let series_ok = series.len() == 5;
+        agents_ok && alerts_ok && commands_ok && software_ok && tickets_ok && rules_ok && series_ok
     })
     .await;
     let ts = e.ts.as_ref();
@@ -516,6 +528,7 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
     );
     assert_eq!(count("readmodel", topics::TICKETS, "process"), 1.0, "{c:?}");
     assert_eq!(count("timeseries", topics::SAMPLES, "decode"), 3.0, "{c:?}");
+    assert_eq!(count("readmodel", topics::SAMPLES, "decode"), 3.0, "{c:?}");
     assert_eq!(
         count("timeseries", topics::SAMPLES, "process"),
         1.0,
