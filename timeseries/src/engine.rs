@@ -371,29 +371,18 @@ impl TimeSeries {
     ) -> Result<Vec<Vec<Bucket>>> {
         let (from, to) = bucket_range(q);
         let key = AgentKey::new(&q.tenant_id, &q.agent_id);
-        let (wfrom, wto) = (
-            window_of(from),
-            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
-        );
-        let open = self.open_points(&key, wfrom, wto, series).await?;
         let Some(width) = resolution.width_micros() else {
-            let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
-            let mut points: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series.len()];
-            let windows: std::collections::BTreeSet<i64> =
-                stored.keys().chain(open.keys()).copied().collect();
-            for w in windows {
-                let block = stored.remove(&w);
-                for (i, name) in series.iter().enumerate() {
-                    let merged =
-                        merge_points(block.as_ref(), name, open.get(&w).map(|o| &o[i][..]));
-                    points[i].extend(merged.into_iter().filter(|(t, _)| *t >= from && *t < to));
-                }
-            }
+            let points = self.raw_points(&key, from, to, series).await?;
             return Ok(points
                 .into_iter()
                 .map(|p| aggregate_buckets(p, q.interval_micros))
                 .collect());
         };
+        let (wfrom, wto) = (
+            window_of(from),
+            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
+        );
+        let open = self.open_points(&key, wfrom, wto, series).await?;
         let kind = if width == 300_000_000 {
             ChunkKind::Rollup5m
         } else {
@@ -442,6 +431,34 @@ impl TimeSeries {
                 merge_buckets(r, q.interval_micros)
             })
             .collect())
+    }
+
+    /// The raw samples of each of `series` of `key` in `[from, to)` (within ±2^62 µs):
+    /// stored blocks merged with the open windows (the head's or the segments').
+    async fn raw_points(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+        series: &[&str],
+    ) -> Result<Vec<Vec<(i64, f64)>>> {
+        let (wfrom, wto) = (
+            window_of(from),
+            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
+        );
+        let open = self.open_points(key, wfrom, wto, series).await?;
+        let mut stored = self.stored_blocks(key, wfrom, wto).await?;
+        let mut points: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series.len()];
+        let windows: std::collections::BTreeSet<i64> =
+            stored.keys().chain(open.keys()).copied().collect();
+        for w in windows {
+            let block = stored.remove(&w);
+            for (i, name) in series.iter().enumerate() {
+                let merged = merge_points(block.as_ref(), name, open.get(&w).map(|o| &o[i][..]));
+                points[i].extend(merged.into_iter().filter(|(t, _)| *t >= from && *t < to));
+            }
+        }
+        Ok(points)
     }
 
     /// Seals blocks: merges each with the block stored for its window (the new samples
@@ -711,6 +728,25 @@ impl TimeSeriesStore for TimeSeries {
         validate_query(first, resolution)?;
         let series: Vec<&str> = queries.iter().map(|q| q.series.as_str()).collect();
         self.query_agent(first, &series, resolution).await
+    }
+
+    async fn points(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        series: &[&str],
+        start_micros: i64,
+        end_micros: i64,
+    ) -> Result<Vec<Vec<(i64, f64)>>> {
+        let (from, to) = (
+            start_micros.max(-crate::MAX_ABS_TS_MICROS),
+            end_micros.min(crate::MAX_ABS_TS_MICROS),
+        );
+        if from >= to || series.is_empty() {
+            return Ok(vec![Vec::new(); series.len()]);
+        }
+        self.raw_points(&AgentKey::new(tenant_id, agent_id), from, to, series)
+            .await
     }
 
     async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>> {
