@@ -350,13 +350,7 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
         vec![(at, codec::Wire::plain().encode(&long).expect("encode"))],
         DeadLetterKind::Process,
     );
-    let mut host = fixtures::sample_batch("t1", t + 2_000_000);
-    for s in &mut host.samples {
-        s.labels = vec![fleet_schemas::Label {
-            name: "host".into(),
-            value: "db-1".into(),
-        }];
-    }
+    let host = fixtures::host_sample_batch("t1", t + 2_000_000);
     produce(log, &host).await;
 
     let (stop, handle) = start(&e, "dl-ts-1");

@@ -39,13 +39,7 @@ async fn env() -> Result<Env> {
     let now = fleet_schemas::time::now_micros();
     let t = now - now.rem_euclid(SECOND) - 7200 * SECOND;
     let target = fixtures::sample_batch("t1", t);
-    let mut host = fixtures::sample_batch("t1", t);
-    for s in &mut host.samples {
-        s.labels = vec![fleet_schemas::Label {
-            name: "host".into(),
-            value: "db-1".into(),
-        }];
-    }
+    let host = fixtures::host_sample_batch("t1", t);
     let other = fixtures::sample_batch("t2", t);
     let report = fixtures::metric_report("t1", "a1", t);
     let mut w = ts.writer();

@@ -301,13 +301,7 @@ async fn replay_and_verify_cover_the_samples_topic() -> anyhow::Result<()> {
     let log = embedded_log(dir.path()).await?;
     let t = fleet_schemas::time::now_micros() - 3_600_000_000;
     let target = fleet_schemas::fixtures::sample_batch("t1", t);
-    let mut host = fleet_schemas::fixtures::sample_batch("t1", t + 60_000_000);
-    for s in &mut host.samples {
-        s.labels = vec![fleet_schemas::Label {
-            name: "host".into(),
-            value: "db-1".into(),
-        }];
-    }
+    let host = fleet_schemas::fixtures::host_sample_batch("t1", t + 60_000_000);
     for b in [&target, &host] {
         produce(
             log.as_ref(),

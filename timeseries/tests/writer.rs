@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use fleet_schemas::samples::samples;
-use fleet_schemas::{Label, LabeledSample, MetricReport, SampleBatch, SampleSource};
+use fleet_schemas::{LabeledSample, MetricReport, SampleBatch, SampleSource};
 use fleet_timeseries::engine::Ingested;
 use fleet_timeseries::store::{AgentKey, ChunkKind, ChunkStore};
 use fleet_timeseries::{EngineConfig, RangeQuery, Retention, TimeSeries, TimeSeriesStore, Writer};
@@ -548,20 +548,7 @@ async fn a_direct_write_into_an_open_window_keeps_the_heads_checkpoint() -> Resu
     Ok(())
 }
 
-fn labeled(metric: &str, pairs: &[(&str, &str)], t: i64, value: f64) -> LabeledSample {
-    LabeledSample {
-        metric: metric.into(),
-        labels: pairs
-            .iter()
-            .map(|(n, v)| Label {
-                name: (*n).into(),
-                value: (*v).into(),
-            })
-            .collect(),
-        timestamp: t,
-        value,
-    }
-}
+use fleet_schemas::fixtures::labeled_sample as labeled;
 
 fn sample_batch(samples: Vec<LabeledSample>, received_at: i64) -> SampleBatch {
     SampleBatch {
