@@ -110,7 +110,18 @@ mod tests {
     }
 
     fn series(metric: &str, pairs: &[(&str, &str)]) -> LabeledSample {
-        fleet_schemas::fixtures::labeled_sample(metric, pairs, 0, 1.0)
+        LabeledSample {
+            metric: metric.into(),
+            labels: pairs
+                .iter()
+                .map(|(n, v)| Label {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            timestamp: 0,
+            value: 1.0,
+        }
     }
 
     #[test]
