@@ -3,7 +3,8 @@
 //! The system runs (`fleetstream up` on the embedded log and stores; and every role as its
 //! own process on a private Kafka broker and Postgres), an enrolled agent reports this
 //! machine, an API-made rule raises an alert that is acknowledged and ticketed, a command
-//! runs, the agent is tagged. Once the live projections have applied everything in the
+//! runs, the agent is tagged, and Influx line protocol with an ingest key writes samples of
+//! a host and of a scrape target over two hours (`fleet.samples.v1`). Once the live projections have applied everything in the
 //! topics, `fleetstream replay` rebuilds both projections into fresh stores, and
 //! `fleetstream verify` finds the rebuilt read model and time series equal to the live
 //! ones; a row altered in the rebuilt read model and a sample added to the rebuilt time
@@ -189,10 +190,56 @@ async fn feed(
         })
         .await?;
     }
+    write_samples(&client, api, gateway, admin_key, &tenant_id).await?;
     // More reports, so that the series span some samples.
     tokio::time::sleep(Duration::from_secs(5)).await;
     drop(procs);
     Ok(Fed { agent_id, agent })
+}
+
+/// The line-protocol samples [`write_samples`] writes: 3 series of 2 sources.
+const SAMPLE_SERIES: usize = 3;
+
+/// Writes samples with Influx line protocol (an ingest key of `tenant_id`): a host's two
+/// fields and a scrape target's one, at times over the last two hours.
+async fn write_samples(
+    client: &reqwest::Client,
+    api: &str,
+    gateway: &str,
+    admin_key: &str,
+    tenant_id: &str,
+) -> anyhow::Result<()> {
+    let created = send(
+        client.post(format!("{api}/api/v1/admin/ingest-keys")),
+        admin_key,
+        Some(json!({"name": "e2e replay", "tenant_id": tenant_id})),
+        reqwest::StatusCode::CREATED,
+    )
+    .await?;
+    let key = created["key"].as_str().context("ingest key")?;
+    let now = fleet_schemas::time::now_micros() / 1_000_000;
+    let t = now - 7200;
+    let body = format!(
+        "cpu,host=db-1 usage_idle=90.5,usage_user=3 {t}\n\
+         cpu,host=db-1 usage_idle=91 {}\n\
+         node,instance=web-1:9100,job=node load1=0.5 {t}\n\
+         node,instance=web-1:9100,job=node load1=0.7 {}\n",
+        t + 1800,
+        t + 5400
+    );
+    let resp = client
+        .post(format!("{gateway}/api/v2/write?precision=s"))
+        .bearer_auth(key)
+        .body(body)
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == reqwest::StatusCode::NO_CONTENT,
+        "line protocol: {} {}",
+        resp.status(),
+        resp.text().await?
+    );
+    Ok(())
 }
 
 /// Next offsets per (topic, partition) of the read-model and time-series topics: the end
@@ -238,6 +285,15 @@ async fn caught_up(
         println!("live projections behind: ends {ends:?}, read model applied {applied:?}, time series caught up: {ts_done}");
     }
     Ok(rm_done && ts_done)
+}
+
+/// The tenant of an agent, from the read model.
+async fn tenant_of(rm: &fleet_read_model::SqlReadModel, agent_id: &str) -> anyhow::Result<String> {
+    Ok(rm
+        .get_agent(None, agent_id)
+        .await?
+        .context("the agent in the read model")?
+        .tenant_id)
 }
 
 /// Checks that `out` failed and says each of `needles`.
@@ -690,6 +746,31 @@ async fn embedded_replay_rebuilds_equal_views_and_exports() -> anyhow::Result<()
         pj.stop()?;
     }
     ensure!(metric_records > 5, "only {metric_records} metric reports");
+    // The line-protocol samples are in the live series index and time series.
+    let rm = fleet_read_model::SqlReadModel::connect(&live_rm).await?;
+    let series = rm
+        .list_sample_series(&fleet_read_model::SampleSeriesQuery {
+            tenant_id: tenant_of(&rm, &fed.agent_id).await?,
+            metric: None,
+            start: i64::MIN,
+            end: i64::MAX,
+            limit: 100,
+        })
+        .await?;
+    rm.close().await;
+    ensure!(series.len() == SAMPLE_SERIES, "{series:#?}");
+    let ts = fleet_timeseries::open(&live_ts, Default::default(), Default::default()).await?;
+    let load = ts
+        .points(
+            &series[0].tenant_id,
+            r#"~{instance="web-1:9100",job="node"}"#,
+            &[r#"node_load1{instance="web-1:9100",job="node"}"#],
+            i64::MIN,
+            i64::MAX,
+        )
+        .await?;
+    ensure!(load[0].len() == 2, "{load:?}");
+    drop(ts);
 
     let rebuilt_rm = format!("sqlite://{}", dir.path().join("rebuilt.db").display());
     let log_args = ["--event-log", log_url.as_str()];

@@ -194,7 +194,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     if let Some(ts) = &report.timeseries {
         println!(
-            "  time series {} ({}): {} reports, {} points written, {} undecodable reports skipped.",
+            "  time series {} ({}): {} records (reports, sample batches), {} points written, {} undecodable records skipped.",
             ts.url, ts.engine, ts.reports, ts.points, ts.undecodable
         );
     }

@@ -103,8 +103,9 @@ pub struct GatewayConfig {
     /// the pending commands; older unfinished commands are dropped.
     #[serde(with = "humantime_serde")]
     pub command_lookback: Duration,
-    /// Series shards of `fleet.samples.v1` (the standard write protocols): a record's key
-    /// is `{tenant}/{shard}`, a series always in one shard. Fixed for a deployment:
+    /// Source shards of `fleet.samples.v1` (the standard write protocols): a record's key
+    /// is `{tenant}/{shard}`, a series (and every series of its source: a scrape target,
+    /// a host) always in one shard. Fixed for a deployment:
     /// changing it moves series to other partitions (their order across the change is
     /// then not kept).
     pub sample_shards: u32,

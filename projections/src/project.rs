@@ -14,8 +14,8 @@ use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{ConsumerRuntime, Output, Processor, Settings};
 use fleet_consumer::Backoff;
 use fleet_event_log::{ConsumedRecord, EventLog, StartFrom};
-use fleet_read_model::{Change, ReadModel, StoreError, StoredOffset};
-use fleet_schemas::{codec, topics, Wire};
+use fleet_read_model::{Change, ReadModel, SampleSeries, StoreError, StoredOffset};
+use fleet_schemas::{codec, topics, SampleBatch, Wire};
 use fleet_timeseries::TimeSeriesStore;
 
 use crate::metrics;
@@ -38,10 +38,12 @@ pub const READ_MODEL_TOPICS: &[&str] = &[
     topics::INVENTORY,
     topics::TICKETS,
     topics::RULES,
+    topics::SAMPLES,
 ];
 
-/// The topics the time-series projection consumes (metric reports).
-pub const TIMESERIES_TOPICS: &[&str] = &[topics::METRICS];
+/// The topics the time-series projection consumes (metric reports, and the samples of the
+/// standard write protocols: [`crate::timeseries::apply`]).
+pub const TIMESERIES_TOPICS: &[&str] = &[topics::METRICS, topics::SAMPLES];
 
 /// Readiness of the projection loops, for `/readyz`.
 #[derive(Debug, Clone, Default)]
@@ -82,7 +84,8 @@ pub fn to_change(wire: &Wire, r: &ConsumedRecord) -> Result<Change, codec::Codec
         Some(T::TicketEvent) => Change::Ticket(Box::new(wire.decode_known(&r.value)?)),
         Some(T::RuleEvent) => Change::Rule(Box::new(wire.decode_known(&r.value)?)),
         Some(T::AlertEvent) => Change::Alert(wire.decode_known(&r.value)?),
-        Some(T::AgentEvent | T::DeadLetter | T::SampleBatch) | None => {
+        Some(T::SampleBatch) => Change::Series(series_of(&wire.decode_known(&r.value)?)),
+        Some(T::AgentEvent | T::DeadLetter) | None => {
             return Err(codec::CodecError::NotProjected(r.topic.to_string()))
         }
     })
@@ -99,6 +102,87 @@ fn change_tenant(c: &Change) -> &str {
         Change::Inventory(i) => &i.tenant_id,
         Change::Ticket(t) => &t.tenant_id,
         Change::Rule(r) => &r.tenant_id,
+        Change::Series(s) => s.first().map_or("", |s| &s.tenant_id),
+    }
+}
+
+/// The series index entries of a sample batch: one per series, with the times of its
+/// finite samples (a series whose samples are all NaN or ±Inf, or whose text is over the
+/// time-series engine's name limit, has nothing stored and is not listed).
+pub fn series_of(batch: &SampleBatch) -> Vec<SampleSeries> {
+    let mut out: std::collections::BTreeMap<String, SampleSeries> = Default::default();
+    for s in batch.samples.iter().filter(|s| s.value.is_finite()) {
+        let text = s.series_text();
+        if text.len() > fleet_timeseries::limits::MAX_NAME_BYTES {
+            continue;
+        }
+        match out.entry(text) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let e = e.get_mut();
+                e.first_at = e.first_at.min(s.timestamp);
+                e.last_at = e.last_at.max(SampleSeries::last_step(s.timestamp));
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let series = e.key().clone();
+                e.insert(SampleSeries {
+                    tenant_id: batch.tenant_id.clone(),
+                    unit_id: s.unit_id(),
+                    series,
+                    metric: s.metric.clone(),
+                    labels: s
+                        .labels
+                        .iter()
+                        .map(|l| (l.name.clone(), l.value.clone()))
+                        .collect(),
+                    first_at: s.timestamp,
+                    last_at: SampleSeries::last_step(s.timestamp),
+                });
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+/// Series index rows this process knows the store holds (tenant, series → first, last),
+/// so that a series written again with times inside what is stored costs nothing: its
+/// entry is dropped before the store sees it. At most [`SeenSeries::MAX`] entries (then
+/// it starts over: the store's upsert keeps the rows right either way).
+#[derive(Debug, Default)]
+pub struct SeenSeries {
+    known: HashMap<(String, String), (i64, i64)>,
+}
+
+impl SeenSeries {
+    /// Entries kept before starting over (about 200 bytes each).
+    pub const MAX: usize = 1_000_000;
+
+    /// Drops the entries of a [`Change::Series`] that would not change a stored row.
+    pub fn filter(&self, change: &mut Change) {
+        if let Change::Series(series) = change {
+            series.retain(|s| {
+                self.known
+                    .get(&(s.tenant_id.clone(), s.series.clone()))
+                    .is_none_or(|&(first, last)| s.first_at < first || s.last_at > last)
+            });
+        }
+    }
+
+    /// Records what a [`Change::Series`] the store applied wrote.
+    pub fn record(&mut self, change: &Change) {
+        let Change::Series(series) = change else {
+            return;
+        };
+        if self.known.len() + series.len() > Self::MAX {
+            self.known.clear();
+        }
+        for s in series {
+            let e = self
+                .known
+                .entry((s.tenant_id.clone(), s.series.clone()))
+                .or_insert((s.first_at, s.last_at));
+            e.0 = e.0.min(s.first_at);
+            e.1 = e.1.max(s.last_at);
+        }
     }
 }
 
@@ -134,6 +218,7 @@ pub async fn run_read_model(
         store,
         applied,
         dead,
+        seen: SeenSeries::default(),
     };
     runtime.run(&mut projection, shutdown).await;
     Ok(())
@@ -145,6 +230,8 @@ struct ReadModelProjection {
     /// Next offset per partition stored with the rows: records below it are skipped.
     applied: HashMap<(String, u32), i64>,
     dead: DeadLetters,
+    /// The series index rows written ([`SeenSeries`]).
+    seen: SeenSeries,
 }
 
 impl Processor for ReadModelProjection {
@@ -171,7 +258,11 @@ impl Processor for ReadModelProjection {
                 continue;
             }
             match to_change(self.dead.wire(), r) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    self.seen.filter(&mut c);
+                    if matches!(&c, Change::Series(s) if s.is_empty()) {
+                        continue;
+                    }
                     changes.push(c);
                     sources.push(r);
                 }
@@ -187,6 +278,11 @@ impl Processor for ReadModelProjection {
         let stored = stored_offsets(batch);
         let store = self.store.as_ref();
         let refused = apply_or_refuse(store, &changes, &stored).await;
+        for (i, c) in changes.iter().enumerate() {
+            if !refused.iter().any(|(r, _)| *r == i) {
+                self.seen.record(c);
+            }
+        }
         if !refused.is_empty() {
             for (i, e) in refused {
                 if let (Some(r), Some(c)) = (sources.get(i), changes.get(i)) {
@@ -458,5 +554,50 @@ mod tests {
             superseded_reports(&Wire::plain(), &batch),
             vec![false, false, false]
         );
+    }
+
+    /// Series index entries already stored with times inside the stored ones are dropped;
+    /// a new series or a time beyond either end stays.
+    #[test]
+    fn seen_series_drop_what_the_store_has() {
+        let batch = fleet_schemas::fixtures::sample_batch("t1", 7_200_000_000);
+        let mut first = Change::Series(series_of(&batch));
+        let Change::Series(s) = &first else {
+            unreachable!()
+        };
+        assert_eq!(s.len(), 2, "two series: {s:?}");
+        assert_eq!(s[1].first_at, 7_200_000_000 - 15_000_000, "{s:?}");
+        assert_eq!(s[1].last_at, 7_200_000_000, "{s:?}");
+        let mut seen = SeenSeries::default();
+        seen.filter(&mut first);
+        assert!(matches!(&first, Change::Series(s) if s.len() == 2));
+        seen.record(&first);
+        // Same batch again, and one 10 minutes later: nothing new.
+        for at in [7_200_000_000, 7_800_000_000] {
+            let mut again =
+                Change::Series(series_of(&fleet_schemas::fixtures::sample_batch("t1", at)));
+            seen.filter(&mut again);
+            assert!(
+                matches!(&again, Change::Series(s) if s.is_empty()),
+                "{again:?}"
+            );
+        }
+        // An hour later: the coarse last time moves.
+        let mut later = Change::Series(series_of(&fleet_schemas::fixtures::sample_batch(
+            "t1",
+            10_800_000_000,
+        )));
+        seen.filter(&mut later);
+        assert!(
+            matches!(&later, Change::Series(s) if s.len() == 2),
+            "{later:?}"
+        );
+        // Another tenant's series are new.
+        let mut other = Change::Series(series_of(&fleet_schemas::fixtures::sample_batch(
+            "t2",
+            7_200_000_000,
+        )));
+        seen.filter(&mut other);
+        assert!(matches!(&other, Change::Series(s) if s.len() == 2));
     }
 }

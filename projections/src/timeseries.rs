@@ -1,4 +1,5 @@
-//! The time-series projection: `fleet.metrics.v1` into the time-series engine.
+//! The time-series projection: `fleet.metrics.v1` and `fleet.samples.v1` into the
+//! time-series engine.
 //!
 //! It runs on the consumer runtime ([`fleet_consumer::runtime`]) as a processor that
 //! commits less than it read. Reports go into the engine's head ([`fleet_timeseries::Writer`])
@@ -11,9 +12,19 @@
 //! when the store has none: a fresh store is rebuilt from the log); when it loses one,
 //! the partition's agents leave the head.
 //!
-//! A record that is not a metric report is a dead letter (DECODE); a report whose time
-//! is beyond ±2^62 µs one too (PROCESS). Reports older than their agent's newest by more
-//! than the out-of-order allowance are counted (`fleet_timeseries_late_refused_total`).
+//! Samples of the standard write protocols go to the unit of their source (a scrape
+//! target, a host, else the series itself: `fleet_schemas::series`), stored like an agent
+//! whose id is `~` and the source's labels (`~{instance="a:9100",job="node"}`), each series
+//! named by its text (`up{instance="a:9100",job="node"}`);
+//! [`fleet_timeseries::Writer::ingest_samples`] has the rules.
+//!
+//! A record that does not decode is a dead letter (DECODE); a report whose time is beyond
+//! ±2^62 µs one too (PROCESS), and so is a sample batch with samples that can never be
+//! stored (a time beyond ±2^62 µs, a series text over the engine's name limit: PROCESS,
+//! naming the first; the batch's other samples are stored). Reports older than their
+//! agent's newest by more than the out-of-order allowance are counted
+//! (`fleet_timeseries_late_refused_total`), as are samples not stored
+//! (`fleet_timeseries_samples_skipped_total{reason}`: staleness NaNs among them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +33,11 @@ use fleet_consumer::deadletter::{DeadLetters, Reason};
 use fleet_consumer::log::ensure_topics;
 use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
 use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
+use fleet_schemas::codec::CodecError;
 use fleet_schemas::Wire;
-use fleet_schemas::{topics, MetricReport};
+use fleet_schemas::{topics, MetricReport, SampleBatch};
 use fleet_timeseries::engine::{CommitPoint, Ingested};
-use fleet_timeseries::{Error as TsError, TimeSeries, Writer};
+use fleet_timeseries::{Error as TsError, SamplesIngested, TimeSeries, Writer};
 
 use crate::project::{Readiness, TIMESERIES_CONSUMER, TIMESERIES_TOPICS};
 use crate::{metrics, ProjectionsConfig};
@@ -107,9 +119,9 @@ impl Processor for Projection {
     async fn handle(&mut self, batch: &[ConsumedRecord]) -> Output {
         for r in batch {
             self.ingest(r).await;
+            ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => r.topic.to_string())
+                .increment(1);
         }
-        ::metrics::counter!(metrics::RECORDS, "projection" => "timeseries", "topic" => topics::METRICS)
-            .increment(batch.len() as u64);
         self.after_batch().await
     }
 
@@ -136,43 +148,48 @@ impl Processor for Projection {
 }
 
 impl Projection {
-    /// Puts one record into the head (a dead letter when it is not a storable report).
+    /// Puts one record into the head (a dead letter when it is not storable).
     async fn ingest(&mut self, r: &ConsumedRecord) {
-        let report = match self.dead.wire().decode_known::<MetricReport>(&r.value) {
-            Ok(report) => report,
-            Err(e) => {
-                ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
-                    .increment(1);
-                self.dead.note(r, Reason::decode(e));
-                // Read, and past it once the dead letter is written.
-                self.writer.skip(&r.topic, r.partition, r.offset);
-                return;
-            }
-        };
-        let ingested = loop {
-            match self
-                .writer
-                .ingest(&r.topic, r.partition, r.offset, &report)
-                .await
-            {
-                Ok(i) => break i,
-                Err(e) => {
+        let applied = loop {
+            match apply(&mut self.writer, self.dead.wire(), r).await {
+                Ok(applied) => break applied,
+                Err(ApplyError::Decode(e)) => {
+                    ::metrics::counter!(metrics::DECODE_ERRORS, "projection" => "timeseries", "topic" => r.topic.to_string())
+                        .increment(1);
+                    self.dead.note(r, Reason::decode(e));
+                    // Read, and past it once the dead letter is written.
+                    self.writer.skip(&r.topic, r.partition, r.offset);
+                    return;
+                }
+                Err(ApplyError::Store(e)) => {
                     // Loading an evicted agent back failed: the store is down.
-                    tracing::warn!(error = %e, "Time-series store unavailable; retrying the report.");
+                    tracing::warn!(error = %e, "Time-series store unavailable; retrying the record.");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         };
-        if ingested == Ingested::OutOfRange {
+        let refused = match applied {
+            Applied::Report {
+                ingested: Ingested::OutOfRange,
+                tenant,
+                occurred_at,
+            } => Some((
+                tenant,
+                format!("collection time {occurred_at} µs is beyond ±2^62 µs from the epoch"),
+            )),
+            Applied::Samples { ingested, tenant } if ingested.refused() > 0 => Some((
+                tenant,
+                format!(
+                    "{} of the batch's samples can never be stored (the others were): {}",
+                    ingested.refused(),
+                    ingested.first_refused.as_deref().unwrap_or("")
+                ),
+            )),
+            _ => None,
+        };
+        if let Some((tenant, reason)) = refused {
             ::metrics::counter!(metrics::REFUSED, "projection" => "timeseries").increment(1);
-            self.dead.note(
-                r,
-                Reason::process(format!(
-                    "collection time {} µs is beyond ±2^62 µs from the epoch",
-                    report.occurred_at
-                ))
-                .tenant(&report.tenant_id),
-            );
+            self.dead.note(r, Reason::process(reason).tenant(&tenant));
         }
     }
 
@@ -202,4 +219,65 @@ fn offsets(points: &[CommitPoint]) -> Vec<CommitOffset> {
             next_offset: *next_offset,
         })
         .collect()
+}
+
+/// What [`apply`] did with a record.
+#[derive(Debug)]
+pub enum Applied {
+    /// A metric report of `fleet.metrics.v1`.
+    Report {
+        /// How it fared.
+        ingested: Ingested,
+        /// Its tenant.
+        tenant: String,
+        /// Its collection time (µs).
+        occurred_at: i64,
+    },
+    /// A sample batch of `fleet.samples.v1`.
+    Samples {
+        /// How its samples fared.
+        ingested: SamplesIngested,
+        /// Its tenant.
+        tenant: String,
+    },
+}
+
+/// Why [`apply`] did not apply a record.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The record is not what its topic holds: a dead letter (the writer has not moved
+    /// past it: [`Writer::skip`]).
+    #[error("{0}")]
+    Decode(#[from] CodecError),
+    /// The store failed (loading an evicted agent back): try again.
+    #[error("{0}")]
+    Store(#[from] TsError),
+}
+
+/// Decodes a record of a time-series topic ([`crate::project::TIMESERIES_TOPICS`]) and
+/// feeds it to `writer`: the one path of the live projection and of `fleetstream replay`.
+pub async fn apply(
+    writer: &mut Writer,
+    wire: &Wire,
+    r: &ConsumedRecord,
+) -> Result<Applied, ApplyError> {
+    if &*r.topic == topics::SAMPLES {
+        let batch: SampleBatch = wire.decode_known(&r.value)?;
+        let ingested = writer
+            .ingest_samples(&r.topic, r.partition, r.offset, &batch)
+            .await?;
+        return Ok(Applied::Samples {
+            ingested,
+            tenant: batch.tenant_id,
+        });
+    }
+    let report: MetricReport = wire.decode_known(&r.value)?;
+    let ingested = writer
+        .ingest(&r.topic, r.partition, r.offset, &report)
+        .await?;
+    Ok(Applied::Report {
+        ingested,
+        tenant: report.tenant_id,
+        occurred_at: report.occurred_at,
+    })
 }

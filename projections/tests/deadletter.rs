@@ -327,6 +327,32 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
     expect(&["readmodel"], topics::RULES, bad, DeadLetterKind::Decode);
     produce(log, &fixtures::rule_defined("t1", "rule-b", t)).await;
 
+    // The samples topic (both projections'): a valid batch, three corrupt, a batch with a
+    // series text over the engine's limit beside a good sample (stored; the batch is a
+    // time-series dead letter naming the refused one; the series index leaves it out), a
+    // valid batch of a host.
+    let sb = fixtures::sample_batch("t1", t);
+    produce(log, &sb).await;
+    let bad = corrupt(log, &sb).await;
+    expect(
+        &["readmodel", "timeseries"],
+        topics::SAMPLES,
+        bad,
+        DeadLetterKind::Decode,
+    );
+    let mut long = fixtures::sample_batch("t1", t + 1_000_000);
+    long.samples[0].metric = "x".repeat(fleet_timeseries::limits::MAX_NAME_BYTES + 1);
+    long.samples[1].labels[0].value = "web-2:9100".into();
+    let at = produce(log, &long).await;
+    expect(
+        &["timeseries"],
+        topics::SAMPLES,
+        vec![(at, codec::Wire::plain().encode(&long).expect("encode"))],
+        DeadLetterKind::Process,
+    );
+    let host = fixtures::host_sample_batch("t1", t + 2_000_000);
+    produce(log, &host).await;
+
     let (stop, handle) = start(&e, "dl-ts-1");
     let got = wait_for_dead_letters(log, &expected).await;
     // Every valid record around them was projected.
@@ -375,7 +401,18 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
         let rules_ok = ["rule-a", "rule-b"]
             .iter()
             .all(|r| rules.iter().any(|x| x.rule_id == *r));
-        agents_ok && alerts_ok && commands_ok && software_ok && tickets_ok && rules_ok
+        let series = rm
+            .list_sample_series(&fleet_read_model::SampleSeriesQuery {
+                tenant_id: "t1".into(),
+                metric: None,
+                start: i64::MIN,
+                end: i64::MAX,
+                limit: 100,
+            })
+            .await
+            .expect("series");
+        let series_ok = series.len() == 5;
+        agents_ok && alerts_ok && commands_ok && software_ok && tickets_ok && rules_ok && series_ok
     })
     .await;
     let ts = e.ts.as_ref();
@@ -385,6 +422,49 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
     })
     .await;
     assert!(ts.series("t1", "m-far").await.expect("series").is_empty());
+    // The samples: one unit per source, each series named by its text.
+    let web1 = r#"~{instance="web-1:9100",job="node"}"#;
+    let web2 = r#"~{instance="web-2:9100",job="node"}"#;
+    let db1 = r#"~{host="db-1"}"#;
+    wait_until("the valid samples in the time series", async || {
+        !ts.series("t1", db1).await.expect("series").is_empty()
+            && !ts.series("t1", web2).await.expect("series").is_empty()
+    })
+    .await;
+    assert_eq!(
+        ts.series("t1", web1).await.expect("series"),
+        [
+            r#"node_cpu_seconds_total{cpu="0",instance="web-1:9100",job="node",mode="idle"}"#,
+            r#"node_load1{instance="web-1:9100",job="node"}"#,
+        ]
+    );
+    assert_eq!(
+        ts.series("t1", web2).await.expect("series"),
+        [r#"node_load1{instance="web-2:9100",job="node"}"#],
+        "the good sample of the refused batch is stored"
+    );
+    assert_eq!(
+        ts.series("t1", db1).await.expect("series"),
+        [
+            r#"node_cpu_seconds_total{host="db-1"}"#,
+            r#"node_load1{host="db-1"}"#
+        ]
+    );
+    let q = fleet_timeseries::RangeQuery {
+        tenant_id: "t1".into(),
+        agent_id: web1.into(),
+        series: r#"node_load1{instance="web-1:9100",job="node"}"#.into(),
+        start_micros: t - 60_000_000,
+        end_micros: t + 60_000_000,
+        interval_micros: 1_000_000,
+    };
+    let b = ts
+        .query_resolution(&q, fleet_timeseries::Resolution::Raw)
+        .await
+        .expect("query");
+    let points: Vec<(i64, f64)> = b.iter().map(|b| (b.start_micros, b.last)).collect();
+    let second = |t: i64| t - t.rem_euclid(1_000_000);
+    assert_eq!(points, [(second(t - 15_000_000), 0.25), (second(t), 0.5)]);
 
     // Each dead letter names its record exactly and carries its raw bytes and reason.
     assert_eq!(got.len(), expected.len(), "one dead letter each: {got:#?}");
@@ -410,6 +490,8 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
                 assert_eq!(d.tenant_id.as_deref(), Some("t1"));
                 if d.consumer == "readmodel" {
                     assert!(d.reason.contains("exploded"), "{}", d.reason);
+                } else if d.source_topic == topics::SAMPLES {
+                    assert!(d.reason.contains("over the limit"), "{}", d.reason);
                 } else {
                     assert!(d.reason.contains("2^62"), "{}", d.reason);
                 }
@@ -439,6 +521,13 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
         "{c:?}"
     );
     assert_eq!(count("readmodel", topics::TICKETS, "process"), 1.0, "{c:?}");
+    assert_eq!(count("timeseries", topics::SAMPLES, "decode"), 3.0, "{c:?}");
+    assert_eq!(count("readmodel", topics::SAMPLES, "decode"), 3.0, "{c:?}");
+    assert_eq!(
+        count("timeseries", topics::SAMPLES, "process"),
+        1.0,
+        "{c:?}"
+    );
     for topic in [
         topics::HEARTBEATS,
         topics::ALERTS,
@@ -458,7 +547,10 @@ async fn corrupt_and_refused_records_become_dead_letters_and_the_rest_is_project
             .into_iter()
             .map(|o| ((o.topic, o.partition), o.next_offset))
             .collect();
-    for (topic, p, o) in raw.keys() {
+    for (topic, p, o) in raw
+        .keys()
+        .filter(|k| fleet_projections::project::READ_MODEL_TOPICS.contains(&k.0.as_str()))
+    {
         assert!(
             stored.get(&(topic.clone(), *p)).is_some_and(|n| n > o),
             "readmodel stored {topic}/{p} past {o}: {stored:?}"

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod query;
 pub mod routes;
+pub mod samples;
 pub mod state;
 
 pub use app::app;

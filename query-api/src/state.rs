@@ -32,6 +32,9 @@ pub struct AppState {
     pub(crate) gateway_url: String,
     pub(crate) approval_required: Arc<Vec<String>>,
     pub(crate) limiters: Arc<Limiters>,
+    /// Stored samples for PromQL (the Prometheus HTTP API): [`AppState::new`] reads them
+    /// from its read model and time-series store ([`crate::samples::StoredSamples`]).
+    pub(crate) series_source: Arc<dyn fleet_promql::SeriesSource>,
 }
 
 impl fleet_service::client::TrustedProxies for AppState {
@@ -51,7 +54,12 @@ impl AppState {
         log: Arc<dyn EventLog>,
         wire: Wire,
     ) -> AppState {
+        let series_source = Arc::new(crate::samples::StoredSamples::new(
+            read_model.clone(),
+            timeseries.clone(),
+        ));
         AppState {
+            series_source,
             registry,
             read_model,
             timeseries,
@@ -67,6 +75,18 @@ impl AppState {
                     .collect(),
             ),
         }
+    }
+
+    /// Where the Prometheus HTTP API reads stored samples from.
+    pub fn series_source(&self) -> &Arc<dyn fleet_promql::SeriesSource> {
+        &self.series_source
+    }
+
+    /// Sets where the Prometheus HTTP API reads stored samples from.
+    #[must_use]
+    pub fn with_series_source(mut self, source: Arc<dyn fleet_promql::SeriesSource>) -> Self {
+        self.series_source = source;
+        self
     }
 
     /// The settings of an `[api]` table: the bootstrap key, the gateway URL, the command

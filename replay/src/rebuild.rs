@@ -124,11 +124,11 @@ pub struct TimeSeriesOutcome {
     pub url: String,
     /// The chunk engine (`embedded`, `cql`).
     pub engine: String,
-    /// Reports applied.
+    /// Records applied (metric reports and sample batches).
     pub reports: u64,
     /// Points written.
     pub points: u64,
-    /// Reports that did not decode (skipped, as the live projection does).
+    /// Records that did not decode (skipped, as the live projection does).
     pub undecodable: u64,
 }
 
@@ -201,7 +201,8 @@ struct Counts {
     changes: u64,
     coalesced: u64,
     rm_undecodable: u64,
-    /// Time series: reports, points, reports that did not decode.
+    /// Time series: records (reports and sample batches), points, records that did not
+    /// decode.
     reports: u64,
     points: u64,
     ts_undecodable: u64,
@@ -253,34 +254,39 @@ async fn apply_read_model(
     counts.changes += changes.len() as u64;
 }
 
-/// Feeds a batch's reports to the time-series writer as the live projection does (the
-/// same engine: head, sealing by event time), without wall-clock checkpoints: the replay
-/// writes one at the end.
+/// Feeds a batch's reports and sample batches to the time-series writer as the live
+/// projection does (the same path, [`fleet_projections::timeseries::apply`]: head, sealing
+/// by event time), without wall-clock checkpoints: the replay writes one at the end.
 async fn apply_timeseries(
     writer: &tokio::sync::Mutex<Writer>,
     wire: &Wire,
     batch: &[ConsumedRecord],
     counts: &mut Counts,
 ) -> Result<()> {
+    use fleet_projections::timeseries::{apply, Applied, ApplyError};
     let mut writer = writer.lock().await;
     for r in batch
         .iter()
         .filter(|r| TIMESERIES_TOPICS.contains(&&*r.topic))
     {
-        match wire.decode_known::<fleet_schemas::MetricReport>(&r.value) {
-            Ok(report) => {
+        match apply(&mut writer, wire, r).await {
+            Ok(applied) => {
                 counts.reports += 1;
-                if let fleet_timeseries::engine::Ingested::Stored(n) = writer
-                    .ingest(&r.topic, r.partition, r.offset, &report)
-                    .await?
-                {
-                    counts.points += n as u64;
-                }
+                counts.points += match applied {
+                    Applied::Report {
+                        ingested: fleet_timeseries::engine::Ingested::Stored(n),
+                        ..
+                    } => n as u64,
+                    Applied::Samples { ingested, .. } => ingested.stored as u64,
+                    Applied::Report { .. } => 0,
+                };
             }
-            Err(e) => {
+            Err(ApplyError::Decode(e)) => {
                 counts.ts_undecodable += 1;
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "Undecodable report skipped (as the live projection does).");
+                writer.skip(&r.topic, r.partition, r.offset);
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "Undecodable record skipped (as the live projection does).");
             }
+            Err(ApplyError::Store(e)) => return Err(e.into()),
         }
     }
     writer.after_batch().await?;

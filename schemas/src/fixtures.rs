@@ -311,6 +311,39 @@ pub fn sample_batch(tenant: &str, received_at: i64) -> SampleBatch {
     }
 }
 
+/// [`sample_batch`] of a Telegraf-like host: every sample labelled `host="db-1"` alone.
+pub fn host_sample_batch(tenant: &str, received_at: i64) -> SampleBatch {
+    let mut b = sample_batch(tenant, received_at);
+    for s in &mut b.samples {
+        s.labels = vec![Label {
+            name: "host".into(),
+            value: "db-1".into(),
+        }];
+    }
+    b
+}
+
+/// A sample of `metric` with labels `pairs` (given sorted by name).
+pub fn labeled_sample(
+    metric: &str,
+    pairs: &[(&str, &str)],
+    timestamp: i64,
+    value: f64,
+) -> LabeledSample {
+    LabeledSample {
+        metric: metric.into(),
+        labels: pairs
+            .iter()
+            .map(|(n, v)| Label {
+                name: (*n).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        timestamp,
+        value,
+    }
+}
+
 /// A dead letter: the read model gave up on garbage at `fleet.metrics.v1` partition 2,
 /// offset 41.
 pub fn dead_letter(consumer: &str, occurred_at: i64) -> DeadLetter {

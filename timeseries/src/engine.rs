@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fleet_schemas::samples::for_each_sample;
-use fleet_schemas::MetricReport;
+use fleet_schemas::{MetricReport, SampleBatch};
 use parking_lot::Mutex;
 
 use crate::chunk::{self, Block};
@@ -115,6 +115,13 @@ fn now_micros() -> i64 {
 }
 
 const SHARDS: usize = 32;
+
+/// The most series one unit of `fleet.samples.v1` (one scrape target or host) may have in
+/// the engine; samples of further series are skipped and counted. A unit's hour is one
+/// block and its day of 5-minute rollups one set, each bounded by
+/// [`crate::limits::MAX_CELLS`] (4 Mi): 4,096 series fit 288 rollup buckets, and an hour
+/// of samples every 3.5 s or slower. A node_exporter target has one to two thousand.
+pub const MAX_UNIT_SERIES: usize = 4096;
 
 /// Tenant → agent → head.
 type Shard = HashMap<Arc<str>, HashMap<Arc<str>, AgentHead>>;
@@ -269,6 +276,7 @@ impl TimeSeries {
         Writer {
             ts: self.clone(),
             partitions: BTreeMap::new(),
+            partition_ids: BTreeMap::new(),
             last_checkpoint: Instant::now(),
             slots: Vec::with_capacity(64),
             pending: Vec::new(),
@@ -277,6 +285,7 @@ impl TimeSeries {
             evicted_checked: None,
             pending_evicted: Vec::new(),
             since_memory_check: 0,
+            unit_full: 0,
         }
     }
 
@@ -362,29 +371,18 @@ impl TimeSeries {
     ) -> Result<Vec<Vec<Bucket>>> {
         let (from, to) = bucket_range(q);
         let key = AgentKey::new(&q.tenant_id, &q.agent_id);
-        let (wfrom, wto) = (
-            window_of(from),
-            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
-        );
-        let open = self.open_points(&key, wfrom, wto, series).await?;
         let Some(width) = resolution.width_micros() else {
-            let mut stored = self.stored_blocks(&key, wfrom, wto).await?;
-            let mut points: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series.len()];
-            let windows: std::collections::BTreeSet<i64> =
-                stored.keys().chain(open.keys()).copied().collect();
-            for w in windows {
-                let block = stored.remove(&w);
-                for (i, name) in series.iter().enumerate() {
-                    let merged =
-                        merge_points(block.as_ref(), name, open.get(&w).map(|o| &o[i][..]));
-                    points[i].extend(merged.into_iter().filter(|(t, _)| *t >= from && *t < to));
-                }
-            }
+            let points = self.raw_points(&key, from, to, series).await?;
             return Ok(points
                 .into_iter()
                 .map(|p| aggregate_buckets(p, q.interval_micros))
                 .collect());
         };
+        let (wfrom, wto) = (
+            window_of(from),
+            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
+        );
+        let open = self.open_points(&key, wfrom, wto, series).await?;
         let kind = if width == 300_000_000 {
             ChunkKind::Rollup5m
         } else {
@@ -433,6 +431,34 @@ impl TimeSeries {
                 merge_buckets(r, q.interval_micros)
             })
             .collect())
+    }
+
+    /// The raw samples of each of `series` of `key` in `[from, to)` (within ±2^62 µs):
+    /// stored blocks merged with the open windows (the head's or the segments').
+    async fn raw_points(
+        &self,
+        key: &AgentKey,
+        from: i64,
+        to: i64,
+        series: &[&str],
+    ) -> Result<Vec<Vec<(i64, f64)>>> {
+        let (wfrom, wto) = (
+            window_of(from),
+            window_of(to.saturating_sub(1)) + BLOCK_MICROS,
+        );
+        let open = self.open_points(key, wfrom, wto, series).await?;
+        let mut stored = self.stored_blocks(key, wfrom, wto).await?;
+        let mut points: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series.len()];
+        let windows: std::collections::BTreeSet<i64> =
+            stored.keys().chain(open.keys()).copied().collect();
+        for w in windows {
+            let block = stored.remove(&w);
+            for (i, name) in series.iter().enumerate() {
+                let merged = merge_points(block.as_ref(), name, open.get(&w).map(|o| &o[i][..]));
+                points[i].extend(merged.into_iter().filter(|(t, _)| *t >= from && *t < to));
+            }
+        }
+        Ok(points)
     }
 
     /// Seals blocks: merges each with the block stored for its window (the new samples
@@ -704,6 +730,25 @@ impl TimeSeriesStore for TimeSeries {
         self.query_agent(first, &series, resolution).await
     }
 
+    async fn points(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        series: &[&str],
+        start_micros: i64,
+        end_micros: i64,
+    ) -> Result<Vec<Vec<(i64, f64)>>> {
+        let (from, to) = (
+            start_micros.max(-crate::MAX_ABS_TS_MICROS),
+            end_micros.min(crate::MAX_ABS_TS_MICROS),
+        );
+        if from >= to || series.is_empty() {
+            return Ok(vec![Vec::new(); series.len()]);
+        }
+        self.raw_points(&AgentKey::new(tenant_id, agent_id), from, to, series)
+            .await
+    }
+
     async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>> {
         let key = AgentKey::new(tenant_id, agent_id);
         let mut names = self.store.series(&key).await?;
@@ -746,6 +791,9 @@ pub enum Ingested {
 /// What the writer knows of a partition it holds.
 #[derive(Debug, Clone, Default)]
 struct PartitionTrack {
+    /// The writer's id of the partition ([`Writer::partition_id`]), which an agent's head
+    /// names its partition by.
+    id: u32,
     next_offset: i64,
     watermark: i64,
     /// The watermark at the last scan for idle agents.
@@ -757,6 +805,10 @@ struct PartitionTrack {
 pub struct Writer {
     ts: Arc<TimeSeries>,
     partitions: BTreeMap<(Arc<str>, u32), PartitionTrack>,
+    /// A small id per (topic, partition) ever held, stable for the writer's life: a head
+    /// names its partition by it, so partitions of different topics with the same number
+    /// (the writer takes several topics) stay apart.
+    partition_ids: BTreeMap<(Arc<str>, u32), u32>,
     last_checkpoint: Instant,
     /// Reused per report: (slot, value).
     slots: Vec<(usize, f64)>,
@@ -765,7 +817,7 @@ pub struct Writer {
     /// Agents taken out of the head to stay under its memory limit: their open windows
     /// are in the store's segments and come back when they report again.
     evicted: HashMap<AgentKey, OpenAgent>,
-    /// The partition of each evicted agent.
+    /// The partition (id) of each evicted agent.
     evicted_partition: HashMap<AgentKey, u32>,
     /// The agent [`Writer::ingest`] just loaded back (not to be looked up again).
     evicted_checked: Option<AgentKey>,
@@ -773,6 +825,57 @@ pub struct Writer {
     pending_evicted: Vec<OpenAgent>,
     /// Samples ingested since the head's bytes were last added up ([`Writer::over_memory`]).
     since_memory_check: u64,
+    /// Samples of the last row not stored because their unit holds [`MAX_UNIT_SERIES`]
+    /// series already.
+    unit_full: usize,
+}
+
+/// One row for the head: an agent's (or unit's) samples of one time.
+struct Row<'a> {
+    tenant: &'a str,
+    agent: &'a str,
+    /// The gateway's time of the record (µs): its partition's clock.
+    ingested_at: i64,
+    /// The samples' time (µs).
+    occurred_at: i64,
+    samples: RowSamples<'a>,
+}
+
+/// The samples of a [`Row`].
+enum RowSamples<'a> {
+    /// A metric report's (non-finite values skipped).
+    Report(&'a MetricReport),
+    /// Series named in full, values finite.
+    Named(&'a [(&'a str, f64)]),
+}
+
+/// What [`Writer::ingest_samples`] did with a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SamplesIngested {
+    /// Samples in the head.
+    pub stored: usize,
+    /// NaN or ±Inf values (staleness markers), skipped.
+    pub non_finite: usize,
+    /// Samples of rows older than their unit's newest by more than the out-of-order
+    /// allowance (each row counted once in `fleet_timeseries_late_refused_total`).
+    pub too_late: usize,
+    /// Sample times beyond ±2^62 µs: never storable.
+    pub out_of_range: usize,
+    /// Series texts over [`crate::limits::MAX_NAME_BYTES`]: never storable.
+    pub name_too_long: usize,
+    /// New series of a unit that holds [`MAX_UNIT_SERIES`] already.
+    pub unit_full: usize,
+    /// What was wrong with the first sample refused as never storable (out of range or
+    /// too long a name), for a dead letter's reason.
+    pub first_refused: Option<String>,
+}
+
+impl SamplesIngested {
+    /// Samples that can never be stored (out of range, too long a name).
+    pub fn refused(&self) -> usize {
+        self.out_of_range + self.name_too_long
+    }
 }
 
 /// An offset to commit: (topic, partition, next offset).
@@ -789,7 +892,9 @@ impl Writer {
     /// read it from its start).
     pub async fn assign(&mut self, topic: &str, partition: u32) -> Result<Option<i64>> {
         let state = self.ts.store.partition_state(topic, partition).await?;
+        let id = self.partition_id(&Arc::from(topic), partition);
         let track = PartitionTrack {
+            id,
             next_offset: state.as_ref().map_or(0, |s| s.next_offset),
             watermark: state.as_ref().map_or(i64::MIN, |s| s.watermark),
             idle_scanned: state.as_ref().map_or(i64::MIN, |s| s.watermark),
@@ -799,7 +904,7 @@ impl Writer {
             return Ok(None);
         };
         for open in &state.agents {
-            let head = load_head(self.ts.store.as_ref(), open, partition).await?;
+            let head = load_head(self.ts.store.as_ref(), open, id).await?;
             self.evicted.remove(&open.agent);
             let mut shard = self.ts.heads.shard(&open.agent.agent).lock();
             shard
@@ -813,7 +918,11 @@ impl Writer {
     /// Forgets a partition this process no longer holds: its agents leave the head (the
     /// new holder restores them from the last checkpoint).
     pub fn revoke(&mut self, topic: &str, partition: u32) {
-        self.partitions.remove(&(Arc::from(topic), partition));
+        let topic: Arc<str> = Arc::from(topic);
+        self.partitions.remove(&(topic.clone(), partition));
+        let Some(&partition) = self.partition_ids.get(&(topic, partition)) else {
+            return;
+        };
         let gone: Vec<AgentKey> = self
             .evicted_partition
             .iter()
@@ -843,13 +952,120 @@ impl Writer {
         offset: i64,
         r: &MetricReport,
     ) -> Result<Ingested> {
+        let row = Row {
+            tenant: &r.tenant_id,
+            agent: &r.agent_id,
+            ingested_at: r.ingested_at,
+            occurred_at: r.occurred_at,
+            samples: RowSamples::Report(r),
+        };
+        self.ingest_row(topic, partition, offset, &row).await
+    }
+
+    /// Applies a [`SampleBatch`] read at `offset` of `topic`/`partition`: each sample goes
+    /// to the unit of its source ([`fleet_schemas::series::unit_id`], the engine's agent
+    /// id) as series [`fleet_schemas::series::series_text`]; a unit's samples of one time
+    /// are one row, the rows in time order, each stored as a report would be (the
+    /// out-of-order allowance per row, the batch's `received_at` as its partition clock).
+    /// Not stored, and counted in the answer (and in
+    /// `fleet_timeseries_samples_skipped_total{reason}`): non-finite values (a NaN is
+    /// Prometheus' staleness marker; the store holds finite values only), times beyond
+    /// ±2^62 µs, series texts longer than [`crate::limits::MAX_NAME_BYTES`], new series of
+    /// a unit that already has [`MAX_UNIT_SERIES`], and rows too late.
+    pub async fn ingest_samples(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        offset: i64,
+        batch: &SampleBatch,
+    ) -> Result<SamplesIngested> {
+        let mut out = SamplesIngested::default();
+        let mut units: BTreeMap<String, BTreeMap<i64, Vec<(String, f64)>>> = BTreeMap::new();
+        for s in &batch.samples {
+            if !s.value.is_finite() {
+                out.non_finite += 1;
+                continue;
+            }
+            if s.timestamp.unsigned_abs() > crate::MAX_ABS_TS_MICROS.unsigned_abs() {
+                out.out_of_range += 1;
+                out.first_refused.get_or_insert_with(|| {
+                    format!(
+                        "sample time {} µs is beyond ±2^62 µs from the epoch",
+                        s.timestamp
+                    )
+                });
+                continue;
+            }
+            let name = s.series_text();
+            if name.len() > crate::limits::MAX_NAME_BYTES {
+                out.name_too_long += 1;
+                out.first_refused.get_or_insert_with(|| {
+                    format!(
+                        "series text of {} bytes is over the limit of {} (metric {})",
+                        name.len(),
+                        crate::limits::MAX_NAME_BYTES,
+                        s.metric
+                    )
+                });
+                continue;
+            }
+            units
+                .entry(s.unit_id())
+                .or_default()
+                .entry(s.timestamp)
+                .or_default()
+                .push((name, s.value));
+        }
+        let mut stored_any = false;
+        let mut named: Vec<(&str, f64)> = Vec::new();
+        for (unit, rows) in &units {
+            for (&ts, samples) in rows {
+                named.clear();
+                named.extend(samples.iter().map(|(n, v)| (n.as_str(), *v)));
+                let row = Row {
+                    tenant: &batch.tenant_id,
+                    agent: unit,
+                    ingested_at: batch.received_at,
+                    occurred_at: ts,
+                    samples: RowSamples::Named(&named),
+                };
+                self.unit_full = 0;
+                match self.ingest_row(topic, partition, offset, &row).await? {
+                    Ingested::Stored(n) => out.stored += n,
+                    Ingested::TooLate => out.too_late += samples.len(),
+                    Ingested::OutOfRange => out.out_of_range += samples.len(),
+                }
+                out.unit_full += self.unit_full;
+                stored_any = true;
+            }
+        }
+        if !stored_any {
+            self.skip(topic, partition, offset);
+        }
+        metrics::samples_skipped("non_finite", out.non_finite);
+        metrics::samples_skipped("out_of_range", out.out_of_range);
+        metrics::samples_skipped("name_too_long", out.name_too_long);
+        metrics::samples_skipped("unit_full", out.unit_full);
+        Ok(out)
+    }
+
+    /// Applies one row (a report, or a unit's samples of one time) read at `offset`; an
+    /// agent evicted from the head is loaded back from its segments first.
+    async fn ingest_row(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        offset: i64,
+        r: &Row<'_>,
+    ) -> Result<Ingested> {
         match self.ingest_held(topic, partition, offset, r) {
             Some(done) => Ok(done),
             None => {
-                let key = AgentKey::new(&r.tenant_id, &r.agent_id);
+                let key = AgentKey::new(r.tenant, r.agent);
                 if let Some(open) = self.evicted.remove(&key) {
                     self.evicted_partition.remove(&key);
-                    let head = load_head(self.ts.store.as_ref(), &open, partition).await?;
+                    let id = self.partition_id(topic, partition);
+                    let head = load_head(self.ts.store.as_ref(), &open, id).await?;
                     let mut shard = self.ts.heads.shard(&key.agent).lock();
                     shard
                         .entry(key.tenant.clone())
@@ -871,53 +1087,66 @@ impl Writer {
         track.next_offset = track.next_offset.max(offset.saturating_add(1));
     }
 
+    /// The id of `topic`/`partition` (given on first sight).
+    fn partition_id(&mut self, topic: &Arc<str>, partition: u32) -> u32 {
+        let next = u32::try_from(self.partition_ids.len()).unwrap_or(u32::MAX);
+        *self
+            .partition_ids
+            .entry((topic.clone(), partition))
+            .or_insert(next)
+    }
+
     fn track(&mut self, topic: &Arc<str>, partition: u32) -> &mut PartitionTrack {
+        let id = self.partition_id(topic, partition);
         self.partitions
             .entry((topic.clone(), partition))
             .or_insert_with(|| PartitionTrack {
+                id,
                 watermark: i64::MIN,
                 idle_scanned: i64::MIN,
                 ..Default::default()
             })
     }
 
-    /// [`Writer::ingest`] for an agent in the head (or new); `None` when the agent may be
+    /// [`Writer::ingest_row`] for an agent in the head (or new); `None` when the agent may be
     /// evicted and must be loaded first.
     fn ingest_held(
         &mut self,
         topic: &Arc<str>,
         partition: u32,
         offset: i64,
-        r: &MetricReport,
+        r: &Row<'_>,
     ) -> Option<Ingested> {
         let track = self.track(topic, partition);
+        let pid = track.id;
         track.next_offset = track.next_offset.max(offset.saturating_add(1));
         if r.occurred_at.unsigned_abs() > crate::MAX_ABS_TS_MICROS.unsigned_abs() {
             return Some(Ingested::OutOfRange);
         }
         track.watermark = track.watermark.max(r.ingested_at);
         let allowance = self.ts.config.out_of_order_micros();
-        let mut shard = self.ts.heads.shard(&r.agent_id).lock();
-        let tenant = match shard.get_key_value(r.tenant_id.as_str()) {
+        let mut shard = self.ts.heads.shard(r.agent).lock();
+        let tenant = match shard.get_key_value(r.tenant) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(r.tenant_id.as_str()),
+            None => Arc::from(r.tenant),
         };
         let agents = shard.entry(tenant.clone()).or_default();
-        let head = match agents.get_mut(r.agent_id.as_str()) {
+        let head = match agents.get_mut(r.agent) {
             Some(h) => h,
             None => {
-                let checked = self.evicted_checked.as_ref().is_some_and(|k| {
-                    &*k.tenant == r.tenant_id.as_str() && &*k.agent == r.agent_id.as_str()
-                });
+                let checked = self
+                    .evicted_checked
+                    .as_ref()
+                    .is_some_and(|k| &*k.tenant == r.tenant && &*k.agent == r.agent);
                 if !self.evicted.is_empty() && !checked {
                     return None;
                 }
                 agents
-                    .entry(Arc::from(r.agent_id.as_str()))
-                    .or_insert_with(|| AgentHead::new(partition))
+                    .entry(Arc::from(r.agent))
+                    .or_insert_with(|| AgentHead::new(pid))
             }
         };
-        head.partition = partition;
+        head.partition = pid;
         head.last_ingested = head.last_ingested.max(r.ingested_at);
         if head.max_ts != i64::MIN && r.occurred_at < head.max_ts.saturating_sub(allowance) {
             metrics::late_refused();
@@ -926,20 +1155,33 @@ impl Writer {
         self.slots.clear();
         let mut hint = 0;
         let slots = &mut self.slots;
-        for_each_sample(r, |metric, subject, value| {
-            if value.is_finite() {
-                let slot = head.slot(metric, subject, hint);
-                hint = slot + 1;
-                slots.push((slot, value));
+        match r.samples {
+            RowSamples::Report(report) => for_each_sample(report, |metric, subject, value| {
+                if value.is_finite() {
+                    let slot = head.slot(metric, subject, hint);
+                    hint = slot + 1;
+                    slots.push((slot, value));
+                }
+            }),
+            RowSamples::Named(named) => {
+                for &(name, value) in named {
+                    match head.slot_of_name_bounded(name, hint, MAX_UNIT_SERIES) {
+                        Some(slot) => {
+                            hint = slot + 1;
+                            slots.push((slot, value));
+                        }
+                        None => self.unit_full += 1,
+                    }
+                }
             }
-        });
+        }
         let n = slots.len();
         head.write(r.occurred_at, slots.drain(..));
         if let Some((&first, _)) = head.windows.first_key_value() {
             if first + BLOCK_MICROS <= head.max_ts.saturating_sub(allowance) {
                 let key = AgentKey {
                     tenant,
-                    agent: Arc::from(r.agent_id.as_str()),
+                    agent: Arc::from(r.agent),
                 };
                 for w in head.closed_windows(allowance) {
                     if !head.windows.get(&w).is_some_and(|x| x.sealing) {
@@ -1063,10 +1305,10 @@ impl Writer {
     fn scan_idle(&mut self) {
         let idle = micros(self.ts.config.idle_seal_after);
         let mut due: Vec<(u32, i64)> = Vec::new();
-        for ((_, p), t) in self.partitions.iter_mut() {
+        for t in self.partitions.values_mut() {
             if t.watermark != i64::MIN && t.watermark.saturating_sub(t.idle_scanned) >= 60_000_000 {
                 t.idle_scanned = t.watermark;
-                due.push((*p, t.watermark.saturating_sub(idle)));
+                due.push((t.id, t.watermark.saturating_sub(idle)));
             }
         }
         if due.is_empty() {
@@ -1219,7 +1461,7 @@ impl Writer {
         }
         let mut commits = Vec::with_capacity(self.partitions.len());
         for ((topic, p), t) in &self.partitions {
-            let mut agents = open_by_partition.remove(p).unwrap_or_default();
+            let mut agents = open_by_partition.remove(&t.id).unwrap_or_default();
             agents.sort_by(|a, b| a.agent.cmp(&b.agent));
             write.partitions.push(PartitionState {
                 topic: topic.to_string(),

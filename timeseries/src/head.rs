@@ -273,6 +273,23 @@ impl AgentHead {
         self.names.len() - 1
     }
 
+    /// The slot of series `name`, added if new while the agent has fewer than `max`
+    /// series (`None` when it has `max` already); `hint` is where to look first (rows list
+    /// their series in the same order).
+    pub fn slot_of_name_bounded(&mut self, name: &str, hint: usize, max: usize) -> Option<usize> {
+        if self.names.get(hint).is_some_and(|n| &**n == name) {
+            return Some(hint);
+        }
+        if let Some(i) = self.slot_named(name) {
+            return Some(i);
+        }
+        if self.names.len() >= max {
+            return None;
+        }
+        self.names.push(name.into());
+        Some(self.names.len() - 1)
+    }
+
     /// Series not yet in the store's index.
     pub fn unindexed(&self) -> &[Arc<str>] {
         &self.names[self.indexed.min(self.names.len())..]

@@ -118,7 +118,7 @@ pub mod eval {
 }
 
 pub use chunk::{Block, BlockHeader, Series};
-pub use engine::{EngineConfig, TimeSeries, Writer};
+pub use engine::{EngineConfig, SamplesIngested, TimeSeries, Writer};
 pub use error::{ChunkError, Error, Result};
 pub use query::{
     aggregate_buckets, bucket_range, bucket_start, merge_buckets, validate_points, validate_query,

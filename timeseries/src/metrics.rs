@@ -8,6 +8,11 @@ use crate::store::ChunkKind;
 pub const SAMPLES: &str = "fleet_timeseries_samples_total";
 /// Reports refused as older than the out-of-order allowance.
 pub const LATE_REFUSED: &str = "fleet_timeseries_late_refused_total";
+/// Samples of `fleet.samples.v1` not stored, by `reason`: `non_finite` (NaN, ±Inf:
+/// Prometheus' staleness markers), `out_of_range` (time beyond ±2^62 µs), `name_too_long`
+/// (series text over the engine's name limit), `unit_full` (a new series of a unit that
+/// holds `engine::MAX_UNIT_SERIES` already).
+pub const SAMPLES_SKIPPED: &str = "fleet_timeseries_samples_skipped_total";
 /// Windows sealed into blocks.
 pub const SEALED: &str = "fleet_timeseries_sealed_windows_total";
 /// Time to seal one batch of windows.
@@ -35,6 +40,7 @@ pub const ROLLUP_CACHE: &str = "fleet_timeseries_rollup_cache_total";
 pub const ALL: &[&str] = &[
     SAMPLES,
     LATE_REFUSED,
+    SAMPLES_SKIPPED,
     SEALED,
     SEAL_SECONDS,
     CHUNKS,
@@ -49,6 +55,12 @@ pub const ALL: &[&str] = &[
 
 pub(crate) fn samples(n: usize) {
     metrics::counter!(SAMPLES).increment(n as u64);
+}
+
+pub(crate) fn samples_skipped(reason: &'static str, n: usize) {
+    if n > 0 {
+        metrics::counter!(SAMPLES_SKIPPED, "reason" => reason).increment(n as u64);
+    }
 }
 
 pub(crate) fn late_refused() {

@@ -278,6 +278,20 @@ pub trait TimeSeriesStore: Send + Sync + Debug {
         Ok(out)
     }
 
+    /// The raw samples of each of `series` (answers in that order) of one agent in
+    /// `[start_micros, end_micros)`, oldest first, one per timestamp (the newest write of
+    /// a timestamp): what raw-resolution buckets are made of, for evaluators that need the
+    /// samples themselves (PromQL). Raw samples older than the raw retention are gone. The
+    /// range is clamped to ±2^62 µs; an empty one answers no samples.
+    async fn points(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        series: &[&str],
+        start_micros: i64,
+        end_micros: i64,
+    ) -> Result<Vec<Vec<(i64, f64)>>>;
+
     /// Series names stored for an agent.
     async fn series(&self, tenant_id: &str, agent_id: &str) -> Result<Vec<String>>;
 

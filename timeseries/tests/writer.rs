@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use fleet_schemas::samples::samples;
-use fleet_schemas::MetricReport;
+use fleet_schemas::{LabeledSample, MetricReport, SampleBatch, SampleSource};
 use fleet_timeseries::engine::Ingested;
 use fleet_timeseries::store::{AgentKey, ChunkKind, ChunkStore};
 use fleet_timeseries::{EngineConfig, RangeQuery, Retention, TimeSeries, TimeSeriesStore, Writer};
@@ -545,5 +545,201 @@ async fn a_direct_write_into_an_open_window_keeps_the_heads_checkpoint() -> Resu
     };
     let tool: u64 = ts.query(&q).await?.iter().map(|b| b.count).sum();
     ensure!(tool == 1, "the written point: {tool}");
+    Ok(())
+}
+
+use fleet_schemas::fixtures::labeled_sample as labeled;
+
+fn sample_batch(samples: Vec<LabeledSample>, received_at: i64) -> SampleBatch {
+    SampleBatch {
+        event_id: "b".into(),
+        tenant_id: "t1".into(),
+        partition_key: "t1/0".into(),
+        source: SampleSource::PrometheusRemoteWrite,
+        received_at,
+        samples,
+    }
+}
+
+/// The raw samples of one series of `agent` in `[from, to)`, through the store's queries.
+async fn raw(
+    ts: &dyn TimeSeriesStore,
+    agent: &str,
+    series: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, f64)>> {
+    let q = RangeQuery {
+        tenant_id: "t1".into(),
+        agent_id: agent.into(),
+        series: series.into(),
+        start_micros: from,
+        end_micros: to,
+        interval_micros: SECOND,
+    };
+    Ok(ts
+        .query_resolution(&q, fleet_timeseries::Resolution::Raw)
+        .await?
+        .iter()
+        .map(|b| (b.start_micros, b.last))
+        .collect())
+}
+
+/// A batch of samples goes to the units of its sources, each series named by its text;
+/// each unit's samples of one time are one row (one timestamp column per unit), staleness
+/// NaNs, times out of range and over-long names are counted, not stored; sealed blocks
+/// hold the same, and a crash restores the units from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_are_stored_per_source_unit_one_row_per_time() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let topic: Arc<str> = Arc::from("fleet.samples.v1");
+    let node = [("instance", "a:9100"), ("job", "node")];
+    let long = "x".repeat(fleet_timeseries::limits::MAX_NAME_BYTES + 1);
+    let mut samples = Vec::new();
+    for i in 0..3 {
+        let t = t0() + i * 15 * SECOND;
+        samples.push(labeled("up", &node, t, 1.0));
+        samples.push(labeled(
+            "node_load1",
+            &[("instance", "a:9100"), ("job", "node")],
+            t,
+            i as f64,
+        ));
+        samples.push(labeled(
+            "mem_used",
+            &[("host", "web-1")],
+            t + 1,
+            10.0 + i as f64,
+        ));
+        samples.push(labeled("temp", &[("zone", "a\"b")], t, 20.0));
+    }
+    samples.push(labeled(
+        "up",
+        &[("instance", "b:9100"), ("job", "node")],
+        t0(),
+        f64::NAN,
+    ));
+    samples.push(labeled(
+        "up",
+        &[("instance", "c:9100"), ("job", "node")],
+        i64::MAX,
+        1.0,
+    ));
+    samples.push(labeled(&long, &[], t0(), 1.0));
+    let got = w
+        .ingest_samples(&topic, 0, 0, &sample_batch(samples, t0() + HOUR))
+        .await?;
+    ensure!(got.stored == 12, "{got:?}");
+    ensure!(
+        got.non_finite == 1 && got.out_of_range == 1 && got.name_too_long == 1,
+        "{got:?}"
+    );
+    ensure!(got.refused() == 2 && got.first_refused.is_some(), "{got:?}");
+
+    let unit = r#"~{instance="a:9100",job="node"}"#;
+    ensure!(
+        ts.series("t1", unit).await?
+            == vec![
+                r#"node_load1{instance="a:9100",job="node"}"#.to_string(),
+                r#"up{instance="a:9100",job="node"}"#.to_string()
+            ],
+        "the target's two series are one unit's"
+    );
+    ensure!(
+        ts.series("t1", r#"~{host="web-1"}"#).await?
+            == vec![r#"mem_used{host="web-1"}"#.to_string()]
+    );
+    ensure!(
+        ts.series("t1", r#"~temp{zone="a\"b"}"#).await? == vec![r#"temp{zone="a\"b"}"#.to_string()]
+    );
+    ensure!(
+        ts.series("t1", r#"~{instance="b:9100",job="node"}"#)
+            .await?
+            .is_empty(),
+        "a NaN alone stores nothing"
+    );
+    let load = r#"node_load1{instance="a:9100",job="node"}"#;
+    let expect: Vec<(i64, f64)> = (0..3).map(|i| (t0() + i * 15 * SECOND, i as f64)).collect();
+    ensure!(raw(ts.as_ref(), unit, load, t0(), t0() + HOUR).await? == expect);
+
+    // Checkpoint, then a restart: the units come back from the checkpoint; a later hour
+    // seals the first one, whose block holds the unit's one timestamp column.
+    w.checkpoint().await?;
+    drop(w);
+    let ts = Arc::new(TimeSeries::new(
+        ts.store().clone(),
+        Retention::default(),
+        config(),
+    )?);
+    let mut w = ts.writer();
+    ensure!(w.assign(&topic, 0).await? == Some(1));
+    let later = t0() + 2 * HOUR;
+    let got = w
+        .ingest_samples(
+            &topic,
+            0,
+            1,
+            &sample_batch(vec![labeled("up", &node, later, 1.0)], later),
+        )
+        .await?;
+    ensure!(got.stored == 1);
+    w.after_batch().await?;
+    let key = AgentKey::new("t1", unit);
+    let blocks = ts
+        .store()
+        .chunks(ChunkKind::Raw, &key, t0(), t0() + HOUR)
+        .await?;
+    ensure!(blocks.len() == 1, "the first hour sealed: {}", blocks.len());
+    let block = fleet_timeseries::chunk::decode(&blocks[0].1)?;
+    ensure!(block.timestamps() == [t0(), t0() + 15 * SECOND, t0() + 30 * SECOND]);
+    ensure!(block.series().len() == 2);
+    ensure!(raw(ts.as_ref(), unit, load, t0(), t0() + HOUR).await? == expect);
+    Ok(())
+}
+
+/// The writer takes several topics: partitions of two topics with the same number keep
+/// their own agents in the checkpoint, so a process that takes only one of them restores
+/// that one's open windows (before, both topics' agents were filed under the first topic's
+/// partition: the second's open hour was lost when its new holder wrote to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_two_topics_with_one_number_keep_their_agents_apart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ts = engine(dir.path(), config()).await?;
+    let mut w = ts.writer();
+    let reports = fleet(2, 1, 9);
+    let first = reports[0].agent_id.clone();
+    let (a, b): (Vec<MetricReport>, Vec<MetricReport>) =
+        reports.into_iter().partition(|r| r.agent_id == first);
+    let (ta, tb): (Arc<str>, Arc<str>) = (Arc::from("topic.a"), Arc::from("topic.b"));
+    let half = |v: &[MetricReport]| v[..v.len() / 2].to_vec();
+    let (a1, b1) = (half(&a), half(&b));
+    for (i, r) in a1.iter().enumerate() {
+        w.ingest(&ta, 0, i as i64, r).await?;
+    }
+    for (i, r) in b1.iter().enumerate() {
+        w.ingest(&tb, 0, i as i64, r).await?;
+    }
+    w.checkpoint().await?;
+    drop(w);
+    // Another process takes topic.b's partition 0 only, and goes on with its records.
+    let other = Arc::new(TimeSeries::new(
+        ts.store().clone(),
+        Retention::default(),
+        config(),
+    )?);
+    let mut w = other.writer();
+    ensure!(w.assign(&tb, 0).await? == Some(b1.len() as i64));
+    let b2 = &b[b1.len()..];
+    for (i, r) in b2.iter().enumerate() {
+        w.ingest(&tb, 0, (b1.len() + i) as i64, r).await?;
+    }
+    let (from, to) = (t0(), t0() + 2 * HOUR);
+    let got = totals(other.as_ref(), &b, from, to).await?;
+    ensure!(
+        counts(&got) == expected(&b, from, to),
+        "topic.b's first half kept"
+    );
     Ok(())
 }

@@ -57,7 +57,62 @@ pub enum Change {
     Ticket(Box<TicketEvent>),
     /// Alert rule defined or deleted.
     Rule(Box<fleet_schemas::RuleEvent>),
+    /// Series of the standard write protocols seen in a `fleet.samples.v1` batch (one
+    /// entry per series, its times those of the batch's samples).
+    Series(Vec<SampleSeries>),
 }
+
+/// How coarsely the series index keeps the newest sample time of a series
+/// ([`SampleSeries::last_at`]): one hour, so that steady writes change no row.
+pub const SERIES_LAST_STEP_MICROS: i64 = 3_600_000_000;
+
+/// A series of the standard write protocols in the read model's index (`sample_series`):
+/// what `fleet.samples.v1` held of it. Written by [`Change::Series`] (the earliest
+/// `first_at` and the latest `last_at` win), read by [`ReadModel::list_sample_series`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleSeries {
+    /// Tenant.
+    pub tenant_id: String,
+    /// The time-series engine's unit holding it (`fleet_schemas::series::unit_id`).
+    pub unit_id: String,
+    /// Its text, `metric{a="x",...}` (`fleet_schemas::series::series_text`): its name in
+    /// the time-series engine.
+    pub series: String,
+    /// Metric name.
+    pub metric: String,
+    /// Labels other than the metric name, sorted by name.
+    pub labels: Vec<(String, String)>,
+    /// Time of its earliest sample (µs).
+    pub first_at: i64,
+    /// Time of its newest sample rounded down to a multiple of [`SERIES_LAST_STEP_MICROS`]
+    /// (µs): its samples end before `last_at + SERIES_LAST_STEP_MICROS`.
+    pub last_at: i64,
+}
+
+impl SampleSeries {
+    /// `t` rounded down to the step [`SampleSeries::last_at`] keeps.
+    pub fn last_step(t: i64) -> i64 {
+        t.div_euclid(SERIES_LAST_STEP_MICROS) * SERIES_LAST_STEP_MICROS
+    }
+}
+
+/// Which series [`ReadModel::list_sample_series`] lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleSeriesQuery {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Only series of this metric name.
+    pub metric: Option<String>,
+    /// Only series that may have samples at or after this time (µs).
+    pub start: i64,
+    /// Only series with samples at or before this time (µs).
+    pub end: i64,
+    /// At most this many (at most [`MAX_SERIES_LIMIT`]).
+    pub limit: usize,
+}
+
+/// The most series one [`ReadModel::list_sample_series`] call returns.
+pub const MAX_SERIES_LIMIT: usize = 100_000;
 
 /// The next offset a projection consumes on one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -677,4 +732,9 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// The audit log, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// The series of the standard write protocols of a tenant that may have samples in
+    /// `[query.start, query.end]` (by the index's first and coarse last times), at most
+    /// `query.limit`, ordered by series text.
+    async fn list_sample_series(&self, query: &SampleSeriesQuery) -> Result<Vec<SampleSeries>>;
 }

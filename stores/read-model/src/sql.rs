@@ -43,6 +43,7 @@ use sqlx::Row;
 mod agents;
 mod commands;
 mod fleet;
+mod series;
 mod snapshot;
 mod software;
 mod tickets;
@@ -55,7 +56,8 @@ pub use snapshot::{
 use crate::{
     AgentQuery, AgentRow, AgentSoftware, AgentStatus, AlertQuery, AlertRow, AlertStatus,
     AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandRow, FleetOverview,
-    ReadModel, Result, ServiceRow, SoftwareQuery, StoreError, StoredOffset, TicketQuery, TicketRow,
+    ReadModel, Result, SampleSeries, SampleSeriesQuery, ServiceRow, SoftwareQuery, StoreError,
+    StoredOffset, TicketQuery, TicketRow,
 };
 
 /// Page size of the lists when the query names none.
@@ -93,6 +95,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 7,
             description: "alert rules",
             sql: include_str!("../migrations/0007_alert_rules.sql"),
+        },
+        Migration {
+            version: 10,
+            description: "sample series",
+            sql: include_str!("../migrations/0010_sample_series.sql"),
         },
     ],
 };
@@ -689,6 +696,7 @@ impl ReadModel for SqlReadModel {
                     .await
                     .map_err(Into::into),
                 Change::Ticket(ev) => tickets::apply_ticket(&mut tx, ev).await,
+                Change::Series(s) => series::apply_series(&mut tx, self.db.engine(), s).await,
             };
             applied.map_err(|e| self.apply_error(e))?;
         }
@@ -857,6 +865,11 @@ impl ReadModel for SqlReadModel {
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_rule(&self, rule_id: &str) -> Result<Option<fleet_schemas::RuleEvent>> {
         Ok(self.query_rules(None, Some(rule_id)).await?.pop())
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn list_sample_series(&self, query: &SampleSeriesQuery) -> Result<Vec<SampleSeries>> {
+        self.query_sample_series(query).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]

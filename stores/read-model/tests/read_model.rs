@@ -15,7 +15,8 @@ use anyhow::{ensure, Context, Result};
 use fleet_read_model::{
     open_read_model, AgentQuery, AgentRow, AgentStatus, AlertEvent, AlertQuery, AlertRow,
     AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandStatus,
-    ReadModel, SoftwareQuery, StoreError, StoredOffset, TicketQuery, TicketStatus,
+    ReadModel, SampleSeries, SampleSeriesQuery, SoftwareQuery, StoreError, StoredOffset,
+    TicketQuery, TicketStatus, SERIES_LAST_STEP_MICROS,
 };
 use fleet_schemas::{
     fixtures, AgentLifecycleKind, AlertEventKind, CommandEvent, CommandEventKind,
@@ -56,6 +57,7 @@ macro_rules! conformance {
             a_batch_gives_the_state_of_its_changes_one_by_one,
             large_batches_give_the_state_of_their_changes_one_by_one,
             reports_with_and_without_disks_mix,
+            sample_series_index_widens_and_filters,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -2080,6 +2082,139 @@ mod cases {
             })
             .await?;
         ensure!(bob == vec![e2], "{bob:#?}");
+        Ok(())
+    }
+
+    fn sample_series(
+        tenant: &str,
+        metric: &str,
+        instance: &str,
+        first: i64,
+        last: i64,
+    ) -> SampleSeries {
+        let labels = vec![
+            ("instance".to_owned(), instance.to_owned()),
+            ("job".to_owned(), "node".to_owned()),
+        ];
+        SampleSeries {
+            tenant_id: tenant.into(),
+            unit_id: format!(r#"~{{instance="{instance}",job="node"}}"#),
+            series: format!(r#"{metric}{{instance="{instance}",job="node"}}"#),
+            metric: metric.into(),
+            labels,
+            first_at: first,
+            last_at: SampleSeries::last_step(last),
+        }
+    }
+
+    /// The series index: a row per series and tenant; the earliest first and the latest
+    /// (hour-rounded) last time win in any order and on replay; lists filter by tenant, metric and time range (a series may have samples
+    /// up to an hour past its `last_at`), limited, ordered by series text.
+    pub(crate) async fn sample_series_index_widens_and_filters(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let tag = agent_id();
+        let (t1, t2) = (format!("{tag}-t1"), format!("{tag}-t2"));
+        const HOUR: i64 = SERIES_LAST_STEP_MICROS;
+        let up_a = sample_series(&t1, "up", "a:9100", T0 + 10 * SECOND, T0 + 20 * SECOND);
+        let changes = [
+            Change::Series(vec![
+                up_a.clone(),
+                sample_series(&t1, "node_load1", "a:9100", T0, T0 + 2 * HOUR + 5),
+            ]),
+            // Later, then earlier samples of up: both ends widen.
+            Change::Series(vec![sample_series(
+                &t1,
+                "up",
+                "a:9100",
+                T0 + 3 * HOUR,
+                T0 + 3 * HOUR + 7,
+            )]),
+            Change::Series(vec![sample_series(
+                &t1,
+                "up",
+                "a:9100",
+                T0 + 5 * SECOND,
+                T0 + 6 * SECOND,
+            )]),
+            Change::Series(vec![
+                sample_series(&t1, "up", "b:9100", T0 + 5 * HOUR, T0 + 5 * HOUR),
+                sample_series(&t2, "up", "a:9100", T0, T0),
+            ]),
+        ];
+        store.apply(PROJECTION, &changes, &[]).await?;
+        store.apply(PROJECTION, &changes[1..], &[]).await?; // replayed, out of order
+        let q = |metric: Option<&str>, start: i64, end: i64, limit: usize| SampleSeriesQuery {
+            tenant_id: t1.clone(),
+            metric: metric.map(Into::into),
+            start,
+            end,
+            limit,
+        };
+        let all = store
+            .list_sample_series(&q(None, i64::MIN, i64::MAX, 100))
+            .await?;
+        let names: Vec<&str> = all.iter().map(|s| s.series.as_str()).collect();
+        ensure!(
+            names
+                == [
+                    r#"node_load1{instance="a:9100",job="node"}"#,
+                    r#"up{instance="a:9100",job="node"}"#,
+                    r#"up{instance="b:9100",job="node"}"#,
+                ],
+            "{names:?}"
+        );
+        let up = &all[1];
+        ensure!(up.first_at == T0 + 5 * SECOND, "{up:?}");
+        ensure!(
+            up.last_at == SampleSeries::last_step(T0 + 3 * HOUR + 7),
+            "{up:?}"
+        );
+        ensure!(up.unit_id == up_a.unit_id && up.labels == up_a.labels && up.metric == "up");
+        // By metric; by time: b's samples start at +5h; a's end before +4h (coarsely).
+        let ups = store
+            .list_sample_series(&q(Some("up"), i64::MIN, i64::MAX, 100))
+            .await?;
+        ensure!(
+            ups.len() == 2 && ups.iter().all(|s| s.metric == "up"),
+            "{ups:?}"
+        );
+        let early = store
+            .list_sample_series(&q(Some("up"), T0, T0 + HOUR, 100))
+            .await?;
+        ensure!(
+            early.len() == 1 && early[0].series.contains("a:9100"),
+            "{early:?}"
+        );
+        let late = store
+            .list_sample_series(&q(None, T0 + 4 * HOUR, T0 + 6 * HOUR, 100))
+            .await?;
+        ensure!(
+            late.len() == 1 && late[0].series.contains("b:9100"),
+            "{late:?}"
+        );
+        let in_last_hour = store
+            .list_sample_series(&q(
+                None,
+                T0 + 3 * HOUR + HOUR / 2,
+                T0 + 3 * HOUR + HOUR / 2,
+                100,
+            ))
+            .await?;
+        ensure!(
+            in_last_hour.len() == 1,
+            "up of a may have samples up to +4h: {in_last_hour:?}"
+        );
+        let limited = store
+            .list_sample_series(&q(None, i64::MIN, i64::MAX, 2))
+            .await?;
+        ensure!(limited.len() == 2);
+        // Tenants are apart.
+        let other = SampleSeriesQuery {
+            tenant_id: t2.clone(),
+            ..q(None, i64::MIN, i64::MAX, 100)
+        };
+        ensure!(store.list_sample_series(&other).await?.len() == 1);
         Ok(())
     }
 

@@ -30,6 +30,7 @@ macro_rules! conformance {
             rollups_refuse_intervals_they_cannot_serve,
             query_many_answers_like_query_one_by_one,
             rollups_follow_a_window_sealed_again,
+            points_are_the_raw_samples,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -689,5 +690,55 @@ pub(crate) async fn rollups_follow_a_window_sealed_again(
     ensure!(got[12].max == 3.0 && got[12].count == 1, "{:?}", got[12]);
     let many = store.query_many(std::slice::from_ref(&q)).await?;
     ensure!(many == vec![got]);
+    Ok(())
+}
+
+/// `points` answers the raw samples of the series asked (in that order), across hour
+/// windows, start-inclusive and end-exclusive, the newest write of a timestamp, nothing
+/// for an unknown series, another agent or tenant, or an empty range.
+pub(crate) async fn points_are_the_raw_samples(store: Arc<dyn TimeSeriesStore>) -> Result<()> {
+    let up = r#"up{instance="a:9100",job="node"}"#;
+    let mut batch = Vec::new();
+    for i in 0..8 {
+        let t = t0() + HOUR - 2 * MINUTE + i * 30 * SECOND;
+        batch.push(point("t", "~u", up, t, i as f64));
+        if i % 2 == 0 {
+            batch.push(point("t", "~u", "load", t, 10.0 + i as f64));
+        }
+    }
+    batch.push(point("t", "~v", up, t0() + HOUR, 99.0));
+    batch.push(point("t2", "~u", up, t0() + HOUR, 98.0));
+    store.write(&batch).await?;
+    store
+        .write(&[point("t", "~u", up, t0() + HOUR, 50.0)])
+        .await?;
+    let from = t0() + HOUR - 90 * SECOND;
+    let to = t0() + HOUR + 90 * SECOND;
+    let got = store
+        .points("t", "~u", &["load", up, "nope"], from, to)
+        .await?;
+    let want_up: Vec<(i64, f64)> = (1..7)
+        .map(|i| {
+            let t = t0() + HOUR - 2 * MINUTE + i * 30 * SECOND;
+            (t, if t == t0() + HOUR { 50.0 } else { i as f64 })
+        })
+        .collect();
+    let want_load: Vec<(i64, f64)> = [2, 4, 6]
+        .iter()
+        .map(|&i| (t0() + HOUR - 2 * MINUTE + i * 30 * SECOND, 10.0 + i as f64))
+        .collect();
+    ensure!(got.len() == 3, "{got:?}");
+    ensure!(got[0] == want_load, "{:?}", got[0]);
+    ensure!(got[1] == want_up, "{:?}", got[1]);
+    ensure!(got[2].is_empty());
+    ensure!(
+        store.points("t", "~w", &[up], from, to).await? == vec![Vec::new()],
+        "another agent"
+    );
+    ensure!(store.points("t2", "~u", &[up], from, to).await? == vec![vec![(t0() + HOUR, 98.0)]]);
+    ensure!(store.points("t", "~u", &[up], to, from).await? == vec![Vec::new()]);
+    ensure!(store.points("t", "~u", &[], from, to).await?.is_empty());
+    let everything = store.points("t", "~u", &[up], i64::MIN, i64::MAX).await?;
+    ensure!(everything[0].len() == 8, "{everything:?}");
     Ok(())
 }

@@ -40,6 +40,7 @@ pub const PROJECTED_TABLES: &[(&str, &[&str])] = &[
     ("software_inventory", &["agent_id"]),
     ("software", &["agent_id", "name", "arch"]),
     ("tickets", &["ticket_id"]),
+    ("sample_series", &["tenant_id", "series_id"]),
 ];
 
 /// The read model's tables that no topic feeds: the projections' offsets and the audit
