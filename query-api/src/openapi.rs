@@ -177,7 +177,8 @@ fn escaped(name: &str) -> String {
 ///
 /// * `fleet:name`: a name ([`fleet_schemas::text::check_name`]);
 /// * `fleet:text`: text without hidden characters (command arguments);
-/// * `fleet:rule-metric`: a rule's metric ([`fleet_schemas::rules::is_rule_metric`]);
+/// * `fleet:rule-metric`: a rule's metric ([`fleet_schemas::rules::is_rule_metric`], or
+///   [`fleet_schemas::rules::is_series_metric`] for a rule with `labels`);
 /// * `fleet:metrics`: the history's `metric` list (1 to 20 series, comma-separated);
 /// * `fleet:interval`: a bucket width ([`crate::query::parse_duration`], at least 1s);
 /// * `fleet:time`: `start` and `end`, RFC 3339 (`format: date-time`) or `now` or a
@@ -204,7 +205,7 @@ fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
         (
             "fleet:rule-metric",
             json!({ "pattern": format!(
-                "^(?:{builtins}|{}|custom\\.[\\s\\S]+)$",
+                "^(?:{builtins}|{}|custom\\.[\\s\\S]+|[a-zA-Z_:][a-zA-Z0-9_:]{{0,255}})$",
                 escaped(fleet_schemas::rules::HEARTBEAT_ABSENT)
             ) }),
         ),

@@ -725,10 +725,16 @@ pub struct RuleDefinition {
 #[avro(namespace = "io.fleetstream")]
 pub struct LabelMatcher {
     /// Label name.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-zA-Z_][a-zA-Z0-9_]{0,255}$")
+    )]
     pub name: String,
     /// `=`, `!=`, `=~` or `!~`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(=|!=|=~|!~)$"))]
     pub op: String,
     /// Value, or regular expression.
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub value: String,
 }
 

@@ -63,6 +63,12 @@ pub fn is_rule_metric(metric: &str) -> bool {
     metric == HEARTBEAT_ABSENT || samples::is_known_metric(metric)
 }
 
+/// Whether a rule with `labels` may name `metric`: a metric name of the standard write
+/// protocols of at most 256 bytes.
+pub fn is_series_metric(metric: &str) -> bool {
+    metric.len() <= 256 && crate::series::is_metric_name(metric)
+}
+
 /// Whether `op` breaches "upwards" (`>`, `>=`): larger values are worse.
 fn upward(op: &str) -> Option<bool> {
     match op {
@@ -86,27 +92,19 @@ pub fn check_fields(d: &RuleDefinition) -> Result<(), RuleFieldError> {
     if let Some(v) = d.scope_value.as_deref() {
         crate::text::check_name(v, 200).map_err(|m| bad("scope_value", m))?;
     }
-    if let Some(matchers) = &d.labels {
-        if !crate::series::is_metric_name(&d.metric) || d.metric.len() > 256 {
-            return Err(bad(
-                "metric",
-                format!(
-                    "{:?} is not a metric name of the standard write protocols ([a-zA-Z_:][a-zA-Z0-9_:]*, at most 256 bytes)",
-                    d.metric
-                ),
-            ));
-        }
-        crate::series::Matchers::compile(matchers)
-            .map_err(|(i, m)| bad("labels", format!("labels[{i}]: {m}")))?;
-    } else if !is_rule_metric(&d.metric) {
+    if !is_rule_metric(&d.metric) && !is_series_metric(&d.metric) {
         return Err(bad(
             "metric",
             format!(
-                "unknown metric {:?}; known: {}, {HEARTBEAT_ABSENT} or custom.<name>",
+                "unknown metric {:?}; known: {}, {HEARTBEAT_ABSENT}, custom.<name>, or (with `labels`) a metric name of the standard write protocols",
                 d.metric,
                 samples::BUILTIN_METRICS.join(", ")
             ),
         ));
+    }
+    if let Some(matchers) = &d.labels {
+        crate::series::check_matcher_forms(matchers)
+            .map_err(|(i, m)| bad("labels", format!("labels[{i}]: {m}")))?;
     }
     if let Some(s) = &d.subject {
         crate::text::check_name(s, 500).map_err(|m| bad("subject", m))?;
@@ -151,6 +149,31 @@ pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
             return Err(bad("scope_value", "scope agent needs the agent id"))
         }
         (RuleScope::Tag, None) => return Err(bad("scope_value", "scope tag needs the tag")),
+    }
+    match &d.labels {
+        Some(matchers) => {
+            if !is_series_metric(&d.metric) {
+                return Err(bad(
+                    "metric",
+                    format!(
+                        "{:?} is an agent metric; a rule with `labels` names a metric of the standard write protocols ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+                        d.metric
+                    ),
+                ));
+            }
+            crate::series::Matchers::compile(matchers)
+                .map_err(|(i, m)| bad("labels", format!("labels[{i}]: {m}")))?;
+        }
+        None if !is_rule_metric(&d.metric) => {
+            return Err(bad(
+                "metric",
+                format!(
+                    "{:?} is not an agent metric; to watch a series of the standard write protocols, add `labels` (an empty list matches every series of the metric)",
+                    d.metric
+                ),
+            ));
+        }
+        None => {}
     }
     if d.labels.is_some() {
         if d.scope != RuleScope::Tenant {
@@ -291,6 +314,7 @@ pub struct RuleSpec {
     /// "value": "node"}`; ops `=`, `!=`, `=~`, `!~`, regular expressions anchored), each
     /// series separately; scope must be `tenant`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 20))]
     pub labels: Option<Vec<crate::records::LabelMatcher>>,
 }
 

@@ -158,12 +158,42 @@ pub fn is_metric_name(s: &str) -> bool {
 
 /// Most matchers one rule may have.
 pub const MAX_MATCHERS: usize = 20;
-/// Longest matcher value or regular expression, bytes.
-pub const MAX_MATCHER_VALUE_BYTES: usize = 1024;
+/// Longest matcher value or regular expression, characters.
+pub const MAX_MATCHER_VALUE_CHARS: usize = 1024;
 /// Largest compiled regular expression (the `regex` crate's size limit), bytes.
 const MAX_REGEX_BYTES: usize = 1 << 20;
 
-/// How one [`Matcher`] compares.
+/// Checks the form of each matcher alone (what a schema can say): at most
+/// [`MAX_MATCHERS`], a label name, one of `=`, `!=`, `=~`, `!~`, a value of at most
+/// [`MAX_MATCHER_VALUE_CHARS`] characters. [`Matchers::compile`] checks the rest.
+pub fn check_matcher_forms(matchers: &[crate::LabelMatcher]) -> Result<(), (usize, String)> {
+    if matchers.len() > MAX_MATCHERS {
+        return Err((MAX_MATCHERS, format!("at most {MAX_MATCHERS} matchers")));
+    }
+    for (i, m) in matchers.iter().enumerate() {
+        if !is_label_name(&m.name) || m.name.len() > 256 {
+            return Err((
+                i,
+                format!(
+                    "name {:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, at most 256 bytes)",
+                    m.name
+                ),
+            ));
+        }
+        if !matches!(m.op.as_str(), "=" | "!=" | "=~" | "!~") {
+            return Err((i, format!("op {:?}: must be one of = != =~ !~", m.op)));
+        }
+        if m.value.chars().count() > MAX_MATCHER_VALUE_CHARS {
+            return Err((
+                i,
+                format!("value longer than {MAX_MATCHER_VALUE_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How one matcher compares.
 #[derive(Debug, Clone)]
 enum Test {
     Equal(String),
@@ -189,30 +219,15 @@ impl PartialEq for Matchers {
 
 impl Matchers {
     /// Compiles `matchers` (a [`crate::LabelMatcher`] list), or says which one is wrong:
-    /// (index, message).
+    /// (index, message). First each matcher's form ([`check_matcher_forms`]), then what
+    /// only the whole can say: `__name__` (the rule's metric names it) and whether a
+    /// regular expression compiles.
     pub fn compile(matchers: &[crate::LabelMatcher]) -> Result<Matchers, (usize, String)> {
-        if matchers.len() > MAX_MATCHERS {
-            return Err((MAX_MATCHERS, format!("at most {MAX_MATCHERS} matchers")));
-        }
+        check_matcher_forms(matchers)?;
         let mut out = Vec::with_capacity(matchers.len());
         for (i, m) in matchers.iter().enumerate() {
-            if !is_label_name(&m.name) || m.name.len() > 256 {
-                return Err((
-                    i,
-                    format!(
-                        "name {:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, at most 256 bytes)",
-                        m.name
-                    ),
-                ));
-            }
             if m.name == "__name__" {
                 return Err((i, "the metric name is the rule's `metric`".into()));
-            }
-            if m.value.len() > MAX_MATCHER_VALUE_BYTES {
-                return Err((
-                    i,
-                    format!("value longer than {MAX_MATCHER_VALUE_BYTES} bytes"),
-                ));
             }
             let regex = || {
                 regex::RegexBuilder::new(&format!("^(?:{})$", m.value))
@@ -224,8 +239,7 @@ impl Matchers {
                 "=" => Test::Equal(m.value.clone()),
                 "!=" => Test::NotEqual(m.value.clone()),
                 "=~" => Test::Regex(regex()?),
-                "!~" => Test::NotRegex(regex()?),
-                other => return Err((i, format!("op {other:?}: must be one of = != =~ !~"))),
+                _ => Test::NotRegex(regex()?),
             };
             out.push((m.name.clone(), test));
         }
