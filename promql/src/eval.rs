@@ -178,6 +178,17 @@ pub async fn range_query(
     Ok(QueryValue::Matrix(series))
 }
 
+/// The matchers of a series selector (a `match[]` parameter of the metadata routes): a
+/// vector selector without modifiers.
+pub fn selector_matchers(selector: &str) -> Result<Vec<Matcher>, EvalError> {
+    match parser::parse(selector).map_err(EvalError::Parse)? {
+        Expr::VectorSelector(vs) if vs.offset.is_none() => matchers_of(&vs),
+        _ => Err(EvalError::BadQuery(format!(
+            "{selector:?} is not a series selector"
+        ))),
+    }
+}
+
 /// The evaluation times of a range query, checked as Prometheus' API checks them.
 pub fn range_steps(start_ms: i64, end_ms: i64, step_ms: i64) -> Result<Vec<i64>, EvalError> {
     if end_ms < start_ms {

@@ -32,6 +32,10 @@ pub struct AppState {
     pub(crate) gateway_url: String,
     pub(crate) approval_required: Arc<Vec<String>>,
     pub(crate) limiters: Arc<Limiters>,
+    /// Stored samples for PromQL (the Prometheus HTTP API); [`AppState::new`] starts with
+    /// one that answers "unavailable" until [`AppState::with_series_source`] sets the real
+    /// one.
+    pub(crate) series_source: Arc<dyn fleet_promql::SeriesSource>,
 }
 
 impl fleet_service::client::TrustedProxies for AppState {
@@ -66,7 +70,15 @@ impl AppState {
                     .map(|t| (*t).to_owned())
                     .collect(),
             ),
+            series_source: Arc::new(crate::routes::prometheus::NoSeriesSource),
         }
+    }
+
+    /// Where the Prometheus HTTP API reads stored samples from.
+    #[must_use]
+    pub fn with_series_source(mut self, source: Arc<dyn fleet_promql::SeriesSource>) -> Self {
+        self.series_source = source;
+        self
     }
 
     /// The settings of an `[api]` table: the bootstrap key, the gateway URL, the command
