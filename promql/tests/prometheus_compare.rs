@@ -142,6 +142,23 @@ const EXPRESSIONS: &[&str] = &[
     "vector(1)",
     "sort_desc(temperature)",
     r#"label_replace(temperature, "host", "h-$1", "instance", "(.*)")"#,
+    "delta(http_requests_total[5m])",
+    "increase(http_requests_total[50s])",
+    "rate(latency_seconds_bucket[30s])",
+    "stdvar_over_time(temperature[5m])",
+    "stddev_over_time(temperature[5m])",
+    "sum by (job) (http_requests_total) / ignoring(job) group_left sum(http_requests_total)",
+    "temperature / on() group_left min(temperature)",
+    "count by (job) (http_requests_total)",
+    "http_requests_total % 7",
+    "temperature ^ 2",
+    "ceil(temperature) - floor(temperature)",
+    "clamp_min(temperature, 20)",
+    "clamp(temperature, 19, 21)",
+    "sum without (le) (latency_seconds_bucket)",
+    "topk by (job) (1, http_requests_total)",
+    "group by (job) (http_requests_total)",
+    "sort(http_requests_total)",
 ];
 
 /// Instant query times: on the grid (window edges on samples), off it, 4 min past the end
