@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp as ParserMatchOp, METRIC_NAME};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{
-    self, AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
+    self, AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
     VectorMatchCardinality, VectorSelector,
 };
 
@@ -95,7 +95,7 @@ pub async fn instant_query(
 ) -> Result<QueryValue, EvalError> {
     let expr = parser::parse(query).map_err(EvalError::Parse)?;
     let steps = vec![t_ms];
-    let mut ctx = Context::new(steps, options);
+    let mut ctx = Context::new(steps, t_ms, options);
     ctx.load(source, tenant, &expr).await?;
     if let Expr::MatrixSelector(ms) = strip_parens(&expr) {
         return ctx.matrix_value(ms);
@@ -142,7 +142,7 @@ pub async fn range_query(
             )))
         }
     }
-    let mut ctx = Context::new(steps, options);
+    let mut ctx = Context::new(steps, end_ms, options);
     ctx.load(source, tenant, &expr).await?;
     let value = ctx.eval(&expr)?;
     let steps = &ctx.steps;
@@ -251,6 +251,8 @@ struct Loaded {
 
 struct Context<'o> {
     steps: Vec<i64>,
+    /// The `end` of a range query (the time of an instant one).
+    query_end: i64,
     options: &'o EvalOptions,
     /// Loaded series per selector, keyed by the selector node's address (the AST
     /// outlives the evaluation and is not moved).
@@ -279,6 +281,10 @@ fn offset_ms(offset: &Option<Offset>) -> Result<i64, EvalError> {
     })
 }
 
+fn out_of_bounds(t: Option<i64>) -> Result<i64, EvalError> {
+    t.ok_or_else(|| EvalError::BadQuery("time range out of bounds".into()))
+}
+
 fn duration_ms(d: &Duration, what: &str) -> Result<i64, EvalError> {
     i64::try_from(d.as_millis()).map_err(|_| EvalError::BadQuery(format!("{what} is too large")))
 }
@@ -291,9 +297,6 @@ fn unsupported(construct: &str) -> EvalError {
 fn matchers_of(vs: &VectorSelector) -> Result<Vec<Matcher>, EvalError> {
     if !vs.matchers.or_matchers.is_empty() {
         return Err(unsupported("`or` inside a selector's braces is"));
-    }
-    if vs.at.is_some() {
-        return Err(unsupported("the @ modifier is"));
     }
     let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
     if let Some(name) = &vs.name {
@@ -364,9 +367,10 @@ fn check_same_labelset(samples: &[Sample]) -> Result<(), EvalError> {
 }
 
 impl<'o> Context<'o> {
-    fn new(steps: Vec<i64>, options: &'o EvalOptions) -> Self {
+    fn new(steps: Vec<i64>, query_end: i64, options: &'o EvalOptions) -> Self {
         Context {
             steps,
+            query_end,
             options,
             data: HashMap::new(),
         }
@@ -399,17 +403,12 @@ impl<'o> Context<'o> {
         let lookback = duration_ms(&self.options.lookback, "lookback")?;
         for (vs, range_ms) in selectors {
             let matchers = matchers_of(vs)?;
-            let offset = offset_ms(&vs.offset)?;
             let window = if range_ms > 0 { range_ms } else { lookback };
-            let start = self
-                .first_step()
-                .checked_sub(offset)
-                .and_then(|t| t.checked_sub(window))
-                .ok_or_else(|| EvalError::BadQuery("time range out of bounds".into()))?;
-            let end = self
-                .last_step()
-                .checked_sub(offset)
-                .ok_or_else(|| EvalError::BadQuery("time range out of bounds".into()))?;
+            let start = out_of_bounds(
+                self.selection_time(vs, self.first_step())?
+                    .checked_sub(window),
+            )?;
+            let end = self.selection_time(vs, self.last_step())?;
             self.check_deadline("loading series")?;
             let series = source
                 .select(tenant, &matchers, start, end, &self.options.select)
@@ -432,6 +431,26 @@ impl<'o> Context<'o> {
             self.data.insert(key_of(vs), loaded);
         }
         Ok(())
+    }
+
+    /// The time a selector selects at when the query evaluates at `t`: `t`, or its `@`
+    /// time, minus its offset (Prometheus turns `@` into an offset the same way).
+    fn selection_time(&self, vs: &VectorSelector, t: i64) -> Result<i64, EvalError> {
+        let at = match &vs.at {
+            None => t,
+            Some(AtModifier::Start) => self.first_step(),
+            // The query's end, which the last step may fall short of.
+            Some(AtModifier::End) => self.query_end,
+            Some(AtModifier::At(time)) => match time.duration_since(UNIX_EPOCH) {
+                Ok(d) => out_of_bounds(i64::try_from(d.as_millis()).ok())?,
+                Err(before) => out_of_bounds(
+                    i64::try_from(before.duration().as_millis())
+                        .ok()
+                        .map(|ms| -ms),
+                )?,
+            },
+        };
+        out_of_bounds(at.checked_sub(offset_ms(&vs.offset)?))
     }
 
     fn loaded(&self, vs: &VectorSelector) -> &[Loaded] {
@@ -498,20 +517,23 @@ impl<'o> Context<'o> {
     }
 
     fn eval_selector(&self, vs: &VectorSelector) -> Result<Value, EvalError> {
-        let offset = offset_ms(&vs.offset)?;
         let lookback = duration_ms(&self.options.lookback, "lookback")?;
+        let references = self
+            .steps
+            .iter()
+            .map(|&t| self.selection_time(vs, t))
+            .collect::<Result<Vec<i64>, EvalError>>()?;
         let mut out: Vec<Vec<Sample>> = vec![Vec::new(); self.steps.len()];
         let mut total = 0usize;
         for series in self.loaded(vs) {
-            for (i, &t) in self.steps.iter().enumerate() {
-                let reference = t - offset;
+            for (i, &reference) in references.iter().enumerate() {
                 let idx = series.samples.partition_point(|(ts, _)| *ts <= reference);
                 if idx == 0 {
                     continue;
                 }
                 let (ts, v) = series.samples[idx - 1];
                 // Prometheus 2.x: a sample exactly `lookback` old still counts.
-                if ts < reference - lookback || functions::is_stale(v) {
+                if ts < reference.saturating_sub(lookback) || functions::is_stale(v) {
                     continue;
                 }
                 out[i].push(Sample {
@@ -536,12 +558,11 @@ impl<'o> Context<'o> {
 
     /// A top-level range selector of an instant query: its raw samples.
     fn matrix_value(&self, ms: &MatrixSelector) -> Result<QueryValue, EvalError> {
-        let offset = offset_ms(&ms.vs.offset)?;
         let range = duration_ms(&ms.range, "range")?;
-        let end = self.first_step() - offset;
+        let end = self.selection_time(&ms.vs, self.first_step())?;
         let mut out = Vec::new();
         for series in self.loaded(&ms.vs) {
-            let window = Self::window(series, end - range, end);
+            let window = Self::window(series, end.saturating_sub(range), end);
             if !window.is_empty() {
                 out.push(RangeSeries {
                     labels: series.labels.as_ref().clone(),
@@ -745,8 +766,15 @@ impl<'o> Context<'o> {
     }
 
     fn eval_range_function(&self, name: &str, ms: &MatrixSelector) -> Result<Value, EvalError> {
-        let offset = offset_ms(&ms.vs.offset)?;
         let range = duration_ms(&ms.range, "range")?;
+        let windows = self
+            .steps
+            .iter()
+            .map(|&t| {
+                let end = self.selection_time(&ms.vs, t)?;
+                Ok((out_of_bounds(end.checked_sub(range))?, end))
+            })
+            .collect::<Result<Vec<(i64, i64)>, EvalError>>()?;
         let mut out: Vec<Vec<Sample>> = vec![Vec::new(); self.steps.len()];
         // Prometheus refuses a result where two series end up with the same labels,
         // even at different steps.
@@ -759,9 +787,7 @@ impl<'o> Context<'o> {
                 Arc::new(drop_name(&series.labels))
             };
             let mut any = false;
-            for (i, &t) in self.steps.iter().enumerate() {
-                let range_end = t - offset;
-                let range_start = range_end - range;
+            for (i, &(range_start, range_end)) in windows.iter().enumerate() {
                 let window = Self::window(series, range_start, range_end);
                 if window.is_empty() {
                     continue;

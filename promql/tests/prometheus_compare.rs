@@ -159,6 +159,10 @@ const EXPRESSIONS: &[&str] = &[
     "topk by (job) (1, http_requests_total)",
     "group by (job) (http_requests_total)",
     "sort(http_requests_total)",
+    "http_requests_total @ 1700001000",
+    "rate(http_requests_total[5m] @ 1700000400 offset 1m)",
+    "temperature @ end()",
+    "avg_over_time(temperature[2m] @ start())",
 ];
 
 /// Instant query times: on the grid (window edges on samples), off it, 4 min past the end

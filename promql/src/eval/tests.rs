@@ -473,6 +473,46 @@ async fn binary_operators_match_and_drop_the_name_like_prometheus() {
 }
 
 #[tokio::test]
+async fn the_at_modifier_pins_the_selection_time() {
+    let src = source();
+    // At 1000 s, temp @ 0 still answers the samples at 0 s.
+    assert_values(
+        &vector(&src, r#"temp{instance="a"} @ 0"#, 1_000_000).await,
+        &[(l(&[("__name__", "temp"), ("instance", "a")]), 20.0)],
+    );
+    // With an offset: @ 90 offset 30s selects at 60 s.
+    assert_values(
+        &vector(&src, r#"temp{instance="a"} @ 90 offset 30s"#, 1_000_000).await,
+        &[(l(&[("__name__", "temp"), ("instance", "a")]), 22.0)],
+    );
+    // Every step of a range query answers the same; @ end() is the last step.
+    let got = range_query(
+        &src,
+        T,
+        r#"increase(http_requests_total{instance="a"}[1m] @ end())"#,
+        0,
+        300_000,
+        100_000,
+        &EvalOptions::default(),
+    )
+    .await
+    .unwrap();
+    let QueryValue::Matrix(series) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        series[0].points,
+        vec![(0, 60.0), (100_000, 60.0), (200_000, 60.0), (300_000, 60.0)]
+    );
+    // Offsets beyond any time are refused, not overflowed.
+    let err = instant(&src, "temp offset 292000000y", 0).await;
+    assert!(
+        err.is_err() || matches!(err, Ok(QueryValue::Vector(ref v)) if v.is_empty()),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn range_queries_step_from_start_and_sort_by_labels() {
     let src = source();
     let got = range_query(&src, T, "temp", 0, 420_000, 60_000, &EvalOptions::default())
@@ -647,7 +687,6 @@ async fn constructs_outside_the_subset_are_refused_by_name() {
     let src = source();
     for (q, needle) in [
         ("rate(temp[5m:1m])", "subqueries"),
-        ("temp @ 100", "@ modifier"),
         ("count_values(\"v\", temp)", "count_values"),
         ("absent(temp)", "absent()"),
         ("max_over_time(rate(temp[1m])[5m:])", "subqueries"),
