@@ -496,3 +496,65 @@ async fn a_key_reads_its_own_tenant_only() {
         json!([{"__name__": "up", "instance": "h9", "job": "api"}])
     );
 }
+
+/// `promtool` (Debian's `prometheus` package, installed by `scripts/services.sh up`).
+fn promtool() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("promtool"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`promtool` is not installed: run `scripts/services.sh up` (Debian's prometheus package)"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_reads_range_queries_from_a_real_listener() {
+    let promtool = promtool();
+    let e = env().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let app = e.app.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Prometheus' own Go client (promtool 2.42 sends headers for range queries only).
+    let out = tokio::process::Command::new(&promtool)
+        .args([
+            "query",
+            "range",
+            "-o",
+            "json",
+            "--start=1000",
+            "--end=1060",
+            "--step=30s",
+        ])
+        .arg(format!("--header=Authorization=Bearer {}", e.viewer_a))
+        .arg(format!("http://{addr}"))
+        .arg("sum by (job) (rate(requests_total[1m])) or up")
+        .output()
+        .await
+        .expect("run promtool");
+    server.abort();
+    assert!(
+        out.status.success(),
+        "promtool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Value = serde_json::from_slice(&out.stdout).expect("promtool's JSON");
+    // Its JSON is the matrix it decoded: the same series and points as ours.
+    let (_, ours) = prom(
+        &e.app,
+        "GET",
+        "/api/v1/query_range",
+        &[
+            ("query", "sum by (job) (rate(requests_total[1m])) or up"),
+            ("start", "1000"),
+            ("end", "1060"),
+            ("step", "30"),
+        ],
+        Some(&e.viewer_a),
+        None,
+    )
+    .await;
+    assert_eq!(parsed, ours["data"]["result"], "promtool read {parsed}");
+    assert_eq!(parsed.as_array().map(Vec::len), Some(3), "{parsed}");
+}
