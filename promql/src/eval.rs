@@ -86,6 +86,10 @@ impl Default for EvalOptions {
 }
 
 /// Evaluates `query` for `tenant` at `t_ms` (an instant query).
+///
+/// The series are loaded from `source` on the caller's task; the evaluation itself, which
+/// may take long on many series, runs on Tokio's blocking pool when called inside a
+/// runtime, bounded by `options.deadline`.
 pub async fn instant_query(
     source: &dyn SeriesSource,
     tenant: &str,
@@ -93,32 +97,15 @@ pub async fn instant_query(
     t_ms: i64,
     options: &EvalOptions,
 ) -> Result<QueryValue, EvalError> {
-    let expr = parser::parse(query).map_err(EvalError::Parse)?;
-    let steps = vec![t_ms];
-    let mut ctx = Context::new(steps, t_ms, options);
+    // Boxed: the loaded series are keyed by the selectors' addresses, which must not move.
+    let expr = Box::new(parser::parse(query).map_err(EvalError::Parse)?);
+    let mut ctx = Context::new(vec![t_ms], t_ms, *options);
     ctx.load(source, tenant, &expr).await?;
-    if let Expr::MatrixSelector(ms) = strip_parens(&expr) {
-        return ctx.matrix_value(ms);
-    }
-    Ok(match ctx.eval(&expr)? {
-        Value::Scalar(values) => QueryValue::Scalar { t_ms, v: values[0] },
-        Value::String(s) => QueryValue::String { t_ms, s },
-        Value::Vector(mut steps) => QueryValue::Vector(
-            steps
-                .swap_remove(0)
-                .into_iter()
-                .map(|sample| InstantSample {
-                    labels: sample.labels.as_ref().clone(),
-                    t_ms,
-                    v: sample.v,
-                })
-                .collect(),
-        ),
-    })
+    off_the_runtime(move || ctx.instant_answer(&expr, t_ms)).await
 }
 
 /// Evaluates `query` for `tenant` at `start_ms`, `start_ms + step_ms`, … up to `end_ms`
-/// (a range query); the answer is a matrix ordered by labels.
+/// (a range query); the answer is a matrix ordered by labels. Runs as [`instant_query`].
 pub async fn range_query(
     source: &dyn SeriesSource,
     tenant: &str,
@@ -129,7 +116,7 @@ pub async fn range_query(
     options: &EvalOptions,
 ) -> Result<QueryValue, EvalError> {
     let steps = range_steps(start_ms, end_ms, step_ms)?;
-    let expr = parser::parse(query).map_err(EvalError::Parse)?;
+    let expr = Box::new(parser::parse(query).map_err(EvalError::Parse)?);
     match expr.value_type() {
         ValueType::Vector | ValueType::Scalar => {}
         other => {
@@ -142,40 +129,22 @@ pub async fn range_query(
             )))
         }
     }
-    let mut ctx = Context::new(steps, end_ms, options);
+    let mut ctx = Context::new(steps, end_ms, *options);
     ctx.load(source, tenant, &expr).await?;
-    let value = ctx.eval(&expr)?;
-    let steps = &ctx.steps;
-    let mut series = match value {
-        Value::Scalar(values) => vec![RangeSeries {
-            labels: Vec::new(),
-            points: steps.iter().copied().zip(values).collect(),
-        }],
-        Value::Vector(per_step) => {
-            let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
-            let mut series: Vec<RangeSeries> = Vec::new();
-            for (&t, samples) in steps.iter().zip(per_step) {
-                for sample in samples {
-                    let i = *index.entry(sample.labels.clone()).or_insert_with(|| {
-                        series.push(RangeSeries {
-                            labels: sample.labels.as_ref().clone(),
-                            points: Vec::new(),
-                        });
-                        series.len() - 1
-                    });
-                    series[i].points.push((t, sample.v));
-                }
-            }
-            series
-        }
-        Value::String(_) => {
-            return Err(EvalError::BadQuery(
-                "invalid expression type \"string\" for range query".into(),
-            ))
-        }
-    };
-    series.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(QueryValue::Matrix(series))
+    off_the_runtime(move || ctx.range_answer(&expr)).await
+}
+
+/// Runs `f` on Tokio's blocking pool (inside a runtime), so a long evaluation does not
+/// hold a worker thread.
+async fn off_the_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EvalError> + Send + 'static,
+) -> Result<T, EvalError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EvalError::Execution(format!("the evaluation stopped: {e}")))?
 }
 
 /// The matchers of a series selector (a `match[]` parameter of the metadata routes): a
@@ -249,11 +218,11 @@ struct Loaded {
     samples: Vec<(i64, f64)>,
 }
 
-struct Context<'o> {
+struct Context {
     steps: Vec<i64>,
     /// The `end` of a range query (the time of an instant one).
     query_end: i64,
-    options: &'o EvalOptions,
+    options: EvalOptions,
     /// Loaded series per selector, keyed by the selector node's address (the AST
     /// outlives the evaluation and is not moved).
     data: HashMap<usize, Vec<Loaded>>,
@@ -366,14 +335,71 @@ fn check_same_labelset(samples: &[Sample]) -> Result<(), EvalError> {
     Ok(())
 }
 
-impl<'o> Context<'o> {
-    fn new(steps: Vec<i64>, query_end: i64, options: &'o EvalOptions) -> Self {
+impl Context {
+    fn new(steps: Vec<i64>, query_end: i64, options: EvalOptions) -> Self {
         Context {
             steps,
             query_end,
             options,
             data: HashMap::new(),
         }
+    }
+
+    /// The answer of an instant query at `t_ms`.
+    fn instant_answer(&self, expr: &Expr, t_ms: i64) -> Result<QueryValue, EvalError> {
+        if let Expr::MatrixSelector(ms) = strip_parens(expr) {
+            return self.matrix_value(ms);
+        }
+        Ok(match self.eval(expr)? {
+            Value::Scalar(values) => QueryValue::Scalar { t_ms, v: values[0] },
+            Value::String(s) => QueryValue::String { t_ms, s },
+            Value::Vector(mut steps) => QueryValue::Vector(
+                steps
+                    .swap_remove(0)
+                    .into_iter()
+                    .map(|sample| InstantSample {
+                        labels: sample.labels.as_ref().clone(),
+                        t_ms,
+                        v: sample.v,
+                    })
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The answer of a range query: a matrix ordered by labels.
+    fn range_answer(&self, expr: &Expr) -> Result<QueryValue, EvalError> {
+        let steps = &self.steps;
+        let mut series = match self.eval(expr)? {
+            Value::Scalar(values) => vec![RangeSeries {
+                labels: Vec::new(),
+                points: steps.iter().copied().zip(values).collect(),
+            }],
+            Value::Vector(per_step) => {
+                let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+                let mut series: Vec<RangeSeries> = Vec::new();
+                for (&t, samples) in steps.iter().zip(per_step) {
+                    for sample in samples {
+                        let i = *index.entry(sample.labels.clone()).or_insert_with(|| {
+                            series.push(RangeSeries {
+                                labels: sample.labels.as_ref().clone(),
+                                points: Vec::new(),
+                            });
+                            series.len() - 1
+                        });
+                        series[i].points.push((t, sample.v));
+                    }
+                }
+                series
+            }
+            Value::String(_) => {
+                return Err(EvalError::BadQuery(
+                    "invalid expression type \"string\" for range query".into(),
+                ))
+            }
+        };
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(QueryValue::Matrix(series))
     }
 
     fn check_deadline(&self, phase: &'static str) -> Result<(), EvalError> {
