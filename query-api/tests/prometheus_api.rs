@@ -366,6 +366,26 @@ async fn errors_use_prometheus_error_types_and_statuses() {
         (StatusCode::BAD_REQUEST, Some("bad_data")),
         "{v}"
     );
+    // A form body over 64 KiB.
+    let huge = "x".repeat(70_000);
+    let (s, v) = prom(
+        &e.app,
+        "POST",
+        "/api/v1/query",
+        &[("query", &huge)],
+        k,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["errorType"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_data")),
+        "{v}"
+    );
+    assert!(
+        v["error"].as_str().is_some_and(|m| m.contains("form body")),
+        "{v}"
+    );
     // Without a configured store: unavailable.
     let (s, v) = prom(&e.bare, "GET", "/api/v1/query", &[("query", "up")], k, None).await;
     assert_eq!(

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -176,11 +176,6 @@ impl Params {
             out.extend(url::form_urlencoded::parse(q.as_bytes()).into_owned());
         }
         if !body.is_empty() {
-            if body.len() > MAX_FORM_BYTES {
-                return Err(PromError::bad_data(format!(
-                    "the form body is larger than {MAX_FORM_BYTES} bytes"
-                )));
-            }
             let form = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
@@ -313,34 +308,62 @@ fn tenant_of(p: &Principal, headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-/// Why a request is refused before evaluation: the caller (the API's error format) or
-/// the parameters (Prometheus').
+/// A request to one of these routes: the caller (or why it is refused), the headers, the
+/// URL's parameters and the body (`None`: larger than [`MAX_FORM_BYTES`] or unreadable).
 #[derive(Debug)]
-enum Refusal {
-    Caller(ApiError),
-    Params(PromError),
+struct PromRequest {
+    principal: Result<Principal, ApiError>,
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Option<Bytes>,
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        match self {
-            Refusal::Caller(e) => e.into_response(),
-            Refusal::Params(e) => e.into_response(),
-        }
+impl FromRequest<AppState> for PromRequest {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let principal = Principal::from_request_parts(&mut parts, state).await;
+        let body = axum::body::to_bytes(body, MAX_FORM_BYTES).await.ok();
+        Ok(PromRequest {
+            principal,
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
-/// The caller's tenant and the parameters, or the answer refusing them.
-fn prepare(
-    p: Result<Principal, ApiError>,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: &[u8],
-) -> Result<(String, Params), Box<Refusal>> {
-    let p = p.map_err(|e| Box::new(Refusal::Caller(e)))?;
-    let tenant = tenant_of(&p, headers).map_err(|e| Box::new(Refusal::Caller(e)))?;
-    let params = Params::parse(query, headers, body).map_err(|e| Box::new(Refusal::Params(e)))?;
-    Ok((tenant, params))
+impl PromRequest {
+    /// Answers the request: checks the caller and its tenant, parses the parameters, runs
+    /// `answer` on them and wraps its data in Prometheus' envelope.
+    async fn respond<Fut>(self, answer: impl FnOnce(String, Params) -> Fut) -> Response
+    where
+        Fut: std::future::Future<Output = Result<Value, PromError>>,
+    {
+        let p = match self.principal {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let tenant = match tenant_of(&p, &self.headers) {
+            Ok(t) => t,
+            Err(e) => return e.into_response(),
+        };
+        let Some(body) = self.body else {
+            return PromError::bad_data(format!(
+                "the form body is larger than {MAX_FORM_BYTES} bytes"
+            ))
+            .into_response();
+        };
+        let params = match Params::parse(self.query.as_deref(), &self.headers, &body) {
+            Ok(params) => params,
+            Err(e) => return e.into_response(),
+        };
+        match answer(tenant, params).await {
+            Ok(data) => success(data),
+            Err(e) => e.into_response(),
+        }
+    }
 }
 
 /// Runs `fut` within `timeout`.
@@ -359,47 +382,23 @@ fn now_ms() -> i64 {
 }
 
 /// `GET|POST /api/v1/query`: an instant query.
-async fn query(
-    State(s): State<AppState>,
-    p: Result<Principal, ApiError>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let (tenant, params) = match prepare(p, &headers, raw.as_deref(), &body) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let run = async {
+async fn query(State(s): State<AppState>, r: PromRequest) -> Response {
+    r.respond(|tenant, params| async move {
         let q = params.query()?;
         let t = params.time("time")?.unwrap_or_else(now_ms);
         let (options, timeout) = params.options()?;
-        let source = s.series_source.clone();
         let value = bounded(timeout, async {
-            fleet_promql::instant_query(source.as_ref(), &tenant, q, t, &options).await
+            fleet_promql::instant_query(s.series_source.as_ref(), &tenant, q, t, &options).await
         })
         .await?;
-        Ok::<_, PromError>(api::query_data(&value))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(e) => e.into_response(),
-    }
+        Ok(api::query_data(&value))
+    })
+    .await
 }
 
 /// `GET|POST /api/v1/query_range`: a range query.
-async fn query_range(
-    State(s): State<AppState>,
-    p: Result<Principal, ApiError>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let (tenant, params) = match prepare(p, &headers, raw.as_deref(), &body) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let run = async {
+async fn query_range(State(s): State<AppState>, r: PromRequest) -> Response {
+    r.respond(|tenant, params| async move {
         let q = params.query()?;
         let start = params
             .time("start")?
@@ -410,17 +409,14 @@ async fn query_range(
         let step = api::parse_duration(params.required("step")?)
             .map_err(|e| PromError::param("step", e))?;
         let (options, timeout) = params.options()?;
-        let source = s.series_source.clone();
+        let source = s.series_source.as_ref();
         let value = bounded(timeout, async {
-            fleet_promql::range_query(source.as_ref(), &tenant, q, start, end, step, &options).await
+            fleet_promql::range_query(source, &tenant, q, start, end, step, &options).await
         })
         .await?;
-        Ok::<_, PromError>(api::query_data(&value))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(e) => e.into_response(),
-    }
+        Ok(api::query_data(&value))
+    })
+    .await
 }
 
 /// The series matching any of `selectors` (all series with a name without any), sorted,
@@ -428,19 +424,17 @@ async fn query_range(
 async fn matching_series(
     source: &Arc<dyn SeriesSource>,
     tenant: &str,
-    selectors: Vec<Vec<Matcher>>,
-    start: i64,
-    end: i64,
+    params: &Params,
 ) -> Result<Vec<Labels>, PromError> {
-    let selectors = if selectors.is_empty() {
-        vec![vec![Matcher {
+    let mut selectors = params.selectors()?;
+    let (start, end) = params.span()?;
+    if selectors.is_empty() {
+        selectors.push(vec![Matcher {
             name: "__name__".into(),
             op: fleet_promql::MatchOp::Regex,
             value: ".+".into(),
-        }]]
-    } else {
-        selectors
-    };
+        }]);
+    }
     let mut all: BTreeSet<Labels> = BTreeSet::new();
     for matchers in selectors {
         let found = tokio::time::timeout(
@@ -463,73 +457,37 @@ async fn matching_series(
 }
 
 /// `GET|POST /api/v1/series`: the label sets of the series matching `match[]`.
-async fn series(
-    State(s): State<AppState>,
-    p: Result<Principal, ApiError>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let (tenant, params) = match prepare(p, &headers, raw.as_deref(), &body) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let run = async {
-        let selectors = params.selectors()?;
-        if selectors.is_empty() {
+async fn series(State(s): State<AppState>, r: PromRequest) -> Response {
+    r.respond(|tenant, params| async move {
+        if params.all("match[]").is_empty() {
             return Err(PromError::bad_data("no match[] parameter provided"));
         }
-        let (start, end) = params.span()?;
-        let found = matching_series(&s.series_source, &tenant, selectors, start, end).await?;
+        let found = matching_series(&s.series_source, &tenant, &params).await?;
         Ok(Value::Array(found.iter().map(api::labels_json).collect()))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(e) => e.into_response(),
-    }
+    })
+    .await
 }
 
 /// `GET|POST /api/v1/labels`: the label names of the matching series.
-async fn labels(
-    State(s): State<AppState>,
-    p: Result<Principal, ApiError>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Response {
-    let (tenant, params) = match prepare(p, &headers, raw.as_deref(), &body) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let run = async {
-        let selectors = params.selectors()?;
-        let (start, end) = params.span()?;
-        let found = matching_series(&s.series_source, &tenant, selectors, start, end).await?;
+async fn labels(State(s): State<AppState>, r: PromRequest) -> Response {
+    r.respond(|tenant, params| async move {
+        let found = matching_series(&s.series_source, &tenant, &params).await?;
         let names: BTreeSet<&str> = found
             .iter()
             .flat_map(|l| l.iter().map(|(n, _)| n.as_str()))
             .collect();
-        Ok::<_, PromError>(json!(names))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(e) => e.into_response(),
-    }
+        Ok(json!(names))
+    })
+    .await
 }
 
 /// `GET /api/v1/label/{name}/values`: the values of a label over the matching series.
 async fn label_values(
     State(s): State<AppState>,
-    p: Result<Principal, ApiError>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
+    r: PromRequest,
 ) -> Response {
-    let (tenant, params) = match prepare(p, &headers, raw.as_deref(), &[]) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let run = async {
+    r.respond(|tenant, params| async move {
         let valid = !name.is_empty()
             && name
                 .chars()
@@ -538,20 +496,15 @@ async fn label_values(
         if !valid {
             return Err(PromError::bad_data(format!("invalid label name: {name:?}")));
         }
-        let selectors = params.selectors()?;
-        let (start, end) = params.span()?;
-        let found = matching_series(&s.series_source, &tenant, selectors, start, end).await?;
+        let found = matching_series(&s.series_source, &tenant, &params).await?;
         let values: BTreeSet<&str> = found
             .iter()
             .filter_map(|l| l.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()))
             .filter(|v| !v.is_empty())
             .collect();
         Ok(json!(values))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(e) => e.into_response(),
-    }
+    })
+    .await
 }
 
 /// `GET /api/v1/status/buildinfo`: the Prometheus version whose PromQL semantics the
