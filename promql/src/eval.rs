@@ -38,6 +38,8 @@ pub const SUPPORTED_FUNCTIONS: &[&str] = &[
     "last_over_time",
     "stddev_over_time",
     "stdvar_over_time",
+    "resets",
+    "changes",
     "abs",
     "ceil",
     "floor",
@@ -629,7 +631,7 @@ impl Context {
         match name {
             "rate" | "increase" | "delta" | "irate" | "idelta" | "avg_over_time"
             | "min_over_time" | "max_over_time" | "sum_over_time" | "count_over_time"
-            | "last_over_time" | "stddev_over_time" | "stdvar_over_time" => {
+            | "last_over_time" | "stddev_over_time" | "stdvar_over_time" | "resets" | "changes" => {
                 let ms = match args.first().map(|a| strip_parens(a)) {
                     Some(Expr::MatrixSelector(ms)) => ms,
                     Some(Expr::Subquery(_)) => return Err(unsupported("subqueries are")),
@@ -851,6 +853,13 @@ impl Context {
                     "sum_over_time" => Some(window.iter().map(|(_, v)| v).sum()),
                     "count_over_time" => Some(window.len() as f64),
                     "last_over_time" => Some(window[window.len() - 1].1),
+                    "resets" => Some(window.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
+                    "changes" => Some(
+                        window
+                            .windows(2)
+                            .filter(|w| !(w[1].1 == w[0].1 || (w[1].1.is_nan() && w[0].1.is_nan())))
+                            .count() as f64,
+                    ),
                     "stddev_over_time" | "stdvar_over_time" => {
                         let mut var = Variance::default();
                         window.iter().for_each(|(_, v)| var.add(*v));

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_promql::memory::MemorySource;
-use fleet_promql::{api, instant_query, range_query, EvalOptions};
+use fleet_promql::{api, instant_query, range_query, EvalError, EvalOptions, QueryValue};
 use fleet_test_support::process::{free_port, run_program_to_end, wait_ready, write_file, Proc};
 use serde_json::Value;
 
@@ -163,6 +163,18 @@ const EXPRESSIONS: &[&str] = &[
     "rate(http_requests_total[5m] @ 1700000400 offset 1m)",
     "temperature @ end()",
     "avg_over_time(temperature[2m] @ start())",
+    "http_requests_total > on(instance) temperature",
+    "temperature <= bool on(instance) http_requests_total",
+    "(temperature - temperature) / 0",
+    "max(temperature / 0)",
+    "temperature / on(instance) group_right sum by (instance) (http_requests_total)",
+    "sum by (job) (http_requests_total) / on() group_right max(http_requests_total)",
+    "quantile(0.25, http_requests_total)",
+    "irate(temperature[45s])",
+    "resets(http_requests_total[5m])",
+    "changes(temperature[3m])",
+    // Refused by both, as `execution`: duplicate match groups.
+    "http_requests_total + on(job) temperature",
 ];
 
 /// Instant query times: on the grid (window edges on samples), off it, 4 min past the end
@@ -289,7 +301,12 @@ async fn start_prometheus(dir: &Path, series: &[Series]) -> Prometheus {
     }
 }
 
-async fn prometheus_answer(client: &reqwest::Client, url: &str, params: &[(&str, &str)]) -> Value {
+/// Prometheus' `data`, or its `errorType` and message.
+async fn prometheus_answer(
+    client: &reqwest::Client,
+    url: &str,
+    params: &[(&str, &str)],
+) -> Result<Value, (String, String)> {
     let resp = client
         .post(url)
         .form(params)
@@ -297,11 +314,47 @@ async fn prometheus_answer(client: &reqwest::Client, url: &str, params: &[(&str,
         .await
         .expect("prometheus request");
     let body: Value = resp.json().await.expect("prometheus json");
-    assert_eq!(
-        body["status"], "success",
-        "Prometheus refused {params:?}: {body}"
-    );
-    body["data"].clone()
+    match body["status"].as_str() {
+        Some("success") => Ok(body["data"].clone()),
+        _ => Err((
+            body["errorType"].as_str().unwrap_or_default().to_owned(),
+            body["error"].as_str().unwrap_or_default().to_owned(),
+        )),
+    }
+}
+
+/// Both answers: equal data, or errors of the same type. Whether there was data.
+fn check(
+    what: &str,
+    ours: Result<QueryValue, EvalError>,
+    theirs: Result<Value, (String, String)>,
+    failures: &mut Vec<String>,
+) -> bool {
+    match (ours, theirs) {
+        (Ok(ours), Ok(theirs)) => {
+            compare(what, &api::query_data(&ours), &theirs, failures);
+            !by_labels(&theirs).is_empty()
+        }
+        (Err(ours), Err((kind, message))) => {
+            if ours.error_type().as_str() != kind {
+                failures.push(format!(
+                    "{what}: error {} ({ours}) vs Prometheus' {kind} ({message})",
+                    ours.error_type().as_str()
+                ));
+            }
+            true
+        }
+        (Ok(_), Err((kind, message))) => {
+            failures.push(format!(
+                "{what}: answered, Prometheus refused: {kind}: {message}"
+            ));
+            false
+        }
+        (Err(ours), Ok(_)) => {
+            failures.push(format!("{what}: refused ({ours}), Prometheus answered"));
+            false
+        }
+    }
 }
 
 fn parse_value(v: &Value) -> f64 {
@@ -422,16 +475,14 @@ async fn answers_equal_prometheus_on_the_same_samples() {
             )
             .await;
             let t_ms = api::parse_time(&t).expect("time");
-            let ours = match instant_query(&source, TENANT, expr, t_ms, &options).await {
-                Ok(v) => api::query_data(&v),
-                Err(e) => {
-                    failures.push(format!("{expr} at {t}: {e}"));
-                    continue;
-                }
-            };
-            compare(&format!("{expr} at {t}"), &ours, &theirs, &mut failures);
+            let ours = instant_query(&source, TENANT, expr, t_ms, &options).await;
             compared += 1;
-            non_empty += usize::from(!by_labels(&theirs).is_empty());
+            non_empty += usize::from(check(
+                &format!("{expr} at {t}"),
+                ours,
+                theirs,
+                &mut failures,
+            ));
         }
         for (start, end, step) in ranges() {
             let theirs = prometheus_answer(
@@ -450,20 +501,14 @@ async fn answers_equal_prometheus_on_the_same_samples() {
                 api::parse_time(&end).expect("end"),
             );
             let step_ms = api::parse_duration(&step).expect("step");
-            let ours = match range_query(&source, TENANT, expr, s, e, step_ms, &options).await {
-                Ok(v) => api::query_data(&v),
-                Err(err) => {
-                    failures.push(format!("{expr} over {start}..{end}/{step}: {err}"));
-                    continue;
-                }
-            };
-            compare(
-                &format!("{expr} over {start}..{end}/{step}"),
-                &ours,
-                &theirs,
-                &mut failures,
-            );
+            let ours = range_query(&source, TENANT, expr, s, e, step_ms, &options).await;
             compared += 1;
+            non_empty += usize::from(check(
+                &format!("{expr} over {start}..{end}/{step}"),
+                ours,
+                theirs,
+                &mut failures,
+            ));
         }
     }
     // The comparison means something only if Prometheus found the data (some times are
