@@ -235,7 +235,8 @@ ensure_prereqs() {
     pkgs+=(python3-venv)
   fi
   command -v flock >/dev/null 2>&1 || pkgs+=(util-linux)
-  # The peer of the remote-write test (e2e/tests/standard_protocols.rs).
+  # The peer of the remote-write test (e2e/tests/standard_protocols.rs) and of the PromQL
+  # comparison (promql/tests/prometheus_compare.rs, with promtool).
   command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
   if ((${#pkgs[@]})); then
     apt_install "${pkgs[@]}"
