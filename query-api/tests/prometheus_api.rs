@@ -448,6 +448,19 @@ async fn metadata_routes_list_series_labels_and_values() {
     let (s, v) = prom(&e.app, "GET", "/api/v1/status/buildinfo", &[], k, None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["data"]["version"], "2.42.0");
+    // What Grafana also asks for: answered, empty.
+    let (s, v) = prom(&e.app, "GET", "/api/v1/metadata", &[], k, None).await;
+    assert_eq!((s, &v["data"]), (StatusCode::OK, &json!({})), "{v}");
+    let (s, v) = prom(
+        &e.app,
+        "POST",
+        "/api/v1/query_exemplars",
+        &[("query", "up"), ("start", "0"), ("end", "1")],
+        k,
+        None,
+    )
+    .await;
+    assert_eq!((s, &v["data"]), (StatusCode::OK, &json!([])), "{v}");
 }
 
 #[tokio::test]
@@ -462,6 +475,8 @@ async fn a_key_reads_its_own_tenant_only() {
         "/api/v1/labels",
         "/api/v1/label/job/values",
         "/api/v1/status/buildinfo",
+        "/api/v1/metadata",
+        "/api/v1/query_exemplars",
     ] {
         let (s, _) = prom(&e.app, "GET", path, &q, None, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");

@@ -5,7 +5,9 @@
 //! * `GET|POST /api/v1/query_range` (`query`, `start`, `end`, `step`, `timeout`),
 //! * `GET|POST /api/v1/series` (`match[]`, `start`, `end`),
 //! * `GET|POST /api/v1/labels` and `/api/v1/label/{name}/values` (`match[]`, `start`, `end`),
-//! * `GET /api/v1/status/buildinfo`.
+//! * `GET /api/v1/status/buildinfo`;
+//! * `GET /api/v1/metadata` and `GET|POST /api/v1/query_exemplars`, which Grafana asks
+//!   for: always empty (no metric metadata or exemplars are stored).
 //!
 //! POST takes the parameters form-encoded (`application/x-www-form-urlencoded`, as Grafana
 //! sends them), merged with the URL's. Answers use Prometheus' envelope:
@@ -75,6 +77,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/metadata", get(metadata))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_exemplars).post(query_exemplars),
+        )
 }
 
 /// The source [`AppState::new`] starts with: answers that no store is configured.
@@ -521,4 +528,20 @@ async fn buildinfo(p: Result<Principal, ApiError>) -> Response {
         "buildDate": "",
         "goVersion": "",
     }))
+}
+
+/// `GET /api/v1/metadata`: no metric metadata is stored, so none (Grafana's metric browser
+/// asks).
+async fn metadata(State(_): State<AppState>, r: PromRequest) -> Response {
+    r.respond(|_, _| async { Ok(json!({})) }).await
+}
+
+/// `GET|POST /api/v1/query_exemplars`: no exemplars are stored, so none (Grafana asks when
+/// exemplars are on).
+async fn query_exemplars(State(_): State<AppState>, r: PromRequest) -> Response {
+    r.respond(|_, params| async move {
+        params.query()?;
+        Ok(json!([]))
+    })
+    .await
 }
