@@ -111,13 +111,14 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
 pub fn parse_duration(s: &str) -> Result<i64, String> {
     let bad = || format!("cannot parse {s:?} to a valid duration");
     if let Ok(secs) = s.parse::<f64>() {
-        let ms = (secs * 1000.0).round();
-        if !ms.is_finite() || ms.abs() > MAX_ABS_MS {
+        // As Prometheus: to whole nanoseconds, then whole milliseconds (both truncated).
+        let ns = (secs * 1e9).trunc();
+        if !ns.is_finite() || ns.abs() >= 9.2e18 {
             return Err(format!(
                 "cannot parse {s:?} to a valid duration. It overflows int64"
             ));
         }
-        return Ok(ms as i64);
+        return Ok(ns as i64 / 1_000_000);
     }
     let mut total: i64 = 0;
     let mut rest = s;
@@ -198,6 +199,8 @@ mod tests {
     fn durations_parse_as_seconds_or_prometheus_durations() {
         assert_eq!(parse_duration("15"), Ok(15_000));
         assert_eq!(parse_duration("0.5"), Ok(500));
+        // Truncated through nanoseconds like Go: 1.001 s is 1000999999 ns.
+        assert_eq!(parse_duration("1.001"), Ok(1000));
         assert_eq!(parse_duration("15s"), Ok(15_000));
         assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
         assert_eq!(parse_duration("1m500ms"), Ok(60_500));
