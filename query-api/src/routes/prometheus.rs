@@ -22,9 +22,9 @@
 //! only with their own tenant.
 //!
 //! Bounds: [`MAX_QUERY_BYTES`] per query, [`MAX_FORM_BYTES`] per form body, 11,000 points
-//! per series, [`DEFAULT_TIMEOUT`] (a `timeout` parameter may ask for less, up to
+//! per series, [`DEFAULT_TIMEOUT`] (a `timeout` parameter may ask for another, at most
 //! [`MAX_TIMEOUT`]), [`MAX_SERIES`] series per selector and per metadata answer,
-//! [`MAX_SAMPLES`] samples per selector and per evaluation step.
+//! [`MAX_SAMPLES`] samples per selector and per evaluation node over all its steps.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
