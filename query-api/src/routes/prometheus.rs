@@ -366,9 +366,12 @@ impl PromRequest {
             Ok(params) => params,
             Err(e) => return e.into_response(),
         };
-        match answer(tenant, params).await {
+        match answer(tenant.clone(), params).await {
             Ok(data) => success(data),
-            Err(e) => e.into_response(),
+            Err(e) => {
+                tracing::debug!(%tenant, error_type = e.kind.as_str(), error = %e.message, "Prometheus API request refused.");
+                e.into_response()
+            }
         }
     }
 }
