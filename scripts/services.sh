@@ -235,8 +235,9 @@ ensure_prereqs() {
     pkgs+=(python3-venv)
   fi
   command -v flock >/dev/null 2>&1 || pkgs+=(util-linux)
-  # The peers of the remote-write test (e2e/tests/standard_protocols.rs): Prometheus
-  # scrapes node_exporter and remote-writes to the gateway; promtool queries the API.
+  # The peers of the remote-write test (e2e/tests/standard_protocols.rs: Prometheus
+  # scrapes node_exporter and remote-writes to the gateway) and of the PromQL comparison
+  # (promql/tests/prometheus_compare.rs, with promtool).
   command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
   command -v prometheus-node-exporter >/dev/null 2>&1 || pkgs+=(prometheus-node-exporter)
   if ((${#pkgs[@]})); then

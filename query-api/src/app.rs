@@ -6,7 +6,8 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::routes::{
-    agents, commands, dashboard, fleet, ingest_keys, rules, tags, tenants, tickets, users,
+    agents, commands, dashboard, fleet, ingest_keys, prometheus, rules, tags, tenants, tickets,
+    users,
 };
 use crate::state::AppState;
 
@@ -23,6 +24,7 @@ pub fn app(state: AppState) -> Router {
         .merge(rules::routes())
         .merge(tags::routes())
         .merge(tickets::routes())
+        .merge(prometheus::routes())
         .route_layer(middleware::from_fn(crate::metrics::track))
         .layer(middleware::map_response(crate::error::json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(fleet_service::endpoints::http_span))

@@ -108,7 +108,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(
         title = "Fleetstream API",
-        description = "Query and administration API of Fleetstream. Every route is scoped to a tenant: operators and viewers see their own; admins every tenant."
+        description = "Query and administration API of Fleetstream. Every route is scoped to a tenant: operators and viewers see their own; admins every tenant. The Prometheus HTTP API (`/api/v1/query`, `/api/v1/query_range`, `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/{name}/values`, `/api/v1/status/buildinfo`) is served beside it with Prometheus' parameters and answers, documented in docs/PROMQL.md."
     ),
     modifiers(&BearerAuth),
     paths(

@@ -300,7 +300,7 @@ async fn rules_on_the_standard_protocols_series_take_label_matchers() {
         (
             json!({"labels": [{"name": "job", "op": "=~", "value": "("}]}),
             "labels",
-            BAD,
+            CLASH,
         ),
         (
             json!({"labels": [{"name": "job", "op": "~", "value": "x"}]}),
@@ -310,8 +310,10 @@ async fn rules_on_the_standard_protocols_series_take_label_matchers() {
         (
             json!({"labels": [{"name": "__name__", "op": "=", "value": "x"}]}),
             "labels",
-            BAD,
+            CLASH,
         ),
+        (json!({"metric": "cpu.percent"}), "metric", CLASH),
+        (json!({"labels": null}), "metric", CLASH),
         (json!({"labels": [{"name": "job"}]}), "labels", BAD),
         (
             json!({"scope": "agent", "scope_value": "a1"}),

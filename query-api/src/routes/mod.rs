@@ -6,6 +6,7 @@ pub mod commands;
 pub mod dashboard;
 pub mod fleet;
 pub mod ingest_keys;
+pub mod prometheus;
 pub mod rules;
 pub mod tags;
 pub mod tenants;
