@@ -22,21 +22,54 @@ struct Env {
     _stores: support::Stores,
     /// The API with the in-memory source.
     app: Router,
-    /// The API without a source configured.
-    bare: Router,
+    /// The API over a source whose store is down.
+    down: Router,
     a: String,
     b: String,
     viewer_a: String,
+}
+
+/// A source whose store is down.
+#[derive(Debug)]
+struct Down;
+
+#[async_trait::async_trait]
+impl fleet_promql::SeriesSource for Down {
+    async fn select(
+        &self,
+        _: &str,
+        _: &[fleet_promql::Matcher],
+        _: i64,
+        _: i64,
+        _: &fleet_promql::SelectLimits,
+    ) -> Result<Vec<fleet_promql::SeriesData>, fleet_promql::SourceError> {
+        Err(fleet_promql::SourceError::Unavailable(
+            "the store is down".into(),
+        ))
+    }
+
+    async fn series(
+        &self,
+        _: &str,
+        _: &[fleet_promql::Matcher],
+        _: i64,
+        _: i64,
+        _: usize,
+    ) -> Result<Vec<fleet_promql::Labels>, fleet_promql::SourceError> {
+        Err(fleet_promql::SourceError::Unavailable(
+            "the store is down".into(),
+        ))
+    }
 }
 
 /// Tenants A and B, each with `up{job="api"}` (A: 1, B: 100) and A with a counter,
 /// samples every 15 s from t = 1000 s; a viewer of A.
 async fn env() -> Env {
     let stores = stores().await;
-    let bare = app(stores.state(ADMIN));
-    let a = create_tenant(&bare, "prom-a").await;
-    let b = create_tenant(&bare, "prom-b").await;
-    let (_, viewer_a) = user(&bare, "prom-viewer-a", "viewer", &a).await;
+    let down = app(stores.state(ADMIN).with_series_source(Arc::new(Down)));
+    let a = create_tenant(&down, "prom-a").await;
+    let b = create_tenant(&down, "prom-b").await;
+    let (_, viewer_a) = user(&down, "prom-viewer-a", "viewer", &a).await;
     let mut src = MemorySource::new();
     let every_15s = |f: &dyn Fn(i64) -> f64| -> Vec<(i64, f64)> {
         (0..=40).map(|i| (1_000_000 + i * 15_000, f(i))).collect()
@@ -69,7 +102,7 @@ async fn env() -> Env {
     Env {
         _stores: stores,
         app,
-        bare,
+        down,
         a,
         b,
         viewer_a,
@@ -386,8 +419,8 @@ async fn errors_use_prometheus_error_types_and_statuses() {
         v["error"].as_str().is_some_and(|m| m.contains("form body")),
         "{v}"
     );
-    // Without a configured store: unavailable.
-    let (s, v) = prom(&e.bare, "GET", "/api/v1/query", &[("query", "up")], k, None).await;
+    // A store that cannot answer: unavailable.
+    let (s, v) = prom(&e.down, "GET", "/api/v1/query", &[("query", "up")], k, None).await;
     assert_eq!(
         (s, v["errorType"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
