@@ -7,7 +7,10 @@
 //!   its OTLP/HTTP exporter to `/v1/metrics`;
 //! * the **`influxdb-client`** package (PyPI) writes points with tags to `/api/v2/write`.
 //!
-//! Afterwards `fleetstream export` of `fleet.samples.v1` must hold each client's samples,
+//! Then `promtool query instant|range` asks Fleetstream's Prometheus API (as a viewer of
+//! the tenant) and Prometheus itself the same PromQL over the remote-written samples: the
+//! answers must be equal. Afterwards `fleetstream export` of `fleet.samples.v1` must hold
+//! each client's samples,
 //! named and labelled as docs/PROTOCOLS.md says, for the key's tenant. The Python clients
 //! run in the services' venv (`FLEET_PYTHON`, `scripts/services.sh up` installs them);
 //! Prometheus must be on PATH (`scripts/services.sh up` installs it).
@@ -95,6 +98,112 @@ fn on_path(name: &str) -> anyhow::Result<std::path::PathBuf> {
     bail!("{name} is not on PATH: run `scripts/services.sh up` (it installs Debian's package)")
 }
 
+/// What `promtool query` printed as JSON (`-o json`).
+fn promtool(dir: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    let out = std::process::Command::new(on_path("promtool")?)
+        .current_dir(dir)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "promtool {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// An answer as comparable rows: (labels, time, value) per point, sorted.
+fn rows(v: &Value) -> anyhow::Result<Vec<(String, String, f64)>> {
+    let mut out = Vec::new();
+    for s in v.as_array().context("a vector or matrix")? {
+        let metric = s["metric"].to_string();
+        let points: Vec<&Value> = match s.get("values") {
+            Some(vs) => vs.as_array().context("values")?.iter().collect(),
+            None => vec![&s["value"]],
+        };
+        for p in points {
+            let value: f64 = p[1].as_str().context("value")?.parse()?;
+            out.push((metric.clone(), p[0].to_string(), value));
+        }
+    }
+    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    Ok(out)
+}
+
+/// Asks both servers the same instant and range queries at a fixed time a few seconds
+/// back, until Fleetstream's answers (which may lag by the remote-write delay) equal
+/// Prometheus', within float tolerance.
+async fn compare_with_prometheus(dir: &Path, fleet: &str, prometheus: &str) -> anyhow::Result<()> {
+    // The time of Prometheus' latest scrape of node_exporter: both must answer for it.
+    let v: Value = reqwest::Client::new()
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", "timestamp(up{job=\"node\"})")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let at: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .with_context(|| format!("no scrape time in {v}"))?
+        .parse()?;
+    let (start, end) = (format!("{:.3}", at - 20.0), format!("{at:.3}"));
+    let time = end.clone();
+    let queries: [(&str, &str); 4] = [
+        ("instant", "node_load1"),
+        ("instant", "sum by (job) (up)"),
+        ("range", "rate(node_cpu_seconds_total{mode=\"idle\"}[10s])"),
+        ("range", "count(node_memory_MemTotal_bytes) + 1"),
+    ];
+    let ask =
+        |server: &str, kind: &str, expr: &str| -> anyhow::Result<Vec<(String, String, f64)>> {
+            let v = if kind == "instant" {
+                promtool(
+                    dir,
+                    &[
+                        "query", "instant", "-o", "json", "--time", &time, server, expr,
+                    ],
+                )?
+            } else {
+                promtool(
+                    dir,
+                    &[
+                        "query", "range", "-o", "json", "--start", &start, "--end", &end, "--step",
+                        "2s", server, expr,
+                    ],
+                )?
+            };
+            rows(&v)
+        };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut differ = Vec::new();
+        for (kind, expr) in queries {
+            let want = ask(prometheus, kind, expr)?;
+            ensure!(!want.is_empty(), "Prometheus has nothing for {expr}");
+            let got = ask(fleet, kind, expr)?;
+            let same = want.len() == got.len()
+                && want.iter().zip(&got).all(|(w, g)| {
+                    w.0 == g.0 && w.1 == g.1 && (w.2 - g.2).abs() <= 1e-9 * w.2.abs().max(1.0)
+                });
+            if !same {
+                differ.push(format!(
+                    "{kind} {expr}:\n  Prometheus  {want:?}\n  Fleetstream {got:?}"
+                ));
+            }
+        }
+        if differ.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "Fleetstream's answers never equalled Prometheus':\n{}",
+            differ.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn label<'a>(sample: &'a Value, name: &str) -> Option<&'a str> {
     sample["labels"]
         .as_array()?
@@ -120,8 +229,9 @@ async fn prometheus_the_otel_sdk_and_influxdb_client_write_through_the_gateway(
     let fleet_e2e::LocalUp {
         proc: mut up,
         gateway,
+        api,
         data,
-        ..
+        admin_key,
     } = local;
 
     // node_exporter on a free port, its cheap collectors only.
@@ -226,6 +336,23 @@ remote_write:
         )
         .await?;
     }
+    // promtool (Prometheus' CLI) asks Fleetstream's Prometheus API and Prometheus itself
+    // the same questions about the samples Prometheus remote-wrote; the answers must be
+    // the same series, times and values. A viewer of the tenant asks, its key as the basic
+    // auth password (promtool's `query instant` sends no other header).
+    let viewer: Value = client
+        .post(format!("{api}/api/v1/users"))
+        .bearer_auth(&admin_key)
+        .json(&serde_json::json!({"name": "grafana", "role": "viewer", "tenant_id": tenant_id}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let viewer_key = viewer["api_key"]["key"]
+        .as_str()
+        .with_context(|| format!("no key in {viewer}"))?;
+    let fleet_api = api.replacen("http://", &format!("http://viewer:{viewer_key}@"), 1);
+    compare_with_prometheus(dir.path(), &fleet_api, &prom_url).await?;
     drop(prom);
     up.stop()?;
 

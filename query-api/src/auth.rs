@@ -196,15 +196,38 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// The key of `Authorization: Bearer <key>` (401 without one).
-fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
-    headers
+/// The API key of a request: `Authorization: Bearer <key>`, or HTTP basic auth with the
+/// key as the password (any user name), for clients that can only send credentials that
+/// way (`promtool query instant` with `http://user:<key>@host/`, Grafana's basic auth).
+/// 401 without one.
+fn presented_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    use base64::Engine as _;
+    let missing = || {
+        unauthorized(
+            "send Authorization: Bearer <API key> (or basic auth with the key as the password)",
+        )
+    };
+    let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| unauthorized("send Authorization: Bearer <API key>"))
+        .ok_or_else(missing)?;
+    let key = if let Some(k) = value.strip_prefix("Bearer ") {
+        k.trim().to_owned()
+    } else if let Some(b) = value.strip_prefix("Basic ") {
+        base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|d| d.split_once(':').map(|(_, password)| password.to_owned()))
+            .ok_or_else(missing)?
+    } else {
+        return Err(missing());
+    };
+    if key.is_empty() {
+        return Err(missing());
+    }
+    Ok(key)
 }
 
 /// The limits around authentication (`auth-failures-per-minute`, `auth-failure-burst`,
@@ -282,11 +305,11 @@ impl Keys {
     fn known(&self, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
         let key = presented_key(headers)?;
         if let Some(expected) = &self.admin_key_hash {
-            if verify_secret(key, expected) {
+            if verify_secret(&key, expected) {
                 return Ok(Some(Principal::bootstrap_admin()));
             }
         }
-        Ok(self.cache.get(&hash_secret(key)))
+        Ok(self.cache.get(&hash_secret(&key)))
     }
 
     /// Who sent `headers` (401 if nobody we know).
@@ -299,9 +322,9 @@ impl Keys {
             return Ok(p);
         }
         let key = presented_key(headers)?;
-        let hash = hash_secret(key);
+        let hash = hash_secret(&key);
         let owner = registry.key_owner(hash).await.map_err(store_error)?;
-        let Some(owner) = owner.filter(|o| verify_secret(key, &o.key_hash)) else {
+        let Some(owner) = owner.filter(|o| verify_secret(&key, &o.key_hash)) else {
             return Err(unauthorized("unknown API key"));
         };
         if owner.user.disabled {

@@ -126,6 +126,31 @@ async fn user_keys_authenticate_wrong_and_disabled_are_401() {
     assert_eq!(v["error"]["code"], "unauthorized");
     let (s, _) = call(&e.app, "GET", &locations, None, &bob[..bob.len() - 1]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a prefix of a key is no key");
+    // HTTP basic auth with the key as the password (promtool, Grafana): the same key.
+    let basic = |user: &str, key: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"))
+        )
+    };
+    for (authorization, want) in [
+        (basic("anyone", &bob), StatusCode::OK),
+        (basic("bob", "fsu_wrong"), StatusCode::UNAUTHORIZED),
+        (basic(&bob, ""), StatusCode::UNAUTHORIZED),
+        ("Basic !!!".to_owned(), StatusCode::UNAUTHORIZED),
+    ] {
+        let resp = tower::ServiceExt::oneshot(
+            e.app.clone(),
+            axum::http::Request::get(&locations)
+                .header("authorization", &authorization)
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+        assert_eq!(resp.status(), want, "{authorization}");
+    }
 
     // Only an admin makes keys: not the user for itself (a leaked key cannot mint more),
     // nor for another user.
