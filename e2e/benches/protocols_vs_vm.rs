@@ -173,9 +173,9 @@ fn encode(
 struct Figures {
     seconds: f64,
     cpu_seconds: f64,
-    /// Until every sample was queryable (Fleetstream; VictoriaMetrics' `seconds` includes
-    /// its flush).
-    queryable: Option<f64>,
+    /// Until every sample was queryable, and until every consumer (series index, alert
+    /// evaluator) was done (Fleetstream; VictoriaMetrics' `seconds` includes its flush).
+    queryable: Option<(f64, f64)>,
     /// (query index, seconds, series in the answer) of each range query.
     latencies: Vec<(usize, f64, usize)>,
 }
@@ -245,13 +245,27 @@ async fn run_fleetstream(shape: &Shape, now_ms: i64) -> anyhow::Result<Figures> 
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let queryable = started.elapsed().as_secs_f64();
+    // Queries are timed once every consumer (the series index of the read model, the
+    // alert evaluator) is done too, as VictoriaMetrics is after its flush: their record
+    // counts unchanged for 2 s.
+    let metrics_url = format!("{}/metrics", up.api);
+    let (mut last, mut same) = (-1.0, 0);
+    while same < 8 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let text = client.get(&metrics_url).send().await?.text().await?;
+        let read = fleet_e2e::prometheus_sum(&text, "fleet_projection_records_total")
+            + fleet_e2e::prometheus_sum(&text, "fleet_processor_records_total");
+        same = if read == last { same + 1 } else { 0 };
+        last = read;
+    }
+    let settled = started.elapsed().as_secs_f64() - 2.0;
     let latencies = query_load(&client, &api, shape, now_ms).await?;
     let mut up = up;
     up.proc.stop()?;
     Ok(Figures {
         seconds,
         cpu_seconds,
-        queryable: Some(queryable),
+        queryable: Some((queryable, settled)),
         latencies,
     })
 }
@@ -408,9 +422,9 @@ async fn main() -> anyhow::Result<()> {
         vm.seconds / fs.seconds,
         (samples / fs.cpu_seconds.max(1e-9)) / (samples / vm.cpu_seconds.max(1e-9))
     );
-    if let Some(q) = fs.queryable {
+    if let Some((q, all)) = fs.queryable {
         println!(
-            "fleetstream up, until queryable: {q:.2} s, {:.0} samples/s ({:.2}x VictoriaMetrics flushed)",
+            "fleetstream up, until queryable: {q:.2} s, {:.0} samples/s ({:.2}x VictoriaMetrics flushed); every consumer done: {all:.2} s",
             samples / q,
             vm.seconds / q
         );
