@@ -50,8 +50,12 @@ bench-storage: ## The storage half against VictoriaMetrics (apt package) in one 
 	$(CARGO) build --release -p fleetstream
 	FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench storage_vs_vm
 
+bench-protocols: ## Prometheus remote-write ingest and query_range against VictoriaMetrics (apt package) in one run (~2 min)
+	$(CARGO) build --release -p fleetstream
+	FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench protocols_vs_vm
+
 bench-replay: ## Rebuild throughput of `fleetstream replay`: embedded, and Kafka into Postgres (needs `make services`)
 	$(CARGO) build --release -p fleetstream
 	eval "$$(bash scripts/services.sh env)" && FLEETSTREAM_BIN=$(CURDIR)/target/release/fleetstream $(CARGO) bench -p fleet-e2e --bench replay_throughput -- all
 
-.PHONY: help up test services down lint bench bench-agent bench-stores bench-timeseries bench-storage bench-replay
+.PHONY: help up test services down lint bench bench-agent bench-stores bench-timeseries bench-storage bench-protocols bench-replay
