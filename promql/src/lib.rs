@@ -22,5 +22,7 @@ pub mod source;
 pub mod value;
 
 pub use eval::{instant_query, range_query, range_steps, EvalOptions, MAX_POINTS_PER_SERIES};
-pub use source::{Labels, MatchOp, Matcher, SelectLimits, SeriesData, SeriesSource, SourceError};
+pub use source::{
+    Labels, MatchOp, Matcher, SelectLimits, Selector, SeriesData, SeriesSource, SourceError,
+};
 pub use value::{ErrorType, EvalError, InstantSample, QueryValue, RangeSeries};

@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use regex::Regex;
 
 use crate::source::{
-    Labels, MatchOp, Matcher, SelectLimits, SeriesData, SeriesSource, SourceError,
+    Labels, Matcher, SelectLimits, Selector, SeriesData, SeriesSource, SourceError,
 };
 
 /// Series per tenant, held in memory.
@@ -41,67 +40,13 @@ impl MemorySource {
         tenant: &str,
         matchers: &[Matcher],
     ) -> Result<Vec<&SeriesData>, SourceError> {
-        let compiled = compile(matchers)?;
-        if !compiled.iter().any(|(_, m)| !m.matches("")) {
-            return Err(SourceError::BadQuery(
-                "vector selector must contain at least one non-empty matcher".into(),
-            ));
-        }
+        let selector = Selector::compile(matchers)?;
         Ok(self
             .tenants
             .get(tenant)
-            .map(|all| {
-                all.iter()
-                    .filter(|s| {
-                        compiled.iter().all(|(name, m)| {
-                            let value = s
-                                .labels
-                                .iter()
-                                .find(|(n, _)| n == name)
-                                .map(|(_, v)| v.as_str())
-                                .unwrap_or("");
-                            m.matches(value)
-                        })
-                    })
-                    .collect()
-            })
+            .map(|all| all.iter().filter(|s| selector.matches(&s.labels)).collect())
             .unwrap_or_default())
     }
-}
-
-enum Compiled {
-    Equal(String),
-    NotEqual(String),
-    Regex(Regex, bool),
-}
-
-impl Compiled {
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            Compiled::Equal(v) => v == value,
-            Compiled::NotEqual(v) => v != value,
-            Compiled::Regex(re, positive) => re.is_match(value) == *positive,
-        }
-    }
-}
-
-fn compile(matchers: &[Matcher]) -> Result<Vec<(&str, Compiled)>, SourceError> {
-    matchers
-        .iter()
-        .map(|m| {
-            let compiled = match m.op {
-                MatchOp::Equal => Compiled::Equal(m.value.clone()),
-                MatchOp::NotEqual => Compiled::NotEqual(m.value.clone()),
-                MatchOp::Regex | MatchOp::NotRegex => Compiled::Regex(
-                    Regex::new(&format!("^(?s:{})$", m.value)).map_err(|e| {
-                        SourceError::BadQuery(format!("bad regular expression {:?}: {e}", m.value))
-                    })?,
-                    m.op == MatchOp::Regex,
-                ),
-            };
-            Ok((m.name.as_str(), compiled))
-        })
-        .collect()
 }
 
 #[async_trait]

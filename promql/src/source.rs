@@ -104,3 +104,89 @@ pub trait SeriesSource: Send + Sync + Debug {
         limit: usize,
     ) -> Result<Vec<Labels>, SourceError>;
 }
+
+/// Largest compiled regular expression of a matcher, bytes.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A matcher ready to test values.
+#[derive(Debug, Clone)]
+enum Test {
+    Equal(String),
+    NotEqual(String),
+    Regex(regex::Regex),
+    NotRegex(regex::Regex),
+}
+
+impl Test {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Test::Equal(v) => value == v,
+            Test::NotEqual(v) => value != v,
+            Test::Regex(r) => r.is_match(value),
+            Test::NotRegex(r) => !r.is_match(value),
+        }
+    }
+}
+
+/// A selector's matchers, compiled: how every source (and the in-memory one of the tests)
+/// tests labels against them, with Prometheus' rules (a regular expression matches the
+/// whole value, `.` matches a newline too; a missing label has the value `""`).
+#[derive(Debug, Clone)]
+pub struct Selector {
+    tests: Vec<(String, Test)>,
+}
+
+impl Selector {
+    /// Compiles `matchers`: a bad or oversized regular expression, or no matcher that
+    /// needs a non-empty value (a selector that would match every series), is a
+    /// [`SourceError::BadQuery`].
+    pub fn compile(matchers: &[Matcher]) -> Result<Selector, SourceError> {
+        let mut tests = Vec::with_capacity(matchers.len());
+        for m in matchers {
+            let regex = |v: &str| {
+                regex::RegexBuilder::new(&format!("^(?s:{v})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| {
+                        SourceError::BadQuery(format!(
+                            "invalid regular expression for label {}: {e}",
+                            m.name
+                        ))
+                    })
+            };
+            let test = match m.op {
+                MatchOp::Equal => Test::Equal(m.value.clone()),
+                MatchOp::NotEqual => Test::NotEqual(m.value.clone()),
+                MatchOp::Regex => Test::Regex(regex(&m.value)?),
+                MatchOp::NotRegex => Test::NotRegex(regex(&m.value)?),
+            };
+            tests.push((m.name.clone(), test));
+        }
+        if !tests.iter().any(|(_, t)| !t.matches("")) {
+            return Err(SourceError::BadQuery(
+                "vector selector must contain at least one non-empty matcher".into(),
+            ));
+        }
+        Ok(Selector { tests })
+    }
+
+    /// The value an equality matcher on `name` requires, if any.
+    pub fn equal(&self, name: &str) -> Option<&str> {
+        self.tests.iter().find_map(|(n, t)| match t {
+            Test::Equal(v) if n == name => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether a series with these labels (sorted; a missing label is `""`) is selected.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.tests.iter().all(|(name, test)| {
+            let value = labels
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, v)| v.as_str());
+            test.matches(value)
+        })
+    }
+}

@@ -27,13 +27,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fleet_promql::{Labels, MatchOp, Matcher, SelectLimits, SeriesData, SeriesSource, SourceError};
+use fleet_promql::{
+    Labels, Matcher, SelectLimits, Selector, SeriesData, SeriesSource, SourceError,
+};
 use fleet_read_model::{AgentQuery, AgentRow, ReadModel, SampleSeriesQuery, MAX_SERIES_LIMIT};
 use fleet_timeseries::TimeSeriesStore;
-use regex::Regex;
-
-/// Bytes one compiled regular expression may take (`regex`'s size limit).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Agents listed per read-model page.
 const AGENT_PAGE: u32 = 1000;
@@ -52,87 +50,6 @@ impl StoredSamples {
             read_model,
             timeseries,
         }
-    }
-}
-
-/// A matcher ready to test values.
-#[derive(Debug)]
-enum Test {
-    Equal(String),
-    NotEqual(String),
-    Regex(Regex),
-    NotRegex(Regex),
-}
-
-impl Test {
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            Test::Equal(v) => value == v,
-            Test::NotEqual(v) => value != v,
-            Test::Regex(r) => r.is_match(value),
-            Test::NotRegex(r) => !r.is_match(value),
-        }
-    }
-}
-
-/// A selector's matchers, compiled.
-#[derive(Debug)]
-struct Selector {
-    tests: Vec<(String, Test)>,
-}
-
-impl Selector {
-    /// Compiles `matchers`: a bad or oversized regular expression, or no matcher that
-    /// needs a non-empty value (a selector that would match every series), is a
-    /// [`SourceError::BadQuery`].
-    fn compile(matchers: &[Matcher]) -> Result<Selector, SourceError> {
-        let mut tests = Vec::with_capacity(matchers.len());
-        for m in matchers {
-            let regex = |v: &str| {
-                regex::RegexBuilder::new(&format!("^(?:{v})$"))
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .dfa_size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| {
-                        SourceError::BadQuery(format!(
-                            "invalid regular expression for label {}: {e}",
-                            m.name
-                        ))
-                    })
-            };
-            let test = match m.op {
-                MatchOp::Equal => Test::Equal(m.value.clone()),
-                MatchOp::NotEqual => Test::NotEqual(m.value.clone()),
-                MatchOp::Regex => Test::Regex(regex(&m.value)?),
-                MatchOp::NotRegex => Test::NotRegex(regex(&m.value)?),
-            };
-            tests.push((m.name.clone(), test));
-        }
-        if !tests.iter().any(|(_, t)| !t.matches("")) {
-            return Err(SourceError::BadQuery(
-                "vector selector must contain at least one non-empty matcher".into(),
-            ));
-        }
-        Ok(Selector { tests })
-    }
-
-    /// The value an equality matcher on `name` requires, if any.
-    fn equal(&self, name: &str) -> Option<&str> {
-        self.tests.iter().find_map(|(n, t)| match t {
-            Test::Equal(v) if n == name => Some(v.as_str()),
-            _ => None,
-        })
-    }
-
-    /// Whether a series with these labels (sorted; a missing label is `""`) is selected.
-    fn matches(&self, labels: &Labels) -> bool {
-        self.tests.iter().all(|(name, test)| {
-            let value = labels
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or("", |(_, v)| v.as_str());
-            test.matches(value)
-        })
     }
 }
 
@@ -409,6 +326,7 @@ impl SeriesSource for StoredSamples {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_promql::MatchOp;
 
     fn m(name: &str, op: MatchOp, value: &str) -> Matcher {
         Matcher {

@@ -230,7 +230,7 @@ impl Matchers {
                 return Err((i, "the metric name is the rule's `metric`".into()));
             }
             let regex = || {
-                regex::RegexBuilder::new(&format!("^(?:{})$", m.value))
+                regex::RegexBuilder::new(&format!("^(?s:{})$", m.value))
                     .size_limit(MAX_REGEX_BYTES)
                     .build()
                     .map_err(|e| (i, format!("not a regular expression: {e}")))
