@@ -372,7 +372,6 @@ async fn replay_and_verify(
     ensure!(out.output.contains("equals the live one"), "{}", out.output);
     for table in [
         "agents",
-        "agent_services",
         "alerts",
         "alert_rules",
         "commands",
@@ -414,8 +413,8 @@ async fn replay_and_verify(
         &[
             "different agent_id=",
             "cpu_percent: live",
-            "missing agent_id=",
-            "agent_services",
+            "missing event_id=",
+            "command_audit",
             "extra ticket_id=e2e-extra-ticket",
             "differences",
         ],
@@ -655,13 +654,14 @@ fn replay_from(dir: &Path, log_args: &[&str], lines: &[Value]) -> anyhow::Result
     Ok(())
 }
 
-/// Alters the rebuilt read model: one column of the agent, one service removed, one
-/// ticket added.
+/// Alters the rebuilt read model: one column of the agent, one command audit entry
+/// removed, one ticket added.
 async fn alter_read_model(url: &str, agent_id: &str) -> anyhow::Result<()> {
     use sqlx::Connection as _;
     let statements = [
         format!("UPDATE agents SET cpu_percent = cpu_percent + 1 WHERE agent_id = '{agent_id}'"),
-        format!("DELETE FROM agent_services WHERE agent_id = '{agent_id}'"),
+        "DELETE FROM command_audit WHERE event_id = (SELECT MIN(event_id) FROM command_audit)"
+            .to_owned(),
         "INSERT INTO tickets SELECT 'e2e-extra-ticket', alert_id, tenant_id, agent_id, status, \
          status_rank, content_rank, priority, severity, title, description, location_id, \
          created_at, updated_at FROM tickets WHERE ticket_id = (SELECT MIN(ticket_id) FROM tickets)"

@@ -30,7 +30,7 @@ pub(crate) enum VerifyKind {
     long_about = "Compare two stores of one projection (typically the live one and one \
 `fleetstream replay` rebuilt) and report every difference on stdout; exit with status 1 \
 when there is any (or on an error), 0 when they are equal.\n\n\
-Read model: every row of every projected table (agents, agent_services, alerts, alert_rules, \
+Read model: every row of every projected table (agents, alerts, alert_rules, \
 commands, command_audit, software_inventory, software, tickets), matched by primary key: \
 missing rows (live only), extra rows (rebuilt only) and rows whose columns differ, with both \
 values. Not compared: projection_offsets (shown as a hint), the registry (tenants, locations, \

@@ -101,6 +101,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "sample series",
             sql: include_str!("../migrations/0010_sample_series.sql"),
         },
+        Migration {
+            version: 11,
+            description: "services from latest report",
+            sql: include_str!("../migrations/0011_services_from_latest_report.sql"),
+        },
     ],
 };
 

@@ -1,19 +1,13 @@
 //! Reports and heartbeats, applied set-based: the batch's changes of each agent are
 //! coalesced into one row (least and greatest time heard, the newest report), then written
-//! with multi-row statements: one upsert of `agents` per chunk of agents, then the services
-//! of the agents whose row now holds the batch's report (deleted and inserted for all of them
-//! at once). Which agents those are is found in one of two ways, the cheap one of each
-//! engine: on PostgreSQL the upsert returns the rows it wrote (`RETURNING`), and the
-//! services statements name those agents; on SQLite the upsert returns nothing (sqlx streams
-//! returned rows one by one from its SQLite worker thread, which cost more than the upsert)
-//! and the services statements join the batch's reports with `agents` on the agent and the
-//! report time. (That join on PostgreSQL costs more in planning than the returned rows do.)
+//! with one multi-row upsert of `agents` per chunk of agents. The services of an agent are
+//! read from the report its row holds (`latest_report`), so a report is one row write.
 //!
 //! The result is the state that applying the changes one by one gives (the conformance
 //! suite checks it): `first_seen_at` and `last_seen_at` are a least and a greatest, the
 //! latest metrics come from the report with the greatest `occurred_at` and, between reports
 //! of equal times, from the later one in the batch (one by one, it is applied last and
-//! overwrites), and the services are those of that report. A new agent's `tenant_id` is
+//! overwrites). A new agent's `tenant_id` is
 //! that of its first change in the batch, the one whose insert would have created the row.
 //! The caller flushes before a change that writes the same agent row in another way (an
 //! `AgentLifecycle` event), so changes of one agent keep their order around it.
@@ -21,17 +15,11 @@
 use std::collections::HashMap;
 
 use fleet_schemas::{Heartbeat, MetricReport};
-use sqlx::Row;
 
-use super::{chunks, values_placeholders, values_rows, ApplyError, Engine, Tx};
+use super::{chunks, values_rows, ApplyError, Engine, Tx};
 
 /// Agents per upsert (11 parameters each).
 const AGENT_CHUNK: usize = 256;
-/// Services per insert (6 parameters each).
-const SERVICE_CHUNK: usize = 512;
-/// Agents per delete of services (1 parameter each, 2 on SQLite).
-const DELETE_CHUNK: usize = 256;
-
 /// Creates the agents or widens their seen window and, where the row's report is at least
 /// as new as the stored one (equal: the same report replayed, or a later record of the same
 /// time), replaces the latest metrics. Rows without a report (heartbeats only) carry NULL
@@ -136,58 +124,6 @@ impl Shape {
     }
 }
 
-/// PostgreSQL: the upsert returns the rows it wrote with the metrics time they now hold
-/// (equal to the row's report time: the report was written).
-const UPSERT_AGENTS_RETURNING: &str = "\nRETURNING agent_id, last_metrics_at";
-
-/// The services statements, around their `VALUES` rows, per engine (see the module
-/// documentation).
-struct ServiceStatements {
-    /// Deletes the services of agents: PostgreSQL: rows (agent), the agents written;
-    /// SQLite: rows (agent, report time), of which the agents whose row holds that report.
-    /// (`column1`, `column2`: the names SQLite gives the columns of a `VALUES` list.)
-    delete: [&'static str; 2],
-    /// Whether the delete's rows carry the report time (SQLite).
-    delete_by_time: bool,
-    /// Inserts services: rows (agent, tenant, name, status, pid, report time); on SQLite only
-    /// those of the agents whose row holds that report.
-    insert: [&'static str; 2],
-}
-
-const POSTGRES_SERVICES: ServiceStatements = ServiceStatements {
-    delete: ["DELETE FROM agent_services WHERE agent_id IN ", ""],
-    delete_by_time: false,
-    insert: [
-        "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at) VALUES ",
-        "",
-    ],
-};
-
-const SQLITE_SERVICES: ServiceStatements = ServiceStatements {
-    delete: [
-        "DELETE FROM agent_services WHERE agent_id IN (SELECT v.column1 FROM (VALUES ",
-        ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column2)",
-    ],
-    delete_by_time: true,
-    insert: [
-        "INSERT INTO agent_services (agent_id, tenant_id, name, status, pid, observed_at)
-SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 FROM (VALUES ",
-        ") AS v JOIN agents ON agents.agent_id = v.column1 AND agents.last_metrics_at = v.column6",
-    ],
-};
-
-impl ServiceStatements {
-    fn of(engine: Engine) -> &'static ServiceStatements {
-        match engine {
-            Engine::Postgres => &POSTGRES_SERVICES,
-            Engine::Sqlite => &SQLITE_SERVICES,
-        }
-    }
-}
-
-/// Parameters per service row.
-const SERVICE_COLUMNS: usize = 6;
-
 /// One agent's reports and heartbeats of a batch, coalesced.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct AgentUpdate<'a> {
@@ -268,11 +204,7 @@ impl<'a> AgentUpdates<'a> {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
-        let index = std::mem::take(&mut self.index);
-        let returning = match engine {
-            Engine::Postgres => UPSERT_AGENTS_RETURNING,
-            Engine::Sqlite => "",
-        };
+        self.index.clear();
         let by_shape: Vec<(Shape, Vec<&AgentUpdate<'_>>)> = Shape::ALL
             .into_iter()
             .map(|shape| {
@@ -286,7 +218,7 @@ impl<'a> AgentUpdates<'a> {
                 chunks(of_shape, AGENT_CHUNK).map(|chunk| {
                     let values = values_rows(engine, chunk.len(), shape.row());
                     (
-                        format!("{UPSERT_AGENTS_HEAD}{values}{UPSERT_AGENTS_TAIL}{returning}"),
+                        format!("{UPSERT_AGENTS_HEAD}{values}{UPSERT_AGENTS_TAIL}"),
                         chunk,
                     )
                 })
@@ -299,25 +231,13 @@ impl<'a> AgentUpdates<'a> {
             .iter()
             .map(|(sql, chunk)| upsert_query(sql, chunk));
         let mut next = queries.next().transpose()?;
-        let mut written: Vec<&MetricReport> = Vec::new();
         while let Some(q) = next {
             let (done, following) =
-                tokio::join!(q.fetch_all(&mut **tx), async { queries.next().transpose() });
-            for stored in done? {
-                let agent_id: String = stored.try_get("agent_id")?;
-                let at: Option<i64> = stored.try_get("last_metrics_at")?;
-                let report = index.get(agent_id.as_str()).and_then(|&i| rows[i].report);
-                if let Some(r) = report.filter(|r| Some(r.occurred_at) == at) {
-                    written.push(r);
-                }
-            }
+                tokio::join!(q.execute(&mut **tx), async { queries.next().transpose() });
+            done?;
             next = following?;
         }
-        if engine == Engine::Sqlite {
-            // Nothing returned: the services statements pick the written ones.
-            written = rows.iter().filter_map(|row| row.report).collect();
-        }
-        replace_services(tx, engine, &written).await
+        Ok(())
     }
 }
 
@@ -359,66 +279,6 @@ fn disk_max(report: &MetricReport) -> Option<f64> {
         .fold(None, |max: Option<f64>, p| {
             Some(max.map_or(p, |m| m.max(p)))
         })
-}
-
-/// Replaces the services of the reports' agents with the reports' services, for the
-/// reports their agents' rows now hold: on PostgreSQL called with those (the upsert
-/// returned them), on SQLite with each agent's newest report of the batch, the statements
-/// leaving out those older than the stored one. A name listed twice in a report keeps its
-/// last entry, as inserting them in turn with an upsert would.
-async fn replace_services(
-    tx: &mut Tx<'_>,
-    engine: Engine,
-    reports: &[&MetricReport],
-) -> Result<(), ApplyError> {
-    let statements = ServiceStatements::of(engine);
-    for chunk in chunks(reports, DELETE_CHUNK) {
-        let [head, tail] = statements.delete;
-        let values = if statements.delete_by_time {
-            values_placeholders(engine, chunk.len(), 2)
-        } else {
-            values_placeholders(engine, 1, chunk.len())
-        };
-        let sql = format!("{head}{values}{tail}");
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q.bind(r.agent_id.as_str());
-            if statements.delete_by_time {
-                q = q.bind(r.occurred_at);
-            }
-        }
-        q.execute(&mut **tx).await?;
-    }
-    let mut services = Vec::new();
-    for r in reports {
-        let mut last: HashMap<&str, usize> = HashMap::new();
-        for s in &r.services {
-            match last.get(s.name.as_str()) {
-                Some(&i) => services[i] = (*r, s),
-                None => {
-                    last.insert(s.name.as_str(), services.len());
-                    services.push((*r, s));
-                }
-            }
-        }
-    }
-    for chunk in chunks(&services, SERVICE_CHUNK) {
-        let [head, tail] = statements.insert;
-        let values = values_placeholders(engine, chunk.len(), SERVICE_COLUMNS);
-        let sql = format!("{head}{values}{tail}");
-        let mut q = sqlx::query(&sql);
-        for (r, s) in chunk {
-            q = q
-                .bind(r.agent_id.as_str())
-                .bind(r.tenant_id.as_str())
-                .bind(s.name.as_str())
-                .bind(s.status.as_str())
-                .bind(s.pid.map(i64::from))
-                .bind(r.occurred_at);
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

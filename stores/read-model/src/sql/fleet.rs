@@ -1,7 +1,9 @@
 //! The fleet view: services of agents (from their newest report), fleet counters, and the
 //! audit log of changes made through the API.
 
-use fleet_schemas::{RuleEvent, RuleEventKind};
+use std::collections::BTreeMap;
+
+use fleet_schemas::{MetricReport, RuleEvent, RuleEventKind};
 use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
@@ -48,13 +50,31 @@ fn count(row: &AnyRow) -> Result<(String, u64), BoxDynError> {
     Ok((key.unwrap_or_default(), u64::try_from(n)?))
 }
 
-fn service_from_row(row: &AnyRow) -> Result<ServiceRow, BoxDynError> {
-    Ok(ServiceRow {
-        name: row.try_get("name")?,
-        status: row.try_get("status")?,
-        pid: row.try_get("pid")?,
-        observed_at: row.try_get("observed_at")?,
-    })
+fn latest_report(row: &AnyRow) -> Result<Option<MetricReport>, BoxDynError> {
+    Ok(row
+        .try_get::<Option<String>, _>("latest_report")?
+        .map(|json| serde_json::from_str(&json))
+        .transpose()?)
+}
+
+/// A report's services by name, the last entry of a name listed twice, observed at the
+/// report's time.
+fn services_of(report: &MetricReport) -> Vec<ServiceRow> {
+    let by_name: BTreeMap<&str, &fleet_schemas::ServiceStatus> = report
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    by_name
+        .into_values()
+        .take(super::MAX_LIMIT as usize)
+        .map(|s| ServiceRow {
+            name: s.name.clone(),
+            status: s.status.clone(),
+            pid: s.pid.map(i64::from),
+            observed_at: report.occurred_at,
+        })
+        .collect()
 }
 
 fn audit_from_row(row: &AnyRow) -> Result<AuditEntry, BoxDynError> {
@@ -154,6 +174,8 @@ impl SqlReadModel {
         Ok(out)
     }
 
+    /// The services of the agent's latest report (the row's `latest_report`), by name; a
+    /// name listed twice keeps its last entry. No report (or no such agent): none.
     pub(super) async fn query_services(
         &self,
         tenant: Option<&str>,
@@ -162,15 +184,17 @@ impl SqlReadModel {
         let mut filter = Filter::default();
         filter.push("agent_id", "=", Some(agent_id));
         filter.push("tenant_id", "=", tenant);
-        self.list_page(
-            "services",
-            "SELECT name, status, pid, observed_at FROM agent_services",
-            "name",
-            &filter,
-            Some(super::MAX_LIMIT),
-            service_from_row,
-        )
-        .await
+        let sql = format!("SELECT latest_report FROM agents{}", filter.where_clause());
+        let row = filter
+            .query(&sql)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(|e| self.db_error("list services", e))?;
+        let report = match row {
+            Some(row) => latest_report(&row).map_err(|e| decode_error("services", e))?,
+            None => None,
+        };
+        Ok(report.map(|r| services_of(&r)).unwrap_or_default())
     }
 
     /// The rules in force, of one tenant (`None`: every one), or the one `rule_id` names.
