@@ -85,8 +85,20 @@ pub struct MetricReport {
     pub services: Vec<ServiceStatus>,
     /// Security posture where the OS exposes it.
     pub security: Option<SecurityPosture>,
-    /// Custom metrics, name to value.
+    /// Custom metrics, name to value; written in name order, so one record has one
+    /// encoding (Avro and JSON), whatever the map's iteration order in this process.
+    #[serde(serialize_with = "sorted_map")]
     pub custom: HashMap<String, f64>,
+}
+
+/// Serializes a map in key order.
+fn sorted_map<S: serde::Serializer, V: Serialize>(
+    map: &HashMap<String, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<(&String, &V)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serializer.collect_map(entries)
 }
 
 /// Usage of one mounted file system.
@@ -195,7 +207,8 @@ pub struct AgentEvent {
     pub severity: EventSeverity,
     /// Human-readable message.
     pub message: String,
-    /// Free-form attributes.
+    /// Free-form attributes (written in name order).
+    #[serde(serialize_with = "sorted_map")]
     pub attributes: HashMap<String, String>,
 }
 
@@ -448,7 +461,8 @@ pub struct CommandEvent {
     pub kind: CommandEventKind,
     /// Command type (`restart_service`, `run_script`, `collect_diagnostics`, `update_config`).
     pub command_type: String,
-    /// Arguments.
+    /// Arguments (written in name order).
+    #[serde(serialize_with = "sorted_map")]
     pub args: HashMap<String, String>,
     /// Whether a second user must approve it.
     pub requires_approval: bool,

@@ -99,6 +99,35 @@ fn records_roundtrip() {
     roundtrip(&bare);
 }
 
+/// Maps are written in key order: a record has one encoding, whatever the order its maps
+/// iterate in (each `HashMap` has its own random order), so a rebuild writes the same bytes.
+#[test]
+fn maps_are_written_in_key_order() {
+    let t = 1_763_900_000_123_456;
+    let keys: Vec<String> = (0..32).map(|i| format!("m{i:02}")).collect();
+    let mut a = fixtures::metric_report("t1", "a1", t);
+    let mut b = a.clone();
+    a.custom = keys.iter().map(|k| (k.clone(), 1.0)).collect();
+    b.custom = keys.iter().rev().map(|k| (k.clone(), 1.0)).collect();
+    let wire = codec::Wire::plain();
+    assert_eq!(
+        wire.encode(&a).expect("encode"),
+        wire.encode(&b).expect("encode")
+    );
+    let json = serde_json::to_string(&a).expect("json");
+    assert_eq!(json, serde_json::to_string(&b).expect("json"));
+    let at = |k: &str| json.find(&format!("\"{k}\"")).expect("key written");
+    assert!(at("m00") < at("m01") && at("m30") < at("m31"), "{json}");
+    let mut e1 = fixtures::agent_event("t1", "a1", t);
+    let mut e2 = e1.clone();
+    e1.attributes = keys.iter().map(|k| (k.clone(), k.clone())).collect();
+    e2.attributes = keys.iter().rev().map(|k| (k.clone(), k.clone())).collect();
+    assert_eq!(
+        wire.encode(&e1).expect("encode"),
+        wire.encode(&e2).expect("encode")
+    );
+}
+
 #[test]
 fn decode_rejects_garbage_with_clear_errors() {
     assert!(matches!(
