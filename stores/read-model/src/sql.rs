@@ -34,7 +34,8 @@
 use std::fmt::Write as _;
 
 use async_trait::async_trait;
-use fleet_schemas::{AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind};
+use fleet_schemas::codec::Record as _;
+use fleet_schemas::{AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, MetricReport};
 use fleet_sql::{decode_error, Database, Engine, Migration, Migrations};
 use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
@@ -106,6 +107,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "services from latest report",
             sql: include_str!("../migrations/0011_services_from_latest_report.sql"),
         },
+        Migration {
+            version: 12,
+            description: "latest report avro",
+            sql: include_str!("../migrations/0012_latest_report_avro.sql"),
+        },
     ],
 };
 
@@ -160,6 +166,9 @@ impl SqlReadModel {
             ApplyError::Sql(e) => self.db_error("apply", e),
             ApplyError::Encode(e) => {
                 StoreError::Internal(format!("cannot encode a change as JSON: {e}"))
+            }
+            ApplyError::Codec(e) => {
+                StoreError::Internal(format!("cannot encode a report as Avro: {e}"))
             }
             ApplyError::Invalid(m) => StoreError::Internal(format!("invalid change: {m}")),
         }
@@ -285,7 +294,7 @@ WHERE projection = $1 ORDER BY topic, partition";
 const AGENT_COLUMNS: &str = concat!(
     "tenant_id, agent_id, first_seen_at, last_seen_at, \
 last_metrics_at, cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, \
-latest_report, location_id, device_name, hostname, facts, enrollment, registered_at, \
+latest_report, latest_report_avro, location_id, device_name, hostname, facts, enrollment, registered_at, \
 deactivated_at, tags, ",
     agent_status_sql!(),
     " AS status, (SELECT COUNT(*) FROM alerts WHERE alerts.agent_id = agents.agent_id \
@@ -444,6 +453,8 @@ async fn apply_alert(tx: &mut Tx<'_>, ev: &AlertEvent) -> sqlx::Result<()> {
 enum ApplyError {
     Sql(sqlx::Error),
     Encode(serde_json::Error),
+    /// A report could not be written as Avro.
+    Codec(fleet_schemas::codec::CodecError),
     /// The change itself is wrong (a status no producer should write).
     Invalid(String),
 }
@@ -518,10 +529,22 @@ fn clamp_limit(limit: Option<u32>) -> i64 {
     i64::from(limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
 }
 
-fn agent_from_row(row: &AnyRow) -> Result<AgentRow, BoxDynError> {
-    let latest_report = row
+/// The report an agents row holds: its Avro encoding (`latest_report_avro`), or for a row
+/// last written before migration 12, its JSON (`latest_report`). The row must have both
+/// columns.
+fn stored_report(row: &AnyRow) -> Result<Option<MetricReport>, BoxDynError> {
+    if let Some(avro) = row.try_get::<Option<Vec<u8>>, _>("latest_report_avro")? {
+        return Ok(Some(MetricReport::codec().decode_with(None, &avro)?));
+    }
+    Ok(row
         .try_get::<Option<String>, _>("latest_report")?
-        .map(|s| serde_json::from_str(&s))
+        .map(|json| serde_json::from_str(&json))
+        .transpose()?)
+}
+
+fn agent_from_row(row: &AnyRow) -> Result<AgentRow, BoxDynError> {
+    let latest_report = stored_report(row)?
+        .map(|r| serde_json::to_value(&r))
         .transpose()?;
     Ok(AgentRow {
         tenant_id: row.try_get("tenant_id")?,
@@ -905,6 +928,60 @@ impl ReadModel for SqlReadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A row last written before migration 12 holds its report as JSON only: it reads as
+    /// before (agent and services), and its next report moves it to the Avro column.
+    #[tokio::test]
+    async fn rows_written_as_json_read_as_before() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("json.db");
+        let store = SqlReadModel::connect(path.to_str().expect("utf-8 path"))
+            .await
+            .expect("connect");
+        let mut report = fleet_schemas::fixtures::metric_report("t1", "a1", 1_000);
+        report.custom.insert("m2".into(), 2.0);
+        let json = serde_json::to_string(&report).expect("json");
+        let apply = |r: &MetricReport| {
+            let changes = vec![crate::Change::Report(Box::new(r.clone()))];
+            let store = store.clone();
+            async move {
+                store
+                    .apply("readmodel", &changes, &[])
+                    .await
+                    .expect("apply")
+            }
+        };
+        apply(&report).await;
+        let avro_row = store.get_agent(None, "a1").await.expect("read");
+        sqlx::query("UPDATE agents SET latest_report = $1, latest_report_avro = NULL")
+            .bind(json.as_str())
+            .execute(store.db.pool())
+            .await
+            .expect("back to the old form");
+        let json_row = store.get_agent(None, "a1").await.expect("read");
+        assert_eq!(json_row, avro_row);
+        let kept = json_row.and_then(|r| r.latest_report).expect("a report");
+        assert_eq!(kept, serde_json::to_value(&report).expect("value"));
+        let services = store.agent_services(None, "a1").await.expect("services");
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].observed_at, 1_000);
+
+        let mut next = report.clone();
+        next.occurred_at = 2_000;
+        apply(&next).await;
+        let (json_col, avro_col): (Option<String>, Option<Vec<u8>>) =
+            sqlx::query("SELECT latest_report, latest_report_avro FROM agents")
+                .fetch_one(store.db.pool())
+                .await
+                .and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .expect("columns");
+        assert_eq!(json_col, None, "the JSON form is cleared");
+        let avro = avro_col.expect("the Avro form is written");
+        assert_eq!(
+            MetricReport::codec().decode_with(None, &avro).ok(),
+            Some(next)
+        );
+    }
 
     #[test]
     fn migrations_list_matches_the_folder() {

@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 
+use fleet_schemas::codec::Record as _;
 use fleet_schemas::{Heartbeat, MetricReport};
 
 use super::{chunks, values_rows, ApplyError, Engine, Tx};
 
-/// Agents per upsert (11 parameters each).
+/// Agents per upsert (at most 11 parameters each).
 const AGENT_CHUNK: usize = 256;
 /// Creates the agents or widens their seen window and, where the row's report is at least
 /// as new as the stored one (equal: the same report replayed, or a later record of the same
@@ -28,7 +29,8 @@ const AGENT_CHUNK: usize = 256;
 /// greater time).
 const UPSERT_AGENTS_HEAD: &str = "\
 INSERT INTO agents (agent_id, tenant_id, first_seen_at, last_seen_at, last_metrics_at,
-    cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, latest_report)
+    cpu_percent, memory_percent, disk_percent_max, load_1, uptime_seconds, latest_report,
+    latest_report_avro)
 VALUES ";
 
 /// The new report is written: it is at least as new as the stored one.
@@ -82,6 +84,9 @@ ON CONFLICT (agent_id) DO UPDATE SET
     ",
     ",
     metrics_column!("latest_report"),
+    ",
+    ",
+    metrics_column!("latest_report_avro"),
     "
 WHERE excluded.first_seen_at < agents.first_seen_at
    OR excluded.last_seen_at > agents.last_seen_at
@@ -117,9 +122,9 @@ impl Shape {
     /// One row of the `VALUES`, in the upsert's column order.
     fn row(self) -> &'static str {
         match self {
-            Shape::Heard => "(?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
-            Shape::Report => "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            Shape::ReportWithoutDisks => "(?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+            Shape::Heard => "(?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            Shape::Report => "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            Shape::ReportWithoutDisks => "(?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL, ?)",
         }
     }
 }
@@ -261,10 +266,11 @@ fn upsert_query<'q>(
             if let Some(disk) = disk_max(r) {
                 q = q.bind(disk);
             }
-            q = q
-                .bind(r.load_1)
-                .bind(r.uptime_seconds)
-                .bind(serde_json::to_string(r).map_err(ApplyError::Encode)?);
+            q = q.bind(r.load_1).bind(r.uptime_seconds).bind(
+                MetricReport::codec()
+                    .encode_single_object(r)
+                    .map_err(ApplyError::Codec)?,
+            );
         }
     }
     Ok(q)

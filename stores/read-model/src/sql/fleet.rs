@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
 use sqlx::Row;
 
-use super::{agent_status_sql, decode_error, ApplyError, Filter, SqlReadModel, Tx};
+use super::{agent_status_sql, decode_error, stored_report, ApplyError, Filter, SqlReadModel, Tx};
 use crate::{AgentCounts, AlertCounts, AuditEntry, AuditQuery, FleetOverview, Result, ServiceRow};
 
 /// The newest event of a rule wins (a replayed one rewrites the same values).
@@ -48,13 +48,6 @@ fn count(row: &AnyRow) -> Result<(String, u64), BoxDynError> {
     let key: Option<String> = row.try_get(0)?;
     let n: i64 = row.try_get(1)?;
     Ok((key.unwrap_or_default(), u64::try_from(n)?))
-}
-
-fn latest_report(row: &AnyRow) -> Result<Option<MetricReport>, BoxDynError> {
-    Ok(row
-        .try_get::<Option<String>, _>("latest_report")?
-        .map(|json| serde_json::from_str(&json))
-        .transpose()?)
 }
 
 /// A report's services by name, the last entry of a name listed twice, observed at the
@@ -184,14 +177,17 @@ impl SqlReadModel {
         let mut filter = Filter::default();
         filter.push("agent_id", "=", Some(agent_id));
         filter.push("tenant_id", "=", tenant);
-        let sql = format!("SELECT latest_report FROM agents{}", filter.where_clause());
+        let sql = format!(
+            "SELECT latest_report, latest_report_avro FROM agents{}",
+            filter.where_clause()
+        );
         let row = filter
             .query(&sql)
             .fetch_optional(self.db.pool())
             .await
             .map_err(|e| self.db_error("list services", e))?;
         let report = match row {
-            Some(row) => latest_report(&row).map_err(|e| decode_error("services", e))?,
+            Some(row) => stored_report(&row).map_err(|e| decode_error("services", e))?,
             None => None,
         };
         Ok(report.map(|r| services_of(&r)).unwrap_or_default())

@@ -13,7 +13,9 @@
 //!   keyed by all of its columns, so that a new projected table is not silently skipped.
 //! * Values: each column as JSON: integers as integers, `DOUBLE PRECISION` as floats, text
 //!   as strings, NULL as null; JSON kept in TEXT columns stays the text it was written as
-//!   (both engines store the same serialization). Rows are ordered by key here, in Rust,
+//!   (both engines store the same serialization); binary as hex, except the latest report's
+//!   Avro (`agents.latest_report_avro`), shown as its JSON so that a difference names its
+//!   fields. Rows are ordered by key here, in Rust,
 //!   not by SQL `ORDER BY`, whose text collation differs between PostgreSQL and SQLite.
 //! * No column of a projected table depends on when it was applied: every time stored
 //!   comes from the records (`occurred_at`), never from the clock, so nothing is excluded
@@ -21,6 +23,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use fleet_schemas::codec::Record as _;
+use fleet_schemas::MetricReport;
 use sqlx::any::AnyRow;
 use sqlx::{Column, Row};
 
@@ -268,6 +272,9 @@ fn check_identifier(name: &str) -> Result<()> {
 
 /// A row's columns as JSON values: the first of i64, f64, text, bool, bytes (hex) that
 /// the column's type decodes as; NULL as null.
+/// The column of `agents` that holds the latest report's Avro encoding.
+const AVRO_REPORT_COLUMN: &str = "latest_report_avro";
+
 fn row_values(row: &AnyRow) -> std::result::Result<SnapshotRow, String> {
     let mut out = SnapshotRow::new();
     for (i, column) in row.columns().iter().enumerate() {
@@ -285,9 +292,22 @@ fn row_values(row: &AnyRow) -> std::result::Result<SnapshotRow, String> {
         } else if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
             v.map_or(serde_json::Value::Null, serde_json::Value::Bool)
         } else if let Ok(v) = row.try_get::<Option<Vec<u8>>, _>(i) {
-            v.map_or(serde_json::Value::Null, |b| {
-                serde_json::Value::String(b.iter().map(|x| format!("{x:02x}")).collect())
-            })
+            match v {
+                None => serde_json::Value::Null,
+                // A report kept as Avro, shown as its JSON: comparisons name the fields that
+                // differ rather than two strings of hex.
+                Some(b) if column.name() == AVRO_REPORT_COLUMN => {
+                    let report = MetricReport::codec()
+                        .decode_with(None, &b)
+                        .map_err(|e| format!("column {}: {e}", column.name()))?;
+                    serde_json::to_string(&report)
+                        .map(serde_json::Value::String)
+                        .map_err(|e| format!("column {}: {e}", column.name()))?
+                }
+                Some(b) => {
+                    serde_json::Value::String(b.iter().map(|x| format!("{x:02x}")).collect())
+                }
+            }
         } else {
             return Err(format!(
                 "column {} has a type this snapshot cannot read",
