@@ -102,7 +102,7 @@ and FLEET_PROJECTIONS__<KEY>."
     Export(replay::ExportArgs),
     /// Give an embedded time-series store's free space back to the file system.
     #[command(
-        long_about = "Compact the embedded time-series store (chunks.redb): move its pages to the front of the file and truncate it. The store reuses freed pages but never shrinks its file on its own, so after retention deleted much (or a shorter retention was configured) the file keeps its size. A clean stop of `up` or `projections` compacts files up to 1 GiB when a quarter of them is free; this command does it for any size. The store must not be open: stop the process that serves it first.
+        long_about = "Compact the embedded time-series store (chunks.redb): move its pages to the front of the file and truncate it. The store reuses freed pages but never shrinks its file on its own, so after retention deleted much (or a shorter retention was configured) the file keeps its size. A clean stop of `up` or `projections` compacts files up to 1 GiB when more than half of them is free; this command does it for any size (the size printed after is the closed file's: redb's close writes its allocator state, which on a file with little free space can grow it again). The store must not be open: stop the process that serves it first.
 
 Example: fleetstream compact fleetstream-data   (an `up` data directory)
          fleetstream compact /var/lib/fleetstream/timeseries"

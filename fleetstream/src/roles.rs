@@ -658,10 +658,15 @@ pub(crate) async fn compact(dir: PathBuf) -> anyhow::Result<()> {
             dir.display()
         );
     };
-    let c = tokio::task::spawn_blocking(move || {
+    let c = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut store = EmbeddedChunks::open(&dir)?;
-        println!("compacting {} ...", store.path().display());
-        store.compact()
+        let path = store.path().to_owned();
+        println!("compacting {} ...", path.display());
+        let mut c = store.compact()?;
+        // The close writes redb's allocator state, which may grow a full file again.
+        drop(store);
+        c.after = std::fs::metadata(&path)?.len();
+        Ok(c)
     })
     .await??;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;

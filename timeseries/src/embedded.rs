@@ -13,8 +13,8 @@
 //!
 //! redb reuses freed pages but never gives the file's space back on its own: the file
 //! grows in steps and keeps its size after retention deletes. [`EmbeddedChunks::compact`]
-//! moves the pages to the front and truncates the file; a clean stop does it when a
-//! quarter or more of the file is free and the file is at most [`COMPACT_AT_STOP_MAX_BYTES`]
+//! moves the pages to the front and truncates the file; a clean stop does it when more
+//! than half of the file is free and the file is at most [`COMPACT_AT_STOP_MAX_BYTES`]
 //! (compaction rewrites what it moves, so a larger file is left to `fleetstream compact`).
 
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ fn table(kind: ChunkKind) -> ChunkTable {
     }
 }
 
-/// A clean stop compacts files up to this size (1 GiB) when a quarter of them is free.
+/// A clean stop compacts files up to this size (1 GiB) when more than half of them is free.
 pub const COMPACT_AT_STOP_MAX_BYTES: u64 = 1 << 30;
 
 /// What [`EmbeddedChunks::compact`] did: the file's size before and after.
@@ -167,13 +167,18 @@ impl EmbeddedChunks {
         })
     }
 
-    /// At a clean stop (the last handle dropped): compacts when a quarter or more of
-    /// the file is free and the file is small enough to do it quickly.
+    /// At a clean stop (the last handle dropped): compacts when more than half of the
+    /// file is free and the file is small enough to do it quickly.
     fn compact_at_stop(&mut self) {
-        let Ok((file, used)) = self.usage() else {
-            return;
+        let (file, used) = match self.usage() {
+            Ok(usage) => usage,
+            Err(e) => {
+                tracing::warn!(error = %e, "time-series store not compacted at stop");
+                return;
+            }
         };
         if !worth_compacting_at_stop(file, used) {
+            tracing::debug!(file, used, "time-series store not worth compacting at stop");
             return;
         }
         match self.compact() {
@@ -200,9 +205,12 @@ impl EmbeddedChunks {
     }
 }
 
-/// A quarter or more of a file of at most [`COMPACT_AT_STOP_MAX_BYTES`] is free.
+/// More than half of a file of at most [`COMPACT_AT_STOP_MAX_BYTES`] is free. (redb's
+/// close writes its allocator state in one more commit; on a compacted file, with no free
+/// page left, that commit grows the file, and below 4 GiB growth doubles it: compacting a
+/// file less than half free would leave it larger than it was.)
 fn worth_compacting_at_stop(file: u64, used: u64) -> bool {
-    file <= COMPACT_AT_STOP_MAX_BYTES && file.saturating_sub(used) >= file / 4
+    file <= COMPACT_AT_STOP_MAX_BYTES && used < file / 2
 }
 
 impl Drop for EmbeddedChunks {
@@ -475,10 +483,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_clean_stop_compacts_small_files_a_quarter_free() {
-        assert!(worth_compacting_at_stop(8 << 20, 4 << 20));
-        assert!(worth_compacting_at_stop(8 << 20, 6 << 20));
-        assert!(!worth_compacting_at_stop(8 << 20, (6 << 20) + 1));
+    fn a_clean_stop_compacts_small_files_more_than_half_free() {
+        assert!(worth_compacting_at_stop(8 << 20, 3 << 20));
+        assert!(worth_compacting_at_stop(8 << 20, (4 << 20) - 1));
+        assert!(!worth_compacting_at_stop(8 << 20, 4 << 20));
+        assert!(!worth_compacting_at_stop(8 << 20, 6 << 20));
         assert!(!worth_compacting_at_stop(8 << 20, 8 << 20));
         // Larger files wait for `fleetstream compact`.
         assert!(!worth_compacting_at_stop(COMPACT_AT_STOP_MAX_BYTES + 1, 0));
