@@ -72,8 +72,8 @@ FLEET_<ROLE>__<KEY>. Storage URLs are always the embedded ones in --data-dir."
     /// the query API.
     #[command(
         long_about = "Run the read-model and time-series projections: consume the topics \
-into the read model and the time-series store, and remove time series past retention \
-every `retention-sweep-interval`. With `serve-api = true` (the default) `listen` also \
+into the read model and the time-series store, and remove time series and agent events \
+past retention (`events-retention`) every `retention-sweep-interval`. With `serve-api = true` (the default) `listen` also \
 serves the query API and the admin routes; with `serve-api = false` it answers only \
 /healthz, /readyz and /metrics, and `fleetstream api` instances serve the API.\n\n\
 Settings: --config (see config/projections.example.toml) and FLEET_PROJECTIONS__<KEY>."

@@ -374,6 +374,7 @@ async fn run_projections(
     );
     let sweeps = fleet_projections::project::run_retention_sweeps(
         stores.timeseries.clone() as Arc<dyn fleet_timeseries::TimeSeriesStore>,
+        stores.read_model.clone(),
         cfg.clone(),
         shutdown.clone().wait(),
     );

@@ -36,6 +36,10 @@ pub struct ProjectionsConfig {
     /// ([`fleet_timeseries::TimeSeriesStore::expire`]; ScyllaDB expires rows by TTL itself).
     #[serde(with = "humantime_serde")]
     pub retention_sweep_interval: Duration,
+    /// How long the read model keeps agent events (`fleet.events.v1`; the topic keeps its
+    /// own retention), removed by the same sweep.
+    #[serde(with = "humantime_serde")]
+    pub events_retention: Duration,
     /// Consumer group of the read-model projection.
     pub read_model_group: String,
     /// Consumer group of the time-series projection.
@@ -63,6 +67,7 @@ impl Default for ProjectionsConfig {
             timeseries_retention: fleet_timeseries::Retention::default(),
             timeseries_engine: fleet_timeseries::EngineConfig::default(),
             retention_sweep_interval: Duration::from_secs(600),
+            events_retention: Duration::from_secs(30 * 86_400),
             read_model_group: "fleet-projection-readmodel".into(),
             timeseries_group: "fleet-projection-timeseries".into(),
             batch_size: 1000,

@@ -39,6 +39,7 @@ pub const READ_MODEL_TOPICS: &[&str] = &[
     topics::TICKETS,
     topics::RULES,
     topics::SAMPLES,
+    topics::EVENTS,
 ];
 
 /// The topics the time-series projection consumes (metric reports, and the samples of the
@@ -85,7 +86,8 @@ pub fn to_change(wire: &Wire, r: &ConsumedRecord) -> Result<Change, codec::Codec
         Some(T::RuleEvent) => Change::Rule(Box::new(wire.decode_known(&r.value)?)),
         Some(T::AlertEvent) => Change::Alert(wire.decode_known(&r.value)?),
         Some(T::SampleBatch) => Change::Series(series_of(&wire.decode_known(&r.value)?)),
-        Some(T::AgentEvent | T::DeadLetter) | None => {
+        Some(T::AgentEvent) => Change::Event(Box::new(wire.decode_known(&r.value)?)),
+        Some(T::DeadLetter) | None => {
             return Err(codec::CodecError::NotProjected(r.topic.to_string()))
         }
     })
@@ -103,6 +105,7 @@ fn change_tenant(c: &Change) -> &str {
         Change::Ticket(t) => &t.tenant_id,
         Change::Rule(r) => &r.tenant_id,
         Change::Series(s) => s.first().map_or("", |s| &s.tenant_id),
+        Change::Event(e) => &e.tenant_id,
     }
 }
 
@@ -454,12 +457,15 @@ where
 /// Attempts for one change or point applied on its own (after its batch was refused).
 const SINGLE_ATTEMPTS: u32 = 50;
 
-/// Removes time series past retention every `config.retention-sweep-interval` (the first
-/// sweep at start), until `shutdown` resolves: [`TimeSeriesStore::expire`] at the current
-/// time, logged with the rows it removed. A failed sweep is logged and retried at the
+/// Removes time series and agent events past retention every
+/// `config.retention-sweep-interval` (the first sweep at start), until `shutdown`
+/// resolves: [`TimeSeriesStore::expire`] at the current time and
+/// [`ReadModel::expire_events`] of the events older than `config.events-retention`, each
+/// logged with the rows it removed. A failed sweep is logged and retried at the
 /// next interval.
 pub async fn run_retention_sweeps(
     store: Arc<dyn TimeSeriesStore>,
+    read_model: Arc<dyn ReadModel>,
     config: ProjectionsConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -490,6 +496,19 @@ pub async fn run_retention_sweeps(
                 ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "retention")
                     .increment(1);
                 tracing::warn!(store = store.engine(), error = %e, "Retention sweep failed; retrying at the next interval.");
+            }
+        }
+        let keep = i64::try_from(config.events_retention.as_micros()).unwrap_or(i64::MAX);
+        match read_model.expire_events(now.saturating_sub(keep)).await {
+            Ok(rows) => tracing::info!(
+                store = read_model.engine(),
+                rows,
+                "Agent events past retention removed."
+            ),
+            Err(e) => {
+                ::metrics::counter!(metrics::STORE_ERRORS, "projection" => "retention")
+                    .increment(1);
+                tracing::warn!(store = read_model.engine(), error = %e, "Event retention sweep failed; retrying at the next interval.");
             }
         }
     }

@@ -6,8 +6,8 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::routes::{
-    agents, commands, dashboard, fleet, ingest_keys, prometheus, rules, tags, tenants, tickets,
-    users,
+    agents, commands, dashboard, events, fleet, ingest_keys, prometheus, rules, tags, tenants,
+    tickets, users,
 };
 use crate::state::AppState;
 
@@ -24,6 +24,7 @@ pub fn app(state: AppState) -> Router {
         .merge(rules::routes())
         .merge(tags::routes())
         .merge(tickets::routes())
+        .merge(events::routes())
         .merge(prometheus::routes())
         .route_layer(middleware::from_fn(crate::metrics::track))
         .layer(middleware::map_response(crate::error::json_errors))

@@ -123,6 +123,8 @@ impl Modify for BearerAuth {
         crate::routes::commands::get_command,
         crate::routes::tickets::agent_software,
         crate::routes::tickets::list_tickets,
+        crate::routes::events::list_events,
+        crate::routes::events::agent_events,
         crate::routes::tenants::create_tenant,
         crate::routes::tenants::list_tenants,
         crate::routes::tenants::create_location,

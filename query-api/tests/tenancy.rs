@@ -124,6 +124,11 @@ fn cases(w: &World) -> Vec<Case> {
             FORBIDDEN,
         ),
         read(
+            "GET /api/v1/events",
+            format!("/api/v1/events?tenant={b}"),
+            FORBIDDEN,
+        ),
+        read(
             "GET /api/v1/audit",
             format!("/api/v1/audit?tenant={b}"),
             FORBIDDEN,
@@ -152,6 +157,16 @@ fn cases(w: &World) -> Vec<Case> {
         read(
             "GET /api/v1/agents/{agent_id}/software",
             format!("/api/v1/agents/{b1}/software"),
+            NOT_FOUND,
+        ),
+        read(
+            "GET /api/v1/agents/{agent_id}/events",
+            format!("/api/v1/agents/{b1}/events"),
+            NOT_FOUND,
+        ),
+        read(
+            "GET /api/v1/events",
+            format!("/api/v1/events?agent={b1}"),
             NOT_FOUND,
         ),
         read(
@@ -555,6 +570,7 @@ async fn lists_show_only_the_callers_tenant() {
             "/api/v1/agents?q=a".to_owned(),
             "/api/v1/alerts".to_owned(),
             "/api/v1/tickets".to_owned(),
+            "/api/v1/events".to_owned(),
             "/api/v1/overview".to_owned(),
             "/api/v1/audit".to_owned(),
             "/api/v1/admin/ingest-keys".to_owned(),
@@ -566,6 +582,7 @@ async fn lists_show_only_the_callers_tenant() {
             ),
             format!("/api/v1/agents/{}/commands", w.a1),
             format!("/api/v1/agents/{}/software", w.a1),
+            format!("/api/v1/agents/{}/events", w.a1),
         ] {
             let (s, v) = call(&w.app, "GET", &uri, None, Some(key)).await;
             assert_eq!(s, StatusCode::OK, "{uri}: {v}");
@@ -577,6 +594,14 @@ async fn lists_show_only_the_callers_tenant() {
         }
     }
     // A's own data is there.
+    let (_, v) = call(&w.app, "GET", "/api/v1/events", None, Some(&w.viewer_a)).await;
+    let agents: Vec<&str> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["agent_id"].as_str())
+        .collect();
+    assert_eq!(agents, vec![w.a1.as_str()], "{v}");
     let (_, v) = call(&w.app, "GET", "/api/v1/agents", None, Some(&w.op_a)).await;
     let ids: Vec<&str> = v["agents"]
         .as_array()

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod commands;
 pub mod dashboard;
+pub mod events;
 pub mod fleet;
 pub mod ingest_keys;
 pub mod prometheus;

@@ -207,6 +207,9 @@ pub async fn world() -> World {
         changes.push(Change::Ticket(Box::new(fixtures::ticket_requested(
             t, agent, now,
         ))));
+        changes.push(Change::Event(Box::new(fixtures::agent_event(
+            t, agent, now,
+        ))));
         let mut cmd = fixtures::command_completed(t, agent, now);
         cmd.kind = CommandEventKind::Requested;
         changes.push(Change::Command(Box::new(cmd)));

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use fleet_schemas::{
-    AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport, SoftwareInventory,
-    TicketEvent,
+    AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, Heartbeat, MetricReport,
+    SoftwareInventory, TicketEvent,
 };
 pub use fleet_sql::{Result, StoreError};
 
@@ -60,6 +60,8 @@ pub enum Change {
     /// Series of the standard write protocols seen in a `fleet.samples.v1` batch (one
     /// entry per series, its times those of the batch's samples).
     Series(Vec<SampleSeries>),
+    /// Something happened on an agent (`fleet.events.v1`; kept once per event id).
+    Event(Box<AgentEvent>),
 }
 
 /// How coarsely the series index keeps the newest sample time of a series
@@ -664,6 +666,49 @@ pub struct TicketQuery {
     pub limit: Option<u32>,
 }
 
+/// Filters of the event timeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this tenant.
+    pub tenant_id: Option<String>,
+    /// Only this agent.
+    pub agent_id: Option<String>,
+    /// Only events of this kind (`service_failed`, `agent_started`, ...).
+    pub kind: Option<String>,
+    /// Only events of this severity (`INFO`, `WARNING`, `CRITICAL`).
+    pub severity: Option<String>,
+    /// Only events at or after this time (µs).
+    pub since: Option<i64>,
+    /// Only events before this time (µs; exclusive: the oldest time of a page gives the
+    /// next, older page).
+    pub until: Option<i64>,
+    /// Page size (at most 1000; default 100).
+    pub limit: Option<u32>,
+}
+
+/// One agent event in the timeline: the record of `fleet.events.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventRow {
+    /// Event id (UUIDv7).
+    pub event_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Time on the agent (µs).
+    pub occurred_at: i64,
+    /// Time the gateway accepted it (µs).
+    pub ingested_at: i64,
+    /// Kind, for example `service_failed`.
+    pub kind: String,
+    /// `INFO`, `WARNING` or `CRITICAL`.
+    pub severity: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Free-form attributes.
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
 /// The read model.
 #[async_trait]
 pub trait ReadModel: Send + Sync + Debug {
@@ -709,6 +754,12 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// Tickets, newest first (by creation).
     async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>>;
+
+    /// Agent events, newest first (by the agent's time, then event id).
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<EventRow>>;
+
+    /// Removes the events that happened before `before` (µs); returns how many.
+    async fn expire_events(&self, before: i64) -> Result<u64>;
 
     /// The alert rules in force (their newest DEFINED event), by rule id; `None`: every
     /// tenant's.

@@ -43,6 +43,7 @@ use sqlx::Row;
 
 mod agents;
 mod commands;
+mod events;
 mod fleet;
 mod series;
 mod snapshot;
@@ -111,6 +112,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 12,
             description: "latest report avro",
             sql: include_str!("../migrations/0012_latest_report_avro.sql"),
+        },
+        Migration {
+            version: 13,
+            description: "agent events",
+            sql: include_str!("../migrations/0013_agent_events.sql"),
         },
     ],
 };
@@ -725,6 +731,7 @@ impl ReadModel for SqlReadModel {
                     .map_err(Into::into),
                 Change::Ticket(ev) => tickets::apply_ticket(&mut tx, ev).await,
                 Change::Series(s) => series::apply_series(&mut tx, self.db.engine(), s).await,
+                Change::Event(ev) => events::apply_event(&mut tx, ev).await,
             };
             applied.map_err(|e| self.apply_error(e))?;
         }
@@ -883,6 +890,16 @@ impl ReadModel for SqlReadModel {
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_tickets(&self, query: &TicketQuery) -> Result<Vec<TicketRow>> {
         self.query_tickets(query).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn list_events(&self, query: &crate::EventQuery) -> Result<Vec<crate::EventRow>> {
+        self.query_events(query).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn expire_events(&self, before: i64) -> Result<u64> {
+        self.delete_events_before(before).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]

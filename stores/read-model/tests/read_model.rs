@@ -15,8 +15,8 @@ use anyhow::{ensure, Context, Result};
 use fleet_read_model::{
     open_read_model, AgentQuery, AgentRow, AgentStatus, AlertEvent, AlertQuery, AlertRow,
     AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandStatus,
-    ReadModel, SampleSeries, SampleSeriesQuery, SoftwareQuery, StoreError, StoredOffset,
-    TicketQuery, TicketStatus, SERIES_LAST_STEP_MICROS,
+    EventQuery, ReadModel, SampleSeries, SampleSeriesQuery, SoftwareQuery, StoreError,
+    StoredOffset, TicketQuery, TicketStatus, SERIES_LAST_STEP_MICROS,
 };
 use fleet_schemas::{
     fixtures, AgentLifecycleKind, AlertEventKind, CommandEvent, CommandEventKind,
@@ -58,6 +58,7 @@ macro_rules! conformance {
             large_batches_give_the_state_of_their_changes_one_by_one,
             reports_with_and_without_disks_mix,
             sample_series_index_widens_and_filters,
+            events_timeline_filters_pages_and_expires,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -2105,6 +2106,123 @@ mod cases {
             first_at: first,
             last_at: SampleSeries::last_step(last),
         }
+    }
+
+    /// Events are kept once per id (a replay adds nothing), listed newest first per tenant
+    /// and agent, filtered by kind, severity and time, paged by `until`, and expired by
+    /// time.
+    pub(crate) async fn events_timeline_filters_pages_and_expires(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let (a, b) = (agent_id(), agent_id());
+        let mut events = Vec::new();
+        for i in 0..5 {
+            let mut ev = fixtures::agent_event(T1, &a, T0 + i * SECOND);
+            if i == 3 {
+                ev.kind = "agent_started".into();
+                ev.severity = fleet_schemas::EventSeverity::Info;
+                ev.attributes.insert("version".into(), "1.2.3".into());
+            }
+            events.push(ev);
+        }
+        events.push(fixtures::agent_event(T2, &b, T0 + 10 * SECOND));
+        let changes: Vec<Change> = events
+            .iter()
+            .map(|e| Change::Event(Box::new(e.clone())))
+            .collect();
+        store.apply(PROJECTION, &changes, &[]).await?;
+        // A replay, in another order, adds nothing.
+        let mut replay = changes.clone();
+        replay.reverse();
+        store.apply(PROJECTION, &replay, &[]).await?;
+
+        let list = |q: EventQuery| {
+            let store = store.clone();
+            async move { store.list_events(&q).await }
+        };
+        let of_t1 = list(EventQuery {
+            tenant_id: Some(T1.into()),
+            ..Default::default()
+        })
+        .await?;
+        let times: Vec<i64> = of_t1
+            .iter()
+            .map(|e| (e.occurred_at - T0) / SECOND)
+            .collect();
+        ensure!(
+            times == vec![4, 3, 2, 1, 0],
+            "newest first, once each: {times:?}"
+        );
+        let started = &of_t1[1];
+        ensure!(
+            started.kind == "agent_started"
+                && started.severity == "INFO"
+                && started.attributes.get("version").map(String::as_str) == Some("1.2.3")
+                && started.attributes.get("service").map(String::as_str) == Some("nginx")
+                && started.message == events[3].message
+                && started.ingested_at == events[3].ingested_at
+                && started.event_id == events[3].event_id
+                && started.agent_id == a,
+            "{started:#?}"
+        );
+        let warnings = list(EventQuery {
+            agent_id: Some(a.clone()),
+            severity: Some("WARNING".into()),
+            kind: Some("service_crashed".into()),
+            ..Default::default()
+        })
+        .await?;
+        ensure!(warnings.len() == 4, "{warnings:#?}");
+        let window = list(EventQuery {
+            tenant_id: Some(T1.into()),
+            since: Some(T0 + SECOND),
+            until: Some(T0 + 3 * SECOND),
+            ..Default::default()
+        })
+        .await?;
+        let times: Vec<i64> = window
+            .iter()
+            .map(|e| (e.occurred_at - T0) / SECOND)
+            .collect();
+        ensure!(
+            times == vec![2, 1],
+            "since inclusive, until exclusive: {times:?}"
+        );
+        let page = list(EventQuery {
+            agent_id: Some(a.clone()),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await?;
+        let next = list(EventQuery {
+            agent_id: Some(a.clone()),
+            until: page.last().map(|e| e.occurred_at),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await?;
+        let times: Vec<i64> = page
+            .iter()
+            .chain(&next)
+            .map(|e| (e.occurred_at - T0) / SECOND)
+            .collect();
+        ensure!(times == vec![4, 3, 2, 1], "two pages: {times:?}");
+        ensure!(
+            list(EventQuery {
+                tenant_id: Some(T2.into()),
+                agent_id: Some(a.clone()),
+                ..Default::default()
+            })
+            .await?
+            .is_empty(),
+            "another tenant's agent"
+        );
+
+        ensure!(store.expire_events(T0 + 2 * SECOND).await? == 2);
+        let left = list(EventQuery::default()).await?;
+        let times: Vec<i64> = left.iter().map(|e| (e.occurred_at - T0) / SECOND).collect();
+        ensure!(times == vec![10, 4, 3, 2], "{times:?}");
+        Ok(())
     }
 
     /// The series index: a row per series and tenant; the earliest first and the latest

@@ -44,6 +44,7 @@ pub const PROJECTED_TABLES: &[(&str, &[&str])] = &[
     ("software", &["agent_id", "name", "arch"]),
     ("tickets", &["ticket_id"]),
     ("sample_series", &["tenant_id", "series_id"]),
+    ("agent_events", &["event_id"]),
 ];
 
 /// The read model's tables that no topic feeds: the projections' offsets and the audit
