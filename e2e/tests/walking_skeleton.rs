@@ -349,6 +349,22 @@ async fn check_agent_metrics_and_alert(run: &Run, procs: &[&Proc]) -> anyhow::Re
             > 0,
         "{agent}"
     );
+    // The agent's start event reached the timeline (fleet.events.v1 → read model).
+    let events_url = format!("{agent_url}/events?kind=agent_started");
+    let events: Value = wait_for(
+        "the agent_started event in the timeline",
+        WAIT,
+        procs,
+        || async {
+            Ok(get_json(&client, &events_url)
+                .await?
+                .filter(|v| v["events"].as_array().is_some_and(|e| !e.is_empty())))
+        },
+    )
+    .await?;
+    let started = &events["events"][0];
+    assert_eq!(started["agent_id"], run.agent_id.as_str(), "{events}");
+    assert_eq!(started["severity"], "INFO", "{events}");
     let list_url = format!("{}/api/v1/agents", run.api);
     let list = get_json(&client, &list_url).await?.context("agent list")?;
     let row = list["agents"]

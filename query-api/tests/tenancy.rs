@@ -593,23 +593,20 @@ async fn lists_show_only_the_callers_tenant() {
             );
         }
     }
-    // A's own data is there.
-    let (_, v) = call(&w.app, "GET", "/api/v1/events", None, Some(&w.viewer_a)).await;
-    let agents: Vec<&str> = v["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["agent_id"].as_str())
-        .collect();
-    assert_eq!(agents, vec![w.a1.as_str()], "{v}");
-    let (_, v) = call(&w.app, "GET", "/api/v1/agents", None, Some(&w.op_a)).await;
-    let ids: Vec<&str> = v["agents"]
-        .as_array()
-        .expect("agents")
-        .iter()
-        .filter_map(|a| a["agent_id"].as_str())
-        .collect();
-    assert_eq!(ids, vec![w.a1.as_str()], "{v}");
+    // A's own data is there: the agents and events lists hold A's agent only.
+    for (uri, list, key) in [
+        ("/api/v1/agents", "agents", &w.op_a),
+        ("/api/v1/events", "events", &w.viewer_a),
+    ] {
+        let (_, v) = call(&w.app, "GET", uri, None, Some(key)).await;
+        let ids: Vec<&str> = v[list]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|a| a["agent_id"].as_str())
+            .collect();
+        assert_eq!(ids, vec![w.a1.as_str()], "{uri}: {v}");
+    }
     let (_, v) = call(&w.app, "GET", "/api/v1/overview", None, Some(&w.viewer_a)).await;
     assert_eq!(v["tenant_id"], w.a.as_str());
     assert_eq!(v["agents"]["total"], 1, "{v}");
