@@ -261,66 +261,61 @@ async fn influx_lines_land_on_the_topic_through_both_write_apis() {
         .samples;
     assert!(!want.is_empty());
     let token = format!("Token {}", e.key);
-    let (status, _, body) = post(
-        &e,
-        "/api/v2/write?org=o&bucket=b&precision=s",
-        &[("authorization", &token)],
-        lines.clone(),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::NO_CONTENT,
-        "{}",
-        String::from_utf8_lossy(&body)
-    );
     // The v1 API with basic auth (the key as the password) and gzip.
     use base64::Engine as _;
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("telegraf:{}", e.key))
     );
-    let (status, _, body) = post(
-        &e,
-        "/write?db=x&precision=s",
-        &[("authorization", &basic), ("content-encoding", "gzip")],
-        gzip(&lines),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::NO_CONTENT,
-        "{}",
-        String::from_utf8_lossy(&body)
-    );
-    // InfluxDB 1.x clients' query-string credentials, on `/write` only.
-    let (status, _, body) = post(
-        &e,
-        &format!("/write?db=x&u=telegraf&p={}&precision=s", e.key),
-        &[],
-        lines.clone(),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::NO_CONTENT,
-        "{}",
-        String::from_utf8_lossy(&body)
-    );
-    let (status, _, _) = post(
-        &e,
-        &format!("/api/v2/write?p={}&precision=s", e.key),
-        &[],
-        lines.clone(),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "v2 takes no key in the URL"
-    );
-    let (status, _, _) = post(&e, "/write?p=fsi_wrong&precision=s", &[], lines.clone()).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let v1_in_url = format!("/write?db=x&u=telegraf&p={}&precision=s", e.key);
+    let v2_in_url = format!("/api/v2/write?p={}&precision=s", e.key);
+    // (why, path, headers, body, status): three writes land, the rest are refused.
+    let requests: [(&str, &str, Vec<(&str, &str)>, Vec<u8>, StatusCode); 5] = [
+        (
+            "v2 with a token",
+            "/api/v2/write?org=o&bucket=b&precision=s",
+            vec![("authorization", &token)],
+            lines.clone(),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "v1 with basic auth and gzip",
+            "/write?db=x&precision=s",
+            vec![("authorization", &basic), ("content-encoding", "gzip")],
+            gzip(&lines),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "InfluxDB 1.x clients' query-string credentials, on `/write` only",
+            &v1_in_url,
+            vec![],
+            lines.clone(),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "v2 takes no key in the URL",
+            &v2_in_url,
+            vec![],
+            lines.clone(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "a wrong key in the URL",
+            "/write?p=fsi_wrong&precision=s",
+            vec![],
+            lines.clone(),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (why, path, headers, body, want_status) in requests {
+        let (status, _, answer) = post(&e, path, &headers, body).await;
+        assert_eq!(
+            status,
+            want_status,
+            "{why}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
     let once = want.clone();
     want.extend(once.clone());
     want.extend(once);

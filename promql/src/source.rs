@@ -190,3 +190,71 @@ impl Selector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, op: MatchOp, value: &str) -> Matcher {
+        Matcher {
+            name: name.into(),
+            op,
+            value: value.into(),
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        let mut l: Labels = pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        l.sort();
+        l
+    }
+
+    #[test]
+    fn matchers_follow_prometheus() {
+        let l = labels(&[("__name__", "up"), ("job", "node"), ("zone", "")]);
+        let sel = |ms: &[Matcher]| Selector::compile(ms).map(|s| s.matches(&l));
+        assert!(sel(&[m("__name__", MatchOp::Equal, "up")]).unwrap());
+        assert!(!sel(&[m("__name__", MatchOp::Equal, "u")]).unwrap());
+        // Anchored at both ends.
+        assert!(!sel(&[m("job", MatchOp::Regex, "no")]).unwrap());
+        assert!(sel(&[m("job", MatchOp::Regex, "no.*|x")]).unwrap());
+        assert!(sel(&[
+            m("job", MatchOp::NotRegex, "api"),
+            m("job", MatchOp::Regex, ".+")
+        ])
+        .unwrap());
+        // A missing label is "".
+        assert!(sel(&[
+            m("up", MatchOp::Equal, "1"),
+            m("missing", MatchOp::Equal, "")
+        ])
+        .is_ok_and(|x| !x));
+        assert!(sel(&[
+            m("job", MatchOp::Equal, "node"),
+            m("missing", MatchOp::Equal, "")
+        ])
+        .unwrap());
+        assert!(sel(&[
+            m("job", MatchOp::Equal, "node"),
+            m("missing", MatchOp::NotEqual, "")
+        ])
+        .is_ok_and(|x| !x));
+        // Every matcher accepting "": refused, as Prometheus does.
+        assert!(matches!(
+            Selector::compile(&[m("job", MatchOp::Regex, ".*")]),
+            Err(SourceError::BadQuery(_))
+        ));
+        assert!(matches!(
+            Selector::compile(&[m("job", MatchOp::Regex, "(")]),
+            Err(SourceError::BadQuery(e)) if e.contains("job")
+        ));
+        // Over the size limit.
+        assert!(matches!(
+            Selector::compile(&[m("job", MatchOp::Regex, "a{1000}{1000}")]),
+            Err(SourceError::BadQuery(_))
+        ));
+    }
+}

@@ -110,18 +110,7 @@ mod tests {
     }
 
     fn series(metric: &str, pairs: &[(&str, &str)]) -> LabeledSample {
-        LabeledSample {
-            metric: metric.into(),
-            labels: pairs
-                .iter()
-                .map(|(n, v)| Label {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-            timestamp: 0,
-            value: 1.0,
-        }
+        fleet_schemas::fixtures::labeled_sample(metric, pairs, 0, 1.0)
     }
 
     #[test]

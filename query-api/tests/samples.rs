@@ -92,17 +92,14 @@ async fn selectors_read_protocol_samples_and_agent_metrics() -> Result<()> {
     let ms = |us: i64| us / 1000;
     let (start, end) = (ms(e.t) - 60_000, ms(e.t) + 60_000);
     let limits = SelectLimits::default();
+    // `tenant`'s series matching `matchers` in [start, end], with the default limits.
+    let sel = |tenant: &'static str, matchers: Vec<Matcher>| {
+        let limits = &limits;
+        async move { s.select(tenant, &matchers, start, end, limits).await }
+    };
 
     // By name: the target's and the host's node_load1, ordered by labels, samples in ms.
-    let load = s
-        .select(
-            "t1",
-            &[m("__name__", MatchOp::Equal, "node_load1")],
-            start,
-            end,
-            &limits,
-        )
-        .await?;
+    let load = sel("t1", vec![m("__name__", MatchOp::Equal, "node_load1")]).await?;
     ensure!(load.len() == 2, "{load:#?}");
     ensure!(load[0].labels == labels(&[("__name__", "node_load1"), ("host", "db-1")]));
     ensure!(
@@ -135,19 +132,15 @@ async fn selectors_read_protocol_samples_and_agent_metrics() -> Result<()> {
         "{last:#?}"
     );
     // Regular expressions, anchored; negative matchers.
-    let node = s
-        .select(
-            "t1",
-            &[
-                m("__name__", MatchOp::Regex, "node_.*"),
-                m("instance", MatchOp::Regex, "web-.*"),
-                m("mode", MatchOp::NotEqual, "user"),
-            ],
-            start,
-            end,
-            &limits,
-        )
-        .await?;
+    let node = sel(
+        "t1",
+        vec![
+            m("__name__", MatchOp::Regex, "node_.*"),
+            m("instance", MatchOp::Regex, "web-.*"),
+            m("mode", MatchOp::NotEqual, "user"),
+        ],
+    )
+    .await?;
     let names: Vec<&str> = node
         .iter()
         .filter_map(|d| {
@@ -161,27 +154,12 @@ async fn selectors_read_protocol_samples_and_agent_metrics() -> Result<()> {
         names == ["node_cpu_seconds_total", "node_load1"],
         "{names:?}"
     );
-    ensure!(s
-        .select(
-            "t1",
-            &[m("__name__", MatchOp::Regex, "node")],
-            start,
-            end,
-            &limits
-        )
+    ensure!(sel("t1", vec![m("__name__", MatchOp::Regex, "node")])
         .await?
         .is_empty());
 
     // An agent's own metrics: dots to underscores, agent_id, hostname, subject.
-    let cpu = s
-        .select(
-            "t1",
-            &[m("__name__", MatchOp::Equal, "cpu_percent")],
-            start,
-            end,
-            &limits,
-        )
-        .await?;
+    let cpu = sel("t1", vec![m("__name__", MatchOp::Equal, "cpu_percent")]).await?;
     ensure!(cpu.len() == 1, "{cpu:#?}");
     ensure!(
         cpu[0].labels
@@ -192,18 +170,14 @@ async fn selectors_read_protocol_samples_and_agent_metrics() -> Result<()> {
             ])
     );
     ensure!(cpu[0].samples == vec![(ms(e.t), 42.5)]);
-    let disk = s
-        .select(
-            "t1",
-            &[
-                m("__name__", MatchOp::Equal, "disk_percent"),
-                m("subject", MatchOp::Equal, "/var"),
-            ],
-            start,
-            end,
-            &limits,
-        )
-        .await?;
+    let disk = sel(
+        "t1",
+        vec![
+            m("__name__", MatchOp::Equal, "disk_percent"),
+            m("subject", MatchOp::Equal, "/var"),
+        ],
+    )
+    .await?;
     ensure!(
         disk.len() == 1 && disk[0].samples == vec![(ms(e.t), 10.0)],
         "{disk:#?}"
@@ -211,33 +185,21 @@ async fn selectors_read_protocol_samples_and_agent_metrics() -> Result<()> {
     ensure!(disk[0]
         .labels
         .contains(&("subject".to_owned(), "/var".to_owned())));
-    let by_agent = s
-        .select(
-            "t1",
-            &[
-                m("agent_id", MatchOp::Equal, "a1"),
-                m("__name__", MatchOp::Regex, "custom_.*"),
-            ],
-            start,
-            end,
-            &limits,
-        )
-        .await?;
+    let by_agent = sel(
+        "t1",
+        vec![
+            m("agent_id", MatchOp::Equal, "a1"),
+            m("__name__", MatchOp::Regex, "custom_.*"),
+        ],
+    )
+    .await?;
     ensure!(
         by_agent.len() == 1 && by_agent[0].samples == vec![(ms(e.t), 7.0)],
         "{by_agent:#?}"
     );
 
     // Tenants are apart; outside the range there is nothing.
-    let t2 = s
-        .select(
-            "t2",
-            &[m("__name__", MatchOp::Regex, ".+")],
-            start,
-            end,
-            &limits,
-        )
-        .await?;
+    let t2 = sel("t2", vec![m("__name__", MatchOp::Regex, ".+")]).await?;
     ensure!(
         t2.len() == 2
             && t2
@@ -245,14 +207,7 @@ async fn selectors_read_protocol_samples_and_agent_metrics() -> Result<()> {
                 .all(|d| d.labels.iter().any(|l| l.1 == "web-1:9100")),
         "{t2:#?}"
     );
-    ensure!(s
-        .select(
-            "t3",
-            &[m("__name__", MatchOp::Regex, ".+")],
-            start,
-            end,
-            &limits
-        )
+    ensure!(sel("t3", vec![m("__name__", MatchOp::Regex, ".+")])
         .await?
         .is_empty());
     ensure!(s
