@@ -270,7 +270,14 @@ async fn influx_lines_land_on_the_topic_through_both_write_apis() {
     let v1_in_url = format!("/write?db=x&u=telegraf&p={}&precision=s", e.key);
     let v2_in_url = format!("/api/v2/write?p={}&precision=s", e.key);
     // (why, path, headers, body, status): three writes land, the rest are refused.
-    let requests: [(&str, &str, Vec<(&str, &str)>, Vec<u8>, StatusCode); 5] = [
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        StatusCode,
+    );
+    let requests: [Case<'_>; 5] = [
         (
             "v2 with a token",
             "/api/v2/write?org=o&bucket=b&precision=s",

@@ -5,8 +5,27 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 use crate::source::{
-    Labels, Matcher, SelectLimits, Selector, SeriesData, SeriesSource, SourceError,
+    Labels, MatchOp, Matcher, SelectLimits, Selector, SeriesData, SeriesSource, SourceError,
 };
+
+/// A matcher `name op value`.
+pub fn matcher(name: &str, op: MatchOp, value: &str) -> Matcher {
+    Matcher {
+        name: name.into(),
+        op,
+        value: value.into(),
+    }
+}
+
+/// Labels from `(name, value)` pairs, sorted by name.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    let mut l: Labels = pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    l.sort();
+    l
+}
 
 /// Series per tenant, held in memory.
 #[derive(Debug, Default, Clone)]

@@ -194,23 +194,7 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn m(name: &str, op: MatchOp, value: &str) -> Matcher {
-        Matcher {
-            name: name.into(),
-            op,
-            value: value.into(),
-        }
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        let mut l: Labels = pairs
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-            .collect();
-        l.sort();
-        l
-    }
+    use crate::memory::{labels, matcher as m};
 
     #[test]
     fn matchers_follow_prometheus() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context as _, Result};
 use fleet_projections::project::series_of;
+use fleet_promql::memory::{labels, matcher as m};
 use fleet_promql::{Labels, MatchOp, Matcher, SelectLimits, SeriesSource, SourceError};
 use fleet_query_api::samples::StoredSamples;
 use fleet_read_model::{Change, ReadModel};
@@ -66,23 +67,6 @@ async fn env() -> Result<Env> {
         source: StoredSamples::new(rm, ts as Arc<dyn TimeSeriesStore>),
         t,
     })
-}
-
-fn m(name: &str, op: MatchOp, value: &str) -> Matcher {
-    Matcher {
-        name: name.into(),
-        op,
-        value: value.into(),
-    }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    let mut l: Labels = pairs
-        .iter()
-        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-        .collect();
-    l.sort();
-    l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
