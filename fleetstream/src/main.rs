@@ -102,7 +102,7 @@ and FLEET_PROJECTIONS__<KEY>."
     Export(replay::ExportArgs),
     /// Give an embedded time-series store's free space back to the file system.
     #[command(
-        long_about = "Compact the embedded time-series store (chunks.redb): move its pages to the front of the file and truncate it. The store reuses freed pages but never shrinks its file on its own, so after retention deleted much (or a shorter retention was configured) the file keeps its size. A clean stop of `up` or `projections` compacts files up to 1 GiB when more than half of them is free; this command does it for any size (the size printed after is the closed file's: redb's close writes its allocator state, which on a file with little free space can grow it again). The store must not be open: stop the process that serves it first.
+        long_about = "Compact the embedded time-series store (its key file chunks.redb and its blob files in blobs/): copy the live chunks of every blob file holding replaced or expired ones to new files and delete the old, then move the key file's pages to the front and truncate it. While running, the store deletes blob files with nothing live and compacts those at least half garbage (and at least 1 MiB); a clean stop of `up` or `projections` compacts blob files at least a tenth garbage (up to 1 GiB of them) and a key file up to 1 GiB more than half free; this command does it all, for any size (the size printed after is the closed store's: redb's close writes its allocator state, which on a key file with little free space can grow it again). The store must not be open: stop the process that serves it first.
 
 Example: fleetstream compact fleetstream-data   (an `up` data directory)
          fleetstream compact /var/lib/fleetstream/timeseries"

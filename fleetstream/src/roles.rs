@@ -661,12 +661,11 @@ pub(crate) async fn compact(dir: PathBuf) -> anyhow::Result<()> {
     };
     let c = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut store = EmbeddedChunks::open(&dir)?;
-        let path = store.path().to_owned();
-        println!("compacting {} ...", path.display());
+        println!("compacting {} ...", dir.display());
         let mut c = store.compact()?;
-        // The close writes redb's allocator state, which may grow a full file again.
+        // The close writes redb's allocator state, which may grow a full key file again.
         drop(store);
-        c.after = std::fs::metadata(&path)?.len();
+        c.after = fleet_timeseries::embedded::disk_bytes(&dir)?;
         Ok(c)
     })
     .await??;
