@@ -471,10 +471,13 @@ impl Up {
     /// chunks are in the CQL server).
     async fn stop_and_measure(&mut self) -> anyhow::Result<Option<u64>> {
         self.stop().await?;
-        match &self.data {
-            Some(d) => Ok(Some(victoria::dir_bytes(&d.join("timeseries"))?)),
-            None => Ok(None),
-        }
+        let Some(d) = &self.data else {
+            return Ok(None);
+        };
+        let dir = d.join("timeseries");
+        let bytes = victoria::dir_bytes(&dir)?;
+        print_store_breakdown(dir).await?;
+        Ok(Some(bytes))
     }
 }
 
@@ -822,5 +825,22 @@ async fn main() -> anyhow::Result<()> {
             quantile(&f, 0.99) / quantile(&v, 0.99)
         );
     }
+    Ok(())
+}
+
+/// What the stopped embedded store's bytes are (measured after its size: opening it
+/// writes).
+async fn print_store_breakdown(dir: PathBuf) -> anyhow::Result<()> {
+    use fleet_timeseries::store::ChunkStore as _;
+    let store =
+        tokio::task::spawn_blocking(move || fleet_timeseries::embedded::EmbeddedChunks::open(&dir))
+            .await??;
+    let usage = store.usage()?;
+    let kinds = store.stored_bytes().await?;
+    println!(
+        "Fleetstream store after the stop: key file {} bytes; blob files {} bytes, live by kind {:?}",
+        usage.key_file, usage.blob_files, kinds
+    );
+    tokio::task::spawn_blocking(move || drop(store)).await?;
     Ok(())
 }

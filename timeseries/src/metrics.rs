@@ -36,6 +36,14 @@ pub const EVICTED: &str = "fleet_timeseries_head_evictions_total";
 /// (`outcome` = `hit` or `miss`; none counted when the cache is off).
 pub const ROLLUP_CACHE: &str = "fleet_timeseries_rollup_cache_total";
 
+/// Blob files of the embedded store compacted (their live chunks copied to new files).
+pub const BLOB_COMPACTIONS: &str = "fleet_timeseries_blob_files_compacted_total";
+/// Bytes the embedded store's blob compactions copied.
+pub const BLOB_COMPACTED_BYTES: &str = "fleet_timeseries_blob_compacted_bytes_total";
+/// Bytes of the embedded store's blob files, and of the blobs in them still referenced
+/// (`state` = `file` or `live`), after each write.
+pub const BLOB_BYTES: &str = "fleet_timeseries_blob_bytes";
+
 /// Every metric name above.
 pub const ALL: &[&str] = &[
     SAMPLES,
@@ -51,6 +59,9 @@ pub const ALL: &[&str] = &[
     HEAD_BYTES,
     EVICTED,
     ROLLUP_CACHE,
+    BLOB_COMPACTIONS,
+    BLOB_COMPACTED_BYTES,
+    BLOB_BYTES,
 ];
 
 pub(crate) fn samples(n: usize) {
@@ -91,4 +102,14 @@ pub(crate) fn evicted(n: usize) {
 pub(crate) fn rollup_cache(hit: bool) {
     let outcome = if hit { "hit" } else { "miss" };
     metrics::counter!(ROLLUP_CACHE, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn blobs_compacted(files: usize, bytes: u64) {
+    metrics::counter!(BLOB_COMPACTIONS).increment(files as u64);
+    metrics::counter!(BLOB_COMPACTED_BYTES).increment(bytes);
+}
+
+pub(crate) fn blob_bytes(file: u64, live: u64) {
+    metrics::gauge!(BLOB_BYTES, "state" => "file").set(file as f64);
+    metrics::gauge!(BLOB_BYTES, "state" => "live").set(live as f64);
 }

@@ -306,6 +306,14 @@ impl BlobWrite<'_> {
         Ok((id, offset, len, crc32fast::hash(bytes)))
     }
 
+    /// Bytes of every file, and of the blobs in them still referenced.
+    pub(super) fn totals(&self) -> (u64, u64) {
+        self.app
+            .files
+            .values()
+            .fold((0, 0), |(f, l), s| (f + s.len, l + s.live))
+    }
+
     /// The blob `r` is no longer referenced.
     pub(super) fn release(&mut self, r: BlobRef) {
         if let Some(f) = self.app.files.get_mut(&r.0) {

@@ -484,6 +484,8 @@ impl Shared {
         compact_files(&self.db, &self.blobs, &mut w, &|f: &FileState| {
             f.len >= COMPACT_MIN_BYTES && f.half_garbage()
         })?;
+        let (file, live) = w.totals();
+        crate::metrics::blob_bytes(file, live);
         Ok(out)
     }
 
@@ -615,6 +617,7 @@ fn compact_files(
         }
         Ok(moved)
     })?;
+    crate::metrics::blobs_compacted(ids.len(), moved);
     tracing::debug!(
         files = ids.len(),
         moved,
@@ -896,11 +899,15 @@ impl ChunkStore for EmbeddedChunks {
     }
 
     async fn stored_bytes(&self) -> Result<Vec<(&'static str, u64)>> {
-        let (by_kind, _) = self.shared.blobs.stored();
-        Ok(["raw", "5m", "1h", "segments"]
-            .into_iter()
-            .map(|k| (k, by_kind.get(k).copied().unwrap_or(0)))
-            .collect())
+        // Off the async workers: it waits for a write in flight.
+        self.blocking(|s| {
+            let (by_kind, _) = s.blobs.stored();
+            Ok(["raw", "5m", "1h", "segments"]
+                .into_iter()
+                .map(|k| (k, by_kind.get(k).copied().unwrap_or(0)))
+                .collect())
+        })
+        .await
     }
 }
 
