@@ -272,7 +272,16 @@ impl Agent {
             Arc::clone(&stats),
         ));
         let events = Arc::new(EventQueue::new(MAX_QUEUED_EVENTS, Arc::clone(&stats)));
-        events.push(events::agent_started(&agent_id));
+        let boot_time = sysinfo::System::boot_time();
+        let previous_run = events::RunState::load(&state_dir);
+        for e in events::start_events(&agent_id, previous_run.as_ref(), boot_time) {
+            events.push(e);
+        }
+        events::RunState {
+            running: true,
+            boot_time,
+        }
+        .store(&state_dir);
         let outbox = Arc::new(Outbox::new(
             spool,
             Arc::clone(&stats),
@@ -367,6 +376,7 @@ impl Agent {
             cancel: cancel.clone(),
         }));
 
+        let events_transport = Arc::clone(&transport);
         let sender = Sender {
             transport,
             agent_id: agent_id.clone(),
@@ -391,6 +401,7 @@ impl Agent {
                 () = &mut send_loop => true,
             };
             info!(%agent_id, "Agent stopping.");
+            events.push(events::agent_stopped(&agent_id));
             cancel.cancel();
             deadline = Instant::now() + config.shutdown_flush_timeout();
             // Let a send in flight finish rather than cut it (which would send it again
@@ -404,11 +415,17 @@ impl Agent {
                 error!(error = %e, "Agent task ended abnormally.");
             }
         }
+        events::final_flush(&events, &*events_transport, &agent_id, deadline).await;
         sender.final_flush(deadline).await;
         session_cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), session_tasks.join_next()).await;
         outbox.persist_memory().await;
         outbox.refresh_gauges();
+        events::RunState {
+            running: false,
+            boot_time,
+        }
+        .store(&state_dir);
 
         let snapshot = stats.snapshot();
         info!(

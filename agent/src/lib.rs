@@ -27,7 +27,8 @@
 //!   timeouts that kill the process group, bounded output streamed as progress, results
 //!   retried until acknowledged, each command id run at most once (`commands.json`);
 //! * [`inventory`]: installed packages (dpkg, else rpm), sent at start and on change;
-//! * [`events`]: `agent_started` and service transitions, in a bounded in-memory queue;
+//! * [`events`]: the agent's start (and how its previous run ended) and stop, host
+//!   reboots and service transitions, in a bounded in-memory queue;
 //! * [`Agent`]: the orchestrator: builds these parts from the configuration, runs them as
 //!   tasks (with the collect loop) and flushes at shutdown. No other module imports from
 //!   it.

@@ -1131,6 +1131,7 @@ mod embedded_file {
         const ROLLUP_1H: Old = TableDefinition::new("rollup_1h");
         const SEGMENTS: TableDefinition<(&str, &str, i64, u64), (bool, &[u8])> =
             TableDefinition::new("segments");
+        const SERIES: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("series");
         let dir = tempfile::tempdir()?;
         {
             let db = redb::Database::create(dir.path().join(FILE_NAME))?;
@@ -1146,6 +1147,11 @@ mod embedded_file {
                 tx.open_table(ROLLUP_1H)?;
                 tx.open_table(SEGMENTS)?
                     .insert(("t", "a", T0, 3), (true, b"seg".as_slice()))?;
+                let mut series = tx.open_table(SERIES)?;
+                for name in ["mem.used", "cpu.percent", "disk.used{mount=\"/\"}"] {
+                    series.insert(("t", "a", name), ())?;
+                }
+                series.insert(("t", "b", "cpu.percent"), ())?;
             }
             tx.commit()?;
         }
@@ -1164,6 +1170,12 @@ mod embedded_file {
                 segs.len() == 1 && segs[0].seq == 3 && segs[0].full && segs[0].bytes == b"seg",
                 "{segs:?}"
             );
+            let names = store.series(&a).await?;
+            ensure!(
+                names == ["cpu.percent", "disk.used{mount=\"/\"}", "mem.used"],
+                "{names:?}"
+            );
+            ensure!(store.list_series(10).await?.len() == 4);
         }
         let db = redb::Database::open(dir.path().join(FILE_NAME))?;
         let names: Vec<String> = db
@@ -1171,7 +1183,7 @@ mod embedded_file {
             .list_tables()?
             .map(|t| redb::TableHandle::name(&t).to_owned())
             .collect();
-        for old in ["raw", "rollup_5m", "rollup_1h", "segments"] {
+        for old in ["raw", "rollup_5m", "rollup_1h", "segments", "series"] {
             ensure!(!names.iter().any(|n| n == old), "{old} is left: {names:?}");
         }
         Ok(())

@@ -7,7 +7,7 @@
 //! | `segment_blobs` | (tenant, agent, window start, seq) | (holds the whole window, where the encoded block is) |
 //! | `blob_files` | file id | (group, committed length, live bytes) |
 //! | `partitions` | (topic, partition) | encoded [`PartitionState`] |
-//! | `series` | (tenant, agent, series) | — |
+//! | `agent_series` | (tenant, agent) | the agent's series names, sorted |
 //!
 //! Keys order by agent then time, so the chunks of one agent over a range are one range
 //! scan, then one positioned read per chunk. A seal and a checkpoint are each one write:
@@ -60,7 +60,9 @@ type SegmentKey = (&'static str, &'static str, i64, u64);
 type SegmentTable = TableDefinition<'static, SegmentKey, (bool, BlobRef)>;
 const SEGMENTS: SegmentTable = TableDefinition::new("segment_blobs");
 const PARTITIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("partitions");
-const SERIES: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("series");
+/// (tenant, agent) → the agent's series names ([`encode_names`]): one entry per agent, not
+/// per series (a fleet's keys were most of the key file).
+const SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("agent_series");
 
 /// The tables of stores written before the blob files: bytes in the values.
 mod before_blobs {
@@ -70,6 +72,11 @@ mod before_blobs {
     pub(super) const RAW: ChunkTable = TableDefinition::new("raw");
     pub(super) const ROLLUP_5M: ChunkTable = TableDefinition::new("rollup_5m");
     pub(super) const ROLLUP_1H: ChunkTable = TableDefinition::new("rollup_1h");
+    pub(super) const SERIES: TableDefinition<
+        'static,
+        (&'static str, &'static str, &'static str),
+        (),
+    > = TableDefinition::new("series");
     pub(super) const SEGMENTS: TableDefinition<
         'static,
         (&'static str, &'static str, i64, u64),
@@ -461,6 +468,29 @@ impl Shared {
                 }
             }
         }
+        if has(before_blobs::SERIES.name()) {
+            moved += self.write(|tx, _| {
+                let old = tx.open_table(before_blobs::SERIES)?;
+                let mut by_agent: std::collections::BTreeMap<(String, String), Vec<String>> =
+                    Default::default();
+                for e in old.iter()? {
+                    let (k, _) = e?;
+                    let (tenant, agent, name) = k.value();
+                    by_agent
+                        .entry((tenant.to_owned(), agent.to_owned()))
+                        .or_default()
+                        .push(name.to_owned());
+                }
+                drop(old);
+                let mut new = tx.open_table(SERIES)?;
+                for ((tenant, agent), names) in &by_agent {
+                    add_series(&mut new, tenant, agent, names.iter().map(String::as_str))?;
+                }
+                drop(new);
+                tx.delete_table(before_blobs::SERIES)?;
+                Ok(by_agent.values().map(Vec::len).sum::<usize>())
+            })?;
+        }
         if moved > 0 {
             tracing::info!(
                 path = %self.path.display(),
@@ -641,6 +671,53 @@ impl Drop for EmbeddedChunks {
     }
 }
 
+/// Series names as stored: sorted, each a `u32` (little-endian) length and its bytes.
+fn encode_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in names {
+        // Names are bounded far below 4 GiB by the engine (`name_too_long`).
+        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        out.extend_from_slice(n.as_bytes());
+    }
+    out
+}
+
+fn decode_names(mut bytes: &[u8]) -> Result<Vec<String>, Fail> {
+    let bad = || Fail::Corrupt("a stored series list does not decode".into());
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let name = rest.get(..len).ok_or_else(bad)?;
+        out.push(String::from_utf8(name.to_vec()).map_err(|_| bad())?);
+        bytes = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Adds `names` to the series of (tenant, agent); writes only when one is new.
+fn add_series<'n>(
+    t: &mut redb::Table<(&str, &str), &[u8]>,
+    tenant: &str,
+    agent: &str,
+    names: impl IntoIterator<Item = &'n str>,
+) -> Result<(), Fail> {
+    let old = match t.get((tenant, agent))? {
+        Some(v) => decode_names(v.value())?,
+        None => Vec::new(),
+    };
+    let mut all: BTreeSet<String> = old.into_iter().collect();
+    let before = all.len();
+    all.extend(names.into_iter().map(str::to_owned));
+    if all.len() != before {
+        t.insert(
+            (tenant, agent),
+            encode_names(all.iter().map(String::as_str)).as_slice(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Removes every segment of (tenant, agent, window).
 fn drop_segments(
     t: &mut redb::Table<SegmentKey, (bool, BlobRef)>,
@@ -740,8 +817,13 @@ impl ChunkStore for EmbeddedChunks {
                     }
                 }
                 let mut series = tx.open_table(SERIES)?;
+                let mut by_agent: std::collections::BTreeMap<&AgentKey, Vec<&str>> =
+                    Default::default();
                 for (a, name) in &write.series {
-                    series.insert((&*a.tenant, &*a.agent, name.as_str()), ())?;
+                    by_agent.entry(a).or_default().push(name);
+                }
+                for (a, names) in by_agent {
+                    add_series(&mut series, &a.tenant, &a.agent, names)?;
                 }
                 let mut parts = tx.open_table(PARTITIONS)?;
                 for p in &write.partitions {
@@ -810,16 +892,10 @@ impl ChunkStore for EmbeddedChunks {
         self.blocking(move |s| {
             let tx = s.db.begin_read()?;
             let t = tx.open_table(SERIES)?;
-            let mut out = Vec::new();
-            for e in t.range((&*agent.tenant, &*agent.agent, "")..)? {
-                let (k, _) = e?;
-                let (tenant, a, name) = k.value();
-                if tenant != &*agent.tenant || a != &*agent.agent {
-                    break;
-                }
-                out.push(name.to_owned());
+            match t.get((&*agent.tenant, &*agent.agent))? {
+                Some(v) => decode_names(v.value()),
+                None => Ok(Vec::new()),
             }
-            Ok(out)
         })
         .await
     }
@@ -829,13 +905,22 @@ impl ChunkStore for EmbeddedChunks {
             let tx = s.db.begin_read()?;
             let t = tx.open_table(SERIES)?;
             let mut out = Vec::new();
-            for e in t.iter()?.take(limit) {
-                let (k, _) = e?;
-                let (tenant, agent, series) = k.value();
-                out.push(StoredSeries {
-                    agent: AgentKey::new(tenant, agent),
-                    series: series.to_owned(),
-                });
+            for e in t.iter()? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = e?;
+                let (tenant, agent) = k.value();
+                let key = AgentKey::new(tenant, agent);
+                for series in decode_names(v.value())? {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    out.push(StoredSeries {
+                        agent: key.clone(),
+                        series,
+                    });
+                }
             }
             Ok(out)
         })

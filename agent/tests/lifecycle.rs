@@ -1,0 +1,103 @@
+//! The agent's own life as events: `agent_started` says how the previous run ended
+//! (none, clean, unclean), a clean stop sends `agent_stopped`.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_agent::{Agent, AgentConfig};
+use fleet_schemas::api::{AgentMessage, EventIn};
+use support::{init_tracing, wait_until, Gateway, Mode};
+use tokio::sync::oneshot;
+
+fn events(gw: &Gateway) -> Vec<EventIn> {
+    let mut all: Vec<EventIn> = gw
+        .ws_frames()
+        .into_iter()
+        .flat_map(|f| match f {
+            AgentMessage::Events { events, .. } => events,
+            _ => vec![],
+        })
+        .collect();
+    all.extend(gw.http_events());
+    all
+}
+
+fn started(gw: &Gateway) -> Vec<EventIn> {
+    events(gw)
+        .into_iter()
+        .filter(|e| e.kind == "agent_started")
+        .collect()
+}
+
+fn config(gw: &Gateway, state: &Path) -> AgentConfig {
+    AgentConfig {
+        server_url: gw.url(),
+        agent_id: Some("life-agent".into()),
+        state_dir: Some(state.to_owned()),
+        collect_interval: Some(Duration::from_secs_f64(0.2)),
+        heartbeat_interval: Some(Duration::from_secs_f64(3600.0)),
+        retry_initial_backoff: Duration::from_secs_f64(0.05),
+        retry_max_backoff: Duration::from_secs_f64(0.5),
+        inventory: false,
+        ..AgentConfig::default()
+    }
+}
+
+/// Runs an agent until it sent its `agent_started` (the `n`th the gateway saw), then stops
+/// it cleanly.
+async fn run_once(gw: &Gateway, state: &Path, n: usize) -> anyhow::Result<()> {
+    let agent = Agent::new(config(gw, state))?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    wait_until("agent_started", || started(gw).len() >= n).await?;
+    let _ = stop.send(());
+    run.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn starts_and_stops_are_events_that_say_how_the_last_run_ended() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("agent");
+    let gw = Gateway::start(Mode::Accept).await?;
+
+    run_once(&gw, &state, 1).await?;
+    let first = &started(&gw)[0];
+    assert_eq!(first.attributes["previous_stop"], "none");
+    assert_eq!(first.severity, "info");
+    let stopped: Vec<EventIn> = events(&gw)
+        .into_iter()
+        .filter(|e| e.kind == "agent_stopped")
+        .collect();
+    assert_eq!(
+        stopped.len(),
+        1,
+        "a clean stop sends agent_stopped: {stopped:?}"
+    );
+    assert_eq!(stopped[0].attributes["agent_id"], "life-agent");
+
+    run_once(&gw, &state, 2).await?;
+    assert_eq!(started(&gw)[1].attributes["previous_stop"], "clean");
+
+    // A run that never stopped (kill -9, power loss) left `running`.
+    let file = state.join(fleet_agent::events::RUN_STATE_FILE);
+    let left: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+    assert_eq!(left["running"], false, "a clean stop writes it: {left}");
+    let mut crashed = left.clone();
+    crashed["running"] = serde_json::Value::Bool(true);
+    std::fs::write(&file, serde_json::to_vec(&crashed)?)?;
+    run_once(&gw, &state, 3).await?;
+    let third = &started(&gw)[2];
+    assert_eq!(third.attributes["previous_stop"], "unclean");
+    assert_eq!(third.severity, "warning");
+    assert!(
+        !events(&gw).iter().any(|e| e.kind == "host_rebooted"),
+        "the host did not reboot between these runs"
+    );
+    Ok(())
+}
