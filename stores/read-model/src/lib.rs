@@ -27,9 +27,9 @@ mod notify;
 mod sql;
 
 pub use notify::{
-    AlertFacts, AlertMatcher, AttemptNext, ChannelKind, ChannelSettings, Delivery, DeliveryAttempt,
-    DeliveryQuery, DeliverySource, DeliveryStatus, EmailSettings, NewDelivery, NotificationChannel,
-    NotificationRoute, Silence, SmtpTls,
+    alert_payload, AlertFacts, AlertMatcher, AttemptNext, ChannelKind, ChannelSettings, Delivery,
+    DeliveryAttempt, DeliveryQuery, DeliverySource, DeliveryStatus, EmailSettings, NewDelivery,
+    NotificationChannel, NotificationRoute, Silence, SmtpTls, WEBHOOK_BODY_VERSION,
 };
 
 /// The shared pool (from `fleet-sql`), to open the read model beside the registry.

@@ -368,3 +368,31 @@ pub struct DeliveryQuery {
     /// Page size.
     pub limit: Option<u32>,
 }
+
+/// The webhook body's version (`{"version": 1, ...}`); a change of shape makes it 2.
+pub const WEBHOOK_BODY_VERSION: u32 = 1;
+
+/// An alert as a notification carries it (the webhook body's `alerts[]` entry, version
+/// [`WEBHOOK_BODY_VERSION`]): the alert event's fields, times as RFC 3339 and as µs.
+pub fn alert_payload(alert: &fleet_schemas::AlertEvent) -> serde_json::Value {
+    let time = |micros: i64| fleet_schemas::time::from_micros(micros).to_rfc3339();
+    serde_json::json!({
+        "event_id": alert.event_id,
+        "alert_id": alert.alert_id,
+        "kind": alert.kind.as_str(),
+        "severity": alert.severity.as_str(),
+        "tenant_id": alert.tenant_id,
+        "agent_id": alert.agent_id,
+        "rule_id": alert.rule_id,
+        "rule_name": alert.rule_name,
+        "metric": alert.metric,
+        "subject": alert.subject,
+        "operator": alert.operator,
+        "threshold": alert.threshold,
+        "value": alert.value,
+        "message": alert.message,
+        "actor": alert.actor,
+        "occurred_at": time(alert.occurred_at),
+        "occurred_at_us": alert.occurred_at,
+    })
+}
