@@ -359,3 +359,10 @@ mod tests {
         assert!(text.contains("known: metric, x, limit, status"), "{text}");
     }
 }
+
+impl Choice for fleet_read_model::DeliveryStatus {
+    const EXPECTED: &'static str = "must be pending, delivered or dead";
+    fn choose(v: &str) -> Option<Self> {
+        Self::parse(v)
+    }
+}
