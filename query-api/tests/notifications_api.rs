@@ -91,7 +91,7 @@ async fn channels_routes_and_silences_are_made_listed_tested_and_audited() {
         &e.app,
         "POST",
         &format!("/api/v1/tenants/{a}/silences"),
-        Some(json!({"comment": "db upgrade", "match": {"tags": ["db"]}, "duration_secs": 600})),
+        Some(json!({"comment": "db upgrade", "match": {"tags": ["db"]}, "duration_secs": 600.0})),
         Some(&operator),
     )
     .await;
@@ -220,7 +220,7 @@ async fn bad_input_is_refused_naming_the_field() {
         (
             channels(&a),
             json!({"name": "x", "kind": "webhook"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "url",
         ),
         (
@@ -309,6 +309,18 @@ async fn bad_input_is_refused_naming_the_field() {
             json!({"comment": "c", "match": {"tags": ["x"]}, "duration_secs": 5}),
             StatusCode::BAD_REQUEST,
             "duration_secs",
+        ),
+        (
+            format!("/api/v1/tenants/{a}/silences"),
+            json!({"comment": "c", "match": {"tags": ["x"]}}),
+            StatusCode::BAD_REQUEST,
+            "duration_secs",
+        ),
+        (
+            format!("/api/v1/tenants/{a}/silences"),
+            json!({"comment": "c", "match": {"severities": ["info", "info", "info", "info"]}, "duration_secs": 60}),
+            StatusCode::BAD_REQUEST,
+            "match.severities",
         ),
         (
             format!("/api/v1/tenants/{a}/silences"),

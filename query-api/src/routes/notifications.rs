@@ -261,9 +261,9 @@ pub struct RouteBody {
     pub matcher: MatchBody,
     /// Alerts of this route arriving within this many seconds of the first go in one
     /// message (0, the default: each at once).
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 3600)]
-    pub group_window_secs: u32,
+    #[serde(default, deserialize_with = "crate::input::whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
+    pub group_window_secs: Option<i64>,
     /// Send acknowledgements and resolutions too (default true).
     #[serde(default = "yes")]
     pub send_resolved: bool,
@@ -291,8 +291,9 @@ pub struct SilenceBody {
     #[serde(rename = "match")]
     pub matcher: MatchBody,
     /// How long from now, in seconds (60 to a year).
-    #[schema(minimum = 60, maximum = 31536000)]
-    pub duration_secs: u64,
+    #[serde(default, deserialize_with = "crate::input::whole_number")]
+    #[schema(value_type = u64, required = true, minimum = 60, maximum = 31536000)]
+    pub duration_secs: Option<i64>,
 }
 
 /// Answer of a silence listing.
@@ -332,7 +333,7 @@ pub struct DeliveryList {
 
 fn check_channel_url(url: Option<&str>) -> Result<String, ApiError> {
     let Some(url) = url else {
-        return Err(ApiError::invalid_field(
+        return Err(invalid_combination(
             "url",
             "a webhook or Slack channel needs a url",
         ));
@@ -450,8 +451,18 @@ fn check_match(m: MatchBody) -> Result<AlertMatcher, ApiError> {
             .map(|(i, x)| name_field(&format!("match.{field}[{i}]"), &x.0))
             .collect()
     };
-    let mut severities: Vec<String> = m.severities.iter().map(|s| s.as_str().to_owned()).collect();
-    severities.dedup();
+    if m.severities.len() > 3 {
+        return Err(ApiError::invalid_field(
+            "match.severities",
+            "at most 3 values",
+        ));
+    }
+    let mut severities: Vec<String> = Vec::new();
+    for s in &m.severities {
+        if !severities.iter().any(|x| x == s.as_str()) {
+            severities.push(s.as_str().to_owned());
+        }
+    }
     Ok(AlertMatcher {
         severities,
         tags: list("tags", m.tags)?,
@@ -718,7 +729,8 @@ pub(crate) async fn create_route(
                 format!("1 to {MAX_ROUTE_CHANNELS} channels"),
             ));
         }
-        if b.group_window_secs > MAX_GROUP_WINDOW_SECS {
+        let window = b.group_window_secs.unwrap_or(0);
+        if !(0..=i64::from(MAX_GROUP_WINDOW_SECS)).contains(&window) {
             return Err(ApiError::invalid_field(
                 "group_window_secs",
                 format!("0 to {MAX_GROUP_WINDOW_SECS}"),
@@ -763,7 +775,8 @@ pub(crate) async fn create_route(
             name,
             channel_ids,
             matcher,
-            group_window_ms: i64::from(b.group_window_secs) * 1000,
+            // At most 3600: no overflow.
+            group_window_ms: window.saturating_mul(1000),
             send_resolved: b.send_resolved,
             created_at: fleet_schemas::time::now_micros(),
             created_by: p.actor(),
@@ -871,12 +884,15 @@ pub(crate) async fn create_silence(
         let comment = fleet_schemas::text::check_name(&b.comment, 1000)
             .map(str::to_owned)
             .map_err(|m| ApiError::invalid_field("comment", m))?;
-        if !(60..=MAX_SILENCE_SECS).contains(&b.duration_secs) {
-            return Err(ApiError::invalid_field(
-                "duration_secs",
-                format!("60 to {MAX_SILENCE_SECS}"),
-            ));
-        }
+        let secs = b
+            .duration_secs
+            .filter(|d| u64::try_from(*d).is_ok_and(|d| (60..=MAX_SILENCE_SECS).contains(&d)))
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "duration_secs",
+                    format!("required, 60 to {MAX_SILENCE_SECS}"),
+                )
+            })?;
         let matcher = check_match(b.matcher)?;
         if matcher == AlertMatcher::default() {
             return Err(invalid_combination(
@@ -901,9 +917,7 @@ pub(crate) async fn create_silence(
             .with_field("tenant_id"));
         }
         // duration_secs is at most a year: no overflow.
-        let micros = i64::try_from(b.duration_secs)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000);
+        let micros = secs.saturating_mul(1_000_000);
         let silence = Silence {
             silence_id: uuid::Uuid::now_v7().to_string(),
             tenant_id: tenant_id.clone(),
