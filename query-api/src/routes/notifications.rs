@@ -118,8 +118,9 @@ pub struct EmailBody {
     #[schema(min_length = 1, max_length = 253, pattern = "^[A-Za-z0-9.:-]+$")]
     pub host: String,
     /// SMTP server port (587 for STARTTLS, 465 for TLS).
-    #[schema(minimum = 1, maximum = 65535)]
-    pub port: u16,
+    #[serde(default, deserialize_with = "crate::input::whole_number")]
+    #[schema(value_type = u16, required = true, minimum = 1, maximum = 65535)]
+    pub port: Option<i64>,
     /// `starttls` (default), `tls` or `none`.
     #[serde(default)]
     pub tls: SmtpTls,
@@ -132,7 +133,7 @@ pub struct EmailBody {
     #[schema(min_length = 1, max_length = 200)]
     pub password: Option<String>,
     /// Sender address.
-    #[schema(max_length = 254, pattern = "^[!-?A-~]+@[!-?A-~]+$")]
+    #[schema(max_length = 254, pattern = "^[!-;=?A-~]+@[!-;=?A-~]+$")]
     pub from: String,
     /// Recipient addresses (1 to 20).
     #[schema(min_items = 1, max_items = 20)]
@@ -160,7 +161,7 @@ fn string_schema(
 
 impl utoipa::PartialSchema for EmailAddress {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        string_schema(3, 254, "^[!-?A-~]+@[!-?A-~]+$")
+        string_schema(3, 254, "^[!-;=?A-~]+@[!-;=?A-~]+$")
     }
 }
 
@@ -388,9 +389,11 @@ fn check_email(e: EmailBody) -> Result<(EmailSettings, Option<String>), ApiError
             "must be a host name or address (at most 253 characters)",
         ));
     }
-    if e.port == 0 {
-        return Err(ApiError::invalid_field("email.port", "must be 1 to 65535"));
-    }
+    let port = e
+        .port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| ApiError::invalid_field("email.port", "required, 1 to 65535"))?;
     if let Some(u) = &e.username {
         if u.is_empty() || u.len() > 200 || !u.bytes().all(|c| c.is_ascii_graphic()) {
             return Err(ApiError::invalid_field(
@@ -400,7 +403,7 @@ fn check_email(e: EmailBody) -> Result<(EmailSettings, Option<String>), ApiError
         }
     }
     if let Some(p) = &e.password {
-        if p.is_empty() || p.len() > 200 {
+        if p.is_empty() || p.chars().count() > 200 {
             return Err(ApiError::invalid_field(
                 "email.password",
                 "1 to 200 characters",
@@ -428,7 +431,7 @@ fn check_email(e: EmailBody) -> Result<(EmailSettings, Option<String>), ApiError
     Ok((
         EmailSettings {
             host: e.host,
-            port: e.port,
+            port,
             tls: e.tls,
             username: e.username,
             from,
