@@ -54,15 +54,11 @@ pub async fn run_deliveries(
             }
         };
         let idle = claimed.is_empty();
-        // One message per route and channel (a channel test alone), at most
-        // max-group-alerts alerts each.
-        let mut groups: BTreeMap<(String, String), Vec<Delivery>> = BTreeMap::new();
+        // One message per group (the deliveries of one route and channel that arrived
+        // within its window; alone without one), at most max-group-alerts alerts each.
+        let mut groups: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
         for d in claimed {
-            let key = match &d.route_id {
-                Some(r) => (d.channel_id.clone(), r.clone()),
-                None => (d.channel_id.clone(), format!("test:{}", d.delivery_id)),
-            };
-            groups.entry(key).or_default().push(d);
+            groups.entry(d.group_id.clone()).or_default().push(d);
         }
         let messages: Vec<Vec<Delivery>> = groups
             .into_values()
@@ -148,6 +144,14 @@ async fn deliver(
     ::metrics::histogram!(metrics::ATTEMPT_SECONDS, "channel_kind" => kind)
         .record(outcome.latency.as_secs_f64());
     let at = fleet_schemas::time::now_micros();
+    // One wait for the whole message, so its deliveries are due (and sent) together again.
+    let attempt_of_group = group
+        .iter()
+        .map(|d| d.attempts)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
+    let wait = retry_delay(config.retry_initial, config.retry_max, attempt_of_group);
     for d in &group {
         let attempt = d.attempts.saturating_add(1);
         let error = outcome.error.clone();
@@ -161,7 +165,6 @@ async fn deliver(
                 format!("gave up after {attempt} attempts: {why}")
             })
         } else {
-            let wait = retry_delay(config.retry_initial, config.retry_max, attempt);
             AttemptNext::Retry(at.saturating_add(fleet_schemas::time::duration_micros(wait)))
         };
         let record = DeliveryAttempt {

@@ -45,12 +45,15 @@ CREATE INDEX notification_silences_tenant_idx ON notification_silences (tenant_i
 
 -- One row per (alert event, channel): status pending, delivered or dead; due_at is when
 -- it may be sent (grouping window, back-off), claimed_until the lease of the notifier
--- instance sending it. source_*: where the alert came from, for the dead letter.
+-- instance sending it; group_id the delivery that opened its route's grouping window
+-- (itself when alone): deliveries of one group go out in one message. source_*: where
+-- the alert came from, for the dead letter.
 CREATE TABLE notification_deliveries (
     delivery_id      TEXT PRIMARY KEY,
     tenant_id        TEXT NOT NULL,
     channel_id       TEXT NOT NULL,
     route_id         TEXT,
+    group_id         TEXT NOT NULL,
     event_id         TEXT NOT NULL,
     alert_id         TEXT NOT NULL,
     kind             TEXT NOT NULL,

@@ -315,6 +315,9 @@ pub struct Delivery {
     pub channel_id: String,
     /// Route (none: a channel test).
     pub route_id: Option<String>,
+    /// The delivery that opened the route's grouping window (itself when alone):
+    /// deliveries of one group go out in one message.
+    pub group_id: String,
     /// The alert event id (the idempotency key).
     pub event_id: String,
     /// The alert.

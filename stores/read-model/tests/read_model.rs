@@ -2871,6 +2871,40 @@ mod cases {
         let ids: Vec<&str> = claimed.iter().map(|d| d.event_id.as_str()).collect();
         ensure!(ids == ["e1", "e2"], "both due at the window's end: {ids:?}");
         ensure!(
+            claimed.iter().all(|d| d.group_id == "d-e1"),
+            "one group, opened by the first: {claimed:?}"
+        );
+        // Without a window each delivery is its own group.
+        ensure!(
+            store
+                .enqueue_deliveries(&[new("e3", due, 0), new("e4", due, 0)])
+                .await?
+                == 2
+        );
+        let alone = store.claim_deliveries(due, due + 60 * SECOND, 10).await?;
+        let groups: Vec<(&str, &str)> = alone
+            .iter()
+            .map(|d| (d.event_id.as_str(), d.group_id.as_str()))
+            .collect();
+        ensure!(groups == [("e3", "d-e3"), ("e4", "d-e4")], "{groups:?}");
+        for d in ["d-e3", "d-e4"] {
+            store
+                .record_attempt(
+                    d,
+                    &DeliveryAttempt {
+                        attempt: 1,
+                        message_id: d.into(),
+                        at: due,
+                        outcome: "ok".into(),
+                        status_code: Some(200),
+                        latency_ms: 1,
+                        error: None,
+                    },
+                    &AttemptNext::Delivered,
+                )
+                .await?;
+        }
+        ensure!(
             claimed[0]
                 .source
                 .as_ref()
@@ -2922,7 +2956,7 @@ mod cases {
                 ..DeliveryQuery::default()
             })
             .await?;
-        ensure!(list.len() == 2, "{list:?}");
+        ensure!(list.len() == 4, "{list:?}");
         let e1 = list.iter().find(|d| d.event_id == "e1").context("e1")?;
         ensure!(
             e1.status == DeliveryStatus::Delivered && e1.attempts == 2,

@@ -97,6 +97,7 @@ fn delivery_from_row(row: &AnyRow) -> std::result::Result<Delivery, BoxDynError>
         tenant_id: row.try_get("tenant_id")?,
         channel_id: row.try_get("channel_id")?,
         route_id: row.try_get("route_id")?,
+        group_id: row.try_get("group_id")?,
         event_id: row.try_get("event_id")?,
         alert_id: row.try_get("alert_id")?,
         kind: row.try_get("kind")?,
@@ -384,32 +385,39 @@ impl SqlReadModel {
         let mut added = 0;
         for d in deliveries {
             // Grouping: a pending, untried delivery of the same route and channel that is
-            // still waiting lends its due time, so the group goes out together.
-            let open: Option<i64> = match &d.route_id {
-                Some(route) if d.group_window_ms > 0 => sqlx::query(
-                    "SELECT MAX(due_at) FROM notification_deliveries WHERE channel_id = $1 \
-                     AND route_id = $2 AND status = 'pending' AND attempts = 0 AND due_at > $3",
-                )
-                .bind(d.channel_id.as_str())
-                .bind(route.as_str())
-                .bind(d.now)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?
-                .try_get(0)
-                .map_err(err)?,
+            // still waiting lends its group and due time, so the group goes out together.
+            let open: Option<(String, i64)> = match &d.route_id {
+                Some(route) if d.group_window_ms > 0 => {
+                    let row = sqlx::query(
+                        "SELECT group_id, due_at FROM notification_deliveries WHERE \
+                         channel_id = $1 AND route_id = $2 AND status = 'pending' AND \
+                         attempts = 0 AND due_at > $3 ORDER BY due_at DESC, group_id LIMIT 1",
+                    )
+                    .bind(d.channel_id.as_str())
+                    .bind(route.as_str())
+                    .bind(d.now)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                    match row {
+                        Some(r) => Some((r.try_get(0).map_err(err)?, r.try_get(1).map_err(err)?)),
+                        None => None,
+                    }
+                }
                 _ => None,
             };
             let window_us = d.group_window_ms.saturating_mul(1000);
-            let due = open.unwrap_or_else(|| d.now.saturating_add(window_us));
+            let (group, due) =
+                open.unwrap_or_else(|| (d.delivery_id.clone(), d.now.saturating_add(window_us)));
             let src = d.source.as_ref();
             let r = sqlx::query(
                 "INSERT INTO notification_deliveries (delivery_id, tenant_id, channel_id, \
                  route_id, event_id, alert_id, kind, alert, status, attempts, due_at, \
                  claimed_until, last_error, created_at, updated_at, delivered_at, source_topic, \
-                 source_partition, source_offset, source_timestamp, source_key, source_value) \
+                 source_partition, source_offset, source_timestamp, source_key, source_value, \
+                 group_id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, NULL, NULL, $10, $10, \
-                 NULL, $11, $12, $13, $14, $15, $16) ON CONFLICT (delivery_id) DO NOTHING",
+                 NULL, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (delivery_id) DO NOTHING",
             )
             .bind(d.delivery_id.as_str())
             .bind(d.tenant_id.as_str())
@@ -427,6 +435,7 @@ impl SqlReadModel {
             .bind(src.map(|s| s.timestamp_ms))
             .bind(src.and_then(|s| s.key.clone()))
             .bind(src.map(|s| s.value.clone()))
+            .bind(group.as_str())
             .execute(&mut *tx)
             .await
             .map_err(err)?;
