@@ -210,6 +210,13 @@ impl Choice for fleet_read_model::AlertStatus {
     }
 }
 
+impl Choice for fleet_read_model::DeliveryStatus {
+    const EXPECTED: &'static str = "must be pending, delivered or dead";
+    fn choose(v: &str) -> Option<Self> {
+        Self::parse(v)
+    }
+}
+
 impl Choice for fleet_read_model::TicketStatus {
     const EXPECTED: &'static str = "must be open, acknowledged or resolved";
     fn choose(v: &str) -> Option<Self> {
@@ -357,12 +364,5 @@ mod tests {
         );
         let text = field(parse::<Example>(Some("colour=red")).expect_err("unknown"));
         assert!(text.contains("known: metric, x, limit, status"), "{text}");
-    }
-}
-
-impl Choice for fleet_read_model::DeliveryStatus {
-    const EXPECTED: &'static str = "must be pending, delivered or dead";
-    fn choose(v: &str) -> Option<Self> {
-        Self::parse(v)
     }
 }

@@ -445,7 +445,7 @@ fn check_match(m: MatchBody) -> Result<AlertMatcher, ApiError> {
     let list = |field: &str, v: Vec<MatchValue>| -> Result<Vec<String>, ApiError> {
         if v.len() > MAX_MATCH_VALUES {
             return Err(ApiError::invalid_field(
-                &format!("match.{field}"),
+                format!("match.{field}"),
                 format!("at most {MAX_MATCH_VALUES} values"),
             ));
         }
