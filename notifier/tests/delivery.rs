@@ -665,3 +665,41 @@ async fn an_email_channel_delivers_through_a_real_smtp_server_with_auth() {
     w.stop().await;
     let _ = child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renotified_alert_is_sent_again_under_its_own_key() {
+    // The evaluator re-raises an open alert every `renotify_secs`: RAISED with the same
+    // alert id and a new event id. Each is a notification of its own.
+    let receiver = Receiver::default();
+    let url = start_receiver(receiver.clone()).await;
+    let w = World::start(fast_config()).await;
+    let ch = w
+        .channel(ChannelKind::Webhook, webhook(&url), Some(SECRET))
+        .await;
+    w.route(&[&ch], AlertMatcher::default(), 0, true).await;
+    let first = fixtures::alert_raised("t1", "a1", fleet_schemas::time::now_micros());
+    let mut again = first.clone();
+    again.event_id =
+        fleet_schemas::ids::v5(&[&first.alert_id, "raised", "renotify", "1"]).to_string();
+    w.produce(&first).await;
+    w.produce(&again).await;
+    let list = w
+        .deliveries_until(&ch, |l| {
+            l.len() == 2 && l.iter().all(|d| d.status == DeliveryStatus::Delivered)
+        })
+        .await;
+    assert!(list.iter().all(|d| d.alert_id == first.alert_id));
+    let keys: std::collections::BTreeSet<String> = receiver
+        .acked
+        .get()
+        .into_iter()
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(
+        keys,
+        [first.event_id.clone(), again.event_id.clone()]
+            .into_iter()
+            .collect()
+    );
+    w.stop().await;
+}
