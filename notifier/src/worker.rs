@@ -43,10 +43,8 @@ pub async fn run_deliveries(
         let lease = fleet_schemas::time::duration_micros(config.lease);
         let limit = u32::try_from(config.concurrency.saturating_mul(config.max_group_alerts))
             .unwrap_or(u32::MAX);
-        let claimed = match store
-            .claim_deliveries(now, now.saturating_add(lease), limit)
-            .await
-        {
+        let lease_until = now.saturating_add(lease);
+        let claimed = match store.claim_deliveries(now, lease_until, limit).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot claim deliveries; retrying.");
@@ -72,8 +70,14 @@ pub async fn run_deliveries(
             })
             .collect();
         futures::stream::iter(messages)
-            .for_each_concurrent(config.concurrency, |group| {
-                deliver(&store, &sender, &dead, &config, group)
+            .for_each_concurrent(config.concurrency, |group| async {
+                // A message that could not finish within the lease is left for the next
+                // claim (by this or another instance): never sent by two at once.
+                let timeout = fleet_schemas::time::duration_micros(config.request_timeout);
+                if fleet_schemas::time::now_micros().saturating_add(timeout) >= lease_until {
+                    return;
+                }
+                deliver(&store, &sender, &dead, &config, group).await;
             })
             .await;
         if idle {
