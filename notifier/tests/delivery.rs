@@ -703,3 +703,44 @@ async fn a_renotified_alert_is_sent_again_under_its_own_key() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_test_is_sent_alone_marked_as_a_test() {
+    let receiver = Receiver::default();
+    let url = start_receiver(receiver.clone()).await;
+    let w = World::start(fast_config()).await;
+    let ch = w
+        .channel(ChannelKind::Webhook, webhook(&url), Some(SECRET))
+        .await;
+    // What POST /api/v1/notification-channels/{id}/test enqueues: no route, kind "test".
+    let now = fleet_schemas::time::now_micros();
+    let mut alert = fixtures::alert_raised("t1", "test", now);
+    alert.event_id = uuid::Uuid::new_v4().to_string();
+    w.store
+        .enqueue_deliveries(&[fleet_read_model::NewDelivery {
+            delivery_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: "t1".into(),
+            channel_id: ch.clone(),
+            route_id: None,
+            event_id: alert.event_id.clone(),
+            alert_id: alert.alert_id.clone(),
+            kind: "test".into(),
+            alert: fleet_read_model::alert_payload(&alert),
+            group_window_ms: 0,
+            now,
+            source: None,
+        }])
+        .await
+        .expect("enqueue");
+    w.deliveries_until(&ch, |l| {
+        l.len() == 1 && l[0].status == DeliveryStatus::Delivered
+    })
+    .await;
+    let got = receiver.acked.get();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature_ok);
+    assert_eq!(got[0].body["test"], true);
+    assert_eq!(got[0].body["route_id"], serde_json::Value::Null);
+    assert_eq!(got[0].idempotency_key, alert.event_id);
+    w.stop().await;
+}
