@@ -152,6 +152,20 @@ impl Router {
             let routes = retrying("routes", || store.list_routes(Some(&tenant))).await?;
             let silences =
                 retrying("silences", || store.list_silences(Some(&tenant), Some(now))).await?;
+            // A route naming a channel deleted since skips it (no delivery bound to fail).
+            let channels: HashSet<String> =
+                retrying("channels", || store.list_channels(Some(&tenant)))
+                    .await?
+                    .into_iter()
+                    .map(|c| c.channel_id)
+                    .collect();
+            let routes = routes
+                .into_iter()
+                .map(|mut r| {
+                    r.channel_ids.retain(|c| channels.contains(c));
+                    r
+                })
+                .collect();
             cache.tenants.insert(tenant.clone(), (routes, silences));
         }
         let (routes, silences) = &cache.tenants[&tenant];

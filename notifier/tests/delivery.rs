@@ -744,3 +744,40 @@ async fn a_channel_test_is_sent_alone_marked_as_a_test() {
     assert_eq!(got[0].idempotency_key, alert.event_id);
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_a_deleted_channel_enqueues_nothing_for_it() {
+    let receiver = Receiver::default();
+    let url = start_receiver(receiver.clone()).await;
+    let w = World::start(fast_config()).await;
+    let kept = w.channel(ChannelKind::Slack, webhook(&url), None).await;
+    let gone = w.channel(ChannelKind::Slack, webhook(&url), None).await;
+    w.route(&[&gone, &kept], AlertMatcher::default(), 0, true)
+        .await;
+    w.store
+        .delete_channel(Some("t1"), &gone)
+        .await
+        .expect("delete")
+        .expect("there");
+    w.produce(&fixtures::alert_raised(
+        "t1",
+        "a1",
+        fleet_schemas::time::now_micros(),
+    ))
+    .await;
+    w.deliveries_until(&kept, |l| {
+        l.len() == 1 && l[0].status == DeliveryStatus::Delivered
+    })
+    .await;
+    let gone_list = w
+        .store
+        .list_deliveries(&DeliveryQuery {
+            channel_id: Some(gone.clone()),
+            ..DeliveryQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(gone_list.is_empty(), "{gone_list:#?}");
+    assert_eq!(receiver.acked.get().len(), 1);
+    w.stop().await;
+}
