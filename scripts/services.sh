@@ -37,7 +37,7 @@
 #     then `up` sets BACKWARD on subject fleet-smoke-value, registers a schema there, reads it back by id and
 #     round-trips a record through confluent-kafka's AvroSerializer/AvroDeserializer (~2 s).
 #   * PostgreSQL 15 (Debian's cluster 15/main) on 127.0.0.1:5432, role fleet/fleet (SUPERUSER), db fleet.
-#   * A Python venv with confluent-kafka (with its schema registry and Avro extras), fastavro and schemathesis
+#   * A Python venv with confluent-kafka (with its schema registry and Avro extras), fastavro, schemathesis and aiosmtpd
 #     (scripts/services/requirements.txt).
 #
 # State and caches live in ${FLEET_SERVICES_DIR:-$HOME/.cache/fleetstream-services}.
@@ -103,7 +103,7 @@ REGISTRY_PID="$REGISTRY_HOME/registry.pid"
 VENV="$DIR/venv"
 VENV_PY="$VENV/bin/python"
 PG_MARKER="$DIR/postgres.started-by-services-sh"
-VENV_IMPORTS='import confluent_kafka, fastavro, confluent_kafka.schema_registry.avro, schemathesis'
+VENV_IMPORTS='import confluent_kafka, fastavro, confluent_kafka.schema_registry.avro, schemathesis, aiosmtpd'
 
 T0=$(date +%s)
 

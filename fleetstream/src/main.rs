@@ -56,11 +56,11 @@ enum LogFormat {
 enum Command {
     /// Run every server role in one process on the embedded defaults.
     #[command(
-        long_about = "Run the gateway, the stream processors, the projections and the \
-query API in one process. The event log, the read model (SQLite) and the time-series store \
+        long_about = "Run the gateway, the stream processors, the notifier, the projections \
+and the query API in one process. The event log, the read model (SQLite) and the time-series store \
 live in --data-dir; nothing else is needed.\n\n\
-Settings come from --config (a TOML file with [gateway], [processors], [projections] and \
-[agent] tables, each as in config/<role>.example.toml) and environment variables \
+Settings come from --config (a TOML file with [gateway], [processors], [projections], \
+[notifier] and [agent] tables, each as in config/<role>.example.toml) and environment variables \
 FLEET_<ROLE>__<KEY>. Storage URLs are always the embedded ones in --data-dir."
     )]
     Up(UpArgs),
@@ -68,6 +68,18 @@ FLEET_<ROLE>__<KEY>. Storage URLs are always the embedded ones in --data-dir."
     Gateway(RoleArgs),
     /// Run the stream processors (alert evaluation).
     Processors(RoleArgs),
+    /// Run the notifier: alerts to webhooks, Slack-compatible webhooks and email.
+    #[command(
+        long_about = "Run the notifier: read fleet.alerts.v1 in its own consumer group, match \
+each alert against its tenant's silences and notification routes (made through the API), \
+and deliver it to the routes' channels (webhook with a signed, versioned JSON body; \
+Slack-compatible incoming webhook; email over SMTP), grouped per route, at least once with \
+the alert event id as idempotency key, retried with back-off and jitter up to \
+`max-attempts`, then given up with a dead letter. Every attempt is recorded in the read \
+model (GET /api/v1/notification-deliveries). /healthz, /readyz and /metrics on `listen`.\n\n\
+Settings: --config (see config/notifier.example.toml) and FLEET_NOTIFIER__<KEY>."
+    )]
+    Notifier(RoleArgs),
     /// Run the projections (read model, time series) and, unless `serve-api = false`,
     /// the query API.
     #[command(
@@ -179,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             Command::Processors(a) => roles::processors(a.config).await,
             Command::Projections(a) => roles::projections(a.config).await,
             Command::Api(a) => roles::api(a.config).await,
+            Command::Notifier(a) => roles::notifier(a.config).await,
             Command::Agent(AgentArgs {
                 action:
                     Some(AgentAction::Enroll {

@@ -266,6 +266,41 @@ async fn run_processors(
     Ok(())
 }
 
+/// `fleetstream notifier`: alerts to the channels of each tenant's routes, with
+/// `/healthz`, `/readyz` and `/metrics` on `listen`. Ready while its consumer runs.
+pub(crate) async fn notifier(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg: fleet_notifier::NotifierConfig = load("notifier", config.as_deref())?;
+    cfg.check().map_err(anyhow::Error::msg)?;
+    let wire = role_wire(&cfg.event_log.schema_registry_url).await?;
+    let log = open_log(&cfg.event_log).await?;
+    let store: Arc<dyn fleet_read_model::ReadModel> = Arc::new(
+        fleet_read_model::SqlReadModel::connect(&cfg.read_model)
+            .await
+            .with_context(|| format!("opening the read model ({})", redact_url(&cfg.read_model)))?,
+    );
+    let (tx, shutdown) = Shutdown::new();
+    on_signal(tx);
+    let ready = fleet_notifier::Readiness::default();
+    let r = ready.clone();
+    let check: ReadyCheck = Arc::new(move || {
+        if r.is_ready() {
+            Ok(())
+        } else {
+            Err("notifier not consuming yet".into())
+        }
+    });
+    let ops = serve(
+        "notifier",
+        cfg.listen,
+        cfg.http.clone(),
+        fleet_service::endpoints::router("notifier", check),
+        shutdown.clone(),
+    );
+    let run = fleet_notifier::run_notifier(log, wire, store, cfg, ready, shutdown.wait());
+    tokio::try_join!(ops, run)?;
+    Ok(())
+}
+
 struct Stores {
     read_model: Arc<dyn fleet_read_model::ReadModel>,
     registry: Arc<dyn fleet_registry::Registry>,
@@ -522,6 +557,8 @@ pub(crate) async fn up(
     let mut pr: ProcessorsConfig = load_with_table("processors", file, Some("processors"))?;
     let mut pj: ProjectionsConfig = load_with_table("projections", file, Some("projections"))?;
     let mut api: ApiConfig = load_with_table("api", file, Some("api"))?;
+    let mut nt: fleet_notifier::NotifierConfig =
+        load_with_table("notifier", file, Some("notifier"))?;
     // One process, one log and one framing: the shared [event-log] table, on the
     // embedded log of the data directory.
     let mut event_log: EventLogSettings = load_with_table("event-log", file, Some("event-log"))?;
@@ -530,6 +567,7 @@ pub(crate) async fn up(
         ("gateway", &mut gw.event_log),
         ("processors", &mut pr.event_log),
         ("projections", &mut pj.event_log),
+        ("notifier", &mut nt.event_log),
     ] {
         if *own != EventLogSettings::default() {
             tracing::warn!(
@@ -598,6 +636,15 @@ pub(crate) async fn up(
         shutdown.clone(),
     );
     let processors = run_processors(log.clone(), wire.clone(), pr, pr_ready, shutdown.clone());
+    // The notifier reads channels and writes deliveries in up's read model.
+    let notifier = fleet_notifier::run_notifier(
+        log.clone(),
+        wire.clone(),
+        stores.read_model.clone(),
+        nt,
+        fleet_notifier::Readiness::default(),
+        shutdown.clone().wait(),
+    );
     let rules_log = log.clone();
     let projections = run_projections(pj, &api, log, wire.clone(), stores, shutdown.clone());
     let agent = async {
@@ -640,7 +687,7 @@ pub(crate) async fn up(
             .map(|_| ())
     };
     // The first role to fail stops the others: a half-running system is worse than none.
-    tokio::try_join!(gateway, processors, projections, agent)?;
+    tokio::try_join!(gateway, processors, projections, notifier, agent)?;
     Ok(())
 }
 

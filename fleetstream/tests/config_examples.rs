@@ -51,6 +51,23 @@ fn projections_example_is_the_default() {
 }
 
 #[test]
+fn notifier_example_is_the_default() {
+    let cfg: fleet_notifier::NotifierConfig = fleet_service::config::load(
+        "notifier-example-test",
+        Some(&root().join("config/notifier.example.toml")),
+    )
+    .expect("parses");
+    assert_eq!(cfg, fleet_notifier::NotifierConfig::default());
+    let up: fleet_notifier::NotifierConfig = fleet_service::config::load_with_table(
+        "notifier-up-test",
+        Some(&root().join("config/fleetstream.example.toml")),
+        Some("notifier"),
+    )
+    .expect("the [notifier] table of up's example");
+    assert_eq!(up, fleet_notifier::NotifierConfig::default());
+}
+
+#[test]
 fn agent_example_is_the_default() {
     let cfg = fleet_agent::AgentConfig::load(Some(&root().join("agent/agent.example.toml")))
         .expect("parses");

@@ -6,8 +6,8 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::routes::{
-    agents, commands, dashboard, events, fleet, ingest_keys, prometheus, rules, tags, tenants,
-    tickets, users,
+    agents, commands, dashboard, events, fleet, ingest_keys, notifications, prometheus, rules,
+    tags, tenants, tickets, users,
 };
 use crate::state::AppState;
 
@@ -20,6 +20,7 @@ pub fn app(state: AppState) -> Router {
         .merge(tenants::routes())
         .merge(users::routes())
         .merge(ingest_keys::routes())
+        .merge(notifications::routes())
         .merge(commands::routes())
         .merge(rules::routes())
         .merge(tags::routes())

@@ -154,6 +154,17 @@ impl Modify for BearerAuth {
         crate::routes::rules::enable_rule,
         crate::routes::rules::acknowledge_alert,
         crate::routes::rules::resolve_alert,
+        crate::routes::notifications::create_channel,
+        crate::routes::notifications::list_channels,
+        crate::routes::notifications::delete_channel,
+        crate::routes::notifications::test_channel,
+        crate::routes::notifications::create_route,
+        crate::routes::notifications::list_routes,
+        crate::routes::notifications::delete_route,
+        crate::routes::notifications::create_silence,
+        crate::routes::notifications::list_silences,
+        crate::routes::notifications::delete_silence,
+        crate::routes::notifications::list_deliveries,
     ),
     components(schemas(ErrorBody, ErrorDetail))
 )]

@@ -210,6 +210,13 @@ impl Choice for fleet_read_model::AlertStatus {
     }
 }
 
+impl Choice for fleet_read_model::DeliveryStatus {
+    const EXPECTED: &'static str = "must be pending, delivered or dead";
+    fn choose(v: &str) -> Option<Self> {
+        Self::parse(v)
+    }
+}
+
 impl Choice for fleet_read_model::TicketStatus {
     const EXPECTED: &'static str = "must be open, acknowledged or resolved";
     fn choose(v: &str) -> Option<Self> {

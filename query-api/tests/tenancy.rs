@@ -202,6 +202,26 @@ fn cases(w: &World) -> Vec<Case> {
             format!("/api/v1/admin/ingest-keys?tenant={b}"),
             FORBIDDEN,
         ),
+        read(
+            "GET /api/v1/tenants/{tenant_id}/notification-channels",
+            format!("/api/v1/tenants/{b}/notification-channels"),
+            FORBIDDEN,
+        ),
+        read(
+            "GET /api/v1/tenants/{tenant_id}/notification-routes",
+            format!("/api/v1/tenants/{b}/notification-routes"),
+            FORBIDDEN,
+        ),
+        read(
+            "GET /api/v1/tenants/{tenant_id}/silences",
+            format!("/api/v1/tenants/{b}/silences"),
+            FORBIDDEN,
+        ),
+        read(
+            "GET /api/v1/notification-deliveries",
+            format!("/api/v1/notification-deliveries?tenant={b}"),
+            FORBIDDEN,
+        ),
         // The caller itself: their own identity, nothing of B.
         read("GET /api/v1/me", "/api/v1/me".into(), &[StatusCode::OK]),
         // Writes naming a tenant, or for admins only: 403 whatever the id.
@@ -291,7 +311,63 @@ fn cases(w: &World) -> Vec<Case> {
             &|t| json!({"name": "x", "tenant_id": t}),
             FORBIDDEN,
         ),
+        write(
+            "POST /api/v1/tenants/{tenant_id}/notification-channels",
+            "POST",
+            &|t| format!("/api/v1/tenants/{t}/notification-channels"),
+            [Some(b), Some(a)],
+            Some(json!({"name": "x", "kind": "slack", "url": "https://hooks.example.com/y"})),
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/tenants/{tenant_id}/notification-routes",
+            "POST",
+            &|t| format!("/api/v1/tenants/{t}/notification-routes"),
+            [Some(b), Some(a)],
+            Some(json!({"name": "x", "channel_ids": [w.b_channel]})),
+            FORBIDDEN,
+        ),
+        write(
+            "POST /api/v1/tenants/{tenant_id}/silences",
+            "POST",
+            &|t| format!("/api/v1/tenants/{t}/silences"),
+            [Some(b), Some(a)],
+            Some(json!({"comment": "x", "match": {"agent_ids": ["x"]}, "duration_secs": 60})),
+            FORBIDDEN,
+        ),
         // Writes naming an object by id: B's is the same 404 as a made-up id.
+        write(
+            "DELETE /api/v1/notification-channels/{channel_id}",
+            "DELETE",
+            &|id| format!("/api/v1/notification-channels/{id}"),
+            [Some(&w.b_channel), Some(&w.a_channel)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "POST /api/v1/notification-channels/{channel_id}/test",
+            "POST",
+            &|id| format!("/api/v1/notification-channels/{id}/test"),
+            [Some(&w.b_channel), Some(&w.a_channel)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "DELETE /api/v1/notification-routes/{route_id}",
+            "DELETE",
+            &|id| format!("/api/v1/notification-routes/{id}"),
+            [Some(&w.b_route), Some(&w.a_route)],
+            None,
+            NOT_FOUND,
+        ),
+        write(
+            "DELETE /api/v1/silences/{silence_id}",
+            "DELETE",
+            &|id| format!("/api/v1/silences/{id}"),
+            [Some(&w.b_silence), Some(&w.a_silence)],
+            None,
+            NOT_FOUND,
+        ),
         write(
             "POST /api/v1/agents/{agent_id}/deactivate",
             "POST",
@@ -395,6 +471,9 @@ fn names_b(w: &World, v: &Value) -> bool {
         &w.b_user,
         &w.b_key_id,
         &w.b_ingest_key,
+        &w.b_channel,
+        &w.b_route,
+        &w.b_silence,
     ]
     .iter()
     .any(|id| text.contains(id.as_str()))
@@ -574,6 +653,11 @@ async fn lists_show_only_the_callers_tenant() {
             "/api/v1/overview".to_owned(),
             "/api/v1/audit".to_owned(),
             "/api/v1/admin/ingest-keys".to_owned(),
+            "/api/v1/notification-deliveries".to_owned(),
+            format!("/api/v1/notification-deliveries?channel_id={}", w.b_channel),
+            format!("/api/v1/tenants/{}/notification-channels", w.a),
+            format!("/api/v1/tenants/{}/notification-routes", w.a),
+            format!("/api/v1/tenants/{}/silences", w.a),
             format!("/api/v1/agents?tenant={}", w.a),
             format!("/api/v1/agents/{}", w.a1),
             format!(

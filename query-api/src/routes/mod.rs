@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod events;
 pub mod fleet;
 pub mod ingest_keys;
+pub mod notifications;
 pub mod prometheus;
 pub mod rules;
 pub mod tags;

@@ -50,6 +50,14 @@ pub struct World {
     /// Ingest keys of A and of B (ids), made by the admin.
     pub a_ingest_key: String,
     pub b_ingest_key: String,
+    /// Notification channels, routes and silences of A and of B (ids), made by the admin;
+    /// B's channel has a test delivery.
+    pub a_channel: String,
+    pub b_channel: String,
+    pub a_route: String,
+    pub b_route: String,
+    pub a_silence: String,
+    pub b_silence: String,
 }
 
 pub async fn produce<T: Record>(log: &dyn EventLog, v: &T) {
@@ -157,6 +165,34 @@ async fn ingest_key(app: &Router, tenant: &str) -> String {
     v["key_id"].as_str().expect("key id").to_owned()
 }
 
+/// A webhook channel, a route to it and a silence in `tenant` (ids), by the admin.
+async fn notifications(app: &Router, tenant: &str) -> (String, String, String) {
+    let made = |uri: String, body: serde_json::Value, id: &'static str| async move {
+        let (s, v) = call(app, "POST", &uri, Some(body), Some(ADMIN)).await;
+        assert_eq!(s, StatusCode::CREATED, "{uri}: {v}");
+        v[id].as_str().expect("an id").to_owned()
+    };
+    let channel = made(
+        format!("/api/v1/tenants/{tenant}/notification-channels"),
+        json!({ "name": "ops", "kind": "webhook", "url": "https://hooks.example.com/x" }),
+        "channel_id",
+    )
+    .await;
+    let route = made(
+        format!("/api/v1/tenants/{tenant}/notification-routes"),
+        json!({ "name": "all", "channel_ids": [channel] }),
+        "route_id",
+    )
+    .await;
+    let silence = made(
+        format!("/api/v1/tenants/{tenant}/silences"),
+        json!({ "comment": "maintenance", "match": { "tags": ["db"] }, "duration_secs": 3600 }),
+        "silence_id",
+    )
+    .await;
+    (channel, route, silence)
+}
+
 async fn rule(app: &Router, tenant: &str, name: &str) -> String {
     let (s, v) = call(
         app,
@@ -240,6 +276,17 @@ pub async fn world() -> World {
     let a_rule = rule(&app, &a, "a-cpu").await;
     let b_ingest_key = ingest_key(&app, &b).await;
     let a_ingest_key = ingest_key(&app, &a).await;
+    let (b_channel, b_route, b_silence) = notifications(&app, &b).await;
+    let (a_channel, a_route, a_silence) = notifications(&app, &a).await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/notification-channels/{b_channel}/test"),
+        None,
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     // The read model sees what was written to the topics (commands, rules, alerts).
     super::project(log.as_ref(), rm.as_ref()).await;
     let b_key_id = registry
@@ -276,5 +323,11 @@ pub async fn world() -> World {
         b_key_id,
         a_ingest_key,
         b_ingest_key,
+        a_channel,
+        b_channel,
+        a_route,
+        b_route,
+        a_silence,
+        b_silence,
     }
 }

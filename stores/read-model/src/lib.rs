@@ -22,8 +22,15 @@ pub use fleet_schemas::{
 };
 pub use fleet_sql::{Result, StoreError};
 
+mod notify;
 #[cfg(feature = "sql")]
 mod sql;
+
+pub use notify::{
+    alert_payload, AlertFacts, AlertMatcher, AttemptNext, ChannelKind, ChannelSettings, Delivery,
+    DeliveryAttempt, DeliveryQuery, DeliverySource, DeliveryStatus, EmailSettings, NewDelivery,
+    NotificationChannel, NotificationRoute, Silence, SmtpTls, WEBHOOK_BODY_VERSION,
+};
 
 /// The shared pool (from `fleet-sql`), to open the read model beside the registry.
 #[cfg(feature = "sql")]
@@ -788,4 +795,78 @@ pub trait ReadModel: Send + Sync + Debug {
     /// `[query.start, query.end]` (by the index's first and coarse last times), at most
     /// `query.limit`, ordered by series text.
     async fn list_sample_series(&self, query: &SampleSeriesQuery) -> Result<Vec<SampleSeries>>;
+
+    // Notifications (not projected: written by the API and the notifier).
+
+    /// Stores a new channel (its id is new).
+    async fn create_channel(&self, channel: &NotificationChannel) -> Result<()>;
+
+    /// Channels, by name then id; `None`: every tenant's.
+    async fn list_channels(&self, tenant_id: Option<&str>) -> Result<Vec<NotificationChannel>>;
+
+    /// One channel with its secret; `tenant_id` restricts the lookup to a tenant.
+    async fn get_channel(
+        &self,
+        tenant_id: Option<&str>,
+        channel_id: &str,
+    ) -> Result<Option<NotificationChannel>>;
+
+    /// Deletes a channel (its deliveries stay); the channel deleted, `None` when unknown.
+    async fn delete_channel(
+        &self,
+        tenant_id: Option<&str>,
+        channel_id: &str,
+    ) -> Result<Option<NotificationChannel>>;
+
+    /// Stores a new route.
+    async fn create_route(&self, route: &NotificationRoute) -> Result<()>;
+
+    /// Routes, by name then id; `None`: every tenant's.
+    async fn list_routes(&self, tenant_id: Option<&str>) -> Result<Vec<NotificationRoute>>;
+
+    /// Deletes a route; the route deleted, `None` when unknown.
+    async fn delete_route(
+        &self,
+        tenant_id: Option<&str>,
+        route_id: &str,
+    ) -> Result<Option<NotificationRoute>>;
+
+    /// Stores a new silence.
+    async fn create_silence(&self, silence: &Silence) -> Result<()>;
+
+    /// Silences not expired at `at` (µs; `None`: every one), soonest expiry first.
+    async fn list_silences(&self, tenant_id: Option<&str>, at: Option<i64>)
+        -> Result<Vec<Silence>>;
+
+    /// Deletes a silence; the silence deleted, `None` when unknown.
+    async fn delete_silence(
+        &self,
+        tenant_id: Option<&str>,
+        silence_id: &str,
+    ) -> Result<Option<Silence>>;
+
+    /// Puts deliveries in the outbox, in one transaction; one already there (same id) is
+    /// left as it is. Returns how many were new.
+    async fn enqueue_deliveries(&self, deliveries: &[NewDelivery]) -> Result<u64>;
+
+    /// Claims up to `limit` pending deliveries due at `now` (µs) that no other instance
+    /// holds, until `lease_until` (µs); returns them, due first.
+    async fn claim_deliveries(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Records an attempt of a delivery and what follows it, in one transaction (the lease
+    /// is released).
+    async fn record_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &DeliveryAttempt,
+        next: &AttemptNext,
+    ) -> Result<()>;
+
+    /// Deliveries with their attempts, newest first.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>>;
 }

@@ -45,6 +45,7 @@ mod agents;
 mod commands;
 mod events;
 mod fleet;
+mod notify;
 mod series;
 mod snapshot;
 mod software;
@@ -117,6 +118,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 13,
             description: "agent events",
             sql: include_str!("../migrations/0013_agent_events.sql"),
+        },
+        Migration {
+            version: 14,
+            description: "notifications",
+            sql: include_str!("../migrations/0014_notifications.sql"),
         },
     ],
 };
@@ -939,6 +945,96 @@ impl ReadModel for SqlReadModel {
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         self.query_audit(query).await
+    }
+
+    async fn create_channel(&self, channel: &crate::NotificationChannel) -> Result<()> {
+        self.insert_channel(channel).await
+    }
+
+    async fn list_channels(
+        &self,
+        tenant_id: Option<&str>,
+    ) -> Result<Vec<crate::NotificationChannel>> {
+        self.channels(tenant_id).await
+    }
+
+    async fn get_channel(
+        &self,
+        tenant_id: Option<&str>,
+        channel_id: &str,
+    ) -> Result<Option<crate::NotificationChannel>> {
+        self.channel(tenant_id, channel_id).await
+    }
+
+    async fn delete_channel(
+        &self,
+        tenant_id: Option<&str>,
+        channel_id: &str,
+    ) -> Result<Option<crate::NotificationChannel>> {
+        self.remove_channel(tenant_id, channel_id).await
+    }
+
+    async fn create_route(&self, route: &crate::NotificationRoute) -> Result<()> {
+        self.insert_route(route).await
+    }
+
+    async fn list_routes(&self, tenant_id: Option<&str>) -> Result<Vec<crate::NotificationRoute>> {
+        self.routes(tenant_id).await
+    }
+
+    async fn delete_route(
+        &self,
+        tenant_id: Option<&str>,
+        route_id: &str,
+    ) -> Result<Option<crate::NotificationRoute>> {
+        self.remove_route(tenant_id, route_id).await
+    }
+
+    async fn create_silence(&self, silence: &crate::Silence) -> Result<()> {
+        self.insert_silence(silence).await
+    }
+
+    async fn list_silences(
+        &self,
+        tenant_id: Option<&str>,
+        at: Option<i64>,
+    ) -> Result<Vec<crate::Silence>> {
+        self.silences(tenant_id, at).await
+    }
+
+    async fn delete_silence(
+        &self,
+        tenant_id: Option<&str>,
+        silence_id: &str,
+    ) -> Result<Option<crate::Silence>> {
+        self.remove_silence(tenant_id, silence_id).await
+    }
+
+    #[tracing::instrument(skip_all, fields(engine = self.db.engine().as_str(), deliveries = deliveries.len()))]
+    async fn enqueue_deliveries(&self, deliveries: &[crate::NewDelivery]) -> Result<u64> {
+        self.enqueue(deliveries).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::Delivery>> {
+        self.claim(now, lease_until, limit).await
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &crate::DeliveryAttempt,
+        next: &crate::AttemptNext,
+    ) -> Result<()> {
+        self.attempt(delivery_id, attempt, next).await
+    }
+
+    async fn list_deliveries(&self, query: &crate::DeliveryQuery) -> Result<Vec<crate::Delivery>> {
+        self.deliveries(query).await
     }
 }
 

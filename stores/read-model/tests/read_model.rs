@@ -59,6 +59,8 @@ macro_rules! conformance {
             reports_with_and_without_disks_mix,
             sample_series_index_widens_and_filters,
             events_timeline_filters_pages_and_expires,
+            notification_settings_are_per_tenant,
+            deliveries_are_claimed_once_grouped_and_keep_every_attempt,
         );
     };
     ($($case:ident),+ $(,)?) => {
@@ -2726,6 +2728,280 @@ mod cases {
             rb.disk_percent_max == Some(20.0) && rb.cpu_percent == Some(3.0),
             "{rb:#?}"
         );
+        Ok(())
+    }
+
+    fn channel(tenant: &str, name: &str) -> fleet_read_model::NotificationChannel {
+        fleet_read_model::NotificationChannel {
+            channel_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.into(),
+            name: name.into(),
+            kind: fleet_read_model::ChannelKind::Webhook,
+            settings: fleet_read_model::ChannelSettings {
+                url: Some("https://hooks.example.com/x".into()),
+                email: None,
+            },
+            secret: Some("s3cret".into()),
+            created_at: T0,
+            created_by: "admin".into(),
+        }
+    }
+
+    pub(crate) async fn notification_settings_are_per_tenant(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        use fleet_read_model::{AlertMatcher, NotificationRoute, Silence};
+        let (a, b) = (channel(T1, "ops"), channel("tenant-2", "ops"));
+        store.create_channel(&a).await?;
+        store.create_channel(&b).await?;
+        let listed = store.list_channels(Some(T1)).await?;
+        ensure!(listed == vec![a.clone()], "{listed:?}");
+        ensure!(
+            listed[0].secret.as_deref() == Some("s3cret"),
+            "the notifier reads the secret"
+        );
+        ensure!(store.list_channels(None).await?.len() == 2);
+        ensure!(store
+            .get_channel(Some("tenant-2"), &a.channel_id)
+            .await?
+            .is_none());
+        ensure!(store.get_channel(Some(T1), &a.channel_id).await? == Some(a.clone()));
+        let matcher = AlertMatcher {
+            severities: vec!["critical".into()],
+            tags: vec!["db".into()],
+            ..AlertMatcher::default()
+        };
+        let route = NotificationRoute {
+            route_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: T1.into(),
+            name: "critical db".into(),
+            channel_ids: vec![a.channel_id.clone()],
+            matcher: matcher.clone(),
+            group_window_ms: 30_000,
+            send_resolved: true,
+            created_at: T0,
+            created_by: "admin".into(),
+        };
+        store.create_route(&route).await?;
+        ensure!(store.list_routes(Some(T1)).await? == vec![route.clone()]);
+        ensure!(store.list_routes(Some("tenant-2")).await?.is_empty());
+        let silence = |expires_at| Silence {
+            silence_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: T1.into(),
+            comment: "maintenance".into(),
+            matcher: matcher.clone(),
+            starts_at: T0,
+            expires_at,
+            created_at: T0,
+            created_by: "admin".into(),
+        };
+        let (old, live) = (silence(T0 + SECOND), silence(T0 + 3600 * SECOND));
+        store.create_silence(&old).await?;
+        store.create_silence(&live).await?;
+        let active = store.list_silences(Some(T1), Some(T0 + 2 * SECOND)).await?;
+        ensure!(
+            active == vec![live.clone()],
+            "expired ones are left out: {active:?}"
+        );
+        ensure!(store.list_silences(Some(T1), None).await?.len() == 2);
+        // Deletes are tenant-scoped: another tenant's id is unknown.
+        ensure!(store
+            .delete_route(Some("tenant-2"), &route.route_id)
+            .await?
+            .is_none());
+        ensure!(store.delete_route(Some(T1), &route.route_id).await? == Some(route));
+        ensure!(store.list_routes(None).await?.is_empty());
+        ensure!(store
+            .delete_silence(Some(T1), &old.silence_id)
+            .await?
+            .is_some());
+        ensure!(store
+            .delete_channel(Some("tenant-2"), &a.channel_id)
+            .await?
+            .is_none());
+        ensure!(store.delete_channel(None, &a.channel_id).await?.is_some());
+        ensure!(store.get_channel(None, &a.channel_id).await?.is_none());
+        Ok(())
+    }
+
+    pub(crate) async fn deliveries_are_claimed_once_grouped_and_keep_every_attempt(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        use fleet_read_model::{
+            AttemptNext, DeliveryAttempt, DeliveryQuery, DeliverySource, DeliveryStatus,
+            NewDelivery,
+        };
+        let ch = channel(T1, "ops");
+        let new = |event: &str, now: i64, window_ms: i64| NewDelivery {
+            delivery_id: format!("d-{event}"),
+            tenant_id: T1.into(),
+            channel_id: ch.channel_id.clone(),
+            route_id: Some("r1".into()),
+            event_id: event.into(),
+            alert_id: format!("alert-{event}"),
+            kind: "raised".into(),
+            alert: serde_json::json!({"event_id": event}),
+            group_window_ms: window_ms,
+            now,
+            source: Some(DeliverySource {
+                topic: "fleet.alerts.v1".into(),
+                partition: 2,
+                offset: 7,
+                timestamp_ms: 1_700_000_000_000,
+                key: Some(b"agent".to_vec()),
+                value: vec![0xC3, 0x01, 0xFF, 0x00],
+            }),
+        };
+        // The first opens a 10 s window; the second, 3 s later, joins it.
+        let added = store
+            .enqueue_deliveries(&[new("e1", T0, 10_000), new("e2", T0 + 3 * SECOND, 10_000)])
+            .await?;
+        ensure!(added == 2, "{added}");
+        // Enqueued again (a replayed alert): nothing new.
+        ensure!(store.enqueue_deliveries(&[new("e1", T0, 10_000)]).await? == 0);
+        ensure!(
+            store
+                .claim_deliveries(T0 + 9 * SECOND, T0 + 60 * SECOND, 10)
+                .await?
+                .is_empty(),
+            "nothing is due before the window closes"
+        );
+        let due = T0 + 10 * SECOND;
+        let claimed = store.claim_deliveries(due, due + 60 * SECOND, 10).await?;
+        let ids: Vec<&str> = claimed.iter().map(|d| d.event_id.as_str()).collect();
+        ensure!(ids == ["e1", "e2"], "both due at the window's end: {ids:?}");
+        ensure!(
+            claimed.iter().all(|d| d.group_id == "d-e1"),
+            "one group, opened by the first: {claimed:?}"
+        );
+        // Without a window each delivery is its own group.
+        ensure!(
+            store
+                .enqueue_deliveries(&[new("e3", due, 0), new("e4", due, 0)])
+                .await?
+                == 2
+        );
+        let alone = store.claim_deliveries(due, due + 60 * SECOND, 10).await?;
+        let groups: Vec<(&str, &str)> = alone
+            .iter()
+            .map(|d| (d.event_id.as_str(), d.group_id.as_str()))
+            .collect();
+        ensure!(groups == [("e3", "d-e3"), ("e4", "d-e4")], "{groups:?}");
+        for d in ["d-e3", "d-e4"] {
+            store
+                .record_attempt(
+                    d,
+                    &DeliveryAttempt {
+                        attempt: 1,
+                        message_id: d.into(),
+                        at: due,
+                        outcome: "ok".into(),
+                        status_code: Some(200),
+                        latency_ms: 1,
+                        error: None,
+                    },
+                    &AttemptNext::Delivered,
+                )
+                .await?;
+        }
+        ensure!(
+            claimed[0]
+                .source
+                .as_ref()
+                .map(|s| (s.partition, s.offset, s.value.clone()))
+                == Some((2, 7, vec![0xC3, 0x01, 0xFF, 0x00]))
+        );
+        // Held by the lease: another instance gets nothing until it runs out.
+        ensure!(store
+            .claim_deliveries(due, due + 60 * SECOND, 10)
+            .await?
+            .is_empty());
+        let attempt = |n: u32, outcome: &str, error: Option<&str>| DeliveryAttempt {
+            attempt: n,
+            message_id: "e1".into(),
+            at: due + i64::from(n) * SECOND,
+            outcome: outcome.into(),
+            status_code: Some(if error.is_some() { 500 } else { 200 }),
+            latency_ms: 12,
+            error: error.map(str::to_owned),
+        };
+        store
+            .record_attempt(
+                "d-e1",
+                &attempt(1, "failed", Some("HTTP 500")),
+                &AttemptNext::Retry(due + 5 * SECOND),
+            )
+            .await?;
+        store
+            .record_attempt(
+                "d-e2",
+                &attempt(1, "failed", Some("HTTP 500")),
+                &AttemptNext::Dead("gave up".into()),
+            )
+            .await?;
+        ensure!(store
+            .claim_deliveries(due + 4 * SECOND, due + 99 * SECOND, 10)
+            .await?
+            .is_empty());
+        let again = store
+            .claim_deliveries(due + 5 * SECOND, due + 99 * SECOND, 10)
+            .await?;
+        ensure!(again.len() == 1 && again[0].attempts == 1, "{again:?}");
+        store
+            .record_attempt("d-e1", &attempt(2, "ok", None), &AttemptNext::Delivered)
+            .await?;
+        let list = store
+            .list_deliveries(&DeliveryQuery {
+                tenant_id: Some(T1.into()),
+                ..DeliveryQuery::default()
+            })
+            .await?;
+        ensure!(list.len() == 4, "{list:?}");
+        let e1 = list.iter().find(|d| d.event_id == "e1").context("e1")?;
+        ensure!(
+            e1.status == DeliveryStatus::Delivered && e1.attempts == 2,
+            "{e1:?}"
+        );
+        ensure!(e1.delivered_at == Some(due + 2 * SECOND));
+        ensure!(
+            e1.attempt_log
+                .iter()
+                .map(|a| (a.attempt, a.outcome.as_str(), a.status_code))
+                .collect::<Vec<_>>()
+                == vec![(1, "failed", Some(500)), (2, "ok", Some(200))],
+            "{:?}",
+            e1.attempt_log
+        );
+        let e2 = list.iter().find(|d| d.event_id == "e2").context("e2")?;
+        ensure!(e2.status == DeliveryStatus::Dead && e2.last_error.as_deref() == Some("gave up"));
+        // Filters: channel, alert, status, tenant.
+        let by_alert = store
+            .list_deliveries(&DeliveryQuery {
+                alert_id: Some("alert-e2".into()),
+                ..DeliveryQuery::default()
+            })
+            .await?;
+        ensure!(by_alert.len() == 1 && by_alert[0].event_id == "e2");
+        let dead = store
+            .list_deliveries(&DeliveryQuery {
+                channel_id: Some(ch.channel_id.clone()),
+                status: Some(DeliveryStatus::Dead),
+                ..DeliveryQuery::default()
+            })
+            .await?;
+        ensure!(dead.len() == 1);
+        ensure!(store
+            .list_deliveries(&DeliveryQuery {
+                tenant_id: Some("tenant-2".into()),
+                ..DeliveryQuery::default()
+            })
+            .await?
+            .is_empty());
+        // Nothing is claimed once delivered or dead.
+        ensure!(store
+            .claim_deliveries(due + 999 * SECOND, due + 9999 * SECOND, 10)
+            .await?
+            .is_empty());
         Ok(())
     }
 }

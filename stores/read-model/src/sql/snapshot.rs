@@ -50,7 +50,15 @@ pub const PROJECTED_TABLES: &[(&str, &[&str])] = &[
 /// The read model's tables that no topic feeds: the projections' offsets and the audit
 /// log. A rebuild does not recreate them and a comparison skips them, as it skips the
 /// registry's tables ([`REGISTRY_TABLES`], in the same database by default).
-pub const NOT_PROJECTED_TABLES: &[&str] = &["projection_offsets", "audit_log"];
+pub const NOT_PROJECTED_TABLES: &[&str] = &[
+    "projection_offsets",
+    "audit_log",
+    "notification_channels",
+    "notification_routes",
+    "notification_silences",
+    "notification_deliveries",
+    "notification_attempts",
+];
 
 /// One row: column name to value.
 pub type SnapshotRow = BTreeMap<String, serde_json::Value>;
