@@ -891,6 +891,20 @@ mod embedded_file {
         Ok(disk_bytes(dir)?)
     }
 
+    /// Seals one chunk.
+    async fn seal_one(
+        store: &EmbeddedChunks,
+        kind: ChunkKind,
+        agent: &fleet_timeseries::store::AgentKey,
+        window: i64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        store
+            .seal(seal_chunks(vec![chunk(kind, agent, window, bytes)]))
+            .await?;
+        Ok(())
+    }
+
     fn blob_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         let mut out: Vec<_> = std::fs::read_dir(dir.join(BLOB_DIR))?
             .map(|e| e.map(|e| e.path()))
@@ -904,18 +918,9 @@ mod embedded_file {
         let (a, b) = (key("t", "a"), key("t", "b"));
         for i in 0..200 {
             let bytes = vec![i as u8; 64 * 1024];
-            store
-                .seal(seal_chunks(vec![chunk(
-                    ChunkKind::Raw,
-                    &a,
-                    T0 + i * HOUR,
-                    &bytes,
-                )]))
-                .await?;
+            seal_one(store, ChunkKind::Raw, &a, T0 + i * HOUR, &bytes).await?;
         }
-        store
-            .seal(seal_chunks(vec![chunk(ChunkKind::Raw, &b, T0, b"kept")]))
-            .await?;
+        seal_one(store, ChunkKind::Raw, &b, T0, b"kept").await?;
         Ok(())
     }
 
@@ -925,14 +930,7 @@ mod embedded_file {
         let store = EmbeddedChunks::open(dir.path())?;
         fill(&store).await?;
         let far = T0 + 400 * HOUR;
-        store
-            .seal(seal_chunks(vec![chunk(
-                ChunkKind::Raw,
-                &key("t", "b"),
-                far,
-                b"kept",
-            )]))
-            .await?;
+        seal_one(&store, ChunkKind::Raw, &key("t", "b"), far, b"kept").await?;
         let full = dir_bytes(dir.path())?;
         ensure!(
             full >= 12 << 20,
@@ -1010,14 +1008,7 @@ mod embedded_file {
         let a = key("t", "a");
         for i in 0..100u8 {
             let bytes = vec![i; 64 * 1024];
-            store
-                .seal(seal_chunks(vec![chunk(
-                    ChunkKind::Rollup5m,
-                    &a,
-                    T0,
-                    &bytes,
-                )]))
-                .await?;
+            seal_one(&store, ChunkKind::Rollup5m, &a, T0, &bytes).await?;
             store
                 .checkpoint(segments_only(vec![seg(&a, T0, 0, true, &bytes)]))
                 .await?;
@@ -1051,14 +1042,7 @@ mod embedded_file {
         let a = key("t", "a");
         {
             let store = EmbeddedChunks::open(dir.path())?;
-            store
-                .seal(seal_chunks(vec![chunk(
-                    ChunkKind::Raw,
-                    &a,
-                    T0,
-                    b"committed",
-                )]))
-                .await?;
+            seal_one(&store, ChunkKind::Raw, &a, T0, b"committed").await?;
         }
         let files = blob_files(dir.path())?;
         ensure!(files.len() == 1, "{files:?}");
@@ -1076,14 +1060,7 @@ mod embedded_file {
             std::fs::metadata(&files[0])?.len() == committed,
             "the tail is cut"
         );
-        store
-            .seal(seal_chunks(vec![chunk(
-                ChunkKind::Raw,
-                &a,
-                T0 + HOUR,
-                b"next",
-            )]))
-            .await?;
+        seal_one(&store, ChunkKind::Raw, &a, T0 + HOUR, b"next").await?;
         let got = store.chunks(ChunkKind::Raw, &a, T0, T0 + 2 * HOUR).await?;
         ensure!(
             got == vec![(T0, b"committed".to_vec()), (T0 + HOUR, b"next".to_vec())],
@@ -1099,14 +1076,7 @@ mod embedded_file {
         let a = key("t", "a");
         {
             let store = EmbeddedChunks::open(dir.path())?;
-            store
-                .seal(seal_chunks(vec![chunk(
-                    ChunkKind::Raw,
-                    &a,
-                    T0,
-                    b"some chunk bytes",
-                )]))
-                .await?;
+            seal_one(&store, ChunkKind::Raw, &a, T0, b"some chunk bytes").await?;
         }
         let file = blob_files(dir.path())?.pop().context("a blob file")?;
         let mut bytes = std::fs::read(&file)?;
@@ -1129,7 +1099,8 @@ mod embedded_file {
         const RAW: Old = TableDefinition::new("raw");
         const ROLLUP_5M: Old = TableDefinition::new("rollup_5m");
         const ROLLUP_1H: Old = TableDefinition::new("rollup_1h");
-        const SEGMENTS: TableDefinition<(&str, &str, i64, u64), (bool, &[u8])> =
+        type SegmentKey = (&'static str, &'static str, i64, u64);
+        const SEGMENTS: TableDefinition<SegmentKey, (bool, &[u8])> =
             TableDefinition::new("segments");
         const SERIES: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("series");
         let dir = tempfile::tempdir()?;
@@ -1196,14 +1167,7 @@ mod embedded_file {
         let a = key("t", "a");
         // Garbage below the running compaction's 1 MiB: only `compact` takes it.
         for i in 0..10u8 {
-            store
-                .seal(seal_chunks(vec![chunk(
-                    ChunkKind::Rollup1h,
-                    &a,
-                    T0,
-                    &[i; 50_000],
-                )]))
-                .await?;
+            seal_one(&store, ChunkKind::Rollup1h, &a, T0, &[i; 50_000]).await?;
         }
         let c = store.compact()?;
         let usage = store.usage()?;

@@ -77,11 +77,8 @@ mod before_blobs {
         (&'static str, &'static str, &'static str),
         (),
     > = TableDefinition::new("series");
-    pub(super) const SEGMENTS: TableDefinition<
-        'static,
-        (&'static str, &'static str, i64, u64),
-        (bool, &'static [u8]),
-    > = TableDefinition::new("segments");
+    pub(super) const SEGMENTS: TableDefinition<'static, super::SegmentKey, (bool, &'static [u8])> =
+        TableDefinition::new("segments");
 }
 
 fn table(kind: ChunkKind) -> ChunkTable {
@@ -624,7 +621,8 @@ fn compact_files(
         }
         if kinds.contains("segments") {
             let mut t = tx.open_table(SEGMENTS)?;
-            let refs: Vec<((String, String, i64, u64), bool, BlobRef)> = t
+            type Owned = (String, String, i64, u64);
+            let refs: Vec<(Owned, bool, BlobRef)> = t
                 .iter()?
                 .filter_map(|e| match e {
                     Ok((k, v)) => {
