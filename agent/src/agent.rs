@@ -267,7 +267,6 @@ impl Agent {
 
         let live = Arc::new(LiveIntervals::new(
             intervals,
-            config.flush_interval.is_none(),
             &state_dir,
             Arc::clone(&stats),
         ));

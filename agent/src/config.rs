@@ -121,7 +121,8 @@ pub struct AgentConfig {
     /// request carries (1 to 1000). Default 6.
     pub batch_max_reports: usize,
     /// Longest a report waits in the spool before it is sent even if the batch is not
-    /// full. Default: unset, meaning the collect interval.
+    /// full: batching for fewer requests at the cost of latency. Default: unset, meaning
+    /// a report is sent as soon as it is collected (a backlog still goes in full batches).
     #[serde(default, with = "humantime_serde")]
     pub flush_interval: Option<Duration>,
     /// Most bytes of encoded reports the on-disk spool holds while the gateway cannot take
@@ -442,10 +443,9 @@ impl AgentConfig {
             .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
     }
 
-    /// The flush interval (the collect interval when unset).
+    /// The flush interval (zero when unset: a report is sent as soon as it is collected).
     pub fn flush_interval(&self) -> Duration {
-        self.flush_interval
-            .unwrap_or_else(|| self.collect_interval())
+        self.flush_interval.unwrap_or(Duration::ZERO)
     }
 
     /// [`Self::auth_retry`].
@@ -655,7 +655,11 @@ mod tests {
         c.validate().expect("defaults validate");
         assert_eq!(c.server_url, "http://127.0.0.1:8080");
         assert_eq!(c.collect_interval(), Duration::from_secs(10));
-        assert_eq!(c.flush_interval(), Duration::from_secs(10));
+        assert_eq!(
+            c.flush_interval(),
+            Duration::ZERO,
+            "sent as soon as collected"
+        );
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(30));
         assert_eq!(c.batch_max_reports, 6);
         assert_eq!(c.spool_max_bytes, 64 * 1024 * 1024);
@@ -745,7 +749,7 @@ mod tests {
         let c = AgentConfig::from_figment(Figment::new().merge(Toml::string(toml))).unwrap();
         assert_eq!(c.server_url, "https://gw.example:8443");
         assert_eq!(c.collect_interval(), Duration::from_millis(500));
-        assert_eq!(c.flush_interval(), Duration::from_millis(500));
+        assert_eq!(c.flush_interval(), Duration::ZERO);
         assert_eq!(c.batch_max_reports, 3);
         assert_eq!(c.services, vec!["nginx", "sshd.service"]);
         // Integers are accepted for float seconds.

@@ -23,7 +23,8 @@ pub(crate) struct Intervals {
     pub(crate) collect: Duration,
     /// Between two heartbeats.
     pub(crate) heartbeat: Duration,
-    /// Longest a report waits for a partial batch to be sent.
+    /// Longest a report waits for a partial batch to be sent (zero: sent as soon as it
+    /// is collected, the default).
     pub(crate) flush: Duration,
 }
 
@@ -40,7 +41,7 @@ impl Intervals {
         match load_overrides(&state_dir.join(INTERVALS_FILE)) {
             Some(o) => {
                 info!(?o, "Using the intervals the server set before.");
-                with_overrides(merged, &o, config.flush_interval.is_none())
+                with_overrides(merged, &o)
             }
             None => merged,
         }
@@ -55,25 +56,16 @@ pub const INTERVALS_FILE: &str = "intervals.json";
 #[derive(Debug)]
 pub(crate) struct LiveIntervals {
     current: watch::Sender<Intervals>,
-    /// The flush interval follows the collect interval (no `flush-interval`).
-    flush_follows: bool,
     path: PathBuf,
     stats: Arc<Stats>,
 }
 
 impl LiveIntervals {
     /// Starts at `initial`; `apply` persists the server's changes in
-    /// `{state_dir}/intervals.json`. With `flush_follows` (no `flush-interval`
-    /// configured) a new collect interval is also the new flush interval.
-    pub(crate) fn new(
-        initial: Intervals,
-        flush_follows: bool,
-        state_dir: &Path,
-        stats: Arc<Stats>,
-    ) -> Self {
+    /// `{state_dir}/intervals.json`.
+    pub(crate) fn new(initial: Intervals, state_dir: &Path, stats: Arc<Stats>) -> Self {
         Self {
             current: watch::Sender::new(initial),
-            flush_follows,
             path: state_dir.join(INTERVALS_FILE),
             stats,
         }
@@ -105,9 +97,6 @@ impl LiveIntervals {
         let mut next = self.get();
         if let Some(c) = collect {
             next.collect = c;
-            if self.flush_follows {
-                next.flush = c;
-            }
         }
         if let Some(h) = heartbeat {
             next.heartbeat = h;
@@ -162,16 +151,9 @@ fn load_overrides(path: &Path) -> Option<ConfigUpdate> {
 }
 
 /// `intervals` with the server's overrides applied (invalid values ignored).
-fn with_overrides(
-    mut intervals: Intervals,
-    overrides: &ConfigUpdate,
-    flush_follows: bool,
-) -> Intervals {
+fn with_overrides(mut intervals: Intervals, overrides: &ConfigUpdate) -> Intervals {
     if let Some(c) = overrides.metrics_interval_secs.and_then(valid_secs) {
         intervals.collect = c;
-        if flush_follows {
-            intervals.flush = c;
-        }
     }
     if let Some(h) = overrides.heartbeat_interval_secs.and_then(valid_secs) {
         intervals.heartbeat = h;
@@ -202,10 +184,7 @@ fn intervals(config: &AgentConfig, remote: Option<&RemoteConfig>) -> Intervals {
         _ => None,
     }
     .unwrap_or_else(|| config.heartbeat_interval());
-    let flush = match config.flush_interval {
-        Some(_) => config.flush_interval(),
-        None => collect,
-    };
+    let flush = config.flush_interval();
     Intervals {
         collect,
         heartbeat,
@@ -233,11 +212,9 @@ mod tests {
             )
         };
         let defaults = AgentConfig::default();
-        assert_eq!(secs(intervals(&defaults, None)), (10.0, 30.0, 10.0));
-        assert_eq!(
-            secs(intervals(&defaults, Some(&remote))),
-            (20.0, 15.0, 20.0)
-        );
+        // No flush interval unless configured: a report goes as soon as it is collected.
+        assert_eq!(secs(intervals(&defaults, None)), (10.0, 30.0, 0.0));
+        assert_eq!(secs(intervals(&defaults, Some(&remote))), (20.0, 15.0, 0.0));
         let file = AgentConfig {
             collect_interval: Some(Duration::from_secs_f64(5.0)),
             heartbeat_interval: Some(Duration::from_secs_f64(7.0)),
@@ -250,6 +227,6 @@ mod tests {
             metrics_interval_secs: -1.0,
             websocket_url: String::new(),
         };
-        assert_eq!(secs(intervals(&defaults, Some(&bad))), (10.0, 30.0, 10.0));
+        assert_eq!(secs(intervals(&defaults, Some(&bad))), (10.0, 30.0, 0.0));
     }
 }

@@ -101,3 +101,48 @@ async fn starts_and_stops_are_events_that_say_how_the_last_run_ended() -> anyhow
     );
     Ok(())
 }
+
+/// A report goes as soon as it is collected: it reaches the gateway before the next
+/// collection (the default has no flush interval; with one equal to the collect interval,
+/// as before, the first report waited for the second collection).
+#[tokio::test]
+async fn a_report_is_sent_as_soon_as_it_is_collected() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let gw = Gateway::start(Mode::Accept).await?;
+    let mut config = config(&gw, &dir.path().join("agent"));
+    config.collect_interval = Some(Duration::from_secs(2));
+    let agent = Agent::new(config)?;
+    let stats = agent.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    let reports = || {
+        let over_ws: usize = gw
+            .ws_frames()
+            .into_iter()
+            .map(|f| match f {
+                AgentMessage::Metrics { reports, .. } => reports.len(),
+                _ => 0,
+            })
+            .sum();
+        over_ws
+            + gw.seen()
+                .iter()
+                .map(|r| r.batch.reports.len())
+                .sum::<usize>()
+    };
+    let waited = wait_until("the first report", || reports() >= 1).await;
+    let collected = stats.snapshot().collected;
+    let arrived = reports();
+    let _ = stop.send(());
+    run.await??;
+    waited?;
+    assert_eq!(
+        (collected, arrived),
+        (1, 1),
+        "the first report arrives before the second collection"
+    );
+    Ok(())
+}
