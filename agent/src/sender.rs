@@ -1,5 +1,6 @@
 //! The sender: sends the oldest reports of the [`Outbox`] as one batch once a batch is
-//! full or the oldest report has waited the flush interval, and removes them only after
+//! full or the oldest report has waited the flush interval (by default none: a report
+//! goes as soon as it is collected, a backlog in full batches), and removes them only after
 //! the gateway took them (2xx, or `ack` on the WebSocket). A retry (503, network error)
 //! keeps them, with backoff; so does a 401/403 (credential refused, agent deactivated:
 //! logged at error, retried after `auth-retry`). A 413 halves the batch; another 4xx
