@@ -169,7 +169,8 @@ pub async fn security_loop(
         let changed = fp.is_some() && last_fp.is_some() && fp != last_fp;
         if due || changed {
             let job_sources = Arc::clone(&sources);
-            let job = tokio::task::spawn_blocking(move || collect(&job_sources));
+            let job_cancel = cancel.clone();
+            let job = tokio::task::spawn_blocking(move || collect_until(&job_sources, &job_cancel));
             let posture = tokio::select! {
                 () = cancel.cancelled() => return,
                 r = job => r,
@@ -198,25 +199,37 @@ pub async fn security_loop(
 
 /// Runs every probe now (blocking: tools and file reads).
 pub fn collect(sources: &Sources) -> Posture {
-    let t = sources.timeout;
-    let (pending_updates, pending_security_updates, apt) = pending_updates(t);
+    collect_until(sources, &CancellationToken::new())
+}
+
+/// [`collect`], giving up (remaining fields empty, a running tool killed) once `cancel`
+/// fires, so an agent that stops never waits for a slow probe.
+pub fn collect_until(sources: &Sources, cancel: &CancellationToken) -> Posture {
+    let p = &Probe {
+        timeout: sources.timeout,
+        cancel,
+    };
+    let (pending_updates, pending_security_updates, apt) = pending_updates(p);
     let mut reboot_required = if sources.reboot_required.exists() {
         Some(true)
     } else {
         None
     };
     if reboot_required.is_none() {
-        reboot_required = run("needs-restarting", &["-r"], t).and_then(|o| match o.code {
-            Some(0) => Some(false),
-            Some(1) => Some(true),
-            _ => None,
-        });
+        reboot_required = p
+            .run("needs-restarting", &["-r"])
+            .and_then(|o| match o.code {
+                Some(0) => Some(false),
+                Some(1) => Some(true),
+                _ => None,
+            });
     }
     if reboot_required.is_none() && apt {
         // On apt systems the flag file is how a reboot is asked for: no file, no reboot.
         reboot_required = Some(false);
     }
-    let ssh = run("sshd", &["-T"], t)
+    let ssh = p
+        .run("sshd", &["-T"])
         .filter(|o| o.code == Some(0))
         .map(|o| parse_sshd_t(&o.stdout))
         .filter(|s| s.permit_root_login.is_some() || s.password_authentication.is_some())
@@ -228,9 +241,9 @@ pub fn collect(sources: &Sources) -> Posture {
             })
         })
         .unwrap_or_default();
-    let (antivirus_present, antivirus_signature_age_seconds) = clamav(sources, t);
+    let (antivirus_present, antivirus_signature_age_seconds) = clamav(sources, p);
     Posture {
-        firewall_active: firewall_active(t),
+        firewall_active: firewall_active(p),
         pending_updates,
         pending_security_updates,
         reboot_required,
@@ -241,21 +254,22 @@ pub fn collect(sources: &Sources) -> Posture {
     }
 }
 
-fn firewall_active(t: Duration) -> Option<bool> {
+fn firewall_active(p: &Probe<'_>) -> Option<bool> {
     let answers = [
-        run("ufw", &["status"], t)
+        p.run("ufw", &["status"])
             .filter(|o| o.code == Some(0))
             .and_then(|o| parse_ufw_status(&o.stdout)),
         // `firewall-cmd --state`: "running" (0) or "not running" (252).
-        run("firewall-cmd", &["--state"], t).and_then(|o| match o.code {
-            Some(0) => Some(o.stdout.trim() == "running"),
-            Some(252) => Some(false),
-            _ => None,
-        }),
-        run("nft", &["list", "ruleset"], t)
+        p.run("firewall-cmd", &["--state"])
+            .and_then(|o| match o.code {
+                Some(0) => Some(o.stdout.trim() == "running"),
+                Some(252) => Some(false),
+                _ => None,
+            }),
+        p.run("nft", &["list", "ruleset"])
             .filter(|o| o.code == Some(0))
             .map(|o| parse_nft_ruleset(&o.stdout)),
-        run("iptables", &["-S", "INPUT"], t)
+        p.run("iptables", &["-S", "INPUT"])
             .filter(|o| o.code == Some(0))
             .and_then(|o| parse_iptables_input(&o.stdout)),
     ];
@@ -263,36 +277,41 @@ fn firewall_active(t: Duration) -> Option<bool> {
 }
 
 /// (pending, pending security, whether apt answered).
-fn pending_updates(t: Duration) -> (Option<u32>, Option<u32>, bool) {
-    if let Some(o) = run("apt-get", &["-s", "-o", "Debug::NoLocking=1", "upgrade"], t)
+fn pending_updates(p: &Probe<'_>) -> (Option<u32>, Option<u32>, bool) {
+    if let Some(o) = p
+        .run("apt-get", &["-s", "-o", "Debug::NoLocking=1", "upgrade"])
         .filter(|o| o.code == Some(0))
     {
         let (all, security) = parse_apt_simulation(&o.stdout);
         return (Some(all), Some(security), true);
     }
-    let Some(all) = run("dnf", &["-q", "-C", "check-update"], t)
+    let Some(all) = p
+        .run("dnf", &["-q", "-C", "check-update"])
         .and_then(|o| parse_dnf_check_update(o.code, &o.stdout))
     else {
         return (None, None, false);
     };
-    let security = run(
-        "dnf",
-        &["-q", "-C", "updateinfo", "list", "--security", "--updates"],
-        t,
-    )
-    .filter(|o| o.code == Some(0))
-    .map(|o| parse_dnf_updateinfo(&o.stdout));
+    let security = p
+        .run(
+            "dnf",
+            &["-q", "-C", "updateinfo", "list", "--security", "--updates"],
+        )
+        .filter(|o| o.code == Some(0))
+        .map(|o| parse_dnf_updateinfo(&o.stdout));
     (Some(all), security, false)
 }
 
-fn clamav(sources: &Sources, t: Duration) -> (Option<bool>, Option<u64>) {
+fn clamav(sources: &Sources, p: &Probe<'_>) -> (Option<bool>, Option<u64>) {
     let now = SystemTime::now();
     let newest = newest_signature_db(&sources.clamav_db);
     if let Some(mtime) = newest {
         let age = now.duration_since(mtime).map_or(0, |d| d.as_secs());
         return (Some(true), Some(age));
     }
-    match run("clamscan", &["--version"], t).filter(|o| o.code == Some(0)) {
+    match p
+        .run("clamscan", &["--version"])
+        .filter(|o| o.code == Some(0))
+    {
         Some(o) => {
             let age = parse_clamav_version_date(&o.stdout)
                 .map(|d| u64::try_from((Utc::now() - d).num_seconds().max(0)).unwrap_or(0));
@@ -331,6 +350,35 @@ pub struct ProbeOutput {
 /// Runs `program args` found on `PATH` with `LC_ALL=C`; `None` when it cannot start or
 /// exceeds `timeout` (then it is killed).
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Option<ProbeOutput> {
+    Probe {
+        timeout,
+        cancel: &CancellationToken::new(),
+    }
+    .run(program, args)
+}
+
+/// How probes run: their timeout, and the agent's stop.
+struct Probe<'a> {
+    timeout: Duration,
+    cancel: &'a CancellationToken,
+}
+
+impl Probe<'_> {
+    /// [`run`], also killing the tool (and answering `None`) once `cancel` fires.
+    fn run(&self, program: &str, args: &[&str]) -> Option<ProbeOutput> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        run_inner(program, args, self.timeout, self.cancel)
+    }
+}
+
+fn run_inner(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Option<ProbeOutput> {
     let mut command = Command::new(program);
     #[cfg(unix)]
     {
@@ -359,7 +407,7 @@ pub fn run(program: &str, args: &[&str], timeout: Duration) -> Option<ProbeOutpu
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
+                Ok(None) if Instant::now() < deadline && !cancel.is_cancelled() => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Ok(None) | Err(_) => {
@@ -943,6 +991,27 @@ Match User backup\n\
     }
 
     #[test]
+    fn a_stopping_agent_does_not_wait_for_a_probe() {
+        let token = CancellationToken::new();
+        let stopper = token.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            stopper.cancel();
+        });
+        let probe = Probe {
+            timeout: Duration::from_secs(20),
+            cancel: &token,
+        };
+        let started = Instant::now();
+        assert!(probe.run("sleep", &["10"]).is_none());
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(
+            probe.run("true", &[]).is_none(),
+            "nothing starts once stopped"
+        );
+    }
+
+    #[test]
     fn clamav_database_age() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let sources = Sources {
@@ -955,7 +1024,12 @@ Match User backup\n\
         f.set_modified(old)?;
         let f = std::fs::File::create(dir.path().join("daily.cld"))?;
         f.set_modified(SystemTime::now() - Duration::from_secs(3600))?;
-        let (present, age) = clamav(&sources, Duration::from_secs(1));
+        let token = CancellationToken::new();
+        let probe = Probe {
+            timeout: Duration::from_secs(1),
+            cancel: &token,
+        };
+        let (present, age) = clamav(&sources, &probe);
         assert_eq!(present, Some(true));
         let age = age.expect("an age");
         assert!((3600..3700).contains(&age), "newest file counts: {age}");
