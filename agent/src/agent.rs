@@ -5,7 +5,8 @@
 //! * the collect loop collects a report every interval (on the blocking pool) and pushes
 //!   it to the [`Outbox`] (the durable spool, or memory when the spool fails) before
 //!   anything else happens to it; it also turns watched-service status changes into
-//!   events (see [`crate::events`]);
+//!   events (see [`crate::events`]) and puts the last security posture in every report
+//!   (collected by its own task, see [`crate::security`]);
 //! * the [`Sender`] sends the outbox's reports in batches (see [`crate::sender`]);
 //! * the heartbeat task (see [`crate::heartbeat`]).
 //!
@@ -42,6 +43,7 @@ use crate::heartbeat::{heartbeat_loop, HeartbeatLoop};
 use crate::intervals::{Intervals, LiveIntervals};
 use crate::outbox::Outbox;
 use crate::retry::Backoff;
+use crate::security::{SecurityState, Sources};
 use crate::sender::Sender;
 use crate::spool::{Spool, SpoolError, SPOOL_FILE};
 use crate::stats::{inc, Stats, StatsSnapshot};
@@ -292,8 +294,18 @@ impl Agent {
 
         // Dropping the set (the run future dropped, e.g. aborted) aborts the tasks.
         let mut tasks = JoinSet::new();
+        let security = Arc::new(SecurityState::default());
+        if config.security {
+            tasks.spawn(crate::security::security_loop(
+                Arc::clone(&security),
+                Sources::default(),
+                config.security_interval,
+                cancel.clone(),
+            ));
+        }
         tasks.spawn(collect_loop(CollectLoop {
             collector,
+            security,
             outbox: Arc::clone(&outbox),
             intervals: Arc::clone(&live),
             events: Arc::clone(&events),
@@ -584,6 +596,8 @@ async fn poll_commands(p: PollCommands) {
 /// What the collect loop needs.
 struct CollectLoop {
     collector: Collector,
+    /// The last security posture, put in every report.
+    security: Arc<SecurityState>,
     outbox: Arc<Outbox>,
     intervals: Arc<LiveIntervals>,
     events: Arc<EventQueue>,
@@ -630,7 +644,7 @@ async fn collect_loop(c: CollectLoop) {
             () = c.cancel.cancelled() => return,
             r = job => r,
         };
-        let report = match result {
+        let mut report = match result {
             Ok(report) => report,
             Err(e) => {
                 inc(&c.stats.collect_failures);
@@ -639,6 +653,7 @@ async fn collect_loop(c: CollectLoop) {
             }
         };
         inc(&c.stats.collected);
+        report.security = c.security.current();
         for event in events::service_transitions(&mut services, &report.services) {
             info!(kind = %event.kind, message = %event.message, "Service status changed.");
             c.events.push(event);

@@ -190,6 +190,13 @@ pub struct AgentConfig {
     /// Default 3600.
     #[serde(with = "humantime_serde")]
     pub inventory_interval: Duration,
+    /// Collect the security posture (firewall, pending updates, reboot required, sshd
+    /// settings, ClamAV) and put it in every report. Default true.
+    pub security: bool,
+    /// Time between two collections of the security posture (also collected at start and
+    /// when a watched file such as the package database changes). Default 3600.
+    #[serde(with = "humantime_serde")]
+    pub security_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -222,6 +229,8 @@ impl Default for AgentConfig {
             scripts: BTreeMap::new(),
             inventory: true,
             inventory_interval: Duration::from_secs(3600),
+            security: true,
+            security_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -355,6 +364,7 @@ impl AgentConfig {
             ("command-poll-interval", self.command_poll_interval),
             ("command-max-timeout", self.command_max_timeout),
             ("inventory-interval", self.inventory_interval),
+            ("security-interval", self.security_interval),
         ] {
             positive(key, value)?;
         }
@@ -667,7 +677,8 @@ mod tests {
         assert_eq!(c.auth_retry(), Duration::from_secs(60));
         assert_eq!(c.request_timeout(), Duration::from_secs(10));
         assert!(c.services.is_empty());
-        assert!(c.websocket && c.inventory);
+        assert!(c.websocket && c.inventory && c.security);
+        assert_eq!(c.security_interval, Duration::from_secs(3600));
         assert_eq!(c.command_poll_interval(), Duration::from_secs(30));
         assert_eq!(c.command_max_timeout(), Duration::from_secs(300));
         assert_eq!(c.command_output_max_bytes, 65536);

@@ -27,6 +27,9 @@
 //!   timeouts that kill the process group, bounded output streamed as progress, results
 //!   retried until acknowledged, each command id run at most once (`commands.json`);
 //! * [`inventory`]: installed packages (dpkg, else rpm), sent at start and on change;
+//! * [`security`]: the security posture (firewall, pending updates, reboot required,
+//!   sshd root login and password authentication, ClamAV), collected every
+//!   `security-interval` and on change, carried by every report;
 //! * [`events`]: the agent's start (and how its previous run ended) and stop, host
 //!   reboots and service transitions, in a bounded in-memory queue;
 //! * [`Agent`]: the orchestrator: builds these parts from the configuration, runs them as
@@ -68,6 +71,7 @@ pub mod inventory;
 mod outbox;
 pub mod queue;
 mod retry;
+pub mod security;
 mod sender;
 pub mod spool;
 mod state;

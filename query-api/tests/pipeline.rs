@@ -124,6 +124,9 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     for (i, cpu) in [10.0, 50.0, 30.0].into_iter().enumerate() {
         let mut r = fixtures::metric_report("t1", "a1", T0 + i as i64 * 10_000_000);
         r.cpu_percent = cpu;
+        if let Some(sec) = r.security.as_mut() {
+            sec.pending_updates = Some(i as i32 + 10);
+        }
         produce(e.log.as_ref(), &r).await;
     }
     // Garbage on the topic is skipped; valid records around it are kept.
@@ -153,6 +156,11 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     })
     .await;
     assert_eq!(agent["tenant_id"], "t1");
+    // The agent's security posture is shown, from the newest report.
+    let security = &agent["latest_report"]["security"];
+    assert_eq!(security["firewall_enabled"], true, "{agent}");
+    assert_eq!(security["pending_updates"], 12, "{agent}");
+    assert!(security["pending_security_updates"].is_null(), "{agent}");
     assert_eq!(
         agent["last_seen_at"],
         T0 + 100_000_000,

@@ -14,6 +14,8 @@
 //! | `net.rx_bytes`, `net.tx_bytes` | | bytes per interval |
 //! | `processes.count` | | |
 //! | `service.up` | service name | 1 running, 0 otherwise |
+//! | `security.firewall_active` | | 1 a host firewall filters input, 0 none (reports that say) |
+//! | `security.pending_updates`, `security.pending_security_updates` | | packages (reports that say) |
 //! | `custom.<name>` | | as sent |
 //!
 //! A series is named `metric` or, with a subject, `metric:subject` (`disk.percent:/var`).
@@ -39,6 +41,9 @@ pub const BUILTIN_METRICS: &[&str] = &[
     "net.tx_bytes",
     "processes.count",
     "service.up",
+    "security.firewall_active",
+    "security.pending_updates",
+    "security.pending_security_updates",
 ];
 
 /// One named value of a report.
@@ -85,7 +90,7 @@ pub fn is_known_metric(metric: &str) -> bool {
 
 /// Flattens a report into its samples.
 pub fn samples(r: &MetricReport) -> Vec<Sample> {
-    let mut out = Vec::with_capacity(17 + 2 * r.disks.len() + r.services.len() + r.custom.len());
+    let mut out = Vec::with_capacity(20 + 2 * r.disks.len() + r.services.len() + r.custom.len());
     for_each_sample(r, |metric, subject, value| {
         out.push(Sample {
             metric: metric.to_owned(),
@@ -126,6 +131,17 @@ pub fn for_each_sample(r: &MetricReport, mut f: impl FnMut(&str, Option<&str>, f
     for s in &r.services {
         let up = if s.status == "running" { 1.0 } else { 0.0 };
         f("service.up", Some(&s.name), up);
+    }
+    if let Some(sec) = &r.security {
+        if let Some(on) = sec.firewall_enabled {
+            f("security.firewall_active", None, if on { 1.0 } else { 0.0 });
+        }
+        if let Some(n) = sec.pending_updates {
+            f("security.pending_updates", None, f64::from(n));
+        }
+        if let Some(n) = sec.pending_security_updates {
+            f("security.pending_security_updates", None, f64::from(n));
+        }
     }
     for (name, v) in &r.custom {
         f(&format!("custom.{name}"), None, *v);

@@ -181,6 +181,15 @@ fn samples_name_every_metric() {
             "missing {expected} in {names:?}"
         );
     }
+    // The fixture's posture: firewall on, 3 pending updates, security count unknown.
+    let value = |series: &str| s.iter().find(|x| x.series() == series).map(|x| x.value);
+    assert_eq!(value("security.firewall_active"), Some(1.0));
+    assert_eq!(value("security.pending_updates"), Some(3.0));
+    assert_eq!(
+        value("security.pending_security_updates"),
+        None,
+        "absent, not 0"
+    );
     for sample in &s {
         assert!(
             fleet_schemas::samples::is_known_metric(&sample.metric),

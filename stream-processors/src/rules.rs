@@ -1387,6 +1387,27 @@ mod tests {
     }
 
     #[test]
+    fn security_posture_metrics_can_raise() {
+        // `security.pending_updates > 0`: the report's posture is a metric like any other.
+        let mut ev = evaluator(&[rule_on("security.pending_updates", 0.0)]);
+        let with = |t: i64, pending: Option<i32>| {
+            let mut r = report(t, 1.0);
+            if let Some(s) = r.security.as_mut() {
+                s.pending_updates = pending;
+            }
+            r
+        };
+        assert!(ev.evaluate(&with(1, Some(0)), 0).is_empty());
+        let raised = ev.evaluate(&with(2, Some(4)), 0);
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].metric, "security.pending_updates");
+        assert_eq!(raised[0].value, 4.0);
+        let resolved = ev.evaluate(&with(3, Some(0)), 0);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+    }
+
+    #[test]
     fn ids_are_deterministic_across_evaluators() {
         let mut a = evaluator(&[cpu_rule(90.0)]);
         let mut b = evaluator(&[cpu_rule(90.0)]);
