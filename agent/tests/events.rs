@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fleet_agent::{Agent, AgentConfig};
-use fleet_schemas::api::{AgentMessage, CommandSpec, EventIn, ServerMessage};
+use fleet_schemas::api::{CommandSpec, ServerMessage};
 use support::{init_tracing, wait_until, Gateway, Mode};
 use tokio::sync::oneshot;
 
@@ -38,19 +38,6 @@ fn set_state(state: &Path, value: &str) -> anyhow::Result<()> {
     std::fs::write(&tmp, value)?;
     std::fs::rename(&tmp, state)?;
     Ok(())
-}
-
-fn ws_events(gw: &Gateway) -> Vec<EventIn> {
-    let mut all: Vec<EventIn> = gw
-        .ws_frames()
-        .into_iter()
-        .flat_map(|f| match f {
-            AgentMessage::Events { events, .. } => events,
-            _ => vec![],
-        })
-        .collect();
-    all.extend(gw.http_events());
-    all
 }
 
 #[tokio::test]
@@ -90,12 +77,12 @@ async fn service_transitions_become_events_and_restart_runs_systemctl() -> anyho
     wait_until("a collection", || stats.snapshot().collected >= 2).await?;
     set_state(&state, "failed")?;
     wait_until("service_failed", || {
-        ws_events(&gw).iter().any(|e| e.kind == "service_failed")
+        gw.events().iter().any(|e| e.kind == "service_failed")
     })
     .await?;
     set_state(&state, "active")?;
     wait_until("service_recovered", || {
-        ws_events(&gw).iter().any(|e| e.kind == "service_recovered")
+        gw.events().iter().any(|e| e.kind == "service_recovered")
     })
     .await?;
 
@@ -116,7 +103,7 @@ async fn service_transitions_become_events_and_restart_runs_systemctl() -> anyho
     let _ = stop.send(());
     run.await??;
 
-    let events = ws_events(&gw);
+    let events = gw.events();
     assert!(events.iter().any(|e| e.kind == "agent_started"));
     let failed = events.iter().find(|e| e.kind == "service_failed").unwrap();
     assert_eq!(failed.severity, "critical");

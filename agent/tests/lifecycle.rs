@@ -11,21 +11,8 @@ use fleet_schemas::api::{AgentMessage, EventIn};
 use support::{init_tracing, wait_until, Gateway, Mode};
 use tokio::sync::oneshot;
 
-fn events(gw: &Gateway) -> Vec<EventIn> {
-    let mut all: Vec<EventIn> = gw
-        .ws_frames()
-        .into_iter()
-        .flat_map(|f| match f {
-            AgentMessage::Events { events, .. } => events,
-            _ => vec![],
-        })
-        .collect();
-    all.extend(gw.http_events());
-    all
-}
-
 fn started(gw: &Gateway) -> Vec<EventIn> {
-    events(gw)
+    gw.events()
         .into_iter()
         .filter(|e| e.kind == "agent_started")
         .collect()
@@ -70,7 +57,8 @@ async fn starts_and_stops_are_events_that_say_how_the_last_run_ended() -> anyhow
     let first = &started(&gw)[0];
     assert_eq!(first.attributes["previous_stop"], "none");
     assert_eq!(first.severity, "info");
-    let stopped: Vec<EventIn> = events(&gw)
+    let stopped: Vec<EventIn> = gw
+        .events()
         .into_iter()
         .filter(|e| e.kind == "agent_stopped")
         .collect();
@@ -96,7 +84,7 @@ async fn starts_and_stops_are_events_that_say_how_the_last_run_ended() -> anyhow
     assert_eq!(third.attributes["previous_stop"], "unclean");
     assert_eq!(third.severity, "warning");
     assert!(
-        !events(&gw).iter().any(|e| e.kind == "host_rebooted"),
+        !gw.events().iter().any(|e| e.kind == "host_rebooted"),
         "the host did not reboot between these runs"
     );
     Ok(())

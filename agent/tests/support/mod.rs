@@ -498,6 +498,20 @@ impl Gateway {
         lock(&self.inner.http_events).clone()
     }
 
+    /// Every event received, over sockets then over HTTP.
+    pub fn events(&self) -> Vec<EventIn> {
+        let mut all: Vec<EventIn> = self
+            .ws_frames()
+            .into_iter()
+            .flat_map(|f| match f {
+                AgentMessage::Events { events, .. } => events,
+                _ => vec![],
+            })
+            .collect();
+        all.extend(self.http_events());
+        all
+    }
+
     pub fn http_inventory(&self) -> Vec<InventoryIn> {
         lock(&self.inner.http_inventory).clone()
     }

@@ -80,6 +80,26 @@ pub(super) fn group_kind(group: &str) -> &'static str {
     }
 }
 
+/// Every file's committed state, from `blob_files`.
+fn load_files(
+    table: &impl ReadableTable<u32, (&'static str, u64, u64)>,
+) -> Result<BTreeMap<u32, FileState>, Fail> {
+    let mut files = BTreeMap::new();
+    for e in table.iter()? {
+        let (k, v) = e?;
+        let (group, len, live) = v.value();
+        files.insert(
+            k.value(),
+            FileState {
+                group: group.to_owned(),
+                len,
+                live,
+            },
+        );
+    }
+    Ok(files)
+}
+
 fn file_name(id: u32) -> String {
     format!("{id:08}.blob")
 }
@@ -129,19 +149,7 @@ impl Blobs {
     pub(super) fn open(dir: &Path, tx: &WriteTransaction) -> Result<Blobs, Fail> {
         std::fs::create_dir_all(dir)?;
         let table = tx.open_table(FILES)?;
-        let mut files = BTreeMap::new();
-        for e in table.iter()? {
-            let (k, v) = e?;
-            let (group, len, live) = v.value();
-            files.insert(
-                k.value(),
-                FileState {
-                    group: group.to_owned(),
-                    len,
-                    live,
-                },
-            );
-        }
+        let files = load_files(&table)?;
         let mut on_disk = BTreeSet::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -431,19 +439,7 @@ impl BlobWrite<'_> {
         self.touched.clear();
         let tx = redb::ReadableDatabase::begin_read(db)?;
         let table = tx.open_table(FILES)?;
-        let mut files = BTreeMap::new();
-        for e in table.iter()? {
-            let (k, v) = e?;
-            let (group, len, live) = v.value();
-            files.insert(
-                k.value(),
-                FileState {
-                    group: group.to_owned(),
-                    len,
-                    live,
-                },
-            );
-        }
+        let files = load_files(&table)?;
         for (id, f) in &files {
             let path = self.blobs.dir.join(file_name(*id));
             if std::fs::metadata(&path)?.len() > f.len {
