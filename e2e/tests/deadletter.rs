@@ -144,8 +144,9 @@ fn command(id: &str) -> CommandEvent {
     ev
 }
 
-/// Writes the corrupt records, surrounded by valid ones, into every topic with a consumer.
-async fn inject(log: &dyn EventLog, tag: &str) -> anyhow::Result<Injected> {
+/// Writes the corrupt records, surrounded by valid ones, into every topic with a consumer
+/// (`with_notifier`: the notifier runs too, as in `up`, and reads the alerts).
+async fn inject(log: &dyn EventLog, tag: &str, with_notifier: bool) -> anyhow::Result<Injected> {
     let mut inj = Injected::default();
     let t = now();
     // A rule of tenant t1 the alert evaluator reads from fleet.rules.v1 (raising on the
@@ -203,10 +204,15 @@ async fn inject(log: &dyn EventLog, tag: &str) -> anyhow::Result<Injected> {
         &fixtures::software_inventory("t1", &agent("s-b"), t),
     )
     .await?;
+    let alert_readers: &[&str] = if with_notifier {
+        &["readmodel", "alert-evaluator", "ticketer", "notifier"]
+    } else {
+        &["readmodel", "alert-evaluator", "ticketer"]
+    };
     surround(
         log,
         &mut inj,
-        &["readmodel", "alert-evaluator", "ticketer"],
+        alert_readers,
         &fixtures::alert_raised("t1", &agent("al-a"), t),
         &fixtures::alert_raised("t1", &agent("al-b"), t),
     )
@@ -570,7 +576,7 @@ async fn embedded_corrupt_records_become_dead_letters_and_a_replay_brings_one_ba
     let (inj, fixable) = {
         let log = fleet_event_log::open(&path(&data.join("log"))?, &Default::default()).await?;
         fleet_consumer::log::ensure_topics(log.as_ref()).await?;
-        let inj = inject(log.as_ref(), &tag).await?;
+        let inj = inject(log.as_ref(), &tag, true).await?;
         let fixable = fixable_dead_letter(log.as_ref(), &fixed_agent).await?;
         (inj, fixable)
     };
@@ -689,7 +695,7 @@ async fn kafka_corrupt_records_become_dead_letters_and_a_replay_brings_one_back(
 
     // While every role runs.
     let log: Arc<dyn EventLog> = fleet_event_log::open(&url, &Default::default()).await?;
-    let mut inj = inject(log.as_ref(), &tag).await?;
+    let mut inj = inject(log.as_ref(), &tag, false).await?;
     // The ticketer reads fleet.tickets.v1 only to rebuild its state (at start and when it
     // takes partitions): records written while it runs wait for its next rebuild.
     let rebuild = ("ticketer".to_owned(), topics::TICKETS.to_owned());
