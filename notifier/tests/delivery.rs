@@ -582,21 +582,23 @@ async fn an_email_channel_delivers_through_a_real_smtp_server_with_auth() {
         "aiosmtpd did not start (is it in the venv?)"
     );
 
+    // The test server's settings, sending to `to`.
+    let mail_to = |to: &[&str]| ChannelSettings {
+        url: None,
+        email: Some(EmailSettings {
+            host: "127.0.0.1".into(),
+            port,
+            tls: SmtpTls::None,
+            username: Some("mailer".into()),
+            from: "fleet@example.com".into(),
+            to: to.iter().map(|t| (*t).to_owned()).collect(),
+        }),
+    };
     let w = World::start(fast_config()).await;
     let ch = w
         .channel(
             ChannelKind::Email,
-            ChannelSettings {
-                url: None,
-                email: Some(EmailSettings {
-                    host: "127.0.0.1".into(),
-                    port,
-                    tls: SmtpTls::None,
-                    username: Some("mailer".into()),
-                    from: "fleet@example.com".into(),
-                    to: vec!["ops@example.com".into(), "oncall@example.com".into()],
-                }),
-            },
+            mail_to(&["ops@example.com", "oncall@example.com"]),
             Some("mail-pass"),
         )
         .await;
@@ -635,17 +637,7 @@ async fn an_email_channel_delivers_through_a_real_smtp_server_with_auth() {
     let bad = w
         .channel(
             ChannelKind::Email,
-            ChannelSettings {
-                url: None,
-                email: Some(EmailSettings {
-                    host: "127.0.0.1".into(),
-                    port,
-                    tls: SmtpTls::None,
-                    username: Some("mailer".into()),
-                    from: "fleet@example.com".into(),
-                    to: vec!["nobody@example.com".into()],
-                }),
-            },
+            mail_to(&["nobody@example.com"]),
             Some("mail-pass"),
         )
         .await;
