@@ -11,6 +11,7 @@
 mod deadletter;
 mod replay;
 mod roles;
+mod tasks;
 
 use std::path::PathBuf;
 

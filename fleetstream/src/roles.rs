@@ -18,6 +18,8 @@ use fleet_service::endpoints::ReadyCheck;
 use fleet_stream_processors::ProcessorsConfig;
 use tokio::sync::watch;
 
+use crate::tasks::Tasks;
+
 /// A shutdown signal every task can wait on.
 #[derive(Clone)]
 struct Shutdown(watch::Receiver<bool>);
@@ -164,12 +166,12 @@ async fn run_gateway(
         "gateway",
         ready_flag(&log_ok, "event log"),
     ));
-    tokio::try_join!(
-        serve("gateway", addr, http, app, shutdown),
-        watcher,
-        dispatcher
-    )?;
-    Ok(())
+    Tasks::new()
+        .add("gateway server", serve("gateway", addr, http, app, shutdown))
+        .add("deactivation watcher", async move { watcher.await })
+        .add("command dispatcher", async move { dispatcher.await })
+        .run()
+        .await
 }
 
 pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
@@ -187,8 +189,11 @@ pub(crate) async fn processors(config: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let all = run_processors(log, wire, cfg, ready, shutdown);
-    tokio::try_join!(ops, all)?;
-    Ok(())
+    Tasks::new()
+        .add("processors server", ops)
+        .add("processors", all)
+        .run()
+        .await
 }
 
 /// Readiness of each processor of the processors role.
@@ -262,8 +267,13 @@ async fn run_processors(
         ready.command_timeouts,
         shutdown.wait(),
     );
-    tokio::try_join!(eval, tickets, live, timeouts)?;
-    Ok(())
+    Tasks::new()
+        .add("alert evaluator", eval)
+        .add("ticketer", tickets)
+        .add("liveness", live)
+        .add("command timeouts", timeouts)
+        .run()
+        .await
 }
 
 /// `fleetstream notifier`: alerts to the channels of each tenant's routes, with
@@ -297,8 +307,11 @@ pub(crate) async fn notifier(config: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let run = fleet_notifier::run_notifier(log, wire, store, cfg, ready, shutdown.wait());
-    tokio::try_join!(ops, run)?;
-    Ok(())
+    Tasks::new()
+        .add("notifier server", ops)
+        .add("notifier", run)
+        .run()
+        .await
 }
 
 struct Stores {
@@ -429,8 +442,13 @@ async fn run_projections(
         ready,
         shutdown.wait(),
     );
-    tokio::try_join!(server, rm, ts, sweeps)?;
-    Ok(())
+    Tasks::new()
+        .add("projections server", server)
+        .add("read-model projection", rm)
+        .add("time-series projection", ts)
+        .add("retention sweeps", sweeps)
+        .run()
+        .await
 }
 
 /// `fleetstream api`: the query API, the admin routes and `/healthz`, `/readyz`,
@@ -646,12 +664,15 @@ pub(crate) async fn up(
         shutdown.clone().wait(),
     );
     let rules_log = log.clone();
-    let projections = run_projections(pj, &api, log, wire.clone(), stores, shutdown.clone());
-    let agent = async {
+    let (pj_wire, pj_shutdown) = (wire.clone(), shutdown.clone());
+    let projections =
+        async move { run_projections(pj, &api, log, pj_wire, stores, pj_shutdown).await };
+    let agent_file = config.clone();
+    let agent = async move {
         if !with_local_agent {
             return Ok(());
         }
-        let mut cfg: fleet_agent::AgentConfig = if let Some(f) = file {
+        let mut cfg: fleet_agent::AgentConfig = if let Some(f) = agent_file.as_deref() {
             load_with_table("agent", Some(f), Some("agent"))?
         } else {
             fleet_agent::AgentConfig::load(None)?
@@ -687,8 +708,14 @@ pub(crate) async fn up(
             .map(|_| ())
     };
     // The first role to fail stops the others: a half-running system is worse than none.
-    tokio::try_join!(gateway, processors, projections, notifier, agent)?;
-    Ok(())
+    Tasks::new()
+        .add("gateway", gateway)
+        .add("processors", processors)
+        .add("projections", projections)
+        .add("notifier", notifier)
+        .add("local agent", agent)
+        .run()
+        .await
 }
 
 /// `fleetstream compact`: compacts the embedded time-series store in `dir` (or in an `up`
