@@ -176,6 +176,7 @@ fn def(
         renotify_secs: 0,
         enabled: true,
         labels: None,
+        event: None,
     }
 }
 
