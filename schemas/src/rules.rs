@@ -167,7 +167,12 @@ pub fn check_fields(d: &RuleDefinition) -> Result<(), RuleFieldError> {
     if let Some(e) = &d.event {
         check_event_fields(e)?;
     }
-    if !is_rule_metric(&d.metric) && !is_series_metric(&d.metric) && !is_event_metric(&d.metric) {
+    // No metric at all is a matter of combination: an event rule needs none.
+    if !d.metric.is_empty()
+        && !is_rule_metric(&d.metric)
+        && !is_series_metric(&d.metric)
+        && !is_event_metric(&d.metric)
+    {
         return Err(bad(
             "metric",
             format!(
@@ -348,6 +353,12 @@ pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
     }
     if let Some(e) = &d.event {
         return check_event_combination(d, e);
+    }
+    if d.metric.is_empty() {
+        return Err(bad(
+            "metric",
+            "set metric (a rule on samples) or event (an event rule)",
+        ));
     }
     if is_event_metric(&d.metric) {
         return Err(bad(
@@ -546,7 +557,7 @@ pub struct EventRuleSpec {
     /// "nginx"}`, or `{"previous_stop": "unclean"}` for `agent_started` after an
     /// unexpected stop); at most 16, names of 1 to 64 `a-z A-Z 0-9 _ . -`.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(pattern = "fleet:event-attributes"))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = attributes_schema))]
     pub attributes: Option<BTreeMap<String, String>>,
     /// Only events at least this severe: `info`, `warning` or `critical` (default: any).
     #[serde(default, alias = "min-severity")]
@@ -562,7 +573,7 @@ pub struct EventRuleSpec {
     #[serde(default, alias = "recovery-kinds")]
     #[cfg_attr(
         feature = "openapi",
-        schema(max_items = 8, pattern = "fleet:event-kinds")
+        schema(max_items = 8, pattern = "fleet:event-kind")
     )]
     pub recovery_kinds: Option<Vec<String>>,
     /// The open alert resolves this many seconds of event time after the last matching
@@ -578,6 +589,28 @@ pub struct EventRuleSpec {
     #[serde(default, alias = "alert-severity")]
     #[cfg_attr(feature = "openapi", schema(pattern = "^(warning|critical)$"))]
     pub alert_severity: Option<String>,
+}
+
+/// The OpenAPI schema of an event rule's attributes: at most [`MAX_EVENT_ATTRIBUTES`],
+/// the names' and values' bounds (`fleet:name` is filled in by the API's document).
+#[cfg(feature = "openapi")]
+fn attributes_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .max_properties(Some(MAX_EVENT_ATTRIBUTES))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(format!("^[a-zA-Z0-9_.-]{{1,{MAX_ATTRIBUTE_NAME}}}$"))),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_ATTRIBUTE_VALUE))
+                .pattern(Some("fleet:name")),
+        ))
+        .build()
 }
 
 impl EventRuleSpec {
@@ -877,13 +910,16 @@ mod tests {
             ..RuleSpec::default()
         };
         assert_eq!(spec_error(&s), Some((true, "event")));
-        // No metric and no event: the metric is missing.
+        // No metric and no event: one of them is missing.
         let s = RuleSpec {
             name: "x".into(),
             critical: Some(1.0),
             ..RuleSpec::default()
         };
-        assert_eq!(spec_error(&s), Some((false, "metric")));
+        assert_eq!(spec_error(&s), Some((true, "metric")));
+        let mut d = fixtures::rule_definition();
+        d.metric = String::new();
+        assert_eq!(field(&d), Some("metric"));
     }
 
     fn fixtures_like(d: RuleDefinition) -> RuleDefinition {
