@@ -186,10 +186,26 @@ impl Serialize for StaticRule {
         StaticRuleTable {
             id: self.id.clone(),
             tenant: self.tenant.clone(),
-            spec: spec.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+            spec: without_nulls(spec),
         }
         .serialize(s)
     }
+}
+
+/// The object without its null members, at every depth (TOML has no null: an absent key
+/// reads as none).
+fn without_nulls(
+    m: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    m.into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            serde_json::Value::Object(inner) => {
+                (k, serde_json::Value::Object(without_nulls(inner)))
+            }
+            other => (k, other),
+        })
+        .collect()
 }
 
 /// Why a static rule is not acceptable.
@@ -2006,6 +2022,29 @@ mod tests {
         )
         .expect_err("unknown field");
         assert!(e.to_string().contains("threshold"), "{e}");
+    }
+
+    #[test]
+    fn static_event_rules_parse_from_toml() {
+        #[derive(Debug, Deserialize)]
+        struct C {
+            rules: Vec<StaticRule>,
+        }
+        let c: C = toml::from_str(
+            "[[rules]]\nid = \"unclean\"\nname = \"Unexpected restart\"\n[rules.event]\nkind = \"agent_started\"\nattributes = { previous_stop = \"unclean\" }\nresolve-after-secs = 600\n",
+        )
+        .expect("parses");
+        let ev = &static_rule_events(&c.rules).expect("valid")[0];
+        let d = ev.rule.as_ref().expect("defined");
+        assert_eq!(d.metric, "event.agent_started");
+        let e = d.event.as_ref().expect("event rule");
+        assert_eq!(e.resolve_after_secs, Some(600));
+        assert_eq!(e.attributes["previous_stop"], "unclean");
+        let back = toml::to_string(&c.rules[0]).expect("writes");
+        assert_eq!(
+            toml::from_str::<StaticRule>(&back).expect("reads"),
+            c.rules[0]
+        );
     }
 
     #[test]
