@@ -1,12 +1,16 @@
-//! Event rules end to end under `fleetstream up`: an enrolled agent's credential posts a
+//! Event rules end to end. Under `fleetstream up`: an enrolled agent's credential posts a
 //! `service_failed` event to the gateway as the agent does; an event rule made through
 //! the API raises one alert, visible in the API; the same event sent again raises nothing
-//! more; a `service_recovered` event resolves it.
+//! more; a `service_recovered` event resolves it. Distributed on Kafka: a static event rule
+//! of `fleetstream processors` raises once across a SIGKILL of the processors and the
+//! events sent again, and resolves on the recovery.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleet_e2e::{api_client, get_json, wait_for, write_file, Proc};
+use fleet_e2e::{api_client, free_port, get_json, wait_for, write_file, Proc};
+use fleet_event_log::EventLog;
+use fleet_schemas::{codec, AlertEvent, AlertEventKind, Record};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -176,5 +180,160 @@ async fn an_agent_event_raises_an_alert_visible_in_the_api_and_its_recovery_reso
     assert!(resolved["resolved_at"].as_i64().is_some(), "{resolved}");
     let mine = alerts_of(&api, &up.api, &agent_id, &rule_id).await?;
     assert_eq!(mine.len(), 1, "one incident: {mine:?}");
+    Ok(())
+}
+
+/// The alert events of `rule_id` on the log.
+async fn alert_events(log: &dyn EventLog, rule_id: &str) -> anyhow::Result<Vec<AlertEvent>> {
+    let mut out = Vec::new();
+    fleet_consumer::log::read_to_end(log, &fleet_schemas::Wire::plain(), AlertEvent::TOPIC, |r| {
+        if let Ok(a) = codec::Wire::plain().decode_known::<AlertEvent>(&r.value) {
+            if a.rule_id == rule_id {
+                out.push(a);
+            }
+        }
+    })
+    .await?;
+    Ok(out)
+}
+
+/// `/readyz` of `base` answers 200.
+async fn ready(client: &reqwest::Client, base: &str) -> bool {
+    matches!(
+        client.get(format!("{base}/readyz")).send().await,
+        Ok(r) if r.status().is_success()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_static_event_rule_raises_once_across_a_processors_sigkill_and_resolves(
+) -> anyhow::Result<()> {
+    let kafka = fleet_e2e::PrivateKafka::start().await?;
+    let log_url = kafka.url();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let gw_port = free_port()?;
+    let gateway = format!("http://127.0.0.1:{gw_port}");
+    let gw_cfg = write_file(
+        d,
+        "gateway.toml",
+        &format!(
+            "listen = \"127.0.0.1:{gw_port}\"\nauth = \"off\"\ndefault-tenant = \"e2e-ev-{id}\"\nrate-limit-per-second = 0\n[event-log]\nurl = \"{log_url}\"\n"
+        ),
+    )?;
+    let rule_id = format!("e2e-nginx-{id}");
+    let pr_port = free_port()?;
+    let processors_url = format!("http://127.0.0.1:{pr_port}");
+    let pr_cfg = write_file(
+        d,
+        "processors.toml",
+        &format!(
+            r#"listen = "127.0.0.1:{pr_port}"
+
+[event-log]
+url = "{log_url}"
+session-timeout = "6s"
+
+[alert-evaluator]
+group = "e2e-ev-alerts-{id}"
+
+[ticketer]
+group = "e2e-ev-tickets-{id}"
+
+[liveness]
+group = "e2e-ev-liveness-{id}"
+
+[command-timeouts]
+group = "e2e-ev-cmd-{id}"
+
+[[rules]]
+id = "{rule_id}"
+name = "nginx failed"
+event = {{ kind = "service_failed", attributes = {{ service = "nginx" }}, subject-attribute = "service", recovery-kinds = ["service_recovered"] }}
+"#
+        ),
+    )?;
+    let utf8 = |p: &std::path::Path| p.to_str().map(str::to_owned).context("utf-8 path");
+    let gw = Proc::start("gateway", d, &["gateway", "--config", &utf8(&gw_cfg)?], &[])?;
+    let processors_args = ["processors", "--config", &utf8(&pr_cfg)?];
+    let mut pr = Proc::start("processors", d, &processors_args, &[])?;
+    let client = reqwest::Client::new();
+    wait_for("the processors to be ready", WAIT, &[&gw, &pr], || async {
+        Ok(ready(&client, &processors_url).await.then_some(()))
+    })
+    .await?;
+    let log = fleet_event_log::open(&log_url, &Default::default()).await?;
+
+    let agent = format!("e2e-ev-agent-{id}");
+    // With `auth = "off"` the gateway takes an agent's events without a credential.
+    let post = |event: Value| {
+        let (client, gateway, agent) = (client.clone(), gateway.clone(), agent.clone());
+        async move {
+            let resp = client
+                .post(format!("{gateway}/api/v1/agents/{agent}/events"))
+                .json(&json!({ "events": [event] }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                resp.status() == reqwest::StatusCode::ACCEPTED,
+                "post event: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+            anyhow::Ok(())
+        }
+    };
+    let now = chrono::Utc::now();
+    let at = |secs_ago: i64| (now - chrono::Duration::seconds(secs_ago)).to_rfc3339();
+    let failed = service_event("service_failed", "critical", &at(30));
+    post(failed.clone()).await?;
+    let raised = wait_for("the RAISED on Kafka", WAIT, &[&gw, &pr], || async {
+        let all = alert_events(log.as_ref(), &rule_id).await?;
+        Ok((!all.is_empty()).then_some(all))
+    })
+    .await?;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].kind, AlertEventKind::Raised);
+    assert_eq!(raised[0].agent_id, agent);
+    assert_eq!(raised[0].subject.as_deref(), Some("nginx"));
+
+    // SIGKILL, a new process, and the agent sending the event again plus one more
+    // failure: nothing raised twice.
+    pr.kill()?;
+    let pr = Proc::start("processors-2", d, &processors_args, &[])?;
+    wait_for(
+        "the restarted processors to be ready",
+        WAIT,
+        &[&gw, &pr],
+        || async { Ok(ready(&client, &processors_url).await.then_some(())) },
+    )
+    .await?;
+    post(failed).await?;
+    post(service_event("service_failed", "critical", &at(20))).await?;
+    // Then the recovery: the one alert resolves, and nothing else was written.
+    let mut recovered = service_event("service_recovered", "info", &at(10));
+    recovered["attributes"]["current"] = json!("running");
+    post(recovered).await?;
+    let all = wait_for("the RESOLVED on Kafka", WAIT, &[&gw, &pr], || async {
+        let all = alert_events(log.as_ref(), &rule_id).await?;
+        Ok(all
+            .iter()
+            .any(|a| a.kind == AlertEventKind::Resolved)
+            .then_some(all))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all_now = alert_events(log.as_ref(), &rule_id).await?;
+    assert_eq!(all_now.len(), 2, "{all_now:?}");
+    assert_eq!(
+        all.iter()
+            .map(|a| (a.alert_id.clone(), a.kind))
+            .collect::<Vec<_>>(),
+        [
+            (raised[0].alert_id.clone(), AlertEventKind::Raised),
+            (raised[0].alert_id.clone(), AlertEventKind::Resolved)
+        ]
+    );
     Ok(())
 }
