@@ -204,6 +204,12 @@ fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
         .collect();
     let builtins = builtins.join("|");
     let item = format!("(?:{builtins}|custom\\.[^,:]+)(?::[^,]*)?");
+    let event_kinds = format!("^(?:{})$", fleet_schemas::api::AGENT_EVENT_KINDS.join("|"));
+    let event_metrics = fleet_schemas::api::AGENT_EVENT_KINDS
+        .iter()
+        .map(|k| escaped(&fleet_schemas::rules::event_metric(k)))
+        .collect::<Vec<_>>()
+        .join("|");
     let time = crate::query::duration_pattern(crate::query::TIME_UNITS, true, false);
     let time = format!("^(?:now|{})$", &time[1..time.len() - 1]);
     vec![
@@ -218,10 +224,11 @@ fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
         (
             "fleet:rule-metric",
             json!({ "pattern": format!(
-                "^(?:{builtins}|{}|custom\\.[\\s\\S]+|[a-zA-Z_:][a-zA-Z0-9_:]{{0,255}})$",
+                "^(?:{builtins}|{}|{event_metrics}|custom\\.[\\s\\S]+|[a-zA-Z_:][a-zA-Z0-9_:]{{0,255}})$",
                 escaped(fleet_schemas::rules::HEARTBEAT_ABSENT)
             ) }),
         ),
+        ("fleet:event-kind", json!({ "pattern": event_kinds })),
         (
             "fleet:metrics",
             json!({ "pattern": format!("^{item}(?:,{item}){{0,19}}$") }),

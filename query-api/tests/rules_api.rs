@@ -453,3 +453,227 @@ async fn rules_and_alerts_are_found_in_the_read_model_not_on_the_topics() {
         "{a}"
     );
 }
+
+#[tokio::test]
+async fn event_rules_are_written_shown_audited_and_bad_fields_are_named() {
+    let env = env().await;
+    let (log, app) = (env.log.clone(), env.app.clone());
+    let (tenant_id, _) = tenant(&app).await;
+    let uri = format!("/api/v1/tenants/{tenant_id}/rules");
+    let body = json!({
+        "name": "nginx failed",
+        "event": {
+            "kind": "service_failed",
+            "attributes": {"service": "nginx"},
+            "min_severity": "warning",
+            "subject_attribute": "service",
+            "recovery_kinds": ["service_recovered"],
+            "resolve_after_secs": 3600,
+            "alert_severity": "critical"
+        }
+    });
+    let (s, created) = call(&app, "POST", &uri, Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["metric"], "event.service_failed");
+    assert_eq!(created["critical"], 1.0);
+    assert_eq!(created["event"]["kind"], "service_failed");
+    assert_eq!(created["event"]["attributes"], json!({"service": "nginx"}));
+    assert_eq!(
+        created["event"]["recovery_kinds"],
+        json!(["service_recovered"])
+    );
+    assert_eq!(created["event"]["resolve_after_secs"], 3600);
+    let rule_id = created["rule_id"].as_str().expect("id").to_owned();
+    let events: Vec<RuleEvent> = read(log.as_ref()).await;
+    let d = events
+        .last()
+        .and_then(|e| e.rule.clone())
+        .expect("definition");
+    let mut want = fixtures::event_rule_definition();
+    want.name = "nginx failed".into();
+    assert_eq!(d, want);
+
+    // Listed from the read model with its event part.
+    env.project().await;
+    let (_, list) = call(&app, "GET", &uri, None).await;
+    let listed: Vec<&Value> = list["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| r["rule_id"] == rule_id.as_str())
+        .collect();
+    assert_eq!(listed.len(), 1, "{list}");
+    assert_eq!(listed[0]["event"], created["event"]);
+
+    // Updated to `agent_started` after an unexpected stop, warning, no timed resolve.
+    let update = json!({
+        "name": "Unexpected restart",
+        "event": {"kind": "agent_started", "attributes": {"previous_stop": "unclean"}}
+    });
+    let (s, updated) = call(
+        &app,
+        "PUT",
+        &format!("/api/v1/rules/{rule_id}"),
+        Some(update),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{updated}");
+    assert_eq!(updated["metric"], "event.agent_started");
+    assert_eq!(updated["warning"], 1.0);
+    assert_eq!(updated["event"]["recovery_kinds"], json!([]));
+    assert!(updated["event"]["resolve_after_secs"].is_null());
+
+    // Audited as metric rules are.
+    let (_, audit) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/audit?tenant={tenant_id}"),
+        None,
+    )
+    .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|x| x["target"] == rule_id.as_str())
+        .filter_map(|x| x["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"rule.create") && actions.contains(&"rule.update"),
+        "{audit}"
+    );
+
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    const CLASH: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+    let long = "x".repeat(257);
+    let many: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("a{i}"), json!("x"))).collect();
+    for (patch, field, status) in [
+        (json!({"kind": "service_exploded"}), "event.kind", BAD),
+        (json!({"kind": null}), "event", BAD),
+        (json!({"attributes": many}), "event.attributes", BAD),
+        (json!({"attributes": {"a b": "x"}}), "event.attributes", BAD),
+        (
+            json!({"attributes": {"service": long}}),
+            "event.attributes",
+            BAD,
+        ),
+        (
+            json!({"attributes": {"service": ""}}),
+            "event.attributes",
+            BAD,
+        ),
+        (json!({"min_severity": "loud"}), "event.min_severity", BAD),
+        (
+            json!({"subject_attribute": ""}),
+            "event.subject_attribute",
+            BAD,
+        ),
+        (
+            json!({"recovery_kinds": ["nope"]}),
+            "event.recovery_kinds",
+            BAD,
+        ),
+        (
+            json!({"recovery_kinds": ["service_failed"]}),
+            "event.recovery_kinds",
+            CLASH,
+        ),
+        (
+            json!({"resolve_after_secs": 0}),
+            "event.resolve_after_secs",
+            BAD,
+        ),
+        (
+            json!({"resolve_after_secs": 604801}),
+            "event.resolve_after_secs",
+            BAD,
+        ),
+        (
+            json!({"resolve_after_secs": 1.5}),
+            "event.resolve_after_secs",
+            BAD,
+        ),
+        (
+            json!({"alert_severity": "info"}),
+            "event.alert_severity",
+            BAD,
+        ),
+        (json!({"nonsense": 1}), "event", BAD),
+    ] {
+        let mut b = body.clone();
+        for (k, v) in patch.as_object().expect("object") {
+            b["event"][k] = v.clone();
+        }
+        let (s, e) = call(&app, "POST", &uri, Some(b)).await;
+        assert_eq!(s, status, "{field}: {e}");
+        let named = e["error"]["field"].as_str().unwrap_or_default();
+        assert!(named.starts_with(field), "expected field {field}, got {e}");
+    }
+    // Fields of rules on samples do not fit an event rule.
+    for (patch, field) in [
+        (json!({"critical": 3.0}), "critical"),
+        (json!({"metric": "cpu.percent"}), "metric"),
+        (json!({"operator": ">"}), "operator"),
+        (json!({"for_secs": 60}), "for_secs"),
+        (json!({"subject": "nginx"}), "subject"),
+        (json!({"recovery": 1.0}), "recovery"),
+    ] {
+        let mut b = body.clone();
+        for (k, v) in patch.as_object().expect("object") {
+            b[k] = v.clone();
+        }
+        let (s, e) = call(&app, "POST", &uri, Some(b)).await;
+        assert_eq!(s, CLASH, "{field}: {e}");
+        assert_eq!(e["error"]["field"], field, "{e}");
+    }
+    // An event rule's metric without the event part, and neither metric nor event.
+    let (s, e) = call(
+        &app,
+        "POST",
+        &uri,
+        Some(json!({"name": "x", "metric": "event.service_failed", "critical": 1})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (CLASH, Some("event")),
+        "{e}"
+    );
+    let (s, e) = call(
+        &app,
+        "POST",
+        &uri,
+        Some(json!({"name": "x", "critical": 1})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (CLASH, Some("metric")),
+        "{e}"
+    );
+
+    // The OpenAPI document states what a schema can: the known kinds, the attributes'
+    // bounds.
+    let (_, doc) = call(&app, "GET", "/api/openapi.json", None).await;
+    let schema = &doc["components"]["schemas"]["EventRuleBody"];
+    let props = &schema["properties"];
+    assert!(
+        props["kind"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.contains("service_failed")),
+        "{schema}"
+    );
+    assert_eq!(props["attributes"]["maxProperties"], 16, "{schema}");
+    assert!(
+        props["attributes"]["propertyNames"]["pattern"].is_string(),
+        "{schema}"
+    );
+    assert!(
+        props["recovery_kinds"]["items"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.contains("service_recovered")),
+        "{schema}"
+    );
+    assert_eq!(schema["required"], json!(["kind"]), "{schema}");
+}

@@ -275,6 +275,17 @@ pub struct EventBatch {
     pub events: Vec<EventIn>,
 }
 
+/// The event kinds the agent sends (see `agent/src/events.rs`): the kinds an event rule may
+/// name.
+pub const AGENT_EVENT_KINDS: &[&str] = &[
+    "agent_started",
+    "agent_stopped",
+    "host_rebooted",
+    "service_failed",
+    "service_recovered",
+    "service_stopped",
+];
+
 /// One agent event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

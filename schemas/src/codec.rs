@@ -321,6 +321,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
         "history/rule_event.v1.avsc",
         include_str!("../avro/history/rule_event.v1.avsc"),
     ),
+    (
+        "history/rule_event.v2.avsc",
+        include_str!("../avro/history/rule_event.v2.avsc"),
+    ),
 ];
 
 /// All schemas this build knows, parsed once.

@@ -253,6 +253,35 @@ pub fn rule_definition() -> RuleDefinition {
         renotify_secs: 3_600,
         enabled: true,
         labels: None,
+        event: None,
+    }
+}
+
+/// An event rule: `service_failed` of service `nginx` raises a critical alert per service,
+/// `service_recovered` resolves it, or an hour without another failure.
+pub fn event_rule_definition() -> RuleDefinition {
+    RuleDefinition {
+        name: "nginx failed".into(),
+        scope: RuleScope::Tenant,
+        scope_value: None,
+        metric: "event.service_failed".into(),
+        subject: None,
+        operator: ">=".into(),
+        warning: None,
+        critical: Some(1.0),
+        recovery: None,
+        for_secs: 0,
+        renotify_secs: 0,
+        enabled: true,
+        labels: None,
+        event: Some(crate::records::EventRule {
+            kind: "service_failed".into(),
+            attributes: [("service".to_owned(), "nginx".to_owned())].into(),
+            min_severity: Some("warning".into()),
+            subject_attribute: Some("service".into()),
+            recovery_kinds: vec!["service_recovered".into()],
+            resolve_after_secs: Some(3_600),
+        }),
     }
 }
 

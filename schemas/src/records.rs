@@ -730,6 +730,33 @@ pub struct RuleDefinition {
     /// series of `fleet.samples.v1` named `metric` whose labels match every matcher.
     #[serde(default)]
     pub labels: Option<Vec<LabelMatcher>>,
+    /// `Some`: an event rule, watching the agent events of `fleet.events.v1` (see
+    /// [`EventRule`]); `metric` is then `event.<kind>`. Added in version 3.
+    #[serde(default)]
+    pub event: Option<EventRule>,
+}
+
+/// What an event rule matches (see `rule_event.avsc` and [`crate::rules`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct EventRule {
+    /// The event kind that raises an alert.
+    pub kind: String,
+    /// Each must equal the event's attribute of that name (written in name order).
+    #[serde(default, serialize_with = "sorted_map")]
+    pub attributes: HashMap<String, String>,
+    /// Only events at least this severe: `info`, `warning` or `critical`.
+    #[serde(default)]
+    pub min_severity: Option<String>,
+    /// The event attribute whose value is the alert's subject.
+    #[serde(default)]
+    pub subject_attribute: Option<String>,
+    /// Events of these kinds with the same attributes (and subject) resolve the alert.
+    #[serde(default)]
+    pub recovery_kinds: Vec<String>,
+    /// The open alert resolves this long (event time) after the last matching event.
+    #[serde(default)]
+    pub resolve_after_secs: Option<i64>,
 }
 
 /// One label matcher of a rule on the standard protocols' series (PromQL's `=`, `!=`,

@@ -466,6 +466,14 @@ impl Arbitrary for RuleEvent {
                         })
                         .collect()
                 }),
+                event: g.opt(|g| fleet_schemas::EventRule {
+                    kind: g.string(),
+                    attributes: g.map(Gen::string),
+                    min_severity: g.opt(Gen::string),
+                    subject_attribute: g.opt(Gen::string),
+                    recovery_kinds: (0..g.len()).map(|_| g.string()).collect(),
+                    resolve_after_secs: g.opt(Gen::long),
+                }),
             }),
             actor: g.opt(Gen::string),
             occurred_at: g.long(),
@@ -478,7 +486,9 @@ impl Arbitrary for RuleEvent {
         deleted.kind = RuleEventKind::Deleted;
         deleted.rule = None;
         deleted.actor = None;
-        vec![defined, deleted]
+        let mut event_rule = defined.clone();
+        event_rule.rule = Some(fixtures::event_rule_definition());
+        vec![defined, deleted, event_rule]
     }
 }
 

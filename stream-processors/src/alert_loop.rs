@@ -27,6 +27,17 @@
 //!   ([`Evaluator::evaluate_samples`]); its partitions replay the window like the metrics.
 //!   Alerts of a series belong to the member holding the samples partition it was last
 //!   read from (remembered per unit while the evaluator holds its state).
+//! * The group consumer reads `fleet.events.v1` too, for the event rules
+//!   ([`Evaluator::agent_event`]; keyed by agent id like the metrics). Its partitions replay
+//!   the longest resolve-after plus the margin (the last matching event of each open
+//!   alert is running state; the marks from `fleet.alerts.v1` make the replay raise
+//!   nothing twice). An open event alert resolves by itself at its resolve-after deadline
+//!   once the wall clock passed it ([`Evaluator::resolve_expired`], looked at after every
+//!   poll that was not full, i.e. that read what was there), but only for agents whose
+//!   events partition this member has read up to the end offset it took when it took the
+//!   partition: before that, a later matching event may still be on its way. An event
+//!   older than a deadline already acted on (an agent's late delivery) changes nothing.
+//!   Ownership of an event alert follows the events partition.
 //! * Agent tags (for tag-scoped rules) are stated by AgentLifecycle records of
 //!   `fleet.agents.v1` (`tags` set) and folded by [`Evaluator::lifecycle`]. Starting an
 //!   agents partition at its committed offset would lose the tags stated before it, so
@@ -55,12 +66,12 @@ use fleet_consumer::follow::Follower;
 use fleet_consumer::log::{ensure_topics, next_offsets};
 use fleet_consumer::runtime::{Assignment, ConsumerRuntime, Output, Processor, Settings};
 use fleet_event_log::{CommitOffset, ConsumedRecord, EventLog, StartFrom};
-use fleet_schemas::rules::HEARTBEAT_ABSENT;
+use fleet_schemas::rules::{EVENT_METRIC_PREFIX, HEARTBEAT_ABSENT};
 use fleet_schemas::series::UNIT_PREFIX;
 use fleet_schemas::time::duration_micros;
 use fleet_schemas::Wire;
 use fleet_schemas::{
-    topics, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent, SampleBatch,
+    topics, AgentEvent, AgentLifecycle, AlertEvent, MetricReport, Record, RuleEvent, SampleBatch,
 };
 
 use crate::rules::{self, Evaluator};
@@ -204,12 +215,25 @@ async fn rebuild_tags(
 }
 
 /// The input topics of the group consumer.
-const INPUTS: [&str; 3] = [topics::METRICS, topics::AGENTS, topics::SAMPLES];
+const INPUTS: [&str; 4] = [
+    topics::METRICS,
+    topics::AGENTS,
+    topics::SAMPLES,
+    topics::EVENTS,
+];
 
-/// Topics whose records carry samples with times: a partition taken replays its
-/// for-duration window.
-fn replays_window(topic: &str) -> bool {
-    topic == topics::METRICS || topic == topics::SAMPLES
+/// How far back a partition taken replays (µs): metrics and samples the for-duration
+/// window, events the longest resolve-after, both plus the margin; lifecycle records need
+/// none (`None`).
+fn replay_window(topic: &str, evaluator: &Evaluator, margin_micros: i64) -> Option<i64> {
+    let base = if topic == topics::METRICS || topic == topics::SAMPLES {
+        evaluator.longest_for_micros()
+    } else if topic == topics::EVENTS {
+        evaluator.longest_resolve_after_micros()
+    } else {
+        return None;
+    };
+    Some(base.saturating_add(margin_micros))
 }
 
 /// The input partitions this member holds and has primed (sought back).
@@ -218,6 +242,9 @@ struct Held {
     /// (Topic, partition) → committed offset at the time it was taken (never committed
     /// below).
     primed: BTreeMap<(&'static str, u32), Option<i64>>,
+    /// Events partitions still replaying → the end offset when they were taken. Timed
+    /// resolves of their agents wait until it is reached.
+    replaying: BTreeMap<u32, i64>,
 }
 
 impl Held {
@@ -263,6 +290,7 @@ pub(crate) async fn run(
     evict_idle(&mut evaluator, idle_micros);
     let partitions = log.partition_count(topics::METRICS).await?;
     let agent_partitions = log.partition_count(topics::AGENTS).await?;
+    let event_partitions = log.partition_count(topics::EVENTS).await?;
     let group = settings.group.clone();
     let settings = Settings::group(&group, &INPUTS)
         .start(StartFrom::Earliest)
@@ -276,10 +304,14 @@ pub(crate) async fn run(
     let mut alerts = AlertLoop {
         log,
         group: group.clone(),
-        partitions,
-        agent_partitions,
+        partitions: Partitions {
+            metrics: partitions,
+            agents: agent_partitions,
+            events: event_partitions,
+        },
         margin_micros,
         idle_micros,
+        batch_size: config.batch_size,
         last_eviction: Instant::now(),
         evaluator,
         control,
@@ -304,16 +336,23 @@ fn evict_idle(evaluator: &mut Evaluator, idle_micros: i64) {
     ::metrics::gauge!(metrics::RULE_SERIES).set(evaluator.tracked_series() as f64);
 }
 
+/// Partition counts of the input topics keyed by agent id.
+#[derive(Debug, Clone, Copy)]
+struct Partitions {
+    metrics: u32,
+    agents: u32,
+    events: u32,
+}
+
 /// Whether an agent's alerts of a metric are this member's: its lifecycle records
-/// (`heartbeat.absent`) or its reports (other metrics) are on a partition it primed
-/// (`partitions` of metrics, `agent_partitions` of agents); for a unit of the standard
-/// protocols' series (`~...`), the samples partition its samples were last read from
-/// (`units`; a unit not seen since this member started is nobody's until it is).
+/// (`heartbeat.absent`), its events (`event.<kind>`) or its reports (other metrics) are on
+/// a partition it primed; for a unit of the standard protocols' series (`~...`), the
+/// samples partition its samples were last read from (`units`; a unit not seen since this
+/// member started is nobody's until it is).
 fn owned<'a>(
     held: &'a Held,
     units: &'a HashMap<String, u32>,
-    partitions: u32,
-    agent_partitions: u32,
+    partitions: Partitions,
 ) -> impl FnMut(&str, &str) -> bool + 'a {
     move |agent: &str, metric: &str| {
         if agent.starts_with(UNIT_PREFIX) {
@@ -322,9 +361,11 @@ fn owned<'a>(
                 .is_some_and(|p| held.primed.contains_key(&(topics::SAMPLES, *p)));
         }
         let (topic, n) = if metric == HEARTBEAT_ABSENT {
-            (topics::AGENTS, agent_partitions)
+            (topics::AGENTS, partitions.agents)
+        } else if metric.starts_with(EVENT_METRIC_PREFIX) {
+            (topics::EVENTS, partitions.events)
         } else {
-            (topics::METRICS, partitions)
+            (topics::METRICS, partitions.metrics)
         };
         held.primed.contains_key(&(
             topic,
@@ -337,10 +378,11 @@ fn owned<'a>(
 struct AlertLoop {
     log: Arc<dyn EventLog>,
     group: String,
-    partitions: u32,
-    agent_partitions: u32,
+    partitions: Partitions,
     margin_micros: i64,
     idle_micros: i64,
+    /// Records per poll at most: a poll with fewer read what was there.
+    batch_size: usize,
     last_eviction: Instant,
     evaluator: Evaluator,
     control: Control,
@@ -375,6 +417,17 @@ impl Processor for AlertLoop {
             &self.dead,
             &primed,
         ));
+        let replaying = &mut self.held.replaying;
+        for r in primed.iter().filter(|r| &*r.topic == topics::EVENTS) {
+            if replaying
+                .get(&r.partition)
+                .is_some_and(|end| r.offset.saturating_add(1) >= *end)
+            {
+                replaying.remove(&r.partition);
+                tracing::info!(partition = r.partition, "Events partition replayed.");
+            }
+        }
+        let held = &self.held;
         ::metrics::gauge!(metrics::OPEN_ALERTS).set(self.evaluator.open_alerts() as f64);
         // Offsets below the committed one at the time a partition was taken are never
         // committed back.
@@ -390,12 +443,17 @@ impl Processor for AlertLoop {
         out
     }
 
-    /// On an idle poll, what `handle` does before a batch.
+    /// On an idle poll, what `handle` does before a batch; after a poll that was not full
+    /// (what was there is read), the timed resolves of event rules.
     async fn on_tick(&mut self, handled: usize) -> Output {
-        if handled > 0 {
-            return Output::new();
+        let mut events = if handled == 0 {
+            self.look_around().await
+        } else {
+            Vec::new()
+        };
+        if handled < self.batch_size {
+            events.extend(self.resolve_expired());
         }
-        let events = self.look_around().await;
         self.write(events)
     }
 }
@@ -406,18 +464,12 @@ impl AlertLoop {
     async fn look_around(&mut self) -> Vec<AlertEvent> {
         self.control.drain(&mut self.evaluator).await;
         let mut events = Vec::new();
+        let now = fleet_schemas::time::now_micros();
         if std::mem::take(&mut self.control.state.rules_changed) {
-            let owned = owned(
-                &self.held,
-                &self.units,
-                self.partitions,
-                self.agent_partitions,
-            );
-            events.extend(
-                self.evaluator
-                    .resolve_retired(fleet_schemas::time::now_micros(), owned),
-            );
+            let owned = owned(&self.held, &self.units, self.partitions);
+            events.extend(self.evaluator.resolve_retired(now, owned));
         }
+
         if self.last_eviction.elapsed() >= EVICTION_EVERY {
             self.last_eviction = Instant::now();
             evict_idle(&mut self.evaluator, self.idle_micros);
@@ -425,6 +477,18 @@ impl AlertLoop {
             self.units.retain(|unit, _| evaluator.tracks(unit));
         }
         events
+    }
+
+    /// The open event alerts past their resolve-after deadline, of agents whose events
+    /// partition this member holds and has replayed.
+    fn resolve_expired(&mut self) -> Vec<AlertEvent> {
+        let held = &self.held;
+        let n = self.partitions.events;
+        self.evaluator
+            .resolve_expired(fleet_schemas::time::now_micros(), |agent| {
+                let p = fleet_event_log::partition_for_key(agent.as_bytes(), n);
+                held.primed.contains_key(&(topics::EVENTS, p)) && !held.replaying.contains_key(&p)
+            })
     }
 
     /// Takes the current assignment: forgets lost partitions, primes new ones (catch up
@@ -440,6 +504,8 @@ impl AlertLoop {
             .filter_map(|(t, p)| INPUTS.iter().find(|i| **i == t).map(|i| (*i, *p)))
             .collect();
         let held = &mut self.held;
+        held.replaying
+            .retain(|p, _| now.contains(&(topics::EVENTS, *p)));
         let lost: Vec<(&'static str, u32)> = held
             .primed
             .keys()
@@ -453,21 +519,26 @@ impl AlertLoop {
             .collect();
         let n = self.partitions;
         let units = &self.units;
-        // The metrics partition of an agent, or the samples partition of a unit, as
-        // (topic, partition).
-        let of = move |agent: &str| -> Option<(&'static str, u32)> {
+        // Whether a partition in `set` holds the running state of an agent: its metrics
+        // or events partition, or the samples partition of a unit.
+        let within = move |set: &[(&'static str, u32)], agent: &str| -> bool {
             if agent.starts_with(UNIT_PREFIX) {
-                units.get(agent).map(|p| (topics::SAMPLES, *p))
-            } else {
-                Some((
-                    topics::METRICS,
-                    fleet_event_log::partition_for_key(agent.as_bytes(), n),
-                ))
+                return units
+                    .get(agent)
+                    .is_some_and(|p| set.contains(&(topics::SAMPLES, *p)));
             }
+            let key = agent.as_bytes();
+            set.contains(&(
+                topics::METRICS,
+                fleet_event_log::partition_for_key(key, n.metrics),
+            )) || set.contains(&(
+                topics::EVENTS,
+                fleet_event_log::partition_for_key(key, n.events),
+            ))
         };
         let evaluator = &mut self.evaluator;
         if !lost.is_empty() {
-            evaluator.forget_pending(|a| of(a).is_some_and(|tp| lost.contains(&tp)));
+            evaluator.forget_pending(|a| within(&lost, a));
             for tp in &lost {
                 held.primed.remove(tp);
             }
@@ -478,23 +549,25 @@ impl AlertLoop {
         }
         // Alert events of the previous owner are written before its commits: read them.
         self.control.catch_up(self.log.as_ref(), evaluator).await?;
-        evaluator.forget_pending(|a| of(a).is_some_and(|tp| new.contains(&tp)));
-        let window = evaluator
-            .longest_for_micros()
-            .saturating_add(self.margin_micros);
-        let since_ms = fleet_schemas::time::now_micros()
-            .saturating_sub(window)
-            .div_euclid(1000);
+        evaluator.forget_pending(|a| within(&new, a));
+        let now_micros = fleet_schemas::time::now_micros();
         // Agents partitions taken with a committed offset: tags stated before it.
         let mut tags_upto: BTreeMap<u32, i64> = BTreeMap::new();
         for topic in INPUTS {
             if !new.iter().any(|(t, _)| *t == topic) {
                 continue;
             }
-            // Metrics and samples replay the for-duration window; lifecycle records need
-            // none.
-            let by_time = if replays_window(topic) {
-                self.log.offsets_for_time(topic, since_ms).await?
+            // Metrics and samples replay the for-duration window, events the longest
+            // resolve-after; lifecycle records need none.
+            let by_time = match replay_window(topic, &self.evaluator, self.margin_micros) {
+                Some(window) => {
+                    let since_ms = now_micros.saturating_sub(window).div_euclid(1000);
+                    self.log.offsets_for_time(topic, since_ms).await?
+                }
+                None => Vec::new(),
+            };
+            let ends = if topic == topics::EVENTS {
+                self.log.end_offsets(topic).await?
             } else {
                 Vec::new()
             };
@@ -512,6 +585,9 @@ impl AlertLoop {
                         tags_upto.insert(p, c);
                     }
                 }
+                if let Some(end) = ends.get(i).copied().filter(|end| *end > start) {
+                    self.held.replaying.insert(p, end);
+                }
                 assignment.seek(topic, p, start).await?;
                 self.held.primed.insert((topic, p), c);
                 tracing::info!(topic, partition = p, from = start, committed = ?c, "Partition taken; replaying its window.");
@@ -528,12 +604,7 @@ impl AlertLoop {
             tracing::info!(partitions = ?tags_upto.keys().collect::<Vec<_>>(), records = read, "Agent tags rebuilt.");
         }
         self.control.state.rules_changed = false;
-        let owned = owned(
-            &self.held,
-            &self.units,
-            self.partitions,
-            self.agent_partitions,
-        );
+        let owned = owned(&self.held, &self.units, self.partitions);
         Ok(self
             .evaluator
             .resolve_retired(fleet_schemas::time::now_micros(), owned))
@@ -579,6 +650,18 @@ fn evaluate_batch(
                 })),
                 Err(e) => {
                     ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => SampleBatch::TOPIC)
+                        .increment(1);
+                    dead.note(r, Reason::decode(e));
+                }
+            }
+            continue;
+        }
+        if &*r.topic == topics::EVENTS {
+            ::metrics::counter!(metrics::RECORDS, "processor" => "alerts", "topic" => AgentEvent::TOPIC).increment(1);
+            match dead.wire().decode_known::<AgentEvent>(&r.value) {
+                Ok(ev) => out.extend(evaluator.agent_event(&ev, now)),
+                Err(e) => {
+                    ::metrics::counter!(metrics::DECODE_ERRORS, "processor" => "alerts", "topic" => AgentEvent::TOPIC)
                         .increment(1);
                     dead.note(r, Reason::decode(e));
                 }

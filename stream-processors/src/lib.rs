@@ -1,8 +1,9 @@
 //! Stream processors, each a [`fleet_consumer::Processor`] on the consumer runtime:
 //!
 //! * the alert evaluator (`alert_loop.rs`, rules in [`rules`]): consumes
-//!   `fleet.metrics.v1` and `fleet.agents.v1` in consumer group `alert-evaluator.group`, evaluates every
-//!   report against the threshold rules (static rules of the configuration and the rules of
+//!   `fleet.metrics.v1`, `fleet.agents.v1`, `fleet.samples.v1` and `fleet.events.v1` in
+//!   consumer group `alert-evaluator.group`, evaluates every report, sample and agent event
+//!   against the rules (static rules of the configuration and the rules of
 //!   `fleet.rules.v1`, followed while running), writes AlertRaised / AlertResolved to
 //!   `fleet.alerts.v1` (keyed by agent id), and commits its offsets only after the log
 //!   acknowledged the alerts. Its state (open alerts, running for-durations) is rebuilt on

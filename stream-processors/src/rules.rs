@@ -58,16 +58,33 @@
 //!   DEACTIVATED resolves it. The raise carries the OFFLINE's time, the resolve the
 //!   ONLINE's (or DEACTIVATED's), so the marks rebuilt from `fleet.alerts.v1` make a
 //!   re-read lifecycle event do nothing twice.
+//! * **Event rules** (`event` set, see [`fleet_schemas::rules`]) match no sample. They
+//!   follow the agent events of `fleet.events.v1` ([`Evaluator::agent_event`]): an event of
+//!   the rule's kind whose attributes match (and severe enough) raises at once, for every
+//!   enabled rule in scope, one alert per (rule, agent, subject) (the subject: the event's
+//!   attribute named by `subject_attribute`), id UUIDv5 of (rule, agent, subject, the
+//!   event's `occurred_at`), the rule's level as severity, value 1. While it is open, more
+//!   matching events raise nothing (they move the resolve-after deadline). It resolves on
+//!   a matching event of a recovery kind (stamped with that event's time) or, with
+//!   `resolve_after_secs`, at (last matching event, or the raise, + resolve-after)
+//!   ([`Evaluator::resolve_expired`], called with the wall clock, stamped with that
+//!   deadline, so the same events give the same resolve). Every decision follows the
+//!   events' times: an event not newer than its key's high-water mark (the newest event
+//!   or alert event of the key) is ignored, so an agent's re-sent event, or events read
+//!   again after a restart (the marks come back from `fleet.alerts.v1`), raise nothing
+//!   twice. The last matching event's time is running state like a for-duration: dropped
+//!   with [`Evaluator::forget_pending`], rebuilt by replaying the events of the longest
+//!   resolve-after ([`Evaluator::longest_resolve_after_micros`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fleet_schemas::rules::{RuleFieldError, RuleSpec, HEARTBEAT_ABSENT};
+use fleet_schemas::rules::{event_severity_rank, RuleFieldError, RuleSpec, HEARTBEAT_ABSENT};
 use fleet_schemas::samples::{self, Sample};
 use fleet_schemas::series::{self, Matchers};
 use fleet_schemas::{
-    ids, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, AlertSeverity,
-    MetricReport, RuleDefinition, RuleEvent, RuleEventKind, RuleScope, SampleBatch,
+    ids, AgentEvent, AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, AlertSeverity,
+    EventSeverity, MetricReport, RuleDefinition, RuleEvent, RuleEventKind, RuleScope, SampleBatch,
 };
 use serde::{Deserialize, Serialize};
 
@@ -169,10 +186,26 @@ impl Serialize for StaticRule {
         StaticRuleTable {
             id: self.id.clone(),
             tenant: self.tenant.clone(),
-            spec: spec.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+            spec: without_nulls(spec),
         }
         .serialize(s)
     }
+}
+
+/// The object without its null members, at every depth (TOML has no null: an absent key
+/// reads as none).
+fn without_nulls(
+    m: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    m.into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            serde_json::Value::Object(inner) => {
+                (k, serde_json::Value::Object(without_nulls(inner)))
+            }
+            other => (k, other),
+        })
+        .collect()
 }
 
 /// Why a static rule is not acceptable.
@@ -304,6 +337,98 @@ pub struct RuleDef {
     /// `Some`: the rule watches the standard protocols' series named `metric` that match
     /// these (each series separately); `None`: an agent metric.
     pub matchers: Option<Matchers>,
+    /// `Some`: an event rule, watching the agent events of `fleet.events.v1`.
+    pub event: Option<EventMatch>,
+}
+
+/// What an event rule matches, compiled from its [`fleet_schemas::EventRule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMatch {
+    /// The kind that raises.
+    pub kind: String,
+    /// Attributes the event must have, with these values (name order).
+    pub attributes: Vec<(String, String)>,
+    /// Least severity of a raising event (0 info, 1 warning, 2 critical).
+    pub min_severity: usize,
+    /// The attribute whose value is the alert's subject.
+    pub subject_attribute: Option<String>,
+    /// Kinds that resolve.
+    pub recovery_kinds: Vec<String>,
+    /// Resolve-after, µs of event time.
+    pub resolve_after_micros: Option<i64>,
+}
+
+/// Rank of an event's severity, as [`EventMatch::min_severity`] counts.
+fn severity_rank(s: EventSeverity) -> usize {
+    match s {
+        EventSeverity::Info => 0,
+        EventSeverity::Warning => 1,
+        EventSeverity::Critical => 2,
+    }
+}
+
+/// What an event does to an event rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventEffect {
+    /// It raises (or, on an open alert, keeps it open).
+    Raise,
+    /// It resolves.
+    Recover,
+}
+
+impl EventMatch {
+    fn compile(e: &fleet_schemas::EventRule) -> EventMatch {
+        let mut attributes: Vec<(String, String)> = e
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        attributes.sort();
+        EventMatch {
+            kind: e.kind.clone(),
+            attributes,
+            min_severity: e
+                .min_severity
+                .as_deref()
+                .and_then(event_severity_rank)
+                .unwrap_or(0),
+            subject_attribute: e.subject_attribute.clone(),
+            recovery_kinds: e.recovery_kinds.clone(),
+            resolve_after_micros: e.resolve_after_secs.map(|s| s.saturating_mul(1_000_000)),
+        }
+    }
+
+    /// What `ev` does to this rule (pure): `None` when it does not match. A raising event
+    /// has the rule's kind, every attribute and at least the severity; a recovering one a
+    /// recovery kind and every attribute (whatever its severity).
+    pub fn effect(&self, ev: &AgentEvent) -> Option<EventEffect> {
+        let effect = if ev.kind == self.kind {
+            EventEffect::Raise
+        } else if self.recovery_kinds.contains(&ev.kind) {
+            EventEffect::Recover
+        } else {
+            return None;
+        };
+        let attributes_match = self
+            .attributes
+            .iter()
+            .all(|(k, v)| ev.attributes.get(k) == Some(v));
+        if !attributes_match {
+            return None;
+        }
+        if effect == EventEffect::Raise && severity_rank(ev.severity) < self.min_severity {
+            return None;
+        }
+        Some(effect)
+    }
+
+    /// The subject of `ev`'s alert: the value of the subject attribute (`""`: none).
+    pub fn subject<'a>(&self, ev: &'a AgentEvent) -> &'a str {
+        self.subject_attribute
+            .as_ref()
+            .and_then(|a| ev.attributes.get(a))
+            .map_or("", String::as_str)
+    }
 }
 
 impl RuleDef {
@@ -361,6 +486,7 @@ impl RuleDef {
                 })?),
                 None => None,
             },
+            event: d.event.as_ref().map(EventMatch::compile),
         })
     }
 
@@ -456,6 +582,8 @@ pub struct Evaluator {
     /// Rules on the standard protocols' series, indexed like the two above.
     sample_global: HashMap<String, Vec<usize>>,
     sample_by_tenant: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Event rules (indexes into `active`).
+    event_rules: Vec<usize>,
     state: HashMap<String, AgentState>,
     tags: HashMap<String, Vec<String>>,
     open_count: usize,
@@ -505,6 +633,7 @@ impl Evaluator {
             by_tenant: HashMap::new(),
             sample_global: HashMap::new(),
             sample_by_tenant: HashMap::new(),
+            event_rules: Vec::new(),
             state: HashMap::new(),
             tags: HashMap::new(),
             open_count: 0,
@@ -593,7 +722,12 @@ impl Evaluator {
         self.by_tenant.clear();
         self.sample_global.clear();
         self.sample_by_tenant.clear();
+        self.event_rules.clear();
         for (i, r) in active.iter().enumerate() {
+            if r.event.is_some() {
+                self.event_rules.push(i);
+                continue;
+            }
             let (global, by_tenant) = if r.matchers.is_some() {
                 (&mut self.sample_global, &mut self.sample_by_tenant)
             } else {
@@ -618,6 +752,16 @@ impl Evaluator {
         self.active.iter().map(|r| r.for_micros).max().unwrap_or(0)
     }
 
+    /// The longest resolve-after of the active event rules, µs: the events replayed when a
+    /// partition is taken, to find each open alert's last matching event again.
+    pub fn longest_resolve_after_micros(&self) -> i64 {
+        self.active
+            .iter()
+            .filter_map(|r| r.event.as_ref()?.resolve_after_micros)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Number of open alerts held.
     pub fn open_alerts(&self) -> usize {
         self.open_count
@@ -632,7 +776,10 @@ impl Evaluator {
     /// An open alert is never dropped (its recovery must resolve it). Returns how many
     /// series were dropped.
     pub fn evict_idle(&mut self, now_micros: i64, idle_micros: i64) -> usize {
-        let idle = idle_micros.max(self.longest_for_micros().saturating_add(self.max_gap));
+        let longest = self
+            .longest_for_micros()
+            .max(self.longest_resolve_after_micros());
+        let idle = idle_micros.max(longest.saturating_add(self.max_gap));
         let before = now_micros.saturating_sub(idle);
         let mut dropped = 0;
         self.state.retain(|_, rules| {
@@ -1086,6 +1233,247 @@ impl Evaluator {
         }
         out
     }
+
+    /// Folds an agent event of `fleet.events.v1` into the event rules (see the module
+    /// docs): for every enabled event rule in scope the event matches, an open alert whose
+    /// resolve-after deadline passed before the event resolves first (at the deadline);
+    /// then a raising event raises unless the key has one open (which it keeps open
+    /// longer), a recovering one resolves the open one. An event not newer than its key's
+    /// mark does nothing. Returns the alert events, in order.
+    pub fn agent_event(&mut self, ev: &AgentEvent, now_micros: i64) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let Evaluator {
+            active,
+            event_rules,
+            state,
+            tags,
+            open_count,
+            ..
+        } = self;
+        let tags = tags.get(&ev.agent_id);
+        let t = ev.occurred_at;
+        for i in event_rules.iter() {
+            let rule = &active[*i];
+            let Some(m) = rule.event.as_ref() else {
+                continue;
+            };
+            let Some(effect) = m.effect(ev) else {
+                continue;
+            };
+            if !rule.applies_to(&ev.tenant_id, &ev.agent_id, tags) {
+                continue;
+            }
+            let subject = m.subject(ev);
+            let key = key_mut(state, &rule.id, &ev.agent_id, subject);
+            if key.mark.is_some_and(|mark| mark >= t) {
+                continue;
+            }
+            if let Some(deadline) = expiry(key, m).filter(|d| *d <= t) {
+                let why = Resolution::Quiet(m);
+                if let Some(r) =
+                    resolve_event(rule, &ev.agent_id, subject, key, deadline, now_micros, why)
+                {
+                    out.push(r);
+                    *open_count = open_count.saturating_sub(1);
+                }
+            }
+            key.mark = Some(t);
+            match effect {
+                EventEffect::Raise if key.open.is_some() => {
+                    key.prev_at = Some(t);
+                }
+                EventEffect::Raise => {
+                    key.prev_at = Some(t);
+                    let alert_id =
+                        ids::v5(&[&rule.id, &ev.agent_id, subject, &t.to_string()]).to_string();
+                    let (severity, threshold) = rule
+                        .levels
+                        .last()
+                        .copied()
+                        .unwrap_or((AlertSeverity::Warning, 1.0));
+                    let subject = (!subject.is_empty()).then(|| subject.to_owned());
+                    let on = subject
+                        .as_deref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default();
+                    out.push(AlertEvent {
+                        event_id: ids::v5(&[&alert_id, AlertEventKind::Raised.as_str()])
+                            .to_string(),
+                        alert_id: alert_id.clone(),
+                        tenant_id: ev.tenant_id.clone(),
+                        agent_id: ev.agent_id.clone(),
+                        kind: AlertEventKind::Raised,
+                        rule_id: rule.id.clone(),
+                        rule_name: rule.name.clone(),
+                        metric: rule.metric.clone(),
+                        subject,
+                        severity,
+                        operator: rule.operator.symbol().to_owned(),
+                        threshold,
+                        value: 1.0,
+                        message: format!("{}: {}{on}: {}", rule.name, ev.kind, ev.message),
+                        actor: None,
+                        occurred_at: t,
+                        ingested_at: now_micros,
+                    });
+                    key.open = Some(OpenAlert {
+                        alert_id,
+                        tenant_id: ev.tenant_id.clone(),
+                        rule_name: rule.name.clone(),
+                        metric: rule.metric.clone(),
+                        operator: rule.operator.symbol().to_owned(),
+                        severity,
+                        threshold,
+                        value: 1.0,
+                        notified_at: t,
+                        acknowledged: false,
+                    });
+                    *open_count = open_count.saturating_add(1);
+                }
+                EventEffect::Recover => {
+                    let why = Resolution::Recovered(&ev.kind);
+                    if let Some(r) =
+                        resolve_event(rule, &ev.agent_id, subject, key, t, now_micros, why)
+                    {
+                        out.push(r);
+                        *open_count = open_count.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolves the open alerts of event rules whose resolve-after deadline (last matching
+    /// event, or the raise, + resolve-after) is at or before `now_micros`, for the agents
+    /// `ready` selects (those whose events this member has read up to where it stood when
+    /// it took their partition: a deadline is only known once the replay is done). Each
+    /// resolve carries the deadline as its time.
+    pub fn resolve_expired(
+        &mut self,
+        now_micros: i64,
+        mut ready: impl FnMut(&str) -> bool,
+    ) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let rules: HashMap<&str, &RuleDef> = self
+            .event_rules
+            .iter()
+            .map(|i| &self.active[*i])
+            .filter(|r| {
+                r.event
+                    .as_ref()
+                    .is_some_and(|m| m.resolve_after_micros.is_some())
+            })
+            .map(|r| (r.id.as_str(), r))
+            .collect();
+        if rules.is_empty() {
+            return out;
+        }
+        let mut agents: Vec<(&String, &mut AgentState)> = self.state.iter_mut().collect();
+        agents.sort_by(|a, b| a.0.cmp(b.0));
+        for (agent, by_rule) in agents {
+            if !ready(agent) {
+                continue;
+            }
+            for (rule_id, subjects) in by_rule.iter_mut() {
+                let Some(rule) = rules.get(&**rule_id) else {
+                    continue;
+                };
+                let Some(m) = rule.event.as_ref() else {
+                    continue;
+                };
+                for (subject, key) in subjects.iter_mut() {
+                    let Some(deadline) = expiry(key, m).filter(|d| *d <= now_micros) else {
+                        continue;
+                    };
+                    let why = Resolution::Quiet(m);
+                    if let Some(r) =
+                        resolve_event(rule, agent, subject, key, deadline, now_micros, why)
+                    {
+                        out.push(r);
+                        self.open_count = self.open_count.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// When the open alert of an event rule's key resolves by itself: the last matching event
+/// (or the raise) plus the rule's resolve-after; `None` without either.
+fn expiry(key: &KeyState, m: &EventMatch) -> Option<i64> {
+    let open = key.open.as_ref()?;
+    let after = m.resolve_after_micros?;
+    let last = key
+        .prev_at
+        .map_or(open.notified_at, |p| p.max(open.notified_at));
+    Some(last.saturating_add(after))
+}
+
+/// Why an event rule's alert resolves.
+#[derive(Debug, Clone, Copy)]
+enum Resolution<'a> {
+    /// An event of this recovery kind.
+    Recovered(&'a str),
+    /// No matching event for the rule's resolve-after.
+    Quiet(&'a EventMatch),
+}
+
+/// Takes the key's open alert, if any, and returns its RESOLVED at `t` (which becomes the
+/// key's mark). The caller counts the open alert gone.
+fn resolve_event(
+    rule: &RuleDef,
+    agent: &str,
+    subject: &str,
+    key: &mut KeyState,
+    t: i64,
+    now_micros: i64,
+    why: Resolution<'_>,
+) -> Option<AlertEvent> {
+    let open = key.open.take()?;
+    key.reset_pending();
+    key.mark = Some(key.mark.map_or(t, |m| m.max(t)));
+    let OpenAlert {
+        alert_id,
+        tenant_id,
+        severity,
+        threshold,
+        ..
+    } = open;
+    let subject = (!subject.is_empty()).then(|| subject.to_owned());
+    let on = subject
+        .as_deref()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    let message = match why {
+        Resolution::Recovered(kind) => format!("{}{on}: {kind}", rule.name),
+        Resolution::Quiet(m) => format!(
+            "{}{on}: no {} for {} s",
+            rule.name,
+            m.kind,
+            m.resolve_after_micros.unwrap_or(0) / 1_000_000
+        ),
+    };
+    Some(AlertEvent {
+        event_id: ids::v5(&[&alert_id, AlertEventKind::Resolved.as_str()]).to_string(),
+        alert_id,
+        tenant_id,
+        agent_id: agent.to_owned(),
+        kind: AlertEventKind::Resolved,
+        rule_id: rule.id.clone(),
+        rule_name: rule.name.clone(),
+        metric: rule.metric.clone(),
+        subject,
+        severity,
+        operator: rule.operator.symbol().to_owned(),
+        threshold,
+        value: 0.0,
+        message,
+        actor: None,
+        occurred_at: t,
+        ingested_at: now_micros,
+    })
 }
 
 /// The state of one (rule, agent, subject), created when missing.
@@ -1634,6 +2022,29 @@ mod tests {
         )
         .expect_err("unknown field");
         assert!(e.to_string().contains("threshold"), "{e}");
+    }
+
+    #[test]
+    fn static_event_rules_parse_from_toml() {
+        #[derive(Debug, Deserialize)]
+        struct C {
+            rules: Vec<StaticRule>,
+        }
+        let c: C = toml::from_str(
+            "[[rules]]\nid = \"unclean\"\nname = \"Unexpected restart\"\n[rules.event]\nkind = \"agent_started\"\nattributes = { previous_stop = \"unclean\" }\nresolve-after-secs = 600\n",
+        )
+        .expect("parses");
+        let ev = &static_rule_events(&c.rules).expect("valid")[0];
+        let d = ev.rule.as_ref().expect("defined");
+        assert_eq!(d.metric, "event.agent_started");
+        let e = d.event.as_ref().expect("event rule");
+        assert_eq!(e.resolve_after_secs, Some(600));
+        assert_eq!(e.attributes["previous_stop"], "unclean");
+        let back = toml::to_string(&c.rules[0]).expect("writes");
+        assert_eq!(
+            toml::from_str::<StaticRule>(&back).expect("reads"),
+            c.rules[0]
+        );
     }
 
     #[test]
@@ -2295,5 +2706,273 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
         }
         assert!(e.active_rules().is_empty());
+    }
+
+    /// An event rule of tenant t1: `service_failed` of nginx raises a critical alert per
+    /// service, `service_recovered` resolves it, and so does an hour without a failure.
+    fn nginx_rule(f: impl FnOnce(&mut fleet_schemas::EventRule)) -> RuleEvent {
+        topic_rule("nginx", |d| {
+            *d = fixtures::event_rule_definition();
+            if let Some(e) = d.event.as_mut() {
+                f(e);
+            }
+        })
+    }
+
+    fn agent_event(agent: &str, kind: &str, t: i64, attrs: &[(&str, &str)]) -> AgentEvent {
+        let mut ev = fixtures::agent_event("t1", agent, t);
+        ev.kind = kind.into();
+        ev.severity = EventSeverity::Critical;
+        ev.attributes = attrs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ev
+    }
+
+    fn failed(agent: &str, service: &str, t: i64) -> AgentEvent {
+        agent_event(agent, "service_failed", t, &[("service", service)])
+    }
+
+    fn recovered(agent: &str, service: &str, t: i64) -> AgentEvent {
+        agent_event(agent, "service_recovered", t, &[("service", service)])
+    }
+
+    #[test]
+    fn event_matching_is_by_kind_attributes_and_severity() {
+        let d = fixtures::event_rule_definition();
+        let m = EventMatch::compile(d.event.as_ref().expect("event rule"));
+        assert_eq!(
+            m.effect(&failed("a1", "nginx", 1)),
+            Some(EventEffect::Raise)
+        );
+        assert_eq!(
+            m.effect(&recovered("a1", "nginx", 1)),
+            Some(EventEffect::Recover)
+        );
+        assert_eq!(
+            m.effect(&failed("a1", "postgres", 1)),
+            None,
+            "other service"
+        );
+        assert_eq!(
+            m.effect(&agent_event(
+                "a1",
+                "service_stopped",
+                1,
+                &[("service", "nginx")]
+            )),
+            None,
+            "other kind"
+        );
+        assert_eq!(m.effect(&agent_event("a1", "service_failed", 1, &[])), None);
+        let mut info = failed("a1", "nginx", 1);
+        info.severity = EventSeverity::Info;
+        assert_eq!(m.effect(&info), None, "below min_severity (warning)");
+        let mut info = recovered("a1", "nginx", 1);
+        info.severity = EventSeverity::Info;
+        assert_eq!(
+            m.effect(&info),
+            Some(EventEffect::Recover),
+            "a recovery of any severity"
+        );
+        assert_eq!(m.subject(&failed("a1", "nginx", 1)), "nginx");
+        // agent_started after an unexpected stop.
+        let unclean = EventMatch::compile(&fleet_schemas::EventRule {
+            kind: "agent_started".into(),
+            attributes: [("previous_stop".to_owned(), "unclean".to_owned())].into(),
+            min_severity: None,
+            subject_attribute: None,
+            recovery_kinds: Vec::new(),
+            resolve_after_secs: None,
+        });
+        let started =
+            |stop: &str| agent_event("a1", "agent_started", 1, &[("previous_stop", stop)]);
+        assert_eq!(
+            unclean.effect(&started("unclean")),
+            Some(EventEffect::Raise)
+        );
+        assert_eq!(unclean.effect(&started("clean")), None);
+        assert_eq!(unclean.subject(&started("unclean")), "");
+    }
+
+    #[test]
+    fn an_event_raises_once_and_a_recovery_event_resolves() {
+        let mut e = with_rule(nginx_rule(|_| {}));
+        let raised = e.agent_event(&failed("a1", "nginx", 10 * S), 99);
+        assert_eq!(raised.len(), 1);
+        let r = &raised[0];
+        assert_eq!(r.kind, AlertEventKind::Raised);
+        assert_eq!(r.severity, AlertSeverity::Critical);
+        assert_eq!(r.metric, "event.service_failed");
+        assert_eq!(r.subject.as_deref(), Some("nginx"));
+        assert_eq!(
+            (r.occurred_at, r.ingested_at),
+            (10 * S, 99),
+            "the event's time"
+        );
+        assert_eq!(r.value, 1.0);
+        assert_eq!(
+            r.alert_id,
+            ids::v5(&["nginx", "a1", "nginx", &(10 * S).to_string()]).to_string()
+        );
+        assert_eq!(e.open_alerts(), 1);
+        assert!(
+            e.agent_event(&failed("a1", "nginx", 10 * S), 0).is_empty(),
+            "the same event again"
+        );
+        assert!(
+            e.agent_event(&failed("a1", "nginx", 20 * S), 0).is_empty(),
+            "open: not raised twice"
+        );
+        assert!(e
+            .agent_event(&failed("a2", "postgres", 20 * S), 0)
+            .is_empty());
+        assert!(
+            e.agent_event(&recovered("a1", "nginx", 15 * S), 0)
+                .is_empty(),
+            "older than the newest event of the key"
+        );
+        let resolved = e.agent_event(&recovered("a1", "nginx", 30 * S), 0);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+        assert_eq!(resolved[0].alert_id, r.alert_id);
+        assert_eq!(resolved[0].occurred_at, 30 * S);
+        assert_eq!(e.open_alerts(), 0);
+        assert!(e
+            .agent_event(&recovered("a1", "nginx", 40 * S), 0)
+            .is_empty());
+        let again = e.agent_event(&failed("a1", "nginx", 50 * S), 0);
+        assert_eq!(again.len(), 1, "a new failure is a new alert");
+        assert_ne!(again[0].alert_id, r.alert_id);
+        // Scope: another tenant's agent raises nothing.
+        let mut other = failed("b1", "nginx", 60 * S);
+        other.tenant_id = "t2".into();
+        assert!(e.agent_event(&other, 0).is_empty());
+    }
+
+    #[test]
+    fn event_alerts_rebuilt_from_their_events_raise_nothing_twice() {
+        let events = [
+            failed("a1", "nginx", 10 * S),
+            failed("a1", "nginx", 20 * S),
+            recovered("a1", "nginx", 30 * S),
+            failed("a1", "nginx", 40 * S),
+        ];
+        let mut first = with_rule(nginx_rule(|e| e.resolve_after_secs = None));
+        let written: Vec<AlertEvent> = events
+            .iter()
+            .flat_map(|ev| first.agent_event(ev, 0))
+            .collect();
+        assert_eq!(
+            written.iter().map(|a| a.kind).collect::<Vec<_>>(),
+            [
+                AlertEventKind::Raised,
+                AlertEventKind::Resolved,
+                AlertEventKind::Raised
+            ]
+        );
+        // A restart: state from fleet.alerts.v1, then every event read again.
+        let mut second = with_rule(nginx_rule(|e| e.resolve_after_secs = None));
+        for a in &written {
+            second.observe(a);
+        }
+        assert_eq!(second.open_alerts(), 1);
+        for ev in &events {
+            assert!(second.agent_event(ev, 0).is_empty(), "{ev:?}");
+        }
+        let resolved = second.agent_event(&recovered("a1", "nginx", 50 * S), 0);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].alert_id, written[2].alert_id);
+        // A user resolved it: the next failure raises anew.
+        let mut third = with_rule(nginx_rule(|e| e.resolve_after_secs = None));
+        for a in &written {
+            third.observe(a);
+        }
+        let mut by_user = written[2].clone();
+        by_user.kind = AlertEventKind::Resolved;
+        by_user.actor = Some("ops".into());
+        third.observe(&by_user);
+        assert!(
+            third.agent_event(&events[3], 0).is_empty(),
+            "acted on already"
+        );
+        assert_eq!(
+            third.agent_event(&failed("a1", "nginx", 60 * S), 0).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn resolve_after_counts_event_time_from_the_last_matching_event() {
+        let mut e = with_rule(nginx_rule(|e| e.resolve_after_secs = Some(60)));
+        assert_eq!(e.longest_resolve_after_micros(), 60 * S);
+        let raised = e.agent_event(&failed("a1", "nginx", 100 * S), 0);
+        assert_eq!(raised.len(), 1);
+        assert!(e.resolve_expired(159 * S, |_| true).is_empty());
+        // Another failure moves the deadline to 190 s.
+        assert!(e.agent_event(&failed("a1", "nginx", 130 * S), 0).is_empty());
+        assert!(e.resolve_expired(170 * S, |_| true).is_empty());
+        assert!(
+            e.resolve_expired(500 * S, |_| false).is_empty(),
+            "not for agents whose events are still replaying"
+        );
+        let resolved = e.resolve_expired(500 * S, |_| true);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].kind, AlertEventKind::Resolved);
+        assert_eq!(
+            (resolved[0].occurred_at, resolved[0].ingested_at),
+            (190 * S, 500 * S),
+            "stamped with the deadline"
+        );
+        assert!(e.resolve_expired(600 * S, |_| true).is_empty(), "once");
+        assert_eq!(e.open_alerts(), 0);
+        // A late failure from before the deadline changes nothing.
+        assert!(e.agent_event(&failed("a1", "nginx", 180 * S), 0).is_empty());
+
+        // An event past the deadline read before the clock looked: the resolve (at the
+        // deadline) comes first, then the new alert.
+        let mut e = with_rule(nginx_rule(|e| e.resolve_after_secs = Some(60)));
+        let first = e.agent_event(&failed("a1", "nginx", 100 * S), 0);
+        let out = e.agent_event(&failed("a1", "nginx", 200 * S), 0);
+        assert_eq!(
+            out.iter()
+                .map(|a| (a.kind, a.occurred_at))
+                .collect::<Vec<_>>(),
+            [
+                (AlertEventKind::Resolved, 160 * S),
+                (AlertEventKind::Raised, 200 * S)
+            ]
+        );
+        assert_eq!(out[0].alert_id, first[0].alert_id);
+        assert_eq!(e.open_alerts(), 1);
+
+        // Rebuilt from its alert events, with the replayed failure: the same deadline.
+        let mut e = with_rule(nginx_rule(|e| e.resolve_after_secs = Some(60)));
+        e.observe(&raised[0]);
+        e.forget_pending(|_| true);
+        assert!(e.agent_event(&failed("a1", "nginx", 100 * S), 0).is_empty());
+        assert!(e.agent_event(&failed("a1", "nginx", 130 * S), 0).is_empty());
+        let again = e.resolve_expired(500 * S, |_| true);
+        assert_eq!(again, resolved, "identical resolve");
+    }
+
+    #[test]
+    fn a_deleted_event_rule_resolves_its_alerts_on_the_events_partition() {
+        let mut e = with_rule(nginx_rule(|_| {}));
+        assert_eq!(e.agent_event(&failed("a1", "nginx", 10 * S), 0).len(), 1);
+        let mut deleted = nginx_rule(|_| {});
+        deleted.kind = RuleEventKind::Deleted;
+        deleted.rule = None;
+        deleted.occurred_at = 20 * S;
+        e.apply_rule_event(&deleted).expect("delete");
+        let mut metrics = Vec::new();
+        let out = e.resolve_retired(0, |_, metric| {
+            metrics.push(metric.to_owned());
+            true
+        });
+        assert_eq!(out.len(), 1);
+        assert_eq!(metrics, ["event.service_failed"]);
+        assert!(e.agent_event(&failed("a1", "nginx", 30 * S), 0).is_empty());
     }
 }

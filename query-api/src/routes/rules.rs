@@ -22,6 +22,10 @@
 //! "for_secs"?, "renotify_secs"?, "scope"?, "scope_value"?, "subject"?, "enabled"?}`;
 //! `scope` is `tenant` (default), `agent` (`scope_value`: agent id) or `tag`
 //! (`scope_value`: tag); `operator` defaults to `>`. Every bad field is a 400 naming it.
+//! An event rule is `{"name", "event": {"kind", "attributes"?, "min_severity"?,
+//! "subject_attribute"?, "recovery_kinds"?, "resolve_after_secs"?, "alert_severity"?},
+//! "scope"?, "scope_value"?, "enabled"?}` (see `fleet_schemas::rules`); its view shows
+//! `metric` `event.<kind>` and the `event` part.
 //!
 //! A new tenant gets [`default_rules`] (hooked into tenant creation). Their ids are
 //! UUIDv5 of (tenant, rule key), so writing them again changes nothing.
@@ -118,6 +122,9 @@ pub struct RuleView {
     /// an agent metric.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<fleet_schemas::LabelMatcher>>,
+    /// What an event rule matches and what resolves it; absent for a rule on samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<fleet_schemas::EventRule>,
     /// Time of the last change (µs).
     pub updated_at: i64,
 }
@@ -140,6 +147,7 @@ impl RuleView {
             renotify_secs: d.renotify_secs,
             enabled: d.enabled,
             labels: d.labels.clone(),
+            event: d.event.clone(),
             updated_at: ev.occurred_at,
         }
     }
@@ -176,6 +184,7 @@ fn def(
         renotify_secs: 0,
         enabled: true,
         labels: None,
+        event: None,
     }
 }
 
