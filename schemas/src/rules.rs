@@ -189,11 +189,14 @@ pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
             ));
         }
     }
-    if d.subject.is_some() && !METRICS_WITH_SUBJECT.contains(&d.metric.as_str()) {
+    if d.subject.is_some()
+        && !METRICS_WITH_SUBJECT.contains(&d.metric.as_str())
+        && !d.metric.starts_with("custom.")
+    {
         return Err(bad(
             "subject",
             format!(
-                "only {} have a subject (mount point or service)",
+                "only {} and custom.<name> have a subject (mount point, service, or a custom metric's labels {{k=\"v\",...}})",
                 METRICS_WITH_SUBJECT.join(", ")
             ),
         ));
@@ -421,6 +424,14 @@ mod tests {
         let mut d = ok.clone();
         d.subject = Some("/".into());
         assert_eq!(field(&d), Some("subject"), "cpu has no subject");
+        let mut d = ok.clone();
+        d.metric = "custom.queue_depth".into();
+        d.subject = Some(r#"{queue="high"}"#.into());
+        assert_eq!(
+            field(&d),
+            None,
+            "custom metrics have their labels as subject"
+        );
         let mut d = ok.clone();
         d.for_secs = -1;
         assert_eq!(field(&d), Some("for_secs"));
