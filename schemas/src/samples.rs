@@ -157,6 +157,59 @@ pub fn split_series(series: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Splits a comma-separated list of series names, leaving commas inside a custom
+/// metric's labels (`custom.q:{a="1",b="x,y"}`) alone: a comma splits only outside
+/// braces and quotes (a backslash escapes the next character inside quotes).
+pub fn split_series_list(list: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    let mut start = 0;
+    for (i, c) in list.char_indices() {
+        if quoted {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' if depth > 0 => quoted = true,
+            '{' => depth = depth.saturating_add(1),
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&list[start..]);
+    out
+}
+
+/// Checks one series name a query may ask for: a built-in metric or `custom.<name>`
+/// ([`is_custom_name`]), optionally `:` and a subject: a custom metric's labels as
+/// [`crate::series::parse_labels_text`] reads them, or any text without `{` (a mount or a
+/// service). The query API's OpenAPI pattern `fleet:metrics` says the same.
+pub fn check_series_name(series: &str) -> Result<(), String> {
+    let (metric, subject) = split_series(series);
+    let known = BUILTIN_METRICS.contains(&metric)
+        || metric.strip_prefix("custom.").is_some_and(is_custom_name);
+    if !known {
+        return Err(format!(
+            "unknown metric {metric:?}: a built-in name or custom.<name> (letters, digits, '.', '_', '-')"
+        ));
+    }
+    match subject {
+        Some(s) if s.contains('{') => series::parse_labels_text(s)
+            .map(|_| ())
+            .map_err(|e| format!("subject {s:?}: {e}")),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `metric` is a name a report can carry (built-in or `custom.*`).
 pub fn is_known_metric(metric: &str) -> bool {
     BUILTIN_METRICS.contains(&metric)
@@ -277,6 +330,45 @@ mod tests {
                 Some(r#"{queue="high",region="eu:\"1\""}"#)
             )
         );
+    }
+
+    #[test]
+    fn series_lists_split_outside_labels_only() {
+        assert_eq!(
+            split_series_list(
+                r#"cpu.percent,disk.percent:/var,custom.q:{a="1",b="x,\"}y"},custom.p"#
+            ),
+            vec![
+                "cpu.percent",
+                "disk.percent:/var",
+                r#"custom.q:{a="1",b="x,\"}y"}"#,
+                "custom.p"
+            ]
+        );
+        assert_eq!(split_series_list(""), vec![""]);
+        assert_eq!(split_series_list("a,,b"), vec!["a", "", "b"]);
+    }
+
+    #[test]
+    fn series_names_of_queries_are_checked() {
+        for ok in [
+            "cpu.percent",
+            "disk.percent:/var",
+            "service.up:",
+            "custom.q",
+            r#"custom.q:{a="1",b="x,\"}"}"#,
+        ] {
+            assert_eq!(check_series_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "cpu.bogus",
+            "custom.",
+            "custom.a b",
+            "custom.q:{a",
+            "disk.percent:a{b",
+        ] {
+            assert!(check_series_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

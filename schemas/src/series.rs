@@ -305,7 +305,7 @@ pub fn parse_labels_text(text: &str) -> Result<Vec<Label>, String> {
                     Some('r') => value.push('\r'),
                     Some('x') => {
                         let hex: String = chars.by_ref().take(2).map(|(_, c)| c).collect();
-                        let byte = (hex.len() == 2)
+                        let byte = (hex.len() == 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
                             .then(|| u8::from_str_radix(&hex, 16).ok())
                             .flatten()
                             .filter(u8::is_ascii)
@@ -455,6 +455,7 @@ mod tests {
             "{a=\"x\"b=\"y\"}",
             "{a=\"x\\q\"}",
             "{a=\"x\\x9\"}",
+            "{a=\"x\\x+f\"}",
             "{a=\"x\\xff\"}",
             "{a=\"x}",
         ] {
