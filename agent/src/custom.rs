@@ -39,6 +39,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -261,6 +262,8 @@ pub struct CustomMetrics {
     /// Textfile → the modification time of the version last warned about, so a broken
     /// file warns once per change, not at every collection.
     warned: Mutex<HashMap<PathBuf, Option<SystemTime>>>,
+    /// Series dropped past `custom-max-series` at the last collection.
+    last_over: AtomicUsize,
 }
 
 impl CustomMetrics {
@@ -272,6 +275,7 @@ impl CustomMetrics {
             stats,
             scripts: Mutex::new(BTreeMap::new()),
             warned: Mutex::new(HashMap::new()),
+            last_over: AtomicUsize::new(0),
         }
     }
 
@@ -303,6 +307,9 @@ impl CustomMetrics {
         }
         if over > 0 {
             add(&self.stats.custom_series_skipped, over);
+        }
+        // Logged when the number dropped changes, not at every collection.
+        if self.last_over.swap(over, Ordering::Relaxed) != over && over > 0 {
             warn!(
                 dropped = over,
                 max = self.max_series,
@@ -324,6 +331,7 @@ impl CustomMetrics {
                 return Vec::new();
             }
         };
+        lock(&self.warned).remove(dir);
         let mut files: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
