@@ -189,6 +189,14 @@ pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
             ));
         }
     }
+    if let (Some(s), true) = (&d.subject, d.metric.starts_with("custom.")) {
+        crate::samples::check_custom_subject(s).map_err(|m| {
+            bad(
+                "subject",
+                format!("a custom metric's subject is its labels, {{k=\"v\",...}}: {m}"),
+            )
+        })?;
+    }
     if d.subject.is_some()
         && !METRICS_WITH_SUBJECT.contains(&d.metric.as_str())
         && !d.metric.starts_with("custom.")
@@ -432,6 +440,10 @@ mod tests {
             None,
             "custom metrics have their labels as subject"
         );
+        d.subject = Some("/var".into());
+        assert_eq!(field(&d), Some("subject"), "not labels");
+        d.subject = Some(r#"{region="eu",queue="high"}"#.into());
+        assert_eq!(field(&d), Some("subject"), "not sorted");
         let mut d = ok.clone();
         d.for_secs = -1;
         assert_eq!(field(&d), Some("for_secs"));

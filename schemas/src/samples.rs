@@ -76,9 +76,13 @@ pub fn check_custom_key(key: &str) -> Result<(), String> {
             "custom metric names are 1 to {MAX_CUSTOM_NAME_LEN} characters of letters, digits, '.', '_' or '-', optionally followed by labels {{k=\"v\",...}}"
         ));
     }
-    let Some(text) = labels else {
-        return Ok(());
-    };
+    labels.map_or(Ok(()), check_custom_subject)
+}
+
+/// Checks the subject of a custom metric: its labels in canonical series-text form
+/// (`{a="x",b="y"}`: 1 to [`MAX_CUSTOM_LABELS`] labels, sorted by name without repeats,
+/// values quoted as Prometheus prints them, at most [`MAX_CUSTOM_SUBJECT_LEN`] bytes).
+pub fn check_custom_subject(text: &str) -> Result<(), String> {
     if text.len() > MAX_CUSTOM_SUBJECT_LEN {
         return Err(format!(
             "labels of a custom metric take at most {MAX_CUSTOM_SUBJECT_LEN} bytes"
