@@ -614,6 +614,33 @@ mod tests {
     }
 
     #[test]
+    fn random_input_never_panics_and_gives_only_keys_the_gateway_takes() {
+        use rand::{Rng as _, SeedableRng as _};
+        const ALPHABET: &[&str] = &[
+            "a", "Z", "_", ":", "{", "}", "=", "\"", "\\", ",", " ", "\t", "\n", "#", "+", "-",
+            ".", "e", "1", "0", "9", "NaN", "Inf", "é", "😀", "\u{0}", "\r", "__", "le",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        for _ in 0..3000 {
+            let len = rng.random_range(0..80);
+            let text: String = (0..len)
+                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
+                .collect();
+            for candidate in [
+                text.clone(),
+                format!("m{{{text}}} 1\n"),
+                format!("m {text}\n"),
+            ] {
+                let p = parse(&candidate);
+                for (key, value) in &p.series {
+                    assert!(value.is_finite(), "{candidate:?}");
+                    assert_eq!(check_custom_key(key), Ok(()), "{candidate:?} gave {key:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn textfiles_are_read_bounded_and_merged_with_scripts() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("a.prom"), "m 1\ndup 1\nbroken{\n").expect("write");
