@@ -35,7 +35,8 @@ pub const HEARTBEAT_ABSENT: &str = "heartbeat.absent";
 /// Comparison operators a rule may use.
 pub const OPERATORS: &[&str] = &[">", ">=", "<", "<=", "==", "!="];
 
-/// Metrics whose samples have a subject (mount point, service name).
+/// Built-in metrics whose samples have a subject (mount point, service name); `custom.*`
+/// metrics with labels have their labels as the subject.
 pub const METRICS_WITH_SUBJECT: &[&str] = &["disk.percent", "disk.used_bytes", "service.up"];
 
 /// Longest `for_secs` and `renotify_secs` a rule may have (7 days).
@@ -282,7 +283,8 @@ pub struct RuleSpec {
     /// Metric name, for example `cpu.percent`, `disk.percent`, `service.up`, `custom.x`.
     #[cfg_attr(feature = "openapi", schema(pattern = "fleet:rule-metric"))]
     pub metric: String,
-    /// Only this mount point or service (metrics that have one: 422 otherwise).
+    /// Only this mount point, service, or label set of a custom metric (`{k="v",...}`,
+    /// labels sorted by name) (metrics that have one: 422 otherwise).
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(max_length = 500, pattern = "fleet:name"))]
     pub subject: Option<String>,
