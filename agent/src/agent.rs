@@ -6,7 +6,9 @@
 //!   it to the [`Outbox`] (the durable spool, or memory when the spool fails) before
 //!   anything else happens to it; it also turns watched-service status changes into
 //!   events (see [`crate::events`]) and puts the last security posture in every report
-//!   (collected by its own task, see [`crate::security`]);
+//!   (collected by its own task, see [`crate::security`]) and the custom metrics
+//!   (textfiles read with the report, scripts run by their own tasks, see
+//!   [`crate::custom`]);
 //! * the [`Sender`] sends the outbox's reports in batches (see [`crate::sender`]);
 //! * the heartbeat task (see [`crate::heartbeat`]).
 //!
@@ -37,6 +39,7 @@ use tracing::{debug, error, info, warn};
 use crate::collect::Collector;
 use crate::commands::{Executor, ExecutorParts};
 use crate::config::{AgentConfig, ConfigError, DEFAULT_SERVER_URL};
+use crate::custom::CustomMetrics;
 use crate::enroll::{EnrollError, Enrollment};
 use crate::events::{self, EventQueue, MAX_QUEUED_EVENTS};
 use crate::heartbeat::{heartbeat_loop, HeartbeatLoop};
@@ -303,9 +306,23 @@ impl Agent {
                 cancel.clone(),
             ));
         }
+        crate::custom::log_sources(config.textfile_directory.as_deref(), &config.custom_scripts);
+        let custom = Arc::new(CustomMetrics::new(
+            config.textfile_directory.clone(),
+            config.custom_max_series,
+            Arc::clone(&stats),
+        ));
+        for script in &config.custom_scripts {
+            tasks.spawn(crate::custom::script_loop(
+                Arc::clone(&custom),
+                script.clone(),
+                cancel.clone(),
+            ));
+        }
         tasks.spawn(collect_loop(CollectLoop {
             collector,
             security,
+            custom,
             outbox: Arc::clone(&outbox),
             intervals: Arc::clone(&live),
             events: Arc::clone(&events),
@@ -598,6 +615,8 @@ struct CollectLoop {
     collector: Collector,
     /// The last security posture, put in every report.
     security: Arc<SecurityState>,
+    /// Custom metrics (textfiles read at each collection, scripts' last values).
+    custom: Arc<CustomMetrics>,
     outbox: Arc<Outbox>,
     intervals: Arc<LiveIntervals>,
     events: Arc<EventQueue>,
@@ -638,7 +657,12 @@ async fn collect_loop(c: CollectLoop) {
             _ = ticker.tick() => {}
         }
         let job_collector = Arc::clone(&collector);
-        let job = tokio::task::spawn_blocking(move || lock(&job_collector).collect());
+        let job_custom = Arc::clone(&c.custom);
+        let job = tokio::task::spawn_blocking(move || {
+            let mut report = lock(&job_collector).collect();
+            report.custom = job_custom.collect();
+            report
+        });
         let result = tokio::select! {
             biased;
             () = c.cancel.cancelled() => return,

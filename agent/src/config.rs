@@ -48,6 +48,15 @@ pub const COMMAND_TYPES: [&str; 4] = [
 /// Largest accepted `command-output-max-bytes` (16 MiB).
 pub const MAX_COMMAND_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 
+/// Longest `timeout` of a custom-metric script.
+pub const MAX_CUSTOM_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Largest `max-output-bytes` of a custom-metric script (4 MiB).
+pub const MAX_CUSTOM_SCRIPT_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest `custom-max-series`.
+pub const MAX_CUSTOM_SERIES: usize = 10_000;
+
 /// State directory of an agent running as root.
 pub const ROOT_STATE_DIR: &str = "/var/lib/fleetstream-agent";
 
@@ -197,6 +206,109 @@ pub struct AgentConfig {
     /// when a watched file such as the package database changes). Default 3600.
     #[serde(with = "humantime_serde")]
     pub security_interval: Duration,
+    /// Directory of Prometheus text-format files (`*.prom`, node_exporter's textfile
+    /// collector convention, e.g. `/var/lib/node_exporter/textfile_collector`), read at
+    /// every collection; their series become `custom.<name>` metrics. Default: unset (none).
+    pub textfile_directory: Option<PathBuf>,
+    /// Programs run on their own interval whose stdout (Prometheus text format) becomes
+    /// `custom.<name>` metrics. Default empty.
+    pub custom_scripts: Vec<CustomScript>,
+    /// Most custom metrics (series) one report carries, textfiles first (files in name
+    /// order), then scripts (in name order); the rest are dropped, counted and logged.
+    /// Keep it at most the gateway's `subjects.max-custom-per-report`. Default 256.
+    pub custom_max_series: usize,
+}
+
+/// One `[[custom-scripts]]` entry: a program whose output is custom metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CustomScript {
+    /// Its name in logs (1 to 64 of letters, digits and `-_.`, unique).
+    pub name: String,
+    /// Absolute path of the program, run directly (no shell) as the agent's user.
+    pub command: PathBuf,
+    /// Its arguments. Default none.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Time between two runs (the first at start). Default 60s.
+    #[serde(default = "CustomScript::default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Longest run; then its process group is killed. At most 5 minutes. Default 10s.
+    #[serde(default = "CustomScript::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most bytes of stdout read; a longer output is refused whole. At most 4 MiB.
+    /// Default 65536.
+    #[serde(default = "CustomScript::default_max_output_bytes")]
+    pub max_output_bytes: usize,
+}
+
+impl CustomScript {
+    fn default_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    fn default_max_output_bytes() -> usize {
+        65536
+    }
+
+    /// A script with the default interval, timeout and output bound.
+    pub fn new(name: &str, command: impl Into<PathBuf>, args: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            command: command.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            interval: Self::default_interval(),
+            timeout: Self::default_timeout(),
+            max_output_bytes: Self::default_max_output_bytes(),
+        }
+    }
+
+    fn validate(&self, seen: &mut std::collections::BTreeSet<String>) -> Result<(), String> {
+        if !is_script_name(&self.name) {
+            return Err(format!(
+                "has name {:?}: 1 to 64 of letters, digits and `-_.`",
+                self.name
+            ));
+        }
+        if !seen.insert(self.name.clone()) {
+            return Err(format!("names {:?} twice", self.name));
+        }
+        let name = &self.name;
+        if !self.command.is_absolute() {
+            return Err(format!(
+                "{name}: command {:?} must be an absolute path (it runs directly, no shell)",
+                self.command
+            ));
+        }
+        if self.interval < Duration::from_secs(1) || self.interval > Duration::from_secs(86_400) {
+            return Err(format!("{name}: interval must be 1s to 1 day"));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_CUSTOM_SCRIPT_TIMEOUT {
+            return Err(format!(
+                "{name}: timeout must be greater than 0 and at most {}",
+                humantime::format_duration(MAX_CUSTOM_SCRIPT_TIMEOUT)
+            ));
+        }
+        if !(1..=MAX_CUSTOM_SCRIPT_OUTPUT_BYTES).contains(&self.max_output_bytes) {
+            return Err(format!(
+                "{name}: max-output-bytes must be between 1 and {MAX_CUSTOM_SCRIPT_OUTPUT_BYTES}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 1 to 64 of `A-Z a-z 0-9 - _ .` (script names, of `scripts` and `custom-scripts`).
+fn is_script_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl Default for AgentConfig {
@@ -231,6 +343,9 @@ impl Default for AgentConfig {
             inventory_interval: Duration::from_secs(3600),
             security: true,
             security_interval: Duration::from_secs(3600),
+            textfile_directory: None,
+            custom_scripts: Vec::new(),
+            custom_max_series: 256,
         }
     }
 }
@@ -388,12 +503,7 @@ impl AgentConfig {
             });
         }
         for (name, line) in &self.scripts {
-            let name_ok = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !name_ok || line.trim().is_empty() {
+            if !is_script_name(name) || line.trim().is_empty() {
                 return Err(ConfigError::Invalid {
                     key: "scripts",
                     message: format!(
@@ -402,6 +512,31 @@ impl AgentConfig {
                     ),
                 });
             }
+        }
+        if self
+            .textfile_directory
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "textfile-directory",
+                message: "is empty: give a directory, or leave it unset".to_owned(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for script in &self.custom_scripts {
+            script
+                .validate(&mut seen)
+                .map_err(|message| ConfigError::Invalid {
+                    key: "custom-scripts",
+                    message,
+                })?;
+        }
+        if self.custom_max_series > MAX_CUSTOM_SERIES {
+            return Err(ConfigError::Invalid {
+                key: "custom-max-series",
+                message: format!("must be at most {MAX_CUSTOM_SERIES}"),
+            });
         }
         for name in &self.services {
             if !is_valid_unit_name(name) {
@@ -870,6 +1005,83 @@ mod tests {
     }
 
     #[test]
+    fn custom_scripts_are_checked_and_default_from_toml() {
+        let toml = r#"
+            textfile-directory = "/var/lib/node_exporter/textfile_collector"
+            [[custom-scripts]]
+            name = "queues"
+            command = "/usr/local/bin/queues"
+            args = ["--all"]
+            [[custom-scripts]]
+            name = "backup-age"
+            command = "/usr/local/bin/backup-age"
+            interval = "5m"
+            timeout = "30s"
+            max-output-bytes = 1024
+        "#;
+        let c = AgentConfig::from_figment(Figment::new().merge(Toml::string(toml))).unwrap();
+        assert_eq!(
+            c.custom_scripts[0],
+            CustomScript::new("queues", "/usr/local/bin/queues", &["--all"])
+        );
+        assert_eq!(c.custom_scripts[1].interval, Duration::from_secs(300));
+        assert_eq!(c.custom_scripts[1].max_output_bytes, 1024);
+        let script = CustomScript::new("s", "/bin/true", &[]);
+        let bad = [
+            (CustomScript::new("bad name", "/bin/true", &[]), "bad name"),
+            (CustomScript::new("s", "true", &[]), "absolute"),
+            (
+                CustomScript {
+                    timeout: Duration::from_secs(301),
+                    ..script.clone()
+                },
+                "timeout",
+            ),
+            (
+                CustomScript {
+                    max_output_bytes: 0,
+                    ..script.clone()
+                },
+                "max-output-bytes",
+            ),
+            (
+                CustomScript {
+                    interval: Duration::from_millis(10),
+                    ..script.clone()
+                },
+                "interval",
+            ),
+        ];
+        for (s, what) in bad {
+            let err = AgentConfig {
+                custom_scripts: vec![s],
+                ..AgentConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("custom-scripts") && err.contains(what),
+                "{err}"
+            );
+        }
+        let twice = AgentConfig {
+            custom_scripts: vec![script.clone(), script],
+            ..AgentConfig::default()
+        };
+        assert!(twice.validate().unwrap_err().to_string().contains("twice"));
+        let too_many = AgentConfig {
+            custom_max_series: MAX_CUSTOM_SERIES + 1,
+            ..AgentConfig::default()
+        };
+        assert!(too_many
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("custom-max-series"));
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         let err = AgentConfig::load(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::NotFound { .. }), "{err}");
@@ -917,6 +1129,7 @@ mod tests {
             collect_interval: Some(Duration::from_secs_f64(1.0)),
             heartbeat_interval: Some(Duration::from_secs_f64(1.0)),
             flush_interval: Some(Duration::from_secs_f64(1.0)),
+            textfile_directory: Some("/x".into()),
             ..c
         }));
         let dict = all.extract::<figment::value::Dict>().unwrap();

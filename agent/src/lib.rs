@@ -30,6 +30,10 @@
 //! * [`security`]: the security posture (firewall, pending updates, reboot required,
 //!   sshd root login and password authentication, ClamAV), collected every
 //!   `security-interval` and on change, carried by every report;
+//! * [`custom`]: custom metrics from Prometheus text-format files (`textfile-directory`)
+//!   and scripts (`custom-scripts`), put in every report's `custom` map;
+//! * [`process`]: runs a probe or script with a timeout that kills its process group and
+//!   bounded output;
 //! * [`events`]: the agent's start (and how its previous run ended) and stop, host
 //!   reboots and service transitions, in a bounded in-memory queue;
 //! * [`Agent`]: the orchestrator: builds these parts from the configuration, runs them as
@@ -63,12 +67,14 @@ pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod config;
+pub mod custom;
 pub mod enroll;
 pub mod events;
 mod heartbeat;
 mod intervals;
 pub mod inventory;
 mod outbox;
+pub mod process;
 pub mod queue;
 mod retry;
 pub mod security;

@@ -19,15 +19,15 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use fleet_schemas::api::SecurityIn;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::process;
 use crate::sync::lock;
 
 /// Longest one probe may run before it is killed and its field left empty.
@@ -348,7 +348,7 @@ pub struct ProbeOutput {
 }
 
 /// Runs `program args` found on `PATH` with `LC_ALL=C`; `None` when it cannot start or
-/// exceeds `timeout` (then it is killed).
+/// exceeds `timeout` (then it is killed with its process group).
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Option<ProbeOutput> {
     Probe {
         timeout,
@@ -366,88 +366,22 @@ struct Probe<'a> {
 impl Probe<'_> {
     /// [`run`], also killing the tool (and answering `None`) once `cancel` fires.
     fn run(&self, program: &str, args: &[&str]) -> Option<ProbeOutput> {
-        if self.cancel.is_cancelled() {
-            return None;
-        }
-        run_inner(program, args, self.timeout, self.cancel)
-    }
-}
-
-fn run_inner(
-    program: &str,
-    args: &[&str],
-    timeout: Duration,
-    cancel: &CancellationToken,
-) -> Option<ProbeOutput> {
-    let mut command = Command::new(program);
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt as _;
-        // Its own process group, so a timeout kills what it started too (and the pipes
-        // close, ending the reads).
-        command.process_group(0);
-    }
-    let mut child = command
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| debug!(program, error = %e, "Security probe cannot run."))
-        .ok()?;
-    let stdout = child.stdout.take()?;
-    let stderr = child.stderr.take()?;
-    let deadline = Instant::now() + timeout;
-    std::thread::scope(|scope| {
-        // Read concurrently (and past the bound, discarding) so a chatty tool never stalls
-        // on a full pipe.
-        let out = scope.spawn(move || read_bounded(stdout));
-        let err = scope.spawn(move || read_bounded(stderr));
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline && !cancel.is_cancelled() => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Ok(None) | Err(_) => {
-                    debug!(program, ?timeout, "Security probe timed out; killed.");
-                    kill_group(&mut child);
-                    break None;
-                }
-            }
+        let limits = process::Limits {
+            timeout: self.timeout,
+            max_output: PROBE_MAX_OUTPUT,
         };
-        let stdout = out.join().ok()?;
-        let stderr = err.join().ok()?;
-        let status = status?;
-        Some(ProbeOutput {
-            code: status.code(),
-            stdout,
-            stderr,
-        })
-    })
-}
-
-fn kill_group(child: &mut std::process::Child) {
-    #[cfg(unix)]
-    if let Ok(pid) = i32::try_from(child.id()) {
-        use nix::sys::signal::{killpg, Signal};
-        use nix::unistd::Pid;
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        match process::run(program, args, limits, self.cancel) {
+            Ok(o) => Some(ProbeOutput {
+                code: o.code,
+                stdout: o.stdout,
+                stderr: o.stderr,
+            }),
+            Err(e) => {
+                debug!(program, error = %e, "Security probe gave nothing.");
+                None
+            }
+        }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn read_bounded(mut r: impl Read) -> String {
-    let mut kept = Vec::new();
-    let _ = (&mut r)
-        .take(PROBE_MAX_OUTPUT as u64)
-        .read_to_end(&mut kept);
-    // Drain the rest so the child can finish; ends at EOF (the child exited, or its group
-    // was killed at the timeout).
-    let _ = std::io::copy(&mut r, &mut std::io::sink());
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// `ufw status`: `Status: active` / `Status: inactive`.
@@ -799,6 +733,7 @@ pub fn wildcard(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn ufw_status() {

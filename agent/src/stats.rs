@@ -37,6 +37,8 @@ pub struct Stats {
     pub(crate) events_dropped: AtomicU64,
     pub(crate) inventories_sent: AtomicU64,
     pub(crate) config_updates: AtomicU64,
+    pub(crate) custom_series_skipped: AtomicU64,
+    pub(crate) custom_script_failures: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one instant.
@@ -103,6 +105,12 @@ pub struct StatsSnapshot {
     pub inventories_sent: u64,
     /// Interval changes applied (server `config` messages and `update_config`).
     pub config_updates: u64,
+    /// Custom metrics skipped: bad lines, not finite values, duplicate series, textfiles
+    /// skipped whole, series past `custom-max-series` (counted at each reading).
+    pub custom_series_skipped: u64,
+    /// Custom-metric script runs that failed (could not start, exit code not 0, timed
+    /// out, output past its bound).
+    pub custom_script_failures: u64,
 }
 
 impl Stats {
@@ -140,6 +148,8 @@ impl Stats {
             events_dropped: get(&self.events_dropped),
             inventories_sent: get(&self.inventories_sent),
             config_updates: get(&self.config_updates),
+            custom_series_skipped: get(&self.custom_series_skipped),
+            custom_script_failures: get(&self.custom_script_failures),
         }
     }
 }

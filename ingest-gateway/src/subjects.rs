@@ -1,8 +1,8 @@
 //! Bounds on the subjects one agent can make the pipeline track.
 //!
-//! Every distinct mount, interface, service or custom metric name becomes a series in the
-//! time-series store and state in the alert evaluator, so an agent making names up would
-//! grow both without end. Two bounds, per kind of subject:
+//! Every distinct mount, interface, service or custom metric key (name and labels: each
+//! label set is its own) becomes a series in the time-series store and state in the alert
+//! evaluator, so an agent making names up would grow both without end. Two bounds, per kind of subject:
 //!
 //! * **Per report**: at most `max-<kind>-per-report` entries in one list; a longer list
 //!   refuses the report, naming the list (checked in [`crate::validate::report`]).
@@ -243,6 +243,13 @@ mod tests {
         assert_eq!(
             t.admit("a", &custom, 4 * S).map_err(|e| e.0),
             Err("custom.m3".to_owned())
+        );
+        // Each label set of a custom metric is a subject of its own.
+        let mut labelled = mounts(&[]);
+        labelled.custom = (0..4).map(|i| (format!("m{{q=\"{i}\"}}"), 1.0)).collect();
+        assert_eq!(
+            t.admit("b", &labelled, 4 * S).map_err(|e| e.0),
+            Err("custom.m{q=\"3\"}".to_owned())
         );
     }
 

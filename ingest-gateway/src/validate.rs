@@ -235,16 +235,8 @@ pub fn report(
     let mut custom = HashMap::with_capacity(r.custom.len());
     for (k, v) in &r.custom {
         let f = Path::Key("custom", k);
-        let valid_name = !k.is_empty()
-            && k.len() <= 128
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !valid_name {
-            return Err(err(
-                f,
-                "custom metric names are 1 to 128 characters of letters, digits, '.', '_' or '-'",
-            ));
-        }
+        // `name` or `name{labels}` (see `fleet_schemas::samples`).
+        fleet_schemas::samples::check_custom_key(k).map_err(|m| err(f, m))?;
         if !v.is_finite() {
             return Err(err(f, "must be a finite number"));
         }

@@ -309,6 +309,58 @@ async fn invalid_values_are_refused_per_item_and_valid_ones_kept() {
     assert_eq!(v["error"]["field"], "reports[0].cpu_percent");
 }
 
+/// Custom metrics with labels travel as `name{labels}` keys in canonical series-text
+/// form: accepted and written as sent; a key that is not canonical is refused naming it.
+#[tokio::test]
+async fn labelled_custom_metrics_are_checked_and_written() {
+    let (_d, log) = embedded().await;
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
+    let labelled = r#"queue_depth{queue="high",region="eu"}"#;
+    let mut good = report(&now(), json!(1.0));
+    good["custom"][labelled] = json!(9.0);
+    let mut unsorted = report(&now(), json!(1.0));
+    unsorted["custom"][r#"queue_depth{region="eu",queue="high"}"#] = json!(1.0);
+    let mut bad_escape = report(&now(), json!(1.0));
+    bad_escape["custom"][r#"m{a="\q"}"#] = json!(1.0);
+    let mut colon = report(&now(), json!(1.0));
+    colon["custom"]["a:b"] = json!(1.0);
+    let body = json!({"reports": [good, unsorted, bad_escape, colon]});
+    let (status, v, _) = post(&app, "a", serde_json::to_vec(&body).expect("json"), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["accepted"], 1, "{v}");
+    let rejected = v["rejected"].as_array().expect("rejected");
+    let fields: Vec<&str> = rejected
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            r#"reports[1].custom.queue_depth{region="eu",queue="high"}"#,
+            r#"reports[2].custom.m{a="\q"}"#,
+            "reports[3].custom.a:b",
+        ],
+        "{v}"
+    );
+    assert!(
+        rejected[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sorted")),
+        "{v}"
+    );
+    let written = read_all(&log).await;
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].custom.get(labelled), Some(&9.0));
+    let samples = fleet_schemas::samples::samples(&written[0]);
+    assert!(samples.iter().any(|s| s.metric == "custom.queue_depth"
+        && s.subject.as_deref() == Some(r#"{queue="high",region="eu"}"#)
+        && s.value == 9.0));
+}
+
 #[tokio::test]
 async fn bad_agent_id_content_type_and_size() {
     let (_d, log) = embedded().await;

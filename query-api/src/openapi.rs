@@ -186,6 +186,17 @@ fn escaped(name: &str) -> String {
     name.replace('.', "\\.")
 }
 
+/// One series of the history's `metric` list, as `fleet_schemas::samples::check_series_name`
+/// accepts it: a built-in metric or `custom.<name>`, then optionally `:` and a subject,
+/// either a custom metric's labels `{k="v",...}` (commas inside them do not split the
+/// list) or text without `,` and `{` (a mount or a service).
+fn series_pattern(builtins: &str) -> String {
+    let name = "[a-zA-Z_][a-zA-Z0-9_]*";
+    let value = r#""(?:[^"\\]|\\[\\"ntr]|\\x[0-7][0-9a-fA-F])*""#;
+    let labels = format!("\\{{{name}={value}(?:,{name}={value})*\\}}");
+    format!("(?:{builtins}|custom\\.[A-Za-z0-9._-]{{1,128}})(?::(?:{labels}|[^,{{]*))?")
+}
+
 /// The rules the handlers enforce, as patterns, by the placeholder the annotations use:
 ///
 /// * `fleet:name`: a name ([`fleet_schemas::text::check_name`]);
@@ -203,7 +214,7 @@ fn placeholders() -> Vec<(&'static str, serde_json::Value)> {
         .map(|m| escaped(m))
         .collect();
     let builtins = builtins.join("|");
-    let item = format!("(?:{builtins}|custom\\.[^,:]+)(?::[^,]*)?");
+    let item = series_pattern(&builtins);
     let event_kinds = format!("^(?:{})$", fleet_schemas::api::AGENT_EVENT_KINDS.join("|"));
     let event_metrics = fleet_schemas::api::AGENT_EVENT_KINDS
         .iter()
@@ -289,4 +300,51 @@ pub fn router() -> Router {
         "/api/openapi.json",
         get(|| async { Json(document()).into_response() }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document's pattern for the history's `metric` list accepts exactly what the
+    /// handler accepts (the list split by `split_series_list`, each item checked by
+    /// `check_series_name`).
+    #[test]
+    fn the_metrics_pattern_agrees_with_the_handler() {
+        let builtins: Vec<String> = fleet_schemas::samples::BUILTIN_METRICS
+            .iter()
+            .map(|m| escaped(m))
+            .collect();
+        let item = series_pattern(&builtins.join("|"));
+        let list = regex::Regex::new(&format!("^{item}(?:,{item}){{0,19}}$")).expect("regex");
+        let handler = |v: &str| {
+            let items = fleet_schemas::samples::split_series_list(v);
+            items.len() <= 20
+                && items
+                    .iter()
+                    .all(|m| fleet_schemas::samples::check_series_name(m).is_ok())
+        };
+        for v in [
+            "cpu.percent",
+            "cpu.percent,disk.percent:/var",
+            r#"custom.q:{a="1",b="x,\"}y\n\x01"}"#,
+            r#"custom.q:{a="1"},custom.r,service.up:nginx"#,
+            "service.up:",
+            "custom.q:{a",
+            "custom.q:{a,b",
+            r#"custom.q:{a="1""#,
+            r#"custom.q:{a="\q"}"#,
+            r#"custom.q:{a="\x+f"}"#,
+            r#"custom.q:{a="\x80"}"#,
+            "custom.a{b:x,cpu.percent",
+            "disk.percent:a{b",
+            "disk.percent:a}b\"c",
+            "custom.",
+            "cpu.bogus",
+            ",",
+            "",
+        ] {
+            assert_eq!(list.is_match(v), handler(v), "{v:?}");
+        }
+    }
 }

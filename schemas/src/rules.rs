@@ -48,7 +48,8 @@ pub const HEARTBEAT_ABSENT: &str = "heartbeat.absent";
 /// Comparison operators a rule may use.
 pub const OPERATORS: &[&str] = &[">", ">=", "<", "<=", "==", "!="];
 
-/// Metrics whose samples have a subject (mount point, service name).
+/// Built-in metrics whose samples have a subject (mount point, service name); `custom.*`
+/// metrics with labels have their labels as the subject.
 pub const METRICS_WITH_SUBJECT: &[&str] = &["disk.percent", "disk.used_bytes", "service.up"];
 
 /// Longest `for_secs` and `renotify_secs` a rule may have (7 days).
@@ -408,11 +409,22 @@ pub fn check_combination(d: &RuleDefinition) -> Result<(), RuleFieldError> {
             ));
         }
     }
-    if d.subject.is_some() && !METRICS_WITH_SUBJECT.contains(&d.metric.as_str()) {
+    if let (Some(s), true) = (&d.subject, d.metric.starts_with("custom.")) {
+        crate::samples::check_custom_subject(s).map_err(|m| {
+            bad(
+                "subject",
+                format!("a custom metric's subject is its labels, {{k=\"v\",...}}: {m}"),
+            )
+        })?;
+    }
+    if d.subject.is_some()
+        && !METRICS_WITH_SUBJECT.contains(&d.metric.as_str())
+        && !d.metric.starts_with("custom.")
+    {
         return Err(bad(
             "subject",
             format!(
-                "only {} have a subject (mount point or service)",
+                "only {} and custom.<name> have a subject (mount point, service, or a custom metric's labels {{k=\"v\",...}})",
                 METRICS_WITH_SUBJECT.join(", ")
             ),
         ));
@@ -492,7 +504,8 @@ pub struct RuleSpec {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(pattern = "fleet:rule-metric"))]
     pub metric: String,
-    /// Only this mount point or service (metrics that have one: 422 otherwise).
+    /// Only this mount point, service, or label set of a custom metric (`{k="v",...}`,
+    /// labels sorted by name) (metrics that have one: 422 otherwise).
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(max_length = 500, pattern = "fleet:name"))]
     pub subject: Option<String>,
@@ -777,6 +790,18 @@ mod tests {
         let mut d = ok.clone();
         d.subject = Some("/".into());
         assert_eq!(field(&d), Some("subject"), "cpu has no subject");
+        let mut d = ok.clone();
+        d.metric = "custom.queue_depth".into();
+        d.subject = Some(r#"{queue="high"}"#.into());
+        assert_eq!(
+            field(&d),
+            None,
+            "custom metrics have their labels as subject"
+        );
+        d.subject = Some("/var".into());
+        assert_eq!(field(&d), Some("subject"), "not labels");
+        d.subject = Some(r#"{region="eu",queue="high"}"#.into());
+        assert_eq!(field(&d), Some("subject"), "not sorted");
         let mut d = ok.clone();
         d.for_secs = -1;
         assert_eq!(field(&d), Some("for_secs"));

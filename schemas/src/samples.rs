@@ -16,11 +16,92 @@
 //! | `service.up` | service name | 1 running, 0 otherwise |
 //! | `security.firewall_active` | | 1 a host firewall filters input, 0 none (reports that say) |
 //! | `security.pending_updates`, `security.pending_security_updates` | | packages (reports that say) |
-//! | `custom.<name>` | | as sent |
+//! | `custom.<name>` | its labels, `{k="v",...}` (none without labels) | as sent |
 //!
 //! A series is named `metric` or, with a subject, `metric:subject` (`disk.percent:/var`).
+//!
+//! **Custom metrics** travel in the report's `custom` map keyed by their series text
+//! ([`custom_key`]): the name alone, or the name and its labels in the canonical form of
+//! [`crate::series::series_text`] (`queue_depth{queue="high",region="eu"}`: labels sorted
+//! by name, values quoted as Prometheus prints them). The sample is `custom.<name>` with
+//! the labels text as its subject (`custom.queue_depth:{queue="high",region="eu"}`), the
+//! same form an alert on a standard protocols' series has as its subject. Keys with labels
+//! need a gateway that knows them (older ones refuse the report naming the key), so
+//! servers are upgraded before agents that send labelled custom metrics.
 
-use crate::records::MetricReport;
+use crate::records::{Label, MetricReport};
+use crate::series;
+
+/// Longest custom metric name (`[A-Za-z0-9._-]`).
+pub const MAX_CUSTOM_NAME_LEN: usize = 128;
+
+/// Most labels of one custom metric.
+pub const MAX_CUSTOM_LABELS: usize = 16;
+
+/// Longest labels text (the subject, `{k="v",...}`) of one custom metric, in bytes (a
+/// rule may name a subject of at most 500 characters).
+pub const MAX_CUSTOM_SUBJECT_LEN: usize = 500;
+
+/// Whether `name` is a custom metric name: 1 to [`MAX_CUSTOM_NAME_LEN`] characters of
+/// letters, digits, `.`, `_` or `-`.
+pub fn is_custom_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CUSTOM_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The `custom` map key of a custom metric: `name`, or `name{labels}` with `labels`
+/// sorted by name (the caller sorts them).
+pub fn custom_key(name: &str, labels: &[Label]) -> String {
+    series::series_text(name, labels)
+}
+
+/// Splits a `custom` map key into the metric's name and its labels text (the subject).
+pub fn split_custom_key(key: &str) -> (&str, Option<&str>) {
+    match key.find('{') {
+        Some(i) => (&key[..i], Some(&key[i..])),
+        None => (key, None),
+    }
+}
+
+/// Checks a `custom` map key: a valid name ([`is_custom_name`]), and labels (if any) in
+/// canonical series-text form: 1 to [`MAX_CUSTOM_LABELS`] labels, sorted by name without
+/// repeats, at most [`MAX_CUSTOM_SUBJECT_LEN`] bytes. The error says what is wrong.
+pub fn check_custom_key(key: &str) -> Result<(), String> {
+    let (name, labels) = split_custom_key(key);
+    if !is_custom_name(name) {
+        return Err(format!(
+            "custom metric names are 1 to {MAX_CUSTOM_NAME_LEN} characters of letters, digits, '.', '_' or '-', optionally followed by labels {{k=\"v\",...}}"
+        ));
+    }
+    labels.map_or(Ok(()), check_custom_subject)
+}
+
+/// Checks the subject of a custom metric: its labels in canonical series-text form
+/// (`{a="x",b="y"}`: 1 to [`MAX_CUSTOM_LABELS`] labels, sorted by name without repeats,
+/// values quoted as Prometheus prints them, at most [`MAX_CUSTOM_SUBJECT_LEN`] bytes).
+pub fn check_custom_subject(text: &str) -> Result<(), String> {
+    if text.len() > MAX_CUSTOM_SUBJECT_LEN {
+        return Err(format!(
+            "labels of a custom metric take at most {MAX_CUSTOM_SUBJECT_LEN} bytes"
+        ));
+    }
+    let parsed = series::parse_labels_text(text)?;
+    if parsed.len() > MAX_CUSTOM_LABELS {
+        return Err(format!(
+            "a custom metric has at most {MAX_CUSTOM_LABELS} labels"
+        ));
+    }
+    if parsed.windows(2).any(|w| w[0].name >= w[1].name) {
+        return Err("labels are sorted by name, each name once".to_owned());
+    }
+    if series::labels_text(&parsed) != text {
+        return Err("label values are quoted as Prometheus prints them (\\\\, \\\", \\n, \\t, \\r, \\xNN for other control characters)".to_owned());
+    }
+    Ok(())
+}
 
 /// Every metric name a report without custom metrics can carry.
 pub const BUILTIN_METRICS: &[&str] = &[
@@ -77,6 +158,59 @@ pub fn split_series(series: &str) -> (&str, Option<&str>) {
     match series.split_once(':') {
         Some((m, s)) => (m, Some(s)),
         None => (series, None),
+    }
+}
+
+/// Splits a comma-separated list of series names, leaving commas inside a custom
+/// metric's labels (`custom.q:{a="1",b="x,y"}`) alone: a comma splits only outside
+/// braces and quotes (a backslash escapes the next character inside quotes).
+pub fn split_series_list(list: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    let mut start = 0;
+    for (i, c) in list.char_indices() {
+        if quoted {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' if depth > 0 => quoted = true,
+            '{' => depth = depth.saturating_add(1),
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&list[start..]);
+    out
+}
+
+/// Checks one series name a query may ask for: a built-in metric or `custom.<name>`
+/// ([`is_custom_name`]), optionally `:` and a subject: a custom metric's labels as
+/// [`crate::series::parse_labels_text`] reads them, or any text without `{` (a mount or a
+/// service). The query API's OpenAPI pattern `fleet:metrics` says the same.
+pub fn check_series_name(series: &str) -> Result<(), String> {
+    let (metric, subject) = split_series(series);
+    let known = BUILTIN_METRICS.contains(&metric)
+        || metric.strip_prefix("custom.").is_some_and(is_custom_name);
+    if !known {
+        return Err(format!(
+            "unknown metric {metric:?}: a built-in name or custom.<name> (letters, digits, '.', '_', '-')"
+        ));
+    }
+    match subject {
+        Some(s) if s.contains('{') => series::parse_labels_text(s)
+            .map(|_| ())
+            .map_err(|e| format!("subject {s:?}: {e}")),
+        _ => Ok(()),
     }
 }
 
@@ -143,7 +277,129 @@ pub fn for_each_sample(r: &MetricReport, mut f: impl FnMut(&str, Option<&str>, f
             f("security.pending_security_updates", None, f64::from(n));
         }
     }
-    for (name, v) in &r.custom {
-        f(&format!("custom.{name}"), None, *v);
+    for (key, v) in &r.custom {
+        let (name, subject) = split_custom_key(key);
+        f(&format!("custom.{name}"), subject, *v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(name: &str, value: &str) -> Label {
+        Label {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    #[test]
+    fn custom_keys_carry_labels_as_the_subject() {
+        let mut r = crate::fixtures::metric_report("t", "a", 0);
+        r.custom.clear();
+        r.custom.insert("plain".to_owned(), 1.0);
+        let key = custom_key(
+            "queue_depth",
+            &[label("queue", "high"), label("region", "eu:\"1\"")],
+        );
+        assert_eq!(key, r#"queue_depth{queue="high",region="eu:\"1\""}"#);
+        assert_eq!(check_custom_key(&key), Ok(()));
+        r.custom.insert(key, 7.0);
+        let mut custom: Vec<Sample> = samples(&r)
+            .into_iter()
+            .filter(|s| s.metric.starts_with("custom."))
+            .collect();
+        custom.sort_by(|a, b| a.metric.cmp(&b.metric));
+        assert_eq!(
+            custom,
+            vec![
+                Sample {
+                    metric: "custom.plain".into(),
+                    subject: None,
+                    value: 1.0
+                },
+                Sample {
+                    metric: "custom.queue_depth".into(),
+                    subject: Some(r#"{queue="high",region="eu:\"1\""}"#.into()),
+                    value: 7.0
+                },
+            ]
+        );
+        // The series name splits back at the first ':' (names have none).
+        assert_eq!(
+            split_series(&custom[1].series()),
+            (
+                "custom.queue_depth",
+                Some(r#"{queue="high",region="eu:\"1\""}"#)
+            )
+        );
+    }
+
+    #[test]
+    fn series_lists_split_outside_labels_only() {
+        assert_eq!(
+            split_series_list(
+                r#"cpu.percent,disk.percent:/var,custom.q:{a="1",b="x,\"}y"},custom.p"#
+            ),
+            vec![
+                "cpu.percent",
+                "disk.percent:/var",
+                r#"custom.q:{a="1",b="x,\"}y"}"#,
+                "custom.p"
+            ]
+        );
+        assert_eq!(split_series_list(""), vec![""]);
+        assert_eq!(split_series_list("a,,b"), vec!["a", "", "b"]);
+    }
+
+    #[test]
+    fn series_names_of_queries_are_checked() {
+        for ok in [
+            "cpu.percent",
+            "disk.percent:/var",
+            "service.up:",
+            "custom.q",
+            r#"custom.q:{a="1",b="x,\"}"}"#,
+        ] {
+            assert_eq!(check_series_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "cpu.bogus",
+            "custom.",
+            "custom.a b",
+            "custom.q:{a",
+            "disk.percent:a{b",
+        ] {
+            assert!(check_series_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn custom_keys_are_checked_strictly() {
+        assert!(check_custom_key("a.b-c_d").is_ok());
+        assert!(check_custom_key(r#"m{a="1",b="2"}"#).is_ok());
+        let long_name = "x".repeat(MAX_CUSTOM_NAME_LEN + 1);
+        let many: Vec<Label> = (0..=MAX_CUSTOM_LABELS)
+            .map(|i| label(&format!("l{i:02}"), "v"))
+            .collect();
+        let many = custom_key("m", &many);
+        let long_subject = format!("m{{a=\"{}\"}}", "v".repeat(MAX_CUSTOM_SUBJECT_LEN));
+        for bad in [
+            "",
+            "a b",
+            "a:b",
+            long_name.as_str(),
+            "m{}",
+            r#"m{b="1",a="2"}"#,
+            r#"m{a="1",a="2"}"#,
+            r#"m{a="\x41"}"#,
+            r#"m{a="1"}x"#,
+            r#"{a="1"}"#,
+            many.as_str(),
+            long_subject.as_str(),
+        ] {
+            assert!(check_custom_key(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -273,6 +273,62 @@ pub fn labels_text(labels: &[Label]) -> String {
     out
 }
 
+/// Parses labels in series-text form (`{a="x",b="y"}`, what [`labels_text`] writes for at
+/// least one label) back into labels, in the order written. Strict: only the escapes
+/// [`labels_text`] writes (`\\`, `\"`, `\n`, `\t`, `\r`, `\xNN`); whether the text is
+/// canonical (sorted, unique names, minimal escapes) is for the caller to check by
+/// comparing [`labels_text`] of the result with the input.
+pub fn parse_labels_text(text: &str) -> Result<Vec<Label>, String> {
+    const FORM: &str = r#"labels are written {name="value",...}"#;
+    let body = text
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or(FORM)?;
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let (name, after) = rest.split_once("=\"").ok_or(FORM)?;
+        if !is_label_name(name) {
+            return Err(format!("label name {name:?} is not [a-zA-Z_][a-zA-Z0-9_]*"));
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err(format!("label {name}: unterminated value")),
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next().map(|(_, c)| c) {
+                    Some('\\') => value.push('\\'),
+                    Some('"') => value.push('"'),
+                    Some('n') => value.push('\n'),
+                    Some('t') => value.push('\t'),
+                    Some('r') => value.push('\r'),
+                    Some('x') => {
+                        let hex: String = chars.by_ref().take(2).map(|(_, c)| c).collect();
+                        let byte = (hex.len() == 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .then(|| u8::from_str_radix(&hex, 16).ok())
+                            .flatten()
+                            .filter(u8::is_ascii)
+                            .ok_or_else(|| format!("label {name}: bad \\x escape"))?;
+                        value.push(char::from(byte));
+                    }
+                    _ => return Err(format!("label {name}: unknown escape")),
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        out.push(Label {
+            name: name.to_owned(),
+            value,
+        });
+        rest = &after[end + 1..];
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        rest = rest.strip_prefix(',').ok_or(FORM)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +431,35 @@ mod tests {
             r#"{instance="web-1:9100",job="node"}"#
         );
         assert_eq!(labels_text(&[]), "");
+    }
+
+    #[test]
+    fn labels_text_parses_back_strictly() {
+        for pairs in [
+            vec![("a", "x")],
+            vec![("a", "x"), ("b", "")],
+            vec![("a", "q\"b\\n\nt\t\u{1}é,}=")],
+        ] {
+            let ls = labels(&pairs);
+            let text = labels_text(&ls);
+            assert_eq!(parse_labels_text(&text).unwrap(), ls, "{text}");
+        }
+        for bad in [
+            "",
+            "{}",
+            "a=\"x\"",
+            "{a=\"x\"",
+            "{a=x}",
+            "{1a=\"x\"}",
+            "{a=\"x\",}",
+            "{a=\"x\"b=\"y\"}",
+            "{a=\"x\\q\"}",
+            "{a=\"x\\x9\"}",
+            "{a=\"x\\x+f\"}",
+            "{a=\"x\\xff\"}",
+            "{a=\"x}",
+        ] {
+            assert!(parse_labels_text(bad).is_err(), "{bad:?} parsed");
+        }
     }
 }

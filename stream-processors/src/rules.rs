@@ -1796,6 +1796,44 @@ mod tests {
     }
 
     #[test]
+    fn custom_metrics_alert_per_label_set_or_for_one() {
+        // A labelled custom metric's key `name{labels}` is the metric `custom.name` with
+        // the labels text as its subject: one alert per label set, or only the one named.
+        let with = |t: i64, high: f64, low: f64| {
+            let mut r = report(t, 1.0);
+            r.custom.clear();
+            r.custom.insert(r#"q{queue="high"}"#.to_owned(), high);
+            r.custom.insert(r#"q{queue="low"}"#.to_owned(), low);
+            r
+        };
+        let mut every = evaluator(&[rule_on("custom.q", 10.0)]);
+        let mut subjects: Vec<Option<String>> = every
+            .evaluate(&with(1, 50.0, 60.0), 0)
+            .into_iter()
+            .map(|e| e.subject)
+            .collect();
+        subjects.sort();
+        assert_eq!(
+            subjects,
+            vec![
+                Some(r#"{queue="high"}"#.to_owned()),
+                Some(r#"{queue="low"}"#.to_owned())
+            ]
+        );
+        let mut one_rule = rule_on("custom.q", 10.0);
+        one_rule.spec.subject = Some(r#"{queue="high"}"#.to_owned());
+        let mut one = evaluator(&[one_rule]);
+        assert!(
+            one.evaluate(&with(1, 1.0, 60.0), 0).is_empty(),
+            "low is not watched"
+        );
+        let raised = one.evaluate(&with(2, 50.0, 60.0), 0);
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].metric, "custom.q");
+        assert_eq!(raised[0].subject.as_deref(), Some(r#"{queue="high"}"#));
+    }
+
+    #[test]
     fn ids_are_deterministic_across_evaluators() {
         let mut a = evaluator(&[cpu_rule(90.0)]);
         let mut b = evaluator(&[cpu_rule(90.0)]);

@@ -209,7 +209,7 @@ pub struct HistoryParams {
     /// Tenant (admins: optional, every tenant if absent; others: their own, the default)
     #[param(min_length = 1)]
     pub tenant: Option<String>,
-    /// 1 to 20 series, comma-separated: a built-in metric or custom.<name>, with :<subject> for a mount point or service (cpu.percent,disk.percent:/var)
+    /// 1 to 20 series, comma-separated: a built-in metric or custom.<name>, with :<subject> for a mount point, service or a custom metric's labels (cpu.percent,disk.percent:/var,custom.queue_depth:{queue="high",region="eu"})
     #[serde(default)]
     #[param(value_type = String, required = true, pattern = "fleet:metrics")]
     pub metric: Vec<String>,
@@ -300,12 +300,11 @@ pub(crate) async fn agent_metrics(
     let tenant = read_scope(&p, q.tenant.as_deref())?;
     let mut metrics: Vec<String> = Vec::new();
     for v in &q.metric {
-        for m in v.split(',') {
-            let (name, _) = fleet_schemas::samples::split_series(m);
-            if !fleet_schemas::samples::is_known_metric(name) {
+        for m in fleet_schemas::samples::split_series_list(v) {
+            if let Err(e) = fleet_schemas::samples::check_series_name(m) {
                 return Err(ApiError::invalid_field(
                     "metric",
-                    format!("unknown metric {m:?}: a built-in name or custom.<name>, with :<subject> if it has one"),
+                    format!("{e}; a series is a built-in name or custom.<name>, with :<subject> if it has one"),
                 ));
             }
             metrics.push(m.to_owned());

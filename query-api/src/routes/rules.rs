@@ -102,7 +102,7 @@ pub struct RuleView {
     pub name: String,
     /// Metric.
     pub metric: String,
-    /// Mount point or service.
+    /// Mount point, service, or a custom metric's labels.
     pub subject: Option<String>,
     /// Operator.
     pub operator: String,
