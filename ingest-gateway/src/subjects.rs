@@ -107,28 +107,25 @@ impl SubjectTracker {
         if self.max_per_agent == 0 {
             return Ok(());
         }
-        // Each kind's names with the field path naming each (custom metrics sorted, so the
-        // field named is the same whatever the map's order).
-        let mut custom: Vec<&String> = report.custom.keys().collect();
+        // Each kind's names (custom metrics sorted, so the field named on a refusal is the
+        // same whatever the map's order). The field path is written only for a refusal.
+        let mut custom: Vec<&str> = report.custom.keys().map(String::as_str).collect();
         custom.sort_unstable();
-        let names: [Vec<(&str, String)>; 4] = [
-            (report.disks.iter().enumerate())
-                .map(|(i, d)| (d.mount.as_str(), format!("disks[{i}].mount")))
-                .collect(),
-            (report.interfaces.iter().enumerate())
-                .map(|(i, n)| (n.name.as_str(), format!("interfaces[{i}].name")))
-                .collect(),
-            (report.services.iter().enumerate())
-                .map(|(i, s)| (s.name.as_str(), format!("services[{i}].name")))
-                .collect(),
-            custom
-                .into_iter()
-                .map(|k| (k.as_str(), format!("custom.{k}")))
-                .collect(),
+        let names: [Vec<&str>; 4] = [
+            report.disks.iter().map(|d| d.mount.as_str()).collect(),
+            report.interfaces.iter().map(|n| n.name.as_str()).collect(),
+            report.services.iter().map(|s| s.name.as_str()).collect(),
+            custom,
         ];
+        let field = |kind: usize, i: usize| match kind {
+            0 => format!("disks[{i}].mount"),
+            1 => format!("interfaces[{i}].name"),
+            2 => format!("services[{i}].name"),
+            _ => format!("custom.{}", names[3][i]),
+        };
         let hashes: Vec<Vec<u64>> = names
             .iter()
-            .map(|list| list.iter().map(|(n, _)| self.hasher.hash_one(n)).collect())
+            .map(|list| list.iter().map(|n| self.hasher.hash_one(n)).collect())
             .collect();
         let cutoff = now_micros.saturating_sub(self.window_micros);
         let mut agents = self.agents.lock();
@@ -147,7 +144,7 @@ impl SubjectTracker {
                 map.shrink_to_fit();
             }
             let mut new: Vec<u64> = Vec::new();
-            for (h, (_, field)) in hashes[k].iter().zip(&names[k]) {
+            for (i, h) in hashes[k].iter().enumerate() {
                 if map.contains_key(h) || new.contains(h) {
                     continue;
                 }
@@ -156,7 +153,7 @@ impl SubjectTracker {
                     let (list, noun) = KINDS[k];
                     crate::metrics::subjects_refused(list);
                     return Err((
-                        field.clone(),
+                        field(k, i),
                         format!(
                             "a new {noun} name past the limit of {} distinct {noun} names per agent within {} s (subjects.max-per-agent); the report was refused",
                             self.max_per_agent,
