@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use fleet_ingest_gateway::GatewayConfig;
+use fleet_notifier::NotifierConfig;
 use fleet_projections::ProjectionsConfig;
 use fleet_query_api::ApiConfig;
 use fleet_stream_processors::ProcessorsConfig;
@@ -17,11 +18,12 @@ use serde_norway::Value;
 
 /// The server subcommands of `fleetstream` and the configuration each reads: `api` reads
 /// a projections configuration (and its `FLEET_PROJECTIONS__*` variables).
-const ROLES: [(&str, &str); 4] = [
+const ROLES: [(&str, &str); 5] = [
     ("gateway", "gateway"),
     ("processors", "processors"),
     ("projections", "projections"),
     ("api", "projections"),
+    ("notifier", "notifier"),
 ];
 
 /// The configuration (and environment prefix) a subcommand reads.
@@ -238,6 +240,7 @@ enum RoleConfig {
     Processors(Box<ProcessorsConfig>),
     /// A projections file: the projections' settings and its `[api]` table.
     Projections(Box<ProjectionsConfig>, Box<ApiConfig>),
+    Notifier(Box<NotifierConfig>),
 }
 
 impl RoleConfig {
@@ -246,6 +249,7 @@ impl RoleConfig {
             RoleConfig::Gateway(c) => c.listen,
             RoleConfig::Processors(c) => c.listen,
             RoleConfig::Projections(c, _) => c.listen,
+            RoleConfig::Notifier(c) => c.listen,
         }
     }
     fn event_log(&self) -> &str {
@@ -253,6 +257,7 @@ impl RoleConfig {
             RoleConfig::Gateway(c) => &c.event_log.url,
             RoleConfig::Processors(c) => &c.event_log.url,
             RoleConfig::Projections(c, _) => &c.event_log.url,
+            RoleConfig::Notifier(c) => &c.event_log.url,
         }
     }
 }
@@ -288,6 +293,7 @@ fn load_role(tag: &str, name: &str, svc: &Value) -> RoleConfig {
     let loaded = match role {
         "gateway" => fleet_service::config::load(&test_role, f).map(RoleConfig::Gateway),
         "processors" => fleet_service::config::load(&test_role, f).map(RoleConfig::Processors),
+        "notifier" => fleet_service::config::load(&test_role, f).map(RoleConfig::Notifier),
         _ => fleet_service::config::load_part(&test_role, f, None, &["api"]).and_then(|c| {
             let api = fleet_service::config::load_with_table(&api_role, f, Some("api"))?;
             Ok(RoleConfig::Projections(Box::new(c), Box::new(api)))
@@ -607,6 +613,7 @@ fn every_role_runs_with_a_mounted_config() {
     assert_eq!(count("processors"), 2, "two processors");
     assert_eq!(count("projections"), 1, "one projections");
     assert!(count("api") >= 1, "an api service");
+    assert!(count("notifier") >= 1, "a notifier service");
     for (name, svc) in &roles {
         mounted_config(name, svc);
     }
@@ -654,6 +661,7 @@ fn role_configs_load_and_match_the_stack() {
                 Some(c.registry.clone())
             }
             RoleConfig::Projections(c, _) => Some(c.read_model.clone()),
+            RoleConfig::Notifier(c) => Some(c.read_model.clone()),
             RoleConfig::Processors(_) => None,
         };
         if let Some(url) = sql {
@@ -793,6 +801,51 @@ fn the_api_runs_apart_from_the_projections() {
             "{name}: must start after {projections:?} created the schema"
         );
     }
+}
+
+#[test]
+fn the_notifier_reads_the_read_model_the_projections_write() {
+    let doc = compose();
+    let all = services(&doc);
+    let configs = projections_configs(&doc);
+    let projections: Vec<(&String, &ProjectionsConfig)> = configs
+        .iter()
+        .filter(|(_, (cmd, _, _))| cmd == "projections")
+        .map(|(n, (_, c, _))| (n, c))
+        .collect();
+    assert!(!projections.is_empty(), "a projections service");
+    let notifiers: Vec<(String, NotifierConfig)> = role_services(&doc)
+        .into_iter()
+        .filter(|(n, s)| role_command(n, s).0 == "notifier")
+        .map(|(n, s)| match load_role("notifier", &n, &s) {
+            RoleConfig::Notifier(c) => (n, *c),
+            other => panic!("{n}: {other:?}"),
+        })
+        .collect();
+    assert!(!notifiers.is_empty(), "a notifier service");
+    for (name, c) in &notifiers {
+        c.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (p, pc) in &projections {
+            assert_eq!(
+                c.read_model, pc.read_model,
+                "{name} must read the channels and routes {p} serves (one read model)"
+            );
+            assert!(
+                waits_for_healthy(&all[name]).contains(*p),
+                "{name}: must start after {p} created the schema"
+            );
+        }
+        assert!(
+            host_ports(&all[name]).is_empty(),
+            "{name}: serves only /healthz, /readyz and /metrics; publish no host port"
+        );
+    }
+    let groups: BTreeSet<&str> = notifiers.iter().map(|(_, c)| c.group.as_str()).collect();
+    assert_eq!(
+        groups.len(),
+        1,
+        "notifiers share one consumer group: {groups:?}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! `fleetstream notifier`; environment `FLEET_NOTIFIER__*`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,10 @@ pub struct NotifierConfig {
     /// SMTP targets). Off: such a target fails the delivery without a connection, so a
     /// tenant cannot make the notifier reach internal services.
     pub allow_private_targets: bool,
+    /// PEM file of CA certificates trusted for SMTP servers (`starttls` and `tls`
+    /// channels), in addition to the built-in Mozilla roots: for a mail relay whose
+    /// certificate a private CA issued. Read once at start; unset: the built-in roots only.
+    pub smtp_ca_file: Option<PathBuf>,
 }
 
 impl Default for NotifierConfig {
@@ -74,6 +79,7 @@ impl Default for NotifierConfig {
             concurrency: 8,
             max_group_alerts: 100,
             allow_private_targets: false,
+            smtp_ca_file: None,
         }
     }
 }

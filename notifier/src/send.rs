@@ -8,10 +8,12 @@
 //! (the resolver below, so a DNS answer cannot point the notifier inside).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_read_model::{ChannelKind, NotificationChannel, SmtpTls};
+use lettre::transport::smtp::client::Certificate;
 
 use crate::message::{signature, Message, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::NotifierConfig;
@@ -131,11 +133,59 @@ pub fn check_url(url: &str, max_len: usize) -> Result<url::Url, String> {
     Ok(u)
 }
 
+/// Why `notifier.smtp-ca-file` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpCaError {
+    /// The file cannot be read.
+    #[error("notifier.smtp-ca-file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        source: std::io::Error,
+    },
+    /// The file holds no PEM certificate.
+    #[error("notifier.smtp-ca-file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate in it does not parse.
+    #[error("notifier.smtp-ca-file {}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        source: lettre::transport::smtp::Error,
+    },
+}
+
+/// The CA certificates of `path` (PEM, one or more), trusted for SMTP servers beside the
+/// built-in roots.
+pub fn load_smtp_ca(path: &Path) -> Result<Certificate, SmtpCaError> {
+    let pem = std::fs::read(path).map_err(|source| SmtpCaError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    // lettre's rustls parser skips what is not a certificate and may find none.
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(SmtpCaError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Certificate::from_pem(&pem).map_err(|source| SmtpCaError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Sends messages; one per notifier (its HTTP client is shared).
 #[derive(Debug, Clone)]
 pub struct Sender {
     http: reqwest::Client,
     config: Arc<NotifierConfig>,
+    /// `smtp-ca-file`, read at start.
+    smtp_ca: Option<Certificate>,
 }
 
 impl Sender {
@@ -149,9 +199,15 @@ impl Sender {
         if !config.allow_private_targets {
             b = b.dns_resolver(Arc::new(GuardedResolver));
         }
+        let smtp_ca = config
+            .smtp_ca_file
+            .as_deref()
+            .map(load_smtp_ca)
+            .transpose()?;
         Ok(Sender {
             http: b.build()?,
             config,
+            smtp_ca,
         })
     }
 
@@ -295,11 +351,18 @@ impl Sender {
         };
         let tls = match e.tls {
             SmtpTls::None => Tls::None,
-            SmtpTls::Starttls | SmtpTls::Tls => match TlsParameters::new(e.host.clone()) {
-                Ok(p) if e.tls == SmtpTls::Tls => Tls::Wrapper(p),
-                Ok(p) => Tls::Required(p),
-                Err(err) => return Outcome::failed(format!("tls: {err}"), true, started),
-            },
+            SmtpTls::Starttls | SmtpTls::Tls => {
+                // The built-in roots, and smtp-ca-file's CAs when set.
+                let mut params = TlsParameters::builder(e.host.clone());
+                if let Some(ca) = &self.smtp_ca {
+                    params = params.add_root_certificate(ca.clone());
+                }
+                match params.build() {
+                    Ok(p) if e.tls == SmtpTls::Tls => Tls::Wrapper(p),
+                    Ok(p) => Tls::Required(p),
+                    Err(err) => return Outcome::failed(format!("tls: {err}"), true, started),
+                }
+            }
         };
         let mut transport =
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(e.host.as_str())
@@ -321,10 +384,20 @@ impl Sender {
             },
             Ok(Err(err)) => {
                 let code = err.status().map(u16::from);
+                let mode = match e.tls {
+                    SmtpTls::Starttls => "starttls",
+                    SmtpTls::Tls => "tls",
+                    SmtpTls::None => "no TLS",
+                };
                 Outcome {
                     ok: false,
                     status_code: code,
-                    error: Some(error_chain(&err)),
+                    error: Some(format!(
+                        "SMTP {}:{} ({mode}): {}",
+                        e.host,
+                        e.port,
+                        error_chain(&err)
+                    )),
                     permanent: err.is_permanent(),
                     latency: started.elapsed(),
                 }
@@ -338,8 +411,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // Some errors (lettre's) repeat their source in their own text: say it once.
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = s.source();
     }
     text.chars().take(500).collect()
@@ -390,6 +467,35 @@ mod tests {
             assert!(check_url(bad, 100).is_err(), "{bad}");
         }
         assert!(check_url("https://example.com/aaaaaaaa", 10).is_err());
+    }
+
+    #[test]
+    fn an_unusable_smtp_ca_file_stops_the_sender_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let with = |path: std::path::PathBuf| {
+            Sender::new(Arc::new(NotifierConfig {
+                smtp_ca_file: Some(path),
+                ..NotifierConfig::default()
+            }))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let missing = with(dir.path().join("missing.pem")).expect_err("a missing file");
+        assert!(
+            missing.contains("notifier.smtp-ca-file") && missing.contains("missing.pem"),
+            "{missing}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write");
+        let empty = with(junk).expect_err("no certificate in it");
+        assert!(empty.contains("no PEM certificate"), "{empty}");
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        assert!(with(bad).is_err(), "a certificate that does not parse");
     }
 
     #[tokio::test]

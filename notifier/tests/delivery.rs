@@ -542,63 +542,140 @@ async fn routes_group_silence_and_send_resolutions_to_webhook_and_slack() {
     w.stop().await;
 }
 
-/// The SMTP server's messages so far.
-fn mails(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+/// A real SMTP server (aiosmtpd, `tests/smtp_sink.py`) on a free loopback port, stopped
+/// when dropped.
+struct SmtpSink {
+    port: u16,
+    /// Where the server appends each message it accepted (one JSON line).
+    out: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _child: tokio::process::Child,
+}
+
+impl SmtpSink {
+    /// Starts `smtp_sink.py PORT OUT_FILE ARGS...` and waits until it listens.
+    async fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> SmtpSink {
+        use tokio::io::AsyncBufReadExt as _;
+        let python = fleet_test_support::services::python_bin().expect(
+            "the services venv with aiosmtpd (scripts/services.sh up; eval \"$(scripts/services.sh env)\")",
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("mail.jsonl");
+        let port = fleet_test_support::process::free_port().expect("port");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
+        let mut child = tokio::process::Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&out)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start aiosmtpd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("aiosmtpd starts in time")
+            .expect("read");
+        assert_eq!(
+            first.as_deref(),
+            Some("ready"),
+            "aiosmtpd did not start (is it in the venv?)"
+        );
+        SmtpSink {
+            port,
+            out,
+            _dir: dir,
+            _child: child,
+        }
+    }
+
+    /// The messages received so far.
+    fn mails(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Channel settings for this server: user `mailer`, from `fleet@example.com`, to `to`.
+    fn channel(&self, tls: SmtpTls, to: &[&str]) -> ChannelSettings {
+        ChannelSettings {
+            url: None,
+            email: Some(EmailSettings {
+                host: "127.0.0.1".into(),
+                port: self.port,
+                tls,
+                username: Some("mailer".into()),
+                from: "fleet@example.com".into(),
+                to: to.iter().map(|t| (*t).to_owned()).collect(),
+            }),
+        }
+    }
+}
+
+/// Asserts that `m` is the email of `alert` to `to`, sent after AUTH.
+fn assert_alert_mail(m: &serde_json::Value, alert: &AlertEvent, to: &[&str]) {
+    assert_eq!(m["mail_from"], "fleet@example.com");
+    assert_eq!(m["rcpt_tos"], serde_json::json!(to));
+    assert_eq!(m["authenticated"], true, "{m:#}");
+    let data = m["data"].as_str().unwrap_or_default();
+    assert!(
+        data.contains(&format!(
+            "Subject: [Fleetstream] [CRITICAL] RAISED CPU high on {}",
+            alert.agent_id
+        )),
+        "{data}"
+    );
+    assert!(
+        data.contains(&format!("Message-ID: <{}@fleetstream>", alert.event_id)),
+        "{data}"
+    );
+    assert!(data.contains(&alert.alert_id), "{data}");
+}
+
+/// Starts a notifier with `config` and one email channel (`tls`, password `password`)
+/// routed everything, raises an alert on `agent`, and waits until its delivery is
+/// delivered or dead.
+async fn email_once(
+    sink: &SmtpSink,
+    config: NotifierConfig,
+    tls: SmtpTls,
+    password: &str,
+    agent: &str,
+) -> (AlertEvent, Delivery) {
+    let w = World::start(config).await;
+    let ch = w
+        .channel(
+            ChannelKind::Email,
+            sink.channel(tls, &["ops@example.com"]),
+            Some(password),
+        )
+        .await;
+    w.route(&[&ch], AlertMatcher::default(), 0, true).await;
+    let alert = fixtures::alert_raised("t1", agent, fleet_schemas::time::now_micros());
+    w.produce(&alert).await;
+    let list = w
+        .deliveries_until(&ch, |l| {
+            l.iter()
+                .any(|d| matches!(d.status, DeliveryStatus::Delivered | DeliveryStatus::Dead))
+        })
+        .await;
+    w.stop().await;
+    assert_eq!(list.len(), 1, "{list:#?}");
+    (alert, list[0].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_channel_delivers_through_a_real_smtp_server_with_auth() {
-    use tokio::io::AsyncBufReadExt as _;
-    let python = fleet_test_support::services::python_bin().expect(
-        "the services venv with aiosmtpd (scripts/services.sh up; eval \"$(scripts/services.sh env)\")",
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("mail.jsonl");
-    let port = fleet_test_support::process::free_port().expect("port");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
-    let mut child = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(port.to_string())
-        .arg(&out)
-        .args(["mailer", "mail-pass"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start aiosmtpd");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("aiosmtpd starts in time")
-        .expect("read");
-    assert_eq!(
-        first.as_deref(),
-        Some("ready"),
-        "aiosmtpd did not start (is it in the venv?)"
-    );
-
-    // The test server's settings, sending to `to`.
-    let mail_to = |to: &[&str]| ChannelSettings {
-        url: None,
-        email: Some(EmailSettings {
-            host: "127.0.0.1".into(),
-            port,
-            tls: SmtpTls::None,
-            username: Some("mailer".into()),
-            from: "fleet@example.com".into(),
-            to: to.iter().map(|t| (*t).to_owned()).collect(),
-        }),
-    };
+    let sink = SmtpSink::start(&["--auth", "mailer", "mail-pass"]).await;
     let w = World::start(fast_config()).await;
     let ch = w
         .channel(
             ChannelKind::Email,
-            mail_to(&["ops@example.com", "oncall@example.com"]),
+            sink.channel(SmtpTls::None, &["ops@example.com", "oncall@example.com"]),
             Some("mail-pass"),
         )
         .await;
@@ -611,25 +688,10 @@ async fn an_email_channel_delivers_through_a_real_smtp_server_with_auth() {
         })
         .await;
     assert_eq!(list[0].attempt_log[0].status_code, Some(250));
-    let got = mails(&out);
+    let got = sink.mails();
     assert_eq!(got.len(), 1, "{got:#?}");
-    let m = &got[0];
-    assert_eq!(m["mail_from"], "fleet@example.com");
-    assert_eq!(
-        m["rcpt_tos"],
-        serde_json::json!(["ops@example.com", "oncall@example.com"])
-    );
-    assert_eq!(m["authenticated"], true);
-    let data = m["data"].as_str().unwrap_or_default();
-    assert!(
-        data.contains("Subject: [Fleetstream] [CRITICAL] RAISED CPU high on web-1"),
-        "{data}"
-    );
-    assert!(
-        data.contains(&format!("Message-ID: <{}@fleetstream>", alert.event_id)),
-        "{data}"
-    );
-    assert!(data.contains(&alert.alert_id), "{data}");
+    assert_alert_mail(&got[0], &alert, &["ops@example.com", "oncall@example.com"]);
+    assert_eq!(got[0]["tls"], false, "plain SMTP: {:#}", got[0]);
     w.stop().await;
 
     // A recipient the server refuses (550) is a permanent failure: dead after one attempt.
@@ -637,7 +699,7 @@ async fn an_email_channel_delivers_through_a_real_smtp_server_with_auth() {
     let bad = w
         .channel(
             ChannelKind::Email,
-            mail_to(&["nobody@example.com"]),
+            sink.channel(SmtpTls::None, &["nobody@example.com"]),
             Some("mail-pass"),
         )
         .await;
@@ -653,9 +715,163 @@ async fn an_email_channel_delivers_through_a_real_smtp_server_with_auth() {
         .await;
     assert_eq!(list[0].attempts, 1, "{list:#?}");
     assert_eq!(list[0].attempt_log[0].status_code, Some(550), "{list:#?}");
-    assert_eq!(mails(&out).len(), 1, "nothing more received");
+    assert_eq!(sink.mails().len(), 1, "nothing more received");
     w.stop().await;
-    let _ = child.kill().await;
+}
+
+/// A throw-away CA (written to `dir/ca.pem`) and an SMTP server certificate it signed for
+/// 127.0.0.1: the arguments `--starttls`/`--tls` take, and the CA file.
+fn smtp_pki(dir: &std::path::Path) -> (std::path::PathBuf, [String; 2]) {
+    let ca = fleet_test_support::pki::TestCa::new("Fleetstream SMTP test CA").expect("CA");
+    let (cert, key) = ca
+        .server_cert(&["127.0.0.1", "localhost"])
+        .expect("server certificate")
+        .write(dir)
+        .expect("write certificate");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write CA");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    (ca_file, [path(&cert), path(&key)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_required_starttls_with_auth_trusts_the_configured_ca_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_file, [cert, key]) = smtp_pki(dir.path());
+    let sink = SmtpSink::start(&["--auth", "mailer", "mail-pass", "--starttls", &cert, &key]).await;
+    let trusting = NotifierConfig {
+        smtp_ca_file: Some(ca_file),
+        ..fast_config()
+    };
+
+    // STARTTLS, then AUTH, then the mail: the server saw both.
+    let (alert, d) = email_once(
+        &sink,
+        trusting.clone(),
+        SmtpTls::Starttls,
+        "mail-pass",
+        "web-1",
+    )
+    .await;
+    assert_eq!(d.status, DeliveryStatus::Delivered, "{d:#?}");
+    assert_eq!(d.attempt_log[0].status_code, Some(250), "{d:#?}");
+    let got = sink.mails();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_alert_mail(&got[0], &alert, &["ops@example.com"]);
+    assert_eq!(
+        got[0]["tls"], true,
+        "the session was upgraded: {:#}",
+        got[0]
+    );
+    assert!(
+        got[0]["tls_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLSv1.")),
+        "{:#}",
+        got[0]
+    );
+
+    // A wrong password: the server answers 535, a permanent failure, no mail.
+    let (_, d) = email_once(
+        &sink,
+        trusting.clone(),
+        SmtpTls::Starttls,
+        "wrong-pass",
+        "web-2",
+    )
+    .await;
+    assert_eq!(d.status, DeliveryStatus::Dead, "{d:#?}");
+    assert_eq!(d.attempts, 1, "{d:#?}");
+    assert_eq!(d.attempt_log[0].status_code, Some(535), "{d:#?}");
+    assert!(
+        d.attempt_log[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("535")),
+        "{d:#?}"
+    );
+    assert_eq!(sink.mails().len(), 1, "no mail with a wrong password");
+
+    // A channel without TLS to this server: AUTH is offered only after STARTTLS, so the
+    // notifier finds no mechanism and sends neither the password nor the mail.
+    let (_, d) = email_once(&sink, trusting, SmtpTls::None, "mail-pass", "web-3").await;
+    assert_eq!(d.status, DeliveryStatus::Dead, "{d:#?}");
+    assert!(
+        d.attempt_log[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("No compatible authentication mechanism")),
+        "{d:#?}"
+    );
+    assert_eq!(sink.mails().len(), 1, "no mail without STARTTLS");
+
+    // Without smtp-ca-file the certificate is not trusted (the built-in roots only): every
+    // attempt fails at the handshake, names the certificate, and sends nothing.
+    let (_, d) = email_once(
+        &sink,
+        NotifierConfig {
+            max_attempts: 2,
+            ..fast_config()
+        },
+        SmtpTls::Starttls,
+        "mail-pass",
+        "web-4",
+    )
+    .await;
+    assert_eq!(d.status, DeliveryStatus::Dead, "{d:#?}");
+    assert_eq!(d.attempt_log.len(), 2, "{d:#?}");
+    for a in &d.attempt_log {
+        let e = a.error.as_deref().unwrap_or_default();
+        assert!(
+            e.starts_with(&format!("SMTP 127.0.0.1:{} (starttls): ", sink.port))
+                && e.contains("invalid peer certificate: UnknownIssuer"),
+            "the error names the server and the untrusted certificate: {d:#?}"
+        );
+    }
+    assert_eq!(sink.mails().len(), 1, "no mail to an untrusted server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_implicit_tls_with_auth_trusts_the_configured_ca_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_file, [cert, key]) = smtp_pki(dir.path());
+    let sink = SmtpSink::start(&["--auth", "mailer", "mail-pass", "--tls", &cert, &key]).await;
+    let (alert, d) = email_once(
+        &sink,
+        NotifierConfig {
+            smtp_ca_file: Some(ca_file),
+            ..fast_config()
+        },
+        SmtpTls::Tls,
+        "mail-pass",
+        "web-1",
+    )
+    .await;
+    assert_eq!(d.status, DeliveryStatus::Delivered, "{d:#?}");
+    let got = sink.mails();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_alert_mail(&got[0], &alert, &["ops@example.com"]);
+    assert_eq!(got[0]["tls"], true, "TLS from the first byte: {:#}", got[0]);
+
+    let (_, d) = email_once(
+        &sink,
+        NotifierConfig {
+            max_attempts: 1,
+            ..fast_config()
+        },
+        SmtpTls::Tls,
+        "mail-pass",
+        "web-2",
+    )
+    .await;
+    assert_eq!(d.status, DeliveryStatus::Dead, "{d:#?}");
+    assert!(
+        d.attempt_log[0].error.as_deref().is_some_and(|e| e
+            .starts_with(&format!("SMTP 127.0.0.1:{} (tls): ", sink.port))
+            && e.contains("invalid peer certificate: UnknownIssuer")),
+        "{d:#?}"
+    );
+    assert_eq!(sink.mails().len(), 1, "no mail to an untrusted server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
