@@ -40,9 +40,10 @@
 //! up` cached), a fresh PostgreSQL database and a fresh keyspace on the CQL server
 //! (`FLEET_SCYLLA_URI`, default 127.0.0.1:9042): `eval "$(bash scripts/services.sh env)"`
 //! first. There the disk figure is not taken (the chunks are in the CQL server).
-//! Other knobs: BENCH_CLIENTS (16 concurrent connections for the back-fill and the
-//! query load), BENCH_LIVE_CLIENTS (256 for the live shape: 10,000 agents are 10,000
-//! senders), BENCH_DATA (`realistic`, the generator's varying values, or `constant`, the
+//! Other knobs: BENCH_BACKFILL_CLIENTS (connections for the back-fill: one per agent
+//! by default, at most 256, as each agent sends its own spool), BENCH_CLIENTS (16
+//! concurrent connections for the query load), BENCH_LIVE_CLIENTS (256 for the live
+//! shape: 10,000 agents are 10,000 senders), BENCH_DATA (`realistic`, the generator's varying values, or `constant`, the
 //! fixture report), BENCH_FRESHNESS (200 reports), BENCH_SKIP (comma list of phases to
 //! skip: backfill, live, freshness, query). Each connection sends its agents' requests
 //! in order, one at a time, as an agent does (`fleet_e2e::load::post_all`).
@@ -75,6 +76,7 @@ enum Data {
 struct Settings {
     bin: PathBuf,
     clients: usize,
+    backfill_clients: usize,
     live_clients: usize,
     data: Data,
     agents: usize,
@@ -131,12 +133,15 @@ impl Settings {
             Ok("both") | Err(_) => {}
             Ok(other) => bail!("BENCH_SHAPE={other:?}: use backfill, live or both"),
         }
+        let agents = env_num("BENCH_AGENTS", 200)?;
         let s = Settings {
             bin,
             clients: env_num("BENCH_CLIENTS", 16)?,
+            // One connection per agent, as agents send their spools (at most 256).
+            backfill_clients: env_num("BENCH_BACKFILL_CLIENTS", agents.min(256))?,
             live_clients: env_num("BENCH_LIVE_CLIENTS", 256)?,
             data,
-            agents: env_num("BENCH_AGENTS", 200)?,
+            agents,
             reports: env_num("BENCH_REPORTS", 100_000)?,
             batch: env_num("BENCH_BATCH", 50)?,
             live_agents: env_num("BENCH_LIVE_AGENTS", 10_000)?,
@@ -151,9 +156,10 @@ impl Settings {
             || s.reports < s.agents
             || s.batch == 0
             || s.clients == 0
+            || s.backfill_clients == 0
             || s.live_clients == 0
         {
-            bail!("BENCH_AGENTS, BENCH_BATCH, BENCH_CLIENTS and BENCH_LIVE_CLIENTS must be at least 1, BENCH_REPORTS at least BENCH_AGENTS");
+            bail!("BENCH_AGENTS, BENCH_BATCH, BENCH_CLIENTS, BENCH_BACKFILL_CLIENTS and BENCH_LIVE_CLIENTS must be at least 1, BENCH_REPORTS at least BENCH_AGENTS");
         }
         Ok(s)
     }
@@ -754,7 +760,16 @@ async fn main() -> anyhow::Result<()> {
         let per_agent = s.reports / s.agents;
         let start = now - (per_agent as i64 + 60) * INTERVAL_MICROS;
         let reports = fleet(s.data, 1, s.agents, per_agent, start);
-        let (row, up) = run_shape(&s, root, "backfill", &reports, s.batch, s.clients, true).await?;
+        let (row, up) = run_shape(
+            &s,
+            root,
+            "backfill",
+            &reports,
+            s.batch,
+            s.backfill_clients,
+            true,
+        )
+        .await?;
         rows.push(row);
         kept_up = up;
     }
