@@ -201,30 +201,16 @@ fn parse_labels(mut s: &str) -> Result<(Vec<Label>, &str), String> {
         s = s
             .strip_prefix('"')
             .ok_or_else(|| format!("label {name}: expected a quoted value"))?;
-        let mut value = String::new();
-        let mut chars = s.char_indices();
-        let end = loop {
-            match chars.next() {
-                None => return Err(format!("label {name}: unterminated value")),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next().map(|(_, c)| c) {
-                    Some('\\') => value.push('\\'),
-                    Some('"') => value.push('"'),
-                    Some('n') => value.push('\n'),
-                    _ => {
-                        return Err(format!(
-                            "label {name}: bad escape (only \\\\, \\\" and \\n)"
-                        ))
-                    }
-                },
-                Some((_, c)) => value.push(c),
-            }
-        };
+        let (value, end) = fleet_schemas::series::read_quoted(
+            s,
+            name,
+            fleet_schemas::series::Escapes::Exposition,
+        )?;
         labels.push(Label {
             name: name.to_owned(),
             value,
         });
-        s = s[end + 1..].trim_start_matches(ws);
+        s = s[end..].trim_start_matches(ws);
         if let Some(after) = s.strip_prefix(',') {
             s = after;
         } else if !s.starts_with('}') {

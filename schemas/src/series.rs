@@ -291,41 +291,62 @@ pub fn parse_labels_text(text: &str) -> Result<Vec<Label>, String> {
         if !is_label_name(name) {
             return Err(format!("label name {name:?} is not [a-zA-Z_][a-zA-Z0-9_]*"));
         }
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next() {
-                None => return Err(format!("label {name}: unterminated value")),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next().map(|(_, c)| c) {
-                    Some('\\') => value.push('\\'),
-                    Some('"') => value.push('"'),
-                    Some('n') => value.push('\n'),
-                    Some('t') => value.push('\t'),
-                    Some('r') => value.push('\r'),
-                    Some('x') => {
-                        let hex: String = chars.by_ref().take(2).map(|(_, c)| c).collect();
-                        let byte = (hex.len() == 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                            .then(|| u8::from_str_radix(&hex, 16).ok())
-                            .flatten()
-                            .filter(u8::is_ascii)
-                            .ok_or_else(|| format!("label {name}: bad \\x escape"))?;
-                        value.push(char::from(byte));
-                    }
-                    _ => return Err(format!("label {name}: unknown escape")),
-                },
-                Some((_, c)) => value.push(c),
-            }
-        };
+        let (value, end) = read_quoted(after, name, Escapes::SeriesText)?;
         out.push(Label {
             name: name.to_owned(),
             value,
         });
-        rest = &after[end + 1..];
+        rest = &after[end..];
         if rest.is_empty() {
             return Ok(out);
         }
         rest = rest.strip_prefix(',').ok_or(FORM)?;
+    }
+}
+
+/// Which escapes a quoted label value may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escapes {
+    /// Prometheus' text exposition format: `\\`, `\"` and `\n`.
+    Exposition,
+    /// What [`labels_text`] writes: also `\t`, `\r` and `\xNN` (ASCII).
+    SeriesText,
+}
+
+/// Reads a label value whose opening quote is already consumed: `s` starts with the
+/// value's first character. Returns the unescaped value and the length of `s` up to and
+/// including the closing quote. `name` names the label in errors.
+pub fn read_quoted(s: &str, name: &str, escapes: Escapes) -> Result<(String, usize), String> {
+    let mut value = String::new();
+    let mut chars = s.char_indices();
+    loop {
+        match chars.next() {
+            None => return Err(format!("label {name}: unterminated value")),
+            Some((i, '"')) => return Ok((value, i + 1)),
+            Some((_, '\\')) => match (chars.next().map(|(_, c)| c), escapes) {
+                (Some('\\'), _) => value.push('\\'),
+                (Some('"'), _) => value.push('"'),
+                (Some('n'), _) => value.push('\n'),
+                (Some('t'), Escapes::SeriesText) => value.push('\t'),
+                (Some('r'), Escapes::SeriesText) => value.push('\r'),
+                (Some('x'), Escapes::SeriesText) => {
+                    let hex: String = chars.by_ref().take(2).map(|(_, c)| c).collect();
+                    let byte = (hex.len() == 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .then(|| u8::from_str_radix(&hex, 16).ok())
+                        .flatten()
+                        .filter(u8::is_ascii)
+                        .ok_or_else(|| format!("label {name}: bad \\x escape"))?;
+                    value.push(char::from(byte));
+                }
+                (_, Escapes::Exposition) => {
+                    return Err(format!(
+                        "label {name}: bad escape (only \\\\, \\\" and \\n)"
+                    ))
+                }
+                (_, Escapes::SeriesText) => return Err(format!("label {name}: unknown escape")),
+            },
+            Some((_, c)) => value.push(c),
+        }
     }
 }
 
