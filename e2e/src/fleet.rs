@@ -186,6 +186,29 @@ pub async fn create_tenant_and_token(
     Ok(token["token"].as_str().context("token")?.to_owned())
 }
 
+/// Creates a rule in `tenant` through the API at `api` (`client` carries the key);
+/// returns its id.
+pub async fn create_rule(
+    client: &reqwest::Client,
+    api: &str,
+    tenant: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let resp = client
+        .post(format!("{api}/api/v1/tenants/{tenant}/rules"))
+        .json(body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status() == reqwest::StatusCode::CREATED,
+        "create rule: {} {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
+    let rule: serde_json::Value = resp.json().await?;
+    Ok(rule["rule_id"].as_str().context("rule_id")?.to_owned())
+}
+
 /// Enrolls an agent (`fleetstream agent enroll`) with `token` at the gateway `server`,
 /// retrying while the gateway does not listen yet; returns the agent id from the
 /// credentials file the agent wrote in `state_dir`.

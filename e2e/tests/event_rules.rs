@@ -110,9 +110,11 @@ async fn an_agent_event_raises_an_alert_visible_in_the_api_and_its_recovery_reso
 
     // The event rule, through the API.
     let api = api_client(&up.admin_key)?;
-    let resp = api
-        .post(format!("{}/api/v1/tenants/{tenant_id}/rules", up.api))
-        .json(&json!({
+    let rule_id = fleet_e2e::create_rule(
+        &api,
+        &up.api,
+        &tenant_id,
+        &json!({
             "name": "nginx failed",
             "event": {
                 "kind": "service_failed",
@@ -121,17 +123,9 @@ async fn an_agent_event_raises_an_alert_visible_in_the_api_and_its_recovery_reso
                 "recovery_kinds": ["service_recovered"],
                 "alert_severity": "critical"
             }
-        }))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status() == reqwest::StatusCode::CREATED,
-        "create rule: {} {}",
-        resp.status(),
-        resp.text().await.unwrap_or_default()
-    );
-    let rule: Value = resp.json().await?;
-    let rule_id = rule["rule_id"].as_str().context("rule_id")?.to_owned();
+        }),
+    )
+    .await?;
     // Once projected, the evaluator (which reads the rules topic first) has it too.
     let rules_url = format!("{}/api/v1/tenants/{tenant_id}/rules", up.api);
     wait_for("the rule to be listed", WAIT, &procs, || async {

@@ -633,26 +633,19 @@ async fn check_api_rule_ack_and_ticket(
     let tenant = creds["tenant_id"]
         .as_str()
         .context("tenant_id in credentials.json")?;
-    let resp = client
-        .post(format!("{}/api/v1/tenants/{tenant}/rules", run.api))
-        .bearer_auth(admin_key)
-        .json(&serde_json::json!({
+    let rule_id = fleet_e2e::create_rule(
+        &client,
+        &run.api,
+        tenant,
+        &serde_json::json!({
             "name": "e2e: memory in use",
             "metric": "memory.percent",
             "operator": ">=",
             "critical": 0.0,
             "for_secs": 1
-        }))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status() == reqwest::StatusCode::CREATED,
-        "create rule: {} {}",
-        resp.status(),
-        resp.text().await.unwrap_or_default()
-    );
-    let rule: Value = resp.json().await?;
-    let rule_id = rule["rule_id"].as_str().context("rule_id")?.to_owned();
+        }),
+    )
+    .await?;
     let alerts_url = format!("{}/api/v1/alerts?agent_id={}", run.api, run.agent_id);
     let alert = wait_for(
         "an alert of the rule made through the API",
