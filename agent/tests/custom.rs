@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +17,10 @@ use support::{init_tracing, wait_until, Gateway, Mode};
 use tokio::sync::oneshot;
 
 fn script(path: &Path, body: &str) -> anyhow::Result<()> {
-    std::fs::write(path, format!("#!/bin/sh\n{body}"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
+    support::write_script(path, body)
 }
 
-/// Replaces a file atomically (the textfile convention: write aside, rename into place).
-fn set(path: &Path, value: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, value)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
+use support::replace_file as set;
 
 fn last_report(gw: &Gateway) -> Option<ReportIn> {
     gw.seen()

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,19 +16,10 @@ use support::{init_tracing, wait_until, Gateway, Mode};
 use tokio::sync::oneshot;
 
 fn script(bin: &Path, name: &str, body: &str) -> anyhow::Result<()> {
-    let path = bin.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
+    support::write_script(&bin.join(name), body)
 }
 
-/// Replaces a file atomically, so a probe never reads it half-written.
-fn set(path: &Path, value: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, value)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
+use support::replace_file as set;
 
 fn reports(gw: &Gateway) -> Vec<ReportIn> {
     gw.seen()

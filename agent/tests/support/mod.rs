@@ -583,3 +583,20 @@ pub fn assert_strictly_increasing(what: &str, times: &[DateTime<Utc>]) {
         "{what}: expected each report once, in order: {times:?}"
     );
 }
+
+/// Writes an executable shell script at `path`.
+pub fn write_script(path: &std::path::Path, body: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("#!/bin/sh\n{body}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Replaces a file atomically (written aside, renamed into place), so a reader never
+/// sees it half-written.
+pub fn replace_file(path: &std::path::Path, value: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, value)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
