@@ -167,7 +167,10 @@ async fn run_gateway(
         ready_flag(&log_ok, "event log"),
     ));
     Tasks::new()
-        .add("gateway server", serve("gateway", addr, http, app, shutdown))
+        .add(
+            "gateway server",
+            serve("gateway", addr, http, app, shutdown),
+        )
         .add("deactivation watcher", async move { watcher.await })
         .add("command dispatcher", async move { dispatcher.await })
         .run()
