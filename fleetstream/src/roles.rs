@@ -171,8 +171,8 @@ async fn run_gateway(
             "gateway server",
             serve("gateway", addr, http, app, shutdown),
         )
-        .add("deactivation watcher", async move { watcher.await })
-        .add("command dispatcher", async move { dispatcher.await })
+        .add("deactivation watcher", watcher)
+        .add("command dispatcher", dispatcher)
         .run()
         .await
 }
