@@ -38,8 +38,13 @@ pub use fleet_sql::{Database, Engine};
 #[cfg(feature = "sql")]
 pub use sql::{
     open_read_model, ReadModelSnapshot, SnapshotRow, SnapshotTable, SqlReadModel, TableSnapshot,
-    DEFAULT_LIMIT, MAX_LIMIT, MIGRATIONS, NOT_PROJECTED_TABLES, PROJECTED_TABLES,
+    MIGRATIONS, NOT_PROJECTED_TABLES, PROJECTED_TABLES,
 };
+
+/// Page size of the lists when the query names none.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size of the lists; larger limits are lowered to it.
+pub const MAX_LIMIT: u32 = 1000;
 
 // ----------------------------------------------------------------------------------------
 // Read model

@@ -63,10 +63,7 @@ use crate::{
     ServiceRow, SoftwareQuery, StoreError, StoredOffset, TicketQuery, TicketRow,
 };
 
-/// Page size of the lists when the query names none.
-pub const DEFAULT_LIMIT: u32 = 100;
-/// Largest page size of the lists; larger limits are lowered to it.
-pub const MAX_LIMIT: u32 = 1000;
+use crate::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// The migrations of the read model's tables, embedded. Their versions interleave with the
 /// registry's (one sequence per database; see `fleet_sql::Database::migrate`); a unit test
