@@ -376,6 +376,7 @@ async fn replay_and_verify(
         "alert_rules",
         "commands",
         "command_audit",
+        "command_output",
         "tickets",
     ] {
         let line = out

@@ -516,9 +516,9 @@ pub fn inventory(
 }
 
 /// Longest progress chunk, bytes.
-pub const MAX_CHUNK_LEN: usize = 64 * 1024;
+pub const MAX_CHUNK_LEN: usize = fleet_schemas::api::MAX_PROGRESS_CHUNK_BYTES;
 /// Longest captured stdout or stderr in a result, bytes.
-pub const MAX_OUTPUT_LEN: usize = 512 * 1024;
+pub const MAX_OUTPUT_LEN: usize = fleet_schemas::api::MAX_COMMAND_OUTPUT_BYTES;
 const PROGRESS_STREAMS: &[&str] = &["stdout", "stderr", "status"];
 const RESULT_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "refused"];
 

@@ -121,6 +121,8 @@ impl Modify for BearerAuth {
         crate::routes::fleet::list_audit,
         crate::routes::commands::agent_commands,
         crate::routes::commands::get_command,
+        crate::routes::command_output::command_output,
+        crate::routes::command_output::stream_command,
         crate::routes::tickets::agent_software,
         crate::routes::tickets::list_tickets,
         crate::routes::events::list_events,

@@ -35,6 +35,8 @@ pub struct AppState {
     /// Stored samples for PromQL (the Prometheus HTTP API): [`AppState::new`] reads them
     /// from its read model and time-series store ([`crate::samples::StoredSamples`]).
     pub(crate) series_source: Arc<dyn fleet_promql::SeriesSource>,
+    /// Open command streams per user (`routes::command_output`).
+    pub(crate) streams: Arc<crate::routes::command_output::StreamSlots>,
 }
 
 impl fleet_service::client::TrustedProxies for AppState {
@@ -67,6 +69,7 @@ impl AppState {
             wire,
             keys: Keys::default(),
             limiters: Arc::new(Limiters::new(&AuthLimits::default())),
+            streams: Arc::default(),
             gateway_url: "http://127.0.0.1:8080".into(),
             approval_required: Arc::new(
                 DEFAULT_APPROVAL_REQUIRED

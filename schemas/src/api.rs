@@ -348,6 +348,12 @@ pub struct CommandSpec {
     pub requested_at: DateTime<Utc>,
 }
 
+/// Longest progress chunk, bytes (the gateway refuses longer ones).
+pub const MAX_PROGRESS_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest captured stdout or stderr of one command, bytes: the bound of a result's
+/// output, and of what the read model keeps of each stream's progress chunks.
+pub const MAX_COMMAND_OUTPUT_BYTES: usize = 512 * 1024;
+
 /// A chunk of a running command's output, or a status line (`command_progress`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

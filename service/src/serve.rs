@@ -13,7 +13,10 @@
 //!   - a whole-request timeout covering a slowly sent body: 408 in the API error format;
 //!   - HTTP/1.1 with upgrades (WebSockets); each request carries
 //!     [`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo) of the peer;
-//!   - graceful shutdown: stop accepting, let open requests finish.
+//!   - graceful shutdown: stop accepting, let open requests finish, for at most the
+//!     whole-request timeout (every handler answers within it, so only a response body
+//!     still streaming after it, such as a command's Server-Sent Events, is cut; without
+//!     the bound a stop waited for such a stream to end).
 //! * [`ReloadableCert`]: the certificate and key (PEM), re-read on SIGHUP and when their
 //!   modification times change; a failed reload keeps the old pair and logs why.
 //!
@@ -500,6 +503,7 @@ impl HttpServer {
         };
         let _watch = cert.map(|c| AbortOnDrop(tokio::spawn(c.watch(settings.tls_reload_check))));
         let header_timeout = settings.header_read_timeout;
+        let drain = settings.request_timeout;
         let app = match &settings.metrics_token {
             Some(token) => app.layer(axum::middleware::from_fn_with_state(
                 Arc::<str>::from(token.as_str()),
@@ -522,6 +526,8 @@ impl HttpServer {
             .keep_alive(true);
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
+        // Fired when open requests outlive the stop's deadline: their connections end.
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
         tracing::info!(server, addr = ?addr, tls = tls.is_some(), max_connections = settings.max_connections, "Listening.");
         tokio::pin!(shutdown);
         loop {
@@ -557,7 +563,8 @@ impl HttpServer {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
-            tokio::spawn(async move {
+            let mut cut = cut_rx.clone();
+            let connection = async move {
                 let _permit = permit;
                 let _gauge = gauge;
                 let result = match tls {
@@ -590,11 +597,29 @@ impl HttpServer {
                 if let Err(e) = result {
                     tracing::debug!(server, %peer, error = %e, "Connection ended with an error.");
                 }
+            };
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = connection => {}
+                    _ = cut.wait_for(|cut| *cut) => {
+                        tracing::debug!(server, %peer, "Connection cut at the stop's deadline.");
+                    }
+                }
             });
         }
         drop(listener);
         tracing::info!(server, "Stopped accepting; waiting for open requests.");
-        graceful.shutdown().await;
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                server,
+                drain_secs = drain.as_secs(),
+                "Responses still streaming at the deadline were cut."
+            );
+            let _ = cut_tx.send(true);
+        }
         Ok(())
     }
 }

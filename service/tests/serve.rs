@@ -25,6 +25,17 @@ fn app() -> Router {
         .route("/hello", get(|| async { "hello" }))
         .route("/metrics", get(|| async { "fleet_requests_total 1" }))
         .route("/echo", post(|body: axum::body::Bytes| async move { body }))
+        .route(
+            "/forever",
+            get(|| async {
+                // A response body that never ends (a long-lived event stream).
+                let ticks = futures::stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Some((Ok::<_, std::convert::Infallible>("tick\n"), ()))
+                });
+                axum::body::Body::from_stream(ticks)
+            }),
+        )
 }
 
 struct Running {
@@ -219,6 +230,36 @@ async fn slow_bodies_get_408() -> anyhow::Result<()> {
     let answer = String::from_utf8_lossy(&out);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    Ok(())
+}
+
+/// A stop waits for open requests at most the whole-request timeout: a response body that
+/// never ends is cut then, and the server returns.
+#[tokio::test]
+async fn a_stop_cuts_endless_responses_after_the_request_timeout() -> anyhow::Result<()> {
+    let server = HttpServer::bind("test", "127.0.0.1:0".parse()?, &short_timeouts()).await?;
+    let addr = server.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let served = tokio::spawn(server.serve(app(), async {
+        let _ = rx.await;
+    }));
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await??;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "the stream started"
+    );
+    drop(tx);
+    let stopped = tokio::time::timeout(WAIT, served).await;
+    anyhow::ensure!(
+        stopped.is_ok(),
+        "the server waited for the endless response"
+    );
+    stopped???;
+    read_until_closed(&mut s).await?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ pub(crate) enum VerifyKind {
 `fleetstream replay` rebuilt) and report every difference on stdout; exit with status 1 \
 when there is any (or on an error), 0 when they are equal.\n\n\
 Read model: every row of every projected table (agents, alerts, alert_rules, \
-commands, command_audit, software_inventory, software, tickets), matched by primary key: \
+commands, command_audit, command_output, software_inventory, software, tickets, sample_series, agent_events), matched by primary key: \
 missing rows (live only), extra rows (rebuilt only) and rows whose columns differ, with both \
 values. Not compared: projection_offsets (shown as a hint), the registry (tenants, locations, \
 registration tokens, agent credentials, users, API keys) and the audit log: they are not \

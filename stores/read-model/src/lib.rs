@@ -38,8 +38,13 @@ pub use fleet_sql::{Database, Engine};
 #[cfg(feature = "sql")]
 pub use sql::{
     open_read_model, ReadModelSnapshot, SnapshotRow, SnapshotTable, SqlReadModel, TableSnapshot,
-    DEFAULT_LIMIT, MAX_LIMIT, MIGRATIONS, NOT_PROJECTED_TABLES, PROJECTED_TABLES,
+    MIGRATIONS, NOT_PROJECTED_TABLES, PROJECTED_TABLES,
 };
+
+/// Page size of the lists when the query names none.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size of the lists; larger limits are lowered to it.
+pub const MAX_LIMIT: u32 = 1000;
 
 // ----------------------------------------------------------------------------------------
 // Read model
@@ -545,6 +550,36 @@ pub struct CommandDetail {
     pub audit: Vec<CommandAuditRow>,
 }
 
+/// Most progress chunks the read model keeps of one command (the agent sends at most four
+/// a second, so a command of the longest timeout, an hour, stays within it).
+pub const MAX_STORED_CHUNKS: i64 = 16_384;
+
+/// One progress chunk of a command: output or a status line, in the agent's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandOutputChunk {
+    /// The agent's chunk number, from 1 (gaps: chunks lost on the way or past the bound).
+    pub sequence: i64,
+    /// `stdout`, `stderr` or `status`.
+    pub stream: String,
+    /// The text.
+    pub chunk: String,
+    /// When the agent produced it (µs).
+    pub at: i64,
+}
+
+/// A page of a command's stored progress chunks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandOutputQuery {
+    /// Only a command of this tenant.
+    pub tenant_id: Option<String>,
+    /// The command.
+    pub command_id: String,
+    /// Chunks with a greater sequence (0: from the first).
+    pub after: i64,
+    /// Page size (at most 1000; default 100).
+    pub limit: Option<u32>,
+}
+
 /// Filters of an agent's command history.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandQuery {
@@ -755,6 +790,10 @@ pub trait ReadModel: Send + Sync + Debug {
         tenant_id: Option<&str>,
         command_id: &str,
     ) -> Result<Option<CommandDetail>>;
+
+    /// A command's stored progress chunks in sequence order (empty: none stored yet, or
+    /// the command is unknown or another tenant's).
+    async fn command_output(&self, query: &CommandOutputQuery) -> Result<Vec<CommandOutputChunk>>;
 
     /// An agent's newest software inventory (`None`: none stored, or another tenant's).
     async fn agent_software(&self, query: &SoftwareQuery) -> Result<Option<AgentSoftware>>;

@@ -58,15 +58,12 @@ pub use snapshot::{
 
 use crate::{
     AgentQuery, AgentRow, AgentSoftware, AgentStatus, AlertQuery, AlertRow, AlertStatus,
-    AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandRow, FleetOverview,
-    ReadModel, Result, SampleSeries, SampleSeriesQuery, ServiceRow, SoftwareQuery, StoreError,
-    StoredOffset, TicketQuery, TicketRow,
+    AuditEntry, AuditQuery, Change, CommandDetail, CommandOutputChunk, CommandOutputQuery,
+    CommandQuery, CommandRow, FleetOverview, ReadModel, Result, SampleSeries, SampleSeriesQuery,
+    ServiceRow, SoftwareQuery, StoreError, StoredOffset, TicketQuery, TicketRow,
 };
 
-/// Page size of the lists when the query names none.
-pub const DEFAULT_LIMIT: u32 = 100;
-/// Largest page size of the lists; larger limits are lowered to it.
-pub const MAX_LIMIT: u32 = 1000;
+use crate::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// The migrations of the read model's tables, embedded. Their versions interleave with the
 /// registry's (one sequence per database; see `fleet_sql::Database::migrate`); a unit test
@@ -123,6 +120,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 14,
             description: "notifications",
             sql: include_str!("../migrations/0014_notifications.sql"),
+        },
+        Migration {
+            version: 15,
+            description: "command output",
+            sql: include_str!("../migrations/0015_command_output.sql"),
         },
     ],
 };
@@ -886,6 +888,11 @@ impl ReadModel for SqlReadModel {
         command_id: &str,
     ) -> Result<Option<CommandDetail>> {
         self.query_command(tenant_id, command_id).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn command_output(&self, query: &CommandOutputQuery) -> Result<Vec<CommandOutputChunk>> {
+        self.query_command_output(query).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use fleet_read_model::{
     open_read_model, AgentQuery, AgentRow, AgentStatus, AlertEvent, AlertQuery, AlertRow,
-    AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandQuery, CommandStatus,
-    EventQuery, ReadModel, SampleSeries, SampleSeriesQuery, SoftwareQuery, StoreError,
-    StoredOffset, TicketQuery, TicketStatus, SERIES_LAST_STEP_MICROS,
+    AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandOutputQuery, CommandQuery,
+    CommandStatus, EventQuery, ReadModel, SampleSeries, SampleSeriesQuery, SoftwareQuery,
+    StoreError, StoredOffset, TicketQuery, TicketStatus, SERIES_LAST_STEP_MICROS,
 };
 use fleet_schemas::{
     fixtures, AgentLifecycleKind, AlertEventKind, CommandEvent, CommandEventKind,
@@ -45,6 +45,7 @@ macro_rules! conformance {
             command_events_out_of_order_converge,
             only_the_first_requested_of_a_command_counts,
             commands_page_newest_first_and_filter_by_tenant,
+            command_output_is_kept_in_order_paged_and_bounded,
             software_inventory_replaced_only_by_newer,
             software_inventory_out_of_order_and_tenant_filter,
             ticket_lifecycle_replay_and_out_of_order_converge,
@@ -1173,6 +1174,155 @@ mod cases {
             .await
             .is_err());
         ensure!(store.get_command(None, "bad-command").await?.is_none());
+        Ok(())
+    }
+
+    /// A PROGRESS chunk with the agent's sequence number.
+    fn chunk(
+        tenant: &str,
+        agent: &str,
+        command_id: &str,
+        sequence: i64,
+        stream: &str,
+        text: &str,
+    ) -> CommandEvent {
+        let mut ev = bare(cmd(
+            tenant,
+            agent,
+            command_id,
+            CommandEventKind::Progress,
+            T0 + sequence * SECOND,
+        ));
+        ev.event_id = format!("{command_id}/progress/{sequence}");
+        ev.sequence = sequence;
+        ev.stream = Some(stream.into());
+        ev.chunk = Some(text.into());
+        ev
+    }
+
+    pub(crate) async fn command_output_is_kept_in_order_paged_and_bounded(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let a = agent_id();
+        let id = uuid::Uuid::new_v4().to_string();
+        let request = cmd(T1, &a, &id, CommandEventKind::Requested, T0);
+        // Out of order, and chunk 2 twice (a resend): kept once, served in sequence order.
+        let events = vec![
+            request,
+            chunk(T1, &a, &id, 1, "status", "started"),
+            chunk(T1, &a, &id, 3, "stderr", "oops\n"),
+            chunk(T1, &a, &id, 2, "stdout", "line 1\n"),
+            chunk(T1, &a, &id, 2, "stdout", "line 1 again\n"),
+            chunk(T1, &a, &id, 4, "stdout", "line 2\n"),
+        ];
+        store.apply(PROJECTION, &changes_of(&events), &[]).await?;
+        let query = |tenant: Option<&str>, after: i64, limit: Option<u32>| CommandOutputQuery {
+            tenant_id: tenant.map(str::to_owned),
+            command_id: id.clone(),
+            after,
+            limit,
+        };
+        let all = store.command_output(&query(None, 0, None)).await?;
+        let seen: Vec<(i64, &str, &str)> = all
+            .iter()
+            .map(|c| (c.sequence, c.stream.as_str(), c.chunk.as_str()))
+            .collect();
+        ensure!(
+            seen == [
+                (1, "status", "started"),
+                (2, "stdout", "line 1\n"),
+                (3, "stderr", "oops\n"),
+                (4, "stdout", "line 2\n"),
+            ],
+            "chunks in sequence order, the first of a sequence kept: {seen:?}"
+        );
+        ensure!(
+            all[1].at == T0 + 2 * SECOND,
+            "the agent's time: {:?}",
+            all[1]
+        );
+        let page = store.command_output(&query(Some(T1), 1, Some(2))).await?;
+        ensure!(
+            page.iter().map(|c| c.sequence).collect::<Vec<_>>() == [2, 3],
+            "paged after a sequence: {page:?}"
+        );
+        ensure!(
+            store
+                .command_output(&query(Some(T2), 0, None))
+                .await?
+                .is_empty(),
+            "another tenant sees no output"
+        );
+        ensure!(
+            store
+                .command_output(&CommandOutputQuery {
+                    command_id: "no-such-command".into(),
+                    ..query(None, 0, None)
+                })
+                .await?
+                .is_empty(),
+            "an unknown command has no output"
+        );
+        // The status stays the command's: chunks do not add audit rows.
+        let d = command(&store, &id).await?;
+        ensure!(
+            d.command.status == CommandStatus::Running,
+            "{:?}",
+            d.command.status
+        );
+        ensure!(d.audit.len() == 1, "{:?}", d.audit);
+
+        // Bounds: a stream keeps at most a result's output; the other stream is counted
+        // on its own; a chunk longer than the gateway takes is not kept.
+        let big = "x".repeat(fleet_schemas::api::MAX_PROGRESS_CHUNK_BYTES);
+        let per_stream = fleet_schemas::api::MAX_COMMAND_OUTPUT_BYTES / big.len();
+        let b = uuid::Uuid::new_v4().to_string();
+        let mut events = vec![cmd(T1, &a, &b, CommandEventKind::Requested, T0)];
+        let mut seq = 0;
+        for _ in 0..per_stream + 2 {
+            seq += 1;
+            events.push(chunk(T1, &a, &b, seq, "stdout", &big));
+        }
+        seq += 1;
+        events.push(chunk(T1, &a, &b, seq, "stderr", "still kept"));
+        seq += 1;
+        let too_long = format!("{big}y");
+        events.push(chunk(T1, &a, &b, seq, "stderr", &too_long));
+        store.apply(PROJECTION, &changes_of(&events), &[]).await?;
+        let kept = store
+            .command_output(&CommandOutputQuery {
+                command_id: b.clone(),
+                limit: Some(1000),
+                ..CommandOutputQuery::default()
+            })
+            .await?;
+        let stdout: usize = kept
+            .iter()
+            .filter(|c| c.stream == "stdout")
+            .map(|c| c.chunk.len())
+            .sum();
+        ensure!(
+            stdout == per_stream * big.len(),
+            "stdout kept up to its bound: {stdout} bytes"
+        );
+        ensure!(
+            kept.iter().any(|c| c.chunk == "still kept"),
+            "stderr has its own bound"
+        );
+        ensure!(
+            kept.iter().all(|c| c.chunk.len() <= big.len()),
+            "an over-long chunk is not kept"
+        );
+        // Applying it all again changes nothing.
+        store.apply(PROJECTION, &changes_of(&events), &[]).await?;
+        let again = store
+            .command_output(&CommandOutputQuery {
+                command_id: b.clone(),
+                limit: Some(1000),
+                ..CommandOutputQuery::default()
+            })
+            .await?;
+        ensure!(again == kept, "a replay keeps the same chunks");
         Ok(())
     }
 

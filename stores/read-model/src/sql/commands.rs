@@ -20,9 +20,20 @@
 //!
 //! The audit trail has one row per event but PROGRESS, keyed by event id (a replay
 //! inserts nothing).
+//!
+//! PROGRESS chunks go to `command_output`, keyed by (command id, the agent's sequence): a
+//! resent or replayed chunk inserts nothing. Bounded per command as a result's output is:
+//! a stream keeps chunks while its stored bytes stay within
+//! [`MAX_COMMAND_OUTPUT_BYTES`], a command at most [`MAX_STORED_CHUNKS`] chunks, and a
+//! chunk longer than the gateway accepts ([`MAX_PROGRESS_CHUNK_BYTES`]) is not kept.
+//! What is past a bound is dropped (logged); the result still carries the agent's own
+//! bounded capture. Which chunks are kept depends only on the order they are applied in,
+//! which is the log's (a command's events share the agent's partition), so a replay keeps
+//! the same ones.
 
 use std::collections::BTreeMap;
 
+use fleet_schemas::api::{MAX_COMMAND_OUTPUT_BYTES, MAX_PROGRESS_CHUNK_BYTES};
 use fleet_schemas::{CommandEvent, CommandEventKind};
 use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
@@ -30,7 +41,8 @@ use sqlx::Row;
 
 use super::{decode_error, ApplyError, Filter, SqlReadModel, Tx};
 use crate::{
-    CommandAuditRow, CommandDetail, CommandQuery, CommandRow, CommandStatus, Result, StoreError,
+    CommandAuditRow, CommandDetail, CommandOutputChunk, CommandOutputQuery, CommandQuery,
+    CommandRow, CommandStatus, Result, StoreError, MAX_STORED_CHUNKS,
 };
 
 /// Whether the incoming step sets the status: further along, or as far and earlier.
@@ -281,23 +293,83 @@ pub(super) async fn apply_command(tx: &mut Tx<'_>, ev: &CommandEvent) -> Result<
         tracing::debug!(command_id = %ev.command_id, event_id = %ev.event_id, "A later REQUESTED of a command ignored.");
         return Ok(());
     }
-    if !is(CommandEventKind::Progress) {
-        let detail = match ev.kind {
-            CommandEventKind::Completed => Some(status.as_str()),
-            CommandEventKind::TimedOut => ev.message.as_deref(),
-            _ => None,
-        };
-        sqlx::query(INSERT_AUDIT)
-            .bind(ev.event_id.as_str())
-            .bind(ev.command_id.as_str())
-            .bind(ev.kind.as_str())
-            .bind(ev.actor.as_deref())
-            .bind(detail)
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
+    if is(CommandEventKind::Progress) {
+        return store_chunk(tx, ev).await;
     }
+    let detail = match ev.kind {
+        CommandEventKind::Completed => Some(status.as_str()),
+        CommandEventKind::TimedOut => ev.message.as_deref(),
+        _ => None,
+    };
+    sqlx::query(INSERT_AUDIT)
+        .bind(ev.event_id.as_str())
+        .bind(ev.command_id.as_str())
+        .bind(ev.kind.as_str())
+        .bind(ev.actor.as_deref())
+        .bind(detail)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+const OUTPUT_SO_FAR: &str = "\
+SELECT COUNT(*) AS chunks,
+       CAST(COALESCE(SUM(CASE WHEN stream = $2 THEN bytes ELSE 0 END), 0) AS BIGINT) AS stream_bytes
+FROM command_output WHERE command_id = $1";
+
+const INSERT_CHUNK: &str = "\
+INSERT INTO command_output (command_id, sequence, stream, chunk, bytes, at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (command_id, sequence) DO NOTHING";
+
+/// Keeps a PROGRESS chunk in `command_output`, within the bounds (module docs).
+async fn store_chunk(tx: &mut Tx<'_>, ev: &CommandEvent) -> Result<(), ApplyError> {
+    let (Some(stream), Some(chunk)) = (ev.stream.as_deref(), ev.chunk.as_deref()) else {
+        return Ok(());
+    };
+    let bytes = chunk.len();
+    let dropped = |why: &str| {
+        tracing::debug!(command_id = %ev.command_id, sequence = ev.sequence, stream, bytes, why, "A progress chunk not kept.");
+        Ok(())
+    };
+    if bytes > MAX_PROGRESS_CHUNK_BYTES {
+        return dropped("longer than a chunk may be");
+    }
+    let so_far = sqlx::query(OUTPUT_SO_FAR)
+        .bind(ev.command_id.as_str())
+        .bind(stream)
+        .fetch_one(&mut **tx)
+        .await?;
+    let chunks: i64 = so_far.try_get("chunks")?;
+    let stream_bytes: i64 = so_far.try_get("stream_bytes")?;
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    let limit = i64::try_from(MAX_COMMAND_OUTPUT_BYTES).unwrap_or(i64::MAX);
+    if chunks >= MAX_STORED_CHUNKS {
+        return dropped("the command has the most chunks kept");
+    }
+    if stream_bytes.saturating_add(bytes) > limit {
+        return dropped("the stream's output is at its bound");
+    }
+    sqlx::query(INSERT_CHUNK)
+        .bind(ev.command_id.as_str())
+        .bind(ev.sequence)
+        .bind(stream)
+        .bind(chunk)
+        .bind(bytes)
+        .bind(ev.occurred_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn chunk_from_row(row: &AnyRow) -> Result<CommandOutputChunk, BoxDynError> {
+    Ok(CommandOutputChunk {
+        sequence: row.try_get("sequence")?,
+        stream: row.try_get("stream")?,
+        chunk: row.try_get("chunk")?,
+        at: row.try_get("at")?,
+    })
 }
 
 fn command_from_row(row: &AnyRow) -> Result<CommandRow, BoxDynError> {
@@ -408,6 +480,36 @@ impl SqlReadModel {
             .collect::<Result<_, _>>()
             .map_err(|e| decode_error("command audit", e))?;
         Ok(Some(CommandDetail { command, audit }))
+    }
+
+    pub(super) async fn query_command_output(
+        &self,
+        query: &CommandOutputQuery,
+    ) -> Result<Vec<CommandOutputChunk>> {
+        let tenant = if query.tenant_id.is_some() {
+            " AND EXISTS (SELECT 1 FROM commands c WHERE c.command_id = o.command_id \
+             AND c.tenant_id = $4)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT o.sequence, o.stream, o.chunk, o.at FROM command_output o \
+             WHERE o.command_id = $1 AND o.sequence > $2{tenant} ORDER BY o.sequence LIMIT $3"
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(query.command_id.as_str())
+            .bind(query.after)
+            .bind(super::clamp_limit(query.limit));
+        if let Some(t) = query.tenant_id.as_deref() {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.db.pool())
+            .await
+            .map_err(|e| self.db_error("get command output", e))?
+            .iter()
+            .map(chunk_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| decode_error("command output", e))
     }
 }
 

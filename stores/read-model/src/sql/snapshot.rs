@@ -40,6 +40,7 @@ pub const PROJECTED_TABLES: &[(&str, &[&str])] = &[
     ("alert_rules", &["rule_id"]),
     ("commands", &["command_id"]),
     ("command_audit", &["event_id"]),
+    ("command_output", &["command_id", "sequence"]),
     ("software_inventory", &["agent_id"]),
     ("software", &["agent_id", "name", "arch"]),
     ("tickets", &["ticket_id"]),
