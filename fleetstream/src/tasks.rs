@@ -72,12 +72,18 @@ mod tests {
     async fn parts_run_in_parallel_on_the_workers() {
         // Two parts that each block their thread until the other has started: joined on
         // one task they would wait for each other forever.
-        let (a_started, b_started) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (a_started, b_started) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let part = |mine: Arc<AtomicBool>, other: Arc<AtomicBool>| async move {
             mine.store(true, Ordering::SeqCst);
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while !other.load(Ordering::SeqCst) {
-                anyhow::ensure!(std::time::Instant::now() < deadline, "the other part never ran");
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the other part never ran"
+                );
                 std::thread::sleep(Duration::from_millis(1));
             }
             Ok(())

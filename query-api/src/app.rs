@@ -6,8 +6,8 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::routes::{
-    agents, commands, dashboard, events, fleet, ingest_keys, notifications, prometheus, rules,
-    tags, tenants, tickets, users,
+    agents, commands, dashboard, events, fleet, ingest_keys, notifications, prometheus,
+    remote_config, rules, tags, tenants, tickets, users,
 };
 use crate::state::AppState;
 
@@ -24,6 +24,7 @@ pub fn app(state: AppState) -> Router {
         .merge(commands::routes())
         .merge(rules::routes())
         .merge(tags::routes())
+        .merge(remote_config::routes())
         .merge(tickets::routes())
         .merge(events::routes())
         .merge(prometheus::routes())
