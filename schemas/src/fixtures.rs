@@ -76,7 +76,7 @@ pub fn heartbeat(tenant: &str, agent: &str, occurred_at: i64, sequence: i64) -> 
         agent_version: "0.1.0".into(),
         uptime_seconds: 3_600,
         sequence,
-        heartbeat_interval_secs: Some(30.0),
+        heartbeat_interval_secs: None,
         config_version: None,
     }
 }
