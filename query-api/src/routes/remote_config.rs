@@ -24,7 +24,7 @@ use fleet_schemas::{ids, ConfigScope, Record, RemoteConfigEvent};
 use fleet_service::ApiError;
 use serde::Serialize;
 
-use crate::auth::{not_found, read_scope, require_operator, Principal};
+use crate::auth::{not_found, read_scope, require_operator, require_writer, Principal};
 use crate::error::{reply, store_error};
 use crate::input::object_body;
 use crate::query::Params;
@@ -131,6 +131,8 @@ pub(crate) async fn put_agent_config(
     body: axum::body::Bytes,
 ) -> Response {
     let r = async {
+        // A viewer is refused before anything is looked up.
+        require_writer(&p)?;
         let cred = agent_of(&s, &p, &agent_id).await?;
         let config = desired_of(&body)?;
         write_config(
