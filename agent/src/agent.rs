@@ -265,16 +265,18 @@ impl Agent {
             );
         }
 
-        let services = config.services.clone();
+        let live = Arc::new(LiveIntervals::new(
+            intervals,
+            crate::intervals::Settings::local(&config),
+            &state_dir,
+            Arc::clone(&stats),
+        ));
+        let remote = live.settings();
+        let services = remote.services.clone();
         let collector = tokio::task::spawn_blocking(move || Collector::new(services))
             .await
             .context("starting the collector failed")?;
 
-        let live = Arc::new(LiveIntervals::new(
-            intervals,
-            &state_dir,
-            Arc::clone(&stats),
-        ));
         let events = Arc::new(EventQueue::new(MAX_QUEUED_EVENTS, Arc::clone(&stats)));
         let boot_time = sysinfo::System::boot_time();
         let previous_run = events::RunState::load(&state_dir);
@@ -306,9 +308,9 @@ impl Agent {
                 cancel.clone(),
             ));
         }
-        crate::custom::log_sources(config.textfile_directory.as_deref(), &config.custom_scripts);
+        crate::custom::log_sources(remote.textfile_dir.as_deref(), &config.custom_scripts);
         let custom = Arc::new(CustomMetrics::new(
-            config.textfile_directory.clone(),
+            remote.textfile_dir.clone(),
             config.custom_max_series,
             Arc::clone(&stats),
         ));
@@ -656,10 +658,15 @@ async fn collect_loop(c: CollectLoop) {
             }
             _ = ticker.tick() => {}
         }
+        // The remote configuration may have changed what to watch and read.
+        let remote = c.intervals.settings();
+        c.custom.set_textfile_directory(remote.textfile_dir);
         let job_collector = Arc::clone(&collector);
         let job_custom = Arc::clone(&c.custom);
         let job = tokio::task::spawn_blocking(move || {
-            let mut report = lock(&job_collector).collect();
+            let mut collector = lock(&job_collector);
+            collector.set_services(remote.services);
+            let mut report = collector.collect();
             report.custom = job_custom.collect();
             report
         });
@@ -710,6 +717,7 @@ mod tests {
                 .pop_front()
                 .unwrap_or(SendOutcome::Sent(IngestAccepted {
                     accepted: batch.reports.len(),
+                    config: None,
                     rejected: vec![],
                 }))
         }
@@ -718,6 +726,7 @@ mod tests {
             lock(&self.heartbeats).push(heartbeat.clone());
             SendOutcome::Sent(IngestAccepted {
                 accepted: 1,
+                config: None,
                 rejected: vec![],
             })
         }
@@ -775,6 +784,7 @@ mod tests {
         lock(&transport.script).extend([
             SendOutcome::Sent(IngestAccepted {
                 accepted: 1,
+                config: None,
                 rejected: vec![ItemError {
                     index: 1,
                     field: "reports[1].cpu_percent".into(),

@@ -59,6 +59,11 @@ impl Collector {
         }
     }
 
+    /// Watches these units from the next collection on (already validated).
+    pub fn set_services(&mut self, services: Vec<String>) {
+        self.services = services;
+    }
+
     /// Samples the machine now. I/O figures cover the time since the previous call (or
     /// since construction). Every percentage is finite and within 0..=100.
     pub fn collect(&mut self) -> ReportIn {

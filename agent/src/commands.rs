@@ -111,6 +111,22 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// This policy with only the command types of `allowed` that it allows already (the
+    /// remote configuration's list, itself within the local one): never wider.
+    pub fn narrowed(&self, allowed: &[String]) -> Self {
+        Self {
+            allowed: self
+                .allowed
+                .iter()
+                .filter(|c| allowed.contains(c))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
 /// What a command becomes once allowed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
@@ -663,7 +679,10 @@ impl Executor {
     }
 
     async fn execute(&self, spec: &CommandSpec) -> CommandResultIn {
-        match plan(spec, &self.policy) {
+        let policy = self
+            .policy
+            .narrowed(&self.intervals.settings().allowed_commands);
+        match plan(spec, &policy) {
             Err(message) => {
                 inc(&self.stats.commands_refused);
                 warn!(command_id = %spec.command_id, command_type = %spec.command_type, %message, "Command refused.");
@@ -1008,7 +1027,9 @@ mod tests {
             plan(&spec("update_config", &[("metrics_interval_secs", "5")], 1), &all),
             Ok(Plan::UpdateConfig(ConfigUpdate {
                 metrics_interval_secs: Some(m),
-                heartbeat_interval_secs: None
+                heartbeat_interval_secs: None,
+                version: None,
+                ..
             })) if m == 5.0
         ));
     }

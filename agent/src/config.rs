@@ -38,12 +38,7 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const MIN_SPOOL_MAX_BYTES: u64 = 1024 * 1024;
 
 /// Command types the agent knows; `allowed-commands` may list only these.
-pub const COMMAND_TYPES: [&str; 4] = [
-    "restart_service",
-    "run_script",
-    "collect_diagnostics",
-    "update_config",
-];
+pub const COMMAND_TYPES: [&str; 4] = fleet_schemas::remote_config::COMMAND_TYPES;
 
 /// Largest accepted `command-output-max-bytes` (16 MiB).
 pub const MAX_COMMAND_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
@@ -755,16 +750,7 @@ pub(crate) fn validate_agent_id(id: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// True for names systemd accepts as unit names (a conservative subset), never starting
-/// with `-` so a name cannot pass for a `systemctl` option.
-pub(crate) fn is_valid_unit_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('-')
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-' | b'\\')
-        })
-}
+pub(crate) use fleet_schemas::remote_config::is_valid_unit_name;
 
 /// The agent id derived from a machine identity string.
 fn derive_agent_id(identity: &str) -> String {

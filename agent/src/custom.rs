@@ -240,7 +240,8 @@ fn parse_value(s: &str) -> Option<f64> {
 /// the scripts' last good outputs (set by [`script_loop`]) and the bound per report.
 #[derive(Debug)]
 pub struct CustomMetrics {
-    textfile_directory: Option<PathBuf>,
+    /// Changed live by the remote configuration ([`Self::set_textfile_directory`]).
+    textfile_directory: Mutex<Option<PathBuf>>,
     max_series: usize,
     stats: Arc<Stats>,
     /// Script name → its last good run's series.
@@ -256,7 +257,7 @@ impl CustomMetrics {
     /// Custom metrics from `textfile_directory` (if set) and the scripts that report here.
     pub fn new(textfile_directory: Option<PathBuf>, max_series: usize, stats: Arc<Stats>) -> Self {
         Self {
-            textfile_directory,
+            textfile_directory: Mutex::new(textfile_directory),
             max_series,
             stats,
             scripts: Mutex::new(BTreeMap::new()),
@@ -268,8 +269,9 @@ impl CustomMetrics {
     /// The `custom` map of a report: the textfiles read now, then the scripts' last
     /// values, at most `custom-max-series` series (blocking: reads files).
     pub fn collect(&self) -> BTreeMap<String, f64> {
-        let mut sources = match &self.textfile_directory {
-            Some(dir) => self.read_textfiles(dir),
+        let dir = lock(&self.textfile_directory).clone();
+        let mut sources = match dir {
+            Some(dir) => self.read_textfiles(&dir),
             None => Vec::new(),
         };
         sources.extend(
@@ -303,6 +305,15 @@ impl CustomMetrics {
             );
         }
         out
+    }
+
+    /// Reads textfiles from `dir` from the next collection on (`None`: none).
+    pub fn set_textfile_directory(&self, dir: Option<PathBuf>) {
+        let mut current = lock(&self.textfile_directory);
+        if *current != dir {
+            info!(textfile_directory = ?dir, "Textfile directory changed.");
+            *current = dir;
+        }
     }
 
     /// Reads and parses the `*.prom` files of `dir`: (source name, series) per file.

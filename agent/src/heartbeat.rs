@@ -45,6 +45,8 @@ pub(crate) async fn heartbeat_loop(mut h: HeartbeatLoop) {
             sequence,
             uptime_seconds: sysinfo::System::uptime(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            heartbeat_interval_secs: Some(interval.as_secs_f64()),
+            config_version: h.intervals.settings().version,
         };
         let outcome = tokio::select! {
             biased;
@@ -52,8 +54,15 @@ pub(crate) async fn heartbeat_loop(mut h: HeartbeatLoop) {
             o = h.transport.heartbeat(&h.agent_id, &heartbeat) => o,
         };
         let (problem, delay) = match outcome {
-            SendOutcome::Sent(_) => {
+            SendOutcome::Sent(accepted) => {
                 h.backoff.reset();
+                // A gateway that knows a newer remote configuration answers with it (an
+                // older gateway never does).
+                if let Some(update) = accepted.config {
+                    if let Err(e) = h.intervals.apply(update).await {
+                        warn!(error = %e, "Ignoring an invalid remote configuration from the heartbeat answer.");
+                    }
+                }
                 (None, interval)
             }
             SendOutcome::Unauthorized { status, error } => (

@@ -3,12 +3,22 @@
 //! then live: a server `config` message or an `update_config` command changes them in the
 //! running agent ([`LiveIntervals::apply`]) and persists them in
 //! `{state-dir}/intervals.json`. The tasks that depend on them watch for changes.
+//!
+//! The versioned remote configuration (a `config` message or heartbeat answer with a
+//! `version`, see `fleet_schemas::remote_config`) is the whole of what the server wants:
+//! intervals, watched services, textfile directory and allowed command types. Each field
+//! it leaves unset returns to the local value; the allowed command types are the local
+//! allow-list narrowed by the remote one, never widened. It is checked as the query API
+//! checks it (nothing applies when a field is invalid), persisted atomically in
+//! `{state-dir}/remote-config.json` (applied again at the next start) and acknowledged by
+//! its version in every heartbeat ([`Settings::version`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_schemas::api::{ConfigUpdate, RemoteConfig};
+use fleet_schemas::remote_config::{intersect_allowed, DesiredConfig};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -52,21 +62,120 @@ impl Intervals {
 /// state directory.
 pub const INTERVALS_FILE: &str = "intervals.json";
 
-/// The running agent's intervals, changeable by the server.
+/// File of the versioned remote configuration the agent runs, in the state directory.
+pub const REMOTE_CONFIG_FILE: &str = "remote-config.json";
+
+/// The remotely settable settings besides the intervals, as they apply now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// Version of the remote configuration applied (`None`: none, local values only).
+    pub(crate) version: Option<i64>,
+    /// Watched systemd services.
+    pub(crate) services: Vec<String>,
+    /// Directory of the textfile collector.
+    pub(crate) textfile_dir: Option<PathBuf>,
+    /// Command types the agent runs (always within the local allow-list).
+    pub(crate) allowed_commands: Vec<String>,
+}
+
+impl Settings {
+    /// The local configuration's values.
+    pub(crate) fn local(config: &AgentConfig) -> Self {
+        Settings {
+            version: None,
+            services: config.services.clone(),
+            textfile_dir: config.textfile_directory.clone(),
+            allowed_commands: config.allowed_commands.clone(),
+        }
+    }
+}
+
+/// What a versioned remote configuration makes of the agent's `base` intervals and
+/// `local` settings; `Err` names the invalid field (nothing applies then). Pure.
+pub(crate) fn with_remote(
+    base: Intervals,
+    local: &Settings,
+    update: &ConfigUpdate,
+) -> Result<(Intervals, Settings), String> {
+    let version = update
+        .version
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| "`version` must be a number of at least 0".to_owned())?;
+    let desired = DesiredConfig {
+        heartbeat_interval_secs: update.heartbeat_interval_secs,
+        metrics_interval_secs: update.metrics_interval_secs,
+        services: update.services.clone(),
+        textfile_dir: update.textfile_dir.clone(),
+        allowed_commands: update.allowed_commands.clone(),
+    };
+    desired.validate().map_err(|e| e.to_string())?;
+    let interval = |v: Option<f64>, local: Duration| v.and_then(valid_secs).unwrap_or(local);
+    let intervals = Intervals {
+        collect: interval(desired.metrics_interval_secs, base.collect),
+        heartbeat: interval(desired.heartbeat_interval_secs, base.heartbeat),
+        flush: base.flush,
+    };
+    let settings = Settings {
+        version: Some(version),
+        services: desired.services.unwrap_or_else(|| local.services.clone()),
+        textfile_dir: desired
+            .textfile_dir
+            .map(PathBuf::from)
+            .or_else(|| local.textfile_dir.clone()),
+        allowed_commands: intersect_allowed(
+            &local.allowed_commands,
+            desired.allowed_commands.as_deref(),
+        ),
+    };
+    Ok((intervals, settings))
+}
+
+/// The running agent's intervals and remote settings, changeable by the server.
 #[derive(Debug)]
 pub(crate) struct LiveIntervals {
     current: watch::Sender<Intervals>,
+    settings: watch::Sender<Settings>,
+    /// The intervals before any versioned remote configuration.
+    base: Intervals,
+    /// The local settings (the upper bound of the allowed command types).
+    local: Settings,
     path: PathBuf,
+    remote_path: PathBuf,
     stats: Arc<Stats>,
 }
 
 impl LiveIntervals {
-    /// Starts at `initial`; `apply` persists the server's changes in
-    /// `{state_dir}/intervals.json`.
-    pub(crate) fn new(initial: Intervals, state_dir: &Path, stats: Arc<Stats>) -> Self {
+    /// Starts at `initial` and the `local` settings, then applies the remote
+    /// configuration persisted in `{state_dir}/remote-config.json`, if any; `apply`
+    /// persists the server's changes in `{state_dir}/intervals.json` and
+    /// `{state_dir}/remote-config.json`.
+    pub(crate) fn new(
+        initial: Intervals,
+        local: Settings,
+        state_dir: &Path,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let remote_path = state_dir.join(REMOTE_CONFIG_FILE);
+        let (intervals, settings) = match load_overrides(&remote_path) {
+            Some(update) => match with_remote(initial, &local, &update) {
+                Ok(applied) => {
+                    info!(version = ?update.version, "Using the remote configuration the server set before.");
+                    applied
+                }
+                Err(e) => {
+                    warn!(error = %e, "Ignoring the persisted remote configuration.");
+                    (initial, local.clone())
+                }
+            },
+            None => (initial, local.clone()),
+        };
         Self {
-            current: watch::Sender::new(initial),
+            current: watch::Sender::new(intervals),
+            settings: watch::Sender::new(settings),
+            base: initial,
+            local,
             path: state_dir.join(INTERVALS_FILE),
+            remote_path,
             stats,
         }
     }
@@ -76,14 +185,66 @@ impl LiveIntervals {
         *self.current.borrow()
     }
 
+    /// The remote settings now.
+    pub(crate) fn settings(&self) -> Settings {
+        self.settings.borrow().clone()
+    }
+
+    /// Applies a versioned remote configuration unless it is the one running (see
+    /// [`with_remote`]), persists it, and returns a summary.
+    async fn apply_remote(&self, update: ConfigUpdate) -> Result<String, String> {
+        if self.settings.borrow().version == update.version {
+            return Ok(format!(
+                "remote configuration version {:?} already applied",
+                update.version
+            ));
+        }
+        let (intervals, settings) = with_remote(self.base, &self.local, &update)?;
+        let summary = format!(
+            "remote configuration version {:?}: collect interval {}s, heartbeat interval {}s, \
+             {} services, allowed commands {:?}",
+            settings.version,
+            intervals.collect.as_secs_f64(),
+            intervals.heartbeat.as_secs_f64(),
+            settings.services.len(),
+            settings.allowed_commands,
+        );
+        let path = self.remote_path.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            let json = serde_json::to_vec_pretty(&update).map_err(std::io::Error::other)?;
+            if let Some(dir) = path.parent() {
+                crate::state::ensure_dir(dir)?;
+            }
+            crate::state::write_atomic(&path, &json, 0o600)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        self.current.send_replace(intervals);
+        self.settings.send_replace(settings);
+        inc(&self.stats.config_updates);
+        info!(%summary, "Remote configuration applied.");
+        match persisted {
+            Ok(()) => Ok(summary),
+            Err(e) => {
+                warn!(error = %e, "Cannot persist the remote configuration; it applies until the agent stops.");
+                Ok(format!("{summary} (not persisted: {e})"))
+            }
+        }
+    }
+
     /// A receiver that sees every change.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Intervals> {
         self.current.subscribe()
     }
 
     /// Applies `update` (each value checked), persists the server's overrides, and
-    /// returns a summary; `Err` when a value is invalid (nothing applied then).
+    /// returns a summary; `Err` when a value is invalid (nothing applied then). An update
+    /// with a `version` is a whole remote configuration ([`with_remote`]).
     pub(crate) async fn apply(&self, update: ConfigUpdate) -> Result<String, String> {
+        if update.version.is_some() {
+            return self.apply_remote(update).await;
+        }
         let check = |key: &str, v: Option<f64>| -> Result<Option<Duration>, String> {
             v.map(|v| {
                 valid_secs(v).ok_or_else(|| {

@@ -95,7 +95,7 @@ pub use config::{AgentConfig, ConfigError};
 pub use enroll::{
     enroll, enroll_with_tls, machine_facts, EnrollError, Enrollment, CREDENTIALS_FILE,
 };
-pub use intervals::INTERVALS_FILE;
+pub use intervals::{INTERVALS_FILE, REMOTE_CONFIG_FILE};
 pub use outbox::MEMORY_FALLBACK_REPORTS;
 pub use spool::{Spool, SpoolError};
 pub use stats::{Stats, StatsSnapshot};

@@ -216,6 +216,7 @@ mod tests {
                 } else {
                     SendOutcome::Sent(IngestAccepted {
                         accepted: 1,
+                        config: None,
                         rejected: vec![],
                     })
                 }

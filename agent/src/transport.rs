@@ -413,6 +413,7 @@ pub fn classify(
             tracing::debug!(%status, "Gateway answer is not IngestAccepted; assuming all accepted.");
             IngestAccepted {
                 accepted: batch_len,
+                config: None,
                 rejected: Vec::new(),
             }
         });

@@ -592,9 +592,11 @@ impl WsSession {
 /// (see [`classify`]); `Retry-After` is `retry_after_secs`, capped like the header.
 pub fn reply_outcome(reply: Reply, batch_len: usize) -> SendOutcome {
     match reply {
-        Reply::Ack { accepted, rejected } => {
-            SendOutcome::Sent(IngestAccepted { accepted, rejected })
-        }
+        Reply::Ack { accepted, rejected } => SendOutcome::Sent(IngestAccepted {
+            accepted,
+            rejected,
+            config: None,
+        }),
         Reply::Error {
             status,
             error,
@@ -798,6 +800,8 @@ mod tests {
             sequence,
             uptime_seconds: 1,
             agent_version: "test".into(),
+            heartbeat_interval_secs: None,
+            config_version: None,
         }
     }
 
@@ -882,6 +886,7 @@ mod tests {
         let update = ConfigUpdate {
             heartbeat_interval_secs: Some(5.0),
             metrics_interval_secs: None,
+            ..ConfigUpdate::default()
         };
         s.read
             .unbounded_send(Ok(Message::text("not json")))
@@ -1012,6 +1017,7 @@ mod tests {
             ),
             SendOutcome::Sent(IngestAccepted {
                 accepted: 2,
+                config: None,
                 rejected: vec![]
             })
         );

@@ -399,6 +399,7 @@ async fn pushed_config_changes_the_intervals_and_is_persisted() -> anyhow::Resul
         config: ConfigUpdate {
             heartbeat_interval_secs: None,
             metrics_interval_secs: Some(0.1),
+            ..ConfigUpdate::default()
         },
     });
     // With a 3600 s interval nothing would be collected; after the change, reports flow.
@@ -412,6 +413,171 @@ async fn pushed_config_changes_the_intervals_and_is_persisted() -> anyhow::Resul
         dir.path().join(fleet_agent::INTERVALS_FILE),
     )?)?;
     assert_eq!(stored.metrics_interval_secs, Some(0.1));
+    Ok(())
+}
+
+/// The heartbeats the stub got over the socket.
+fn ws_heartbeats(gw: &Gateway) -> Vec<fleet_schemas::api::HeartbeatIn> {
+    gw.ws_frames()
+        .into_iter()
+        .filter_map(|f| match f {
+            AgentMessage::Heartbeat { heartbeat, .. } => Some(heartbeat),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A versioned remote configuration.
+fn remote(version: i64, allowed: &[&str]) -> ConfigUpdate {
+    ConfigUpdate {
+        version: Some(version),
+        heartbeat_interval_secs: Some(1.0),
+        metrics_interval_secs: Some(1.0),
+        services: Some(vec!["fleet-remote-test.service".into()]),
+        textfile_dir: None,
+        allowed_commands: Some(allowed.iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
+
+#[tokio::test]
+async fn remote_config_applies_persists_is_acked_and_never_widens_the_allow_list(
+) -> anyhow::Result<()> {
+    init_tracing();
+    let gw = Gateway::start(Mode::Accept).await?;
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("ran");
+    let line = format!("touch {}", marker.display());
+    // Locally: diagnostics and restart_service; run_script is not allowed.
+    let c = with_scripts(
+        config(&gw, dir.path()),
+        &["collect_diagnostics", "restart_service"],
+        &[("touch", &line)],
+    );
+    let agent = Running::start(c)?;
+    connected(&gw).await?;
+    // Remotely: restart_service and run_script: run_script must stay refused (local
+    // bound), collect_diagnostics is narrowed away.
+    gw.push(&ServerMessage::Config {
+        config: remote(5, &["restart_service", "run_script"]),
+    });
+    // The heartbeat interval of 1 s (from 3600 s) makes heartbeats flow; they carry the
+    // version and the interval.
+    wait_until("a heartbeat acknowledging version 5", || {
+        ws_heartbeats(&gw)
+            .iter()
+            .any(|h| h.config_version == Some(5) && h.heartbeat_interval_secs == Some(1.0))
+    })
+    .await?;
+    wait_until("a report watching the remote service", || {
+        gw.ws_frames().iter().any(|f| match f {
+            AgentMessage::Metrics { reports, .. } => reports.iter().any(|r| {
+                r.services
+                    .iter()
+                    .any(|s| s.name == "fleet-remote-test.service")
+            }),
+            _ => false,
+        })
+    })
+    .await?;
+    gw.push(&command(
+        "cmd-script",
+        "run_script",
+        &[("script", "touch")],
+        10,
+    ));
+    gw.push(&command("cmd-diag", "collect_diagnostics", &[], 10));
+    let script = result_of(&gw, "cmd-script").await?;
+    let diag = result_of(&gw, "cmd-diag").await?;
+    agent.stop().await?;
+    assert_eq!(script.status, "refused", "{script:?}");
+    assert_eq!(
+        diag.status, "refused",
+        "narrowed by the remote list: {diag:?}"
+    );
+    assert!(!marker.exists(), "nothing ran");
+    let stored: ConfigUpdate = serde_json::from_slice(&std::fs::read(
+        dir.path().join(fleet_agent::REMOTE_CONFIG_FILE),
+    )?)?;
+    assert_eq!(stored, remote(5, &["restart_service", "run_script"]));
+
+    // After a restart, the persisted version runs and is acknowledged at once.
+    let gw2 = Gateway::start(Mode::Accept).await?;
+    let agent = Running::start(config(&gw2, dir.path()))?;
+    wait_until("the first heartbeat after the restart", || {
+        !ws_heartbeats(&gw2).is_empty() || !gw2.heartbeats().is_empty()
+    })
+    .await?;
+    agent.stop().await?;
+    let first = ws_heartbeats(&gw2)
+        .into_iter()
+        .chain(gw2.heartbeats().into_iter().map(|h| h.heartbeat))
+        .next()
+        .unwrap();
+    assert_eq!(first.config_version, Some(5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_remote_config_changes_nothing() -> anyhow::Result<()> {
+    init_tracing();
+    let gw = Gateway::start(Mode::Accept).await?;
+    let dir = tempfile::tempdir()?;
+    let agent = Running::start(config(&gw, dir.path()))?;
+    connected(&gw).await?;
+    let mut bad = remote(9, &["restart_service"]);
+    bad.services = Some(vec!["--now".into()]);
+    gw.push(&ServerMessage::Config { config: bad });
+    // Then a valid one of another version, so the test knows the first was handled.
+    gw.push(&ServerMessage::Config {
+        config: remote(10, &[]),
+    });
+    wait_until("version 10 acknowledged", || {
+        ws_heartbeats(&gw)
+            .iter()
+            .any(|h| h.config_version == Some(10))
+    })
+    .await?;
+    agent.stop().await?;
+    assert!(
+        ws_heartbeats(&gw)
+            .iter()
+            .all(|h| h.config_version != Some(9)),
+        "the invalid version never ran"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_heartbeat_answer_delivers_remote_config_and_an_empty_answer_is_fine(
+) -> anyhow::Result<()> {
+    init_tracing();
+    let gw = Gateway::start(Mode::Accept).await?;
+    let dir = tempfile::tempdir()?;
+    let c = AgentConfig {
+        websocket: false,
+        heartbeat_interval: Some(Duration::from_secs_f64(0.2)),
+        ..config(&gw, dir.path())
+    };
+    let agent = Running::start(c)?;
+    // An older gateway's empty 202: heartbeats go on, without a version.
+    wait_until("heartbeats to an older gateway", || {
+        gw.heartbeats().len() >= 2
+    })
+    .await?;
+    assert!(gw
+        .heartbeats()
+        .iter()
+        .all(|h| h.heartbeat.config_version.is_none()));
+    gw.set_heartbeat_config(Some(remote(7, &["collect_diagnostics"])));
+    wait_until("version 7 acknowledged", || {
+        gw.heartbeats()
+            .iter()
+            .any(|h| h.heartbeat.config_version == Some(7))
+    })
+    .await?;
+    let snapshot = agent.stop().await?;
+    // Applied once, though every answer repeats it.
+    assert_eq!(snapshot.config_updates, 1);
     Ok(())
 }
 

@@ -657,6 +657,8 @@ impl Heartbeats {
                         sequence,
                         uptime_seconds: 1000 + sequence,
                         agent_version: "0.0.0-e2e".into(),
+                        heartbeat_interval_secs: None,
+                        config_version: None,
                     };
                     let (client, url) = (&client, format!("{gateway}/api/v1/agents/{a}/heartbeat"));
                     async move {

@@ -162,6 +162,11 @@ async fn run_gateway(
     let watcher = fleet_ingest_gateway::watch_deactivations(state.clone(), shutdown.clone().wait());
     let dispatcher =
         fleet_ingest_gateway::commands::run_dispatcher(state.clone(), shutdown.clone().wait());
+    // Remote configurations: pushed to sockets, and answered to heartbeats.
+    let configs = fleet_ingest_gateway::remote_config::run_config_watcher(
+        state.clone(),
+        shutdown.clone().wait(),
+    );
     let app = fleet_ingest_gateway::app(state).merge(fleet_service::endpoints::router(
         "gateway",
         ready_flag(&log_ok, "event log"),
@@ -173,6 +178,7 @@ async fn run_gateway(
         )
         .add("deactivation watcher", watcher)
         .add("command dispatcher", dispatcher)
+        .add("remote-configuration watcher", configs)
         .run()
         .await
 }

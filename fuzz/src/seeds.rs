@@ -146,6 +146,8 @@ fn heartbeat_in() -> HeartbeatIn {
         sequence: 42,
         uptime_seconds: 86_400,
         agent_version: "0.1.0".into(),
+        heartbeat_interval_secs: Some(30.0),
+        config_version: Some(1_763_900_000_000_000),
     }
 }
 

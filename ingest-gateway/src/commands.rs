@@ -636,6 +636,7 @@ pub(crate) async fn ingest_progress(
     metrics::command_update("progress");
     Ok(IngestAccepted {
         accepted: 1,
+        config: None,
         rejected: Vec::new(),
     })
 }
@@ -677,6 +678,7 @@ pub(crate) async fn ingest_result(
     metrics::command_update("completed");
     Ok(IngestAccepted {
         accepted: 1,
+        config: None,
         rejected: Vec::new(),
     })
 }

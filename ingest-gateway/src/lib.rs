@@ -31,7 +31,9 @@
 //! WebSocket answers each frame with what the HTTP endpoint would answer. Commands reach
 //! agents through the dispatcher in [`commands`] (run [`commands::run_dispatcher`] beside
 //! [`watch_deactivations`]), pushed over the socket when the agent has one here
-//! ([`hub`]), else polled.
+//! ([`hub`]), else polled. Remote configurations reach agents through
+//! [`remote_config::run_config_watcher`]: pushed over the socket, and in the answer to a
+//! heartbeat whose `config_version` is not the desired one.
 
 pub mod auth;
 mod cache;
@@ -45,6 +47,7 @@ pub mod hub;
 pub mod ingest_auth;
 pub mod metrics;
 pub mod register;
+pub mod remote_config;
 mod standard;
 pub mod subjects;
 pub mod validate;
@@ -106,6 +109,8 @@ pub struct Shared {
     config: Arc<GatewayConfig>,
     hub: Arc<hub::Hub>,
     commands: Arc<commands::Commands>,
+    /// The desired remote configurations ([`remote_config::run_config_watcher`]).
+    remote_configs: Arc<remote_config::RemoteConfigs>,
     /// Names this instance in DISPATCHED events.
     instance: Arc<str>,
 }
@@ -158,6 +163,7 @@ impl GatewayState {
             config: Arc::new(config),
             hub: Arc::new(hub),
             commands: commands::new_state(),
+            remote_configs: Arc::default(),
             instance: instance_name().into(),
         }))
     }
@@ -349,6 +355,7 @@ pub(crate) async fn ingest_metrics(
     }
     Ok(IngestAccepted {
         accepted: valid.len(),
+        config: None,
         rejected,
     })
 }
@@ -415,6 +422,9 @@ pub(crate) async fn ingest_heartbeat(
     ::metrics::counter!(metrics::HEARTBEATS_ACCEPTED).increment(1);
     Ok(IngestAccepted {
         accepted: 1,
+        config: state
+            .remote_configs
+            .for_heartbeat(&who.tenant_id, agent_id, rec.config_version),
         rejected: Vec::new(),
     })
 }
@@ -449,6 +459,7 @@ pub(crate) async fn ingest_events(
     ::metrics::counter!(metrics::EVENTS_ACCEPTED).increment(valid.len() as u64);
     Ok(IngestAccepted {
         accepted: valid.len(),
+        config: None,
         rejected,
     })
 }
@@ -510,6 +521,7 @@ pub(crate) async fn ingest_inventory(
     tracing::debug!(%agent_id, packages = rec.packages.len(), digest = %rec.digest, "Inventory written.");
     Ok(IngestAccepted {
         accepted: 1,
+        config: None,
         rejected: Vec::new(),
     })
 }

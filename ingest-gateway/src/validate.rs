@@ -311,6 +311,9 @@ fn time_in_window(
     Ok(())
 }
 
+/// Longest heartbeat interval an agent may announce (one day, the agent's own bound).
+pub const MAX_HEARTBEAT_INTERVAL_SECS: f64 = 86_400.0;
+
 /// Validates a heartbeat and converts it to the record written to the log.
 pub fn heartbeat(
     tenant_id: &str,
@@ -324,6 +327,16 @@ pub fn heartbeat(
     let sequence = long("sequence", h.sequence)?;
     if h.agent_version.is_empty() || h.agent_version.len() > 64 {
         return Err(err("agent_version", "must be 1 to 64 bytes"));
+    }
+    let interval = h.heartbeat_interval_secs;
+    if interval.is_some_and(|v| !(v.is_finite() && v > 0.0 && v <= MAX_HEARTBEAT_INTERVAL_SECS)) {
+        return Err(err(
+            "heartbeat_interval_secs",
+            format!("must be seconds, more than 0 and at most {MAX_HEARTBEAT_INTERVAL_SECS}"),
+        ));
+    }
+    if h.config_version.is_some_and(|v| v < 0) {
+        return Err(err("config_version", "must be at least 0"));
     }
     Ok(Heartbeat {
         event_id: ids::v7_at(
@@ -343,6 +356,8 @@ pub fn heartbeat(
         agent_version: h.agent_version.clone(),
         uptime_seconds: long("uptime_seconds", h.uptime_seconds)?,
         sequence,
+        heartbeat_interval_secs: interval,
+        config_version: h.config_version,
     })
 }
 

@@ -286,11 +286,17 @@ async fn frame_answer(
         .instrument(span)
         .await
     {
-        Ok(a) => ServerMessage::Ack {
-            id: frame.id,
-            accepted: a.accepted,
-            rejected: a.rejected,
-        },
+        Ok(a) => {
+            // A heartbeat's answer may carry the remote configuration: a `config` frame.
+            if let Some(config) = a.config {
+                state.hub.push(agent_id, ServerMessage::Config { config });
+            }
+            ServerMessage::Ack {
+                id: frame.id,
+                accepted: a.accepted,
+                rejected: a.rejected,
+            }
+        }
         Err(e) => error_frame(Some(frame.id), frame.payload_key, e),
     };
     (frame.kind, answer)

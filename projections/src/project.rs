@@ -40,6 +40,7 @@ pub const READ_MODEL_TOPICS: &[&str] = &[
     topics::RULES,
     topics::SAMPLES,
     topics::EVENTS,
+    topics::CONFIG,
 ];
 
 /// The topics the time-series projection consumes (metric reports, and the samples of the
@@ -87,6 +88,7 @@ pub fn to_change(wire: &Wire, r: &ConsumedRecord) -> Result<Change, codec::Codec
         Some(T::AlertEvent) => Change::Alert(wire.decode_known(&r.value)?),
         Some(T::SampleBatch) => Change::Series(series_of(&wire.decode_known(&r.value)?)),
         Some(T::AgentEvent) => Change::Event(Box::new(wire.decode_known(&r.value)?)),
+        Some(T::RemoteConfigEvent) => Change::RemoteConfig(Box::new(wire.decode_known(&r.value)?)),
         Some(T::DeadLetter) | None => {
             return Err(codec::CodecError::NotProjected(r.topic.to_string()))
         }
@@ -106,6 +108,7 @@ fn change_tenant(c: &Change) -> &str {
         Change::Rule(r) => &r.tenant_id,
         Change::Series(s) => s.first().map_or("", |s| &s.tenant_id),
         Change::Event(e) => &e.tenant_id,
+        Change::RemoteConfig(c) => &c.tenant_id,
     }
 }
 

@@ -7,7 +7,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::routes::{
     agents, command_output, commands, dashboard, events, fleet, ingest_keys, notifications,
-    prometheus, rules, tags, tenants, tickets, users,
+    prometheus, remote_config, rules, tags, tenants, tickets, users,
 };
 use crate::state::AppState;
 
@@ -25,6 +25,7 @@ pub fn app(state: AppState) -> Router {
         .merge(command_output::routes())
         .merge(rules::routes())
         .merge(tags::routes())
+        .merge(remote_config::routes())
         .merge(tickets::routes())
         .merge(events::routes())
         .merge(prometheus::routes())

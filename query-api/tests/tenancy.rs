@@ -165,6 +165,11 @@ fn cases(w: &World) -> Vec<Case> {
             NOT_FOUND,
         ),
         read(
+            "GET /api/v1/agents/{agent_id}/config",
+            format!("/api/v1/agents/{b1}/config"),
+            NOT_FOUND,
+        ),
+        read(
             "GET /api/v1/events",
             format!("/api/v1/events?agent={b1}"),
             NOT_FOUND,
@@ -393,6 +398,30 @@ fn cases(w: &World) -> Vec<Case> {
             [Some(b1), Some(a1)],
             Some(tags),
             NOT_FOUND,
+        ),
+        write(
+            "PUT /api/v1/agents/{agent_id}/config",
+            "PUT",
+            &|id| format!("/api/v1/agents/{id}/config"),
+            [Some(b1), Some(a1)],
+            Some(json!({"heartbeat_interval_secs": 10.0})),
+            NOT_FOUND,
+        ),
+        write(
+            "PUT /api/v1/tenants/{tenant_id}/config/tags/{tag}",
+            "PUT",
+            &|t| format!("/api/v1/tenants/{t}/config/tags/web"),
+            [Some(b), Some(a)],
+            Some(json!({"heartbeat_interval_secs": 10.0})),
+            FORBIDDEN,
+        ),
+        write(
+            "PUT /api/v1/tenants/{tenant_id}/config/locations/{location_id}",
+            "PUT",
+            &|t| format!("/api/v1/tenants/{t}/config/locations/somewhere"),
+            [Some(b), Some(a)],
+            Some(json!({"heartbeat_interval_secs": 10.0})),
+            FORBIDDEN,
         ),
         write(
             "POST /api/v1/agents/{agent_id}/commands",

@@ -139,6 +139,10 @@ pub struct IngestAccepted {
     /// Reports refused, each with the reason (the rest were written).
     #[serde(default)]
     pub rejected: Vec<ItemError>,
+    /// Heartbeat answers only: the remote configuration to apply, when the heartbeat's
+    /// `config_version` differs from the desired one. Older gateways never send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigUpdate>,
 }
 
 /// Why one item of a batch was refused.
@@ -265,6 +269,14 @@ pub struct HeartbeatIn {
     pub uptime_seconds: u64,
     /// Agent software version.
     pub agent_version: String,
+    /// Seconds until the agent's next heartbeat (the liveness processor's offline timer).
+    /// Gateways before it refuse the field: upgrade servers before agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_secs: Option<f64>,
+    /// Version of the remote configuration the agent runs (absent: none). Gateways
+    /// before it refuse the field: upgrade servers before agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<i64>,
 }
 
 /// Body of `POST /api/v1/agents/{agent_id}/events`.
@@ -400,7 +412,10 @@ pub struct CommandResultIn {
     pub finished_at: DateTime<Utc>,
 }
 
-/// Settings the server may change on a connected agent (`config` message).
+/// Settings the server may change on a connected agent (`config` message, the heartbeat
+/// answer, an `update_config` command). With a `version` it is the whole remote
+/// configuration ([`crate::remote_config`]): a field absent there returns to the agent's
+/// local value. Without one it changes only the fields it names (`update_config`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigUpdate {
@@ -410,6 +425,32 @@ pub struct ConfigUpdate {
     /// New metrics collection interval.
     #[serde(default)]
     pub metrics_interval_secs: Option<f64>,
+    /// Version of the remote configuration; the agent acknowledges it in its heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Watched systemd services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
+    /// Directory of the textfile custom-metric collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub textfile_dir: Option<String>,
+    /// Command types allowed, intersected with the agent's local allow-list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_commands: Option<Vec<String>>,
+}
+
+impl ConfigUpdate {
+    /// The whole remote configuration of `version`.
+    pub fn remote(config: &crate::remote_config::DesiredConfig, version: i64) -> Self {
+        ConfigUpdate {
+            heartbeat_interval_secs: config.heartbeat_interval_secs,
+            metrics_interval_secs: config.metrics_interval_secs,
+            version: Some(version),
+            services: config.services.clone(),
+            textfile_dir: config.textfile_dir.clone(),
+            allowed_commands: config.allowed_commands.clone(),
+        }
+    }
 }
 
 /// A frame from agent to gateway on `GET /api/v1/agents/ws` (JSON text, tagged by

@@ -46,7 +46,7 @@ use serde::Serialize;
 
 use crate::records::{
     AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, Heartbeat, MetricReport,
-    RuleEvent, SampleBatch, SoftwareInventory, TicketEvent,
+    RemoteConfigEvent, RuleEvent, SampleBatch, SoftwareInventory, TicketEvent,
 };
 use crate::topics;
 
@@ -311,6 +311,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
         "sample_batch.avsc",
         include_str!("../avro/sample_batch.avsc"),
     ),
+    (
+        "remote_config.avsc",
+        include_str!("../avro/remote_config.avsc"),
+    ),
     // Released versions, still readable (records on the topics were written with them):
     // after every current one, so `Catalog::current` keeps naming the current file.
     (
@@ -324,6 +328,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
     (
         "history/rule_event.v2.avsc",
         include_str!("../avro/history/rule_event.v2.avsc"),
+    ),
+    (
+        "history/heartbeat.v1.avsc",
+        include_str!("../avro/history/heartbeat.v1.avsc"),
     ),
 ];
 
@@ -1151,6 +1159,12 @@ record!(
 );
 record!(RuleEvent, "io.fleetstream.RuleEvent", topics::RULES, |r| &r
     .rule_id);
+record!(
+    RemoteConfigEvent,
+    "io.fleetstream.RemoteConfigEvent",
+    topics::CONFIG,
+    |r| &r.config_key
+);
 record!(
     DeadLetter,
     "io.fleetstream.DeadLetter",

@@ -76,6 +76,28 @@ pub fn heartbeat(tenant: &str, agent: &str, occurred_at: i64, sequence: i64) -> 
         agent_version: "0.1.0".into(),
         uptime_seconds: 3_600,
         sequence,
+        heartbeat_interval_secs: None,
+        config_version: None,
+    }
+}
+
+/// A desired remote configuration of one agent.
+pub fn remote_config(tenant: &str, agent: &str, occurred_at: i64) -> RemoteConfigEvent {
+    RemoteConfigEvent {
+        event_id: crate::ids::v7_at(occurred_at, &[agent, "config"]).to_string(),
+        config_key: RemoteConfigEvent::key_for(tenant, ConfigScope::Agent, agent),
+        tenant_id: tenant.into(),
+        scope: ConfigScope::Agent,
+        target: agent.into(),
+        version: occurred_at,
+        heartbeat_interval_secs: Some(15.0),
+        metrics_interval_secs: Some(5.0),
+        services: Some(vec!["nginx.service".into()]),
+        textfile_dir: None,
+        allowed_commands: Some(vec!["restart_service".into()]),
+        actor: Some("ops@example.com".into()),
+        occurred_at,
+        ingested_at: occurred_at + 1_000,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod fixtures;
 pub mod ids;
 pub mod records;
+pub mod remote_config;
 pub mod rules;
 pub mod samples;
 pub mod series;

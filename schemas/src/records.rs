@@ -171,6 +171,13 @@ pub struct Heartbeat {
     pub uptime_seconds: i64,
     /// Increases by one per heartbeat since the agent started.
     pub sequence: i64,
+    /// Seconds until the agent's next heartbeat (absent from older agents).
+    #[serde(default)]
+    pub heartbeat_interval_secs: Option<f64>,
+    /// Version of the remote configuration the agent runs (absent: none, or an older
+    /// agent).
+    #[serde(default)]
+    pub config_version: Option<i64>,
 }
 
 /// Severity of an agent event.
@@ -801,6 +808,73 @@ pub struct RuleEvent {
     pub ingested_at: i64,
 }
 
+/// The scope a desired remote configuration applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ConfigScope {
+    /// One agent.
+    #[serde(rename = "AGENT")]
+    Agent,
+    /// The agents with a tag.
+    #[serde(rename = "TAG")]
+    Tag,
+    /// The agents of a location.
+    #[serde(rename = "LOCATION")]
+    Location,
+}
+
+impl ConfigScope {
+    /// Lower-case name, as used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigScope::Agent => "agent",
+            ConfigScope::Tag => "tag",
+            ConfigScope::Location => "location",
+        }
+    }
+}
+
+/// The desired remote configuration of one scope was set (`fleet.config.v1`, key:
+/// `config_key`, compacted). See `schemas/avro/remote_config.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.fleetstream")]
+pub struct RemoteConfigEvent {
+    /// UUIDv7.
+    pub event_id: String,
+    /// `{tenant}/{scope}/{target}` ([`RemoteConfigEvent::key_for`]).
+    pub config_key: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Agent, tag or location.
+    pub scope: ConfigScope,
+    /// The agent id, the tag or the location id.
+    pub target: String,
+    /// Time of the change (µs): increases with every change.
+    pub version: i64,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval_secs: Option<f64>,
+    /// Seconds between metric collections.
+    pub metrics_interval_secs: Option<f64>,
+    /// Watched systemd services.
+    pub services: Option<Vec<String>>,
+    /// Directory of the textfile collector.
+    pub textfile_dir: Option<String>,
+    /// Command types the agent may run (intersected with its local allow-list).
+    pub allowed_commands: Option<Vec<String>>,
+    /// User who made the change.
+    pub actor: Option<String>,
+    /// Time of the change (µs).
+    pub occurred_at: i64,
+    /// When it was written (µs).
+    pub ingested_at: i64,
+}
+
+impl RemoteConfigEvent {
+    /// The record key of a scope: `{tenant}/{scope}/{target}`.
+    pub fn key_for(tenant: &str, scope: ConfigScope, target: &str) -> String {
+        format!("{tenant}/{}/{target}", scope.as_str())
+    }
+}
+
 /// Raw bytes: Avro `bytes` (a plain `Vec<u8>` would derive `array<int>`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -1058,6 +1132,11 @@ avro_enum!(
     RuleScope,
     "io.fleetstream.RuleScope",
     ["TENANT", "AGENT", "TAG"]
+);
+avro_enum!(
+    ConfigScope,
+    "io.fleetstream.ConfigScope",
+    ["AGENT", "TAG", "LOCATION"]
 );
 avro_enum!(
     DeadLetterKind,

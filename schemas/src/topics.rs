@@ -24,6 +24,9 @@ pub const COMMANDS: &str = "fleet.commands.v1";
 /// request and source shard (key: `{tenant}/{shard}`, see [`crate::SampleBatch::key_for`]:
 /// keeps each series in order and spreads one tenant over every partition).
 pub const SAMPLES: &str = "fleet.samples.v1";
+/// Desired remote configuration per agent, tag and location (key:
+/// `{tenant}/{scope}/{target}`), compacted: the latest record of a key is current.
+pub const CONFIG: &str = "fleet.config.v1";
 /// Records a consumer could not process, with the reason and source offset.
 pub const DEADLETTER: &str = "fleet.deadletter.v1";
 
@@ -52,6 +55,8 @@ pub enum RecordType {
     DeadLetter,
     /// [`crate::SampleBatch`].
     SampleBatch,
+    /// [`crate::RemoteConfigEvent`].
+    RemoteConfigEvent,
 }
 
 impl RecordType {
@@ -70,6 +75,7 @@ impl RecordType {
             RecordType::CommandEvent => crate::CommandEvent::FULL_NAME,
             RecordType::DeadLetter => crate::DeadLetter::FULL_NAME,
             RecordType::SampleBatch => crate::SampleBatch::FULL_NAME,
+            RecordType::RemoteConfigEvent => crate::RemoteConfigEvent::FULL_NAME,
         }
     }
 }
@@ -150,6 +156,12 @@ pub const ALL: &[TopicDef] = &[
         compacted: false,
     },
     TopicDef {
+        name: CONFIG,
+        record: RecordType::RemoteConfigEvent,
+        partitions: 1,
+        compacted: true,
+    },
+    TopicDef {
         name: DEADLETTER,
         record: RecordType::DeadLetter,
         partitions: 1,
@@ -190,6 +202,7 @@ mod tests {
         holds::<crate::CommandEvent>(RecordType::CommandEvent);
         holds::<crate::DeadLetter>(RecordType::DeadLetter);
         holds::<crate::SampleBatch>(RecordType::SampleBatch);
+        holds::<crate::RemoteConfigEvent>(RecordType::RemoteConfigEvent);
         let mut seen = std::collections::HashSet::new();
         assert!(
             ALL.iter().all(|t| seen.insert(t.record)),

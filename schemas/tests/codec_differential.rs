@@ -230,6 +230,8 @@ impl Arbitrary for Heartbeat {
             agent_version: g.string(),
             uptime_seconds: g.long(),
             sequence: g.long(),
+            heartbeat_interval_secs: g.opt(Gen::double),
+            config_version: g.opt(Gen::long),
         }
     }
     fn fixtures() -> Vec<Self> {
@@ -550,6 +552,30 @@ impl Arbitrary for SampleBatch {
     }
 }
 
+impl Arbitrary for RemoteConfigEvent {
+    fn arbitrary(g: &mut Gen) -> Self {
+        RemoteConfigEvent {
+            event_id: g.string(),
+            config_key: g.string(),
+            tenant_id: g.string(),
+            scope: g.pick(&[ConfigScope::Agent, ConfigScope::Tag, ConfigScope::Location]),
+            target: g.string(),
+            version: g.long(),
+            heartbeat_interval_secs: g.opt(Gen::double),
+            metrics_interval_secs: g.opt(Gen::double),
+            services: g.opt(|g| g.vec(Gen::string)),
+            textfile_dir: g.opt(Gen::string),
+            allowed_commands: g.opt(|g| g.vec(Gen::string)),
+            actor: g.opt(Gen::string),
+            occurred_at: g.long(),
+            ingested_at: g.long(),
+        }
+    }
+    fn fixtures() -> Vec<Self> {
+        vec![fixtures::remote_config("t1", "a1", T0)]
+    }
+}
+
 /// Runs `check::<T>` for every record type of the catalog (and fails if one is missing).
 macro_rules! for_every_record {
     ($check:ident) => {{
@@ -565,6 +591,7 @@ macro_rules! for_every_record {
             $check::<RuleEvent>(),
             $check::<DeadLetter>(),
             $check::<SampleBatch>(),
+            $check::<RemoteConfigEvent>(),
         ];
         for known in Catalog::get().all() {
             assert!(
@@ -1090,10 +1117,10 @@ fn a_long_with_bits_beyond_the_64th_is_refused() {
     // direct path refuses the record (a DECODE dead letter rather than a silently wrong
     // value), and so does the resolving path, whose datum `serde_avro_fast` reads first
     // (the length check before apache-avro, `tests/hostile_lengths.rs`).
-    let hb = codec::Wire::plain()
-        .encode(&fixtures::heartbeat("t", "a", T0, 1))
-        .expect("encode");
-    let sequence = varint(1); // the last field
+    let mut hb = fixtures::heartbeat("t", "a", T0, 1);
+    hb.config_version = Some(1);
+    let hb = codec::Wire::plain().encode(&hb).expect("encode");
+    let sequence = varint(1); // the last field's long (config_version)
     assert!(hb.ends_with(&sequence));
     let mut b = hb[..hb.len() - sequence.len()].to_vec();
     b.extend_from_slice(&[0x82, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]);

@@ -135,6 +135,7 @@ fn fixture_value(stem: &str) -> Value {
         "rule_event" => apache_avro::to_value(fixtures::rule_defined("t", "r", t0)),
         "dead_letter" => apache_avro::to_value(fixtures::dead_letter("readmodel", t0)),
         "sample_batch" => apache_avro::to_value(fixtures::sample_batch("t", t0)),
+        "remote_config" => apache_avro::to_value(fixtures::remote_config("t", "a", t0)),
         other => panic!("no fixture for {other}: add one to fixture_value in this test"),
     };
     v.expect("fixture to Avro value")

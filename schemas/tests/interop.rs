@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use fleet_schemas::codec::{self, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, Heartbeat,
-    MetricReport, RuleEvent, SampleBatch, SoftwareInventory, TicketEvent,
+    MetricReport, RemoteConfigEvent, RuleEvent, SampleBatch, SoftwareInventory, TicketEvent,
 };
 use serde_json::Value;
 
@@ -77,6 +77,8 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     write(dir.path(), "dead_letter", &dead)?;
     let samples = fixtures::sample_batch("tenant-1", T);
     write(dir.path(), "sample_batch", &samples)?;
+    let config = fixtures::remote_config("tenant-1", "agent-1", T);
+    write(dir.path(), "remote_config", &config)?;
 
     let avro_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/avro_interop.py");
@@ -159,6 +161,11 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
     assert_eq!(sb["samples"][2]["labels"][3]["value"], "idle");
     assert_eq!(sb["samples"][2]["value"], 12_345.5);
     assert_eq!(sb["samples"][1]["timestamp"]["timestamp_micros"], T);
+    // The config event has no agent_id field: the script's is ignored by the schema.
+    let rc = read_back(dir.path(), "remote_config", &config, |_, _| {})?;
+    assert_eq!(rc["scope"], "AGENT");
+    assert_eq!(rc["services"], serde_json::json!(["nginx.service"]));
+    assert_eq!(rc["textfile_dir"], Value::Null);
     // Every record type the catalog knows went through the other implementation.
     assert_eq!(
         [
@@ -173,6 +180,7 @@ fn fastavro_reads_rust_records_and_rust_reads_fastavro_records() -> anyhow::Resu
             RuleEvent::FULL_NAME,
             DeadLetter::FULL_NAME,
             SampleBatch::FULL_NAME,
+            RemoteConfigEvent::FULL_NAME,
         ]
         .len(),
         codec::AVSC_FILES

@@ -5,7 +5,8 @@ use apache_avro::Schema;
 use fleet_schemas::codec::{self, Catalog, CodecError, Record};
 use fleet_schemas::{
     fixtures, AgentEvent, AgentLifecycle, AlertEvent, CommandEvent, DeadLetter, DeadLetterKind,
-    Heartbeat, MetricReport, RuleEvent, RuleEventKind, SampleBatch, SoftwareInventory, TicketEvent,
+    Heartbeat, MetricReport, RemoteConfigEvent, RuleEvent, RuleEventKind, SampleBatch,
+    SoftwareInventory, TicketEvent,
 };
 
 fn assert_matches_avsc<T: Record>() {
@@ -35,6 +36,7 @@ fn rust_types_match_avsc_canonical_form() {
     assert_matches_avsc::<RuleEvent>();
     assert_matches_avsc::<DeadLetter>();
     assert_matches_avsc::<SampleBatch>();
+    assert_matches_avsc::<RemoteConfigEvent>();
 }
 
 #[test]
@@ -76,6 +78,7 @@ fn records_roundtrip() {
     roundtrip(&fixtures::ticket_requested("t1", "a1", t));
     roundtrip(&fixtures::rule_defined("t1", "rule-1", t));
     roundtrip(&fixtures::sample_batch("t1", t));
+    roundtrip(&fixtures::remote_config("t1", "a1", t));
     let mut deleted = fixtures::rule_defined("t1", "rule-1", t);
     deleted.kind = RuleEventKind::Deleted;
     deleted.rule = None;
@@ -209,6 +212,8 @@ fn websocket_frames_are_tagged_json_and_reject_unknown_fields() {
             sequence: 3,
             uptime_seconds: 60,
             agent_version: "0.1.0".into(),
+            heartbeat_interval_secs: None,
+            config_version: None,
         },
     };
     let text = serde_json::to_string(&hb).expect("serialize");

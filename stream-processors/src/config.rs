@@ -112,9 +112,16 @@ pub struct LivenessSettings {
     /// How often it looks for silent agents.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
-    /// An agent silent for longer than this is reported OFFLINE.
+    /// An agent silent for longer than this is reported OFFLINE, when its heartbeats do
+    /// not say their interval (agents before it did).
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
+    /// An agent whose heartbeats say their interval is OFFLINE after this many intervals
+    /// without one (at least 1).
+    pub missed_heartbeats: u32,
+    /// Lower bound of that per-agent threshold (a 1 s agent is not offline after 3 s).
+    #[serde(with = "humantime_serde")]
+    pub min_offline_after: Duration,
 }
 
 impl Default for LivenessSettings {
@@ -124,6 +131,8 @@ impl Default for LivenessSettings {
             lookback: Duration::from_secs(900),
             check_interval: Duration::from_secs(5),
             offline_after: Duration::from_secs(90),
+            missed_heartbeats: 3,
+            min_offline_after: Duration::from_secs(10),
         }
     }
 }

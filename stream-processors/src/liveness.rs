@@ -4,8 +4,12 @@
 //! from its start (a throw-away group) for each agent's last ONLINE / OFFLINE, its
 //! registration and its deactivation. Every `liveness.check-interval` a timer
 //! judges the agents on the partitions this instance holds: one silent for longer than
-//! `liveness.offline-after` gets AgentLifecycle OFFLINE; a heartbeat from an agent marked
-//! offline gets ONLINE. On start and on every rebalance the newly held partitions are
+//! its threshold gets AgentLifecycle OFFLINE; a heartbeat from an agent marked offline
+//! gets ONLINE. The threshold follows each agent's own heartbeat interval, which its
+//! heartbeats carry: `liveness.missed-heartbeats` × that interval, at least
+//! `liveness.min-offline-after` ([`Threshold`]); an agent whose heartbeats do not say
+//! their interval (older agents), or one known only from the agents topic, gets the
+//! global `liveness.offline-after`. On start and on every rebalance the newly held partitions are
 //! replayed from `liveness.lookback` ago (seek by time), and a partition is judged
 //! only once it is consumed up to the end offsets taken at the check, so a replay or a
 //! lagging consumer never reports a live agent offline.
@@ -71,23 +75,68 @@ struct Seen {
     tenant_id: String,
     partition: u32,
     last_seen: i64,
+    /// The interval the newest heartbeat announced (µs), if it did.
+    interval_micros: Option<i64>,
+}
+
+/// When an agent is judged silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    /// For an agent whose interval is unknown.
+    pub offline_after: Duration,
+    /// Intervals without a heartbeat (at least 1).
+    pub missed_heartbeats: u32,
+    /// Lower bound of the per-agent threshold.
+    pub min_offline_after: Duration,
+}
+
+impl Threshold {
+    /// Only the global timeout, whatever the heartbeats say.
+    pub fn global(offline_after: Duration) -> Self {
+        Threshold {
+            offline_after,
+            missed_heartbeats: 3,
+            min_offline_after: offline_after,
+        }
+    }
+
+    /// The threshold of an agent whose heartbeats announce `interval_micros` (µs),
+    /// in µs; saturating, so a huge interval is a huge threshold, never an overflow.
+    pub fn micros(&self, interval_micros: Option<i64>) -> i64 {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        match interval_micros.filter(|i| *i > 0) {
+            None => micros(self.offline_after),
+            Some(i) => i
+                .saturating_mul(i64::from(self.missed_heartbeats.max(1)))
+                .max(micros(self.min_offline_after)),
+        }
+    }
+}
+
+/// A heartbeat's announced interval in µs (`None`: absent or not a sane number).
+fn interval_micros(hb: &Heartbeat) -> Option<i64> {
+    let secs = hb.heartbeat_interval_secs?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .and_then(|d| i64::try_from(d.as_micros()).ok())
 }
 
 /// The liveness decisions (pure: no I/O, time passed in).
 #[derive(Debug, Clone)]
 pub struct Liveness {
-    offline_after_micros: i64,
+    threshold: Threshold,
     partitions: u32,
     known: HashMap<String, Known>,
     seen: HashMap<String, Seen>,
 }
 
 impl Liveness {
-    /// Judges agents silent for longer than `offline_after`; heartbeats have `partitions`
-    /// partitions (an agent's partition is its key's, as the log places it).
-    pub fn new(offline_after: Duration, partitions: u32) -> Liveness {
+    /// Judges agents silent for longer than their `threshold`; heartbeats have
+    /// `partitions` partitions (an agent's partition is its key's, as the log places it).
+    pub fn new(threshold: Threshold, partitions: u32) -> Liveness {
         Liveness {
-            offline_after_micros: i64::try_from(offline_after.as_micros()).unwrap_or(i64::MAX),
+            threshold,
             partitions: partitions.max(1),
             known: HashMap::new(),
             seen: HashMap::new(),
@@ -152,7 +201,13 @@ impl Liveness {
                 tenant_id: hb.tenant_id.clone(),
                 partition,
                 last_seen: seen_at,
+                interval_micros: None,
             });
+        // The newest heartbeat says the interval (an agent may change it; a replayed
+        // older one does not undo that).
+        if seen_at >= s.last_seen {
+            s.interval_micros = interval_micros(hb);
+        }
         s.last_seen = s.last_seen.max(seen_at);
         s.partition = partition;
         let k = self.known_mut(&hb.agent_id, &hb.tenant_id);
@@ -215,7 +270,8 @@ impl Liveness {
             .flatten()
             .max();
             let Some(last_seen) = last_seen else { continue };
-            if now.saturating_sub(last_seen) <= self.offline_after_micros {
+            let threshold = self.threshold.micros(seen.and_then(|s| s.interval_micros));
+            if now.saturating_sub(last_seen) <= threshold {
                 continue;
             }
             let tenant_id = seen
@@ -335,7 +391,14 @@ pub async fn run_liveness(
     fleet_consumer::log::ensure_topics(log.as_ref()).await?;
     let partitions = log.partition_count(topics::HEARTBEATS).await?;
     let proc = LivenessProcessor {
-        state: Liveness::new(config.liveness.offline_after, partitions),
+        state: Liveness::new(
+            Threshold {
+                offline_after: config.liveness.offline_after,
+                missed_heartbeats: config.liveness.missed_heartbeats,
+                min_offline_after: config.liveness.min_offline_after,
+            },
+            partitions,
+        ),
         held: BTreeSet::new(),
     };
     let settings = TimedSettings {
@@ -371,7 +434,59 @@ mod tests {
     }
 
     fn state() -> Liveness {
-        Liveness::new(Duration::from_secs(90), 6)
+        Liveness::new(Threshold::global(Duration::from_secs(90)), 6)
+    }
+
+    #[test]
+    fn the_threshold_follows_each_agents_interval() {
+        let mut l = Liveness::new(
+            Threshold {
+                offline_after: Duration::from_secs(90),
+                missed_heartbeats: 3,
+                min_offline_after: Duration::from_secs(10),
+            },
+            6,
+        );
+        let with = |agent: &str, secs: Option<f64>| {
+            let mut h = hb(agent, T0);
+            h.heartbeat_interval_secs = secs;
+            h
+        };
+        for (agent, secs) in [
+            ("fast", Some(5.0)),
+            ("slow", Some(60.0)),
+            ("old", None),
+            ("tiny", Some(1.0)),
+            ("nan", Some(f64::NAN)),
+        ] {
+            assert!(l
+                .observe_heartbeat(&with(agent, secs), part(agent), T0)
+                .is_none());
+        }
+        let offline_at = |l: &mut Liveness, at: i64| -> Vec<String> {
+            let mut v: Vec<String> = l.due(at, &all()).into_iter().map(|e| e.agent_id).collect();
+            v.sort();
+            v
+        };
+        // 3 × 1 s is below the 10 s floor; 3 × 5 s = 15 s.
+        assert!(offline_at(&mut l, T0 + 10 * S).is_empty());
+        assert_eq!(offline_at(&mut l, T0 + 11 * S), vec!["tiny"]);
+        assert!(offline_at(&mut l, T0 + 15 * S).is_empty());
+        assert_eq!(offline_at(&mut l, T0 + 16 * S), vec!["fast"]);
+        // Unknown interval (older agent, or not a number): the global 90 s.
+        assert!(offline_at(&mut l, T0 + 90 * S).is_empty());
+        assert_eq!(offline_at(&mut l, T0 + 91 * S), vec!["nan", "old"]);
+        // 3 × 60 s = 180 s.
+        assert!(offline_at(&mut l, T0 + 180 * S).is_empty());
+        assert_eq!(offline_at(&mut l, T0 + 181 * S), vec!["slow"]);
+        // A huge interval saturates rather than overflowing.
+        let t = Threshold {
+            offline_after: Duration::from_secs(90),
+            missed_heartbeats: u32::MAX,
+            min_offline_after: Duration::ZERO,
+        };
+        assert_eq!(t.micros(Some(i64::MAX / 2)), i64::MAX);
+        assert_eq!(t.micros(Some(0)), 90 * S);
     }
 
     fn part(agent: &str) -> u32 {

@@ -184,6 +184,62 @@ async fn offline_once_by_time_online_once_and_no_repeats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_agent_is_judged_by_its_own_heartbeat_interval() {
+    let (_dir, log) = open_log().await;
+    let (fast, slow) = ("agent-every-5s", "agent-every-60s");
+    let mut last = Vec::new();
+    for (agent, secs) in [(fast, 5.0), (slow, 60.0)] {
+        let now = fleet_schemas::time::now_micros();
+        let mut hb = fixtures::heartbeat("t1", agent, now, 1);
+        hb.ingested_at = now;
+        hb.heartbeat_interval_secs = Some(secs);
+        produce(log.as_ref(), &hb).await;
+        last.push(hb);
+    }
+    let cfg = ProcessorsConfig {
+        liveness: LivenessSettings {
+            group: "lv-interval".into(),
+            // Shorter than both agents' thresholds: not what decides here.
+            offline_after: Duration::from_secs(3),
+            missed_heartbeats: 3,
+            min_offline_after: Duration::from_secs(1),
+            check_interval: Duration::from_secs(1),
+            ..LivenessSettings::default()
+        },
+        ..ProcessorsConfig::default()
+    };
+    let log2 = log.clone();
+    let p = Running::start(move |ready, shutdown| {
+        run_liveness(log2, fleet_schemas::Wire::plain(), cfg, ready, shutdown)
+    });
+    p.ready().await;
+    let events = wait_for::<AgentLifecycle>(log.as_ref(), "the 5 s agent OFFLINE", |e| {
+        count(e, fast, AgentLifecycleKind::Offline) > 0
+    })
+    .await;
+    let off = events
+        .iter()
+        .find(|e| e.agent_id == fast && e.kind == AgentLifecycleKind::Offline)
+        .expect("offline");
+    // Judged after 3 × 5 s of silence, not after the global 3 s.
+    let judged_after = off.ingested_at - last[0].ingested_at;
+    assert!(
+        judged_after > 15_000_000,
+        "offline after {judged_after} µs, before 3 × 5 s"
+    );
+    assert_eq!(
+        count(&events, slow, AgentLifecycleKind::Offline),
+        0,
+        "the 60 s agent is not offline after ~15 s: {events:?}"
+    );
+    let_it_check().await;
+    p.stop().await;
+    let events = read_all::<AgentLifecycle>(log.as_ref()).await;
+    assert_eq!(count(&events, slow, AgentLifecycleKind::Offline), 0);
+    assert_eq!(count(&events, fast, AgentLifecycleKind::Offline), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_in_one_group_each_judge_their_partitions_once() {
     let (_dir, log) = open_log().await;
     // One agent per partition.

@@ -14,9 +14,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use fleet_schemas::api::{
-    AgentMessage, CommandList, CommandProgressIn, CommandResultIn, CommandSpec, ErrorBody,
-    ErrorDetail, EventBatch, EventIn, HeartbeatIn, IngestAccepted, InventoryIn, MetricBatch,
-    RegisterRequest, RegisterResponse, RemoteConfig, ServerMessage,
+    AgentMessage, CommandList, CommandProgressIn, CommandResultIn, CommandSpec, ConfigUpdate,
+    ErrorBody, ErrorDetail, EventBatch, EventIn, HeartbeatIn, IngestAccepted, InventoryIn,
+    MetricBatch, RegisterRequest, RegisterResponse, RemoteConfig, ServerMessage,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -69,6 +69,9 @@ struct Inner {
     register: Mutex<RegisterMode>,
     seen: Mutex<Vec<Recorded>>,
     heartbeats: Mutex<Vec<RecordedHeartbeat>>,
+    /// `Some`: the HTTP heartbeat answer carries this remote configuration (a gateway
+    /// that knows remote configuration); `None`: an empty 202 (an older gateway).
+    heartbeat_config: Mutex<Option<ConfigUpdate>>,
     registrations: Mutex<Vec<RegisterRequest>>,
     /// Metrics requests answered 503 so far (for `UnavailableFirst`).
     unavailable_sent: Mutex<usize>,
@@ -181,6 +184,7 @@ async fn metrics(
                 StatusCode::ACCEPTED,
                 Json(IngestAccepted {
                     accepted: batch.reports.len(),
+                    config: None,
                     rejected: vec![],
                 }),
             )
@@ -226,7 +230,18 @@ async fn heartbeat(
             None,
         ),
         Mode::Hang | Mode::Unavailable => unavailable(),
-        _ => StatusCode::ACCEPTED.into_response(),
+        _ => match lock(&gw.heartbeat_config).clone() {
+            Some(config) => (
+                StatusCode::ACCEPTED,
+                Json(IngestAccepted {
+                    accepted: 1,
+                    rejected: vec![],
+                    config: Some(config),
+                }),
+            )
+                .into_response(),
+            None => StatusCode::ACCEPTED.into_response(),
+        },
     }
 }
 
@@ -237,6 +252,7 @@ async fn events(State(gw): State<Arc<Inner>>, Json(batch): Json<EventBatch>) -> 
         StatusCode::ACCEPTED,
         Json(IngestAccepted {
             accepted: n,
+            config: None,
             rejected: vec![],
         }),
     )
@@ -373,6 +389,7 @@ impl Gateway {
             ))),
             seen: Mutex::default(),
             heartbeats: Mutex::default(),
+            heartbeat_config: Mutex::default(),
             registrations: Mutex::default(),
             unavailable_sent: Mutex::new(0),
             ws_refuse: Mutex::new(None),
@@ -484,6 +501,11 @@ impl Gateway {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Answers HTTP heartbeats with this remote configuration (`None`: an empty 202).
+    pub fn set_heartbeat_config(&self, config: Option<ConfigUpdate>) {
+        *lock(&self.inner.heartbeat_config) = config;
     }
 
     /// Pushes `message` to every open socket.

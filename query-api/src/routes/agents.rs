@@ -139,6 +139,8 @@ pub struct AgentDetail {
     pub open_alerts: Vec<AlertRow>,
     /// Watched services, from the newest report.
     pub services: Vec<ServiceRow>,
+    /// Remote configuration: desired, applied, in sync.
+    pub config: crate::routes::remote_config::AgentConfigView,
 }
 
 /// The agent `agent_id` in `tenant` (every tenant: `None`); unknown is 404.
@@ -191,11 +193,13 @@ pub(crate) async fn get_agent(
         .agent_services(Some(&agent.tenant_id), &agent.agent_id)
         .await
         .map_err(store_error)?;
+    let config = crate::routes::remote_config::config_view(&s, &agent).await?;
     Ok(Json(AgentDetail {
         agent,
         series,
         open_alerts,
         services,
+        config,
     }))
 }
 

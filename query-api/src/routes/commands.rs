@@ -67,12 +67,7 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// Command types an operator may request (each agent has its own allow-list too).
-pub const COMMAND_TYPES: &[&str] = &[
-    "restart_service",
-    "run_script",
-    "collect_diagnostics",
-    "update_config",
-];
+pub const COMMAND_TYPES: &[&str] = &fleet_schemas::remote_config::COMMAND_TYPES;
 
 /// Default timeout when the request names none.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod ingest_keys;
 pub mod notifications;
 pub mod prometheus;
+pub mod remote_config;
 pub mod rules;
 pub mod tags;
 pub mod tenants;

@@ -74,6 +74,23 @@ pub enum Change {
     Series(Vec<SampleSeries>),
     /// Something happened on an agent (`fleet.events.v1`; kept once per event id).
     Event(Box<AgentEvent>),
+    /// The desired remote configuration of a scope (the newest version of a key wins).
+    RemoteConfig(Box<fleet_schemas::RemoteConfigEvent>),
+}
+
+/// What an agent last said it runs, from its heartbeats.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AppliedConfig {
+    /// Agent.
+    pub agent_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Version of the remote configuration it runs (`None`: none).
+    pub config_version: Option<i64>,
+    /// Its heartbeat interval, seconds.
+    pub heartbeat_interval_secs: Option<f64>,
+    /// Time of that heartbeat (µs).
+    pub reported_at: i64,
 }
 
 /// How coarsely the series index keeps the newest sample time of a series
@@ -813,6 +830,15 @@ pub trait ReadModel: Send + Sync + Debug {
 
     /// One rule in force (its newest DEFINED event; `None`: unknown or deleted).
     async fn get_rule(&self, rule_id: &str) -> Result<Option<fleet_schemas::RuleEvent>>;
+
+    /// The desired remote-configuration records of a tenant (each key's newest), by key.
+    async fn list_remote_configs(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<fleet_schemas::RemoteConfigEvent>>;
+
+    /// What the agent last said it runs (`None`: no heartbeat with a version yet).
+    async fn applied_config(&self, agent_id: &str) -> Result<Option<AppliedConfig>>;
 
     /// Counters of one tenant's fleet (`None`: every tenant).
     async fn overview(&self, tenant_id: Option<&str>) -> Result<FleetOverview>;

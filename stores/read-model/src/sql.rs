@@ -35,7 +35,9 @@ use std::fmt::Write as _;
 
 use async_trait::async_trait;
 use fleet_schemas::codec::Record as _;
-use fleet_schemas::{AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, MetricReport};
+use fleet_schemas::{
+    AgentLifecycle, AgentLifecycleKind, AlertEvent, AlertEventKind, MetricReport, RemoteConfigEvent,
+};
 use fleet_sql::{decode_error, Database, Engine, Migration, Migrations};
 use sqlx::any::AnyRow;
 use sqlx::error::BoxDynError;
@@ -46,6 +48,7 @@ mod commands;
 mod events;
 mod fleet;
 mod notify;
+mod remote_config;
 mod series;
 mod snapshot;
 mod software;
@@ -125,6 +128,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 15,
             description: "command output",
             sql: include_str!("../migrations/0015_command_output.sql"),
+        },
+        Migration {
+            version: 16,
+            description: "remote config",
+            sql: include_str!("../migrations/0016_remote_config.sql"),
         },
     ],
 };
@@ -718,8 +726,9 @@ impl ReadModel for SqlReadModel {
                 }
                 Change::Heartbeat(hb) => {
                     agents.heartbeat(hb);
-                    Ok(())
+                    remote_config::apply_heartbeat(&mut tx, hb).await
                 }
+                Change::RemoteConfig(ev) => remote_config::apply_config(&mut tx, ev).await,
                 Change::Alert(ev) => apply_alert(&mut tx, ev).await.map_err(Into::into),
                 Change::Lifecycle(ev) => {
                     // It writes the agent's row too: what came before it goes first. (No
@@ -923,6 +932,16 @@ impl ReadModel for SqlReadModel {
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
     async fn get_rule(&self, rule_id: &str) -> Result<Option<fleet_schemas::RuleEvent>> {
         Ok(self.query_rules(None, Some(rule_id)).await?.pop())
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn list_remote_configs(&self, tenant_id: &str) -> Result<Vec<RemoteConfigEvent>> {
+        self.query_remote_configs(tenant_id).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn applied_config(&self, agent_id: &str) -> Result<Option<crate::AppliedConfig>> {
+        self.query_applied_config(agent_id).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]

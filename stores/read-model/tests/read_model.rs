@@ -55,6 +55,7 @@ macro_rules! conformance {
             overview_counts_per_tenant,
             audit_log_newest_first_per_tenant,
             rules_follow_their_newest_event,
+            remote_configs_and_applied_versions_keep_the_newest,
             a_batch_gives_the_state_of_its_changes_one_by_one,
             large_batches_give_the_state_of_their_changes_one_by_one,
             reports_with_and_without_disks_mix,
@@ -2485,6 +2486,51 @@ mod cases {
             ..q(None, i64::MIN, i64::MAX, 100)
         };
         ensure!(store.list_sample_series(&other).await?.len() == 1);
+        Ok(())
+    }
+
+    pub(crate) async fn remote_configs_and_applied_versions_keep_the_newest(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let agent = agent_id();
+        let (t1, t2) = (format!("{agent}-t1"), format!("{agent}-t2"));
+        let newer = fixtures::remote_config(&t1, &agent, T0 + 10 * SECOND);
+        let mut older = fixtures::remote_config(&t1, &agent, T0);
+        older.heartbeat_interval_secs = Some(99.0);
+        let other = fixtures::remote_config(&t2, &agent, T0);
+        let mut hb_new = fixtures::heartbeat(&t1, &agent, T0 + 20 * SECOND, 2);
+        hb_new.config_version = Some(newer.version);
+        hb_new.heartbeat_interval_secs = Some(15.0);
+        let mut hb_old = fixtures::heartbeat(&t1, &agent, T0 + 5 * SECOND, 1);
+        hb_old.config_version = Some(older.version);
+        hb_old.heartbeat_interval_secs = Some(30.0);
+        let changes = [
+            // Newer first, then an older record and heartbeat replayed: the newer stay.
+            Change::RemoteConfig(Box::new(newer.clone())),
+            Change::RemoteConfig(Box::new(older)),
+            Change::RemoteConfig(Box::new(other)),
+            Change::Heartbeat(hb_new),
+            Change::Heartbeat(hb_old),
+        ];
+        store.apply(PROJECTION, &changes, &[]).await?;
+        store.apply(PROJECTION, &changes, &[]).await?; // replay
+        let configs = store.list_remote_configs(&t1).await?;
+        ensure!(configs == vec![newer.clone()], "{configs:#?}");
+        ensure!(store.list_remote_configs(&t2).await?.len() == 1);
+        let applied = store.applied_config(&agent).await?.context("applied")?;
+        ensure!(
+            applied.config_version == Some(newer.version)
+                && applied.heartbeat_interval_secs == Some(15.0)
+                && applied.reported_at == T0 + 20 * SECOND,
+            "{applied:?}"
+        );
+        // A heartbeat that says nothing (an older agent) writes nothing.
+        let silent = agent_id();
+        let hb = fixtures::heartbeat(&t1, &silent, T0, 1);
+        store
+            .apply(PROJECTION, &[Change::Heartbeat(hb)], &[])
+            .await?;
+        ensure!(store.applied_config(&silent).await?.is_none());
         Ok(())
     }
 

@@ -46,6 +46,8 @@ pub const PROJECTED_TABLES: &[(&str, &[&str])] = &[
     ("tickets", &["ticket_id"]),
     ("sample_series", &["tenant_id", "series_id"]),
     ("agent_events", &["event_id"]),
+    ("remote_configs", &["config_key"]),
+    ("agent_config_applied", &["agent_id"]),
 ];
 
 /// The read model's tables that no topic feeds: the projections' offsets and the audit
