@@ -30,8 +30,10 @@ pub const MIN_INTERVAL_SECS: f64 = 1.0;
 pub const MAX_INTERVAL_SECS: f64 = 86_400.0;
 /// Most watched services in one configuration.
 pub const MAX_SERVICES: usize = 256;
-/// Longest textfile directory path, in bytes.
-pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest textfile directory path, in characters (at most 4,096 bytes, Linux's
+/// `PATH_MAX`, whatever the characters; the OpenAPI document's `maxLength` counts
+/// characters).
+pub const MAX_PATH_CHARS: usize = 1024;
 
 /// True for names systemd accepts as unit names (a conservative subset), never starting
 /// with `-` so a name cannot pass for a `systemctl` option.
@@ -68,7 +70,7 @@ pub struct DesiredConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "openapi",
-        schema(max_length = 4096, pattern = "^/[^\\x00-\\x1f\\x7f]*$")
+        schema(max_length = 1024, pattern = "^/[^\\x00-\\x1f\\x7f-\\x9f]*$")
     )]
     pub textfile_dir: Option<String>,
     /// Command types the agent may run, within its local allow-list.
@@ -153,12 +155,12 @@ impl DesiredConfig {
         }
         if let Some(dir) = &self.textfile_dir {
             if !dir.starts_with('/')
-                || dir.len() > MAX_PATH_BYTES
+                || dir.chars().count() > MAX_PATH_CHARS
                 || dir.chars().any(char::is_control)
             {
                 return Err(invalid(
                     "textfile_dir",
-                    format!("must be an absolute path of at most {MAX_PATH_BYTES} bytes, without control characters"),
+                    format!("must be an absolute path of at most {MAX_PATH_CHARS} characters, without control characters"),
                 ));
             }
         }
