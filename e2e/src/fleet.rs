@@ -139,6 +139,43 @@ pub async fn up_admin_key(data_dir: &Path, procs: &[&Proc]) -> anyhow::Result<St
     .await
 }
 
+/// `fleetstream up --with-local-agent` in `dir` with the configuration file `config`
+/// (its `[agent]` table's `state-dir` is `state_dir`), data in `dir/data`: the process,
+/// its admin key and the local agent's id once it enrolled.
+pub async fn up_with_local_agent(
+    dir: &Path,
+    config: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<(Proc, String, String)> {
+    let data = dir.join("data");
+    let args = [
+        "up",
+        "--data-dir",
+        data.to_str().context("utf-8")?,
+        "--config",
+        config.to_str().context("utf-8")?,
+        "--with-local-agent",
+    ];
+    let up = Proc::start("up", dir, &args, &[])?;
+    let procs = [&up];
+    let admin_key = up_admin_key(&data, &procs).await?;
+    let credentials = state_dir.join("credentials.json");
+    let agent_id = wait_for(
+        "the local agent to enroll",
+        Duration::from_secs(120),
+        &procs,
+        || async {
+            let Ok(text) = std::fs::read_to_string(&credentials) else {
+                return Ok(None);
+            };
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            Ok(v["agent_id"].as_str().map(str::to_owned))
+        },
+    )
+    .await?;
+    Ok((up, admin_key, agent_id))
+}
+
 /// Creates a tenant named `name` and a registration token for it through the admin API
 /// at `api` (waiting for the API to answer); returns the token.
 pub async fn create_tenant_and_token(

@@ -58,27 +58,9 @@ textfile-directory = "{textfiles}"
         textfiles = textfiles.display(),
     );
     let cfg = write_file(dir.path(), "fleetstream.toml", &config)?;
-    let data = dir.path().join("data");
-    let args = [
-        "up",
-        "--data-dir",
-        data.to_str().context("utf-8")?,
-        "--config",
-        cfg.to_str().context("utf-8")?,
-        "--with-local-agent",
-    ];
-    let mut up = Proc::start("up", dir.path(), &args, &[])?;
+    let (mut up, admin_key, agent_id) =
+        fleet_e2e::up_with_local_agent(dir.path(), &cfg, &state_dir).await?;
     let procs = [&up];
-    let admin_key = fleet_e2e::up_admin_key(&data, &procs).await?;
-    let credentials = state_dir.join("credentials.json");
-    let agent_id: String = wait_for("the agent to enroll", WAIT, &procs, || async {
-        let Ok(text) = std::fs::read_to_string(&credentials) else {
-            return Ok(None);
-        };
-        let v: Value = serde_json::from_str(&text)?;
-        Ok(v["agent_id"].as_str().map(str::to_owned))
-    })
-    .await?;
     let client = api_client(&admin_key)?;
     let api = format!("http://127.0.0.1:{api_port}");
     let agent_url = format!("{api}/api/v1/agents/{agent_id}");
