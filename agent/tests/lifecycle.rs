@@ -11,11 +11,19 @@ use fleet_schemas::api::{AgentMessage, EventIn};
 use support::{init_tracing, wait_until, Gateway, Mode};
 use tokio::sync::oneshot;
 
+/// The events of `kind` the gateway received, in time order, each once: a delivery
+/// repeated after a slow answer (the agent retries when its request times out) is the
+/// same event, with the same time.
+fn events_of(gw: &Gateway, kind: &str) -> Vec<EventIn> {
+    let mut events: Vec<EventIn> = gw.events().into_iter().filter(|e| e.kind == kind).collect();
+    events.sort_by_key(|e| e.occurred_at);
+    events.dedup_by_key(|e| e.occurred_at);
+    events
+}
+
+/// One `agent_started` per run, in the order of the runs.
 fn started(gw: &Gateway) -> Vec<EventIn> {
-    gw.events()
-        .into_iter()
-        .filter(|e| e.kind == "agent_started")
-        .collect()
+    events_of(gw, "agent_started")
 }
 
 fn config(gw: &Gateway, state: &Path) -> AgentConfig {
@@ -57,11 +65,7 @@ async fn starts_and_stops_are_events_that_say_how_the_last_run_ended() -> anyhow
     let first = &started(&gw)[0];
     assert_eq!(first.attributes["previous_stop"], "none");
     assert_eq!(first.severity, "info");
-    let stopped: Vec<EventIn> = gw
-        .events()
-        .into_iter()
-        .filter(|e| e.kind == "agent_stopped")
-        .collect();
+    let stopped = events_of(&gw, "agent_stopped");
     assert_eq!(
         stopped.len(),
         1,
