@@ -145,8 +145,10 @@ fn command(id: &str) -> CommandEvent {
 }
 
 /// Writes the corrupt records, surrounded by valid ones, into every topic with a consumer
-/// (`with_notifier`: the notifier runs too, as in `up`, and reads the alerts).
-async fn inject(log: &dyn EventLog, tag: &str, with_notifier: bool) -> anyhow::Result<Injected> {
+/// (`before_up`: written before `up` starts, so the notifier reads the alerts too, and the
+/// gateway's remote-configuration watcher, which reads fleet.agents.v1 from its start,
+/// gives up on the corrupt agents records).
+async fn inject(log: &dyn EventLog, tag: &str, before_up: bool) -> anyhow::Result<Injected> {
     let mut inj = Injected::default();
     let t = now();
     // A rule of tenant t1 the alert evaluator reads from fleet.rules.v1 (raising on the
@@ -172,10 +174,21 @@ async fn inject(log: &dyn EventLog, tag: &str, with_notifier: bool) -> anyhow::R
     )
     .await?;
     let agent = |name: &str| format!("e2e-{name}-{tag}");
+    let agents_readers: &[&str] = if before_up {
+        &[
+            "readmodel",
+            "alert-evaluator",
+            "ticketer",
+            "liveness",
+            "gateway-config",
+        ]
+    } else {
+        &["readmodel", "alert-evaluator", "ticketer", "liveness"]
+    };
     surround(
         log,
         &mut inj,
-        &["readmodel", "alert-evaluator", "ticketer", "liveness"],
+        agents_readers,
         &fixtures::agent_registered("t1", &agent("r-a"), t),
         &fixtures::agent_registered("t1", &agent("r-b"), t),
     )
@@ -204,7 +217,7 @@ async fn inject(log: &dyn EventLog, tag: &str, with_notifier: bool) -> anyhow::R
         &fixtures::software_inventory("t1", &agent("s-b"), t),
     )
     .await?;
-    let alert_readers: &[&str] = if with_notifier {
+    let alert_readers: &[&str] = if before_up {
         &["readmodel", "alert-evaluator", "ticketer", "notifier"]
     } else {
         &["readmodel", "alert-evaluator", "ticketer"]
@@ -726,8 +739,11 @@ async fn kafka_corrupt_records_become_dead_letters_and_a_replay_brings_one_back(
         "gateway-deactivations".to_owned(),
         topics::AGENTS.to_owned(),
     );
+    // The remote-configuration watcher reads it from its start, once it started (it waits
+    // for its topics, which this test creates after the gateway started).
+    let config_watcher = ("gateway-config".to_owned(), topics::AGENTS.to_owned());
     // Likewise the ticketer's rebuild after a rebalance, if one happened.
-    for optional in [watcher, rebuild] {
+    for optional in [watcher, config_watcher, rebuild] {
         if let Some(n) = c.remove(&optional) {
             ensure!(n <= 3, "{optional:?} gave up on {n} records");
         }
