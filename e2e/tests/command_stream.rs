@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fleet_e2e::{api_client, free_port, get_json, wait_for, write_file, Proc};
+use fleet_e2e::{api_client, free_port, get_json, wait_for, write_file};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
