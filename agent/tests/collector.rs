@@ -25,15 +25,26 @@ fn collector_reports_sane_values_and_round_trips_json() -> anyhow::Result<()> {
         assert!(r.memory_total_bytes > 0);
         assert!(r.memory_used_bytes <= r.memory_total_bytes);
         assert!(in_range(r.memory_percent));
-        assert!(r.swap_used_bytes <= r.swap_total_bytes.max(r.swap_used_bytes));
+        assert!(
+            r.swap_used_bytes <= r.swap_total_bytes,
+            "swap used {} of {}",
+            r.swap_used_bytes,
+            r.swap_total_bytes
+        );
         assert!(r.disks.iter().any(|d| d.total_bytes > 0), "{:?}", r.disks);
         for d in &r.disks {
             assert!(d.total_bytes > 0 && d.used_bytes <= d.total_bytes, "{d:?}");
             assert!(in_range(d.percent), "{d:?}");
         }
         let mut mounts: Vec<&str> = r.disks.iter().map(|d| d.mount.as_str()).collect();
+        mounts.sort_unstable();
         mounts.dedup();
-        assert_eq!(mounts.len(), r.disks.len(), "mounts are unique");
+        assert_eq!(
+            mounts.len(),
+            r.disks.len(),
+            "mounts are unique: {:?}",
+            r.disks
+        );
         assert!(r.uptime_seconds > 0);
         assert!([r.load_1, r.load_5, r.load_15]
             .iter()

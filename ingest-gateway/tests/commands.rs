@@ -50,16 +50,41 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Starts the dispatcher; it stops when the returned sender is dropped.
-fn dispatcher(state: &GatewayState) -> tokio::sync::oneshot::Sender<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(fleet_ingest_gateway::commands::run_dispatcher(
-        state.clone(),
-        async {
+/// The command dispatcher of a test. [`Dispatcher::stop`] stops it and fails the test if
+/// it ended with an error; an error before that is printed when it happens, so a test
+/// that then times out waiting for a command shows why.
+struct Dispatcher {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Dispatcher {
+    fn start(state: &GatewayState) -> Dispatcher {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let run = fleet_ingest_gateway::commands::run_dispatcher(state.clone(), async {
             let _ = rx.await;
-        },
-    ));
-    tx
+        });
+        let task = tokio::spawn(async move {
+            let result = run.await;
+            if let Err(e) = &result {
+                eprintln!("the command dispatcher failed: {e:#}");
+            }
+            result
+        });
+        Dispatcher { stop, task }
+    }
+
+    /// Stops it; fails if it had stopped with an error (or does not stop in 10 s).
+    async fn stop(self) {
+        let early = self.task.is_finished();
+        let _ = self.stop.send(());
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+            .await
+            .expect("the dispatcher stops within 10 s")
+            .expect("the dispatcher task does not panic")
+            .expect("the dispatcher ends without an error");
+        assert!(!early, "the dispatcher stopped before the test asked it to");
+    }
 }
 
 async fn next_command(agent: &mut Agent) -> fleet_schemas::api::CommandSpec {
@@ -148,7 +173,7 @@ async fn requested_command_reaches_the_connected_agent_and_is_dispatched() {
     let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
-    let _stop = dispatcher(&state);
+    let dispatcher = Dispatcher::start(&state);
     let mut agent = Agent::connect(&state, "cmd-agent").await;
     let id = new_id();
     let now = fleet_schemas::time::now_micros();
@@ -170,13 +195,14 @@ async fn requested_command_reaches_the_connected_agent_and_is_dispatched() {
     assert!(handle
         .render()
         .contains(fleet_ingest_gateway::metrics::COMMANDS_DISPATCHED));
+    dispatcher.stop().await;
 }
 
 #[tokio::test]
 async fn command_needing_approval_waits_until_approved() {
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
-    let _stop = dispatcher(&state);
+    let dispatcher = Dispatcher::start(&state);
     let mut agent = Agent::connect(&state, "careful").await;
     let (needs, free) = (new_id(), new_id());
     let now = fleet_schemas::time::now_micros();
@@ -215,6 +241,7 @@ async fn command_needing_approval_waits_until_approved() {
     )
     .await;
     assert_eq!(next_command(&mut agent).await.command_id, needs);
+    dispatcher.stop().await;
 }
 
 /// A second REQUESTED with the id of a command that waits for its approval (a reused
@@ -223,7 +250,7 @@ async fn command_needing_approval_waits_until_approved() {
 async fn a_second_requested_cannot_skip_the_approval_or_change_the_command() {
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
-    let _stop = dispatcher(&state);
+    let dispatcher = Dispatcher::start(&state);
     let mut agent = Agent::connect(&state, "guarded").await;
     let (needs, marker) = (new_id(), new_id());
     let now = fleet_schemas::time::now_micros();
@@ -272,6 +299,7 @@ async fn a_second_requested_cannot_skip_the_approval_or_change_the_command() {
         Some("cleanup"),
         "exactly the first request"
     );
+    dispatcher.stop().await;
 }
 
 #[tokio::test]
@@ -331,7 +359,7 @@ async fn poll_rebuilds_from_the_window_and_lists_pending_oldest_first() {
     .await;
     // The dispatcher starts after the events were written: it finds them by replaying.
     let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
-    let _stop = dispatcher(&state);
+    let dispatcher = Dispatcher::start(&state);
     let router = app(state);
     let ids = poll_until(&router, "poller", |ids| ids.len() >= 2).await;
     assert_eq!(ids, vec![first.clone(), second.clone()]);
@@ -342,6 +370,7 @@ async fn poll_rebuilds_from_the_window_and_lists_pending_oldest_first() {
     // Another agent has nothing.
     let (status, v) = http(&router, "GET", "/api/v1/agents/other/commands", None).await;
     assert_eq!((status, v), (StatusCode::OK, json!({"commands": []})));
+    dispatcher.stop().await;
 }
 
 #[tokio::test]
@@ -349,7 +378,7 @@ async fn results_and_progress_over_ws_and_http_become_command_events() {
     let _ = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
-    let _stop = dispatcher(&state);
+    let dispatcher = Dispatcher::start(&state);
     let router = app(state.clone());
     let mut agent = Agent::connect(&state, "worker").await;
     let (a, b) = (new_id(), new_id());
@@ -441,6 +470,7 @@ async fn results_and_progress_over_ws_and_http_become_command_events() {
     assert!(state.commands().pending_for("worker").is_empty());
     let rendered = fleet_service::endpoints::metrics_handle().render();
     assert!(rendered.contains(fleet_ingest_gateway::metrics::COMMAND_UPDATES));
+    dispatcher.stop().await;
 }
 
 #[tokio::test]
@@ -448,7 +478,7 @@ async fn results_naming_the_wrong_command_are_refused() {
     let handle = fleet_service::endpoints::metrics_handle();
     let (_d, log) = embedded().await;
     let state = GatewayState::new(log.clone(), fleet_schemas::Wire::plain(), open_config());
-    let _stop = dispatcher(&state);
+    let dispatcher = Dispatcher::start(&state);
     let router = app(state.clone());
     let mine = new_id();
     write(
@@ -530,6 +560,7 @@ async fn results_naming_the_wrong_command_are_refused() {
         e.kind,
         CommandEventKind::Requested | CommandEventKind::Dispatched
     )));
+    dispatcher.stop().await;
 }
 
 fn now_rfc() -> String {

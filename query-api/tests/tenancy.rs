@@ -608,6 +608,22 @@ async fn a_viewer_is_refused_every_write_before_any_lookup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_of_a_never_sees_or_changes_b() {
     let w = world().await;
+    // B's rule and agent as the admin sees them before A's operator tries every route.
+    let b_rule = || async {
+        let uri = format!("/api/v1/tenants/{}/rules", w.b);
+        let (s, v) = call(&w.app, "GET", &uri, None, Some(ADMIN)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["rules"]
+            .as_array()
+            .and_then(|rules| rules.iter().find(|r| r["rule_id"] == w.b_rule.as_str()))
+            .cloned()
+            .unwrap_or_else(|| panic!("B's rule {} is listed: {v}", w.b_rule))
+    };
+    let b_agent_uri = format!("/api/v1/agents/{}?tenant={}", w.b1, w.b);
+    let b_rule_before = b_rule().await;
+    let (s, b_agent_before) = call(&w.app, "GET", &b_agent_uri, None, Some(ADMIN)).await;
+    assert_eq!(s, StatusCode::OK, "{b_agent_before}");
+    assert_eq!(b_rule_before["enabled"], true, "{b_rule_before}");
     for case in cases(&w) {
         let (s, v) = call(
             &w.app,
@@ -644,6 +660,9 @@ async fn an_operator_of_a_never_sees_or_changes_b() {
     )
     .await;
     assert_eq!(alerts["alerts"][0]["status"], "open", "{alerts}");
+    assert_eq!(b_rule().await, b_rule_before, "B's rule changed");
+    let (_, b_agent_after) = call(&w.app, "GET", &b_agent_uri, None, Some(ADMIN)).await;
+    assert_eq!(b_agent_after, b_agent_before, "B's agent changed");
     // No event on any topic was written by A's operator.
     let by_op_a = |actor: &Option<String>| actor.as_deref() == Some("op-a");
     let commands = support::read::<fleet_schemas::CommandEvent>(w.log.as_ref()).await;

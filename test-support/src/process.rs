@@ -27,7 +27,74 @@ pub fn fleetstream_bin() -> anyhow::Result<PathBuf> {
             bin.display()
         );
     }
+    // `cargo test -p fleet-e2e` does not build the binary: refuse to test an old one.
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading {}", bin.display()))?;
+    if let Some(newer) = newest_source(&root, built) {
+        bail!(
+            "{} is older than {}: rebuild it with `cargo build -p fleetstream` (scripts/test.sh \
+             does), or set FLEETSTREAM_BIN",
+            bin.display(),
+            newer.display()
+        );
+    }
     Ok(bin)
+}
+
+/// A source file of the workspace the `fleetstream` binary is built from (its crates'
+/// `src`, migrations, schemas and assets, `Cargo.toml`s and `Cargo.lock`; not tests,
+/// benches, the test harness or the fuzz targets) changed after `built`, if there is one.
+fn newest_source(root: &Path, built: std::time::SystemTime) -> Option<PathBuf> {
+    const SKIP: &[&str] = &[
+        "target",
+        "tests",
+        "benches",
+        "e2e",
+        "test-support",
+        "fuzz",
+        "docs",
+        "scripts",
+        "compose",
+        "packaging",
+        "node_modules",
+    ];
+    let newer = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > built)
+    };
+    if newer(&root.join("Cargo.lock")) {
+        return Some(root.join("Cargo.lock"));
+    }
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if !name.starts_with('.') && !SKIP.contains(&name.as_ref()) {
+                    dirs.push(path);
+                }
+            } else if dir != root
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("rs" | "toml" | "sql" | "avsc" | "html" | "js" | "css" | "json")
+                )
+                && newer(&path)
+            {
+                return Some(path);
+            }
+        }
+    }
+    None
 }
 
 /// A free TCP port on 127.0.0.1.
