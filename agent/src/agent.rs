@@ -303,7 +303,11 @@ impl Agent {
         if config.security {
             tasks.spawn(crate::security::security_loop(
                 Arc::clone(&security),
-                Sources::default(),
+                Sources::at(
+                    &config.security_reboot_required_file,
+                    &config.security_sshd_config,
+                    &config.security_clamav_database,
+                ),
                 config.security_interval,
                 cancel.clone(),
             ));

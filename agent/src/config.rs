@@ -201,6 +201,15 @@ pub struct AgentConfig {
     /// when a watched file such as the package database changes). Default 3600.
     #[serde(with = "humantime_serde")]
     pub security_interval: Duration,
+    /// The reboot flag file (Debian/Ubuntu's). Default `/var/run/reboot-required`.
+    pub security_reboot_required_file: PathBuf,
+    /// The sshd configuration read when `sshd -T` cannot run (its `Include`s, and the
+    /// `sshd_config.d` directory beside it, are followed and watched). Default
+    /// `/etc/ssh/sshd_config`.
+    pub security_sshd_config: PathBuf,
+    /// ClamAV's signature database directory (`*.cvd`, `*.cld`). Default
+    /// `/var/lib/clamav`.
+    pub security_clamav_database: PathBuf,
     /// Directory of Prometheus text-format files (`*.prom`, node_exporter's textfile
     /// collector convention, e.g. `/var/lib/node_exporter/textfile_collector`), read at
     /// every collection; their series become `custom.<name>` metrics. Default: unset (none).
@@ -338,6 +347,9 @@ impl Default for AgentConfig {
             inventory_interval: Duration::from_secs(3600),
             security: true,
             security_interval: Duration::from_secs(3600),
+            security_reboot_required_file: PathBuf::from(crate::security::REBOOT_REQUIRED_FILE),
+            security_sshd_config: PathBuf::from(crate::security::SSHD_CONFIG),
+            security_clamav_database: PathBuf::from(crate::security::CLAMAV_DATABASE),
             textfile_directory: None,
             custom_scripts: Vec::new(),
             custom_max_series: 256,
@@ -505,6 +517,21 @@ impl AgentConfig {
                         "has {name:?}: a script name is 1 to 64 of letters, digits and \
                          `-_.`, and its command line must not be empty"
                     ),
+                });
+            }
+        }
+        for (key, path) in [
+            (
+                "security-reboot-required-file",
+                &self.security_reboot_required_file,
+            ),
+            ("security-sshd-config", &self.security_sshd_config),
+            ("security-clamav-database", &self.security_clamav_database),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("is {path:?}: must be an absolute path"),
                 });
             }
         }

@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use fleet_schemas::api::SecurityIn;
+use fleet_schemas::api::{
+    SecurityIn, MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS, SSH_PERMIT_ROOT_LOGIN_VALUES,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -68,15 +70,31 @@ pub struct Posture {
 }
 
 impl Posture {
-    /// The report's `security` field (what the wire schema carries).
+    /// The report's `security` field (what the wire schema carries). The signature age
+    /// goes in hours, at most [`MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS`] (the gateway's bound:
+    /// an older database, or a clock far off, says "ten years or more").
     pub fn to_report(&self) -> SecurityIn {
         SecurityIn {
             firewall_enabled: self.firewall_active,
             pending_updates: self.pending_updates,
             pending_security_updates: self.pending_security_updates,
+            reboot_required: self.reboot_required,
+            ssh_permit_root_login: self.ssh_permit_root_login.clone(),
+            ssh_password_authentication: self.ssh_password_authentication,
+            antivirus_present: self.antivirus_present,
+            antivirus_signature_age_hours: self
+                .antivirus_signature_age_seconds
+                .map(|s| (s as f64 / 3600.0).min(MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS)),
         }
     }
 }
+
+/// Debian/Ubuntu's reboot flag file.
+pub const REBOOT_REQUIRED_FILE: &str = "/var/run/reboot-required";
+/// The sshd configuration.
+pub const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
+/// ClamAV's database directory.
+pub const CLAMAV_DATABASE: &str = "/var/lib/clamav";
 
 /// Where the file-based probes look. [`Sources::default`] is the system's locations.
 #[derive(Debug, Clone)]
@@ -95,26 +113,43 @@ pub struct Sources {
 
 impl Default for Sources {
     fn default() -> Self {
+        Self::at(
+            Path::new(REBOOT_REQUIRED_FILE),
+            Path::new(SSHD_CONFIG),
+            Path::new(CLAMAV_DATABASE),
+        )
+    }
+}
+
+impl Sources {
+    /// The file probes at these paths (the agent's `security-*` settings), watched with
+    /// the `sshd_config.d` beside the sshd configuration and the package databases and
+    /// firewall configurations at their system locations.
+    pub fn at(reboot_required: &Path, sshd_config: &Path, clamav_db: &Path) -> Self {
+        let system = [
+            "/var/lib/dpkg/status",
+            "/var/lib/apt/lists",
+            "/var/lib/rpm",
+            "/var/cache/dnf",
+            "/etc/ufw/ufw.conf",
+            "/etc/firewalld",
+            "/etc/nftables.conf",
+        ]
+        .into_iter()
+        .map(PathBuf::from);
+        let sshd_dropins = sshd_config.with_file_name("sshd_config.d");
         Self {
-            reboot_required: PathBuf::from("/var/run/reboot-required"),
-            sshd_config: PathBuf::from("/etc/ssh/sshd_config"),
-            clamav_db: PathBuf::from("/var/lib/clamav"),
-            change_triggers: [
-                "/var/lib/dpkg/status",
-                "/var/lib/apt/lists",
-                "/var/lib/rpm",
-                "/var/cache/dnf",
-                "/var/run/reboot-required",
-                "/etc/ssh/sshd_config",
-                "/etc/ssh/sshd_config.d",
-                "/var/lib/clamav",
-                "/etc/ufw/ufw.conf",
-                "/etc/firewalld",
-                "/etc/nftables.conf",
-            ]
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
+            reboot_required: reboot_required.to_path_buf(),
+            sshd_config: sshd_config.to_path_buf(),
+            clamav_db: clamav_db.to_path_buf(),
+            change_triggers: system
+                .chain([
+                    reboot_required.to_path_buf(),
+                    sshd_config.to_path_buf(),
+                    sshd_dropins,
+                    clamav_db.to_path_buf(),
+                ])
+                .collect(),
             timeout: PROBE_TIMEOUT,
         }
     }
@@ -531,13 +566,16 @@ impl SshSettings {
         let value = value.trim().trim_matches('"').to_ascii_lowercase();
         match key.to_ascii_lowercase().as_str() {
             "permitrootlogin" if self.permit_root_login.is_none() => {
-                // "without-password" is the old spelling of prohibit-password.
+                // "without-password" is the old spelling of prohibit-password; a value
+                // sshd does not know (it would refuse to start) tells nothing.
                 let v = if value == "without-password" {
                     "prohibit-password".to_owned()
                 } else {
                     value
                 };
-                self.permit_root_login = Some(v);
+                self.permit_root_login = SSH_PERMIT_ROOT_LOGIN_VALUES
+                    .contains(&v.as_str())
+                    .then_some(v);
             }
             "passwordauthentication" if self.password_authentication.is_none() => {
                 self.password_authentication = match value.as_str() {
@@ -898,6 +936,84 @@ Match User backup\n\
         let s = parse_sshd_config_file(&dir.path().join("loop"));
         assert_eq!(s.permit_root_login.as_deref(), Some("no"));
         Ok(())
+    }
+
+    #[test]
+    fn the_report_carries_every_finding_with_the_age_in_hours() {
+        let p = Posture {
+            firewall_active: Some(false),
+            pending_updates: Some(4),
+            pending_security_updates: Some(2),
+            reboot_required: Some(true),
+            ssh_permit_root_login: Some("forced-commands-only".into()),
+            ssh_password_authentication: Some(true),
+            antivirus_present: Some(true),
+            antivirus_signature_age_seconds: Some(5400),
+        };
+        assert_eq!(
+            p.to_report(),
+            SecurityIn {
+                firewall_enabled: Some(false),
+                pending_updates: Some(4),
+                pending_security_updates: Some(2),
+                reboot_required: Some(true),
+                ssh_permit_root_login: Some("forced-commands-only".into()),
+                ssh_password_authentication: Some(true),
+                antivirus_present: Some(true),
+                antivirus_signature_age_hours: Some(1.5),
+            }
+        );
+        // A database dated decades back (a clock far off) stays within the gateway's bound.
+        let ancient = Posture {
+            antivirus_signature_age_seconds: Some(u64::MAX),
+            ..Posture::default()
+        };
+        assert_eq!(
+            ancient.to_report().antivirus_signature_age_hours,
+            Some(MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS)
+        );
+        // Unknown findings are left out of the JSON, so older gateways take the report.
+        let json = serde_json::to_value(Posture::default().to_report()).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"firewall_enabled": null, "pending_updates": null, "pending_security_updates": null})
+        );
+    }
+
+    #[test]
+    fn an_unknown_permit_root_login_value_tells_nothing() {
+        let s = parse_sshd_t("permitrootlogin sometimes\npasswordauthentication maybe\n");
+        assert_eq!(s, SshSettings::default());
+        let s = parse_sshd_config_text("PermitRootLogin Forced-Commands-Only\n", &mut |_| {
+            Vec::new()
+        });
+        assert_eq!(s.permit_root_login.as_deref(), Some("forced-commands-only"));
+    }
+
+    #[test]
+    fn configured_paths_are_probed_and_watched() {
+        let s = Sources::at(
+            Path::new("/srv/fx/reboot-required"),
+            Path::new("/srv/fx/ssh/sshd_config"),
+            Path::new("/srv/fx/clamav"),
+        );
+        assert_eq!(s.sshd_config, Path::new("/srv/fx/ssh/sshd_config"));
+        for watched in [
+            "/srv/fx/reboot-required",
+            "/srv/fx/ssh/sshd_config",
+            "/srv/fx/ssh/sshd_config.d",
+            "/srv/fx/clamav",
+            "/var/lib/dpkg/status",
+        ] {
+            assert!(
+                s.change_triggers.iter().any(|p| p == Path::new(watched)),
+                "{watched} is watched"
+            );
+        }
+        assert!(!s
+            .change_triggers
+            .iter()
+            .any(|p| p == Path::new(SSHD_CONFIG)));
     }
 
     #[test]

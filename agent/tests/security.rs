@@ -28,9 +28,29 @@ fn reports(gw: &Gateway) -> Vec<ReportIn> {
         .collect()
 }
 
+/// The posture without its signature age (which grows with the clock), and that age.
+fn split_age(s: &SecurityIn) -> (SecurityIn, Option<f64>) {
+    let age = s.antivirus_signature_age_hours;
+    let rest = SecurityIn {
+        antivirus_signature_age_hours: None,
+        ..s.clone()
+    };
+    (rest, age)
+}
+
+/// Whether a report carries `expected` and a signature age of the fake `clamscan`'s
+/// database (dated November 2023: more than 300 days).
+fn carries(r: &ReportIn, expected: &SecurityIn) -> bool {
+    r.security
+        .as_ref()
+        .map(split_age)
+        .is_some_and(|(rest, age)| &rest == expected && age.is_some_and(|h| h > 300.0 * 24.0))
+}
+
 async fn run_agent(
     gw: &Gateway,
     state_dir: &Path,
+    sources: &Sources,
     security_interval: Duration,
     until: impl Fn(&[ReportIn]) -> bool,
     what: &str,
@@ -47,6 +67,9 @@ async fn run_agent(
         websocket: false,
         inventory: false,
         security_interval,
+        security_reboot_required_file: sources.reboot_required.clone(),
+        security_sshd_config: sources.sshd_config.clone(),
+        security_clamav_database: sources.clamav_db.clone(),
         ..AgentConfig::default()
     };
     let agent = Agent::new(config)?;
@@ -140,7 +163,11 @@ async fn posture_from_fake_tools_is_cached_and_follows_changes() -> anyhow::Resu
         &sources.reboot_required,
         "*** System restart required ***\n",
     )?;
-    let p = tokio::task::spawn_blocking(move || security::collect(&sources)).await?;
+    let p = tokio::task::spawn_blocking({
+        let sources = sources.clone();
+        move || security::collect(&sources)
+    })
+    .await?;
     assert_eq!(p.reboot_required, Some(true));
     std::fs::remove_file(&apt_log)?;
     // The agent's probes wait 20 s for a hung tool: keep the rest of the test quick.
@@ -148,21 +175,23 @@ async fn posture_from_fake_tools_is_cached_and_follows_changes() -> anyhow::Resu
 
     // The agent: hourly posture, reports every 50 ms, all carrying the cached value.
     let gw = Gateway::start(Mode::Accept).await?;
+    // Every finding travels: the reboot flag file (now there), sshd, ClamAV.
     let expected = SecurityIn {
         firewall_enabled: Some(true),
         pending_updates: Some(2),
         pending_security_updates: Some(1),
+        reboot_required: Some(true),
+        ssh_permit_root_login: Some("no".into()),
+        ssh_password_authentication: Some(true),
+        antivirus_present: Some(true),
+        antivirus_signature_age_hours: None,
     };
     run_agent(
         &gw,
         &dir.path().join("agent"),
+        &sources,
         Duration::from_secs(3600),
-        |r| {
-            r.iter()
-                .filter(|r| r.security.as_ref() == Some(&expected))
-                .count()
-                >= 8
-        },
+        |r| r.iter().filter(|r| carries(r, &expected)).count() >= 8,
         "eight reports with the posture",
     )
     .await?;
@@ -172,26 +201,40 @@ async fn posture_from_fake_tools_is_cached_and_follows_changes() -> anyhow::Resu
     let first_with = all.iter().position(|r| r.security.is_some());
     let first_with = first_with.unwrap_or(all.len());
     assert!(
-        all[first_with..]
-            .iter()
-            .all(|r| r.security.as_ref() == Some(&expected)),
+        all[first_with..].iter().all(|r| carries(r, &expected)),
         "once known, every report carries it"
+    );
+    let ages: Vec<Option<f64>> = all[first_with..]
+        .iter()
+        .map(|r| {
+            r.security
+                .as_ref()
+                .and_then(|s| s.antivirus_signature_age_hours)
+        })
+        .collect();
+    assert!(
+        ages.windows(2).all(|w| w[0] == w[1]),
+        "one collection, one age in every report: {ages:?}"
     );
 
     // A short interval: a change on the host shows up in the following reports.
     set(&ufw_state, "inactive")?;
     set(&updates, "")?;
     let gw = Gateway::start(Mode::Accept).await?;
+    std::fs::remove_file(&sources.reboot_required)?;
     let changed = SecurityIn {
         firewall_enabled: Some(false),
         pending_updates: Some(0),
         pending_security_updates: Some(0),
+        reboot_required: Some(false),
+        ..expected
     };
     run_agent(
         &gw,
         &dir.path().join("agent"),
+        &sources,
         Duration::from_secs_f64(0.2),
-        |r| r.iter().any(|r| r.security.as_ref() == Some(&changed)),
+        |r| r.iter().any(|r| carries(r, &changed)),
         "the changed posture",
     )
     .await?;

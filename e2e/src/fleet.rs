@@ -147,6 +147,17 @@ pub async fn up_with_local_agent(
     config: &Path,
     state_dir: &Path,
 ) -> anyhow::Result<(Proc, String, String)> {
+    up_with_local_agent_env(dir, config, state_dir, &[]).await
+}
+
+/// [`up_with_local_agent`] with `env` added to the process's environment (a `PATH` of
+/// fake tools for the local agent's probes, for example).
+pub async fn up_with_local_agent_env(
+    dir: &Path,
+    config: &Path,
+    state_dir: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Proc, String, String)> {
     let data = dir.join("data");
     let args = [
         "up",
@@ -156,7 +167,7 @@ pub async fn up_with_local_agent(
         config.to_str().context("utf-8")?,
         "--with-local-agent",
     ];
-    let up = Proc::start("up", dir, &args, &[])?;
+    let up = Proc::start("up", dir, &args, env)?;
     let procs = [&up];
     let admin_key = up_admin_key(&data, &procs).await?;
     let credentials = state_dir.join("credentials.json");

@@ -68,6 +68,11 @@ pub fn report_in(r: &MetricReport) -> anyhow::Result<ReportIn> {
             pending_security_updates: s
                 .pending_security_updates
                 .and_then(|v| u32::try_from(v).ok()),
+            reboot_required: s.reboot_required,
+            ssh_permit_root_login: s.ssh_permit_root_login.clone(),
+            ssh_password_authentication: s.ssh_password_authentication,
+            antivirus_present: s.antivirus_present,
+            antivirus_signature_age_hours: s.antivirus_signature_age_hours,
         }),
         custom: r.custom.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     })

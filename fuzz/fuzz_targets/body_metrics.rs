@@ -141,6 +141,19 @@ fn check(sent: &ReportIn, rec: &MetricReport, cfg: &GatewayConfig) {
             );
             assert!(r.pending_updates.is_none_or(|n| n >= 0));
             assert!(r.pending_security_updates.is_none_or(|n| n >= 0));
+            assert_eq!(r.reboot_required, s.reboot_required);
+            assert_eq!(r.ssh_permit_root_login, s.ssh_permit_root_login);
+            assert!(r.ssh_permit_root_login.as_deref().is_none_or(|v| {
+                fleet_schemas::api::SSH_PERMIT_ROOT_LOGIN_VALUES.contains(&v)
+            }));
+            assert_eq!(r.ssh_password_authentication, s.ssh_password_authentication);
+            assert_eq!(r.antivirus_present, s.antivirus_present);
+            assert_eq!(
+                r.antivirus_signature_age_hours.map(f64::to_bits),
+                s.antivirus_signature_age_hours.map(f64::to_bits)
+            );
+            assert!(r.antivirus_signature_age_hours.is_none_or(|h| h.is_finite()
+                && (0.0..=fleet_schemas::api::MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS).contains(&h)));
         }
         other => panic!("security changed: {other:?}"),
     }

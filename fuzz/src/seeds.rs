@@ -108,6 +108,11 @@ fn report() -> ReportIn {
             firewall_enabled: Some(true),
             pending_updates: Some(3),
             pending_security_updates: Some(1),
+            reboot_required: Some(true),
+            ssh_permit_root_login: Some("prohibit-password".into()),
+            ssh_password_authentication: Some(false),
+            antivirus_present: Some(true),
+            antivirus_signature_age_hours: Some(30.5),
         }),
         custom: BTreeMap::from([("queue_depth".to_owned(), 7.0), ("app.rps".into(), 1.5)]),
     }
@@ -121,6 +126,11 @@ fn body_metrics() -> Vec<Seed> {
     disk.disks[0].used_bytes = disk.disks[0].total_bytes + 1;
     let mut old = report();
     old.collected_at = ago(31 * 86_400);
+    let mut root = report();
+    if let Some(s) = root.security.as_mut() {
+        s.ssh_permit_root_login = Some("maybe".into());
+        s.antivirus_signature_age_hours = Some(-1.0);
+    }
     let minimal = format!(
         r#"{{"reports":[{{"collected_at":"{}","cpu_percent":3,"memory_used_bytes":1,"memory_total_bytes":2,"memory_percent":50,"load_1":0,"load_5":0,"load_15":0,"uptime_seconds":9}}]}}"#,
         ago(1).to_rfc3339()
@@ -134,7 +144,7 @@ fn body_metrics() -> Vec<Seed> {
             reports: vec![full, hot.clone(), disk],
         }),
         json_seed("refused", &MetricBatch {
-            reports: vec![hot, old],
+            reports: vec![hot, old, root],
         }),
         seed("empty.json", br#"{"reports":[]}"#.to_vec()),
     ]
@@ -460,18 +470,53 @@ fn avro_decode() -> Vec<Seed> {
 /// A record's value (of the current schema) written with an older schema of it: its
 /// fields only, in its order.
 fn older_datum(writer: &apache_avro::Schema, value: apache_avro::types::Value) -> Vec<u8> {
-    use apache_avro::types::Value;
-    let (apache_avro::Schema::Record(r), Value::Record(fields)) = (writer, value) else {
-        panic!("records");
-    };
-    let mut fields: BTreeMap<String, Value> = fields.into_iter().collect();
-    let value = Value::Record(
-        r.fields
-            .iter()
-            .map(|f| (f.name.clone(), fields.remove(&f.name).expect("field")))
-            .collect(),
-    );
+    let value = writer_fields(writer, value);
     apache_avro::to_avro_datum(writer, value).expect("write with the older schema")
+}
+
+/// `value` with the fields of `writer` in its order, in records at any depth (an older
+/// schema may lack fields of a nested record too, as metric_report v1's SecurityPosture
+/// lacks v2's posture fields).
+fn writer_fields(
+    writer: &apache_avro::Schema,
+    value: apache_avro::types::Value,
+) -> apache_avro::types::Value {
+    use apache_avro::types::Value;
+    use apache_avro::Schema;
+    match (writer, value) {
+        (Schema::Record(r), Value::Record(fields)) => {
+            let mut fields: BTreeMap<String, Value> = fields.into_iter().collect();
+            Value::Record(
+                r.fields
+                    .iter()
+                    .map(|f| {
+                        let v = fields.remove(&f.name).expect("field");
+                        (f.name.clone(), writer_fields(&f.schema, v))
+                    })
+                    .collect(),
+            )
+        }
+        (Schema::Union(u), Value::Union(i, inner)) => {
+            let branch = usize::try_from(i).ok().and_then(|i| u.variants().get(i));
+            match branch {
+                Some(s) => Value::Union(i, Box::new(writer_fields(s, *inner))),
+                None => Value::Union(i, inner),
+            }
+        }
+        (Schema::Array(a), Value::Array(items)) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| writer_fields(&a.items, v))
+                .collect(),
+        ),
+        (Schema::Map(m), Value::Map(items)) => Value::Map(
+            items
+                .into_iter()
+                .map(|(k, v)| (k, writer_fields(&m.types, v)))
+                .collect(),
+        ),
+        (_, v) => v,
+    }
 }
 
 // ----------------------------------------------------------------------------- log chunk

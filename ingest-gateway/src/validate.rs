@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use fleet_schemas::api::{EventIn, HeartbeatIn, ReportIn};
+use fleet_schemas::api::{
+    EventIn, HeartbeatIn, ReportIn, SecurityIn, MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS,
+    SSH_PERMIT_ROOT_LOGIN_VALUES,
+};
 use fleet_schemas::{
     ids, AgentEvent, DiskUsage, EventSeverity, Heartbeat, MetricReport, NetInterface,
     SecurityPosture, ServiceStatus,
@@ -242,20 +245,7 @@ pub fn report(
         }
         custom.insert(k.clone(), *v);
     }
-    let security = match &r.security {
-        None => None,
-        Some(s) => Some(SecurityPosture {
-            firewall_enabled: s.firewall_enabled,
-            pending_updates: s
-                .pending_updates
-                .map(|v| int("security.pending_updates", v))
-                .transpose()?,
-            pending_security_updates: s
-                .pending_security_updates
-                .map(|v| int("security.pending_security_updates", v))
-                .transpose()?,
-        }),
-    };
+    let security = r.security.as_ref().map(security_posture).transpose()?;
     Ok(MetricReport {
         event_id: ids::v7_at(
             occurred_at,
@@ -287,6 +277,47 @@ pub fn report(
         services,
         security,
         custom,
+    })
+}
+
+/// The report's security posture: counts that fit the record's int, sshd's
+/// `PermitRootLogin` from the values sshd knows, a signature age that is a number of hours
+/// from 0 to [`MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS`].
+fn security_posture(s: &SecurityIn) -> Result<SecurityPosture, FieldError> {
+    let ssh_permit_root_login = match s.ssh_permit_root_login.as_deref() {
+        None => None,
+        Some(v) if SSH_PERMIT_ROOT_LOGIN_VALUES.contains(&v) => Some(v.to_owned()),
+        Some(_) => {
+            return Err(err(
+                "security.ssh_permit_root_login",
+                format!("must be one of {}", SSH_PERMIT_ROOT_LOGIN_VALUES.join(", ")),
+            ))
+        }
+    };
+    let age = s.antivirus_signature_age_hours;
+    if age
+        .is_some_and(|h| !(h.is_finite() && (0.0..=MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS).contains(&h)))
+    {
+        return Err(err(
+            "security.antivirus_signature_age_hours",
+            format!("must be hours, from 0 to {MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS}"),
+        ));
+    }
+    Ok(SecurityPosture {
+        firewall_enabled: s.firewall_enabled,
+        pending_updates: s
+            .pending_updates
+            .map(|v| int("security.pending_updates", v))
+            .transpose()?,
+        pending_security_updates: s
+            .pending_security_updates
+            .map(|v| int("security.pending_security_updates", v))
+            .transpose()?,
+        reboot_required: s.reboot_required,
+        ssh_permit_root_login,
+        ssh_password_authentication: s.ssh_password_authentication,
+        antivirus_present: s.antivirus_present,
+        antivirus_signature_age_hours: age,
     })
 }
 

@@ -362,6 +362,74 @@ async fn labelled_custom_metrics_are_checked_and_written() {
 }
 
 #[tokio::test]
+async fn the_security_posture_is_checked_and_written_whole() {
+    let (_d, log) = embedded().await;
+    let app = app(GatewayState::new(
+        log.clone(),
+        fleet_schemas::Wire::plain(),
+        open_config(),
+    ));
+    let mut full = report(&now(), json!(1.0));
+    full["security"] = json!({
+        "firewall_enabled": false, "pending_updates": 5, "pending_security_updates": 2,
+        "reboot_required": true, "ssh_permit_root_login": "prohibit-password",
+        "ssh_password_authentication": true, "antivirus_present": true,
+        "antivirus_signature_age_hours": 49.25
+    });
+    // A v1 agent's posture: the v2 fields absent.
+    let mut v1 = report(&now(), json!(2.0));
+    v1["security"] =
+        json!({"firewall_enabled": true, "pending_updates": 0, "pending_security_updates": 0});
+    let mut too_old = report(&now(), json!(3.0));
+    too_old["security"] = json!({"antivirus_signature_age_hours": 87_600.5});
+    let mut shouting = report(&now(), json!(4.0));
+    shouting["security"] = json!({"ssh_permit_root_login": "YES"});
+    let body = json!({"reports": [full, v1, too_old, shouting]});
+    let (status, v, _) = post(&app, "a", serde_json::to_vec(&body).expect("json"), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["accepted"], 2, "{v}");
+    let fields: Vec<&str> = v["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "reports[2].security.antivirus_signature_age_hours",
+            "reports[3].security.ssh_permit_root_login"
+        ],
+        "{v}"
+    );
+    let mut written = read_all(&log).await;
+    written.sort_by(|a, b| a.cpu_percent.total_cmp(&b.cpu_percent));
+    assert_eq!(written.len(), 2);
+    assert_eq!(
+        written[0].security,
+        Some(fleet_schemas::SecurityPosture {
+            firewall_enabled: Some(false),
+            pending_updates: Some(5),
+            pending_security_updates: Some(2),
+            reboot_required: Some(true),
+            ssh_permit_root_login: Some("prohibit-password".into()),
+            ssh_password_authentication: Some(true),
+            antivirus_present: Some(true),
+            antivirus_signature_age_hours: Some(49.25),
+        })
+    );
+    assert_eq!(
+        written[1].security,
+        Some(fleet_schemas::SecurityPosture {
+            firewall_enabled: Some(true),
+            pending_updates: Some(0),
+            pending_security_updates: Some(0),
+            ..Default::default()
+        })
+    );
+}
+
+#[tokio::test]
 async fn bad_agent_id_content_type_and_size() {
     let (_d, log) = embedded().await;
     let cfg = GatewayConfig {

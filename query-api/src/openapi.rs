@@ -353,4 +353,50 @@ mod tests {
             assert_eq!(list.is_match(v), handler(v), "{v:?}");
         }
     }
+
+    /// An agent's latest report is described field by field, its security posture (all of
+    /// schema v2's fields) included.
+    #[test]
+    fn the_latest_report_and_its_posture_are_described() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let row = serde_json::to_string(&schemas["AgentRow"]["properties"]["latest_report"])
+            .expect("json");
+        assert!(row.contains("#/components/schemas/MetricReport"), "{row}");
+        let report = &schemas["MetricReport"]["properties"];
+        let security = serde_json::to_string(&report["security"]).expect("json");
+        assert!(
+            security.contains("#/components/schemas/SecurityPosture"),
+            "{security}"
+        );
+        let posture = &schemas["SecurityPosture"]["properties"];
+        for field in [
+            "firewall_enabled",
+            "pending_updates",
+            "pending_security_updates",
+            "reboot_required",
+            "ssh_permit_root_login",
+            "ssh_password_authentication",
+            "antivirus_present",
+            "antivirus_signature_age_hours",
+        ] {
+            assert!(posture.get(field).is_some(), "{field} in {posture}");
+        }
+        // The bounds the gateway enforces: sshd's values, the age's range.
+        let ssh = serde_json::to_string(&posture["ssh_permit_root_login"]).expect("json");
+        let pattern = "^(yes|no|prohibit-password|forced-commands-only)$";
+        assert!(ssh.contains(pattern), "{ssh}");
+        let re = regex::Regex::new(pattern).expect("regex");
+        for v in fleet_schemas::api::SSH_PERMIT_ROOT_LOGIN_VALUES {
+            assert!(re.is_match(v), "{v}");
+        }
+        assert!(!re.is_match("without-password"));
+        let age = &posture["antivirus_signature_age_hours"];
+        assert_eq!(
+            age["maximum"].as_f64(),
+            Some(fleet_schemas::api::MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS),
+            "{age}"
+        );
+        assert_eq!(age["minimum"].as_f64(), Some(0.0), "{age}");
+    }
 }

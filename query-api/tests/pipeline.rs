@@ -161,6 +161,15 @@ async fn projects_topics_into_stores_and_survives_a_restart() {
     assert_eq!(security["firewall_enabled"], true, "{agent}");
     assert_eq!(security["pending_updates"], 12, "{agent}");
     assert!(security["pending_security_updates"].is_null(), "{agent}");
+    // The whole posture (report schema v2), as the fixture has it.
+    assert_eq!(security["reboot_required"], true, "{agent}");
+    assert_eq!(
+        security["ssh_permit_root_login"], "prohibit-password",
+        "{agent}"
+    );
+    assert_eq!(security["ssh_password_authentication"], false, "{agent}");
+    assert_eq!(security["antivirus_present"], true, "{agent}");
+    assert_eq!(security["antivirus_signature_age_hours"], 26.5, "{agent}");
     assert_eq!(
         agent["last_seen_at"],
         T0 + 100_000_000,

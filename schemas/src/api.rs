@@ -129,7 +129,34 @@ pub struct SecurityIn {
     /// Pending security updates.
     #[serde(default)]
     pub pending_security_updates: Option<u32>,
+    /// The system asks for a reboot. The fields below are new in report schema v2: a
+    /// gateway older than that refuses a report that has them, so they are left out
+    /// (not sent as null) when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_required: Option<bool>,
+    /// sshd's effective `PermitRootLogin`, one of [`SSH_PERMIT_ROOT_LOGIN_VALUES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_permit_root_login: Option<String>,
+    /// sshd's effective `PasswordAuthentication`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_password_authentication: Option<bool>,
+    /// ClamAV is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub antivirus_present: Option<bool>,
+    /// Age of the newest ClamAV signature database, hours: finite, 0 to
+    /// [`MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub antivirus_signature_age_hours: Option<f64>,
 }
+
+/// The values of sshd's `PermitRootLogin` (`without-password` is an old spelling of
+/// `prohibit-password`, which the agent sends instead).
+pub const SSH_PERMIT_ROOT_LOGIN_VALUES: &[&str] =
+    &["yes", "no", "prohibit-password", "forced-commands-only"];
+
+/// Largest antivirus signature age a report may carry, hours (ten years: older is a
+/// wrong clock, not a stale database).
+pub const MAX_ANTIVIRUS_SIGNATURE_AGE_HOURS: f64 = 87_600.0;
 
 /// Answer to an accepted metrics batch (202).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -333,6 +333,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
         "history/heartbeat.v1.avsc",
         include_str!("../avro/history/heartbeat.v1.avsc"),
     ),
+    (
+        "history/metric_report.v1.avsc",
+        include_str!("../avro/history/metric_report.v1.avsc"),
+    ),
 ];
 
 /// All schemas this build knows, parsed once.

@@ -60,6 +60,11 @@ pub fn metric_report(tenant: &str, agent: &str, occurred_at: i64) -> MetricRepor
             firewall_enabled: Some(true),
             pending_updates: Some(3),
             pending_security_updates: None,
+            reboot_required: Some(true),
+            ssh_permit_root_login: Some("prohibit-password".into()),
+            ssh_password_authentication: Some(false),
+            antivirus_present: Some(true),
+            antivirus_signature_age_hours: Some(26.5),
         }),
         custom: HashMap::from([("queue_depth".to_owned(), 7.0)]),
     }
@@ -752,6 +757,7 @@ impl SimAgent {
                 firewall_enabled: Some(true),
                 pending_updates: Some(3),
                 pending_security_updates: Some(0),
+                ..SecurityPosture::default()
             }),
             custom: self
                 .queue_depth

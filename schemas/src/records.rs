@@ -33,6 +33,7 @@ impl From<MetricReport> for ReportHead {
 
 /// One sample of every metric of one agent at one instant (`fleet.metrics.v1`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[avro(namespace = "io.fleetstream")]
 pub struct MetricReport {
     /// UUIDv7, deterministic for (agent, collection time).
@@ -103,6 +104,7 @@ fn sorted_map<S: serde::Serializer, V: Serialize>(
 
 /// Usage of one mounted file system.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[avro(namespace = "io.fleetstream")]
 pub struct DiskUsage {
     /// Mount point.
@@ -117,6 +119,7 @@ pub struct DiskUsage {
 
 /// Network I/O of one interface during the collection interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[avro(namespace = "io.fleetstream")]
 pub struct NetInterface {
     /// Interface name.
@@ -129,6 +132,7 @@ pub struct NetInterface {
 
 /// Status of one watched service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[avro(namespace = "io.fleetstream")]
 pub struct ServiceStatus {
     /// Service (unit) name.
@@ -139,8 +143,10 @@ pub struct ServiceStatus {
     pub pid: Option<i32>,
 }
 
-/// Security posture of the machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+/// Security posture of the machine; `None` where the agent could not tell (or, for the
+/// fields of schema v2, an agent or gateway older than v2 sent the report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[avro(namespace = "io.fleetstream")]
 pub struct SecurityPosture {
     /// Whether a host firewall is active.
@@ -149,6 +155,22 @@ pub struct SecurityPosture {
     pub pending_updates: Option<i32>,
     /// Pending security updates.
     pub pending_security_updates: Option<i32>,
+    /// The system asks for a reboot (v2).
+    pub reboot_required: Option<bool>,
+    /// sshd's effective `PermitRootLogin`, one of
+    /// [`SSH_PERMIT_ROOT_LOGIN_VALUES`](crate::api::SSH_PERMIT_ROOT_LOGIN_VALUES) (v2).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(yes|no|prohibit-password|forced-commands-only)$")
+    )]
+    pub ssh_permit_root_login: Option<String>,
+    /// sshd's effective `PasswordAuthentication` (v2).
+    pub ssh_password_authentication: Option<bool>,
+    /// ClamAV is installed (v2).
+    pub antivirus_present: Option<bool>,
+    /// Age of the newest ClamAV signature database, hours, finite and at least 0 (v2).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 87600.0))]
+    pub antivirus_signature_age_hours: Option<f64>,
 }
 
 /// An agent is alive (`fleet.heartbeats.v1`).

@@ -16,6 +16,11 @@
 //! | `service.up` | service name | 1 running, 0 otherwise |
 //! | `security.firewall_active` | | 1 a host firewall filters input, 0 none (reports that say) |
 //! | `security.pending_updates`, `security.pending_security_updates` | | packages (reports that say) |
+//! | `security.reboot_required` | | 1 the system asks for a reboot, 0 not (reports that say) |
+//! | `security.ssh_root_login_permitted` | | 1 sshd's `PermitRootLogin` lets root log in in any form (`yes`, `prohibit-password`, `forced-commands-only`), 0 `no` (reports that say) |
+//! | `security.ssh_password_authentication` | | 1 sshd accepts passwords, 0 not (reports that say) |
+//! | `security.antivirus_present` | | 1 ClamAV installed, 0 not (reports that say) |
+//! | `security.antivirus_signature_age_hours` | | h, age of the newest ClamAV signature database (reports that say) |
 //! | `custom.<name>` | its labels, `{k="v",...}` (none without labels) | as sent |
 //!
 //! A series is named `metric` or, with a subject, `metric:subject` (`disk.percent:/var`).
@@ -125,6 +130,11 @@ pub const BUILTIN_METRICS: &[&str] = &[
     "security.firewall_active",
     "security.pending_updates",
     "security.pending_security_updates",
+    "security.reboot_required",
+    "security.ssh_root_login_permitted",
+    "security.ssh_password_authentication",
+    "security.antivirus_present",
+    "security.antivirus_signature_age_hours",
 ];
 
 /// One named value of a report.
@@ -268,7 +278,7 @@ pub fn for_each_sample(r: &MetricReport, mut f: impl FnMut(&str, Option<&str>, f
     }
     if let Some(sec) = &r.security {
         if let Some(on) = sec.firewall_enabled {
-            f("security.firewall_active", None, if on { 1.0 } else { 0.0 });
+            f("security.firewall_active", None, flag(on));
         }
         if let Some(n) = sec.pending_updates {
             f("security.pending_updates", None, f64::from(n));
@@ -276,10 +286,36 @@ pub fn for_each_sample(r: &MetricReport, mut f: impl FnMut(&str, Option<&str>, f
         if let Some(n) = sec.pending_security_updates {
             f("security.pending_security_updates", None, f64::from(n));
         }
+        if let Some(on) = sec.reboot_required {
+            f("security.reboot_required", None, flag(on));
+        }
+        if let Some(v) = &sec.ssh_permit_root_login {
+            // Any form of root login counts, a key-only or command-only one too: `no` is
+            // the only 0.
+            f("security.ssh_root_login_permitted", None, flag(v != "no"));
+        }
+        if let Some(on) = sec.ssh_password_authentication {
+            f("security.ssh_password_authentication", None, flag(on));
+        }
+        if let Some(on) = sec.antivirus_present {
+            f("security.antivirus_present", None, flag(on));
+        }
+        if let Some(h) = sec.antivirus_signature_age_hours {
+            f("security.antivirus_signature_age_hours", None, h);
+        }
     }
     for (key, v) in &r.custom {
         let (name, subject) = split_custom_key(key);
         f(&format!("custom.{name}"), subject, *v);
+    }
+}
+
+/// A yes/no fact as a sample value: 1 or 0.
+fn flag(on: bool) -> f64 {
+    if on {
+        1.0
+    } else {
+        0.0
     }
 }
 

@@ -204,6 +204,11 @@ impl Arbitrary for MetricReport {
                 firewall_enabled: g.opt(Gen::bool),
                 pending_updates: g.opt(Gen::int),
                 pending_security_updates: g.opt(Gen::int),
+                reboot_required: g.opt(Gen::bool),
+                ssh_permit_root_login: g.opt(Gen::string),
+                ssh_password_authentication: g.opt(Gen::bool),
+                antivirus_present: g.opt(Gen::bool),
+                antivirus_signature_age_hours: g.opt(Gen::double),
             }),
             custom: g.map(Gen::double),
         }
@@ -770,6 +775,42 @@ fn every_released_writer_schema_decodes_like_apache_avro_resolution() {
         .find(|s| s.file == "history/agent_lifecycle.v1.avsc")
         .expect("v1");
     assert!(v1.reads_directly());
+}
+
+#[test]
+fn metric_report_v1_reads_directly_with_the_v2_posture_fields_empty() {
+    // v1's SecurityPosture lacks the five fields v2 added (null defaults): its datums take
+    // the direct path, and both paths read them as None.
+    let v1 = Catalog::get()
+        .all()
+        .iter()
+        .find(|s| s.file == "history/metric_report.v1.avsc")
+        .expect("metric_report v1");
+    assert!(v1.reads_directly());
+    let report = fixtures::metric_report("t1", "a1", T0);
+    assert!(
+        report
+            .security
+            .as_ref()
+            .is_some_and(|s| s.reboot_required.is_some()),
+        "the fixture has the v2 fields, so dropping them shows"
+    );
+    let mut bytes = codec::MAGIC.to_vec();
+    bytes.extend_from_slice(&v1.fingerprint.to_le_bytes());
+    bytes.extend(write_with(&v1.schema, &report, &mut HashMap::new()));
+    let back = same_outcome::<MetricReport>(None, &bytes, v1.file).expect("decodes");
+    let sec = back.security.expect("v1 carries the posture");
+    assert_eq!(sec.firewall_enabled, Some(true));
+    assert_eq!(sec.pending_updates, Some(3));
+    assert_eq!(
+        sec,
+        SecurityPosture {
+            firewall_enabled: Some(true),
+            pending_updates: Some(3),
+            ..SecurityPosture::default()
+        },
+        "the v2 fields read as None"
+    );
 }
 
 /// A schema registry holding foreign versions of our records, by id.

@@ -141,25 +141,50 @@ fn fixture_value(stem: &str) -> Value {
     v.expect("fixture to Avro value")
 }
 
-/// `v` as data of `schema`: fields the schema does not have are dropped, fields it has that
-/// `v` lacks take their defaults (what a build with that schema would have written).
+/// `v` as data of `schema`: fields the schema does not have are dropped (in nested records
+/// too), fields it has that `v` lacks take their defaults (what a build with that schema
+/// would have written).
 fn as_written_by(v: &Value, schema: &Schema) -> Value {
-    let Value::Record(fields) = v else {
-        panic!("not a record: {v:?}")
-    };
-    let Schema::Record(rs) = schema else {
-        panic!("not a record schema")
-    };
-    let names: Vec<&str> = rs.fields.iter().map(|f| f.name.as_str()).collect();
-    let kept = Value::Record(
-        fields
-            .iter()
-            .filter(|(n, _)| names.contains(&n.as_str()))
-            .cloned()
-            .collect(),
-    );
-    kept.resolve(schema)
+    assert!(matches!(v, Value::Record(_)), "not a record: {v:?}");
+    keep_fields(v, schema)
+        .resolve(schema)
         .expect("the fixture fits the older schema")
+}
+
+/// `v` with only the fields `schema` has, in records at any depth (nested records, the
+/// branches of unions, array items, map values).
+fn keep_fields(v: &Value, schema: &Schema) -> Value {
+    match (v, schema) {
+        (Value::Record(fields), Schema::Record(rs)) => Value::Record(
+            fields
+                .iter()
+                .filter_map(|(n, fv)| {
+                    let f = rs.fields.iter().find(|f| &f.name == n)?;
+                    Some((n.clone(), keep_fields(fv, &f.schema)))
+                })
+                .collect(),
+        ),
+        (Value::Union(i, inner), Schema::Union(u)) => {
+            let is_null = matches!(**inner, Value::Null);
+            match u
+                .variants()
+                .iter()
+                .find(|s| matches!(s, Schema::Null) == is_null)
+            {
+                Some(branch) => Value::Union(*i, Box::new(keep_fields(inner, branch))),
+                None => v.clone(),
+            }
+        }
+        (Value::Array(items), Schema::Array(a)) => {
+            Value::Array(items.iter().map(|x| keep_fields(x, &a.items)).collect())
+        }
+        (Value::Map(m), Schema::Map(ms)) => Value::Map(
+            m.iter()
+                .map(|(k, x)| (k.clone(), keep_fields(x, &ms.types)))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
 }
 
 #[test]
@@ -192,4 +217,56 @@ fn each_version_reads_data_written_with_every_older_one() {
             }
         }
     }
+}
+
+#[test]
+fn metric_report_v2_adds_the_posture_fields_and_v1_readers_skip_them() {
+    // The project's rule is BACKWARD (above). v2 only adds nullable fields with null
+    // defaults to SecurityPosture, so it is FORWARD compatible too: a v1 reader that gets
+    // the writer schema (from a schema registry) reads v2 data, dropping the new fields.
+    let released = released();
+    let versions = released
+        .get("metric_report")
+        .expect("metric_report released");
+    assert!(versions.len() >= 2, "metric_report v2 is released");
+    let v1 = Schema::parse_str(&version_text("metric_report", 1, 2)).expect("v1");
+    let v2 = Schema::parse_str(&version_text("metric_report", 2, 2)).expect("v2");
+    SchemaCompatibility::can_read(&v2, &v1).expect("v1 reads v2 data");
+    let fixture = fixture_value("metric_report");
+    let bytes = apache_avro::to_avro_datum(&v2, fixture.clone().resolve(&v2).expect("fits v2"))
+        .expect("write v2");
+    let read = apache_avro::from_avro_datum(&v2, &mut &bytes[..], Some(&v1)).expect("v1 reads");
+    let Value::Record(fields) = read else {
+        panic!("not a record")
+    };
+    let security = fields
+        .iter()
+        .find(|(n, _)| n == "security")
+        .map(|(_, v)| v.clone());
+    let Some(Value::Union(1, posture)) = security else {
+        panic!("the posture is kept: {security:?}")
+    };
+    let Value::Record(posture) = *posture else {
+        panic!("a record")
+    };
+    let names: Vec<&str> = posture.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "firewall_enabled",
+            "pending_updates",
+            "pending_security_updates"
+        ]
+    );
+
+    // And v2 reads v1 data with the new fields null.
+    let written = as_written_by(&fixture, &v1);
+    let bytes = apache_avro::to_avro_datum(&v1, written).expect("write v1");
+    let read = apache_avro::from_avro_datum(&v1, &mut &bytes[..], Some(&v2)).expect("v2 reads");
+    let report: fleet_schemas::MetricReport = apache_avro::from_value(&read).expect("a report");
+    let posture = report.security.expect("posture");
+    assert_eq!(posture.pending_updates, Some(3));
+    assert_eq!(posture.reboot_required, None);
+    assert_eq!(posture.ssh_permit_root_login, None);
+    assert_eq!(posture.antivirus_signature_age_hours, None);
 }

@@ -193,6 +193,26 @@ fn samples_name_every_metric() {
         None,
         "absent, not 0"
     );
+    // v2's posture: reboot asked for, root login by key only (still root login: 1),
+    // no passwords, ClamAV with day-old signatures.
+    assert_eq!(value("security.reboot_required"), Some(1.0));
+    assert_eq!(value("security.ssh_root_login_permitted"), Some(1.0));
+    assert_eq!(value("security.ssh_password_authentication"), Some(0.0));
+    assert_eq!(value("security.antivirus_present"), Some(1.0));
+    assert_eq!(value("security.antivirus_signature_age_hours"), Some(26.5));
+    let mut r = r;
+    if let Some(sec) = r.security.as_mut() {
+        sec.ssh_permit_root_login = Some("no".into());
+        sec.reboot_required = None;
+    }
+    let s = fleet_schemas::samples::samples(&r);
+    let value = |series: &str| s.iter().find(|x| x.series() == series).map(|x| x.value);
+    assert_eq!(
+        value("security.ssh_root_login_permitted"),
+        Some(0.0),
+        "only `no` is 0"
+    );
+    assert_eq!(value("security.reboot_required"), None, "absent, not 0");
     for sample in &s {
         assert!(
             fleet_schemas::samples::is_known_metric(&sample.metric),

@@ -1796,6 +1796,60 @@ mod tests {
     }
 
     #[test]
+    fn posture_v2_metrics_can_raise() {
+        // `security.reboot_required > 0`, `security.ssh_root_login_permitted > 0` and
+        // `security.antivirus_signature_age_hours > 48`: the v2 posture fields as metrics.
+        let mut ev = evaluator(&[
+            rule_on("security.reboot_required", 0.0),
+            StaticRule {
+                id: "root".into(),
+                ..rule_on("security.ssh_root_login_permitted", 0.0)
+            },
+            StaticRule {
+                id: "clamav".into(),
+                ..rule_on("security.antivirus_signature_age_hours", 48.0)
+            },
+        ]);
+        let with = |t: i64, reboot: Option<bool>, root: &str, age: f64| {
+            let mut r = report(t, 1.0);
+            if let Some(s) = r.security.as_mut() {
+                s.reboot_required = reboot;
+                s.ssh_permit_root_login = Some(root.to_owned());
+                s.antivirus_signature_age_hours = Some(age);
+            }
+            r
+        };
+        assert!(ev.evaluate(&with(1, Some(false), "no", 2.0), 0).is_empty());
+        // Unknown reboot flag: no sample, no alert.
+        assert!(ev.evaluate(&with(2, None, "no", 2.0), 0).is_empty());
+        let mut raised = ev.evaluate(&with(3, Some(true), "prohibit-password", 72.5), 0);
+        raised.sort_by(|a, b| a.metric.cmp(&b.metric));
+        let got: Vec<(&str, f64, AlertEventKind)> = raised
+            .iter()
+            .map(|a| (a.metric.as_str(), a.value, a.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "security.antivirus_signature_age_hours",
+                    72.5,
+                    AlertEventKind::Raised
+                ),
+                ("security.reboot_required", 1.0, AlertEventKind::Raised),
+                (
+                    "security.ssh_root_login_permitted",
+                    1.0,
+                    AlertEventKind::Raised
+                ),
+            ]
+        );
+        let resolved = ev.evaluate(&with(4, Some(false), "no", 1.0), 0);
+        assert_eq!(resolved.len(), 3, "{resolved:?}");
+        assert!(resolved.iter().all(|a| a.kind == AlertEventKind::Resolved));
+    }
+
+    #[test]
     fn custom_metrics_alert_per_label_set_or_for_one() {
         // A labelled custom metric's key `name{labels}` is the metric `custom.name` with
         // the labels text as its subject: one alert per label set, or only the one named.

@@ -179,7 +179,8 @@ pub struct AgentRow {
     pub load_1: Option<f64>,
     /// Uptime of the latest report.
     pub uptime_seconds: Option<i64>,
-    /// The latest report in full.
+    /// The latest report in full, its security posture included (`security`).
+    #[schema(value_type = Option<fleet_schemas::MetricReport>)]
     pub latest_report: Option<MetricReportJson>,
     /// Location from enrollment.
     pub location_id: Option<String>,
