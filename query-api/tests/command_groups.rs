@@ -480,12 +480,14 @@ async fn targets_are_bounded_checked_and_retries_are_idempotent() {
 async fn a_single_command_is_rejected_or_cancelled() {
     let Setup {
         e,
+        a,
         op1,
         op2,
         op_b,
-        plain,
         ..
     } = setup().await;
+    // A single command names an agent with credentials (the registry's).
+    let plain = support::enroll(&e.registry, &a, None).await;
     let request = |key: String| {
         let app = e.app.clone();
         let plain = plain.clone();

@@ -1211,8 +1211,8 @@ mod cases {
             .apply(
                 PROJECTION,
                 &[
-                    member(a1, CommandEventKind::Requested),
-                    member(a2, CommandEventKind::Requested),
+                    member(a1.as_str(), CommandEventKind::Requested),
+                    member(a2.as_str(), CommandEventKind::Requested),
                 ],
                 &[],
             )
@@ -1238,10 +1238,10 @@ mod cases {
             .apply(
                 PROJECTION,
                 &[
-                    member(a1, CommandEventKind::Approved),
-                    member(a1, CommandEventKind::Dispatched),
-                    member(a1, CommandEventKind::Completed),
-                    member(a2, CommandEventKind::Cancelled),
+                    member(a1.as_str(), CommandEventKind::Approved),
+                    member(a1.as_str(), CommandEventKind::Dispatched),
+                    member(a1.as_str(), CommandEventKind::Completed),
+                    member(a2.as_str(), CommandEventKind::Cancelled),
                 ],
                 &[],
             )
