@@ -300,8 +300,8 @@ pub(crate) async fn request_group(
         require_writer(&p)?;
         let actor = p.actor();
         let (target, req) = parse_request(&s, &body)?;
-        let tenant = request_tenant(&p, q.tenant.as_deref())?;
         let key = idempotency_key(&headers)?;
+        let tenant = request_tenant(&p, q.tenant.as_deref())?;
         let agents = s
             .read_model
             .command_targets(&tenant, &target, MAX_GROUP_AGENTS.saturating_add(1))
