@@ -195,6 +195,18 @@ pub async fn create_tenant_and_token(
     name: &str,
     procs: &[&Proc],
 ) -> anyhow::Result<String> {
+    let tenant_id = create_tenant(api, admin_key, name, procs).await?;
+    create_token(api, admin_key, &tenant_id).await
+}
+
+/// Creates a tenant named `name` through the admin API at `api`, waiting (up to 120 s)
+/// for the API to answer; returns its id.
+pub async fn create_tenant(
+    api: &str,
+    admin_key: &str,
+    name: &str,
+    procs: &[&Proc],
+) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     let tenant: serde_json::Value =
         wait_for("the admin API", Duration::from_secs(120), procs, || async {
@@ -215,8 +227,15 @@ pub async fn create_tenant_and_token(
             }
         })
         .await?;
-    let tenant_id = tenant["tenant_id"].as_str().context("tenant id")?;
-    let resp = client
+    Ok(tenant["tenant_id"]
+        .as_str()
+        .context("tenant id")?
+        .to_owned())
+}
+
+/// A registration token of `tenant_id` (one enrollment), through the admin API at `api`.
+pub async fn create_token(api: &str, admin_key: &str, tenant_id: &str) -> anyhow::Result<String> {
+    let resp = reqwest::Client::new()
         .post(format!(
             "{api}/api/v1/tenants/{tenant_id}/registration-tokens"
         ))
@@ -232,6 +251,60 @@ pub async fn create_tenant_and_token(
     );
     let token: serde_json::Value = resp.json().await?;
     Ok(token["token"].as_str().context("token")?.to_owned())
+}
+
+/// One `fleetstream agent` process of [`start_agents`].
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// The process (named `agent-<i>`, its log in the test directory).
+    pub proc: Proc,
+    /// Its id, from the enrollment.
+    pub agent_id: String,
+    /// Its state directory (`<dir>/agent-<i>`), which also holds its `agent.toml`.
+    pub state_dir: PathBuf,
+}
+
+/// Enrolls `n` agents in `tenant_id` with `up` (a registration token each, through its
+/// admin API), and starts each as its own `fleetstream agent` process. Agent `i` lives in
+/// `<dir>/agent-<i>`; its configuration is `up`'s gateway, its state directory, one-second
+/// collection and heartbeats, no inventory, then `extra(i, state_dir)` (TOML keys and
+/// tables appended: allowed commands, scripts, ...).
+pub async fn start_agents(
+    up: &LocalUp,
+    dir: &Path,
+    tenant_id: &str,
+    n: usize,
+    extra: impl Fn(usize, &Path) -> String,
+) -> anyhow::Result<Vec<RunningAgent>> {
+    let (api, gateway, admin_key) = (&up.api, &up.gateway, &up.admin_key);
+    let procs = [&up.proc];
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        let state_dir = dir.join(format!("agent-{i}"));
+        std::fs::create_dir_all(&state_dir)?;
+        let config = format!(
+            "server-url = \"{gateway}\"\nstate-dir = \"{}\"\ncollect-interval = \"1s\"\n\
+             heartbeat-interval = \"1s\"\ninventory = false\nsecurity = false\n{}\n",
+            state_dir.display(),
+            extra(i, &state_dir)
+        );
+        let cfg = write_file(&state_dir, "agent.toml", &config)?;
+        let token = create_token(api, admin_key, tenant_id).await?;
+        let agent_id = enroll_agent(dir, &cfg, &state_dir, gateway, &token, &procs).await?;
+        let cfg = cfg.to_str().context("utf-8 path")?.to_owned();
+        let proc = Proc::start(
+            &format!("agent-{i}"),
+            dir,
+            &["agent", "--config", &cfg],
+            &[],
+        )?;
+        agents.push(RunningAgent {
+            proc,
+            agent_id,
+            state_dir,
+        });
+    }
+    Ok(agents)
 }
 
 /// Creates a rule in `tenant` through the API at `api` (`client` carries the key);

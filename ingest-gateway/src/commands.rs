@@ -4,7 +4,12 @@
 //! start it seeks back `command-lookback` by time and replays that window, so its
 //! only state, the [`CommandBook`] of pending commands, is rebuilt from the log. A command
 //! is pending once REQUESTED without `requires_approval`, or APPROVED; COMPLETED or
-//! TIMED_OUT ends it. When a command becomes pending and its agent's socket is on this
+//! TIMED_OUT ends it, and so do REJECTED and CANCELLED of a command not dispatched yet:
+//! such a command is never pushed nor answered to a poll, also after a restart (the replay
+//! reads the REJECTED or CANCELLED after its REQUESTED, in the agent's partition order). A
+//! REJECTED or CANCELLED read after the command was dispatched (the API judged it
+//! undelivered from the read model, which was behind) changes nothing: it was delivered,
+//! and its result is accepted as any other. When a command becomes pending and its agent's socket is on this
 //! instance, the command is pushed to it and a DISPATCHED event written; a new socket
 //! gets all of its agent's pending commands; an agent without a socket polls
 //! `GET /api/v1/agents/{agent_id}/commands`.
@@ -145,7 +150,15 @@ impl CommandBook {
                 false
             }
             CommandEventKind::Progress => false,
-            CommandEventKind::Completed | CommandEventKind::TimedOut => {
+            CommandEventKind::Rejected | CommandEventKind::Cancelled
+                if self.open.get(&ev.command_id).is_some_and(|t| t.dispatched) =>
+            {
+                false
+            }
+            CommandEventKind::Completed
+            | CommandEventKind::TimedOut
+            | CommandEventKind::Rejected
+            | CommandEventKind::Cancelled => {
                 self.remove(&ev.command_id);
                 self.finished
                     .insert(ev.command_id.clone(), (ev.agent_id.clone(), ev.occurred_at));
@@ -818,6 +831,46 @@ mod tests {
         assert!(!b.apply(&ev("c1", CommandEventKind::Requested, false, 10)));
         assert!(b.pending_for("a").is_empty());
         assert_eq!(b.owner("c1"), Some("a"));
+    }
+
+    #[test]
+    fn rejected_and_cancelled_are_never_delivered_even_after_a_replay() {
+        let mut b = CommandBook::default();
+        // Awaiting approval, then rejected: an approval racing it changes nothing.
+        assert!(!b.apply(&ev("c1", CommandEventKind::Requested, true, 10)));
+        assert!(!b.apply(&ev("c1", CommandEventKind::Rejected, true, 11)));
+        assert!(!b.apply(&ev("c1", CommandEventKind::Approved, true, 12)));
+        // Pending (no approval needed), cancelled before any socket took it.
+        assert!(b.apply(&ev("c2", CommandEventKind::Requested, false, 13)));
+        assert!(!b.apply(&ev("c2", CommandEventKind::Cancelled, false, 14)));
+        // Approved, then cancelled.
+        assert!(!b.apply(&ev("c3", CommandEventKind::Requested, true, 15)));
+        assert!(b.apply(&ev("c3", CommandEventKind::Approved, true, 16)));
+        assert!(!b.apply(&ev("c3", CommandEventKind::Cancelled, true, 17)));
+        assert!(b.pending_for("a").is_empty(), "{:?}", b.pending_for("a"));
+        assert!(b.mark_dispatched("c2", "gw", 18).is_none());
+        // A restart replays the window into a new book, in log order: the same.
+        let mut replayed = CommandBook::default();
+        for e in [
+            ev("c1", CommandEventKind::Requested, true, 10),
+            ev("c1", CommandEventKind::Rejected, true, 11),
+            ev("c2", CommandEventKind::Requested, false, 13),
+            ev("c2", CommandEventKind::Cancelled, false, 14),
+        ] {
+            replayed.apply(&e);
+        }
+        assert!(replayed.pending_for("a").is_empty());
+        assert!(replayed.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_read_after_the_dispatch_leaves_the_command_to_finish() {
+        let mut b = CommandBook::default();
+        assert!(b.apply(&ev("c1", CommandEventKind::Requested, false, 10)));
+        assert!(b.mark_dispatched("c1", "gw", 11).is_some());
+        assert!(!b.apply(&ev("c1", CommandEventKind::Cancelled, false, 12)));
+        assert!(b.get("c1").is_some(), "still open: its result is expected");
+        assert_eq!(b.pending_for("a").len(), 1);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::routes::{
-    agents, command_output, commands, dashboard, events, fleet, ingest_keys, notifications,
-    prometheus, remote_config, rules, tags, tenants, tickets, users,
+    agents, command_groups, command_output, commands, dashboard, events, fleet, ingest_keys,
+    notifications, prometheus, remote_config, rules, tags, tenants, tickets, users,
 };
 use crate::state::AppState;
 
@@ -22,6 +22,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ingest_keys::routes())
         .merge(notifications::routes())
         .merge(commands::routes())
+        .merge(command_groups::routes())
         .merge(command_output::routes())
         .merge(rules::routes())
         .merge(tags::routes())

@@ -28,6 +28,35 @@ pub(crate) fn object_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result
 
 pub(crate) use fleet_schemas::text::whole_number;
 
+/// An optional body saying why (a deactivation, a rejection, a cancel).
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why, for the audit trail.
+    #[serde(default)]
+    #[schema(max_length = 1000, pattern = "fleet:name")]
+    pub reason: Option<String>,
+}
+
+/// Longest reason, in characters.
+pub const MAX_REASON: usize = 1000;
+
+/// The reason of an optional [`ReasonBody`]: nothing (an empty body or `null`), or
+/// `{"reason": "..."}` with a name ([`fleet_schemas::text::check_name`]).
+pub(crate) fn optional_reason(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+        return Ok(None);
+    }
+    object_body::<ReasonBody>(body)?
+        .reason
+        .map(|r| {
+            fleet_schemas::text::check_name(&r, MAX_REASON)
+                .map(str::to_owned)
+                .map_err(|m| ApiError::invalid_field("reason", m))
+        })
+        .transpose()
+}
+
 /// The `Idempotency-Key` header, if sent: 1 to 200 visible ASCII characters
 /// ([`IDEMPOTENCY_KEY_PATTERN`]), else 400.
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

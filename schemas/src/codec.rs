@@ -28,8 +28,8 @@
 //! That direct read does no schema resolution, so it is used only for writer schemas
 //! where it gives exactly what resolution against the current schema gives (decided once
 //! per writer schema, see [`KnownSchema::reads_directly`]): the current schema itself, and
-//! older or foreign ones that only add fields or lack optional fields whose default is
-//! null. Any other writer schema is decoded as before, through apache-avro's resolution
+//! older or foreign ones that only add fields, lack optional fields whose default is
+//! null, or lack enum symbols the current one appended. Any other writer schema is decoded as before, through apache-avro's resolution
 //! ([`Codec::decode_resolving`]), which also stays the reference the direct path is tested
 //! against (`tests/codec_differential.rs`). apache-avro still provides the derive, the
 //! canonical forms and fingerprints, the compatibility checks and generic values
@@ -219,7 +219,8 @@ fn datum_reader(writer: &Schema, text: &str, current: Option<&Schema>) -> DatumR
 /// reads its items, so a datum whose size lies would be read differently), and for reader
 /// fields the writer lacks that are `["null", T]`
 /// with default null (resolution fills in null, serde's derive reads a missing `Option`
-/// field as `None`). Everything else (promotions, changed enums or unions, other defaults,
+/// field as `None`), and for enums the reader extends with symbols at the end.
+/// Everything else (promotions, otherwise changed enums or unions, other defaults,
 /// aliases, named references, logical types other than the timestamps) is left to
 /// apache-avro, because serde would read it differently or not at all.
 fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
@@ -237,7 +238,10 @@ fn reads_directly(writer: &Schema, reader: &Schema) -> bool {
         | (S::TimestampMicros, S::TimestampMicros) => true,
         (S::Array(w), S::Array(r)) => reads_directly(&w.items, &r.items),
         (S::Map(w), S::Map(r)) => reads_directly(&w.types, &r.types),
-        (S::Enum(w), S::Enum(r)) => w.name == r.name && w.symbols == r.symbols,
+        // Symbols appended at the end (how an enum evolves here): each of the writer's
+        // symbols has the same name and index in the reader, so a datum reads the same
+        // whether by name (resolution) or by position.
+        (S::Enum(w), S::Enum(r)) => w.name == r.name && r.symbols.starts_with(&w.symbols),
         (S::Union(w), S::Union(r)) => match (w.variants(), r.variants()) {
             ([S::Null, w], [S::Null, r]) => reads_directly(w, r),
             _ => false,
@@ -336,6 +340,10 @@ pub const AVSC_FILES: &[(&str, &str)] = &[
     (
         "history/metric_report.v1.avsc",
         include_str!("../avro/history/metric_report.v1.avsc"),
+    ),
+    (
+        "history/command_event.v1.avsc",
+        include_str!("../avro/history/command_event.v1.avsc"),
     ),
 ];
 

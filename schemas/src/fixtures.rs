@@ -203,6 +203,7 @@ pub fn command_completed(tenant: &str, agent: &str, occurred_at: i64) -> Command
         finished_at: Some(occurred_at),
         occurred_at,
         ingested_at: occurred_at + 1_000,
+        group_id: None,
     }
 }
 

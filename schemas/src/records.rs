@@ -446,6 +446,14 @@ pub enum CommandEventKind {
     /// No result arrived in time.
     #[serde(rename = "TIMED_OUT")]
     TimedOut,
+    /// A second user refused it (a command awaiting approval); never delivered. Added in
+    /// version 2 of the schema.
+    #[serde(rename = "REJECTED")]
+    Rejected,
+    /// Withdrawn before a gateway dispatched it; never delivered. Added in version 2 of
+    /// the schema.
+    #[serde(rename = "CANCELLED")]
+    Cancelled,
 }
 
 impl CommandEventKind {
@@ -458,6 +466,8 @@ impl CommandEventKind {
             CommandEventKind::Progress => "progress",
             CommandEventKind::Completed => "completed",
             CommandEventKind::TimedOut => "timed_out",
+            CommandEventKind::Rejected => "rejected",
+            CommandEventKind::Cancelled => "cancelled",
         }
     }
 
@@ -470,6 +480,8 @@ impl CommandEventKind {
             CommandEventKind::Progress => "PROGRESS",
             CommandEventKind::Completed => "COMPLETED",
             CommandEventKind::TimedOut => "TIMED_OUT",
+            CommandEventKind::Rejected => "REJECTED",
+            CommandEventKind::Cancelled => "CANCELLED",
         }
     }
 }
@@ -525,6 +537,9 @@ pub struct CommandEvent {
     pub occurred_at: i64,
     /// When it was written (µs).
     pub ingested_at: i64,
+    /// The command group (fleet-wide command) this command is one agent's part of; `None`:
+    /// a single command. Added in version 2 of the schema.
+    pub group_id: Option<String>,
 }
 
 impl CommandEvent {
@@ -562,6 +577,7 @@ impl CommandEvent {
             finished_at: None,
             occurred_at: at_micros,
             ingested_at: at_micros,
+            group_id: None,
         }
     }
 }
@@ -1132,7 +1148,9 @@ avro_enum!(
         "DISPATCHED",
         "PROGRESS",
         "COMPLETED",
-        "TIMED_OUT"
+        "TIMED_OUT",
+        "REJECTED",
+        "CANCELLED"
     ]
 );
 avro_enum!(

@@ -14,7 +14,9 @@
 //! else REQUESTED (for a command that needs no approval). A command still waiting for its
 //! approval has no deadline (the gateway does not deliver it either). COMPLETED or
 //! TIMED_OUT (anyone's, this processor's own included) ends a command for good, so it is
-//! never timed out twice, nor after its result.
+//! never timed out twice, nor after its result. REJECTED and CANCELLED end a command that
+//! was not dispatched (the gateway never delivers it, so no result will come); read after
+//! a DISPATCHED they change nothing (the command was delivered and may still run).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -86,10 +88,21 @@ impl CommandTimeouts {
         if self.finished.contains_key(&ev.command_id) {
             return;
         }
-        if matches!(
+        // A REJECTED or CANCELLED command is never delivered, so it gets no deadline; one
+        // read after its DISPATCHED was delivered all the same and keeps its deadline.
+        let undelivered_end = matches!(
             ev.kind,
-            CommandEventKind::Completed | CommandEventKind::TimedOut
-        ) {
+            CommandEventKind::Rejected | CommandEventKind::Cancelled
+        ) && self
+            .pending
+            .get(&ev.command_id)
+            .is_none_or(|p| p.dispatched_at.is_none());
+        if undelivered_end
+            || matches!(
+                ev.kind,
+                CommandEventKind::Completed | CommandEventKind::TimedOut
+            )
+        {
             self.pending.remove(&ev.command_id);
             self.finished
                 .insert(ev.command_id.clone(), (partition, ev.occurred_at));
@@ -121,7 +134,9 @@ impl CommandTimeouts {
             CommandEventKind::Dispatched => latest(&mut p.dispatched_at),
             CommandEventKind::Progress
             | CommandEventKind::Completed
-            | CommandEventKind::TimedOut => {}
+            | CommandEventKind::TimedOut
+            | CommandEventKind::Rejected
+            | CommandEventKind::Cancelled => {}
         }
     }
 
@@ -317,6 +332,27 @@ mod tests {
         c.observe(&ev("c1", CommandEventKind::Completed, T0 + 5 * S), 0);
         c.observe(&ev("c1", CommandEventKind::Requested, T0), 0);
         assert!(c.due(T0 + 1000 * S, &all()).is_empty());
+    }
+
+    #[test]
+    fn cancelled_and_rejected_commands_never_time_out_unless_dispatched() {
+        let mut c = timeouts();
+        // Requested (no approval needed: its clock runs), cancelled before dispatch.
+        c.observe(&ev("c1", CommandEventKind::Requested, T0), 0);
+        c.observe(&ev("c1", CommandEventKind::Cancelled, T0 + S), 0);
+        // Approved, then rejected by a racing second user.
+        c.observe(&ev("c2", CommandEventKind::Requested, T0), 0);
+        c.observe(&ev("c2", CommandEventKind::Rejected, T0 + S), 0);
+        c.observe(&ev("c2", CommandEventKind::Approved, T0 + 2 * S), 0);
+        assert!(c.due(T0 + 1000 * S, &all()).is_empty());
+        assert_eq!(c.pending(), 0);
+        // Dispatched before the cancel was read: delivered, so it keeps its deadline.
+        c.observe(&ev("c3", CommandEventKind::Requested, T0), 0);
+        c.observe(&ev("c3", CommandEventKind::Dispatched, T0 + S), 0);
+        c.observe(&ev("c3", CommandEventKind::Cancelled, T0 + 2 * S), 0);
+        let out = c.due(T0 + 1000 * S, &all());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].command_id, "c3");
     }
 
     #[test]

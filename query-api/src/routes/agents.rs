@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{not_found, read_scope, require_operator_of, require_writer, Principal};
 use crate::error::{invalid_combination, reply, store_error, ts_error};
-use crate::input::object_body;
 use crate::query::{
     chosen, in_range, limit, parse_duration, parse_time, too_far, Limit, OneOf, Params, TIME_UNITS,
 };
@@ -411,23 +410,13 @@ pub(crate) async fn agent_of(
     Ok(cred)
 }
 
-/// Body of a deactivation.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeactivateBody {
-    /// Why, for the audit trail.
-    #[serde(default)]
-    #[schema(max_length = 1000, pattern = "fleet:name")]
-    pub reason: Option<String>,
-}
-
 #[utoipa::path(
     post,
     path = "/api/v1/agents/{agent_id}/deactivate",
     tag = "admin",
     summary = "Revoke an agent's credential",
     params(("agent_id" = String, Path, description = "Agent id")),
-    request_body(content = Option<DeactivateBody>, description = "Optional: nothing, or a reason"),
+    request_body(content = Option<crate::input::ReasonBody>, description = "Optional: nothing, or a reason"),
     responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
@@ -440,19 +429,7 @@ pub(crate) async fn deactivate(
     let r = async {
         require_writer(&p)?;
         let actor = p.actor();
-        // The body is optional: nothing, or {"reason": "..."}.
-        let reason = if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
-            None
-        } else {
-            object_body::<DeactivateBody>(&body)?
-                .reason
-                .map(|r| {
-                    fleet_schemas::text::check_name(&r, 1000)
-                        .map(str::to_owned)
-                        .map_err(|m| ApiError::invalid_field("reason", m))
-                })
-                .transpose()?
-        };
+        let reason = crate::input::optional_reason(&body)?;
         let cred = agent_of(&s, &p, &agent_id).await?;
         let now = fleet_schemas::time::now_micros();
         let changed = s

@@ -25,12 +25,28 @@
 //! approved once projected. Two approvals racing may both write APPROVED; the event id
 //! is the same, and the gateway treats the second as a no-op.
 //!
+//! Rejection and cancel ([`Decision`]): `POST /api/v1/commands/{command_id}/reject` is the
+//! other answer to an approval request (same rules as approve: another user than the
+//! requester, a command still awaiting approval) and writes REJECTED;
+//! `POST /api/v1/commands/{command_id}/cancel`, by any operator of the tenant or an admin
+//! (the requester included), writes CANCELLED for a command no gateway has dispatched yet
+//! (requested, awaiting approval or approved; 409 `already_dispatched` or
+//! `already_finished` otherwise). Both take an optional `{"reason"}`, kept as the event's
+//! message. Gateways never deliver a rejected or cancelled command; a dispatch that raced
+//! the cancel (the read model was behind) wins, and the command runs to its end.
+//!
+//! Fleet-wide commands (one request for many agents) are [`crate::routes::command_groups`],
+//! built on the same pieces: [`CheckedRequest`], [`request_id`], [`Decision`] and
+//! [`write_command_events`].
+//!
 //! | route | what |
 //! | --- | --- |
 //! | `POST /api/v1/agents/{agent_id}/commands` | request a command (202) |
 //! | `GET /api/v1/agents/{agent_id}/commands?tenant=&limit=&after=` | an agent's commands, newest first; `after` is the last command id of the previous page |
 //! | `GET /api/v1/commands/{command_id}?tenant=` | one command with its audit trail |
 //! | `POST /api/v1/commands/{command_id}/approve` | approve a command awaiting approval |
+//! | `POST /api/v1/commands/{command_id}/reject` | reject a command awaiting approval |
+//! | `POST /api/v1/commands/{command_id}/cancel` | cancel a command not dispatched yet |
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -64,6 +80,8 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/v1/commands/{command_id}/approve",
             post(approve_command),
         )
+        .route("/api/v1/commands/{command_id}/reject", post(reject_command))
+        .route("/api/v1/commands/{command_id}/cancel", post(cancel_command))
 }
 
 /// Command types an operator may request (each agent has its own allow-list too).
@@ -222,6 +240,138 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
     Ok(timeout)
 }
 
+/// A command request after [`check_request`]: what each of its REQUESTED events carries.
+/// One code path for single commands and command groups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedRequest {
+    /// One of [`COMMAND_TYPES`].
+    pub command_type: String,
+    /// Arguments of the type.
+    pub args: BTreeMap<String, String>,
+    /// Seconds the agent lets it run.
+    pub timeout_secs: u64,
+    /// Whether a second user must approve it: asked for, or the type is in the
+    /// projections' `approval-required-commands`.
+    pub requires_approval: bool,
+}
+
+impl CheckedRequest {
+    /// Checks `req` ([`check_request`]) and decides whether it needs approval.
+    pub(crate) fn new(s: &AppState, req: CommandRequest) -> Result<CheckedRequest, ApiError> {
+        let timeout_secs = check_request(&req)?;
+        let requires_approval = req.requires_approval.unwrap_or(false)
+            || s.approval_required.contains(&req.command_type);
+        Ok(CheckedRequest {
+            command_type: req.command_type,
+            args: req.args,
+            timeout_secs,
+            requires_approval,
+        })
+    }
+
+    /// The request as an `Idempotency-Key` binds it: `scope` (what it targets) then the
+    /// command and the requester, in this order (a retry must be the same text).
+    pub(crate) fn canonical(
+        &self,
+        scope: serde_json::Map<String, serde_json::Value>,
+        actor: &str,
+    ) -> serde_json::Value {
+        let mut m = scope;
+        m.insert("command_type".into(), self.command_type.clone().into());
+        m.insert("args".into(), serde_json::json!(self.args));
+        m.insert("timeout_secs".into(), self.timeout_secs.into());
+        m.insert("requires_approval".into(), self.requires_approval.into());
+        m.insert("actor".into(), actor.into());
+        serde_json::Value::Object(m)
+    }
+
+    /// Its REQUESTED event for one agent.
+    pub(crate) fn requested(
+        &self,
+        command_id: &str,
+        tenant_id: &str,
+        agent_id: &str,
+        actor: &str,
+        group_id: Option<&str>,
+        now: i64,
+    ) -> CommandEvent {
+        CommandEvent {
+            command_type: self.command_type.clone(),
+            args: self.args.clone().into_iter().collect::<HashMap<_, _>>(),
+            requires_approval: self.requires_approval,
+            timeout_secs: i64::try_from(self.timeout_secs).unwrap_or(i64::MAX),
+            actor: Some(actor.to_owned()),
+            group_id: group_id.map(str::to_owned),
+            ..CommandEvent::step(
+                CommandEventKind::Requested,
+                command_id,
+                tenant_id,
+                agent_id,
+                now,
+            )
+        }
+    }
+
+    /// The status a new request answers: `awaiting_approval` or `requested`.
+    pub(crate) fn status(&self) -> &'static str {
+        if self.requires_approval {
+            "awaiting_approval"
+        } else {
+            "requested"
+        }
+    }
+}
+
+/// The id a request names: with an `Idempotency-Key`, UUIDv5 of `scope` and the key,
+/// bound to `canonical` in the registry first (another request under the key is 409 and
+/// writes nothing); without one, a new UUIDv7.
+pub(crate) async fn request_id(
+    s: &AppState,
+    key: Option<&str>,
+    scope: &[&str],
+    canonical: &serde_json::Value,
+) -> Result<String, ApiError> {
+    let Some(key) = key else {
+        return Ok(uuid::Uuid::now_v7().to_string());
+    };
+    let mut parts = scope.to_vec();
+    parts.push(key);
+    let id = ids::v5(&parts).to_string();
+    s.claim_idempotent(&id, canonical).await?;
+    Ok(id)
+}
+
+/// Most command events written in one produce call (a group's are written in pieces).
+const PRODUCE_CHUNK: usize = 500;
+
+/// Writes command events to `fleet.commands.v1`, each keyed by its agent (all of an
+/// agent's events in its partition, in order). `what` names them in the 503 answer.
+pub(crate) async fn write_command_events(
+    s: &AppState,
+    events: &[CommandEvent],
+    what: &str,
+) -> Result<(), ApiError> {
+    for chunk in events.chunks(PRODUCE_CHUNK) {
+        let records = chunk
+            .iter()
+            .map(|ev| {
+                Ok(ProduceRecord {
+                    key: Some(ev.agent_id.as_bytes().to_vec()),
+                    value: s.wire.encode(ev).map_err(ApiError::internal)?,
+                    timestamp_ms: Some(ev.occurred_at / 1000),
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        s.log
+            .produce(CommandEvent::TOPIC, records)
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!("the {what} was not written: {e}; retry"), 5)
+            })?;
+    }
+    Ok(())
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/agents/{agent_id}/commands",
@@ -232,6 +382,7 @@ pub fn check_request(req: &CommandRequest) -> Result<u64, ApiError> {
     responses((status = 202, description = "Accepted", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
+#[tracing::instrument(skip_all, fields(%agent_id))]
 pub(crate) async fn request_command(
     State(s): State<AppState>,
     Path(agent_id): Path<String>,
@@ -243,7 +394,7 @@ pub(crate) async fn request_command(
         require_writer(&p)?;
         let actor = p.actor();
         let req: CommandRequest = object_body(&body)?;
-        let timeout = check_request(&req)?;
+        let req = CheckedRequest::new(&s, req)?;
         let key = idempotency_key(&headers)?;
         let cred = agent_of(&s, &p, &agent_id).await?;
         if !cred.active {
@@ -254,62 +405,23 @@ pub(crate) async fn request_command(
             )
             .with_field("agent_id"));
         }
-        let requires_approval = req.requires_approval.unwrap_or(false)
-            || s.approval_required.contains(&req.command_type);
-        let command_id = match &key {
-            Some(key) => {
-                let command_id = ids::v5(&[&agent_id, "command", key]).to_string();
-                // The request as it would be written: a retry of it is the same command;
-                // anything else under this key (another type, arguments, approval, or
-                // requester) is refused, so the id never names two requests.
-                let canonical = serde_json::json!({
-                    "agent_id": agent_id,
-                    "command_type": req.command_type,
-                    "args": req.args,
-                    "timeout_secs": timeout,
-                    "requires_approval": requires_approval,
-                    "actor": actor,
-                });
-                s.claim_idempotent(&command_id, &canonical).await?;
-                command_id
-            }
-            None => uuid::Uuid::now_v7().to_string(),
-        };
+        // The request as it would be written: a retry of it is the same command; anything
+        // else under this key (another type, arguments, approval, or requester) is
+        // refused, so the id never names two requests.
+        let mut scope = serde_json::Map::new();
+        scope.insert("agent_id".into(), agent_id.clone().into());
+        let canonical = req.canonical(scope, &actor);
+        let command_id =
+            request_id(&s, key.as_deref(), &[&agent_id, "command"], &canonical).await?;
         let now = fleet_schemas::time::now_micros();
-        let ev = CommandEvent {
-            command_type: req.command_type.clone(),
-            args: req.args.clone().into_iter().collect::<HashMap<_, _>>(),
-            requires_approval,
-            timeout_secs: i64::try_from(timeout).unwrap_or(i64::MAX),
-            actor: Some(actor.clone()),
-            ..CommandEvent::step(
-                CommandEventKind::Requested,
-                &command_id,
-                &cred.tenant_id,
-                &agent_id,
-                now,
-            )
-        };
-        let value = s.wire.encode(&ev).map_err(ApiError::internal)?;
-        let rec = ProduceRecord {
-            key: Some(agent_id.as_bytes().to_vec()),
-            value,
-            timestamp_ms: Some(now / 1000),
-        };
-        s.log
-            .produce(CommandEvent::TOPIC, vec![rec])
-            .await
-            .map_err(|e| ApiError::unavailable(format!("the command was not written: {e}"), 5))?;
-        tracing::info!(%agent_id, %command_id, command_type = %req.command_type, %actor, requires_approval, "Command requested.");
+        let ev = req.requested(&command_id, &cred.tenant_id, &agent_id, &actor, None, now);
+        write_command_events(&s, &[ev], "command").await?;
+        tracing::info!(%agent_id, %command_id, command_type = %req.command_type, %actor, requires_approval = req.requires_approval, "Command requested.");
         s.audit(&p, Some(&cred.tenant_id), "command.request", &command_id, Some(serde_json::json!({ "agent_id": agent_id, "command_type": req.command_type }))).await;
         Ok(CommandAccepted {
             command_id,
             agent_id,
-            status: if requires_approval {
-                "awaiting_approval".into()
-            } else {
-                "requested".into()
-            },
+            status: req.status().into(),
         })
     }
     .await;
@@ -318,6 +430,78 @@ pub(crate) async fn request_command(
 
 fn conflict(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, code, message).with_field("command_id")
+}
+
+/// What a second user (or the requester, to cancel) decides about commands that were
+/// not delivered yet; the same rules for one command and for a group's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Deliver it: APPROVED.
+    Approve,
+    /// Never deliver it: REJECTED (the other answer to the approval).
+    Reject,
+    /// Never deliver it: CANCELLED (before a gateway dispatched it).
+    Cancel,
+}
+
+impl Decision {
+    /// The event it writes.
+    pub fn kind(self) -> CommandEventKind {
+        match self {
+            Decision::Approve => CommandEventKind::Approved,
+            Decision::Reject => CommandEventKind::Rejected,
+            Decision::Cancel => CommandEventKind::Cancelled,
+        }
+    }
+
+    /// Its name in routes and audit actions (`approve`, `reject`, `cancel`).
+    pub fn verb(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Reject => "reject",
+            Decision::Cancel => "cancel",
+        }
+    }
+
+    /// The status it leads to (`approved`, `rejected`, `cancelled`).
+    pub fn status(self) -> &'static str {
+        match self {
+            Decision::Approve => "approved",
+            Decision::Reject => "rejected",
+            Decision::Cancel => "cancelled",
+        }
+    }
+
+    /// Whether `actor` may decide this about command `c` now. Approve and reject: a
+    /// different user than the requester, of a command awaiting approval
+    /// ([`check_approvable`]). Cancel: anyone who may act on it, while no gateway has
+    /// dispatched it ([`check_cancellable`]). Pure.
+    pub fn check(self, c: &CommandRow, actor: &str) -> Result<(), ApiError> {
+        match self {
+            Decision::Approve | Decision::Reject => check_approvable(c, actor),
+            Decision::Cancel => check_cancellable(c),
+        }
+    }
+
+    /// Its event for command `c`, with the command's request fields.
+    pub(crate) fn event(
+        self,
+        c: &CommandRow,
+        actor: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> CommandEvent {
+        CommandEvent {
+            command_type: c.command_type.clone(),
+            args: c.args.clone().into_iter().collect(),
+            requires_approval: c.requires_approval,
+            timeout_secs: c.timeout_secs,
+            actor: Some(actor.to_owned()),
+            message: reason.map(str::to_owned),
+            group_id: c.group_id.clone(),
+            ..CommandEvent::step(self.kind(), &c.command_id, &c.tenant_id, &c.agent_id, now)
+        }
+    }
 }
 
 /// Answer of an approval.
@@ -333,6 +517,59 @@ pub struct CommandApproved {
     pub approved_by: String,
 }
 
+/// Answer of a rejection or a cancel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandEnded {
+    /// The command.
+    pub command_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// `rejected` or `cancelled`.
+    pub status: String,
+    /// Who rejected or cancelled it.
+    pub by: String,
+}
+
+/// Looks the command up, checks `decision` is allowed, writes its event and the audit
+/// entry; the command as it was.
+async fn decide(
+    s: &AppState,
+    p: &Principal,
+    command_id: &str,
+    decision: Decision,
+    reason: Option<String>,
+) -> Result<CommandRow, ApiError> {
+    require_writer(p)?;
+    let actor = p.actor();
+    let missing = || not_found("command", "command_id");
+    // The read model keeps the first REQUESTED of an id (a later one, under a reused
+    // key, is ignored by the gateway and the read model alike); a command of which
+    // only later events were seen has no request yet.
+    let c = s
+        .read_model
+        .get_command(None, command_id)
+        .await
+        .map_err(store_error)?
+        .map(|d| d.command)
+        .filter(|c| c.requested_at.is_some())
+        .ok_or_else(missing)?;
+    require_operator_of(p, &c.tenant_id, missing)?;
+    decision.check(&c, &actor)?;
+    let now = fleet_schemas::time::now_micros();
+    let ev = decision.event(&c, &actor, reason.as_deref(), now);
+    write_command_events(s, &[ev], decision.status()).await?;
+    tracing::info!(agent_id = %c.agent_id, %command_id, %actor, decision = decision.verb(), "Command decided.");
+    s.audit(
+        p,
+        Some(&c.tenant_id),
+        &format!("command.{}", decision.verb()),
+        command_id,
+        reason.map(|r| serde_json::json!({ "reason": r })),
+    )
+    .await;
+    Ok(c)
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/commands/{command_id}/approve",
@@ -342,76 +579,90 @@ pub struct CommandApproved {
     responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
     security(("bearer" = []))
 )]
+#[tracing::instrument(skip_all, fields(%command_id))]
 pub(crate) async fn approve_command(
     State(s): State<AppState>,
     Path(command_id): Path<String>,
     p: Principal,
 ) -> Response {
     let r = async {
-        require_writer(&p)?;
-        let actor = p.actor();
-        let missing = || not_found("command", "command_id");
-        // The read model keeps the first REQUESTED of an id (a later one, under a reused
-        // key, is ignored by the gateway and the read model alike); a command of which
-        // only later events were seen has no request yet.
-        let requested = s
-            .read_model
-            .get_command(None, &command_id)
-            .await
-            .map_err(store_error)?
-            .map(|d| d.command)
-            .filter(|c| c.requested_at.is_some())
-            .ok_or_else(missing)?;
-        require_operator_of(&p, &requested.tenant_id, missing)?;
-        check_approvable(&requested, &actor)?;
-        let now = fleet_schemas::time::now_micros();
-        let ev = CommandEvent {
-            command_type: requested.command_type.clone(),
-            args: requested.args.clone().into_iter().collect(),
-            requires_approval: true,
-            timeout_secs: requested.timeout_secs,
-            actor: Some(actor.clone()),
-            ..CommandEvent::step(
-                CommandEventKind::Approved,
-                &command_id,
-                &requested.tenant_id,
-                &requested.agent_id,
-                now,
-            )
-        };
-        let rec = ProduceRecord {
-            key: Some(requested.agent_id.as_bytes().to_vec()),
-            value: s.wire.encode(&ev).map_err(ApiError::internal)?,
-            timestamp_ms: Some(now / 1000),
-        };
-        s.log
-            .produce(CommandEvent::TOPIC, vec![rec])
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!("the approval was not written: {e}; retry"), 5)
-            })?;
-        tracing::info!(agent_id = %requested.agent_id, %command_id, %actor, "Command approved.");
-        s.audit(
-            &p,
-            Some(&requested.tenant_id),
-            "command.approve",
-            &command_id,
-            None,
-        )
-        .await;
+        let c = decide(&s, &p, &command_id, Decision::Approve, None).await?;
         Ok(CommandApproved {
             command_id,
-            agent_id: requested.agent_id,
-            status: "approved".into(),
-            approved_by: actor,
+            agent_id: c.agent_id,
+            status: Decision::Approve.status().into(),
+            approved_by: p.actor(),
         })
     }
     .await;
     reply(StatusCode::OK, r)
 }
 
-/// Whether `actor` may approve command `c` now: a different user than the requester, of a
-/// command that needs approval and has not been approved or gone further. Pure.
+#[utoipa::path(
+    post,
+    path = "/api/v1/commands/{command_id}/reject",
+    tag = "commands",
+    summary = "Reject a command awaiting approval: it is never delivered",
+    params(("command_id" = String, Path, description = "Command id")),
+    request_body(content = Option<crate::input::ReasonBody>, description = "Optional: nothing, or a reason"),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(%command_id))]
+pub(crate) async fn reject_command(
+    State(s): State<AppState>,
+    Path(command_id): Path<String>,
+    p: Principal,
+    body: axum::body::Bytes,
+) -> Response {
+    end_command(s, command_id, p, body, Decision::Reject).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/commands/{command_id}/cancel",
+    tag = "commands",
+    summary = "Cancel a command no gateway has dispatched yet: it is never delivered",
+    params(("command_id" = String, Path, description = "Command id")),
+    request_body(content = Option<crate::input::ReasonBody>, description = "Optional: nothing, or a reason"),
+    responses((status = 200, description = "Done", body = serde_json::Value), crate::openapi::ApiErrors),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(%command_id))]
+pub(crate) async fn cancel_command(
+    State(s): State<AppState>,
+    Path(command_id): Path<String>,
+    p: Principal,
+    body: axum::body::Bytes,
+) -> Response {
+    end_command(s, command_id, p, body, Decision::Cancel).await
+}
+
+async fn end_command(
+    s: AppState,
+    command_id: String,
+    p: Principal,
+    body: axum::body::Bytes,
+    decision: Decision,
+) -> Response {
+    let r = async {
+        require_writer(&p)?;
+        let reason = crate::input::optional_reason(&body)?;
+        let c = decide(&s, &p, &command_id, decision, reason).await?;
+        Ok(CommandEnded {
+            command_id,
+            agent_id: c.agent_id,
+            status: decision.status().into(),
+            by: p.actor(),
+        })
+    }
+    .await;
+    reply(StatusCode::OK, r)
+}
+
+/// Whether `actor` may approve (or reject) command `c` now: a different user than the
+/// requester, of a command that needs approval and has not been approved or gone further.
+/// Pure.
 pub fn check_approvable(c: &CommandRow, actor: &str) -> Result<(), ApiError> {
     let id = &c.command_id;
     if c.requested_by.as_deref() == Some(actor) {
@@ -445,6 +696,28 @@ pub fn check_approvable(c: &CommandRow, actor: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Whether command `c` may be cancelled now: no gateway dispatched it yet (as far as the
+/// read model knows; a dispatch racing the cancel wins, and the command runs). Pure.
+pub fn check_cancellable(c: &CommandRow) -> Result<(), ApiError> {
+    if c.status.is_undelivered() {
+        return Ok(());
+    }
+    let id = &c.command_id;
+    let code = if c.status.is_final() {
+        "already_finished"
+    } else {
+        "already_dispatched"
+    };
+    Err(conflict(
+        code,
+        format!(
+            "command {id} cannot be cancelled: it is {} (only a command no gateway has \
+             dispatched can be)",
+            c.status.as_str()
+        ),
+    ))
 }
 
 /// Answer of an agent's command history.

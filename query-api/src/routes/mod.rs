@@ -2,6 +2,7 @@
 //! [`crate::app::app`] merges them.
 
 pub mod agents;
+pub mod command_groups;
 pub mod command_output;
 pub mod commands;
 pub mod dashboard;

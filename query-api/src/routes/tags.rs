@@ -47,6 +47,21 @@ pub struct TagsBody {
 #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
 pub struct Tag(pub String);
 
+/// Checks one tag ([`Tag`]'s pattern); 400 naming `field` otherwise.
+pub fn check_tag(field: &str, t: &str) -> Result<(), ApiError> {
+    let ok = (1..=MAX_TAG_LEN).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            field,
+            format!("a tag is 1 to {MAX_TAG_LEN} characters of A-Z a-z 0-9 _ . : -"),
+        ))
+    }
+}
+
 /// Checks the tags (see the module docs); returns them without repeats, in order.
 pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
     if tags.len() > MAX_TAGS {
@@ -57,15 +72,7 @@ pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for (i, t) in tags.iter().enumerate() {
-        let ok = (1..=MAX_TAG_LEN).contains(&t.len())
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
-        if !ok {
-            return Err(ApiError::invalid_field(
-                format!("tags[{i}]"),
-                format!("a tag is 1 to {MAX_TAG_LEN} characters of A-Z a-z 0-9 _ . : -"),
-            ));
-        }
+        check_tag(&format!("tags[{i}]"), t)?;
         if !out.contains(t) {
             out.push(t.clone());
         }

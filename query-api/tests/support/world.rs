@@ -39,10 +39,12 @@ pub struct World {
     /// A's objects.
     pub a_alert: String,
     pub a_command: String,
+    pub a_group: String,
     pub a_rule: String,
     /// B's objects.
     pub b_alert: String,
     pub b_command: String,
+    pub b_group: String,
     pub b_rule: String,
     pub b_user: String,
     /// The id of B's user's key.
@@ -149,6 +151,21 @@ async fn command_awaiting_approval(app: &Router, agent: &str) -> String {
     .await;
     assert!(s.is_success(), "{v}");
     v["command_id"].as_str().expect("command id").to_owned()
+}
+
+/// A command group of `tenant` for its agent `agent`, awaiting approval, requested by the
+/// admin; returns its id.
+async fn group_awaiting_approval(app: &Router, tenant: &str, agent: &str) -> String {
+    let (s, v) = call(
+        app,
+        "POST",
+        &format!("/api/v1/command-groups?tenant={tenant}"),
+        Some(json!({ "target": { "agents": [agent] }, "command_type": "run_script", "args": { "script": "x" }, "requires_approval": true })),
+        Some(ADMIN),
+    )
+    .await;
+    assert!(s.is_success(), "{v}");
+    v["group_id"].as_str().expect("group id").to_owned()
 }
 
 /// An ingest key of `tenant` made by the admin; returns its id.
@@ -272,6 +289,8 @@ pub async fn world() -> World {
 
     let b_command = command_awaiting_approval(&app, &b1).await;
     let a_command = command_awaiting_approval(&app, &a1).await;
+    let b_group = group_awaiting_approval(&app, &b, &b1).await;
+    let a_group = group_awaiting_approval(&app, &a, &a1).await;
     let b_rule = rule(&app, &b, "b-cpu").await;
     let a_rule = rule(&app, &a, "a-cpu").await;
     let b_ingest_key = ingest_key(&app, &b).await;
@@ -315,9 +334,11 @@ pub async fn world() -> World {
         viewer_a_id,
         a_alert: a_raised.alert_id,
         a_command,
+        a_group,
         a_rule,
         b_alert: b_raised.alert_id,
         b_command,
+        b_group,
         b_rule,
         b_user,
         b_key_id,

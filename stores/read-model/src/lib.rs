@@ -450,6 +450,10 @@ pub enum CommandStatus {
     TimedOut,
     /// The agent refused it (not on its allow-list).
     Refused,
+    /// A second user refused it while it awaited approval; never delivered.
+    Rejected,
+    /// Withdrawn before it was dispatched; never delivered.
+    Cancelled,
 }
 
 impl CommandStatus {
@@ -465,6 +469,8 @@ impl CommandStatus {
             CommandStatus::Failed => "failed",
             CommandStatus::TimedOut => "timed_out",
             CommandStatus::Refused => "refused",
+            CommandStatus::Rejected => "rejected",
+            CommandStatus::Cancelled => "cancelled",
         }
     }
 
@@ -480,6 +486,8 @@ impl CommandStatus {
             "failed" => CommandStatus::Failed,
             "timed_out" => CommandStatus::TimedOut,
             "refused" => CommandStatus::Refused,
+            "rejected" => CommandStatus::Rejected,
+            "cancelled" => CommandStatus::Cancelled,
             _ => return None,
         })
     }
@@ -492,6 +500,16 @@ impl CommandStatus {
                 | CommandStatus::Failed
                 | CommandStatus::TimedOut
                 | CommandStatus::Refused
+                | CommandStatus::Rejected
+                | CommandStatus::Cancelled
+        )
+    }
+
+    /// Whether no gateway has handed the command on yet (it may still be cancelled).
+    pub fn is_undelivered(self) -> bool {
+        matches!(
+            self,
+            CommandStatus::Requested | CommandStatus::AwaitingApproval | CommandStatus::Approved
         )
     }
 }
@@ -541,6 +559,8 @@ pub struct CommandRow {
     pub message: Option<String>,
     /// Time of its latest event (µs).
     pub updated_at: i64,
+    /// The command group (fleet-wide command) it is one agent's part of.
+    pub group_id: Option<String>,
 }
 
 /// One entry of a command's audit trail.
@@ -609,6 +629,134 @@ pub struct CommandQuery {
     pub limit: Option<u32>,
     /// Commands older than this command id (paging, newest first). Fails with
     /// [`StoreError::InvalidQuery`] when no such command of the agent is stored.
+    pub after: Option<String>,
+}
+
+/// Most agents a command group may target (its target resolves to at most this many).
+pub const MAX_GROUP_AGENTS: u32 = 10_000;
+
+/// What a command group targets: the tenant's active agents with a tag, at a location, or
+/// named one by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandTarget {
+    /// Agents carrying this tag.
+    Tag(String),
+    /// Agents enrolled at this location.
+    Location(String),
+    /// These agents.
+    Agents(Vec<String>),
+}
+
+/// A command group as requested: one command type for many agents, one approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandGroup {
+    /// Group id.
+    pub group_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// What it targets.
+    pub target: CommandTarget,
+    /// Command type.
+    pub command_type: String,
+    /// Arguments.
+    pub args: std::collections::BTreeMap<String, String>,
+    /// Timeout on each agent, seconds.
+    pub timeout_secs: i64,
+    /// Whether a second user must approve it (once, for the whole group).
+    pub requires_approval: bool,
+    /// Who requested it.
+    pub requested_by: String,
+    /// When it was requested (µs).
+    pub requested_at: i64,
+    /// How many agents the target resolved to (one command each).
+    pub agent_count: i64,
+}
+
+/// The members of a command group by status (the projected ones; a member not projected
+/// yet is in none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandGroupCounts {
+    /// Members by status name (`requested`, `awaiting_approval`, ..., `cancelled`); a
+    /// status no member has is absent.
+    pub by_status: std::collections::BTreeMap<String, i64>,
+    /// Who approved the group (the earliest approval of a member).
+    pub approved_by: Option<String>,
+    /// When (µs).
+    pub approved_at: Option<i64>,
+}
+
+impl CommandGroupCounts {
+    /// Members the read model has projected (in any status).
+    pub fn projected(&self) -> i64 {
+        self.by_status
+            .values()
+            .fold(0i64, |a, b| a.saturating_add(*b))
+    }
+
+    /// The counts as the API shows them for a group of `agent_count` agents: `pending`
+    /// (requested or approved but not dispatched, and members not projected yet), then one
+    /// count per other status.
+    pub fn summary(&self, agent_count: i64) -> CommandGroupSummary {
+        use CommandStatus as S;
+        let n = |s: S| self.by_status.get(s.as_str()).copied().unwrap_or(0);
+        let projected = self.projected();
+        let unseen = agent_count.saturating_sub(projected).max(0);
+        CommandGroupSummary {
+            total: agent_count.max(projected),
+            pending: n(S::Requested)
+                .saturating_add(n(S::Approved))
+                .saturating_add(unseen),
+            awaiting_approval: n(S::AwaitingApproval),
+            dispatched: n(S::Dispatched),
+            running: n(S::Running),
+            succeeded: n(S::Succeeded),
+            failed: n(S::Failed),
+            refused: n(S::Refused),
+            timed_out: n(S::TimedOut),
+            rejected: n(S::Rejected),
+            cancelled: n(S::Cancelled),
+        }
+    }
+}
+
+/// A command group's members by where they are (each member in exactly one count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandGroupSummary {
+    /// Members in all (the agents the target resolved to).
+    pub total: i64,
+    /// Requested (or approved) and not yet handed to the agent, or not projected yet.
+    pub pending: i64,
+    /// Waiting for the group's approval.
+    pub awaiting_approval: i64,
+    /// Handed to the agent, no progress yet.
+    pub dispatched: i64,
+    /// The agent reported progress.
+    pub running: i64,
+    /// Finished with success.
+    pub succeeded: i64,
+    /// Finished with a failure.
+    pub failed: i64,
+    /// The agent refused it (not on its allow-list).
+    pub refused: i64,
+    /// No result in time.
+    pub timed_out: i64,
+    /// Rejected instead of approved; never delivered.
+    pub rejected: i64,
+    /// Cancelled before dispatch; never delivered.
+    pub cancelled: i64,
+}
+
+/// A page of a command group's members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandGroupMembersQuery {
+    /// The group.
+    pub group_id: String,
+    /// Only members in one of these statuses (empty: all).
+    pub statuses: Vec<CommandStatus>,
+    /// Page size (at most [`MAX_GROUP_AGENTS`]; default 100).
+    pub limit: Option<u32>,
+    /// Members after this command id (paging by command id).
     pub after: Option<String>,
 }
 
@@ -808,6 +956,43 @@ pub trait ReadModel: Send + Sync + Debug {
         tenant_id: Option<&str>,
         command_id: &str,
     ) -> Result<Option<CommandDetail>>;
+
+    /// The enrolled, not deactivated agents of `tenant_id` that `target` names, by agent
+    /// id, at most `limit`.
+    async fn command_targets(
+        &self,
+        tenant_id: &str,
+        target: &CommandTarget,
+        limit: u32,
+    ) -> Result<Vec<String>>;
+
+    /// Stores a requested command group; a group id stored already keeps its row (a
+    /// retried request) but for `agent_count`, which takes the larger. Not projected.
+    async fn create_command_group(&self, group: &CommandGroup) -> Result<()>;
+
+    /// One command group; `tenant_id` restricts the lookup to a tenant.
+    async fn get_command_group(
+        &self,
+        tenant_id: Option<&str>,
+        group_id: &str,
+    ) -> Result<Option<CommandGroup>>;
+
+    /// Command groups, newest first; `after` is a group id of the previous page.
+    async fn list_command_groups(
+        &self,
+        tenant_id: Option<&str>,
+        limit: Option<u32>,
+        after: Option<&str>,
+    ) -> Result<Vec<CommandGroup>>;
+
+    /// A group's projected members counted by status (one query).
+    async fn command_group_counts(&self, group_id: &str) -> Result<CommandGroupCounts>;
+
+    /// A group's members, by command id.
+    async fn command_group_members(
+        &self,
+        query: &CommandGroupMembersQuery,
+    ) -> Result<Vec<CommandRow>>;
 
     /// A command's stored progress chunks in sequence order (empty: none stored yet, or
     /// the command is unknown or another tenant's).

@@ -44,6 +44,7 @@ use sqlx::error::BoxDynError;
 use sqlx::Row;
 
 mod agents;
+mod command_groups;
 mod commands;
 mod events;
 mod fleet;
@@ -133,6 +134,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 16,
             description: "remote config",
             sql: include_str!("../migrations/0016_remote_config.sql"),
+        },
+        Migration {
+            version: 17,
+            description: "command groups",
+            sql: include_str!("../migrations/0017_command_groups.sql"),
         },
     ],
 };
@@ -897,6 +903,53 @@ impl ReadModel for SqlReadModel {
         command_id: &str,
     ) -> Result<Option<CommandDetail>> {
         self.query_command(tenant_id, command_id).await
+    }
+
+    #[tracing::instrument(skip(self, target), fields(engine = self.db.engine().as_str()))]
+    async fn command_targets(
+        &self,
+        tenant_id: &str,
+        target: &crate::CommandTarget,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        self.resolve_targets(tenant_id, target, limit).await
+    }
+
+    #[tracing::instrument(skip(self, group), fields(engine = self.db.engine().as_str(), group_id = %group.group_id))]
+    async fn create_command_group(&self, group: &crate::CommandGroup) -> Result<()> {
+        self.insert_command_group(group).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn get_command_group(
+        &self,
+        tenant_id: Option<&str>,
+        group_id: &str,
+    ) -> Result<Option<crate::CommandGroup>> {
+        self.query_command_group(tenant_id, group_id).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn list_command_groups(
+        &self,
+        tenant_id: Option<&str>,
+        limit: Option<u32>,
+        after: Option<&str>,
+    ) -> Result<Vec<crate::CommandGroup>> {
+        self.query_command_groups(tenant_id, limit, after).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn command_group_counts(&self, group_id: &str) -> Result<crate::CommandGroupCounts> {
+        self.count_group_members(group_id).await
+    }
+
+    #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]
+    async fn command_group_members(
+        &self,
+        query: &crate::CommandGroupMembersQuery,
+    ) -> Result<Vec<CommandRow>> {
+        self.query_group_members(query).await
     }
 
     #[tracing::instrument(skip(self), fields(engine = self.db.engine().as_str()))]

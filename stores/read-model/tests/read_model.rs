@@ -14,9 +14,10 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use fleet_read_model::{
     open_read_model, AgentQuery, AgentRow, AgentStatus, AlertEvent, AlertQuery, AlertRow,
-    AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandOutputQuery, CommandQuery,
-    CommandStatus, EventQuery, ReadModel, SampleSeries, SampleSeriesQuery, SoftwareQuery,
-    StoreError, StoredOffset, TicketQuery, TicketStatus, SERIES_LAST_STEP_MICROS,
+    AlertStatus, AuditEntry, AuditQuery, Change, CommandDetail, CommandGroup,
+    CommandGroupMembersQuery, CommandOutputQuery, CommandQuery, CommandStatus, CommandTarget,
+    EventQuery, ReadModel, SampleSeries, SampleSeriesQuery, SoftwareQuery, StoreError,
+    StoredOffset, TicketQuery, TicketStatus, SERIES_LAST_STEP_MICROS,
 };
 use fleet_schemas::{
     fixtures, AgentLifecycleKind, AlertEventKind, CommandEvent, CommandEventKind,
@@ -46,6 +47,8 @@ macro_rules! conformance {
             only_the_first_requested_of_a_command_counts,
             commands_page_newest_first_and_filter_by_tenant,
             command_output_is_kept_in_order_paged_and_bounded,
+            command_groups_resolve_their_targets_and_count_their_members,
+            rejected_and_cancelled_rank_below_a_dispatch,
             software_inventory_replaced_only_by_newer,
             software_inventory_out_of_order_and_tenant_filter,
             ticket_lifecycle_replay_and_out_of_order_converge,
@@ -1029,6 +1032,10 @@ mod cases {
                 ev.finished_at = base.finished_at;
             }
             CommandEventKind::TimedOut => ev.message = Some("no result within 60 s".into()),
+            CommandEventKind::Rejected | CommandEventKind::Cancelled => {
+                ev.actor = Some("carol@example.com".into());
+                ev.message = Some("not today".into());
+            }
         }
         ev
     }
@@ -1079,6 +1086,267 @@ mod cases {
             out.swap(i, j);
         }
         out
+    }
+
+    fn group(id: &str, tenant: &str, target: CommandTarget, at: i64, n: i64) -> CommandGroup {
+        CommandGroup {
+            group_id: id.to_owned(),
+            tenant_id: tenant.to_owned(),
+            target,
+            command_type: "collect_diagnostics".into(),
+            args: Default::default(),
+            timeout_secs: 60,
+            requires_approval: true,
+            requested_by: "alice@example.com".into(),
+            requested_at: at,
+            agent_count: n,
+        }
+    }
+
+    pub(crate) async fn command_groups_resolve_their_targets_and_count_their_members(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        // a1 and a2 tagged web, a3 tagged web but deactivated, b1 tagged web in T2,
+        // a4 untagged at another location; a5 only reported (never enrolled).
+        let mut ids: Vec<String> = (0..6).map(|_| agent_id()).collect();
+        ids.sort();
+        let (a1, a2, a3, a4, a5, b1) = (&ids[0], &ids[1], &ids[2], &ids[3], &ids[4], &ids[5]);
+        let mut changes = Vec::new();
+        for (tenant, a) in [(T1, a1), (T1, a2), (T1, a3), (T1, a4), (T2, b1)] {
+            let mut reg = fixtures::agent_registered(tenant, a, T0);
+            if a == a4 {
+                reg.location_id = Some("loc-2".into());
+            }
+            changes.push(Change::Lifecycle(reg.clone()));
+            if a != a4 {
+                let mut tag = reg.clone();
+                tag.kind = AgentLifecycleKind::Updated;
+                tag.facts = None;
+                tag.tags = Some(vec!["web".into()]);
+                tag.occurred_at = T0 + SECOND;
+                changes.push(Change::Lifecycle(tag));
+            }
+            if a == a3 {
+                let mut off = reg.clone();
+                off.kind = AgentLifecycleKind::Deactivated;
+                off.facts = None;
+                off.occurred_at = T0 + 2 * SECOND;
+                changes.push(Change::Lifecycle(off));
+            }
+        }
+        changes.push(report(T1, a5, T0, 1.0));
+        store.apply(PROJECTION, &changes, &[]).await?;
+
+        let web = CommandTarget::Tag("web".into());
+        let got = store.command_targets(T1, &web, 100).await?;
+        ensure!(got == vec![a1.clone(), a2.clone()], "{got:?}");
+        let got = store.command_targets(T2, &web, 100).await?;
+        ensure!(got == vec![b1.clone()], "{got:?}");
+        let got = store.command_targets(T1, &web, 1).await?;
+        ensure!(got.len() == 1, "bounded by the limit: {got:?}");
+        let got = store
+            .command_targets(T1, &CommandTarget::Location("loc-1".into()), 100)
+            .await?;
+        ensure!(got == vec![a1.clone(), a2.clone()], "{got:?}");
+        let listed = CommandTarget::Agents(vec![
+            a4.clone(),
+            a3.clone(),
+            b1.clone(),
+            a5.clone(),
+            "nope".into(),
+        ]);
+        let got = store.command_targets(T1, &listed, 100).await?;
+        ensure!(
+            got == vec![a4.clone()],
+            "deactivated, another tenant's, never enrolled and unknown agents are left out: {got:?}"
+        );
+
+        // Two groups; each tenant sees its own, newest first.
+        let g1 = group("g1", T1, web.clone(), T0 + 10 * SECOND, 2);
+        let g2 = group("g2", T1, listed, T0 + 20 * SECOND, 1);
+        store.create_command_group(&g1).await?;
+        store.create_command_group(&g2).await?;
+        // A retry keeps the row but a larger count.
+        store
+            .create_command_group(&CommandGroup {
+                requested_at: T0 + 99 * SECOND,
+                agent_count: 3,
+                ..g1.clone()
+            })
+            .await?;
+        let stored = store.get_command_group(Some(T1), "g1").await?;
+        ensure!(
+            stored
+                .as_ref()
+                .map(|g| (g.requested_at, g.agent_count, &g.target))
+                == Some((g1.requested_at, 3, &web)),
+            "{stored:?}"
+        );
+        ensure!(store.get_command_group(Some(T2), "g1").await?.is_none());
+        let list = store.list_command_groups(Some(T1), None, None).await?;
+        let names: Vec<&str> = list.iter().map(|g| g.group_id.as_str()).collect();
+        ensure!(names == ["g2", "g1"], "{names:?}");
+        let page = store
+            .list_command_groups(Some(T1), Some(1), Some("g2"))
+            .await?;
+        ensure!(page.len() == 1 && page[0].group_id == "g1", "{page:?}");
+        ensure!(store
+            .list_command_groups(Some(T2), None, None)
+            .await?
+            .is_empty());
+        ensure!(matches!(
+            store
+                .list_command_groups(Some(T1), None, Some("nope"))
+                .await,
+            Err(StoreError::InvalidQuery(_))
+        ));
+
+        // Members: REQUESTED with the group id, awaiting approval; one approved and run.
+        let member = |a: &str, kind| {
+            let mut ev = cmd(T1, a, &format!("g1-{a}"), kind, T0 + 11 * SECOND);
+            ev.group_id = Some("g1".into());
+            Change::Command(Box::new(ev))
+        };
+        store
+            .apply(
+                PROJECTION,
+                &[
+                    member(a1.as_str(), CommandEventKind::Requested),
+                    member(a2.as_str(), CommandEventKind::Requested),
+                ],
+                &[],
+            )
+            .await?;
+        let counts = store.command_group_counts("g1").await?;
+        ensure!(counts.projected() == 2, "{counts:?}");
+        let summary = counts.summary(3);
+        ensure!(
+            summary.awaiting_approval == 2 && summary.pending == 1 && summary.total == 3,
+            "one member not projected yet is pending: {summary:?}"
+        );
+        let awaiting = store
+            .command_group_members(&CommandGroupMembersQuery {
+                group_id: "g1".into(),
+                statuses: vec![CommandStatus::AwaitingApproval],
+                limit: None,
+                after: None,
+            })
+            .await?;
+        ensure!(awaiting.len() == 2, "{awaiting:?}");
+        ensure!(awaiting.iter().all(|c| c.group_id.as_deref() == Some("g1")));
+        store
+            .apply(
+                PROJECTION,
+                &[
+                    member(a1.as_str(), CommandEventKind::Approved),
+                    member(a1.as_str(), CommandEventKind::Dispatched),
+                    member(a1.as_str(), CommandEventKind::Completed),
+                    member(a2.as_str(), CommandEventKind::Cancelled),
+                ],
+                &[],
+            )
+            .await?;
+        let counts = store.command_group_counts("g1").await?;
+        let summary = counts.summary(2);
+        ensure!(
+            summary.succeeded == 1
+                && summary.cancelled == 1
+                && summary.awaiting_approval == 0
+                && summary.pending == 0,
+            "{summary:?}"
+        );
+        ensure!(
+            counts.approved_by.as_deref() == Some("bob@example.com"),
+            "{counts:?}"
+        );
+        let page = store
+            .command_group_members(&CommandGroupMembersQuery {
+                group_id: "g1".into(),
+                statuses: Vec::new(),
+                limit: Some(1),
+                after: None,
+            })
+            .await?;
+        ensure!(page.len() == 1, "{page:?}");
+        let rest = store
+            .command_group_members(&CommandGroupMembersQuery {
+                group_id: "g1".into(),
+                statuses: Vec::new(),
+                limit: Some(10),
+                after: Some(page[0].command_id.clone()),
+            })
+            .await?;
+        ensure!(
+            rest.len() == 1 && rest[0].command_id > page[0].command_id,
+            "{rest:?}"
+        );
+        let cancelled = store.get_command(Some(T1), &format!("g1-{a2}")).await?;
+        let cancelled = cancelled.context("the cancelled member")?;
+        ensure!(cancelled.command.status == CommandStatus::Cancelled);
+        ensure!(
+            cancelled
+                .audit
+                .iter()
+                .any(|e| e.kind == "cancelled" && e.actor.as_deref() == Some("carol@example.com")),
+            "{cancelled:#?}"
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn rejected_and_cancelled_rank_below_a_dispatch(
+        store: Arc<dyn ReadModel>,
+    ) -> Result<()> {
+        let a = agent_id();
+        let status = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let d = store.get_command(None, id).await?.context("stored")?;
+                anyhow::Ok(d.command.status)
+            }
+        };
+        let apply = |evs: Vec<CommandEvent>| {
+            let store = store.clone();
+            async move {
+                let changes: Vec<Change> = evs
+                    .into_iter()
+                    .map(|e| Change::Command(Box::new(e)))
+                    .collect();
+                store.apply(PROJECTION, &changes, &[]).await
+            }
+        };
+        // Rejected while awaiting approval; an approval that raced it does not revive it.
+        apply(vec![
+            cmd(T1, &a, "r1", CommandEventKind::Requested, T0),
+            cmd(T1, &a, "r1", CommandEventKind::Rejected, T0 + SECOND),
+            cmd(T1, &a, "r1", CommandEventKind::Approved, T0 + 2 * SECOND),
+        ])
+        .await?;
+        ensure!(status("r1").await? == CommandStatus::Rejected);
+        // Cancelled, but a gateway had dispatched it already (read in either order): the
+        // dispatch is what happened, and its result counts.
+        apply(vec![
+            cmd(T1, &a, "c1", CommandEventKind::Requested, T0),
+            cmd(T1, &a, "c1", CommandEventKind::Dispatched, T0 + 2 * SECOND),
+            cmd(T1, &a, "c1", CommandEventKind::Cancelled, T0 + SECOND),
+        ])
+        .await?;
+        ensure!(status("c1").await? == CommandStatus::Dispatched);
+        apply(vec![
+            cmd(T1, &a, "c2", CommandEventKind::Requested, T0),
+            cmd(T1, &a, "c2", CommandEventKind::Cancelled, T0 + SECOND),
+        ])
+        .await?;
+        ensure!(status("c2").await? == CommandStatus::Cancelled);
+        apply(vec![cmd(
+            T1,
+            &a,
+            "c2",
+            CommandEventKind::Completed,
+            T0 + 3 * SECOND,
+        )])
+        .await?;
+        ensure!(status("c2").await? == CommandStatus::Succeeded);
+        Ok(())
     }
 
     pub(crate) async fn command_lifecycle_with_audit_trail(

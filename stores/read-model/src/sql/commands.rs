@@ -1,11 +1,17 @@
 //! Remote commands (`fleet.commands.v1`): one row per command and its audit trail.
 //!
-//! Order tolerance. Each event has a step rank: REQUESTED 1, APPROVED 2, DISPATCHED 3,
-//! PROGRESS 4, TIMED_OUT 5, COMPLETED 6. The status (and the result columns that come with
-//! it: finished_at, exit code, output, message) is set by the event with the highest rank,
-//! the earliest of equal rank; so a COMPLETED read before its DISPATCHED, a PROGRESS read
-//! after the result, or a replay, never move the status back. An agent's result outranks
-//! the timeout processor's TIMED_OUT: a result that comes late is still what happened.
+//! Order tolerance. Each event has a step rank: REQUESTED 10, APPROVED 20, REJECTED and
+//! CANCELLED 25, DISPATCHED 30, PROGRESS 40, TIMED_OUT 50, COMPLETED 60 (tens since
+//! migration 17, which made room for the two undelivered ends). The status (and the result
+//! columns that come with it: finished_at, exit code, output, message) is set by the event
+//! with the highest rank, the earliest of equal rank; so a COMPLETED read before its
+//! DISPATCHED, a PROGRESS read after the result, or a replay, never move the status back.
+//! An agent's result outranks the timeout processor's TIMED_OUT: a result that comes late
+//! is still what happened. A DISPATCHED outranks a CANCELLED or REJECTED for the same
+//! reason: a gateway that handed the command on before it read the cancel did deliver it
+//! (the gateway and the timeout processor then leave it to finish as well).
+//!
+//! `group_id` (command_event v2) is a request field: REQUESTED sets it.
 //!
 //! The first REQUESTED applied is the authority on the request (tenant, agent, type,
 //! arguments, approval, timeout, who and when). Every later REQUESTED of the command id is
@@ -149,9 +155,9 @@ const UPSERT_COMMAND: &str = concat!(
     "INSERT INTO commands (command_id, tenant_id, agent_id, command_type, args,
     requires_approval, timeout_secs, status, status_rank, status_at, requested_by,
     requested_at, approved_by, approved_at, dispatched_at, started_at, finished_at, exit_code,
-    stdout, stderr, output_truncated, message, first_seen_at, updated_at)
+    stdout, stderr, output_truncated, message, first_seen_at, updated_at, group_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    $20, $21, $22, $23, $23)
+    $20, $21, $22, $23, $23, $24)
 ON CONFLICT (command_id) DO UPDATE SET ",
     identity_field!("tenant_id"),
     ", ",
@@ -164,6 +170,8 @@ ON CONFLICT (command_id) DO UPDATE SET ",
     request_field!("requires_approval"),
     ", ",
     request_field!("timeout_secs"),
+    ", ",
+    request_field!("group_id"),
     ", ",
     if_wins!("status"),
     ", ",
@@ -207,10 +215,10 @@ INSERT INTO command_audit (event_id, command_id, kind, actor, detail, at)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (event_id) DO NOTHING";
 
-const COMMAND_COLUMNS: &str = "command_id, tenant_id, agent_id, command_type, args, \
+pub(super) const COMMAND_COLUMNS: &str = "command_id, tenant_id, agent_id, command_type, args, \
 requires_approval, timeout_secs, status, requested_by, requested_at, approved_by, approved_at, \
 dispatched_at, started_at, finished_at, exit_code, stdout, stderr, output_truncated, message, \
-updated_at";
+updated_at, group_id";
 
 const SELECT_AUDIT: &str = "\
 SELECT event_id, kind, actor, detail, at FROM command_audit
@@ -219,12 +227,16 @@ WHERE command_id = $1 ORDER BY at, event_id";
 /// What one event sets: the status it stands for and its rank.
 fn step(ev: &CommandEvent) -> Result<(CommandStatus, i64), ApplyError> {
     Ok(match ev.kind {
-        CommandEventKind::Requested if ev.requires_approval => (CommandStatus::AwaitingApproval, 1),
-        CommandEventKind::Requested => (CommandStatus::Requested, 1),
-        CommandEventKind::Approved => (CommandStatus::Approved, 2),
-        CommandEventKind::Dispatched => (CommandStatus::Dispatched, 3),
-        CommandEventKind::Progress => (CommandStatus::Running, 4),
-        CommandEventKind::TimedOut => (CommandStatus::TimedOut, 5),
+        CommandEventKind::Requested if ev.requires_approval => {
+            (CommandStatus::AwaitingApproval, 10)
+        }
+        CommandEventKind::Requested => (CommandStatus::Requested, 10),
+        CommandEventKind::Approved => (CommandStatus::Approved, 20),
+        CommandEventKind::Rejected => (CommandStatus::Rejected, 25),
+        CommandEventKind::Cancelled => (CommandStatus::Cancelled, 25),
+        CommandEventKind::Dispatched => (CommandStatus::Dispatched, 30),
+        CommandEventKind::Progress => (CommandStatus::Running, 40),
+        CommandEventKind::TimedOut => (CommandStatus::TimedOut, 50),
         CommandEventKind::Completed => {
             let status = match ev.status.as_deref() {
                 // A result without a status did not succeed.
@@ -239,7 +251,7 @@ fn step(ev: &CommandEvent) -> Result<(CommandStatus, i64), ApplyError> {
                         ))
                     })?,
             };
-            (status, 6)
+            (status, 60)
         }
     })
 }
@@ -287,6 +299,7 @@ pub(super) async fn apply_command(tx: &mut Tx<'_>, ev: &CommandEvent) -> Result<
         .bind(i64::from(ended && ev.output_truncated))
         .bind(ev.message.as_deref().filter(|_| ended))
         .bind(at)
+        .bind(ev.group_id.as_deref())
         .execute(&mut **tx)
         .await?;
     if is(CommandEventKind::Requested) && upserted.rows_affected() == 0 {
@@ -298,7 +311,9 @@ pub(super) async fn apply_command(tx: &mut Tx<'_>, ev: &CommandEvent) -> Result<
     }
     let detail = match ev.kind {
         CommandEventKind::Completed => Some(status.as_str()),
-        CommandEventKind::TimedOut => ev.message.as_deref(),
+        CommandEventKind::TimedOut | CommandEventKind::Rejected | CommandEventKind::Cancelled => {
+            ev.message.as_deref()
+        }
         _ => None,
     };
     sqlx::query(INSERT_AUDIT)
@@ -372,7 +387,7 @@ fn chunk_from_row(row: &AnyRow) -> Result<CommandOutputChunk, BoxDynError> {
     })
 }
 
-fn command_from_row(row: &AnyRow) -> Result<CommandRow, BoxDynError> {
+pub(super) fn command_from_row(row: &AnyRow) -> Result<CommandRow, BoxDynError> {
     let status: String = row.try_get("status")?;
     let status = CommandStatus::parse(&status)
         .ok_or_else(|| format!("unknown command status {status:?} in the read model"))?;
@@ -399,6 +414,7 @@ fn command_from_row(row: &AnyRow) -> Result<CommandRow, BoxDynError> {
         output_truncated: row.try_get::<i64, _>("output_truncated")? != 0,
         message: row.try_get("message")?,
         updated_at: row.try_get("updated_at")?,
+        group_id: row.try_get("group_id")?,
     })
 }
 
@@ -526,6 +542,7 @@ mod tests {
             "approved_by",
             "started_at",
             "updated_at",
+            "group_id",
         ] {
             let set = format!("{col} = CASE");
             assert_eq!(

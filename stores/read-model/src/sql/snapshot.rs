@@ -61,6 +61,7 @@ pub const NOT_PROJECTED_TABLES: &[&str] = &[
     "notification_silences",
     "notification_deliveries",
     "notification_attempts",
+    "command_groups",
 ];
 
 /// One row: column name to value.
