@@ -133,24 +133,19 @@ impl utoipa::PartialSchema for CommandGroupRequest {
     /// [`CommandRequest`]'s schema (one variant per command type), each variant with the
     /// required `target`.
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        let mut schema = serde_json::to_value(<CommandRequest as utoipa::PartialSchema>::schema())
-            .unwrap_or_default();
-        if let Some(variants) = schema.get_mut("oneOf").and_then(Value::as_array_mut) {
-            for v in variants {
-                if let Some(props) = v.get_mut("properties").and_then(Value::as_object_mut) {
-                    props.insert("target".into(), target_schema());
-                }
-                if let Some(req) = v.get_mut("required").and_then(Value::as_array_mut) {
-                    req.push("target".into());
-                }
+        let mut variants = crate::routes::commands::request_variants();
+        for v in &mut variants {
+            if let Some(props) = v.get_mut("properties").and_then(Value::as_object_mut) {
+                props.insert("target".into(), target_schema());
+            }
+            if let Some(req) = v.get_mut("required").and_then(Value::as_array_mut) {
+                req.push("target".into());
             }
         }
-        if let Some(obj) = schema.as_object_mut() {
-            obj.insert(
-                "description".into(),
-                "A command for every agent of a target: `target` and the fields of a single command".into(),
-            );
-        }
+        let schema = serde_json::json!({
+            "description": "A command for every agent of a target: `target` and the fields of a single command",
+            "oneOf": variants,
+        });
         serde_json::from_value(schema).unwrap_or_else(|e| {
             tracing::error!(error = %e, "The command group request schema does not parse.");
             utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::default())
@@ -828,6 +823,23 @@ mod tests {
             .to_bytes();
         let v: Value = serde_json::from_slice(&bytes).expect("json");
         v["error"]["field"].as_str().map(str::to_owned)
+    }
+
+    #[test]
+    fn the_documented_request_is_an_object_per_command_type_with_a_target() {
+        // A schema that failed to build used to fall back to an empty one (anything valid).
+        let schema = serde_json::to_value(<CommandGroupRequest as utoipa::PartialSchema>::schema())
+            .expect("schema");
+        let variants = schema["oneOf"].as_array().expect("oneOf");
+        assert_eq!(variants.len(), crate::routes::commands::COMMAND_TYPES.len());
+        for v in variants {
+            assert_eq!(v["type"], "object", "{v}");
+            assert!(v["required"]
+                .as_array()
+                .expect("required")
+                .contains(&json!("target")));
+            assert_eq!(v["properties"]["target"]["maxProperties"], 1, "{v}");
+        }
     }
 
     #[test]

@@ -129,8 +129,23 @@ impl utoipa::PartialSchema for CommandRequest {
     /// One variant per command type, each with the arguments it needs ([`check_request`]
     /// as a schema).
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let schema = serde_json::json!({
+            "description": "A command: `restart_service` needs `args.service`, `run_script` `args.script` (a name from the agent's configuration)",
+            "oneOf": request_variants(),
+        });
+        serde_json::from_value(schema).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "The command request schema does not parse.");
+            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::default())
+        })
+    }
+}
+
+/// The JSON schema of each command type's request (one object schema per type), which
+/// the group request extends with its `target`.
+pub(crate) fn request_variants() -> Vec<serde_json::Value> {
+    {
         use serde_json::json;
-        let variants: Vec<serde_json::Value> = COMMAND_TYPES
+        COMMAND_TYPES
             .iter()
             .map(|t| {
                 let needed = required_args(t);
@@ -163,15 +178,7 @@ impl utoipa::PartialSchema for CommandRequest {
                     },
                 })
             })
-            .collect();
-        let schema = json!({
-            "description": "A command: `restart_service` needs `args.service`, `run_script` `args.script` (a name from the agent's configuration)",
-            "oneOf": variants,
-        });
-        serde_json::from_value(schema).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "The command request schema does not parse.");
-            utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::default())
-        })
+            .collect()
     }
 }
 
