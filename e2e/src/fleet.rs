@@ -416,3 +416,38 @@ pub fn history_sample_count(history: &serde_json::Value) -> u64 {
         .map(|b| b.iter().map(|b| b["count"].as_u64().unwrap_or(0)).sum())
         .unwrap_or(0)
 }
+
+/// Waits (up to `timeout`) until the agent's history (`{agent_url}/metrics`, the last 10
+/// minutes at 1-minute buckets) answers `series` series for `metrics` (comma-separated,
+/// as the API takes them; a labelled subject may hold commas too), each with samples, and
+/// returns that answer.
+pub async fn wait_for_history(
+    client: &reqwest::Client,
+    agent_url: &str,
+    (metrics, series): (&str, usize),
+    timeout: Duration,
+    procs: &[&Proc],
+) -> anyhow::Result<serde_json::Value> {
+    let url = reqwest::Url::parse_with_params(
+        &format!("{agent_url}/metrics"),
+        [("metric", metrics), ("start", "10m"), ("interval", "1m")],
+    )?;
+    wait_for(&format!("history of {metrics}"), timeout, procs, || {
+        let (client, url) = (client, url.as_str());
+        async move {
+            Ok(fleet_test_support::http::get_json(client, url)
+                .await?
+                .filter(|h| {
+                    h["series"].as_array().is_some_and(|s| {
+                        s.len() == series
+                            && s.iter().all(|s| {
+                                s["buckets"].as_array().is_some_and(|b| {
+                                    b.iter().any(|b| b["count"].as_u64() > Some(0))
+                                })
+                            })
+                    })
+                }))
+        }
+    })
+    .await
+}

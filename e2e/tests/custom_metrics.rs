@@ -91,30 +91,8 @@ textfile-directory = "{textfiles}"
 
     // History: the labelled series (commas inside its subject) and the plain one.
     let series = format!("custom.e2e_queue_depth:{SUBJECT},custom.e2e_plain");
-    let history_url = reqwest::Url::parse_with_params(
-        &format!("{agent_url}/metrics"),
-        [
-            ("metric", series.as_str()),
-            ("start", "10m"),
-            ("interval", "1m"),
-        ],
-    )?;
-    let history: Value = wait_for("history of both series", WAIT, &procs, || {
-        let (client, url) = (&client, history_url.as_str());
-        async move {
-            Ok(get_json(client, url).await?.filter(|h| {
-                h["series"].as_array().is_some_and(|s| {
-                    s.len() == 2
-                        && s.iter().all(|s| {
-                            s["buckets"]
-                                .as_array()
-                                .is_some_and(|b| b.iter().any(|b| b["count"].as_u64() > Some(0)))
-                        })
-                })
-            }))
-        }
-    })
-    .await?;
+    let history =
+        fleet_e2e::wait_for_history(&client, &agent_url, (&series, 2), WAIT, &procs).await?;
     let all = history["series"].as_array().context("series")?;
     assert_eq!(
         all[0]["metric"],

@@ -147,32 +147,16 @@ security-clamav-database = "{clamav}"
     assert_eq!(alert["value"], 1.0, "{alert}");
 
     // And its history: the new metrics are series like any other.
-    let history_url = reqwest::Url::parse_with_params(
-        &format!("{agent_url}/metrics"),
-        [
-            (
-                "metric",
-                "security.ssh_root_login_permitted,security.antivirus_signature_age_hours",
-            ),
-            ("start", "10m"),
-            ("interval", "1m"),
-        ],
-    )?;
-    let history: Value = wait_for("history of the posture", WAIT, &procs, || {
-        let (client, url) = (&client, history_url.as_str());
-        async move {
-            Ok(get_json(client, url).await?.filter(|h| {
-                h["series"].as_array().is_some_and(|s| {
-                    s.len() == 2
-                        && s.iter().all(|s| {
-                            s["buckets"]
-                                .as_array()
-                                .is_some_and(|b| b.iter().any(|b| b["count"].as_u64() > Some(0)))
-                        })
-                })
-            }))
-        }
-    })
+    let history = fleet_e2e::wait_for_history(
+        &client,
+        &agent_url,
+        (
+            "security.ssh_root_login_permitted,security.antivirus_signature_age_hours",
+            2,
+        ),
+        WAIT,
+        &procs,
+    )
     .await?;
     let series = history["series"].as_array().context("series")?;
     let max_of = |s: &Value| {
