@@ -294,9 +294,12 @@ pub(crate) async fn request_group(
     let r = async {
         require_writer(&p)?;
         let actor = p.actor();
-        let (target, req) = parse_request(&s, &body)?;
         let key = idempotency_key(&headers)?;
+        // The tenant before the body, as a single command looks up its agent first: an
+        // unknown tenant is 404 whatever the body.
         let tenant = request_tenant(&p, q.tenant.as_deref())?;
+        crate::routes::tenants::known_tenant(&s, &tenant, "tenant").await?;
+        let (target, req) = parse_request(&s, &body)?;
         let agents = s
             .read_model
             .command_targets(&tenant, &target, MAX_GROUP_AGENTS.saturating_add(1))

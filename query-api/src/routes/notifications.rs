@@ -475,18 +475,6 @@ fn check_match(m: MatchBody) -> Result<AlertMatcher, ApiError> {
     })
 }
 
-async fn known_tenant(s: &AppState, tenant_id: &str) -> Result<(), ApiError> {
-    match s
-        .registry
-        .get_tenant(tenant_id)
-        .await
-        .map_err(store_error)?
-    {
-        Some(_) => Ok(()),
-        None => Err(not_found("tenant", "tenant_id")),
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/api/v1/tenants/{tenant_id}/notification-channels",
@@ -528,7 +516,7 @@ pub(crate) async fn create_channel(
                 (ChannelSettings { url: None, email: Some(email) }, password)
             }
         };
-        known_tenant(&s, &tenant_id).await?;
+        crate::routes::tenants::known_tenant(&s, &tenant_id, "tenant_id").await?;
         let count = s.read_model.list_channels(Some(&tenant_id)).await.map_err(store_error)?.len();
         if count >= MAX_CHANNELS {
             return Err(ApiError::new(
@@ -740,7 +728,7 @@ pub(crate) async fn create_route(
             ));
         }
         let matcher = check_match(b.matcher)?;
-        known_tenant(&s, &tenant_id).await?;
+        crate::routes::tenants::known_tenant(&s, &tenant_id, "tenant_id").await?;
         let channels = s
             .read_model
             .list_channels(Some(&tenant_id))
@@ -903,7 +891,7 @@ pub(crate) async fn create_silence(
                 "a silence names what it silences: give at least one list",
             ));
         }
-        known_tenant(&s, &tenant_id).await?;
+        crate::routes::tenants::known_tenant(&s, &tenant_id, "tenant_id").await?;
         let now = fleet_schemas::time::now_micros();
         let count = s
             .read_model

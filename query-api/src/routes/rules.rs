@@ -349,18 +349,6 @@ async fn existing_rule(s: &AppState, p: &Principal, rule_id: &str) -> Result<Rul
     Ok(rule)
 }
 
-async fn known_tenant(s: &AppState, tenant_id: &str) -> Result<(), ApiError> {
-    match s
-        .registry
-        .get_tenant(tenant_id)
-        .await
-        .map_err(store_error)?
-    {
-        Some(_) => Ok(()),
-        None => Err(not_found("tenant", "tenant_id")),
-    }
-}
-
 fn view(ev: &RuleEvent) -> Option<RuleView> {
     ev.rule.as_ref().map(|d| RuleView::new(ev, d))
 }
@@ -388,7 +376,7 @@ pub(crate) async fn create_rule(
         let b: RuleBody = object_body(&body)?;
         let d = definition(&b, true)?;
         let key = idempotency_key(&headers)?;
-        known_tenant(&s, &tenant_id).await?;
+        crate::routes::tenants::known_tenant(&s, &tenant_id, "tenant_id").await?;
         let rule_id = match key {
             Some(k) => {
                 let rule_id = ids::v5(&[&tenant_id, "rule", &k]).to_string();
@@ -465,7 +453,7 @@ pub(crate) async fn write_defaults(
     let r = async {
         require_operator(&p, &tenant_id)?;
         let actor = p.actor();
-        known_tenant(&s, &tenant_id).await?;
+        crate::routes::tenants::known_tenant(&s, &tenant_id, "tenant_id").await?;
         let ids = write_default_rules(s.log.as_ref(), &s.wire, &tenant_id, &actor).await?;
         tracing::info!(%tenant_id, %actor, "Default rules written.");
         s.audit(

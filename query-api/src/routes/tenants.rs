@@ -306,3 +306,21 @@ pub(crate) async fn list_tokens(
     .await;
     reply(StatusCode::OK, r)
 }
+
+/// Ok when the tenant exists; 404 naming `field` otherwise (the path's `tenant_id` or the
+/// query's `tenant`).
+pub(crate) async fn known_tenant(
+    s: &AppState,
+    tenant_id: &str,
+    field: &'static str,
+) -> Result<(), ApiError> {
+    match s
+        .registry
+        .get_tenant(tenant_id)
+        .await
+        .map_err(store_error)?
+    {
+        Some(_) => Ok(()),
+        None => Err(crate::auth::not_found("tenant", field)),
+    }
+}
