@@ -451,3 +451,35 @@ pub async fn wait_for_history(
     })
     .await
 }
+
+/// Waits (up to `timeout`) until `{api}/api/v1/alerts?agent_id=` lists an alert of
+/// `rule_id` for the agent, and returns it.
+pub async fn wait_for_alert(
+    client: &reqwest::Client,
+    api: &str,
+    agent_id: &str,
+    rule_id: &str,
+    timeout: Duration,
+    procs: &[&Proc],
+) -> anyhow::Result<serde_json::Value> {
+    let url =
+        reqwest::Url::parse_with_params(&format!("{api}/api/v1/alerts"), [("agent_id", agent_id)])?;
+    wait_for(
+        &format!("an alert of rule {rule_id}"),
+        timeout,
+        procs,
+        || {
+            let (client, url) = (client, url.as_str());
+            async move {
+                Ok(fleet_test_support::http::get_json(client, url)
+                    .await?
+                    .and_then(|a| {
+                        a["alerts"]
+                            .as_array()
+                            .and_then(|v| v.iter().find(|x| x["rule_id"] == rule_id).cloned())
+                    }))
+            }
+        },
+    )
+    .await
+}

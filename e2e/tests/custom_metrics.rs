@@ -103,19 +103,7 @@ textfile-directory = "{textfiles}"
     assert_eq!(all[1]["buckets"][0]["max"], 7.0, "{history}");
 
     // The rule on that one subject raised an alert for it (and not for queue="low").
-    let alerts_url = format!("{api}/api/v1/alerts?agent_id={agent_id}");
-    let alert: Value = wait_for("the alert on the labelled series", WAIT, &procs, || {
-        let (client, url, rule_id) = (&client, &alerts_url, &rule_id);
-        async move {
-            let a = get_json(client, url).await?;
-            Ok(a.and_then(|a| {
-                a["alerts"]
-                    .as_array()
-                    .and_then(|v| v.iter().find(|x| x["rule_id"] == rule_id.as_str()).cloned())
-            }))
-        }
-    })
-    .await?;
+    let alert = fleet_e2e::wait_for_alert(&client, &api, &agent_id, &rule_id, WAIT, &procs).await?;
     assert_eq!(alert["status"], "open", "{alert}");
     assert_eq!(alert["metric"], "custom.e2e_queue_depth", "{alert}");
     assert_eq!(alert["subject"], SUBJECT, "{alert}");

@@ -129,19 +129,7 @@ security-clamav-database = "{clamav}"
         }),
     )
     .await?;
-    let alerts_url = format!("{api}/api/v1/alerts?agent_id={agent_id}");
-    let alert: Value = wait_for("the alert on the reboot flag", WAIT, &procs, || {
-        let (client, url, rule_id) = (&client, &alerts_url, &rule_id);
-        async move {
-            let a = get_json(client, url).await?;
-            Ok(a.and_then(|a| {
-                a["alerts"]
-                    .as_array()
-                    .and_then(|v| v.iter().find(|x| x["rule_id"] == rule_id.as_str()).cloned())
-            }))
-        }
-    })
-    .await?;
+    let alert = fleet_e2e::wait_for_alert(&client, &api, &agent_id, &rule_id, WAIT, &procs).await?;
     assert_eq!(alert["status"], "open", "{alert}");
     assert_eq!(alert["metric"], "security.reboot_required", "{alert}");
     assert_eq!(alert["value"], 1.0, "{alert}");
